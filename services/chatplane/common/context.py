@@ -1,0 +1,20 @@
+"""Per-call context carried in ContextVars: the request id and the authenticated principal.
+Set by interceptors, read by logging and by the code that needs to know who is calling."""
+
+from __future__ import annotations
+
+from contextvars import ContextVar
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who is calling: a user of a tenant."""
+
+    tenant_id: str
+    user_id: str
+    key_id: str = ""
+
+
+request_id_var: ContextVar[str] = ContextVar("request_id", default="")
+principal_var: ContextVar[Principal | None] = ContextVar("principal", default=None)

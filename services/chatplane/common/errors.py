@@ -1,0 +1,70 @@
+"""Domain exceptions shared by every service, mapped to gRPC status codes in one place.
+
+    ChatplaneError
+    ├── InvalidArgument      → INVALID_ARGUMENT  (names the offending field)
+    ├── Unauthenticated      → UNAUTHENTICATED
+    ├── PermissionDenied     → PERMISSION_DENIED
+    ├── NotFound             → NOT_FOUND         (also for another tenant's objects)
+    ├── AlreadyExists        → ALREADY_EXISTS
+    ├── FailedPrecondition   → FAILED_PRECONDITION
+    ├── ResourceExhausted    → RESOURCE_EXHAUSTED (with a retry delay)
+    ├── Unavailable          → UNAVAILABLE       (a dependency is down; safe to retry)
+    └── DeadlineExceeded     → DEADLINE_EXCEEDED
+
+The mapping itself lives in chatplane.common.error_mapping (the server interceptor).
+"""
+
+from __future__ import annotations
+
+
+class ChatplaneError(Exception):
+    """Base of every domain error; `message` is safe to show to the caller."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidArgument(ChatplaneError):
+    """The request is malformed; `field` is the request field at fault."""
+
+    def __init__(self, field: str, description: str) -> None:
+        super().__init__(f"{field}: {description}")
+        self.field = field
+        self.description = description
+
+
+class Unauthenticated(ChatplaneError):
+    """No credentials, or credentials that do not verify."""
+
+
+class PermissionDenied(ChatplaneError):
+    """Authenticated, but not allowed to do this."""
+
+
+class NotFound(ChatplaneError):
+    """The object does not exist, or belongs to someone else (never revealed)."""
+
+
+class AlreadyExists(ChatplaneError):
+    """The object to create exists already."""
+
+
+class FailedPrecondition(ChatplaneError):
+    """The system is not in a state in which the request can run."""
+
+
+class ResourceExhausted(ChatplaneError):
+    """A rate limit or quota is spent; `retry_after` seconds until it refills."""
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class Unavailable(ChatplaneError):
+    """A dependency (message log, store, index, model backend) cannot be reached now."""
+
+
+class DeadlineExceeded(ChatplaneError):
+    """The work did not finish within its deadline."""

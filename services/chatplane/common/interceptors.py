@@ -1,0 +1,97 @@
+"""The server interceptor every service installs: it sets the request id, maps domain errors
+(and failed downstream calls) to gRPC status with details, and logs bugs as INTERNAL."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, cast
+
+import grpc
+
+from chatplane.common import errors, status_mapping
+from chatplane.common.context import request_id_var
+from chatplane.common.ids import new_id
+
+_log = logging.getLogger(__name__)
+
+REQUEST_ID_KEY = "x-request-id"
+
+Handler = grpc.RpcMethodHandler[Any, Any]
+Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]]
+Context = grpc.aio.ServicerContext[Any, Any]
+# On an aio server the behaviours are coroutines / async generators (the stubs type them sync).
+UnaryBehavior = Callable[[Any, Context], Awaitable[Any]]
+StreamBehavior = Callable[[Any, Context], AsyncIterator[Any]]
+
+
+def _request_id(context: Context) -> str:
+    for key, value in context.invocation_metadata() or ():
+        if key == REQUEST_ID_KEY and isinstance(value, str) and 0 < len(value) <= 128:
+            return value
+    return new_id()
+
+
+async def _abort(
+    context: Context, error: Exception, method: str
+) -> None:
+    request_id = request_id_var.get()
+    if isinstance(error, grpc.aio.AioRpcError):
+        error = status_mapping.from_rpc_error(error, method)
+    if isinstance(error, errors.ChatplaneError):
+        domain: errors.ChatplaneError | None = error
+    else:
+        _log.exception("unhandled error in %s", method, exc_info=error)
+        domain = None
+    status = status_mapping.to_status(domain, request_id)
+    await context.abort(status.code, status.details, status.trailing_metadata)
+
+
+class ServiceInterceptor(grpc.aio.ServerInterceptor):
+    """Request id + error mapping around every unary and server-streaming handler."""
+
+    async def intercept_service(
+        self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
+    ) -> Handler | None:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return None
+        method = handler_call_details.method
+        if handler.unary_unary is not None:
+            unary = cast(UnaryBehavior, handler.unary_unary)
+
+            async def unary_behavior(request: Any, context: Context) -> Any:
+                request_id_var.set(_request_id(context))
+                try:
+                    return await unary(request, context)
+                except grpc.aio.AbortError:
+                    raise
+                except Exception as error:  # noqa: BLE001 — the one place errors are mapped
+                    await _abort(context, error, method)
+
+            return grpc.unary_unary_rpc_method_handler(
+                unary_behavior,
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_stream is not None:
+            stream = cast(StreamBehavior, handler.unary_stream)
+
+            async def stream_behavior(
+                request: Any, context: Context
+            ) -> AsyncIterator[Any]:
+                request_id_var.set(_request_id(context))
+                try:
+                    async for response in stream(request, context):
+                        yield response
+                except grpc.aio.AbortError:
+                    raise
+                except Exception as error:  # noqa: BLE001 — the one place errors are mapped
+                    await _abort(context, error, method)
+
+            return grpc.unary_stream_rpc_method_handler(
+                stream_behavior,
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return handler

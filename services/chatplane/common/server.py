@@ -1,0 +1,84 @@
+"""Server bootstrap shared by the four services: a `grpc.aio` server with the standard health
+and reflection services, the service interceptor, a ready line on stdout, and a graceful stop
+on SIGTERM (health NOT_SERVING → drain in-flight calls → exit)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from chatplane.common.interceptors import ServiceInterceptor
+
+_log = logging.getLogger(__name__)
+
+# Bounded message size: the largest request is a chat message (32 KiB by default).
+SERVER_OPTIONS: Sequence[tuple[str, int]] = (
+    ("grpc.max_receive_message_length", 4 * 1024 * 1024),
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.http2.max_pings_without_data", 0),
+)
+
+
+async def serve(
+    *,
+    name: str,
+    host: str,
+    port: int,
+    service_names: Sequence[str],
+    register: Callable[[grpc.aio.Server], None],
+    drain_grace_seconds: float,
+    on_stop: Callable[[], Awaitable[None]] | None = None,
+    interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+) -> None:
+    """Run a service until SIGTERM/SIGINT, then drain and return."""
+    server = grpc.aio.server(
+        interceptors=[ServiceInterceptor(), *interceptors], options=list(SERVER_OPTIONS)
+    )
+    register(server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        [*service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], server
+    )
+    bound = server.add_insecure_port(f"{host}:{port}")
+    if bound == 0:
+        raise OSError(f"{name}: cannot bind {host}:{port}")
+    await server.start()
+    for service in (*service_names, ""):
+        await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
+
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stopping.set)
+    # The ready line: launchers and tests read the bound port from it.
+    sys.stdout.write(json.dumps({"event": "ready", "service": name, "port": bound}) + "\n")
+    sys.stdout.flush()
+    _log.info("serving", extra={"port": bound})
+
+    await stopping.wait()
+    _log.info("draining", extra={"grace_seconds": drain_grace_seconds})
+    await health_servicer.enter_graceful_shutdown()
+    await server.stop(drain_grace_seconds)
+    if on_stop is not None:
+        await on_stop()
+    _log.info("stopped")
+
+
+def internal_channel(address: str) -> grpc.aio.Channel:
+    """A channel to another chatplane service."""
+    return grpc.aio.insecure_channel(
+        address,
+        options=[
+            ("grpc.keepalive_time_ms", 30_000),
+            ("grpc.max_receive_message_length", 4 * 1024 * 1024),
+        ],
+    )

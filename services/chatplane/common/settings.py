@@ -1,0 +1,71 @@
+"""The one typed settings object of chatplane: read once from `CHATPLANE_*` environment
+variables (and command-line overrides), then passed down through constructors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+Profile = Literal["embedded"]
+LlmBackendName = Literal["offline"]
+
+
+class Settings(BaseSettings):
+    """Every knob of every service; each service reads only the fields it needs."""
+
+    model_config = SettingsConfigDict(env_prefix="CHATPLANE_", extra="forbid", frozen=True)
+
+    # Where everything of the embedded profile lives (log, databases, index, dev key).
+    data_dir: Path = Path(".chatplane")
+    profile: Profile = "embedded"
+    log_level: str = "INFO"
+
+    # Listening: each service binds host:port; port 0 picks a free port.
+    host: str = "127.0.0.1"
+    gateway_port: int = 50051
+    agent_port: int = 50052
+    memory_port: int = 50053
+    persistence_port: int = 50054
+    # Where services reach each other.
+    agent_address: str = "127.0.0.1:50052"
+    memory_address: str = "127.0.0.1:50053"
+    persistence_address: str = "127.0.0.1:50054"
+
+    # Shutdown: how long in-flight calls may take to finish after SIGTERM.
+    drain_grace_seconds: float = Field(default=30.0, gt=0)
+
+    # Gateway: input limits, rate limit, deadlines.
+    max_message_bytes: int = Field(default=32 * 1024, gt=0)
+    max_comment_bytes: int = Field(default=4 * 1024, gt=0)
+    rate_limit_per_minute: float = Field(default=60.0, gt=0)
+    rate_limit_burst: int = Field(default=20, gt=0)
+    api_key_cache_seconds: float = Field(default=5.0, ge=0)
+    turn_timeout_seconds: float = Field(default=300.0, gt=0)
+    internal_call_timeout_seconds: float = Field(default=5.0, gt=0)
+
+    # Agent: context assembly.
+    recent_turns: int = Field(default=8, ge=0)
+    recall_top_k: int = Field(default=4, ge=0)
+    context_token_budget: int = Field(default=3000, gt=0)
+    log_append_timeout_seconds: float = Field(default=10.0, gt=0)
+
+    # LLM backend. The offline responder is paced like a real model.
+    llm_backend: LlmBackendName = "offline"
+    offline_tokens_per_second: float = Field(default=40.0, gt=0)
+    offline_first_token_seconds: float = Field(default=0.3, ge=0)
+    offline_max_tokens: int = Field(default=400, gt=0)
+
+    # Persistence: the log consumer's batches (size or time, whichever first).
+    batch_max_records: int = Field(default=500, gt=0)
+    batch_max_wait_seconds: float = Field(default=0.05, gt=0)
+
+    # Memory: the embedding model's folder (empty: the installed all-MiniLM-L6-v2 package).
+    embedding_model_dir: str = ""
+
+    def data_path(self, name: str) -> Path:
+        """A file or folder inside the data directory (created on demand)."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        return self.data_dir / name

@@ -1,0 +1,78 @@
+"""The one boundary between domain errors and gRPC: domain exceptions become a status code
+with `google.rpc` details, and errors of downstream calls become domain exceptions."""
+
+from __future__ import annotations
+
+import logging
+from typing import Final
+
+import grpc
+from google.protobuf import any_pb2, duration_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from chatplane.common import errors
+
+_log = logging.getLogger(__name__)
+
+_CODES: Final[dict[type[errors.ChatplaneError], grpc.StatusCode]] = {
+    errors.InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
+    errors.Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
+    errors.PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
+    errors.NotFound: grpc.StatusCode.NOT_FOUND,
+    errors.AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
+    errors.FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
+    errors.ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    errors.Unavailable: grpc.StatusCode.UNAVAILABLE,
+    errors.DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
+}
+
+# Downstream codes that keep their meaning when passed on to our caller.
+_PASSED_ON: Final[dict[grpc.StatusCode, type[errors.ChatplaneError]]] = {
+    code: error
+    for error, code in _CODES.items()
+    if error not in (errors.InvalidArgument, errors.ResourceExhausted)
+}
+
+
+def _pack(message: object) -> any_pb2.Any:
+    packed = any_pb2.Any()
+    packed.Pack(message)  # type: ignore[arg-type]
+    return packed
+
+
+def to_status(error: errors.ChatplaneError | None, request_id: str) -> grpc.Status:
+    """The status (code, message, details) for a domain error; None means a bug → INTERNAL."""
+    details: list[any_pb2.Any] = [_pack(error_details_pb2.RequestInfo(request_id=request_id))]
+    if error is None:
+        code, message = grpc.StatusCode.INTERNAL, "internal error"
+    else:
+        code, message = _CODES[type(error)], error.message
+    if isinstance(error, errors.InvalidArgument):
+        violation = error_details_pb2.BadRequest.FieldViolation(
+            field=error.field, description=error.description
+        )
+        details.append(_pack(error_details_pb2.BadRequest(field_violations=[violation])))
+    if isinstance(error, errors.ResourceExhausted):
+        delay = duration_pb2.Duration()
+        delay.FromNanoseconds(int(error.retry_after * 1e9))
+        details.append(_pack(error_details_pb2.RetryInfo(retry_delay=delay)))
+    status = status_pb2.Status(code=getattr(code_pb2, code.name), message=message, details=details)
+    return rpc_status.to_status(status)
+
+
+def from_rpc_error(error: grpc.aio.AioRpcError, call: str) -> errors.ChatplaneError:
+    """A domain error for a failed downstream call.
+
+    Codes with a meaning for our caller (NOT_FOUND, UNAVAILABLE, …) pass on with their
+    message; anything else (a bug or a bad request of ours downstream) is logged and becomes
+    UNAVAILABLE, since the caller's request was fine and a retry may succeed.
+    """
+    code = error.code()
+    kind = _PASSED_ON.get(code)
+    if kind is not None:
+        return kind(error.details() or code.name.lower())
+    if code is grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return errors.ResourceExhausted(error.details() or "resource exhausted", retry_after=1.0)
+    _log.error("downstream call failed", extra={"call": call, "code": code.name})
+    return errors.Unavailable(f"{call} failed")
