@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import grpc
 
@@ -17,12 +17,15 @@ _log = logging.getLogger(__name__)
 
 REQUEST_ID_KEY = "x-request-id"
 
-Handler = grpc.RpcMethodHandler[Any, Any]
-Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]]
 Context = grpc.aio.ServicerContext[Any, Any]
+if TYPE_CHECKING:  # the stubs' generic RpcMethodHandler is not subscriptable at run time
+    Handler = grpc.RpcMethodHandler[Any, Any]
+    Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]]
 # On an aio server the behaviours are coroutines / async generators (the stubs type them sync).
 UnaryBehavior = Callable[[Any, Context], Awaitable[Any]]
 StreamBehavior = Callable[[Any, Context], AsyncIterator[Any]]
+# Runs before the handler, inside the error mapping (e.g. the Gateway's authentication).
+CallCheck = Callable[[str, Context], Awaitable[None]]
 
 
 def _request_id(context: Context) -> str:
@@ -32,9 +35,7 @@ def _request_id(context: Context) -> str:
     return new_id()
 
 
-async def _abort(
-    context: Context, error: Exception, method: str
-) -> None:
+async def _abort(context: Context, error: Exception, method: str) -> None:
     request_id = request_id_var.get()
     if isinstance(error, grpc.aio.AioRpcError):
         error = status_mapping.from_rpc_error(error, method)
@@ -48,7 +49,11 @@ async def _abort(
 
 
 class ServiceInterceptor(grpc.aio.ServerInterceptor):
-    """Request id + error mapping around every unary and server-streaming handler."""
+    """Request id + error mapping (+ an optional check such as authentication) around every
+    unary and server-streaming handler."""
+
+    def __init__(self, check: CallCheck | None = None) -> None:
+        self._check = check
 
     async def intercept_service(
         self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
@@ -57,16 +62,19 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
         if handler is None:
             return None
         method = handler_call_details.method
+        check = self._check
         if handler.unary_unary is not None:
-            unary = cast(UnaryBehavior, handler.unary_unary)
+            unary = cast("UnaryBehavior", handler.unary_unary)
 
             async def unary_behavior(request: Any, context: Context) -> Any:
                 request_id_var.set(_request_id(context))
                 try:
+                    if check is not None:
+                        await check(method, context)
                     return await unary(request, context)
                 except grpc.aio.AbortError:
                     raise
-                except Exception as error:  # noqa: BLE001 — the one place errors are mapped
+                except Exception as error:
                     await _abort(context, error, method)
 
             return grpc.unary_unary_rpc_method_handler(
@@ -75,18 +83,18 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream is not None:
-            stream = cast(StreamBehavior, handler.unary_stream)
+            stream = cast("StreamBehavior", handler.unary_stream)
 
-            async def stream_behavior(
-                request: Any, context: Context
-            ) -> AsyncIterator[Any]:
+            async def stream_behavior(request: Any, context: Context) -> AsyncIterator[Any]:
                 request_id_var.set(_request_id(context))
                 try:
+                    if check is not None:
+                        await check(method, context)
                     async for response in stream(request, context):
                         yield response
                 except grpc.aio.AbortError:
                     raise
-                except Exception as error:  # noqa: BLE001 — the one place errors are mapped
+                except Exception as error:
                     await _abort(context, error, method)
 
             return grpc.unary_stream_rpc_method_handler(

@@ -15,7 +15,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from chatplane.common.interceptors import ServiceInterceptor
+from chatplane.common.interceptors import CallCheck, ServiceInterceptor
 
 _log = logging.getLogger(__name__)
 
@@ -24,6 +24,16 @@ SERVER_OPTIONS: Sequence[tuple[str, int]] = (
     ("grpc.max_receive_message_length", 4 * 1024 * 1024),
     ("grpc.keepalive_time_ms", 30_000),
     ("grpc.http2.max_pings_without_data", 0),
+)
+
+# Between our own services a restarted peer should be reached again within a fraction of a
+# second, not after gRPC's default exponential backoff (1 s growing to 120 s).
+CHANNEL_OPTIONS: Sequence[tuple[str, int]] = (
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.max_receive_message_length", 4 * 1024 * 1024),
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1_000),
 )
 
 
@@ -36,12 +46,10 @@ async def serve(
     register: Callable[[grpc.aio.Server], None],
     drain_grace_seconds: float,
     on_stop: Callable[[], Awaitable[None]] | None = None,
-    interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+    check: CallCheck | None = None,
 ) -> None:
     """Run a service until SIGTERM/SIGINT, then drain and return."""
-    server = grpc.aio.server(
-        interceptors=[ServiceInterceptor(), *interceptors], options=list(SERVER_OPTIONS)
-    )
+    server = grpc.aio.server(interceptors=[ServiceInterceptor(check)], options=list(SERVER_OPTIONS))
     register(server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -75,10 +83,4 @@ async def serve(
 
 def internal_channel(address: str) -> grpc.aio.Channel:
     """A channel to another chatplane service."""
-    return grpc.aio.insecure_channel(
-        address,
-        options=[
-            ("grpc.keepalive_time_ms", 30_000),
-            ("grpc.max_receive_message_length", 4 * 1024 * 1024),
-        ],
-    )
+    return grpc.aio.insecure_channel(address, options=list(CHANNEL_OPTIONS))

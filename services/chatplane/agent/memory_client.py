@@ -1,0 +1,98 @@
+"""The Agent's view of MemoryService: recall context before an answer and remember the turn
+after it. Memory is an enhancement: when it fails the turn goes on without it (degraded)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import grpc
+
+from chatplane.agent.llm.base import ContextPassage, HistoryLine, Speaker
+from chatplane.v1 import memory_pb2, memory_pb2_grpc, resources_pb2
+
+_log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Recollection:
+    """What memory returned for a turn."""
+
+    history: Sequence[HistoryLine]
+    passages: Sequence[ContextPassage]
+    citations: Sequence[resources_pb2.Citation]
+    degraded: bool
+
+
+_SPEAKERS = {resources_pb2.ROLE_USER: Speaker.USER, resources_pb2.ROLE_ASSISTANT: Speaker.ASSISTANT}
+
+
+class MemoryClient:
+    """Calls MemoryService with a deadline on every call."""
+
+    def __init__(self, channel: grpc.aio.Channel) -> None:
+        self._stub = memory_pb2_grpc.MemoryServiceStub(channel)
+
+    async def recall(
+        self,
+        *,
+        tenant_id: str,
+        user_id: str,
+        conversation_id: str,
+        query: str,
+        recent_limit: int,
+        top_k: int,
+        timeout: float,
+    ) -> Recollection:
+        """Recent turns and relevant items; an empty, degraded recollection if memory fails."""
+        request = memory_pb2.RecallRequest(
+            tenant_id=tenant_id,
+            user_id=user_id,
+            conversation_id=conversation_id,
+            query=query,
+            recent_limit=recent_limit,
+            top_k=top_k,
+        )
+        try:
+            response = await self._stub.Recall(request, timeout=timeout)
+        except grpc.aio.AioRpcError as error:
+            _log.warning(
+                "memory recall failed; answering without it", extra={"code": error.code().name}
+            )
+            return Recollection(history=(), passages=(), citations=(), degraded=True)
+        history = [
+            HistoryLine(speaker=_SPEAKERS[m.role], text=m.text)
+            for m in response.recent
+            if m.role in _SPEAKERS
+        ]
+        passages = [
+            ContextPassage(source_id=i.citation.source_id, title=i.citation.title, text=i.text)
+            for i in response.items
+        ]
+        return Recollection(
+            history=history,
+            passages=passages,
+            citations=[i.citation for i in response.items],
+            degraded=False,
+        )
+
+    async def remember(
+        self,
+        *,
+        tenant_id: str,
+        user_id: str,
+        conversation_id: str,
+        messages: Sequence[memory_pb2.MemoryMessage],
+        timeout: float,
+    ) -> bool:
+        """Stores the turn in memory; False (logged) if memory fails."""
+        request = memory_pb2.RememberRequest(
+            tenant_id=tenant_id, user_id=user_id, conversation_id=conversation_id, messages=messages
+        )
+        try:
+            await self._stub.Remember(request, timeout=timeout)
+        except grpc.aio.AioRpcError as error:
+            _log.warning("memory remember failed", extra={"code": error.code().name})
+            return False
+        return True

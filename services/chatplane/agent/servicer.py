@@ -1,0 +1,67 @@
+"""AgentService servicer: translates GenerateRequest into a turn and the turn's events into
+GenerateResponse messages."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+
+from chatplane.agent.turn import TurnEvent, TurnRequest, TurnRunner
+from chatplane.common import errors
+from chatplane.common.deadlines import outbound_timeout
+from chatplane.common.ids import is_valid_id
+from chatplane.v1 import agent_pb2, agent_pb2_grpc, resources_pb2
+
+
+def _response(event: TurnEvent) -> agent_pb2.GenerateResponse:
+    if isinstance(event, resources_pb2.TextDelta):
+        return agent_pb2.GenerateResponse(delta=event)
+    if isinstance(event, resources_pb2.TurnStarted):
+        return agent_pb2.GenerateResponse(started=event)
+    if isinstance(event, resources_pb2.Citation):
+        return agent_pb2.GenerateResponse(citation=event)
+    if isinstance(event, resources_pb2.Usage):
+        return agent_pb2.GenerateResponse(usage=event)
+    return agent_pb2.GenerateResponse(done=event)
+
+
+def _turn(request: agent_pb2.GenerateRequest) -> TurnRequest:
+    if not request.tenant_id or not request.user_id:
+        raise errors.InvalidArgument("tenant_id", "tenant_id and user_id are required")
+    for field in ("conversation_id", "user_message_id", "assistant_message_id"):
+        if not is_valid_id(getattr(request, field)):
+            raise errors.InvalidArgument(field, "must be an id")
+    if not request.text.strip():
+        raise errors.InvalidArgument("text", "must not be empty")
+    return TurnRequest(
+        tenant_id=request.tenant_id,
+        user_id=request.user_id,
+        conversation_id=request.conversation_id,
+        user_message_id=request.user_message_id,
+        assistant_message_id=request.assistant_message_id,
+        text=request.text,
+        client_message_id=request.client_message_id,
+    )
+
+
+class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
+    """AgentService over a TurnRunner."""
+
+    def __init__(self, runner: TurnRunner) -> None:
+        self._runner = runner
+
+    async def Generate(
+        self,
+        request: agent_pb2.GenerateRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> AsyncIterator[agent_pb2.GenerateResponse]:
+        turn = _turn(request)
+        events = self._runner.run(turn, lambda cap: outbound_timeout(context, cap))
+        try:
+            async for event in events:
+                yield _response(event)
+        finally:
+            # Closing runs the turn's clean-up now (records a partial answer), not at GC time.
+            await events.aclose()

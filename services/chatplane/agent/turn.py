@@ -1,0 +1,248 @@
+"""One turn of the Agent: recall, assemble the prompt, stream the backend's answer, then record
+both messages in the message log (and memory). `done` is yielded only after the log has
+acknowledged the messages; an interrupted answer is recorded once, marked interrupted."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncGenerator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from google.protobuf import timestamp_pb2
+
+from chatplane.agent.llm.base import LlmBackend, StopReason, StreamEnd
+from chatplane.agent.memory_client import MemoryClient
+from chatplane.agent.prompt import build_prompt
+from chatplane.common.settings import Settings
+from chatplane.common.topics import MESSAGE_SCHEMA_VERSION, MESSAGES_TOPIC
+from chatplane.log import LogRecord, MessageLogProducer
+from chatplane.v1 import events_pb2, memory_pb2, resources_pb2
+
+_log = logging.getLogger(__name__)
+
+TurnEvent = (
+    resources_pb2.TurnStarted
+    | resources_pb2.TextDelta
+    | resources_pb2.Citation
+    | resources_pb2.Usage
+    | resources_pb2.TurnDone
+)
+# Seconds an outbound call may take: the caller's remaining time less a margin, capped.
+Budget = Callable[[float], float]
+
+_FINISH = {
+    StopReason.END: resources_pb2.FINISH_REASON_STOP,
+    StopReason.MAX_TOKENS: resources_pb2.FINISH_REASON_MAX_TOKENS,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class TurnRequest:
+    """A turn to run; the ids come from the Gateway."""
+
+    tenant_id: str
+    user_id: str
+    conversation_id: str
+    user_message_id: str
+    assistant_message_id: str
+    text: str
+    client_message_id: str
+
+
+def _timestamp(unix_ms: int) -> timestamp_pb2.Timestamp:
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromMilliseconds(unix_ms)
+    return stamp
+
+
+class TurnRunner:
+    """Runs turns; one instance per Agent process."""
+
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        memory: MemoryClient,
+        backend: LlmBackend,
+        producer: MessageLogProducer,
+    ) -> None:
+        self._settings = settings
+        self._memory = memory
+        self._backend = backend
+        self._producer = producer
+        # Recordings of interrupted turns still running; awaited at shutdown.
+        self._pending: set[asyncio.Task[None]] = set()
+
+    async def run(self, turn: TurnRequest, budget: Budget) -> AsyncGenerator[TurnEvent]:
+        """The events of one turn. Closing the iterator early records the partial answer."""
+        settings = self._settings
+        user_time_ms = int(time.time() * 1000)
+        recollection = await self._memory.recall(
+            tenant_id=turn.tenant_id,
+            user_id=turn.user_id,
+            conversation_id=turn.conversation_id,
+            query=turn.text,
+            recent_limit=settings.recent_turns,
+            top_k=settings.recall_top_k,
+            timeout=budget(settings.internal_call_timeout_seconds),
+        )
+        prompt = build_prompt(
+            question=turn.text,
+            history=recollection.history,
+            passages=recollection.passages,
+            budget_tokens=settings.context_token_budget,
+            max_tokens=settings.offline_max_tokens,
+        )
+        model = self._backend.model
+        yield resources_pb2.TurnStarted(
+            conversation_id=turn.conversation_id,
+            user_message_id=turn.user_message_id,
+            assistant_message_id=turn.assistant_message_id,
+            model=model,
+            memory_degraded=recollection.degraded,
+        )
+        used = {p.source_id for p in prompt.passages}
+        for citation in recollection.citations:
+            if citation.source_id in used:
+                yield citation
+
+        parts: list[str] = []
+        end: StreamEnd | None = None
+        recorded = False
+        try:
+            stream = self._backend.stream(prompt)
+            async for item in stream:
+                if isinstance(item, StreamEnd):
+                    end = item
+                    break
+                parts.append(item.text)
+                yield resources_pb2.TextDelta(
+                    text=item.text, sequence=len(parts), emit_time_unix_nanos=item.emit_time_ns
+                )
+            if end is None:
+                raise RuntimeError("backend stream ended without StreamEnd")
+            usage = resources_pb2.Usage(
+                input_tokens=end.input_tokens, output_tokens=end.output_tokens
+            )
+            yield usage
+            finish = _FINISH[end.reason]
+            await self._record(
+                turn, user_time_ms, "".join(parts), model, finish, usage, budget=budget
+            )
+            recorded = True
+            yield resources_pb2.TurnDone(finish_reason=finish, model=model, delta_count=len(parts))
+        finally:
+            if not recorded and end is None:
+                # The client went away (or the backend failed) mid-answer: keep what was said,
+                # once, even though this task is being cancelled.
+                task = asyncio.create_task(
+                    self._record_interrupted(
+                        turn,
+                        user_time_ms,
+                        "".join(parts),
+                        model,
+                        resources_pb2.FINISH_REASON_INTERRUPTED,
+                        resources_pb2.Usage(
+                            input_tokens=prompt.estimated_input_tokens, output_tokens=len(parts)
+                        ),
+                        budget=None,
+                    )
+                )
+                self._pending.add(task)
+                task.add_done_callback(self._pending.discard)
+
+    async def _record_interrupted(self, *args: Any, **kwargs: Any) -> None:
+        try:
+            await self._record(*args, **kwargs)
+        except Exception:
+            # The answer was never acknowledged to anyone; log and go on.
+            _log.exception("recording an interrupted turn failed")
+
+    async def _record(
+        self,
+        turn: TurnRequest,
+        user_time_ms: int,
+        answer: str,
+        model: str,
+        finish: resources_pb2.FinishReason.ValueType,
+        usage: resources_pb2.Usage,
+        *,
+        budget: Budget | None,
+    ) -> None:
+        """Appends both messages to the log (waits for the ack), then tells memory."""
+        settings = self._settings
+        answer_time_ms = max(int(time.time() * 1000), user_time_ms + 1)
+        interrupted = finish == resources_pb2.FINISH_REASON_INTERRUPTED
+        user = resources_pb2.Message(
+            message_id=turn.user_message_id,
+            conversation_id=turn.conversation_id,
+            role=resources_pb2.ROLE_USER,
+            text=turn.text,
+            status=resources_pb2.MESSAGE_STATUS_COMPLETE,
+            create_time=_timestamp(user_time_ms),
+            client_message_id=turn.client_message_id,
+        )
+        assistant = resources_pb2.Message(
+            message_id=turn.assistant_message_id,
+            conversation_id=turn.conversation_id,
+            role=resources_pb2.ROLE_ASSISTANT,
+            text=answer,
+            status=(
+                resources_pb2.MESSAGE_STATUS_INTERRUPTED
+                if interrupted
+                else resources_pb2.MESSAGE_STATUS_COMPLETE
+            ),
+            model=model,
+            create_time=_timestamp(answer_time_ms),
+            reply_to_message_id=turn.user_message_id,
+            finish_reason=finish,
+            usage=usage,
+        )
+        key = turn.conversation_id.encode()
+        records = [
+            LogRecord(
+                topic=MESSAGES_TOPIC,
+                key=key,
+                value=events_pb2.MessageRecorded(
+                    schema_version=MESSAGE_SCHEMA_VERSION,
+                    tenant_id=turn.tenant_id,
+                    user_id=turn.user_id,
+                    message=message,
+                ).SerializeToString(),
+            )
+            for message in (user, assistant)
+        ]
+        cap = settings.log_append_timeout_seconds
+        await self._producer.append(records, timeout=budget(cap) if budget else cap)
+        remembered = [
+            memory_pb2.MemoryMessage(
+                message_id=m.message_id, role=m.role, text=m.text, create_time_unix_ms=t
+            )
+            for m, t in ((user, user_time_ms), (assistant, answer_time_ms))
+            if m.text
+        ]
+        timeout = settings.internal_call_timeout_seconds
+        await self._memory.remember(
+            tenant_id=turn.tenant_id,
+            user_id=turn.user_id,
+            conversation_id=turn.conversation_id,
+            messages=remembered,
+            timeout=budget(timeout) if budget else timeout,
+        )
+        _log.info(
+            "turn recorded",
+            extra={
+                "conversation_id": turn.conversation_id,
+                "assistant_message_id": turn.assistant_message_id,
+                "output_tokens": usage.output_tokens,
+                "interrupted": interrupted,
+            },
+        )
+
+    async def drain(self) -> None:
+        """Waits for recordings of interrupted turns still in flight (at shutdown)."""
+        if self._pending:
+            await asyncio.gather(*self._pending, return_exceptions=True)

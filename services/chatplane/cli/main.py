@@ -1,0 +1,124 @@
+"""The `chatplane` command: start the stack, chat with it, read history, manage API keys."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from pathlib import Path
+
+import click
+import grpc
+
+from chatplane.launcher import Stack, StackInfo
+from chatplane.v1 import persistence_pb2, persistence_pb2_grpc
+
+DEFAULT_DATA_DIR = ".chatplane"
+
+
+@click.group()
+@click.option(
+    "--data-dir",
+    envvar="CHATPLANE_DATA_DIR",
+    default=DEFAULT_DATA_DIR,
+    show_default=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Data directory of the stack (embedded profile).",
+)
+@click.pass_context
+def cli(ctx: click.Context, data_dir: Path) -> None:
+    """chatplane: a production chatbot backend."""
+    ctx.obj = data_dir
+
+
+@cli.command()
+@click.option("--port", default=50051, show_default=True, help="Gateway port (0: any free port).")
+@click.pass_obj
+def up(data_dir: Path, port: int) -> None:
+    """Start the four services (embedded profile) and wait until Ctrl-C."""
+    asyncio.run(_up(data_dir, port))
+
+
+async def _up(data_dir: Path, port: int) -> None:
+    ports = {"gateway": port, "agent": 0, "memory": 0, "persistence": 0}
+    stack = Stack(data_dir=data_dir, ports=ports)
+    click.echo(f"starting chatplane (embedded profile, data in {stack.data_dir}) …")
+    info = await stack.start()
+    key = await stack.development_key()
+    click.echo("")
+    click.secho(
+        f"chatplane is ready: gRPC on {info.address('gateway')} (model: offline responder)",
+        fg="green",
+        bold=True,
+    )
+    click.echo(f"  development API key: {key}")
+    click.echo("  chat in the terminal:   .venv/bin/chatplane chat")
+    click.echo('  one question:           .venv/bin/chatplane chat -m "hello"')
+    click.echo(f"  logs (JSON lines):      {stack.data_dir / 'logs'}/")
+    click.echo("  stop:                   Ctrl-C")
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stopping.set)
+    exited = asyncio.ensure_future(
+        asyncio.wait(
+            [asyncio.ensure_future(s.process.wait()) for s in stack.services.values()],
+            return_when=asyncio.FIRST_COMPLETED,
+        )
+    )
+    await asyncio.wait(
+        [asyncio.ensure_future(stopping.wait()), exited], return_when="FIRST_COMPLETED"
+    )
+    if not stopping.is_set():
+        crashed = [s.name for s in stack.services.values() if s.process.returncode is not None]
+        click.secho(f"service(s) exited: {', '.join(crashed)}; stopping the stack", fg="red")
+    click.echo("stopping …")
+    codes = await stack.stop()
+    click.echo("stopped: " + ", ".join(f"{n}={c}" for n, c in codes.items()))
+
+
+@cli.group()
+def keys() -> None:
+    """Manage API keys."""
+
+
+@keys.command("create")
+@click.option("--tenant", required=True, help="Tenant id.")
+@click.option("--user", required=True, help="User id within the tenant.")
+@click.option("--label", default="", help="A label to recognise the key by.")
+@click.pass_obj
+def keys_create(data_dir: Path, tenant: str, user: str, label: str) -> None:
+    """Create an API key for a user and print it (shown once)."""
+    info = StackInfo.load(data_dir)
+    if info is None or "persistence" not in info.ports:
+        raise click.ClickException(
+            f"no running stack found in {data_dir}; start it with `make run`"
+        )
+
+    async def create() -> str:
+        async with grpc.aio.insecure_channel(info.address("persistence")) as channel:
+            response = await persistence_pb2_grpc.PersistenceServiceStub(channel).CreateApiKey(
+                persistence_pb2.CreateApiKeyRequest(
+                    owner=persistence_pb2.Owner(tenant_id=tenant, user_id=user), label=label
+                ),
+                timeout=10,
+            )
+        return response.api_key
+
+    try:
+        click.echo(asyncio.run(create()))
+    except grpc.aio.AioRpcError as error:
+        raise click.ClickException(f"{error.code().name}: {error.details()}") from None
+
+
+def main() -> None:
+    """Console-script entry point."""
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    cli()
+
+
+from chatplane.cli.chat import chat  # noqa: E402  (registered once `cli` exists)
+from chatplane.cli.history import history  # noqa: E402
+
+cli.add_command(chat)
+cli.add_command(history)

@@ -1,0 +1,27 @@
+"""The `python -m chatplane.<service>` entry point shared by the four services: settings from
+`CHATPLANE_*` environment variables overridden by `--kebab-case` flags, JSON logs, asyncio."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+
+from chatplane.common.logs import configure_logging
+from chatplane.common.settings import Settings
+
+
+def load_settings(argv: Sequence[str], prog: str) -> Settings:
+    """Settings from the environment, with command-line flags taking precedence."""
+    return Settings(
+        _cli_parse_args=list(argv),  # type: ignore[call-arg]
+        _cli_prog_name=prog,
+        _cli_kebab_case=True,
+    )
+
+
+def run_service(service: str, run: Callable[[Settings], Awaitable[None]]) -> None:
+    """Parse settings, configure logging and run the service's main coroutine."""
+    settings = load_settings(sys.argv[1:], f"python -m chatplane.{service}")
+    configure_logging(service, settings.log_level)
+    asyncio.run(run(settings))  # type: ignore[arg-type]

@@ -1,0 +1,62 @@
+"""Wires the Gateway process: settings → channels to Agent and Persistence, authentication and
+rate limit (checked before every public call), chat relay, servicer."""
+
+from __future__ import annotations
+
+from chatplane.common.context import principal_var
+from chatplane.common.interceptors import Context
+from chatplane.common.server import internal_channel, serve
+from chatplane.common.settings import Settings
+from chatplane.gateway.auth import ApiKeyAuthenticator
+from chatplane.gateway.chat import ChatRelay
+from chatplane.gateway.rate_limit import RateLimiter
+from chatplane.gateway.servicer import GatewayServicer
+from chatplane.v1 import gateway_pb2, gateway_pb2_grpc, persistence_pb2_grpc
+
+GATEWAY_SERVICE = gateway_pb2.DESCRIPTOR.services_by_name["GatewayService"].full_name
+
+
+async def run(settings: Settings) -> None:
+    """Serve GatewayService until SIGTERM, then drain."""
+    agent_channel = internal_channel(settings.agent_address)
+    persistence_channel = internal_channel(settings.persistence_address)
+    persistence = persistence_pb2_grpc.PersistenceServiceStub(persistence_channel)
+    authenticator = ApiKeyAuthenticator(
+        persistence,
+        cache_seconds=settings.api_key_cache_seconds,
+        call_timeout=settings.internal_call_timeout_seconds,
+    )
+    limiter = RateLimiter(
+        per_minute=settings.rate_limit_per_minute, burst=settings.rate_limit_burst
+    )
+    public_prefix = f"/{GATEWAY_SERVICE}/"
+
+    async def admit(method: str, context: Context) -> None:
+        if not method.startswith(public_prefix):
+            return  # health and reflection are open
+        principal = await authenticator.authenticate(context)
+        principal_var.set(principal)
+        limiter.acquire(principal.tenant_id, principal.user_id)
+
+    servicer = GatewayServicer(
+        settings=settings,
+        relay=ChatRelay(settings=settings, persistence=persistence, agent_channel=agent_channel),
+        persistence=persistence,
+    )
+
+    async def stop() -> None:
+        await agent_channel.close()
+        await persistence_channel.close()
+
+    await serve(
+        name="gateway",
+        host=settings.host,
+        port=settings.gateway_port,
+        service_names=[GATEWAY_SERVICE],
+        register=lambda server: gateway_pb2_grpc.add_GatewayServiceServicer_to_server(
+            servicer, server
+        ),
+        drain_grace_seconds=settings.drain_grace_seconds,
+        on_stop=stop,
+        check=admit,
+    )

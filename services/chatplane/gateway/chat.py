@@ -1,0 +1,166 @@
+"""The Chat flow of the Gateway: reserve the turn (idempotency key), then either run it on the
+Agent and relay its events, wait for the copy already running, or replay the stored answer."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+
+import grpc
+
+from chatplane.common import errors
+from chatplane.common.context import Principal
+from chatplane.common.ids import new_id
+from chatplane.common.settings import Settings
+from chatplane.gateway.validation import conversation_title
+from chatplane.v1 import (
+    agent_pb2,
+    gateway_pb2,
+    persistence_pb2,
+    persistence_pb2_grpc,
+    resources_pb2,
+)
+
+# How often a retry polls for the answer of a turn that another call is generating.
+_WAIT_POLL_SECONDS = 0.1
+GENERATE_METHOD = "/chatplane.v1.AgentService/Generate"
+
+# Seconds a downstream call may take: the caller's remaining time less a margin, capped.
+Budget = Callable[[float], float]
+
+
+def agent_events(
+    channel: grpc.aio.Channel,
+) -> grpc.aio.UnaryStreamMultiCallable[agent_pb2.GenerateRequest, gateway_pb2.ChatResponse]:
+    """AgentService.Generate, decoded straight into ChatResponse: GenerateResponse and
+    ChatResponse have the same oneof layout by design (a test guards it), so each event is
+    parsed once and relayed as is."""
+    return channel.unary_stream(
+        GENERATE_METHOD,
+        request_serializer=agent_pb2.GenerateRequest.SerializeToString,
+        response_deserializer=gateway_pb2.ChatResponse.FromString,
+    )
+
+
+class ChatRelay:
+    """Runs Chat calls for authenticated principals."""
+
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        persistence: persistence_pb2_grpc.PersistenceServiceAsyncStub,
+        agent_channel: grpc.aio.Channel,
+    ) -> None:
+        self._settings = settings
+        self._persistence = persistence
+        self._generate = agent_events(agent_channel)
+
+    async def chat(
+        self, principal: Principal, request: gateway_pb2.ChatRequest, budget: Budget
+    ) -> AsyncGenerator[gateway_pb2.ChatResponse]:
+        """The events of the turn the request asks for."""
+        settings = self._settings
+        owner = persistence_pb2.Owner(tenant_id=principal.tenant_id, user_id=principal.user_id)
+        begin_request = persistence_pb2.BeginTurnRequest(
+            owner=owner,
+            conversation_id=request.conversation_id,
+            client_message_id=request.client_message_id,
+            user_message_id=new_id(),
+            assistant_message_id=new_id(),
+            title=conversation_title(request.text),
+            lease_ms=int(settings.turn_timeout_seconds * 1000),
+        )
+        while True:
+            begin = await self._persistence.BeginTurn(
+                begin_request, timeout=budget(settings.internal_call_timeout_seconds)
+            )
+            if begin.owner:
+                async for event in self._run(principal, request, begin, budget):
+                    yield event
+                return
+            if begin.complete or await self._wait_for_answer(owner, begin, budget):
+                async for event in self._replay(owner, begin, budget):
+                    yield event
+                return
+            # The lease of the call generating it ran out: ask again, to take the turn over.
+
+    async def _run(
+        self,
+        principal: Principal,
+        request: gateway_pb2.ChatRequest,
+        begin: persistence_pb2.BeginTurnResponse,
+        budget: Budget,
+    ) -> AsyncIterator[gateway_pb2.ChatResponse]:
+        call = self._generate(
+            agent_pb2.GenerateRequest(
+                tenant_id=principal.tenant_id,
+                user_id=principal.user_id,
+                conversation_id=begin.conversation_id,
+                user_message_id=begin.user_message_id,
+                assistant_message_id=begin.assistant_message_id,
+                text=request.text,
+                client_message_id=request.client_message_id,
+            ),
+            timeout=budget(self._settings.turn_timeout_seconds),
+        )
+        try:
+            async for event in call:
+                yield event
+        finally:
+            # The client went away or the relay failed: stop the generation upstream now.
+            call.cancel()
+
+    async def _wait_for_answer(
+        self,
+        owner: persistence_pb2.Owner,
+        begin: persistence_pb2.BeginTurnResponse,
+        budget: Budget,
+    ) -> bool:
+        """Polls until the turn's answer is stored (True) or its lease expires (False)."""
+        request = persistence_pb2.GetTurnRequest(owner=owner, user_message_id=begin.user_message_id)
+        timeout = self._settings.internal_call_timeout_seconds
+        while True:
+            turn = await self._persistence.GetTurn(request, timeout=budget(timeout))
+            if turn.HasField("assistant_message"):
+                return True
+            if turn.lease_expire_time.ToMilliseconds() <= int(time.time() * 1000):
+                return False
+            budget(_WAIT_POLL_SECONDS)  # raises DeadlineExceeded when the caller's time is up
+            await asyncio.sleep(_WAIT_POLL_SECONDS)
+
+    async def _replay(
+        self,
+        owner: persistence_pb2.Owner,
+        begin: persistence_pb2.BeginTurnResponse,
+        budget: Budget,
+    ) -> AsyncIterator[gateway_pb2.ChatResponse]:
+        turn = await self._persistence.GetTurn(
+            persistence_pb2.GetTurnRequest(owner=owner, user_message_id=begin.user_message_id),
+            timeout=budget(self._settings.internal_call_timeout_seconds),
+        )
+        if not turn.HasField("assistant_message"):
+            raise errors.Unavailable("the answer of this turn is not available yet; retry")
+        answer = turn.assistant_message
+        yield gateway_pb2.ChatResponse(
+            started=resources_pb2.TurnStarted(
+                conversation_id=begin.conversation_id,
+                user_message_id=begin.user_message_id,
+                assistant_message_id=begin.assistant_message_id,
+                model=answer.model,
+                replayed=True,
+            )
+        )
+        if answer.text:
+            yield gateway_pb2.ChatResponse(
+                delta=resources_pb2.TextDelta(text=answer.text, sequence=1)
+            )
+        yield gateway_pb2.ChatResponse(usage=answer.usage)
+        yield gateway_pb2.ChatResponse(
+            done=resources_pb2.TurnDone(
+                finish_reason=answer.finish_reason,
+                model=answer.model,
+                delta_count=1 if answer.text else 0,
+            )
+        )

@@ -1,0 +1,106 @@
+"""GatewayService servicer: the public API. Translates requests for the chat relay and the
+system of record, always on behalf of the authenticated principal (never of ids in the
+request)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+
+from chatplane.common import errors
+from chatplane.common.context import Principal, principal_var
+from chatplane.common.deadlines import outbound_timeout
+from chatplane.common.settings import Settings
+from chatplane.gateway.chat import ChatRelay
+from chatplane.gateway.validation import validate_chat, validate_feedback
+from chatplane.v1 import gateway_pb2, gateway_pb2_grpc, persistence_pb2, persistence_pb2_grpc
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+def _owner() -> persistence_pb2.Owner:
+    principal = _principal()
+    return persistence_pb2.Owner(tenant_id=principal.tenant_id, user_id=principal.user_id)
+
+
+def _principal() -> Principal:
+    principal = principal_var.get()
+    if principal is None:  # the interceptor authenticates every GatewayService call
+        raise errors.Unauthenticated("not authenticated")
+    return principal
+
+
+class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
+    """The public API over the chat relay and PersistenceService."""
+
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        relay: ChatRelay,
+        persistence: persistence_pb2_grpc.PersistenceServiceAsyncStub,
+    ) -> None:
+        self._settings = settings
+        self._relay = relay
+        self._persistence = persistence
+
+    def _timeout(self, context: Context) -> float:
+        return outbound_timeout(context, self._settings.internal_call_timeout_seconds)
+
+    async def Chat(
+        self, request: gateway_pb2.ChatRequest, context: Context
+    ) -> AsyncIterator[gateway_pb2.ChatResponse]:
+        validate_chat(request, self._settings.max_message_bytes)
+        events = self._relay.chat(_principal(), request, lambda cap: outbound_timeout(context, cap))
+        try:
+            async for event in events:
+                yield event
+        finally:
+            await events.aclose()
+
+    async def ListConversations(
+        self, request: gateway_pb2.ListConversationsRequest, context: Context
+    ) -> gateway_pb2.ListConversationsResponse:
+        response = await self._persistence.ListConversations(
+            persistence_pb2.PersistenceServiceListConversationsRequest(
+                owner=_owner(), page=request
+            ),
+            timeout=self._timeout(context),
+        )
+        return response.page
+
+    async def GetConversation(
+        self, request: gateway_pb2.GetConversationRequest, context: Context
+    ) -> gateway_pb2.GetConversationResponse:
+        response = await self._persistence.GetConversation(
+            persistence_pb2.PersistenceServiceGetConversationRequest(
+                owner=_owner(), request=request
+            ),
+            timeout=self._timeout(context),
+        )
+        return response.response
+
+    async def DeleteConversation(
+        self, request: gateway_pb2.DeleteConversationRequest, context: Context
+    ) -> gateway_pb2.DeleteConversationResponse:
+        response = await self._persistence.DeleteConversation(
+            persistence_pb2.PersistenceServiceDeleteConversationRequest(
+                owner=_owner(), conversation_id=request.conversation_id
+            ),
+            timeout=self._timeout(context),
+        )
+        return gateway_pb2.DeleteConversationResponse(delete_time=response.delete_time)
+
+    async def SubmitFeedback(
+        self, request: gateway_pb2.SubmitFeedbackRequest, context: Context
+    ) -> gateway_pb2.SubmitFeedbackResponse:
+        validate_feedback(request, self._settings.max_comment_bytes)
+        response = await self._persistence.SubmitFeedback(
+            persistence_pb2.PersistenceServiceSubmitFeedbackRequest(
+                owner=_owner(), feedback=request
+            ),
+            timeout=self._timeout(context),
+        )
+        return gateway_pb2.SubmitFeedbackResponse(create_time=response.create_time)

@@ -1,0 +1,208 @@
+"""The whole stack as four OS processes: started in dependency order (persistence and memory,
+then agent, then gateway), each ready when it prints its ready line, stopped in reverse order
+with SIGTERM so in-flight turns drain. Also creates the development API key on first start."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import sys
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import grpc
+
+from chatplane.common import errors
+from chatplane.v1 import persistence_pb2, persistence_pb2_grpc
+
+SERVICES = ("persistence", "memory", "agent", "gateway")
+STACK_FILE = "stack.json"
+DEV_KEY_FILE = "dev-api-key"
+DEV_TENANT = "dev"
+DEV_USER = "dev"
+_READY_TIMEOUT_SECONDS = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class StackInfo:
+    """Where the running stack listens; written to <data dir>/stack.json for the CLI."""
+
+    host: str
+    ports: dict[str, int]
+    data_dir: str
+    pids: dict[str, int]
+
+    def address(self, service: str) -> str:
+        """host:port of a service."""
+        return f"{self.host}:{self.ports[service]}"
+
+    @classmethod
+    def load(cls, data_dir: Path) -> StackInfo | None:
+        """The info of the stack last started with this data dir, if any."""
+        try:
+            raw = json.loads((data_dir / STACK_FILE).read_text())
+        except (OSError, ValueError):
+            return None
+        return cls(**raw)
+
+
+class ServiceProcess:
+    """One service process: started, read until ready, stopped with SIGTERM (or killed)."""
+
+    def __init__(self, name: str, process: asyncio.subprocess.Process, log_path: Path) -> None:
+        self.name = name
+        self.process = process
+        self.log_path = log_path
+        self.port = 0
+
+    @classmethod
+    async def start(
+        cls, name: str, args: list[str], env: Mapping[str, str], log_path: Path
+    ) -> ServiceProcess:
+        """Starts `python -m chatplane.<name> ARGS`, stderr (JSON logs) to `log_path`."""
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        with log_path.open("ab") as log:
+            process = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                f"chatplane.{name}",
+                *args,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=log,
+                env=dict(env),
+            )
+        service = cls(name, process, log_path)
+        await service._wait_ready()
+        return service
+
+    async def _wait_ready(self) -> None:
+        assert self.process.stdout is not None
+        try:
+            async with asyncio.timeout(_READY_TIMEOUT_SECONDS):
+                while True:
+                    line = await self.process.stdout.readline()
+                    if not line:
+                        raise errors.Unavailable(
+                            f"{self.name} exited before it was ready; see {self.log_path}"
+                        )
+                    with contextlib.suppress(ValueError):
+                        event = json.loads(line)
+                        if isinstance(event, dict) and event.get("event") == "ready":
+                            self.port = int(event["port"])
+                            return
+        except TimeoutError:
+            self.process.kill()
+            raise errors.Unavailable(
+                f"{self.name} was not ready in time; see {self.log_path}"
+            ) from None
+
+    async def stop(self, timeout: float) -> int:
+        """SIGTERM, wait up to `timeout` (then SIGKILL); the exit code."""
+        if self.process.returncode is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                async with asyncio.timeout(timeout):
+                    return await self.process.wait()
+            except TimeoutError:
+                self.process.kill()
+        return await self.process.wait()
+
+    def kill(self) -> None:
+        """SIGKILL now (crash simulation)."""
+        if self.process.returncode is None:
+            self.process.kill()
+
+
+class Stack:
+    """The four services of one data dir."""
+
+    def __init__(
+        self,
+        *,
+        data_dir: Path,
+        host: str = "127.0.0.1",
+        ports: Mapping[str, int] | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        self.data_dir = data_dir.resolve()
+        self.host = host
+        self._ports = dict(ports or {})
+        self._env = dict(os.environ if env is None else env)
+        self._env["CHATPLANE_DATA_DIR"] = str(self.data_dir)
+        self._env["CHATPLANE_HOST"] = host
+        self._env.setdefault("PYTHONUNBUFFERED", "1")
+        self.services: dict[str, ServiceProcess] = {}
+
+    def _args(self, name: str) -> list[str]:
+        args = [f"--{name}-port", str(self._ports.get(name, 0))]
+        for dependency in ("agent", "memory", "persistence"):
+            if dependency in self.services:
+                args += [f"--{dependency}-address", f"{self.host}:{self.services[dependency].port}"]
+        return args
+
+    async def start_service(self, name: str) -> ServiceProcess:
+        """Starts (or restarts) one service with the addresses of those already running."""
+        service = await ServiceProcess.start(
+            name, self._args(name), self._env, self.data_dir / "logs" / f"{name}.log"
+        )
+        if not self._ports.get(name):
+            # A restart binds the same port again, so the other services find it.
+            self._ports[name] = service.port
+        self.services[name] = service
+        self._write_info()
+        return service
+
+    async def start(self) -> StackInfo:
+        """Starts all four services in dependency order."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            await asyncio.gather(self.start_service("persistence"), self.start_service("memory"))
+            await self.start_service("agent")
+            await self.start_service("gateway")
+        except BaseException:
+            await self.stop()
+            raise
+        return self.info()
+
+    def info(self) -> StackInfo:
+        """Addresses and pids of the running services."""
+        return StackInfo(
+            host=self.host,
+            ports={name: s.port for name, s in self.services.items()},
+            data_dir=str(self.data_dir),
+            pids={name: s.process.pid for name, s in self.services.items()},
+        )
+
+    def _write_info(self) -> None:
+        (self.data_dir / STACK_FILE).write_text(json.dumps(asdict(self.info())))
+
+    async def stop(self, timeout: float = 35.0) -> dict[str, int]:
+        """Stops the services in reverse dependency order; their exit codes."""
+        codes: dict[str, int] = {}
+        for group in (("gateway",), ("agent",), ("memory", "persistence")):
+            running = [self.services[n] for n in group if n in self.services]
+            results = await asyncio.gather(*(s.stop(timeout) for s in running))
+            codes.update({s.name: code for s, code in zip(running, results, strict=True)})
+        return codes
+
+    async def development_key(self) -> str:
+        """The development API key: created on first start, read from the data dir later."""
+        path = self.data_dir / DEV_KEY_FILE
+        if path.exists():
+            return path.read_text().strip()
+        async with grpc.aio.insecure_channel(self.info().address("persistence")) as channel:
+            response = await persistence_pb2_grpc.PersistenceServiceStub(channel).CreateApiKey(
+                persistence_pb2.CreateApiKeyRequest(
+                    owner=persistence_pb2.Owner(tenant_id=DEV_TENANT, user_id=DEV_USER),
+                    label="development key",
+                ),
+                timeout=10,
+            )
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as key_file:
+            key_file.write(response.api_key + "\n")
+        return response.api_key

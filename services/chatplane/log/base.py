@@ -1,0 +1,125 @@
+"""The message log interface: how the Agent hands chat messages to Persistence, shaped like Kafka.
+
+Semantics every implementation keeps (the contract suite in tests/contract checks them):
+
+* ``append`` returns only once every record is durably acknowledged; records with one key
+  keep their order. On failure it raises ``Unavailable`` and none or some records may be
+  stored, so consumers must be idempotent (they are, by message id).
+* A consumer belongs to a group. It starts at the group's committed position (or at the
+  earliest record when the group has never committed) and gets every record at least once:
+  whatever the group has not committed is delivered again to the group's next consumer.
+* Committed positions follow Kafka's convention: the value stored for a (topic, partition)
+  is the offset of the NEXT record to consume, i.e. the highest processed offset + 1.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Self
+
+Headers = tuple[tuple[str, bytes], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class LogRecord:
+    """A record a producer appends; records with the same key stay in order."""
+
+    topic: str
+    key: bytes
+    value: bytes
+    headers: Headers = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumedRecord:
+    """A record as a consumer sees it, with its position in the log."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes
+    value: bytes
+    headers: Headers
+    timestamp_ms: int
+
+
+class MessageLogProducer(abc.ABC):
+    """Appends records to the log; safe to share between the tasks of one event loop."""
+
+    # An explicit timeout rather than asyncio.timeout(): implementations hand it down to work
+    # they cannot cancel from the event loop (a SQLite lock wait, Kafka's delivery timeout).
+    @abc.abstractmethod
+    async def append(self, records: Sequence[LogRecord], timeout: float) -> None:
+        """Append `records`, returning once every one is durably acknowledged.
+
+        Raises chatplane.common.errors.Unavailable when the log cannot accept them within
+        `timeout` seconds or the producer is closed; then none or some may be stored.
+        """
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Finish appends under way and release the producer's resources."""
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+
+class MessageLogConsumer(abc.ABC):
+    """Reads the topics it was created for as a member of one consumer group."""
+
+    @abc.abstractmethod
+    async def poll_batch(self, max_records: int, max_wait: float) -> list[ConsumedRecord]:
+        """Return up to `max_records` records not yet returned by this consumer.
+
+        Returns as soon as `max_records` are available, otherwise after `max_wait` seconds
+        with what there is (possibly nothing). Records of one partition come in offset order.
+        """
+
+    @abc.abstractmethod
+    async def commit(self, records: Sequence[ConsumedRecord]) -> None:
+        """Mark `records` processed for the group: per (topic, partition), stores the highest
+        offset among them + 1 (the next offset to consume, as Kafka does). Like Kafka, this
+        overwrites the group's previous commit, so commit batches in the order they were polled.
+        """
+
+    @abc.abstractmethod
+    async def lag(self) -> int:
+        """Records appended to the subscribed topics but not yet committed by this group."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Release the consumer; anything polled but not committed will be delivered again."""
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+
+class MessageLog(abc.ABC):
+    """One configured log (a SQLite file, a Kafka cluster) handing out producers and consumers."""
+
+    @abc.abstractmethod
+    def producer(self) -> MessageLogProducer:
+        """A new producer; the caller closes it."""
+
+    @abc.abstractmethod
+    def consumer(self, group: str, topics: Sequence[str]) -> MessageLogConsumer:
+        """A new consumer of `topics` in consumer group `group`; the caller closes it."""

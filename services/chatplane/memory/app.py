@@ -1,0 +1,31 @@
+"""Wires the Memory process: settings → embedding model, embedded index, servicer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from chatplane.common.server import serve
+from chatplane.common.settings import Settings
+from chatplane.memory.conversational_memory import ConversationalMemory
+from chatplane.memory.embedding import SentenceEmbedder
+from chatplane.memory.index.embedded import EmbeddedMemoryIndex
+from chatplane.memory.servicer import MemoryServicer
+from chatplane.v1 import memory_pb2, memory_pb2_grpc
+
+
+async def run(settings: Settings) -> None:
+    """Serve MemoryService until SIGTERM, then drain."""
+    model_dir = Path(settings.embedding_model_dir) if settings.embedding_model_dir else None
+    embedder = SentenceEmbedder(model_dir)
+    memory = ConversationalMemory(embedder, EmbeddedMemoryIndex(settings.data_path("memory.db")))
+    await serve(
+        name="memory",
+        host=settings.host,
+        port=settings.memory_port,
+        service_names=[memory_pb2.DESCRIPTOR.services_by_name["MemoryService"].full_name],
+        register=lambda server: memory_pb2_grpc.add_MemoryServiceServicer_to_server(
+            MemoryServicer(memory), server
+        ),
+        drain_grace_seconds=settings.drain_grace_seconds,
+        on_stop=memory.close,
+    )

@@ -1,0 +1,128 @@
+"""The memory index interface: stores conversation turns and document chunks with their vectors,
+and recalls them by hybrid (keyword + dense) search, engine-neutral.
+
+Semantics every implementation keeps (the contract suite in tests/contract checks them):
+
+* Isolation: a search for (tenant, user) sees only that user's turns and that tenant's
+  documents; nothing of another tenant, and no other user's turns, can ever be returned.
+* ``upsert`` is idempotent by (tenant_id, item_id) — the latest version wins — and what it
+  stored is visible to ``recent`` and ``search`` as soon as it returns.
+* Scores are fused by reciprocal rank (chatplane.memory.index.fusion), so they compare only
+  within one result list.
+* Failures of the engine (unreachable, closed) raise chatplane.common.errors.Unavailable.
+"""
+
+from __future__ import annotations
+
+import abc
+import enum
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Self
+
+import numpy as np
+import numpy.typing as npt
+
+
+class ItemKind(enum.Enum):
+    """What a memory item is: a message of a conversation, or a chunk of an ingested document."""
+
+    TURN = "turn"
+    DOCUMENT = "document"
+
+
+@dataclass(frozen=True, slots=True)
+class MemoryItem:
+    """One remembered text. Turns belong to a user; documents to the whole tenant.
+
+    Raises ValueError on construction when the ownership fields do not fit the kind, so an item
+    that no search could ever find (or that would be found by the wrong user) cannot be stored.
+    """
+
+    tenant_id: str
+    user_id: str  # owner; "" for tenant-wide documents
+    conversation_id: str  # "" for documents
+    item_id: str  # idempotency key: message id, or "<document id>:<chunk no>"
+    kind: ItemKind
+    role: str  # "user" / "assistant" for turns, "" for documents
+    text: str
+    created_at_ms: int  # unix epoch milliseconds
+    source: str  # document name, or "" for turns
+
+    def __post_init__(self) -> None:
+        if not self.tenant_id:
+            raise ValueError("a memory item needs a tenant_id")
+        if not self.item_id:
+            raise ValueError("a memory item needs an item_id")
+        if self.kind is ItemKind.TURN:
+            if not self.user_id or not self.conversation_id:
+                raise ValueError("a turn needs a user_id and a conversation_id")
+        elif self.user_id or self.conversation_id:
+            raise ValueError("a document belongs to the tenant: no user_id, no conversation_id")
+
+
+@dataclass(frozen=True, slots=True)
+class RecalledItem:
+    """A search hit with the ranks it had in each list before fusion."""
+
+    item: MemoryItem
+    score: float  # fused score, higher is better
+    keyword_rank: int | None  # 1-based rank in the keyword list, None if absent
+    dense_rank: int | None  # 1-based rank in the dense list, None if absent
+
+
+class MemoryIndex(abc.ABC):
+    """A tenant-isolated store of memory items with hybrid search; safe to share between the
+    tasks of one event loop."""
+
+    @abc.abstractmethod
+    async def upsert(self, items: Sequence[MemoryItem], vectors: npt.NDArray[np.float32]) -> None:
+        """Stores `items`, row i of `vectors` (shape (len(items), dimension)) being item i's.
+
+        Idempotent by (tenant_id, item_id): storing an item again replaces it. The items are
+        searchable when this returns. Raises ValueError when the shapes do not fit.
+        """
+
+    @abc.abstractmethod
+    async def recent(
+        self, tenant_id: str, user_id: str, conversation_id: str, limit: int
+    ) -> list[MemoryItem]:
+        """The newest `limit` turns of that user's conversation, oldest first."""
+
+    @abc.abstractmethod
+    async def search(
+        self,
+        tenant_id: str,
+        user_id: str,
+        query_text: str,
+        query_vector: npt.NDArray[np.float32],
+        k: int,
+        exclude_item_ids: Collection[str] = (),
+    ) -> list[RecalledItem]:
+        """The best `k` of the user's turns and the tenant's documents, best first.
+
+        Hybrid: a keyword ranking of `query_text` and a dense ranking of `query_vector` (unit
+        norm, the embedder's dimension) fused by reciprocal rank. Items whose id is in
+        `exclude_item_ids` are skipped (e.g. the recent turns already in the prompt). Any query
+        text is accepted: it is never parsed as a query language.
+        """
+
+    @abc.abstractmethod
+    async def delete_conversation(self, tenant_id: str, user_id: str, conversation_id: str) -> int:
+        """Deletes the turns of that user's conversation and returns how many there were."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Finishes work under way and releases the index's resources; idempotent."""
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.close()

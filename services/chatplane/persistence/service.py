@@ -1,0 +1,71 @@
+"""Wires the Persistence service together: settings → store, message log, consumer task and
+servicer, served by the common gRPC bootstrap until SIGTERM."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict
+
+import grpc
+
+from chatplane.common.server import serve
+from chatplane.common.settings import Settings
+from chatplane.common.topics import MESSAGES_TOPIC
+from chatplane.log import EmbeddedMessageLog
+from chatplane.persistence.consumer import CONSUMER_GROUP, BatchConsumer
+from chatplane.persistence.servicer import SERVICE_NAME, PersistenceServicer
+from chatplane.persistence.store.sqlite import SqliteConversationStore
+from chatplane.v1 import persistence_pb2_grpc
+
+_log = logging.getLogger(__name__)
+
+NAME = "persistence"
+"""The service's name in its ready line and logs."""
+
+
+async def run(settings: Settings) -> None:
+    """Serve PersistenceService and consume the message log until SIGTERM/SIGINT."""
+    store = await SqliteConversationStore.open(settings.data_path("persistence.db"))
+    log = EmbeddedMessageLog(settings.data_path("log.db"))
+    log_consumer = log.consumer(CONSUMER_GROUP, [MESSAGES_TOPIC])
+    dead_letters = log.producer()
+    consumer = BatchConsumer(
+        log_consumer,
+        dead_letters,
+        store,
+        max_records=settings.batch_max_records,
+        max_wait=settings.batch_max_wait_seconds,
+    )
+    servicer = PersistenceServicer(store)
+
+    def register(server: grpc.aio.Server) -> None:
+        persistence_pb2_grpc.add_PersistenceServiceServicer_to_server(servicer, server)
+
+    stopped = False
+
+    async def shut_down() -> None:
+        nonlocal stopped
+        if stopped:
+            return
+        stopped = True
+        # The consumer before what it uses: it may still be storing a batch or committing.
+        await consumer.stop(grace=settings.drain_grace_seconds)
+        await log_consumer.close()
+        await dead_letters.close()
+        await store.close()
+        _log.info("consumer stopped", extra=asdict(consumer.counters))
+
+    consumer.start()
+    try:
+        await serve(
+            name=NAME,
+            host=settings.host,
+            port=settings.persistence_port,
+            service_names=[SERVICE_NAME],
+            register=register,
+            drain_grace_seconds=settings.drain_grace_seconds,
+            on_stop=shut_down,
+        )
+    finally:
+        # Also after a failed start (a port in use), when serve() never calls on_stop.
+        await shut_down()

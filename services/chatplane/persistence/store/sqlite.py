@@ -1,0 +1,726 @@
+"""The embedded system of record: `ConversationStore` on one SQLite file (WAL, fsync on every
+commit), with versioned migrations, run on a dedicated thread off the event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import functools
+import importlib.resources
+import logging
+import os
+import re
+import sqlite3
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any, Self, TypeVar
+
+from chatplane.common import errors
+from chatplane.common.ids import is_valid_id, new_id
+from chatplane.persistence.store.base import (
+    ApiKey,
+    Clock,
+    Conversation,
+    ConversationCursor,
+    ConversationHistory,
+    ConversationPage,
+    ConversationStore,
+    Feedback,
+    FinishReason,
+    IssuedApiKey,
+    Message,
+    MessageCursor,
+    MessagesRejected,
+    MessageStatus,
+    Owner,
+    Role,
+    Turn,
+    TurnRequest,
+    TurnReservation,
+    derived_title,
+    from_micros,
+    issue_api_key,
+    require_limit,
+    to_micros,
+    utc_now,
+)
+
+_log = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
+
+_MIGRATION_FILE = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
+# Stay well under SQLite's limit on bound parameters in one statement.
+_IN_CHUNK = 500
+
+_MESSAGE_COLUMNS = (
+    "message_id, conversation_id, tenant_id, user_id, role, text, status, model,"
+    " create_time_us, reply_to_message_id, finish_reason, input_tokens, output_tokens,"
+    " client_message_id"
+)
+_CONVERSATION_COLUMNS = (
+    "conversation_id, tenant_id, user_id, title, create_time_us, update_time_us, message_count"
+)
+_API_KEY_COLUMNS = "key_id, tenant_id, user_id, label, secret_sha256, revoked, create_time_us"
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    """One schema step: `version` N is applied after N-1, exactly once."""
+
+    version: int
+    name: str
+    script: str
+
+
+def sqlite_migrations() -> list[Migration]:
+    """The migrations shipped in chatplane/persistence/migrations/sqlite, in order."""
+    folder = importlib.resources.files("chatplane.persistence").joinpath("migrations", "sqlite")
+    found: list[Migration] = []
+    for entry in folder.iterdir():
+        match = _MIGRATION_FILE.match(entry.name)
+        if match is not None:
+            found.append(Migration(int(match[1]), entry.name, entry.read_text(encoding="utf-8")))
+    found.sort(key=lambda migration: migration.version)
+    if [m.version for m in found] != list(range(1, len(found) + 1)):
+        raise RuntimeError(f"migrations must be numbered 1..n without gaps: {found}")
+    return found
+
+
+class SqliteConversationStore(ConversationStore):
+    """The store in the SQLite file at `path`. Use `await SqliteConversationStore.open(path)`,
+    which creates or migrates the schema before the first call.
+
+    Every call runs on the store's one thread with its one connection (sqlite3 connections
+    are not shareable across threads, and one writer is all SQLite allows anyway). Writes take
+    the write lock up front (BEGIN IMMEDIATE), so several stores or processes on one file stay
+    correct: each read-check-write runs alone.
+    """
+
+    def __init__(
+        self, path: str | os.PathLike[str], *, clock: Clock = utc_now, busy_timeout: float = 10.0
+    ) -> None:
+        self._path = Path(path)
+        self._clock = clock
+        self._busy_timeout = busy_timeout
+        self._executor = concurrent.futures.ThreadPoolExecutor(
+            1, thread_name_prefix="chatplane-store"
+        )
+        self._connection: sqlite3.Connection | None = None
+        self._closed = False
+
+    @classmethod
+    async def open(
+        cls, path: str | os.PathLike[str], *, clock: Clock = utc_now, busy_timeout: float = 10.0
+    ) -> Self:
+        """A store on `path` with its schema migrated to the newest version."""
+        store = cls(path, clock=clock, busy_timeout=busy_timeout)
+        try:
+            await store._run(lambda connection: None)
+        except BaseException:
+            await store.close()
+            raise
+        return store
+
+    @property
+    def path(self) -> Path:
+        """The SQLite file."""
+        return self._path
+
+    async def begin_turn(self, request: TurnRequest) -> TurnReservation:
+        if request.conversation_id and not is_valid_id(request.conversation_id):
+            raise errors.NotFound("conversation not found")
+        return await self._run(functools.partial(self._begin_turn, request))
+
+    async def get_turn(self, owner: Owner, user_message_id: str) -> Turn:
+        if not is_valid_id(user_message_id):
+            raise errors.NotFound("turn not found")
+        return await self._run(functools.partial(_get_turn, owner, user_message_id))
+
+    async def list_conversations(
+        self, owner: Owner, *, limit: int, after: ConversationCursor | None = None
+    ) -> ConversationPage:
+        require_limit(limit)
+        return await self._run(functools.partial(_list_conversations, owner, limit, after))
+
+    async def get_conversation(
+        self,
+        owner: Owner,
+        conversation_id: str,
+        *,
+        limit: int,
+        after: MessageCursor | None = None,
+    ) -> ConversationHistory:
+        require_limit(limit)
+        if after is not None and after.conversation_id != conversation_id:
+            raise ValueError("the cursor belongs to another conversation")
+        if not is_valid_id(conversation_id):
+            raise errors.NotFound("conversation not found")
+        work = functools.partial(_get_conversation, owner, conversation_id, limit, after)
+        return await self._run(work)
+
+    async def delete_conversation(self, owner: Owner, conversation_id: str) -> datetime:
+        if not is_valid_id(conversation_id):
+            raise errors.NotFound("conversation not found")
+        return await self._run(functools.partial(self._delete_conversation, owner, conversation_id))
+
+    async def submit_feedback(self, owner: Owner, feedback: Feedback) -> datetime:
+        if not is_valid_id(feedback.message_id):
+            raise errors.NotFound("assistant message not found")
+        return await self._run(functools.partial(self._submit_feedback, owner, feedback))
+
+    async def create_api_key(self, owner: Owner, label: str) -> IssuedApiKey:
+        issued = issue_api_key(owner, label, self._clock())
+        await self._run(functools.partial(_insert_api_key, issued.record))
+        return issued
+
+    async def get_api_key(self, key_id: str) -> ApiKey:
+        if not is_valid_id(key_id):
+            raise errors.NotFound("api key not found")
+        return await self._run(functools.partial(_get_api_key, key_id))
+
+    async def write_messages(self, messages: Sequence[Message]) -> int:
+        if not messages:
+            return 0
+        return await self._run(functools.partial(self._write_messages, tuple(messages)))
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            # Queued behind any work already submitted, so that work finishes first.
+            await asyncio.wrap_future(self._executor.submit(self._close_connection))
+        finally:
+            self._executor.shutdown(wait=False)
+
+    async def _run(self, work: Callable[[sqlite3.Connection], _T]) -> _T:
+        if self._closed:
+            raise errors.Unavailable("the conversation store is closed")
+        future = self._executor.submit(lambda: work(self._open_connection()))
+        try:
+            return await asyncio.wrap_future(future)
+        except sqlite3.Error as error:
+            # Locked, full, or unreadable database: the caller may retry; a bug would not
+            # be a sqlite3.Error (constraint violations that mean "bad request" are mapped
+            # where they can happen).
+            _log.warning("conversation store call failed", extra={"error": repr(error)})
+            raise errors.Unavailable("the conversation store is unavailable") from error
+
+    def _open_connection(self) -> sqlite3.Connection:
+        if self._connection is None:
+            self._connection = _connect(self._path, self._busy_timeout)
+        return self._connection
+
+    def _close_connection(self) -> None:
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
+
+    def _now_us(self) -> int:
+        return to_micros(self._clock())
+
+    def _begin_turn(self, request: TurnRequest, connection: sqlite3.Connection) -> TurnReservation:
+        now_us = self._now_us()
+        lease_us = request.lease // timedelta(microseconds=1)
+        owner = request.owner
+        with _write_transaction(connection):
+            if request.client_message_id:
+                row = connection.execute(
+                    "SELECT conversation_id, user_message_id, assistant_message_id,"
+                    " lease_expire_time_us FROM turns"
+                    " WHERE tenant_id = ? AND user_id = ? AND client_message_id = ?",
+                    (owner.tenant_id, owner.user_id, request.client_message_id),
+                ).fetchone()
+                if row is not None:
+                    return _reclaim_turn(connection, owner, row, now_us, lease_us)
+            conversation_id = request.conversation_id
+            if conversation_id:
+                if _conversation_owner(connection, conversation_id) != owner:
+                    raise errors.NotFound("conversation not found")
+            else:
+                conversation_id = new_id()
+                connection.execute(
+                    f"INSERT INTO conversations ({_CONVERSATION_COLUMNS})"
+                    " VALUES (?, ?, ?, ?, ?, ?, 0)",
+                    (
+                        conversation_id,
+                        owner.tenant_id,
+                        owner.user_id,
+                        request.title,
+                        now_us,
+                        now_us,
+                    ),
+                )
+            expire_us = now_us + lease_us
+            try:
+                connection.execute(
+                    "INSERT INTO turns (user_message_id, assistant_message_id, conversation_id,"
+                    " tenant_id, user_id, client_message_id, lease_expire_time_us, create_time_us)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        request.user_message_id,
+                        request.assistant_message_id,
+                        conversation_id,
+                        owner.tenant_id,
+                        owner.user_id,
+                        request.client_message_id or None,
+                        expire_us,
+                        now_us,
+                    ),
+                )
+            except sqlite3.IntegrityError as error:
+                raise errors.AlreadyExists("the turn's message ids are reserved already") from error
+        return TurnReservation(
+            conversation_id,
+            request.user_message_id,
+            request.assistant_message_id,
+            acquired=True,
+            complete=False,
+            lease_expire_time=from_micros(expire_us),
+        )
+
+    def _delete_conversation(
+        self, owner: Owner, conversation_id: str, connection: sqlite3.Connection
+    ) -> datetime:
+        now_us = self._now_us()
+        with _write_transaction(connection):
+            if _conversation_owner(connection, conversation_id) != owner:
+                raise errors.NotFound("conversation not found")
+            connection.execute(
+                "INSERT INTO deleted_conversations"
+                " (conversation_id, tenant_id, user_id, delete_time_us) VALUES (?, ?, ?, ?)",
+                (conversation_id, owner.tenant_id, owner.user_id, now_us),
+            )
+            # Messages, their feedback and the turns go with it (ON DELETE CASCADE).
+            connection.execute(
+                "DELETE FROM conversations WHERE conversation_id = ?", (conversation_id,)
+            )
+        return from_micros(now_us)
+
+    def _submit_feedback(
+        self, owner: Owner, feedback: Feedback, connection: sqlite3.Connection
+    ) -> datetime:
+        now_us = self._now_us()
+        with _write_transaction(connection):
+            row = connection.execute(
+                "SELECT role FROM messages WHERE message_id = ? AND tenant_id = ? AND user_id = ?",
+                (feedback.message_id, owner.tenant_id, owner.user_id),
+            ).fetchone()
+            if row is None or row[0] != Role.ASSISTANT.value:
+                raise errors.NotFound("assistant message not found")
+            connection.execute(
+                "INSERT INTO feedback"
+                " (message_id, tenant_id, user_id, rating, comment, create_time_us)"
+                " VALUES (?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (message_id, tenant_id, user_id) DO UPDATE SET"
+                " rating = excluded.rating, comment = excluded.comment,"
+                " create_time_us = excluded.create_time_us",
+                (
+                    feedback.message_id,
+                    owner.tenant_id,
+                    owner.user_id,
+                    feedback.rating.value,
+                    feedback.comment,
+                    now_us,
+                ),
+            )
+        return from_micros(now_us)
+
+    def _write_messages(self, messages: tuple[Message, ...], connection: sqlite3.Connection) -> int:
+        now_us = self._now_us()
+        with _write_transaction(connection):
+            accepted, created = _admit(connection, messages)
+            for conversation_id in created:
+                first = [m for m in accepted if m.conversation_id == conversation_id]
+                title = next((m.text for m in first if m.role is Role.USER), "")
+                start_us = min(to_micros(m.create_time) for m in first)
+                connection.execute(
+                    f"INSERT INTO conversations ({_CONVERSATION_COLUMNS})"
+                    " VALUES (?, ?, ?, ?, ?, ?, 0)",
+                    (
+                        conversation_id,
+                        first[0].owner.tenant_id,
+                        first[0].owner.user_id,
+                        derived_title(title),
+                        start_us,
+                        start_us,
+                    ),
+                )
+            connection.executemany(
+                f"INSERT INTO messages ({_MESSAGE_COLUMNS}, store_time_us)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [(*_message_row(m), now_us) for m in accepted],
+            )
+            growth: dict[str, tuple[int, int]] = {}
+            for m in accepted:
+                count, newest = growth.get(m.conversation_id, (0, 0))
+                growth[m.conversation_id] = (count + 1, max(newest, to_micros(m.create_time)))
+            connection.executemany(
+                "UPDATE conversations SET message_count = message_count + ?,"
+                " update_time_us = max(update_time_us, ?) WHERE conversation_id = ?",
+                [(count, newest, cid) for cid, (count, newest) in growth.items()],
+            )
+        return len(accepted)
+
+
+def _connect(path: Path, busy_timeout: float) -> sqlite3.Connection:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # isolation_level=None: transactions are explicit, so a batch is exactly one transaction.
+    connection = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None)
+    try:
+        # WAL: readers never block the consumer's writes. FULL: every commit fsyncs the WAL,
+        # so a batch whose offsets were committed survives a power cut, not just a crash.
+        mode = connection.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if mode != "wal":
+            raise sqlite3.OperationalError(f"{path}: journal_mode is {mode}, WAL is required")
+        connection.execute("PRAGMA synchronous = FULL")
+        connection.execute("PRAGMA foreign_keys = ON")
+        _migrate(connection, sqlite_migrations())
+    except BaseException:
+        connection.close()
+        raise
+    return connection
+
+
+def _migrate(connection: sqlite3.Connection, migrations: Sequence[Migration]) -> None:
+    """Apply the migrations newer than the database's version, all in one transaction, so a
+    crash mid-way leaves the previous version intact and two processes never both apply one."""
+    with _write_transaction(connection):
+        connection.execute(
+            "CREATE TABLE IF NOT EXISTS schema_version ("
+            " version INTEGER PRIMARY KEY, name TEXT NOT NULL, apply_time_us INTEGER NOT NULL)"
+        )
+        current = int(
+            connection.execute("SELECT coalesce(max(version), 0) FROM schema_version").fetchone()[0]
+        )
+        if current > len(migrations):
+            raise RuntimeError(
+                f"the database is at schema version {current}; this code knows {len(migrations)}"
+            )
+        for migration in migrations[current:]:
+            for statement in _statements(migration.script):
+                connection.execute(statement)
+            connection.execute(
+                "INSERT INTO schema_version (version, name, apply_time_us) VALUES (?, ?, ?)",
+                (migration.version, migration.name, to_micros(utc_now())),
+            )
+            _log.info("schema migrated", extra={"version": migration.version})
+
+
+def _statements(script: str) -> Iterator[str]:
+    """The statements of a migration script, one at a time: executescript would commit the
+    migration's transaction after each script."""
+    pending = ""
+    for line in script.splitlines(keepends=True):
+        pending += line
+        if sqlite3.complete_statement(pending):
+            yield pending
+            pending = ""
+    if any(line.strip() and not line.strip().startswith("--") for line in pending.splitlines()):
+        raise ValueError(f"a migration ends in an incomplete statement: {pending!r}")
+
+
+@contextlib.contextmanager
+def _write_transaction(connection: sqlite3.Connection) -> Iterator[None]:
+    # IMMEDIATE takes the write lock before the first read, so a check-then-write (an
+    # idempotency key, a conversation's owner) cannot race another connection's write.
+    connection.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        with contextlib.suppress(sqlite3.Error):
+            connection.execute("ROLLBACK")
+        raise
+    connection.execute("COMMIT")
+
+
+@contextlib.contextmanager
+def _read_transaction(connection: sqlite3.Connection) -> Iterator[None]:
+    # One snapshot for reads that span statements (a conversation and its messages).
+    connection.execute("BEGIN")
+    try:
+        yield
+    finally:
+        with contextlib.suppress(sqlite3.Error):
+            connection.execute("COMMIT")
+
+
+def _select_in(
+    connection: sqlite3.Connection, query: str, values: Iterable[str]
+) -> Iterator[tuple[Any, ...]]:
+    """Rows of `query` (with one `{}` for the IN list) for all `values`, in chunks."""
+    listed = list(values)
+    for start in range(0, len(listed), _IN_CHUNK):
+        chunk = listed[start : start + _IN_CHUNK]
+        placeholders = ", ".join("?" * len(chunk))
+        yield from connection.execute(query.format(placeholders), chunk)
+
+
+def _conversation_owner(connection: sqlite3.Connection, conversation_id: str) -> Owner | None:
+    row = connection.execute(
+        "SELECT tenant_id, user_id FROM conversations WHERE conversation_id = ?",
+        (conversation_id,),
+    ).fetchone()
+    return None if row is None else Owner(row[0], row[1])
+
+
+def _reclaim_turn(
+    connection: sqlite3.Connection,
+    owner: Owner,
+    row: tuple[Any, ...],
+    now_us: int,
+    lease_us: int,
+) -> TurnReservation:
+    """The answer to a BeginTurn whose idempotency key is reserved already."""
+    conversation_id, user_message_id, assistant_message_id, expire_us = row
+    complete = (
+        connection.execute(
+            "SELECT 1 FROM messages WHERE message_id = ? AND tenant_id = ? AND user_id = ?",
+            (assistant_message_id, owner.tenant_id, owner.user_id),
+        ).fetchone()
+        is not None
+    )
+    acquired = not complete and expire_us <= now_us
+    if acquired:
+        # The previous owner's lease ran out before its answer was stored: this caller takes
+        # the turn over with the same ids, so whichever answer is stored first is the one.
+        expire_us = now_us + lease_us
+        connection.execute(
+            "UPDATE turns SET lease_expire_time_us = ? WHERE user_message_id = ?",
+            (expire_us, user_message_id),
+        )
+    return TurnReservation(
+        conversation_id,
+        user_message_id,
+        assistant_message_id,
+        acquired=acquired,
+        complete=complete,
+        lease_expire_time=from_micros(expire_us),
+    )
+
+
+def _get_turn(owner: Owner, user_message_id: str, connection: sqlite3.Connection) -> Turn:
+    with _read_transaction(connection):
+        row = connection.execute(
+            "SELECT conversation_id, assistant_message_id, lease_expire_time_us FROM turns"
+            " WHERE user_message_id = ? AND tenant_id = ? AND user_id = ?",
+            (user_message_id, owner.tenant_id, owner.user_id),
+        ).fetchone()
+        if row is None:
+            raise errors.NotFound("turn not found")
+        conversation_id, assistant_message_id, expire_us = row
+        stored = {
+            m.message_id: m
+            for m in map(
+                _message_from_row,
+                connection.execute(
+                    f"SELECT {_MESSAGE_COLUMNS} FROM messages"
+                    " WHERE message_id IN (?, ?) AND tenant_id = ? AND user_id = ?",
+                    (user_message_id, assistant_message_id, owner.tenant_id, owner.user_id),
+                ),
+            )
+        }
+    return Turn(
+        conversation_id,
+        user_message_id,
+        assistant_message_id,
+        from_micros(expire_us),
+        stored.get(user_message_id),
+        stored.get(assistant_message_id),
+    )
+
+
+def _list_conversations(
+    owner: Owner, limit: int, after: ConversationCursor | None, connection: sqlite3.Connection
+) -> ConversationPage:
+    query = f"SELECT {_CONVERSATION_COLUMNS} FROM conversations WHERE tenant_id = ? AND user_id = ?"
+    parameters: list[Any] = [owner.tenant_id, owner.user_id]
+    if after is not None:
+        query += " AND (update_time_us, conversation_id) < (?, ?)"
+        parameters += [to_micros(after.update_time), after.conversation_id]
+    query += " ORDER BY update_time_us DESC, conversation_id DESC LIMIT ?"
+    rows = connection.execute(query, [*parameters, limit + 1]).fetchall()
+    conversations = tuple(_conversation_from_row(row) for row in rows[:limit])
+    cursor = None
+    if len(rows) > limit:
+        last = conversations[-1]
+        cursor = ConversationCursor(last.update_time, last.conversation_id)
+    return ConversationPage(conversations, cursor)
+
+
+def _get_conversation(
+    owner: Owner,
+    conversation_id: str,
+    limit: int,
+    after: MessageCursor | None,
+    connection: sqlite3.Connection,
+) -> ConversationHistory:
+    with _read_transaction(connection):
+        row = connection.execute(
+            f"SELECT {_CONVERSATION_COLUMNS} FROM conversations"
+            " WHERE conversation_id = ? AND tenant_id = ? AND user_id = ?",
+            (conversation_id, owner.tenant_id, owner.user_id),
+        ).fetchone()
+        if row is None:
+            raise errors.NotFound("conversation not found")
+        conversation = _conversation_from_row(row)
+        query = (
+            f"SELECT {_MESSAGE_COLUMNS}, position FROM messages"
+            " WHERE conversation_id = ? AND tenant_id = ?"
+        )
+        parameters: list[Any] = [conversation_id, owner.tenant_id]
+        if after is not None:
+            query += " AND (create_time_us, position) > (?, ?)"
+            parameters += [to_micros(after.create_time), after.position]
+        query += " ORDER BY create_time_us, position LIMIT ?"
+        rows = connection.execute(query, [*parameters, limit + 1]).fetchall()
+    messages = tuple(_message_from_row(row) for row in rows[:limit])
+    cursor = None
+    if len(rows) > limit:
+        cursor = MessageCursor(conversation_id, messages[-1].create_time, rows[limit - 1][-1])
+    return ConversationHistory(conversation, messages, cursor)
+
+
+def _insert_api_key(record: ApiKey, connection: sqlite3.Connection) -> None:
+    with _write_transaction(connection):
+        connection.execute(
+            f"INSERT INTO api_keys ({_API_KEY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                record.key_id,
+                record.owner.tenant_id,
+                record.owner.user_id,
+                record.label,
+                record.secret_sha256,
+                int(record.revoked),
+                to_micros(record.create_time),
+            ),
+        )
+
+
+def _get_api_key(key_id: str, connection: sqlite3.Connection) -> ApiKey:
+    row = connection.execute(
+        f"SELECT {_API_KEY_COLUMNS} FROM api_keys WHERE key_id = ?", (key_id,)
+    ).fetchone()
+    if row is None:
+        raise errors.NotFound("api key not found")
+    key_id, tenant_id, user_id, label, digest, revoked, create_us = row
+    return ApiKey(
+        key_id,
+        Owner(tenant_id, user_id),
+        label,
+        bytes(digest),
+        bool(revoked),
+        from_micros(create_us),
+    )
+
+
+def _admit(
+    connection: sqlite3.Connection, messages: Sequence[Message]
+) -> tuple[list[Message], list[str]]:
+    """Decide, before writing anything, which messages of a batch to insert: returns them
+    and the conversations to create for them, or raises MessagesRejected."""
+    conversation_ids = {m.conversation_id for m in messages}
+    owners = {
+        cid: Owner(tenant_id, user_id)
+        for cid, tenant_id, user_id in _select_in(
+            connection,
+            "SELECT conversation_id, tenant_id, user_id FROM conversations"
+            " WHERE conversation_id IN ({})",
+            conversation_ids,
+        )
+    }
+    deleted = {
+        row[0]
+        for row in _select_in(
+            connection,
+            "SELECT conversation_id FROM deleted_conversations WHERE conversation_id IN ({})",
+            conversation_ids,
+        )
+    }
+    placed = {
+        message_id: (cid, Owner(tenant_id, user_id))
+        for message_id, cid, tenant_id, user_id in _select_in(
+            connection,
+            "SELECT message_id, conversation_id, tenant_id, user_id FROM messages"
+            " WHERE message_id IN ({})",
+            {m.message_id for m in messages},
+        )
+    }
+    accepted: list[Message] = []
+    created: list[str] = []
+    rejected: dict[int, str] = {}
+    for index, message in enumerate(messages):
+        if message.conversation_id in deleted:
+            continue
+        owner = owners.get(message.conversation_id)
+        if owner is None:
+            owners[message.conversation_id] = message.owner
+            created.append(message.conversation_id)
+        elif owner != message.owner:
+            rejected[index] = "conversation belongs to another owner"
+            continue
+        place = placed.get(message.message_id)
+        if place is not None:
+            # Re-delivered (or repeated in this batch): stored once already. The same id in
+            # another conversation or of another owner is a forged or broken record.
+            if place != (message.conversation_id, message.owner):
+                rejected[index] = "message id is stored for another conversation"
+            continue
+        placed[message.message_id] = (message.conversation_id, message.owner)
+        accepted.append(message)
+    if rejected:
+        raise MessagesRejected(rejected)
+    return accepted, created
+
+
+def _message_row(message: Message) -> tuple[Any, ...]:
+    return (
+        message.message_id,
+        message.conversation_id,
+        message.owner.tenant_id,
+        message.owner.user_id,
+        message.role.value,
+        message.text,
+        message.status.value,
+        message.model,
+        to_micros(message.create_time),
+        message.reply_to_message_id,
+        message.finish_reason.value,
+        message.input_tokens,
+        message.output_tokens,
+        message.client_message_id,
+    )
+
+
+def _message_from_row(row: Sequence[Any]) -> Message:
+    return Message(
+        message_id=row[0],
+        conversation_id=row[1],
+        owner=Owner(row[2], row[3]),
+        role=Role(row[4]),
+        text=row[5],
+        status=MessageStatus(row[6]),
+        model=row[7],
+        create_time=from_micros(row[8]),
+        reply_to_message_id=row[9],
+        finish_reason=FinishReason(row[10]),
+        input_tokens=row[11],
+        output_tokens=row[12],
+        client_message_id=row[13],
+    )
+
+
+def _conversation_from_row(row: Sequence[Any]) -> Conversation:
+    conversation_id, tenant_id, user_id, title, create_us, update_us, count = row
+    return Conversation(
+        conversation_id,
+        Owner(tenant_id, user_id),
+        title,
+        from_micros(create_us),
+        from_micros(update_us),
+        count,
+    )

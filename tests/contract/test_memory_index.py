@@ -1,0 +1,510 @@
+"""Contract tests of the memory index: every implementation of chatplane.memory.index.base must
+pass them. Each implementation is one entry of IMPLEMENTATIONS; the tests use only the interface
+and the real sentence embedder, and give every test its own tenants so engines may be shared.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from chatplane.common.errors import Unavailable
+from chatplane.memory.embedding import SentenceEmbedder
+from chatplane.memory.index.base import ItemKind, MemoryIndex, MemoryItem, RecalledItem
+from chatplane.memory.index.embedded import EmbeddedMemoryIndex
+
+# Opens an index over the storage the test was given; calling it again reopens the same data.
+IndexOpener = Callable[[], Awaitable[MemoryIndex]]
+
+
+def _embedded(tmp_path: Path) -> IndexOpener:
+    async def open_index() -> MemoryIndex:
+        return EmbeddedMemoryIndex(tmp_path / "memory.sqlite3")
+
+    return open_index
+
+
+# Adding OpenSearch is one more entry here (its factory starting from a cluster fixture).
+IMPLEMENTATIONS: dict[str, Callable[[Path], IndexOpener]] = {"embedded": _embedded}
+
+
+@dataclass
+class IndexUnderTest:
+    """Hands out indexes over one storage and closes them all afterwards."""
+
+    opener: IndexOpener
+    opened: list[MemoryIndex] = field(default_factory=list)
+
+    async def open(self) -> MemoryIndex:
+        index = await self.opener()
+        self.opened.append(index)
+        return index
+
+    async def close(self) -> None:
+        for index in reversed(self.opened):
+            await index.close()
+
+
+@pytest.fixture(scope="session")
+def embedder() -> SentenceEmbedder:
+    return SentenceEmbedder()
+
+
+@pytest.fixture(params=sorted(IMPLEMENTATIONS))
+async def index_under_test(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> AsyncIterator[IndexUnderTest]:
+    under_test = IndexUnderTest(IMPLEMENTATIONS[request.param](tmp_path))
+    yield under_test
+    await under_test.close()
+
+
+@pytest.fixture
+async def memory_index(index_under_test: IndexUnderTest) -> MemoryIndex:
+    return await index_under_test.open()
+
+
+@pytest.fixture
+def tenant() -> str:
+    return f"tenant-{uuid.uuid4().hex}"
+
+
+@pytest.fixture
+def other_tenant() -> str:
+    return f"tenant-{uuid.uuid4().hex}"
+
+
+def turn(
+    tenant_id: str,
+    user_id: str,
+    conversation_id: str,
+    item_id: str,
+    text: str,
+    *,
+    created_at_ms: int = 1_700_000_000_000,
+    role: str = "user",
+) -> MemoryItem:
+    return MemoryItem(
+        tenant_id=tenant_id,
+        user_id=user_id,
+        conversation_id=conversation_id,
+        item_id=item_id,
+        kind=ItemKind.TURN,
+        role=role,
+        text=text,
+        created_at_ms=created_at_ms,
+        source="",
+    )
+
+
+def document(tenant_id: str, item_id: str, text: str, source: str = "handbook.md") -> MemoryItem:
+    return MemoryItem(
+        tenant_id=tenant_id,
+        user_id="",
+        conversation_id="",
+        item_id=item_id,
+        kind=ItemKind.DOCUMENT,
+        role="",
+        text=text,
+        created_at_ms=1_700_000_000_000,
+        source=source,
+    )
+
+
+class Memory:
+    """The index under test plus the embedder: store and search by text."""
+
+    def __init__(self, index: MemoryIndex, embedder: SentenceEmbedder) -> None:
+        self.index = index
+        self.embedder = embedder
+
+    async def upsert(self, *items: MemoryItem) -> None:
+        await self.index.upsert(items, self.embedder.embed([item.text for item in items]))
+
+    async def search(
+        self,
+        tenant_id: str,
+        user_id: str,
+        query: str,
+        k: int = 10,
+        exclude_item_ids: Sequence[str] = (),
+    ) -> list[RecalledItem]:
+        vector = self.embedder.embed([query])[0]
+        return await self.index.search(
+            tenant_id, user_id, query, vector, k, exclude_item_ids=exclude_item_ids
+        )
+
+
+@pytest.fixture
+def memory(memory_index: MemoryIndex, embedder: SentenceEmbedder) -> Memory:
+    return Memory(memory_index, embedder)
+
+
+ALICE_TURNS = {
+    "a-puppy": "I adopted a golden retriever puppy named Biscuit last week.",
+    "a-rust": "My favourite programming language is Rust because of the borrow checker.",
+    "a-passport": "Remind me to renew my passport before the trip to Japan in May.",
+    "a-diet": "I am vegetarian and I cannot stand mushrooms.",
+}
+BOB_TURNS = {
+    "b-cat": "My cat Whiskers is terrified of the vacuum cleaner.",
+    "b-salary": "My salary is 91234 euros and my bank is Zorblax Credit Union.",
+}
+DOCUMENTS = {
+    "refund:0": "Refund policy: purchases can be returned within 30 days for a full refund.",
+    "password:0": "To reset your password, open Settings, choose Security, then Reset password.",
+}
+
+
+async def seed(memory: Memory, tenant_id: str) -> None:
+    await memory.upsert(
+        *(turn(tenant_id, "alice", "c1", i, text) for i, text in ALICE_TURNS.items()),
+        *(turn(tenant_id, "bob", "c9", i, text) for i, text in BOB_TURNS.items()),
+        *(document(tenant_id, i, text) for i, text in DOCUMENTS.items()),
+    )
+
+
+def ids(results: Sequence[RecalledItem]) -> list[str]:
+    return [r.item.item_id for r in results]
+
+
+# --- search ---------------------------------------------------------------------------------
+
+
+async def test_search_finds_by_keyword(memory: Memory, tenant: str) -> None:
+    await seed(memory, tenant)
+    results = await memory.search(tenant, "alice", "Biscuit")
+    assert results[0].item.item_id == "a-puppy"
+    assert results[0].keyword_rank == 1
+
+
+async def test_search_finds_by_meaning(memory: Memory, tenant: str) -> None:
+    await seed(memory, tenant)
+    # No word in common with the stored turn: only the dense ranking can find it.
+    results = await memory.search(tenant, "alice", "Which dog breed did I get?")
+    assert results[0].item.item_id == "a-puppy"
+    assert results[0].dense_rank == 1
+    results = await memory.search(tenant, "alice", "coding", k=3)
+    assert "a-rust" in ids(results)
+
+
+async def test_hybrid_ranks_an_item_matching_both_first(memory: Memory, tenant: str) -> None:
+    await seed(memory, tenant)
+    results = await memory.search(tenant, "alice", "how do I reset my password")
+    first = results[0]
+    assert first.item.item_id == "password:0"
+    assert first.keyword_rank is not None
+    assert first.dense_rank is not None
+    assert all(first.score > other.score for other in results[1:])
+    scores = [r.score for r in results]
+    assert scores == sorted(scores, reverse=True)
+
+
+async def test_search_returns_the_whole_item(memory: Memory, tenant: str) -> None:
+    await seed(memory, tenant)
+    results = await memory.search(tenant, "alice", "refund policy", k=1)
+    assert results[0].item == document(tenant, "refund:0", DOCUMENTS["refund:0"])
+    results = await memory.search(tenant, "alice", "passport renewal Japan", k=1)
+    assert results[0].item == turn(tenant, "alice", "c1", "a-passport", ALICE_TURNS["a-passport"])
+
+
+async def test_search_returns_at_most_k(memory: Memory, tenant: str) -> None:
+    await seed(memory, tenant)
+    assert len(await memory.search(tenant, "alice", "my", k=2)) == 2
+    assert await memory.search(tenant, "alice", "my", k=0) == []
+    visible = len(ALICE_TURNS) + len(DOCUMENTS)
+    assert len(await memory.search(tenant, "alice", "my", k=50)) == visible
+
+
+async def test_tenant_isolation(memory: Memory, tenant: str, other_tenant: str) -> None:
+    await seed(memory, tenant)
+    # Same user ids and item ids in the other tenant: only the tenant may separate them.
+    secret = "Project Nightingale launch code is 7-7-ALPHA-ZULU"
+    await memory.upsert(
+        turn(other_tenant, "alice", "c1", "a-puppy", secret),
+        turn(other_tenant, "alice", "c1", "other-only", secret),
+        document(other_tenant, "refund:0", secret),
+        document(other_tenant, "other-doc", secret),
+    )
+    for query in (secret, "Nightingale", "launch code", ALICE_TURNS["a-puppy"], ""):
+        results = await memory.search(tenant, "alice", query, k=50)
+        assert all(r.item.tenant_id == tenant for r in results)
+        assert all(secret != r.item.text for r in results)
+    results = await memory.search(other_tenant, "alice", secret, k=50)
+    assert sorted(ids(results)) == ["a-puppy", "other-doc", "other-only", "refund:0"]
+    assert all(r.item.tenant_id == other_tenant for r in results)
+
+
+async def test_empty_tenant_finds_nothing(memory: Memory, tenant: str, other_tenant: str) -> None:
+    await seed(memory, other_tenant)
+    assert await memory.search(tenant, "alice", ALICE_TURNS["a-puppy"], k=50) == []
+
+
+async def test_user_isolation_for_turns(memory: Memory, tenant: str) -> None:
+    await seed(memory, tenant)
+    for query in (BOB_TURNS["b-salary"], "Zorblax", "Whiskers cat", "salary euros bank"):
+        results = await memory.search(tenant, "alice", query, k=50)
+        turns = [r.item for r in results if r.item.kind is ItemKind.TURN]
+        assert all(item.user_id == "alice" for item in turns)
+        assert not set(ids(results)) & set(BOB_TURNS)
+    results = await memory.search(tenant, "bob", "Zorblax", k=1)
+    assert ids(results) == ["b-salary"]
+    # A user that has no turns sees only the tenant's documents.
+    results = await memory.search(tenant, "carol", BOB_TURNS["b-salary"], k=50)
+    assert sorted(ids(results)) == sorted(DOCUMENTS)
+
+
+@pytest.mark.parametrize("k", [1, 2, 3])
+async def test_invisible_items_do_not_crowd_out_visible_ones(
+    memory: Memory, tenant: str, other_tenant: str, k: int
+) -> None:
+    await seed(memory, tenant)
+    await seed(memory, other_tenant)
+    # The query is closest to items the caller may not see; k visible ones must still come.
+    for user, visible in (("carol", len(DOCUMENTS)), ("alice", len(DOCUMENTS) + len(ALICE_TURNS))):
+        for query in BOB_TURNS.values():
+            results = await memory.search(tenant, user, query, k=k)
+            assert len(results) == min(k, visible)
+
+
+async def test_documents_are_shared_within_the_tenant(memory: Memory, tenant: str) -> None:
+    await seed(memory, tenant)
+    for user in ("alice", "bob", "someone-new"):
+        results = await memory.search(tenant, user, "refund within 30 days", k=1)
+        assert ids(results) == ["refund:0"]
+        assert results[0].item.kind is ItemKind.DOCUMENT
+
+
+async def test_exclude_item_ids(memory: Memory, tenant: str) -> None:
+    await seed(memory, tenant)
+    results = await memory.search(tenant, "alice", "Biscuit the golden retriever puppy", k=50)
+    assert ids(results)[0] == "a-puppy"
+    excluded = ["a-puppy", "refund:0", "b-cat", "no-such-item"]
+    results = await memory.search(
+        tenant, "alice", "Biscuit the golden retriever puppy", k=50, exclude_item_ids=excluded
+    )
+    assert not set(ids(results)) & set(excluded)
+    assert len(results) == len(ALICE_TURNS) + len(DOCUMENTS) - 2
+
+
+async def test_upsert_is_idempotent(memory: Memory, tenant: str) -> None:
+    item = turn(tenant, "alice", "c1", "m1", "The wifi password for the cabin is hunter2")
+    await memory.upsert(item)
+    await memory.upsert(item)
+    await memory.upsert(item, item)
+    results = await memory.search(tenant, "alice", "cabin wifi password", k=10)
+    assert ids(results) == ["m1"]
+    assert await memory.index.recent(tenant, "alice", "c1", 10) == [item]
+
+
+async def test_upsert_again_replaces_the_item(memory: Memory, tenant: str) -> None:
+    await memory.upsert(turn(tenant, "alice", "c1", "m1", "partial answer about volcanoes"))
+    final = turn(tenant, "alice", "c1", "m1", "complete answer about glaciers", role="assistant")
+    await memory.upsert(final)
+    results = await memory.search(tenant, "alice", "glaciers", k=10)
+    assert [r.item for r in results] == [final]
+    assert results[0].keyword_rank == 1
+    results = await memory.search(tenant, "alice", "volcanoes", k=10)
+    assert all(r.keyword_rank is None for r in results)
+
+
+async def test_upsert_checks_vector_shapes(memory_index: MemoryIndex, tenant: str) -> None:
+    items = [turn(tenant, "alice", "c1", "m1", "hello")]
+    with pytest.raises(ValueError, match="vectors"):
+        await memory_index.upsert(items, np.zeros((2, 384), dtype=np.float32))
+    with pytest.raises(ValueError, match="384"):
+        await memory_index.upsert(items, np.zeros((1, 12), dtype=np.float32))
+    await memory_index.upsert([], np.zeros((0, 384), dtype=np.float32))
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "",
+        "   ",
+        '"',
+        '""',
+        '"unbalanced quote',
+        "*",
+        "pass*",
+        "NEAR(",
+        "NEAR(reset password, 2)",
+        "-",
+        "-password",
+        ":",
+        "text: password",
+        "scope: anything",
+        "{text scope}: reset",
+        "AND",
+        "reset AND OR NOT password",
+        "(((",
+        ")",
+        "^reset",
+        "+",
+        "reset_password",
+        "_",
+        "'; DROP TABLE items; --",
+        "\x00",
+        "café crème brûlée",
+        "東京の天気",
+        "🙂🚀",
+        "pass\u0301word",
+        "x" * 5000,
+        " ".join(f"word{i}" for i in range(500)),
+    ],
+)
+async def test_any_query_text_is_accepted(memory: Memory, tenant: str, query: str) -> None:
+    await seed(memory, tenant)
+    results = await memory.search(tenant, "alice", query, k=5)
+    assert len(results) <= 5
+    assert all(r.item.tenant_id == tenant for r in results)
+    assert not set(ids(results)) & set(BOB_TURNS)
+
+
+async def test_random_query_text_is_accepted(memory: Memory, tenant: str) -> None:
+    await seed(memory, tenant)
+    punctuation = "\"*:-+^(){}[],.;'\\/_~!?@#$%&|<>=`\x00 \t\n"
+    words = ["NEAR", "AND", "OR", "NOT", "text", "scope", "passw", "é", "\u0301", "東", "🙂"]
+    alphabet = [*punctuation, *words]
+    generator = random.Random(20240601)
+    for _ in range(100):
+        query = "".join(generator.choices(alphabet, k=generator.randint(1, 12)))
+        results = await memory.search(tenant, "alice", query, k=3)
+        assert len(results) <= 3
+
+
+async def test_special_characters_in_stored_text(memory: Memory, tenant: str) -> None:
+    text = 'He said "NEAR(x, y)" -- then: *wildcards* and {braces} ^caret café 東京'
+    await memory.upsert(turn(tenant, "alice", "c1", "m1", text))
+    for query in ("wildcards", "NEAR", "cafe", "東京", "braces caret"):
+        results = await memory.search(tenant, "alice", query, k=1)
+        assert ids(results) == ["m1"]
+        assert results[0].keyword_rank == 1, query
+
+
+async def test_zero_query_vector_still_searches_keywords(memory: Memory, tenant: str) -> None:
+    await seed(memory, tenant)
+    zero = np.zeros(memory.embedder.dimension, dtype=np.float32)
+    results = await memory.index.search(tenant, "alice", "Biscuit", zero, 5)
+    assert ids(results)[:1] == ["a-puppy"]
+
+
+# --- recent ---------------------------------------------------------------------------------
+
+
+async def test_recent_is_the_newest_turns_oldest_first(memory: Memory, tenant: str) -> None:
+    items = [
+        turn(tenant, "alice", "c1", f"m{i}", f"message {i}", created_at_ms=1_000 + i)
+        for i in range(10)
+    ]
+    # Stored out of order: the order comes from created_at_ms, not from arrival.
+    await memory.upsert(*items[5:], *items[:5])
+    assert await memory.index.recent(tenant, "alice", "c1", 3) == items[7:]
+    assert await memory.index.recent(tenant, "alice", "c1", 100) == items
+    assert await memory.index.recent(tenant, "alice", "c1", 0) == []
+
+
+async def test_recent_is_scoped(memory: Memory, tenant: str, other_tenant: str) -> None:
+    mine = turn(tenant, "alice", "c1", "mine", "mine", created_at_ms=1)
+    await memory.upsert(
+        mine,
+        turn(tenant, "alice", "c2", "other-conversation", "x", created_at_ms=2),
+        turn(tenant, "bob", "c1", "other-user", "x", created_at_ms=3),
+        document(tenant, "a-document", "x"),
+    )
+    await memory.upsert(turn(other_tenant, "alice", "c1", "other-tenant", "x", created_at_ms=4))
+    assert await memory.index.recent(tenant, "alice", "c1", 10) == [mine]
+    assert await memory.index.recent(tenant, "alice", "nope", 10) == []
+    assert await memory.index.recent(tenant, "", "", 10) == []
+
+
+# --- delete_conversation ----------------------------------------------------------------------
+
+
+async def test_delete_conversation(memory: Memory, tenant: str, other_tenant: str) -> None:
+    await seed(memory, tenant)
+    await memory.upsert(
+        turn(tenant, "alice", "c2", "a-other", "Biscuit chewed my shoes"),
+        turn(tenant, "bob", "c1", "b-same-id", "Biscuit is a biscuit"),
+        turn(other_tenant, "alice", "c1", "t2", "Biscuit again"),
+    )
+    assert await memory.index.delete_conversation(tenant, "alice", "c1") == len(ALICE_TURNS)
+    assert await memory.index.recent(tenant, "alice", "c1", 10) == []
+    results = await memory.search(tenant, "alice", "Biscuit golden retriever puppy", k=50)
+    assert not set(ids(results)) & set(ALICE_TURNS)
+    assert "a-other" in ids(results)
+    assert set(DOCUMENTS) <= set(ids(results))
+    # Other users' and other tenants' conversations with the same id are untouched.
+    assert len(await memory.index.recent(tenant, "bob", "c1", 10)) == 1
+    assert len(await memory.index.recent(other_tenant, "alice", "c1", 10)) == 1
+    assert await memory.index.delete_conversation(tenant, "alice", "c1") == 0
+
+
+async def test_delete_never_touches_documents(memory: Memory, tenant: str) -> None:
+    await seed(memory, tenant)
+    assert await memory.index.delete_conversation(tenant, "", "") == 0
+    results = await memory.search(tenant, "someone", "refund", k=50)
+    assert sorted(ids(results)) == sorted(DOCUMENTS)
+
+
+async def test_deleted_item_can_be_stored_again(memory: Memory, tenant: str) -> None:
+    item = turn(tenant, "alice", "c1", "m1", "tulips bloom in April")
+    await memory.upsert(item)
+    assert await memory.index.delete_conversation(tenant, "alice", "c1") == 1
+    await memory.upsert(item)
+    assert ids(await memory.search(tenant, "alice", "tulips", k=5)) == ["m1"]
+
+
+# --- lifecycle ------------------------------------------------------------------------------
+
+
+async def test_persists_across_close_and_reopen(
+    index_under_test: IndexUnderTest, embedder: SentenceEmbedder, tenant: str
+) -> None:
+    first = Memory(await index_under_test.open(), embedder)
+    await seed(first, tenant)
+    await first.index.delete_conversation(tenant, "bob", "c9")
+    await first.index.close()
+
+    second = Memory(await index_under_test.open(), embedder)
+    results = await second.search(tenant, "alice", "Biscuit", k=1)
+    assert ids(results) == ["a-puppy"]
+    assert results[0].keyword_rank == 1
+    assert results[0].dense_rank == 1
+    assert len(await second.index.recent(tenant, "alice", "c1", 10)) == len(ALICE_TURNS)
+    assert await second.index.recent(tenant, "bob", "c9", 10) == []
+    await second.upsert(turn(tenant, "alice", "c1", "later", "a new turn about Biscuit"))
+    assert "later" in ids(await second.search(tenant, "alice", "Biscuit", k=5))
+
+
+async def test_closed_index_is_unavailable(memory: Memory, tenant: str) -> None:
+    await memory.index.close()
+    await memory.index.close()
+    with pytest.raises(Unavailable):
+        await memory.index.recent(tenant, "alice", "c1", 10)
+    with pytest.raises(Unavailable):
+        await memory.search(tenant, "alice", "anything")
+
+
+async def test_concurrent_calls(memory: Memory, tenant: str) -> None:
+    await seed(memory, tenant)
+    vectors = memory.embedder.embed([f"note number {i} about gardening" for i in range(20)])
+
+    async def write(i: int) -> None:
+        text = f"note number {i} about gardening"
+        item = turn(tenant, "alice", "c2", f"n{i}", text, created_at_ms=i)
+        await memory.index.upsert([item], vectors[i : i + 1])
+
+    async def read() -> list[RecalledItem]:
+        return await memory.search(tenant, "alice", "Biscuit", k=3)
+
+    outcomes = await asyncio.gather(*(write(i) for i in range(20)), *(read() for _ in range(20)))
+    assert all(isinstance(o, list) and o and o[0].item.item_id == "a-puppy" for o in outcomes[20:])
+    assert len(await memory.index.recent(tenant, "alice", "c2", 100)) == 20
