@@ -145,7 +145,7 @@ def recorded_message(
     conversation_id: str,
     message_id: str,
     *,
-    role: int = resources_pb2.ROLE_USER,
+    role: resources_pb2.Role.ValueType = resources_pb2.ROLE_USER,
     reply_to: str = "",
 ) -> LogRecord:
     record = events_pb2.MessageRecorded(
@@ -308,7 +308,7 @@ async def test_rpcs_are_owner_scoped_and_validated(
                 break
         assert sorted(seen) == sorted(conversation_ids) and len(seen) == 5
 
-        invalid = [
+        invalid: list[tuple[Callable[[], Awaitable[object]], str]] = [
             (
                 lambda: stub.ListConversations(
                     persistence_pb2.PersistenceServiceListConversationsRequest(

@@ -160,3 +160,47 @@ async def test_persistence_kill_9_loses_no_acknowledged_message(tmp_path: Path) 
 
 async def _truthy(value: bool) -> bool:
     return value
+
+
+async def test_agent_crash_mid_turn_is_unavailable_and_a_retry_runs_the_turn_again(
+    tmp_path: Path,
+) -> None:
+    async with (
+        running_stack(tmp_path, SLOW_PACE) as stack,
+        grpc.aio.insecure_channel(stack.info().address("gateway")) as channel,
+    ):
+        client = Client(channel, await create_key(stack, "t", "u"))
+        call = client.chat_call("What is a lighthouse?", client_message_id="retry-me")
+        first = Turn()
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            async for event in call:
+                first.add(event)
+                if len(first.deltas) == 2:
+                    stack.services["agent"].kill()
+        assert raised.value.code() is grpc.StatusCode.UNAVAILABLE
+        assert first.started is not None and first.done is None
+        await stack.services["agent"].process.wait()
+        await stack.start_service("agent")
+
+        # The failed turn's lease was released: the retry generates at once (it does not
+        # wait for the lease to run out, nor replay an answer that was never stored).
+        loop = asyncio.get_running_loop()
+        started_at = loop.time()
+
+        async def retry() -> Turn | None:
+            try:
+                return await client.chat("What is a lighthouse?", client_message_id="retry-me")
+            except grpc.aio.AioRpcError as error:
+                assert error.code() is grpc.StatusCode.UNAVAILABLE  # gateway reconnecting
+                return None
+
+        second = await poll(retry, timeout=30)
+        assert second.started is not None and second.done is not None
+        assert not second.started.started.replayed
+        assert second.started.started.assistant_message_id == (
+            first.started.started.assistant_message_id
+        )
+        assert loop.time() - started_at < 20  # far below the 300 s lease
+        messages = (await history(client, first.started.started.conversation_id)).messages
+        assert [m.role for m in messages] == [resources_pb2.ROLE_USER, resources_pb2.ROLE_ASSISTANT]
+        assert messages[1].status == resources_pb2.MESSAGE_STATUS_COMPLETE

@@ -47,7 +47,8 @@ def to_status(error: errors.ChatplaneError | None, request_id: str) -> grpc.Stat
     if error is None:
         code, message = grpc.StatusCode.INTERNAL, "internal error"
     else:
-        code, message = _CODES[type(error)], error.message
+        kind = next(k for k in type(error).__mro__ if k in _CODES)
+        code, message = _CODES[kind], error.message
     if isinstance(error, errors.InvalidArgument):
         violation = error_details_pb2.BadRequest.FieldViolation(
             field=error.field, description=error.description

@@ -4,6 +4,7 @@ Agent and relay its events, wait for the copy already running, or replay the sto
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 
@@ -21,6 +22,8 @@ from chatplane.v1 import (
     persistence_pb2_grpc,
     resources_pb2,
 )
+
+_log = logging.getLogger(__name__)
 
 # How often a retry polls for the answer of a turn that another call is generating.
 _WAIT_POLL_SECONDS = 0.1
@@ -108,9 +111,29 @@ class ChatRelay:
         try:
             async for event in call:
                 yield event
+        except grpc.aio.AioRpcError:
+            # The generation failed before its answer was stored (a stored one is never
+            # released): let a retry with the same key run it again at once.
+            await self._release(principal, begin, budget)
+            raise
         finally:
             # The client went away or the relay failed: stop the generation upstream now.
             call.cancel()
+
+    async def _release(
+        self, principal: Principal, begin: persistence_pb2.BeginTurnResponse, budget: Budget
+    ) -> None:
+        owner = persistence_pb2.Owner(tenant_id=principal.tenant_id, user_id=principal.user_id)
+        try:
+            await self._persistence.ReleaseTurn(
+                persistence_pb2.ReleaseTurnRequest(
+                    owner=owner, user_message_id=begin.user_message_id
+                ),
+                timeout=budget(self._settings.internal_call_timeout_seconds),
+            )
+        except (grpc.aio.AioRpcError, errors.DeadlineExceeded):
+            # Best effort: without it the lease simply runs out.
+            _log.warning("could not release a failed turn", extra={"turn": begin.user_message_id})
 
     async def _wait_for_answer(
         self,

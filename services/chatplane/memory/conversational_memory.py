@@ -65,6 +65,8 @@ class ConversationalMemory:
         _require_owner(tenant_id, user_id)
         if not conversation_id:
             raise errors.InvalidArgument("conversation_id", "required")
+        if any(not m.message_id for m in messages):
+            raise errors.InvalidArgument("messages.message_id", "required")
         items = [
             MemoryItem(
                 tenant_id=tenant_id,

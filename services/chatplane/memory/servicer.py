@@ -6,6 +6,7 @@ from typing import Any
 
 import grpc
 
+from chatplane.common import errors
 from chatplane.memory.conversational_memory import ConversationalMemory, RememberedMessage
 from chatplane.memory.index.base import ItemKind, RecalledItem
 from chatplane.v1 import memory_pb2, memory_pb2_grpc, resources_pb2
@@ -43,6 +44,8 @@ class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
     async def Remember(
         self, request: memory_pb2.RememberRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> memory_pb2.RememberResponse:
+        if any(m.role not in _ROLE_NAMES for m in request.messages):
+            raise errors.InvalidArgument("messages.role", "must be ROLE_USER or ROLE_ASSISTANT")
         count = await self._memory.remember(
             request.tenant_id,
             request.user_id,
@@ -50,7 +53,7 @@ class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
             [
                 RememberedMessage(
                     message_id=m.message_id,
-                    role=_ROLE_NAMES.get(m.role, "user"),
+                    role=_ROLE_NAMES[m.role],
                     text=m.text,
                     created_at_ms=m.create_time_unix_ms,
                 )

@@ -123,6 +123,14 @@ class PersistenceServicer(persistence_pb2_grpc.PersistenceServiceServicer):
             response.assistant_message.CopyFrom(_message(turn.assistant_message))
         return response
 
+    async def ReleaseTurn(
+        self, request: persistence_pb2.ReleaseTurnRequest, context: Context
+    ) -> persistence_pb2.ReleaseTurnResponse:
+        owner = _owner(request.owner)
+        _require(request.user_message_id, "user_message_id")
+        released = await self._store.release_turn(owner, request.user_message_id)
+        return persistence_pb2.ReleaseTurnResponse(released=released)
+
     async def ListConversations(
         self, request: persistence_pb2.PersistenceServiceListConversationsRequest, context: Context
     ) -> persistence_pb2.PersistenceServiceListConversationsResponse:

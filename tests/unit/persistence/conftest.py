@@ -79,7 +79,7 @@ def recorded(
     *,
     conversation_id: str | None = None,
     message_id: str | None = None,
-    role: int = resources_pb2.ROLE_USER,
+    role: resources_pb2.Role.ValueType = resources_pb2.ROLE_USER,
     schema_version: int = 1,
     text: str = "hello there",
 ) -> events_pb2.MessageRecorded:

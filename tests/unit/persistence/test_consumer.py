@@ -175,7 +175,7 @@ async def test_invalid_records_are_dead_lettered_and_the_rest_stored(
     no_tenant = make_recorded(ALICE)
     no_tenant.tenant_id = ""
     bad_status = make_recorded(ALICE)
-    bad_status.message.status = 7
+    bad_status.message.status = resources_pb2.MessageStatus.ValueType(7)
     expected = {
         "undecodable: not a MessageRecorded": log_record(b"\x00garbage", key=conversation_id),
         "unsupported schema_version 2": log_record(make_recorded(ALICE, schema_version=2)),

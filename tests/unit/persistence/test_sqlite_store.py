@@ -16,9 +16,11 @@ import pytest
 from chatplane.common import errors
 from chatplane.common.ids import new_id
 from chatplane.persistence.store.base import (
+    Conversation,
     ConversationStore,
     Feedback,
     FinishReason,
+    Message,
     MessagesRejected,
     Owner,
     Rating,
@@ -182,6 +184,31 @@ async def test_expired_lease_is_taken_over_once(
     assert replay.complete and not replay.acquired
 
 
+async def test_released_turn_is_acquired_by_the_next_retry_at_once(
+    store: ConversationStore, make_message: MessageFactory
+) -> None:
+    first = await store.begin_turn(turn_request(key="k"))
+    assert not (await store.begin_turn(turn_request(key="k"))).acquired
+    with pytest.raises(errors.NotFound):
+        await store.release_turn(BOB, first.user_message_id)
+    assert await store.release_turn(ALICE, first.user_message_id)
+    retry = await store.begin_turn(turn_request(key="k"))
+    assert retry.acquired and retry.assistant_message_id == first.assistant_message_id
+    # A turn whose answer is stored is never released.
+    await store.write_messages(
+        [
+            make_message(
+                ALICE,
+                first.conversation_id,
+                message_id=first.assistant_message_id,
+                role=Role.ASSISTANT,
+            )
+        ]
+    )
+    assert not await store.release_turn(ALICE, first.user_message_id)
+    assert (await store.begin_turn(turn_request(key="k"))).complete
+
+
 async def test_begin_turn_in_someone_elses_conversation_is_not_found(
     store: ConversationStore,
 ) -> None:
@@ -272,7 +299,9 @@ async def test_conversation_pages_are_keyset_ordered(
     await store.write_messages([make_message(ALICE, expected[0])])
     await store.begin_turn(turn_request(BOB))
 
-    seen, pages, after = [], [], None
+    seen: list[Conversation] = []
+    pages: list[int] = []
+    after = None
     while True:
         page = await store.list_conversations(ALICE, limit=3, after=after)
         pages.append(len(page.conversations))
@@ -305,7 +334,9 @@ async def test_message_pages_are_oldest_first(
     expected = sorted(created, key=lambda m: (m.create_time, inserted.index(m)))
     assert [m.text for m in expected][3:6] == ["m4", "m5", "m3"]
 
-    seen, pages, after = [], [], None
+    seen: list[Message] = []
+    pages: list[int] = []
+    after = None
     while True:
         history = await store.get_conversation(ALICE, conversation_id, limit=4, after=after)
         pages.append(len(history.messages))

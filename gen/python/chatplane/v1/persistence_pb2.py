@@ -27,7 +27,7 @@ from chatplane.v1 import resources_pb2 as chatplane_dot_v1_dot_resources__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x63hatplane/v1/persistence.proto\x12\x0c\x63hatplane.v1\x1a\x1a\x63hatplane/v1/gateway.proto\x1a\x1c\x63hatplane/v1/resources.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"+\n\x05Owner\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\"\xc2\x01\n\x10\x42\x65ginTurnRequest\x12\"\n\x05owner\x18\x01 \x01(\x0b\x32\x13.chatplane.v1.Owner\x12\x17\n\x0f\x63onversation_id\x18\x02 \x01(\t\x12\x19\n\x11\x63lient_message_id\x18\x03 \x01(\t\x12\x17\n\x0fuser_message_id\x18\x04 \x01(\t\x12\x1c\n\x14\x61ssistant_message_id\x18\x05 \x01(\t\x12\r\n\x05title\x18\x06 \x01(\t\x12\x10\n\x08lease_ms\x18\x07 \x01(\x03\"\x84\x01\n\x11\x42\x65ginTurnResponse\x12\x17\n\x0f\x63onversation_id\x18\x01 \x01(\t\x12\x17\n\x0fuser_message_id\x18\x02 \x01(\t\x12\x1c\n\x14\x61ssistant_message_id\x18\x03 \x01(\t\x12\r\n\x05owner\x18\x04 \x01(\x08\x12\x10\n\x08\x63omplete\x18\x05 \x01(\x08\"M\n\x0eGetTurnRequest\x12\"\n\x05owner\x18\x01 \x01(\x0b\x32\x13.chatplane.v1.Owner\x12\x17\n\x0fuser_message_id\x18\x02 \x01(\t\"\xa7\x01\n\x0fGetTurnResponse\x12+\n\x0cuser_message\x18\x01 \x01(\x0b\x32\x15.chatplane.v1.Message\x12\x30\n\x11\x61ssistant_message\x18\x02 \x01(\x0b\x32\x15.chatplane.v1.Message\x12\x35\n\x11lease_expire_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x86\x01\n*PersistenceServiceListConversationsRequest\x12\"\n\x05owner\x18\x01 \x01(\x0b\x32\x13.chatplane.v1.Owner\x12\x34\n\x04page\x18\x02 \x01(\x0b\x32&.chatplane.v1.ListConversationsRequest\"d\n+PersistenceServiceListConversationsResponse\x12\x35\n\x04page\x18\x01 \x01(\x0b\x32\'.chatplane.v1.ListConversationsResponse\"\x85\x01\n(PersistenceServiceGetConversationRequest\x12\"\n\x05owner\x18\x01 \x01(\x0b\x32\x13.chatplane.v1.Owner\x12\x35\n\x07request\x18\x02 \x01(\x0b\x32$.chatplane.v1.GetConversationRequest\"d\n)PersistenceServiceGetConversationResponse\x12\x37\n\x08response\x18\x01 \x01(\x0b\x32%.chatplane.v1.GetConversationResponse\"j\n+PersistenceServiceDeleteConversationRequest\x12\"\n\x05owner\x18\x01 \x01(\x0b\x32\x13.chatplane.v1.Owner\x12\x17\n\x0f\x63onversation_id\x18\x02 \x01(\t\"_\n,PersistenceServiceDeleteConversationResponse\x12/\n\x0b\x64\x65lete_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x84\x01\n\'PersistenceServiceSubmitFeedbackRequest\x12\"\n\x05owner\x18\x01 \x01(\x0b\x32\x13.chatplane.v1.Owner\x12\x35\n\x08\x66\x65\x65\x64\x62\x61\x63k\x18\x02 \x01(\x0b\x32#.chatplane.v1.SubmitFeedbackRequest\"[\n(PersistenceServiceSubmitFeedbackResponse\x12/\n\x0b\x63reate_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"H\n\x13\x43reateApiKeyRequest\x12\"\n\x05owner\x18\x01 \x01(\x0b\x32\x13.chatplane.v1.Owner\x12\r\n\x05label\x18\x02 \x01(\t\"7\n\x14\x43reateApiKeyResponse\x12\x0f\n\x07\x61pi_key\x18\x01 \x01(\t\x12\x0e\n\x06key_id\x18\x02 \x01(\t\"\"\n\x10GetApiKeyRequest\x12\x0e\n\x06key_id\x18\x01 \x01(\t\"_\n\x11GetApiKeyResponse\x12\"\n\x05owner\x18\x01 \x01(\x0b\x32\x13.chatplane.v1.Owner\x12\x15\n\rsecret_sha256\x18\x02 \x01(\x0c\x12\x0f\n\x07revoked\x18\x03 \x01(\x08\x32\xee\x06\n\x12PersistenceService\x12L\n\tBeginTurn\x12\x1e.chatplane.v1.BeginTurnRequest\x1a\x1f.chatplane.v1.BeginTurnResponse\x12\x46\n\x07GetTurn\x12\x1c.chatplane.v1.GetTurnRequest\x1a\x1d.chatplane.v1.GetTurnResponse\x12\x88\x01\n\x11ListConversations\x12\x38.chatplane.v1.PersistenceServiceListConversationsRequest\x1a\x39.chatplane.v1.PersistenceServiceListConversationsResponse\x12\x82\x01\n\x0fGetConversation\x12\x36.chatplane.v1.PersistenceServiceGetConversationRequest\x1a\x37.chatplane.v1.PersistenceServiceGetConversationResponse\x12\x8b\x01\n\x12\x44\x65leteConversation\x12\x39.chatplane.v1.PersistenceServiceDeleteConversationRequest\x1a:.chatplane.v1.PersistenceServiceDeleteConversationResponse\x12\x7f\n\x0eSubmitFeedback\x12\x35.chatplane.v1.PersistenceServiceSubmitFeedbackRequest\x1a\x36.chatplane.v1.PersistenceServiceSubmitFeedbackResponse\x12U\n\x0c\x43reateApiKey\x12!.chatplane.v1.CreateApiKeyRequest\x1a\".chatplane.v1.CreateApiKeyResponse\x12L\n\tGetApiKey\x12\x1e.chatplane.v1.GetApiKeyRequest\x1a\x1f.chatplane.v1.GetApiKeyResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x63hatplane/v1/persistence.proto\x12\x0c\x63hatplane.v1\x1a\x1a\x63hatplane/v1/gateway.proto\x1a\x1c\x63hatplane/v1/resources.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"+\n\x05Owner\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\"\xc2\x01\n\x10\x42\x65ginTurnRequest\x12\"\n\x05owner\x18\x01 \x01(\x0b\x32\x13.chatplane.v1.Owner\x12\x17\n\x0f\x63onversation_id\x18\x02 \x01(\t\x12\x19\n\x11\x63lient_message_id\x18\x03 \x01(\t\x12\x17\n\x0fuser_message_id\x18\x04 \x01(\t\x12\x1c\n\x14\x61ssistant_message_id\x18\x05 \x01(\t\x12\r\n\x05title\x18\x06 \x01(\t\x12\x10\n\x08lease_ms\x18\x07 \x01(\x03\"\x84\x01\n\x11\x42\x65ginTurnResponse\x12\x17\n\x0f\x63onversation_id\x18\x01 \x01(\t\x12\x17\n\x0fuser_message_id\x18\x02 \x01(\t\x12\x1c\n\x14\x61ssistant_message_id\x18\x03 \x01(\t\x12\r\n\x05owner\x18\x04 \x01(\x08\x12\x10\n\x08\x63omplete\x18\x05 \x01(\x08\"M\n\x0eGetTurnRequest\x12\"\n\x05owner\x18\x01 \x01(\x0b\x32\x13.chatplane.v1.Owner\x12\x17\n\x0fuser_message_id\x18\x02 \x01(\t\"\xa7\x01\n\x0fGetTurnResponse\x12+\n\x0cuser_message\x18\x01 \x01(\x0b\x32\x15.chatplane.v1.Message\x12\x30\n\x11\x61ssistant_message\x18\x02 \x01(\x0b\x32\x15.chatplane.v1.Message\x12\x35\n\x11lease_expire_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"Q\n\x12ReleaseTurnRequest\x12\"\n\x05owner\x18\x01 \x01(\x0b\x32\x13.chatplane.v1.Owner\x12\x17\n\x0fuser_message_id\x18\x02 \x01(\t\"\'\n\x13ReleaseTurnResponse\x12\x10\n\x08released\x18\x01 \x01(\x08\"\x86\x01\n*PersistenceServiceListConversationsRequest\x12\"\n\x05owner\x18\x01 \x01(\x0b\x32\x13.chatplane.v1.Owner\x12\x34\n\x04page\x18\x02 \x01(\x0b\x32&.chatplane.v1.ListConversationsRequest\"d\n+PersistenceServiceListConversationsResponse\x12\x35\n\x04page\x18\x01 \x01(\x0b\x32\'.chatplane.v1.ListConversationsResponse\"\x85\x01\n(PersistenceServiceGetConversationRequest\x12\"\n\x05owner\x18\x01 \x01(\x0b\x32\x13.chatplane.v1.Owner\x12\x35\n\x07request\x18\x02 \x01(\x0b\x32$.chatplane.v1.GetConversationRequest\"d\n)PersistenceServiceGetConversationResponse\x12\x37\n\x08response\x18\x01 \x01(\x0b\x32%.chatplane.v1.GetConversationResponse\"j\n+PersistenceServiceDeleteConversationRequest\x12\"\n\x05owner\x18\x01 \x01(\x0b\x32\x13.chatplane.v1.Owner\x12\x17\n\x0f\x63onversation_id\x18\x02 \x01(\t\"_\n,PersistenceServiceDeleteConversationResponse\x12/\n\x0b\x64\x65lete_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x84\x01\n\'PersistenceServiceSubmitFeedbackRequest\x12\"\n\x05owner\x18\x01 \x01(\x0b\x32\x13.chatplane.v1.Owner\x12\x35\n\x08\x66\x65\x65\x64\x62\x61\x63k\x18\x02 \x01(\x0b\x32#.chatplane.v1.SubmitFeedbackRequest\"[\n(PersistenceServiceSubmitFeedbackResponse\x12/\n\x0b\x63reate_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"H\n\x13\x43reateApiKeyRequest\x12\"\n\x05owner\x18\x01 \x01(\x0b\x32\x13.chatplane.v1.Owner\x12\r\n\x05label\x18\x02 \x01(\t\"7\n\x14\x43reateApiKeyResponse\x12\x0f\n\x07\x61pi_key\x18\x01 \x01(\t\x12\x0e\n\x06key_id\x18\x02 \x01(\t\"\"\n\x10GetApiKeyRequest\x12\x0e\n\x06key_id\x18\x01 \x01(\t\"_\n\x11GetApiKeyResponse\x12\"\n\x05owner\x18\x01 \x01(\x0b\x32\x13.chatplane.v1.Owner\x12\x15\n\rsecret_sha256\x18\x02 \x01(\x0c\x12\x0f\n\x07revoked\x18\x03 \x01(\x08\x32\xc2\x07\n\x12PersistenceService\x12L\n\tBeginTurn\x12\x1e.chatplane.v1.BeginTurnRequest\x1a\x1f.chatplane.v1.BeginTurnResponse\x12\x46\n\x07GetTurn\x12\x1c.chatplane.v1.GetTurnRequest\x1a\x1d.chatplane.v1.GetTurnResponse\x12R\n\x0bReleaseTurn\x12 .chatplane.v1.ReleaseTurnRequest\x1a!.chatplane.v1.ReleaseTurnResponse\x12\x88\x01\n\x11ListConversations\x12\x38.chatplane.v1.PersistenceServiceListConversationsRequest\x1a\x39.chatplane.v1.PersistenceServiceListConversationsResponse\x12\x82\x01\n\x0fGetConversation\x12\x36.chatplane.v1.PersistenceServiceGetConversationRequest\x1a\x37.chatplane.v1.PersistenceServiceGetConversationResponse\x12\x8b\x01\n\x12\x44\x65leteConversation\x12\x39.chatplane.v1.PersistenceServiceDeleteConversationRequest\x1a:.chatplane.v1.PersistenceServiceDeleteConversationResponse\x12\x7f\n\x0eSubmitFeedback\x12\x35.chatplane.v1.PersistenceServiceSubmitFeedbackRequest\x1a\x36.chatplane.v1.PersistenceServiceSubmitFeedbackResponse\x12U\n\x0c\x43reateApiKey\x12!.chatplane.v1.CreateApiKeyRequest\x1a\".chatplane.v1.CreateApiKeyResponse\x12L\n\tGetApiKey\x12\x1e.chatplane.v1.GetApiKeyRequest\x1a\x1f.chatplane.v1.GetApiKeyResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -44,30 +44,34 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETTURNREQUEST']._serialized_end=593
   _globals['_GETTURNRESPONSE']._serialized_start=596
   _globals['_GETTURNRESPONSE']._serialized_end=763
-  _globals['_PERSISTENCESERVICELISTCONVERSATIONSREQUEST']._serialized_start=766
-  _globals['_PERSISTENCESERVICELISTCONVERSATIONSREQUEST']._serialized_end=900
-  _globals['_PERSISTENCESERVICELISTCONVERSATIONSRESPONSE']._serialized_start=902
-  _globals['_PERSISTENCESERVICELISTCONVERSATIONSRESPONSE']._serialized_end=1002
-  _globals['_PERSISTENCESERVICEGETCONVERSATIONREQUEST']._serialized_start=1005
-  _globals['_PERSISTENCESERVICEGETCONVERSATIONREQUEST']._serialized_end=1138
-  _globals['_PERSISTENCESERVICEGETCONVERSATIONRESPONSE']._serialized_start=1140
-  _globals['_PERSISTENCESERVICEGETCONVERSATIONRESPONSE']._serialized_end=1240
-  _globals['_PERSISTENCESERVICEDELETECONVERSATIONREQUEST']._serialized_start=1242
-  _globals['_PERSISTENCESERVICEDELETECONVERSATIONREQUEST']._serialized_end=1348
-  _globals['_PERSISTENCESERVICEDELETECONVERSATIONRESPONSE']._serialized_start=1350
-  _globals['_PERSISTENCESERVICEDELETECONVERSATIONRESPONSE']._serialized_end=1445
-  _globals['_PERSISTENCESERVICESUBMITFEEDBACKREQUEST']._serialized_start=1448
-  _globals['_PERSISTENCESERVICESUBMITFEEDBACKREQUEST']._serialized_end=1580
-  _globals['_PERSISTENCESERVICESUBMITFEEDBACKRESPONSE']._serialized_start=1582
-  _globals['_PERSISTENCESERVICESUBMITFEEDBACKRESPONSE']._serialized_end=1673
-  _globals['_CREATEAPIKEYREQUEST']._serialized_start=1675
-  _globals['_CREATEAPIKEYREQUEST']._serialized_end=1747
-  _globals['_CREATEAPIKEYRESPONSE']._serialized_start=1749
-  _globals['_CREATEAPIKEYRESPONSE']._serialized_end=1804
-  _globals['_GETAPIKEYREQUEST']._serialized_start=1806
-  _globals['_GETAPIKEYREQUEST']._serialized_end=1840
-  _globals['_GETAPIKEYRESPONSE']._serialized_start=1842
-  _globals['_GETAPIKEYRESPONSE']._serialized_end=1937
-  _globals['_PERSISTENCESERVICE']._serialized_start=1940
-  _globals['_PERSISTENCESERVICE']._serialized_end=2818
+  _globals['_RELEASETURNREQUEST']._serialized_start=765
+  _globals['_RELEASETURNREQUEST']._serialized_end=846
+  _globals['_RELEASETURNRESPONSE']._serialized_start=848
+  _globals['_RELEASETURNRESPONSE']._serialized_end=887
+  _globals['_PERSISTENCESERVICELISTCONVERSATIONSREQUEST']._serialized_start=890
+  _globals['_PERSISTENCESERVICELISTCONVERSATIONSREQUEST']._serialized_end=1024
+  _globals['_PERSISTENCESERVICELISTCONVERSATIONSRESPONSE']._serialized_start=1026
+  _globals['_PERSISTENCESERVICELISTCONVERSATIONSRESPONSE']._serialized_end=1126
+  _globals['_PERSISTENCESERVICEGETCONVERSATIONREQUEST']._serialized_start=1129
+  _globals['_PERSISTENCESERVICEGETCONVERSATIONREQUEST']._serialized_end=1262
+  _globals['_PERSISTENCESERVICEGETCONVERSATIONRESPONSE']._serialized_start=1264
+  _globals['_PERSISTENCESERVICEGETCONVERSATIONRESPONSE']._serialized_end=1364
+  _globals['_PERSISTENCESERVICEDELETECONVERSATIONREQUEST']._serialized_start=1366
+  _globals['_PERSISTENCESERVICEDELETECONVERSATIONREQUEST']._serialized_end=1472
+  _globals['_PERSISTENCESERVICEDELETECONVERSATIONRESPONSE']._serialized_start=1474
+  _globals['_PERSISTENCESERVICEDELETECONVERSATIONRESPONSE']._serialized_end=1569
+  _globals['_PERSISTENCESERVICESUBMITFEEDBACKREQUEST']._serialized_start=1572
+  _globals['_PERSISTENCESERVICESUBMITFEEDBACKREQUEST']._serialized_end=1704
+  _globals['_PERSISTENCESERVICESUBMITFEEDBACKRESPONSE']._serialized_start=1706
+  _globals['_PERSISTENCESERVICESUBMITFEEDBACKRESPONSE']._serialized_end=1797
+  _globals['_CREATEAPIKEYREQUEST']._serialized_start=1799
+  _globals['_CREATEAPIKEYREQUEST']._serialized_end=1871
+  _globals['_CREATEAPIKEYRESPONSE']._serialized_start=1873
+  _globals['_CREATEAPIKEYRESPONSE']._serialized_end=1928
+  _globals['_GETAPIKEYREQUEST']._serialized_start=1930
+  _globals['_GETAPIKEYREQUEST']._serialized_end=1964
+  _globals['_GETAPIKEYRESPONSE']._serialized_start=1966
+  _globals['_GETAPIKEYRESPONSE']._serialized_end=2061
+  _globals['_PERSISTENCESERVICE']._serialized_start=2064
+  _globals['_PERSISTENCESERVICE']._serialized_end=3026
 # @@protoc_insertion_point(module_scope)

@@ -196,6 +196,56 @@ class GetTurnResponse(_message.Message):
 Global___GetTurnResponse: _TypeAlias = GetTurnResponse  # noqa: Y015
 
 @_typing.final
+class ReleaseTurnRequest(_message.Message):
+    """Releases a turn's lease."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OWNER_FIELD_NUMBER: _builtins.int
+    USER_MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    user_message_id: _builtins.str
+    """The user message id of the turn."""
+    @_builtins.property
+    def owner(self) -> Global___Owner:
+        """Who owns the turn."""
+
+    def __init__(
+        self,
+        *,
+        owner: Global___Owner | None = ...,
+        user_message_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["owner", b"owner"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["owner", b"owner", "user_message_id", b"user_message_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReleaseTurnRequest: _TypeAlias = ReleaseTurnRequest  # noqa: Y015
+
+@_typing.final
+class ReleaseTurnResponse(_message.Message):
+    """The lease is released (or the answer was stored already, and nothing changed)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RELEASED_FIELD_NUMBER: _builtins.int
+    released: _builtins.bool
+    """True when the lease was ended; false when the turn's answer is stored."""
+    def __init__(
+        self,
+        *,
+        released: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["released", b"released"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReleaseTurnResponse: _TypeAlias = ReleaseTurnResponse  # noqa: Y015
+
+@_typing.final
 class PersistenceServiceListConversationsRequest(_message.Message):
     """Asks for a user's conversations."""
 

@@ -47,6 +47,11 @@ class PersistenceServiceStub:
                 request_serializer=chatplane_dot_v1_dot_persistence__pb2.GetTurnRequest.SerializeToString,
                 response_deserializer=chatplane_dot_v1_dot_persistence__pb2.GetTurnResponse.FromString,
                 _registered_method=True)
+        self.ReleaseTurn = channel.unary_unary(
+                '/chatplane.v1.PersistenceService/ReleaseTurn',
+                request_serializer=chatplane_dot_v1_dot_persistence__pb2.ReleaseTurnRequest.SerializeToString,
+                response_deserializer=chatplane_dot_v1_dot_persistence__pb2.ReleaseTurnResponse.FromString,
+                _registered_method=True)
         self.ListConversations = channel.unary_unary(
                 '/chatplane.v1.PersistenceService/ListConversations',
                 request_serializer=chatplane_dot_v1_dot_persistence__pb2.PersistenceServiceListConversationsRequest.SerializeToString,
@@ -95,6 +100,14 @@ class PersistenceServiceServicer:
 
     def GetTurn(self, request, context):
         """Returns a turn by its user message id, with its messages once they are stored.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReleaseTurn(self, request, context):
+        """Ends the lease of a turn whose generation failed before its answer was stored, so that
+        a retry with the same client_message_id takes it over at once instead of waiting.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -154,6 +167,11 @@ def add_PersistenceServiceServicer_to_server(servicer, server):
                     servicer.GetTurn,
                     request_deserializer=chatplane_dot_v1_dot_persistence__pb2.GetTurnRequest.FromString,
                     response_serializer=chatplane_dot_v1_dot_persistence__pb2.GetTurnResponse.SerializeToString,
+            ),
+            'ReleaseTurn': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReleaseTurn,
+                    request_deserializer=chatplane_dot_v1_dot_persistence__pb2.ReleaseTurnRequest.FromString,
+                    response_serializer=chatplane_dot_v1_dot_persistence__pb2.ReleaseTurnResponse.SerializeToString,
             ),
             'ListConversations': grpc.unary_unary_rpc_method_handler(
                     servicer.ListConversations,
@@ -243,6 +261,33 @@ class PersistenceService:
             '/chatplane.v1.PersistenceService/GetTurn',
             chatplane_dot_v1_dot_persistence__pb2.GetTurnRequest.SerializeToString,
             chatplane_dot_v1_dot_persistence__pb2.GetTurnResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReleaseTurn(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chatplane.v1.PersistenceService/ReleaseTurn',
+            chatplane_dot_v1_dot_persistence__pb2.ReleaseTurnRequest.SerializeToString,
+            chatplane_dot_v1_dot_persistence__pb2.ReleaseTurnResponse.FromString,
             options,
             channel_credentials,
             insecure,

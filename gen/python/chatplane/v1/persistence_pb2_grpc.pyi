@@ -42,6 +42,10 @@ class PersistenceServiceStub:
     """
     GetTurn: _grpc.UnaryUnaryMultiCallable[_persistence_pb2.GetTurnRequest, _persistence_pb2.GetTurnResponse]
     """Returns a turn by its user message id, with its messages once they are stored."""
+    ReleaseTurn: _grpc.UnaryUnaryMultiCallable[_persistence_pb2.ReleaseTurnRequest, _persistence_pb2.ReleaseTurnResponse]
+    """Ends the lease of a turn whose generation failed before its answer was stored, so that
+    a retry with the same client_message_id takes it over at once instead of waiting.
+    """
     ListConversations: _grpc.UnaryUnaryMultiCallable[_persistence_pb2.PersistenceServiceListConversationsRequest, _persistence_pb2.PersistenceServiceListConversationsResponse]
     """Lists a user's conversations, most recently updated first."""
     GetConversation: _grpc.UnaryUnaryMultiCallable[_persistence_pb2.PersistenceServiceGetConversationRequest, _persistence_pb2.PersistenceServiceGetConversationResponse]
@@ -69,6 +73,10 @@ class PersistenceServiceAsyncStub(PersistenceServiceStub):
     """
     GetTurn: _aio.UnaryUnaryMultiCallable[_persistence_pb2.GetTurnRequest, _persistence_pb2.GetTurnResponse]  # type: ignore[assignment]
     """Returns a turn by its user message id, with its messages once they are stored."""
+    ReleaseTurn: _aio.UnaryUnaryMultiCallable[_persistence_pb2.ReleaseTurnRequest, _persistence_pb2.ReleaseTurnResponse]  # type: ignore[assignment]
+    """Ends the lease of a turn whose generation failed before its answer was stored, so that
+    a retry with the same client_message_id takes it over at once instead of waiting.
+    """
     ListConversations: _aio.UnaryUnaryMultiCallable[_persistence_pb2.PersistenceServiceListConversationsRequest, _persistence_pb2.PersistenceServiceListConversationsResponse]  # type: ignore[assignment]
     """Lists a user's conversations, most recently updated first."""
     GetConversation: _aio.UnaryUnaryMultiCallable[_persistence_pb2.PersistenceServiceGetConversationRequest, _persistence_pb2.PersistenceServiceGetConversationResponse]  # type: ignore[assignment]
@@ -105,6 +113,16 @@ class PersistenceServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_persistence_pb2.GetTurnResponse, _abc.Awaitable[_persistence_pb2.GetTurnResponse]]:
         """Returns a turn by its user message id, with its messages once they are stored."""
+
+    @_abc_1.abstractmethod
+    def ReleaseTurn(
+        self,
+        request: _persistence_pb2.ReleaseTurnRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_persistence_pb2.ReleaseTurnResponse, _abc.Awaitable[_persistence_pb2.ReleaseTurnResponse]]:
+        """Ends the lease of a turn whose generation failed before its answer was stored, so that
+        a retry with the same client_message_id takes it over at once instead of waiting.
+        """
 
     @_abc_1.abstractmethod
     def ListConversations(

@@ -263,6 +263,11 @@ class ConversationStore(abc.ABC):
         """The turn reserved under `user_message_id` by the owner, with its stored messages."""
 
     @abc.abstractmethod
+    async def release_turn(self, owner: Owner, user_message_id: str) -> bool:
+        """Ends the lease of the owner's turn unless its assistant message is stored (then
+        False): the next BeginTurn with its key acquires it at once."""
+
+    @abc.abstractmethod
     async def list_conversations(
         self, owner: Owner, *, limit: int, after: ConversationCursor | None = None
     ) -> ConversationPage:

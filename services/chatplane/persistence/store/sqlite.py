@@ -140,6 +140,33 @@ class SqliteConversationStore(ConversationStore):
             raise errors.NotFound("turn not found")
         return await self._run(functools.partial(_get_turn, owner, user_message_id))
 
+    async def release_turn(self, owner: Owner, user_message_id: str) -> bool:
+        if not is_valid_id(user_message_id):
+            raise errors.NotFound("turn not found")
+        return await self._run(functools.partial(self._release_turn, owner, user_message_id))
+
+    def _release_turn(
+        self, owner: Owner, user_message_id: str, connection: sqlite3.Connection
+    ) -> bool:
+        with _write_transaction(connection):
+            row = connection.execute(
+                "SELECT assistant_message_id FROM turns"
+                " WHERE user_message_id = ? AND tenant_id = ? AND user_id = ?",
+                (user_message_id, owner.tenant_id, owner.user_id),
+            ).fetchone()
+            if row is None:
+                raise errors.NotFound("turn not found")
+            stored = connection.execute(
+                "SELECT 1 FROM messages WHERE message_id = ?", (row[0],)
+            ).fetchone()
+            if stored is not None:
+                return False
+            connection.execute(
+                "UPDATE turns SET lease_expire_time_us = ? WHERE user_message_id = ?",
+                (self._now_us(), user_message_id),
+            )
+        return True
+
     async def list_conversations(
         self, owner: Owner, *, limit: int, after: ConversationCursor | None = None
     ) -> ConversationPage:
