@@ -237,9 +237,12 @@ async def test_other_tenants_and_users_see_not_found(
 
 async def test_feedback_and_delete(stack: Stack, channel: grpc.aio.Channel) -> None:
     client = await new_client(stack, channel)
-    turn = await client.chat("Tell me something")
+    turn = await client.chat("My gym locker code is 4711")
     assert turn.started is not None
     started = turn.started.started
+    deleted_ids = {started.user_message_id, started.assistant_message_id}
+    before = await client.chat("What is my gym locker code?")
+    assert deleted_ids & {c.citation.source_id for c in before.citations}
 
     async def feedback_accepted() -> bool:
         try:
@@ -270,6 +273,16 @@ async def test_feedback_and_delete(stack: Stack, channel: grpc.aio.Channel) -> N
     with pytest.raises(grpc.aio.AioRpcError) as raised:
         await client.stub.GetConversation(
             gateway_pb2.GetConversationRequest(conversation_id=started.conversation_id),
+            metadata=client.metadata,
+        )
+    assert raised.value.code() is grpc.StatusCode.NOT_FOUND
+    # Deleted means forgotten: memory no longer recalls it.
+    after = await client.chat("What is my gym locker code?")
+    assert not deleted_ids & {c.citation.source_id for c in after.citations}
+    # And deleting again is NOT_FOUND.
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await client.stub.DeleteConversation(
+            gateway_pb2.DeleteConversationRequest(conversation_id=started.conversation_id),
             metadata=client.metadata,
         )
     assert raised.value.code() is grpc.StatusCode.NOT_FOUND

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -266,17 +267,26 @@ async def slow_stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[
         yield running
 
 
+_EXITED = "[command exited with status]"
+
+
 class Terminal:
     """One tmux pane on a private tmux server (own socket, own config), running a command."""
 
     def __init__(self, command: list[str], env: dict[str, str], workdir: Path) -> None:
         self.socket = f"chatplane-test-{uuid.uuid4().hex[:8]}"
         self._env = env
-        # remain-on-exit keeps the pane after the command ends, so its exit status is readable.
+        # remain-on-exit keeps the pane, and so the command's last words, after it ends.
         config = workdir / "tmux.conf"
         config.write_text("set-option -g remain-on-exit on\nset-option -g history-limit 5000\n")
+        # bash prints the exit status: tmux's own #{pane_dead_status} is sometimes never set
+        # (the exited process stays a zombie), and bash, unlike dash, survives the Ctrl-C its
+        # child handles (it waits and exits only when the child died of the signal).
+        script = f'{shlex.join(command)}; echo "{_EXITED} $?"'
         size = ("-x", "200", "-y", "50")
-        self._tmux("-f", str(config), "new-session", "-d", "-s", "chat", *size, *command)
+        self._tmux(
+            "-f", str(config), "new-session", "-d", "-s", "chat", *size, "bash", "-c", script
+        )
 
     def _tmux(self, *args: str) -> str:
         return subprocess.run(
@@ -301,25 +311,9 @@ class Terminal:
         return self._tmux("capture-pane", "-p", "-J", "-S", "-1000", "-t", "chat")
 
     def exit_status(self) -> int | None:
-        """The command's exit status (128+N when killed by signal N), or None while it runs.
-
-        tmux marks the pane dead when its terminal closes, and learns the status a moment
-        later when it reaps the process; until then this is None too.
-        """
-        dead, status, signal_number = (
-            self._tmux(
-                "display-message",
-                "-p",
-                "-t",
-                "chat",
-                "#{pane_dead}:#{pane_dead_status}:#{pane_dead_signal}",
-            )
-            .strip()
-            .split(":")
-        )
-        if dead != "1" or not (status or signal_number):
-            return None
-        return int(status) if status else 128 + int(signal_number)
+        """The command's exit status, or None while it runs."""
+        match = re.search(rf"^{re.escape(_EXITED)} (\d+)$", self.screen(), re.MULTILINE)
+        return int(match.group(1)) if match else None
 
     def wait_for(self, predicate: Callable[[str], bool], what: str, seconds: float = 30) -> str:
         """Polls the screen until `predicate` holds; fails with the screen after `seconds`."""

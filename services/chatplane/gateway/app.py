@@ -11,7 +11,7 @@ from chatplane.gateway.auth import ApiKeyAuthenticator
 from chatplane.gateway.chat import ChatRelay
 from chatplane.gateway.rate_limit import RateLimiter
 from chatplane.gateway.servicer import GatewayServicer
-from chatplane.v1 import gateway_pb2, gateway_pb2_grpc, persistence_pb2_grpc
+from chatplane.v1 import gateway_pb2, gateway_pb2_grpc, memory_pb2_grpc, persistence_pb2_grpc
 
 GATEWAY_SERVICE = gateway_pb2.DESCRIPTOR.services_by_name["GatewayService"].full_name
 
@@ -20,6 +20,7 @@ async def run(settings: Settings) -> None:
     """Serve GatewayService until SIGTERM, then drain."""
     agent_channel = internal_channel(settings.agent_address)
     persistence_channel = internal_channel(settings.persistence_address)
+    memory_channel = internal_channel(settings.memory_address)
     persistence = persistence_pb2_grpc.PersistenceServiceStub(persistence_channel)
     authenticator = ApiKeyAuthenticator(
         persistence,
@@ -42,11 +43,13 @@ async def run(settings: Settings) -> None:
         settings=settings,
         relay=ChatRelay(settings=settings, persistence=persistence, agent_channel=agent_channel),
         persistence=persistence,
+        memory=memory_pb2_grpc.MemoryServiceStub(memory_channel),
     )
 
     async def stop() -> None:
         await agent_channel.close()
         await persistence_channel.close()
+        await memory_channel.close()
 
     await serve(
         name="gateway",

@@ -12,10 +12,18 @@ import grpc
 from chatplane.common import errors
 from chatplane.common.context import Principal, principal_var
 from chatplane.common.deadlines import outbound_timeout
+from chatplane.common.ids import is_valid_id
 from chatplane.common.settings import Settings
 from chatplane.gateway.chat import ChatRelay
 from chatplane.gateway.validation import validate_chat, validate_feedback
-from chatplane.v1 import gateway_pb2, gateway_pb2_grpc, persistence_pb2, persistence_pb2_grpc
+from chatplane.v1 import (
+    gateway_pb2,
+    gateway_pb2_grpc,
+    memory_pb2,
+    memory_pb2_grpc,
+    persistence_pb2,
+    persistence_pb2_grpc,
+)
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -41,10 +49,12 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         settings: Settings,
         relay: ChatRelay,
         persistence: persistence_pb2_grpc.PersistenceServiceAsyncStub,
+        memory: memory_pb2_grpc.MemoryServiceAsyncStub,
     ) -> None:
         self._settings = settings
         self._relay = relay
         self._persistence = persistence
+        self._memory = memory
 
     def _timeout(self, context: Context) -> float:
         return outbound_timeout(context, self._settings.internal_call_timeout_seconds)
@@ -85,9 +95,31 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
     async def DeleteConversation(
         self, request: gateway_pb2.DeleteConversationRequest, context: Context
     ) -> gateway_pb2.DeleteConversationResponse:
+        owner = _owner()
+        if not is_valid_id(request.conversation_id):
+            raise errors.NotFound("conversation not found")
+        # Ownership first (a read), then memory, then the record: a failure part-way leaves
+        # the conversation listed, so the user can delete it again.
+        await self._persistence.GetConversation(
+            persistence_pb2.PersistenceServiceGetConversationRequest(
+                owner=owner,
+                request=gateway_pb2.GetConversationRequest(
+                    conversation_id=request.conversation_id, page_size=1
+                ),
+            ),
+            timeout=self._timeout(context),
+        )
+        await self._memory.Forget(
+            memory_pb2.ForgetRequest(
+                tenant_id=owner.tenant_id,
+                user_id=owner.user_id,
+                conversation_id=request.conversation_id,
+            ),
+            timeout=self._timeout(context),
+        )
         response = await self._persistence.DeleteConversation(
             persistence_pb2.PersistenceServiceDeleteConversationRequest(
-                owner=_owner(), conversation_id=request.conversation_id
+                owner=owner, conversation_id=request.conversation_id
             ),
             timeout=self._timeout(context),
         )

@@ -119,6 +119,13 @@ class ConversationalMemory:
             )
         return Recall(recent=recent, relevant=relevant)
 
+    async def forget(self, tenant_id: str, user_id: str, conversation_id: str) -> int:
+        """Removes every message of the conversation; the count removed."""
+        _require_owner(tenant_id, user_id)
+        if not conversation_id:
+            raise errors.InvalidArgument("conversation_id", "required")
+        return await self._index.delete_conversation(tenant_id, user_id, conversation_id)
+
     async def close(self) -> None:
         """Closes the index."""
         await self._index.close()

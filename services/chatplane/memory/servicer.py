@@ -85,3 +85,11 @@ class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
             ],
             items=[_recalled(found) for found in recall.relevant],
         )
+
+    async def Forget(
+        self, request: memory_pb2.ForgetRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> memory_pb2.ForgetResponse:
+        count = await self._memory.forget(
+            request.tenant_id, request.user_id, request.conversation_id
+        )
+        return memory_pb2.ForgetResponse(forgotten_count=count)

@@ -46,6 +46,11 @@ class MemoryServiceStub:
                 request_serializer=chatplane_dot_v1_dot_memory__pb2.RecallRequest.SerializeToString,
                 response_deserializer=chatplane_dot_v1_dot_memory__pb2.RecallResponse.FromString,
                 _registered_method=True)
+        self.Forget = channel.unary_unary(
+                '/chatplane.v1.MemoryService/Forget',
+                request_serializer=chatplane_dot_v1_dot_memory__pb2.ForgetRequest.SerializeToString,
+                response_deserializer=chatplane_dot_v1_dot_memory__pb2.ForgetResponse.FromString,
+                _registered_method=True)
 
 
 class MemoryServiceServicer:
@@ -67,6 +72,13 @@ class MemoryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Forget(self, request, context):
+        """Forgets every message of a conversation (the user deleted it).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MemoryServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -79,6 +91,11 @@ def add_MemoryServiceServicer_to_server(servicer, server):
                     servicer.Recall,
                     request_deserializer=chatplane_dot_v1_dot_memory__pb2.RecallRequest.FromString,
                     response_serializer=chatplane_dot_v1_dot_memory__pb2.RecallResponse.SerializeToString,
+            ),
+            'Forget': grpc.unary_unary_rpc_method_handler(
+                    servicer.Forget,
+                    request_deserializer=chatplane_dot_v1_dot_memory__pb2.ForgetRequest.FromString,
+                    response_serializer=chatplane_dot_v1_dot_memory__pb2.ForgetResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -137,6 +154,33 @@ class MemoryService:
             '/chatplane.v1.MemoryService/Recall',
             chatplane_dot_v1_dot_memory__pb2.RecallRequest.SerializeToString,
             chatplane_dot_v1_dot_memory__pb2.RecallResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Forget(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chatplane.v1.MemoryService/Forget',
+            chatplane_dot_v1_dot_memory__pb2.ForgetRequest.SerializeToString,
+            chatplane_dot_v1_dot_memory__pb2.ForgetResponse.FromString,
             options,
             channel_credentials,
             insecure,

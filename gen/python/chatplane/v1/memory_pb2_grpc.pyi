@@ -39,6 +39,8 @@ class MemoryServiceStub:
     """Stores messages so that later turns can recall them; searchable when it returns."""
     Recall: _grpc.UnaryUnaryMultiCallable[_memory_pb2.RecallRequest, _memory_pb2.RecallResponse]
     """Returns the recent turns of a conversation and the items most relevant to a query."""
+    Forget: _grpc.UnaryUnaryMultiCallable[_memory_pb2.ForgetRequest, _memory_pb2.ForgetResponse]
+    """Forgets every message of a conversation (the user deleted it)."""
 
 @_typing.type_check_only
 class MemoryServiceAsyncStub(MemoryServiceStub):
@@ -51,6 +53,8 @@ class MemoryServiceAsyncStub(MemoryServiceStub):
     """Stores messages so that later turns can recall them; searchable when it returns."""
     Recall: _aio.UnaryUnaryMultiCallable[_memory_pb2.RecallRequest, _memory_pb2.RecallResponse]  # type: ignore[assignment]
     """Returns the recent turns of a conversation and the items most relevant to a query."""
+    Forget: _aio.UnaryUnaryMultiCallable[_memory_pb2.ForgetRequest, _memory_pb2.ForgetResponse]  # type: ignore[assignment]
+    """Forgets every message of a conversation (the user deleted it)."""
 
 class MemoryServiceServicer(metaclass=_abc_1.ABCMeta):
     """Conversational memory and retrieval over a tenant's history and documents.
@@ -72,5 +76,13 @@ class MemoryServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_memory_pb2.RecallResponse, _abc.Awaitable[_memory_pb2.RecallResponse]]:
         """Returns the recent turns of a conversation and the items most relevant to a query."""
+
+    @_abc_1.abstractmethod
+    def Forget(
+        self,
+        request: _memory_pb2.ForgetRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_memory_pb2.ForgetResponse, _abc.Awaitable[_memory_pb2.ForgetResponse]]:
+        """Forgets every message of a conversation (the user deleted it)."""
 
 def add_MemoryServiceServicer_to_server(servicer: MemoryServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
