@@ -9,7 +9,8 @@ REQS := requirements/runtime.txt requirements/dev.txt requirements/model.txt pyp
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help venv generate check-generate lint typecheck proto-check test test-fast run bench clean
+.PHONY: help venv system-deps generate check-generate lint typecheck proto-check test test-fast \
+	run bench infra-up infra-down clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -46,8 +47,11 @@ lint: $(STAMP) ## ruff (lint + format check)
 typecheck: $(STAMP) ## mypy --strict on services/
 	$(BIN)/mypy services/chatplane
 
-test: $(STAMP) check-generate proto-check lint typecheck ## install, check, and run the whole test suite
-	$(BIN)/pytest -q -p no:cacheprovider
+system-deps: ## Debian packages the tests need (tmux)
+	@./scripts/install-system-deps.sh
+
+test: $(STAMP) system-deps check-generate proto-check lint typecheck ## install, check, and run the whole test suite
+	$(BIN)/pytest -q -p no:cacheprovider --durations=15
 
 test-fast: $(STAMP) ## unit and contract tests only
 	$(BIN)/pytest -q -p no:cacheprovider tests/unit tests/contract
@@ -57,6 +61,12 @@ run: $(STAMP) ## start the whole stack (embedded profile) and print how to chat
 
 bench: $(STAMP) ## run the benchmarks and print the tables (see docs/benchmarks.md)
 	$(PY) -m bench
+
+infra-up: $(STAMP) ## install (cached) and start PostgreSQL, Kafka and OpenSearch on loopback
+	$(PY) scripts/infra/engines.py up
+
+infra-down: $(STAMP) ## stop the engines started by infra-up
+	$(PY) scripts/infra/engines.py down
 
 clean: ## remove the virtualenv and local data
 	rm -rf $(VENV) .chatplane .mypy_cache .ruff_cache

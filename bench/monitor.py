@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
 import psutil
@@ -26,9 +26,7 @@ class PhaseUsage:
 class ProcessMonitor:
     """Samples the RSS of named processes in the background; `phase()` measures a span."""
 
-    def __init__(
-        self, pids: Mapping[str, int], interval: float = SAMPLE_INTERVAL_SECONDS
-    ) -> None:
+    def __init__(self, pids: Mapping[str, int], interval: float = SAMPLE_INTERVAL_SECONDS) -> None:
         self._processes = {name: psutil.Process(pid) for name, pid in pids.items()}
         self._interval = interval
         self._current: PhaseUsage | None = None
@@ -81,10 +79,3 @@ class ProcessMonitor:
             self._current = None
             end = self._cpu()
             usage.cpu_seconds = {n: end[n] - start[n] for n in end if n in start}
-
-
-@contextlib.asynccontextmanager
-async def monitoring(pids: Mapping[str, int]) -> AsyncIterator[ProcessMonitor]:
-    """A running ProcessMonitor of `pids`."""
-    async with ProcessMonitor(pids) as monitor:
-        yield monitor

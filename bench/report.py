@@ -103,6 +103,13 @@ def _cells(section: Section) -> tuple[list[str], list[list[str]]]:
     return header, body
 
 
+def _line(cells: Sequence[str], widths: Sequence[int], numeric: set[int]) -> str:
+    return "  ".join(
+        c.rjust(w) if i in numeric else c.ljust(w)
+        for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+    ).rstrip()
+
+
 def render_text(sections: Sequence[Section], preamble: Sequence[str] = ()) -> str:
     """Aligned plain-text tables, one per section, and a one-line summary of the targets."""
     lines = [*preamble]
@@ -111,14 +118,10 @@ def render_text(sections: Sequence[Section], preamble: Sequence[str] = ()) -> st
         widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header))]
         numeric = set(range(2, 2 + len(section.columns)))
 
-        def line(cells: Sequence[str], widths: Sequence[int] = widths) -> str:
-            return "  ".join(
-                c.rjust(w) if i in numeric else c.ljust(w)
-                for i, (c, w) in enumerate(zip(cells, widths, strict=True))
-            ).rstrip()
-
-        lines += ["", f"== {section.title} ==", line(header), line(["-" * w for w in widths])]
-        lines += [line(cells) for cells in body]
+        lines += ["", f"== {section.title} =="]
+        lines += [
+            _line(cells, widths, numeric) for cells in [header, ["-" * w for w in widths], *body]
+        ]
         lines += [f"  * {note}" for note in section.notes]
     lines += ["", summary(sections)]
     return "\n".join(lines) + "\n"
@@ -155,6 +158,4 @@ def summary(sections: Sequence[Section]) -> str:
 
 def failed(sections: Sequence[Section]) -> bool:
     """Whether any target was missed (or could not be measured)."""
-    return any(
-        r.verdict() in (Verdict.FAIL, Verdict.MISSING) for s in sections for r in s.rows
-    )
+    return any(r.verdict() in (Verdict.FAIL, Verdict.MISSING) for s in sections for r in s.rows)

@@ -11,7 +11,6 @@ import shutil
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -271,10 +270,11 @@ _EXITED = "[command exited with status]"
 
 
 class Terminal:
-    """One tmux pane on a private tmux server (own socket, own config), running a command."""
+    """One tmux pane on a private tmux server (own socket and config in `workdir`), running a
+    command."""
 
     def __init__(self, command: list[str], env: dict[str, str], workdir: Path) -> None:
-        self.socket = f"chatplane-test-{uuid.uuid4().hex[:8]}"
+        self.socket = workdir / "tmux.sock"
         self._env = env
         # remain-on-exit keeps the pane, and so the command's last words, after it ends.
         config = workdir / "tmux.conf"
@@ -290,7 +290,7 @@ class Terminal:
 
     def _tmux(self, *args: str) -> str:
         return subprocess.run(
-            ["tmux", "-L", self.socket, *args],
+            ["tmux", "-S", str(self.socket), *args],
             capture_output=True,
             text=True,
             check=True,
@@ -328,14 +328,16 @@ class Terminal:
 
     def close(self) -> None:
         """Stops this tmux server (only ours: it has its own socket)."""
-        subprocess.run(["tmux", "-L", self.socket, "kill-server"], check=False)
+        subprocess.run(["tmux", "-S", str(self.socket), "kill-server"], check=False)
 
 
 @pytest.fixture
 def terminal(slow_stack: RunningStack, tmp_path: Path) -> Iterator[Terminal]:
     """`chatplane chat` running in a fresh tmux pane against the slow stack."""
-    if shutil.which("tmux") is None:
-        pytest.skip("tmux is not installed (apt-get install tmux) to drive the interactive chat")
+    if shutil.which("tmux") is None or shutil.which("bash") is None:
+        pytest.skip(
+            "tmux (and bash) are needed to drive the interactive chat: apt-get install tmux"
+        )
     env = {k: v for k, v in os.environ.items() if k not in _CLIENT_VARIABLES}
     term = Terminal([*CHATPLANE, "--data-dir", str(slow_stack.data_dir), "chat"], env, tmp_path)
     try:

@@ -29,6 +29,7 @@ from chatplane.v1 import gateway_pb2, gateway_pb2_grpc, resources_pb2
 CHAT_TIMEOUT_SECONDS = 300.0
 HISTORY_FILE = "chat-history"
 PROMPT = "you> "
+_SNIPPET_CHARS = 100
 COMMANDS = {
     "/new": "start a new conversation",
     "/help": "list these commands",
@@ -250,6 +251,8 @@ def _print_footer(console: Console, result: TurnResult) -> None:
         for number, citation in enumerate(result.citations, start=1):
             kind = "document" if citation.kind == resources_pb2.CITATION_KIND_DOCUMENT else "turn"
             snippet = " ".join(citation.snippet.split())
+            if len(snippet) > _SNIPPET_CHARS:
+                snippet = snippet[: _SNIPPET_CHARS - 1] + "…"
             label = citation.title or citation.source_id
             console.print(f"  [{number}] {label} ({kind}): {snippet}", style="dim", markup=False)
     parts = [result.model or "unknown model"]

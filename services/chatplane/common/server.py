@@ -73,6 +73,11 @@ async def serve(
     _log.info("serving", extra={"port": bound})
 
     await stopping.wait()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        # A second signal (a supervisor repeating itself, Ctrl-C reaching the whole process
+        # group) must not kill the drain or the exit that follows it.
+        loop.remove_signal_handler(signum)
+        signal.signal(signum, signal.SIG_IGN)
     _log.info("draining", extra={"grace_seconds": drain_grace_seconds})
     await health_servicer.enter_graceful_shutdown()
     await server.stop(drain_grace_seconds)

@@ -1,0 +1,81 @@
+"""`python -m bench` (`make bench`): runs the registered benchmarks one after another, each on its
+own freshly started stack, and prints one table per benchmark with targets and pass/fail.
+
+To add a benchmark, write a module with NAME, TITLE, NOTES and
+`async def run(options: Options) -> list[Row]`, and add it to BENCHMARKS."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+from bench import report, streaming
+from bench.harness import Options, machine, progress
+
+
+@dataclass(frozen=True, slots=True)
+class Benchmark:
+    """A registered benchmark."""
+
+    name: str
+    title: str
+    notes: Sequence[str]
+    run: Callable[[Options], Awaitable[list[report.Row]]]
+
+
+BENCHMARKS = (Benchmark(streaming.NAME, streaming.TITLE, streaming.NOTES, streaming.run),)
+
+
+def _arguments(argv: Sequence[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--only",
+        action="append",
+        choices=[b.name for b in BENCHMARKS],
+        help="run only this benchmark (repeatable)",
+    )
+    parser.add_argument("--markdown", action="store_true", help="print Markdown tables")
+    parser.add_argument("--quick", action="store_true", help="fewer turns: a smoke run")
+    parser.add_argument("--keep-data", action="store_true", help="keep data dirs and logs")
+    parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    parser.add_argument(
+        "--check", action="store_true", help="exit with status 1 when a target is missed"
+    )
+    return parser.parse_args(argv)
+
+
+async def _run_all(selected: Sequence[Benchmark], options: Options) -> list[report.Section]:
+    sections = []
+    for benchmark in selected:
+        began = time.monotonic()
+        rows = await benchmark.run(options)
+        progress(options, f"{benchmark.name}: {time.monotonic() - began:.0f} s")
+        sections.append(report.Section(benchmark.name, benchmark.title, rows, benchmark.notes))
+    return sections
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs the benchmarks and prints the report; the exit status (see --check)."""
+    args = _arguments(sys.argv[1:] if argv is None else argv)
+    options = Options(quick=args.quick, keep_data=args.keep_data, verbose=not args.quiet)
+    selected = [b for b in BENCHMARKS if not args.only or b.name in args.only]
+    before = machine()
+    began = time.monotonic()
+    sections = asyncio.run(_run_all(selected, options))
+    preamble = [
+        f"chatplane benchmarks{' (quick run)' if options.quick else ''}",
+        f"{before} (at start)",
+        f"load average at end: {machine().rsplit('load average ', 1)[1]}",
+        f"total time {time.monotonic() - began:.0f} s",
+    ]
+    render = report.render_markdown if args.markdown else report.render_text
+    sys.stdout.write(render(sections, preamble))
+    return 1 if args.check and report.failed(sections) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
