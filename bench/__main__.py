@@ -43,6 +43,13 @@ def _arguments(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--keep-data", action="store_true", help="keep data dirs and logs")
     parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     parser.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an extra environment variable for the services (what-if runs; repeatable)",
+    )
+    parser.add_argument(
         "--check", action="store_true", help="exit with status 1 when a target is missed"
     )
     return parser.parse_args(argv)
@@ -61,7 +68,11 @@ async def _run_all(selected: Sequence[Benchmark], options: Options) -> list[repo
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the benchmarks and prints the report; the exit status (see --check)."""
     args = _arguments(sys.argv[1:] if argv is None else argv)
-    options = Options(quick=args.quick, keep_data=args.keep_data, verbose=not args.quiet)
+    env = dict(item.split("=", 1) for item in args.env if "=" in item)
+    if len(env) != len(args.env):
+        print("--env takes KEY=VALUE", file=sys.stderr)
+        return 2
+    options = Options(quick=args.quick, keep_data=args.keep_data, verbose=not args.quiet, env=env)
     selected = [b for b in BENCHMARKS if not args.only or b.name in args.only]
     before = machine()
     began = time.monotonic()
@@ -72,6 +83,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"load average at end: {machine().rsplit('load average ', 1)[1]}",
         f"total time {time.monotonic() - began:.0f} s",
     ]
+    if env:
+        preamble.append("extra environment: " + " ".join(f"{k}={v}" for k, v in env.items()))
     render = report.render_markdown if args.markdown else report.render_text
     sys.stdout.write(render(sections, preamble))
     return 1 if args.check and report.failed(sections) else 0

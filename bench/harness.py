@@ -11,7 +11,7 @@ import shutil
 import sys
 import tempfile
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
@@ -32,6 +32,9 @@ class Options:
     quick: bool = False  # fewer turns: a smoke run, not numbers to publish
     keep_data: bool = False  # keep the stacks' data dirs (service logs) after the run
     verbose: bool = False  # progress on stderr
+    # Extra CHATPLANE_* (or other) variables for every stack, over the benchmark's own: for
+    # what-if runs; the report's preamble lists them.
+    env: Mapping[str, str] = field(default_factory=dict)
 
 
 def progress(options: Options, message: str) -> None:
@@ -44,14 +47,15 @@ def progress(options: Options, message: str) -> None:
 async def running_stack(
     name: str, env: Mapping[str, str], options: Options
 ) -> AsyncIterator[Stack]:
-    """The four services on free loopback ports, with `env` over this process's environment,
-    in a fresh temporary data dir (removed afterwards unless `options.keep_data`)."""
+    """The four services on free loopback ports, with `env` (then `options.env`) over this
+    process's environment, in a fresh temporary data dir (removed afterwards unless
+    `options.keep_data`)."""
     data_dir = Path(tempfile.mkdtemp(prefix=f"chatplane-bench-{name}-"))
     stack = Stack(
         data_dir=data_dir,
         host="127.0.0.1",
         ports=dict.fromkeys(SERVICES, 0),
-        env={**os.environ, **env},
+        env={**os.environ, **env, **options.env},
     )
     try:
         await stack.start()

@@ -227,12 +227,12 @@ async def _probe_loop(delays: list[int]) -> None:
 
 
 async def run_phase(users: Sequence[User], phase: Phase, monitor: ProcessMonitor) -> PhaseResult:
-    """All users of the phase at once, bounded in time; streams cut by the limit are failed."""
+    """The phase's users all at once, bounded in time; streams cut by the limit are failed."""
     result = PhaseResult(phase=phase)
     start = asyncio.Event()
     tasks = [
         asyncio.create_task(_user_turns(user, i, phase, start, result.turns))
-        for i, user in enumerate(users[: phase.users])
+        for i, user in enumerate(users)
     ]
     probe = asyncio.create_task(_probe_loop(result.loop_delays_ns))
     await asyncio.sleep(0)  # every user is now waiting for the start signal
@@ -279,24 +279,30 @@ async def run(options: Options) -> list[Row]:
     async with running_stack(NAME, STACK_ENV, options) as stack:
         info = stack.info()
         pids = {name: stack.services[name].process.pid for name in SERVICES}
-        count = max(p.users for p in (single, many, *warmup))
-        owners = [(f"bench-tenant-{i % 10}", f"bench-user-{i}") for i in range(2 * count)]
-        keys = await create_keys(stack, owners)
-        # Warm-up and measurement use different users: measured users start with empty memory.
-        warm_users = await _make_users(info.address("gateway"), keys[:count])
-        users = await _make_users(info.address("gateway"), keys[count:])
+        # Every phase has users of its own: measured users start with empty memory.
+        phases = (*warmup, single, many)
+        owners = [
+            (f"bench-tenant-{i % 10}", f"bench-user-{i}")
+            for i in range(sum(p.users for p in phases))
+        ]
+        keys = iter(await create_keys(stack, owners))
+        users = [
+            await _make_users(info.address("gateway"), [next(keys) for _ in range(p.users)])
+            for p in phases
+        ]
+        results = []
         try:
             async with ProcessMonitor({**pids, CLIENT: os.getpid()}) as monitor:
-                for phase in warmup:
-                    progress(options, f"{NAME}: {phase.column}")
-                    await run_phase(warm_users, phase, monitor)
-                results = []
-                for phase in (single, many):
+                for phase, phase_users in zip(phases, users, strict=True):
+                    if phase in warmup:
+                        progress(options, f"{NAME}: {phase.column}")
+                        await run_phase(phase_users, phase, monitor)
+                        continue
                     await asyncio.sleep(1.0)  # let the log consumer catch up between phases
                     progress(options, f"{NAME}: {phase.column}")
-                    results.append(await run_phase(users, phase, monitor))
+                    results.append(await run_phase(phase_users, phase, monitor))
         finally:
-            for user in (*warm_users, *users):
+            for user in (u for phase_users in users for u in phase_users):
                 await user.channel.close()
     progress(options, f"{NAME}: done")
     return rows(results)

@@ -19,10 +19,17 @@ import grpc
 import pytest
 import pytest_asyncio
 
-from chatplane.cli.chat import connect, describe_rpc_error, retry_delay, stream_answer
+from chatplane.cli.chat import (
+    TurnResult,
+    connect,
+    describe_rpc_error,
+    retry_delay,
+    stream_answer,
+)
 from chatplane.cli.client import ClientTarget
+from chatplane.cli.history import read_conversation
 from chatplane.launcher import Stack
-from chatplane.v1 import gateway_pb2
+from chatplane.v1 import gateway_pb2, resources_pb2
 
 pytestmark = pytest.mark.integration
 
@@ -266,6 +273,42 @@ async def slow_stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[
         yield running
 
 
+def test_stream_answer_interrupt_keeps_the_partial_answer(slow_stack: RunningStack) -> None:
+    target = ClientTarget(address=slow_stack.address, api_key=slow_stack.dev_key)
+
+    async def interrupted_turn() -> tuple[TurnResult, list[resources_pb2.Message]]:
+        interrupt = asyncio.Event()
+        deltas: list[str] = []
+
+        def on_delta(piece: str) -> None:
+            deltas.append(piece)
+            if len(deltas) == 3:
+                interrupt.set()
+
+        async with connect(target) as gateway:
+            result = await stream_answer(
+                gateway, "a long question", "", on_delta, interrupt=interrupt
+            )
+            deadline = time.monotonic() + 20
+            while True:
+                try:
+                    _, messages = await read_conversation(gateway, result.conversation_id)
+                except grpc.aio.AioRpcError as error:
+                    if error.code() is not grpc.StatusCode.NOT_FOUND:
+                        raise
+                    messages = []
+                if len(messages) == 2 or time.monotonic() > deadline:
+                    return result, messages
+                await asyncio.sleep(0.2)
+
+    result, messages = asyncio.run(interrupted_turn())
+    assert result.interrupted and result.conversation_id
+    assert result.text.startswith("[offline") and result.usage is None
+    assert [m.role for m in messages] == [resources_pb2.ROLE_USER, resources_pb2.ROLE_ASSISTANT]
+    assert messages[1].status == resources_pb2.MESSAGE_STATUS_INTERRUPTED
+    assert messages[1].text.startswith(result.text)
+
+
 _EXITED = "[command exited with status]"
 
 
@@ -346,6 +389,12 @@ def terminal(slow_stack: RunningStack, tmp_path: Path) -> Iterator[Terminal]:
         term.close()
 
 
+def _after(screen: str, marker: str) -> str:
+    """The screen after the last `marker`; empty while the marker is not on it."""
+    _, found, after = screen.rpartition(marker)
+    return after if found else ""
+
+
 def _last_line(screen: str) -> str:
     lines = [line.rstrip() for line in screen.splitlines() if line.strip()]
     return lines[-1] if lines else ""
@@ -365,8 +414,12 @@ def test_interactive_chat_streams_and_ctrl_c_cancels_only_the_answer(
     first_footer = next(line for line in screen.splitlines() if "chatplane-offline-1 ·" in line)
     conversation_id = first_footer.rsplit("conversation ", 1)[1].strip()
 
-    terminal.type_line("tell me everything you remember")
-    terminal.wait_for(lambda s: s.count(OFFLINE_LABEL) >= 2, "the second answer to start")
+    question = "tell me everything you remember"
+    terminal.type_line(question)
+    terminal.wait_for(
+        lambda s: OFFLINE_LABEL in _after(s, f"you> {question}"),
+        "the second answer to start",
+    )
     terminal.send("C-c")
     screen = terminal.wait_for(
         lambda s: "[interrupted; the partial answer is kept]" in s and _last_line(s) == "you>",
@@ -392,7 +445,7 @@ def test_interactive_chat_streams_and_ctrl_c_cancels_only_the_answer(
     assert terminal.exit_status() == 0
 
     history_file = slow_stack.data_dir / "chat-history"
-    assert "+tell me everything you remember" in history_file.read_text()
+    assert f"+{question}" in history_file.read_text()
     assert "never sent" not in history_file.read_text()
 
     # The server kept the partial answer, marked interrupted.
@@ -401,4 +454,4 @@ def test_interactive_chat_streams_and_ctrl_c_cancels_only_the_answer(
         lambda r: "INTERRUPTED" in r.stdout,
     )
     assert "INTERRUPTED (partial answer)" in result.stdout, result.stdout + result.stderr
-    assert "  tell me everything you remember" in result.stdout
+    assert f"  {question}" in result.stdout

@@ -51,7 +51,6 @@ class RateLimiter:
             self._buckets.popitem(last=False)
         if bucket.tokens < 1.0:
             retry_after = (1.0 - bucket.tokens) / self._rate
-            raise errors.ResourceExhausted(
-                f"rate limit exceeded; retry in {retry_after:.1f} s", retry_after=retry_after
-            )
+            # The delay travels as google.rpc.RetryInfo; clients render it themselves.
+            raise errors.ResourceExhausted("rate limit exceeded", retry_after=retry_after)
         bucket.tokens -= 1.0
