@@ -2,7 +2,19 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from collections.abc import Iterator
+
 import pytest
+
+from tests.engine_processes import ENGINES_PY, Engines, load_engines
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "engines: needs the real engines (scripts/infra/engines.py up)"
+    )
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -10,3 +22,26 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "/integration/" in str(item.path):
             item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture(scope="session")
+def engines(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engines]:
+    """All three engines up for the session; down (data dirs removed) afterwards."""
+    state_dir = tmp_path_factory.mktemp("engines-state")
+    cmd = [sys.executable, str(ENGINES_PY), "up", "--state-dir", str(state_dir)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, check=False)
+    try:
+        if proc.returncode != 0:
+            pytest.fail(
+                f"engines up failed ({proc.returncode}):\n{proc.stderr[-6000:]}", pytrace=False
+            )
+        yield load_engines(state_dir)
+    finally:
+        down = subprocess.run(
+            [sys.executable, str(ENGINES_PY), "down", "--state-dir", str(state_dir)],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+        assert down.returncode == 0, down.stderr

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from tests.engines.conftest import Engines
+from tests.engine_processes import Engines
 
 # client libraries the lead pins in requirements/dev.txt (see docs/engines.md)
 confluent_kafka = pytest.importorskip("confluent_kafka", reason="pip install confluent-kafka")

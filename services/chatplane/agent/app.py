@@ -10,7 +10,7 @@ from chatplane.agent.servicer import AgentServicer
 from chatplane.agent.turn import TurnRunner
 from chatplane.common.server import internal_channel, serve
 from chatplane.common.settings import Settings
-from chatplane.log import EmbeddedMessageLog
+from chatplane.log.factory import open_message_log
 from chatplane.v1 import agent_pb2, agent_pb2_grpc
 
 
@@ -24,7 +24,7 @@ def make_backend(settings: Settings) -> LlmBackend:
 
 async def run(settings: Settings) -> None:
     """Serve AgentService until SIGTERM, then drain."""
-    log = EmbeddedMessageLog(settings.data_path("log.db"))
+    log = open_message_log(settings)
     producer = log.producer()
     memory_channel = internal_channel(settings.memory_address)
     backend = make_backend(settings)

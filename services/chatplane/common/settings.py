@@ -9,7 +9,7 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-Profile = Literal["embedded"]
+Profile = Literal["embedded", "cluster"]
 LlmBackendName = Literal["offline"]
 
 
@@ -20,7 +20,16 @@ class Settings(BaseSettings):
 
     # Where everything of the embedded profile lives (log, databases, index, dev key).
     data_dir: Path = Path(".chatplane")
+    # embedded: SQLite log and store, on-disk index. cluster: Kafka, PostgreSQL, OpenSearch.
     profile: Profile = "embedded"
+
+    # Cluster profile engines (scripts/infra/engines.py writes these variables).
+    postgres_dsn: str = ""
+    postgres_pool_max_size: int = Field(default=10, gt=0)
+    kafka_bootstrap: str = ""
+    kafka_topic_partitions: int = Field(default=6, gt=0)
+    opensearch_url: str = ""
+    opensearch_index: str = "chatplane-memory"
     log_level: str = "INFO"
 
     # Listening: each service binds host:port; port 0 picks a free port.

@@ -8,7 +8,7 @@ from chatplane.common.server import serve
 from chatplane.common.settings import Settings
 from chatplane.memory.conversational_memory import ConversationalMemory
 from chatplane.memory.embedding import SentenceEmbedder
-from chatplane.memory.index.embedded import EmbeddedMemoryIndex
+from chatplane.memory.index.factory import open_memory_index
 from chatplane.memory.servicer import MemoryServicer
 from chatplane.v1 import memory_pb2, memory_pb2_grpc
 
@@ -17,7 +17,7 @@ async def run(settings: Settings) -> None:
     """Serve MemoryService until SIGTERM, then drain."""
     model_dir = Path(settings.embedding_model_dir) if settings.embedding_model_dir else None
     embedder = SentenceEmbedder(model_dir)
-    memory = ConversationalMemory(embedder, EmbeddedMemoryIndex(settings.data_path("memory.db")))
+    memory = ConversationalMemory(embedder, open_memory_index(settings))
     await serve(
         name="memory",
         host=settings.host,

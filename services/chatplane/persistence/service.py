@@ -11,10 +11,10 @@ import grpc
 from chatplane.common.server import serve
 from chatplane.common.settings import Settings
 from chatplane.common.topics import MESSAGES_TOPIC
-from chatplane.log import EmbeddedMessageLog
+from chatplane.log.factory import open_message_log
 from chatplane.persistence.consumer import CONSUMER_GROUP, BatchConsumer
 from chatplane.persistence.servicer import SERVICE_NAME, PersistenceServicer
-from chatplane.persistence.store.sqlite import SqliteConversationStore
+from chatplane.persistence.store.factory import open_store
 from chatplane.v1 import persistence_pb2_grpc
 
 _log = logging.getLogger(__name__)
@@ -25,8 +25,8 @@ NAME = "persistence"
 
 async def run(settings: Settings) -> None:
     """Serve PersistenceService and consume the message log until SIGTERM/SIGINT."""
-    store = await SqliteConversationStore.open(settings.data_path("persistence.db"))
-    log = EmbeddedMessageLog(settings.data_path("log.db"))
+    store = await open_store(settings)
+    log = open_message_log(settings)
     log_consumer = log.consumer(CONSUMER_GROUP, [MESSAGES_TOPIC])
     dead_letters = log.producer()
     consumer = BatchConsumer(

@@ -1,4 +1,4 @@
-"""Fixtures that run the real engines (PostgreSQL, Kafka, OpenSearch) as plain processes.
+"""The real engines (PostgreSQL, Kafka, OpenSearch) as plain processes.
 
 The engines are started through ``scripts/infra/engines.py`` (a subprocess, like
 ``make infra-up``) into a throwaway state dir, and always brought down again.
@@ -9,20 +9,11 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
-
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 ENGINES_PY = REPO / "scripts" / "infra" / "engines.py"
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line(
-        "markers", "engines: needs the real engines (scripts/infra/engines.py up)"
-    )
 
 
 @dataclass(frozen=True)
@@ -53,26 +44,3 @@ def load_engines(state_dir: Path) -> Engines:
     for handle in state.values():
         env.update(handle["env"])
     return Engines(state_dir=state_dir, env=env, state=state)
-
-
-@pytest.fixture(scope="session")
-def engines(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engines]:
-    """All three engines up for the session; down (data dirs removed) afterwards."""
-    state_dir = tmp_path_factory.mktemp("engines-state")
-    cmd = [sys.executable, str(ENGINES_PY), "up", "--state-dir", str(state_dir)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, check=False)
-    try:
-        if proc.returncode != 0:
-            pytest.fail(
-                f"engines up failed ({proc.returncode}):\n{proc.stderr[-6000:]}", pytrace=False
-            )
-        yield load_engines(state_dir)
-    finally:
-        down = subprocess.run(
-            [sys.executable, str(ENGINES_PY), "down", "--state-dir", str(state_dir)],
-            capture_output=True,
-            text=True,
-            timeout=300,
-            check=False,
-        )
-        assert down.returncode == 0, down.stderr
