@@ -10,7 +10,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .DEFAULT_GOAL := help
 .PHONY: help venv system-deps generate check-generate lint typecheck proto-check test test-fast \
-	run bench infra-up infra-down clean
+	run run-cluster bench infra-up infra-down clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -58,6 +58,9 @@ test-fast: $(STAMP) ## unit and contract tests only
 
 run: $(STAMP) ## start the whole stack (embedded profile) and print how to chat
 	$(BIN)/chatplane up
+
+run-cluster: infra-up ## start the stack on Kafka, PostgreSQL and OpenSearch (cluster profile)
+	$(BIN)/chatplane up --profile cluster
 
 bench: $(STAMP) ## run the benchmarks and print the tables (see docs/benchmarks.md)
 	$(PY) -m bench

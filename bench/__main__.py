@@ -13,7 +13,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
-from bench import report, streaming
+from bench import persistence, recall, report, streaming
 from bench.harness import Options, machine, progress
 
 
@@ -27,7 +27,11 @@ class Benchmark:
     run: Callable[[Options], Awaitable[list[report.Row]]]
 
 
-BENCHMARKS = (Benchmark(streaming.NAME, streaming.TITLE, streaming.NOTES, streaming.run),)
+BENCHMARKS = (
+    Benchmark(streaming.NAME, streaming.TITLE, streaming.NOTES, streaming.run),
+    Benchmark(persistence.NAME, persistence.TITLE, persistence.NOTES, persistence.run),
+    Benchmark(recall.NAME, recall.TITLE, recall.NOTES, recall.run),
+)
 
 
 def _arguments(argv: Sequence[str]) -> argparse.Namespace:

@@ -1,6 +1,8 @@
-"""Resource use of the service processes during a benchmark: RSS sampled with psutil every
-100 ms from the bench process (peak per phase) and CPU seconds (user + system) consumed in each
-phase, read from the kernel's per-process counters at the phase's start and end."""
+"""Resource use during a benchmark: the RSS of the watched processes (the services and the bench
+client), sampled with psutil every 100 ms from the bench process (peak per phase); the CPU
+seconds (user + system) each consumed in a phase, from the kernel's per-process counters at the
+phase's start and end; and the CPU seconds the rest of the machine consumed meanwhile (all
+CPUs' busy time less the watched processes'), since other work on the machine skews latency."""
 
 from __future__ import annotations
 
@@ -20,6 +22,8 @@ class PhaseUsage:
 
     peak_rss_bytes: dict[str, int] = field(default_factory=dict)
     cpu_seconds: dict[str, float] = field(default_factory=dict)
+    # Busy CPU seconds of every other process on the machine during the phase.
+    other_cpu_seconds: float = 0.0
     samples: int = 0
 
 
@@ -65,11 +69,22 @@ class ProcessMonitor:
             self._sample()
             await asyncio.sleep(self._interval)
 
+    @staticmethod
+    def _machine_busy() -> float:
+        """Busy CPU seconds of all CPUs since boot; time stolen by the hypervisor counts as
+        busy (the CPU was not ours). guest time is already inside user time on Linux."""
+        times = psutil.cpu_times()
+        return sum(
+            getattr(times, name, 0.0)
+            for name in ("user", "nice", "system", "irq", "softirq", "steal")
+        )
+
     @contextlib.contextmanager
     def phase(self) -> Iterator[PhaseUsage]:
         """Measures the enclosed span; the usage is complete when the block exits."""
         usage = PhaseUsage()
         start = self._cpu()
+        busy = self._machine_busy()
         self._current = usage
         self._sample()
         try:
@@ -79,3 +94,5 @@ class ProcessMonitor:
             self._current = None
             end = self._cpu()
             usage.cpu_seconds = {n: end[n] - start[n] for n in end if n in start}
+            busy = self._machine_busy() - busy
+            usage.other_cpu_seconds = max(0.0, busy - sum(usage.cpu_seconds.values()))

@@ -49,9 +49,13 @@ NOTES = (
     "relay lag = client receipt time - delta.emit_time_unix_nanos (both time.time_ns(), same "
     "machine); added TTFT = that lag for the first delta of each answer",
     "whole pre-model overhead = client time to first token - the configured first-token delay: "
-    "auth, BeginTurn in Persistence, memory recall (query embedding), prompt assembly, relay",
+    "auth, BeginTurn in Persistence, memory recall (query embedding), prompt assembly, relay; "
+    "`started` is sent by the Agent after recall and prompt assembly, just before the model "
+    "is called",
     "percentiles are nearest-rank: with fewer than 100 samples p99 is the maximum",
-    "peak RSS sampled every 100 ms during the phase; CPU seconds = user + system in the phase",
+    "peak RSS sampled every 100 ms during the phase; CPU seconds = user + system in the phase; "
+    "other processes = the machine's busy CPU time (incl. steal) less ours: other work skews "
+    "the lags",
 )
 
 # Short questions like a user's, so the offline answers are about 50-90 words.
@@ -91,6 +95,8 @@ class TurnResult:
     """What the client saw of one Chat stream."""
 
     sent_ns: int
+    started_receipt_ns: int | None = None
+    memory_degraded: bool = False
     first_receipt_ns: int | None = None
     first_lag_ns: int | None = None
     lags_ns: list[int] = field(default_factory=list)
@@ -189,7 +195,9 @@ async def run_turn(
                 result.lags_ns.append(lag)
                 sequences.append(event.delta.sequence)
             elif kind == "started":
+                result.started_receipt_ns = received
                 result.conversation_id = event.started.conversation_id
+                result.memory_degraded = event.started.memory_degraded
             elif kind == "done":
                 done = event.done
     except grpc.aio.AioRpcError as error:
@@ -341,6 +349,10 @@ def _overheads(r: PhaseResult) -> list[int]:
     ]
 
 
+def _to_started(r: PhaseResult) -> list[int]:
+    return [t.started_receipt_ns - t.sent_ns for t in r.turns if t.started_receipt_ns is not None]
+
+
 def rows(results: Sequence[PhaseResult]) -> list[Row]:
     """The table of the benchmark, one column per phase (the first is concurrency 1, the last
     the most concurrent)."""
@@ -411,6 +423,25 @@ def rows(results: Sequence[PhaseResult]) -> list[Row]:
         ),
         Row(
             NAME,
+            "  of which request -> `started` p50",
+            "ms",
+            _percentiles(results, _to_started, 0.5),
+        ),
+        Row(
+            NAME,
+            "  of which request -> `started` p99",
+            "ms",
+            _percentiles(results, _to_started, 0.99),
+        ),
+        Row(
+            NAME,
+            "answers without memory (recall failed/timed out)",
+            "",
+            _total(results, lambda t: t.memory_degraded),
+            precision=0,
+        ),
+        Row(
+            NAME,
             "bench client event-loop delay p99",
             "ms",
             _percentiles(results, lambda r: r.loop_delays_ns, 0.99),
@@ -425,6 +456,26 @@ def rows(results: Sequence[PhaseResult]) -> list[Row]:
         for name in processes
     ]
     out += [Row(NAME, f"CPU seconds {name}", "s", _cpu(results, name)) for name in processes]
+    out.append(
+        Row(
+            NAME,
+            "CPU seconds other processes (not ours)",
+            "s",
+            _per_phase(results, lambda r: r.usage.other_cpu_seconds),
+        )
+    )
+    cpus = len(os.sched_getaffinity(0))
+    out.append(
+        Row(
+            NAME,
+            "machine share used by other work (>10%: noisy)",
+            "%",
+            _per_phase(
+                results, lambda r: 100 * r.usage.other_cpu_seconds / (r.wall_seconds * cpus)
+            ),
+            precision=0,
+        )
+    )
     return out
 
 

@@ -7,32 +7,63 @@ from __future__ import annotations
 
 import asyncio
 import random
+import socket
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import opensearchpy
 import pytest
 
 from chatplane.common.errors import Unavailable
 from chatplane.memory.embedding import SentenceEmbedder
 from chatplane.memory.index.base import ItemKind, MemoryIndex, MemoryItem, RecalledItem
 from chatplane.memory.index.embedded import EmbeddedMemoryIndex
+from chatplane.memory.index.opensearch import OpenSearchMemoryIndex
+from tests.engine_processes import Engines
 
 # Opens an index over the storage the test was given; calling it again reopens the same data.
 IndexOpener = Callable[[], Awaitable[MemoryIndex]]
 
 
-def _embedded(tmp_path: Path) -> IndexOpener:
+def _embedded(request: pytest.FixtureRequest, tmp_path: Path) -> IndexOpener:
     async def open_index() -> MemoryIndex:
         return EmbeddedMemoryIndex(tmp_path / "memory.sqlite3")
 
     return open_index
 
 
-# Adding OpenSearch is one more entry here (its factory starting from a cluster fixture).
-IMPLEMENTATIONS: dict[str, Callable[[Path], IndexOpener]] = {"embedded": _embedded}
+def _opensearch(request: pytest.FixtureRequest, tmp_path: Path) -> IndexOpener:
+    # One OpenSearch index for the module (tests keep apart by tenant), on the session's engines.
+    url, index = request.getfixturevalue("opensearch_memory_index")
+
+    async def open_index() -> MemoryIndex:
+        return OpenSearchMemoryIndex(url, index=index)
+
+    return open_index
+
+
+# Each entry opens an index given the test's request (for fixtures) and its tmp_path.
+IMPLEMENTATIONS: dict[str, Callable[[pytest.FixtureRequest, Path], IndexOpener]] = {
+    "embedded": _embedded,
+    "opensearch": _opensearch,
+}
+
+
+@pytest.fixture(scope="module")
+def opensearch_memory_index(engines: Engines) -> Iterator[tuple[str, str]]:
+    """(URL, index name) of an OpenSearch index of its own for this module, deleted afterwards;
+    the engines themselves are shared with the rest of the session and left running."""
+    url = engines.env["CHATPLANE_OPENSEARCH_URL"]
+    index = f"contract-memory-{uuid.uuid4().hex}"
+    yield url, index
+    client = opensearchpy.OpenSearch(hosts=[url])
+    try:
+        client.indices.delete(index=index, ignore_unavailable=True)
+    finally:
+        client.close()
 
 
 @dataclass
@@ -61,7 +92,7 @@ def embedder() -> SentenceEmbedder:
 async def index_under_test(
     request: pytest.FixtureRequest, tmp_path: Path
 ) -> AsyncIterator[IndexUnderTest]:
-    under_test = IndexUnderTest(IMPLEMENTATIONS[request.param](tmp_path))
+    under_test = IndexUnderTest(IMPLEMENTATIONS[request.param](request, tmp_path))
     yield under_test
     await under_test.close()
 
@@ -315,6 +346,19 @@ async def test_upsert_again_replaces_the_item(memory: Memory, tenant: str) -> No
     assert all(r.keyword_rank is None for r in results)
 
 
+async def test_item_ids_never_collide_across_tenants(memory: Memory) -> None:
+    # A store keyed by "<tenant>:<item>" must not let tenant "x:y" item "z" and tenant "x"
+    # item "y:z" overwrite each other.
+    base = f"tenant-{uuid.uuid4().hex}"
+    first = turn(f"{base}:y", "alice", "c1", "z", "the first tenant's turn about kayaks")
+    second = turn(base, "alice", "c1", "y:z", "the second tenant's turn about kayaks")
+    await memory.upsert(first)
+    await memory.upsert(second)
+    assert await memory.index.recent(f"{base}:y", "alice", "c1", 10) == [first]
+    assert await memory.index.recent(base, "alice", "c1", 10) == [second]
+    assert [r.item for r in await memory.search(base, "alice", "kayaks")] == [second]
+
+
 async def test_upsert_checks_vector_shapes(memory_index: MemoryIndex, tenant: str) -> None:
     items = [turn(tenant, "alice", "c1", "m1", "hello")]
     with pytest.raises(ValueError, match="vectors"):
@@ -508,3 +552,72 @@ async def test_concurrent_calls(memory: Memory, tenant: str) -> None:
     outcomes = await asyncio.gather(*(write(i) for i in range(20)), *(read() for _ in range(20)))
     assert all(isinstance(o, list) and o and o[0].item.item_id == "a-puppy" for o in outcomes[20:])
     assert len(await memory.index.recent(tenant, "alice", "c2", 100)) == 20
+
+
+# --- OpenSearch only --------------------------------------------------------------------------
+
+
+async def test_opensearch_unreachable_is_unavailable(
+    embedder: SentenceEmbedder, tenant: str
+) -> None:
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    index = OpenSearchMemoryIndex(f"http://127.0.0.1:{port}", index="nowhere", request_timeout=2)
+    memory = Memory(index, embedder)
+    try:
+        with pytest.raises(Unavailable):
+            await memory.search(tenant, "alice", "anything")
+        with pytest.raises(Unavailable):
+            await memory.upsert(turn(tenant, "alice", "c1", "m1", "hello"))
+        with pytest.raises(Unavailable):
+            await index.recent(tenant, "alice", "c1", 10)
+        with pytest.raises(Unavailable):
+            await index.delete_conversation(tenant, "alice", "c1")
+    finally:
+        await index.close()
+
+
+async def test_opensearch_refuses_an_index_of_another_shape(
+    opensearch_memory_index: tuple[str, str], tenant: str
+) -> None:
+    url, index = opensearch_memory_index
+    wrong = OpenSearchMemoryIndex(url, index=index, dimension=12)
+    try:
+        await OpenSearchMemoryIndex(url, index=index).ensure_index()
+        with pytest.raises(RuntimeError, match="12-dimensional"):
+            await wrong.recent(tenant, "alice", "c1", 10)
+    finally:
+        await wrong.close()
+
+
+async def test_opensearch_coalesces_concurrent_upserts(
+    opensearch_memory_index: tuple[str, str],
+    embedder: SentenceEmbedder,
+    tenant: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    url, name = opensearch_memory_index
+    index = OpenSearchMemoryIndex(url, index=name, batch_window_seconds=0.005)
+    bulk_sizes: list[int] = []
+    send = index._bulk
+
+    def counting_bulk(lines: list[dict[str, object]]) -> dict[str, object]:
+        bulk_sizes.append(len(lines) // 2)
+        return send(lines)
+
+    monkeypatch.setattr(index, "_bulk", counting_bulk)
+    items = [turn(tenant, "alice", "c1", f"m{i}", f"note {i}", created_at_ms=i) for i in range(30)]
+    vectors = embedder.embed([item.text for item in items])
+    try:
+        await index.ensure_index()
+        await asyncio.gather(
+            *(index.upsert([item], vectors[i : i + 1]) for i, item in enumerate(items))
+        )
+        assert sum(bulk_sizes) == len(items)
+        assert len(bulk_sizes) <= 3, bulk_sizes
+        # Each upsert returned only once its item was searchable.
+        assert await index.recent(tenant, "alice", "c1", 100) == items
+    finally:
+        await index.close()
+

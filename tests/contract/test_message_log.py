@@ -2,6 +2,11 @@
 
 Each implementation is one entry of IMPLEMENTATIONS; the tests use only the interface, plus
 a snippet of Python that opens the same log in a child process for the multi-process cases.
+The Kafka entry uses the session's broker (the `engines` fixture), so every test names its
+own topics and groups.
+
+Order is promised per key (Kafka: per partition), never across keys, so the tests check it
+per key, and offsets per partition.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from chatplane.log import (
     MessageLogConsumer,
     MessageLogProducer,
 )
+from chatplane.log.kafka import KafkaMessageLog
 
 REPO = Path(__file__).resolve().parents[2]
 APPEND_TIMEOUT = 5.0
@@ -41,6 +47,9 @@ class LogUnderTest:
     log: MessageLog
     # Python source that binds `log` to the same log in another process.
     child_setup: str
+    # How long a killed consumer keeps its records from the rest of its group (Kafka's
+    # session timeout: the group waits that long before it reassigns the partitions).
+    member_timeout: float = 0.0
     opened: list[MessageLogProducer | MessageLogConsumer] = field(default_factory=list)
 
     def producer(self) -> MessageLogProducer:
@@ -58,21 +67,42 @@ class LogUnderTest:
             await opened.close()
 
 
-def _embedded(tmp_path: Path) -> LogUnderTest:
+def _embedded(request: pytest.FixtureRequest, tmp_path: Path) -> LogUnderTest:
     path = tmp_path / "log.sqlite3"
     setup = f"from chatplane.log import EmbeddedMessageLog\nlog = EmbeddedMessageLog({str(path)!r})"
     return LogUnderTest(EmbeddedMessageLog(path), setup)
 
 
-# Adding Kafka is one more entry here (its factory starting from a broker fixture).
-IMPLEMENTATIONS: dict[str, Callable[[Path], LogUnderTest]] = {"embedded": _embedded}
+KAFKA_PARTITIONS = 6
+# The broker's smallest allowed session (group.min.session.timeout.ms): a killed consumer's
+# partitions move to the rest of its group after this long.
+KAFKA_SESSION_TIMEOUT = 6.0
+
+
+def _kafka(request: pytest.FixtureRequest, tmp_path: Path) -> LogUnderTest:
+    bootstrap = request.getfixturevalue("engines").env["CHATPLANE_KAFKA_BOOTSTRAP"]
+    arguments = f"partitions={KAFKA_PARTITIONS}, session_timeout={KAFKA_SESSION_TIMEOUT}"
+    setup = (
+        "from chatplane.log.kafka import KafkaMessageLog\n"
+        f"log = KafkaMessageLog({bootstrap!r}, {arguments})"
+    )
+    log = KafkaMessageLog(
+        bootstrap, partitions=KAFKA_PARTITIONS, session_timeout=KAFKA_SESSION_TIMEOUT
+    )
+    return LogUnderTest(log, setup, member_timeout=KAFKA_SESSION_TIMEOUT)
+
+
+IMPLEMENTATIONS: dict[str, Callable[[pytest.FixtureRequest, Path], LogUnderTest]] = {
+    "embedded": _embedded,
+    "kafka": _kafka,
+}
 
 
 @pytest.fixture(params=sorted(IMPLEMENTATIONS))
 async def message_log(
     request: pytest.FixtureRequest, tmp_path: Path
 ) -> AsyncIterator[LogUnderTest]:
-    under_test = IMPLEMENTATIONS[request.param](tmp_path)
+    under_test = IMPLEMENTATIONS[request.param](request, tmp_path)
     yield under_test
     await under_test.close()
 
@@ -101,7 +131,17 @@ async def consume(
     got: list[ConsumedRecord] = []
     give_up = time.monotonic() + deadline
     while len(got) < count:
-        assert time.monotonic() < give_up, f"got {len(got)} of {count} records"
+        if time.monotonic() >= give_up:
+            parts: dict[int, list[int]] = {}
+            for r in got:
+                parts.setdefault(r.partition, []).append(r.offset)
+            summary = {p: (min(o), max(o), len(o)) for p, o in parts.items()}
+            later = []
+            for _ in range(30):
+                later += await consumer.poll_batch(100, 0.2)
+            detail = [(r.partition, r.offset, r.key, r.value) for r in later]
+            keys = sorted({(r.key, r.partition) for r in got})
+            raise AssertionError(f"got {len(got)} of {count}: {summary} {keys} later={detail}")
         got += await consumer.poll_batch(min(batch, count - len(got)), 0.1)
     return got
 
@@ -142,12 +182,13 @@ async def test_append_then_poll_returns_records_intact_in_order(
 
     got = await message_log.consumer(group, [topic]).poll_batch(len(sent), max_wait=2.0)
 
-    assert [(r.topic, r.key, r.value, r.headers) for r in got] == [
+    # Three keys: in Kafka they may land on three partitions, with no order among them.
+    assert sorted((r.topic, r.key, r.value, r.headers) for r in got) == sorted(
         (s.topic, s.key, s.value, s.headers) for s in sent
-    ]
-    assert len({r.partition for r in got}) == 1
-    offsets = [r.offset for r in got]
-    assert offsets == sorted(offsets) and len(set(offsets)) == len(offsets)
+    )
+    for partition in {r.partition for r in got}:
+        offsets = [r.offset for r in got if r.partition == partition]
+        assert offsets == sorted(offsets) and len(set(offsets)) == len(offsets)
     assert all(before_ms - 1000 <= r.timestamp_ms <= after_ms + 1000 for r in got)
 
 
@@ -265,13 +306,13 @@ async def test_uncommitted_records_are_delivered_again_to_the_group(
     assert [(r.offset, r.value) for r in again] == [(r.offset, r.value) for r in lost]
 
 
-async def test_groups_are_independent(message_log: LogUnderTest, topic: str) -> None:
+async def test_groups_are_independent(message_log: LogUnderTest, topic: str, group: str) -> None:
     sent = records_of(topic, b"k", 5)
     await message_log.producer().append(sent, timeout=APPEND_TIMEOUT)
-    persistence = message_log.consumer("persistence", [topic])
+    persistence = message_log.consumer(f"{group}-persistence", [topic])
     await persistence.commit(await consume(persistence, 5))
 
-    analytics = message_log.consumer("analytics", [topic])
+    analytics = message_log.consumer(f"{group}-analytics", [topic])
     got = await consume(analytics, 5)
 
     assert [r.value for r in got] == [r.value for r in sent]
@@ -341,8 +382,9 @@ async def test_records_appended_by_other_processes_are_seen_once_in_order(
     for child in range(children):
         values = [r.value for r in got if r.key == f"child-{child}".encode()]
         assert values == [b"%d" % i for i in range(per_child)]
-    offsets = [r.offset for r in got]
-    assert offsets == sorted(set(offsets))
+    for partition in {r.partition for r in got}:
+        offsets = [r.offset for r in got if r.partition == partition]
+        assert offsets == sorted(set(offsets))
     assert await consumer.lag() == 0
     assert await message_log.consumer(group, [topic]).poll_batch(1, max_wait=0.1) == []
 
@@ -374,7 +416,7 @@ async def test_consumer_killed_before_commit_leaves_its_records_to_the_next(
 
     successor = message_log.consumer(group, [topic])
     assert await successor.lag() == 200
-    got = await consume(successor, 200)
+    got = await consume(successor, 200, deadline=4.0 + message_log.member_timeout)
     assert [r.value for r in got] == [r.value for r in sent[100:]]
 
 

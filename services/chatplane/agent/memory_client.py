@@ -77,19 +77,8 @@ class MemoryClient:
             degraded=False,
         )
 
-    async def remember(
-        self,
-        *,
-        tenant_id: str,
-        user_id: str,
-        conversation_id: str,
-        messages: Sequence[memory_pb2.MemoryMessage],
-        timeout: float,
-    ) -> bool:
+    async def remember(self, request: memory_pb2.RememberRequest, *, timeout: float) -> bool:
         """Stores the turn in memory; False (logged) if memory fails."""
-        request = memory_pb2.RememberRequest(
-            tenant_id=tenant_id, user_id=user_id, conversation_id=conversation_id, messages=messages
-        )
         try:
             await self._stub.Remember(request, timeout=timeout)
         except grpc.aio.AioRpcError as error:

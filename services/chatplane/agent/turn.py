@@ -16,8 +16,9 @@ from google.protobuf import timestamp_pb2
 from chatplane.agent.llm.base import LlmBackend, StopReason, StreamEnd
 from chatplane.agent.memory_client import MemoryClient
 from chatplane.agent.prompt import build_prompt
+from chatplane.common import errors
 from chatplane.common.settings import Settings
-from chatplane.common.topics import MESSAGE_SCHEMA_VERSION, MESSAGES_TOPIC
+from chatplane.common.topics import MEMORY_REMEMBER_TOPIC, MESSAGE_SCHEMA_VERSION, MESSAGES_TOPIC
 from chatplane.log import LogRecord, MessageLogProducer
 from chatplane.v1 import events_pb2, memory_pb2, resources_pb2
 
@@ -217,21 +218,23 @@ class TurnRunner:
         ]
         cap = settings.log_append_timeout_seconds
         await self._producer.append(records, timeout=budget(cap) if budget else cap)
-        remembered = [
-            memory_pb2.MemoryMessage(
-                message_id=m.message_id, role=m.role, text=m.text, create_time_unix_ms=t
-            )
-            for m, t in ((user, user_time_ms), (assistant, answer_time_ms))
-            if m.text
-        ]
-        timeout = settings.internal_call_timeout_seconds
-        await self._memory.remember(
+        remember = memory_pb2.RememberRequest(
             tenant_id=turn.tenant_id,
             user_id=turn.user_id,
             conversation_id=turn.conversation_id,
-            messages=remembered,
-            timeout=budget(timeout) if budget else timeout,
+            messages=[
+                memory_pb2.MemoryMessage(
+                    message_id=m.message_id, role=m.role, text=m.text, create_time_unix_ms=t
+                )
+                for m, t in ((user, user_time_ms), (assistant, answer_time_ms))
+                if m.text
+            ],
         )
+        timeout = settings.internal_call_timeout_seconds
+        if not await self._memory.remember(
+            remember, timeout=budget(timeout) if budget else timeout
+        ):
+            await self._remember_later(remember)
         _log.info(
             "turn recorded",
             extra={
@@ -241,6 +244,23 @@ class TurnRunner:
                 "interrupted": interrupted,
             },
         )
+
+    async def _remember_later(self, remember: memory_pb2.RememberRequest) -> None:
+        """Memory could not take the turn now: log it for the Memory service to index once it
+        can. The turn itself is already durable, so a failure here only costs recall."""
+        try:
+            await self._producer.append(
+                [
+                    LogRecord(
+                        topic=MEMORY_REMEMBER_TOPIC,
+                        key=remember.conversation_id.encode(),
+                        value=remember.SerializeToString(),
+                    )
+                ],
+                timeout=self._settings.log_append_timeout_seconds,
+            )
+        except errors.Unavailable:
+            _log.error("could not log a turn for later indexing; `chatplane memory rebuild`")
 
     async def drain(self) -> None:
         """Waits for recordings of interrupted turns still in flight (at shutdown)."""

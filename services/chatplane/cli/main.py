@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 from pathlib import Path
@@ -31,18 +32,50 @@ def cli(ctx: click.Context, data_dir: Path) -> None:
     ctx.obj = data_dir
 
 
+def engines_env(state_dir: Path) -> dict[str, str]:
+    """The connection settings of the engines `make infra-up` started (engines.json)."""
+    try:
+        state = json.loads((state_dir / "engines.json").read_text())["engines"]
+    except (OSError, ValueError, KeyError):
+        raise click.ClickException(
+            f"no running engines found in {state_dir}: start them with `make infra-up`"
+        ) from None
+    env: dict[str, str] = {}
+    for engine in state.values():
+        env.update(engine["env"])
+    return env
+
+
 @cli.command()
 @click.option("--port", default=50051, show_default=True, help="Gateway port (0: any free port).")
+@click.option(
+    "--profile",
+    type=click.Choice(["embedded", "cluster"]),
+    default="embedded",
+    show_default=True,
+    help="embedded: no servers needed; cluster: Kafka, PostgreSQL, OpenSearch (make infra-up).",
+)
+@click.option(
+    "--engines-state-dir",
+    envvar="CHATPLANE_ENGINES_STATE_DIR",
+    default=str(Path.home() / ".cache" / "chatplane" / "run"),
+    show_default=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Where `make infra-up` recorded the engines (cluster profile).",
+)
 @click.pass_obj
-def up(data_dir: Path, port: int) -> None:
-    """Start the four services (embedded profile) and wait until Ctrl-C."""
-    asyncio.run(_up(data_dir, port))
+def up(data_dir: Path, port: int, profile: str, engines_state_dir: Path) -> None:
+    """Start the four services and wait until Ctrl-C."""
+    env = dict(os.environ, CHATPLANE_PROFILE=profile)
+    if profile == "cluster":
+        env.update(engines_env(engines_state_dir))
+    asyncio.run(_up(data_dir, port, profile, env))
 
 
-async def _up(data_dir: Path, port: int) -> None:
+async def _up(data_dir: Path, port: int, profile: str, env: dict[str, str]) -> None:
     ports = {"gateway": port, "agent": 0, "memory": 0, "persistence": 0}
-    stack = Stack(data_dir=data_dir, ports=ports)
-    click.echo(f"starting chatplane (embedded profile, data in {stack.data_dir}) …")
+    stack = Stack(data_dir=data_dir, ports=ports, env=env)
+    click.echo(f"starting chatplane ({profile} profile, data in {stack.data_dir}) …")
     info = await stack.start()
     key = await stack.development_key()
     click.echo("")
@@ -122,3 +155,6 @@ from chatplane.cli.history import history  # noqa: E402
 
 cli.add_command(chat)
 cli.add_command(history)
+from chatplane.cli.memory import memory  # noqa: E402
+
+cli.add_command(memory)

@@ -7,3 +7,6 @@ from typing import Final
 MESSAGES_TOPIC: Final = "chatplane.messages"
 MESSAGES_DLQ_TOPIC: Final = "chatplane.messages.dlq"
 MESSAGE_SCHEMA_VERSION: Final = 1
+# Turns the Agent could not hand to MemoryService (it or its index was down): the Memory
+# service consumes them and indexes them once it can. Values are `RememberRequest`s.
+MEMORY_REMEMBER_TOPIC: Final = "chatplane.memory.remember"

@@ -3,10 +3,32 @@
 from __future__ import annotations
 
 from chatplane.common.settings import Settings
+from chatplane.common.topics import MESSAGES_DLQ_TOPIC, MESSAGES_TOPIC
 from chatplane.log.base import MessageLog
 from chatplane.log.embedded import EmbeddedMessageLog
+from chatplane.log.kafka import KafkaMessageLog
+
+
+class LogConfigurationError(ValueError):
+    """The settings do not say where the configured profile's message log is."""
 
 
 def open_message_log(settings: Settings) -> MessageLog:
     """The embedded SQLite log, or Kafka in the cluster profile."""
+    if settings.profile == "cluster":
+        bootstrap = settings.kafka_bootstrap.strip()
+        if not bootstrap:
+            raise LogConfigurationError(
+                "the cluster profile logs messages to Kafka, but no bootstrap address is set:"
+                " set CHATPLANE_KAFKA_BOOTSTRAP, e.g. 127.0.0.1:9092"
+                " (scripts/infra/engines.py up writes it to engines.env)"
+            )
+        return KafkaMessageLog(
+            bootstrap,
+            partitions=settings.kafka_topic_partitions,
+            # The dead-letter topic exists before its first record, for operators to watch.
+            topics=(MESSAGES_TOPIC, MESSAGES_DLQ_TOPIC),
+            # librdkafka stops retrying a record once the longest append has given up on it.
+            delivery_timeout=settings.log_append_timeout_seconds,
+        )
     return EmbeddedMessageLog(settings.data_path("log.db"))

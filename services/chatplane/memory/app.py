@@ -6,9 +6,12 @@ from pathlib import Path
 
 from chatplane.common.server import serve
 from chatplane.common.settings import Settings
+from chatplane.common.topics import MEMORY_REMEMBER_TOPIC
+from chatplane.log.factory import open_message_log
 from chatplane.memory.conversational_memory import ConversationalMemory
 from chatplane.memory.embedding import SentenceEmbedder
 from chatplane.memory.index.factory import open_memory_index
+from chatplane.memory.remember_retry import CONSUMER_GROUP, RememberRetryConsumer
 from chatplane.memory.servicer import MemoryServicer
 from chatplane.v1 import memory_pb2, memory_pb2_grpc
 
@@ -18,6 +21,15 @@ async def run(settings: Settings) -> None:
     model_dir = Path(settings.embedding_model_dir) if settings.embedding_model_dir else None
     embedder = SentenceEmbedder(model_dir)
     memory = ConversationalMemory(embedder, open_memory_index(settings))
+    retry_log = open_message_log(settings).consumer(CONSUMER_GROUP, [MEMORY_REMEMBER_TOPIC])
+    retry = RememberRetryConsumer(retry_log, memory)
+    retry.start()
+
+    async def stop() -> None:
+        await retry.stop()
+        await retry_log.close()
+        await memory.close()
+
     await serve(
         name="memory",
         host=settings.host,
@@ -27,5 +39,5 @@ async def run(settings: Settings) -> None:
             MemoryServicer(memory), server
         ),
         drain_grace_seconds=settings.drain_grace_seconds,
-        on_stop=memory.close,
+        on_stop=stop,
     )

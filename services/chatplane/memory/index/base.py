@@ -110,7 +110,8 @@ class MemoryIndex(abc.ABC):
 
     @abc.abstractmethod
     async def delete_conversation(self, tenant_id: str, user_id: str, conversation_id: str) -> int:
-        """Deletes the turns of that user's conversation and returns how many there were."""
+        """Deletes the turns of that user's conversation and returns how many there were. The
+        conversation stays forgotten: later upserts of its turns are dropped."""
 
     @abc.abstractmethod
     async def close(self) -> None:

@@ -32,7 +32,7 @@ Vectors = npt.NDArray[np.float32]
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
 
-_SCHEMA_VERSION: Final = 1
+_SCHEMA_VERSION: Final = 2
 _SCHEMA: Final = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) STRICT;
 CREATE TABLE items (
@@ -70,6 +70,16 @@ CREATE TRIGGER items_fts_update AFTER UPDATE ON items BEGIN
         VALUES ('delete', old.id, old.text, old.scope);
     INSERT INTO items_fts (rowid, text, scope) VALUES (new.id, new.text, new.scope);
 END;
+"""
+# Version 2: conversations the user deleted, so that a late upsert (a retried Remember) never
+# brings them back.
+_SCHEMA_V2: Final = """
+CREATE TABLE forgotten_conversations (
+    tenant_id TEXT NOT NULL,
+    user_id TEXT NOT NULL,
+    conversation_id TEXT NOT NULL,
+    PRIMARY KEY (tenant_id, user_id, conversation_id)
+) STRICT, WITHOUT ROWID;
 """
 _ITEM_COLUMNS: Final = (
     "tenant_id, user_id, conversation_id, item_id, kind, role, text, created_at_ms, source"
@@ -309,9 +319,14 @@ class EmbeddedMemoryIndex(MemoryIndex):
                 connection.executescript(
                     f"""BEGIN IMMEDIATE;
                     {_SCHEMA}
+                    {_SCHEMA_V2}
                     INSERT INTO meta (key, value) VALUES ('dimension', '{self._dimension:d}');
                     PRAGMA user_version = {_SCHEMA_VERSION:d};
                     COMMIT;"""
+                )
+            elif version == 1:
+                connection.executescript(
+                    f"BEGIN IMMEDIATE; {_SCHEMA_V2} PRAGMA user_version = 2; COMMIT;"
                 )
             elif version != _SCHEMA_VERSION:
                 raise RuntimeError(f"{self._path}: unknown memory index schema {version}")
@@ -349,8 +364,21 @@ class EmbeddedMemoryIndex(MemoryIndex):
 
     def _upsert(self, items: list[MemoryItem], vectors: Vectors) -> None:
         connection = self._db()
-        blobs = vectors.astype("<f4", copy=False)
         with _transaction(connection):
+            keep = [
+                index
+                for index, item in enumerate(items)
+                if item.kind is ItemKind.DOCUMENT
+                or connection.execute(
+                    "SELECT 1 FROM forgotten_conversations"
+                    " WHERE tenant_id = ? AND user_id = ? AND conversation_id = ?",
+                    (item.tenant_id, item.user_id, item.conversation_id),
+                ).fetchone()
+                is None
+            ]
+            items = [items[i] for i in keep]
+            vectors = vectors[keep]
+            blobs = vectors.astype("<f4", copy=False)
             connection.executemany(
                 f"""INSERT INTO items ({_ITEM_COLUMNS}, scope, vector)
                     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
@@ -455,6 +483,10 @@ class EmbeddedMemoryIndex(MemoryIndex):
     def _delete_conversation(self, tenant_id: str, user_id: str, conversation_id: str) -> int:
         connection = self._db()
         with _transaction(connection):
+            connection.execute(
+                "INSERT OR IGNORE INTO forgotten_conversations VALUES (?, ?, ?)",
+                (tenant_id, user_id, conversation_id),
+            )
             deleted = connection.execute(
                 """DELETE FROM items
                    WHERE tenant_id = ? AND user_id = ? AND conversation_id = ? AND kind = 'turn'

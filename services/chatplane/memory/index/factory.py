@@ -5,8 +5,21 @@ from __future__ import annotations
 from chatplane.common.settings import Settings
 from chatplane.memory.index.base import MemoryIndex
 from chatplane.memory.index.embedded import EmbeddedMemoryIndex
+from chatplane.memory.index.opensearch import OpenSearchMemoryIndex
 
 
 def open_memory_index(settings: Settings) -> MemoryIndex:
-    """The embedded on-disk index, or OpenSearch in the cluster profile."""
+    """The embedded on-disk index, or OpenSearch in the cluster profile.
+
+    Raises ValueError at startup when the cluster profile has no OpenSearch URL. OpenSearch
+    itself is first contacted on first use, so the service starts (and answers Unavailable)
+    while the engine is down.
+    """
+    if settings.profile == "cluster":
+        if not settings.opensearch_url:
+            raise ValueError(
+                "the cluster profile needs CHATPLANE_OPENSEARCH_URL (the OpenSearch base URL, "
+                "e.g. from the engines.env that `scripts/infra/engines.py up` writes)"
+            )
+        return OpenSearchMemoryIndex(settings.opensearch_url, index=settings.opensearch_index)
     return EmbeddedMemoryIndex(settings.data_path("memory.db"))

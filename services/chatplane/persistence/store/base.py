@@ -317,6 +317,18 @@ class ConversationStore(abc.ABC):
         """
 
     @abc.abstractmethod
+    async def iter_messages(self, after: str | None, limit: int) -> list[Message]:
+        """Up to `limit` stored messages of every owner, in message id order, starting after
+        the message id `after` (None: from the first); the owner is in each message.
+
+        A keyset scan of the whole system of record for rebuilding what is derived from it
+        (the memory index): call again with the last message's id until a page comes back
+        short. Not scoped to an owner, so never for answering a caller. Messages stored while
+        scanning are included when their id sorts after the cursor; a rebuild that must not
+        miss any runs alongside the live path that also indexes new turns.
+        """
+
+    @abc.abstractmethod
     async def close(self) -> None:
         """Finish work under way and release the store's resources."""
 

@@ -209,6 +209,10 @@ class SqliteConversationStore(ConversationStore):
             raise errors.NotFound("api key not found")
         return await self._run(functools.partial(_get_api_key, key_id))
 
+    async def iter_messages(self, after: str | None, limit: int) -> list[Message]:
+        require_limit(limit)
+        return await self._run(functools.partial(_iter_messages, after, limit))
+
     async def write_messages(self, messages: Sequence[Message]) -> int:
         if not messages:
             return 0
@@ -610,6 +614,17 @@ def _get_conversation(
     if len(rows) > limit:
         cursor = MessageCursor(conversation_id, messages[-1].create_time, rows[limit - 1][-1])
     return ConversationHistory(conversation, messages, cursor)
+
+
+def _iter_messages(after: str | None, limit: int, connection: sqlite3.Connection) -> list[Message]:
+    # Keyed by the unique index on message_id; text compares byte by byte (BINARY).
+    query = f"SELECT {_MESSAGE_COLUMNS} FROM messages"
+    parameters: list[Any] = []
+    if after is not None:
+        query += " WHERE message_id > ?"
+        parameters.append(after)
+    query += " ORDER BY message_id LIMIT ?"
+    return [_message_from_row(row) for row in connection.execute(query, [*parameters, limit])]
 
 
 def _insert_api_key(record: ApiKey, connection: sqlite3.Connection) -> None:

@@ -1,0 +1,931 @@
+"""The cluster system of record: `ConversationStore` on PostgreSQL (psycopg 3, async, with a
+connection pool). Versioned SQL migrations are applied at start under an advisory lock; each
+batch from the message log is one transaction that COPYs into a staging table and inserts
+with ON CONFLICT DO NOTHING on the message id (docs/postgres.md)."""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import hashlib
+import importlib.resources
+import logging
+import re
+from collections.abc import AsyncIterator, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Self
+
+import psycopg
+import psycopg.errors
+from psycopg.conninfo import conninfo_to_dict
+from psycopg_pool import AsyncConnectionPool
+
+from chatplane.common import errors
+from chatplane.common.ids import is_valid_id, new_id
+from chatplane.persistence.store.base import (
+    ApiKey,
+    Clock,
+    Conversation,
+    ConversationCursor,
+    ConversationHistory,
+    ConversationPage,
+    ConversationStore,
+    Feedback,
+    FinishReason,
+    IssuedApiKey,
+    Message,
+    MessageCursor,
+    MessagesRejected,
+    MessageStatus,
+    Owner,
+    Role,
+    Turn,
+    TurnRequest,
+    TurnReservation,
+    derived_title,
+    issue_api_key,
+    require_limit,
+    utc_now,
+)
+
+_log = logging.getLogger(__name__)
+
+_Connection = psycopg.AsyncConnection[tuple[Any, ...]]
+
+_MIGRATION_FILE = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
+
+# Advisory locks use the two-int4 key form, whose first half names what is locked; this keeps
+# them apart from any single-bigint advisory lock another program takes in the same database.
+_LOCK_CLASS_MIGRATION = 0x43500001
+_LOCK_CLASS_CONVERSATION = 0x43500002
+# How long a starting replica waits for another one's migration before it gives up.
+_MIGRATION_LOCK_TIMEOUT = "120s"
+# A transaction that lost a race (see _LostRace) is run again this many times in all.
+_RACE_ATTEMPTS = 3
+
+_UNAVAILABLE_ERRORS: tuple[type[Exception], ...] = (
+    # Connection refused or lost, server shutting down, pool exhausted or closed, statement or
+    # lock timeout, serialization failure, deadlock, disk full: all worth a retry.
+    psycopg.OperationalError,
+    # A primary that turned into a standby (failover): writes fail until clients reconnect.
+    psycopg.errors.ReadOnlySqlTransaction,
+)
+
+_MESSAGE_COLUMNS = (
+    "message_id, conversation_id, tenant_id, user_id, role, text, status, model,"
+    " create_time, reply_to_message_id, finish_reason, input_tokens, output_tokens,"
+    " client_message_id"
+)
+_CONVERSATION_COLUMNS = (
+    "conversation_id, tenant_id, user_id, title, create_time, update_time, message_count"
+)
+_API_KEY_COLUMNS = "key_id, tenant_id, user_id, label, secret_sha256, revoked, create_time"
+# The columns of _MESSAGE_COLUMNS as PostgreSQL types, for the binary COPY of a batch.
+_MESSAGE_TYPES = ("text",) * 8 + ("timestamptz", "text", "text", "int4", "int4", "text")
+_STAGING_TABLE = (
+    "CREATE TEMP TABLE message_batch ("
+    ' ordinal integer NOT NULL, message_id text COLLATE "C", conversation_id text COLLATE "C",'
+    " tenant_id text, user_id text, role text, text text, status text, model text,"
+    " create_time timestamptz, reply_to_message_id text, finish_reason text,"
+    " input_tokens integer, output_tokens integer, client_message_id text"
+    ") ON COMMIT DROP"
+)
+
+
+class WriteMethod(enum.Enum):
+    """How `write_messages` sends a batch's rows (docs/postgres.md has the measurements)."""
+
+    # COPY into a temporary staging table, then one INSERT ... SELECT ... ON CONFLICT.
+    COPY = "copy"
+    # One INSERT ... ON CONFLICT per message, all sent in one pipeline (executemany).
+    EXECUTEMANY = "executemany"
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    """One schema step: `version` N is applied after N-1, exactly once."""
+
+    version: int
+    name: str
+    script: str
+
+
+def postgres_migrations() -> list[Migration]:
+    """The migrations shipped in chatplane/persistence/migrations/postgres, in order."""
+    folder = importlib.resources.files("chatplane.persistence").joinpath("migrations", "postgres")
+    found: list[Migration] = []
+    for entry in folder.iterdir():
+        match = _MIGRATION_FILE.match(entry.name)
+        if match is not None:
+            found.append(Migration(int(match[1]), entry.name, entry.read_text(encoding="utf-8")))
+    found.sort(key=lambda migration: migration.version)
+    if [m.version for m in found] != list(range(1, len(found) + 1)):
+        raise RuntimeError(f"migrations must be numbered 1..n without gaps: {found}")
+    return found
+
+
+async def migrate(dsn: str, *, connect_timeout: float = 10.0) -> int:
+    """Bring the database at `dsn` (its first schema on the search_path) to the newest schema
+    version; returns that version.
+
+    All pending migrations run in one transaction (PostgreSQL's DDL is transactional, so a
+    crash mid-way leaves the previous version intact) under a transaction-level advisory lock,
+    so replicas starting at once apply each migration exactly once: the others wait, then find
+    nothing left to do.
+    """
+    migrations = postgres_migrations()
+    connection = await psycopg.AsyncConnection.connect(
+        dsn, autocommit=True, connect_timeout=max(1, round(connect_timeout))
+    )
+    async with connection, connection.transaction():
+        await connection.execute(f"SET LOCAL lock_timeout = '{_MIGRATION_LOCK_TIMEOUT}'")
+        await connection.execute("SELECT pg_advisory_xact_lock(%s, 0)", (_LOCK_CLASS_MIGRATION,))
+        await connection.execute(
+            "CREATE TABLE IF NOT EXISTS schema_version ("
+            " version integer PRIMARY KEY, name text NOT NULL,"
+            " apply_time timestamptz NOT NULL DEFAULT now())"
+        )
+        cursor = await connection.execute("SELECT coalesce(max(version), 0) FROM schema_version")
+        row = await cursor.fetchone()
+        current = 0 if row is None else int(row[0])
+        if current > len(migrations):
+            raise RuntimeError(
+                f"the database is at schema version {current}; this code knows {len(migrations)}"
+            )
+        for migration in migrations[current:]:
+            # A script without parameters may hold several statements.
+            await connection.execute(migration.script)
+            await connection.execute(
+                "INSERT INTO schema_version (version, name) VALUES (%s, %s)",
+                (migration.version, migration.name),
+            )
+            _log.info("schema migrated", extra={"version": migration.version})
+    return len(migrations)
+
+
+class _LostRace(Exception):
+    """What this transaction was about to write turned out to be taken (an idempotency key
+    reserved by a concurrent caller, a message id stored for another conversation): roll back
+    and run the whole transaction again, which then sees the winner and decides accordingly."""
+
+
+class PostgresConversationStore(ConversationStore):
+    """The store in a PostgreSQL database. Use `await PostgresConversationStore.open(dsn, ...)`,
+    which migrates the schema and opens the connection pool before the first call.
+
+    Concurrency: any number of stores (replicas) may use one database. Writers of the same
+    conversation are serialised by a transaction-level advisory lock on its id (so a batch's
+    checks and its writes see one state); idempotency keys and message ids are arbitrated by
+    unique indexes with INSERT ... ON CONFLICT, and a transaction that loses such a race runs
+    again. Reads are single statements, so each sees one snapshot.
+    """
+
+    def __init__(
+        self,
+        pool: AsyncConnectionPool[_Connection],
+        *,
+        clock: Clock = utc_now,
+        write_method: WriteMethod = WriteMethod.COPY,
+    ) -> None:
+        self._pool = pool
+        self._clock = clock
+        self._write_method = write_method
+        self._closed = False
+
+    @classmethod
+    async def open(
+        cls,
+        dsn: str,
+        *,
+        pool_max_size: int = 10,
+        clock: Clock = utc_now,
+        write_method: WriteMethod = WriteMethod.COPY,
+        connect_timeout: float = 10.0,
+        acquire_timeout: float = 10.0,
+        statement_timeout: float = 30.0,
+    ) -> Self:
+        """A store on the database at `dsn`, its schema migrated to the newest version.
+
+        `pool_max_size` bounds the connections this store holds; `acquire_timeout` is how long
+        a call waits for a free one, `statement_timeout` how long one statement may run (both
+        then fail with Unavailable). Raises Unavailable when the database cannot be reached
+        within `connect_timeout` seconds.
+        """
+        if not dsn:
+            raise ValueError("a PostgreSQL DSN is required")
+        if pool_max_size < 1:
+            raise ValueError(f"pool_max_size must be at least 1, not {pool_max_size}")
+        try:
+            await migrate(dsn, connect_timeout=connect_timeout)
+        except _UNAVAILABLE_ERRORS as error:
+            raise errors.Unavailable("the conversation store is unavailable") from error
+        kwargs: dict[str, Any] = {"autocommit": True}
+        if "application_name" not in conninfo_to_dict(dsn):
+            kwargs["application_name"] = "chatplane-persistence"
+        session_settings = (
+            f"SET statement_timeout = {round(statement_timeout * 1000)};"
+            # A client that dies inside a transaction must not hold its locks for long.
+            f" SET idle_in_transaction_session_timeout = {round(statement_timeout * 2000)}"
+        )
+
+        async def configure(connection: _Connection) -> None:
+            await connection.execute(session_settings)
+
+        pool: AsyncConnectionPool[_Connection] = AsyncConnectionPool(
+            dsn,
+            kwargs=kwargs,
+            min_size=min(2, pool_max_size),
+            max_size=pool_max_size,
+            open=False,
+            configure=configure,
+            # One empty round trip per checkout: a connection broken by a server restart is
+            # replaced before use instead of failing the caller's call.
+            check=AsyncConnectionPool.check_connection,
+            timeout=acquire_timeout,
+            name="chatplane-store",
+        )
+        try:
+            await pool.open(wait=True, timeout=connect_timeout)
+        except _UNAVAILABLE_ERRORS as error:
+            await pool.close()
+            raise errors.Unavailable("the conversation store is unavailable") from error
+        return cls(pool, clock=clock, write_method=write_method)
+
+    @property
+    def write_method(self) -> WriteMethod:
+        """How batches are sent to the database."""
+        return self._write_method
+
+    async def begin_turn(self, request: TurnRequest) -> TurnReservation:
+        if request.conversation_id and not is_valid_id(request.conversation_id):
+            raise errors.NotFound("conversation not found")
+        now = self._clock()
+        async with self._connection() as connection:
+            for _ in range(_RACE_ATTEMPTS):
+                with contextlib.suppress(_LostRace):
+                    async with connection.transaction():
+                        return await self._begin_turn(connection, request, now)
+        raise errors.Unavailable("the turn is contended; try again")
+
+    async def _begin_turn(
+        self, connection: _Connection, request: TurnRequest, now: datetime
+    ) -> TurnReservation:
+        owner = request.owner
+        if request.client_message_id:
+            cursor = await connection.execute(
+                "SELECT t.conversation_id, t.user_message_id, t.assistant_message_id,"
+                " t.lease_expire_time, EXISTS (SELECT 1 FROM messages m"
+                "  WHERE m.message_id = t.assistant_message_id"
+                "  AND m.tenant_id = t.tenant_id AND m.user_id = t.user_id)"
+                " FROM turns t WHERE t.tenant_id = %s AND t.user_id = %s"
+                " AND t.client_message_id = %s FOR UPDATE OF t",
+                (owner.tenant_id, owner.user_id, request.client_message_id),
+            )
+            row = await cursor.fetchone()
+            if row is not None:
+                return await self._reclaim_turn(connection, row, now, request)
+        conversation_id = request.conversation_id
+        if conversation_id:
+            # KEY SHARE: a concurrent delete of the conversation waits for this turn (and
+            # then removes it too) instead of leaving it pointing at nothing.
+            cursor = await connection.execute(
+                "SELECT tenant_id, user_id FROM conversations WHERE conversation_id = %s"
+                " FOR KEY SHARE",
+                (conversation_id,),
+            )
+            row = await cursor.fetchone()
+            if row is None or Owner(row[0], row[1]) != owner:
+                raise errors.NotFound("conversation not found")
+        else:
+            conversation_id = new_id()
+            await connection.execute(
+                f"INSERT INTO conversations ({_CONVERSATION_COLUMNS})"
+                " VALUES (%s, %s, %s, %s, %s, %s, 0)",
+                (conversation_id, owner.tenant_id, owner.user_id, request.title, now, now),
+            )
+        expire = now + request.lease
+        try:
+            cursor = await connection.execute(
+                "INSERT INTO turns (user_message_id, assistant_message_id, conversation_id,"
+                " tenant_id, user_id, client_message_id, lease_expire_time, create_time)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
+                " ON CONFLICT (tenant_id, user_id, client_message_id)"
+                " WHERE client_message_id IS NOT NULL DO NOTHING",
+                (
+                    request.user_message_id,
+                    request.assistant_message_id,
+                    conversation_id,
+                    owner.tenant_id,
+                    owner.user_id,
+                    request.client_message_id or None,
+                    expire,
+                    now,
+                ),
+            )
+        except psycopg.errors.UniqueViolation as error:
+            raise errors.AlreadyExists("the turn's message ids are reserved already") from error
+        if cursor.rowcount == 0:
+            # Another caller reserved the key since our SELECT: our conversation (if we made
+            # one) goes with the rollback, and the next attempt finds the winner's turn.
+            raise _LostRace
+        return TurnReservation(
+            conversation_id,
+            request.user_message_id,
+            request.assistant_message_id,
+            acquired=True,
+            complete=False,
+            lease_expire_time=expire,
+        )
+
+    async def _reclaim_turn(
+        self, connection: _Connection, row: Sequence[Any], now: datetime, request: TurnRequest
+    ) -> TurnReservation:
+        """The answer to a BeginTurn whose idempotency key is reserved already (its turn row
+        is locked by the caller's SELECT ... FOR UPDATE)."""
+        conversation_id, user_message_id, assistant_message_id, expire, complete = row
+        expire = _utc(expire)
+        acquired = not complete and expire <= now
+        if acquired:
+            # The previous owner's lease ran out before its answer was stored: this caller
+            # takes the turn over with the same ids, so whichever answer is stored first wins.
+            expire = now + request.lease
+            await connection.execute(
+                "UPDATE turns SET lease_expire_time = %s WHERE user_message_id = %s",
+                (expire, user_message_id),
+            )
+        return TurnReservation(
+            conversation_id,
+            user_message_id,
+            assistant_message_id,
+            acquired=acquired,
+            complete=bool(complete),
+            lease_expire_time=expire,
+        )
+
+    async def get_turn(self, owner: Owner, user_message_id: str) -> Turn:
+        if not is_valid_id(user_message_id):
+            raise errors.NotFound("turn not found")
+        async with self._connection() as connection:
+            cursor = await connection.execute(
+                "SELECT t.conversation_id, t.assistant_message_id, t.lease_expire_time,"
+                f" {_prefixed('m', _MESSAGE_COLUMNS)} FROM turns t"
+                " LEFT JOIN messages m"
+                " ON m.message_id IN (t.user_message_id, t.assistant_message_id)"
+                " AND m.tenant_id = t.tenant_id AND m.user_id = t.user_id"
+                " WHERE t.user_message_id = %s AND t.tenant_id = %s AND t.user_id = %s",
+                (user_message_id, owner.tenant_id, owner.user_id),
+            )
+            rows = await cursor.fetchall()
+        if not rows:
+            raise errors.NotFound("turn not found")
+        conversation_id, assistant_message_id, expire = rows[0][:3]
+        stored = {m.message_id: m for m in (_message_from_row(r[3:]) for r in rows if r[3])}
+        return Turn(
+            conversation_id,
+            user_message_id,
+            assistant_message_id,
+            _utc(expire),
+            stored.get(user_message_id),
+            stored.get(assistant_message_id),
+        )
+
+    async def release_turn(self, owner: Owner, user_message_id: str) -> bool:
+        if not is_valid_id(user_message_id):
+            raise errors.NotFound("turn not found")
+        now = self._clock()
+        async with self._connection() as connection, connection.transaction():
+            cursor = await connection.execute(
+                "SELECT EXISTS (SELECT 1 FROM messages m"
+                "  WHERE m.message_id = t.assistant_message_id)"
+                " FROM turns t WHERE t.user_message_id = %s AND t.tenant_id = %s"
+                " AND t.user_id = %s FOR UPDATE OF t",
+                (user_message_id, owner.tenant_id, owner.user_id),
+            )
+            row = await cursor.fetchone()
+            if row is None:
+                raise errors.NotFound("turn not found")
+            if row[0]:
+                return False
+            await connection.execute(
+                "UPDATE turns SET lease_expire_time = %s WHERE user_message_id = %s",
+                (now, user_message_id),
+            )
+        return True
+
+    async def list_conversations(
+        self, owner: Owner, *, limit: int, after: ConversationCursor | None = None
+    ) -> ConversationPage:
+        require_limit(limit)
+        query = (
+            f"SELECT {_CONVERSATION_COLUMNS} FROM conversations"
+            " WHERE tenant_id = %s AND user_id = %s"
+        )
+        parameters: list[Any] = [owner.tenant_id, owner.user_id]
+        if after is not None:
+            query += " AND (update_time, conversation_id) < (%s, %s)"
+            parameters += [after.update_time, after.conversation_id]
+        query += " ORDER BY update_time DESC, conversation_id DESC LIMIT %s"
+        async with self._connection() as connection:
+            cursor = await connection.execute(query, [*parameters, limit + 1])
+            rows = await cursor.fetchall()
+        conversations = tuple(_conversation_from_row(row) for row in rows[:limit])
+        next_cursor = None
+        if len(rows) > limit:
+            last = conversations[-1]
+            next_cursor = ConversationCursor(last.update_time, last.conversation_id)
+        return ConversationPage(conversations, next_cursor)
+
+    async def get_conversation(
+        self,
+        owner: Owner,
+        conversation_id: str,
+        *,
+        limit: int,
+        after: MessageCursor | None = None,
+    ) -> ConversationHistory:
+        require_limit(limit)
+        if after is not None and after.conversation_id != conversation_id:
+            raise ValueError("the cursor belongs to another conversation")
+        if not is_valid_id(conversation_id):
+            raise errors.NotFound("conversation not found")
+        # One statement, so the conversation and its messages come from one snapshot.
+        page_filter = ""
+        parameters: list[Any] = []
+        if after is not None:
+            page_filter = " AND (m.create_time, m.position) > (%s, %s)"
+            parameters += [after.create_time, after.position]
+        query = (
+            f"SELECT {_prefixed('c', _CONVERSATION_COLUMNS)},"
+            f" {_prefixed('p', _MESSAGE_COLUMNS)}, p.position"
+            " FROM conversations c LEFT JOIN LATERAL ("
+            f"  SELECT {_prefixed('m', _MESSAGE_COLUMNS)}, m.position FROM messages m"
+            f"  WHERE m.conversation_id = c.conversation_id AND m.tenant_id = c.tenant_id"
+            f"{page_filter} ORDER BY m.create_time, m.position LIMIT %s"
+            " ) p ON true"
+            " WHERE c.conversation_id = %s AND c.tenant_id = %s AND c.user_id = %s"
+            " ORDER BY p.create_time, p.position"
+        )
+        parameters += [limit + 1, conversation_id, owner.tenant_id, owner.user_id]
+        async with self._connection() as connection:
+            cursor = await connection.execute(query, parameters)
+            rows = await cursor.fetchall()
+        if not rows:
+            raise errors.NotFound("conversation not found")
+        columns = len(_CONVERSATION_COLUMNS.split(","))
+        conversation = _conversation_from_row(rows[0][:columns])
+        found = [row[columns:] for row in rows if row[columns] is not None]
+        messages = tuple(_message_from_row(row) for row in found[:limit])
+        next_cursor = None
+        if len(found) > limit:
+            next_cursor = MessageCursor(
+                conversation_id, messages[-1].create_time, found[limit - 1][-1]
+            )
+        return ConversationHistory(conversation, messages, next_cursor)
+
+    async def delete_conversation(self, owner: Owner, conversation_id: str) -> datetime:
+        if not is_valid_id(conversation_id):
+            raise errors.NotFound("conversation not found")
+        now = self._clock()
+        async with self._connection() as connection, connection.transaction():
+            # The lock batch writers take: a batch checks the tombstone and writes under it.
+            await _lock_conversations(connection, [conversation_id])
+            # Messages, their feedback and the turns go with it (ON DELETE CASCADE).
+            cursor = await connection.execute(
+                "WITH deleted AS (DELETE FROM conversations"
+                "  WHERE conversation_id = %s AND tenant_id = %s AND user_id = %s"
+                "  RETURNING conversation_id, tenant_id, user_id)"
+                " INSERT INTO deleted_conversations"
+                " (conversation_id, tenant_id, user_id, delete_time)"
+                " SELECT conversation_id, tenant_id, user_id, %s FROM deleted",
+                (conversation_id, owner.tenant_id, owner.user_id, now),
+            )
+            if cursor.rowcount == 0:
+                raise errors.NotFound("conversation not found")
+        return now
+
+    async def submit_feedback(self, owner: Owner, feedback: Feedback) -> datetime:
+        if not is_valid_id(feedback.message_id):
+            raise errors.NotFound("assistant message not found")
+        now = self._clock()
+        async with self._connection() as connection:
+            try:
+                cursor = await connection.execute(
+                    "INSERT INTO feedback"
+                    " (message_id, tenant_id, user_id, rating, comment, create_time)"
+                    " SELECT message_id, tenant_id, user_id, %s, %s, %s FROM messages"
+                    " WHERE message_id = %s AND tenant_id = %s AND user_id = %s"
+                    " AND role = %s"
+                    " ON CONFLICT (message_id, tenant_id, user_id) DO UPDATE SET"
+                    " rating = excluded.rating, comment = excluded.comment,"
+                    " create_time = excluded.create_time",
+                    (
+                        feedback.rating.value,
+                        feedback.comment,
+                        now,
+                        feedback.message_id,
+                        owner.tenant_id,
+                        owner.user_id,
+                        Role.ASSISTANT.value,
+                    ),
+                )
+            except psycopg.errors.ForeignKeyViolation as error:
+                # The conversation was deleted between the SELECT and the insert.
+                raise errors.NotFound("assistant message not found") from error
+        if cursor.rowcount == 0:
+            raise errors.NotFound("assistant message not found")
+        return now
+
+    async def create_api_key(self, owner: Owner, label: str) -> IssuedApiKey:
+        issued = issue_api_key(owner, label, self._clock())
+        record = issued.record
+        async with self._connection() as connection:
+            await connection.execute(
+                f"INSERT INTO api_keys ({_API_KEY_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s)",
+                (
+                    record.key_id,
+                    record.owner.tenant_id,
+                    record.owner.user_id,
+                    record.label,
+                    record.secret_sha256,
+                    record.revoked,
+                    record.create_time,
+                ),
+            )
+        return issued
+
+    async def get_api_key(self, key_id: str) -> ApiKey:
+        if not is_valid_id(key_id):
+            raise errors.NotFound("api key not found")
+        async with self._connection() as connection:
+            cursor = await connection.execute(
+                f"SELECT {_API_KEY_COLUMNS} FROM api_keys WHERE key_id = %s", (key_id,)
+            )
+            row = await cursor.fetchone()
+        if row is None:
+            raise errors.NotFound("api key not found")
+        key_id, tenant_id, user_id, label, digest, revoked, create_time = row
+        return ApiKey(
+            key_id, Owner(tenant_id, user_id), label, bytes(digest), revoked, _utc(create_time)
+        )
+
+    async def iter_messages(self, after: str | None, limit: int) -> list[Message]:
+        require_limit(limit)
+        query = f"SELECT {_MESSAGE_COLUMNS} FROM messages"
+        parameters: list[Any] = []
+        if after is not None:
+            query += " WHERE message_id > %s"
+            parameters.append(after)
+        query += " ORDER BY message_id LIMIT %s"
+        async with self._connection() as connection:
+            cursor = await connection.execute(query, [*parameters, limit])
+            rows = await cursor.fetchall()
+        return [_message_from_row(row) for row in rows]
+
+    async def write_messages(self, messages: Sequence[Message]) -> int:
+        if not messages:
+            return 0
+        batch = tuple(messages)
+        async with self._connection() as connection:
+            for attempt in range(_RACE_ATTEMPTS):
+                with contextlib.suppress(_LostRace):
+                    async with connection.transaction():
+                        # The first attempt leaves finding re-delivered ids to the unique
+                        # index (ON CONFLICT), instead of looking every id up beforehand.
+                        return await self._write_batch(
+                            connection, batch, placements_first=attempt > 0
+                        )
+        raise errors.Unavailable("the batch is contended; try again")
+
+    async def _write_batch(
+        self, connection: _Connection, batch: tuple[Message, ...], *, placements_first: bool
+    ) -> int:
+        """One batch in the caller's transaction: lock its conversations, decide what to
+        insert (the SQLite store's rules, in _admit), create new conversations, insert the
+        messages, and count them in their conversations.
+
+        With `placements_first`, where each message id is stored already is looked up before
+        deciding, as SQLite does. Without it, the ids are left to the unique index: messages
+        whose insert hit a stored id are looked up afterwards (none, on the common path); a
+        re-delivery is skipped, and an id stored for another conversation or owner raises
+        _LostRace, so the batch is rolled back and decided again with placements first (which
+        then refuses it exactly as SQLite would).
+        """
+        now = self._clock()
+        staging = self._write_method is WriteMethod.COPY
+        owners, deleted = await _lock_conversations(
+            connection, {m.conversation_id for m in batch}, staging=staging
+        )
+        placed: dict[str, tuple[str, Owner]] = {}
+        if placements_first:
+            placed = await _placements(connection, {m.message_id for m in batch})
+        try:
+            accepted, created = _admit(batch, dict(owners), deleted, dict(placed))
+        except MessagesRejected:
+            if placements_first:
+                raise
+            # Refused for its conversation's owner: name every refused message, including
+            # those whose id is stored for another conversation, as SQLite does.
+            placed = await _placements(connection, {m.message_id for m in batch})
+            _admit(batch, dict(owners), deleted, placed)
+            raise
+        if not accepted:
+            return 0
+        if staging:
+            await _copy_to_staging(connection, accepted)
+        # One round trip: the new conversations, the messages and (COPY) their counting.
+        async with connection.pipeline():
+            if created:
+                await _create_conversations(connection, accepted, created)
+            if staging:
+                inserted = await _insert_staged(connection, now)
+            else:
+                inserted = await _insert_each(connection, accepted, now)
+        if len(inserted) != len(accepted):
+            skipped = [m for m in accepted if m.message_id not in inserted]
+            found = await _placements(connection, {m.message_id for m in skipped})
+            if any(found.get(m.message_id) != (m.conversation_id, m.owner) for m in skipped):
+                raise _LostRace
+        if not staging:
+            await _count_messages(connection, [m for m in accepted if m.message_id in inserted])
+        return len(inserted)
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        # Waits for the connections in use to come back: calls under way finish first.
+        await self._pool.close()
+
+    @contextlib.asynccontextmanager
+    async def _connection(self) -> AsyncIterator[_Connection]:
+        """A pooled connection (autocommit; open a transaction where a call needs one), with
+        infrastructure failures turned into Unavailable."""
+        if self._closed:
+            raise errors.Unavailable("the conversation store is closed")
+        try:
+            async with self._pool.connection() as connection:
+                yield connection
+        except _UNAVAILABLE_ERRORS as error:
+            _log.warning("conversation store call failed", extra={"error": repr(error)})
+            raise errors.Unavailable("the conversation store is unavailable") from error
+
+
+def _admit(
+    messages: Sequence[Message],
+    owners: dict[str, Owner],
+    deleted: set[str],
+    placed: dict[str, tuple[str, Owner]],
+) -> tuple[list[Message], list[str]]:
+    """Decide, before writing anything, which messages of a batch to insert, given the stored
+    owners of its conversations, their tombstones and where its message ids are stored already:
+    returns the messages and the conversations to create for them, or raises MessagesRejected.
+    The same rules as the SQLite store's."""
+    accepted: list[Message] = []
+    created: list[str] = []
+    rejected: dict[int, str] = {}
+    for index, message in enumerate(messages):
+        if message.conversation_id in deleted:
+            continue
+        owner = owners.get(message.conversation_id)
+        if owner is None:
+            owners[message.conversation_id] = message.owner
+            created.append(message.conversation_id)
+        elif owner != message.owner:
+            rejected[index] = "conversation belongs to another owner"
+            continue
+        place = placed.get(message.message_id)
+        if place is not None:
+            # Re-delivered (or repeated in this batch): stored once already. The same id in
+            # another conversation or of another owner is a forged or broken record.
+            if place != (message.conversation_id, message.owner):
+                rejected[index] = "message id is stored for another conversation"
+            continue
+        placed[message.message_id] = (message.conversation_id, message.owner)
+        accepted.append(message)
+    if rejected:
+        raise MessagesRejected(rejected)
+    return accepted, created
+
+
+async def _placements(
+    connection: _Connection, message_ids: Iterable[str]
+) -> dict[str, tuple[str, Owner]]:
+    """Where each of these message ids is stored: its conversation and owner."""
+    cursor = await connection.execute(
+        "SELECT message_id, conversation_id, tenant_id, user_id FROM messages"
+        " WHERE message_id = ANY(%b::text[])",
+        (list(message_ids),),
+    )
+    return {
+        message_id: (conversation_id, Owner(tenant_id, user_id))
+        for message_id, conversation_id, tenant_id, user_id in await cursor.fetchall()
+    }
+
+
+async def _lock_conversations(
+    connection: _Connection, conversation_ids: Iterable[str], *, staging: bool = False
+) -> tuple[dict[str, Owner], set[str]]:
+    """Take the transaction-level advisory locks of these conversations, then read their
+    stored owners and which of them are deleted (tombstones); with `staging`, also create the
+    batch's staging table. One round trip (a pipeline).
+
+    Whoever else writes these conversations (another replica after a rebalance, a delete)
+    waits until this transaction ends, so what is read here stays true until then. The locks
+    are taken in key order, so two transactions locking overlapping sets cannot deadlock.
+    """
+    conversation_ids = list(conversation_ids)
+    keys = sorted({_lock_key(conversation_id) for conversation_id in conversation_ids})
+    async with connection.pipeline():
+        await connection.execute(
+            "SELECT pg_advisory_xact_lock(%b, key) FROM unnest(%b::int4[]) WITH ORDINALITY"
+            " AS k (key, ordinal) ORDER BY ordinal",
+            (_LOCK_CLASS_CONVERSATION, keys),
+        )
+        if staging:
+            await connection.execute(_STAGING_TABLE)
+        # A statement after the locks: READ COMMITTED reads with a snapshot taken once they
+        # are held, so every write that held them before is seen.
+        cursor = await connection.execute(
+            "SELECT false, conversation_id, tenant_id, user_id FROM conversations"
+            " WHERE conversation_id = ANY(%(ids)b::text[])"
+            " UNION ALL"
+            " SELECT true, conversation_id, tenant_id, user_id FROM deleted_conversations"
+            " WHERE conversation_id = ANY(%(ids)b::text[])",
+            {"ids": conversation_ids},
+        )
+        rows = await cursor.fetchall()
+    owners: dict[str, Owner] = {}
+    deleted: set[str] = set()
+    for tombstone, conversation_id, tenant_id, user_id in rows:
+        if tombstone:
+            deleted.add(conversation_id)
+        else:
+            owners[conversation_id] = Owner(tenant_id, user_id)
+    return owners, deleted
+
+
+def _lock_key(conversation_id: str) -> int:
+    """A conversation's advisory lock key: 32 bits of a hash of its id (a collision only
+    makes two conversations share a lock)."""
+    digest = hashlib.blake2b(conversation_id.encode(), digest_size=4).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+async def _create_conversations(
+    connection: _Connection, accepted: Sequence[Message], created: Sequence[str]
+) -> None:
+    """Create the conversations first seen in this batch, titled after their first user
+    message and starting at their oldest message (the counters follow with the messages)."""
+    first: dict[str, list[Message]] = {conversation_id: [] for conversation_id in created}
+    for message in accepted:
+        if message.conversation_id in first:
+            first[message.conversation_id].append(message)
+    rows = []
+    for conversation_id, messages in first.items():
+        title = next((m.text for m in messages if m.role is Role.USER), "")
+        start = min(m.create_time for m in messages)
+        owner = messages[0].owner
+        rows.append((conversation_id, owner.tenant_id, owner.user_id, derived_title(title), start))
+    await connection.execute(
+        f"INSERT INTO conversations ({_CONVERSATION_COLUMNS})"
+        " SELECT c.id, c.tenant_id, c.user_id, c.title, c.start, c.start, 0"
+        " FROM unnest(%b::text[], %b::text[], %b::text[], %b::text[], %b::timestamptz[])"
+        " AS c (id, tenant_id, user_id, title, start)",
+        [list(column) for column in zip(*rows, strict=True)],
+    )
+
+
+async def _copy_to_staging(connection: _Connection, messages: Sequence[Message]) -> None:
+    """COPY (binary) the messages into the staging table, numbered in batch order."""
+    async with (
+        connection.cursor() as cursor,
+        cursor.copy(
+            f"COPY message_batch (ordinal, {_MESSAGE_COLUMNS}) FROM STDIN (FORMAT BINARY)"
+        ) as copy,
+    ):
+        copy.set_types(["int4", *_MESSAGE_TYPES])
+        for ordinal, message in enumerate(messages):
+            await copy.write_row((ordinal, *_message_row(message)))
+
+
+async def _insert_staged(connection: _Connection, now: datetime) -> set[str]:
+    """Insert the staged messages in batch order (their positions follow it) unless their id
+    is stored already, and count those inserted in their conversations, in one statement;
+    returns the ids of those inserted."""
+    cursor = await connection.execute(
+        "WITH inserted AS ("
+        f" INSERT INTO messages ({_MESSAGE_COLUMNS}, store_time)"
+        f" SELECT {_MESSAGE_COLUMNS}, %s FROM message_batch ORDER BY ordinal"
+        " ON CONFLICT (message_id) DO NOTHING"
+        " RETURNING message_id, conversation_id, create_time"
+        "), counted AS ("
+        " UPDATE conversations AS c SET message_count = c.message_count + g.added,"
+        " update_time = greatest(c.update_time, g.newest)"
+        " FROM (SELECT conversation_id, count(*) AS added, max(create_time) AS newest"
+        "  FROM inserted GROUP BY conversation_id) AS g"
+        " WHERE c.conversation_id = g.conversation_id"
+        ") SELECT message_id FROM inserted",
+        (now,),
+    )
+    return {row[0] for row in await cursor.fetchall()}
+
+
+async def _insert_each(
+    connection: _Connection, messages: Sequence[Message], now: datetime
+) -> set[str]:
+    """One INSERT ... ON CONFLICT per message, pipelined by executemany (one round trip for
+    the batch); returns the ids of those inserted."""
+    placeholders = ", ".join(["%s"] * (len(_MESSAGE_TYPES) + 1))
+    inserted: set[str] = set()
+    async with connection.cursor() as cursor:
+        await cursor.executemany(
+            f"INSERT INTO messages ({_MESSAGE_COLUMNS}, store_time) VALUES ({placeholders})"
+            " ON CONFLICT (message_id) DO NOTHING RETURNING message_id",
+            [(*_message_row(message), now) for message in messages],
+            returning=True,
+        )
+        while True:
+            inserted.update(row[0] for row in await cursor.fetchall())
+            if not cursor.nextset():
+                break
+    return inserted
+
+
+async def _count_messages(connection: _Connection, inserted: Sequence[Message]) -> None:
+    """Add the inserted messages to their conversations' counts and update times."""
+    growth: dict[str, tuple[int, datetime]] = {}
+    for message in inserted:
+        count, newest = growth.get(message.conversation_id, (0, message.create_time))
+        growth[message.conversation_id] = (count + 1, max(newest, message.create_time))
+    await connection.execute(
+        "UPDATE conversations AS c SET message_count = c.message_count + g.added,"
+        " update_time = greatest(c.update_time, g.newest)"
+        " FROM unnest(%b::text[], %b::int8[], %b::timestamptz[])"
+        " AS g (conversation_id, added, newest)"
+        " WHERE c.conversation_id = g.conversation_id",
+        (
+            list(growth),
+            [count for count, _ in growth.values()],
+            [newest for _, newest in growth.values()],
+        ),
+    )
+
+
+def _prefixed(alias: str, columns: str) -> str:
+    """`a, b` as `alias.a, alias.b`."""
+    return ", ".join(f"{alias}.{column.strip()}" for column in columns.split(","))
+
+
+def _utc(moment: datetime) -> datetime:
+    """A time read from the database in UTC, whatever the session's TimeZone."""
+    return moment.astimezone(UTC)
+
+
+def _message_row(message: Message) -> tuple[Any, ...]:
+    return (
+        message.message_id,
+        message.conversation_id,
+        message.owner.tenant_id,
+        message.owner.user_id,
+        message.role.value,
+        message.text,
+        message.status.value,
+        message.model,
+        message.create_time,
+        message.reply_to_message_id,
+        message.finish_reason.value,
+        message.input_tokens,
+        message.output_tokens,
+        message.client_message_id,
+    )
+
+
+def _message_from_row(row: Sequence[Any]) -> Message:
+    return Message(
+        message_id=row[0],
+        conversation_id=row[1],
+        owner=Owner(row[2], row[3]),
+        role=Role(row[4]),
+        text=row[5],
+        status=MessageStatus(row[6]),
+        model=row[7],
+        create_time=_utc(row[8]),
+        reply_to_message_id=row[9],
+        finish_reason=FinishReason(row[10]),
+        input_tokens=row[11],
+        output_tokens=row[12],
+        client_message_id=row[13],
+    )
+
+
+def _conversation_from_row(row: Sequence[Any]) -> Conversation:
+    conversation_id, tenant_id, user_id, title, create_time, update_time, count = row
+    return Conversation(
+        conversation_id,
+        Owner(tenant_id, user_id),
+        title,
+        _utc(create_time),
+        _utc(update_time),
+        count,
+    )

@@ -1,0 +1,71 @@
+"""Memory recovers what it missed: turns answered while it was down are indexed once it is
+back (from the message log), and `chatplane memory rebuild` re-indexes a lost index from the
+system of record."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import grpc
+
+from tests.integration.stack_client import FAST_PACE, Client, create_key, poll, running_stack
+
+CHATPLANE = str(Path(sys.executable).parent / "chatplane")
+
+
+async def cites(client: Client, question: str, message_id: str) -> bool:
+    probe = await client.chat(question)
+    return message_id in {c.citation.source_id for c in probe.citations}
+
+
+async def test_turns_answered_while_memory_was_down_are_indexed_when_it_is_back(
+    tmp_path: Path,
+) -> None:
+    async with (
+        running_stack(tmp_path, FAST_PACE) as stack,
+        grpc.aio.insecure_channel(stack.info().address("gateway")) as channel,
+    ):
+        client = Client(channel, await create_key(stack, "t", "u"))
+        assert await stack.services["memory"].stop(timeout=10) == 0
+        missed = await client.chat("My bicycle is a green Gazelle from 1987")
+        assert missed.started is not None and missed.done is not None
+        assert missed.started.started.memory_degraded
+        await stack.start_service("memory")
+        missed_id = missed.started.started.user_message_id
+        await poll(lambda: cites(client, "Which bicycle do I ride?", missed_id), timeout=30)
+
+
+async def test_rebuild_reindexes_a_lost_index_from_the_system_of_record(tmp_path: Path) -> None:
+    async with (
+        running_stack(tmp_path, FAST_PACE) as stack,
+        grpc.aio.insecure_channel(stack.info().address("gateway")) as channel,
+    ):
+        client = Client(channel, await create_key(stack, "t", "u"))
+        turn = await client.chat("The spare key is under the blue flowerpot")
+        assert turn.started is not None
+        remembered_id = turn.started.started.user_message_id
+        assert await cites(client, "Where is the spare key?", remembered_id)
+
+        assert await stack.services["memory"].stop(timeout=10) == 0
+        for lost in sorted(os.listdir(tmp_path)):
+            if lost.startswith("memory.db"):
+                os.unlink(tmp_path / lost)
+        await stack.start_service("memory")
+        assert not await cites(client, "Where is the spare key?", remembered_id)
+
+        rebuilt = await asyncio.to_thread(
+            subprocess.run,
+            [CHATPLANE, "--data-dir", str(tmp_path), "memory", "rebuild"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**os.environ, "CHATPLANE_DATA_DIR": str(tmp_path)},
+            check=False,
+        )
+        assert rebuilt.returncode == 0, rebuilt.stderr
+        assert "re-indexed" in rebuilt.stdout
+        assert await cites(client, "Where is the spare key?", remembered_id)
