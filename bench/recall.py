@@ -1,6 +1,7 @@
-"""Memory recall benchmark (cluster profile): OpenSearch (k-NN plugin, Lucene HNSW) started by
-`scripts/infra/engines.py up --only opensearch` into a temporary state dir, 100,000 turns bulk-
-loaded into the memory index with precomputed embeddings, and the real MemoryService process
+"""Memory recall benchmark (cluster profile): OpenSearch (k-NN plugin, Lucene HNSW) and Kafka
+(which the cluster memory process needs for its remember-retry topic) started by
+`scripts/infra/engines.py up --only opensearch,kafka` into a temporary state dir, 100,000 turns
+bulk-loaded into the memory index with precomputed embeddings, and the real MemoryService process
 (CHATPLANE_PROFILE=cluster) in front of it. It measures (a) Recall latency for k=10 through
 MemoryService at concurrency 1 and 4 (and, to split the cost, the index's own search from this
 process and Remember), (b) recall@10 of the k-NN (HNSW) search against exact scoring
@@ -16,6 +17,7 @@ held-out sentences of the same pool."""
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import contextlib
 import hashlib
@@ -67,7 +69,7 @@ CONCURRENCY = 4
 SEARCH_CANDIDATES = 4 * TOP_K
 CALL_TIMEOUT_SECONDS = 10.0
 WARMUP_REQUESTS = 40
-JVM_WARMUP_SEARCHES = 200
+JVM_WARMUP_SEARCHES = 150
 # What-if: the memory process with one OpenBLAS thread. numpy's OpenBLAS starts one thread per
 # core for every matmul; four embeddings at once then oversubscribe the cores and OpenBLAS's
 # threads spin while they wait (see docs/opensearch.md).
@@ -100,7 +102,7 @@ class Scale:
         return self.tenants * self.users_per_tenant * self.turns_per_user
 
 
-FULL = Scale(10, 20, 500, 20, 1500, 100, 450, 80, 40)
+FULL = Scale(10, 20, 500, 20, 1500, 100, 360, 60, 40)
 QUICK = Scale(4, 10, 250, 20, 500, 50, 120, 40, 20)
 
 NOTES = (
@@ -328,15 +330,16 @@ def build_corpus(scale: Scale, embedder: SentenceEmbedder) -> Corpus:
 
 
 @contextlib.asynccontextmanager
-async def opensearch_engine(state_dir: Path, options: Options) -> AsyncIterator[str]:
-    """OpenSearch with the k-NN plugin, started by the project's script; yields its URL and
-    brings it down (data removed) afterwards."""
+async def engines(state_dir: Path, options: Options) -> AsyncIterator[dict[str, str]]:
+    """OpenSearch with the k-NN plugin, and Kafka (the memory process of the cluster profile
+    consumes its remember-retry topic), started by the project's script; yields their
+    engines.env variables and brings them down (data removed) afterwards."""
     up = await asyncio.create_subprocess_exec(
         sys.executable,
         str(ENGINES_PY),
         "up",
         "--only",
-        "opensearch",
+        "opensearch,kafka",
         "--state-dir",
         str(state_dir),
         stdout=asyncio.subprocess.PIPE,
@@ -353,7 +356,7 @@ async def opensearch_engine(state_dir: Path, options: Options) -> AsyncIterator[
         )
         if env.get("CHATPLANE_OPENSEARCH_KNN") != "1":
             raise RuntimeError("OpenSearch started without the k-NN plugin")
-        yield env["CHATPLANE_OPENSEARCH_URL"]
+        yield env
     finally:
         down = await asyncio.create_subprocess_exec(
             sys.executable,
@@ -366,14 +369,6 @@ async def opensearch_engine(state_dir: Path, options: Options) -> AsyncIterator[
         )
         await down.wait()
         progress(options, f"{NAME}: OpenSearch down")
-
-
-def opensearch_pid(state_dir: Path) -> int:
-    """The OpenSearch node's pid, from the engines' state file."""
-    for line in (state_dir / "engines.env").read_text().splitlines():
-        if line.startswith("CHATPLANE_OPENSEARCH_PID="):
-            return int(line.split("=", 1)[1])
-    raise RuntimeError("no OpenSearch pid in engines.env")
 
 
 def _bulk_body(corpus: Corpus, start: int, stop: int) -> str:
@@ -523,6 +518,7 @@ class Latencies:
     samples_ns: list[int] = field(default_factory=list)
     wall_seconds: float = 0.0
     errors: int = 0
+    error_kinds: collections.Counter[str] = field(default_factory=collections.Counter)
     short: int = 0  # Recall answers with fewer than TOP_K items
     usage: PhaseUsage = field(default_factory=PhaseUsage)
 
@@ -544,8 +540,10 @@ async def run_concurrently(
             began = time.perf_counter_ns()
             try:
                 complete = await call(number)
-            except Exception:  # a failed call is counted, the phase goes on
+            except Exception as error:  # a failed call is counted, the phase goes on
                 result.errors += 1
+                code = error.code().name if isinstance(error, grpc.aio.AioRpcError) else ""
+                result.error_kinds[code or type(error).__name__] += 1
                 continue
             result.samples_ns.append(time.perf_counter_ns() - began)
             result.short += not complete
@@ -575,14 +573,15 @@ def recall_request(corpus: Corpus, number: int) -> memory_pb2.RecallRequest:
 
 @contextlib.asynccontextmanager
 async def memory_service(
-    url: str, work: Path, options: Options, extra_env: dict[str, str]
+    engine_env: dict[str, str], work: Path, options: Options, extra_env: dict[str, str]
 ) -> AsyncIterator[tuple[memory_pb2_grpc.MemoryServiceAsyncStub, int]]:
     """The real MemoryService process, cluster profile, on a free port: its stub and pid."""
     env = {
         **os.environ,
         "CHATPLANE_PROFILE": "cluster",
-        "CHATPLANE_OPENSEARCH_URL": url,
+        "CHATPLANE_OPENSEARCH_URL": engine_env["CHATPLANE_OPENSEARCH_URL"],
         "CHATPLANE_OPENSEARCH_INDEX": MEMORY_INDEX,
+        "CHATPLANE_KAFKA_BOOTSTRAP": engine_env["CHATPLANE_KAFKA_BOOTSTRAP"],
         "CHATPLANE_DATA_DIR": str(work / "memory-data"),
         "CHATPLANE_HOST": "127.0.0.1",
         "PYTHONUNBUFFERED": "1",
@@ -669,7 +668,7 @@ def _search_call(
 
 async def measure_latency(
     corpus: Corpus,
-    url: str,
+    engine_env: dict[str, str],
     work: Path,
     pids: dict[str, int],
     embedder: SentenceEmbedder,
@@ -677,6 +676,7 @@ async def measure_latency(
 ) -> LatencyResults:
     """Recall through MemoryService at c=1 and c=4 (and c=4 again with one BLAS thread), the
     index's own search at c=1 and c=4, and Remember at c=4."""
+    url = engine_env["CHATPLANE_OPENSEARCH_URL"]
     results = LatencyResults()
     scale = corpus.scale
     progress(options, f"{NAME}: warming up OpenSearch ({JVM_WARMUP_SEARCHES} searches)")
@@ -686,7 +686,7 @@ async def measure_latency(
             _search_call(index, corpus, offset=20_000_000), JVM_WARMUP_SEARCHES, CONCURRENCY
         )
     for column_suffix, extra_env in (("", {}), (BLAS_COLUMN_SUFFIX, ONE_BLAS_THREAD)):
-        async with memory_service(url, work, options, extra_env) as (stub, service_pid):
+        async with memory_service(engine_env, work, options, extra_env) as (stub, service_pid):
             recall = _recall_call(stub, corpus)
             warmup = _recall_call(stub, corpus, offset=10_000_000)
             await run_concurrently(warmup, WARMUP_REQUESTS, CONCURRENCY)
@@ -701,12 +701,20 @@ async def measure_latency(
                         phase = await run_concurrently(recall, requests, concurrency)
                     phase.usage = usage
                     results.recall[column] = phase
+                    if phase.errors or phase.short:
+                        progress(
+                            options,
+                            f"{NAME}: Recall {column}: {phase.short} incomplete, failed: "
+                            f"{dict(phase.error_kinds)}",
+                        )
             if column_suffix:
                 continue
             progress(options, f"{NAME}: Remember c={CONCURRENCY}")
             results.remember = await run_concurrently(
                 _remember_call(stub, corpus), scale.remember_requests, CONCURRENCY
             )
+            if results.remember.errors or results.remember.short:
+                progress(options, f"{NAME}: Remember failed: {dict(results.remember.error_kinds)}")
 
     async with OpenSearchMemoryIndex(url, index=MEMORY_INDEX) as index:
         search = _search_call(index, corpus)
@@ -832,7 +840,8 @@ async def run(options: Options) -> list[Row]:
         )
         # The corpus is embedded while OpenSearch starts.
         preparing = asyncio.ensure_future(asyncio.to_thread(_prepare, scale))
-        async with opensearch_engine(work / "engines", options) as url:
+        async with engines(work / "engines", options) as engine_env:
+            url = engine_env["CHATPLANE_OPENSEARCH_URL"]
             embedder, corpus = await preparing
             client = opensearchpy.OpenSearch(hosts=[url], timeout=120)
             try:
@@ -842,7 +851,11 @@ async def run(options: Options) -> list[Row]:
                     load_corpus, client, MEMORY_INDEX, corpus
                 )
                 measured.segments = await asyncio.to_thread(segment_count, client, MEMORY_INDEX)
-                pids = {"opensearch": opensearch_pid(work / "engines"), "bench": os.getpid()}
+                pids = {
+                    "opensearch": int(engine_env["CHATPLANE_OPENSEARCH_PID"]),
+                    "kafka": int(engine_env["CHATPLANE_KAFKA_PID"]),
+                    "bench": os.getpid(),
+                }
                 progress(options, f"{NAME}: k-NN vs exact")
                 for scope in ann_scopes(corpus):
                     # k=10 as well only where Lucene runs the graph search unfiltered.
@@ -854,7 +867,9 @@ async def run(options: Options) -> list[Row]:
                         measured.ann[(scope.label, k)] = await asyncio.to_thread(
                             knn_recall, client, MEMORY_INDEX, corpus, scope, k
                         )
-                measured.latency = await measure_latency(corpus, url, work, pids, embedder, options)
+                measured.latency = await measure_latency(
+                    corpus, engine_env, work, pids, embedder, options
+                )
                 progress(options, f"{NAME}: quality")
                 labelled = await asyncio.to_thread(quality_set, embedder)
                 indexes: dict[str, MemoryIndex] = {

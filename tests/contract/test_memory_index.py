@@ -498,12 +498,40 @@ async def test_delete_never_touches_documents(memory: Memory, tenant: str) -> No
     assert sorted(ids(results)) == sorted(DOCUMENTS)
 
 
-async def test_deleted_item_can_be_stored_again(memory: Memory, tenant: str) -> None:
+async def test_deleted_conversation_stays_forgotten(
+    memory: Memory, tenant: str, other_tenant: str
+) -> None:
+    # A late upsert (a retried Remember) must not bring a deleted conversation back.
     item = turn(tenant, "alice", "c1", "m1", "tulips bloom in April")
     await memory.upsert(item)
     assert await memory.index.delete_conversation(tenant, "alice", "c1") == 1
-    await memory.upsert(item)
-    assert ids(await memory.search(tenant, "alice", "tulips", k=5)) == ["m1"]
+    await memory.upsert(item, turn(tenant, "alice", "c1", "m2", "tulips again"))
+    assert await memory.index.recent(tenant, "alice", "c1", 10) == []
+    assert await memory.search(tenant, "alice", "tulips", k=5) == []
+    # Only that conversation of that user of that tenant: the rest is stored as usual.
+    others = [
+        turn(tenant, "alice", "c2", "m3", "tulips in another conversation"),
+        turn(tenant, "bob", "c1", "m4", "tulips of another user"),
+        turn(other_tenant, "alice", "c1", "m1", "tulips of another tenant"),
+    ]
+    await memory.upsert(*others)
+    assert await memory.index.recent(tenant, "alice", "c2", 10) == [others[0]]
+    assert await memory.index.recent(tenant, "bob", "c1", 10) == [others[1]]
+    assert await memory.index.recent(other_tenant, "alice", "c1", 10) == [others[2]]
+    # Documents are never forgotten with a conversation.
+    await memory.upsert(document(tenant, "tulips:0", "Tulips need cold winters."))
+    assert sorted(ids(await memory.search(tenant, "alice", "tulips", k=5))) == ["m3", "tulips:0"]
+    assert await memory.index.delete_conversation(tenant, "alice", "c1") == 0
+
+
+async def test_upserts_racing_a_delete_never_survive_it(memory: Memory, tenant: str) -> None:
+    items = [turn(tenant, "alice", "c1", f"m{i}", f"note {i}", created_at_ms=i) for i in range(20)]
+    vectors = memory.embedder.embed([item.text for item in items])
+    writes = [memory.index.upsert([item], vectors[i : i + 1]) for i, item in enumerate(items)]
+    await asyncio.gather(
+        *writes[:10], memory.index.delete_conversation(tenant, "alice", "c1"), *writes[10:]
+    )
+    assert await memory.index.recent(tenant, "alice", "c1", 100) == []
 
 
 # --- lifecycle ------------------------------------------------------------------------------
@@ -620,4 +648,3 @@ async def test_opensearch_coalesces_concurrent_upserts(
         assert await index.recent(tenant, "alice", "c1", 100) == items
     finally:
         await index.close()
-

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from chatplane.common.settings import Settings
-from chatplane.common.topics import MESSAGES_DLQ_TOPIC, MESSAGES_TOPIC
+from chatplane.common.topics import MEMORY_REMEMBER_TOPIC, MESSAGES_DLQ_TOPIC, MESSAGES_TOPIC
 from chatplane.log.base import MessageLog
 from chatplane.log.embedded import EmbeddedMessageLog
 from chatplane.log.kafka import KafkaMessageLog
@@ -26,8 +26,9 @@ def open_message_log(settings: Settings) -> MessageLog:
         return KafkaMessageLog(
             bootstrap,
             partitions=settings.kafka_topic_partitions,
-            # The dead-letter topic exists before its first record, for operators to watch.
-            topics=(MESSAGES_TOPIC, MESSAGES_DLQ_TOPIC),
+            # Every topic exists from the first use of the log on, with its partition count,
+            # including the dead-letter topic before its first record (for operators to watch).
+            topics=(MESSAGES_TOPIC, MESSAGES_DLQ_TOPIC, MEMORY_REMEMBER_TOPIC),
             # librdkafka stops retrying a record once the longest append has given up on it.
             delivery_timeout=settings.log_append_timeout_seconds,
         )

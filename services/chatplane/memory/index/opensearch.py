@@ -18,7 +18,7 @@ import hashlib
 import logging
 import re
 import unicodedata
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, ParamSpec, TypeVar
 
@@ -61,6 +61,9 @@ _MAX_QUERY_CHARS: Final = 512
 _UNAVAILABLE_STATUSES: Final = frozenset({429, 502, 503, 504})
 # delete_by_query skips documents changed while it runs; retrying a few times deletes them too.
 _DELETE_ATTEMPTS: Final = 3
+# The `kind` of the marker document of a deleted conversation: neither a turn nor a document,
+# so no search, `recent` or delete ever matches it.
+FORGOTTEN_KIND: Final = "forgotten_conversation"
 # Escaping of the tenant part of a document _id, so that f"{tenant}:{item}" is unambiguous.
 _ID_ESCAPES: Final = str.maketrans({"%": "%25", ":": "%3A", "#": "%23"})
 _MAX_ID_BYTES: Final = 512
@@ -153,6 +156,14 @@ def document_id(tenant_id: str, item_id: str) -> str:
         return readable
     digest = hashlib.sha256(f"{tenant_id}\x00{item_id}".encode()).hexdigest()
     return "#" + digest
+
+
+def tombstone_id(tenant_id: str, user_id: str, conversation_id: str) -> str:
+    """The `_id` of the marker of a forgotten conversation: `#forgotten:` and a SHA-256 of the
+    owner, distinct from every item's `_id` (escaped tenants never begin with `#`, and hashed
+    item ids are `#` and hex digits only)."""
+    owner = f"{tenant_id}\x00{user_id}\x00{conversation_id}".encode()
+    return "#forgotten:" + hashlib.sha256(owner).hexdigest()
 
 
 def document_source(item: MemoryItem, vector: Sequence[float]) -> Json:
@@ -265,48 +276,65 @@ class _PendingWrite:
 
 
 @dataclass(slots=True)
+class _PendingExclusive:
+    """Work that runs alone, in queue order, between bulk requests (a conversation's delete)."""
+
+    work: Callable[[], Awaitable[Any]]
+    done: asyncio.Future[Any]
+
+
+@dataclass(slots=True)
 class _WriteBatcher:
     """Group commit of upserts: writes arriving within `window` seconds of the first one go out
-    as one bulk request; while a request is in flight new writes gather for the next, so at
-    most one bulk request is outstanding and writes reach the engine in call order."""
+    as one bulk request; while a request is in flight new writes gather for the next. At most
+    one request is outstanding and everything queued (bulk writes and exclusive work such as
+    deletes) reaches the engine in call order."""
 
-    send: Callable[[list[_PendingWrite]], Any]  # async; settles every write's future
+    send: Callable[[list[_PendingWrite]], Awaitable[None]]  # settles every write's future
     window: float
     max_items: int
-    queue: list[_PendingWrite] = field(default_factory=list)
-    in_flight: list[_PendingWrite] = field(default_factory=list)
+    queue: list[_PendingWrite | _PendingExclusive] = field(default_factory=list)
+    in_flight: list[_PendingWrite | _PendingExclusive] = field(default_factory=list)
     task: asyncio.Task[None] | None = None
 
     def submit(self, lines: list[Json]) -> asyncio.Future[None]:
         """Queues a write; the future settles when it is stored and searchable (or failed)."""
         write = _PendingWrite(lines, asyncio.get_running_loop().create_future())
-        self.queue.append(write)
-        if self.task is None:
-            self.task = asyncio.create_task(self._flush(), name="memory-index-bulk")
+        self._enqueue(write)
         return write.done
 
+    def submit_exclusive(self, work: Callable[[], Awaitable[_T]]) -> asyncio.Future[_T]:
+        """Queues `work` to run alone after everything queued before it; its result."""
+        done: asyncio.Future[_T] = asyncio.get_running_loop().create_future()
+        self._enqueue(_PendingExclusive(work, done))
+        return done
+
     async def drain(self) -> None:
-        """Waits until every write queued or in flight now has settled."""
-        pending = [w.done for w in (*self.in_flight, *self.queue)]
+        """Waits until everything queued or in flight now has settled."""
+        pending = [entry.done for entry in (*self.in_flight, *self.queue)]
         if pending:
             await asyncio.wait(pending)
+
+    def _enqueue(self, entry: _PendingWrite | _PendingExclusive) -> None:
+        self.queue.append(entry)
+        if self.task is None:
+            self.task = asyncio.create_task(self._flush(), name="memory-index-bulk")
 
     async def _flush(self) -> None:
         try:
             waited = False
             while self.queue:
+                head = self.queue[0]
+                if isinstance(head, _PendingExclusive):
+                    self.queue.pop(0)
+                    if not head.done.cancelled():
+                        await self._run_exclusive(head)
+                    continue
                 if not waited and self._queued_items() < self.max_items:
                     await asyncio.sleep(self.window)
-                batch: list[_PendingWrite] = []
-                items = 0
-                while self.queue and (not batch or items + self.queue[0].items <= self.max_items):
-                    write = self.queue.pop(0)
-                    if write.done.cancelled():  # the caller gave up before it was sent
-                        continue
-                    batch.append(write)
-                    items += write.items
+                batch = self._take_batch()
                 if batch:
-                    self.in_flight = batch
+                    self.in_flight = list(batch)
                     try:
                         await self.send(batch)
                     finally:
@@ -316,8 +344,42 @@ class _WriteBatcher:
         finally:
             self.task = None
 
+    def _take_batch(self) -> list[_PendingWrite]:
+        batch: list[_PendingWrite] = []
+        items = 0
+        while self.queue:
+            write = self.queue[0]
+            if isinstance(write, _PendingExclusive):
+                break  # it runs after this batch, in order
+            if batch and items + write.items > self.max_items:
+                break
+            self.queue.pop(0)
+            if write.done.cancelled():  # the caller gave up before it was sent
+                continue
+            batch.append(write)
+            items += write.items
+        return batch
+
+    async def _run_exclusive(self, entry: _PendingExclusive) -> None:
+        self.in_flight = [entry]
+        try:
+            result = await entry.work()
+        except Exception as error:
+            if not entry.done.done():
+                entry.done.set_exception(error)
+        else:
+            if not entry.done.done():
+                entry.done.set_result(result)
+        finally:
+            self.in_flight = []
+
     def _queued_items(self) -> int:
-        return sum(w.items for w in self.queue)
+        total = 0
+        for entry in self.queue:
+            if isinstance(entry, _PendingExclusive):
+                break
+            total += entry.items
+        return total
 
 
 class OpenSearchMemoryIndex(MemoryIndex):
@@ -517,8 +579,16 @@ class OpenSearchMemoryIndex(MemoryIndex):
 
     async def delete_conversation(self, tenant_id: str, user_id: str, conversation_id: str) -> int:
         await self.ensure_index()
-        # Upserts already made (possibly of this conversation) land first, then the delete.
-        await self._batcher.drain()
+        self._check_open()
+        # In the write queue: upserts made before the delete land first and are deleted; upserts
+        # made after it find the conversation's tombstone and are dropped.
+        return await self._batcher.submit_exclusive(
+            functools.partial(self._forget, tenant_id, user_id, conversation_id)
+        )
+
+    async def _forget(self, tenant_id: str, user_id: str, conversation_id: str) -> int:
+        if user_id and conversation_id:  # no turn can belong to an empty owner
+            await self._execute("delete", self._put_tombstone, tenant_id, user_id, conversation_id)
         query: Json = {
             "bool": {
                 "filter": [
@@ -531,7 +601,7 @@ class OpenSearchMemoryIndex(MemoryIndex):
         }
         deleted = 0
         for _ in range(_DELETE_ATTEMPTS):
-            response = await self._call("delete", self._delete_by_query, query)
+            response = await self._execute("delete", self._delete_by_query, query)
             deleted += int(response.get("deleted", 0))
             if not response.get("version_conflicts"):
                 break
@@ -623,6 +693,33 @@ class OpenSearchMemoryIndex(MemoryIndex):
                 raise opensearchpy.TransportError(status, "search", result)
         return results
 
+    def _put_tombstone(self, tenant_id: str, user_id: str, conversation_id: str) -> None:
+        self._client.index(
+            index=self._index,
+            id=tombstone_id(tenant_id, user_id, conversation_id),
+            body={
+                "tenant_id": tenant_id,
+                "user_id": user_id,
+                "conversation_id": conversation_id,
+                "kind": FORGOTTEN_KIND,
+            },
+            request_timeout=self._timeout,
+        )
+
+    def _forgotten(self, owners: set[tuple[str, str, str]]) -> set[tuple[str, str, str]]:
+        """Which of these (tenant, user, conversation) were deleted; a realtime get, so a
+        tombstone counts as soon as it was written, refreshed or not."""
+        ordered = sorted(owners)
+        response = self._client.mget(
+            index=self._index,
+            body={"ids": [tombstone_id(*owner) for owner in ordered]},
+            params={"_source": "false"},
+            request_timeout=self._timeout,
+        )
+        return {
+            owner for owner, doc in zip(ordered, response["docs"], strict=True) if doc.get("found")
+        }
+
     def _delete_by_query(self, query: Json) -> Json:
         response: Json = self._client.delete_by_query(
             index=self._index,
@@ -644,10 +741,12 @@ class OpenSearchMemoryIndex(MemoryIndex):
         return response
 
     async def _send_batch(self, batch: list[_PendingWrite]) -> None:
-        """Sends one bulk request for `batch` and settles each write's future."""
-        lines = [line for write in batch for line in write.lines]
+        """Sends one bulk request for `batch` and settles each write's future. Turns of
+        conversations deleted before are dropped (delete_conversation keeps them forgotten)."""
         try:
-            response = await self._execute("upsert", self._bulk, lines)
+            kept = await self._without_forgotten(batch)
+            lines = [line for write in kept for line in write.lines]
+            response = await self._execute("upsert", self._bulk, lines) if lines else {}
         except BaseException as error:
             for write in batch:
                 if not write.done.done():
@@ -657,15 +756,39 @@ class OpenSearchMemoryIndex(MemoryIndex):
             return
         results = response.get("items", [])
         offset = 0
-        for write in batch:
-            failure = _first_failure(results[offset : offset + write.items])
-            offset += write.items
+        for write, sent in zip(batch, kept, strict=True):
+            failure = _first_failure(results[offset : offset + sent.items])
+            offset += sent.items
             if write.done.done():
                 continue
             if failure is None:
                 write.done.set_result(None)
             else:
                 write.done.set_exception(failure)
+
+    async def _without_forgotten(self, batch: list[_PendingWrite]) -> list[_PendingWrite]:
+        """Each write with the turns of forgotten conversations taken out (same order)."""
+        owners = {
+            (source["tenant_id"], source["user_id"], source["conversation_id"])
+            for write in batch
+            for source in write.lines[1::2]
+            if source["kind"] == ItemKind.TURN.value
+        }
+        if not owners:
+            return batch
+        forgotten = await self._execute("upsert", self._forgotten, owners)
+        if not forgotten:
+            return batch
+        kept: list[_PendingWrite] = []
+        for write in batch:
+            lines: list[Json] = []
+            for action, source in zip(write.lines[0::2], write.lines[1::2], strict=True):
+                owner = (source["tenant_id"], source["user_id"], source["conversation_id"])
+                if source["kind"] == ItemKind.TURN.value and owner in forgotten:
+                    continue
+                lines += [action, source]
+            kept.append(_PendingWrite(lines, write.done))
+        return kept
 
 
 def _first_failure(results: Sequence[Json]) -> Exception | None:
