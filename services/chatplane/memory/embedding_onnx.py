@@ -148,6 +148,7 @@ def _write_atomically(path: Path, data: bytes) -> bool:
     except OSError:
         return False
     try:
+        os.fchmod(descriptor, 0o644)  # mkstemp's 0600 would hide the cache from other users
         with os.fdopen(descriptor, "wb") as file:
             file.write(data)
             file.flush()
