@@ -12,21 +12,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-import shutil
-import subprocess
-import sys
-import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import psutil
 import psycopg
 from psycopg.conninfo import make_conninfo
 
+from bench.engines import running_engines
 from bench.harness import Options, progress
 from bench.report import Row, Target
 from chatplane.common.ids import new_id
@@ -42,7 +38,6 @@ from chatplane.persistence.store.postgres import PostgresConversationStore, Writ
 NAME = "persistence"
 TITLE = "persistence: PostgreSQL write throughput (100,000 messages of ~300 B)"
 
-ENGINES_PY = Path(__file__).resolve().parents[1] / "scripts" / "infra" / "engines.py"
 MESSAGES = 100_000
 QUICK_MESSAGES = 10_000
 CONVERSATIONS = 2_000
@@ -165,49 +160,22 @@ class Postgres:
 async def running_postgres(options: Options) -> AsyncIterator[Postgres]:
     """PostgreSQL alone, started by scripts/infra/engines.py in a temporary state dir with
     durable commits, and stopped (its data removed) afterwards."""
-    state_dir = Path(tempfile.mkdtemp(prefix="chatplane-bench-postgres-"))
-    try:
-        await _engines("up", "--only", "postgres", "--state-dir", str(state_dir))
-        try:
-            env = _read_env(state_dir / "engines.env")
-            dsn = env["CHATPLANE_POSTGRES_DSN"]
-            superuser = make_conninfo(dsn, user="postgres")
-            async with await psycopg.AsyncConnection.connect(superuser, autocommit=True) as admin:
-                for setting in ("fsync", "full_page_writes", "synchronous_commit"):
-                    await admin.execute(f"ALTER SYSTEM SET {setting} = on")
-                await admin.execute("SELECT pg_reload_conf()")
-            await _wait_for_durability(dsn)
-            progress(options, f"{NAME}: PostgreSQL up with durable commits")
-            yield Postgres(dsn, psutil.Process(int(env["CHATPLANE_POSTGRES_PID"])))
-        finally:
-            await _engines("down", "--only", "postgres", "--state-dir", str(state_dir))
-    finally:
-        if options.keep_data:
-            progress(options, f"{NAME}: engine state and logs kept in {state_dir}")
-        else:
-            shutil.rmtree(state_dir, ignore_errors=True)
+    async with running_engines(options, "postgres", NAME) as env:
+        dsn = env["CHATPLANE_POSTGRES_DSN"]
+        await make_durable(dsn)
+        progress(options, f"{NAME}: PostgreSQL up with durable commits")
+        yield Postgres(dsn, psutil.Process(int(env["CHATPLANE_POSTGRES_PID"])))
 
 
-async def _engines(*arguments: str) -> None:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        str(ENGINES_PY),
-        *arguments,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    _, stderr = await process.communicate()
-    if process.returncode != 0:
-        raise RuntimeError(f"engines.py {arguments[0]} failed: {stderr.decode()[-3000:]}")
-
-
-def _read_env(path: Path) -> dict[str, str]:
-    env = {}
-    for line in path.read_text().splitlines():
-        if "=" in line and not line.startswith("#"):
-            key, value = line.split("=", 1)
-            env[key] = value
-    return env
+async def make_durable(dsn: str) -> None:
+    """Turns fsync, full_page_writes and synchronous_commit back on (engines.py starts
+    PostgreSQL without them, for tests), so commits cost what they cost in production."""
+    superuser = make_conninfo(dsn, user="postgres")
+    async with await psycopg.AsyncConnection.connect(superuser, autocommit=True) as admin:
+        for setting in ("fsync", "full_page_writes", "synchronous_commit"):
+            await admin.execute(f"ALTER SYSTEM SET {setting} = on")
+        await admin.execute("SELECT pg_reload_conf()")
+    await _wait_for_durability(dsn)
 
 
 async def _wait_for_durability(dsn: str) -> None:

@@ -69,12 +69,7 @@ CONCURRENCY = 4
 SEARCH_CANDIDATES = 4 * TOP_K
 CALL_TIMEOUT_SECONDS = 10.0
 WARMUP_REQUESTS = 40
-JVM_WARMUP_SEARCHES = 150
-# What-if: the memory process with one OpenBLAS thread. numpy's OpenBLAS starts one thread per
-# core for every matmul; four embeddings at once then oversubscribe the cores and OpenBLAS's
-# threads spin while they wait (see docs/opensearch.md).
-ONE_BLAS_THREAD = {"OPENBLAS_NUM_THREADS": "1"}
-BLAS_COLUMN_SUFFIX = " BLAS=1"
+JVM_WARMUP_SEARCHES = 300
 BULK_DOCS = 1000
 # Vector components are sent with 5 decimals: 3.6 KB of JSON per turn instead of 8.5 KB, and a
 # cosine error below 1e-5; the exact search scores the same stored vectors.
@@ -114,8 +109,7 @@ NOTES = (
     "(1,000 per request, 2 in flight) with refresh off, then refreshed; no force-merge",
     f"Recall = MemoryService.Recall(top_k={TOP_K}, recent_limit={RECENT_LIMIT}) over loopback "
     "gRPC: query embedding in the service, `recent`, then one _msearch (BM25 + filtered k-NN, 40 "
-    "candidates each), RRF; c=N: N callers back to back (closed loop); BLAS=1: the same service "
-    "started with OPENBLAS_NUM_THREADS=1",
+    "candidates each), RRF; c=N: N callers back to back (closed loop)",
     "index search only = OpenSearchMemoryIndex.search in the bench process with precomputed "
     "query vectors (no gRPC, no embedding); Remember = 2 messages: embedding, then one bulk with "
     "refresh=wait_for (refresh_interval 100 ms), default service",
@@ -573,7 +567,7 @@ def recall_request(corpus: Corpus, number: int) -> memory_pb2.RecallRequest:
 
 @contextlib.asynccontextmanager
 async def memory_service(
-    engine_env: dict[str, str], work: Path, options: Options, extra_env: dict[str, str]
+    engine_env: dict[str, str], work: Path, options: Options
 ) -> AsyncIterator[tuple[memory_pb2_grpc.MemoryServiceAsyncStub, int]]:
     """The real MemoryService process, cluster profile, on a free port: its stub and pid."""
     env = {
@@ -585,7 +579,6 @@ async def memory_service(
         "CHATPLANE_DATA_DIR": str(work / "memory-data"),
         "CHATPLANE_HOST": "127.0.0.1",
         "PYTHONUNBUFFERED": "1",
-        **extra_env,
         **options.env,
     }
     service = await ServiceProcess.start(
@@ -674,8 +667,8 @@ async def measure_latency(
     embedder: SentenceEmbedder,
     options: Options,
 ) -> LatencyResults:
-    """Recall through MemoryService at c=1 and c=4 (and c=4 again with one BLAS thread), the
-    index's own search at c=1 and c=4, and Remember at c=4."""
+    """Recall through MemoryService at c=1 and c=4, the index's own search at c=1 and c=4, and
+    Remember at c=4."""
     url = engine_env["CHATPLANE_OPENSEARCH_URL"]
     results = LatencyResults()
     scale = corpus.scale
@@ -685,36 +678,32 @@ async def measure_latency(
         await run_concurrently(
             _search_call(index, corpus, offset=20_000_000), JVM_WARMUP_SEARCHES, CONCURRENCY
         )
-    for column_suffix, extra_env in (("", {}), (BLAS_COLUMN_SUFFIX, ONE_BLAS_THREAD)):
-        async with memory_service(engine_env, work, options, extra_env) as (stub, service_pid):
-            recall = _recall_call(stub, corpus)
-            warmup = _recall_call(stub, corpus, offset=10_000_000)
-            await run_concurrently(warmup, WARMUP_REQUESTS, CONCURRENCY)
-            async with ProcessMonitor({**pids, "memory": service_pid}) as monitor:
-                for concurrency in (1, CONCURRENCY) if not column_suffix else (CONCURRENCY,):
-                    column = f"c={concurrency}{column_suffix}"
-                    requests = (
-                        scale.recall_requests if concurrency > 1 else scale.recall_requests // 3
+    async with memory_service(engine_env, work, options) as (stub, service_pid):
+        recall = _recall_call(stub, corpus)
+        await run_concurrently(
+            _recall_call(stub, corpus, offset=10_000_000), WARMUP_REQUESTS, CONCURRENCY
+        )
+        async with ProcessMonitor({**pids, "memory": service_pid}) as monitor:
+            for concurrency in (1, CONCURRENCY):
+                column = f"c={concurrency}"
+                requests = scale.recall_requests if concurrency > 1 else scale.recall_requests // 3
+                progress(options, f"{NAME}: Recall {column}, {requests} calls")
+                with monitor.phase() as usage:
+                    phase = await run_concurrently(recall, requests, concurrency)
+                phase.usage = usage
+                results.recall[column] = phase
+                if phase.errors or phase.short:
+                    progress(
+                        options,
+                        f"{NAME}: Recall {column}: {phase.short} incomplete, failed: "
+                        f"{dict(phase.error_kinds)}",
                     )
-                    progress(options, f"{NAME}: Recall {column}, {requests} calls")
-                    with monitor.phase() as usage:
-                        phase = await run_concurrently(recall, requests, concurrency)
-                    phase.usage = usage
-                    results.recall[column] = phase
-                    if phase.errors or phase.short:
-                        progress(
-                            options,
-                            f"{NAME}: Recall {column}: {phase.short} incomplete, failed: "
-                            f"{dict(phase.error_kinds)}",
-                        )
-            if column_suffix:
-                continue
-            progress(options, f"{NAME}: Remember c={CONCURRENCY}")
-            results.remember = await run_concurrently(
-                _remember_call(stub, corpus), scale.remember_requests, CONCURRENCY
-            )
-            if results.remember.errors or results.remember.short:
-                progress(options, f"{NAME}: Remember failed: {dict(results.remember.error_kinds)}")
+        progress(options, f"{NAME}: Remember c={CONCURRENCY}")
+        results.remember = await run_concurrently(
+            _remember_call(stub, corpus), scale.remember_requests, CONCURRENCY
+        )
+        if results.remember.errors or results.remember.short:
+            progress(options, f"{NAME}: Remember failed: {dict(results.remember.error_kinds)}")
 
     async with OpenSearchMemoryIndex(url, index=MEMORY_INDEX) as index:
         search = _search_call(index, corpus)
@@ -891,7 +880,7 @@ async def run(options: Options) -> list[Row]:
 
 
 def rows(measured: Measurements, scale: Scale) -> list[Row]:
-    """The table: latency columns c=1, c=4 and c=4 with one BLAS thread; the load, k-NN and
+    """The table: latency columns c=1 and c=4; the load, k-NN and
     quality numbers in per-index columns."""
     latency = measured.latency
     c4 = f"c={CONCURRENCY}"

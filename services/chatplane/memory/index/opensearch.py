@@ -5,8 +5,9 @@ by reciprocal rank in the client exactly like the embedded index.
 opensearch-py's synchronous client runs on a small pool of worker threads (one pooled HTTP
 connection each), so no extra async HTTP stack is needed. Writes are micro-batched: concurrent
 upserts within a few milliseconds go to OpenSearch as one bulk request with
-``refresh=wait_for``, and each returns once its items are searchable. docs/opensearch.md has
-the mapping, the query shapes and the isolation argument.
+``refresh=wait_for``, and each returns once its items are searchable. A conversation's delete
+runs in the same write queue and leaves a tombstone, so later upserts of its turns are dropped.
+docs/opensearch.md has the mapping, the query shapes and the isolation argument.
 """
 
 from __future__ import annotations
