@@ -5,7 +5,11 @@ the user's other turns and the tenant's documents."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import threading
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -15,6 +19,8 @@ from chatplane.memory.embedding import SentenceEmbedder
 from chatplane.memory.index.base import ItemKind, MemoryIndex, MemoryItem, RecalledItem
 
 MAX_TOP_K = 50
+# Niceness of the indexing thread: it yields the CPU to queries and to streaming answers.
+_INDEXING_NICENESS = 10
 MAX_RECENT = 100
 
 
@@ -36,6 +42,12 @@ class Recall:
     relevant: Sequence[RecalledItem]
 
 
+def _lower_priority() -> None:
+    """Lowers the calling thread's CPU priority (Linux applies nice values per thread)."""
+    with contextlib.suppress(OSError, AttributeError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), _INDEXING_NICENESS)
+
+
 def _require_owner(tenant_id: str, user_id: str) -> None:
     if not tenant_id:
         raise errors.InvalidArgument("tenant_id", "required")
@@ -49,10 +61,17 @@ class ConversationalMemory:
     def __init__(self, embedder: SentenceEmbedder, index: MemoryIndex) -> None:
         self._embedder = embedder
         self._index = index
+        # Queries are on the path to an answer's first token; indexing a finished turn is
+        # background work. Two pools, so indexing runs at a lower CPU priority and never
+        # queues in front of a query.
+        self._query_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="embed-query")
+        self._index_pool = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="embed-index", initializer=_lower_priority
+        )
 
-    async def _embed(self, texts: Sequence[str]) -> np.ndarray:
-        # numpy releases the GIL in its kernels: a worker thread keeps the event loop free.
-        return await asyncio.to_thread(self._embedder.embed, texts)
+    async def _embed(self, texts: Sequence[str], pool: ThreadPoolExecutor) -> np.ndarray:
+        # The model runs outside the GIL: a worker thread keeps the event loop free.
+        return await asyncio.get_running_loop().run_in_executor(pool, self._embedder.embed, texts)
 
     async def remember(
         self,
@@ -84,7 +103,7 @@ class ConversationalMemory:
         ]
         if not items:
             return 0
-        vectors = await self._embed([i.text for i in items])
+        vectors = await self._embed([i.text for i in items], self._index_pool)
         await self._index.upsert(items, vectors)
         return len(items)
 
@@ -108,7 +127,7 @@ class ConversationalMemory:
             recent = await self._index.recent(tenant_id, user_id, conversation_id, recent_limit)
         relevant: list[RecalledItem] = []
         if top_k and query.strip():
-            vector = (await self._embed([query]))[0]
+            vector = (await self._embed([query], self._query_pool))[0]
             relevant = await self._index.search(
                 tenant_id,
                 user_id,
@@ -127,5 +146,7 @@ class ConversationalMemory:
         return await self._index.delete_conversation(tenant_id, user_id, conversation_id)
 
     async def close(self) -> None:
-        """Closes the index."""
+        """Closes the index and the embedding pools."""
         await self._index.close()
+        self._query_pool.shutdown(wait=False)
+        self._index_pool.shutdown(wait=False)
