@@ -91,7 +91,8 @@ async def run(options: Options) -> list[Row]:
         try:
             conversations = [new_id() for _ in range(200)]
             # Warm-up, not measured: the producer's id, the group join, the first batches.
-            warm = [_record("warm-up", conversations[i % 200], i) for i in range(500)]
+            warm_conversations = [new_id() for _ in range(20)]
+            warm = [_record("warm-up", warm_conversations[i % 20], i) for i in range(500)]
             warm_sent = {message_id: 0.0 for message_id, _ in warm}
             warm_seen: dict[str, float] = {}
             await producer.append([r for _, r in warm], timeout=60)

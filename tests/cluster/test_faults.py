@@ -18,6 +18,7 @@ from chatplane.common.topics import MESSAGES_DLQ_TOPIC, MESSAGES_TOPIC
 from chatplane.launcher import Stack
 from chatplane.log import LogRecord
 from chatplane.log.kafka import KafkaMessageLog
+from chatplane.v1 import memory_pb2, memory_pb2_grpc
 from tests.cluster.cluster_fixtures import (
     PERSISTENCE_GROUP,
     chunks,
@@ -32,7 +33,14 @@ from tests.cluster.cluster_fixtures import (
     wait_for,
 )
 from tests.engine_processes import Engines
-from tests.integration.stack_client import FAST_PACE, Client, Turn, create_key, running_stack
+from tests.integration.stack_client import (
+    FAST_PACE,
+    Client,
+    Turn,
+    create_key,
+    poll,
+    running_stack,
+)
 
 pytestmark = pytest.mark.engines
 
@@ -208,7 +216,8 @@ async def test_opensearch_down_degrades_recall_and_reindexes_when_back(
         running_stack(tmp_path, env) as stack,
         grpc.aio.insecure_channel(stack.info().address("gateway")) as channel,
     ):
-        client = Client(channel, await create_key(stack, f"os-{new_id()}", "u"))
+        tenant = f"os-{new_id()}"
+        client = Client(channel, await create_key(stack, tenant, "u"))
         healthy = await client.chat("My favourite colour is vermilion")
         assert healthy.started is not None and not healthy.started.started.memory_degraded
 
@@ -222,12 +231,22 @@ async def test_opensearch_down_degrades_recall_and_reindexes_when_back(
         assert started.returncode == 0, started.stderr
         missed_id = missed.started.started.user_message_id
 
-        async def recalled() -> bool:
-            probe = await client.chat("What bicycle do I ride?")
-            assert probe.started is not None
-            return missed_id in {c.citation.source_id for c in probe.citations}
+        # Ask MemoryService directly (a probe chat would itself be remembered and crowd out
+        # what we look for).
+        async with grpc.aio.insecure_channel(stack.info().address("memory")) as memory_channel:
+            memory = memory_pb2_grpc.MemoryServiceStub(memory_channel)
 
-        deadline = asyncio.get_running_loop().time() + 90
-        while not await recalled():
-            assert asyncio.get_running_loop().time() < deadline, "missed turn never indexed"
-            await asyncio.sleep(1)
+            async def indexed() -> bool:
+                try:
+                    recall = await memory.Recall(
+                        memory_pb2.RecallRequest(
+                            tenant_id=tenant, user_id="u", query="Gazelle bicycle", top_k=10
+                        ),
+                        timeout=10,
+                    )
+                except grpc.aio.AioRpcError as error:
+                    assert error.code() is grpc.StatusCode.UNAVAILABLE  # still starting
+                    return False
+                return missed_id in {i.citation.source_id for i in recall.items}
+
+            await poll(indexed, timeout=120, interval=0.5)

@@ -87,4 +87,9 @@ class RememberRetryConsumer:
             return True
         except errors.Unavailable:
             return False
+        except Exception:
+            # An engine error we do not know: keep the record and try again later, rather
+            # than lose the turn from memory; the log line says what is wrong.
+            _log.exception("indexing a remembered turn failed; will retry")
+            return False
         return True
