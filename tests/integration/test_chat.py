@@ -12,11 +12,14 @@ import pytest
 import pytest_asyncio
 from google.rpc import error_details_pb2
 
+from chatplane.common.topics import MESSAGES_TOPIC
 from chatplane.launcher import Stack
+from chatplane.log import EmbeddedMessageLog
 from chatplane.v1 import gateway_pb2, resources_pb2
 from tests.integration.stack_client import (
     FAST_PACE,
     Client,
+    Turn,
     create_key,
     poll,
     running_stack,
@@ -363,3 +366,36 @@ async def test_rate_limit_answers_resource_exhausted_with_retry_delay(
         await other.stub.ListConversations(
             gateway_pb2.ListConversationsRequest(), metadata=other.metadata
         )
+
+
+async def test_log_records_carry_the_callers_trace_context(
+    stack: Stack, channel: grpc.aio.Channel
+) -> None:
+    client = await new_client(stack, channel)
+    traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    call = client.stub.Chat(
+        gateway_pb2.ChatRequest(text="trace me"),
+        metadata=(*client.metadata, ("traceparent", traceparent), ("x-request-id", "req-trace-1")),
+        timeout=60,
+    )
+    turn = Turn()
+    async for event in call:
+        turn.add(event)
+    assert turn.started is not None and turn.done is not None
+    conversation = turn.started.started.conversation_id.encode()
+    consumer = EmbeddedMessageLog(stack.data_dir / "log.db").consumer(
+        unique("reader"), [MESSAGES_TOPIC]
+    )
+    try:
+        headers = []
+        while True:
+            batch = await consumer.poll_batch(1000, 0.2)
+            if not batch:
+                break
+            headers += [dict(r.headers) for r in batch if r.key == conversation]
+    finally:
+        await consumer.close()
+    assert len(headers) == 2  # the user message and the answer
+    for record_headers in headers:
+        assert record_headers["traceparent"] == traceparent.encode()
+        assert record_headers["x-request-id"] == b"req-trace-1"

@@ -12,6 +12,7 @@ from chatplane.agent.turn import TurnEvent, TurnRequest, TurnRunner
 from chatplane.common import errors
 from chatplane.common.deadlines import outbound_timeout
 from chatplane.common.ids import is_valid_id
+from chatplane.common.trace_context import propagated
 from chatplane.v1 import agent_pb2, agent_pb2_grpc, resources_pb2
 
 
@@ -27,7 +28,9 @@ def _response(event: TurnEvent) -> agent_pb2.GenerateResponse:
     return agent_pb2.GenerateResponse(done=event)
 
 
-def _turn(request: agent_pb2.GenerateRequest) -> TurnRequest:
+def _turn(
+    request: agent_pb2.GenerateRequest, context: grpc.aio.ServicerContext[Any, Any]
+) -> TurnRequest:
     if not request.tenant_id or not request.user_id:
         raise errors.InvalidArgument("tenant_id", "tenant_id and user_id are required")
     for field in ("conversation_id", "user_message_id", "assistant_message_id"):
@@ -43,6 +46,7 @@ def _turn(request: agent_pb2.GenerateRequest) -> TurnRequest:
         assistant_message_id=request.assistant_message_id,
         text=request.text,
         client_message_id=request.client_message_id,
+        trace_headers=propagated(context.invocation_metadata() or ()),
     )
 
 
@@ -57,7 +61,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         request: agent_pb2.GenerateRequest,
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> AsyncIterator[agent_pb2.GenerateResponse]:
-        turn = _turn(request)
+        turn = _turn(request, context)
         events = self._runner.run(turn, lambda cap: outbound_timeout(context, cap))
         try:
             async for event in events:

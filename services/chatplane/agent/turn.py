@@ -51,6 +51,8 @@ class TurnRequest:
     assistant_message_id: str
     text: str
     client_message_id: str
+    # traceparent / tracestate / x-request-id, written into every log record's headers.
+    trace_headers: tuple[tuple[str, str], ...] = ()
 
 
 def _timestamp(unix_ms: int) -> timestamp_pb2.Timestamp:
@@ -203,10 +205,12 @@ class TurnRunner:
             usage=usage,
         )
         key = turn.conversation_id.encode()
+        headers = tuple((name, value.encode()) for name, value in turn.trace_headers)
         records = [
             LogRecord(
                 topic=MESSAGES_TOPIC,
                 key=key,
+                headers=headers,
                 value=events_pb2.MessageRecorded(
                     schema_version=MESSAGE_SCHEMA_VERSION,
                     tenant_id=turn.tenant_id,

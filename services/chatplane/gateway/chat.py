@@ -61,7 +61,11 @@ class ChatRelay:
         self._generate = agent_events(agent_channel)
 
     async def chat(
-        self, principal: Principal, request: gateway_pb2.ChatRequest, budget: Budget
+        self,
+        principal: Principal,
+        request: gateway_pb2.ChatRequest,
+        budget: Budget,
+        trace: tuple[tuple[str, str], ...] = (),
     ) -> AsyncGenerator[gateway_pb2.ChatResponse]:
         """The events of the turn the request asks for."""
         settings = self._settings
@@ -80,7 +84,7 @@ class ChatRelay:
                 begin_request, timeout=budget(settings.internal_call_timeout_seconds)
             )
             if begin.owner:
-                async for event in self._run(principal, request, begin, budget):
+                async for event in self._run(principal, request, begin, budget, trace):
                     yield event
                 return
             if begin.complete or await self._wait_for_answer(owner, begin, budget):
@@ -95,6 +99,7 @@ class ChatRelay:
         request: gateway_pb2.ChatRequest,
         begin: persistence_pb2.BeginTurnResponse,
         budget: Budget,
+        trace: tuple[tuple[str, str], ...],
     ) -> AsyncIterator[gateway_pb2.ChatResponse]:
         call = self._generate(
             agent_pb2.GenerateRequest(
@@ -107,6 +112,7 @@ class ChatRelay:
                 client_message_id=request.client_message_id,
             ),
             timeout=budget(self._settings.turn_timeout_seconds),
+            metadata=trace,
         )
         try:
             async for event in call:

@@ -14,6 +14,7 @@ from chatplane.common.context import Principal, principal_var
 from chatplane.common.deadlines import outbound_timeout
 from chatplane.common.ids import is_valid_id
 from chatplane.common.settings import Settings
+from chatplane.common.trace_context import propagated
 from chatplane.gateway.chat import ChatRelay
 from chatplane.gateway.validation import validate_chat, validate_feedback
 from chatplane.v1 import (
@@ -63,7 +64,12 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         self, request: gateway_pb2.ChatRequest, context: Context
     ) -> AsyncIterator[gateway_pb2.ChatResponse]:
         validate_chat(request, self._settings.max_message_bytes)
-        events = self._relay.chat(_principal(), request, lambda cap: outbound_timeout(context, cap))
+        events = self._relay.chat(
+            _principal(),
+            request,
+            lambda cap: outbound_timeout(context, cap),
+            propagated(context.invocation_metadata() or ()),
+        )
         try:
             async for event in events:
                 yield event
