@@ -32,12 +32,10 @@ from chatplane.persistence.store.base import (
     ConversationPage,
     ConversationStore,
     Feedback,
-    FinishReason,
     IssuedApiKey,
     Message,
     MessageCursor,
     MessagesRejected,
-    MessageStatus,
     Owner,
     Role,
     Turn,
@@ -47,6 +45,12 @@ from chatplane.persistence.store.base import (
     issue_api_key,
     require_limit,
     utc_now,
+)
+from chatplane.persistence.store.records import (
+    admit_batch,
+    conversation_from_row,
+    message_from_row,
+    message_row,
 )
 
 _log = logging.getLogger(__name__)
@@ -601,7 +605,7 @@ class PostgresConversationStore(ConversationStore):
         self, connection: _Connection, batch: tuple[Message, ...], *, placements_first: bool
     ) -> int:
         """One batch in the caller's transaction: lock its conversations, decide what to
-        insert (the SQLite store's rules, in _admit), create new conversations, insert the
+        insert (records.admit_batch, the rules both stores share), create new conversations, insert the
         messages, and count them in their conversations.
 
         With `placements_first`, where each message id is stored already is looked up before
@@ -620,14 +624,14 @@ class PostgresConversationStore(ConversationStore):
         if placements_first:
             placed = await _placements(connection, {m.message_id for m in batch})
         try:
-            accepted, created = _admit(batch, dict(owners), deleted, dict(placed))
+            accepted, created = admit_batch(batch, dict(owners), deleted, dict(placed))
         except MessagesRejected:
             if placements_first:
                 raise
             # Refused for its conversation's owner: name every refused message, including
             # those whose id is stored for another conversation, as SQLite does.
             placed = await _placements(connection, {m.message_id for m in batch})
-            _admit(batch, dict(owners), deleted, placed)
+            admit_batch(batch, dict(owners), deleted, placed)
             raise
         if not accepted:
             return 0
@@ -669,43 +673,6 @@ class PostgresConversationStore(ConversationStore):
         except _UNAVAILABLE_ERRORS as error:
             _log.warning("conversation store call failed", extra={"error": repr(error)})
             raise errors.Unavailable("the conversation store is unavailable") from error
-
-
-def _admit(
-    messages: Sequence[Message],
-    owners: dict[str, Owner],
-    deleted: set[str],
-    placed: dict[str, tuple[str, Owner]],
-) -> tuple[list[Message], list[str]]:
-    """Decide, before writing anything, which messages of a batch to insert, given the stored
-    owners of its conversations, their tombstones and where its message ids are stored already:
-    returns the messages and the conversations to create for them, or raises MessagesRejected.
-    The same rules as the SQLite store's."""
-    accepted: list[Message] = []
-    created: list[str] = []
-    rejected: dict[int, str] = {}
-    for index, message in enumerate(messages):
-        if message.conversation_id in deleted:
-            continue
-        owner = owners.get(message.conversation_id)
-        if owner is None:
-            owners[message.conversation_id] = message.owner
-            created.append(message.conversation_id)
-        elif owner != message.owner:
-            rejected[index] = "conversation belongs to another owner"
-            continue
-        place = placed.get(message.message_id)
-        if place is not None:
-            # Re-delivered (or repeated in this batch): stored once already. The same id in
-            # another conversation or of another owner is a forged or broken record.
-            if place != (message.conversation_id, message.owner):
-                rejected[index] = "message id is stored for another conversation"
-            continue
-        placed[message.message_id] = (message.conversation_id, message.owner)
-        accepted.append(message)
-    if rejected:
-        raise MessagesRejected(rejected)
-    return accepted, created
 
 
 async def _placements(
@@ -883,49 +850,12 @@ def _utc(moment: datetime) -> datetime:
 
 
 def _message_row(message: Message) -> tuple[Any, ...]:
-    return (
-        message.message_id,
-        message.conversation_id,
-        message.owner.tenant_id,
-        message.owner.user_id,
-        message.role.value,
-        message.text,
-        message.status.value,
-        message.model,
-        message.create_time,
-        message.reply_to_message_id,
-        message.finish_reason.value,
-        message.input_tokens,
-        message.output_tokens,
-        message.client_message_id,
-    )
+    return message_row(message, lambda moment: moment)
 
 
 def _message_from_row(row: Sequence[Any]) -> Message:
-    return Message(
-        message_id=row[0],
-        conversation_id=row[1],
-        owner=Owner(row[2], row[3]),
-        role=Role(row[4]),
-        text=row[5],
-        status=MessageStatus(row[6]),
-        model=row[7],
-        create_time=_utc(row[8]),
-        reply_to_message_id=row[9],
-        finish_reason=FinishReason(row[10]),
-        input_tokens=row[11],
-        output_tokens=row[12],
-        client_message_id=row[13],
-    )
+    return message_from_row(row, _utc)
 
 
 def _conversation_from_row(row: Sequence[Any]) -> Conversation:
-    conversation_id, tenant_id, user_id, title, create_time, update_time, count = row
-    return Conversation(
-        conversation_id,
-        Owner(tenant_id, user_id),
-        title,
-        _utc(create_time),
-        _utc(update_time),
-        count,
-    )
+    return conversation_from_row(row, _utc)

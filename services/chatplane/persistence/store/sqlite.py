@@ -29,12 +29,9 @@ from chatplane.persistence.store.base import (
     ConversationPage,
     ConversationStore,
     Feedback,
-    FinishReason,
     IssuedApiKey,
     Message,
     MessageCursor,
-    MessagesRejected,
-    MessageStatus,
     Owner,
     Role,
     Turn,
@@ -46,6 +43,12 @@ from chatplane.persistence.store.base import (
     require_limit,
     to_micros,
     utc_now,
+)
+from chatplane.persistence.store.records import (
+    admit_batch,
+    conversation_from_row,
+    message_from_row,
+    message_row,
 )
 
 _log = logging.getLogger(__name__)
@@ -692,77 +695,16 @@ def _admit(
             {m.message_id for m in messages},
         )
     }
-    accepted: list[Message] = []
-    created: list[str] = []
-    rejected: dict[int, str] = {}
-    for index, message in enumerate(messages):
-        if message.conversation_id in deleted:
-            continue
-        owner = owners.get(message.conversation_id)
-        if owner is None:
-            owners[message.conversation_id] = message.owner
-            created.append(message.conversation_id)
-        elif owner != message.owner:
-            rejected[index] = "conversation belongs to another owner"
-            continue
-        place = placed.get(message.message_id)
-        if place is not None:
-            # Re-delivered (or repeated in this batch): stored once already. The same id in
-            # another conversation or of another owner is a forged or broken record.
-            if place != (message.conversation_id, message.owner):
-                rejected[index] = "message id is stored for another conversation"
-            continue
-        placed[message.message_id] = (message.conversation_id, message.owner)
-        accepted.append(message)
-    if rejected:
-        raise MessagesRejected(rejected)
-    return accepted, created
+    return admit_batch(messages, owners, deleted, placed)
 
 
 def _message_row(message: Message) -> tuple[Any, ...]:
-    return (
-        message.message_id,
-        message.conversation_id,
-        message.owner.tenant_id,
-        message.owner.user_id,
-        message.role.value,
-        message.text,
-        message.status.value,
-        message.model,
-        to_micros(message.create_time),
-        message.reply_to_message_id,
-        message.finish_reason.value,
-        message.input_tokens,
-        message.output_tokens,
-        message.client_message_id,
-    )
+    return message_row(message, to_micros)
 
 
 def _message_from_row(row: Sequence[Any]) -> Message:
-    return Message(
-        message_id=row[0],
-        conversation_id=row[1],
-        owner=Owner(row[2], row[3]),
-        role=Role(row[4]),
-        text=row[5],
-        status=MessageStatus(row[6]),
-        model=row[7],
-        create_time=from_micros(row[8]),
-        reply_to_message_id=row[9],
-        finish_reason=FinishReason(row[10]),
-        input_tokens=row[11],
-        output_tokens=row[12],
-        client_message_id=row[13],
-    )
+    return message_from_row(row, from_micros)
 
 
 def _conversation_from_row(row: Sequence[Any]) -> Conversation:
-    conversation_id, tenant_id, user_id, title, create_us, update_us, count = row
-    return Conversation(
-        conversation_id,
-        Owner(tenant_id, user_id),
-        title,
-        from_micros(create_us),
-        from_micros(update_us),
-        count,
-    )
+    return conversation_from_row(row, from_micros)

@@ -1,0 +1,110 @@
+"""What the SQL stores (SQLite, PostgreSQL) share: the rules that decide which messages of a
+batch are stored, and the conversion between rows and domain objects (each store passes its own
+time conversion: SQLite keeps microseconds, PostgreSQL timestamptz)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import Any
+
+from chatplane.persistence.store.base import (
+    Conversation,
+    FinishReason,
+    Message,
+    MessagesRejected,
+    MessageStatus,
+    Owner,
+    Role,
+)
+
+TimeOut = Callable[[datetime], Any]
+TimeIn = Callable[[Any], datetime]
+
+
+def admit_batch(
+    messages: Sequence[Message],
+    owners: dict[str, Owner],
+    deleted: set[str],
+    placed: dict[str, tuple[str, Owner]],
+) -> tuple[list[Message], list[str]]:
+    """Decide, before writing anything, which messages of a batch to insert, given the stored
+    owners of its conversations, their tombstones and where its message ids are stored already:
+    returns the messages and the conversations to create for them, or raises MessagesRejected."""
+    accepted: list[Message] = []
+    created: list[str] = []
+    rejected: dict[int, str] = {}
+    for index, message in enumerate(messages):
+        if message.conversation_id in deleted:
+            continue
+        owner = owners.get(message.conversation_id)
+        if owner is None:
+            owners[message.conversation_id] = message.owner
+            created.append(message.conversation_id)
+        elif owner != message.owner:
+            rejected[index] = "conversation belongs to another owner"
+            continue
+        place = placed.get(message.message_id)
+        if place is not None:
+            # Re-delivered (or repeated in this batch): stored once already. The same id in
+            # another conversation or of another owner is a forged or broken record.
+            if place != (message.conversation_id, message.owner):
+                rejected[index] = "message id is stored for another conversation"
+            continue
+        placed[message.message_id] = (message.conversation_id, message.owner)
+        accepted.append(message)
+    if rejected:
+        raise MessagesRejected(rejected)
+    return accepted, created
+
+
+def message_row(message: Message, time_out: TimeOut) -> tuple[Any, ...]:
+    """A message as the values of the stores' message columns, in their order."""
+    return (
+        message.message_id,
+        message.conversation_id,
+        message.owner.tenant_id,
+        message.owner.user_id,
+        message.role.value,
+        message.text,
+        message.status.value,
+        message.model,
+        time_out(message.create_time),
+        message.reply_to_message_id,
+        message.finish_reason.value,
+        message.input_tokens,
+        message.output_tokens,
+        message.client_message_id,
+    )
+
+
+def message_from_row(row: Sequence[Any], time_in: TimeIn) -> Message:
+    """The message of a row of the stores' message columns."""
+    return Message(
+        message_id=row[0],
+        conversation_id=row[1],
+        owner=Owner(row[2], row[3]),
+        role=Role(row[4]),
+        text=row[5],
+        status=MessageStatus(row[6]),
+        model=row[7],
+        create_time=time_in(row[8]),
+        reply_to_message_id=row[9],
+        finish_reason=FinishReason(row[10]),
+        input_tokens=row[11],
+        output_tokens=row[12],
+        client_message_id=row[13],
+    )
+
+
+def conversation_from_row(row: Sequence[Any], time_in: TimeIn) -> Conversation:
+    """The conversation of a row of the stores' conversation columns."""
+    conversation_id, tenant_id, user_id, title, create_time, update_time, count = row
+    return Conversation(
+        conversation_id,
+        Owner(tenant_id, user_id),
+        title,
+        time_in(create_time),
+        time_in(update_time),
+        count,
+    )
