@@ -17,8 +17,8 @@ from __future__ import annotations
 import abc
 from collections.abc import Sequence
 from dataclasses import dataclass
-from types import TracebackType
-from typing import Self
+
+from chatplane.common.closing import AsyncClosable
 
 Headers = tuple[tuple[str, bytes], ...]
 
@@ -46,7 +46,7 @@ class ConsumedRecord:
     timestamp_ms: int
 
 
-class MessageLogProducer(abc.ABC):
+class MessageLogProducer(AsyncClosable):
     """Appends records to the log; safe to share between the tasks of one event loop."""
 
     # An explicit timeout rather than asyncio.timeout(): implementations hand it down to work
@@ -63,19 +63,8 @@ class MessageLogProducer(abc.ABC):
     async def close(self) -> None:
         """Finish appends under way and release the producer's resources."""
 
-    async def __aenter__(self) -> Self:
-        return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        await self.close()
-
-
-class MessageLogConsumer(abc.ABC):
+class MessageLogConsumer(AsyncClosable):
     """Reads the topics it was created for as a member of one consumer group."""
 
     @abc.abstractmethod
@@ -100,17 +89,6 @@ class MessageLogConsumer(abc.ABC):
     @abc.abstractmethod
     async def close(self) -> None:
         """Release the consumer; anything polled but not committed will be delivered again."""
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        await self.close()
 
 
 class MessageLog(abc.ABC):

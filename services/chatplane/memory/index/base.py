@@ -18,11 +18,11 @@ import abc
 import enum
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
-from types import TracebackType
-from typing import Self
 
 import numpy as np
 import numpy.typing as npt
+
+from chatplane.common.closing import AsyncClosable
 
 
 class ItemKind(enum.Enum):
@@ -72,7 +72,7 @@ class RecalledItem:
     dense_rank: int | None  # 1-based rank in the dense list, None if absent
 
 
-class MemoryIndex(abc.ABC):
+class MemoryIndex(AsyncClosable):
     """A tenant-isolated store of memory items with hybrid search; safe to share between the
     tasks of one event loop."""
 
@@ -116,14 +116,3 @@ class MemoryIndex(abc.ABC):
     @abc.abstractmethod
     async def close(self) -> None:
         """Finishes work under way and releases the index's resources; idempotent."""
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        await self.close()

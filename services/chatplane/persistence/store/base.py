@@ -10,9 +10,8 @@ import secrets
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from types import TracebackType
-from typing import Self
 
+from chatplane.common.closing import AsyncClosable
 from chatplane.common.ids import new_id
 
 API_KEY_PREFIX = "cp"
@@ -242,7 +241,7 @@ def issue_api_key(owner: Owner, label: str, now: datetime) -> IssuedApiKey:
     return IssuedApiKey(f"{API_KEY_PREFIX}_{key_id}_{secret}", record)
 
 
-class ConversationStore(abc.ABC):
+class ConversationStore(AsyncClosable):
     """The system of record. Every read and write is scoped to an `Owner`: anything of
     another tenant or user, and any id that is not a valid id, is `errors.NotFound`.
     Infrastructure failures surface as `errors.Unavailable` (safe to retry)."""
@@ -331,17 +330,6 @@ class ConversationStore(abc.ABC):
     @abc.abstractmethod
     async def close(self) -> None:
         """Finish work under way and release the store's resources."""
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        await self.close()
 
 
 def require_limit(limit: int) -> None:

@@ -605,8 +605,8 @@ class PostgresConversationStore(ConversationStore):
         self, connection: _Connection, batch: tuple[Message, ...], *, placements_first: bool
     ) -> int:
         """One batch in the caller's transaction: lock its conversations, decide what to
-        insert (records.admit_batch, the rules both stores share), create new conversations, insert the
-        messages, and count them in their conversations.
+        insert (records.admit_batch, the rules both stores share), create new conversations,
+        insert the messages, and count them in their conversations.
 
         With `placements_first`, where each message id is stored already is looked up before
         deciding, as SQLite does. Without it, the ids are left to the unique index: messages
