@@ -8,11 +8,8 @@ from __future__ import annotations
 import contextlib
 import enum
 import hashlib
-import importlib.resources
 import logging
-import re
 from collections.abc import AsyncIterator, Iterable, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Self
 
@@ -46,6 +43,7 @@ from chatplane.persistence.store.base import (
     require_limit,
     utc_now,
 )
+from chatplane.persistence.store.migrations import Migration, shipped_migrations
 from chatplane.persistence.store.records import (
     admit_batch,
     conversation_from_row,
@@ -57,7 +55,6 @@ _log = logging.getLogger(__name__)
 
 _Connection = psycopg.AsyncConnection[tuple[Any, ...]]
 
-_MIGRATION_FILE = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
 
 # Advisory locks use the two-int4 key form, whose first half names what is locked; this keeps
 # them apart from any single-bigint advisory lock another program takes in the same database.
@@ -106,27 +103,9 @@ class WriteMethod(enum.Enum):
     EXECUTEMANY = "executemany"
 
 
-@dataclass(frozen=True, slots=True)
-class Migration:
-    """One schema step: `version` N is applied after N-1, exactly once."""
-
-    version: int
-    name: str
-    script: str
-
-
 def postgres_migrations() -> list[Migration]:
     """The migrations shipped in chatplane/persistence/migrations/postgres, in order."""
-    folder = importlib.resources.files("chatplane.persistence").joinpath("migrations", "postgres")
-    found: list[Migration] = []
-    for entry in folder.iterdir():
-        match = _MIGRATION_FILE.match(entry.name)
-        if match is not None:
-            found.append(Migration(int(match[1]), entry.name, entry.read_text(encoding="utf-8")))
-    found.sort(key=lambda migration: migration.version)
-    if [m.version for m in found] != list(range(1, len(found) + 1)):
-        raise RuntimeError(f"migrations must be numbered 1..n without gaps: {found}")
-    return found
+    return shipped_migrations("postgres")
 
 
 async def migrate(dsn: str, *, connect_timeout: float = 10.0) -> int:

@@ -7,13 +7,10 @@ import asyncio
 import concurrent.futures
 import contextlib
 import functools
-import importlib.resources
 import logging
 import os
-import re
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Self, TypeVar
@@ -44,6 +41,7 @@ from chatplane.persistence.store.base import (
     to_micros,
     utc_now,
 )
+from chatplane.persistence.store.migrations import Migration, shipped_migrations
 from chatplane.persistence.store.records import (
     admit_batch,
     conversation_from_row,
@@ -55,7 +53,6 @@ _log = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
 
-_MIGRATION_FILE = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
 # Stay well under SQLite's limit on bound parameters in one statement.
 _IN_CHUNK = 500
 
@@ -70,27 +67,9 @@ _CONVERSATION_COLUMNS = (
 _API_KEY_COLUMNS = "key_id, tenant_id, user_id, label, secret_sha256, revoked, create_time_us"
 
 
-@dataclass(frozen=True, slots=True)
-class Migration:
-    """One schema step: `version` N is applied after N-1, exactly once."""
-
-    version: int
-    name: str
-    script: str
-
-
 def sqlite_migrations() -> list[Migration]:
     """The migrations shipped in chatplane/persistence/migrations/sqlite, in order."""
-    folder = importlib.resources.files("chatplane.persistence").joinpath("migrations", "sqlite")
-    found: list[Migration] = []
-    for entry in folder.iterdir():
-        match = _MIGRATION_FILE.match(entry.name)
-        if match is not None:
-            found.append(Migration(int(match[1]), entry.name, entry.read_text(encoding="utf-8")))
-    found.sort(key=lambda migration: migration.version)
-    if [m.version for m in found] != list(range(1, len(found) + 1)):
-        raise RuntimeError(f"migrations must be numbered 1..n without gaps: {found}")
-    return found
+    return shipped_migrations("sqlite")
 
 
 class SqliteConversationStore(ConversationStore):
