@@ -23,7 +23,7 @@ from prompt_toolkit.history import FileHistory
 from rich.console import Console
 from rich.markup import escape
 
-from chatplane.cli.client import ClientTarget
+from chatplane.cli.client import ClientTarget, gateway_options
 from chatplane.v1 import gateway_pb2, gateway_pb2_grpc, resources_pb2
 
 CHAT_TIMEOUT_SECONDS = 300.0
@@ -177,20 +177,7 @@ def error_exit(message: str) -> NoReturn:
 
 
 @click.command(short_help="Chat with the assistant (one question with -m).")
-@click.option(
-    "--address",
-    envvar="CHATPLANE_GATEWAY_ADDRESS",
-    show_envvar=True,
-    metavar="HOST:PORT",
-    help="Gateway address (default: the stack in the data dir).",
-)
-@click.option(
-    "--api-key",
-    envvar="CHATPLANE_API_KEY",
-    show_envvar=True,
-    metavar="KEY",
-    help="API key (default: the stack's development key).",
-)
+@gateway_options
 @click.option(
     "--conversation", "conversation_id", default="", metavar="ID", help="Continue a conversation."
 )

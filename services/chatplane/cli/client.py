@@ -3,8 +3,10 @@ then the running stack's files in the data dir (stack.json, dev-api-key)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import click
 
@@ -40,3 +42,24 @@ class ClientTarget:
     def metadata(self) -> tuple[tuple[str, str], ...]:
         """Call metadata carrying the key."""
         return (("authorization", f"Bearer {self.api_key}"),)
+
+
+_Command = TypeVar("_Command", bound=Callable[..., object])
+
+
+def gateway_options(command: _Command) -> _Command:
+    """The `--address` and `--api-key` options of the commands that call the Gateway."""
+    command = click.option(
+        "--api-key",
+        envvar="CHATPLANE_API_KEY",
+        show_envvar=True,
+        metavar="KEY",
+        help="API key (default: the stack's development key).",
+    )(command)
+    return click.option(
+        "--address",
+        envvar="CHATPLANE_GATEWAY_ADDRESS",
+        show_envvar=True,
+        metavar="HOST:PORT",
+        help="Gateway address (default: the stack in the data dir).",
+    )(command)

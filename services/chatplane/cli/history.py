@@ -12,7 +12,7 @@ import grpc
 from google.protobuf import timestamp_pb2
 
 from chatplane.cli.chat import Gateway, connect, describe_rpc_error, error_exit
-from chatplane.cli.client import ClientTarget
+from chatplane.cli.client import ClientTarget, gateway_options
 from chatplane.v1 import gateway_pb2, resources_pb2
 
 HISTORY_CALL_TIMEOUT_SECONDS = 30.0
@@ -97,20 +97,7 @@ def message_lines(message: resources_pb2.Message) -> list[str]:
 
 @click.command(short_help="List conversations, or show one conversation.")
 @click.argument("conversation_id", required=False)
-@click.option(
-    "--address",
-    envvar="CHATPLANE_GATEWAY_ADDRESS",
-    show_envvar=True,
-    metavar="HOST:PORT",
-    help="Gateway address (default: the stack in the data dir).",
-)
-@click.option(
-    "--api-key",
-    envvar="CHATPLANE_API_KEY",
-    show_envvar=True,
-    metavar="KEY",
-    help="API key (default: the stack's development key).",
-)
+@gateway_options
 @click.pass_obj
 def history(
     data_dir: Path, conversation_id: str | None, address: str | None, api_key: str | None

@@ -11,8 +11,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+from chatplane.common import errors
 from chatplane.common.closing import AsyncClosable
-from chatplane.common.ids import new_id
+from chatplane.common.ids import is_valid_id, new_id
 
 API_KEY_PREFIX = "cp"
 """Full API keys read `cp_<key_id>_<secret>`."""
@@ -336,6 +337,15 @@ def require_limit(limit: int) -> None:
     """Page sizes reaching a store are validated by the caller; anything else is a bug."""
     if limit < 1:
         raise ValueError(f"limit must be at least 1, not {limit}")
+
+
+def require_history_request(conversation_id: str, limit: int, after: MessageCursor | None) -> None:
+    """The checks every store makes before reading a page of a conversation's history."""
+    require_limit(limit)
+    if after is not None and after.conversation_id != conversation_id:
+        raise ValueError("the cursor belongs to another conversation")
+    if not is_valid_id(conversation_id):
+        raise errors.NotFound("conversation not found")
 
 
 def derived_title(text: str, max_chars: int = 80) -> str:

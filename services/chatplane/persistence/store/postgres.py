@@ -40,6 +40,7 @@ from chatplane.persistence.store.base import (
     TurnReservation,
     derived_title,
     issue_api_key,
+    require_history_request,
     require_limit,
     utc_now,
 )
@@ -427,11 +428,7 @@ class PostgresConversationStore(ConversationStore):
         limit: int,
         after: MessageCursor | None = None,
     ) -> ConversationHistory:
-        require_limit(limit)
-        if after is not None and after.conversation_id != conversation_id:
-            raise ValueError("the cursor belongs to another conversation")
-        if not is_valid_id(conversation_id):
-            raise errors.NotFound("conversation not found")
+        require_history_request(conversation_id, limit, after)
         # One statement, so the conversation and its messages come from one snapshot.
         page_filter = ""
         parameters: list[Any] = []

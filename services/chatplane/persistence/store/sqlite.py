@@ -37,6 +37,7 @@ from chatplane.persistence.store.base import (
     derived_title,
     from_micros,
     issue_api_key,
+    require_history_request,
     require_limit,
     to_micros,
     utc_now,
@@ -163,11 +164,7 @@ class SqliteConversationStore(ConversationStore):
         limit: int,
         after: MessageCursor | None = None,
     ) -> ConversationHistory:
-        require_limit(limit)
-        if after is not None and after.conversation_id != conversation_id:
-            raise ValueError("the cursor belongs to another conversation")
-        if not is_valid_id(conversation_id):
-            raise errors.NotFound("conversation not found")
+        require_history_request(conversation_id, limit, after)
         work = functools.partial(_get_conversation, owner, conversation_id, limit, after)
         return await self._run(work)
 
