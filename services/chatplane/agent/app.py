@@ -10,6 +10,7 @@ from chatplane.agent.servicer import AgentServicer
 from chatplane.agent.turn import TurnRunner
 from chatplane.common.server import internal_channel, serve
 from chatplane.common.settings import Settings
+from chatplane.common.tls import load_tls
 from chatplane.log.factory import open_message_log
 from chatplane.v1 import agent_pb2, agent_pb2_grpc
 
@@ -24,9 +25,10 @@ def make_backend(settings: Settings) -> LlmBackend:
 
 async def run(settings: Settings) -> None:
     """Serve AgentService until SIGTERM, then drain."""
+    tls = load_tls(settings)
     log = open_message_log(settings)
     producer = log.producer()
-    memory_channel = internal_channel(settings.memory_address)
+    memory_channel = internal_channel(settings.memory_address, tls)
     backend = make_backend(settings)
     runner = TurnRunner(
         settings=settings,
@@ -51,4 +53,5 @@ async def run(settings: Settings) -> None:
         ),
         drain_grace_seconds=settings.drain_grace_seconds,
         on_stop=stop,
+        tls=tls,
     )

@@ -16,6 +16,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from chatplane.common.interceptors import CallCheck, ServiceInterceptor
+from chatplane.common.tls import TlsCredentials
 
 _log = logging.getLogger(__name__)
 
@@ -47,8 +48,10 @@ async def serve(
     drain_grace_seconds: float,
     on_stop: Callable[[], Awaitable[None]] | None = None,
     check: CallCheck | None = None,
+    tls: TlsCredentials | None = None,
 ) -> None:
-    """Run a service until SIGTERM/SIGINT, then drain and return."""
+    """Run a service until SIGTERM/SIGINT, then drain and return. With `tls` it serves mutual
+    TLS only (no plaintext port)."""
     server = grpc.aio.server(interceptors=[ServiceInterceptor(check)], options=list(SERVER_OPTIONS))
     register(server)
     health_servicer = health.aio.HealthServicer()
@@ -56,7 +59,11 @@ async def serve(
     reflection.enable_server_reflection(
         [*service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], server
     )
-    bound = server.add_insecure_port(f"{host}:{port}")
+    if tls is None:
+        bound = server.add_insecure_port(f"{host}:{port}")
+    else:
+        tls.log_identity()
+        bound = server.add_secure_port(f"{host}:{port}", tls.server_credentials())
     if bound == 0:
         raise OSError(f"{name}: cannot bind {host}:{port}")
     await server.start()
@@ -86,6 +93,11 @@ async def serve(
     _log.info("stopped")
 
 
-def internal_channel(address: str) -> grpc.aio.Channel:
-    """A channel to another chatplane service."""
-    return grpc.aio.insecure_channel(address, options=list(CHANNEL_OPTIONS))
+def internal_channel(address: str, tls: TlsCredentials | None = None) -> grpc.aio.Channel:
+    """A channel to another chatplane service; with `tls`, mutual TLS with this service's
+    certificate (the peer's certificate must name the address's host)."""
+    if tls is None:
+        return grpc.aio.insecure_channel(address, options=list(CHANNEL_OPTIONS))
+    return grpc.aio.secure_channel(
+        address, tls.channel_credentials(), options=list(CHANNEL_OPTIONS)
+    )

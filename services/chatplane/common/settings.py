@@ -74,6 +74,15 @@ class Settings(BaseSettings):
     # Memory: the embedding model's folder (empty: the installed all-MiniLM-L6-v2 package).
     embedding_model_dir: str = ""
 
+    # Native mutual TLS outside a mesh (docs/security.md): with all three files set, every
+    # service serves TLS and verifies client certificates against the CA, and every internal
+    # call presents this certificate. None: plaintext (in Istio the mesh does mTLS).
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_ca: Path | None = None
+    # False only serves TLS to clients without certificates (not recommended).
+    tls_require_client_cert: bool = True
+
     def data_path(self, name: str) -> Path:
         """A file or folder inside the data directory (created on demand)."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
