@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import itertools
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import grpc
 from cryptography import x509
@@ -208,9 +208,15 @@ def load_tls(settings: _TlsSettings) -> TlsCredentials | None:
     return TlsCredentials.load(files, require_client_auth=settings.tls_require_client_cert)
 
 
-def client_credentials(files: TlsFiles | None) -> grpc.ChannelCredentials | None:
-    """Channel credentials for a client (CLI, launcher, tests) with these files, or None."""
-    return None if files is None else TlsCredentials.load(files).channel_credentials()
+def client_channel(
+    address: str, files: TlsFiles | None, options: Sequence[tuple[str, Any]] = ()
+) -> grpc.aio.Channel:
+    """A channel for a client of the stack (CLI, launcher, tests, benchmarks): mutual TLS with
+    these files, plaintext when None."""
+    if files is None:
+        return grpc.aio.insecure_channel(address, options=list(options))
+    credentials = TlsCredentials.load(files).channel_credentials()
+    return grpc.aio.secure_channel(address, credentials, options=list(options))
 
 
 class _PeerContext(Protocol):

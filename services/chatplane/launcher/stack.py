@@ -17,7 +17,7 @@ from pathlib import Path
 import grpc
 
 from chatplane.common import errors
-from chatplane.common.tls import TlsFiles, client_credentials
+from chatplane.common.tls import TlsFiles, client_channel
 from chatplane.launcher.certificates import CLIENT_PARTY, party_files
 from chatplane.v1 import persistence_pb2, persistence_pb2_grpc
 
@@ -221,11 +221,8 @@ class Stack:
 
     def channel(self, service: str) -> grpc.aio.Channel:
         """A channel to one of the services, with the client certificate on a TLS stack."""
-        address = self.info().address(service)
-        credentials = client_credentials(self.info().client_tls())
-        if credentials is None:
-            return grpc.aio.insecure_channel(address)
-        return grpc.aio.secure_channel(address, credentials)
+        info = self.info()
+        return client_channel(info.address(service), info.client_tls())
 
     def _write_info(self) -> None:
         (self.data_dir / STACK_FILE).write_text(json.dumps(asdict(self.info())))
