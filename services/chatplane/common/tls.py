@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import itertools
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -220,17 +220,17 @@ def client_channel(
 
 
 class _PeerContext(Protocol):
-    def auth_context(self) -> Mapping[str, list[bytes]]: ...
+    def auth_context(self) -> Mapping[str, Iterable[bytes]]: ...
 
 
 def peer_identity(context: _PeerContext) -> CertificateIdentity | None:
     """The verified client certificate's identity of the current call, or None on a plaintext
     connection (or TLS without a client certificate). For authorization checks; it parses the
     certificate, so call it when needed, not on every call by default."""
-    pem = context.auth_context().get("x509_pem_cert")
+    pem = next(iter(context.auth_context().get("x509_pem_cert", ())), None)
     if not pem:
         return None
-    return CertificateIdentity.of(x509.load_pem_x509_certificate(pem[0]))
+    return CertificateIdentity.of(x509.load_pem_x509_certificate(pem))
 
 
 def _read(path: Path, variable: str) -> bytes:

@@ -135,7 +135,7 @@ def test_a_stray_key_is_refused(certs: Path, tmp_path: Path) -> None:
 
 
 async def _who_am_i(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
-    identity = peer_identity(context)  # type: ignore[arg-type]
+    identity = peer_identity(context)
     return b"" if identity is None else identity.principal.encode()
 
 

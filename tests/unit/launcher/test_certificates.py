@@ -76,8 +76,9 @@ def test_certificates_name_their_party_loopback_and_extra_hosts(certs: Path) -> 
         assert ("chat.example.com" in dns) is extra
         assert ("10.0.0.7" in ips) is extra
         assert cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)[0].value == party
-        assert isinstance(cert.public_key(), ec.EllipticCurvePublicKey)
-        assert cert.public_key().curve.name == "secp256r1"  # type: ignore[union-attr]
+        public = cert.public_key()
+        assert isinstance(public, ec.EllipticCurvePublicKey)
+        assert public.curve.name == "secp256r1"
     assert spiffe_id("agent") == "spiffe://chatplane.local/ns/default/sa/agent"
 
 
