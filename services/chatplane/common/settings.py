@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 Profile = Literal["embedded", "cluster"]
@@ -82,6 +82,12 @@ class Settings(BaseSettings):
     tls_ca: Path | None = None
     # False only serves TLS to clients without certificates (not recommended).
     tls_require_client_cert: bool = True
+
+    @field_validator("tls_cert", "tls_key", "tls_ca", mode="before")
+    @classmethod
+    def _unset_when_empty(cls, value: object) -> object:
+        """`CHATPLANE_TLS_CERT=` (empty) means unset, not the current directory."""
+        return None if value == "" else value
 
     def data_path(self, name: str) -> Path:
         """A file or folder inside the data directory (created on demand)."""

@@ -185,3 +185,9 @@ def test_client_channel_refuses_unusable_files(certs: Path) -> None:
         client_channel(
             "127.0.0.1:1", TlsFiles(certs / "client.crt", certs / "agent.key", certs / "ca.crt")
         )
+
+
+def test_empty_variables_mean_tls_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    for variable in ("CHATPLANE_TLS_CERT", "CHATPLANE_TLS_KEY", "CHATPLANE_TLS_CA"):
+        monkeypatch.setenv(variable, "")
+    assert load_tls(Settings()) is None
