@@ -8,6 +8,7 @@ the handshake, before any RPC runs), and a service whose key does not match its 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 import sys
@@ -98,6 +99,16 @@ async def test_chat_end_to_end_with_the_client_certificate(stack: Stack) -> None
             return len(response.messages) == 4
 
         await poll(stored)
+
+
+async def test_each_service_runs_with_its_own_certificate(stack: Stack) -> None:
+    """The launcher gives every process its own certificate; each logs the identity."""
+    for service in SERVICES:
+        lines = (stack.data_dir / "logs" / f"{service}.log").read_text().splitlines()
+        started = [json.loads(line) for line in lines if '"mutual TLS on"' in line]
+        assert len(started) == 1, service
+        assert started[0]["tls_identity"] == f"spiffe://chatplane.local/ns/default/sa/{service}"
+        assert started[0]["tls_require_client_cert"] is True
 
 
 async def _health(address: str, credentials: grpc.ChannelCredentials | None) -> None:
