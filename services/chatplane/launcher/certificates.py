@@ -3,8 +3,8 @@ and one certificate per service (plus `client` for the CLI and tests), each vali
 as client, naming its service by DNS name, loopback addresses and a SPIFFE-style URI.
 
 Layout of the directory: `ca.crt`, `ca.key`, `<party>.crt`, `<party>.key`; keys are 0600, the
-directory 0700. Existing files are kept (an existing CA issues the missing certificates) unless
-`force` starts over with a new CA."""
+directory 0700 when created here. Existing files are kept (an existing CA issues the missing
+certificates) unless `force` starts over with a new CA."""
 
 from __future__ import annotations
 
@@ -75,8 +75,11 @@ def init_certificates(
     if days <= 0:
         raise ValueError("days must be positive")
     moment = now or datetime.now(UTC)
-    directory.mkdir(parents=True, exist_ok=True)
-    directory.chmod(0o700)
+    if not directory.exists():
+        # A directory of our own is closed to others; an existing one (the caller's choice)
+        # keeps its mode: the keys in it are 0600 either way.
+        directory.mkdir(parents=True)
+        directory.chmod(0o700)
     ca_cert_path, ca_key_path = directory / f"{CA_NAME}.crt", directory / f"{CA_NAME}.key"
     results: list[IssuedFile] = []
     if force or not ca_cert_path.exists():

@@ -99,6 +99,13 @@ def test_keys_are_private_and_the_directory_closed(certs: Path) -> None:
     assert not list(certs.glob(".*.tmp"))
 
 
+def test_an_existing_directory_keeps_its_mode(tmp_path: Path) -> None:
+    tmp_path.chmod(0o755)
+    init_certificates(tmp_path)
+    assert stat.S_IMODE(tmp_path.stat().st_mode) == 0o755
+    assert stat.S_IMODE((tmp_path / "client.key").stat().st_mode) == 0o600
+
+
 def test_init_is_idempotent_and_completes_from_the_same_ca(tmp_path: Path) -> None:
     first = init_certificates(tmp_path)
     assert all(f.created for f in first) and len(first) == 2 + 2 * len(PARTIES)
