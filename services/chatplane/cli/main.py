@@ -13,6 +13,7 @@ import click
 import grpc
 
 from chatplane.cli.client import open_channel
+from chatplane.common.tls import CA_VAR, CERT_VAR, KEY_VAR
 from chatplane.launcher import Stack, StackInfo
 from chatplane.launcher.certificates import DEFAULT_DAYS, CertificateDirError, init_certificates
 from chatplane.v1 import persistence_pb2, persistence_pb2_grpc
@@ -94,6 +95,14 @@ def up(
     env = dict(os.environ, CHATPLANE_PROFILE=profile)
     if profile == "cluster":
         env.update(engines_env(engines_state_dir))
+    inherited = [v for v in (CERT_VAR, KEY_VAR, CA_VAR) if env.get(v)]
+    if inherited and not tls:
+        # They would give every service the same certificate while the launcher calls in
+        # plaintext: the stack would refuse its own launcher.
+        raise click.ClickException(
+            f"{', '.join(inherited)} set: use `chatplane up --tls` (one certificate per service "
+            "from --tls-dir) or unset them"
+        )
     certificates = None
     if tls:
         certificates = tls_dir or data_dir / DEFAULT_TLS_DIR
