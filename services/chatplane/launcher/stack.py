@@ -18,7 +18,7 @@ import grpc
 
 from chatplane.common import errors
 from chatplane.common.tls import TlsFiles, client_channel
-from chatplane.launcher.certificates import CLIENT_PARTY, party_files
+from chatplane.launcher.certificates import CLIENT_PARTY, SERVICE_PARTIES, party_files
 from chatplane.v1 import persistence_pb2, persistence_pb2_grpc
 
 SERVICES = ("persistence", "memory", "agent", "gateway")
@@ -181,7 +181,7 @@ class Stack:
         return args
 
     def _service_env(self, name: str) -> dict[str, str]:
-        if self.tls_dir is None:
+        if self.tls_dir is None or name not in SERVICE_PARTIES:
             return self._env
         return {**self._env, **party_files(self.tls_dir, name).env()}
 
