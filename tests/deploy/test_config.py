@@ -93,6 +93,7 @@ def test_the_edge_transcodes_to_the_gateway_service_without_cutting_streams(over
     (host,) = config["route_config"]["virtual_hosts"]
     for route in host["routes"]:
         assert route["route"]["timeout"] == "0s"
+        assert route["route"]["host_rewrite_literal"] == f"gateway.{NAMESPACE}.svc.cluster.local"
         assert route["route"]["max_stream_duration"]["grpc_timeout_header_max"] == "0s"
     (cluster,) = envoy["static_resources"]["clusters"]
     (group,) = cluster["load_assignment"]["endpoints"]

@@ -112,6 +112,15 @@ def test_services_are_probed_over_grpc_health_on_their_port(overlay: str) -> Non
 
 
 @overlays
+def test_the_edge_is_reached_over_http2(overlay: str) -> None:
+    """gRPC from the ingress gateway to the edge needs HTTP/2, which Istio only uses towards
+    a port it knows to speak it."""
+    (service,) = [s for s in of_kind(render(overlay), "Service") if s["metadata"]["name"] == "edge"]
+    (port,) = service["spec"]["ports"]
+    assert port["appProtocol"] == "http2" and port["name"].startswith("http2-")
+
+
+@overlays
 def test_termination_grace_outlasts_the_pre_stop_pause_and_the_drain(overlay: str) -> None:
     docs = render(overlay)
     drain = float(config(docs).get("CHATPLANE_DRAIN_GRACE_SECONDS", Settings().drain_grace_seconds))
