@@ -50,6 +50,10 @@ def test_every_variable_is_a_setting_and_the_settings_parse(
     data = config_map(render(overlay), "chatplane-config")["data"]
     fields = {f"CHATPLANE_{name.upper()}" for name in Settings.model_fields}
     assert set(data) - fields <= PENDING_SETTINGS
+    # Once the metrics port is a setting, the pods must set that very variable (their
+    # prometheus.io/port annotation names the same port).
+    metrics = {f"CHATPLANE_{f.upper()}" for f in Settings.model_fields if "metrics_port" in f}
+    assert metrics <= set(data)
     for key, value in data.items():
         monkeypatch.setenv(key, value)
     settings = Settings()
