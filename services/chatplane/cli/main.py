@@ -78,9 +78,10 @@ async def _up(data_dir: Path, port: int, profile: str, env: dict[str, str]) -> N
     click.echo(f"starting chatplane ({profile} profile, data in {stack.data_dir}) …")
     info = await stack.start()
     key = await stack.development_key()
+    model = stack.services["agent"].ready.get("model", "?")
     click.echo("")
     click.secho(
-        f"chatplane is ready: gRPC on {info.address('gateway')} (model: offline responder)",
+        f"chatplane is ready: gRPC on {info.address('gateway')} (model: {model})",
         fg="green",
         bold=True,
     )

@@ -58,6 +58,8 @@ class ServiceProcess:
         self.process = process
         self.log_path = log_path
         self.port = 0
+        # The service's ready line (the Agent's says which model answers).
+        self.ready: dict[str, object] = {}
 
     @classmethod
     async def start(
@@ -93,6 +95,7 @@ class ServiceProcess:
                         event = json.loads(line)
                         if isinstance(event, dict) and event.get("event") == "ready":
                             self.port = int(event["port"])
+                            self.ready = event
                             return
         except TimeoutError:
             self.process.kill()
