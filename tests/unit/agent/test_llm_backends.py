@@ -28,6 +28,13 @@ PROMPT = Prompt(
 )
 
 
+@pytest.fixture(autouse=True)
+def no_key_in_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Settings read the environment: a developer's own key must not change these tests."""
+    for name in ("ANTHROPIC_API_KEY", "CHATPLANE_ANTHROPIC_API_KEY", "CHATPLANE_LLM_BACKEND"):
+        monkeypatch.delenv(name, raising=False)
+
+
 def settings(**values: object) -> Settings:
     return Settings.model_validate(values)
 
