@@ -200,7 +200,11 @@ class TurnRunner:
         """Appends both messages to the log (waits for the ack), then tells memory."""
         settings = self._settings
         answer_time_ms = max(int(time.time() * 1000), user_time_ms + 1)
-        interrupted = finish == resources_pb2.FINISH_REASON_INTERRUPTED
+        # Cut by the client (INTERRUPTED) or by a provider failure (ERROR): kept, unfinished.
+        interrupted = finish in (
+            resources_pb2.FINISH_REASON_INTERRUPTED,
+            resources_pb2.FINISH_REASON_ERROR,
+        )
         user = resources_pb2.Message(
             message_id=turn.user_message_id,
             conversation_id=turn.conversation_id,

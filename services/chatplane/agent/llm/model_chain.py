@@ -79,10 +79,11 @@ class ModelChain(LlmBackend):
         return self._routes
 
     async def stream(self, prompt: Prompt, *, max_attempts: int = 1) -> AsyncGenerator[StreamItem]:
-        """`max_attempts` caps the upstream requests of the whole chain for this answer."""
+        """`max_attempts` caps the upstream requests of the whole chain for this answer: a
+        model may use its SDK's retries as long as each later model keeps one attempt."""
         remaining = max_attempts
         failure: llm_errors.LlmError | None = None
-        for route in self._routes:
+        for index, route in enumerate(self._routes):
             if remaining <= 0:
                 break
             if not route.breaker.admit():
@@ -90,7 +91,10 @@ class ModelChain(LlmBackend):
                     "the model provider is failing; not calling it for a while"
                 )
                 continue
-            upstream = route.backend.stream(prompt, max_attempts=remaining)
+            # Each later model keeps one attempt; the last one may use all that is left.
+            later = len(self._routes) - index - 1
+            allowance = max(1, remaining - later)
+            upstream = route.backend.stream(prompt, max_attempts=allowance)
             async with contextlib.aclosing(upstream):
                 try:
                     first = await _first_output(upstream, self._stall_timeout)

@@ -144,7 +144,7 @@ class OpenAiChatBackend(LlmBackend):
         try:
             yield StreamStart(model=self._model)
             async for chunk in chunks:
-                for choice in chunk.choices:
+                for choice in chunk.choices or ():  # some servers send null with usage
                     text = choice.delta.content if choice.delta else None
                     if text:
                         output_chars += len(text)
