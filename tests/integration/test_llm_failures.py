@@ -309,12 +309,13 @@ async def test_circuit_breaker_fails_fast_during_an_outage_then_probes_once(
             began = time.monotonic()
             _, error = await chat_until_error(client, "hello")
             assert error.code() is grpc.StatusCode.UNAVAILABLE
-            assert time.monotonic() - began < 0.5
+            assert time.monotonic() - began < 1.0
             assert len(await emulator.requests()) == 2
             opened_at = time.monotonic()
 
-            # The provider recovers; after the cooldown exactly one call probes it.
-            await emulator.set_rules([{"behaviour": {"first_token_seconds": 0.5}}])
+            # The provider recovers; after the cooldown exactly one call probes it (a slow
+            # first token keeps the probe in flight while the others arrive).
+            await emulator.set_rules([{"behaviour": {"first_token_seconds": 2.0}}])
             await asyncio.sleep(max(0.0, 1.6 - (time.monotonic() - opened_at)))
             results = await asyncio.gather(
                 *(client.chat("hello") for _ in range(3)), return_exceptions=True

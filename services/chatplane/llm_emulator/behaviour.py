@@ -4,6 +4,7 @@ number of times or forever) or from an `x-emulator-behaviour` JSON header on the
 
 from __future__ import annotations
 
+import random
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -44,14 +45,18 @@ class Rule(BaseModel):
 
     model: str = "*"
     times: int | None = Field(default=None, gt=0)
+    # The share of matching requests the rule applies to (the others fall through).
+    probability: float = Field(default=1.0, gt=0, le=1)
     behaviour: Behaviour = Behaviour()
 
 
 class RuleBook:
     """The rules in force; the first rule matching a request's model (with uses left) wins."""
 
-    def __init__(self) -> None:
+    def __init__(self, seed: int = 0) -> None:
         self._rules: list[Rule] = []
+        # Seeded: a scripted storm draws the same faults on every run.
+        self._random = random.Random(seed)
 
     def replace(self, rules: list[Rule]) -> None:
         """Sets the rules (an empty list: every request answers normally)."""
@@ -61,6 +66,8 @@ class RuleBook:
         """The behaviour of the next request for `model` (consumes one use of its rule)."""
         for rule in self._rules:
             if rule.model not in ("*", model):
+                continue
+            if rule.probability < 1 and self._random.random() >= rule.probability:
                 continue
             if rule.times is not None:
                 rule.times -= 1

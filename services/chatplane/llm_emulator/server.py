@@ -78,9 +78,9 @@ class Pace:
 class Emulator:
     """State of one emulator: rules, records, prompt cache."""
 
-    def __init__(self, pace: Pace, *, api_key: str = "") -> None:
+    def __init__(self, pace: Pace, *, api_key: str = "", seed: int = 0) -> None:
         self.pace = pace
-        self.rules = RuleBook()
+        self.rules = RuleBook(seed)
         self.records: list[RequestRecord] = []
         self._api_key = api_key
         self._cached_prefixes: set[str] = set()
