@@ -294,6 +294,7 @@ async def test_circuit_breaker_fails_fast_during_an_outage_then_probes_once(
             CHATPLANE_LLM_MAX_RETRIES="0",
             CHATPLANE_LLM_BREAKER_FAILURES="2",
             CHATPLANE_LLM_BREAKER_COOLDOWN_SECONDS="1.5",
+            CHATPLANE_LLM_STALL_TIMEOUT_SECONDS="10",  # the probe below is slow on purpose
         )
         async with (
             running_stack(tmp_path, env) as stack,

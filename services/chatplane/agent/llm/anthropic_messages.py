@@ -138,6 +138,11 @@ class AnthropicBackend(LlmBackend):
             timeout=httpx2.Timeout(read_timeout, connect=connect_timeout),
         )
         self._max_retries = max_retries
+        # One client per retry allowance, sharing the connection pool (made once, not per call).
+        self._clients = {
+            retries: self._client.with_options(max_retries=retries)
+            for retries in range(max_retries + 1)
+        }
 
     @property
     def model(self) -> str:
@@ -151,9 +156,7 @@ class AnthropicBackend(LlmBackend):
         retries = max(0, min(self._max_retries, max_attempts - 1))
         body = request_body(prompt, model=self._model, prompt_caching=self._prompt_caching)
         try:
-            events = await self._client.with_options(max_retries=retries).messages.create(
-                **body, stream=True
-            )
+            events = await self._clients[retries].messages.create(**body, stream=True)
         except anthropic.APIError as error:
             raise translate_error(error) from error
         usage: dict[str, int] = {}

@@ -121,6 +121,11 @@ class OpenAiChatBackend(LlmBackend):
             timeout=httpx2.Timeout(read_timeout, connect=connect_timeout),
         )
         self._max_retries = max_retries
+        # One client per retry allowance, sharing the connection pool (made once, not per call).
+        self._clients = {
+            retries: self._client.with_options(max_retries=retries)
+            for retries in range(max_retries + 1)
+        }
 
     @property
     def model(self) -> str:
@@ -133,7 +138,7 @@ class OpenAiChatBackend(LlmBackend):
     async def stream(self, prompt: Prompt, *, max_attempts: int = 1) -> AsyncGenerator[StreamItem]:
         retries = max(0, min(self._max_retries, max_attempts - 1))
         try:
-            chunks = await self._client.with_options(max_retries=retries).chat.completions.create(
+            chunks = await self._clients[retries].chat.completions.create(
                 **request_body(prompt, model=self._model), stream=True
             )
         except openai.APIError as error:
