@@ -101,6 +101,15 @@ async def test_anthropic_faults_as_the_sdk_sees_them() -> None:
         assert mid_stream.value.type == "overloaded_error"
         recorded = await emulator.requests()
         assert [(r["status"], r["retry_count"]) for r in recorded[:2]] == [(429, "0"), (200, "1")]
+        # A behaviour in a request header wins over the rules (for direct callers).
+        await emulator.set_rules([])
+        with pytest.raises(anthropic.InternalServerError):
+            await client.with_options(max_retries=0).messages.create(
+                model="m",
+                max_tokens=5,
+                messages=MESSAGES,
+                extra_headers={"x-emulator-behaviour": '{"fault": "server_error"}'},
+            )
         await client.close()
 
 

@@ -4,12 +4,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import anthropic
+import httpx2
+import openai
 import pytest
 
+from chatplane.agent.llm import errors as llm_errors
 from chatplane.agent.llm.anthropic_messages import request_body as anthropic_body
+from chatplane.agent.llm.anthropic_messages import translate_error as anthropic_translate
 from chatplane.agent.llm.base import ContextPassage, HistoryLine, Prompt, Speaker
 from chatplane.agent.llm.factory import LlmConfigError, build_model_chain, model_specs
 from chatplane.agent.llm.openai_chat import request_body as openai_body
+from chatplane.agent.llm.openai_chat import translate_error as openai_translate
 from chatplane.common.settings import Settings
 
 PROMPT = Prompt(
@@ -113,3 +119,51 @@ def test_fallbacks_and_shared_breakers() -> None:
 def test_unusable_llm_settings_fail_at_start_up(values: dict[str, object]) -> None:
     with pytest.raises(LlmConfigError):
         build_model_chain(settings(**values))
+
+
+def _status_error(sdk: object, status: int, body: dict[str, object], **headers: str) -> Exception:
+    request = httpx2.Request(
+        "POST", "http://127.0.0.1/v1/x", headers={"x-stainless-retry-count": "1"}
+    )
+    response = httpx2.Response(status, json=body, headers=headers, request=request)
+    make = sdk._exceptions.APIStatusError  # type: ignore[attr-defined]
+    error: Exception = make("error", response=response, body=body)
+    return error
+
+
+@pytest.mark.parametrize(
+    ("status", "error_type", "expected"),
+    [
+        (429, "rate_limit_error", llm_errors.ProviderRateLimited),
+        (529, "overloaded_error", llm_errors.ProviderUnavailable),
+        (500, "api_error", llm_errors.ProviderUnavailable),
+        (401, "authentication_error", llm_errors.ProviderUnavailable),
+        (400, "invalid_request_error", llm_errors.ProviderRejected),
+        (413, "request_too_large", llm_errors.ProviderRejected),
+        # An error event inside a 200 stream is classified by its type.
+        (200, "overloaded_error", llm_errors.ProviderUnavailable),
+    ],
+)
+def test_anthropic_errors_map_to_the_failure_policy(
+    status: int, error_type: str, expected: type[llm_errors.LlmError]
+) -> None:
+    body = {"type": "error", "error": {"type": error_type, "message": "m"}}
+    error = anthropic_translate(_status_error(anthropic, status, body, **{"retry-after": "2.5"}))
+    assert type(error) is expected
+    assert error.attempts == 2  # read from the SDK's retry-count header
+    if isinstance(error, llm_errors.ProviderRateLimited):
+        assert error.retry_after == 2.5
+
+
+def test_openai_errors_map_to_the_failure_policy() -> None:
+    body = {"error": {"message": "m", "type": "t"}}
+    limited = openai_translate(_status_error(openai, 429, body, **{"retry-after": "3"}))
+    assert isinstance(limited, llm_errors.ProviderRateLimited) and limited.retry_after == 3
+    assert isinstance(
+        openai_translate(_status_error(openai, 503, body)), llm_errors.ProviderUnavailable
+    )
+    assert isinstance(
+        openai_translate(_status_error(openai, 400, body)), llm_errors.ProviderRejected
+    )
+    dropped = openai.APIConnectionError(request=httpx2.Request("POST", "http://127.0.0.1/"))
+    assert isinstance(openai_translate(dropped), llm_errors.ProviderUnavailable)
