@@ -256,10 +256,13 @@ async def test_a_stalled_stream_is_cut_with_deadline_exceeded(rig: Rig) -> None:
     assert stored.text == turn.text and stored.status == resources_pb2.MESSAGE_STATUS_INTERRUPTED
 
 
-async def test_a_stall_before_the_first_token_falls_back(rig: Rig) -> None:
-    await rig.emulator.set_rules([{"model": PRIMARY, "behaviour": {"fault": "stall"}}])
+@pytest.mark.parametrize("fault", ["stall", "error_event", "drop"])
+async def test_a_failure_before_the_first_token_falls_back(rig: Rig, fault: str) -> None:
+    # The stream opened (200, message_start) but no token came: still before the first token.
+    await rig.emulator.set_rules([{"model": PRIMARY, "behaviour": {"fault": fault}}])
     turn = await (await rig.client()).chat("hello")
     assert turn.done is not None and turn.done.done.model == FALLBACK
+    assert turn.started is not None and turn.started.started.model == FALLBACK
 
 
 async def test_client_cancel_closes_the_provider_connection_within_a_second(rig: Rig) -> None:
