@@ -85,12 +85,12 @@ class Settings(BaseSettings):
     llm_breaker_cooldown_seconds: float = Field(default=30.0, gt=0)
     anthropic_api_key: SecretStr = Field(
         default=SecretStr(""),
-        validation_alias=AliasChoices("CHATPLANE_ANTHROPIC_API_KEY", "ANTHROPIC_API_KEY"),
+        validation_alias=AliasChoices("ANTHROPIC_API_KEY", "CHATPLANE_ANTHROPIC_API_KEY"),
     )
     anthropic_api_key_file: Path | None = None
     anthropic_base_url: str = Field(
         default="",
-        validation_alias=AliasChoices("CHATPLANE_ANTHROPIC_BASE_URL", "ANTHROPIC_BASE_URL"),
+        validation_alias=AliasChoices("ANTHROPIC_BASE_URL", "CHATPLANE_ANTHROPIC_BASE_URL"),
     )
     anthropic_default_model: str = "claude-sonnet-5-5"
     anthropic_prompt_caching: bool = True
