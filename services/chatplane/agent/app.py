@@ -3,8 +3,7 @@ turn runner, servicer; then serves until SIGTERM."""
 
 from __future__ import annotations
 
-from chatplane.agent.llm.base import LlmBackend
-from chatplane.agent.llm.offline import OfflineResponder
+from chatplane.agent.llm.factory import build_model_chain
 from chatplane.agent.memory_client import MemoryClient
 from chatplane.agent.servicer import AgentServicer
 from chatplane.agent.turn import TurnRunner
@@ -15,21 +14,13 @@ from chatplane.log.factory import open_message_log
 from chatplane.v1 import agent_pb2, agent_pb2_grpc
 
 
-def make_backend(settings: Settings) -> LlmBackend:
-    """The configured LLM backend."""
-    return OfflineResponder(
-        tokens_per_second=settings.offline_tokens_per_second,
-        first_token_seconds=settings.offline_first_token_seconds,
-    )
-
-
 async def run(settings: Settings) -> None:
     """Serve AgentService until SIGTERM, then drain."""
     tls = load_tls(settings)
     log = open_message_log(settings)
     producer = log.producer()
     memory_channel = internal_channel(settings.memory_address, tls)
-    backend = make_backend(settings)
+    backend = build_model_chain(settings)
     runner = TurnRunner(
         settings=settings,
         memory=MemoryClient(memory_channel),
@@ -54,4 +45,6 @@ async def run(settings: Settings) -> None:
         drain_grace_seconds=settings.drain_grace_seconds,
         on_stop=stop,
         tls=tls,
+        # Which model answers, and what it falls back to.
+        ready_details={"model": backend.model, "fallbacks": backend.models[1:]},
     )

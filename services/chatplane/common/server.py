@@ -9,7 +9,7 @@ import json
 import logging
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -49,9 +49,11 @@ async def serve(
     on_stop: Callable[[], Awaitable[None]] | None = None,
     check: CallCheck | None = None,
     tls: TlsCredentials | None = None,
+    ready_details: Mapping[str, object] | None = None,
 ) -> None:
     """Run a service until SIGTERM/SIGINT, then drain and return. With `tls` it serves mutual
-    TLS only (no plaintext port)."""
+    TLS only (no plaintext port). `ready_details` are added to the ready line (e.g. the
+    Agent's model)."""
     server = grpc.aio.server(interceptors=[ServiceInterceptor(check)], options=list(SERVER_OPTIONS))
     register(server)
     health_servicer = health.aio.HealthServicer()
@@ -75,7 +77,8 @@ async def serve(
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stopping.set)
     # The ready line: launchers and tests read the bound port from it.
-    sys.stdout.write(json.dumps({"event": "ready", "service": name, "port": bound}) + "\n")
+    ready = {"event": "ready", "service": name, "port": bound, **(ready_details or {})}
+    sys.stdout.write(json.dumps(ready) + "\n")
     sys.stdout.flush()
     _log.info("serving", extra={"port": bound})
 

@@ -68,6 +68,8 @@ class ServiceProcess:
         self.port = 0
         # Where this run's lines begin in the (appended) log.
         self.log_offset = 0
+        # The service's ready line (the Agent's says which model answers).
+        self.ready: dict[str, object] = {}
 
     @classmethod
     async def start(
@@ -108,6 +110,7 @@ class ServiceProcess:
                         event = json.loads(line)
                         if isinstance(event, dict) and event.get("event") == "ready":
                             self.port = int(event["port"])
+                            self.ready = event
                             return
         except TimeoutError:
             self.process.kill()
