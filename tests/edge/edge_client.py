@@ -23,7 +23,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from chatplane.launcher import Stack
 from chatplane.launcher.stack import EDGE
 from chatplane.v1 import gateway_pb2, gateway_pb2_grpc
-from tests.integration.stack_client import create_key, running_stack
+from tests.integration.stack_client import create_key, poll, running_stack
 
 ALLOWED_ORIGIN = "https://chat.example.com"
 # Paced so that an answer (~60-90 words) takes about a second: streaming is observable.
@@ -251,11 +251,17 @@ async def native_chat(
         return [event async for event in call]
 
 
-def access_log_entry(edge: EdgeStack, request_id: str) -> dict[str, Any]:
-    """Envoy's access-log line of one request (the edge writes it as the request ends)."""
+async def access_log_entry(edge: EdgeStack, request_id: str) -> dict[str, Any]:
+    """Envoy's access-log line of one request (flushed to the file within half a second)."""
     path = edge.stack.data_dir / "logs" / "edge-access.log"
-    for line in reversed(path.read_text().splitlines()):
-        entry = json.loads(line)
-        if entry.get("request_id") == request_id:
-            return dict(entry)
-    raise AssertionError(f"no access-log entry for {request_id}")
+
+    async def entry() -> dict[str, Any] | None:
+        lines = path.read_text().splitlines() if path.exists() else []
+        for line in reversed(lines):
+            parsed = json.loads(line)
+            if parsed.get("request_id") == request_id:
+                return dict(parsed)
+        return None
+
+    found: dict[str, Any] = await poll(entry, timeout=10)
+    return found
