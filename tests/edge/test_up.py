@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import http.server
+import json
 import os
 import re
 import signal
@@ -103,3 +104,32 @@ async def test_web_files_and_api_share_one_origin(
             headers={"authorization": f"Bearer {edge_stack.api_key}"},
         )
         assert api.status_code == 200 and "conversations" in api.json()
+
+
+async def test_sigterm_lets_a_stream_in_flight_finish(
+    edge_stack: EdgeStack, tmp_path: Path
+) -> None:
+    """The edge drains on SIGTERM: an answer being streamed through it still ends with `done`,
+    then the edge exits 0."""
+    args = ["--edge-port", "0", "--gateway-address", edge_stack.gateway_address]
+    env = {**os.environ, "CHATPLANE_DATA_DIR": str(tmp_path), "PYTHONUNBUFFERED": "1"}
+    edge = await ServiceProcess.start(EDGE, args, env, tmp_path / "edge.log")
+    events: list[str] = []
+    async with (
+        httpx.AsyncClient(timeout=30) as client,
+        client.stream(
+            "POST",
+            f"http://127.0.0.1:{edge.port}/v1/chat",
+            headers={"authorization": f"Bearer {edge_stack.api_key}"},
+            json={"text": "Tell me about the delivery address."},
+        ) as response,
+    ):
+        stopping: asyncio.Task[int] | None = None
+        async for line in response.aiter_lines():
+            if line.startswith("data: "):
+                events.append(next(iter(json.loads(line[6:]))))
+                if stopping is None:
+                    stopping = asyncio.create_task(edge.stop(timeout=20))
+    assert stopping is not None
+    assert await stopping == 0
+    assert events[0] == "started" and events[-1] == "done"
