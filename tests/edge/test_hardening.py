@@ -270,7 +270,7 @@ async def test_gateway_errors_map_to_http_codes(
     # The Gateway's per-user rate limit (burst 30 in this stack): 429 with RetryInfo.
     statuses = []
     limited: httpx.Response | None = None
-    for _ in range(60):
+    for _ in range(300):
         response = await http.get(f"{edge_stack.url}/v1/conversations", headers=headers)
         statuses.append(response.status_code)
         if response.status_code == 429:
