@@ -92,3 +92,31 @@ async def test_one_conversation_continued_over_all_three(edge_stack: EdgeStack) 
 
         messages = await poll(six_messages)
     assert [m["role"] for m in messages] == ["ROLE_USER", "ROLE_ASSISTANT"] * 3
+
+
+async def test_a_history_page_larger_than_the_edge_buffers_is_transcoded(
+    edge_stack: EdgeStack,
+) -> None:
+    """A unary JSON response is transcoded whole: 4 messages of 12 KiB (~50 KiB of JSON) pass
+    the 32 KiB connection buffers."""
+    key = await edge_stack.new_key(unique("tenant"), "user")
+    auth = {"authorization": f"Bearer {key}"}
+    conversation_id = ""
+    for index in range(4):
+        events = await native_chat(
+            edge_stack.edge_address,
+            gateway_pb2.ChatRequest(conversation_id=conversation_id, text=f"{index} " * 6000),
+            key,
+        )
+        conversation_id = events[0].started.conversation_id
+    async with httpx.AsyncClient(timeout=30) as client:
+
+        async def eight_messages() -> httpx.Response | None:
+            response = await client.get(
+                f"{edge_stack.url}/v1/conversations/{conversation_id}", headers=auth
+            )
+            assert response.status_code == 200, response.text[:500]
+            return response if len(response.json().get("messages", [])) == 8 else None
+
+        response = await poll(eight_messages)
+    assert len(response.content) > 48 * 1024

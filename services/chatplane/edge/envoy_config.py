@@ -41,7 +41,7 @@ _MAX_RESPONSE_BYTES = 4 * 1024 * _KIB
 # google.rpc.Code of the edge's own error replies to REST/JSON clients, by HTTP status, so they
 # have the same shape as the Gateway's errors ({"code", "message"}).
 _JSON_ERROR_CODES: Mapping[int, int] = {
-    400: 3,  # INVALID_ARGUMENT: malformed JSON, unknown field or query parameter
+    400: 3,  # INVALID_ARGUMENT: malformed JSON, a wrong type, an unknown query parameter
     404: 5,  # NOT_FOUND: no such API path
     408: 4,  # DEADLINE_EXCEEDED: the request was not received in time
     413: 8,  # RESOURCE_EXHAUSTED: body over the limit
