@@ -9,6 +9,7 @@ connection). Reuses the streaming benchmark's stack settings, questions and stre
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import struct
 import time
@@ -192,6 +193,29 @@ class _Clients:
             await close()
 
 
+@dataclass(frozen=True, slots=True)
+class _GrpcUser:
+    """A user calling over native gRPC (its own channel)."""
+
+    stub: gateway_pb2_grpc.GatewayServiceAsyncStub
+    key: str
+
+    async def __call__(self, _url: str, text: str) -> TurnResult:
+        return await _grpc_turn(self.stub, self.key, text)
+
+
+@dataclass(frozen=True, slots=True)
+class _HttpUser:
+    """A user calling over HTTP/1.1 (its own httpx client): gRPC-Web or SSE."""
+
+    turn: Callable[[httpx.AsyncClient, str, str, str], Awaitable[TurnResult]]
+    http: httpx.AsyncClient
+    key: str
+
+    async def __call__(self, url: str, text: str) -> TurnResult:
+        return await self.turn(self.http, url, self.key, text)
+
+
 async def _clients(gateway: str, edge: str, keys: dict[str, list[str]]) -> _Clients:
     clients = _Clients()
     for path in PATHS:
@@ -201,14 +225,12 @@ async def _clients(gateway: str, edge: str, keys: dict[str, list[str]]) -> _Clie
                 channel = await user_channel(gateway if path == DIRECT else edge)
                 clients.closers.append(channel.close)
                 stub = gateway_pb2_grpc.GatewayServiceStub(channel)
-                runners.append(lambda _url, text, s=stub, k=key: _grpc_turn(s, k, text))
+                runners.append(_GrpcUser(stub, key))
             else:
                 http = httpx.AsyncClient(timeout=CALL_TIMEOUT_SECONDS)
                 clients.closers.append(http.aclose)
                 turn = _grpc_web_turn if path == "gRPC-Web via Envoy" else _sse_turn
-                runners.append(
-                    lambda url, text, h=http, k=key, t=turn: t(h, url, k, text)  # type: ignore[misc]
-                )
+                runners.append(_HttpUser(turn, http, key))
         clients.runners[path] = runners
     return clients
 
@@ -264,6 +286,10 @@ async def run(options: Options) -> list[Row]:
     return rows({"c=1": single, f"c={many_users}": many})
 
 
+def _broken_streams(results: dict[str, PathResult], path: str) -> float:
+    return float(sum(t.failed or bool(t.violations) or t.lost > 0 for t in results[path].turns))
+
+
 def rows(results: dict[str, dict[str, PathResult]]) -> list[Row]:
     """Per path: failed streams, lag percentiles; per Envoy path: what it added (p50 target at
     c=1)."""
@@ -295,11 +321,7 @@ def rows(results: dict[str, dict[str, PathResult]]) -> list[Row]:
                 NAME,
                 f"{path}: streams failed / contract violations",
                 "",
-                per_column(
-                    lambda r, p=path: float(
-                        sum(t.failed or bool(t.violations) or t.lost > 0 for t in r[p].turns)
-                    )
-                ),
+                per_column(functools.partial(_broken_streams, path=path)),
                 Target(0, op="=="),
                 0,
             )
