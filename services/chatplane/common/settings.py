@@ -119,6 +119,7 @@ class Settings(BaseSettings):
     def _unset_when_empty(cls, value: object) -> object:
         """`CHATPLANE_TLS_CERT=` (empty) means unset, not the current directory."""
         return None if value == "" else value
+
     # Edge: Envoy in front of the Gateway (`python -m chatplane.edge`, docs/edge.md): native gRPC,
     # gRPC-Web and REST/JSON with Server-Sent Events on one port.
     gateway_address: str = "127.0.0.1:50051"
