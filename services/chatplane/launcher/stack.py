@@ -20,6 +20,8 @@ from chatplane.common import errors
 from chatplane.v1 import persistence_pb2, persistence_pb2_grpc
 
 SERVICES = ("persistence", "memory", "agent", "gateway")
+# Envoy in front of the Gateway (`python -m chatplane.edge`), started last when asked for.
+EDGE = "edge"
 STACK_FILE = "stack.json"
 DEV_KEY_FILE = "dev-api-key"
 DEV_TENANT = "dev"
@@ -58,6 +60,7 @@ class ServiceProcess:
         self.process = process
         self.log_path = log_path
         self.port = 0
+        self.ready_event: dict[str, object] = {}
 
     @classmethod
     async def start(
@@ -93,6 +96,7 @@ class ServiceProcess:
                         event = json.loads(line)
                         if isinstance(event, dict) and event.get("event") == "ready":
                             self.port = int(event["port"])
+                            self.ready_event = event
                             return
         except TimeoutError:
             self.process.kill()
@@ -127,6 +131,7 @@ class Stack:
         host: str = "127.0.0.1",
         ports: Mapping[str, int] | None = None,
         env: Mapping[str, str] | None = None,
+        edge: bool = False,
     ) -> None:
         self.data_dir = data_dir.resolve()
         self.host = host
@@ -136,10 +141,11 @@ class Stack:
         self._env["CHATPLANE_HOST"] = host
         self._env.setdefault("PYTHONUNBUFFERED", "1")
         self.services: dict[str, ServiceProcess] = {}
+        self.edge = edge
 
     def _args(self, name: str) -> list[str]:
         args = [f"--{name}-port", str(self._ports.get(name, 0))]
-        for dependency in ("agent", "memory", "persistence"):
+        for dependency in ("agent", "memory", "persistence", "gateway"):
             if dependency in self.services:
                 args += [f"--{dependency}-address", f"{self.host}:{self.services[dependency].port}"]
         return args
@@ -157,12 +163,14 @@ class Stack:
         return service
 
     async def start(self) -> StackInfo:
-        """Starts all four services in dependency order."""
+        """Starts all four services in dependency order (then the edge, if asked for)."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         try:
             await asyncio.gather(self.start_service("persistence"), self.start_service("memory"))
             await self.start_service("agent")
             await self.start_service("gateway")
+            if self.edge:
+                await self.start_service(EDGE)
         except BaseException:
             await self.stop()
             raise
@@ -183,7 +191,7 @@ class Stack:
     async def stop(self, timeout: float = 35.0) -> dict[str, int]:
         """Stops the services in reverse dependency order; their exit codes."""
         codes: dict[str, int] = {}
-        for group in (("gateway",), ("agent",), ("memory", "persistence")):
+        for group in ((EDGE,), ("gateway",), ("agent",), ("memory", "persistence")):
             running = [self.services[n] for n in group if n in self.services]
             results = await asyncio.gather(*(s.stop(timeout) for s in running))
             codes.update({s.name: code for s, code in zip(running, results, strict=True)})
