@@ -51,6 +51,7 @@ async def edge(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[EdgeSt
 @pytest_asyncio.fixture(loop_scope="module", scope="module")
 async def ways(edge: EdgeStack, go_client: Path) -> AsyncIterator[dict[str, Way]]:
     """Every way of calling Chat, by name."""
+    assert edge.edge_address != edge.gateway_address  # "through Envoy" really is
     direct = grpc.aio.insecure_channel(edge.gateway_address)
     through_envoy = grpc.aio.insecure_channel(edge.edge_address)
     http = httpx.AsyncClient(base_url=edge.url, timeout=60)
