@@ -97,7 +97,7 @@ func parseFlags(args []string, stderr io.Writer) (options, int) {
 	fs.StringVar(&o.idempotencyKey, "idempotency-key", "",
 		"client_message_id: the same key twice yields one turn (default: a random one)")
 	fs.StringVar(&o.requestID, "request-id", "", "x-request-id sent with the call (default: the Gateway makes one)")
-	fs.BoolVar(&o.json, "json", false, "print every event as one JSON object per line (protobuf JSON)")
+	fs.BoolVar(&o.json, "json", false, "print every event as one JSON object per line, like the SSE data lines")
 	fs.BoolVar(&o.tls, "tls", false, "use TLS with the system's roots (default: plaintext HTTP/2)")
 	fs.DurationVar(&o.timeout, "timeout", 5*time.Minute, "deadline of the whole call")
 	fs.Usage = func() {
@@ -133,6 +133,10 @@ func randomKey() string {
 	_, _ = rand.Read(b)
 	return "go-" + hex.EncodeToString(b)
 }
+
+// jsonEvents writes events like the `data:` lines of the SSE endpoint (Envoy's transcoder):
+// proto field names in lowerCamelCase, enums by name, zero values included.
+var jsonEvents = protojson.MarshalOptions{EmitDefaultValues: true}
 
 // errIncomplete: the stream ended cleanly but without `done`.
 var errIncomplete = errors.New("the answer stream ended before `done`")
@@ -174,7 +178,7 @@ func chat(ctx context.Context, o options, stdout, stderr io.Writer) error {
 			return err
 		}
 		if o.json {
-			line, err := protojson.Marshal(event)
+			line, err := jsonEvents.Marshal(event)
 			if err != nil {
 				return err
 			}

@@ -161,7 +161,7 @@ async def test_a_fresh_conversation_streams_the_same_events_every_way(
 
 
 async def test_a_replayed_turn_is_identical_every_way(
-    edge: EdgeStack, ways: dict[str, Way]
+    edge: EdgeStack, ways: dict[str, Way], go_client: Path
 ) -> None:
     key = await edge.new_key(unique("tenant"), unique("user"))
     idem = unique("idem")
@@ -181,6 +181,19 @@ async def test_a_replayed_turn_is_identical_every_way(
     assert reference[3].done.finish_reason == done.finish_reason
     for name, events in replays.items():
         assert events == reference, name
+
+    # Go's -json lines are the same JSON as the SSE data lines, field for field.
+    go_json = await run(
+        go_client,
+        *("-addr", edge.edge_address, "-key", key, "-json"),
+        *("-message", "Remember: the blue door is locked.", "-idempotency-key", idem),
+    )
+    sse = await curl_sse(
+        f"{edge.url}/v1/chat",
+        {"text": "Remember: the blue door is locked.", "clientMessageId": idem},
+        {"authorization": f"Bearer {key}"},
+    )
+    assert go_json.events() == sse.events
 
 
 async def test_one_conversation_continued_every_way_keeps_every_turn(
