@@ -24,6 +24,7 @@ from google.protobuf import json_format
 
 from chatplane.v1 import gateway_pb2, gateway_pb2_grpc
 from tests.clients.go_client import run
+from tests.clients.ts_client import run as run_ts
 from tests.edge.edge_client import (
     EdgeStack,
     curl_sse,
@@ -49,7 +50,7 @@ async def edge(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[EdgeSt
 
 
 @pytest_asyncio.fixture(loop_scope="module", scope="module")
-async def ways(edge: EdgeStack, go_client: Path) -> AsyncIterator[dict[str, Way]]:
+async def ways(edge: EdgeStack, go_client: Path, ts_client: Path) -> AsyncIterator[dict[str, Way]]:
     """Every way of calling Chat, by name."""
     assert edge.edge_address != edge.gateway_address  # "through Envoy" really is
     direct = grpc.aio.insecure_channel(edge.gateway_address)
@@ -105,6 +106,15 @@ async def ways(edge: EdgeStack, go_client: Path) -> AsyncIterator[dict[str, Way]
         assert body.trailers.get("grpc-status") == "0", body.trailers
         return [gateway_pb2.ChatResponse.FromString(m) for m in body.messages]
 
+    async def ts_grpc_web(key: str, text: str, conversation_id: str, idem: str) -> Events:
+        result = await run_ts(
+            ts_client,
+            *("-url", edge.url, "-key", key, "-message", text, "-json"),
+            *("-conversation", conversation_id, "-idempotency-key", idem),
+        )
+        assert result.returncode == 0, result.stderr
+        return [json_format.ParseDict(e, gateway_pb2.ChatResponse()) for e in result.events()]
+
     yield {
         "python-grpc": python_grpc(direct),
         "python-grpc-envoy": python_grpc(through_envoy),
@@ -112,6 +122,7 @@ async def ways(edge: EdgeStack, go_client: Path) -> AsyncIterator[dict[str, Way]
         "go-grpc-envoy": go(edge.edge_address),
         "sse-curl-envoy": sse,
         "grpc-web-envoy": grpc_web,
+        "ts-connect-web-envoy": ts_grpc_web,
     }
     await http.aclose()
     await through_envoy.close()
@@ -161,7 +172,7 @@ async def test_a_fresh_conversation_streams_the_same_events_every_way(
 
 
 async def test_a_replayed_turn_is_identical_every_way(
-    edge: EdgeStack, ways: dict[str, Way], go_client: Path
+    edge: EdgeStack, ways: dict[str, Way], go_client: Path, ts_client: Path
 ) -> None:
     key = await edge.new_key(unique("tenant"), unique("user"))
     idem = unique("idem")
@@ -182,7 +193,7 @@ async def test_a_replayed_turn_is_identical_every_way(
     for name, events in replays.items():
         assert events == reference, name
 
-    # Go's -json lines are the same JSON as the SSE data lines, field for field.
+    # The -json lines of the Go and Node.js clients are the SSE data lines, field for field.
     go_json = await run(
         go_client,
         *("-addr", edge.edge_address, "-key", key, "-json"),
@@ -193,7 +204,12 @@ async def test_a_replayed_turn_is_identical_every_way(
         {"text": "Remember: the blue door is locked.", "clientMessageId": idem},
         {"authorization": f"Bearer {key}"},
     )
-    assert go_json.events() == sse.events
+    ts_json = await run_ts(
+        ts_client,
+        *("-url", edge.url, "-key", key, "-json"),
+        *("-message", "Remember: the blue door is locked.", "-idempotency-key", idem),
+    )
+    assert go_json.events() == sse.events == ts_json.events()
 
 
 async def test_one_conversation_continued_every_way_keeps_every_turn(
@@ -231,3 +247,18 @@ async def test_one_conversation_continued_every_way_keeps_every_turn(
     assert [m.text for m in history.messages] == [t for t, _ in streamed]
     assistant_ids = [m.message_id for m in history.messages[1::2]]
     assert assistant_ids == [i for _, i in streamed[1::2]]
+
+
+async def test_node_client_bad_key_through_envoy_exits_3(edge: EdgeStack, ts_client: Path) -> None:
+    result = await run_ts(ts_client, "-url", edge.url, "-key", "cp_nope_nope", "-message", "hi")
+    assert result.returncode == 3, result.stderr
+    assert result.stdout == ""
+    assert result.stderr.startswith("chatplane-chat: UNAUTHENTICATED: ")
+
+
+async def test_node_client_streams_the_text_through_envoy(edge: EdgeStack, ts_client: Path) -> None:
+    key = await edge.new_key(unique("tenant"), unique("user"))
+    result = await run_ts(ts_client, "-url", edge.url, "-key", key, "-message", "Hello, Node")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("[offline model]") and result.stdout.endswith("\n")
+    assert re.fullmatch(r"conversation \S+, assistant message \S+\n", result.stderr)
