@@ -45,17 +45,18 @@ def progress(options: Options, message: str) -> None:
 
 @contextlib.asynccontextmanager
 async def running_stack(
-    name: str, env: Mapping[str, str], options: Options
+    name: str, env: Mapping[str, str], options: Options, *, edge: bool = False
 ) -> AsyncIterator[Stack]:
     """The four services on free loopback ports, with `env` (then `options.env`) over this
     process's environment, in a fresh temporary data dir (removed afterwards unless
-    `options.keep_data`)."""
+    `options.keep_data`); with `edge`, Envoy in front of the Gateway too."""
     data_dir = Path(tempfile.mkdtemp(prefix=f"chatplane-bench-{name}-"))
     stack = Stack(
         data_dir=data_dir,
         host="127.0.0.1",
         ports=dict.fromkeys(SERVICES, 0),
         env={**os.environ, **env, **options.env},
+        edge=edge,
     )
     try:
         await stack.start()

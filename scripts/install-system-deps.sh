@@ -5,7 +5,8 @@
 set -euo pipefail
 missing=()
 command -v tmux >/dev/null 2>&1 || missing+=(tmux)
-command -v curl >/dev/null 2>&1 || missing+=(curl)  # the SSE example test (`curl -N`)
+# curl: the edge tests stream Server-Sent Events with `curl -N`, as the README shows.
+command -v curl >/dev/null 2>&1 || missing+=(curl)
 [ ${#missing[@]} -eq 0 ] && exit 0
 sudo=()
 [ "$(id -u)" -eq 0 ] || sudo=(sudo -n)

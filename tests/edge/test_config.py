@@ -21,8 +21,8 @@ from chatplane.edge.envoy_config import EdgeLimits, allowed_origins, render
 from chatplane.edge.envoy_process import envoy_binary
 from chatplane.launcher import ServiceProcess
 from chatplane.launcher.stack import EDGE
-from chatplane.v1 import gateway_pb2
-from tests.edge.edge_client import EdgeStack, native_chat
+from chatplane.v1 import gateway_pb2, gateway_pb2_grpc
+from tests.edge.edge_client import EdgeStack
 
 SETTINGS = {
     "default": {},
@@ -115,7 +115,10 @@ async def tight_edge(edge_stack: EdgeStack, tmp_path: Path) -> AsyncIterator[str
 async def test_local_rate_limit_answers_429_and_resource_exhausted(
     edge_stack: EdgeStack, tight_edge: str
 ) -> None:
-    headers = {"authorization": f"Bearer {edge_stack.api_key}"}
+    # A principal of its own, far from the Gateway's per-user limit: the 429s are the edge's.
+    key = await edge_stack.new_key("rate-limit-tenant", "rate-limit-user")
+    headers = {"authorization": f"Bearer {key}"}
+    metadata = tuple(headers.items())
     async with httpx.AsyncClient(timeout=10) as http:
         statuses = [
             (await http.get(f"http://{tight_edge}/v1/conversations", headers=headers))
@@ -125,7 +128,11 @@ async def test_local_rate_limit_answers_429_and_resource_exhausted(
     assert limited, [r.status_code for r in statuses]
     assert limited[0].json()["code"] == 8
     assert limited[0].headers["retry-after"] == "1"
-    with pytest.raises(grpc.aio.AioRpcError) as native:
-        for _ in range(4):
-            await native_chat(tight_edge, gateway_pb2.ChatRequest(text="hi"), edge_stack.api_key)
+    async with grpc.aio.insecure_channel(tight_edge) as channel:
+        stub = gateway_pb2_grpc.GatewayServiceStub(channel)
+        with pytest.raises(grpc.aio.AioRpcError) as native:
+            for _ in range(20):
+                await stub.ListConversations(
+                    gateway_pb2.ListConversationsRequest(), metadata=metadata, timeout=5
+                )
     assert native.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+import os
+import re
+from pathlib import Path
+
 import pytest
 
 from tests.edge.edge_client import EdgeStack, curl_sse
@@ -31,3 +37,27 @@ async def test_curl_reads_the_answer_as_sse_data_events(edge_stack: EdgeStack) -
     # the last event (the answer takes about a second at 100 tokens/s).
     first_delta = kinds.index("delta")
     assert stream.receipt_ns[-1] - stream.receipt_ns[first_delta] > 0.3e9
+
+
+async def test_the_readme_curl_example_streams_data_events(edge_stack: EdgeStack) -> None:
+    """The README's curl command, as written, against this stack's Envoy."""
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    block = re.search(r"```sh\n(curl -N .*?)\n```", readme, re.DOTALL)
+    assert block, "README has no curl -N example"
+    command = block.group(1).replace("http://127.0.0.1:8080", edge_stack.url)
+    process = await asyncio.create_subprocess_exec(
+        "bash",
+        "-c",
+        command,
+        env={**os.environ, "KEY": edge_stack.api_key},
+        stdout=asyncio.subprocess.PIPE,
+    )
+    stdout, _ = await asyncio.wait_for(process.communicate(), timeout=60)
+    assert process.returncode == 0
+    events = [
+        json.loads(line.removeprefix("data: "))
+        for line in stdout.decode().splitlines()
+        if line.startswith("data: ")
+    ]
+    assert next(iter(events[0])) == "started"
+    assert next(iter(events[-1])) == "done"
