@@ -1,7 +1,7 @@
 """Acceptance of the polyglot clients: the same conversation is reachable three ways (native
 gRPC from Python and from Go, directly and through Envoy; REST/JSON with Server-Sent Events
-read by `curl -N` through Envoy; gRPC-Web through Envoy, framed by hand) with identical event
-sequences:
+read by `curl -N` through Envoy; gRPC-Web through Envoy, framed by hand in Python and from the
+generated TypeScript with @connectrpc/connect-web in Node.js) with identical event sequences:
 
 - a first message in a fresh conversation streams the same events every way (ids and emit
   times aside: the offline responder is deterministic when memory has nothing to recall);
