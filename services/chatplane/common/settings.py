@@ -74,6 +74,11 @@ class Settings(BaseSettings):
     # Memory: the embedding model's folder (empty: the installed all-MiniLM-L6-v2 package).
     embedding_model_dir: str = ""
 
+    # Web chat (python -m chatplane.webui): the built files of web/ (empty: the checkout's
+    # web/dist) on host:webui_port; Envoy sends every non-API path there.
+    web_dist_dir: str = ""
+    webui_port: int = 50056
+
     def data_path(self, name: str) -> Path:
         """A file or folder inside the data directory (created on demand)."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
