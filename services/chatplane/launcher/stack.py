@@ -20,6 +20,8 @@ from chatplane.common import errors
 from chatplane.v1 import persistence_pb2, persistence_pb2_grpc
 
 SERVICES = ("persistence", "memory", "agent", "gateway")
+# The web chat's static server (`python -m chatplane.webui`), started when asked for.
+WEB = "webui"
 STACK_FILE = "stack.json"
 DEV_KEY_FILE = "dev-api-key"
 DEV_TENANT = "dev"
@@ -127,6 +129,7 @@ class Stack:
         host: str = "127.0.0.1",
         ports: Mapping[str, int] | None = None,
         env: Mapping[str, str] | None = None,
+        web: bool = False,
     ) -> None:
         self.data_dir = data_dir.resolve()
         self.host = host
@@ -136,12 +139,16 @@ class Stack:
         self._env["CHATPLANE_HOST"] = host
         self._env.setdefault("PYTHONUNBUFFERED", "1")
         self.services: dict[str, ServiceProcess] = {}
+        self.web = web
 
     def _args(self, name: str) -> list[str]:
         args = [f"--{name}-port", str(self._ports.get(name, 0))]
         for dependency in ("agent", "memory", "persistence"):
             if dependency in self.services:
                 args += [f"--{dependency}-address", f"{self.host}:{self.services[dependency].port}"]
+        if WEB in self.services:
+            # Where the edge sends every path that is not the API.
+            args += ["--web-address", f"{self.host}:{self.services[WEB].port}"]
         return args
 
     async def start_service(self, name: str) -> ServiceProcess:
@@ -160,7 +167,11 @@ class Stack:
         """Starts all four services in dependency order."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         try:
-            await asyncio.gather(self.start_service("persistence"), self.start_service("memory"))
+            await asyncio.gather(
+                self.start_service("persistence"),
+                self.start_service("memory"),
+                *([self.start_service(WEB)] if self.web else []),
+            )
             await self.start_service("agent")
             await self.start_service("gateway")
         except BaseException:
@@ -187,6 +198,10 @@ class Stack:
             running = [self.services[n] for n in group if n in self.services]
             results = await asyncio.gather(*(s.stop(timeout) for s in running))
             codes.update({s.name: code for s, code in zip(running, results, strict=True)})
+        # The rest (the web chat's static server) holds no state: it stops last.
+        rest = [s for name, s in self.services.items() if name not in codes]
+        results = await asyncio.gather(*(s.stop(timeout) for s in rest))
+        codes.update({s.name: code for s, code in zip(rest, results, strict=True)})
         return codes
 
     async def development_key(self) -> str:
