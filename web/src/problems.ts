@@ -74,7 +74,11 @@ export function describeProblem(reason: unknown): Problem {
       if (isConnectionLoss(error)) {
         return { kind: "network", message: "The connection to the server was lost." };
       }
-      return { kind: "other", message: error.rawMessage || "Something went wrong.", code: Code[error.code] };
+      return {
+        kind: "other",
+        message: `Something went wrong (${Code[error.code]}): ${error.rawMessage || "no details"}.`,
+        code: Code[error.code],
+      };
   }
 }
 
