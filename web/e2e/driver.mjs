@@ -44,9 +44,10 @@ const operations = {
     return response ? response.status() : null;
   },
   reload: async () => (await page.reload({ waitUntil: "load" }))?.status() ?? null,
-  fill: ({ selector, value }) => page.locator(selector).fill(value),
-  click: ({ selector }) => page.locator(selector).click(),
-  press: ({ selector, key }) => page.locator(selector).press(key),
+  // Element operations act on the LAST match of the selector: the newest message.
+  fill: ({ selector, value }) => page.locator(selector).last().fill(value),
+  click: ({ selector }) => page.locator(selector).last().click(),
+  press: ({ selector, key }) => page.locator(selector).last().press(key),
   text: async ({ selector }) => {
     const locator = page.locator(selector);
     return (await locator.count()) === 0 ? null : locator.last().innerText();

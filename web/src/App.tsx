@@ -225,6 +225,7 @@ function Chat(props: { apiKey: string; onSignOut: (why: string | null) => void }
                 replayed={turn.replayed}
                 memoryDegraded={turn.memoryDegraded}
                 deltaCount={turn.deltaCount}
+                lastSequence={turn.lastSequence}
                 events={turn.events}
                 onRetry={busy ? undefined : () => void stream(turn)}
                 onProblem={handleProblem}

@@ -23,6 +23,7 @@ export function Answer(props: {
   replayed?: boolean;
   memoryDegraded?: boolean;
   deltaCount?: number;
+  lastSequence?: number;
   events?: Record<string, number>;
   onRetry?: () => void;
   onProblem: (problem: Problem) => void;
@@ -37,6 +38,7 @@ export function Answer(props: {
       data-state={props.state}
       data-message-id={props.messageId}
       data-delta-count={props.deltaCount ?? ""}
+      data-last-sequence={props.lastSequence ?? ""}
       data-citation-count={props.citations.length}
       data-replayed={props.replayed ? "true" : "false"}
       data-events={props.events ? JSON.stringify(props.events) : ""}
