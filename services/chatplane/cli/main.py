@@ -12,6 +12,7 @@ import click
 import grpc
 
 from chatplane.launcher import Stack, StackInfo
+from chatplane.launcher.stack import EDGE
 from chatplane.v1 import persistence_pb2, persistence_pb2_grpc
 
 DEFAULT_DATA_DIR = ".chatplane"
@@ -63,18 +64,31 @@ def engines_env(state_dir: Path) -> dict[str, str]:
     type=click.Path(file_okay=False, path_type=Path),
     help="Where `make infra-up` recorded the engines (cluster profile).",
 )
+@click.option(
+    "--edge-port",
+    default=8080,
+    show_default=True,
+    help="Envoy's port for HTTP (REST/JSON + SSE), gRPC-Web and gRPC (0: any free port).",
+)
+@click.option(
+    "--edge/--no-edge", default=True, show_default=True, help="Start Envoy in front of the Gateway."
+)
 @click.pass_obj
-def up(data_dir: Path, port: int, profile: str, engines_state_dir: Path) -> None:
-    """Start the four services and wait until Ctrl-C."""
+def up(
+    data_dir: Path, port: int, profile: str, engines_state_dir: Path, edge_port: int, edge: bool
+) -> None:
+    """Start the four services (and Envoy) and wait until Ctrl-C."""
     env = dict(os.environ, CHATPLANE_PROFILE=profile)
     if profile == "cluster":
         env.update(engines_env(engines_state_dir))
-    asyncio.run(_up(data_dir, port, profile, env))
+    asyncio.run(_up(data_dir, port, profile, env, edge_port if edge else None))
 
 
-async def _up(data_dir: Path, port: int, profile: str, env: dict[str, str]) -> None:
-    ports = {"gateway": port, "agent": 0, "memory": 0, "persistence": 0}
-    stack = Stack(data_dir=data_dir, ports=ports, env=env)
+async def _up(
+    data_dir: Path, port: int, profile: str, env: dict[str, str], edge_port: int | None
+) -> None:
+    ports = {"gateway": port, "agent": 0, "memory": 0, "persistence": 0, EDGE: edge_port or 0}
+    stack = Stack(data_dir=data_dir, ports=ports, env=env, edge=edge_port is not None)
     click.echo(f"starting chatplane ({profile} profile, data in {stack.data_dir}) …")
     info = await stack.start()
     key = await stack.development_key()
@@ -85,6 +99,14 @@ async def _up(data_dir: Path, port: int, profile: str, env: dict[str, str]) -> N
         bold=True,
     )
     click.echo(f"  development API key: {key}")
+    if EDGE in info.ports:
+        edge_url = f"http://{info.address(EDGE)}"
+        click.echo(f"  Envoy (HTTP):           {edge_url}  REST/JSON + SSE, gRPC-Web, gRPC")
+        click.echo(
+            f"  SSE with curl:          curl -N -H 'authorization: Bearer {key}' "
+            f"-H 'content-type: application/json' "
+            f'-d \'{{"text":"hello"}}\' {edge_url}/v1/chat'
+        )
     click.echo("  chat in the terminal:   .venv/bin/chatplane chat")
     click.echo('  one question:           .venv/bin/chatplane chat -m "hello"')
     click.echo(f"  logs (JSON lines):      {stack.data_dir / 'logs'}/")

@@ -20,6 +20,8 @@ from chatplane.common import errors
 from chatplane.v1 import persistence_pb2, persistence_pb2_grpc
 
 SERVICES = ("persistence", "memory", "agent", "gateway")
+# Envoy in front of the Gateway (`python -m chatplane.edge`), started last when asked for.
+EDGE = "edge"
 # The web chat's static server (`python -m chatplane.webui`), started when asked for.
 WEB = "webui"
 STACK_FILE = "stack.json"
@@ -60,6 +62,7 @@ class ServiceProcess:
         self.process = process
         self.log_path = log_path
         self.port = 0
+        self.ready_event: dict[str, object] = {}
 
     @classmethod
     async def start(
@@ -95,6 +98,7 @@ class ServiceProcess:
                         event = json.loads(line)
                         if isinstance(event, dict) and event.get("event") == "ready":
                             self.port = int(event["port"])
+                            self.ready_event = event
                             return
         except TimeoutError:
             self.process.kill()
@@ -129,6 +133,7 @@ class Stack:
         host: str = "127.0.0.1",
         ports: Mapping[str, int] | None = None,
         env: Mapping[str, str] | None = None,
+        edge: bool = False,
         web: bool = False,
     ) -> None:
         self.data_dir = data_dir.resolve()
@@ -139,11 +144,12 @@ class Stack:
         self._env["CHATPLANE_HOST"] = host
         self._env.setdefault("PYTHONUNBUFFERED", "1")
         self.services: dict[str, ServiceProcess] = {}
+        self.edge = edge
         self.web = web
 
     def _args(self, name: str) -> list[str]:
         args = [f"--{name}-port", str(self._ports.get(name, 0))]
-        for dependency in ("agent", "memory", "persistence"):
+        for dependency in ("agent", "memory", "persistence", "gateway"):
             if dependency in self.services:
                 args += [f"--{dependency}-address", f"{self.host}:{self.services[dependency].port}"]
         if WEB in self.services:
@@ -164,7 +170,7 @@ class Stack:
         return service
 
     async def start(self) -> StackInfo:
-        """Starts all four services in dependency order."""
+        """Starts all four services in dependency order (then the edge, if asked for)."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         try:
             await asyncio.gather(
@@ -174,6 +180,8 @@ class Stack:
             )
             await self.start_service("agent")
             await self.start_service("gateway")
+            if self.edge:
+                await self.start_service(EDGE)
         except BaseException:
             await self.stop()
             raise
@@ -194,7 +202,7 @@ class Stack:
     async def stop(self, timeout: float = 35.0) -> dict[str, int]:
         """Stops the services in reverse dependency order; their exit codes."""
         codes: dict[str, int] = {}
-        for group in (("gateway",), ("agent",), ("memory", "persistence")):
+        for group in ((EDGE,), ("gateway",), ("agent",), ("memory", "persistence")):
             running = [self.services[n] for n in group if n in self.services]
             results = await asyncio.gather(*(s.stop(timeout) for s in running))
             codes.update({s.name: code for s, code in zip(running, results, strict=True)})
