@@ -234,7 +234,9 @@ async def test_sign_in_stream_citations_feedback_stop_and_history(
     )
     assert _feedback_rows(stack, answer_id) == [(answer_id, "thumbs_down")]
 
-    # A second question recalls the first turn: its citations are shown.
+    # In a new chat, a question recalls the first conversation: its citations are shown.
+    await browser.click("[data-testid=new-chat]")
+    await browser.wait_until("() => document.querySelectorAll('[data-testid=answer]').length === 0")
     await _send(browser, "What is my locker code?")
     await _wait_answer_state(browser, {"done"})
     citations = int(await browser.attribute(LAST_ANSWER, "data-citation-count") or 0)
@@ -242,11 +244,11 @@ async def test_sign_in_stream_citations_feedback_stop_and_history(
     assert citations > 0
     assert f'"citation":{citations}' in events
     await browser.click(f"{LAST_ANSWER} [data-testid=citations] summary")
-    snippets = " ".join(
-        await browser.call("texts", selector=f"{LAST_ANSWER} [data-testid=citation]")
-    )
-    assert "4711" in snippets
+    cited = await browser.call("texts", selector=f"{LAST_ANSWER} [data-testid=citation]")
+    assert any("4711" in text for text in cited), cited
     await browser.screenshot("04-citations")
+    second_id = await browser.attribute("[data-testid=chat]", "data-conversation-id")
+    assert second_id and second_id != conversation_id
 
     # Stop mid-answer: the stream ends, the answer is kept as interrupted.
     await _send(browser, "Tell me everything you remember about me, in detail please.")
@@ -258,7 +260,7 @@ async def test_sign_in_stream_citations_feedback_stop_and_history(
     await browser.wait_for("[data-testid=send]", state="attached")
     stopped_id = await browser.attribute(LAST_ANSWER, "data-message-id")
     assert stopped_id
-    stored = await _stored_turn(gateway, key, conversation_id, stopped_id)
+    stored = await _stored_turn(gateway, key, second_id, stopped_id)
     assert stored.status == resources_pb2.MESSAGE_STATUS_INTERRUPTED
     assert stored.finish_reason == resources_pb2.FINISH_REASON_INTERRUPTED
     assert _words(stored.text).startswith(_words(stopped["text"]))
@@ -268,19 +270,22 @@ async def test_sign_in_stream_citations_feedback_stop_and_history(
     assert await _answer_state(browser) == stopped
     await browser.screenshot("05-stopped")
 
-    # The conversation list and its history after a reload (the key survives it).
+    # The conversation list and a conversation's history after a reload (the key survives).
     await browser.call("reload")
     await browser.wait_for("[data-testid=chat]")
-    conversation = f"[data-testid=conversation][data-conversation-id='{conversation_id}']"
-    await browser.wait_for(conversation)
-    assert "locker code" in (await browser.text(conversation) or "")
-    await browser.click(conversation)
-    await browser.wait_until("() => document.querySelectorAll('[data-testid=answer]').length === 3")
+    await browser.wait_until(
+        "() => document.querySelectorAll('[data-testid=conversation]').length === 2"
+    )
+    titles = await browser.call("texts", selector="[data-testid=conversation]")
+    assert "What is my locker code?" in titles[0]  # newest first
+    assert "My locker code is 4711" in titles[1]
+    await browser.click(f"[data-testid=conversation][data-conversation-id='{second_id}']")
+    await browser.wait_until("() => document.querySelectorAll('[data-testid=answer]').length === 2")
     states = await browser.evaluate(
         "() => [...document.querySelectorAll('[data-testid=answer]')].map(a => a.dataset.state)"
     )
-    assert states == ["done", "done", "interrupted"]
-    assert await browser.count("[data-testid=question]") == 3
+    assert states == ["done", "interrupted"]
+    assert await browser.count("[data-testid=question]") == 2
     await browser.screenshot("06-history")
     await _assert_no_page_errors(browser)
 

@@ -38,6 +38,11 @@ page.on("pageerror", (error) => consoleMessages.push({ type: "pageerror", text: 
 
 const DEFAULT_TIMEOUT_MS = 15_000;
 
+// `source` is a JavaScript function's source text, run in the page with one argument.
+// Playwright treats a string as an expression, so it is wrapped in a function whose own source
+// Playwright sends to the page (over the DevTools protocol, which the page's CSP allows).
+const pageFunction = (source) => new Function("arg", `return (${source})(arg);`);
+
 const operations = {
   goto: async ({ url }) => {
     const response = await page.goto(url, { waitUntil: "load" });
@@ -60,13 +65,16 @@ const operations = {
   count: ({ selector }) => page.locator(selector).count(),
   waitFor: ({ selector, state = "visible", timeoutMs = DEFAULT_TIMEOUT_MS }) =>
     page.locator(selector).last().waitFor({ state, timeout: timeoutMs }),
-  // `expression` is a function body's source, called with `arg`; resolves with its first
-  // truthy value.
+  // `expression` is a function's source, called with `arg` until it returns a truthy value,
+  // which is the result.
   waitForFunction: async ({ expression, arg = null, timeoutMs = DEFAULT_TIMEOUT_MS, pollingMs = 20 }) => {
-    const handle = await page.waitForFunction(expression, arg, { timeout: timeoutMs, polling: pollingMs });
+    const handle = await page.waitForFunction(pageFunction(expression), arg, {
+      timeout: timeoutMs,
+      polling: pollingMs,
+    });
     return handle.jsonValue();
   },
-  evaluate: ({ expression, arg = null }) => page.evaluate(expression, arg),
+  evaluate: ({ expression, arg = null }) => page.evaluate(pageFunction(expression), arg),
   screenshot: async ({ path }) => {
     await page.screenshot({ path, fullPage: true });
     return path;

@@ -3,6 +3,7 @@ import { Code, ConnectError } from "@connectrpc/connect";
 import { Rating } from "@gen/chatplane/v1/gateway_pb";
 import type { Gateway } from "../gateway";
 import { describeProblem, type Problem } from "../problems";
+import { Thumb } from "./Thumb";
 
 type Status = "idle" | "saving" | "saved" | "error";
 
@@ -61,7 +62,7 @@ export function Feedback(props: {
         disabled={status === "saving"}
         onClick={() => void rate(Rating.THUMBS_UP)}
       >
-        👍
+        <Thumb />
       </button>
       <button
         type="button"
@@ -72,7 +73,7 @@ export function Feedback(props: {
         disabled={status === "saving"}
         onClick={() => void rate(Rating.THUMBS_DOWN)}
       >
-        👎
+        <Thumb down />
       </button>
       {status === "saved" && <span className="muted">Thanks for the feedback.</span>}
       {status === "error" && <span className="error">{error}</span>}

@@ -3,12 +3,14 @@ import type { Problem } from "../problems";
 
 /** A problem banner; a rate limit counts down to the moment a request is allowed again. */
 export function Notice(props: { problem: Problem | null; until: number | null; onDismiss: () => void }) {
-  const [now, setNow] = useState(() => Date.now());
+  // Re-rendered four times a second while counting down.
+  const [, setTick] = useState(0);
   useEffect(() => {
     if (props.until === null) return;
-    const timer = setInterval(() => setNow(Date.now()), 250);
+    const timer = setInterval(() => setTick((tick) => tick + 1), 250);
     return () => clearInterval(timer);
   }, [props.until]);
+  const now = Date.now();
   if (props.problem === null) return null;
   let text = props.problem.message;
   if (props.problem.kind === "rate-limited" && props.until !== null) {
