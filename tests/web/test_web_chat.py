@@ -37,8 +37,8 @@ LAST_ANSWER = "[data-testid=turn] [data-testid=answer]"
 
 @pytest.fixture(scope="module")
 def out_dir() -> Path:
-    """Screenshots and the driver's log: tests/web/output/<test>/ (kept after the run)."""
-    path = REPO / "tests" / "web" / "output"
+    """Screenshots and the driver's log: test-output/web/<test>/ (kept after the run)."""
+    path = REPO / "test-output" / "web"
     path.mkdir(parents=True, exist_ok=True)
     return path
 
@@ -76,10 +76,25 @@ async def gateway(stack: Stack) -> AsyncIterator[gateway_pb2_grpc.GatewayService
         yield gateway_pb2_grpc.GatewayServiceStub(channel)
 
 
-@pytest_asyncio.fixture(loop_scope="module")
-async def browser(out_dir: Path, request: pytest.FixtureRequest) -> AsyncIterator[Browser]:
-    async with open_browser(out_dir / request.node.name) as opened:
+@pytest_asyncio.fixture(loop_scope="module", scope="module")
+async def chromium(out_dir: Path) -> AsyncIterator[Browser]:
+    """One headless Chromium (fresh profile) for the module's tests."""
+    async with open_browser(out_dir) as opened:
         yield opened
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def browser(
+    chromium: Browser, page_url: str, out_dir: Path, request: pytest.FixtureRequest
+) -> AsyncIterator[Browser]:
+    """The browser signed out (nothing stored for the page); screenshots in the test's folder."""
+    await chromium.goto(page_url)
+    await chromium.evaluate("() => sessionStorage.clear()")
+    await chromium.goto("about:blank")
+    await chromium.console()
+    chromium.out_dir = out_dir / request.node.name
+    chromium.out_dir.mkdir(exist_ok=True)
+    yield chromium
 
 
 def _words(text: str) -> str:
@@ -383,3 +398,43 @@ async def test_reconnects_after_the_edge_restarts_without_duplicating_the_turn(
     assert _words(page["text"]) == _words(stored.text)
     expected = "done" if stored.status == resources_pb2.MESSAGE_STATUS_COMPLETE else "interrupted"
     assert page["state"] == expected
+    if expected == "interrupted":
+        assert await browser.count(f"{LAST_ANSWER} [data-testid=recovered-note]") == 1
+
+
+async def test_model_text_is_sanitised(stack: Stack, page_url: str, browser: Browser) -> None:
+    """The offline model repeats the question in its answer, so HTML in a question comes back
+    as model text: it is shown as text, never run (and the page's CSP reports no attempt)."""
+    key = await create_key(stack, unique("tenant"), unique("user"))
+    await _sign_in(browser, page_url, key)
+    await _send(
+        browser,
+        'x <img src=x onerror="window.__xss=1"><script>window.__xss=2</script>'
+        "[go](javascript:window.__xss=3) **bold**",
+    )
+    await _wait_answer_state(browser, {"done"})
+    found = await browser.evaluate(
+        """(selector) => {
+            const el = [...document.querySelectorAll(selector)].pop();
+            const answer = el.querySelector('[data-testid=answer-text]');
+            return {
+                xss: window.__xss ?? null,
+                img: answer.querySelectorAll('img, script').length,
+                handlers: [...answer.querySelectorAll('*')].filter(
+                    (n) => [...n.attributes].some((a) => a.name.startsWith('on'))).length,
+                hrefs: [...answer.querySelectorAll('a')].map((a) => a.getAttribute('href')),
+                bold: answer.querySelectorAll('strong').length,
+                text: answer.innerText,
+            };
+        }""",
+        LAST_ANSWER,
+    )
+    await browser.screenshot("01-sanitised")
+    assert found["xss"] is None
+    assert found["img"] == 0
+    assert found["handlers"] == 0
+    assert not any(href and href.lower().startswith("javascript") for href in found["hrefs"])
+    assert found["bold"] >= 1  # markdown still renders
+    # HTML the model writes is shown as the text it is.
+    assert '<img src=x onerror="window.__xss=1"><script>window.__xss=2</script>' in found["text"]
+    await _assert_no_page_errors(browser)

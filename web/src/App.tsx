@@ -227,7 +227,8 @@ function Chat(props: { apiKey: string; onSignOut: (why: string | null) => void }
                 deltaCount={turn.deltaCount}
                 lastSequence={turn.lastSequence}
                 events={turn.events}
-                onRetry={busy ? undefined : () => void stream(turn)}
+                onRetry={busy || rateLimited ? undefined : () => void stream(turn)}
+                onAskAgain={busy || rateLimited ? undefined : () => void stream(newTurn(turn.question, currentId))}
                 onProblem={handleProblem}
               />
             </div>

@@ -1,11 +1,31 @@
 // Markdown of model answers to safe HTML. Model text is untrusted (it can echo anything a user
-// or a recalled document said), so marked's output always goes through DOMPurify: no scripts,
-// no event handlers, no styles, no forms, no images (they would load other hosts), and links
-// only to http(s)/mailto, opened in a new tab without a referrer.
+// or a recalled document said). Raw HTML in it is shown as text, as it was written, never
+// parsed; and marked's output still goes through DOMPurify: no scripts, no event handlers, no
+// styles, no forms, no images (they would load other hosts), and links only to
+// http(s)/mailto, opened in a new tab without a referrer.
 import DOMPurify from "dompurify";
 import { Marked } from "marked";
 
-const marked = new Marked({ gfm: true, breaks: true, async: false });
+const ESCAPES: Record<string, string> = {
+  "&": "&amp;",
+  "<": "&lt;",
+  ">": "&gt;",
+  '"': "&quot;",
+  "'": "&#39;",
+};
+
+function escapeHtml(text: string): string {
+  return text.replace(/[&<>"']/g, (c) => ESCAPES[c] ?? c);
+}
+
+const marked = new Marked({
+  gfm: true,
+  breaks: true,
+  async: false,
+  renderer: {
+    html: ({ text }) => escapeHtml(text),
+  },
+});
 
 const purify = DOMPurify(window);
 purify.addHook("afterSanitizeAttributes", (node) => {

@@ -26,6 +26,7 @@ export function Answer(props: {
   lastSequence?: number;
   events?: Record<string, number>;
   onRetry?: () => void;
+  onAskAgain?: () => void;
   onProblem: (problem: Problem) => void;
 }) {
   const html = useMemo(() => renderMarkdown(props.text), [props.text]);
@@ -54,8 +55,22 @@ export function Answer(props: {
           )}
         </p>
       )}
+      {props.state === "interrupted" && props.replayed && (
+        <p className="muted" data-testid="recovered-note">
+          The connection dropped while the answer was being written; this is the part that was
+          saved.
+        </p>
+      )}
+      {props.state === "interrupted" && props.onAskAgain && (
+        <p>
+          <button type="button" className="link" data-testid="ask-again" onClick={props.onAskAgain}>
+            Ask again
+          </button>
+        </p>
+      )}
       {props.state === "failed" && props.problem && (
         <p className="error" role="alert" data-testid="answer-error">
+          {props.messageId === "" && "Not sent: "}
           {props.problem.message}
           {props.onRetry && props.problem.kind !== "unauthenticated" && (
             <>
