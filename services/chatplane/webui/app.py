@@ -56,6 +56,10 @@ async def run(settings: Settings) -> None:
     sys.stdout.flush()
     _log.info("serving", extra={"port": port, "dir": str(root)})
     await stopping.wait()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        # As in the gRPC services: a repeated signal must not kill the orderly exit.
+        loop.remove_signal_handler(signum)
+        signal.signal(signum, signal.SIG_IGN)
     await asyncio.to_thread(server.shutdown)
     server.server_close()
     _log.info("stopped")
