@@ -47,7 +47,7 @@ lint: $(STAMP) ## ruff (lint + format check)
 typecheck: $(STAMP) ## mypy --strict on services/
 	$(BIN)/mypy services/chatplane
 
-system-deps: ## Debian packages the tests need (tmux)
+system-deps: ## Debian packages the tests need (tmux, chromium, chromium-driver)
 	@./scripts/install-system-deps.sh
 
 test: $(STAMP) system-deps check-generate proto-check lint typecheck web ## install, check, and run the whole test suite
