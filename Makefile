@@ -10,7 +10,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .DEFAULT_GOAL := help
 .PHONY: help venv system-deps generate check-generate lint typecheck proto-check test test-fast \
-	run run-cluster bench infra-up infra-down clean web
+	run run-cluster bench infra-up infra-down clean web web-test
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -50,7 +50,7 @@ typecheck: $(STAMP) ## mypy --strict on services/
 system-deps: ## Debian packages the tests need (tmux, chromium, chromium-driver)
 	@./scripts/install-system-deps.sh
 
-test: $(STAMP) system-deps check-generate proto-check lint typecheck web ## install, check, and run the whole test suite
+test: $(STAMP) system-deps check-generate proto-check lint typecheck web web-test ## install, check, and run the whole test suite
 	$(BIN)/pytest -q -p no:cacheprovider --durations=15
 
 test-fast: $(STAMP) ## unit and contract tests only
@@ -89,3 +89,6 @@ web/dist/index.html: web/node_modules/.installed $(WEB_SOURCES)
 	cd web && $(NPM) run build
 
 web: web/dist/index.html ## build the reference web chat into web/dist (served by `make run`)
+
+web-test: web/node_modules/.installed ## unit tests of the web chat's logic (vitest, in Node)
+	cd web && $(NPM) test
