@@ -53,19 +53,20 @@ export function Answer(props: {
           {props.state === "reconnecting" && props.problem && (
             <span className="muted"> ({props.problem.message})</span>
           )}
+          {props.state === "interrupted" && props.onAskAgain && (
+            <>
+              {" "}
+              <button type="button" className="link" data-testid="ask-again" onClick={props.onAskAgain}>
+                Ask again
+              </button>
+            </>
+          )}
         </p>
       )}
       {props.state === "interrupted" && props.replayed && (
         <p className="muted" data-testid="recovered-note">
           The connection dropped while the answer was being written; this is the part that was
           saved.
-        </p>
-      )}
-      {props.state === "interrupted" && props.onAskAgain && (
-        <p>
-          <button type="button" className="link" data-testid="ask-again" onClick={props.onAskAgain}>
-            Ask again
-          </button>
         </p>
       )}
       {props.state === "failed" && props.problem && (
