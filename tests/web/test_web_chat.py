@@ -271,7 +271,9 @@ async def test_sign_in_stream_citations_feedback_stop_and_history(
     await browser.click("[data-testid=stop]")
     await _wait_answer_state(browser, {"interrupted"})
     stopped = await _answer_state(browser)
-    assert await browser.text(f"{LAST_ANSWER} [data-testid=answer-state]") == "Stopped"
+    label = await browser.text(f"{LAST_ANSWER} [data-testid=answer-state]") or ""
+    assert label.startswith("Stopped"), label
+    assert await browser.count(f"{LAST_ANSWER} [data-testid=ask-again]") == 1
     await browser.wait_for("[data-testid=send]", state="attached")
     stopped_id = await browser.attribute(LAST_ANSWER, "data-message-id")
     assert stopped_id
@@ -400,6 +402,42 @@ async def test_reconnects_after_the_edge_restarts_without_duplicating_the_turn(
     assert page["state"] == expected
     if expected == "interrupted":
         assert await browser.count(f"{LAST_ANSWER} [data-testid=recovered-note]") == 1
+
+
+async def test_offline_browser_sends_once_back_online(
+    stack: Stack, page_url: str, gateway: gateway_pb2_grpc.GatewayServiceStub, browser: Browser
+) -> None:
+    """The browser loses the network before its message got through: the page says so, keeps
+    retrying with the same key, and the message is answered once when the network is back."""
+    key = await create_key(stack, unique("tenant"), unique("user"))
+    await _sign_in(browser, page_url, key)
+    await browser.call("setOffline", offline=True)
+    try:
+        await browser.wait_for("[data-testid=offline]")
+        await _send(browser, "Are you there?")
+        await _wait_answer_state(browser, {"reconnecting"})
+        await browser.screenshot("01-offline")
+    finally:
+        await browser.call("setOffline", offline=False)
+    await _wait_answer_state(browser, {"done"}, timeout=60)
+    await browser.wait_for("[data-testid=offline]", state="detached")
+    await browser.screenshot("02-back-online")
+    conversation_id = await browser.attribute("[data-testid=chat]", "data-conversation-id")
+    assert conversation_id
+
+    async def stored_messages() -> list[resources_pb2.Message]:
+        response = await gateway.GetConversation(
+            gateway_pb2.GetConversationRequest(conversation_id=conversation_id),
+            metadata=_auth(key),
+        )
+        return list(response.messages) if len(response.messages) >= 2 else []
+
+    messages = await poll(stored_messages)
+    assert [m.role for m in messages] == [
+        resources_pb2.ROLE_USER,
+        resources_pb2.ROLE_ASSISTANT,
+    ]
+    assert await browser.attribute(LAST_ANSWER, "data-replayed") == "false"
 
 
 async def test_model_text_is_sanitised(stack: Stack, page_url: str, browser: Browser) -> None:

@@ -80,6 +80,8 @@ const operations = {
     return path;
   },
   console: () => consoleMessages.splice(0),
+  // Network loss as the browser sees it: every request fails, navigator.onLine is false.
+  setOffline: ({ offline }) => context.setOffline(offline),
   close: async () => {
     await context.close();
     return null;

@@ -84,6 +84,20 @@ function sleep(seconds: number, signal: AbortSignal): Promise<void> {
   });
 }
 
+/** While the browser says it is offline, waits for it to be online again (or for Stop). */
+function online(signal: AbortSignal): Promise<void> {
+  if (typeof window === "undefined" || navigator.onLine !== false) return Promise.resolve();
+  return new Promise((resolve) => {
+    window.addEventListener("online", done);
+    signal.addEventListener("abort", done, { once: true });
+    function done(): void {
+      window.removeEventListener("online", done);
+      signal.removeEventListener("abort", done);
+      resolve();
+    }
+  });
+}
+
 /**
  * Streams the turn until `done`, a final error, or `signal` (the stop button). `update` gets a
  * fresh copy of the turn after every event. Resolves with the last state.
@@ -205,6 +219,7 @@ export async function runTurn(
     }
     publish({ state: "reconnecting", problem });
     await sleep(delay, signal);
+    await online(signal); // time offline uses up no attempts
     if (signal.aborted) {
       publish({
         state: "interrupted",
