@@ -17,19 +17,21 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import httpx
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from chatplane.launcher import Stack
 from chatplane.launcher.stack import EDGE
-from tests.integration.stack_client import create_key, running_stack
+from chatplane.v1 import gateway_pb2, gateway_pb2_grpc
+from tests.integration.stack_client import create_key, poll, running_stack
 
 ALLOWED_ORIGIN = "https://chat.example.com"
 # Paced so that an answer (~60-90 words) takes about a second: streaming is observable.
 EDGE_PACE = {
     "CHATPLANE_OFFLINE_TOKENS_PER_SECOND": "100",
     "CHATPLANE_OFFLINE_FIRST_TOKEN_SECONDS": "0.02",
-    "CHATPLANE_RATE_LIMIT_PER_MINUTE": "6000",
-    "CHATPLANE_RATE_LIMIT_BURST": "200",
+    "CHATPLANE_RATE_LIMIT_PER_MINUTE": "600",
+    "CHATPLANE_RATE_LIMIT_BURST": "30",
     "CHATPLANE_EDGE_ALLOWED_ORIGINS": ALLOWED_ORIGIN,
 }
 CURL_TIMEOUT_SECONDS = 60.0
@@ -177,3 +179,89 @@ async def wait_healthy(edge: EdgeStack) -> None:
             health_pb2.HealthCheckRequest(), timeout=5
         )
     assert response.status == health_pb2.HealthCheckResponse.SERVING
+
+
+@dataclass
+class GrpcWebStream:
+    """A gRPC-Web Chat as received: the HTTP status and headers, each event with the time its
+    frame arrived, and the trailers."""
+
+    status: int = 0
+    headers: dict[str, str] = field(default_factory=dict)
+    events: list[gateway_pb2.ChatResponse] = field(default_factory=list)
+    receipt_ns: list[int] = field(default_factory=list)
+    trailers: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def kinds(self) -> list[str]:
+        return [str(e.WhichOneof("event")) for e in self.events]
+
+    @property
+    def text(self) -> str:
+        return "".join(e.delta.text for e in self.events if e.WhichOneof("event") == "delta")
+
+    @property
+    def grpc_status(self) -> str:
+        """grpc-status from the trailers frame, or from the headers of a trailers-only reply."""
+        return self.trailers.get("grpc-status", self.headers.get("grpc-status", ""))
+
+
+GRPC_WEB_HEADERS = {"content-type": "application/grpc-web+proto", "x-grpc-web": "1"}
+
+
+async def grpc_web_chat(
+    client: httpx.AsyncClient, url: str, request: gateway_pb2.ChatRequest, api_key: str
+) -> GrpcWebStream:
+    """GatewayService.Chat over gRPC-Web (HTTP/1.1), frames parsed as they arrive."""
+    stream = GrpcWebStream()
+    buffer = b""
+    async with client.stream(
+        "POST",
+        f"{url}/chatplane.v1.GatewayService/Chat",
+        headers={**GRPC_WEB_HEADERS, "authorization": f"Bearer {api_key}"},
+        content=grpc_web_frame(request.SerializeToString()),
+    ) as response:
+        stream.status = response.status_code
+        stream.headers = {k.lower(): v for k, v in response.headers.items()}
+        async for chunk in response.aiter_raw():
+            received = time.time_ns()
+            buffer += chunk
+            while len(buffer) >= 5:
+                flags, length = struct.unpack_from(">BI", buffer)
+                if len(buffer) < 5 + length:
+                    break
+                payload, buffer = buffer[5 : 5 + length], buffer[5 + length :]
+                if flags & GRPC_WEB_TRAILERS_FLAG:
+                    stream.trailers = parse_grpc_web(grpc_web_frame(payload, flags)).trailers
+                else:
+                    stream.events.append(gateway_pb2.ChatResponse.FromString(payload))
+                    stream.receipt_ns.append(received)
+    assert buffer == b"", "the response ended inside a frame"
+    return stream
+
+
+async def native_chat(
+    address: str, request: gateway_pb2.ChatRequest, api_key: str
+) -> list[gateway_pb2.ChatResponse]:
+    """GatewayService.Chat over native gRPC (HTTP/2) to `address`."""
+    async with grpc.aio.insecure_channel(address) as channel:
+        call = gateway_pb2_grpc.GatewayServiceStub(channel).Chat(
+            request, metadata=(("authorization", f"Bearer {api_key}"),), timeout=60
+        )
+        return [event async for event in call]
+
+
+async def access_log_entry(edge: EdgeStack, request_id: str) -> dict[str, Any]:
+    """Envoy's access-log line of one request (flushed to the file within half a second)."""
+    path = edge.stack.data_dir / "logs" / "edge-access.log"
+
+    async def entry() -> dict[str, Any] | None:
+        lines = path.read_text().splitlines() if path.exists() else []
+        for line in reversed(lines):
+            parsed = json.loads(line)
+            if parsed.get("request_id") == request_id:
+                return dict(parsed)
+        return None
+
+    found: dict[str, Any] = await poll(entry, timeout=10)
+    return found

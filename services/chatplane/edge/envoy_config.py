@@ -18,9 +18,13 @@ from chatplane.v1 import gateway_pb2
 
 GATEWAY_SERVICE = gateway_pb2.DESCRIPTOR.services_by_name["GatewayService"].full_name
 CHAT_PATH = f"/{GATEWAY_SERVICE}/Chat"
+REST_CHAT_PATH = "/v1/chat"
+REST_PREFIX = "/v1/"
 GATEWAY_CLUSTER = "gateway"
 WEB_CLUSTER = "web"
 LISTENER = "edge"
+# Rejects gRPC(-Web) request bodies that are not exactly one message frame.
+GRPC_FRAME_CHECK = Path(__file__).with_name("grpc_frame_check.lua")
 
 _TYPE = "type.googleapis.com/envoy."
 _KIB = 1024
@@ -47,7 +51,14 @@ _JSON_ERROR_CODES: Mapping[int, int] = {
     503: 14,  # UNAVAILABLE: the Gateway is down or overloaded, or the edge is
     504: 4,  # DEADLINE_EXCEEDED: the Gateway did not answer in time
 }
-_GRPC_RESOURCE_EXHAUSTED = 8
+# The gRPC status of the edge's own error replies to gRPC and gRPC-Web callers, where Envoy's
+# default (its HTTP-to-gRPC table) would say UNKNOWN or UNAVAILABLE.
+_GRPC_ERROR_CODES: Mapping[int, int] = {
+    400: 3,  # INVALID_ARGUMENT
+    413: 8,  # RESOURCE_EXHAUSTED: body over the limit
+    429: 8,  # RESOURCE_EXHAUSTED: the edge's local rate limit
+    431: 3,  # INVALID_ARGUMENT: headers over the limit
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,36 +133,71 @@ def _status_is(code: int) -> dict[str, Any]:
     }
 
 
-_IS_GRPC = {
-    "header_filter": {
-        "header": {"name": "content-type", "string_match": {"prefix": "application/grpc"}}
+def _header_present(name: str, *, present: bool) -> dict[str, Any]:
+    return {"header_filter": {"header": {"name": name, "present_match": present}}}
+
+
+# A gRPC or gRPC-Web caller (the grpc_web filter has already made gRPC-Web `application/grpc`);
+# a REST call has become `application/grpc` too once transcoded, but keeps its original path.
+_IS_GRPC_CALLER = {
+    "and_filter": {
+        "filters": [
+            {
+                "header_filter": {
+                    "header": {
+                        "name": "content-type",
+                        "string_match": {"prefix": "application/grpc"},
+                    }
+                }
+            },
+            _header_present("x-envoy-original-path", present=False),
+        ]
     }
 }
 
 
-def _local_replies() -> dict[str, Any]:
-    """The edge's own error replies: gRPC(-Web) callers get a proper status (Envoy would say
-    UNKNOWN for 413), REST callers a JSON google.rpc.Status-like body."""
-    mappers: list[dict[str, Any]] = [
-        {
-            "filter": {"and_filter": {"filters": [_status_is(413), _IS_GRPC]}},
-            "headers_to_add": [
-                {
-                    "header": {"key": "grpc-status", "value": str(_GRPC_RESOURCE_EXHAUSTED)},
-                    "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
-                }
-            ],
-        },
-        # Any other reply to a gRPC caller keeps Envoy's gRPC status mapping.
-        {"filter": _IS_GRPC},
+def _grpc_error(http_status: int, code: int, message: str) -> dict[str, Any]:
+    """A gRPC caller's reply for `http_status`: headers only (a body would be read as a message
+    frame), with grpc-status and, unless the reply has one, grpc-message."""
+    return {
+        "filter": {"and_filter": {"filters": [_status_is(http_status), _IS_GRPC_CALLER]}},
+        "headers_to_add": [
+            {
+                "header": {"key": "grpc-status", "value": str(code)},
+                "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+            },
+            {
+                "header": {"key": "grpc-message", "value": message},
+                "append_action": "ADD_IF_ABSENT",
+            },
+        ],
+        "body_format_override": {"text_format": ""},
+    }
+
+
+def _local_replies(limits: EdgeLimits) -> dict[str, Any]:
+    """The edge's own error replies: gRPC(-Web) callers get the right grpc-status, REST callers
+    a JSON body shaped like the Gateway's errors (google.rpc.Status: code, message)."""
+    messages = {
+        400: "malformed gRPC request",
+        413: f"request over the edge's limit of {limits.max_grpc_request_bytes} bytes",
+        429: "too many requests at the edge; retry after 1 s",
+        431: "request headers over the edge's limit",
+    }
+    mappers = [
+        _grpc_error(http_status, code, messages[http_status])
+        for http_status, code in _GRPC_ERROR_CODES.items()
     ]
+    # Any other reply to a gRPC caller keeps Envoy's gRPC status mapping.
+    mappers.append({"filter": _IS_GRPC_CALLER})
     for http_status, code in _JSON_ERROR_CODES.items():
+        message = "%LOCAL_REPLY_BODY%"
+        if http_status == 413:
+            message = f"request over the edge's limit of {limits.max_json_request_bytes} bytes"
         mappers.append(
             {
                 "filter": _status_is(http_status),
-                "body_format_override": {
-                    "json_format": {"code": code, "message": "%LOCAL_REPLY_BODY%"}
-                },
+                "body_format_override": {"json_format": {"code": code, "message": message}},
             }
         )
     return {"mappers": mappers}
@@ -184,44 +230,52 @@ def _buffer_limit(max_bytes: int) -> dict[str, Any]:
     )
 
 
+def _stream_route(settings: Settings) -> dict[str, Any]:
+    # A streamed answer is never cut by a total timeout, only by silence (no byte for
+    # edge_stream_idle_timeout_seconds) or by the client's own grpc-timeout, honoured up to the
+    # Gateway's turn timeout.
+    return {
+        "cluster": GATEWAY_CLUSTER,
+        "timeout": "0s",
+        "idle_timeout": _seconds(settings.edge_stream_idle_timeout_seconds),
+        "max_stream_duration": {"grpc_timeout_header_max": _seconds(settings.turn_timeout_seconds)},
+    }
+
+
+def _unary_route(limits: EdgeLimits) -> dict[str, Any]:
+    return {
+        "cluster": GATEWAY_CLUSTER,
+        "timeout": _seconds(limits.unary_timeout_seconds),
+        "max_stream_duration": {"grpc_timeout_header_max": _seconds(limits.unary_timeout_seconds)},
+    }
+
+
+def _disabled() -> dict[str, Any]:
+    return _typed("config.route.v3.FilterConfig", disabled=True)
+
+
 def _routes(settings: Settings, limits: EdgeLimits) -> list[dict[str, Any]]:
-    """Matched on the gRPC path: the transcoder rewrites REST paths before the router."""
+    """Matched on the path as the client sent it (REST or gRPC): the transcoder keeps the
+    route, so CORS, the body limit and the timeouts are chosen per API path."""
+    json_body_limit = {"envoy.filters.http.buffer": _buffer_limit(limits.max_json_request_bytes)}
     routes: list[dict[str, Any]] = [
+        {"name": "chat-grpc", "match": {"path": CHAT_PATH}, "route": _stream_route(settings)},
         {
-            "name": "chat-stream",
-            "match": {"path": CHAT_PATH},
-            "route": {
-                "cluster": GATEWAY_CLUSTER,
-                # A streamed answer is never cut by a total timeout, only by the idle timeout
-                # (no byte for edge_stream_idle_timeout_seconds) or the client's grpc-timeout,
-                # honoured up to the Gateway's own turn timeout.
-                "timeout": "0s",
-                "idle_timeout": _seconds(settings.edge_stream_idle_timeout_seconds),
-                "max_stream_duration": {
-                    "grpc_timeout_header_max": _seconds(settings.turn_timeout_seconds)
-                },
-            },
-        },
-        {
-            "name": "gateway-unary",
+            "name": "gateway-grpc",
             "match": {"prefix": f"/{GATEWAY_SERVICE}/"},
-            "route": {
-                "cluster": GATEWAY_CLUSTER,
-                "timeout": _seconds(limits.unary_timeout_seconds),
-                "max_stream_duration": {
-                    "grpc_timeout_header_max": _seconds(limits.unary_timeout_seconds)
-                },
-            },
+            "route": _unary_route(limits),
         },
         {
-            # REST requests before transcoding (the filters ahead of the transcoder see this
-            # route), and REST paths the transcoder does not know (they stay here: 404).
-            "name": "rest-unknown",
-            "match": {"prefix": "/v1/"},
-            "direct_response": {"status": 404, "body": {"inline_string": "no such API method"}},
-            "typed_per_filter_config": {
-                "envoy.filters.http.buffer": _buffer_limit(limits.max_json_request_bytes)
-            },
+            "name": "chat-rest",
+            "match": {"path": REST_CHAT_PATH},
+            "route": _stream_route(settings),
+            "typed_per_filter_config": json_body_limit,
+        },
+        {
+            "name": "gateway-rest",
+            "match": {"prefix": REST_PREFIX},
+            "route": _unary_route(limits),
+            "typed_per_filter_config": json_body_limit,
         },
         {
             # The internal services are never reachable through the edge.
@@ -233,6 +287,7 @@ def _routes(settings: Settings, limits: EdgeLimits) -> list[dict[str, Any]]:
     if settings.web_address:
         routes.append(
             {
+                # The web chat's static files: same origin as the API, no API filters.
                 "name": "web",
                 "match": {"prefix": "/"},
                 "route": {
@@ -240,9 +295,8 @@ def _routes(settings: Settings, limits: EdgeLimits) -> list[dict[str, Any]]:
                     "timeout": _seconds(limits.unary_timeout_seconds),
                 },
                 "typed_per_filter_config": {
-                    "envoy.filters.http.buffer": _typed(
-                        "extensions.filters.http.buffer.v3.BufferPerRoute", disabled=True
-                    ),
+                    "envoy.filters.http.buffer": _disabled(),
+                    "envoy.filters.http.grpc_json_transcoder": _disabled(),
                 },
             }
         )
@@ -295,6 +349,13 @@ def _http_filters(
             ),
         },
         {
+            "name": "envoy.filters.http.lua",
+            "typed_config": _typed(
+                "extensions.filters.http.lua.v3.Lua",
+                default_source_code={"inline_string": GRPC_FRAME_CHECK.read_text()},
+            ),
+        },
+        {
             "name": "envoy.filters.http.grpc_json_transcoder",
             "typed_config": _typed(
                 "extensions.filters.http.grpc_json_transcoder.v3.GrpcJsonTranscoder",
@@ -302,7 +363,7 @@ def _http_filters(
                 services=[GATEWAY_SERVICE],
                 # Only the paths of the contracts' google.api.http annotations.
                 auto_mapping=False,
-                match_incoming_request_route=False,
+                match_incoming_request_route=True,
                 convert_grpc_status=True,
                 max_request_body_size=limits.max_json_request_bytes,
                 max_response_body_size=limits.max_response_bytes,
@@ -314,6 +375,8 @@ def _http_filters(
                     "stream_sse_style_delimited": True,
                 },
                 request_validation_options={
+                    # A REST path or method the contracts do not define is 404 here.
+                    "reject_unknown_method": True,
                     "reject_unknown_query_parameters": True,
                     "reject_binding_body_field_collisions": True,
                 },
@@ -391,7 +454,7 @@ def _connection_manager(
             "initial_stream_window_size": limits.http2_stream_window_bytes,
             "initial_connection_window_size": limits.http2_connection_window_bytes,
         },
-        local_reply_config=_local_replies(),
+        local_reply_config=_local_replies(limits),
         access_log=_access_log(access_log_path),
         route_config={
             "name": "chatplane",
