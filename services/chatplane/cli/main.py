@@ -137,8 +137,14 @@ async def _up(
     edge_port: int | None,
 ) -> None:
     ports = {"gateway": port, "agent": 0, "memory": 0, "persistence": 0, EDGE: edge_port or 0}
+    # The web chat is served through the edge (same origin as the API), so only with it.
     stack = Stack(
-        data_dir=data_dir, ports=ports, env=env, tls_dir=tls_dir, edge=edge_port is not None
+        data_dir=data_dir,
+        ports=ports,
+        env=env,
+        tls_dir=tls_dir,
+        edge=edge_port is not None,
+        web=edge_port is not None,
     )
     transport = "mutual TLS" if tls_dir else "plaintext"
     click.echo(f"starting chatplane ({profile} profile, {transport}, data in {stack.data_dir}) …")
@@ -158,6 +164,7 @@ async def _up(
     if EDGE in info.ports:
         edge_url = f"http://{info.address(EDGE)}"
         click.echo(f"  Envoy (HTTP):           {edge_url}  REST/JSON + SSE, gRPC-Web, gRPC")
+        click.echo(f"  web chat (browser):     {edge_url}/  (sign in with the key above)")
         click.echo(
             f"  SSE with curl:          curl -N -H 'authorization: Bearer {key}' "
             f"-H 'content-type: application/json' "

@@ -141,6 +141,11 @@ class Settings(BaseSettings):
     edge_stream_idle_timeout_seconds: float = Field(default=120.0, gt=0)
     edge_max_heap_bytes: int = Field(default=512 * 1024 * 1024, gt=0)
 
+    # Web chat (python -m chatplane.webui): the built files of web/ (empty: the checkout's
+    # web/dist) on host:webui_port; Envoy sends every non-API path there.
+    web_dist_dir: str = ""
+    webui_port: int = 50056
+
     def data_path(self, name: str) -> Path:
         """A file or folder inside the data directory (created on demand)."""
         self.data_dir.mkdir(parents=True, exist_ok=True)

@@ -24,6 +24,8 @@ from chatplane.v1 import persistence_pb2, persistence_pb2_grpc
 SERVICES = ("persistence", "memory", "agent", "gateway")
 # Envoy in front of the Gateway (`python -m chatplane.edge`), started last when asked for.
 EDGE = "edge"
+# The web chat's static server (`python -m chatplane.webui`), started when asked for.
+WEB = "webui"
 STACK_FILE = "stack.json"
 DEV_KEY_FILE = "dev-api-key"
 DEV_TENANT = "dev"
@@ -166,6 +168,7 @@ class Stack:
         env: Mapping[str, str] | None = None,
         tls_dir: Path | None = None,
         edge: bool = False,
+        web: bool = False,
     ) -> None:
         self.data_dir = data_dir.resolve()
         # Mutual TLS: each service gets its own certificate from this directory
@@ -179,12 +182,16 @@ class Stack:
         self._env.setdefault("PYTHONUNBUFFERED", "1")
         self.services: dict[str, ServiceProcess] = {}
         self.edge = edge
+        self.web = web
 
     def _args(self, name: str) -> list[str]:
         args = [f"--{name}-port", str(self._ports.get(name, 0))]
         for dependency in ("agent", "memory", "persistence", "gateway"):
             if dependency in self.services:
                 args += [f"--{dependency}-address", f"{self.host}:{self.services[dependency].port}"]
+        if WEB in self.services:
+            # Where the edge sends every path that is not the API.
+            args += ["--web-address", f"{self.host}:{self.services[WEB].port}"]
         return args
 
     def _service_env(self, name: str) -> dict[str, str]:
@@ -208,7 +215,11 @@ class Stack:
         """Starts all four services in dependency order (then the edge, if asked for)."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         try:
-            await asyncio.gather(self.start_service("persistence"), self.start_service("memory"))
+            await asyncio.gather(
+                self.start_service("persistence"),
+                self.start_service("memory"),
+                *([self.start_service(WEB)] if self.web else []),
+            )
             await self.start_service("agent")
             await self.start_service("gateway")
             if self.edge:
@@ -243,6 +254,10 @@ class Stack:
             running = [self.services[n] for n in group if n in self.services]
             results = await asyncio.gather(*(s.stop(timeout) for s in running))
             codes.update({s.name: code for s, code in zip(running, results, strict=True)})
+        # The rest (the web chat's static server) holds no state: it stops last.
+        rest = [s for name, s in self.services.items() if name not in codes]
+        results = await asyncio.gather(*(s.stop(timeout) for s in rest))
+        codes.update({s.name: code for s, code in zip(rest, results, strict=True)})
         return codes
 
     async def development_key(self) -> str:
