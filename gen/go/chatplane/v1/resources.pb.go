@@ -466,9 +466,13 @@ type Usage struct {
 	// Tokens sent to the model (prompt, context and question).
 	InputTokens int32 `protobuf:"varint,1,opt,name=input_tokens,json=inputTokens,proto3" json:"input_tokens,omitempty"`
 	// Tokens the model produced.
-	OutputTokens  int32 `protobuf:"varint,2,opt,name=output_tokens,json=outputTokens,proto3" json:"output_tokens,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	OutputTokens int32 `protobuf:"varint,2,opt,name=output_tokens,json=outputTokens,proto3" json:"output_tokens,omitempty"`
+	// Input tokens read from the provider's prompt cache (included in neither count above).
+	CacheReadInputTokens int32 `protobuf:"varint,3,opt,name=cache_read_input_tokens,json=cacheReadInputTokens,proto3" json:"cache_read_input_tokens,omitempty"`
+	// Input tokens written to the provider's prompt cache (included in neither count above).
+	CacheCreationInputTokens int32 `protobuf:"varint,4,opt,name=cache_creation_input_tokens,json=cacheCreationInputTokens,proto3" json:"cache_creation_input_tokens,omitempty"`
+	unknownFields            protoimpl.UnknownFields
+	sizeCache                protoimpl.SizeCache
 }
 
 func (x *Usage) Reset() {
@@ -511,6 +515,20 @@ func (x *Usage) GetInputTokens() int32 {
 func (x *Usage) GetOutputTokens() int32 {
 	if x != nil {
 		return x.OutputTokens
+	}
+	return 0
+}
+
+func (x *Usage) GetCacheReadInputTokens() int32 {
+	if x != nil {
+		return x.CacheReadInputTokens
+	}
+	return 0
+}
+
+func (x *Usage) GetCacheCreationInputTokens() int32 {
+	if x != nil {
+		return x.CacheCreationInputTokens
 	}
 	return 0
 }
@@ -843,10 +861,12 @@ const file_chatplane_v1_resources_proto_rawDesc = "" +
 	"\rfinish_reason\x18\t \x01(\x0e2\x1a.chatplane.v1.FinishReasonR\ffinishReason\x12)\n" +
 	"\x05usage\x18\n" +
 	" \x01(\v2\x13.chatplane.v1.UsageR\x05usage\x12*\n" +
-	"\x11client_message_id\x18\v \x01(\tR\x0fclientMessageId\"O\n" +
+	"\x11client_message_id\x18\v \x01(\tR\x0fclientMessageId\"\xc5\x01\n" +
 	"\x05Usage\x12!\n" +
 	"\finput_tokens\x18\x01 \x01(\x05R\vinputTokens\x12#\n" +
-	"\routput_tokens\x18\x02 \x01(\x05R\foutputTokens\"\xeb\x01\n" +
+	"\routput_tokens\x18\x02 \x01(\x05R\foutputTokens\x125\n" +
+	"\x17cache_read_input_tokens\x18\x03 \x01(\x05R\x14cacheReadInputTokens\x12=\n" +
+	"\x1bcache_creation_input_tokens\x18\x04 \x01(\x05R\x18cacheCreationInputTokens\"\xeb\x01\n" +
 	"\vTurnStarted\x12'\n" +
 	"\x0fconversation_id\x18\x01 \x01(\tR\x0econversationId\x12&\n" +
 	"\x0fuser_message_id\x18\x02 \x01(\tR\ruserMessageId\x120\n" +
