@@ -4,10 +4,12 @@ turn runner, servicer; then serves until SIGTERM."""
 from __future__ import annotations
 
 from chatplane.agent.llm.base import LlmBackend
+from chatplane.agent.llm.observed import ObservedBackend
 from chatplane.agent.llm.offline import OfflineResponder
 from chatplane.agent.memory_client import MemoryClient
 from chatplane.agent.servicer import AgentServicer
 from chatplane.agent.turn import TurnRunner
+from chatplane.common.metrics import TenantLabels
 from chatplane.common.server import internal_channel, serve
 from chatplane.common.settings import Settings
 from chatplane.log.factory import open_message_log
@@ -27,7 +29,12 @@ async def run(settings: Settings) -> None:
     log = open_message_log(settings)
     producer = log.producer()
     memory_channel = internal_channel(settings.memory_address)
-    backend = make_backend(settings)
+    # Every provider attempt is observed (span with GenAI attributes, token metrics).
+    backend = ObservedBackend(
+        make_backend(settings),
+        system="offline",
+        tenants=TenantLabels(settings.metrics_tenant_limit),
+    )
     runner = TurnRunner(
         settings=settings,
         memory=MemoryClient(memory_channel),

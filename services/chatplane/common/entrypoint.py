@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable, Sequence
 
 from chatplane.common.logs import configure_logging
 from chatplane.common.settings import Settings
+from chatplane.common.telemetry import configure_telemetry
 
 
 def load_settings(argv: Sequence[str], prog: str) -> Settings:
@@ -24,4 +25,5 @@ def run_service(service: str, run: Callable[[Settings], Awaitable[None]]) -> Non
     """Parse settings, configure logging and run the service's main coroutine."""
     settings = load_settings(sys.argv[1:], f"python -m chatplane.{service}")
     configure_logging(service, settings.log_level)
+    configure_telemetry(service, settings)
     asyncio.run(run(settings))  # type: ignore[arg-type]

@@ -15,7 +15,10 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from chatplane.common import telemetry
 from chatplane.common.interceptors import CallCheck, ServiceInterceptor
+from chatplane.common.metrics import MetricsEndpoint
+from chatplane.common.rpc_metrics import MetricsInterceptor
 
 _log = logging.getLogger(__name__)
 
@@ -49,7 +52,14 @@ async def serve(
     check: CallCheck | None = None,
 ) -> None:
     """Run a service until SIGTERM/SIGINT, then drain and return."""
-    server = grpc.aio.server(interceptors=[ServiceInterceptor(check)], options=list(SERVER_OPTIONS))
+    # Outermost first: the trace span (so every log line of the call has its trace id), the
+    # RPC metrics (they see the final status code), then request id + error mapping.
+    interceptors: list[grpc.aio.ServerInterceptor] = [
+        *telemetry.server_interceptors(),
+        MetricsInterceptor(name),
+        ServiceInterceptor(check),
+    ]
+    server = grpc.aio.server(interceptors=interceptors, options=list(SERVER_OPTIONS))
     register(server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -67,10 +77,13 @@ async def serve(
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stopping.set)
-    # The ready line: launchers and tests read the bound port from it.
-    sys.stdout.write(json.dumps({"event": "ready", "service": name, "port": bound}) + "\n")
+    metrics = MetricsEndpoint(name)
+    metrics_port = metrics.start(*telemetry.metrics_address())
+    # The ready line: launchers and tests read the bound ports from it.
+    ready = {"event": "ready", "service": name, "port": bound, "metrics_port": metrics_port}
+    sys.stdout.write(json.dumps(ready) + "\n")
     sys.stdout.flush()
-    _log.info("serving", extra={"port": bound})
+    _log.info("serving", extra={"port": bound, "metrics_port": metrics_port})
 
     await stopping.wait()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -83,9 +96,13 @@ async def serve(
     await server.stop(drain_grace_seconds)
     if on_stop is not None:
         await on_stop()
+    await metrics.stop()
+    telemetry.shutdown_tracing()
     _log.info("stopped")
 
 
 def internal_channel(address: str) -> grpc.aio.Channel:
     """A channel to another chatplane service."""
-    return grpc.aio.insecure_channel(address, options=list(CHANNEL_OPTIONS))
+    return grpc.aio.insecure_channel(
+        address, options=list(CHANNEL_OPTIONS), interceptors=telemetry.client_interceptors()
+    )

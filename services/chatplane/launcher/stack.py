@@ -11,7 +11,7 @@ import os
 import signal
 import sys
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import grpc
@@ -35,10 +35,17 @@ class StackInfo:
     ports: dict[str, int]
     data_dir: str
     pids: dict[str, int]
+    # Each service's Prometheus endpoint port (0: none).
+    metrics_ports: dict[str, int] = field(default_factory=dict)
 
     def address(self, service: str) -> str:
         """host:port of a service."""
         return f"{self.host}:{self.ports[service]}"
+
+    def metrics_url(self, service: str) -> str:
+        """The URL of a service's /metrics endpoint ("" when it has none)."""
+        port = self.metrics_ports.get(service, 0)
+        return f"http://{self.host}:{port}/metrics" if port else ""
 
     @classmethod
     def load(cls, data_dir: Path) -> StackInfo | None:
@@ -58,6 +65,7 @@ class ServiceProcess:
         self.process = process
         self.log_path = log_path
         self.port = 0
+        self.metrics_port = 0
 
     @classmethod
     async def start(
@@ -93,6 +101,7 @@ class ServiceProcess:
                         event = json.loads(line)
                         if isinstance(event, dict) and event.get("event") == "ready":
                             self.port = int(event["port"])
+                            self.metrics_port = int(event.get("metrics_port", 0))
                             return
         except TimeoutError:
             self.process.kill()
@@ -175,6 +184,7 @@ class Stack:
             ports={name: s.port for name, s in self.services.items()},
             data_dir=str(self.data_dir),
             pids={name: s.process.pid for name, s in self.services.items()},
+            metrics_ports={name: s.metrics_port for name, s in self.services.items()},
         )
 
     def _write_info(self) -> None:
