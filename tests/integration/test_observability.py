@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import sys
 import urllib.request
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -271,3 +273,27 @@ async def test_logs_are_json_with_the_chat_ids_and_never_its_text(observed: Obse
     agent_lines = [json.loads(line) for line in lines["agent"] if TRACE_ID in line]
     assert {r["request_id"] for r in agent_lines} == {finished[0]["request_id"]}
     assert {r["tenant"] for r in agent_lines} == {observed.tenant}
+
+
+async def test_status_summarises_the_running_stack(observed: ObservedChat) -> None:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        "from chatplane.cli.main import main; main()",
+        "--data-dir",
+        observed.stack.info().data_dir,
+        "status",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "COLUMNS": "160"},
+    )
+    out, err = await asyncio.wait_for(process.communicate(), 30)
+    assert process.returncode == 0, err.decode()
+    screen = out.decode()
+    for service in ("gateway", "agent", "memory", "persistence"):
+        row = next(line for line in screen.splitlines() if f" {service} " in line)
+        assert "SERVING" in row, screen
+    # One chat was streamed: TTFT percentiles are numbers, tokens were counted.
+    assert "TTFT p50 " in screen and "TTFT p50 -" not in screen, screen
+    assert "tokens in 0 " not in screen, screen
+    assert "consumer lag 0 records" in screen, screen

@@ -162,3 +162,6 @@ cli.add_command(history)
 from chatplane.cli.memory import memory  # noqa: E402
 
 cli.add_command(memory)
+from chatplane.cli.status import status  # noqa: E402
+
+cli.add_command(status)
