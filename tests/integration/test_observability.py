@@ -32,6 +32,7 @@ from tests.integration.stack_client import (
     running_stack,
     unique,
 )
+from tests.ops_queries import metric_names, panel_expressions, rule_expressions
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -297,3 +298,16 @@ async def test_status_summarises_the_running_stack(observed: ObservedChat) -> No
     assert "TTFT p50 " in screen and "TTFT p50 -" not in screen, screen
     assert "tokens in 0 " not in screen, screen
     assert "consumer lag 0 records" in screen, screen
+
+
+async def test_every_metric_of_the_alerts_and_the_dashboard_is_exported(
+    observed: ObservedChat,
+) -> None:
+    exported = {
+        sample.name
+        for service in ("gateway", "agent", "memory", "persistence")
+        for sample in await scrape(observed.stack, service)
+    }
+    used = metric_names(rule_expressions() + panel_expressions())
+    assert used, "no metric names found in ops/"
+    assert used - exported == set()
