@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 
 from opentelemetry import trace
-from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.trace import SpanKind, Status, StatusCode, Tracer
 from prometheus_client import Gauge, Histogram
 
 from chatplane.common import errors
@@ -53,15 +53,18 @@ class ObservedProducer(MessageLogProducer):
     """A producer that times appends and, with tracing on, sends each batch under a PRODUCER
     span whose context travels in the records' headers."""
 
-    def __init__(self, inner: MessageLogProducer, system: str) -> None:
+    def __init__(
+        self, inner: MessageLogProducer, system: str, *, span_tracer: Tracer | None = None
+    ) -> None:
         self._inner = inner
         self._system = system
+        self._tracer = span_tracer
 
     async def append(self, records: Sequence[LogRecord], timeout: float) -> None:
         topic = records[0].topic if records else ""
         started = time.perf_counter()
         outcome = "error"
-        span = tracer().start_span(
+        span = (self._tracer or tracer()).start_span(
             f"send {topic}",
             kind=SpanKind.PRODUCER,
             attributes={

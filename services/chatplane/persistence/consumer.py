@@ -232,7 +232,7 @@ class BatchConsumer:
         span = tracer().start_span(
             "process chatplane.messages",
             kind=SpanKind.CONSUMER,
-            links=_producer_links(records) if tracing_enabled() else None,
+            links=producer_links(records) if tracing_enabled() else None,
             attributes={
                 "messaging.operation.type": "process",
                 "messaging.destination.name": records[0].topic if records else "",
@@ -331,7 +331,7 @@ class BatchConsumer:
         return True
 
 
-def _producer_links(records: Sequence[ConsumedRecord]) -> list[Link]:
+def producer_links(records: Sequence[ConsumedRecord]) -> list[Link]:
     """A link to the span that produced each record (one per distinct span)."""
     links: dict[int, Link] = {}
     for record in records:
