@@ -27,6 +27,7 @@ from rich.table import Table
 from chatplane.launcher.stack import SERVICES, StackInfo
 
 _TIMEOUT_SECONDS = 2.0
+_INFRASTRUCTURE_METHODS = ("Health/", "ServerReflection/")
 
 # A sample: metric name, its labels, its value.
 Sample = tuple[str, Mapping[str, str], float]
