@@ -311,3 +311,33 @@ async def test_every_metric_of_the_alerts_and_the_dashboard_is_exported(
     used = metric_names(rule_expressions() + panel_expressions())
     assert used, "no metric names found in ops/"
     assert used - exported == set()
+
+
+async def test_with_tracing_off_every_services_log_still_has_the_callers_trace_id(
+    tmp_path: Path,
+) -> None:
+    trace_id = "0123456789abcdef0123456789abcdef"
+    async with running_stack(tmp_path, dict(FAST_PACE)) as stack:
+        key = await create_key(stack, unique("tenant"), unique("user"))
+        async with grpc.aio.insecure_channel(stack.info().address("gateway")) as channel:
+            call = gateway_pb2_grpc.GatewayServiceStub(channel).Chat(
+                gateway_pb2.ChatRequest(text=f"hello {CANARY}"),
+                metadata=(
+                    ("authorization", f"Bearer {key}"),
+                    ("traceparent", f"00-{trace_id}-0123456789abcdef-01"),
+                ),
+                timeout=60,
+            )
+            kinds = [event.WhichOneof("event") async for event in call]
+        assert kinds[-1] == "done"
+
+        async def logged() -> dict[str, list[str]] | None:
+            lines = _log_lines(stack)
+            with_trace = {s for s, ls in lines.items() if any(trace_id in line for line in ls)}
+            return lines if with_trace >= {"gateway", "agent", "memory", "persistence"} else None
+
+        lines = await poll(logged, timeout=10)
+        assert not [line for ls in lines.values() for line in ls if CANARY in line]
+        assert not (Path(stack.info().data_dir) / "traces").exists()
+        # No SDK was installed in any process.
+        assert not [line for ls in lines.values() for line in ls if '"tracing on"' in line]
