@@ -16,6 +16,7 @@ from pathlib import Path
 
 import grpc
 
+from chatplane.common.tls import TlsFiles, client_channel
 from chatplane.launcher import Stack
 from chatplane.launcher.stack import SERVICES
 from chatplane.v1 import persistence_pb2, persistence_pb2_grpc
@@ -45,17 +46,18 @@ def progress(options: Options, message: str) -> None:
 
 @contextlib.asynccontextmanager
 async def running_stack(
-    name: str, env: Mapping[str, str], options: Options
+    name: str, env: Mapping[str, str], options: Options, tls_dir: Path | None = None
 ) -> AsyncIterator[Stack]:
     """The four services on free loopback ports, with `env` (then `options.env`) over this
     process's environment, in a fresh temporary data dir (removed afterwards unless
-    `options.keep_data`)."""
+    `options.keep_data`); on mutual TLS with the certificates of `tls_dir` when given."""
     data_dir = Path(tempfile.mkdtemp(prefix=f"chatplane-bench-{name}-"))
     stack = Stack(
         data_dir=data_dir,
         host="127.0.0.1",
         ports=dict.fromkeys(SERVICES, 0),
         env={**os.environ, **env, **options.env},
+        tls_dir=tls_dir,
     )
     try:
         await stack.start()
@@ -73,7 +75,7 @@ async def running_stack(
 async def create_keys(stack: Stack, owners: list[tuple[str, str]]) -> list[str]:
     """One new API key per (tenant, user), made through PersistenceService.CreateApiKey."""
     keys: list[str] = []
-    async with grpc.aio.insecure_channel(stack.info().address("persistence")) as channel:
+    async with stack.channel("persistence") as channel:
         stub = persistence_pb2_grpc.PersistenceServiceStub(channel)
         for tenant, user in owners:
             response = await stub.CreateApiKey(
@@ -87,9 +89,10 @@ async def create_keys(stack: Stack, owners: list[tuple[str, str]]) -> list[str]:
     return keys
 
 
-async def user_channel(address: str) -> grpc.aio.Channel:
-    """A connected channel of its own (its own TCP connection) to `address`."""
-    channel = grpc.aio.insecure_channel(address, options=USER_CHANNEL_OPTIONS)
+async def user_channel(address: str, tls: TlsFiles | None = None) -> grpc.aio.Channel:
+    """A connected channel of its own (its own TCP connection) to `address`; mutual TLS with
+    the client certificate `tls` when given."""
+    channel = client_channel(address, tls, USER_CHANNEL_OPTIONS)
     await channel.channel_ready()
     return channel
 

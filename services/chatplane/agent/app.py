@@ -12,6 +12,7 @@ from chatplane.agent.turn import TurnRunner
 from chatplane.common.metrics import TenantLabels
 from chatplane.common.server import internal_channel, serve
 from chatplane.common.settings import Settings
+from chatplane.common.tls import load_tls
 from chatplane.log.factory import open_message_log
 from chatplane.v1 import agent_pb2, agent_pb2_grpc
 
@@ -26,9 +27,10 @@ def make_backend(settings: Settings) -> LlmBackend:
 
 async def run(settings: Settings) -> None:
     """Serve AgentService until SIGTERM, then drain."""
+    tls = load_tls(settings)
     log = open_message_log(settings)
     producer = log.producer()
-    memory_channel = internal_channel(settings.memory_address)
+    memory_channel = internal_channel(settings.memory_address, tls)
     # Every provider attempt is observed (span with GenAI attributes, token metrics).
     backend = ObservedBackend(
         make_backend(settings),
@@ -58,4 +60,5 @@ async def run(settings: Settings) -> None:
         ),
         drain_grace_seconds=settings.drain_grace_seconds,
         on_stop=stop,
+        tls=tls,
     )

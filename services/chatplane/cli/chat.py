@@ -23,7 +23,7 @@ from prompt_toolkit.history import FileHistory
 from rich.console import Console
 from rich.markup import escape
 
-from chatplane.cli.client import ClientTarget, gateway_options
+from chatplane.cli.client import ClientTarget, gateway_options, tls_files
 from chatplane.v1 import gateway_pb2, gateway_pb2_grpc, resources_pb2
 
 CHAT_TIMEOUT_SECONDS = 300.0
@@ -53,7 +53,7 @@ class Gateway:
 @contextlib.asynccontextmanager
 async def connect(target: ClientTarget) -> AsyncIterator[Gateway]:
     """A Gateway connection for the lifetime of the block."""
-    async with grpc.aio.insecure_channel(target.address) as channel:
+    async with target.channel() as channel:
         yield Gateway(gateway_pb2_grpc.GatewayServiceStub(channel), target.metadata)
 
 
@@ -189,12 +189,15 @@ def chat(
     data_dir: Path,
     address: str | None,
     api_key: str | None,
+    tls_cert: Path | None,
+    tls_key: Path | None,
+    tls_ca: Path | None,
     conversation_id: str,
     message: str | None,
 ) -> None:
     """Chat with the assistant: one question with -m, otherwise an interactive session
     (Ctrl-C stops the answer being written, Ctrl-D or /quit leaves)."""
-    target = ClientTarget.resolve(data_dir, address, api_key)
+    target = ClientTarget.resolve(data_dir, address, api_key, tls_files(tls_cert, tls_key, tls_ca))
     if message is not None:
         try:
             asyncio.run(_answer_once(target, message, conversation_id))

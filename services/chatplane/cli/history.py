@@ -12,7 +12,7 @@ import grpc
 from google.protobuf import timestamp_pb2
 
 from chatplane.cli.chat import Gateway, connect, describe_rpc_error, error_exit
-from chatplane.cli.client import ClientTarget, gateway_options
+from chatplane.cli.client import ClientTarget, gateway_options, tls_files
 from chatplane.v1 import gateway_pb2, resources_pb2
 
 HISTORY_CALL_TIMEOUT_SECONDS = 30.0
@@ -100,10 +100,16 @@ def message_lines(message: resources_pb2.Message) -> list[str]:
 @gateway_options
 @click.pass_obj
 def history(
-    data_dir: Path, conversation_id: str | None, address: str | None, api_key: str | None
+    data_dir: Path,
+    conversation_id: str | None,
+    address: str | None,
+    api_key: str | None,
+    tls_cert: Path | None,
+    tls_key: Path | None,
+    tls_ca: Path | None,
 ) -> None:
     """List your conversations, or print one conversation's messages oldest first."""
-    target = ClientTarget.resolve(data_dir, address, api_key)
+    target = ClientTarget.resolve(data_dir, address, api_key, tls_files(tls_cert, tls_key, tls_ca))
     try:
         if conversation_id:
             asyncio.run(_print_conversation(target, conversation_id))

@@ -1,4 +1,5 @@
-"""The `chatplane` command: start the stack, chat with it, read history, manage API keys."""
+"""The `chatplane` command: start the stack, chat with it, read history, manage API keys and
+development certificates."""
 
 from __future__ import annotations
 
@@ -11,10 +12,14 @@ from pathlib import Path
 import click
 import grpc
 
+from chatplane.cli.client import open_channel
+from chatplane.common.tls import CA_VAR, CERT_VAR, KEY_VAR
 from chatplane.launcher import Stack, StackInfo
+from chatplane.launcher.certificates import DEFAULT_DAYS, CertificateDirError, init_certificates
 from chatplane.v1 import persistence_pb2, persistence_pb2_grpc
 
 DEFAULT_DATA_DIR = ".chatplane"
+DEFAULT_TLS_DIR = "tls"
 
 
 @click.group()
@@ -63,19 +68,57 @@ def engines_env(state_dir: Path) -> dict[str, str]:
     type=click.Path(file_okay=False, path_type=Path),
     help="Where `make infra-up` recorded the engines (cluster profile).",
 )
+@click.option(
+    "--tls/--no-tls",
+    envvar="CHATPLANE_UP_TLS",
+    show_envvar=True,
+    default=False,
+    help="Mutual TLS between all services and for clients (certificates from --tls-dir, "
+    "created when absent).",
+)
+@click.option(
+    "--tls-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Certificate directory of `chatplane certs init` (default: <data dir>/tls).",
+)
 @click.pass_obj
-def up(data_dir: Path, port: int, profile: str, engines_state_dir: Path) -> None:
+def up(
+    data_dir: Path,
+    port: int,
+    profile: str,
+    engines_state_dir: Path,
+    tls: bool,
+    tls_dir: Path | None,
+) -> None:
     """Start the four services and wait until Ctrl-C."""
     env = dict(os.environ, CHATPLANE_PROFILE=profile)
     if profile == "cluster":
         env.update(engines_env(engines_state_dir))
-    asyncio.run(_up(data_dir, port, profile, env))
+    inherited = [v for v in (CERT_VAR, KEY_VAR, CA_VAR) if env.get(v)]
+    if inherited and not tls:
+        # They would give every service the same certificate while the launcher calls in
+        # plaintext: the stack would refuse its own launcher.
+        raise click.ClickException(
+            f"{', '.join(inherited)} set: use `chatplane up --tls` (one certificate per service "
+            "from --tls-dir) or unset them"
+        )
+    certificates = None
+    if tls:
+        certificates = tls_dir or data_dir / DEFAULT_TLS_DIR
+        created = _init_certificates(certificates, days=DEFAULT_DAYS, hosts=(), force=False)
+        if created:
+            click.echo(f"created development certificates in {certificates}")
+    asyncio.run(_up(data_dir, port, profile, env, certificates))
 
 
-async def _up(data_dir: Path, port: int, profile: str, env: dict[str, str]) -> None:
+async def _up(
+    data_dir: Path, port: int, profile: str, env: dict[str, str], tls_dir: Path | None
+) -> None:
     ports = {"gateway": port, "agent": 0, "memory": 0, "persistence": 0}
-    stack = Stack(data_dir=data_dir, ports=ports, env=env)
-    click.echo(f"starting chatplane ({profile} profile, data in {stack.data_dir}) …")
+    stack = Stack(data_dir=data_dir, ports=ports, env=env, tls_dir=tls_dir)
+    transport = "mutual TLS" if tls_dir else "plaintext"
+    click.echo(f"starting chatplane ({profile} profile, {transport}, data in {stack.data_dir}) …")
     info = await stack.start()
     key = await stack.development_key()
     click.echo("")
@@ -85,6 +128,9 @@ async def _up(data_dir: Path, port: int, profile: str, env: dict[str, str]) -> N
         bold=True,
     )
     click.echo(f"  development API key: {key}")
+    client_tls = info.client_tls()
+    if client_tls is not None:
+        click.echo(f"  mutual TLS: CA {client_tls.ca}, client certificate {client_tls.cert}")
     click.echo("  chat in the terminal:   .venv/bin/chatplane chat")
     click.echo('  one question:           .venv/bin/chatplane chat -m "hello"')
     click.echo(f"  logs (JSON lines):      {stack.data_dir / 'logs'}/")
@@ -133,7 +179,7 @@ def keys_create(data_dir: Path, tenant: str, user: str, label: str) -> None:
         )
 
     async def create() -> str:
-        async with grpc.aio.insecure_channel(info.address("persistence")) as channel:
+        async with open_channel(info.address("persistence"), info.client_tls()) as channel:
             response = await persistence_pb2_grpc.PersistenceServiceStub(channel).CreateApiKey(
                 persistence_pb2.CreateApiKeyRequest(
                     owner=persistence_pb2.Owner(tenant_id=tenant, user_id=user), label=label
@@ -146,6 +192,58 @@ def keys_create(data_dir: Path, tenant: str, user: str, label: str) -> None:
         click.echo(asyncio.run(create()))
     except grpc.aio.AioRpcError as error:
         raise click.ClickException(f"{error.code().name}: {error.details()}") from None
+
+
+@cli.group()
+def certs() -> None:
+    """Development certificates for mutual TLS."""
+
+
+@certs.command("init")
+@click.option(
+    "--dir",
+    "directory",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Where to write them (default: <data dir>/tls).",
+)
+@click.option(
+    "--days", default=DEFAULT_DAYS, show_default=True, type=click.IntRange(min=1), help="Validity."
+)
+@click.option(
+    "--host",
+    "hosts",
+    multiple=True,
+    metavar="NAME",
+    help="Another DNS name or IP address of the services (repeatable).",
+)
+@click.option("--force", is_flag=True, help="Start over: a new CA and new certificates.")
+@click.pass_obj
+def certs_init(
+    data_dir: Path, directory: Path | None, days: int, hosts: tuple[str, ...], force: bool
+) -> None:
+    """Create a development CA and a certificate per service plus `client` (for the CLI and
+    tests). Existing files are kept unless --force."""
+    directory = directory or data_dir / DEFAULT_TLS_DIR
+    created = _init_certificates(directory, days=days, hosts=hosts, force=force)
+    click.echo(
+        f"created {len(created)} files in {directory}"
+        if created
+        else f"certificates already in {directory} (nothing changed; --force starts over)"
+    )
+    for path in created:
+        click.echo(f"  {path.name}")
+
+
+def _init_certificates(
+    directory: Path, *, days: int, hosts: tuple[str, ...], force: bool
+) -> list[Path]:
+    """The files created in `directory` (empty when all were there)."""
+    try:
+        issued = init_certificates(directory, days=days, hosts=hosts, force=force)
+    except CertificateDirError as error:
+        raise click.ClickException(str(error)) from None
+    return [f.path for f in issued if f.created]
 
 
 def main() -> None:

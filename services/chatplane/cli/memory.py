@@ -10,7 +10,9 @@ from pathlib import Path
 import click
 import grpc
 
+from chatplane.cli.client import open_channel
 from chatplane.common.entrypoint import load_settings
+from chatplane.common.tls import TlsFiles
 from chatplane.launcher import StackInfo
 from chatplane.persistence.store.base import Message, Role
 from chatplane.persistence.store.factory import open_store
@@ -46,13 +48,13 @@ def remember_requests(messages: list[Message]) -> list[memory_pb2.RememberReques
     ]
 
 
-async def rebuild(data_dir: Path, memory_address: str) -> int:
+async def rebuild(data_dir: Path, memory_address: str, tls: TlsFiles | None = None) -> int:
     """Feeds every stored message to MemoryService.Remember; the count remembered."""
     settings = load_settings(["--data-dir", str(data_dir)], "chatplane memory rebuild")
     store = await open_store(settings)
     remembered = 0
     try:
-        async with grpc.aio.insecure_channel(memory_address) as channel:
+        async with open_channel(memory_address, tls) as channel:
             memory = memory_pb2_grpc.MemoryServiceStub(channel)
             after: str | None = None
             with click.progressbar(length=0, label="re-indexing", show_pos=True) as progress:
@@ -82,13 +84,14 @@ def memory() -> None:
 @click.pass_obj
 def rebuild_command(data_dir: Path, memory_address: str | None) -> None:
     """Re-index every stored message into memory (idempotent)."""
+    info = StackInfo.load(data_dir)
     if memory_address is None:
-        info = StackInfo.load(data_dir)
         if info is None or "memory" not in info.ports:
             raise click.ClickException(f"no running stack found in {data_dir}")
         memory_address = info.address("memory")
+    tls = info.client_tls() if info is not None else None
     try:
-        count = asyncio.run(rebuild(data_dir, memory_address))
+        count = asyncio.run(rebuild(data_dir, memory_address, tls))
     except grpc.aio.AioRpcError as error:
         raise click.ClickException(f"{error.code().name}: {error.details()}") from None
     click.echo(f"re-indexed {count} messages")

@@ -24,6 +24,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from chatplane.common.tls import TlsFiles, client_channel
 from chatplane.launcher.stack import SERVICES, StackInfo
 
 _TIMEOUT_SECONDS = 2.0
@@ -130,9 +131,9 @@ def _ms(seconds: float) -> str:
     return "-" if math.isnan(seconds) else f"{seconds * 1000:.0f} ms"
 
 
-async def _health(address: str) -> str:
+async def _health(address: str, tls: TlsFiles | None) -> str:
     try:
-        async with grpc.aio.insecure_channel(address) as channel:
+        async with client_channel(address, tls) as channel:
             check = channel.unary_unary(
                 "/grpc.health.v1.Health/Check",
                 request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
@@ -163,7 +164,7 @@ async def collect(info: StackInfo) -> list[ServiceStatus]:
     async def one(name: str) -> ServiceStatus:
         url = info.metrics_url(name)
         health, samples = await asyncio.gather(
-            _health(info.address(name)), asyncio.to_thread(_scrape, url)
+            _health(info.address(name), info.client_tls()), asyncio.to_thread(_scrape, url)
         )
         return ServiceStatus(name, health, info.address(name), url, samples)
 

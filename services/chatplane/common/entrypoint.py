@@ -4,12 +4,17 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 
 from chatplane.common.logs import configure_logging
 from chatplane.common.settings import Settings
 from chatplane.common.telemetry import configure_telemetry
+from chatplane.common.tls import TlsConfigError
+
+# The exit status of a service that cannot start because of its configuration.
+EXIT_CONFIG_ERROR = 2
 
 
 def load_settings(argv: Sequence[str], prog: str) -> Settings:
@@ -26,4 +31,9 @@ def run_service(service: str, run: Callable[[Settings], Awaitable[None]]) -> Non
     settings = load_settings(sys.argv[1:], f"python -m chatplane.{service}")
     configure_logging(service, settings.log_level)
     configure_telemetry(service, settings)
-    asyncio.run(run(settings))  # type: ignore[arg-type]
+    try:
+        asyncio.run(run(settings))  # type: ignore[arg-type]
+    except TlsConfigError as error:
+        # A startup error message, not a traceback: the operator has a file to fix.
+        logging.getLogger(__name__).critical(f"invalid TLS configuration: {error}")
+        sys.exit(EXIT_CONFIG_ERROR)

@@ -19,6 +19,7 @@ from chatplane.common import telemetry
 from chatplane.common.interceptors import CallCheck, ServiceInterceptor
 from chatplane.common.metrics import MetricsEndpoint
 from chatplane.common.rpc_metrics import MetricsInterceptor
+from chatplane.common.tls import TlsCredentials
 
 _log = logging.getLogger(__name__)
 
@@ -50,8 +51,10 @@ async def serve(
     drain_grace_seconds: float,
     on_stop: Callable[[], Awaitable[None]] | None = None,
     check: CallCheck | None = None,
+    tls: TlsCredentials | None = None,
 ) -> None:
-    """Run a service until SIGTERM/SIGINT, then drain and return."""
+    """Run a service until SIGTERM/SIGINT, then drain and return. With `tls` it serves mutual
+    TLS only (no plaintext port)."""
     # Outermost first: the trace span (so every log line of the call has its trace id), the
     # RPC metrics (they see the final status code), then request id + error mapping.
     interceptors: list[grpc.aio.ServerInterceptor] = [
@@ -66,7 +69,11 @@ async def serve(
     reflection.enable_server_reflection(
         [*service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], server
     )
-    bound = server.add_insecure_port(f"{host}:{port}")
+    if tls is None:
+        bound = server.add_insecure_port(f"{host}:{port}")
+    else:
+        tls.log_identity()
+        bound = server.add_secure_port(f"{host}:{port}", tls.server_credentials())
     if bound == 0:
         raise OSError(f"{name}: cannot bind {host}:{port}")
     await server.start()
@@ -101,8 +108,14 @@ async def serve(
     _log.info("stopped")
 
 
-def internal_channel(address: str) -> grpc.aio.Channel:
-    """A channel to another chatplane service."""
-    return grpc.aio.insecure_channel(
-        address, options=list(CHANNEL_OPTIONS), interceptors=telemetry.client_interceptors()
+def internal_channel(address: str, tls: TlsCredentials | None = None) -> grpc.aio.Channel:
+    """A channel to another chatplane service; with `tls`, mutual TLS with this service's
+    certificate (the peer's certificate must name the address's host)."""
+    interceptors = telemetry.client_interceptors()
+    if tls is None:
+        return grpc.aio.insecure_channel(
+            address, options=list(CHANNEL_OPTIONS), interceptors=interceptors
+        )
+    return grpc.aio.secure_channel(
+        address, tls.channel_credentials(), options=list(CHANNEL_OPTIONS), interceptors=interceptors
     )

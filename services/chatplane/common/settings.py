@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 Profile = Literal["embedded", "cluster"]
@@ -74,6 +74,21 @@ class Settings(BaseSettings):
 
     # Memory: the embedding model's folder (empty: the installed all-MiniLM-L6-v2 package).
     embedding_model_dir: str = ""
+
+    # Native mutual TLS outside a mesh (docs/security.md): with all three files set, every
+    # service serves TLS and verifies client certificates against the CA, and every internal
+    # call presents this certificate. None: plaintext (in Istio the mesh does mTLS).
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_ca: Path | None = None
+    # False only serves TLS to clients without certificates (not recommended).
+    tls_require_client_cert: bool = True
+
+    @field_validator("tls_cert", "tls_key", "tls_ca", mode="before")
+    @classmethod
+    def _unset_when_empty(cls, value: object) -> object:
+        """`CHATPLANE_TLS_CERT=` (empty) means unset, not the current directory."""
+        return None if value == "" else value
 
     # Observability (docs/observability.md). Prometheus /metrics per process on
     # metrics_host:metrics_port (0: a free port, printed in the ready line; -1: no endpoint).

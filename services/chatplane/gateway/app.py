@@ -8,6 +8,7 @@ from chatplane.common.context import principal_var
 from chatplane.common.interceptors import Context
 from chatplane.common.server import internal_channel, serve
 from chatplane.common.settings import Settings
+from chatplane.common.tls import load_tls
 from chatplane.gateway.auth import ApiKeyAuthenticator
 from chatplane.gateway.chat import ChatRelay
 from chatplane.gateway.metrics import REJECTIONS
@@ -20,9 +21,10 @@ GATEWAY_SERVICE = gateway_pb2.DESCRIPTOR.services_by_name["GatewayService"].full
 
 async def run(settings: Settings) -> None:
     """Serve GatewayService until SIGTERM, then drain."""
-    agent_channel = internal_channel(settings.agent_address)
-    persistence_channel = internal_channel(settings.persistence_address)
-    memory_channel = internal_channel(settings.memory_address)
+    tls = load_tls(settings)
+    agent_channel = internal_channel(settings.agent_address, tls)
+    persistence_channel = internal_channel(settings.persistence_address, tls)
+    memory_channel = internal_channel(settings.memory_address, tls)
     persistence = persistence_pb2_grpc.PersistenceServiceStub(persistence_channel)
     authenticator = ApiKeyAuthenticator(
         persistence,
@@ -68,4 +70,5 @@ async def run(settings: Settings) -> None:
         drain_grace_seconds=settings.drain_grace_seconds,
         on_stop=stop,
         check=admit,
+        tls=tls,
     )

@@ -28,6 +28,10 @@ _log = logging.getLogger(__name__)
 # How often a retry polls for the answer of a turn that another call is generating.
 _WAIT_POLL_SECONDS = 0.1
 GENERATE_METHOD = "/chatplane.v1.AgentService/Generate"
+# Metadata naming the conversation on the call to the Agent: in Kubernetes the mesh hashes it
+# to pick the Agent replica (istio/base/networking/agent.yaml), so one conversation's turns
+# land on one replica (warm caches) without the Agent having to decode the request.
+CONVERSATION_ID_HEADER = "x-conversation-id"
 
 # Seconds a downstream call may take: the caller's remaining time less a margin, capped.
 Budget = Callable[[float], float]
@@ -112,7 +116,7 @@ class ChatRelay:
                 client_message_id=request.client_message_id,
             ),
             timeout=budget(self._settings.turn_timeout_seconds),
-            metadata=trace,
+            metadata=(*trace, (CONVERSATION_ID_HEADER, begin.conversation_id)),
         )
         try:
             async for event in call:

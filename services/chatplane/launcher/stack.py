@@ -17,6 +17,8 @@ from pathlib import Path
 import grpc
 
 from chatplane.common import errors
+from chatplane.common.tls import TlsFiles, client_channel
+from chatplane.launcher.certificates import CLIENT_PARTY, SERVICE_PARTIES, party_files
 from chatplane.v1 import persistence_pb2, persistence_pb2_grpc
 
 SERVICES = ("persistence", "memory", "agent", "gateway")
@@ -35,12 +37,18 @@ class StackInfo:
     ports: dict[str, int]
     data_dir: str
     pids: dict[str, int]
+    # The certificate directory when the stack runs on mutual TLS ("" for plaintext).
+    tls_dir: str = ""
     # Each service's Prometheus endpoint port (0: none).
     metrics_ports: dict[str, int] = field(default_factory=dict)
 
     def address(self, service: str) -> str:
         """host:port of a service."""
         return f"{self.host}:{self.ports[service]}"
+
+    def client_tls(self) -> TlsFiles | None:
+        """The client certificate files for calling this stack, None when it is plaintext."""
+        return party_files(Path(self.tls_dir), CLIENT_PARTY) if self.tls_dir else None
 
     def metrics_url(self, service: str) -> str:
         """The URL of a service's /metrics endpoint ("" when it has none)."""
@@ -65,6 +73,8 @@ class ServiceProcess:
         self.process = process
         self.log_path = log_path
         self.port = 0
+        # Where this run's lines begin in the (appended) log.
+        self.log_offset = 0
         self.metrics_port = 0
 
     @classmethod
@@ -74,6 +84,7 @@ class ServiceProcess:
         """Starts `python -m chatplane.<name> ARGS`, stderr (JSON logs) to `log_path`."""
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with log_path.open("ab") as log:
+            offset = log.tell()
             process = await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-m",
@@ -84,6 +95,7 @@ class ServiceProcess:
                 env=dict(env),
             )
         service = cls(name, process, log_path)
+        service.log_offset = offset
         await service._wait_ready()
         return service
 
@@ -94,8 +106,11 @@ class ServiceProcess:
                 while True:
                     line = await self.process.stdout.readline()
                     if not line:
+                        reason = _last_error(self.log_path, self.log_offset)
                         raise errors.Unavailable(
-                            f"{self.name} exited before it was ready; see {self.log_path}"
+                            f"{self.name} exited before it was ready"
+                            + (f": {reason}" if reason else "")
+                            + f"; see {self.log_path}"
                         )
                     with contextlib.suppress(ValueError):
                         event = json.loads(line)
@@ -126,6 +141,23 @@ class ServiceProcess:
             self.process.kill()
 
 
+def _last_error(log_path: Path, offset: int) -> str:
+    """The message of the last ERROR/CRITICAL line of a service's JSON log ("" if none): why
+    a service that exited at start did not come up (e.g. an invalid TLS configuration)."""
+    try:
+        with log_path.open("rb") as log:
+            log.seek(max(offset, log_path.stat().st_size - 16_384))
+            lines = log.read().decode(errors="replace").splitlines()
+    except OSError:
+        return ""
+    for line in reversed(lines):
+        with contextlib.suppress(ValueError):
+            record = json.loads(line)
+            if isinstance(record, dict) and record.get("level") in ("ERROR", "CRITICAL"):
+                return str(record.get("message", ""))
+    return ""
+
+
 class Stack:
     """The four services of one data dir."""
 
@@ -136,8 +168,12 @@ class Stack:
         host: str = "127.0.0.1",
         ports: Mapping[str, int] | None = None,
         env: Mapping[str, str] | None = None,
+        tls_dir: Path | None = None,
     ) -> None:
         self.data_dir = data_dir.resolve()
+        # Mutual TLS: each service gets its own certificate from this directory
+        # (launcher/certificates.py layout); the launcher calls with the `client` one.
+        self.tls_dir = tls_dir.resolve() if tls_dir is not None else None
         self.host = host
         self._ports = dict(ports or {})
         self._env = dict(os.environ if env is None else env)
@@ -153,10 +189,15 @@ class Stack:
                 args += [f"--{dependency}-address", f"{self.host}:{self.services[dependency].port}"]
         return args
 
+    def _service_env(self, name: str) -> dict[str, str]:
+        if self.tls_dir is None or name not in SERVICE_PARTIES:
+            return self._env
+        return {**self._env, **party_files(self.tls_dir, name).env()}
+
     async def start_service(self, name: str) -> ServiceProcess:
         """Starts (or restarts) one service with the addresses of those already running."""
         service = await ServiceProcess.start(
-            name, self._args(name), self._env, self.data_dir / "logs" / f"{name}.log"
+            name, self._args(name), self._service_env(name), self.data_dir / "logs" / f"{name}.log"
         )
         if not self._ports.get(name):
             # A restart binds the same port again, so the other services find it.
@@ -184,8 +225,14 @@ class Stack:
             ports={name: s.port for name, s in self.services.items()},
             data_dir=str(self.data_dir),
             pids={name: s.process.pid for name, s in self.services.items()},
+            tls_dir=str(self.tls_dir or ""),
             metrics_ports={name: s.metrics_port for name, s in self.services.items()},
         )
+
+    def channel(self, service: str) -> grpc.aio.Channel:
+        """A channel to one of the services, with the client certificate on a TLS stack."""
+        info = self.info()
+        return client_channel(info.address(service), info.client_tls())
 
     def _write_info(self) -> None:
         (self.data_dir / STACK_FILE).write_text(json.dumps(asdict(self.info())))
@@ -204,7 +251,7 @@ class Stack:
         path = self.data_dir / DEV_KEY_FILE
         if path.exists():
             return path.read_text().strip()
-        async with grpc.aio.insecure_channel(self.info().address("persistence")) as channel:
+        async with self.channel("persistence") as channel:
             response = await persistence_pb2_grpc.PersistenceServiceStub(channel).CreateApiKey(
                 persistence_pb2.CreateApiKeyRequest(
                     owner=persistence_pb2.Owner(tenant_id=DEV_TENANT, user_id=DEV_USER),

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from chatplane.common.server import serve
 from chatplane.common.settings import Settings
+from chatplane.common.tls import load_tls
 from chatplane.common.topics import MEMORY_REMEMBER_TOPIC
 from chatplane.log.factory import open_message_log
 from chatplane.log.observed import LagReporter
@@ -19,6 +20,7 @@ from chatplane.v1 import memory_pb2, memory_pb2_grpc
 
 async def run(settings: Settings) -> None:
     """Serve MemoryService until SIGTERM, then drain."""
+    tls = load_tls(settings)
     model_dir = Path(settings.embedding_model_dir) if settings.embedding_model_dir else None
     embedder = SentenceEmbedder(model_dir)
     memory = ConversationalMemory(embedder, open_memory_index(settings))
@@ -44,4 +46,5 @@ async def run(settings: Settings) -> None:
         ),
         drain_grace_seconds=settings.drain_grace_seconds,
         on_stop=stop,
+        tls=tls,
     )

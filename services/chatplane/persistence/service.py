@@ -10,6 +10,7 @@ import grpc
 
 from chatplane.common.server import serve
 from chatplane.common.settings import Settings
+from chatplane.common.tls import load_tls
 from chatplane.common.topics import MESSAGES_TOPIC
 from chatplane.log.factory import open_message_log
 from chatplane.log.observed import LagReporter
@@ -26,6 +27,7 @@ NAME = "persistence"
 
 async def run(settings: Settings) -> None:
     """Serve PersistenceService and consume the message log until SIGTERM/SIGINT."""
+    tls = load_tls(settings)
     store = await open_store(settings)
     log = open_message_log(settings)
     log_consumer = log.consumer(CONSUMER_GROUP, [MESSAGES_TOPIC])
@@ -69,6 +71,7 @@ async def run(settings: Settings) -> None:
             register=register,
             drain_grace_seconds=settings.drain_grace_seconds,
             on_stop=shut_down,
+            tls=tls,
         )
     finally:
         # Also after a failed start (a port in use), when serve() never calls on_stop.

@@ -1,0 +1,101 @@
+"""Who calls which RPC of whom, by service account: the table the AuthorizationPolicies must
+grant exactly (docs/deploy.md, "Authorization"), and the same graph read from the code, so the
+table cannot fall behind a new call."""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+from tests.deploy.manifests import ROOT, rpc_paths
+
+PACKAGE = "chatplane.v1"
+GATEWAY, AGENT, MEMORY, PERSISTENCE = (
+    "GatewayService",
+    "AgentService",
+    "MemoryService",
+    "PersistenceService",
+)
+SERVICES = (GATEWAY, AGENT, MEMORY, PERSISTENCE)
+# The workload (Deployment, ServiceAccount, Service name) that serves each contract service.
+WORKLOAD = {GATEWAY: "gateway", AGENT: "agent", MEMORY: "memory", PERSISTENCE: "persistence"}
+INGRESS_ACCOUNT = "cluster.local/ns/istio-system/sa/istio-ingressgateway-service-account"
+
+# (caller's service account, callee service) → RPCs. `admin` is the account of operators' jobs
+# (`chatplane keys create`, `chatplane memory rebuild`); `edge` is the edge Envoy, which
+# forwards the public API.
+CALLS: dict[tuple[str, str], frozenset[str]] = {
+    ("edge", GATEWAY): frozenset(
+        {"Chat", "ListConversations", "GetConversation", "DeleteConversation", "SubmitFeedback"}
+    ),
+    ("gateway", AGENT): frozenset({"Generate"}),
+    ("gateway", PERSISTENCE): frozenset(
+        {
+            "BeginTurn",
+            "GetTurn",
+            "ReleaseTurn",
+            "ListConversations",
+            "GetConversation",
+            "DeleteConversation",
+            "SubmitFeedback",
+            "GetApiKey",
+        }
+    ),
+    ("gateway", MEMORY): frozenset({"Forget"}),
+    ("agent", MEMORY): frozenset({"Recall", "Remember"}),
+    ("admin", PERSISTENCE): frozenset({"CreateApiKey"}),
+    ("admin", MEMORY): frozenset({"Remember"}),
+}
+
+# Folders of services/chatplane whose code runs as which account. The launcher only runs on a
+# laptop; the CLI's GatewayService calls are end users' calls through the ingress.
+CODE_ACCOUNTS = {
+    "gateway": "gateway",
+    "agent": "agent",
+    "memory": "memory",
+    "persistence": "persistence",
+    "cli": "admin",
+}
+_METHOD_PATH = re.compile(rf"^/{re.escape(PACKAGE)}\.(\w+)/(\w+)$")
+
+
+def principal(account: str) -> str:
+    """The SPIFFE principal Istio gives a service account of the chatplane namespace."""
+    return f"cluster.local/ns/chatplane/sa/{account}"
+
+
+def rpcs(service: str) -> frozenset[str]:
+    """The RPC names of a contract service."""
+    return frozenset(path.rsplit("/", 1)[1] for path in rpc_paths(service))
+
+
+def calls_in_code() -> dict[tuple[str, str], frozenset[str]]:
+    """(account, callee service) → RPCs, from the calls in services/chatplane: a stub call
+    `x.<Rpc>(...)` of another service's RPC, or a method path string `/chatplane.v1.<S>/<Rpc>`."""
+    found: dict[tuple[str, str], set[str]] = {}
+    for folder, account in CODE_ACCOUNTS.items():
+        for path in sorted((ROOT / "services" / "chatplane" / folder).rglob("*.py")):
+            for service, rpc in _calls_in(path):
+                if WORKLOAD[service] == account or (folder == "cli" and service == GATEWAY):
+                    continue
+                found.setdefault((account, service), set()).add(rpc)
+    return {key: frozenset(value) for key, value in found.items()}
+
+
+def _calls_in(path: Path) -> set[tuple[str, str]]:
+    calls = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+            services = [s for s in SERVICES if node.func.attr in rpcs(s)]
+            if len(services) > 1:
+                # An RPC name two services share (ListConversations): the receiver's name
+                # (`self._persistence`, `gateway.stub`) says which; if it does not, keep both.
+                receiver = ast.unparse(node.func.value).lower()
+                services = [s for s in services if WORKLOAD[s] in receiver] or services
+            calls |= {(s, node.func.attr) for s in services}
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+            match = _METHOD_PATH.match(node.value)
+            if match and match.group(1) in SERVICES:
+                calls.add((match.group(1), match.group(2)))
+    return calls
