@@ -102,18 +102,15 @@ class ServiceStatus:
     def row(self, seconds: float | None) -> list[str]:
         """Table cells: per second when `seconds` is given, else totals since start."""
         s = self.samples
-        calls = _total(s, "chatplane_rpc_server_duration_seconds_count", service=self.name)
-        ok = _total(s, "chatplane_rpc_server_duration_seconds_count", service=self.name, code="OK")
-        errors = (
-            calls
-            - ok
-            - _total(
-                s,
-                "chatplane_rpc_server_duration_seconds_count",
-                service=self.name,
-                code="CANCELLED",
-            )
-        )
+        # The service's own calls: not health checks (ours included) or reflection.
+        rpcs = [
+            (labels, v)
+            for n, labels, v in s
+            if n == "chatplane_rpc_server_duration_seconds_count"
+            and not labels.get("method", "").startswith(_INFRASTRUCTURE_METHODS)
+        ]
+        calls = sum(v for _, v in rpcs)
+        errors = sum(v for labels, v in rpcs if labels.get("code") not in ("OK", "CANCELLED"))
         traffic = f"{calls / seconds:.1f}/s" if seconds else f"{calls:.0f}"
         loop_p99 = histogram_quantile(0.99, _buckets(s, "chatplane_event_loop_lag_seconds"))
         return [
