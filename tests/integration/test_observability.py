@@ -21,7 +21,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
 from chatplane.launcher import Stack
-from chatplane.v1 import gateway_pb2, gateway_pb2_grpc
+from chatplane.launcher.certificates import init_certificates
+from chatplane.launcher.stack import SERVICES
+from chatplane.v1 import gateway_pb2, gateway_pb2_grpc, persistence_pb2, persistence_pb2_grpc
 from tests.integration.otlp_collector import CollectedSpan, otlp_collector
 from tests.integration.stack_client import (
     FAST_PACE,
@@ -341,3 +343,66 @@ async def test_with_tracing_off_every_services_log_still_has_the_callers_trace_i
         assert not (Path(stack.info().data_dir) / "traces").exists()
         # No SDK was installed in any process.
         assert not [line for ls in lines.values() for line in ls if '"tracing on"' in line]
+
+
+async def test_on_mutual_tls_calls_are_traced_and_status_uses_the_client_certificate(
+    tmp_path: Path,
+) -> None:
+    certs = tmp_path / "tls"
+    init_certificates(certs, days=2)
+    stack = Stack(
+        data_dir=tmp_path / "data",
+        ports=dict.fromkeys(SERVICES, 0),
+        env={**os.environ, **FAST_PACE, "CHATPLANE_TRACE_EXPORTER": "file"},
+        tls_dir=certs,
+    )
+    await stack.start()
+    try:
+        async with stack.channel("persistence") as channel:
+            key = (
+                await persistence_pb2_grpc.PersistenceServiceStub(channel).CreateApiKey(
+                    persistence_pb2.CreateApiKeyRequest(
+                        owner=persistence_pb2.Owner(tenant_id=unique("t"), user_id=unique("u"))
+                    ),
+                    timeout=10,
+                )
+            ).api_key
+        async with stack.channel("gateway") as channel:
+            call = gateway_pb2_grpc.GatewayServiceStub(channel).Chat(
+                gateway_pb2.ChatRequest(text="hello over mTLS"),
+                metadata=(
+                    ("authorization", f"Bearer {key}"),
+                    ("traceparent", CALLER_TRACEPARENT),
+                ),
+                timeout=60,
+            )
+            kinds = [event.WhichOneof("event") async for event in call]
+        assert kinds[-1] == "done"
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-c",
+            "from chatplane.cli.main import main; main()",
+            "--data-dir",
+            str(stack.data_dir),
+            "status",
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env={**os.environ, "COLUMNS": "160"},
+        )
+        out, err = await asyncio.wait_for(process.communicate(), 30)
+        assert process.returncode == 0, err.decode()
+        assert out.decode().count("SERVING") == 4, out.decode()
+    finally:
+        await stack.stop(timeout=10)
+    # Stopping flushed every process's spans to <data dir>/traces/<service>.jsonl.
+    spans = [
+        json.loads(line)
+        for path in (stack.data_dir / "traces").glob("*.jsonl")
+        for line in path.read_text().splitlines()
+    ]
+    services = {
+        s["resource"]["attributes"]["service.name"]
+        for s in spans
+        if s["context"]["trace_id"] == f"0x{TRACE_ID}"
+    }
+    assert services == {f"chatplane-{name}" for name in SERVICES}
