@@ -50,8 +50,8 @@ NOTES = (
     "machine); added TTFT = that lag for the first delta of each answer",
     "whole pre-model overhead = client time to first token - the configured first-token delay: "
     "auth, BeginTurn in Persistence, memory recall (query embedding), prompt assembly, relay; "
-    "`started` is sent by the Agent after recall and prompt assembly, just before the model "
-    "is called",
+    "`started` is sent by the Agent when the model's first token arrives (it names the model "
+    "that answers, after any fallback), so request -> `started` includes the first-token delay",
     "percentiles are nearest-rank: with fewer than 100 samples p99 is the maximum",
     "peak RSS sampled every 100 ms during the phase; CPU seconds = user + system in the phase; "
     "other processes = the machine's busy CPU time (incl. steal) less ours: other work skews "
@@ -423,13 +423,13 @@ def rows(results: Sequence[PhaseResult]) -> list[Row]:
         ),
         Row(
             NAME,
-            "  of which request -> `started` p50",
+            "request -> `started` (first token) p50",
             "ms",
             _percentiles(results, _to_started, 0.5),
         ),
         Row(
             NAME,
-            "  of which request -> `started` p99",
+            "request -> `started` (first token) p99",
             "ms",
             _percentiles(results, _to_started, 0.99),
         ),

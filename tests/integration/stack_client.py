@@ -32,7 +32,7 @@ async def running_stack(data_dir: Path, env: Mapping[str, str]) -> AsyncIterator
     stack = Stack(
         data_dir=data_dir,
         ports=dict.fromkeys(("gateway", "agent", "memory", "persistence"), 0),
-        env={**os.environ, **env},
+        env={**os.environ, "CHATPLANE_LLM_BACKEND": "offline", **env},
     )
     await stack.start()
     try:

@@ -59,6 +59,8 @@ def stack_env(tokens_per_second: float) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in _CLIENT_VARIABLES}
     env["CHATPLANE_OFFLINE_TOKENS_PER_SECOND"] = str(tokens_per_second)
     env["CHATPLANE_OFFLINE_FIRST_TOKEN_SECONDS"] = "0.05"
+    # A developer's own ANTHROPIC_API_KEY would otherwise make these answers Claude's.
+    env["CHATPLANE_LLM_BACKEND"] = "offline"
     return env
 
 

@@ -201,6 +201,11 @@ async def test_agent_crash_mid_turn_is_unavailable_and_a_retry_runs_the_turn_aga
             first.started.started.assistant_message_id
         )
         assert loop.time() - started_at < 20  # far below the 300 s lease
-        messages = (await history(client, first.started.started.conversation_id)).messages
+
+        async def stored() -> list[resources_pb2.Message]:
+            # History is eventually consistent with `done` (the Persistence batch window).
+            return list((await history(client, first.started.started.conversation_id)).messages)
+
+        messages = await poll(stored, timeout=5)
         assert [m.role for m in messages] == [resources_pb2.ROLE_USER, resources_pb2.ROLE_ASSISTANT]
         assert messages[1].status == resources_pb2.MESSAGE_STATUS_COMPLETE

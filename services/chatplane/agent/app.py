@@ -3,26 +3,15 @@ turn runner, servicer; then serves until SIGTERM."""
 
 from __future__ import annotations
 
-from chatplane.agent.llm.base import LlmBackend
-from chatplane.agent.llm.observed import ObservedBackend
-from chatplane.agent.llm.offline import OfflineResponder
+from chatplane.agent.llm.factory import build_model_chain
 from chatplane.agent.memory_client import MemoryClient
 from chatplane.agent.servicer import AgentServicer
 from chatplane.agent.turn import TurnRunner
-from chatplane.common.metrics import TenantLabels
 from chatplane.common.server import internal_channel, serve
 from chatplane.common.settings import Settings
 from chatplane.common.tls import load_tls
 from chatplane.log.factory import open_message_log
 from chatplane.v1 import agent_pb2, agent_pb2_grpc
-
-
-def make_backend(settings: Settings) -> LlmBackend:
-    """The configured LLM backend."""
-    return OfflineResponder(
-        tokens_per_second=settings.offline_tokens_per_second,
-        first_token_seconds=settings.offline_first_token_seconds,
-    )
 
 
 async def run(settings: Settings) -> None:
@@ -31,12 +20,7 @@ async def run(settings: Settings) -> None:
     log = open_message_log(settings)
     producer = log.producer()
     memory_channel = internal_channel(settings.memory_address, tls)
-    # Every provider attempt is observed (span with GenAI attributes, token metrics).
-    backend = ObservedBackend(
-        make_backend(settings),
-        system="offline",
-        tenants=TenantLabels(settings.metrics_tenant_limit),
-    )
+    backend = build_model_chain(settings)
     runner = TurnRunner(
         settings=settings,
         memory=MemoryClient(memory_channel),
@@ -61,4 +45,6 @@ async def run(settings: Settings) -> None:
         drain_grace_seconds=settings.drain_grace_seconds,
         on_stop=stop,
         tls=tls,
+        # Which model answers, and what it falls back to.
+        ready_details={"model": backend.model, "fallbacks": backend.models[1:]},
     )

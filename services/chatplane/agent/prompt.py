@@ -24,6 +24,8 @@ def build_prompt(
     passages: Sequence[ContextPassage],
     budget_tokens: int,
     max_tokens: int,
+    temperature: float | None = None,
+    stop_sequences: Sequence[str] = (),
 ) -> Prompt:
     """A prompt within `budget_tokens`: history is newest-first and passages best-first; they
     are taken alternately while they fit, so neither starves the other."""
@@ -55,6 +57,8 @@ def build_prompt(
         question=question,
         max_tokens=max_tokens,
         estimated_input_tokens=used,
+        temperature=temperature,
+        stop_sequences=tuple(stop_sequences),
     )
 
 

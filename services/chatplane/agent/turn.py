@@ -5,6 +5,7 @@ acknowledged the messages; an interrupted answer is recorded once, marked interr
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncGenerator, Callable
@@ -13,7 +14,8 @@ from typing import Any
 
 from google.protobuf import timestamp_pb2
 
-from chatplane.agent.llm.base import LlmBackend, StopReason, StreamEnd
+from chatplane.agent.llm.base import LlmBackend, StopReason, StreamEnd, StreamStart
+from chatplane.agent.llm.errors import LlmError
 from chatplane.agent.memory_client import MemoryClient
 from chatplane.agent.prompt import build_prompt
 from chatplane.common import errors
@@ -37,6 +39,7 @@ Budget = Callable[[float], float]
 _FINISH = {
     StopReason.END: resources_pb2.FINISH_REASON_STOP,
     StopReason.MAX_TOKENS: resources_pb2.FINISH_REASON_MAX_TOKENS,
+    StopReason.STOP_SEQUENCE: resources_pb2.FINISH_REASON_STOP,
 }
 
 
@@ -97,38 +100,52 @@ class TurnRunner:
             history=recollection.history,
             passages=recollection.passages,
             budget_tokens=settings.context_token_budget,
-            max_tokens=settings.offline_max_tokens,
-        )
-        model = self._backend.model
-        yield resources_pb2.TurnStarted(
-            conversation_id=turn.conversation_id,
-            user_message_id=turn.user_message_id,
-            assistant_message_id=turn.assistant_message_id,
-            model=model,
-            memory_degraded=recollection.degraded,
+            max_tokens=settings.llm_max_tokens,
+            temperature=settings.llm_temperature,
+            stop_sequences=tuple(settings.llm_stop_sequences),
         )
         used = {p.source_id for p in prompt.passages}
-        for citation in recollection.citations:
-            if citation.source_id in used:
-                yield citation
 
+        model = self._backend.model
         parts: list[str] = []
         end: StreamEnd | None = None
-        recorded = False
+        started = recorded = False
+        # Why an unfinished answer stopped: the client went away unless a provider failed.
+        cut_by = resources_pb2.FINISH_REASON_INTERRUPTED
         try:
-            stream = self._backend.stream(prompt)
-            async for item in stream:
-                if isinstance(item, StreamEnd):
-                    end = item
-                    break
-                parts.append(item.text)
-                yield resources_pb2.TextDelta(
-                    text=item.text, sequence=len(parts), emit_time_unix_nanos=item.emit_time_ns
-                )
-            if end is None:
-                raise RuntimeError("backend stream ended without StreamEnd")
+            stream = self._backend.stream(prompt, max_attempts=settings.llm_max_attempts_per_turn)
+            async with contextlib.aclosing(stream):
+                async for item in stream:
+                    if isinstance(item, StreamStart):
+                        # The model that answers is known once a model produced its first
+                        # token (after any fallback).
+                        model = item.model
+                        started = True
+                        yield resources_pb2.TurnStarted(
+                            conversation_id=turn.conversation_id,
+                            user_message_id=turn.user_message_id,
+                            assistant_message_id=turn.assistant_message_id,
+                            model=model,
+                            memory_degraded=recollection.degraded,
+                        )
+                        for citation in recollection.citations:
+                            if citation.source_id in used:
+                                yield citation
+                        continue
+                    if isinstance(item, StreamEnd):
+                        end = item
+                        break
+                    parts.append(item.text)
+                    yield resources_pb2.TextDelta(
+                        text=item.text, sequence=len(parts), emit_time_unix_nanos=item.emit_time_ns
+                    )
+            if end is None or not started:
+                raise errors.Unavailable("the model backend ended its stream unexpectedly")
             usage = resources_pb2.Usage(
-                input_tokens=end.input_tokens, output_tokens=end.output_tokens
+                input_tokens=end.input_tokens,
+                output_tokens=end.output_tokens,
+                cache_read_input_tokens=end.cache_read_input_tokens,
+                cache_creation_input_tokens=end.cache_creation_input_tokens,
             )
             yield usage
             finish = _FINISH[end.reason]
@@ -137,17 +154,22 @@ class TurnRunner:
             )
             recorded = True
             yield resources_pb2.TurnDone(finish_reason=finish, model=model, delta_count=len(parts))
+        except LlmError:
+            cut_by = resources_pb2.FINISH_REASON_ERROR
+            raise
         finally:
-            if not recorded and end is None:
-                # The client went away (or the backend failed) mid-answer: keep what was said,
-                # once, even though this task is being cancelled.
+            # A provider that failed before the first token leaves nothing to keep: the turn
+            # fails and a retry runs it again. Otherwise an unfinished answer is kept, once,
+            # even though this task may be being cancelled.
+            provider_failed_early = cut_by == resources_pb2.FINISH_REASON_ERROR and not started
+            if not recorded and end is None and not provider_failed_early:
                 task = asyncio.create_task(
                     self._record_interrupted(
                         turn,
                         user_time_ms,
                         "".join(parts),
                         model,
-                        resources_pb2.FINISH_REASON_INTERRUPTED,
+                        cut_by,
                         resources_pb2.Usage(
                             input_tokens=prompt.estimated_input_tokens, output_tokens=len(parts)
                         ),
@@ -178,7 +200,11 @@ class TurnRunner:
         """Appends both messages to the log (waits for the ack), then tells memory."""
         settings = self._settings
         answer_time_ms = max(int(time.time() * 1000), user_time_ms + 1)
-        interrupted = finish == resources_pb2.FINISH_REASON_INTERRUPTED
+        # Cut by the client (INTERRUPTED) or by a provider failure (ERROR): kept, unfinished.
+        interrupted = finish in (
+            resources_pb2.FINISH_REASON_INTERRUPTED,
+            resources_pb2.FINISH_REASON_ERROR,
+        )
         user = resources_pb2.Message(
             message_id=turn.user_message_id,
             conversation_id=turn.conversation_id,

@@ -121,9 +121,10 @@ async def _up(
     click.echo(f"starting chatplane ({profile} profile, {transport}, data in {stack.data_dir}) …")
     info = await stack.start()
     key = await stack.development_key()
+    model = stack.services["agent"].ready.get("model", "?")
     click.echo("")
     click.secho(
-        f"chatplane is ready: gRPC on {info.address('gateway')} (model: offline responder)",
+        f"chatplane is ready: gRPC on {info.address('gateway')} (model: {model})",
         fg="green",
         bold=True,
     )

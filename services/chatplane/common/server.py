@@ -9,7 +9,7 @@ import json
 import logging
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -52,9 +52,11 @@ async def serve(
     on_stop: Callable[[], Awaitable[None]] | None = None,
     check: CallCheck | None = None,
     tls: TlsCredentials | None = None,
+    ready_details: Mapping[str, object] | None = None,
 ) -> None:
     """Run a service until SIGTERM/SIGINT, then drain and return. With `tls` it serves mutual
-    TLS only (no plaintext port)."""
+    TLS only (no plaintext port). `ready_details` are added to the ready line (e.g. the
+    Agent's model)."""
     # Outermost first: the trace span (so every log line of the call has its trace id), the
     # RPC metrics (they see the final status code), then request id + error mapping.
     interceptors: list[grpc.aio.ServerInterceptor] = [
@@ -87,7 +89,13 @@ async def serve(
     metrics = MetricsEndpoint(name)
     metrics_port = metrics.start(*telemetry.metrics_address())
     # The ready line: launchers and tests read the bound ports from it.
-    ready = {"event": "ready", "service": name, "port": bound, "metrics_port": metrics_port}
+    ready = {
+        "event": "ready",
+        "service": name,
+        "port": bound,
+        "metrics_port": metrics_port,
+        **(ready_details or {}),
+    }
     sys.stdout.write(json.dumps(ready) + "\n")
     sys.stdout.flush()
     _log.info("serving", extra={"port": bound, "metrics_port": metrics_port})

@@ -6,11 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 Profile = Literal["embedded", "cluster"]
-LlmBackendName = Literal["offline"]
+LlmBackendName = Literal["auto", "offline", "anthropic", "openai_compatible"]
 TraceExporter = Literal["none", "otlp", "file"]
 
 
@@ -63,10 +63,41 @@ class Settings(BaseSettings):
     log_append_timeout_seconds: float = Field(default=10.0, gt=0)
 
     # LLM backend. The offline responder is paced like a real model.
-    llm_backend: LlmBackendName = "offline"
+    # auto: anthropic when an Anthropic API key is configured, else offline (docs/llm.md).
+    llm_backend: LlmBackendName = "auto"
     offline_tokens_per_second: float = Field(default=40.0, gt=0)
     offline_first_token_seconds: float = Field(default=0.3, ge=0)
     offline_max_tokens: int = Field(default=400, gt=0)
+    # Real backends (docs/llm.md). Empty model: the backend's default (anthropic_default_model).
+    llm_model: str = ""
+    # Fallbacks in order, each "backend:model" (JSON list in the environment).
+    llm_fallbacks: list[str] = Field(default_factory=list)
+    llm_max_tokens: int = Field(default=1024, gt=0)
+    llm_temperature: float | None = Field(default=None, ge=0, le=2)
+    llm_stop_sequences: list[str] = Field(default_factory=list)
+    # The SDKs' own retries per model, and upstream requests per turn over the whole chain.
+    llm_max_retries: int = Field(default=2, ge=0)
+    llm_max_attempts_per_turn: int = Field(default=3, gt=0)
+    llm_connect_timeout_seconds: float = Field(default=5.0, gt=0)
+    # No token for this long: the stream is cut (DEADLINE_EXCEEDED, or the next fallback).
+    llm_stall_timeout_seconds: float = Field(default=30.0, gt=0)
+    # Circuit breaker per provider: consecutive failures that open it, and for how long.
+    llm_breaker_failures: int = Field(default=5, gt=0)
+    llm_breaker_cooldown_seconds: float = Field(default=30.0, gt=0)
+    anthropic_api_key: SecretStr = Field(
+        default=SecretStr(""),
+        validation_alias=AliasChoices("ANTHROPIC_API_KEY", "CHATPLANE_ANTHROPIC_API_KEY"),
+    )
+    anthropic_api_key_file: Path | None = None
+    anthropic_base_url: str = Field(
+        default="",
+        validation_alias=AliasChoices("ANTHROPIC_BASE_URL", "CHATPLANE_ANTHROPIC_BASE_URL"),
+    )
+    anthropic_default_model: str = "claude-sonnet-5-5"
+    anthropic_prompt_caching: bool = True
+    openai_base_url: str = ""
+    openai_api_key: SecretStr = SecretStr("")
+    openai_api_key_file: Path | None = None
 
     # Persistence: the log consumer's batches (size or time, whichever first).
     batch_max_records: int = Field(default=500, gt=0)

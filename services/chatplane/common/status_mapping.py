@@ -8,6 +8,7 @@ from typing import Final
 
 import grpc
 from google.protobuf import any_pb2, duration_pb2
+from google.protobuf.message import DecodeError
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
@@ -62,6 +63,22 @@ def to_status(error: errors.ChatplaneError | None, request_id: str) -> grpc.Stat
     return rpc_status.to_status(status)
 
 
+def _retry_delay(error: grpc.aio.AioRpcError, default: float) -> float:
+    """The RetryInfo delay a downstream service attached to its error, else `default`."""
+    for key, value in error.trailing_metadata() or ():
+        if key != "grpc-status-details-bin" or not isinstance(value, bytes):
+            continue
+        try:
+            status = status_pb2.Status.FromString(value)
+        except DecodeError:
+            return default
+        for detail in status.details:
+            info = error_details_pb2.RetryInfo()
+            if detail.Unpack(info):
+                return float(info.retry_delay.ToNanoseconds()) / 1e9
+    return default
+
+
 def from_rpc_error(error: grpc.aio.AioRpcError, call: str) -> errors.ChatplaneError:
     """A domain error for a failed downstream call.
 
@@ -74,6 +91,8 @@ def from_rpc_error(error: grpc.aio.AioRpcError, call: str) -> errors.ChatplaneEr
     if kind is not None:
         return kind(error.details() or code.name.lower())
     if code is grpc.StatusCode.RESOURCE_EXHAUSTED:
-        return errors.ResourceExhausted(error.details() or "resource exhausted", retry_after=1.0)
+        return errors.ResourceExhausted(
+            error.details() or "resource exhausted", retry_after=_retry_delay(error, 1.0)
+        )
     _log.error("downstream call failed", extra={"call": call, "code": code.name})
     return errors.Unavailable(f"{call} failed")

@@ -76,6 +76,8 @@ class ServiceProcess:
         # Where this run's lines begin in the (appended) log.
         self.log_offset = 0
         self.metrics_port = 0
+        # The service's ready line (the Agent's says which model answers).
+        self.ready: dict[str, object] = {}
 
     @classmethod
     async def start(
@@ -117,6 +119,7 @@ class ServiceProcess:
                         if isinstance(event, dict) and event.get("event") == "ready":
                             self.port = int(event["port"])
                             self.metrics_port = int(event.get("metrics_port", 0))
+                            self.ready = event
                             return
         except TimeoutError:
             self.process.kill()

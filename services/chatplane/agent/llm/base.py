@@ -1,11 +1,11 @@
-"""The streaming interface every LLM backend implements (offline responder now; Anthropic and
-OpenAI-compatible servers plug in behind the same interface)."""
+"""The streaming interface every LLM backend implements: the offline responder, Anthropic's
+Messages API and OpenAI-compatible chat-completions servers plug in behind it (docs/llm.md)."""
 
 from __future__ import annotations
 
 import abc
 import enum
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 
 
@@ -43,6 +43,17 @@ class Prompt:
     question: str
     max_tokens: int
     estimated_input_tokens: int
+    # Sampling temperature; None leaves the provider's default.
+    temperature: float | None = None
+    # Strings that end the answer when the model produces them.
+    stop_sequences: Sequence[str] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class StreamStart:
+    """The first item of a stream: the model that answers (after any fallback)."""
+
+    model: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +69,7 @@ class StopReason(enum.Enum):
 
     END = "end"
     MAX_TOKENS = "max_tokens"
+    STOP_SEQUENCE = "stop_sequence"
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,9 +79,12 @@ class StreamEnd:
     reason: StopReason
     input_tokens: int
     output_tokens: int
+    # Prompt-cache tokens, as the provider reports them (not included in input_tokens).
+    cache_read_input_tokens: int = 0
+    cache_creation_input_tokens: int = 0
 
 
-StreamItem = TextChunk | StreamEnd
+StreamItem = StreamStart | TextChunk | StreamEnd
 
 
 class LlmBackend(abc.ABC):
@@ -80,10 +95,18 @@ class LlmBackend(abc.ABC):
     def model(self) -> str:
         """The model's name as reported to clients."""
 
+    @property
+    def provider(self) -> str:
+        """Where the model runs (kind and endpoint): backends of one provider share a circuit
+        breaker, since an outage takes all of its models down."""
+        return self.model
+
     @abc.abstractmethod
-    def stream(self, prompt: Prompt) -> AsyncIterator[StreamItem]:
-        """Streams text chunks, then exactly one StreamEnd. Closing the iterator early (the
-        client went away) must release the backend's connection promptly."""
+    def stream(self, prompt: Prompt, *, max_attempts: int = 1) -> AsyncGenerator[StreamItem]:
+        """Streams one StreamStart, text chunks, then exactly one StreamEnd. Before the first
+        byte of the answer the backend may retry, making at most `max_attempts` upstream
+        requests; failures raise `chatplane.agent.llm.errors.LlmError`. Closing the iterator
+        early (the client went away) must release the backend's connection promptly."""
 
     async def close(self) -> None:  # noqa: B027 — optional hook, most backends hold nothing
         """Releases connections."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 from chatplane.agent.llm.base import (
     LlmBackend,
@@ -14,6 +14,7 @@ from chatplane.agent.llm.base import (
     StopReason,
     StreamEnd,
     StreamItem,
+    StreamStart,
     TextChunk,
 )
 from chatplane.agent.tokens import estimate_tokens
@@ -61,18 +62,23 @@ class OfflineResponder(LlmBackend):
     """Streams `compose_answer` one word at a time: the first after `first_token_seconds`,
     then `tokens_per_second`, so streaming, cancellation and latency are exercised for real."""
 
-    def __init__(self, *, tokens_per_second: float, first_token_seconds: float) -> None:
+    def __init__(
+        self, *, tokens_per_second: float, first_token_seconds: float, max_tokens: int = 400
+    ) -> None:
         self._interval = 1.0 / tokens_per_second
         self._first_token_seconds = first_token_seconds
+        self._max_tokens = max_tokens
 
     @property
     def model(self) -> str:
         return MODEL_NAME
 
-    async def stream(self, prompt: Prompt) -> AsyncIterator[StreamItem]:
+    async def stream(self, prompt: Prompt, *, max_attempts: int = 1) -> AsyncGenerator[StreamItem]:
+        yield StreamStart(model=MODEL_NAME)
         words = _WORD.findall(compose_answer(prompt))
-        truncated = len(words) > prompt.max_tokens
-        words = words[: prompt.max_tokens]
+        limit = min(prompt.max_tokens, self._max_tokens)
+        truncated = len(words) > limit
+        words = words[:limit]
         loop = asyncio.get_running_loop()
         # Emission times are scheduled against a fixed start, so pacing does not drift with
         # scheduling delays, like a model server's steady decode rate.

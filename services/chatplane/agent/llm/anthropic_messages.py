@@ -1,0 +1,201 @@
+"""Claude through the official `anthropic` SDK: Messages API streaming, with the system prompt
+and the recalled passages (fenced as data) as a cached prefix, usage including prompt-cache
+tokens, and the SDK's own retries before the first byte (capped per call)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncGenerator
+from typing import Any
+
+import anthropic
+import httpx2
+
+from chatplane.agent.llm import errors as llm_errors
+from chatplane.agent.llm.base import (
+    LlmBackend,
+    Prompt,
+    Speaker,
+    StopReason,
+    StreamEnd,
+    StreamItem,
+    StreamStart,
+    TextChunk,
+)
+from chatplane.agent.llm.turns import alternating_turns
+from chatplane.agent.prompt import render_passages
+
+_log = logging.getLogger(__name__)
+
+DEFAULT_BASE_URL = "https://api.anthropic.com"
+_STOP_REASONS = {
+    "max_tokens": StopReason.MAX_TOKENS,
+    "stop_sequence": StopReason.STOP_SEQUENCE,
+}
+# The prefix that stays the same from one turn to the next is cached by the provider.
+_CACHE_CONTROL: dict[str, Any] = {"type": "ephemeral"}
+
+
+def request_body(prompt: Prompt, *, model: str, prompt_caching: bool) -> dict[str, Any]:
+    """The Messages API parameters for a prompt: system prompt and passages as system blocks
+    (the stable prefix, with a cache breakpoint after it), then the conversation."""
+    system: list[dict[str, Any]] = [{"type": "text", "text": prompt.system}]
+    if prompt.passages:
+        system.append({"type": "text", "text": render_passages(prompt.passages)})
+    if prompt_caching:
+        system[-1]["cache_control"] = _CACHE_CONTROL
+    body: dict[str, Any] = {
+        "model": model,
+        "max_tokens": prompt.max_tokens,
+        "system": system,
+        "messages": [
+            {"role": "user" if speaker is Speaker.USER else "assistant", "content": text}
+            for speaker, text in alternating_turns(prompt)
+        ],
+    }
+    if prompt.temperature is not None:
+        body["temperature"] = prompt.temperature
+    if prompt.stop_sequences:
+        body["stop_sequences"] = list(prompt.stop_sequences)
+    return body
+
+
+def _attempts(request: httpx2.Request | None) -> int:
+    """Upstream requests made so far: the SDK numbers its retries in a request header."""
+    if request is None:
+        return 1
+    try:
+        return int(request.headers.get("x-stainless-retry-count", "0")) + 1
+    except ValueError:
+        return 1
+
+
+def _retry_after(response: httpx2.Response) -> float:
+    for header, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
+        value = response.headers.get(header)
+        if value:
+            try:
+                return max(float(value) * scale, 0.0)
+            except ValueError:
+                continue
+    return 1.0
+
+
+def translate_error(error: Exception) -> llm_errors.LlmError:
+    """The one boundary between the SDK's exceptions and chatplane's provider failures."""
+    if isinstance(error, anthropic.APIStatusError):
+        attempts = _attempts(error.response.request)
+        status, kind = error.status_code, error.type or ""
+        if status == 429 or kind == "rate_limit_error":
+            return llm_errors.ProviderRateLimited(
+                "the model provider's rate limit is reached; retry later",
+                retry_after=_retry_after(error.response),
+                attempts=attempts,
+            )
+        if status in (400, 413, 422) or kind in ("invalid_request_error", "request_too_large"):
+            return llm_errors.ProviderRejected(
+                "the model provider rejected the request", attempts=attempts
+            )
+        if status in (401, 403, 404) or kind in (
+            "authentication_error",
+            "permission_error",
+            "not_found_error",
+        ):
+            # Configuration, not load: say so to operators (never with the key).
+            _log.error("anthropic rejected the credentials or model", extra={"status": status})
+        return llm_errors.ProviderUnavailable(
+            "the model provider is unavailable", attempts=attempts
+        )
+    if isinstance(error, anthropic.APIConnectionError):
+        return llm_errors.ProviderUnavailable(
+            "the model provider cannot be reached", attempts=_attempts(error.request)
+        )
+    return llm_errors.ProviderUnavailable("the model provider failed mid-answer")
+
+
+class AnthropicBackend(LlmBackend):
+    """One Claude model behind the Messages API."""
+
+    def __init__(
+        self,
+        *,
+        model: str,
+        api_key: str,
+        base_url: str,
+        max_retries: int,
+        connect_timeout: float,
+        read_timeout: float,
+        prompt_caching: bool,
+    ) -> None:
+        self._model = model
+        self._base_url = base_url or DEFAULT_BASE_URL
+        self._prompt_caching = prompt_caching
+        self._client = anthropic.AsyncAnthropic(
+            api_key=api_key,
+            base_url=self._base_url,
+            max_retries=max_retries,
+            timeout=httpx2.Timeout(read_timeout, connect=connect_timeout),
+        )
+        self._max_retries = max_retries
+        # One client per retry allowance, sharing the connection pool (made once, not per call).
+        self._clients = {
+            retries: self._client.with_options(max_retries=retries)
+            for retries in range(max_retries + 1)
+        }
+
+    @property
+    def model(self) -> str:
+        return self._model
+
+    @property
+    def provider(self) -> str:
+        return f"anthropic {self._base_url}"
+
+    async def stream(self, prompt: Prompt, *, max_attempts: int = 1) -> AsyncGenerator[StreamItem]:
+        retries = max(0, min(self._max_retries, max_attempts - 1))
+        body = request_body(prompt, model=self._model, prompt_caching=self._prompt_caching)
+        try:
+            events = await self._clients[retries].messages.create(**body, stream=True)
+        except anthropic.APIError as error:
+            raise translate_error(error) from error
+        usage: dict[str, int] = {}
+        reason = StopReason.END
+        try:
+            async for event in events:
+                if event.type == "message_start":
+                    start = event.message.usage
+                    usage["input"] = start.input_tokens
+                    usage["cache_read"] = start.cache_read_input_tokens or 0
+                    usage["cache_creation"] = start.cache_creation_input_tokens or 0
+                    yield StreamStart(model=self._model)
+                elif event.type == "content_block_delta" and event.delta.type == "text_delta":
+                    if event.delta.text:
+                        yield TextChunk(text=event.delta.text, emit_time_ns=time.time_ns())
+                elif event.type == "message_delta":
+                    reason = _STOP_REASONS.get(event.delta.stop_reason or "", StopReason.END)
+                    delta = event.usage
+                    usage["output"] = delta.output_tokens
+                    if delta.input_tokens is not None:
+                        usage["input"] = delta.input_tokens
+                    if delta.cache_read_input_tokens is not None:
+                        usage["cache_read"] = delta.cache_read_input_tokens
+                    if delta.cache_creation_input_tokens is not None:
+                        usage["cache_creation"] = delta.cache_creation_input_tokens
+        except (anthropic.APIError, httpx2.HTTPError) as error:
+            raise translate_error(error) from error
+        finally:
+            # Closes the HTTP response now: a client that went away stops the generation.
+            await events.close()
+        if "output" not in usage:
+            raise llm_errors.ProviderUnavailable("the model provider ended the answer early")
+        yield StreamEnd(
+            reason=reason,
+            input_tokens=usage.get("input", prompt.estimated_input_tokens),
+            output_tokens=usage["output"],
+            cache_read_input_tokens=usage.get("cache_read", 0),
+            cache_creation_input_tokens=usage.get("cache_creation", 0),
+        )
+
+    async def close(self) -> None:
+        await self._client.close()
