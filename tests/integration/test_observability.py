@@ -217,6 +217,7 @@ async def test_metrics_moved_with_the_right_bounded_labels(observed: ObservedCha
     ok_append = {"topic": "chatplane.messages", "outcome": "ok"}
     assert value(agent, "chatplane_log_append_duration_seconds_count", **ok_append) >= 1
     assert value(agent, "chatplane_llm_attempt_duration_seconds_count", outcome="ok") >= 1
+    assert value(agent, "chatplane_llm_circuit_state", provider=model) == 0  # closed
 
     memory = await scrape(stack, "memory")
     assert value(memory, "chatplane_memory_recall_duration_seconds_count") >= 1

@@ -26,6 +26,7 @@ ALERTS = {
     "ChatplaneRejectionsSpike",
     "ChatplaneEventLoopSaturated",
     "ChatplaneMessageLogAppendSlow",
+    "ChatplaneCircuitOpen",
 }
 
 
