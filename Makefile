@@ -10,7 +10,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .DEFAULT_GOAL := help
 .PHONY: help venv system-deps generate check-generate lint typecheck proto-check test test-fast \
-	run run-cluster bench infra-up infra-down clean
+	run run-cluster bench infra-up infra-down clean web web-test
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -47,16 +47,16 @@ lint: $(STAMP) ## ruff (lint + format check)
 typecheck: $(STAMP) ## mypy --strict on services/
 	$(BIN)/mypy services/chatplane
 
-system-deps: ## Debian packages the tests need (tmux)
+system-deps: ## Debian packages the tests need (tmux, chromium, chromium-driver)
 	@./scripts/install-system-deps.sh
 
-test: $(STAMP) system-deps check-generate proto-check lint typecheck ## install, check, and run the whole test suite
+test: $(STAMP) system-deps check-generate proto-check lint typecheck web web-test ## install, check, and run the whole test suite
 	$(BIN)/pytest -q -p no:cacheprovider --durations=15
 
 test-fast: $(STAMP) ## unit and contract tests only
 	$(BIN)/pytest -q -p no:cacheprovider tests/unit tests/contract
 
-run: $(STAMP) ## start the whole stack (embedded profile) and print how to chat
+run: $(STAMP) web ## start the whole stack (embedded profile) and print how to chat
 	$(BIN)/chatplane up
 
 run-cluster: infra-up ## start the stack on Kafka, PostgreSQL and OpenSearch (cluster profile)
@@ -73,3 +73,22 @@ infra-down: $(STAMP) ## stop the engines started by infra-up
 
 clean: ## remove the virtualenv and local data
 	rm -rf $(VENV) .chatplane .mypy_cache .ruff_cache
+	rm -rf web/node_modules web/dist
+
+# The reference web chat (web/): npm ci only when the lockfile changed, the build only when a
+# source or the generated TypeScript changed. npm's cache lives with the other downloads.
+NPM := npm --cache "$(HOME)/.cache/chatplane/npm" --no-audit --no-fund --update-notifier=false
+WEB_SOURCES := web/index.html web/vite.config.ts web/tsconfig.json \
+	$(shell find web/src gen/ts -type f 2>/dev/null)
+
+web/node_modules/.installed: web/package.json web/package-lock.json
+	cd web && $(NPM) ci --prefer-offline
+	@touch $@
+
+web/dist/index.html: web/node_modules/.installed $(WEB_SOURCES)
+	cd web && $(NPM) run build
+
+web: web/dist/index.html ## build the reference web chat into web/dist (served by `make run`)
+
+web-test: web/node_modules/.installed ## unit tests of the web chat's logic (vitest, in Node)
+	cd web && $(NPM) test

@@ -46,11 +46,17 @@ def progress(options: Options, message: str) -> None:
 
 @contextlib.asynccontextmanager
 async def running_stack(
-    name: str, env: Mapping[str, str], options: Options, tls_dir: Path | None = None
+    name: str,
+    env: Mapping[str, str],
+    options: Options,
+    tls_dir: Path | None = None,
+    *,
+    edge: bool = False,
 ) -> AsyncIterator[Stack]:
     """The four services on free loopback ports, with `env` (then `options.env`) over this
     process's environment, in a fresh temporary data dir (removed afterwards unless
-    `options.keep_data`); on mutual TLS with the certificates of `tls_dir` when given."""
+    `options.keep_data`); on mutual TLS with the certificates of `tls_dir` when given; with
+    `edge`, Envoy in front of the Gateway too."""
     data_dir = Path(tempfile.mkdtemp(prefix=f"chatplane-bench-{name}-"))
     stack = Stack(
         data_dir=data_dir,
@@ -58,6 +64,7 @@ async def running_stack(
         ports=dict.fromkeys(SERVICES, 0),
         env={**os.environ, **env, **options.env},
         tls_dir=tls_dir,
+        edge=edge,
     )
     try:
         await stack.start()

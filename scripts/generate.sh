@@ -27,3 +27,10 @@ mkdir -p gen/python gen/descriptors
   --descriptor_set_out=gen/descriptors/chatplane.binpb \
   proto/chatplane/v1/*.proto
 touch gen/python/chatplane/v1/py.typed
+
+# Go (gen/go) and TypeScript (gen/ts) clients from buf.gen.yaml, with the pinned plugins
+# (installed once, cached in ~/.cache/chatplane). gen/go/go.mod and go.sum are kept: they pin
+# the Go runtime the generated code needs.
+plugins=$(./scripts/codegen-plugins.sh)
+rm -rf gen/go/chatplane gen/ts
+PATH="$plugins:$PATH" buf generate

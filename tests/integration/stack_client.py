@@ -27,12 +27,16 @@ SLOW_PACE = {
 
 
 @contextlib.asynccontextmanager
-async def running_stack(data_dir: Path, env: Mapping[str, str]) -> AsyncIterator[Stack]:
-    """The four services on free ports with `env` on top of this process's environment."""
+async def running_stack(
+    data_dir: Path, env: Mapping[str, str], *, edge: bool = False
+) -> AsyncIterator[Stack]:
+    """The four services on free ports with `env` on top of this process's environment; with
+    `edge`, also Envoy in front of the Gateway (`stack.info().address("edge")`)."""
     stack = Stack(
         data_dir=data_dir,
-        ports=dict.fromkeys(("gateway", "agent", "memory", "persistence"), 0),
+        ports=dict.fromkeys(("gateway", "agent", "memory", "persistence", "edge"), 0),
         env={**os.environ, "CHATPLANE_LLM_BACKEND": "offline", **env},
+        edge=edge,
     )
     await stack.start()
     try:

@@ -117,7 +117,7 @@ async def chat_until_error(client: Client, text: str) -> tuple[Turn, grpc.aio.Ai
 
 
 async def test_claude_answers_when_a_key_is_set(rig: Rig) -> None:
-    ready = rig.stack.services["agent"].ready
+    ready = rig.stack.services["agent"].ready_event
     assert ready["model"] == PRIMARY and ready["fallbacks"] == [FALLBACK]
     usages = []
     for _ in range(2):

@@ -16,6 +16,7 @@ from chatplane.cli.client import open_channel
 from chatplane.common.tls import CA_VAR, CERT_VAR, KEY_VAR
 from chatplane.launcher import Stack, StackInfo
 from chatplane.launcher.certificates import DEFAULT_DAYS, CertificateDirError, init_certificates
+from chatplane.launcher.stack import EDGE
 from chatplane.v1 import persistence_pb2, persistence_pb2_grpc
 
 DEFAULT_DATA_DIR = ".chatplane"
@@ -82,6 +83,15 @@ def engines_env(state_dir: Path) -> dict[str, str]:
     default=None,
     help="Certificate directory of `chatplane certs init` (default: <data dir>/tls).",
 )
+@click.option(
+    "--edge-port",
+    default=8080,
+    show_default=True,
+    help="Envoy's port for HTTP (REST/JSON + SSE), gRPC-Web and gRPC (0: any free port).",
+)
+@click.option(
+    "--edge/--no-edge", default=True, show_default=True, help="Start Envoy in front of the Gateway."
+)
 @click.pass_obj
 def up(
     data_dir: Path,
@@ -90,8 +100,10 @@ def up(
     engines_state_dir: Path,
     tls: bool,
     tls_dir: Path | None,
+    edge_port: int,
+    edge: bool,
 ) -> None:
-    """Start the four services and wait until Ctrl-C."""
+    """Start the four services (and Envoy) and wait until Ctrl-C."""
     env = dict(os.environ, CHATPLANE_PROFILE=profile)
     if profile == "cluster":
         env.update(engines_env(engines_state_dir))
@@ -105,23 +117,40 @@ def up(
         )
     certificates = None
     if tls:
+        if edge:
+            # Envoy's upstream to the Gateway is plaintext (docs/security.md).
+            click.echo("note: Envoy is not started with --tls (docs/security.md)")
+            edge = False
         certificates = tls_dir or data_dir / DEFAULT_TLS_DIR
         created = _init_certificates(certificates, days=DEFAULT_DAYS, hosts=(), force=False)
         if created:
             click.echo(f"created development certificates in {certificates}")
-    asyncio.run(_up(data_dir, port, profile, env, certificates))
+    asyncio.run(_up(data_dir, port, profile, env, certificates, edge_port if edge else None))
 
 
 async def _up(
-    data_dir: Path, port: int, profile: str, env: dict[str, str], tls_dir: Path | None
+    data_dir: Path,
+    port: int,
+    profile: str,
+    env: dict[str, str],
+    tls_dir: Path | None,
+    edge_port: int | None,
 ) -> None:
-    ports = {"gateway": port, "agent": 0, "memory": 0, "persistence": 0}
-    stack = Stack(data_dir=data_dir, ports=ports, env=env, tls_dir=tls_dir)
+    ports = {"gateway": port, "agent": 0, "memory": 0, "persistence": 0, EDGE: edge_port or 0}
+    # The web chat is served through the edge (same origin as the API), so only with it.
+    stack = Stack(
+        data_dir=data_dir,
+        ports=ports,
+        env=env,
+        tls_dir=tls_dir,
+        edge=edge_port is not None,
+        web=edge_port is not None,
+    )
     transport = "mutual TLS" if tls_dir else "plaintext"
     click.echo(f"starting chatplane ({profile} profile, {transport}, data in {stack.data_dir}) …")
     info = await stack.start()
     key = await stack.development_key()
-    model = stack.services["agent"].ready.get("model", "?")
+    model = stack.services["agent"].ready_event.get("model", "?")
     click.echo("")
     click.secho(
         f"chatplane is ready: gRPC on {info.address('gateway')} (model: {model})",
@@ -132,6 +161,15 @@ async def _up(
     client_tls = info.client_tls()
     if client_tls is not None:
         click.echo(f"  mutual TLS: CA {client_tls.ca}, client certificate {client_tls.cert}")
+    if EDGE in info.ports:
+        edge_url = f"http://{info.address(EDGE)}"
+        click.echo(f"  Envoy (HTTP):           {edge_url}  REST/JSON + SSE, gRPC-Web, gRPC")
+        click.echo(f"  web chat (browser):     {edge_url}/  (sign in with the key above)")
+        click.echo(
+            f"  SSE with curl:          curl -N -H 'authorization: Bearer {key}' "
+            f"-H 'content-type: application/json' "
+            f'-d \'{{"text":"hello"}}\' {edge_url}/v1/chat'
+        )
     click.echo("  chat in the terminal:   .venv/bin/chatplane chat")
     click.echo('  one question:           .venv/bin/chatplane chat -m "hello"')
     click.echo(f"  logs (JSON lines):      {stack.data_dir / 'logs'}/")

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any, cast
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from chatplane.common import errors, status_mapping
 from chatplane.common.context import request_id_var, tenant_var
@@ -27,6 +28,33 @@ UnaryBehavior = Callable[[Any, Context], Awaitable[Any]]
 StreamBehavior = Callable[[Any, Context], AsyncIterator[Any]]
 # Runs before the handler, inside the error mapping (e.g. the Gateway's authentication).
 CallCheck = Callable[[str, Context], Awaitable[None]]
+
+
+class _Undecodable:
+    """Stands for a request whose bytes are not a valid message of the method's type."""
+
+
+_UNDECODABLE = _Undecodable()
+
+
+def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    """The method's deserializer, answering _UNDECODABLE instead of raising: gRPC would turn
+    the exception into UNKNOWN, while a malformed request is the caller's INVALID_ARGUMENT."""
+    if deserializer is None:
+        return None
+
+    def parse(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except DecodeError:
+            return _UNDECODABLE
+
+    return parse
+
+
+def _check_decoded(request: Any) -> None:
+    if request is _UNDECODABLE:
+        raise errors.InvalidArgument("request", "is not a valid message of the method's type")
 
 
 def _request_id(metadata: Any) -> str:
@@ -86,6 +114,7 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
             async def unary_behavior(request: Any, context: Context) -> Any:
                 _enter_call(request, context)
                 try:
+                    _check_decoded(request)
                     if check is not None:
                         await check(method, context)
                     return await unary(request, context)
@@ -96,7 +125,7 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
 
             return grpc.unary_unary_rpc_method_handler(
                 unary_behavior,
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=_tolerant(handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream is not None:
@@ -105,6 +134,7 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
             async def stream_behavior(request: Any, context: Context) -> AsyncIterator[Any]:
                 _enter_call(request, context)
                 try:
+                    _check_decoded(request)
                     if check is not None:
                         await check(method, context)
                     async for response in stream(request, context):
@@ -116,7 +146,7 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
 
             return grpc.unary_stream_rpc_method_handler(
                 stream_behavior,
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=_tolerant(handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
         return handler

@@ -121,6 +121,32 @@ class Settings(BaseSettings):
         """`CHATPLANE_TLS_CERT=` (empty) means unset, not the current directory."""
         return None if value == "" else value
 
+    # Edge: Envoy in front of the Gateway (`python -m chatplane.edge`, docs/edge.md): native gRPC,
+    # gRPC-Web and REST/JSON with Server-Sent Events on one port.
+    gateway_address: str = "127.0.0.1:50051"
+    edge_host: str = "127.0.0.1"
+    edge_port: int = 8080
+    # Envoy's admin interface, always on 127.0.0.1; 0 picks a free port.
+    edge_admin_port: int = 0
+    # Origins (scheme://host[:port], comma-separated) whose pages may call the API cross-origin;
+    # empty: only pages served by the edge itself (same origin).
+    edge_allowed_origins: str = ""
+    # host:port of the web chat's static file server; empty: the edge serves the API only.
+    web_address: str = ""
+    edge_max_connections: int = Field(default=1024, gt=0)
+    # Local rate limit of the whole edge (all clients): requests per second and burst.
+    edge_rate_limit_per_second: int = Field(default=200, gt=0)
+    edge_rate_limit_burst: int = Field(default=400, gt=0)
+    # A stream with no bytes either way for this long is closed (answers are never cut by a
+    # total timeout, only by silence).
+    edge_stream_idle_timeout_seconds: float = Field(default=120.0, gt=0)
+    edge_max_heap_bytes: int = Field(default=512 * 1024 * 1024, gt=0)
+
+    # Web chat (python -m chatplane.webui): the built files of web/ (empty: the checkout's
+    # web/dist) on host:webui_port; Envoy sends every non-API path there.
+    web_dist_dir: str = ""
+    webui_port: int = 50056
+
     # Observability (docs/observability.md). Prometheus /metrics per process on
     # metrics_host:metrics_port (0: a free port, printed in the ready line; -1: no endpoint).
     metrics_host: str = "127.0.0.1"

@@ -22,6 +22,10 @@ from chatplane.launcher.certificates import CLIENT_PARTY, SERVICE_PARTIES, party
 from chatplane.v1 import persistence_pb2, persistence_pb2_grpc
 
 SERVICES = ("persistence", "memory", "agent", "gateway")
+# Envoy in front of the Gateway (`python -m chatplane.edge`), started last when asked for.
+EDGE = "edge"
+# The web chat's static server (`python -m chatplane.webui`), started when asked for.
+WEB = "webui"
 STACK_FILE = "stack.json"
 DEV_KEY_FILE = "dev-api-key"
 DEV_TENANT = "dev"
@@ -76,8 +80,8 @@ class ServiceProcess:
         # Where this run's lines begin in the (appended) log.
         self.log_offset = 0
         self.metrics_port = 0
-        # The service's ready line (the Agent's says which model answers).
-        self.ready: dict[str, object] = {}
+        # The service's whole ready line (the Agent's says which model answers).
+        self.ready_event: dict[str, object] = {}
 
     @classmethod
     async def start(
@@ -119,7 +123,7 @@ class ServiceProcess:
                         if isinstance(event, dict) and event.get("event") == "ready":
                             self.port = int(event["port"])
                             self.metrics_port = int(event.get("metrics_port", 0))
-                            self.ready = event
+                            self.ready_event = event
                             return
         except TimeoutError:
             self.process.kill()
@@ -172,6 +176,8 @@ class Stack:
         ports: Mapping[str, int] | None = None,
         env: Mapping[str, str] | None = None,
         tls_dir: Path | None = None,
+        edge: bool = False,
+        web: bool = False,
     ) -> None:
         self.data_dir = data_dir.resolve()
         # Mutual TLS: each service gets its own certificate from this directory
@@ -184,12 +190,17 @@ class Stack:
         self._env["CHATPLANE_HOST"] = host
         self._env.setdefault("PYTHONUNBUFFERED", "1")
         self.services: dict[str, ServiceProcess] = {}
+        self.edge = edge
+        self.web = web
 
     def _args(self, name: str) -> list[str]:
         args = [f"--{name}-port", str(self._ports.get(name, 0))]
-        for dependency in ("agent", "memory", "persistence"):
+        for dependency in ("agent", "memory", "persistence", "gateway"):
             if dependency in self.services:
                 args += [f"--{dependency}-address", f"{self.host}:{self.services[dependency].port}"]
+        if WEB in self.services:
+            # Where the edge sends every path that is not the API.
+            args += ["--web-address", f"{self.host}:{self.services[WEB].port}"]
         return args
 
     def _service_env(self, name: str) -> dict[str, str]:
@@ -210,12 +221,18 @@ class Stack:
         return service
 
     async def start(self) -> StackInfo:
-        """Starts all four services in dependency order."""
+        """Starts all four services in dependency order (then the edge, if asked for)."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         try:
-            await asyncio.gather(self.start_service("persistence"), self.start_service("memory"))
+            await asyncio.gather(
+                self.start_service("persistence"),
+                self.start_service("memory"),
+                *([self.start_service(WEB)] if self.web else []),
+            )
             await self.start_service("agent")
             await self.start_service("gateway")
+            if self.edge:
+                await self.start_service(EDGE)
         except BaseException:
             await self.stop()
             raise
@@ -243,10 +260,14 @@ class Stack:
     async def stop(self, timeout: float = 35.0) -> dict[str, int]:
         """Stops the services in reverse dependency order; their exit codes."""
         codes: dict[str, int] = {}
-        for group in (("gateway",), ("agent",), ("memory", "persistence")):
+        for group in ((EDGE,), ("gateway",), ("agent",), ("memory", "persistence")):
             running = [self.services[n] for n in group if n in self.services]
             results = await asyncio.gather(*(s.stop(timeout) for s in running))
             codes.update({s.name: code for s, code in zip(running, results, strict=True)})
+        # The rest (the web chat's static server) holds no state: it stops last.
+        rest = [s for name, s in self.services.items() if name not in codes]
+        results = await asyncio.gather(*(s.stop(timeout) for s in rest))
+        codes.update({s.name: code for s, code in zip(rest, results, strict=True)})
         return codes
 
     async def development_key(self) -> str:

@@ -1,0 +1,1 @@
+"""The static web server of the reference web chat (web/dist)."""

@@ -1,0 +1,53 @@
+"""The generated TypeScript (gen/ts) type-checks against the pinned @bufbuild/protobuf runtime,
+and its GatewayService descriptor has what @connectrpc/connect needs (clients/ts/check.ts).
+The Go code (gen/go) is compiled by every test that builds clients/go; the Go client is
+gofmt-ed and passes go vet."""
+
+from __future__ import annotations
+
+import subprocess
+
+from tests.clients.go_client import CLIENT_DIR, REPO, go_env
+
+
+def test_generated_typescript_typechecks() -> None:
+    # Installs the pinned npm packages when clients/ts/package-lock.json changed (cached).
+    plugins = subprocess.run(
+        [str(REPO / "scripts" / "codegen-plugins.sh")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert plugins.returncode == 0, plugins.stderr
+    tsc = subprocess.run(
+        [str(REPO / "clients" / "ts" / "node_modules" / ".bin" / "tsc"), "-p", "clients/ts"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert tsc.returncode == 0, tsc.stdout + tsc.stderr
+
+
+def test_go_client_is_formatted_and_vetted() -> None:
+    gofmt = subprocess.run(
+        ["gofmt", "-l", "."],
+        cwd=CLIENT_DIR,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert gofmt.returncode == 0 and gofmt.stdout == "", f"not gofmt-ed: {gofmt.stdout}"
+    vet = subprocess.run(
+        ["go", "vet", "./..."],
+        cwd=CLIENT_DIR,
+        env=go_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert vet.returncode == 0, vet.stderr

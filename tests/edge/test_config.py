@@ -1,0 +1,138 @@
+"""The generated Envoy configuration: accepted by `envoy --mode validate` for the settings a
+deployment would use, with the limits the edge promises; and the local rate limit (a second
+Envoy with a tiny bucket in front of the shared stack's Gateway)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import httpx
+import pytest
+import pytest_asyncio
+
+from chatplane.common.settings import Settings
+from chatplane.edge.app import write_config
+from chatplane.edge.envoy_config import EdgeLimits, allowed_origins, render
+from chatplane.edge.envoy_process import envoy_binary
+from chatplane.launcher import ServiceProcess
+from chatplane.launcher.stack import EDGE
+from chatplane.v1 import gateway_pb2, gateway_pb2_grpc
+from tests.edge.edge_client import EdgeStack
+
+SETTINGS = {
+    "default": {},
+    "with web and origins": {
+        "web_address": "127.0.0.1:9000",
+        "edge_allowed_origins": "https://chat.example.com, http://localhost:5173/",
+        "gateway_address": "gateway.internal:50051",
+        "edge_host": "0.0.0.0",
+    },
+}
+
+
+@pytest.mark.parametrize("name", list(SETTINGS))
+def test_envoy_validates_the_generated_config(name: str, tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path, **SETTINGS[name])  # type: ignore[arg-type]
+    config_path = write_config(settings)
+    result = subprocess.run(
+        [str(envoy_binary()), "--mode", "validate", "-c", str(config_path), "-l", "warn"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "OK" in result.stdout
+
+
+def _listener_manager(config: dict[str, Any]) -> dict[str, Any]:
+    listener = config["static_resources"]["listeners"][0]
+    manager: dict[str, Any] = listener["filter_chains"][0]["filters"][-1]["typed_config"]
+    return manager
+
+
+def test_config_keeps_the_edge_promises(tmp_path: Path) -> None:
+    settings = Settings(edge_allowed_origins="https://a.example, https://b.example/")
+    config = render(settings, descriptor_path=tmp_path / "d", access_log_path=tmp_path / "a")
+    assert config["admin"]["address"]["socket_address"]["address"] == "127.0.0.1"
+    manager = _listener_manager(config)
+    assert manager["use_remote_address"] is True
+    options = manager["common_http_protocol_options"]
+    assert options["headers_with_underscores_action"] == "REJECT_REQUEST"
+    filters = [f["name"].rsplit(".", 1)[1] for f in manager["http_filters"]]
+    assert filters[:2] == ["grpc_web", "cors"] and filters[-1] == "router"
+    assert filters.index("local_ratelimit") < filters.index("grpc_json_transcoder")
+    cors = manager["route_config"]["virtual_hosts"][0]["typed_per_filter_config"]
+    origins = cors["envoy.filters.http.cors"]["allow_origin_string_match"]
+    assert origins == [{"exact": "https://a.example"}, {"exact": "https://b.example"}]
+    transcoder = next(f for f in manager["http_filters"] if f["name"].endswith("transcoder"))
+    assert transcoder["typed_config"]["print_options"]["stream_sse_style_delimited"] is True
+    assert transcoder["typed_config"]["convert_grpc_status"] is True
+    routes = {r["name"]: r for r in manager["route_config"]["virtual_hosts"][0]["routes"]}
+    for stream in ("chat-grpc", "chat-rest"):
+        assert routes[stream]["route"]["timeout"] == "0s"
+        assert routes[stream]["route"]["max_stream_duration"]["grpc_timeout_header_max"]
+    assert "web" not in routes
+    monitors = [m["name"] for m in config["overload_manager"]["resource_monitors"]]
+    assert "envoy.resource_monitors.fixed_heap" in monitors
+
+
+def test_default_allows_no_cross_origin_caller() -> None:
+    assert allowed_origins(Settings()) == []
+
+
+def test_body_limits_follow_the_gateways_message_limit() -> None:
+    limits = EdgeLimits.from_settings(Settings(max_message_bytes=1000, max_comment_bytes=10))
+    assert limits.max_grpc_request_bytes == 1000 + 4096
+    assert limits.max_json_request_bytes == 6 * 1000 + 4096
+
+
+@pytest_asyncio.fixture(loop_scope="package")
+async def tight_edge(edge_stack: EdgeStack, tmp_path: Path) -> AsyncIterator[str]:
+    """A second Envoy in front of the same Gateway whose local rate limit is 2 requests
+    (refilled by 1 per second); its address."""
+    args = [
+        "--edge-port", "0",
+        "--gateway-address", edge_stack.gateway_address,
+        "--edge-rate-limit-burst", "2",
+        "--edge-rate-limit-per-second", "1",
+    ]  # fmt: skip
+    env = {**os.environ, "CHATPLANE_DATA_DIR": str(tmp_path), "PYTHONUNBUFFERED": "1"}
+    edge = await ServiceProcess.start(EDGE, args, env, tmp_path / "logs" / "edge.log")
+    try:
+        yield f"127.0.0.1:{edge.port}"
+    finally:
+        assert await edge.stop(timeout=10) == 0
+
+
+@pytest.mark.integration
+@pytest.mark.asyncio(loop_scope="package")
+async def test_local_rate_limit_answers_429_and_resource_exhausted(
+    edge_stack: EdgeStack, tight_edge: str
+) -> None:
+    # A principal of its own, far from the Gateway's per-user limit: the 429s are the edge's.
+    key = await edge_stack.new_key("rate-limit-tenant", "rate-limit-user")
+    headers = {"authorization": f"Bearer {key}"}
+    metadata = tuple(headers.items())
+    async with httpx.AsyncClient(timeout=10) as http:
+        statuses = [
+            (await http.get(f"http://{tight_edge}/v1/conversations", headers=headers))
+            for _ in range(4)
+        ]
+    limited = [r for r in statuses if r.status_code == 429]
+    assert limited, [r.status_code for r in statuses]
+    assert limited[0].json()["code"] == 8
+    assert limited[0].headers["retry-after"] == "1"
+    async with grpc.aio.insecure_channel(tight_edge) as channel:
+        stub = gateway_pb2_grpc.GatewayServiceStub(channel)
+        with pytest.raises(grpc.aio.AioRpcError) as native:
+            for _ in range(20):
+                await stub.ListConversations(
+                    gateway_pb2.ListConversationsRequest(), metadata=metadata, timeout=5
+                )
+    assert native.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
