@@ -173,6 +173,10 @@ async def _up(
     click.echo("  chat in the terminal:   .venv/bin/chatplane chat")
     click.echo('  one question:           .venv/bin/chatplane chat -m "hello"')
     click.echo(f"  logs (JSON lines):      {stack.data_dir / 'logs'}/")
+    for name in info.ports:
+        if info.metrics_url(name):
+            click.echo(f"  metrics ({name + '):':13} {info.metrics_url(name)}")
+    click.echo("  live summary:           .venv/bin/chatplane status")
     click.echo("  stop:                   Ctrl-C")
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -295,3 +299,6 @@ cli.add_command(history)
 from chatplane.cli.memory import memory  # noqa: E402
 
 cli.add_command(memory)
+from chatplane.cli.status import status  # noqa: E402
+
+cli.add_command(status)

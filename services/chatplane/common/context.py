@@ -18,3 +18,6 @@ class Principal:
 
 request_id_var: ContextVar[str] = ContextVar("request_id", default="")
 principal_var: ContextVar[Principal | None] = ContextVar("principal", default=None)
+# The tenant a call acts for on internal services (from the request's tenant_id / owner), for
+# logs; the Gateway's authenticated principal takes precedence.
+tenant_var: ContextVar[str] = ContextVar("tenant", default="")

@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable, Sequence
 
 from chatplane.common.logs import configure_logging
 from chatplane.common.settings import Settings
+from chatplane.common.telemetry import configure_telemetry
 from chatplane.common.tls import TlsConfigError
 
 # The exit status of a service that cannot start because of its configuration.
@@ -29,6 +30,7 @@ def run_service(service: str, run: Callable[[Settings], Awaitable[None]]) -> Non
     """Parse settings, configure logging and run the service's main coroutine."""
     settings = load_settings(sys.argv[1:], f"python -m chatplane.{service}")
     configure_logging(service, settings.log_level)
+    configure_telemetry(service, settings)
     try:
         asyncio.run(run(settings))  # type: ignore[arg-type]
     except TlsConfigError as error:

@@ -11,8 +11,9 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from chatplane.common import errors, status_mapping
-from chatplane.common.context import request_id_var
+from chatplane.common.context import request_id_var, tenant_var
 from chatplane.common.ids import new_id
+from chatplane.common.trace_context import adopt
 
 _log = logging.getLogger(__name__)
 
@@ -56,11 +57,27 @@ def _check_decoded(request: Any) -> None:
         raise errors.InvalidArgument("request", "is not a valid message of the method's type")
 
 
-def _request_id(context: Context) -> str:
-    for key, value in context.invocation_metadata() or ():
+def _request_id(metadata: Any) -> str:
+    for key, value in metadata:
         if key == REQUEST_ID_KEY and isinstance(value, str) and 0 < len(value) <= 128:
             return value
     return new_id()
+
+
+def _tenant(request: Any) -> str:
+    """The tenant an internal request acts for (`tenant_id`, or `owner.tenant_id`), for logs."""
+    tenant = getattr(request, "tenant_id", None)
+    if tenant is None:
+        tenant = getattr(getattr(request, "owner", None), "tenant_id", None)
+    return tenant if isinstance(tenant, str) else ""
+
+
+def _enter_call(request: Any, context: Context) -> None:
+    """Sets the call's request id, trace context and tenant for logs and outbound calls."""
+    metadata = context.invocation_metadata() or ()
+    request_id_var.set(_request_id(metadata))
+    adopt(metadata)
+    tenant_var.set(_tenant(request))
 
 
 async def _abort(context: Context, error: Exception, method: str) -> None:
@@ -95,7 +112,7 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
             unary = cast("UnaryBehavior", handler.unary_unary)
 
             async def unary_behavior(request: Any, context: Context) -> Any:
-                request_id_var.set(_request_id(context))
+                _enter_call(request, context)
                 try:
                     _check_decoded(request)
                     if check is not None:
@@ -115,7 +132,7 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
             stream = cast("StreamBehavior", handler.unary_stream)
 
             async def stream_behavior(request: Any, context: Context) -> AsyncIterator[Any]:
-                request_id_var.set(_request_id(context))
+                _enter_call(request, context)
                 try:
                     _check_decoded(request)
                     if check is not None:

@@ -15,7 +15,10 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from chatplane.common import telemetry
 from chatplane.common.interceptors import CallCheck, ServiceInterceptor
+from chatplane.common.metrics import MetricsEndpoint
+from chatplane.common.rpc_metrics import MetricsInterceptor
 from chatplane.common.tls import TlsCredentials
 
 _log = logging.getLogger(__name__)
@@ -54,7 +57,14 @@ async def serve(
     """Run a service until SIGTERM/SIGINT, then drain and return. With `tls` it serves mutual
     TLS only (no plaintext port). `ready_details` are added to the ready line (e.g. the
     Agent's model)."""
-    server = grpc.aio.server(interceptors=[ServiceInterceptor(check)], options=list(SERVER_OPTIONS))
+    # Outermost first: the trace span (so every log line of the call has its trace id), the
+    # RPC metrics (they see the final status code), then request id + error mapping.
+    interceptors: list[grpc.aio.ServerInterceptor] = [
+        *telemetry.server_interceptors(),
+        MetricsInterceptor(name),
+        ServiceInterceptor(check),
+    ]
+    server = grpc.aio.server(interceptors=interceptors, options=list(SERVER_OPTIONS))
     register(server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -76,11 +86,19 @@ async def serve(
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stopping.set)
-    # The ready line: launchers and tests read the bound port from it.
-    ready = {"event": "ready", "service": name, "port": bound, **(ready_details or {})}
+    metrics = MetricsEndpoint(name)
+    metrics_port = metrics.start(*telemetry.metrics_address())
+    # The ready line: launchers and tests read the bound ports from it.
+    ready = {
+        "event": "ready",
+        "service": name,
+        "port": bound,
+        "metrics_port": metrics_port,
+        **(ready_details or {}),
+    }
     sys.stdout.write(json.dumps(ready) + "\n")
     sys.stdout.flush()
-    _log.info("serving", extra={"port": bound})
+    _log.info("serving", extra={"port": bound, "metrics_port": metrics_port})
 
     await stopping.wait()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -93,14 +111,19 @@ async def serve(
     await server.stop(drain_grace_seconds)
     if on_stop is not None:
         await on_stop()
+    await metrics.stop()
+    telemetry.shutdown_tracing()
     _log.info("stopped")
 
 
 def internal_channel(address: str, tls: TlsCredentials | None = None) -> grpc.aio.Channel:
     """A channel to another chatplane service; with `tls`, mutual TLS with this service's
     certificate (the peer's certificate must name the address's host)."""
+    interceptors = telemetry.client_interceptors()
     if tls is None:
-        return grpc.aio.insecure_channel(address, options=list(CHANNEL_OPTIONS))
+        return grpc.aio.insecure_channel(
+            address, options=list(CHANNEL_OPTIONS), interceptors=interceptors
+        )
     return grpc.aio.secure_channel(
-        address, tls.channel_credentials(), options=list(CHANNEL_OPTIONS)
+        address, tls.channel_credentials(), options=list(CHANNEL_OPTIONS), interceptors=interceptors
     )

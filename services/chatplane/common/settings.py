@@ -11,6 +11,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 Profile = Literal["embedded", "cluster"]
 LlmBackendName = Literal["auto", "offline", "anthropic", "openai_compatible"]
+TraceExporter = Literal["none", "otlp", "file"]
 
 
 class Settings(BaseSettings):
@@ -145,6 +146,23 @@ class Settings(BaseSettings):
     # web/dist) on host:webui_port; Envoy sends every non-API path there.
     web_dist_dir: str = ""
     webui_port: int = 50056
+
+    # Observability (docs/observability.md). Prometheus /metrics per process on
+    # metrics_host:metrics_port (0: a free port, printed in the ready line; -1: no endpoint).
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = Field(default=0, ge=-1, le=65535)
+    # Tenants that get their own label value on token counters (per process); later ones
+    # are counted under "_other", so the series count stays bounded.
+    metrics_tenant_limit: int = Field(default=100, ge=0)
+    # How often consumer lag is read from the log for the lag gauge.
+    metrics_lag_interval_seconds: float = Field(default=5.0, gt=0)
+    # Tracing: none (default: no SDK installed, nothing recorded), otlp (OTLP/gRPC to
+    # otlp_endpoint, or the standard OTEL_EXPORTER_OTLP_* variables), file (JSON spans, one per
+    # line, to <data dir>/traces/<service>.jsonl or trace_file).
+    trace_exporter: TraceExporter = "none"
+    otlp_endpoint: str = ""
+    trace_file: str = ""
+    trace_sample_ratio: float = Field(default=1.0, ge=0, le=1)
 
     def data_path(self, name: str) -> Path:
         """A file or folder inside the data directory (created on demand)."""

@@ -3,6 +3,7 @@ rate limit (checked before every public call), chat relay, servicer."""
 
 from __future__ import annotations
 
+from chatplane.common import errors
 from chatplane.common.context import principal_var
 from chatplane.common.interceptors import Context
 from chatplane.common.server import internal_channel, serve
@@ -10,6 +11,7 @@ from chatplane.common.settings import Settings
 from chatplane.common.tls import load_tls
 from chatplane.gateway.auth import ApiKeyAuthenticator
 from chatplane.gateway.chat import ChatRelay
+from chatplane.gateway.metrics import REJECTIONS
 from chatplane.gateway.rate_limit import RateLimiter
 from chatplane.gateway.servicer import GatewayServicer
 from chatplane.v1 import gateway_pb2, gateway_pb2_grpc, memory_pb2_grpc, persistence_pb2_grpc
@@ -39,7 +41,11 @@ async def run(settings: Settings) -> None:
             return  # health and reflection are open
         principal = await authenticator.authenticate(context)
         principal_var.set(principal)
-        limiter.acquire(principal.tenant_id, principal.user_id)
+        try:
+            limiter.acquire(principal.tenant_id, principal.user_id)
+        except errors.ResourceExhausted:
+            REJECTIONS.labels("rate_limit").inc()
+            raise
 
     servicer = GatewayServicer(
         settings=settings,

@@ -16,6 +16,7 @@ from chatplane.common.ids import is_valid_id
 from chatplane.common.settings import Settings
 from chatplane.common.trace_context import propagated
 from chatplane.gateway.chat import ChatRelay
+from chatplane.gateway.metrics import ChatStreamMetrics
 from chatplane.gateway.validation import validate_chat, validate_feedback
 from chatplane.v1 import (
     gateway_pb2,
@@ -64,6 +65,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         self, request: gateway_pb2.ChatRequest, context: Context
     ) -> AsyncIterator[gateway_pb2.ChatResponse]:
         validate_chat(request, self._settings.max_message_bytes)
+        metrics = ChatStreamMetrics()
         events = self._relay.chat(
             _principal(),
             request,
@@ -72,6 +74,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         )
         try:
             async for event in events:
+                metrics.observe(event)
                 yield event
         finally:
             await events.aclose()

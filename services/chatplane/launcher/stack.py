@@ -11,7 +11,7 @@ import os
 import signal
 import sys
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import grpc
@@ -43,6 +43,8 @@ class StackInfo:
     pids: dict[str, int]
     # The certificate directory when the stack runs on mutual TLS ("" for plaintext).
     tls_dir: str = ""
+    # Each service's Prometheus endpoint port (0: none).
+    metrics_ports: dict[str, int] = field(default_factory=dict)
 
     def address(self, service: str) -> str:
         """host:port of a service."""
@@ -51,6 +53,11 @@ class StackInfo:
     def client_tls(self) -> TlsFiles | None:
         """The client certificate files for calling this stack, None when it is plaintext."""
         return party_files(Path(self.tls_dir), CLIENT_PARTY) if self.tls_dir else None
+
+    def metrics_url(self, service: str) -> str:
+        """The URL of a service's /metrics endpoint ("" when it has none)."""
+        port = self.metrics_ports.get(service, 0)
+        return f"http://{self.host}:{port}/metrics" if port else ""
 
     @classmethod
     def load(cls, data_dir: Path) -> StackInfo | None:
@@ -72,6 +79,7 @@ class ServiceProcess:
         self.port = 0
         # Where this run's lines begin in the (appended) log.
         self.log_offset = 0
+        self.metrics_port = 0
         # The service's whole ready line (the Agent's says which model answers).
         self.ready_event: dict[str, object] = {}
 
@@ -114,6 +122,7 @@ class ServiceProcess:
                         event = json.loads(line)
                         if isinstance(event, dict) and event.get("event") == "ready":
                             self.port = int(event["port"])
+                            self.metrics_port = int(event.get("metrics_port", 0))
                             self.ready_event = event
                             return
         except TimeoutError:
@@ -237,6 +246,7 @@ class Stack:
             data_dir=str(self.data_dir),
             pids={name: s.process.pid for name, s in self.services.items()},
             tls_dir=str(self.tls_dir or ""),
+            metrics_ports={name: s.metrics_port for name, s in self.services.items()},
         )
 
     def channel(self, service: str) -> grpc.aio.Channel:

@@ -7,6 +7,7 @@ from chatplane.common.topics import MEMORY_REMEMBER_TOPIC, MESSAGES_DLQ_TOPIC, M
 from chatplane.log.base import MessageLog
 from chatplane.log.embedded import EmbeddedMessageLog
 from chatplane.log.kafka import KafkaMessageLog
+from chatplane.log.observed import ObservedMessageLog
 
 
 class LogConfigurationError(ValueError):
@@ -23,7 +24,7 @@ def open_message_log(settings: Settings) -> MessageLog:
                 " set CHATPLANE_KAFKA_BOOTSTRAP, e.g. 127.0.0.1:9092"
                 " (scripts/infra/engines.py up writes it to engines.env)"
             )
-        return KafkaMessageLog(
+        kafka = KafkaMessageLog(
             bootstrap,
             partitions=settings.kafka_topic_partitions,
             # Every topic exists from the first use of the log on, with its partition count,
@@ -32,4 +33,5 @@ def open_message_log(settings: Settings) -> MessageLog:
             # librdkafka stops retrying a record once the longest append has given up on it.
             delivery_timeout=settings.log_append_timeout_seconds,
         )
-    return EmbeddedMessageLog(settings.data_path("log.db"))
+        return ObservedMessageLog(kafka, "kafka")
+    return ObservedMessageLog(EmbeddedMessageLog(settings.data_path("log.db")), "sqlite")

@@ -9,6 +9,7 @@ from chatplane.common.settings import Settings
 from chatplane.common.tls import load_tls
 from chatplane.common.topics import MEMORY_REMEMBER_TOPIC
 from chatplane.log.factory import open_message_log
+from chatplane.log.observed import LagReporter
 from chatplane.memory.conversational_memory import ConversationalMemory
 from chatplane.memory.embedding import SentenceEmbedder
 from chatplane.memory.index.factory import open_memory_index
@@ -26,8 +27,11 @@ async def run(settings: Settings) -> None:
     retry_log = open_message_log(settings).consumer(CONSUMER_GROUP, [MEMORY_REMEMBER_TOPIC])
     retry = RememberRetryConsumer(retry_log, memory)
     retry.start()
+    lag = LagReporter(retry_log, CONSUMER_GROUP, settings.metrics_lag_interval_seconds)
+    lag.start()
 
     async def stop() -> None:
+        await lag.stop()
         await retry.stop()
         await retry_log.close()
         await memory.close()

@@ -9,6 +9,7 @@ import grpc
 from chatplane.common import errors
 from chatplane.memory.conversational_memory import ConversationalMemory, RememberedMessage
 from chatplane.memory.index.base import ItemKind, RecalledItem
+from chatplane.memory.metrics import RECALL_DURATION, REMEMBER_DURATION
 from chatplane.v1 import memory_pb2, memory_pb2_grpc, resources_pb2
 
 _ROLE_NAMES = {resources_pb2.ROLE_USER: "user", resources_pb2.ROLE_ASSISTANT: "assistant"}
@@ -46,33 +47,35 @@ class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
     ) -> memory_pb2.RememberResponse:
         if any(m.role not in _ROLE_NAMES for m in request.messages):
             raise errors.InvalidArgument("messages.role", "must be ROLE_USER or ROLE_ASSISTANT")
-        count = await self._memory.remember(
-            request.tenant_id,
-            request.user_id,
-            request.conversation_id,
-            [
-                RememberedMessage(
-                    message_id=m.message_id,
-                    role=_ROLE_NAMES[m.role],
-                    text=m.text,
-                    created_at_ms=m.create_time_unix_ms,
-                )
-                for m in request.messages
-            ],
-        )
+        with REMEMBER_DURATION.time():
+            count = await self._memory.remember(
+                request.tenant_id,
+                request.user_id,
+                request.conversation_id,
+                [
+                    RememberedMessage(
+                        message_id=m.message_id,
+                        role=_ROLE_NAMES[m.role],
+                        text=m.text,
+                        created_at_ms=m.create_time_unix_ms,
+                    )
+                    for m in request.messages
+                ],
+            )
         return memory_pb2.RememberResponse(remembered_count=count)
 
     async def Recall(
         self, request: memory_pb2.RecallRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> memory_pb2.RecallResponse:
-        recall = await self._memory.recall(
-            request.tenant_id,
-            request.user_id,
-            request.conversation_id,
-            request.query,
-            request.recent_limit,
-            request.top_k,
-        )
+        with RECALL_DURATION.time():
+            recall = await self._memory.recall(
+                request.tenant_id,
+                request.user_id,
+                request.conversation_id,
+                request.query,
+                request.recent_limit,
+                request.top_k,
+            )
         return memory_pb2.RecallResponse(
             recent=[
                 memory_pb2.MemoryMessage(

@@ -15,10 +15,15 @@ from datetime import UTC, datetime
 from typing import TypeVar
 
 from google.protobuf.message import DecodeError
+from opentelemetry import trace
+from opentelemetry.propagate import extract
+from opentelemetry.trace import Link, SpanKind
 
 from chatplane.common.ids import is_valid_id
+from chatplane.common.telemetry import tracer, tracing_enabled
 from chatplane.common.topics import MESSAGE_SCHEMA_VERSION, MESSAGES_DLQ_TOPIC
 from chatplane.log import ConsumedRecord, LogRecord, MessageLogConsumer, MessageLogProducer
+from chatplane.persistence import metrics
 from chatplane.persistence.store.base import (
     ConversationStore,
     FinishReason,
@@ -220,7 +225,25 @@ class BatchConsumer:
             _log.info("consumer stopped while retrying; the batch stays uncommitted")
 
     async def process_batch(self, records: Sequence[ConsumedRecord]) -> None:
-        """Store one polled batch, dead-letter what cannot be stored, then commit its offsets."""
+        """Store one polled batch, dead-letter what cannot be stored, then commit its offsets.
+
+        With tracing on, the batch is one CONSUMER span (a trace of its own) linked to the
+        span that produced each record (from the record's traceparent header)."""
+        span = tracer().start_span(
+            "process chatplane.messages",
+            kind=SpanKind.CONSUMER,
+            links=producer_links(records) if tracing_enabled() else None,
+            attributes={
+                "messaging.operation.type": "process",
+                "messaging.destination.name": records[0].topic if records else "",
+                "messaging.consumer.group.name": CONSUMER_GROUP,
+                "messaging.batch.message_count": len(records),
+            },
+        )
+        with trace.use_span(span, end_on_exit=True):
+            await self._process_batch(records)
+
+    async def _process_batch(self, records: Sequence[ConsumedRecord]) -> None:
         started = time.monotonic()
         pending: list[tuple[Message, ConsumedRecord]] = []
         dead: list[tuple[ConsumedRecord, str]] = []
@@ -235,15 +258,20 @@ class BatchConsumer:
                 _log.exception("record decoding failed", extra={"offset": record.offset})
                 dead.append((record, f"decoding failed: {type(error).__name__}"))
         stored = 0
-        while pending:
-            write = functools.partial(self._store.write_messages, [m for m, _ in pending])
-            try:
-                stored = await self._retrying("store", write)
-                break
-            except MessagesRejected as rejected:
-                # Nothing was written: dead-letter the refused ones and store the rest.
-                dead += [(pending[i][1], reason) for i, reason in rejected.reasons.items()]
-                pending = [p for i, p in enumerate(pending) if i not in rejected.reasons]
+        write_started = time.perf_counter()
+        with tracer().start_as_current_span(
+            "store batch", attributes={"db.operation.batch.size": len(pending)}
+        ):
+            while pending:
+                write = functools.partial(self._store.write_messages, [m for m, _ in pending])
+                try:
+                    stored = await self._retrying("store", write)
+                    break
+                except MessagesRejected as rejected:
+                    # Nothing was written: dead-letter the refused ones and store the rest.
+                    dead += [(pending[i][1], reason) for i, reason in rejected.reasons.items()]
+                    pending = [p for i, p in enumerate(pending) if i not in rejected.reasons]
+        metrics.DB_WRITE_DURATION.observe(time.perf_counter() - write_started)
         if dead:
             letters = [_dead_letter(record, reason) for record, reason in dead]
             await self._retrying(
@@ -259,6 +287,11 @@ class BatchConsumer:
         self.counters.records_stored += stored
         self.counters.records_skipped += len(pending) - stored
         self.counters.records_dead_lettered += len(dead)
+        metrics.BATCH_RECORDS.observe(len(records))
+        metrics.BATCH_DURATION.observe(time.monotonic() - started)
+        metrics.RECORDS.labels("stored").inc(stored)
+        metrics.RECORDS.labels("skipped").inc(len(pending) - stored)
+        metrics.RECORDS.labels("dead_lettered").inc(len(dead))
         _log.debug(
             "batch stored",
             extra={
@@ -280,6 +313,7 @@ class BatchConsumer:
             except Exception as error:
                 # Never skip a batch: whatever failed is retried until it works or we stop.
                 self.counters.retries += 1
+                metrics.RETRIES.labels(what).inc()
                 _log.warning(
                     "consumer step failed; retrying",
                     extra={"step": what, "error": repr(error), "retry_in": round(delay, 3)},
@@ -295,6 +329,19 @@ class BatchConsumer:
         except TimeoutError:
             return False
         return True
+
+
+def producer_links(records: Sequence[ConsumedRecord]) -> list[Link]:
+    """A link to the span that produced each record (one per distinct span)."""
+    links: dict[int, Link] = {}
+    for record in records:
+        carrier = {k: v.decode("latin-1") for k, v in record.headers if k == "traceparent"}
+        if not carrier:
+            continue
+        span_context = trace.get_current_span(extract(carrier)).get_span_context()
+        if span_context.is_valid and span_context.span_id not in links:
+            links[span_context.span_id] = Link(span_context)
+    return list(links.values())
 
 
 def _dead_letter(record: ConsumedRecord, reason: str) -> LogRecord:

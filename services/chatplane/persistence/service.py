@@ -13,6 +13,7 @@ from chatplane.common.settings import Settings
 from chatplane.common.tls import load_tls
 from chatplane.common.topics import MESSAGES_TOPIC
 from chatplane.log.factory import open_message_log
+from chatplane.log.observed import LagReporter
 from chatplane.persistence.consumer import CONSUMER_GROUP, BatchConsumer
 from chatplane.persistence.servicer import SERVICE_NAME, PersistenceServicer
 from chatplane.persistence.store.factory import open_store
@@ -39,6 +40,7 @@ async def run(settings: Settings) -> None:
         max_wait=settings.batch_max_wait_seconds,
     )
     servicer = PersistenceServicer(store)
+    lag = LagReporter(log_consumer, CONSUMER_GROUP, settings.metrics_lag_interval_seconds)
 
     def register(server: grpc.aio.Server) -> None:
         persistence_pb2_grpc.add_PersistenceServiceServicer_to_server(servicer, server)
@@ -50,6 +52,7 @@ async def run(settings: Settings) -> None:
         if stopped:
             return
         stopped = True
+        await lag.stop()
         # The consumer before what it uses: it may still be storing a batch or committing.
         await consumer.stop(grace=settings.drain_grace_seconds)
         await log_consumer.close()
@@ -58,6 +61,7 @@ async def run(settings: Settings) -> None:
         _log.info("consumer stopped", extra=asdict(consumer.counters))
 
     consumer.start()
+    lag.start()
     try:
         await serve(
             name=NAME,

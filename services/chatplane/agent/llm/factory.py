@@ -11,9 +11,11 @@ from chatplane.agent.llm.anthropic_messages import AnthropicBackend
 from chatplane.agent.llm.base import LlmBackend
 from chatplane.agent.llm.circuit_breaker import CircuitBreaker
 from chatplane.agent.llm.model_chain import ModelChain, Route
+from chatplane.agent.llm.observed import ObservedBackend, export_breaker
 from chatplane.agent.llm.offline import MODEL_NAME as OFFLINE_MODEL
 from chatplane.agent.llm.offline import OfflineResponder
 from chatplane.agent.llm.openai_chat import OpenAiChatBackend
+from chatplane.common.metrics import TenantLabels
 from chatplane.common.settings import Settings
 
 BackendKind = Literal["offline", "anthropic", "openai_compatible"]
@@ -110,8 +112,11 @@ def build_model_chain(settings: Settings) -> ModelChain:
     """The configured model and its fallbacks, with a breaker per provider."""
     breakers: dict[str, CircuitBreaker] = {}
     routes: list[Route] = []
+    # One bound on the tenant label for every model of this process.
+    tenants = TenantLabels(settings.metrics_tenant_limit)
     for kind, model in model_specs(settings):
-        backend = _backend(kind, model, settings)
+        # Every model tried is observed: a span with GenAI attributes, token metrics.
+        backend = ObservedBackend(_backend(kind, model, settings), system=kind, tenants=tenants)
         breaker = breakers.get(backend.provider)
         if breaker is None:
             breaker = breakers[backend.provider] = CircuitBreaker(
@@ -119,5 +124,6 @@ def build_model_chain(settings: Settings) -> ModelChain:
                 failure_threshold=settings.llm_breaker_failures,
                 cooldown_seconds=settings.llm_breaker_cooldown_seconds,
             )
+            export_breaker(breaker)
         routes.append(Route(backend=backend, breaker=breaker))
     return ModelChain(routes, stall_timeout_seconds=settings.llm_stall_timeout_seconds)
