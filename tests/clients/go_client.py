@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
-import json
 import os
 import shutil
 import subprocess
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.clients.client_process import REPO, Run, run_program
+
 CLIENT_DIR = REPO / "clients" / "go"
 CACHE = Path(os.environ.get("CHATPLANE_CACHE", Path.home() / ".cache" / "chatplane"))
 
@@ -26,13 +23,12 @@ def go_env() -> dict[str, str]:
     }
 
 
-def build(out_dir: Path) -> Path:
-    """`go build` of clients/go into out_dir; fails the test with Go's message if it breaks."""
-    go = shutil.which("go")
-    assert go, "the Go toolchain is needed to build clients/go (see docs/clients.md)"
-    binary = out_dir / "chatplane-chat"
-    proc = subprocess.run(
-        [go, "build", "-trimpath", "-o", str(binary), "."],
+def go(*args: str) -> subprocess.CompletedProcess[str]:
+    """`go args…` in clients/go with the cached build and module directories."""
+    toolchain = shutil.which("go")
+    assert toolchain, "the Go toolchain is needed to build clients/go (see docs/clients.md)"
+    return subprocess.run(
+        [toolchain, *args],
         cwd=CLIENT_DIR,
         env=go_env(),
         capture_output=True,
@@ -40,36 +36,16 @@ def build(out_dir: Path) -> Path:
         timeout=600,
         check=False,
     )
+
+
+def build(out_dir: Path) -> Path:
+    """`go build` of clients/go into out_dir; fails the test with Go's message if it breaks."""
+    binary = out_dir / "chatplane-chat"
+    proc = go("build", "-trimpath", "-o", str(binary), ".")
     assert proc.returncode == 0, f"go build failed:\n{proc.stderr}"
     return binary
 
 
-@dataclass
-class Run:
-    """One finished run of the Go client."""
-
-    returncode: int
-    stdout: str
-    stderr: str
-
-    def events(self) -> list[dict[str, Any]]:
-        """The -json output: one protobuf-JSON ChatResponse per line."""
-        return [json.loads(line) for line in self.stdout.splitlines() if line.strip()]
-
-
 async def run(binary: Path, *args: str, timeout: float = 60) -> Run:
     """Runs the client without blocking the event loop (the stack shares it)."""
-    proc = await asyncio.create_subprocess_exec(
-        str(binary),
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(), timeout)
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        raise
-    assert proc.returncode is not None
-    return Run(proc.returncode, out.decode(), err.decode())
+    return await run_program([str(binary), *args], timeout=timeout)

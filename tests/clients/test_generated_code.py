@@ -7,28 +7,15 @@ from __future__ import annotations
 
 import subprocess
 
-from tests.clients.go_client import CLIENT_DIR, REPO, go_env
+from tests.clients.client_process import REPO
+from tests.clients.go_client import CLIENT_DIR, go
+from tests.clients.ts_client import install_packages, tsc
 
 
 def test_generated_typescript_typechecks() -> None:
     # Installs the pinned npm packages when clients/ts/package-lock.json changed (cached).
-    plugins = subprocess.run(
-        [str(REPO / "scripts" / "codegen-plugins.sh")],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
-    assert plugins.returncode == 0, plugins.stderr
-    tsc = subprocess.run(
-        [str(REPO / "clients" / "ts" / "node_modules" / ".bin" / "tsc"), "-p", "clients/ts"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert tsc.returncode == 0, tsc.stdout + tsc.stderr
+    install_packages()
+    tsc("-p", "clients/ts", cwd=REPO)
 
 
 def test_go_client_is_formatted_and_vetted() -> None:
@@ -41,13 +28,5 @@ def test_go_client_is_formatted_and_vetted() -> None:
         check=False,
     )
     assert gofmt.returncode == 0 and gofmt.stdout == "", f"not gofmt-ed: {gofmt.stdout}"
-    vet = subprocess.run(
-        ["go", "vet", "./..."],
-        cwd=CLIENT_DIR,
-        env=go_env(),
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
+    vet = go("vet", "./...")
     assert vet.returncode == 0, vet.stderr

@@ -75,6 +75,17 @@ def named(docs: tuple[Doc, ...], kind: str, name: str) -> Doc:
     return doc
 
 
+def config_map(docs: tuple[Doc, ...], prefix: str) -> Doc:
+    """The one ConfigMap whose name starts with prefix (kustomize appends a content hash)."""
+    (found,) = [c for c in of_kind(docs, "ConfigMap") if c["metadata"]["name"].startswith(prefix)]
+    return found
+
+
+def edge_config(docs: tuple[Doc, ...]) -> Doc:
+    """The edge Envoy's configuration, from its ConfigMap."""
+    return dict(yaml.safe_load(config_map(docs, "edge-envoy")["data"]["envoy.yaml"]))
+
+
 def is_istio(doc: Doc) -> bool:
     """Whether the resource is an Istio custom resource."""
     return str(doc["apiVersion"]).split("/")[0].endswith(".istio.io")

@@ -16,15 +16,16 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-import yaml
 
 from chatplane.common.settings import Settings
+from tests.deploy.local_edge import local_edge_envoy
 from tests.deploy.manifests import (
     DESCRIPTORS,
     NAMESPACE,
     OVERLAYS,
     ROOT,
-    Doc,
+    config_map,
+    edge_config,
     named,
     of_kind,
     render,
@@ -36,11 +37,6 @@ PENDING_SETTINGS = {"CHATPLANE_METRICS_HOST", "CHATPLANE_METRICS_PORT"}
 DOCKERFILE = ROOT / "Dockerfile"
 
 overlays = pytest.mark.parametrize("overlay", OVERLAYS)
-
-
-def config_map(docs: tuple[Doc, ...], prefix: str) -> Doc:
-    (found,) = [c for c in of_kind(docs, "ConfigMap") if c["metadata"]["name"].startswith(prefix)]
-    return found
 
 
 @overlays
@@ -64,10 +60,6 @@ def test_every_variable_is_a_setting_and_the_settings_parse(
         assert host == name  # the Service of that name, in the same namespace
         assert int(port) == getattr(settings, f"{name}_port")
     assert settings.kafka_bootstrap
-
-
-def edge_config(docs: tuple[Doc, ...]) -> Doc:
-    return dict(yaml.safe_load(config_map(docs, "edge-envoy")["data"]["envoy.yaml"]))
 
 
 @overlays
@@ -147,25 +139,8 @@ def test_the_edge_pre_stop_hook_fails_its_health_check_and_drains(tmp_path: Path
     """The hook runs against a real Envoy (the pinned one) with the edge configuration, on
     loopback ports the system picks."""
     docs = render("prod")
-    envoy_config = edge_config(docs)
-    envoy_config["admin"]["address"]["socket_address"]["port_value"] = 0
-    (listener,) = envoy_config["static_resources"]["listeners"]
-    listener["address"]["socket_address"] = {"address": "127.0.0.1", "port_value": 0}
-    text = yaml.safe_dump(envoy_config).replace(
-        "/app/" + str(DESCRIPTORS.relative_to(ROOT)), str(DESCRIPTORS)
-    )
-    (tmp_path / "envoy.yaml").write_text(text)
     (container,) = named(docs, "Deployment", "edge")["spec"]["template"]["spec"]["containers"]
-    command = list(container["command"])
-    command[0] = str(Path(sys.executable).parent / "envoy")
-    command[command.index("--config-path") + 1] = str(tmp_path / "envoy.yaml")
-    admin_file = tmp_path / "admin-address"
-    envoy = subprocess.Popen(
-        [*command, "--admin-address-path", str(admin_file), "--log-level", "warn"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
+    with local_edge_envoy(docs, edge_config(docs), tmp_path, log_level="warn") as admin_file:
         admin = "http://" + _poll(lambda: admin_file.exists() and admin_file.read_text().strip())
         listeners = json.loads(_poll(lambda: _get(f"{admin}/listeners?format=json")[1]))
         port = listeners["listener_statuses"][0]["local_address"]["socket_address"]["port_value"]
@@ -184,9 +159,6 @@ def test_the_edge_pre_stop_hook_fails_its_health_check_and_drains(tmp_path: Path
         response = connection.getresponse()
         assert (response.status, response.getheader("connection")) == (200, "close")
         connection.close()
-    finally:
-        envoy.terminate()
-        envoy.wait(timeout=10)
 
 
 def _get(url: str) -> tuple[int, str]:

@@ -8,8 +8,6 @@ from __future__ import annotations
 import http.client
 import json
 import struct
-import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -17,11 +15,11 @@ from pathlib import Path
 import grpc
 import pytest
 import pytest_asyncio
-import yaml
 
 from chatplane.launcher import Stack
 from chatplane.v1 import gateway_pb2, gateway_pb2_grpc
-from tests.deploy.manifests import DESCRIPTORS, ROOT, named, of_kind, render
+from tests.deploy.local_edge import local_edge_envoy
+from tests.deploy.manifests import edge_config, render
 from tests.integration.stack_client import FAST_PACE, create_key, running_stack, unique
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
@@ -38,37 +36,14 @@ async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack
 def edge_port(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
     """The edge Envoy, configured as in prod, with the local Gateway as its upstream."""
     docs = render("prod")
-    (config_map,) = [
-        c for c in of_kind(docs, "ConfigMap") if c["metadata"]["name"].startswith("edge-envoy")
-    ]
-    config = yaml.safe_load(config_map["data"]["envoy.yaml"])
-    config["admin"]["address"]["socket_address"]["port_value"] = 0
-    (listener,) = config["static_resources"]["listeners"]
-    listener["address"]["socket_address"] = {"address": "127.0.0.1", "port_value": 0}
+    config = edge_config(docs)
     (cluster,) = config["static_resources"]["clusters"]
     host, port = stack.info().address("gateway").rsplit(":", 1)
     endpoint = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
     endpoint["address"]["socket_address"] = {"address": host, "port_value": int(port)}
-    tmp = tmp_path_factory.mktemp("edge")
-    text = yaml.safe_dump(config).replace(
-        "/app/" + str(DESCRIPTORS.relative_to(ROOT)), str(DESCRIPTORS)
-    )
-    (tmp / "envoy.yaml").write_text(text)
-    (container,) = named(docs, "Deployment", "edge")["spec"]["template"]["spec"]["containers"]
-    command = list(container["command"])
-    command[0] = str(Path(sys.executable).parent / "envoy")
-    command[command.index("--config-path") + 1] = str(tmp / "envoy.yaml")
-    admin_file = tmp / "admin"
-    envoy = subprocess.Popen(
-        [*command, "--admin-address-path", str(admin_file), "--log-level", "error"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
+    directory = tmp_path_factory.mktemp("edge")
+    with local_edge_envoy(docs, config, directory, log_level="error") as admin_file:
         yield _listener_port(admin_file)
-    finally:
-        envoy.terminate()
-        envoy.wait(timeout=10)
 
 
 def _listener_port(admin_file: Path) -> int:

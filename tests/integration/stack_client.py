@@ -28,15 +28,23 @@ SLOW_PACE = {
 
 @contextlib.asynccontextmanager
 async def running_stack(
-    data_dir: Path, env: Mapping[str, str], *, edge: bool = False
+    data_dir: Path,
+    env: Mapping[str, str],
+    *,
+    edge: bool = False,
+    web: bool = False,
+    tls_dir: Path | None = None,
 ) -> AsyncIterator[Stack]:
     """The four services on free ports with `env` on top of this process's environment; with
-    `edge`, also Envoy in front of the Gateway (`stack.info().address("edge")`)."""
+    `edge`, also Envoy in front of the Gateway (`stack.info().address("edge")`); with `web`,
+    the web chat's static server; with `tls_dir`, on mutual TLS with those certificates."""
     stack = Stack(
         data_dir=data_dir,
-        ports=dict.fromkeys(("gateway", "agent", "memory", "persistence", "edge"), 0),
+        ports=dict.fromkeys(("gateway", "agent", "memory", "persistence", "edge", "webui"), 0),
         env={**os.environ, "CHATPLANE_LLM_BACKEND": "offline", **env},
         edge=edge,
+        web=web,
+        tls_dir=tls_dir,
     )
     await stack.start()
     try:
@@ -99,8 +107,9 @@ class Client:
 
 
 async def create_key(stack: Stack, tenant: str, user: str) -> str:
-    """A new API key for tenant/user, made through PersistenceService."""
-    async with grpc.aio.insecure_channel(stack.info().address("persistence")) as channel:
+    """A new API key for tenant/user, made through PersistenceService (with the client
+    certificate on a mutual-TLS stack)."""
+    async with stack.channel("persistence") as channel:
         response = await persistence_pb2_grpc.PersistenceServiceStub(channel).CreateApiKey(
             persistence_pb2.CreateApiKeyRequest(
                 owner=persistence_pb2.Owner(tenant_id=tenant, user_id=user)

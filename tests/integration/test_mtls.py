@@ -25,8 +25,15 @@ from chatplane.common.tls import TlsFiles
 from chatplane.launcher import ServiceProcess, Stack
 from chatplane.launcher.certificates import init_certificates, party_files
 from chatplane.launcher.stack import SERVICES
-from chatplane.v1 import gateway_pb2, persistence_pb2, persistence_pb2_grpc
-from tests.integration.stack_client import FAST_PACE, Client, poll, unique
+from chatplane.v1 import gateway_pb2
+from tests.integration.stack_client import (
+    FAST_PACE,
+    Client,
+    create_key,
+    poll,
+    running_stack,
+    unique,
+)
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -49,34 +56,12 @@ def other_ca(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest_asyncio.fixture(loop_scope="module", scope="module")
 async def stack(tmp_path_factory: pytest.TempPathFactory, certs: Path) -> AsyncIterator[Stack]:
-    running = Stack(
-        data_dir=tmp_path_factory.mktemp("stack"),
-        ports=dict.fromkeys(SERVICES, 0),
-        env={**os.environ, **FAST_PACE},
-        tls_dir=certs,
-    )
-    await running.start()
-    try:
+    async with running_stack(tmp_path_factory.mktemp("stack"), FAST_PACE, tls_dir=certs) as running:
         yield running
-    finally:
-        await running.stop(timeout=10)
-
-
-async def _mtls_key(stack: Stack) -> str:
-    """A new API key, made through PersistenceService over mTLS (stack_client's plaintext
-    `create_key` is refused by this stack)."""
-    async with stack.channel("persistence") as channel:
-        response = await persistence_pb2_grpc.PersistenceServiceStub(channel).CreateApiKey(
-            persistence_pb2.CreateApiKeyRequest(
-                owner=persistence_pb2.Owner(tenant_id=unique("tenant"), user_id=unique("user"))
-            ),
-            timeout=10,
-        )
-    return response.api_key
 
 
 async def test_chat_end_to_end_with_the_client_certificate(stack: Stack) -> None:
-    key = await _mtls_key(stack)
+    key = await create_key(stack, unique("tenant"), unique("user"))
     async with stack.channel("gateway") as channel:
         client = Client(channel, key)
         first = await client.chat("My cat is named Bartholomew and he loves sardines.")
@@ -172,7 +157,7 @@ async def test_the_gateway_refuses_a_valid_api_key_without_a_certificate(
     stack: Stack, certs: Path
 ) -> None:
     """The API key does not open the door: the transport is refused before authentication."""
-    key = await _mtls_key(stack)
+    key = await create_key(stack, unique("tenant"), unique("user"))
     credentials = grpc.ssl_channel_credentials(root_certificates=(certs / "ca.crt").read_bytes())
     async with grpc.aio.secure_channel(stack.info().address("gateway"), credentials) as channel:
         with pytest.raises(grpc.aio.AioRpcError) as refused:

@@ -23,7 +23,7 @@ from prometheus_client.samples import Sample
 from chatplane.launcher import Stack
 from chatplane.launcher.certificates import init_certificates
 from chatplane.launcher.stack import SERVICES
-from chatplane.v1 import gateway_pb2, gateway_pb2_grpc, persistence_pb2, persistence_pb2_grpc
+from chatplane.v1 import gateway_pb2, gateway_pb2_grpc
 from tests.integration.otlp_collector import CollectedSpan, otlp_collector
 from tests.integration.stack_client import (
     FAST_PACE,
@@ -279,13 +279,14 @@ async def test_logs_are_json_with_the_chat_ids_and_never_its_text(observed: Obse
     assert {r["tenant"] for r in agent_lines} == {observed.tenant}
 
 
-async def test_status_summarises_the_running_stack(observed: ObservedChat) -> None:
+async def chatplane_status(data_dir: str) -> str:
+    """What `chatplane status` prints for a stack's data dir on a 160-column terminal."""
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-c",
         "from chatplane.cli.main import main; main()",
         "--data-dir",
-        observed.stack.info().data_dir,
+        data_dir,
         "status",
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
@@ -293,7 +294,11 @@ async def test_status_summarises_the_running_stack(observed: ObservedChat) -> No
     )
     out, err = await asyncio.wait_for(process.communicate(), 30)
     assert process.returncode == 0, err.decode()
-    screen = out.decode()
+    return out.decode()
+
+
+async def test_status_summarises_the_running_stack(observed: ObservedChat) -> None:
+    screen = await chatplane_status(observed.stack.info().data_dir)
     for service in ("gateway", "agent", "memory", "persistence"):
         row = next(line for line in screen.splitlines() if f" {service} " in line)
         assert "SERVING" in row, screen
@@ -351,23 +356,9 @@ async def test_on_mutual_tls_calls_are_traced_and_status_uses_the_client_certifi
 ) -> None:
     certs = tmp_path / "tls"
     init_certificates(certs, days=2)
-    stack = Stack(
-        data_dir=tmp_path / "data",
-        ports=dict.fromkeys(SERVICES, 0),
-        env={**os.environ, **FAST_PACE, "CHATPLANE_TRACE_EXPORTER": "file"},
-        tls_dir=certs,
-    )
-    await stack.start()
-    try:
-        async with stack.channel("persistence") as channel:
-            key = (
-                await persistence_pb2_grpc.PersistenceServiceStub(channel).CreateApiKey(
-                    persistence_pb2.CreateApiKeyRequest(
-                        owner=persistence_pb2.Owner(tenant_id=unique("t"), user_id=unique("u"))
-                    ),
-                    timeout=10,
-                )
-            ).api_key
+    env = {**FAST_PACE, "CHATPLANE_TRACE_EXPORTER": "file"}
+    async with running_stack(tmp_path / "data", env, tls_dir=certs) as stack:
+        key = await create_key(stack, unique("t"), unique("u"))
         async with stack.channel("gateway") as channel:
             call = gateway_pb2_grpc.GatewayServiceStub(channel).Chat(
                 gateway_pb2.ChatRequest(text="hello over mTLS"),
@@ -379,22 +370,8 @@ async def test_on_mutual_tls_calls_are_traced_and_status_uses_the_client_certifi
             )
             kinds = [event.WhichOneof("event") async for event in call]
         assert kinds[-1] == "done"
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-c",
-            "from chatplane.cli.main import main; main()",
-            "--data-dir",
-            str(stack.data_dir),
-            "status",
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            env={**os.environ, "COLUMNS": "160"},
-        )
-        out, err = await asyncio.wait_for(process.communicate(), 30)
-        assert process.returncode == 0, err.decode()
-        assert out.decode().count("SERVING") == 4, out.decode()
-    finally:
-        await stack.stop(timeout=10)
+        screen = await chatplane_status(str(stack.data_dir))
+        assert screen.count("SERVING") == 4, screen
     # Stopping flushed every process's spans to <data dir>/traces/<service>.jsonl.
     spans = [
         json.loads(line)

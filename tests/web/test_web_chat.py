@@ -5,7 +5,6 @@ stored. Screenshots of each step are saved in the test's output folder."""
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 import sqlite3
 from collections.abc import AsyncIterator
@@ -17,7 +16,7 @@ import pytest_asyncio
 
 from chatplane.launcher import Stack
 from chatplane.v1 import gateway_pb2, gateway_pb2_grpc, resources_pb2
-from tests.integration.stack_client import create_key, poll, unique
+from tests.integration.stack_client import create_key, poll, running_stack, unique
 from tests.web.browser import REPO, Browser, browser_available, open_browser
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -50,18 +49,9 @@ async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack
         pytest.fail(f"the browser test cannot run: {missing}", pytrace=False)
     if not (REPO / "web" / "dist" / "index.html").is_file():
         pytest.fail("web/dist is not built: run `make web`", pytrace=False)
-    running = Stack(
-        data_dir=tmp_path_factory.mktemp("web-stack"),
-        ports={"gateway": 0, "agent": 0, "memory": 0, "persistence": 0, "edge": 0, "webui": 0},
-        env={**os.environ, **STACK_ENV},
-        edge=True,
-        web=True,
-    )
-    await running.start()
-    try:
+    data_dir = tmp_path_factory.mktemp("web-stack")
+    async with running_stack(data_dir, STACK_ENV, edge=True, web=True) as running:
         yield running
-    finally:
-        await running.stop(timeout=10)
 
 
 @pytest.fixture(scope="module")

@@ -113,6 +113,14 @@ export async function runTurn(
     turn = { ...turn, ...changes };
     update(turn);
   };
+  const stopped = (): TurnView => {
+    publish({
+      state: "interrupted",
+      finishReason: FinishReason.INTERRUPTED,
+      problem: { kind: "cancelled", message: "Stopped." },
+    });
+    return turn;
+  };
   publish({});
   for (let retry = 0; ; retry++) {
     let problem: Problem;
@@ -198,12 +206,7 @@ export async function runTurn(
       problem = { kind: "network", message: "The answer was cut off." };
     } catch (reason) {
       if (signal.aborted) {
-        publish({
-          state: "interrupted",
-          finishReason: FinishReason.INTERRUPTED,
-          problem: { kind: "cancelled", message: "Stopped." },
-        });
-        return turn;
+        return stopped();
       }
       problem = describeProblem(reason);
     }
@@ -221,12 +224,7 @@ export async function runTurn(
     await sleep(delay, signal);
     await online(signal); // time offline uses up no attempts
     if (signal.aborted) {
-      publish({
-        state: "interrupted",
-        finishReason: FinishReason.INTERRUPTED,
-        problem: { kind: "cancelled", message: "Stopped." },
-      });
-      return turn;
+      return stopped();
     }
   }
 }

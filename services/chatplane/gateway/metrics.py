@@ -9,14 +9,14 @@ from typing import Final
 
 from prometheus_client import Counter, Histogram
 
-from chatplane.common.metrics import FAST_BUCKETS
+from chatplane.common.metrics import FAST_BUCKETS, FIRST_TOKEN_BUCKETS
 from chatplane.v1 import gateway_pb2
 
 TIME_TO_FIRST_TOKEN = Histogram(
     "chatplane_gateway_time_to_first_token_seconds",
     "From the Chat call reaching the servicer (authenticated, admitted) to its first text delta",
     ["model"],
-    buckets=(0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0),
+    buckets=FIRST_TOKEN_BUCKETS,
 )
 INTER_TOKEN = Histogram(
     "chatplane_gateway_inter_token_seconds",

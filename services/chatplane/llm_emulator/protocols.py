@@ -28,6 +28,16 @@ class PromptTokens:
     cache_creation_input_tokens: int = 0
 
 
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """One answer of the emulated model: its words, why it stopped, the prompt's tokens."""
+
+    words: list[str]
+    prompt: PromptTokens
+    stop_reason: str
+    stop_sequence: str | None
+
+
 class Protocol(abc.ABC):
     """Encodes one answer of one protocol."""
 
@@ -64,13 +74,7 @@ class Protocol(abc.ABC):
         """A keep-alive event, where the protocol has one."""
 
     @abc.abstractmethod
-    def whole(
-        self,
-        words: list[str],
-        prompt: PromptTokens,
-        stop_reason: str,
-        stop_sequence: str | None,
-    ) -> dict[str, Any]:
+    def whole(self, answer: Answer) -> dict[str, Any]:
         """The non-streaming response."""
 
 
@@ -166,18 +170,13 @@ class AnthropicMessages(Protocol):
     def ping(self) -> bytes | None:
         return _sse("ping", {"type": "ping"})
 
-    def whole(
-        self,
-        words: list[str],
-        prompt: PromptTokens,
-        stop_reason: str,
-        stop_sequence: str | None,
-    ) -> dict[str, Any]:
+    def whole(self, answer: Answer) -> dict[str, Any]:
         message = self._message(
-            [{"type": "text", "text": "".join(words)}], self._usage(prompt, len(words))
+            [{"type": "text", "text": "".join(answer.words)}],
+            self._usage(answer.prompt, len(answer.words)),
         )
-        message["stop_reason"] = self.stop_reasons[stop_reason]
-        message["stop_sequence"] = stop_sequence
+        message["stop_reason"] = self.stop_reasons[answer.stop_reason]
+        message["stop_sequence"] = answer.stop_sequence
         return message
 
 
@@ -240,14 +239,8 @@ class OpenAiChat(Protocol):
     def ping(self) -> bytes | None:
         return None
 
-    def whole(
-        self,
-        words: list[str],
-        prompt: PromptTokens,
-        stop_reason: str,
-        stop_sequence: str | None,
-    ) -> dict[str, Any]:
-        self._prompt = prompt
+    def whole(self, answer: Answer) -> dict[str, Any]:
+        self._prompt = answer.prompt
         return {
             "id": self.message_id,
             "object": "chat.completion",
@@ -256,9 +249,9 @@ class OpenAiChat(Protocol):
             "choices": [
                 {
                     "index": 0,
-                    "message": {"role": "assistant", "content": "".join(words)},
-                    "finish_reason": self.finish_reasons[stop_reason],
+                    "message": {"role": "assistant", "content": "".join(answer.words)},
+                    "finish_reason": self.finish_reasons[answer.stop_reason],
                 }
             ],
-            "usage": self._usage(len(words)),
+            "usage": self._usage(len(answer.words)),
         }

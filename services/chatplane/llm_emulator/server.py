@@ -21,6 +21,7 @@ from aiohttp import web
 
 from chatplane.llm_emulator.behaviour import Behaviour, Rule, RuleBook
 from chatplane.llm_emulator.protocols import (
+    Answer,
     AnthropicMessages,
     OpenAiChat,
     PromptTokens,
@@ -188,27 +189,15 @@ class Emulator:
                 retry_after=behaviour.retry_after,
             )
         words, stop_reason, stop_sequence = self._answer_words(body, behaviour)
-        prompt = self._prompt_tokens(body, protocol_name)
+        answer = Answer(words, self._prompt_tokens(body, protocol_name), stop_reason, stop_sequence)
         if not record.stream:
-            return await self._whole(
-                record, protocol, behaviour, words, prompt, stop_reason, stop_sequence
-            )
+            return await self._whole(record, protocol, behaviour, answer)
         response = web.StreamResponse(
             headers={"content-type": protocol.content_type, "cache-control": "no-cache"}
         )
         try:
             await response.prepare(request)
-            await self._stream(
-                request,
-                response,
-                record,
-                protocol,
-                behaviour,
-                words,
-                prompt,
-                stop_reason,
-                stop_sequence,
-            )
+            await self._stream(request, response, record, protocol, behaviour, answer)
             if record.outcome == "":
                 record.outcome = "complete"
             if behaviour.fault != "drop":
@@ -258,22 +247,18 @@ class Emulator:
             return words[:limit], "max_tokens", None
         return words, "end", None
 
-    async def _whole(
-        self,
-        record: RequestRecord,
-        protocol: Protocol,
-        behaviour: Behaviour,
-        words: list[str],
-        prompt: PromptTokens,
-        stop_reason: str,
-        stop_sequence: str | None,
-    ) -> web.Response:
+    def _first_token_seconds(self, behaviour: Behaviour) -> float:
         pace = behaviour.first_token_seconds
-        await asyncio.sleep(self.pace.first_token_seconds if pace is None else pace)
+        return self.pace.first_token_seconds if pace is None else pace
+
+    async def _whole(
+        self, record: RequestRecord, protocol: Protocol, behaviour: Behaviour, answer: Answer
+    ) -> web.Response:
+        await asyncio.sleep(self._first_token_seconds(behaviour))
         record.outcome = "complete"
-        record.tokens_sent = len(words)
+        record.tokens_sent = len(answer.words)
         record.ended_at = time.time()
-        return web.json_response(protocol.whole(words, prompt, stop_reason, stop_sequence))
+        return web.json_response(protocol.whole(answer))
 
     async def _stream(
         self,
@@ -282,23 +267,16 @@ class Emulator:
         record: RequestRecord,
         protocol: Protocol,
         behaviour: Behaviour,
-        words: list[str],
-        prompt: PromptTokens,
-        stop_reason: str,
-        stop_sequence: str | None,
+        answer: Answer,
     ) -> None:
-        first = (
-            self.pace.first_token_seconds
-            if behaviour.first_token_seconds is None
-            else behaviour.first_token_seconds
-        )
+        first = self._first_token_seconds(behaviour)
         rate = behaviour.tokens_per_second or self.pace.tokens_per_second
         loop = asyncio.get_running_loop()
         start = loop.time()
-        for event in protocol.start(prompt):
+        for event in protocol.start(answer.prompt):
             await response.write(event)
         mid_stream = behaviour.fault in ("error_event", "stall", "drop")
-        for index, word in enumerate(words):
+        for index, word in enumerate(answer.words):
             if mid_stream and index == behaviour.after_tokens:
                 break
             # Scheduled against a fixed start, so the pace does not drift.
@@ -310,7 +288,7 @@ class Emulator:
             if index == 0:
                 record.first_token_at = time.time()
         if not mid_stream:
-            for event in protocol.end(stop_reason, stop_sequence, len(words)):
+            for event in protocol.end(answer.stop_reason, answer.stop_sequence, len(answer.words)):
                 await response.write(event)
             return
         await self._fault(request, response, record, protocol, behaviour)

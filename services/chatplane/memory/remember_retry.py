@@ -11,13 +11,13 @@ from google.protobuf.message import DecodeError
 
 from chatplane.common import errors
 from chatplane.log import ConsumedRecord, MessageLogConsumer
-from chatplane.memory.conversational_memory import ConversationalMemory, RememberedMessage
-from chatplane.v1 import memory_pb2, resources_pb2
+from chatplane.memory.conversational_memory import ConversationalMemory
+from chatplane.memory.remember_request import remembered_messages
+from chatplane.v1 import memory_pb2
 
 _log = logging.getLogger(__name__)
 
 CONSUMER_GROUP = "chatplane-memory"
-_ROLE_NAMES = {resources_pb2.ROLE_USER: "user", resources_pb2.ROLE_ASSISTANT: "assistant"}
 _MAX_BACKOFF_SECONDS = 5.0
 
 
@@ -70,15 +70,7 @@ class RememberRetryConsumer:
         """True when the record is indexed (or can never be); False to retry later."""
         try:
             request = memory_pb2.RememberRequest.FromString(record.value)
-            messages = [
-                RememberedMessage(
-                    message_id=m.message_id,
-                    role=_ROLE_NAMES[m.role],
-                    text=m.text,
-                    created_at_ms=m.create_time_unix_ms,
-                )
-                for m in request.messages
-            ]
+            messages = remembered_messages(request)
             self.remembered += await self._memory.remember(
                 request.tenant_id, request.user_id, request.conversation_id, messages
             )

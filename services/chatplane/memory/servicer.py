@@ -7,13 +7,13 @@ from typing import Any
 import grpc
 
 from chatplane.common import errors
-from chatplane.memory.conversational_memory import ConversationalMemory, RememberedMessage
+from chatplane.memory.conversational_memory import ConversationalMemory
 from chatplane.memory.index.base import ItemKind, RecalledItem
 from chatplane.memory.metrics import RECALL_DURATION, REMEMBER_DURATION
+from chatplane.memory.remember_request import ROLE_NAMES, remembered_messages
 from chatplane.v1 import memory_pb2, memory_pb2_grpc, resources_pb2
 
-_ROLE_NAMES = {resources_pb2.ROLE_USER: "user", resources_pb2.ROLE_ASSISTANT: "assistant"}
-_ROLES = {name: role for role, name in _ROLE_NAMES.items()}
+_ROLES = {name: role for role, name in ROLE_NAMES.items()}
 _SNIPPET_CHARS = 200
 
 
@@ -45,22 +45,14 @@ class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
     async def Remember(
         self, request: memory_pb2.RememberRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> memory_pb2.RememberResponse:
-        if any(m.role not in _ROLE_NAMES for m in request.messages):
+        if any(m.role not in ROLE_NAMES for m in request.messages):
             raise errors.InvalidArgument("messages.role", "must be ROLE_USER or ROLE_ASSISTANT")
         with REMEMBER_DURATION.time():
             count = await self._memory.remember(
                 request.tenant_id,
                 request.user_id,
                 request.conversation_id,
-                [
-                    RememberedMessage(
-                        message_id=m.message_id,
-                        role=_ROLE_NAMES[m.role],
-                        text=m.text,
-                        created_at_ms=m.create_time_unix_ms,
-                    )
-                    for m in request.messages
-                ],
+                remembered_messages(request),
             )
         return memory_pb2.RememberResponse(remembered_count=count)
 

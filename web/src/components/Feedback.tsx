@@ -11,6 +11,12 @@ type Status = "idle" | "saving" | "saved" | "error";
 // Persistence batch window): NOT_FOUND right after the stream is retried for a short while.
 const NOT_STORED_YET_RETRIES = [0.1, 0.2, 0.4, 0.8, 1.6];
 
+// The two buttons, in order: what each rates, how a screen reader names it.
+const THUMBS = [
+  { value: Rating.THUMBS_UP, label: "Good answer", testId: "thumbs-up", down: false },
+  { value: Rating.THUMBS_DOWN, label: "Bad answer", testId: "thumbs-down", down: true },
+] as const;
+
 /** Thumbs up / down on one assistant message. */
 export function Feedback(props: {
   gateway: Gateway;
@@ -53,28 +59,20 @@ export function Feedback(props: {
       data-status={status}
       data-rating={rating === Rating.THUMBS_UP ? "up" : rating === Rating.THUMBS_DOWN ? "down" : ""}
     >
-      <button
-        type="button"
-        className={chosen(Rating.THUMBS_UP)}
-        aria-label="Good answer"
-        aria-pressed={rating === Rating.THUMBS_UP}
-        data-testid="thumbs-up"
-        disabled={status === "saving"}
-        onClick={() => void rate(Rating.THUMBS_UP)}
-      >
-        <Thumb />
-      </button>
-      <button
-        type="button"
-        className={chosen(Rating.THUMBS_DOWN)}
-        aria-label="Bad answer"
-        aria-pressed={rating === Rating.THUMBS_DOWN}
-        data-testid="thumbs-down"
-        disabled={status === "saving"}
-        onClick={() => void rate(Rating.THUMBS_DOWN)}
-      >
-        <Thumb down />
-      </button>
+      {THUMBS.map(({ value, label, testId, down }) => (
+        <button
+          key={testId}
+          type="button"
+          className={chosen(value)}
+          aria-label={label}
+          aria-pressed={rating === value}
+          data-testid={testId}
+          disabled={status === "saving"}
+          onClick={() => void rate(value)}
+        >
+          <Thumb down={down} />
+        </button>
+      ))}
       {status === "saved" && <span className="muted">Thanks for the feedback.</span>}
       {status === "error" && <span className="error">{error}</span>}
     </div>

@@ -23,6 +23,11 @@ from chatplane.agent.llm.base import (
     StreamStart,
     TextChunk,
 )
+from chatplane.agent.llm.provider_sdk import (
+    RetryCappedClients,
+    StatusMeaning,
+    translate_sdk_error,
+)
 from chatplane.agent.llm.turns import alternating_turns
 from chatplane.agent.prompt import render_passages
 
@@ -61,16 +66,6 @@ def request_body(prompt: Prompt, *, model: str, prompt_caching: bool) -> dict[st
     return body
 
 
-def _attempts(request: httpx2.Request | None) -> int:
-    """Upstream requests made so far: the SDK numbers its retries in a request header."""
-    if request is None:
-        return 1
-    try:
-        return int(request.headers.get("x-stainless-retry-count", "0")) + 1
-    except ValueError:
-        return 1
-
-
 def _retry_after(response: httpx2.Response) -> float:
     for header, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
         value = response.headers.get(header)
@@ -82,36 +77,31 @@ def _retry_after(response: httpx2.Response) -> float:
     return 1.0
 
 
+def _meaning(error: anthropic.APIStatusError) -> StatusMeaning:
+    status, kind = error.status_code, error.type or ""
+    if status == 429 or kind == "rate_limit_error":
+        return StatusMeaning.RATE_LIMITED
+    if status in (400, 413, 422) or kind in ("invalid_request_error", "request_too_large"):
+        return StatusMeaning.REJECTED
+    if status in (401, 403, 404) or kind in (
+        "authentication_error",
+        "permission_error",
+        "not_found_error",
+    ):
+        # Configuration, not load: say so to operators (never with the key).
+        _log.error("anthropic rejected the credentials or model", extra={"status": status})
+    return StatusMeaning.UNAVAILABLE
+
+
 def translate_error(error: Exception) -> llm_errors.LlmError:
     """The one boundary between the SDK's exceptions and chatplane's provider failures."""
-    if isinstance(error, anthropic.APIStatusError):
-        attempts = _attempts(error.response.request)
-        status, kind = error.status_code, error.type or ""
-        if status == 429 or kind == "rate_limit_error":
-            return llm_errors.ProviderRateLimited(
-                "the model provider's rate limit is reached; retry later",
-                retry_after=_retry_after(error.response),
-                attempts=attempts,
-            )
-        if status in (400, 413, 422) or kind in ("invalid_request_error", "request_too_large"):
-            return llm_errors.ProviderRejected(
-                "the model provider rejected the request", attempts=attempts
-            )
-        if status in (401, 403, 404) or kind in (
-            "authentication_error",
-            "permission_error",
-            "not_found_error",
-        ):
-            # Configuration, not load: say so to operators (never with the key).
-            _log.error("anthropic rejected the credentials or model", extra={"status": status})
-        return llm_errors.ProviderUnavailable(
-            "the model provider is unavailable", attempts=attempts
-        )
-    if isinstance(error, anthropic.APIConnectionError):
-        return llm_errors.ProviderUnavailable(
-            "the model provider cannot be reached", attempts=_attempts(error.request)
-        )
-    return llm_errors.ProviderUnavailable("the model provider failed mid-answer")
+    return translate_sdk_error(
+        error,
+        status_error=anthropic.APIStatusError,
+        connection_error=anthropic.APIConnectionError,
+        meaning=_meaning,
+        retry_after=_retry_after,
+    )
 
 
 class AnthropicBackend(LlmBackend):
@@ -137,12 +127,7 @@ class AnthropicBackend(LlmBackend):
             max_retries=max_retries,
             timeout=httpx2.Timeout(read_timeout, connect=connect_timeout),
         )
-        self._max_retries = max_retries
-        # One client per retry allowance, sharing the connection pool (made once, not per call).
-        self._clients = {
-            retries: self._client.with_options(max_retries=retries)
-            for retries in range(max_retries + 1)
-        }
+        self._clients = RetryCappedClients(self._client, max_retries)
 
     @property
     def model(self) -> str:
@@ -153,10 +138,10 @@ class AnthropicBackend(LlmBackend):
         return f"anthropic {self._base_url}"
 
     async def stream(self, prompt: Prompt, *, max_attempts: int = 1) -> AsyncGenerator[StreamItem]:
-        retries = max(0, min(self._max_retries, max_attempts - 1))
         body = request_body(prompt, model=self._model, prompt_caching=self._prompt_caching)
+        client = self._clients.for_attempts(max_attempts)
         try:
-            events = await self._clients[retries].messages.create(**body, stream=True)
+            events = await client.messages.create(**body, stream=True)
         except anthropic.APIError as error:
             raise translate_error(error) from error
         usage: dict[str, int] = {}

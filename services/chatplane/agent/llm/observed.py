@@ -22,7 +22,7 @@ from chatplane.agent.llm.base import (
 )
 from chatplane.agent.llm.circuit_breaker import BreakerState, CircuitBreaker
 from chatplane.common.context import tenant_var
-from chatplane.common.metrics import DURATION_BUCKETS, TenantLabels
+from chatplane.common.metrics import DURATION_BUCKETS, FIRST_TOKEN_BUCKETS, TenantLabels
 from chatplane.common.telemetry import tracer
 
 TOKENS = Counter(
@@ -41,7 +41,7 @@ BACKEND_FIRST_TOKEN = Histogram(
     "chatplane_llm_time_to_first_token_seconds",
     "From the request to a model backend to its first text chunk",
     ["model"],
-    buckets=(0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0),
+    buckets=FIRST_TOKEN_BUCKETS,
 )
 
 CIRCUIT_STATE = Gauge(

@@ -23,6 +23,11 @@ from chatplane.agent.llm.base import (
     StreamStart,
     TextChunk,
 )
+from chatplane.agent.llm.provider_sdk import (
+    RetryCappedClients,
+    StatusMeaning,
+    translate_sdk_error,
+)
 from chatplane.agent.llm.turns import alternating_turns
 from chatplane.agent.prompt import render_passages
 
@@ -56,47 +61,35 @@ def request_body(prompt: Prompt, *, model: str) -> dict[str, Any]:
     return body
 
 
-def _attempts(request: httpx2.Request | None) -> int:
-    if request is None:
-        return 1
+def _retry_after(response: httpx2.Response) -> float:
     try:
-        return int(request.headers.get("x-stainless-retry-count", "0")) + 1
+        return max(float(response.headers.get("retry-after", "1")), 0.0)
     except ValueError:
-        return 1
+        return 1.0
+
+
+def _meaning(error: openai.APIStatusError) -> StatusMeaning:
+    status = error.status_code
+    if status == 429:
+        return StatusMeaning.RATE_LIMITED
+    if status in (400, 413, 422):
+        return StatusMeaning.REJECTED
+    if status in (401, 403, 404):
+        _log.error(
+            "the OpenAI-compatible server rejected the key or model", extra={"status": status}
+        )
+    return StatusMeaning.UNAVAILABLE
 
 
 def translate_error(error: Exception) -> llm_errors.LlmError:
     """The one boundary between the SDK's exceptions and chatplane's provider failures."""
-    if isinstance(error, openai.APIStatusError):
-        attempts = _attempts(error.response.request)
-        status = error.status_code
-        if status == 429:
-            retry_after = error.response.headers.get("retry-after", "1")
-            try:
-                seconds = max(float(retry_after), 0.0)
-            except ValueError:
-                seconds = 1.0
-            return llm_errors.ProviderRateLimited(
-                "the model provider's rate limit is reached; retry later",
-                retry_after=seconds,
-                attempts=attempts,
-            )
-        if status in (400, 413, 422):
-            return llm_errors.ProviderRejected(
-                "the model provider rejected the request", attempts=attempts
-            )
-        if status in (401, 403, 404):
-            _log.error(
-                "the OpenAI-compatible server rejected the key or model", extra={"status": status}
-            )
-        return llm_errors.ProviderUnavailable(
-            "the model provider is unavailable", attempts=attempts
-        )
-    if isinstance(error, openai.APIConnectionError):
-        return llm_errors.ProviderUnavailable(
-            "the model provider cannot be reached", attempts=_attempts(error.request)
-        )
-    return llm_errors.ProviderUnavailable("the model provider failed mid-answer")
+    return translate_sdk_error(
+        error,
+        status_error=openai.APIStatusError,
+        connection_error=openai.APIConnectionError,
+        meaning=_meaning,
+        retry_after=_retry_after,
+    )
 
 
 class OpenAiChatBackend(LlmBackend):
@@ -120,12 +113,7 @@ class OpenAiChatBackend(LlmBackend):
             max_retries=max_retries,
             timeout=httpx2.Timeout(read_timeout, connect=connect_timeout),
         )
-        self._max_retries = max_retries
-        # One client per retry allowance, sharing the connection pool (made once, not per call).
-        self._clients = {
-            retries: self._client.with_options(max_retries=retries)
-            for retries in range(max_retries + 1)
-        }
+        self._clients = RetryCappedClients(self._client, max_retries)
 
     @property
     def model(self) -> str:
@@ -136,9 +124,9 @@ class OpenAiChatBackend(LlmBackend):
         return f"openai_compatible {self._base_url}"
 
     async def stream(self, prompt: Prompt, *, max_attempts: int = 1) -> AsyncGenerator[StreamItem]:
-        retries = max(0, min(self._max_retries, max_attempts - 1))
+        client = self._clients.for_attempts(max_attempts)
         try:
-            chunks = await self._clients[retries].chat.completions.create(
+            chunks = await client.chat.completions.create(
                 **request_body(prompt, model=self._model), stream=True
             )
         except openai.APIError as error:
