@@ -42,28 +42,37 @@ for _reason in REJECTION_REASONS:
 
 class ChatStreamMetrics:
     """Observes one Chat stream's events; replays of stored answers are not generation and
-    are left out."""
+    are left out. The model's histogram children are looked up once, at `started`, not per
+    token."""
 
     def __init__(self) -> None:
         self._start = time.perf_counter()
         self._last = 0.0
-        self._model = ""
         self._generated = True
         self._deltas = 0
+        self._model = ""
+
+    def _children(self, model: str) -> None:
+        self._model = model
+        self._first_token = TIME_TO_FIRST_TOKEN.labels(model)
+        self._inter_token = INTER_TOKEN.labels(model)
+        self._relay_lag = RELAY_LAG.labels(model)
 
     def observe(self, event: gateway_pb2.ChatResponse) -> None:
         kind = event.WhichOneof("event")
         if kind == "started":
-            self._model = event.started.model
+            self._children(event.started.model)
             self._generated = not event.started.replayed
         elif kind == "delta" and self._generated:
             now = time.perf_counter()
             if self._deltas == 0:
-                TIME_TO_FIRST_TOKEN.labels(self._model).observe(now - self._start)
+                if not self._model:
+                    self._children("")  # a stream without `started` (not sent today)
+                self._first_token.observe(now - self._start)
             else:
-                INTER_TOKEN.labels(self._model).observe(now - self._last)
+                self._inter_token.observe(now - self._last)
             self._last = now
             self._deltas += 1
             emitted = event.delta.emit_time_unix_nanos
             if emitted:
-                RELAY_LAG.labels(self._model).observe(max(0.0, (time.time_ns() - emitted) / 1e9))
+                self._relay_lag.observe(max(0.0, (time.time_ns() - emitted) / 1e9))
