@@ -541,6 +541,13 @@ async def test_api_keys_store_only_the_secrets_hash(
         await reopened.close()
 
 
+async def test_api_keys_keep_their_roles(store: ConversationStore) -> None:
+    default = await store.create_api_key(ALICE, "")
+    staff = await store.create_api_key(ALICE, "", frozenset({"operator", "admin"}))
+    assert (await store.get_api_key(default.record.key_id)).roles == frozenset({"chat"})
+    assert (await store.get_api_key(staff.record.key_id)).roles == frozenset({"operator", "admin"})
+
+
 async def test_api_keys_are_unique(store: ConversationStore) -> None:
     keys = [await store.create_api_key(ALICE, "") for _ in range(5)]
     assert len({k.api_key for k in keys}) == len({k.record.key_id for k in keys}) == 5

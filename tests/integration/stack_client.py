@@ -106,13 +106,13 @@ class Client:
         return turn
 
 
-async def create_key(stack: Stack, tenant: str, user: str) -> str:
-    """A new API key for tenant/user, made through PersistenceService (with the client
-    certificate on a mutual-TLS stack)."""
+async def create_key(stack: Stack, tenant: str, user: str, roles: tuple[str, ...] = ()) -> str:
+    """A new API key for tenant/user (roles: default chat), made through PersistenceService
+    (with the client certificate on a mutual-TLS stack)."""
     async with stack.channel("persistence") as channel:
         response = await persistence_pb2_grpc.PersistenceServiceStub(channel).CreateApiKey(
             persistence_pb2.CreateApiKeyRequest(
-                owner=persistence_pb2.Owner(tenant_id=tenant, user_id=user)
+                owner=persistence_pb2.Owner(tenant_id=tenant, user_id=user), roles=roles
             ),
             timeout=10,
         )

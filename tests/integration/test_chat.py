@@ -15,7 +15,7 @@ from google.rpc import error_details_pb2
 from chatplane.common.topics import MESSAGES_TOPIC
 from chatplane.launcher import Stack
 from chatplane.log import EmbeddedMessageLog
-from chatplane.v1 import gateway_pb2, resources_pb2
+from chatplane.v1 import gateway_pb2, persistence_pb2, persistence_pb2_grpc, resources_pb2
 from tests.integration.stack_client import (
     FAST_PACE,
     Client,
@@ -399,3 +399,25 @@ async def test_log_records_carry_the_callers_trace_context(
     for record_headers in headers:
         assert record_headers["traceparent"] == traceparent.encode()
         assert record_headers["x-request-id"] == b"req-trace-1"
+
+
+async def test_api_keys_are_issued_with_roles_and_unknown_roles_are_refused(
+    stack: Stack,
+) -> None:
+    owner = persistence_pb2.Owner(tenant_id=unique("t"), user_id="u")
+    async with stack.channel("persistence") as persistence:
+        stub = persistence_pb2_grpc.PersistenceServiceStub(persistence)
+        created = await stub.CreateApiKey(
+            persistence_pb2.CreateApiKeyRequest(owner=owner, roles=["operator", "chat"]),
+            timeout=10,
+        )
+        stored = await stub.GetApiKey(
+            persistence_pb2.GetApiKeyRequest(key_id=created.key_id), timeout=10
+        )
+        assert list(stored.roles) == ["chat", "operator"]
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await stub.CreateApiKey(
+                persistence_pb2.CreateApiKeyRequest(owner=owner, roles=["root"]), timeout=10
+            )
+    assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert "roles" in (refused.value.details() or "")

@@ -208,8 +208,15 @@ def keys() -> None:
 @click.option("--tenant", required=True, help="Tenant id.")
 @click.option("--user", required=True, help="User id within the tenant.")
 @click.option("--label", default="", help="A label to recognise the key by.")
+@click.option(
+    "--role",
+    "roles",
+    multiple=True,
+    type=click.Choice(["chat", "operator", "admin"]),
+    help="A role of the key (repeat for several; default: chat).",
+)
 @click.pass_obj
-def keys_create(data_dir: Path, tenant: str, user: str, label: str) -> None:
+def keys_create(data_dir: Path, tenant: str, user: str, label: str, roles: tuple[str, ...]) -> None:
     """Create an API key for a user and print it (shown once)."""
     info = StackInfo.load(data_dir)
     if info is None or "persistence" not in info.ports:
@@ -221,7 +228,9 @@ def keys_create(data_dir: Path, tenant: str, user: str, label: str) -> None:
         async with open_channel(info.address("persistence"), info.client_tls()) as channel:
             response = await persistence_pb2_grpc.PersistenceServiceStub(channel).CreateApiKey(
                 persistence_pb2.CreateApiKeyRequest(
-                    owner=persistence_pb2.Owner(tenant_id=tenant, user_id=user), label=label
+                    owner=persistence_pb2.Owner(tenant_id=tenant, user_id=user),
+                    label=label,
+                    roles=roles,
                 ),
                 timeout=10,
             )

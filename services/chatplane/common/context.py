@@ -14,6 +14,8 @@ class Principal:
     tenant_id: str
     user_id: str
     key_id: str = ""
+    # What the caller may do (chatplane.common.roles); an end user's key has only "chat".
+    roles: frozenset[str] = frozenset({"chat"})
 
 
 request_id_var: ContextVar[str] = ContextVar("request_id", default="")

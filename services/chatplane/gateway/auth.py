@@ -16,6 +16,7 @@ import grpc
 
 from chatplane.common import errors
 from chatplane.common.context import Principal
+from chatplane.common.roles import DEFAULT_ROLES
 from chatplane.v1 import persistence_pb2, persistence_pb2_grpc
 
 _MAX_CACHED = 10_000
@@ -93,6 +94,7 @@ class ApiKeyAuthenticator:
                     tenant_id=response.owner.tenant_id,
                     user_id=response.owner.user_id,
                     key_id=key_id,
+                    roles=frozenset(response.roles) or DEFAULT_ROLES,
                 )
             )
             record = _KeyRecord(

@@ -14,6 +14,7 @@ from google.protobuf import timestamp_pb2
 
 from chatplane.common import errors
 from chatplane.common.ids import is_valid_id
+from chatplane.common.roles import parse_roles
 from chatplane.persistence.store.base import (
     Conversation,
     ConversationCursor,
@@ -193,7 +194,8 @@ class PersistenceServicer(persistence_pb2_grpc.PersistenceServiceServicer):
         self, request: persistence_pb2.CreateApiKeyRequest, context: Context
     ) -> persistence_pb2.CreateApiKeyResponse:
         owner = _owner(request.owner)
-        issued = await self._store.create_api_key(owner, request.label)
+        roles = parse_roles(tuple(request.roles))
+        issued = await self._store.create_api_key(owner, request.label, roles)
         return persistence_pb2.CreateApiKeyResponse(
             api_key=issued.api_key, key_id=issued.record.key_id
         )
@@ -207,6 +209,7 @@ class PersistenceServicer(persistence_pb2_grpc.PersistenceServiceServicer):
             owner=persistence_pb2.Owner(tenant_id=key.owner.tenant_id, user_id=key.owner.user_id),
             secret_sha256=key.secret_sha256,
             revoked=key.revoked,
+            roles=sorted(key.roles),
         )
 
 

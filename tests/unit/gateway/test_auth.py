@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
+from types import SimpleNamespace
+from typing import Any
+
 import pytest
 
 from chatplane.common import errors
-from chatplane.gateway.auth import parse_api_key
+from chatplane.gateway.auth import ApiKeyAuthenticator, parse_api_key
+from chatplane.v1 import persistence_pb2
 
 
 def test_bearer_key_is_split_into_id_and_secret() -> None:
@@ -33,3 +38,37 @@ def test_malformed_credentials_are_unauthenticated(
 ) -> None:
     with pytest.raises(errors.Unauthenticated):
         parse_api_key(metadata)
+
+
+async def test_the_principal_carries_the_keys_roles() -> None:
+    """ApiKeyAuthenticator turns the stored roles into Principal.roles (and a record without
+    roles, from a Persistence that predates them, into the default chat role)."""
+
+    secret = "ab" * 32
+    records = {
+        "k1": persistence_pb2.GetApiKeyResponse(
+            owner=persistence_pb2.Owner(tenant_id="t", user_id="u"),
+            secret_sha256=hashlib.sha256(secret.encode()).digest(),
+            roles=["admin", "operator"],
+        ),
+        "k2": persistence_pb2.GetApiKeyResponse(
+            owner=persistence_pb2.Owner(tenant_id="t", user_id="u"),
+            secret_sha256=hashlib.sha256(secret.encode()).digest(),
+        ),
+    }
+
+    async def get_api_key(request: Any, timeout: float) -> Any:
+        return records[request.key_id]
+
+    authenticator = ApiKeyAuthenticator(
+        SimpleNamespace(GetApiKey=get_api_key),  # type: ignore[arg-type]
+        cache_seconds=1,
+        call_timeout=1,
+    )
+
+    def context(key_id: str) -> Any:
+        metadata = (("authorization", f"Bearer cp_{key_id}_{secret}"),)
+        return SimpleNamespace(invocation_metadata=lambda: metadata)
+
+    assert (await authenticator.authenticate(context("k1"))).roles == {"admin", "operator"}
+    assert (await authenticator.authenticate(context("k2"))).roles == {"chat"}

@@ -889,7 +889,10 @@ type CreateApiKeyRequest struct {
 	// The principal the key authenticates as.
 	Owner *Owner `protobuf:"bytes,1,opt,name=owner,proto3" json:"owner,omitempty"`
 	// A label to recognise the key by.
-	Label         string `protobuf:"bytes,2,opt,name=label,proto3" json:"label,omitempty"`
+	Label string `protobuf:"bytes,2,opt,name=label,proto3" json:"label,omitempty"`
+	// What the key may do: "chat" (end user), "operator", "admin" (see docs/security.md).
+	// Empty means ["chat"]; an unknown role is INVALID_ARGUMENT.
+	Roles         []string `protobuf:"bytes,3,rep,name=roles,proto3" json:"roles,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -936,6 +939,13 @@ func (x *CreateApiKeyRequest) GetLabel() string {
 		return x.Label
 	}
 	return ""
+}
+
+func (x *CreateApiKeyRequest) GetRoles() []string {
+	if x != nil {
+		return x.Roles
+	}
+	return nil
 }
 
 // The new key.
@@ -1047,7 +1057,9 @@ type GetApiKeyResponse struct {
 	// SHA-256 of the key's secret part.
 	SecretSha256 []byte `protobuf:"bytes,2,opt,name=secret_sha256,json=secretSha256,proto3" json:"secret_sha256,omitempty"`
 	// True when the key is revoked.
-	Revoked       bool `protobuf:"varint,3,opt,name=revoked,proto3" json:"revoked,omitempty"`
+	Revoked bool `protobuf:"varint,3,opt,name=revoked,proto3" json:"revoked,omitempty"`
+	// The key's roles (never empty).
+	Roles         []string `protobuf:"bytes,4,rep,name=roles,proto3" json:"roles,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1101,6 +1113,13 @@ func (x *GetApiKeyResponse) GetRevoked() bool {
 		return x.Revoked
 	}
 	return false
+}
+
+func (x *GetApiKeyResponse) GetRoles() []string {
+	if x != nil {
+		return x.Roles
+	}
+	return nil
 }
 
 var File_chatplane_v1_persistence_proto protoreflect.FileDescriptor
@@ -1158,19 +1177,21 @@ const file_chatplane_v1_persistence_proto_rawDesc = "" +
 	"\bfeedback\x18\x02 \x01(\v2#.chatplane.v1.SubmitFeedbackRequestR\bfeedback\"g\n" +
 	"(PersistenceServiceSubmitFeedbackResponse\x12;\n" +
 	"\vcreate_time\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"createTime\"V\n" +
+	"createTime\"l\n" +
 	"\x13CreateApiKeyRequest\x12)\n" +
 	"\x05owner\x18\x01 \x01(\v2\x13.chatplane.v1.OwnerR\x05owner\x12\x14\n" +
-	"\x05label\x18\x02 \x01(\tR\x05label\"F\n" +
+	"\x05label\x18\x02 \x01(\tR\x05label\x12\x14\n" +
+	"\x05roles\x18\x03 \x03(\tR\x05roles\"F\n" +
 	"\x14CreateApiKeyResponse\x12\x17\n" +
 	"\aapi_key\x18\x01 \x01(\tR\x06apiKey\x12\x15\n" +
 	"\x06key_id\x18\x02 \x01(\tR\x05keyId\")\n" +
 	"\x10GetApiKeyRequest\x12\x15\n" +
-	"\x06key_id\x18\x01 \x01(\tR\x05keyId\"}\n" +
+	"\x06key_id\x18\x01 \x01(\tR\x05keyId\"\x93\x01\n" +
 	"\x11GetApiKeyResponse\x12)\n" +
 	"\x05owner\x18\x01 \x01(\v2\x13.chatplane.v1.OwnerR\x05owner\x12#\n" +
 	"\rsecret_sha256\x18\x02 \x01(\fR\fsecretSha256\x12\x18\n" +
-	"\arevoked\x18\x03 \x01(\bR\arevoked2\xc2\a\n" +
+	"\arevoked\x18\x03 \x01(\bR\arevoked\x12\x14\n" +
+	"\x05roles\x18\x04 \x03(\tR\x05roles2\xc2\a\n" +
 	"\x12PersistenceService\x12L\n" +
 	"\tBeginTurn\x12\x1e.chatplane.v1.BeginTurnRequest\x1a\x1f.chatplane.v1.BeginTurnResponse\x12F\n" +
 	"\aGetTurn\x12\x1c.chatplane.v1.GetTurnRequest\x1a\x1d.chatplane.v1.GetTurnResponse\x12R\n" +

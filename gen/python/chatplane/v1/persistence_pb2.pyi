@@ -5,9 +5,11 @@ isort:skip_file
 
 from chatplane.v1 import gateway_pb2 as _gateway_pb2
 from chatplane.v1 import resources_pb2 as _resources_pb2
+from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -467,21 +469,29 @@ class CreateApiKeyRequest(_message.Message):
 
     OWNER_FIELD_NUMBER: _builtins.int
     LABEL_FIELD_NUMBER: _builtins.int
+    ROLES_FIELD_NUMBER: _builtins.int
     label: _builtins.str
     """A label to recognise the key by."""
     @_builtins.property
     def owner(self) -> Global___Owner:
         """The principal the key authenticates as."""
 
+    @_builtins.property
+    def roles(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """What the key may do: "chat" (end user), "operator", "admin" (see docs/security.md).
+        Empty means ["chat"]; an unknown role is INVALID_ARGUMENT.
+        """
+
     def __init__(
         self,
         *,
         owner: Global___Owner | None = ...,
         label: _builtins.str = ...,
+        roles: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["owner", b"owner"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["label", b"label", "owner", b"owner"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["label", b"label", "owner", b"owner", "roles", b"roles"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -544,6 +554,7 @@ class GetApiKeyResponse(_message.Message):
     OWNER_FIELD_NUMBER: _builtins.int
     SECRET_SHA256_FIELD_NUMBER: _builtins.int
     REVOKED_FIELD_NUMBER: _builtins.int
+    ROLES_FIELD_NUMBER: _builtins.int
     secret_sha256: _builtins.bytes
     """SHA-256 of the key's secret part."""
     revoked: _builtins.bool
@@ -552,16 +563,21 @@ class GetApiKeyResponse(_message.Message):
     def owner(self) -> Global___Owner:
         """The principal."""
 
+    @_builtins.property
+    def roles(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The key's roles (never empty)."""
+
     def __init__(
         self,
         *,
         owner: Global___Owner | None = ...,
         secret_sha256: _builtins.bytes = ...,
         revoked: _builtins.bool = ...,
+        roles: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["owner", b"owner"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["owner", b"owner", "revoked", b"revoked", "secret_sha256", b"secret_sha256"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["owner", b"owner", "revoked", b"revoked", "roles", b"roles", "secret_sha256", b"secret_sha256"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -172,6 +172,8 @@ class ApiKey:
     secret_sha256: bytes
     revoked: bool
     create_time: datetime
+    # chatplane.common.roles names; stored as one space-separated column.
+    roles: frozenset[str] = frozenset({"chat"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,12 +235,26 @@ def secret_sha256(secret: str) -> bytes:
     return hashlib.sha256(secret.encode("ascii")).digest()
 
 
-def issue_api_key(owner: Owner, label: str, now: datetime) -> IssuedApiKey:
+def roles_column(roles: frozenset[str]) -> str:
+    """The stored form of a key's roles: sorted names separated by one space."""
+    return " ".join(sorted(roles))
+
+
+def roles_from_column(value: str) -> frozenset[str]:
+    """A key's roles from their stored form."""
+    return frozenset(value.split())
+
+
+def issue_api_key(
+    owner: Owner, label: str, now: datetime, roles: frozenset[str] = frozenset({"chat"})
+) -> IssuedApiKey:
     """A new key `cp_<key_id>_<secret>`: the key id is a UUID, the secret 256 random bits in
     hex (neither contains `_`, so the key splits unambiguously)."""
     key_id = new_id()
     secret = secrets.token_hex(_API_KEY_SECRET_BYTES)
-    record = ApiKey(key_id, owner, label, secret_sha256(secret), revoked=False, create_time=now)
+    record = ApiKey(
+        key_id, owner, label, secret_sha256(secret), revoked=False, create_time=now, roles=roles
+    )
     return IssuedApiKey(f"{API_KEY_PREFIX}_{key_id}_{secret}", record)
 
 
@@ -298,8 +314,10 @@ class ConversationStore(AsyncClosable):
         returns when it was stored. Any other message is NotFound."""
 
     @abc.abstractmethod
-    async def create_api_key(self, owner: Owner, label: str) -> IssuedApiKey:
-        """Create a key for the owner; only its secret's hash is stored."""
+    async def create_api_key(
+        self, owner: Owner, label: str, roles: frozenset[str] = frozenset({"chat"})
+    ) -> IssuedApiKey:
+        """Create a key for the owner with these roles; only its secret's hash is stored."""
 
     @abc.abstractmethod
     async def get_api_key(self, key_id: str) -> ApiKey:

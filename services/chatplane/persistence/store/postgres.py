@@ -42,6 +42,8 @@ from chatplane.persistence.store.base import (
     issue_api_key,
     require_history_request,
     require_limit,
+    roles_column,
+    roles_from_column,
     utc_now,
 )
 from chatplane.persistence.store.migrations import Migration, shipped_migrations
@@ -82,7 +84,7 @@ _MESSAGE_COLUMNS = (
 _CONVERSATION_COLUMNS = (
     "conversation_id, tenant_id, user_id, title, create_time, update_time, message_count"
 )
-_API_KEY_COLUMNS = "key_id, tenant_id, user_id, label, secret_sha256, revoked, create_time"
+_API_KEY_COLUMNS = "key_id, tenant_id, user_id, label, secret_sha256, revoked, create_time, roles"
 # The columns of _MESSAGE_COLUMNS as PostgreSQL types, for the binary COPY of a batch.
 _MESSAGE_TYPES = ("text",) * 8 + ("timestamptz", "text", "text", "int4", "int4", "text")
 _STAGING_TABLE = (
@@ -516,12 +518,15 @@ class PostgresConversationStore(ConversationStore):
             raise errors.NotFound("assistant message not found")
         return now
 
-    async def create_api_key(self, owner: Owner, label: str) -> IssuedApiKey:
-        issued = issue_api_key(owner, label, self._clock())
+    async def create_api_key(
+        self, owner: Owner, label: str, roles: frozenset[str] = frozenset({"chat"})
+    ) -> IssuedApiKey:
+        issued = issue_api_key(owner, label, self._clock(), roles)
         record = issued.record
         async with self._connection() as connection:
             await connection.execute(
-                f"INSERT INTO api_keys ({_API_KEY_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s)",
+                f"INSERT INTO api_keys ({_API_KEY_COLUMNS})"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
                 (
                     record.key_id,
                     record.owner.tenant_id,
@@ -530,6 +535,7 @@ class PostgresConversationStore(ConversationStore):
                     record.secret_sha256,
                     record.revoked,
                     record.create_time,
+                    roles_column(record.roles),
                 ),
             )
         return issued
@@ -544,9 +550,15 @@ class PostgresConversationStore(ConversationStore):
             row = await cursor.fetchone()
         if row is None:
             raise errors.NotFound("api key not found")
-        key_id, tenant_id, user_id, label, digest, revoked, create_time = row
+        key_id, tenant_id, user_id, label, digest, revoked, create_time, roles = row
         return ApiKey(
-            key_id, Owner(tenant_id, user_id), label, bytes(digest), revoked, _utc(create_time)
+            key_id,
+            Owner(tenant_id, user_id),
+            label,
+            bytes(digest),
+            revoked,
+            _utc(create_time),
+            roles_from_column(roles),
         )
 
     async def iter_messages(self, after: str | None, limit: int) -> list[Message]:

@@ -39,6 +39,8 @@ from chatplane.persistence.store.base import (
     issue_api_key,
     require_history_request,
     require_limit,
+    roles_column,
+    roles_from_column,
     to_micros,
     utc_now,
 )
@@ -65,7 +67,9 @@ _MESSAGE_COLUMNS = (
 _CONVERSATION_COLUMNS = (
     "conversation_id, tenant_id, user_id, title, create_time_us, update_time_us, message_count"
 )
-_API_KEY_COLUMNS = "key_id, tenant_id, user_id, label, secret_sha256, revoked, create_time_us"
+_API_KEY_COLUMNS = (
+    "key_id, tenant_id, user_id, label, secret_sha256, revoked, create_time_us, roles"
+)
 
 
 def sqlite_migrations() -> list[Migration]:
@@ -178,8 +182,10 @@ class SqliteConversationStore(ConversationStore):
             raise errors.NotFound("assistant message not found")
         return await self._run(functools.partial(self._submit_feedback, owner, feedback))
 
-    async def create_api_key(self, owner: Owner, label: str) -> IssuedApiKey:
-        issued = issue_api_key(owner, label, self._clock())
+    async def create_api_key(
+        self, owner: Owner, label: str, roles: frozenset[str] = frozenset({"chat"})
+    ) -> IssuedApiKey:
+        issued = issue_api_key(owner, label, self._clock(), roles)
         await self._run(functools.partial(_insert_api_key, issued.record))
         return issued
 
@@ -609,7 +615,7 @@ def _iter_messages(after: str | None, limit: int, connection: sqlite3.Connection
 def _insert_api_key(record: ApiKey, connection: sqlite3.Connection) -> None:
     with _write_transaction(connection):
         connection.execute(
-            f"INSERT INTO api_keys ({_API_KEY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            f"INSERT INTO api_keys ({_API_KEY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 record.key_id,
                 record.owner.tenant_id,
@@ -618,6 +624,7 @@ def _insert_api_key(record: ApiKey, connection: sqlite3.Connection) -> None:
                 record.secret_sha256,
                 int(record.revoked),
                 to_micros(record.create_time),
+                roles_column(record.roles),
             ),
         )
 
@@ -628,7 +635,7 @@ def _get_api_key(key_id: str, connection: sqlite3.Connection) -> ApiKey:
     ).fetchone()
     if row is None:
         raise errors.NotFound("api key not found")
-    key_id, tenant_id, user_id, label, digest, revoked, create_us = row
+    key_id, tenant_id, user_id, label, digest, revoked, create_us, roles = row
     return ApiKey(
         key_id,
         Owner(tenant_id, user_id),
@@ -636,6 +643,7 @@ def _get_api_key(key_id: str, connection: sqlite3.Connection) -> ApiKey:
         bytes(digest),
         bool(revoked),
         from_micros(create_us),
+        roles_from_column(roles),
     )
 
 
