@@ -177,6 +177,9 @@ MALFORMED_GRPC_WEB = {
     "length beyond the body": ({}, struct.pack(">BI", 0, 100) + b"abc"),
     "two frames": ({}, grpc_web_frame(b"") + grpc_web_frame(b"")),
     "not a ChatRequest": ({}, grpc_web_frame(b"\xff\xff\xff\xff")),
+    # text (field 2) of 4 bytes that are not UTF-8: proto3 strings must be.
+    "invalid UTF-8 in text": ({}, grpc_web_frame(b"\x12\x04h\xff\xfei")),
+    "invalid UTF-8 in conversation_id": ({}, grpc_web_frame(b"\x0a\x02\xc3\x28\x12\x02hi")),
     "compressed without grpc-encoding": ({}, grpc_web_frame(b"\x12\x02hi", flags=1)),
     "unknown frame flags": ({}, grpc_web_frame(b"\x12\x02hi", flags=0x7F)),
     "bad base64 (grpc-web-text)": (
@@ -213,6 +216,8 @@ MALFORMED_JSON = {
     "not json": b"hello?",
     "wrong type": b'{"text": 5}',
     "array": b'[{"text": "hi"}]',
+    "invalid UTF-8 in a string": b'{"text": "h\xff\xfei"}',
+    "lone surrogate escape": b'{"text": "h\\ud800i"}',
 }
 
 

@@ -146,6 +146,50 @@ async def test_bad_text_is_invalid_argument_naming_the_field(
     assert any(isinstance(d, error_details_pb2.RequestInfo) and d.request_id for d in details)
 
 
+@pytest.mark.parametrize(
+    ("call", "field"),
+    [
+        ("list-size", "page_size"),
+        ("list-token", "page_token"),
+        ("get-size", "page_size"),
+        ("get-token", "page_token"),
+    ],
+)
+async def test_bad_pages_are_invalid_argument_naming_the_callers_field(
+    stack: Stack, channel: grpc.aio.Channel, call: str, field: str
+) -> None:
+    """The page is checked by Persistence; its refusal reaches the caller as their own
+    field's violation (not UNAVAILABLE, as a bad request of the Gateway's own would)."""
+    client = await new_client(stack, channel)
+    turn = await client.chat("hi")
+    assert turn.started is not None
+    conversation_id = turn.started.started.conversation_id
+    requests = {
+        "list-size": gateway_pb2.ListConversationsRequest(page_size=101),
+        "list-token": gateway_pb2.ListConversationsRequest(page_token=" %% "),
+        "get-size": gateway_pb2.GetConversationRequest(
+            conversation_id=conversation_id, page_size=-1
+        ),
+        "get-token": gateway_pb2.GetConversationRequest(
+            conversation_id=conversation_id, page_token="abc"
+        ),
+    }
+    request = requests[call]
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        if isinstance(request, gateway_pb2.ListConversationsRequest):
+            await client.stub.ListConversations(request, metadata=client.metadata, timeout=10)
+        else:
+            await client.stub.GetConversation(request, metadata=client.metadata, timeout=10)
+    assert raised.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    violations = [
+        v.field
+        for d in status_details(raised.value)
+        if isinstance(d, error_details_pb2.BadRequest)
+        for v in d.field_violations
+    ]
+    assert violations == [field]
+
+
 async def test_text_at_the_limit_is_accepted(stack: Stack, channel: grpc.aio.Channel) -> None:
     client = await new_client(stack, channel)
     turn = await client.chat("y" * (32 * 1024))

@@ -28,6 +28,15 @@ SERVER_OPTIONS: Sequence[tuple[str, int]] = (
     ("grpc.max_receive_message_length", 4 * 1024 * 1024),
     ("grpc.keepalive_time_ms", 30_000),
     ("grpc.http2.max_pings_without_data", 0),
+    # Calls that arrived but that the event loop has not picked up yet. gRPC's defaults
+    # (1,000 soft, 3,000 hard) drop a share of a burst beyond 1,000 with a bare CANCELLED
+    # before any handler runs; a flood of new streams must instead reach our handlers and get
+    # their documented answer (RESOURCE_EXHAUSTED from the rate limit). A pending call costs
+    # a few KiB; the limits keep the backlog bounded. A call not picked up within 120 s (gRPC's
+    # default: 30 s) is cancelled; a call's own deadline, if shorter, ends it first.
+    ("grpc.server.max_pending_requests", 20_000),
+    ("grpc.server.max_pending_requests_hard_limit", 30_000),
+    ("grpc.server_max_unrequested_time_in_server", 120),
 )
 
 # Between our own services a restarted peer should be reached again within a fraction of a

@@ -96,3 +96,31 @@ def from_rpc_error(error: grpc.aio.AioRpcError, call: str) -> errors.ChatplaneEr
         )
     _log.error("downstream call failed", extra={"call": call, "code": code.name})
     return errors.Unavailable(f"{call} failed")
+
+
+def forwarded_invalid_argument(
+    error: grpc.aio.AioRpcError, prefix: str
+) -> errors.InvalidArgument | None:
+    """When a downstream service refused, as INVALID_ARGUMENT, a field our caller sent us
+    verbatim (embedded at `prefix` in the downstream request, e.g. `page.` for the page of a
+    ListConversations), the same violation about the caller's own field; else None (the bad
+    request was ours: `from_rpc_error` makes it UNAVAILABLE)."""
+    if error.code() is not grpc.StatusCode.INVALID_ARGUMENT:
+        return None
+    for key, value in error.trailing_metadata() or ():
+        if key != "grpc-status-details-bin" or not isinstance(value, bytes):
+            continue
+        try:
+            status = status_pb2.Status.FromString(value)
+        except DecodeError:
+            return None
+        for detail in status.details:
+            bad_request = error_details_pb2.BadRequest()
+            if not detail.Unpack(bad_request):
+                continue
+            for violation in bad_request.field_violations:
+                if violation.field.startswith(prefix):
+                    return errors.InvalidArgument(
+                        violation.field.removeprefix(prefix), violation.description
+                    )
+    return None
