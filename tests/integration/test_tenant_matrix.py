@@ -1,0 +1,266 @@
+"""The cross-tenant matrix: with tenant A's credentials, every public RPC that takes an object
+id is tried with each of tenant B's ids (and a same-tenant other user's): none succeeds, and the
+status is the same as for an id that does not exist, so nothing tells A that B's object is
+there. Then 1,000 recall queries built from B's text, made as A, return none of B's items.
+
+The RPCs and their id fields are found from the protobuf descriptors: a new RPC with an
+`*_id` field is in the matrix without editing this file (and fails loudly until the kind of
+object its field names is known here)."""
+
+from __future__ import annotations
+
+import functools
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import grpc
+import pytest
+import pytest_asyncio
+from google.protobuf import descriptor as pb_descriptor
+from google.protobuf import message as pb_message
+from google.protobuf import message_factory
+
+from chatplane.launcher import Stack
+from chatplane.v1 import gateway_pb2, memory_pb2, memory_pb2_grpc
+from tests.integration.stack_client import (
+    FAST_PACE,
+    Client,
+    create_key,
+    poll,
+    running_stack,
+    unique,
+)
+
+pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
+
+# Public services a tenant's credentials reach; every method with an id field is tried.
+PUBLIC_MODULES = (gateway_pb2,)
+# Which kind of object an id field names.
+KIND_OF_FIELD = {
+    "conversation_id": "conversation",
+    "message_id": "message",
+}
+NOT_IDS = {"client_message_id"}  # the caller's own idempotency key, not an object id
+RECALL_QUERIES = 1_000
+
+
+@dataclass
+class Tenant:
+    tenant_id: str
+    user_id: str
+    client: Client
+    ids: dict[str, list[str]] = field(default_factory=dict)
+    texts: list[str] = field(default_factory=list)
+
+
+async def _seed(stack: Stack, channel: grpc.aio.Channel, tenant_id: str, user: str) -> Tenant:
+    """A user with three conversations of two turns, each message carrying a unique word."""
+    client = Client(channel, await create_key(stack, tenant_id, user))
+    owner = Tenant(tenant_id, user, client, {"conversation": [], "message": []})
+    for c in range(3):
+        conversation_id = ""
+        for t in range(2):
+            text = f"zq{uuid.uuid4().hex[:10]} about invoices and refunds, part {c}.{t}"
+            turn = await client.chat(text, conversation_id)
+            assert turn.started is not None and turn.done is not None
+            conversation_id = turn.started.started.conversation_id
+            owner.ids["message"] += [
+                turn.started.started.user_message_id,
+                turn.started.started.assistant_message_id,
+            ]
+            owner.texts.append(text)
+        owner.ids["conversation"].append(conversation_id)
+    return owner
+
+
+@pytest_asyncio.fixture(loop_scope="module", scope="module")
+async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack]:
+    env = {**FAST_PACE, "CHATPLANE_RATE_LIMIT_PER_MINUTE": "60000"}
+    async with running_stack(tmp_path_factory.mktemp("matrix"), env) as running:
+        yield running
+
+
+@pytest_asyncio.fixture(loop_scope="module", scope="module")
+async def channel(stack: Stack) -> AsyncIterator[grpc.aio.Channel]:
+    async with grpc.aio.insecure_channel(stack.info().address("gateway")) as chan:
+        yield chan
+
+
+@pytest_asyncio.fixture(loop_scope="module", scope="module")
+async def parties(stack: Stack, channel: grpc.aio.Channel) -> dict[str, Tenant]:
+    """A (the attacker), B (another tenant), and A2 (another user of A's tenant)."""
+    tenant_a, tenant_b = unique("tenant-a"), unique("tenant-b")
+    return {
+        "A": await _seed(stack, channel, tenant_a, "alice"),
+        "B": await _seed(stack, channel, tenant_b, "bob"),
+        "A2": await _seed(stack, channel, tenant_a, "carol"),
+    }
+
+
+def _id_fields(method: pb_descriptor.MethodDescriptor) -> list[str]:
+    return [
+        f.name
+        for f in method.input_type.fields
+        if f.name.endswith("_id") and f.name not in NOT_IDS and f.type == f.TYPE_STRING
+    ]
+
+
+def _kind(id_field: str) -> str | None:
+    """The kind of object an id field names: by its name, or by its last word before `_id`
+    (`regenerate_message_id` names a message)."""
+    return KIND_OF_FIELD.get(id_field) or KIND_OF_FIELD.get(id_field.split("_")[-2] + "_id")
+
+
+def _methods_with_ids() -> list[pb_descriptor.MethodDescriptor]:
+    return [
+        method
+        for module in PUBLIC_MODULES
+        for service in module.DESCRIPTOR.services_by_name.values()
+        for method in service.methods
+        if _id_fields(method)
+    ]
+
+
+def _template(method: pb_descriptor.MethodDescriptor, id_field: str, value: str) -> bytes:
+    """A request that is valid apart from whose object it names: other text fields say
+    hello, enums take their first real value."""
+    request: pb_message.Message = message_factory.GetMessageClass(method.input_type)()
+    for f in method.input_type.fields:
+        if f.is_repeated or f.message_type is not None:
+            continue
+        if f.name == id_field:
+            setattr(request, f.name, value)
+        elif f.name.endswith("_token"):
+            continue  # page tokens: the first page
+        elif f.type == f.TYPE_STRING and f.name not in _id_fields(method):
+            setattr(request, f.name, "hello")
+        elif f.type == f.TYPE_ENUM:
+            setattr(request, f.name, f.enum_type.values[1].number)
+    return request.SerializeToString()
+
+
+async def _status(
+    channel: grpc.aio.Channel, method: pb_descriptor.MethodDescriptor, payload: bytes, key: Client
+) -> grpc.StatusCode:
+    path = f"/{method.containing_service.full_name}/{method.name}"
+    try:
+        if method.server_streaming:
+            call = channel.unary_stream(path)(payload, metadata=key.metadata, timeout=30)
+            async for _ in call:
+                pass
+        else:
+            await channel.unary_unary(path)(payload, metadata=key.metadata, timeout=30)
+    except grpc.aio.AioRpcError as error:
+        return error.code()
+    return grpc.StatusCode.OK
+
+
+@pytest.mark.parametrize(
+    "method",
+    [pytest.param(m, id=f"{m.containing_service.name}.{m.name}") for m in _methods_with_ids()],
+)
+@pytest.mark.parametrize("victim", ["B", "A2"], ids=["other-tenant", "same-tenant-other-user"])
+async def test_someone_elses_ids_look_like_ids_that_do_not_exist(
+    channel: grpc.aio.Channel,
+    parties: dict[str, Tenant],
+    method: pb_descriptor.MethodDescriptor,
+    victim: str,
+) -> None:
+    attacker = parties["A"]
+    tried = 0
+    for id_field in _id_fields(method):
+        kind = _kind(id_field)
+        assert kind is not None, f"{method.full_name}.{id_field}: which objects does it name?"
+        missing = await _status(
+            channel, method, _template(method, id_field, str(uuid.uuid4())), attacker.client
+        )
+        assert missing is not grpc.StatusCode.OK, (method.full_name, id_field)
+        for object_id in parties[victim].ids[kind]:
+            code = await _status(
+                channel, method, _template(method, id_field, object_id), attacker.client
+            )
+            assert code is missing, (method.full_name, id_field, object_id, code, missing)
+            tried += 1
+    assert tried >= 3
+
+
+async def test_the_victims_data_is_untouched_by_the_matrix(
+    channel: grpc.aio.Channel, parties: dict[str, Tenant]
+) -> None:
+    """Deletes and feedback tried by A left B's conversations whole (run after the matrix)."""
+    victim = parties["B"]
+    for conversation_id in victim.ids["conversation"]:
+        history = await victim.client.stub.GetConversation(
+            gateway_pb2.GetConversationRequest(conversation_id=conversation_id),
+            metadata=victim.client.metadata,
+            timeout=10,
+        )
+        assert len(history.messages) == 4
+
+
+async def test_the_templates_succeed_on_the_callers_own_objects(
+    channel: grpc.aio.Channel, stack: Stack
+) -> None:
+    """The control: with the caller's own ids the same requests work, so the matrix's refusals
+    are about ownership, not about a malformed template."""
+    tenant = unique("control")
+    for method in _methods_with_ids():
+        own = await _seed(stack, channel, tenant, unique("u"))
+        for id_field in _id_fields(method):
+            kind = _kind(id_field)
+            assert kind is not None
+            # Messages: the assistant answer (feedback applies to answers).
+            object_id = own.ids[kind][1] if kind == "message" else own.ids[kind][0]
+            if kind == "message":
+                await poll(functools.partial(_stored, channel, own, object_id))
+            code = await _status(
+                channel, method, _template(method, id_field, object_id), own.client
+            )
+            assert code is grpc.StatusCode.OK, (method.full_name, id_field, code)
+
+
+async def _stored(channel: grpc.aio.Channel, owner: Tenant, message_id: str) -> bool:
+    history = await owner.client.stub.GetConversation(
+        gateway_pb2.GetConversationRequest(conversation_id=owner.ids["conversation"][0]),
+        metadata=owner.client.metadata,
+        timeout=10,
+    )
+    return any(m.message_id == message_id for m in history.messages)
+
+
+async def test_recall_as_a_with_bs_words_never_returns_bs_items(
+    stack: Stack, parties: dict[str, Tenant]
+) -> None:
+    attacker, victim = parties["A"], parties["B"]
+    victim_ids = set(victim.ids["message"])
+    victim_words = {text.split()[0] for text in victim.texts}
+    # Queries: each of B's texts, its unique word alone, and windows of its words.
+    queries: list[str] = []
+    while len(queries) < RECALL_QUERIES:
+        for text in victim.texts:
+            words = text.split()
+            queries += [text, words[0], " ".join(words[: len(queries) % len(words) + 1])]
+    async with stack.channel("memory") as channel:
+        stub = memory_pb2_grpc.MemoryServiceStub(channel)
+        returned = 0
+        for query in queries[:RECALL_QUERIES]:
+            response = await stub.Recall(
+                memory_pb2.RecallRequest(
+                    tenant_id=attacker.tenant_id,
+                    user_id=attacker.user_id,
+                    conversation_id=attacker.ids["conversation"][0],
+                    query=query,
+                    recent_limit=4,
+                    top_k=10,
+                ),
+                timeout=10,
+            )
+            returned += len(response.items)
+            for item in response.items:
+                assert item.citation.source_id not in victim_ids, query
+                assert not victim_words & set(item.text.split()), query
+            for recent in response.recent:
+                assert recent.message_id not in victim_ids
+    # A has turns of their own, so recall did answer: the test saw real results.
+    assert returned > 0
