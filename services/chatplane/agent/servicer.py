@@ -57,7 +57,11 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
 
     def __init__(self, runner: TurnRunner, live: LiveTurns | None = None) -> None:
         self._runner = runner
-        self._live = live if live is not None else LiveTurns(linger_seconds=0, max_finished=0, turn_timeout_seconds=300)
+        self._live = (
+            live
+            if live is not None
+            else LiveTurns(linger_seconds=0, max_finished=0, turn_timeout_seconds=300)
+        )
 
     async def Generate(
         self,
