@@ -170,7 +170,13 @@ class LiveTurns:
         live.task = asyncio.create_task(generate(), name=f"turn {turn.assistant_message_id}")
         self._detached.add(live.task)
         live.task.add_done_callback(self._detached.discard)
+        live.task.add_done_callback(lambda _: self._closed_anyway(live))
         return live
+
+    def _closed_anyway(self, live: LiveTurn) -> None:
+        # A task cancelled before it ever ran never reaches its own clean-up.
+        if not live.finished:
+            self.close(live)
 
     def find(self, tenant_id: str, user_id: str, assistant_message_id: str) -> LiveTurn:
         """The owner's live or recently finished turn; NotFound for anything else."""
