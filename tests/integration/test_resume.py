@@ -5,6 +5,8 @@ requests get NOT_FOUND / INVALID_ARGUMENT (docs/resume.md)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -15,8 +17,9 @@ import pytest
 import pytest_asyncio
 from google.rpc import error_details_pb2
 
+from chatplane.cli.chat import Gateway, stream_answer
 from chatplane.llm_emulator.process import EmulatorProcess, running_emulator
-from chatplane.v1 import gateway_pb2, resources_pb2
+from chatplane.v1 import gateway_pb2, gateway_pb2_grpc, resources_pb2
 from tests.integration.stack_client import (
     Client,
     Turn,
@@ -269,3 +272,72 @@ async def test_resume_refuses_what_is_not_the_callers_answer(rig: Rig) -> None:
             for v in d.field_violations
         ]
         assert violations == ["after_sequence"]
+
+
+class CuttableProxy:
+    """A TCP forwarder to the Gateway whose connections the test can cut, as a network would."""
+
+    def __init__(self, target: str) -> None:
+        self._host, port = target.rsplit(":", 1)
+        self._port = int(port)
+        self._writers: list[asyncio.StreamWriter] = []
+        self.address = ""
+        self.connections = 0
+
+    async def __aenter__(self) -> CuttableProxy:
+        self._server = await asyncio.start_server(self._forward, "127.0.0.1", 0)
+        self.address = f"127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.cut()
+        self._server.close()
+        await self._server.wait_closed()
+
+    async def _forward(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        up_reader, up_writer = await asyncio.open_connection(self._host, self._port)
+        self._writers += [writer, up_writer]
+
+        async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(ConnectionError):
+                while data := await source.read(65536):
+                    sink.write(data)
+                    await sink.drain()
+            sink.close()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+    def cut(self) -> None:
+        for writer in self._writers:
+            writer.transport.abort()
+        self._writers.clear()
+
+
+async def test_the_cli_continues_an_answer_after_its_connection_drops(rig: Rig) -> None:
+    key = await create_key(rig.stack, unique("t"), "u")
+    before = await rig.request_count()
+    pieces: list[str] = []
+    async with (
+        CuttableProxy(rig.stack.info().address("gateway")) as proxy,
+        grpc.aio.insecure_channel(proxy.address) as channel,
+    ):
+        gateway = Gateway(
+            gateway_pb2_grpc.GatewayServiceStub(channel), (("authorization", f"Bearer {key}"),)
+        )
+
+        def on_delta(piece: str) -> None:
+            pieces.append(piece)
+            if len(pieces) == 4:
+                proxy.cut()  # the network drops mid-answer
+
+        result = await stream_answer(gateway, "tell me more", "", on_delta, call_timeout=30)
+        assert proxy.connections == 2  # the answer's rest came over a new connection
+
+    assert result.finish_reason == resources_pb2.FINISH_REASON_STOP
+    assert not result.interrupted and "".join(pieces) == result.text
+    client = Client(rig.channel, key)
+    stored = await stored_answer(client, result.conversation_id)
+    assert stored.text == result.text and stored.status == resources_pb2.MESSAGE_STATUS_COMPLETE
+    assert len(pieces) == result.last_sequence  # every delta once, none repeated
+    assert await rig.request_count() == before + 1

@@ -34,7 +34,9 @@ async def resume_stream(
             message_id=message_id, after_sequence=last_sequence()
         )
         try:
-            async for event in stub.ResumeChat(request, metadata=metadata, timeout=timeout):
+            # wait_for_ready: after a dropped connection the channel may still be reconnecting.
+            call = stub.ResumeChat(request, metadata=metadata, timeout=timeout, wait_for_ready=True)
+            async for event in call:
                 apply(event)
             return
         except grpc.aio.AioRpcError as error:
