@@ -40,6 +40,8 @@ class LiveTurn:
     # The detached generation of a resumable turn (None: the turn runs inside its call).
     task: asyncio.Task[None] | None = None
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
+    # Followers waiting for events: without any, publishing wakes no one (the common case).
+    _followers: int = 0
 
     def publish(self, event: TurnEvent) -> None:
         """Keeps an event and wakes the followers."""
@@ -55,8 +57,9 @@ class LiveTurn:
         self._wake()
 
     def _wake(self) -> None:
-        self._changed.set()
-        self._changed = asyncio.Event()
+        if self._followers:
+            self._changed.set()
+            self._changed = asyncio.Event()
 
     async def follow(self, after_sequence: int, *, resumed: bool) -> AsyncIterator[TurnEvent]:
         """The turn's events from the start, with the deltas up to `after_sequence` (and the
@@ -68,28 +71,41 @@ class LiveTurn:
             raise errors.InvalidArgument(
                 "after_sequence", f"the answer has {self.deltas} deltas so far"
             )
-        index = 0
-        while True:
-            changed = self._changed
-            while index < len(self.events):
-                event = self.events[index]
-                index += 1
-                if isinstance(event, resources_pb2.TurnStarted) and resumed:
-                    copy = resources_pb2.TurnStarted()
-                    copy.CopyFrom(event)
-                    copy.resumed = True
-                    yield copy
-                elif isinstance(event, resources_pb2.Citation):
-                    if after_sequence == 0:
-                        yield event
-                elif isinstance(event, resources_pb2.TextDelta):
-                    if event.sequence > after_sequence:
-                        yield event
-                else:
-                    yield event
-            if self.finished:
-                return
-            await changed.wait()
+        self._followers += 1
+        try:
+            index = 0
+            while True:
+                changed = self._changed
+                while index < len(self.events):
+                    event = self.events[index]
+                    index += 1
+                    if _wanted(event, after_sequence):
+                        yield _resumed(event) if resumed else event
+                if self.finished:
+                    return
+                await changed.wait()
+        finally:
+            self._followers -= 1
+
+
+def _wanted(event: TurnEvent, after_sequence: int) -> bool:
+    """Whether a resumer after `after_sequence` gets the event: not the deltas it has, nor
+    the citations (they come before delta 1) unless it has none."""
+    if isinstance(event, resources_pb2.Citation):
+        return after_sequence == 0
+    if isinstance(event, resources_pb2.TextDelta):
+        return event.sequence > after_sequence
+    return True
+
+
+def _resumed(event: TurnEvent) -> TurnEvent:
+    """`started` marked as the start of a resumed stream (a copy: the kept one is shared)."""
+    if not isinstance(event, resources_pb2.TurnStarted):
+        return event
+    copy = resources_pb2.TurnStarted()
+    copy.CopyFrom(event)
+    copy.resumed = True
+    return copy
 
 
 class LiveTurns:
@@ -164,6 +180,8 @@ class LiveTurns:
                 self.close(live)
                 raise
             except Exception as failure:
+                if not isinstance(failure, errors.ChatplaneError):
+                    _log.exception("a detached turn failed")
                 error = failure
             self.close(live, error)
 

@@ -168,7 +168,7 @@ class Settings(BaseSettings):
     # ResumeChat (the stored answer serves it after that), and at most how many finished
     # turns it keeps (the oldest go first).
     resume_linger_seconds: float = Field(default=60.0, ge=0)
-    resume_max_finished_turns: int = Field(default=1000, ge=0)
+    resume_max_finished_turns: int = Field(default=256, ge=0)
 
     def data_path(self, name: str) -> Path:
         """A file or folder inside the data directory (created on demand)."""
