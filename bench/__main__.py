@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from bench import edge, mtls, persistence, pipeline, recall, report, streaming
+from bench import resume as resume_bench
 from bench.harness import Options, machine, progress
 
 
@@ -34,6 +35,7 @@ BENCHMARKS = (
     Benchmark(recall.NAME, recall.TITLE, recall.NOTES, recall.run),
     Benchmark(mtls.NAME, mtls.TITLE, mtls.NOTES, mtls.run),
     Benchmark(edge.NAME, edge.TITLE, edge.NOTES, edge.run),
+    Benchmark(resume_bench.NAME, resume_bench.TITLE, resume_bench.NOTES, resume_bench.run),
 )
 
 

@@ -326,6 +326,63 @@ async def test_get_turn_returns_messages_once_stored(
             await store.get_turn(ALICE, bad)
 
 
+async def test_get_answer_finds_the_turn_and_the_delta_ends_of_its_answer(
+    store: ConversationStore, make_message: MessageFactory
+) -> None:
+    # ResumeChat: the turn by its assistant message id, the owner's only.
+    reservation = await store.begin_turn(turn_request())
+    pending = await store.get_answer(ALICE, reservation.assistant_message_id)
+    assert pending.turn.user_message_id == reservation.user_message_id
+    assert pending.turn.conversation_id == reservation.conversation_id
+    assert pending.turn.assistant_message is None and pending.delta_ends == ()
+
+    answer = make_message(
+        ALICE,
+        reservation.conversation_id,
+        message_id=reservation.assistant_message_id,
+        role=Role.ASSISTANT,
+        text="Sure, here.",
+        reply_to_message_id=reservation.user_message_id,
+        delta_ends=(4, 10, 11),
+    )
+    question = make_message(
+        ALICE, reservation.conversation_id, message_id=reservation.user_message_id
+    )
+    await store.write_messages([question, answer])
+    await store.write_messages([answer])  # re-delivered: stored once
+    stored = await store.get_answer(ALICE, reservation.assistant_message_id)
+    assert stored.delta_ends == (4, 10, 11)
+    assert stored.turn.assistant_message is not None
+    assert stored.turn.assistant_message.text == "Sure, here."
+
+    # An answer recorded without its delta ends (an older record) has none.
+    other = await store.begin_turn(turn_request())
+    await store.write_messages(
+        [
+            make_message(ALICE, other.conversation_id, message_id=other.user_message_id),
+            make_message(
+                ALICE,
+                other.conversation_id,
+                message_id=other.assistant_message_id,
+                role=Role.ASSISTANT,
+                reply_to_message_id=other.user_message_id,
+            ),
+        ]
+    )
+    assert (await store.get_answer(ALICE, other.assistant_message_id)).delta_ends == ()
+
+    for stranger in STRANGERS:
+        with pytest.raises(errors.NotFound):
+            await store.get_answer(stranger, reservation.assistant_message_id)
+    for bad in (reservation.user_message_id, new_id(), "nope"):
+        with pytest.raises(errors.NotFound):
+            await store.get_answer(ALICE, bad)
+
+    await store.delete_conversation(ALICE, reservation.conversation_id)
+    with pytest.raises(errors.NotFound):
+        await store.get_answer(ALICE, reservation.assistant_message_id)
+
+
 # --- owner scoping and paging -------------------------------------------------------------
 
 

@@ -27,9 +27,17 @@ INGRESS_ACCOUNT = "cluster.local/ns/istio-system/sa/istio-ingressgateway-service
 # forwards the public API.
 CALLS: dict[tuple[str, str], frozenset[str]] = {
     ("edge", GATEWAY): frozenset(
-        {"Chat", "ListConversations", "GetConversation", "DeleteConversation", "SubmitFeedback"}
+        {
+            "Chat",
+            "ListConversations",
+            "GetConversation",
+            "DeleteConversation",
+            "SubmitFeedback",
+            "ResumeChat",
+            "CancelChat",
+        }
     ),
-    ("gateway", AGENT): frozenset({"Generate"}),
+    ("gateway", AGENT): frozenset({"Generate", "ResumeGenerate", "CancelGenerate"}),
     ("gateway", PERSISTENCE): frozenset(
         {
             "BeginTurn",
@@ -40,6 +48,7 @@ CALLS: dict[tuple[str, str], frozenset[str]] = {
             "DeleteConversation",
             "SubmitFeedback",
             "GetApiKey",
+            "GetAnswer",
         }
     ),
     ("gateway", MEMORY): frozenset({"Forget"}),

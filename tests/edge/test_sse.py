@@ -61,3 +61,21 @@ async def test_the_readme_curl_example_streams_data_events(edge_stack: EdgeStack
     ]
     assert next(iter(events[0])) == "started"
     assert next(iter(events[-1])) == "done"
+
+
+async def test_curl_resumes_an_answer_after_a_sequence(edge_stack: EdgeStack) -> None:
+    headers = {"authorization": f"Bearer {edge_stack.api_key}"}
+    first = await curl_sse(f"{edge_stack.url}/v1/chat", {"text": "resume me"}, headers)
+    message_id = first.events[0]["started"]["assistantMessageId"]
+    deltas = [e["delta"] for e in first.events if "delta" in e]
+
+    rest = await curl_sse(
+        f"{edge_stack.url}/v1/messages/{message_id}/resume", {"afterSequence": 2}, headers
+    )
+
+    assert rest.status == 200 and rest.other_lines == []
+    assert rest.kinds[0] == "started" and rest.events[0]["started"]["resumed"] is True
+    assert rest.kinds[-2:] == ["usage", "done"]
+    assert [e["delta"]["text"] for e in rest.events if "delta" in e] == [
+        d["text"] for d in deltas[2:]
+    ]

@@ -3,6 +3,7 @@ turn runner, servicer; then serves until SIGTERM."""
 
 from __future__ import annotations
 
+from chatplane.agent.live_turns import LiveTurns
 from chatplane.agent.llm.factory import build_model_chain
 from chatplane.agent.memory_client import MemoryClient
 from chatplane.agent.servicer import AgentServicer
@@ -28,7 +29,14 @@ async def run(settings: Settings) -> None:
         producer=producer,
     )
 
+    live_turns = LiveTurns(
+        linger_seconds=settings.resume_linger_seconds,
+        max_finished=settings.resume_max_finished_turns,
+        turn_timeout_seconds=settings.turn_timeout_seconds,
+    )
+
     async def stop() -> None:
+        await live_turns.stop()
         await runner.drain()
         await backend.close()
         await producer.close()
@@ -40,7 +48,7 @@ async def run(settings: Settings) -> None:
         port=settings.agent_port,
         service_names=[agent_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name],
         register=lambda server: agent_pb2_grpc.add_AgentServiceServicer_to_server(
-            AgentServicer(runner), server
+            AgentServicer(runner, live_turns), server
         ),
         drain_grace_seconds=settings.drain_grace_seconds,
         on_stop=stop,

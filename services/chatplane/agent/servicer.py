@@ -8,6 +8,8 @@ from typing import Any
 
 import grpc
 
+from chatplane.agent.live_turns import LiveTurns
+from chatplane.agent.resume import resumable_events, resumed_events
 from chatplane.agent.turn import TurnEvent, TurnRequest, TurnRunner
 from chatplane.common import errors
 from chatplane.common.deadlines import outbound_timeout
@@ -53,8 +55,13 @@ def _turn(
 class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
     """AgentService over a TurnRunner."""
 
-    def __init__(self, runner: TurnRunner) -> None:
+    def __init__(self, runner: TurnRunner, live: LiveTurns | None = None) -> None:
         self._runner = runner
+        self._live = (
+            live
+            if live is not None
+            else LiveTurns(linger_seconds=0, max_finished=0, turn_timeout_seconds=300)
+        )
 
     async def Generate(
         self,
@@ -62,10 +69,38 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> AsyncIterator[agent_pb2.GenerateResponse]:
         turn = _turn(request, context)
+        if request.resumable:
+            detached = resumable_events(
+                self._live, self._runner, turn, context, self._live.turn_timeout_seconds
+            )
+            async for event in detached:
+                yield _response(event)
+            return
+        live = self._live.open(turn)
         events = self._runner.run(turn, lambda cap: outbound_timeout(context, cap))
         try:
             async for event in events:
+                live.publish(event)
                 yield _response(event)
         finally:
             # Closing runs the turn's clean-up now (records a partial answer), not at GC time.
             await events.aclose()
+            self._live.close(live)
+
+    async def ResumeGenerate(
+        self,
+        request: agent_pb2.ResumeGenerateRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> AsyncIterator[agent_pb2.ResumeGenerateResponse]:
+        async for response in resumed_events(self._live, request):
+            yield response
+
+    async def CancelGenerate(
+        self,
+        request: agent_pb2.CancelGenerateRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> agent_pb2.CancelGenerateResponse:
+        cancelled = self._live.cancel(
+            request.tenant_id, request.user_id, request.assistant_message_id
+        )
+        return agent_pb2.CancelGenerateResponse(cancelled=cancelled)

@@ -10,6 +10,7 @@ import logging
 import time
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
+from itertools import accumulate
 from typing import Any
 
 from google.protobuf import timestamp_pb2
@@ -149,9 +150,7 @@ class TurnRunner:
             )
             yield usage
             finish = _FINISH[end.reason]
-            await self._record(
-                turn, user_time_ms, "".join(parts), model, finish, usage, budget=budget
-            )
+            await self._record(turn, user_time_ms, parts, model, finish, usage, budget=budget)
             recorded = True
             yield resources_pb2.TurnDone(finish_reason=finish, model=model, delta_count=len(parts))
         except LlmError:
@@ -167,7 +166,7 @@ class TurnRunner:
                     self._record_interrupted(
                         turn,
                         user_time_ms,
-                        "".join(parts),
+                        parts,
                         model,
                         cut_by,
                         resources_pb2.Usage(
@@ -190,7 +189,7 @@ class TurnRunner:
         self,
         turn: TurnRequest,
         user_time_ms: int,
-        answer: str,
+        deltas: list[str],
         model: str,
         finish: resources_pb2.FinishReason.ValueType,
         usage: resources_pb2.Usage,
@@ -199,6 +198,7 @@ class TurnRunner:
     ) -> None:
         """Appends both messages to the log (waits for the ack), then tells memory."""
         settings = self._settings
+        answer = "".join(deltas)
         answer_time_ms = max(int(time.time() * 1000), user_time_ms + 1)
         # Cut by the client (INTERRUPTED) or by a provider failure (ERROR): kept, unfinished.
         interrupted = finish in (
@@ -242,6 +242,8 @@ class TurnRunner:
                     tenant_id=turn.tenant_id,
                     user_id=turn.user_id,
                     message=message,
+                    # Where each delta ended, so ResumeChat can replay the stored answer.
+                    delta_ends=accumulate(map(len, deltas)) if message is assistant else (),
                 ).SerializeToString(),
             )
             for message in (user, assistant)

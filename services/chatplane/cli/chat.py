@@ -24,6 +24,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from chatplane.cli.client import ClientTarget, gateway_options, tls_files
+from chatplane.cli.resume import RESUMABLE_CODES, cancel_generation, resume_stream
 from chatplane.v1 import gateway_pb2, gateway_pb2_grpc, resources_pb2
 
 CHAT_TIMEOUT_SECONDS = 300.0
@@ -72,6 +73,8 @@ class TurnResult:
     usage: resources_pb2.Usage | None = None
     finish_reason: resources_pb2.FinishReason.ValueType = resources_pb2.FINISH_REASON_UNSPECIFIED
     interrupted: bool = False
+    # The sequence of the last delta received (where a resume continues).
+    last_sequence: int = 0
 
 
 async def stream_answer(
@@ -86,23 +89,45 @@ async def stream_answer(
 ) -> TurnResult:
     """Sends `text` and streams the answer, calling `on_delta` per piece of text.
 
-    Setting `interrupt` cancels the call (the server keeps the partial answer as interrupted)
-    and returns what arrived so far with `interrupted=True`. gRPC failures raise
-    `grpc.aio.AioRpcError`; cancelling the calling task cancels the call too.
+    The answer is resumable: a stream that drops after the answer started is continued with
+    ResumeChat from the last delta received. Setting `interrupt` cancels the call and stops
+    the generation (CancelChat, once the answer's id is known; the server keeps the partial
+    answer as interrupted) and returns what arrived so far with `interrupted=True`. gRPC
+    failures raise `grpc.aio.AioRpcError`; cancelling the calling task cancels the call too.
     """
     request = gateway_pb2.ChatRequest(
         conversation_id=conversation_id,
         text=text,
         client_message_id=client_message_id or str(uuid.uuid4()),
+        resumable=True,
     )
     result = TurnResult(conversation_id=conversation_id)
     call = gateway.stub.Chat(request, metadata=gateway.metadata, timeout=call_timeout)
     watcher = None if interrupt is None else asyncio.ensure_future(interrupt.wait())
     if watcher is not None:
-        watcher.add_done_callback(lambda _: call.cancel())
+        # Before `started` there is no id to cancel the generation by: stop once it comes.
+        watcher.add_done_callback(lambda _: result.assistant_message_id and call.cancel())
     try:
-        async for response in call:
-            _apply(result, response, on_delta)
+        try:
+            async for response in call:
+                _apply(result, response, on_delta)
+                if interrupt is not None and interrupt.is_set():
+                    call.cancel()
+        except grpc.aio.AioRpcError as error:
+            if not result.assistant_message_id or error.code() not in RESUMABLE_CODES:
+                raise
+        if result.finish_reason == resources_pb2.FINISH_REASON_UNSPECIFIED and (
+            result.assistant_message_id
+        ):
+            # The stream ended before `done`: the rest comes from the same generation.
+            await resume_stream(
+                gateway.stub,
+                gateway.metadata,
+                result.assistant_message_id,
+                lambda: result.last_sequence,
+                lambda event: _apply_resumed(result, event, on_delta),
+                timeout=call_timeout,
+            )
     except asyncio.CancelledError:
         call.cancel()
         # grpc raises CancelledError in the reading task when the call itself is cancelled;
@@ -111,14 +136,28 @@ async def stream_answer(
         if interrupt is None or not interrupt.is_set() or (current and current.cancelling()):
             raise
         result.interrupted = True
+        if result.assistant_message_id:
+            await cancel_generation(gateway.stub, gateway.metadata, result.assistant_message_id)
     finally:
         if watcher is not None:
             watcher.cancel()
     return result
 
 
+def _apply_resumed(
+    result: TurnResult,
+    response: gateway_pb2.ResumeChatResponse,
+    on_delta: Callable[[str], None],
+) -> None:
+    # The resumed stream's `started` repeats what the first one said (less memory_degraded).
+    if response.WhichOneof("event") != "started":
+        _apply(result, response, on_delta)
+
+
 def _apply(
-    result: TurnResult, response: gateway_pb2.ChatResponse, on_delta: Callable[[str], None]
+    result: TurnResult,
+    response: gateway_pb2.ChatResponse | gateway_pb2.ResumeChatResponse,
+    on_delta: Callable[[str], None],
 ) -> None:
     event = response.WhichOneof("event")
     if event == "started":
@@ -131,6 +170,7 @@ def _apply(
         result.memory_degraded = started.memory_degraded
     elif event == "delta":
         result.text += response.delta.text
+        result.last_sequence = response.delta.sequence
         on_delta(response.delta.text)
     elif event == "citation":
         result.citations.append(response.citation)

@@ -164,6 +164,12 @@ class Settings(BaseSettings):
     trace_file: str = ""
     trace_sample_ratio: float = Field(default=1.0, ge=0, le=1)
 
+    # Resume (docs/resume.md): how long the Agent keeps a finished turn's events for
+    # ResumeChat (the stored answer serves it after that), and at most how many finished
+    # turns it keeps (the oldest go first).
+    resume_linger_seconds: float = Field(default=60.0, ge=0)
+    resume_max_finished_turns: int = Field(default=256, ge=0)
+
     def data_path(self, name: str) -> Path:
         """A file or folder inside the data directory (created on demand)."""
         self.data_dir.mkdir(parents=True, exist_ok=True)

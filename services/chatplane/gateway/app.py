@@ -13,6 +13,7 @@ from chatplane.gateway.auth import ApiKeyAuthenticator
 from chatplane.gateway.chat import ChatRelay
 from chatplane.gateway.metrics import REJECTIONS
 from chatplane.gateway.rate_limit import RateLimiter
+from chatplane.gateway.resume import AnswerResume
 from chatplane.gateway.servicer import GatewayServicer
 from chatplane.v1 import gateway_pb2, gateway_pb2_grpc, memory_pb2_grpc, persistence_pb2_grpc
 
@@ -52,6 +53,9 @@ async def run(settings: Settings) -> None:
         relay=ChatRelay(settings=settings, persistence=persistence, agent_channel=agent_channel),
         persistence=persistence,
         memory=memory_pb2_grpc.MemoryServiceStub(memory_channel),
+        resume=AnswerResume(
+            settings=settings, persistence=persistence, agent_channel=agent_channel
+        ),
     )
 
     async def stop() -> None:

@@ -114,6 +114,7 @@ class ChatRelay:
                 assistant_message_id=begin.assistant_message_id,
                 text=request.text,
                 client_message_id=request.client_message_id,
+                resumable=request.resumable,
             ),
             timeout=budget(self._settings.turn_timeout_seconds),
             metadata=(*trace, (CONVERSATION_ID_HEADER, begin.conversation_id)),

@@ -18,6 +18,7 @@ from chatplane.common.status_mapping import forwarded_invalid_argument
 from chatplane.common.trace_context import propagated
 from chatplane.gateway.chat import ChatRelay
 from chatplane.gateway.metrics import ChatStreamMetrics
+from chatplane.gateway.resume import AnswerResume
 from chatplane.gateway.validation import validate_chat, validate_feedback
 from chatplane.v1 import (
     gateway_pb2,
@@ -53,11 +54,13 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         relay: ChatRelay,
         persistence: persistence_pb2_grpc.PersistenceServiceAsyncStub,
         memory: memory_pb2_grpc.MemoryServiceAsyncStub,
+        resume: AnswerResume | None = None,
     ) -> None:
         self._settings = settings
         self._relay = relay
         self._persistence = persistence
         self._memory = memory
+        self._resume = resume
 
     def _timeout(self, context: Context) -> float:
         return outbound_timeout(context, self._settings.internal_call_timeout_seconds)
@@ -158,3 +161,29 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             timeout=self._timeout(context),
         )
         return gateway_pb2.SubmitFeedbackResponse(create_time=response.create_time)
+
+    async def ResumeChat(
+        self, request: gateway_pb2.ResumeChatRequest, context: Context
+    ) -> AsyncIterator[gateway_pb2.ResumeChatResponse]:
+        if self._resume is None:
+            raise errors.Unavailable("resume is not configured")
+        events = self._resume.resume(
+            _principal(),
+            request,
+            lambda cap: outbound_timeout(context, cap),
+            propagated(context.invocation_metadata() or ()),
+        )
+        async for event in events:
+            yield event
+
+    async def CancelChat(
+        self, request: gateway_pb2.CancelChatRequest, context: Context
+    ) -> gateway_pb2.CancelChatResponse:
+        if self._resume is None:
+            raise errors.Unavailable("resume is not configured")
+        return await self._resume.cancel(
+            _principal(),
+            request,
+            lambda cap: outbound_timeout(context, cap),
+            propagated(context.invocation_metadata() or ()),
+        )

@@ -212,6 +212,22 @@ class PersistenceServicer(persistence_pb2_grpc.PersistenceServiceServicer):
             roles=sorted(key.roles),
         )
 
+    async def GetAnswer(
+        self, request: persistence_pb2.GetAnswerRequest, context: Context
+    ) -> persistence_pb2.GetAnswerResponse:
+        owner = _owner(request.owner)
+        _require(request.assistant_message_id, "assistant_message_id")
+        answer = await self._store.get_answer(owner, request.assistant_message_id)
+        response = persistence_pb2.GetAnswerResponse(
+            conversation_id=answer.turn.conversation_id,
+            user_message_id=answer.turn.user_message_id,
+            delta_ends=answer.delta_ends,
+            lease_expire_time=_timestamp(answer.turn.lease_expire_time),
+        )
+        if answer.turn.assistant_message is not None:
+            response.assistant_message.CopyFrom(_message(answer.turn.assistant_message))
+        return response
+
 
 def _require(value: str, field: str) -> None:
     if not value:

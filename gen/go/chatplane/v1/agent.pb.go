@@ -38,8 +38,11 @@ type GenerateRequest struct {
 	Text string `protobuf:"bytes,6,opt,name=text,proto3" json:"text,omitempty"`
 	// The client's idempotency key, if any (stored with the user message).
 	ClientMessageId string `protobuf:"bytes,7,opt,name=client_message_id,json=clientMessageId,proto3" json:"client_message_id,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// Keep generating when this call is cancelled (the client's stream was lost); the turn is
+	// then stopped only by CancelGenerate or its deadline.
+	Resumable     bool `protobuf:"varint,30,opt,name=resumable,proto3" json:"resumable,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *GenerateRequest) Reset() {
@@ -119,6 +122,13 @@ func (x *GenerateRequest) GetClientMessageId() string {
 		return x.ClientMessageId
 	}
 	return ""
+}
+
+func (x *GenerateRequest) GetResumable() bool {
+	if x != nil {
+		return x.Resumable
+	}
+	return false
 }
 
 // One event of a generated answer.
@@ -259,11 +269,333 @@ func (*GenerateResponse_Usage) isGenerateResponse_Event() {}
 
 func (*GenerateResponse_Done) isGenerateResponse_Event() {}
 
+// Asks for the events of a live turn.
+type ResumeGenerateRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The caller's tenant (must own the turn).
+	TenantId string `protobuf:"bytes,1,opt,name=tenant_id,json=tenantId,proto3" json:"tenant_id,omitempty"`
+	// The caller's user id within the tenant (must own the turn).
+	UserId string `protobuf:"bytes,2,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
+	// The assistant message of the turn.
+	AssistantMessageId string `protobuf:"bytes,3,opt,name=assistant_message_id,json=assistantMessageId,proto3" json:"assistant_message_id,omitempty"`
+	// The sequence of the last delta the client received; 0 for all of them.
+	AfterSequence int64 `protobuf:"varint,4,opt,name=after_sequence,json=afterSequence,proto3" json:"after_sequence,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ResumeGenerateRequest) Reset() {
+	*x = ResumeGenerateRequest{}
+	mi := &file_chatplane_v1_agent_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ResumeGenerateRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ResumeGenerateRequest) ProtoMessage() {}
+
+func (x *ResumeGenerateRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_chatplane_v1_agent_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ResumeGenerateRequest.ProtoReflect.Descriptor instead.
+func (*ResumeGenerateRequest) Descriptor() ([]byte, []int) {
+	return file_chatplane_v1_agent_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *ResumeGenerateRequest) GetTenantId() string {
+	if x != nil {
+		return x.TenantId
+	}
+	return ""
+}
+
+func (x *ResumeGenerateRequest) GetUserId() string {
+	if x != nil {
+		return x.UserId
+	}
+	return ""
+}
+
+func (x *ResumeGenerateRequest) GetAssistantMessageId() string {
+	if x != nil {
+		return x.AssistantMessageId
+	}
+	return ""
+}
+
+func (x *ResumeGenerateRequest) GetAfterSequence() int64 {
+	if x != nil {
+		return x.AfterSequence
+	}
+	return 0
+}
+
+// One event of a resumed turn (the same layout as GenerateResponse). The stream ends without
+// `done` when the turn ended unfinished; the rest is then in the stored answer.
+type ResumeGenerateResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The event.
+	//
+	// Types that are valid to be assigned to Event:
+	//
+	//	*ResumeGenerateResponse_Started
+	//	*ResumeGenerateResponse_Delta
+	//	*ResumeGenerateResponse_Citation
+	//	*ResumeGenerateResponse_Usage
+	//	*ResumeGenerateResponse_Done
+	Event         isResumeGenerateResponse_Event `protobuf_oneof:"event"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ResumeGenerateResponse) Reset() {
+	*x = ResumeGenerateResponse{}
+	mi := &file_chatplane_v1_agent_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ResumeGenerateResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ResumeGenerateResponse) ProtoMessage() {}
+
+func (x *ResumeGenerateResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_chatplane_v1_agent_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ResumeGenerateResponse.ProtoReflect.Descriptor instead.
+func (*ResumeGenerateResponse) Descriptor() ([]byte, []int) {
+	return file_chatplane_v1_agent_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *ResumeGenerateResponse) GetEvent() isResumeGenerateResponse_Event {
+	if x != nil {
+		return x.Event
+	}
+	return nil
+}
+
+func (x *ResumeGenerateResponse) GetStarted() *TurnStarted {
+	if x != nil {
+		if x, ok := x.Event.(*ResumeGenerateResponse_Started); ok {
+			return x.Started
+		}
+	}
+	return nil
+}
+
+func (x *ResumeGenerateResponse) GetDelta() *TextDelta {
+	if x != nil {
+		if x, ok := x.Event.(*ResumeGenerateResponse_Delta); ok {
+			return x.Delta
+		}
+	}
+	return nil
+}
+
+func (x *ResumeGenerateResponse) GetCitation() *Citation {
+	if x != nil {
+		if x, ok := x.Event.(*ResumeGenerateResponse_Citation); ok {
+			return x.Citation
+		}
+	}
+	return nil
+}
+
+func (x *ResumeGenerateResponse) GetUsage() *Usage {
+	if x != nil {
+		if x, ok := x.Event.(*ResumeGenerateResponse_Usage); ok {
+			return x.Usage
+		}
+	}
+	return nil
+}
+
+func (x *ResumeGenerateResponse) GetDone() *TurnDone {
+	if x != nil {
+		if x, ok := x.Event.(*ResumeGenerateResponse_Done); ok {
+			return x.Done
+		}
+	}
+	return nil
+}
+
+type isResumeGenerateResponse_Event interface {
+	isResumeGenerateResponse_Event()
+}
+
+type ResumeGenerateResponse_Started struct {
+	// First event: ids and model.
+	Started *TurnStarted `protobuf:"bytes,1,opt,name=started,proto3,oneof"`
+}
+
+type ResumeGenerateResponse_Delta struct {
+	// A piece of answer text.
+	Delta *TextDelta `protobuf:"bytes,2,opt,name=delta,proto3,oneof"`
+}
+
+type ResumeGenerateResponse_Citation struct {
+	// A piece of memory the answer used.
+	Citation *Citation `protobuf:"bytes,3,opt,name=citation,proto3,oneof"`
+}
+
+type ResumeGenerateResponse_Usage struct {
+	// Token counts.
+	Usage *Usage `protobuf:"bytes,4,opt,name=usage,proto3,oneof"`
+}
+
+type ResumeGenerateResponse_Done struct {
+	// Last event: both messages are durably in the message log.
+	Done *TurnDone `protobuf:"bytes,5,opt,name=done,proto3,oneof"`
+}
+
+func (*ResumeGenerateResponse_Started) isResumeGenerateResponse_Event() {}
+
+func (*ResumeGenerateResponse_Delta) isResumeGenerateResponse_Event() {}
+
+func (*ResumeGenerateResponse_Citation) isResumeGenerateResponse_Event() {}
+
+func (*ResumeGenerateResponse_Usage) isResumeGenerateResponse_Event() {}
+
+func (*ResumeGenerateResponse_Done) isResumeGenerateResponse_Event() {}
+
+// Asks to stop a live turn.
+type CancelGenerateRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The caller's tenant (must own the turn).
+	TenantId string `protobuf:"bytes,1,opt,name=tenant_id,json=tenantId,proto3" json:"tenant_id,omitempty"`
+	// The caller's user id within the tenant (must own the turn).
+	UserId string `protobuf:"bytes,2,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
+	// The assistant message of the turn.
+	AssistantMessageId string `protobuf:"bytes,3,opt,name=assistant_message_id,json=assistantMessageId,proto3" json:"assistant_message_id,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
+}
+
+func (x *CancelGenerateRequest) Reset() {
+	*x = CancelGenerateRequest{}
+	mi := &file_chatplane_v1_agent_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CancelGenerateRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CancelGenerateRequest) ProtoMessage() {}
+
+func (x *CancelGenerateRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_chatplane_v1_agent_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CancelGenerateRequest.ProtoReflect.Descriptor instead.
+func (*CancelGenerateRequest) Descriptor() ([]byte, []int) {
+	return file_chatplane_v1_agent_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *CancelGenerateRequest) GetTenantId() string {
+	if x != nil {
+		return x.TenantId
+	}
+	return ""
+}
+
+func (x *CancelGenerateRequest) GetUserId() string {
+	if x != nil {
+		return x.UserId
+	}
+	return ""
+}
+
+func (x *CancelGenerateRequest) GetAssistantMessageId() string {
+	if x != nil {
+		return x.AssistantMessageId
+	}
+	return ""
+}
+
+// The turn is stopped, or was not running here.
+type CancelGenerateResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// True when a running turn was stopped.
+	Cancelled     bool `protobuf:"varint,1,opt,name=cancelled,proto3" json:"cancelled,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CancelGenerateResponse) Reset() {
+	*x = CancelGenerateResponse{}
+	mi := &file_chatplane_v1_agent_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CancelGenerateResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CancelGenerateResponse) ProtoMessage() {}
+
+func (x *CancelGenerateResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_chatplane_v1_agent_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CancelGenerateResponse.ProtoReflect.Descriptor instead.
+func (*CancelGenerateResponse) Descriptor() ([]byte, []int) {
+	return file_chatplane_v1_agent_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *CancelGenerateResponse) GetCancelled() bool {
+	if x != nil {
+		return x.Cancelled
+	}
+	return false
+}
+
 var File_chatplane_v1_agent_proto protoreflect.FileDescriptor
 
 const file_chatplane_v1_agent_proto_rawDesc = "" +
 	"\n" +
-	"\x18chatplane/v1/agent.proto\x12\fchatplane.v1\x1a\x1cchatplane/v1/resources.proto\"\x8a\x02\n" +
+	"\x18chatplane/v1/agent.proto\x12\fchatplane.v1\x1a\x1cchatplane/v1/resources.proto\"\xa8\x02\n" +
 	"\x0fGenerateRequest\x12\x1b\n" +
 	"\ttenant_id\x18\x01 \x01(\tR\btenantId\x12\x17\n" +
 	"\auser_id\x18\x02 \x01(\tR\x06userId\x12'\n" +
@@ -271,16 +603,37 @@ const file_chatplane_v1_agent_proto_rawDesc = "" +
 	"\x0fuser_message_id\x18\x04 \x01(\tR\ruserMessageId\x120\n" +
 	"\x14assistant_message_id\x18\x05 \x01(\tR\x12assistantMessageId\x12\x12\n" +
 	"\x04text\x18\x06 \x01(\tR\x04text\x12*\n" +
-	"\x11client_message_id\x18\a \x01(\tR\x0fclientMessageId\"\x94\x02\n" +
+	"\x11client_message_id\x18\a \x01(\tR\x0fclientMessageId\x12\x1c\n" +
+	"\tresumable\x18\x1e \x01(\bR\tresumable\"\x94\x02\n" +
 	"\x10GenerateResponse\x125\n" +
 	"\astarted\x18\x01 \x01(\v2\x19.chatplane.v1.TurnStartedH\x00R\astarted\x12/\n" +
 	"\x05delta\x18\x02 \x01(\v2\x17.chatplane.v1.TextDeltaH\x00R\x05delta\x124\n" +
 	"\bcitation\x18\x03 \x01(\v2\x16.chatplane.v1.CitationH\x00R\bcitation\x12+\n" +
 	"\x05usage\x18\x04 \x01(\v2\x13.chatplane.v1.UsageH\x00R\x05usage\x12,\n" +
 	"\x04done\x18\x05 \x01(\v2\x16.chatplane.v1.TurnDoneH\x00R\x04doneB\a\n" +
-	"\x05event2[\n" +
+	"\x05event\"\xa6\x01\n" +
+	"\x15ResumeGenerateRequest\x12\x1b\n" +
+	"\ttenant_id\x18\x01 \x01(\tR\btenantId\x12\x17\n" +
+	"\auser_id\x18\x02 \x01(\tR\x06userId\x120\n" +
+	"\x14assistant_message_id\x18\x03 \x01(\tR\x12assistantMessageId\x12%\n" +
+	"\x0eafter_sequence\x18\x04 \x01(\x03R\rafterSequence\"\x9a\x02\n" +
+	"\x16ResumeGenerateResponse\x125\n" +
+	"\astarted\x18\x01 \x01(\v2\x19.chatplane.v1.TurnStartedH\x00R\astarted\x12/\n" +
+	"\x05delta\x18\x02 \x01(\v2\x17.chatplane.v1.TextDeltaH\x00R\x05delta\x124\n" +
+	"\bcitation\x18\x03 \x01(\v2\x16.chatplane.v1.CitationH\x00R\bcitation\x12+\n" +
+	"\x05usage\x18\x04 \x01(\v2\x13.chatplane.v1.UsageH\x00R\x05usage\x12,\n" +
+	"\x04done\x18\x05 \x01(\v2\x16.chatplane.v1.TurnDoneH\x00R\x04doneB\a\n" +
+	"\x05event\"\x7f\n" +
+	"\x15CancelGenerateRequest\x12\x1b\n" +
+	"\ttenant_id\x18\x01 \x01(\tR\btenantId\x12\x17\n" +
+	"\auser_id\x18\x02 \x01(\tR\x06userId\x120\n" +
+	"\x14assistant_message_id\x18\x03 \x01(\tR\x12assistantMessageId\"6\n" +
+	"\x16CancelGenerateResponse\x12\x1c\n" +
+	"\tcancelled\x18\x01 \x01(\bR\tcancelled2\x97\x02\n" +
 	"\fAgentService\x12K\n" +
-	"\bGenerate\x12\x1d.chatplane.v1.GenerateRequest\x1a\x1e.chatplane.v1.GenerateResponse0\x01B@Z>github.com/chatplane/chatplane/gen/go/chatplane/v1;chatplanev1b\x06proto3"
+	"\bGenerate\x12\x1d.chatplane.v1.GenerateRequest\x1a\x1e.chatplane.v1.GenerateResponse0\x01\x12]\n" +
+	"\x0eResumeGenerate\x12#.chatplane.v1.ResumeGenerateRequest\x1a$.chatplane.v1.ResumeGenerateResponse0\x01\x12[\n" +
+	"\x0eCancelGenerate\x12#.chatplane.v1.CancelGenerateRequest\x1a$.chatplane.v1.CancelGenerateResponseB@Z>github.com/chatplane/chatplane/gen/go/chatplane/v1;chatplanev1b\x06proto3"
 
 var (
 	file_chatplane_v1_agent_proto_rawDescOnce sync.Once
@@ -294,29 +647,42 @@ func file_chatplane_v1_agent_proto_rawDescGZIP() []byte {
 	return file_chatplane_v1_agent_proto_rawDescData
 }
 
-var file_chatplane_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 2)
+var file_chatplane_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 6)
 var file_chatplane_v1_agent_proto_goTypes = []any{
-	(*GenerateRequest)(nil),  // 0: chatplane.v1.GenerateRequest
-	(*GenerateResponse)(nil), // 1: chatplane.v1.GenerateResponse
-	(*TurnStarted)(nil),      // 2: chatplane.v1.TurnStarted
-	(*TextDelta)(nil),        // 3: chatplane.v1.TextDelta
-	(*Citation)(nil),         // 4: chatplane.v1.Citation
-	(*Usage)(nil),            // 5: chatplane.v1.Usage
-	(*TurnDone)(nil),         // 6: chatplane.v1.TurnDone
+	(*GenerateRequest)(nil),        // 0: chatplane.v1.GenerateRequest
+	(*GenerateResponse)(nil),       // 1: chatplane.v1.GenerateResponse
+	(*ResumeGenerateRequest)(nil),  // 2: chatplane.v1.ResumeGenerateRequest
+	(*ResumeGenerateResponse)(nil), // 3: chatplane.v1.ResumeGenerateResponse
+	(*CancelGenerateRequest)(nil),  // 4: chatplane.v1.CancelGenerateRequest
+	(*CancelGenerateResponse)(nil), // 5: chatplane.v1.CancelGenerateResponse
+	(*TurnStarted)(nil),            // 6: chatplane.v1.TurnStarted
+	(*TextDelta)(nil),              // 7: chatplane.v1.TextDelta
+	(*Citation)(nil),               // 8: chatplane.v1.Citation
+	(*Usage)(nil),                  // 9: chatplane.v1.Usage
+	(*TurnDone)(nil),               // 10: chatplane.v1.TurnDone
 }
 var file_chatplane_v1_agent_proto_depIdxs = []int32{
-	2, // 0: chatplane.v1.GenerateResponse.started:type_name -> chatplane.v1.TurnStarted
-	3, // 1: chatplane.v1.GenerateResponse.delta:type_name -> chatplane.v1.TextDelta
-	4, // 2: chatplane.v1.GenerateResponse.citation:type_name -> chatplane.v1.Citation
-	5, // 3: chatplane.v1.GenerateResponse.usage:type_name -> chatplane.v1.Usage
-	6, // 4: chatplane.v1.GenerateResponse.done:type_name -> chatplane.v1.TurnDone
-	0, // 5: chatplane.v1.AgentService.Generate:input_type -> chatplane.v1.GenerateRequest
-	1, // 6: chatplane.v1.AgentService.Generate:output_type -> chatplane.v1.GenerateResponse
-	6, // [6:7] is the sub-list for method output_type
-	5, // [5:6] is the sub-list for method input_type
-	5, // [5:5] is the sub-list for extension type_name
-	5, // [5:5] is the sub-list for extension extendee
-	0, // [0:5] is the sub-list for field type_name
+	6,  // 0: chatplane.v1.GenerateResponse.started:type_name -> chatplane.v1.TurnStarted
+	7,  // 1: chatplane.v1.GenerateResponse.delta:type_name -> chatplane.v1.TextDelta
+	8,  // 2: chatplane.v1.GenerateResponse.citation:type_name -> chatplane.v1.Citation
+	9,  // 3: chatplane.v1.GenerateResponse.usage:type_name -> chatplane.v1.Usage
+	10, // 4: chatplane.v1.GenerateResponse.done:type_name -> chatplane.v1.TurnDone
+	6,  // 5: chatplane.v1.ResumeGenerateResponse.started:type_name -> chatplane.v1.TurnStarted
+	7,  // 6: chatplane.v1.ResumeGenerateResponse.delta:type_name -> chatplane.v1.TextDelta
+	8,  // 7: chatplane.v1.ResumeGenerateResponse.citation:type_name -> chatplane.v1.Citation
+	9,  // 8: chatplane.v1.ResumeGenerateResponse.usage:type_name -> chatplane.v1.Usage
+	10, // 9: chatplane.v1.ResumeGenerateResponse.done:type_name -> chatplane.v1.TurnDone
+	0,  // 10: chatplane.v1.AgentService.Generate:input_type -> chatplane.v1.GenerateRequest
+	2,  // 11: chatplane.v1.AgentService.ResumeGenerate:input_type -> chatplane.v1.ResumeGenerateRequest
+	4,  // 12: chatplane.v1.AgentService.CancelGenerate:input_type -> chatplane.v1.CancelGenerateRequest
+	1,  // 13: chatplane.v1.AgentService.Generate:output_type -> chatplane.v1.GenerateResponse
+	3,  // 14: chatplane.v1.AgentService.ResumeGenerate:output_type -> chatplane.v1.ResumeGenerateResponse
+	5,  // 15: chatplane.v1.AgentService.CancelGenerate:output_type -> chatplane.v1.CancelGenerateResponse
+	13, // [13:16] is the sub-list for method output_type
+	10, // [10:13] is the sub-list for method input_type
+	10, // [10:10] is the sub-list for extension type_name
+	10, // [10:10] is the sub-list for extension extendee
+	0,  // [0:10] is the sub-list for field type_name
 }
 
 func init() { file_chatplane_v1_agent_proto_init() }
@@ -332,13 +698,20 @@ func file_chatplane_v1_agent_proto_init() {
 		(*GenerateResponse_Usage)(nil),
 		(*GenerateResponse_Done)(nil),
 	}
+	file_chatplane_v1_agent_proto_msgTypes[3].OneofWrappers = []any{
+		(*ResumeGenerateResponse_Started)(nil),
+		(*ResumeGenerateResponse_Delta)(nil),
+		(*ResumeGenerateResponse_Citation)(nil),
+		(*ResumeGenerateResponse_Usage)(nil),
+		(*ResumeGenerateResponse_Done)(nil),
+	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_chatplane_v1_agent_proto_rawDesc), len(file_chatplane_v1_agent_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   2,
+			NumMessages:   6,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

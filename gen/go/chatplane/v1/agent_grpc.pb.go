@@ -19,7 +19,9 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	AgentService_Generate_FullMethodName = "/chatplane.v1.AgentService/Generate"
+	AgentService_Generate_FullMethodName       = "/chatplane.v1.AgentService/Generate"
+	AgentService_ResumeGenerate_FullMethodName = "/chatplane.v1.AgentService/ResumeGenerate"
+	AgentService_CancelGenerate_FullMethodName = "/chatplane.v1.AgentService/CancelGenerate"
 )
 
 // AgentServiceClient is the client API for AgentService service.
@@ -31,6 +33,11 @@ const (
 type AgentServiceClient interface {
 	// Generates the answer to one user message as a stream of events.
 	Generate(ctx context.Context, in *GenerateRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[GenerateResponse], error)
+	// Streams the events of a turn this Agent is generating (or has just finished), after the
+	// delta `after_sequence`; NOT_FOUND when it has none for that message.
+	ResumeGenerate(ctx context.Context, in *ResumeGenerateRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ResumeGenerateResponse], error)
+	// Stops a turn this Agent is generating; the partial answer is recorded as interrupted.
+	CancelGenerate(ctx context.Context, in *CancelGenerateRequest, opts ...grpc.CallOption) (*CancelGenerateResponse, error)
 }
 
 type agentServiceClient struct {
@@ -60,6 +67,35 @@ func (c *agentServiceClient) Generate(ctx context.Context, in *GenerateRequest, 
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type AgentService_GenerateClient = grpc.ServerStreamingClient[GenerateResponse]
 
+func (c *agentServiceClient) ResumeGenerate(ctx context.Context, in *ResumeGenerateRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ResumeGenerateResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &AgentService_ServiceDesc.Streams[1], AgentService_ResumeGenerate_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[ResumeGenerateRequest, ResumeGenerateResponse]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type AgentService_ResumeGenerateClient = grpc.ServerStreamingClient[ResumeGenerateResponse]
+
+func (c *agentServiceClient) CancelGenerate(ctx context.Context, in *CancelGenerateRequest, opts ...grpc.CallOption) (*CancelGenerateResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(CancelGenerateResponse)
+	err := c.cc.Invoke(ctx, AgentService_CancelGenerate_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AgentServiceServer is the server API for AgentService service.
 // All implementations must embed UnimplementedAgentServiceServer
 // for forward compatibility.
@@ -69,6 +105,11 @@ type AgentService_GenerateClient = grpc.ServerStreamingClient[GenerateResponse]
 type AgentServiceServer interface {
 	// Generates the answer to one user message as a stream of events.
 	Generate(*GenerateRequest, grpc.ServerStreamingServer[GenerateResponse]) error
+	// Streams the events of a turn this Agent is generating (or has just finished), after the
+	// delta `after_sequence`; NOT_FOUND when it has none for that message.
+	ResumeGenerate(*ResumeGenerateRequest, grpc.ServerStreamingServer[ResumeGenerateResponse]) error
+	// Stops a turn this Agent is generating; the partial answer is recorded as interrupted.
+	CancelGenerate(context.Context, *CancelGenerateRequest) (*CancelGenerateResponse, error)
 	mustEmbedUnimplementedAgentServiceServer()
 }
 
@@ -81,6 +122,12 @@ type UnimplementedAgentServiceServer struct{}
 
 func (UnimplementedAgentServiceServer) Generate(*GenerateRequest, grpc.ServerStreamingServer[GenerateResponse]) error {
 	return status.Error(codes.Unimplemented, "method Generate not implemented")
+}
+func (UnimplementedAgentServiceServer) ResumeGenerate(*ResumeGenerateRequest, grpc.ServerStreamingServer[ResumeGenerateResponse]) error {
+	return status.Error(codes.Unimplemented, "method ResumeGenerate not implemented")
+}
+func (UnimplementedAgentServiceServer) CancelGenerate(context.Context, *CancelGenerateRequest) (*CancelGenerateResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method CancelGenerate not implemented")
 }
 func (UnimplementedAgentServiceServer) mustEmbedUnimplementedAgentServiceServer() {}
 func (UnimplementedAgentServiceServer) testEmbeddedByValue()                      {}
@@ -114,17 +161,56 @@ func _AgentService_Generate_Handler(srv interface{}, stream grpc.ServerStream) e
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type AgentService_GenerateServer = grpc.ServerStreamingServer[GenerateResponse]
 
+func _AgentService_ResumeGenerate_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(ResumeGenerateRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(AgentServiceServer).ResumeGenerate(m, &grpc.GenericServerStream[ResumeGenerateRequest, ResumeGenerateResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type AgentService_ResumeGenerateServer = grpc.ServerStreamingServer[ResumeGenerateResponse]
+
+func _AgentService_CancelGenerate_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CancelGenerateRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AgentServiceServer).CancelGenerate(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AgentService_CancelGenerate_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AgentServiceServer).CancelGenerate(ctx, req.(*CancelGenerateRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // AgentService_ServiceDesc is the grpc.ServiceDesc for AgentService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
 var AgentService_ServiceDesc = grpc.ServiceDesc{
 	ServiceName: "chatplane.v1.AgentService",
 	HandlerType: (*AgentServiceServer)(nil),
-	Methods:     []grpc.MethodDesc{},
+	Methods: []grpc.MethodDesc{
+		{
+			MethodName: "CancelGenerate",
+			Handler:    _AgentService_CancelGenerate_Handler,
+		},
+	},
 	Streams: []grpc.StreamDesc{
 		{
 			StreamName:    "Generate",
 			Handler:       _AgentService_Generate_Handler,
+			ServerStreams: true,
+		},
+		{
+			StreamName:    "ResumeGenerate",
+			Handler:       _AgentService_ResumeGenerate_Handler,
 			ServerStreams: true,
 		},
 	},

@@ -32,7 +32,11 @@ type MessageRecorded struct {
 	// The owner's user id.
 	UserId string `protobuf:"bytes,3,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
 	// The message (its conversation_id and message_id are required).
-	Message       *Message `protobuf:"bytes,4,opt,name=message,proto3" json:"message,omitempty"`
+	Message *Message `protobuf:"bytes,4,opt,name=message,proto3" json:"message,omitempty"`
+	// For a streamed assistant message: where each delta ended, as a count of Unicode code
+	// points of `message.text` from its start (ascending; the last one is the text's length).
+	// Lets ResumeChat replay a stored answer with the sequence numbers it was streamed with.
+	DeltaEnds     []int32 `protobuf:"varint,30,rep,packed,name=delta_ends,json=deltaEnds,proto3" json:"delta_ends,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -95,16 +99,25 @@ func (x *MessageRecorded) GetMessage() *Message {
 	return nil
 }
 
+func (x *MessageRecorded) GetDeltaEnds() []int32 {
+	if x != nil {
+		return x.DeltaEnds
+	}
+	return nil
+}
+
 var File_chatplane_v1_events_proto protoreflect.FileDescriptor
 
 const file_chatplane_v1_events_proto_rawDesc = "" +
 	"\n" +
-	"\x19chatplane/v1/events.proto\x12\fchatplane.v1\x1a\x1cchatplane/v1/resources.proto\"\x9f\x01\n" +
+	"\x19chatplane/v1/events.proto\x12\fchatplane.v1\x1a\x1cchatplane/v1/resources.proto\"\xbe\x01\n" +
 	"\x0fMessageRecorded\x12%\n" +
 	"\x0eschema_version\x18\x01 \x01(\x05R\rschemaVersion\x12\x1b\n" +
 	"\ttenant_id\x18\x02 \x01(\tR\btenantId\x12\x17\n" +
 	"\auser_id\x18\x03 \x01(\tR\x06userId\x12/\n" +
-	"\amessage\x18\x04 \x01(\v2\x15.chatplane.v1.MessageR\amessageB@Z>github.com/chatplane/chatplane/gen/go/chatplane/v1;chatplanev1b\x06proto3"
+	"\amessage\x18\x04 \x01(\v2\x15.chatplane.v1.MessageR\amessage\x12\x1d\n" +
+	"\n" +
+	"delta_ends\x18\x1e \x03(\x05R\tdeltaEndsB@Z>github.com/chatplane/chatplane/gen/go/chatplane/v1;chatplanev1b\x06proto3"
 
 var (
 	file_chatplane_v1_events_proto_rawDescOnce sync.Once

@@ -85,8 +85,11 @@ type ChatRequest struct {
 	Text string `protobuf:"bytes,2,opt,name=text,proto3" json:"text,omitempty"`
 	// Optional idempotency key: the same key twice yields one turn, the second call replays it.
 	ClientMessageId string `protobuf:"bytes,3,opt,name=client_message_id,json=clientMessageId,proto3" json:"client_message_id,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// When true, losing this stream does not stop the generation: it runs to the end (bounded
+	// by the turn timeout), ResumeChat continues it and CancelChat stops it.
+	Resumable     bool `protobuf:"varint,30,opt,name=resumable,proto3" json:"resumable,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ChatRequest) Reset() {
@@ -138,6 +141,13 @@ func (x *ChatRequest) GetClientMessageId() string {
 		return x.ClientMessageId
 	}
 	return ""
+}
+
+func (x *ChatRequest) GetResumable() bool {
+	if x != nil {
+		return x.Resumable
+	}
+	return false
 }
 
 // One event of a streamed answer.
@@ -718,15 +728,302 @@ func (x *SubmitFeedbackResponse) GetCreateTime() *timestamppb.Timestamp {
 	return nil
 }
 
+// Asks for the rest of an answer.
+type ResumeChatRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The assistant message (TurnStarted.assistant_message_id) to resume.
+	MessageId string `protobuf:"bytes,1,opt,name=message_id,json=messageId,proto3" json:"message_id,omitempty"`
+	// The sequence of the last delta the client received; 0 for all of them.
+	AfterSequence int64 `protobuf:"varint,2,opt,name=after_sequence,json=afterSequence,proto3" json:"after_sequence,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ResumeChatRequest) Reset() {
+	*x = ResumeChatRequest{}
+	mi := &file_chatplane_v1_gateway_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ResumeChatRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ResumeChatRequest) ProtoMessage() {}
+
+func (x *ResumeChatRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_chatplane_v1_gateway_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ResumeChatRequest.ProtoReflect.Descriptor instead.
+func (*ResumeChatRequest) Descriptor() ([]byte, []int) {
+	return file_chatplane_v1_gateway_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *ResumeChatRequest) GetMessageId() string {
+	if x != nil {
+		return x.MessageId
+	}
+	return ""
+}
+
+func (x *ResumeChatRequest) GetAfterSequence() int64 {
+	if x != nil {
+		return x.AfterSequence
+	}
+	return 0
+}
+
+// One event of a resumed answer (the same events as ChatResponse; `started` comes first,
+// with `resumed` set, then the deltas after `after_sequence`).
+type ResumeChatResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The event.
+	//
+	// Types that are valid to be assigned to Event:
+	//
+	//	*ResumeChatResponse_Started
+	//	*ResumeChatResponse_Delta
+	//	*ResumeChatResponse_Citation
+	//	*ResumeChatResponse_Usage
+	//	*ResumeChatResponse_Done
+	Event         isResumeChatResponse_Event `protobuf_oneof:"event"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ResumeChatResponse) Reset() {
+	*x = ResumeChatResponse{}
+	mi := &file_chatplane_v1_gateway_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ResumeChatResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ResumeChatResponse) ProtoMessage() {}
+
+func (x *ResumeChatResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_chatplane_v1_gateway_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ResumeChatResponse.ProtoReflect.Descriptor instead.
+func (*ResumeChatResponse) Descriptor() ([]byte, []int) {
+	return file_chatplane_v1_gateway_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *ResumeChatResponse) GetEvent() isResumeChatResponse_Event {
+	if x != nil {
+		return x.Event
+	}
+	return nil
+}
+
+func (x *ResumeChatResponse) GetStarted() *TurnStarted {
+	if x != nil {
+		if x, ok := x.Event.(*ResumeChatResponse_Started); ok {
+			return x.Started
+		}
+	}
+	return nil
+}
+
+func (x *ResumeChatResponse) GetDelta() *TextDelta {
+	if x != nil {
+		if x, ok := x.Event.(*ResumeChatResponse_Delta); ok {
+			return x.Delta
+		}
+	}
+	return nil
+}
+
+func (x *ResumeChatResponse) GetCitation() *Citation {
+	if x != nil {
+		if x, ok := x.Event.(*ResumeChatResponse_Citation); ok {
+			return x.Citation
+		}
+	}
+	return nil
+}
+
+func (x *ResumeChatResponse) GetUsage() *Usage {
+	if x != nil {
+		if x, ok := x.Event.(*ResumeChatResponse_Usage); ok {
+			return x.Usage
+		}
+	}
+	return nil
+}
+
+func (x *ResumeChatResponse) GetDone() *TurnDone {
+	if x != nil {
+		if x, ok := x.Event.(*ResumeChatResponse_Done); ok {
+			return x.Done
+		}
+	}
+	return nil
+}
+
+type isResumeChatResponse_Event interface {
+	isResumeChatResponse_Event()
+}
+
+type ResumeChatResponse_Started struct {
+	// First event: ids and model.
+	Started *TurnStarted `protobuf:"bytes,1,opt,name=started,proto3,oneof"`
+}
+
+type ResumeChatResponse_Delta struct {
+	// A piece of answer text, after the requested sequence.
+	Delta *TextDelta `protobuf:"bytes,2,opt,name=delta,proto3,oneof"`
+}
+
+type ResumeChatResponse_Citation struct {
+	// A piece of memory the answer used (only when resuming from the start of a live answer).
+	Citation *Citation `protobuf:"bytes,3,opt,name=citation,proto3,oneof"`
+}
+
+type ResumeChatResponse_Usage struct {
+	// Token counts.
+	Usage *Usage `protobuf:"bytes,4,opt,name=usage,proto3,oneof"`
+}
+
+type ResumeChatResponse_Done struct {
+	// Last event: the answer is stored.
+	Done *TurnDone `protobuf:"bytes,5,opt,name=done,proto3,oneof"`
+}
+
+func (*ResumeChatResponse_Started) isResumeChatResponse_Event() {}
+
+func (*ResumeChatResponse_Delta) isResumeChatResponse_Event() {}
+
+func (*ResumeChatResponse_Citation) isResumeChatResponse_Event() {}
+
+func (*ResumeChatResponse_Usage) isResumeChatResponse_Event() {}
+
+func (*ResumeChatResponse_Done) isResumeChatResponse_Event() {}
+
+// Asks to stop generating an answer.
+type CancelChatRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The assistant message whose generation to stop.
+	MessageId     string `protobuf:"bytes,1,opt,name=message_id,json=messageId,proto3" json:"message_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CancelChatRequest) Reset() {
+	*x = CancelChatRequest{}
+	mi := &file_chatplane_v1_gateway_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CancelChatRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CancelChatRequest) ProtoMessage() {}
+
+func (x *CancelChatRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_chatplane_v1_gateway_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CancelChatRequest.ProtoReflect.Descriptor instead.
+func (*CancelChatRequest) Descriptor() ([]byte, []int) {
+	return file_chatplane_v1_gateway_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *CancelChatRequest) GetMessageId() string {
+	if x != nil {
+		return x.MessageId
+	}
+	return ""
+}
+
+// The generation is stopped (or had ended already).
+type CancelChatResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// True when a running generation was stopped; false when it had ended already.
+	Cancelled     bool `protobuf:"varint,1,opt,name=cancelled,proto3" json:"cancelled,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CancelChatResponse) Reset() {
+	*x = CancelChatResponse{}
+	mi := &file_chatplane_v1_gateway_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CancelChatResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CancelChatResponse) ProtoMessage() {}
+
+func (x *CancelChatResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_chatplane_v1_gateway_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CancelChatResponse.ProtoReflect.Descriptor instead.
+func (*CancelChatResponse) Descriptor() ([]byte, []int) {
+	return file_chatplane_v1_gateway_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *CancelChatResponse) GetCancelled() bool {
+	if x != nil {
+		return x.Cancelled
+	}
+	return false
+}
+
 var File_chatplane_v1_gateway_proto protoreflect.FileDescriptor
 
 const file_chatplane_v1_gateway_proto_rawDesc = "" +
 	"\n" +
-	"\x1achatplane/v1/gateway.proto\x12\fchatplane.v1\x1a\x1cchatplane/v1/resources.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"v\n" +
+	"\x1achatplane/v1/gateway.proto\x12\fchatplane.v1\x1a\x1cchatplane/v1/resources.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x94\x01\n" +
 	"\vChatRequest\x12'\n" +
 	"\x0fconversation_id\x18\x01 \x01(\tR\x0econversationId\x12\x12\n" +
 	"\x04text\x18\x02 \x01(\tR\x04text\x12*\n" +
-	"\x11client_message_id\x18\x03 \x01(\tR\x0fclientMessageId\"\x90\x02\n" +
+	"\x11client_message_id\x18\x03 \x01(\tR\x0fclientMessageId\x12\x1c\n" +
+	"\tresumable\x18\x1e \x01(\bR\tresumable\"\x90\x02\n" +
 	"\fChatResponse\x125\n" +
 	"\astarted\x18\x01 \x01(\v2\x19.chatplane.v1.TurnStartedH\x00R\astarted\x12/\n" +
 	"\x05delta\x18\x02 \x01(\v2\x17.chatplane.v1.TextDeltaH\x00R\x05delta\x124\n" +
@@ -762,17 +1059,37 @@ const file_chatplane_v1_gateway_proto_rawDesc = "" +
 	"\acomment\x18\x03 \x01(\tR\acomment\"U\n" +
 	"\x16SubmitFeedbackResponse\x12;\n" +
 	"\vcreate_time\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"createTime*N\n" +
+	"createTime\"Y\n" +
+	"\x11ResumeChatRequest\x12\x1d\n" +
+	"\n" +
+	"message_id\x18\x01 \x01(\tR\tmessageId\x12%\n" +
+	"\x0eafter_sequence\x18\x02 \x01(\x03R\rafterSequence\"\x96\x02\n" +
+	"\x12ResumeChatResponse\x125\n" +
+	"\astarted\x18\x01 \x01(\v2\x19.chatplane.v1.TurnStartedH\x00R\astarted\x12/\n" +
+	"\x05delta\x18\x02 \x01(\v2\x17.chatplane.v1.TextDeltaH\x00R\x05delta\x124\n" +
+	"\bcitation\x18\x03 \x01(\v2\x16.chatplane.v1.CitationH\x00R\bcitation\x12+\n" +
+	"\x05usage\x18\x04 \x01(\v2\x13.chatplane.v1.UsageH\x00R\x05usage\x12,\n" +
+	"\x04done\x18\x05 \x01(\v2\x16.chatplane.v1.TurnDoneH\x00R\x04doneB\a\n" +
+	"\x05event\"2\n" +
+	"\x11CancelChatRequest\x12\x1d\n" +
+	"\n" +
+	"message_id\x18\x01 \x01(\tR\tmessageId\"2\n" +
+	"\x12CancelChatResponse\x12\x1c\n" +
+	"\tcancelled\x18\x01 \x01(\bR\tcancelled*N\n" +
 	"\x06Rating\x12\x16\n" +
 	"\x12RATING_UNSPECIFIED\x10\x00\x12\x14\n" +
 	"\x10RATING_THUMBS_UP\x10\x01\x12\x16\n" +
-	"\x12RATING_THUMBS_DOWN\x10\x022\x99\x05\n" +
+	"\x12RATING_THUMBS_DOWN\x10\x022\x97\a\n" +
 	"\x0eGatewayService\x12T\n" +
 	"\x04Chat\x12\x19.chatplane.v1.ChatRequest\x1a\x1a.chatplane.v1.ChatResponse\"\x13\x82\xd3\xe4\x93\x02\r:\x01*\"\b/v1/chat0\x01\x12\x7f\n" +
 	"\x11ListConversations\x12&.chatplane.v1.ListConversationsRequest\x1a'.chatplane.v1.ListConversationsResponse\"\x19\x82\xd3\xe4\x93\x02\x13\x12\x11/v1/conversations\x12\x8b\x01\n" +
 	"\x0fGetConversation\x12$.chatplane.v1.GetConversationRequest\x1a%.chatplane.v1.GetConversationResponse\"+\x82\xd3\xe4\x93\x02%\x12#/v1/conversations/{conversation_id}\x12\x94\x01\n" +
 	"\x12DeleteConversation\x12'.chatplane.v1.DeleteConversationRequest\x1a(.chatplane.v1.DeleteConversationResponse\"+\x82\xd3\xe4\x93\x02%*#/v1/conversations/{conversation_id}\x12\x8a\x01\n" +
-	"\x0eSubmitFeedback\x12#.chatplane.v1.SubmitFeedbackRequest\x1a$.chatplane.v1.SubmitFeedbackResponse\"-\x82\xd3\xe4\x93\x02':\x01*\"\"/v1/messages/{message_id}/feedbackB@Z>github.com/chatplane/chatplane/gen/go/chatplane/v1;chatplanev1b\x06proto3"
+	"\x0eSubmitFeedback\x12#.chatplane.v1.SubmitFeedbackRequest\x1a$.chatplane.v1.SubmitFeedbackResponse\"-\x82\xd3\xe4\x93\x02':\x01*\"\"/v1/messages/{message_id}/feedback\x12~\n" +
+	"\n" +
+	"ResumeChat\x12\x1f.chatplane.v1.ResumeChatRequest\x1a .chatplane.v1.ResumeChatResponse\"+\x82\xd3\xe4\x93\x02%:\x01*\" /v1/messages/{message_id}/resume0\x01\x12|\n" +
+	"\n" +
+	"CancelChat\x12\x1f.chatplane.v1.CancelChatRequest\x1a .chatplane.v1.CancelChatResponse\"+\x82\xd3\xe4\x93\x02%:\x01*\" /v1/messages/{message_id}/cancelB@Z>github.com/chatplane/chatplane/gen/go/chatplane/v1;chatplanev1b\x06proto3"
 
 var (
 	file_chatplane_v1_gateway_proto_rawDescOnce sync.Once
@@ -787,7 +1104,7 @@ func file_chatplane_v1_gateway_proto_rawDescGZIP() []byte {
 }
 
 var file_chatplane_v1_gateway_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_chatplane_v1_gateway_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
+var file_chatplane_v1_gateway_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
 var file_chatplane_v1_gateway_proto_goTypes = []any{
 	(Rating)(0),                        // 0: chatplane.v1.Rating
 	(*ChatRequest)(nil),                // 1: chatplane.v1.ChatRequest
@@ -800,42 +1117,55 @@ var file_chatplane_v1_gateway_proto_goTypes = []any{
 	(*DeleteConversationResponse)(nil), // 8: chatplane.v1.DeleteConversationResponse
 	(*SubmitFeedbackRequest)(nil),      // 9: chatplane.v1.SubmitFeedbackRequest
 	(*SubmitFeedbackResponse)(nil),     // 10: chatplane.v1.SubmitFeedbackResponse
-	(*TurnStarted)(nil),                // 11: chatplane.v1.TurnStarted
-	(*TextDelta)(nil),                  // 12: chatplane.v1.TextDelta
-	(*Citation)(nil),                   // 13: chatplane.v1.Citation
-	(*Usage)(nil),                      // 14: chatplane.v1.Usage
-	(*TurnDone)(nil),                   // 15: chatplane.v1.TurnDone
-	(*Conversation)(nil),               // 16: chatplane.v1.Conversation
-	(*Message)(nil),                    // 17: chatplane.v1.Message
-	(*timestamppb.Timestamp)(nil),      // 18: google.protobuf.Timestamp
+	(*ResumeChatRequest)(nil),          // 11: chatplane.v1.ResumeChatRequest
+	(*ResumeChatResponse)(nil),         // 12: chatplane.v1.ResumeChatResponse
+	(*CancelChatRequest)(nil),          // 13: chatplane.v1.CancelChatRequest
+	(*CancelChatResponse)(nil),         // 14: chatplane.v1.CancelChatResponse
+	(*TurnStarted)(nil),                // 15: chatplane.v1.TurnStarted
+	(*TextDelta)(nil),                  // 16: chatplane.v1.TextDelta
+	(*Citation)(nil),                   // 17: chatplane.v1.Citation
+	(*Usage)(nil),                      // 18: chatplane.v1.Usage
+	(*TurnDone)(nil),                   // 19: chatplane.v1.TurnDone
+	(*Conversation)(nil),               // 20: chatplane.v1.Conversation
+	(*Message)(nil),                    // 21: chatplane.v1.Message
+	(*timestamppb.Timestamp)(nil),      // 22: google.protobuf.Timestamp
 }
 var file_chatplane_v1_gateway_proto_depIdxs = []int32{
-	11, // 0: chatplane.v1.ChatResponse.started:type_name -> chatplane.v1.TurnStarted
-	12, // 1: chatplane.v1.ChatResponse.delta:type_name -> chatplane.v1.TextDelta
-	13, // 2: chatplane.v1.ChatResponse.citation:type_name -> chatplane.v1.Citation
-	14, // 3: chatplane.v1.ChatResponse.usage:type_name -> chatplane.v1.Usage
-	15, // 4: chatplane.v1.ChatResponse.done:type_name -> chatplane.v1.TurnDone
-	16, // 5: chatplane.v1.ListConversationsResponse.conversations:type_name -> chatplane.v1.Conversation
-	16, // 6: chatplane.v1.GetConversationResponse.conversation:type_name -> chatplane.v1.Conversation
-	17, // 7: chatplane.v1.GetConversationResponse.messages:type_name -> chatplane.v1.Message
-	18, // 8: chatplane.v1.DeleteConversationResponse.delete_time:type_name -> google.protobuf.Timestamp
+	15, // 0: chatplane.v1.ChatResponse.started:type_name -> chatplane.v1.TurnStarted
+	16, // 1: chatplane.v1.ChatResponse.delta:type_name -> chatplane.v1.TextDelta
+	17, // 2: chatplane.v1.ChatResponse.citation:type_name -> chatplane.v1.Citation
+	18, // 3: chatplane.v1.ChatResponse.usage:type_name -> chatplane.v1.Usage
+	19, // 4: chatplane.v1.ChatResponse.done:type_name -> chatplane.v1.TurnDone
+	20, // 5: chatplane.v1.ListConversationsResponse.conversations:type_name -> chatplane.v1.Conversation
+	20, // 6: chatplane.v1.GetConversationResponse.conversation:type_name -> chatplane.v1.Conversation
+	21, // 7: chatplane.v1.GetConversationResponse.messages:type_name -> chatplane.v1.Message
+	22, // 8: chatplane.v1.DeleteConversationResponse.delete_time:type_name -> google.protobuf.Timestamp
 	0,  // 9: chatplane.v1.SubmitFeedbackRequest.rating:type_name -> chatplane.v1.Rating
-	18, // 10: chatplane.v1.SubmitFeedbackResponse.create_time:type_name -> google.protobuf.Timestamp
-	1,  // 11: chatplane.v1.GatewayService.Chat:input_type -> chatplane.v1.ChatRequest
-	3,  // 12: chatplane.v1.GatewayService.ListConversations:input_type -> chatplane.v1.ListConversationsRequest
-	5,  // 13: chatplane.v1.GatewayService.GetConversation:input_type -> chatplane.v1.GetConversationRequest
-	7,  // 14: chatplane.v1.GatewayService.DeleteConversation:input_type -> chatplane.v1.DeleteConversationRequest
-	9,  // 15: chatplane.v1.GatewayService.SubmitFeedback:input_type -> chatplane.v1.SubmitFeedbackRequest
-	2,  // 16: chatplane.v1.GatewayService.Chat:output_type -> chatplane.v1.ChatResponse
-	4,  // 17: chatplane.v1.GatewayService.ListConversations:output_type -> chatplane.v1.ListConversationsResponse
-	6,  // 18: chatplane.v1.GatewayService.GetConversation:output_type -> chatplane.v1.GetConversationResponse
-	8,  // 19: chatplane.v1.GatewayService.DeleteConversation:output_type -> chatplane.v1.DeleteConversationResponse
-	10, // 20: chatplane.v1.GatewayService.SubmitFeedback:output_type -> chatplane.v1.SubmitFeedbackResponse
-	16, // [16:21] is the sub-list for method output_type
-	11, // [11:16] is the sub-list for method input_type
-	11, // [11:11] is the sub-list for extension type_name
-	11, // [11:11] is the sub-list for extension extendee
-	0,  // [0:11] is the sub-list for field type_name
+	22, // 10: chatplane.v1.SubmitFeedbackResponse.create_time:type_name -> google.protobuf.Timestamp
+	15, // 11: chatplane.v1.ResumeChatResponse.started:type_name -> chatplane.v1.TurnStarted
+	16, // 12: chatplane.v1.ResumeChatResponse.delta:type_name -> chatplane.v1.TextDelta
+	17, // 13: chatplane.v1.ResumeChatResponse.citation:type_name -> chatplane.v1.Citation
+	18, // 14: chatplane.v1.ResumeChatResponse.usage:type_name -> chatplane.v1.Usage
+	19, // 15: chatplane.v1.ResumeChatResponse.done:type_name -> chatplane.v1.TurnDone
+	1,  // 16: chatplane.v1.GatewayService.Chat:input_type -> chatplane.v1.ChatRequest
+	3,  // 17: chatplane.v1.GatewayService.ListConversations:input_type -> chatplane.v1.ListConversationsRequest
+	5,  // 18: chatplane.v1.GatewayService.GetConversation:input_type -> chatplane.v1.GetConversationRequest
+	7,  // 19: chatplane.v1.GatewayService.DeleteConversation:input_type -> chatplane.v1.DeleteConversationRequest
+	9,  // 20: chatplane.v1.GatewayService.SubmitFeedback:input_type -> chatplane.v1.SubmitFeedbackRequest
+	11, // 21: chatplane.v1.GatewayService.ResumeChat:input_type -> chatplane.v1.ResumeChatRequest
+	13, // 22: chatplane.v1.GatewayService.CancelChat:input_type -> chatplane.v1.CancelChatRequest
+	2,  // 23: chatplane.v1.GatewayService.Chat:output_type -> chatplane.v1.ChatResponse
+	4,  // 24: chatplane.v1.GatewayService.ListConversations:output_type -> chatplane.v1.ListConversationsResponse
+	6,  // 25: chatplane.v1.GatewayService.GetConversation:output_type -> chatplane.v1.GetConversationResponse
+	8,  // 26: chatplane.v1.GatewayService.DeleteConversation:output_type -> chatplane.v1.DeleteConversationResponse
+	10, // 27: chatplane.v1.GatewayService.SubmitFeedback:output_type -> chatplane.v1.SubmitFeedbackResponse
+	12, // 28: chatplane.v1.GatewayService.ResumeChat:output_type -> chatplane.v1.ResumeChatResponse
+	14, // 29: chatplane.v1.GatewayService.CancelChat:output_type -> chatplane.v1.CancelChatResponse
+	23, // [23:30] is the sub-list for method output_type
+	16, // [16:23] is the sub-list for method input_type
+	16, // [16:16] is the sub-list for extension type_name
+	16, // [16:16] is the sub-list for extension extendee
+	0,  // [0:16] is the sub-list for field type_name
 }
 
 func init() { file_chatplane_v1_gateway_proto_init() }
@@ -851,13 +1181,20 @@ func file_chatplane_v1_gateway_proto_init() {
 		(*ChatResponse_Usage)(nil),
 		(*ChatResponse_Done)(nil),
 	}
+	file_chatplane_v1_gateway_proto_msgTypes[11].OneofWrappers = []any{
+		(*ResumeChatResponse_Started)(nil),
+		(*ResumeChatResponse_Delta)(nil),
+		(*ResumeChatResponse_Citation)(nil),
+		(*ResumeChatResponse_Usage)(nil),
+		(*ResumeChatResponse_Done)(nil),
+	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_chatplane_v1_gateway_proto_rawDesc), len(file_chatplane_v1_gateway_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   10,
+			NumMessages:   14,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -24,6 +24,8 @@ const (
 	GatewayService_GetConversation_FullMethodName    = "/chatplane.v1.GatewayService/GetConversation"
 	GatewayService_DeleteConversation_FullMethodName = "/chatplane.v1.GatewayService/DeleteConversation"
 	GatewayService_SubmitFeedback_FullMethodName     = "/chatplane.v1.GatewayService/SubmitFeedback"
+	GatewayService_ResumeChat_FullMethodName         = "/chatplane.v1.GatewayService/ResumeChat"
+	GatewayService_CancelChat_FullMethodName         = "/chatplane.v1.GatewayService/CancelChat"
 )
 
 // GatewayServiceClient is the client API for GatewayService service.
@@ -43,6 +45,12 @@ type GatewayServiceClient interface {
 	DeleteConversation(ctx context.Context, in *DeleteConversationRequest, opts ...grpc.CallOption) (*DeleteConversationResponse, error)
 	// Rates an assistant message (thumbs up or down) with an optional comment.
 	SubmitFeedback(ctx context.Context, in *SubmitFeedbackRequest, opts ...grpc.CallOption) (*SubmitFeedbackResponse, error)
+	// Streams the rest of an answer whose stream was lost, after the delta `after_sequence`:
+	// from the generation if it still runs, else from the stored answer (docs/resume.md).
+	ResumeChat(ctx context.Context, in *ResumeChatRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ResumeChatResponse], error)
+	// Stops the generation of an answer (e.g. one started with `resumable`); the partial
+	// answer is stored, marked interrupted.
+	CancelChat(ctx context.Context, in *CancelChatRequest, opts ...grpc.CallOption) (*CancelChatResponse, error)
 }
 
 type gatewayServiceClient struct {
@@ -112,6 +120,35 @@ func (c *gatewayServiceClient) SubmitFeedback(ctx context.Context, in *SubmitFee
 	return out, nil
 }
 
+func (c *gatewayServiceClient) ResumeChat(ctx context.Context, in *ResumeChatRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ResumeChatResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &GatewayService_ServiceDesc.Streams[1], GatewayService_ResumeChat_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[ResumeChatRequest, ResumeChatResponse]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type GatewayService_ResumeChatClient = grpc.ServerStreamingClient[ResumeChatResponse]
+
+func (c *gatewayServiceClient) CancelChat(ctx context.Context, in *CancelChatRequest, opts ...grpc.CallOption) (*CancelChatResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(CancelChatResponse)
+	err := c.cc.Invoke(ctx, GatewayService_CancelChat_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // GatewayServiceServer is the server API for GatewayService service.
 // All implementations must embed UnimplementedGatewayServiceServer
 // for forward compatibility.
@@ -129,6 +166,12 @@ type GatewayServiceServer interface {
 	DeleteConversation(context.Context, *DeleteConversationRequest) (*DeleteConversationResponse, error)
 	// Rates an assistant message (thumbs up or down) with an optional comment.
 	SubmitFeedback(context.Context, *SubmitFeedbackRequest) (*SubmitFeedbackResponse, error)
+	// Streams the rest of an answer whose stream was lost, after the delta `after_sequence`:
+	// from the generation if it still runs, else from the stored answer (docs/resume.md).
+	ResumeChat(*ResumeChatRequest, grpc.ServerStreamingServer[ResumeChatResponse]) error
+	// Stops the generation of an answer (e.g. one started with `resumable`); the partial
+	// answer is stored, marked interrupted.
+	CancelChat(context.Context, *CancelChatRequest) (*CancelChatResponse, error)
 	mustEmbedUnimplementedGatewayServiceServer()
 }
 
@@ -153,6 +196,12 @@ func (UnimplementedGatewayServiceServer) DeleteConversation(context.Context, *De
 }
 func (UnimplementedGatewayServiceServer) SubmitFeedback(context.Context, *SubmitFeedbackRequest) (*SubmitFeedbackResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method SubmitFeedback not implemented")
+}
+func (UnimplementedGatewayServiceServer) ResumeChat(*ResumeChatRequest, grpc.ServerStreamingServer[ResumeChatResponse]) error {
+	return status.Error(codes.Unimplemented, "method ResumeChat not implemented")
+}
+func (UnimplementedGatewayServiceServer) CancelChat(context.Context, *CancelChatRequest) (*CancelChatResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method CancelChat not implemented")
 }
 func (UnimplementedGatewayServiceServer) mustEmbedUnimplementedGatewayServiceServer() {}
 func (UnimplementedGatewayServiceServer) testEmbeddedByValue()                        {}
@@ -258,6 +307,35 @@ func _GatewayService_SubmitFeedback_Handler(srv interface{}, ctx context.Context
 	return interceptor(ctx, in, info, handler)
 }
 
+func _GatewayService_ResumeChat_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(ResumeChatRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(GatewayServiceServer).ResumeChat(m, &grpc.GenericServerStream[ResumeChatRequest, ResumeChatResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type GatewayService_ResumeChatServer = grpc.ServerStreamingServer[ResumeChatResponse]
+
+func _GatewayService_CancelChat_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CancelChatRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(GatewayServiceServer).CancelChat(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: GatewayService_CancelChat_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(GatewayServiceServer).CancelChat(ctx, req.(*CancelChatRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // GatewayService_ServiceDesc is the grpc.ServiceDesc for GatewayService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -281,11 +359,20 @@ var GatewayService_ServiceDesc = grpc.ServiceDesc{
 			MethodName: "SubmitFeedback",
 			Handler:    _GatewayService_SubmitFeedback_Handler,
 		},
+		{
+			MethodName: "CancelChat",
+			Handler:    _GatewayService_CancelChat_Handler,
+		},
 	},
 	Streams: []grpc.StreamDesc{
 		{
 			StreamName:    "Chat",
 			Handler:       _GatewayService_Chat_Handler,
+			ServerStreams: true,
+		},
+		{
+			StreamName:    "ResumeChat",
+			Handler:       _GatewayService_ResumeChat_Handler,
 			ServerStreams: true,
 		},
 	},

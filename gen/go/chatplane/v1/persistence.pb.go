@@ -1122,6 +1122,144 @@ func (x *GetApiKeyResponse) GetRoles() []string {
 	return nil
 }
 
+// Asks for an answer by its assistant message id.
+type GetAnswerRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Who asks (must own the turn).
+	Owner *Owner `protobuf:"bytes,1,opt,name=owner,proto3" json:"owner,omitempty"`
+	// The assistant message id of the turn.
+	AssistantMessageId string `protobuf:"bytes,2,opt,name=assistant_message_id,json=assistantMessageId,proto3" json:"assistant_message_id,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
+}
+
+func (x *GetAnswerRequest) Reset() {
+	*x = GetAnswerRequest{}
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetAnswerRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetAnswerRequest) ProtoMessage() {}
+
+func (x *GetAnswerRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetAnswerRequest.ProtoReflect.Descriptor instead.
+func (*GetAnswerRequest) Descriptor() ([]byte, []int) {
+	return file_chatplane_v1_persistence_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *GetAnswerRequest) GetOwner() *Owner {
+	if x != nil {
+		return x.Owner
+	}
+	return nil
+}
+
+func (x *GetAnswerRequest) GetAssistantMessageId() string {
+	if x != nil {
+		return x.AssistantMessageId
+	}
+	return ""
+}
+
+// A turn's answer, as far as it is stored.
+type GetAnswerResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The conversation of the turn.
+	ConversationId string `protobuf:"bytes,1,opt,name=conversation_id,json=conversationId,proto3" json:"conversation_id,omitempty"`
+	// The user message id of the turn.
+	UserMessageId string `protobuf:"bytes,2,opt,name=user_message_id,json=userMessageId,proto3" json:"user_message_id,omitempty"`
+	// The stored assistant message (absent until stored).
+	AssistantMessage *Message `protobuf:"bytes,3,opt,name=assistant_message,json=assistantMessage,proto3" json:"assistant_message,omitempty"`
+	// Where each streamed delta of the stored answer ended, in code points (empty when the
+	// answer was stored without them: it then replays as one delta).
+	DeltaEnds []int32 `protobuf:"varint,4,rep,packed,name=delta_ends,json=deltaEnds,proto3" json:"delta_ends,omitempty"`
+	// When the lease of the call generating the turn ends.
+	LeaseExpireTime *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=lease_expire_time,json=leaseExpireTime,proto3" json:"lease_expire_time,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *GetAnswerResponse) Reset() {
+	*x = GetAnswerResponse{}
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetAnswerResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetAnswerResponse) ProtoMessage() {}
+
+func (x *GetAnswerResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetAnswerResponse.ProtoReflect.Descriptor instead.
+func (*GetAnswerResponse) Descriptor() ([]byte, []int) {
+	return file_chatplane_v1_persistence_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *GetAnswerResponse) GetConversationId() string {
+	if x != nil {
+		return x.ConversationId
+	}
+	return ""
+}
+
+func (x *GetAnswerResponse) GetUserMessageId() string {
+	if x != nil {
+		return x.UserMessageId
+	}
+	return ""
+}
+
+func (x *GetAnswerResponse) GetAssistantMessage() *Message {
+	if x != nil {
+		return x.AssistantMessage
+	}
+	return nil
+}
+
+func (x *GetAnswerResponse) GetDeltaEnds() []int32 {
+	if x != nil {
+		return x.DeltaEnds
+	}
+	return nil
+}
+
+func (x *GetAnswerResponse) GetLeaseExpireTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.LeaseExpireTime
+	}
+	return nil
+}
+
 var File_chatplane_v1_persistence_proto protoreflect.FileDescriptor
 
 const file_chatplane_v1_persistence_proto_rawDesc = "" +
@@ -1191,7 +1329,17 @@ const file_chatplane_v1_persistence_proto_rawDesc = "" +
 	"\x05owner\x18\x01 \x01(\v2\x13.chatplane.v1.OwnerR\x05owner\x12#\n" +
 	"\rsecret_sha256\x18\x02 \x01(\fR\fsecretSha256\x12\x18\n" +
 	"\arevoked\x18\x03 \x01(\bR\arevoked\x12\x14\n" +
-	"\x05roles\x18\x04 \x03(\tR\x05roles2\xc2\a\n" +
+	"\x05roles\x18\x04 \x03(\tR\x05roles\"o\n" +
+	"\x10GetAnswerRequest\x12)\n" +
+	"\x05owner\x18\x01 \x01(\v2\x13.chatplane.v1.OwnerR\x05owner\x120\n" +
+	"\x14assistant_message_id\x18\x02 \x01(\tR\x12assistantMessageId\"\x8f\x02\n" +
+	"\x11GetAnswerResponse\x12'\n" +
+	"\x0fconversation_id\x18\x01 \x01(\tR\x0econversationId\x12&\n" +
+	"\x0fuser_message_id\x18\x02 \x01(\tR\ruserMessageId\x12B\n" +
+	"\x11assistant_message\x18\x03 \x01(\v2\x15.chatplane.v1.MessageR\x10assistantMessage\x12\x1d\n" +
+	"\n" +
+	"delta_ends\x18\x04 \x03(\x05R\tdeltaEnds\x12F\n" +
+	"\x11lease_expire_time\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\x0fleaseExpireTime2\x90\b\n" +
 	"\x12PersistenceService\x12L\n" +
 	"\tBeginTurn\x12\x1e.chatplane.v1.BeginTurnRequest\x1a\x1f.chatplane.v1.BeginTurnResponse\x12F\n" +
 	"\aGetTurn\x12\x1c.chatplane.v1.GetTurnRequest\x1a\x1d.chatplane.v1.GetTurnResponse\x12R\n" +
@@ -1201,7 +1349,8 @@ const file_chatplane_v1_persistence_proto_rawDesc = "" +
 	"\x12DeleteConversation\x129.chatplane.v1.PersistenceServiceDeleteConversationRequest\x1a:.chatplane.v1.PersistenceServiceDeleteConversationResponse\x12\x7f\n" +
 	"\x0eSubmitFeedback\x125.chatplane.v1.PersistenceServiceSubmitFeedbackRequest\x1a6.chatplane.v1.PersistenceServiceSubmitFeedbackResponse\x12U\n" +
 	"\fCreateApiKey\x12!.chatplane.v1.CreateApiKeyRequest\x1a\".chatplane.v1.CreateApiKeyResponse\x12L\n" +
-	"\tGetApiKey\x12\x1e.chatplane.v1.GetApiKeyRequest\x1a\x1f.chatplane.v1.GetApiKeyResponseB@Z>github.com/chatplane/chatplane/gen/go/chatplane/v1;chatplanev1b\x06proto3"
+	"\tGetApiKey\x12\x1e.chatplane.v1.GetApiKeyRequest\x1a\x1f.chatplane.v1.GetApiKeyResponse\x12L\n" +
+	"\tGetAnswer\x12\x1e.chatplane.v1.GetAnswerRequest\x1a\x1f.chatplane.v1.GetAnswerResponseB@Z>github.com/chatplane/chatplane/gen/go/chatplane/v1;chatplanev1b\x06proto3"
 
 var (
 	file_chatplane_v1_persistence_proto_rawDescOnce sync.Once
@@ -1215,7 +1364,7 @@ func file_chatplane_v1_persistence_proto_rawDescGZIP() []byte {
 	return file_chatplane_v1_persistence_proto_rawDescData
 }
 
-var file_chatplane_v1_persistence_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
+var file_chatplane_v1_persistence_proto_msgTypes = make([]protoimpl.MessageInfo, 21)
 var file_chatplane_v1_persistence_proto_goTypes = []any{
 	(*Owner)(nil),                                        // 0: chatplane.v1.Owner
 	(*BeginTurnRequest)(nil),                             // 1: chatplane.v1.BeginTurnRequest
@@ -1236,57 +1385,64 @@ var file_chatplane_v1_persistence_proto_goTypes = []any{
 	(*CreateApiKeyResponse)(nil),                         // 16: chatplane.v1.CreateApiKeyResponse
 	(*GetApiKeyRequest)(nil),                             // 17: chatplane.v1.GetApiKeyRequest
 	(*GetApiKeyResponse)(nil),                            // 18: chatplane.v1.GetApiKeyResponse
-	(*Message)(nil),                                      // 19: chatplane.v1.Message
-	(*timestamppb.Timestamp)(nil),                        // 20: google.protobuf.Timestamp
-	(*ListConversationsRequest)(nil),                     // 21: chatplane.v1.ListConversationsRequest
-	(*ListConversationsResponse)(nil),                    // 22: chatplane.v1.ListConversationsResponse
-	(*GetConversationRequest)(nil),                       // 23: chatplane.v1.GetConversationRequest
-	(*GetConversationResponse)(nil),                      // 24: chatplane.v1.GetConversationResponse
-	(*SubmitFeedbackRequest)(nil),                        // 25: chatplane.v1.SubmitFeedbackRequest
+	(*GetAnswerRequest)(nil),                             // 19: chatplane.v1.GetAnswerRequest
+	(*GetAnswerResponse)(nil),                            // 20: chatplane.v1.GetAnswerResponse
+	(*Message)(nil),                                      // 21: chatplane.v1.Message
+	(*timestamppb.Timestamp)(nil),                        // 22: google.protobuf.Timestamp
+	(*ListConversationsRequest)(nil),                     // 23: chatplane.v1.ListConversationsRequest
+	(*ListConversationsResponse)(nil),                    // 24: chatplane.v1.ListConversationsResponse
+	(*GetConversationRequest)(nil),                       // 25: chatplane.v1.GetConversationRequest
+	(*GetConversationResponse)(nil),                      // 26: chatplane.v1.GetConversationResponse
+	(*SubmitFeedbackRequest)(nil),                        // 27: chatplane.v1.SubmitFeedbackRequest
 }
 var file_chatplane_v1_persistence_proto_depIdxs = []int32{
 	0,  // 0: chatplane.v1.BeginTurnRequest.owner:type_name -> chatplane.v1.Owner
 	0,  // 1: chatplane.v1.GetTurnRequest.owner:type_name -> chatplane.v1.Owner
-	19, // 2: chatplane.v1.GetTurnResponse.user_message:type_name -> chatplane.v1.Message
-	19, // 3: chatplane.v1.GetTurnResponse.assistant_message:type_name -> chatplane.v1.Message
-	20, // 4: chatplane.v1.GetTurnResponse.lease_expire_time:type_name -> google.protobuf.Timestamp
+	21, // 2: chatplane.v1.GetTurnResponse.user_message:type_name -> chatplane.v1.Message
+	21, // 3: chatplane.v1.GetTurnResponse.assistant_message:type_name -> chatplane.v1.Message
+	22, // 4: chatplane.v1.GetTurnResponse.lease_expire_time:type_name -> google.protobuf.Timestamp
 	0,  // 5: chatplane.v1.ReleaseTurnRequest.owner:type_name -> chatplane.v1.Owner
 	0,  // 6: chatplane.v1.PersistenceServiceListConversationsRequest.owner:type_name -> chatplane.v1.Owner
-	21, // 7: chatplane.v1.PersistenceServiceListConversationsRequest.page:type_name -> chatplane.v1.ListConversationsRequest
-	22, // 8: chatplane.v1.PersistenceServiceListConversationsResponse.page:type_name -> chatplane.v1.ListConversationsResponse
+	23, // 7: chatplane.v1.PersistenceServiceListConversationsRequest.page:type_name -> chatplane.v1.ListConversationsRequest
+	24, // 8: chatplane.v1.PersistenceServiceListConversationsResponse.page:type_name -> chatplane.v1.ListConversationsResponse
 	0,  // 9: chatplane.v1.PersistenceServiceGetConversationRequest.owner:type_name -> chatplane.v1.Owner
-	23, // 10: chatplane.v1.PersistenceServiceGetConversationRequest.request:type_name -> chatplane.v1.GetConversationRequest
-	24, // 11: chatplane.v1.PersistenceServiceGetConversationResponse.response:type_name -> chatplane.v1.GetConversationResponse
+	25, // 10: chatplane.v1.PersistenceServiceGetConversationRequest.request:type_name -> chatplane.v1.GetConversationRequest
+	26, // 11: chatplane.v1.PersistenceServiceGetConversationResponse.response:type_name -> chatplane.v1.GetConversationResponse
 	0,  // 12: chatplane.v1.PersistenceServiceDeleteConversationRequest.owner:type_name -> chatplane.v1.Owner
-	20, // 13: chatplane.v1.PersistenceServiceDeleteConversationResponse.delete_time:type_name -> google.protobuf.Timestamp
+	22, // 13: chatplane.v1.PersistenceServiceDeleteConversationResponse.delete_time:type_name -> google.protobuf.Timestamp
 	0,  // 14: chatplane.v1.PersistenceServiceSubmitFeedbackRequest.owner:type_name -> chatplane.v1.Owner
-	25, // 15: chatplane.v1.PersistenceServiceSubmitFeedbackRequest.feedback:type_name -> chatplane.v1.SubmitFeedbackRequest
-	20, // 16: chatplane.v1.PersistenceServiceSubmitFeedbackResponse.create_time:type_name -> google.protobuf.Timestamp
+	27, // 15: chatplane.v1.PersistenceServiceSubmitFeedbackRequest.feedback:type_name -> chatplane.v1.SubmitFeedbackRequest
+	22, // 16: chatplane.v1.PersistenceServiceSubmitFeedbackResponse.create_time:type_name -> google.protobuf.Timestamp
 	0,  // 17: chatplane.v1.CreateApiKeyRequest.owner:type_name -> chatplane.v1.Owner
 	0,  // 18: chatplane.v1.GetApiKeyResponse.owner:type_name -> chatplane.v1.Owner
-	1,  // 19: chatplane.v1.PersistenceService.BeginTurn:input_type -> chatplane.v1.BeginTurnRequest
-	3,  // 20: chatplane.v1.PersistenceService.GetTurn:input_type -> chatplane.v1.GetTurnRequest
-	5,  // 21: chatplane.v1.PersistenceService.ReleaseTurn:input_type -> chatplane.v1.ReleaseTurnRequest
-	7,  // 22: chatplane.v1.PersistenceService.ListConversations:input_type -> chatplane.v1.PersistenceServiceListConversationsRequest
-	9,  // 23: chatplane.v1.PersistenceService.GetConversation:input_type -> chatplane.v1.PersistenceServiceGetConversationRequest
-	11, // 24: chatplane.v1.PersistenceService.DeleteConversation:input_type -> chatplane.v1.PersistenceServiceDeleteConversationRequest
-	13, // 25: chatplane.v1.PersistenceService.SubmitFeedback:input_type -> chatplane.v1.PersistenceServiceSubmitFeedbackRequest
-	15, // 26: chatplane.v1.PersistenceService.CreateApiKey:input_type -> chatplane.v1.CreateApiKeyRequest
-	17, // 27: chatplane.v1.PersistenceService.GetApiKey:input_type -> chatplane.v1.GetApiKeyRequest
-	2,  // 28: chatplane.v1.PersistenceService.BeginTurn:output_type -> chatplane.v1.BeginTurnResponse
-	4,  // 29: chatplane.v1.PersistenceService.GetTurn:output_type -> chatplane.v1.GetTurnResponse
-	6,  // 30: chatplane.v1.PersistenceService.ReleaseTurn:output_type -> chatplane.v1.ReleaseTurnResponse
-	8,  // 31: chatplane.v1.PersistenceService.ListConversations:output_type -> chatplane.v1.PersistenceServiceListConversationsResponse
-	10, // 32: chatplane.v1.PersistenceService.GetConversation:output_type -> chatplane.v1.PersistenceServiceGetConversationResponse
-	12, // 33: chatplane.v1.PersistenceService.DeleteConversation:output_type -> chatplane.v1.PersistenceServiceDeleteConversationResponse
-	14, // 34: chatplane.v1.PersistenceService.SubmitFeedback:output_type -> chatplane.v1.PersistenceServiceSubmitFeedbackResponse
-	16, // 35: chatplane.v1.PersistenceService.CreateApiKey:output_type -> chatplane.v1.CreateApiKeyResponse
-	18, // 36: chatplane.v1.PersistenceService.GetApiKey:output_type -> chatplane.v1.GetApiKeyResponse
-	28, // [28:37] is the sub-list for method output_type
-	19, // [19:28] is the sub-list for method input_type
-	19, // [19:19] is the sub-list for extension type_name
-	19, // [19:19] is the sub-list for extension extendee
-	0,  // [0:19] is the sub-list for field type_name
+	0,  // 19: chatplane.v1.GetAnswerRequest.owner:type_name -> chatplane.v1.Owner
+	21, // 20: chatplane.v1.GetAnswerResponse.assistant_message:type_name -> chatplane.v1.Message
+	22, // 21: chatplane.v1.GetAnswerResponse.lease_expire_time:type_name -> google.protobuf.Timestamp
+	1,  // 22: chatplane.v1.PersistenceService.BeginTurn:input_type -> chatplane.v1.BeginTurnRequest
+	3,  // 23: chatplane.v1.PersistenceService.GetTurn:input_type -> chatplane.v1.GetTurnRequest
+	5,  // 24: chatplane.v1.PersistenceService.ReleaseTurn:input_type -> chatplane.v1.ReleaseTurnRequest
+	7,  // 25: chatplane.v1.PersistenceService.ListConversations:input_type -> chatplane.v1.PersistenceServiceListConversationsRequest
+	9,  // 26: chatplane.v1.PersistenceService.GetConversation:input_type -> chatplane.v1.PersistenceServiceGetConversationRequest
+	11, // 27: chatplane.v1.PersistenceService.DeleteConversation:input_type -> chatplane.v1.PersistenceServiceDeleteConversationRequest
+	13, // 28: chatplane.v1.PersistenceService.SubmitFeedback:input_type -> chatplane.v1.PersistenceServiceSubmitFeedbackRequest
+	15, // 29: chatplane.v1.PersistenceService.CreateApiKey:input_type -> chatplane.v1.CreateApiKeyRequest
+	17, // 30: chatplane.v1.PersistenceService.GetApiKey:input_type -> chatplane.v1.GetApiKeyRequest
+	19, // 31: chatplane.v1.PersistenceService.GetAnswer:input_type -> chatplane.v1.GetAnswerRequest
+	2,  // 32: chatplane.v1.PersistenceService.BeginTurn:output_type -> chatplane.v1.BeginTurnResponse
+	4,  // 33: chatplane.v1.PersistenceService.GetTurn:output_type -> chatplane.v1.GetTurnResponse
+	6,  // 34: chatplane.v1.PersistenceService.ReleaseTurn:output_type -> chatplane.v1.ReleaseTurnResponse
+	8,  // 35: chatplane.v1.PersistenceService.ListConversations:output_type -> chatplane.v1.PersistenceServiceListConversationsResponse
+	10, // 36: chatplane.v1.PersistenceService.GetConversation:output_type -> chatplane.v1.PersistenceServiceGetConversationResponse
+	12, // 37: chatplane.v1.PersistenceService.DeleteConversation:output_type -> chatplane.v1.PersistenceServiceDeleteConversationResponse
+	14, // 38: chatplane.v1.PersistenceService.SubmitFeedback:output_type -> chatplane.v1.PersistenceServiceSubmitFeedbackResponse
+	16, // 39: chatplane.v1.PersistenceService.CreateApiKey:output_type -> chatplane.v1.CreateApiKeyResponse
+	18, // 40: chatplane.v1.PersistenceService.GetApiKey:output_type -> chatplane.v1.GetApiKeyResponse
+	20, // 41: chatplane.v1.PersistenceService.GetAnswer:output_type -> chatplane.v1.GetAnswerResponse
+	32, // [32:42] is the sub-list for method output_type
+	22, // [22:32] is the sub-list for method input_type
+	22, // [22:22] is the sub-list for extension type_name
+	22, // [22:22] is the sub-list for extension extendee
+	0,  // [0:22] is the sub-list for field type_name
 }
 
 func init() { file_chatplane_v1_persistence_proto_init() }
@@ -1302,7 +1458,7 @@ func file_chatplane_v1_persistence_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_chatplane_v1_persistence_proto_rawDesc), len(file_chatplane_v1_persistence_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   19,
+			NumMessages:   21,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

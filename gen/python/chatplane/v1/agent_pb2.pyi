@@ -30,6 +30,7 @@ class GenerateRequest(_message.Message):
     ASSISTANT_MESSAGE_ID_FIELD_NUMBER: _builtins.int
     TEXT_FIELD_NUMBER: _builtins.int
     CLIENT_MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    RESUMABLE_FIELD_NUMBER: _builtins.int
     tenant_id: _builtins.str
     """The caller's tenant."""
     user_id: _builtins.str
@@ -44,6 +45,10 @@ class GenerateRequest(_message.Message):
     """The user's message."""
     client_message_id: _builtins.str
     """The client's idempotency key, if any (stored with the user message)."""
+    resumable: _builtins.bool
+    """Keep generating when this call is cancelled (the client's stream was lost); the turn is
+    then stopped only by CancelGenerate or its deadline.
+    """
     def __init__(
         self,
         *,
@@ -54,10 +59,11 @@ class GenerateRequest(_message.Message):
         assistant_message_id: _builtins.str = ...,
         text: _builtins.str = ...,
         client_message_id: _builtins.str = ...,
+        resumable: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["assistant_message_id", b"assistant_message_id", "client_message_id", b"client_message_id", "conversation_id", b"conversation_id", "tenant_id", b"tenant_id", "text", b"text", "user_id", b"user_id", "user_message_id", b"user_message_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["assistant_message_id", b"assistant_message_id", "client_message_id", b"client_message_id", "conversation_id", b"conversation_id", "resumable", b"resumable", "tenant_id", b"tenant_id", "text", b"text", "user_id", b"user_id", "user_message_id", b"user_message_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -112,3 +118,141 @@ class GenerateResponse(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType_event) -> _WhichOneofReturnType_event | None: ...
 
 Global___GenerateResponse: _TypeAlias = GenerateResponse  # noqa: Y015
+
+@_typing.final
+class ResumeGenerateRequest(_message.Message):
+    """Asks for the events of a live turn."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TENANT_ID_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
+    ASSISTANT_MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    AFTER_SEQUENCE_FIELD_NUMBER: _builtins.int
+    tenant_id: _builtins.str
+    """The caller's tenant (must own the turn)."""
+    user_id: _builtins.str
+    """The caller's user id within the tenant (must own the turn)."""
+    assistant_message_id: _builtins.str
+    """The assistant message of the turn."""
+    after_sequence: _builtins.int
+    """The sequence of the last delta the client received; 0 for all of them."""
+    def __init__(
+        self,
+        *,
+        tenant_id: _builtins.str = ...,
+        user_id: _builtins.str = ...,
+        assistant_message_id: _builtins.str = ...,
+        after_sequence: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_sequence", b"after_sequence", "assistant_message_id", b"assistant_message_id", "tenant_id", b"tenant_id", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResumeGenerateRequest: _TypeAlias = ResumeGenerateRequest  # noqa: Y015
+
+@_typing.final
+class ResumeGenerateResponse(_message.Message):
+    """One event of a resumed turn (the same layout as GenerateResponse). The stream ends without
+    `done` when the turn ended unfinished; the rest is then in the stored answer.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STARTED_FIELD_NUMBER: _builtins.int
+    DELTA_FIELD_NUMBER: _builtins.int
+    CITATION_FIELD_NUMBER: _builtins.int
+    USAGE_FIELD_NUMBER: _builtins.int
+    DONE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def started(self) -> _resources_pb2.TurnStarted:
+        """First event: ids and model."""
+
+    @_builtins.property
+    def delta(self) -> _resources_pb2.TextDelta:
+        """A piece of answer text."""
+
+    @_builtins.property
+    def citation(self) -> _resources_pb2.Citation:
+        """A piece of memory the answer used."""
+
+    @_builtins.property
+    def usage(self) -> _resources_pb2.Usage:
+        """Token counts."""
+
+    @_builtins.property
+    def done(self) -> _resources_pb2.TurnDone:
+        """Last event: both messages are durably in the message log."""
+
+    def __init__(
+        self,
+        *,
+        started: _resources_pb2.TurnStarted | None = ...,
+        delta: _resources_pb2.TextDelta | None = ...,
+        citation: _resources_pb2.Citation | None = ...,
+        usage: _resources_pb2.Usage | None = ...,
+        done: _resources_pb2.TurnDone | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["citation", b"citation", "delta", b"delta", "done", b"done", "event", b"event", "started", b"started", "usage", b"usage"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["citation", b"citation", "delta", b"delta", "done", b"done", "event", b"event", "started", b"started", "usage", b"usage"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["started", "delta", "citation", "usage", "done"]  # noqa: Y015
+    _WhichOneofArgType_event: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_event) -> _WhichOneofReturnType_event | None: ...
+
+Global___ResumeGenerateResponse: _TypeAlias = ResumeGenerateResponse  # noqa: Y015
+
+@_typing.final
+class CancelGenerateRequest(_message.Message):
+    """Asks to stop a live turn."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TENANT_ID_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
+    ASSISTANT_MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    tenant_id: _builtins.str
+    """The caller's tenant (must own the turn)."""
+    user_id: _builtins.str
+    """The caller's user id within the tenant (must own the turn)."""
+    assistant_message_id: _builtins.str
+    """The assistant message of the turn."""
+    def __init__(
+        self,
+        *,
+        tenant_id: _builtins.str = ...,
+        user_id: _builtins.str = ...,
+        assistant_message_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["assistant_message_id", b"assistant_message_id", "tenant_id", b"tenant_id", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CancelGenerateRequest: _TypeAlias = CancelGenerateRequest  # noqa: Y015
+
+@_typing.final
+class CancelGenerateResponse(_message.Message):
+    """The turn is stopped, or was not running here."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CANCELLED_FIELD_NUMBER: _builtins.int
+    cancelled: _builtins.bool
+    """True when a running turn was stopped."""
+    def __init__(
+        self,
+        *,
+        cancelled: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancelled", b"cancelled"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CancelGenerateResponse: _TypeAlias = CancelGenerateResponse  # noqa: Y015

@@ -41,6 +41,16 @@ class AgentServiceStub:
                 request_serializer=chatplane_dot_v1_dot_agent__pb2.GenerateRequest.SerializeToString,
                 response_deserializer=chatplane_dot_v1_dot_agent__pb2.GenerateResponse.FromString,
                 _registered_method=True)
+        self.ResumeGenerate = channel.unary_stream(
+                '/chatplane.v1.AgentService/ResumeGenerate',
+                request_serializer=chatplane_dot_v1_dot_agent__pb2.ResumeGenerateRequest.SerializeToString,
+                response_deserializer=chatplane_dot_v1_dot_agent__pb2.ResumeGenerateResponse.FromString,
+                _registered_method=True)
+        self.CancelGenerate = channel.unary_unary(
+                '/chatplane.v1.AgentService/CancelGenerate',
+                request_serializer=chatplane_dot_v1_dot_agent__pb2.CancelGenerateRequest.SerializeToString,
+                response_deserializer=chatplane_dot_v1_dot_agent__pb2.CancelGenerateResponse.FromString,
+                _registered_method=True)
 
 
 class AgentServiceServicer:
@@ -55,6 +65,21 @@ class AgentServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ResumeGenerate(self, request, context):
+        """Streams the events of a turn this Agent is generating (or has just finished), after the
+        delta `after_sequence`; NOT_FOUND when it has none for that message.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CancelGenerate(self, request, context):
+        """Stops a turn this Agent is generating; the partial answer is recorded as interrupted.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AgentServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -62,6 +87,16 @@ def add_AgentServiceServicer_to_server(servicer, server):
                     servicer.Generate,
                     request_deserializer=chatplane_dot_v1_dot_agent__pb2.GenerateRequest.FromString,
                     response_serializer=chatplane_dot_v1_dot_agent__pb2.GenerateResponse.SerializeToString,
+            ),
+            'ResumeGenerate': grpc.unary_stream_rpc_method_handler(
+                    servicer.ResumeGenerate,
+                    request_deserializer=chatplane_dot_v1_dot_agent__pb2.ResumeGenerateRequest.FromString,
+                    response_serializer=chatplane_dot_v1_dot_agent__pb2.ResumeGenerateResponse.SerializeToString,
+            ),
+            'CancelGenerate': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelGenerate,
+                    request_deserializer=chatplane_dot_v1_dot_agent__pb2.CancelGenerateRequest.FromString,
+                    response_serializer=chatplane_dot_v1_dot_agent__pb2.CancelGenerateResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -93,6 +128,60 @@ class AgentService:
             '/chatplane.v1.AgentService/Generate',
             chatplane_dot_v1_dot_agent__pb2.GenerateRequest.SerializeToString,
             chatplane_dot_v1_dot_agent__pb2.GenerateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResumeGenerate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/chatplane.v1.AgentService/ResumeGenerate',
+            chatplane_dot_v1_dot_agent__pb2.ResumeGenerateRequest.SerializeToString,
+            chatplane_dot_v1_dot_agent__pb2.ResumeGenerateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelGenerate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chatplane.v1.AgentService/CancelGenerate',
+            chatplane_dot_v1_dot_agent__pb2.CancelGenerateRequest.SerializeToString,
+            chatplane_dot_v1_dot_agent__pb2.CancelGenerateResponse.FromString,
             options,
             channel_credentials,
             insecure,

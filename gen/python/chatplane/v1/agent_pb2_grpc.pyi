@@ -37,6 +37,12 @@ class AgentServiceStub:
     def __new__(cls, channel: _aio.Channel) -> AgentServiceAsyncStub: ...
     Generate: _grpc.UnaryStreamMultiCallable[_agent_pb2.GenerateRequest, _agent_pb2.GenerateResponse]
     """Generates the answer to one user message as a stream of events."""
+    ResumeGenerate: _grpc.UnaryStreamMultiCallable[_agent_pb2.ResumeGenerateRequest, _agent_pb2.ResumeGenerateResponse]
+    """Streams the events of a turn this Agent is generating (or has just finished), after the
+    delta `after_sequence`; NOT_FOUND when it has none for that message.
+    """
+    CancelGenerate: _grpc.UnaryUnaryMultiCallable[_agent_pb2.CancelGenerateRequest, _agent_pb2.CancelGenerateResponse]
+    """Stops a turn this Agent is generating; the partial answer is recorded as interrupted."""
 
 @_typing.type_check_only
 class AgentServiceAsyncStub(AgentServiceStub):
@@ -47,6 +53,12 @@ class AgentServiceAsyncStub(AgentServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     Generate: _aio.UnaryStreamMultiCallable[_agent_pb2.GenerateRequest, _agent_pb2.GenerateResponse]  # type: ignore[assignment]
     """Generates the answer to one user message as a stream of events."""
+    ResumeGenerate: _aio.UnaryStreamMultiCallable[_agent_pb2.ResumeGenerateRequest, _agent_pb2.ResumeGenerateResponse]  # type: ignore[assignment]
+    """Streams the events of a turn this Agent is generating (or has just finished), after the
+    delta `after_sequence`; NOT_FOUND when it has none for that message.
+    """
+    CancelGenerate: _aio.UnaryUnaryMultiCallable[_agent_pb2.CancelGenerateRequest, _agent_pb2.CancelGenerateResponse]  # type: ignore[assignment]
+    """Stops a turn this Agent is generating; the partial answer is recorded as interrupted."""
 
 class AgentServiceServicer(metaclass=_abc_1.ABCMeta):
     """Runs one turn: recalls context, streams the model's answer, records both messages.
@@ -60,5 +72,23 @@ class AgentServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_agent_pb2.GenerateResponse], _abc.AsyncIterator[_agent_pb2.GenerateResponse]]:
         """Generates the answer to one user message as a stream of events."""
+
+    @_abc_1.abstractmethod
+    def ResumeGenerate(
+        self,
+        request: _agent_pb2.ResumeGenerateRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_agent_pb2.ResumeGenerateResponse], _abc.AsyncIterator[_agent_pb2.ResumeGenerateResponse]]:
+        """Streams the events of a turn this Agent is generating (or has just finished), after the
+        delta `after_sequence`; NOT_FOUND when it has none for that message.
+        """
+
+    @_abc_1.abstractmethod
+    def CancelGenerate(
+        self,
+        request: _agent_pb2.CancelGenerateRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_agent_pb2.CancelGenerateResponse, _abc.Awaitable[_agent_pb2.CancelGenerateResponse]]:
+        """Stops a turn this Agent is generating; the partial answer is recorded as interrupted."""
 
 def add_AgentServiceServicer_to_server(servicer: AgentServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -4,8 +4,10 @@ isort:skip_file
 """
 
 from chatplane.v1 import resources_pb2 as _resources_pb2
+from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf.internal import containers as _containers
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -29,6 +31,7 @@ class MessageRecorded(_message.Message):
     TENANT_ID_FIELD_NUMBER: _builtins.int
     USER_ID_FIELD_NUMBER: _builtins.int
     MESSAGE_FIELD_NUMBER: _builtins.int
+    DELTA_ENDS_FIELD_NUMBER: _builtins.int
     schema_version: _builtins.int
     """Version of this record's schema; consumers reject versions they do not know."""
     tenant_id: _builtins.str
@@ -39,6 +42,13 @@ class MessageRecorded(_message.Message):
     def message(self) -> _resources_pb2.Message:
         """The message (its conversation_id and message_id are required)."""
 
+    @_builtins.property
+    def delta_ends(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """For a streamed assistant message: where each delta ended, as a count of Unicode code
+        points of `message.text` from its start (ascending; the last one is the text's length).
+        Lets ResumeChat replay a stored answer with the sequence numbers it was streamed with.
+        """
+
     def __init__(
         self,
         *,
@@ -46,10 +56,11 @@ class MessageRecorded(_message.Message):
         tenant_id: _builtins.str = ...,
         user_id: _builtins.str = ...,
         message: _resources_pb2.Message | None = ...,
+        delta_ends: _abc.Iterable[_builtins.int] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["message", b"message"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["message", b"message", "schema_version", b"schema_version", "tenant_id", b"tenant_id", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["delta_ends", b"delta_ends", "message", b"message", "schema_version", b"schema_version", "tenant_id", b"tenant_id", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

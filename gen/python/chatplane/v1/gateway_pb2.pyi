@@ -54,22 +54,28 @@ class ChatRequest(_message.Message):
     CONVERSATION_ID_FIELD_NUMBER: _builtins.int
     TEXT_FIELD_NUMBER: _builtins.int
     CLIENT_MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    RESUMABLE_FIELD_NUMBER: _builtins.int
     conversation_id: _builtins.str
     """The conversation to continue; empty starts a new one."""
     text: _builtins.str
     """The user's message; not empty, at most the configured size (32 KiB by default)."""
     client_message_id: _builtins.str
     """Optional idempotency key: the same key twice yields one turn, the second call replays it."""
+    resumable: _builtins.bool
+    """When true, losing this stream does not stop the generation: it runs to the end (bounded
+    by the turn timeout), ResumeChat continues it and CancelChat stops it.
+    """
     def __init__(
         self,
         *,
         conversation_id: _builtins.str = ...,
         text: _builtins.str = ...,
         client_message_id: _builtins.str = ...,
+        resumable: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_message_id", b"client_message_id", "conversation_id", b"conversation_id", "text", b"text"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_message_id", b"client_message_id", "conversation_id", b"conversation_id", "resumable", b"resumable", "text", b"text"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -342,3 +348,125 @@ class SubmitFeedbackResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SubmitFeedbackResponse: _TypeAlias = SubmitFeedbackResponse  # noqa: Y015
+
+@_typing.final
+class ResumeChatRequest(_message.Message):
+    """Asks for the rest of an answer."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    AFTER_SEQUENCE_FIELD_NUMBER: _builtins.int
+    message_id: _builtins.str
+    """The assistant message (TurnStarted.assistant_message_id) to resume."""
+    after_sequence: _builtins.int
+    """The sequence of the last delta the client received; 0 for all of them."""
+    def __init__(
+        self,
+        *,
+        message_id: _builtins.str = ...,
+        after_sequence: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_sequence", b"after_sequence", "message_id", b"message_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResumeChatRequest: _TypeAlias = ResumeChatRequest  # noqa: Y015
+
+@_typing.final
+class ResumeChatResponse(_message.Message):
+    """One event of a resumed answer (the same events as ChatResponse; `started` comes first,
+    with `resumed` set, then the deltas after `after_sequence`).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STARTED_FIELD_NUMBER: _builtins.int
+    DELTA_FIELD_NUMBER: _builtins.int
+    CITATION_FIELD_NUMBER: _builtins.int
+    USAGE_FIELD_NUMBER: _builtins.int
+    DONE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def started(self) -> _resources_pb2.TurnStarted:
+        """First event: ids and model."""
+
+    @_builtins.property
+    def delta(self) -> _resources_pb2.TextDelta:
+        """A piece of answer text, after the requested sequence."""
+
+    @_builtins.property
+    def citation(self) -> _resources_pb2.Citation:
+        """A piece of memory the answer used (only when resuming from the start of a live answer)."""
+
+    @_builtins.property
+    def usage(self) -> _resources_pb2.Usage:
+        """Token counts."""
+
+    @_builtins.property
+    def done(self) -> _resources_pb2.TurnDone:
+        """Last event: the answer is stored."""
+
+    def __init__(
+        self,
+        *,
+        started: _resources_pb2.TurnStarted | None = ...,
+        delta: _resources_pb2.TextDelta | None = ...,
+        citation: _resources_pb2.Citation | None = ...,
+        usage: _resources_pb2.Usage | None = ...,
+        done: _resources_pb2.TurnDone | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["citation", b"citation", "delta", b"delta", "done", b"done", "event", b"event", "started", b"started", "usage", b"usage"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["citation", b"citation", "delta", b"delta", "done", b"done", "event", b"event", "started", b"started", "usage", b"usage"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["started", "delta", "citation", "usage", "done"]  # noqa: Y015
+    _WhichOneofArgType_event: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_event) -> _WhichOneofReturnType_event | None: ...
+
+Global___ResumeChatResponse: _TypeAlias = ResumeChatResponse  # noqa: Y015
+
+@_typing.final
+class CancelChatRequest(_message.Message):
+    """Asks to stop generating an answer."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    message_id: _builtins.str
+    """The assistant message whose generation to stop."""
+    def __init__(
+        self,
+        *,
+        message_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["message_id", b"message_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CancelChatRequest: _TypeAlias = CancelChatRequest  # noqa: Y015
+
+@_typing.final
+class CancelChatResponse(_message.Message):
+    """The generation is stopped (or had ended already)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CANCELLED_FIELD_NUMBER: _builtins.int
+    cancelled: _builtins.bool
+    """True when a running generation was stopped; false when it had ended already."""
+    def __init__(
+        self,
+        *,
+        cancelled: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancelled", b"cancelled"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CancelChatResponse: _TypeAlias = CancelChatResponse  # noqa: Y015

@@ -61,6 +61,16 @@ class GatewayServiceStub:
                 request_serializer=chatplane_dot_v1_dot_gateway__pb2.SubmitFeedbackRequest.SerializeToString,
                 response_deserializer=chatplane_dot_v1_dot_gateway__pb2.SubmitFeedbackResponse.FromString,
                 _registered_method=True)
+        self.ResumeChat = channel.unary_stream(
+                '/chatplane.v1.GatewayService/ResumeChat',
+                request_serializer=chatplane_dot_v1_dot_gateway__pb2.ResumeChatRequest.SerializeToString,
+                response_deserializer=chatplane_dot_v1_dot_gateway__pb2.ResumeChatResponse.FromString,
+                _registered_method=True)
+        self.CancelChat = channel.unary_unary(
+                '/chatplane.v1.GatewayService/CancelChat',
+                request_serializer=chatplane_dot_v1_dot_gateway__pb2.CancelChatRequest.SerializeToString,
+                response_deserializer=chatplane_dot_v1_dot_gateway__pb2.CancelChatResponse.FromString,
+                _registered_method=True)
 
 
 class GatewayServiceServicer:
@@ -103,6 +113,22 @@ class GatewayServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ResumeChat(self, request, context):
+        """Streams the rest of an answer whose stream was lost, after the delta `after_sequence`:
+        from the generation if it still runs, else from the stored answer (docs/resume.md).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CancelChat(self, request, context):
+        """Stops the generation of an answer (e.g. one started with `resumable`); the partial
+        answer is stored, marked interrupted.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GatewayServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -130,6 +156,16 @@ def add_GatewayServiceServicer_to_server(servicer, server):
                     servicer.SubmitFeedback,
                     request_deserializer=chatplane_dot_v1_dot_gateway__pb2.SubmitFeedbackRequest.FromString,
                     response_serializer=chatplane_dot_v1_dot_gateway__pb2.SubmitFeedbackResponse.SerializeToString,
+            ),
+            'ResumeChat': grpc.unary_stream_rpc_method_handler(
+                    servicer.ResumeChat,
+                    request_deserializer=chatplane_dot_v1_dot_gateway__pb2.ResumeChatRequest.FromString,
+                    response_serializer=chatplane_dot_v1_dot_gateway__pb2.ResumeChatResponse.SerializeToString,
+            ),
+            'CancelChat': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelChat,
+                    request_deserializer=chatplane_dot_v1_dot_gateway__pb2.CancelChatRequest.FromString,
+                    response_serializer=chatplane_dot_v1_dot_gateway__pb2.CancelChatResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -269,6 +305,60 @@ class GatewayService:
             '/chatplane.v1.GatewayService/SubmitFeedback',
             chatplane_dot_v1_dot_gateway__pb2.SubmitFeedbackRequest.SerializeToString,
             chatplane_dot_v1_dot_gateway__pb2.SubmitFeedbackResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResumeChat(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/chatplane.v1.GatewayService/ResumeChat',
+            chatplane_dot_v1_dot_gateway__pb2.ResumeChatRequest.SerializeToString,
+            chatplane_dot_v1_dot_gateway__pb2.ResumeChatResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelChat(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chatplane.v1.GatewayService/CancelChat',
+            chatplane_dot_v1_dot_gateway__pb2.CancelChatRequest.SerializeToString,
+            chatplane_dot_v1_dot_gateway__pb2.CancelChatResponse.FromString,
             options,
             channel_credentials,
             insecure,

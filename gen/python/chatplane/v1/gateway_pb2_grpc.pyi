@@ -45,6 +45,14 @@ class GatewayServiceStub:
     """Deletes a conversation and its messages."""
     SubmitFeedback: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.SubmitFeedbackRequest, _gateway_pb2.SubmitFeedbackResponse]
     """Rates an assistant message (thumbs up or down) with an optional comment."""
+    ResumeChat: _grpc.UnaryStreamMultiCallable[_gateway_pb2.ResumeChatRequest, _gateway_pb2.ResumeChatResponse]
+    """Streams the rest of an answer whose stream was lost, after the delta `after_sequence`:
+    from the generation if it still runs, else from the stored answer (docs/resume.md).
+    """
+    CancelChat: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.CancelChatRequest, _gateway_pb2.CancelChatResponse]
+    """Stops the generation of an answer (e.g. one started with `resumable`); the partial
+    answer is stored, marked interrupted.
+    """
 
 @_typing.type_check_only
 class GatewayServiceAsyncStub(GatewayServiceStub):
@@ -63,6 +71,14 @@ class GatewayServiceAsyncStub(GatewayServiceStub):
     """Deletes a conversation and its messages."""
     SubmitFeedback: _aio.UnaryUnaryMultiCallable[_gateway_pb2.SubmitFeedbackRequest, _gateway_pb2.SubmitFeedbackResponse]  # type: ignore[assignment]
     """Rates an assistant message (thumbs up or down) with an optional comment."""
+    ResumeChat: _aio.UnaryStreamMultiCallable[_gateway_pb2.ResumeChatRequest, _gateway_pb2.ResumeChatResponse]  # type: ignore[assignment]
+    """Streams the rest of an answer whose stream was lost, after the delta `after_sequence`:
+    from the generation if it still runs, else from the stored answer (docs/resume.md).
+    """
+    CancelChat: _aio.UnaryUnaryMultiCallable[_gateway_pb2.CancelChatRequest, _gateway_pb2.CancelChatResponse]  # type: ignore[assignment]
+    """Stops the generation of an answer (e.g. one started with `resumable`); the partial
+    answer is stored, marked interrupted.
+    """
 
 class GatewayServiceServicer(metaclass=_abc_1.ABCMeta):
     """The public API of chatplane: chat with streamed answers, history and feedback.
@@ -108,5 +124,25 @@ class GatewayServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_gateway_pb2.SubmitFeedbackResponse, _abc.Awaitable[_gateway_pb2.SubmitFeedbackResponse]]:
         """Rates an assistant message (thumbs up or down) with an optional comment."""
+
+    @_abc_1.abstractmethod
+    def ResumeChat(
+        self,
+        request: _gateway_pb2.ResumeChatRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_gateway_pb2.ResumeChatResponse], _abc.AsyncIterator[_gateway_pb2.ResumeChatResponse]]:
+        """Streams the rest of an answer whose stream was lost, after the delta `after_sequence`:
+        from the generation if it still runs, else from the stored answer (docs/resume.md).
+        """
+
+    @_abc_1.abstractmethod
+    def CancelChat(
+        self,
+        request: _gateway_pb2.CancelChatRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gateway_pb2.CancelChatResponse, _abc.Awaitable[_gateway_pb2.CancelChatResponse]]:
+        """Stops the generation of an answer (e.g. one started with `resumable`); the partial
+        answer is stored, marked interrupted.
+        """
 
 def add_GatewayServiceServicer_to_server(servicer: GatewayServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

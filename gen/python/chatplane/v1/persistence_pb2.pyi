@@ -582,3 +582,77 @@ class GetApiKeyResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetApiKeyResponse: _TypeAlias = GetApiKeyResponse  # noqa: Y015
+
+@_typing.final
+class GetAnswerRequest(_message.Message):
+    """Asks for an answer by its assistant message id."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OWNER_FIELD_NUMBER: _builtins.int
+    ASSISTANT_MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    assistant_message_id: _builtins.str
+    """The assistant message id of the turn."""
+    @_builtins.property
+    def owner(self) -> Global___Owner:
+        """Who asks (must own the turn)."""
+
+    def __init__(
+        self,
+        *,
+        owner: Global___Owner | None = ...,
+        assistant_message_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["owner", b"owner"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["assistant_message_id", b"assistant_message_id", "owner", b"owner"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetAnswerRequest: _TypeAlias = GetAnswerRequest  # noqa: Y015
+
+@_typing.final
+class GetAnswerResponse(_message.Message):
+    """A turn's answer, as far as it is stored."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONVERSATION_ID_FIELD_NUMBER: _builtins.int
+    USER_MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    ASSISTANT_MESSAGE_FIELD_NUMBER: _builtins.int
+    DELTA_ENDS_FIELD_NUMBER: _builtins.int
+    LEASE_EXPIRE_TIME_FIELD_NUMBER: _builtins.int
+    conversation_id: _builtins.str
+    """The conversation of the turn."""
+    user_message_id: _builtins.str
+    """The user message id of the turn."""
+    @_builtins.property
+    def assistant_message(self) -> _resources_pb2.Message:
+        """The stored assistant message (absent until stored)."""
+
+    @_builtins.property
+    def delta_ends(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Where each streamed delta of the stored answer ended, in code points (empty when the
+        answer was stored without them: it then replays as one delta).
+        """
+
+    @_builtins.property
+    def lease_expire_time(self) -> _timestamp_pb2.Timestamp:
+        """When the lease of the call generating the turn ends."""
+
+    def __init__(
+        self,
+        *,
+        conversation_id: _builtins.str = ...,
+        user_message_id: _builtins.str = ...,
+        assistant_message: _resources_pb2.Message | None = ...,
+        delta_ends: _abc.Iterable[_builtins.int] | None = ...,
+        lease_expire_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["assistant_message", b"assistant_message", "lease_expire_time", b"lease_expire_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["assistant_message", b"assistant_message", "conversation_id", b"conversation_id", "delta_ends", b"delta_ends", "lease_expire_time", b"lease_expire_time", "user_message_id", b"user_message_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetAnswerResponse: _TypeAlias = GetAnswerResponse  # noqa: Y015

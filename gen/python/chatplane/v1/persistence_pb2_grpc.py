@@ -82,6 +82,11 @@ class PersistenceServiceStub:
                 request_serializer=chatplane_dot_v1_dot_persistence__pb2.GetApiKeyRequest.SerializeToString,
                 response_deserializer=chatplane_dot_v1_dot_persistence__pb2.GetApiKeyResponse.FromString,
                 _registered_method=True)
+        self.GetAnswer = channel.unary_unary(
+                '/chatplane.v1.PersistenceService/GetAnswer',
+                request_serializer=chatplane_dot_v1_dot_persistence__pb2.GetAnswerRequest.SerializeToString,
+                response_deserializer=chatplane_dot_v1_dot_persistence__pb2.GetAnswerResponse.FromString,
+                _registered_method=True)
 
 
 class PersistenceServiceServicer:
@@ -155,6 +160,14 @@ class PersistenceServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetAnswer(self, request, context):
+        """Returns the turn an assistant message id was reserved for, with the answer and where its
+        deltas ended once it is stored (ResumeChat). Any other id is NOT_FOUND.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PersistenceServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -202,6 +215,11 @@ def add_PersistenceServiceServicer_to_server(servicer, server):
                     servicer.GetApiKey,
                     request_deserializer=chatplane_dot_v1_dot_persistence__pb2.GetApiKeyRequest.FromString,
                     response_serializer=chatplane_dot_v1_dot_persistence__pb2.GetApiKeyResponse.SerializeToString,
+            ),
+            'GetAnswer': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetAnswer,
+                    request_deserializer=chatplane_dot_v1_dot_persistence__pb2.GetAnswerRequest.FromString,
+                    response_serializer=chatplane_dot_v1_dot_persistence__pb2.GetAnswerResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -450,6 +468,33 @@ class PersistenceService:
             '/chatplane.v1.PersistenceService/GetApiKey',
             chatplane_dot_v1_dot_persistence__pb2.GetApiKeyRequest.SerializeToString,
             chatplane_dot_v1_dot_persistence__pb2.GetApiKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetAnswer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chatplane.v1.PersistenceService/GetAnswer',
+            chatplane_dot_v1_dot_persistence__pb2.GetAnswerRequest.SerializeToString,
+            chatplane_dot_v1_dot_persistence__pb2.GetAnswerResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -58,6 +58,10 @@ class PersistenceServiceStub:
     """Creates an API key; the secret is returned once and stored only as a hash."""
     GetApiKey: _grpc.UnaryUnaryMultiCallable[_persistence_pb2.GetApiKeyRequest, _persistence_pb2.GetApiKeyResponse]
     """Returns the stored (hashed) record of an API key by its public id."""
+    GetAnswer: _grpc.UnaryUnaryMultiCallable[_persistence_pb2.GetAnswerRequest, _persistence_pb2.GetAnswerResponse]
+    """Returns the turn an assistant message id was reserved for, with the answer and where its
+    deltas ended once it is stored (ResumeChat). Any other id is NOT_FOUND.
+    """
 
 @_typing.type_check_only
 class PersistenceServiceAsyncStub(PersistenceServiceStub):
@@ -89,6 +93,10 @@ class PersistenceServiceAsyncStub(PersistenceServiceStub):
     """Creates an API key; the secret is returned once and stored only as a hash."""
     GetApiKey: _aio.UnaryUnaryMultiCallable[_persistence_pb2.GetApiKeyRequest, _persistence_pb2.GetApiKeyResponse]  # type: ignore[assignment]
     """Returns the stored (hashed) record of an API key by its public id."""
+    GetAnswer: _aio.UnaryUnaryMultiCallable[_persistence_pb2.GetAnswerRequest, _persistence_pb2.GetAnswerResponse]  # type: ignore[assignment]
+    """Returns the turn an assistant message id was reserved for, with the answer and where its
+    deltas ended once it is stored (ResumeChat). Any other id is NOT_FOUND.
+    """
 
 class PersistenceServiceServicer(metaclass=_abc_1.ABCMeta):
     """The system of record: conversations, turns, messages (written through the message log),
@@ -171,5 +179,15 @@ class PersistenceServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_persistence_pb2.GetApiKeyResponse, _abc.Awaitable[_persistence_pb2.GetApiKeyResponse]]:
         """Returns the stored (hashed) record of an API key by its public id."""
+
+    @_abc_1.abstractmethod
+    def GetAnswer(
+        self,
+        request: _persistence_pb2.GetAnswerRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_persistence_pb2.GetAnswerResponse, _abc.Awaitable[_persistence_pb2.GetAnswerResponse]]:
+        """Returns the turn an assistant message id was reserved for, with the answer and where its
+        deltas ended once it is stored (ResumeChat). Any other id is NOT_FOUND.
+        """
 
 def add_PersistenceServiceServicer_to_server(servicer: PersistenceServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file chatplane/v1/agent.proto.
  */
 export const file_chatplane_v1_agent: GenFile = /*@__PURE__*/
-  fileDesc("ChhjaGF0cGxhbmUvdjEvYWdlbnQucHJvdG8SDGNoYXRwbGFuZS52MSKuAQoPR2VuZXJhdGVSZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCRIPCgd1c2VyX2lkGAIgASgJEhcKD2NvbnZlcnNhdGlvbl9pZBgDIAEoCRIXCg91c2VyX21lc3NhZ2VfaWQYBCABKAkSHAoUYXNzaXN0YW50X21lc3NhZ2VfaWQYBSABKAkSDAoEdGV4dBgGIAEoCRIZChFjbGllbnRfbWVzc2FnZV9pZBgHIAEoCSLtAQoQR2VuZXJhdGVSZXNwb25zZRIsCgdzdGFydGVkGAEgASgLMhkuY2hhdHBsYW5lLnYxLlR1cm5TdGFydGVkSAASKAoFZGVsdGEYAiABKAsyFy5jaGF0cGxhbmUudjEuVGV4dERlbHRhSAASKgoIY2l0YXRpb24YAyABKAsyFi5jaGF0cGxhbmUudjEuQ2l0YXRpb25IABIkCgV1c2FnZRgEIAEoCzITLmNoYXRwbGFuZS52MS5Vc2FnZUgAEiYKBGRvbmUYBSABKAsyFi5jaGF0cGxhbmUudjEuVHVybkRvbmVIAEIHCgVldmVudDJbCgxBZ2VudFNlcnZpY2USSwoIR2VuZXJhdGUSHS5jaGF0cGxhbmUudjEuR2VuZXJhdGVSZXF1ZXN0Gh4uY2hhdHBsYW5lLnYxLkdlbmVyYXRlUmVzcG9uc2UwAUJAWj5naXRodWIuY29tL2NoYXRwbGFuZS9jaGF0cGxhbmUvZ2VuL2dvL2NoYXRwbGFuZS92MTtjaGF0cGxhbmV2MWIGcHJvdG8z", [file_chatplane_v1_resources]);
+  fileDesc("ChhjaGF0cGxhbmUvdjEvYWdlbnQucHJvdG8SDGNoYXRwbGFuZS52MSLBAQoPR2VuZXJhdGVSZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCRIPCgd1c2VyX2lkGAIgASgJEhcKD2NvbnZlcnNhdGlvbl9pZBgDIAEoCRIXCg91c2VyX21lc3NhZ2VfaWQYBCABKAkSHAoUYXNzaXN0YW50X21lc3NhZ2VfaWQYBSABKAkSDAoEdGV4dBgGIAEoCRIZChFjbGllbnRfbWVzc2FnZV9pZBgHIAEoCRIRCglyZXN1bWFibGUYHiABKAgi7QEKEEdlbmVyYXRlUmVzcG9uc2USLAoHc3RhcnRlZBgBIAEoCzIZLmNoYXRwbGFuZS52MS5UdXJuU3RhcnRlZEgAEigKBWRlbHRhGAIgASgLMhcuY2hhdHBsYW5lLnYxLlRleHREZWx0YUgAEioKCGNpdGF0aW9uGAMgASgLMhYuY2hhdHBsYW5lLnYxLkNpdGF0aW9uSAASJAoFdXNhZ2UYBCABKAsyEy5jaGF0cGxhbmUudjEuVXNhZ2VIABImCgRkb25lGAUgASgLMhYuY2hhdHBsYW5lLnYxLlR1cm5Eb25lSABCBwoFZXZlbnQicQoVUmVzdW1lR2VuZXJhdGVSZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCRIPCgd1c2VyX2lkGAIgASgJEhwKFGFzc2lzdGFudF9tZXNzYWdlX2lkGAMgASgJEhYKDmFmdGVyX3NlcXVlbmNlGAQgASgDIvMBChZSZXN1bWVHZW5lcmF0ZVJlc3BvbnNlEiwKB3N0YXJ0ZWQYASABKAsyGS5jaGF0cGxhbmUudjEuVHVyblN0YXJ0ZWRIABIoCgVkZWx0YRgCIAEoCzIXLmNoYXRwbGFuZS52MS5UZXh0RGVsdGFIABIqCghjaXRhdGlvbhgDIAEoCzIWLmNoYXRwbGFuZS52MS5DaXRhdGlvbkgAEiQKBXVzYWdlGAQgASgLMhMuY2hhdHBsYW5lLnYxLlVzYWdlSAASJgoEZG9uZRgFIAEoCzIWLmNoYXRwbGFuZS52MS5UdXJuRG9uZUgAQgcKBWV2ZW50IlkKFUNhbmNlbEdlbmVyYXRlUmVxdWVzdBIRCgl0ZW5hbnRfaWQYASABKAkSDwoHdXNlcl9pZBgCIAEoCRIcChRhc3Npc3RhbnRfbWVzc2FnZV9pZBgDIAEoCSIrChZDYW5jZWxHZW5lcmF0ZVJlc3BvbnNlEhEKCWNhbmNlbGxlZBgBIAEoCDKXAgoMQWdlbnRTZXJ2aWNlEksKCEdlbmVyYXRlEh0uY2hhdHBsYW5lLnYxLkdlbmVyYXRlUmVxdWVzdBoeLmNoYXRwbGFuZS52MS5HZW5lcmF0ZVJlc3BvbnNlMAESXQoOUmVzdW1lR2VuZXJhdGUSIy5jaGF0cGxhbmUudjEuUmVzdW1lR2VuZXJhdGVSZXF1ZXN0GiQuY2hhdHBsYW5lLnYxLlJlc3VtZUdlbmVyYXRlUmVzcG9uc2UwARJbCg5DYW5jZWxHZW5lcmF0ZRIjLmNoYXRwbGFuZS52MS5DYW5jZWxHZW5lcmF0ZVJlcXVlc3QaJC5jaGF0cGxhbmUudjEuQ2FuY2VsR2VuZXJhdGVSZXNwb25zZUJAWj5naXRodWIuY29tL2NoYXRwbGFuZS9jaGF0cGxhbmUvZ2VuL2dvL2NoYXRwbGFuZS92MTtjaGF0cGxhbmV2MWIGcHJvdG8z", [file_chatplane_v1_resources]);
 
 /**
  * One turn to run; ids are assigned by the Gateway.
@@ -68,6 +68,14 @@ export type GenerateRequest = Message<"chatplane.v1.GenerateRequest"> & {
    * @generated from field: string client_message_id = 7;
    */
   clientMessageId: string;
+
+  /**
+   * Keep generating when this call is cancelled (the client's stream was lost); the turn is
+   * then stopped only by CancelGenerate or its deadline.
+   *
+   * @generated from field: bool resumable = 30;
+   */
+  resumable: boolean;
 };
 
 /**
@@ -139,6 +147,166 @@ export const GenerateResponseSchema: GenMessage<GenerateResponse> = /*@__PURE__*
   messageDesc(file_chatplane_v1_agent, 1);
 
 /**
+ * Asks for the events of a live turn.
+ *
+ * @generated from message chatplane.v1.ResumeGenerateRequest
+ */
+export type ResumeGenerateRequest = Message<"chatplane.v1.ResumeGenerateRequest"> & {
+  /**
+   * The caller's tenant (must own the turn).
+   *
+   * @generated from field: string tenant_id = 1;
+   */
+  tenantId: string;
+
+  /**
+   * The caller's user id within the tenant (must own the turn).
+   *
+   * @generated from field: string user_id = 2;
+   */
+  userId: string;
+
+  /**
+   * The assistant message of the turn.
+   *
+   * @generated from field: string assistant_message_id = 3;
+   */
+  assistantMessageId: string;
+
+  /**
+   * The sequence of the last delta the client received; 0 for all of them.
+   *
+   * @generated from field: int64 after_sequence = 4;
+   */
+  afterSequence: bigint;
+};
+
+/**
+ * Describes the message chatplane.v1.ResumeGenerateRequest.
+ * Use `create(ResumeGenerateRequestSchema)` to create a new message.
+ */
+export const ResumeGenerateRequestSchema: GenMessage<ResumeGenerateRequest> = /*@__PURE__*/
+  messageDesc(file_chatplane_v1_agent, 2);
+
+/**
+ * One event of a resumed turn (the same layout as GenerateResponse). The stream ends without
+ * `done` when the turn ended unfinished; the rest is then in the stored answer.
+ *
+ * @generated from message chatplane.v1.ResumeGenerateResponse
+ */
+export type ResumeGenerateResponse = Message<"chatplane.v1.ResumeGenerateResponse"> & {
+  /**
+   * The event.
+   *
+   * @generated from oneof chatplane.v1.ResumeGenerateResponse.event
+   */
+  event: {
+    /**
+     * First event: ids and model.
+     *
+     * @generated from field: chatplane.v1.TurnStarted started = 1;
+     */
+    value: TurnStarted;
+    case: "started";
+  } | {
+    /**
+     * A piece of answer text.
+     *
+     * @generated from field: chatplane.v1.TextDelta delta = 2;
+     */
+    value: TextDelta;
+    case: "delta";
+  } | {
+    /**
+     * A piece of memory the answer used.
+     *
+     * @generated from field: chatplane.v1.Citation citation = 3;
+     */
+    value: Citation;
+    case: "citation";
+  } | {
+    /**
+     * Token counts.
+     *
+     * @generated from field: chatplane.v1.Usage usage = 4;
+     */
+    value: Usage;
+    case: "usage";
+  } | {
+    /**
+     * Last event: both messages are durably in the message log.
+     *
+     * @generated from field: chatplane.v1.TurnDone done = 5;
+     */
+    value: TurnDone;
+    case: "done";
+  } | { case: undefined; value?: undefined };
+};
+
+/**
+ * Describes the message chatplane.v1.ResumeGenerateResponse.
+ * Use `create(ResumeGenerateResponseSchema)` to create a new message.
+ */
+export const ResumeGenerateResponseSchema: GenMessage<ResumeGenerateResponse> = /*@__PURE__*/
+  messageDesc(file_chatplane_v1_agent, 3);
+
+/**
+ * Asks to stop a live turn.
+ *
+ * @generated from message chatplane.v1.CancelGenerateRequest
+ */
+export type CancelGenerateRequest = Message<"chatplane.v1.CancelGenerateRequest"> & {
+  /**
+   * The caller's tenant (must own the turn).
+   *
+   * @generated from field: string tenant_id = 1;
+   */
+  tenantId: string;
+
+  /**
+   * The caller's user id within the tenant (must own the turn).
+   *
+   * @generated from field: string user_id = 2;
+   */
+  userId: string;
+
+  /**
+   * The assistant message of the turn.
+   *
+   * @generated from field: string assistant_message_id = 3;
+   */
+  assistantMessageId: string;
+};
+
+/**
+ * Describes the message chatplane.v1.CancelGenerateRequest.
+ * Use `create(CancelGenerateRequestSchema)` to create a new message.
+ */
+export const CancelGenerateRequestSchema: GenMessage<CancelGenerateRequest> = /*@__PURE__*/
+  messageDesc(file_chatplane_v1_agent, 4);
+
+/**
+ * The turn is stopped, or was not running here.
+ *
+ * @generated from message chatplane.v1.CancelGenerateResponse
+ */
+export type CancelGenerateResponse = Message<"chatplane.v1.CancelGenerateResponse"> & {
+  /**
+   * True when a running turn was stopped.
+   *
+   * @generated from field: bool cancelled = 1;
+   */
+  cancelled: boolean;
+};
+
+/**
+ * Describes the message chatplane.v1.CancelGenerateResponse.
+ * Use `create(CancelGenerateResponseSchema)` to create a new message.
+ */
+export const CancelGenerateResponseSchema: GenMessage<CancelGenerateResponse> = /*@__PURE__*/
+  messageDesc(file_chatplane_v1_agent, 5);
+
+/**
  * Runs one turn: recalls context, streams the model's answer, records both messages.
  * Internal: called by the Gateway only.
  *
@@ -154,6 +322,27 @@ export const AgentService: GenService<{
     methodKind: "server_streaming";
     input: typeof GenerateRequestSchema;
     output: typeof GenerateResponseSchema;
+  },
+  /**
+   * Streams the events of a turn this Agent is generating (or has just finished), after the
+   * delta `after_sequence`; NOT_FOUND when it has none for that message.
+   *
+   * @generated from rpc chatplane.v1.AgentService.ResumeGenerate
+   */
+  resumeGenerate: {
+    methodKind: "server_streaming";
+    input: typeof ResumeGenerateRequestSchema;
+    output: typeof ResumeGenerateResponseSchema;
+  },
+  /**
+   * Stops a turn this Agent is generating; the partial answer is recorded as interrupted.
+   *
+   * @generated from rpc chatplane.v1.AgentService.CancelGenerate
+   */
+  cancelGenerate: {
+    methodKind: "unary";
+    input: typeof CancelGenerateRequestSchema;
+    output: typeof CancelGenerateResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_chatplane_v1_agent, 0);

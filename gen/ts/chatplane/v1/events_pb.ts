@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file chatplane/v1/events.proto.
  */
 export const file_chatplane_v1_events: GenFile = /*@__PURE__*/
-  fileDesc("ChljaGF0cGxhbmUvdjEvZXZlbnRzLnByb3RvEgxjaGF0cGxhbmUudjEidQoPTWVzc2FnZVJlY29yZGVkEhYKDnNjaGVtYV92ZXJzaW9uGAEgASgFEhEKCXRlbmFudF9pZBgCIAEoCRIPCgd1c2VyX2lkGAMgASgJEiYKB21lc3NhZ2UYBCABKAsyFS5jaGF0cGxhbmUudjEuTWVzc2FnZUJAWj5naXRodWIuY29tL2NoYXRwbGFuZS9jaGF0cGxhbmUvZ2VuL2dvL2NoYXRwbGFuZS92MTtjaGF0cGxhbmV2MWIGcHJvdG8z", [file_chatplane_v1_resources]);
+  fileDesc("ChljaGF0cGxhbmUvdjEvZXZlbnRzLnByb3RvEgxjaGF0cGxhbmUudjEiiQEKD01lc3NhZ2VSZWNvcmRlZBIWCg5zY2hlbWFfdmVyc2lvbhgBIAEoBRIRCgl0ZW5hbnRfaWQYAiABKAkSDwoHdXNlcl9pZBgDIAEoCRImCgdtZXNzYWdlGAQgASgLMhUuY2hhdHBsYW5lLnYxLk1lc3NhZ2USEgoKZGVsdGFfZW5kcxgeIAMoBUJAWj5naXRodWIuY29tL2NoYXRwbGFuZS9jaGF0cGxhbmUvZ2VuL2dvL2NoYXRwbGFuZS92MTtjaGF0cGxhbmV2MWIGcHJvdG8z", [file_chatplane_v1_resources]);
 
 /**
  * A record of the message log (topic chatplane.messages, keyed by conversation id): one
@@ -48,6 +48,15 @@ export type MessageRecorded = Message<"chatplane.v1.MessageRecorded"> & {
    * @generated from field: chatplane.v1.Message message = 4;
    */
   message?: Message$1 | undefined;
+
+  /**
+   * For a streamed assistant message: where each delta ended, as a count of Unicode code
+   * points of `message.text` from its start (ascending; the last one is the text's length).
+   * Lets ResumeChat replay a stored answer with the sequence numbers it was streamed with.
+   *
+   * @generated from field: repeated int32 delta_ends = 30;
+   */
+  deltaEnds: number[];
 };
 
 /**

@@ -15,7 +15,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file chatplane/v1/gateway.proto.
  */
 export const file_chatplane_v1_gateway: GenFile = /*@__PURE__*/
-  fileDesc("ChpjaGF0cGxhbmUvdjEvZ2F0ZXdheS5wcm90bxIMY2hhdHBsYW5lLnYxIk8KC0NoYXRSZXF1ZXN0EhcKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCRIMCgR0ZXh0GAIgASgJEhkKEWNsaWVudF9tZXNzYWdlX2lkGAMgASgJIukBCgxDaGF0UmVzcG9uc2USLAoHc3RhcnRlZBgBIAEoCzIZLmNoYXRwbGFuZS52MS5UdXJuU3RhcnRlZEgAEigKBWRlbHRhGAIgASgLMhcuY2hhdHBsYW5lLnYxLlRleHREZWx0YUgAEioKCGNpdGF0aW9uGAMgASgLMhYuY2hhdHBsYW5lLnYxLkNpdGF0aW9uSAASJAoFdXNhZ2UYBCABKAsyEy5jaGF0cGxhbmUudjEuVXNhZ2VIABImCgRkb25lGAUgASgLMhYuY2hhdHBsYW5lLnYxLlR1cm5Eb25lSABCBwoFZXZlbnQiQQoYTGlzdENvbnZlcnNhdGlvbnNSZXF1ZXN0EhEKCXBhZ2Vfc2l6ZRgBIAEoBRISCgpwYWdlX3Rva2VuGAIgASgJImcKGUxpc3RDb252ZXJzYXRpb25zUmVzcG9uc2USMQoNY29udmVyc2F0aW9ucxgBIAMoCzIaLmNoYXRwbGFuZS52MS5Db252ZXJzYXRpb24SFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIlgKFkdldENvbnZlcnNhdGlvblJlcXVlc3QSFwoPY29udmVyc2F0aW9uX2lkGAEgASgJEhEKCXBhZ2Vfc2l6ZRgCIAEoBRISCgpwYWdlX3Rva2VuGAMgASgJIo0BChdHZXRDb252ZXJzYXRpb25SZXNwb25zZRIwCgxjb252ZXJzYXRpb24YASABKAsyGi5jaGF0cGxhbmUudjEuQ29udmVyc2F0aW9uEicKCG1lc3NhZ2VzGAIgAygLMhUuY2hhdHBsYW5lLnYxLk1lc3NhZ2USFwoPbmV4dF9wYWdlX3Rva2VuGAMgASgJIjQKGURlbGV0ZUNvbnZlcnNhdGlvblJlcXVlc3QSFwoPY29udmVyc2F0aW9uX2lkGAEgASgJIk0KGkRlbGV0ZUNvbnZlcnNhdGlvblJlc3BvbnNlEi8KC2RlbGV0ZV90aW1lGAEgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJiChVTdWJtaXRGZWVkYmFja1JlcXVlc3QSEgoKbWVzc2FnZV9pZBgBIAEoCRIkCgZyYXRpbmcYAiABKA4yFC5jaGF0cGxhbmUudjEuUmF0aW5nEg8KB2NvbW1lbnQYAyABKAkiSQoWU3VibWl0RmVlZGJhY2tSZXNwb25zZRIvCgtjcmVhdGVfdGltZRgBIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAqTgoGUmF0aW5nEhYKElJBVElOR19VTlNQRUNJRklFRBAAEhQKEFJBVElOR19USFVNQlNfVVAQARIWChJSQVRJTkdfVEhVTUJTX0RPV04QAjKZBQoOR2F0ZXdheVNlcnZpY2USVAoEQ2hhdBIZLmNoYXRwbGFuZS52MS5DaGF0UmVxdWVzdBoaLmNoYXRwbGFuZS52MS5DaGF0UmVzcG9uc2UiE4LT5JMCDToBKiIIL3YxL2NoYXQwARJ/ChFMaXN0Q29udmVyc2F0aW9ucxImLmNoYXRwbGFuZS52MS5MaXN0Q29udmVyc2F0aW9uc1JlcXVlc3QaJy5jaGF0cGxhbmUudjEuTGlzdENvbnZlcnNhdGlvbnNSZXNwb25zZSIZgtPkkwITEhEvdjEvY29udmVyc2F0aW9ucxKLAQoPR2V0Q29udmVyc2F0aW9uEiQuY2hhdHBsYW5lLnYxLkdldENvbnZlcnNhdGlvblJlcXVlc3QaJS5jaGF0cGxhbmUudjEuR2V0Q29udmVyc2F0aW9uUmVzcG9uc2UiK4LT5JMCJRIjL3YxL2NvbnZlcnNhdGlvbnMve2NvbnZlcnNhdGlvbl9pZH0SlAEKEkRlbGV0ZUNvbnZlcnNhdGlvbhInLmNoYXRwbGFuZS52MS5EZWxldGVDb252ZXJzYXRpb25SZXF1ZXN0GiguY2hhdHBsYW5lLnYxLkRlbGV0ZUNvbnZlcnNhdGlvblJlc3BvbnNlIiuC0+STAiUqIy92MS9jb252ZXJzYXRpb25zL3tjb252ZXJzYXRpb25faWR9EooBCg5TdWJtaXRGZWVkYmFjaxIjLmNoYXRwbGFuZS52MS5TdWJtaXRGZWVkYmFja1JlcXVlc3QaJC5jaGF0cGxhbmUudjEuU3VibWl0RmVlZGJhY2tSZXNwb25zZSItgtPkkwInOgEqIiIvdjEvbWVzc2FnZXMve21lc3NhZ2VfaWR9L2ZlZWRiYWNrQkBaPmdpdGh1Yi5jb20vY2hhdHBsYW5lL2NoYXRwbGFuZS9nZW4vZ28vY2hhdHBsYW5lL3YxO2NoYXRwbGFuZXYxYgZwcm90bzM", [file_chatplane_v1_resources, file_google_api_annotations, file_google_protobuf_timestamp]);
+  fileDesc("ChpjaGF0cGxhbmUvdjEvZ2F0ZXdheS5wcm90bxIMY2hhdHBsYW5lLnYxImIKC0NoYXRSZXF1ZXN0EhcKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCRIMCgR0ZXh0GAIgASgJEhkKEWNsaWVudF9tZXNzYWdlX2lkGAMgASgJEhEKCXJlc3VtYWJsZRgeIAEoCCLpAQoMQ2hhdFJlc3BvbnNlEiwKB3N0YXJ0ZWQYASABKAsyGS5jaGF0cGxhbmUudjEuVHVyblN0YXJ0ZWRIABIoCgVkZWx0YRgCIAEoCzIXLmNoYXRwbGFuZS52MS5UZXh0RGVsdGFIABIqCghjaXRhdGlvbhgDIAEoCzIWLmNoYXRwbGFuZS52MS5DaXRhdGlvbkgAEiQKBXVzYWdlGAQgASgLMhMuY2hhdHBsYW5lLnYxLlVzYWdlSAASJgoEZG9uZRgFIAEoCzIWLmNoYXRwbGFuZS52MS5UdXJuRG9uZUgAQgcKBWV2ZW50IkEKGExpc3RDb252ZXJzYXRpb25zUmVxdWVzdBIRCglwYWdlX3NpemUYASABKAUSEgoKcGFnZV90b2tlbhgCIAEoCSJnChlMaXN0Q29udmVyc2F0aW9uc1Jlc3BvbnNlEjEKDWNvbnZlcnNhdGlvbnMYASADKAsyGi5jaGF0cGxhbmUudjEuQ29udmVyc2F0aW9uEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSJYChZHZXRDb252ZXJzYXRpb25SZXF1ZXN0EhcKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCRIRCglwYWdlX3NpemUYAiABKAUSEgoKcGFnZV90b2tlbhgDIAEoCSKNAQoXR2V0Q29udmVyc2F0aW9uUmVzcG9uc2USMAoMY29udmVyc2F0aW9uGAEgASgLMhouY2hhdHBsYW5lLnYxLkNvbnZlcnNhdGlvbhInCghtZXNzYWdlcxgCIAMoCzIVLmNoYXRwbGFuZS52MS5NZXNzYWdlEhcKD25leHRfcGFnZV90b2tlbhgDIAEoCSI0ChlEZWxldGVDb252ZXJzYXRpb25SZXF1ZXN0EhcKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCSJNChpEZWxldGVDb252ZXJzYXRpb25SZXNwb25zZRIvCgtkZWxldGVfdGltZRgBIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiYgoVU3VibWl0RmVlZGJhY2tSZXF1ZXN0EhIKCm1lc3NhZ2VfaWQYASABKAkSJAoGcmF0aW5nGAIgASgOMhQuY2hhdHBsYW5lLnYxLlJhdGluZxIPCgdjb21tZW50GAMgASgJIkkKFlN1Ym1pdEZlZWRiYWNrUmVzcG9uc2USLwoLY3JlYXRlX3RpbWUYASABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIj8KEVJlc3VtZUNoYXRSZXF1ZXN0EhIKCm1lc3NhZ2VfaWQYASABKAkSFgoOYWZ0ZXJfc2VxdWVuY2UYAiABKAMi7wEKElJlc3VtZUNoYXRSZXNwb25zZRIsCgdzdGFydGVkGAEgASgLMhkuY2hhdHBsYW5lLnYxLlR1cm5TdGFydGVkSAASKAoFZGVsdGEYAiABKAsyFy5jaGF0cGxhbmUudjEuVGV4dERlbHRhSAASKgoIY2l0YXRpb24YAyABKAsyFi5jaGF0cGxhbmUudjEuQ2l0YXRpb25IABIkCgV1c2FnZRgEIAEoCzITLmNoYXRwbGFuZS52MS5Vc2FnZUgAEiYKBGRvbmUYBSABKAsyFi5jaGF0cGxhbmUudjEuVHVybkRvbmVIAEIHCgVldmVudCInChFDYW5jZWxDaGF0UmVxdWVzdBISCgptZXNzYWdlX2lkGAEgASgJIicKEkNhbmNlbENoYXRSZXNwb25zZRIRCgljYW5jZWxsZWQYASABKAgqTgoGUmF0aW5nEhYKElJBVElOR19VTlNQRUNJRklFRBAAEhQKEFJBVElOR19USFVNQlNfVVAQARIWChJSQVRJTkdfVEhVTUJTX0RPV04QAjKXBwoOR2F0ZXdheVNlcnZpY2USVAoEQ2hhdBIZLmNoYXRwbGFuZS52MS5DaGF0UmVxdWVzdBoaLmNoYXRwbGFuZS52MS5DaGF0UmVzcG9uc2UiE4LT5JMCDToBKiIIL3YxL2NoYXQwARJ/ChFMaXN0Q29udmVyc2F0aW9ucxImLmNoYXRwbGFuZS52MS5MaXN0Q29udmVyc2F0aW9uc1JlcXVlc3QaJy5jaGF0cGxhbmUudjEuTGlzdENvbnZlcnNhdGlvbnNSZXNwb25zZSIZgtPkkwITEhEvdjEvY29udmVyc2F0aW9ucxKLAQoPR2V0Q29udmVyc2F0aW9uEiQuY2hhdHBsYW5lLnYxLkdldENvbnZlcnNhdGlvblJlcXVlc3QaJS5jaGF0cGxhbmUudjEuR2V0Q29udmVyc2F0aW9uUmVzcG9uc2UiK4LT5JMCJRIjL3YxL2NvbnZlcnNhdGlvbnMve2NvbnZlcnNhdGlvbl9pZH0SlAEKEkRlbGV0ZUNvbnZlcnNhdGlvbhInLmNoYXRwbGFuZS52MS5EZWxldGVDb252ZXJzYXRpb25SZXF1ZXN0GiguY2hhdHBsYW5lLnYxLkRlbGV0ZUNvbnZlcnNhdGlvblJlc3BvbnNlIiuC0+STAiUqIy92MS9jb252ZXJzYXRpb25zL3tjb252ZXJzYXRpb25faWR9EooBCg5TdWJtaXRGZWVkYmFjaxIjLmNoYXRwbGFuZS52MS5TdWJtaXRGZWVkYmFja1JlcXVlc3QaJC5jaGF0cGxhbmUudjEuU3VibWl0RmVlZGJhY2tSZXNwb25zZSItgtPkkwInOgEqIiIvdjEvbWVzc2FnZXMve21lc3NhZ2VfaWR9L2ZlZWRiYWNrEn4KClJlc3VtZUNoYXQSHy5jaGF0cGxhbmUudjEuUmVzdW1lQ2hhdFJlcXVlc3QaIC5jaGF0cGxhbmUudjEuUmVzdW1lQ2hhdFJlc3BvbnNlIiuC0+STAiU6ASoiIC92MS9tZXNzYWdlcy97bWVzc2FnZV9pZH0vcmVzdW1lMAESfAoKQ2FuY2VsQ2hhdBIfLmNoYXRwbGFuZS52MS5DYW5jZWxDaGF0UmVxdWVzdBogLmNoYXRwbGFuZS52MS5DYW5jZWxDaGF0UmVzcG9uc2UiK4LT5JMCJToBKiIgL3YxL21lc3NhZ2VzL3ttZXNzYWdlX2lkfS9jYW5jZWxCQFo+Z2l0aHViLmNvbS9jaGF0cGxhbmUvY2hhdHBsYW5lL2dlbi9nby9jaGF0cGxhbmUvdjE7Y2hhdHBsYW5ldjFiBnByb3RvMw", [file_chatplane_v1_resources, file_google_api_annotations, file_google_protobuf_timestamp]);
 
 /**
  * A user message to answer.
@@ -43,6 +43,14 @@ export type ChatRequest = Message<"chatplane.v1.ChatRequest"> & {
    * @generated from field: string client_message_id = 3;
    */
   clientMessageId: string;
+
+  /**
+   * When true, losing this stream does not stop the generation: it runs to the end (bounded
+   * by the turn timeout), ResumeChat continues it and CancelChat stops it.
+   *
+   * @generated from field: bool resumable = 30;
+   */
+  resumable: boolean;
 };
 
 /**
@@ -338,6 +346,138 @@ export const SubmitFeedbackResponseSchema: GenMessage<SubmitFeedbackResponse> = 
   messageDesc(file_chatplane_v1_gateway, 9);
 
 /**
+ * Asks for the rest of an answer.
+ *
+ * @generated from message chatplane.v1.ResumeChatRequest
+ */
+export type ResumeChatRequest = Message<"chatplane.v1.ResumeChatRequest"> & {
+  /**
+   * The assistant message (TurnStarted.assistant_message_id) to resume.
+   *
+   * @generated from field: string message_id = 1;
+   */
+  messageId: string;
+
+  /**
+   * The sequence of the last delta the client received; 0 for all of them.
+   *
+   * @generated from field: int64 after_sequence = 2;
+   */
+  afterSequence: bigint;
+};
+
+/**
+ * Describes the message chatplane.v1.ResumeChatRequest.
+ * Use `create(ResumeChatRequestSchema)` to create a new message.
+ */
+export const ResumeChatRequestSchema: GenMessage<ResumeChatRequest> = /*@__PURE__*/
+  messageDesc(file_chatplane_v1_gateway, 10);
+
+/**
+ * One event of a resumed answer (the same events as ChatResponse; `started` comes first,
+ * with `resumed` set, then the deltas after `after_sequence`).
+ *
+ * @generated from message chatplane.v1.ResumeChatResponse
+ */
+export type ResumeChatResponse = Message<"chatplane.v1.ResumeChatResponse"> & {
+  /**
+   * The event.
+   *
+   * @generated from oneof chatplane.v1.ResumeChatResponse.event
+   */
+  event: {
+    /**
+     * First event: ids and model.
+     *
+     * @generated from field: chatplane.v1.TurnStarted started = 1;
+     */
+    value: TurnStarted;
+    case: "started";
+  } | {
+    /**
+     * A piece of answer text, after the requested sequence.
+     *
+     * @generated from field: chatplane.v1.TextDelta delta = 2;
+     */
+    value: TextDelta;
+    case: "delta";
+  } | {
+    /**
+     * A piece of memory the answer used (only when resuming from the start of a live answer).
+     *
+     * @generated from field: chatplane.v1.Citation citation = 3;
+     */
+    value: Citation;
+    case: "citation";
+  } | {
+    /**
+     * Token counts.
+     *
+     * @generated from field: chatplane.v1.Usage usage = 4;
+     */
+    value: Usage;
+    case: "usage";
+  } | {
+    /**
+     * Last event: the answer is stored.
+     *
+     * @generated from field: chatplane.v1.TurnDone done = 5;
+     */
+    value: TurnDone;
+    case: "done";
+  } | { case: undefined; value?: undefined };
+};
+
+/**
+ * Describes the message chatplane.v1.ResumeChatResponse.
+ * Use `create(ResumeChatResponseSchema)` to create a new message.
+ */
+export const ResumeChatResponseSchema: GenMessage<ResumeChatResponse> = /*@__PURE__*/
+  messageDesc(file_chatplane_v1_gateway, 11);
+
+/**
+ * Asks to stop generating an answer.
+ *
+ * @generated from message chatplane.v1.CancelChatRequest
+ */
+export type CancelChatRequest = Message<"chatplane.v1.CancelChatRequest"> & {
+  /**
+   * The assistant message whose generation to stop.
+   *
+   * @generated from field: string message_id = 1;
+   */
+  messageId: string;
+};
+
+/**
+ * Describes the message chatplane.v1.CancelChatRequest.
+ * Use `create(CancelChatRequestSchema)` to create a new message.
+ */
+export const CancelChatRequestSchema: GenMessage<CancelChatRequest> = /*@__PURE__*/
+  messageDesc(file_chatplane_v1_gateway, 12);
+
+/**
+ * The generation is stopped (or had ended already).
+ *
+ * @generated from message chatplane.v1.CancelChatResponse
+ */
+export type CancelChatResponse = Message<"chatplane.v1.CancelChatResponse"> & {
+  /**
+   * True when a running generation was stopped; false when it had ended already.
+   *
+   * @generated from field: bool cancelled = 1;
+   */
+  cancelled: boolean;
+};
+
+/**
+ * Describes the message chatplane.v1.CancelChatResponse.
+ * Use `create(CancelChatResponseSchema)` to create a new message.
+ */
+export const CancelChatResponseSchema: GenMessage<CancelChatResponse> = /*@__PURE__*/
+  messageDesc(file_chatplane_v1_gateway, 13);
+
+/**
  * A rating of an answer.
  *
  * @generated from enum chatplane.v1.Rating
@@ -427,6 +567,28 @@ export const GatewayService: GenService<{
     methodKind: "unary";
     input: typeof SubmitFeedbackRequestSchema;
     output: typeof SubmitFeedbackResponseSchema;
+  },
+  /**
+   * Streams the rest of an answer whose stream was lost, after the delta `after_sequence`:
+   * from the generation if it still runs, else from the stored answer (docs/resume.md).
+   *
+   * @generated from rpc chatplane.v1.GatewayService.ResumeChat
+   */
+  resumeChat: {
+    methodKind: "server_streaming";
+    input: typeof ResumeChatRequestSchema;
+    output: typeof ResumeChatResponseSchema;
+  },
+  /**
+   * Stops the generation of an answer (e.g. one started with `resumable`); the partial
+   * answer is stored, marked interrupted.
+   *
+   * @generated from rpc chatplane.v1.GatewayService.CancelChat
+   */
+  cancelChat: {
+    methodKind: "unary";
+    input: typeof CancelChatRequestSchema;
+    output: typeof CancelChatResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_chatplane_v1_gateway, 0);

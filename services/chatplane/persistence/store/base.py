@@ -99,6 +99,8 @@ class Message:
     input_tokens: int = 0
     output_tokens: int = 0
     client_message_id: str = ""
+    # Assistant messages: where each streamed delta ended (code points); () when unknown.
+    delta_ends: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,6 +219,15 @@ class ConversationHistory:
     conversation: Conversation
     messages: tuple[Message, ...]
     next_cursor: MessageCursor | None
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """The turn an assistant message id was reserved for and, once its answer is stored (in
+    `turn.assistant_message`), where that answer's streamed deltas ended (ResumeChat)."""
+
+    turn: Turn
+    delta_ends: tuple[int, ...]
 
 
 class MessagesRejected(Exception):
@@ -345,6 +356,11 @@ class ConversationStore(AsyncClosable):
         scanning are included when their id sorts after the cursor; a rebuild that must not
         miss any runs alongside the live path that also indexes new turns.
         """
+
+    @abc.abstractmethod
+    async def get_answer(self, owner: Owner, assistant_message_id: str) -> Answer:
+        """The owner's turn whose assistant message id this is, with the answer's delta ends
+        once stored; NotFound for any other id (a user message's, someone else's)."""
 
     @abc.abstractmethod
     async def close(self) -> None:

@@ -20,7 +20,9 @@ from psycopg_pool import AsyncConnectionPool
 
 from chatplane.common import errors
 from chatplane.common.ids import is_valid_id, new_id
+from chatplane.persistence.store import answer_deltas
 from chatplane.persistence.store.base import (
+    Answer,
     ApiKey,
     Clock,
     Conversation,
@@ -376,6 +378,34 @@ class PostgresConversationStore(ConversationStore):
             stored.get(assistant_message_id),
         )
 
+    async def get_answer(self, owner: Owner, assistant_message_id: str) -> Answer:
+        if not is_valid_id(assistant_message_id):
+            raise errors.NotFound("message not found")
+        async with self._connection() as connection:
+            cursor = await connection.execute(
+                "SELECT t.user_message_id, d.delta_ends FROM turns t"
+                " LEFT JOIN answer_deltas d ON d.message_id = t.assistant_message_id"
+                " WHERE t.assistant_message_id = %s AND t.tenant_id = %s AND t.user_id = %s",
+                (assistant_message_id, owner.tenant_id, owner.user_id),
+            )
+            row = await cursor.fetchone()
+        if row is None:
+            raise errors.NotFound("message not found")
+        # The deltas row is written with the message, so it is read again with the turn.
+        turn = await self.get_turn(owner, row[0])
+        if turn.assistant_message is not None and row[1] is None:
+            return Answer(turn, await self._delta_ends(assistant_message_id))
+        return Answer(turn, answer_deltas.decode(row[1]))
+
+    async def _delta_ends(self, assistant_message_id: str) -> tuple[int, ...]:
+        async with self._connection() as connection:
+            cursor = await connection.execute(
+                "SELECT delta_ends FROM answer_deltas WHERE message_id = %s",
+                (assistant_message_id,),
+            )
+            row = await cursor.fetchone()
+        return answer_deltas.decode(row[0] if row else None)
+
     async def release_turn(self, owner: Owner, user_message_id: str) -> bool:
         if not is_valid_id(user_message_id):
             raise errors.NotFound("turn not found")
@@ -640,6 +670,10 @@ class PostgresConversationStore(ConversationStore):
                 raise _LostRace
         if not staging:
             await _count_messages(connection, [m for m in accepted if m.message_id in inserted])
+        deltas = answer_deltas.delta_rows(accepted, inserted)
+        if deltas:
+            async with connection.cursor() as cursor:
+                await cursor.executemany(answer_deltas.INSERT_POSTGRES, deltas)
         return len(inserted)
 
     async def close(self) -> None:

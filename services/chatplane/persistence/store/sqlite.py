@@ -17,7 +17,9 @@ from typing import Any, Self, TypeVar
 
 from chatplane.common import errors
 from chatplane.common.ids import is_valid_id, new_id
+from chatplane.persistence.store import answer_deltas
 from chatplane.persistence.store.base import (
+    Answer,
     ApiKey,
     Clock,
     Conversation,
@@ -203,6 +205,11 @@ class SqliteConversationStore(ConversationStore):
             return 0
         return await self._run(functools.partial(self._write_messages, tuple(messages)))
 
+    async def get_answer(self, owner: Owner, assistant_message_id: str) -> Answer:
+        if not is_valid_id(assistant_message_id):
+            raise errors.NotFound("message not found")
+        return await self._run(functools.partial(_get_answer, owner, assistant_message_id))
+
     async def close(self) -> None:
         if self._closed:
             return
@@ -371,6 +378,7 @@ class SqliteConversationStore(ConversationStore):
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [(*_message_row(m), now_us) for m in accepted],
             )
+            connection.executemany(answer_deltas.INSERT_SQLITE, answer_deltas.delta_rows(accepted))
             growth: dict[str, tuple[int, int]] = {}
             for m in accepted:
                 count, newest = growth.get(m.conversation_id, (0, 0))
@@ -548,6 +556,21 @@ def _get_turn(owner: Owner, user_message_id: str, connection: sqlite3.Connection
         stored.get(user_message_id),
         stored.get(assistant_message_id),
     )
+
+
+def _get_answer(owner: Owner, assistant_message_id: str, connection: sqlite3.Connection) -> Answer:
+    row = connection.execute(
+        "SELECT user_message_id FROM turns"
+        " WHERE assistant_message_id = ? AND tenant_id = ? AND user_id = ?",
+        (assistant_message_id, owner.tenant_id, owner.user_id),
+    ).fetchone()
+    if row is None:
+        raise errors.NotFound("message not found")
+    turn = _get_turn(owner, row[0], connection)
+    ends = connection.execute(
+        "SELECT delta_ends FROM answer_deltas WHERE message_id = ?", (assistant_message_id,)
+    ).fetchone()
+    return Answer(turn, answer_deltas.decode(ends[0] if ends else None))
 
 
 def _list_conversations(
