@@ -718,6 +718,369 @@ func (x *SubmitFeedbackResponse) GetCreateTime() *timestamppb.Timestamp {
 	return nil
 }
 
+// The first message of an ingestion through the Gateway (the tenant is the caller's).
+type IngestDocumentHeader struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The document's name (shown in citations), 1-256 characters.
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// text/plain, text/markdown or application/pdf.
+	MimeType      string `protobuf:"bytes,2,opt,name=mime_type,json=mimeType,proto3" json:"mime_type,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *IngestDocumentHeader) Reset() {
+	*x = IngestDocumentHeader{}
+	mi := &file_chatplane_v1_gateway_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *IngestDocumentHeader) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*IngestDocumentHeader) ProtoMessage() {}
+
+func (x *IngestDocumentHeader) ProtoReflect() protoreflect.Message {
+	mi := &file_chatplane_v1_gateway_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use IngestDocumentHeader.ProtoReflect.Descriptor instead.
+func (*IngestDocumentHeader) Descriptor() ([]byte, []int) {
+	return file_chatplane_v1_gateway_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *IngestDocumentHeader) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *IngestDocumentHeader) GetMimeType() string {
+	if x != nil {
+		return x.MimeType
+	}
+	return ""
+}
+
+// One message of an ingestion stream: the header first, then content pieces.
+type GatewayServiceIngestDocumentRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The part.
+	//
+	// Types that are valid to be assigned to Part:
+	//
+	//	*GatewayServiceIngestDocumentRequest_Header
+	//	*GatewayServiceIngestDocumentRequest_Content
+	Part          isGatewayServiceIngestDocumentRequest_Part `protobuf_oneof:"part"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GatewayServiceIngestDocumentRequest) Reset() {
+	*x = GatewayServiceIngestDocumentRequest{}
+	mi := &file_chatplane_v1_gateway_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GatewayServiceIngestDocumentRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GatewayServiceIngestDocumentRequest) ProtoMessage() {}
+
+func (x *GatewayServiceIngestDocumentRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_chatplane_v1_gateway_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GatewayServiceIngestDocumentRequest.ProtoReflect.Descriptor instead.
+func (*GatewayServiceIngestDocumentRequest) Descriptor() ([]byte, []int) {
+	return file_chatplane_v1_gateway_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *GatewayServiceIngestDocumentRequest) GetPart() isGatewayServiceIngestDocumentRequest_Part {
+	if x != nil {
+		return x.Part
+	}
+	return nil
+}
+
+func (x *GatewayServiceIngestDocumentRequest) GetHeader() *IngestDocumentHeader {
+	if x != nil {
+		if x, ok := x.Part.(*GatewayServiceIngestDocumentRequest_Header); ok {
+			return x.Header
+		}
+	}
+	return nil
+}
+
+func (x *GatewayServiceIngestDocumentRequest) GetContent() []byte {
+	if x != nil {
+		if x, ok := x.Part.(*GatewayServiceIngestDocumentRequest_Content); ok {
+			return x.Content
+		}
+	}
+	return nil
+}
+
+type isGatewayServiceIngestDocumentRequest_Part interface {
+	isGatewayServiceIngestDocumentRequest_Part()
+}
+
+type GatewayServiceIngestDocumentRequest_Header struct {
+	// First message: the document's name and media type.
+	Header *IngestDocumentHeader `protobuf:"bytes,1,opt,name=header,proto3,oneof"`
+}
+
+type GatewayServiceIngestDocumentRequest_Content struct {
+	// A piece of the document's bytes, in order (at most 1 MiB each).
+	Content []byte `protobuf:"bytes,2,opt,name=content,proto3,oneof"`
+}
+
+func (*GatewayServiceIngestDocumentRequest_Header) isGatewayServiceIngestDocumentRequest_Part() {}
+
+func (*GatewayServiceIngestDocumentRequest_Content) isGatewayServiceIngestDocumentRequest_Part() {}
+
+// The document is stored and its chunks are searchable.
+type GatewayServiceIngestDocumentResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The stored document.
+	Document      *Document `protobuf:"bytes,1,opt,name=document,proto3" json:"document,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GatewayServiceIngestDocumentResponse) Reset() {
+	*x = GatewayServiceIngestDocumentResponse{}
+	mi := &file_chatplane_v1_gateway_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GatewayServiceIngestDocumentResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GatewayServiceIngestDocumentResponse) ProtoMessage() {}
+
+func (x *GatewayServiceIngestDocumentResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_chatplane_v1_gateway_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GatewayServiceIngestDocumentResponse.ProtoReflect.Descriptor instead.
+func (*GatewayServiceIngestDocumentResponse) Descriptor() ([]byte, []int) {
+	return file_chatplane_v1_gateway_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *GatewayServiceIngestDocumentResponse) GetDocument() *Document {
+	if x != nil {
+		return x.Document
+	}
+	return nil
+}
+
+// Asks for the documents of the caller's tenant.
+type GatewayServiceListDocumentsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GatewayServiceListDocumentsRequest) Reset() {
+	*x = GatewayServiceListDocumentsRequest{}
+	mi := &file_chatplane_v1_gateway_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GatewayServiceListDocumentsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GatewayServiceListDocumentsRequest) ProtoMessage() {}
+
+func (x *GatewayServiceListDocumentsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_chatplane_v1_gateway_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GatewayServiceListDocumentsRequest.ProtoReflect.Descriptor instead.
+func (*GatewayServiceListDocumentsRequest) Descriptor() ([]byte, []int) {
+	return file_chatplane_v1_gateway_proto_rawDescGZIP(), []int{13}
+}
+
+// The documents of the caller's tenant.
+type GatewayServiceListDocumentsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Documents, newest first.
+	Documents     []*Document `protobuf:"bytes,1,rep,name=documents,proto3" json:"documents,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GatewayServiceListDocumentsResponse) Reset() {
+	*x = GatewayServiceListDocumentsResponse{}
+	mi := &file_chatplane_v1_gateway_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GatewayServiceListDocumentsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GatewayServiceListDocumentsResponse) ProtoMessage() {}
+
+func (x *GatewayServiceListDocumentsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_chatplane_v1_gateway_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GatewayServiceListDocumentsResponse.ProtoReflect.Descriptor instead.
+func (*GatewayServiceListDocumentsResponse) Descriptor() ([]byte, []int) {
+	return file_chatplane_v1_gateway_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *GatewayServiceListDocumentsResponse) GetDocuments() []*Document {
+	if x != nil {
+		return x.Documents
+	}
+	return nil
+}
+
+// A document to delete.
+type GatewayServiceDeleteDocumentRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The document.
+	DocumentId    string `protobuf:"bytes,1,opt,name=document_id,json=documentId,proto3" json:"document_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GatewayServiceDeleteDocumentRequest) Reset() {
+	*x = GatewayServiceDeleteDocumentRequest{}
+	mi := &file_chatplane_v1_gateway_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GatewayServiceDeleteDocumentRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GatewayServiceDeleteDocumentRequest) ProtoMessage() {}
+
+func (x *GatewayServiceDeleteDocumentRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_chatplane_v1_gateway_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GatewayServiceDeleteDocumentRequest.ProtoReflect.Descriptor instead.
+func (*GatewayServiceDeleteDocumentRequest) Descriptor() ([]byte, []int) {
+	return file_chatplane_v1_gateway_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *GatewayServiceDeleteDocumentRequest) GetDocumentId() string {
+	if x != nil {
+		return x.DocumentId
+	}
+	return ""
+}
+
+// The document and its chunks are gone.
+type GatewayServiceDeleteDocumentResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// How many chunks were removed.
+	DeletedChunkCount int32 `protobuf:"varint,1,opt,name=deleted_chunk_count,json=deletedChunkCount,proto3" json:"deleted_chunk_count,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
+}
+
+func (x *GatewayServiceDeleteDocumentResponse) Reset() {
+	*x = GatewayServiceDeleteDocumentResponse{}
+	mi := &file_chatplane_v1_gateway_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GatewayServiceDeleteDocumentResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GatewayServiceDeleteDocumentResponse) ProtoMessage() {}
+
+func (x *GatewayServiceDeleteDocumentResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_chatplane_v1_gateway_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GatewayServiceDeleteDocumentResponse.ProtoReflect.Descriptor instead.
+func (*GatewayServiceDeleteDocumentResponse) Descriptor() ([]byte, []int) {
+	return file_chatplane_v1_gateway_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *GatewayServiceDeleteDocumentResponse) GetDeletedChunkCount() int32 {
+	if x != nil {
+		return x.DeletedChunkCount
+	}
+	return 0
+}
+
 var File_chatplane_v1_gateway_proto protoreflect.FileDescriptor
 
 const file_chatplane_v1_gateway_proto_rawDesc = "" +
@@ -762,17 +1125,37 @@ const file_chatplane_v1_gateway_proto_rawDesc = "" +
 	"\acomment\x18\x03 \x01(\tR\acomment\"U\n" +
 	"\x16SubmitFeedbackResponse\x12;\n" +
 	"\vcreate_time\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"createTime*N\n" +
+	"createTime\"G\n" +
+	"\x14IngestDocumentHeader\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1b\n" +
+	"\tmime_type\x18\x02 \x01(\tR\bmimeType\"\x87\x01\n" +
+	"#GatewayServiceIngestDocumentRequest\x12<\n" +
+	"\x06header\x18\x01 \x01(\v2\".chatplane.v1.IngestDocumentHeaderH\x00R\x06header\x12\x1a\n" +
+	"\acontent\x18\x02 \x01(\fH\x00R\acontentB\x06\n" +
+	"\x04part\"Z\n" +
+	"$GatewayServiceIngestDocumentResponse\x122\n" +
+	"\bdocument\x18\x01 \x01(\v2\x16.chatplane.v1.DocumentR\bdocument\"$\n" +
+	"\"GatewayServiceListDocumentsRequest\"[\n" +
+	"#GatewayServiceListDocumentsResponse\x124\n" +
+	"\tdocuments\x18\x01 \x03(\v2\x16.chatplane.v1.DocumentR\tdocuments\"F\n" +
+	"#GatewayServiceDeleteDocumentRequest\x12\x1f\n" +
+	"\vdocument_id\x18\x01 \x01(\tR\n" +
+	"documentId\"V\n" +
+	"$GatewayServiceDeleteDocumentResponse\x12.\n" +
+	"\x13deleted_chunk_count\x18\x01 \x01(\x05R\x11deletedChunkCount*N\n" +
 	"\x06Rating\x12\x16\n" +
 	"\x12RATING_UNSPECIFIED\x10\x00\x12\x14\n" +
 	"\x10RATING_THUMBS_UP\x10\x01\x12\x16\n" +
-	"\x12RATING_THUMBS_DOWN\x10\x022\x99\x05\n" +
+	"\x12RATING_THUMBS_DOWN\x10\x022\xc1\b\n" +
 	"\x0eGatewayService\x12T\n" +
 	"\x04Chat\x12\x19.chatplane.v1.ChatRequest\x1a\x1a.chatplane.v1.ChatResponse\"\x13\x82\xd3\xe4\x93\x02\r:\x01*\"\b/v1/chat0\x01\x12\x7f\n" +
 	"\x11ListConversations\x12&.chatplane.v1.ListConversationsRequest\x1a'.chatplane.v1.ListConversationsResponse\"\x19\x82\xd3\xe4\x93\x02\x13\x12\x11/v1/conversations\x12\x8b\x01\n" +
 	"\x0fGetConversation\x12$.chatplane.v1.GetConversationRequest\x1a%.chatplane.v1.GetConversationResponse\"+\x82\xd3\xe4\x93\x02%\x12#/v1/conversations/{conversation_id}\x12\x94\x01\n" +
 	"\x12DeleteConversation\x12'.chatplane.v1.DeleteConversationRequest\x1a(.chatplane.v1.DeleteConversationResponse\"+\x82\xd3\xe4\x93\x02%*#/v1/conversations/{conversation_id}\x12\x8a\x01\n" +
-	"\x0eSubmitFeedback\x12#.chatplane.v1.SubmitFeedbackRequest\x1a$.chatplane.v1.SubmitFeedbackResponse\"-\x82\xd3\xe4\x93\x02':\x01*\"\"/v1/messages/{message_id}/feedbackB@Z>github.com/chatplane/chatplane/gen/go/chatplane/v1;chatplanev1b\x06proto3"
+	"\x0eSubmitFeedback\x12#.chatplane.v1.SubmitFeedbackRequest\x1a$.chatplane.v1.SubmitFeedbackResponse\"-\x82\xd3\xe4\x93\x02':\x01*\"\"/v1/messages/{message_id}/feedback\x12y\n" +
+	"\x0eIngestDocument\x121.chatplane.v1.GatewayServiceIngestDocumentRequest\x1a2.chatplane.v1.GatewayServiceIngestDocumentResponse(\x01\x12\x8b\x01\n" +
+	"\rListDocuments\x120.chatplane.v1.GatewayServiceListDocumentsRequest\x1a1.chatplane.v1.GatewayServiceListDocumentsResponse\"\x15\x82\xd3\xe4\x93\x02\x0f\x12\r/v1/documents\x12\x9c\x01\n" +
+	"\x0eDeleteDocument\x121.chatplane.v1.GatewayServiceDeleteDocumentRequest\x1a2.chatplane.v1.GatewayServiceDeleteDocumentResponse\"#\x82\xd3\xe4\x93\x02\x1d*\x1b/v1/documents/{document_id}B@Z>github.com/chatplane/chatplane/gen/go/chatplane/v1;chatplanev1b\x06proto3"
 
 var (
 	file_chatplane_v1_gateway_proto_rawDescOnce sync.Once
@@ -787,55 +1170,72 @@ func file_chatplane_v1_gateway_proto_rawDescGZIP() []byte {
 }
 
 var file_chatplane_v1_gateway_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_chatplane_v1_gateway_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
+var file_chatplane_v1_gateway_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
 var file_chatplane_v1_gateway_proto_goTypes = []any{
-	(Rating)(0),                        // 0: chatplane.v1.Rating
-	(*ChatRequest)(nil),                // 1: chatplane.v1.ChatRequest
-	(*ChatResponse)(nil),               // 2: chatplane.v1.ChatResponse
-	(*ListConversationsRequest)(nil),   // 3: chatplane.v1.ListConversationsRequest
-	(*ListConversationsResponse)(nil),  // 4: chatplane.v1.ListConversationsResponse
-	(*GetConversationRequest)(nil),     // 5: chatplane.v1.GetConversationRequest
-	(*GetConversationResponse)(nil),    // 6: chatplane.v1.GetConversationResponse
-	(*DeleteConversationRequest)(nil),  // 7: chatplane.v1.DeleteConversationRequest
-	(*DeleteConversationResponse)(nil), // 8: chatplane.v1.DeleteConversationResponse
-	(*SubmitFeedbackRequest)(nil),      // 9: chatplane.v1.SubmitFeedbackRequest
-	(*SubmitFeedbackResponse)(nil),     // 10: chatplane.v1.SubmitFeedbackResponse
-	(*TurnStarted)(nil),                // 11: chatplane.v1.TurnStarted
-	(*TextDelta)(nil),                  // 12: chatplane.v1.TextDelta
-	(*Citation)(nil),                   // 13: chatplane.v1.Citation
-	(*Usage)(nil),                      // 14: chatplane.v1.Usage
-	(*TurnDone)(nil),                   // 15: chatplane.v1.TurnDone
-	(*Conversation)(nil),               // 16: chatplane.v1.Conversation
-	(*Message)(nil),                    // 17: chatplane.v1.Message
-	(*timestamppb.Timestamp)(nil),      // 18: google.protobuf.Timestamp
+	(Rating)(0),                                  // 0: chatplane.v1.Rating
+	(*ChatRequest)(nil),                          // 1: chatplane.v1.ChatRequest
+	(*ChatResponse)(nil),                         // 2: chatplane.v1.ChatResponse
+	(*ListConversationsRequest)(nil),             // 3: chatplane.v1.ListConversationsRequest
+	(*ListConversationsResponse)(nil),            // 4: chatplane.v1.ListConversationsResponse
+	(*GetConversationRequest)(nil),               // 5: chatplane.v1.GetConversationRequest
+	(*GetConversationResponse)(nil),              // 6: chatplane.v1.GetConversationResponse
+	(*DeleteConversationRequest)(nil),            // 7: chatplane.v1.DeleteConversationRequest
+	(*DeleteConversationResponse)(nil),           // 8: chatplane.v1.DeleteConversationResponse
+	(*SubmitFeedbackRequest)(nil),                // 9: chatplane.v1.SubmitFeedbackRequest
+	(*SubmitFeedbackResponse)(nil),               // 10: chatplane.v1.SubmitFeedbackResponse
+	(*IngestDocumentHeader)(nil),                 // 11: chatplane.v1.IngestDocumentHeader
+	(*GatewayServiceIngestDocumentRequest)(nil),  // 12: chatplane.v1.GatewayServiceIngestDocumentRequest
+	(*GatewayServiceIngestDocumentResponse)(nil), // 13: chatplane.v1.GatewayServiceIngestDocumentResponse
+	(*GatewayServiceListDocumentsRequest)(nil),   // 14: chatplane.v1.GatewayServiceListDocumentsRequest
+	(*GatewayServiceListDocumentsResponse)(nil),  // 15: chatplane.v1.GatewayServiceListDocumentsResponse
+	(*GatewayServiceDeleteDocumentRequest)(nil),  // 16: chatplane.v1.GatewayServiceDeleteDocumentRequest
+	(*GatewayServiceDeleteDocumentResponse)(nil), // 17: chatplane.v1.GatewayServiceDeleteDocumentResponse
+	(*TurnStarted)(nil),                          // 18: chatplane.v1.TurnStarted
+	(*TextDelta)(nil),                            // 19: chatplane.v1.TextDelta
+	(*Citation)(nil),                             // 20: chatplane.v1.Citation
+	(*Usage)(nil),                                // 21: chatplane.v1.Usage
+	(*TurnDone)(nil),                             // 22: chatplane.v1.TurnDone
+	(*Conversation)(nil),                         // 23: chatplane.v1.Conversation
+	(*Message)(nil),                              // 24: chatplane.v1.Message
+	(*timestamppb.Timestamp)(nil),                // 25: google.protobuf.Timestamp
+	(*Document)(nil),                             // 26: chatplane.v1.Document
 }
 var file_chatplane_v1_gateway_proto_depIdxs = []int32{
-	11, // 0: chatplane.v1.ChatResponse.started:type_name -> chatplane.v1.TurnStarted
-	12, // 1: chatplane.v1.ChatResponse.delta:type_name -> chatplane.v1.TextDelta
-	13, // 2: chatplane.v1.ChatResponse.citation:type_name -> chatplane.v1.Citation
-	14, // 3: chatplane.v1.ChatResponse.usage:type_name -> chatplane.v1.Usage
-	15, // 4: chatplane.v1.ChatResponse.done:type_name -> chatplane.v1.TurnDone
-	16, // 5: chatplane.v1.ListConversationsResponse.conversations:type_name -> chatplane.v1.Conversation
-	16, // 6: chatplane.v1.GetConversationResponse.conversation:type_name -> chatplane.v1.Conversation
-	17, // 7: chatplane.v1.GetConversationResponse.messages:type_name -> chatplane.v1.Message
-	18, // 8: chatplane.v1.DeleteConversationResponse.delete_time:type_name -> google.protobuf.Timestamp
+	18, // 0: chatplane.v1.ChatResponse.started:type_name -> chatplane.v1.TurnStarted
+	19, // 1: chatplane.v1.ChatResponse.delta:type_name -> chatplane.v1.TextDelta
+	20, // 2: chatplane.v1.ChatResponse.citation:type_name -> chatplane.v1.Citation
+	21, // 3: chatplane.v1.ChatResponse.usage:type_name -> chatplane.v1.Usage
+	22, // 4: chatplane.v1.ChatResponse.done:type_name -> chatplane.v1.TurnDone
+	23, // 5: chatplane.v1.ListConversationsResponse.conversations:type_name -> chatplane.v1.Conversation
+	23, // 6: chatplane.v1.GetConversationResponse.conversation:type_name -> chatplane.v1.Conversation
+	24, // 7: chatplane.v1.GetConversationResponse.messages:type_name -> chatplane.v1.Message
+	25, // 8: chatplane.v1.DeleteConversationResponse.delete_time:type_name -> google.protobuf.Timestamp
 	0,  // 9: chatplane.v1.SubmitFeedbackRequest.rating:type_name -> chatplane.v1.Rating
-	18, // 10: chatplane.v1.SubmitFeedbackResponse.create_time:type_name -> google.protobuf.Timestamp
-	1,  // 11: chatplane.v1.GatewayService.Chat:input_type -> chatplane.v1.ChatRequest
-	3,  // 12: chatplane.v1.GatewayService.ListConversations:input_type -> chatplane.v1.ListConversationsRequest
-	5,  // 13: chatplane.v1.GatewayService.GetConversation:input_type -> chatplane.v1.GetConversationRequest
-	7,  // 14: chatplane.v1.GatewayService.DeleteConversation:input_type -> chatplane.v1.DeleteConversationRequest
-	9,  // 15: chatplane.v1.GatewayService.SubmitFeedback:input_type -> chatplane.v1.SubmitFeedbackRequest
-	2,  // 16: chatplane.v1.GatewayService.Chat:output_type -> chatplane.v1.ChatResponse
-	4,  // 17: chatplane.v1.GatewayService.ListConversations:output_type -> chatplane.v1.ListConversationsResponse
-	6,  // 18: chatplane.v1.GatewayService.GetConversation:output_type -> chatplane.v1.GetConversationResponse
-	8,  // 19: chatplane.v1.GatewayService.DeleteConversation:output_type -> chatplane.v1.DeleteConversationResponse
-	10, // 20: chatplane.v1.GatewayService.SubmitFeedback:output_type -> chatplane.v1.SubmitFeedbackResponse
-	16, // [16:21] is the sub-list for method output_type
-	11, // [11:16] is the sub-list for method input_type
-	11, // [11:11] is the sub-list for extension type_name
-	11, // [11:11] is the sub-list for extension extendee
-	0,  // [0:11] is the sub-list for field type_name
+	25, // 10: chatplane.v1.SubmitFeedbackResponse.create_time:type_name -> google.protobuf.Timestamp
+	11, // 11: chatplane.v1.GatewayServiceIngestDocumentRequest.header:type_name -> chatplane.v1.IngestDocumentHeader
+	26, // 12: chatplane.v1.GatewayServiceIngestDocumentResponse.document:type_name -> chatplane.v1.Document
+	26, // 13: chatplane.v1.GatewayServiceListDocumentsResponse.documents:type_name -> chatplane.v1.Document
+	1,  // 14: chatplane.v1.GatewayService.Chat:input_type -> chatplane.v1.ChatRequest
+	3,  // 15: chatplane.v1.GatewayService.ListConversations:input_type -> chatplane.v1.ListConversationsRequest
+	5,  // 16: chatplane.v1.GatewayService.GetConversation:input_type -> chatplane.v1.GetConversationRequest
+	7,  // 17: chatplane.v1.GatewayService.DeleteConversation:input_type -> chatplane.v1.DeleteConversationRequest
+	9,  // 18: chatplane.v1.GatewayService.SubmitFeedback:input_type -> chatplane.v1.SubmitFeedbackRequest
+	12, // 19: chatplane.v1.GatewayService.IngestDocument:input_type -> chatplane.v1.GatewayServiceIngestDocumentRequest
+	14, // 20: chatplane.v1.GatewayService.ListDocuments:input_type -> chatplane.v1.GatewayServiceListDocumentsRequest
+	16, // 21: chatplane.v1.GatewayService.DeleteDocument:input_type -> chatplane.v1.GatewayServiceDeleteDocumentRequest
+	2,  // 22: chatplane.v1.GatewayService.Chat:output_type -> chatplane.v1.ChatResponse
+	4,  // 23: chatplane.v1.GatewayService.ListConversations:output_type -> chatplane.v1.ListConversationsResponse
+	6,  // 24: chatplane.v1.GatewayService.GetConversation:output_type -> chatplane.v1.GetConversationResponse
+	8,  // 25: chatplane.v1.GatewayService.DeleteConversation:output_type -> chatplane.v1.DeleteConversationResponse
+	10, // 26: chatplane.v1.GatewayService.SubmitFeedback:output_type -> chatplane.v1.SubmitFeedbackResponse
+	13, // 27: chatplane.v1.GatewayService.IngestDocument:output_type -> chatplane.v1.GatewayServiceIngestDocumentResponse
+	15, // 28: chatplane.v1.GatewayService.ListDocuments:output_type -> chatplane.v1.GatewayServiceListDocumentsResponse
+	17, // 29: chatplane.v1.GatewayService.DeleteDocument:output_type -> chatplane.v1.GatewayServiceDeleteDocumentResponse
+	22, // [22:30] is the sub-list for method output_type
+	14, // [14:22] is the sub-list for method input_type
+	14, // [14:14] is the sub-list for extension type_name
+	14, // [14:14] is the sub-list for extension extendee
+	0,  // [0:14] is the sub-list for field type_name
 }
 
 func init() { file_chatplane_v1_gateway_proto_init() }
@@ -851,13 +1251,17 @@ func file_chatplane_v1_gateway_proto_init() {
 		(*ChatResponse_Usage)(nil),
 		(*ChatResponse_Done)(nil),
 	}
+	file_chatplane_v1_gateway_proto_msgTypes[11].OneofWrappers = []any{
+		(*GatewayServiceIngestDocumentRequest_Header)(nil),
+		(*GatewayServiceIngestDocumentRequest_Content)(nil),
+	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_chatplane_v1_gateway_proto_rawDesc), len(file_chatplane_v1_gateway_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   10,
+			NumMessages:   17,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -4,7 +4,7 @@
 
 import type { GenEnum, GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
 import { enumDesc, fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
-import type { Citation, Conversation, Message as Message$1, TextDelta, TurnDone, TurnStarted, Usage } from "./resources_pb";
+import type { Citation, Conversation, Document, Message as Message$1, TextDelta, TurnDone, TurnStarted, Usage } from "./resources_pb";
 import { file_chatplane_v1_resources } from "./resources_pb";
 import { file_google_api_annotations } from "../../google/api/annotations_pb";
 import type { Timestamp } from "@bufbuild/protobuf/wkt";
@@ -15,7 +15,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file chatplane/v1/gateway.proto.
  */
 export const file_chatplane_v1_gateway: GenFile = /*@__PURE__*/
-  fileDesc("ChpjaGF0cGxhbmUvdjEvZ2F0ZXdheS5wcm90bxIMY2hhdHBsYW5lLnYxIk8KC0NoYXRSZXF1ZXN0EhcKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCRIMCgR0ZXh0GAIgASgJEhkKEWNsaWVudF9tZXNzYWdlX2lkGAMgASgJIukBCgxDaGF0UmVzcG9uc2USLAoHc3RhcnRlZBgBIAEoCzIZLmNoYXRwbGFuZS52MS5UdXJuU3RhcnRlZEgAEigKBWRlbHRhGAIgASgLMhcuY2hhdHBsYW5lLnYxLlRleHREZWx0YUgAEioKCGNpdGF0aW9uGAMgASgLMhYuY2hhdHBsYW5lLnYxLkNpdGF0aW9uSAASJAoFdXNhZ2UYBCABKAsyEy5jaGF0cGxhbmUudjEuVXNhZ2VIABImCgRkb25lGAUgASgLMhYuY2hhdHBsYW5lLnYxLlR1cm5Eb25lSABCBwoFZXZlbnQiQQoYTGlzdENvbnZlcnNhdGlvbnNSZXF1ZXN0EhEKCXBhZ2Vfc2l6ZRgBIAEoBRISCgpwYWdlX3Rva2VuGAIgASgJImcKGUxpc3RDb252ZXJzYXRpb25zUmVzcG9uc2USMQoNY29udmVyc2F0aW9ucxgBIAMoCzIaLmNoYXRwbGFuZS52MS5Db252ZXJzYXRpb24SFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIlgKFkdldENvbnZlcnNhdGlvblJlcXVlc3QSFwoPY29udmVyc2F0aW9uX2lkGAEgASgJEhEKCXBhZ2Vfc2l6ZRgCIAEoBRISCgpwYWdlX3Rva2VuGAMgASgJIo0BChdHZXRDb252ZXJzYXRpb25SZXNwb25zZRIwCgxjb252ZXJzYXRpb24YASABKAsyGi5jaGF0cGxhbmUudjEuQ29udmVyc2F0aW9uEicKCG1lc3NhZ2VzGAIgAygLMhUuY2hhdHBsYW5lLnYxLk1lc3NhZ2USFwoPbmV4dF9wYWdlX3Rva2VuGAMgASgJIjQKGURlbGV0ZUNvbnZlcnNhdGlvblJlcXVlc3QSFwoPY29udmVyc2F0aW9uX2lkGAEgASgJIk0KGkRlbGV0ZUNvbnZlcnNhdGlvblJlc3BvbnNlEi8KC2RlbGV0ZV90aW1lGAEgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJiChVTdWJtaXRGZWVkYmFja1JlcXVlc3QSEgoKbWVzc2FnZV9pZBgBIAEoCRIkCgZyYXRpbmcYAiABKA4yFC5jaGF0cGxhbmUudjEuUmF0aW5nEg8KB2NvbW1lbnQYAyABKAkiSQoWU3VibWl0RmVlZGJhY2tSZXNwb25zZRIvCgtjcmVhdGVfdGltZRgBIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAqTgoGUmF0aW5nEhYKElJBVElOR19VTlNQRUNJRklFRBAAEhQKEFJBVElOR19USFVNQlNfVVAQARIWChJSQVRJTkdfVEhVTUJTX0RPV04QAjKZBQoOR2F0ZXdheVNlcnZpY2USVAoEQ2hhdBIZLmNoYXRwbGFuZS52MS5DaGF0UmVxdWVzdBoaLmNoYXRwbGFuZS52MS5DaGF0UmVzcG9uc2UiE4LT5JMCDToBKiIIL3YxL2NoYXQwARJ/ChFMaXN0Q29udmVyc2F0aW9ucxImLmNoYXRwbGFuZS52MS5MaXN0Q29udmVyc2F0aW9uc1JlcXVlc3QaJy5jaGF0cGxhbmUudjEuTGlzdENvbnZlcnNhdGlvbnNSZXNwb25zZSIZgtPkkwITEhEvdjEvY29udmVyc2F0aW9ucxKLAQoPR2V0Q29udmVyc2F0aW9uEiQuY2hhdHBsYW5lLnYxLkdldENvbnZlcnNhdGlvblJlcXVlc3QaJS5jaGF0cGxhbmUudjEuR2V0Q29udmVyc2F0aW9uUmVzcG9uc2UiK4LT5JMCJRIjL3YxL2NvbnZlcnNhdGlvbnMve2NvbnZlcnNhdGlvbl9pZH0SlAEKEkRlbGV0ZUNvbnZlcnNhdGlvbhInLmNoYXRwbGFuZS52MS5EZWxldGVDb252ZXJzYXRpb25SZXF1ZXN0GiguY2hhdHBsYW5lLnYxLkRlbGV0ZUNvbnZlcnNhdGlvblJlc3BvbnNlIiuC0+STAiUqIy92MS9jb252ZXJzYXRpb25zL3tjb252ZXJzYXRpb25faWR9EooBCg5TdWJtaXRGZWVkYmFjaxIjLmNoYXRwbGFuZS52MS5TdWJtaXRGZWVkYmFja1JlcXVlc3QaJC5jaGF0cGxhbmUudjEuU3VibWl0RmVlZGJhY2tSZXNwb25zZSItgtPkkwInOgEqIiIvdjEvbWVzc2FnZXMve21lc3NhZ2VfaWR9L2ZlZWRiYWNrQkBaPmdpdGh1Yi5jb20vY2hhdHBsYW5lL2NoYXRwbGFuZS9nZW4vZ28vY2hhdHBsYW5lL3YxO2NoYXRwbGFuZXYxYgZwcm90bzM", [file_chatplane_v1_resources, file_google_api_annotations, file_google_protobuf_timestamp]);
+  fileDesc("ChpjaGF0cGxhbmUvdjEvZ2F0ZXdheS5wcm90bxIMY2hhdHBsYW5lLnYxIk8KC0NoYXRSZXF1ZXN0EhcKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCRIMCgR0ZXh0GAIgASgJEhkKEWNsaWVudF9tZXNzYWdlX2lkGAMgASgJIukBCgxDaGF0UmVzcG9uc2USLAoHc3RhcnRlZBgBIAEoCzIZLmNoYXRwbGFuZS52MS5UdXJuU3RhcnRlZEgAEigKBWRlbHRhGAIgASgLMhcuY2hhdHBsYW5lLnYxLlRleHREZWx0YUgAEioKCGNpdGF0aW9uGAMgASgLMhYuY2hhdHBsYW5lLnYxLkNpdGF0aW9uSAASJAoFdXNhZ2UYBCABKAsyEy5jaGF0cGxhbmUudjEuVXNhZ2VIABImCgRkb25lGAUgASgLMhYuY2hhdHBsYW5lLnYxLlR1cm5Eb25lSABCBwoFZXZlbnQiQQoYTGlzdENvbnZlcnNhdGlvbnNSZXF1ZXN0EhEKCXBhZ2Vfc2l6ZRgBIAEoBRISCgpwYWdlX3Rva2VuGAIgASgJImcKGUxpc3RDb252ZXJzYXRpb25zUmVzcG9uc2USMQoNY29udmVyc2F0aW9ucxgBIAMoCzIaLmNoYXRwbGFuZS52MS5Db252ZXJzYXRpb24SFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIlgKFkdldENvbnZlcnNhdGlvblJlcXVlc3QSFwoPY29udmVyc2F0aW9uX2lkGAEgASgJEhEKCXBhZ2Vfc2l6ZRgCIAEoBRISCgpwYWdlX3Rva2VuGAMgASgJIo0BChdHZXRDb252ZXJzYXRpb25SZXNwb25zZRIwCgxjb252ZXJzYXRpb24YASABKAsyGi5jaGF0cGxhbmUudjEuQ29udmVyc2F0aW9uEicKCG1lc3NhZ2VzGAIgAygLMhUuY2hhdHBsYW5lLnYxLk1lc3NhZ2USFwoPbmV4dF9wYWdlX3Rva2VuGAMgASgJIjQKGURlbGV0ZUNvbnZlcnNhdGlvblJlcXVlc3QSFwoPY29udmVyc2F0aW9uX2lkGAEgASgJIk0KGkRlbGV0ZUNvbnZlcnNhdGlvblJlc3BvbnNlEi8KC2RlbGV0ZV90aW1lGAEgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJiChVTdWJtaXRGZWVkYmFja1JlcXVlc3QSEgoKbWVzc2FnZV9pZBgBIAEoCRIkCgZyYXRpbmcYAiABKA4yFC5jaGF0cGxhbmUudjEuUmF0aW5nEg8KB2NvbW1lbnQYAyABKAkiSQoWU3VibWl0RmVlZGJhY2tSZXNwb25zZRIvCgtjcmVhdGVfdGltZRgBIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiNwoUSW5nZXN0RG9jdW1lbnRIZWFkZXISDAoEbmFtZRgBIAEoCRIRCgltaW1lX3R5cGUYAiABKAkidgojR2F0ZXdheVNlcnZpY2VJbmdlc3REb2N1bWVudFJlcXVlc3QSNAoGaGVhZGVyGAEgASgLMiIuY2hhdHBsYW5lLnYxLkluZ2VzdERvY3VtZW50SGVhZGVySAASEQoHY29udGVudBgCIAEoDEgAQgYKBHBhcnQiUAokR2F0ZXdheVNlcnZpY2VJbmdlc3REb2N1bWVudFJlc3BvbnNlEigKCGRvY3VtZW50GAEgASgLMhYuY2hhdHBsYW5lLnYxLkRvY3VtZW50IiQKIkdhdGV3YXlTZXJ2aWNlTGlzdERvY3VtZW50c1JlcXVlc3QiUAojR2F0ZXdheVNlcnZpY2VMaXN0RG9jdW1lbnRzUmVzcG9uc2USKQoJZG9jdW1lbnRzGAEgAygLMhYuY2hhdHBsYW5lLnYxLkRvY3VtZW50IjoKI0dhdGV3YXlTZXJ2aWNlRGVsZXRlRG9jdW1lbnRSZXF1ZXN0EhMKC2RvY3VtZW50X2lkGAEgASgJIkMKJEdhdGV3YXlTZXJ2aWNlRGVsZXRlRG9jdW1lbnRSZXNwb25zZRIbChNkZWxldGVkX2NodW5rX2NvdW50GAEgASgFKk4KBlJhdGluZxIWChJSQVRJTkdfVU5TUEVDSUZJRUQQABIUChBSQVRJTkdfVEhVTUJTX1VQEAESFgoSUkFUSU5HX1RIVU1CU19ET1dOEAIywQgKDkdhdGV3YXlTZXJ2aWNlElQKBENoYXQSGS5jaGF0cGxhbmUudjEuQ2hhdFJlcXVlc3QaGi5jaGF0cGxhbmUudjEuQ2hhdFJlc3BvbnNlIhOC0+STAg06ASoiCC92MS9jaGF0MAESfwoRTGlzdENvbnZlcnNhdGlvbnMSJi5jaGF0cGxhbmUudjEuTGlzdENvbnZlcnNhdGlvbnNSZXF1ZXN0GicuY2hhdHBsYW5lLnYxLkxpc3RDb252ZXJzYXRpb25zUmVzcG9uc2UiGYLT5JMCExIRL3YxL2NvbnZlcnNhdGlvbnMSiwEKD0dldENvbnZlcnNhdGlvbhIkLmNoYXRwbGFuZS52MS5HZXRDb252ZXJzYXRpb25SZXF1ZXN0GiUuY2hhdHBsYW5lLnYxLkdldENvbnZlcnNhdGlvblJlc3BvbnNlIiuC0+STAiUSIy92MS9jb252ZXJzYXRpb25zL3tjb252ZXJzYXRpb25faWR9EpQBChJEZWxldGVDb252ZXJzYXRpb24SJy5jaGF0cGxhbmUudjEuRGVsZXRlQ29udmVyc2F0aW9uUmVxdWVzdBooLmNoYXRwbGFuZS52MS5EZWxldGVDb252ZXJzYXRpb25SZXNwb25zZSIrgtPkkwIlKiMvdjEvY29udmVyc2F0aW9ucy97Y29udmVyc2F0aW9uX2lkfRKKAQoOU3VibWl0RmVlZGJhY2sSIy5jaGF0cGxhbmUudjEuU3VibWl0RmVlZGJhY2tSZXF1ZXN0GiQuY2hhdHBsYW5lLnYxLlN1Ym1pdEZlZWRiYWNrUmVzcG9uc2UiLYLT5JMCJzoBKiIiL3YxL21lc3NhZ2VzL3ttZXNzYWdlX2lkfS9mZWVkYmFjaxJ5Cg5Jbmdlc3REb2N1bWVudBIxLmNoYXRwbGFuZS52MS5HYXRld2F5U2VydmljZUluZ2VzdERvY3VtZW50UmVxdWVzdBoyLmNoYXRwbGFuZS52MS5HYXRld2F5U2VydmljZUluZ2VzdERvY3VtZW50UmVzcG9uc2UoARKLAQoNTGlzdERvY3VtZW50cxIwLmNoYXRwbGFuZS52MS5HYXRld2F5U2VydmljZUxpc3REb2N1bWVudHNSZXF1ZXN0GjEuY2hhdHBsYW5lLnYxLkdhdGV3YXlTZXJ2aWNlTGlzdERvY3VtZW50c1Jlc3BvbnNlIhWC0+STAg8SDS92MS9kb2N1bWVudHMSnAEKDkRlbGV0ZURvY3VtZW50EjEuY2hhdHBsYW5lLnYxLkdhdGV3YXlTZXJ2aWNlRGVsZXRlRG9jdW1lbnRSZXF1ZXN0GjIuY2hhdHBsYW5lLnYxLkdhdGV3YXlTZXJ2aWNlRGVsZXRlRG9jdW1lbnRSZXNwb25zZSIjgtPkkwIdKhsvdjEvZG9jdW1lbnRzL3tkb2N1bWVudF9pZH1CQFo+Z2l0aHViLmNvbS9jaGF0cGxhbmUvY2hhdHBsYW5lL2dlbi9nby9jaGF0cGxhbmUvdjE7Y2hhdHBsYW5ldjFiBnByb3RvMw", [file_chatplane_v1_resources, file_google_api_annotations, file_google_protobuf_timestamp]);
 
 /**
  * A user message to answer.
@@ -338,6 +338,170 @@ export const SubmitFeedbackResponseSchema: GenMessage<SubmitFeedbackResponse> = 
   messageDesc(file_chatplane_v1_gateway, 9);
 
 /**
+ * The first message of an ingestion through the Gateway (the tenant is the caller's).
+ *
+ * @generated from message chatplane.v1.IngestDocumentHeader
+ */
+export type IngestDocumentHeader = Message<"chatplane.v1.IngestDocumentHeader"> & {
+  /**
+   * The document's name (shown in citations), 1-256 characters.
+   *
+   * @generated from field: string name = 1;
+   */
+  name: string;
+
+  /**
+   * text/plain, text/markdown or application/pdf.
+   *
+   * @generated from field: string mime_type = 2;
+   */
+  mimeType: string;
+};
+
+/**
+ * Describes the message chatplane.v1.IngestDocumentHeader.
+ * Use `create(IngestDocumentHeaderSchema)` to create a new message.
+ */
+export const IngestDocumentHeaderSchema: GenMessage<IngestDocumentHeader> = /*@__PURE__*/
+  messageDesc(file_chatplane_v1_gateway, 10);
+
+/**
+ * One message of an ingestion stream: the header first, then content pieces.
+ *
+ * @generated from message chatplane.v1.GatewayServiceIngestDocumentRequest
+ */
+export type GatewayServiceIngestDocumentRequest = Message<"chatplane.v1.GatewayServiceIngestDocumentRequest"> & {
+  /**
+   * The part.
+   *
+   * @generated from oneof chatplane.v1.GatewayServiceIngestDocumentRequest.part
+   */
+  part: {
+    /**
+     * First message: the document's name and media type.
+     *
+     * @generated from field: chatplane.v1.IngestDocumentHeader header = 1;
+     */
+    value: IngestDocumentHeader;
+    case: "header";
+  } | {
+    /**
+     * A piece of the document's bytes, in order (at most 1 MiB each).
+     *
+     * @generated from field: bytes content = 2;
+     */
+    value: Uint8Array;
+    case: "content";
+  } | { case: undefined; value?: undefined };
+};
+
+/**
+ * Describes the message chatplane.v1.GatewayServiceIngestDocumentRequest.
+ * Use `create(GatewayServiceIngestDocumentRequestSchema)` to create a new message.
+ */
+export const GatewayServiceIngestDocumentRequestSchema: GenMessage<GatewayServiceIngestDocumentRequest> = /*@__PURE__*/
+  messageDesc(file_chatplane_v1_gateway, 11);
+
+/**
+ * The document is stored and its chunks are searchable.
+ *
+ * @generated from message chatplane.v1.GatewayServiceIngestDocumentResponse
+ */
+export type GatewayServiceIngestDocumentResponse = Message<"chatplane.v1.GatewayServiceIngestDocumentResponse"> & {
+  /**
+   * The stored document.
+   *
+   * @generated from field: chatplane.v1.Document document = 1;
+   */
+  document?: Document | undefined;
+};
+
+/**
+ * Describes the message chatplane.v1.GatewayServiceIngestDocumentResponse.
+ * Use `create(GatewayServiceIngestDocumentResponseSchema)` to create a new message.
+ */
+export const GatewayServiceIngestDocumentResponseSchema: GenMessage<GatewayServiceIngestDocumentResponse> = /*@__PURE__*/
+  messageDesc(file_chatplane_v1_gateway, 12);
+
+/**
+ * Asks for the documents of the caller's tenant.
+ *
+ * @generated from message chatplane.v1.GatewayServiceListDocumentsRequest
+ */
+export type GatewayServiceListDocumentsRequest = Message<"chatplane.v1.GatewayServiceListDocumentsRequest"> & {
+};
+
+/**
+ * Describes the message chatplane.v1.GatewayServiceListDocumentsRequest.
+ * Use `create(GatewayServiceListDocumentsRequestSchema)` to create a new message.
+ */
+export const GatewayServiceListDocumentsRequestSchema: GenMessage<GatewayServiceListDocumentsRequest> = /*@__PURE__*/
+  messageDesc(file_chatplane_v1_gateway, 13);
+
+/**
+ * The documents of the caller's tenant.
+ *
+ * @generated from message chatplane.v1.GatewayServiceListDocumentsResponse
+ */
+export type GatewayServiceListDocumentsResponse = Message<"chatplane.v1.GatewayServiceListDocumentsResponse"> & {
+  /**
+   * Documents, newest first.
+   *
+   * @generated from field: repeated chatplane.v1.Document documents = 1;
+   */
+  documents: Document[];
+};
+
+/**
+ * Describes the message chatplane.v1.GatewayServiceListDocumentsResponse.
+ * Use `create(GatewayServiceListDocumentsResponseSchema)` to create a new message.
+ */
+export const GatewayServiceListDocumentsResponseSchema: GenMessage<GatewayServiceListDocumentsResponse> = /*@__PURE__*/
+  messageDesc(file_chatplane_v1_gateway, 14);
+
+/**
+ * A document to delete.
+ *
+ * @generated from message chatplane.v1.GatewayServiceDeleteDocumentRequest
+ */
+export type GatewayServiceDeleteDocumentRequest = Message<"chatplane.v1.GatewayServiceDeleteDocumentRequest"> & {
+  /**
+   * The document.
+   *
+   * @generated from field: string document_id = 1;
+   */
+  documentId: string;
+};
+
+/**
+ * Describes the message chatplane.v1.GatewayServiceDeleteDocumentRequest.
+ * Use `create(GatewayServiceDeleteDocumentRequestSchema)` to create a new message.
+ */
+export const GatewayServiceDeleteDocumentRequestSchema: GenMessage<GatewayServiceDeleteDocumentRequest> = /*@__PURE__*/
+  messageDesc(file_chatplane_v1_gateway, 15);
+
+/**
+ * The document and its chunks are gone.
+ *
+ * @generated from message chatplane.v1.GatewayServiceDeleteDocumentResponse
+ */
+export type GatewayServiceDeleteDocumentResponse = Message<"chatplane.v1.GatewayServiceDeleteDocumentResponse"> & {
+  /**
+   * How many chunks were removed.
+   *
+   * @generated from field: int32 deleted_chunk_count = 1;
+   */
+  deletedChunkCount: number;
+};
+
+/**
+ * Describes the message chatplane.v1.GatewayServiceDeleteDocumentResponse.
+ * Use `create(GatewayServiceDeleteDocumentResponseSchema)` to create a new message.
+ */
+export const GatewayServiceDeleteDocumentResponseSchema: GenMessage<GatewayServiceDeleteDocumentResponse> = /*@__PURE__*/
+  messageDesc(file_chatplane_v1_gateway, 16);
+
+/**
  * A rating of an answer.
  *
  * @generated from enum chatplane.v1.Rating
@@ -427,6 +591,37 @@ export const GatewayService: GenService<{
     methodKind: "unary";
     input: typeof SubmitFeedbackRequestSchema;
     output: typeof SubmitFeedbackResponseSchema;
+  },
+  /**
+   * Ingests a document for the caller's tenant: a header, then the content in pieces.
+   * gRPC only (a client stream); every user of the tenant can then be answered from it.
+   *
+   * @generated from rpc chatplane.v1.GatewayService.IngestDocument
+   */
+  ingestDocument: {
+    methodKind: "client_streaming";
+    input: typeof GatewayServiceIngestDocumentRequestSchema;
+    output: typeof GatewayServiceIngestDocumentResponseSchema;
+  },
+  /**
+   * Lists the documents of the caller's tenant, newest first.
+   *
+   * @generated from rpc chatplane.v1.GatewayService.ListDocuments
+   */
+  listDocuments: {
+    methodKind: "unary";
+    input: typeof GatewayServiceListDocumentsRequestSchema;
+    output: typeof GatewayServiceListDocumentsResponseSchema;
+  },
+  /**
+   * Deletes a document of the caller's tenant (another tenant's id: NOT_FOUND).
+   *
+   * @generated from rpc chatplane.v1.GatewayService.DeleteDocument
+   */
+  deleteDocument: {
+    methodKind: "unary";
+    input: typeof GatewayServiceDeleteDocumentRequestSchema;
+    output: typeof GatewayServiceDeleteDocumentResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_chatplane_v1_gateway, 0);

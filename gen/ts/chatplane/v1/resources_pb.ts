@@ -12,7 +12,7 @@ import type { Message as Message$1 } from "@bufbuild/protobuf";
  * Describes the file chatplane/v1/resources.proto.
  */
 export const file_chatplane_v1_resources: GenFile = /*@__PURE__*/
-  fileDesc("ChxjaGF0cGxhbmUvdjEvcmVzb3VyY2VzLnByb3RvEgxjaGF0cGxhbmUudjEirwEKDENvbnZlcnNhdGlvbhIXCg9jb252ZXJzYXRpb25faWQYASABKAkSDQoFdGl0bGUYAiABKAkSLwoLY3JlYXRlX3RpbWUYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC3VwZGF0ZV90aW1lGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIVCg1tZXNzYWdlX2NvdW50GAUgASgFIuICCgdNZXNzYWdlEhIKCm1lc3NhZ2VfaWQYASABKAkSFwoPY29udmVyc2F0aW9uX2lkGAIgASgJEiAKBHJvbGUYAyABKA4yEi5jaGF0cGxhbmUudjEuUm9sZRIMCgR0ZXh0GAQgASgJEisKBnN0YXR1cxgFIAEoDjIbLmNoYXRwbGFuZS52MS5NZXNzYWdlU3RhdHVzEg0KBW1vZGVsGAYgASgJEi8KC2NyZWF0ZV90aW1lGAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIbChNyZXBseV90b19tZXNzYWdlX2lkGAggASgJEjEKDWZpbmlzaF9yZWFzb24YCSABKA4yGi5jaGF0cGxhbmUudjEuRmluaXNoUmVhc29uEiIKBXVzYWdlGAogASgLMhMuY2hhdHBsYW5lLnYxLlVzYWdlEhkKEWNsaWVudF9tZXNzYWdlX2lkGAsgASgJInoKBVVzYWdlEhQKDGlucHV0X3Rva2VucxgBIAEoBRIVCg1vdXRwdXRfdG9rZW5zGAIgASgFEh8KF2NhY2hlX3JlYWRfaW5wdXRfdG9rZW5zGAMgASgFEiMKG2NhY2hlX2NyZWF0aW9uX2lucHV0X3Rva2VucxgEIAEoBSKXAQoLVHVyblN0YXJ0ZWQSFwoPY29udmVyc2F0aW9uX2lkGAEgASgJEhcKD3VzZXJfbWVzc2FnZV9pZBgCIAEoCRIcChRhc3Npc3RhbnRfbWVzc2FnZV9pZBgDIAEoCRINCgVtb2RlbBgEIAEoCRIQCghyZXBsYXllZBgFIAEoCBIXCg9tZW1vcnlfZGVncmFkZWQYBiABKAgiSQoJVGV4dERlbHRhEgwKBHRleHQYASABKAkSEAoIc2VxdWVuY2UYAiABKAMSHAoUZW1pdF90aW1lX3VuaXhfbmFub3MYAyABKAMidgoIQ2l0YXRpb24SKAoEa2luZBgBIAEoDjIaLmNoYXRwbGFuZS52MS5DaXRhdGlvbktpbmQSEQoJc291cmNlX2lkGAIgASgJEg0KBXRpdGxlGAMgASgJEg8KB3NuaXBwZXQYBCABKAkSDQoFc2NvcmUYBSABKAEiYQoIVHVybkRvbmUSMQoNZmluaXNoX3JlYXNvbhgBIAEoDjIaLmNoYXRwbGFuZS52MS5GaW5pc2hSZWFzb24SDQoFbW9kZWwYAiABKAkSEwoLZGVsdGFfY291bnQYAyABKAMqPwoEUm9sZRIUChBST0xFX1VOU1BFQ0lGSUVEEAASDQoJUk9MRV9VU0VSEAESEgoOUk9MRV9BU1NJU1RBTlQQAipsCg1NZXNzYWdlU3RhdHVzEh4KGk1FU1NBR0VfU1RBVFVTX1VOU1BFQ0lGSUVEEAASGwoXTUVTU0FHRV9TVEFUVVNfQ09NUExFVEUQARIeChpNRVNTQUdFX1NUQVRVU19JTlRFUlJVUFRFRBACKpsBCgxGaW5pc2hSZWFzb24SHQoZRklOSVNIX1JFQVNPTl9VTlNQRUNJRklFRBAAEhYKEkZJTklTSF9SRUFTT05fU1RPUBABEhwKGEZJTklTSF9SRUFTT05fTUFYX1RPS0VOUxACEh0KGUZJTklTSF9SRUFTT05fSU5URVJSVVBURUQQAxIXChNGSU5JU0hfUkVBU09OX0VSUk9SEAQqYQoMQ2l0YXRpb25LaW5kEh0KGUNJVEFUSU9OX0tJTkRfVU5TUEVDSUZJRUQQABIWChJDSVRBVElPTl9LSU5EX1RVUk4QARIaChZDSVRBVElPTl9LSU5EX0RPQ1VNRU5UEAJCQFo+Z2l0aHViLmNvbS9jaGF0cGxhbmUvY2hhdHBsYW5lL2dlbi9nby9jaGF0cGxhbmUvdjE7Y2hhdHBsYW5ldjFiBnByb3RvMw", [file_google_protobuf_timestamp]);
+  fileDesc("ChxjaGF0cGxhbmUvdjEvcmVzb3VyY2VzLnByb3RvEgxjaGF0cGxhbmUudjEirwEKDENvbnZlcnNhdGlvbhIXCg9jb252ZXJzYXRpb25faWQYASABKAkSDQoFdGl0bGUYAiABKAkSLwoLY3JlYXRlX3RpbWUYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC3VwZGF0ZV90aW1lGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIVCg1tZXNzYWdlX2NvdW50GAUgASgFIuICCgdNZXNzYWdlEhIKCm1lc3NhZ2VfaWQYASABKAkSFwoPY29udmVyc2F0aW9uX2lkGAIgASgJEiAKBHJvbGUYAyABKA4yEi5jaGF0cGxhbmUudjEuUm9sZRIMCgR0ZXh0GAQgASgJEisKBnN0YXR1cxgFIAEoDjIbLmNoYXRwbGFuZS52MS5NZXNzYWdlU3RhdHVzEg0KBW1vZGVsGAYgASgJEi8KC2NyZWF0ZV90aW1lGAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIbChNyZXBseV90b19tZXNzYWdlX2lkGAggASgJEjEKDWZpbmlzaF9yZWFzb24YCSABKA4yGi5jaGF0cGxhbmUudjEuRmluaXNoUmVhc29uEiIKBXVzYWdlGAogASgLMhMuY2hhdHBsYW5lLnYxLlVzYWdlEhkKEWNsaWVudF9tZXNzYWdlX2lkGAsgASgJInoKBVVzYWdlEhQKDGlucHV0X3Rva2VucxgBIAEoBRIVCg1vdXRwdXRfdG9rZW5zGAIgASgFEh8KF2NhY2hlX3JlYWRfaW5wdXRfdG9rZW5zGAMgASgFEiMKG2NhY2hlX2NyZWF0aW9uX2lucHV0X3Rva2VucxgEIAEoBSKXAQoLVHVyblN0YXJ0ZWQSFwoPY29udmVyc2F0aW9uX2lkGAEgASgJEhcKD3VzZXJfbWVzc2FnZV9pZBgCIAEoCRIcChRhc3Npc3RhbnRfbWVzc2FnZV9pZBgDIAEoCRINCgVtb2RlbBgEIAEoCRIQCghyZXBsYXllZBgFIAEoCBIXCg9tZW1vcnlfZGVncmFkZWQYBiABKAgiSQoJVGV4dERlbHRhEgwKBHRleHQYASABKAkSEAoIc2VxdWVuY2UYAiABKAMSHAoUZW1pdF90aW1lX3VuaXhfbmFub3MYAyABKAMioAEKCENpdGF0aW9uEigKBGtpbmQYASABKA4yGi5jaGF0cGxhbmUudjEuQ2l0YXRpb25LaW5kEhEKCXNvdXJjZV9pZBgCIAEoCRINCgV0aXRsZRgDIAEoCRIPCgdzbmlwcGV0GAQgASgJEg0KBXNjb3JlGAUgASgBEhMKC2RvY3VtZW50X2lkGBQgASgJEhMKC2NodW5rX2luZGV4GBUgASgFImEKCFR1cm5Eb25lEjEKDWZpbmlzaF9yZWFzb24YASABKA4yGi5jaGF0cGxhbmUudjEuRmluaXNoUmVhc29uEg0KBW1vZGVsGAIgASgJEhMKC2RlbHRhX2NvdW50GAMgASgDIoYBCghEb2N1bWVudBITCgtkb2N1bWVudF9pZBgBIAEoCRIMCgRuYW1lGAIgASgJEhEKCW1pbWVfdHlwZRgDIAEoCRITCgtjaHVua19jb3VudBgEIAEoBRIvCgtjcmVhdGVfdGltZRgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAqPwoEUm9sZRIUChBST0xFX1VOU1BFQ0lGSUVEEAASDQoJUk9MRV9VU0VSEAESEgoOUk9MRV9BU1NJU1RBTlQQAipsCg1NZXNzYWdlU3RhdHVzEh4KGk1FU1NBR0VfU1RBVFVTX1VOU1BFQ0lGSUVEEAASGwoXTUVTU0FHRV9TVEFUVVNfQ09NUExFVEUQARIeChpNRVNTQUdFX1NUQVRVU19JTlRFUlJVUFRFRBACKpsBCgxGaW5pc2hSZWFzb24SHQoZRklOSVNIX1JFQVNPTl9VTlNQRUNJRklFRBAAEhYKEkZJTklTSF9SRUFTT05fU1RPUBABEhwKGEZJTklTSF9SRUFTT05fTUFYX1RPS0VOUxACEh0KGUZJTklTSF9SRUFTT05fSU5URVJSVVBURUQQAxIXChNGSU5JU0hfUkVBU09OX0VSUk9SEAQqYQoMQ2l0YXRpb25LaW5kEh0KGUNJVEFUSU9OX0tJTkRfVU5TUEVDSUZJRUQQABIWChJDSVRBVElPTl9LSU5EX1RVUk4QARIaChZDSVRBVElPTl9LSU5EX0RPQ1VNRU5UEAJCQFo+Z2l0aHViLmNvbS9jaGF0cGxhbmUvY2hhdHBsYW5lL2dlbi9nby9jaGF0cGxhbmUvdjE7Y2hhdHBsYW5ldjFiBnByb3RvMw", [file_google_protobuf_timestamp]);
 
 /**
  * A conversation: an ordered exchange between one user and the assistant.
@@ -327,6 +327,20 @@ export type Citation = Message$1<"chatplane.v1.Citation"> & {
    * @generated from field: double score = 5;
    */
   score: number;
+
+  /**
+   * The document the chunk belongs to (document citations only).
+   *
+   * @generated from field: string document_id = 20;
+   */
+  documentId: string;
+
+  /**
+   * The chunk's position within its document, starting at 0 (document citations only).
+   *
+   * @generated from field: int32 chunk_index = 21;
+   */
+  chunkIndex: number;
 };
 
 /**
@@ -370,6 +384,55 @@ export type TurnDone = Message$1<"chatplane.v1.TurnDone"> & {
  */
 export const TurnDoneSchema: GenMessage<TurnDone> = /*@__PURE__*/
   messageDesc(file_chatplane_v1_resources, 6);
+
+/**
+ * A document ingested for a tenant: its chunks are recalled for every user of the tenant.
+ *
+ * @generated from message chatplane.v1.Document
+ */
+export type Document = Message$1<"chatplane.v1.Document"> & {
+  /**
+   * Server-assigned id.
+   *
+   * @generated from field: string document_id = 1;
+   */
+  documentId: string;
+
+  /**
+   * The name given at ingestion (usually the file name).
+   *
+   * @generated from field: string name = 2;
+   */
+  name: string;
+
+  /**
+   * The media type it was read as (text/plain, text/markdown, application/pdf).
+   *
+   * @generated from field: string mime_type = 3;
+   */
+  mimeType: string;
+
+  /**
+   * How many chunks it was split into.
+   *
+   * @generated from field: int32 chunk_count = 4;
+   */
+  chunkCount: number;
+
+  /**
+   * When it was ingested.
+   *
+   * @generated from field: google.protobuf.Timestamp create_time = 5;
+   */
+  createTime?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message chatplane.v1.Document.
+ * Use `create(DocumentSchema)` to create a new message.
+ */
+export const DocumentSchema: GenMessage<Document> = /*@__PURE__*/
+  messageDesc(file_chatplane_v1_resources, 7);
 
 /**
  * Who wrote a message.
