@@ -170,6 +170,7 @@ class Settings(BaseSettings):
     tenant_max_document_chunks: int = Field(default=100_000, gt=0)
     document_chunk_chars: int = Field(default=1000, ge=100)
     document_chunk_overlap_chars: int = Field(default=150, ge=0)
+    document_ingest_timeout_seconds: float = Field(default=600.0, gt=0)
     # rag: the model's context window (tokens); the prompt gets it less llm_max_tokens, and
     # at most context_token_budget (docs/rag.md).
     llm_context_window_tokens: int = Field(default=200_000, gt=0)

@@ -16,6 +16,7 @@ from chatplane.common.ids import is_valid_id
 from chatplane.common.settings import Settings
 from chatplane.common.trace_context import propagated
 from chatplane.gateway.chat import ChatRelay
+from chatplane.gateway.documents import DocumentRelay
 from chatplane.gateway.metrics import ChatStreamMetrics
 from chatplane.gateway.validation import validate_chat, validate_feedback
 from chatplane.v1 import (
@@ -57,6 +58,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         self._relay = relay
         self._persistence = persistence
         self._memory = memory
+        self._documents = DocumentRelay(memory, settings.document_max_bytes)
 
     def _timeout(self, context: Context) -> float:
         return outbound_timeout(context, self._settings.internal_call_timeout_seconds)
@@ -145,3 +147,23 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             timeout=self._timeout(context),
         )
         return gateway_pb2.SubmitFeedbackResponse(create_time=response.create_time)
+
+    async def IngestDocument(
+        self,
+        request_iterator: AsyncIterator[gateway_pb2.GatewayServiceIngestDocumentRequest],
+        context: Context,
+    ) -> gateway_pb2.GatewayServiceIngestDocumentResponse:
+        timeout = outbound_timeout(context, self._settings.document_ingest_timeout_seconds)
+        return await self._documents.ingest(_principal(), request_iterator, timeout)
+
+    async def ListDocuments(
+        self, request: gateway_pb2.GatewayServiceListDocumentsRequest, context: Context
+    ) -> gateway_pb2.GatewayServiceListDocumentsResponse:
+        return await self._documents.documents(_principal(), self._timeout(context))
+
+    async def DeleteDocument(
+        self, request: gateway_pb2.GatewayServiceDeleteDocumentRequest, context: Context
+    ) -> gateway_pb2.GatewayServiceDeleteDocumentResponse:
+        return await self._documents.delete(
+            _principal(), request.document_id, self._timeout(context)
+        )

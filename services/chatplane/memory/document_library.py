@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import unicodedata
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -19,7 +18,8 @@ from chatplane.common.ids import is_valid_id, new_id
 from chatplane.common.settings import Settings
 from chatplane.memory.chunking import chunk_text
 from chatplane.memory.conversational_memory import _lower_priority
-from chatplane.memory.document_text import MARKDOWN, MIME_TYPES, document_text
+from chatplane.memory.document_header import MARKDOWN, validate_header
+from chatplane.memory.document_text import document_text
 from chatplane.memory.embedding import SentenceEmbedder
 from chatplane.memory.index.base import (
     DocumentSummary,
@@ -29,7 +29,6 @@ from chatplane.memory.index.base import (
     document_item_id,
 )
 
-MAX_NAME_CHARS: Final = 256
 # Chunks embedded and stored per step: bounds memory and lets queries run in between.
 _BATCH: Final = 64
 # Quota refusals: nothing frees space but deleting documents; a client may look again later.
@@ -56,20 +55,6 @@ def document_limits(settings: Settings) -> DocumentLimits:
         chunk_chars=settings.document_chunk_chars,
         overlap_chars=settings.document_chunk_overlap_chars,
     )
-
-
-def validate_header(tenant_id: str, name: str, mime_type: str) -> None:
-    """Checks an ingestion's header; InvalidArgument naming the field."""
-    if not tenant_id:
-        raise errors.InvalidArgument("header.tenant_id", "required")
-    if not name.strip():
-        raise errors.InvalidArgument("header.name", "must not be empty")
-    if len(name) > MAX_NAME_CHARS:
-        raise errors.InvalidArgument("header.name", f"must be at most {MAX_NAME_CHARS} characters")
-    if any(unicodedata.category(c) == "Cc" for c in name):
-        raise errors.InvalidArgument("header.name", "must not contain control characters")
-    if mime_type not in MIME_TYPES:
-        raise errors.InvalidArgument("header.mime_type", f"must be one of {', '.join(MIME_TYPES)}")
 
 
 class DocumentLibrary:

@@ -5,17 +5,12 @@ from __future__ import annotations
 
 import io
 import logging
-from typing import Final
 
 import pypdf
 import pypdf.errors
 
 from chatplane.common import errors
-
-PLAIN_TEXT: Final = "text/plain"
-MARKDOWN: Final = "text/markdown"
-PDF: Final = "application/pdf"
-MIME_TYPES: Final = (PLAIN_TEXT, MARKDOWN, PDF)
+from chatplane.memory.document_header import MARKDOWN, MIME_TYPES, PDF, PLAIN_TEXT
 
 # pypdf reports recoverable oddities of a file on its logger; they say nothing to operators.
 logging.getLogger("pypdf").setLevel(logging.ERROR)

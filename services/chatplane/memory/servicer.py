@@ -10,7 +10,8 @@ from google.protobuf import timestamp_pb2
 
 from chatplane.common import errors
 from chatplane.memory.conversational_memory import ConversationalMemory
-from chatplane.memory.document_library import DocumentLibrary, validate_header
+from chatplane.memory.document_header import validate_header
+from chatplane.memory.document_library import DocumentLibrary
 from chatplane.memory.index.base import DocumentSummary, ItemKind, RecalledItem, document_chunk_of
 from chatplane.memory.metrics import RECALL_DURATION, REMEMBER_DURATION
 from chatplane.memory.remember_request import ROLE_NAMES, remembered_messages
