@@ -28,7 +28,9 @@ INGRESS_ACCOUNT = "cluster.local/ns/istio-system/sa/istio-ingressgateway-service
 CALLS: dict[tuple[str, str], frozenset[str]] = {
     ("edge", GATEWAY): frozenset(
         {"Chat", "ListConversations", "GetConversation", "DeleteConversation", "SubmitFeedback"}
-    ),
+    )
+    # rag: document ingestion, listing and deletion.
+    | frozenset({"IngestDocument", "ListDocuments", "DeleteDocument"}),
     ("gateway", AGENT): frozenset({"Generate"}),
     ("gateway", PERSISTENCE): frozenset(
         {
@@ -42,7 +44,8 @@ CALLS: dict[tuple[str, str], frozenset[str]] = {
             "GetApiKey",
         }
     ),
-    ("gateway", MEMORY): frozenset({"Forget"}),
+    ("gateway", MEMORY): frozenset({"Forget"})
+    | frozenset({"IngestDocument", "ListDocuments", "DeleteDocument"}),  # rag
     ("agent", MEMORY): frozenset({"Recall", "Remember"}),
     ("admin", PERSISTENCE): frozenset({"CreateApiKey"}),
     ("admin", MEMORY): frozenset({"Remember"}),
