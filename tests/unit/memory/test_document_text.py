@@ -59,3 +59,17 @@ def test_bad_headers_name_their_field(tenant: str, name: str, mime_type: str, fi
 
 def test_a_good_header_passes() -> None:
     validate_header("t", "Handbook 2026.pdf", "application/pdf")
+
+
+def test_an_encrypted_pdf_is_refused() -> None:
+    import io
+
+    import pypdf
+
+    writer = pypdf.PdfWriter()
+    writer.add_blank_page(width=200, height=200)
+    writer.encrypt("secret")
+    buffer = io.BytesIO()
+    writer.write(buffer)
+    with pytest.raises(errors.InvalidArgument, match="encrypted"):
+        document_text(buffer.getvalue(), "application/pdf")
