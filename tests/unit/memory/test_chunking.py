@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 
 import pytest
 
 from chatplane.memory.chunking import chunk_text, split_text
 
-WORDS = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu".split()
+WORDS = ("alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "iota", "kappa")
 
 
 def prose(rng: random.Random, sentences: int) -> str:
@@ -43,7 +44,7 @@ def test_chunks_respect_the_size_and_are_numbered_in_order() -> None:
 def test_consecutive_chunks_overlap() -> None:
     text = prose(random.Random(2), 200)
     pieces = split_text(text, 300, 80)
-    for before, after in zip(pieces, pieces[1:], strict=False):
+    for before, after in itertools.pairwise(pieces):
         # The start of each piece repeats text from the end of the one before.
         head = after[:20]
         assert head in before, (before[-100:], after[:100])

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import io
+
+import pypdf
 import pytest
 
 from chatplane.common import errors
@@ -62,10 +65,6 @@ def test_a_good_header_passes() -> None:
 
 
 def test_an_encrypted_pdf_is_refused() -> None:
-    import io
-
-    import pypdf
-
     writer = pypdf.PdfWriter()
     writer.add_blank_page(width=200, height=200)
     writer.encrypt("secret")
