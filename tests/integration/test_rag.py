@@ -307,6 +307,23 @@ async def test_bad_uploads_get_clear_statuses(rig: Rig) -> None:
     )
     assert list(listed.documents) == []
 
+    # A later message that is not a valid message at all: INVALID_ARGUMENT, not CANCELLED.
+    identity = lambda data: data  # noqa: E731
+    raw = rig.channel.stream_unary(
+        "/chatplane.v1.GatewayService/IngestDocument", identity, identity
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await raw(
+            iter([good_header.SerializeToString(), content.SerializeToString(), b"\x0f\x01"]),
+            metadata=client.metadata,
+            timeout=30,
+        )
+    assert raised.value.code() is grpc.StatusCode.INVALID_ARGUMENT, raised.value.details()
+    listed = await client.stub.ListDocuments(
+        gateway_pb2.GatewayServiceListDocumentsRequest(), metadata=client.metadata
+    )
+    assert list(listed.documents) == []  # the truncated upload was not ingested
+
     # Unauthenticated: refused before anything is read.
     anonymous = Client(rig.channel, "not-a-key")
     error = await ingest_error(anonymous, upload("a.txt", "text/plain", b"hello"))

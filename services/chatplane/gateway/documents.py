@@ -63,23 +63,27 @@ class DocumentRelay:
         # (ending its request stream normally would ingest a truncated document).
         refusal: list[errors.ChatplaneError] = []
 
-        async def forwarded() -> AsyncIterator[memory_pb2.IngestDocumentRequest]:
-            yield memory_pb2.IngestDocumentRequest(header=header)
+        async def parts() -> AsyncIterator[bytes]:
             size = 0
             async for part in requests:
                 if part.WhichOneof("part") != "content":
-                    refusal.append(
-                        errors.InvalidArgument("header", "only the first message may be a header")
-                    )
-                elif size + len(part.content) > max_bytes:
-                    refusal.append(
-                        errors.InvalidArgument("content", f"is over the limit of {max_bytes} bytes")
-                    )
-                if refusal:
-                    call.cancel()
-                    return
+                    raise errors.InvalidArgument("header", "only the first message may be a header")
                 size += len(part.content)
-                yield memory_pb2.IngestDocumentRequest(content=part.content)
+                if size > max_bytes:
+                    raise errors.InvalidArgument(
+                        "content", f"is over the limit of {max_bytes} bytes"
+                    )
+                yield part.content
+
+        async def forwarded() -> AsyncIterator[memory_pb2.IngestDocumentRequest]:
+            yield memory_pb2.IngestDocumentRequest(header=header)
+            try:
+                async for content in parts():
+                    yield memory_pb2.IngestDocumentRequest(content=content)
+            except errors.ChatplaneError as error:
+                # Also an undecodable message (the interceptor's check while reading).
+                refusal.append(error)
+                call.cancel()
 
         call = self._memory.IngestDocument(forwarded(), timeout=timeout)
         try:

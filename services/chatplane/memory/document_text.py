@@ -7,7 +7,6 @@ import io
 import logging
 
 import pypdf
-import pypdf.errors
 
 from chatplane.common import errors
 from chatplane.memory.document_header import MARKDOWN, MIME_TYPES, PDF, PLAIN_TEXT
@@ -37,11 +36,13 @@ def document_text(content: bytes, mime_type: str) -> str:
 def _pdf_text(content: bytes) -> str:
     try:
         reader = pypdf.PdfReader(io.BytesIO(content))
-        if reader.is_encrypted:
-            raise errors.InvalidArgument("content", "is an encrypted PDF")
-        return "\n\n".join(page.extract_text() or "" for page in reader.pages)
-    except (pypdf.errors.PyPdfError, ValueError, KeyError, TypeError, AttributeError) as error:
-        # A broken or hostile file: its parser's complaint, never its contents.
+        encrypted = reader.is_encrypted
+        if not encrypted:
+            return "\n\n".join(page.extract_text() or "" for page in reader.pages)
+    except Exception as error:
+        # A broken or hostile file, whatever pypdf raised: its parser's complaint (the class
+        # only), never its contents.
         raise errors.InvalidArgument(
             "content", f"is not a readable PDF ({type(error).__name__})"
         ) from None
+    raise errors.InvalidArgument("content", "is an encrypted PDF")
