@@ -13,7 +13,16 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
-from bench import edge, mtls, persistence, pipeline, recall, report, streaming
+from bench import (
+    edge,
+    ingest,
+    mtls,
+    persistence,
+    pipeline,
+    recall,
+    report,
+    streaming,
+)
 from bench import resume as resume_bench
 from bench.harness import Options, machine, progress
 
@@ -36,6 +45,7 @@ BENCHMARKS = (
     Benchmark(mtls.NAME, mtls.TITLE, mtls.NOTES, mtls.run),
     Benchmark(edge.NAME, edge.TITLE, edge.NOTES, edge.run),
     Benchmark(resume_bench.NAME, resume_bench.TITLE, resume_bench.NOTES, resume_bench.run),
+    Benchmark(ingest.NAME, ingest.TITLE, ingest.NOTES, ingest.run),
 )
 
 

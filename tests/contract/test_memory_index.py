@@ -19,7 +19,14 @@ import pytest
 
 from chatplane.common.errors import Unavailable
 from chatplane.memory.embedding import SentenceEmbedder
-from chatplane.memory.index.base import ItemKind, MemoryIndex, MemoryItem, RecalledItem
+from chatplane.memory.index.base import (
+    DocumentSummary,
+    ItemKind,
+    MemoryIndex,
+    MemoryItem,
+    RecalledItem,
+    document_item_id,
+)
 from chatplane.memory.index.embedded import EmbeddedMemoryIndex
 from chatplane.memory.index.opensearch import OpenSearchMemoryIndex
 from tests.engine_processes import Engines
@@ -532,6 +539,75 @@ async def test_upserts_racing_a_delete_never_survive_it(memory: Memory, tenant: 
         *writes[:10], memory.index.delete_conversation(tenant, "alice", "c1"), *writes[10:]
     )
     assert await memory.index.recent(tenant, "alice", "c1", 100) == []
+
+
+# --- documents (rag) ------------------------------------------------------------------------
+
+
+def chunk(
+    tenant_id: str, document_id: str, index: int, text: str, *, at: int, name: str
+) -> MemoryItem:
+    return MemoryItem(
+        tenant_id=tenant_id,
+        user_id="",
+        conversation_id="",
+        item_id=document_item_id(document_id, index),
+        kind=ItemKind.DOCUMENT,
+        role="",
+        text=text,
+        created_at_ms=at,
+        source=name,
+    )
+
+
+async def test_list_documents_groups_chunks_newest_first(
+    memory: Memory, tenant: str, other_tenant: str
+) -> None:
+    await memory.upsert(
+        chunk(tenant, "doc-old", 0, "Refunds take 30 days.", at=1_000, name="refunds.md"),
+        chunk(tenant, "doc-old", 1, "Refunds go to the card.", at=1_000, name="refunds.md"),
+        chunk(tenant, "doc-new", 0, "Passwords reset in Settings.", at=2_000, name="faq.pdf"),
+        chunk(other_tenant, "doc-x", 0, "Another tenant's secret.", at=3_000, name="x.txt"),
+        turn(tenant, "alice", "c1", "m1", "a turn is not a document"),
+    )
+    listed = await memory.index.list_documents(tenant)
+    assert listed == [
+        DocumentSummary("doc-new", "faq.pdf", 1, 2_000),
+        DocumentSummary("doc-old", "refunds.md", 2, 1_000),
+    ]
+    assert [d.document_id for d in await memory.index.list_documents(other_tenant)] == ["doc-x"]
+    assert await memory.index.list_documents(f"{tenant}-nobody") == []
+
+
+async def test_delete_document_removes_only_its_chunks(
+    memory: Memory, tenant: str, other_tenant: str
+) -> None:
+    await memory.upsert(
+        chunk(tenant, "doc-a", 0, "Zebras are striped.", at=1, name="a.md"),
+        chunk(tenant, "doc-a", 1, "Zebras live in Africa.", at=1, name="a.md"),
+        chunk(tenant, "doc-a:b", 0, "Zebra crossings are for people.", at=1, name="ab.md"),
+        chunk(tenant, "doc-ab", 0, "Zebra finches sing.", at=1, name="ab2.md"),
+        chunk(other_tenant, "doc-a", 0, "Zebras of another tenant.", at=1, name="a.md"),
+    )
+    # Another tenant's id deletes nothing; then the tenant's own: every chunk, nothing else.
+    assert await memory.index.delete_document(f"{tenant}-other", "doc-a") == 0
+    assert await memory.index.delete_document(tenant, "doc-a") == 2
+    assert await memory.index.delete_document(tenant, "doc-a") == 0
+    found = ids(await memory.search(tenant, "alice", "zebra", k=10))
+    assert sorted(found) == ["doc-a:b:0", "doc-ab:0"]
+    assert ids(await memory.search(other_tenant, "alice", "zebra", k=10)) == ["doc-a:0"]
+    assert {d.document_id for d in await memory.index.list_documents(tenant)} == {
+        "doc-a:b",
+        "doc-ab",
+    }
+
+
+async def test_delete_document_after_upserts_that_returned(memory: Memory, tenant: str) -> None:
+    items = [chunk(tenant, "doc-r", i, f"race note {i}", at=i, name="r.md") for i in range(30)]
+    await memory.upsert(*items)
+    assert await memory.index.delete_document(tenant, "doc-r") == 30
+    assert await memory.search(tenant, "alice", "race note", k=10) == []
+    assert await memory.index.list_documents(tenant) == []
 
 
 # --- lifecycle ------------------------------------------------------------------------------

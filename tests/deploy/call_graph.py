@@ -35,6 +35,9 @@ CALLS: dict[tuple[str, str], frozenset[str]] = {
             "SubmitFeedback",
             "ResumeChat",
             "CancelChat",
+            "IngestDocument",
+            "ListDocuments",
+            "DeleteDocument",
         }
     ),
     ("gateway", AGENT): frozenset({"Generate", "ResumeGenerate", "CancelGenerate"}),
@@ -51,7 +54,7 @@ CALLS: dict[tuple[str, str], frozenset[str]] = {
             "GetAnswer",
         }
     ),
-    ("gateway", MEMORY): frozenset({"Forget"}),
+    ("gateway", MEMORY): frozenset({"Forget", "IngestDocument", "ListDocuments", "DeleteDocument"}),
     ("agent", MEMORY): frozenset({"Recall", "Remember"}),
     ("admin", PERSISTENCE): frozenset({"CreateApiKey"}),
     ("admin", MEMORY): frozenset({"Remember"}),

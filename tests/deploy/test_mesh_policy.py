@@ -43,6 +43,8 @@ READ_RPCS = frozenset(
         f"/{PACKAGE}.MemoryService/Recall",
         f"/{PACKAGE}.GatewayService/ListConversations",
         f"/{PACKAGE}.GatewayService/GetConversation",
+        f"/{PACKAGE}.GatewayService/ListDocuments",  # rag
+        f"/{PACKAGE}.MemoryService/ListDocuments",  # rag
     }
 )
 SERVICE_PORTS = {"gateway": 50051, "agent": 50052, "memory": 50053, "persistence": 50054}

@@ -104,6 +104,7 @@ class TurnRunner:
             max_tokens=settings.llm_max_tokens,
             temperature=settings.llm_temperature,
             stop_sequences=tuple(settings.llm_stop_sequences),
+            context_window_tokens=settings.llm_context_window_tokens,
         )
         used = {p.source_id for p in prompt.passages}
 

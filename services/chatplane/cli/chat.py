@@ -284,6 +284,8 @@ def _print_footer(console: Console, result: TurnResult) -> None:
             if len(snippet) > _SNIPPET_CHARS:
                 snippet = snippet[: _SNIPPET_CHARS - 1] + "…"
             label = citation.title or citation.source_id
+            if citation.document_id:  # rag: which chunk of the document
+                label = f"{label}, chunk {citation.chunk_index + 1}"
             console.print(f"  [{number}] {label} ({kind}): {snippet}", style="dim", markup=False)
     parts = [result.model or "unknown model"]
     if result.usage is not None:

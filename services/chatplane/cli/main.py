@@ -311,3 +311,7 @@ cli.add_command(memory)
 from chatplane.cli.status import status  # noqa: E402
 
 cli.add_command(status)
+from chatplane.cli.documents import documents, ingest  # noqa: E402
+
+cli.add_command(ingest)
+cli.add_command(documents)

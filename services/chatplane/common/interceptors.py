@@ -149,4 +149,36 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
                 request_deserializer=_tolerant(handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
+        if handler.stream_unary is not None:
+            return _client_stream_handler(handler, method, check)
         return handler
+
+
+async def _decoded(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    """The messages of a client stream, each checked like a unary request."""
+    async for request in requests:
+        _check_decoded(request)
+        yield request
+
+
+def _client_stream_handler(handler: Handler, method: str, check: CallCheck | None) -> Handler:
+    """The interceptor's work (request id, check, error mapping) around a client-streaming
+    handler (document ingestion)."""
+    client_stream = cast("UnaryBehavior", handler.stream_unary)
+
+    async def client_stream_behavior(requests: AsyncIterator[Any], context: Context) -> Any:
+        _enter_call(None, context)
+        try:
+            if check is not None:
+                await check(method, context)
+            return await client_stream(_decoded(requests), context)
+        except grpc.aio.AbortError:
+            raise
+        except Exception as error:
+            await _abort(context, error, method)
+
+    return grpc.stream_unary_rpc_method_handler(
+        client_stream_behavior,
+        request_deserializer=_tolerant(handler.request_deserializer),
+        response_serializer=handler.response_serializer,
+    )

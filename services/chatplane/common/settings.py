@@ -169,6 +169,16 @@ class Settings(BaseSettings):
     # turns it keeps (the oldest go first).
     resume_linger_seconds: float = Field(default=60.0, ge=0)
     resume_max_finished_turns: int = Field(default=256, ge=0)
+    # rag: document ingestion limits and chunking (docs/rag.md).
+    document_max_bytes: int = Field(default=10 * 1024 * 1024, gt=0)
+    document_max_chunks: int = Field(default=2000, gt=0)
+    tenant_max_document_chunks: int = Field(default=100_000, gt=0)
+    document_chunk_chars: int = Field(default=1000, ge=100)
+    document_chunk_overlap_chars: int = Field(default=150, ge=0)
+    document_ingest_timeout_seconds: float = Field(default=600.0, gt=0)
+    # rag: the model's context window (tokens); the prompt gets it less llm_max_tokens, and
+    # at most context_token_budget (docs/rag.md).
+    llm_context_window_tokens: int = Field(default=200_000, gt=0)
 
     def data_path(self, name: str) -> Path:
         """A file or folder inside the data directory (created on demand)."""

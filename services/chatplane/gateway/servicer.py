@@ -17,6 +17,7 @@ from chatplane.common.settings import Settings
 from chatplane.common.status_mapping import forwarded_invalid_argument
 from chatplane.common.trace_context import propagated
 from chatplane.gateway.chat import ChatRelay
+from chatplane.gateway.documents import DocumentRelay
 from chatplane.gateway.metrics import ChatStreamMetrics
 from chatplane.gateway.resume import AnswerResume
 from chatplane.gateway.validation import validate_chat, validate_feedback
@@ -61,6 +62,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         self._persistence = persistence
         self._memory = memory
         self._resume = resume
+        self._documents = DocumentRelay(memory, settings.document_max_bytes)
 
     def _timeout(self, context: Context) -> float:
         return outbound_timeout(context, self._settings.internal_call_timeout_seconds)
@@ -186,4 +188,24 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             request,
             lambda cap: outbound_timeout(context, cap),
             propagated(context.invocation_metadata() or ()),
+        )
+
+    async def IngestDocument(
+        self,
+        request_iterator: AsyncIterator[gateway_pb2.GatewayServiceIngestDocumentRequest],
+        context: Context,
+    ) -> gateway_pb2.GatewayServiceIngestDocumentResponse:
+        timeout = outbound_timeout(context, self._settings.document_ingest_timeout_seconds)
+        return await self._documents.ingest(_principal(), request_iterator, timeout)
+
+    async def ListDocuments(
+        self, request: gateway_pb2.GatewayServiceListDocumentsRequest, context: Context
+    ) -> gateway_pb2.GatewayServiceListDocumentsResponse:
+        return await self._documents.documents(_principal(), self._timeout(context))
+
+    async def DeleteDocument(
+        self, request: gateway_pb2.GatewayServiceDeleteDocumentRequest, context: Context
+    ) -> gateway_pb2.GatewayServiceDeleteDocumentResponse:
+        return await self._documents.delete(
+            _principal(), request.document_id, self._timeout(context)
         )

@@ -48,6 +48,9 @@ class Rule(BaseModel):
     # The share of matching requests the rule applies to (the others fall through).
     probability: float = Field(default=1.0, gt=0, le=1)
     behaviour: Behaviour = Behaviour()
+    # Only requests whose prompt (the JSON body's text) contains this string (rag: tests
+    # script the emulator to detect text planted in retrieved documents).
+    prompt_contains: str | None = None
 
 
 class RuleBook:
@@ -62,10 +65,13 @@ class RuleBook:
         """Sets the rules (an empty list: every request answers normally)."""
         self._rules = [rule.model_copy() for rule in rules]
 
-    def behaviour_for(self, model: str) -> Behaviour:
-        """The behaviour of the next request for `model` (consumes one use of its rule)."""
+    def behaviour_for(self, model: str, prompt: str = "") -> Behaviour:
+        """The behaviour of the next request for `model` with this `prompt` (consumes one use
+        of its rule)."""
         for rule in self._rules:
             if rule.model not in ("*", model):
+                continue
+            if rule.prompt_contains is not None and rule.prompt_contains not in prompt:
                 continue
             if rule.probability < 1 and self._random.random() >= rule.probability:
                 continue

@@ -38,6 +38,25 @@ _WORDS = _ANSWER.split()
 _PING_SECONDS = 0.5
 
 
+def _texts(content: Any) -> list[str]:
+    """The text of a system prompt or message content: a string, or a list of text blocks."""
+    if isinstance(content, str):
+        return [content]
+    if isinstance(content, list):
+        return [str(b.get("text", "")) for b in content if isinstance(b, dict)]
+    return []
+
+
+def _prompt_text(body: dict[str, Any]) -> str:
+    """Every text of a request's prompt (system and messages), one per line, for rules that
+    match on the prompt."""
+    texts = _texts(body.get("system", ""))
+    for message in body.get("messages") or []:
+        if isinstance(message, dict):
+            texts += _texts(message.get("content", ""))
+    return "\n".join(texts)
+
+
 def _api_key(request: web.Request) -> str:
     """The key sent: `x-api-key` (Anthropic's documented header) or a bearer token (what
     the SDKs send for an API key, and the OpenAI protocol)."""
@@ -131,11 +150,11 @@ class Emulator:
         )
         return await self._answer(request, body, protocol, "openai", _api_key(request))
 
-    def _behaviour(self, request: web.Request, model: str) -> Behaviour:
+    def _behaviour(self, request: web.Request, model: str, body: dict[str, Any]) -> Behaviour:
         header = request.headers.get(BEHAVIOUR_HEADER)
         if header:
             return Behaviour.model_validate_json(header)
-        return self.rules.behaviour_for(model)
+        return self.rules.behaviour_for(model, _prompt_text(body))
 
     def _prompt_tokens(self, body: dict[str, Any], protocol_name: str) -> PromptTokens:
         """Input tokens, and the prompt cache: the system blocks up to the last one marked
@@ -163,7 +182,7 @@ class Emulator:
         protocol_name: str,
         api_key: str,
     ) -> web.StreamResponse:
-        behaviour = self._behaviour(request, protocol.model)
+        behaviour = self._behaviour(request, protocol.model, body)
         record = RequestRecord(
             id=len(self.records) + 1,
             protocol=protocol_name,

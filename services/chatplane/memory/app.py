@@ -11,6 +11,7 @@ from chatplane.common.topics import MEMORY_REMEMBER_TOPIC
 from chatplane.log.factory import open_message_log
 from chatplane.log.observed import LagReporter
 from chatplane.memory.conversational_memory import ConversationalMemory
+from chatplane.memory.document_library import DocumentLibrary, document_limits
 from chatplane.memory.embedding import SentenceEmbedder
 from chatplane.memory.index.factory import open_memory_index
 from chatplane.memory.remember_retry import CONSUMER_GROUP, RememberRetryConsumer
@@ -23,7 +24,9 @@ async def run(settings: Settings) -> None:
     tls = load_tls(settings)
     model_dir = Path(settings.embedding_model_dir) if settings.embedding_model_dir else None
     embedder = SentenceEmbedder(model_dir)
-    memory = ConversationalMemory(embedder, open_memory_index(settings))
+    index = open_memory_index(settings)
+    memory = ConversationalMemory(embedder, index)
+    documents = DocumentLibrary(embedder, index, document_limits(settings))
     retry_log = open_message_log(settings).consumer(CONSUMER_GROUP, [MEMORY_REMEMBER_TOPIC])
     retry = RememberRetryConsumer(retry_log, memory)
     retry.start()
@@ -35,6 +38,7 @@ async def run(settings: Settings) -> None:
         await retry.stop()
         await retry_log.close()
         await memory.close()
+        documents.close()
 
     await serve(
         name="memory",
@@ -42,7 +46,7 @@ async def run(settings: Settings) -> None:
         port=settings.memory_port,
         service_names=[memory_pb2.DESCRIPTOR.services_by_name["MemoryService"].full_name],
         register=lambda server: memory_pb2_grpc.add_MemoryServiceServicer_to_server(
-            MemoryServicer(memory), server
+            MemoryServicer(memory, documents), server
         ),
         drain_grace_seconds=settings.drain_grace_seconds,
         on_stop=stop,

@@ -1014,6 +1014,369 @@ func (x *CancelChatResponse) GetCancelled() bool {
 	return false
 }
 
+// The first message of an ingestion through the Gateway (the tenant is the caller's).
+type IngestDocumentHeader struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The document's name (shown in citations), 1-256 characters.
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// text/plain, text/markdown or application/pdf.
+	MimeType      string `protobuf:"bytes,2,opt,name=mime_type,json=mimeType,proto3" json:"mime_type,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *IngestDocumentHeader) Reset() {
+	*x = IngestDocumentHeader{}
+	mi := &file_chatplane_v1_gateway_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *IngestDocumentHeader) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*IngestDocumentHeader) ProtoMessage() {}
+
+func (x *IngestDocumentHeader) ProtoReflect() protoreflect.Message {
+	mi := &file_chatplane_v1_gateway_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use IngestDocumentHeader.ProtoReflect.Descriptor instead.
+func (*IngestDocumentHeader) Descriptor() ([]byte, []int) {
+	return file_chatplane_v1_gateway_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *IngestDocumentHeader) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *IngestDocumentHeader) GetMimeType() string {
+	if x != nil {
+		return x.MimeType
+	}
+	return ""
+}
+
+// One message of an ingestion stream: the header first, then content pieces.
+type GatewayServiceIngestDocumentRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The part.
+	//
+	// Types that are valid to be assigned to Part:
+	//
+	//	*GatewayServiceIngestDocumentRequest_Header
+	//	*GatewayServiceIngestDocumentRequest_Content
+	Part          isGatewayServiceIngestDocumentRequest_Part `protobuf_oneof:"part"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GatewayServiceIngestDocumentRequest) Reset() {
+	*x = GatewayServiceIngestDocumentRequest{}
+	mi := &file_chatplane_v1_gateway_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GatewayServiceIngestDocumentRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GatewayServiceIngestDocumentRequest) ProtoMessage() {}
+
+func (x *GatewayServiceIngestDocumentRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_chatplane_v1_gateway_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GatewayServiceIngestDocumentRequest.ProtoReflect.Descriptor instead.
+func (*GatewayServiceIngestDocumentRequest) Descriptor() ([]byte, []int) {
+	return file_chatplane_v1_gateway_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *GatewayServiceIngestDocumentRequest) GetPart() isGatewayServiceIngestDocumentRequest_Part {
+	if x != nil {
+		return x.Part
+	}
+	return nil
+}
+
+func (x *GatewayServiceIngestDocumentRequest) GetHeader() *IngestDocumentHeader {
+	if x != nil {
+		if x, ok := x.Part.(*GatewayServiceIngestDocumentRequest_Header); ok {
+			return x.Header
+		}
+	}
+	return nil
+}
+
+func (x *GatewayServiceIngestDocumentRequest) GetContent() []byte {
+	if x != nil {
+		if x, ok := x.Part.(*GatewayServiceIngestDocumentRequest_Content); ok {
+			return x.Content
+		}
+	}
+	return nil
+}
+
+type isGatewayServiceIngestDocumentRequest_Part interface {
+	isGatewayServiceIngestDocumentRequest_Part()
+}
+
+type GatewayServiceIngestDocumentRequest_Header struct {
+	// First message: the document's name and media type.
+	Header *IngestDocumentHeader `protobuf:"bytes,1,opt,name=header,proto3,oneof"`
+}
+
+type GatewayServiceIngestDocumentRequest_Content struct {
+	// A piece of the document's bytes, in order (at most 1 MiB each).
+	Content []byte `protobuf:"bytes,2,opt,name=content,proto3,oneof"`
+}
+
+func (*GatewayServiceIngestDocumentRequest_Header) isGatewayServiceIngestDocumentRequest_Part() {}
+
+func (*GatewayServiceIngestDocumentRequest_Content) isGatewayServiceIngestDocumentRequest_Part() {}
+
+// The document is stored and its chunks are searchable.
+type GatewayServiceIngestDocumentResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The stored document.
+	Document      *Document `protobuf:"bytes,1,opt,name=document,proto3" json:"document,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GatewayServiceIngestDocumentResponse) Reset() {
+	*x = GatewayServiceIngestDocumentResponse{}
+	mi := &file_chatplane_v1_gateway_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GatewayServiceIngestDocumentResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GatewayServiceIngestDocumentResponse) ProtoMessage() {}
+
+func (x *GatewayServiceIngestDocumentResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_chatplane_v1_gateway_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GatewayServiceIngestDocumentResponse.ProtoReflect.Descriptor instead.
+func (*GatewayServiceIngestDocumentResponse) Descriptor() ([]byte, []int) {
+	return file_chatplane_v1_gateway_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *GatewayServiceIngestDocumentResponse) GetDocument() *Document {
+	if x != nil {
+		return x.Document
+	}
+	return nil
+}
+
+// Asks for the documents of the caller's tenant.
+type GatewayServiceListDocumentsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GatewayServiceListDocumentsRequest) Reset() {
+	*x = GatewayServiceListDocumentsRequest{}
+	mi := &file_chatplane_v1_gateway_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GatewayServiceListDocumentsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GatewayServiceListDocumentsRequest) ProtoMessage() {}
+
+func (x *GatewayServiceListDocumentsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_chatplane_v1_gateway_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GatewayServiceListDocumentsRequest.ProtoReflect.Descriptor instead.
+func (*GatewayServiceListDocumentsRequest) Descriptor() ([]byte, []int) {
+	return file_chatplane_v1_gateway_proto_rawDescGZIP(), []int{17}
+}
+
+// The documents of the caller's tenant.
+type GatewayServiceListDocumentsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Documents, newest first.
+	Documents     []*Document `protobuf:"bytes,1,rep,name=documents,proto3" json:"documents,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GatewayServiceListDocumentsResponse) Reset() {
+	*x = GatewayServiceListDocumentsResponse{}
+	mi := &file_chatplane_v1_gateway_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GatewayServiceListDocumentsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GatewayServiceListDocumentsResponse) ProtoMessage() {}
+
+func (x *GatewayServiceListDocumentsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_chatplane_v1_gateway_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GatewayServiceListDocumentsResponse.ProtoReflect.Descriptor instead.
+func (*GatewayServiceListDocumentsResponse) Descriptor() ([]byte, []int) {
+	return file_chatplane_v1_gateway_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *GatewayServiceListDocumentsResponse) GetDocuments() []*Document {
+	if x != nil {
+		return x.Documents
+	}
+	return nil
+}
+
+// A document to delete.
+type GatewayServiceDeleteDocumentRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The document.
+	DocumentId    string `protobuf:"bytes,1,opt,name=document_id,json=documentId,proto3" json:"document_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GatewayServiceDeleteDocumentRequest) Reset() {
+	*x = GatewayServiceDeleteDocumentRequest{}
+	mi := &file_chatplane_v1_gateway_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GatewayServiceDeleteDocumentRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GatewayServiceDeleteDocumentRequest) ProtoMessage() {}
+
+func (x *GatewayServiceDeleteDocumentRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_chatplane_v1_gateway_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GatewayServiceDeleteDocumentRequest.ProtoReflect.Descriptor instead.
+func (*GatewayServiceDeleteDocumentRequest) Descriptor() ([]byte, []int) {
+	return file_chatplane_v1_gateway_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *GatewayServiceDeleteDocumentRequest) GetDocumentId() string {
+	if x != nil {
+		return x.DocumentId
+	}
+	return ""
+}
+
+// The document and its chunks are gone.
+type GatewayServiceDeleteDocumentResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// How many chunks were removed.
+	DeletedChunkCount int32 `protobuf:"varint,1,opt,name=deleted_chunk_count,json=deletedChunkCount,proto3" json:"deleted_chunk_count,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
+}
+
+func (x *GatewayServiceDeleteDocumentResponse) Reset() {
+	*x = GatewayServiceDeleteDocumentResponse{}
+	mi := &file_chatplane_v1_gateway_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GatewayServiceDeleteDocumentResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GatewayServiceDeleteDocumentResponse) ProtoMessage() {}
+
+func (x *GatewayServiceDeleteDocumentResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_chatplane_v1_gateway_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GatewayServiceDeleteDocumentResponse.ProtoReflect.Descriptor instead.
+func (*GatewayServiceDeleteDocumentResponse) Descriptor() ([]byte, []int) {
+	return file_chatplane_v1_gateway_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *GatewayServiceDeleteDocumentResponse) GetDeletedChunkCount() int32 {
+	if x != nil {
+		return x.DeletedChunkCount
+	}
+	return 0
+}
+
 var File_chatplane_v1_gateway_proto protoreflect.FileDescriptor
 
 const file_chatplane_v1_gateway_proto_rawDesc = "" +
@@ -1075,11 +1438,29 @@ const file_chatplane_v1_gateway_proto_rawDesc = "" +
 	"\n" +
 	"message_id\x18\x01 \x01(\tR\tmessageId\"2\n" +
 	"\x12CancelChatResponse\x12\x1c\n" +
-	"\tcancelled\x18\x01 \x01(\bR\tcancelled*N\n" +
+	"\tcancelled\x18\x01 \x01(\bR\tcancelled\"G\n" +
+	"\x14IngestDocumentHeader\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1b\n" +
+	"\tmime_type\x18\x02 \x01(\tR\bmimeType\"\x87\x01\n" +
+	"#GatewayServiceIngestDocumentRequest\x12<\n" +
+	"\x06header\x18\x01 \x01(\v2\".chatplane.v1.IngestDocumentHeaderH\x00R\x06header\x12\x1a\n" +
+	"\acontent\x18\x02 \x01(\fH\x00R\acontentB\x06\n" +
+	"\x04part\"Z\n" +
+	"$GatewayServiceIngestDocumentResponse\x122\n" +
+	"\bdocument\x18\x01 \x01(\v2\x16.chatplane.v1.DocumentR\bdocument\"$\n" +
+	"\"GatewayServiceListDocumentsRequest\"[\n" +
+	"#GatewayServiceListDocumentsResponse\x124\n" +
+	"\tdocuments\x18\x01 \x03(\v2\x16.chatplane.v1.DocumentR\tdocuments\"F\n" +
+	"#GatewayServiceDeleteDocumentRequest\x12\x1f\n" +
+	"\vdocument_id\x18\x01 \x01(\tR\n" +
+	"documentId\"V\n" +
+	"$GatewayServiceDeleteDocumentResponse\x12.\n" +
+	"\x13deleted_chunk_count\x18\x01 \x01(\x05R\x11deletedChunkCount*N\n" +
 	"\x06Rating\x12\x16\n" +
 	"\x12RATING_UNSPECIFIED\x10\x00\x12\x14\n" +
 	"\x10RATING_THUMBS_UP\x10\x01\x12\x16\n" +
-	"\x12RATING_THUMBS_DOWN\x10\x022\x97\a\n" +
+	"\x12RATING_THUMBS_DOWN\x10\x022\xbf\n" +
+	"\n" +
 	"\x0eGatewayService\x12T\n" +
 	"\x04Chat\x12\x19.chatplane.v1.ChatRequest\x1a\x1a.chatplane.v1.ChatResponse\"\x13\x82\xd3\xe4\x93\x02\r:\x01*\"\b/v1/chat0\x01\x12\x7f\n" +
 	"\x11ListConversations\x12&.chatplane.v1.ListConversationsRequest\x1a'.chatplane.v1.ListConversationsResponse\"\x19\x82\xd3\xe4\x93\x02\x13\x12\x11/v1/conversations\x12\x8b\x01\n" +
@@ -1089,7 +1470,10 @@ const file_chatplane_v1_gateway_proto_rawDesc = "" +
 	"\n" +
 	"ResumeChat\x12\x1f.chatplane.v1.ResumeChatRequest\x1a .chatplane.v1.ResumeChatResponse\"+\x82\xd3\xe4\x93\x02%:\x01*\" /v1/messages/{message_id}/resume0\x01\x12|\n" +
 	"\n" +
-	"CancelChat\x12\x1f.chatplane.v1.CancelChatRequest\x1a .chatplane.v1.CancelChatResponse\"+\x82\xd3\xe4\x93\x02%:\x01*\" /v1/messages/{message_id}/cancelB@Z>github.com/chatplane/chatplane/gen/go/chatplane/v1;chatplanev1b\x06proto3"
+	"CancelChat\x12\x1f.chatplane.v1.CancelChatRequest\x1a .chatplane.v1.CancelChatResponse\"+\x82\xd3\xe4\x93\x02%:\x01*\" /v1/messages/{message_id}/cancel\x12y\n" +
+	"\x0eIngestDocument\x121.chatplane.v1.GatewayServiceIngestDocumentRequest\x1a2.chatplane.v1.GatewayServiceIngestDocumentResponse(\x01\x12\x8b\x01\n" +
+	"\rListDocuments\x120.chatplane.v1.GatewayServiceListDocumentsRequest\x1a1.chatplane.v1.GatewayServiceListDocumentsResponse\"\x15\x82\xd3\xe4\x93\x02\x0f\x12\r/v1/documents\x12\x9c\x01\n" +
+	"\x0eDeleteDocument\x121.chatplane.v1.GatewayServiceDeleteDocumentRequest\x1a2.chatplane.v1.GatewayServiceDeleteDocumentResponse\"#\x82\xd3\xe4\x93\x02\x1d*\x1b/v1/documents/{document_id}B@Z>github.com/chatplane/chatplane/gen/go/chatplane/v1;chatplanev1b\x06proto3"
 
 var (
 	file_chatplane_v1_gateway_proto_rawDescOnce sync.Once
@@ -1104,68 +1488,85 @@ func file_chatplane_v1_gateway_proto_rawDescGZIP() []byte {
 }
 
 var file_chatplane_v1_gateway_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_chatplane_v1_gateway_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
+var file_chatplane_v1_gateway_proto_msgTypes = make([]protoimpl.MessageInfo, 21)
 var file_chatplane_v1_gateway_proto_goTypes = []any{
-	(Rating)(0),                        // 0: chatplane.v1.Rating
-	(*ChatRequest)(nil),                // 1: chatplane.v1.ChatRequest
-	(*ChatResponse)(nil),               // 2: chatplane.v1.ChatResponse
-	(*ListConversationsRequest)(nil),   // 3: chatplane.v1.ListConversationsRequest
-	(*ListConversationsResponse)(nil),  // 4: chatplane.v1.ListConversationsResponse
-	(*GetConversationRequest)(nil),     // 5: chatplane.v1.GetConversationRequest
-	(*GetConversationResponse)(nil),    // 6: chatplane.v1.GetConversationResponse
-	(*DeleteConversationRequest)(nil),  // 7: chatplane.v1.DeleteConversationRequest
-	(*DeleteConversationResponse)(nil), // 8: chatplane.v1.DeleteConversationResponse
-	(*SubmitFeedbackRequest)(nil),      // 9: chatplane.v1.SubmitFeedbackRequest
-	(*SubmitFeedbackResponse)(nil),     // 10: chatplane.v1.SubmitFeedbackResponse
-	(*ResumeChatRequest)(nil),          // 11: chatplane.v1.ResumeChatRequest
-	(*ResumeChatResponse)(nil),         // 12: chatplane.v1.ResumeChatResponse
-	(*CancelChatRequest)(nil),          // 13: chatplane.v1.CancelChatRequest
-	(*CancelChatResponse)(nil),         // 14: chatplane.v1.CancelChatResponse
-	(*TurnStarted)(nil),                // 15: chatplane.v1.TurnStarted
-	(*TextDelta)(nil),                  // 16: chatplane.v1.TextDelta
-	(*Citation)(nil),                   // 17: chatplane.v1.Citation
-	(*Usage)(nil),                      // 18: chatplane.v1.Usage
-	(*TurnDone)(nil),                   // 19: chatplane.v1.TurnDone
-	(*Conversation)(nil),               // 20: chatplane.v1.Conversation
-	(*Message)(nil),                    // 21: chatplane.v1.Message
-	(*timestamppb.Timestamp)(nil),      // 22: google.protobuf.Timestamp
+	(Rating)(0),                                  // 0: chatplane.v1.Rating
+	(*ChatRequest)(nil),                          // 1: chatplane.v1.ChatRequest
+	(*ChatResponse)(nil),                         // 2: chatplane.v1.ChatResponse
+	(*ListConversationsRequest)(nil),             // 3: chatplane.v1.ListConversationsRequest
+	(*ListConversationsResponse)(nil),            // 4: chatplane.v1.ListConversationsResponse
+	(*GetConversationRequest)(nil),               // 5: chatplane.v1.GetConversationRequest
+	(*GetConversationResponse)(nil),              // 6: chatplane.v1.GetConversationResponse
+	(*DeleteConversationRequest)(nil),            // 7: chatplane.v1.DeleteConversationRequest
+	(*DeleteConversationResponse)(nil),           // 8: chatplane.v1.DeleteConversationResponse
+	(*SubmitFeedbackRequest)(nil),                // 9: chatplane.v1.SubmitFeedbackRequest
+	(*SubmitFeedbackResponse)(nil),               // 10: chatplane.v1.SubmitFeedbackResponse
+	(*ResumeChatRequest)(nil),                    // 11: chatplane.v1.ResumeChatRequest
+	(*ResumeChatResponse)(nil),                   // 12: chatplane.v1.ResumeChatResponse
+	(*CancelChatRequest)(nil),                    // 13: chatplane.v1.CancelChatRequest
+	(*CancelChatResponse)(nil),                   // 14: chatplane.v1.CancelChatResponse
+	(*IngestDocumentHeader)(nil),                 // 15: chatplane.v1.IngestDocumentHeader
+	(*GatewayServiceIngestDocumentRequest)(nil),  // 16: chatplane.v1.GatewayServiceIngestDocumentRequest
+	(*GatewayServiceIngestDocumentResponse)(nil), // 17: chatplane.v1.GatewayServiceIngestDocumentResponse
+	(*GatewayServiceListDocumentsRequest)(nil),   // 18: chatplane.v1.GatewayServiceListDocumentsRequest
+	(*GatewayServiceListDocumentsResponse)(nil),  // 19: chatplane.v1.GatewayServiceListDocumentsResponse
+	(*GatewayServiceDeleteDocumentRequest)(nil),  // 20: chatplane.v1.GatewayServiceDeleteDocumentRequest
+	(*GatewayServiceDeleteDocumentResponse)(nil), // 21: chatplane.v1.GatewayServiceDeleteDocumentResponse
+	(*TurnStarted)(nil),                          // 22: chatplane.v1.TurnStarted
+	(*TextDelta)(nil),                            // 23: chatplane.v1.TextDelta
+	(*Citation)(nil),                             // 24: chatplane.v1.Citation
+	(*Usage)(nil),                                // 25: chatplane.v1.Usage
+	(*TurnDone)(nil),                             // 26: chatplane.v1.TurnDone
+	(*Conversation)(nil),                         // 27: chatplane.v1.Conversation
+	(*Message)(nil),                              // 28: chatplane.v1.Message
+	(*timestamppb.Timestamp)(nil),                // 29: google.protobuf.Timestamp
+	(*Document)(nil),                             // 30: chatplane.v1.Document
 }
 var file_chatplane_v1_gateway_proto_depIdxs = []int32{
-	15, // 0: chatplane.v1.ChatResponse.started:type_name -> chatplane.v1.TurnStarted
-	16, // 1: chatplane.v1.ChatResponse.delta:type_name -> chatplane.v1.TextDelta
-	17, // 2: chatplane.v1.ChatResponse.citation:type_name -> chatplane.v1.Citation
-	18, // 3: chatplane.v1.ChatResponse.usage:type_name -> chatplane.v1.Usage
-	19, // 4: chatplane.v1.ChatResponse.done:type_name -> chatplane.v1.TurnDone
-	20, // 5: chatplane.v1.ListConversationsResponse.conversations:type_name -> chatplane.v1.Conversation
-	20, // 6: chatplane.v1.GetConversationResponse.conversation:type_name -> chatplane.v1.Conversation
-	21, // 7: chatplane.v1.GetConversationResponse.messages:type_name -> chatplane.v1.Message
-	22, // 8: chatplane.v1.DeleteConversationResponse.delete_time:type_name -> google.protobuf.Timestamp
+	22, // 0: chatplane.v1.ChatResponse.started:type_name -> chatplane.v1.TurnStarted
+	23, // 1: chatplane.v1.ChatResponse.delta:type_name -> chatplane.v1.TextDelta
+	24, // 2: chatplane.v1.ChatResponse.citation:type_name -> chatplane.v1.Citation
+	25, // 3: chatplane.v1.ChatResponse.usage:type_name -> chatplane.v1.Usage
+	26, // 4: chatplane.v1.ChatResponse.done:type_name -> chatplane.v1.TurnDone
+	27, // 5: chatplane.v1.ListConversationsResponse.conversations:type_name -> chatplane.v1.Conversation
+	27, // 6: chatplane.v1.GetConversationResponse.conversation:type_name -> chatplane.v1.Conversation
+	28, // 7: chatplane.v1.GetConversationResponse.messages:type_name -> chatplane.v1.Message
+	29, // 8: chatplane.v1.DeleteConversationResponse.delete_time:type_name -> google.protobuf.Timestamp
 	0,  // 9: chatplane.v1.SubmitFeedbackRequest.rating:type_name -> chatplane.v1.Rating
-	22, // 10: chatplane.v1.SubmitFeedbackResponse.create_time:type_name -> google.protobuf.Timestamp
-	15, // 11: chatplane.v1.ResumeChatResponse.started:type_name -> chatplane.v1.TurnStarted
-	16, // 12: chatplane.v1.ResumeChatResponse.delta:type_name -> chatplane.v1.TextDelta
-	17, // 13: chatplane.v1.ResumeChatResponse.citation:type_name -> chatplane.v1.Citation
-	18, // 14: chatplane.v1.ResumeChatResponse.usage:type_name -> chatplane.v1.Usage
-	19, // 15: chatplane.v1.ResumeChatResponse.done:type_name -> chatplane.v1.TurnDone
-	1,  // 16: chatplane.v1.GatewayService.Chat:input_type -> chatplane.v1.ChatRequest
-	3,  // 17: chatplane.v1.GatewayService.ListConversations:input_type -> chatplane.v1.ListConversationsRequest
-	5,  // 18: chatplane.v1.GatewayService.GetConversation:input_type -> chatplane.v1.GetConversationRequest
-	7,  // 19: chatplane.v1.GatewayService.DeleteConversation:input_type -> chatplane.v1.DeleteConversationRequest
-	9,  // 20: chatplane.v1.GatewayService.SubmitFeedback:input_type -> chatplane.v1.SubmitFeedbackRequest
-	11, // 21: chatplane.v1.GatewayService.ResumeChat:input_type -> chatplane.v1.ResumeChatRequest
-	13, // 22: chatplane.v1.GatewayService.CancelChat:input_type -> chatplane.v1.CancelChatRequest
-	2,  // 23: chatplane.v1.GatewayService.Chat:output_type -> chatplane.v1.ChatResponse
-	4,  // 24: chatplane.v1.GatewayService.ListConversations:output_type -> chatplane.v1.ListConversationsResponse
-	6,  // 25: chatplane.v1.GatewayService.GetConversation:output_type -> chatplane.v1.GetConversationResponse
-	8,  // 26: chatplane.v1.GatewayService.DeleteConversation:output_type -> chatplane.v1.DeleteConversationResponse
-	10, // 27: chatplane.v1.GatewayService.SubmitFeedback:output_type -> chatplane.v1.SubmitFeedbackResponse
-	12, // 28: chatplane.v1.GatewayService.ResumeChat:output_type -> chatplane.v1.ResumeChatResponse
-	14, // 29: chatplane.v1.GatewayService.CancelChat:output_type -> chatplane.v1.CancelChatResponse
-	23, // [23:30] is the sub-list for method output_type
-	16, // [16:23] is the sub-list for method input_type
-	16, // [16:16] is the sub-list for extension type_name
-	16, // [16:16] is the sub-list for extension extendee
-	0,  // [0:16] is the sub-list for field type_name
+	29, // 10: chatplane.v1.SubmitFeedbackResponse.create_time:type_name -> google.protobuf.Timestamp
+	22, // 11: chatplane.v1.ResumeChatResponse.started:type_name -> chatplane.v1.TurnStarted
+	23, // 12: chatplane.v1.ResumeChatResponse.delta:type_name -> chatplane.v1.TextDelta
+	24, // 13: chatplane.v1.ResumeChatResponse.citation:type_name -> chatplane.v1.Citation
+	25, // 14: chatplane.v1.ResumeChatResponse.usage:type_name -> chatplane.v1.Usage
+	26, // 15: chatplane.v1.ResumeChatResponse.done:type_name -> chatplane.v1.TurnDone
+	15, // 16: chatplane.v1.GatewayServiceIngestDocumentRequest.header:type_name -> chatplane.v1.IngestDocumentHeader
+	30, // 17: chatplane.v1.GatewayServiceIngestDocumentResponse.document:type_name -> chatplane.v1.Document
+	30, // 18: chatplane.v1.GatewayServiceListDocumentsResponse.documents:type_name -> chatplane.v1.Document
+	1,  // 19: chatplane.v1.GatewayService.Chat:input_type -> chatplane.v1.ChatRequest
+	3,  // 20: chatplane.v1.GatewayService.ListConversations:input_type -> chatplane.v1.ListConversationsRequest
+	5,  // 21: chatplane.v1.GatewayService.GetConversation:input_type -> chatplane.v1.GetConversationRequest
+	7,  // 22: chatplane.v1.GatewayService.DeleteConversation:input_type -> chatplane.v1.DeleteConversationRequest
+	9,  // 23: chatplane.v1.GatewayService.SubmitFeedback:input_type -> chatplane.v1.SubmitFeedbackRequest
+	11, // 24: chatplane.v1.GatewayService.ResumeChat:input_type -> chatplane.v1.ResumeChatRequest
+	13, // 25: chatplane.v1.GatewayService.CancelChat:input_type -> chatplane.v1.CancelChatRequest
+	16, // 26: chatplane.v1.GatewayService.IngestDocument:input_type -> chatplane.v1.GatewayServiceIngestDocumentRequest
+	18, // 27: chatplane.v1.GatewayService.ListDocuments:input_type -> chatplane.v1.GatewayServiceListDocumentsRequest
+	20, // 28: chatplane.v1.GatewayService.DeleteDocument:input_type -> chatplane.v1.GatewayServiceDeleteDocumentRequest
+	2,  // 29: chatplane.v1.GatewayService.Chat:output_type -> chatplane.v1.ChatResponse
+	4,  // 30: chatplane.v1.GatewayService.ListConversations:output_type -> chatplane.v1.ListConversationsResponse
+	6,  // 31: chatplane.v1.GatewayService.GetConversation:output_type -> chatplane.v1.GetConversationResponse
+	8,  // 32: chatplane.v1.GatewayService.DeleteConversation:output_type -> chatplane.v1.DeleteConversationResponse
+	10, // 33: chatplane.v1.GatewayService.SubmitFeedback:output_type -> chatplane.v1.SubmitFeedbackResponse
+	12, // 34: chatplane.v1.GatewayService.ResumeChat:output_type -> chatplane.v1.ResumeChatResponse
+	14, // 35: chatplane.v1.GatewayService.CancelChat:output_type -> chatplane.v1.CancelChatResponse
+	17, // 36: chatplane.v1.GatewayService.IngestDocument:output_type -> chatplane.v1.GatewayServiceIngestDocumentResponse
+	19, // 37: chatplane.v1.GatewayService.ListDocuments:output_type -> chatplane.v1.GatewayServiceListDocumentsResponse
+	21, // 38: chatplane.v1.GatewayService.DeleteDocument:output_type -> chatplane.v1.GatewayServiceDeleteDocumentResponse
+	29, // [29:39] is the sub-list for method output_type
+	19, // [19:29] is the sub-list for method input_type
+	19, // [19:19] is the sub-list for extension type_name
+	19, // [19:19] is the sub-list for extension extendee
+	0,  // [0:19] is the sub-list for field type_name
 }
 
 func init() { file_chatplane_v1_gateway_proto_init() }
@@ -1188,13 +1589,17 @@ func file_chatplane_v1_gateway_proto_init() {
 		(*ResumeChatResponse_Usage)(nil),
 		(*ResumeChatResponse_Done)(nil),
 	}
+	file_chatplane_v1_gateway_proto_msgTypes[15].OneofWrappers = []any{
+		(*GatewayServiceIngestDocumentRequest_Header)(nil),
+		(*GatewayServiceIngestDocumentRequest_Content)(nil),
+	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_chatplane_v1_gateway_proto_rawDesc), len(file_chatplane_v1_gateway_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   14,
+			NumMessages:   21,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

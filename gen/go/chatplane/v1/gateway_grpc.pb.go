@@ -26,6 +26,9 @@ const (
 	GatewayService_SubmitFeedback_FullMethodName     = "/chatplane.v1.GatewayService/SubmitFeedback"
 	GatewayService_ResumeChat_FullMethodName         = "/chatplane.v1.GatewayService/ResumeChat"
 	GatewayService_CancelChat_FullMethodName         = "/chatplane.v1.GatewayService/CancelChat"
+	GatewayService_IngestDocument_FullMethodName     = "/chatplane.v1.GatewayService/IngestDocument"
+	GatewayService_ListDocuments_FullMethodName      = "/chatplane.v1.GatewayService/ListDocuments"
+	GatewayService_DeleteDocument_FullMethodName     = "/chatplane.v1.GatewayService/DeleteDocument"
 )
 
 // GatewayServiceClient is the client API for GatewayService service.
@@ -51,6 +54,13 @@ type GatewayServiceClient interface {
 	// Stops the generation of an answer (e.g. one started with `resumable`); the partial
 	// answer is stored, marked interrupted.
 	CancelChat(ctx context.Context, in *CancelChatRequest, opts ...grpc.CallOption) (*CancelChatResponse, error)
+	// Ingests a document for the caller's tenant: a header, then the content in pieces.
+	// gRPC only (a client stream); every user of the tenant can then be answered from it.
+	IngestDocument(ctx context.Context, opts ...grpc.CallOption) (grpc.ClientStreamingClient[GatewayServiceIngestDocumentRequest, GatewayServiceIngestDocumentResponse], error)
+	// Lists the documents of the caller's tenant, newest first.
+	ListDocuments(ctx context.Context, in *GatewayServiceListDocumentsRequest, opts ...grpc.CallOption) (*GatewayServiceListDocumentsResponse, error)
+	// Deletes a document of the caller's tenant (another tenant's id: NOT_FOUND).
+	DeleteDocument(ctx context.Context, in *GatewayServiceDeleteDocumentRequest, opts ...grpc.CallOption) (*GatewayServiceDeleteDocumentResponse, error)
 }
 
 type gatewayServiceClient struct {
@@ -149,6 +159,39 @@ func (c *gatewayServiceClient) CancelChat(ctx context.Context, in *CancelChatReq
 	return out, nil
 }
 
+func (c *gatewayServiceClient) IngestDocument(ctx context.Context, opts ...grpc.CallOption) (grpc.ClientStreamingClient[GatewayServiceIngestDocumentRequest, GatewayServiceIngestDocumentResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &GatewayService_ServiceDesc.Streams[2], GatewayService_IngestDocument_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[GatewayServiceIngestDocumentRequest, GatewayServiceIngestDocumentResponse]{ClientStream: stream}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type GatewayService_IngestDocumentClient = grpc.ClientStreamingClient[GatewayServiceIngestDocumentRequest, GatewayServiceIngestDocumentResponse]
+
+func (c *gatewayServiceClient) ListDocuments(ctx context.Context, in *GatewayServiceListDocumentsRequest, opts ...grpc.CallOption) (*GatewayServiceListDocumentsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GatewayServiceListDocumentsResponse)
+	err := c.cc.Invoke(ctx, GatewayService_ListDocuments_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *gatewayServiceClient) DeleteDocument(ctx context.Context, in *GatewayServiceDeleteDocumentRequest, opts ...grpc.CallOption) (*GatewayServiceDeleteDocumentResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GatewayServiceDeleteDocumentResponse)
+	err := c.cc.Invoke(ctx, GatewayService_DeleteDocument_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // GatewayServiceServer is the server API for GatewayService service.
 // All implementations must embed UnimplementedGatewayServiceServer
 // for forward compatibility.
@@ -172,6 +215,13 @@ type GatewayServiceServer interface {
 	// Stops the generation of an answer (e.g. one started with `resumable`); the partial
 	// answer is stored, marked interrupted.
 	CancelChat(context.Context, *CancelChatRequest) (*CancelChatResponse, error)
+	// Ingests a document for the caller's tenant: a header, then the content in pieces.
+	// gRPC only (a client stream); every user of the tenant can then be answered from it.
+	IngestDocument(grpc.ClientStreamingServer[GatewayServiceIngestDocumentRequest, GatewayServiceIngestDocumentResponse]) error
+	// Lists the documents of the caller's tenant, newest first.
+	ListDocuments(context.Context, *GatewayServiceListDocumentsRequest) (*GatewayServiceListDocumentsResponse, error)
+	// Deletes a document of the caller's tenant (another tenant's id: NOT_FOUND).
+	DeleteDocument(context.Context, *GatewayServiceDeleteDocumentRequest) (*GatewayServiceDeleteDocumentResponse, error)
 	mustEmbedUnimplementedGatewayServiceServer()
 }
 
@@ -202,6 +252,15 @@ func (UnimplementedGatewayServiceServer) ResumeChat(*ResumeChatRequest, grpc.Ser
 }
 func (UnimplementedGatewayServiceServer) CancelChat(context.Context, *CancelChatRequest) (*CancelChatResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method CancelChat not implemented")
+}
+func (UnimplementedGatewayServiceServer) IngestDocument(grpc.ClientStreamingServer[GatewayServiceIngestDocumentRequest, GatewayServiceIngestDocumentResponse]) error {
+	return status.Error(codes.Unimplemented, "method IngestDocument not implemented")
+}
+func (UnimplementedGatewayServiceServer) ListDocuments(context.Context, *GatewayServiceListDocumentsRequest) (*GatewayServiceListDocumentsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListDocuments not implemented")
+}
+func (UnimplementedGatewayServiceServer) DeleteDocument(context.Context, *GatewayServiceDeleteDocumentRequest) (*GatewayServiceDeleteDocumentResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method DeleteDocument not implemented")
 }
 func (UnimplementedGatewayServiceServer) mustEmbedUnimplementedGatewayServiceServer() {}
 func (UnimplementedGatewayServiceServer) testEmbeddedByValue()                        {}
@@ -336,6 +395,49 @@ func _GatewayService_CancelChat_Handler(srv interface{}, ctx context.Context, de
 	return interceptor(ctx, in, info, handler)
 }
 
+func _GatewayService_IngestDocument_Handler(srv interface{}, stream grpc.ServerStream) error {
+	return srv.(GatewayServiceServer).IngestDocument(&grpc.GenericServerStream[GatewayServiceIngestDocumentRequest, GatewayServiceIngestDocumentResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type GatewayService_IngestDocumentServer = grpc.ClientStreamingServer[GatewayServiceIngestDocumentRequest, GatewayServiceIngestDocumentResponse]
+
+func _GatewayService_ListDocuments_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GatewayServiceListDocumentsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(GatewayServiceServer).ListDocuments(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: GatewayService_ListDocuments_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(GatewayServiceServer).ListDocuments(ctx, req.(*GatewayServiceListDocumentsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _GatewayService_DeleteDocument_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GatewayServiceDeleteDocumentRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(GatewayServiceServer).DeleteDocument(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: GatewayService_DeleteDocument_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(GatewayServiceServer).DeleteDocument(ctx, req.(*GatewayServiceDeleteDocumentRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // GatewayService_ServiceDesc is the grpc.ServiceDesc for GatewayService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -363,6 +465,14 @@ var GatewayService_ServiceDesc = grpc.ServiceDesc{
 			MethodName: "CancelChat",
 			Handler:    _GatewayService_CancelChat_Handler,
 		},
+		{
+			MethodName: "ListDocuments",
+			Handler:    _GatewayService_ListDocuments_Handler,
+		},
+		{
+			MethodName: "DeleteDocument",
+			Handler:    _GatewayService_DeleteDocument_Handler,
+		},
 	},
 	Streams: []grpc.StreamDesc{
 		{
@@ -374,6 +484,11 @@ var GatewayService_ServiceDesc = grpc.ServiceDesc{
 			StreamName:    "ResumeChat",
 			Handler:       _GatewayService_ResumeChat_Handler,
 			ServerStreams: true,
+		},
+		{
+			StreamName:    "IngestDocument",
+			Handler:       _GatewayService_IngestDocument_Handler,
+			ClientStreams: true,
 		},
 	},
 	Metadata: "chatplane/v1/gateway.proto",

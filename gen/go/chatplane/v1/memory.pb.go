@@ -542,6 +542,396 @@ func (x *ForgetResponse) GetForgottenCount() int32 {
 	return 0
 }
 
+// The first message of an ingestion: what the document is and whose it is.
+type DocumentHeader struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The owner's tenant (documents are visible to all its users).
+	TenantId string `protobuf:"bytes,1,opt,name=tenant_id,json=tenantId,proto3" json:"tenant_id,omitempty"`
+	// The document's name (shown in citations), 1-256 characters.
+	Name string `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	// text/plain, text/markdown or application/pdf.
+	MimeType      string `protobuf:"bytes,3,opt,name=mime_type,json=mimeType,proto3" json:"mime_type,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DocumentHeader) Reset() {
+	*x = DocumentHeader{}
+	mi := &file_chatplane_v1_memory_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DocumentHeader) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DocumentHeader) ProtoMessage() {}
+
+func (x *DocumentHeader) ProtoReflect() protoreflect.Message {
+	mi := &file_chatplane_v1_memory_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DocumentHeader.ProtoReflect.Descriptor instead.
+func (*DocumentHeader) Descriptor() ([]byte, []int) {
+	return file_chatplane_v1_memory_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *DocumentHeader) GetTenantId() string {
+	if x != nil {
+		return x.TenantId
+	}
+	return ""
+}
+
+func (x *DocumentHeader) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *DocumentHeader) GetMimeType() string {
+	if x != nil {
+		return x.MimeType
+	}
+	return ""
+}
+
+// One message of an ingestion stream: the header first, then content pieces.
+type IngestDocumentRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The part.
+	//
+	// Types that are valid to be assigned to Part:
+	//
+	//	*IngestDocumentRequest_Header
+	//	*IngestDocumentRequest_Content
+	Part          isIngestDocumentRequest_Part `protobuf_oneof:"part"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *IngestDocumentRequest) Reset() {
+	*x = IngestDocumentRequest{}
+	mi := &file_chatplane_v1_memory_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *IngestDocumentRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*IngestDocumentRequest) ProtoMessage() {}
+
+func (x *IngestDocumentRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_chatplane_v1_memory_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use IngestDocumentRequest.ProtoReflect.Descriptor instead.
+func (*IngestDocumentRequest) Descriptor() ([]byte, []int) {
+	return file_chatplane_v1_memory_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *IngestDocumentRequest) GetPart() isIngestDocumentRequest_Part {
+	if x != nil {
+		return x.Part
+	}
+	return nil
+}
+
+func (x *IngestDocumentRequest) GetHeader() *DocumentHeader {
+	if x != nil {
+		if x, ok := x.Part.(*IngestDocumentRequest_Header); ok {
+			return x.Header
+		}
+	}
+	return nil
+}
+
+func (x *IngestDocumentRequest) GetContent() []byte {
+	if x != nil {
+		if x, ok := x.Part.(*IngestDocumentRequest_Content); ok {
+			return x.Content
+		}
+	}
+	return nil
+}
+
+type isIngestDocumentRequest_Part interface {
+	isIngestDocumentRequest_Part()
+}
+
+type IngestDocumentRequest_Header struct {
+	// First message: the document's name, media type and owner.
+	Header *DocumentHeader `protobuf:"bytes,1,opt,name=header,proto3,oneof"`
+}
+
+type IngestDocumentRequest_Content struct {
+	// A piece of the document's bytes, in order (at most 1 MiB each).
+	Content []byte `protobuf:"bytes,2,opt,name=content,proto3,oneof"`
+}
+
+func (*IngestDocumentRequest_Header) isIngestDocumentRequest_Part() {}
+
+func (*IngestDocumentRequest_Content) isIngestDocumentRequest_Part() {}
+
+// The document is stored and its chunks are searchable.
+type IngestDocumentResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The stored document.
+	Document      *Document `protobuf:"bytes,1,opt,name=document,proto3" json:"document,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *IngestDocumentResponse) Reset() {
+	*x = IngestDocumentResponse{}
+	mi := &file_chatplane_v1_memory_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *IngestDocumentResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*IngestDocumentResponse) ProtoMessage() {}
+
+func (x *IngestDocumentResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_chatplane_v1_memory_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use IngestDocumentResponse.ProtoReflect.Descriptor instead.
+func (*IngestDocumentResponse) Descriptor() ([]byte, []int) {
+	return file_chatplane_v1_memory_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *IngestDocumentResponse) GetDocument() *Document {
+	if x != nil {
+		return x.Document
+	}
+	return nil
+}
+
+// Asks for a tenant's documents.
+type ListDocumentsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The tenant.
+	TenantId      string `protobuf:"bytes,1,opt,name=tenant_id,json=tenantId,proto3" json:"tenant_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListDocumentsRequest) Reset() {
+	*x = ListDocumentsRequest{}
+	mi := &file_chatplane_v1_memory_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListDocumentsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListDocumentsRequest) ProtoMessage() {}
+
+func (x *ListDocumentsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_chatplane_v1_memory_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListDocumentsRequest.ProtoReflect.Descriptor instead.
+func (*ListDocumentsRequest) Descriptor() ([]byte, []int) {
+	return file_chatplane_v1_memory_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *ListDocumentsRequest) GetTenantId() string {
+	if x != nil {
+		return x.TenantId
+	}
+	return ""
+}
+
+// A tenant's documents.
+type ListDocumentsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Documents, newest first.
+	Documents     []*Document `protobuf:"bytes,1,rep,name=documents,proto3" json:"documents,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListDocumentsResponse) Reset() {
+	*x = ListDocumentsResponse{}
+	mi := &file_chatplane_v1_memory_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListDocumentsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListDocumentsResponse) ProtoMessage() {}
+
+func (x *ListDocumentsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_chatplane_v1_memory_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListDocumentsResponse.ProtoReflect.Descriptor instead.
+func (*ListDocumentsResponse) Descriptor() ([]byte, []int) {
+	return file_chatplane_v1_memory_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *ListDocumentsResponse) GetDocuments() []*Document {
+	if x != nil {
+		return x.Documents
+	}
+	return nil
+}
+
+// A document to delete.
+type DeleteDocumentRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The tenant.
+	TenantId string `protobuf:"bytes,1,opt,name=tenant_id,json=tenantId,proto3" json:"tenant_id,omitempty"`
+	// The document.
+	DocumentId    string `protobuf:"bytes,2,opt,name=document_id,json=documentId,proto3" json:"document_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteDocumentRequest) Reset() {
+	*x = DeleteDocumentRequest{}
+	mi := &file_chatplane_v1_memory_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteDocumentRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteDocumentRequest) ProtoMessage() {}
+
+func (x *DeleteDocumentRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_chatplane_v1_memory_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteDocumentRequest.ProtoReflect.Descriptor instead.
+func (*DeleteDocumentRequest) Descriptor() ([]byte, []int) {
+	return file_chatplane_v1_memory_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *DeleteDocumentRequest) GetTenantId() string {
+	if x != nil {
+		return x.TenantId
+	}
+	return ""
+}
+
+func (x *DeleteDocumentRequest) GetDocumentId() string {
+	if x != nil {
+		return x.DocumentId
+	}
+	return ""
+}
+
+// The document and its chunks are gone.
+type DeleteDocumentResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// How many chunks were removed.
+	DeletedChunkCount int32 `protobuf:"varint,1,opt,name=deleted_chunk_count,json=deletedChunkCount,proto3" json:"deleted_chunk_count,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
+}
+
+func (x *DeleteDocumentResponse) Reset() {
+	*x = DeleteDocumentResponse{}
+	mi := &file_chatplane_v1_memory_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteDocumentResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteDocumentResponse) ProtoMessage() {}
+
+func (x *DeleteDocumentResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_chatplane_v1_memory_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteDocumentResponse.ProtoReflect.Descriptor instead.
+func (*DeleteDocumentResponse) Descriptor() ([]byte, []int) {
+	return file_chatplane_v1_memory_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *DeleteDocumentResponse) GetDeletedChunkCount() int32 {
+	if x != nil {
+		return x.DeletedChunkCount
+	}
+	return 0
+}
+
 var File_chatplane_v1_memory_proto protoreflect.FileDescriptor
 
 const file_chatplane_v1_memory_proto_rawDesc = "" +
@@ -580,11 +970,34 @@ const file_chatplane_v1_memory_proto_rawDesc = "" +
 	"\auser_id\x18\x02 \x01(\tR\x06userId\x12'\n" +
 	"\x0fconversation_id\x18\x03 \x01(\tR\x0econversationId\"9\n" +
 	"\x0eForgetResponse\x12'\n" +
-	"\x0fforgotten_count\x18\x01 \x01(\x05R\x0eforgottenCount2\xe4\x01\n" +
+	"\x0fforgotten_count\x18\x01 \x01(\x05R\x0eforgottenCount\"^\n" +
+	"\x0eDocumentHeader\x12\x1b\n" +
+	"\ttenant_id\x18\x01 \x01(\tR\btenantId\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x12\x1b\n" +
+	"\tmime_type\x18\x03 \x01(\tR\bmimeType\"s\n" +
+	"\x15IngestDocumentRequest\x126\n" +
+	"\x06header\x18\x01 \x01(\v2\x1c.chatplane.v1.DocumentHeaderH\x00R\x06header\x12\x1a\n" +
+	"\acontent\x18\x02 \x01(\fH\x00R\acontentB\x06\n" +
+	"\x04part\"L\n" +
+	"\x16IngestDocumentResponse\x122\n" +
+	"\bdocument\x18\x01 \x01(\v2\x16.chatplane.v1.DocumentR\bdocument\"3\n" +
+	"\x14ListDocumentsRequest\x12\x1b\n" +
+	"\ttenant_id\x18\x01 \x01(\tR\btenantId\"M\n" +
+	"\x15ListDocumentsResponse\x124\n" +
+	"\tdocuments\x18\x01 \x03(\v2\x16.chatplane.v1.DocumentR\tdocuments\"U\n" +
+	"\x15DeleteDocumentRequest\x12\x1b\n" +
+	"\ttenant_id\x18\x01 \x01(\tR\btenantId\x12\x1f\n" +
+	"\vdocument_id\x18\x02 \x01(\tR\n" +
+	"documentId\"H\n" +
+	"\x16DeleteDocumentResponse\x12.\n" +
+	"\x13deleted_chunk_count\x18\x01 \x01(\x05R\x11deletedChunkCount2\xfa\x03\n" +
 	"\rMemoryService\x12I\n" +
 	"\bRemember\x12\x1d.chatplane.v1.RememberRequest\x1a\x1e.chatplane.v1.RememberResponse\x12C\n" +
 	"\x06Recall\x12\x1b.chatplane.v1.RecallRequest\x1a\x1c.chatplane.v1.RecallResponse\x12C\n" +
-	"\x06Forget\x12\x1b.chatplane.v1.ForgetRequest\x1a\x1c.chatplane.v1.ForgetResponseB@Z>github.com/chatplane/chatplane/gen/go/chatplane/v1;chatplanev1b\x06proto3"
+	"\x06Forget\x12\x1b.chatplane.v1.ForgetRequest\x1a\x1c.chatplane.v1.ForgetResponse\x12]\n" +
+	"\x0eIngestDocument\x12#.chatplane.v1.IngestDocumentRequest\x1a$.chatplane.v1.IngestDocumentResponse(\x01\x12X\n" +
+	"\rListDocuments\x12\".chatplane.v1.ListDocumentsRequest\x1a#.chatplane.v1.ListDocumentsResponse\x12[\n" +
+	"\x0eDeleteDocument\x12#.chatplane.v1.DeleteDocumentRequest\x1a$.chatplane.v1.DeleteDocumentResponseB@Z>github.com/chatplane/chatplane/gen/go/chatplane/v1;chatplanev1b\x06proto3"
 
 var (
 	file_chatplane_v1_memory_proto_rawDescOnce sync.Once
@@ -598,37 +1011,54 @@ func file_chatplane_v1_memory_proto_rawDescGZIP() []byte {
 	return file_chatplane_v1_memory_proto_rawDescData
 }
 
-var file_chatplane_v1_memory_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
+var file_chatplane_v1_memory_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
 var file_chatplane_v1_memory_proto_goTypes = []any{
-	(*MemoryMessage)(nil),    // 0: chatplane.v1.MemoryMessage
-	(*RememberRequest)(nil),  // 1: chatplane.v1.RememberRequest
-	(*RememberResponse)(nil), // 2: chatplane.v1.RememberResponse
-	(*RecallRequest)(nil),    // 3: chatplane.v1.RecallRequest
-	(*RecalledItem)(nil),     // 4: chatplane.v1.RecalledItem
-	(*RecallResponse)(nil),   // 5: chatplane.v1.RecallResponse
-	(*ForgetRequest)(nil),    // 6: chatplane.v1.ForgetRequest
-	(*ForgetResponse)(nil),   // 7: chatplane.v1.ForgetResponse
-	(Role)(0),                // 8: chatplane.v1.Role
-	(*Citation)(nil),         // 9: chatplane.v1.Citation
+	(*MemoryMessage)(nil),          // 0: chatplane.v1.MemoryMessage
+	(*RememberRequest)(nil),        // 1: chatplane.v1.RememberRequest
+	(*RememberResponse)(nil),       // 2: chatplane.v1.RememberResponse
+	(*RecallRequest)(nil),          // 3: chatplane.v1.RecallRequest
+	(*RecalledItem)(nil),           // 4: chatplane.v1.RecalledItem
+	(*RecallResponse)(nil),         // 5: chatplane.v1.RecallResponse
+	(*ForgetRequest)(nil),          // 6: chatplane.v1.ForgetRequest
+	(*ForgetResponse)(nil),         // 7: chatplane.v1.ForgetResponse
+	(*DocumentHeader)(nil),         // 8: chatplane.v1.DocumentHeader
+	(*IngestDocumentRequest)(nil),  // 9: chatplane.v1.IngestDocumentRequest
+	(*IngestDocumentResponse)(nil), // 10: chatplane.v1.IngestDocumentResponse
+	(*ListDocumentsRequest)(nil),   // 11: chatplane.v1.ListDocumentsRequest
+	(*ListDocumentsResponse)(nil),  // 12: chatplane.v1.ListDocumentsResponse
+	(*DeleteDocumentRequest)(nil),  // 13: chatplane.v1.DeleteDocumentRequest
+	(*DeleteDocumentResponse)(nil), // 14: chatplane.v1.DeleteDocumentResponse
+	(Role)(0),                      // 15: chatplane.v1.Role
+	(*Citation)(nil),               // 16: chatplane.v1.Citation
+	(*Document)(nil),               // 17: chatplane.v1.Document
 }
 var file_chatplane_v1_memory_proto_depIdxs = []int32{
-	8, // 0: chatplane.v1.MemoryMessage.role:type_name -> chatplane.v1.Role
-	0, // 1: chatplane.v1.RememberRequest.messages:type_name -> chatplane.v1.MemoryMessage
-	9, // 2: chatplane.v1.RecalledItem.citation:type_name -> chatplane.v1.Citation
-	8, // 3: chatplane.v1.RecalledItem.role:type_name -> chatplane.v1.Role
-	0, // 4: chatplane.v1.RecallResponse.recent:type_name -> chatplane.v1.MemoryMessage
-	4, // 5: chatplane.v1.RecallResponse.items:type_name -> chatplane.v1.RecalledItem
-	1, // 6: chatplane.v1.MemoryService.Remember:input_type -> chatplane.v1.RememberRequest
-	3, // 7: chatplane.v1.MemoryService.Recall:input_type -> chatplane.v1.RecallRequest
-	6, // 8: chatplane.v1.MemoryService.Forget:input_type -> chatplane.v1.ForgetRequest
-	2, // 9: chatplane.v1.MemoryService.Remember:output_type -> chatplane.v1.RememberResponse
-	5, // 10: chatplane.v1.MemoryService.Recall:output_type -> chatplane.v1.RecallResponse
-	7, // 11: chatplane.v1.MemoryService.Forget:output_type -> chatplane.v1.ForgetResponse
-	9, // [9:12] is the sub-list for method output_type
-	6, // [6:9] is the sub-list for method input_type
-	6, // [6:6] is the sub-list for extension type_name
-	6, // [6:6] is the sub-list for extension extendee
-	0, // [0:6] is the sub-list for field type_name
+	15, // 0: chatplane.v1.MemoryMessage.role:type_name -> chatplane.v1.Role
+	0,  // 1: chatplane.v1.RememberRequest.messages:type_name -> chatplane.v1.MemoryMessage
+	16, // 2: chatplane.v1.RecalledItem.citation:type_name -> chatplane.v1.Citation
+	15, // 3: chatplane.v1.RecalledItem.role:type_name -> chatplane.v1.Role
+	0,  // 4: chatplane.v1.RecallResponse.recent:type_name -> chatplane.v1.MemoryMessage
+	4,  // 5: chatplane.v1.RecallResponse.items:type_name -> chatplane.v1.RecalledItem
+	8,  // 6: chatplane.v1.IngestDocumentRequest.header:type_name -> chatplane.v1.DocumentHeader
+	17, // 7: chatplane.v1.IngestDocumentResponse.document:type_name -> chatplane.v1.Document
+	17, // 8: chatplane.v1.ListDocumentsResponse.documents:type_name -> chatplane.v1.Document
+	1,  // 9: chatplane.v1.MemoryService.Remember:input_type -> chatplane.v1.RememberRequest
+	3,  // 10: chatplane.v1.MemoryService.Recall:input_type -> chatplane.v1.RecallRequest
+	6,  // 11: chatplane.v1.MemoryService.Forget:input_type -> chatplane.v1.ForgetRequest
+	9,  // 12: chatplane.v1.MemoryService.IngestDocument:input_type -> chatplane.v1.IngestDocumentRequest
+	11, // 13: chatplane.v1.MemoryService.ListDocuments:input_type -> chatplane.v1.ListDocumentsRequest
+	13, // 14: chatplane.v1.MemoryService.DeleteDocument:input_type -> chatplane.v1.DeleteDocumentRequest
+	2,  // 15: chatplane.v1.MemoryService.Remember:output_type -> chatplane.v1.RememberResponse
+	5,  // 16: chatplane.v1.MemoryService.Recall:output_type -> chatplane.v1.RecallResponse
+	7,  // 17: chatplane.v1.MemoryService.Forget:output_type -> chatplane.v1.ForgetResponse
+	10, // 18: chatplane.v1.MemoryService.IngestDocument:output_type -> chatplane.v1.IngestDocumentResponse
+	12, // 19: chatplane.v1.MemoryService.ListDocuments:output_type -> chatplane.v1.ListDocumentsResponse
+	14, // 20: chatplane.v1.MemoryService.DeleteDocument:output_type -> chatplane.v1.DeleteDocumentResponse
+	15, // [15:21] is the sub-list for method output_type
+	9,  // [9:15] is the sub-list for method input_type
+	9,  // [9:9] is the sub-list for extension type_name
+	9,  // [9:9] is the sub-list for extension extendee
+	0,  // [0:9] is the sub-list for field type_name
 }
 
 func init() { file_chatplane_v1_memory_proto_init() }
@@ -637,13 +1067,17 @@ func file_chatplane_v1_memory_proto_init() {
 		return
 	}
 	file_chatplane_v1_resources_proto_init()
+	file_chatplane_v1_memory_proto_msgTypes[9].OneofWrappers = []any{
+		(*IngestDocumentRequest_Header)(nil),
+		(*IngestDocumentRequest_Content)(nil),
+	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_chatplane_v1_memory_proto_rawDesc), len(file_chatplane_v1_memory_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   8,
+			NumMessages:   15,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

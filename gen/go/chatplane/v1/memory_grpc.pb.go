@@ -19,9 +19,12 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	MemoryService_Remember_FullMethodName = "/chatplane.v1.MemoryService/Remember"
-	MemoryService_Recall_FullMethodName   = "/chatplane.v1.MemoryService/Recall"
-	MemoryService_Forget_FullMethodName   = "/chatplane.v1.MemoryService/Forget"
+	MemoryService_Remember_FullMethodName       = "/chatplane.v1.MemoryService/Remember"
+	MemoryService_Recall_FullMethodName         = "/chatplane.v1.MemoryService/Recall"
+	MemoryService_Forget_FullMethodName         = "/chatplane.v1.MemoryService/Forget"
+	MemoryService_IngestDocument_FullMethodName = "/chatplane.v1.MemoryService/IngestDocument"
+	MemoryService_ListDocuments_FullMethodName  = "/chatplane.v1.MemoryService/ListDocuments"
+	MemoryService_DeleteDocument_FullMethodName = "/chatplane.v1.MemoryService/DeleteDocument"
 )
 
 // MemoryServiceClient is the client API for MemoryService service.
@@ -37,6 +40,12 @@ type MemoryServiceClient interface {
 	Recall(ctx context.Context, in *RecallRequest, opts ...grpc.CallOption) (*RecallResponse, error)
 	// Forgets every message of a conversation (the user deleted it).
 	Forget(ctx context.Context, in *ForgetRequest, opts ...grpc.CallOption) (*ForgetResponse, error)
+	// Ingests one document for a tenant: a header, then the content in pieces (client stream).
+	IngestDocument(ctx context.Context, opts ...grpc.CallOption) (grpc.ClientStreamingClient[IngestDocumentRequest, IngestDocumentResponse], error)
+	// Lists the tenant's documents, newest first.
+	ListDocuments(ctx context.Context, in *ListDocumentsRequest, opts ...grpc.CallOption) (*ListDocumentsResponse, error)
+	// Deletes one of the tenant's documents and its chunks.
+	DeleteDocument(ctx context.Context, in *DeleteDocumentRequest, opts ...grpc.CallOption) (*DeleteDocumentResponse, error)
 }
 
 type memoryServiceClient struct {
@@ -77,6 +86,39 @@ func (c *memoryServiceClient) Forget(ctx context.Context, in *ForgetRequest, opt
 	return out, nil
 }
 
+func (c *memoryServiceClient) IngestDocument(ctx context.Context, opts ...grpc.CallOption) (grpc.ClientStreamingClient[IngestDocumentRequest, IngestDocumentResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &MemoryService_ServiceDesc.Streams[0], MemoryService_IngestDocument_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[IngestDocumentRequest, IngestDocumentResponse]{ClientStream: stream}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type MemoryService_IngestDocumentClient = grpc.ClientStreamingClient[IngestDocumentRequest, IngestDocumentResponse]
+
+func (c *memoryServiceClient) ListDocuments(ctx context.Context, in *ListDocumentsRequest, opts ...grpc.CallOption) (*ListDocumentsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListDocumentsResponse)
+	err := c.cc.Invoke(ctx, MemoryService_ListDocuments_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *memoryServiceClient) DeleteDocument(ctx context.Context, in *DeleteDocumentRequest, opts ...grpc.CallOption) (*DeleteDocumentResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(DeleteDocumentResponse)
+	err := c.cc.Invoke(ctx, MemoryService_DeleteDocument_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // MemoryServiceServer is the server API for MemoryService service.
 // All implementations must embed UnimplementedMemoryServiceServer
 // for forward compatibility.
@@ -90,6 +132,12 @@ type MemoryServiceServer interface {
 	Recall(context.Context, *RecallRequest) (*RecallResponse, error)
 	// Forgets every message of a conversation (the user deleted it).
 	Forget(context.Context, *ForgetRequest) (*ForgetResponse, error)
+	// Ingests one document for a tenant: a header, then the content in pieces (client stream).
+	IngestDocument(grpc.ClientStreamingServer[IngestDocumentRequest, IngestDocumentResponse]) error
+	// Lists the tenant's documents, newest first.
+	ListDocuments(context.Context, *ListDocumentsRequest) (*ListDocumentsResponse, error)
+	// Deletes one of the tenant's documents and its chunks.
+	DeleteDocument(context.Context, *DeleteDocumentRequest) (*DeleteDocumentResponse, error)
 	mustEmbedUnimplementedMemoryServiceServer()
 }
 
@@ -108,6 +156,15 @@ func (UnimplementedMemoryServiceServer) Recall(context.Context, *RecallRequest) 
 }
 func (UnimplementedMemoryServiceServer) Forget(context.Context, *ForgetRequest) (*ForgetResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Forget not implemented")
+}
+func (UnimplementedMemoryServiceServer) IngestDocument(grpc.ClientStreamingServer[IngestDocumentRequest, IngestDocumentResponse]) error {
+	return status.Error(codes.Unimplemented, "method IngestDocument not implemented")
+}
+func (UnimplementedMemoryServiceServer) ListDocuments(context.Context, *ListDocumentsRequest) (*ListDocumentsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListDocuments not implemented")
+}
+func (UnimplementedMemoryServiceServer) DeleteDocument(context.Context, *DeleteDocumentRequest) (*DeleteDocumentResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method DeleteDocument not implemented")
 }
 func (UnimplementedMemoryServiceServer) mustEmbedUnimplementedMemoryServiceServer() {}
 func (UnimplementedMemoryServiceServer) testEmbeddedByValue()                       {}
@@ -184,6 +241,49 @@ func _MemoryService_Forget_Handler(srv interface{}, ctx context.Context, dec fun
 	return interceptor(ctx, in, info, handler)
 }
 
+func _MemoryService_IngestDocument_Handler(srv interface{}, stream grpc.ServerStream) error {
+	return srv.(MemoryServiceServer).IngestDocument(&grpc.GenericServerStream[IngestDocumentRequest, IngestDocumentResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type MemoryService_IngestDocumentServer = grpc.ClientStreamingServer[IngestDocumentRequest, IngestDocumentResponse]
+
+func _MemoryService_ListDocuments_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListDocumentsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(MemoryServiceServer).ListDocuments(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: MemoryService_ListDocuments_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(MemoryServiceServer).ListDocuments(ctx, req.(*ListDocumentsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _MemoryService_DeleteDocument_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DeleteDocumentRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(MemoryServiceServer).DeleteDocument(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: MemoryService_DeleteDocument_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(MemoryServiceServer).DeleteDocument(ctx, req.(*DeleteDocumentRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // MemoryService_ServiceDesc is the grpc.ServiceDesc for MemoryService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -203,7 +303,21 @@ var MemoryService_ServiceDesc = grpc.ServiceDesc{
 			MethodName: "Forget",
 			Handler:    _MemoryService_Forget_Handler,
 		},
+		{
+			MethodName: "ListDocuments",
+			Handler:    _MemoryService_ListDocuments_Handler,
+		},
+		{
+			MethodName: "DeleteDocument",
+			Handler:    _MemoryService_DeleteDocument_Handler,
+		},
 	},
-	Streams:  []grpc.StreamDesc{},
+	Streams: []grpc.StreamDesc{
+		{
+			StreamName:    "IngestDocument",
+			Handler:       _MemoryService_IngestDocument_Handler,
+			ClientStreams: true,
+		},
+	},
 	Metadata: "chatplane/v1/memory.proto",
 }

@@ -709,7 +709,11 @@ type Citation struct {
 	// A short excerpt of the recalled text.
 	Snippet string `protobuf:"bytes,4,opt,name=snippet,proto3" json:"snippet,omitempty"`
 	// Relevance score (higher is more relevant).
-	Score         float64 `protobuf:"fixed64,5,opt,name=score,proto3" json:"score,omitempty"`
+	Score float64 `protobuf:"fixed64,5,opt,name=score,proto3" json:"score,omitempty"`
+	// The document the chunk belongs to (document citations only).
+	DocumentId string `protobuf:"bytes,20,opt,name=document_id,json=documentId,proto3" json:"document_id,omitempty"`
+	// The chunk's position within its document, starting at 0 (document citations only).
+	ChunkIndex    int32 `protobuf:"varint,21,opt,name=chunk_index,json=chunkIndex,proto3" json:"chunk_index,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -779,6 +783,20 @@ func (x *Citation) GetScore() float64 {
 	return 0
 }
 
+func (x *Citation) GetDocumentId() string {
+	if x != nil {
+		return x.DocumentId
+	}
+	return ""
+}
+
+func (x *Citation) GetChunkIndex() int32 {
+	if x != nil {
+		return x.ChunkIndex
+	}
+	return 0
+}
+
 // The answer is complete and durably stored.
 type TurnDone struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -843,6 +861,88 @@ func (x *TurnDone) GetDeltaCount() int64 {
 	return 0
 }
 
+// A document ingested for a tenant: its chunks are recalled for every user of the tenant.
+type Document struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Server-assigned id.
+	DocumentId string `protobuf:"bytes,1,opt,name=document_id,json=documentId,proto3" json:"document_id,omitempty"`
+	// The name given at ingestion (usually the file name).
+	Name string `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	// The media type it was read as (text/plain, text/markdown, application/pdf).
+	MimeType string `protobuf:"bytes,3,opt,name=mime_type,json=mimeType,proto3" json:"mime_type,omitempty"`
+	// How many chunks it was split into.
+	ChunkCount int32 `protobuf:"varint,4,opt,name=chunk_count,json=chunkCount,proto3" json:"chunk_count,omitempty"`
+	// When it was ingested.
+	CreateTime    *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Document) Reset() {
+	*x = Document{}
+	mi := &file_chatplane_v1_resources_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Document) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Document) ProtoMessage() {}
+
+func (x *Document) ProtoReflect() protoreflect.Message {
+	mi := &file_chatplane_v1_resources_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Document.ProtoReflect.Descriptor instead.
+func (*Document) Descriptor() ([]byte, []int) {
+	return file_chatplane_v1_resources_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *Document) GetDocumentId() string {
+	if x != nil {
+		return x.DocumentId
+	}
+	return ""
+}
+
+func (x *Document) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *Document) GetMimeType() string {
+	if x != nil {
+		return x.MimeType
+	}
+	return ""
+}
+
+func (x *Document) GetChunkCount() int32 {
+	if x != nil {
+		return x.ChunkCount
+	}
+	return 0
+}
+
+func (x *Document) GetCreateTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CreateTime
+	}
+	return nil
+}
+
 var File_chatplane_v1_resources_proto protoreflect.FileDescriptor
 
 const file_chatplane_v1_resources_proto_rawDesc = "" +
@@ -887,18 +987,31 @@ const file_chatplane_v1_resources_proto_rawDesc = "" +
 	"\tTextDelta\x12\x12\n" +
 	"\x04text\x18\x01 \x01(\tR\x04text\x12\x1a\n" +
 	"\bsequence\x18\x02 \x01(\x03R\bsequence\x12/\n" +
-	"\x14emit_time_unix_nanos\x18\x03 \x01(\x03R\x11emitTimeUnixNanos\"\x9d\x01\n" +
+	"\x14emit_time_unix_nanos\x18\x03 \x01(\x03R\x11emitTimeUnixNanos\"\xdf\x01\n" +
 	"\bCitation\x12.\n" +
 	"\x04kind\x18\x01 \x01(\x0e2\x1a.chatplane.v1.CitationKindR\x04kind\x12\x1b\n" +
 	"\tsource_id\x18\x02 \x01(\tR\bsourceId\x12\x14\n" +
 	"\x05title\x18\x03 \x01(\tR\x05title\x12\x18\n" +
 	"\asnippet\x18\x04 \x01(\tR\asnippet\x12\x14\n" +
-	"\x05score\x18\x05 \x01(\x01R\x05score\"\x82\x01\n" +
+	"\x05score\x18\x05 \x01(\x01R\x05score\x12\x1f\n" +
+	"\vdocument_id\x18\x14 \x01(\tR\n" +
+	"documentId\x12\x1f\n" +
+	"\vchunk_index\x18\x15 \x01(\x05R\n" +
+	"chunkIndex\"\x82\x01\n" +
 	"\bTurnDone\x12?\n" +
 	"\rfinish_reason\x18\x01 \x01(\x0e2\x1a.chatplane.v1.FinishReasonR\ffinishReason\x12\x14\n" +
 	"\x05model\x18\x02 \x01(\tR\x05model\x12\x1f\n" +
 	"\vdelta_count\x18\x03 \x01(\x03R\n" +
-	"deltaCount*?\n" +
+	"deltaCount\"\xba\x01\n" +
+	"\bDocument\x12\x1f\n" +
+	"\vdocument_id\x18\x01 \x01(\tR\n" +
+	"documentId\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x12\x1b\n" +
+	"\tmime_type\x18\x03 \x01(\tR\bmimeType\x12\x1f\n" +
+	"\vchunk_count\x18\x04 \x01(\x05R\n" +
+	"chunkCount\x12;\n" +
+	"\vcreate_time\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"createTime*?\n" +
 	"\x04Role\x12\x14\n" +
 	"\x10ROLE_UNSPECIFIED\x10\x00\x12\r\n" +
 	"\tROLE_USER\x10\x01\x12\x12\n" +
@@ -931,7 +1044,7 @@ func file_chatplane_v1_resources_proto_rawDescGZIP() []byte {
 }
 
 var file_chatplane_v1_resources_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_chatplane_v1_resources_proto_msgTypes = make([]protoimpl.MessageInfo, 7)
+var file_chatplane_v1_resources_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
 var file_chatplane_v1_resources_proto_goTypes = []any{
 	(Role)(0),                     // 0: chatplane.v1.Role
 	(MessageStatus)(0),            // 1: chatplane.v1.MessageStatus
@@ -944,23 +1057,25 @@ var file_chatplane_v1_resources_proto_goTypes = []any{
 	(*TextDelta)(nil),             // 8: chatplane.v1.TextDelta
 	(*Citation)(nil),              // 9: chatplane.v1.Citation
 	(*TurnDone)(nil),              // 10: chatplane.v1.TurnDone
-	(*timestamppb.Timestamp)(nil), // 11: google.protobuf.Timestamp
+	(*Document)(nil),              // 11: chatplane.v1.Document
+	(*timestamppb.Timestamp)(nil), // 12: google.protobuf.Timestamp
 }
 var file_chatplane_v1_resources_proto_depIdxs = []int32{
-	11, // 0: chatplane.v1.Conversation.create_time:type_name -> google.protobuf.Timestamp
-	11, // 1: chatplane.v1.Conversation.update_time:type_name -> google.protobuf.Timestamp
+	12, // 0: chatplane.v1.Conversation.create_time:type_name -> google.protobuf.Timestamp
+	12, // 1: chatplane.v1.Conversation.update_time:type_name -> google.protobuf.Timestamp
 	0,  // 2: chatplane.v1.Message.role:type_name -> chatplane.v1.Role
 	1,  // 3: chatplane.v1.Message.status:type_name -> chatplane.v1.MessageStatus
-	11, // 4: chatplane.v1.Message.create_time:type_name -> google.protobuf.Timestamp
+	12, // 4: chatplane.v1.Message.create_time:type_name -> google.protobuf.Timestamp
 	2,  // 5: chatplane.v1.Message.finish_reason:type_name -> chatplane.v1.FinishReason
 	6,  // 6: chatplane.v1.Message.usage:type_name -> chatplane.v1.Usage
 	3,  // 7: chatplane.v1.Citation.kind:type_name -> chatplane.v1.CitationKind
 	2,  // 8: chatplane.v1.TurnDone.finish_reason:type_name -> chatplane.v1.FinishReason
-	9,  // [9:9] is the sub-list for method output_type
-	9,  // [9:9] is the sub-list for method input_type
-	9,  // [9:9] is the sub-list for extension type_name
-	9,  // [9:9] is the sub-list for extension extendee
-	0,  // [0:9] is the sub-list for field type_name
+	12, // 9: chatplane.v1.Document.create_time:type_name -> google.protobuf.Timestamp
+	10, // [10:10] is the sub-list for method output_type
+	10, // [10:10] is the sub-list for method input_type
+	10, // [10:10] is the sub-list for extension type_name
+	10, // [10:10] is the sub-list for extension extendee
+	0,  // [0:10] is the sub-list for field type_name
 }
 
 func init() { file_chatplane_v1_resources_proto_init() }
@@ -974,7 +1089,7 @@ func file_chatplane_v1_resources_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_chatplane_v1_resources_proto_rawDesc), len(file_chatplane_v1_resources_proto_rawDesc)),
 			NumEnums:      4,
-			NumMessages:   7,
+			NumMessages:   8,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

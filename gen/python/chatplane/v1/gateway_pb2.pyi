@@ -470,3 +470,168 @@ class CancelChatResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CancelChatResponse: _TypeAlias = CancelChatResponse  # noqa: Y015
+
+@_typing.final
+class IngestDocumentHeader(_message.Message):
+    """The first message of an ingestion through the Gateway (the tenant is the caller's)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    MIME_TYPE_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The document's name (shown in citations), 1-256 characters."""
+    mime_type: _builtins.str
+    """text/plain, text/markdown or application/pdf."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        mime_type: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["mime_type", b"mime_type", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___IngestDocumentHeader: _TypeAlias = IngestDocumentHeader  # noqa: Y015
+
+@_typing.final
+class GatewayServiceIngestDocumentRequest(_message.Message):
+    """One message of an ingestion stream: the header first, then content pieces."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HEADER_FIELD_NUMBER: _builtins.int
+    CONTENT_FIELD_NUMBER: _builtins.int
+    content: _builtins.bytes
+    """A piece of the document's bytes, in order (at most 1 MiB each)."""
+    @_builtins.property
+    def header(self) -> Global___IngestDocumentHeader:
+        """First message: the document's name and media type."""
+
+    def __init__(
+        self,
+        *,
+        header: Global___IngestDocumentHeader | None = ...,
+        content: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "header", b"header", "part", b"part"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "header", b"header", "part", b"part"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_part: _TypeAlias = _typing.Literal["header", "content"]  # noqa: Y015
+    _WhichOneofArgType_part: _TypeAlias = _typing.Literal["part", b"part"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_part) -> _WhichOneofReturnType_part | None: ...
+
+Global___GatewayServiceIngestDocumentRequest: _TypeAlias = GatewayServiceIngestDocumentRequest  # noqa: Y015
+
+@_typing.final
+class GatewayServiceIngestDocumentResponse(_message.Message):
+    """The document is stored and its chunks are searchable."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DOCUMENT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def document(self) -> _resources_pb2.Document:
+        """The stored document."""
+
+    def __init__(
+        self,
+        *,
+        document: _resources_pb2.Document | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["document", b"document"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["document", b"document"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GatewayServiceIngestDocumentResponse: _TypeAlias = GatewayServiceIngestDocumentResponse  # noqa: Y015
+
+@_typing.final
+class GatewayServiceListDocumentsRequest(_message.Message):
+    """Asks for the documents of the caller's tenant."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GatewayServiceListDocumentsRequest: _TypeAlias = GatewayServiceListDocumentsRequest  # noqa: Y015
+
+@_typing.final
+class GatewayServiceListDocumentsResponse(_message.Message):
+    """The documents of the caller's tenant."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DOCUMENTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def documents(self) -> _containers.RepeatedCompositeFieldContainer[_resources_pb2.Document]:
+        """Documents, newest first."""
+
+    def __init__(
+        self,
+        *,
+        documents: _abc.Iterable[_resources_pb2.Document] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["documents", b"documents"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GatewayServiceListDocumentsResponse: _TypeAlias = GatewayServiceListDocumentsResponse  # noqa: Y015
+
+@_typing.final
+class GatewayServiceDeleteDocumentRequest(_message.Message):
+    """A document to delete."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DOCUMENT_ID_FIELD_NUMBER: _builtins.int
+    document_id: _builtins.str
+    """The document."""
+    def __init__(
+        self,
+        *,
+        document_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["document_id", b"document_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GatewayServiceDeleteDocumentRequest: _TypeAlias = GatewayServiceDeleteDocumentRequest  # noqa: Y015
+
+@_typing.final
+class GatewayServiceDeleteDocumentResponse(_message.Message):
+    """The document and its chunks are gone."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DELETED_CHUNK_COUNT_FIELD_NUMBER: _builtins.int
+    deleted_chunk_count: _builtins.int
+    """How many chunks were removed."""
+    def __init__(
+        self,
+        *,
+        deleted_chunk_count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deleted_chunk_count", b"deleted_chunk_count"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GatewayServiceDeleteDocumentResponse: _TypeAlias = GatewayServiceDeleteDocumentResponse  # noqa: Y015

@@ -71,6 +71,21 @@ class GatewayServiceStub:
                 request_serializer=chatplane_dot_v1_dot_gateway__pb2.CancelChatRequest.SerializeToString,
                 response_deserializer=chatplane_dot_v1_dot_gateway__pb2.CancelChatResponse.FromString,
                 _registered_method=True)
+        self.IngestDocument = channel.stream_unary(
+                '/chatplane.v1.GatewayService/IngestDocument',
+                request_serializer=chatplane_dot_v1_dot_gateway__pb2.GatewayServiceIngestDocumentRequest.SerializeToString,
+                response_deserializer=chatplane_dot_v1_dot_gateway__pb2.GatewayServiceIngestDocumentResponse.FromString,
+                _registered_method=True)
+        self.ListDocuments = channel.unary_unary(
+                '/chatplane.v1.GatewayService/ListDocuments',
+                request_serializer=chatplane_dot_v1_dot_gateway__pb2.GatewayServiceListDocumentsRequest.SerializeToString,
+                response_deserializer=chatplane_dot_v1_dot_gateway__pb2.GatewayServiceListDocumentsResponse.FromString,
+                _registered_method=True)
+        self.DeleteDocument = channel.unary_unary(
+                '/chatplane.v1.GatewayService/DeleteDocument',
+                request_serializer=chatplane_dot_v1_dot_gateway__pb2.GatewayServiceDeleteDocumentRequest.SerializeToString,
+                response_deserializer=chatplane_dot_v1_dot_gateway__pb2.GatewayServiceDeleteDocumentResponse.FromString,
+                _registered_method=True)
 
 
 class GatewayServiceServicer:
@@ -129,6 +144,28 @@ class GatewayServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def IngestDocument(self, request_iterator, context):
+        """Ingests a document for the caller's tenant: a header, then the content in pieces.
+        gRPC only (a client stream); every user of the tenant can then be answered from it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListDocuments(self, request, context):
+        """Lists the documents of the caller's tenant, newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteDocument(self, request, context):
+        """Deletes a document of the caller's tenant (another tenant's id: NOT_FOUND).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GatewayServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -166,6 +203,21 @@ def add_GatewayServiceServicer_to_server(servicer, server):
                     servicer.CancelChat,
                     request_deserializer=chatplane_dot_v1_dot_gateway__pb2.CancelChatRequest.FromString,
                     response_serializer=chatplane_dot_v1_dot_gateway__pb2.CancelChatResponse.SerializeToString,
+            ),
+            'IngestDocument': grpc.stream_unary_rpc_method_handler(
+                    servicer.IngestDocument,
+                    request_deserializer=chatplane_dot_v1_dot_gateway__pb2.GatewayServiceIngestDocumentRequest.FromString,
+                    response_serializer=chatplane_dot_v1_dot_gateway__pb2.GatewayServiceIngestDocumentResponse.SerializeToString,
+            ),
+            'ListDocuments': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListDocuments,
+                    request_deserializer=chatplane_dot_v1_dot_gateway__pb2.GatewayServiceListDocumentsRequest.FromString,
+                    response_serializer=chatplane_dot_v1_dot_gateway__pb2.GatewayServiceListDocumentsResponse.SerializeToString,
+            ),
+            'DeleteDocument': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteDocument,
+                    request_deserializer=chatplane_dot_v1_dot_gateway__pb2.GatewayServiceDeleteDocumentRequest.FromString,
+                    response_serializer=chatplane_dot_v1_dot_gateway__pb2.GatewayServiceDeleteDocumentResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -359,6 +411,87 @@ class GatewayService:
             '/chatplane.v1.GatewayService/CancelChat',
             chatplane_dot_v1_dot_gateway__pb2.CancelChatRequest.SerializeToString,
             chatplane_dot_v1_dot_gateway__pb2.CancelChatResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def IngestDocument(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/chatplane.v1.GatewayService/IngestDocument',
+            chatplane_dot_v1_dot_gateway__pb2.GatewayServiceIngestDocumentRequest.SerializeToString,
+            chatplane_dot_v1_dot_gateway__pb2.GatewayServiceIngestDocumentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListDocuments(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chatplane.v1.GatewayService/ListDocuments',
+            chatplane_dot_v1_dot_gateway__pb2.GatewayServiceListDocumentsRequest.SerializeToString,
+            chatplane_dot_v1_dot_gateway__pb2.GatewayServiceListDocumentsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteDocument(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chatplane.v1.GatewayService/DeleteDocument',
+            chatplane_dot_v1_dot_gateway__pb2.GatewayServiceDeleteDocumentRequest.SerializeToString,
+            chatplane_dot_v1_dot_gateway__pb2.GatewayServiceDeleteDocumentResponse.FromString,
             options,
             channel_credentials,
             insecure,

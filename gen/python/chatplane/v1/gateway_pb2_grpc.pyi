@@ -53,6 +53,14 @@ class GatewayServiceStub:
     """Stops the generation of an answer (e.g. one started with `resumable`); the partial
     answer is stored, marked interrupted.
     """
+    IngestDocument: _grpc.StreamUnaryMultiCallable[_gateway_pb2.GatewayServiceIngestDocumentRequest, _gateway_pb2.GatewayServiceIngestDocumentResponse]
+    """Ingests a document for the caller's tenant: a header, then the content in pieces.
+    gRPC only (a client stream); every user of the tenant can then be answered from it.
+    """
+    ListDocuments: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.GatewayServiceListDocumentsRequest, _gateway_pb2.GatewayServiceListDocumentsResponse]
+    """Lists the documents of the caller's tenant, newest first."""
+    DeleteDocument: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.GatewayServiceDeleteDocumentRequest, _gateway_pb2.GatewayServiceDeleteDocumentResponse]
+    """Deletes a document of the caller's tenant (another tenant's id: NOT_FOUND)."""
 
 @_typing.type_check_only
 class GatewayServiceAsyncStub(GatewayServiceStub):
@@ -79,6 +87,14 @@ class GatewayServiceAsyncStub(GatewayServiceStub):
     """Stops the generation of an answer (e.g. one started with `resumable`); the partial
     answer is stored, marked interrupted.
     """
+    IngestDocument: _aio.StreamUnaryMultiCallable[_gateway_pb2.GatewayServiceIngestDocumentRequest, _gateway_pb2.GatewayServiceIngestDocumentResponse]  # type: ignore[assignment]
+    """Ingests a document for the caller's tenant: a header, then the content in pieces.
+    gRPC only (a client stream); every user of the tenant can then be answered from it.
+    """
+    ListDocuments: _aio.UnaryUnaryMultiCallable[_gateway_pb2.GatewayServiceListDocumentsRequest, _gateway_pb2.GatewayServiceListDocumentsResponse]  # type: ignore[assignment]
+    """Lists the documents of the caller's tenant, newest first."""
+    DeleteDocument: _aio.UnaryUnaryMultiCallable[_gateway_pb2.GatewayServiceDeleteDocumentRequest, _gateway_pb2.GatewayServiceDeleteDocumentResponse]  # type: ignore[assignment]
+    """Deletes a document of the caller's tenant (another tenant's id: NOT_FOUND)."""
 
 class GatewayServiceServicer(metaclass=_abc_1.ABCMeta):
     """The public API of chatplane: chat with streamed answers, history and feedback.
@@ -144,5 +160,31 @@ class GatewayServiceServicer(metaclass=_abc_1.ABCMeta):
         """Stops the generation of an answer (e.g. one started with `resumable`); the partial
         answer is stored, marked interrupted.
         """
+
+    @_abc_1.abstractmethod
+    def IngestDocument(
+        self,
+        request_iterator: _MaybeAsyncIterator[_gateway_pb2.GatewayServiceIngestDocumentRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_gateway_pb2.GatewayServiceIngestDocumentResponse, _abc.Awaitable[_gateway_pb2.GatewayServiceIngestDocumentResponse]]:
+        """Ingests a document for the caller's tenant: a header, then the content in pieces.
+        gRPC only (a client stream); every user of the tenant can then be answered from it.
+        """
+
+    @_abc_1.abstractmethod
+    def ListDocuments(
+        self,
+        request: _gateway_pb2.GatewayServiceListDocumentsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gateway_pb2.GatewayServiceListDocumentsResponse, _abc.Awaitable[_gateway_pb2.GatewayServiceListDocumentsResponse]]:
+        """Lists the documents of the caller's tenant, newest first."""
+
+    @_abc_1.abstractmethod
+    def DeleteDocument(
+        self,
+        request: _gateway_pb2.GatewayServiceDeleteDocumentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gateway_pb2.GatewayServiceDeleteDocumentResponse, _abc.Awaitable[_gateway_pb2.GatewayServiceDeleteDocumentResponse]]:
+        """Deletes a document of the caller's tenant (another tenant's id: NOT_FOUND)."""
 
 def add_GatewayServiceServicer_to_server(servicer: GatewayServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from chatplane.v1 import resources_pb2 as chatplane_dot_v1_dot_resources__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x63hatplane/v1/memory.proto\x12\x0c\x63hatplane.v1\x1a\x1c\x63hatplane/v1/resources.proto\"p\n\rMemoryMessage\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12 \n\x04role\x18\x02 \x01(\x0e\x32\x12.chatplane.v1.Role\x12\x0c\n\x04text\x18\x03 \x01(\t\x12\x1b\n\x13\x63reate_time_unix_ms\x18\x04 \x01(\x03\"}\n\x0fRememberRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x17\n\x0f\x63onversation_id\x18\x03 \x01(\t\x12-\n\x08messages\x18\x04 \x03(\x0b\x32\x1b.chatplane.v1.MemoryMessage\",\n\x10RememberResponse\x12\x18\n\x10remembered_count\x18\x01 \x01(\x05\"\x80\x01\n\rRecallRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x17\n\x0f\x63onversation_id\x18\x03 \x01(\t\x12\r\n\x05query\x18\x04 \x01(\t\x12\x14\n\x0crecent_limit\x18\x05 \x01(\x05\x12\r\n\x05top_k\x18\x06 \x01(\x05\"\x81\x01\n\x0cRecalledItem\x12(\n\x08\x63itation\x18\x01 \x01(\x0b\x32\x16.chatplane.v1.Citation\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x17\n\x0f\x63onversation_id\x18\x03 \x01(\t\x12 \n\x04role\x18\x04 \x01(\x0e\x32\x12.chatplane.v1.Role\"h\n\x0eRecallResponse\x12+\n\x06recent\x18\x01 \x03(\x0b\x32\x1b.chatplane.v1.MemoryMessage\x12)\n\x05items\x18\x02 \x03(\x0b\x32\x1a.chatplane.v1.RecalledItem\"L\n\rForgetRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x17\n\x0f\x63onversation_id\x18\x03 \x01(\t\")\n\x0e\x46orgetResponse\x12\x17\n\x0f\x66orgotten_count\x18\x01 \x01(\x05\x32\xe4\x01\n\rMemoryService\x12I\n\x08Remember\x12\x1d.chatplane.v1.RememberRequest\x1a\x1e.chatplane.v1.RememberResponse\x12\x43\n\x06Recall\x12\x1b.chatplane.v1.RecallRequest\x1a\x1c.chatplane.v1.RecallResponse\x12\x43\n\x06\x46orget\x12\x1b.chatplane.v1.ForgetRequest\x1a\x1c.chatplane.v1.ForgetResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x63hatplane/v1/memory.proto\x12\x0c\x63hatplane.v1\x1a\x1c\x63hatplane/v1/resources.proto\"p\n\rMemoryMessage\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12 \n\x04role\x18\x02 \x01(\x0e\x32\x12.chatplane.v1.Role\x12\x0c\n\x04text\x18\x03 \x01(\t\x12\x1b\n\x13\x63reate_time_unix_ms\x18\x04 \x01(\x03\"}\n\x0fRememberRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x17\n\x0f\x63onversation_id\x18\x03 \x01(\t\x12-\n\x08messages\x18\x04 \x03(\x0b\x32\x1b.chatplane.v1.MemoryMessage\",\n\x10RememberResponse\x12\x18\n\x10remembered_count\x18\x01 \x01(\x05\"\x80\x01\n\rRecallRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x17\n\x0f\x63onversation_id\x18\x03 \x01(\t\x12\r\n\x05query\x18\x04 \x01(\t\x12\x14\n\x0crecent_limit\x18\x05 \x01(\x05\x12\r\n\x05top_k\x18\x06 \x01(\x05\"\x81\x01\n\x0cRecalledItem\x12(\n\x08\x63itation\x18\x01 \x01(\x0b\x32\x16.chatplane.v1.Citation\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x17\n\x0f\x63onversation_id\x18\x03 \x01(\t\x12 \n\x04role\x18\x04 \x01(\x0e\x32\x12.chatplane.v1.Role\"h\n\x0eRecallResponse\x12+\n\x06recent\x18\x01 \x03(\x0b\x32\x1b.chatplane.v1.MemoryMessage\x12)\n\x05items\x18\x02 \x03(\x0b\x32\x1a.chatplane.v1.RecalledItem\"L\n\rForgetRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x17\n\x0f\x63onversation_id\x18\x03 \x01(\t\")\n\x0e\x46orgetResponse\x12\x17\n\x0f\x66orgotten_count\x18\x01 \x01(\x05\"D\n\x0e\x44ocumentHeader\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x11\n\tmime_type\x18\x03 \x01(\t\"b\n\x15IngestDocumentRequest\x12.\n\x06header\x18\x01 \x01(\x0b\x32\x1c.chatplane.v1.DocumentHeaderH\x00\x12\x11\n\x07\x63ontent\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"B\n\x16IngestDocumentResponse\x12(\n\x08\x64ocument\x18\x01 \x01(\x0b\x32\x16.chatplane.v1.Document\")\n\x14ListDocumentsRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\"B\n\x15ListDocumentsResponse\x12)\n\tdocuments\x18\x01 \x03(\x0b\x32\x16.chatplane.v1.Document\"?\n\x15\x44\x65leteDocumentRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x13\n\x0b\x64ocument_id\x18\x02 \x01(\t\"5\n\x16\x44\x65leteDocumentResponse\x12\x1b\n\x13\x64\x65leted_chunk_count\x18\x01 \x01(\x05\x32\xfa\x03\n\rMemoryService\x12I\n\x08Remember\x12\x1d.chatplane.v1.RememberRequest\x1a\x1e.chatplane.v1.RememberResponse\x12\x43\n\x06Recall\x12\x1b.chatplane.v1.RecallRequest\x1a\x1c.chatplane.v1.RecallResponse\x12\x43\n\x06\x46orget\x12\x1b.chatplane.v1.ForgetRequest\x1a\x1c.chatplane.v1.ForgetResponse\x12]\n\x0eIngestDocument\x12#.chatplane.v1.IngestDocumentRequest\x1a$.chatplane.v1.IngestDocumentResponse(\x01\x12X\n\rListDocuments\x12\".chatplane.v1.ListDocumentsRequest\x1a#.chatplane.v1.ListDocumentsResponse\x12[\n\x0e\x44\x65leteDocument\x12#.chatplane.v1.DeleteDocumentRequest\x1a$.chatplane.v1.DeleteDocumentResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -48,6 +48,20 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_FORGETREQUEST']._serialized_end=805
   _globals['_FORGETRESPONSE']._serialized_start=807
   _globals['_FORGETRESPONSE']._serialized_end=848
-  _globals['_MEMORYSERVICE']._serialized_start=851
-  _globals['_MEMORYSERVICE']._serialized_end=1079
+  _globals['_DOCUMENTHEADER']._serialized_start=850
+  _globals['_DOCUMENTHEADER']._serialized_end=918
+  _globals['_INGESTDOCUMENTREQUEST']._serialized_start=920
+  _globals['_INGESTDOCUMENTREQUEST']._serialized_end=1018
+  _globals['_INGESTDOCUMENTRESPONSE']._serialized_start=1020
+  _globals['_INGESTDOCUMENTRESPONSE']._serialized_end=1086
+  _globals['_LISTDOCUMENTSREQUEST']._serialized_start=1088
+  _globals['_LISTDOCUMENTSREQUEST']._serialized_end=1129
+  _globals['_LISTDOCUMENTSRESPONSE']._serialized_start=1131
+  _globals['_LISTDOCUMENTSRESPONSE']._serialized_end=1197
+  _globals['_DELETEDOCUMENTREQUEST']._serialized_start=1199
+  _globals['_DELETEDOCUMENTREQUEST']._serialized_end=1262
+  _globals['_DELETEDOCUMENTRESPONSE']._serialized_start=1264
+  _globals['_DELETEDOCUMENTRESPONSE']._serialized_end=1317
+  _globals['_MEMORYSERVICE']._serialized_start=1320
+  _globals['_MEMORYSERVICE']._serialized_end=1826
 # @@protoc_insertion_point(module_scope)

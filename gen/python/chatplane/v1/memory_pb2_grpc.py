@@ -51,6 +51,21 @@ class MemoryServiceStub:
                 request_serializer=chatplane_dot_v1_dot_memory__pb2.ForgetRequest.SerializeToString,
                 response_deserializer=chatplane_dot_v1_dot_memory__pb2.ForgetResponse.FromString,
                 _registered_method=True)
+        self.IngestDocument = channel.stream_unary(
+                '/chatplane.v1.MemoryService/IngestDocument',
+                request_serializer=chatplane_dot_v1_dot_memory__pb2.IngestDocumentRequest.SerializeToString,
+                response_deserializer=chatplane_dot_v1_dot_memory__pb2.IngestDocumentResponse.FromString,
+                _registered_method=True)
+        self.ListDocuments = channel.unary_unary(
+                '/chatplane.v1.MemoryService/ListDocuments',
+                request_serializer=chatplane_dot_v1_dot_memory__pb2.ListDocumentsRequest.SerializeToString,
+                response_deserializer=chatplane_dot_v1_dot_memory__pb2.ListDocumentsResponse.FromString,
+                _registered_method=True)
+        self.DeleteDocument = channel.unary_unary(
+                '/chatplane.v1.MemoryService/DeleteDocument',
+                request_serializer=chatplane_dot_v1_dot_memory__pb2.DeleteDocumentRequest.SerializeToString,
+                response_deserializer=chatplane_dot_v1_dot_memory__pb2.DeleteDocumentResponse.FromString,
+                _registered_method=True)
 
 
 class MemoryServiceServicer:
@@ -79,6 +94,27 @@ class MemoryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def IngestDocument(self, request_iterator, context):
+        """Ingests one document for a tenant: a header, then the content in pieces (client stream).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListDocuments(self, request, context):
+        """Lists the tenant's documents, newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteDocument(self, request, context):
+        """Deletes one of the tenant's documents and its chunks.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MemoryServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -96,6 +132,21 @@ def add_MemoryServiceServicer_to_server(servicer, server):
                     servicer.Forget,
                     request_deserializer=chatplane_dot_v1_dot_memory__pb2.ForgetRequest.FromString,
                     response_serializer=chatplane_dot_v1_dot_memory__pb2.ForgetResponse.SerializeToString,
+            ),
+            'IngestDocument': grpc.stream_unary_rpc_method_handler(
+                    servicer.IngestDocument,
+                    request_deserializer=chatplane_dot_v1_dot_memory__pb2.IngestDocumentRequest.FromString,
+                    response_serializer=chatplane_dot_v1_dot_memory__pb2.IngestDocumentResponse.SerializeToString,
+            ),
+            'ListDocuments': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListDocuments,
+                    request_deserializer=chatplane_dot_v1_dot_memory__pb2.ListDocumentsRequest.FromString,
+                    response_serializer=chatplane_dot_v1_dot_memory__pb2.ListDocumentsResponse.SerializeToString,
+            ),
+            'DeleteDocument': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteDocument,
+                    request_deserializer=chatplane_dot_v1_dot_memory__pb2.DeleteDocumentRequest.FromString,
+                    response_serializer=chatplane_dot_v1_dot_memory__pb2.DeleteDocumentResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -181,6 +232,87 @@ class MemoryService:
             '/chatplane.v1.MemoryService/Forget',
             chatplane_dot_v1_dot_memory__pb2.ForgetRequest.SerializeToString,
             chatplane_dot_v1_dot_memory__pb2.ForgetResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def IngestDocument(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/chatplane.v1.MemoryService/IngestDocument',
+            chatplane_dot_v1_dot_memory__pb2.IngestDocumentRequest.SerializeToString,
+            chatplane_dot_v1_dot_memory__pb2.IngestDocumentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListDocuments(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chatplane.v1.MemoryService/ListDocuments',
+            chatplane_dot_v1_dot_memory__pb2.ListDocumentsRequest.SerializeToString,
+            chatplane_dot_v1_dot_memory__pb2.ListDocumentsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteDocument(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chatplane.v1.MemoryService/DeleteDocument',
+            chatplane_dot_v1_dot_memory__pb2.DeleteDocumentRequest.SerializeToString,
+            chatplane_dot_v1_dot_memory__pb2.DeleteDocumentResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -41,6 +41,12 @@ class MemoryServiceStub:
     """Returns the recent turns of a conversation and the items most relevant to a query."""
     Forget: _grpc.UnaryUnaryMultiCallable[_memory_pb2.ForgetRequest, _memory_pb2.ForgetResponse]
     """Forgets every message of a conversation (the user deleted it)."""
+    IngestDocument: _grpc.StreamUnaryMultiCallable[_memory_pb2.IngestDocumentRequest, _memory_pb2.IngestDocumentResponse]
+    """Ingests one document for a tenant: a header, then the content in pieces (client stream)."""
+    ListDocuments: _grpc.UnaryUnaryMultiCallable[_memory_pb2.ListDocumentsRequest, _memory_pb2.ListDocumentsResponse]
+    """Lists the tenant's documents, newest first."""
+    DeleteDocument: _grpc.UnaryUnaryMultiCallable[_memory_pb2.DeleteDocumentRequest, _memory_pb2.DeleteDocumentResponse]
+    """Deletes one of the tenant's documents and its chunks."""
 
 @_typing.type_check_only
 class MemoryServiceAsyncStub(MemoryServiceStub):
@@ -55,6 +61,12 @@ class MemoryServiceAsyncStub(MemoryServiceStub):
     """Returns the recent turns of a conversation and the items most relevant to a query."""
     Forget: _aio.UnaryUnaryMultiCallable[_memory_pb2.ForgetRequest, _memory_pb2.ForgetResponse]  # type: ignore[assignment]
     """Forgets every message of a conversation (the user deleted it)."""
+    IngestDocument: _aio.StreamUnaryMultiCallable[_memory_pb2.IngestDocumentRequest, _memory_pb2.IngestDocumentResponse]  # type: ignore[assignment]
+    """Ingests one document for a tenant: a header, then the content in pieces (client stream)."""
+    ListDocuments: _aio.UnaryUnaryMultiCallable[_memory_pb2.ListDocumentsRequest, _memory_pb2.ListDocumentsResponse]  # type: ignore[assignment]
+    """Lists the tenant's documents, newest first."""
+    DeleteDocument: _aio.UnaryUnaryMultiCallable[_memory_pb2.DeleteDocumentRequest, _memory_pb2.DeleteDocumentResponse]  # type: ignore[assignment]
+    """Deletes one of the tenant's documents and its chunks."""
 
 class MemoryServiceServicer(metaclass=_abc_1.ABCMeta):
     """Conversational memory and retrieval over a tenant's history and documents.
@@ -84,5 +96,29 @@ class MemoryServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_memory_pb2.ForgetResponse, _abc.Awaitable[_memory_pb2.ForgetResponse]]:
         """Forgets every message of a conversation (the user deleted it)."""
+
+    @_abc_1.abstractmethod
+    def IngestDocument(
+        self,
+        request_iterator: _MaybeAsyncIterator[_memory_pb2.IngestDocumentRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_memory_pb2.IngestDocumentResponse, _abc.Awaitable[_memory_pb2.IngestDocumentResponse]]:
+        """Ingests one document for a tenant: a header, then the content in pieces (client stream)."""
+
+    @_abc_1.abstractmethod
+    def ListDocuments(
+        self,
+        request: _memory_pb2.ListDocumentsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_memory_pb2.ListDocumentsResponse, _abc.Awaitable[_memory_pb2.ListDocumentsResponse]]:
+        """Lists the tenant's documents, newest first."""
+
+    @_abc_1.abstractmethod
+    def DeleteDocument(
+        self,
+        request: _memory_pb2.DeleteDocumentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_memory_pb2.DeleteDocumentResponse, _abc.Awaitable[_memory_pb2.DeleteDocumentResponse]]:
+        """Deletes one of the tenant's documents and its chunks."""
 
 def add_MemoryServiceServicer_to_server(servicer: MemoryServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -351,6 +351,8 @@ class Citation(_message.Message):
     TITLE_FIELD_NUMBER: _builtins.int
     SNIPPET_FIELD_NUMBER: _builtins.int
     SCORE_FIELD_NUMBER: _builtins.int
+    DOCUMENT_ID_FIELD_NUMBER: _builtins.int
+    CHUNK_INDEX_FIELD_NUMBER: _builtins.int
     kind: Global___CitationKind.ValueType
     """Turn or document chunk."""
     source_id: _builtins.str
@@ -361,6 +363,10 @@ class Citation(_message.Message):
     """A short excerpt of the recalled text."""
     score: _builtins.float
     """Relevance score (higher is more relevant)."""
+    document_id: _builtins.str
+    """The document the chunk belongs to (document citations only)."""
+    chunk_index: _builtins.int
+    """The chunk's position within its document, starting at 0 (document citations only)."""
     def __init__(
         self,
         *,
@@ -369,10 +375,12 @@ class Citation(_message.Message):
         title: _builtins.str = ...,
         snippet: _builtins.str = ...,
         score: _builtins.float = ...,
+        document_id: _builtins.str = ...,
+        chunk_index: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "score", b"score", "snippet", b"snippet", "source_id", b"source_id", "title", b"title"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk_index", b"chunk_index", "document_id", b"document_id", "kind", b"kind", "score", b"score", "snippet", b"snippet", "source_id", b"source_id", "title", b"title"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -407,3 +415,43 @@ class TurnDone(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___TurnDone: _TypeAlias = TurnDone  # noqa: Y015
+
+@_typing.final
+class Document(_message.Message):
+    """A document ingested for a tenant: its chunks are recalled for every user of the tenant."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DOCUMENT_ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    MIME_TYPE_FIELD_NUMBER: _builtins.int
+    CHUNK_COUNT_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    document_id: _builtins.str
+    """Server-assigned id."""
+    name: _builtins.str
+    """The name given at ingestion (usually the file name)."""
+    mime_type: _builtins.str
+    """The media type it was read as (text/plain, text/markdown, application/pdf)."""
+    chunk_count: _builtins.int
+    """How many chunks it was split into."""
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp:
+        """When it was ingested."""
+
+    def __init__(
+        self,
+        *,
+        document_id: _builtins.str = ...,
+        name: _builtins.str = ...,
+        mime_type: _builtins.str = ...,
+        chunk_count: _builtins.int = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk_count", b"chunk_count", "create_time", b"create_time", "document_id", b"document_id", "mime_type", b"mime_type", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Document: _TypeAlias = Document  # noqa: Y015

@@ -4,7 +4,7 @@
 
 import type { GenEnum, GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
 import { enumDesc, fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
-import type { Citation, Conversation, Message as Message$1, TextDelta, TurnDone, TurnStarted, Usage } from "./resources_pb";
+import type { Citation, Conversation, Document, Message as Message$1, TextDelta, TurnDone, TurnStarted, Usage } from "./resources_pb";
 import { file_chatplane_v1_resources } from "./resources_pb";
 import { file_google_api_annotations } from "../../google/api/annotations_pb";
 import type { Timestamp } from "@bufbuild/protobuf/wkt";
@@ -15,7 +15,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file chatplane/v1/gateway.proto.
  */
 export const file_chatplane_v1_gateway: GenFile = /*@__PURE__*/
-  fileDesc("ChpjaGF0cGxhbmUvdjEvZ2F0ZXdheS5wcm90bxIMY2hhdHBsYW5lLnYxImIKC0NoYXRSZXF1ZXN0EhcKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCRIMCgR0ZXh0GAIgASgJEhkKEWNsaWVudF9tZXNzYWdlX2lkGAMgASgJEhEKCXJlc3VtYWJsZRgeIAEoCCLpAQoMQ2hhdFJlc3BvbnNlEiwKB3N0YXJ0ZWQYASABKAsyGS5jaGF0cGxhbmUudjEuVHVyblN0YXJ0ZWRIABIoCgVkZWx0YRgCIAEoCzIXLmNoYXRwbGFuZS52MS5UZXh0RGVsdGFIABIqCghjaXRhdGlvbhgDIAEoCzIWLmNoYXRwbGFuZS52MS5DaXRhdGlvbkgAEiQKBXVzYWdlGAQgASgLMhMuY2hhdHBsYW5lLnYxLlVzYWdlSAASJgoEZG9uZRgFIAEoCzIWLmNoYXRwbGFuZS52MS5UdXJuRG9uZUgAQgcKBWV2ZW50IkEKGExpc3RDb252ZXJzYXRpb25zUmVxdWVzdBIRCglwYWdlX3NpemUYASABKAUSEgoKcGFnZV90b2tlbhgCIAEoCSJnChlMaXN0Q29udmVyc2F0aW9uc1Jlc3BvbnNlEjEKDWNvbnZlcnNhdGlvbnMYASADKAsyGi5jaGF0cGxhbmUudjEuQ29udmVyc2F0aW9uEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSJYChZHZXRDb252ZXJzYXRpb25SZXF1ZXN0EhcKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCRIRCglwYWdlX3NpemUYAiABKAUSEgoKcGFnZV90b2tlbhgDIAEoCSKNAQoXR2V0Q29udmVyc2F0aW9uUmVzcG9uc2USMAoMY29udmVyc2F0aW9uGAEgASgLMhouY2hhdHBsYW5lLnYxLkNvbnZlcnNhdGlvbhInCghtZXNzYWdlcxgCIAMoCzIVLmNoYXRwbGFuZS52MS5NZXNzYWdlEhcKD25leHRfcGFnZV90b2tlbhgDIAEoCSI0ChlEZWxldGVDb252ZXJzYXRpb25SZXF1ZXN0EhcKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCSJNChpEZWxldGVDb252ZXJzYXRpb25SZXNwb25zZRIvCgtkZWxldGVfdGltZRgBIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiYgoVU3VibWl0RmVlZGJhY2tSZXF1ZXN0EhIKCm1lc3NhZ2VfaWQYASABKAkSJAoGcmF0aW5nGAIgASgOMhQuY2hhdHBsYW5lLnYxLlJhdGluZxIPCgdjb21tZW50GAMgASgJIkkKFlN1Ym1pdEZlZWRiYWNrUmVzcG9uc2USLwoLY3JlYXRlX3RpbWUYASABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIj8KEVJlc3VtZUNoYXRSZXF1ZXN0EhIKCm1lc3NhZ2VfaWQYASABKAkSFgoOYWZ0ZXJfc2VxdWVuY2UYAiABKAMi7wEKElJlc3VtZUNoYXRSZXNwb25zZRIsCgdzdGFydGVkGAEgASgLMhkuY2hhdHBsYW5lLnYxLlR1cm5TdGFydGVkSAASKAoFZGVsdGEYAiABKAsyFy5jaGF0cGxhbmUudjEuVGV4dERlbHRhSAASKgoIY2l0YXRpb24YAyABKAsyFi5jaGF0cGxhbmUudjEuQ2l0YXRpb25IABIkCgV1c2FnZRgEIAEoCzITLmNoYXRwbGFuZS52MS5Vc2FnZUgAEiYKBGRvbmUYBSABKAsyFi5jaGF0cGxhbmUudjEuVHVybkRvbmVIAEIHCgVldmVudCInChFDYW5jZWxDaGF0UmVxdWVzdBISCgptZXNzYWdlX2lkGAEgASgJIicKEkNhbmNlbENoYXRSZXNwb25zZRIRCgljYW5jZWxsZWQYASABKAgqTgoGUmF0aW5nEhYKElJBVElOR19VTlNQRUNJRklFRBAAEhQKEFJBVElOR19USFVNQlNfVVAQARIWChJSQVRJTkdfVEhVTUJTX0RPV04QAjKXBwoOR2F0ZXdheVNlcnZpY2USVAoEQ2hhdBIZLmNoYXRwbGFuZS52MS5DaGF0UmVxdWVzdBoaLmNoYXRwbGFuZS52MS5DaGF0UmVzcG9uc2UiE4LT5JMCDToBKiIIL3YxL2NoYXQwARJ/ChFMaXN0Q29udmVyc2F0aW9ucxImLmNoYXRwbGFuZS52MS5MaXN0Q29udmVyc2F0aW9uc1JlcXVlc3QaJy5jaGF0cGxhbmUudjEuTGlzdENvbnZlcnNhdGlvbnNSZXNwb25zZSIZgtPkkwITEhEvdjEvY29udmVyc2F0aW9ucxKLAQoPR2V0Q29udmVyc2F0aW9uEiQuY2hhdHBsYW5lLnYxLkdldENvbnZlcnNhdGlvblJlcXVlc3QaJS5jaGF0cGxhbmUudjEuR2V0Q29udmVyc2F0aW9uUmVzcG9uc2UiK4LT5JMCJRIjL3YxL2NvbnZlcnNhdGlvbnMve2NvbnZlcnNhdGlvbl9pZH0SlAEKEkRlbGV0ZUNvbnZlcnNhdGlvbhInLmNoYXRwbGFuZS52MS5EZWxldGVDb252ZXJzYXRpb25SZXF1ZXN0GiguY2hhdHBsYW5lLnYxLkRlbGV0ZUNvbnZlcnNhdGlvblJlc3BvbnNlIiuC0+STAiUqIy92MS9jb252ZXJzYXRpb25zL3tjb252ZXJzYXRpb25faWR9EooBCg5TdWJtaXRGZWVkYmFjaxIjLmNoYXRwbGFuZS52MS5TdWJtaXRGZWVkYmFja1JlcXVlc3QaJC5jaGF0cGxhbmUudjEuU3VibWl0RmVlZGJhY2tSZXNwb25zZSItgtPkkwInOgEqIiIvdjEvbWVzc2FnZXMve21lc3NhZ2VfaWR9L2ZlZWRiYWNrEn4KClJlc3VtZUNoYXQSHy5jaGF0cGxhbmUudjEuUmVzdW1lQ2hhdFJlcXVlc3QaIC5jaGF0cGxhbmUudjEuUmVzdW1lQ2hhdFJlc3BvbnNlIiuC0+STAiU6ASoiIC92MS9tZXNzYWdlcy97bWVzc2FnZV9pZH0vcmVzdW1lMAESfAoKQ2FuY2VsQ2hhdBIfLmNoYXRwbGFuZS52MS5DYW5jZWxDaGF0UmVxdWVzdBogLmNoYXRwbGFuZS52MS5DYW5jZWxDaGF0UmVzcG9uc2UiK4LT5JMCJToBKiIgL3YxL21lc3NhZ2VzL3ttZXNzYWdlX2lkfS9jYW5jZWxCQFo+Z2l0aHViLmNvbS9jaGF0cGxhbmUvY2hhdHBsYW5lL2dlbi9nby9jaGF0cGxhbmUvdjE7Y2hhdHBsYW5ldjFiBnByb3RvMw", [file_chatplane_v1_resources, file_google_api_annotations, file_google_protobuf_timestamp]);
+  fileDesc("ChpjaGF0cGxhbmUvdjEvZ2F0ZXdheS5wcm90bxIMY2hhdHBsYW5lLnYxImIKC0NoYXRSZXF1ZXN0EhcKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCRIMCgR0ZXh0GAIgASgJEhkKEWNsaWVudF9tZXNzYWdlX2lkGAMgASgJEhEKCXJlc3VtYWJsZRgeIAEoCCLpAQoMQ2hhdFJlc3BvbnNlEiwKB3N0YXJ0ZWQYASABKAsyGS5jaGF0cGxhbmUudjEuVHVyblN0YXJ0ZWRIABIoCgVkZWx0YRgCIAEoCzIXLmNoYXRwbGFuZS52MS5UZXh0RGVsdGFIABIqCghjaXRhdGlvbhgDIAEoCzIWLmNoYXRwbGFuZS52MS5DaXRhdGlvbkgAEiQKBXVzYWdlGAQgASgLMhMuY2hhdHBsYW5lLnYxLlVzYWdlSAASJgoEZG9uZRgFIAEoCzIWLmNoYXRwbGFuZS52MS5UdXJuRG9uZUgAQgcKBWV2ZW50IkEKGExpc3RDb252ZXJzYXRpb25zUmVxdWVzdBIRCglwYWdlX3NpemUYASABKAUSEgoKcGFnZV90b2tlbhgCIAEoCSJnChlMaXN0Q29udmVyc2F0aW9uc1Jlc3BvbnNlEjEKDWNvbnZlcnNhdGlvbnMYASADKAsyGi5jaGF0cGxhbmUudjEuQ29udmVyc2F0aW9uEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSJYChZHZXRDb252ZXJzYXRpb25SZXF1ZXN0EhcKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCRIRCglwYWdlX3NpemUYAiABKAUSEgoKcGFnZV90b2tlbhgDIAEoCSKNAQoXR2V0Q29udmVyc2F0aW9uUmVzcG9uc2USMAoMY29udmVyc2F0aW9uGAEgASgLMhouY2hhdHBsYW5lLnYxLkNvbnZlcnNhdGlvbhInCghtZXNzYWdlcxgCIAMoCzIVLmNoYXRwbGFuZS52MS5NZXNzYWdlEhcKD25leHRfcGFnZV90b2tlbhgDIAEoCSI0ChlEZWxldGVDb252ZXJzYXRpb25SZXF1ZXN0EhcKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCSJNChpEZWxldGVDb252ZXJzYXRpb25SZXNwb25zZRIvCgtkZWxldGVfdGltZRgBIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiYgoVU3VibWl0RmVlZGJhY2tSZXF1ZXN0EhIKCm1lc3NhZ2VfaWQYASABKAkSJAoGcmF0aW5nGAIgASgOMhQuY2hhdHBsYW5lLnYxLlJhdGluZxIPCgdjb21tZW50GAMgASgJIkkKFlN1Ym1pdEZlZWRiYWNrUmVzcG9uc2USLwoLY3JlYXRlX3RpbWUYASABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIj8KEVJlc3VtZUNoYXRSZXF1ZXN0EhIKCm1lc3NhZ2VfaWQYASABKAkSFgoOYWZ0ZXJfc2VxdWVuY2UYAiABKAMi7wEKElJlc3VtZUNoYXRSZXNwb25zZRIsCgdzdGFydGVkGAEgASgLMhkuY2hhdHBsYW5lLnYxLlR1cm5TdGFydGVkSAASKAoFZGVsdGEYAiABKAsyFy5jaGF0cGxhbmUudjEuVGV4dERlbHRhSAASKgoIY2l0YXRpb24YAyABKAsyFi5jaGF0cGxhbmUudjEuQ2l0YXRpb25IABIkCgV1c2FnZRgEIAEoCzITLmNoYXRwbGFuZS52MS5Vc2FnZUgAEiYKBGRvbmUYBSABKAsyFi5jaGF0cGxhbmUudjEuVHVybkRvbmVIAEIHCgVldmVudCInChFDYW5jZWxDaGF0UmVxdWVzdBISCgptZXNzYWdlX2lkGAEgASgJIicKEkNhbmNlbENoYXRSZXNwb25zZRIRCgljYW5jZWxsZWQYASABKAgiNwoUSW5nZXN0RG9jdW1lbnRIZWFkZXISDAoEbmFtZRgBIAEoCRIRCgltaW1lX3R5cGUYAiABKAkidgojR2F0ZXdheVNlcnZpY2VJbmdlc3REb2N1bWVudFJlcXVlc3QSNAoGaGVhZGVyGAEgASgLMiIuY2hhdHBsYW5lLnYxLkluZ2VzdERvY3VtZW50SGVhZGVySAASEQoHY29udGVudBgCIAEoDEgAQgYKBHBhcnQiUAokR2F0ZXdheVNlcnZpY2VJbmdlc3REb2N1bWVudFJlc3BvbnNlEigKCGRvY3VtZW50GAEgASgLMhYuY2hhdHBsYW5lLnYxLkRvY3VtZW50IiQKIkdhdGV3YXlTZXJ2aWNlTGlzdERvY3VtZW50c1JlcXVlc3QiUAojR2F0ZXdheVNlcnZpY2VMaXN0RG9jdW1lbnRzUmVzcG9uc2USKQoJZG9jdW1lbnRzGAEgAygLMhYuY2hhdHBsYW5lLnYxLkRvY3VtZW50IjoKI0dhdGV3YXlTZXJ2aWNlRGVsZXRlRG9jdW1lbnRSZXF1ZXN0EhMKC2RvY3VtZW50X2lkGAEgASgJIkMKJEdhdGV3YXlTZXJ2aWNlRGVsZXRlRG9jdW1lbnRSZXNwb25zZRIbChNkZWxldGVkX2NodW5rX2NvdW50GAEgASgFKk4KBlJhdGluZxIWChJSQVRJTkdfVU5TUEVDSUZJRUQQABIUChBSQVRJTkdfVEhVTUJTX1VQEAESFgoSUkFUSU5HX1RIVU1CU19ET1dOEAIyvwoKDkdhdGV3YXlTZXJ2aWNlElQKBENoYXQSGS5jaGF0cGxhbmUudjEuQ2hhdFJlcXVlc3QaGi5jaGF0cGxhbmUudjEuQ2hhdFJlc3BvbnNlIhOC0+STAg06ASoiCC92MS9jaGF0MAESfwoRTGlzdENvbnZlcnNhdGlvbnMSJi5jaGF0cGxhbmUudjEuTGlzdENvbnZlcnNhdGlvbnNSZXF1ZXN0GicuY2hhdHBsYW5lLnYxLkxpc3RDb252ZXJzYXRpb25zUmVzcG9uc2UiGYLT5JMCExIRL3YxL2NvbnZlcnNhdGlvbnMSiwEKD0dldENvbnZlcnNhdGlvbhIkLmNoYXRwbGFuZS52MS5HZXRDb252ZXJzYXRpb25SZXF1ZXN0GiUuY2hhdHBsYW5lLnYxLkdldENvbnZlcnNhdGlvblJlc3BvbnNlIiuC0+STAiUSIy92MS9jb252ZXJzYXRpb25zL3tjb252ZXJzYXRpb25faWR9EpQBChJEZWxldGVDb252ZXJzYXRpb24SJy5jaGF0cGxhbmUudjEuRGVsZXRlQ29udmVyc2F0aW9uUmVxdWVzdBooLmNoYXRwbGFuZS52MS5EZWxldGVDb252ZXJzYXRpb25SZXNwb25zZSIrgtPkkwIlKiMvdjEvY29udmVyc2F0aW9ucy97Y29udmVyc2F0aW9uX2lkfRKKAQoOU3VibWl0RmVlZGJhY2sSIy5jaGF0cGxhbmUudjEuU3VibWl0RmVlZGJhY2tSZXF1ZXN0GiQuY2hhdHBsYW5lLnYxLlN1Ym1pdEZlZWRiYWNrUmVzcG9uc2UiLYLT5JMCJzoBKiIiL3YxL21lc3NhZ2VzL3ttZXNzYWdlX2lkfS9mZWVkYmFjaxJ+CgpSZXN1bWVDaGF0Eh8uY2hhdHBsYW5lLnYxLlJlc3VtZUNoYXRSZXF1ZXN0GiAuY2hhdHBsYW5lLnYxLlJlc3VtZUNoYXRSZXNwb25zZSIrgtPkkwIlOgEqIiAvdjEvbWVzc2FnZXMve21lc3NhZ2VfaWR9L3Jlc3VtZTABEnwKCkNhbmNlbENoYXQSHy5jaGF0cGxhbmUudjEuQ2FuY2VsQ2hhdFJlcXVlc3QaIC5jaGF0cGxhbmUudjEuQ2FuY2VsQ2hhdFJlc3BvbnNlIiuC0+STAiU6ASoiIC92MS9tZXNzYWdlcy97bWVzc2FnZV9pZH0vY2FuY2VsEnkKDkluZ2VzdERvY3VtZW50EjEuY2hhdHBsYW5lLnYxLkdhdGV3YXlTZXJ2aWNlSW5nZXN0RG9jdW1lbnRSZXF1ZXN0GjIuY2hhdHBsYW5lLnYxLkdhdGV3YXlTZXJ2aWNlSW5nZXN0RG9jdW1lbnRSZXNwb25zZSgBEosBCg1MaXN0RG9jdW1lbnRzEjAuY2hhdHBsYW5lLnYxLkdhdGV3YXlTZXJ2aWNlTGlzdERvY3VtZW50c1JlcXVlc3QaMS5jaGF0cGxhbmUudjEuR2F0ZXdheVNlcnZpY2VMaXN0RG9jdW1lbnRzUmVzcG9uc2UiFYLT5JMCDxINL3YxL2RvY3VtZW50cxKcAQoORGVsZXRlRG9jdW1lbnQSMS5jaGF0cGxhbmUudjEuR2F0ZXdheVNlcnZpY2VEZWxldGVEb2N1bWVudFJlcXVlc3QaMi5jaGF0cGxhbmUudjEuR2F0ZXdheVNlcnZpY2VEZWxldGVEb2N1bWVudFJlc3BvbnNlIiOC0+STAh0qGy92MS9kb2N1bWVudHMve2RvY3VtZW50X2lkfUJAWj5naXRodWIuY29tL2NoYXRwbGFuZS9jaGF0cGxhbmUvZ2VuL2dvL2NoYXRwbGFuZS92MTtjaGF0cGxhbmV2MWIGcHJvdG8z", [file_chatplane_v1_resources, file_google_api_annotations, file_google_protobuf_timestamp]);
 
 /**
  * A user message to answer.
@@ -478,6 +478,170 @@ export const CancelChatResponseSchema: GenMessage<CancelChatResponse> = /*@__PUR
   messageDesc(file_chatplane_v1_gateway, 13);
 
 /**
+ * The first message of an ingestion through the Gateway (the tenant is the caller's).
+ *
+ * @generated from message chatplane.v1.IngestDocumentHeader
+ */
+export type IngestDocumentHeader = Message<"chatplane.v1.IngestDocumentHeader"> & {
+  /**
+   * The document's name (shown in citations), 1-256 characters.
+   *
+   * @generated from field: string name = 1;
+   */
+  name: string;
+
+  /**
+   * text/plain, text/markdown or application/pdf.
+   *
+   * @generated from field: string mime_type = 2;
+   */
+  mimeType: string;
+};
+
+/**
+ * Describes the message chatplane.v1.IngestDocumentHeader.
+ * Use `create(IngestDocumentHeaderSchema)` to create a new message.
+ */
+export const IngestDocumentHeaderSchema: GenMessage<IngestDocumentHeader> = /*@__PURE__*/
+  messageDesc(file_chatplane_v1_gateway, 14);
+
+/**
+ * One message of an ingestion stream: the header first, then content pieces.
+ *
+ * @generated from message chatplane.v1.GatewayServiceIngestDocumentRequest
+ */
+export type GatewayServiceIngestDocumentRequest = Message<"chatplane.v1.GatewayServiceIngestDocumentRequest"> & {
+  /**
+   * The part.
+   *
+   * @generated from oneof chatplane.v1.GatewayServiceIngestDocumentRequest.part
+   */
+  part: {
+    /**
+     * First message: the document's name and media type.
+     *
+     * @generated from field: chatplane.v1.IngestDocumentHeader header = 1;
+     */
+    value: IngestDocumentHeader;
+    case: "header";
+  } | {
+    /**
+     * A piece of the document's bytes, in order (at most 1 MiB each).
+     *
+     * @generated from field: bytes content = 2;
+     */
+    value: Uint8Array;
+    case: "content";
+  } | { case: undefined; value?: undefined };
+};
+
+/**
+ * Describes the message chatplane.v1.GatewayServiceIngestDocumentRequest.
+ * Use `create(GatewayServiceIngestDocumentRequestSchema)` to create a new message.
+ */
+export const GatewayServiceIngestDocumentRequestSchema: GenMessage<GatewayServiceIngestDocumentRequest> = /*@__PURE__*/
+  messageDesc(file_chatplane_v1_gateway, 15);
+
+/**
+ * The document is stored and its chunks are searchable.
+ *
+ * @generated from message chatplane.v1.GatewayServiceIngestDocumentResponse
+ */
+export type GatewayServiceIngestDocumentResponse = Message<"chatplane.v1.GatewayServiceIngestDocumentResponse"> & {
+  /**
+   * The stored document.
+   *
+   * @generated from field: chatplane.v1.Document document = 1;
+   */
+  document?: Document | undefined;
+};
+
+/**
+ * Describes the message chatplane.v1.GatewayServiceIngestDocumentResponse.
+ * Use `create(GatewayServiceIngestDocumentResponseSchema)` to create a new message.
+ */
+export const GatewayServiceIngestDocumentResponseSchema: GenMessage<GatewayServiceIngestDocumentResponse> = /*@__PURE__*/
+  messageDesc(file_chatplane_v1_gateway, 16);
+
+/**
+ * Asks for the documents of the caller's tenant.
+ *
+ * @generated from message chatplane.v1.GatewayServiceListDocumentsRequest
+ */
+export type GatewayServiceListDocumentsRequest = Message<"chatplane.v1.GatewayServiceListDocumentsRequest"> & {
+};
+
+/**
+ * Describes the message chatplane.v1.GatewayServiceListDocumentsRequest.
+ * Use `create(GatewayServiceListDocumentsRequestSchema)` to create a new message.
+ */
+export const GatewayServiceListDocumentsRequestSchema: GenMessage<GatewayServiceListDocumentsRequest> = /*@__PURE__*/
+  messageDesc(file_chatplane_v1_gateway, 17);
+
+/**
+ * The documents of the caller's tenant.
+ *
+ * @generated from message chatplane.v1.GatewayServiceListDocumentsResponse
+ */
+export type GatewayServiceListDocumentsResponse = Message<"chatplane.v1.GatewayServiceListDocumentsResponse"> & {
+  /**
+   * Documents, newest first.
+   *
+   * @generated from field: repeated chatplane.v1.Document documents = 1;
+   */
+  documents: Document[];
+};
+
+/**
+ * Describes the message chatplane.v1.GatewayServiceListDocumentsResponse.
+ * Use `create(GatewayServiceListDocumentsResponseSchema)` to create a new message.
+ */
+export const GatewayServiceListDocumentsResponseSchema: GenMessage<GatewayServiceListDocumentsResponse> = /*@__PURE__*/
+  messageDesc(file_chatplane_v1_gateway, 18);
+
+/**
+ * A document to delete.
+ *
+ * @generated from message chatplane.v1.GatewayServiceDeleteDocumentRequest
+ */
+export type GatewayServiceDeleteDocumentRequest = Message<"chatplane.v1.GatewayServiceDeleteDocumentRequest"> & {
+  /**
+   * The document.
+   *
+   * @generated from field: string document_id = 1;
+   */
+  documentId: string;
+};
+
+/**
+ * Describes the message chatplane.v1.GatewayServiceDeleteDocumentRequest.
+ * Use `create(GatewayServiceDeleteDocumentRequestSchema)` to create a new message.
+ */
+export const GatewayServiceDeleteDocumentRequestSchema: GenMessage<GatewayServiceDeleteDocumentRequest> = /*@__PURE__*/
+  messageDesc(file_chatplane_v1_gateway, 19);
+
+/**
+ * The document and its chunks are gone.
+ *
+ * @generated from message chatplane.v1.GatewayServiceDeleteDocumentResponse
+ */
+export type GatewayServiceDeleteDocumentResponse = Message<"chatplane.v1.GatewayServiceDeleteDocumentResponse"> & {
+  /**
+   * How many chunks were removed.
+   *
+   * @generated from field: int32 deleted_chunk_count = 1;
+   */
+  deletedChunkCount: number;
+};
+
+/**
+ * Describes the message chatplane.v1.GatewayServiceDeleteDocumentResponse.
+ * Use `create(GatewayServiceDeleteDocumentResponseSchema)` to create a new message.
+ */
+export const GatewayServiceDeleteDocumentResponseSchema: GenMessage<GatewayServiceDeleteDocumentResponse> = /*@__PURE__*/
+  messageDesc(file_chatplane_v1_gateway, 20);
+
+/**
  * A rating of an answer.
  *
  * @generated from enum chatplane.v1.Rating
@@ -589,6 +753,37 @@ export const GatewayService: GenService<{
     methodKind: "unary";
     input: typeof CancelChatRequestSchema;
     output: typeof CancelChatResponseSchema;
+  },
+  /**
+   * Ingests a document for the caller's tenant: a header, then the content in pieces.
+   * gRPC only (a client stream); every user of the tenant can then be answered from it.
+   *
+   * @generated from rpc chatplane.v1.GatewayService.IngestDocument
+   */
+  ingestDocument: {
+    methodKind: "client_streaming";
+    input: typeof GatewayServiceIngestDocumentRequestSchema;
+    output: typeof GatewayServiceIngestDocumentResponseSchema;
+  },
+  /**
+   * Lists the documents of the caller's tenant, newest first.
+   *
+   * @generated from rpc chatplane.v1.GatewayService.ListDocuments
+   */
+  listDocuments: {
+    methodKind: "unary";
+    input: typeof GatewayServiceListDocumentsRequestSchema;
+    output: typeof GatewayServiceListDocumentsResponseSchema;
+  },
+  /**
+   * Deletes a document of the caller's tenant (another tenant's id: NOT_FOUND).
+   *
+   * @generated from rpc chatplane.v1.GatewayService.DeleteDocument
+   */
+  deleteDocument: {
+    methodKind: "unary";
+    input: typeof GatewayServiceDeleteDocumentRequestSchema;
+    output: typeof GatewayServiceDeleteDocumentResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_chatplane_v1_gateway, 0);

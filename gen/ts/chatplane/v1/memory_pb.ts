@@ -4,7 +4,7 @@
 
 import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
 import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
-import type { Citation, Role } from "./resources_pb";
+import type { Citation, Document, Role } from "./resources_pb";
 import { file_chatplane_v1_resources } from "./resources_pb";
 import type { Message } from "@bufbuild/protobuf";
 
@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file chatplane/v1/memory.proto.
  */
 export const file_chatplane_v1_memory: GenFile = /*@__PURE__*/
-  fileDesc("ChljaGF0cGxhbmUvdjEvbWVtb3J5LnByb3RvEgxjaGF0cGxhbmUudjEicAoNTWVtb3J5TWVzc2FnZRISCgptZXNzYWdlX2lkGAEgASgJEiAKBHJvbGUYAiABKA4yEi5jaGF0cGxhbmUudjEuUm9sZRIMCgR0ZXh0GAMgASgJEhsKE2NyZWF0ZV90aW1lX3VuaXhfbXMYBCABKAMifQoPUmVtZW1iZXJSZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCRIPCgd1c2VyX2lkGAIgASgJEhcKD2NvbnZlcnNhdGlvbl9pZBgDIAEoCRItCghtZXNzYWdlcxgEIAMoCzIbLmNoYXRwbGFuZS52MS5NZW1vcnlNZXNzYWdlIiwKEFJlbWVtYmVyUmVzcG9uc2USGAoQcmVtZW1iZXJlZF9jb3VudBgBIAEoBSKAAQoNUmVjYWxsUmVxdWVzdBIRCgl0ZW5hbnRfaWQYASABKAkSDwoHdXNlcl9pZBgCIAEoCRIXCg9jb252ZXJzYXRpb25faWQYAyABKAkSDQoFcXVlcnkYBCABKAkSFAoMcmVjZW50X2xpbWl0GAUgASgFEg0KBXRvcF9rGAYgASgFIoEBCgxSZWNhbGxlZEl0ZW0SKAoIY2l0YXRpb24YASABKAsyFi5jaGF0cGxhbmUudjEuQ2l0YXRpb24SDAoEdGV4dBgCIAEoCRIXCg9jb252ZXJzYXRpb25faWQYAyABKAkSIAoEcm9sZRgEIAEoDjISLmNoYXRwbGFuZS52MS5Sb2xlImgKDlJlY2FsbFJlc3BvbnNlEisKBnJlY2VudBgBIAMoCzIbLmNoYXRwbGFuZS52MS5NZW1vcnlNZXNzYWdlEikKBWl0ZW1zGAIgAygLMhouY2hhdHBsYW5lLnYxLlJlY2FsbGVkSXRlbSJMCg1Gb3JnZXRSZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCRIPCgd1c2VyX2lkGAIgASgJEhcKD2NvbnZlcnNhdGlvbl9pZBgDIAEoCSIpCg5Gb3JnZXRSZXNwb25zZRIXCg9mb3Jnb3R0ZW5fY291bnQYASABKAUy5AEKDU1lbW9yeVNlcnZpY2USSQoIUmVtZW1iZXISHS5jaGF0cGxhbmUudjEuUmVtZW1iZXJSZXF1ZXN0Gh4uY2hhdHBsYW5lLnYxLlJlbWVtYmVyUmVzcG9uc2USQwoGUmVjYWxsEhsuY2hhdHBsYW5lLnYxLlJlY2FsbFJlcXVlc3QaHC5jaGF0cGxhbmUudjEuUmVjYWxsUmVzcG9uc2USQwoGRm9yZ2V0EhsuY2hhdHBsYW5lLnYxLkZvcmdldFJlcXVlc3QaHC5jaGF0cGxhbmUudjEuRm9yZ2V0UmVzcG9uc2VCQFo+Z2l0aHViLmNvbS9jaGF0cGxhbmUvY2hhdHBsYW5lL2dlbi9nby9jaGF0cGxhbmUvdjE7Y2hhdHBsYW5ldjFiBnByb3RvMw", [file_chatplane_v1_resources]);
+  fileDesc("ChljaGF0cGxhbmUvdjEvbWVtb3J5LnByb3RvEgxjaGF0cGxhbmUudjEicAoNTWVtb3J5TWVzc2FnZRISCgptZXNzYWdlX2lkGAEgASgJEiAKBHJvbGUYAiABKA4yEi5jaGF0cGxhbmUudjEuUm9sZRIMCgR0ZXh0GAMgASgJEhsKE2NyZWF0ZV90aW1lX3VuaXhfbXMYBCABKAMifQoPUmVtZW1iZXJSZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCRIPCgd1c2VyX2lkGAIgASgJEhcKD2NvbnZlcnNhdGlvbl9pZBgDIAEoCRItCghtZXNzYWdlcxgEIAMoCzIbLmNoYXRwbGFuZS52MS5NZW1vcnlNZXNzYWdlIiwKEFJlbWVtYmVyUmVzcG9uc2USGAoQcmVtZW1iZXJlZF9jb3VudBgBIAEoBSKAAQoNUmVjYWxsUmVxdWVzdBIRCgl0ZW5hbnRfaWQYASABKAkSDwoHdXNlcl9pZBgCIAEoCRIXCg9jb252ZXJzYXRpb25faWQYAyABKAkSDQoFcXVlcnkYBCABKAkSFAoMcmVjZW50X2xpbWl0GAUgASgFEg0KBXRvcF9rGAYgASgFIoEBCgxSZWNhbGxlZEl0ZW0SKAoIY2l0YXRpb24YASABKAsyFi5jaGF0cGxhbmUudjEuQ2l0YXRpb24SDAoEdGV4dBgCIAEoCRIXCg9jb252ZXJzYXRpb25faWQYAyABKAkSIAoEcm9sZRgEIAEoDjISLmNoYXRwbGFuZS52MS5Sb2xlImgKDlJlY2FsbFJlc3BvbnNlEisKBnJlY2VudBgBIAMoCzIbLmNoYXRwbGFuZS52MS5NZW1vcnlNZXNzYWdlEikKBWl0ZW1zGAIgAygLMhouY2hhdHBsYW5lLnYxLlJlY2FsbGVkSXRlbSJMCg1Gb3JnZXRSZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCRIPCgd1c2VyX2lkGAIgASgJEhcKD2NvbnZlcnNhdGlvbl9pZBgDIAEoCSIpCg5Gb3JnZXRSZXNwb25zZRIXCg9mb3Jnb3R0ZW5fY291bnQYASABKAUiRAoORG9jdW1lbnRIZWFkZXISEQoJdGVuYW50X2lkGAEgASgJEgwKBG5hbWUYAiABKAkSEQoJbWltZV90eXBlGAMgASgJImIKFUluZ2VzdERvY3VtZW50UmVxdWVzdBIuCgZoZWFkZXIYASABKAsyHC5jaGF0cGxhbmUudjEuRG9jdW1lbnRIZWFkZXJIABIRCgdjb250ZW50GAIgASgMSABCBgoEcGFydCJCChZJbmdlc3REb2N1bWVudFJlc3BvbnNlEigKCGRvY3VtZW50GAEgASgLMhYuY2hhdHBsYW5lLnYxLkRvY3VtZW50IikKFExpc3REb2N1bWVudHNSZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCSJCChVMaXN0RG9jdW1lbnRzUmVzcG9uc2USKQoJZG9jdW1lbnRzGAEgAygLMhYuY2hhdHBsYW5lLnYxLkRvY3VtZW50Ij8KFURlbGV0ZURvY3VtZW50UmVxdWVzdBIRCgl0ZW5hbnRfaWQYASABKAkSEwoLZG9jdW1lbnRfaWQYAiABKAkiNQoWRGVsZXRlRG9jdW1lbnRSZXNwb25zZRIbChNkZWxldGVkX2NodW5rX2NvdW50GAEgASgFMvoDCg1NZW1vcnlTZXJ2aWNlEkkKCFJlbWVtYmVyEh0uY2hhdHBsYW5lLnYxLlJlbWVtYmVyUmVxdWVzdBoeLmNoYXRwbGFuZS52MS5SZW1lbWJlclJlc3BvbnNlEkMKBlJlY2FsbBIbLmNoYXRwbGFuZS52MS5SZWNhbGxSZXF1ZXN0GhwuY2hhdHBsYW5lLnYxLlJlY2FsbFJlc3BvbnNlEkMKBkZvcmdldBIbLmNoYXRwbGFuZS52MS5Gb3JnZXRSZXF1ZXN0GhwuY2hhdHBsYW5lLnYxLkZvcmdldFJlc3BvbnNlEl0KDkluZ2VzdERvY3VtZW50EiMuY2hhdHBsYW5lLnYxLkluZ2VzdERvY3VtZW50UmVxdWVzdBokLmNoYXRwbGFuZS52MS5Jbmdlc3REb2N1bWVudFJlc3BvbnNlKAESWAoNTGlzdERvY3VtZW50cxIiLmNoYXRwbGFuZS52MS5MaXN0RG9jdW1lbnRzUmVxdWVzdBojLmNoYXRwbGFuZS52MS5MaXN0RG9jdW1lbnRzUmVzcG9uc2USWwoORGVsZXRlRG9jdW1lbnQSIy5jaGF0cGxhbmUudjEuRGVsZXRlRG9jdW1lbnRSZXF1ZXN0GiQuY2hhdHBsYW5lLnYxLkRlbGV0ZURvY3VtZW50UmVzcG9uc2VCQFo+Z2l0aHViLmNvbS9jaGF0cGxhbmUvY2hhdHBsYW5lL2dlbi9nby9jaGF0cGxhbmUvdjE7Y2hhdHBsYW5ldjFiBnByb3RvMw", [file_chatplane_v1_resources]);
 
 /**
  * A message to remember.
@@ -302,6 +302,190 @@ export const ForgetResponseSchema: GenMessage<ForgetResponse> = /*@__PURE__*/
   messageDesc(file_chatplane_v1_memory, 7);
 
 /**
+ * The first message of an ingestion: what the document is and whose it is.
+ *
+ * @generated from message chatplane.v1.DocumentHeader
+ */
+export type DocumentHeader = Message<"chatplane.v1.DocumentHeader"> & {
+  /**
+   * The owner's tenant (documents are visible to all its users).
+   *
+   * @generated from field: string tenant_id = 1;
+   */
+  tenantId: string;
+
+  /**
+   * The document's name (shown in citations), 1-256 characters.
+   *
+   * @generated from field: string name = 2;
+   */
+  name: string;
+
+  /**
+   * text/plain, text/markdown or application/pdf.
+   *
+   * @generated from field: string mime_type = 3;
+   */
+  mimeType: string;
+};
+
+/**
+ * Describes the message chatplane.v1.DocumentHeader.
+ * Use `create(DocumentHeaderSchema)` to create a new message.
+ */
+export const DocumentHeaderSchema: GenMessage<DocumentHeader> = /*@__PURE__*/
+  messageDesc(file_chatplane_v1_memory, 8);
+
+/**
+ * One message of an ingestion stream: the header first, then content pieces.
+ *
+ * @generated from message chatplane.v1.IngestDocumentRequest
+ */
+export type IngestDocumentRequest = Message<"chatplane.v1.IngestDocumentRequest"> & {
+  /**
+   * The part.
+   *
+   * @generated from oneof chatplane.v1.IngestDocumentRequest.part
+   */
+  part: {
+    /**
+     * First message: the document's name, media type and owner.
+     *
+     * @generated from field: chatplane.v1.DocumentHeader header = 1;
+     */
+    value: DocumentHeader;
+    case: "header";
+  } | {
+    /**
+     * A piece of the document's bytes, in order (at most 1 MiB each).
+     *
+     * @generated from field: bytes content = 2;
+     */
+    value: Uint8Array;
+    case: "content";
+  } | { case: undefined; value?: undefined };
+};
+
+/**
+ * Describes the message chatplane.v1.IngestDocumentRequest.
+ * Use `create(IngestDocumentRequestSchema)` to create a new message.
+ */
+export const IngestDocumentRequestSchema: GenMessage<IngestDocumentRequest> = /*@__PURE__*/
+  messageDesc(file_chatplane_v1_memory, 9);
+
+/**
+ * The document is stored and its chunks are searchable.
+ *
+ * @generated from message chatplane.v1.IngestDocumentResponse
+ */
+export type IngestDocumentResponse = Message<"chatplane.v1.IngestDocumentResponse"> & {
+  /**
+   * The stored document.
+   *
+   * @generated from field: chatplane.v1.Document document = 1;
+   */
+  document?: Document | undefined;
+};
+
+/**
+ * Describes the message chatplane.v1.IngestDocumentResponse.
+ * Use `create(IngestDocumentResponseSchema)` to create a new message.
+ */
+export const IngestDocumentResponseSchema: GenMessage<IngestDocumentResponse> = /*@__PURE__*/
+  messageDesc(file_chatplane_v1_memory, 10);
+
+/**
+ * Asks for a tenant's documents.
+ *
+ * @generated from message chatplane.v1.ListDocumentsRequest
+ */
+export type ListDocumentsRequest = Message<"chatplane.v1.ListDocumentsRequest"> & {
+  /**
+   * The tenant.
+   *
+   * @generated from field: string tenant_id = 1;
+   */
+  tenantId: string;
+};
+
+/**
+ * Describes the message chatplane.v1.ListDocumentsRequest.
+ * Use `create(ListDocumentsRequestSchema)` to create a new message.
+ */
+export const ListDocumentsRequestSchema: GenMessage<ListDocumentsRequest> = /*@__PURE__*/
+  messageDesc(file_chatplane_v1_memory, 11);
+
+/**
+ * A tenant's documents.
+ *
+ * @generated from message chatplane.v1.ListDocumentsResponse
+ */
+export type ListDocumentsResponse = Message<"chatplane.v1.ListDocumentsResponse"> & {
+  /**
+   * Documents, newest first.
+   *
+   * @generated from field: repeated chatplane.v1.Document documents = 1;
+   */
+  documents: Document[];
+};
+
+/**
+ * Describes the message chatplane.v1.ListDocumentsResponse.
+ * Use `create(ListDocumentsResponseSchema)` to create a new message.
+ */
+export const ListDocumentsResponseSchema: GenMessage<ListDocumentsResponse> = /*@__PURE__*/
+  messageDesc(file_chatplane_v1_memory, 12);
+
+/**
+ * A document to delete.
+ *
+ * @generated from message chatplane.v1.DeleteDocumentRequest
+ */
+export type DeleteDocumentRequest = Message<"chatplane.v1.DeleteDocumentRequest"> & {
+  /**
+   * The tenant.
+   *
+   * @generated from field: string tenant_id = 1;
+   */
+  tenantId: string;
+
+  /**
+   * The document.
+   *
+   * @generated from field: string document_id = 2;
+   */
+  documentId: string;
+};
+
+/**
+ * Describes the message chatplane.v1.DeleteDocumentRequest.
+ * Use `create(DeleteDocumentRequestSchema)` to create a new message.
+ */
+export const DeleteDocumentRequestSchema: GenMessage<DeleteDocumentRequest> = /*@__PURE__*/
+  messageDesc(file_chatplane_v1_memory, 13);
+
+/**
+ * The document and its chunks are gone.
+ *
+ * @generated from message chatplane.v1.DeleteDocumentResponse
+ */
+export type DeleteDocumentResponse = Message<"chatplane.v1.DeleteDocumentResponse"> & {
+  /**
+   * How many chunks were removed.
+   *
+   * @generated from field: int32 deleted_chunk_count = 1;
+   */
+  deletedChunkCount: number;
+};
+
+/**
+ * Describes the message chatplane.v1.DeleteDocumentResponse.
+ * Use `create(DeleteDocumentResponseSchema)` to create a new message.
+ */
+export const DeleteDocumentResponseSchema: GenMessage<DeleteDocumentResponse> = /*@__PURE__*/
+  messageDesc(file_chatplane_v1_memory, 14);
+
+/**
  * Conversational memory and retrieval over a tenant's history and documents.
  * Internal: called by the Agent only. Every call is scoped to one tenant and user.
  *
@@ -337,6 +521,36 @@ export const MemoryService: GenService<{
     methodKind: "unary";
     input: typeof ForgetRequestSchema;
     output: typeof ForgetResponseSchema;
+  },
+  /**
+   * Ingests one document for a tenant: a header, then the content in pieces (client stream).
+   *
+   * @generated from rpc chatplane.v1.MemoryService.IngestDocument
+   */
+  ingestDocument: {
+    methodKind: "client_streaming";
+    input: typeof IngestDocumentRequestSchema;
+    output: typeof IngestDocumentResponseSchema;
+  },
+  /**
+   * Lists the tenant's documents, newest first.
+   *
+   * @generated from rpc chatplane.v1.MemoryService.ListDocuments
+   */
+  listDocuments: {
+    methodKind: "unary";
+    input: typeof ListDocumentsRequestSchema;
+    output: typeof ListDocumentsResponseSchema;
+  },
+  /**
+   * Deletes one of the tenant's documents and its chunks.
+   *
+   * @generated from rpc chatplane.v1.MemoryService.DeleteDocument
+   */
+  deleteDocument: {
+    methodKind: "unary";
+    input: typeof DeleteDocumentRequestSchema;
+    output: typeof DeleteDocumentResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_chatplane_v1_memory, 0);

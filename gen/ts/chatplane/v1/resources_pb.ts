@@ -12,7 +12,7 @@ import type { Message as Message$1 } from "@bufbuild/protobuf";
  * Describes the file chatplane/v1/resources.proto.
  */
 export const file_chatplane_v1_resources: GenFile = /*@__PURE__*/
-  fileDesc("ChxjaGF0cGxhbmUvdjEvcmVzb3VyY2VzLnByb3RvEgxjaGF0cGxhbmUudjEirwEKDENvbnZlcnNhdGlvbhIXCg9jb252ZXJzYXRpb25faWQYASABKAkSDQoFdGl0bGUYAiABKAkSLwoLY3JlYXRlX3RpbWUYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC3VwZGF0ZV90aW1lGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIVCg1tZXNzYWdlX2NvdW50GAUgASgFIuICCgdNZXNzYWdlEhIKCm1lc3NhZ2VfaWQYASABKAkSFwoPY29udmVyc2F0aW9uX2lkGAIgASgJEiAKBHJvbGUYAyABKA4yEi5jaGF0cGxhbmUudjEuUm9sZRIMCgR0ZXh0GAQgASgJEisKBnN0YXR1cxgFIAEoDjIbLmNoYXRwbGFuZS52MS5NZXNzYWdlU3RhdHVzEg0KBW1vZGVsGAYgASgJEi8KC2NyZWF0ZV90aW1lGAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIbChNyZXBseV90b19tZXNzYWdlX2lkGAggASgJEjEKDWZpbmlzaF9yZWFzb24YCSABKA4yGi5jaGF0cGxhbmUudjEuRmluaXNoUmVhc29uEiIKBXVzYWdlGAogASgLMhMuY2hhdHBsYW5lLnYxLlVzYWdlEhkKEWNsaWVudF9tZXNzYWdlX2lkGAsgASgJInoKBVVzYWdlEhQKDGlucHV0X3Rva2VucxgBIAEoBRIVCg1vdXRwdXRfdG9rZW5zGAIgASgFEh8KF2NhY2hlX3JlYWRfaW5wdXRfdG9rZW5zGAMgASgFEiMKG2NhY2hlX2NyZWF0aW9uX2lucHV0X3Rva2VucxgEIAEoBSKoAQoLVHVyblN0YXJ0ZWQSFwoPY29udmVyc2F0aW9uX2lkGAEgASgJEhcKD3VzZXJfbWVzc2FnZV9pZBgCIAEoCRIcChRhc3Npc3RhbnRfbWVzc2FnZV9pZBgDIAEoCRINCgVtb2RlbBgEIAEoCRIQCghyZXBsYXllZBgFIAEoCBIXCg9tZW1vcnlfZGVncmFkZWQYBiABKAgSDwoHcmVzdW1lZBgeIAEoCCJJCglUZXh0RGVsdGESDAoEdGV4dBgBIAEoCRIQCghzZXF1ZW5jZRgCIAEoAxIcChRlbWl0X3RpbWVfdW5peF9uYW5vcxgDIAEoAyJ2CghDaXRhdGlvbhIoCgRraW5kGAEgASgOMhouY2hhdHBsYW5lLnYxLkNpdGF0aW9uS2luZBIRCglzb3VyY2VfaWQYAiABKAkSDQoFdGl0bGUYAyABKAkSDwoHc25pcHBldBgEIAEoCRINCgVzY29yZRgFIAEoASJhCghUdXJuRG9uZRIxCg1maW5pc2hfcmVhc29uGAEgASgOMhouY2hhdHBsYW5lLnYxLkZpbmlzaFJlYXNvbhINCgVtb2RlbBgCIAEoCRITCgtkZWx0YV9jb3VudBgDIAEoAyo/CgRSb2xlEhQKEFJPTEVfVU5TUEVDSUZJRUQQABINCglST0xFX1VTRVIQARISCg5ST0xFX0FTU0lTVEFOVBACKmwKDU1lc3NhZ2VTdGF0dXMSHgoaTUVTU0FHRV9TVEFUVVNfVU5TUEVDSUZJRUQQABIbChdNRVNTQUdFX1NUQVRVU19DT01QTEVURRABEh4KGk1FU1NBR0VfU1RBVFVTX0lOVEVSUlVQVEVEEAIqmwEKDEZpbmlzaFJlYXNvbhIdChlGSU5JU0hfUkVBU09OX1VOU1BFQ0lGSUVEEAASFgoSRklOSVNIX1JFQVNPTl9TVE9QEAESHAoYRklOSVNIX1JFQVNPTl9NQVhfVE9LRU5TEAISHQoZRklOSVNIX1JFQVNPTl9JTlRFUlJVUFRFRBADEhcKE0ZJTklTSF9SRUFTT05fRVJST1IQBCphCgxDaXRhdGlvbktpbmQSHQoZQ0lUQVRJT05fS0lORF9VTlNQRUNJRklFRBAAEhYKEkNJVEFUSU9OX0tJTkRfVFVSThABEhoKFkNJVEFUSU9OX0tJTkRfRE9DVU1FTlQQAkJAWj5naXRodWIuY29tL2NoYXRwbGFuZS9jaGF0cGxhbmUvZ2VuL2dvL2NoYXRwbGFuZS92MTtjaGF0cGxhbmV2MWIGcHJvdG8z", [file_google_protobuf_timestamp]);
+  fileDesc("ChxjaGF0cGxhbmUvdjEvcmVzb3VyY2VzLnByb3RvEgxjaGF0cGxhbmUudjEirwEKDENvbnZlcnNhdGlvbhIXCg9jb252ZXJzYXRpb25faWQYASABKAkSDQoFdGl0bGUYAiABKAkSLwoLY3JlYXRlX3RpbWUYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC3VwZGF0ZV90aW1lGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIVCg1tZXNzYWdlX2NvdW50GAUgASgFIuICCgdNZXNzYWdlEhIKCm1lc3NhZ2VfaWQYASABKAkSFwoPY29udmVyc2F0aW9uX2lkGAIgASgJEiAKBHJvbGUYAyABKA4yEi5jaGF0cGxhbmUudjEuUm9sZRIMCgR0ZXh0GAQgASgJEisKBnN0YXR1cxgFIAEoDjIbLmNoYXRwbGFuZS52MS5NZXNzYWdlU3RhdHVzEg0KBW1vZGVsGAYgASgJEi8KC2NyZWF0ZV90aW1lGAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIbChNyZXBseV90b19tZXNzYWdlX2lkGAggASgJEjEKDWZpbmlzaF9yZWFzb24YCSABKA4yGi5jaGF0cGxhbmUudjEuRmluaXNoUmVhc29uEiIKBXVzYWdlGAogASgLMhMuY2hhdHBsYW5lLnYxLlVzYWdlEhkKEWNsaWVudF9tZXNzYWdlX2lkGAsgASgJInoKBVVzYWdlEhQKDGlucHV0X3Rva2VucxgBIAEoBRIVCg1vdXRwdXRfdG9rZW5zGAIgASgFEh8KF2NhY2hlX3JlYWRfaW5wdXRfdG9rZW5zGAMgASgFEiMKG2NhY2hlX2NyZWF0aW9uX2lucHV0X3Rva2VucxgEIAEoBSKoAQoLVHVyblN0YXJ0ZWQSFwoPY29udmVyc2F0aW9uX2lkGAEgASgJEhcKD3VzZXJfbWVzc2FnZV9pZBgCIAEoCRIcChRhc3Npc3RhbnRfbWVzc2FnZV9pZBgDIAEoCRINCgVtb2RlbBgEIAEoCRIQCghyZXBsYXllZBgFIAEoCBIXCg9tZW1vcnlfZGVncmFkZWQYBiABKAgSDwoHcmVzdW1lZBgeIAEoCCJJCglUZXh0RGVsdGESDAoEdGV4dBgBIAEoCRIQCghzZXF1ZW5jZRgCIAEoAxIcChRlbWl0X3RpbWVfdW5peF9uYW5vcxgDIAEoAyKgAQoIQ2l0YXRpb24SKAoEa2luZBgBIAEoDjIaLmNoYXRwbGFuZS52MS5DaXRhdGlvbktpbmQSEQoJc291cmNlX2lkGAIgASgJEg0KBXRpdGxlGAMgASgJEg8KB3NuaXBwZXQYBCABKAkSDQoFc2NvcmUYBSABKAESEwoLZG9jdW1lbnRfaWQYFCABKAkSEwoLY2h1bmtfaW5kZXgYFSABKAUiYQoIVHVybkRvbmUSMQoNZmluaXNoX3JlYXNvbhgBIAEoDjIaLmNoYXRwbGFuZS52MS5GaW5pc2hSZWFzb24SDQoFbW9kZWwYAiABKAkSEwoLZGVsdGFfY291bnQYAyABKAMihgEKCERvY3VtZW50EhMKC2RvY3VtZW50X2lkGAEgASgJEgwKBG5hbWUYAiABKAkSEQoJbWltZV90eXBlGAMgASgJEhMKC2NodW5rX2NvdW50GAQgASgFEi8KC2NyZWF0ZV90aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCo/CgRSb2xlEhQKEFJPTEVfVU5TUEVDSUZJRUQQABINCglST0xFX1VTRVIQARISCg5ST0xFX0FTU0lTVEFOVBACKmwKDU1lc3NhZ2VTdGF0dXMSHgoaTUVTU0FHRV9TVEFUVVNfVU5TUEVDSUZJRUQQABIbChdNRVNTQUdFX1NUQVRVU19DT01QTEVURRABEh4KGk1FU1NBR0VfU1RBVFVTX0lOVEVSUlVQVEVEEAIqmwEKDEZpbmlzaFJlYXNvbhIdChlGSU5JU0hfUkVBU09OX1VOU1BFQ0lGSUVEEAASFgoSRklOSVNIX1JFQVNPTl9TVE9QEAESHAoYRklOSVNIX1JFQVNPTl9NQVhfVE9LRU5TEAISHQoZRklOSVNIX1JFQVNPTl9JTlRFUlJVUFRFRBADEhcKE0ZJTklTSF9SRUFTT05fRVJST1IQBCphCgxDaXRhdGlvbktpbmQSHQoZQ0lUQVRJT05fS0lORF9VTlNQRUNJRklFRBAAEhYKEkNJVEFUSU9OX0tJTkRfVFVSThABEhoKFkNJVEFUSU9OX0tJTkRfRE9DVU1FTlQQAkJAWj5naXRodWIuY29tL2NoYXRwbGFuZS9jaGF0cGxhbmUvZ2VuL2dvL2NoYXRwbGFuZS92MTtjaGF0cGxhbmV2MWIGcHJvdG8z", [file_google_protobuf_timestamp]);
 
 /**
  * A conversation: an ordered exchange between one user and the assistant.
@@ -334,6 +334,20 @@ export type Citation = Message$1<"chatplane.v1.Citation"> & {
    * @generated from field: double score = 5;
    */
   score: number;
+
+  /**
+   * The document the chunk belongs to (document citations only).
+   *
+   * @generated from field: string document_id = 20;
+   */
+  documentId: string;
+
+  /**
+   * The chunk's position within its document, starting at 0 (document citations only).
+   *
+   * @generated from field: int32 chunk_index = 21;
+   */
+  chunkIndex: number;
 };
 
 /**
@@ -377,6 +391,55 @@ export type TurnDone = Message$1<"chatplane.v1.TurnDone"> & {
  */
 export const TurnDoneSchema: GenMessage<TurnDone> = /*@__PURE__*/
   messageDesc(file_chatplane_v1_resources, 6);
+
+/**
+ * A document ingested for a tenant: its chunks are recalled for every user of the tenant.
+ *
+ * @generated from message chatplane.v1.Document
+ */
+export type Document = Message$1<"chatplane.v1.Document"> & {
+  /**
+   * Server-assigned id.
+   *
+   * @generated from field: string document_id = 1;
+   */
+  documentId: string;
+
+  /**
+   * The name given at ingestion (usually the file name).
+   *
+   * @generated from field: string name = 2;
+   */
+  name: string;
+
+  /**
+   * The media type it was read as (text/plain, text/markdown, application/pdf).
+   *
+   * @generated from field: string mime_type = 3;
+   */
+  mimeType: string;
+
+  /**
+   * How many chunks it was split into.
+   *
+   * @generated from field: int32 chunk_count = 4;
+   */
+  chunkCount: number;
+
+  /**
+   * When it was ingested.
+   *
+   * @generated from field: google.protobuf.Timestamp create_time = 5;
+   */
+  createTime?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message chatplane.v1.Document.
+ * Use `create(DocumentSchema)` to create a new message.
+ */
+export const DocumentSchema: GenMessage<Document> = /*@__PURE__*/
+  messageDesc(file_chatplane_v1_resources, 7);
 
 /**
  * Who wrote a message.

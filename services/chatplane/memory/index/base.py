@@ -62,6 +62,29 @@ class MemoryItem:
             raise ValueError("a document belongs to the tenant: no user_id, no conversation_id")
 
 
+def document_item_id(document_id: str, chunk_index: int) -> str:
+    """The item id of a document's chunk: `<document id>:<chunk index>`."""
+    return f"{document_id}:{chunk_index}"
+
+
+def document_chunk_of(item_id: str) -> tuple[str, int]:
+    """The (document id, chunk index) a document item id names; ("", 0) when it names none."""
+    document_id, _, chunk = item_id.rpartition(":")
+    if not document_id or not chunk.isdigit():
+        return "", 0
+    return document_id, int(chunk)
+
+
+@dataclass(frozen=True, slots=True)
+class DocumentSummary:
+    """One ingested document of a tenant, as listed: its chunks counted."""
+
+    document_id: str
+    name: str  # the chunks' `source`
+    chunk_count: int
+    created_at_ms: int
+
+
 @dataclass(frozen=True, slots=True)
 class RecalledItem:
     """A search hit with the ranks it had in each list before fusion."""
@@ -112,6 +135,16 @@ class MemoryIndex(AsyncClosable):
     async def delete_conversation(self, tenant_id: str, user_id: str, conversation_id: str) -> int:
         """Deletes the turns of that user's conversation and returns how many there were. The
         conversation stays forgotten: later upserts of its turns are dropped."""
+
+    @abc.abstractmethod
+    async def list_documents(self, tenant_id: str) -> list[DocumentSummary]:
+        """The tenant's documents (items of kind DOCUMENT grouped by the document id of their
+        item ids, see `document_item_id`), newest first."""
+
+    @abc.abstractmethod
+    async def delete_document(self, tenant_id: str, document_id: str) -> int:
+        """Deletes every chunk of that tenant's document; how many there were (0: no such
+        document, or another tenant's). Runs after the upserts that returned before it."""
 
     @abc.abstractmethod
     async def close(self) -> None:

@@ -25,7 +25,14 @@ import numpy as np
 import numpy.typing as npt
 
 from chatplane.common.errors import Unavailable
-from chatplane.memory.index.base import ItemKind, MemoryIndex, MemoryItem, RecalledItem
+from chatplane.memory.index.base import (
+    DocumentSummary,
+    ItemKind,
+    MemoryIndex,
+    MemoryItem,
+    RecalledItem,
+    document_chunk_of,
+)
 from chatplane.memory.index.fusion import DEFAULT_RRF_K, fuse_reciprocal_rank
 
 Vectors = npt.NDArray[np.float32]
@@ -277,6 +284,14 @@ class EmbeddedMemoryIndex(MemoryIndex):
     async def delete_conversation(self, tenant_id: str, user_id: str, conversation_id: str) -> int:
         return await self._run(self._delete_conversation, tenant_id, user_id, conversation_id)
 
+    async def list_documents(self, tenant_id: str) -> list[DocumentSummary]:
+        return await self._run(self._list_documents, tenant_id)
+
+    async def delete_document(self, tenant_id: str, document_id: str) -> int:
+        if not document_id:
+            return 0
+        return await self._run(self._delete_document, tenant_id, document_id)
+
     async def close(self) -> None:
         if self._closed:
             return
@@ -498,6 +513,52 @@ class EmbeddedMemoryIndex(MemoryIndex):
             for (item_id,) in deleted:
                 tenant.remove(item_id)
         return len(deleted)
+
+    def _list_documents(self, tenant_id: str) -> list[DocumentSummary]:
+        rows = self._db().execute(
+            """SELECT item_id, source, created_at_ms FROM items
+               WHERE tenant_id = ? AND kind = 'document'""",
+            (tenant_id,),
+        )
+        documents: dict[str, DocumentSummary] = {}
+        for item_id, source, created_at_ms in rows:
+            document_id, _ = document_chunk_of(item_id)
+            if not document_id:
+                continue
+            known = documents.get(document_id)
+            documents[document_id] = DocumentSummary(
+                document_id=document_id,
+                name=source if known is None else known.name,
+                chunk_count=1 if known is None else known.chunk_count + 1,
+                created_at_ms=created_at_ms
+                if known is None
+                else min(known.created_at_ms, created_at_ms),
+            )
+        return sorted(documents.values(), key=lambda d: (-d.created_at_ms, d.document_id))
+
+    def _delete_document(self, tenant_id: str, document_id: str) -> int:
+        connection = self._db()
+        with _transaction(connection):
+            # The chunks' ids sort between "<id>:" and "<id>;" (";" follows ":"), so the
+            # (tenant_id, item_id) index finds them; ids of a longer document id are skipped.
+            rows = connection.execute(
+                """SELECT id, item_id FROM items
+                   WHERE tenant_id = ? AND kind = 'document' AND item_id >= ? AND item_id < ?""",
+                (tenant_id, f"{document_id}:", f"{document_id};"),
+            ).fetchall()
+            doomed = [
+                (row_id, item_id)
+                for row_id, item_id in rows
+                if document_chunk_of(item_id)[0] == document_id
+            ]
+            connection.executemany(
+                "DELETE FROM items WHERE id = ?", [(row_id,) for row_id, _ in doomed]
+            )
+        tenant = self._tenants.get(tenant_id)
+        if tenant is not None:
+            for _, item_id in doomed:
+                tenant.remove(item_id)
+        return len(doomed)
 
 
 @contextlib.contextmanager

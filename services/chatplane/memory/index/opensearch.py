@@ -28,7 +28,14 @@ import numpy.typing as npt
 import opensearchpy
 
 from chatplane.common.errors import Unavailable
-from chatplane.memory.index.base import ItemKind, MemoryIndex, MemoryItem, RecalledItem
+from chatplane.memory.index.base import (
+    DocumentSummary,
+    ItemKind,
+    MemoryIndex,
+    MemoryItem,
+    RecalledItem,
+    document_chunk_of,
+)
 from chatplane.memory.index.fusion import DEFAULT_RRF_K, fuse_reciprocal_rank
 
 Vectors = npt.NDArray[np.float32]
@@ -129,6 +136,8 @@ def index_definition(
                 "role": {"type": "keyword"},
                 "created_at": {"type": "date", "format": "epoch_millis"},
                 "source": {"type": "keyword"},
+                # Document chunks only: the document they belong to (listing and deletion).
+                "document_id": {"type": "keyword"},
                 "text": {"type": "text", "analyzer": "memory_english"},
                 "vector": {
                     "type": "knn_vector",
@@ -169,7 +178,7 @@ def tombstone_id(tenant_id: str, user_id: str, conversation_id: str) -> str:
 
 def document_source(item: MemoryItem, vector: Sequence[float]) -> Json:
     """The stored document of an item and its (unit-norm) vector."""
-    return {
+    source: Json = {
         "tenant_id": item.tenant_id,
         "user_id": item.user_id,
         "conversation_id": item.conversation_id,
@@ -181,6 +190,9 @@ def document_source(item: MemoryItem, vector: Sequence[float]) -> Json:
         "source": item.source,
         "vector": list(vector),
     }
+    if item.kind is ItemKind.DOCUMENT:
+        source["document_id"] = document_chunk_of(item.item_id)[0]
+    return source
 
 
 def visibility_filter(tenant_id: str, user_id: str, exclude_item_ids: Collection[str] = ()) -> Json:
@@ -608,6 +620,78 @@ class OpenSearchMemoryIndex(MemoryIndex):
                 break
         return deleted
 
+    async def list_documents(self, tenant_id: str) -> list[DocumentSummary]:
+        await self.ensure_index()
+        body: Json = {
+            "size": 0,
+            "track_total_hits": False,
+            "query": {
+                "bool": {
+                    "filter": [
+                        {"term": {"tenant_id": tenant_id}},
+                        {"term": {"kind": ItemKind.DOCUMENT.value}},
+                        {"term": {"user_id": ""}},
+                    ]
+                }
+            },
+            "aggs": {
+                "documents": {
+                    "terms": {
+                        "field": "document_id",
+                        "size": MAX_HITS,
+                        "order": [{"created": "desc"}, {"_key": "asc"}],
+                    },
+                    "aggs": {
+                        "created": {"min": {"field": "created_at"}},
+                        "name": {"top_hits": {"size": 1, "_source": ["source", "tenant_id"]}},
+                    },
+                }
+            },
+        }
+        response = await self._call("list documents", self._search, body)
+        documents: list[DocumentSummary] = []
+        for bucket in response["aggregations"]["documents"]["buckets"]:
+            hits = bucket["name"]["hits"]["hits"]
+            if not hits or hits[0]["_source"].get("tenant_id") != tenant_id:
+                continue
+            documents.append(
+                DocumentSummary(
+                    document_id=str(bucket["key"]),
+                    name=str(hits[0]["_source"]["source"]),
+                    chunk_count=int(bucket["doc_count"]),
+                    created_at_ms=int(bucket["created"]["value"] or 0),
+                )
+            )
+        return documents
+
+    async def delete_document(self, tenant_id: str, document_id: str) -> int:
+        if not document_id:
+            return 0
+        await self.ensure_index()
+        self._check_open()
+        # In the write queue, so the chunks of an ingestion that returned are all deleted.
+        return await self._batcher.submit_exclusive(
+            functools.partial(self._delete_document, tenant_id, document_id)
+        )
+
+    async def _delete_document(self, tenant_id: str, document_id: str) -> int:
+        query: Json = {
+            "bool": {
+                "filter": [
+                    {"term": {"tenant_id": tenant_id}},
+                    {"term": {"kind": ItemKind.DOCUMENT.value}},
+                    {"term": {"document_id": document_id}},
+                ]
+            }
+        }
+        deleted = 0
+        for _ in range(_DELETE_ATTEMPTS):
+            response = await self._execute("delete", self._delete_by_query, query)
+            deleted += int(response.get("deleted", 0))
+            if not response.get("version_conflicts"):
+                break
+        return deleted
+
     async def close(self) -> None:
         if self._closed:
             return
@@ -665,13 +749,19 @@ class OpenSearchMemoryIndex(MemoryIndex):
                     raise
         mappings = self._client.indices.get_mapping(index=self._index)
         for name, mapping in mappings.items():
-            vector = mapping.get("mappings", {}).get("properties", {}).get("vector", {})
+            properties = mapping.get("mappings", {}).get("properties", {})
+            vector = properties.get("vector", {})
             method = vector.get("method", {})
             if vector.get("dimension") != self._dimension or method.get("engine") != "lucene":
                 raise RuntimeError(
                     f"OpenSearch index {name} is not a memory index of {self._dimension}-"
                     f"dimensional vectors on the lucene engine: {vector.get('dimension')}, "
                     f"{method.get('engine')}"
+                )
+            if "document_id" not in properties:
+                # An index made before document ingestion: the field is added (additive).
+                self._client.indices.put_mapping(
+                    index=name, body={"properties": {"document_id": {"type": "keyword"}}}
                 )
 
     def _search(self, body: Json) -> Json:

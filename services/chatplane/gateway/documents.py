@@ -1,0 +1,123 @@
+"""The Gateway's document RPCs: ingestion, listing and deletion for the caller's tenant,
+forwarded to MemoryService. The tenant always comes from the principal, never from the
+request; the header is checked here so a bad one is refused before any upload is forwarded."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import grpc
+from google.rpc import error_details_pb2, status_pb2
+
+from chatplane.common import errors
+from chatplane.common.context import Principal
+from chatplane.common.ids import is_valid_id
+from chatplane.memory.document_header import validate_header
+from chatplane.v1 import gateway_pb2, memory_pb2, memory_pb2_grpc
+
+_STATUS_DETAILS_KEY = "grpc-status-details-bin"
+
+
+def _passed_on(error: grpc.aio.AioRpcError) -> Exception:
+    """Memory's INVALID_ARGUMENT about the document (unreadable PDF, too many chunks) is the
+    caller's: passed on with its field. Anything else keeps the usual downstream mapping."""
+    if error.code() is not grpc.StatusCode.INVALID_ARGUMENT:
+        return error
+    for key, value in error.trailing_metadata() or ():
+        if key != _STATUS_DETAILS_KEY or not isinstance(value, bytes):
+            continue
+        for detail in status_pb2.Status.FromString(value).details:
+            request = error_details_pb2.BadRequest()
+            if detail.Unpack(request) and request.field_violations:
+                violation = request.field_violations[0]
+                return errors.InvalidArgument(violation.field, violation.description)
+    return errors.InvalidArgument("content", error.details() or "rejected")
+
+
+class DocumentRelay:
+    """Forwards document calls to MemoryService on behalf of a principal."""
+
+    def __init__(self, memory: memory_pb2_grpc.MemoryServiceAsyncStub, max_bytes: int) -> None:
+        self._memory = memory
+        self._max_bytes = max_bytes
+
+    async def ingest(
+        self,
+        principal: Principal,
+        requests: AsyncIterator[gateway_pb2.GatewayServiceIngestDocumentRequest],
+        timeout: float,
+    ) -> gateway_pb2.GatewayServiceIngestDocumentResponse:
+        """Streams the upload to MemoryService as it arrives (never whole in memory here)."""
+        first = await anext(aiter(requests), None)
+        if first is None or first.WhichOneof("part") != "header":
+            raise errors.InvalidArgument("header", "the first message must be the header")
+        validate_header(principal.tenant_id, first.header.name, first.header.mime_type)
+        header = memory_pb2.DocumentHeader(
+            tenant_id=principal.tenant_id,
+            name=first.header.name,
+            mime_type=first.header.mime_type,
+        )
+        max_bytes = self._max_bytes
+        # A bad part ends the upload with the caller's error: the upstream call is cancelled
+        # (ending its request stream normally would ingest a truncated document).
+        refusal: list[errors.ChatplaneError] = []
+
+        async def parts() -> AsyncIterator[bytes]:
+            size = 0
+            async for part in requests:
+                if part.WhichOneof("part") != "content":
+                    raise errors.InvalidArgument("header", "only the first message may be a header")
+                size += len(part.content)
+                if size > max_bytes:
+                    raise errors.InvalidArgument(
+                        "content", f"is over the limit of {max_bytes} bytes"
+                    )
+                yield part.content
+
+        async def forwarded() -> AsyncIterator[memory_pb2.IngestDocumentRequest]:
+            yield memory_pb2.IngestDocumentRequest(header=header)
+            try:
+                async for content in parts():
+                    yield memory_pb2.IngestDocumentRequest(content=content)
+            except errors.ChatplaneError as error:
+                # Also an undecodable message (the interceptor's check while reading).
+                refusal.append(error)
+                call.cancel()
+
+        call = self._memory.IngestDocument(forwarded(), timeout=timeout)
+        try:
+            response = await call
+        except (grpc.aio.AioRpcError, asyncio.CancelledError) as error:
+            if refusal:
+                raise refusal[0] from None
+            if isinstance(error, asyncio.CancelledError):
+                call.cancel()
+                raise
+            raise _passed_on(error) from None
+        return gateway_pb2.GatewayServiceIngestDocumentResponse(document=response.document)
+
+    async def documents(
+        self, principal: Principal, timeout: float
+    ) -> gateway_pb2.GatewayServiceListDocumentsResponse:
+        """The tenant's documents."""
+        response = await self._memory.ListDocuments(
+            memory_pb2.ListDocumentsRequest(tenant_id=principal.tenant_id), timeout=timeout
+        )
+        return gateway_pb2.GatewayServiceListDocumentsResponse(documents=response.documents)
+
+    async def delete(
+        self, principal: Principal, document_id: str, timeout: float
+    ) -> gateway_pb2.GatewayServiceDeleteDocumentResponse:
+        """Deletes one of the tenant's documents (another tenant's: NOT_FOUND)."""
+        if not is_valid_id(document_id):
+            raise errors.NotFound("document not found")
+        response = await self._memory.DeleteDocument(
+            memory_pb2.DeleteDocumentRequest(
+                tenant_id=principal.tenant_id, document_id=document_id
+            ),
+            timeout=timeout,
+        )
+        return gateway_pb2.GatewayServiceDeleteDocumentResponse(
+            deleted_chunk_count=response.deleted_chunk_count
+        )
