@@ -10,7 +10,7 @@ import enum
 import hashlib
 import logging
 from collections.abc import AsyncIterator, Iterable, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Self
 
 import psycopg
@@ -20,6 +20,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from chatplane.common import errors
 from chatplane.common.ids import is_valid_id, new_id
+from chatplane.persistence.store import postgres_quota
 from chatplane.persistence.store.base import (
     ApiKey,
     Clock,
@@ -47,6 +48,7 @@ from chatplane.persistence.store.base import (
     utc_now,
 )
 from chatplane.persistence.store.migrations import Migration, shipped_migrations
+from chatplane.persistence.store.quota import QuotaReservation, TokenQuota
 from chatplane.persistence.store.records import (
     admit_batch,
     conversation_from_row,
@@ -641,6 +643,31 @@ class PostgresConversationStore(ConversationStore):
         if not staging:
             await _count_messages(connection, [m for m in accepted if m.message_id in inserted])
         return len(inserted)
+
+    # Token quotas (chatplane.persistence.store.postgres_quota), each in one transaction.
+    async def reserve_tokens(
+        self, tenant_id: str, reservation_id: str, tokens: int, lease: timedelta
+    ) -> QuotaReservation:
+        now = self._clock()
+        async with self._connection() as connection, connection.transaction():
+            return await postgres_quota.reserve(
+                connection, tenant_id, reservation_id, tokens, lease, now
+            )
+
+    async def settle_tokens(self, tenant_id: str, reservation_id: str, used: int) -> TokenQuota:
+        now = self._clock()
+        async with self._connection() as connection, connection.transaction():
+            return await postgres_quota.settle(connection, tenant_id, reservation_id, used, now)
+
+    async def set_token_quota(self, tenant_id: str, tokens_per_day: int) -> TokenQuota:
+        now = self._clock()
+        async with self._connection() as connection, connection.transaction():
+            return await postgres_quota.set_limit(connection, tenant_id, tokens_per_day, now)
+
+    async def get_token_quota(self, tenant_id: str) -> TokenQuota:
+        now = self._clock()
+        async with self._connection() as connection:
+            return await postgres_quota.quota(connection, tenant_id, now)
 
     async def close(self) -> None:
         if self._closed:
