@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import subprocess
 import sys
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -194,33 +193,38 @@ async def test_concurrent_turns_on_two_gateways_share_one_quota(gateways: TwoGat
     assert sorted(outcomes) == ["RESOURCE_EXHAUSTED"] * 7 + ["done"] * 3
 
 
-async def test_cli_sets_and_shows_a_quota(gateways: TwoGateways) -> None:
-    tenant = unique("quota")
+async def run_cli(data_dir: Path, *args: str) -> tuple[int, str]:
+    """`chatplane --data-dir DATA_DIR quota ARGS`: its exit code and its output."""
     command = (
         [str(_SCRIPT)]
         if _SCRIPT.exists()
         else [sys.executable, "-c", "from chatplane.cli.main import main; main()"]
     )
-    base = [*command, "--data-dir", str(gateways.stack.data_dir), "quota"]
-    shown = subprocess.run(
-        [*base, "show", "--tenant", tenant], capture_output=True, text=True, timeout=60
+    process = await asyncio.create_subprocess_exec(
+        *command,
+        "--data-dir",
+        str(data_dir),
+        "quota",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
     )
-    assert shown.returncode == 0, shown.stderr
-    assert "unlimited" in shown.stdout
-    done = subprocess.run(
-        [*base, "set", "--tenant", tenant, "--tokens-per-day", "5000"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert done.returncode == 0, done.stderr
-    assert "tokens per day:  5000" in done.stdout
-    assert "left today:      5000" in done.stdout
-    assert "(UTC midnight)" in done.stdout
-    refused = subprocess.run(
-        [*base, "set", "--tenant", tenant, "--tokens-per-day", "-1"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert refused.returncode != 0
+    async with asyncio.timeout(60):
+        output, _ = await process.communicate()
+    assert process.returncode is not None
+    return process.returncode, output.decode()
+
+
+async def test_cli_sets_and_shows_a_quota(gateways: TwoGateways) -> None:
+    tenant = unique("quota")
+    data_dir = gateways.stack.data_dir
+    code, output = await run_cli(data_dir, "show", "--tenant", tenant)
+    assert code == 0, output
+    assert "unlimited" in output
+    code, output = await run_cli(data_dir, "set", "--tenant", tenant, "--tokens-per-day", "5000")
+    assert code == 0, output
+    assert "tokens per day:  5000" in output
+    assert "left today:      5000" in output
+    assert "(UTC midnight)" in output
+    code, output = await run_cli(data_dir, "set", "--tenant", tenant, "--tokens-per-day", "-1")
+    assert code != 0
