@@ -1,0 +1,459 @@
+"""The whole chain against a model paced like a real one, beside the peer users would pick:
+the LLM emulator (OpenAI-compatible protocol, first token after 600 ms, 60 tokens/s) answers
+(1) the `openai` SDK directly (the baseline), (2) the same SDK through LiteLLM's proxy (one
+worker, a master key) and (3) chatplane's gRPC client through Envoy + Gateway + Agent (API
+keys, rate limit and token quotas on). Every token's text is its emission time, so each
+token's lag is measured exactly; "added" is a chain's percentile less the baseline's, measured
+in the same run. Also: tokens delivered / tokens emitted, and the most concurrent chatplane
+streams whose added per-token p99 stays under 5 ms."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import httpx
+import openai
+
+from bench.harness import Options, create_keys, progress, running_stack, user_channel
+from bench.report import Row, Target
+from bench.stats import ns_to_ms, percentile
+from chatplane.llm_emulator.process import EmulatorProcess, running_emulator
+from chatplane.v1 import gateway_pb2, gateway_pb2_grpc, persistence_pb2, persistence_pb2_grpc
+
+NAME = "llm-chain"
+TITLE = (
+    "LLM chain: Envoy + Gateway + Agent vs LiteLLM's proxy, in front of one paced "
+    "OpenAI-compatible emulator"
+)
+
+FIRST_TOKEN_SECONDS = 0.6
+TOKENS_PER_SECOND = 60.0
+ANSWER_TOKENS = 60  # one second of streaming after the first token
+MODEL = "bench-model"
+MASTER_KEY = "sk-chatplane-bench"
+TENANT = "bench-chain"
+LEVELS = (1, 50, 100)
+# Beyond LEVELS, chatplane alone, until the added per-token p99 passes PEAK_LAG_MS.
+RAMP = (150, 200, 300)
+PEAK_LAG_MS = 5.0
+CALL_TIMEOUT_SECONDS = 60.0
+LITELLM_READY_SECONDS = 180.0
+QUESTION = "Tell me about the weather on the coast this weekend."
+
+STACK_ENV = {
+    "CHATPLANE_LLM_BACKEND": "openai_compatible",
+    "CHATPLANE_LLM_MODEL": MODEL,
+    "CHATPLANE_OPENAI_API_KEY": "emulator",
+    "CHATPLANE_RATE_LIMIT_PER_MINUTE": "60000",
+    "CHATPLANE_RATE_LIMIT_BURST": "1000",
+    "CHATPLANE_EDGE_RATE_LIMIT_PER_SECOND": "10000",
+    "CHATPLANE_EDGE_RATE_LIMIT_BURST": "10000",
+}
+NOTES = (
+    f"emulator: OpenAI-compatible streaming, first token after {FIRST_TOKEN_SECONDS * 1000:g} "
+    f"ms, {TOKENS_PER_SECOND:g} tokens/s, {ANSWER_TOKENS} tokens per answer; c=N: N streams "
+    "at once, each user one turn after another",
+    "direct: the `openai` SDK (AsyncOpenAI, stream=True) to the emulator; LiteLLM: the same "
+    "client to `litellm --num_workers 1` with a master key (requirements/bench-litellm.txt, "
+    "own venv); chatplane: the gRPC client to Envoy -> Gateway -> Agent (openai_compatible "
+    "backend), one API key per user, a token quota set for the tenant (reserve + settle on "
+    "every turn)",
+    "TTFT = request sent -> first token received; per-token lag = receipt time - the "
+    "emulator's emission time written in the token (same clock); added = the chain's "
+    "percentile - the direct percentile at the same c",
+    "delivered / emitted = tokens received by the clients / tokens the emulator wrote",
+    "peak = the largest c (of "
+    + ", ".join(str(c) for c in (*LEVELS, *RAMP))
+    + f") at which chatplane's added per-token p99 <= {PEAK_LAG_MS:g} ms",
+    "ratio = chatplane added / LiteLLM added (targets: <= 0.5 at c=1, <= 0.1 at c=50); the "
+    "client, the emulator and every process share the machine's cores",
+)
+
+
+@dataclass(slots=True)
+class Sample:
+    """What one target's clients saw at one concurrency."""
+
+    ttft_ns: list[int] = field(default_factory=list)
+    lags_ns: list[int] = field(default_factory=list)
+    tokens: int = 0
+    errors: int = 0
+    emitted: int = 0
+
+
+def _stamps(text: str, receipt_ns: int, sample: Sample) -> None:
+    for word in text.split():
+        if word.isdigit():
+            sample.lags_ns.append(receipt_ns - int(word))
+            sample.tokens += 1
+
+
+def _turns(level: int, options: Options) -> int:
+    return 1 if options.quick or level > LEVELS[-1] else 2
+
+
+async def _openai_streams(
+    client: openai.AsyncOpenAI, level: int, turns: int, sample: Sample
+) -> None:
+    async def user() -> None:
+        for _ in range(turns):
+            sent = time.time_ns()
+            first = True
+            try:
+                stream = await client.chat.completions.create(
+                    model=MODEL,
+                    messages=[{"role": "user", "content": QUESTION}],
+                    stream=True,
+                    max_tokens=1024,
+                )
+                async for chunk in stream:
+                    receipt = time.time_ns()
+                    if not chunk.choices or not chunk.choices[0].delta.content:
+                        continue
+                    if first:
+                        sample.ttft_ns.append(receipt - sent)
+                        first = False
+                    _stamps(chunk.choices[0].delta.content, receipt, sample)
+            except openai.OpenAIError:
+                sample.errors += 1
+
+    await asyncio.gather(*(user() for _ in range(level)))
+
+
+async def _chatplane_streams(
+    users: list[tuple[gateway_pb2_grpc.GatewayServiceStub, tuple[tuple[str, str], ...]]],
+    turns: int,
+    sample: Sample,
+) -> None:
+    async def user(
+        stub: gateway_pb2_grpc.GatewayServiceStub, metadata: tuple[tuple[str, str], ...]
+    ) -> None:
+        for _ in range(turns):
+            sent = time.time_ns()
+            first = True
+            try:
+                call = stub.Chat(
+                    gateway_pb2.ChatRequest(text=QUESTION),
+                    metadata=metadata,
+                    timeout=CALL_TIMEOUT_SECONDS,
+                )
+                async for event in call:
+                    receipt = time.time_ns()
+                    if event.WhichOneof("event") != "delta":
+                        continue
+                    if first:
+                        sample.ttft_ns.append(receipt - sent)
+                        first = False
+                    _stamps(event.delta.text, receipt, sample)
+            except grpc.aio.AioRpcError:
+                sample.errors += 1
+
+    await asyncio.gather(*(user(stub, metadata) for stub, metadata in users))
+
+
+async def _emitted(emulator: EmulatorProcess) -> int:
+    return sum(int(r.get("tokens_sent", 0)) for r in await emulator.requests())
+
+
+async def _measure(emulator: EmulatorProcess, run: Callable[[Sample], Awaitable[None]]) -> Sample:
+    await emulator.reset()
+    sample = Sample()
+    await run(sample)
+    sample.emitted = await _emitted(emulator)
+    return sample
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+@contextlib.asynccontextmanager
+async def _litellm(emulator_url: str, options: Options) -> AsyncIterator[str]:
+    """LiteLLM's proxy (one worker, a master key) in front of the emulator; its base URL."""
+    command = await _litellm_command()
+    workdir = Path(tempfile.mkdtemp(prefix="chatplane-bench-litellm-"))
+    config = workdir / "config.yaml"
+    config.write_text(
+        "model_list:\n"
+        f"  - model_name: {MODEL}\n"
+        "    litellm_params:\n"
+        f"      model: openai/{MODEL}\n"
+        f"      api_base: {emulator_url}/v1\n"
+        "      api_key: emulator\n"
+        "litellm_settings:\n"
+        "  telemetry: false\n"
+        "general_settings:\n"
+        f"  master_key: {MASTER_KEY}\n"
+    )
+    port = _free_port()
+    env = {
+        **os.environ,
+        # Offline: the model cost map shipped in the wheel, no telemetry.
+        "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+        "LITELLM_TELEMETRY": "False",
+        "LITELLM_LOG": "ERROR",
+    }
+    log = (workdir / "litellm.log").open("wb")
+    process = await asyncio.create_subprocess_exec(
+        command,
+        "--config",
+        str(config),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--num_workers",
+        "1",
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        async with httpx.AsyncClient() as probe, asyncio.timeout(LITELLM_READY_SECONDS):
+            while True:
+                if process.returncode is not None:
+                    raise RuntimeError(f"litellm exited; see {workdir / 'litellm.log'}")
+                with contextlib.suppress(httpx.HTTPError):
+                    response = await probe.get(f"{url}/health/liveliness", timeout=2)
+                    if response.status_code == 200:
+                        break
+                await asyncio.sleep(0.5)
+        progress(options, f"litellm ready on {url}")
+        yield url
+    finally:
+        if process.returncode is None:
+            process.terminate()
+            try:
+                async with asyncio.timeout(10):
+                    await process.wait()
+            except TimeoutError:
+                process.kill()
+                await process.wait()
+        log.close()
+
+
+async def _litellm_command() -> str:
+    """The `litellm` command of its own venv, installed (cached) by scripts/bench-litellm.sh."""
+    installer = await asyncio.create_subprocess_exec(
+        "scripts/bench-litellm.sh", stdout=asyncio.subprocess.PIPE
+    )
+    async with asyncio.timeout(1800):
+        output, _ = await installer.communicate()
+    if installer.returncode != 0:
+        raise RuntimeError("scripts/bench-litellm.sh failed")
+    return output.decode().strip()
+
+
+def _openai_client(base_url: str, api_key: str) -> openai.AsyncOpenAI:
+    return openai.AsyncOpenAI(
+        base_url=base_url,
+        api_key=api_key,
+        max_retries=0,
+        timeout=CALL_TIMEOUT_SECONDS,
+        http_client=httpx.AsyncClient(
+            limits=httpx.Limits(max_connections=1000, max_keepalive_connections=1000)
+        ),
+    )
+
+
+def _added(chain: list[int], direct: list[int], fraction: float) -> float | None:
+    measured, baseline = percentile(chain, fraction), percentile(direct, fraction)
+    if measured is None or baseline is None:
+        return None
+    return ns_to_ms(measured - baseline)
+
+
+def _ratio(ours: float | None, theirs: float | None) -> float | None:
+    if ours is None or theirs is None or theirs <= 0:
+        return None
+    return max(0.0, ours) / theirs
+
+
+async def run(options: Options) -> list[Row]:
+    """Measure the direct baseline, LiteLLM and chatplane at each concurrency, then ramp."""
+    results: dict[str, dict[int, Sample]] = {"direct": {}, "litellm": {}, "chatplane": {}}
+    arguments = (
+        "--first-token-seconds",
+        f"{FIRST_TOKEN_SECONDS:g}",
+        "--tokens-per-second",
+        f"{TOKENS_PER_SECOND:g}",
+        "--tokens",
+        str(ANSWER_TOKENS),
+        "--stamp-tokens",
+    )
+    levels = (1, 10) if options.quick else LEVELS
+    ramp = () if options.quick else RAMP
+    async with running_emulator(*arguments) as emulator:
+        env = {**STACK_ENV, "CHATPLANE_OPENAI_BASE_URL": f"{emulator.url}/v1"}
+        async with (
+            _litellm(emulator.url, options) as litellm_url,
+            running_stack(NAME, env, options, edge=True) as stack,
+        ):
+            most = max((*levels, *ramp))
+            keys = await create_keys(stack, [(TENANT, f"user-{i}") for i in range(most)])
+            async with stack.channel("persistence") as channel:
+                await persistence_pb2_grpc.PersistenceServiceStub(channel).SetQuota(
+                    persistence_pb2.SetQuotaRequest(tenant_id=TENANT, tokens_per_day=10**12),
+                    timeout=10,
+                )
+            edge = stack.info().address("edge")
+            channels = [await user_channel(edge) for _ in range(most)]
+            users = [
+                (gateway_pb2_grpc.GatewayServiceStub(c), (("authorization", f"Bearer {k}"),))
+                for c, k in zip(channels, keys, strict=True)
+            ]
+            direct = _openai_client(f"{emulator.url}/v1", "emulator")
+            through_litellm = _openai_client(f"{litellm_url}/v1", MASTER_KEY)
+            try:
+                for level in (*levels, *ramp):
+                    turns = _turns(level, options)
+                    if level in levels:
+                        progress(options, f"{NAME}: direct c={level}")
+                        results["direct"][level] = await _measure(
+                            emulator,
+                            lambda s, c=level, t=turns: _openai_streams(direct, c, t, s),
+                        )
+                        progress(options, f"{NAME}: litellm c={level}")
+                        results["litellm"][level] = await _measure(
+                            emulator,
+                            lambda s, c=level, t=turns: _openai_streams(through_litellm, c, t, s),
+                        )
+                    progress(options, f"{NAME}: chatplane c={level}")
+                    results["chatplane"][level] = await _measure(
+                        emulator,
+                        lambda s, c=level, t=turns: _chatplane_streams(users[:c], t, s),
+                    )
+                    if level not in levels:
+                        lag = _added(
+                            results["chatplane"][level].lags_ns,
+                            results["direct"][levels[-1]].lags_ns,
+                            0.99,
+                        )
+                        if lag is None or lag > PEAK_LAG_MS:
+                            break
+            finally:
+                await direct.close()
+                await through_litellm.close()
+                for channel in channels:
+                    await channel.close()
+    return _rows(results, levels)
+
+
+def _rows(results: dict[str, dict[int, Sample]], levels: tuple[int, ...]) -> list[Row]:
+    columns = {level: f"c={level}" for level in levels}
+    direct, litellm, ours = results["direct"], results["litellm"], results["chatplane"]
+    rows: list[Row] = []
+
+    def row(metric: str, unit: str, value: Callable[[int], float | None], **kw: object) -> None:
+        rows.append(
+            Row(NAME, metric, unit, {columns[c]: value(c) for c in levels}, **kw)  # type: ignore[arg-type]
+        )
+
+    for label, fraction in (("p50", 0.5), ("p99", 0.99)):
+        row(
+            f"direct TTFT {label}",
+            "ms",
+            lambda c, f=fraction: ns_to_ms(percentile(direct[c].ttft_ns, f)),
+        )
+        row(
+            f"direct per-token lag {label}",
+            "ms",
+            lambda c, f=fraction: ns_to_ms(percentile(direct[c].lags_ns, f)),
+        )
+    for name, chain in (("chatplane", ours), ("LiteLLM", litellm)):
+        for label, fraction in (("p50", 0.5), ("p99", 0.99)):
+            row(
+                f"{name} added TTFT {label}",
+                "ms",
+                lambda c, ch=chain, f=fraction: _added(ch[c].ttft_ns, direct[c].ttft_ns, f),
+            )
+            row(
+                f"{name} added per-token lag {label}",
+                "ms",
+                lambda c, ch=chain, f=fraction: _added(ch[c].lags_ns, direct[c].lags_ns, f),
+            )
+    # chatplane added / LiteLLM added: one row per target (<= 0.5 at c=1, <= 0.1 at c=50).
+    for what, attribute in (("TTFT", "ttft_ns"), ("per-token lag", "lags_ns")):
+        for label, fraction in (("p50", 0.5), ("p99", 0.99)):
+            for level, limit in zip(levels[:2], (0.5, 0.1), strict=True):
+                ratio = _ratio(
+                    _added(
+                        getattr(ours[level], attribute), getattr(direct[level], attribute), fraction
+                    ),
+                    _added(
+                        getattr(litellm[level], attribute),
+                        getattr(direct[level], attribute),
+                        fraction,
+                    ),
+                )
+                rows.append(
+                    Row(
+                        NAME,
+                        f"ratio chatplane/LiteLLM added {what} {label}",
+                        "x",
+                        {columns[level]: ratio},
+                        target=Target(limit, columns[level]),
+                        precision=3,
+                    )
+                )
+    for name, chain in (("chatplane", ours), ("LiteLLM", litellm)):
+        row(
+            f"{name} tokens delivered / emitted",
+            "ratio",
+            lambda c, ch=chain: ch[c].tokens / ch[c].emitted if ch[c].emitted else None,
+            target=Target(1.0, op="=="),
+            precision=4,
+        )
+        row(f"{name} failed streams", "count", lambda c, ch=chain: float(ch[c].errors))
+    ramp = sorted(level for level in ours if level not in levels)
+    rows.append(
+        Row(
+            NAME,
+            "chatplane added per-token lag p99 (ramp)",
+            "ms",
+            {
+                f"c={level}": _added(ours[level].lags_ns, direct[levels[-1]].lags_ns, 0.99)
+                for level in (*levels, *ramp)
+            },
+            target=Target(PEAK_LAG_MS),
+        )
+    )
+    peak = max(
+        (
+            level
+            for level, sample in ours.items()
+            if (lag := _added(sample.lags_ns, direct[min(level, levels[-1])].lags_ns, 0.99))
+            is not None
+            and lag <= PEAK_LAG_MS
+        ),
+        default=0,
+    )
+    rows.append(
+        Row(
+            NAME,
+            f"chatplane peak concurrent streams, added per-token p99 <= {PEAK_LAG_MS:g} ms",
+            "streams",
+            {columns[levels[0]]: float(peak)},
+            precision=0,
+        )
+    )
+    return rows
+
+
+if __name__ == "__main__":  # pragma: no cover - `python -m bench --only llm-chain` is the way
+    sys.exit("run it as: python -m bench --only llm-chain")
