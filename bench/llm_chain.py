@@ -11,18 +11,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import socket
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
 import httpx
+import httpx2
 import openai
 
 from bench.harness import Options, create_keys, progress, running_stack, user_channel
@@ -132,12 +134,12 @@ async def _openai_streams(
 
 
 async def _chatplane_streams(
-    users: list[tuple[gateway_pb2_grpc.GatewayServiceStub, tuple[tuple[str, str], ...]]],
+    users: Sequence[tuple[gateway_pb2_grpc.GatewayServiceAsyncStub, tuple[tuple[str, str], ...]]],
     turns: int,
     sample: Sample,
 ) -> None:
     async def user(
-        stub: gateway_pb2_grpc.GatewayServiceStub, metadata: tuple[tuple[str, str], ...]
+        stub: gateway_pb2_grpc.GatewayServiceAsyncStub, metadata: tuple[tuple[str, str], ...]
     ) -> None:
         for _ in range(turns):
             sent = time.time_ns()
@@ -265,8 +267,9 @@ def _openai_client(base_url: str, api_key: str) -> openai.AsyncOpenAI:
         api_key=api_key,
         max_retries=0,
         timeout=CALL_TIMEOUT_SECONDS,
-        http_client=httpx.AsyncClient(
-            limits=httpx.Limits(max_connections=1000, max_keepalive_connections=1000)
+        # The SDK's own HTTP client (httpx2), with room for every stream of the largest c.
+        http_client=openai.DefaultAsyncHttpxClient(
+            limits=httpx2.Limits(max_connections=1000, max_keepalive_connections=1000)
         ),
     )
 
@@ -326,17 +329,17 @@ async def run(options: Options) -> list[Row]:
                         progress(options, f"{NAME}: direct c={level}")
                         results["direct"][level] = await _measure(
                             emulator,
-                            lambda s, c=level, t=turns: _openai_streams(direct, c, t, s),
+                            functools.partial(_openai_streams, direct, level, turns),
                         )
                         progress(options, f"{NAME}: litellm c={level}")
                         results["litellm"][level] = await _measure(
                             emulator,
-                            lambda s, c=level, t=turns: _openai_streams(through_litellm, c, t, s),
+                            functools.partial(_openai_streams, through_litellm, level, turns),
                         )
                     progress(options, f"{NAME}: chatplane c={level}")
                     results["chatplane"][level] = await _measure(
                         emulator,
-                        lambda s, c=level, t=turns: _chatplane_streams(users[:c], t, s),
+                        functools.partial(_chatplane_streams, users[:level], turns),
                     )
                     if level not in levels:
                         lag = _added(
@@ -355,92 +358,109 @@ async def run(options: Options) -> list[Row]:
 
 
 def _rows(results: dict[str, dict[int, Sample]], levels: tuple[int, ...]) -> list[Row]:
-    columns = {level: f"c={level}" for level in levels}
     direct, litellm, ours = results["direct"], results["litellm"], results["chatplane"]
+    ramp = sorted(level for level in ours if level not in levels)
+    fractions = (("p50", 0.5), ("p99", 0.99))
+    measures = (("TTFT", "ttft_ns"), ("per-token lag", "lags_ns"))
+
+    def samples(chain: dict[int, Sample], level: int, attribute: str) -> list[int]:
+        found: list[int] = getattr(chain[level], attribute) if level in chain else []
+        return found
+
     rows: list[Row] = []
-
-    def row(metric: str, unit: str, value: Callable[[int], float | None], **kw: object) -> None:
-        rows.append(
-            Row(NAME, metric, unit, {columns[c]: value(c) for c in levels}, **kw)  # type: ignore[arg-type]
-        )
-
-    for label, fraction in (("p50", 0.5), ("p99", 0.99)):
-        row(
-            f"direct TTFT {label}",
-            "ms",
-            lambda c, f=fraction: ns_to_ms(percentile(direct[c].ttft_ns, f)),
-        )
-        row(
-            f"direct per-token lag {label}",
-            "ms",
-            lambda c, f=fraction: ns_to_ms(percentile(direct[c].lags_ns, f)),
-        )
+    for what, attribute in measures:
+        for label, fraction in fractions:
+            rows.append(
+                Row(
+                    NAME,
+                    f"direct {what} {label}",
+                    "ms",
+                    {
+                        f"c={c}": ns_to_ms(percentile(samples(direct, c, attribute), fraction))
+                        for c in levels
+                    },
+                )
+            )
     for name, chain in (("chatplane", ours), ("LiteLLM", litellm)):
-        for label, fraction in (("p50", 0.5), ("p99", 0.99)):
-            row(
-                f"{name} added TTFT {label}",
-                "ms",
-                lambda c, ch=chain, f=fraction: _added(ch[c].ttft_ns, direct[c].ttft_ns, f),
-            )
-            row(
-                f"{name} added per-token lag {label}",
-                "ms",
-                lambda c, ch=chain, f=fraction: _added(ch[c].lags_ns, direct[c].lags_ns, f),
-            )
+        for what, attribute in measures:
+            for label, fraction in fractions:
+                rows.append(
+                    Row(
+                        NAME,
+                        f"{name} added {what} {label}",
+                        "ms",
+                        {
+                            f"c={c}": _added(
+                                samples(chain, c, attribute),
+                                samples(direct, c, attribute),
+                                fraction,
+                            )
+                            for c in levels
+                        },
+                    )
+                )
     # chatplane added / LiteLLM added: one row per target (<= 0.5 at c=1, <= 0.1 at c=50).
-    for what, attribute in (("TTFT", "ttft_ns"), ("per-token lag", "lags_ns")):
-        for label, fraction in (("p50", 0.5), ("p99", 0.99)):
+    for what, attribute in measures:
+        for label, fraction in fractions:
             for level, limit in zip(levels[:2], (0.5, 0.1), strict=True):
+                baseline = samples(direct, level, attribute)
                 ratio = _ratio(
-                    _added(
-                        getattr(ours[level], attribute), getattr(direct[level], attribute), fraction
-                    ),
-                    _added(
-                        getattr(litellm[level], attribute),
-                        getattr(direct[level], attribute),
-                        fraction,
-                    ),
+                    _added(samples(ours, level, attribute), baseline, fraction),
+                    _added(samples(litellm, level, attribute), baseline, fraction),
                 )
                 rows.append(
                     Row(
                         NAME,
                         f"ratio chatplane/LiteLLM added {what} {label}",
                         "x",
-                        {columns[level]: ratio},
-                        target=Target(limit, columns[level]),
+                        {f"c={level}": ratio},
+                        target=Target(limit, f"c={level}"),
                         precision=3,
                     )
                 )
     for name, chain in (("chatplane", ours), ("LiteLLM", litellm)):
-        row(
-            f"{name} tokens delivered / emitted",
-            "ratio",
-            lambda c, ch=chain: ch[c].tokens / ch[c].emitted if ch[c].emitted else None,
-            target=Target(1.0, op="=="),
-            precision=4,
+        rows.append(
+            Row(
+                NAME,
+                f"{name} tokens delivered / emitted",
+                "ratio",
+                {
+                    f"c={c}": chain[c].tokens / chain[c].emitted
+                    if c in chain and chain[c].emitted
+                    else None
+                    for c in levels
+                },
+                target=Target(1.0, op="=="),
+                precision=4,
+            )
         )
-        row(f"{name} failed streams", "count", lambda c, ch=chain: float(ch[c].errors))
-    ramp = sorted(level for level in ours if level not in levels)
+        rows.append(
+            Row(
+                NAME,
+                f"{name} failed streams",
+                "count",
+                {f"c={c}": float(chain[c].errors) if c in chain else None for c in levels},
+                precision=0,
+            )
+        )
+    baseline = samples(direct, levels[-1], "lags_ns")
+    ramp_lags = {
+        level: _added(samples(ours, level, "lags_ns"), samples(direct, level, "lags_ns"), 0.99)
+        if level in levels
+        else _added(samples(ours, level, "lags_ns"), baseline, 0.99)
+        for level in (*levels, *ramp)
+    }
     rows.append(
         Row(
             NAME,
             "chatplane added per-token lag p99 (ramp)",
             "ms",
-            {
-                f"c={level}": _added(ours[level].lags_ns, direct[levels[-1]].lags_ns, 0.99)
-                for level in (*levels, *ramp)
-            },
+            {f"c={level}": lag for level, lag in ramp_lags.items()},
             target=Target(PEAK_LAG_MS),
         )
     )
     peak = max(
-        (
-            level
-            for level, sample in ours.items()
-            if (lag := _added(sample.lags_ns, direct[min(level, levels[-1])].lags_ns, 0.99))
-            is not None
-            and lag <= PEAK_LAG_MS
-        ),
+        (level for level, lag in ramp_lags.items() if lag is not None and lag <= PEAK_LAG_MS),
         default=0,
     )
     rows.append(
@@ -448,7 +468,7 @@ def _rows(results: dict[str, dict[int, Sample]], levels: tuple[int, ...]) -> lis
             NAME,
             f"chatplane peak concurrent streams, added per-token p99 <= {PEAK_LAG_MS:g} ms",
             "streams",
-            {columns[levels[0]]: float(peak)},
+            {f"c={levels[0]}": float(peak)},
             precision=0,
         )
     )

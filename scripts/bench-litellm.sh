@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs LiteLLM's proxy (requirements/bench-litellm.txt) into its own virtualenv, kept apart
 # from the services' .venv, and prints the path of its `litellm` command. Cached: runs pip only
-# when the requirements file changed. Used by `make bench` (bench/streaming_peer.py).
+# when the requirements file changed. Used by `make bench` (bench/llm_chain.py).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON_BOOT=${PYTHON_BOOT:-python3}
