@@ -7,10 +7,11 @@ cd "$(dirname "$0")/.."
 PYTHON_BOOT=${PYTHON_BOOT:-python3}
 VENV=${CHATPLANE_LITELLM_VENV:-$HOME/.cache/chatplane/litellm-venv}
 REQS=requirements/bench-litellm.txt
-STAMP="$VENV/.installed-$(sha256sum "$REQS" | cut -c1-16)"
+# Only the requirement lines count: editing a comment does not reinstall.
+STAMP="$VENV/.installed-$(grep -v '^#' "$REQS" | sha256sum | cut -c1-16)"
 if [[ ! -f "$STAMP" ]]; then
-  rm -rf "$VENV"
-  "$PYTHON_BOOT" -m venv "$VENV"
+  [[ -x "$VENV/bin/python" ]] || "$PYTHON_BOOT" -m venv "$VENV"
+  rm -f "$VENV"/.installed-*
   "$VENV/bin/pip" install -q --disable-pip-version-check pip==25.3 >&2
   "$VENV/bin/pip" install -q --disable-pip-version-check -r "$REQS" >&2
   touch "$STAMP"
