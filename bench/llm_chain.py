@@ -1,7 +1,7 @@
 """The whole chain against a model paced like a real one, beside the peer users would pick:
 the LLM emulator (OpenAI-compatible protocol, first token after 600 ms, 60 tokens/s) answers
-(1) the `openai` SDK directly (the baseline), (2) the same SDK through LiteLLM's proxy (one
-worker, a master key) and (3) chatplane's gRPC client through Envoy + Gateway + Agent (API
+(1) a lean OpenAI-compatible streaming client directly (the baseline), (2) the same client
+through LiteLLM's proxy (one worker, a master key) and (3) chatplane's gRPC client through Envoy + Gateway + Agent (API
 keys, rate limit and token quotas on). Every token's text is its emission time, so each
 token's lag is measured exactly; "added" is a chain's percentile less the baseline's, measured
 in the same run. Also: tokens delivered / tokens emitted, and the most concurrent chatplane
@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import json
 import os
 import socket
 import subprocess
@@ -21,10 +22,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import aiohttp
 import grpc
 import httpx
-import httpx2
-import openai
 
 from bench.harness import Options, create_keys, progress, running_stack, user_channel
 from bench.report import Row, Target
@@ -66,8 +66,9 @@ NOTES = (
     f"emulator: OpenAI-compatible streaming, first token after {FIRST_TOKEN_SECONDS * 1000:g} "
     f"ms, {TOKENS_PER_SECOND:g} tokens/s, {ANSWER_TOKENS} tokens per answer; c=N: N streams "
     "at once, each user one turn after another",
-    "direct: the `openai` SDK (AsyncOpenAI, stream=True) to the emulator; LiteLLM: the same "
-    "client to `litellm --num_workers 1` with a master key (requirements/bench-litellm.txt, "
+    "direct: a lean OpenAI-compatible streaming client (aiohttp, SSE lines, json.loads per "
+    "chunk) to the emulator; LiteLLM: the same client to `litellm --num_workers 1` with a "
+    "master key (requirements/bench-litellm.txt, "
     "own venv); chatplane: the gRPC client to Envoy -> Gateway -> Agent (openai_compatible "
     "backend), one API key per user, a token quota set for the tenant (reserve + settle on "
     "every turn)",
@@ -107,29 +108,49 @@ def _turns(options: Options) -> int:
     return 1 if options.quick else 2
 
 
-async def _openai_streams(
-    client: openai.AsyncOpenAI, level: int, turns: int, sample: Sample
-) -> None:
+@dataclass(frozen=True, slots=True)
+class OpenAiTarget:
+    """An OpenAI-compatible chat-completions endpoint and the client session to stream from it."""
+
+    session: aiohttp.ClientSession
+    url: str
+    api_key: str
+
+
+async def _openai_streams(target: OpenAiTarget, level: int, turns: int, sample: Sample) -> None:
+    """`level` users streaming chat completions, read as SSE with one json.loads per chunk:
+    a lean client, so that at 50-100 streams the client's own parsing (the SDK's pydantic
+    models cost several times more) does not become the lag being measured."""
+    body = json.dumps(
+        {
+            "model": MODEL,
+            "messages": [{"role": "user", "content": QUESTION}],
+            "stream": True,
+            "max_tokens": 1024,
+        }
+    )
+    headers = {"authorization": f"Bearer {target.api_key}", "content-type": "application/json"}
+
     async def user() -> None:
         for _ in range(turns):
             sent = time.time_ns()
             first = True
             try:
-                stream = await client.chat.completions.create(
-                    model=MODEL,
-                    messages=[{"role": "user", "content": QUESTION}],
-                    stream=True,
-                    max_tokens=1024,
-                )
-                async for chunk in stream:
-                    receipt = time.time_ns()
-                    if not chunk.choices or not chunk.choices[0].delta.content:
-                        continue
-                    if first:
-                        sample.ttft_ns.append(receipt - sent)
-                        first = False
-                    _stamps(chunk.choices[0].delta.content, receipt, sample)
-            except openai.OpenAIError:
+                async with target.session.post(target.url, data=body, headers=headers) as response:
+                    response.raise_for_status()
+                    async for line in response.content:
+                        receipt = time.time_ns()
+                        if not line.startswith(b"data: ") or line.startswith(b"data: [DONE]"):
+                            continue
+                        choices = json.loads(line[6:]).get("choices") or ()
+                        text = choices[0].get("delta", {}).get("content") if choices else None
+                        if not text:
+                            continue
+                        if first:
+                            sample.ttft_ns.append(receipt - sent)
+                            first = False
+                        _stamps(text, receipt, sample)
+            except (aiohttp.ClientError, TimeoutError, ValueError):
                 sample.errors += 1
 
     await asyncio.gather(*(user() for _ in range(level)))
@@ -263,16 +284,10 @@ async def _litellm_command() -> str:
     return output.decode().strip()
 
 
-def _openai_client(base_url: str, api_key: str) -> openai.AsyncOpenAI:
-    return openai.AsyncOpenAI(
-        base_url=base_url,
-        api_key=api_key,
-        max_retries=0,
-        timeout=CALL_TIMEOUT_SECONDS,
-        # The SDK's own HTTP client (httpx2), with room for every stream of the largest c.
-        http_client=openai.DefaultAsyncHttpxClient(
-            limits=httpx2.Limits(max_connections=1000, max_keepalive_connections=1000)
-        ),
+def _openai_session() -> aiohttp.ClientSession:
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=1000),
+        timeout=aiohttp.ClientTimeout(total=CALL_TIMEOUT_SECONDS),
     )
 
 
@@ -327,8 +342,11 @@ async def run(options: Options) -> list[Row]:
                 (gateway_pb2_grpc.GatewayServiceStub(c), (("authorization", f"Bearer {k}"),))
                 for c, k in zip(channels, keys, strict=True)
             ]
-            direct = _openai_client(f"{emulator.url}/v1", "emulator")
-            through_litellm = _openai_client(f"{litellm_url}/v1", MASTER_KEY)
+            session = _openai_session()
+            direct = OpenAiTarget(session, f"{emulator.url}/v1/chat/completions", "emulator")
+            through_litellm = OpenAiTarget(
+                session, f"{litellm_url}/v1/chat/completions", MASTER_KEY
+            )
             try:
                 progress(options, f"{NAME}: warm-up")
                 await _openai_streams(direct, 1, 1, Sample())
@@ -359,8 +377,7 @@ async def run(options: Options) -> list[Row]:
                     if lag is None or lag > PEAK_LAG_MS:
                         break
             finally:
-                await direct.close()
-                await through_litellm.close()
+                await session.close()
                 for channel in channels:
                     await channel.close()
     return _rows(results, levels)
