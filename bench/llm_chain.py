@@ -1,11 +1,11 @@
 """The whole chain against a model paced like a real one, beside the peer users would pick:
 the LLM emulator (OpenAI-compatible protocol, first token after 600 ms, 60 tokens/s) answers
 (1) a lean OpenAI-compatible streaming client directly (the baseline), (2) the same client
-through LiteLLM's proxy (one worker, a master key) and (3) chatplane's gRPC client through Envoy + Gateway + Agent (API
-keys, rate limit and token quotas on). Every token's text is its emission time, so each
-token's lag is measured exactly; "added" is a chain's percentile less the baseline's, measured
-in the same run. Also: tokens delivered / tokens emitted, and the most concurrent chatplane
-streams whose added per-token p99 stays under 5 ms."""
+through LiteLLM's proxy (one worker, a master key) and (3) chatplane's gRPC client through
+Envoy + Gateway + Agent (API keys, rate limit and token quotas on). Every token's text is its
+emission time, so each token's lag is measured exactly; "added" is a chain's percentile less
+the baseline's, measured in the same run. Also: tokens delivered / tokens emitted, and the
+most concurrent chatplane streams whose added per-token p99 stays under 5 ms."""
 
 from __future__ import annotations
 

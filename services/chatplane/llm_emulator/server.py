@@ -288,9 +288,8 @@ class Emulator:
             delay = start + first + index / rate - loop.time()
             if delay > 0:
                 await asyncio.sleep(delay)
-            if self.stamp_tokens:
-                word = f"{time.time_ns()} "
-            await response.write(protocol.token(word))
+            text = f"{time.time_ns()} " if self.stamp_tokens else word
+            await response.write(protocol.token(text))
             record.tokens_sent += 1
             if index == 0:
                 record.first_token_at = time.time()
