@@ -14,6 +14,7 @@ import contextlib
 import functools
 import json
 import os
+import shutil
 import socket
 import subprocess
 import tempfile
@@ -270,6 +271,10 @@ async def _litellm(emulator_url: str, options: Options) -> AsyncIterator[str]:
                 process.kill()
                 await process.wait()
         log.close()
+        if options.keep_data:
+            progress(options, f"litellm config and log kept in {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
 
 
 async def _litellm_command() -> str:
