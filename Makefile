@@ -10,7 +10,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .DEFAULT_GOAL := help
 .PHONY: help venv system-deps generate check-generate lint typecheck proto-check test test-fast \
-	run run-cluster bench infra-up infra-down clean web web-test
+	run run-cluster bench bench-litellm infra-up infra-down clean web web-test
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -62,8 +62,11 @@ run: $(STAMP) web ## start the whole stack (embedded profile) and print how to c
 run-cluster: infra-up ## start the stack on Kafka, PostgreSQL and OpenSearch (cluster profile)
 	$(BIN)/chatplane up --profile cluster
 
-bench: $(STAMP) ## run the benchmarks and print the tables (see docs/benchmarks.md)
+bench: $(STAMP) bench-litellm ## run the benchmarks and print the tables (see docs/benchmarks.md)
 	$(PY) -m bench
+
+bench-litellm: ## LiteLLM's proxy in its own venv (~/.cache/chatplane), for the llm-chain benchmark
+	@./scripts/bench-litellm.sh >/dev/null
 
 infra-up: $(STAMP) ## install (cached) and start PostgreSQL, Kafka and OpenSearch on loopback
 	$(PY) scripts/infra/engines.py up

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from bench import (
     edge,
     ingest,
+    llm_chain,
     mtls,
     persistence,
     pipeline,
@@ -46,6 +47,7 @@ BENCHMARKS = (
     Benchmark(edge.NAME, edge.TITLE, edge.NOTES, edge.run),
     Benchmark(resume_bench.NAME, resume_bench.TITLE, resume_bench.NOTES, resume_bench.run),
     Benchmark(ingest.NAME, ingest.TITLE, ingest.NOTES, ingest.run),
+    Benchmark(llm_chain.NAME, llm_chain.TITLE, llm_chain.NOTES, llm_chain.run),
 )
 
 

@@ -315,3 +315,6 @@ from chatplane.cli.documents import documents, ingest  # noqa: E402
 
 cli.add_command(ingest)
 cli.add_command(documents)
+from chatplane.cli.quota import quota  # noqa: E402
+
+cli.add_command(quota)

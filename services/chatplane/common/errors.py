@@ -8,6 +8,7 @@
     ├── AlreadyExists        → ALREADY_EXISTS
     ├── FailedPrecondition   → FAILED_PRECONDITION
     ├── ResourceExhausted    → RESOURCE_EXHAUSTED (with a retry delay)
+    │   └── QuotaExceeded    → RESOURCE_EXHAUSTED (+ google.rpc.QuotaFailure)
     ├── Unavailable          → UNAVAILABLE       (a dependency is down; safe to retry)
     └── DeadlineExceeded     → DEADLINE_EXCEEDED
 
@@ -60,6 +61,16 @@ class ResourceExhausted(ChatplaneError):
     def __init__(self, message: str, retry_after: float) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class QuotaExceeded(ResourceExhausted):
+    """A quota (not a rate) is spent until `retry_after` seconds from now; `subject` and
+    `description` name it in a google.rpc.QuotaFailure violation."""
+
+    def __init__(self, message: str, retry_after: float, subject: str, description: str) -> None:
+        super().__init__(message, retry_after)
+        self.subject = subject
+        self.description = description
 
 
 class Unavailable(ChatplaneError):

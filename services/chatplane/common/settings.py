@@ -163,6 +163,10 @@ class Settings(BaseSettings):
     otlp_endpoint: str = ""
     trace_file: str = ""
     trace_sample_ratio: float = Field(default=1.0, ge=0, le=1)
+    # Token quotas (docs/quotas.md): tokens a turn reserves from its tenant's daily quota
+    # before it runs; 0 = an estimate (the question's tokens + llm_max_tokens). Tenants
+    # without a quota (`chatplane quota set`) are unlimited.
+    quota_reserve_tokens: int = Field(default=0, ge=0)
 
     # Resume (docs/resume.md): how long the Agent keeps a finished turn's events for
     # ResumeChat (the stored answer serves it after that), and at most how many finished

@@ -59,6 +59,11 @@ def to_status(error: errors.ChatplaneError | None, request_id: str) -> grpc.Stat
         delay = duration_pb2.Duration()
         delay.FromNanoseconds(int(error.retry_after * 1e9))
         details.append(_pack(error_details_pb2.RetryInfo(retry_delay=delay)))
+    if isinstance(error, errors.QuotaExceeded):
+        violation = error_details_pb2.QuotaFailure.Violation(
+            subject=error.subject, description=error.description
+        )
+        details.append(_pack(error_details_pb2.QuotaFailure(violations=[violation])))
     status = status_pb2.Status(code=getattr(code_pb2, code.name), message=message, details=details)
     return rpc_status.to_status(status)
 

@@ -15,6 +15,7 @@ from chatplane.gateway.metrics import REJECTIONS
 from chatplane.gateway.rate_limit import RateLimiter
 from chatplane.gateway.resume import AnswerResume
 from chatplane.gateway.servicer import GatewayServicer
+from chatplane.gateway.token_quota import TokenQuotaGate
 from chatplane.v1 import gateway_pb2, gateway_pb2_grpc, memory_pb2_grpc, persistence_pb2_grpc
 
 GATEWAY_SERVICE = gateway_pb2.DESCRIPTOR.services_by_name["GatewayService"].full_name
@@ -48,9 +49,21 @@ async def run(settings: Settings) -> None:
             REJECTIONS.labels("rate_limit").inc()
             raise
 
+    quota = TokenQuotaGate(
+        persistence,
+        reserve_tokens=settings.quota_reserve_tokens,
+        max_output_tokens=settings.llm_max_tokens,
+        turn_timeout_seconds=settings.turn_timeout_seconds,
+        call_timeout_seconds=settings.internal_call_timeout_seconds,
+    )
     servicer = GatewayServicer(
         settings=settings,
-        relay=ChatRelay(settings=settings, persistence=persistence, agent_channel=agent_channel),
+        relay=ChatRelay(
+            settings=settings,
+            persistence=persistence,
+            agent_channel=agent_channel,
+            quota=quota,
+        ),
         persistence=persistence,
         memory=memory_pb2_grpc.MemoryServiceStub(memory_channel),
         resume=AnswerResume(
@@ -59,6 +72,7 @@ async def run(settings: Settings) -> None:
     )
 
     async def stop() -> None:
+        await quota.drain()
         await agent_channel.close()
         await persistence_channel.close()
         await memory_channel.close()

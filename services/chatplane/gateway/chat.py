@@ -4,6 +4,7 @@ Agent and relay its events, wait for the copy already running, or replay the sto
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
@@ -14,6 +15,7 @@ from chatplane.common import errors
 from chatplane.common.context import Principal
 from chatplane.common.ids import new_id
 from chatplane.common.settings import Settings
+from chatplane.gateway.token_quota import TokenQuotaGate
 from chatplane.gateway.validation import conversation_title
 from chatplane.v1 import (
     agent_pb2,
@@ -59,12 +61,35 @@ class ChatRelay:
         settings: Settings,
         persistence: persistence_pb2_grpc.PersistenceServiceAsyncStub,
         agent_channel: grpc.aio.Channel,
+        quota: TokenQuotaGate | None = None,
     ) -> None:
         self._settings = settings
         self._persistence = persistence
         self._generate = agent_events(agent_channel)
+        self._quota = quota
 
     async def chat(
+        self,
+        principal: Principal,
+        request: gateway_pb2.ChatRequest,
+        budget: Budget,
+        trace: tuple[tuple[str, str], ...] = (),
+    ) -> AsyncGenerator[gateway_pb2.ChatResponse]:
+        """The events of the turn the request asks for, within the tenant's token quota."""
+        if self._quota is None:
+            events = self._turn(principal, request, budget, trace)
+        else:
+            events = self._quota.metered(
+                principal.tenant_id,
+                request.text,
+                budget,
+                lambda: self._turn(principal, request, budget, trace),
+            )
+        async with contextlib.aclosing(events):
+            async for event in events:
+                yield event
+
+    async def _turn(
         self,
         principal: Principal,
         request: gateway_pb2.ChatRequest,

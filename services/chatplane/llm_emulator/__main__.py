@@ -23,6 +23,11 @@ def _arguments(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--tokens", type=int, default=24, help="tokens per answer")
     parser.add_argument("--api-key", default="", help="answer 401 to any other key")
     parser.add_argument("--seed", type=int, default=0, help="for rules with a probability")
+    parser.add_argument(
+        "--stamp-tokens",
+        action="store_true",
+        help="each token's text is its emission time in ns (benchmarks measure per-token lag)",
+    )
     return parser.parse_args(argv)
 
 
@@ -33,7 +38,9 @@ async def serve(arguments: argparse.Namespace) -> None:
         tokens_per_second=arguments.tokens_per_second,
         tokens=arguments.tokens,
     )
-    emulator = Emulator(pace, api_key=arguments.api_key, seed=arguments.seed)
+    emulator = Emulator(
+        pace, api_key=arguments.api_key, seed=arguments.seed, stamp_tokens=arguments.stamp_tokens
+    )
     # handler_cancellation: a client that goes away cancels its handler, which records it.
     runner = web.AppRunner(emulator.app(), handler_cancellation=True, access_log=None)
     await runner.setup()

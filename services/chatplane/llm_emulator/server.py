@@ -98,8 +98,13 @@ class Pace:
 class Emulator:
     """State of one emulator: rules, records, prompt cache."""
 
-    def __init__(self, pace: Pace, *, api_key: str = "", seed: int = 0) -> None:
+    def __init__(
+        self, pace: Pace, *, api_key: str = "", seed: int = 0, stamp_tokens: bool = False
+    ) -> None:
         self.pace = pace
+        # Benchmarks: each token's text is its emission time (time.time_ns()) and a space, so
+        # a client on the same machine measures each token's lag through any relay exactly.
+        self.stamp_tokens = stamp_tokens
         self.rules = RuleBook(seed)
         self.records: list[RequestRecord] = []
         self._api_key = api_key
@@ -302,7 +307,8 @@ class Emulator:
             delay = start + first + index / rate - loop.time()
             if delay > 0:
                 await asyncio.sleep(delay)
-            await response.write(protocol.token(word))
+            text = f"{time.time_ns()} " if self.stamp_tokens else word
+            await response.write(protocol.token(text))
             record.tokens_sent += 1
             if index == 0:
                 record.first_token_at = time.time()

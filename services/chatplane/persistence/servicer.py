@@ -15,6 +15,7 @@ from google.protobuf import timestamp_pb2
 from chatplane.common import errors
 from chatplane.common.ids import is_valid_id
 from chatplane.common.roles import parse_roles
+from chatplane.persistence.quota_rpcs import QuotaRpcs
 from chatplane.persistence.store.base import (
     Conversation,
     ConversationCursor,
@@ -69,7 +70,7 @@ _RATINGS = {
 }
 
 
-class PersistenceServicer(persistence_pb2_grpc.PersistenceServiceServicer):
+class PersistenceServicer(QuotaRpcs, persistence_pb2_grpc.PersistenceServiceServicer):
     """PersistenceService on top of a `ConversationStore`."""
 
     def __init__(self, store: ConversationStore) -> None:

@@ -1260,6 +1260,537 @@ func (x *GetAnswerResponse) GetLeaseExpireTime() *timestamppb.Timestamp {
 	return nil
 }
 
+// Tokens to reserve from a tenant's quota for one turn.
+type ReserveQuotaRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The tenant whose quota is charged.
+	TenantId string `protobuf:"bytes,1,opt,name=tenant_id,json=tenantId,proto3" json:"tenant_id,omitempty"`
+	// Id of the reservation, chosen by the caller (settled under the same id).
+	ReservationId string `protobuf:"bytes,2,opt,name=reservation_id,json=reservationId,proto3" json:"reservation_id,omitempty"`
+	// Tokens to reserve: the turn's estimated input + output tokens.
+	Tokens int64 `protobuf:"varint,3,opt,name=tokens,proto3" json:"tokens,omitempty"`
+	// How long the reservation holds if it is never settled, in milliseconds.
+	LeaseMs       int64 `protobuf:"varint,4,opt,name=lease_ms,json=leaseMs,proto3" json:"lease_ms,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReserveQuotaRequest) Reset() {
+	*x = ReserveQuotaRequest{}
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReserveQuotaRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReserveQuotaRequest) ProtoMessage() {}
+
+func (x *ReserveQuotaRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReserveQuotaRequest.ProtoReflect.Descriptor instead.
+func (*ReserveQuotaRequest) Descriptor() ([]byte, []int) {
+	return file_chatplane_v1_persistence_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *ReserveQuotaRequest) GetTenantId() string {
+	if x != nil {
+		return x.TenantId
+	}
+	return ""
+}
+
+func (x *ReserveQuotaRequest) GetReservationId() string {
+	if x != nil {
+		return x.ReservationId
+	}
+	return ""
+}
+
+func (x *ReserveQuotaRequest) GetTokens() int64 {
+	if x != nil {
+		return x.Tokens
+	}
+	return 0
+}
+
+func (x *ReserveQuotaRequest) GetLeaseMs() int64 {
+	if x != nil {
+		return x.LeaseMs
+	}
+	return 0
+}
+
+// The outcome of a reservation.
+type ReserveQuotaResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// True when the turn may run.
+	Granted bool `protobuf:"varint,1,opt,name=granted,proto3" json:"granted,omitempty"`
+	// Tokens actually reserved (at most what is left of the quota); zero when unlimited.
+	ReservedTokens int64 `protobuf:"varint,2,opt,name=reserved_tokens,json=reservedTokens,proto3" json:"reserved_tokens,omitempty"`
+	// The tenant's quota and today's usage.
+	Quota         *TokenQuota `protobuf:"bytes,3,opt,name=quota,proto3" json:"quota,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReserveQuotaResponse) Reset() {
+	*x = ReserveQuotaResponse{}
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReserveQuotaResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReserveQuotaResponse) ProtoMessage() {}
+
+func (x *ReserveQuotaResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReserveQuotaResponse.ProtoReflect.Descriptor instead.
+func (*ReserveQuotaResponse) Descriptor() ([]byte, []int) {
+	return file_chatplane_v1_persistence_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *ReserveQuotaResponse) GetGranted() bool {
+	if x != nil {
+		return x.Granted
+	}
+	return false
+}
+
+func (x *ReserveQuotaResponse) GetReservedTokens() int64 {
+	if x != nil {
+		return x.ReservedTokens
+	}
+	return 0
+}
+
+func (x *ReserveQuotaResponse) GetQuota() *TokenQuota {
+	if x != nil {
+		return x.Quota
+	}
+	return nil
+}
+
+// Settles a reservation with what the turn used.
+type SettleQuotaRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The tenant the reservation charged.
+	TenantId string `protobuf:"bytes,1,opt,name=tenant_id,json=tenantId,proto3" json:"tenant_id,omitempty"`
+	// The reservation.
+	ReservationId string `protobuf:"bytes,2,opt,name=reservation_id,json=reservationId,proto3" json:"reservation_id,omitempty"`
+	// Input tokens the turn used (the usage event's input + cache tokens).
+	InputTokens int64 `protobuf:"varint,3,opt,name=input_tokens,json=inputTokens,proto3" json:"input_tokens,omitempty"`
+	// Output tokens the turn used.
+	OutputTokens  int64 `protobuf:"varint,4,opt,name=output_tokens,json=outputTokens,proto3" json:"output_tokens,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SettleQuotaRequest) Reset() {
+	*x = SettleQuotaRequest{}
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SettleQuotaRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SettleQuotaRequest) ProtoMessage() {}
+
+func (x *SettleQuotaRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SettleQuotaRequest.ProtoReflect.Descriptor instead.
+func (*SettleQuotaRequest) Descriptor() ([]byte, []int) {
+	return file_chatplane_v1_persistence_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *SettleQuotaRequest) GetTenantId() string {
+	if x != nil {
+		return x.TenantId
+	}
+	return ""
+}
+
+func (x *SettleQuotaRequest) GetReservationId() string {
+	if x != nil {
+		return x.ReservationId
+	}
+	return ""
+}
+
+func (x *SettleQuotaRequest) GetInputTokens() int64 {
+	if x != nil {
+		return x.InputTokens
+	}
+	return 0
+}
+
+func (x *SettleQuotaRequest) GetOutputTokens() int64 {
+	if x != nil {
+		return x.OutputTokens
+	}
+	return 0
+}
+
+// The reservation is settled.
+type SettleQuotaResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The tenant's quota and usage after settling.
+	Quota         *TokenQuota `protobuf:"bytes,1,opt,name=quota,proto3" json:"quota,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SettleQuotaResponse) Reset() {
+	*x = SettleQuotaResponse{}
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SettleQuotaResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SettleQuotaResponse) ProtoMessage() {}
+
+func (x *SettleQuotaResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SettleQuotaResponse.ProtoReflect.Descriptor instead.
+func (*SettleQuotaResponse) Descriptor() ([]byte, []int) {
+	return file_chatplane_v1_persistence_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *SettleQuotaResponse) GetQuota() *TokenQuota {
+	if x != nil {
+		return x.Quota
+	}
+	return nil
+}
+
+// A daily token quota to set.
+type SetQuotaRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The tenant.
+	TenantId string `protobuf:"bytes,1,opt,name=tenant_id,json=tenantId,proto3" json:"tenant_id,omitempty"`
+	// Input + output tokens per UTC day; zero removes the quota (unlimited).
+	TokensPerDay  int64 `protobuf:"varint,2,opt,name=tokens_per_day,json=tokensPerDay,proto3" json:"tokens_per_day,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetQuotaRequest) Reset() {
+	*x = SetQuotaRequest{}
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetQuotaRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetQuotaRequest) ProtoMessage() {}
+
+func (x *SetQuotaRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetQuotaRequest.ProtoReflect.Descriptor instead.
+func (*SetQuotaRequest) Descriptor() ([]byte, []int) {
+	return file_chatplane_v1_persistence_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *SetQuotaRequest) GetTenantId() string {
+	if x != nil {
+		return x.TenantId
+	}
+	return ""
+}
+
+func (x *SetQuotaRequest) GetTokensPerDay() int64 {
+	if x != nil {
+		return x.TokensPerDay
+	}
+	return 0
+}
+
+// The quota is set.
+type SetQuotaResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The tenant's quota and today's usage.
+	Quota         *TokenQuota `protobuf:"bytes,1,opt,name=quota,proto3" json:"quota,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetQuotaResponse) Reset() {
+	*x = SetQuotaResponse{}
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetQuotaResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetQuotaResponse) ProtoMessage() {}
+
+func (x *SetQuotaResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetQuotaResponse.ProtoReflect.Descriptor instead.
+func (*SetQuotaResponse) Descriptor() ([]byte, []int) {
+	return file_chatplane_v1_persistence_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *SetQuotaResponse) GetQuota() *TokenQuota {
+	if x != nil {
+		return x.Quota
+	}
+	return nil
+}
+
+// Asks for a tenant's quota.
+type GetQuotaRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The tenant.
+	TenantId      string `protobuf:"bytes,1,opt,name=tenant_id,json=tenantId,proto3" json:"tenant_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetQuotaRequest) Reset() {
+	*x = GetQuotaRequest{}
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetQuotaRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetQuotaRequest) ProtoMessage() {}
+
+func (x *GetQuotaRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetQuotaRequest.ProtoReflect.Descriptor instead.
+func (*GetQuotaRequest) Descriptor() ([]byte, []int) {
+	return file_chatplane_v1_persistence_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *GetQuotaRequest) GetTenantId() string {
+	if x != nil {
+		return x.TenantId
+	}
+	return ""
+}
+
+// A tenant's quota.
+type GetQuotaResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The tenant's quota and today's usage.
+	Quota         *TokenQuota `protobuf:"bytes,1,opt,name=quota,proto3" json:"quota,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetQuotaResponse) Reset() {
+	*x = GetQuotaResponse{}
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetQuotaResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetQuotaResponse) ProtoMessage() {}
+
+func (x *GetQuotaResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetQuotaResponse.ProtoReflect.Descriptor instead.
+func (*GetQuotaResponse) Descriptor() ([]byte, []int) {
+	return file_chatplane_v1_persistence_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *GetQuotaResponse) GetQuota() *TokenQuota {
+	if x != nil {
+		return x.Quota
+	}
+	return nil
+}
+
+// A tenant's daily token quota and the current UTC day's usage.
+type TokenQuota struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The tenant.
+	TenantId string `protobuf:"bytes,1,opt,name=tenant_id,json=tenantId,proto3" json:"tenant_id,omitempty"`
+	// Input + output tokens per UTC day; zero means unlimited.
+	TokensPerDay int64 `protobuf:"varint,2,opt,name=tokens_per_day,json=tokensPerDay,proto3" json:"tokens_per_day,omitempty"`
+	// Tokens settled today.
+	UsedTokens int64 `protobuf:"varint,3,opt,name=used_tokens,json=usedTokens,proto3" json:"used_tokens,omitempty"`
+	// Tokens reserved today by turns still running.
+	ReservedTokens int64 `protobuf:"varint,4,opt,name=reserved_tokens,json=reservedTokens,proto3" json:"reserved_tokens,omitempty"`
+	// When today's usage resets (the next UTC midnight).
+	ResetTime     *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=reset_time,json=resetTime,proto3" json:"reset_time,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TokenQuota) Reset() {
+	*x = TokenQuota{}
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TokenQuota) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TokenQuota) ProtoMessage() {}
+
+func (x *TokenQuota) ProtoReflect() protoreflect.Message {
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TokenQuota.ProtoReflect.Descriptor instead.
+func (*TokenQuota) Descriptor() ([]byte, []int) {
+	return file_chatplane_v1_persistence_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *TokenQuota) GetTenantId() string {
+	if x != nil {
+		return x.TenantId
+	}
+	return ""
+}
+
+func (x *TokenQuota) GetTokensPerDay() int64 {
+	if x != nil {
+		return x.TokensPerDay
+	}
+	return 0
+}
+
+func (x *TokenQuota) GetUsedTokens() int64 {
+	if x != nil {
+		return x.UsedTokens
+	}
+	return 0
+}
+
+func (x *TokenQuota) GetReservedTokens() int64 {
+	if x != nil {
+		return x.ReservedTokens
+	}
+	return 0
+}
+
+func (x *TokenQuota) GetResetTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ResetTime
+	}
+	return nil
+}
+
 var File_chatplane_v1_persistence_proto protoreflect.FileDescriptor
 
 const file_chatplane_v1_persistence_proto_rawDesc = "" +
@@ -1339,7 +1870,42 @@ const file_chatplane_v1_persistence_proto_rawDesc = "" +
 	"\x11assistant_message\x18\x03 \x01(\v2\x15.chatplane.v1.MessageR\x10assistantMessage\x12\x1d\n" +
 	"\n" +
 	"delta_ends\x18\x04 \x03(\x05R\tdeltaEnds\x12F\n" +
-	"\x11lease_expire_time\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\x0fleaseExpireTime2\x90\b\n" +
+	"\x11lease_expire_time\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\x0fleaseExpireTime\"\x8c\x01\n" +
+	"\x13ReserveQuotaRequest\x12\x1b\n" +
+	"\ttenant_id\x18\x01 \x01(\tR\btenantId\x12%\n" +
+	"\x0ereservation_id\x18\x02 \x01(\tR\rreservationId\x12\x16\n" +
+	"\x06tokens\x18\x03 \x01(\x03R\x06tokens\x12\x19\n" +
+	"\blease_ms\x18\x04 \x01(\x03R\aleaseMs\"\x89\x01\n" +
+	"\x14ReserveQuotaResponse\x12\x18\n" +
+	"\agranted\x18\x01 \x01(\bR\agranted\x12'\n" +
+	"\x0freserved_tokens\x18\x02 \x01(\x03R\x0ereservedTokens\x12.\n" +
+	"\x05quota\x18\x03 \x01(\v2\x18.chatplane.v1.TokenQuotaR\x05quota\"\xa0\x01\n" +
+	"\x12SettleQuotaRequest\x12\x1b\n" +
+	"\ttenant_id\x18\x01 \x01(\tR\btenantId\x12%\n" +
+	"\x0ereservation_id\x18\x02 \x01(\tR\rreservationId\x12!\n" +
+	"\finput_tokens\x18\x03 \x01(\x03R\vinputTokens\x12#\n" +
+	"\routput_tokens\x18\x04 \x01(\x03R\foutputTokens\"E\n" +
+	"\x13SettleQuotaResponse\x12.\n" +
+	"\x05quota\x18\x01 \x01(\v2\x18.chatplane.v1.TokenQuotaR\x05quota\"T\n" +
+	"\x0fSetQuotaRequest\x12\x1b\n" +
+	"\ttenant_id\x18\x01 \x01(\tR\btenantId\x12$\n" +
+	"\x0etokens_per_day\x18\x02 \x01(\x03R\ftokensPerDay\"B\n" +
+	"\x10SetQuotaResponse\x12.\n" +
+	"\x05quota\x18\x01 \x01(\v2\x18.chatplane.v1.TokenQuotaR\x05quota\".\n" +
+	"\x0fGetQuotaRequest\x12\x1b\n" +
+	"\ttenant_id\x18\x01 \x01(\tR\btenantId\"B\n" +
+	"\x10GetQuotaResponse\x12.\n" +
+	"\x05quota\x18\x01 \x01(\v2\x18.chatplane.v1.TokenQuotaR\x05quota\"\xd4\x01\n" +
+	"\n" +
+	"TokenQuota\x12\x1b\n" +
+	"\ttenant_id\x18\x01 \x01(\tR\btenantId\x12$\n" +
+	"\x0etokens_per_day\x18\x02 \x01(\x03R\ftokensPerDay\x12\x1f\n" +
+	"\vused_tokens\x18\x03 \x01(\x03R\n" +
+	"usedTokens\x12'\n" +
+	"\x0freserved_tokens\x18\x04 \x01(\x03R\x0ereservedTokens\x129\n" +
+	"\n" +
+	"reset_time\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\tresetTime2\xd1\n" +
+	"\n" +
 	"\x12PersistenceService\x12L\n" +
 	"\tBeginTurn\x12\x1e.chatplane.v1.BeginTurnRequest\x1a\x1f.chatplane.v1.BeginTurnResponse\x12F\n" +
 	"\aGetTurn\x12\x1c.chatplane.v1.GetTurnRequest\x1a\x1d.chatplane.v1.GetTurnResponse\x12R\n" +
@@ -1350,7 +1916,11 @@ const file_chatplane_v1_persistence_proto_rawDesc = "" +
 	"\x0eSubmitFeedback\x125.chatplane.v1.PersistenceServiceSubmitFeedbackRequest\x1a6.chatplane.v1.PersistenceServiceSubmitFeedbackResponse\x12U\n" +
 	"\fCreateApiKey\x12!.chatplane.v1.CreateApiKeyRequest\x1a\".chatplane.v1.CreateApiKeyResponse\x12L\n" +
 	"\tGetApiKey\x12\x1e.chatplane.v1.GetApiKeyRequest\x1a\x1f.chatplane.v1.GetApiKeyResponse\x12L\n" +
-	"\tGetAnswer\x12\x1e.chatplane.v1.GetAnswerRequest\x1a\x1f.chatplane.v1.GetAnswerResponseB@Z>github.com/chatplane/chatplane/gen/go/chatplane/v1;chatplanev1b\x06proto3"
+	"\tGetAnswer\x12\x1e.chatplane.v1.GetAnswerRequest\x1a\x1f.chatplane.v1.GetAnswerResponse\x12U\n" +
+	"\fReserveQuota\x12!.chatplane.v1.ReserveQuotaRequest\x1a\".chatplane.v1.ReserveQuotaResponse\x12R\n" +
+	"\vSettleQuota\x12 .chatplane.v1.SettleQuotaRequest\x1a!.chatplane.v1.SettleQuotaResponse\x12I\n" +
+	"\bSetQuota\x12\x1d.chatplane.v1.SetQuotaRequest\x1a\x1e.chatplane.v1.SetQuotaResponse\x12I\n" +
+	"\bGetQuota\x12\x1d.chatplane.v1.GetQuotaRequest\x1a\x1e.chatplane.v1.GetQuotaResponseB@Z>github.com/chatplane/chatplane/gen/go/chatplane/v1;chatplanev1b\x06proto3"
 
 var (
 	file_chatplane_v1_persistence_proto_rawDescOnce sync.Once
@@ -1364,7 +1934,7 @@ func file_chatplane_v1_persistence_proto_rawDescGZIP() []byte {
 	return file_chatplane_v1_persistence_proto_rawDescData
 }
 
-var file_chatplane_v1_persistence_proto_msgTypes = make([]protoimpl.MessageInfo, 21)
+var file_chatplane_v1_persistence_proto_msgTypes = make([]protoimpl.MessageInfo, 30)
 var file_chatplane_v1_persistence_proto_goTypes = []any{
 	(*Owner)(nil),                                        // 0: chatplane.v1.Owner
 	(*BeginTurnRequest)(nil),                             // 1: chatplane.v1.BeginTurnRequest
@@ -1387,62 +1957,84 @@ var file_chatplane_v1_persistence_proto_goTypes = []any{
 	(*GetApiKeyResponse)(nil),                            // 18: chatplane.v1.GetApiKeyResponse
 	(*GetAnswerRequest)(nil),                             // 19: chatplane.v1.GetAnswerRequest
 	(*GetAnswerResponse)(nil),                            // 20: chatplane.v1.GetAnswerResponse
-	(*Message)(nil),                                      // 21: chatplane.v1.Message
-	(*timestamppb.Timestamp)(nil),                        // 22: google.protobuf.Timestamp
-	(*ListConversationsRequest)(nil),                     // 23: chatplane.v1.ListConversationsRequest
-	(*ListConversationsResponse)(nil),                    // 24: chatplane.v1.ListConversationsResponse
-	(*GetConversationRequest)(nil),                       // 25: chatplane.v1.GetConversationRequest
-	(*GetConversationResponse)(nil),                      // 26: chatplane.v1.GetConversationResponse
-	(*SubmitFeedbackRequest)(nil),                        // 27: chatplane.v1.SubmitFeedbackRequest
+	(*ReserveQuotaRequest)(nil),                          // 21: chatplane.v1.ReserveQuotaRequest
+	(*ReserveQuotaResponse)(nil),                         // 22: chatplane.v1.ReserveQuotaResponse
+	(*SettleQuotaRequest)(nil),                           // 23: chatplane.v1.SettleQuotaRequest
+	(*SettleQuotaResponse)(nil),                          // 24: chatplane.v1.SettleQuotaResponse
+	(*SetQuotaRequest)(nil),                              // 25: chatplane.v1.SetQuotaRequest
+	(*SetQuotaResponse)(nil),                             // 26: chatplane.v1.SetQuotaResponse
+	(*GetQuotaRequest)(nil),                              // 27: chatplane.v1.GetQuotaRequest
+	(*GetQuotaResponse)(nil),                             // 28: chatplane.v1.GetQuotaResponse
+	(*TokenQuota)(nil),                                   // 29: chatplane.v1.TokenQuota
+	(*Message)(nil),                                      // 30: chatplane.v1.Message
+	(*timestamppb.Timestamp)(nil),                        // 31: google.protobuf.Timestamp
+	(*ListConversationsRequest)(nil),                     // 32: chatplane.v1.ListConversationsRequest
+	(*ListConversationsResponse)(nil),                    // 33: chatplane.v1.ListConversationsResponse
+	(*GetConversationRequest)(nil),                       // 34: chatplane.v1.GetConversationRequest
+	(*GetConversationResponse)(nil),                      // 35: chatplane.v1.GetConversationResponse
+	(*SubmitFeedbackRequest)(nil),                        // 36: chatplane.v1.SubmitFeedbackRequest
 }
 var file_chatplane_v1_persistence_proto_depIdxs = []int32{
 	0,  // 0: chatplane.v1.BeginTurnRequest.owner:type_name -> chatplane.v1.Owner
 	0,  // 1: chatplane.v1.GetTurnRequest.owner:type_name -> chatplane.v1.Owner
-	21, // 2: chatplane.v1.GetTurnResponse.user_message:type_name -> chatplane.v1.Message
-	21, // 3: chatplane.v1.GetTurnResponse.assistant_message:type_name -> chatplane.v1.Message
-	22, // 4: chatplane.v1.GetTurnResponse.lease_expire_time:type_name -> google.protobuf.Timestamp
+	30, // 2: chatplane.v1.GetTurnResponse.user_message:type_name -> chatplane.v1.Message
+	30, // 3: chatplane.v1.GetTurnResponse.assistant_message:type_name -> chatplane.v1.Message
+	31, // 4: chatplane.v1.GetTurnResponse.lease_expire_time:type_name -> google.protobuf.Timestamp
 	0,  // 5: chatplane.v1.ReleaseTurnRequest.owner:type_name -> chatplane.v1.Owner
 	0,  // 6: chatplane.v1.PersistenceServiceListConversationsRequest.owner:type_name -> chatplane.v1.Owner
-	23, // 7: chatplane.v1.PersistenceServiceListConversationsRequest.page:type_name -> chatplane.v1.ListConversationsRequest
-	24, // 8: chatplane.v1.PersistenceServiceListConversationsResponse.page:type_name -> chatplane.v1.ListConversationsResponse
+	32, // 7: chatplane.v1.PersistenceServiceListConversationsRequest.page:type_name -> chatplane.v1.ListConversationsRequest
+	33, // 8: chatplane.v1.PersistenceServiceListConversationsResponse.page:type_name -> chatplane.v1.ListConversationsResponse
 	0,  // 9: chatplane.v1.PersistenceServiceGetConversationRequest.owner:type_name -> chatplane.v1.Owner
-	25, // 10: chatplane.v1.PersistenceServiceGetConversationRequest.request:type_name -> chatplane.v1.GetConversationRequest
-	26, // 11: chatplane.v1.PersistenceServiceGetConversationResponse.response:type_name -> chatplane.v1.GetConversationResponse
+	34, // 10: chatplane.v1.PersistenceServiceGetConversationRequest.request:type_name -> chatplane.v1.GetConversationRequest
+	35, // 11: chatplane.v1.PersistenceServiceGetConversationResponse.response:type_name -> chatplane.v1.GetConversationResponse
 	0,  // 12: chatplane.v1.PersistenceServiceDeleteConversationRequest.owner:type_name -> chatplane.v1.Owner
-	22, // 13: chatplane.v1.PersistenceServiceDeleteConversationResponse.delete_time:type_name -> google.protobuf.Timestamp
+	31, // 13: chatplane.v1.PersistenceServiceDeleteConversationResponse.delete_time:type_name -> google.protobuf.Timestamp
 	0,  // 14: chatplane.v1.PersistenceServiceSubmitFeedbackRequest.owner:type_name -> chatplane.v1.Owner
-	27, // 15: chatplane.v1.PersistenceServiceSubmitFeedbackRequest.feedback:type_name -> chatplane.v1.SubmitFeedbackRequest
-	22, // 16: chatplane.v1.PersistenceServiceSubmitFeedbackResponse.create_time:type_name -> google.protobuf.Timestamp
+	36, // 15: chatplane.v1.PersistenceServiceSubmitFeedbackRequest.feedback:type_name -> chatplane.v1.SubmitFeedbackRequest
+	31, // 16: chatplane.v1.PersistenceServiceSubmitFeedbackResponse.create_time:type_name -> google.protobuf.Timestamp
 	0,  // 17: chatplane.v1.CreateApiKeyRequest.owner:type_name -> chatplane.v1.Owner
 	0,  // 18: chatplane.v1.GetApiKeyResponse.owner:type_name -> chatplane.v1.Owner
 	0,  // 19: chatplane.v1.GetAnswerRequest.owner:type_name -> chatplane.v1.Owner
-	21, // 20: chatplane.v1.GetAnswerResponse.assistant_message:type_name -> chatplane.v1.Message
-	22, // 21: chatplane.v1.GetAnswerResponse.lease_expire_time:type_name -> google.protobuf.Timestamp
-	1,  // 22: chatplane.v1.PersistenceService.BeginTurn:input_type -> chatplane.v1.BeginTurnRequest
-	3,  // 23: chatplane.v1.PersistenceService.GetTurn:input_type -> chatplane.v1.GetTurnRequest
-	5,  // 24: chatplane.v1.PersistenceService.ReleaseTurn:input_type -> chatplane.v1.ReleaseTurnRequest
-	7,  // 25: chatplane.v1.PersistenceService.ListConversations:input_type -> chatplane.v1.PersistenceServiceListConversationsRequest
-	9,  // 26: chatplane.v1.PersistenceService.GetConversation:input_type -> chatplane.v1.PersistenceServiceGetConversationRequest
-	11, // 27: chatplane.v1.PersistenceService.DeleteConversation:input_type -> chatplane.v1.PersistenceServiceDeleteConversationRequest
-	13, // 28: chatplane.v1.PersistenceService.SubmitFeedback:input_type -> chatplane.v1.PersistenceServiceSubmitFeedbackRequest
-	15, // 29: chatplane.v1.PersistenceService.CreateApiKey:input_type -> chatplane.v1.CreateApiKeyRequest
-	17, // 30: chatplane.v1.PersistenceService.GetApiKey:input_type -> chatplane.v1.GetApiKeyRequest
-	19, // 31: chatplane.v1.PersistenceService.GetAnswer:input_type -> chatplane.v1.GetAnswerRequest
-	2,  // 32: chatplane.v1.PersistenceService.BeginTurn:output_type -> chatplane.v1.BeginTurnResponse
-	4,  // 33: chatplane.v1.PersistenceService.GetTurn:output_type -> chatplane.v1.GetTurnResponse
-	6,  // 34: chatplane.v1.PersistenceService.ReleaseTurn:output_type -> chatplane.v1.ReleaseTurnResponse
-	8,  // 35: chatplane.v1.PersistenceService.ListConversations:output_type -> chatplane.v1.PersistenceServiceListConversationsResponse
-	10, // 36: chatplane.v1.PersistenceService.GetConversation:output_type -> chatplane.v1.PersistenceServiceGetConversationResponse
-	12, // 37: chatplane.v1.PersistenceService.DeleteConversation:output_type -> chatplane.v1.PersistenceServiceDeleteConversationResponse
-	14, // 38: chatplane.v1.PersistenceService.SubmitFeedback:output_type -> chatplane.v1.PersistenceServiceSubmitFeedbackResponse
-	16, // 39: chatplane.v1.PersistenceService.CreateApiKey:output_type -> chatplane.v1.CreateApiKeyResponse
-	18, // 40: chatplane.v1.PersistenceService.GetApiKey:output_type -> chatplane.v1.GetApiKeyResponse
-	20, // 41: chatplane.v1.PersistenceService.GetAnswer:output_type -> chatplane.v1.GetAnswerResponse
-	32, // [32:42] is the sub-list for method output_type
-	22, // [22:32] is the sub-list for method input_type
-	22, // [22:22] is the sub-list for extension type_name
-	22, // [22:22] is the sub-list for extension extendee
-	0,  // [0:22] is the sub-list for field type_name
+	30, // 20: chatplane.v1.GetAnswerResponse.assistant_message:type_name -> chatplane.v1.Message
+	31, // 21: chatplane.v1.GetAnswerResponse.lease_expire_time:type_name -> google.protobuf.Timestamp
+	29, // 22: chatplane.v1.ReserveQuotaResponse.quota:type_name -> chatplane.v1.TokenQuota
+	29, // 23: chatplane.v1.SettleQuotaResponse.quota:type_name -> chatplane.v1.TokenQuota
+	29, // 24: chatplane.v1.SetQuotaResponse.quota:type_name -> chatplane.v1.TokenQuota
+	29, // 25: chatplane.v1.GetQuotaResponse.quota:type_name -> chatplane.v1.TokenQuota
+	31, // 26: chatplane.v1.TokenQuota.reset_time:type_name -> google.protobuf.Timestamp
+	1,  // 27: chatplane.v1.PersistenceService.BeginTurn:input_type -> chatplane.v1.BeginTurnRequest
+	3,  // 28: chatplane.v1.PersistenceService.GetTurn:input_type -> chatplane.v1.GetTurnRequest
+	5,  // 29: chatplane.v1.PersistenceService.ReleaseTurn:input_type -> chatplane.v1.ReleaseTurnRequest
+	7,  // 30: chatplane.v1.PersistenceService.ListConversations:input_type -> chatplane.v1.PersistenceServiceListConversationsRequest
+	9,  // 31: chatplane.v1.PersistenceService.GetConversation:input_type -> chatplane.v1.PersistenceServiceGetConversationRequest
+	11, // 32: chatplane.v1.PersistenceService.DeleteConversation:input_type -> chatplane.v1.PersistenceServiceDeleteConversationRequest
+	13, // 33: chatplane.v1.PersistenceService.SubmitFeedback:input_type -> chatplane.v1.PersistenceServiceSubmitFeedbackRequest
+	15, // 34: chatplane.v1.PersistenceService.CreateApiKey:input_type -> chatplane.v1.CreateApiKeyRequest
+	17, // 35: chatplane.v1.PersistenceService.GetApiKey:input_type -> chatplane.v1.GetApiKeyRequest
+	19, // 36: chatplane.v1.PersistenceService.GetAnswer:input_type -> chatplane.v1.GetAnswerRequest
+	21, // 37: chatplane.v1.PersistenceService.ReserveQuota:input_type -> chatplane.v1.ReserveQuotaRequest
+	23, // 38: chatplane.v1.PersistenceService.SettleQuota:input_type -> chatplane.v1.SettleQuotaRequest
+	25, // 39: chatplane.v1.PersistenceService.SetQuota:input_type -> chatplane.v1.SetQuotaRequest
+	27, // 40: chatplane.v1.PersistenceService.GetQuota:input_type -> chatplane.v1.GetQuotaRequest
+	2,  // 41: chatplane.v1.PersistenceService.BeginTurn:output_type -> chatplane.v1.BeginTurnResponse
+	4,  // 42: chatplane.v1.PersistenceService.GetTurn:output_type -> chatplane.v1.GetTurnResponse
+	6,  // 43: chatplane.v1.PersistenceService.ReleaseTurn:output_type -> chatplane.v1.ReleaseTurnResponse
+	8,  // 44: chatplane.v1.PersistenceService.ListConversations:output_type -> chatplane.v1.PersistenceServiceListConversationsResponse
+	10, // 45: chatplane.v1.PersistenceService.GetConversation:output_type -> chatplane.v1.PersistenceServiceGetConversationResponse
+	12, // 46: chatplane.v1.PersistenceService.DeleteConversation:output_type -> chatplane.v1.PersistenceServiceDeleteConversationResponse
+	14, // 47: chatplane.v1.PersistenceService.SubmitFeedback:output_type -> chatplane.v1.PersistenceServiceSubmitFeedbackResponse
+	16, // 48: chatplane.v1.PersistenceService.CreateApiKey:output_type -> chatplane.v1.CreateApiKeyResponse
+	18, // 49: chatplane.v1.PersistenceService.GetApiKey:output_type -> chatplane.v1.GetApiKeyResponse
+	20, // 50: chatplane.v1.PersistenceService.GetAnswer:output_type -> chatplane.v1.GetAnswerResponse
+	22, // 51: chatplane.v1.PersistenceService.ReserveQuota:output_type -> chatplane.v1.ReserveQuotaResponse
+	24, // 52: chatplane.v1.PersistenceService.SettleQuota:output_type -> chatplane.v1.SettleQuotaResponse
+	26, // 53: chatplane.v1.PersistenceService.SetQuota:output_type -> chatplane.v1.SetQuotaResponse
+	28, // 54: chatplane.v1.PersistenceService.GetQuota:output_type -> chatplane.v1.GetQuotaResponse
+	41, // [41:55] is the sub-list for method output_type
+	27, // [27:41] is the sub-list for method input_type
+	27, // [27:27] is the sub-list for extension type_name
+	27, // [27:27] is the sub-list for extension extendee
+	0,  // [0:27] is the sub-list for field type_name
 }
 
 func init() { file_chatplane_v1_persistence_proto_init() }
@@ -1458,7 +2050,7 @@ func file_chatplane_v1_persistence_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_chatplane_v1_persistence_proto_rawDesc), len(file_chatplane_v1_persistence_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   21,
+			NumMessages:   30,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -29,6 +29,10 @@ const (
 	PersistenceService_CreateApiKey_FullMethodName       = "/chatplane.v1.PersistenceService/CreateApiKey"
 	PersistenceService_GetApiKey_FullMethodName          = "/chatplane.v1.PersistenceService/GetApiKey"
 	PersistenceService_GetAnswer_FullMethodName          = "/chatplane.v1.PersistenceService/GetAnswer"
+	PersistenceService_ReserveQuota_FullMethodName       = "/chatplane.v1.PersistenceService/ReserveQuota"
+	PersistenceService_SettleQuota_FullMethodName        = "/chatplane.v1.PersistenceService/SettleQuota"
+	PersistenceService_SetQuota_FullMethodName           = "/chatplane.v1.PersistenceService/SetQuota"
+	PersistenceService_GetQuota_FullMethodName           = "/chatplane.v1.PersistenceService/GetQuota"
 )
 
 // PersistenceServiceClient is the client API for PersistenceService service.
@@ -62,6 +66,15 @@ type PersistenceServiceClient interface {
 	// Returns the turn an assistant message id was reserved for, with the answer and where its
 	// deltas ended once it is stored (ResumeChat). Any other id is NOT_FOUND.
 	GetAnswer(ctx context.Context, in *GetAnswerRequest, opts ...grpc.CallOption) (*GetAnswerResponse, error)
+	// Reserves tokens of a tenant's daily token quota before a turn calls the model; refused
+	// (granted false, with the reset time) when the day's quota is spent (docs/quotas.md).
+	ReserveQuota(ctx context.Context, in *ReserveQuotaRequest, opts ...grpc.CallOption) (*ReserveQuotaResponse, error)
+	// Replaces a reservation with the tokens the turn actually used (zero releases it).
+	SettleQuota(ctx context.Context, in *SettleQuotaRequest, opts ...grpc.CallOption) (*SettleQuotaResponse, error)
+	// Sets (or, with zero, removes) a tenant's daily token quota.
+	SetQuota(ctx context.Context, in *SetQuotaRequest, opts ...grpc.CallOption) (*SetQuotaResponse, error)
+	// Returns a tenant's daily token quota and today's usage.
+	GetQuota(ctx context.Context, in *GetQuotaRequest, opts ...grpc.CallOption) (*GetQuotaResponse, error)
 }
 
 type persistenceServiceClient struct {
@@ -172,6 +185,46 @@ func (c *persistenceServiceClient) GetAnswer(ctx context.Context, in *GetAnswerR
 	return out, nil
 }
 
+func (c *persistenceServiceClient) ReserveQuota(ctx context.Context, in *ReserveQuotaRequest, opts ...grpc.CallOption) (*ReserveQuotaResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ReserveQuotaResponse)
+	err := c.cc.Invoke(ctx, PersistenceService_ReserveQuota_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *persistenceServiceClient) SettleQuota(ctx context.Context, in *SettleQuotaRequest, opts ...grpc.CallOption) (*SettleQuotaResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(SettleQuotaResponse)
+	err := c.cc.Invoke(ctx, PersistenceService_SettleQuota_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *persistenceServiceClient) SetQuota(ctx context.Context, in *SetQuotaRequest, opts ...grpc.CallOption) (*SetQuotaResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(SetQuotaResponse)
+	err := c.cc.Invoke(ctx, PersistenceService_SetQuota_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *persistenceServiceClient) GetQuota(ctx context.Context, in *GetQuotaRequest, opts ...grpc.CallOption) (*GetQuotaResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetQuotaResponse)
+	err := c.cc.Invoke(ctx, PersistenceService_GetQuota_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // PersistenceServiceServer is the server API for PersistenceService service.
 // All implementations must embed UnimplementedPersistenceServiceServer
 // for forward compatibility.
@@ -203,6 +256,15 @@ type PersistenceServiceServer interface {
 	// Returns the turn an assistant message id was reserved for, with the answer and where its
 	// deltas ended once it is stored (ResumeChat). Any other id is NOT_FOUND.
 	GetAnswer(context.Context, *GetAnswerRequest) (*GetAnswerResponse, error)
+	// Reserves tokens of a tenant's daily token quota before a turn calls the model; refused
+	// (granted false, with the reset time) when the day's quota is spent (docs/quotas.md).
+	ReserveQuota(context.Context, *ReserveQuotaRequest) (*ReserveQuotaResponse, error)
+	// Replaces a reservation with the tokens the turn actually used (zero releases it).
+	SettleQuota(context.Context, *SettleQuotaRequest) (*SettleQuotaResponse, error)
+	// Sets (or, with zero, removes) a tenant's daily token quota.
+	SetQuota(context.Context, *SetQuotaRequest) (*SetQuotaResponse, error)
+	// Returns a tenant's daily token quota and today's usage.
+	GetQuota(context.Context, *GetQuotaRequest) (*GetQuotaResponse, error)
 	mustEmbedUnimplementedPersistenceServiceServer()
 }
 
@@ -242,6 +304,18 @@ func (UnimplementedPersistenceServiceServer) GetApiKey(context.Context, *GetApiK
 }
 func (UnimplementedPersistenceServiceServer) GetAnswer(context.Context, *GetAnswerRequest) (*GetAnswerResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetAnswer not implemented")
+}
+func (UnimplementedPersistenceServiceServer) ReserveQuota(context.Context, *ReserveQuotaRequest) (*ReserveQuotaResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ReserveQuota not implemented")
+}
+func (UnimplementedPersistenceServiceServer) SettleQuota(context.Context, *SettleQuotaRequest) (*SettleQuotaResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method SettleQuota not implemented")
+}
+func (UnimplementedPersistenceServiceServer) SetQuota(context.Context, *SetQuotaRequest) (*SetQuotaResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method SetQuota not implemented")
+}
+func (UnimplementedPersistenceServiceServer) GetQuota(context.Context, *GetQuotaRequest) (*GetQuotaResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetQuota not implemented")
 }
 func (UnimplementedPersistenceServiceServer) mustEmbedUnimplementedPersistenceServiceServer() {}
 func (UnimplementedPersistenceServiceServer) testEmbeddedByValue()                            {}
@@ -444,6 +518,78 @@ func _PersistenceService_GetAnswer_Handler(srv interface{}, ctx context.Context,
 	return interceptor(ctx, in, info, handler)
 }
 
+func _PersistenceService_ReserveQuota_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ReserveQuotaRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(PersistenceServiceServer).ReserveQuota(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: PersistenceService_ReserveQuota_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(PersistenceServiceServer).ReserveQuota(ctx, req.(*ReserveQuotaRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _PersistenceService_SettleQuota_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SettleQuotaRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(PersistenceServiceServer).SettleQuota(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: PersistenceService_SettleQuota_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(PersistenceServiceServer).SettleQuota(ctx, req.(*SettleQuotaRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _PersistenceService_SetQuota_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SetQuotaRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(PersistenceServiceServer).SetQuota(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: PersistenceService_SetQuota_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(PersistenceServiceServer).SetQuota(ctx, req.(*SetQuotaRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _PersistenceService_GetQuota_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetQuotaRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(PersistenceServiceServer).GetQuota(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: PersistenceService_GetQuota_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(PersistenceServiceServer).GetQuota(ctx, req.(*GetQuotaRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // PersistenceService_ServiceDesc is the grpc.ServiceDesc for PersistenceService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -490,6 +636,22 @@ var PersistenceService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "GetAnswer",
 			Handler:    _PersistenceService_GetAnswer_Handler,
+		},
+		{
+			MethodName: "ReserveQuota",
+			Handler:    _PersistenceService_ReserveQuota_Handler,
+		},
+		{
+			MethodName: "SettleQuota",
+			Handler:    _PersistenceService_SettleQuota_Handler,
+		},
+		{
+			MethodName: "SetQuota",
+			Handler:    _PersistenceService_SetQuota_Handler,
+		},
+		{
+			MethodName: "GetQuota",
+			Handler:    _PersistenceService_GetQuota_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

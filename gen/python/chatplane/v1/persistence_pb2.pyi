@@ -656,3 +656,263 @@ class GetAnswerResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetAnswerResponse: _TypeAlias = GetAnswerResponse  # noqa: Y015
+
+@_typing.final
+class ReserveQuotaRequest(_message.Message):
+    """Tokens to reserve from a tenant's quota for one turn."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TENANT_ID_FIELD_NUMBER: _builtins.int
+    RESERVATION_ID_FIELD_NUMBER: _builtins.int
+    TOKENS_FIELD_NUMBER: _builtins.int
+    LEASE_MS_FIELD_NUMBER: _builtins.int
+    tenant_id: _builtins.str
+    """The tenant whose quota is charged."""
+    reservation_id: _builtins.str
+    """Id of the reservation, chosen by the caller (settled under the same id)."""
+    tokens: _builtins.int
+    """Tokens to reserve: the turn's estimated input + output tokens."""
+    lease_ms: _builtins.int
+    """How long the reservation holds if it is never settled, in milliseconds."""
+    def __init__(
+        self,
+        *,
+        tenant_id: _builtins.str = ...,
+        reservation_id: _builtins.str = ...,
+        tokens: _builtins.int = ...,
+        lease_ms: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["lease_ms", b"lease_ms", "reservation_id", b"reservation_id", "tenant_id", b"tenant_id", "tokens", b"tokens"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReserveQuotaRequest: _TypeAlias = ReserveQuotaRequest  # noqa: Y015
+
+@_typing.final
+class ReserveQuotaResponse(_message.Message):
+    """The outcome of a reservation."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GRANTED_FIELD_NUMBER: _builtins.int
+    RESERVED_TOKENS_FIELD_NUMBER: _builtins.int
+    QUOTA_FIELD_NUMBER: _builtins.int
+    granted: _builtins.bool
+    """True when the turn may run."""
+    reserved_tokens: _builtins.int
+    """Tokens actually reserved (at most what is left of the quota); zero when unlimited."""
+    @_builtins.property
+    def quota(self) -> Global___TokenQuota:
+        """The tenant's quota and today's usage."""
+
+    def __init__(
+        self,
+        *,
+        granted: _builtins.bool = ...,
+        reserved_tokens: _builtins.int = ...,
+        quota: Global___TokenQuota | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["quota", b"quota"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["granted", b"granted", "quota", b"quota", "reserved_tokens", b"reserved_tokens"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReserveQuotaResponse: _TypeAlias = ReserveQuotaResponse  # noqa: Y015
+
+@_typing.final
+class SettleQuotaRequest(_message.Message):
+    """Settles a reservation with what the turn used."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TENANT_ID_FIELD_NUMBER: _builtins.int
+    RESERVATION_ID_FIELD_NUMBER: _builtins.int
+    INPUT_TOKENS_FIELD_NUMBER: _builtins.int
+    OUTPUT_TOKENS_FIELD_NUMBER: _builtins.int
+    tenant_id: _builtins.str
+    """The tenant the reservation charged."""
+    reservation_id: _builtins.str
+    """The reservation."""
+    input_tokens: _builtins.int
+    """Input tokens the turn used (the usage event's input + cache tokens)."""
+    output_tokens: _builtins.int
+    """Output tokens the turn used."""
+    def __init__(
+        self,
+        *,
+        tenant_id: _builtins.str = ...,
+        reservation_id: _builtins.str = ...,
+        input_tokens: _builtins.int = ...,
+        output_tokens: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["input_tokens", b"input_tokens", "output_tokens", b"output_tokens", "reservation_id", b"reservation_id", "tenant_id", b"tenant_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SettleQuotaRequest: _TypeAlias = SettleQuotaRequest  # noqa: Y015
+
+@_typing.final
+class SettleQuotaResponse(_message.Message):
+    """The reservation is settled."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    QUOTA_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def quota(self) -> Global___TokenQuota:
+        """The tenant's quota and usage after settling."""
+
+    def __init__(
+        self,
+        *,
+        quota: Global___TokenQuota | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["quota", b"quota"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["quota", b"quota"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SettleQuotaResponse: _TypeAlias = SettleQuotaResponse  # noqa: Y015
+
+@_typing.final
+class SetQuotaRequest(_message.Message):
+    """A daily token quota to set."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TENANT_ID_FIELD_NUMBER: _builtins.int
+    TOKENS_PER_DAY_FIELD_NUMBER: _builtins.int
+    tenant_id: _builtins.str
+    """The tenant."""
+    tokens_per_day: _builtins.int
+    """Input + output tokens per UTC day; zero removes the quota (unlimited)."""
+    def __init__(
+        self,
+        *,
+        tenant_id: _builtins.str = ...,
+        tokens_per_day: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["tenant_id", b"tenant_id", "tokens_per_day", b"tokens_per_day"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetQuotaRequest: _TypeAlias = SetQuotaRequest  # noqa: Y015
+
+@_typing.final
+class SetQuotaResponse(_message.Message):
+    """The quota is set."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    QUOTA_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def quota(self) -> Global___TokenQuota:
+        """The tenant's quota and today's usage."""
+
+    def __init__(
+        self,
+        *,
+        quota: Global___TokenQuota | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["quota", b"quota"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["quota", b"quota"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetQuotaResponse: _TypeAlias = SetQuotaResponse  # noqa: Y015
+
+@_typing.final
+class GetQuotaRequest(_message.Message):
+    """Asks for a tenant's quota."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TENANT_ID_FIELD_NUMBER: _builtins.int
+    tenant_id: _builtins.str
+    """The tenant."""
+    def __init__(
+        self,
+        *,
+        tenant_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["tenant_id", b"tenant_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetQuotaRequest: _TypeAlias = GetQuotaRequest  # noqa: Y015
+
+@_typing.final
+class GetQuotaResponse(_message.Message):
+    """A tenant's quota."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    QUOTA_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def quota(self) -> Global___TokenQuota:
+        """The tenant's quota and today's usage."""
+
+    def __init__(
+        self,
+        *,
+        quota: Global___TokenQuota | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["quota", b"quota"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["quota", b"quota"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetQuotaResponse: _TypeAlias = GetQuotaResponse  # noqa: Y015
+
+@_typing.final
+class TokenQuota(_message.Message):
+    """A tenant's daily token quota and the current UTC day's usage."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TENANT_ID_FIELD_NUMBER: _builtins.int
+    TOKENS_PER_DAY_FIELD_NUMBER: _builtins.int
+    USED_TOKENS_FIELD_NUMBER: _builtins.int
+    RESERVED_TOKENS_FIELD_NUMBER: _builtins.int
+    RESET_TIME_FIELD_NUMBER: _builtins.int
+    tenant_id: _builtins.str
+    """The tenant."""
+    tokens_per_day: _builtins.int
+    """Input + output tokens per UTC day; zero means unlimited."""
+    used_tokens: _builtins.int
+    """Tokens settled today."""
+    reserved_tokens: _builtins.int
+    """Tokens reserved today by turns still running."""
+    @_builtins.property
+    def reset_time(self) -> _timestamp_pb2.Timestamp:
+        """When today's usage resets (the next UTC midnight)."""
+
+    def __init__(
+        self,
+        *,
+        tenant_id: _builtins.str = ...,
+        tokens_per_day: _builtins.int = ...,
+        used_tokens: _builtins.int = ...,
+        reserved_tokens: _builtins.int = ...,
+        reset_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["reset_time", b"reset_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reserved_tokens", b"reserved_tokens", "reset_time", b"reset_time", "tenant_id", b"tenant_id", "tokens_per_day", b"tokens_per_day", "used_tokens", b"used_tokens"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TokenQuota: _TypeAlias = TokenQuota  # noqa: Y015

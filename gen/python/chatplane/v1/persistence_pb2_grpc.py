@@ -87,6 +87,26 @@ class PersistenceServiceStub:
                 request_serializer=chatplane_dot_v1_dot_persistence__pb2.GetAnswerRequest.SerializeToString,
                 response_deserializer=chatplane_dot_v1_dot_persistence__pb2.GetAnswerResponse.FromString,
                 _registered_method=True)
+        self.ReserveQuota = channel.unary_unary(
+                '/chatplane.v1.PersistenceService/ReserveQuota',
+                request_serializer=chatplane_dot_v1_dot_persistence__pb2.ReserveQuotaRequest.SerializeToString,
+                response_deserializer=chatplane_dot_v1_dot_persistence__pb2.ReserveQuotaResponse.FromString,
+                _registered_method=True)
+        self.SettleQuota = channel.unary_unary(
+                '/chatplane.v1.PersistenceService/SettleQuota',
+                request_serializer=chatplane_dot_v1_dot_persistence__pb2.SettleQuotaRequest.SerializeToString,
+                response_deserializer=chatplane_dot_v1_dot_persistence__pb2.SettleQuotaResponse.FromString,
+                _registered_method=True)
+        self.SetQuota = channel.unary_unary(
+                '/chatplane.v1.PersistenceService/SetQuota',
+                request_serializer=chatplane_dot_v1_dot_persistence__pb2.SetQuotaRequest.SerializeToString,
+                response_deserializer=chatplane_dot_v1_dot_persistence__pb2.SetQuotaResponse.FromString,
+                _registered_method=True)
+        self.GetQuota = channel.unary_unary(
+                '/chatplane.v1.PersistenceService/GetQuota',
+                request_serializer=chatplane_dot_v1_dot_persistence__pb2.GetQuotaRequest.SerializeToString,
+                response_deserializer=chatplane_dot_v1_dot_persistence__pb2.GetQuotaResponse.FromString,
+                _registered_method=True)
 
 
 class PersistenceServiceServicer:
@@ -168,6 +188,35 @@ class PersistenceServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReserveQuota(self, request, context):
+        """Reserves tokens of a tenant's daily token quota before a turn calls the model; refused
+        (granted false, with the reset time) when the day's quota is spent (docs/quotas.md).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SettleQuota(self, request, context):
+        """Replaces a reservation with the tokens the turn actually used (zero releases it).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetQuota(self, request, context):
+        """Sets (or, with zero, removes) a tenant's daily token quota.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetQuota(self, request, context):
+        """Returns a tenant's daily token quota and today's usage.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PersistenceServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -220,6 +269,26 @@ def add_PersistenceServiceServicer_to_server(servicer, server):
                     servicer.GetAnswer,
                     request_deserializer=chatplane_dot_v1_dot_persistence__pb2.GetAnswerRequest.FromString,
                     response_serializer=chatplane_dot_v1_dot_persistence__pb2.GetAnswerResponse.SerializeToString,
+            ),
+            'ReserveQuota': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReserveQuota,
+                    request_deserializer=chatplane_dot_v1_dot_persistence__pb2.ReserveQuotaRequest.FromString,
+                    response_serializer=chatplane_dot_v1_dot_persistence__pb2.ReserveQuotaResponse.SerializeToString,
+            ),
+            'SettleQuota': grpc.unary_unary_rpc_method_handler(
+                    servicer.SettleQuota,
+                    request_deserializer=chatplane_dot_v1_dot_persistence__pb2.SettleQuotaRequest.FromString,
+                    response_serializer=chatplane_dot_v1_dot_persistence__pb2.SettleQuotaResponse.SerializeToString,
+            ),
+            'SetQuota': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetQuota,
+                    request_deserializer=chatplane_dot_v1_dot_persistence__pb2.SetQuotaRequest.FromString,
+                    response_serializer=chatplane_dot_v1_dot_persistence__pb2.SetQuotaResponse.SerializeToString,
+            ),
+            'GetQuota': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetQuota,
+                    request_deserializer=chatplane_dot_v1_dot_persistence__pb2.GetQuotaRequest.FromString,
+                    response_serializer=chatplane_dot_v1_dot_persistence__pb2.GetQuotaResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -495,6 +564,114 @@ class PersistenceService:
             '/chatplane.v1.PersistenceService/GetAnswer',
             chatplane_dot_v1_dot_persistence__pb2.GetAnswerRequest.SerializeToString,
             chatplane_dot_v1_dot_persistence__pb2.GetAnswerResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReserveQuota(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chatplane.v1.PersistenceService/ReserveQuota',
+            chatplane_dot_v1_dot_persistence__pb2.ReserveQuotaRequest.SerializeToString,
+            chatplane_dot_v1_dot_persistence__pb2.ReserveQuotaResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SettleQuota(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chatplane.v1.PersistenceService/SettleQuota',
+            chatplane_dot_v1_dot_persistence__pb2.SettleQuotaRequest.SerializeToString,
+            chatplane_dot_v1_dot_persistence__pb2.SettleQuotaResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetQuota(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chatplane.v1.PersistenceService/SetQuota',
+            chatplane_dot_v1_dot_persistence__pb2.SetQuotaRequest.SerializeToString,
+            chatplane_dot_v1_dot_persistence__pb2.SetQuotaResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetQuota(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chatplane.v1.PersistenceService/GetQuota',
+            chatplane_dot_v1_dot_persistence__pb2.GetQuotaRequest.SerializeToString,
+            chatplane_dot_v1_dot_persistence__pb2.GetQuotaResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -62,6 +62,16 @@ class PersistenceServiceStub:
     """Returns the turn an assistant message id was reserved for, with the answer and where its
     deltas ended once it is stored (ResumeChat). Any other id is NOT_FOUND.
     """
+    ReserveQuota: _grpc.UnaryUnaryMultiCallable[_persistence_pb2.ReserveQuotaRequest, _persistence_pb2.ReserveQuotaResponse]
+    """Reserves tokens of a tenant's daily token quota before a turn calls the model; refused
+    (granted false, with the reset time) when the day's quota is spent (docs/quotas.md).
+    """
+    SettleQuota: _grpc.UnaryUnaryMultiCallable[_persistence_pb2.SettleQuotaRequest, _persistence_pb2.SettleQuotaResponse]
+    """Replaces a reservation with the tokens the turn actually used (zero releases it)."""
+    SetQuota: _grpc.UnaryUnaryMultiCallable[_persistence_pb2.SetQuotaRequest, _persistence_pb2.SetQuotaResponse]
+    """Sets (or, with zero, removes) a tenant's daily token quota."""
+    GetQuota: _grpc.UnaryUnaryMultiCallable[_persistence_pb2.GetQuotaRequest, _persistence_pb2.GetQuotaResponse]
+    """Returns a tenant's daily token quota and today's usage."""
 
 @_typing.type_check_only
 class PersistenceServiceAsyncStub(PersistenceServiceStub):
@@ -97,6 +107,16 @@ class PersistenceServiceAsyncStub(PersistenceServiceStub):
     """Returns the turn an assistant message id was reserved for, with the answer and where its
     deltas ended once it is stored (ResumeChat). Any other id is NOT_FOUND.
     """
+    ReserveQuota: _aio.UnaryUnaryMultiCallable[_persistence_pb2.ReserveQuotaRequest, _persistence_pb2.ReserveQuotaResponse]  # type: ignore[assignment]
+    """Reserves tokens of a tenant's daily token quota before a turn calls the model; refused
+    (granted false, with the reset time) when the day's quota is spent (docs/quotas.md).
+    """
+    SettleQuota: _aio.UnaryUnaryMultiCallable[_persistence_pb2.SettleQuotaRequest, _persistence_pb2.SettleQuotaResponse]  # type: ignore[assignment]
+    """Replaces a reservation with the tokens the turn actually used (zero releases it)."""
+    SetQuota: _aio.UnaryUnaryMultiCallable[_persistence_pb2.SetQuotaRequest, _persistence_pb2.SetQuotaResponse]  # type: ignore[assignment]
+    """Sets (or, with zero, removes) a tenant's daily token quota."""
+    GetQuota: _aio.UnaryUnaryMultiCallable[_persistence_pb2.GetQuotaRequest, _persistence_pb2.GetQuotaResponse]  # type: ignore[assignment]
+    """Returns a tenant's daily token quota and today's usage."""
 
 class PersistenceServiceServicer(metaclass=_abc_1.ABCMeta):
     """The system of record: conversations, turns, messages (written through the message log),
@@ -189,5 +209,39 @@ class PersistenceServiceServicer(metaclass=_abc_1.ABCMeta):
         """Returns the turn an assistant message id was reserved for, with the answer and where its
         deltas ended once it is stored (ResumeChat). Any other id is NOT_FOUND.
         """
+
+    @_abc_1.abstractmethod
+    def ReserveQuota(
+        self,
+        request: _persistence_pb2.ReserveQuotaRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_persistence_pb2.ReserveQuotaResponse, _abc.Awaitable[_persistence_pb2.ReserveQuotaResponse]]:
+        """Reserves tokens of a tenant's daily token quota before a turn calls the model; refused
+        (granted false, with the reset time) when the day's quota is spent (docs/quotas.md).
+        """
+
+    @_abc_1.abstractmethod
+    def SettleQuota(
+        self,
+        request: _persistence_pb2.SettleQuotaRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_persistence_pb2.SettleQuotaResponse, _abc.Awaitable[_persistence_pb2.SettleQuotaResponse]]:
+        """Replaces a reservation with the tokens the turn actually used (zero releases it)."""
+
+    @_abc_1.abstractmethod
+    def SetQuota(
+        self,
+        request: _persistence_pb2.SetQuotaRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_persistence_pb2.SetQuotaResponse, _abc.Awaitable[_persistence_pb2.SetQuotaResponse]]:
+        """Sets (or, with zero, removes) a tenant's daily token quota."""
+
+    @_abc_1.abstractmethod
+    def GetQuota(
+        self,
+        request: _persistence_pb2.GetQuotaRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_persistence_pb2.GetQuotaResponse, _abc.Awaitable[_persistence_pb2.GetQuotaResponse]]:
+        """Returns a tenant's daily token quota and today's usage."""
 
 def add_PersistenceServiceServicer_to_server(servicer: PersistenceServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -16,7 +16,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file chatplane/v1/persistence.proto.
  */
 export const file_chatplane_v1_persistence: GenFile = /*@__PURE__*/
-  fileDesc("Ch5jaGF0cGxhbmUvdjEvcGVyc2lzdGVuY2UucHJvdG8SDGNoYXRwbGFuZS52MSIrCgVPd25lchIRCgl0ZW5hbnRfaWQYASABKAkSDwoHdXNlcl9pZBgCIAEoCSLCAQoQQmVnaW5UdXJuUmVxdWVzdBIiCgVvd25lchgBIAEoCzITLmNoYXRwbGFuZS52MS5Pd25lchIXCg9jb252ZXJzYXRpb25faWQYAiABKAkSGQoRY2xpZW50X21lc3NhZ2VfaWQYAyABKAkSFwoPdXNlcl9tZXNzYWdlX2lkGAQgASgJEhwKFGFzc2lzdGFudF9tZXNzYWdlX2lkGAUgASgJEg0KBXRpdGxlGAYgASgJEhAKCGxlYXNlX21zGAcgASgDIoQBChFCZWdpblR1cm5SZXNwb25zZRIXCg9jb252ZXJzYXRpb25faWQYASABKAkSFwoPdXNlcl9tZXNzYWdlX2lkGAIgASgJEhwKFGFzc2lzdGFudF9tZXNzYWdlX2lkGAMgASgJEg0KBW93bmVyGAQgASgIEhAKCGNvbXBsZXRlGAUgASgIIk0KDkdldFR1cm5SZXF1ZXN0EiIKBW93bmVyGAEgASgLMhMuY2hhdHBsYW5lLnYxLk93bmVyEhcKD3VzZXJfbWVzc2FnZV9pZBgCIAEoCSKnAQoPR2V0VHVyblJlc3BvbnNlEisKDHVzZXJfbWVzc2FnZRgBIAEoCzIVLmNoYXRwbGFuZS52MS5NZXNzYWdlEjAKEWFzc2lzdGFudF9tZXNzYWdlGAIgASgLMhUuY2hhdHBsYW5lLnYxLk1lc3NhZ2USNQoRbGVhc2VfZXhwaXJlX3RpbWUYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIlEKElJlbGVhc2VUdXJuUmVxdWVzdBIiCgVvd25lchgBIAEoCzITLmNoYXRwbGFuZS52MS5Pd25lchIXCg91c2VyX21lc3NhZ2VfaWQYAiABKAkiJwoTUmVsZWFzZVR1cm5SZXNwb25zZRIQCghyZWxlYXNlZBgBIAEoCCKGAQoqUGVyc2lzdGVuY2VTZXJ2aWNlTGlzdENvbnZlcnNhdGlvbnNSZXF1ZXN0EiIKBW93bmVyGAEgASgLMhMuY2hhdHBsYW5lLnYxLk93bmVyEjQKBHBhZ2UYAiABKAsyJi5jaGF0cGxhbmUudjEuTGlzdENvbnZlcnNhdGlvbnNSZXF1ZXN0ImQKK1BlcnNpc3RlbmNlU2VydmljZUxpc3RDb252ZXJzYXRpb25zUmVzcG9uc2USNQoEcGFnZRgBIAEoCzInLmNoYXRwbGFuZS52MS5MaXN0Q29udmVyc2F0aW9uc1Jlc3BvbnNlIoUBCihQZXJzaXN0ZW5jZVNlcnZpY2VHZXRDb252ZXJzYXRpb25SZXF1ZXN0EiIKBW93bmVyGAEgASgLMhMuY2hhdHBsYW5lLnYxLk93bmVyEjUKB3JlcXVlc3QYAiABKAsyJC5jaGF0cGxhbmUudjEuR2V0Q29udmVyc2F0aW9uUmVxdWVzdCJkCilQZXJzaXN0ZW5jZVNlcnZpY2VHZXRDb252ZXJzYXRpb25SZXNwb25zZRI3CghyZXNwb25zZRgBIAEoCzIlLmNoYXRwbGFuZS52MS5HZXRDb252ZXJzYXRpb25SZXNwb25zZSJqCitQZXJzaXN0ZW5jZVNlcnZpY2VEZWxldGVDb252ZXJzYXRpb25SZXF1ZXN0EiIKBW93bmVyGAEgASgLMhMuY2hhdHBsYW5lLnYxLk93bmVyEhcKD2NvbnZlcnNhdGlvbl9pZBgCIAEoCSJfCixQZXJzaXN0ZW5jZVNlcnZpY2VEZWxldGVDb252ZXJzYXRpb25SZXNwb25zZRIvCgtkZWxldGVfdGltZRgBIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAihAEKJ1BlcnNpc3RlbmNlU2VydmljZVN1Ym1pdEZlZWRiYWNrUmVxdWVzdBIiCgVvd25lchgBIAEoCzITLmNoYXRwbGFuZS52MS5Pd25lchI1CghmZWVkYmFjaxgCIAEoCzIjLmNoYXRwbGFuZS52MS5TdWJtaXRGZWVkYmFja1JlcXVlc3QiWwooUGVyc2lzdGVuY2VTZXJ2aWNlU3VibWl0RmVlZGJhY2tSZXNwb25zZRIvCgtjcmVhdGVfdGltZRgBIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiVwoTQ3JlYXRlQXBpS2V5UmVxdWVzdBIiCgVvd25lchgBIAEoCzITLmNoYXRwbGFuZS52MS5Pd25lchINCgVsYWJlbBgCIAEoCRINCgVyb2xlcxgDIAMoCSI3ChRDcmVhdGVBcGlLZXlSZXNwb25zZRIPCgdhcGlfa2V5GAEgASgJEg4KBmtleV9pZBgCIAEoCSIiChBHZXRBcGlLZXlSZXF1ZXN0Eg4KBmtleV9pZBgBIAEoCSJuChFHZXRBcGlLZXlSZXNwb25zZRIiCgVvd25lchgBIAEoCzITLmNoYXRwbGFuZS52MS5Pd25lchIVCg1zZWNyZXRfc2hhMjU2GAIgASgMEg8KB3Jldm9rZWQYAyABKAgSDQoFcm9sZXMYBCADKAkiVAoQR2V0QW5zd2VyUmVxdWVzdBIiCgVvd25lchgBIAEoCzITLmNoYXRwbGFuZS52MS5Pd25lchIcChRhc3Npc3RhbnRfbWVzc2FnZV9pZBgCIAEoCSLCAQoRR2V0QW5zd2VyUmVzcG9uc2USFwoPY29udmVyc2F0aW9uX2lkGAEgASgJEhcKD3VzZXJfbWVzc2FnZV9pZBgCIAEoCRIwChFhc3Npc3RhbnRfbWVzc2FnZRgDIAEoCzIVLmNoYXRwbGFuZS52MS5NZXNzYWdlEhIKCmRlbHRhX2VuZHMYBCADKAUSNQoRbGVhc2VfZXhwaXJlX3RpbWUYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wMpAIChJQZXJzaXN0ZW5jZVNlcnZpY2USTAoJQmVnaW5UdXJuEh4uY2hhdHBsYW5lLnYxLkJlZ2luVHVyblJlcXVlc3QaHy5jaGF0cGxhbmUudjEuQmVnaW5UdXJuUmVzcG9uc2USRgoHR2V0VHVybhIcLmNoYXRwbGFuZS52MS5HZXRUdXJuUmVxdWVzdBodLmNoYXRwbGFuZS52MS5HZXRUdXJuUmVzcG9uc2USUgoLUmVsZWFzZVR1cm4SIC5jaGF0cGxhbmUudjEuUmVsZWFzZVR1cm5SZXF1ZXN0GiEuY2hhdHBsYW5lLnYxLlJlbGVhc2VUdXJuUmVzcG9uc2USiAEKEUxpc3RDb252ZXJzYXRpb25zEjguY2hhdHBsYW5lLnYxLlBlcnNpc3RlbmNlU2VydmljZUxpc3RDb252ZXJzYXRpb25zUmVxdWVzdBo5LmNoYXRwbGFuZS52MS5QZXJzaXN0ZW5jZVNlcnZpY2VMaXN0Q29udmVyc2F0aW9uc1Jlc3BvbnNlEoIBCg9HZXRDb252ZXJzYXRpb24SNi5jaGF0cGxhbmUudjEuUGVyc2lzdGVuY2VTZXJ2aWNlR2V0Q29udmVyc2F0aW9uUmVxdWVzdBo3LmNoYXRwbGFuZS52MS5QZXJzaXN0ZW5jZVNlcnZpY2VHZXRDb252ZXJzYXRpb25SZXNwb25zZRKLAQoSRGVsZXRlQ29udmVyc2F0aW9uEjkuY2hhdHBsYW5lLnYxLlBlcnNpc3RlbmNlU2VydmljZURlbGV0ZUNvbnZlcnNhdGlvblJlcXVlc3QaOi5jaGF0cGxhbmUudjEuUGVyc2lzdGVuY2VTZXJ2aWNlRGVsZXRlQ29udmVyc2F0aW9uUmVzcG9uc2USfwoOU3VibWl0RmVlZGJhY2sSNS5jaGF0cGxhbmUudjEuUGVyc2lzdGVuY2VTZXJ2aWNlU3VibWl0RmVlZGJhY2tSZXF1ZXN0GjYuY2hhdHBsYW5lLnYxLlBlcnNpc3RlbmNlU2VydmljZVN1Ym1pdEZlZWRiYWNrUmVzcG9uc2USVQoMQ3JlYXRlQXBpS2V5EiEuY2hhdHBsYW5lLnYxLkNyZWF0ZUFwaUtleVJlcXVlc3QaIi5jaGF0cGxhbmUudjEuQ3JlYXRlQXBpS2V5UmVzcG9uc2USTAoJR2V0QXBpS2V5Eh4uY2hhdHBsYW5lLnYxLkdldEFwaUtleVJlcXVlc3QaHy5jaGF0cGxhbmUudjEuR2V0QXBpS2V5UmVzcG9uc2USTAoJR2V0QW5zd2VyEh4uY2hhdHBsYW5lLnYxLkdldEFuc3dlclJlcXVlc3QaHy5jaGF0cGxhbmUudjEuR2V0QW5zd2VyUmVzcG9uc2VCQFo+Z2l0aHViLmNvbS9jaGF0cGxhbmUvY2hhdHBsYW5lL2dlbi9nby9jaGF0cGxhbmUvdjE7Y2hhdHBsYW5ldjFiBnByb3RvMw", [file_chatplane_v1_gateway, file_chatplane_v1_resources, file_google_protobuf_timestamp]);
+  fileDesc("Ch5jaGF0cGxhbmUvdjEvcGVyc2lzdGVuY2UucHJvdG8SDGNoYXRwbGFuZS52MSIrCgVPd25lchIRCgl0ZW5hbnRfaWQYASABKAkSDwoHdXNlcl9pZBgCIAEoCSLCAQoQQmVnaW5UdXJuUmVxdWVzdBIiCgVvd25lchgBIAEoCzITLmNoYXRwbGFuZS52MS5Pd25lchIXCg9jb252ZXJzYXRpb25faWQYAiABKAkSGQoRY2xpZW50X21lc3NhZ2VfaWQYAyABKAkSFwoPdXNlcl9tZXNzYWdlX2lkGAQgASgJEhwKFGFzc2lzdGFudF9tZXNzYWdlX2lkGAUgASgJEg0KBXRpdGxlGAYgASgJEhAKCGxlYXNlX21zGAcgASgDIoQBChFCZWdpblR1cm5SZXNwb25zZRIXCg9jb252ZXJzYXRpb25faWQYASABKAkSFwoPdXNlcl9tZXNzYWdlX2lkGAIgASgJEhwKFGFzc2lzdGFudF9tZXNzYWdlX2lkGAMgASgJEg0KBW93bmVyGAQgASgIEhAKCGNvbXBsZXRlGAUgASgIIk0KDkdldFR1cm5SZXF1ZXN0EiIKBW93bmVyGAEgASgLMhMuY2hhdHBsYW5lLnYxLk93bmVyEhcKD3VzZXJfbWVzc2FnZV9pZBgCIAEoCSKnAQoPR2V0VHVyblJlc3BvbnNlEisKDHVzZXJfbWVzc2FnZRgBIAEoCzIVLmNoYXRwbGFuZS52MS5NZXNzYWdlEjAKEWFzc2lzdGFudF9tZXNzYWdlGAIgASgLMhUuY2hhdHBsYW5lLnYxLk1lc3NhZ2USNQoRbGVhc2VfZXhwaXJlX3RpbWUYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIlEKElJlbGVhc2VUdXJuUmVxdWVzdBIiCgVvd25lchgBIAEoCzITLmNoYXRwbGFuZS52MS5Pd25lchIXCg91c2VyX21lc3NhZ2VfaWQYAiABKAkiJwoTUmVsZWFzZVR1cm5SZXNwb25zZRIQCghyZWxlYXNlZBgBIAEoCCKGAQoqUGVyc2lzdGVuY2VTZXJ2aWNlTGlzdENvbnZlcnNhdGlvbnNSZXF1ZXN0EiIKBW93bmVyGAEgASgLMhMuY2hhdHBsYW5lLnYxLk93bmVyEjQKBHBhZ2UYAiABKAsyJi5jaGF0cGxhbmUudjEuTGlzdENvbnZlcnNhdGlvbnNSZXF1ZXN0ImQKK1BlcnNpc3RlbmNlU2VydmljZUxpc3RDb252ZXJzYXRpb25zUmVzcG9uc2USNQoEcGFnZRgBIAEoCzInLmNoYXRwbGFuZS52MS5MaXN0Q29udmVyc2F0aW9uc1Jlc3BvbnNlIoUBCihQZXJzaXN0ZW5jZVNlcnZpY2VHZXRDb252ZXJzYXRpb25SZXF1ZXN0EiIKBW93bmVyGAEgASgLMhMuY2hhdHBsYW5lLnYxLk93bmVyEjUKB3JlcXVlc3QYAiABKAsyJC5jaGF0cGxhbmUudjEuR2V0Q29udmVyc2F0aW9uUmVxdWVzdCJkCilQZXJzaXN0ZW5jZVNlcnZpY2VHZXRDb252ZXJzYXRpb25SZXNwb25zZRI3CghyZXNwb25zZRgBIAEoCzIlLmNoYXRwbGFuZS52MS5HZXRDb252ZXJzYXRpb25SZXNwb25zZSJqCitQZXJzaXN0ZW5jZVNlcnZpY2VEZWxldGVDb252ZXJzYXRpb25SZXF1ZXN0EiIKBW93bmVyGAEgASgLMhMuY2hhdHBsYW5lLnYxLk93bmVyEhcKD2NvbnZlcnNhdGlvbl9pZBgCIAEoCSJfCixQZXJzaXN0ZW5jZVNlcnZpY2VEZWxldGVDb252ZXJzYXRpb25SZXNwb25zZRIvCgtkZWxldGVfdGltZRgBIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAihAEKJ1BlcnNpc3RlbmNlU2VydmljZVN1Ym1pdEZlZWRiYWNrUmVxdWVzdBIiCgVvd25lchgBIAEoCzITLmNoYXRwbGFuZS52MS5Pd25lchI1CghmZWVkYmFjaxgCIAEoCzIjLmNoYXRwbGFuZS52MS5TdWJtaXRGZWVkYmFja1JlcXVlc3QiWwooUGVyc2lzdGVuY2VTZXJ2aWNlU3VibWl0RmVlZGJhY2tSZXNwb25zZRIvCgtjcmVhdGVfdGltZRgBIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiVwoTQ3JlYXRlQXBpS2V5UmVxdWVzdBIiCgVvd25lchgBIAEoCzITLmNoYXRwbGFuZS52MS5Pd25lchINCgVsYWJlbBgCIAEoCRINCgVyb2xlcxgDIAMoCSI3ChRDcmVhdGVBcGlLZXlSZXNwb25zZRIPCgdhcGlfa2V5GAEgASgJEg4KBmtleV9pZBgCIAEoCSIiChBHZXRBcGlLZXlSZXF1ZXN0Eg4KBmtleV9pZBgBIAEoCSJuChFHZXRBcGlLZXlSZXNwb25zZRIiCgVvd25lchgBIAEoCzITLmNoYXRwbGFuZS52MS5Pd25lchIVCg1zZWNyZXRfc2hhMjU2GAIgASgMEg8KB3Jldm9rZWQYAyABKAgSDQoFcm9sZXMYBCADKAkiVAoQR2V0QW5zd2VyUmVxdWVzdBIiCgVvd25lchgBIAEoCzITLmNoYXRwbGFuZS52MS5Pd25lchIcChRhc3Npc3RhbnRfbWVzc2FnZV9pZBgCIAEoCSLCAQoRR2V0QW5zd2VyUmVzcG9uc2USFwoPY29udmVyc2F0aW9uX2lkGAEgASgJEhcKD3VzZXJfbWVzc2FnZV9pZBgCIAEoCRIwChFhc3Npc3RhbnRfbWVzc2FnZRgDIAEoCzIVLmNoYXRwbGFuZS52MS5NZXNzYWdlEhIKCmRlbHRhX2VuZHMYBCADKAUSNQoRbGVhc2VfZXhwaXJlX3RpbWUYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wImIKE1Jlc2VydmVRdW90YVJlcXVlc3QSEQoJdGVuYW50X2lkGAEgASgJEhYKDnJlc2VydmF0aW9uX2lkGAIgASgJEg4KBnRva2VucxgDIAEoAxIQCghsZWFzZV9tcxgEIAEoAyJpChRSZXNlcnZlUXVvdGFSZXNwb25zZRIPCgdncmFudGVkGAEgASgIEhcKD3Jlc2VydmVkX3Rva2VucxgCIAEoAxInCgVxdW90YRgDIAEoCzIYLmNoYXRwbGFuZS52MS5Ub2tlblF1b3RhImwKElNldHRsZVF1b3RhUmVxdWVzdBIRCgl0ZW5hbnRfaWQYASABKAkSFgoOcmVzZXJ2YXRpb25faWQYAiABKAkSFAoMaW5wdXRfdG9rZW5zGAMgASgDEhUKDW91dHB1dF90b2tlbnMYBCABKAMiPgoTU2V0dGxlUXVvdGFSZXNwb25zZRInCgVxdW90YRgBIAEoCzIYLmNoYXRwbGFuZS52MS5Ub2tlblF1b3RhIjwKD1NldFF1b3RhUmVxdWVzdBIRCgl0ZW5hbnRfaWQYASABKAkSFgoOdG9rZW5zX3Blcl9kYXkYAiABKAMiOwoQU2V0UXVvdGFSZXNwb25zZRInCgVxdW90YRgBIAEoCzIYLmNoYXRwbGFuZS52MS5Ub2tlblF1b3RhIiQKD0dldFF1b3RhUmVxdWVzdBIRCgl0ZW5hbnRfaWQYASABKAkiOwoQR2V0UXVvdGFSZXNwb25zZRInCgVxdW90YRgBIAEoCzIYLmNoYXRwbGFuZS52MS5Ub2tlblF1b3RhIpUBCgpUb2tlblF1b3RhEhEKCXRlbmFudF9pZBgBIAEoCRIWCg50b2tlbnNfcGVyX2RheRgCIAEoAxITCgt1c2VkX3Rva2VucxgDIAEoAxIXCg9yZXNlcnZlZF90b2tlbnMYBCABKAMSLgoKcmVzZXRfdGltZRgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAy0QoKElBlcnNpc3RlbmNlU2VydmljZRJMCglCZWdpblR1cm4SHi5jaGF0cGxhbmUudjEuQmVnaW5UdXJuUmVxdWVzdBofLmNoYXRwbGFuZS52MS5CZWdpblR1cm5SZXNwb25zZRJGCgdHZXRUdXJuEhwuY2hhdHBsYW5lLnYxLkdldFR1cm5SZXF1ZXN0Gh0uY2hhdHBsYW5lLnYxLkdldFR1cm5SZXNwb25zZRJSCgtSZWxlYXNlVHVybhIgLmNoYXRwbGFuZS52MS5SZWxlYXNlVHVyblJlcXVlc3QaIS5jaGF0cGxhbmUudjEuUmVsZWFzZVR1cm5SZXNwb25zZRKIAQoRTGlzdENvbnZlcnNhdGlvbnMSOC5jaGF0cGxhbmUudjEuUGVyc2lzdGVuY2VTZXJ2aWNlTGlzdENvbnZlcnNhdGlvbnNSZXF1ZXN0GjkuY2hhdHBsYW5lLnYxLlBlcnNpc3RlbmNlU2VydmljZUxpc3RDb252ZXJzYXRpb25zUmVzcG9uc2USggEKD0dldENvbnZlcnNhdGlvbhI2LmNoYXRwbGFuZS52MS5QZXJzaXN0ZW5jZVNlcnZpY2VHZXRDb252ZXJzYXRpb25SZXF1ZXN0GjcuY2hhdHBsYW5lLnYxLlBlcnNpc3RlbmNlU2VydmljZUdldENvbnZlcnNhdGlvblJlc3BvbnNlEosBChJEZWxldGVDb252ZXJzYXRpb24SOS5jaGF0cGxhbmUudjEuUGVyc2lzdGVuY2VTZXJ2aWNlRGVsZXRlQ29udmVyc2F0aW9uUmVxdWVzdBo6LmNoYXRwbGFuZS52MS5QZXJzaXN0ZW5jZVNlcnZpY2VEZWxldGVDb252ZXJzYXRpb25SZXNwb25zZRJ/Cg5TdWJtaXRGZWVkYmFjaxI1LmNoYXRwbGFuZS52MS5QZXJzaXN0ZW5jZVNlcnZpY2VTdWJtaXRGZWVkYmFja1JlcXVlc3QaNi5jaGF0cGxhbmUudjEuUGVyc2lzdGVuY2VTZXJ2aWNlU3VibWl0RmVlZGJhY2tSZXNwb25zZRJVCgxDcmVhdGVBcGlLZXkSIS5jaGF0cGxhbmUudjEuQ3JlYXRlQXBpS2V5UmVxdWVzdBoiLmNoYXRwbGFuZS52MS5DcmVhdGVBcGlLZXlSZXNwb25zZRJMCglHZXRBcGlLZXkSHi5jaGF0cGxhbmUudjEuR2V0QXBpS2V5UmVxdWVzdBofLmNoYXRwbGFuZS52MS5HZXRBcGlLZXlSZXNwb25zZRJMCglHZXRBbnN3ZXISHi5jaGF0cGxhbmUudjEuR2V0QW5zd2VyUmVxdWVzdBofLmNoYXRwbGFuZS52MS5HZXRBbnN3ZXJSZXNwb25zZRJVCgxSZXNlcnZlUXVvdGESIS5jaGF0cGxhbmUudjEuUmVzZXJ2ZVF1b3RhUmVxdWVzdBoiLmNoYXRwbGFuZS52MS5SZXNlcnZlUXVvdGFSZXNwb25zZRJSCgtTZXR0bGVRdW90YRIgLmNoYXRwbGFuZS52MS5TZXR0bGVRdW90YVJlcXVlc3QaIS5jaGF0cGxhbmUudjEuU2V0dGxlUXVvdGFSZXNwb25zZRJJCghTZXRRdW90YRIdLmNoYXRwbGFuZS52MS5TZXRRdW90YVJlcXVlc3QaHi5jaGF0cGxhbmUudjEuU2V0UXVvdGFSZXNwb25zZRJJCghHZXRRdW90YRIdLmNoYXRwbGFuZS52MS5HZXRRdW90YVJlcXVlc3QaHi5jaGF0cGxhbmUudjEuR2V0UXVvdGFSZXNwb25zZUJAWj5naXRodWIuY29tL2NoYXRwbGFuZS9jaGF0cGxhbmUvZ2VuL2dvL2NoYXRwbGFuZS92MTtjaGF0cGxhbmV2MWIGcHJvdG8z", [file_chatplane_v1_gateway, file_chatplane_v1_resources, file_google_protobuf_timestamp]);
 
 /**
  * The tenant and user a call acts for.
@@ -672,6 +672,286 @@ export const GetAnswerResponseSchema: GenMessage<GetAnswerResponse> = /*@__PURE_
   messageDesc(file_chatplane_v1_persistence, 20);
 
 /**
+ * Tokens to reserve from a tenant's quota for one turn.
+ *
+ * @generated from message chatplane.v1.ReserveQuotaRequest
+ */
+export type ReserveQuotaRequest = Message<"chatplane.v1.ReserveQuotaRequest"> & {
+  /**
+   * The tenant whose quota is charged.
+   *
+   * @generated from field: string tenant_id = 1;
+   */
+  tenantId: string;
+
+  /**
+   * Id of the reservation, chosen by the caller (settled under the same id).
+   *
+   * @generated from field: string reservation_id = 2;
+   */
+  reservationId: string;
+
+  /**
+   * Tokens to reserve: the turn's estimated input + output tokens.
+   *
+   * @generated from field: int64 tokens = 3;
+   */
+  tokens: bigint;
+
+  /**
+   * How long the reservation holds if it is never settled, in milliseconds.
+   *
+   * @generated from field: int64 lease_ms = 4;
+   */
+  leaseMs: bigint;
+};
+
+/**
+ * Describes the message chatplane.v1.ReserveQuotaRequest.
+ * Use `create(ReserveQuotaRequestSchema)` to create a new message.
+ */
+export const ReserveQuotaRequestSchema: GenMessage<ReserveQuotaRequest> = /*@__PURE__*/
+  messageDesc(file_chatplane_v1_persistence, 21);
+
+/**
+ * The outcome of a reservation.
+ *
+ * @generated from message chatplane.v1.ReserveQuotaResponse
+ */
+export type ReserveQuotaResponse = Message<"chatplane.v1.ReserveQuotaResponse"> & {
+  /**
+   * True when the turn may run.
+   *
+   * @generated from field: bool granted = 1;
+   */
+  granted: boolean;
+
+  /**
+   * Tokens actually reserved (at most what is left of the quota); zero when unlimited.
+   *
+   * @generated from field: int64 reserved_tokens = 2;
+   */
+  reservedTokens: bigint;
+
+  /**
+   * The tenant's quota and today's usage.
+   *
+   * @generated from field: chatplane.v1.TokenQuota quota = 3;
+   */
+  quota?: TokenQuota | undefined;
+};
+
+/**
+ * Describes the message chatplane.v1.ReserveQuotaResponse.
+ * Use `create(ReserveQuotaResponseSchema)` to create a new message.
+ */
+export const ReserveQuotaResponseSchema: GenMessage<ReserveQuotaResponse> = /*@__PURE__*/
+  messageDesc(file_chatplane_v1_persistence, 22);
+
+/**
+ * Settles a reservation with what the turn used.
+ *
+ * @generated from message chatplane.v1.SettleQuotaRequest
+ */
+export type SettleQuotaRequest = Message<"chatplane.v1.SettleQuotaRequest"> & {
+  /**
+   * The tenant the reservation charged.
+   *
+   * @generated from field: string tenant_id = 1;
+   */
+  tenantId: string;
+
+  /**
+   * The reservation.
+   *
+   * @generated from field: string reservation_id = 2;
+   */
+  reservationId: string;
+
+  /**
+   * Input tokens the turn used (the usage event's input + cache tokens).
+   *
+   * @generated from field: int64 input_tokens = 3;
+   */
+  inputTokens: bigint;
+
+  /**
+   * Output tokens the turn used.
+   *
+   * @generated from field: int64 output_tokens = 4;
+   */
+  outputTokens: bigint;
+};
+
+/**
+ * Describes the message chatplane.v1.SettleQuotaRequest.
+ * Use `create(SettleQuotaRequestSchema)` to create a new message.
+ */
+export const SettleQuotaRequestSchema: GenMessage<SettleQuotaRequest> = /*@__PURE__*/
+  messageDesc(file_chatplane_v1_persistence, 23);
+
+/**
+ * The reservation is settled.
+ *
+ * @generated from message chatplane.v1.SettleQuotaResponse
+ */
+export type SettleQuotaResponse = Message<"chatplane.v1.SettleQuotaResponse"> & {
+  /**
+   * The tenant's quota and usage after settling.
+   *
+   * @generated from field: chatplane.v1.TokenQuota quota = 1;
+   */
+  quota?: TokenQuota | undefined;
+};
+
+/**
+ * Describes the message chatplane.v1.SettleQuotaResponse.
+ * Use `create(SettleQuotaResponseSchema)` to create a new message.
+ */
+export const SettleQuotaResponseSchema: GenMessage<SettleQuotaResponse> = /*@__PURE__*/
+  messageDesc(file_chatplane_v1_persistence, 24);
+
+/**
+ * A daily token quota to set.
+ *
+ * @generated from message chatplane.v1.SetQuotaRequest
+ */
+export type SetQuotaRequest = Message<"chatplane.v1.SetQuotaRequest"> & {
+  /**
+   * The tenant.
+   *
+   * @generated from field: string tenant_id = 1;
+   */
+  tenantId: string;
+
+  /**
+   * Input + output tokens per UTC day; zero removes the quota (unlimited).
+   *
+   * @generated from field: int64 tokens_per_day = 2;
+   */
+  tokensPerDay: bigint;
+};
+
+/**
+ * Describes the message chatplane.v1.SetQuotaRequest.
+ * Use `create(SetQuotaRequestSchema)` to create a new message.
+ */
+export const SetQuotaRequestSchema: GenMessage<SetQuotaRequest> = /*@__PURE__*/
+  messageDesc(file_chatplane_v1_persistence, 25);
+
+/**
+ * The quota is set.
+ *
+ * @generated from message chatplane.v1.SetQuotaResponse
+ */
+export type SetQuotaResponse = Message<"chatplane.v1.SetQuotaResponse"> & {
+  /**
+   * The tenant's quota and today's usage.
+   *
+   * @generated from field: chatplane.v1.TokenQuota quota = 1;
+   */
+  quota?: TokenQuota | undefined;
+};
+
+/**
+ * Describes the message chatplane.v1.SetQuotaResponse.
+ * Use `create(SetQuotaResponseSchema)` to create a new message.
+ */
+export const SetQuotaResponseSchema: GenMessage<SetQuotaResponse> = /*@__PURE__*/
+  messageDesc(file_chatplane_v1_persistence, 26);
+
+/**
+ * Asks for a tenant's quota.
+ *
+ * @generated from message chatplane.v1.GetQuotaRequest
+ */
+export type GetQuotaRequest = Message<"chatplane.v1.GetQuotaRequest"> & {
+  /**
+   * The tenant.
+   *
+   * @generated from field: string tenant_id = 1;
+   */
+  tenantId: string;
+};
+
+/**
+ * Describes the message chatplane.v1.GetQuotaRequest.
+ * Use `create(GetQuotaRequestSchema)` to create a new message.
+ */
+export const GetQuotaRequestSchema: GenMessage<GetQuotaRequest> = /*@__PURE__*/
+  messageDesc(file_chatplane_v1_persistence, 27);
+
+/**
+ * A tenant's quota.
+ *
+ * @generated from message chatplane.v1.GetQuotaResponse
+ */
+export type GetQuotaResponse = Message<"chatplane.v1.GetQuotaResponse"> & {
+  /**
+   * The tenant's quota and today's usage.
+   *
+   * @generated from field: chatplane.v1.TokenQuota quota = 1;
+   */
+  quota?: TokenQuota | undefined;
+};
+
+/**
+ * Describes the message chatplane.v1.GetQuotaResponse.
+ * Use `create(GetQuotaResponseSchema)` to create a new message.
+ */
+export const GetQuotaResponseSchema: GenMessage<GetQuotaResponse> = /*@__PURE__*/
+  messageDesc(file_chatplane_v1_persistence, 28);
+
+/**
+ * A tenant's daily token quota and the current UTC day's usage.
+ *
+ * @generated from message chatplane.v1.TokenQuota
+ */
+export type TokenQuota = Message<"chatplane.v1.TokenQuota"> & {
+  /**
+   * The tenant.
+   *
+   * @generated from field: string tenant_id = 1;
+   */
+  tenantId: string;
+
+  /**
+   * Input + output tokens per UTC day; zero means unlimited.
+   *
+   * @generated from field: int64 tokens_per_day = 2;
+   */
+  tokensPerDay: bigint;
+
+  /**
+   * Tokens settled today.
+   *
+   * @generated from field: int64 used_tokens = 3;
+   */
+  usedTokens: bigint;
+
+  /**
+   * Tokens reserved today by turns still running.
+   *
+   * @generated from field: int64 reserved_tokens = 4;
+   */
+  reservedTokens: bigint;
+
+  /**
+   * When today's usage resets (the next UTC midnight).
+   *
+   * @generated from field: google.protobuf.Timestamp reset_time = 5;
+   */
+  resetTime?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message chatplane.v1.TokenQuota.
+ * Use `create(TokenQuotaSchema)` to create a new message.
+ */
+export const TokenQuotaSchema: GenMessage<TokenQuota> = /*@__PURE__*/
+  messageDesc(file_chatplane_v1_persistence, 29);
+
+/**
  * The system of record: conversations, turns, messages (written through the message log),
  * feedback and API keys. Internal: called by the Gateway and admin tools. Every call names
  * the tenant and user it acts for; objects of anyone else are NOT_FOUND.
@@ -781,6 +1061,47 @@ export const PersistenceService: GenService<{
     methodKind: "unary";
     input: typeof GetAnswerRequestSchema;
     output: typeof GetAnswerResponseSchema;
+  },
+  /**
+   * Reserves tokens of a tenant's daily token quota before a turn calls the model; refused
+   * (granted false, with the reset time) when the day's quota is spent (docs/quotas.md).
+   *
+   * @generated from rpc chatplane.v1.PersistenceService.ReserveQuota
+   */
+  reserveQuota: {
+    methodKind: "unary";
+    input: typeof ReserveQuotaRequestSchema;
+    output: typeof ReserveQuotaResponseSchema;
+  },
+  /**
+   * Replaces a reservation with the tokens the turn actually used (zero releases it).
+   *
+   * @generated from rpc chatplane.v1.PersistenceService.SettleQuota
+   */
+  settleQuota: {
+    methodKind: "unary";
+    input: typeof SettleQuotaRequestSchema;
+    output: typeof SettleQuotaResponseSchema;
+  },
+  /**
+   * Sets (or, with zero, removes) a tenant's daily token quota.
+   *
+   * @generated from rpc chatplane.v1.PersistenceService.SetQuota
+   */
+  setQuota: {
+    methodKind: "unary";
+    input: typeof SetQuotaRequestSchema;
+    output: typeof SetQuotaResponseSchema;
+  },
+  /**
+   * Returns a tenant's daily token quota and today's usage.
+   *
+   * @generated from rpc chatplane.v1.PersistenceService.GetQuota
+   */
+  getQuota: {
+    methodKind: "unary";
+    input: typeof GetQuotaRequestSchema;
+    output: typeof GetQuotaResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_chatplane_v1_persistence, 0);

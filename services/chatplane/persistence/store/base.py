@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 from chatplane.common import errors
 from chatplane.common.closing import AsyncClosable
 from chatplane.common.ids import is_valid_id, new_id
+from chatplane.persistence.store.quota import TokenQuotaLedger
 
 API_KEY_PREFIX = "cp"
 """Full API keys read `cp_<key_id>_<secret>`."""
@@ -269,7 +270,7 @@ def issue_api_key(
     return IssuedApiKey(f"{API_KEY_PREFIX}_{key_id}_{secret}", record)
 
 
-class ConversationStore(AsyncClosable):
+class ConversationStore(TokenQuotaLedger, AsyncClosable):
     """The system of record. Every read and write is scoped to an `Owner`: anything of
     another tenant or user, and any id that is not a valid id, is `errors.NotFound`.
     Infrastructure failures surface as `errors.Unavailable` (safe to retry)."""

@@ -10,7 +10,7 @@ import enum
 import hashlib
 import logging
 from collections.abc import AsyncIterator, Iterable, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Self
 
 import psycopg
@@ -20,7 +20,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from chatplane.common import errors
 from chatplane.common.ids import is_valid_id, new_id
-from chatplane.persistence.store import answer_deltas
+from chatplane.persistence.store import answer_deltas, postgres_quota
 from chatplane.persistence.store.base import (
     Answer,
     ApiKey,
@@ -49,6 +49,7 @@ from chatplane.persistence.store.base import (
     utc_now,
 )
 from chatplane.persistence.store.migrations import Migration, shipped_migrations
+from chatplane.persistence.store.quota import QuotaReservation, TokenQuota
 from chatplane.persistence.store.records import (
     admit_batch,
     conversation_from_row,
@@ -675,6 +676,31 @@ class PostgresConversationStore(ConversationStore):
             async with connection.cursor() as cursor:
                 await cursor.executemany(answer_deltas.INSERT_POSTGRES, deltas)
         return len(inserted)
+
+    # Token quotas (chatplane.persistence.store.postgres_quota), each in one transaction.
+    async def reserve_tokens(
+        self, tenant_id: str, reservation_id: str, tokens: int, lease: timedelta
+    ) -> QuotaReservation:
+        now = self._clock()
+        async with self._connection() as connection, connection.transaction():
+            return await postgres_quota.reserve(
+                connection, tenant_id, reservation_id, tokens, lease, now
+            )
+
+    async def settle_tokens(self, tenant_id: str, reservation_id: str, used: int) -> TokenQuota:
+        now = self._clock()
+        async with self._connection() as connection, connection.transaction():
+            return await postgres_quota.settle(connection, tenant_id, reservation_id, used, now)
+
+    async def set_token_quota(self, tenant_id: str, tokens_per_day: int) -> TokenQuota:
+        now = self._clock()
+        async with self._connection() as connection, connection.transaction():
+            return await postgres_quota.set_limit(connection, tenant_id, tokens_per_day, now)
+
+    async def get_token_quota(self, tenant_id: str) -> TokenQuota:
+        now = self._clock()
+        async with self._connection() as connection:
+            return await postgres_quota.quota(connection, tenant_id, now)
 
     async def close(self) -> None:
         if self._closed:

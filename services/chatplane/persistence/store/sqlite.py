@@ -17,7 +17,7 @@ from typing import Any, Self, TypeVar
 
 from chatplane.common import errors
 from chatplane.common.ids import is_valid_id, new_id
-from chatplane.persistence.store import answer_deltas
+from chatplane.persistence.store import answer_deltas, sqlite_quota
 from chatplane.persistence.store.base import (
     Answer,
     ApiKey,
@@ -47,6 +47,7 @@ from chatplane.persistence.store.base import (
     utc_now,
 )
 from chatplane.persistence.store.migrations import Migration, shipped_migrations
+from chatplane.persistence.store.quota import QuotaReservation, TokenQuota
 from chatplane.persistence.store.records import (
     admit_batch,
     conversation_from_row,
@@ -209,6 +210,43 @@ class SqliteConversationStore(ConversationStore):
         if not is_valid_id(assistant_message_id):
             raise errors.NotFound("message not found")
         return await self._run(functools.partial(_get_answer, owner, assistant_message_id))
+
+    # Token quotas (chatplane.persistence.store.sqlite_quota), each in one write transaction.
+    async def reserve_tokens(
+        self, tenant_id: str, reservation_id: str, tokens: int, lease: timedelta
+    ) -> QuotaReservation:
+        work = functools.partial(
+            sqlite_quota.reserve,
+            tenant_id=tenant_id,
+            reservation_id=reservation_id,
+            tokens=tokens,
+            lease=lease,
+            now=self._clock(),
+        )
+        return await self._run(lambda connection: _in_write_transaction(connection, work))
+
+    async def settle_tokens(self, tenant_id: str, reservation_id: str, used: int) -> TokenQuota:
+        work = functools.partial(
+            sqlite_quota.settle,
+            tenant_id=tenant_id,
+            reservation_id=reservation_id,
+            used=used,
+            now=self._clock(),
+        )
+        return await self._run(lambda connection: _in_write_transaction(connection, work))
+
+    async def set_token_quota(self, tenant_id: str, tokens_per_day: int) -> TokenQuota:
+        work = functools.partial(
+            sqlite_quota.set_limit,
+            tenant_id=tenant_id,
+            tokens_per_day=tokens_per_day,
+            now=self._clock(),
+        )
+        return await self._run(lambda connection: _in_write_transaction(connection, work))
+
+    async def get_token_quota(self, tenant_id: str) -> TokenQuota:
+        work = functools.partial(sqlite_quota.quota, tenant_id=tenant_id, now=self._clock())
+        return await self._run(work)
 
     async def close(self) -> None:
         if self._closed:
@@ -460,6 +498,13 @@ def _write_transaction(connection: sqlite3.Connection) -> Iterator[None]:
             connection.execute("ROLLBACK")
         raise
     connection.execute("COMMIT")
+
+
+def _in_write_transaction(
+    connection: sqlite3.Connection, work: Callable[[sqlite3.Connection], _T]
+) -> _T:
+    with _write_transaction(connection):
+        return work(connection)
 
 
 @contextlib.contextmanager
