@@ -52,11 +52,13 @@ CALLS: dict[tuple[str, str], frozenset[str]] = {
             "SubmitFeedback",
             "GetApiKey",
             "GetAnswer",
+            "ReserveQuota",
+            "SettleQuota",
         }
     ),
     ("gateway", MEMORY): frozenset({"Forget", "IngestDocument", "ListDocuments", "DeleteDocument"}),
     ("agent", MEMORY): frozenset({"Recall", "Remember"}),
-    ("admin", PERSISTENCE): frozenset({"CreateApiKey"}),
+    ("admin", PERSISTENCE): frozenset({"CreateApiKey", "SetQuota", "GetQuota"}),
     ("admin", MEMORY): frozenset({"Remember"}),
 }
 

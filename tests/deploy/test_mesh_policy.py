@@ -40,11 +40,12 @@ READ_RPCS = frozenset(
         f"/{PACKAGE}.PersistenceService/GetConversation",
         f"/{PACKAGE}.PersistenceService/GetApiKey",
         f"/{PACKAGE}.PersistenceService/GetAnswer",
+        f"/{PACKAGE}.PersistenceService/GetQuota",
         f"/{PACKAGE}.MemoryService/Recall",
         f"/{PACKAGE}.GatewayService/ListConversations",
         f"/{PACKAGE}.GatewayService/GetConversation",
-        f"/{PACKAGE}.GatewayService/ListDocuments",  # rag
-        f"/{PACKAGE}.MemoryService/ListDocuments",  # rag
+        f"/{PACKAGE}.GatewayService/ListDocuments",
+        f"/{PACKAGE}.MemoryService/ListDocuments",
     }
 )
 SERVICE_PORTS = {"gateway": 50051, "agent": 50052, "memory": 50053, "persistence": 50054}
