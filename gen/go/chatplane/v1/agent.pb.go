@@ -38,8 +38,16 @@ type GenerateRequest struct {
 	Text string `protobuf:"bytes,6,opt,name=text,proto3" json:"text,omitempty"`
 	// The client's idempotency key, if any (stored with the user message).
 	ClientMessageId string `protobuf:"bytes,7,opt,name=client_message_id,json=clientMessageId,proto3" json:"client_message_id,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// The parent of the user message in the conversation tree (empty for a first message).
+	ParentMessageId string `protobuf:"bytes,40,opt,name=parent_message_id,json=parentMessageId,proto3" json:"parent_message_id,omitempty"`
+	// True for a regenerated answer: user_message_id names a stored user message, and only
+	// the answer is new (and recorded).
+	Regenerate bool `protobuf:"varint,41,opt,name=regenerate,proto3" json:"regenerate,omitempty"`
+	// When set, the answer's history is this branch, not the conversation's recent messages
+	// (the conversation has branches, so its newest messages may be on other branches).
+	Branch        *BranchHistory `protobuf:"bytes,42,opt,name=branch,proto3" json:"branch,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *GenerateRequest) Reset() {
@@ -119,6 +127,27 @@ func (x *GenerateRequest) GetClientMessageId() string {
 		return x.ClientMessageId
 	}
 	return ""
+}
+
+func (x *GenerateRequest) GetParentMessageId() string {
+	if x != nil {
+		return x.ParentMessageId
+	}
+	return ""
+}
+
+func (x *GenerateRequest) GetRegenerate() bool {
+	if x != nil {
+		return x.Regenerate
+	}
+	return false
+}
+
+func (x *GenerateRequest) GetBranch() *BranchHistory {
+	if x != nil {
+		return x.Branch
+	}
+	return nil
 }
 
 // One event of a generated answer.
@@ -263,7 +292,7 @@ var File_chatplane_v1_agent_proto protoreflect.FileDescriptor
 
 const file_chatplane_v1_agent_proto_rawDesc = "" +
 	"\n" +
-	"\x18chatplane/v1/agent.proto\x12\fchatplane.v1\x1a\x1cchatplane/v1/resources.proto\"\x8a\x02\n" +
+	"\x18chatplane/v1/agent.proto\x12\fchatplane.v1\x1a\x1cchatplane/v1/resources.proto\"\x8b\x03\n" +
 	"\x0fGenerateRequest\x12\x1b\n" +
 	"\ttenant_id\x18\x01 \x01(\tR\btenantId\x12\x17\n" +
 	"\auser_id\x18\x02 \x01(\tR\x06userId\x12'\n" +
@@ -271,7 +300,12 @@ const file_chatplane_v1_agent_proto_rawDesc = "" +
 	"\x0fuser_message_id\x18\x04 \x01(\tR\ruserMessageId\x120\n" +
 	"\x14assistant_message_id\x18\x05 \x01(\tR\x12assistantMessageId\x12\x12\n" +
 	"\x04text\x18\x06 \x01(\tR\x04text\x12*\n" +
-	"\x11client_message_id\x18\a \x01(\tR\x0fclientMessageId\"\x94\x02\n" +
+	"\x11client_message_id\x18\a \x01(\tR\x0fclientMessageId\x12*\n" +
+	"\x11parent_message_id\x18( \x01(\tR\x0fparentMessageId\x12\x1e\n" +
+	"\n" +
+	"regenerate\x18) \x01(\bR\n" +
+	"regenerate\x123\n" +
+	"\x06branch\x18* \x01(\v2\x1b.chatplane.v1.BranchHistoryR\x06branch\"\x94\x02\n" +
 	"\x10GenerateResponse\x125\n" +
 	"\astarted\x18\x01 \x01(\v2\x19.chatplane.v1.TurnStartedH\x00R\astarted\x12/\n" +
 	"\x05delta\x18\x02 \x01(\v2\x17.chatplane.v1.TextDeltaH\x00R\x05delta\x124\n" +
@@ -298,25 +332,27 @@ var file_chatplane_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 2)
 var file_chatplane_v1_agent_proto_goTypes = []any{
 	(*GenerateRequest)(nil),  // 0: chatplane.v1.GenerateRequest
 	(*GenerateResponse)(nil), // 1: chatplane.v1.GenerateResponse
-	(*TurnStarted)(nil),      // 2: chatplane.v1.TurnStarted
-	(*TextDelta)(nil),        // 3: chatplane.v1.TextDelta
-	(*Citation)(nil),         // 4: chatplane.v1.Citation
-	(*Usage)(nil),            // 5: chatplane.v1.Usage
-	(*TurnDone)(nil),         // 6: chatplane.v1.TurnDone
+	(*BranchHistory)(nil),    // 2: chatplane.v1.BranchHistory
+	(*TurnStarted)(nil),      // 3: chatplane.v1.TurnStarted
+	(*TextDelta)(nil),        // 4: chatplane.v1.TextDelta
+	(*Citation)(nil),         // 5: chatplane.v1.Citation
+	(*Usage)(nil),            // 6: chatplane.v1.Usage
+	(*TurnDone)(nil),         // 7: chatplane.v1.TurnDone
 }
 var file_chatplane_v1_agent_proto_depIdxs = []int32{
-	2, // 0: chatplane.v1.GenerateResponse.started:type_name -> chatplane.v1.TurnStarted
-	3, // 1: chatplane.v1.GenerateResponse.delta:type_name -> chatplane.v1.TextDelta
-	4, // 2: chatplane.v1.GenerateResponse.citation:type_name -> chatplane.v1.Citation
-	5, // 3: chatplane.v1.GenerateResponse.usage:type_name -> chatplane.v1.Usage
-	6, // 4: chatplane.v1.GenerateResponse.done:type_name -> chatplane.v1.TurnDone
-	0, // 5: chatplane.v1.AgentService.Generate:input_type -> chatplane.v1.GenerateRequest
-	1, // 6: chatplane.v1.AgentService.Generate:output_type -> chatplane.v1.GenerateResponse
-	6, // [6:7] is the sub-list for method output_type
-	5, // [5:6] is the sub-list for method input_type
-	5, // [5:5] is the sub-list for extension type_name
-	5, // [5:5] is the sub-list for extension extendee
-	0, // [0:5] is the sub-list for field type_name
+	2, // 0: chatplane.v1.GenerateRequest.branch:type_name -> chatplane.v1.BranchHistory
+	3, // 1: chatplane.v1.GenerateResponse.started:type_name -> chatplane.v1.TurnStarted
+	4, // 2: chatplane.v1.GenerateResponse.delta:type_name -> chatplane.v1.TextDelta
+	5, // 3: chatplane.v1.GenerateResponse.citation:type_name -> chatplane.v1.Citation
+	6, // 4: chatplane.v1.GenerateResponse.usage:type_name -> chatplane.v1.Usage
+	7, // 5: chatplane.v1.GenerateResponse.done:type_name -> chatplane.v1.TurnDone
+	0, // 6: chatplane.v1.AgentService.Generate:input_type -> chatplane.v1.GenerateRequest
+	1, // 7: chatplane.v1.AgentService.Generate:output_type -> chatplane.v1.GenerateResponse
+	7, // [7:8] is the sub-list for method output_type
+	6, // [6:7] is the sub-list for method input_type
+	6, // [6:6] is the sub-list for extension type_name
+	6, // [6:6] is the sub-list for extension extendee
+	0, // [0:6] is the sub-list for field type_name
 }
 
 func init() { file_chatplane_v1_agent_proto_init() }

@@ -23,6 +23,59 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// Which messages of a conversation GetConversation returns.
+type ConversationView int32
+
+const (
+	// The default: the active branch.
+	ConversationView_CONVERSATION_VIEW_UNSPECIFIED ConversationView = 0
+	// The active branch, first message to newest: what a chat UI shows.
+	ConversationView_CONVERSATION_VIEW_ACTIVE_BRANCH ConversationView = 1
+	// Every message of every branch, oldest first, with parent and sibling ids.
+	ConversationView_CONVERSATION_VIEW_TREE ConversationView = 2
+)
+
+// Enum value maps for ConversationView.
+var (
+	ConversationView_name = map[int32]string{
+		0: "CONVERSATION_VIEW_UNSPECIFIED",
+		1: "CONVERSATION_VIEW_ACTIVE_BRANCH",
+		2: "CONVERSATION_VIEW_TREE",
+	}
+	ConversationView_value = map[string]int32{
+		"CONVERSATION_VIEW_UNSPECIFIED":   0,
+		"CONVERSATION_VIEW_ACTIVE_BRANCH": 1,
+		"CONVERSATION_VIEW_TREE":          2,
+	}
+)
+
+func (x ConversationView) Enum() *ConversationView {
+	p := new(ConversationView)
+	*p = x
+	return p
+}
+
+func (x ConversationView) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (ConversationView) Descriptor() protoreflect.EnumDescriptor {
+	return file_chatplane_v1_gateway_proto_enumTypes[0].Descriptor()
+}
+
+func (ConversationView) Type() protoreflect.EnumType {
+	return &file_chatplane_v1_gateway_proto_enumTypes[0]
+}
+
+func (x ConversationView) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use ConversationView.Descriptor instead.
+func (ConversationView) EnumDescriptor() ([]byte, []int) {
+	return file_chatplane_v1_gateway_proto_rawDescGZIP(), []int{0}
+}
+
 // A rating of an answer.
 type Rating int32
 
@@ -60,11 +113,11 @@ func (x Rating) String() string {
 }
 
 func (Rating) Descriptor() protoreflect.EnumDescriptor {
-	return file_chatplane_v1_gateway_proto_enumTypes[0].Descriptor()
+	return file_chatplane_v1_gateway_proto_enumTypes[1].Descriptor()
 }
 
 func (Rating) Type() protoreflect.EnumType {
-	return &file_chatplane_v1_gateway_proto_enumTypes[0]
+	return &file_chatplane_v1_gateway_proto_enumTypes[1]
 }
 
 func (x Rating) Number() protoreflect.EnumNumber {
@@ -73,7 +126,7 @@ func (x Rating) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use Rating.Descriptor instead.
 func (Rating) EnumDescriptor() ([]byte, []int) {
-	return file_chatplane_v1_gateway_proto_rawDescGZIP(), []int{0}
+	return file_chatplane_v1_gateway_proto_rawDescGZIP(), []int{1}
 }
 
 // A user message to answer.
@@ -85,8 +138,16 @@ type ChatRequest struct {
 	Text string `protobuf:"bytes,2,opt,name=text,proto3" json:"text,omitempty"`
 	// Optional idempotency key: the same key twice yields one turn, the second call replays it.
 	ClientMessageId string `protobuf:"bytes,3,opt,name=client_message_id,json=clientMessageId,proto3" json:"client_message_id,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// Optional: answer or rewrite an earlier user message instead of continuing the active
+	// branch; the new messages become siblings of the earlier ones (docs/conversation-tree.md).
+	//
+	// Types that are valid to be assigned to Branch:
+	//
+	//	*ChatRequest_RegenerateMessageId
+	//	*ChatRequest_EditMessageId
+	Branch        isChatRequest_Branch `protobuf_oneof:"branch"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ChatRequest) Reset() {
@@ -139,6 +200,50 @@ func (x *ChatRequest) GetClientMessageId() string {
 	}
 	return ""
 }
+
+func (x *ChatRequest) GetBranch() isChatRequest_Branch {
+	if x != nil {
+		return x.Branch
+	}
+	return nil
+}
+
+func (x *ChatRequest) GetRegenerateMessageId() string {
+	if x != nil {
+		if x, ok := x.Branch.(*ChatRequest_RegenerateMessageId); ok {
+			return x.RegenerateMessageId
+		}
+	}
+	return ""
+}
+
+func (x *ChatRequest) GetEditMessageId() string {
+	if x != nil {
+		if x, ok := x.Branch.(*ChatRequest_EditMessageId); ok {
+			return x.EditMessageId
+		}
+	}
+	return ""
+}
+
+type isChatRequest_Branch interface {
+	isChatRequest_Branch()
+}
+
+type ChatRequest_RegenerateMessageId struct {
+	// Regenerate: a new answer to this user message, beside its earlier answers; `text`
+	// must be empty. The model sees only the messages before it on its branch.
+	RegenerateMessageId string `protobuf:"bytes,40,opt,name=regenerate_message_id,json=regenerateMessageId,proto3,oneof"`
+}
+
+type ChatRequest_EditMessageId struct {
+	// Edit: `text` becomes a new user message beside this one (same parent), then answered.
+	EditMessageId string `protobuf:"bytes,41,opt,name=edit_message_id,json=editMessageId,proto3,oneof"`
+}
+
+func (*ChatRequest_RegenerateMessageId) isChatRequest_Branch() {}
+
+func (*ChatRequest_EditMessageId) isChatRequest_Branch() {}
 
 // One event of a streamed answer.
 type ChatResponse struct {
@@ -396,7 +501,9 @@ type GetConversationRequest struct {
 	// Maximum messages to return (1-500; 0 means 100).
 	PageSize int32 `protobuf:"varint,2,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
 	// The next_page_token of a previous call, or empty for the first page.
-	PageToken     string `protobuf:"bytes,3,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	PageToken string `protobuf:"bytes,3,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	// Which messages: the active branch (the default) or the whole tree.
+	View          ConversationView `protobuf:"varint,40,opt,name=view,proto3,enum=chatplane.v1.ConversationView" json:"view,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -450,6 +557,13 @@ func (x *GetConversationRequest) GetPageToken() string {
 		return x.PageToken
 	}
 	return ""
+}
+
+func (x *GetConversationRequest) GetView() ConversationView {
+	if x != nil {
+		return x.View
+	}
+	return ConversationView_CONVERSATION_VIEW_UNSPECIFIED
 }
 
 // A conversation and a page of its messages.
@@ -718,15 +832,120 @@ func (x *SubmitFeedbackResponse) GetCreateTime() *timestamppb.Timestamp {
 	return nil
 }
 
+// Asks to switch a conversation's active branch.
+type SetActiveBranchRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The conversation.
+	ConversationId string `protobuf:"bytes,1,opt,name=conversation_id,json=conversationId,proto3" json:"conversation_id,omitempty"`
+	// A message of the conversation: the new active branch runs through it and on to its
+	// newest descendants.
+	MessageId     string `protobuf:"bytes,2,opt,name=message_id,json=messageId,proto3" json:"message_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetActiveBranchRequest) Reset() {
+	*x = SetActiveBranchRequest{}
+	mi := &file_chatplane_v1_gateway_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetActiveBranchRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetActiveBranchRequest) ProtoMessage() {}
+
+func (x *SetActiveBranchRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_chatplane_v1_gateway_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetActiveBranchRequest.ProtoReflect.Descriptor instead.
+func (*SetActiveBranchRequest) Descriptor() ([]byte, []int) {
+	return file_chatplane_v1_gateway_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *SetActiveBranchRequest) GetConversationId() string {
+	if x != nil {
+		return x.ConversationId
+	}
+	return ""
+}
+
+func (x *SetActiveBranchRequest) GetMessageId() string {
+	if x != nil {
+		return x.MessageId
+	}
+	return ""
+}
+
+// The active branch is switched.
+type SetActiveBranchResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The conversation, with its new active_message_id (the branch's newest message).
+	Conversation  *Conversation `protobuf:"bytes,1,opt,name=conversation,proto3" json:"conversation,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetActiveBranchResponse) Reset() {
+	*x = SetActiveBranchResponse{}
+	mi := &file_chatplane_v1_gateway_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetActiveBranchResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetActiveBranchResponse) ProtoMessage() {}
+
+func (x *SetActiveBranchResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_chatplane_v1_gateway_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetActiveBranchResponse.ProtoReflect.Descriptor instead.
+func (*SetActiveBranchResponse) Descriptor() ([]byte, []int) {
+	return file_chatplane_v1_gateway_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *SetActiveBranchResponse) GetConversation() *Conversation {
+	if x != nil {
+		return x.Conversation
+	}
+	return nil
+}
+
 var File_chatplane_v1_gateway_proto protoreflect.FileDescriptor
 
 const file_chatplane_v1_gateway_proto_rawDesc = "" +
 	"\n" +
-	"\x1achatplane/v1/gateway.proto\x12\fchatplane.v1\x1a\x1cchatplane/v1/resources.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"v\n" +
+	"\x1achatplane/v1/gateway.proto\x12\fchatplane.v1\x1a\x1cchatplane/v1/resources.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xe0\x01\n" +
 	"\vChatRequest\x12'\n" +
 	"\x0fconversation_id\x18\x01 \x01(\tR\x0econversationId\x12\x12\n" +
 	"\x04text\x18\x02 \x01(\tR\x04text\x12*\n" +
-	"\x11client_message_id\x18\x03 \x01(\tR\x0fclientMessageId\"\x90\x02\n" +
+	"\x11client_message_id\x18\x03 \x01(\tR\x0fclientMessageId\x124\n" +
+	"\x15regenerate_message_id\x18( \x01(\tH\x00R\x13regenerateMessageId\x12(\n" +
+	"\x0fedit_message_id\x18) \x01(\tH\x00R\reditMessageIdB\b\n" +
+	"\x06branch\"\x90\x02\n" +
 	"\fChatResponse\x125\n" +
 	"\astarted\x18\x01 \x01(\v2\x19.chatplane.v1.TurnStartedH\x00R\astarted\x12/\n" +
 	"\x05delta\x18\x02 \x01(\v2\x17.chatplane.v1.TextDeltaH\x00R\x05delta\x124\n" +
@@ -740,12 +959,13 @@ const file_chatplane_v1_gateway_proto_rawDesc = "" +
 	"page_token\x18\x02 \x01(\tR\tpageToken\"\x85\x01\n" +
 	"\x19ListConversationsResponse\x12@\n" +
 	"\rconversations\x18\x01 \x03(\v2\x1a.chatplane.v1.ConversationR\rconversations\x12&\n" +
-	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"}\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\xb1\x01\n" +
 	"\x16GetConversationRequest\x12'\n" +
 	"\x0fconversation_id\x18\x01 \x01(\tR\x0econversationId\x12\x1b\n" +
 	"\tpage_size\x18\x02 \x01(\x05R\bpageSize\x12\x1d\n" +
 	"\n" +
-	"page_token\x18\x03 \x01(\tR\tpageToken\"\xb4\x01\n" +
+	"page_token\x18\x03 \x01(\tR\tpageToken\x122\n" +
+	"\x04view\x18( \x01(\x0e2\x1e.chatplane.v1.ConversationViewR\x04view\"\xb4\x01\n" +
 	"\x17GetConversationResponse\x12>\n" +
 	"\fconversation\x18\x01 \x01(\v2\x1a.chatplane.v1.ConversationR\fconversation\x121\n" +
 	"\bmessages\x18\x02 \x03(\v2\x15.chatplane.v1.MessageR\bmessages\x12&\n" +
@@ -762,17 +982,28 @@ const file_chatplane_v1_gateway_proto_rawDesc = "" +
 	"\acomment\x18\x03 \x01(\tR\acomment\"U\n" +
 	"\x16SubmitFeedbackResponse\x12;\n" +
 	"\vcreate_time\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"createTime*N\n" +
+	"createTime\"`\n" +
+	"\x16SetActiveBranchRequest\x12'\n" +
+	"\x0fconversation_id\x18\x01 \x01(\tR\x0econversationId\x12\x1d\n" +
+	"\n" +
+	"message_id\x18\x02 \x01(\tR\tmessageId\"Y\n" +
+	"\x17SetActiveBranchResponse\x12>\n" +
+	"\fconversation\x18\x01 \x01(\v2\x1a.chatplane.v1.ConversationR\fconversation*v\n" +
+	"\x10ConversationView\x12!\n" +
+	"\x1dCONVERSATION_VIEW_UNSPECIFIED\x10\x00\x12#\n" +
+	"\x1fCONVERSATION_VIEW_ACTIVE_BRANCH\x10\x01\x12\x1a\n" +
+	"\x16CONVERSATION_VIEW_TREE\x10\x02*N\n" +
 	"\x06Rating\x12\x16\n" +
 	"\x12RATING_UNSPECIFIED\x10\x00\x12\x14\n" +
 	"\x10RATING_THUMBS_UP\x10\x01\x12\x16\n" +
-	"\x12RATING_THUMBS_DOWN\x10\x022\x99\x05\n" +
+	"\x12RATING_THUMBS_DOWN\x10\x022\xb8\x06\n" +
 	"\x0eGatewayService\x12T\n" +
 	"\x04Chat\x12\x19.chatplane.v1.ChatRequest\x1a\x1a.chatplane.v1.ChatResponse\"\x13\x82\xd3\xe4\x93\x02\r:\x01*\"\b/v1/chat0\x01\x12\x7f\n" +
 	"\x11ListConversations\x12&.chatplane.v1.ListConversationsRequest\x1a'.chatplane.v1.ListConversationsResponse\"\x19\x82\xd3\xe4\x93\x02\x13\x12\x11/v1/conversations\x12\x8b\x01\n" +
 	"\x0fGetConversation\x12$.chatplane.v1.GetConversationRequest\x1a%.chatplane.v1.GetConversationResponse\"+\x82\xd3\xe4\x93\x02%\x12#/v1/conversations/{conversation_id}\x12\x94\x01\n" +
 	"\x12DeleteConversation\x12'.chatplane.v1.DeleteConversationRequest\x1a(.chatplane.v1.DeleteConversationResponse\"+\x82\xd3\xe4\x93\x02%*#/v1/conversations/{conversation_id}\x12\x8a\x01\n" +
-	"\x0eSubmitFeedback\x12#.chatplane.v1.SubmitFeedbackRequest\x1a$.chatplane.v1.SubmitFeedbackResponse\"-\x82\xd3\xe4\x93\x02':\x01*\"\"/v1/messages/{message_id}/feedbackB@Z>github.com/chatplane/chatplane/gen/go/chatplane/v1;chatplanev1b\x06proto3"
+	"\x0eSubmitFeedback\x12#.chatplane.v1.SubmitFeedbackRequest\x1a$.chatplane.v1.SubmitFeedbackResponse\"-\x82\xd3\xe4\x93\x02':\x01*\"\"/v1/messages/{message_id}/feedback\x12\x9c\x01\n" +
+	"\x0fSetActiveBranch\x12$.chatplane.v1.SetActiveBranchRequest\x1a%.chatplane.v1.SetActiveBranchResponse\"<\x82\xd3\xe4\x93\x026:\x01*\"1/v1/conversations/{conversation_id}/active-branchB@Z>github.com/chatplane/chatplane/gen/go/chatplane/v1;chatplanev1b\x06proto3"
 
 var (
 	file_chatplane_v1_gateway_proto_rawDescOnce sync.Once
@@ -786,56 +1017,63 @@ func file_chatplane_v1_gateway_proto_rawDescGZIP() []byte {
 	return file_chatplane_v1_gateway_proto_rawDescData
 }
 
-var file_chatplane_v1_gateway_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_chatplane_v1_gateway_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
+var file_chatplane_v1_gateway_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
+var file_chatplane_v1_gateway_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
 var file_chatplane_v1_gateway_proto_goTypes = []any{
-	(Rating)(0),                        // 0: chatplane.v1.Rating
-	(*ChatRequest)(nil),                // 1: chatplane.v1.ChatRequest
-	(*ChatResponse)(nil),               // 2: chatplane.v1.ChatResponse
-	(*ListConversationsRequest)(nil),   // 3: chatplane.v1.ListConversationsRequest
-	(*ListConversationsResponse)(nil),  // 4: chatplane.v1.ListConversationsResponse
-	(*GetConversationRequest)(nil),     // 5: chatplane.v1.GetConversationRequest
-	(*GetConversationResponse)(nil),    // 6: chatplane.v1.GetConversationResponse
-	(*DeleteConversationRequest)(nil),  // 7: chatplane.v1.DeleteConversationRequest
-	(*DeleteConversationResponse)(nil), // 8: chatplane.v1.DeleteConversationResponse
-	(*SubmitFeedbackRequest)(nil),      // 9: chatplane.v1.SubmitFeedbackRequest
-	(*SubmitFeedbackResponse)(nil),     // 10: chatplane.v1.SubmitFeedbackResponse
-	(*TurnStarted)(nil),                // 11: chatplane.v1.TurnStarted
-	(*TextDelta)(nil),                  // 12: chatplane.v1.TextDelta
-	(*Citation)(nil),                   // 13: chatplane.v1.Citation
-	(*Usage)(nil),                      // 14: chatplane.v1.Usage
-	(*TurnDone)(nil),                   // 15: chatplane.v1.TurnDone
-	(*Conversation)(nil),               // 16: chatplane.v1.Conversation
-	(*Message)(nil),                    // 17: chatplane.v1.Message
-	(*timestamppb.Timestamp)(nil),      // 18: google.protobuf.Timestamp
+	(ConversationView)(0),              // 0: chatplane.v1.ConversationView
+	(Rating)(0),                        // 1: chatplane.v1.Rating
+	(*ChatRequest)(nil),                // 2: chatplane.v1.ChatRequest
+	(*ChatResponse)(nil),               // 3: chatplane.v1.ChatResponse
+	(*ListConversationsRequest)(nil),   // 4: chatplane.v1.ListConversationsRequest
+	(*ListConversationsResponse)(nil),  // 5: chatplane.v1.ListConversationsResponse
+	(*GetConversationRequest)(nil),     // 6: chatplane.v1.GetConversationRequest
+	(*GetConversationResponse)(nil),    // 7: chatplane.v1.GetConversationResponse
+	(*DeleteConversationRequest)(nil),  // 8: chatplane.v1.DeleteConversationRequest
+	(*DeleteConversationResponse)(nil), // 9: chatplane.v1.DeleteConversationResponse
+	(*SubmitFeedbackRequest)(nil),      // 10: chatplane.v1.SubmitFeedbackRequest
+	(*SubmitFeedbackResponse)(nil),     // 11: chatplane.v1.SubmitFeedbackResponse
+	(*SetActiveBranchRequest)(nil),     // 12: chatplane.v1.SetActiveBranchRequest
+	(*SetActiveBranchResponse)(nil),    // 13: chatplane.v1.SetActiveBranchResponse
+	(*TurnStarted)(nil),                // 14: chatplane.v1.TurnStarted
+	(*TextDelta)(nil),                  // 15: chatplane.v1.TextDelta
+	(*Citation)(nil),                   // 16: chatplane.v1.Citation
+	(*Usage)(nil),                      // 17: chatplane.v1.Usage
+	(*TurnDone)(nil),                   // 18: chatplane.v1.TurnDone
+	(*Conversation)(nil),               // 19: chatplane.v1.Conversation
+	(*Message)(nil),                    // 20: chatplane.v1.Message
+	(*timestamppb.Timestamp)(nil),      // 21: google.protobuf.Timestamp
 }
 var file_chatplane_v1_gateway_proto_depIdxs = []int32{
-	11, // 0: chatplane.v1.ChatResponse.started:type_name -> chatplane.v1.TurnStarted
-	12, // 1: chatplane.v1.ChatResponse.delta:type_name -> chatplane.v1.TextDelta
-	13, // 2: chatplane.v1.ChatResponse.citation:type_name -> chatplane.v1.Citation
-	14, // 3: chatplane.v1.ChatResponse.usage:type_name -> chatplane.v1.Usage
-	15, // 4: chatplane.v1.ChatResponse.done:type_name -> chatplane.v1.TurnDone
-	16, // 5: chatplane.v1.ListConversationsResponse.conversations:type_name -> chatplane.v1.Conversation
-	16, // 6: chatplane.v1.GetConversationResponse.conversation:type_name -> chatplane.v1.Conversation
-	17, // 7: chatplane.v1.GetConversationResponse.messages:type_name -> chatplane.v1.Message
-	18, // 8: chatplane.v1.DeleteConversationResponse.delete_time:type_name -> google.protobuf.Timestamp
-	0,  // 9: chatplane.v1.SubmitFeedbackRequest.rating:type_name -> chatplane.v1.Rating
-	18, // 10: chatplane.v1.SubmitFeedbackResponse.create_time:type_name -> google.protobuf.Timestamp
-	1,  // 11: chatplane.v1.GatewayService.Chat:input_type -> chatplane.v1.ChatRequest
-	3,  // 12: chatplane.v1.GatewayService.ListConversations:input_type -> chatplane.v1.ListConversationsRequest
-	5,  // 13: chatplane.v1.GatewayService.GetConversation:input_type -> chatplane.v1.GetConversationRequest
-	7,  // 14: chatplane.v1.GatewayService.DeleteConversation:input_type -> chatplane.v1.DeleteConversationRequest
-	9,  // 15: chatplane.v1.GatewayService.SubmitFeedback:input_type -> chatplane.v1.SubmitFeedbackRequest
-	2,  // 16: chatplane.v1.GatewayService.Chat:output_type -> chatplane.v1.ChatResponse
-	4,  // 17: chatplane.v1.GatewayService.ListConversations:output_type -> chatplane.v1.ListConversationsResponse
-	6,  // 18: chatplane.v1.GatewayService.GetConversation:output_type -> chatplane.v1.GetConversationResponse
-	8,  // 19: chatplane.v1.GatewayService.DeleteConversation:output_type -> chatplane.v1.DeleteConversationResponse
-	10, // 20: chatplane.v1.GatewayService.SubmitFeedback:output_type -> chatplane.v1.SubmitFeedbackResponse
-	16, // [16:21] is the sub-list for method output_type
-	11, // [11:16] is the sub-list for method input_type
-	11, // [11:11] is the sub-list for extension type_name
-	11, // [11:11] is the sub-list for extension extendee
-	0,  // [0:11] is the sub-list for field type_name
+	14, // 0: chatplane.v1.ChatResponse.started:type_name -> chatplane.v1.TurnStarted
+	15, // 1: chatplane.v1.ChatResponse.delta:type_name -> chatplane.v1.TextDelta
+	16, // 2: chatplane.v1.ChatResponse.citation:type_name -> chatplane.v1.Citation
+	17, // 3: chatplane.v1.ChatResponse.usage:type_name -> chatplane.v1.Usage
+	18, // 4: chatplane.v1.ChatResponse.done:type_name -> chatplane.v1.TurnDone
+	19, // 5: chatplane.v1.ListConversationsResponse.conversations:type_name -> chatplane.v1.Conversation
+	0,  // 6: chatplane.v1.GetConversationRequest.view:type_name -> chatplane.v1.ConversationView
+	19, // 7: chatplane.v1.GetConversationResponse.conversation:type_name -> chatplane.v1.Conversation
+	20, // 8: chatplane.v1.GetConversationResponse.messages:type_name -> chatplane.v1.Message
+	21, // 9: chatplane.v1.DeleteConversationResponse.delete_time:type_name -> google.protobuf.Timestamp
+	1,  // 10: chatplane.v1.SubmitFeedbackRequest.rating:type_name -> chatplane.v1.Rating
+	21, // 11: chatplane.v1.SubmitFeedbackResponse.create_time:type_name -> google.protobuf.Timestamp
+	19, // 12: chatplane.v1.SetActiveBranchResponse.conversation:type_name -> chatplane.v1.Conversation
+	2,  // 13: chatplane.v1.GatewayService.Chat:input_type -> chatplane.v1.ChatRequest
+	4,  // 14: chatplane.v1.GatewayService.ListConversations:input_type -> chatplane.v1.ListConversationsRequest
+	6,  // 15: chatplane.v1.GatewayService.GetConversation:input_type -> chatplane.v1.GetConversationRequest
+	8,  // 16: chatplane.v1.GatewayService.DeleteConversation:input_type -> chatplane.v1.DeleteConversationRequest
+	10, // 17: chatplane.v1.GatewayService.SubmitFeedback:input_type -> chatplane.v1.SubmitFeedbackRequest
+	12, // 18: chatplane.v1.GatewayService.SetActiveBranch:input_type -> chatplane.v1.SetActiveBranchRequest
+	3,  // 19: chatplane.v1.GatewayService.Chat:output_type -> chatplane.v1.ChatResponse
+	5,  // 20: chatplane.v1.GatewayService.ListConversations:output_type -> chatplane.v1.ListConversationsResponse
+	7,  // 21: chatplane.v1.GatewayService.GetConversation:output_type -> chatplane.v1.GetConversationResponse
+	9,  // 22: chatplane.v1.GatewayService.DeleteConversation:output_type -> chatplane.v1.DeleteConversationResponse
+	11, // 23: chatplane.v1.GatewayService.SubmitFeedback:output_type -> chatplane.v1.SubmitFeedbackResponse
+	13, // 24: chatplane.v1.GatewayService.SetActiveBranch:output_type -> chatplane.v1.SetActiveBranchResponse
+	19, // [19:25] is the sub-list for method output_type
+	13, // [13:19] is the sub-list for method input_type
+	13, // [13:13] is the sub-list for extension type_name
+	13, // [13:13] is the sub-list for extension extendee
+	0,  // [0:13] is the sub-list for field type_name
 }
 
 func init() { file_chatplane_v1_gateway_proto_init() }
@@ -844,6 +1082,10 @@ func file_chatplane_v1_gateway_proto_init() {
 		return
 	}
 	file_chatplane_v1_resources_proto_init()
+	file_chatplane_v1_gateway_proto_msgTypes[0].OneofWrappers = []any{
+		(*ChatRequest_RegenerateMessageId)(nil),
+		(*ChatRequest_EditMessageId)(nil),
+	}
 	file_chatplane_v1_gateway_proto_msgTypes[1].OneofWrappers = []any{
 		(*ChatResponse_Started)(nil),
 		(*ChatResponse_Delta)(nil),
@@ -856,8 +1098,8 @@ func file_chatplane_v1_gateway_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_chatplane_v1_gateway_proto_rawDesc), len(file_chatplane_v1_gateway_proto_rawDesc)),
-			NumEnums:      1,
-			NumMessages:   10,
+			NumEnums:      2,
+			NumMessages:   12,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

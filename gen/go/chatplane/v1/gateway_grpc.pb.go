@@ -24,6 +24,7 @@ const (
 	GatewayService_GetConversation_FullMethodName    = "/chatplane.v1.GatewayService/GetConversation"
 	GatewayService_DeleteConversation_FullMethodName = "/chatplane.v1.GatewayService/DeleteConversation"
 	GatewayService_SubmitFeedback_FullMethodName     = "/chatplane.v1.GatewayService/SubmitFeedback"
+	GatewayService_SetActiveBranch_FullMethodName    = "/chatplane.v1.GatewayService/SetActiveBranch"
 )
 
 // GatewayServiceClient is the client API for GatewayService service.
@@ -43,6 +44,9 @@ type GatewayServiceClient interface {
 	DeleteConversation(ctx context.Context, in *DeleteConversationRequest, opts ...grpc.CallOption) (*DeleteConversationResponse, error)
 	// Rates an assistant message (thumbs up or down) with an optional comment.
 	SubmitFeedback(ctx context.Context, in *SubmitFeedbackRequest, opts ...grpc.CallOption) (*SubmitFeedbackResponse, error)
+	// Makes the branch through a message the conversation's active branch (what
+	// GetConversation returns by default and what the next Chat continues).
+	SetActiveBranch(ctx context.Context, in *SetActiveBranchRequest, opts ...grpc.CallOption) (*SetActiveBranchResponse, error)
 }
 
 type gatewayServiceClient struct {
@@ -112,6 +116,16 @@ func (c *gatewayServiceClient) SubmitFeedback(ctx context.Context, in *SubmitFee
 	return out, nil
 }
 
+func (c *gatewayServiceClient) SetActiveBranch(ctx context.Context, in *SetActiveBranchRequest, opts ...grpc.CallOption) (*SetActiveBranchResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(SetActiveBranchResponse)
+	err := c.cc.Invoke(ctx, GatewayService_SetActiveBranch_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // GatewayServiceServer is the server API for GatewayService service.
 // All implementations must embed UnimplementedGatewayServiceServer
 // for forward compatibility.
@@ -129,6 +143,9 @@ type GatewayServiceServer interface {
 	DeleteConversation(context.Context, *DeleteConversationRequest) (*DeleteConversationResponse, error)
 	// Rates an assistant message (thumbs up or down) with an optional comment.
 	SubmitFeedback(context.Context, *SubmitFeedbackRequest) (*SubmitFeedbackResponse, error)
+	// Makes the branch through a message the conversation's active branch (what
+	// GetConversation returns by default and what the next Chat continues).
+	SetActiveBranch(context.Context, *SetActiveBranchRequest) (*SetActiveBranchResponse, error)
 	mustEmbedUnimplementedGatewayServiceServer()
 }
 
@@ -153,6 +170,9 @@ func (UnimplementedGatewayServiceServer) DeleteConversation(context.Context, *De
 }
 func (UnimplementedGatewayServiceServer) SubmitFeedback(context.Context, *SubmitFeedbackRequest) (*SubmitFeedbackResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method SubmitFeedback not implemented")
+}
+func (UnimplementedGatewayServiceServer) SetActiveBranch(context.Context, *SetActiveBranchRequest) (*SetActiveBranchResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method SetActiveBranch not implemented")
 }
 func (UnimplementedGatewayServiceServer) mustEmbedUnimplementedGatewayServiceServer() {}
 func (UnimplementedGatewayServiceServer) testEmbeddedByValue()                        {}
@@ -258,6 +278,24 @@ func _GatewayService_SubmitFeedback_Handler(srv interface{}, ctx context.Context
 	return interceptor(ctx, in, info, handler)
 }
 
+func _GatewayService_SetActiveBranch_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SetActiveBranchRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(GatewayServiceServer).SetActiveBranch(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: GatewayService_SetActiveBranch_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(GatewayServiceServer).SetActiveBranch(ctx, req.(*SetActiveBranchRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // GatewayService_ServiceDesc is the grpc.ServiceDesc for GatewayService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -280,6 +318,10 @@ var GatewayService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "SubmitFeedback",
 			Handler:    _GatewayService_SubmitFeedback_Handler,
+		},
+		{
+			MethodName: "SetActiveBranch",
+			Handler:    _GatewayService_SetActiveBranch_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

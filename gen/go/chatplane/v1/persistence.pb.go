@@ -93,7 +93,13 @@ type BeginTurnRequest struct {
 	// Title for a new conversation.
 	Title string `protobuf:"bytes,6,opt,name=title,proto3" json:"title,omitempty"`
 	// How long the caller may own the turn before a retry can take it over, in milliseconds.
-	LeaseMs       int64 `protobuf:"varint,7,opt,name=lease_ms,json=leaseMs,proto3" json:"lease_ms,omitempty"`
+	LeaseMs int64 `protobuf:"varint,7,opt,name=lease_ms,json=leaseMs,proto3" json:"lease_ms,omitempty"`
+	// Regenerate: the turn answers this stored user message again (no new user message).
+	RegenerateMessageId string `protobuf:"bytes,40,opt,name=regenerate_message_id,json=regenerateMessageId,proto3" json:"regenerate_message_id,omitempty"`
+	// Edit: the turn's user message is a new sibling of this stored user message.
+	EditMessageId string `protobuf:"bytes,41,opt,name=edit_message_id,json=editMessageId,proto3" json:"edit_message_id,omitempty"`
+	// How many messages of the branch to return for the model's history (0 = none).
+	BranchLimit   int32 `protobuf:"varint,42,opt,name=branch_limit,json=branchLimit,proto3" json:"branch_limit,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -177,6 +183,27 @@ func (x *BeginTurnRequest) GetLeaseMs() int64 {
 	return 0
 }
 
+func (x *BeginTurnRequest) GetRegenerateMessageId() string {
+	if x != nil {
+		return x.RegenerateMessageId
+	}
+	return ""
+}
+
+func (x *BeginTurnRequest) GetEditMessageId() string {
+	if x != nil {
+		return x.EditMessageId
+	}
+	return ""
+}
+
+func (x *BeginTurnRequest) GetBranchLimit() int32 {
+	if x != nil {
+		return x.BranchLimit
+	}
+	return 0
+}
+
 // The turn the caller must run or replay.
 type BeginTurnResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -189,7 +216,17 @@ type BeginTurnResponse struct {
 	// True when the caller owns the turn and must generate it; false when it exists already.
 	Owner bool `protobuf:"varint,4,opt,name=owner,proto3" json:"owner,omitempty"`
 	// For an existing turn, true when its assistant message is stored.
-	Complete      bool `protobuf:"varint,5,opt,name=complete,proto3" json:"complete,omitempty"`
+	Complete bool `protobuf:"varint,5,opt,name=complete,proto3" json:"complete,omitempty"`
+	// The parent of the turn's user message (empty for a first message).
+	ParentMessageId string `protobuf:"bytes,40,opt,name=parent_message_id,json=parentMessageId,proto3" json:"parent_message_id,omitempty"`
+	// True when the turn regenerates the answer to a stored user message (user_message_id).
+	Regenerate bool `protobuf:"varint,41,opt,name=regenerate,proto3" json:"regenerate,omitempty"`
+	// For a regenerated answer, the text of the user message it answers.
+	UserText string `protobuf:"bytes,42,opt,name=user_text,json=userText,proto3" json:"user_text,omitempty"`
+	// For an owned turn in a conversation with branches (or a regenerate or edit): the
+	// branch the answer follows, newest branch_limit messages. Absent: the conversation is
+	// one linear chain, and its recent messages are the history.
+	Branch        *BranchHistory `protobuf:"bytes,43,opt,name=branch,proto3" json:"branch,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -259,6 +296,34 @@ func (x *BeginTurnResponse) GetComplete() bool {
 	return false
 }
 
+func (x *BeginTurnResponse) GetParentMessageId() string {
+	if x != nil {
+		return x.ParentMessageId
+	}
+	return ""
+}
+
+func (x *BeginTurnResponse) GetRegenerate() bool {
+	if x != nil {
+		return x.Regenerate
+	}
+	return false
+}
+
+func (x *BeginTurnResponse) GetUserText() string {
+	if x != nil {
+		return x.UserText
+	}
+	return ""
+}
+
+func (x *BeginTurnResponse) GetBranch() *BranchHistory {
+	if x != nil {
+		return x.Branch
+	}
+	return nil
+}
+
 // Asks for a turn.
 type GetTurnRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -266,8 +331,11 @@ type GetTurnRequest struct {
 	Owner *Owner `protobuf:"bytes,1,opt,name=owner,proto3" json:"owner,omitempty"`
 	// The user message id of the turn.
 	UserMessageId string `protobuf:"bytes,2,opt,name=user_message_id,json=userMessageId,proto3" json:"user_message_id,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	// The assistant message id of the turn; when set, the turn is looked up by it (a user
+	// message has one turn per regenerated answer).
+	AssistantMessageId string `protobuf:"bytes,40,opt,name=assistant_message_id,json=assistantMessageId,proto3" json:"assistant_message_id,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
 }
 
 func (x *GetTurnRequest) Reset() {
@@ -310,6 +378,13 @@ func (x *GetTurnRequest) GetOwner() *Owner {
 func (x *GetTurnRequest) GetUserMessageId() string {
 	if x != nil {
 		return x.UserMessageId
+	}
+	return ""
+}
+
+func (x *GetTurnRequest) GetAssistantMessageId() string {
+	if x != nil {
+		return x.AssistantMessageId
 	}
 	return ""
 }
@@ -385,8 +460,10 @@ type ReleaseTurnRequest struct {
 	Owner *Owner `protobuf:"bytes,1,opt,name=owner,proto3" json:"owner,omitempty"`
 	// The user message id of the turn.
 	UserMessageId string `protobuf:"bytes,2,opt,name=user_message_id,json=userMessageId,proto3" json:"user_message_id,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	// The assistant message id of the turn; when set, the turn is looked up by it.
+	AssistantMessageId string `protobuf:"bytes,40,opt,name=assistant_message_id,json=assistantMessageId,proto3" json:"assistant_message_id,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
 }
 
 func (x *ReleaseTurnRequest) Reset() {
@@ -429,6 +506,13 @@ func (x *ReleaseTurnRequest) GetOwner() *Owner {
 func (x *ReleaseTurnRequest) GetUserMessageId() string {
 	if x != nil {
 		return x.UserMessageId
+	}
+	return ""
+}
+
+func (x *ReleaseTurnRequest) GetAssistantMessageId() string {
+	if x != nil {
+		return x.AssistantMessageId
 	}
 	return ""
 }
@@ -1103,6 +1187,107 @@ func (x *GetApiKeyResponse) GetRevoked() bool {
 	return false
 }
 
+// Asks to switch a conversation's active branch.
+type PersistenceServiceSetActiveBranchRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Whose conversation.
+	Owner *Owner `protobuf:"bytes,1,opt,name=owner,proto3" json:"owner,omitempty"`
+	// The conversation and message, as in the public API.
+	Request       *SetActiveBranchRequest `protobuf:"bytes,2,opt,name=request,proto3" json:"request,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PersistenceServiceSetActiveBranchRequest) Reset() {
+	*x = PersistenceServiceSetActiveBranchRequest{}
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PersistenceServiceSetActiveBranchRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PersistenceServiceSetActiveBranchRequest) ProtoMessage() {}
+
+func (x *PersistenceServiceSetActiveBranchRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PersistenceServiceSetActiveBranchRequest.ProtoReflect.Descriptor instead.
+func (*PersistenceServiceSetActiveBranchRequest) Descriptor() ([]byte, []int) {
+	return file_chatplane_v1_persistence_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *PersistenceServiceSetActiveBranchRequest) GetOwner() *Owner {
+	if x != nil {
+		return x.Owner
+	}
+	return nil
+}
+
+func (x *PersistenceServiceSetActiveBranchRequest) GetRequest() *SetActiveBranchRequest {
+	if x != nil {
+		return x.Request
+	}
+	return nil
+}
+
+// The active branch is switched.
+type PersistenceServiceSetActiveBranchResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// As in the public API.
+	Response      *SetActiveBranchResponse `protobuf:"bytes,1,opt,name=response,proto3" json:"response,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PersistenceServiceSetActiveBranchResponse) Reset() {
+	*x = PersistenceServiceSetActiveBranchResponse{}
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PersistenceServiceSetActiveBranchResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PersistenceServiceSetActiveBranchResponse) ProtoMessage() {}
+
+func (x *PersistenceServiceSetActiveBranchResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PersistenceServiceSetActiveBranchResponse.ProtoReflect.Descriptor instead.
+func (*PersistenceServiceSetActiveBranchResponse) Descriptor() ([]byte, []int) {
+	return file_chatplane_v1_persistence_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *PersistenceServiceSetActiveBranchResponse) GetResponse() *SetActiveBranchResponse {
+	if x != nil {
+		return x.Response
+	}
+	return nil
+}
+
 var File_chatplane_v1_persistence_proto protoreflect.FileDescriptor
 
 const file_chatplane_v1_persistence_proto_rawDesc = "" +
@@ -1110,7 +1295,7 @@ const file_chatplane_v1_persistence_proto_rawDesc = "" +
 	"\x1echatplane/v1/persistence.proto\x12\fchatplane.v1\x1a\x1achatplane/v1/gateway.proto\x1a\x1cchatplane/v1/resources.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"=\n" +
 	"\x05Owner\x12\x1b\n" +
 	"\ttenant_id\x18\x01 \x01(\tR\btenantId\x12\x17\n" +
-	"\auser_id\x18\x02 \x01(\tR\x06userId\"\x9d\x02\n" +
+	"\auser_id\x18\x02 \x01(\tR\x06userId\"\x9c\x03\n" +
 	"\x10BeginTurnRequest\x12)\n" +
 	"\x05owner\x18\x01 \x01(\v2\x13.chatplane.v1.OwnerR\x05owner\x12'\n" +
 	"\x0fconversation_id\x18\x02 \x01(\tR\x0econversationId\x12*\n" +
@@ -1118,23 +1303,34 @@ const file_chatplane_v1_persistence_proto_rawDesc = "" +
 	"\x0fuser_message_id\x18\x04 \x01(\tR\ruserMessageId\x120\n" +
 	"\x14assistant_message_id\x18\x05 \x01(\tR\x12assistantMessageId\x12\x14\n" +
 	"\x05title\x18\x06 \x01(\tR\x05title\x12\x19\n" +
-	"\blease_ms\x18\a \x01(\x03R\aleaseMs\"\xc8\x01\n" +
+	"\blease_ms\x18\a \x01(\x03R\aleaseMs\x122\n" +
+	"\x15regenerate_message_id\x18( \x01(\tR\x13regenerateMessageId\x12&\n" +
+	"\x0fedit_message_id\x18) \x01(\tR\reditMessageId\x12!\n" +
+	"\fbranch_limit\x18* \x01(\x05R\vbranchLimit\"\xe6\x02\n" +
 	"\x11BeginTurnResponse\x12'\n" +
 	"\x0fconversation_id\x18\x01 \x01(\tR\x0econversationId\x12&\n" +
 	"\x0fuser_message_id\x18\x02 \x01(\tR\ruserMessageId\x120\n" +
 	"\x14assistant_message_id\x18\x03 \x01(\tR\x12assistantMessageId\x12\x14\n" +
 	"\x05owner\x18\x04 \x01(\bR\x05owner\x12\x1a\n" +
-	"\bcomplete\x18\x05 \x01(\bR\bcomplete\"c\n" +
+	"\bcomplete\x18\x05 \x01(\bR\bcomplete\x12*\n" +
+	"\x11parent_message_id\x18( \x01(\tR\x0fparentMessageId\x12\x1e\n" +
+	"\n" +
+	"regenerate\x18) \x01(\bR\n" +
+	"regenerate\x12\x1b\n" +
+	"\tuser_text\x18* \x01(\tR\buserText\x123\n" +
+	"\x06branch\x18+ \x01(\v2\x1b.chatplane.v1.BranchHistoryR\x06branch\"\x95\x01\n" +
 	"\x0eGetTurnRequest\x12)\n" +
 	"\x05owner\x18\x01 \x01(\v2\x13.chatplane.v1.OwnerR\x05owner\x12&\n" +
-	"\x0fuser_message_id\x18\x02 \x01(\tR\ruserMessageId\"\xd7\x01\n" +
+	"\x0fuser_message_id\x18\x02 \x01(\tR\ruserMessageId\x120\n" +
+	"\x14assistant_message_id\x18( \x01(\tR\x12assistantMessageId\"\xd7\x01\n" +
 	"\x0fGetTurnResponse\x128\n" +
 	"\fuser_message\x18\x01 \x01(\v2\x15.chatplane.v1.MessageR\vuserMessage\x12B\n" +
 	"\x11assistant_message\x18\x02 \x01(\v2\x15.chatplane.v1.MessageR\x10assistantMessage\x12F\n" +
-	"\x11lease_expire_time\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\x0fleaseExpireTime\"g\n" +
+	"\x11lease_expire_time\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\x0fleaseExpireTime\"\x99\x01\n" +
 	"\x12ReleaseTurnRequest\x12)\n" +
 	"\x05owner\x18\x01 \x01(\v2\x13.chatplane.v1.OwnerR\x05owner\x12&\n" +
-	"\x0fuser_message_id\x18\x02 \x01(\tR\ruserMessageId\"1\n" +
+	"\x0fuser_message_id\x18\x02 \x01(\tR\ruserMessageId\x120\n" +
+	"\x14assistant_message_id\x18( \x01(\tR\x12assistantMessageId\"1\n" +
 	"\x13ReleaseTurnResponse\x12\x1a\n" +
 	"\breleased\x18\x01 \x01(\bR\breleased\"\x93\x01\n" +
 	"*PersistenceServiceListConversationsRequest\x12)\n" +
@@ -1170,7 +1366,12 @@ const file_chatplane_v1_persistence_proto_rawDesc = "" +
 	"\x11GetApiKeyResponse\x12)\n" +
 	"\x05owner\x18\x01 \x01(\v2\x13.chatplane.v1.OwnerR\x05owner\x12#\n" +
 	"\rsecret_sha256\x18\x02 \x01(\fR\fsecretSha256\x12\x18\n" +
-	"\arevoked\x18\x03 \x01(\bR\arevoked2\xc2\a\n" +
+	"\arevoked\x18\x03 \x01(\bR\arevoked\"\x95\x01\n" +
+	"(PersistenceServiceSetActiveBranchRequest\x12)\n" +
+	"\x05owner\x18\x01 \x01(\v2\x13.chatplane.v1.OwnerR\x05owner\x12>\n" +
+	"\arequest\x18\x02 \x01(\v2$.chatplane.v1.SetActiveBranchRequestR\arequest\"n\n" +
+	")PersistenceServiceSetActiveBranchResponse\x12A\n" +
+	"\bresponse\x18\x01 \x01(\v2%.chatplane.v1.SetActiveBranchResponseR\bresponse2\xc7\b\n" +
 	"\x12PersistenceService\x12L\n" +
 	"\tBeginTurn\x12\x1e.chatplane.v1.BeginTurnRequest\x1a\x1f.chatplane.v1.BeginTurnResponse\x12F\n" +
 	"\aGetTurn\x12\x1c.chatplane.v1.GetTurnRequest\x1a\x1d.chatplane.v1.GetTurnResponse\x12R\n" +
@@ -1180,7 +1381,8 @@ const file_chatplane_v1_persistence_proto_rawDesc = "" +
 	"\x12DeleteConversation\x129.chatplane.v1.PersistenceServiceDeleteConversationRequest\x1a:.chatplane.v1.PersistenceServiceDeleteConversationResponse\x12\x7f\n" +
 	"\x0eSubmitFeedback\x125.chatplane.v1.PersistenceServiceSubmitFeedbackRequest\x1a6.chatplane.v1.PersistenceServiceSubmitFeedbackResponse\x12U\n" +
 	"\fCreateApiKey\x12!.chatplane.v1.CreateApiKeyRequest\x1a\".chatplane.v1.CreateApiKeyResponse\x12L\n" +
-	"\tGetApiKey\x12\x1e.chatplane.v1.GetApiKeyRequest\x1a\x1f.chatplane.v1.GetApiKeyResponseB@Z>github.com/chatplane/chatplane/gen/go/chatplane/v1;chatplanev1b\x06proto3"
+	"\tGetApiKey\x12\x1e.chatplane.v1.GetApiKeyRequest\x1a\x1f.chatplane.v1.GetApiKeyResponse\x12\x82\x01\n" +
+	"\x0fSetActiveBranch\x126.chatplane.v1.PersistenceServiceSetActiveBranchRequest\x1a7.chatplane.v1.PersistenceServiceSetActiveBranchResponseB@Z>github.com/chatplane/chatplane/gen/go/chatplane/v1;chatplanev1b\x06proto3"
 
 var (
 	file_chatplane_v1_persistence_proto_rawDescOnce sync.Once
@@ -1194,7 +1396,7 @@ func file_chatplane_v1_persistence_proto_rawDescGZIP() []byte {
 	return file_chatplane_v1_persistence_proto_rawDescData
 }
 
-var file_chatplane_v1_persistence_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
+var file_chatplane_v1_persistence_proto_msgTypes = make([]protoimpl.MessageInfo, 21)
 var file_chatplane_v1_persistence_proto_goTypes = []any{
 	(*Owner)(nil),                                        // 0: chatplane.v1.Owner
 	(*BeginTurnRequest)(nil),                             // 1: chatplane.v1.BeginTurnRequest
@@ -1215,57 +1417,68 @@ var file_chatplane_v1_persistence_proto_goTypes = []any{
 	(*CreateApiKeyResponse)(nil),                         // 16: chatplane.v1.CreateApiKeyResponse
 	(*GetApiKeyRequest)(nil),                             // 17: chatplane.v1.GetApiKeyRequest
 	(*GetApiKeyResponse)(nil),                            // 18: chatplane.v1.GetApiKeyResponse
-	(*Message)(nil),                                      // 19: chatplane.v1.Message
-	(*timestamppb.Timestamp)(nil),                        // 20: google.protobuf.Timestamp
-	(*ListConversationsRequest)(nil),                     // 21: chatplane.v1.ListConversationsRequest
-	(*ListConversationsResponse)(nil),                    // 22: chatplane.v1.ListConversationsResponse
-	(*GetConversationRequest)(nil),                       // 23: chatplane.v1.GetConversationRequest
-	(*GetConversationResponse)(nil),                      // 24: chatplane.v1.GetConversationResponse
-	(*SubmitFeedbackRequest)(nil),                        // 25: chatplane.v1.SubmitFeedbackRequest
+	(*PersistenceServiceSetActiveBranchRequest)(nil),     // 19: chatplane.v1.PersistenceServiceSetActiveBranchRequest
+	(*PersistenceServiceSetActiveBranchResponse)(nil),    // 20: chatplane.v1.PersistenceServiceSetActiveBranchResponse
+	(*BranchHistory)(nil),                                // 21: chatplane.v1.BranchHistory
+	(*Message)(nil),                                      // 22: chatplane.v1.Message
+	(*timestamppb.Timestamp)(nil),                        // 23: google.protobuf.Timestamp
+	(*ListConversationsRequest)(nil),                     // 24: chatplane.v1.ListConversationsRequest
+	(*ListConversationsResponse)(nil),                    // 25: chatplane.v1.ListConversationsResponse
+	(*GetConversationRequest)(nil),                       // 26: chatplane.v1.GetConversationRequest
+	(*GetConversationResponse)(nil),                      // 27: chatplane.v1.GetConversationResponse
+	(*SubmitFeedbackRequest)(nil),                        // 28: chatplane.v1.SubmitFeedbackRequest
+	(*SetActiveBranchRequest)(nil),                       // 29: chatplane.v1.SetActiveBranchRequest
+	(*SetActiveBranchResponse)(nil),                      // 30: chatplane.v1.SetActiveBranchResponse
 }
 var file_chatplane_v1_persistence_proto_depIdxs = []int32{
 	0,  // 0: chatplane.v1.BeginTurnRequest.owner:type_name -> chatplane.v1.Owner
-	0,  // 1: chatplane.v1.GetTurnRequest.owner:type_name -> chatplane.v1.Owner
-	19, // 2: chatplane.v1.GetTurnResponse.user_message:type_name -> chatplane.v1.Message
-	19, // 3: chatplane.v1.GetTurnResponse.assistant_message:type_name -> chatplane.v1.Message
-	20, // 4: chatplane.v1.GetTurnResponse.lease_expire_time:type_name -> google.protobuf.Timestamp
-	0,  // 5: chatplane.v1.ReleaseTurnRequest.owner:type_name -> chatplane.v1.Owner
-	0,  // 6: chatplane.v1.PersistenceServiceListConversationsRequest.owner:type_name -> chatplane.v1.Owner
-	21, // 7: chatplane.v1.PersistenceServiceListConversationsRequest.page:type_name -> chatplane.v1.ListConversationsRequest
-	22, // 8: chatplane.v1.PersistenceServiceListConversationsResponse.page:type_name -> chatplane.v1.ListConversationsResponse
-	0,  // 9: chatplane.v1.PersistenceServiceGetConversationRequest.owner:type_name -> chatplane.v1.Owner
-	23, // 10: chatplane.v1.PersistenceServiceGetConversationRequest.request:type_name -> chatplane.v1.GetConversationRequest
-	24, // 11: chatplane.v1.PersistenceServiceGetConversationResponse.response:type_name -> chatplane.v1.GetConversationResponse
-	0,  // 12: chatplane.v1.PersistenceServiceDeleteConversationRequest.owner:type_name -> chatplane.v1.Owner
-	20, // 13: chatplane.v1.PersistenceServiceDeleteConversationResponse.delete_time:type_name -> google.protobuf.Timestamp
-	0,  // 14: chatplane.v1.PersistenceServiceSubmitFeedbackRequest.owner:type_name -> chatplane.v1.Owner
-	25, // 15: chatplane.v1.PersistenceServiceSubmitFeedbackRequest.feedback:type_name -> chatplane.v1.SubmitFeedbackRequest
-	20, // 16: chatplane.v1.PersistenceServiceSubmitFeedbackResponse.create_time:type_name -> google.protobuf.Timestamp
-	0,  // 17: chatplane.v1.CreateApiKeyRequest.owner:type_name -> chatplane.v1.Owner
-	0,  // 18: chatplane.v1.GetApiKeyResponse.owner:type_name -> chatplane.v1.Owner
-	1,  // 19: chatplane.v1.PersistenceService.BeginTurn:input_type -> chatplane.v1.BeginTurnRequest
-	3,  // 20: chatplane.v1.PersistenceService.GetTurn:input_type -> chatplane.v1.GetTurnRequest
-	5,  // 21: chatplane.v1.PersistenceService.ReleaseTurn:input_type -> chatplane.v1.ReleaseTurnRequest
-	7,  // 22: chatplane.v1.PersistenceService.ListConversations:input_type -> chatplane.v1.PersistenceServiceListConversationsRequest
-	9,  // 23: chatplane.v1.PersistenceService.GetConversation:input_type -> chatplane.v1.PersistenceServiceGetConversationRequest
-	11, // 24: chatplane.v1.PersistenceService.DeleteConversation:input_type -> chatplane.v1.PersistenceServiceDeleteConversationRequest
-	13, // 25: chatplane.v1.PersistenceService.SubmitFeedback:input_type -> chatplane.v1.PersistenceServiceSubmitFeedbackRequest
-	15, // 26: chatplane.v1.PersistenceService.CreateApiKey:input_type -> chatplane.v1.CreateApiKeyRequest
-	17, // 27: chatplane.v1.PersistenceService.GetApiKey:input_type -> chatplane.v1.GetApiKeyRequest
-	2,  // 28: chatplane.v1.PersistenceService.BeginTurn:output_type -> chatplane.v1.BeginTurnResponse
-	4,  // 29: chatplane.v1.PersistenceService.GetTurn:output_type -> chatplane.v1.GetTurnResponse
-	6,  // 30: chatplane.v1.PersistenceService.ReleaseTurn:output_type -> chatplane.v1.ReleaseTurnResponse
-	8,  // 31: chatplane.v1.PersistenceService.ListConversations:output_type -> chatplane.v1.PersistenceServiceListConversationsResponse
-	10, // 32: chatplane.v1.PersistenceService.GetConversation:output_type -> chatplane.v1.PersistenceServiceGetConversationResponse
-	12, // 33: chatplane.v1.PersistenceService.DeleteConversation:output_type -> chatplane.v1.PersistenceServiceDeleteConversationResponse
-	14, // 34: chatplane.v1.PersistenceService.SubmitFeedback:output_type -> chatplane.v1.PersistenceServiceSubmitFeedbackResponse
-	16, // 35: chatplane.v1.PersistenceService.CreateApiKey:output_type -> chatplane.v1.CreateApiKeyResponse
-	18, // 36: chatplane.v1.PersistenceService.GetApiKey:output_type -> chatplane.v1.GetApiKeyResponse
-	28, // [28:37] is the sub-list for method output_type
-	19, // [19:28] is the sub-list for method input_type
-	19, // [19:19] is the sub-list for extension type_name
-	19, // [19:19] is the sub-list for extension extendee
-	0,  // [0:19] is the sub-list for field type_name
+	21, // 1: chatplane.v1.BeginTurnResponse.branch:type_name -> chatplane.v1.BranchHistory
+	0,  // 2: chatplane.v1.GetTurnRequest.owner:type_name -> chatplane.v1.Owner
+	22, // 3: chatplane.v1.GetTurnResponse.user_message:type_name -> chatplane.v1.Message
+	22, // 4: chatplane.v1.GetTurnResponse.assistant_message:type_name -> chatplane.v1.Message
+	23, // 5: chatplane.v1.GetTurnResponse.lease_expire_time:type_name -> google.protobuf.Timestamp
+	0,  // 6: chatplane.v1.ReleaseTurnRequest.owner:type_name -> chatplane.v1.Owner
+	0,  // 7: chatplane.v1.PersistenceServiceListConversationsRequest.owner:type_name -> chatplane.v1.Owner
+	24, // 8: chatplane.v1.PersistenceServiceListConversationsRequest.page:type_name -> chatplane.v1.ListConversationsRequest
+	25, // 9: chatplane.v1.PersistenceServiceListConversationsResponse.page:type_name -> chatplane.v1.ListConversationsResponse
+	0,  // 10: chatplane.v1.PersistenceServiceGetConversationRequest.owner:type_name -> chatplane.v1.Owner
+	26, // 11: chatplane.v1.PersistenceServiceGetConversationRequest.request:type_name -> chatplane.v1.GetConversationRequest
+	27, // 12: chatplane.v1.PersistenceServiceGetConversationResponse.response:type_name -> chatplane.v1.GetConversationResponse
+	0,  // 13: chatplane.v1.PersistenceServiceDeleteConversationRequest.owner:type_name -> chatplane.v1.Owner
+	23, // 14: chatplane.v1.PersistenceServiceDeleteConversationResponse.delete_time:type_name -> google.protobuf.Timestamp
+	0,  // 15: chatplane.v1.PersistenceServiceSubmitFeedbackRequest.owner:type_name -> chatplane.v1.Owner
+	28, // 16: chatplane.v1.PersistenceServiceSubmitFeedbackRequest.feedback:type_name -> chatplane.v1.SubmitFeedbackRequest
+	23, // 17: chatplane.v1.PersistenceServiceSubmitFeedbackResponse.create_time:type_name -> google.protobuf.Timestamp
+	0,  // 18: chatplane.v1.CreateApiKeyRequest.owner:type_name -> chatplane.v1.Owner
+	0,  // 19: chatplane.v1.GetApiKeyResponse.owner:type_name -> chatplane.v1.Owner
+	0,  // 20: chatplane.v1.PersistenceServiceSetActiveBranchRequest.owner:type_name -> chatplane.v1.Owner
+	29, // 21: chatplane.v1.PersistenceServiceSetActiveBranchRequest.request:type_name -> chatplane.v1.SetActiveBranchRequest
+	30, // 22: chatplane.v1.PersistenceServiceSetActiveBranchResponse.response:type_name -> chatplane.v1.SetActiveBranchResponse
+	1,  // 23: chatplane.v1.PersistenceService.BeginTurn:input_type -> chatplane.v1.BeginTurnRequest
+	3,  // 24: chatplane.v1.PersistenceService.GetTurn:input_type -> chatplane.v1.GetTurnRequest
+	5,  // 25: chatplane.v1.PersistenceService.ReleaseTurn:input_type -> chatplane.v1.ReleaseTurnRequest
+	7,  // 26: chatplane.v1.PersistenceService.ListConversations:input_type -> chatplane.v1.PersistenceServiceListConversationsRequest
+	9,  // 27: chatplane.v1.PersistenceService.GetConversation:input_type -> chatplane.v1.PersistenceServiceGetConversationRequest
+	11, // 28: chatplane.v1.PersistenceService.DeleteConversation:input_type -> chatplane.v1.PersistenceServiceDeleteConversationRequest
+	13, // 29: chatplane.v1.PersistenceService.SubmitFeedback:input_type -> chatplane.v1.PersistenceServiceSubmitFeedbackRequest
+	15, // 30: chatplane.v1.PersistenceService.CreateApiKey:input_type -> chatplane.v1.CreateApiKeyRequest
+	17, // 31: chatplane.v1.PersistenceService.GetApiKey:input_type -> chatplane.v1.GetApiKeyRequest
+	19, // 32: chatplane.v1.PersistenceService.SetActiveBranch:input_type -> chatplane.v1.PersistenceServiceSetActiveBranchRequest
+	2,  // 33: chatplane.v1.PersistenceService.BeginTurn:output_type -> chatplane.v1.BeginTurnResponse
+	4,  // 34: chatplane.v1.PersistenceService.GetTurn:output_type -> chatplane.v1.GetTurnResponse
+	6,  // 35: chatplane.v1.PersistenceService.ReleaseTurn:output_type -> chatplane.v1.ReleaseTurnResponse
+	8,  // 36: chatplane.v1.PersistenceService.ListConversations:output_type -> chatplane.v1.PersistenceServiceListConversationsResponse
+	10, // 37: chatplane.v1.PersistenceService.GetConversation:output_type -> chatplane.v1.PersistenceServiceGetConversationResponse
+	12, // 38: chatplane.v1.PersistenceService.DeleteConversation:output_type -> chatplane.v1.PersistenceServiceDeleteConversationResponse
+	14, // 39: chatplane.v1.PersistenceService.SubmitFeedback:output_type -> chatplane.v1.PersistenceServiceSubmitFeedbackResponse
+	16, // 40: chatplane.v1.PersistenceService.CreateApiKey:output_type -> chatplane.v1.CreateApiKeyResponse
+	18, // 41: chatplane.v1.PersistenceService.GetApiKey:output_type -> chatplane.v1.GetApiKeyResponse
+	20, // 42: chatplane.v1.PersistenceService.SetActiveBranch:output_type -> chatplane.v1.PersistenceServiceSetActiveBranchResponse
+	33, // [33:43] is the sub-list for method output_type
+	23, // [23:33] is the sub-list for method input_type
+	23, // [23:23] is the sub-list for extension type_name
+	23, // [23:23] is the sub-list for extension extendee
+	0,  // [0:23] is the sub-list for field type_name
 }
 
 func init() { file_chatplane_v1_persistence_proto_init() }
@@ -1281,7 +1494,7 @@ func file_chatplane_v1_persistence_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_chatplane_v1_persistence_proto_rawDesc), len(file_chatplane_v1_persistence_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   19,
+			NumMessages:   21,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

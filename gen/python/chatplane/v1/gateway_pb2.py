@@ -27,7 +27,7 @@ from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x63hatplane/v1/gateway.proto\x12\x0c\x63hatplane.v1\x1a\x1c\x63hatplane/v1/resources.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"O\n\x0b\x43hatRequest\x12\x17\n\x0f\x63onversation_id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x19\n\x11\x63lient_message_id\x18\x03 \x01(\t\"\xe9\x01\n\x0c\x43hatResponse\x12,\n\x07started\x18\x01 \x01(\x0b\x32\x19.chatplane.v1.TurnStartedH\x00\x12(\n\x05\x64\x65lta\x18\x02 \x01(\x0b\x32\x17.chatplane.v1.TextDeltaH\x00\x12*\n\x08\x63itation\x18\x03 \x01(\x0b\x32\x16.chatplane.v1.CitationH\x00\x12$\n\x05usage\x18\x04 \x01(\x0b\x32\x13.chatplane.v1.UsageH\x00\x12&\n\x04\x64one\x18\x05 \x01(\x0b\x32\x16.chatplane.v1.TurnDoneH\x00\x42\x07\n\x05\x65vent\"A\n\x18ListConversationsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"g\n\x19ListConversationsResponse\x12\x31\n\rconversations\x18\x01 \x03(\x0b\x32\x1a.chatplane.v1.Conversation\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"X\n\x16GetConversationRequest\x12\x17\n\x0f\x63onversation_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"\x8d\x01\n\x17GetConversationResponse\x12\x30\n\x0c\x63onversation\x18\x01 \x01(\x0b\x32\x1a.chatplane.v1.Conversation\x12\'\n\x08messages\x18\x02 \x03(\x0b\x32\x15.chatplane.v1.Message\x12\x17\n\x0fnext_page_token\x18\x03 \x01(\t\"4\n\x19\x44\x65leteConversationRequest\x12\x17\n\x0f\x63onversation_id\x18\x01 \x01(\t\"M\n\x1a\x44\x65leteConversationResponse\x12/\n\x0b\x64\x65lete_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"b\n\x15SubmitFeedbackRequest\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12$\n\x06rating\x18\x02 \x01(\x0e\x32\x14.chatplane.v1.Rating\x12\x0f\n\x07\x63omment\x18\x03 \x01(\t\"I\n\x16SubmitFeedbackResponse\x12/\n\x0b\x63reate_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*N\n\x06Rating\x12\x16\n\x12RATING_UNSPECIFIED\x10\x00\x12\x14\n\x10RATING_THUMBS_UP\x10\x01\x12\x16\n\x12RATING_THUMBS_DOWN\x10\x02\x32\x99\x05\n\x0eGatewayService\x12T\n\x04\x43hat\x12\x19.chatplane.v1.ChatRequest\x1a\x1a.chatplane.v1.ChatResponse\"\x13\x82\xd3\xe4\x93\x02\r\"\x08/v1/chat:\x01*0\x01\x12\x7f\n\x11ListConversations\x12&.chatplane.v1.ListConversationsRequest\x1a\'.chatplane.v1.ListConversationsResponse\"\x19\x82\xd3\xe4\x93\x02\x13\x12\x11/v1/conversations\x12\x8b\x01\n\x0fGetConversation\x12$.chatplane.v1.GetConversationRequest\x1a%.chatplane.v1.GetConversationResponse\"+\x82\xd3\xe4\x93\x02%\x12#/v1/conversations/{conversation_id}\x12\x94\x01\n\x12\x44\x65leteConversation\x12\'.chatplane.v1.DeleteConversationRequest\x1a(.chatplane.v1.DeleteConversationResponse\"+\x82\xd3\xe4\x93\x02%*#/v1/conversations/{conversation_id}\x12\x8a\x01\n\x0eSubmitFeedback\x12#.chatplane.v1.SubmitFeedbackRequest\x1a$.chatplane.v1.SubmitFeedbackResponse\"-\x82\xd3\xe4\x93\x02\'\"\"/v1/messages/{message_id}/feedback:\x01*b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x63hatplane/v1/gateway.proto\x12\x0c\x63hatplane.v1\x1a\x1c\x63hatplane/v1/resources.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x95\x01\n\x0b\x43hatRequest\x12\x17\n\x0f\x63onversation_id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x19\n\x11\x63lient_message_id\x18\x03 \x01(\t\x12\x1f\n\x15regenerate_message_id\x18( \x01(\tH\x00\x12\x19\n\x0f\x65\x64it_message_id\x18) \x01(\tH\x00\x42\x08\n\x06\x62ranch\"\xe9\x01\n\x0c\x43hatResponse\x12,\n\x07started\x18\x01 \x01(\x0b\x32\x19.chatplane.v1.TurnStartedH\x00\x12(\n\x05\x64\x65lta\x18\x02 \x01(\x0b\x32\x17.chatplane.v1.TextDeltaH\x00\x12*\n\x08\x63itation\x18\x03 \x01(\x0b\x32\x16.chatplane.v1.CitationH\x00\x12$\n\x05usage\x18\x04 \x01(\x0b\x32\x13.chatplane.v1.UsageH\x00\x12&\n\x04\x64one\x18\x05 \x01(\x0b\x32\x16.chatplane.v1.TurnDoneH\x00\x42\x07\n\x05\x65vent\"A\n\x18ListConversationsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"g\n\x19ListConversationsResponse\x12\x31\n\rconversations\x18\x01 \x03(\x0b\x32\x1a.chatplane.v1.Conversation\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x86\x01\n\x16GetConversationRequest\x12\x17\n\x0f\x63onversation_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12,\n\x04view\x18( \x01(\x0e\x32\x1e.chatplane.v1.ConversationView\"\x8d\x01\n\x17GetConversationResponse\x12\x30\n\x0c\x63onversation\x18\x01 \x01(\x0b\x32\x1a.chatplane.v1.Conversation\x12\'\n\x08messages\x18\x02 \x03(\x0b\x32\x15.chatplane.v1.Message\x12\x17\n\x0fnext_page_token\x18\x03 \x01(\t\"4\n\x19\x44\x65leteConversationRequest\x12\x17\n\x0f\x63onversation_id\x18\x01 \x01(\t\"M\n\x1a\x44\x65leteConversationResponse\x12/\n\x0b\x64\x65lete_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"b\n\x15SubmitFeedbackRequest\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12$\n\x06rating\x18\x02 \x01(\x0e\x32\x14.chatplane.v1.Rating\x12\x0f\n\x07\x63omment\x18\x03 \x01(\t\"I\n\x16SubmitFeedbackResponse\x12/\n\x0b\x63reate_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"E\n\x16SetActiveBranchRequest\x12\x17\n\x0f\x63onversation_id\x18\x01 \x01(\t\x12\x12\n\nmessage_id\x18\x02 \x01(\t\"K\n\x17SetActiveBranchResponse\x12\x30\n\x0c\x63onversation\x18\x01 \x01(\x0b\x32\x1a.chatplane.v1.Conversation*v\n\x10\x43onversationView\x12!\n\x1d\x43ONVERSATION_VIEW_UNSPECIFIED\x10\x00\x12#\n\x1f\x43ONVERSATION_VIEW_ACTIVE_BRANCH\x10\x01\x12\x1a\n\x16\x43ONVERSATION_VIEW_TREE\x10\x02*N\n\x06Rating\x12\x16\n\x12RATING_UNSPECIFIED\x10\x00\x12\x14\n\x10RATING_THUMBS_UP\x10\x01\x12\x16\n\x12RATING_THUMBS_DOWN\x10\x02\x32\xb8\x06\n\x0eGatewayService\x12T\n\x04\x43hat\x12\x19.chatplane.v1.ChatRequest\x1a\x1a.chatplane.v1.ChatResponse\"\x13\x82\xd3\xe4\x93\x02\r\"\x08/v1/chat:\x01*0\x01\x12\x7f\n\x11ListConversations\x12&.chatplane.v1.ListConversationsRequest\x1a\'.chatplane.v1.ListConversationsResponse\"\x19\x82\xd3\xe4\x93\x02\x13\x12\x11/v1/conversations\x12\x8b\x01\n\x0fGetConversation\x12$.chatplane.v1.GetConversationRequest\x1a%.chatplane.v1.GetConversationResponse\"+\x82\xd3\xe4\x93\x02%\x12#/v1/conversations/{conversation_id}\x12\x94\x01\n\x12\x44\x65leteConversation\x12\'.chatplane.v1.DeleteConversationRequest\x1a(.chatplane.v1.DeleteConversationResponse\"+\x82\xd3\xe4\x93\x02%*#/v1/conversations/{conversation_id}\x12\x8a\x01\n\x0eSubmitFeedback\x12#.chatplane.v1.SubmitFeedbackRequest\x1a$.chatplane.v1.SubmitFeedbackResponse\"-\x82\xd3\xe4\x93\x02\'\"\"/v1/messages/{message_id}/feedback:\x01*\x12\x9c\x01\n\x0fSetActiveBranch\x12$.chatplane.v1.SetActiveBranchRequest\x1a%.chatplane.v1.SetActiveBranchResponse\"<\x82\xd3\xe4\x93\x02\x36\"1/v1/conversations/{conversation_id}/active-branch:\x01*b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -44,28 +44,36 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GATEWAYSERVICE'].methods_by_name['DeleteConversation']._serialized_options = b'\202\323\344\223\002%*#/v1/conversations/{conversation_id}'
   _globals['_GATEWAYSERVICE'].methods_by_name['SubmitFeedback']._loaded_options = None
   _globals['_GATEWAYSERVICE'].methods_by_name['SubmitFeedback']._serialized_options = b'\202\323\344\223\002\'\"\"/v1/messages/{message_id}/feedback:\001*'
-  _globals['_RATING']._serialized_start=1168
-  _globals['_RATING']._serialized_end=1246
-  _globals['_CHATREQUEST']._serialized_start=137
-  _globals['_CHATREQUEST']._serialized_end=216
-  _globals['_CHATRESPONSE']._serialized_start=219
-  _globals['_CHATRESPONSE']._serialized_end=452
-  _globals['_LISTCONVERSATIONSREQUEST']._serialized_start=454
-  _globals['_LISTCONVERSATIONSREQUEST']._serialized_end=519
-  _globals['_LISTCONVERSATIONSRESPONSE']._serialized_start=521
-  _globals['_LISTCONVERSATIONSRESPONSE']._serialized_end=624
-  _globals['_GETCONVERSATIONREQUEST']._serialized_start=626
-  _globals['_GETCONVERSATIONREQUEST']._serialized_end=714
-  _globals['_GETCONVERSATIONRESPONSE']._serialized_start=717
-  _globals['_GETCONVERSATIONRESPONSE']._serialized_end=858
-  _globals['_DELETECONVERSATIONREQUEST']._serialized_start=860
-  _globals['_DELETECONVERSATIONREQUEST']._serialized_end=912
-  _globals['_DELETECONVERSATIONRESPONSE']._serialized_start=914
-  _globals['_DELETECONVERSATIONRESPONSE']._serialized_end=991
-  _globals['_SUBMITFEEDBACKREQUEST']._serialized_start=993
-  _globals['_SUBMITFEEDBACKREQUEST']._serialized_end=1091
-  _globals['_SUBMITFEEDBACKRESPONSE']._serialized_start=1093
-  _globals['_SUBMITFEEDBACKRESPONSE']._serialized_end=1166
-  _globals['_GATEWAYSERVICE']._serialized_start=1249
-  _globals['_GATEWAYSERVICE']._serialized_end=1914
+  _globals['_GATEWAYSERVICE'].methods_by_name['SetActiveBranch']._loaded_options = None
+  _globals['_GATEWAYSERVICE'].methods_by_name['SetActiveBranch']._serialized_options = b'\202\323\344\223\0026\"1/v1/conversations/{conversation_id}/active-branch:\001*'
+  _globals['_CONVERSATIONVIEW']._serialized_start=1434
+  _globals['_CONVERSATIONVIEW']._serialized_end=1552
+  _globals['_RATING']._serialized_start=1554
+  _globals['_RATING']._serialized_end=1632
+  _globals['_CHATREQUEST']._serialized_start=138
+  _globals['_CHATREQUEST']._serialized_end=287
+  _globals['_CHATRESPONSE']._serialized_start=290
+  _globals['_CHATRESPONSE']._serialized_end=523
+  _globals['_LISTCONVERSATIONSREQUEST']._serialized_start=525
+  _globals['_LISTCONVERSATIONSREQUEST']._serialized_end=590
+  _globals['_LISTCONVERSATIONSRESPONSE']._serialized_start=592
+  _globals['_LISTCONVERSATIONSRESPONSE']._serialized_end=695
+  _globals['_GETCONVERSATIONREQUEST']._serialized_start=698
+  _globals['_GETCONVERSATIONREQUEST']._serialized_end=832
+  _globals['_GETCONVERSATIONRESPONSE']._serialized_start=835
+  _globals['_GETCONVERSATIONRESPONSE']._serialized_end=976
+  _globals['_DELETECONVERSATIONREQUEST']._serialized_start=978
+  _globals['_DELETECONVERSATIONREQUEST']._serialized_end=1030
+  _globals['_DELETECONVERSATIONRESPONSE']._serialized_start=1032
+  _globals['_DELETECONVERSATIONRESPONSE']._serialized_end=1109
+  _globals['_SUBMITFEEDBACKREQUEST']._serialized_start=1111
+  _globals['_SUBMITFEEDBACKREQUEST']._serialized_end=1209
+  _globals['_SUBMITFEEDBACKRESPONSE']._serialized_start=1211
+  _globals['_SUBMITFEEDBACKRESPONSE']._serialized_end=1284
+  _globals['_SETACTIVEBRANCHREQUEST']._serialized_start=1286
+  _globals['_SETACTIVEBRANCHREQUEST']._serialized_end=1355
+  _globals['_SETACTIVEBRANCHRESPONSE']._serialized_start=1357
+  _globals['_SETACTIVEBRANCHRESPONSE']._serialized_end=1432
+  _globals['_GATEWAYSERVICE']._serialized_start=1635
+  _globals['_GATEWAYSERVICE']._serialized_end=2459
 # @@protoc_insertion_point(module_scope)

@@ -45,6 +45,10 @@ class GatewayServiceStub:
     """Deletes a conversation and its messages."""
     SubmitFeedback: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.SubmitFeedbackRequest, _gateway_pb2.SubmitFeedbackResponse]
     """Rates an assistant message (thumbs up or down) with an optional comment."""
+    SetActiveBranch: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.SetActiveBranchRequest, _gateway_pb2.SetActiveBranchResponse]
+    """Makes the branch through a message the conversation's active branch (what
+    GetConversation returns by default and what the next Chat continues).
+    """
 
 @_typing.type_check_only
 class GatewayServiceAsyncStub(GatewayServiceStub):
@@ -63,6 +67,10 @@ class GatewayServiceAsyncStub(GatewayServiceStub):
     """Deletes a conversation and its messages."""
     SubmitFeedback: _aio.UnaryUnaryMultiCallable[_gateway_pb2.SubmitFeedbackRequest, _gateway_pb2.SubmitFeedbackResponse]  # type: ignore[assignment]
     """Rates an assistant message (thumbs up or down) with an optional comment."""
+    SetActiveBranch: _aio.UnaryUnaryMultiCallable[_gateway_pb2.SetActiveBranchRequest, _gateway_pb2.SetActiveBranchResponse]  # type: ignore[assignment]
+    """Makes the branch through a message the conversation's active branch (what
+    GetConversation returns by default and what the next Chat continues).
+    """
 
 class GatewayServiceServicer(metaclass=_abc_1.ABCMeta):
     """The public API of chatplane: chat with streamed answers, history and feedback.
@@ -108,5 +116,15 @@ class GatewayServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_gateway_pb2.SubmitFeedbackResponse, _abc.Awaitable[_gateway_pb2.SubmitFeedbackResponse]]:
         """Rates an assistant message (thumbs up or down) with an optional comment."""
+
+    @_abc_1.abstractmethod
+    def SetActiveBranch(
+        self,
+        request: _gateway_pb2.SetActiveBranchRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gateway_pb2.SetActiveBranchResponse, _abc.Awaitable[_gateway_pb2.SetActiveBranchResponse]]:
+        """Makes the branch through a message the conversation's active branch (what
+        GetConversation returns by default and what the next Chat continues).
+        """
 
 def add_GatewayServiceServicer_to_server(servicer: GatewayServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -58,6 +58,8 @@ class PersistenceServiceStub:
     """Creates an API key; the secret is returned once and stored only as a hash."""
     GetApiKey: _grpc.UnaryUnaryMultiCallable[_persistence_pb2.GetApiKeyRequest, _persistence_pb2.GetApiKeyResponse]
     """Returns the stored (hashed) record of an API key by its public id."""
+    SetActiveBranch: _grpc.UnaryUnaryMultiCallable[_persistence_pb2.PersistenceServiceSetActiveBranchRequest, _persistence_pb2.PersistenceServiceSetActiveBranchResponse]
+    """Switches a conversation's active branch to the one through a message."""
 
 @_typing.type_check_only
 class PersistenceServiceAsyncStub(PersistenceServiceStub):
@@ -89,6 +91,8 @@ class PersistenceServiceAsyncStub(PersistenceServiceStub):
     """Creates an API key; the secret is returned once and stored only as a hash."""
     GetApiKey: _aio.UnaryUnaryMultiCallable[_persistence_pb2.GetApiKeyRequest, _persistence_pb2.GetApiKeyResponse]  # type: ignore[assignment]
     """Returns the stored (hashed) record of an API key by its public id."""
+    SetActiveBranch: _aio.UnaryUnaryMultiCallable[_persistence_pb2.PersistenceServiceSetActiveBranchRequest, _persistence_pb2.PersistenceServiceSetActiveBranchResponse]  # type: ignore[assignment]
+    """Switches a conversation's active branch to the one through a message."""
 
 class PersistenceServiceServicer(metaclass=_abc_1.ABCMeta):
     """The system of record: conversations, turns, messages (written through the message log),
@@ -171,5 +175,13 @@ class PersistenceServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_persistence_pb2.GetApiKeyResponse, _abc.Awaitable[_persistence_pb2.GetApiKeyResponse]]:
         """Returns the stored (hashed) record of an API key by its public id."""
+
+    @_abc_1.abstractmethod
+    def SetActiveBranch(
+        self,
+        request: _persistence_pb2.PersistenceServiceSetActiveBranchRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_persistence_pb2.PersistenceServiceSetActiveBranchResponse, _abc.Awaitable[_persistence_pb2.PersistenceServiceSetActiveBranchResponse]]:
+        """Switches a conversation's active branch to the one through a message."""
 
 def add_PersistenceServiceServicer_to_server(servicer: PersistenceServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

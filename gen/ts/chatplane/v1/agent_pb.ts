@@ -4,7 +4,7 @@
 
 import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
 import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
-import type { Citation, TextDelta, TurnDone, TurnStarted, Usage } from "./resources_pb";
+import type { BranchHistory, Citation, TextDelta, TurnDone, TurnStarted, Usage } from "./resources_pb";
 import { file_chatplane_v1_resources } from "./resources_pb";
 import type { Message } from "@bufbuild/protobuf";
 
@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file chatplane/v1/agent.proto.
  */
 export const file_chatplane_v1_agent: GenFile = /*@__PURE__*/
-  fileDesc("ChhjaGF0cGxhbmUvdjEvYWdlbnQucHJvdG8SDGNoYXRwbGFuZS52MSKuAQoPR2VuZXJhdGVSZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCRIPCgd1c2VyX2lkGAIgASgJEhcKD2NvbnZlcnNhdGlvbl9pZBgDIAEoCRIXCg91c2VyX21lc3NhZ2VfaWQYBCABKAkSHAoUYXNzaXN0YW50X21lc3NhZ2VfaWQYBSABKAkSDAoEdGV4dBgGIAEoCRIZChFjbGllbnRfbWVzc2FnZV9pZBgHIAEoCSLtAQoQR2VuZXJhdGVSZXNwb25zZRIsCgdzdGFydGVkGAEgASgLMhkuY2hhdHBsYW5lLnYxLlR1cm5TdGFydGVkSAASKAoFZGVsdGEYAiABKAsyFy5jaGF0cGxhbmUudjEuVGV4dERlbHRhSAASKgoIY2l0YXRpb24YAyABKAsyFi5jaGF0cGxhbmUudjEuQ2l0YXRpb25IABIkCgV1c2FnZRgEIAEoCzITLmNoYXRwbGFuZS52MS5Vc2FnZUgAEiYKBGRvbmUYBSABKAsyFi5jaGF0cGxhbmUudjEuVHVybkRvbmVIAEIHCgVldmVudDJbCgxBZ2VudFNlcnZpY2USSwoIR2VuZXJhdGUSHS5jaGF0cGxhbmUudjEuR2VuZXJhdGVSZXF1ZXN0Gh4uY2hhdHBsYW5lLnYxLkdlbmVyYXRlUmVzcG9uc2UwAUJAWj5naXRodWIuY29tL2NoYXRwbGFuZS9jaGF0cGxhbmUvZ2VuL2dvL2NoYXRwbGFuZS92MTtjaGF0cGxhbmV2MWIGcHJvdG8z", [file_chatplane_v1_resources]);
+  fileDesc("ChhjaGF0cGxhbmUvdjEvYWdlbnQucHJvdG8SDGNoYXRwbGFuZS52MSKKAgoPR2VuZXJhdGVSZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCRIPCgd1c2VyX2lkGAIgASgJEhcKD2NvbnZlcnNhdGlvbl9pZBgDIAEoCRIXCg91c2VyX21lc3NhZ2VfaWQYBCABKAkSHAoUYXNzaXN0YW50X21lc3NhZ2VfaWQYBSABKAkSDAoEdGV4dBgGIAEoCRIZChFjbGllbnRfbWVzc2FnZV9pZBgHIAEoCRIZChFwYXJlbnRfbWVzc2FnZV9pZBgoIAEoCRISCgpyZWdlbmVyYXRlGCkgASgIEisKBmJyYW5jaBgqIAEoCzIbLmNoYXRwbGFuZS52MS5CcmFuY2hIaXN0b3J5Iu0BChBHZW5lcmF0ZVJlc3BvbnNlEiwKB3N0YXJ0ZWQYASABKAsyGS5jaGF0cGxhbmUudjEuVHVyblN0YXJ0ZWRIABIoCgVkZWx0YRgCIAEoCzIXLmNoYXRwbGFuZS52MS5UZXh0RGVsdGFIABIqCghjaXRhdGlvbhgDIAEoCzIWLmNoYXRwbGFuZS52MS5DaXRhdGlvbkgAEiQKBXVzYWdlGAQgASgLMhMuY2hhdHBsYW5lLnYxLlVzYWdlSAASJgoEZG9uZRgFIAEoCzIWLmNoYXRwbGFuZS52MS5UdXJuRG9uZUgAQgcKBWV2ZW50MlsKDEFnZW50U2VydmljZRJLCghHZW5lcmF0ZRIdLmNoYXRwbGFuZS52MS5HZW5lcmF0ZVJlcXVlc3QaHi5jaGF0cGxhbmUudjEuR2VuZXJhdGVSZXNwb25zZTABQkBaPmdpdGh1Yi5jb20vY2hhdHBsYW5lL2NoYXRwbGFuZS9nZW4vZ28vY2hhdHBsYW5lL3YxO2NoYXRwbGFuZXYxYgZwcm90bzM", [file_chatplane_v1_resources]);
 
 /**
  * One turn to run; ids are assigned by the Gateway.
@@ -68,6 +68,29 @@ export type GenerateRequest = Message<"chatplane.v1.GenerateRequest"> & {
    * @generated from field: string client_message_id = 7;
    */
   clientMessageId: string;
+
+  /**
+   * The parent of the user message in the conversation tree (empty for a first message).
+   *
+   * @generated from field: string parent_message_id = 40;
+   */
+  parentMessageId: string;
+
+  /**
+   * True for a regenerated answer: user_message_id names a stored user message, and only
+   * the answer is new (and recorded).
+   *
+   * @generated from field: bool regenerate = 41;
+   */
+  regenerate: boolean;
+
+  /**
+   * When set, the answer's history is this branch, not the conversation's recent messages
+   * (the conversation has branches, so its newest messages may be on other branches).
+   *
+   * @generated from field: chatplane.v1.BranchHistory branch = 42;
+   */
+  branch?: BranchHistory | undefined;
 };
 
 /**

@@ -15,7 +15,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file chatplane/v1/gateway.proto.
  */
 export const file_chatplane_v1_gateway: GenFile = /*@__PURE__*/
-  fileDesc("ChpjaGF0cGxhbmUvdjEvZ2F0ZXdheS5wcm90bxIMY2hhdHBsYW5lLnYxIk8KC0NoYXRSZXF1ZXN0EhcKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCRIMCgR0ZXh0GAIgASgJEhkKEWNsaWVudF9tZXNzYWdlX2lkGAMgASgJIukBCgxDaGF0UmVzcG9uc2USLAoHc3RhcnRlZBgBIAEoCzIZLmNoYXRwbGFuZS52MS5UdXJuU3RhcnRlZEgAEigKBWRlbHRhGAIgASgLMhcuY2hhdHBsYW5lLnYxLlRleHREZWx0YUgAEioKCGNpdGF0aW9uGAMgASgLMhYuY2hhdHBsYW5lLnYxLkNpdGF0aW9uSAASJAoFdXNhZ2UYBCABKAsyEy5jaGF0cGxhbmUudjEuVXNhZ2VIABImCgRkb25lGAUgASgLMhYuY2hhdHBsYW5lLnYxLlR1cm5Eb25lSABCBwoFZXZlbnQiQQoYTGlzdENvbnZlcnNhdGlvbnNSZXF1ZXN0EhEKCXBhZ2Vfc2l6ZRgBIAEoBRISCgpwYWdlX3Rva2VuGAIgASgJImcKGUxpc3RDb252ZXJzYXRpb25zUmVzcG9uc2USMQoNY29udmVyc2F0aW9ucxgBIAMoCzIaLmNoYXRwbGFuZS52MS5Db252ZXJzYXRpb24SFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIlgKFkdldENvbnZlcnNhdGlvblJlcXVlc3QSFwoPY29udmVyc2F0aW9uX2lkGAEgASgJEhEKCXBhZ2Vfc2l6ZRgCIAEoBRISCgpwYWdlX3Rva2VuGAMgASgJIo0BChdHZXRDb252ZXJzYXRpb25SZXNwb25zZRIwCgxjb252ZXJzYXRpb24YASABKAsyGi5jaGF0cGxhbmUudjEuQ29udmVyc2F0aW9uEicKCG1lc3NhZ2VzGAIgAygLMhUuY2hhdHBsYW5lLnYxLk1lc3NhZ2USFwoPbmV4dF9wYWdlX3Rva2VuGAMgASgJIjQKGURlbGV0ZUNvbnZlcnNhdGlvblJlcXVlc3QSFwoPY29udmVyc2F0aW9uX2lkGAEgASgJIk0KGkRlbGV0ZUNvbnZlcnNhdGlvblJlc3BvbnNlEi8KC2RlbGV0ZV90aW1lGAEgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJiChVTdWJtaXRGZWVkYmFja1JlcXVlc3QSEgoKbWVzc2FnZV9pZBgBIAEoCRIkCgZyYXRpbmcYAiABKA4yFC5jaGF0cGxhbmUudjEuUmF0aW5nEg8KB2NvbW1lbnQYAyABKAkiSQoWU3VibWl0RmVlZGJhY2tSZXNwb25zZRIvCgtjcmVhdGVfdGltZRgBIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAqTgoGUmF0aW5nEhYKElJBVElOR19VTlNQRUNJRklFRBAAEhQKEFJBVElOR19USFVNQlNfVVAQARIWChJSQVRJTkdfVEhVTUJTX0RPV04QAjKZBQoOR2F0ZXdheVNlcnZpY2USVAoEQ2hhdBIZLmNoYXRwbGFuZS52MS5DaGF0UmVxdWVzdBoaLmNoYXRwbGFuZS52MS5DaGF0UmVzcG9uc2UiE4LT5JMCDToBKiIIL3YxL2NoYXQwARJ/ChFMaXN0Q29udmVyc2F0aW9ucxImLmNoYXRwbGFuZS52MS5MaXN0Q29udmVyc2F0aW9uc1JlcXVlc3QaJy5jaGF0cGxhbmUudjEuTGlzdENvbnZlcnNhdGlvbnNSZXNwb25zZSIZgtPkkwITEhEvdjEvY29udmVyc2F0aW9ucxKLAQoPR2V0Q29udmVyc2F0aW9uEiQuY2hhdHBsYW5lLnYxLkdldENvbnZlcnNhdGlvblJlcXVlc3QaJS5jaGF0cGxhbmUudjEuR2V0Q29udmVyc2F0aW9uUmVzcG9uc2UiK4LT5JMCJRIjL3YxL2NvbnZlcnNhdGlvbnMve2NvbnZlcnNhdGlvbl9pZH0SlAEKEkRlbGV0ZUNvbnZlcnNhdGlvbhInLmNoYXRwbGFuZS52MS5EZWxldGVDb252ZXJzYXRpb25SZXF1ZXN0GiguY2hhdHBsYW5lLnYxLkRlbGV0ZUNvbnZlcnNhdGlvblJlc3BvbnNlIiuC0+STAiUqIy92MS9jb252ZXJzYXRpb25zL3tjb252ZXJzYXRpb25faWR9EooBCg5TdWJtaXRGZWVkYmFjaxIjLmNoYXRwbGFuZS52MS5TdWJtaXRGZWVkYmFja1JlcXVlc3QaJC5jaGF0cGxhbmUudjEuU3VibWl0RmVlZGJhY2tSZXNwb25zZSItgtPkkwInOgEqIiIvdjEvbWVzc2FnZXMve21lc3NhZ2VfaWR9L2ZlZWRiYWNrQkBaPmdpdGh1Yi5jb20vY2hhdHBsYW5lL2NoYXRwbGFuZS9nZW4vZ28vY2hhdHBsYW5lL3YxO2NoYXRwbGFuZXYxYgZwcm90bzM", [file_chatplane_v1_resources, file_google_api_annotations, file_google_protobuf_timestamp]);
+  fileDesc("ChpjaGF0cGxhbmUvdjEvZ2F0ZXdheS5wcm90bxIMY2hhdHBsYW5lLnYxIpUBCgtDaGF0UmVxdWVzdBIXCg9jb252ZXJzYXRpb25faWQYASABKAkSDAoEdGV4dBgCIAEoCRIZChFjbGllbnRfbWVzc2FnZV9pZBgDIAEoCRIfChVyZWdlbmVyYXRlX21lc3NhZ2VfaWQYKCABKAlIABIZCg9lZGl0X21lc3NhZ2VfaWQYKSABKAlIAEIICgZicmFuY2gi6QEKDENoYXRSZXNwb25zZRIsCgdzdGFydGVkGAEgASgLMhkuY2hhdHBsYW5lLnYxLlR1cm5TdGFydGVkSAASKAoFZGVsdGEYAiABKAsyFy5jaGF0cGxhbmUudjEuVGV4dERlbHRhSAASKgoIY2l0YXRpb24YAyABKAsyFi5jaGF0cGxhbmUudjEuQ2l0YXRpb25IABIkCgV1c2FnZRgEIAEoCzITLmNoYXRwbGFuZS52MS5Vc2FnZUgAEiYKBGRvbmUYBSABKAsyFi5jaGF0cGxhbmUudjEuVHVybkRvbmVIAEIHCgVldmVudCJBChhMaXN0Q29udmVyc2F0aW9uc1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgFEhIKCnBhZ2VfdG9rZW4YAiABKAkiZwoZTGlzdENvbnZlcnNhdGlvbnNSZXNwb25zZRIxCg1jb252ZXJzYXRpb25zGAEgAygLMhouY2hhdHBsYW5lLnYxLkNvbnZlcnNhdGlvbhIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkihgEKFkdldENvbnZlcnNhdGlvblJlcXVlc3QSFwoPY29udmVyc2F0aW9uX2lkGAEgASgJEhEKCXBhZ2Vfc2l6ZRgCIAEoBRISCgpwYWdlX3Rva2VuGAMgASgJEiwKBHZpZXcYKCABKA4yHi5jaGF0cGxhbmUudjEuQ29udmVyc2F0aW9uVmlldyKNAQoXR2V0Q29udmVyc2F0aW9uUmVzcG9uc2USMAoMY29udmVyc2F0aW9uGAEgASgLMhouY2hhdHBsYW5lLnYxLkNvbnZlcnNhdGlvbhInCghtZXNzYWdlcxgCIAMoCzIVLmNoYXRwbGFuZS52MS5NZXNzYWdlEhcKD25leHRfcGFnZV90b2tlbhgDIAEoCSI0ChlEZWxldGVDb252ZXJzYXRpb25SZXF1ZXN0EhcKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCSJNChpEZWxldGVDb252ZXJzYXRpb25SZXNwb25zZRIvCgtkZWxldGVfdGltZRgBIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiYgoVU3VibWl0RmVlZGJhY2tSZXF1ZXN0EhIKCm1lc3NhZ2VfaWQYASABKAkSJAoGcmF0aW5nGAIgASgOMhQuY2hhdHBsYW5lLnYxLlJhdGluZxIPCgdjb21tZW50GAMgASgJIkkKFlN1Ym1pdEZlZWRiYWNrUmVzcG9uc2USLwoLY3JlYXRlX3RpbWUYASABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIkUKFlNldEFjdGl2ZUJyYW5jaFJlcXVlc3QSFwoPY29udmVyc2F0aW9uX2lkGAEgASgJEhIKCm1lc3NhZ2VfaWQYAiABKAkiSwoXU2V0QWN0aXZlQnJhbmNoUmVzcG9uc2USMAoMY29udmVyc2F0aW9uGAEgASgLMhouY2hhdHBsYW5lLnYxLkNvbnZlcnNhdGlvbip2ChBDb252ZXJzYXRpb25WaWV3EiEKHUNPTlZFUlNBVElPTl9WSUVXX1VOU1BFQ0lGSUVEEAASIwofQ09OVkVSU0FUSU9OX1ZJRVdfQUNUSVZFX0JSQU5DSBABEhoKFkNPTlZFUlNBVElPTl9WSUVXX1RSRUUQAipOCgZSYXRpbmcSFgoSUkFUSU5HX1VOU1BFQ0lGSUVEEAASFAoQUkFUSU5HX1RIVU1CU19VUBABEhYKElJBVElOR19USFVNQlNfRE9XThACMrgGCg5HYXRld2F5U2VydmljZRJUCgRDaGF0EhkuY2hhdHBsYW5lLnYxLkNoYXRSZXF1ZXN0GhouY2hhdHBsYW5lLnYxLkNoYXRSZXNwb25zZSITgtPkkwINOgEqIggvdjEvY2hhdDABEn8KEUxpc3RDb252ZXJzYXRpb25zEiYuY2hhdHBsYW5lLnYxLkxpc3RDb252ZXJzYXRpb25zUmVxdWVzdBonLmNoYXRwbGFuZS52MS5MaXN0Q29udmVyc2F0aW9uc1Jlc3BvbnNlIhmC0+STAhMSES92MS9jb252ZXJzYXRpb25zEosBCg9HZXRDb252ZXJzYXRpb24SJC5jaGF0cGxhbmUudjEuR2V0Q29udmVyc2F0aW9uUmVxdWVzdBolLmNoYXRwbGFuZS52MS5HZXRDb252ZXJzYXRpb25SZXNwb25zZSIrgtPkkwIlEiMvdjEvY29udmVyc2F0aW9ucy97Y29udmVyc2F0aW9uX2lkfRKUAQoSRGVsZXRlQ29udmVyc2F0aW9uEicuY2hhdHBsYW5lLnYxLkRlbGV0ZUNvbnZlcnNhdGlvblJlcXVlc3QaKC5jaGF0cGxhbmUudjEuRGVsZXRlQ29udmVyc2F0aW9uUmVzcG9uc2UiK4LT5JMCJSojL3YxL2NvbnZlcnNhdGlvbnMve2NvbnZlcnNhdGlvbl9pZH0SigEKDlN1Ym1pdEZlZWRiYWNrEiMuY2hhdHBsYW5lLnYxLlN1Ym1pdEZlZWRiYWNrUmVxdWVzdBokLmNoYXRwbGFuZS52MS5TdWJtaXRGZWVkYmFja1Jlc3BvbnNlIi2C0+STAic6ASoiIi92MS9tZXNzYWdlcy97bWVzc2FnZV9pZH0vZmVlZGJhY2sSnAEKD1NldEFjdGl2ZUJyYW5jaBIkLmNoYXRwbGFuZS52MS5TZXRBY3RpdmVCcmFuY2hSZXF1ZXN0GiUuY2hhdHBsYW5lLnYxLlNldEFjdGl2ZUJyYW5jaFJlc3BvbnNlIjyC0+STAjY6ASoiMS92MS9jb252ZXJzYXRpb25zL3tjb252ZXJzYXRpb25faWR9L2FjdGl2ZS1icmFuY2hCQFo+Z2l0aHViLmNvbS9jaGF0cGxhbmUvY2hhdHBsYW5lL2dlbi9nby9jaGF0cGxhbmUvdjE7Y2hhdHBsYW5ldjFiBnByb3RvMw", [file_chatplane_v1_resources, file_google_api_annotations, file_google_protobuf_timestamp]);
 
 /**
  * A user message to answer.
@@ -43,6 +43,31 @@ export type ChatRequest = Message<"chatplane.v1.ChatRequest"> & {
    * @generated from field: string client_message_id = 3;
    */
   clientMessageId: string;
+
+  /**
+   * Optional: answer or rewrite an earlier user message instead of continuing the active
+   * branch; the new messages become siblings of the earlier ones (docs/conversation-tree.md).
+   *
+   * @generated from oneof chatplane.v1.ChatRequest.branch
+   */
+  branch: {
+    /**
+     * Regenerate: a new answer to this user message, beside its earlier answers; `text`
+     * must be empty. The model sees only the messages before it on its branch.
+     *
+     * @generated from field: string regenerate_message_id = 40;
+     */
+    value: string;
+    case: "regenerateMessageId";
+  } | {
+    /**
+     * Edit: `text` becomes a new user message beside this one (same parent), then answered.
+     *
+     * @generated from field: string edit_message_id = 41;
+     */
+    value: string;
+    case: "editMessageId";
+  } | { case: undefined; value?: undefined };
 };
 
 /**
@@ -195,6 +220,13 @@ export type GetConversationRequest = Message<"chatplane.v1.GetConversationReques
    * @generated from field: string page_token = 3;
    */
   pageToken: string;
+
+  /**
+   * Which messages: the active branch (the default) or the whole tree.
+   *
+   * @generated from field: chatplane.v1.ConversationView view = 40;
+   */
+  view: ConversationView;
 };
 
 /**
@@ -338,6 +370,90 @@ export const SubmitFeedbackResponseSchema: GenMessage<SubmitFeedbackResponse> = 
   messageDesc(file_chatplane_v1_gateway, 9);
 
 /**
+ * Asks to switch a conversation's active branch.
+ *
+ * @generated from message chatplane.v1.SetActiveBranchRequest
+ */
+export type SetActiveBranchRequest = Message<"chatplane.v1.SetActiveBranchRequest"> & {
+  /**
+   * The conversation.
+   *
+   * @generated from field: string conversation_id = 1;
+   */
+  conversationId: string;
+
+  /**
+   * A message of the conversation: the new active branch runs through it and on to its
+   * newest descendants.
+   *
+   * @generated from field: string message_id = 2;
+   */
+  messageId: string;
+};
+
+/**
+ * Describes the message chatplane.v1.SetActiveBranchRequest.
+ * Use `create(SetActiveBranchRequestSchema)` to create a new message.
+ */
+export const SetActiveBranchRequestSchema: GenMessage<SetActiveBranchRequest> = /*@__PURE__*/
+  messageDesc(file_chatplane_v1_gateway, 10);
+
+/**
+ * The active branch is switched.
+ *
+ * @generated from message chatplane.v1.SetActiveBranchResponse
+ */
+export type SetActiveBranchResponse = Message<"chatplane.v1.SetActiveBranchResponse"> & {
+  /**
+   * The conversation, with its new active_message_id (the branch's newest message).
+   *
+   * @generated from field: chatplane.v1.Conversation conversation = 1;
+   */
+  conversation?: Conversation | undefined;
+};
+
+/**
+ * Describes the message chatplane.v1.SetActiveBranchResponse.
+ * Use `create(SetActiveBranchResponseSchema)` to create a new message.
+ */
+export const SetActiveBranchResponseSchema: GenMessage<SetActiveBranchResponse> = /*@__PURE__*/
+  messageDesc(file_chatplane_v1_gateway, 11);
+
+/**
+ * Which messages of a conversation GetConversation returns.
+ *
+ * @generated from enum chatplane.v1.ConversationView
+ */
+export enum ConversationView {
+  /**
+   * The default: the active branch.
+   *
+   * @generated from enum value: CONVERSATION_VIEW_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * The active branch, first message to newest: what a chat UI shows.
+   *
+   * @generated from enum value: CONVERSATION_VIEW_ACTIVE_BRANCH = 1;
+   */
+  ACTIVE_BRANCH = 1,
+
+  /**
+   * Every message of every branch, oldest first, with parent and sibling ids.
+   *
+   * @generated from enum value: CONVERSATION_VIEW_TREE = 2;
+   */
+  TREE = 2,
+}
+
+/**
+ * Describes the enum chatplane.v1.ConversationView.
+ */
+export const ConversationViewSchema: GenEnum<ConversationView> = /*@__PURE__*/
+  enumDesc(file_chatplane_v1_gateway, 0);
+
+/**
  * A rating of an answer.
  *
  * @generated from enum chatplane.v1.Rating
@@ -369,7 +485,7 @@ export enum Rating {
  * Describes the enum chatplane.v1.Rating.
  */
 export const RatingSchema: GenEnum<Rating> = /*@__PURE__*/
-  enumDesc(file_chatplane_v1_gateway, 0);
+  enumDesc(file_chatplane_v1_gateway, 1);
 
 /**
  * The public API of chatplane: chat with streamed answers, history and feedback.
@@ -427,6 +543,17 @@ export const GatewayService: GenService<{
     methodKind: "unary";
     input: typeof SubmitFeedbackRequestSchema;
     output: typeof SubmitFeedbackResponseSchema;
+  },
+  /**
+   * Makes the branch through a message the conversation's active branch (what
+   * GetConversation returns by default and what the next Chat continues).
+   *
+   * @generated from rpc chatplane.v1.GatewayService.SetActiveBranch
+   */
+  setActiveBranch: {
+    methodKind: "unary";
+    input: typeof SetActiveBranchRequestSchema;
+    output: typeof SetActiveBranchResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_chatplane_v1_gateway, 0);
