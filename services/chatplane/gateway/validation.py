@@ -13,7 +13,7 @@ MAX_CLIENT_MESSAGE_ID_CHARS = 128
 def validate_chat(request: gateway_pb2.ChatRequest, max_message_bytes: int) -> None:
     """Checks a ChatRequest: non-blank text within the size limit, a well-formed key, and a
     conversation id that can exist (an impossible one is NOT_FOUND, like a missing one)."""
-    if request.regenerate_message_id:
+    if request.WhichOneof("branch") == "regenerate_message_id":
         pass  # a regenerated answer has no text of its own (gateway/branching.py)
     elif not request.text.strip():
         raise errors.InvalidArgument("text", "must not be empty or whitespace")

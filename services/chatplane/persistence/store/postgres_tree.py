@@ -46,7 +46,7 @@ async def skeleton(
     statements in one pipeline (one round trip)."""
     async with connection.pipeline():
         conversation_cursor = await connection.execute(
-            f"SELECT {_CONVERSATION_COLUMNS}, active_message_id FROM conversations"
+            f"SELECT {_CONVERSATION_COLUMNS}, active_message_id, branched FROM conversations"
             " WHERE conversation_id = %s AND tenant_id = %s AND user_id = %s",
             (conversation_id, owner.tenant_id, owner.user_id),
         )
@@ -79,7 +79,7 @@ async def skeleton(
         TurnNode(user_message_id, assistant_message_id, parent, bool(regenerate), bool(live))
         for user_message_id, assistant_message_id, parent, regenerate, live in turn_rows
     )
-    return TreeSkeleton(conversation, row[7], nodes, turns)
+    return TreeSkeleton(conversation, row[7], nodes, turns, bool(row[8]))
 
 
 async def target_conversation(connection: _Connection, request: TurnRequest, now: datetime) -> str:

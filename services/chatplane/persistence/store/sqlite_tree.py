@@ -36,7 +36,7 @@ def skeleton(
 ) -> TreeSkeleton:
     """The owner's conversation's skeleton; NotFound when it is not the owner's."""
     row = connection.execute(
-        f"SELECT {_CONVERSATION_COLUMNS}, active_message_id FROM conversations"
+        f"SELECT {_CONVERSATION_COLUMNS}, active_message_id, branched FROM conversations"
         " WHERE conversation_id = ? AND tenant_id = ? AND user_id = ?",
         (conversation_id, owner.tenant_id, owner.user_id),
     ).fetchone()
@@ -63,7 +63,7 @@ def skeleton(
             (now_us, conversation_id, owner.tenant_id, owner.user_id),
         )
     )
-    return TreeSkeleton(conversation, row[7], nodes, turns)
+    return TreeSkeleton(conversation, row[7], nodes, turns, bool(row[8]))
 
 
 def target_conversation(connection: sqlite3.Connection, request: TurnRequest, now_us: int) -> str:

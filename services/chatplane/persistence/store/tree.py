@@ -73,14 +73,17 @@ class TurnPlan:
 class ConversationTree:
     """The tree of one conversation. `nodes` are its stored messages in creation order
     (create time, then store order); `active_message_id` is the conversation's recorded
-    active leaf (None: never recorded)."""
+    active leaf (None: never recorded); `marked_branched` whether a regenerate or edit was
+    ever reserved in it (its messages may not be stored yet)."""
 
     def __init__(
         self,
         nodes: Sequence[TreeNode],
         turns: Sequence[TurnNode],
         active_message_id: str | None,
+        marked_branched: bool = False,
     ) -> None:
+        self._marked_branched = marked_branched
         self._nodes = {node.message_id: node for node in nodes}
         self._order = {node.message_id: rank for rank, node in enumerate(nodes)}
         self._newest = nodes[-1].message_id if nodes else ROOT
@@ -155,8 +158,10 @@ class ConversationTree:
 
     @property
     def branched(self) -> bool:
-        """True when some message has a sibling."""
-        return any(len(children) > 1 for children in self._children.values())
+        """True when some message has a sibling (or will have, once stored)."""
+        return self._marked_branched or any(
+            len(children) > 1 for children in self._children.values()
+        )
 
     # --- new turns -------------------------------------------------------------------------
 

@@ -42,17 +42,18 @@ from chatplane.persistence.store.tree import (
 @dataclass(frozen=True, slots=True)
 class TreeSkeleton:
     """What a store reads to build a conversation's tree: the conversation, its recorded
-    active leaf (None: never recorded), its stored messages in creation order and its turns
-    whose answer is not stored."""
+    active leaf (None: never recorded), its stored messages in creation order, its turns
+    whose answer is not stored, and whether a regenerate or edit was ever reserved in it."""
 
     conversation: Conversation
     active_message_id: str | None
     nodes: tuple[TreeNode, ...]
     turns: tuple[TurnNode, ...]
+    branched: bool = False
 
     def tree(self) -> ConversationTree:
         """The conversation's tree."""
-        return ConversationTree(self.nodes, self.turns, self.active_message_id)
+        return ConversationTree(self.nodes, self.turns, self.active_message_id, self.branched)
 
 
 def target_of(request: TurnRequest) -> tuple[str, str]:
