@@ -27,7 +27,14 @@ INGRESS_ACCOUNT = "cluster.local/ns/istio-system/sa/istio-ingressgateway-service
 # forwards the public API.
 CALLS: dict[tuple[str, str], frozenset[str]] = {
     ("edge", GATEWAY): frozenset(
-        {"Chat", "ListConversations", "GetConversation", "DeleteConversation", "SubmitFeedback"}
+        {
+            "Chat",
+            "ListConversations",
+            "GetConversation",
+            "DeleteConversation",
+            "SubmitFeedback",
+            "SetActiveBranch",
+        }
     ),
     ("gateway", AGENT): frozenset({"Generate"}),
     ("gateway", PERSISTENCE): frozenset(
@@ -40,6 +47,7 @@ CALLS: dict[tuple[str, str], frozenset[str]] = {
             "DeleteConversation",
             "SubmitFeedback",
             "GetApiKey",
+            "SetActiveBranch",
         }
     ),
     ("gateway", MEMORY): frozenset({"Forget"}),

@@ -13,7 +13,8 @@ ALTER TABLE conversations ADD COLUMN active_message_id TEXT;
 ALTER TABLE conversations ADD COLUMN branched INTEGER NOT NULL DEFAULT 0
     CHECK (branched IN (0, 1));
 
--- The parent of the turn's new user message ('' for a first message; NULL: not recorded).
+-- The parent of the turn's new user message, or for a regenerated answer of the user message
+-- it answers ('' for a first message; NULL: reserved before trees).
 ALTER TABLE turns ADD COLUMN parent_message_id TEXT;
 -- A regenerated answer's turn: the stored user message it answers. Its user_message_id is
 -- then only the turn's key (a user message has one turn per answer), never a message id.
