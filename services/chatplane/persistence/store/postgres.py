@@ -299,7 +299,7 @@ class PostgresConversationStore(TreeQueries, ConversationStore):
                 (conversation_id, owner.tenant_id, owner.user_id, request.title, now, now),
             )
         expire = now + request.lease
-        plan, found = await postgres_tree.place_turn(connection, request, conversation_id, now)
+        plan, tree = await postgres_tree.place_turn(connection, request, conversation_id, now)
         try:
             cursor = await connection.execute(
                 "INSERT INTO turns (user_message_id, assistant_message_id, conversation_id,"
@@ -335,7 +335,7 @@ class PostgresConversationStore(TreeQueries, ConversationStore):
             complete=False,
             lease_expire_time=expire,
         )
-        return await postgres_tree.details(connection, request, reservation, plan, found)
+        return await postgres_tree.details(connection, request, reservation, plan, tree)
 
     async def _reclaim_turn(
         self, connection: _Connection, row: Sequence[Any], now: datetime, request: TurnRequest

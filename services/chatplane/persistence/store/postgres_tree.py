@@ -19,7 +19,7 @@ from chatplane.persistence.store.base import (
     TurnReservation,
 )
 from chatplane.persistence.store.records import conversation_from_row
-from chatplane.persistence.store.tree import TreeNode, TurnNode, TurnPlan
+from chatplane.persistence.store.tree import ConversationTree, TreeNode, TurnNode, TurnPlan
 from chatplane.persistence.store.tree_store import (
     TreeSkeleton,
     branch_messages,
@@ -107,18 +107,43 @@ async def target_conversation(connection: _Connection, request: TurnRequest, now
 
 async def place_turn(
     connection: _Connection, request: TurnRequest, conversation_id: str, now: datetime
-) -> tuple[TurnPlan, TreeSkeleton]:
+) -> tuple[TurnPlan, ConversationTree | None]:
     """Where a new turn of the conversation goes; makes its answer the active leaf. The
     caller holds the conversation's row lock, so turns of one conversation are placed one
-    at a time."""
-    found = await skeleton(connection, request.owner, conversation_id, now)
-    plan = plan_turn(found.tree(), request)
+    at a time. A turn continuing a linear conversation after a stored or running answer
+    needs no tree."""
+    tree: ConversationTree | None = None
+    plan = await _linear_continuation(connection, request, conversation_id, now)
+    if plan is None:
+        tree = (await skeleton(connection, request.owner, conversation_id, now)).tree()
+        plan = plan_turn(tree, request)
     await connection.execute(
         "UPDATE conversations SET active_message_id = %s, branched = branched OR %s"
         " WHERE conversation_id = %s",
         (request.assistant_message_id, plan.branched, conversation_id),
     )
-    return plan, found
+    return plan, tree
+
+
+async def _linear_continuation(
+    connection: _Connection, request: TurnRequest, conversation_id: str, now: datetime
+) -> TurnPlan | None:
+    """The plan of a turn continuing an unbranched conversation whose active leaf is stored
+    or still being answered (the common case), from one statement; None otherwise."""
+    if request.regenerate_message_id or request.edit_message_id:
+        return None
+    cursor = await connection.execute(
+        "SELECT c.active_message_id, c.branched,"
+        " EXISTS (SELECT 1 FROM messages m WHERE m.message_id = c.active_message_id),"
+        " EXISTS (SELECT 1 FROM turns t WHERE t.assistant_message_id = c.active_message_id"
+        "  AND t.lease_expire_time > %s)"
+        " FROM conversations c WHERE c.conversation_id = %s",
+        (now, conversation_id),
+    )
+    row = await cursor.fetchone()
+    if row is None or row[0] is None or row[1] or not (row[2] or row[3]):
+        return None
+    return TurnPlan(row[0], "", branched=False)
 
 
 async def details(
@@ -126,19 +151,19 @@ async def details(
     request: TurnRequest,
     reservation: TurnReservation,
     plan: TurnPlan,
-    found: TreeSkeleton | None,
+    tree: ConversationTree | None,
 ) -> TurnReservation:
     """An acquired reservation with what the Gateway and the Agent need of the tree: the
     parent, a regenerated answer's question, and (in a conversation with branches) the
     branch the answer follows."""
     entries = []
-    if found is not None and plan.branched:
-        entries = found.tree().branch(plan, request.branch_limit)
+    if tree is not None and plan.branched:
+        entries = tree.branch(plan, request.branch_limit)
     wanted = [e.message_id for e in entries if e.stored]
     if plan.reply_to_message_id:
         wanted.append(plan.reply_to_message_id)
     texts = await _texts(connection, request.owner, wanted)
-    branch = branch_messages(entries, texts) if found is not None and plan.branched else None
+    branch = branch_messages(entries, texts) if tree is not None and plan.branched else None
     return TurnReservation(
         reservation.conversation_id,
         plan.reply_to_message_id or reservation.user_message_id,
@@ -172,7 +197,7 @@ async def taken_over(
     parent, reply_to, branched = row
     plan = TurnPlan(parent or "", reply_to or "", branched=bool(branched))
     found = await skeleton(connection, request.owner, reservation.conversation_id, now)
-    return await details(connection, request, reservation, plan, found)
+    return await details(connection, request, reservation, plan, found.tree())
 
 
 async def _texts(connection: _Connection, owner: Owner, ids: Sequence[str]) -> dict[str, str]:

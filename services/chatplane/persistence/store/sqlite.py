@@ -318,7 +318,7 @@ class SqliteConversationStore(TreeQueries, ConversationStore):
                     ),
                 )
             expire_us = now_us + lease_us
-            plan, found = sqlite_tree.place_turn(connection, request, conversation_id, now_us)
+            plan, tree = sqlite_tree.place_turn(connection, request, conversation_id, now_us)
             try:
                 connection.execute(
                     "INSERT INTO turns (user_message_id, assistant_message_id, conversation_id,"
@@ -348,7 +348,7 @@ class SqliteConversationStore(TreeQueries, ConversationStore):
                 complete=False,
                 lease_expire_time=from_micros(expire_us),
             )
-            return sqlite_tree.details(connection, request, reservation, plan, found)
+            return sqlite_tree.details(connection, request, reservation, plan, tree)
 
     def _delete_conversation(
         self, owner: Owner, conversation_id: str, connection: sqlite3.Connection

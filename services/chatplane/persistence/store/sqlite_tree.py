@@ -17,7 +17,7 @@ from chatplane.persistence.store.base import (
     from_micros,
 )
 from chatplane.persistence.store.records import conversation_from_row
-from chatplane.persistence.store.tree import TreeNode, TurnNode, TurnPlan
+from chatplane.persistence.store.tree import ConversationTree, TreeNode, TurnNode, TurnPlan
 from chatplane.persistence.store.tree_store import (
     TreeSkeleton,
     branch_messages,
@@ -93,16 +93,40 @@ def target_conversation(connection: sqlite3.Connection, request: TurnRequest, no
 
 def place_turn(
     connection: sqlite3.Connection, request: TurnRequest, conversation_id: str, now_us: int
-) -> tuple[TurnPlan, TreeSkeleton | None]:
-    """Where a new turn of an existing conversation goes; makes its answer the active leaf."""
-    found = skeleton(connection, request.owner, conversation_id, now_us)
-    plan = plan_turn(found.tree(), request)
+) -> tuple[TurnPlan, ConversationTree | None]:
+    """Where a new turn of the conversation goes; makes its answer the active leaf. A turn
+    continuing a linear conversation after a stored or running answer needs no tree."""
+    tree: ConversationTree | None = None
+    plan = _linear_continuation(connection, request, conversation_id, now_us)
+    if plan is None:
+        tree = skeleton(connection, request.owner, conversation_id, now_us).tree()
+        plan = plan_turn(tree, request)
     connection.execute(
         "UPDATE conversations SET active_message_id = ?, branched = max(branched, ?)"
         " WHERE conversation_id = ?",
         (request.assistant_message_id, int(plan.branched), conversation_id),
     )
-    return plan, found
+    return plan, tree
+
+
+def _linear_continuation(
+    connection: sqlite3.Connection, request: TurnRequest, conversation_id: str, now_us: int
+) -> TurnPlan | None:
+    """The plan of a turn continuing an unbranched conversation whose active leaf is stored
+    or still being answered (the common case), from two point reads; None otherwise."""
+    if request.regenerate_message_id or request.edit_message_id:
+        return None
+    row = connection.execute(
+        "SELECT c.active_message_id, c.branched,"
+        " EXISTS (SELECT 1 FROM messages m WHERE m.message_id = c.active_message_id),"
+        " EXISTS (SELECT 1 FROM turns t WHERE t.assistant_message_id = c.active_message_id"
+        "  AND t.lease_expire_time_us > ?)"
+        " FROM conversations c WHERE c.conversation_id = ?",
+        (now_us, conversation_id),
+    ).fetchone()
+    if row is None or row[0] is None or row[1] or not (row[2] or row[3]):
+        return None
+    return TurnPlan(row[0], "", branched=False)
 
 
 def details(
@@ -110,7 +134,7 @@ def details(
     request: TurnRequest,
     reservation: TurnReservation,
     plan: TurnPlan,
-    found: TreeSkeleton | None,
+    tree: ConversationTree | None,
 ) -> TurnReservation:
     """An acquired reservation with what the Gateway and the Agent need of the tree: the
     parent, a regenerated answer's question, and (in a conversation with branches) the
@@ -121,8 +145,8 @@ def details(
         [plan.reply_to_message_id] if plan.reply_to_message_id else [],
     )
     branch = None
-    if found is not None and plan.branched:
-        entries = found.tree().branch(plan, request.branch_limit)
+    if tree is not None and plan.branched:
+        entries = tree.branch(plan, request.branch_limit)
         stored = _texts(connection, request.owner, [e.message_id for e in entries if e.stored])
         branch = branch_messages(entries, stored)
     return TurnReservation(
@@ -157,7 +181,7 @@ def taken_over(
     parent, reply_to, branched = row
     plan = TurnPlan(parent or "", reply_to or "", branched=bool(branched))
     found = skeleton(connection, request.owner, reservation.conversation_id, now_us)
-    return details(connection, request, reservation, plan, found)
+    return details(connection, request, reservation, plan, found.tree())
 
 
 def _texts(connection: sqlite3.Connection, owner: Owner, ids: Sequence[str]) -> dict[str, str]:
