@@ -33,10 +33,11 @@ from chatplane.persistence.store.sqlite import SqliteConversationStore
 NAME = "tree"
 TITLE = "tree: BeginTurn and active-branch reads on SQLite, by conversation size"
 NOTES = (
-    "BeginTurn reads the conversation's skeleton (ids, roles, parents) to place the turn; "
-    "with branches it also returns the branch (8 messages with texts) for the model.",
-    "A linear conversation's turn returns no branch; the Agent then uses memory's recent "
-    "messages as before.",
+    "A turn continuing a linear conversation is placed from point reads (its active leaf) "
+    "and returns no branch: the Agent uses memory's recent messages, as before trees.",
+    "With branches, BeginTurn reads the conversation's skeleton (ids, roles, parents of "
+    "every message) to place the turn and returns the branch (8 messages with texts).",
+    "History reads (either view) always read the skeleton.",
 )
 
 SIZES = (10, 100, 1000)
