@@ -24,6 +24,8 @@ EDIT_FIELD = "edit_message_id"
 # wait): a regenerate or edit of it sent at once waits this long for it before it is refused
 # as still being answered (FAILED_PRECONDITION).
 SETTLE_SECONDS = 1.0
+# PersistenceService returns at most this many branch messages (tree_messages.py).
+MAX_BRANCH_LIMIT = 500
 _SETTLE_POLL_SECONDS = 0.05
 
 # Seconds a downstream call may take: the caller's remaining time less a margin, capped.
@@ -58,7 +60,7 @@ def branch_fields(request: gateway_pb2.ChatRequest, settings: Settings) -> dict[
     return {
         "regenerate_message_id": request.regenerate_message_id,
         "edit_message_id": request.edit_message_id,
-        "branch_limit": settings.recent_turns,
+        "branch_limit": min(settings.recent_turns, MAX_BRANCH_LIMIT),
     }
 
 
