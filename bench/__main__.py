@@ -23,6 +23,7 @@ from bench import (
     recall,
     report,
     streaming,
+    tree,
 )
 from bench import resume as resume_bench
 from bench.harness import Options, machine, progress
@@ -48,6 +49,7 @@ BENCHMARKS = (
     Benchmark(resume_bench.NAME, resume_bench.TITLE, resume_bench.NOTES, resume_bench.run),
     Benchmark(ingest.NAME, ingest.TITLE, ingest.NOTES, ingest.run),
     Benchmark(llm_chain.NAME, llm_chain.TITLE, llm_chain.NOTES, llm_chain.run),
+    Benchmark(tree.NAME, tree.TITLE, tree.NOTES, tree.run),
 )
 
 

@@ -38,6 +38,7 @@ CALLS: dict[tuple[str, str], frozenset[str]] = {
             "IngestDocument",
             "ListDocuments",
             "DeleteDocument",
+            "SetActiveBranch",
         }
     ),
     ("gateway", AGENT): frozenset({"Generate", "ResumeGenerate", "CancelGenerate"}),
@@ -54,6 +55,7 @@ CALLS: dict[tuple[str, str], frozenset[str]] = {
             "GetAnswer",
             "ReserveQuota",
             "SettleQuota",
+            "SetActiveBranch",
         }
     ),
     ("gateway", MEMORY): frozenset({"Forget", "IngestDocument", "ListDocuments", "DeleteDocument"}),

@@ -42,6 +42,10 @@ KIND_OF_FIELD = {
     "message_id": "message",
     "document_id": "document",
 }
+# Id fields that name a user message (the others that name a message name an answer).
+USER_MESSAGE_FIELDS = {"regenerate_message_id", "edit_message_id"}
+# Id fields whose request must carry no text (a regenerate re-answers the stored question).
+NO_TEXT_FIELDS = {"regenerate_message_id"}
 # Objects shared by every user of a tenant: another user of the same tenant may use them.
 TENANT_WIDE = {"document"}
 NOT_IDS = {"client_message_id"}  # the caller's own idempotency key, not an object id
@@ -143,19 +147,37 @@ def _methods_with_ids() -> list[pb_descriptor.MethodDescriptor]:
     ]
 
 
-def _template(method: pb_descriptor.MethodDescriptor, id_field: str, value: str) -> bytes:
-    """A request that is valid apart from whose object it names: other text fields say
-    hello, enums take their first real value."""
+def _own_id(owner: Tenant, id_field: str) -> str:
+    """One of the owner's objects for an id field: a user message where the field rewrites or
+    re-answers one, otherwise an answer (feedback, resume and cancel are about answers)."""
+    kind = _kind(id_field)
+    assert kind is not None
+    if kind == "message":
+        return owner.ids["message"][0 if id_field in USER_MESSAGE_FIELDS else 1]
+    return owner.ids[kind][0]
+
+
+def _template(
+    method: pb_descriptor.MethodDescriptor, id_field: str, value: str, caller: Tenant
+) -> bytes:
+    """A request that is valid apart from whose object `id_field` names: other id fields name
+    the caller's own objects (members of a oneof are left out), other text fields say hello
+    (empty where the field under test wants no text), enums take their first real value."""
     request: pb_message.Message = message_factory.GetMessageClass(method.input_type)()
+    ids = _id_fields(method)
     for f in method.input_type.fields:
         if f.is_repeated or f.message_type is not None:
             continue
         if f.name == id_field:
             setattr(request, f.name, value)
+        elif f.name in ids:
+            if f.containing_oneof is None:
+                setattr(request, f.name, _own_id(caller, f.name))
         elif f.name.endswith("_token"):
             continue  # page tokens: the first page
-        elif f.type == f.TYPE_STRING and f.name not in _id_fields(method):
-            setattr(request, f.name, "hello")
+        elif f.type == f.TYPE_STRING:
+            if not (f.name == "text" and id_field in NO_TEXT_FIELDS):
+                setattr(request, f.name, "hello")
         elif f.type == f.TYPE_ENUM:
             setattr(request, f.name, f.enum_type.values[1].number)
     return request.SerializeToString()
@@ -206,12 +228,15 @@ async def test_someone_elses_ids_look_like_ids_that_do_not_exist(
         if victim == "A2" and kind in TENANT_WIDE:
             continue
         missing = await _status(
-            channel, method, _template(method, id_field, str(uuid.uuid4())), attacker.client
+            channel,
+            method,
+            _template(method, id_field, str(uuid.uuid4()), attacker),
+            attacker.client,
         )
         assert missing is not grpc.StatusCode.OK, (method.full_name, id_field)
         for object_id in parties[victim].ids[kind]:
             code = await _status(
-                channel, method, _template(method, id_field, object_id), attacker.client
+                channel, method, _template(method, id_field, object_id, attacker), attacker.client
             )
             assert code is missing, (method.full_name, id_field, object_id, code, missing)
             tried += 1
@@ -243,12 +268,11 @@ async def test_the_templates_succeed_on_the_callers_own_objects(
         for id_field in _id_fields(method):
             kind = _kind(id_field)
             assert kind is not None
-            # Messages: the assistant answer (feedback applies to answers).
-            object_id = own.ids[kind][1] if kind == "message" else own.ids[kind][0]
+            object_id = _own_id(own, id_field)
             if kind == "message":
                 await poll(functools.partial(_stored, channel, own, object_id))
             code = await _status(
-                channel, method, _template(method, id_field, object_id), own.client
+                channel, method, _template(method, id_field, object_id, own), own.client
             )
             assert code is grpc.StatusCode.OK, (method.full_name, id_field, code)
 

@@ -23,6 +23,10 @@ class Recollection:
     passages: Sequence[ContextPassage]
     citations: Sequence[resources_pb2.Citation]
     degraded: bool
+    # The message id of each history line, and the conversation each passage was recalled
+    # from ("" for documents): what a branch of a conversation tree is filtered by.
+    history_ids: Sequence[str] = ()
+    passage_conversations: Sequence[str] = ()
 
 
 _SPEAKERS = {resources_pb2.ROLE_USER: Speaker.USER, resources_pb2.ROLE_ASSISTANT: Speaker.ASSISTANT}
@@ -75,6 +79,8 @@ class MemoryClient:
             passages=passages,
             citations=[i.citation for i in response.items],
             degraded=False,
+            history_ids=[m.message_id for m in response.recent if m.role in _SPEAKERS],
+            passage_conversations=[i.conversation_id for i in response.items],
         )
 
     async def remember(self, request: memory_pb2.RememberRequest, *, timeout: float) -> bool:

@@ -8,6 +8,7 @@ from typing import Any
 
 import grpc
 
+from chatplane.agent.branch_context import branch_lines
 from chatplane.agent.live_turns import LiveTurns
 from chatplane.agent.resume import resumable_events, resumed_events
 from chatplane.agent.turn import TurnEvent, TurnRequest, TurnRunner
@@ -40,6 +41,8 @@ def _turn(
             raise errors.InvalidArgument(field, "must be an id")
     if not request.text.strip():
         raise errors.InvalidArgument("text", "must not be empty")
+    if request.parent_message_id and not is_valid_id(request.parent_message_id):
+        raise errors.InvalidArgument("parent_message_id", "must be an id")
     return TurnRequest(
         tenant_id=request.tenant_id,
         user_id=request.user_id,
@@ -49,6 +52,9 @@ def _turn(
         text=request.text,
         client_message_id=request.client_message_id,
         trace_headers=propagated(context.invocation_metadata() or ()),
+        parent_message_id=request.parent_message_id,
+        regenerate=request.regenerate,
+        branch=branch_lines(request.branch) if request.HasField("branch") else None,
     )
 
 

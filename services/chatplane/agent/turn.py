@@ -15,6 +15,7 @@ from typing import Any
 
 from google.protobuf import timestamp_pb2
 
+from chatplane.agent.branch_context import BranchLine, on_branch
 from chatplane.agent.llm.base import LlmBackend, StopReason, StreamEnd, StreamStart
 from chatplane.agent.llm.errors import LlmError
 from chatplane.agent.memory_client import MemoryClient
@@ -57,6 +58,11 @@ class TurnRequest:
     client_message_id: str
     # traceparent / tracestate / x-request-id, written into every log record's headers.
     trace_headers: tuple[tuple[str, str], ...] = ()
+    # The conversation tree (docs/conversation-tree.md): the user message's parent; a
+    # regenerated answer (the user message is stored already); the branch to answer from.
+    parent_message_id: str = ""
+    regenerate: bool = False
+    branch: tuple[BranchLine, ...] | None = None
 
 
 def _timestamp(unix_ms: int) -> timestamp_pb2.Timestamp:
@@ -96,6 +102,8 @@ class TurnRunner:
             top_k=settings.recall_top_k,
             timeout=budget(settings.internal_call_timeout_seconds),
         )
+        if turn.branch is not None:
+            recollection = on_branch(recollection, turn.branch, turn.conversation_id)
         prompt = build_prompt(
             question=turn.text,
             history=recollection.history,
@@ -214,6 +222,7 @@ class TurnRunner:
             status=resources_pb2.MESSAGE_STATUS_COMPLETE,
             create_time=_timestamp(user_time_ms),
             client_message_id=turn.client_message_id,
+            parent_message_id=turn.parent_message_id,
         )
         assistant = resources_pb2.Message(
             message_id=turn.assistant_message_id,
@@ -230,7 +239,10 @@ class TurnRunner:
             reply_to_message_id=turn.user_message_id,
             finish_reason=finish,
             usage=usage,
+            parent_message_id=turn.user_message_id,
         )
+        # A regenerated answer's user message is stored already: only the answer is new.
+        new_messages = (assistant,) if turn.regenerate else (user, assistant)
         key = turn.conversation_id.encode()
         headers = tuple((name, value.encode()) for name, value in turn.trace_headers)
         records = [
@@ -247,7 +259,7 @@ class TurnRunner:
                     delta_ends=accumulate(map(len, deltas)) if message is assistant else (),
                 ).SerializeToString(),
             )
-            for message in (user, assistant)
+            for message in new_messages
         ]
         cap = settings.log_append_timeout_seconds
         await self._producer.append(records, timeout=budget(cap) if budget else cap)
@@ -260,7 +272,7 @@ class TurnRunner:
                     message_id=m.message_id, role=m.role, text=m.text, create_time_unix_ms=t
                 )
                 for m, t in ((user, user_time_ms), (assistant, answer_time_ms))
-                if m.text
+                if m.text and m in new_messages
             ],
         )
         timeout = settings.internal_call_timeout_seconds

@@ -90,6 +90,9 @@ def message_lines(message: resources_pb2.Message) -> list[str]:
         heading.append(message.model)
     if message.status == resources_pb2.MESSAGE_STATUS_INTERRUPTED:
         heading.append("INTERRUPTED (partial answer)")
+    if message.sibling_count > 1:
+        # One of several answers or edits (docs/conversation-tree.md): which, of how many.
+        heading.append(f"< {message.sibling_index + 1}/{message.sibling_count} >")
     lines = [" · ".join(heading)]
     lines.extend(f"  {line}" for line in (message.text.splitlines() or [""]))
     return lines

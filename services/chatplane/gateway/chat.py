@@ -15,6 +15,7 @@ from chatplane.common import errors
 from chatplane.common.context import Principal
 from chatplane.common.ids import new_id
 from chatplane.common.settings import Settings
+from chatplane.gateway.branching import begin_turn, branch_fields, generate_fields
 from chatplane.gateway.token_quota import TokenQuotaGate
 from chatplane.gateway.validation import conversation_title
 from chatplane.v1 import (
@@ -107,10 +108,11 @@ class ChatRelay:
             assistant_message_id=new_id(),
             title=conversation_title(request.text),
             lease_ms=int(settings.turn_timeout_seconds * 1000),
+            **branch_fields(request, settings),
         )
         while True:
-            begin = await self._persistence.BeginTurn(
-                begin_request, timeout=budget(settings.internal_call_timeout_seconds)
+            begin = await begin_turn(
+                self._persistence, begin_request, budget, settings.internal_call_timeout_seconds
             )
             if begin.owner:
                 async for event in self._run(principal, request, begin, budget, trace):
@@ -137,9 +139,10 @@ class ChatRelay:
                 conversation_id=begin.conversation_id,
                 user_message_id=begin.user_message_id,
                 assistant_message_id=begin.assistant_message_id,
-                text=request.text,
+                text=request.text or begin.user_text,
                 client_message_id=request.client_message_id,
                 resumable=request.resumable,
+                **generate_fields(begin),
             ),
             timeout=budget(self._settings.turn_timeout_seconds),
             metadata=(*trace, (CONVERSATION_ID_HEADER, begin.conversation_id)),
@@ -163,7 +166,9 @@ class ChatRelay:
         try:
             await self._persistence.ReleaseTurn(
                 persistence_pb2.ReleaseTurnRequest(
-                    owner=owner, user_message_id=begin.user_message_id
+                    owner=owner,
+                    user_message_id=begin.user_message_id,
+                    assistant_message_id=begin.assistant_message_id,
                 ),
                 timeout=budget(self._settings.internal_call_timeout_seconds),
             )
@@ -178,7 +183,11 @@ class ChatRelay:
         budget: Budget,
     ) -> bool:
         """Polls until the turn's answer is stored (True) or its lease expires (False)."""
-        request = persistence_pb2.GetTurnRequest(owner=owner, user_message_id=begin.user_message_id)
+        request = persistence_pb2.GetTurnRequest(
+            owner=owner,
+            user_message_id=begin.user_message_id,
+            assistant_message_id=begin.assistant_message_id,
+        )
         timeout = self._settings.internal_call_timeout_seconds
         while True:
             turn = await self._persistence.GetTurn(request, timeout=budget(timeout))
@@ -196,7 +205,11 @@ class ChatRelay:
         budget: Budget,
     ) -> AsyncIterator[gateway_pb2.ChatResponse]:
         turn = await self._persistence.GetTurn(
-            persistence_pb2.GetTurnRequest(owner=owner, user_message_id=begin.user_message_id),
+            persistence_pb2.GetTurnRequest(
+                owner=owner,
+                user_message_id=begin.user_message_id,
+                assistant_message_id=begin.assistant_message_id,
+            ),
             timeout=budget(self._settings.internal_call_timeout_seconds),
         )
         if not turn.HasField("assistant_message"):

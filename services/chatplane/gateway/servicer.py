@@ -16,6 +16,7 @@ from chatplane.common.ids import is_valid_id
 from chatplane.common.settings import Settings
 from chatplane.common.status_mapping import forwarded_invalid_argument
 from chatplane.common.trace_context import propagated
+from chatplane.gateway.branching import validate_view
 from chatplane.gateway.chat import ChatRelay
 from chatplane.gateway.documents import DocumentRelay
 from chatplane.gateway.metrics import ChatStreamMetrics
@@ -105,6 +106,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
     async def GetConversation(
         self, request: gateway_pb2.GetConversationRequest, context: Context
     ) -> gateway_pb2.GetConversationResponse:
+        validate_view(request)
         try:
             response = await self._persistence.GetConversation(
                 persistence_pb2.PersistenceServiceGetConversationRequest(
@@ -209,3 +211,22 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         return await self._documents.delete(
             _principal(), request.document_id, self._timeout(context)
         )
+
+    async def SetActiveBranch(
+        self, request: gateway_pb2.SetActiveBranchRequest, context: Context
+    ) -> gateway_pb2.SetActiveBranchResponse:
+        for field, value in (
+            ("conversation_id", request.conversation_id),
+            ("message_id", request.message_id),
+        ):
+            if not value:
+                raise errors.InvalidArgument(field, "required")
+            if not is_valid_id(value):
+                raise errors.NotFound(f"{field.removesuffix('_id')} not found")
+        response = await self._persistence.SetActiveBranch(
+            persistence_pb2.PersistenceServiceSetActiveBranchRequest(
+                owner=_owner(), request=request
+            ),
+            timeout=self._timeout(context),
+        )
+        return response.response

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from chatplane.common import errors
 from chatplane.common.ids import is_valid_id
+from chatplane.gateway.branching import validate_branch
 from chatplane.v1 import gateway_pb2
 
 MAX_CLIENT_MESSAGE_ID_CHARS = 128
@@ -12,7 +13,9 @@ MAX_CLIENT_MESSAGE_ID_CHARS = 128
 def validate_chat(request: gateway_pb2.ChatRequest, max_message_bytes: int) -> None:
     """Checks a ChatRequest: non-blank text within the size limit, a well-formed key, and a
     conversation id that can exist (an impossible one is NOT_FOUND, like a missing one)."""
-    if not request.text.strip():
+    if request.WhichOneof("branch") == "regenerate_message_id":
+        pass  # a regenerated answer has no text of its own (gateway/branching.py)
+    elif not request.text.strip():
         raise errors.InvalidArgument("text", "must not be empty or whitespace")
     size = len(request.text.encode("utf-8"))
     if size > max_message_bytes:
@@ -25,6 +28,7 @@ def validate_chat(request: gateway_pb2.ChatRequest, max_message_bytes: int) -> N
         raise errors.InvalidArgument(
             "client_message_id", f"must be at most {MAX_CLIENT_MESSAGE_ID_CHARS} characters"
         )
+    validate_branch(request)
     if request.conversation_id and not is_valid_id(request.conversation_id):
         raise errors.NotFound("conversation not found")
 

@@ -89,6 +89,10 @@ def decode_message(record: ConsumedRecord) -> Message:
             raise InvalidRecord(f"missing or invalid message.{field}")
     if message.reply_to_message_id and not is_valid_id(message.reply_to_message_id):
         raise InvalidRecord("invalid message.reply_to_message_id")
+    # Absent in records written before conversation trees: stored as NULL (a linear chain).
+    parent = message.parent_message_id if message.HasField("parent_message_id") else None
+    if parent and not is_valid_id(parent):
+        raise InvalidRecord("invalid message.parent_message_id")
     role = _ROLES.get(message.role)
     if role is None:
         raise InvalidRecord(f"invalid message.role {message.role}")
@@ -115,6 +119,7 @@ def decode_message(record: ConsumedRecord) -> Message:
         output_tokens=message.usage.output_tokens,
         client_message_id=message.client_message_id,
         delta_ends=valid_delta_ends(recorded.delta_ends, message.text),
+        parent_message_id=parent,
     )
 
 

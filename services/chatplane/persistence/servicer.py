@@ -17,9 +17,11 @@ from chatplane.common.ids import is_valid_id
 from chatplane.common.roles import parse_roles
 from chatplane.persistence.quota_rpcs import QuotaRpcs
 from chatplane.persistence.store.base import (
+    BranchCursor,
     Conversation,
     ConversationCursor,
     ConversationStore,
+    ConversationView,
     Feedback,
     FinishReason,
     Message,
@@ -31,6 +33,14 @@ from chatplane.persistence.store.base import (
     TurnRequest,
     from_micros,
     to_micros,
+)
+from chatplane.persistence.tree_messages import (
+    add_branch,
+    branch_cursor,
+    branch_request,
+    branch_token,
+    conversation_view,
+    placed_message,
 )
 from chatplane.v1 import (
     gateway_pb2,
@@ -100,22 +110,28 @@ class PersistenceServicer(QuotaRpcs, persistence_pb2_grpc.PersistenceServiceServ
                 assistant_message_id=request.assistant_message_id,
                 title=request.title,
                 lease=lease,
+                **branch_request(request),
             )
         )
-        return persistence_pb2.BeginTurnResponse(
+        response = persistence_pb2.BeginTurnResponse(
             conversation_id=reservation.conversation_id,
             user_message_id=reservation.user_message_id,
             assistant_message_id=reservation.assistant_message_id,
             owner=reservation.acquired,
             complete=reservation.complete,
         )
+        add_branch(response, reservation)
+        return response
 
     async def GetTurn(
         self, request: persistence_pb2.GetTurnRequest, context: Context
     ) -> persistence_pb2.GetTurnResponse:
         owner = _owner(request.owner)
-        _require(request.user_message_id, "user_message_id")
-        turn = await self._store.get_turn(owner, request.user_message_id)
+        if not request.assistant_message_id:
+            _require(request.user_message_id, "user_message_id")
+        turn = await self._store.get_turn(
+            owner, request.user_message_id, assistant_message_id=request.assistant_message_id
+        )
         response = persistence_pb2.GetTurnResponse(
             lease_expire_time=_timestamp(turn.lease_expire_time)
         )
@@ -129,8 +145,11 @@ class PersistenceServicer(QuotaRpcs, persistence_pb2_grpc.PersistenceServiceServ
         self, request: persistence_pb2.ReleaseTurnRequest, context: Context
     ) -> persistence_pb2.ReleaseTurnResponse:
         owner = _owner(request.owner)
-        _require(request.user_message_id, "user_message_id")
-        released = await self._store.release_turn(owner, request.user_message_id)
+        if not request.assistant_message_id:
+            _require(request.user_message_id, "user_message_id")
+        released = await self._store.release_turn(
+            owner, request.user_message_id, assistant_message_id=request.assistant_message_id
+        )
         return persistence_pb2.ReleaseTurnResponse(released=released)
 
     async def ListConversations(
@@ -154,15 +173,25 @@ class PersistenceServicer(QuotaRpcs, persistence_pb2_grpc.PersistenceServiceServ
         wanted = request.request
         _require(wanted.conversation_id, "request.conversation_id")
         limit = _page_size(wanted.page_size, "request.page_size", MESSAGES_PAGE)
-        after = _message_cursor(wanted.page_token, "request.page_token", wanted.conversation_id)
-        history = await self._store.get_conversation(
-            owner, wanted.conversation_id, limit=limit, after=after
+        view = conversation_view(wanted.view)
+        after: MessageCursor | BranchCursor | None
+        if view is ConversationView.TREE:
+            after = _message_cursor(wanted.page_token, "request.page_token", wanted.conversation_id)
+        else:
+            after = branch_cursor(wanted.page_token, "request.page_token", wanted.conversation_id)
+        page = await self._store.get_conversation_tree(
+            owner, wanted.conversation_id, view=view, limit=limit, after=after
+        )
+        next_page_token = (
+            branch_token(page.next_cursor)
+            if isinstance(page.next_cursor, BranchCursor)
+            else _message_token(page.next_cursor)
         )
         return persistence_pb2.PersistenceServiceGetConversationResponse(
             response=gateway_pb2.GetConversationResponse(
-                conversation=_conversation(history.conversation),
-                messages=[_message(m) for m in history.messages],
-                next_page_token=_message_token(history.next_cursor),
+                conversation=_conversation(page.conversation),
+                messages=[placed_message(_message(p.message), p) for p in page.messages],
+                next_page_token=next_page_token,
             )
         )
 
@@ -189,6 +218,19 @@ class PersistenceServicer(QuotaRpcs, persistence_pb2_grpc.PersistenceServiceServ
         )
         return persistence_pb2.PersistenceServiceSubmitFeedbackResponse(
             create_time=_timestamp(stored)
+        )
+
+    async def SetActiveBranch(
+        self, request: persistence_pb2.PersistenceServiceSetActiveBranchRequest, context: Context
+    ) -> persistence_pb2.PersistenceServiceSetActiveBranchResponse:
+        owner = _owner(request.owner)
+        _require(request.request.conversation_id, "request.conversation_id")
+        _require(request.request.message_id, "request.message_id")
+        conversation = await self._store.set_active_branch(
+            owner, request.request.conversation_id, request.request.message_id
+        )
+        return persistence_pb2.PersistenceServiceSetActiveBranchResponse(
+            response=gateway_pb2.SetActiveBranchResponse(conversation=_conversation(conversation))
         )
 
     async def CreateApiKey(
@@ -271,6 +313,7 @@ def _conversation(conversation: Conversation) -> resources_pb2.Conversation:
         create_time=_timestamp(conversation.create_time),
         update_time=_timestamp(conversation.update_time),
         message_count=conversation.message_count,
+        active_message_id=conversation.active_message_id,
     )
 
 
@@ -290,6 +333,8 @@ def _message(message: Message) -> resources_pb2.Message:
     if message.role is Role.ASSISTANT:
         proto.usage.input_tokens = message.input_tokens
         proto.usage.output_tokens = message.output_tokens
+    if message.parent_message_id is not None:
+        proto.parent_message_id = message.parent_message_id
     return proto
 
 

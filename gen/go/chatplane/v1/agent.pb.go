@@ -40,7 +40,15 @@ type GenerateRequest struct {
 	ClientMessageId string `protobuf:"bytes,7,opt,name=client_message_id,json=clientMessageId,proto3" json:"client_message_id,omitempty"`
 	// Keep generating when this call is cancelled (the client's stream was lost); the turn is
 	// then stopped only by CancelGenerate or its deadline.
-	Resumable     bool `protobuf:"varint,30,opt,name=resumable,proto3" json:"resumable,omitempty"`
+	Resumable bool `protobuf:"varint,30,opt,name=resumable,proto3" json:"resumable,omitempty"`
+	// The parent of the user message in the conversation tree (empty for a first message).
+	ParentMessageId string `protobuf:"bytes,40,opt,name=parent_message_id,json=parentMessageId,proto3" json:"parent_message_id,omitempty"`
+	// True for a regenerated answer: user_message_id names a stored user message, and only
+	// the answer is new (and recorded).
+	Regenerate bool `protobuf:"varint,41,opt,name=regenerate,proto3" json:"regenerate,omitempty"`
+	// When set, the answer's history is this branch, not the conversation's recent messages
+	// (the conversation has branches, so its newest messages may be on other branches).
+	Branch        *BranchHistory `protobuf:"bytes,42,opt,name=branch,proto3" json:"branch,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -129,6 +137,27 @@ func (x *GenerateRequest) GetResumable() bool {
 		return x.Resumable
 	}
 	return false
+}
+
+func (x *GenerateRequest) GetParentMessageId() string {
+	if x != nil {
+		return x.ParentMessageId
+	}
+	return ""
+}
+
+func (x *GenerateRequest) GetRegenerate() bool {
+	if x != nil {
+		return x.Regenerate
+	}
+	return false
+}
+
+func (x *GenerateRequest) GetBranch() *BranchHistory {
+	if x != nil {
+		return x.Branch
+	}
+	return nil
 }
 
 // One event of a generated answer.
@@ -595,7 +624,7 @@ var File_chatplane_v1_agent_proto protoreflect.FileDescriptor
 
 const file_chatplane_v1_agent_proto_rawDesc = "" +
 	"\n" +
-	"\x18chatplane/v1/agent.proto\x12\fchatplane.v1\x1a\x1cchatplane/v1/resources.proto\"\xa8\x02\n" +
+	"\x18chatplane/v1/agent.proto\x12\fchatplane.v1\x1a\x1cchatplane/v1/resources.proto\"\xa9\x03\n" +
 	"\x0fGenerateRequest\x12\x1b\n" +
 	"\ttenant_id\x18\x01 \x01(\tR\btenantId\x12\x17\n" +
 	"\auser_id\x18\x02 \x01(\tR\x06userId\x12'\n" +
@@ -604,7 +633,12 @@ const file_chatplane_v1_agent_proto_rawDesc = "" +
 	"\x14assistant_message_id\x18\x05 \x01(\tR\x12assistantMessageId\x12\x12\n" +
 	"\x04text\x18\x06 \x01(\tR\x04text\x12*\n" +
 	"\x11client_message_id\x18\a \x01(\tR\x0fclientMessageId\x12\x1c\n" +
-	"\tresumable\x18\x1e \x01(\bR\tresumable\"\x94\x02\n" +
+	"\tresumable\x18\x1e \x01(\bR\tresumable\x12*\n" +
+	"\x11parent_message_id\x18( \x01(\tR\x0fparentMessageId\x12\x1e\n" +
+	"\n" +
+	"regenerate\x18) \x01(\bR\n" +
+	"regenerate\x123\n" +
+	"\x06branch\x18* \x01(\v2\x1b.chatplane.v1.BranchHistoryR\x06branch\"\x94\x02\n" +
 	"\x10GenerateResponse\x125\n" +
 	"\astarted\x18\x01 \x01(\v2\x19.chatplane.v1.TurnStartedH\x00R\astarted\x12/\n" +
 	"\x05delta\x18\x02 \x01(\v2\x17.chatplane.v1.TextDeltaH\x00R\x05delta\x124\n" +
@@ -655,34 +689,36 @@ var file_chatplane_v1_agent_proto_goTypes = []any{
 	(*ResumeGenerateResponse)(nil), // 3: chatplane.v1.ResumeGenerateResponse
 	(*CancelGenerateRequest)(nil),  // 4: chatplane.v1.CancelGenerateRequest
 	(*CancelGenerateResponse)(nil), // 5: chatplane.v1.CancelGenerateResponse
-	(*TurnStarted)(nil),            // 6: chatplane.v1.TurnStarted
-	(*TextDelta)(nil),              // 7: chatplane.v1.TextDelta
-	(*Citation)(nil),               // 8: chatplane.v1.Citation
-	(*Usage)(nil),                  // 9: chatplane.v1.Usage
-	(*TurnDone)(nil),               // 10: chatplane.v1.TurnDone
+	(*BranchHistory)(nil),          // 6: chatplane.v1.BranchHistory
+	(*TurnStarted)(nil),            // 7: chatplane.v1.TurnStarted
+	(*TextDelta)(nil),              // 8: chatplane.v1.TextDelta
+	(*Citation)(nil),               // 9: chatplane.v1.Citation
+	(*Usage)(nil),                  // 10: chatplane.v1.Usage
+	(*TurnDone)(nil),               // 11: chatplane.v1.TurnDone
 }
 var file_chatplane_v1_agent_proto_depIdxs = []int32{
-	6,  // 0: chatplane.v1.GenerateResponse.started:type_name -> chatplane.v1.TurnStarted
-	7,  // 1: chatplane.v1.GenerateResponse.delta:type_name -> chatplane.v1.TextDelta
-	8,  // 2: chatplane.v1.GenerateResponse.citation:type_name -> chatplane.v1.Citation
-	9,  // 3: chatplane.v1.GenerateResponse.usage:type_name -> chatplane.v1.Usage
-	10, // 4: chatplane.v1.GenerateResponse.done:type_name -> chatplane.v1.TurnDone
-	6,  // 5: chatplane.v1.ResumeGenerateResponse.started:type_name -> chatplane.v1.TurnStarted
-	7,  // 6: chatplane.v1.ResumeGenerateResponse.delta:type_name -> chatplane.v1.TextDelta
-	8,  // 7: chatplane.v1.ResumeGenerateResponse.citation:type_name -> chatplane.v1.Citation
-	9,  // 8: chatplane.v1.ResumeGenerateResponse.usage:type_name -> chatplane.v1.Usage
-	10, // 9: chatplane.v1.ResumeGenerateResponse.done:type_name -> chatplane.v1.TurnDone
-	0,  // 10: chatplane.v1.AgentService.Generate:input_type -> chatplane.v1.GenerateRequest
-	2,  // 11: chatplane.v1.AgentService.ResumeGenerate:input_type -> chatplane.v1.ResumeGenerateRequest
-	4,  // 12: chatplane.v1.AgentService.CancelGenerate:input_type -> chatplane.v1.CancelGenerateRequest
-	1,  // 13: chatplane.v1.AgentService.Generate:output_type -> chatplane.v1.GenerateResponse
-	3,  // 14: chatplane.v1.AgentService.ResumeGenerate:output_type -> chatplane.v1.ResumeGenerateResponse
-	5,  // 15: chatplane.v1.AgentService.CancelGenerate:output_type -> chatplane.v1.CancelGenerateResponse
-	13, // [13:16] is the sub-list for method output_type
-	10, // [10:13] is the sub-list for method input_type
-	10, // [10:10] is the sub-list for extension type_name
-	10, // [10:10] is the sub-list for extension extendee
-	0,  // [0:10] is the sub-list for field type_name
+	6,  // 0: chatplane.v1.GenerateRequest.branch:type_name -> chatplane.v1.BranchHistory
+	7,  // 1: chatplane.v1.GenerateResponse.started:type_name -> chatplane.v1.TurnStarted
+	8,  // 2: chatplane.v1.GenerateResponse.delta:type_name -> chatplane.v1.TextDelta
+	9,  // 3: chatplane.v1.GenerateResponse.citation:type_name -> chatplane.v1.Citation
+	10, // 4: chatplane.v1.GenerateResponse.usage:type_name -> chatplane.v1.Usage
+	11, // 5: chatplane.v1.GenerateResponse.done:type_name -> chatplane.v1.TurnDone
+	7,  // 6: chatplane.v1.ResumeGenerateResponse.started:type_name -> chatplane.v1.TurnStarted
+	8,  // 7: chatplane.v1.ResumeGenerateResponse.delta:type_name -> chatplane.v1.TextDelta
+	9,  // 8: chatplane.v1.ResumeGenerateResponse.citation:type_name -> chatplane.v1.Citation
+	10, // 9: chatplane.v1.ResumeGenerateResponse.usage:type_name -> chatplane.v1.Usage
+	11, // 10: chatplane.v1.ResumeGenerateResponse.done:type_name -> chatplane.v1.TurnDone
+	0,  // 11: chatplane.v1.AgentService.Generate:input_type -> chatplane.v1.GenerateRequest
+	2,  // 12: chatplane.v1.AgentService.ResumeGenerate:input_type -> chatplane.v1.ResumeGenerateRequest
+	4,  // 13: chatplane.v1.AgentService.CancelGenerate:input_type -> chatplane.v1.CancelGenerateRequest
+	1,  // 14: chatplane.v1.AgentService.Generate:output_type -> chatplane.v1.GenerateResponse
+	3,  // 15: chatplane.v1.AgentService.ResumeGenerate:output_type -> chatplane.v1.ResumeGenerateResponse
+	5,  // 16: chatplane.v1.AgentService.CancelGenerate:output_type -> chatplane.v1.CancelGenerateResponse
+	14, // [14:17] is the sub-list for method output_type
+	11, // [11:14] is the sub-list for method input_type
+	11, // [11:11] is the sub-list for extension type_name
+	11, // [11:11] is the sub-list for extension extendee
+	0,  // [0:11] is the sub-list for field type_name
 }
 
 func init() { file_chatplane_v1_agent_proto_init() }

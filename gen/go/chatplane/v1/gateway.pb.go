@@ -23,6 +23,59 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// Which messages of a conversation GetConversation returns.
+type ConversationView int32
+
+const (
+	// The default: the active branch.
+	ConversationView_CONVERSATION_VIEW_UNSPECIFIED ConversationView = 0
+	// The active branch, first message to newest: what a chat UI shows.
+	ConversationView_CONVERSATION_VIEW_ACTIVE_BRANCH ConversationView = 1
+	// Every message of every branch, oldest first, with parent and sibling ids.
+	ConversationView_CONVERSATION_VIEW_TREE ConversationView = 2
+)
+
+// Enum value maps for ConversationView.
+var (
+	ConversationView_name = map[int32]string{
+		0: "CONVERSATION_VIEW_UNSPECIFIED",
+		1: "CONVERSATION_VIEW_ACTIVE_BRANCH",
+		2: "CONVERSATION_VIEW_TREE",
+	}
+	ConversationView_value = map[string]int32{
+		"CONVERSATION_VIEW_UNSPECIFIED":   0,
+		"CONVERSATION_VIEW_ACTIVE_BRANCH": 1,
+		"CONVERSATION_VIEW_TREE":          2,
+	}
+)
+
+func (x ConversationView) Enum() *ConversationView {
+	p := new(ConversationView)
+	*p = x
+	return p
+}
+
+func (x ConversationView) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (ConversationView) Descriptor() protoreflect.EnumDescriptor {
+	return file_chatplane_v1_gateway_proto_enumTypes[0].Descriptor()
+}
+
+func (ConversationView) Type() protoreflect.EnumType {
+	return &file_chatplane_v1_gateway_proto_enumTypes[0]
+}
+
+func (x ConversationView) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use ConversationView.Descriptor instead.
+func (ConversationView) EnumDescriptor() ([]byte, []int) {
+	return file_chatplane_v1_gateway_proto_rawDescGZIP(), []int{0}
+}
+
 // A rating of an answer.
 type Rating int32
 
@@ -60,11 +113,11 @@ func (x Rating) String() string {
 }
 
 func (Rating) Descriptor() protoreflect.EnumDescriptor {
-	return file_chatplane_v1_gateway_proto_enumTypes[0].Descriptor()
+	return file_chatplane_v1_gateway_proto_enumTypes[1].Descriptor()
 }
 
 func (Rating) Type() protoreflect.EnumType {
-	return &file_chatplane_v1_gateway_proto_enumTypes[0]
+	return &file_chatplane_v1_gateway_proto_enumTypes[1]
 }
 
 func (x Rating) Number() protoreflect.EnumNumber {
@@ -73,7 +126,7 @@ func (x Rating) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use Rating.Descriptor instead.
 func (Rating) EnumDescriptor() ([]byte, []int) {
-	return file_chatplane_v1_gateway_proto_rawDescGZIP(), []int{0}
+	return file_chatplane_v1_gateway_proto_rawDescGZIP(), []int{1}
 }
 
 // A user message to answer.
@@ -87,7 +140,15 @@ type ChatRequest struct {
 	ClientMessageId string `protobuf:"bytes,3,opt,name=client_message_id,json=clientMessageId,proto3" json:"client_message_id,omitempty"`
 	// When true, losing this stream does not stop the generation: it runs to the end (bounded
 	// by the turn timeout), ResumeChat continues it and CancelChat stops it.
-	Resumable     bool `protobuf:"varint,30,opt,name=resumable,proto3" json:"resumable,omitempty"`
+	Resumable bool `protobuf:"varint,30,opt,name=resumable,proto3" json:"resumable,omitempty"`
+	// Optional: answer or rewrite an earlier user message instead of continuing the active
+	// branch; the new messages become siblings of the earlier ones (docs/conversation-tree.md).
+	//
+	// Types that are valid to be assigned to Branch:
+	//
+	//	*ChatRequest_RegenerateMessageId
+	//	*ChatRequest_EditMessageId
+	Branch        isChatRequest_Branch `protobuf_oneof:"branch"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -149,6 +210,50 @@ func (x *ChatRequest) GetResumable() bool {
 	}
 	return false
 }
+
+func (x *ChatRequest) GetBranch() isChatRequest_Branch {
+	if x != nil {
+		return x.Branch
+	}
+	return nil
+}
+
+func (x *ChatRequest) GetRegenerateMessageId() string {
+	if x != nil {
+		if x, ok := x.Branch.(*ChatRequest_RegenerateMessageId); ok {
+			return x.RegenerateMessageId
+		}
+	}
+	return ""
+}
+
+func (x *ChatRequest) GetEditMessageId() string {
+	if x != nil {
+		if x, ok := x.Branch.(*ChatRequest_EditMessageId); ok {
+			return x.EditMessageId
+		}
+	}
+	return ""
+}
+
+type isChatRequest_Branch interface {
+	isChatRequest_Branch()
+}
+
+type ChatRequest_RegenerateMessageId struct {
+	// Regenerate: a new answer to this user message, beside its earlier answers; `text`
+	// must be empty. The model sees only the messages before it on its branch.
+	RegenerateMessageId string `protobuf:"bytes,40,opt,name=regenerate_message_id,json=regenerateMessageId,proto3,oneof"`
+}
+
+type ChatRequest_EditMessageId struct {
+	// Edit: `text` becomes a new user message beside this one (same parent), then answered.
+	EditMessageId string `protobuf:"bytes,41,opt,name=edit_message_id,json=editMessageId,proto3,oneof"`
+}
+
+func (*ChatRequest_RegenerateMessageId) isChatRequest_Branch() {}
+
+func (*ChatRequest_EditMessageId) isChatRequest_Branch() {}
 
 // One event of a streamed answer.
 type ChatResponse struct {
@@ -406,7 +511,9 @@ type GetConversationRequest struct {
 	// Maximum messages to return (1-500; 0 means 100).
 	PageSize int32 `protobuf:"varint,2,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
 	// The next_page_token of a previous call, or empty for the first page.
-	PageToken     string `protobuf:"bytes,3,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	PageToken string `protobuf:"bytes,3,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	// Which messages: the active branch (the default) or the whole tree.
+	View          ConversationView `protobuf:"varint,40,opt,name=view,proto3,enum=chatplane.v1.ConversationView" json:"view,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -460,6 +567,13 @@ func (x *GetConversationRequest) GetPageToken() string {
 		return x.PageToken
 	}
 	return ""
+}
+
+func (x *GetConversationRequest) GetView() ConversationView {
+	if x != nil {
+		return x.View
+	}
+	return ConversationView_CONVERSATION_VIEW_UNSPECIFIED
 }
 
 // A conversation and a page of its messages.
@@ -1377,16 +1491,121 @@ func (x *GatewayServiceDeleteDocumentResponse) GetDeletedChunkCount() int32 {
 	return 0
 }
 
+// Asks to switch a conversation's active branch.
+type SetActiveBranchRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The conversation.
+	ConversationId string `protobuf:"bytes,1,opt,name=conversation_id,json=conversationId,proto3" json:"conversation_id,omitempty"`
+	// A message of the conversation: the new active branch runs through it and on to its
+	// newest descendants.
+	MessageId     string `protobuf:"bytes,2,opt,name=message_id,json=messageId,proto3" json:"message_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetActiveBranchRequest) Reset() {
+	*x = SetActiveBranchRequest{}
+	mi := &file_chatplane_v1_gateway_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetActiveBranchRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetActiveBranchRequest) ProtoMessage() {}
+
+func (x *SetActiveBranchRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_chatplane_v1_gateway_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetActiveBranchRequest.ProtoReflect.Descriptor instead.
+func (*SetActiveBranchRequest) Descriptor() ([]byte, []int) {
+	return file_chatplane_v1_gateway_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *SetActiveBranchRequest) GetConversationId() string {
+	if x != nil {
+		return x.ConversationId
+	}
+	return ""
+}
+
+func (x *SetActiveBranchRequest) GetMessageId() string {
+	if x != nil {
+		return x.MessageId
+	}
+	return ""
+}
+
+// The active branch is switched.
+type SetActiveBranchResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The conversation, with its new active_message_id (the branch's newest message).
+	Conversation  *Conversation `protobuf:"bytes,1,opt,name=conversation,proto3" json:"conversation,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetActiveBranchResponse) Reset() {
+	*x = SetActiveBranchResponse{}
+	mi := &file_chatplane_v1_gateway_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetActiveBranchResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetActiveBranchResponse) ProtoMessage() {}
+
+func (x *SetActiveBranchResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_chatplane_v1_gateway_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetActiveBranchResponse.ProtoReflect.Descriptor instead.
+func (*SetActiveBranchResponse) Descriptor() ([]byte, []int) {
+	return file_chatplane_v1_gateway_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *SetActiveBranchResponse) GetConversation() *Conversation {
+	if x != nil {
+		return x.Conversation
+	}
+	return nil
+}
+
 var File_chatplane_v1_gateway_proto protoreflect.FileDescriptor
 
 const file_chatplane_v1_gateway_proto_rawDesc = "" +
 	"\n" +
-	"\x1achatplane/v1/gateway.proto\x12\fchatplane.v1\x1a\x1cchatplane/v1/resources.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x94\x01\n" +
+	"\x1achatplane/v1/gateway.proto\x12\fchatplane.v1\x1a\x1cchatplane/v1/resources.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xfe\x01\n" +
 	"\vChatRequest\x12'\n" +
 	"\x0fconversation_id\x18\x01 \x01(\tR\x0econversationId\x12\x12\n" +
 	"\x04text\x18\x02 \x01(\tR\x04text\x12*\n" +
 	"\x11client_message_id\x18\x03 \x01(\tR\x0fclientMessageId\x12\x1c\n" +
-	"\tresumable\x18\x1e \x01(\bR\tresumable\"\x90\x02\n" +
+	"\tresumable\x18\x1e \x01(\bR\tresumable\x124\n" +
+	"\x15regenerate_message_id\x18( \x01(\tH\x00R\x13regenerateMessageId\x12(\n" +
+	"\x0fedit_message_id\x18) \x01(\tH\x00R\reditMessageIdB\b\n" +
+	"\x06branch\"\x90\x02\n" +
 	"\fChatResponse\x125\n" +
 	"\astarted\x18\x01 \x01(\v2\x19.chatplane.v1.TurnStartedH\x00R\astarted\x12/\n" +
 	"\x05delta\x18\x02 \x01(\v2\x17.chatplane.v1.TextDeltaH\x00R\x05delta\x124\n" +
@@ -1400,12 +1619,13 @@ const file_chatplane_v1_gateway_proto_rawDesc = "" +
 	"page_token\x18\x02 \x01(\tR\tpageToken\"\x85\x01\n" +
 	"\x19ListConversationsResponse\x12@\n" +
 	"\rconversations\x18\x01 \x03(\v2\x1a.chatplane.v1.ConversationR\rconversations\x12&\n" +
-	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"}\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\xb1\x01\n" +
 	"\x16GetConversationRequest\x12'\n" +
 	"\x0fconversation_id\x18\x01 \x01(\tR\x0econversationId\x12\x1b\n" +
 	"\tpage_size\x18\x02 \x01(\x05R\bpageSize\x12\x1d\n" +
 	"\n" +
-	"page_token\x18\x03 \x01(\tR\tpageToken\"\xb4\x01\n" +
+	"page_token\x18\x03 \x01(\tR\tpageToken\x122\n" +
+	"\x04view\x18( \x01(\x0e2\x1e.chatplane.v1.ConversationViewR\x04view\"\xb4\x01\n" +
 	"\x17GetConversationResponse\x12>\n" +
 	"\fconversation\x18\x01 \x01(\v2\x1a.chatplane.v1.ConversationR\fconversation\x121\n" +
 	"\bmessages\x18\x02 \x03(\v2\x15.chatplane.v1.MessageR\bmessages\x12&\n" +
@@ -1455,12 +1675,21 @@ const file_chatplane_v1_gateway_proto_rawDesc = "" +
 	"\vdocument_id\x18\x01 \x01(\tR\n" +
 	"documentId\"V\n" +
 	"$GatewayServiceDeleteDocumentResponse\x12.\n" +
-	"\x13deleted_chunk_count\x18\x01 \x01(\x05R\x11deletedChunkCount*N\n" +
+	"\x13deleted_chunk_count\x18\x01 \x01(\x05R\x11deletedChunkCount\"`\n" +
+	"\x16SetActiveBranchRequest\x12'\n" +
+	"\x0fconversation_id\x18\x01 \x01(\tR\x0econversationId\x12\x1d\n" +
+	"\n" +
+	"message_id\x18\x02 \x01(\tR\tmessageId\"Y\n" +
+	"\x17SetActiveBranchResponse\x12>\n" +
+	"\fconversation\x18\x01 \x01(\v2\x1a.chatplane.v1.ConversationR\fconversation*v\n" +
+	"\x10ConversationView\x12!\n" +
+	"\x1dCONVERSATION_VIEW_UNSPECIFIED\x10\x00\x12#\n" +
+	"\x1fCONVERSATION_VIEW_ACTIVE_BRANCH\x10\x01\x12\x1a\n" +
+	"\x16CONVERSATION_VIEW_TREE\x10\x02*N\n" +
 	"\x06Rating\x12\x16\n" +
 	"\x12RATING_UNSPECIFIED\x10\x00\x12\x14\n" +
 	"\x10RATING_THUMBS_UP\x10\x01\x12\x16\n" +
-	"\x12RATING_THUMBS_DOWN\x10\x022\xbf\n" +
-	"\n" +
+	"\x12RATING_THUMBS_DOWN\x10\x022\xde\v\n" +
 	"\x0eGatewayService\x12T\n" +
 	"\x04Chat\x12\x19.chatplane.v1.ChatRequest\x1a\x1a.chatplane.v1.ChatResponse\"\x13\x82\xd3\xe4\x93\x02\r:\x01*\"\b/v1/chat0\x01\x12\x7f\n" +
 	"\x11ListConversations\x12&.chatplane.v1.ListConversationsRequest\x1a'.chatplane.v1.ListConversationsResponse\"\x19\x82\xd3\xe4\x93\x02\x13\x12\x11/v1/conversations\x12\x8b\x01\n" +
@@ -1473,7 +1702,8 @@ const file_chatplane_v1_gateway_proto_rawDesc = "" +
 	"CancelChat\x12\x1f.chatplane.v1.CancelChatRequest\x1a .chatplane.v1.CancelChatResponse\"+\x82\xd3\xe4\x93\x02%:\x01*\" /v1/messages/{message_id}/cancel\x12y\n" +
 	"\x0eIngestDocument\x121.chatplane.v1.GatewayServiceIngestDocumentRequest\x1a2.chatplane.v1.GatewayServiceIngestDocumentResponse(\x01\x12\x8b\x01\n" +
 	"\rListDocuments\x120.chatplane.v1.GatewayServiceListDocumentsRequest\x1a1.chatplane.v1.GatewayServiceListDocumentsResponse\"\x15\x82\xd3\xe4\x93\x02\x0f\x12\r/v1/documents\x12\x9c\x01\n" +
-	"\x0eDeleteDocument\x121.chatplane.v1.GatewayServiceDeleteDocumentRequest\x1a2.chatplane.v1.GatewayServiceDeleteDocumentResponse\"#\x82\xd3\xe4\x93\x02\x1d*\x1b/v1/documents/{document_id}B@Z>github.com/chatplane/chatplane/gen/go/chatplane/v1;chatplanev1b\x06proto3"
+	"\x0eDeleteDocument\x121.chatplane.v1.GatewayServiceDeleteDocumentRequest\x1a2.chatplane.v1.GatewayServiceDeleteDocumentResponse\"#\x82\xd3\xe4\x93\x02\x1d*\x1b/v1/documents/{document_id}\x12\x9c\x01\n" +
+	"\x0fSetActiveBranch\x12$.chatplane.v1.SetActiveBranchRequest\x1a%.chatplane.v1.SetActiveBranchResponse\"<\x82\xd3\xe4\x93\x026:\x01*\"1/v1/conversations/{conversation_id}/active-branchB@Z>github.com/chatplane/chatplane/gen/go/chatplane/v1;chatplanev1b\x06proto3"
 
 var (
 	file_chatplane_v1_gateway_proto_rawDescOnce sync.Once
@@ -1487,86 +1717,93 @@ func file_chatplane_v1_gateway_proto_rawDescGZIP() []byte {
 	return file_chatplane_v1_gateway_proto_rawDescData
 }
 
-var file_chatplane_v1_gateway_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_chatplane_v1_gateway_proto_msgTypes = make([]protoimpl.MessageInfo, 21)
+var file_chatplane_v1_gateway_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
+var file_chatplane_v1_gateway_proto_msgTypes = make([]protoimpl.MessageInfo, 23)
 var file_chatplane_v1_gateway_proto_goTypes = []any{
-	(Rating)(0),                                  // 0: chatplane.v1.Rating
-	(*ChatRequest)(nil),                          // 1: chatplane.v1.ChatRequest
-	(*ChatResponse)(nil),                         // 2: chatplane.v1.ChatResponse
-	(*ListConversationsRequest)(nil),             // 3: chatplane.v1.ListConversationsRequest
-	(*ListConversationsResponse)(nil),            // 4: chatplane.v1.ListConversationsResponse
-	(*GetConversationRequest)(nil),               // 5: chatplane.v1.GetConversationRequest
-	(*GetConversationResponse)(nil),              // 6: chatplane.v1.GetConversationResponse
-	(*DeleteConversationRequest)(nil),            // 7: chatplane.v1.DeleteConversationRequest
-	(*DeleteConversationResponse)(nil),           // 8: chatplane.v1.DeleteConversationResponse
-	(*SubmitFeedbackRequest)(nil),                // 9: chatplane.v1.SubmitFeedbackRequest
-	(*SubmitFeedbackResponse)(nil),               // 10: chatplane.v1.SubmitFeedbackResponse
-	(*ResumeChatRequest)(nil),                    // 11: chatplane.v1.ResumeChatRequest
-	(*ResumeChatResponse)(nil),                   // 12: chatplane.v1.ResumeChatResponse
-	(*CancelChatRequest)(nil),                    // 13: chatplane.v1.CancelChatRequest
-	(*CancelChatResponse)(nil),                   // 14: chatplane.v1.CancelChatResponse
-	(*IngestDocumentHeader)(nil),                 // 15: chatplane.v1.IngestDocumentHeader
-	(*GatewayServiceIngestDocumentRequest)(nil),  // 16: chatplane.v1.GatewayServiceIngestDocumentRequest
-	(*GatewayServiceIngestDocumentResponse)(nil), // 17: chatplane.v1.GatewayServiceIngestDocumentResponse
-	(*GatewayServiceListDocumentsRequest)(nil),   // 18: chatplane.v1.GatewayServiceListDocumentsRequest
-	(*GatewayServiceListDocumentsResponse)(nil),  // 19: chatplane.v1.GatewayServiceListDocumentsResponse
-	(*GatewayServiceDeleteDocumentRequest)(nil),  // 20: chatplane.v1.GatewayServiceDeleteDocumentRequest
-	(*GatewayServiceDeleteDocumentResponse)(nil), // 21: chatplane.v1.GatewayServiceDeleteDocumentResponse
-	(*TurnStarted)(nil),                          // 22: chatplane.v1.TurnStarted
-	(*TextDelta)(nil),                            // 23: chatplane.v1.TextDelta
-	(*Citation)(nil),                             // 24: chatplane.v1.Citation
-	(*Usage)(nil),                                // 25: chatplane.v1.Usage
-	(*TurnDone)(nil),                             // 26: chatplane.v1.TurnDone
-	(*Conversation)(nil),                         // 27: chatplane.v1.Conversation
-	(*Message)(nil),                              // 28: chatplane.v1.Message
-	(*timestamppb.Timestamp)(nil),                // 29: google.protobuf.Timestamp
-	(*Document)(nil),                             // 30: chatplane.v1.Document
+	(ConversationView)(0),                        // 0: chatplane.v1.ConversationView
+	(Rating)(0),                                  // 1: chatplane.v1.Rating
+	(*ChatRequest)(nil),                          // 2: chatplane.v1.ChatRequest
+	(*ChatResponse)(nil),                         // 3: chatplane.v1.ChatResponse
+	(*ListConversationsRequest)(nil),             // 4: chatplane.v1.ListConversationsRequest
+	(*ListConversationsResponse)(nil),            // 5: chatplane.v1.ListConversationsResponse
+	(*GetConversationRequest)(nil),               // 6: chatplane.v1.GetConversationRequest
+	(*GetConversationResponse)(nil),              // 7: chatplane.v1.GetConversationResponse
+	(*DeleteConversationRequest)(nil),            // 8: chatplane.v1.DeleteConversationRequest
+	(*DeleteConversationResponse)(nil),           // 9: chatplane.v1.DeleteConversationResponse
+	(*SubmitFeedbackRequest)(nil),                // 10: chatplane.v1.SubmitFeedbackRequest
+	(*SubmitFeedbackResponse)(nil),               // 11: chatplane.v1.SubmitFeedbackResponse
+	(*ResumeChatRequest)(nil),                    // 12: chatplane.v1.ResumeChatRequest
+	(*ResumeChatResponse)(nil),                   // 13: chatplane.v1.ResumeChatResponse
+	(*CancelChatRequest)(nil),                    // 14: chatplane.v1.CancelChatRequest
+	(*CancelChatResponse)(nil),                   // 15: chatplane.v1.CancelChatResponse
+	(*IngestDocumentHeader)(nil),                 // 16: chatplane.v1.IngestDocumentHeader
+	(*GatewayServiceIngestDocumentRequest)(nil),  // 17: chatplane.v1.GatewayServiceIngestDocumentRequest
+	(*GatewayServiceIngestDocumentResponse)(nil), // 18: chatplane.v1.GatewayServiceIngestDocumentResponse
+	(*GatewayServiceListDocumentsRequest)(nil),   // 19: chatplane.v1.GatewayServiceListDocumentsRequest
+	(*GatewayServiceListDocumentsResponse)(nil),  // 20: chatplane.v1.GatewayServiceListDocumentsResponse
+	(*GatewayServiceDeleteDocumentRequest)(nil),  // 21: chatplane.v1.GatewayServiceDeleteDocumentRequest
+	(*GatewayServiceDeleteDocumentResponse)(nil), // 22: chatplane.v1.GatewayServiceDeleteDocumentResponse
+	(*SetActiveBranchRequest)(nil),               // 23: chatplane.v1.SetActiveBranchRequest
+	(*SetActiveBranchResponse)(nil),              // 24: chatplane.v1.SetActiveBranchResponse
+	(*TurnStarted)(nil),                          // 25: chatplane.v1.TurnStarted
+	(*TextDelta)(nil),                            // 26: chatplane.v1.TextDelta
+	(*Citation)(nil),                             // 27: chatplane.v1.Citation
+	(*Usage)(nil),                                // 28: chatplane.v1.Usage
+	(*TurnDone)(nil),                             // 29: chatplane.v1.TurnDone
+	(*Conversation)(nil),                         // 30: chatplane.v1.Conversation
+	(*Message)(nil),                              // 31: chatplane.v1.Message
+	(*timestamppb.Timestamp)(nil),                // 32: google.protobuf.Timestamp
+	(*Document)(nil),                             // 33: chatplane.v1.Document
 }
 var file_chatplane_v1_gateway_proto_depIdxs = []int32{
-	22, // 0: chatplane.v1.ChatResponse.started:type_name -> chatplane.v1.TurnStarted
-	23, // 1: chatplane.v1.ChatResponse.delta:type_name -> chatplane.v1.TextDelta
-	24, // 2: chatplane.v1.ChatResponse.citation:type_name -> chatplane.v1.Citation
-	25, // 3: chatplane.v1.ChatResponse.usage:type_name -> chatplane.v1.Usage
-	26, // 4: chatplane.v1.ChatResponse.done:type_name -> chatplane.v1.TurnDone
-	27, // 5: chatplane.v1.ListConversationsResponse.conversations:type_name -> chatplane.v1.Conversation
-	27, // 6: chatplane.v1.GetConversationResponse.conversation:type_name -> chatplane.v1.Conversation
-	28, // 7: chatplane.v1.GetConversationResponse.messages:type_name -> chatplane.v1.Message
-	29, // 8: chatplane.v1.DeleteConversationResponse.delete_time:type_name -> google.protobuf.Timestamp
-	0,  // 9: chatplane.v1.SubmitFeedbackRequest.rating:type_name -> chatplane.v1.Rating
-	29, // 10: chatplane.v1.SubmitFeedbackResponse.create_time:type_name -> google.protobuf.Timestamp
-	22, // 11: chatplane.v1.ResumeChatResponse.started:type_name -> chatplane.v1.TurnStarted
-	23, // 12: chatplane.v1.ResumeChatResponse.delta:type_name -> chatplane.v1.TextDelta
-	24, // 13: chatplane.v1.ResumeChatResponse.citation:type_name -> chatplane.v1.Citation
-	25, // 14: chatplane.v1.ResumeChatResponse.usage:type_name -> chatplane.v1.Usage
-	26, // 15: chatplane.v1.ResumeChatResponse.done:type_name -> chatplane.v1.TurnDone
-	15, // 16: chatplane.v1.GatewayServiceIngestDocumentRequest.header:type_name -> chatplane.v1.IngestDocumentHeader
-	30, // 17: chatplane.v1.GatewayServiceIngestDocumentResponse.document:type_name -> chatplane.v1.Document
-	30, // 18: chatplane.v1.GatewayServiceListDocumentsResponse.documents:type_name -> chatplane.v1.Document
-	1,  // 19: chatplane.v1.GatewayService.Chat:input_type -> chatplane.v1.ChatRequest
-	3,  // 20: chatplane.v1.GatewayService.ListConversations:input_type -> chatplane.v1.ListConversationsRequest
-	5,  // 21: chatplane.v1.GatewayService.GetConversation:input_type -> chatplane.v1.GetConversationRequest
-	7,  // 22: chatplane.v1.GatewayService.DeleteConversation:input_type -> chatplane.v1.DeleteConversationRequest
-	9,  // 23: chatplane.v1.GatewayService.SubmitFeedback:input_type -> chatplane.v1.SubmitFeedbackRequest
-	11, // 24: chatplane.v1.GatewayService.ResumeChat:input_type -> chatplane.v1.ResumeChatRequest
-	13, // 25: chatplane.v1.GatewayService.CancelChat:input_type -> chatplane.v1.CancelChatRequest
-	16, // 26: chatplane.v1.GatewayService.IngestDocument:input_type -> chatplane.v1.GatewayServiceIngestDocumentRequest
-	18, // 27: chatplane.v1.GatewayService.ListDocuments:input_type -> chatplane.v1.GatewayServiceListDocumentsRequest
-	20, // 28: chatplane.v1.GatewayService.DeleteDocument:input_type -> chatplane.v1.GatewayServiceDeleteDocumentRequest
-	2,  // 29: chatplane.v1.GatewayService.Chat:output_type -> chatplane.v1.ChatResponse
-	4,  // 30: chatplane.v1.GatewayService.ListConversations:output_type -> chatplane.v1.ListConversationsResponse
-	6,  // 31: chatplane.v1.GatewayService.GetConversation:output_type -> chatplane.v1.GetConversationResponse
-	8,  // 32: chatplane.v1.GatewayService.DeleteConversation:output_type -> chatplane.v1.DeleteConversationResponse
-	10, // 33: chatplane.v1.GatewayService.SubmitFeedback:output_type -> chatplane.v1.SubmitFeedbackResponse
-	12, // 34: chatplane.v1.GatewayService.ResumeChat:output_type -> chatplane.v1.ResumeChatResponse
-	14, // 35: chatplane.v1.GatewayService.CancelChat:output_type -> chatplane.v1.CancelChatResponse
-	17, // 36: chatplane.v1.GatewayService.IngestDocument:output_type -> chatplane.v1.GatewayServiceIngestDocumentResponse
-	19, // 37: chatplane.v1.GatewayService.ListDocuments:output_type -> chatplane.v1.GatewayServiceListDocumentsResponse
-	21, // 38: chatplane.v1.GatewayService.DeleteDocument:output_type -> chatplane.v1.GatewayServiceDeleteDocumentResponse
-	29, // [29:39] is the sub-list for method output_type
-	19, // [19:29] is the sub-list for method input_type
-	19, // [19:19] is the sub-list for extension type_name
-	19, // [19:19] is the sub-list for extension extendee
-	0,  // [0:19] is the sub-list for field type_name
+	25, // 0: chatplane.v1.ChatResponse.started:type_name -> chatplane.v1.TurnStarted
+	26, // 1: chatplane.v1.ChatResponse.delta:type_name -> chatplane.v1.TextDelta
+	27, // 2: chatplane.v1.ChatResponse.citation:type_name -> chatplane.v1.Citation
+	28, // 3: chatplane.v1.ChatResponse.usage:type_name -> chatplane.v1.Usage
+	29, // 4: chatplane.v1.ChatResponse.done:type_name -> chatplane.v1.TurnDone
+	30, // 5: chatplane.v1.ListConversationsResponse.conversations:type_name -> chatplane.v1.Conversation
+	0,  // 6: chatplane.v1.GetConversationRequest.view:type_name -> chatplane.v1.ConversationView
+	30, // 7: chatplane.v1.GetConversationResponse.conversation:type_name -> chatplane.v1.Conversation
+	31, // 8: chatplane.v1.GetConversationResponse.messages:type_name -> chatplane.v1.Message
+	32, // 9: chatplane.v1.DeleteConversationResponse.delete_time:type_name -> google.protobuf.Timestamp
+	1,  // 10: chatplane.v1.SubmitFeedbackRequest.rating:type_name -> chatplane.v1.Rating
+	32, // 11: chatplane.v1.SubmitFeedbackResponse.create_time:type_name -> google.protobuf.Timestamp
+	25, // 12: chatplane.v1.ResumeChatResponse.started:type_name -> chatplane.v1.TurnStarted
+	26, // 13: chatplane.v1.ResumeChatResponse.delta:type_name -> chatplane.v1.TextDelta
+	27, // 14: chatplane.v1.ResumeChatResponse.citation:type_name -> chatplane.v1.Citation
+	28, // 15: chatplane.v1.ResumeChatResponse.usage:type_name -> chatplane.v1.Usage
+	29, // 16: chatplane.v1.ResumeChatResponse.done:type_name -> chatplane.v1.TurnDone
+	16, // 17: chatplane.v1.GatewayServiceIngestDocumentRequest.header:type_name -> chatplane.v1.IngestDocumentHeader
+	33, // 18: chatplane.v1.GatewayServiceIngestDocumentResponse.document:type_name -> chatplane.v1.Document
+	33, // 19: chatplane.v1.GatewayServiceListDocumentsResponse.documents:type_name -> chatplane.v1.Document
+	30, // 20: chatplane.v1.SetActiveBranchResponse.conversation:type_name -> chatplane.v1.Conversation
+	2,  // 21: chatplane.v1.GatewayService.Chat:input_type -> chatplane.v1.ChatRequest
+	4,  // 22: chatplane.v1.GatewayService.ListConversations:input_type -> chatplane.v1.ListConversationsRequest
+	6,  // 23: chatplane.v1.GatewayService.GetConversation:input_type -> chatplane.v1.GetConversationRequest
+	8,  // 24: chatplane.v1.GatewayService.DeleteConversation:input_type -> chatplane.v1.DeleteConversationRequest
+	10, // 25: chatplane.v1.GatewayService.SubmitFeedback:input_type -> chatplane.v1.SubmitFeedbackRequest
+	12, // 26: chatplane.v1.GatewayService.ResumeChat:input_type -> chatplane.v1.ResumeChatRequest
+	14, // 27: chatplane.v1.GatewayService.CancelChat:input_type -> chatplane.v1.CancelChatRequest
+	17, // 28: chatplane.v1.GatewayService.IngestDocument:input_type -> chatplane.v1.GatewayServiceIngestDocumentRequest
+	19, // 29: chatplane.v1.GatewayService.ListDocuments:input_type -> chatplane.v1.GatewayServiceListDocumentsRequest
+	21, // 30: chatplane.v1.GatewayService.DeleteDocument:input_type -> chatplane.v1.GatewayServiceDeleteDocumentRequest
+	23, // 31: chatplane.v1.GatewayService.SetActiveBranch:input_type -> chatplane.v1.SetActiveBranchRequest
+	3,  // 32: chatplane.v1.GatewayService.Chat:output_type -> chatplane.v1.ChatResponse
+	5,  // 33: chatplane.v1.GatewayService.ListConversations:output_type -> chatplane.v1.ListConversationsResponse
+	7,  // 34: chatplane.v1.GatewayService.GetConversation:output_type -> chatplane.v1.GetConversationResponse
+	9,  // 35: chatplane.v1.GatewayService.DeleteConversation:output_type -> chatplane.v1.DeleteConversationResponse
+	11, // 36: chatplane.v1.GatewayService.SubmitFeedback:output_type -> chatplane.v1.SubmitFeedbackResponse
+	13, // 37: chatplane.v1.GatewayService.ResumeChat:output_type -> chatplane.v1.ResumeChatResponse
+	15, // 38: chatplane.v1.GatewayService.CancelChat:output_type -> chatplane.v1.CancelChatResponse
+	18, // 39: chatplane.v1.GatewayService.IngestDocument:output_type -> chatplane.v1.GatewayServiceIngestDocumentResponse
+	20, // 40: chatplane.v1.GatewayService.ListDocuments:output_type -> chatplane.v1.GatewayServiceListDocumentsResponse
+	22, // 41: chatplane.v1.GatewayService.DeleteDocument:output_type -> chatplane.v1.GatewayServiceDeleteDocumentResponse
+	24, // 42: chatplane.v1.GatewayService.SetActiveBranch:output_type -> chatplane.v1.SetActiveBranchResponse
+	32, // [32:43] is the sub-list for method output_type
+	21, // [21:32] is the sub-list for method input_type
+	21, // [21:21] is the sub-list for extension type_name
+	21, // [21:21] is the sub-list for extension extendee
+	0,  // [0:21] is the sub-list for field type_name
 }
 
 func init() { file_chatplane_v1_gateway_proto_init() }
@@ -1575,6 +1812,10 @@ func file_chatplane_v1_gateway_proto_init() {
 		return
 	}
 	file_chatplane_v1_resources_proto_init()
+	file_chatplane_v1_gateway_proto_msgTypes[0].OneofWrappers = []any{
+		(*ChatRequest_RegenerateMessageId)(nil),
+		(*ChatRequest_EditMessageId)(nil),
+	}
 	file_chatplane_v1_gateway_proto_msgTypes[1].OneofWrappers = []any{
 		(*ChatResponse_Started)(nil),
 		(*ChatResponse_Delta)(nil),
@@ -1598,8 +1839,8 @@ func file_chatplane_v1_gateway_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_chatplane_v1_gateway_proto_rawDesc), len(file_chatplane_v1_gateway_proto_rawDesc)),
-			NumEnums:      1,
-			NumMessages:   21,
+			NumEnums:      2,
+			NumMessages:   23,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

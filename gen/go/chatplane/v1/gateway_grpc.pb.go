@@ -29,6 +29,7 @@ const (
 	GatewayService_IngestDocument_FullMethodName     = "/chatplane.v1.GatewayService/IngestDocument"
 	GatewayService_ListDocuments_FullMethodName      = "/chatplane.v1.GatewayService/ListDocuments"
 	GatewayService_DeleteDocument_FullMethodName     = "/chatplane.v1.GatewayService/DeleteDocument"
+	GatewayService_SetActiveBranch_FullMethodName    = "/chatplane.v1.GatewayService/SetActiveBranch"
 )
 
 // GatewayServiceClient is the client API for GatewayService service.
@@ -61,6 +62,9 @@ type GatewayServiceClient interface {
 	ListDocuments(ctx context.Context, in *GatewayServiceListDocumentsRequest, opts ...grpc.CallOption) (*GatewayServiceListDocumentsResponse, error)
 	// Deletes a document of the caller's tenant (another tenant's id: NOT_FOUND).
 	DeleteDocument(ctx context.Context, in *GatewayServiceDeleteDocumentRequest, opts ...grpc.CallOption) (*GatewayServiceDeleteDocumentResponse, error)
+	// Makes the branch through a message the conversation's active branch (what
+	// GetConversation returns by default and what the next Chat continues).
+	SetActiveBranch(ctx context.Context, in *SetActiveBranchRequest, opts ...grpc.CallOption) (*SetActiveBranchResponse, error)
 }
 
 type gatewayServiceClient struct {
@@ -192,6 +196,16 @@ func (c *gatewayServiceClient) DeleteDocument(ctx context.Context, in *GatewaySe
 	return out, nil
 }
 
+func (c *gatewayServiceClient) SetActiveBranch(ctx context.Context, in *SetActiveBranchRequest, opts ...grpc.CallOption) (*SetActiveBranchResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(SetActiveBranchResponse)
+	err := c.cc.Invoke(ctx, GatewayService_SetActiveBranch_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // GatewayServiceServer is the server API for GatewayService service.
 // All implementations must embed UnimplementedGatewayServiceServer
 // for forward compatibility.
@@ -222,6 +236,9 @@ type GatewayServiceServer interface {
 	ListDocuments(context.Context, *GatewayServiceListDocumentsRequest) (*GatewayServiceListDocumentsResponse, error)
 	// Deletes a document of the caller's tenant (another tenant's id: NOT_FOUND).
 	DeleteDocument(context.Context, *GatewayServiceDeleteDocumentRequest) (*GatewayServiceDeleteDocumentResponse, error)
+	// Makes the branch through a message the conversation's active branch (what
+	// GetConversation returns by default and what the next Chat continues).
+	SetActiveBranch(context.Context, *SetActiveBranchRequest) (*SetActiveBranchResponse, error)
 	mustEmbedUnimplementedGatewayServiceServer()
 }
 
@@ -261,6 +278,9 @@ func (UnimplementedGatewayServiceServer) ListDocuments(context.Context, *Gateway
 }
 func (UnimplementedGatewayServiceServer) DeleteDocument(context.Context, *GatewayServiceDeleteDocumentRequest) (*GatewayServiceDeleteDocumentResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method DeleteDocument not implemented")
+}
+func (UnimplementedGatewayServiceServer) SetActiveBranch(context.Context, *SetActiveBranchRequest) (*SetActiveBranchResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method SetActiveBranch not implemented")
 }
 func (UnimplementedGatewayServiceServer) mustEmbedUnimplementedGatewayServiceServer() {}
 func (UnimplementedGatewayServiceServer) testEmbeddedByValue()                        {}
@@ -438,6 +458,24 @@ func _GatewayService_DeleteDocument_Handler(srv interface{}, ctx context.Context
 	return interceptor(ctx, in, info, handler)
 }
 
+func _GatewayService_SetActiveBranch_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SetActiveBranchRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(GatewayServiceServer).SetActiveBranch(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: GatewayService_SetActiveBranch_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(GatewayServiceServer).SetActiveBranch(ctx, req.(*SetActiveBranchRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // GatewayService_ServiceDesc is the grpc.ServiceDesc for GatewayService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -472,6 +510,10 @@ var GatewayService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "DeleteDocument",
 			Handler:    _GatewayService_DeleteDocument_Handler,
+		},
+		{
+			MethodName: "SetActiveBranch",
+			Handler:    _GatewayService_SetActiveBranch_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

@@ -93,7 +93,13 @@ type BeginTurnRequest struct {
 	// Title for a new conversation.
 	Title string `protobuf:"bytes,6,opt,name=title,proto3" json:"title,omitempty"`
 	// How long the caller may own the turn before a retry can take it over, in milliseconds.
-	LeaseMs       int64 `protobuf:"varint,7,opt,name=lease_ms,json=leaseMs,proto3" json:"lease_ms,omitempty"`
+	LeaseMs int64 `protobuf:"varint,7,opt,name=lease_ms,json=leaseMs,proto3" json:"lease_ms,omitempty"`
+	// Regenerate: the turn answers this stored user message again (no new user message).
+	RegenerateMessageId string `protobuf:"bytes,40,opt,name=regenerate_message_id,json=regenerateMessageId,proto3" json:"regenerate_message_id,omitempty"`
+	// Edit: the turn's user message is a new sibling of this stored user message.
+	EditMessageId string `protobuf:"bytes,41,opt,name=edit_message_id,json=editMessageId,proto3" json:"edit_message_id,omitempty"`
+	// How many messages of the branch to return for the model's history (0 = none).
+	BranchLimit   int32 `protobuf:"varint,42,opt,name=branch_limit,json=branchLimit,proto3" json:"branch_limit,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -177,6 +183,27 @@ func (x *BeginTurnRequest) GetLeaseMs() int64 {
 	return 0
 }
 
+func (x *BeginTurnRequest) GetRegenerateMessageId() string {
+	if x != nil {
+		return x.RegenerateMessageId
+	}
+	return ""
+}
+
+func (x *BeginTurnRequest) GetEditMessageId() string {
+	if x != nil {
+		return x.EditMessageId
+	}
+	return ""
+}
+
+func (x *BeginTurnRequest) GetBranchLimit() int32 {
+	if x != nil {
+		return x.BranchLimit
+	}
+	return 0
+}
+
 // The turn the caller must run or replay.
 type BeginTurnResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -189,7 +216,17 @@ type BeginTurnResponse struct {
 	// True when the caller owns the turn and must generate it; false when it exists already.
 	Owner bool `protobuf:"varint,4,opt,name=owner,proto3" json:"owner,omitempty"`
 	// For an existing turn, true when its assistant message is stored.
-	Complete      bool `protobuf:"varint,5,opt,name=complete,proto3" json:"complete,omitempty"`
+	Complete bool `protobuf:"varint,5,opt,name=complete,proto3" json:"complete,omitempty"`
+	// The parent of the turn's user message (empty for a first message).
+	ParentMessageId string `protobuf:"bytes,40,opt,name=parent_message_id,json=parentMessageId,proto3" json:"parent_message_id,omitempty"`
+	// True when the turn regenerates the answer to a stored user message (user_message_id).
+	Regenerate bool `protobuf:"varint,41,opt,name=regenerate,proto3" json:"regenerate,omitempty"`
+	// For a regenerated answer, the text of the user message it answers.
+	UserText string `protobuf:"bytes,42,opt,name=user_text,json=userText,proto3" json:"user_text,omitempty"`
+	// For an owned turn in a conversation with branches (or a regenerate or edit): the
+	// branch the answer follows, newest branch_limit messages. Absent: the conversation is
+	// one linear chain, and its recent messages are the history.
+	Branch        *BranchHistory `protobuf:"bytes,43,opt,name=branch,proto3" json:"branch,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -259,6 +296,34 @@ func (x *BeginTurnResponse) GetComplete() bool {
 	return false
 }
 
+func (x *BeginTurnResponse) GetParentMessageId() string {
+	if x != nil {
+		return x.ParentMessageId
+	}
+	return ""
+}
+
+func (x *BeginTurnResponse) GetRegenerate() bool {
+	if x != nil {
+		return x.Regenerate
+	}
+	return false
+}
+
+func (x *BeginTurnResponse) GetUserText() string {
+	if x != nil {
+		return x.UserText
+	}
+	return ""
+}
+
+func (x *BeginTurnResponse) GetBranch() *BranchHistory {
+	if x != nil {
+		return x.Branch
+	}
+	return nil
+}
+
 // Asks for a turn.
 type GetTurnRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -266,8 +331,11 @@ type GetTurnRequest struct {
 	Owner *Owner `protobuf:"bytes,1,opt,name=owner,proto3" json:"owner,omitempty"`
 	// The user message id of the turn.
 	UserMessageId string `protobuf:"bytes,2,opt,name=user_message_id,json=userMessageId,proto3" json:"user_message_id,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	// The assistant message id of the turn; when set, the turn is looked up by it (a user
+	// message has one turn per regenerated answer).
+	AssistantMessageId string `protobuf:"bytes,40,opt,name=assistant_message_id,json=assistantMessageId,proto3" json:"assistant_message_id,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
 }
 
 func (x *GetTurnRequest) Reset() {
@@ -310,6 +378,13 @@ func (x *GetTurnRequest) GetOwner() *Owner {
 func (x *GetTurnRequest) GetUserMessageId() string {
 	if x != nil {
 		return x.UserMessageId
+	}
+	return ""
+}
+
+func (x *GetTurnRequest) GetAssistantMessageId() string {
+	if x != nil {
+		return x.AssistantMessageId
 	}
 	return ""
 }
@@ -385,8 +460,10 @@ type ReleaseTurnRequest struct {
 	Owner *Owner `protobuf:"bytes,1,opt,name=owner,proto3" json:"owner,omitempty"`
 	// The user message id of the turn.
 	UserMessageId string `protobuf:"bytes,2,opt,name=user_message_id,json=userMessageId,proto3" json:"user_message_id,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	// The assistant message id of the turn; when set, the turn is looked up by it.
+	AssistantMessageId string `protobuf:"bytes,40,opt,name=assistant_message_id,json=assistantMessageId,proto3" json:"assistant_message_id,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
 }
 
 func (x *ReleaseTurnRequest) Reset() {
@@ -429,6 +506,13 @@ func (x *ReleaseTurnRequest) GetOwner() *Owner {
 func (x *ReleaseTurnRequest) GetUserMessageId() string {
 	if x != nil {
 		return x.UserMessageId
+	}
+	return ""
+}
+
+func (x *ReleaseTurnRequest) GetAssistantMessageId() string {
+	if x != nil {
+		return x.AssistantMessageId
 	}
 	return ""
 }
@@ -1791,6 +1875,107 @@ func (x *TokenQuota) GetResetTime() *timestamppb.Timestamp {
 	return nil
 }
 
+// Asks to switch a conversation's active branch.
+type PersistenceServiceSetActiveBranchRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Whose conversation.
+	Owner *Owner `protobuf:"bytes,1,opt,name=owner,proto3" json:"owner,omitempty"`
+	// The conversation and message, as in the public API.
+	Request       *SetActiveBranchRequest `protobuf:"bytes,2,opt,name=request,proto3" json:"request,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PersistenceServiceSetActiveBranchRequest) Reset() {
+	*x = PersistenceServiceSetActiveBranchRequest{}
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PersistenceServiceSetActiveBranchRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PersistenceServiceSetActiveBranchRequest) ProtoMessage() {}
+
+func (x *PersistenceServiceSetActiveBranchRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PersistenceServiceSetActiveBranchRequest.ProtoReflect.Descriptor instead.
+func (*PersistenceServiceSetActiveBranchRequest) Descriptor() ([]byte, []int) {
+	return file_chatplane_v1_persistence_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *PersistenceServiceSetActiveBranchRequest) GetOwner() *Owner {
+	if x != nil {
+		return x.Owner
+	}
+	return nil
+}
+
+func (x *PersistenceServiceSetActiveBranchRequest) GetRequest() *SetActiveBranchRequest {
+	if x != nil {
+		return x.Request
+	}
+	return nil
+}
+
+// The active branch is switched.
+type PersistenceServiceSetActiveBranchResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// As in the public API.
+	Response      *SetActiveBranchResponse `protobuf:"bytes,1,opt,name=response,proto3" json:"response,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PersistenceServiceSetActiveBranchResponse) Reset() {
+	*x = PersistenceServiceSetActiveBranchResponse{}
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[31]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PersistenceServiceSetActiveBranchResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PersistenceServiceSetActiveBranchResponse) ProtoMessage() {}
+
+func (x *PersistenceServiceSetActiveBranchResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[31]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PersistenceServiceSetActiveBranchResponse.ProtoReflect.Descriptor instead.
+func (*PersistenceServiceSetActiveBranchResponse) Descriptor() ([]byte, []int) {
+	return file_chatplane_v1_persistence_proto_rawDescGZIP(), []int{31}
+}
+
+func (x *PersistenceServiceSetActiveBranchResponse) GetResponse() *SetActiveBranchResponse {
+	if x != nil {
+		return x.Response
+	}
+	return nil
+}
+
 var File_chatplane_v1_persistence_proto protoreflect.FileDescriptor
 
 const file_chatplane_v1_persistence_proto_rawDesc = "" +
@@ -1798,7 +1983,7 @@ const file_chatplane_v1_persistence_proto_rawDesc = "" +
 	"\x1echatplane/v1/persistence.proto\x12\fchatplane.v1\x1a\x1achatplane/v1/gateway.proto\x1a\x1cchatplane/v1/resources.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"=\n" +
 	"\x05Owner\x12\x1b\n" +
 	"\ttenant_id\x18\x01 \x01(\tR\btenantId\x12\x17\n" +
-	"\auser_id\x18\x02 \x01(\tR\x06userId\"\x9d\x02\n" +
+	"\auser_id\x18\x02 \x01(\tR\x06userId\"\x9c\x03\n" +
 	"\x10BeginTurnRequest\x12)\n" +
 	"\x05owner\x18\x01 \x01(\v2\x13.chatplane.v1.OwnerR\x05owner\x12'\n" +
 	"\x0fconversation_id\x18\x02 \x01(\tR\x0econversationId\x12*\n" +
@@ -1806,23 +1991,34 @@ const file_chatplane_v1_persistence_proto_rawDesc = "" +
 	"\x0fuser_message_id\x18\x04 \x01(\tR\ruserMessageId\x120\n" +
 	"\x14assistant_message_id\x18\x05 \x01(\tR\x12assistantMessageId\x12\x14\n" +
 	"\x05title\x18\x06 \x01(\tR\x05title\x12\x19\n" +
-	"\blease_ms\x18\a \x01(\x03R\aleaseMs\"\xc8\x01\n" +
+	"\blease_ms\x18\a \x01(\x03R\aleaseMs\x122\n" +
+	"\x15regenerate_message_id\x18( \x01(\tR\x13regenerateMessageId\x12&\n" +
+	"\x0fedit_message_id\x18) \x01(\tR\reditMessageId\x12!\n" +
+	"\fbranch_limit\x18* \x01(\x05R\vbranchLimit\"\xe6\x02\n" +
 	"\x11BeginTurnResponse\x12'\n" +
 	"\x0fconversation_id\x18\x01 \x01(\tR\x0econversationId\x12&\n" +
 	"\x0fuser_message_id\x18\x02 \x01(\tR\ruserMessageId\x120\n" +
 	"\x14assistant_message_id\x18\x03 \x01(\tR\x12assistantMessageId\x12\x14\n" +
 	"\x05owner\x18\x04 \x01(\bR\x05owner\x12\x1a\n" +
-	"\bcomplete\x18\x05 \x01(\bR\bcomplete\"c\n" +
+	"\bcomplete\x18\x05 \x01(\bR\bcomplete\x12*\n" +
+	"\x11parent_message_id\x18( \x01(\tR\x0fparentMessageId\x12\x1e\n" +
+	"\n" +
+	"regenerate\x18) \x01(\bR\n" +
+	"regenerate\x12\x1b\n" +
+	"\tuser_text\x18* \x01(\tR\buserText\x123\n" +
+	"\x06branch\x18+ \x01(\v2\x1b.chatplane.v1.BranchHistoryR\x06branch\"\x95\x01\n" +
 	"\x0eGetTurnRequest\x12)\n" +
 	"\x05owner\x18\x01 \x01(\v2\x13.chatplane.v1.OwnerR\x05owner\x12&\n" +
-	"\x0fuser_message_id\x18\x02 \x01(\tR\ruserMessageId\"\xd7\x01\n" +
+	"\x0fuser_message_id\x18\x02 \x01(\tR\ruserMessageId\x120\n" +
+	"\x14assistant_message_id\x18( \x01(\tR\x12assistantMessageId\"\xd7\x01\n" +
 	"\x0fGetTurnResponse\x128\n" +
 	"\fuser_message\x18\x01 \x01(\v2\x15.chatplane.v1.MessageR\vuserMessage\x12B\n" +
 	"\x11assistant_message\x18\x02 \x01(\v2\x15.chatplane.v1.MessageR\x10assistantMessage\x12F\n" +
-	"\x11lease_expire_time\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\x0fleaseExpireTime\"g\n" +
+	"\x11lease_expire_time\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\x0fleaseExpireTime\"\x99\x01\n" +
 	"\x12ReleaseTurnRequest\x12)\n" +
 	"\x05owner\x18\x01 \x01(\v2\x13.chatplane.v1.OwnerR\x05owner\x12&\n" +
-	"\x0fuser_message_id\x18\x02 \x01(\tR\ruserMessageId\"1\n" +
+	"\x0fuser_message_id\x18\x02 \x01(\tR\ruserMessageId\x120\n" +
+	"\x14assistant_message_id\x18( \x01(\tR\x12assistantMessageId\"1\n" +
 	"\x13ReleaseTurnResponse\x12\x1a\n" +
 	"\breleased\x18\x01 \x01(\bR\breleased\"\x93\x01\n" +
 	"*PersistenceServiceListConversationsRequest\x12)\n" +
@@ -1904,8 +2100,12 @@ const file_chatplane_v1_persistence_proto_rawDesc = "" +
 	"usedTokens\x12'\n" +
 	"\x0freserved_tokens\x18\x04 \x01(\x03R\x0ereservedTokens\x129\n" +
 	"\n" +
-	"reset_time\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\tresetTime2\xd1\n" +
-	"\n" +
+	"reset_time\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\tresetTime\"\x95\x01\n" +
+	"(PersistenceServiceSetActiveBranchRequest\x12)\n" +
+	"\x05owner\x18\x01 \x01(\v2\x13.chatplane.v1.OwnerR\x05owner\x12>\n" +
+	"\arequest\x18\x02 \x01(\v2$.chatplane.v1.SetActiveBranchRequestR\arequest\"n\n" +
+	")PersistenceServiceSetActiveBranchResponse\x12A\n" +
+	"\bresponse\x18\x01 \x01(\v2%.chatplane.v1.SetActiveBranchResponseR\bresponse2\xd6\v\n" +
 	"\x12PersistenceService\x12L\n" +
 	"\tBeginTurn\x12\x1e.chatplane.v1.BeginTurnRequest\x1a\x1f.chatplane.v1.BeginTurnResponse\x12F\n" +
 	"\aGetTurn\x12\x1c.chatplane.v1.GetTurnRequest\x1a\x1d.chatplane.v1.GetTurnResponse\x12R\n" +
@@ -1920,7 +2120,8 @@ const file_chatplane_v1_persistence_proto_rawDesc = "" +
 	"\fReserveQuota\x12!.chatplane.v1.ReserveQuotaRequest\x1a\".chatplane.v1.ReserveQuotaResponse\x12R\n" +
 	"\vSettleQuota\x12 .chatplane.v1.SettleQuotaRequest\x1a!.chatplane.v1.SettleQuotaResponse\x12I\n" +
 	"\bSetQuota\x12\x1d.chatplane.v1.SetQuotaRequest\x1a\x1e.chatplane.v1.SetQuotaResponse\x12I\n" +
-	"\bGetQuota\x12\x1d.chatplane.v1.GetQuotaRequest\x1a\x1e.chatplane.v1.GetQuotaResponseB@Z>github.com/chatplane/chatplane/gen/go/chatplane/v1;chatplanev1b\x06proto3"
+	"\bGetQuota\x12\x1d.chatplane.v1.GetQuotaRequest\x1a\x1e.chatplane.v1.GetQuotaResponse\x12\x82\x01\n" +
+	"\x0fSetActiveBranch\x126.chatplane.v1.PersistenceServiceSetActiveBranchRequest\x1a7.chatplane.v1.PersistenceServiceSetActiveBranchResponseB@Z>github.com/chatplane/chatplane/gen/go/chatplane/v1;chatplanev1b\x06proto3"
 
 var (
 	file_chatplane_v1_persistence_proto_rawDescOnce sync.Once
@@ -1934,7 +2135,7 @@ func file_chatplane_v1_persistence_proto_rawDescGZIP() []byte {
 	return file_chatplane_v1_persistence_proto_rawDescData
 }
 
-var file_chatplane_v1_persistence_proto_msgTypes = make([]protoimpl.MessageInfo, 30)
+var file_chatplane_v1_persistence_proto_msgTypes = make([]protoimpl.MessageInfo, 32)
 var file_chatplane_v1_persistence_proto_goTypes = []any{
 	(*Owner)(nil),                                        // 0: chatplane.v1.Owner
 	(*BeginTurnRequest)(nil),                             // 1: chatplane.v1.BeginTurnRequest
@@ -1966,75 +2167,86 @@ var file_chatplane_v1_persistence_proto_goTypes = []any{
 	(*GetQuotaRequest)(nil),                              // 27: chatplane.v1.GetQuotaRequest
 	(*GetQuotaResponse)(nil),                             // 28: chatplane.v1.GetQuotaResponse
 	(*TokenQuota)(nil),                                   // 29: chatplane.v1.TokenQuota
-	(*Message)(nil),                                      // 30: chatplane.v1.Message
-	(*timestamppb.Timestamp)(nil),                        // 31: google.protobuf.Timestamp
-	(*ListConversationsRequest)(nil),                     // 32: chatplane.v1.ListConversationsRequest
-	(*ListConversationsResponse)(nil),                    // 33: chatplane.v1.ListConversationsResponse
-	(*GetConversationRequest)(nil),                       // 34: chatplane.v1.GetConversationRequest
-	(*GetConversationResponse)(nil),                      // 35: chatplane.v1.GetConversationResponse
-	(*SubmitFeedbackRequest)(nil),                        // 36: chatplane.v1.SubmitFeedbackRequest
+	(*PersistenceServiceSetActiveBranchRequest)(nil),     // 30: chatplane.v1.PersistenceServiceSetActiveBranchRequest
+	(*PersistenceServiceSetActiveBranchResponse)(nil),    // 31: chatplane.v1.PersistenceServiceSetActiveBranchResponse
+	(*BranchHistory)(nil),                                // 32: chatplane.v1.BranchHistory
+	(*Message)(nil),                                      // 33: chatplane.v1.Message
+	(*timestamppb.Timestamp)(nil),                        // 34: google.protobuf.Timestamp
+	(*ListConversationsRequest)(nil),                     // 35: chatplane.v1.ListConversationsRequest
+	(*ListConversationsResponse)(nil),                    // 36: chatplane.v1.ListConversationsResponse
+	(*GetConversationRequest)(nil),                       // 37: chatplane.v1.GetConversationRequest
+	(*GetConversationResponse)(nil),                      // 38: chatplane.v1.GetConversationResponse
+	(*SubmitFeedbackRequest)(nil),                        // 39: chatplane.v1.SubmitFeedbackRequest
+	(*SetActiveBranchRequest)(nil),                       // 40: chatplane.v1.SetActiveBranchRequest
+	(*SetActiveBranchResponse)(nil),                      // 41: chatplane.v1.SetActiveBranchResponse
 }
 var file_chatplane_v1_persistence_proto_depIdxs = []int32{
 	0,  // 0: chatplane.v1.BeginTurnRequest.owner:type_name -> chatplane.v1.Owner
-	0,  // 1: chatplane.v1.GetTurnRequest.owner:type_name -> chatplane.v1.Owner
-	30, // 2: chatplane.v1.GetTurnResponse.user_message:type_name -> chatplane.v1.Message
-	30, // 3: chatplane.v1.GetTurnResponse.assistant_message:type_name -> chatplane.v1.Message
-	31, // 4: chatplane.v1.GetTurnResponse.lease_expire_time:type_name -> google.protobuf.Timestamp
-	0,  // 5: chatplane.v1.ReleaseTurnRequest.owner:type_name -> chatplane.v1.Owner
-	0,  // 6: chatplane.v1.PersistenceServiceListConversationsRequest.owner:type_name -> chatplane.v1.Owner
-	32, // 7: chatplane.v1.PersistenceServiceListConversationsRequest.page:type_name -> chatplane.v1.ListConversationsRequest
-	33, // 8: chatplane.v1.PersistenceServiceListConversationsResponse.page:type_name -> chatplane.v1.ListConversationsResponse
-	0,  // 9: chatplane.v1.PersistenceServiceGetConversationRequest.owner:type_name -> chatplane.v1.Owner
-	34, // 10: chatplane.v1.PersistenceServiceGetConversationRequest.request:type_name -> chatplane.v1.GetConversationRequest
-	35, // 11: chatplane.v1.PersistenceServiceGetConversationResponse.response:type_name -> chatplane.v1.GetConversationResponse
-	0,  // 12: chatplane.v1.PersistenceServiceDeleteConversationRequest.owner:type_name -> chatplane.v1.Owner
-	31, // 13: chatplane.v1.PersistenceServiceDeleteConversationResponse.delete_time:type_name -> google.protobuf.Timestamp
-	0,  // 14: chatplane.v1.PersistenceServiceSubmitFeedbackRequest.owner:type_name -> chatplane.v1.Owner
-	36, // 15: chatplane.v1.PersistenceServiceSubmitFeedbackRequest.feedback:type_name -> chatplane.v1.SubmitFeedbackRequest
-	31, // 16: chatplane.v1.PersistenceServiceSubmitFeedbackResponse.create_time:type_name -> google.protobuf.Timestamp
-	0,  // 17: chatplane.v1.CreateApiKeyRequest.owner:type_name -> chatplane.v1.Owner
-	0,  // 18: chatplane.v1.GetApiKeyResponse.owner:type_name -> chatplane.v1.Owner
-	0,  // 19: chatplane.v1.GetAnswerRequest.owner:type_name -> chatplane.v1.Owner
-	30, // 20: chatplane.v1.GetAnswerResponse.assistant_message:type_name -> chatplane.v1.Message
-	31, // 21: chatplane.v1.GetAnswerResponse.lease_expire_time:type_name -> google.protobuf.Timestamp
-	29, // 22: chatplane.v1.ReserveQuotaResponse.quota:type_name -> chatplane.v1.TokenQuota
-	29, // 23: chatplane.v1.SettleQuotaResponse.quota:type_name -> chatplane.v1.TokenQuota
-	29, // 24: chatplane.v1.SetQuotaResponse.quota:type_name -> chatplane.v1.TokenQuota
-	29, // 25: chatplane.v1.GetQuotaResponse.quota:type_name -> chatplane.v1.TokenQuota
-	31, // 26: chatplane.v1.TokenQuota.reset_time:type_name -> google.protobuf.Timestamp
-	1,  // 27: chatplane.v1.PersistenceService.BeginTurn:input_type -> chatplane.v1.BeginTurnRequest
-	3,  // 28: chatplane.v1.PersistenceService.GetTurn:input_type -> chatplane.v1.GetTurnRequest
-	5,  // 29: chatplane.v1.PersistenceService.ReleaseTurn:input_type -> chatplane.v1.ReleaseTurnRequest
-	7,  // 30: chatplane.v1.PersistenceService.ListConversations:input_type -> chatplane.v1.PersistenceServiceListConversationsRequest
-	9,  // 31: chatplane.v1.PersistenceService.GetConversation:input_type -> chatplane.v1.PersistenceServiceGetConversationRequest
-	11, // 32: chatplane.v1.PersistenceService.DeleteConversation:input_type -> chatplane.v1.PersistenceServiceDeleteConversationRequest
-	13, // 33: chatplane.v1.PersistenceService.SubmitFeedback:input_type -> chatplane.v1.PersistenceServiceSubmitFeedbackRequest
-	15, // 34: chatplane.v1.PersistenceService.CreateApiKey:input_type -> chatplane.v1.CreateApiKeyRequest
-	17, // 35: chatplane.v1.PersistenceService.GetApiKey:input_type -> chatplane.v1.GetApiKeyRequest
-	19, // 36: chatplane.v1.PersistenceService.GetAnswer:input_type -> chatplane.v1.GetAnswerRequest
-	21, // 37: chatplane.v1.PersistenceService.ReserveQuota:input_type -> chatplane.v1.ReserveQuotaRequest
-	23, // 38: chatplane.v1.PersistenceService.SettleQuota:input_type -> chatplane.v1.SettleQuotaRequest
-	25, // 39: chatplane.v1.PersistenceService.SetQuota:input_type -> chatplane.v1.SetQuotaRequest
-	27, // 40: chatplane.v1.PersistenceService.GetQuota:input_type -> chatplane.v1.GetQuotaRequest
-	2,  // 41: chatplane.v1.PersistenceService.BeginTurn:output_type -> chatplane.v1.BeginTurnResponse
-	4,  // 42: chatplane.v1.PersistenceService.GetTurn:output_type -> chatplane.v1.GetTurnResponse
-	6,  // 43: chatplane.v1.PersistenceService.ReleaseTurn:output_type -> chatplane.v1.ReleaseTurnResponse
-	8,  // 44: chatplane.v1.PersistenceService.ListConversations:output_type -> chatplane.v1.PersistenceServiceListConversationsResponse
-	10, // 45: chatplane.v1.PersistenceService.GetConversation:output_type -> chatplane.v1.PersistenceServiceGetConversationResponse
-	12, // 46: chatplane.v1.PersistenceService.DeleteConversation:output_type -> chatplane.v1.PersistenceServiceDeleteConversationResponse
-	14, // 47: chatplane.v1.PersistenceService.SubmitFeedback:output_type -> chatplane.v1.PersistenceServiceSubmitFeedbackResponse
-	16, // 48: chatplane.v1.PersistenceService.CreateApiKey:output_type -> chatplane.v1.CreateApiKeyResponse
-	18, // 49: chatplane.v1.PersistenceService.GetApiKey:output_type -> chatplane.v1.GetApiKeyResponse
-	20, // 50: chatplane.v1.PersistenceService.GetAnswer:output_type -> chatplane.v1.GetAnswerResponse
-	22, // 51: chatplane.v1.PersistenceService.ReserveQuota:output_type -> chatplane.v1.ReserveQuotaResponse
-	24, // 52: chatplane.v1.PersistenceService.SettleQuota:output_type -> chatplane.v1.SettleQuotaResponse
-	26, // 53: chatplane.v1.PersistenceService.SetQuota:output_type -> chatplane.v1.SetQuotaResponse
-	28, // 54: chatplane.v1.PersistenceService.GetQuota:output_type -> chatplane.v1.GetQuotaResponse
-	41, // [41:55] is the sub-list for method output_type
-	27, // [27:41] is the sub-list for method input_type
-	27, // [27:27] is the sub-list for extension type_name
-	27, // [27:27] is the sub-list for extension extendee
-	0,  // [0:27] is the sub-list for field type_name
+	32, // 1: chatplane.v1.BeginTurnResponse.branch:type_name -> chatplane.v1.BranchHistory
+	0,  // 2: chatplane.v1.GetTurnRequest.owner:type_name -> chatplane.v1.Owner
+	33, // 3: chatplane.v1.GetTurnResponse.user_message:type_name -> chatplane.v1.Message
+	33, // 4: chatplane.v1.GetTurnResponse.assistant_message:type_name -> chatplane.v1.Message
+	34, // 5: chatplane.v1.GetTurnResponse.lease_expire_time:type_name -> google.protobuf.Timestamp
+	0,  // 6: chatplane.v1.ReleaseTurnRequest.owner:type_name -> chatplane.v1.Owner
+	0,  // 7: chatplane.v1.PersistenceServiceListConversationsRequest.owner:type_name -> chatplane.v1.Owner
+	35, // 8: chatplane.v1.PersistenceServiceListConversationsRequest.page:type_name -> chatplane.v1.ListConversationsRequest
+	36, // 9: chatplane.v1.PersistenceServiceListConversationsResponse.page:type_name -> chatplane.v1.ListConversationsResponse
+	0,  // 10: chatplane.v1.PersistenceServiceGetConversationRequest.owner:type_name -> chatplane.v1.Owner
+	37, // 11: chatplane.v1.PersistenceServiceGetConversationRequest.request:type_name -> chatplane.v1.GetConversationRequest
+	38, // 12: chatplane.v1.PersistenceServiceGetConversationResponse.response:type_name -> chatplane.v1.GetConversationResponse
+	0,  // 13: chatplane.v1.PersistenceServiceDeleteConversationRequest.owner:type_name -> chatplane.v1.Owner
+	34, // 14: chatplane.v1.PersistenceServiceDeleteConversationResponse.delete_time:type_name -> google.protobuf.Timestamp
+	0,  // 15: chatplane.v1.PersistenceServiceSubmitFeedbackRequest.owner:type_name -> chatplane.v1.Owner
+	39, // 16: chatplane.v1.PersistenceServiceSubmitFeedbackRequest.feedback:type_name -> chatplane.v1.SubmitFeedbackRequest
+	34, // 17: chatplane.v1.PersistenceServiceSubmitFeedbackResponse.create_time:type_name -> google.protobuf.Timestamp
+	0,  // 18: chatplane.v1.CreateApiKeyRequest.owner:type_name -> chatplane.v1.Owner
+	0,  // 19: chatplane.v1.GetApiKeyResponse.owner:type_name -> chatplane.v1.Owner
+	0,  // 20: chatplane.v1.GetAnswerRequest.owner:type_name -> chatplane.v1.Owner
+	33, // 21: chatplane.v1.GetAnswerResponse.assistant_message:type_name -> chatplane.v1.Message
+	34, // 22: chatplane.v1.GetAnswerResponse.lease_expire_time:type_name -> google.protobuf.Timestamp
+	29, // 23: chatplane.v1.ReserveQuotaResponse.quota:type_name -> chatplane.v1.TokenQuota
+	29, // 24: chatplane.v1.SettleQuotaResponse.quota:type_name -> chatplane.v1.TokenQuota
+	29, // 25: chatplane.v1.SetQuotaResponse.quota:type_name -> chatplane.v1.TokenQuota
+	29, // 26: chatplane.v1.GetQuotaResponse.quota:type_name -> chatplane.v1.TokenQuota
+	34, // 27: chatplane.v1.TokenQuota.reset_time:type_name -> google.protobuf.Timestamp
+	0,  // 28: chatplane.v1.PersistenceServiceSetActiveBranchRequest.owner:type_name -> chatplane.v1.Owner
+	40, // 29: chatplane.v1.PersistenceServiceSetActiveBranchRequest.request:type_name -> chatplane.v1.SetActiveBranchRequest
+	41, // 30: chatplane.v1.PersistenceServiceSetActiveBranchResponse.response:type_name -> chatplane.v1.SetActiveBranchResponse
+	1,  // 31: chatplane.v1.PersistenceService.BeginTurn:input_type -> chatplane.v1.BeginTurnRequest
+	3,  // 32: chatplane.v1.PersistenceService.GetTurn:input_type -> chatplane.v1.GetTurnRequest
+	5,  // 33: chatplane.v1.PersistenceService.ReleaseTurn:input_type -> chatplane.v1.ReleaseTurnRequest
+	7,  // 34: chatplane.v1.PersistenceService.ListConversations:input_type -> chatplane.v1.PersistenceServiceListConversationsRequest
+	9,  // 35: chatplane.v1.PersistenceService.GetConversation:input_type -> chatplane.v1.PersistenceServiceGetConversationRequest
+	11, // 36: chatplane.v1.PersistenceService.DeleteConversation:input_type -> chatplane.v1.PersistenceServiceDeleteConversationRequest
+	13, // 37: chatplane.v1.PersistenceService.SubmitFeedback:input_type -> chatplane.v1.PersistenceServiceSubmitFeedbackRequest
+	15, // 38: chatplane.v1.PersistenceService.CreateApiKey:input_type -> chatplane.v1.CreateApiKeyRequest
+	17, // 39: chatplane.v1.PersistenceService.GetApiKey:input_type -> chatplane.v1.GetApiKeyRequest
+	19, // 40: chatplane.v1.PersistenceService.GetAnswer:input_type -> chatplane.v1.GetAnswerRequest
+	21, // 41: chatplane.v1.PersistenceService.ReserveQuota:input_type -> chatplane.v1.ReserveQuotaRequest
+	23, // 42: chatplane.v1.PersistenceService.SettleQuota:input_type -> chatplane.v1.SettleQuotaRequest
+	25, // 43: chatplane.v1.PersistenceService.SetQuota:input_type -> chatplane.v1.SetQuotaRequest
+	27, // 44: chatplane.v1.PersistenceService.GetQuota:input_type -> chatplane.v1.GetQuotaRequest
+	30, // 45: chatplane.v1.PersistenceService.SetActiveBranch:input_type -> chatplane.v1.PersistenceServiceSetActiveBranchRequest
+	2,  // 46: chatplane.v1.PersistenceService.BeginTurn:output_type -> chatplane.v1.BeginTurnResponse
+	4,  // 47: chatplane.v1.PersistenceService.GetTurn:output_type -> chatplane.v1.GetTurnResponse
+	6,  // 48: chatplane.v1.PersistenceService.ReleaseTurn:output_type -> chatplane.v1.ReleaseTurnResponse
+	8,  // 49: chatplane.v1.PersistenceService.ListConversations:output_type -> chatplane.v1.PersistenceServiceListConversationsResponse
+	10, // 50: chatplane.v1.PersistenceService.GetConversation:output_type -> chatplane.v1.PersistenceServiceGetConversationResponse
+	12, // 51: chatplane.v1.PersistenceService.DeleteConversation:output_type -> chatplane.v1.PersistenceServiceDeleteConversationResponse
+	14, // 52: chatplane.v1.PersistenceService.SubmitFeedback:output_type -> chatplane.v1.PersistenceServiceSubmitFeedbackResponse
+	16, // 53: chatplane.v1.PersistenceService.CreateApiKey:output_type -> chatplane.v1.CreateApiKeyResponse
+	18, // 54: chatplane.v1.PersistenceService.GetApiKey:output_type -> chatplane.v1.GetApiKeyResponse
+	20, // 55: chatplane.v1.PersistenceService.GetAnswer:output_type -> chatplane.v1.GetAnswerResponse
+	22, // 56: chatplane.v1.PersistenceService.ReserveQuota:output_type -> chatplane.v1.ReserveQuotaResponse
+	24, // 57: chatplane.v1.PersistenceService.SettleQuota:output_type -> chatplane.v1.SettleQuotaResponse
+	26, // 58: chatplane.v1.PersistenceService.SetQuota:output_type -> chatplane.v1.SetQuotaResponse
+	28, // 59: chatplane.v1.PersistenceService.GetQuota:output_type -> chatplane.v1.GetQuotaResponse
+	31, // 60: chatplane.v1.PersistenceService.SetActiveBranch:output_type -> chatplane.v1.PersistenceServiceSetActiveBranchResponse
+	46, // [46:61] is the sub-list for method output_type
+	31, // [31:46] is the sub-list for method input_type
+	31, // [31:31] is the sub-list for extension type_name
+	31, // [31:31] is the sub-list for extension extendee
+	0,  // [0:31] is the sub-list for field type_name
 }
 
 func init() { file_chatplane_v1_persistence_proto_init() }
@@ -2050,7 +2262,7 @@ func file_chatplane_v1_persistence_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_chatplane_v1_persistence_proto_rawDesc), len(file_chatplane_v1_persistence_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   30,
+			NumMessages:   32,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

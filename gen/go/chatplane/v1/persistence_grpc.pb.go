@@ -33,6 +33,7 @@ const (
 	PersistenceService_SettleQuota_FullMethodName        = "/chatplane.v1.PersistenceService/SettleQuota"
 	PersistenceService_SetQuota_FullMethodName           = "/chatplane.v1.PersistenceService/SetQuota"
 	PersistenceService_GetQuota_FullMethodName           = "/chatplane.v1.PersistenceService/GetQuota"
+	PersistenceService_SetActiveBranch_FullMethodName    = "/chatplane.v1.PersistenceService/SetActiveBranch"
 )
 
 // PersistenceServiceClient is the client API for PersistenceService service.
@@ -75,6 +76,8 @@ type PersistenceServiceClient interface {
 	SetQuota(ctx context.Context, in *SetQuotaRequest, opts ...grpc.CallOption) (*SetQuotaResponse, error)
 	// Returns a tenant's daily token quota and today's usage.
 	GetQuota(ctx context.Context, in *GetQuotaRequest, opts ...grpc.CallOption) (*GetQuotaResponse, error)
+	// Switches a conversation's active branch to the one through a message.
+	SetActiveBranch(ctx context.Context, in *PersistenceServiceSetActiveBranchRequest, opts ...grpc.CallOption) (*PersistenceServiceSetActiveBranchResponse, error)
 }
 
 type persistenceServiceClient struct {
@@ -225,6 +228,16 @@ func (c *persistenceServiceClient) GetQuota(ctx context.Context, in *GetQuotaReq
 	return out, nil
 }
 
+func (c *persistenceServiceClient) SetActiveBranch(ctx context.Context, in *PersistenceServiceSetActiveBranchRequest, opts ...grpc.CallOption) (*PersistenceServiceSetActiveBranchResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(PersistenceServiceSetActiveBranchResponse)
+	err := c.cc.Invoke(ctx, PersistenceService_SetActiveBranch_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // PersistenceServiceServer is the server API for PersistenceService service.
 // All implementations must embed UnimplementedPersistenceServiceServer
 // for forward compatibility.
@@ -265,6 +278,8 @@ type PersistenceServiceServer interface {
 	SetQuota(context.Context, *SetQuotaRequest) (*SetQuotaResponse, error)
 	// Returns a tenant's daily token quota and today's usage.
 	GetQuota(context.Context, *GetQuotaRequest) (*GetQuotaResponse, error)
+	// Switches a conversation's active branch to the one through a message.
+	SetActiveBranch(context.Context, *PersistenceServiceSetActiveBranchRequest) (*PersistenceServiceSetActiveBranchResponse, error)
 	mustEmbedUnimplementedPersistenceServiceServer()
 }
 
@@ -316,6 +331,9 @@ func (UnimplementedPersistenceServiceServer) SetQuota(context.Context, *SetQuota
 }
 func (UnimplementedPersistenceServiceServer) GetQuota(context.Context, *GetQuotaRequest) (*GetQuotaResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetQuota not implemented")
+}
+func (UnimplementedPersistenceServiceServer) SetActiveBranch(context.Context, *PersistenceServiceSetActiveBranchRequest) (*PersistenceServiceSetActiveBranchResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method SetActiveBranch not implemented")
 }
 func (UnimplementedPersistenceServiceServer) mustEmbedUnimplementedPersistenceServiceServer() {}
 func (UnimplementedPersistenceServiceServer) testEmbeddedByValue()                            {}
@@ -590,6 +608,24 @@ func _PersistenceService_GetQuota_Handler(srv interface{}, ctx context.Context, 
 	return interceptor(ctx, in, info, handler)
 }
 
+func _PersistenceService_SetActiveBranch_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(PersistenceServiceSetActiveBranchRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(PersistenceServiceServer).SetActiveBranch(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: PersistenceService_SetActiveBranch_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(PersistenceServiceServer).SetActiveBranch(ctx, req.(*PersistenceServiceSetActiveBranchRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // PersistenceService_ServiceDesc is the grpc.ServiceDesc for PersistenceService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -652,6 +688,10 @@ var PersistenceService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "GetQuota",
 			Handler:    _PersistenceService_GetQuota_Handler,
+		},
+		{
+			MethodName: "SetActiveBranch",
+			Handler:    _PersistenceService_SetActiveBranch_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

@@ -254,9 +254,12 @@ type Conversation struct {
 	// When the last message was stored.
 	UpdateTime *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=update_time,json=updateTime,proto3" json:"update_time,omitempty"`
 	// How many messages are stored.
-	MessageCount  int32 `protobuf:"varint,5,opt,name=message_count,json=messageCount,proto3" json:"message_count,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	MessageCount int32 `protobuf:"varint,5,opt,name=message_count,json=messageCount,proto3" json:"message_count,omitempty"`
+	// The newest message of the active branch: what a chat UI shows ends here (empty while
+	// the conversation has no stored message). See docs/conversation-tree.md.
+	ActiveMessageId string `protobuf:"bytes,40,opt,name=active_message_id,json=activeMessageId,proto3" json:"active_message_id,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *Conversation) Reset() {
@@ -324,6 +327,13 @@ func (x *Conversation) GetMessageCount() int32 {
 	return 0
 }
 
+func (x *Conversation) GetActiveMessageId() string {
+	if x != nil {
+		return x.ActiveMessageId
+	}
+	return ""
+}
+
 // One message of a conversation.
 type Message struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -349,8 +359,22 @@ type Message struct {
 	Usage *Usage `protobuf:"bytes,10,opt,name=usage,proto3" json:"usage,omitempty"`
 	// The client's idempotency key of the user message, if it sent one.
 	ClientMessageId string `protobuf:"bytes,11,opt,name=client_message_id,json=clientMessageId,proto3" json:"client_message_id,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// The message before it on its branch of the conversation tree: for a user message the
+	// assistant message it follows (empty for a first message), for an assistant message the
+	// user message it answers. Absent in message-log records written before conversation
+	// trees existed; such messages form a linear chain in creation order.
+	ParentMessageId *string `protobuf:"bytes,40,opt,name=parent_message_id,json=parentMessageId,proto3,oneof" json:"parent_message_id,omitempty"`
+	// In GetConversation responses: the position of this message among its siblings (the
+	// messages with the same parent, oldest first), starting at 0.
+	SiblingIndex int32 `protobuf:"varint,41,opt,name=sibling_index,json=siblingIndex,proto3" json:"sibling_index,omitempty"`
+	// In GetConversation responses: how many siblings it has, itself included (1 = no
+	// alternatives; 3 = a UI shows "< 2/3 >" for sibling_index 1).
+	SiblingCount int32 `protobuf:"varint,42,opt,name=sibling_count,json=siblingCount,proto3" json:"sibling_count,omitempty"`
+	// In GetConversation responses: the ids of its siblings, itself included, oldest first;
+	// pass one to SetActiveBranch to switch to it.
+	SiblingMessageIds []string `protobuf:"bytes,43,rep,name=sibling_message_ids,json=siblingMessageIds,proto3" json:"sibling_message_ids,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *Message) Reset() {
@@ -458,6 +482,34 @@ func (x *Message) GetClientMessageId() string {
 		return x.ClientMessageId
 	}
 	return ""
+}
+
+func (x *Message) GetParentMessageId() string {
+	if x != nil && x.ParentMessageId != nil {
+		return *x.ParentMessageId
+	}
+	return ""
+}
+
+func (x *Message) GetSiblingIndex() int32 {
+	if x != nil {
+		return x.SiblingIndex
+	}
+	return 0
+}
+
+func (x *Message) GetSiblingCount() int32 {
+	if x != nil {
+		return x.SiblingCount
+	}
+	return 0
+}
+
+func (x *Message) GetSiblingMessageIds() []string {
+	if x != nil {
+		return x.SiblingMessageIds
+	}
+	return nil
 }
 
 // Token counts of one answer.
@@ -943,11 +995,59 @@ func (x *Document) GetCreateTime() *timestamppb.Timestamp {
 	return nil
 }
 
+// The messages of a conversation's branch that lead to a turn, oldest first (internal: from
+// PersistenceService.BeginTurn through the Gateway to the Agent, which answers from them).
+type BranchHistory struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The ancestors of the turn's user message, oldest first. A message whose turn has just
+	// finished and is not stored yet carries its id and role but no text.
+	Messages      []*Message `protobuf:"bytes,1,rep,name=messages,proto3" json:"messages,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BranchHistory) Reset() {
+	*x = BranchHistory{}
+	mi := &file_chatplane_v1_resources_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BranchHistory) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BranchHistory) ProtoMessage() {}
+
+func (x *BranchHistory) ProtoReflect() protoreflect.Message {
+	mi := &file_chatplane_v1_resources_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BranchHistory.ProtoReflect.Descriptor instead.
+func (*BranchHistory) Descriptor() ([]byte, []int) {
+	return file_chatplane_v1_resources_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *BranchHistory) GetMessages() []*Message {
+	if x != nil {
+		return x.Messages
+	}
+	return nil
+}
+
 var File_chatplane_v1_resources_proto protoreflect.FileDescriptor
 
 const file_chatplane_v1_resources_proto_rawDesc = "" +
 	"\n" +
-	"\x1cchatplane/v1/resources.proto\x12\fchatplane.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xec\x01\n" +
+	"\x1cchatplane/v1/resources.proto\x12\fchatplane.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x98\x02\n" +
 	"\fConversation\x12'\n" +
 	"\x0fconversation_id\x18\x01 \x01(\tR\x0econversationId\x12\x14\n" +
 	"\x05title\x18\x02 \x01(\tR\x05title\x12;\n" +
@@ -955,7 +1055,8 @@ const file_chatplane_v1_resources_proto_rawDesc = "" +
 	"createTime\x12;\n" +
 	"\vupdate_time\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"updateTime\x12#\n" +
-	"\rmessage_count\x18\x05 \x01(\x05R\fmessageCount\"\xdc\x03\n" +
+	"\rmessage_count\x18\x05 \x01(\x05R\fmessageCount\x12*\n" +
+	"\x11active_message_id\x18( \x01(\tR\x0factiveMessageId\"\x9d\x05\n" +
 	"\aMessage\x12\x1d\n" +
 	"\n" +
 	"message_id\x18\x01 \x01(\tR\tmessageId\x12'\n" +
@@ -970,7 +1071,12 @@ const file_chatplane_v1_resources_proto_rawDesc = "" +
 	"\rfinish_reason\x18\t \x01(\x0e2\x1a.chatplane.v1.FinishReasonR\ffinishReason\x12)\n" +
 	"\x05usage\x18\n" +
 	" \x01(\v2\x13.chatplane.v1.UsageR\x05usage\x12*\n" +
-	"\x11client_message_id\x18\v \x01(\tR\x0fclientMessageId\"\xc5\x01\n" +
+	"\x11client_message_id\x18\v \x01(\tR\x0fclientMessageId\x12/\n" +
+	"\x11parent_message_id\x18( \x01(\tH\x00R\x0fparentMessageId\x88\x01\x01\x12#\n" +
+	"\rsibling_index\x18) \x01(\x05R\fsiblingIndex\x12#\n" +
+	"\rsibling_count\x18* \x01(\x05R\fsiblingCount\x12.\n" +
+	"\x13sibling_message_ids\x18+ \x03(\tR\x11siblingMessageIdsB\x14\n" +
+	"\x12_parent_message_id\"\xc5\x01\n" +
 	"\x05Usage\x12!\n" +
 	"\finput_tokens\x18\x01 \x01(\x05R\vinputTokens\x12#\n" +
 	"\routput_tokens\x18\x02 \x01(\x05R\foutputTokens\x125\n" +
@@ -1011,7 +1117,9 @@ const file_chatplane_v1_resources_proto_rawDesc = "" +
 	"\vchunk_count\x18\x04 \x01(\x05R\n" +
 	"chunkCount\x12;\n" +
 	"\vcreate_time\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"createTime*?\n" +
+	"createTime\"B\n" +
+	"\rBranchHistory\x121\n" +
+	"\bmessages\x18\x01 \x03(\v2\x15.chatplane.v1.MessageR\bmessages*?\n" +
 	"\x04Role\x12\x14\n" +
 	"\x10ROLE_UNSPECIFIED\x10\x00\x12\r\n" +
 	"\tROLE_USER\x10\x01\x12\x12\n" +
@@ -1044,7 +1152,7 @@ func file_chatplane_v1_resources_proto_rawDescGZIP() []byte {
 }
 
 var file_chatplane_v1_resources_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_chatplane_v1_resources_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
+var file_chatplane_v1_resources_proto_msgTypes = make([]protoimpl.MessageInfo, 9)
 var file_chatplane_v1_resources_proto_goTypes = []any{
 	(Role)(0),                     // 0: chatplane.v1.Role
 	(MessageStatus)(0),            // 1: chatplane.v1.MessageStatus
@@ -1058,24 +1166,26 @@ var file_chatplane_v1_resources_proto_goTypes = []any{
 	(*Citation)(nil),              // 9: chatplane.v1.Citation
 	(*TurnDone)(nil),              // 10: chatplane.v1.TurnDone
 	(*Document)(nil),              // 11: chatplane.v1.Document
-	(*timestamppb.Timestamp)(nil), // 12: google.protobuf.Timestamp
+	(*BranchHistory)(nil),         // 12: chatplane.v1.BranchHistory
+	(*timestamppb.Timestamp)(nil), // 13: google.protobuf.Timestamp
 }
 var file_chatplane_v1_resources_proto_depIdxs = []int32{
-	12, // 0: chatplane.v1.Conversation.create_time:type_name -> google.protobuf.Timestamp
-	12, // 1: chatplane.v1.Conversation.update_time:type_name -> google.protobuf.Timestamp
+	13, // 0: chatplane.v1.Conversation.create_time:type_name -> google.protobuf.Timestamp
+	13, // 1: chatplane.v1.Conversation.update_time:type_name -> google.protobuf.Timestamp
 	0,  // 2: chatplane.v1.Message.role:type_name -> chatplane.v1.Role
 	1,  // 3: chatplane.v1.Message.status:type_name -> chatplane.v1.MessageStatus
-	12, // 4: chatplane.v1.Message.create_time:type_name -> google.protobuf.Timestamp
+	13, // 4: chatplane.v1.Message.create_time:type_name -> google.protobuf.Timestamp
 	2,  // 5: chatplane.v1.Message.finish_reason:type_name -> chatplane.v1.FinishReason
 	6,  // 6: chatplane.v1.Message.usage:type_name -> chatplane.v1.Usage
 	3,  // 7: chatplane.v1.Citation.kind:type_name -> chatplane.v1.CitationKind
 	2,  // 8: chatplane.v1.TurnDone.finish_reason:type_name -> chatplane.v1.FinishReason
-	12, // 9: chatplane.v1.Document.create_time:type_name -> google.protobuf.Timestamp
-	10, // [10:10] is the sub-list for method output_type
-	10, // [10:10] is the sub-list for method input_type
-	10, // [10:10] is the sub-list for extension type_name
-	10, // [10:10] is the sub-list for extension extendee
-	0,  // [0:10] is the sub-list for field type_name
+	13, // 9: chatplane.v1.Document.create_time:type_name -> google.protobuf.Timestamp
+	5,  // 10: chatplane.v1.BranchHistory.messages:type_name -> chatplane.v1.Message
+	11, // [11:11] is the sub-list for method output_type
+	11, // [11:11] is the sub-list for method input_type
+	11, // [11:11] is the sub-list for extension type_name
+	11, // [11:11] is the sub-list for extension extendee
+	0,  // [0:11] is the sub-list for field type_name
 }
 
 func init() { file_chatplane_v1_resources_proto_init() }
@@ -1083,13 +1193,14 @@ func file_chatplane_v1_resources_proto_init() {
 	if File_chatplane_v1_resources_proto != nil {
 		return
 	}
+	file_chatplane_v1_resources_proto_msgTypes[1].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_chatplane_v1_resources_proto_rawDesc), len(file_chatplane_v1_resources_proto_rawDesc)),
 			NumEnums:      4,
-			NumMessages:   8,
+			NumMessages:   9,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -31,6 +31,9 @@ class GenerateRequest(_message.Message):
     TEXT_FIELD_NUMBER: _builtins.int
     CLIENT_MESSAGE_ID_FIELD_NUMBER: _builtins.int
     RESUMABLE_FIELD_NUMBER: _builtins.int
+    PARENT_MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    REGENERATE_FIELD_NUMBER: _builtins.int
+    BRANCH_FIELD_NUMBER: _builtins.int
     tenant_id: _builtins.str
     """The caller's tenant."""
     user_id: _builtins.str
@@ -49,6 +52,18 @@ class GenerateRequest(_message.Message):
     """Keep generating when this call is cancelled (the client's stream was lost); the turn is
     then stopped only by CancelGenerate or its deadline.
     """
+    parent_message_id: _builtins.str
+    """The parent of the user message in the conversation tree (empty for a first message)."""
+    regenerate: _builtins.bool
+    """True for a regenerated answer: user_message_id names a stored user message, and only
+    the answer is new (and recorded).
+    """
+    @_builtins.property
+    def branch(self) -> _resources_pb2.BranchHistory:
+        """When set, the answer's history is this branch, not the conversation's recent messages
+        (the conversation has branches, so its newest messages may be on other branches).
+        """
+
     def __init__(
         self,
         *,
@@ -60,10 +75,13 @@ class GenerateRequest(_message.Message):
         text: _builtins.str = ...,
         client_message_id: _builtins.str = ...,
         resumable: _builtins.bool = ...,
+        parent_message_id: _builtins.str = ...,
+        regenerate: _builtins.bool = ...,
+        branch: _resources_pb2.BranchHistory | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["branch", b"branch"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["assistant_message_id", b"assistant_message_id", "client_message_id", b"client_message_id", "conversation_id", b"conversation_id", "resumable", b"resumable", "tenant_id", b"tenant_id", "text", b"text", "user_id", b"user_id", "user_message_id", b"user_message_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["assistant_message_id", b"assistant_message_id", "branch", b"branch", "client_message_id", b"client_message_id", "conversation_id", b"conversation_id", "parent_message_id", b"parent_message_id", "regenerate", b"regenerate", "resumable", b"resumable", "tenant_id", b"tenant_id", "text", b"text", "user_id", b"user_id", "user_message_id", b"user_message_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -21,6 +21,30 @@ else:
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class _ConversationView:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ConversationViewEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ConversationView.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    CONVERSATION_VIEW_UNSPECIFIED: _ConversationView.ValueType  # 0
+    """The default: the active branch."""
+    CONVERSATION_VIEW_ACTIVE_BRANCH: _ConversationView.ValueType  # 1
+    """The active branch, first message to newest: what a chat UI shows."""
+    CONVERSATION_VIEW_TREE: _ConversationView.ValueType  # 2
+    """Every message of every branch, oldest first, with parent and sibling ids."""
+
+class ConversationView(_ConversationView, metaclass=_ConversationViewEnumTypeWrapper):
+    """Which messages of a conversation GetConversation returns."""
+
+CONVERSATION_VIEW_UNSPECIFIED: ConversationView.ValueType  # 0
+"""The default: the active branch."""
+CONVERSATION_VIEW_ACTIVE_BRANCH: ConversationView.ValueType  # 1
+"""The active branch, first message to newest: what a chat UI shows."""
+CONVERSATION_VIEW_TREE: ConversationView.ValueType  # 2
+"""Every message of every branch, oldest first, with parent and sibling ids."""
+Global___ConversationView: _TypeAlias = ConversationView  # noqa: Y015
+
 class _Rating:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -55,6 +79,8 @@ class ChatRequest(_message.Message):
     TEXT_FIELD_NUMBER: _builtins.int
     CLIENT_MESSAGE_ID_FIELD_NUMBER: _builtins.int
     RESUMABLE_FIELD_NUMBER: _builtins.int
+    REGENERATE_MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    EDIT_MESSAGE_ID_FIELD_NUMBER: _builtins.int
     conversation_id: _builtins.str
     """The conversation to continue; empty starts a new one."""
     text: _builtins.str
@@ -65,6 +91,12 @@ class ChatRequest(_message.Message):
     """When true, losing this stream does not stop the generation: it runs to the end (bounded
     by the turn timeout), ResumeChat continues it and CancelChat stops it.
     """
+    regenerate_message_id: _builtins.str
+    """Regenerate: a new answer to this user message, beside its earlier answers; `text`
+    must be empty. The model sees only the messages before it on its branch.
+    """
+    edit_message_id: _builtins.str
+    """Edit: `text` becomes a new user message beside this one (same parent), then answered."""
     def __init__(
         self,
         *,
@@ -72,12 +104,16 @@ class ChatRequest(_message.Message):
         text: _builtins.str = ...,
         client_message_id: _builtins.str = ...,
         resumable: _builtins.bool = ...,
+        regenerate_message_id: _builtins.str = ...,
+        edit_message_id: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["branch", b"branch", "edit_message_id", b"edit_message_id", "regenerate_message_id", b"regenerate_message_id"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_message_id", b"client_message_id", "conversation_id", b"conversation_id", "resumable", b"resumable", "text", b"text"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["branch", b"branch", "client_message_id", b"client_message_id", "conversation_id", b"conversation_id", "edit_message_id", b"edit_message_id", "regenerate_message_id", b"regenerate_message_id", "resumable", b"resumable", "text", b"text"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType_branch: _TypeAlias = _typing.Literal["regenerate_message_id", "edit_message_id"]  # noqa: Y015
+    _WhichOneofArgType_branch: _TypeAlias = _typing.Literal["branch", b"branch"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_branch) -> _WhichOneofReturnType_branch | None: ...
 
 Global___ChatRequest: _TypeAlias = ChatRequest  # noqa: Y015
 
@@ -194,22 +230,26 @@ class GetConversationRequest(_message.Message):
     CONVERSATION_ID_FIELD_NUMBER: _builtins.int
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    VIEW_FIELD_NUMBER: _builtins.int
     conversation_id: _builtins.str
     """The conversation."""
     page_size: _builtins.int
     """Maximum messages to return (1-500; 0 means 100)."""
     page_token: _builtins.str
     """The next_page_token of a previous call, or empty for the first page."""
+    view: Global___ConversationView.ValueType
+    """Which messages: the active branch (the default) or the whole tree."""
     def __init__(
         self,
         *,
         conversation_id: _builtins.str = ...,
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
+        view: Global___ConversationView.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["conversation_id", b"conversation_id", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["conversation_id", b"conversation_id", "page_size", b"page_size", "page_token", b"page_token", "view", b"view"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -635,3 +675,55 @@ class GatewayServiceDeleteDocumentResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GatewayServiceDeleteDocumentResponse: _TypeAlias = GatewayServiceDeleteDocumentResponse  # noqa: Y015
+
+@_typing.final
+class SetActiveBranchRequest(_message.Message):
+    """Asks to switch a conversation's active branch."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONVERSATION_ID_FIELD_NUMBER: _builtins.int
+    MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    conversation_id: _builtins.str
+    """The conversation."""
+    message_id: _builtins.str
+    """A message of the conversation: the new active branch runs through it and on to its
+    newest descendants.
+    """
+    def __init__(
+        self,
+        *,
+        conversation_id: _builtins.str = ...,
+        message_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["conversation_id", b"conversation_id", "message_id", b"message_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetActiveBranchRequest: _TypeAlias = SetActiveBranchRequest  # noqa: Y015
+
+@_typing.final
+class SetActiveBranchResponse(_message.Message):
+    """The active branch is switched."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONVERSATION_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def conversation(self) -> _resources_pb2.Conversation:
+        """The conversation, with its new active_message_id (the branch's newest message)."""
+
+    def __init__(
+        self,
+        *,
+        conversation: _resources_pb2.Conversation | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["conversation", b"conversation"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["conversation", b"conversation"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetActiveBranchResponse: _TypeAlias = SetActiveBranchResponse  # noqa: Y015

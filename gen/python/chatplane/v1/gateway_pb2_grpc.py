@@ -86,6 +86,11 @@ class GatewayServiceStub:
                 request_serializer=chatplane_dot_v1_dot_gateway__pb2.GatewayServiceDeleteDocumentRequest.SerializeToString,
                 response_deserializer=chatplane_dot_v1_dot_gateway__pb2.GatewayServiceDeleteDocumentResponse.FromString,
                 _registered_method=True)
+        self.SetActiveBranch = channel.unary_unary(
+                '/chatplane.v1.GatewayService/SetActiveBranch',
+                request_serializer=chatplane_dot_v1_dot_gateway__pb2.SetActiveBranchRequest.SerializeToString,
+                response_deserializer=chatplane_dot_v1_dot_gateway__pb2.SetActiveBranchResponse.FromString,
+                _registered_method=True)
 
 
 class GatewayServiceServicer:
@@ -166,6 +171,14 @@ class GatewayServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetActiveBranch(self, request, context):
+        """Makes the branch through a message the conversation's active branch (what
+        GetConversation returns by default and what the next Chat continues).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GatewayServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -218,6 +231,11 @@ def add_GatewayServiceServicer_to_server(servicer, server):
                     servicer.DeleteDocument,
                     request_deserializer=chatplane_dot_v1_dot_gateway__pb2.GatewayServiceDeleteDocumentRequest.FromString,
                     response_serializer=chatplane_dot_v1_dot_gateway__pb2.GatewayServiceDeleteDocumentResponse.SerializeToString,
+            ),
+            'SetActiveBranch': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetActiveBranch,
+                    request_deserializer=chatplane_dot_v1_dot_gateway__pb2.SetActiveBranchRequest.FromString,
+                    response_serializer=chatplane_dot_v1_dot_gateway__pb2.SetActiveBranchResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -492,6 +510,33 @@ class GatewayService:
             '/chatplane.v1.GatewayService/DeleteDocument',
             chatplane_dot_v1_dot_gateway__pb2.GatewayServiceDeleteDocumentRequest.SerializeToString,
             chatplane_dot_v1_dot_gateway__pb2.GatewayServiceDeleteDocumentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetActiveBranch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chatplane.v1.GatewayService/SetActiveBranch',
+            chatplane_dot_v1_dot_gateway__pb2.SetActiveBranchRequest.SerializeToString,
+            chatplane_dot_v1_dot_gateway__pb2.SetActiveBranchResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -61,6 +61,10 @@ class GatewayServiceStub:
     """Lists the documents of the caller's tenant, newest first."""
     DeleteDocument: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.GatewayServiceDeleteDocumentRequest, _gateway_pb2.GatewayServiceDeleteDocumentResponse]
     """Deletes a document of the caller's tenant (another tenant's id: NOT_FOUND)."""
+    SetActiveBranch: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.SetActiveBranchRequest, _gateway_pb2.SetActiveBranchResponse]
+    """Makes the branch through a message the conversation's active branch (what
+    GetConversation returns by default and what the next Chat continues).
+    """
 
 @_typing.type_check_only
 class GatewayServiceAsyncStub(GatewayServiceStub):
@@ -95,6 +99,10 @@ class GatewayServiceAsyncStub(GatewayServiceStub):
     """Lists the documents of the caller's tenant, newest first."""
     DeleteDocument: _aio.UnaryUnaryMultiCallable[_gateway_pb2.GatewayServiceDeleteDocumentRequest, _gateway_pb2.GatewayServiceDeleteDocumentResponse]  # type: ignore[assignment]
     """Deletes a document of the caller's tenant (another tenant's id: NOT_FOUND)."""
+    SetActiveBranch: _aio.UnaryUnaryMultiCallable[_gateway_pb2.SetActiveBranchRequest, _gateway_pb2.SetActiveBranchResponse]  # type: ignore[assignment]
+    """Makes the branch through a message the conversation's active branch (what
+    GetConversation returns by default and what the next Chat continues).
+    """
 
 class GatewayServiceServicer(metaclass=_abc_1.ABCMeta):
     """The public API of chatplane: chat with streamed answers, history and feedback.
@@ -186,5 +194,15 @@ class GatewayServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_gateway_pb2.GatewayServiceDeleteDocumentResponse, _abc.Awaitable[_gateway_pb2.GatewayServiceDeleteDocumentResponse]]:
         """Deletes a document of the caller's tenant (another tenant's id: NOT_FOUND)."""
+
+    @_abc_1.abstractmethod
+    def SetActiveBranch(
+        self,
+        request: _gateway_pb2.SetActiveBranchRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gateway_pb2.SetActiveBranchResponse, _abc.Awaitable[_gateway_pb2.SetActiveBranchResponse]]:
+        """Makes the branch through a message the conversation's active branch (what
+        GetConversation returns by default and what the next Chat continues).
+        """
 
 def add_GatewayServiceServicer_to_server(servicer: GatewayServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

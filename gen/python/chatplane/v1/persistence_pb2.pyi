@@ -60,6 +60,9 @@ class BeginTurnRequest(_message.Message):
     ASSISTANT_MESSAGE_ID_FIELD_NUMBER: _builtins.int
     TITLE_FIELD_NUMBER: _builtins.int
     LEASE_MS_FIELD_NUMBER: _builtins.int
+    REGENERATE_MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    EDIT_MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    BRANCH_LIMIT_FIELD_NUMBER: _builtins.int
     conversation_id: _builtins.str
     """The conversation to continue, or empty to create one."""
     client_message_id: _builtins.str
@@ -72,6 +75,12 @@ class BeginTurnRequest(_message.Message):
     """Title for a new conversation."""
     lease_ms: _builtins.int
     """How long the caller may own the turn before a retry can take it over, in milliseconds."""
+    regenerate_message_id: _builtins.str
+    """Regenerate: the turn answers this stored user message again (no new user message)."""
+    edit_message_id: _builtins.str
+    """Edit: the turn's user message is a new sibling of this stored user message."""
+    branch_limit: _builtins.int
+    """How many messages of the branch to return for the model's history (0 = none)."""
     @_builtins.property
     def owner(self) -> Global___Owner:
         """Who sends the message."""
@@ -86,10 +95,13 @@ class BeginTurnRequest(_message.Message):
         assistant_message_id: _builtins.str = ...,
         title: _builtins.str = ...,
         lease_ms: _builtins.int = ...,
+        regenerate_message_id: _builtins.str = ...,
+        edit_message_id: _builtins.str = ...,
+        branch_limit: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["owner", b"owner"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["assistant_message_id", b"assistant_message_id", "client_message_id", b"client_message_id", "conversation_id", b"conversation_id", "lease_ms", b"lease_ms", "owner", b"owner", "title", b"title", "user_message_id", b"user_message_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["assistant_message_id", b"assistant_message_id", "branch_limit", b"branch_limit", "client_message_id", b"client_message_id", "conversation_id", b"conversation_id", "edit_message_id", b"edit_message_id", "lease_ms", b"lease_ms", "owner", b"owner", "regenerate_message_id", b"regenerate_message_id", "title", b"title", "user_message_id", b"user_message_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -106,6 +118,10 @@ class BeginTurnResponse(_message.Message):
     ASSISTANT_MESSAGE_ID_FIELD_NUMBER: _builtins.int
     OWNER_FIELD_NUMBER: _builtins.int
     COMPLETE_FIELD_NUMBER: _builtins.int
+    PARENT_MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    REGENERATE_FIELD_NUMBER: _builtins.int
+    USER_TEXT_FIELD_NUMBER: _builtins.int
+    BRANCH_FIELD_NUMBER: _builtins.int
     conversation_id: _builtins.str
     """The conversation (created if it was new)."""
     user_message_id: _builtins.str
@@ -116,6 +132,19 @@ class BeginTurnResponse(_message.Message):
     """True when the caller owns the turn and must generate it; false when it exists already."""
     complete: _builtins.bool
     """For an existing turn, true when its assistant message is stored."""
+    parent_message_id: _builtins.str
+    """The parent of the turn's user message (empty for a first message)."""
+    regenerate: _builtins.bool
+    """True when the turn regenerates the answer to a stored user message (user_message_id)."""
+    user_text: _builtins.str
+    """For a regenerated answer, the text of the user message it answers."""
+    @_builtins.property
+    def branch(self) -> _resources_pb2.BranchHistory:
+        """For an owned turn in a conversation with branches (or a regenerate or edit): the
+        branch the answer follows, newest branch_limit messages. Absent: the conversation is
+        one linear chain, and its recent messages are the history.
+        """
+
     def __init__(
         self,
         *,
@@ -124,10 +153,14 @@ class BeginTurnResponse(_message.Message):
         assistant_message_id: _builtins.str = ...,
         owner: _builtins.bool = ...,
         complete: _builtins.bool = ...,
+        parent_message_id: _builtins.str = ...,
+        regenerate: _builtins.bool = ...,
+        user_text: _builtins.str = ...,
+        branch: _resources_pb2.BranchHistory | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["branch", b"branch"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["assistant_message_id", b"assistant_message_id", "complete", b"complete", "conversation_id", b"conversation_id", "owner", b"owner", "user_message_id", b"user_message_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["assistant_message_id", b"assistant_message_id", "branch", b"branch", "complete", b"complete", "conversation_id", b"conversation_id", "owner", b"owner", "parent_message_id", b"parent_message_id", "regenerate", b"regenerate", "user_message_id", b"user_message_id", "user_text", b"user_text"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -141,8 +174,13 @@ class GetTurnRequest(_message.Message):
 
     OWNER_FIELD_NUMBER: _builtins.int
     USER_MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    ASSISTANT_MESSAGE_ID_FIELD_NUMBER: _builtins.int
     user_message_id: _builtins.str
     """The user message id of the turn."""
+    assistant_message_id: _builtins.str
+    """The assistant message id of the turn; when set, the turn is looked up by it (a user
+    message has one turn per regenerated answer).
+    """
     @_builtins.property
     def owner(self) -> Global___Owner:
         """Who asks."""
@@ -152,10 +190,11 @@ class GetTurnRequest(_message.Message):
         *,
         owner: Global___Owner | None = ...,
         user_message_id: _builtins.str = ...,
+        assistant_message_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["owner", b"owner"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["owner", b"owner", "user_message_id", b"user_message_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["assistant_message_id", b"assistant_message_id", "owner", b"owner", "user_message_id", b"user_message_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -205,8 +244,11 @@ class ReleaseTurnRequest(_message.Message):
 
     OWNER_FIELD_NUMBER: _builtins.int
     USER_MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    ASSISTANT_MESSAGE_ID_FIELD_NUMBER: _builtins.int
     user_message_id: _builtins.str
     """The user message id of the turn."""
+    assistant_message_id: _builtins.str
+    """The assistant message id of the turn; when set, the turn is looked up by it."""
     @_builtins.property
     def owner(self) -> Global___Owner:
         """Who owns the turn."""
@@ -216,10 +258,11 @@ class ReleaseTurnRequest(_message.Message):
         *,
         owner: Global___Owner | None = ...,
         user_message_id: _builtins.str = ...,
+        assistant_message_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["owner", b"owner"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["owner", b"owner", "user_message_id", b"user_message_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["assistant_message_id", b"assistant_message_id", "owner", b"owner", "user_message_id", b"user_message_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -916,3 +959,57 @@ class TokenQuota(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___TokenQuota: _TypeAlias = TokenQuota  # noqa: Y015
+
+@_typing.final
+class PersistenceServiceSetActiveBranchRequest(_message.Message):
+    """Asks to switch a conversation's active branch."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OWNER_FIELD_NUMBER: _builtins.int
+    REQUEST_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def owner(self) -> Global___Owner:
+        """Whose conversation."""
+
+    @_builtins.property
+    def request(self) -> _gateway_pb2.SetActiveBranchRequest:
+        """The conversation and message, as in the public API."""
+
+    def __init__(
+        self,
+        *,
+        owner: Global___Owner | None = ...,
+        request: _gateway_pb2.SetActiveBranchRequest | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["owner", b"owner", "request", b"request"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["owner", b"owner", "request", b"request"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PersistenceServiceSetActiveBranchRequest: _TypeAlias = PersistenceServiceSetActiveBranchRequest  # noqa: Y015
+
+@_typing.final
+class PersistenceServiceSetActiveBranchResponse(_message.Message):
+    """The active branch is switched."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESPONSE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def response(self) -> _gateway_pb2.SetActiveBranchResponse:
+        """As in the public API."""
+
+    def __init__(
+        self,
+        *,
+        response: _gateway_pb2.SetActiveBranchResponse | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["response", b"response"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["response", b"response"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PersistenceServiceSetActiveBranchResponse: _TypeAlias = PersistenceServiceSetActiveBranchResponse  # noqa: Y015

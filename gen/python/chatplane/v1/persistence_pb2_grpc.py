@@ -107,6 +107,11 @@ class PersistenceServiceStub:
                 request_serializer=chatplane_dot_v1_dot_persistence__pb2.GetQuotaRequest.SerializeToString,
                 response_deserializer=chatplane_dot_v1_dot_persistence__pb2.GetQuotaResponse.FromString,
                 _registered_method=True)
+        self.SetActiveBranch = channel.unary_unary(
+                '/chatplane.v1.PersistenceService/SetActiveBranch',
+                request_serializer=chatplane_dot_v1_dot_persistence__pb2.PersistenceServiceSetActiveBranchRequest.SerializeToString,
+                response_deserializer=chatplane_dot_v1_dot_persistence__pb2.PersistenceServiceSetActiveBranchResponse.FromString,
+                _registered_method=True)
 
 
 class PersistenceServiceServicer:
@@ -217,6 +222,13 @@ class PersistenceServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetActiveBranch(self, request, context):
+        """Switches a conversation's active branch to the one through a message.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PersistenceServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -289,6 +301,11 @@ def add_PersistenceServiceServicer_to_server(servicer, server):
                     servicer.GetQuota,
                     request_deserializer=chatplane_dot_v1_dot_persistence__pb2.GetQuotaRequest.FromString,
                     response_serializer=chatplane_dot_v1_dot_persistence__pb2.GetQuotaResponse.SerializeToString,
+            ),
+            'SetActiveBranch': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetActiveBranch,
+                    request_deserializer=chatplane_dot_v1_dot_persistence__pb2.PersistenceServiceSetActiveBranchRequest.FromString,
+                    response_serializer=chatplane_dot_v1_dot_persistence__pb2.PersistenceServiceSetActiveBranchResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -672,6 +689,33 @@ class PersistenceService:
             '/chatplane.v1.PersistenceService/GetQuota',
             chatplane_dot_v1_dot_persistence__pb2.GetQuotaRequest.SerializeToString,
             chatplane_dot_v1_dot_persistence__pb2.GetQuotaResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetActiveBranch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chatplane.v1.PersistenceService/SetActiveBranch',
+            chatplane_dot_v1_dot_persistence__pb2.PersistenceServiceSetActiveBranchRequest.SerializeToString,
+            chatplane_dot_v1_dot_persistence__pb2.PersistenceServiceSetActiveBranchResponse.FromString,
             options,
             channel_credentials,
             insecure,

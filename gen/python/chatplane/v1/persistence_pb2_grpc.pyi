@@ -72,6 +72,8 @@ class PersistenceServiceStub:
     """Sets (or, with zero, removes) a tenant's daily token quota."""
     GetQuota: _grpc.UnaryUnaryMultiCallable[_persistence_pb2.GetQuotaRequest, _persistence_pb2.GetQuotaResponse]
     """Returns a tenant's daily token quota and today's usage."""
+    SetActiveBranch: _grpc.UnaryUnaryMultiCallable[_persistence_pb2.PersistenceServiceSetActiveBranchRequest, _persistence_pb2.PersistenceServiceSetActiveBranchResponse]
+    """Switches a conversation's active branch to the one through a message."""
 
 @_typing.type_check_only
 class PersistenceServiceAsyncStub(PersistenceServiceStub):
@@ -117,6 +119,8 @@ class PersistenceServiceAsyncStub(PersistenceServiceStub):
     """Sets (or, with zero, removes) a tenant's daily token quota."""
     GetQuota: _aio.UnaryUnaryMultiCallable[_persistence_pb2.GetQuotaRequest, _persistence_pb2.GetQuotaResponse]  # type: ignore[assignment]
     """Returns a tenant's daily token quota and today's usage."""
+    SetActiveBranch: _aio.UnaryUnaryMultiCallable[_persistence_pb2.PersistenceServiceSetActiveBranchRequest, _persistence_pb2.PersistenceServiceSetActiveBranchResponse]  # type: ignore[assignment]
+    """Switches a conversation's active branch to the one through a message."""
 
 class PersistenceServiceServicer(metaclass=_abc_1.ABCMeta):
     """The system of record: conversations, turns, messages (written through the message log),
@@ -243,5 +247,13 @@ class PersistenceServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_persistence_pb2.GetQuotaResponse, _abc.Awaitable[_persistence_pb2.GetQuotaResponse]]:
         """Returns a tenant's daily token quota and today's usage."""
+
+    @_abc_1.abstractmethod
+    def SetActiveBranch(
+        self,
+        request: _persistence_pb2.PersistenceServiceSetActiveBranchRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_persistence_pb2.PersistenceServiceSetActiveBranchResponse, _abc.Awaitable[_persistence_pb2.PersistenceServiceSetActiveBranchResponse]]:
+        """Switches a conversation's active branch to the one through a message."""
 
 def add_PersistenceServiceServicer_to_server(servicer: PersistenceServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

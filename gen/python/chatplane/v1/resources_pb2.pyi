@@ -3,9 +3,11 @@
 isort:skip_file
 """
 
+from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
 import sys
@@ -133,12 +135,17 @@ class Conversation(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     MESSAGE_COUNT_FIELD_NUMBER: _builtins.int
+    ACTIVE_MESSAGE_ID_FIELD_NUMBER: _builtins.int
     conversation_id: _builtins.str
     """Server-assigned id."""
     title: _builtins.str
     """A short title (the start of the first message)."""
     message_count: _builtins.int
     """How many messages are stored."""
+    active_message_id: _builtins.str
+    """The newest message of the active branch: what a chat UI shows ends here (empty while
+    the conversation has no stored message). See docs/conversation-tree.md.
+    """
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:
         """When the conversation was created."""
@@ -155,10 +162,11 @@ class Conversation(_message.Message):
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
         message_count: _builtins.int = ...,
+        active_message_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["conversation_id", b"conversation_id", "create_time", b"create_time", "message_count", b"message_count", "title", b"title", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_message_id", b"active_message_id", "conversation_id", b"conversation_id", "create_time", b"create_time", "message_count", b"message_count", "title", b"title", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -181,6 +189,10 @@ class Message(_message.Message):
     FINISH_REASON_FIELD_NUMBER: _builtins.int
     USAGE_FIELD_NUMBER: _builtins.int
     CLIENT_MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    PARENT_MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    SIBLING_INDEX_FIELD_NUMBER: _builtins.int
+    SIBLING_COUNT_FIELD_NUMBER: _builtins.int
+    SIBLING_MESSAGE_IDS_FIELD_NUMBER: _builtins.int
     message_id: _builtins.str
     """Server-assigned id."""
     conversation_id: _builtins.str
@@ -199,6 +211,20 @@ class Message(_message.Message):
     """Why the answer ended (assistant messages only)."""
     client_message_id: _builtins.str
     """The client's idempotency key of the user message, if it sent one."""
+    parent_message_id: _builtins.str
+    """The message before it on its branch of the conversation tree: for a user message the
+    assistant message it follows (empty for a first message), for an assistant message the
+    user message it answers. Absent in message-log records written before conversation
+    trees existed; such messages form a linear chain in creation order.
+    """
+    sibling_index: _builtins.int
+    """In GetConversation responses: the position of this message among its siblings (the
+    messages with the same parent, oldest first), starting at 0.
+    """
+    sibling_count: _builtins.int
+    """In GetConversation responses: how many siblings it has, itself included (1 = no
+    alternatives; 3 = a UI shows "< 2/3 >" for sibling_index 1).
+    """
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:
         """When it was created."""
@@ -206,6 +232,12 @@ class Message(_message.Message):
     @_builtins.property
     def usage(self) -> Global___Usage:
         """Tokens used (assistant messages only)."""
+
+    @_builtins.property
+    def sibling_message_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """In GetConversation responses: the ids of its siblings, itself included, oldest first;
+        pass one to SetActiveBranch to switch to it.
+        """
 
     def __init__(
         self,
@@ -221,12 +253,18 @@ class Message(_message.Message):
         finish_reason: Global___FinishReason.ValueType = ...,
         usage: Global___Usage | None = ...,
         client_message_id: _builtins.str = ...,
+        parent_message_id: _builtins.str | None = ...,
+        sibling_index: _builtins.int = ...,
+        sibling_count: _builtins.int = ...,
+        sibling_message_ids: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "usage", b"usage"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_parent_message_id", b"_parent_message_id", "create_time", b"create_time", "parent_message_id", b"parent_message_id", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_message_id", b"client_message_id", "conversation_id", b"conversation_id", "create_time", b"create_time", "finish_reason", b"finish_reason", "message_id", b"message_id", "model", b"model", "reply_to_message_id", b"reply_to_message_id", "role", b"role", "status", b"status", "text", b"text", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_parent_message_id", b"_parent_message_id", "client_message_id", b"client_message_id", "conversation_id", b"conversation_id", "create_time", b"create_time", "finish_reason", b"finish_reason", "message_id", b"message_id", "model", b"model", "parent_message_id", b"parent_message_id", "reply_to_message_id", b"reply_to_message_id", "role", b"role", "sibling_count", b"sibling_count", "sibling_index", b"sibling_index", "sibling_message_ids", b"sibling_message_ids", "status", b"status", "text", b"text", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__parent_message_id: _TypeAlias = _typing.Literal["parent_message_id"]  # noqa: Y015
+    _WhichOneofArgType__parent_message_id: _TypeAlias = _typing.Literal["_parent_message_id", b"_parent_message_id"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__parent_message_id) -> _WhichOneofReturnType__parent_message_id | None: ...
 
 Global___Message: _TypeAlias = Message  # noqa: Y015
 
@@ -455,3 +493,31 @@ class Document(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Document: _TypeAlias = Document  # noqa: Y015
+
+@_typing.final
+class BranchHistory(_message.Message):
+    """The messages of a conversation's branch that lead to a turn, oldest first (internal: from
+    PersistenceService.BeginTurn through the Gateway to the Agent, which answers from them).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MESSAGES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def messages(self) -> _containers.RepeatedCompositeFieldContainer[Global___Message]:
+        """The ancestors of the turn's user message, oldest first. A message whose turn has just
+        finished and is not stored yet carries its id and role but no text.
+        """
+
+    def __init__(
+        self,
+        *,
+        messages: _abc.Iterable[Global___Message] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["messages", b"messages"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BranchHistory: _TypeAlias = BranchHistory  # noqa: Y015

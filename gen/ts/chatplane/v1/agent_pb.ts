@@ -4,7 +4,7 @@
 
 import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
 import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
-import type { Citation, TextDelta, TurnDone, TurnStarted, Usage } from "./resources_pb";
+import type { BranchHistory, Citation, TextDelta, TurnDone, TurnStarted, Usage } from "./resources_pb";
 import { file_chatplane_v1_resources } from "./resources_pb";
 import type { Message } from "@bufbuild/protobuf";
 
@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file chatplane/v1/agent.proto.
  */
 export const file_chatplane_v1_agent: GenFile = /*@__PURE__*/
-  fileDesc("ChhjaGF0cGxhbmUvdjEvYWdlbnQucHJvdG8SDGNoYXRwbGFuZS52MSLBAQoPR2VuZXJhdGVSZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCRIPCgd1c2VyX2lkGAIgASgJEhcKD2NvbnZlcnNhdGlvbl9pZBgDIAEoCRIXCg91c2VyX21lc3NhZ2VfaWQYBCABKAkSHAoUYXNzaXN0YW50X21lc3NhZ2VfaWQYBSABKAkSDAoEdGV4dBgGIAEoCRIZChFjbGllbnRfbWVzc2FnZV9pZBgHIAEoCRIRCglyZXN1bWFibGUYHiABKAgi7QEKEEdlbmVyYXRlUmVzcG9uc2USLAoHc3RhcnRlZBgBIAEoCzIZLmNoYXRwbGFuZS52MS5UdXJuU3RhcnRlZEgAEigKBWRlbHRhGAIgASgLMhcuY2hhdHBsYW5lLnYxLlRleHREZWx0YUgAEioKCGNpdGF0aW9uGAMgASgLMhYuY2hhdHBsYW5lLnYxLkNpdGF0aW9uSAASJAoFdXNhZ2UYBCABKAsyEy5jaGF0cGxhbmUudjEuVXNhZ2VIABImCgRkb25lGAUgASgLMhYuY2hhdHBsYW5lLnYxLlR1cm5Eb25lSABCBwoFZXZlbnQicQoVUmVzdW1lR2VuZXJhdGVSZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCRIPCgd1c2VyX2lkGAIgASgJEhwKFGFzc2lzdGFudF9tZXNzYWdlX2lkGAMgASgJEhYKDmFmdGVyX3NlcXVlbmNlGAQgASgDIvMBChZSZXN1bWVHZW5lcmF0ZVJlc3BvbnNlEiwKB3N0YXJ0ZWQYASABKAsyGS5jaGF0cGxhbmUudjEuVHVyblN0YXJ0ZWRIABIoCgVkZWx0YRgCIAEoCzIXLmNoYXRwbGFuZS52MS5UZXh0RGVsdGFIABIqCghjaXRhdGlvbhgDIAEoCzIWLmNoYXRwbGFuZS52MS5DaXRhdGlvbkgAEiQKBXVzYWdlGAQgASgLMhMuY2hhdHBsYW5lLnYxLlVzYWdlSAASJgoEZG9uZRgFIAEoCzIWLmNoYXRwbGFuZS52MS5UdXJuRG9uZUgAQgcKBWV2ZW50IlkKFUNhbmNlbEdlbmVyYXRlUmVxdWVzdBIRCgl0ZW5hbnRfaWQYASABKAkSDwoHdXNlcl9pZBgCIAEoCRIcChRhc3Npc3RhbnRfbWVzc2FnZV9pZBgDIAEoCSIrChZDYW5jZWxHZW5lcmF0ZVJlc3BvbnNlEhEKCWNhbmNlbGxlZBgBIAEoCDKXAgoMQWdlbnRTZXJ2aWNlEksKCEdlbmVyYXRlEh0uY2hhdHBsYW5lLnYxLkdlbmVyYXRlUmVxdWVzdBoeLmNoYXRwbGFuZS52MS5HZW5lcmF0ZVJlc3BvbnNlMAESXQoOUmVzdW1lR2VuZXJhdGUSIy5jaGF0cGxhbmUudjEuUmVzdW1lR2VuZXJhdGVSZXF1ZXN0GiQuY2hhdHBsYW5lLnYxLlJlc3VtZUdlbmVyYXRlUmVzcG9uc2UwARJbCg5DYW5jZWxHZW5lcmF0ZRIjLmNoYXRwbGFuZS52MS5DYW5jZWxHZW5lcmF0ZVJlcXVlc3QaJC5jaGF0cGxhbmUudjEuQ2FuY2VsR2VuZXJhdGVSZXNwb25zZUJAWj5naXRodWIuY29tL2NoYXRwbGFuZS9jaGF0cGxhbmUvZ2VuL2dvL2NoYXRwbGFuZS92MTtjaGF0cGxhbmV2MWIGcHJvdG8z", [file_chatplane_v1_resources]);
+  fileDesc("ChhjaGF0cGxhbmUvdjEvYWdlbnQucHJvdG8SDGNoYXRwbGFuZS52MSKdAgoPR2VuZXJhdGVSZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCRIPCgd1c2VyX2lkGAIgASgJEhcKD2NvbnZlcnNhdGlvbl9pZBgDIAEoCRIXCg91c2VyX21lc3NhZ2VfaWQYBCABKAkSHAoUYXNzaXN0YW50X21lc3NhZ2VfaWQYBSABKAkSDAoEdGV4dBgGIAEoCRIZChFjbGllbnRfbWVzc2FnZV9pZBgHIAEoCRIRCglyZXN1bWFibGUYHiABKAgSGQoRcGFyZW50X21lc3NhZ2VfaWQYKCABKAkSEgoKcmVnZW5lcmF0ZRgpIAEoCBIrCgZicmFuY2gYKiABKAsyGy5jaGF0cGxhbmUudjEuQnJhbmNoSGlzdG9yeSLtAQoQR2VuZXJhdGVSZXNwb25zZRIsCgdzdGFydGVkGAEgASgLMhkuY2hhdHBsYW5lLnYxLlR1cm5TdGFydGVkSAASKAoFZGVsdGEYAiABKAsyFy5jaGF0cGxhbmUudjEuVGV4dERlbHRhSAASKgoIY2l0YXRpb24YAyABKAsyFi5jaGF0cGxhbmUudjEuQ2l0YXRpb25IABIkCgV1c2FnZRgEIAEoCzITLmNoYXRwbGFuZS52MS5Vc2FnZUgAEiYKBGRvbmUYBSABKAsyFi5jaGF0cGxhbmUudjEuVHVybkRvbmVIAEIHCgVldmVudCJxChVSZXN1bWVHZW5lcmF0ZVJlcXVlc3QSEQoJdGVuYW50X2lkGAEgASgJEg8KB3VzZXJfaWQYAiABKAkSHAoUYXNzaXN0YW50X21lc3NhZ2VfaWQYAyABKAkSFgoOYWZ0ZXJfc2VxdWVuY2UYBCABKAMi8wEKFlJlc3VtZUdlbmVyYXRlUmVzcG9uc2USLAoHc3RhcnRlZBgBIAEoCzIZLmNoYXRwbGFuZS52MS5UdXJuU3RhcnRlZEgAEigKBWRlbHRhGAIgASgLMhcuY2hhdHBsYW5lLnYxLlRleHREZWx0YUgAEioKCGNpdGF0aW9uGAMgASgLMhYuY2hhdHBsYW5lLnYxLkNpdGF0aW9uSAASJAoFdXNhZ2UYBCABKAsyEy5jaGF0cGxhbmUudjEuVXNhZ2VIABImCgRkb25lGAUgASgLMhYuY2hhdHBsYW5lLnYxLlR1cm5Eb25lSABCBwoFZXZlbnQiWQoVQ2FuY2VsR2VuZXJhdGVSZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCRIPCgd1c2VyX2lkGAIgASgJEhwKFGFzc2lzdGFudF9tZXNzYWdlX2lkGAMgASgJIisKFkNhbmNlbEdlbmVyYXRlUmVzcG9uc2USEQoJY2FuY2VsbGVkGAEgASgIMpcCCgxBZ2VudFNlcnZpY2USSwoIR2VuZXJhdGUSHS5jaGF0cGxhbmUudjEuR2VuZXJhdGVSZXF1ZXN0Gh4uY2hhdHBsYW5lLnYxLkdlbmVyYXRlUmVzcG9uc2UwARJdCg5SZXN1bWVHZW5lcmF0ZRIjLmNoYXRwbGFuZS52MS5SZXN1bWVHZW5lcmF0ZVJlcXVlc3QaJC5jaGF0cGxhbmUudjEuUmVzdW1lR2VuZXJhdGVSZXNwb25zZTABElsKDkNhbmNlbEdlbmVyYXRlEiMuY2hhdHBsYW5lLnYxLkNhbmNlbEdlbmVyYXRlUmVxdWVzdBokLmNoYXRwbGFuZS52MS5DYW5jZWxHZW5lcmF0ZVJlc3BvbnNlQkBaPmdpdGh1Yi5jb20vY2hhdHBsYW5lL2NoYXRwbGFuZS9nZW4vZ28vY2hhdHBsYW5lL3YxO2NoYXRwbGFuZXYxYgZwcm90bzM", [file_chatplane_v1_resources]);
 
 /**
  * One turn to run; ids are assigned by the Gateway.
@@ -76,6 +76,29 @@ export type GenerateRequest = Message<"chatplane.v1.GenerateRequest"> & {
    * @generated from field: bool resumable = 30;
    */
   resumable: boolean;
+
+  /**
+   * The parent of the user message in the conversation tree (empty for a first message).
+   *
+   * @generated from field: string parent_message_id = 40;
+   */
+  parentMessageId: string;
+
+  /**
+   * True for a regenerated answer: user_message_id names a stored user message, and only
+   * the answer is new (and recorded).
+   *
+   * @generated from field: bool regenerate = 41;
+   */
+  regenerate: boolean;
+
+  /**
+   * When set, the answer's history is this branch, not the conversation's recent messages
+   * (the conversation has branches, so its newest messages may be on other branches).
+   *
+   * @generated from field: chatplane.v1.BranchHistory branch = 42;
+   */
+  branch?: BranchHistory | undefined;
 };
 
 /**

@@ -15,7 +15,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file chatplane/v1/gateway.proto.
  */
 export const file_chatplane_v1_gateway: GenFile = /*@__PURE__*/
-  fileDesc("ChpjaGF0cGxhbmUvdjEvZ2F0ZXdheS5wcm90bxIMY2hhdHBsYW5lLnYxImIKC0NoYXRSZXF1ZXN0EhcKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCRIMCgR0ZXh0GAIgASgJEhkKEWNsaWVudF9tZXNzYWdlX2lkGAMgASgJEhEKCXJlc3VtYWJsZRgeIAEoCCLpAQoMQ2hhdFJlc3BvbnNlEiwKB3N0YXJ0ZWQYASABKAsyGS5jaGF0cGxhbmUudjEuVHVyblN0YXJ0ZWRIABIoCgVkZWx0YRgCIAEoCzIXLmNoYXRwbGFuZS52MS5UZXh0RGVsdGFIABIqCghjaXRhdGlvbhgDIAEoCzIWLmNoYXRwbGFuZS52MS5DaXRhdGlvbkgAEiQKBXVzYWdlGAQgASgLMhMuY2hhdHBsYW5lLnYxLlVzYWdlSAASJgoEZG9uZRgFIAEoCzIWLmNoYXRwbGFuZS52MS5UdXJuRG9uZUgAQgcKBWV2ZW50IkEKGExpc3RDb252ZXJzYXRpb25zUmVxdWVzdBIRCglwYWdlX3NpemUYASABKAUSEgoKcGFnZV90b2tlbhgCIAEoCSJnChlMaXN0Q29udmVyc2F0aW9uc1Jlc3BvbnNlEjEKDWNvbnZlcnNhdGlvbnMYASADKAsyGi5jaGF0cGxhbmUudjEuQ29udmVyc2F0aW9uEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSJYChZHZXRDb252ZXJzYXRpb25SZXF1ZXN0EhcKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCRIRCglwYWdlX3NpemUYAiABKAUSEgoKcGFnZV90b2tlbhgDIAEoCSKNAQoXR2V0Q29udmVyc2F0aW9uUmVzcG9uc2USMAoMY29udmVyc2F0aW9uGAEgASgLMhouY2hhdHBsYW5lLnYxLkNvbnZlcnNhdGlvbhInCghtZXNzYWdlcxgCIAMoCzIVLmNoYXRwbGFuZS52MS5NZXNzYWdlEhcKD25leHRfcGFnZV90b2tlbhgDIAEoCSI0ChlEZWxldGVDb252ZXJzYXRpb25SZXF1ZXN0EhcKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCSJNChpEZWxldGVDb252ZXJzYXRpb25SZXNwb25zZRIvCgtkZWxldGVfdGltZRgBIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiYgoVU3VibWl0RmVlZGJhY2tSZXF1ZXN0EhIKCm1lc3NhZ2VfaWQYASABKAkSJAoGcmF0aW5nGAIgASgOMhQuY2hhdHBsYW5lLnYxLlJhdGluZxIPCgdjb21tZW50GAMgASgJIkkKFlN1Ym1pdEZlZWRiYWNrUmVzcG9uc2USLwoLY3JlYXRlX3RpbWUYASABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIj8KEVJlc3VtZUNoYXRSZXF1ZXN0EhIKCm1lc3NhZ2VfaWQYASABKAkSFgoOYWZ0ZXJfc2VxdWVuY2UYAiABKAMi7wEKElJlc3VtZUNoYXRSZXNwb25zZRIsCgdzdGFydGVkGAEgASgLMhkuY2hhdHBsYW5lLnYxLlR1cm5TdGFydGVkSAASKAoFZGVsdGEYAiABKAsyFy5jaGF0cGxhbmUudjEuVGV4dERlbHRhSAASKgoIY2l0YXRpb24YAyABKAsyFi5jaGF0cGxhbmUudjEuQ2l0YXRpb25IABIkCgV1c2FnZRgEIAEoCzITLmNoYXRwbGFuZS52MS5Vc2FnZUgAEiYKBGRvbmUYBSABKAsyFi5jaGF0cGxhbmUudjEuVHVybkRvbmVIAEIHCgVldmVudCInChFDYW5jZWxDaGF0UmVxdWVzdBISCgptZXNzYWdlX2lkGAEgASgJIicKEkNhbmNlbENoYXRSZXNwb25zZRIRCgljYW5jZWxsZWQYASABKAgiNwoUSW5nZXN0RG9jdW1lbnRIZWFkZXISDAoEbmFtZRgBIAEoCRIRCgltaW1lX3R5cGUYAiABKAkidgojR2F0ZXdheVNlcnZpY2VJbmdlc3REb2N1bWVudFJlcXVlc3QSNAoGaGVhZGVyGAEgASgLMiIuY2hhdHBsYW5lLnYxLkluZ2VzdERvY3VtZW50SGVhZGVySAASEQoHY29udGVudBgCIAEoDEgAQgYKBHBhcnQiUAokR2F0ZXdheVNlcnZpY2VJbmdlc3REb2N1bWVudFJlc3BvbnNlEigKCGRvY3VtZW50GAEgASgLMhYuY2hhdHBsYW5lLnYxLkRvY3VtZW50IiQKIkdhdGV3YXlTZXJ2aWNlTGlzdERvY3VtZW50c1JlcXVlc3QiUAojR2F0ZXdheVNlcnZpY2VMaXN0RG9jdW1lbnRzUmVzcG9uc2USKQoJZG9jdW1lbnRzGAEgAygLMhYuY2hhdHBsYW5lLnYxLkRvY3VtZW50IjoKI0dhdGV3YXlTZXJ2aWNlRGVsZXRlRG9jdW1lbnRSZXF1ZXN0EhMKC2RvY3VtZW50X2lkGAEgASgJIkMKJEdhdGV3YXlTZXJ2aWNlRGVsZXRlRG9jdW1lbnRSZXNwb25zZRIbChNkZWxldGVkX2NodW5rX2NvdW50GAEgASgFKk4KBlJhdGluZxIWChJSQVRJTkdfVU5TUEVDSUZJRUQQABIUChBSQVRJTkdfVEhVTUJTX1VQEAESFgoSUkFUSU5HX1RIVU1CU19ET1dOEAIyvwoKDkdhdGV3YXlTZXJ2aWNlElQKBENoYXQSGS5jaGF0cGxhbmUudjEuQ2hhdFJlcXVlc3QaGi5jaGF0cGxhbmUudjEuQ2hhdFJlc3BvbnNlIhOC0+STAg06ASoiCC92MS9jaGF0MAESfwoRTGlzdENvbnZlcnNhdGlvbnMSJi5jaGF0cGxhbmUudjEuTGlzdENvbnZlcnNhdGlvbnNSZXF1ZXN0GicuY2hhdHBsYW5lLnYxLkxpc3RDb252ZXJzYXRpb25zUmVzcG9uc2UiGYLT5JMCExIRL3YxL2NvbnZlcnNhdGlvbnMSiwEKD0dldENvbnZlcnNhdGlvbhIkLmNoYXRwbGFuZS52MS5HZXRDb252ZXJzYXRpb25SZXF1ZXN0GiUuY2hhdHBsYW5lLnYxLkdldENvbnZlcnNhdGlvblJlc3BvbnNlIiuC0+STAiUSIy92MS9jb252ZXJzYXRpb25zL3tjb252ZXJzYXRpb25faWR9EpQBChJEZWxldGVDb252ZXJzYXRpb24SJy5jaGF0cGxhbmUudjEuRGVsZXRlQ29udmVyc2F0aW9uUmVxdWVzdBooLmNoYXRwbGFuZS52MS5EZWxldGVDb252ZXJzYXRpb25SZXNwb25zZSIrgtPkkwIlKiMvdjEvY29udmVyc2F0aW9ucy97Y29udmVyc2F0aW9uX2lkfRKKAQoOU3VibWl0RmVlZGJhY2sSIy5jaGF0cGxhbmUudjEuU3VibWl0RmVlZGJhY2tSZXF1ZXN0GiQuY2hhdHBsYW5lLnYxLlN1Ym1pdEZlZWRiYWNrUmVzcG9uc2UiLYLT5JMCJzoBKiIiL3YxL21lc3NhZ2VzL3ttZXNzYWdlX2lkfS9mZWVkYmFjaxJ+CgpSZXN1bWVDaGF0Eh8uY2hhdHBsYW5lLnYxLlJlc3VtZUNoYXRSZXF1ZXN0GiAuY2hhdHBsYW5lLnYxLlJlc3VtZUNoYXRSZXNwb25zZSIrgtPkkwIlOgEqIiAvdjEvbWVzc2FnZXMve21lc3NhZ2VfaWR9L3Jlc3VtZTABEnwKCkNhbmNlbENoYXQSHy5jaGF0cGxhbmUudjEuQ2FuY2VsQ2hhdFJlcXVlc3QaIC5jaGF0cGxhbmUudjEuQ2FuY2VsQ2hhdFJlc3BvbnNlIiuC0+STAiU6ASoiIC92MS9tZXNzYWdlcy97bWVzc2FnZV9pZH0vY2FuY2VsEnkKDkluZ2VzdERvY3VtZW50EjEuY2hhdHBsYW5lLnYxLkdhdGV3YXlTZXJ2aWNlSW5nZXN0RG9jdW1lbnRSZXF1ZXN0GjIuY2hhdHBsYW5lLnYxLkdhdGV3YXlTZXJ2aWNlSW5nZXN0RG9jdW1lbnRSZXNwb25zZSgBEosBCg1MaXN0RG9jdW1lbnRzEjAuY2hhdHBsYW5lLnYxLkdhdGV3YXlTZXJ2aWNlTGlzdERvY3VtZW50c1JlcXVlc3QaMS5jaGF0cGxhbmUudjEuR2F0ZXdheVNlcnZpY2VMaXN0RG9jdW1lbnRzUmVzcG9uc2UiFYLT5JMCDxINL3YxL2RvY3VtZW50cxKcAQoORGVsZXRlRG9jdW1lbnQSMS5jaGF0cGxhbmUudjEuR2F0ZXdheVNlcnZpY2VEZWxldGVEb2N1bWVudFJlcXVlc3QaMi5jaGF0cGxhbmUudjEuR2F0ZXdheVNlcnZpY2VEZWxldGVEb2N1bWVudFJlc3BvbnNlIiOC0+STAh0qGy92MS9kb2N1bWVudHMve2RvY3VtZW50X2lkfUJAWj5naXRodWIuY29tL2NoYXRwbGFuZS9jaGF0cGxhbmUvZ2VuL2dvL2NoYXRwbGFuZS92MTtjaGF0cGxhbmV2MWIGcHJvdG8z", [file_chatplane_v1_resources, file_google_api_annotations, file_google_protobuf_timestamp]);
+  fileDesc("ChpjaGF0cGxhbmUvdjEvZ2F0ZXdheS5wcm90bxIMY2hhdHBsYW5lLnYxIqgBCgtDaGF0UmVxdWVzdBIXCg9jb252ZXJzYXRpb25faWQYASABKAkSDAoEdGV4dBgCIAEoCRIZChFjbGllbnRfbWVzc2FnZV9pZBgDIAEoCRIRCglyZXN1bWFibGUYHiABKAgSHwoVcmVnZW5lcmF0ZV9tZXNzYWdlX2lkGCggASgJSAASGQoPZWRpdF9tZXNzYWdlX2lkGCkgASgJSABCCAoGYnJhbmNoIukBCgxDaGF0UmVzcG9uc2USLAoHc3RhcnRlZBgBIAEoCzIZLmNoYXRwbGFuZS52MS5UdXJuU3RhcnRlZEgAEigKBWRlbHRhGAIgASgLMhcuY2hhdHBsYW5lLnYxLlRleHREZWx0YUgAEioKCGNpdGF0aW9uGAMgASgLMhYuY2hhdHBsYW5lLnYxLkNpdGF0aW9uSAASJAoFdXNhZ2UYBCABKAsyEy5jaGF0cGxhbmUudjEuVXNhZ2VIABImCgRkb25lGAUgASgLMhYuY2hhdHBsYW5lLnYxLlR1cm5Eb25lSABCBwoFZXZlbnQiQQoYTGlzdENvbnZlcnNhdGlvbnNSZXF1ZXN0EhEKCXBhZ2Vfc2l6ZRgBIAEoBRISCgpwYWdlX3Rva2VuGAIgASgJImcKGUxpc3RDb252ZXJzYXRpb25zUmVzcG9uc2USMQoNY29udmVyc2F0aW9ucxgBIAMoCzIaLmNoYXRwbGFuZS52MS5Db252ZXJzYXRpb24SFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIoYBChZHZXRDb252ZXJzYXRpb25SZXF1ZXN0EhcKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCRIRCglwYWdlX3NpemUYAiABKAUSEgoKcGFnZV90b2tlbhgDIAEoCRIsCgR2aWV3GCggASgOMh4uY2hhdHBsYW5lLnYxLkNvbnZlcnNhdGlvblZpZXcijQEKF0dldENvbnZlcnNhdGlvblJlc3BvbnNlEjAKDGNvbnZlcnNhdGlvbhgBIAEoCzIaLmNoYXRwbGFuZS52MS5Db252ZXJzYXRpb24SJwoIbWVzc2FnZXMYAiADKAsyFS5jaGF0cGxhbmUudjEuTWVzc2FnZRIXCg9uZXh0X3BhZ2VfdG9rZW4YAyABKAkiNAoZRGVsZXRlQ29udmVyc2F0aW9uUmVxdWVzdBIXCg9jb252ZXJzYXRpb25faWQYASABKAkiTQoaRGVsZXRlQ29udmVyc2F0aW9uUmVzcG9uc2USLwoLZGVsZXRlX3RpbWUYASABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wImIKFVN1Ym1pdEZlZWRiYWNrUmVxdWVzdBISCgptZXNzYWdlX2lkGAEgASgJEiQKBnJhdGluZxgCIAEoDjIULmNoYXRwbGFuZS52MS5SYXRpbmcSDwoHY29tbWVudBgDIAEoCSJJChZTdWJtaXRGZWVkYmFja1Jlc3BvbnNlEi8KC2NyZWF0ZV90aW1lGAEgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCI/ChFSZXN1bWVDaGF0UmVxdWVzdBISCgptZXNzYWdlX2lkGAEgASgJEhYKDmFmdGVyX3NlcXVlbmNlGAIgASgDIu8BChJSZXN1bWVDaGF0UmVzcG9uc2USLAoHc3RhcnRlZBgBIAEoCzIZLmNoYXRwbGFuZS52MS5UdXJuU3RhcnRlZEgAEigKBWRlbHRhGAIgASgLMhcuY2hhdHBsYW5lLnYxLlRleHREZWx0YUgAEioKCGNpdGF0aW9uGAMgASgLMhYuY2hhdHBsYW5lLnYxLkNpdGF0aW9uSAASJAoFdXNhZ2UYBCABKAsyEy5jaGF0cGxhbmUudjEuVXNhZ2VIABImCgRkb25lGAUgASgLMhYuY2hhdHBsYW5lLnYxLlR1cm5Eb25lSABCBwoFZXZlbnQiJwoRQ2FuY2VsQ2hhdFJlcXVlc3QSEgoKbWVzc2FnZV9pZBgBIAEoCSInChJDYW5jZWxDaGF0UmVzcG9uc2USEQoJY2FuY2VsbGVkGAEgASgIIjcKFEluZ2VzdERvY3VtZW50SGVhZGVyEgwKBG5hbWUYASABKAkSEQoJbWltZV90eXBlGAIgASgJInYKI0dhdGV3YXlTZXJ2aWNlSW5nZXN0RG9jdW1lbnRSZXF1ZXN0EjQKBmhlYWRlchgBIAEoCzIiLmNoYXRwbGFuZS52MS5Jbmdlc3REb2N1bWVudEhlYWRlckgAEhEKB2NvbnRlbnQYAiABKAxIAEIGCgRwYXJ0IlAKJEdhdGV3YXlTZXJ2aWNlSW5nZXN0RG9jdW1lbnRSZXNwb25zZRIoCghkb2N1bWVudBgBIAEoCzIWLmNoYXRwbGFuZS52MS5Eb2N1bWVudCIkCiJHYXRld2F5U2VydmljZUxpc3REb2N1bWVudHNSZXF1ZXN0IlAKI0dhdGV3YXlTZXJ2aWNlTGlzdERvY3VtZW50c1Jlc3BvbnNlEikKCWRvY3VtZW50cxgBIAMoCzIWLmNoYXRwbGFuZS52MS5Eb2N1bWVudCI6CiNHYXRld2F5U2VydmljZURlbGV0ZURvY3VtZW50UmVxdWVzdBITCgtkb2N1bWVudF9pZBgBIAEoCSJDCiRHYXRld2F5U2VydmljZURlbGV0ZURvY3VtZW50UmVzcG9uc2USGwoTZGVsZXRlZF9jaHVua19jb3VudBgBIAEoBSJFChZTZXRBY3RpdmVCcmFuY2hSZXF1ZXN0EhcKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCRISCgptZXNzYWdlX2lkGAIgASgJIksKF1NldEFjdGl2ZUJyYW5jaFJlc3BvbnNlEjAKDGNvbnZlcnNhdGlvbhgBIAEoCzIaLmNoYXRwbGFuZS52MS5Db252ZXJzYXRpb24qdgoQQ29udmVyc2F0aW9uVmlldxIhCh1DT05WRVJTQVRJT05fVklFV19VTlNQRUNJRklFRBAAEiMKH0NPTlZFUlNBVElPTl9WSUVXX0FDVElWRV9CUkFOQ0gQARIaChZDT05WRVJTQVRJT05fVklFV19UUkVFEAIqTgoGUmF0aW5nEhYKElJBVElOR19VTlNQRUNJRklFRBAAEhQKEFJBVElOR19USFVNQlNfVVAQARIWChJSQVRJTkdfVEhVTUJTX0RPV04QAjLeCwoOR2F0ZXdheVNlcnZpY2USVAoEQ2hhdBIZLmNoYXRwbGFuZS52MS5DaGF0UmVxdWVzdBoaLmNoYXRwbGFuZS52MS5DaGF0UmVzcG9uc2UiE4LT5JMCDToBKiIIL3YxL2NoYXQwARJ/ChFMaXN0Q29udmVyc2F0aW9ucxImLmNoYXRwbGFuZS52MS5MaXN0Q29udmVyc2F0aW9uc1JlcXVlc3QaJy5jaGF0cGxhbmUudjEuTGlzdENvbnZlcnNhdGlvbnNSZXNwb25zZSIZgtPkkwITEhEvdjEvY29udmVyc2F0aW9ucxKLAQoPR2V0Q29udmVyc2F0aW9uEiQuY2hhdHBsYW5lLnYxLkdldENvbnZlcnNhdGlvblJlcXVlc3QaJS5jaGF0cGxhbmUudjEuR2V0Q29udmVyc2F0aW9uUmVzcG9uc2UiK4LT5JMCJRIjL3YxL2NvbnZlcnNhdGlvbnMve2NvbnZlcnNhdGlvbl9pZH0SlAEKEkRlbGV0ZUNvbnZlcnNhdGlvbhInLmNoYXRwbGFuZS52MS5EZWxldGVDb252ZXJzYXRpb25SZXF1ZXN0GiguY2hhdHBsYW5lLnYxLkRlbGV0ZUNvbnZlcnNhdGlvblJlc3BvbnNlIiuC0+STAiUqIy92MS9jb252ZXJzYXRpb25zL3tjb252ZXJzYXRpb25faWR9EooBCg5TdWJtaXRGZWVkYmFjaxIjLmNoYXRwbGFuZS52MS5TdWJtaXRGZWVkYmFja1JlcXVlc3QaJC5jaGF0cGxhbmUudjEuU3VibWl0RmVlZGJhY2tSZXNwb25zZSItgtPkkwInOgEqIiIvdjEvbWVzc2FnZXMve21lc3NhZ2VfaWR9L2ZlZWRiYWNrEn4KClJlc3VtZUNoYXQSHy5jaGF0cGxhbmUudjEuUmVzdW1lQ2hhdFJlcXVlc3QaIC5jaGF0cGxhbmUudjEuUmVzdW1lQ2hhdFJlc3BvbnNlIiuC0+STAiU6ASoiIC92MS9tZXNzYWdlcy97bWVzc2FnZV9pZH0vcmVzdW1lMAESfAoKQ2FuY2VsQ2hhdBIfLmNoYXRwbGFuZS52MS5DYW5jZWxDaGF0UmVxdWVzdBogLmNoYXRwbGFuZS52MS5DYW5jZWxDaGF0UmVzcG9uc2UiK4LT5JMCJToBKiIgL3YxL21lc3NhZ2VzL3ttZXNzYWdlX2lkfS9jYW5jZWwSeQoOSW5nZXN0RG9jdW1lbnQSMS5jaGF0cGxhbmUudjEuR2F0ZXdheVNlcnZpY2VJbmdlc3REb2N1bWVudFJlcXVlc3QaMi5jaGF0cGxhbmUudjEuR2F0ZXdheVNlcnZpY2VJbmdlc3REb2N1bWVudFJlc3BvbnNlKAESiwEKDUxpc3REb2N1bWVudHMSMC5jaGF0cGxhbmUudjEuR2F0ZXdheVNlcnZpY2VMaXN0RG9jdW1lbnRzUmVxdWVzdBoxLmNoYXRwbGFuZS52MS5HYXRld2F5U2VydmljZUxpc3REb2N1bWVudHNSZXNwb25zZSIVgtPkkwIPEg0vdjEvZG9jdW1lbnRzEpwBCg5EZWxldGVEb2N1bWVudBIxLmNoYXRwbGFuZS52MS5HYXRld2F5U2VydmljZURlbGV0ZURvY3VtZW50UmVxdWVzdBoyLmNoYXRwbGFuZS52MS5HYXRld2F5U2VydmljZURlbGV0ZURvY3VtZW50UmVzcG9uc2UiI4LT5JMCHSobL3YxL2RvY3VtZW50cy97ZG9jdW1lbnRfaWR9EpwBCg9TZXRBY3RpdmVCcmFuY2gSJC5jaGF0cGxhbmUudjEuU2V0QWN0aXZlQnJhbmNoUmVxdWVzdBolLmNoYXRwbGFuZS52MS5TZXRBY3RpdmVCcmFuY2hSZXNwb25zZSI8gtPkkwI2OgEqIjEvdjEvY29udmVyc2F0aW9ucy97Y29udmVyc2F0aW9uX2lkfS9hY3RpdmUtYnJhbmNoQkBaPmdpdGh1Yi5jb20vY2hhdHBsYW5lL2NoYXRwbGFuZS9nZW4vZ28vY2hhdHBsYW5lL3YxO2NoYXRwbGFuZXYxYgZwcm90bzM", [file_chatplane_v1_resources, file_google_api_annotations, file_google_protobuf_timestamp]);
 
 /**
  * A user message to answer.
@@ -51,6 +51,31 @@ export type ChatRequest = Message<"chatplane.v1.ChatRequest"> & {
    * @generated from field: bool resumable = 30;
    */
   resumable: boolean;
+
+  /**
+   * Optional: answer or rewrite an earlier user message instead of continuing the active
+   * branch; the new messages become siblings of the earlier ones (docs/conversation-tree.md).
+   *
+   * @generated from oneof chatplane.v1.ChatRequest.branch
+   */
+  branch: {
+    /**
+     * Regenerate: a new answer to this user message, beside its earlier answers; `text`
+     * must be empty. The model sees only the messages before it on its branch.
+     *
+     * @generated from field: string regenerate_message_id = 40;
+     */
+    value: string;
+    case: "regenerateMessageId";
+  } | {
+    /**
+     * Edit: `text` becomes a new user message beside this one (same parent), then answered.
+     *
+     * @generated from field: string edit_message_id = 41;
+     */
+    value: string;
+    case: "editMessageId";
+  } | { case: undefined; value?: undefined };
 };
 
 /**
@@ -203,6 +228,13 @@ export type GetConversationRequest = Message<"chatplane.v1.GetConversationReques
    * @generated from field: string page_token = 3;
    */
   pageToken: string;
+
+  /**
+   * Which messages: the active branch (the default) or the whole tree.
+   *
+   * @generated from field: chatplane.v1.ConversationView view = 40;
+   */
+  view: ConversationView;
 };
 
 /**
@@ -642,6 +674,90 @@ export const GatewayServiceDeleteDocumentResponseSchema: GenMessage<GatewayServi
   messageDesc(file_chatplane_v1_gateway, 20);
 
 /**
+ * Asks to switch a conversation's active branch.
+ *
+ * @generated from message chatplane.v1.SetActiveBranchRequest
+ */
+export type SetActiveBranchRequest = Message<"chatplane.v1.SetActiveBranchRequest"> & {
+  /**
+   * The conversation.
+   *
+   * @generated from field: string conversation_id = 1;
+   */
+  conversationId: string;
+
+  /**
+   * A message of the conversation: the new active branch runs through it and on to its
+   * newest descendants.
+   *
+   * @generated from field: string message_id = 2;
+   */
+  messageId: string;
+};
+
+/**
+ * Describes the message chatplane.v1.SetActiveBranchRequest.
+ * Use `create(SetActiveBranchRequestSchema)` to create a new message.
+ */
+export const SetActiveBranchRequestSchema: GenMessage<SetActiveBranchRequest> = /*@__PURE__*/
+  messageDesc(file_chatplane_v1_gateway, 21);
+
+/**
+ * The active branch is switched.
+ *
+ * @generated from message chatplane.v1.SetActiveBranchResponse
+ */
+export type SetActiveBranchResponse = Message<"chatplane.v1.SetActiveBranchResponse"> & {
+  /**
+   * The conversation, with its new active_message_id (the branch's newest message).
+   *
+   * @generated from field: chatplane.v1.Conversation conversation = 1;
+   */
+  conversation?: Conversation | undefined;
+};
+
+/**
+ * Describes the message chatplane.v1.SetActiveBranchResponse.
+ * Use `create(SetActiveBranchResponseSchema)` to create a new message.
+ */
+export const SetActiveBranchResponseSchema: GenMessage<SetActiveBranchResponse> = /*@__PURE__*/
+  messageDesc(file_chatplane_v1_gateway, 22);
+
+/**
+ * Which messages of a conversation GetConversation returns.
+ *
+ * @generated from enum chatplane.v1.ConversationView
+ */
+export enum ConversationView {
+  /**
+   * The default: the active branch.
+   *
+   * @generated from enum value: CONVERSATION_VIEW_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * The active branch, first message to newest: what a chat UI shows.
+   *
+   * @generated from enum value: CONVERSATION_VIEW_ACTIVE_BRANCH = 1;
+   */
+  ACTIVE_BRANCH = 1,
+
+  /**
+   * Every message of every branch, oldest first, with parent and sibling ids.
+   *
+   * @generated from enum value: CONVERSATION_VIEW_TREE = 2;
+   */
+  TREE = 2,
+}
+
+/**
+ * Describes the enum chatplane.v1.ConversationView.
+ */
+export const ConversationViewSchema: GenEnum<ConversationView> = /*@__PURE__*/
+  enumDesc(file_chatplane_v1_gateway, 0);
+
+/**
  * A rating of an answer.
  *
  * @generated from enum chatplane.v1.Rating
@@ -673,7 +789,7 @@ export enum Rating {
  * Describes the enum chatplane.v1.Rating.
  */
 export const RatingSchema: GenEnum<Rating> = /*@__PURE__*/
-  enumDesc(file_chatplane_v1_gateway, 0);
+  enumDesc(file_chatplane_v1_gateway, 1);
 
 /**
  * The public API of chatplane: chat with streamed answers, history and feedback.
@@ -784,6 +900,17 @@ export const GatewayService: GenService<{
     methodKind: "unary";
     input: typeof GatewayServiceDeleteDocumentRequestSchema;
     output: typeof GatewayServiceDeleteDocumentResponseSchema;
+  },
+  /**
+   * Makes the branch through a message the conversation's active branch (what
+   * GetConversation returns by default and what the next Chat continues).
+   *
+   * @generated from rpc chatplane.v1.GatewayService.SetActiveBranch
+   */
+  setActiveBranch: {
+    methodKind: "unary";
+    input: typeof SetActiveBranchRequestSchema;
+    output: typeof SetActiveBranchResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_chatplane_v1_gateway, 0);

@@ -4,9 +4,9 @@
 
 import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
 import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
-import type { GetConversationRequest, GetConversationResponse, ListConversationsRequest, ListConversationsResponse, SubmitFeedbackRequest } from "./gateway_pb";
+import type { GetConversationRequest, GetConversationResponse, ListConversationsRequest, ListConversationsResponse, SetActiveBranchRequest, SetActiveBranchResponse, SubmitFeedbackRequest } from "./gateway_pb";
 import { file_chatplane_v1_gateway } from "./gateway_pb";
-import type { Message as Message$1 } from "./resources_pb";
+import type { BranchHistory, Message as Message$1 } from "./resources_pb";
 import { file_chatplane_v1_resources } from "./resources_pb";
 import type { Timestamp } from "@bufbuild/protobuf/wkt";
 import { file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
@@ -16,7 +16,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file chatplane/v1/persistence.proto.
  */
 export const file_chatplane_v1_persistence: GenFile = /*@__PURE__*/
-  fileDesc("Ch5jaGF0cGxhbmUvdjEvcGVyc2lzdGVuY2UucHJvdG8SDGNoYXRwbGFuZS52MSIrCgVPd25lchIRCgl0ZW5hbnRfaWQYASABKAkSDwoHdXNlcl9pZBgCIAEoCSLCAQoQQmVnaW5UdXJuUmVxdWVzdBIiCgVvd25lchgBIAEoCzITLmNoYXRwbGFuZS52MS5Pd25lchIXCg9jb252ZXJzYXRpb25faWQYAiABKAkSGQoRY2xpZW50X21lc3NhZ2VfaWQYAyABKAkSFwoPdXNlcl9tZXNzYWdlX2lkGAQgASgJEhwKFGFzc2lzdGFudF9tZXNzYWdlX2lkGAUgASgJEg0KBXRpdGxlGAYgASgJEhAKCGxlYXNlX21zGAcgASgDIoQBChFCZWdpblR1cm5SZXNwb25zZRIXCg9jb252ZXJzYXRpb25faWQYASABKAkSFwoPdXNlcl9tZXNzYWdlX2lkGAIgASgJEhwKFGFzc2lzdGFudF9tZXNzYWdlX2lkGAMgASgJEg0KBW93bmVyGAQgASgIEhAKCGNvbXBsZXRlGAUgASgIIk0KDkdldFR1cm5SZXF1ZXN0EiIKBW93bmVyGAEgASgLMhMuY2hhdHBsYW5lLnYxLk93bmVyEhcKD3VzZXJfbWVzc2FnZV9pZBgCIAEoCSKnAQoPR2V0VHVyblJlc3BvbnNlEisKDHVzZXJfbWVzc2FnZRgBIAEoCzIVLmNoYXRwbGFuZS52MS5NZXNzYWdlEjAKEWFzc2lzdGFudF9tZXNzYWdlGAIgASgLMhUuY2hhdHBsYW5lLnYxLk1lc3NhZ2USNQoRbGVhc2VfZXhwaXJlX3RpbWUYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIlEKElJlbGVhc2VUdXJuUmVxdWVzdBIiCgVvd25lchgBIAEoCzITLmNoYXRwbGFuZS52MS5Pd25lchIXCg91c2VyX21lc3NhZ2VfaWQYAiABKAkiJwoTUmVsZWFzZVR1cm5SZXNwb25zZRIQCghyZWxlYXNlZBgBIAEoCCKGAQoqUGVyc2lzdGVuY2VTZXJ2aWNlTGlzdENvbnZlcnNhdGlvbnNSZXF1ZXN0EiIKBW93bmVyGAEgASgLMhMuY2hhdHBsYW5lLnYxLk93bmVyEjQKBHBhZ2UYAiABKAsyJi5jaGF0cGxhbmUudjEuTGlzdENvbnZlcnNhdGlvbnNSZXF1ZXN0ImQKK1BlcnNpc3RlbmNlU2VydmljZUxpc3RDb252ZXJzYXRpb25zUmVzcG9uc2USNQoEcGFnZRgBIAEoCzInLmNoYXRwbGFuZS52MS5MaXN0Q29udmVyc2F0aW9uc1Jlc3BvbnNlIoUBCihQZXJzaXN0ZW5jZVNlcnZpY2VHZXRDb252ZXJzYXRpb25SZXF1ZXN0EiIKBW93bmVyGAEgASgLMhMuY2hhdHBsYW5lLnYxLk93bmVyEjUKB3JlcXVlc3QYAiABKAsyJC5jaGF0cGxhbmUudjEuR2V0Q29udmVyc2F0aW9uUmVxdWVzdCJkCilQZXJzaXN0ZW5jZVNlcnZpY2VHZXRDb252ZXJzYXRpb25SZXNwb25zZRI3CghyZXNwb25zZRgBIAEoCzIlLmNoYXRwbGFuZS52MS5HZXRDb252ZXJzYXRpb25SZXNwb25zZSJqCitQZXJzaXN0ZW5jZVNlcnZpY2VEZWxldGVDb252ZXJzYXRpb25SZXF1ZXN0EiIKBW93bmVyGAEgASgLMhMuY2hhdHBsYW5lLnYxLk93bmVyEhcKD2NvbnZlcnNhdGlvbl9pZBgCIAEoCSJfCixQZXJzaXN0ZW5jZVNlcnZpY2VEZWxldGVDb252ZXJzYXRpb25SZXNwb25zZRIvCgtkZWxldGVfdGltZRgBIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAihAEKJ1BlcnNpc3RlbmNlU2VydmljZVN1Ym1pdEZlZWRiYWNrUmVxdWVzdBIiCgVvd25lchgBIAEoCzITLmNoYXRwbGFuZS52MS5Pd25lchI1CghmZWVkYmFjaxgCIAEoCzIjLmNoYXRwbGFuZS52MS5TdWJtaXRGZWVkYmFja1JlcXVlc3QiWwooUGVyc2lzdGVuY2VTZXJ2aWNlU3VibWl0RmVlZGJhY2tSZXNwb25zZRIvCgtjcmVhdGVfdGltZRgBIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiVwoTQ3JlYXRlQXBpS2V5UmVxdWVzdBIiCgVvd25lchgBIAEoCzITLmNoYXRwbGFuZS52MS5Pd25lchINCgVsYWJlbBgCIAEoCRINCgVyb2xlcxgDIAMoCSI3ChRDcmVhdGVBcGlLZXlSZXNwb25zZRIPCgdhcGlfa2V5GAEgASgJEg4KBmtleV9pZBgCIAEoCSIiChBHZXRBcGlLZXlSZXF1ZXN0Eg4KBmtleV9pZBgBIAEoCSJuChFHZXRBcGlLZXlSZXNwb25zZRIiCgVvd25lchgBIAEoCzITLmNoYXRwbGFuZS52MS5Pd25lchIVCg1zZWNyZXRfc2hhMjU2GAIgASgMEg8KB3Jldm9rZWQYAyABKAgSDQoFcm9sZXMYBCADKAkiVAoQR2V0QW5zd2VyUmVxdWVzdBIiCgVvd25lchgBIAEoCzITLmNoYXRwbGFuZS52MS5Pd25lchIcChRhc3Npc3RhbnRfbWVzc2FnZV9pZBgCIAEoCSLCAQoRR2V0QW5zd2VyUmVzcG9uc2USFwoPY29udmVyc2F0aW9uX2lkGAEgASgJEhcKD3VzZXJfbWVzc2FnZV9pZBgCIAEoCRIwChFhc3Npc3RhbnRfbWVzc2FnZRgDIAEoCzIVLmNoYXRwbGFuZS52MS5NZXNzYWdlEhIKCmRlbHRhX2VuZHMYBCADKAUSNQoRbGVhc2VfZXhwaXJlX3RpbWUYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wImIKE1Jlc2VydmVRdW90YVJlcXVlc3QSEQoJdGVuYW50X2lkGAEgASgJEhYKDnJlc2VydmF0aW9uX2lkGAIgASgJEg4KBnRva2VucxgDIAEoAxIQCghsZWFzZV9tcxgEIAEoAyJpChRSZXNlcnZlUXVvdGFSZXNwb25zZRIPCgdncmFudGVkGAEgASgIEhcKD3Jlc2VydmVkX3Rva2VucxgCIAEoAxInCgVxdW90YRgDIAEoCzIYLmNoYXRwbGFuZS52MS5Ub2tlblF1b3RhImwKElNldHRsZVF1b3RhUmVxdWVzdBIRCgl0ZW5hbnRfaWQYASABKAkSFgoOcmVzZXJ2YXRpb25faWQYAiABKAkSFAoMaW5wdXRfdG9rZW5zGAMgASgDEhUKDW91dHB1dF90b2tlbnMYBCABKAMiPgoTU2V0dGxlUXVvdGFSZXNwb25zZRInCgVxdW90YRgBIAEoCzIYLmNoYXRwbGFuZS52MS5Ub2tlblF1b3RhIjwKD1NldFF1b3RhUmVxdWVzdBIRCgl0ZW5hbnRfaWQYASABKAkSFgoOdG9rZW5zX3Blcl9kYXkYAiABKAMiOwoQU2V0UXVvdGFSZXNwb25zZRInCgVxdW90YRgBIAEoCzIYLmNoYXRwbGFuZS52MS5Ub2tlblF1b3RhIiQKD0dldFF1b3RhUmVxdWVzdBIRCgl0ZW5hbnRfaWQYASABKAkiOwoQR2V0UXVvdGFSZXNwb25zZRInCgVxdW90YRgBIAEoCzIYLmNoYXRwbGFuZS52MS5Ub2tlblF1b3RhIpUBCgpUb2tlblF1b3RhEhEKCXRlbmFudF9pZBgBIAEoCRIWCg50b2tlbnNfcGVyX2RheRgCIAEoAxITCgt1c2VkX3Rva2VucxgDIAEoAxIXCg9yZXNlcnZlZF90b2tlbnMYBCABKAMSLgoKcmVzZXRfdGltZRgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAy0QoKElBlcnNpc3RlbmNlU2VydmljZRJMCglCZWdpblR1cm4SHi5jaGF0cGxhbmUudjEuQmVnaW5UdXJuUmVxdWVzdBofLmNoYXRwbGFuZS52MS5CZWdpblR1cm5SZXNwb25zZRJGCgdHZXRUdXJuEhwuY2hhdHBsYW5lLnYxLkdldFR1cm5SZXF1ZXN0Gh0uY2hhdHBsYW5lLnYxLkdldFR1cm5SZXNwb25zZRJSCgtSZWxlYXNlVHVybhIgLmNoYXRwbGFuZS52MS5SZWxlYXNlVHVyblJlcXVlc3QaIS5jaGF0cGxhbmUudjEuUmVsZWFzZVR1cm5SZXNwb25zZRKIAQoRTGlzdENvbnZlcnNhdGlvbnMSOC5jaGF0cGxhbmUudjEuUGVyc2lzdGVuY2VTZXJ2aWNlTGlzdENvbnZlcnNhdGlvbnNSZXF1ZXN0GjkuY2hhdHBsYW5lLnYxLlBlcnNpc3RlbmNlU2VydmljZUxpc3RDb252ZXJzYXRpb25zUmVzcG9uc2USggEKD0dldENvbnZlcnNhdGlvbhI2LmNoYXRwbGFuZS52MS5QZXJzaXN0ZW5jZVNlcnZpY2VHZXRDb252ZXJzYXRpb25SZXF1ZXN0GjcuY2hhdHBsYW5lLnYxLlBlcnNpc3RlbmNlU2VydmljZUdldENvbnZlcnNhdGlvblJlc3BvbnNlEosBChJEZWxldGVDb252ZXJzYXRpb24SOS5jaGF0cGxhbmUudjEuUGVyc2lzdGVuY2VTZXJ2aWNlRGVsZXRlQ29udmVyc2F0aW9uUmVxdWVzdBo6LmNoYXRwbGFuZS52MS5QZXJzaXN0ZW5jZVNlcnZpY2VEZWxldGVDb252ZXJzYXRpb25SZXNwb25zZRJ/Cg5TdWJtaXRGZWVkYmFjaxI1LmNoYXRwbGFuZS52MS5QZXJzaXN0ZW5jZVNlcnZpY2VTdWJtaXRGZWVkYmFja1JlcXVlc3QaNi5jaGF0cGxhbmUudjEuUGVyc2lzdGVuY2VTZXJ2aWNlU3VibWl0RmVlZGJhY2tSZXNwb25zZRJVCgxDcmVhdGVBcGlLZXkSIS5jaGF0cGxhbmUudjEuQ3JlYXRlQXBpS2V5UmVxdWVzdBoiLmNoYXRwbGFuZS52MS5DcmVhdGVBcGlLZXlSZXNwb25zZRJMCglHZXRBcGlLZXkSHi5jaGF0cGxhbmUudjEuR2V0QXBpS2V5UmVxdWVzdBofLmNoYXRwbGFuZS52MS5HZXRBcGlLZXlSZXNwb25zZRJMCglHZXRBbnN3ZXISHi5jaGF0cGxhbmUudjEuR2V0QW5zd2VyUmVxdWVzdBofLmNoYXRwbGFuZS52MS5HZXRBbnN3ZXJSZXNwb25zZRJVCgxSZXNlcnZlUXVvdGESIS5jaGF0cGxhbmUudjEuUmVzZXJ2ZVF1b3RhUmVxdWVzdBoiLmNoYXRwbGFuZS52MS5SZXNlcnZlUXVvdGFSZXNwb25zZRJSCgtTZXR0bGVRdW90YRIgLmNoYXRwbGFuZS52MS5TZXR0bGVRdW90YVJlcXVlc3QaIS5jaGF0cGxhbmUudjEuU2V0dGxlUXVvdGFSZXNwb25zZRJJCghTZXRRdW90YRIdLmNoYXRwbGFuZS52MS5TZXRRdW90YVJlcXVlc3QaHi5jaGF0cGxhbmUudjEuU2V0UXVvdGFSZXNwb25zZRJJCghHZXRRdW90YRIdLmNoYXRwbGFuZS52MS5HZXRRdW90YVJlcXVlc3QaHi5jaGF0cGxhbmUudjEuR2V0UXVvdGFSZXNwb25zZUJAWj5naXRodWIuY29tL2NoYXRwbGFuZS9jaGF0cGxhbmUvZ2VuL2dvL2NoYXRwbGFuZS92MTtjaGF0cGxhbmV2MWIGcHJvdG8z", [file_chatplane_v1_gateway, file_chatplane_v1_resources, file_google_protobuf_timestamp]);
+  fileDesc("Ch5jaGF0cGxhbmUvdjEvcGVyc2lzdGVuY2UucHJvdG8SDGNoYXRwbGFuZS52MSIrCgVPd25lchIRCgl0ZW5hbnRfaWQYASABKAkSDwoHdXNlcl9pZBgCIAEoCSKQAgoQQmVnaW5UdXJuUmVxdWVzdBIiCgVvd25lchgBIAEoCzITLmNoYXRwbGFuZS52MS5Pd25lchIXCg9jb252ZXJzYXRpb25faWQYAiABKAkSGQoRY2xpZW50X21lc3NhZ2VfaWQYAyABKAkSFwoPdXNlcl9tZXNzYWdlX2lkGAQgASgJEhwKFGFzc2lzdGFudF9tZXNzYWdlX2lkGAUgASgJEg0KBXRpdGxlGAYgASgJEhAKCGxlYXNlX21zGAcgASgDEh0KFXJlZ2VuZXJhdGVfbWVzc2FnZV9pZBgoIAEoCRIXCg9lZGl0X21lc3NhZ2VfaWQYKSABKAkSFAoMYnJhbmNoX2xpbWl0GCogASgFIvMBChFCZWdpblR1cm5SZXNwb25zZRIXCg9jb252ZXJzYXRpb25faWQYASABKAkSFwoPdXNlcl9tZXNzYWdlX2lkGAIgASgJEhwKFGFzc2lzdGFudF9tZXNzYWdlX2lkGAMgASgJEg0KBW93bmVyGAQgASgIEhAKCGNvbXBsZXRlGAUgASgIEhkKEXBhcmVudF9tZXNzYWdlX2lkGCggASgJEhIKCnJlZ2VuZXJhdGUYKSABKAgSEQoJdXNlcl90ZXh0GCogASgJEisKBmJyYW5jaBgrIAEoCzIbLmNoYXRwbGFuZS52MS5CcmFuY2hIaXN0b3J5ImsKDkdldFR1cm5SZXF1ZXN0EiIKBW93bmVyGAEgASgLMhMuY2hhdHBsYW5lLnYxLk93bmVyEhcKD3VzZXJfbWVzc2FnZV9pZBgCIAEoCRIcChRhc3Npc3RhbnRfbWVzc2FnZV9pZBgoIAEoCSKnAQoPR2V0VHVyblJlc3BvbnNlEisKDHVzZXJfbWVzc2FnZRgBIAEoCzIVLmNoYXRwbGFuZS52MS5NZXNzYWdlEjAKEWFzc2lzdGFudF9tZXNzYWdlGAIgASgLMhUuY2hhdHBsYW5lLnYxLk1lc3NhZ2USNQoRbGVhc2VfZXhwaXJlX3RpbWUYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIm8KElJlbGVhc2VUdXJuUmVxdWVzdBIiCgVvd25lchgBIAEoCzITLmNoYXRwbGFuZS52MS5Pd25lchIXCg91c2VyX21lc3NhZ2VfaWQYAiABKAkSHAoUYXNzaXN0YW50X21lc3NhZ2VfaWQYKCABKAkiJwoTUmVsZWFzZVR1cm5SZXNwb25zZRIQCghyZWxlYXNlZBgBIAEoCCKGAQoqUGVyc2lzdGVuY2VTZXJ2aWNlTGlzdENvbnZlcnNhdGlvbnNSZXF1ZXN0EiIKBW93bmVyGAEgASgLMhMuY2hhdHBsYW5lLnYxLk93bmVyEjQKBHBhZ2UYAiABKAsyJi5jaGF0cGxhbmUudjEuTGlzdENvbnZlcnNhdGlvbnNSZXF1ZXN0ImQKK1BlcnNpc3RlbmNlU2VydmljZUxpc3RDb252ZXJzYXRpb25zUmVzcG9uc2USNQoEcGFnZRgBIAEoCzInLmNoYXRwbGFuZS52MS5MaXN0Q29udmVyc2F0aW9uc1Jlc3BvbnNlIoUBCihQZXJzaXN0ZW5jZVNlcnZpY2VHZXRDb252ZXJzYXRpb25SZXF1ZXN0EiIKBW93bmVyGAEgASgLMhMuY2hhdHBsYW5lLnYxLk93bmVyEjUKB3JlcXVlc3QYAiABKAsyJC5jaGF0cGxhbmUudjEuR2V0Q29udmVyc2F0aW9uUmVxdWVzdCJkCilQZXJzaXN0ZW5jZVNlcnZpY2VHZXRDb252ZXJzYXRpb25SZXNwb25zZRI3CghyZXNwb25zZRgBIAEoCzIlLmNoYXRwbGFuZS52MS5HZXRDb252ZXJzYXRpb25SZXNwb25zZSJqCitQZXJzaXN0ZW5jZVNlcnZpY2VEZWxldGVDb252ZXJzYXRpb25SZXF1ZXN0EiIKBW93bmVyGAEgASgLMhMuY2hhdHBsYW5lLnYxLk93bmVyEhcKD2NvbnZlcnNhdGlvbl9pZBgCIAEoCSJfCixQZXJzaXN0ZW5jZVNlcnZpY2VEZWxldGVDb252ZXJzYXRpb25SZXNwb25zZRIvCgtkZWxldGVfdGltZRgBIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAihAEKJ1BlcnNpc3RlbmNlU2VydmljZVN1Ym1pdEZlZWRiYWNrUmVxdWVzdBIiCgVvd25lchgBIAEoCzITLmNoYXRwbGFuZS52MS5Pd25lchI1CghmZWVkYmFjaxgCIAEoCzIjLmNoYXRwbGFuZS52MS5TdWJtaXRGZWVkYmFja1JlcXVlc3QiWwooUGVyc2lzdGVuY2VTZXJ2aWNlU3VibWl0RmVlZGJhY2tSZXNwb25zZRIvCgtjcmVhdGVfdGltZRgBIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiVwoTQ3JlYXRlQXBpS2V5UmVxdWVzdBIiCgVvd25lchgBIAEoCzITLmNoYXRwbGFuZS52MS5Pd25lchINCgVsYWJlbBgCIAEoCRINCgVyb2xlcxgDIAMoCSI3ChRDcmVhdGVBcGlLZXlSZXNwb25zZRIPCgdhcGlfa2V5GAEgASgJEg4KBmtleV9pZBgCIAEoCSIiChBHZXRBcGlLZXlSZXF1ZXN0Eg4KBmtleV9pZBgBIAEoCSJuChFHZXRBcGlLZXlSZXNwb25zZRIiCgVvd25lchgBIAEoCzITLmNoYXRwbGFuZS52MS5Pd25lchIVCg1zZWNyZXRfc2hhMjU2GAIgASgMEg8KB3Jldm9rZWQYAyABKAgSDQoFcm9sZXMYBCADKAkiVAoQR2V0QW5zd2VyUmVxdWVzdBIiCgVvd25lchgBIAEoCzITLmNoYXRwbGFuZS52MS5Pd25lchIcChRhc3Npc3RhbnRfbWVzc2FnZV9pZBgCIAEoCSLCAQoRR2V0QW5zd2VyUmVzcG9uc2USFwoPY29udmVyc2F0aW9uX2lkGAEgASgJEhcKD3VzZXJfbWVzc2FnZV9pZBgCIAEoCRIwChFhc3Npc3RhbnRfbWVzc2FnZRgDIAEoCzIVLmNoYXRwbGFuZS52MS5NZXNzYWdlEhIKCmRlbHRhX2VuZHMYBCADKAUSNQoRbGVhc2VfZXhwaXJlX3RpbWUYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wImIKE1Jlc2VydmVRdW90YVJlcXVlc3QSEQoJdGVuYW50X2lkGAEgASgJEhYKDnJlc2VydmF0aW9uX2lkGAIgASgJEg4KBnRva2VucxgDIAEoAxIQCghsZWFzZV9tcxgEIAEoAyJpChRSZXNlcnZlUXVvdGFSZXNwb25zZRIPCgdncmFudGVkGAEgASgIEhcKD3Jlc2VydmVkX3Rva2VucxgCIAEoAxInCgVxdW90YRgDIAEoCzIYLmNoYXRwbGFuZS52MS5Ub2tlblF1b3RhImwKElNldHRsZVF1b3RhUmVxdWVzdBIRCgl0ZW5hbnRfaWQYASABKAkSFgoOcmVzZXJ2YXRpb25faWQYAiABKAkSFAoMaW5wdXRfdG9rZW5zGAMgASgDEhUKDW91dHB1dF90b2tlbnMYBCABKAMiPgoTU2V0dGxlUXVvdGFSZXNwb25zZRInCgVxdW90YRgBIAEoCzIYLmNoYXRwbGFuZS52MS5Ub2tlblF1b3RhIjwKD1NldFF1b3RhUmVxdWVzdBIRCgl0ZW5hbnRfaWQYASABKAkSFgoOdG9rZW5zX3Blcl9kYXkYAiABKAMiOwoQU2V0UXVvdGFSZXNwb25zZRInCgVxdW90YRgBIAEoCzIYLmNoYXRwbGFuZS52MS5Ub2tlblF1b3RhIiQKD0dldFF1b3RhUmVxdWVzdBIRCgl0ZW5hbnRfaWQYASABKAkiOwoQR2V0UXVvdGFSZXNwb25zZRInCgVxdW90YRgBIAEoCzIYLmNoYXRwbGFuZS52MS5Ub2tlblF1b3RhIpUBCgpUb2tlblF1b3RhEhEKCXRlbmFudF9pZBgBIAEoCRIWCg50b2tlbnNfcGVyX2RheRgCIAEoAxITCgt1c2VkX3Rva2VucxgDIAEoAxIXCg9yZXNlcnZlZF90b2tlbnMYBCABKAMSLgoKcmVzZXRfdGltZRgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAihQEKKFBlcnNpc3RlbmNlU2VydmljZVNldEFjdGl2ZUJyYW5jaFJlcXVlc3QSIgoFb3duZXIYASABKAsyEy5jaGF0cGxhbmUudjEuT3duZXISNQoHcmVxdWVzdBgCIAEoCzIkLmNoYXRwbGFuZS52MS5TZXRBY3RpdmVCcmFuY2hSZXF1ZXN0ImQKKVBlcnNpc3RlbmNlU2VydmljZVNldEFjdGl2ZUJyYW5jaFJlc3BvbnNlEjcKCHJlc3BvbnNlGAEgASgLMiUuY2hhdHBsYW5lLnYxLlNldEFjdGl2ZUJyYW5jaFJlc3BvbnNlMtYLChJQZXJzaXN0ZW5jZVNlcnZpY2USTAoJQmVnaW5UdXJuEh4uY2hhdHBsYW5lLnYxLkJlZ2luVHVyblJlcXVlc3QaHy5jaGF0cGxhbmUudjEuQmVnaW5UdXJuUmVzcG9uc2USRgoHR2V0VHVybhIcLmNoYXRwbGFuZS52MS5HZXRUdXJuUmVxdWVzdBodLmNoYXRwbGFuZS52MS5HZXRUdXJuUmVzcG9uc2USUgoLUmVsZWFzZVR1cm4SIC5jaGF0cGxhbmUudjEuUmVsZWFzZVR1cm5SZXF1ZXN0GiEuY2hhdHBsYW5lLnYxLlJlbGVhc2VUdXJuUmVzcG9uc2USiAEKEUxpc3RDb252ZXJzYXRpb25zEjguY2hhdHBsYW5lLnYxLlBlcnNpc3RlbmNlU2VydmljZUxpc3RDb252ZXJzYXRpb25zUmVxdWVzdBo5LmNoYXRwbGFuZS52MS5QZXJzaXN0ZW5jZVNlcnZpY2VMaXN0Q29udmVyc2F0aW9uc1Jlc3BvbnNlEoIBCg9HZXRDb252ZXJzYXRpb24SNi5jaGF0cGxhbmUudjEuUGVyc2lzdGVuY2VTZXJ2aWNlR2V0Q29udmVyc2F0aW9uUmVxdWVzdBo3LmNoYXRwbGFuZS52MS5QZXJzaXN0ZW5jZVNlcnZpY2VHZXRDb252ZXJzYXRpb25SZXNwb25zZRKLAQoSRGVsZXRlQ29udmVyc2F0aW9uEjkuY2hhdHBsYW5lLnYxLlBlcnNpc3RlbmNlU2VydmljZURlbGV0ZUNvbnZlcnNhdGlvblJlcXVlc3QaOi5jaGF0cGxhbmUudjEuUGVyc2lzdGVuY2VTZXJ2aWNlRGVsZXRlQ29udmVyc2F0aW9uUmVzcG9uc2USfwoOU3VibWl0RmVlZGJhY2sSNS5jaGF0cGxhbmUudjEuUGVyc2lzdGVuY2VTZXJ2aWNlU3VibWl0RmVlZGJhY2tSZXF1ZXN0GjYuY2hhdHBsYW5lLnYxLlBlcnNpc3RlbmNlU2VydmljZVN1Ym1pdEZlZWRiYWNrUmVzcG9uc2USVQoMQ3JlYXRlQXBpS2V5EiEuY2hhdHBsYW5lLnYxLkNyZWF0ZUFwaUtleVJlcXVlc3QaIi5jaGF0cGxhbmUudjEuQ3JlYXRlQXBpS2V5UmVzcG9uc2USTAoJR2V0QXBpS2V5Eh4uY2hhdHBsYW5lLnYxLkdldEFwaUtleVJlcXVlc3QaHy5jaGF0cGxhbmUudjEuR2V0QXBpS2V5UmVzcG9uc2USTAoJR2V0QW5zd2VyEh4uY2hhdHBsYW5lLnYxLkdldEFuc3dlclJlcXVlc3QaHy5jaGF0cGxhbmUudjEuR2V0QW5zd2VyUmVzcG9uc2USVQoMUmVzZXJ2ZVF1b3RhEiEuY2hhdHBsYW5lLnYxLlJlc2VydmVRdW90YVJlcXVlc3QaIi5jaGF0cGxhbmUudjEuUmVzZXJ2ZVF1b3RhUmVzcG9uc2USUgoLU2V0dGxlUXVvdGESIC5jaGF0cGxhbmUudjEuU2V0dGxlUXVvdGFSZXF1ZXN0GiEuY2hhdHBsYW5lLnYxLlNldHRsZVF1b3RhUmVzcG9uc2USSQoIU2V0UXVvdGESHS5jaGF0cGxhbmUudjEuU2V0UXVvdGFSZXF1ZXN0Gh4uY2hhdHBsYW5lLnYxLlNldFF1b3RhUmVzcG9uc2USSQoIR2V0UXVvdGESHS5jaGF0cGxhbmUudjEuR2V0UXVvdGFSZXF1ZXN0Gh4uY2hhdHBsYW5lLnYxLkdldFF1b3RhUmVzcG9uc2USggEKD1NldEFjdGl2ZUJyYW5jaBI2LmNoYXRwbGFuZS52MS5QZXJzaXN0ZW5jZVNlcnZpY2VTZXRBY3RpdmVCcmFuY2hSZXF1ZXN0GjcuY2hhdHBsYW5lLnYxLlBlcnNpc3RlbmNlU2VydmljZVNldEFjdGl2ZUJyYW5jaFJlc3BvbnNlQkBaPmdpdGh1Yi5jb20vY2hhdHBsYW5lL2NoYXRwbGFuZS9nZW4vZ28vY2hhdHBsYW5lL3YxO2NoYXRwbGFuZXYxYgZwcm90bzM", [file_chatplane_v1_gateway, file_chatplane_v1_resources, file_google_protobuf_timestamp]);
 
 /**
  * The tenant and user a call acts for.
@@ -100,6 +100,27 @@ export type BeginTurnRequest = Message<"chatplane.v1.BeginTurnRequest"> & {
    * @generated from field: int64 lease_ms = 7;
    */
   leaseMs: bigint;
+
+  /**
+   * Regenerate: the turn answers this stored user message again (no new user message).
+   *
+   * @generated from field: string regenerate_message_id = 40;
+   */
+  regenerateMessageId: string;
+
+  /**
+   * Edit: the turn's user message is a new sibling of this stored user message.
+   *
+   * @generated from field: string edit_message_id = 41;
+   */
+  editMessageId: string;
+
+  /**
+   * How many messages of the branch to return for the model's history (0 = none).
+   *
+   * @generated from field: int32 branch_limit = 42;
+   */
+  branchLimit: number;
 };
 
 /**
@@ -149,6 +170,36 @@ export type BeginTurnResponse = Message<"chatplane.v1.BeginTurnResponse"> & {
    * @generated from field: bool complete = 5;
    */
   complete: boolean;
+
+  /**
+   * The parent of the turn's user message (empty for a first message).
+   *
+   * @generated from field: string parent_message_id = 40;
+   */
+  parentMessageId: string;
+
+  /**
+   * True when the turn regenerates the answer to a stored user message (user_message_id).
+   *
+   * @generated from field: bool regenerate = 41;
+   */
+  regenerate: boolean;
+
+  /**
+   * For a regenerated answer, the text of the user message it answers.
+   *
+   * @generated from field: string user_text = 42;
+   */
+  userText: string;
+
+  /**
+   * For an owned turn in a conversation with branches (or a regenerate or edit): the
+   * branch the answer follows, newest branch_limit messages. Absent: the conversation is
+   * one linear chain, and its recent messages are the history.
+   *
+   * @generated from field: chatplane.v1.BranchHistory branch = 43;
+   */
+  branch?: BranchHistory | undefined;
 };
 
 /**
@@ -177,6 +228,14 @@ export type GetTurnRequest = Message<"chatplane.v1.GetTurnRequest"> & {
    * @generated from field: string user_message_id = 2;
    */
   userMessageId: string;
+
+  /**
+   * The assistant message id of the turn; when set, the turn is looked up by it (a user
+   * message has one turn per regenerated answer).
+   *
+   * @generated from field: string assistant_message_id = 40;
+   */
+  assistantMessageId: string;
 };
 
 /**
@@ -240,6 +299,13 @@ export type ReleaseTurnRequest = Message<"chatplane.v1.ReleaseTurnRequest"> & {
    * @generated from field: string user_message_id = 2;
    */
   userMessageId: string;
+
+  /**
+   * The assistant message id of the turn; when set, the turn is looked up by it.
+   *
+   * @generated from field: string assistant_message_id = 40;
+   */
+  assistantMessageId: string;
 };
 
 /**
@@ -952,6 +1018,55 @@ export const TokenQuotaSchema: GenMessage<TokenQuota> = /*@__PURE__*/
   messageDesc(file_chatplane_v1_persistence, 29);
 
 /**
+ * Asks to switch a conversation's active branch.
+ *
+ * @generated from message chatplane.v1.PersistenceServiceSetActiveBranchRequest
+ */
+export type PersistenceServiceSetActiveBranchRequest = Message<"chatplane.v1.PersistenceServiceSetActiveBranchRequest"> & {
+  /**
+   * Whose conversation.
+   *
+   * @generated from field: chatplane.v1.Owner owner = 1;
+   */
+  owner?: Owner | undefined;
+
+  /**
+   * The conversation and message, as in the public API.
+   *
+   * @generated from field: chatplane.v1.SetActiveBranchRequest request = 2;
+   */
+  request?: SetActiveBranchRequest | undefined;
+};
+
+/**
+ * Describes the message chatplane.v1.PersistenceServiceSetActiveBranchRequest.
+ * Use `create(PersistenceServiceSetActiveBranchRequestSchema)` to create a new message.
+ */
+export const PersistenceServiceSetActiveBranchRequestSchema: GenMessage<PersistenceServiceSetActiveBranchRequest> = /*@__PURE__*/
+  messageDesc(file_chatplane_v1_persistence, 30);
+
+/**
+ * The active branch is switched.
+ *
+ * @generated from message chatplane.v1.PersistenceServiceSetActiveBranchResponse
+ */
+export type PersistenceServiceSetActiveBranchResponse = Message<"chatplane.v1.PersistenceServiceSetActiveBranchResponse"> & {
+  /**
+   * As in the public API.
+   *
+   * @generated from field: chatplane.v1.SetActiveBranchResponse response = 1;
+   */
+  response?: SetActiveBranchResponse | undefined;
+};
+
+/**
+ * Describes the message chatplane.v1.PersistenceServiceSetActiveBranchResponse.
+ * Use `create(PersistenceServiceSetActiveBranchResponseSchema)` to create a new message.
+ */
+export const PersistenceServiceSetActiveBranchResponseSchema: GenMessage<PersistenceServiceSetActiveBranchResponse> = /*@__PURE__*/
+  messageDesc(file_chatplane_v1_persistence, 31);
+
+/**
  * The system of record: conversations, turns, messages (written through the message log),
  * feedback and API keys. Internal: called by the Gateway and admin tools. Every call names
  * the tenant and user it acts for; objects of anyone else are NOT_FOUND.
@@ -1102,6 +1217,16 @@ export const PersistenceService: GenService<{
     methodKind: "unary";
     input: typeof GetQuotaRequestSchema;
     output: typeof GetQuotaResponseSchema;
+  },
+  /**
+   * Switches a conversation's active branch to the one through a message.
+   *
+   * @generated from rpc chatplane.v1.PersistenceService.SetActiveBranch
+   */
+  setActiveBranch: {
+    methodKind: "unary";
+    input: typeof PersistenceServiceSetActiveBranchRequestSchema;
+    output: typeof PersistenceServiceSetActiveBranchResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_chatplane_v1_persistence, 0);

@@ -12,7 +12,7 @@ import type { Message as Message$1 } from "@bufbuild/protobuf";
  * Describes the file chatplane/v1/resources.proto.
  */
 export const file_chatplane_v1_resources: GenFile = /*@__PURE__*/
-  fileDesc("ChxjaGF0cGxhbmUvdjEvcmVzb3VyY2VzLnByb3RvEgxjaGF0cGxhbmUudjEirwEKDENvbnZlcnNhdGlvbhIXCg9jb252ZXJzYXRpb25faWQYASABKAkSDQoFdGl0bGUYAiABKAkSLwoLY3JlYXRlX3RpbWUYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC3VwZGF0ZV90aW1lGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIVCg1tZXNzYWdlX2NvdW50GAUgASgFIuICCgdNZXNzYWdlEhIKCm1lc3NhZ2VfaWQYASABKAkSFwoPY29udmVyc2F0aW9uX2lkGAIgASgJEiAKBHJvbGUYAyABKA4yEi5jaGF0cGxhbmUudjEuUm9sZRIMCgR0ZXh0GAQgASgJEisKBnN0YXR1cxgFIAEoDjIbLmNoYXRwbGFuZS52MS5NZXNzYWdlU3RhdHVzEg0KBW1vZGVsGAYgASgJEi8KC2NyZWF0ZV90aW1lGAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIbChNyZXBseV90b19tZXNzYWdlX2lkGAggASgJEjEKDWZpbmlzaF9yZWFzb24YCSABKA4yGi5jaGF0cGxhbmUudjEuRmluaXNoUmVhc29uEiIKBXVzYWdlGAogASgLMhMuY2hhdHBsYW5lLnYxLlVzYWdlEhkKEWNsaWVudF9tZXNzYWdlX2lkGAsgASgJInoKBVVzYWdlEhQKDGlucHV0X3Rva2VucxgBIAEoBRIVCg1vdXRwdXRfdG9rZW5zGAIgASgFEh8KF2NhY2hlX3JlYWRfaW5wdXRfdG9rZW5zGAMgASgFEiMKG2NhY2hlX2NyZWF0aW9uX2lucHV0X3Rva2VucxgEIAEoBSKoAQoLVHVyblN0YXJ0ZWQSFwoPY29udmVyc2F0aW9uX2lkGAEgASgJEhcKD3VzZXJfbWVzc2FnZV9pZBgCIAEoCRIcChRhc3Npc3RhbnRfbWVzc2FnZV9pZBgDIAEoCRINCgVtb2RlbBgEIAEoCRIQCghyZXBsYXllZBgFIAEoCBIXCg9tZW1vcnlfZGVncmFkZWQYBiABKAgSDwoHcmVzdW1lZBgeIAEoCCJJCglUZXh0RGVsdGESDAoEdGV4dBgBIAEoCRIQCghzZXF1ZW5jZRgCIAEoAxIcChRlbWl0X3RpbWVfdW5peF9uYW5vcxgDIAEoAyKgAQoIQ2l0YXRpb24SKAoEa2luZBgBIAEoDjIaLmNoYXRwbGFuZS52MS5DaXRhdGlvbktpbmQSEQoJc291cmNlX2lkGAIgASgJEg0KBXRpdGxlGAMgASgJEg8KB3NuaXBwZXQYBCABKAkSDQoFc2NvcmUYBSABKAESEwoLZG9jdW1lbnRfaWQYFCABKAkSEwoLY2h1bmtfaW5kZXgYFSABKAUiYQoIVHVybkRvbmUSMQoNZmluaXNoX3JlYXNvbhgBIAEoDjIaLmNoYXRwbGFuZS52MS5GaW5pc2hSZWFzb24SDQoFbW9kZWwYAiABKAkSEwoLZGVsdGFfY291bnQYAyABKAMihgEKCERvY3VtZW50EhMKC2RvY3VtZW50X2lkGAEgASgJEgwKBG5hbWUYAiABKAkSEQoJbWltZV90eXBlGAMgASgJEhMKC2NodW5rX2NvdW50GAQgASgFEi8KC2NyZWF0ZV90aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCo/CgRSb2xlEhQKEFJPTEVfVU5TUEVDSUZJRUQQABINCglST0xFX1VTRVIQARISCg5ST0xFX0FTU0lTVEFOVBACKmwKDU1lc3NhZ2VTdGF0dXMSHgoaTUVTU0FHRV9TVEFUVVNfVU5TUEVDSUZJRUQQABIbChdNRVNTQUdFX1NUQVRVU19DT01QTEVURRABEh4KGk1FU1NBR0VfU1RBVFVTX0lOVEVSUlVQVEVEEAIqmwEKDEZpbmlzaFJlYXNvbhIdChlGSU5JU0hfUkVBU09OX1VOU1BFQ0lGSUVEEAASFgoSRklOSVNIX1JFQVNPTl9TVE9QEAESHAoYRklOSVNIX1JFQVNPTl9NQVhfVE9LRU5TEAISHQoZRklOSVNIX1JFQVNPTl9JTlRFUlJVUFRFRBADEhcKE0ZJTklTSF9SRUFTT05fRVJST1IQBCphCgxDaXRhdGlvbktpbmQSHQoZQ0lUQVRJT05fS0lORF9VTlNQRUNJRklFRBAAEhYKEkNJVEFUSU9OX0tJTkRfVFVSThABEhoKFkNJVEFUSU9OX0tJTkRfRE9DVU1FTlQQAkJAWj5naXRodWIuY29tL2NoYXRwbGFuZS9jaGF0cGxhbmUvZ2VuL2dvL2NoYXRwbGFuZS92MTtjaGF0cGxhbmV2MWIGcHJvdG8z", [file_google_protobuf_timestamp]);
+  fileDesc("ChxjaGF0cGxhbmUvdjEvcmVzb3VyY2VzLnByb3RvEgxjaGF0cGxhbmUudjEiygEKDENvbnZlcnNhdGlvbhIXCg9jb252ZXJzYXRpb25faWQYASABKAkSDQoFdGl0bGUYAiABKAkSLwoLY3JlYXRlX3RpbWUYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC3VwZGF0ZV90aW1lGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIVCg1tZXNzYWdlX2NvdW50GAUgASgFEhkKEWFjdGl2ZV9tZXNzYWdlX2lkGCggASgJIuMDCgdNZXNzYWdlEhIKCm1lc3NhZ2VfaWQYASABKAkSFwoPY29udmVyc2F0aW9uX2lkGAIgASgJEiAKBHJvbGUYAyABKA4yEi5jaGF0cGxhbmUudjEuUm9sZRIMCgR0ZXh0GAQgASgJEisKBnN0YXR1cxgFIAEoDjIbLmNoYXRwbGFuZS52MS5NZXNzYWdlU3RhdHVzEg0KBW1vZGVsGAYgASgJEi8KC2NyZWF0ZV90aW1lGAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIbChNyZXBseV90b19tZXNzYWdlX2lkGAggASgJEjEKDWZpbmlzaF9yZWFzb24YCSABKA4yGi5jaGF0cGxhbmUudjEuRmluaXNoUmVhc29uEiIKBXVzYWdlGAogASgLMhMuY2hhdHBsYW5lLnYxLlVzYWdlEhkKEWNsaWVudF9tZXNzYWdlX2lkGAsgASgJEh4KEXBhcmVudF9tZXNzYWdlX2lkGCggASgJSACIAQESFQoNc2libGluZ19pbmRleBgpIAEoBRIVCg1zaWJsaW5nX2NvdW50GCogASgFEhsKE3NpYmxpbmdfbWVzc2FnZV9pZHMYKyADKAlCFAoSX3BhcmVudF9tZXNzYWdlX2lkInoKBVVzYWdlEhQKDGlucHV0X3Rva2VucxgBIAEoBRIVCg1vdXRwdXRfdG9rZW5zGAIgASgFEh8KF2NhY2hlX3JlYWRfaW5wdXRfdG9rZW5zGAMgASgFEiMKG2NhY2hlX2NyZWF0aW9uX2lucHV0X3Rva2VucxgEIAEoBSKoAQoLVHVyblN0YXJ0ZWQSFwoPY29udmVyc2F0aW9uX2lkGAEgASgJEhcKD3VzZXJfbWVzc2FnZV9pZBgCIAEoCRIcChRhc3Npc3RhbnRfbWVzc2FnZV9pZBgDIAEoCRINCgVtb2RlbBgEIAEoCRIQCghyZXBsYXllZBgFIAEoCBIXCg9tZW1vcnlfZGVncmFkZWQYBiABKAgSDwoHcmVzdW1lZBgeIAEoCCJJCglUZXh0RGVsdGESDAoEdGV4dBgBIAEoCRIQCghzZXF1ZW5jZRgCIAEoAxIcChRlbWl0X3RpbWVfdW5peF9uYW5vcxgDIAEoAyKgAQoIQ2l0YXRpb24SKAoEa2luZBgBIAEoDjIaLmNoYXRwbGFuZS52MS5DaXRhdGlvbktpbmQSEQoJc291cmNlX2lkGAIgASgJEg0KBXRpdGxlGAMgASgJEg8KB3NuaXBwZXQYBCABKAkSDQoFc2NvcmUYBSABKAESEwoLZG9jdW1lbnRfaWQYFCABKAkSEwoLY2h1bmtfaW5kZXgYFSABKAUiYQoIVHVybkRvbmUSMQoNZmluaXNoX3JlYXNvbhgBIAEoDjIaLmNoYXRwbGFuZS52MS5GaW5pc2hSZWFzb24SDQoFbW9kZWwYAiABKAkSEwoLZGVsdGFfY291bnQYAyABKAMihgEKCERvY3VtZW50EhMKC2RvY3VtZW50X2lkGAEgASgJEgwKBG5hbWUYAiABKAkSEQoJbWltZV90eXBlGAMgASgJEhMKC2NodW5rX2NvdW50GAQgASgFEi8KC2NyZWF0ZV90aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCI4Cg1CcmFuY2hIaXN0b3J5EicKCG1lc3NhZ2VzGAEgAygLMhUuY2hhdHBsYW5lLnYxLk1lc3NhZ2UqPwoEUm9sZRIUChBST0xFX1VOU1BFQ0lGSUVEEAASDQoJUk9MRV9VU0VSEAESEgoOUk9MRV9BU1NJU1RBTlQQAipsCg1NZXNzYWdlU3RhdHVzEh4KGk1FU1NBR0VfU1RBVFVTX1VOU1BFQ0lGSUVEEAASGwoXTUVTU0FHRV9TVEFUVVNfQ09NUExFVEUQARIeChpNRVNTQUdFX1NUQVRVU19JTlRFUlJVUFRFRBACKpsBCgxGaW5pc2hSZWFzb24SHQoZRklOSVNIX1JFQVNPTl9VTlNQRUNJRklFRBAAEhYKEkZJTklTSF9SRUFTT05fU1RPUBABEhwKGEZJTklTSF9SRUFTT05fTUFYX1RPS0VOUxACEh0KGUZJTklTSF9SRUFTT05fSU5URVJSVVBURUQQAxIXChNGSU5JU0hfUkVBU09OX0VSUk9SEAQqYQoMQ2l0YXRpb25LaW5kEh0KGUNJVEFUSU9OX0tJTkRfVU5TUEVDSUZJRUQQABIWChJDSVRBVElPTl9LSU5EX1RVUk4QARIaChZDSVRBVElPTl9LSU5EX0RPQ1VNRU5UEAJCQFo+Z2l0aHViLmNvbS9jaGF0cGxhbmUvY2hhdHBsYW5lL2dlbi9nby9jaGF0cGxhbmUvdjE7Y2hhdHBsYW5ldjFiBnByb3RvMw", [file_google_protobuf_timestamp]);
 
 /**
  * A conversation: an ordered exchange between one user and the assistant.
@@ -54,6 +54,14 @@ export type Conversation = Message$1<"chatplane.v1.Conversation"> & {
    * @generated from field: int32 message_count = 5;
    */
   messageCount: number;
+
+  /**
+   * The newest message of the active branch: what a chat UI shows ends here (empty while
+   * the conversation has no stored message). See docs/conversation-tree.md.
+   *
+   * @generated from field: string active_message_id = 40;
+   */
+  activeMessageId: string;
 };
 
 /**
@@ -145,6 +153,40 @@ export type Message = Message$1<"chatplane.v1.Message"> & {
    * @generated from field: string client_message_id = 11;
    */
   clientMessageId: string;
+
+  /**
+   * The message before it on its branch of the conversation tree: for a user message the
+   * assistant message it follows (empty for a first message), for an assistant message the
+   * user message it answers. Absent in message-log records written before conversation
+   * trees existed; such messages form a linear chain in creation order.
+   *
+   * @generated from field: optional string parent_message_id = 40;
+   */
+  parentMessageId?: string | undefined;
+
+  /**
+   * In GetConversation responses: the position of this message among its siblings (the
+   * messages with the same parent, oldest first), starting at 0.
+   *
+   * @generated from field: int32 sibling_index = 41;
+   */
+  siblingIndex: number;
+
+  /**
+   * In GetConversation responses: how many siblings it has, itself included (1 = no
+   * alternatives; 3 = a UI shows "< 2/3 >" for sibling_index 1).
+   *
+   * @generated from field: int32 sibling_count = 42;
+   */
+  siblingCount: number;
+
+  /**
+   * In GetConversation responses: the ids of its siblings, itself included, oldest first;
+   * pass one to SetActiveBranch to switch to it.
+   *
+   * @generated from field: repeated string sibling_message_ids = 43;
+   */
+  siblingMessageIds: string[];
 };
 
 /**
@@ -440,6 +482,29 @@ export type Document = Message$1<"chatplane.v1.Document"> & {
  */
 export const DocumentSchema: GenMessage<Document> = /*@__PURE__*/
   messageDesc(file_chatplane_v1_resources, 7);
+
+/**
+ * The messages of a conversation's branch that lead to a turn, oldest first (internal: from
+ * PersistenceService.BeginTurn through the Gateway to the Agent, which answers from them).
+ *
+ * @generated from message chatplane.v1.BranchHistory
+ */
+export type BranchHistory = Message$1<"chatplane.v1.BranchHistory"> & {
+  /**
+   * The ancestors of the turn's user message, oldest first. A message whose turn has just
+   * finished and is not stored yet carries its id and role but no text.
+   *
+   * @generated from field: repeated chatplane.v1.Message messages = 1;
+   */
+  messages: Message[];
+};
+
+/**
+ * Describes the message chatplane.v1.BranchHistory.
+ * Use `create(BranchHistorySchema)` to create a new message.
+ */
+export const BranchHistorySchema: GenMessage<BranchHistory> = /*@__PURE__*/
+  messageDesc(file_chatplane_v1_resources, 8);
 
 /**
  * Who wrote a message.

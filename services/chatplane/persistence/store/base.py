@@ -102,6 +102,9 @@ class Message:
     client_message_id: str = ""
     # Assistant messages: where each streamed delta ended (code points); () when unknown.
     delta_ends: tuple[int, ...] = ()
+    # The message before it on its branch ("" for a first message); None for a message
+    # recorded before conversation trees (docs/conversation-tree.md).
+    parent_message_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +118,8 @@ class Conversation:
     create_time: datetime
     update_time: datetime
     message_count: int
+    # The newest message of the active branch, where the tree is read ("" otherwise).
+    active_message_id: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +134,22 @@ class TurnRequest:
     assistant_message_id: str
     title: str
     lease: timedelta
+    # At most one of these (docs/conversation-tree.md): a new answer to this stored user
+    # message, or a new user message beside it.
+    regenerate_message_id: str = ""
+    edit_message_id: str = ""
+    # How many messages of the branch to return with an acquired turn that needs them.
+    branch_limit: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class BranchMessage:
+    """A message of the branch a new answer follows; `text` is None while it is not stored
+    (its turn is still running or has just finished)."""
+
+    message_id: str
+    role: Role
+    text: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +163,13 @@ class TurnReservation:
     acquired: bool
     complete: bool
     lease_expire_time: datetime
+    # The parent of the turn's user message ("" for a first message).
+    parent_message_id: str = ""
+    # A regenerated answer: `user_message_id` is the stored user message, `user_text` its text.
+    regenerate: bool = False
+    user_text: str = ""
+    # For an acquired turn of a conversation with branches: the branch its answer follows.
+    branch: tuple[BranchMessage, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,6 +259,42 @@ class Answer:
     delta_ends: tuple[int, ...]
 
 
+class ConversationView(enum.Enum):
+    """Which messages of a conversation a history read returns."""
+
+    ACTIVE_BRANCH = "active_branch"
+    TREE = "tree"
+
+
+@dataclass(frozen=True, slots=True)
+class BranchCursor:
+    """Where a page of a branch ended: the branch is pinned by its leaf, so paging goes on
+    through the same branch even if the active one changes meanwhile."""
+
+    conversation_id: str
+    leaf_message_id: str
+    offset: int
+
+
+@dataclass(frozen=True, slots=True)
+class PlacedMessage:
+    """A message with its place in the tree: its (stored) parent and its siblings' ids,
+    itself included, oldest first."""
+
+    message: Message
+    parent_message_id: str
+    sibling_ids: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ConversationTreePage:
+    """A conversation with a page of its branch or tree; `next_cursor` None on the last."""
+
+    conversation: Conversation
+    messages: tuple[PlacedMessage, ...]
+    next_cursor: MessageCursor | BranchCursor | None
+
+
 class MessagesRejected(Exception):
     """`write_messages` refused the batch because some messages may never be stored (their
     conversation or message id belongs to someone else). Nothing was written; `reasons` maps
@@ -287,13 +351,19 @@ class ConversationStore(TokenQuotaLedger, AsyncClosable):
         """
 
     @abc.abstractmethod
-    async def get_turn(self, owner: Owner, user_message_id: str) -> Turn:
-        """The turn reserved under `user_message_id` by the owner, with its stored messages."""
+    async def get_turn(
+        self, owner: Owner, user_message_id: str, *, assistant_message_id: str = ""
+    ) -> Turn:
+        """The turn reserved under `user_message_id` by the owner, with its stored messages;
+        with `assistant_message_id`, the turn of that answer (a user message has one turn per
+        regenerated answer)."""
 
     @abc.abstractmethod
-    async def release_turn(self, owner: Owner, user_message_id: str) -> bool:
-        """Ends the lease of the owner's turn unless its assistant message is stored (then
-        False): the next BeginTurn with its key acquires it at once."""
+    async def release_turn(
+        self, owner: Owner, user_message_id: str, *, assistant_message_id: str = ""
+    ) -> bool:
+        """Ends the lease of the owner's turn (found as by `get_turn`) unless its assistant
+        message is stored (then False): the next BeginTurn with its key acquires it at once."""
 
     @abc.abstractmethod
     async def list_conversations(
@@ -366,6 +436,27 @@ class ConversationStore(TokenQuotaLedger, AsyncClosable):
     @abc.abstractmethod
     async def close(self) -> None:
         """Finish work under way and release the store's resources."""
+
+    @abc.abstractmethod
+    async def get_conversation_tree(
+        self,
+        owner: Owner,
+        conversation_id: str,
+        *,
+        view: ConversationView,
+        limit: int,
+        after: MessageCursor | BranchCursor | None = None,
+    ) -> ConversationTreePage:
+        """The conversation (with its active leaf) and a page of its active branch (first
+        message to leaf; `after` a BranchCursor) or of its whole tree (oldest first, as
+        `get_conversation`; `after` a MessageCursor), each message with its place."""
+
+    @abc.abstractmethod
+    async def set_active_branch(
+        self, owner: Owner, conversation_id: str, message_id: str
+    ) -> Conversation:
+        """Make the branch through a stored message of the conversation active: its leaf is
+        reached from the message by always taking the newest child. NotFound otherwise."""
 
 
 def require_limit(limit: int) -> None:

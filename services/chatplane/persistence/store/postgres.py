@@ -20,7 +20,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from chatplane.common import errors
 from chatplane.common.ids import is_valid_id, new_id
-from chatplane.persistence.store import answer_deltas, postgres_quota
+from chatplane.persistence.store import answer_deltas, postgres_quota, postgres_tree
 from chatplane.persistence.store.base import (
     Answer,
     ApiKey,
@@ -56,6 +56,7 @@ from chatplane.persistence.store.records import (
     message_from_row,
     message_row,
 )
+from chatplane.persistence.store.tree_store import TreeQueries, TreeSkeleton
 
 _log = logging.getLogger(__name__)
 
@@ -82,20 +83,21 @@ _UNAVAILABLE_ERRORS: tuple[type[Exception], ...] = (
 _MESSAGE_COLUMNS = (
     "message_id, conversation_id, tenant_id, user_id, role, text, status, model,"
     " create_time, reply_to_message_id, finish_reason, input_tokens, output_tokens,"
-    " client_message_id"
+    " client_message_id, parent_message_id"
 )
 _CONVERSATION_COLUMNS = (
     "conversation_id, tenant_id, user_id, title, create_time, update_time, message_count"
 )
 _API_KEY_COLUMNS = "key_id, tenant_id, user_id, label, secret_sha256, revoked, create_time, roles"
 # The columns of _MESSAGE_COLUMNS as PostgreSQL types, for the binary COPY of a batch.
-_MESSAGE_TYPES = ("text",) * 8 + ("timestamptz", "text", "text", "int4", "int4", "text")
+_MESSAGE_TYPES = ("text",) * 8 + ("timestamptz", "text", "text", "int4", "int4", "text", "text")
 _STAGING_TABLE = (
     "CREATE TEMP TABLE message_batch ("
     ' ordinal integer NOT NULL, message_id text COLLATE "C", conversation_id text COLLATE "C",'
     " tenant_id text, user_id text, role text, text text, status text, model text,"
     " create_time timestamptz, reply_to_message_id text, finish_reason text,"
-    " input_tokens integer, output_tokens integer, client_message_id text"
+    " input_tokens integer, output_tokens integer, client_message_id text,"
+    ' parent_message_id text COLLATE "C"'
     ") ON COMMIT DROP"
 )
 
@@ -159,7 +161,7 @@ class _LostRace(Exception):
     and run the whole transaction again, which then sees the winner and decides accordingly."""
 
 
-class PostgresConversationStore(ConversationStore):
+class PostgresConversationStore(TreeQueries, ConversationStore):
     """The store in a PostgreSQL database. Use `await PostgresConversationStore.open(dsn, ...)`,
     which migrates the schema and opens the connection pool before the first call.
 
@@ -263,8 +265,8 @@ class PostgresConversationStore(ConversationStore):
         owner = request.owner
         if request.client_message_id:
             cursor = await connection.execute(
-                "SELECT t.conversation_id, t.user_message_id, t.assistant_message_id,"
-                " t.lease_expire_time, EXISTS (SELECT 1 FROM messages m"
+                "SELECT t.conversation_id, coalesce(t.reply_to_message_id, t.user_message_id),"
+                " t.assistant_message_id, t.lease_expire_time, EXISTS (SELECT 1 FROM messages m"
                 "  WHERE m.message_id = t.assistant_message_id"
                 "  AND m.tenant_id = t.tenant_id AND m.user_id = t.user_id)"
                 " FROM turns t WHERE t.tenant_id = %s AND t.user_id = %s"
@@ -273,14 +275,21 @@ class PostgresConversationStore(ConversationStore):
             )
             row = await cursor.fetchone()
             if row is not None:
-                return await self._reclaim_turn(connection, row, now, request)
-        conversation_id = request.conversation_id
+                reclaimed = await self._reclaim_turn(connection, row, now, request)
+                if reclaimed.acquired:
+                    return await postgres_tree.taken_over(connection, request, reclaimed, now)
+                return reclaimed
+        conversation_id = (
+            await postgres_tree.target_conversation(connection, request, now)
+            or request.conversation_id
+        )
         if conversation_id:
-            # KEY SHARE: a concurrent delete of the conversation waits for this turn (and
-            # then removes it too) instead of leaving it pointing at nothing.
+            # NO KEY UPDATE: a concurrent delete of the conversation waits for this turn (and
+            # then removes it too) instead of leaving it pointing at nothing, and turns of one
+            # conversation are placed in its tree one at a time.
             cursor = await connection.execute(
                 "SELECT tenant_id, user_id FROM conversations WHERE conversation_id = %s"
-                " FOR KEY SHARE",
+                " FOR NO KEY UPDATE",
                 (conversation_id,),
             )
             row = await cursor.fetchone()
@@ -294,11 +303,13 @@ class PostgresConversationStore(ConversationStore):
                 (conversation_id, owner.tenant_id, owner.user_id, request.title, now, now),
             )
         expire = now + request.lease
+        plan, tree = await postgres_tree.place_turn(connection, request, conversation_id, now)
         try:
             cursor = await connection.execute(
                 "INSERT INTO turns (user_message_id, assistant_message_id, conversation_id,"
-                " tenant_id, user_id, client_message_id, lease_expire_time, create_time)"
-                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
+                " tenant_id, user_id, client_message_id, lease_expire_time, create_time,"
+                " parent_message_id, reply_to_message_id)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
                 " ON CONFLICT (tenant_id, user_id, client_message_id)"
                 " WHERE client_message_id IS NOT NULL DO NOTHING",
                 (
@@ -310,6 +321,8 @@ class PostgresConversationStore(ConversationStore):
                     request.client_message_id or None,
                     expire,
                     now,
+                    plan.parent_message_id,
+                    plan.reply_to_message_id or None,
                 ),
             )
         except psycopg.errors.UniqueViolation as error:
@@ -318,7 +331,7 @@ class PostgresConversationStore(ConversationStore):
             # Another caller reserved the key since our SELECT: our conversation (if we made
             # one) goes with the rollback, and the next attempt finds the winner's turn.
             raise _LostRace
-        return TurnReservation(
+        reservation = TurnReservation(
             conversation_id,
             request.user_message_id,
             request.assistant_message_id,
@@ -326,6 +339,7 @@ class PostgresConversationStore(ConversationStore):
             complete=False,
             lease_expire_time=expire,
         )
+        return await postgres_tree.details(connection, request, reservation, plan, tree)
 
     async def _reclaim_turn(
         self, connection: _Connection, row: Sequence[Any], now: datetime, request: TurnRequest
@@ -352,24 +366,30 @@ class PostgresConversationStore(ConversationStore):
             lease_expire_time=expire,
         )
 
-    async def get_turn(self, owner: Owner, user_message_id: str) -> Turn:
-        if not is_valid_id(user_message_id):
+    async def get_turn(
+        self, owner: Owner, user_message_id: str, *, assistant_message_id: str = ""
+    ) -> Turn:
+        key = assistant_message_id or user_message_id
+        if not is_valid_id(key):
             raise errors.NotFound("turn not found")
+        by = "assistant_message_id" if assistant_message_id else "user_message_id"
         async with self._connection() as connection:
             cursor = await connection.execute(
                 "SELECT t.conversation_id, t.assistant_message_id, t.lease_expire_time,"
+                " coalesce(t.reply_to_message_id, t.user_message_id),"
                 f" {_prefixed('m', _MESSAGE_COLUMNS)} FROM turns t"
                 " LEFT JOIN messages m"
-                " ON m.message_id IN (t.user_message_id, t.assistant_message_id)"
+                " ON m.message_id IN (coalesce(t.reply_to_message_id, t.user_message_id),"
+                " t.assistant_message_id)"
                 " AND m.tenant_id = t.tenant_id AND m.user_id = t.user_id"
-                " WHERE t.user_message_id = %s AND t.tenant_id = %s AND t.user_id = %s",
-                (user_message_id, owner.tenant_id, owner.user_id),
+                f" WHERE t.{by} = %s AND t.tenant_id = %s AND t.user_id = %s",
+                (key, owner.tenant_id, owner.user_id),
             )
             rows = await cursor.fetchall()
         if not rows:
             raise errors.NotFound("turn not found")
-        conversation_id, assistant_message_id, expire = rows[0][:3]
-        stored = {m.message_id: m for m in (_message_from_row(r[3:]) for r in rows if r[3])}
+        conversation_id, assistant_message_id, expire, user_message_id = rows[0][:4]
+        stored = {m.message_id: m for m in (_message_from_row(r[4:]) for r in rows if r[4])}
         return Turn(
             conversation_id,
             user_message_id,
@@ -393,7 +413,8 @@ class PostgresConversationStore(ConversationStore):
         if row is None:
             raise errors.NotFound("message not found")
         # The deltas row is written with the message, so it is read again with the turn.
-        turn = await self.get_turn(owner, row[0])
+        # By the answer's id: a regenerated answer's turn is keyed by a fresh id.
+        turn = await self.get_turn(owner, row[0], assistant_message_id=assistant_message_id)
         if turn.assistant_message is not None and row[1] is None:
             return Answer(turn, await self._delta_ends(assistant_message_id))
         return Answer(turn, answer_deltas.decode(row[1]))
@@ -407,17 +428,21 @@ class PostgresConversationStore(ConversationStore):
             row = await cursor.fetchone()
         return answer_deltas.decode(row[0] if row else None)
 
-    async def release_turn(self, owner: Owner, user_message_id: str) -> bool:
-        if not is_valid_id(user_message_id):
+    async def release_turn(
+        self, owner: Owner, user_message_id: str, *, assistant_message_id: str = ""
+    ) -> bool:
+        key = assistant_message_id or user_message_id
+        if not is_valid_id(key):
             raise errors.NotFound("turn not found")
+        by = "assistant_message_id" if assistant_message_id else "user_message_id"
         now = self._clock()
         async with self._connection() as connection, connection.transaction():
             cursor = await connection.execute(
                 "SELECT EXISTS (SELECT 1 FROM messages m"
-                "  WHERE m.message_id = t.assistant_message_id)"
-                " FROM turns t WHERE t.user_message_id = %s AND t.tenant_id = %s"
+                "  WHERE m.message_id = t.assistant_message_id), t.user_message_id"
+                f" FROM turns t WHERE t.{by} = %s AND t.tenant_id = %s"
                 " AND t.user_id = %s FOR UPDATE OF t",
-                (user_message_id, owner.tenant_id, owner.user_id),
+                (key, owner.tenant_id, owner.user_id),
             )
             row = await cursor.fetchone()
             if row is None:
@@ -426,7 +451,7 @@ class PostgresConversationStore(ConversationStore):
                 return False
             await connection.execute(
                 "UPDATE turns SET lease_expire_time = %s WHERE user_message_id = %s",
-                (now, user_message_id),
+                (now, row[1]),
             )
         return True
 
@@ -708,6 +733,28 @@ class PostgresConversationStore(ConversationStore):
         self._closed = True
         # Waits for the connections in use to come back: calls under way finish first.
         await self._pool.close()
+
+    async def tree_skeleton(self, owner: Owner, conversation_id: str) -> TreeSkeleton:
+        async with self._connection() as connection:
+            return await postgres_tree.skeleton(connection, owner, conversation_id, self._clock())
+
+    async def messages_by_id(self, owner: Owner, message_ids: Sequence[str]) -> dict[str, Message]:
+        async with self._connection() as connection:
+            cursor = await connection.execute(
+                f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE message_id = ANY(%s::text[])"
+                " AND tenant_id = %s AND user_id = %s",
+                (list(message_ids), owner.tenant_id, owner.user_id),
+            )
+            rows = await cursor.fetchall()
+        return {m.message_id: m for m in map(_message_from_row, rows)}
+
+    async def store_active_leaf(self, owner: Owner, conversation_id: str, leaf: str) -> None:
+        async with self._connection() as connection:
+            await connection.execute(
+                "UPDATE conversations SET active_message_id = %s"
+                " WHERE conversation_id = %s AND tenant_id = %s AND user_id = %s",
+                (leaf, conversation_id, owner.tenant_id, owner.user_id),
+            )
 
     @contextlib.asynccontextmanager
     async def _connection(self) -> AsyncIterator[_Connection]:

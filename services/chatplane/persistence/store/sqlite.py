@@ -17,7 +17,7 @@ from typing import Any, Self, TypeVar
 
 from chatplane.common import errors
 from chatplane.common.ids import is_valid_id, new_id
-from chatplane.persistence.store import answer_deltas, sqlite_quota
+from chatplane.persistence.store import answer_deltas, sqlite_quota, sqlite_tree
 from chatplane.persistence.store.base import (
     Answer,
     ApiKey,
@@ -54,6 +54,7 @@ from chatplane.persistence.store.records import (
     message_from_row,
     message_row,
 )
+from chatplane.persistence.store.tree_store import TreeQueries, TreeSkeleton
 
 _log = logging.getLogger(__name__)
 
@@ -65,7 +66,7 @@ _IN_CHUNK = 500
 _MESSAGE_COLUMNS = (
     "message_id, conversation_id, tenant_id, user_id, role, text, status, model,"
     " create_time_us, reply_to_message_id, finish_reason, input_tokens, output_tokens,"
-    " client_message_id"
+    " client_message_id, parent_message_id"
 )
 _CONVERSATION_COLUMNS = (
     "conversation_id, tenant_id, user_id, title, create_time_us, update_time_us, message_count"
@@ -80,7 +81,7 @@ def sqlite_migrations() -> list[Migration]:
     return shipped_migrations("sqlite")
 
 
-class SqliteConversationStore(ConversationStore):
+class SqliteConversationStore(TreeQueries, ConversationStore):
     """The store in the SQLite file at `path`. Use `await SqliteConversationStore.open(path)`,
     which creates or migrates the schema before the first call.
 
@@ -125,24 +126,32 @@ class SqliteConversationStore(ConversationStore):
             raise errors.NotFound("conversation not found")
         return await self._run(functools.partial(self._begin_turn, request))
 
-    async def get_turn(self, owner: Owner, user_message_id: str) -> Turn:
-        if not is_valid_id(user_message_id):
+    async def get_turn(
+        self, owner: Owner, user_message_id: str, *, assistant_message_id: str = ""
+    ) -> Turn:
+        key = assistant_message_id or user_message_id
+        if not is_valid_id(key):
             raise errors.NotFound("turn not found")
-        return await self._run(functools.partial(_get_turn, owner, user_message_id))
+        by = "assistant_message_id" if assistant_message_id else "user_message_id"
+        return await self._run(functools.partial(_get_turn, owner, key, by))
 
-    async def release_turn(self, owner: Owner, user_message_id: str) -> bool:
-        if not is_valid_id(user_message_id):
+    async def release_turn(
+        self, owner: Owner, user_message_id: str, *, assistant_message_id: str = ""
+    ) -> bool:
+        key = assistant_message_id or user_message_id
+        if not is_valid_id(key):
             raise errors.NotFound("turn not found")
-        return await self._run(functools.partial(self._release_turn, owner, user_message_id))
+        by = "assistant_message_id" if assistant_message_id else "user_message_id"
+        return await self._run(functools.partial(self._release_turn, owner, key, by))
 
     def _release_turn(
-        self, owner: Owner, user_message_id: str, connection: sqlite3.Connection
+        self, owner: Owner, key: str, by: str, connection: sqlite3.Connection
     ) -> bool:
         with _write_transaction(connection):
             row = connection.execute(
-                "SELECT assistant_message_id FROM turns"
-                " WHERE user_message_id = ? AND tenant_id = ? AND user_id = ?",
-                (user_message_id, owner.tenant_id, owner.user_id),
+                "SELECT assistant_message_id, user_message_id FROM turns"
+                f" WHERE {by} = ? AND tenant_id = ? AND user_id = ?",
+                (key, owner.tenant_id, owner.user_id),
             ).fetchone()
             if row is None:
                 raise errors.NotFound("turn not found")
@@ -153,7 +162,7 @@ class SqliteConversationStore(ConversationStore):
                 return False
             connection.execute(
                 "UPDATE turns SET lease_expire_time_us = ? WHERE user_message_id = ?",
-                (self._now_us(), user_message_id),
+                (self._now_us(), row[1]),
             )
         return True
 
@@ -258,6 +267,42 @@ class SqliteConversationStore(ConversationStore):
         finally:
             self._executor.shutdown(wait=False)
 
+    async def tree_skeleton(self, owner: Owner, conversation_id: str) -> TreeSkeleton:
+        now_us = self._now_us()
+
+        def read(connection: sqlite3.Connection) -> TreeSkeleton:
+            with _read_transaction(connection):
+                return sqlite_tree.skeleton(connection, owner, conversation_id, now_us)
+
+        return await self._run(read)
+
+    async def messages_by_id(self, owner: Owner, message_ids: Sequence[str]) -> dict[str, Message]:
+        def read(connection: sqlite3.Connection) -> dict[str, Message]:
+            found: dict[str, Message] = {}
+            for start in range(0, len(message_ids), _IN_CHUNK):
+                chunk = list(message_ids[start : start + _IN_CHUNK])
+                rows = connection.execute(
+                    f"SELECT {_MESSAGE_COLUMNS} FROM messages"
+                    f" WHERE message_id IN ({', '.join('?' * len(chunk))})"
+                    " AND tenant_id = ? AND user_id = ?",
+                    (*chunk, owner.tenant_id, owner.user_id),
+                )
+                found.update((m.message_id, m) for m in map(_message_from_row, rows))
+            return found
+
+        return await self._run(read)
+
+    async def store_active_leaf(self, owner: Owner, conversation_id: str, leaf: str) -> None:
+        def write(connection: sqlite3.Connection) -> None:
+            with _write_transaction(connection):
+                connection.execute(
+                    "UPDATE conversations SET active_message_id = ?"
+                    " WHERE conversation_id = ? AND tenant_id = ? AND user_id = ?",
+                    (leaf, conversation_id, owner.tenant_id, owner.user_id),
+                )
+
+        await self._run(write)
+
     async def _run(self, work: Callable[[sqlite3.Connection], _T]) -> _T:
         if self._closed:
             raise errors.Unavailable("the conversation store is closed")
@@ -291,14 +336,20 @@ class SqliteConversationStore(ConversationStore):
         with _write_transaction(connection):
             if request.client_message_id:
                 row = connection.execute(
-                    "SELECT conversation_id, user_message_id, assistant_message_id,"
-                    " lease_expire_time_us FROM turns"
+                    "SELECT conversation_id, coalesce(reply_to_message_id, user_message_id),"
+                    " assistant_message_id, lease_expire_time_us FROM turns"
                     " WHERE tenant_id = ? AND user_id = ? AND client_message_id = ?",
                     (owner.tenant_id, owner.user_id, request.client_message_id),
                 ).fetchone()
                 if row is not None:
-                    return _reclaim_turn(connection, owner, row, now_us, lease_us)
-            conversation_id = request.conversation_id
+                    reclaimed = _reclaim_turn(connection, owner, row, now_us, lease_us)
+                    if reclaimed.acquired:
+                        return sqlite_tree.taken_over(connection, request, reclaimed, now_us)
+                    return reclaimed
+            conversation_id = (
+                sqlite_tree.target_conversation(connection, request, now_us)
+                or request.conversation_id
+            )
             if conversation_id:
                 if _conversation_owner(connection, conversation_id) != owner:
                     raise errors.NotFound("conversation not found")
@@ -317,11 +368,13 @@ class SqliteConversationStore(ConversationStore):
                     ),
                 )
             expire_us = now_us + lease_us
+            plan, tree = sqlite_tree.place_turn(connection, request, conversation_id, now_us)
             try:
                 connection.execute(
                     "INSERT INTO turns (user_message_id, assistant_message_id, conversation_id,"
-                    " tenant_id, user_id, client_message_id, lease_expire_time_us, create_time_us)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    " tenant_id, user_id, client_message_id, lease_expire_time_us, create_time_us,"
+                    " parent_message_id, reply_to_message_id)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         request.user_message_id,
                         request.assistant_message_id,
@@ -331,18 +384,21 @@ class SqliteConversationStore(ConversationStore):
                         request.client_message_id or None,
                         expire_us,
                         now_us,
+                        plan.parent_message_id,
+                        plan.reply_to_message_id or None,
                     ),
                 )
             except sqlite3.IntegrityError as error:
                 raise errors.AlreadyExists("the turn's message ids are reserved already") from error
-        return TurnReservation(
-            conversation_id,
-            request.user_message_id,
-            request.assistant_message_id,
-            acquired=True,
-            complete=False,
-            lease_expire_time=from_micros(expire_us),
-        )
+            reservation = TurnReservation(
+                conversation_id,
+                request.user_message_id,
+                request.assistant_message_id,
+                acquired=True,
+                complete=False,
+                lease_expire_time=from_micros(expire_us),
+            )
+            return sqlite_tree.details(connection, request, reservation, plan, tree)
 
     def _delete_conversation(
         self, owner: Owner, conversation_id: str, connection: sqlite3.Connection
@@ -413,7 +469,7 @@ class SqliteConversationStore(ConversationStore):
                 )
             connection.executemany(
                 f"INSERT INTO messages ({_MESSAGE_COLUMNS}, store_time_us)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [(*_message_row(m), now_us) for m in accepted],
             )
             connection.executemany(answer_deltas.INSERT_SQLITE, answer_deltas.delta_rows(accepted))
@@ -572,16 +628,17 @@ def _reclaim_turn(
     )
 
 
-def _get_turn(owner: Owner, user_message_id: str, connection: sqlite3.Connection) -> Turn:
+def _get_turn(owner: Owner, key: str, by: str, connection: sqlite3.Connection) -> Turn:
     with _read_transaction(connection):
         row = connection.execute(
-            "SELECT conversation_id, assistant_message_id, lease_expire_time_us FROM turns"
-            " WHERE user_message_id = ? AND tenant_id = ? AND user_id = ?",
-            (user_message_id, owner.tenant_id, owner.user_id),
+            "SELECT conversation_id, assistant_message_id, lease_expire_time_us,"
+            " coalesce(reply_to_message_id, user_message_id) FROM turns"
+            f" WHERE {by} = ? AND tenant_id = ? AND user_id = ?",
+            (key, owner.tenant_id, owner.user_id),
         ).fetchone()
         if row is None:
             raise errors.NotFound("turn not found")
-        conversation_id, assistant_message_id, expire_us = row
+        conversation_id, assistant_message_id, expire_us, user_message_id = row
         stored = {
             m.message_id: m
             for m in map(
@@ -604,14 +661,11 @@ def _get_turn(owner: Owner, user_message_id: str, connection: sqlite3.Connection
 
 
 def _get_answer(owner: Owner, assistant_message_id: str, connection: sqlite3.Connection) -> Answer:
-    row = connection.execute(
-        "SELECT user_message_id FROM turns"
-        " WHERE assistant_message_id = ? AND tenant_id = ? AND user_id = ?",
-        (assistant_message_id, owner.tenant_id, owner.user_id),
-    ).fetchone()
-    if row is None:
-        raise errors.NotFound("message not found")
-    turn = _get_turn(owner, row[0], connection)
+    # By the answer's id: a regenerated answer's turn is keyed by a fresh id, not a message's.
+    try:
+        turn = _get_turn(owner, assistant_message_id, "assistant_message_id", connection)
+    except errors.NotFound:
+        raise errors.NotFound("message not found") from None
     ends = connection.execute(
         "SELECT delta_ends FROM answer_deltas WHERE message_id = ?", (assistant_message_id,)
     ).fetchone()
