@@ -26,10 +26,12 @@ def build_prompt(
     max_tokens: int,
     temperature: float | None = None,
     stop_sequences: Sequence[str] = (),
+    system: str = SYSTEM_PROMPT,
 ) -> Prompt:
     """A prompt within `budget_tokens`: history is newest-first and passages best-first; they
-    are taken alternately while they fit, so neither starves the other."""
-    used = estimate_tokens(SYSTEM_PROMPT) + estimate_tokens(question)
+    are taken alternately while they fit, so neither starves the other. `system` is an A/B
+    variant's system prompt (docs/variants.md)."""
+    used = estimate_tokens(system) + estimate_tokens(question)
     kept_history: list[HistoryLine] = []
     kept_passages: list[ContextPassage] = []
     newest_first = list(reversed(history))
@@ -51,7 +53,7 @@ def build_prompt(
                 used += cost
     kept_history.reverse()
     return Prompt(
-        system=SYSTEM_PROMPT,
+        system=system,
         passages=kept_passages,
         history=kept_history,
         question=question,

@@ -164,6 +164,13 @@ class Settings(BaseSettings):
     trace_file: str = ""
     trace_sample_ratio: float = Field(default=1.0, ge=0, le=1)
 
+    # A/B variants (docs/variants.md): a JSON list of variants, or a JSON/YAML file holding
+    # one (not both); empty: one variant, "default", with the LLM settings above. The salt of
+    # the sticky per-user assignment: a new salt reshuffles every user (a new experiment).
+    variants: str = ""
+    variants_file: str = ""
+    variants_salt: str = "chatplane-variants"
+
     def data_path(self, name: str) -> Path:
         """A file or folder inside the data directory (created on demand)."""
         self.data_dir.mkdir(parents=True, exist_ok=True)

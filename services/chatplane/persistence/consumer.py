@@ -24,6 +24,7 @@ from chatplane.common.telemetry import tracer, tracing_enabled
 from chatplane.common.topics import MESSAGE_SCHEMA_VERSION, MESSAGES_DLQ_TOPIC
 from chatplane.log import ConsumedRecord, LogRecord, MessageLogConsumer, MessageLogProducer
 from chatplane.persistence import metrics
+from chatplane.persistence.answer_record import answer_measures
 from chatplane.persistence.store.base import (
     ConversationStore,
     FinishReason,
@@ -113,6 +114,7 @@ def decode_message(record: ConsumedRecord) -> Message:
         input_tokens=message.usage.input_tokens,
         output_tokens=message.usage.output_tokens,
         client_message_id=message.client_message_id,
+        **answer_measures(recorded),
     )
 
 

@@ -13,6 +13,7 @@ import grpc
 from google.protobuf import timestamp_pb2
 
 from chatplane.common import errors
+from chatplane.common.feedback_score import feedback_score
 from chatplane.common.ids import is_valid_id
 from chatplane.common.roles import parse_roles
 from chatplane.persistence.store.base import (
@@ -31,6 +32,7 @@ from chatplane.persistence.store.base import (
     from_micros,
     to_micros,
 )
+from chatplane.persistence.variant_report import report_variants
 from chatplane.v1 import (
     gateway_pb2,
     persistence_pb2,
@@ -183,8 +185,9 @@ class PersistenceServicer(persistence_pb2_grpc.PersistenceServiceServicer):
         rating = _RATINGS.get(request.feedback.rating)
         if rating is None:
             raise errors.InvalidArgument("feedback.rating", "must be thumbs up or thumbs down")
+        score = feedback_score(request.feedback, "feedback.score")
         stored = await self._store.submit_feedback(
-            owner, Feedback(request.feedback.message_id, rating, request.feedback.comment)
+            owner, Feedback(request.feedback.message_id, rating, request.feedback.comment, score)
         )
         return persistence_pb2.PersistenceServiceSubmitFeedbackResponse(
             create_time=_timestamp(stored)
@@ -199,6 +202,11 @@ class PersistenceServicer(persistence_pb2_grpc.PersistenceServiceServicer):
         return persistence_pb2.CreateApiKeyResponse(
             api_key=issued.api_key, key_id=issued.record.key_id
         )
+
+    async def ReportVariants(
+        self, request: persistence_pb2.ReportVariantsRequest, context: Context
+    ) -> persistence_pb2.ReportVariantsResponse:
+        return await report_variants(self._store, request)
 
     async def GetApiKey(
         self, request: persistence_pb2.GetApiKeyRequest, context: Context

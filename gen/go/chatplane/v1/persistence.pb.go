@@ -1122,6 +1122,252 @@ func (x *GetApiKeyResponse) GetRoles() []string {
 	return nil
 }
 
+// Asks for the per-variant report.
+type ReportVariantsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Only this tenant's answers; empty means every tenant.
+	TenantId string `protobuf:"bytes,1,opt,name=tenant_id,json=tenantId,proto3" json:"tenant_id,omitempty"`
+	// Only answers created at or after this time; absent means since the beginning.
+	Since         *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=since,proto3" json:"since,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReportVariantsRequest) Reset() {
+	*x = ReportVariantsRequest{}
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReportVariantsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReportVariantsRequest) ProtoMessage() {}
+
+func (x *ReportVariantsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReportVariantsRequest.ProtoReflect.Descriptor instead.
+func (*ReportVariantsRequest) Descriptor() ([]byte, []int) {
+	return file_chatplane_v1_persistence_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *ReportVariantsRequest) GetTenantId() string {
+	if x != nil {
+		return x.TenantId
+	}
+	return ""
+}
+
+func (x *ReportVariantsRequest) GetSince() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Since
+	}
+	return nil
+}
+
+// What the answers of one variant got.
+type VariantReport struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The variant ("default" for answers without one).
+	Variant string `protobuf:"bytes,1,opt,name=variant,proto3" json:"variant,omitempty"`
+	// Assistant messages stored (complete and interrupted).
+	Answers int64 `protobuf:"varint,2,opt,name=answers,proto3" json:"answers,omitempty"`
+	// Of those, interrupted ones (cut by the client or a provider failure).
+	InterruptedAnswers int64 `protobuf:"varint,3,opt,name=interrupted_answers,json=interruptedAnswers,proto3" json:"interrupted_answers,omitempty"`
+	// Answers with feedback.
+	FeedbackCount int64 `protobuf:"varint,4,opt,name=feedback_count,json=feedbackCount,proto3" json:"feedback_count,omitempty"`
+	// Answers whose feedback has a numeric score (1-5).
+	ScoredCount int64 `protobuf:"varint,5,opt,name=scored_count,json=scoredCount,proto3" json:"scored_count,omitempty"`
+	// Mean of the scores (absent when none).
+	MeanScore *float64 `protobuf:"fixed64,6,opt,name=mean_score,json=meanScore,proto3,oneof" json:"mean_score,omitempty"`
+	// Feedback with a thumbs up.
+	ThumbsUpCount int64 `protobuf:"varint,7,opt,name=thumbs_up_count,json=thumbsUpCount,proto3" json:"thumbs_up_count,omitempty"`
+	// thumbs_up_count / feedback_count (absent without feedback).
+	ThumbsUpRate *float64 `protobuf:"fixed64,8,opt,name=thumbs_up_rate,json=thumbsUpRate,proto3,oneof" json:"thumbs_up_rate,omitempty"`
+	// Mean milliseconds to the first token, over complete answers that recorded it.
+	MeanFirstTokenMs *float64 `protobuf:"fixed64,9,opt,name=mean_first_token_ms,json=meanFirstTokenMs,proto3,oneof" json:"mean_first_token_ms,omitempty"`
+	// Mean milliseconds to the end of the answer, over complete answers that recorded it.
+	MeanDurationMs *float64 `protobuf:"fixed64,10,opt,name=mean_duration_ms,json=meanDurationMs,proto3,oneof" json:"mean_duration_ms,omitempty"`
+	// Mean input tokens, over complete answers.
+	MeanInputTokens *float64 `protobuf:"fixed64,11,opt,name=mean_input_tokens,json=meanInputTokens,proto3,oneof" json:"mean_input_tokens,omitempty"`
+	// Mean output tokens, over complete answers.
+	MeanOutputTokens *float64 `protobuf:"fixed64,12,opt,name=mean_output_tokens,json=meanOutputTokens,proto3,oneof" json:"mean_output_tokens,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
+}
+
+func (x *VariantReport) Reset() {
+	*x = VariantReport{}
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *VariantReport) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*VariantReport) ProtoMessage() {}
+
+func (x *VariantReport) ProtoReflect() protoreflect.Message {
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use VariantReport.ProtoReflect.Descriptor instead.
+func (*VariantReport) Descriptor() ([]byte, []int) {
+	return file_chatplane_v1_persistence_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *VariantReport) GetVariant() string {
+	if x != nil {
+		return x.Variant
+	}
+	return ""
+}
+
+func (x *VariantReport) GetAnswers() int64 {
+	if x != nil {
+		return x.Answers
+	}
+	return 0
+}
+
+func (x *VariantReport) GetInterruptedAnswers() int64 {
+	if x != nil {
+		return x.InterruptedAnswers
+	}
+	return 0
+}
+
+func (x *VariantReport) GetFeedbackCount() int64 {
+	if x != nil {
+		return x.FeedbackCount
+	}
+	return 0
+}
+
+func (x *VariantReport) GetScoredCount() int64 {
+	if x != nil {
+		return x.ScoredCount
+	}
+	return 0
+}
+
+func (x *VariantReport) GetMeanScore() float64 {
+	if x != nil && x.MeanScore != nil {
+		return *x.MeanScore
+	}
+	return 0
+}
+
+func (x *VariantReport) GetThumbsUpCount() int64 {
+	if x != nil {
+		return x.ThumbsUpCount
+	}
+	return 0
+}
+
+func (x *VariantReport) GetThumbsUpRate() float64 {
+	if x != nil && x.ThumbsUpRate != nil {
+		return *x.ThumbsUpRate
+	}
+	return 0
+}
+
+func (x *VariantReport) GetMeanFirstTokenMs() float64 {
+	if x != nil && x.MeanFirstTokenMs != nil {
+		return *x.MeanFirstTokenMs
+	}
+	return 0
+}
+
+func (x *VariantReport) GetMeanDurationMs() float64 {
+	if x != nil && x.MeanDurationMs != nil {
+		return *x.MeanDurationMs
+	}
+	return 0
+}
+
+func (x *VariantReport) GetMeanInputTokens() float64 {
+	if x != nil && x.MeanInputTokens != nil {
+		return *x.MeanInputTokens
+	}
+	return 0
+}
+
+func (x *VariantReport) GetMeanOutputTokens() float64 {
+	if x != nil && x.MeanOutputTokens != nil {
+		return *x.MeanOutputTokens
+	}
+	return 0
+}
+
+// The per-variant report.
+type ReportVariantsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// One entry per variant with answers, by variant name.
+	Variants      []*VariantReport `protobuf:"bytes,1,rep,name=variants,proto3" json:"variants,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReportVariantsResponse) Reset() {
+	*x = ReportVariantsResponse{}
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReportVariantsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReportVariantsResponse) ProtoMessage() {}
+
+func (x *ReportVariantsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReportVariantsResponse.ProtoReflect.Descriptor instead.
+func (*ReportVariantsResponse) Descriptor() ([]byte, []int) {
+	return file_chatplane_v1_persistence_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *ReportVariantsResponse) GetVariants() []*VariantReport {
+	if x != nil {
+		return x.Variants
+	}
+	return nil
+}
+
 var File_chatplane_v1_persistence_proto protoreflect.FileDescriptor
 
 const file_chatplane_v1_persistence_proto_rawDesc = "" +
@@ -1191,7 +1437,33 @@ const file_chatplane_v1_persistence_proto_rawDesc = "" +
 	"\x05owner\x18\x01 \x01(\v2\x13.chatplane.v1.OwnerR\x05owner\x12#\n" +
 	"\rsecret_sha256\x18\x02 \x01(\fR\fsecretSha256\x12\x18\n" +
 	"\arevoked\x18\x03 \x01(\bR\arevoked\x12\x14\n" +
-	"\x05roles\x18\x04 \x03(\tR\x05roles2\xc2\a\n" +
+	"\x05roles\x18\x04 \x03(\tR\x05roles\"f\n" +
+	"\x15ReportVariantsRequest\x12\x1b\n" +
+	"\ttenant_id\x18\x01 \x01(\tR\btenantId\x120\n" +
+	"\x05since\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x05since\"\xf8\x04\n" +
+	"\rVariantReport\x12\x18\n" +
+	"\avariant\x18\x01 \x01(\tR\avariant\x12\x18\n" +
+	"\aanswers\x18\x02 \x01(\x03R\aanswers\x12/\n" +
+	"\x13interrupted_answers\x18\x03 \x01(\x03R\x12interruptedAnswers\x12%\n" +
+	"\x0efeedback_count\x18\x04 \x01(\x03R\rfeedbackCount\x12!\n" +
+	"\fscored_count\x18\x05 \x01(\x03R\vscoredCount\x12\"\n" +
+	"\n" +
+	"mean_score\x18\x06 \x01(\x01H\x00R\tmeanScore\x88\x01\x01\x12&\n" +
+	"\x0fthumbs_up_count\x18\a \x01(\x03R\rthumbsUpCount\x12)\n" +
+	"\x0ethumbs_up_rate\x18\b \x01(\x01H\x01R\fthumbsUpRate\x88\x01\x01\x122\n" +
+	"\x13mean_first_token_ms\x18\t \x01(\x01H\x02R\x10meanFirstTokenMs\x88\x01\x01\x12-\n" +
+	"\x10mean_duration_ms\x18\n" +
+	" \x01(\x01H\x03R\x0emeanDurationMs\x88\x01\x01\x12/\n" +
+	"\x11mean_input_tokens\x18\v \x01(\x01H\x04R\x0fmeanInputTokens\x88\x01\x01\x121\n" +
+	"\x12mean_output_tokens\x18\f \x01(\x01H\x05R\x10meanOutputTokens\x88\x01\x01B\r\n" +
+	"\v_mean_scoreB\x11\n" +
+	"\x0f_thumbs_up_rateB\x16\n" +
+	"\x14_mean_first_token_msB\x13\n" +
+	"\x11_mean_duration_msB\x14\n" +
+	"\x12_mean_input_tokensB\x15\n" +
+	"\x13_mean_output_tokens\"Q\n" +
+	"\x16ReportVariantsResponse\x127\n" +
+	"\bvariants\x18\x01 \x03(\v2\x1b.chatplane.v1.VariantReportR\bvariants2\x9f\b\n" +
 	"\x12PersistenceService\x12L\n" +
 	"\tBeginTurn\x12\x1e.chatplane.v1.BeginTurnRequest\x1a\x1f.chatplane.v1.BeginTurnResponse\x12F\n" +
 	"\aGetTurn\x12\x1c.chatplane.v1.GetTurnRequest\x1a\x1d.chatplane.v1.GetTurnResponse\x12R\n" +
@@ -1201,7 +1473,8 @@ const file_chatplane_v1_persistence_proto_rawDesc = "" +
 	"\x12DeleteConversation\x129.chatplane.v1.PersistenceServiceDeleteConversationRequest\x1a:.chatplane.v1.PersistenceServiceDeleteConversationResponse\x12\x7f\n" +
 	"\x0eSubmitFeedback\x125.chatplane.v1.PersistenceServiceSubmitFeedbackRequest\x1a6.chatplane.v1.PersistenceServiceSubmitFeedbackResponse\x12U\n" +
 	"\fCreateApiKey\x12!.chatplane.v1.CreateApiKeyRequest\x1a\".chatplane.v1.CreateApiKeyResponse\x12L\n" +
-	"\tGetApiKey\x12\x1e.chatplane.v1.GetApiKeyRequest\x1a\x1f.chatplane.v1.GetApiKeyResponseB@Z>github.com/chatplane/chatplane/gen/go/chatplane/v1;chatplanev1b\x06proto3"
+	"\tGetApiKey\x12\x1e.chatplane.v1.GetApiKeyRequest\x1a\x1f.chatplane.v1.GetApiKeyResponse\x12[\n" +
+	"\x0eReportVariants\x12#.chatplane.v1.ReportVariantsRequest\x1a$.chatplane.v1.ReportVariantsResponseB@Z>github.com/chatplane/chatplane/gen/go/chatplane/v1;chatplanev1b\x06proto3"
 
 var (
 	file_chatplane_v1_persistence_proto_rawDescOnce sync.Once
@@ -1215,7 +1488,7 @@ func file_chatplane_v1_persistence_proto_rawDescGZIP() []byte {
 	return file_chatplane_v1_persistence_proto_rawDescData
 }
 
-var file_chatplane_v1_persistence_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
+var file_chatplane_v1_persistence_proto_msgTypes = make([]protoimpl.MessageInfo, 22)
 var file_chatplane_v1_persistence_proto_goTypes = []any{
 	(*Owner)(nil),                                        // 0: chatplane.v1.Owner
 	(*BeginTurnRequest)(nil),                             // 1: chatplane.v1.BeginTurnRequest
@@ -1236,57 +1509,64 @@ var file_chatplane_v1_persistence_proto_goTypes = []any{
 	(*CreateApiKeyResponse)(nil),                         // 16: chatplane.v1.CreateApiKeyResponse
 	(*GetApiKeyRequest)(nil),                             // 17: chatplane.v1.GetApiKeyRequest
 	(*GetApiKeyResponse)(nil),                            // 18: chatplane.v1.GetApiKeyResponse
-	(*Message)(nil),                                      // 19: chatplane.v1.Message
-	(*timestamppb.Timestamp)(nil),                        // 20: google.protobuf.Timestamp
-	(*ListConversationsRequest)(nil),                     // 21: chatplane.v1.ListConversationsRequest
-	(*ListConversationsResponse)(nil),                    // 22: chatplane.v1.ListConversationsResponse
-	(*GetConversationRequest)(nil),                       // 23: chatplane.v1.GetConversationRequest
-	(*GetConversationResponse)(nil),                      // 24: chatplane.v1.GetConversationResponse
-	(*SubmitFeedbackRequest)(nil),                        // 25: chatplane.v1.SubmitFeedbackRequest
+	(*ReportVariantsRequest)(nil),                        // 19: chatplane.v1.ReportVariantsRequest
+	(*VariantReport)(nil),                                // 20: chatplane.v1.VariantReport
+	(*ReportVariantsResponse)(nil),                       // 21: chatplane.v1.ReportVariantsResponse
+	(*Message)(nil),                                      // 22: chatplane.v1.Message
+	(*timestamppb.Timestamp)(nil),                        // 23: google.protobuf.Timestamp
+	(*ListConversationsRequest)(nil),                     // 24: chatplane.v1.ListConversationsRequest
+	(*ListConversationsResponse)(nil),                    // 25: chatplane.v1.ListConversationsResponse
+	(*GetConversationRequest)(nil),                       // 26: chatplane.v1.GetConversationRequest
+	(*GetConversationResponse)(nil),                      // 27: chatplane.v1.GetConversationResponse
+	(*SubmitFeedbackRequest)(nil),                        // 28: chatplane.v1.SubmitFeedbackRequest
 }
 var file_chatplane_v1_persistence_proto_depIdxs = []int32{
 	0,  // 0: chatplane.v1.BeginTurnRequest.owner:type_name -> chatplane.v1.Owner
 	0,  // 1: chatplane.v1.GetTurnRequest.owner:type_name -> chatplane.v1.Owner
-	19, // 2: chatplane.v1.GetTurnResponse.user_message:type_name -> chatplane.v1.Message
-	19, // 3: chatplane.v1.GetTurnResponse.assistant_message:type_name -> chatplane.v1.Message
-	20, // 4: chatplane.v1.GetTurnResponse.lease_expire_time:type_name -> google.protobuf.Timestamp
+	22, // 2: chatplane.v1.GetTurnResponse.user_message:type_name -> chatplane.v1.Message
+	22, // 3: chatplane.v1.GetTurnResponse.assistant_message:type_name -> chatplane.v1.Message
+	23, // 4: chatplane.v1.GetTurnResponse.lease_expire_time:type_name -> google.protobuf.Timestamp
 	0,  // 5: chatplane.v1.ReleaseTurnRequest.owner:type_name -> chatplane.v1.Owner
 	0,  // 6: chatplane.v1.PersistenceServiceListConversationsRequest.owner:type_name -> chatplane.v1.Owner
-	21, // 7: chatplane.v1.PersistenceServiceListConversationsRequest.page:type_name -> chatplane.v1.ListConversationsRequest
-	22, // 8: chatplane.v1.PersistenceServiceListConversationsResponse.page:type_name -> chatplane.v1.ListConversationsResponse
+	24, // 7: chatplane.v1.PersistenceServiceListConversationsRequest.page:type_name -> chatplane.v1.ListConversationsRequest
+	25, // 8: chatplane.v1.PersistenceServiceListConversationsResponse.page:type_name -> chatplane.v1.ListConversationsResponse
 	0,  // 9: chatplane.v1.PersistenceServiceGetConversationRequest.owner:type_name -> chatplane.v1.Owner
-	23, // 10: chatplane.v1.PersistenceServiceGetConversationRequest.request:type_name -> chatplane.v1.GetConversationRequest
-	24, // 11: chatplane.v1.PersistenceServiceGetConversationResponse.response:type_name -> chatplane.v1.GetConversationResponse
+	26, // 10: chatplane.v1.PersistenceServiceGetConversationRequest.request:type_name -> chatplane.v1.GetConversationRequest
+	27, // 11: chatplane.v1.PersistenceServiceGetConversationResponse.response:type_name -> chatplane.v1.GetConversationResponse
 	0,  // 12: chatplane.v1.PersistenceServiceDeleteConversationRequest.owner:type_name -> chatplane.v1.Owner
-	20, // 13: chatplane.v1.PersistenceServiceDeleteConversationResponse.delete_time:type_name -> google.protobuf.Timestamp
+	23, // 13: chatplane.v1.PersistenceServiceDeleteConversationResponse.delete_time:type_name -> google.protobuf.Timestamp
 	0,  // 14: chatplane.v1.PersistenceServiceSubmitFeedbackRequest.owner:type_name -> chatplane.v1.Owner
-	25, // 15: chatplane.v1.PersistenceServiceSubmitFeedbackRequest.feedback:type_name -> chatplane.v1.SubmitFeedbackRequest
-	20, // 16: chatplane.v1.PersistenceServiceSubmitFeedbackResponse.create_time:type_name -> google.protobuf.Timestamp
+	28, // 15: chatplane.v1.PersistenceServiceSubmitFeedbackRequest.feedback:type_name -> chatplane.v1.SubmitFeedbackRequest
+	23, // 16: chatplane.v1.PersistenceServiceSubmitFeedbackResponse.create_time:type_name -> google.protobuf.Timestamp
 	0,  // 17: chatplane.v1.CreateApiKeyRequest.owner:type_name -> chatplane.v1.Owner
 	0,  // 18: chatplane.v1.GetApiKeyResponse.owner:type_name -> chatplane.v1.Owner
-	1,  // 19: chatplane.v1.PersistenceService.BeginTurn:input_type -> chatplane.v1.BeginTurnRequest
-	3,  // 20: chatplane.v1.PersistenceService.GetTurn:input_type -> chatplane.v1.GetTurnRequest
-	5,  // 21: chatplane.v1.PersistenceService.ReleaseTurn:input_type -> chatplane.v1.ReleaseTurnRequest
-	7,  // 22: chatplane.v1.PersistenceService.ListConversations:input_type -> chatplane.v1.PersistenceServiceListConversationsRequest
-	9,  // 23: chatplane.v1.PersistenceService.GetConversation:input_type -> chatplane.v1.PersistenceServiceGetConversationRequest
-	11, // 24: chatplane.v1.PersistenceService.DeleteConversation:input_type -> chatplane.v1.PersistenceServiceDeleteConversationRequest
-	13, // 25: chatplane.v1.PersistenceService.SubmitFeedback:input_type -> chatplane.v1.PersistenceServiceSubmitFeedbackRequest
-	15, // 26: chatplane.v1.PersistenceService.CreateApiKey:input_type -> chatplane.v1.CreateApiKeyRequest
-	17, // 27: chatplane.v1.PersistenceService.GetApiKey:input_type -> chatplane.v1.GetApiKeyRequest
-	2,  // 28: chatplane.v1.PersistenceService.BeginTurn:output_type -> chatplane.v1.BeginTurnResponse
-	4,  // 29: chatplane.v1.PersistenceService.GetTurn:output_type -> chatplane.v1.GetTurnResponse
-	6,  // 30: chatplane.v1.PersistenceService.ReleaseTurn:output_type -> chatplane.v1.ReleaseTurnResponse
-	8,  // 31: chatplane.v1.PersistenceService.ListConversations:output_type -> chatplane.v1.PersistenceServiceListConversationsResponse
-	10, // 32: chatplane.v1.PersistenceService.GetConversation:output_type -> chatplane.v1.PersistenceServiceGetConversationResponse
-	12, // 33: chatplane.v1.PersistenceService.DeleteConversation:output_type -> chatplane.v1.PersistenceServiceDeleteConversationResponse
-	14, // 34: chatplane.v1.PersistenceService.SubmitFeedback:output_type -> chatplane.v1.PersistenceServiceSubmitFeedbackResponse
-	16, // 35: chatplane.v1.PersistenceService.CreateApiKey:output_type -> chatplane.v1.CreateApiKeyResponse
-	18, // 36: chatplane.v1.PersistenceService.GetApiKey:output_type -> chatplane.v1.GetApiKeyResponse
-	28, // [28:37] is the sub-list for method output_type
-	19, // [19:28] is the sub-list for method input_type
-	19, // [19:19] is the sub-list for extension type_name
-	19, // [19:19] is the sub-list for extension extendee
-	0,  // [0:19] is the sub-list for field type_name
+	23, // 19: chatplane.v1.ReportVariantsRequest.since:type_name -> google.protobuf.Timestamp
+	20, // 20: chatplane.v1.ReportVariantsResponse.variants:type_name -> chatplane.v1.VariantReport
+	1,  // 21: chatplane.v1.PersistenceService.BeginTurn:input_type -> chatplane.v1.BeginTurnRequest
+	3,  // 22: chatplane.v1.PersistenceService.GetTurn:input_type -> chatplane.v1.GetTurnRequest
+	5,  // 23: chatplane.v1.PersistenceService.ReleaseTurn:input_type -> chatplane.v1.ReleaseTurnRequest
+	7,  // 24: chatplane.v1.PersistenceService.ListConversations:input_type -> chatplane.v1.PersistenceServiceListConversationsRequest
+	9,  // 25: chatplane.v1.PersistenceService.GetConversation:input_type -> chatplane.v1.PersistenceServiceGetConversationRequest
+	11, // 26: chatplane.v1.PersistenceService.DeleteConversation:input_type -> chatplane.v1.PersistenceServiceDeleteConversationRequest
+	13, // 27: chatplane.v1.PersistenceService.SubmitFeedback:input_type -> chatplane.v1.PersistenceServiceSubmitFeedbackRequest
+	15, // 28: chatplane.v1.PersistenceService.CreateApiKey:input_type -> chatplane.v1.CreateApiKeyRequest
+	17, // 29: chatplane.v1.PersistenceService.GetApiKey:input_type -> chatplane.v1.GetApiKeyRequest
+	19, // 30: chatplane.v1.PersistenceService.ReportVariants:input_type -> chatplane.v1.ReportVariantsRequest
+	2,  // 31: chatplane.v1.PersistenceService.BeginTurn:output_type -> chatplane.v1.BeginTurnResponse
+	4,  // 32: chatplane.v1.PersistenceService.GetTurn:output_type -> chatplane.v1.GetTurnResponse
+	6,  // 33: chatplane.v1.PersistenceService.ReleaseTurn:output_type -> chatplane.v1.ReleaseTurnResponse
+	8,  // 34: chatplane.v1.PersistenceService.ListConversations:output_type -> chatplane.v1.PersistenceServiceListConversationsResponse
+	10, // 35: chatplane.v1.PersistenceService.GetConversation:output_type -> chatplane.v1.PersistenceServiceGetConversationResponse
+	12, // 36: chatplane.v1.PersistenceService.DeleteConversation:output_type -> chatplane.v1.PersistenceServiceDeleteConversationResponse
+	14, // 37: chatplane.v1.PersistenceService.SubmitFeedback:output_type -> chatplane.v1.PersistenceServiceSubmitFeedbackResponse
+	16, // 38: chatplane.v1.PersistenceService.CreateApiKey:output_type -> chatplane.v1.CreateApiKeyResponse
+	18, // 39: chatplane.v1.PersistenceService.GetApiKey:output_type -> chatplane.v1.GetApiKeyResponse
+	21, // 40: chatplane.v1.PersistenceService.ReportVariants:output_type -> chatplane.v1.ReportVariantsResponse
+	31, // [31:41] is the sub-list for method output_type
+	21, // [21:31] is the sub-list for method input_type
+	21, // [21:21] is the sub-list for extension type_name
+	21, // [21:21] is the sub-list for extension extendee
+	0,  // [0:21] is the sub-list for field type_name
 }
 
 func init() { file_chatplane_v1_persistence_proto_init() }
@@ -1296,13 +1576,14 @@ func file_chatplane_v1_persistence_proto_init() {
 	}
 	file_chatplane_v1_gateway_proto_init()
 	file_chatplane_v1_resources_proto_init()
+	file_chatplane_v1_persistence_proto_msgTypes[20].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_chatplane_v1_persistence_proto_rawDesc), len(file_chatplane_v1_persistence_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   19,
+			NumMessages:   22,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -28,6 +28,7 @@ const (
 	PersistenceService_SubmitFeedback_FullMethodName     = "/chatplane.v1.PersistenceService/SubmitFeedback"
 	PersistenceService_CreateApiKey_FullMethodName       = "/chatplane.v1.PersistenceService/CreateApiKey"
 	PersistenceService_GetApiKey_FullMethodName          = "/chatplane.v1.PersistenceService/GetApiKey"
+	PersistenceService_ReportVariants_FullMethodName     = "/chatplane.v1.PersistenceService/ReportVariants"
 )
 
 // PersistenceServiceClient is the client API for PersistenceService service.
@@ -58,6 +59,9 @@ type PersistenceServiceClient interface {
 	CreateApiKey(ctx context.Context, in *CreateApiKeyRequest, opts ...grpc.CallOption) (*CreateApiKeyResponse, error)
 	// Returns the stored (hashed) record of an API key by its public id.
 	GetApiKey(ctx context.Context, in *GetApiKeyRequest, opts ...grpc.CallOption) (*GetApiKeyResponse, error)
+	// Aggregates answers and their feedback per A/B variant (admin tools: `chatplane report
+	// variants`); computed in SQL by the store.
+	ReportVariants(ctx context.Context, in *ReportVariantsRequest, opts ...grpc.CallOption) (*ReportVariantsResponse, error)
 }
 
 type persistenceServiceClient struct {
@@ -158,6 +162,16 @@ func (c *persistenceServiceClient) GetApiKey(ctx context.Context, in *GetApiKeyR
 	return out, nil
 }
 
+func (c *persistenceServiceClient) ReportVariants(ctx context.Context, in *ReportVariantsRequest, opts ...grpc.CallOption) (*ReportVariantsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ReportVariantsResponse)
+	err := c.cc.Invoke(ctx, PersistenceService_ReportVariants_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // PersistenceServiceServer is the server API for PersistenceService service.
 // All implementations must embed UnimplementedPersistenceServiceServer
 // for forward compatibility.
@@ -186,6 +200,9 @@ type PersistenceServiceServer interface {
 	CreateApiKey(context.Context, *CreateApiKeyRequest) (*CreateApiKeyResponse, error)
 	// Returns the stored (hashed) record of an API key by its public id.
 	GetApiKey(context.Context, *GetApiKeyRequest) (*GetApiKeyResponse, error)
+	// Aggregates answers and their feedback per A/B variant (admin tools: `chatplane report
+	// variants`); computed in SQL by the store.
+	ReportVariants(context.Context, *ReportVariantsRequest) (*ReportVariantsResponse, error)
 	mustEmbedUnimplementedPersistenceServiceServer()
 }
 
@@ -222,6 +239,9 @@ func (UnimplementedPersistenceServiceServer) CreateApiKey(context.Context, *Crea
 }
 func (UnimplementedPersistenceServiceServer) GetApiKey(context.Context, *GetApiKeyRequest) (*GetApiKeyResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetApiKey not implemented")
+}
+func (UnimplementedPersistenceServiceServer) ReportVariants(context.Context, *ReportVariantsRequest) (*ReportVariantsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ReportVariants not implemented")
 }
 func (UnimplementedPersistenceServiceServer) mustEmbedUnimplementedPersistenceServiceServer() {}
 func (UnimplementedPersistenceServiceServer) testEmbeddedByValue()                            {}
@@ -406,6 +426,24 @@ func _PersistenceService_GetApiKey_Handler(srv interface{}, ctx context.Context,
 	return interceptor(ctx, in, info, handler)
 }
 
+func _PersistenceService_ReportVariants_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ReportVariantsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(PersistenceServiceServer).ReportVariants(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: PersistenceService_ReportVariants_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(PersistenceServiceServer).ReportVariants(ctx, req.(*ReportVariantsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // PersistenceService_ServiceDesc is the grpc.ServiceDesc for PersistenceService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -448,6 +486,10 @@ var PersistenceService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "GetApiKey",
 			Handler:    _PersistenceService_GetApiKey_Handler,
+		},
+		{
+			MethodName: "ReportVariants",
+			Handler:    _PersistenceService_ReportVariants_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

@@ -58,6 +58,10 @@ class PersistenceServiceStub:
     """Creates an API key; the secret is returned once and stored only as a hash."""
     GetApiKey: _grpc.UnaryUnaryMultiCallable[_persistence_pb2.GetApiKeyRequest, _persistence_pb2.GetApiKeyResponse]
     """Returns the stored (hashed) record of an API key by its public id."""
+    ReportVariants: _grpc.UnaryUnaryMultiCallable[_persistence_pb2.ReportVariantsRequest, _persistence_pb2.ReportVariantsResponse]
+    """Aggregates answers and their feedback per A/B variant (admin tools: `chatplane report
+    variants`); computed in SQL by the store.
+    """
 
 @_typing.type_check_only
 class PersistenceServiceAsyncStub(PersistenceServiceStub):
@@ -89,6 +93,10 @@ class PersistenceServiceAsyncStub(PersistenceServiceStub):
     """Creates an API key; the secret is returned once and stored only as a hash."""
     GetApiKey: _aio.UnaryUnaryMultiCallable[_persistence_pb2.GetApiKeyRequest, _persistence_pb2.GetApiKeyResponse]  # type: ignore[assignment]
     """Returns the stored (hashed) record of an API key by its public id."""
+    ReportVariants: _aio.UnaryUnaryMultiCallable[_persistence_pb2.ReportVariantsRequest, _persistence_pb2.ReportVariantsResponse]  # type: ignore[assignment]
+    """Aggregates answers and their feedback per A/B variant (admin tools: `chatplane report
+    variants`); computed in SQL by the store.
+    """
 
 class PersistenceServiceServicer(metaclass=_abc_1.ABCMeta):
     """The system of record: conversations, turns, messages (written through the message log),
@@ -171,5 +179,15 @@ class PersistenceServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_persistence_pb2.GetApiKeyResponse, _abc.Awaitable[_persistence_pb2.GetApiKeyResponse]]:
         """Returns the stored (hashed) record of an API key by its public id."""
+
+    @_abc_1.abstractmethod
+    def ReportVariants(
+        self,
+        request: _persistence_pb2.ReportVariantsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_persistence_pb2.ReportVariantsResponse, _abc.Awaitable[_persistence_pb2.ReportVariantsResponse]]:
+        """Aggregates answers and their feedback per A/B variant (admin tools: `chatplane report
+        variants`); computed in SQL by the store.
+        """
 
 def add_PersistenceServiceServicer_to_server(servicer: PersistenceServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

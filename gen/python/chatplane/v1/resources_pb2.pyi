@@ -276,6 +276,7 @@ class TurnStarted(_message.Message):
     MODEL_FIELD_NUMBER: _builtins.int
     REPLAYED_FIELD_NUMBER: _builtins.int
     MEMORY_DEGRADED_FIELD_NUMBER: _builtins.int
+    VARIANT_FIELD_NUMBER: _builtins.int
     conversation_id: _builtins.str
     """The conversation (new or existing)."""
     user_message_id: _builtins.str
@@ -288,6 +289,8 @@ class TurnStarted(_message.Message):
     """True when this is a replay of an answer generated earlier for the same client_message_id."""
     memory_degraded: _builtins.bool
     """True when memory could not be reached and the answer runs without recalled context."""
+    variant: _builtins.str
+    """The A/B variant that answers ("default" without variants; later NAME@VERSION)."""
     def __init__(
         self,
         *,
@@ -297,10 +300,11 @@ class TurnStarted(_message.Message):
         model: _builtins.str = ...,
         replayed: _builtins.bool = ...,
         memory_degraded: _builtins.bool = ...,
+        variant: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["assistant_message_id", b"assistant_message_id", "conversation_id", b"conversation_id", "memory_degraded", b"memory_degraded", "model", b"model", "replayed", b"replayed", "user_message_id", b"user_message_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["assistant_message_id", b"assistant_message_id", "conversation_id", b"conversation_id", "memory_degraded", b"memory_degraded", "model", b"model", "replayed", b"replayed", "user_message_id", b"user_message_id", "variant", b"variant"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

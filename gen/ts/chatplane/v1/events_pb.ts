@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file chatplane/v1/events.proto.
  */
 export const file_chatplane_v1_events: GenFile = /*@__PURE__*/
-  fileDesc("ChljaGF0cGxhbmUvdjEvZXZlbnRzLnByb3RvEgxjaGF0cGxhbmUudjEidQoPTWVzc2FnZVJlY29yZGVkEhYKDnNjaGVtYV92ZXJzaW9uGAEgASgFEhEKCXRlbmFudF9pZBgCIAEoCRIPCgd1c2VyX2lkGAMgASgJEiYKB21lc3NhZ2UYBCABKAsyFS5jaGF0cGxhbmUudjEuTWVzc2FnZUJAWj5naXRodWIuY29tL2NoYXRwbGFuZS9jaGF0cGxhbmUvZ2VuL2dvL2NoYXRwbGFuZS92MTtjaGF0cGxhbmV2MWIGcHJvdG8z", [file_chatplane_v1_resources]);
+  fileDesc("ChljaGF0cGxhbmUvdjEvZXZlbnRzLnByb3RvEgxjaGF0cGxhbmUudjEi4AEKD01lc3NhZ2VSZWNvcmRlZBIWCg5zY2hlbWFfdmVyc2lvbhgBIAEoBRIRCgl0ZW5hbnRfaWQYAiABKAkSDwoHdXNlcl9pZBgDIAEoCRImCgdtZXNzYWdlGAQgASgLMhUuY2hhdHBsYW5lLnYxLk1lc3NhZ2USDwoHdmFyaWFudBgyIAEoCRIbCg5maXJzdF90b2tlbl9tcxgzIAEoA0gAiAEBEhgKC2R1cmF0aW9uX21zGDQgASgDSAGIAQFCEQoPX2ZpcnN0X3Rva2VuX21zQg4KDF9kdXJhdGlvbl9tc0JAWj5naXRodWIuY29tL2NoYXRwbGFuZS9jaGF0cGxhbmUvZ2VuL2dvL2NoYXRwbGFuZS92MTtjaGF0cGxhbmV2MWIGcHJvdG8z", [file_chatplane_v1_resources]);
 
 /**
  * A record of the message log (topic chatplane.messages, keyed by conversation id): one
@@ -48,6 +48,29 @@ export type MessageRecorded = Message<"chatplane.v1.MessageRecorded"> & {
    * @generated from field: chatplane.v1.Message message = 4;
    */
   message?: Message$1 | undefined;
+
+  /**
+   * The A/B variant that wrote an assistant message ("default" without variants; later
+   * NAME@VERSION). Empty for user messages; an assistant message without it is "default".
+   *
+   * @generated from field: string variant = 50;
+   */
+  variant: string;
+
+  /**
+   * Milliseconds from the turn's start at the Agent to the answer's first token (assistant
+   * messages that got one).
+   *
+   * @generated from field: optional int64 first_token_ms = 51;
+   */
+  firstTokenMs?: bigint | undefined;
+
+  /**
+   * Milliseconds from the turn's start at the Agent to the answer's end (assistant messages).
+   *
+   * @generated from field: optional int64 duration_ms = 52;
+   */
+  durationMs?: bigint | undefined;
 };
 
 /**

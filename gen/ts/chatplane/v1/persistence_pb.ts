@@ -16,7 +16,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file chatplane/v1/persistence.proto.
  */
 export const file_chatplane_v1_persistence: GenFile = /*@__PURE__*/
-  fileDesc("Ch5jaGF0cGxhbmUvdjEvcGVyc2lzdGVuY2UucHJvdG8SDGNoYXRwbGFuZS52MSIrCgVPd25lchIRCgl0ZW5hbnRfaWQYASABKAkSDwoHdXNlcl9pZBgCIAEoCSLCAQoQQmVnaW5UdXJuUmVxdWVzdBIiCgVvd25lchgBIAEoCzITLmNoYXRwbGFuZS52MS5Pd25lchIXCg9jb252ZXJzYXRpb25faWQYAiABKAkSGQoRY2xpZW50X21lc3NhZ2VfaWQYAyABKAkSFwoPdXNlcl9tZXNzYWdlX2lkGAQgASgJEhwKFGFzc2lzdGFudF9tZXNzYWdlX2lkGAUgASgJEg0KBXRpdGxlGAYgASgJEhAKCGxlYXNlX21zGAcgASgDIoQBChFCZWdpblR1cm5SZXNwb25zZRIXCg9jb252ZXJzYXRpb25faWQYASABKAkSFwoPdXNlcl9tZXNzYWdlX2lkGAIgASgJEhwKFGFzc2lzdGFudF9tZXNzYWdlX2lkGAMgASgJEg0KBW93bmVyGAQgASgIEhAKCGNvbXBsZXRlGAUgASgIIk0KDkdldFR1cm5SZXF1ZXN0EiIKBW93bmVyGAEgASgLMhMuY2hhdHBsYW5lLnYxLk93bmVyEhcKD3VzZXJfbWVzc2FnZV9pZBgCIAEoCSKnAQoPR2V0VHVyblJlc3BvbnNlEisKDHVzZXJfbWVzc2FnZRgBIAEoCzIVLmNoYXRwbGFuZS52MS5NZXNzYWdlEjAKEWFzc2lzdGFudF9tZXNzYWdlGAIgASgLMhUuY2hhdHBsYW5lLnYxLk1lc3NhZ2USNQoRbGVhc2VfZXhwaXJlX3RpbWUYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIlEKElJlbGVhc2VUdXJuUmVxdWVzdBIiCgVvd25lchgBIAEoCzITLmNoYXRwbGFuZS52MS5Pd25lchIXCg91c2VyX21lc3NhZ2VfaWQYAiABKAkiJwoTUmVsZWFzZVR1cm5SZXNwb25zZRIQCghyZWxlYXNlZBgBIAEoCCKGAQoqUGVyc2lzdGVuY2VTZXJ2aWNlTGlzdENvbnZlcnNhdGlvbnNSZXF1ZXN0EiIKBW93bmVyGAEgASgLMhMuY2hhdHBsYW5lLnYxLk93bmVyEjQKBHBhZ2UYAiABKAsyJi5jaGF0cGxhbmUudjEuTGlzdENvbnZlcnNhdGlvbnNSZXF1ZXN0ImQKK1BlcnNpc3RlbmNlU2VydmljZUxpc3RDb252ZXJzYXRpb25zUmVzcG9uc2USNQoEcGFnZRgBIAEoCzInLmNoYXRwbGFuZS52MS5MaXN0Q29udmVyc2F0aW9uc1Jlc3BvbnNlIoUBCihQZXJzaXN0ZW5jZVNlcnZpY2VHZXRDb252ZXJzYXRpb25SZXF1ZXN0EiIKBW93bmVyGAEgASgLMhMuY2hhdHBsYW5lLnYxLk93bmVyEjUKB3JlcXVlc3QYAiABKAsyJC5jaGF0cGxhbmUudjEuR2V0Q29udmVyc2F0aW9uUmVxdWVzdCJkCilQZXJzaXN0ZW5jZVNlcnZpY2VHZXRDb252ZXJzYXRpb25SZXNwb25zZRI3CghyZXNwb25zZRgBIAEoCzIlLmNoYXRwbGFuZS52MS5HZXRDb252ZXJzYXRpb25SZXNwb25zZSJqCitQZXJzaXN0ZW5jZVNlcnZpY2VEZWxldGVDb252ZXJzYXRpb25SZXF1ZXN0EiIKBW93bmVyGAEgASgLMhMuY2hhdHBsYW5lLnYxLk93bmVyEhcKD2NvbnZlcnNhdGlvbl9pZBgCIAEoCSJfCixQZXJzaXN0ZW5jZVNlcnZpY2VEZWxldGVDb252ZXJzYXRpb25SZXNwb25zZRIvCgtkZWxldGVfdGltZRgBIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAihAEKJ1BlcnNpc3RlbmNlU2VydmljZVN1Ym1pdEZlZWRiYWNrUmVxdWVzdBIiCgVvd25lchgBIAEoCzITLmNoYXRwbGFuZS52MS5Pd25lchI1CghmZWVkYmFjaxgCIAEoCzIjLmNoYXRwbGFuZS52MS5TdWJtaXRGZWVkYmFja1JlcXVlc3QiWwooUGVyc2lzdGVuY2VTZXJ2aWNlU3VibWl0RmVlZGJhY2tSZXNwb25zZRIvCgtjcmVhdGVfdGltZRgBIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiVwoTQ3JlYXRlQXBpS2V5UmVxdWVzdBIiCgVvd25lchgBIAEoCzITLmNoYXRwbGFuZS52MS5Pd25lchINCgVsYWJlbBgCIAEoCRINCgVyb2xlcxgDIAMoCSI3ChRDcmVhdGVBcGlLZXlSZXNwb25zZRIPCgdhcGlfa2V5GAEgASgJEg4KBmtleV9pZBgCIAEoCSIiChBHZXRBcGlLZXlSZXF1ZXN0Eg4KBmtleV9pZBgBIAEoCSJuChFHZXRBcGlLZXlSZXNwb25zZRIiCgVvd25lchgBIAEoCzITLmNoYXRwbGFuZS52MS5Pd25lchIVCg1zZWNyZXRfc2hhMjU2GAIgASgMEg8KB3Jldm9rZWQYAyABKAgSDQoFcm9sZXMYBCADKAkywgcKElBlcnNpc3RlbmNlU2VydmljZRJMCglCZWdpblR1cm4SHi5jaGF0cGxhbmUudjEuQmVnaW5UdXJuUmVxdWVzdBofLmNoYXRwbGFuZS52MS5CZWdpblR1cm5SZXNwb25zZRJGCgdHZXRUdXJuEhwuY2hhdHBsYW5lLnYxLkdldFR1cm5SZXF1ZXN0Gh0uY2hhdHBsYW5lLnYxLkdldFR1cm5SZXNwb25zZRJSCgtSZWxlYXNlVHVybhIgLmNoYXRwbGFuZS52MS5SZWxlYXNlVHVyblJlcXVlc3QaIS5jaGF0cGxhbmUudjEuUmVsZWFzZVR1cm5SZXNwb25zZRKIAQoRTGlzdENvbnZlcnNhdGlvbnMSOC5jaGF0cGxhbmUudjEuUGVyc2lzdGVuY2VTZXJ2aWNlTGlzdENvbnZlcnNhdGlvbnNSZXF1ZXN0GjkuY2hhdHBsYW5lLnYxLlBlcnNpc3RlbmNlU2VydmljZUxpc3RDb252ZXJzYXRpb25zUmVzcG9uc2USggEKD0dldENvbnZlcnNhdGlvbhI2LmNoYXRwbGFuZS52MS5QZXJzaXN0ZW5jZVNlcnZpY2VHZXRDb252ZXJzYXRpb25SZXF1ZXN0GjcuY2hhdHBsYW5lLnYxLlBlcnNpc3RlbmNlU2VydmljZUdldENvbnZlcnNhdGlvblJlc3BvbnNlEosBChJEZWxldGVDb252ZXJzYXRpb24SOS5jaGF0cGxhbmUudjEuUGVyc2lzdGVuY2VTZXJ2aWNlRGVsZXRlQ29udmVyc2F0aW9uUmVxdWVzdBo6LmNoYXRwbGFuZS52MS5QZXJzaXN0ZW5jZVNlcnZpY2VEZWxldGVDb252ZXJzYXRpb25SZXNwb25zZRJ/Cg5TdWJtaXRGZWVkYmFjaxI1LmNoYXRwbGFuZS52MS5QZXJzaXN0ZW5jZVNlcnZpY2VTdWJtaXRGZWVkYmFja1JlcXVlc3QaNi5jaGF0cGxhbmUudjEuUGVyc2lzdGVuY2VTZXJ2aWNlU3VibWl0RmVlZGJhY2tSZXNwb25zZRJVCgxDcmVhdGVBcGlLZXkSIS5jaGF0cGxhbmUudjEuQ3JlYXRlQXBpS2V5UmVxdWVzdBoiLmNoYXRwbGFuZS52MS5DcmVhdGVBcGlLZXlSZXNwb25zZRJMCglHZXRBcGlLZXkSHi5jaGF0cGxhbmUudjEuR2V0QXBpS2V5UmVxdWVzdBofLmNoYXRwbGFuZS52MS5HZXRBcGlLZXlSZXNwb25zZUJAWj5naXRodWIuY29tL2NoYXRwbGFuZS9jaGF0cGxhbmUvZ2VuL2dvL2NoYXRwbGFuZS92MTtjaGF0cGxhbmV2MWIGcHJvdG8z", [file_chatplane_v1_gateway, file_chatplane_v1_resources, file_google_protobuf_timestamp]);
+  fileDesc("Ch5jaGF0cGxhbmUvdjEvcGVyc2lzdGVuY2UucHJvdG8SDGNoYXRwbGFuZS52MSIrCgVPd25lchIRCgl0ZW5hbnRfaWQYASABKAkSDwoHdXNlcl9pZBgCIAEoCSLCAQoQQmVnaW5UdXJuUmVxdWVzdBIiCgVvd25lchgBIAEoCzITLmNoYXRwbGFuZS52MS5Pd25lchIXCg9jb252ZXJzYXRpb25faWQYAiABKAkSGQoRY2xpZW50X21lc3NhZ2VfaWQYAyABKAkSFwoPdXNlcl9tZXNzYWdlX2lkGAQgASgJEhwKFGFzc2lzdGFudF9tZXNzYWdlX2lkGAUgASgJEg0KBXRpdGxlGAYgASgJEhAKCGxlYXNlX21zGAcgASgDIoQBChFCZWdpblR1cm5SZXNwb25zZRIXCg9jb252ZXJzYXRpb25faWQYASABKAkSFwoPdXNlcl9tZXNzYWdlX2lkGAIgASgJEhwKFGFzc2lzdGFudF9tZXNzYWdlX2lkGAMgASgJEg0KBW93bmVyGAQgASgIEhAKCGNvbXBsZXRlGAUgASgIIk0KDkdldFR1cm5SZXF1ZXN0EiIKBW93bmVyGAEgASgLMhMuY2hhdHBsYW5lLnYxLk93bmVyEhcKD3VzZXJfbWVzc2FnZV9pZBgCIAEoCSKnAQoPR2V0VHVyblJlc3BvbnNlEisKDHVzZXJfbWVzc2FnZRgBIAEoCzIVLmNoYXRwbGFuZS52MS5NZXNzYWdlEjAKEWFzc2lzdGFudF9tZXNzYWdlGAIgASgLMhUuY2hhdHBsYW5lLnYxLk1lc3NhZ2USNQoRbGVhc2VfZXhwaXJlX3RpbWUYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIlEKElJlbGVhc2VUdXJuUmVxdWVzdBIiCgVvd25lchgBIAEoCzITLmNoYXRwbGFuZS52MS5Pd25lchIXCg91c2VyX21lc3NhZ2VfaWQYAiABKAkiJwoTUmVsZWFzZVR1cm5SZXNwb25zZRIQCghyZWxlYXNlZBgBIAEoCCKGAQoqUGVyc2lzdGVuY2VTZXJ2aWNlTGlzdENvbnZlcnNhdGlvbnNSZXF1ZXN0EiIKBW93bmVyGAEgASgLMhMuY2hhdHBsYW5lLnYxLk93bmVyEjQKBHBhZ2UYAiABKAsyJi5jaGF0cGxhbmUudjEuTGlzdENvbnZlcnNhdGlvbnNSZXF1ZXN0ImQKK1BlcnNpc3RlbmNlU2VydmljZUxpc3RDb252ZXJzYXRpb25zUmVzcG9uc2USNQoEcGFnZRgBIAEoCzInLmNoYXRwbGFuZS52MS5MaXN0Q29udmVyc2F0aW9uc1Jlc3BvbnNlIoUBCihQZXJzaXN0ZW5jZVNlcnZpY2VHZXRDb252ZXJzYXRpb25SZXF1ZXN0EiIKBW93bmVyGAEgASgLMhMuY2hhdHBsYW5lLnYxLk93bmVyEjUKB3JlcXVlc3QYAiABKAsyJC5jaGF0cGxhbmUudjEuR2V0Q29udmVyc2F0aW9uUmVxdWVzdCJkCilQZXJzaXN0ZW5jZVNlcnZpY2VHZXRDb252ZXJzYXRpb25SZXNwb25zZRI3CghyZXNwb25zZRgBIAEoCzIlLmNoYXRwbGFuZS52MS5HZXRDb252ZXJzYXRpb25SZXNwb25zZSJqCitQZXJzaXN0ZW5jZVNlcnZpY2VEZWxldGVDb252ZXJzYXRpb25SZXF1ZXN0EiIKBW93bmVyGAEgASgLMhMuY2hhdHBsYW5lLnYxLk93bmVyEhcKD2NvbnZlcnNhdGlvbl9pZBgCIAEoCSJfCixQZXJzaXN0ZW5jZVNlcnZpY2VEZWxldGVDb252ZXJzYXRpb25SZXNwb25zZRIvCgtkZWxldGVfdGltZRgBIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAihAEKJ1BlcnNpc3RlbmNlU2VydmljZVN1Ym1pdEZlZWRiYWNrUmVxdWVzdBIiCgVvd25lchgBIAEoCzITLmNoYXRwbGFuZS52MS5Pd25lchI1CghmZWVkYmFjaxgCIAEoCzIjLmNoYXRwbGFuZS52MS5TdWJtaXRGZWVkYmFja1JlcXVlc3QiWwooUGVyc2lzdGVuY2VTZXJ2aWNlU3VibWl0RmVlZGJhY2tSZXNwb25zZRIvCgtjcmVhdGVfdGltZRgBIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiVwoTQ3JlYXRlQXBpS2V5UmVxdWVzdBIiCgVvd25lchgBIAEoCzITLmNoYXRwbGFuZS52MS5Pd25lchINCgVsYWJlbBgCIAEoCRINCgVyb2xlcxgDIAMoCSI3ChRDcmVhdGVBcGlLZXlSZXNwb25zZRIPCgdhcGlfa2V5GAEgASgJEg4KBmtleV9pZBgCIAEoCSIiChBHZXRBcGlLZXlSZXF1ZXN0Eg4KBmtleV9pZBgBIAEoCSJuChFHZXRBcGlLZXlSZXNwb25zZRIiCgVvd25lchgBIAEoCzITLmNoYXRwbGFuZS52MS5Pd25lchIVCg1zZWNyZXRfc2hhMjU2GAIgASgMEg8KB3Jldm9rZWQYAyABKAgSDQoFcm9sZXMYBCADKAkiVQoVUmVwb3J0VmFyaWFudHNSZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCRIpCgVzaW5jZRgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiyQMKDVZhcmlhbnRSZXBvcnQSDwoHdmFyaWFudBgBIAEoCRIPCgdhbnN3ZXJzGAIgASgDEhsKE2ludGVycnVwdGVkX2Fuc3dlcnMYAyABKAMSFgoOZmVlZGJhY2tfY291bnQYBCABKAMSFAoMc2NvcmVkX2NvdW50GAUgASgDEhcKCm1lYW5fc2NvcmUYBiABKAFIAIgBARIXCg90aHVtYnNfdXBfY291bnQYByABKAMSGwoOdGh1bWJzX3VwX3JhdGUYCCABKAFIAYgBARIgChNtZWFuX2ZpcnN0X3Rva2VuX21zGAkgASgBSAKIAQESHQoQbWVhbl9kdXJhdGlvbl9tcxgKIAEoAUgDiAEBEh4KEW1lYW5faW5wdXRfdG9rZW5zGAsgASgBSASIAQESHwoSbWVhbl9vdXRwdXRfdG9rZW5zGAwgASgBSAWIAQFCDQoLX21lYW5fc2NvcmVCEQoPX3RodW1ic191cF9yYXRlQhYKFF9tZWFuX2ZpcnN0X3Rva2VuX21zQhMKEV9tZWFuX2R1cmF0aW9uX21zQhQKEl9tZWFuX2lucHV0X3Rva2Vuc0IVChNfbWVhbl9vdXRwdXRfdG9rZW5zIkcKFlJlcG9ydFZhcmlhbnRzUmVzcG9uc2USLQoIdmFyaWFudHMYASADKAsyGy5jaGF0cGxhbmUudjEuVmFyaWFudFJlcG9ydDKfCAoSUGVyc2lzdGVuY2VTZXJ2aWNlEkwKCUJlZ2luVHVybhIeLmNoYXRwbGFuZS52MS5CZWdpblR1cm5SZXF1ZXN0Gh8uY2hhdHBsYW5lLnYxLkJlZ2luVHVyblJlc3BvbnNlEkYKB0dldFR1cm4SHC5jaGF0cGxhbmUudjEuR2V0VHVyblJlcXVlc3QaHS5jaGF0cGxhbmUudjEuR2V0VHVyblJlc3BvbnNlElIKC1JlbGVhc2VUdXJuEiAuY2hhdHBsYW5lLnYxLlJlbGVhc2VUdXJuUmVxdWVzdBohLmNoYXRwbGFuZS52MS5SZWxlYXNlVHVyblJlc3BvbnNlEogBChFMaXN0Q29udmVyc2F0aW9ucxI4LmNoYXRwbGFuZS52MS5QZXJzaXN0ZW5jZVNlcnZpY2VMaXN0Q29udmVyc2F0aW9uc1JlcXVlc3QaOS5jaGF0cGxhbmUudjEuUGVyc2lzdGVuY2VTZXJ2aWNlTGlzdENvbnZlcnNhdGlvbnNSZXNwb25zZRKCAQoPR2V0Q29udmVyc2F0aW9uEjYuY2hhdHBsYW5lLnYxLlBlcnNpc3RlbmNlU2VydmljZUdldENvbnZlcnNhdGlvblJlcXVlc3QaNy5jaGF0cGxhbmUudjEuUGVyc2lzdGVuY2VTZXJ2aWNlR2V0Q29udmVyc2F0aW9uUmVzcG9uc2USiwEKEkRlbGV0ZUNvbnZlcnNhdGlvbhI5LmNoYXRwbGFuZS52MS5QZXJzaXN0ZW5jZVNlcnZpY2VEZWxldGVDb252ZXJzYXRpb25SZXF1ZXN0GjouY2hhdHBsYW5lLnYxLlBlcnNpc3RlbmNlU2VydmljZURlbGV0ZUNvbnZlcnNhdGlvblJlc3BvbnNlEn8KDlN1Ym1pdEZlZWRiYWNrEjUuY2hhdHBsYW5lLnYxLlBlcnNpc3RlbmNlU2VydmljZVN1Ym1pdEZlZWRiYWNrUmVxdWVzdBo2LmNoYXRwbGFuZS52MS5QZXJzaXN0ZW5jZVNlcnZpY2VTdWJtaXRGZWVkYmFja1Jlc3BvbnNlElUKDENyZWF0ZUFwaUtleRIhLmNoYXRwbGFuZS52MS5DcmVhdGVBcGlLZXlSZXF1ZXN0GiIuY2hhdHBsYW5lLnYxLkNyZWF0ZUFwaUtleVJlc3BvbnNlEkwKCUdldEFwaUtleRIeLmNoYXRwbGFuZS52MS5HZXRBcGlLZXlSZXF1ZXN0Gh8uY2hhdHBsYW5lLnYxLkdldEFwaUtleVJlc3BvbnNlElsKDlJlcG9ydFZhcmlhbnRzEiMuY2hhdHBsYW5lLnYxLlJlcG9ydFZhcmlhbnRzUmVxdWVzdBokLmNoYXRwbGFuZS52MS5SZXBvcnRWYXJpYW50c1Jlc3BvbnNlQkBaPmdpdGh1Yi5jb20vY2hhdHBsYW5lL2NoYXRwbGFuZS9nZW4vZ28vY2hhdHBsYW5lL3YxO2NoYXRwbGFuZXYxYgZwcm90bzM", [file_chatplane_v1_gateway, file_chatplane_v1_resources, file_google_protobuf_timestamp]);
 
 /**
  * The tenant and user a call acts for.
@@ -594,6 +594,153 @@ export const GetApiKeyResponseSchema: GenMessage<GetApiKeyResponse> = /*@__PURE_
   messageDesc(file_chatplane_v1_persistence, 18);
 
 /**
+ * Asks for the per-variant report.
+ *
+ * @generated from message chatplane.v1.ReportVariantsRequest
+ */
+export type ReportVariantsRequest = Message<"chatplane.v1.ReportVariantsRequest"> & {
+  /**
+   * Only this tenant's answers; empty means every tenant.
+   *
+   * @generated from field: string tenant_id = 1;
+   */
+  tenantId: string;
+
+  /**
+   * Only answers created at or after this time; absent means since the beginning.
+   *
+   * @generated from field: google.protobuf.Timestamp since = 2;
+   */
+  since?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message chatplane.v1.ReportVariantsRequest.
+ * Use `create(ReportVariantsRequestSchema)` to create a new message.
+ */
+export const ReportVariantsRequestSchema: GenMessage<ReportVariantsRequest> = /*@__PURE__*/
+  messageDesc(file_chatplane_v1_persistence, 19);
+
+/**
+ * What the answers of one variant got.
+ *
+ * @generated from message chatplane.v1.VariantReport
+ */
+export type VariantReport = Message<"chatplane.v1.VariantReport"> & {
+  /**
+   * The variant ("default" for answers without one).
+   *
+   * @generated from field: string variant = 1;
+   */
+  variant: string;
+
+  /**
+   * Assistant messages stored (complete and interrupted).
+   *
+   * @generated from field: int64 answers = 2;
+   */
+  answers: bigint;
+
+  /**
+   * Of those, interrupted ones (cut by the client or a provider failure).
+   *
+   * @generated from field: int64 interrupted_answers = 3;
+   */
+  interruptedAnswers: bigint;
+
+  /**
+   * Answers with feedback.
+   *
+   * @generated from field: int64 feedback_count = 4;
+   */
+  feedbackCount: bigint;
+
+  /**
+   * Answers whose feedback has a numeric score (1-5).
+   *
+   * @generated from field: int64 scored_count = 5;
+   */
+  scoredCount: bigint;
+
+  /**
+   * Mean of the scores (absent when none).
+   *
+   * @generated from field: optional double mean_score = 6;
+   */
+  meanScore?: number | undefined;
+
+  /**
+   * Feedback with a thumbs up.
+   *
+   * @generated from field: int64 thumbs_up_count = 7;
+   */
+  thumbsUpCount: bigint;
+
+  /**
+   * thumbs_up_count / feedback_count (absent without feedback).
+   *
+   * @generated from field: optional double thumbs_up_rate = 8;
+   */
+  thumbsUpRate?: number | undefined;
+
+  /**
+   * Mean milliseconds to the first token, over complete answers that recorded it.
+   *
+   * @generated from field: optional double mean_first_token_ms = 9;
+   */
+  meanFirstTokenMs?: number | undefined;
+
+  /**
+   * Mean milliseconds to the end of the answer, over complete answers that recorded it.
+   *
+   * @generated from field: optional double mean_duration_ms = 10;
+   */
+  meanDurationMs?: number | undefined;
+
+  /**
+   * Mean input tokens, over complete answers.
+   *
+   * @generated from field: optional double mean_input_tokens = 11;
+   */
+  meanInputTokens?: number | undefined;
+
+  /**
+   * Mean output tokens, over complete answers.
+   *
+   * @generated from field: optional double mean_output_tokens = 12;
+   */
+  meanOutputTokens?: number | undefined;
+};
+
+/**
+ * Describes the message chatplane.v1.VariantReport.
+ * Use `create(VariantReportSchema)` to create a new message.
+ */
+export const VariantReportSchema: GenMessage<VariantReport> = /*@__PURE__*/
+  messageDesc(file_chatplane_v1_persistence, 20);
+
+/**
+ * The per-variant report.
+ *
+ * @generated from message chatplane.v1.ReportVariantsResponse
+ */
+export type ReportVariantsResponse = Message<"chatplane.v1.ReportVariantsResponse"> & {
+  /**
+   * One entry per variant with answers, by variant name.
+   *
+   * @generated from field: repeated chatplane.v1.VariantReport variants = 1;
+   */
+  variants: VariantReport[];
+};
+
+/**
+ * Describes the message chatplane.v1.ReportVariantsResponse.
+ * Use `create(ReportVariantsResponseSchema)` to create a new message.
+ */
+export const ReportVariantsResponseSchema: GenMessage<ReportVariantsResponse> = /*@__PURE__*/
+  messageDesc(file_chatplane_v1_persistence, 21);
+
+/**
  * The system of record: conversations, turns, messages (written through the message log),
  * feedback and API keys. Internal: called by the Gateway and admin tools. Every call names
  * the tenant and user it acts for; objects of anyone else are NOT_FOUND.
@@ -692,6 +839,17 @@ export const PersistenceService: GenService<{
     methodKind: "unary";
     input: typeof GetApiKeyRequestSchema;
     output: typeof GetApiKeyResponseSchema;
+  },
+  /**
+   * Aggregates answers and their feedback per A/B variant (admin tools: `chatplane report
+   * variants`); computed in SQL by the store.
+   *
+   * @generated from rpc chatplane.v1.PersistenceService.ReportVariants
+   */
+  reportVariants: {
+    methodKind: "unary";
+    input: typeof ReportVariantsRequestSchema;
+    output: typeof ReportVariantsResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_chatplane_v1_persistence, 0);

@@ -99,6 +99,12 @@ class Message:
     input_tokens: int = 0
     output_tokens: int = 0
     client_message_id: str = ""
+    # A/B variants (assistant messages; docs/variants.md): the variant that answered ("" is
+    # stored as "default") and milliseconds from the turn's start to the first token and to
+    # the end (None: not measured).
+    variant: str = ""
+    first_token_ms: int | None = None
+    duration_ms: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,6 +166,8 @@ class Feedback:
     message_id: str
     rating: Rating
     comment: str = ""
+    # An optional numeric rating, 1 (worst) to 5 (best).
+    score: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,6 +225,30 @@ class ConversationHistory:
     conversation: Conversation
     messages: tuple[Message, ...]
     next_cursor: MessageCursor | None
+
+
+@dataclass(frozen=True, slots=True)
+class VariantStats:
+    """What the answers of one variant got. Means are None when nothing was there to
+    average; latencies and tokens are averaged over complete answers only (an interrupted
+    answer measures where it was cut, not the variant)."""
+
+    variant: str
+    answers: int
+    interrupted_answers: int
+    feedback_count: int
+    scored_count: int
+    mean_score: float | None
+    thumbs_up_count: int
+    mean_first_token_ms: float | None
+    mean_duration_ms: float | None
+    mean_input_tokens: float | None
+    mean_output_tokens: float | None
+
+    @property
+    def thumbs_up_rate(self) -> float | None:
+        """Thumbs up among the answers with feedback."""
+        return self.thumbs_up_count / self.feedback_count if self.feedback_count else None
 
 
 class MessagesRejected(Exception):
@@ -345,6 +377,14 @@ class ConversationStore(AsyncClosable):
         scanning are included when their id sorts after the cursor; a rebuild that must not
         miss any runs alongside the live path that also indexes new turns.
         """
+
+    @abc.abstractmethod
+    async def report_variants(
+        self, tenant_id: str | None = None, since: datetime | None = None
+    ) -> list[VariantStats]:
+        """Answers and their feedback aggregated per A/B variant, by variant name: of one
+        tenant (None: all) and created at or after `since` (None: all). Not scoped to an
+        owner: for admin tools only."""
 
     @abc.abstractmethod
     async def close(self) -> None:

@@ -17,6 +17,13 @@ from typing import Any, Self, TypeVar
 
 from chatplane.common import errors
 from chatplane.common.ids import is_valid_id, new_id
+from chatplane.persistence.store.answer_metrics import (
+    ANSWER_METRICS_COLUMNS,
+    VariantStats,
+    answer_metric_rows,
+    report_query,
+    stats_from_row,
+)
 from chatplane.persistence.store.base import (
     ApiKey,
     Clock,
@@ -203,6 +210,11 @@ class SqliteConversationStore(ConversationStore):
             return 0
         return await self._run(functools.partial(self._write_messages, tuple(messages)))
 
+    async def report_variants(
+        self, tenant_id: str | None = None, since: datetime | None = None
+    ) -> list[VariantStats]:
+        return await self._run(functools.partial(_report_variants, tenant_id, since))
+
     async def close(self) -> None:
         if self._closed:
             return
@@ -330,11 +342,11 @@ class SqliteConversationStore(ConversationStore):
                 raise errors.NotFound("assistant message not found")
             connection.execute(
                 "INSERT INTO feedback"
-                " (message_id, tenant_id, user_id, rating, comment, create_time_us)"
-                " VALUES (?, ?, ?, ?, ?, ?)"
+                " (message_id, tenant_id, user_id, rating, comment, create_time_us, score)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)"
                 " ON CONFLICT (message_id, tenant_id, user_id) DO UPDATE SET"
                 " rating = excluded.rating, comment = excluded.comment,"
-                " create_time_us = excluded.create_time_us",
+                " create_time_us = excluded.create_time_us, score = excluded.score",
                 (
                     feedback.message_id,
                     owner.tenant_id,
@@ -342,6 +354,7 @@ class SqliteConversationStore(ConversationStore):
                     feedback.rating.value,
                     feedback.comment,
                     now_us,
+                    feedback.score,
                 ),
             )
         return from_micros(now_us)
@@ -370,6 +383,11 @@ class SqliteConversationStore(ConversationStore):
                 f"INSERT INTO messages ({_MESSAGE_COLUMNS}, store_time_us)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [(*_message_row(m), now_us) for m in accepted],
+            )
+            connection.executemany(
+                f"INSERT INTO answer_metrics ({ANSWER_METRICS_COLUMNS}, create_time_us)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                answer_metric_rows(accepted, to_micros),
             )
             growth: dict[str, tuple[int, int]] = {}
             for m in accepted:
@@ -610,6 +628,21 @@ def _iter_messages(after: str | None, limit: int, connection: sqlite3.Connection
         parameters.append(after)
     query += " ORDER BY message_id LIMIT ?"
     return [_message_from_row(row) for row in connection.execute(query, [*parameters, limit])]
+
+
+def _report_variants(
+    tenant_id: str | None, since: datetime | None, connection: sqlite3.Connection
+) -> list[VariantStats]:
+    query = report_query(
+        time_column="create_time_us",
+        placeholder="?",
+        tenant=tenant_id is not None,
+        since=since is not None,
+    )
+    parameters: list[Any] = [] if tenant_id is None else [tenant_id]
+    if since is not None:
+        parameters.append(to_micros(since))
+    return [stats_from_row(row) for row in connection.execute(query, parameters)]
 
 
 def _insert_api_key(record: ApiKey, connection: sqlite3.Connection) -> None:

@@ -1,0 +1,24 @@
+-- A/B variants (docs/variants.md). One row per stored assistant message: the variant that
+-- answered and how fast (from the turn's start at the Agent; NULL when not measured). A
+-- table of its own, written with the message in the same transaction, so the message
+-- columns stay as they are.
+CREATE TABLE answer_metrics (
+    message_id text COLLATE "C" PRIMARY KEY REFERENCES messages (message_id) ON DELETE CASCADE,
+    tenant_id text NOT NULL,
+    variant text COLLATE "C" NOT NULL CHECK (variant <> ''),
+    first_token_ms bigint CHECK (first_token_ms >= 0),
+    duration_ms bigint CHECK (duration_ms >= 0),
+    create_time timestamptz NOT NULL
+);
+
+-- ReportVariants: one tenant's answers since a time, or every tenant's.
+CREATE INDEX answer_metrics_by_tenant_time ON answer_metrics (tenant_id, create_time);
+CREATE INDEX answer_metrics_by_time ON answer_metrics (create_time);
+
+-- Answers stored before variants existed were given with the settings alone: 'default'.
+INSERT INTO answer_metrics (message_id, tenant_id, variant, create_time)
+    SELECT message_id, tenant_id, 'default', create_time FROM messages
+    WHERE role = 'assistant';
+
+-- An optional numeric rating (1-5) next to the thumbs.
+ALTER TABLE feedback ADD COLUMN score integer CHECK (score BETWEEN 1 AND 5);
