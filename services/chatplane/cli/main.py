@@ -311,3 +311,6 @@ cli.add_command(memory)
 from chatplane.cli.status import status  # noqa: E402
 
 cli.add_command(status)
+from chatplane.cli.report import report  # noqa: E402
+
+cli.add_command(report)
