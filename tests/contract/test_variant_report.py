@@ -114,34 +114,78 @@ async def test_report_aggregates_per_variant(
     store: ConversationStore, make_message: MessageFactory, clock: FakeClock
 ) -> None:
     a1 = await _answer(
-        store, make_message, ALICE, "a", first_token_ms=100, duration_ms=1000,
-        input_tokens=10, output_tokens=5,
-    )  # fmt: skip
+        store,
+        make_message,
+        ALICE,
+        "a",
+        first_token_ms=100,
+        duration_ms=1000,
+        input_tokens=10,
+        output_tokens=5,
+    )
     a2 = await _answer(
-        store, make_message, BOB, "a", first_token_ms=200, duration_ms=2000,
-        input_tokens=20, output_tokens=6,
-    )  # fmt: skip
+        store,
+        make_message,
+        BOB,
+        "a",
+        first_token_ms=200,
+        duration_ms=2000,
+        input_tokens=20,
+        output_tokens=6,
+    )
     a3 = await _answer(
-        store, make_message, ALICE, "a", first_token_ms=300, duration_ms=3000,
-        input_tokens=30, output_tokens=7, days_ago=10,
-    )  # fmt: skip
+        store,
+        make_message,
+        ALICE,
+        "a",
+        first_token_ms=300,
+        duration_ms=3000,
+        input_tokens=30,
+        output_tokens=7,
+        days_ago=10,
+    )
     # Interrupted: counted as an answer, left out of the means.
     await _answer(
-        store, make_message, ALICE, "a", first_token_ms=5, duration_ms=6,
-        input_tokens=999, output_tokens=1, status=MessageStatus.INTERRUPTED,
-    )  # fmt: skip
+        store,
+        make_message,
+        ALICE,
+        "a",
+        first_token_ms=5,
+        duration_ms=6,
+        input_tokens=999,
+        output_tokens=1,
+        status=MessageStatus.INTERRUPTED,
+    )
     b1 = await _answer(
-        store, make_message, BOB, "b", first_token_ms=None, duration_ms=500,
-        input_tokens=8, output_tokens=40,
-    )  # fmt: skip
+        store,
+        make_message,
+        BOB,
+        "b",
+        first_token_ms=None,
+        duration_ms=500,
+        input_tokens=8,
+        output_tokens=40,
+    )
     await _answer(
-        store, make_message, BOB, "b", first_token_ms=50, duration_ms=700,
-        input_tokens=12, output_tokens=60,
-    )  # fmt: skip
+        store,
+        make_message,
+        BOB,
+        "b",
+        first_token_ms=50,
+        duration_ms=700,
+        input_tokens=12,
+        output_tokens=60,
+    )
     c1 = await _answer(
-        store, make_message, CAROL, "a", first_token_ms=1000, duration_ms=9000,
-        input_tokens=1, output_tokens=1,
-    )  # fmt: skip
+        store,
+        make_message,
+        CAROL,
+        "a",
+        first_token_ms=1000,
+        duration_ms=9000,
+        input_tokens=1,
+        output_tokens=1,
+    )
     await store.submit_feedback(ALICE, Feedback(a1.message_id, Rating.THUMBS_UP, "", 5))
     await store.submit_feedback(BOB, Feedback(a2.message_id, Rating.THUMBS_DOWN, "", 2))
     await store.submit_feedback(ALICE, Feedback(a3.message_id, Rating.THUMBS_UP))
@@ -187,7 +231,8 @@ async def test_report_aggregates_per_variant(
     assert everyone["a"].mean_score == pytest.approx((5 + 2 + 4) / 3)
 
     # Since a day ago: the answer of ten days ago is left out.
-    recent = {s.variant: s for s in await store.report_variants(since=clock.now - timedelta(days=1))}
+    since = clock.now - timedelta(days=1)
+    recent = {s.variant: s for s in await store.report_variants(since=since)}
     assert recent["a"].answers == 4
     assert recent["a"].feedback_count == 3
     assert recent["a"].mean_first_token_ms == pytest.approx((100 + 200 + 1000) / 3)
@@ -200,9 +245,14 @@ async def test_report_of_nothing_is_empty_and_means_are_absent(
     assert await store.report_variants("nobody") == []
     # Only an interrupted answer without feedback: counts, but nothing to average.
     await _answer(
-        store, make_message, ALICE, "a", first_token_ms=None, duration_ms=None,
+        store,
+        make_message,
+        ALICE,
+        "a",
+        first_token_ms=None,
+        duration_ms=None,
         status=MessageStatus.INTERRUPTED,
-    )  # fmt: skip
+    )
     [stats] = await store.report_variants()
     assert (stats.answers, stats.interrupted_answers, stats.feedback_count) == (1, 1, 0)
     assert stats.mean_score is None

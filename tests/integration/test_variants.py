@@ -168,8 +168,10 @@ async def test_the_emulator_sees_each_variants_prompt_and_limits(
             body = request["body"]
             if variant == "terse":
                 assert (request["model"], body["max_tokens"], body["temperature"]) == (
-                    "claude-terse", 6, 0.1,
-                )  # fmt: skip
+                    "claude-terse",
+                    6,
+                    0.1,
+                )
             else:
                 assert (request["model"], body["max_tokens"]) == ("claude-warm", 1024)
                 assert "temperature" not in body
