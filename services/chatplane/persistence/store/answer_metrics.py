@@ -21,7 +21,10 @@ __all__ = [
 DEFAULT_VARIANT = "default"
 """What an assistant message recorded without a variant is stored as."""
 
-ANSWER_METRICS_COLUMNS = "message_id, tenant_id, variant, first_token_ms, duration_ms"
+ANSWER_METRICS_COLUMNS = (
+    "message_id, tenant_id, variant, status, input_tokens, output_tokens, first_token_ms,"
+    " duration_ms"
+)
 """The columns of `answer_metrics` besides its create time (named per engine)."""
 
 
@@ -35,6 +38,9 @@ def answer_metric_rows(
             m.message_id,
             m.owner.tenant_id,
             m.variant or DEFAULT_VARIANT,
+            m.status.value,
+            m.input_tokens,
+            m.output_tokens,
             m.first_token_ms,
             m.duration_ms,
             time_out(m.create_time),
@@ -57,18 +63,18 @@ def report_query(
     where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
 
     def complete_avg(column: str) -> str:
-        return f"avg(CASE WHEN m.status = 'complete' THEN {column} END){to_float}"
+        return f"avg(CASE WHEN a.status = 'complete' THEN a.{column} END){to_float}"
 
+    # Feedback can only come from the message's owner (the stores check it), so the message
+    # id finds it; answer_metrics holds everything else, without reading the messages.
     return (
         "SELECT a.variant, count(*),"
-        " sum(CASE WHEN m.status = 'interrupted' THEN 1 ELSE 0 END),"
+        " sum(CASE WHEN a.status = 'interrupted' THEN 1 ELSE 0 END),"
         f" count(f.message_id), count(f.score), avg(f.score){to_float},"
         " sum(CASE WHEN f.rating = 'thumbs_up' THEN 1 ELSE 0 END),"
-        f" {complete_avg('a.first_token_ms')}, {complete_avg('a.duration_ms')},"
-        f" {complete_avg('m.input_tokens')}, {complete_avg('m.output_tokens')}"
-        " FROM answer_metrics a JOIN messages m ON m.message_id = a.message_id"
-        " LEFT JOIN feedback f ON f.message_id = a.message_id"
-        " AND f.tenant_id = m.tenant_id AND f.user_id = m.user_id"
+        f" {complete_avg('first_token_ms')}, {complete_avg('duration_ms')},"
+        f" {complete_avg('input_tokens')}, {complete_avg('output_tokens')}"
+        " FROM answer_metrics a LEFT JOIN feedback f ON f.message_id = a.message_id"
         f"{where} GROUP BY a.variant ORDER BY a.variant"
     )
 

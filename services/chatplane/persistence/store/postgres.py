@@ -841,8 +841,8 @@ async def _insert_answer_metrics(connection: _Connection, inserted: Sequence[Mes
         return
     await connection.execute(
         f"INSERT INTO answer_metrics ({ANSWER_METRICS_COLUMNS}, create_time)"
-        " SELECT * FROM unnest(%b::text[], %b::text[], %b::text[], %b::int8[], %b::int8[],"
-        " %b::timestamptz[])",
+        " SELECT * FROM unnest(%b::text[], %b::text[], %b::text[], %b::text[], %b::int4[],"
+        " %b::int4[], %b::int8[], %b::int8[], %b::timestamptz[])",
         [list(column) for column in zip(*rows, strict=True)],
     )
 

@@ -386,7 +386,7 @@ class SqliteConversationStore(ConversationStore):
             )
             connection.executemany(
                 f"INSERT INTO answer_metrics ({ANSWER_METRICS_COLUMNS}, create_time_us)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 answer_metric_rows(accepted, to_micros),
             )
             growth: dict[str, tuple[int, int]] = {}

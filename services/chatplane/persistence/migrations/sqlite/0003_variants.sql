@@ -6,6 +6,11 @@ CREATE TABLE answer_metrics (
     message_id TEXT PRIMARY KEY REFERENCES messages (message_id) ON DELETE CASCADE,
     tenant_id TEXT NOT NULL,
     variant TEXT NOT NULL CHECK (variant <> ''),
+    -- Copied from the message (never changed after it is stored), so that the report reads
+    -- this table and feedback only.
+    status TEXT NOT NULL CHECK (status IN ('complete', 'interrupted')),
+    input_tokens INTEGER NOT NULL CHECK (input_tokens >= 0),
+    output_tokens INTEGER NOT NULL CHECK (output_tokens >= 0),
     first_token_ms INTEGER CHECK (first_token_ms >= 0),
     duration_ms INTEGER CHECK (duration_ms >= 0),
     create_time_us INTEGER NOT NULL
@@ -16,8 +21,10 @@ CREATE INDEX answer_metrics_by_tenant_time ON answer_metrics (tenant_id, create_
 CREATE INDEX answer_metrics_by_time ON answer_metrics (create_time_us);
 
 -- Answers stored before variants existed were given with the settings alone: "default".
-INSERT INTO answer_metrics (message_id, tenant_id, variant, create_time_us)
-    SELECT message_id, tenant_id, 'default', create_time_us FROM messages
+INSERT INTO answer_metrics
+    (message_id, tenant_id, variant, status, input_tokens, output_tokens, create_time_us)
+    SELECT message_id, tenant_id, 'default', status, input_tokens, output_tokens, create_time_us
+    FROM messages
     WHERE role = 'assistant';
 
 -- An optional numeric rating (1-5) next to the thumbs.
