@@ -44,7 +44,7 @@ CALLS: dict[tuple[str, str], frozenset[str]] = {
     ),
     ("gateway", MEMORY): frozenset({"Forget"}),
     ("agent", MEMORY): frozenset({"Recall", "Remember"}),
-    ("admin", PERSISTENCE): frozenset({"CreateApiKey"}),
+    ("admin", PERSISTENCE): frozenset({"CreateApiKey", "ReportVariants"}),
     ("admin", MEMORY): frozenset({"Remember"}),
 }
 
