@@ -27,6 +27,7 @@ from chatplane.launcher import Stack
 from chatplane.llm_emulator.process import EmulatorProcess, running_emulator
 from chatplane.v1 import gateway_pb2, persistence_pb2, persistence_pb2_grpc
 from tests.integration.stack_client import (
+    FAST_PACE,
     Client,
     Turn,
     create_key,
@@ -259,3 +260,29 @@ async def test_a_score_outside_1_to_5_is_invalid(rig: Rig, sent: list[Sent], sco
 async def test_the_ready_line_lists_the_variants(rig: Rig) -> None:
     ready = rig.stack.services["agent"].ready_event
     assert ready["variants"] == {"warm": "claude-warm", "terse": "claude-terse"}
+
+
+async def test_without_variants_answers_are_the_default_variant(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    async with (
+        running_stack(tmp_path_factory.mktemp("no-variants"), FAST_PACE) as stack,
+        grpc.aio.insecure_channel(stack.info().address("gateway")) as channel,
+    ):
+        assert stack.services["agent"].ready_event["variants"] == {"default": "chatplane-offline-1"}
+        client = Client(channel, await create_key(stack, TENANT, "solo"))
+        turn = await client.chat("hello without variants")
+        assert turn.started is not None and turn.started.started.variant == "default"
+
+        async def stored() -> persistence_pb2.ReportVariantsResponse | None:
+            async with stack.channel("persistence") as persistence:
+                response = await persistence_pb2_grpc.PersistenceServiceStub(
+                    persistence
+                ).ReportVariants(persistence_pb2.ReportVariantsRequest(), timeout=10)
+            return response if response.variants else None
+
+        response = await poll(stored, timeout=20)
+        [line] = response.variants
+        assert (line.variant, line.answers, line.feedback_count) == ("default", 1, 0)
+        assert line.mean_output_tokens == turn.usage.usage.output_tokens  # type: ignore[union-attr]
+        assert not line.HasField("mean_score")
