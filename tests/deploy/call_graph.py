@@ -60,7 +60,7 @@ CALLS: dict[tuple[str, str], frozenset[str]] = {
     ),
     ("gateway", MEMORY): frozenset({"Forget", "IngestDocument", "ListDocuments", "DeleteDocument"}),
     ("agent", MEMORY): frozenset({"Recall", "Remember"}),
-    ("admin", PERSISTENCE): frozenset({"CreateApiKey", "SetQuota", "GetQuota"}),
+    ("admin", PERSISTENCE): frozenset({"CreateApiKey", "SetQuota", "GetQuota", "ReportVariants"}),
     ("admin", MEMORY): frozenset({"Remember"}),
 }
 

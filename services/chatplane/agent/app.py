@@ -8,6 +8,7 @@ from chatplane.agent.llm.factory import build_model_chain
 from chatplane.agent.memory_client import MemoryClient
 from chatplane.agent.servicer import AgentServicer
 from chatplane.agent.turn import TurnRunner
+from chatplane.agent.variants.process import variant_router
 from chatplane.common.server import internal_channel, serve
 from chatplane.common.settings import Settings
 from chatplane.common.tls import load_tls
@@ -22,11 +23,13 @@ async def run(settings: Settings) -> None:
     producer = log.producer()
     memory_channel = internal_channel(settings.memory_address, tls)
     backend = build_model_chain(settings)
+    variants = variant_router(settings, backend)
     runner = TurnRunner(
         settings=settings,
         memory=MemoryClient(memory_channel),
         backend=backend,
         producer=producer,
+        variants=variants,
     )
 
     live_turns = LiveTurns(
@@ -38,7 +41,7 @@ async def run(settings: Settings) -> None:
     async def stop() -> None:
         await live_turns.stop()
         await runner.drain()
-        await backend.close()
+        await variants.close()
         await producer.close()
         await memory_channel.close()
 
@@ -54,5 +57,10 @@ async def run(settings: Settings) -> None:
         on_stop=stop,
         tls=tls,
         # Which model answers, and what it falls back to.
-        ready_details={"model": backend.model, "fallbacks": backend.models[1:]},
+        ready_details={
+            "model": backend.model,
+            "fallbacks": backend.models[1:],
+            # A/B variants and the model each starts with (docs/variants.md).
+            "variants": variants.models,
+        },
     )

@@ -36,16 +36,18 @@ def build_prompt(
     temperature: float | None = None,
     stop_sequences: Sequence[str] = (),
     context_window_tokens: int | None = None,
+    system: str = SYSTEM_PROMPT,
 ) -> Prompt:
     """A prompt within `budget_tokens` (and within the model's `context_window_tokens` less
     `max_tokens` for the answer): history is oldest-first and passages best-first; the newest
-    turns and the best passages that fit are kept (chatplane.agent.context_budget)."""
+    turns and the best passages that fit are kept (chatplane.agent.context_budget). `system`
+    is an A/B variant's system prompt (docs/variants.md)."""
     budget = context_budget(
         budget_tokens=budget_tokens,
         context_window_tokens=context_window_tokens,
         max_output_tokens=max_tokens,
     )
-    fixed = estimate_prompt_tokens(SYSTEM_PROMPT) + estimate_prompt_tokens(question)
+    fixed = estimate_prompt_tokens(system) + estimate_prompt_tokens(question)
     fitted = fit_context(
         fixed_tokens=fixed + MESSAGE_OVERHEAD_TOKENS,
         history=list(history),
@@ -55,7 +57,7 @@ def build_prompt(
         passage_cost=lambda passage: estimate_prompt_tokens(render_passage(passage)) + 1,
     )
     return Prompt(
-        system=SYSTEM_PROMPT,
+        system=system,
         passages=fitted.passages,
         history=fitted.history,
         question=question,

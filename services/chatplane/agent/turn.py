@@ -20,6 +20,7 @@ from chatplane.agent.llm.base import LlmBackend, StopReason, StreamEnd, StreamSt
 from chatplane.agent.llm.errors import LlmError
 from chatplane.agent.memory_client import MemoryClient
 from chatplane.agent.prompt import build_prompt
+from chatplane.agent.variants import Experiment, FixedVariantSource, VariantRouter
 from chatplane.common import errors
 from chatplane.common.settings import Settings
 from chatplane.common.topics import MEMORY_REMEMBER_TOPIC, MESSAGE_SCHEMA_VERSION, MESSAGES_TOPIC
@@ -71,6 +72,29 @@ def _timestamp(unix_ms: int) -> timestamp_pb2.Timestamp:
     return stamp
 
 
+def _elapsed_ms(start: float) -> int:
+    return round((time.monotonic() - start) * 1000)
+
+
+def _answer_record(
+    variant: str, first_token_ms: int | None, turn_start: float
+) -> events_pb2.MessageRecorded:
+    """The assistant record's A/B fields: the variant, the latency of the first token (if
+    there was one) and the duration until now, both from the turn's start at the Agent."""
+    measures = events_pb2.MessageRecorded(variant=variant, duration_ms=_elapsed_ms(turn_start))
+    if first_token_ms is not None:
+        measures.first_token_ms = first_token_ms
+    return measures
+
+
+def _with_measures(
+    record: events_pb2.MessageRecorded, measures: events_pb2.MessageRecorded | None
+) -> events_pb2.MessageRecorded:
+    if measures is not None:
+        record.MergeFrom(measures)
+    return record
+
+
 class TurnRunner:
     """Runs turns; one instance per Agent process."""
 
@@ -81,11 +105,19 @@ class TurnRunner:
         memory: MemoryClient,
         backend: LlmBackend,
         producer: MessageLogProducer,
+        variants: VariantRouter | None = None,
     ) -> None:
         self._settings = settings
         self._memory = memory
         self._backend = backend
         self._producer = producer
+        # A/B variants (docs/variants.md); without them every turn is variant "default".
+        self._variants = variants or VariantRouter(
+            FixedVariantSource(Experiment.single()),
+            settings,
+            default_backend=backend,
+            build_chain=lambda _: backend,
+        )
         # Recordings of interrupted turns still running; awaited at shutdown.
         self._pending: set[asyncio.Task[None]] = set()
 
@@ -93,13 +125,17 @@ class TurnRunner:
         """The events of one turn. Closing the iterator early records the partial answer."""
         settings = self._settings
         user_time_ms = int(time.time() * 1000)
+        # The turn's clock for the answer's first-token latency and duration.
+        turn_start = time.monotonic()
+        variant = self._variants.apply(turn.tenant_id, turn.user_id)
+        first_token_ms: int | None = None
         recollection = await self._memory.recall(
             tenant_id=turn.tenant_id,
             user_id=turn.user_id,
             conversation_id=turn.conversation_id,
             query=turn.text,
             recent_limit=settings.recent_turns,
-            top_k=settings.recall_top_k,
+            top_k=variant.retrieval_k,
             timeout=budget(settings.internal_call_timeout_seconds),
         )
         if turn.branch is not None:
@@ -109,21 +145,23 @@ class TurnRunner:
             history=recollection.history,
             passages=recollection.passages,
             budget_tokens=settings.context_token_budget,
-            max_tokens=settings.llm_max_tokens,
-            temperature=settings.llm_temperature,
+            max_tokens=variant.max_tokens,
+            temperature=variant.temperature,
             stop_sequences=tuple(settings.llm_stop_sequences),
             context_window_tokens=settings.llm_context_window_tokens,
+            system=variant.system_prompt,
         )
         used = {p.source_id for p in prompt.passages}
 
-        model = self._backend.model
+        backend = variant.backend
+        model = backend.model
         parts: list[str] = []
         end: StreamEnd | None = None
         started = recorded = False
         # Why an unfinished answer stopped: the client went away unless a provider failed.
         cut_by = resources_pb2.FINISH_REASON_INTERRUPTED
         try:
-            stream = self._backend.stream(prompt, max_attempts=settings.llm_max_attempts_per_turn)
+            stream = backend.stream(prompt, max_attempts=settings.llm_max_attempts_per_turn)
             async with contextlib.aclosing(stream):
                 async for item in stream:
                     if isinstance(item, StreamStart):
@@ -137,6 +175,7 @@ class TurnRunner:
                             assistant_message_id=turn.assistant_message_id,
                             model=model,
                             memory_degraded=recollection.degraded,
+                            variant=variant.identifier,
                         )
                         for citation in recollection.citations:
                             if citation.source_id in used:
@@ -145,6 +184,8 @@ class TurnRunner:
                     if isinstance(item, StreamEnd):
                         end = item
                         break
+                    if first_token_ms is None:
+                        first_token_ms = _elapsed_ms(turn_start)
                     parts.append(item.text)
                     yield resources_pb2.TextDelta(
                         text=item.text, sequence=len(parts), emit_time_unix_nanos=item.emit_time_ns
@@ -159,7 +200,16 @@ class TurnRunner:
             )
             yield usage
             finish = _FINISH[end.reason]
-            await self._record(turn, user_time_ms, parts, model, finish, usage, budget=budget)
+            await self._record(
+                turn,
+                user_time_ms,
+                parts,
+                model,
+                finish,
+                usage,
+                budget=budget,
+                measures=_answer_record(variant.identifier, first_token_ms, turn_start),
+            )
             recorded = True
             yield resources_pb2.TurnDone(finish_reason=finish, model=model, delta_count=len(parts))
         except LlmError:
@@ -182,6 +232,7 @@ class TurnRunner:
                             input_tokens=prompt.estimated_input_tokens, output_tokens=len(parts)
                         ),
                         budget=None,
+                        measures=_answer_record(variant.identifier, first_token_ms, turn_start),
                     )
                 )
                 self._pending.add(task)
@@ -204,8 +255,10 @@ class TurnRunner:
         usage: resources_pb2.Usage,
         *,
         budget: Budget | None,
+        measures: events_pb2.MessageRecorded | None = None,
     ) -> None:
-        """Appends both messages to the log (waits for the ack), then tells memory."""
+        """Appends both messages to the log (waits for the ack), then tells memory.
+        `measures` holds the assistant record's variant and latencies."""
         settings = self._settings
         answer = "".join(deltas)
         answer_time_ms = max(int(time.time() * 1000), user_time_ms + 1)
@@ -250,13 +303,16 @@ class TurnRunner:
                 topic=MESSAGES_TOPIC,
                 key=key,
                 headers=headers,
-                value=events_pb2.MessageRecorded(
-                    schema_version=MESSAGE_SCHEMA_VERSION,
-                    tenant_id=turn.tenant_id,
-                    user_id=turn.user_id,
-                    message=message,
-                    # Where each delta ended, so ResumeChat can replay the stored answer.
-                    delta_ends=accumulate(map(len, deltas)) if message is assistant else (),
+                value=_with_measures(
+                    events_pb2.MessageRecorded(
+                        schema_version=MESSAGE_SCHEMA_VERSION,
+                        tenant_id=turn.tenant_id,
+                        user_id=turn.user_id,
+                        message=message,
+                        # Where each delta ended, so ResumeChat can replay the stored answer.
+                        delta_ends=accumulate(map(len, deltas)) if message is assistant else (),
+                    ),
+                    measures if message is assistant else None,
                 ).SerializeToString(),
             )
             for message in new_messages

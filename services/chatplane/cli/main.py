@@ -318,3 +318,6 @@ cli.add_command(documents)
 from chatplane.cli.quota import quota  # noqa: E402
 
 cli.add_command(quota)
+from chatplane.cli.report import report  # noqa: E402
+
+cli.add_command(report)

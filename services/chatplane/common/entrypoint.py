@@ -12,6 +12,7 @@ from chatplane.common.logs import configure_logging
 from chatplane.common.settings import Settings
 from chatplane.common.telemetry import configure_telemetry
 from chatplane.common.tls import TlsConfigError
+from chatplane.common.variants_config import VariantsConfigError
 
 # The exit status of a service that cannot start because of its configuration.
 EXIT_CONFIG_ERROR = 2
@@ -36,4 +37,7 @@ def run_service(service: str, run: Callable[[Settings], Awaitable[None]]) -> Non
     except TlsConfigError as error:
         # A startup error message, not a traceback: the operator has a file to fix.
         logging.getLogger(__name__).critical(f"invalid TLS configuration: {error}")
+        sys.exit(EXIT_CONFIG_ERROR)
+    except VariantsConfigError as error:
+        logging.getLogger(__name__).critical(f"invalid A/B variants (docs/variants.md): {error}")
         sys.exit(EXIT_CONFIG_ERROR)

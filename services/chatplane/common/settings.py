@@ -184,6 +184,13 @@ class Settings(BaseSettings):
     # at most context_token_budget (docs/rag.md).
     llm_context_window_tokens: int = Field(default=200_000, gt=0)
 
+    # A/B variants (docs/variants.md): a JSON list of variants, or a JSON/YAML file holding
+    # one (not both); empty: one variant, "default", with the LLM settings above. The salt of
+    # the sticky per-user assignment: a new salt reshuffles every user (a new experiment).
+    variants: str = ""
+    variants_file: str = ""
+    variants_salt: str = "chatplane-variants"
+
     def data_path(self, name: str) -> Path:
         """A file or folder inside the data directory (created on demand)."""
         self.data_dir.mkdir(parents=True, exist_ok=True)

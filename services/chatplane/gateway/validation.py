@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from chatplane.common import errors
+from chatplane.common.feedback_score import feedback_score
 from chatplane.common.ids import is_valid_id
 from chatplane.gateway.branching import validate_branch
 from chatplane.v1 import gateway_pb2
@@ -41,6 +42,7 @@ def validate_feedback(request: gateway_pb2.SubmitFeedbackRequest, max_comment_by
         raise errors.InvalidArgument("rating", "must be RATING_THUMBS_UP or RATING_THUMBS_DOWN")
     if len(request.comment.encode("utf-8")) > max_comment_bytes:
         raise errors.InvalidArgument("comment", f"must be at most {max_comment_bytes} bytes")
+    feedback_score(request)
     if not is_valid_id(request.message_id):
         raise errors.NotFound("message not found")
 

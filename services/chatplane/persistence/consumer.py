@@ -24,6 +24,7 @@ from chatplane.common.telemetry import tracer, tracing_enabled
 from chatplane.common.topics import MESSAGE_SCHEMA_VERSION, MESSAGES_DLQ_TOPIC
 from chatplane.log import ConsumedRecord, LogRecord, MessageLogConsumer, MessageLogProducer
 from chatplane.persistence import metrics
+from chatplane.persistence.answer_record import answer_measures
 from chatplane.persistence.store.answer_deltas import valid_delta_ends
 from chatplane.persistence.store.base import (
     ConversationStore,
@@ -120,6 +121,7 @@ def decode_message(record: ConsumedRecord) -> Message:
         client_message_id=message.client_message_id,
         delta_ends=valid_delta_ends(recorded.delta_ends, message.text),
         parent_message_id=parent,
+        **answer_measures(recorded),
     )
 
 

@@ -13,6 +13,7 @@ import grpc
 from google.protobuf import timestamp_pb2
 
 from chatplane.common import errors
+from chatplane.common.feedback_score import feedback_score
 from chatplane.common.ids import is_valid_id
 from chatplane.common.roles import parse_roles
 from chatplane.persistence.quota_rpcs import QuotaRpcs
@@ -42,6 +43,7 @@ from chatplane.persistence.tree_messages import (
     conversation_view,
     placed_message,
 )
+from chatplane.persistence.variant_report import report_variants
 from chatplane.v1 import (
     gateway_pb2,
     persistence_pb2,
@@ -213,8 +215,9 @@ class PersistenceServicer(QuotaRpcs, persistence_pb2_grpc.PersistenceServiceServ
         rating = _RATINGS.get(request.feedback.rating)
         if rating is None:
             raise errors.InvalidArgument("feedback.rating", "must be thumbs up or thumbs down")
+        score = feedback_score(request.feedback, "feedback.score")
         stored = await self._store.submit_feedback(
-            owner, Feedback(request.feedback.message_id, rating, request.feedback.comment)
+            owner, Feedback(request.feedback.message_id, rating, request.feedback.comment, score)
         )
         return persistence_pb2.PersistenceServiceSubmitFeedbackResponse(
             create_time=_timestamp(stored)
@@ -242,6 +245,11 @@ class PersistenceServicer(QuotaRpcs, persistence_pb2_grpc.PersistenceServiceServ
         return persistence_pb2.CreateApiKeyResponse(
             api_key=issued.api_key, key_id=issued.record.key_id
         )
+
+    async def ReportVariants(
+        self, request: persistence_pb2.ReportVariantsRequest, context: Context
+    ) -> persistence_pb2.ReportVariantsResponse:
+        return await report_variants(self._store, request)
 
     async def GetApiKey(
         self, request: persistence_pb2.GetApiKeyRequest, context: Context

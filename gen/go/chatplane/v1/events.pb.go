@@ -36,7 +36,15 @@ type MessageRecorded struct {
 	// For a streamed assistant message: where each delta ended, as a count of Unicode code
 	// points of `message.text` from its start (ascending; the last one is the text's length).
 	// Lets ResumeChat replay a stored answer with the sequence numbers it was streamed with.
-	DeltaEnds     []int32 `protobuf:"varint,30,rep,packed,name=delta_ends,json=deltaEnds,proto3" json:"delta_ends,omitempty"`
+	DeltaEnds []int32 `protobuf:"varint,30,rep,packed,name=delta_ends,json=deltaEnds,proto3" json:"delta_ends,omitempty"`
+	// The A/B variant that wrote an assistant message ("default" without variants; later
+	// NAME@VERSION). Empty for user messages; an assistant message without it is "default".
+	Variant string `protobuf:"bytes,50,opt,name=variant,proto3" json:"variant,omitempty"`
+	// Milliseconds from the turn's start at the Agent to the answer's first token (assistant
+	// messages that got one).
+	FirstTokenMs *int64 `protobuf:"varint,51,opt,name=first_token_ms,json=firstTokenMs,proto3,oneof" json:"first_token_ms,omitempty"`
+	// Milliseconds from the turn's start at the Agent to the answer's end (assistant messages).
+	DurationMs    *int64 `protobuf:"varint,52,opt,name=duration_ms,json=durationMs,proto3,oneof" json:"duration_ms,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -106,18 +114,45 @@ func (x *MessageRecorded) GetDeltaEnds() []int32 {
 	return nil
 }
 
+func (x *MessageRecorded) GetVariant() string {
+	if x != nil {
+		return x.Variant
+	}
+	return ""
+}
+
+func (x *MessageRecorded) GetFirstTokenMs() int64 {
+	if x != nil && x.FirstTokenMs != nil {
+		return *x.FirstTokenMs
+	}
+	return 0
+}
+
+func (x *MessageRecorded) GetDurationMs() int64 {
+	if x != nil && x.DurationMs != nil {
+		return *x.DurationMs
+	}
+	return 0
+}
+
 var File_chatplane_v1_events_proto protoreflect.FileDescriptor
 
 const file_chatplane_v1_events_proto_rawDesc = "" +
 	"\n" +
-	"\x19chatplane/v1/events.proto\x12\fchatplane.v1\x1a\x1cchatplane/v1/resources.proto\"\xbe\x01\n" +
+	"\x19chatplane/v1/events.proto\x12\fchatplane.v1\x1a\x1cchatplane/v1/resources.proto\"\xcc\x02\n" +
 	"\x0fMessageRecorded\x12%\n" +
 	"\x0eschema_version\x18\x01 \x01(\x05R\rschemaVersion\x12\x1b\n" +
 	"\ttenant_id\x18\x02 \x01(\tR\btenantId\x12\x17\n" +
 	"\auser_id\x18\x03 \x01(\tR\x06userId\x12/\n" +
 	"\amessage\x18\x04 \x01(\v2\x15.chatplane.v1.MessageR\amessage\x12\x1d\n" +
 	"\n" +
-	"delta_ends\x18\x1e \x03(\x05R\tdeltaEndsB@Z>github.com/chatplane/chatplane/gen/go/chatplane/v1;chatplanev1b\x06proto3"
+	"delta_ends\x18\x1e \x03(\x05R\tdeltaEnds\x12\x18\n" +
+	"\avariant\x182 \x01(\tR\avariant\x12)\n" +
+	"\x0efirst_token_ms\x183 \x01(\x03H\x00R\ffirstTokenMs\x88\x01\x01\x12$\n" +
+	"\vduration_ms\x184 \x01(\x03H\x01R\n" +
+	"durationMs\x88\x01\x01B\x11\n" +
+	"\x0f_first_token_msB\x0e\n" +
+	"\f_duration_msB@Z>github.com/chatplane/chatplane/gen/go/chatplane/v1;chatplanev1b\x06proto3"
 
 var (
 	file_chatplane_v1_events_proto_rawDescOnce sync.Once
@@ -151,6 +186,7 @@ func file_chatplane_v1_events_proto_init() {
 		return
 	}
 	file_chatplane_v1_resources_proto_init()
+	file_chatplane_v1_events_proto_msgTypes[0].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{

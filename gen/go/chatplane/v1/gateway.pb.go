@@ -740,7 +740,9 @@ type SubmitFeedbackRequest struct {
 	// Thumbs up or down.
 	Rating Rating `protobuf:"varint,2,opt,name=rating,proto3,enum=chatplane.v1.Rating" json:"rating,omitempty"`
 	// Optional free text (at most 4 KiB).
-	Comment       string `protobuf:"bytes,3,opt,name=comment,proto3" json:"comment,omitempty"`
+	Comment string `protobuf:"bytes,3,opt,name=comment,proto3" json:"comment,omitempty"`
+	// Optional numeric rating from 1 (worst) to 5 (best); any other value is INVALID_ARGUMENT.
+	Score         *int32 `protobuf:"varint,50,opt,name=score,proto3,oneof" json:"score,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -794,6 +796,13 @@ func (x *SubmitFeedbackRequest) GetComment() string {
 		return x.Comment
 	}
 	return ""
+}
+
+func (x *SubmitFeedbackRequest) GetScore() int32 {
+	if x != nil && x.Score != nil {
+		return *x.Score
+	}
+	return 0
 }
 
 // The feedback is stored (a later call for the same message replaces it).
@@ -1634,12 +1643,14 @@ const file_chatplane_v1_gateway_proto_rawDesc = "" +
 	"\x0fconversation_id\x18\x01 \x01(\tR\x0econversationId\"Y\n" +
 	"\x1aDeleteConversationResponse\x12;\n" +
 	"\vdelete_time\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"deleteTime\"~\n" +
+	"deleteTime\"\xa3\x01\n" +
 	"\x15SubmitFeedbackRequest\x12\x1d\n" +
 	"\n" +
 	"message_id\x18\x01 \x01(\tR\tmessageId\x12,\n" +
 	"\x06rating\x18\x02 \x01(\x0e2\x14.chatplane.v1.RatingR\x06rating\x12\x18\n" +
-	"\acomment\x18\x03 \x01(\tR\acomment\"U\n" +
+	"\acomment\x18\x03 \x01(\tR\acomment\x12\x19\n" +
+	"\x05score\x182 \x01(\x05H\x00R\x05score\x88\x01\x01B\b\n" +
+	"\x06_score\"U\n" +
 	"\x16SubmitFeedbackResponse\x12;\n" +
 	"\vcreate_time\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"createTime\"Y\n" +
@@ -1823,6 +1834,7 @@ func file_chatplane_v1_gateway_proto_init() {
 		(*ChatResponse_Usage)(nil),
 		(*ChatResponse_Done)(nil),
 	}
+	file_chatplane_v1_gateway_proto_msgTypes[8].OneofWrappers = []any{}
 	file_chatplane_v1_gateway_proto_msgTypes[11].OneofWrappers = []any{
 		(*ResumeChatResponse_Started)(nil),
 		(*ResumeChatResponse_Delta)(nil),

@@ -1976,6 +1976,252 @@ func (x *PersistenceServiceSetActiveBranchResponse) GetResponse() *SetActiveBran
 	return nil
 }
 
+// Asks for the per-variant report.
+type ReportVariantsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Only this tenant's answers; empty means every tenant.
+	TenantId string `protobuf:"bytes,1,opt,name=tenant_id,json=tenantId,proto3" json:"tenant_id,omitempty"`
+	// Only answers created at or after this time; absent means since the beginning.
+	Since         *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=since,proto3" json:"since,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReportVariantsRequest) Reset() {
+	*x = ReportVariantsRequest{}
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[32]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReportVariantsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReportVariantsRequest) ProtoMessage() {}
+
+func (x *ReportVariantsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[32]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReportVariantsRequest.ProtoReflect.Descriptor instead.
+func (*ReportVariantsRequest) Descriptor() ([]byte, []int) {
+	return file_chatplane_v1_persistence_proto_rawDescGZIP(), []int{32}
+}
+
+func (x *ReportVariantsRequest) GetTenantId() string {
+	if x != nil {
+		return x.TenantId
+	}
+	return ""
+}
+
+func (x *ReportVariantsRequest) GetSince() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Since
+	}
+	return nil
+}
+
+// What the answers of one variant got.
+type VariantReport struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The variant ("default" for answers without one).
+	Variant string `protobuf:"bytes,1,opt,name=variant,proto3" json:"variant,omitempty"`
+	// Assistant messages stored (complete and interrupted).
+	Answers int64 `protobuf:"varint,2,opt,name=answers,proto3" json:"answers,omitempty"`
+	// Of those, interrupted ones (cut by the client or a provider failure).
+	InterruptedAnswers int64 `protobuf:"varint,3,opt,name=interrupted_answers,json=interruptedAnswers,proto3" json:"interrupted_answers,omitempty"`
+	// Answers with feedback.
+	FeedbackCount int64 `protobuf:"varint,4,opt,name=feedback_count,json=feedbackCount,proto3" json:"feedback_count,omitempty"`
+	// Answers whose feedback has a numeric score (1-5).
+	ScoredCount int64 `protobuf:"varint,5,opt,name=scored_count,json=scoredCount,proto3" json:"scored_count,omitempty"`
+	// Mean of the scores (absent when none).
+	MeanScore *float64 `protobuf:"fixed64,6,opt,name=mean_score,json=meanScore,proto3,oneof" json:"mean_score,omitempty"`
+	// Feedback with a thumbs up.
+	ThumbsUpCount int64 `protobuf:"varint,7,opt,name=thumbs_up_count,json=thumbsUpCount,proto3" json:"thumbs_up_count,omitempty"`
+	// thumbs_up_count / feedback_count (absent without feedback).
+	ThumbsUpRate *float64 `protobuf:"fixed64,8,opt,name=thumbs_up_rate,json=thumbsUpRate,proto3,oneof" json:"thumbs_up_rate,omitempty"`
+	// Mean milliseconds to the first token, over complete answers that recorded it.
+	MeanFirstTokenMs *float64 `protobuf:"fixed64,9,opt,name=mean_first_token_ms,json=meanFirstTokenMs,proto3,oneof" json:"mean_first_token_ms,omitempty"`
+	// Mean milliseconds to the end of the answer, over complete answers that recorded it.
+	MeanDurationMs *float64 `protobuf:"fixed64,10,opt,name=mean_duration_ms,json=meanDurationMs,proto3,oneof" json:"mean_duration_ms,omitempty"`
+	// Mean input tokens, over complete answers.
+	MeanInputTokens *float64 `protobuf:"fixed64,11,opt,name=mean_input_tokens,json=meanInputTokens,proto3,oneof" json:"mean_input_tokens,omitempty"`
+	// Mean output tokens, over complete answers.
+	MeanOutputTokens *float64 `protobuf:"fixed64,12,opt,name=mean_output_tokens,json=meanOutputTokens,proto3,oneof" json:"mean_output_tokens,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
+}
+
+func (x *VariantReport) Reset() {
+	*x = VariantReport{}
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[33]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *VariantReport) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*VariantReport) ProtoMessage() {}
+
+func (x *VariantReport) ProtoReflect() protoreflect.Message {
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[33]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use VariantReport.ProtoReflect.Descriptor instead.
+func (*VariantReport) Descriptor() ([]byte, []int) {
+	return file_chatplane_v1_persistence_proto_rawDescGZIP(), []int{33}
+}
+
+func (x *VariantReport) GetVariant() string {
+	if x != nil {
+		return x.Variant
+	}
+	return ""
+}
+
+func (x *VariantReport) GetAnswers() int64 {
+	if x != nil {
+		return x.Answers
+	}
+	return 0
+}
+
+func (x *VariantReport) GetInterruptedAnswers() int64 {
+	if x != nil {
+		return x.InterruptedAnswers
+	}
+	return 0
+}
+
+func (x *VariantReport) GetFeedbackCount() int64 {
+	if x != nil {
+		return x.FeedbackCount
+	}
+	return 0
+}
+
+func (x *VariantReport) GetScoredCount() int64 {
+	if x != nil {
+		return x.ScoredCount
+	}
+	return 0
+}
+
+func (x *VariantReport) GetMeanScore() float64 {
+	if x != nil && x.MeanScore != nil {
+		return *x.MeanScore
+	}
+	return 0
+}
+
+func (x *VariantReport) GetThumbsUpCount() int64 {
+	if x != nil {
+		return x.ThumbsUpCount
+	}
+	return 0
+}
+
+func (x *VariantReport) GetThumbsUpRate() float64 {
+	if x != nil && x.ThumbsUpRate != nil {
+		return *x.ThumbsUpRate
+	}
+	return 0
+}
+
+func (x *VariantReport) GetMeanFirstTokenMs() float64 {
+	if x != nil && x.MeanFirstTokenMs != nil {
+		return *x.MeanFirstTokenMs
+	}
+	return 0
+}
+
+func (x *VariantReport) GetMeanDurationMs() float64 {
+	if x != nil && x.MeanDurationMs != nil {
+		return *x.MeanDurationMs
+	}
+	return 0
+}
+
+func (x *VariantReport) GetMeanInputTokens() float64 {
+	if x != nil && x.MeanInputTokens != nil {
+		return *x.MeanInputTokens
+	}
+	return 0
+}
+
+func (x *VariantReport) GetMeanOutputTokens() float64 {
+	if x != nil && x.MeanOutputTokens != nil {
+		return *x.MeanOutputTokens
+	}
+	return 0
+}
+
+// The per-variant report.
+type ReportVariantsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// One entry per variant with answers, by variant name.
+	Variants      []*VariantReport `protobuf:"bytes,1,rep,name=variants,proto3" json:"variants,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReportVariantsResponse) Reset() {
+	*x = ReportVariantsResponse{}
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[34]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReportVariantsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReportVariantsResponse) ProtoMessage() {}
+
+func (x *ReportVariantsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[34]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReportVariantsResponse.ProtoReflect.Descriptor instead.
+func (*ReportVariantsResponse) Descriptor() ([]byte, []int) {
+	return file_chatplane_v1_persistence_proto_rawDescGZIP(), []int{34}
+}
+
+func (x *ReportVariantsResponse) GetVariants() []*VariantReport {
+	if x != nil {
+		return x.Variants
+	}
+	return nil
+}
+
 var File_chatplane_v1_persistence_proto protoreflect.FileDescriptor
 
 const file_chatplane_v1_persistence_proto_rawDesc = "" +
@@ -2105,7 +2351,33 @@ const file_chatplane_v1_persistence_proto_rawDesc = "" +
 	"\x05owner\x18\x01 \x01(\v2\x13.chatplane.v1.OwnerR\x05owner\x12>\n" +
 	"\arequest\x18\x02 \x01(\v2$.chatplane.v1.SetActiveBranchRequestR\arequest\"n\n" +
 	")PersistenceServiceSetActiveBranchResponse\x12A\n" +
-	"\bresponse\x18\x01 \x01(\v2%.chatplane.v1.SetActiveBranchResponseR\bresponse2\xd6\v\n" +
+	"\bresponse\x18\x01 \x01(\v2%.chatplane.v1.SetActiveBranchResponseR\bresponse\"f\n" +
+	"\x15ReportVariantsRequest\x12\x1b\n" +
+	"\ttenant_id\x18\x01 \x01(\tR\btenantId\x120\n" +
+	"\x05since\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x05since\"\xf8\x04\n" +
+	"\rVariantReport\x12\x18\n" +
+	"\avariant\x18\x01 \x01(\tR\avariant\x12\x18\n" +
+	"\aanswers\x18\x02 \x01(\x03R\aanswers\x12/\n" +
+	"\x13interrupted_answers\x18\x03 \x01(\x03R\x12interruptedAnswers\x12%\n" +
+	"\x0efeedback_count\x18\x04 \x01(\x03R\rfeedbackCount\x12!\n" +
+	"\fscored_count\x18\x05 \x01(\x03R\vscoredCount\x12\"\n" +
+	"\n" +
+	"mean_score\x18\x06 \x01(\x01H\x00R\tmeanScore\x88\x01\x01\x12&\n" +
+	"\x0fthumbs_up_count\x18\a \x01(\x03R\rthumbsUpCount\x12)\n" +
+	"\x0ethumbs_up_rate\x18\b \x01(\x01H\x01R\fthumbsUpRate\x88\x01\x01\x122\n" +
+	"\x13mean_first_token_ms\x18\t \x01(\x01H\x02R\x10meanFirstTokenMs\x88\x01\x01\x12-\n" +
+	"\x10mean_duration_ms\x18\n" +
+	" \x01(\x01H\x03R\x0emeanDurationMs\x88\x01\x01\x12/\n" +
+	"\x11mean_input_tokens\x18\v \x01(\x01H\x04R\x0fmeanInputTokens\x88\x01\x01\x121\n" +
+	"\x12mean_output_tokens\x18\f \x01(\x01H\x05R\x10meanOutputTokens\x88\x01\x01B\r\n" +
+	"\v_mean_scoreB\x11\n" +
+	"\x0f_thumbs_up_rateB\x16\n" +
+	"\x14_mean_first_token_msB\x13\n" +
+	"\x11_mean_duration_msB\x14\n" +
+	"\x12_mean_input_tokensB\x15\n" +
+	"\x13_mean_output_tokens\"Q\n" +
+	"\x16ReportVariantsResponse\x127\n" +
+	"\bvariants\x18\x01 \x03(\v2\x1b.chatplane.v1.VariantReportR\bvariants2\xb3\f\n" +
 	"\x12PersistenceService\x12L\n" +
 	"\tBeginTurn\x12\x1e.chatplane.v1.BeginTurnRequest\x1a\x1f.chatplane.v1.BeginTurnResponse\x12F\n" +
 	"\aGetTurn\x12\x1c.chatplane.v1.GetTurnRequest\x1a\x1d.chatplane.v1.GetTurnResponse\x12R\n" +
@@ -2121,7 +2393,8 @@ const file_chatplane_v1_persistence_proto_rawDesc = "" +
 	"\vSettleQuota\x12 .chatplane.v1.SettleQuotaRequest\x1a!.chatplane.v1.SettleQuotaResponse\x12I\n" +
 	"\bSetQuota\x12\x1d.chatplane.v1.SetQuotaRequest\x1a\x1e.chatplane.v1.SetQuotaResponse\x12I\n" +
 	"\bGetQuota\x12\x1d.chatplane.v1.GetQuotaRequest\x1a\x1e.chatplane.v1.GetQuotaResponse\x12\x82\x01\n" +
-	"\x0fSetActiveBranch\x126.chatplane.v1.PersistenceServiceSetActiveBranchRequest\x1a7.chatplane.v1.PersistenceServiceSetActiveBranchResponseB@Z>github.com/chatplane/chatplane/gen/go/chatplane/v1;chatplanev1b\x06proto3"
+	"\x0fSetActiveBranch\x126.chatplane.v1.PersistenceServiceSetActiveBranchRequest\x1a7.chatplane.v1.PersistenceServiceSetActiveBranchResponse\x12[\n" +
+	"\x0eReportVariants\x12#.chatplane.v1.ReportVariantsRequest\x1a$.chatplane.v1.ReportVariantsResponseB@Z>github.com/chatplane/chatplane/gen/go/chatplane/v1;chatplanev1b\x06proto3"
 
 var (
 	file_chatplane_v1_persistence_proto_rawDescOnce sync.Once
@@ -2135,7 +2408,7 @@ func file_chatplane_v1_persistence_proto_rawDescGZIP() []byte {
 	return file_chatplane_v1_persistence_proto_rawDescData
 }
 
-var file_chatplane_v1_persistence_proto_msgTypes = make([]protoimpl.MessageInfo, 32)
+var file_chatplane_v1_persistence_proto_msgTypes = make([]protoimpl.MessageInfo, 35)
 var file_chatplane_v1_persistence_proto_goTypes = []any{
 	(*Owner)(nil),                                        // 0: chatplane.v1.Owner
 	(*BeginTurnRequest)(nil),                             // 1: chatplane.v1.BeginTurnRequest
@@ -2169,84 +2442,91 @@ var file_chatplane_v1_persistence_proto_goTypes = []any{
 	(*TokenQuota)(nil),                                   // 29: chatplane.v1.TokenQuota
 	(*PersistenceServiceSetActiveBranchRequest)(nil),     // 30: chatplane.v1.PersistenceServiceSetActiveBranchRequest
 	(*PersistenceServiceSetActiveBranchResponse)(nil),    // 31: chatplane.v1.PersistenceServiceSetActiveBranchResponse
-	(*BranchHistory)(nil),                                // 32: chatplane.v1.BranchHistory
-	(*Message)(nil),                                      // 33: chatplane.v1.Message
-	(*timestamppb.Timestamp)(nil),                        // 34: google.protobuf.Timestamp
-	(*ListConversationsRequest)(nil),                     // 35: chatplane.v1.ListConversationsRequest
-	(*ListConversationsResponse)(nil),                    // 36: chatplane.v1.ListConversationsResponse
-	(*GetConversationRequest)(nil),                       // 37: chatplane.v1.GetConversationRequest
-	(*GetConversationResponse)(nil),                      // 38: chatplane.v1.GetConversationResponse
-	(*SubmitFeedbackRequest)(nil),                        // 39: chatplane.v1.SubmitFeedbackRequest
-	(*SetActiveBranchRequest)(nil),                       // 40: chatplane.v1.SetActiveBranchRequest
-	(*SetActiveBranchResponse)(nil),                      // 41: chatplane.v1.SetActiveBranchResponse
+	(*ReportVariantsRequest)(nil),                        // 32: chatplane.v1.ReportVariantsRequest
+	(*VariantReport)(nil),                                // 33: chatplane.v1.VariantReport
+	(*ReportVariantsResponse)(nil),                       // 34: chatplane.v1.ReportVariantsResponse
+	(*BranchHistory)(nil),                                // 35: chatplane.v1.BranchHistory
+	(*Message)(nil),                                      // 36: chatplane.v1.Message
+	(*timestamppb.Timestamp)(nil),                        // 37: google.protobuf.Timestamp
+	(*ListConversationsRequest)(nil),                     // 38: chatplane.v1.ListConversationsRequest
+	(*ListConversationsResponse)(nil),                    // 39: chatplane.v1.ListConversationsResponse
+	(*GetConversationRequest)(nil),                       // 40: chatplane.v1.GetConversationRequest
+	(*GetConversationResponse)(nil),                      // 41: chatplane.v1.GetConversationResponse
+	(*SubmitFeedbackRequest)(nil),                        // 42: chatplane.v1.SubmitFeedbackRequest
+	(*SetActiveBranchRequest)(nil),                       // 43: chatplane.v1.SetActiveBranchRequest
+	(*SetActiveBranchResponse)(nil),                      // 44: chatplane.v1.SetActiveBranchResponse
 }
 var file_chatplane_v1_persistence_proto_depIdxs = []int32{
 	0,  // 0: chatplane.v1.BeginTurnRequest.owner:type_name -> chatplane.v1.Owner
-	32, // 1: chatplane.v1.BeginTurnResponse.branch:type_name -> chatplane.v1.BranchHistory
+	35, // 1: chatplane.v1.BeginTurnResponse.branch:type_name -> chatplane.v1.BranchHistory
 	0,  // 2: chatplane.v1.GetTurnRequest.owner:type_name -> chatplane.v1.Owner
-	33, // 3: chatplane.v1.GetTurnResponse.user_message:type_name -> chatplane.v1.Message
-	33, // 4: chatplane.v1.GetTurnResponse.assistant_message:type_name -> chatplane.v1.Message
-	34, // 5: chatplane.v1.GetTurnResponse.lease_expire_time:type_name -> google.protobuf.Timestamp
+	36, // 3: chatplane.v1.GetTurnResponse.user_message:type_name -> chatplane.v1.Message
+	36, // 4: chatplane.v1.GetTurnResponse.assistant_message:type_name -> chatplane.v1.Message
+	37, // 5: chatplane.v1.GetTurnResponse.lease_expire_time:type_name -> google.protobuf.Timestamp
 	0,  // 6: chatplane.v1.ReleaseTurnRequest.owner:type_name -> chatplane.v1.Owner
 	0,  // 7: chatplane.v1.PersistenceServiceListConversationsRequest.owner:type_name -> chatplane.v1.Owner
-	35, // 8: chatplane.v1.PersistenceServiceListConversationsRequest.page:type_name -> chatplane.v1.ListConversationsRequest
-	36, // 9: chatplane.v1.PersistenceServiceListConversationsResponse.page:type_name -> chatplane.v1.ListConversationsResponse
+	38, // 8: chatplane.v1.PersistenceServiceListConversationsRequest.page:type_name -> chatplane.v1.ListConversationsRequest
+	39, // 9: chatplane.v1.PersistenceServiceListConversationsResponse.page:type_name -> chatplane.v1.ListConversationsResponse
 	0,  // 10: chatplane.v1.PersistenceServiceGetConversationRequest.owner:type_name -> chatplane.v1.Owner
-	37, // 11: chatplane.v1.PersistenceServiceGetConversationRequest.request:type_name -> chatplane.v1.GetConversationRequest
-	38, // 12: chatplane.v1.PersistenceServiceGetConversationResponse.response:type_name -> chatplane.v1.GetConversationResponse
+	40, // 11: chatplane.v1.PersistenceServiceGetConversationRequest.request:type_name -> chatplane.v1.GetConversationRequest
+	41, // 12: chatplane.v1.PersistenceServiceGetConversationResponse.response:type_name -> chatplane.v1.GetConversationResponse
 	0,  // 13: chatplane.v1.PersistenceServiceDeleteConversationRequest.owner:type_name -> chatplane.v1.Owner
-	34, // 14: chatplane.v1.PersistenceServiceDeleteConversationResponse.delete_time:type_name -> google.protobuf.Timestamp
+	37, // 14: chatplane.v1.PersistenceServiceDeleteConversationResponse.delete_time:type_name -> google.protobuf.Timestamp
 	0,  // 15: chatplane.v1.PersistenceServiceSubmitFeedbackRequest.owner:type_name -> chatplane.v1.Owner
-	39, // 16: chatplane.v1.PersistenceServiceSubmitFeedbackRequest.feedback:type_name -> chatplane.v1.SubmitFeedbackRequest
-	34, // 17: chatplane.v1.PersistenceServiceSubmitFeedbackResponse.create_time:type_name -> google.protobuf.Timestamp
+	42, // 16: chatplane.v1.PersistenceServiceSubmitFeedbackRequest.feedback:type_name -> chatplane.v1.SubmitFeedbackRequest
+	37, // 17: chatplane.v1.PersistenceServiceSubmitFeedbackResponse.create_time:type_name -> google.protobuf.Timestamp
 	0,  // 18: chatplane.v1.CreateApiKeyRequest.owner:type_name -> chatplane.v1.Owner
 	0,  // 19: chatplane.v1.GetApiKeyResponse.owner:type_name -> chatplane.v1.Owner
 	0,  // 20: chatplane.v1.GetAnswerRequest.owner:type_name -> chatplane.v1.Owner
-	33, // 21: chatplane.v1.GetAnswerResponse.assistant_message:type_name -> chatplane.v1.Message
-	34, // 22: chatplane.v1.GetAnswerResponse.lease_expire_time:type_name -> google.protobuf.Timestamp
+	36, // 21: chatplane.v1.GetAnswerResponse.assistant_message:type_name -> chatplane.v1.Message
+	37, // 22: chatplane.v1.GetAnswerResponse.lease_expire_time:type_name -> google.protobuf.Timestamp
 	29, // 23: chatplane.v1.ReserveQuotaResponse.quota:type_name -> chatplane.v1.TokenQuota
 	29, // 24: chatplane.v1.SettleQuotaResponse.quota:type_name -> chatplane.v1.TokenQuota
 	29, // 25: chatplane.v1.SetQuotaResponse.quota:type_name -> chatplane.v1.TokenQuota
 	29, // 26: chatplane.v1.GetQuotaResponse.quota:type_name -> chatplane.v1.TokenQuota
-	34, // 27: chatplane.v1.TokenQuota.reset_time:type_name -> google.protobuf.Timestamp
+	37, // 27: chatplane.v1.TokenQuota.reset_time:type_name -> google.protobuf.Timestamp
 	0,  // 28: chatplane.v1.PersistenceServiceSetActiveBranchRequest.owner:type_name -> chatplane.v1.Owner
-	40, // 29: chatplane.v1.PersistenceServiceSetActiveBranchRequest.request:type_name -> chatplane.v1.SetActiveBranchRequest
-	41, // 30: chatplane.v1.PersistenceServiceSetActiveBranchResponse.response:type_name -> chatplane.v1.SetActiveBranchResponse
-	1,  // 31: chatplane.v1.PersistenceService.BeginTurn:input_type -> chatplane.v1.BeginTurnRequest
-	3,  // 32: chatplane.v1.PersistenceService.GetTurn:input_type -> chatplane.v1.GetTurnRequest
-	5,  // 33: chatplane.v1.PersistenceService.ReleaseTurn:input_type -> chatplane.v1.ReleaseTurnRequest
-	7,  // 34: chatplane.v1.PersistenceService.ListConversations:input_type -> chatplane.v1.PersistenceServiceListConversationsRequest
-	9,  // 35: chatplane.v1.PersistenceService.GetConversation:input_type -> chatplane.v1.PersistenceServiceGetConversationRequest
-	11, // 36: chatplane.v1.PersistenceService.DeleteConversation:input_type -> chatplane.v1.PersistenceServiceDeleteConversationRequest
-	13, // 37: chatplane.v1.PersistenceService.SubmitFeedback:input_type -> chatplane.v1.PersistenceServiceSubmitFeedbackRequest
-	15, // 38: chatplane.v1.PersistenceService.CreateApiKey:input_type -> chatplane.v1.CreateApiKeyRequest
-	17, // 39: chatplane.v1.PersistenceService.GetApiKey:input_type -> chatplane.v1.GetApiKeyRequest
-	19, // 40: chatplane.v1.PersistenceService.GetAnswer:input_type -> chatplane.v1.GetAnswerRequest
-	21, // 41: chatplane.v1.PersistenceService.ReserveQuota:input_type -> chatplane.v1.ReserveQuotaRequest
-	23, // 42: chatplane.v1.PersistenceService.SettleQuota:input_type -> chatplane.v1.SettleQuotaRequest
-	25, // 43: chatplane.v1.PersistenceService.SetQuota:input_type -> chatplane.v1.SetQuotaRequest
-	27, // 44: chatplane.v1.PersistenceService.GetQuota:input_type -> chatplane.v1.GetQuotaRequest
-	30, // 45: chatplane.v1.PersistenceService.SetActiveBranch:input_type -> chatplane.v1.PersistenceServiceSetActiveBranchRequest
-	2,  // 46: chatplane.v1.PersistenceService.BeginTurn:output_type -> chatplane.v1.BeginTurnResponse
-	4,  // 47: chatplane.v1.PersistenceService.GetTurn:output_type -> chatplane.v1.GetTurnResponse
-	6,  // 48: chatplane.v1.PersistenceService.ReleaseTurn:output_type -> chatplane.v1.ReleaseTurnResponse
-	8,  // 49: chatplane.v1.PersistenceService.ListConversations:output_type -> chatplane.v1.PersistenceServiceListConversationsResponse
-	10, // 50: chatplane.v1.PersistenceService.GetConversation:output_type -> chatplane.v1.PersistenceServiceGetConversationResponse
-	12, // 51: chatplane.v1.PersistenceService.DeleteConversation:output_type -> chatplane.v1.PersistenceServiceDeleteConversationResponse
-	14, // 52: chatplane.v1.PersistenceService.SubmitFeedback:output_type -> chatplane.v1.PersistenceServiceSubmitFeedbackResponse
-	16, // 53: chatplane.v1.PersistenceService.CreateApiKey:output_type -> chatplane.v1.CreateApiKeyResponse
-	18, // 54: chatplane.v1.PersistenceService.GetApiKey:output_type -> chatplane.v1.GetApiKeyResponse
-	20, // 55: chatplane.v1.PersistenceService.GetAnswer:output_type -> chatplane.v1.GetAnswerResponse
-	22, // 56: chatplane.v1.PersistenceService.ReserveQuota:output_type -> chatplane.v1.ReserveQuotaResponse
-	24, // 57: chatplane.v1.PersistenceService.SettleQuota:output_type -> chatplane.v1.SettleQuotaResponse
-	26, // 58: chatplane.v1.PersistenceService.SetQuota:output_type -> chatplane.v1.SetQuotaResponse
-	28, // 59: chatplane.v1.PersistenceService.GetQuota:output_type -> chatplane.v1.GetQuotaResponse
-	31, // 60: chatplane.v1.PersistenceService.SetActiveBranch:output_type -> chatplane.v1.PersistenceServiceSetActiveBranchResponse
-	46, // [46:61] is the sub-list for method output_type
-	31, // [31:46] is the sub-list for method input_type
-	31, // [31:31] is the sub-list for extension type_name
-	31, // [31:31] is the sub-list for extension extendee
-	0,  // [0:31] is the sub-list for field type_name
+	43, // 29: chatplane.v1.PersistenceServiceSetActiveBranchRequest.request:type_name -> chatplane.v1.SetActiveBranchRequest
+	44, // 30: chatplane.v1.PersistenceServiceSetActiveBranchResponse.response:type_name -> chatplane.v1.SetActiveBranchResponse
+	37, // 31: chatplane.v1.ReportVariantsRequest.since:type_name -> google.protobuf.Timestamp
+	33, // 32: chatplane.v1.ReportVariantsResponse.variants:type_name -> chatplane.v1.VariantReport
+	1,  // 33: chatplane.v1.PersistenceService.BeginTurn:input_type -> chatplane.v1.BeginTurnRequest
+	3,  // 34: chatplane.v1.PersistenceService.GetTurn:input_type -> chatplane.v1.GetTurnRequest
+	5,  // 35: chatplane.v1.PersistenceService.ReleaseTurn:input_type -> chatplane.v1.ReleaseTurnRequest
+	7,  // 36: chatplane.v1.PersistenceService.ListConversations:input_type -> chatplane.v1.PersistenceServiceListConversationsRequest
+	9,  // 37: chatplane.v1.PersistenceService.GetConversation:input_type -> chatplane.v1.PersistenceServiceGetConversationRequest
+	11, // 38: chatplane.v1.PersistenceService.DeleteConversation:input_type -> chatplane.v1.PersistenceServiceDeleteConversationRequest
+	13, // 39: chatplane.v1.PersistenceService.SubmitFeedback:input_type -> chatplane.v1.PersistenceServiceSubmitFeedbackRequest
+	15, // 40: chatplane.v1.PersistenceService.CreateApiKey:input_type -> chatplane.v1.CreateApiKeyRequest
+	17, // 41: chatplane.v1.PersistenceService.GetApiKey:input_type -> chatplane.v1.GetApiKeyRequest
+	19, // 42: chatplane.v1.PersistenceService.GetAnswer:input_type -> chatplane.v1.GetAnswerRequest
+	21, // 43: chatplane.v1.PersistenceService.ReserveQuota:input_type -> chatplane.v1.ReserveQuotaRequest
+	23, // 44: chatplane.v1.PersistenceService.SettleQuota:input_type -> chatplane.v1.SettleQuotaRequest
+	25, // 45: chatplane.v1.PersistenceService.SetQuota:input_type -> chatplane.v1.SetQuotaRequest
+	27, // 46: chatplane.v1.PersistenceService.GetQuota:input_type -> chatplane.v1.GetQuotaRequest
+	30, // 47: chatplane.v1.PersistenceService.SetActiveBranch:input_type -> chatplane.v1.PersistenceServiceSetActiveBranchRequest
+	32, // 48: chatplane.v1.PersistenceService.ReportVariants:input_type -> chatplane.v1.ReportVariantsRequest
+	2,  // 49: chatplane.v1.PersistenceService.BeginTurn:output_type -> chatplane.v1.BeginTurnResponse
+	4,  // 50: chatplane.v1.PersistenceService.GetTurn:output_type -> chatplane.v1.GetTurnResponse
+	6,  // 51: chatplane.v1.PersistenceService.ReleaseTurn:output_type -> chatplane.v1.ReleaseTurnResponse
+	8,  // 52: chatplane.v1.PersistenceService.ListConversations:output_type -> chatplane.v1.PersistenceServiceListConversationsResponse
+	10, // 53: chatplane.v1.PersistenceService.GetConversation:output_type -> chatplane.v1.PersistenceServiceGetConversationResponse
+	12, // 54: chatplane.v1.PersistenceService.DeleteConversation:output_type -> chatplane.v1.PersistenceServiceDeleteConversationResponse
+	14, // 55: chatplane.v1.PersistenceService.SubmitFeedback:output_type -> chatplane.v1.PersistenceServiceSubmitFeedbackResponse
+	16, // 56: chatplane.v1.PersistenceService.CreateApiKey:output_type -> chatplane.v1.CreateApiKeyResponse
+	18, // 57: chatplane.v1.PersistenceService.GetApiKey:output_type -> chatplane.v1.GetApiKeyResponse
+	20, // 58: chatplane.v1.PersistenceService.GetAnswer:output_type -> chatplane.v1.GetAnswerResponse
+	22, // 59: chatplane.v1.PersistenceService.ReserveQuota:output_type -> chatplane.v1.ReserveQuotaResponse
+	24, // 60: chatplane.v1.PersistenceService.SettleQuota:output_type -> chatplane.v1.SettleQuotaResponse
+	26, // 61: chatplane.v1.PersistenceService.SetQuota:output_type -> chatplane.v1.SetQuotaResponse
+	28, // 62: chatplane.v1.PersistenceService.GetQuota:output_type -> chatplane.v1.GetQuotaResponse
+	31, // 63: chatplane.v1.PersistenceService.SetActiveBranch:output_type -> chatplane.v1.PersistenceServiceSetActiveBranchResponse
+	34, // 64: chatplane.v1.PersistenceService.ReportVariants:output_type -> chatplane.v1.ReportVariantsResponse
+	49, // [49:65] is the sub-list for method output_type
+	33, // [33:49] is the sub-list for method input_type
+	33, // [33:33] is the sub-list for extension type_name
+	33, // [33:33] is the sub-list for extension extendee
+	0,  // [0:33] is the sub-list for field type_name
 }
 
 func init() { file_chatplane_v1_persistence_proto_init() }
@@ -2256,13 +2536,14 @@ func file_chatplane_v1_persistence_proto_init() {
 	}
 	file_chatplane_v1_gateway_proto_init()
 	file_chatplane_v1_resources_proto_init()
+	file_chatplane_v1_persistence_proto_msgTypes[33].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_chatplane_v1_persistence_proto_rawDesc), len(file_chatplane_v1_persistence_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   32,
+			NumMessages:   35,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -34,6 +34,7 @@ const (
 	PersistenceService_SetQuota_FullMethodName           = "/chatplane.v1.PersistenceService/SetQuota"
 	PersistenceService_GetQuota_FullMethodName           = "/chatplane.v1.PersistenceService/GetQuota"
 	PersistenceService_SetActiveBranch_FullMethodName    = "/chatplane.v1.PersistenceService/SetActiveBranch"
+	PersistenceService_ReportVariants_FullMethodName     = "/chatplane.v1.PersistenceService/ReportVariants"
 )
 
 // PersistenceServiceClient is the client API for PersistenceService service.
@@ -78,6 +79,9 @@ type PersistenceServiceClient interface {
 	GetQuota(ctx context.Context, in *GetQuotaRequest, opts ...grpc.CallOption) (*GetQuotaResponse, error)
 	// Switches a conversation's active branch to the one through a message.
 	SetActiveBranch(ctx context.Context, in *PersistenceServiceSetActiveBranchRequest, opts ...grpc.CallOption) (*PersistenceServiceSetActiveBranchResponse, error)
+	// Aggregates answers and their feedback per A/B variant (admin tools: `chatplane report
+	// variants`); computed in SQL by the store.
+	ReportVariants(ctx context.Context, in *ReportVariantsRequest, opts ...grpc.CallOption) (*ReportVariantsResponse, error)
 }
 
 type persistenceServiceClient struct {
@@ -238,6 +242,16 @@ func (c *persistenceServiceClient) SetActiveBranch(ctx context.Context, in *Pers
 	return out, nil
 }
 
+func (c *persistenceServiceClient) ReportVariants(ctx context.Context, in *ReportVariantsRequest, opts ...grpc.CallOption) (*ReportVariantsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ReportVariantsResponse)
+	err := c.cc.Invoke(ctx, PersistenceService_ReportVariants_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // PersistenceServiceServer is the server API for PersistenceService service.
 // All implementations must embed UnimplementedPersistenceServiceServer
 // for forward compatibility.
@@ -280,6 +294,9 @@ type PersistenceServiceServer interface {
 	GetQuota(context.Context, *GetQuotaRequest) (*GetQuotaResponse, error)
 	// Switches a conversation's active branch to the one through a message.
 	SetActiveBranch(context.Context, *PersistenceServiceSetActiveBranchRequest) (*PersistenceServiceSetActiveBranchResponse, error)
+	// Aggregates answers and their feedback per A/B variant (admin tools: `chatplane report
+	// variants`); computed in SQL by the store.
+	ReportVariants(context.Context, *ReportVariantsRequest) (*ReportVariantsResponse, error)
 	mustEmbedUnimplementedPersistenceServiceServer()
 }
 
@@ -334,6 +351,9 @@ func (UnimplementedPersistenceServiceServer) GetQuota(context.Context, *GetQuota
 }
 func (UnimplementedPersistenceServiceServer) SetActiveBranch(context.Context, *PersistenceServiceSetActiveBranchRequest) (*PersistenceServiceSetActiveBranchResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method SetActiveBranch not implemented")
+}
+func (UnimplementedPersistenceServiceServer) ReportVariants(context.Context, *ReportVariantsRequest) (*ReportVariantsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ReportVariants not implemented")
 }
 func (UnimplementedPersistenceServiceServer) mustEmbedUnimplementedPersistenceServiceServer() {}
 func (UnimplementedPersistenceServiceServer) testEmbeddedByValue()                            {}
@@ -626,6 +646,24 @@ func _PersistenceService_SetActiveBranch_Handler(srv interface{}, ctx context.Co
 	return interceptor(ctx, in, info, handler)
 }
 
+func _PersistenceService_ReportVariants_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ReportVariantsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(PersistenceServiceServer).ReportVariants(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: PersistenceService_ReportVariants_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(PersistenceServiceServer).ReportVariants(ctx, req.(*ReportVariantsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // PersistenceService_ServiceDesc is the grpc.ServiceDesc for PersistenceService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -692,6 +730,10 @@ var PersistenceService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "SetActiveBranch",
 			Handler:    _PersistenceService_SetActiveBranch_Handler,
+		},
+		{
+			MethodName: "ReportVariants",
+			Handler:    _PersistenceService_ReportVariants_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

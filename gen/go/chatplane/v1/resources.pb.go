@@ -601,7 +601,9 @@ type TurnStarted struct {
 	// True when memory could not be reached and the answer runs without recalled context.
 	MemoryDegraded bool `protobuf:"varint,6,opt,name=memory_degraded,json=memoryDegraded,proto3" json:"memory_degraded,omitempty"`
 	// True on a ResumeChat stream: the deltas that follow start after the requested sequence.
-	Resumed       bool `protobuf:"varint,30,opt,name=resumed,proto3" json:"resumed,omitempty"`
+	Resumed bool `protobuf:"varint,30,opt,name=resumed,proto3" json:"resumed,omitempty"`
+	// The A/B variant that answers ("default" without variants; later NAME@VERSION).
+	Variant       string `protobuf:"bytes,50,opt,name=variant,proto3" json:"variant,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -683,6 +685,13 @@ func (x *TurnStarted) GetResumed() bool {
 		return x.Resumed
 	}
 	return false
+}
+
+func (x *TurnStarted) GetVariant() string {
+	if x != nil {
+		return x.Variant
+	}
+	return ""
 }
 
 // A piece of the answer's text.
@@ -1081,7 +1090,7 @@ const file_chatplane_v1_resources_proto_rawDesc = "" +
 	"\finput_tokens\x18\x01 \x01(\x05R\vinputTokens\x12#\n" +
 	"\routput_tokens\x18\x02 \x01(\x05R\foutputTokens\x125\n" +
 	"\x17cache_read_input_tokens\x18\x03 \x01(\x05R\x14cacheReadInputTokens\x12=\n" +
-	"\x1bcache_creation_input_tokens\x18\x04 \x01(\x05R\x18cacheCreationInputTokens\"\x85\x02\n" +
+	"\x1bcache_creation_input_tokens\x18\x04 \x01(\x05R\x18cacheCreationInputTokens\"\x9f\x02\n" +
 	"\vTurnStarted\x12'\n" +
 	"\x0fconversation_id\x18\x01 \x01(\tR\x0econversationId\x12&\n" +
 	"\x0fuser_message_id\x18\x02 \x01(\tR\ruserMessageId\x120\n" +
@@ -1089,7 +1098,8 @@ const file_chatplane_v1_resources_proto_rawDesc = "" +
 	"\x05model\x18\x04 \x01(\tR\x05model\x12\x1a\n" +
 	"\breplayed\x18\x05 \x01(\bR\breplayed\x12'\n" +
 	"\x0fmemory_degraded\x18\x06 \x01(\bR\x0ememoryDegraded\x12\x18\n" +
-	"\aresumed\x18\x1e \x01(\bR\aresumed\"l\n" +
+	"\aresumed\x18\x1e \x01(\bR\aresumed\x12\x18\n" +
+	"\avariant\x182 \x01(\tR\avariant\"l\n" +
 	"\tTextDelta\x12\x12\n" +
 	"\x04text\x18\x01 \x01(\tR\x04text\x12\x1a\n" +
 	"\bsequence\x18\x02 \x01(\x03R\bsequence\x12/\n" +

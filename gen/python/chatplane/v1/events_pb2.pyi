@@ -12,10 +12,10 @@ import builtins as _builtins
 import sys
 import typing as _typing
 
-if sys.version_info >= (3, 11):
-    from typing import TypeAlias as _TypeAlias, Never as _Never
+if sys.version_info >= (3, 10):
+    from typing import TypeAlias as _TypeAlias
 else:
-    from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
+    from typing_extensions import TypeAlias as _TypeAlias
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
@@ -32,12 +32,25 @@ class MessageRecorded(_message.Message):
     USER_ID_FIELD_NUMBER: _builtins.int
     MESSAGE_FIELD_NUMBER: _builtins.int
     DELTA_ENDS_FIELD_NUMBER: _builtins.int
+    VARIANT_FIELD_NUMBER: _builtins.int
+    FIRST_TOKEN_MS_FIELD_NUMBER: _builtins.int
+    DURATION_MS_FIELD_NUMBER: _builtins.int
     schema_version: _builtins.int
     """Version of this record's schema; consumers reject versions they do not know."""
     tenant_id: _builtins.str
     """The owner's tenant."""
     user_id: _builtins.str
     """The owner's user id."""
+    variant: _builtins.str
+    """The A/B variant that wrote an assistant message ("default" without variants; later
+    NAME@VERSION). Empty for user messages; an assistant message without it is "default".
+    """
+    first_token_ms: _builtins.int
+    """Milliseconds from the turn's start at the Agent to the answer's first token (assistant
+    messages that got one).
+    """
+    duration_ms: _builtins.int
+    """Milliseconds from the turn's start at the Agent to the answer's end (assistant messages)."""
     @_builtins.property
     def message(self) -> _resources_pb2.Message:
         """The message (its conversation_id and message_id are required)."""
@@ -57,11 +70,21 @@ class MessageRecorded(_message.Message):
         user_id: _builtins.str = ...,
         message: _resources_pb2.Message | None = ...,
         delta_ends: _abc.Iterable[_builtins.int] | None = ...,
+        variant: _builtins.str = ...,
+        first_token_ms: _builtins.int | None = ...,
+        duration_ms: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["message", b"message"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_duration_ms", b"_duration_ms", "_first_token_ms", b"_first_token_ms", "duration_ms", b"duration_ms", "first_token_ms", b"first_token_ms", "message", b"message"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["delta_ends", b"delta_ends", "message", b"message", "schema_version", b"schema_version", "tenant_id", b"tenant_id", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_duration_ms", b"_duration_ms", "_first_token_ms", b"_first_token_ms", "delta_ends", b"delta_ends", "duration_ms", b"duration_ms", "first_token_ms", b"first_token_ms", "message", b"message", "schema_version", b"schema_version", "tenant_id", b"tenant_id", "user_id", b"user_id", "variant", b"variant"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__duration_ms: _TypeAlias = _typing.Literal["duration_ms"]  # noqa: Y015
+    _WhichOneofArgType__duration_ms: _TypeAlias = _typing.Literal["_duration_ms", b"_duration_ms"]  # noqa: Y015
+    _WhichOneofReturnType__first_token_ms: _TypeAlias = _typing.Literal["first_token_ms"]  # noqa: Y015
+    _WhichOneofArgType__first_token_ms: _TypeAlias = _typing.Literal["_first_token_ms", b"_first_token_ms"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__duration_ms) -> _WhichOneofReturnType__duration_ms | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__first_token_ms) -> _WhichOneofReturnType__first_token_ms | None: ...
 
 Global___MessageRecorded: _TypeAlias = MessageRecorded  # noqa: Y015

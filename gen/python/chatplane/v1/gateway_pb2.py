@@ -27,7 +27,7 @@ from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x63hatplane/v1/gateway.proto\x12\x0c\x63hatplane.v1\x1a\x1c\x63hatplane/v1/resources.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa8\x01\n\x0b\x43hatRequest\x12\x17\n\x0f\x63onversation_id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x19\n\x11\x63lient_message_id\x18\x03 \x01(\t\x12\x11\n\tresumable\x18\x1e \x01(\x08\x12\x1f\n\x15regenerate_message_id\x18( \x01(\tH\x00\x12\x19\n\x0f\x65\x64it_message_id\x18) \x01(\tH\x00\x42\x08\n\x06\x62ranch\"\xe9\x01\n\x0c\x43hatResponse\x12,\n\x07started\x18\x01 \x01(\x0b\x32\x19.chatplane.v1.TurnStartedH\x00\x12(\n\x05\x64\x65lta\x18\x02 \x01(\x0b\x32\x17.chatplane.v1.TextDeltaH\x00\x12*\n\x08\x63itation\x18\x03 \x01(\x0b\x32\x16.chatplane.v1.CitationH\x00\x12$\n\x05usage\x18\x04 \x01(\x0b\x32\x13.chatplane.v1.UsageH\x00\x12&\n\x04\x64one\x18\x05 \x01(\x0b\x32\x16.chatplane.v1.TurnDoneH\x00\x42\x07\n\x05\x65vent\"A\n\x18ListConversationsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"g\n\x19ListConversationsResponse\x12\x31\n\rconversations\x18\x01 \x03(\x0b\x32\x1a.chatplane.v1.Conversation\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x86\x01\n\x16GetConversationRequest\x12\x17\n\x0f\x63onversation_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12,\n\x04view\x18( \x01(\x0e\x32\x1e.chatplane.v1.ConversationView\"\x8d\x01\n\x17GetConversationResponse\x12\x30\n\x0c\x63onversation\x18\x01 \x01(\x0b\x32\x1a.chatplane.v1.Conversation\x12\'\n\x08messages\x18\x02 \x03(\x0b\x32\x15.chatplane.v1.Message\x12\x17\n\x0fnext_page_token\x18\x03 \x01(\t\"4\n\x19\x44\x65leteConversationRequest\x12\x17\n\x0f\x63onversation_id\x18\x01 \x01(\t\"M\n\x1a\x44\x65leteConversationResponse\x12/\n\x0b\x64\x65lete_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"b\n\x15SubmitFeedbackRequest\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12$\n\x06rating\x18\x02 \x01(\x0e\x32\x14.chatplane.v1.Rating\x12\x0f\n\x07\x63omment\x18\x03 \x01(\t\"I\n\x16SubmitFeedbackResponse\x12/\n\x0b\x63reate_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"?\n\x11ResumeChatRequest\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\x16\n\x0e\x61\x66ter_sequence\x18\x02 \x01(\x03\"\xef\x01\n\x12ResumeChatResponse\x12,\n\x07started\x18\x01 \x01(\x0b\x32\x19.chatplane.v1.TurnStartedH\x00\x12(\n\x05\x64\x65lta\x18\x02 \x01(\x0b\x32\x17.chatplane.v1.TextDeltaH\x00\x12*\n\x08\x63itation\x18\x03 \x01(\x0b\x32\x16.chatplane.v1.CitationH\x00\x12$\n\x05usage\x18\x04 \x01(\x0b\x32\x13.chatplane.v1.UsageH\x00\x12&\n\x04\x64one\x18\x05 \x01(\x0b\x32\x16.chatplane.v1.TurnDoneH\x00\x42\x07\n\x05\x65vent\"\'\n\x11\x43\x61ncelChatRequest\x12\x12\n\nmessage_id\x18\x01 \x01(\t\"\'\n\x12\x43\x61ncelChatResponse\x12\x11\n\tcancelled\x18\x01 \x01(\x08\"7\n\x14IngestDocumentHeader\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tmime_type\x18\x02 \x01(\t\"v\n#GatewayServiceIngestDocumentRequest\x12\x34\n\x06header\x18\x01 \x01(\x0b\x32\".chatplane.v1.IngestDocumentHeaderH\x00\x12\x11\n\x07\x63ontent\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"P\n$GatewayServiceIngestDocumentResponse\x12(\n\x08\x64ocument\x18\x01 \x01(\x0b\x32\x16.chatplane.v1.Document\"$\n\"GatewayServiceListDocumentsRequest\"P\n#GatewayServiceListDocumentsResponse\x12)\n\tdocuments\x18\x01 \x03(\x0b\x32\x16.chatplane.v1.Document\":\n#GatewayServiceDeleteDocumentRequest\x12\x13\n\x0b\x64ocument_id\x18\x01 \x01(\t\"C\n$GatewayServiceDeleteDocumentResponse\x12\x1b\n\x13\x64\x65leted_chunk_count\x18\x01 \x01(\x05\"E\n\x16SetActiveBranchRequest\x12\x17\n\x0f\x63onversation_id\x18\x01 \x01(\t\x12\x12\n\nmessage_id\x18\x02 \x01(\t\"K\n\x17SetActiveBranchResponse\x12\x30\n\x0c\x63onversation\x18\x01 \x01(\x0b\x32\x1a.chatplane.v1.Conversation*v\n\x10\x43onversationView\x12!\n\x1d\x43ONVERSATION_VIEW_UNSPECIFIED\x10\x00\x12#\n\x1f\x43ONVERSATION_VIEW_ACTIVE_BRANCH\x10\x01\x12\x1a\n\x16\x43ONVERSATION_VIEW_TREE\x10\x02*N\n\x06Rating\x12\x16\n\x12RATING_UNSPECIFIED\x10\x00\x12\x14\n\x10RATING_THUMBS_UP\x10\x01\x12\x16\n\x12RATING_THUMBS_DOWN\x10\x02\x32\xde\x0b\n\x0eGatewayService\x12T\n\x04\x43hat\x12\x19.chatplane.v1.ChatRequest\x1a\x1a.chatplane.v1.ChatResponse\"\x13\x82\xd3\xe4\x93\x02\r\"\x08/v1/chat:\x01*0\x01\x12\x7f\n\x11ListConversations\x12&.chatplane.v1.ListConversationsRequest\x1a\'.chatplane.v1.ListConversationsResponse\"\x19\x82\xd3\xe4\x93\x02\x13\x12\x11/v1/conversations\x12\x8b\x01\n\x0fGetConversation\x12$.chatplane.v1.GetConversationRequest\x1a%.chatplane.v1.GetConversationResponse\"+\x82\xd3\xe4\x93\x02%\x12#/v1/conversations/{conversation_id}\x12\x94\x01\n\x12\x44\x65leteConversation\x12\'.chatplane.v1.DeleteConversationRequest\x1a(.chatplane.v1.DeleteConversationResponse\"+\x82\xd3\xe4\x93\x02%*#/v1/conversations/{conversation_id}\x12\x8a\x01\n\x0eSubmitFeedback\x12#.chatplane.v1.SubmitFeedbackRequest\x1a$.chatplane.v1.SubmitFeedbackResponse\"-\x82\xd3\xe4\x93\x02\'\"\"/v1/messages/{message_id}/feedback:\x01*\x12~\n\nResumeChat\x12\x1f.chatplane.v1.ResumeChatRequest\x1a .chatplane.v1.ResumeChatResponse\"+\x82\xd3\xe4\x93\x02%\" /v1/messages/{message_id}/resume:\x01*0\x01\x12|\n\nCancelChat\x12\x1f.chatplane.v1.CancelChatRequest\x1a .chatplane.v1.CancelChatResponse\"+\x82\xd3\xe4\x93\x02%\" /v1/messages/{message_id}/cancel:\x01*\x12y\n\x0eIngestDocument\x12\x31.chatplane.v1.GatewayServiceIngestDocumentRequest\x1a\x32.chatplane.v1.GatewayServiceIngestDocumentResponse(\x01\x12\x8b\x01\n\rListDocuments\x12\x30.chatplane.v1.GatewayServiceListDocumentsRequest\x1a\x31.chatplane.v1.GatewayServiceListDocumentsResponse\"\x15\x82\xd3\xe4\x93\x02\x0f\x12\r/v1/documents\x12\x9c\x01\n\x0e\x44\x65leteDocument\x12\x31.chatplane.v1.GatewayServiceDeleteDocumentRequest\x1a\x32.chatplane.v1.GatewayServiceDeleteDocumentResponse\"#\x82\xd3\xe4\x93\x02\x1d*\x1b/v1/documents/{document_id}\x12\x9c\x01\n\x0fSetActiveBranch\x12$.chatplane.v1.SetActiveBranchRequest\x1a%.chatplane.v1.SetActiveBranchResponse\"<\x82\xd3\xe4\x93\x02\x36\"1/v1/conversations/{conversation_id}/active-branch:\x01*b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x63hatplane/v1/gateway.proto\x12\x0c\x63hatplane.v1\x1a\x1c\x63hatplane/v1/resources.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa8\x01\n\x0b\x43hatRequest\x12\x17\n\x0f\x63onversation_id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x19\n\x11\x63lient_message_id\x18\x03 \x01(\t\x12\x11\n\tresumable\x18\x1e \x01(\x08\x12\x1f\n\x15regenerate_message_id\x18( \x01(\tH\x00\x12\x19\n\x0f\x65\x64it_message_id\x18) \x01(\tH\x00\x42\x08\n\x06\x62ranch\"\xe9\x01\n\x0c\x43hatResponse\x12,\n\x07started\x18\x01 \x01(\x0b\x32\x19.chatplane.v1.TurnStartedH\x00\x12(\n\x05\x64\x65lta\x18\x02 \x01(\x0b\x32\x17.chatplane.v1.TextDeltaH\x00\x12*\n\x08\x63itation\x18\x03 \x01(\x0b\x32\x16.chatplane.v1.CitationH\x00\x12$\n\x05usage\x18\x04 \x01(\x0b\x32\x13.chatplane.v1.UsageH\x00\x12&\n\x04\x64one\x18\x05 \x01(\x0b\x32\x16.chatplane.v1.TurnDoneH\x00\x42\x07\n\x05\x65vent\"A\n\x18ListConversationsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"g\n\x19ListConversationsResponse\x12\x31\n\rconversations\x18\x01 \x03(\x0b\x32\x1a.chatplane.v1.Conversation\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x86\x01\n\x16GetConversationRequest\x12\x17\n\x0f\x63onversation_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12,\n\x04view\x18( \x01(\x0e\x32\x1e.chatplane.v1.ConversationView\"\x8d\x01\n\x17GetConversationResponse\x12\x30\n\x0c\x63onversation\x18\x01 \x01(\x0b\x32\x1a.chatplane.v1.Conversation\x12\'\n\x08messages\x18\x02 \x03(\x0b\x32\x15.chatplane.v1.Message\x12\x17\n\x0fnext_page_token\x18\x03 \x01(\t\"4\n\x19\x44\x65leteConversationRequest\x12\x17\n\x0f\x63onversation_id\x18\x01 \x01(\t\"M\n\x1a\x44\x65leteConversationResponse\x12/\n\x0b\x64\x65lete_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x80\x01\n\x15SubmitFeedbackRequest\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12$\n\x06rating\x18\x02 \x01(\x0e\x32\x14.chatplane.v1.Rating\x12\x0f\n\x07\x63omment\x18\x03 \x01(\t\x12\x12\n\x05score\x18\x32 \x01(\x05H\x00\x88\x01\x01\x42\x08\n\x06_score\"I\n\x16SubmitFeedbackResponse\x12/\n\x0b\x63reate_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"?\n\x11ResumeChatRequest\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\x16\n\x0e\x61\x66ter_sequence\x18\x02 \x01(\x03\"\xef\x01\n\x12ResumeChatResponse\x12,\n\x07started\x18\x01 \x01(\x0b\x32\x19.chatplane.v1.TurnStartedH\x00\x12(\n\x05\x64\x65lta\x18\x02 \x01(\x0b\x32\x17.chatplane.v1.TextDeltaH\x00\x12*\n\x08\x63itation\x18\x03 \x01(\x0b\x32\x16.chatplane.v1.CitationH\x00\x12$\n\x05usage\x18\x04 \x01(\x0b\x32\x13.chatplane.v1.UsageH\x00\x12&\n\x04\x64one\x18\x05 \x01(\x0b\x32\x16.chatplane.v1.TurnDoneH\x00\x42\x07\n\x05\x65vent\"\'\n\x11\x43\x61ncelChatRequest\x12\x12\n\nmessage_id\x18\x01 \x01(\t\"\'\n\x12\x43\x61ncelChatResponse\x12\x11\n\tcancelled\x18\x01 \x01(\x08\"7\n\x14IngestDocumentHeader\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tmime_type\x18\x02 \x01(\t\"v\n#GatewayServiceIngestDocumentRequest\x12\x34\n\x06header\x18\x01 \x01(\x0b\x32\".chatplane.v1.IngestDocumentHeaderH\x00\x12\x11\n\x07\x63ontent\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"P\n$GatewayServiceIngestDocumentResponse\x12(\n\x08\x64ocument\x18\x01 \x01(\x0b\x32\x16.chatplane.v1.Document\"$\n\"GatewayServiceListDocumentsRequest\"P\n#GatewayServiceListDocumentsResponse\x12)\n\tdocuments\x18\x01 \x03(\x0b\x32\x16.chatplane.v1.Document\":\n#GatewayServiceDeleteDocumentRequest\x12\x13\n\x0b\x64ocument_id\x18\x01 \x01(\t\"C\n$GatewayServiceDeleteDocumentResponse\x12\x1b\n\x13\x64\x65leted_chunk_count\x18\x01 \x01(\x05\"E\n\x16SetActiveBranchRequest\x12\x17\n\x0f\x63onversation_id\x18\x01 \x01(\t\x12\x12\n\nmessage_id\x18\x02 \x01(\t\"K\n\x17SetActiveBranchResponse\x12\x30\n\x0c\x63onversation\x18\x01 \x01(\x0b\x32\x1a.chatplane.v1.Conversation*v\n\x10\x43onversationView\x12!\n\x1d\x43ONVERSATION_VIEW_UNSPECIFIED\x10\x00\x12#\n\x1f\x43ONVERSATION_VIEW_ACTIVE_BRANCH\x10\x01\x12\x1a\n\x16\x43ONVERSATION_VIEW_TREE\x10\x02*N\n\x06Rating\x12\x16\n\x12RATING_UNSPECIFIED\x10\x00\x12\x14\n\x10RATING_THUMBS_UP\x10\x01\x12\x16\n\x12RATING_THUMBS_DOWN\x10\x02\x32\xde\x0b\n\x0eGatewayService\x12T\n\x04\x43hat\x12\x19.chatplane.v1.ChatRequest\x1a\x1a.chatplane.v1.ChatResponse\"\x13\x82\xd3\xe4\x93\x02\r\"\x08/v1/chat:\x01*0\x01\x12\x7f\n\x11ListConversations\x12&.chatplane.v1.ListConversationsRequest\x1a\'.chatplane.v1.ListConversationsResponse\"\x19\x82\xd3\xe4\x93\x02\x13\x12\x11/v1/conversations\x12\x8b\x01\n\x0fGetConversation\x12$.chatplane.v1.GetConversationRequest\x1a%.chatplane.v1.GetConversationResponse\"+\x82\xd3\xe4\x93\x02%\x12#/v1/conversations/{conversation_id}\x12\x94\x01\n\x12\x44\x65leteConversation\x12\'.chatplane.v1.DeleteConversationRequest\x1a(.chatplane.v1.DeleteConversationResponse\"+\x82\xd3\xe4\x93\x02%*#/v1/conversations/{conversation_id}\x12\x8a\x01\n\x0eSubmitFeedback\x12#.chatplane.v1.SubmitFeedbackRequest\x1a$.chatplane.v1.SubmitFeedbackResponse\"-\x82\xd3\xe4\x93\x02\'\"\"/v1/messages/{message_id}/feedback:\x01*\x12~\n\nResumeChat\x12\x1f.chatplane.v1.ResumeChatRequest\x1a .chatplane.v1.ResumeChatResponse\"+\x82\xd3\xe4\x93\x02%\" /v1/messages/{message_id}/resume:\x01*0\x01\x12|\n\nCancelChat\x12\x1f.chatplane.v1.CancelChatRequest\x1a .chatplane.v1.CancelChatResponse\"+\x82\xd3\xe4\x93\x02%\" /v1/messages/{message_id}/cancel:\x01*\x12y\n\x0eIngestDocument\x12\x31.chatplane.v1.GatewayServiceIngestDocumentRequest\x1a\x32.chatplane.v1.GatewayServiceIngestDocumentResponse(\x01\x12\x8b\x01\n\rListDocuments\x12\x30.chatplane.v1.GatewayServiceListDocumentsRequest\x1a\x31.chatplane.v1.GatewayServiceListDocumentsResponse\"\x15\x82\xd3\xe4\x93\x02\x0f\x12\r/v1/documents\x12\x9c\x01\n\x0e\x44\x65leteDocument\x12\x31.chatplane.v1.GatewayServiceDeleteDocumentRequest\x1a\x32.chatplane.v1.GatewayServiceDeleteDocumentResponse\"#\x82\xd3\xe4\x93\x02\x1d*\x1b/v1/documents/{document_id}\x12\x9c\x01\n\x0fSetActiveBranch\x12$.chatplane.v1.SetActiveBranchRequest\x1a%.chatplane.v1.SetActiveBranchResponse\"<\x82\xd3\xe4\x93\x02\x36\"1/v1/conversations/{conversation_id}/active-branch:\x01*b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -54,10 +54,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GATEWAYSERVICE'].methods_by_name['DeleteDocument']._serialized_options = b'\202\323\344\223\002\035*\033/v1/documents/{document_id}'
   _globals['_GATEWAYSERVICE'].methods_by_name['SetActiveBranch']._loaded_options = None
   _globals['_GATEWAYSERVICE'].methods_by_name['SetActiveBranch']._serialized_options = b'\202\323\344\223\0026\"1/v1/conversations/{conversation_id}/active-branch:\001*'
-  _globals['_CONVERSATIONVIEW']._serialized_start=2350
-  _globals['_CONVERSATIONVIEW']._serialized_end=2468
-  _globals['_RATING']._serialized_start=2470
-  _globals['_RATING']._serialized_end=2548
+  _globals['_CONVERSATIONVIEW']._serialized_start=2381
+  _globals['_CONVERSATIONVIEW']._serialized_end=2499
+  _globals['_RATING']._serialized_start=2501
+  _globals['_RATING']._serialized_end=2579
   _globals['_CHATREQUEST']._serialized_start=138
   _globals['_CHATREQUEST']._serialized_end=306
   _globals['_CHATRESPONSE']._serialized_start=309
@@ -74,36 +74,36 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DELETECONVERSATIONREQUEST']._serialized_end=1049
   _globals['_DELETECONVERSATIONRESPONSE']._serialized_start=1051
   _globals['_DELETECONVERSATIONRESPONSE']._serialized_end=1128
-  _globals['_SUBMITFEEDBACKREQUEST']._serialized_start=1130
-  _globals['_SUBMITFEEDBACKREQUEST']._serialized_end=1228
-  _globals['_SUBMITFEEDBACKRESPONSE']._serialized_start=1230
-  _globals['_SUBMITFEEDBACKRESPONSE']._serialized_end=1303
-  _globals['_RESUMECHATREQUEST']._serialized_start=1305
-  _globals['_RESUMECHATREQUEST']._serialized_end=1368
-  _globals['_RESUMECHATRESPONSE']._serialized_start=1371
-  _globals['_RESUMECHATRESPONSE']._serialized_end=1610
-  _globals['_CANCELCHATREQUEST']._serialized_start=1612
-  _globals['_CANCELCHATREQUEST']._serialized_end=1651
-  _globals['_CANCELCHATRESPONSE']._serialized_start=1653
-  _globals['_CANCELCHATRESPONSE']._serialized_end=1692
-  _globals['_INGESTDOCUMENTHEADER']._serialized_start=1694
-  _globals['_INGESTDOCUMENTHEADER']._serialized_end=1749
-  _globals['_GATEWAYSERVICEINGESTDOCUMENTREQUEST']._serialized_start=1751
-  _globals['_GATEWAYSERVICEINGESTDOCUMENTREQUEST']._serialized_end=1869
-  _globals['_GATEWAYSERVICEINGESTDOCUMENTRESPONSE']._serialized_start=1871
-  _globals['_GATEWAYSERVICEINGESTDOCUMENTRESPONSE']._serialized_end=1951
-  _globals['_GATEWAYSERVICELISTDOCUMENTSREQUEST']._serialized_start=1953
-  _globals['_GATEWAYSERVICELISTDOCUMENTSREQUEST']._serialized_end=1989
-  _globals['_GATEWAYSERVICELISTDOCUMENTSRESPONSE']._serialized_start=1991
-  _globals['_GATEWAYSERVICELISTDOCUMENTSRESPONSE']._serialized_end=2071
-  _globals['_GATEWAYSERVICEDELETEDOCUMENTREQUEST']._serialized_start=2073
-  _globals['_GATEWAYSERVICEDELETEDOCUMENTREQUEST']._serialized_end=2131
-  _globals['_GATEWAYSERVICEDELETEDOCUMENTRESPONSE']._serialized_start=2133
-  _globals['_GATEWAYSERVICEDELETEDOCUMENTRESPONSE']._serialized_end=2200
-  _globals['_SETACTIVEBRANCHREQUEST']._serialized_start=2202
-  _globals['_SETACTIVEBRANCHREQUEST']._serialized_end=2271
-  _globals['_SETACTIVEBRANCHRESPONSE']._serialized_start=2273
-  _globals['_SETACTIVEBRANCHRESPONSE']._serialized_end=2348
-  _globals['_GATEWAYSERVICE']._serialized_start=2551
-  _globals['_GATEWAYSERVICE']._serialized_end=4053
+  _globals['_SUBMITFEEDBACKREQUEST']._serialized_start=1131
+  _globals['_SUBMITFEEDBACKREQUEST']._serialized_end=1259
+  _globals['_SUBMITFEEDBACKRESPONSE']._serialized_start=1261
+  _globals['_SUBMITFEEDBACKRESPONSE']._serialized_end=1334
+  _globals['_RESUMECHATREQUEST']._serialized_start=1336
+  _globals['_RESUMECHATREQUEST']._serialized_end=1399
+  _globals['_RESUMECHATRESPONSE']._serialized_start=1402
+  _globals['_RESUMECHATRESPONSE']._serialized_end=1641
+  _globals['_CANCELCHATREQUEST']._serialized_start=1643
+  _globals['_CANCELCHATREQUEST']._serialized_end=1682
+  _globals['_CANCELCHATRESPONSE']._serialized_start=1684
+  _globals['_CANCELCHATRESPONSE']._serialized_end=1723
+  _globals['_INGESTDOCUMENTHEADER']._serialized_start=1725
+  _globals['_INGESTDOCUMENTHEADER']._serialized_end=1780
+  _globals['_GATEWAYSERVICEINGESTDOCUMENTREQUEST']._serialized_start=1782
+  _globals['_GATEWAYSERVICEINGESTDOCUMENTREQUEST']._serialized_end=1900
+  _globals['_GATEWAYSERVICEINGESTDOCUMENTRESPONSE']._serialized_start=1902
+  _globals['_GATEWAYSERVICEINGESTDOCUMENTRESPONSE']._serialized_end=1982
+  _globals['_GATEWAYSERVICELISTDOCUMENTSREQUEST']._serialized_start=1984
+  _globals['_GATEWAYSERVICELISTDOCUMENTSREQUEST']._serialized_end=2020
+  _globals['_GATEWAYSERVICELISTDOCUMENTSRESPONSE']._serialized_start=2022
+  _globals['_GATEWAYSERVICELISTDOCUMENTSRESPONSE']._serialized_end=2102
+  _globals['_GATEWAYSERVICEDELETEDOCUMENTREQUEST']._serialized_start=2104
+  _globals['_GATEWAYSERVICEDELETEDOCUMENTREQUEST']._serialized_end=2162
+  _globals['_GATEWAYSERVICEDELETEDOCUMENTRESPONSE']._serialized_start=2164
+  _globals['_GATEWAYSERVICEDELETEDOCUMENTRESPONSE']._serialized_end=2231
+  _globals['_SETACTIVEBRANCHREQUEST']._serialized_start=2233
+  _globals['_SETACTIVEBRANCHREQUEST']._serialized_end=2302
+  _globals['_SETACTIVEBRANCHRESPONSE']._serialized_start=2304
+  _globals['_SETACTIVEBRANCHRESPONSE']._serialized_end=2379
+  _globals['_GATEWAYSERVICE']._serialized_start=2582
+  _globals['_GATEWAYSERVICE']._serialized_end=4084
 # @@protoc_insertion_point(module_scope)

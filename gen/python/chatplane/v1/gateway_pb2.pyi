@@ -344,24 +344,30 @@ class SubmitFeedbackRequest(_message.Message):
     MESSAGE_ID_FIELD_NUMBER: _builtins.int
     RATING_FIELD_NUMBER: _builtins.int
     COMMENT_FIELD_NUMBER: _builtins.int
+    SCORE_FIELD_NUMBER: _builtins.int
     message_id: _builtins.str
     """The assistant message rated."""
     rating: Global___Rating.ValueType
     """Thumbs up or down."""
     comment: _builtins.str
     """Optional free text (at most 4 KiB)."""
+    score: _builtins.int
+    """Optional numeric rating from 1 (worst) to 5 (best); any other value is INVALID_ARGUMENT."""
     def __init__(
         self,
         *,
         message_id: _builtins.str = ...,
         rating: Global___Rating.ValueType = ...,
         comment: _builtins.str = ...,
+        score: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_score", b"_score", "score", b"score"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["comment", b"comment", "message_id", b"message_id", "rating", b"rating"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_score", b"_score", "comment", b"comment", "message_id", b"message_id", "rating", b"rating", "score", b"score"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__score: _TypeAlias = _typing.Literal["score"]  # noqa: Y015
+    _WhichOneofArgType__score: _TypeAlias = _typing.Literal["_score", b"_score"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__score) -> _WhichOneofReturnType__score | None: ...
 
 Global___SubmitFeedbackRequest: _TypeAlias = SubmitFeedbackRequest  # noqa: Y015
 

@@ -1013,3 +1013,144 @@ class PersistenceServiceSetActiveBranchResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___PersistenceServiceSetActiveBranchResponse: _TypeAlias = PersistenceServiceSetActiveBranchResponse  # noqa: Y015
+
+@_typing.final
+class ReportVariantsRequest(_message.Message):
+    """Asks for the per-variant report."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TENANT_ID_FIELD_NUMBER: _builtins.int
+    SINCE_FIELD_NUMBER: _builtins.int
+    tenant_id: _builtins.str
+    """Only this tenant's answers; empty means every tenant."""
+    @_builtins.property
+    def since(self) -> _timestamp_pb2.Timestamp:
+        """Only answers created at or after this time; absent means since the beginning."""
+
+    def __init__(
+        self,
+        *,
+        tenant_id: _builtins.str = ...,
+        since: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["since", b"since"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["since", b"since", "tenant_id", b"tenant_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReportVariantsRequest: _TypeAlias = ReportVariantsRequest  # noqa: Y015
+
+@_typing.final
+class VariantReport(_message.Message):
+    """What the answers of one variant got."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VARIANT_FIELD_NUMBER: _builtins.int
+    ANSWERS_FIELD_NUMBER: _builtins.int
+    INTERRUPTED_ANSWERS_FIELD_NUMBER: _builtins.int
+    FEEDBACK_COUNT_FIELD_NUMBER: _builtins.int
+    SCORED_COUNT_FIELD_NUMBER: _builtins.int
+    MEAN_SCORE_FIELD_NUMBER: _builtins.int
+    THUMBS_UP_COUNT_FIELD_NUMBER: _builtins.int
+    THUMBS_UP_RATE_FIELD_NUMBER: _builtins.int
+    MEAN_FIRST_TOKEN_MS_FIELD_NUMBER: _builtins.int
+    MEAN_DURATION_MS_FIELD_NUMBER: _builtins.int
+    MEAN_INPUT_TOKENS_FIELD_NUMBER: _builtins.int
+    MEAN_OUTPUT_TOKENS_FIELD_NUMBER: _builtins.int
+    variant: _builtins.str
+    """The variant ("default" for answers without one)."""
+    answers: _builtins.int
+    """Assistant messages stored (complete and interrupted)."""
+    interrupted_answers: _builtins.int
+    """Of those, interrupted ones (cut by the client or a provider failure)."""
+    feedback_count: _builtins.int
+    """Answers with feedback."""
+    scored_count: _builtins.int
+    """Answers whose feedback has a numeric score (1-5)."""
+    mean_score: _builtins.float
+    """Mean of the scores (absent when none)."""
+    thumbs_up_count: _builtins.int
+    """Feedback with a thumbs up."""
+    thumbs_up_rate: _builtins.float
+    """thumbs_up_count / feedback_count (absent without feedback)."""
+    mean_first_token_ms: _builtins.float
+    """Mean milliseconds to the first token, over complete answers that recorded it."""
+    mean_duration_ms: _builtins.float
+    """Mean milliseconds to the end of the answer, over complete answers that recorded it."""
+    mean_input_tokens: _builtins.float
+    """Mean input tokens, over complete answers."""
+    mean_output_tokens: _builtins.float
+    """Mean output tokens, over complete answers."""
+    def __init__(
+        self,
+        *,
+        variant: _builtins.str = ...,
+        answers: _builtins.int = ...,
+        interrupted_answers: _builtins.int = ...,
+        feedback_count: _builtins.int = ...,
+        scored_count: _builtins.int = ...,
+        mean_score: _builtins.float | None = ...,
+        thumbs_up_count: _builtins.int = ...,
+        thumbs_up_rate: _builtins.float | None = ...,
+        mean_first_token_ms: _builtins.float | None = ...,
+        mean_duration_ms: _builtins.float | None = ...,
+        mean_input_tokens: _builtins.float | None = ...,
+        mean_output_tokens: _builtins.float | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_mean_duration_ms", b"_mean_duration_ms", "_mean_first_token_ms", b"_mean_first_token_ms", "_mean_input_tokens", b"_mean_input_tokens", "_mean_output_tokens", b"_mean_output_tokens", "_mean_score", b"_mean_score", "_thumbs_up_rate", b"_thumbs_up_rate", "mean_duration_ms", b"mean_duration_ms", "mean_first_token_ms", b"mean_first_token_ms", "mean_input_tokens", b"mean_input_tokens", "mean_output_tokens", b"mean_output_tokens", "mean_score", b"mean_score", "thumbs_up_rate", b"thumbs_up_rate"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_mean_duration_ms", b"_mean_duration_ms", "_mean_first_token_ms", b"_mean_first_token_ms", "_mean_input_tokens", b"_mean_input_tokens", "_mean_output_tokens", b"_mean_output_tokens", "_mean_score", b"_mean_score", "_thumbs_up_rate", b"_thumbs_up_rate", "answers", b"answers", "feedback_count", b"feedback_count", "interrupted_answers", b"interrupted_answers", "mean_duration_ms", b"mean_duration_ms", "mean_first_token_ms", b"mean_first_token_ms", "mean_input_tokens", b"mean_input_tokens", "mean_output_tokens", b"mean_output_tokens", "mean_score", b"mean_score", "scored_count", b"scored_count", "thumbs_up_count", b"thumbs_up_count", "thumbs_up_rate", b"thumbs_up_rate", "variant", b"variant"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__mean_duration_ms: _TypeAlias = _typing.Literal["mean_duration_ms"]  # noqa: Y015
+    _WhichOneofArgType__mean_duration_ms: _TypeAlias = _typing.Literal["_mean_duration_ms", b"_mean_duration_ms"]  # noqa: Y015
+    _WhichOneofReturnType__mean_first_token_ms: _TypeAlias = _typing.Literal["mean_first_token_ms"]  # noqa: Y015
+    _WhichOneofArgType__mean_first_token_ms: _TypeAlias = _typing.Literal["_mean_first_token_ms", b"_mean_first_token_ms"]  # noqa: Y015
+    _WhichOneofReturnType__mean_input_tokens: _TypeAlias = _typing.Literal["mean_input_tokens"]  # noqa: Y015
+    _WhichOneofArgType__mean_input_tokens: _TypeAlias = _typing.Literal["_mean_input_tokens", b"_mean_input_tokens"]  # noqa: Y015
+    _WhichOneofReturnType__mean_output_tokens: _TypeAlias = _typing.Literal["mean_output_tokens"]  # noqa: Y015
+    _WhichOneofArgType__mean_output_tokens: _TypeAlias = _typing.Literal["_mean_output_tokens", b"_mean_output_tokens"]  # noqa: Y015
+    _WhichOneofReturnType__mean_score: _TypeAlias = _typing.Literal["mean_score"]  # noqa: Y015
+    _WhichOneofArgType__mean_score: _TypeAlias = _typing.Literal["_mean_score", b"_mean_score"]  # noqa: Y015
+    _WhichOneofReturnType__thumbs_up_rate: _TypeAlias = _typing.Literal["thumbs_up_rate"]  # noqa: Y015
+    _WhichOneofArgType__thumbs_up_rate: _TypeAlias = _typing.Literal["_thumbs_up_rate", b"_thumbs_up_rate"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__mean_duration_ms) -> _WhichOneofReturnType__mean_duration_ms | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__mean_first_token_ms) -> _WhichOneofReturnType__mean_first_token_ms | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__mean_input_tokens) -> _WhichOneofReturnType__mean_input_tokens | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__mean_output_tokens) -> _WhichOneofReturnType__mean_output_tokens | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__mean_score) -> _WhichOneofReturnType__mean_score | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__thumbs_up_rate) -> _WhichOneofReturnType__thumbs_up_rate | None: ...
+
+Global___VariantReport: _TypeAlias = VariantReport  # noqa: Y015
+
+@_typing.final
+class ReportVariantsResponse(_message.Message):
+    """The per-variant report."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VARIANTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def variants(self) -> _containers.RepeatedCompositeFieldContainer[Global___VariantReport]:
+        """One entry per variant with answers, by variant name."""
+
+    def __init__(
+        self,
+        *,
+        variants: _abc.Iterable[Global___VariantReport] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["variants", b"variants"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReportVariantsResponse: _TypeAlias = ReportVariantsResponse  # noqa: Y015

@@ -112,6 +112,11 @@ class PersistenceServiceStub:
                 request_serializer=chatplane_dot_v1_dot_persistence__pb2.PersistenceServiceSetActiveBranchRequest.SerializeToString,
                 response_deserializer=chatplane_dot_v1_dot_persistence__pb2.PersistenceServiceSetActiveBranchResponse.FromString,
                 _registered_method=True)
+        self.ReportVariants = channel.unary_unary(
+                '/chatplane.v1.PersistenceService/ReportVariants',
+                request_serializer=chatplane_dot_v1_dot_persistence__pb2.ReportVariantsRequest.SerializeToString,
+                response_deserializer=chatplane_dot_v1_dot_persistence__pb2.ReportVariantsResponse.FromString,
+                _registered_method=True)
 
 
 class PersistenceServiceServicer:
@@ -229,6 +234,14 @@ class PersistenceServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReportVariants(self, request, context):
+        """Aggregates answers and their feedback per A/B variant (admin tools: `chatplane report
+        variants`); computed in SQL by the store.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PersistenceServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -306,6 +319,11 @@ def add_PersistenceServiceServicer_to_server(servicer, server):
                     servicer.SetActiveBranch,
                     request_deserializer=chatplane_dot_v1_dot_persistence__pb2.PersistenceServiceSetActiveBranchRequest.FromString,
                     response_serializer=chatplane_dot_v1_dot_persistence__pb2.PersistenceServiceSetActiveBranchResponse.SerializeToString,
+            ),
+            'ReportVariants': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReportVariants,
+                    request_deserializer=chatplane_dot_v1_dot_persistence__pb2.ReportVariantsRequest.FromString,
+                    response_serializer=chatplane_dot_v1_dot_persistence__pb2.ReportVariantsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -716,6 +734,33 @@ class PersistenceService:
             '/chatplane.v1.PersistenceService/SetActiveBranch',
             chatplane_dot_v1_dot_persistence__pb2.PersistenceServiceSetActiveBranchRequest.SerializeToString,
             chatplane_dot_v1_dot_persistence__pb2.PersistenceServiceSetActiveBranchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReportVariants(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chatplane.v1.PersistenceService/ReportVariants',
+            chatplane_dot_v1_dot_persistence__pb2.ReportVariantsRequest.SerializeToString,
+            chatplane_dot_v1_dot_persistence__pb2.ReportVariantsResponse.FromString,
             options,
             channel_credentials,
             insecure,

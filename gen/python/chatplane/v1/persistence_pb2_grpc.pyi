@@ -74,6 +74,10 @@ class PersistenceServiceStub:
     """Returns a tenant's daily token quota and today's usage."""
     SetActiveBranch: _grpc.UnaryUnaryMultiCallable[_persistence_pb2.PersistenceServiceSetActiveBranchRequest, _persistence_pb2.PersistenceServiceSetActiveBranchResponse]
     """Switches a conversation's active branch to the one through a message."""
+    ReportVariants: _grpc.UnaryUnaryMultiCallable[_persistence_pb2.ReportVariantsRequest, _persistence_pb2.ReportVariantsResponse]
+    """Aggregates answers and their feedback per A/B variant (admin tools: `chatplane report
+    variants`); computed in SQL by the store.
+    """
 
 @_typing.type_check_only
 class PersistenceServiceAsyncStub(PersistenceServiceStub):
@@ -121,6 +125,10 @@ class PersistenceServiceAsyncStub(PersistenceServiceStub):
     """Returns a tenant's daily token quota and today's usage."""
     SetActiveBranch: _aio.UnaryUnaryMultiCallable[_persistence_pb2.PersistenceServiceSetActiveBranchRequest, _persistence_pb2.PersistenceServiceSetActiveBranchResponse]  # type: ignore[assignment]
     """Switches a conversation's active branch to the one through a message."""
+    ReportVariants: _aio.UnaryUnaryMultiCallable[_persistence_pb2.ReportVariantsRequest, _persistence_pb2.ReportVariantsResponse]  # type: ignore[assignment]
+    """Aggregates answers and their feedback per A/B variant (admin tools: `chatplane report
+    variants`); computed in SQL by the store.
+    """
 
 class PersistenceServiceServicer(metaclass=_abc_1.ABCMeta):
     """The system of record: conversations, turns, messages (written through the message log),
@@ -255,5 +263,15 @@ class PersistenceServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_persistence_pb2.PersistenceServiceSetActiveBranchResponse, _abc.Awaitable[_persistence_pb2.PersistenceServiceSetActiveBranchResponse]]:
         """Switches a conversation's active branch to the one through a message."""
+
+    @_abc_1.abstractmethod
+    def ReportVariants(
+        self,
+        request: _persistence_pb2.ReportVariantsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_persistence_pb2.ReportVariantsResponse, _abc.Awaitable[_persistence_pb2.ReportVariantsResponse]]:
+        """Aggregates answers and their feedback per A/B variant (admin tools: `chatplane report
+        variants`); computed in SQL by the store.
+        """
 
 def add_PersistenceServiceServicer_to_server(servicer: PersistenceServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -315,6 +315,7 @@ class TurnStarted(_message.Message):
     REPLAYED_FIELD_NUMBER: _builtins.int
     MEMORY_DEGRADED_FIELD_NUMBER: _builtins.int
     RESUMED_FIELD_NUMBER: _builtins.int
+    VARIANT_FIELD_NUMBER: _builtins.int
     conversation_id: _builtins.str
     """The conversation (new or existing)."""
     user_message_id: _builtins.str
@@ -329,6 +330,8 @@ class TurnStarted(_message.Message):
     """True when memory could not be reached and the answer runs without recalled context."""
     resumed: _builtins.bool
     """True on a ResumeChat stream: the deltas that follow start after the requested sequence."""
+    variant: _builtins.str
+    """The A/B variant that answers ("default" without variants; later NAME@VERSION)."""
     def __init__(
         self,
         *,
@@ -339,10 +342,11 @@ class TurnStarted(_message.Message):
         replayed: _builtins.bool = ...,
         memory_degraded: _builtins.bool = ...,
         resumed: _builtins.bool = ...,
+        variant: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["assistant_message_id", b"assistant_message_id", "conversation_id", b"conversation_id", "memory_degraded", b"memory_degraded", "model", b"model", "replayed", b"replayed", "resumed", b"resumed", "user_message_id", b"user_message_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["assistant_message_id", b"assistant_message_id", "conversation_id", b"conversation_id", "memory_degraded", b"memory_degraded", "model", b"model", "replayed", b"replayed", "resumed", b"resumed", "user_message_id", b"user_message_id", "variant", b"variant"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file chatplane/v1/events.proto.
  */
 export const file_chatplane_v1_events: GenFile = /*@__PURE__*/
-  fileDesc("ChljaGF0cGxhbmUvdjEvZXZlbnRzLnByb3RvEgxjaGF0cGxhbmUudjEiiQEKD01lc3NhZ2VSZWNvcmRlZBIWCg5zY2hlbWFfdmVyc2lvbhgBIAEoBRIRCgl0ZW5hbnRfaWQYAiABKAkSDwoHdXNlcl9pZBgDIAEoCRImCgdtZXNzYWdlGAQgASgLMhUuY2hhdHBsYW5lLnYxLk1lc3NhZ2USEgoKZGVsdGFfZW5kcxgeIAMoBUJAWj5naXRodWIuY29tL2NoYXRwbGFuZS9jaGF0cGxhbmUvZ2VuL2dvL2NoYXRwbGFuZS92MTtjaGF0cGxhbmV2MWIGcHJvdG8z", [file_chatplane_v1_resources]);
+  fileDesc("ChljaGF0cGxhbmUvdjEvZXZlbnRzLnByb3RvEgxjaGF0cGxhbmUudjEi9AEKD01lc3NhZ2VSZWNvcmRlZBIWCg5zY2hlbWFfdmVyc2lvbhgBIAEoBRIRCgl0ZW5hbnRfaWQYAiABKAkSDwoHdXNlcl9pZBgDIAEoCRImCgdtZXNzYWdlGAQgASgLMhUuY2hhdHBsYW5lLnYxLk1lc3NhZ2USEgoKZGVsdGFfZW5kcxgeIAMoBRIPCgd2YXJpYW50GDIgASgJEhsKDmZpcnN0X3Rva2VuX21zGDMgASgDSACIAQESGAoLZHVyYXRpb25fbXMYNCABKANIAYgBAUIRCg9fZmlyc3RfdG9rZW5fbXNCDgoMX2R1cmF0aW9uX21zQkBaPmdpdGh1Yi5jb20vY2hhdHBsYW5lL2NoYXRwbGFuZS9nZW4vZ28vY2hhdHBsYW5lL3YxO2NoYXRwbGFuZXYxYgZwcm90bzM", [file_chatplane_v1_resources]);
 
 /**
  * A record of the message log (topic chatplane.messages, keyed by conversation id): one
@@ -57,6 +57,29 @@ export type MessageRecorded = Message<"chatplane.v1.MessageRecorded"> & {
    * @generated from field: repeated int32 delta_ends = 30;
    */
   deltaEnds: number[];
+
+  /**
+   * The A/B variant that wrote an assistant message ("default" without variants; later
+   * NAME@VERSION). Empty for user messages; an assistant message without it is "default".
+   *
+   * @generated from field: string variant = 50;
+   */
+  variant: string;
+
+  /**
+   * Milliseconds from the turn's start at the Agent to the answer's first token (assistant
+   * messages that got one).
+   *
+   * @generated from field: optional int64 first_token_ms = 51;
+   */
+  firstTokenMs?: bigint | undefined;
+
+  /**
+   * Milliseconds from the turn's start at the Agent to the answer's end (assistant messages).
+   *
+   * @generated from field: optional int64 duration_ms = 52;
+   */
+  durationMs?: bigint | undefined;
 };
 
 /**

@@ -140,8 +140,11 @@ class AnthropicBackend(LlmBackend):
     async def stream(self, prompt: Prompt, *, max_attempts: int = 1) -> AsyncGenerator[StreamItem]:
         body = request_body(prompt, model=self._model, prompt_caching=self._prompt_caching)
         client = self._clients.for_attempts(max_attempts)
+        # The pinned SDK's create() has no `temperature` parameter (a TypeError, seen when an
+        # A/B variant sets one); the Messages API reads it from the JSON body.
+        extra_body = {"temperature": body.pop("temperature")} if "temperature" in body else None
         try:
-            events = await client.messages.create(**body, stream=True)
+            events = await client.messages.create(**body, stream=True, extra_body=extra_body)
         except anthropic.APIError as error:
             raise translate_error(error) from error
         usage: dict[str, int] = {}

@@ -108,12 +108,19 @@ def _backend(kind: BackendKind, model: str, settings: Settings) -> LlmBackend:
     )
 
 
-def build_model_chain(settings: Settings) -> ModelChain:
-    """The configured model and its fallbacks, with a breaker per provider."""
-    breakers: dict[str, CircuitBreaker] = {}
+def build_model_chain(
+    settings: Settings,
+    *,
+    breakers: dict[str, CircuitBreaker] | None = None,
+    tenants: TenantLabels | None = None,
+) -> ModelChain:
+    """The configured model and its fallbacks, with a breaker per provider. Chains built
+    for A/B variants pass the process's `breakers` and `tenants`, so one provider has one
+    breaker and one tenant-label bound whatever variant calls it."""
+    breakers = {} if breakers is None else breakers
     routes: list[Route] = []
     # One bound on the tenant label for every model of this process.
-    tenants = TenantLabels(settings.metrics_tenant_limit)
+    tenants = tenants or TenantLabels(settings.metrics_tenant_limit)
     for kind, model in model_specs(settings):
         # Every model tried is observed: a span with GenAI attributes, token metrics.
         backend = ObservedBackend(_backend(kind, model, settings), system=kind, tenants=tenants)

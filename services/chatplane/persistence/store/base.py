@@ -105,6 +105,12 @@ class Message:
     # The message before it on its branch ("" for a first message); None for a message
     # recorded before conversation trees (docs/conversation-tree.md).
     parent_message_id: str | None = None
+    # A/B variants (assistant messages; docs/variants.md): the variant that answered ("" is
+    # stored as "default") and milliseconds from the turn's start to the first token and to
+    # the end (None: not measured).
+    variant: str = ""
+    first_token_ms: int | None = None
+    duration_ms: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,6 +197,8 @@ class Feedback:
     message_id: str
     rating: Rating
     comment: str = ""
+    # An optional numeric rating, 1 (worst) to 5 (best).
+    score: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -293,6 +301,30 @@ class ConversationTreePage:
     conversation: Conversation
     messages: tuple[PlacedMessage, ...]
     next_cursor: MessageCursor | BranchCursor | None
+
+
+@dataclass(frozen=True, slots=True)
+class VariantStats:
+    """What the answers of one variant got. Means are None when nothing was there to
+    average; latencies and tokens are averaged over complete answers only (an interrupted
+    answer measures where it was cut, not the variant)."""
+
+    variant: str
+    answers: int
+    interrupted_answers: int
+    feedback_count: int
+    scored_count: int
+    mean_score: float | None
+    thumbs_up_count: int
+    mean_first_token_ms: float | None
+    mean_duration_ms: float | None
+    mean_input_tokens: float | None
+    mean_output_tokens: float | None
+
+    @property
+    def thumbs_up_rate(self) -> float | None:
+        """Thumbs up among the answers with feedback."""
+        return self.thumbs_up_count / self.feedback_count if self.feedback_count else None
 
 
 class MessagesRejected(Exception):
@@ -432,6 +464,14 @@ class ConversationStore(TokenQuotaLedger, AsyncClosable):
     async def get_answer(self, owner: Owner, assistant_message_id: str) -> Answer:
         """The owner's turn whose assistant message id this is, with the answer's delta ends
         once stored; NotFound for any other id (a user message's, someone else's)."""
+
+    @abc.abstractmethod
+    async def report_variants(
+        self, tenant_id: str | None = None, since: datetime | None = None
+    ) -> list[VariantStats]:
+        """Answers and their feedback aggregated per A/B variant, by variant name: of one
+        tenant (None: all) and created at or after `since` (None: all). Not scoped to an
+        owner: for admin tools only."""
 
     @abc.abstractmethod
     async def close(self) -> None:

@@ -21,6 +21,13 @@ from psycopg_pool import AsyncConnectionPool
 from chatplane.common import errors
 from chatplane.common.ids import is_valid_id, new_id
 from chatplane.persistence.store import answer_deltas, postgres_quota, postgres_tree
+from chatplane.persistence.store.answer_metrics import (
+    ANSWER_METRICS_COLUMNS,
+    VariantStats,
+    answer_metric_rows,
+    report_query,
+    stats_from_row,
+)
 from chatplane.persistence.store.base import (
     Answer,
     ApiKey,
@@ -550,17 +557,18 @@ class PostgresConversationStore(TreeQueries, ConversationStore):
             try:
                 cursor = await connection.execute(
                     "INSERT INTO feedback"
-                    " (message_id, tenant_id, user_id, rating, comment, create_time)"
-                    " SELECT message_id, tenant_id, user_id, %s, %s, %s FROM messages"
+                    " (message_id, tenant_id, user_id, rating, comment, create_time, score)"
+                    " SELECT message_id, tenant_id, user_id, %s, %s, %s, %s FROM messages"
                     " WHERE message_id = %s AND tenant_id = %s AND user_id = %s"
                     " AND role = %s"
                     " ON CONFLICT (message_id, tenant_id, user_id) DO UPDATE SET"
                     " rating = excluded.rating, comment = excluded.comment,"
-                    " create_time = excluded.create_time",
+                    " create_time = excluded.create_time, score = excluded.score",
                     (
                         feedback.rating.value,
                         feedback.comment,
                         now,
+                        feedback.score,
                         feedback.message_id,
                         owner.tenant_id,
                         owner.user_id,
@@ -700,6 +708,7 @@ class PostgresConversationStore(TreeQueries, ConversationStore):
         if deltas:
             async with connection.cursor() as cursor:
                 await cursor.executemany(answer_deltas.INSERT_POSTGRES, deltas)
+        await _insert_answer_metrics(connection, [m for m in accepted if m.message_id in inserted])
         return len(inserted)
 
     # Token quotas (chatplane.persistence.store.postgres_quota), each in one transaction.
@@ -726,6 +735,24 @@ class PostgresConversationStore(TreeQueries, ConversationStore):
         now = self._clock()
         async with self._connection() as connection:
             return await postgres_quota.quota(connection, tenant_id, now)
+
+    async def report_variants(
+        self, tenant_id: str | None = None, since: datetime | None = None
+    ) -> list[VariantStats]:
+        query = report_query(
+            time_column="create_time",
+            placeholder="%s",
+            tenant=tenant_id is not None,
+            since=since is not None,
+            to_float="::float8",
+        )
+        parameters: list[Any] = [] if tenant_id is None else [tenant_id]
+        if since is not None:
+            parameters.append(since)
+        async with self._connection() as connection:
+            cursor = await connection.execute(query, parameters)
+            rows = await cursor.fetchall()
+        return [stats_from_row(row) for row in rows]
 
     async def close(self) -> None:
         if self._closed:
@@ -912,6 +939,19 @@ async def _insert_each(
             if not cursor.nextset():
                 break
     return inserted
+
+
+async def _insert_answer_metrics(connection: _Connection, inserted: Sequence[Message]) -> None:
+    """The A/B variant rows of the inserted assistant messages (docs/variants.md)."""
+    rows = answer_metric_rows(inserted, lambda moment: moment)
+    if not rows:
+        return
+    await connection.execute(
+        f"INSERT INTO answer_metrics ({ANSWER_METRICS_COLUMNS}, create_time)"
+        " SELECT * FROM unnest(%b::text[], %b::text[], %b::text[], %b::text[], %b::int4[],"
+        " %b::int4[], %b::int8[], %b::int8[], %b::timestamptz[])",
+        [list(column) for column in zip(*rows, strict=True)],
+    )
 
 
 async def _count_messages(connection: _Connection, inserted: Sequence[Message]) -> None:

@@ -18,6 +18,13 @@ from typing import Any, Self, TypeVar
 from chatplane.common import errors
 from chatplane.common.ids import is_valid_id, new_id
 from chatplane.persistence.store import answer_deltas, sqlite_quota, sqlite_tree
+from chatplane.persistence.store.answer_metrics import (
+    ANSWER_METRICS_COLUMNS,
+    VariantStats,
+    answer_metric_rows,
+    report_query,
+    stats_from_row,
+)
 from chatplane.persistence.store.base import (
     Answer,
     ApiKey,
@@ -257,6 +264,11 @@ class SqliteConversationStore(TreeQueries, ConversationStore):
         work = functools.partial(sqlite_quota.quota, tenant_id=tenant_id, now=self._clock())
         return await self._run(work)
 
+    async def report_variants(
+        self, tenant_id: str | None = None, since: datetime | None = None
+    ) -> list[VariantStats]:
+        return await self._run(functools.partial(_report_variants, tenant_id, since))
+
     async def close(self) -> None:
         if self._closed:
             return
@@ -431,11 +443,11 @@ class SqliteConversationStore(TreeQueries, ConversationStore):
                 raise errors.NotFound("assistant message not found")
             connection.execute(
                 "INSERT INTO feedback"
-                " (message_id, tenant_id, user_id, rating, comment, create_time_us)"
-                " VALUES (?, ?, ?, ?, ?, ?)"
+                " (message_id, tenant_id, user_id, rating, comment, create_time_us, score)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)"
                 " ON CONFLICT (message_id, tenant_id, user_id) DO UPDATE SET"
                 " rating = excluded.rating, comment = excluded.comment,"
-                " create_time_us = excluded.create_time_us",
+                " create_time_us = excluded.create_time_us, score = excluded.score",
                 (
                     feedback.message_id,
                     owner.tenant_id,
@@ -443,6 +455,7 @@ class SqliteConversationStore(TreeQueries, ConversationStore):
                     feedback.rating.value,
                     feedback.comment,
                     now_us,
+                    feedback.score,
                 ),
             )
         return from_micros(now_us)
@@ -473,6 +486,11 @@ class SqliteConversationStore(TreeQueries, ConversationStore):
                 [(*_message_row(m), now_us) for m in accepted],
             )
             connection.executemany(answer_deltas.INSERT_SQLITE, answer_deltas.delta_rows(accepted))
+            connection.executemany(
+                f"INSERT INTO answer_metrics ({ANSWER_METRICS_COLUMNS}, create_time_us)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                answer_metric_rows(accepted, to_micros),
+            )
             growth: dict[str, tuple[int, int]] = {}
             for m in accepted:
                 count, newest = growth.get(m.conversation_id, (0, 0))
@@ -732,6 +750,21 @@ def _iter_messages(after: str | None, limit: int, connection: sqlite3.Connection
         parameters.append(after)
     query += " ORDER BY message_id LIMIT ?"
     return [_message_from_row(row) for row in connection.execute(query, [*parameters, limit])]
+
+
+def _report_variants(
+    tenant_id: str | None, since: datetime | None, connection: sqlite3.Connection
+) -> list[VariantStats]:
+    query = report_query(
+        time_column="create_time_us",
+        placeholder="?",
+        tenant=tenant_id is not None,
+        since=since is not None,
+    )
+    parameters: list[Any] = [] if tenant_id is None else [tenant_id]
+    if since is not None:
+        parameters.append(to_micros(since))
+    return [stats_from_row(row) for row in connection.execute(query, parameters)]
 
 
 def _insert_api_key(record: ApiKey, connection: sqlite3.Connection) -> None:

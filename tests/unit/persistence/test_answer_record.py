@@ -1,0 +1,140 @@
+"""The A/B fields of log records in their stored form (docs/variants.md), the feedback score's
+validation (Gateway and PersistenceService), and the report RPC's request checks."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from chatplane.common import errors
+from chatplane.common.feedback_score import feedback_score
+from chatplane.common.ids import new_id
+from chatplane.gateway.validation import validate_feedback
+from chatplane.log import ConsumedRecord
+from chatplane.persistence.consumer import decode_message
+from chatplane.persistence.servicer import PersistenceServicer
+from chatplane.persistence.store.base import Owner
+from chatplane.persistence.store.sqlite import (
+    SqliteConversationStore,
+    _migrate,
+    sqlite_migrations,
+)
+from chatplane.persistence.variant_report import report_variants
+from chatplane.v1 import gateway_pb2, persistence_pb2, resources_pb2
+from tests.contract.store_fixtures import recorded
+
+OWNER = Owner("t", "u")
+
+
+def consumed(record: object) -> ConsumedRecord:
+    return ConsumedRecord(
+        topic="chatplane.messages",
+        partition=0,
+        offset=0,
+        key=b"k",
+        value=record.SerializeToString(),  # type: ignore[attr-defined]
+        headers=(),
+        timestamp_ms=0,
+    )
+
+
+def test_an_assistant_record_keeps_its_variant_and_latencies() -> None:
+    record = recorded(OWNER, role=resources_pb2.ROLE_ASSISTANT)
+    record.variant = "concise@2"
+    record.first_token_ms = 0
+    record.duration_ms = 1500
+    message = decode_message(consumed(record))
+    assert (message.variant, message.first_token_ms, message.duration_ms) == ("concise@2", 0, 1500)
+
+
+def test_an_assistant_record_of_an_older_agent_is_the_default_variant() -> None:
+    message = decode_message(consumed(recorded(OWNER, role=resources_pb2.ROLE_ASSISTANT)))
+    assert (message.variant, message.first_token_ms, message.duration_ms) == ("default", None, None)
+
+
+def test_broken_latencies_are_unmeasured_and_user_messages_have_no_variant() -> None:
+    record = recorded(OWNER, role=resources_pb2.ROLE_ASSISTANT)
+    record.first_token_ms = -5
+    record.duration_ms = -1
+    message = decode_message(consumed(record))
+    assert (message.first_token_ms, message.duration_ms) == (None, None)
+    user = recorded(OWNER)
+    user.variant = "a"
+    assert decode_message(consumed(user)).variant == ""
+
+
+@pytest.mark.parametrize("score", [0, 6, -1, 100])
+def test_a_score_outside_1_to_5_is_invalid_argument_on_its_field(score: int) -> None:
+    request = gateway_pb2.SubmitFeedbackRequest(
+        message_id=new_id(), rating=gateway_pb2.RATING_THUMBS_UP, score=score
+    )
+    with pytest.raises(errors.InvalidArgument) as raised:
+        validate_feedback(request, 4096)
+    assert raised.value.field == "score"
+    with pytest.raises(errors.InvalidArgument) as raised:
+        feedback_score(request, "feedback.score")
+    assert raised.value.field == "feedback.score"
+
+
+@pytest.mark.parametrize("score", [1, 3, 5])
+def test_scores_1_to_5_and_no_score_are_accepted(score: int) -> None:
+    request = gateway_pb2.SubmitFeedbackRequest(
+        message_id=new_id(), rating=gateway_pb2.RATING_THUMBS_DOWN, score=score
+    )
+    validate_feedback(request, 4096)
+    assert feedback_score(request) == score
+    request.ClearField("score")
+    validate_feedback(request, 4096)
+    assert feedback_score(request) is None
+
+
+async def test_persistence_refuses_a_bad_score_before_storing(
+    store: SqliteConversationStore,
+) -> None:
+    servicer = PersistenceServicer(store)
+    request = persistence_pb2.PersistenceServiceSubmitFeedbackRequest(
+        owner=persistence_pb2.Owner(tenant_id="t", user_id="u"),
+        feedback=gateway_pb2.SubmitFeedbackRequest(
+            message_id=new_id(), rating=gateway_pb2.RATING_THUMBS_UP, score=0
+        ),
+    )
+    with pytest.raises(errors.InvalidArgument) as raised:
+        await servicer.SubmitFeedback(request, None)  # type: ignore[arg-type]
+    assert raised.value.field == "feedback.score"
+
+
+async def test_report_request_checks(store: SqliteConversationStore) -> None:
+    with pytest.raises(errors.InvalidArgument) as raised:
+        await report_variants(store, persistence_pb2.ReportVariantsRequest(tenant_id="t" * 300))
+    assert raised.value.field == "tenant_id"
+    request = persistence_pb2.ReportVariantsRequest()
+    request.since.seconds = 2**62
+    with pytest.raises(errors.InvalidArgument) as raised:
+        await report_variants(store, request)
+    assert raised.value.field == "since"
+    assert not (await report_variants(store, persistence_pb2.ReportVariantsRequest())).variants
+
+
+async def test_migration_files_answers_stored_before_it_under_default(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    connection = sqlite3.connect(path, isolation_level=None)
+    _migrate(connection, sqlite_migrations()[:2])  # the schema before variants
+    connection.execute("INSERT INTO conversations VALUES ('c', 't', 'u', 'title', 1, 1, 2)")
+    for message_id, role in (("q", "user"), ("a", "assistant")):
+        connection.execute(
+            "INSERT INTO messages (message_id, conversation_id, tenant_id, user_id, role, text,"
+            " status, model, create_time_us, reply_to_message_id, finish_reason, input_tokens,"
+            " output_tokens, client_message_id, store_time_us)"
+            " VALUES (?, 'c', 't', 'u', ?, 'x', 'complete', 'm', 5, '', 'stop', 3, 4, '', 5)",
+            (message_id, role),
+        )
+    connection.close()
+    store = await SqliteConversationStore.open(path)
+    try:
+        [stats] = await store.report_variants()
+    finally:
+        await store.close()
+    assert (stats.variant, stats.answers, stats.mean_output_tokens) == ("default", 1, 4.0)
+    assert stats.mean_first_token_ms is None
