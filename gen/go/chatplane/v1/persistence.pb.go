@@ -892,7 +892,9 @@ type CreateApiKeyRequest struct {
 	Label string `protobuf:"bytes,2,opt,name=label,proto3" json:"label,omitempty"`
 	// What the key may do: "chat" (end user), "operator", "admin" (see docs/security.md).
 	// Empty means ["chat"]; an unknown role is INVALID_ARGUMENT.
-	Roles         []string `protobuf:"bytes,3,rep,name=roles,proto3" json:"roles,omitempty"`
+	Roles []string `protobuf:"bytes,3,rep,name=roles,proto3" json:"roles,omitempty"`
+	// Who asks: the key's creation is audited with this actor in the same transaction.
+	Actor         *AuditActor `protobuf:"bytes,80,opt,name=actor,proto3" json:"actor,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -944,6 +946,13 @@ func (x *CreateApiKeyRequest) GetLabel() string {
 func (x *CreateApiKeyRequest) GetRoles() []string {
 	if x != nil {
 		return x.Roles
+	}
+	return nil
+}
+
+func (x *CreateApiKeyRequest) GetActor() *AuditActor {
+	if x != nil {
+		return x.Actor
 	}
 	return nil
 }
@@ -1059,7 +1068,9 @@ type GetApiKeyResponse struct {
 	// True when the key is revoked.
 	Revoked bool `protobuf:"varint,3,opt,name=revoked,proto3" json:"revoked,omitempty"`
 	// The key's roles (never empty).
-	Roles         []string `protobuf:"bytes,4,rep,name=roles,proto3" json:"roles,omitempty"`
+	Roles []string `protobuf:"bytes,4,rep,name=roles,proto3" json:"roles,omitempty"`
+	// When a rotated key stops working (absent: no end; in the past: revoked is true).
+	ExpireTime    *timestamppb.Timestamp `protobuf:"bytes,80,opt,name=expire_time,json=expireTime,proto3" json:"expire_time,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1122,11 +1133,713 @@ func (x *GetApiKeyResponse) GetRoles() []string {
 	return nil
 }
 
+func (x *GetApiKeyResponse) GetExpireTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ExpireTime
+	}
+	return nil
+}
+
+// The stored facts of an API key, never its secret or the secret's hash.
+type ApiKeyInfo struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The public part of the key.
+	KeyId string `protobuf:"bytes,1,opt,name=key_id,json=keyId,proto3" json:"key_id,omitempty"`
+	// The key's principal.
+	Owner *Owner `protobuf:"bytes,2,opt,name=owner,proto3" json:"owner,omitempty"`
+	// The key's label.
+	Label string `protobuf:"bytes,3,opt,name=label,proto3" json:"label,omitempty"`
+	// The key's roles.
+	Roles []string `protobuf:"bytes,4,rep,name=roles,proto3" json:"roles,omitempty"`
+	// When it was created.
+	CreateTime *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
+	// True when the key no longer authenticates (revoked, or past its expire_time).
+	Revoked bool `protobuf:"varint,6,opt,name=revoked,proto3" json:"revoked,omitempty"`
+	// When it stops (or stopped) working; absent while it has no end.
+	ExpireTime *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=expire_time,json=expireTime,proto3" json:"expire_time,omitempty"`
+	// The key that replaced it by a rotation; empty if none.
+	ReplacedByKeyId string `protobuf:"bytes,8,opt,name=replaced_by_key_id,json=replacedByKeyId,proto3" json:"replaced_by_key_id,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *ApiKeyInfo) Reset() {
+	*x = ApiKeyInfo{}
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ApiKeyInfo) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ApiKeyInfo) ProtoMessage() {}
+
+func (x *ApiKeyInfo) ProtoReflect() protoreflect.Message {
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ApiKeyInfo.ProtoReflect.Descriptor instead.
+func (*ApiKeyInfo) Descriptor() ([]byte, []int) {
+	return file_chatplane_v1_persistence_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *ApiKeyInfo) GetKeyId() string {
+	if x != nil {
+		return x.KeyId
+	}
+	return ""
+}
+
+func (x *ApiKeyInfo) GetOwner() *Owner {
+	if x != nil {
+		return x.Owner
+	}
+	return nil
+}
+
+func (x *ApiKeyInfo) GetLabel() string {
+	if x != nil {
+		return x.Label
+	}
+	return ""
+}
+
+func (x *ApiKeyInfo) GetRoles() []string {
+	if x != nil {
+		return x.Roles
+	}
+	return nil
+}
+
+func (x *ApiKeyInfo) GetCreateTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CreateTime
+	}
+	return nil
+}
+
+func (x *ApiKeyInfo) GetRevoked() bool {
+	if x != nil {
+		return x.Revoked
+	}
+	return false
+}
+
+func (x *ApiKeyInfo) GetExpireTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ExpireTime
+	}
+	return nil
+}
+
+func (x *ApiKeyInfo) GetReplacedByKeyId() string {
+	if x != nil {
+		return x.ReplacedByKeyId
+	}
+	return ""
+}
+
+// Asks for a tenant's keys.
+type PersistenceServiceListApiKeysRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Whose keys.
+	TenantId string `protobuf:"bytes,1,opt,name=tenant_id,json=tenantId,proto3" json:"tenant_id,omitempty"`
+	// Only this user's keys; empty: every user of the tenant.
+	UserId string `protobuf:"bytes,2,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
+	// Maximum keys to return (1-500; 0 means 100).
+	PageSize int32 `protobuf:"varint,3,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	// The next_page_token of a previous call, or empty for the first page.
+	PageToken string `protobuf:"bytes,4,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	// Also list keys that no longer authenticate.
+	IncludeRevoked bool `protobuf:"varint,5,opt,name=include_revoked,json=includeRevoked,proto3" json:"include_revoked,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *PersistenceServiceListApiKeysRequest) Reset() {
+	*x = PersistenceServiceListApiKeysRequest{}
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PersistenceServiceListApiKeysRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PersistenceServiceListApiKeysRequest) ProtoMessage() {}
+
+func (x *PersistenceServiceListApiKeysRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PersistenceServiceListApiKeysRequest.ProtoReflect.Descriptor instead.
+func (*PersistenceServiceListApiKeysRequest) Descriptor() ([]byte, []int) {
+	return file_chatplane_v1_persistence_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *PersistenceServiceListApiKeysRequest) GetTenantId() string {
+	if x != nil {
+		return x.TenantId
+	}
+	return ""
+}
+
+func (x *PersistenceServiceListApiKeysRequest) GetUserId() string {
+	if x != nil {
+		return x.UserId
+	}
+	return ""
+}
+
+func (x *PersistenceServiceListApiKeysRequest) GetPageSize() int32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+func (x *PersistenceServiceListApiKeysRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
+func (x *PersistenceServiceListApiKeysRequest) GetIncludeRevoked() bool {
+	if x != nil {
+		return x.IncludeRevoked
+	}
+	return false
+}
+
+// A page of keys.
+type PersistenceServiceListApiKeysResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Keys, newest first.
+	Keys []*ApiKeyInfo `protobuf:"bytes,1,rep,name=keys,proto3" json:"keys,omitempty"`
+	// Token for the next page; empty when there is none.
+	NextPageToken string `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PersistenceServiceListApiKeysResponse) Reset() {
+	*x = PersistenceServiceListApiKeysResponse{}
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PersistenceServiceListApiKeysResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PersistenceServiceListApiKeysResponse) ProtoMessage() {}
+
+func (x *PersistenceServiceListApiKeysResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PersistenceServiceListApiKeysResponse.ProtoReflect.Descriptor instead.
+func (*PersistenceServiceListApiKeysResponse) Descriptor() ([]byte, []int) {
+	return file_chatplane_v1_persistence_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *PersistenceServiceListApiKeysResponse) GetKeys() []*ApiKeyInfo {
+	if x != nil {
+		return x.Keys
+	}
+	return nil
+}
+
+func (x *PersistenceServiceListApiKeysResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
+}
+
+// A key to rotate.
+type PersistenceServiceRotateApiKeyRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The tenant the key must belong to (another tenant's key is NOT_FOUND).
+	TenantId string `protobuf:"bytes,1,opt,name=tenant_id,json=tenantId,proto3" json:"tenant_id,omitempty"`
+	// The key to replace.
+	KeyId string `protobuf:"bytes,2,opt,name=key_id,json=keyId,proto3" json:"key_id,omitempty"`
+	// How long the old key keeps working, in milliseconds (0: stops now; at most 24 hours).
+	OverlapMs int64 `protobuf:"varint,3,opt,name=overlap_ms,json=overlapMs,proto3" json:"overlap_ms,omitempty"`
+	// Who asks (audited).
+	Actor         *AuditActor `protobuf:"bytes,4,opt,name=actor,proto3" json:"actor,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PersistenceServiceRotateApiKeyRequest) Reset() {
+	*x = PersistenceServiceRotateApiKeyRequest{}
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PersistenceServiceRotateApiKeyRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PersistenceServiceRotateApiKeyRequest) ProtoMessage() {}
+
+func (x *PersistenceServiceRotateApiKeyRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PersistenceServiceRotateApiKeyRequest.ProtoReflect.Descriptor instead.
+func (*PersistenceServiceRotateApiKeyRequest) Descriptor() ([]byte, []int) {
+	return file_chatplane_v1_persistence_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *PersistenceServiceRotateApiKeyRequest) GetTenantId() string {
+	if x != nil {
+		return x.TenantId
+	}
+	return ""
+}
+
+func (x *PersistenceServiceRotateApiKeyRequest) GetKeyId() string {
+	if x != nil {
+		return x.KeyId
+	}
+	return ""
+}
+
+func (x *PersistenceServiceRotateApiKeyRequest) GetOverlapMs() int64 {
+	if x != nil {
+		return x.OverlapMs
+	}
+	return 0
+}
+
+func (x *PersistenceServiceRotateApiKeyRequest) GetActor() *AuditActor {
+	if x != nil {
+		return x.Actor
+	}
+	return nil
+}
+
+// The new key and what became of the old one.
+type PersistenceServiceRotateApiKeyResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The new full key (shown once).
+	ApiKey string `protobuf:"bytes,1,opt,name=api_key,json=apiKey,proto3" json:"api_key,omitempty"`
+	// The new key's facts.
+	Key *ApiKeyInfo `protobuf:"bytes,2,opt,name=key,proto3" json:"key,omitempty"`
+	// The old key's facts after the rotation.
+	Previous      *ApiKeyInfo `protobuf:"bytes,3,opt,name=previous,proto3" json:"previous,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PersistenceServiceRotateApiKeyResponse) Reset() {
+	*x = PersistenceServiceRotateApiKeyResponse{}
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PersistenceServiceRotateApiKeyResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PersistenceServiceRotateApiKeyResponse) ProtoMessage() {}
+
+func (x *PersistenceServiceRotateApiKeyResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PersistenceServiceRotateApiKeyResponse.ProtoReflect.Descriptor instead.
+func (*PersistenceServiceRotateApiKeyResponse) Descriptor() ([]byte, []int) {
+	return file_chatplane_v1_persistence_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *PersistenceServiceRotateApiKeyResponse) GetApiKey() string {
+	if x != nil {
+		return x.ApiKey
+	}
+	return ""
+}
+
+func (x *PersistenceServiceRotateApiKeyResponse) GetKey() *ApiKeyInfo {
+	if x != nil {
+		return x.Key
+	}
+	return nil
+}
+
+func (x *PersistenceServiceRotateApiKeyResponse) GetPrevious() *ApiKeyInfo {
+	if x != nil {
+		return x.Previous
+	}
+	return nil
+}
+
+// A key to revoke.
+type PersistenceServiceRevokeApiKeyRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The tenant the key must belong to (another tenant's key is NOT_FOUND).
+	TenantId string `protobuf:"bytes,1,opt,name=tenant_id,json=tenantId,proto3" json:"tenant_id,omitempty"`
+	// The key.
+	KeyId string `protobuf:"bytes,2,opt,name=key_id,json=keyId,proto3" json:"key_id,omitempty"`
+	// Who asks (audited).
+	Actor         *AuditActor `protobuf:"bytes,3,opt,name=actor,proto3" json:"actor,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PersistenceServiceRevokeApiKeyRequest) Reset() {
+	*x = PersistenceServiceRevokeApiKeyRequest{}
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PersistenceServiceRevokeApiKeyRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PersistenceServiceRevokeApiKeyRequest) ProtoMessage() {}
+
+func (x *PersistenceServiceRevokeApiKeyRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PersistenceServiceRevokeApiKeyRequest.ProtoReflect.Descriptor instead.
+func (*PersistenceServiceRevokeApiKeyRequest) Descriptor() ([]byte, []int) {
+	return file_chatplane_v1_persistence_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *PersistenceServiceRevokeApiKeyRequest) GetTenantId() string {
+	if x != nil {
+		return x.TenantId
+	}
+	return ""
+}
+
+func (x *PersistenceServiceRevokeApiKeyRequest) GetKeyId() string {
+	if x != nil {
+		return x.KeyId
+	}
+	return ""
+}
+
+func (x *PersistenceServiceRevokeApiKeyRequest) GetActor() *AuditActor {
+	if x != nil {
+		return x.Actor
+	}
+	return nil
+}
+
+// The revoked key.
+type PersistenceServiceRevokeApiKeyResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The key's facts after the revocation.
+	Key           *ApiKeyInfo `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PersistenceServiceRevokeApiKeyResponse) Reset() {
+	*x = PersistenceServiceRevokeApiKeyResponse{}
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PersistenceServiceRevokeApiKeyResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PersistenceServiceRevokeApiKeyResponse) ProtoMessage() {}
+
+func (x *PersistenceServiceRevokeApiKeyResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PersistenceServiceRevokeApiKeyResponse.ProtoReflect.Descriptor instead.
+func (*PersistenceServiceRevokeApiKeyResponse) Descriptor() ([]byte, []int) {
+	return file_chatplane_v1_persistence_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *PersistenceServiceRevokeApiKeyResponse) GetKey() *ApiKeyInfo {
+	if x != nil {
+		return x.Key
+	}
+	return nil
+}
+
+// Events to append.
+type AppendAuditEventsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// In order; at most 1,000.
+	Events        []*AuditEvent `protobuf:"bytes,1,rep,name=events,proto3" json:"events,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AppendAuditEventsRequest) Reset() {
+	*x = AppendAuditEventsRequest{}
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AppendAuditEventsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AppendAuditEventsRequest) ProtoMessage() {}
+
+func (x *AppendAuditEventsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AppendAuditEventsRequest.ProtoReflect.Descriptor instead.
+func (*AppendAuditEventsRequest) Descriptor() ([]byte, []int) {
+	return file_chatplane_v1_persistence_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *AppendAuditEventsRequest) GetEvents() []*AuditEvent {
+	if x != nil {
+		return x.Events
+	}
+	return nil
+}
+
+// Where the events were appended.
+type AppendAuditEventsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The chain's head after the append.
+	Head          *AuditHead `protobuf:"bytes,1,opt,name=head,proto3" json:"head,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AppendAuditEventsResponse) Reset() {
+	*x = AppendAuditEventsResponse{}
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AppendAuditEventsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AppendAuditEventsResponse) ProtoMessage() {}
+
+func (x *AppendAuditEventsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AppendAuditEventsResponse.ProtoReflect.Descriptor instead.
+func (*AppendAuditEventsResponse) Descriptor() ([]byte, []int) {
+	return file_chatplane_v1_persistence_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *AppendAuditEventsResponse) GetHead() *AuditHead {
+	if x != nil {
+		return x.Head
+	}
+	return nil
+}
+
+// Asks for a page of the audit log.
+type ListAuditRecordsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Records after this seq (0: from the first).
+	AfterSeq int64 `protobuf:"varint,1,opt,name=after_seq,json=afterSeq,proto3" json:"after_seq,omitempty"`
+	// Maximum records to return (1-1000; 0 means 500).
+	PageSize      int32 `protobuf:"varint,2,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListAuditRecordsRequest) Reset() {
+	*x = ListAuditRecordsRequest{}
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListAuditRecordsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListAuditRecordsRequest) ProtoMessage() {}
+
+func (x *ListAuditRecordsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListAuditRecordsRequest.ProtoReflect.Descriptor instead.
+func (*ListAuditRecordsRequest) Descriptor() ([]byte, []int) {
+	return file_chatplane_v1_persistence_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *ListAuditRecordsRequest) GetAfterSeq() int64 {
+	if x != nil {
+		return x.AfterSeq
+	}
+	return 0
+}
+
+func (x *ListAuditRecordsRequest) GetPageSize() int32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+// A page of the audit log.
+type ListAuditRecordsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Records in chain order.
+	Records []*AuditRecord `protobuf:"bytes,1,rep,name=records,proto3" json:"records,omitempty"`
+	// The chain's head when the page was read.
+	Head          *AuditHead `protobuf:"bytes,2,opt,name=head,proto3" json:"head,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListAuditRecordsResponse) Reset() {
+	*x = ListAuditRecordsResponse{}
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListAuditRecordsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListAuditRecordsResponse) ProtoMessage() {}
+
+func (x *ListAuditRecordsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListAuditRecordsResponse.ProtoReflect.Descriptor instead.
+func (*ListAuditRecordsResponse) Descriptor() ([]byte, []int) {
+	return file_chatplane_v1_persistence_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *ListAuditRecordsResponse) GetRecords() []*AuditRecord {
+	if x != nil {
+		return x.Records
+	}
+	return nil
+}
+
+func (x *ListAuditRecordsResponse) GetHead() *AuditHead {
+	if x != nil {
+		return x.Head
+	}
+	return nil
+}
+
 var File_chatplane_v1_persistence_proto protoreflect.FileDescriptor
 
 const file_chatplane_v1_persistence_proto_rawDesc = "" +
 	"\n" +
-	"\x1echatplane/v1/persistence.proto\x12\fchatplane.v1\x1a\x1achatplane/v1/gateway.proto\x1a\x1cchatplane/v1/resources.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"=\n" +
+	"\x1echatplane/v1/persistence.proto\x12\fchatplane.v1\x1a\x18chatplane/v1/audit.proto\x1a\x1achatplane/v1/gateway.proto\x1a\x1cchatplane/v1/resources.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"=\n" +
 	"\x05Owner\x12\x1b\n" +
 	"\ttenant_id\x18\x01 \x01(\tR\btenantId\x12\x17\n" +
 	"\auser_id\x18\x02 \x01(\tR\x06userId\"\x9d\x02\n" +
@@ -1177,21 +1890,72 @@ const file_chatplane_v1_persistence_proto_rawDesc = "" +
 	"\bfeedback\x18\x02 \x01(\v2#.chatplane.v1.SubmitFeedbackRequestR\bfeedback\"g\n" +
 	"(PersistenceServiceSubmitFeedbackResponse\x12;\n" +
 	"\vcreate_time\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"createTime\"l\n" +
+	"createTime\"\x9c\x01\n" +
 	"\x13CreateApiKeyRequest\x12)\n" +
 	"\x05owner\x18\x01 \x01(\v2\x13.chatplane.v1.OwnerR\x05owner\x12\x14\n" +
 	"\x05label\x18\x02 \x01(\tR\x05label\x12\x14\n" +
-	"\x05roles\x18\x03 \x03(\tR\x05roles\"F\n" +
+	"\x05roles\x18\x03 \x03(\tR\x05roles\x12.\n" +
+	"\x05actor\x18P \x01(\v2\x18.chatplane.v1.AuditActorR\x05actor\"F\n" +
 	"\x14CreateApiKeyResponse\x12\x17\n" +
 	"\aapi_key\x18\x01 \x01(\tR\x06apiKey\x12\x15\n" +
 	"\x06key_id\x18\x02 \x01(\tR\x05keyId\")\n" +
 	"\x10GetApiKeyRequest\x12\x15\n" +
-	"\x06key_id\x18\x01 \x01(\tR\x05keyId\"\x93\x01\n" +
+	"\x06key_id\x18\x01 \x01(\tR\x05keyId\"\xd0\x01\n" +
 	"\x11GetApiKeyResponse\x12)\n" +
 	"\x05owner\x18\x01 \x01(\v2\x13.chatplane.v1.OwnerR\x05owner\x12#\n" +
 	"\rsecret_sha256\x18\x02 \x01(\fR\fsecretSha256\x12\x18\n" +
 	"\arevoked\x18\x03 \x01(\bR\arevoked\x12\x14\n" +
-	"\x05roles\x18\x04 \x03(\tR\x05roles2\xc2\a\n" +
+	"\x05roles\x18\x04 \x03(\tR\x05roles\x12;\n" +
+	"\vexpire_time\x18P \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"expireTime\"\xbb\x02\n" +
+	"\n" +
+	"ApiKeyInfo\x12\x15\n" +
+	"\x06key_id\x18\x01 \x01(\tR\x05keyId\x12)\n" +
+	"\x05owner\x18\x02 \x01(\v2\x13.chatplane.v1.OwnerR\x05owner\x12\x14\n" +
+	"\x05label\x18\x03 \x01(\tR\x05label\x12\x14\n" +
+	"\x05roles\x18\x04 \x03(\tR\x05roles\x12;\n" +
+	"\vcreate_time\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"createTime\x12\x18\n" +
+	"\arevoked\x18\x06 \x01(\bR\arevoked\x12;\n" +
+	"\vexpire_time\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"expireTime\x12+\n" +
+	"\x12replaced_by_key_id\x18\b \x01(\tR\x0freplacedByKeyId\"\xc1\x01\n" +
+	"$PersistenceServiceListApiKeysRequest\x12\x1b\n" +
+	"\ttenant_id\x18\x01 \x01(\tR\btenantId\x12\x17\n" +
+	"\auser_id\x18\x02 \x01(\tR\x06userId\x12\x1b\n" +
+	"\tpage_size\x18\x03 \x01(\x05R\bpageSize\x12\x1d\n" +
+	"\n" +
+	"page_token\x18\x04 \x01(\tR\tpageToken\x12'\n" +
+	"\x0finclude_revoked\x18\x05 \x01(\bR\x0eincludeRevoked\"}\n" +
+	"%PersistenceServiceListApiKeysResponse\x12,\n" +
+	"\x04keys\x18\x01 \x03(\v2\x18.chatplane.v1.ApiKeyInfoR\x04keys\x12&\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\xaa\x01\n" +
+	"%PersistenceServiceRotateApiKeyRequest\x12\x1b\n" +
+	"\ttenant_id\x18\x01 \x01(\tR\btenantId\x12\x15\n" +
+	"\x06key_id\x18\x02 \x01(\tR\x05keyId\x12\x1d\n" +
+	"\n" +
+	"overlap_ms\x18\x03 \x01(\x03R\toverlapMs\x12.\n" +
+	"\x05actor\x18\x04 \x01(\v2\x18.chatplane.v1.AuditActorR\x05actor\"\xa3\x01\n" +
+	"&PersistenceServiceRotateApiKeyResponse\x12\x17\n" +
+	"\aapi_key\x18\x01 \x01(\tR\x06apiKey\x12*\n" +
+	"\x03key\x18\x02 \x01(\v2\x18.chatplane.v1.ApiKeyInfoR\x03key\x124\n" +
+	"\bprevious\x18\x03 \x01(\v2\x18.chatplane.v1.ApiKeyInfoR\bprevious\"\x8b\x01\n" +
+	"%PersistenceServiceRevokeApiKeyRequest\x12\x1b\n" +
+	"\ttenant_id\x18\x01 \x01(\tR\btenantId\x12\x15\n" +
+	"\x06key_id\x18\x02 \x01(\tR\x05keyId\x12.\n" +
+	"\x05actor\x18\x03 \x01(\v2\x18.chatplane.v1.AuditActorR\x05actor\"T\n" +
+	"&PersistenceServiceRevokeApiKeyResponse\x12*\n" +
+	"\x03key\x18\x01 \x01(\v2\x18.chatplane.v1.ApiKeyInfoR\x03key\"L\n" +
+	"\x18AppendAuditEventsRequest\x120\n" +
+	"\x06events\x18\x01 \x03(\v2\x18.chatplane.v1.AuditEventR\x06events\"H\n" +
+	"\x19AppendAuditEventsResponse\x12+\n" +
+	"\x04head\x18\x01 \x01(\v2\x17.chatplane.v1.AuditHeadR\x04head\"S\n" +
+	"\x17ListAuditRecordsRequest\x12\x1b\n" +
+	"\tafter_seq\x18\x01 \x01(\x03R\bafterSeq\x12\x1b\n" +
+	"\tpage_size\x18\x02 \x01(\x05R\bpageSize\"|\n" +
+	"\x18ListAuditRecordsResponse\x123\n" +
+	"\arecords\x18\x01 \x03(\v2\x19.chatplane.v1.AuditRecordR\arecords\x12+\n" +
+	"\x04head\x18\x02 \x01(\v2\x17.chatplane.v1.AuditHeadR\x04head2\xf9\v\n" +
 	"\x12PersistenceService\x12L\n" +
 	"\tBeginTurn\x12\x1e.chatplane.v1.BeginTurnRequest\x1a\x1f.chatplane.v1.BeginTurnResponse\x12F\n" +
 	"\aGetTurn\x12\x1c.chatplane.v1.GetTurnRequest\x1a\x1d.chatplane.v1.GetTurnResponse\x12R\n" +
@@ -1201,7 +1965,12 @@ const file_chatplane_v1_persistence_proto_rawDesc = "" +
 	"\x12DeleteConversation\x129.chatplane.v1.PersistenceServiceDeleteConversationRequest\x1a:.chatplane.v1.PersistenceServiceDeleteConversationResponse\x12\x7f\n" +
 	"\x0eSubmitFeedback\x125.chatplane.v1.PersistenceServiceSubmitFeedbackRequest\x1a6.chatplane.v1.PersistenceServiceSubmitFeedbackResponse\x12U\n" +
 	"\fCreateApiKey\x12!.chatplane.v1.CreateApiKeyRequest\x1a\".chatplane.v1.CreateApiKeyResponse\x12L\n" +
-	"\tGetApiKey\x12\x1e.chatplane.v1.GetApiKeyRequest\x1a\x1f.chatplane.v1.GetApiKeyResponseB@Z>github.com/chatplane/chatplane/gen/go/chatplane/v1;chatplanev1b\x06proto3"
+	"\tGetApiKey\x12\x1e.chatplane.v1.GetApiKeyRequest\x1a\x1f.chatplane.v1.GetApiKeyResponse\x12v\n" +
+	"\vListApiKeys\x122.chatplane.v1.PersistenceServiceListApiKeysRequest\x1a3.chatplane.v1.PersistenceServiceListApiKeysResponse\x12y\n" +
+	"\fRotateApiKey\x123.chatplane.v1.PersistenceServiceRotateApiKeyRequest\x1a4.chatplane.v1.PersistenceServiceRotateApiKeyResponse\x12y\n" +
+	"\fRevokeApiKey\x123.chatplane.v1.PersistenceServiceRevokeApiKeyRequest\x1a4.chatplane.v1.PersistenceServiceRevokeApiKeyResponse\x12d\n" +
+	"\x11AppendAuditEvents\x12&.chatplane.v1.AppendAuditEventsRequest\x1a'.chatplane.v1.AppendAuditEventsResponse\x12a\n" +
+	"\x10ListAuditRecords\x12%.chatplane.v1.ListAuditRecordsRequest\x1a&.chatplane.v1.ListAuditRecordsResponseB@Z>github.com/chatplane/chatplane/gen/go/chatplane/v1;chatplanev1b\x06proto3"
 
 var (
 	file_chatplane_v1_persistence_proto_rawDescOnce sync.Once
@@ -1215,7 +1984,7 @@ func file_chatplane_v1_persistence_proto_rawDescGZIP() []byte {
 	return file_chatplane_v1_persistence_proto_rawDescData
 }
 
-var file_chatplane_v1_persistence_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
+var file_chatplane_v1_persistence_proto_msgTypes = make([]protoimpl.MessageInfo, 30)
 var file_chatplane_v1_persistence_proto_goTypes = []any{
 	(*Owner)(nil),                                        // 0: chatplane.v1.Owner
 	(*BeginTurnRequest)(nil),                             // 1: chatplane.v1.BeginTurnRequest
@@ -1236,57 +2005,97 @@ var file_chatplane_v1_persistence_proto_goTypes = []any{
 	(*CreateApiKeyResponse)(nil),                         // 16: chatplane.v1.CreateApiKeyResponse
 	(*GetApiKeyRequest)(nil),                             // 17: chatplane.v1.GetApiKeyRequest
 	(*GetApiKeyResponse)(nil),                            // 18: chatplane.v1.GetApiKeyResponse
-	(*Message)(nil),                                      // 19: chatplane.v1.Message
-	(*timestamppb.Timestamp)(nil),                        // 20: google.protobuf.Timestamp
-	(*ListConversationsRequest)(nil),                     // 21: chatplane.v1.ListConversationsRequest
-	(*ListConversationsResponse)(nil),                    // 22: chatplane.v1.ListConversationsResponse
-	(*GetConversationRequest)(nil),                       // 23: chatplane.v1.GetConversationRequest
-	(*GetConversationResponse)(nil),                      // 24: chatplane.v1.GetConversationResponse
-	(*SubmitFeedbackRequest)(nil),                        // 25: chatplane.v1.SubmitFeedbackRequest
+	(*ApiKeyInfo)(nil),                                   // 19: chatplane.v1.ApiKeyInfo
+	(*PersistenceServiceListApiKeysRequest)(nil),         // 20: chatplane.v1.PersistenceServiceListApiKeysRequest
+	(*PersistenceServiceListApiKeysResponse)(nil),        // 21: chatplane.v1.PersistenceServiceListApiKeysResponse
+	(*PersistenceServiceRotateApiKeyRequest)(nil),        // 22: chatplane.v1.PersistenceServiceRotateApiKeyRequest
+	(*PersistenceServiceRotateApiKeyResponse)(nil),       // 23: chatplane.v1.PersistenceServiceRotateApiKeyResponse
+	(*PersistenceServiceRevokeApiKeyRequest)(nil),        // 24: chatplane.v1.PersistenceServiceRevokeApiKeyRequest
+	(*PersistenceServiceRevokeApiKeyResponse)(nil),       // 25: chatplane.v1.PersistenceServiceRevokeApiKeyResponse
+	(*AppendAuditEventsRequest)(nil),                     // 26: chatplane.v1.AppendAuditEventsRequest
+	(*AppendAuditEventsResponse)(nil),                    // 27: chatplane.v1.AppendAuditEventsResponse
+	(*ListAuditRecordsRequest)(nil),                      // 28: chatplane.v1.ListAuditRecordsRequest
+	(*ListAuditRecordsResponse)(nil),                     // 29: chatplane.v1.ListAuditRecordsResponse
+	(*Message)(nil),                                      // 30: chatplane.v1.Message
+	(*timestamppb.Timestamp)(nil),                        // 31: google.protobuf.Timestamp
+	(*ListConversationsRequest)(nil),                     // 32: chatplane.v1.ListConversationsRequest
+	(*ListConversationsResponse)(nil),                    // 33: chatplane.v1.ListConversationsResponse
+	(*GetConversationRequest)(nil),                       // 34: chatplane.v1.GetConversationRequest
+	(*GetConversationResponse)(nil),                      // 35: chatplane.v1.GetConversationResponse
+	(*SubmitFeedbackRequest)(nil),                        // 36: chatplane.v1.SubmitFeedbackRequest
+	(*AuditActor)(nil),                                   // 37: chatplane.v1.AuditActor
+	(*AuditEvent)(nil),                                   // 38: chatplane.v1.AuditEvent
+	(*AuditHead)(nil),                                    // 39: chatplane.v1.AuditHead
+	(*AuditRecord)(nil),                                  // 40: chatplane.v1.AuditRecord
 }
 var file_chatplane_v1_persistence_proto_depIdxs = []int32{
 	0,  // 0: chatplane.v1.BeginTurnRequest.owner:type_name -> chatplane.v1.Owner
 	0,  // 1: chatplane.v1.GetTurnRequest.owner:type_name -> chatplane.v1.Owner
-	19, // 2: chatplane.v1.GetTurnResponse.user_message:type_name -> chatplane.v1.Message
-	19, // 3: chatplane.v1.GetTurnResponse.assistant_message:type_name -> chatplane.v1.Message
-	20, // 4: chatplane.v1.GetTurnResponse.lease_expire_time:type_name -> google.protobuf.Timestamp
+	30, // 2: chatplane.v1.GetTurnResponse.user_message:type_name -> chatplane.v1.Message
+	30, // 3: chatplane.v1.GetTurnResponse.assistant_message:type_name -> chatplane.v1.Message
+	31, // 4: chatplane.v1.GetTurnResponse.lease_expire_time:type_name -> google.protobuf.Timestamp
 	0,  // 5: chatplane.v1.ReleaseTurnRequest.owner:type_name -> chatplane.v1.Owner
 	0,  // 6: chatplane.v1.PersistenceServiceListConversationsRequest.owner:type_name -> chatplane.v1.Owner
-	21, // 7: chatplane.v1.PersistenceServiceListConversationsRequest.page:type_name -> chatplane.v1.ListConversationsRequest
-	22, // 8: chatplane.v1.PersistenceServiceListConversationsResponse.page:type_name -> chatplane.v1.ListConversationsResponse
+	32, // 7: chatplane.v1.PersistenceServiceListConversationsRequest.page:type_name -> chatplane.v1.ListConversationsRequest
+	33, // 8: chatplane.v1.PersistenceServiceListConversationsResponse.page:type_name -> chatplane.v1.ListConversationsResponse
 	0,  // 9: chatplane.v1.PersistenceServiceGetConversationRequest.owner:type_name -> chatplane.v1.Owner
-	23, // 10: chatplane.v1.PersistenceServiceGetConversationRequest.request:type_name -> chatplane.v1.GetConversationRequest
-	24, // 11: chatplane.v1.PersistenceServiceGetConversationResponse.response:type_name -> chatplane.v1.GetConversationResponse
+	34, // 10: chatplane.v1.PersistenceServiceGetConversationRequest.request:type_name -> chatplane.v1.GetConversationRequest
+	35, // 11: chatplane.v1.PersistenceServiceGetConversationResponse.response:type_name -> chatplane.v1.GetConversationResponse
 	0,  // 12: chatplane.v1.PersistenceServiceDeleteConversationRequest.owner:type_name -> chatplane.v1.Owner
-	20, // 13: chatplane.v1.PersistenceServiceDeleteConversationResponse.delete_time:type_name -> google.protobuf.Timestamp
+	31, // 13: chatplane.v1.PersistenceServiceDeleteConversationResponse.delete_time:type_name -> google.protobuf.Timestamp
 	0,  // 14: chatplane.v1.PersistenceServiceSubmitFeedbackRequest.owner:type_name -> chatplane.v1.Owner
-	25, // 15: chatplane.v1.PersistenceServiceSubmitFeedbackRequest.feedback:type_name -> chatplane.v1.SubmitFeedbackRequest
-	20, // 16: chatplane.v1.PersistenceServiceSubmitFeedbackResponse.create_time:type_name -> google.protobuf.Timestamp
+	36, // 15: chatplane.v1.PersistenceServiceSubmitFeedbackRequest.feedback:type_name -> chatplane.v1.SubmitFeedbackRequest
+	31, // 16: chatplane.v1.PersistenceServiceSubmitFeedbackResponse.create_time:type_name -> google.protobuf.Timestamp
 	0,  // 17: chatplane.v1.CreateApiKeyRequest.owner:type_name -> chatplane.v1.Owner
-	0,  // 18: chatplane.v1.GetApiKeyResponse.owner:type_name -> chatplane.v1.Owner
-	1,  // 19: chatplane.v1.PersistenceService.BeginTurn:input_type -> chatplane.v1.BeginTurnRequest
-	3,  // 20: chatplane.v1.PersistenceService.GetTurn:input_type -> chatplane.v1.GetTurnRequest
-	5,  // 21: chatplane.v1.PersistenceService.ReleaseTurn:input_type -> chatplane.v1.ReleaseTurnRequest
-	7,  // 22: chatplane.v1.PersistenceService.ListConversations:input_type -> chatplane.v1.PersistenceServiceListConversationsRequest
-	9,  // 23: chatplane.v1.PersistenceService.GetConversation:input_type -> chatplane.v1.PersistenceServiceGetConversationRequest
-	11, // 24: chatplane.v1.PersistenceService.DeleteConversation:input_type -> chatplane.v1.PersistenceServiceDeleteConversationRequest
-	13, // 25: chatplane.v1.PersistenceService.SubmitFeedback:input_type -> chatplane.v1.PersistenceServiceSubmitFeedbackRequest
-	15, // 26: chatplane.v1.PersistenceService.CreateApiKey:input_type -> chatplane.v1.CreateApiKeyRequest
-	17, // 27: chatplane.v1.PersistenceService.GetApiKey:input_type -> chatplane.v1.GetApiKeyRequest
-	2,  // 28: chatplane.v1.PersistenceService.BeginTurn:output_type -> chatplane.v1.BeginTurnResponse
-	4,  // 29: chatplane.v1.PersistenceService.GetTurn:output_type -> chatplane.v1.GetTurnResponse
-	6,  // 30: chatplane.v1.PersistenceService.ReleaseTurn:output_type -> chatplane.v1.ReleaseTurnResponse
-	8,  // 31: chatplane.v1.PersistenceService.ListConversations:output_type -> chatplane.v1.PersistenceServiceListConversationsResponse
-	10, // 32: chatplane.v1.PersistenceService.GetConversation:output_type -> chatplane.v1.PersistenceServiceGetConversationResponse
-	12, // 33: chatplane.v1.PersistenceService.DeleteConversation:output_type -> chatplane.v1.PersistenceServiceDeleteConversationResponse
-	14, // 34: chatplane.v1.PersistenceService.SubmitFeedback:output_type -> chatplane.v1.PersistenceServiceSubmitFeedbackResponse
-	16, // 35: chatplane.v1.PersistenceService.CreateApiKey:output_type -> chatplane.v1.CreateApiKeyResponse
-	18, // 36: chatplane.v1.PersistenceService.GetApiKey:output_type -> chatplane.v1.GetApiKeyResponse
-	28, // [28:37] is the sub-list for method output_type
-	19, // [19:28] is the sub-list for method input_type
-	19, // [19:19] is the sub-list for extension type_name
-	19, // [19:19] is the sub-list for extension extendee
-	0,  // [0:19] is the sub-list for field type_name
+	37, // 18: chatplane.v1.CreateApiKeyRequest.actor:type_name -> chatplane.v1.AuditActor
+	0,  // 19: chatplane.v1.GetApiKeyResponse.owner:type_name -> chatplane.v1.Owner
+	31, // 20: chatplane.v1.GetApiKeyResponse.expire_time:type_name -> google.protobuf.Timestamp
+	0,  // 21: chatplane.v1.ApiKeyInfo.owner:type_name -> chatplane.v1.Owner
+	31, // 22: chatplane.v1.ApiKeyInfo.create_time:type_name -> google.protobuf.Timestamp
+	31, // 23: chatplane.v1.ApiKeyInfo.expire_time:type_name -> google.protobuf.Timestamp
+	19, // 24: chatplane.v1.PersistenceServiceListApiKeysResponse.keys:type_name -> chatplane.v1.ApiKeyInfo
+	37, // 25: chatplane.v1.PersistenceServiceRotateApiKeyRequest.actor:type_name -> chatplane.v1.AuditActor
+	19, // 26: chatplane.v1.PersistenceServiceRotateApiKeyResponse.key:type_name -> chatplane.v1.ApiKeyInfo
+	19, // 27: chatplane.v1.PersistenceServiceRotateApiKeyResponse.previous:type_name -> chatplane.v1.ApiKeyInfo
+	37, // 28: chatplane.v1.PersistenceServiceRevokeApiKeyRequest.actor:type_name -> chatplane.v1.AuditActor
+	19, // 29: chatplane.v1.PersistenceServiceRevokeApiKeyResponse.key:type_name -> chatplane.v1.ApiKeyInfo
+	38, // 30: chatplane.v1.AppendAuditEventsRequest.events:type_name -> chatplane.v1.AuditEvent
+	39, // 31: chatplane.v1.AppendAuditEventsResponse.head:type_name -> chatplane.v1.AuditHead
+	40, // 32: chatplane.v1.ListAuditRecordsResponse.records:type_name -> chatplane.v1.AuditRecord
+	39, // 33: chatplane.v1.ListAuditRecordsResponse.head:type_name -> chatplane.v1.AuditHead
+	1,  // 34: chatplane.v1.PersistenceService.BeginTurn:input_type -> chatplane.v1.BeginTurnRequest
+	3,  // 35: chatplane.v1.PersistenceService.GetTurn:input_type -> chatplane.v1.GetTurnRequest
+	5,  // 36: chatplane.v1.PersistenceService.ReleaseTurn:input_type -> chatplane.v1.ReleaseTurnRequest
+	7,  // 37: chatplane.v1.PersistenceService.ListConversations:input_type -> chatplane.v1.PersistenceServiceListConversationsRequest
+	9,  // 38: chatplane.v1.PersistenceService.GetConversation:input_type -> chatplane.v1.PersistenceServiceGetConversationRequest
+	11, // 39: chatplane.v1.PersistenceService.DeleteConversation:input_type -> chatplane.v1.PersistenceServiceDeleteConversationRequest
+	13, // 40: chatplane.v1.PersistenceService.SubmitFeedback:input_type -> chatplane.v1.PersistenceServiceSubmitFeedbackRequest
+	15, // 41: chatplane.v1.PersistenceService.CreateApiKey:input_type -> chatplane.v1.CreateApiKeyRequest
+	17, // 42: chatplane.v1.PersistenceService.GetApiKey:input_type -> chatplane.v1.GetApiKeyRequest
+	20, // 43: chatplane.v1.PersistenceService.ListApiKeys:input_type -> chatplane.v1.PersistenceServiceListApiKeysRequest
+	22, // 44: chatplane.v1.PersistenceService.RotateApiKey:input_type -> chatplane.v1.PersistenceServiceRotateApiKeyRequest
+	24, // 45: chatplane.v1.PersistenceService.RevokeApiKey:input_type -> chatplane.v1.PersistenceServiceRevokeApiKeyRequest
+	26, // 46: chatplane.v1.PersistenceService.AppendAuditEvents:input_type -> chatplane.v1.AppendAuditEventsRequest
+	28, // 47: chatplane.v1.PersistenceService.ListAuditRecords:input_type -> chatplane.v1.ListAuditRecordsRequest
+	2,  // 48: chatplane.v1.PersistenceService.BeginTurn:output_type -> chatplane.v1.BeginTurnResponse
+	4,  // 49: chatplane.v1.PersistenceService.GetTurn:output_type -> chatplane.v1.GetTurnResponse
+	6,  // 50: chatplane.v1.PersistenceService.ReleaseTurn:output_type -> chatplane.v1.ReleaseTurnResponse
+	8,  // 51: chatplane.v1.PersistenceService.ListConversations:output_type -> chatplane.v1.PersistenceServiceListConversationsResponse
+	10, // 52: chatplane.v1.PersistenceService.GetConversation:output_type -> chatplane.v1.PersistenceServiceGetConversationResponse
+	12, // 53: chatplane.v1.PersistenceService.DeleteConversation:output_type -> chatplane.v1.PersistenceServiceDeleteConversationResponse
+	14, // 54: chatplane.v1.PersistenceService.SubmitFeedback:output_type -> chatplane.v1.PersistenceServiceSubmitFeedbackResponse
+	16, // 55: chatplane.v1.PersistenceService.CreateApiKey:output_type -> chatplane.v1.CreateApiKeyResponse
+	18, // 56: chatplane.v1.PersistenceService.GetApiKey:output_type -> chatplane.v1.GetApiKeyResponse
+	21, // 57: chatplane.v1.PersistenceService.ListApiKeys:output_type -> chatplane.v1.PersistenceServiceListApiKeysResponse
+	23, // 58: chatplane.v1.PersistenceService.RotateApiKey:output_type -> chatplane.v1.PersistenceServiceRotateApiKeyResponse
+	25, // 59: chatplane.v1.PersistenceService.RevokeApiKey:output_type -> chatplane.v1.PersistenceServiceRevokeApiKeyResponse
+	27, // 60: chatplane.v1.PersistenceService.AppendAuditEvents:output_type -> chatplane.v1.AppendAuditEventsResponse
+	29, // 61: chatplane.v1.PersistenceService.ListAuditRecords:output_type -> chatplane.v1.ListAuditRecordsResponse
+	48, // [48:62] is the sub-list for method output_type
+	34, // [34:48] is the sub-list for method input_type
+	34, // [34:34] is the sub-list for extension type_name
+	34, // [34:34] is the sub-list for extension extendee
+	0,  // [0:34] is the sub-list for field type_name
 }
 
 func init() { file_chatplane_v1_persistence_proto_init() }
@@ -1294,6 +2103,7 @@ func file_chatplane_v1_persistence_proto_init() {
 	if File_chatplane_v1_persistence_proto != nil {
 		return
 	}
+	file_chatplane_v1_audit_proto_init()
 	file_chatplane_v1_gateway_proto_init()
 	file_chatplane_v1_resources_proto_init()
 	type x struct{}
@@ -1302,7 +2112,7 @@ func file_chatplane_v1_persistence_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_chatplane_v1_persistence_proto_rawDesc), len(file_chatplane_v1_persistence_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   19,
+			NumMessages:   30,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

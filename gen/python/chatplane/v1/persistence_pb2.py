@@ -22,56 +22,79 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from chatplane.v1 import audit_pb2 as chatplane_dot_v1_dot_audit__pb2
 from chatplane.v1 import gateway_pb2 as chatplane_dot_v1_dot_gateway__pb2
 from chatplane.v1 import resources_pb2 as chatplane_dot_v1_dot_resources__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x63hatplane/v1/persistence.proto\x12\x0c\x63hatplane.v1\x1a\x1a\x63hatplane/v1/gateway.proto\x1a\x1c\x63hatplane/v1/resources.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"+\n\x05Owner\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\"\xc2\x01\n\x10\x42\x65ginTurnRequest\x12\"\n\x05owner\x18\x01 \x01(\x0b\x32\x13.chatplane.v1.Owner\x12\x17\n\x0f\x63onversation_id\x18\x02 \x01(\t\x12\x19\n\x11\x63lient_message_id\x18\x03 \x01(\t\x12\x17\n\x0fuser_message_id\x18\x04 \x01(\t\x12\x1c\n\x14\x61ssistant_message_id\x18\x05 \x01(\t\x12\r\n\x05title\x18\x06 \x01(\t\x12\x10\n\x08lease_ms\x18\x07 \x01(\x03\"\x84\x01\n\x11\x42\x65ginTurnResponse\x12\x17\n\x0f\x63onversation_id\x18\x01 \x01(\t\x12\x17\n\x0fuser_message_id\x18\x02 \x01(\t\x12\x1c\n\x14\x61ssistant_message_id\x18\x03 \x01(\t\x12\r\n\x05owner\x18\x04 \x01(\x08\x12\x10\n\x08\x63omplete\x18\x05 \x01(\x08\"M\n\x0eGetTurnRequest\x12\"\n\x05owner\x18\x01 \x01(\x0b\x32\x13.chatplane.v1.Owner\x12\x17\n\x0fuser_message_id\x18\x02 \x01(\t\"\xa7\x01\n\x0fGetTurnResponse\x12+\n\x0cuser_message\x18\x01 \x01(\x0b\x32\x15.chatplane.v1.Message\x12\x30\n\x11\x61ssistant_message\x18\x02 \x01(\x0b\x32\x15.chatplane.v1.Message\x12\x35\n\x11lease_expire_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"Q\n\x12ReleaseTurnRequest\x12\"\n\x05owner\x18\x01 \x01(\x0b\x32\x13.chatplane.v1.Owner\x12\x17\n\x0fuser_message_id\x18\x02 \x01(\t\"\'\n\x13ReleaseTurnResponse\x12\x10\n\x08released\x18\x01 \x01(\x08\"\x86\x01\n*PersistenceServiceListConversationsRequest\x12\"\n\x05owner\x18\x01 \x01(\x0b\x32\x13.chatplane.v1.Owner\x12\x34\n\x04page\x18\x02 \x01(\x0b\x32&.chatplane.v1.ListConversationsRequest\"d\n+PersistenceServiceListConversationsResponse\x12\x35\n\x04page\x18\x01 \x01(\x0b\x32\'.chatplane.v1.ListConversationsResponse\"\x85\x01\n(PersistenceServiceGetConversationRequest\x12\"\n\x05owner\x18\x01 \x01(\x0b\x32\x13.chatplane.v1.Owner\x12\x35\n\x07request\x18\x02 \x01(\x0b\x32$.chatplane.v1.GetConversationRequest\"d\n)PersistenceServiceGetConversationResponse\x12\x37\n\x08response\x18\x01 \x01(\x0b\x32%.chatplane.v1.GetConversationResponse\"j\n+PersistenceServiceDeleteConversationRequest\x12\"\n\x05owner\x18\x01 \x01(\x0b\x32\x13.chatplane.v1.Owner\x12\x17\n\x0f\x63onversation_id\x18\x02 \x01(\t\"_\n,PersistenceServiceDeleteConversationResponse\x12/\n\x0b\x64\x65lete_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x84\x01\n\'PersistenceServiceSubmitFeedbackRequest\x12\"\n\x05owner\x18\x01 \x01(\x0b\x32\x13.chatplane.v1.Owner\x12\x35\n\x08\x66\x65\x65\x64\x62\x61\x63k\x18\x02 \x01(\x0b\x32#.chatplane.v1.SubmitFeedbackRequest\"[\n(PersistenceServiceSubmitFeedbackResponse\x12/\n\x0b\x63reate_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"W\n\x13\x43reateApiKeyRequest\x12\"\n\x05owner\x18\x01 \x01(\x0b\x32\x13.chatplane.v1.Owner\x12\r\n\x05label\x18\x02 \x01(\t\x12\r\n\x05roles\x18\x03 \x03(\t\"7\n\x14\x43reateApiKeyResponse\x12\x0f\n\x07\x61pi_key\x18\x01 \x01(\t\x12\x0e\n\x06key_id\x18\x02 \x01(\t\"\"\n\x10GetApiKeyRequest\x12\x0e\n\x06key_id\x18\x01 \x01(\t\"n\n\x11GetApiKeyResponse\x12\"\n\x05owner\x18\x01 \x01(\x0b\x32\x13.chatplane.v1.Owner\x12\x15\n\rsecret_sha256\x18\x02 \x01(\x0c\x12\x0f\n\x07revoked\x18\x03 \x01(\x08\x12\r\n\x05roles\x18\x04 \x03(\t2\xc2\x07\n\x12PersistenceService\x12L\n\tBeginTurn\x12\x1e.chatplane.v1.BeginTurnRequest\x1a\x1f.chatplane.v1.BeginTurnResponse\x12\x46\n\x07GetTurn\x12\x1c.chatplane.v1.GetTurnRequest\x1a\x1d.chatplane.v1.GetTurnResponse\x12R\n\x0bReleaseTurn\x12 .chatplane.v1.ReleaseTurnRequest\x1a!.chatplane.v1.ReleaseTurnResponse\x12\x88\x01\n\x11ListConversations\x12\x38.chatplane.v1.PersistenceServiceListConversationsRequest\x1a\x39.chatplane.v1.PersistenceServiceListConversationsResponse\x12\x82\x01\n\x0fGetConversation\x12\x36.chatplane.v1.PersistenceServiceGetConversationRequest\x1a\x37.chatplane.v1.PersistenceServiceGetConversationResponse\x12\x8b\x01\n\x12\x44\x65leteConversation\x12\x39.chatplane.v1.PersistenceServiceDeleteConversationRequest\x1a:.chatplane.v1.PersistenceServiceDeleteConversationResponse\x12\x7f\n\x0eSubmitFeedback\x12\x35.chatplane.v1.PersistenceServiceSubmitFeedbackRequest\x1a\x36.chatplane.v1.PersistenceServiceSubmitFeedbackResponse\x12U\n\x0c\x43reateApiKey\x12!.chatplane.v1.CreateApiKeyRequest\x1a\".chatplane.v1.CreateApiKeyResponse\x12L\n\tGetApiKey\x12\x1e.chatplane.v1.GetApiKeyRequest\x1a\x1f.chatplane.v1.GetApiKeyResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x63hatplane/v1/persistence.proto\x12\x0c\x63hatplane.v1\x1a\x18\x63hatplane/v1/audit.proto\x1a\x1a\x63hatplane/v1/gateway.proto\x1a\x1c\x63hatplane/v1/resources.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"+\n\x05Owner\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\"\xc2\x01\n\x10\x42\x65ginTurnRequest\x12\"\n\x05owner\x18\x01 \x01(\x0b\x32\x13.chatplane.v1.Owner\x12\x17\n\x0f\x63onversation_id\x18\x02 \x01(\t\x12\x19\n\x11\x63lient_message_id\x18\x03 \x01(\t\x12\x17\n\x0fuser_message_id\x18\x04 \x01(\t\x12\x1c\n\x14\x61ssistant_message_id\x18\x05 \x01(\t\x12\r\n\x05title\x18\x06 \x01(\t\x12\x10\n\x08lease_ms\x18\x07 \x01(\x03\"\x84\x01\n\x11\x42\x65ginTurnResponse\x12\x17\n\x0f\x63onversation_id\x18\x01 \x01(\t\x12\x17\n\x0fuser_message_id\x18\x02 \x01(\t\x12\x1c\n\x14\x61ssistant_message_id\x18\x03 \x01(\t\x12\r\n\x05owner\x18\x04 \x01(\x08\x12\x10\n\x08\x63omplete\x18\x05 \x01(\x08\"M\n\x0eGetTurnRequest\x12\"\n\x05owner\x18\x01 \x01(\x0b\x32\x13.chatplane.v1.Owner\x12\x17\n\x0fuser_message_id\x18\x02 \x01(\t\"\xa7\x01\n\x0fGetTurnResponse\x12+\n\x0cuser_message\x18\x01 \x01(\x0b\x32\x15.chatplane.v1.Message\x12\x30\n\x11\x61ssistant_message\x18\x02 \x01(\x0b\x32\x15.chatplane.v1.Message\x12\x35\n\x11lease_expire_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"Q\n\x12ReleaseTurnRequest\x12\"\n\x05owner\x18\x01 \x01(\x0b\x32\x13.chatplane.v1.Owner\x12\x17\n\x0fuser_message_id\x18\x02 \x01(\t\"\'\n\x13ReleaseTurnResponse\x12\x10\n\x08released\x18\x01 \x01(\x08\"\x86\x01\n*PersistenceServiceListConversationsRequest\x12\"\n\x05owner\x18\x01 \x01(\x0b\x32\x13.chatplane.v1.Owner\x12\x34\n\x04page\x18\x02 \x01(\x0b\x32&.chatplane.v1.ListConversationsRequest\"d\n+PersistenceServiceListConversationsResponse\x12\x35\n\x04page\x18\x01 \x01(\x0b\x32\'.chatplane.v1.ListConversationsResponse\"\x85\x01\n(PersistenceServiceGetConversationRequest\x12\"\n\x05owner\x18\x01 \x01(\x0b\x32\x13.chatplane.v1.Owner\x12\x35\n\x07request\x18\x02 \x01(\x0b\x32$.chatplane.v1.GetConversationRequest\"d\n)PersistenceServiceGetConversationResponse\x12\x37\n\x08response\x18\x01 \x01(\x0b\x32%.chatplane.v1.GetConversationResponse\"j\n+PersistenceServiceDeleteConversationRequest\x12\"\n\x05owner\x18\x01 \x01(\x0b\x32\x13.chatplane.v1.Owner\x12\x17\n\x0f\x63onversation_id\x18\x02 \x01(\t\"_\n,PersistenceServiceDeleteConversationResponse\x12/\n\x0b\x64\x65lete_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x84\x01\n\'PersistenceServiceSubmitFeedbackRequest\x12\"\n\x05owner\x18\x01 \x01(\x0b\x32\x13.chatplane.v1.Owner\x12\x35\n\x08\x66\x65\x65\x64\x62\x61\x63k\x18\x02 \x01(\x0b\x32#.chatplane.v1.SubmitFeedbackRequest\"[\n(PersistenceServiceSubmitFeedbackResponse\x12/\n\x0b\x63reate_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x80\x01\n\x13\x43reateApiKeyRequest\x12\"\n\x05owner\x18\x01 \x01(\x0b\x32\x13.chatplane.v1.Owner\x12\r\n\x05label\x18\x02 \x01(\t\x12\r\n\x05roles\x18\x03 \x03(\t\x12\'\n\x05\x61\x63tor\x18P \x01(\x0b\x32\x18.chatplane.v1.AuditActor\"7\n\x14\x43reateApiKeyResponse\x12\x0f\n\x07\x61pi_key\x18\x01 \x01(\t\x12\x0e\n\x06key_id\x18\x02 \x01(\t\"\"\n\x10GetApiKeyRequest\x12\x0e\n\x06key_id\x18\x01 \x01(\t\"\x9f\x01\n\x11GetApiKeyResponse\x12\"\n\x05owner\x18\x01 \x01(\x0b\x32\x13.chatplane.v1.Owner\x12\x15\n\rsecret_sha256\x18\x02 \x01(\x0c\x12\x0f\n\x07revoked\x18\x03 \x01(\x08\x12\r\n\x05roles\x18\x04 \x03(\t\x12/\n\x0b\x65xpire_time\x18P \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xed\x01\n\nApiKeyInfo\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\"\n\x05owner\x18\x02 \x01(\x0b\x32\x13.chatplane.v1.Owner\x12\r\n\x05label\x18\x03 \x01(\t\x12\r\n\x05roles\x18\x04 \x03(\t\x12/\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07revoked\x18\x06 \x01(\x08\x12/\n\x0b\x65xpire_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1a\n\x12replaced_by_key_id\x18\x08 \x01(\t\"\x8a\x01\n$PersistenceServiceListApiKeysRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\x12\x17\n\x0finclude_revoked\x18\x05 \x01(\x08\"h\n%PersistenceServiceListApiKeysResponse\x12&\n\x04keys\x18\x01 \x03(\x0b\x32\x18.chatplane.v1.ApiKeyInfo\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x87\x01\n%PersistenceServiceRotateApiKeyRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x0e\n\x06key_id\x18\x02 \x01(\t\x12\x12\n\noverlap_ms\x18\x03 \x01(\x03\x12\'\n\x05\x61\x63tor\x18\x04 \x01(\x0b\x32\x18.chatplane.v1.AuditActor\"\x8c\x01\n&PersistenceServiceRotateApiKeyResponse\x12\x0f\n\x07\x61pi_key\x18\x01 \x01(\t\x12%\n\x03key\x18\x02 \x01(\x0b\x32\x18.chatplane.v1.ApiKeyInfo\x12*\n\x08previous\x18\x03 \x01(\x0b\x32\x18.chatplane.v1.ApiKeyInfo\"s\n%PersistenceServiceRevokeApiKeyRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x0e\n\x06key_id\x18\x02 \x01(\t\x12\'\n\x05\x61\x63tor\x18\x03 \x01(\x0b\x32\x18.chatplane.v1.AuditActor\"O\n&PersistenceServiceRevokeApiKeyResponse\x12%\n\x03key\x18\x01 \x01(\x0b\x32\x18.chatplane.v1.ApiKeyInfo\"D\n\x18\x41ppendAuditEventsRequest\x12(\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x18.chatplane.v1.AuditEvent\"B\n\x19\x41ppendAuditEventsResponse\x12%\n\x04head\x18\x01 \x01(\x0b\x32\x17.chatplane.v1.AuditHead\"?\n\x17ListAuditRecordsRequest\x12\x11\n\tafter_seq\x18\x01 \x01(\x03\x12\x11\n\tpage_size\x18\x02 \x01(\x05\"m\n\x18ListAuditRecordsResponse\x12*\n\x07records\x18\x01 \x03(\x0b\x32\x19.chatplane.v1.AuditRecord\x12%\n\x04head\x18\x02 \x01(\x0b\x32\x17.chatplane.v1.AuditHead2\xf9\x0b\n\x12PersistenceService\x12L\n\tBeginTurn\x12\x1e.chatplane.v1.BeginTurnRequest\x1a\x1f.chatplane.v1.BeginTurnResponse\x12\x46\n\x07GetTurn\x12\x1c.chatplane.v1.GetTurnRequest\x1a\x1d.chatplane.v1.GetTurnResponse\x12R\n\x0bReleaseTurn\x12 .chatplane.v1.ReleaseTurnRequest\x1a!.chatplane.v1.ReleaseTurnResponse\x12\x88\x01\n\x11ListConversations\x12\x38.chatplane.v1.PersistenceServiceListConversationsRequest\x1a\x39.chatplane.v1.PersistenceServiceListConversationsResponse\x12\x82\x01\n\x0fGetConversation\x12\x36.chatplane.v1.PersistenceServiceGetConversationRequest\x1a\x37.chatplane.v1.PersistenceServiceGetConversationResponse\x12\x8b\x01\n\x12\x44\x65leteConversation\x12\x39.chatplane.v1.PersistenceServiceDeleteConversationRequest\x1a:.chatplane.v1.PersistenceServiceDeleteConversationResponse\x12\x7f\n\x0eSubmitFeedback\x12\x35.chatplane.v1.PersistenceServiceSubmitFeedbackRequest\x1a\x36.chatplane.v1.PersistenceServiceSubmitFeedbackResponse\x12U\n\x0c\x43reateApiKey\x12!.chatplane.v1.CreateApiKeyRequest\x1a\".chatplane.v1.CreateApiKeyResponse\x12L\n\tGetApiKey\x12\x1e.chatplane.v1.GetApiKeyRequest\x1a\x1f.chatplane.v1.GetApiKeyResponse\x12v\n\x0bListApiKeys\x12\x32.chatplane.v1.PersistenceServiceListApiKeysRequest\x1a\x33.chatplane.v1.PersistenceServiceListApiKeysResponse\x12y\n\x0cRotateApiKey\x12\x33.chatplane.v1.PersistenceServiceRotateApiKeyRequest\x1a\x34.chatplane.v1.PersistenceServiceRotateApiKeyResponse\x12y\n\x0cRevokeApiKey\x12\x33.chatplane.v1.PersistenceServiceRevokeApiKeyRequest\x1a\x34.chatplane.v1.PersistenceServiceRevokeApiKeyResponse\x12\x64\n\x11\x41ppendAuditEvents\x12&.chatplane.v1.AppendAuditEventsRequest\x1a\'.chatplane.v1.AppendAuditEventsResponse\x12\x61\n\x10ListAuditRecords\x12%.chatplane.v1.ListAuditRecordsRequest\x1a&.chatplane.v1.ListAuditRecordsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'chatplane.v1.persistence_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_OWNER']._serialized_start=139
-  _globals['_OWNER']._serialized_end=182
-  _globals['_BEGINTURNREQUEST']._serialized_start=185
-  _globals['_BEGINTURNREQUEST']._serialized_end=379
-  _globals['_BEGINTURNRESPONSE']._serialized_start=382
-  _globals['_BEGINTURNRESPONSE']._serialized_end=514
-  _globals['_GETTURNREQUEST']._serialized_start=516
-  _globals['_GETTURNREQUEST']._serialized_end=593
-  _globals['_GETTURNRESPONSE']._serialized_start=596
-  _globals['_GETTURNRESPONSE']._serialized_end=763
-  _globals['_RELEASETURNREQUEST']._serialized_start=765
-  _globals['_RELEASETURNREQUEST']._serialized_end=846
-  _globals['_RELEASETURNRESPONSE']._serialized_start=848
-  _globals['_RELEASETURNRESPONSE']._serialized_end=887
-  _globals['_PERSISTENCESERVICELISTCONVERSATIONSREQUEST']._serialized_start=890
-  _globals['_PERSISTENCESERVICELISTCONVERSATIONSREQUEST']._serialized_end=1024
-  _globals['_PERSISTENCESERVICELISTCONVERSATIONSRESPONSE']._serialized_start=1026
-  _globals['_PERSISTENCESERVICELISTCONVERSATIONSRESPONSE']._serialized_end=1126
-  _globals['_PERSISTENCESERVICEGETCONVERSATIONREQUEST']._serialized_start=1129
-  _globals['_PERSISTENCESERVICEGETCONVERSATIONREQUEST']._serialized_end=1262
-  _globals['_PERSISTENCESERVICEGETCONVERSATIONRESPONSE']._serialized_start=1264
-  _globals['_PERSISTENCESERVICEGETCONVERSATIONRESPONSE']._serialized_end=1364
-  _globals['_PERSISTENCESERVICEDELETECONVERSATIONREQUEST']._serialized_start=1366
-  _globals['_PERSISTENCESERVICEDELETECONVERSATIONREQUEST']._serialized_end=1472
-  _globals['_PERSISTENCESERVICEDELETECONVERSATIONRESPONSE']._serialized_start=1474
-  _globals['_PERSISTENCESERVICEDELETECONVERSATIONRESPONSE']._serialized_end=1569
-  _globals['_PERSISTENCESERVICESUBMITFEEDBACKREQUEST']._serialized_start=1572
-  _globals['_PERSISTENCESERVICESUBMITFEEDBACKREQUEST']._serialized_end=1704
-  _globals['_PERSISTENCESERVICESUBMITFEEDBACKRESPONSE']._serialized_start=1706
-  _globals['_PERSISTENCESERVICESUBMITFEEDBACKRESPONSE']._serialized_end=1797
-  _globals['_CREATEAPIKEYREQUEST']._serialized_start=1799
-  _globals['_CREATEAPIKEYREQUEST']._serialized_end=1886
-  _globals['_CREATEAPIKEYRESPONSE']._serialized_start=1888
-  _globals['_CREATEAPIKEYRESPONSE']._serialized_end=1943
-  _globals['_GETAPIKEYREQUEST']._serialized_start=1945
-  _globals['_GETAPIKEYREQUEST']._serialized_end=1979
-  _globals['_GETAPIKEYRESPONSE']._serialized_start=1981
-  _globals['_GETAPIKEYRESPONSE']._serialized_end=2091
-  _globals['_PERSISTENCESERVICE']._serialized_start=2094
-  _globals['_PERSISTENCESERVICE']._serialized_end=3056
+  _globals['_OWNER']._serialized_start=165
+  _globals['_OWNER']._serialized_end=208
+  _globals['_BEGINTURNREQUEST']._serialized_start=211
+  _globals['_BEGINTURNREQUEST']._serialized_end=405
+  _globals['_BEGINTURNRESPONSE']._serialized_start=408
+  _globals['_BEGINTURNRESPONSE']._serialized_end=540
+  _globals['_GETTURNREQUEST']._serialized_start=542
+  _globals['_GETTURNREQUEST']._serialized_end=619
+  _globals['_GETTURNRESPONSE']._serialized_start=622
+  _globals['_GETTURNRESPONSE']._serialized_end=789
+  _globals['_RELEASETURNREQUEST']._serialized_start=791
+  _globals['_RELEASETURNREQUEST']._serialized_end=872
+  _globals['_RELEASETURNRESPONSE']._serialized_start=874
+  _globals['_RELEASETURNRESPONSE']._serialized_end=913
+  _globals['_PERSISTENCESERVICELISTCONVERSATIONSREQUEST']._serialized_start=916
+  _globals['_PERSISTENCESERVICELISTCONVERSATIONSREQUEST']._serialized_end=1050
+  _globals['_PERSISTENCESERVICELISTCONVERSATIONSRESPONSE']._serialized_start=1052
+  _globals['_PERSISTENCESERVICELISTCONVERSATIONSRESPONSE']._serialized_end=1152
+  _globals['_PERSISTENCESERVICEGETCONVERSATIONREQUEST']._serialized_start=1155
+  _globals['_PERSISTENCESERVICEGETCONVERSATIONREQUEST']._serialized_end=1288
+  _globals['_PERSISTENCESERVICEGETCONVERSATIONRESPONSE']._serialized_start=1290
+  _globals['_PERSISTENCESERVICEGETCONVERSATIONRESPONSE']._serialized_end=1390
+  _globals['_PERSISTENCESERVICEDELETECONVERSATIONREQUEST']._serialized_start=1392
+  _globals['_PERSISTENCESERVICEDELETECONVERSATIONREQUEST']._serialized_end=1498
+  _globals['_PERSISTENCESERVICEDELETECONVERSATIONRESPONSE']._serialized_start=1500
+  _globals['_PERSISTENCESERVICEDELETECONVERSATIONRESPONSE']._serialized_end=1595
+  _globals['_PERSISTENCESERVICESUBMITFEEDBACKREQUEST']._serialized_start=1598
+  _globals['_PERSISTENCESERVICESUBMITFEEDBACKREQUEST']._serialized_end=1730
+  _globals['_PERSISTENCESERVICESUBMITFEEDBACKRESPONSE']._serialized_start=1732
+  _globals['_PERSISTENCESERVICESUBMITFEEDBACKRESPONSE']._serialized_end=1823
+  _globals['_CREATEAPIKEYREQUEST']._serialized_start=1826
+  _globals['_CREATEAPIKEYREQUEST']._serialized_end=1954
+  _globals['_CREATEAPIKEYRESPONSE']._serialized_start=1956
+  _globals['_CREATEAPIKEYRESPONSE']._serialized_end=2011
+  _globals['_GETAPIKEYREQUEST']._serialized_start=2013
+  _globals['_GETAPIKEYREQUEST']._serialized_end=2047
+  _globals['_GETAPIKEYRESPONSE']._serialized_start=2050
+  _globals['_GETAPIKEYRESPONSE']._serialized_end=2209
+  _globals['_APIKEYINFO']._serialized_start=2212
+  _globals['_APIKEYINFO']._serialized_end=2449
+  _globals['_PERSISTENCESERVICELISTAPIKEYSREQUEST']._serialized_start=2452
+  _globals['_PERSISTENCESERVICELISTAPIKEYSREQUEST']._serialized_end=2590
+  _globals['_PERSISTENCESERVICELISTAPIKEYSRESPONSE']._serialized_start=2592
+  _globals['_PERSISTENCESERVICELISTAPIKEYSRESPONSE']._serialized_end=2696
+  _globals['_PERSISTENCESERVICEROTATEAPIKEYREQUEST']._serialized_start=2699
+  _globals['_PERSISTENCESERVICEROTATEAPIKEYREQUEST']._serialized_end=2834
+  _globals['_PERSISTENCESERVICEROTATEAPIKEYRESPONSE']._serialized_start=2837
+  _globals['_PERSISTENCESERVICEROTATEAPIKEYRESPONSE']._serialized_end=2977
+  _globals['_PERSISTENCESERVICEREVOKEAPIKEYREQUEST']._serialized_start=2979
+  _globals['_PERSISTENCESERVICEREVOKEAPIKEYREQUEST']._serialized_end=3094
+  _globals['_PERSISTENCESERVICEREVOKEAPIKEYRESPONSE']._serialized_start=3096
+  _globals['_PERSISTENCESERVICEREVOKEAPIKEYRESPONSE']._serialized_end=3175
+  _globals['_APPENDAUDITEVENTSREQUEST']._serialized_start=3177
+  _globals['_APPENDAUDITEVENTSREQUEST']._serialized_end=3245
+  _globals['_APPENDAUDITEVENTSRESPONSE']._serialized_start=3247
+  _globals['_APPENDAUDITEVENTSRESPONSE']._serialized_end=3313
+  _globals['_LISTAUDITRECORDSREQUEST']._serialized_start=3315
+  _globals['_LISTAUDITRECORDSREQUEST']._serialized_end=3378
+  _globals['_LISTAUDITRECORDSRESPONSE']._serialized_start=3380
+  _globals['_LISTAUDITRECORDSRESPONSE']._serialized_end=3489
+  _globals['_PERSISTENCESERVICE']._serialized_start=3492
+  _globals['_PERSISTENCESERVICE']._serialized_end=5021
 # @@protoc_insertion_point(module_scope)
