@@ -8,13 +8,13 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import grpc
 from google.protobuf import timestamp_pb2
 
-from chatplane.audit.chain import AuditEvent, AuditHead, AuditRecord
+from chatplane.audit.protos import event_from_proto, head_to_proto, record_to_proto
 from chatplane.common import errors
 from chatplane.common.ids import is_valid_id
 from chatplane.persistence.store.base import ApiKey, ConversationStore, from_micros, to_micros
@@ -97,8 +97,8 @@ class IdentityRpcs:
         for index, event in enumerate(request.events):
             if not event.action:
                 raise errors.InvalidArgument(f"events[{index}].action", "required")
-        head = await self._store.append_audit([audit_event(e) for e in request.events])
-        return persistence_pb2.AppendAuditEventsResponse(head=audit_head(head))
+        head = await self._store.append_audit([event_from_proto(e) for e in request.events])
+        return persistence_pb2.AppendAuditEventsResponse(head=head_to_proto(head))
 
     async def ListAuditRecords(
         self, request: persistence_pb2.ListAuditRecordsRequest, context: Context
@@ -110,7 +110,7 @@ class IdentityRpcs:
         head = await self._store.audit_head()
         records = await self._store.audit_records(request.after_seq, limit)
         return persistence_pb2.ListAuditRecordsResponse(
-            records=[audit_record(r) for r in records], head=audit_head(head)
+            records=[record_to_proto(r) for r in records], head=head_to_proto(head)
         )
 
 
@@ -157,55 +157,6 @@ def api_key_info(key: ApiKey) -> persistence_pb2.ApiKeyInfo:
     if key.expire_time is not None:
         info.expire_time.CopyFrom(_timestamp(key.expire_time))
     return info
-
-
-def audit_event(event: audit_pb2.AuditEvent) -> AuditEvent:
-    """The domain form of an event to append."""
-    return AuditEvent(
-        actor=event.actor,
-        tenant_id=event.tenant_id,
-        action=event.action,
-        object=event.object,
-        outcome=event.outcome,
-        detail=event.detail,
-        source=event.source,
-        request_id=event.request_id,
-        event_time=event.event_time.ToDatetime(tzinfo=UTC)
-        if event.HasField("event_time")
-        else None,
-    )
-
-
-def audit_event_proto(event: AuditEvent) -> audit_pb2.AuditEvent:
-    """The proto form of an event."""
-    proto = audit_pb2.AuditEvent(
-        actor=event.actor,
-        tenant_id=event.tenant_id,
-        action=event.action,
-        object=event.object,
-        outcome=event.outcome,
-        detail=event.detail,
-        source=event.source,
-        request_id=event.request_id,
-    )
-    if event.event_time is not None:
-        proto.event_time.CopyFrom(_timestamp(event.event_time))
-    return proto
-
-
-def audit_record(record: AuditRecord) -> audit_pb2.AuditRecord:
-    """The proto form of a stored record."""
-    return audit_pb2.AuditRecord(
-        seq=record.seq,
-        event=audit_event_proto(record.event),
-        prev_hash=record.prev_hash,
-        hash=record.hash,
-    )
-
-
-def audit_head(head: AuditHead) -> audit_pb2.AuditHead:
-    """The proto form of the chain's head."""
-    return audit_pb2.AuditHead(seq=head.seq, hash=head.hash)
 
 
 # Page tokens of key lists: base64url of {"k": "key", "t": create time (µs), "id": key id}.

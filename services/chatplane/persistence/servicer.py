@@ -15,7 +15,7 @@ from google.protobuf import timestamp_pb2
 from chatplane.common import errors
 from chatplane.common.ids import is_valid_id
 from chatplane.common.roles import parse_roles
-from chatplane.persistence.identity_servicer import IdentityRpcs, audit_actor
+from chatplane.persistence.identity_servicer import IdentityRpcs, api_key_info, audit_actor
 from chatplane.persistence.store.base import (
     Conversation,
     ConversationCursor,
@@ -200,7 +200,7 @@ class PersistenceServicer(IdentityRpcs, persistence_pb2_grpc.PersistenceServiceS
             owner, request.label, roles, audit_actor(request.actor)
         )
         return persistence_pb2.CreateApiKeyResponse(
-            api_key=issued.api_key, key_id=issued.record.key_id
+            api_key=issued.api_key, key_id=issued.record.key_id, key=api_key_info(issued.record)
         )
 
     async def GetApiKey(
