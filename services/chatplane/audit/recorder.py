@@ -56,6 +56,9 @@ class AuditRecorder:
         self._clock = clock
         self._pending: collections.deque[AuditEvent] = collections.deque()
         self._dropped = 0
+        # Set when something is queued (wakes the idle appender), and when a batch is full
+        # (ends the wait for more events early).
+        self._has_work = asyncio.Event()
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -87,6 +90,7 @@ class AuditRecorder:
             return
         self._pending.append(event)
         self._idle.clear()
+        self._has_work.set()
         if len(self._pending) >= self._max_batch:
             self._wake.set()
 
@@ -98,6 +102,7 @@ class AuditRecorder:
     async def flush(self, timeout: float = 5.0) -> bool:
         """Waits until everything queued so far is appended; False on timeout."""
         self._wake.set()
+        self._has_work.set()
         try:
             async with asyncio.timeout(timeout):
                 await self._idle.wait()
@@ -136,8 +141,8 @@ class AuditRecorder:
         while True:
             if not self._pending and not self._dropped:
                 self._idle.set()
-                self._wake.clear()
-                await self._wake.wait()
+                self._has_work.clear()
+                await self._has_work.wait()
             if not self._stopping and len(self._pending) < self._max_batch:
                 # Gather a batch: whatever arrives within the flush interval goes with it.
                 self._wake.clear()
@@ -149,6 +154,8 @@ class AuditRecorder:
             dropped = self._dropped if kept < self._max_batch else 0
             if dropped:
                 batch.append(self._dropped_event(dropped))
+            if not batch:
+                continue
             try:
                 await self._sink.append(batch)
             except Exception as error:
