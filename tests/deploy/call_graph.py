@@ -40,11 +40,19 @@ CALLS: dict[tuple[str, str], frozenset[str]] = {
             "DeleteConversation",
             "SubmitFeedback",
             "GetApiKey",
+            # Identity (issue 7): AdminService's key management, audited auth failures.
+            "CreateApiKey",
+            "ListApiKeys",
+            "RotateApiKey",
+            "RevokeApiKey",
+            "AppendAuditEvents",
         }
     ),
     ("gateway", MEMORY): frozenset({"Forget"}),
     ("agent", MEMORY): frozenset({"Recall", "Remember"}),
-    ("admin", PERSISTENCE): frozenset({"CreateApiKey"}),
+    ("admin", PERSISTENCE): frozenset(
+        {"CreateApiKey", "ListApiKeys", "RotateApiKey", "RevokeApiKey", "ListAuditRecords"}
+    ),
     ("admin", MEMORY): frozenset({"Remember"}),
 }
 

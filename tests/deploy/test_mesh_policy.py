@@ -39,6 +39,8 @@ READ_RPCS = frozenset(
         f"/{PACKAGE}.PersistenceService/ListConversations",
         f"/{PACKAGE}.PersistenceService/GetConversation",
         f"/{PACKAGE}.PersistenceService/GetApiKey",
+        f"/{PACKAGE}.PersistenceService/ListApiKeys",
+        f"/{PACKAGE}.PersistenceService/ListAuditRecords",
         f"/{PACKAGE}.MemoryService/Recall",
         f"/{PACKAGE}.GatewayService/ListConversations",
         f"/{PACKAGE}.GatewayService/GetConversation",

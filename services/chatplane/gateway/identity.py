@@ -8,9 +8,9 @@ from dataclasses import dataclass
 import grpc
 
 from chatplane import audit
-from chatplane.audit.sinks import PersistenceAuditSink
 from chatplane.common.settings import Settings
 from chatplane.gateway.admin.servicer import AdminServicer
+from chatplane.gateway.audit_sink import PersistenceAuditSink
 from chatplane.gateway.auth import ApiKeyAuthenticator
 from chatplane.gateway.authentication import Authenticator
 from chatplane.gateway.jwks import JwksCache
