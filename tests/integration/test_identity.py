@@ -273,13 +273,15 @@ async def test_unknown_kids_do_not_hammer_the_provider(
 ) -> None:
     await asyncio.sleep(0.25)
     fetches = provider.fetches
+    began = time.monotonic()
     for _ in range(30):
         with pytest.raises(grpc.aio.AioRpcError):
             await list_conversations(
                 channel, bearer(SigningKey.ec(unique("kid")).sign(claims("u", "t")))
             )
-    # At most one fetch per 0.2 s of the loop above (which takes well under a second or two).
-    assert provider.fetches - fetches <= 1 + 10, provider.fetches - fetches
+    elapsed = time.monotonic() - began
+    # At most one fetch per refetch interval (0.2 s), however many invented kids arrive.
+    assert provider.fetches - fetches <= 1 + elapsed / 0.2, (provider.fetches - fetches, elapsed)
 
 
 async def test_roles_come_from_the_scope_claim(channel: grpc.aio.Channel) -> None:
@@ -499,8 +501,9 @@ async def test_revocation_reaches_another_gateway_within_the_cache_time(
 
             await poll(refused, timeout=KEY_CACHE_SECONDS + 5, interval=0.05)
             elapsed = time.monotonic() - revoked_at
-            # Bound: the other replica's cache time (plus a poll interval and a round trip).
-            assert elapsed <= KEY_CACHE_SECONDS + 0.5, elapsed
+            # Bound: the other replica's cache time, plus a poll interval and a round trip
+            # (generous: the test machine is shared).
+            assert elapsed <= KEY_CACHE_SECONDS + 1.0, elapsed
     finally:
         assert await second.stop(10) == 0
 
