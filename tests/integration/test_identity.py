@@ -420,6 +420,7 @@ async def test_admin_creates_lists_rotates_and_revokes_keys_of_its_tenant(
         ("list-page-token", "page_token"),
         ("create-no-user", "user_id"),
         ("create-bad-role", "roles"),
+        ("create-nul-user", "user_id"),
         ("rotate-long-overlap", "overlap"),
         ("rotate-negative-overlap", "overlap"),
     ],
@@ -442,6 +443,9 @@ async def test_bad_admin_requests_are_invalid_argument(
         ),
         "create-bad-role": lambda: admin.CreateApiKey(
             admin_pb2.AdminServiceCreateApiKeyRequest(user_id="u", roles=["root"]), metadata=root
+        ),
+        "create-nul-user": lambda: admin.CreateApiKey(
+            admin_pb2.AdminServiceCreateApiKeyRequest(user_id="a\x00b"), metadata=root
         ),
         "rotate-long-overlap": lambda: admin.RotateApiKey(
             admin_pb2.RotateApiKeyRequest(

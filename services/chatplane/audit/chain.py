@@ -46,18 +46,25 @@ class AuditEvent:
     event_time: datetime | None = None
 
     def bounded(self) -> AuditEvent:
-        """The event with every text field cut to MAX_FIELD_CHARS."""
+        """The event as it is chained: every text field cut to MAX_FIELD_CHARS, NUL characters
+        (which PostgreSQL text cannot hold) replaced by U+FFFD, lone surrogates by `?`."""
         return replace(
             self,
-            actor=self.actor[:MAX_FIELD_CHARS],
-            tenant_id=self.tenant_id[:MAX_FIELD_CHARS],
-            action=self.action[:MAX_FIELD_CHARS],
-            object=self.object[:MAX_FIELD_CHARS],
-            outcome=self.outcome[:MAX_FIELD_CHARS],
-            detail=self.detail[:MAX_FIELD_CHARS],
-            source=self.source[:MAX_FIELD_CHARS],
-            request_id=self.request_id[:MAX_FIELD_CHARS],
+            actor=_storable(self.actor),
+            tenant_id=_storable(self.tenant_id),
+            action=_storable(self.action),
+            object=_storable(self.object),
+            outcome=_storable(self.outcome),
+            detail=_storable(self.detail),
+            source=_storable(self.source),
+            request_id=_storable(self.request_id),
         )
+
+
+def _storable(value: str) -> str:
+    cut = value[:MAX_FIELD_CHARS].replace("\x00", "\ufffd")
+    # Lone surrogates (never in a decoded gRPC string, possible in Python text) have no UTF-8.
+    return cut.encode("utf-8", "replace").decode("utf-8")
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,6 +24,10 @@ DROPPED_ACTION = "audit.dropped"
 """The action of the record that counts events the recorder could not keep."""
 
 
+class AuditRejected(Exception):
+    """The sink refused the batch itself (not a passing failure): retrying it is pointless."""
+
+
 class AuditSink(Protocol):
     """Where batches of events go: the system of record (directly or through Persistence)."""
 
@@ -133,7 +137,10 @@ class AuditRecorder:
             action=DROPPED_ACTION,
             object="audit",
             outcome="failure",
-            detail=f"{count} event(s) not recorded: the audit queue was full",
+            detail=(
+                f"{count} event(s) not recorded: the audit queue was full,"
+                " or the store refused them"
+            ),
             event_time=self._clock(),
         )
 
@@ -158,6 +165,17 @@ class AuditRecorder:
                 continue
             try:
                 await self._sink.append(batch)
+            except AuditRejected as error:
+                # Whatever in the batch was refused must not block the queue: append the
+                # events one by one; those refused alone are counted as dropped (and go into
+                # the next audit.dropped record, with the count this batch carried).
+                _log.error("audit batch refused", extra={"error": repr(error)})
+                refused = await self._append_each(batch[:kept])
+                for _ in range(kept):
+                    self._pending.popleft()
+                self._dropped += refused
+                self.appended += kept - refused
+                continue
             except Exception as error:
                 _log.warning(
                     "audit append failed; retrying",
@@ -170,3 +188,13 @@ class AuditRecorder:
             # Drops counted while the append ran stay for the next batch.
             self._dropped -= dropped
             self.appended += len(batch)
+
+    async def _append_each(self, batch: Sequence[AuditEvent]) -> int:
+        """Appends the events one at a time; how many were refused."""
+        refused = 0
+        for event in batch:
+            try:
+                await self._sink.append([event])
+            except Exception:  # refused, or a passing failure: the event is lost, and counted
+                refused += 1
+        return refused

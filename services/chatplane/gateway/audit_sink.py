@@ -9,6 +9,7 @@ import grpc
 
 from chatplane.audit.chain import AuditEvent
 from chatplane.audit.protos import event_to_proto
+from chatplane.audit.recorder import AuditRejected
 from chatplane.common import status_mapping
 from chatplane.v1 import persistence_pb2, persistence_pb2_grpc
 
@@ -31,4 +32,6 @@ class PersistenceAuditSink:
                 timeout=self._timeout,
             )
         except grpc.aio.AioRpcError as error:
+            if error.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.INTERNAL):
+                raise AuditRejected(error.details() or error.code().name) from error
             raise status_mapping.from_rpc_error(error, "AppendAuditEvents") from error

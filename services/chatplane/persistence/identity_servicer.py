@@ -42,8 +42,10 @@ class IdentityRpcs:
         self, request: persistence_pb2.PersistenceServiceListApiKeysRequest, context: Context
     ) -> persistence_pb2.PersistenceServiceListApiKeysResponse:
         tenant_id = _tenant(request.tenant_id)
-        if len(request.user_id) > _MAX_ID_CHARS:
-            raise errors.InvalidArgument("user_id", f"must be at most {_MAX_ID_CHARS} characters")
+        if len(request.user_id) > _MAX_ID_CHARS or "\x00" in request.user_id:
+            raise errors.InvalidArgument(
+                "user_id", f"must be at most {_MAX_ID_CHARS} characters, without NUL"
+            )
         limit = page_size(request.page_size, "page_size", KEYS_PAGE)
         page = await self._store.list_api_keys(
             tenant_id,
@@ -117,8 +119,10 @@ class IdentityRpcs:
 def _tenant(tenant_id: str) -> str:
     if not tenant_id:
         raise errors.InvalidArgument("tenant_id", "required")
-    if len(tenant_id) > _MAX_ID_CHARS:
-        raise errors.InvalidArgument("tenant_id", f"must be at most {_MAX_ID_CHARS} characters")
+    if len(tenant_id) > _MAX_ID_CHARS or "\x00" in tenant_id:
+        raise errors.InvalidArgument(
+            "tenant_id", f"must be at most {_MAX_ID_CHARS} characters, without NUL"
+        )
     return tenant_id
 
 

@@ -85,3 +85,10 @@ def test_every_single_tampering_is_named() -> None:
     assert (truncated.ok, truncated.bad_seq) == (False, 5)
     assert "removed from the end" in truncated.problem
     assert verify([], EMPTY_HEAD).ok
+
+
+def test_nul_and_lone_surrogates_are_made_storable() -> None:
+    hostile = replace(event(0), detail="a\x00b", actor="\udc80x")
+    (record,) = extend(EMPTY_HEAD, [hostile], NOW)
+    assert record.event.detail == "a\ufffdb" and record.event.actor == "?x"
+    assert verify([record], head_after(EMPTY_HEAD, [record])).ok

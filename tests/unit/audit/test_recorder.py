@@ -7,7 +7,7 @@ import asyncio
 from collections.abc import Sequence
 
 from chatplane.audit.chain import AuditEvent
-from chatplane.audit.recorder import DROPPED_ACTION, AuditRecorder
+from chatplane.audit.recorder import DROPPED_ACTION, AuditRecorder, AuditRejected
 
 
 def event(number: int) -> AuditEvent:
@@ -78,4 +78,32 @@ async def test_a_flood_is_bounded_and_its_loss_recorded() -> None:
     (lost,) = [e for e in sink.events if e.action == DROPPED_ACTION]
     assert lost.detail.startswith("9800 event(s) not recorded")
     assert recorder.dropped == 0
+    await recorder.stop()
+
+
+class Picky(Sink):
+    """Refuses any batch holding an event whose object is "poison"."""
+
+    async def append(self, events: Sequence[AuditEvent]) -> None:
+        if any(e.object == "poison" for e in events):
+            raise AuditRejected("refused")
+        await super().append(events)
+
+
+async def test_a_refused_event_does_not_block_the_rest() -> None:
+    sink = Picky()
+    recorder = AuditRecorder(sink, max_batch=10, flush_seconds=0.01, max_pending=100)
+    recorder.start()
+    for number in range(3):
+        recorder.record(event(number))
+    recorder.record(AuditEvent("a", "", "x", "poison", "failure"))
+    recorder.record(event(3))
+    assert await recorder.flush()
+    recorder.record(event(4))
+    assert await recorder.flush()
+    objects = [e.object for e in sink.events]
+    assert objects[:4] == ["attempt/0", "attempt/1", "attempt/2", "attempt/3"]
+    (lost,) = [e for e in sink.events if e.action == DROPPED_ACTION]
+    assert lost.detail.startswith("1 event(s)")
+    assert "attempt/4" in objects
     await recorder.stop()

@@ -58,6 +58,11 @@ def _actor(principal: Principal, context: Context) -> audit_pb2.AuditActor:
     )
 
 
+def _text(value: str, field: str, limit: int) -> None:
+    if len(value) > limit or "\x00" in value:
+        raise errors.InvalidArgument(field, f"must be at most {limit} characters, without NUL")
+
+
 def _key_id(key_id: str) -> str:
     # Not an id of any key: answered as for a key of another tenant.
     if not is_valid_id(key_id):
@@ -110,8 +115,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         self, request: admin_pb2.ListApiKeysRequest, context: Context
     ) -> admin_pb2.ListApiKeysResponse:
         principal = _admin(context, "ListApiKeys")
-        if len(request.user_id) > _MAX_ID_CHARS:
-            raise errors.InvalidArgument("user_id", f"must be at most {_MAX_ID_CHARS} characters")
+        _text(request.user_id, "user_id", _MAX_ID_CHARS)
         if not 0 <= request.page_size <= KEYS_PAGE_MAX:
             raise errors.InvalidArgument(
                 "page_size", f"must be between 1 and {KEYS_PAGE_MAX} (0 means 100)"
@@ -144,10 +148,8 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         principal = _admin(context, "CreateApiKey")
         if not request.user_id:
             raise errors.InvalidArgument("user_id", "required")
-        if len(request.user_id) > _MAX_ID_CHARS:
-            raise errors.InvalidArgument("user_id", f"must be at most {_MAX_ID_CHARS} characters")
-        if len(request.label) > _MAX_LABEL_CHARS:
-            raise errors.InvalidArgument("label", f"must be at most {_MAX_LABEL_CHARS} characters")
+        _text(request.user_id, "user_id", _MAX_ID_CHARS)
+        _text(request.label, "label", _MAX_LABEL_CHARS)
         roles = parse_roles(tuple(request.roles))
         response = await self._persistence.CreateApiKey(
             persistence_pb2.CreateApiKeyRequest(
