@@ -294,3 +294,19 @@ async def test_verification_finds_any_single_tampered_record(
     assert result.bad_seq == expected, result
     assert result.problem
     assert result.checked == (3 if tamper == "remove" else expected - 1)
+
+
+async def test_hostile_text_is_chained_and_verifies(store: ConversationStore) -> None:
+    hostile = AuditEvent(
+        actor="key:\x00",
+        tenant_id="t\udc80",
+        action=audit.AUTH_FAILURE,
+        object="credential/jwt",
+        outcome=audit.FAILURE,
+        detail="kid 'a\x00b' " + "x" * 5000,
+    )
+    await store.append_audit([hostile])
+    (record,) = await store.audit_records(0, 10)
+    assert record.event.actor == "key:\ufffd" and record.event.tenant_id == "t?"
+    assert len(record.event.detail) == 512
+    assert (await verdict(store)).ok
