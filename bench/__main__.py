@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from bench import (
+    auth_flood,
     edge,
     ingest,
     llm_chain,
@@ -50,6 +51,7 @@ BENCHMARKS = (
     Benchmark(ingest.NAME, ingest.TITLE, ingest.NOTES, ingest.run),
     Benchmark(llm_chain.NAME, llm_chain.TITLE, llm_chain.NOTES, llm_chain.run),
     Benchmark(tree.NAME, tree.TITLE, tree.NOTES, tree.run),
+    Benchmark(auth_flood.NAME, auth_flood.TITLE, auth_flood.NOTES, auth_flood.run),
 )
 
 

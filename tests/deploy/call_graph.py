@@ -56,11 +56,28 @@ CALLS: dict[tuple[str, str], frozenset[str]] = {
             "ReserveQuota",
             "SettleQuota",
             "SetActiveBranch",
+            # Identity (issue 7): AdminService's key management, audited auth failures.
+            "CreateApiKey",
+            "ListApiKeys",
+            "RotateApiKey",
+            "RevokeApiKey",
+            "AppendAuditEvents",
         }
     ),
     ("gateway", MEMORY): frozenset({"Forget", "IngestDocument", "ListDocuments", "DeleteDocument"}),
     ("agent", MEMORY): frozenset({"Recall", "Remember"}),
-    ("admin", PERSISTENCE): frozenset({"CreateApiKey", "SetQuota", "GetQuota", "ReportVariants"}),
+    ("admin", PERSISTENCE): frozenset(
+        {
+            "CreateApiKey",
+            "ListApiKeys",
+            "RotateApiKey",
+            "RevokeApiKey",
+            "ListAuditRecords",
+            "SetQuota",
+            "GetQuota",
+            "ReportVariants",
+        }
+    ),
     ("admin", MEMORY): frozenset({"Remember"}),
 }
 

@@ -41,6 +41,8 @@ READ_RPCS = frozenset(
         f"/{PACKAGE}.PersistenceService/GetApiKey",
         f"/{PACKAGE}.PersistenceService/GetAnswer",
         f"/{PACKAGE}.PersistenceService/GetQuota",
+        f"/{PACKAGE}.PersistenceService/ListApiKeys",
+        f"/{PACKAGE}.PersistenceService/ListAuditRecords",
         f"/{PACKAGE}.MemoryService/Recall",
         f"/{PACKAGE}.GatewayService/ListConversations",
         f"/{PACKAGE}.GatewayService/GetConversation",

@@ -231,6 +231,7 @@ def keys_create(data_dir: Path, tenant: str, user: str, label: str, roles: tuple
                     owner=persistence_pb2.Owner(tenant_id=tenant, user_id=user),
                     label=label,
                     roles=roles,
+                    actor=cli_actor(),
                 ),
                 timeout=10,
             )
@@ -321,3 +322,10 @@ cli.add_command(quota)
 from chatplane.cli.report import report  # noqa: E402
 
 cli.add_command(report)
+from chatplane.cli.audit import audit  # noqa: E402
+from chatplane.cli.keys_admin import cli_actor, keys_list, keys_revoke, keys_rotate  # noqa: E402
+
+cli.add_command(audit)
+keys.add_command(keys_list)
+keys.add_command(keys_rotate)
+keys.add_command(keys_revoke)

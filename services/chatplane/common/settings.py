@@ -191,6 +191,39 @@ class Settings(BaseSettings):
     variants_file: str = ""
     variants_salt: str = "chatplane-variants"
 
+    # Identity (issue 7; docs/security.md "OIDC end-user tokens"). A bearer token that is not
+    # an API key (`cp_...`) is verified as a JWT of this OIDC issuer (RS256/ES256 only, keys
+    # from oidc_jwks_url). Empty issuer: JWTs are refused.
+    oidc_issuer: str = ""
+    # The `aud` the tokens must carry (required with an issuer).
+    oidc_audience: str = ""
+    oidc_jwks_url: str = ""
+    # The claim naming the user's tenant; a fixed oidc_tenant instead puts every user of the
+    # issuer in one tenant.
+    oidc_tenant_claim: str = "tenant"
+    oidc_tenant: str = ""
+    # The claim holding the user's roles or scopes (a space-separated string or a list; a
+    # dotted path reaches nested claims, e.g. realm_access.roles). "scope" falls back to "scp".
+    oidc_roles_claim: str = "scope"
+    # Claim value -> chatplane role (chat, operator, admin); other values are ignored.
+    oidc_role_mapping: dict[str, str] = Field(
+        default_factory=lambda: {"chat": "chat", "operator": "operator", "admin": "admin"}
+    )
+    # The roles of a token whose claim maps to none (empty: such a token may do nothing).
+    oidc_default_roles: list[str] = Field(default_factory=lambda: ["chat"])
+    # Clock skew allowed on exp/nbf/iat.
+    oidc_leeway_seconds: float = Field(default=30.0, ge=0)
+    # JWKS: refetched after this long, and at most once per min interval for an unknown kid.
+    oidc_jwks_cache_seconds: float = Field(default=300.0, gt=0)
+    oidc_jwks_min_refresh_seconds: float = Field(default=10.0, ge=0)
+    oidc_jwks_timeout_seconds: float = Field(default=5.0, gt=0)
+    # Audit log (docs/security.md "Audit log"): the Gateway appends auth failures in batches
+    # of at most audit_batch_max_records every audit_flush_seconds; beyond audit_max_pending
+    # queued events further ones are only counted (one audit.dropped record).
+    audit_batch_max_records: int = Field(default=500, gt=0, le=1000)
+    audit_flush_seconds: float = Field(default=0.2, gt=0)
+    audit_max_pending: int = Field(default=10_000, gt=0)
+
     def data_path(self, name: str) -> Path:
         """A file or folder inside the data directory (created on demand)."""
         self.data_dir.mkdir(parents=True, exist_ok=True)

@@ -3,6 +3,8 @@ rate limit (checked before every public call), chat relay, servicer."""
 
 from __future__ import annotations
 
+import grpc
+
 from chatplane.common import errors
 from chatplane.common.context import principal_var
 from chatplane.common.interceptors import Context
@@ -11,6 +13,7 @@ from chatplane.common.settings import Settings
 from chatplane.common.tls import load_tls
 from chatplane.gateway.auth import ApiKeyAuthenticator
 from chatplane.gateway.chat import ChatRelay
+from chatplane.gateway.identity import ADMIN_PREFIX, ADMIN_SERVICE, GatewayIdentity
 from chatplane.gateway.metrics import REJECTIONS
 from chatplane.gateway.rate_limit import RateLimiter
 from chatplane.gateway.resume import AnswerResume
@@ -28,18 +31,20 @@ async def run(settings: Settings) -> None:
     persistence_channel = internal_channel(settings.persistence_address, tls)
     memory_channel = internal_channel(settings.memory_address, tls)
     persistence = persistence_pb2_grpc.PersistenceServiceStub(persistence_channel)
-    authenticator = ApiKeyAuthenticator(
+    api_keys = ApiKeyAuthenticator(
         persistence,
         cache_seconds=settings.api_key_cache_seconds,
         call_timeout=settings.internal_call_timeout_seconds,
     )
+    identity = GatewayIdentity.open(settings, persistence, api_keys)
+    authenticator = identity.authenticator
     limiter = RateLimiter(
         per_minute=settings.rate_limit_per_minute, burst=settings.rate_limit_burst
     )
     public_prefix = f"/{GATEWAY_SERVICE}/"
 
     async def admit(method: str, context: Context) -> None:
-        if not method.startswith(public_prefix):
+        if not method.startswith((public_prefix, ADMIN_PREFIX)):
             return  # health and reflection are open
         principal = await authenticator.authenticate(context)
         principal_var.set(principal)
@@ -71,8 +76,13 @@ async def run(settings: Settings) -> None:
         ),
     )
 
+    def register(server: grpc.aio.Server) -> None:
+        gateway_pb2_grpc.add_GatewayServiceServicer_to_server(servicer, server)
+        identity.register(server)
+
     async def stop() -> None:
         await quota.drain()
+        await identity.close()
         await agent_channel.close()
         await persistence_channel.close()
         await memory_channel.close()
@@ -81,10 +91,8 @@ async def run(settings: Settings) -> None:
         name="gateway",
         host=settings.host,
         port=settings.gateway_port,
-        service_names=[GATEWAY_SERVICE],
-        register=lambda server: gateway_pb2_grpc.add_GatewayServiceServicer_to_server(
-            servicer, server
-        ),
+        service_names=[GATEWAY_SERVICE, ADMIN_SERVICE],
+        register=register,
         drain_grace_seconds=settings.drain_grace_seconds,
         on_stop=stop,
         check=admit,

@@ -10,6 +10,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC
 from typing import Any
 
 import grpc
@@ -28,6 +29,8 @@ class _KeyRecord:
     principal: Principal | None  # None: unknown or revoked key
     secret_sha256: bytes
     expires: float
+    # Wall-clock time (epoch seconds) when a rotated key stops working; None: no end.
+    key_expires: float | None = None
 
 
 def parse_api_key(metadata: tuple[tuple[str, str | bytes], ...]) -> tuple[str, str]:
@@ -69,7 +72,19 @@ class ApiKeyAuthenticator:
         digest = hashlib.sha256(secret.encode()).digest()
         if record.principal is None or not hmac.compare_digest(digest, record.secret_sha256):
             raise errors.Unauthenticated("invalid api key")
+        if record.key_expires is not None and time.time() >= record.key_expires:
+            raise errors.Unauthenticated("invalid api key (rotated, and its overlap has ended)")
         return record.principal
+
+    def cached_tenant(self, key_id: str) -> str:
+        """The tenant of a key this Gateway looked up recently ("" if unknown); for audit."""
+        cached = self._cache.get(key_id)
+        return "" if cached is None or cached.principal is None else cached.principal.tenant_id
+
+    def forget(self, key_id: str) -> None:
+        """Drops a key's cached record (revoked or rotated through this Gateway: the change
+        holds here at once, on other replicas within cache_seconds)."""
+        self._cache.pop(key_id, None)
 
     async def _record(self, key_id: str) -> _KeyRecord:
         now = self._clock()
@@ -101,6 +116,9 @@ class ApiKeyAuthenticator:
                 principal=principal,
                 secret_sha256=response.secret_sha256,
                 expires=now + self._cache_seconds,
+                key_expires=response.expire_time.ToDatetime(tzinfo=UTC).timestamp()
+                if response.HasField("expire_time")
+                else None,
             )
         self._cache[key_id] = record
         self._cache.move_to_end(key_id)

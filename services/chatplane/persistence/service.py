@@ -8,6 +8,9 @@ from dataclasses import asdict
 
 import grpc
 
+from chatplane import audit
+from chatplane.audit.recorder import AuditRecorder
+from chatplane.audit.sinks import StoreAuditSink
 from chatplane.common.server import serve
 from chatplane.common.settings import Settings
 from chatplane.common.tls import load_tls
@@ -40,6 +43,15 @@ async def run(settings: Settings) -> None:
         max_wait=settings.batch_max_wait_seconds,
     )
     servicer = PersistenceServicer(store)
+    # This process's audit.record(...) appends straight to the store (docs/security.md).
+    recorder = AuditRecorder(
+        StoreAuditSink(store),
+        max_batch=settings.audit_batch_max_records,
+        flush_seconds=settings.audit_flush_seconds,
+        max_pending=max(settings.audit_max_pending, settings.audit_batch_max_records),
+    )
+    recorder.start()
+    audit.install(recorder)
     lag = LagReporter(log_consumer, CONSUMER_GROUP, settings.metrics_lag_interval_seconds)
 
     def register(server: grpc.aio.Server) -> None:
@@ -57,6 +69,7 @@ async def run(settings: Settings) -> None:
         await consumer.stop(grace=settings.drain_grace_seconds)
         await log_consumer.close()
         await dead_letters.close()
+        await recorder.stop()
         await store.close()
         _log.info("consumer stopped", extra=asdict(consumer.counters))
 

@@ -16,6 +16,7 @@ from chatplane.common import errors
 from chatplane.common.feedback_score import feedback_score
 from chatplane.common.ids import is_valid_id
 from chatplane.common.roles import parse_roles
+from chatplane.persistence.identity_servicer import IdentityRpcs, api_key_info, audit_actor
 from chatplane.persistence.quota_rpcs import QuotaRpcs
 from chatplane.persistence.store.base import (
     BranchCursor,
@@ -82,7 +83,7 @@ _RATINGS = {
 }
 
 
-class PersistenceServicer(QuotaRpcs, persistence_pb2_grpc.PersistenceServiceServicer):
+class PersistenceServicer(QuotaRpcs, IdentityRpcs, persistence_pb2_grpc.PersistenceServiceServicer):
     """PersistenceService on top of a `ConversationStore`."""
 
     def __init__(self, store: ConversationStore) -> None:
@@ -241,9 +242,11 @@ class PersistenceServicer(QuotaRpcs, persistence_pb2_grpc.PersistenceServiceServ
     ) -> persistence_pb2.CreateApiKeyResponse:
         owner = _owner(request.owner)
         roles = parse_roles(tuple(request.roles))
-        issued = await self._store.create_api_key(owner, request.label, roles)
+        issued = await self._store.create_api_key(
+            owner, request.label, roles, audit_actor(request.actor)
+        )
         return persistence_pb2.CreateApiKeyResponse(
-            api_key=issued.api_key, key_id=issued.record.key_id
+            api_key=issued.api_key, key_id=issued.record.key_id, key=api_key_info(issued.record)
         )
 
     async def ReportVariants(
@@ -256,12 +259,15 @@ class PersistenceServicer(QuotaRpcs, persistence_pb2_grpc.PersistenceServiceServ
     ) -> persistence_pb2.GetApiKeyResponse:
         _require(request.key_id, "key_id")
         key = await self._store.get_api_key(request.key_id)
-        return persistence_pb2.GetApiKeyResponse(
+        response = persistence_pb2.GetApiKeyResponse(
             owner=persistence_pb2.Owner(tenant_id=key.owner.tenant_id, user_id=key.owner.user_id),
             secret_sha256=key.secret_sha256,
             revoked=key.revoked,
             roles=sorted(key.roles),
         )
+        if key.expire_time is not None:  # a rotated key: the Gateway checks it on every call
+            response.expire_time.CopyFrom(_timestamp(key.expire_time))
+        return response
 
     async def GetAnswer(
         self, request: persistence_pb2.GetAnswerRequest, context: Context

@@ -976,7 +976,9 @@ type CreateApiKeyRequest struct {
 	Label string `protobuf:"bytes,2,opt,name=label,proto3" json:"label,omitempty"`
 	// What the key may do: "chat" (end user), "operator", "admin" (see docs/security.md).
 	// Empty means ["chat"]; an unknown role is INVALID_ARGUMENT.
-	Roles         []string `protobuf:"bytes,3,rep,name=roles,proto3" json:"roles,omitempty"`
+	Roles []string `protobuf:"bytes,3,rep,name=roles,proto3" json:"roles,omitempty"`
+	// Who asks: the key's creation is audited with this actor in the same transaction.
+	Actor         *AuditActor `protobuf:"bytes,80,opt,name=actor,proto3" json:"actor,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1032,13 +1034,22 @@ func (x *CreateApiKeyRequest) GetRoles() []string {
 	return nil
 }
 
+func (x *CreateApiKeyRequest) GetActor() *AuditActor {
+	if x != nil {
+		return x.Actor
+	}
+	return nil
+}
+
 // The new key.
 type CreateApiKeyResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The full key to give to the client (shown once, never stored in clear).
 	ApiKey string `protobuf:"bytes,1,opt,name=api_key,json=apiKey,proto3" json:"api_key,omitempty"`
 	// The public part of the key.
-	KeyId         string `protobuf:"bytes,2,opt,name=key_id,json=keyId,proto3" json:"key_id,omitempty"`
+	KeyId string `protobuf:"bytes,2,opt,name=key_id,json=keyId,proto3" json:"key_id,omitempty"`
+	// The new key's facts.
+	Key           *ApiKeyInfo `protobuf:"bytes,80,opt,name=key,proto3" json:"key,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1085,6 +1096,13 @@ func (x *CreateApiKeyResponse) GetKeyId() string {
 		return x.KeyId
 	}
 	return ""
+}
+
+func (x *CreateApiKeyResponse) GetKey() *ApiKeyInfo {
+	if x != nil {
+		return x.Key
+	}
+	return nil
 }
 
 // Asks for a key record.
@@ -1143,7 +1161,9 @@ type GetApiKeyResponse struct {
 	// True when the key is revoked.
 	Revoked bool `protobuf:"varint,3,opt,name=revoked,proto3" json:"revoked,omitempty"`
 	// The key's roles (never empty).
-	Roles         []string `protobuf:"bytes,4,rep,name=roles,proto3" json:"roles,omitempty"`
+	Roles []string `protobuf:"bytes,4,rep,name=roles,proto3" json:"roles,omitempty"`
+	// When a rotated key stops working (absent: no end; in the past: revoked is true).
+	ExpireTime    *timestamppb.Timestamp `protobuf:"bytes,80,opt,name=expire_time,json=expireTime,proto3" json:"expire_time,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1206,6 +1226,708 @@ func (x *GetApiKeyResponse) GetRoles() []string {
 	return nil
 }
 
+func (x *GetApiKeyResponse) GetExpireTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ExpireTime
+	}
+	return nil
+}
+
+// The stored facts of an API key, never its secret or the secret's hash.
+type ApiKeyInfo struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The public part of the key.
+	KeyId string `protobuf:"bytes,1,opt,name=key_id,json=keyId,proto3" json:"key_id,omitempty"`
+	// The key's principal.
+	Owner *Owner `protobuf:"bytes,2,opt,name=owner,proto3" json:"owner,omitempty"`
+	// The key's label.
+	Label string `protobuf:"bytes,3,opt,name=label,proto3" json:"label,omitempty"`
+	// The key's roles.
+	Roles []string `protobuf:"bytes,4,rep,name=roles,proto3" json:"roles,omitempty"`
+	// When it was created.
+	CreateTime *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
+	// True when the key no longer authenticates (revoked, or past its expire_time).
+	Revoked bool `protobuf:"varint,6,opt,name=revoked,proto3" json:"revoked,omitempty"`
+	// When it stops (or stopped) working; absent while it has no end.
+	ExpireTime *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=expire_time,json=expireTime,proto3" json:"expire_time,omitempty"`
+	// The key that replaced it by a rotation; empty if none.
+	ReplacedByKeyId string `protobuf:"bytes,8,opt,name=replaced_by_key_id,json=replacedByKeyId,proto3" json:"replaced_by_key_id,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *ApiKeyInfo) Reset() {
+	*x = ApiKeyInfo{}
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ApiKeyInfo) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ApiKeyInfo) ProtoMessage() {}
+
+func (x *ApiKeyInfo) ProtoReflect() protoreflect.Message {
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ApiKeyInfo.ProtoReflect.Descriptor instead.
+func (*ApiKeyInfo) Descriptor() ([]byte, []int) {
+	return file_chatplane_v1_persistence_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *ApiKeyInfo) GetKeyId() string {
+	if x != nil {
+		return x.KeyId
+	}
+	return ""
+}
+
+func (x *ApiKeyInfo) GetOwner() *Owner {
+	if x != nil {
+		return x.Owner
+	}
+	return nil
+}
+
+func (x *ApiKeyInfo) GetLabel() string {
+	if x != nil {
+		return x.Label
+	}
+	return ""
+}
+
+func (x *ApiKeyInfo) GetRoles() []string {
+	if x != nil {
+		return x.Roles
+	}
+	return nil
+}
+
+func (x *ApiKeyInfo) GetCreateTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CreateTime
+	}
+	return nil
+}
+
+func (x *ApiKeyInfo) GetRevoked() bool {
+	if x != nil {
+		return x.Revoked
+	}
+	return false
+}
+
+func (x *ApiKeyInfo) GetExpireTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ExpireTime
+	}
+	return nil
+}
+
+func (x *ApiKeyInfo) GetReplacedByKeyId() string {
+	if x != nil {
+		return x.ReplacedByKeyId
+	}
+	return ""
+}
+
+// Asks for a tenant's keys.
+type PersistenceServiceListApiKeysRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Whose keys.
+	TenantId string `protobuf:"bytes,1,opt,name=tenant_id,json=tenantId,proto3" json:"tenant_id,omitempty"`
+	// Only this user's keys; empty: every user of the tenant.
+	UserId string `protobuf:"bytes,2,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
+	// Maximum keys to return (1-500; 0 means 100).
+	PageSize int32 `protobuf:"varint,3,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	// The next_page_token of a previous call, or empty for the first page.
+	PageToken string `protobuf:"bytes,4,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	// Also list keys that no longer authenticate.
+	IncludeRevoked bool `protobuf:"varint,5,opt,name=include_revoked,json=includeRevoked,proto3" json:"include_revoked,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *PersistenceServiceListApiKeysRequest) Reset() {
+	*x = PersistenceServiceListApiKeysRequest{}
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PersistenceServiceListApiKeysRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PersistenceServiceListApiKeysRequest) ProtoMessage() {}
+
+func (x *PersistenceServiceListApiKeysRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PersistenceServiceListApiKeysRequest.ProtoReflect.Descriptor instead.
+func (*PersistenceServiceListApiKeysRequest) Descriptor() ([]byte, []int) {
+	return file_chatplane_v1_persistence_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *PersistenceServiceListApiKeysRequest) GetTenantId() string {
+	if x != nil {
+		return x.TenantId
+	}
+	return ""
+}
+
+func (x *PersistenceServiceListApiKeysRequest) GetUserId() string {
+	if x != nil {
+		return x.UserId
+	}
+	return ""
+}
+
+func (x *PersistenceServiceListApiKeysRequest) GetPageSize() int32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+func (x *PersistenceServiceListApiKeysRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
+func (x *PersistenceServiceListApiKeysRequest) GetIncludeRevoked() bool {
+	if x != nil {
+		return x.IncludeRevoked
+	}
+	return false
+}
+
+// A page of keys.
+type PersistenceServiceListApiKeysResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Keys, newest first.
+	Keys []*ApiKeyInfo `protobuf:"bytes,1,rep,name=keys,proto3" json:"keys,omitempty"`
+	// Token for the next page; empty when there is none.
+	NextPageToken string `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PersistenceServiceListApiKeysResponse) Reset() {
+	*x = PersistenceServiceListApiKeysResponse{}
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PersistenceServiceListApiKeysResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PersistenceServiceListApiKeysResponse) ProtoMessage() {}
+
+func (x *PersistenceServiceListApiKeysResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PersistenceServiceListApiKeysResponse.ProtoReflect.Descriptor instead.
+func (*PersistenceServiceListApiKeysResponse) Descriptor() ([]byte, []int) {
+	return file_chatplane_v1_persistence_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *PersistenceServiceListApiKeysResponse) GetKeys() []*ApiKeyInfo {
+	if x != nil {
+		return x.Keys
+	}
+	return nil
+}
+
+func (x *PersistenceServiceListApiKeysResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
+}
+
+// A key to rotate.
+type PersistenceServiceRotateApiKeyRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The tenant the key must belong to (another tenant's key is NOT_FOUND).
+	TenantId string `protobuf:"bytes,1,opt,name=tenant_id,json=tenantId,proto3" json:"tenant_id,omitempty"`
+	// The key to replace.
+	KeyId string `protobuf:"bytes,2,opt,name=key_id,json=keyId,proto3" json:"key_id,omitempty"`
+	// How long the old key keeps working, in milliseconds (0: stops now; at most 24 hours).
+	OverlapMs int64 `protobuf:"varint,3,opt,name=overlap_ms,json=overlapMs,proto3" json:"overlap_ms,omitempty"`
+	// Who asks (audited).
+	Actor         *AuditActor `protobuf:"bytes,4,opt,name=actor,proto3" json:"actor,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PersistenceServiceRotateApiKeyRequest) Reset() {
+	*x = PersistenceServiceRotateApiKeyRequest{}
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PersistenceServiceRotateApiKeyRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PersistenceServiceRotateApiKeyRequest) ProtoMessage() {}
+
+func (x *PersistenceServiceRotateApiKeyRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PersistenceServiceRotateApiKeyRequest.ProtoReflect.Descriptor instead.
+func (*PersistenceServiceRotateApiKeyRequest) Descriptor() ([]byte, []int) {
+	return file_chatplane_v1_persistence_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *PersistenceServiceRotateApiKeyRequest) GetTenantId() string {
+	if x != nil {
+		return x.TenantId
+	}
+	return ""
+}
+
+func (x *PersistenceServiceRotateApiKeyRequest) GetKeyId() string {
+	if x != nil {
+		return x.KeyId
+	}
+	return ""
+}
+
+func (x *PersistenceServiceRotateApiKeyRequest) GetOverlapMs() int64 {
+	if x != nil {
+		return x.OverlapMs
+	}
+	return 0
+}
+
+func (x *PersistenceServiceRotateApiKeyRequest) GetActor() *AuditActor {
+	if x != nil {
+		return x.Actor
+	}
+	return nil
+}
+
+// The new key and what became of the old one.
+type PersistenceServiceRotateApiKeyResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The new full key (shown once).
+	ApiKey string `protobuf:"bytes,1,opt,name=api_key,json=apiKey,proto3" json:"api_key,omitempty"`
+	// The new key's facts.
+	Key *ApiKeyInfo `protobuf:"bytes,2,opt,name=key,proto3" json:"key,omitempty"`
+	// The old key's facts after the rotation.
+	Previous      *ApiKeyInfo `protobuf:"bytes,3,opt,name=previous,proto3" json:"previous,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PersistenceServiceRotateApiKeyResponse) Reset() {
+	*x = PersistenceServiceRotateApiKeyResponse{}
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PersistenceServiceRotateApiKeyResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PersistenceServiceRotateApiKeyResponse) ProtoMessage() {}
+
+func (x *PersistenceServiceRotateApiKeyResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PersistenceServiceRotateApiKeyResponse.ProtoReflect.Descriptor instead.
+func (*PersistenceServiceRotateApiKeyResponse) Descriptor() ([]byte, []int) {
+	return file_chatplane_v1_persistence_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *PersistenceServiceRotateApiKeyResponse) GetApiKey() string {
+	if x != nil {
+		return x.ApiKey
+	}
+	return ""
+}
+
+func (x *PersistenceServiceRotateApiKeyResponse) GetKey() *ApiKeyInfo {
+	if x != nil {
+		return x.Key
+	}
+	return nil
+}
+
+func (x *PersistenceServiceRotateApiKeyResponse) GetPrevious() *ApiKeyInfo {
+	if x != nil {
+		return x.Previous
+	}
+	return nil
+}
+
+// A key to revoke.
+type PersistenceServiceRevokeApiKeyRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The tenant the key must belong to (another tenant's key is NOT_FOUND).
+	TenantId string `protobuf:"bytes,1,opt,name=tenant_id,json=tenantId,proto3" json:"tenant_id,omitempty"`
+	// The key.
+	KeyId string `protobuf:"bytes,2,opt,name=key_id,json=keyId,proto3" json:"key_id,omitempty"`
+	// Who asks (audited).
+	Actor         *AuditActor `protobuf:"bytes,3,opt,name=actor,proto3" json:"actor,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PersistenceServiceRevokeApiKeyRequest) Reset() {
+	*x = PersistenceServiceRevokeApiKeyRequest{}
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PersistenceServiceRevokeApiKeyRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PersistenceServiceRevokeApiKeyRequest) ProtoMessage() {}
+
+func (x *PersistenceServiceRevokeApiKeyRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PersistenceServiceRevokeApiKeyRequest.ProtoReflect.Descriptor instead.
+func (*PersistenceServiceRevokeApiKeyRequest) Descriptor() ([]byte, []int) {
+	return file_chatplane_v1_persistence_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *PersistenceServiceRevokeApiKeyRequest) GetTenantId() string {
+	if x != nil {
+		return x.TenantId
+	}
+	return ""
+}
+
+func (x *PersistenceServiceRevokeApiKeyRequest) GetKeyId() string {
+	if x != nil {
+		return x.KeyId
+	}
+	return ""
+}
+
+func (x *PersistenceServiceRevokeApiKeyRequest) GetActor() *AuditActor {
+	if x != nil {
+		return x.Actor
+	}
+	return nil
+}
+
+// The revoked key.
+type PersistenceServiceRevokeApiKeyResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The key's facts after the revocation.
+	Key           *ApiKeyInfo `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PersistenceServiceRevokeApiKeyResponse) Reset() {
+	*x = PersistenceServiceRevokeApiKeyResponse{}
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PersistenceServiceRevokeApiKeyResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PersistenceServiceRevokeApiKeyResponse) ProtoMessage() {}
+
+func (x *PersistenceServiceRevokeApiKeyResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PersistenceServiceRevokeApiKeyResponse.ProtoReflect.Descriptor instead.
+func (*PersistenceServiceRevokeApiKeyResponse) Descriptor() ([]byte, []int) {
+	return file_chatplane_v1_persistence_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *PersistenceServiceRevokeApiKeyResponse) GetKey() *ApiKeyInfo {
+	if x != nil {
+		return x.Key
+	}
+	return nil
+}
+
+// Events to append.
+type AppendAuditEventsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// In order; at most 1,000.
+	Events        []*AuditEvent `protobuf:"bytes,1,rep,name=events,proto3" json:"events,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AppendAuditEventsRequest) Reset() {
+	*x = AppendAuditEventsRequest{}
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AppendAuditEventsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AppendAuditEventsRequest) ProtoMessage() {}
+
+func (x *AppendAuditEventsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AppendAuditEventsRequest.ProtoReflect.Descriptor instead.
+func (*AppendAuditEventsRequest) Descriptor() ([]byte, []int) {
+	return file_chatplane_v1_persistence_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *AppendAuditEventsRequest) GetEvents() []*AuditEvent {
+	if x != nil {
+		return x.Events
+	}
+	return nil
+}
+
+// Where the events were appended.
+type AppendAuditEventsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The chain's head after the append.
+	Head          *AuditHead `protobuf:"bytes,1,opt,name=head,proto3" json:"head,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AppendAuditEventsResponse) Reset() {
+	*x = AppendAuditEventsResponse{}
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AppendAuditEventsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AppendAuditEventsResponse) ProtoMessage() {}
+
+func (x *AppendAuditEventsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AppendAuditEventsResponse.ProtoReflect.Descriptor instead.
+func (*AppendAuditEventsResponse) Descriptor() ([]byte, []int) {
+	return file_chatplane_v1_persistence_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *AppendAuditEventsResponse) GetHead() *AuditHead {
+	if x != nil {
+		return x.Head
+	}
+	return nil
+}
+
+// Asks for a page of the audit log.
+type ListAuditRecordsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Records after this seq (0: from the first).
+	AfterSeq int64 `protobuf:"varint,1,opt,name=after_seq,json=afterSeq,proto3" json:"after_seq,omitempty"`
+	// Maximum records to return (1-1000; 0 means 500).
+	PageSize      int32 `protobuf:"varint,2,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListAuditRecordsRequest) Reset() {
+	*x = ListAuditRecordsRequest{}
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListAuditRecordsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListAuditRecordsRequest) ProtoMessage() {}
+
+func (x *ListAuditRecordsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListAuditRecordsRequest.ProtoReflect.Descriptor instead.
+func (*ListAuditRecordsRequest) Descriptor() ([]byte, []int) {
+	return file_chatplane_v1_persistence_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *ListAuditRecordsRequest) GetAfterSeq() int64 {
+	if x != nil {
+		return x.AfterSeq
+	}
+	return 0
+}
+
+func (x *ListAuditRecordsRequest) GetPageSize() int32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+// A page of the audit log.
+type ListAuditRecordsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Records in chain order.
+	Records []*AuditRecord `protobuf:"bytes,1,rep,name=records,proto3" json:"records,omitempty"`
+	// The chain's head when the page was read.
+	Head          *AuditHead `protobuf:"bytes,2,opt,name=head,proto3" json:"head,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListAuditRecordsResponse) Reset() {
+	*x = ListAuditRecordsResponse{}
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListAuditRecordsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListAuditRecordsResponse) ProtoMessage() {}
+
+func (x *ListAuditRecordsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListAuditRecordsResponse.ProtoReflect.Descriptor instead.
+func (*ListAuditRecordsResponse) Descriptor() ([]byte, []int) {
+	return file_chatplane_v1_persistence_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *ListAuditRecordsResponse) GetRecords() []*AuditRecord {
+	if x != nil {
+		return x.Records
+	}
+	return nil
+}
+
+func (x *ListAuditRecordsResponse) GetHead() *AuditHead {
+	if x != nil {
+		return x.Head
+	}
+	return nil
+}
+
 // Asks for an answer by its assistant message id.
 type GetAnswerRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1219,7 +1941,7 @@ type GetAnswerRequest struct {
 
 func (x *GetAnswerRequest) Reset() {
 	*x = GetAnswerRequest{}
-	mi := &file_chatplane_v1_persistence_proto_msgTypes[19]
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1231,7 +1953,7 @@ func (x *GetAnswerRequest) String() string {
 func (*GetAnswerRequest) ProtoMessage() {}
 
 func (x *GetAnswerRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_chatplane_v1_persistence_proto_msgTypes[19]
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1244,7 +1966,7 @@ func (x *GetAnswerRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetAnswerRequest.ProtoReflect.Descriptor instead.
 func (*GetAnswerRequest) Descriptor() ([]byte, []int) {
-	return file_chatplane_v1_persistence_proto_rawDescGZIP(), []int{19}
+	return file_chatplane_v1_persistence_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *GetAnswerRequest) GetOwner() *Owner {
@@ -1281,7 +2003,7 @@ type GetAnswerResponse struct {
 
 func (x *GetAnswerResponse) Reset() {
 	*x = GetAnswerResponse{}
-	mi := &file_chatplane_v1_persistence_proto_msgTypes[20]
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1293,7 +2015,7 @@ func (x *GetAnswerResponse) String() string {
 func (*GetAnswerResponse) ProtoMessage() {}
 
 func (x *GetAnswerResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_chatplane_v1_persistence_proto_msgTypes[20]
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1306,7 +2028,7 @@ func (x *GetAnswerResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetAnswerResponse.ProtoReflect.Descriptor instead.
 func (*GetAnswerResponse) Descriptor() ([]byte, []int) {
-	return file_chatplane_v1_persistence_proto_rawDescGZIP(), []int{20}
+	return file_chatplane_v1_persistence_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *GetAnswerResponse) GetConversationId() string {
@@ -1361,7 +2083,7 @@ type ReserveQuotaRequest struct {
 
 func (x *ReserveQuotaRequest) Reset() {
 	*x = ReserveQuotaRequest{}
-	mi := &file_chatplane_v1_persistence_proto_msgTypes[21]
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1373,7 +2095,7 @@ func (x *ReserveQuotaRequest) String() string {
 func (*ReserveQuotaRequest) ProtoMessage() {}
 
 func (x *ReserveQuotaRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_chatplane_v1_persistence_proto_msgTypes[21]
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1386,7 +2108,7 @@ func (x *ReserveQuotaRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReserveQuotaRequest.ProtoReflect.Descriptor instead.
 func (*ReserveQuotaRequest) Descriptor() ([]byte, []int) {
-	return file_chatplane_v1_persistence_proto_rawDescGZIP(), []int{21}
+	return file_chatplane_v1_persistence_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *ReserveQuotaRequest) GetTenantId() string {
@@ -1432,7 +2154,7 @@ type ReserveQuotaResponse struct {
 
 func (x *ReserveQuotaResponse) Reset() {
 	*x = ReserveQuotaResponse{}
-	mi := &file_chatplane_v1_persistence_proto_msgTypes[22]
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1444,7 +2166,7 @@ func (x *ReserveQuotaResponse) String() string {
 func (*ReserveQuotaResponse) ProtoMessage() {}
 
 func (x *ReserveQuotaResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_chatplane_v1_persistence_proto_msgTypes[22]
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1457,7 +2179,7 @@ func (x *ReserveQuotaResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReserveQuotaResponse.ProtoReflect.Descriptor instead.
 func (*ReserveQuotaResponse) Descriptor() ([]byte, []int) {
-	return file_chatplane_v1_persistence_proto_rawDescGZIP(), []int{22}
+	return file_chatplane_v1_persistence_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *ReserveQuotaResponse) GetGranted() bool {
@@ -1498,7 +2220,7 @@ type SettleQuotaRequest struct {
 
 func (x *SettleQuotaRequest) Reset() {
 	*x = SettleQuotaRequest{}
-	mi := &file_chatplane_v1_persistence_proto_msgTypes[23]
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1510,7 +2232,7 @@ func (x *SettleQuotaRequest) String() string {
 func (*SettleQuotaRequest) ProtoMessage() {}
 
 func (x *SettleQuotaRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_chatplane_v1_persistence_proto_msgTypes[23]
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1523,7 +2245,7 @@ func (x *SettleQuotaRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SettleQuotaRequest.ProtoReflect.Descriptor instead.
 func (*SettleQuotaRequest) Descriptor() ([]byte, []int) {
-	return file_chatplane_v1_persistence_proto_rawDescGZIP(), []int{23}
+	return file_chatplane_v1_persistence_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *SettleQuotaRequest) GetTenantId() string {
@@ -1565,7 +2287,7 @@ type SettleQuotaResponse struct {
 
 func (x *SettleQuotaResponse) Reset() {
 	*x = SettleQuotaResponse{}
-	mi := &file_chatplane_v1_persistence_proto_msgTypes[24]
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1577,7 +2299,7 @@ func (x *SettleQuotaResponse) String() string {
 func (*SettleQuotaResponse) ProtoMessage() {}
 
 func (x *SettleQuotaResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_chatplane_v1_persistence_proto_msgTypes[24]
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1590,7 +2312,7 @@ func (x *SettleQuotaResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SettleQuotaResponse.ProtoReflect.Descriptor instead.
 func (*SettleQuotaResponse) Descriptor() ([]byte, []int) {
-	return file_chatplane_v1_persistence_proto_rawDescGZIP(), []int{24}
+	return file_chatplane_v1_persistence_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *SettleQuotaResponse) GetQuota() *TokenQuota {
@@ -1613,7 +2335,7 @@ type SetQuotaRequest struct {
 
 func (x *SetQuotaRequest) Reset() {
 	*x = SetQuotaRequest{}
-	mi := &file_chatplane_v1_persistence_proto_msgTypes[25]
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1625,7 +2347,7 @@ func (x *SetQuotaRequest) String() string {
 func (*SetQuotaRequest) ProtoMessage() {}
 
 func (x *SetQuotaRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_chatplane_v1_persistence_proto_msgTypes[25]
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1638,7 +2360,7 @@ func (x *SetQuotaRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetQuotaRequest.ProtoReflect.Descriptor instead.
 func (*SetQuotaRequest) Descriptor() ([]byte, []int) {
-	return file_chatplane_v1_persistence_proto_rawDescGZIP(), []int{25}
+	return file_chatplane_v1_persistence_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *SetQuotaRequest) GetTenantId() string {
@@ -1666,7 +2388,7 @@ type SetQuotaResponse struct {
 
 func (x *SetQuotaResponse) Reset() {
 	*x = SetQuotaResponse{}
-	mi := &file_chatplane_v1_persistence_proto_msgTypes[26]
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1678,7 +2400,7 @@ func (x *SetQuotaResponse) String() string {
 func (*SetQuotaResponse) ProtoMessage() {}
 
 func (x *SetQuotaResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_chatplane_v1_persistence_proto_msgTypes[26]
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1691,7 +2413,7 @@ func (x *SetQuotaResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetQuotaResponse.ProtoReflect.Descriptor instead.
 func (*SetQuotaResponse) Descriptor() ([]byte, []int) {
-	return file_chatplane_v1_persistence_proto_rawDescGZIP(), []int{26}
+	return file_chatplane_v1_persistence_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *SetQuotaResponse) GetQuota() *TokenQuota {
@@ -1712,7 +2434,7 @@ type GetQuotaRequest struct {
 
 func (x *GetQuotaRequest) Reset() {
 	*x = GetQuotaRequest{}
-	mi := &file_chatplane_v1_persistence_proto_msgTypes[27]
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1724,7 +2446,7 @@ func (x *GetQuotaRequest) String() string {
 func (*GetQuotaRequest) ProtoMessage() {}
 
 func (x *GetQuotaRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_chatplane_v1_persistence_proto_msgTypes[27]
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1737,7 +2459,7 @@ func (x *GetQuotaRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetQuotaRequest.ProtoReflect.Descriptor instead.
 func (*GetQuotaRequest) Descriptor() ([]byte, []int) {
-	return file_chatplane_v1_persistence_proto_rawDescGZIP(), []int{27}
+	return file_chatplane_v1_persistence_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *GetQuotaRequest) GetTenantId() string {
@@ -1758,7 +2480,7 @@ type GetQuotaResponse struct {
 
 func (x *GetQuotaResponse) Reset() {
 	*x = GetQuotaResponse{}
-	mi := &file_chatplane_v1_persistence_proto_msgTypes[28]
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1770,7 +2492,7 @@ func (x *GetQuotaResponse) String() string {
 func (*GetQuotaResponse) ProtoMessage() {}
 
 func (x *GetQuotaResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_chatplane_v1_persistence_proto_msgTypes[28]
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1783,7 +2505,7 @@ func (x *GetQuotaResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetQuotaResponse.ProtoReflect.Descriptor instead.
 func (*GetQuotaResponse) Descriptor() ([]byte, []int) {
-	return file_chatplane_v1_persistence_proto_rawDescGZIP(), []int{28}
+	return file_chatplane_v1_persistence_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *GetQuotaResponse) GetQuota() *TokenQuota {
@@ -1812,7 +2534,7 @@ type TokenQuota struct {
 
 func (x *TokenQuota) Reset() {
 	*x = TokenQuota{}
-	mi := &file_chatplane_v1_persistence_proto_msgTypes[29]
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1824,7 +2546,7 @@ func (x *TokenQuota) String() string {
 func (*TokenQuota) ProtoMessage() {}
 
 func (x *TokenQuota) ProtoReflect() protoreflect.Message {
-	mi := &file_chatplane_v1_persistence_proto_msgTypes[29]
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1837,7 +2559,7 @@ func (x *TokenQuota) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TokenQuota.ProtoReflect.Descriptor instead.
 func (*TokenQuota) Descriptor() ([]byte, []int) {
-	return file_chatplane_v1_persistence_proto_rawDescGZIP(), []int{29}
+	return file_chatplane_v1_persistence_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *TokenQuota) GetTenantId() string {
@@ -1888,7 +2610,7 @@ type PersistenceServiceSetActiveBranchRequest struct {
 
 func (x *PersistenceServiceSetActiveBranchRequest) Reset() {
 	*x = PersistenceServiceSetActiveBranchRequest{}
-	mi := &file_chatplane_v1_persistence_proto_msgTypes[30]
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1900,7 +2622,7 @@ func (x *PersistenceServiceSetActiveBranchRequest) String() string {
 func (*PersistenceServiceSetActiveBranchRequest) ProtoMessage() {}
 
 func (x *PersistenceServiceSetActiveBranchRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_chatplane_v1_persistence_proto_msgTypes[30]
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1913,7 +2635,7 @@ func (x *PersistenceServiceSetActiveBranchRequest) ProtoReflect() protoreflect.M
 
 // Deprecated: Use PersistenceServiceSetActiveBranchRequest.ProtoReflect.Descriptor instead.
 func (*PersistenceServiceSetActiveBranchRequest) Descriptor() ([]byte, []int) {
-	return file_chatplane_v1_persistence_proto_rawDescGZIP(), []int{30}
+	return file_chatplane_v1_persistence_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *PersistenceServiceSetActiveBranchRequest) GetOwner() *Owner {
@@ -1941,7 +2663,7 @@ type PersistenceServiceSetActiveBranchResponse struct {
 
 func (x *PersistenceServiceSetActiveBranchResponse) Reset() {
 	*x = PersistenceServiceSetActiveBranchResponse{}
-	mi := &file_chatplane_v1_persistence_proto_msgTypes[31]
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1953,7 +2675,7 @@ func (x *PersistenceServiceSetActiveBranchResponse) String() string {
 func (*PersistenceServiceSetActiveBranchResponse) ProtoMessage() {}
 
 func (x *PersistenceServiceSetActiveBranchResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_chatplane_v1_persistence_proto_msgTypes[31]
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1966,7 +2688,7 @@ func (x *PersistenceServiceSetActiveBranchResponse) ProtoReflect() protoreflect.
 
 // Deprecated: Use PersistenceServiceSetActiveBranchResponse.ProtoReflect.Descriptor instead.
 func (*PersistenceServiceSetActiveBranchResponse) Descriptor() ([]byte, []int) {
-	return file_chatplane_v1_persistence_proto_rawDescGZIP(), []int{31}
+	return file_chatplane_v1_persistence_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *PersistenceServiceSetActiveBranchResponse) GetResponse() *SetActiveBranchResponse {
@@ -1989,7 +2711,7 @@ type ReportVariantsRequest struct {
 
 func (x *ReportVariantsRequest) Reset() {
 	*x = ReportVariantsRequest{}
-	mi := &file_chatplane_v1_persistence_proto_msgTypes[32]
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2001,7 +2723,7 @@ func (x *ReportVariantsRequest) String() string {
 func (*ReportVariantsRequest) ProtoMessage() {}
 
 func (x *ReportVariantsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_chatplane_v1_persistence_proto_msgTypes[32]
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2014,7 +2736,7 @@ func (x *ReportVariantsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReportVariantsRequest.ProtoReflect.Descriptor instead.
 func (*ReportVariantsRequest) Descriptor() ([]byte, []int) {
-	return file_chatplane_v1_persistence_proto_rawDescGZIP(), []int{32}
+	return file_chatplane_v1_persistence_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *ReportVariantsRequest) GetTenantId() string {
@@ -2064,7 +2786,7 @@ type VariantReport struct {
 
 func (x *VariantReport) Reset() {
 	*x = VariantReport{}
-	mi := &file_chatplane_v1_persistence_proto_msgTypes[33]
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2076,7 +2798,7 @@ func (x *VariantReport) String() string {
 func (*VariantReport) ProtoMessage() {}
 
 func (x *VariantReport) ProtoReflect() protoreflect.Message {
-	mi := &file_chatplane_v1_persistence_proto_msgTypes[33]
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2089,7 +2811,7 @@ func (x *VariantReport) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VariantReport.ProtoReflect.Descriptor instead.
 func (*VariantReport) Descriptor() ([]byte, []int) {
-	return file_chatplane_v1_persistence_proto_rawDescGZIP(), []int{33}
+	return file_chatplane_v1_persistence_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *VariantReport) GetVariant() string {
@@ -2187,7 +2909,7 @@ type ReportVariantsResponse struct {
 
 func (x *ReportVariantsResponse) Reset() {
 	*x = ReportVariantsResponse{}
-	mi := &file_chatplane_v1_persistence_proto_msgTypes[34]
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2199,7 +2921,7 @@ func (x *ReportVariantsResponse) String() string {
 func (*ReportVariantsResponse) ProtoMessage() {}
 
 func (x *ReportVariantsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_chatplane_v1_persistence_proto_msgTypes[34]
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2212,7 +2934,7 @@ func (x *ReportVariantsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReportVariantsResponse.ProtoReflect.Descriptor instead.
 func (*ReportVariantsResponse) Descriptor() ([]byte, []int) {
-	return file_chatplane_v1_persistence_proto_rawDescGZIP(), []int{34}
+	return file_chatplane_v1_persistence_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *ReportVariantsResponse) GetVariants() []*VariantReport {
@@ -2226,7 +2948,7 @@ var File_chatplane_v1_persistence_proto protoreflect.FileDescriptor
 
 const file_chatplane_v1_persistence_proto_rawDesc = "" +
 	"\n" +
-	"\x1echatplane/v1/persistence.proto\x12\fchatplane.v1\x1a\x1achatplane/v1/gateway.proto\x1a\x1cchatplane/v1/resources.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"=\n" +
+	"\x1echatplane/v1/persistence.proto\x12\fchatplane.v1\x1a\x18chatplane/v1/audit.proto\x1a\x1achatplane/v1/gateway.proto\x1a\x1cchatplane/v1/resources.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"=\n" +
 	"\x05Owner\x12\x1b\n" +
 	"\ttenant_id\x18\x01 \x01(\tR\btenantId\x12\x17\n" +
 	"\auser_id\x18\x02 \x01(\tR\x06userId\"\x9c\x03\n" +
@@ -2288,21 +3010,73 @@ const file_chatplane_v1_persistence_proto_rawDesc = "" +
 	"\bfeedback\x18\x02 \x01(\v2#.chatplane.v1.SubmitFeedbackRequestR\bfeedback\"g\n" +
 	"(PersistenceServiceSubmitFeedbackResponse\x12;\n" +
 	"\vcreate_time\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"createTime\"l\n" +
+	"createTime\"\x9c\x01\n" +
 	"\x13CreateApiKeyRequest\x12)\n" +
 	"\x05owner\x18\x01 \x01(\v2\x13.chatplane.v1.OwnerR\x05owner\x12\x14\n" +
 	"\x05label\x18\x02 \x01(\tR\x05label\x12\x14\n" +
-	"\x05roles\x18\x03 \x03(\tR\x05roles\"F\n" +
+	"\x05roles\x18\x03 \x03(\tR\x05roles\x12.\n" +
+	"\x05actor\x18P \x01(\v2\x18.chatplane.v1.AuditActorR\x05actor\"r\n" +
 	"\x14CreateApiKeyResponse\x12\x17\n" +
 	"\aapi_key\x18\x01 \x01(\tR\x06apiKey\x12\x15\n" +
-	"\x06key_id\x18\x02 \x01(\tR\x05keyId\")\n" +
+	"\x06key_id\x18\x02 \x01(\tR\x05keyId\x12*\n" +
+	"\x03key\x18P \x01(\v2\x18.chatplane.v1.ApiKeyInfoR\x03key\")\n" +
 	"\x10GetApiKeyRequest\x12\x15\n" +
-	"\x06key_id\x18\x01 \x01(\tR\x05keyId\"\x93\x01\n" +
+	"\x06key_id\x18\x01 \x01(\tR\x05keyId\"\xd0\x01\n" +
 	"\x11GetApiKeyResponse\x12)\n" +
 	"\x05owner\x18\x01 \x01(\v2\x13.chatplane.v1.OwnerR\x05owner\x12#\n" +
 	"\rsecret_sha256\x18\x02 \x01(\fR\fsecretSha256\x12\x18\n" +
 	"\arevoked\x18\x03 \x01(\bR\arevoked\x12\x14\n" +
-	"\x05roles\x18\x04 \x03(\tR\x05roles\"o\n" +
+	"\x05roles\x18\x04 \x03(\tR\x05roles\x12;\n" +
+	"\vexpire_time\x18P \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"expireTime\"\xbb\x02\n" +
+	"\n" +
+	"ApiKeyInfo\x12\x15\n" +
+	"\x06key_id\x18\x01 \x01(\tR\x05keyId\x12)\n" +
+	"\x05owner\x18\x02 \x01(\v2\x13.chatplane.v1.OwnerR\x05owner\x12\x14\n" +
+	"\x05label\x18\x03 \x01(\tR\x05label\x12\x14\n" +
+	"\x05roles\x18\x04 \x03(\tR\x05roles\x12;\n" +
+	"\vcreate_time\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"createTime\x12\x18\n" +
+	"\arevoked\x18\x06 \x01(\bR\arevoked\x12;\n" +
+	"\vexpire_time\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"expireTime\x12+\n" +
+	"\x12replaced_by_key_id\x18\b \x01(\tR\x0freplacedByKeyId\"\xc1\x01\n" +
+	"$PersistenceServiceListApiKeysRequest\x12\x1b\n" +
+	"\ttenant_id\x18\x01 \x01(\tR\btenantId\x12\x17\n" +
+	"\auser_id\x18\x02 \x01(\tR\x06userId\x12\x1b\n" +
+	"\tpage_size\x18\x03 \x01(\x05R\bpageSize\x12\x1d\n" +
+	"\n" +
+	"page_token\x18\x04 \x01(\tR\tpageToken\x12'\n" +
+	"\x0finclude_revoked\x18\x05 \x01(\bR\x0eincludeRevoked\"}\n" +
+	"%PersistenceServiceListApiKeysResponse\x12,\n" +
+	"\x04keys\x18\x01 \x03(\v2\x18.chatplane.v1.ApiKeyInfoR\x04keys\x12&\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\xaa\x01\n" +
+	"%PersistenceServiceRotateApiKeyRequest\x12\x1b\n" +
+	"\ttenant_id\x18\x01 \x01(\tR\btenantId\x12\x15\n" +
+	"\x06key_id\x18\x02 \x01(\tR\x05keyId\x12\x1d\n" +
+	"\n" +
+	"overlap_ms\x18\x03 \x01(\x03R\toverlapMs\x12.\n" +
+	"\x05actor\x18\x04 \x01(\v2\x18.chatplane.v1.AuditActorR\x05actor\"\xa3\x01\n" +
+	"&PersistenceServiceRotateApiKeyResponse\x12\x17\n" +
+	"\aapi_key\x18\x01 \x01(\tR\x06apiKey\x12*\n" +
+	"\x03key\x18\x02 \x01(\v2\x18.chatplane.v1.ApiKeyInfoR\x03key\x124\n" +
+	"\bprevious\x18\x03 \x01(\v2\x18.chatplane.v1.ApiKeyInfoR\bprevious\"\x8b\x01\n" +
+	"%PersistenceServiceRevokeApiKeyRequest\x12\x1b\n" +
+	"\ttenant_id\x18\x01 \x01(\tR\btenantId\x12\x15\n" +
+	"\x06key_id\x18\x02 \x01(\tR\x05keyId\x12.\n" +
+	"\x05actor\x18\x03 \x01(\v2\x18.chatplane.v1.AuditActorR\x05actor\"T\n" +
+	"&PersistenceServiceRevokeApiKeyResponse\x12*\n" +
+	"\x03key\x18\x01 \x01(\v2\x18.chatplane.v1.ApiKeyInfoR\x03key\"L\n" +
+	"\x18AppendAuditEventsRequest\x120\n" +
+	"\x06events\x18\x01 \x03(\v2\x18.chatplane.v1.AuditEventR\x06events\"H\n" +
+	"\x19AppendAuditEventsResponse\x12+\n" +
+	"\x04head\x18\x01 \x01(\v2\x17.chatplane.v1.AuditHeadR\x04head\"S\n" +
+	"\x17ListAuditRecordsRequest\x12\x1b\n" +
+	"\tafter_seq\x18\x01 \x01(\x03R\bafterSeq\x12\x1b\n" +
+	"\tpage_size\x18\x02 \x01(\x05R\bpageSize\"|\n" +
+	"\x18ListAuditRecordsResponse\x123\n" +
+	"\arecords\x18\x01 \x03(\v2\x19.chatplane.v1.AuditRecordR\arecords\x12+\n" +
+	"\x04head\x18\x02 \x01(\v2\x17.chatplane.v1.AuditHeadR\x04head\"o\n" +
 	"\x10GetAnswerRequest\x12)\n" +
 	"\x05owner\x18\x01 \x01(\v2\x13.chatplane.v1.OwnerR\x05owner\x120\n" +
 	"\x14assistant_message_id\x18\x02 \x01(\tR\x12assistantMessageId\"\x8f\x02\n" +
@@ -2377,7 +3151,7 @@ const file_chatplane_v1_persistence_proto_rawDesc = "" +
 	"\x12_mean_input_tokensB\x15\n" +
 	"\x13_mean_output_tokens\"Q\n" +
 	"\x16ReportVariantsResponse\x127\n" +
-	"\bvariants\x18\x01 \x03(\v2\x1b.chatplane.v1.VariantReportR\bvariants2\xb3\f\n" +
+	"\bvariants\x18\x01 \x03(\v2\x1b.chatplane.v1.VariantReportR\bvariants2\xea\x10\n" +
 	"\x12PersistenceService\x12L\n" +
 	"\tBeginTurn\x12\x1e.chatplane.v1.BeginTurnRequest\x1a\x1f.chatplane.v1.BeginTurnResponse\x12F\n" +
 	"\aGetTurn\x12\x1c.chatplane.v1.GetTurnRequest\x1a\x1d.chatplane.v1.GetTurnResponse\x12R\n" +
@@ -2394,7 +3168,12 @@ const file_chatplane_v1_persistence_proto_rawDesc = "" +
 	"\bSetQuota\x12\x1d.chatplane.v1.SetQuotaRequest\x1a\x1e.chatplane.v1.SetQuotaResponse\x12I\n" +
 	"\bGetQuota\x12\x1d.chatplane.v1.GetQuotaRequest\x1a\x1e.chatplane.v1.GetQuotaResponse\x12\x82\x01\n" +
 	"\x0fSetActiveBranch\x126.chatplane.v1.PersistenceServiceSetActiveBranchRequest\x1a7.chatplane.v1.PersistenceServiceSetActiveBranchResponse\x12[\n" +
-	"\x0eReportVariants\x12#.chatplane.v1.ReportVariantsRequest\x1a$.chatplane.v1.ReportVariantsResponseB@Z>github.com/chatplane/chatplane/gen/go/chatplane/v1;chatplanev1b\x06proto3"
+	"\x0eReportVariants\x12#.chatplane.v1.ReportVariantsRequest\x1a$.chatplane.v1.ReportVariantsResponse\x12v\n" +
+	"\vListApiKeys\x122.chatplane.v1.PersistenceServiceListApiKeysRequest\x1a3.chatplane.v1.PersistenceServiceListApiKeysResponse\x12y\n" +
+	"\fRotateApiKey\x123.chatplane.v1.PersistenceServiceRotateApiKeyRequest\x1a4.chatplane.v1.PersistenceServiceRotateApiKeyResponse\x12y\n" +
+	"\fRevokeApiKey\x123.chatplane.v1.PersistenceServiceRevokeApiKeyRequest\x1a4.chatplane.v1.PersistenceServiceRevokeApiKeyResponse\x12d\n" +
+	"\x11AppendAuditEvents\x12&.chatplane.v1.AppendAuditEventsRequest\x1a'.chatplane.v1.AppendAuditEventsResponse\x12a\n" +
+	"\x10ListAuditRecords\x12%.chatplane.v1.ListAuditRecordsRequest\x1a&.chatplane.v1.ListAuditRecordsResponseB@Z>github.com/chatplane/chatplane/gen/go/chatplane/v1;chatplanev1b\x06proto3"
 
 var (
 	file_chatplane_v1_persistence_proto_rawDescOnce sync.Once
@@ -2408,7 +3187,7 @@ func file_chatplane_v1_persistence_proto_rawDescGZIP() []byte {
 	return file_chatplane_v1_persistence_proto_rawDescData
 }
 
-var file_chatplane_v1_persistence_proto_msgTypes = make([]protoimpl.MessageInfo, 35)
+var file_chatplane_v1_persistence_proto_msgTypes = make([]protoimpl.MessageInfo, 46)
 var file_chatplane_v1_persistence_proto_goTypes = []any{
 	(*Owner)(nil),                                        // 0: chatplane.v1.Owner
 	(*BeginTurnRequest)(nil),                             // 1: chatplane.v1.BeginTurnRequest
@@ -2429,104 +3208,145 @@ var file_chatplane_v1_persistence_proto_goTypes = []any{
 	(*CreateApiKeyResponse)(nil),                         // 16: chatplane.v1.CreateApiKeyResponse
 	(*GetApiKeyRequest)(nil),                             // 17: chatplane.v1.GetApiKeyRequest
 	(*GetApiKeyResponse)(nil),                            // 18: chatplane.v1.GetApiKeyResponse
-	(*GetAnswerRequest)(nil),                             // 19: chatplane.v1.GetAnswerRequest
-	(*GetAnswerResponse)(nil),                            // 20: chatplane.v1.GetAnswerResponse
-	(*ReserveQuotaRequest)(nil),                          // 21: chatplane.v1.ReserveQuotaRequest
-	(*ReserveQuotaResponse)(nil),                         // 22: chatplane.v1.ReserveQuotaResponse
-	(*SettleQuotaRequest)(nil),                           // 23: chatplane.v1.SettleQuotaRequest
-	(*SettleQuotaResponse)(nil),                          // 24: chatplane.v1.SettleQuotaResponse
-	(*SetQuotaRequest)(nil),                              // 25: chatplane.v1.SetQuotaRequest
-	(*SetQuotaResponse)(nil),                             // 26: chatplane.v1.SetQuotaResponse
-	(*GetQuotaRequest)(nil),                              // 27: chatplane.v1.GetQuotaRequest
-	(*GetQuotaResponse)(nil),                             // 28: chatplane.v1.GetQuotaResponse
-	(*TokenQuota)(nil),                                   // 29: chatplane.v1.TokenQuota
-	(*PersistenceServiceSetActiveBranchRequest)(nil),     // 30: chatplane.v1.PersistenceServiceSetActiveBranchRequest
-	(*PersistenceServiceSetActiveBranchResponse)(nil),    // 31: chatplane.v1.PersistenceServiceSetActiveBranchResponse
-	(*ReportVariantsRequest)(nil),                        // 32: chatplane.v1.ReportVariantsRequest
-	(*VariantReport)(nil),                                // 33: chatplane.v1.VariantReport
-	(*ReportVariantsResponse)(nil),                       // 34: chatplane.v1.ReportVariantsResponse
-	(*BranchHistory)(nil),                                // 35: chatplane.v1.BranchHistory
-	(*Message)(nil),                                      // 36: chatplane.v1.Message
-	(*timestamppb.Timestamp)(nil),                        // 37: google.protobuf.Timestamp
-	(*ListConversationsRequest)(nil),                     // 38: chatplane.v1.ListConversationsRequest
-	(*ListConversationsResponse)(nil),                    // 39: chatplane.v1.ListConversationsResponse
-	(*GetConversationRequest)(nil),                       // 40: chatplane.v1.GetConversationRequest
-	(*GetConversationResponse)(nil),                      // 41: chatplane.v1.GetConversationResponse
-	(*SubmitFeedbackRequest)(nil),                        // 42: chatplane.v1.SubmitFeedbackRequest
-	(*SetActiveBranchRequest)(nil),                       // 43: chatplane.v1.SetActiveBranchRequest
-	(*SetActiveBranchResponse)(nil),                      // 44: chatplane.v1.SetActiveBranchResponse
+	(*ApiKeyInfo)(nil),                                   // 19: chatplane.v1.ApiKeyInfo
+	(*PersistenceServiceListApiKeysRequest)(nil),         // 20: chatplane.v1.PersistenceServiceListApiKeysRequest
+	(*PersistenceServiceListApiKeysResponse)(nil),        // 21: chatplane.v1.PersistenceServiceListApiKeysResponse
+	(*PersistenceServiceRotateApiKeyRequest)(nil),        // 22: chatplane.v1.PersistenceServiceRotateApiKeyRequest
+	(*PersistenceServiceRotateApiKeyResponse)(nil),       // 23: chatplane.v1.PersistenceServiceRotateApiKeyResponse
+	(*PersistenceServiceRevokeApiKeyRequest)(nil),        // 24: chatplane.v1.PersistenceServiceRevokeApiKeyRequest
+	(*PersistenceServiceRevokeApiKeyResponse)(nil),       // 25: chatplane.v1.PersistenceServiceRevokeApiKeyResponse
+	(*AppendAuditEventsRequest)(nil),                     // 26: chatplane.v1.AppendAuditEventsRequest
+	(*AppendAuditEventsResponse)(nil),                    // 27: chatplane.v1.AppendAuditEventsResponse
+	(*ListAuditRecordsRequest)(nil),                      // 28: chatplane.v1.ListAuditRecordsRequest
+	(*ListAuditRecordsResponse)(nil),                     // 29: chatplane.v1.ListAuditRecordsResponse
+	(*GetAnswerRequest)(nil),                             // 30: chatplane.v1.GetAnswerRequest
+	(*GetAnswerResponse)(nil),                            // 31: chatplane.v1.GetAnswerResponse
+	(*ReserveQuotaRequest)(nil),                          // 32: chatplane.v1.ReserveQuotaRequest
+	(*ReserveQuotaResponse)(nil),                         // 33: chatplane.v1.ReserveQuotaResponse
+	(*SettleQuotaRequest)(nil),                           // 34: chatplane.v1.SettleQuotaRequest
+	(*SettleQuotaResponse)(nil),                          // 35: chatplane.v1.SettleQuotaResponse
+	(*SetQuotaRequest)(nil),                              // 36: chatplane.v1.SetQuotaRequest
+	(*SetQuotaResponse)(nil),                             // 37: chatplane.v1.SetQuotaResponse
+	(*GetQuotaRequest)(nil),                              // 38: chatplane.v1.GetQuotaRequest
+	(*GetQuotaResponse)(nil),                             // 39: chatplane.v1.GetQuotaResponse
+	(*TokenQuota)(nil),                                   // 40: chatplane.v1.TokenQuota
+	(*PersistenceServiceSetActiveBranchRequest)(nil),     // 41: chatplane.v1.PersistenceServiceSetActiveBranchRequest
+	(*PersistenceServiceSetActiveBranchResponse)(nil),    // 42: chatplane.v1.PersistenceServiceSetActiveBranchResponse
+	(*ReportVariantsRequest)(nil),                        // 43: chatplane.v1.ReportVariantsRequest
+	(*VariantReport)(nil),                                // 44: chatplane.v1.VariantReport
+	(*ReportVariantsResponse)(nil),                       // 45: chatplane.v1.ReportVariantsResponse
+	(*BranchHistory)(nil),                                // 46: chatplane.v1.BranchHistory
+	(*Message)(nil),                                      // 47: chatplane.v1.Message
+	(*timestamppb.Timestamp)(nil),                        // 48: google.protobuf.Timestamp
+	(*ListConversationsRequest)(nil),                     // 49: chatplane.v1.ListConversationsRequest
+	(*ListConversationsResponse)(nil),                    // 50: chatplane.v1.ListConversationsResponse
+	(*GetConversationRequest)(nil),                       // 51: chatplane.v1.GetConversationRequest
+	(*GetConversationResponse)(nil),                      // 52: chatplane.v1.GetConversationResponse
+	(*SubmitFeedbackRequest)(nil),                        // 53: chatplane.v1.SubmitFeedbackRequest
+	(*AuditActor)(nil),                                   // 54: chatplane.v1.AuditActor
+	(*AuditEvent)(nil),                                   // 55: chatplane.v1.AuditEvent
+	(*AuditHead)(nil),                                    // 56: chatplane.v1.AuditHead
+	(*AuditRecord)(nil),                                  // 57: chatplane.v1.AuditRecord
+	(*SetActiveBranchRequest)(nil),                       // 58: chatplane.v1.SetActiveBranchRequest
+	(*SetActiveBranchResponse)(nil),                      // 59: chatplane.v1.SetActiveBranchResponse
 }
 var file_chatplane_v1_persistence_proto_depIdxs = []int32{
 	0,  // 0: chatplane.v1.BeginTurnRequest.owner:type_name -> chatplane.v1.Owner
-	35, // 1: chatplane.v1.BeginTurnResponse.branch:type_name -> chatplane.v1.BranchHistory
+	46, // 1: chatplane.v1.BeginTurnResponse.branch:type_name -> chatplane.v1.BranchHistory
 	0,  // 2: chatplane.v1.GetTurnRequest.owner:type_name -> chatplane.v1.Owner
-	36, // 3: chatplane.v1.GetTurnResponse.user_message:type_name -> chatplane.v1.Message
-	36, // 4: chatplane.v1.GetTurnResponse.assistant_message:type_name -> chatplane.v1.Message
-	37, // 5: chatplane.v1.GetTurnResponse.lease_expire_time:type_name -> google.protobuf.Timestamp
+	47, // 3: chatplane.v1.GetTurnResponse.user_message:type_name -> chatplane.v1.Message
+	47, // 4: chatplane.v1.GetTurnResponse.assistant_message:type_name -> chatplane.v1.Message
+	48, // 5: chatplane.v1.GetTurnResponse.lease_expire_time:type_name -> google.protobuf.Timestamp
 	0,  // 6: chatplane.v1.ReleaseTurnRequest.owner:type_name -> chatplane.v1.Owner
 	0,  // 7: chatplane.v1.PersistenceServiceListConversationsRequest.owner:type_name -> chatplane.v1.Owner
-	38, // 8: chatplane.v1.PersistenceServiceListConversationsRequest.page:type_name -> chatplane.v1.ListConversationsRequest
-	39, // 9: chatplane.v1.PersistenceServiceListConversationsResponse.page:type_name -> chatplane.v1.ListConversationsResponse
+	49, // 8: chatplane.v1.PersistenceServiceListConversationsRequest.page:type_name -> chatplane.v1.ListConversationsRequest
+	50, // 9: chatplane.v1.PersistenceServiceListConversationsResponse.page:type_name -> chatplane.v1.ListConversationsResponse
 	0,  // 10: chatplane.v1.PersistenceServiceGetConversationRequest.owner:type_name -> chatplane.v1.Owner
-	40, // 11: chatplane.v1.PersistenceServiceGetConversationRequest.request:type_name -> chatplane.v1.GetConversationRequest
-	41, // 12: chatplane.v1.PersistenceServiceGetConversationResponse.response:type_name -> chatplane.v1.GetConversationResponse
+	51, // 11: chatplane.v1.PersistenceServiceGetConversationRequest.request:type_name -> chatplane.v1.GetConversationRequest
+	52, // 12: chatplane.v1.PersistenceServiceGetConversationResponse.response:type_name -> chatplane.v1.GetConversationResponse
 	0,  // 13: chatplane.v1.PersistenceServiceDeleteConversationRequest.owner:type_name -> chatplane.v1.Owner
-	37, // 14: chatplane.v1.PersistenceServiceDeleteConversationResponse.delete_time:type_name -> google.protobuf.Timestamp
+	48, // 14: chatplane.v1.PersistenceServiceDeleteConversationResponse.delete_time:type_name -> google.protobuf.Timestamp
 	0,  // 15: chatplane.v1.PersistenceServiceSubmitFeedbackRequest.owner:type_name -> chatplane.v1.Owner
-	42, // 16: chatplane.v1.PersistenceServiceSubmitFeedbackRequest.feedback:type_name -> chatplane.v1.SubmitFeedbackRequest
-	37, // 17: chatplane.v1.PersistenceServiceSubmitFeedbackResponse.create_time:type_name -> google.protobuf.Timestamp
+	53, // 16: chatplane.v1.PersistenceServiceSubmitFeedbackRequest.feedback:type_name -> chatplane.v1.SubmitFeedbackRequest
+	48, // 17: chatplane.v1.PersistenceServiceSubmitFeedbackResponse.create_time:type_name -> google.protobuf.Timestamp
 	0,  // 18: chatplane.v1.CreateApiKeyRequest.owner:type_name -> chatplane.v1.Owner
-	0,  // 19: chatplane.v1.GetApiKeyResponse.owner:type_name -> chatplane.v1.Owner
-	0,  // 20: chatplane.v1.GetAnswerRequest.owner:type_name -> chatplane.v1.Owner
-	36, // 21: chatplane.v1.GetAnswerResponse.assistant_message:type_name -> chatplane.v1.Message
-	37, // 22: chatplane.v1.GetAnswerResponse.lease_expire_time:type_name -> google.protobuf.Timestamp
-	29, // 23: chatplane.v1.ReserveQuotaResponse.quota:type_name -> chatplane.v1.TokenQuota
-	29, // 24: chatplane.v1.SettleQuotaResponse.quota:type_name -> chatplane.v1.TokenQuota
-	29, // 25: chatplane.v1.SetQuotaResponse.quota:type_name -> chatplane.v1.TokenQuota
-	29, // 26: chatplane.v1.GetQuotaResponse.quota:type_name -> chatplane.v1.TokenQuota
-	37, // 27: chatplane.v1.TokenQuota.reset_time:type_name -> google.protobuf.Timestamp
-	0,  // 28: chatplane.v1.PersistenceServiceSetActiveBranchRequest.owner:type_name -> chatplane.v1.Owner
-	43, // 29: chatplane.v1.PersistenceServiceSetActiveBranchRequest.request:type_name -> chatplane.v1.SetActiveBranchRequest
-	44, // 30: chatplane.v1.PersistenceServiceSetActiveBranchResponse.response:type_name -> chatplane.v1.SetActiveBranchResponse
-	37, // 31: chatplane.v1.ReportVariantsRequest.since:type_name -> google.protobuf.Timestamp
-	33, // 32: chatplane.v1.ReportVariantsResponse.variants:type_name -> chatplane.v1.VariantReport
-	1,  // 33: chatplane.v1.PersistenceService.BeginTurn:input_type -> chatplane.v1.BeginTurnRequest
-	3,  // 34: chatplane.v1.PersistenceService.GetTurn:input_type -> chatplane.v1.GetTurnRequest
-	5,  // 35: chatplane.v1.PersistenceService.ReleaseTurn:input_type -> chatplane.v1.ReleaseTurnRequest
-	7,  // 36: chatplane.v1.PersistenceService.ListConversations:input_type -> chatplane.v1.PersistenceServiceListConversationsRequest
-	9,  // 37: chatplane.v1.PersistenceService.GetConversation:input_type -> chatplane.v1.PersistenceServiceGetConversationRequest
-	11, // 38: chatplane.v1.PersistenceService.DeleteConversation:input_type -> chatplane.v1.PersistenceServiceDeleteConversationRequest
-	13, // 39: chatplane.v1.PersistenceService.SubmitFeedback:input_type -> chatplane.v1.PersistenceServiceSubmitFeedbackRequest
-	15, // 40: chatplane.v1.PersistenceService.CreateApiKey:input_type -> chatplane.v1.CreateApiKeyRequest
-	17, // 41: chatplane.v1.PersistenceService.GetApiKey:input_type -> chatplane.v1.GetApiKeyRequest
-	19, // 42: chatplane.v1.PersistenceService.GetAnswer:input_type -> chatplane.v1.GetAnswerRequest
-	21, // 43: chatplane.v1.PersistenceService.ReserveQuota:input_type -> chatplane.v1.ReserveQuotaRequest
-	23, // 44: chatplane.v1.PersistenceService.SettleQuota:input_type -> chatplane.v1.SettleQuotaRequest
-	25, // 45: chatplane.v1.PersistenceService.SetQuota:input_type -> chatplane.v1.SetQuotaRequest
-	27, // 46: chatplane.v1.PersistenceService.GetQuota:input_type -> chatplane.v1.GetQuotaRequest
-	30, // 47: chatplane.v1.PersistenceService.SetActiveBranch:input_type -> chatplane.v1.PersistenceServiceSetActiveBranchRequest
-	32, // 48: chatplane.v1.PersistenceService.ReportVariants:input_type -> chatplane.v1.ReportVariantsRequest
-	2,  // 49: chatplane.v1.PersistenceService.BeginTurn:output_type -> chatplane.v1.BeginTurnResponse
-	4,  // 50: chatplane.v1.PersistenceService.GetTurn:output_type -> chatplane.v1.GetTurnResponse
-	6,  // 51: chatplane.v1.PersistenceService.ReleaseTurn:output_type -> chatplane.v1.ReleaseTurnResponse
-	8,  // 52: chatplane.v1.PersistenceService.ListConversations:output_type -> chatplane.v1.PersistenceServiceListConversationsResponse
-	10, // 53: chatplane.v1.PersistenceService.GetConversation:output_type -> chatplane.v1.PersistenceServiceGetConversationResponse
-	12, // 54: chatplane.v1.PersistenceService.DeleteConversation:output_type -> chatplane.v1.PersistenceServiceDeleteConversationResponse
-	14, // 55: chatplane.v1.PersistenceService.SubmitFeedback:output_type -> chatplane.v1.PersistenceServiceSubmitFeedbackResponse
-	16, // 56: chatplane.v1.PersistenceService.CreateApiKey:output_type -> chatplane.v1.CreateApiKeyResponse
-	18, // 57: chatplane.v1.PersistenceService.GetApiKey:output_type -> chatplane.v1.GetApiKeyResponse
-	20, // 58: chatplane.v1.PersistenceService.GetAnswer:output_type -> chatplane.v1.GetAnswerResponse
-	22, // 59: chatplane.v1.PersistenceService.ReserveQuota:output_type -> chatplane.v1.ReserveQuotaResponse
-	24, // 60: chatplane.v1.PersistenceService.SettleQuota:output_type -> chatplane.v1.SettleQuotaResponse
-	26, // 61: chatplane.v1.PersistenceService.SetQuota:output_type -> chatplane.v1.SetQuotaResponse
-	28, // 62: chatplane.v1.PersistenceService.GetQuota:output_type -> chatplane.v1.GetQuotaResponse
-	31, // 63: chatplane.v1.PersistenceService.SetActiveBranch:output_type -> chatplane.v1.PersistenceServiceSetActiveBranchResponse
-	34, // 64: chatplane.v1.PersistenceService.ReportVariants:output_type -> chatplane.v1.ReportVariantsResponse
-	49, // [49:65] is the sub-list for method output_type
-	33, // [33:49] is the sub-list for method input_type
-	33, // [33:33] is the sub-list for extension type_name
-	33, // [33:33] is the sub-list for extension extendee
-	0,  // [0:33] is the sub-list for field type_name
+	54, // 19: chatplane.v1.CreateApiKeyRequest.actor:type_name -> chatplane.v1.AuditActor
+	19, // 20: chatplane.v1.CreateApiKeyResponse.key:type_name -> chatplane.v1.ApiKeyInfo
+	0,  // 21: chatplane.v1.GetApiKeyResponse.owner:type_name -> chatplane.v1.Owner
+	48, // 22: chatplane.v1.GetApiKeyResponse.expire_time:type_name -> google.protobuf.Timestamp
+	0,  // 23: chatplane.v1.ApiKeyInfo.owner:type_name -> chatplane.v1.Owner
+	48, // 24: chatplane.v1.ApiKeyInfo.create_time:type_name -> google.protobuf.Timestamp
+	48, // 25: chatplane.v1.ApiKeyInfo.expire_time:type_name -> google.protobuf.Timestamp
+	19, // 26: chatplane.v1.PersistenceServiceListApiKeysResponse.keys:type_name -> chatplane.v1.ApiKeyInfo
+	54, // 27: chatplane.v1.PersistenceServiceRotateApiKeyRequest.actor:type_name -> chatplane.v1.AuditActor
+	19, // 28: chatplane.v1.PersistenceServiceRotateApiKeyResponse.key:type_name -> chatplane.v1.ApiKeyInfo
+	19, // 29: chatplane.v1.PersistenceServiceRotateApiKeyResponse.previous:type_name -> chatplane.v1.ApiKeyInfo
+	54, // 30: chatplane.v1.PersistenceServiceRevokeApiKeyRequest.actor:type_name -> chatplane.v1.AuditActor
+	19, // 31: chatplane.v1.PersistenceServiceRevokeApiKeyResponse.key:type_name -> chatplane.v1.ApiKeyInfo
+	55, // 32: chatplane.v1.AppendAuditEventsRequest.events:type_name -> chatplane.v1.AuditEvent
+	56, // 33: chatplane.v1.AppendAuditEventsResponse.head:type_name -> chatplane.v1.AuditHead
+	57, // 34: chatplane.v1.ListAuditRecordsResponse.records:type_name -> chatplane.v1.AuditRecord
+	56, // 35: chatplane.v1.ListAuditRecordsResponse.head:type_name -> chatplane.v1.AuditHead
+	0,  // 36: chatplane.v1.GetAnswerRequest.owner:type_name -> chatplane.v1.Owner
+	47, // 37: chatplane.v1.GetAnswerResponse.assistant_message:type_name -> chatplane.v1.Message
+	48, // 38: chatplane.v1.GetAnswerResponse.lease_expire_time:type_name -> google.protobuf.Timestamp
+	40, // 39: chatplane.v1.ReserveQuotaResponse.quota:type_name -> chatplane.v1.TokenQuota
+	40, // 40: chatplane.v1.SettleQuotaResponse.quota:type_name -> chatplane.v1.TokenQuota
+	40, // 41: chatplane.v1.SetQuotaResponse.quota:type_name -> chatplane.v1.TokenQuota
+	40, // 42: chatplane.v1.GetQuotaResponse.quota:type_name -> chatplane.v1.TokenQuota
+	48, // 43: chatplane.v1.TokenQuota.reset_time:type_name -> google.protobuf.Timestamp
+	0,  // 44: chatplane.v1.PersistenceServiceSetActiveBranchRequest.owner:type_name -> chatplane.v1.Owner
+	58, // 45: chatplane.v1.PersistenceServiceSetActiveBranchRequest.request:type_name -> chatplane.v1.SetActiveBranchRequest
+	59, // 46: chatplane.v1.PersistenceServiceSetActiveBranchResponse.response:type_name -> chatplane.v1.SetActiveBranchResponse
+	48, // 47: chatplane.v1.ReportVariantsRequest.since:type_name -> google.protobuf.Timestamp
+	44, // 48: chatplane.v1.ReportVariantsResponse.variants:type_name -> chatplane.v1.VariantReport
+	1,  // 49: chatplane.v1.PersistenceService.BeginTurn:input_type -> chatplane.v1.BeginTurnRequest
+	3,  // 50: chatplane.v1.PersistenceService.GetTurn:input_type -> chatplane.v1.GetTurnRequest
+	5,  // 51: chatplane.v1.PersistenceService.ReleaseTurn:input_type -> chatplane.v1.ReleaseTurnRequest
+	7,  // 52: chatplane.v1.PersistenceService.ListConversations:input_type -> chatplane.v1.PersistenceServiceListConversationsRequest
+	9,  // 53: chatplane.v1.PersistenceService.GetConversation:input_type -> chatplane.v1.PersistenceServiceGetConversationRequest
+	11, // 54: chatplane.v1.PersistenceService.DeleteConversation:input_type -> chatplane.v1.PersistenceServiceDeleteConversationRequest
+	13, // 55: chatplane.v1.PersistenceService.SubmitFeedback:input_type -> chatplane.v1.PersistenceServiceSubmitFeedbackRequest
+	15, // 56: chatplane.v1.PersistenceService.CreateApiKey:input_type -> chatplane.v1.CreateApiKeyRequest
+	17, // 57: chatplane.v1.PersistenceService.GetApiKey:input_type -> chatplane.v1.GetApiKeyRequest
+	30, // 58: chatplane.v1.PersistenceService.GetAnswer:input_type -> chatplane.v1.GetAnswerRequest
+	32, // 59: chatplane.v1.PersistenceService.ReserveQuota:input_type -> chatplane.v1.ReserveQuotaRequest
+	34, // 60: chatplane.v1.PersistenceService.SettleQuota:input_type -> chatplane.v1.SettleQuotaRequest
+	36, // 61: chatplane.v1.PersistenceService.SetQuota:input_type -> chatplane.v1.SetQuotaRequest
+	38, // 62: chatplane.v1.PersistenceService.GetQuota:input_type -> chatplane.v1.GetQuotaRequest
+	41, // 63: chatplane.v1.PersistenceService.SetActiveBranch:input_type -> chatplane.v1.PersistenceServiceSetActiveBranchRequest
+	43, // 64: chatplane.v1.PersistenceService.ReportVariants:input_type -> chatplane.v1.ReportVariantsRequest
+	20, // 65: chatplane.v1.PersistenceService.ListApiKeys:input_type -> chatplane.v1.PersistenceServiceListApiKeysRequest
+	22, // 66: chatplane.v1.PersistenceService.RotateApiKey:input_type -> chatplane.v1.PersistenceServiceRotateApiKeyRequest
+	24, // 67: chatplane.v1.PersistenceService.RevokeApiKey:input_type -> chatplane.v1.PersistenceServiceRevokeApiKeyRequest
+	26, // 68: chatplane.v1.PersistenceService.AppendAuditEvents:input_type -> chatplane.v1.AppendAuditEventsRequest
+	28, // 69: chatplane.v1.PersistenceService.ListAuditRecords:input_type -> chatplane.v1.ListAuditRecordsRequest
+	2,  // 70: chatplane.v1.PersistenceService.BeginTurn:output_type -> chatplane.v1.BeginTurnResponse
+	4,  // 71: chatplane.v1.PersistenceService.GetTurn:output_type -> chatplane.v1.GetTurnResponse
+	6,  // 72: chatplane.v1.PersistenceService.ReleaseTurn:output_type -> chatplane.v1.ReleaseTurnResponse
+	8,  // 73: chatplane.v1.PersistenceService.ListConversations:output_type -> chatplane.v1.PersistenceServiceListConversationsResponse
+	10, // 74: chatplane.v1.PersistenceService.GetConversation:output_type -> chatplane.v1.PersistenceServiceGetConversationResponse
+	12, // 75: chatplane.v1.PersistenceService.DeleteConversation:output_type -> chatplane.v1.PersistenceServiceDeleteConversationResponse
+	14, // 76: chatplane.v1.PersistenceService.SubmitFeedback:output_type -> chatplane.v1.PersistenceServiceSubmitFeedbackResponse
+	16, // 77: chatplane.v1.PersistenceService.CreateApiKey:output_type -> chatplane.v1.CreateApiKeyResponse
+	18, // 78: chatplane.v1.PersistenceService.GetApiKey:output_type -> chatplane.v1.GetApiKeyResponse
+	31, // 79: chatplane.v1.PersistenceService.GetAnswer:output_type -> chatplane.v1.GetAnswerResponse
+	33, // 80: chatplane.v1.PersistenceService.ReserveQuota:output_type -> chatplane.v1.ReserveQuotaResponse
+	35, // 81: chatplane.v1.PersistenceService.SettleQuota:output_type -> chatplane.v1.SettleQuotaResponse
+	37, // 82: chatplane.v1.PersistenceService.SetQuota:output_type -> chatplane.v1.SetQuotaResponse
+	39, // 83: chatplane.v1.PersistenceService.GetQuota:output_type -> chatplane.v1.GetQuotaResponse
+	42, // 84: chatplane.v1.PersistenceService.SetActiveBranch:output_type -> chatplane.v1.PersistenceServiceSetActiveBranchResponse
+	45, // 85: chatplane.v1.PersistenceService.ReportVariants:output_type -> chatplane.v1.ReportVariantsResponse
+	21, // 86: chatplane.v1.PersistenceService.ListApiKeys:output_type -> chatplane.v1.PersistenceServiceListApiKeysResponse
+	23, // 87: chatplane.v1.PersistenceService.RotateApiKey:output_type -> chatplane.v1.PersistenceServiceRotateApiKeyResponse
+	25, // 88: chatplane.v1.PersistenceService.RevokeApiKey:output_type -> chatplane.v1.PersistenceServiceRevokeApiKeyResponse
+	27, // 89: chatplane.v1.PersistenceService.AppendAuditEvents:output_type -> chatplane.v1.AppendAuditEventsResponse
+	29, // 90: chatplane.v1.PersistenceService.ListAuditRecords:output_type -> chatplane.v1.ListAuditRecordsResponse
+	70, // [70:91] is the sub-list for method output_type
+	49, // [49:70] is the sub-list for method input_type
+	49, // [49:49] is the sub-list for extension type_name
+	49, // [49:49] is the sub-list for extension extendee
+	0,  // [0:49] is the sub-list for field type_name
 }
 
 func init() { file_chatplane_v1_persistence_proto_init() }
@@ -2534,16 +3354,17 @@ func file_chatplane_v1_persistence_proto_init() {
 	if File_chatplane_v1_persistence_proto != nil {
 		return
 	}
+	file_chatplane_v1_audit_proto_init()
 	file_chatplane_v1_gateway_proto_init()
 	file_chatplane_v1_resources_proto_init()
-	file_chatplane_v1_persistence_proto_msgTypes[33].OneofWrappers = []any{}
+	file_chatplane_v1_persistence_proto_msgTypes[44].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_chatplane_v1_persistence_proto_rawDesc), len(file_chatplane_v1_persistence_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   35,
+			NumMessages:   46,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

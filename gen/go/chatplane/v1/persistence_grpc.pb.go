@@ -35,6 +35,11 @@ const (
 	PersistenceService_GetQuota_FullMethodName           = "/chatplane.v1.PersistenceService/GetQuota"
 	PersistenceService_SetActiveBranch_FullMethodName    = "/chatplane.v1.PersistenceService/SetActiveBranch"
 	PersistenceService_ReportVariants_FullMethodName     = "/chatplane.v1.PersistenceService/ReportVariants"
+	PersistenceService_ListApiKeys_FullMethodName        = "/chatplane.v1.PersistenceService/ListApiKeys"
+	PersistenceService_RotateApiKey_FullMethodName       = "/chatplane.v1.PersistenceService/RotateApiKey"
+	PersistenceService_RevokeApiKey_FullMethodName       = "/chatplane.v1.PersistenceService/RevokeApiKey"
+	PersistenceService_AppendAuditEvents_FullMethodName  = "/chatplane.v1.PersistenceService/AppendAuditEvents"
+	PersistenceService_ListAuditRecords_FullMethodName   = "/chatplane.v1.PersistenceService/ListAuditRecords"
 )
 
 // PersistenceServiceClient is the client API for PersistenceService service.
@@ -82,6 +87,17 @@ type PersistenceServiceClient interface {
 	// Aggregates answers and their feedback per A/B variant (admin tools: `chatplane report
 	// variants`); computed in SQL by the store.
 	ReportVariants(ctx context.Context, in *ReportVariantsRequest, opts ...grpc.CallOption) (*ReportVariantsResponse, error)
+	// Lists the API keys of a tenant (optionally of one user), newest first; never secrets.
+	ListApiKeys(ctx context.Context, in *PersistenceServiceListApiKeysRequest, opts ...grpc.CallOption) (*PersistenceServiceListApiKeysResponse, error)
+	// Replaces a key by a new one (same owner, label and roles); the old one stops working now
+	// or after an overlap. Audited in the same transaction.
+	RotateApiKey(ctx context.Context, in *PersistenceServiceRotateApiKeyRequest, opts ...grpc.CallOption) (*PersistenceServiceRotateApiKeyResponse, error)
+	// Revokes a key now (idempotent). Audited in the same transaction.
+	RevokeApiKey(ctx context.Context, in *PersistenceServiceRevokeApiKeyRequest, opts ...grpc.CallOption) (*PersistenceServiceRevokeApiKeyResponse, error)
+	// Appends events to the hash-chained audit log, in order, in one transaction.
+	AppendAuditEvents(ctx context.Context, in *AppendAuditEventsRequest, opts ...grpc.CallOption) (*AppendAuditEventsResponse, error)
+	// Returns a page of the audit log in chain order, with the chain's head.
+	ListAuditRecords(ctx context.Context, in *ListAuditRecordsRequest, opts ...grpc.CallOption) (*ListAuditRecordsResponse, error)
 }
 
 type persistenceServiceClient struct {
@@ -252,6 +268,56 @@ func (c *persistenceServiceClient) ReportVariants(ctx context.Context, in *Repor
 	return out, nil
 }
 
+func (c *persistenceServiceClient) ListApiKeys(ctx context.Context, in *PersistenceServiceListApiKeysRequest, opts ...grpc.CallOption) (*PersistenceServiceListApiKeysResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(PersistenceServiceListApiKeysResponse)
+	err := c.cc.Invoke(ctx, PersistenceService_ListApiKeys_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *persistenceServiceClient) RotateApiKey(ctx context.Context, in *PersistenceServiceRotateApiKeyRequest, opts ...grpc.CallOption) (*PersistenceServiceRotateApiKeyResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(PersistenceServiceRotateApiKeyResponse)
+	err := c.cc.Invoke(ctx, PersistenceService_RotateApiKey_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *persistenceServiceClient) RevokeApiKey(ctx context.Context, in *PersistenceServiceRevokeApiKeyRequest, opts ...grpc.CallOption) (*PersistenceServiceRevokeApiKeyResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(PersistenceServiceRevokeApiKeyResponse)
+	err := c.cc.Invoke(ctx, PersistenceService_RevokeApiKey_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *persistenceServiceClient) AppendAuditEvents(ctx context.Context, in *AppendAuditEventsRequest, opts ...grpc.CallOption) (*AppendAuditEventsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(AppendAuditEventsResponse)
+	err := c.cc.Invoke(ctx, PersistenceService_AppendAuditEvents_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *persistenceServiceClient) ListAuditRecords(ctx context.Context, in *ListAuditRecordsRequest, opts ...grpc.CallOption) (*ListAuditRecordsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListAuditRecordsResponse)
+	err := c.cc.Invoke(ctx, PersistenceService_ListAuditRecords_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // PersistenceServiceServer is the server API for PersistenceService service.
 // All implementations must embed UnimplementedPersistenceServiceServer
 // for forward compatibility.
@@ -297,6 +363,17 @@ type PersistenceServiceServer interface {
 	// Aggregates answers and their feedback per A/B variant (admin tools: `chatplane report
 	// variants`); computed in SQL by the store.
 	ReportVariants(context.Context, *ReportVariantsRequest) (*ReportVariantsResponse, error)
+	// Lists the API keys of a tenant (optionally of one user), newest first; never secrets.
+	ListApiKeys(context.Context, *PersistenceServiceListApiKeysRequest) (*PersistenceServiceListApiKeysResponse, error)
+	// Replaces a key by a new one (same owner, label and roles); the old one stops working now
+	// or after an overlap. Audited in the same transaction.
+	RotateApiKey(context.Context, *PersistenceServiceRotateApiKeyRequest) (*PersistenceServiceRotateApiKeyResponse, error)
+	// Revokes a key now (idempotent). Audited in the same transaction.
+	RevokeApiKey(context.Context, *PersistenceServiceRevokeApiKeyRequest) (*PersistenceServiceRevokeApiKeyResponse, error)
+	// Appends events to the hash-chained audit log, in order, in one transaction.
+	AppendAuditEvents(context.Context, *AppendAuditEventsRequest) (*AppendAuditEventsResponse, error)
+	// Returns a page of the audit log in chain order, with the chain's head.
+	ListAuditRecords(context.Context, *ListAuditRecordsRequest) (*ListAuditRecordsResponse, error)
 	mustEmbedUnimplementedPersistenceServiceServer()
 }
 
@@ -354,6 +431,21 @@ func (UnimplementedPersistenceServiceServer) SetActiveBranch(context.Context, *P
 }
 func (UnimplementedPersistenceServiceServer) ReportVariants(context.Context, *ReportVariantsRequest) (*ReportVariantsResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ReportVariants not implemented")
+}
+func (UnimplementedPersistenceServiceServer) ListApiKeys(context.Context, *PersistenceServiceListApiKeysRequest) (*PersistenceServiceListApiKeysResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListApiKeys not implemented")
+}
+func (UnimplementedPersistenceServiceServer) RotateApiKey(context.Context, *PersistenceServiceRotateApiKeyRequest) (*PersistenceServiceRotateApiKeyResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RotateApiKey not implemented")
+}
+func (UnimplementedPersistenceServiceServer) RevokeApiKey(context.Context, *PersistenceServiceRevokeApiKeyRequest) (*PersistenceServiceRevokeApiKeyResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RevokeApiKey not implemented")
+}
+func (UnimplementedPersistenceServiceServer) AppendAuditEvents(context.Context, *AppendAuditEventsRequest) (*AppendAuditEventsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method AppendAuditEvents not implemented")
+}
+func (UnimplementedPersistenceServiceServer) ListAuditRecords(context.Context, *ListAuditRecordsRequest) (*ListAuditRecordsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListAuditRecords not implemented")
 }
 func (UnimplementedPersistenceServiceServer) mustEmbedUnimplementedPersistenceServiceServer() {}
 func (UnimplementedPersistenceServiceServer) testEmbeddedByValue()                            {}
@@ -664,6 +756,96 @@ func _PersistenceService_ReportVariants_Handler(srv interface{}, ctx context.Con
 	return interceptor(ctx, in, info, handler)
 }
 
+func _PersistenceService_ListApiKeys_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(PersistenceServiceListApiKeysRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(PersistenceServiceServer).ListApiKeys(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: PersistenceService_ListApiKeys_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(PersistenceServiceServer).ListApiKeys(ctx, req.(*PersistenceServiceListApiKeysRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _PersistenceService_RotateApiKey_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(PersistenceServiceRotateApiKeyRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(PersistenceServiceServer).RotateApiKey(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: PersistenceService_RotateApiKey_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(PersistenceServiceServer).RotateApiKey(ctx, req.(*PersistenceServiceRotateApiKeyRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _PersistenceService_RevokeApiKey_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(PersistenceServiceRevokeApiKeyRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(PersistenceServiceServer).RevokeApiKey(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: PersistenceService_RevokeApiKey_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(PersistenceServiceServer).RevokeApiKey(ctx, req.(*PersistenceServiceRevokeApiKeyRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _PersistenceService_AppendAuditEvents_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(AppendAuditEventsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(PersistenceServiceServer).AppendAuditEvents(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: PersistenceService_AppendAuditEvents_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(PersistenceServiceServer).AppendAuditEvents(ctx, req.(*AppendAuditEventsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _PersistenceService_ListAuditRecords_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListAuditRecordsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(PersistenceServiceServer).ListAuditRecords(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: PersistenceService_ListAuditRecords_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(PersistenceServiceServer).ListAuditRecords(ctx, req.(*ListAuditRecordsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // PersistenceService_ServiceDesc is the grpc.ServiceDesc for PersistenceService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -734,6 +916,26 @@ var PersistenceService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ReportVariants",
 			Handler:    _PersistenceService_ReportVariants_Handler,
+		},
+		{
+			MethodName: "ListApiKeys",
+			Handler:    _PersistenceService_ListApiKeys_Handler,
+		},
+		{
+			MethodName: "RotateApiKey",
+			Handler:    _PersistenceService_RotateApiKey_Handler,
+		},
+		{
+			MethodName: "RevokeApiKey",
+			Handler:    _PersistenceService_RevokeApiKey_Handler,
+		},
+		{
+			MethodName: "AppendAuditEvents",
+			Handler:    _PersistenceService_AppendAuditEvents_Handler,
+		},
+		{
+			MethodName: "ListAuditRecords",
+			Handler:    _PersistenceService_ListAuditRecords_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

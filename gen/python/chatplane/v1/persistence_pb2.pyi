@@ -3,6 +3,7 @@
 isort:skip_file
 """
 
+from chatplane.v1 import audit_pb2 as _audit_pb2
 from chatplane.v1 import gateway_pb2 as _gateway_pb2
 from chatplane.v1 import resources_pb2 as _resources_pb2
 from collections import abc as _abc
@@ -513,6 +514,7 @@ class CreateApiKeyRequest(_message.Message):
     OWNER_FIELD_NUMBER: _builtins.int
     LABEL_FIELD_NUMBER: _builtins.int
     ROLES_FIELD_NUMBER: _builtins.int
+    ACTOR_FIELD_NUMBER: _builtins.int
     label: _builtins.str
     """A label to recognise the key by."""
     @_builtins.property
@@ -525,16 +527,21 @@ class CreateApiKeyRequest(_message.Message):
         Empty means ["chat"]; an unknown role is INVALID_ARGUMENT.
         """
 
+    @_builtins.property
+    def actor(self) -> _audit_pb2.AuditActor:
+        """Who asks: the key's creation is audited with this actor in the same transaction."""
+
     def __init__(
         self,
         *,
         owner: Global___Owner | None = ...,
         label: _builtins.str = ...,
         roles: _abc.Iterable[_builtins.str] | None = ...,
+        actor: _audit_pb2.AuditActor | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["owner", b"owner"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "owner", b"owner"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["label", b"label", "owner", b"owner", "roles", b"roles"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "label", b"label", "owner", b"owner", "roles", b"roles"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -548,19 +555,25 @@ class CreateApiKeyResponse(_message.Message):
 
     API_KEY_FIELD_NUMBER: _builtins.int
     KEY_ID_FIELD_NUMBER: _builtins.int
+    KEY_FIELD_NUMBER: _builtins.int
     api_key: _builtins.str
     """The full key to give to the client (shown once, never stored in clear)."""
     key_id: _builtins.str
     """The public part of the key."""
+    @_builtins.property
+    def key(self) -> Global___ApiKeyInfo:
+        """The new key's facts."""
+
     def __init__(
         self,
         *,
         api_key: _builtins.str = ...,
         key_id: _builtins.str = ...,
+        key: Global___ApiKeyInfo | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["key", b"key"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["api_key", b"api_key", "key_id", b"key_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["api_key", b"api_key", "key", b"key", "key_id", b"key_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -598,6 +611,7 @@ class GetApiKeyResponse(_message.Message):
     SECRET_SHA256_FIELD_NUMBER: _builtins.int
     REVOKED_FIELD_NUMBER: _builtins.int
     ROLES_FIELD_NUMBER: _builtins.int
+    EXPIRE_TIME_FIELD_NUMBER: _builtins.int
     secret_sha256: _builtins.bytes
     """SHA-256 of the key's secret part."""
     revoked: _builtins.bool
@@ -610,6 +624,10 @@ class GetApiKeyResponse(_message.Message):
     def roles(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """The key's roles (never empty)."""
 
+    @_builtins.property
+    def expire_time(self) -> _timestamp_pb2.Timestamp:
+        """When a rotated key stops working (absent: no end; in the past: revoked is true)."""
+
     def __init__(
         self,
         *,
@@ -617,14 +635,369 @@ class GetApiKeyResponse(_message.Message):
         secret_sha256: _builtins.bytes = ...,
         revoked: _builtins.bool = ...,
         roles: _abc.Iterable[_builtins.str] | None = ...,
+        expire_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["owner", b"owner"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["expire_time", b"expire_time", "owner", b"owner"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["owner", b"owner", "revoked", b"revoked", "roles", b"roles", "secret_sha256", b"secret_sha256"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expire_time", b"expire_time", "owner", b"owner", "revoked", b"revoked", "roles", b"roles", "secret_sha256", b"secret_sha256"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetApiKeyResponse: _TypeAlias = GetApiKeyResponse  # noqa: Y015
+
+@_typing.final
+class ApiKeyInfo(_message.Message):
+    """The stored facts of an API key, never its secret or the secret's hash."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_ID_FIELD_NUMBER: _builtins.int
+    OWNER_FIELD_NUMBER: _builtins.int
+    LABEL_FIELD_NUMBER: _builtins.int
+    ROLES_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    REVOKED_FIELD_NUMBER: _builtins.int
+    EXPIRE_TIME_FIELD_NUMBER: _builtins.int
+    REPLACED_BY_KEY_ID_FIELD_NUMBER: _builtins.int
+    key_id: _builtins.str
+    """The public part of the key."""
+    label: _builtins.str
+    """The key's label."""
+    revoked: _builtins.bool
+    """True when the key no longer authenticates (revoked, or past its expire_time)."""
+    replaced_by_key_id: _builtins.str
+    """The key that replaced it by a rotation; empty if none."""
+    @_builtins.property
+    def owner(self) -> Global___Owner:
+        """The key's principal."""
+
+    @_builtins.property
+    def roles(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The key's roles."""
+
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp:
+        """When it was created."""
+
+    @_builtins.property
+    def expire_time(self) -> _timestamp_pb2.Timestamp:
+        """When it stops (or stopped) working; absent while it has no end."""
+
+    def __init__(
+        self,
+        *,
+        key_id: _builtins.str = ...,
+        owner: Global___Owner | None = ...,
+        label: _builtins.str = ...,
+        roles: _abc.Iterable[_builtins.str] | None = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+        revoked: _builtins.bool = ...,
+        expire_time: _timestamp_pb2.Timestamp | None = ...,
+        replaced_by_key_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "expire_time", b"expire_time", "owner", b"owner"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "expire_time", b"expire_time", "key_id", b"key_id", "label", b"label", "owner", b"owner", "replaced_by_key_id", b"replaced_by_key_id", "revoked", b"revoked", "roles", b"roles"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ApiKeyInfo: _TypeAlias = ApiKeyInfo  # noqa: Y015
+
+@_typing.final
+class PersistenceServiceListApiKeysRequest(_message.Message):
+    """Asks for a tenant's keys."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TENANT_ID_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    INCLUDE_REVOKED_FIELD_NUMBER: _builtins.int
+    tenant_id: _builtins.str
+    """Whose keys."""
+    user_id: _builtins.str
+    """Only this user's keys; empty: every user of the tenant."""
+    page_size: _builtins.int
+    """Maximum keys to return (1-500; 0 means 100)."""
+    page_token: _builtins.str
+    """The next_page_token of a previous call, or empty for the first page."""
+    include_revoked: _builtins.bool
+    """Also list keys that no longer authenticate."""
+    def __init__(
+        self,
+        *,
+        tenant_id: _builtins.str = ...,
+        user_id: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+        include_revoked: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["include_revoked", b"include_revoked", "page_size", b"page_size", "page_token", b"page_token", "tenant_id", b"tenant_id", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PersistenceServiceListApiKeysRequest: _TypeAlias = PersistenceServiceListApiKeysRequest  # noqa: Y015
+
+@_typing.final
+class PersistenceServiceListApiKeysResponse(_message.Message):
+    """A page of keys."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEYS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Token for the next page; empty when there is none."""
+    @_builtins.property
+    def keys(self) -> _containers.RepeatedCompositeFieldContainer[Global___ApiKeyInfo]:
+        """Keys, newest first."""
+
+    def __init__(
+        self,
+        *,
+        keys: _abc.Iterable[Global___ApiKeyInfo] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["keys", b"keys", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PersistenceServiceListApiKeysResponse: _TypeAlias = PersistenceServiceListApiKeysResponse  # noqa: Y015
+
+@_typing.final
+class PersistenceServiceRotateApiKeyRequest(_message.Message):
+    """A key to rotate."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TENANT_ID_FIELD_NUMBER: _builtins.int
+    KEY_ID_FIELD_NUMBER: _builtins.int
+    OVERLAP_MS_FIELD_NUMBER: _builtins.int
+    ACTOR_FIELD_NUMBER: _builtins.int
+    tenant_id: _builtins.str
+    """The tenant the key must belong to (another tenant's key is NOT_FOUND)."""
+    key_id: _builtins.str
+    """The key to replace."""
+    overlap_ms: _builtins.int
+    """How long the old key keeps working, in milliseconds (0: stops now; at most 24 hours)."""
+    @_builtins.property
+    def actor(self) -> _audit_pb2.AuditActor:
+        """Who asks (audited)."""
+
+    def __init__(
+        self,
+        *,
+        tenant_id: _builtins.str = ...,
+        key_id: _builtins.str = ...,
+        overlap_ms: _builtins.int = ...,
+        actor: _audit_pb2.AuditActor | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "key_id", b"key_id", "overlap_ms", b"overlap_ms", "tenant_id", b"tenant_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PersistenceServiceRotateApiKeyRequest: _TypeAlias = PersistenceServiceRotateApiKeyRequest  # noqa: Y015
+
+@_typing.final
+class PersistenceServiceRotateApiKeyResponse(_message.Message):
+    """The new key and what became of the old one."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    API_KEY_FIELD_NUMBER: _builtins.int
+    KEY_FIELD_NUMBER: _builtins.int
+    PREVIOUS_FIELD_NUMBER: _builtins.int
+    api_key: _builtins.str
+    """The new full key (shown once)."""
+    @_builtins.property
+    def key(self) -> Global___ApiKeyInfo:
+        """The new key's facts."""
+
+    @_builtins.property
+    def previous(self) -> Global___ApiKeyInfo:
+        """The old key's facts after the rotation."""
+
+    def __init__(
+        self,
+        *,
+        api_key: _builtins.str = ...,
+        key: Global___ApiKeyInfo | None = ...,
+        previous: Global___ApiKeyInfo | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "previous", b"previous"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["api_key", b"api_key", "key", b"key", "previous", b"previous"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PersistenceServiceRotateApiKeyResponse: _TypeAlias = PersistenceServiceRotateApiKeyResponse  # noqa: Y015
+
+@_typing.final
+class PersistenceServiceRevokeApiKeyRequest(_message.Message):
+    """A key to revoke."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TENANT_ID_FIELD_NUMBER: _builtins.int
+    KEY_ID_FIELD_NUMBER: _builtins.int
+    ACTOR_FIELD_NUMBER: _builtins.int
+    tenant_id: _builtins.str
+    """The tenant the key must belong to (another tenant's key is NOT_FOUND)."""
+    key_id: _builtins.str
+    """The key."""
+    @_builtins.property
+    def actor(self) -> _audit_pb2.AuditActor:
+        """Who asks (audited)."""
+
+    def __init__(
+        self,
+        *,
+        tenant_id: _builtins.str = ...,
+        key_id: _builtins.str = ...,
+        actor: _audit_pb2.AuditActor | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "key_id", b"key_id", "tenant_id", b"tenant_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PersistenceServiceRevokeApiKeyRequest: _TypeAlias = PersistenceServiceRevokeApiKeyRequest  # noqa: Y015
+
+@_typing.final
+class PersistenceServiceRevokeApiKeyResponse(_message.Message):
+    """The revoked key."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def key(self) -> Global___ApiKeyInfo:
+        """The key's facts after the revocation."""
+
+    def __init__(
+        self,
+        *,
+        key: Global___ApiKeyInfo | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["key", b"key"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PersistenceServiceRevokeApiKeyResponse: _TypeAlias = PersistenceServiceRevokeApiKeyResponse  # noqa: Y015
+
+@_typing.final
+class AppendAuditEventsRequest(_message.Message):
+    """Events to append."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[_audit_pb2.AuditEvent]:
+        """In order; at most 1,000."""
+
+    def __init__(
+        self,
+        *,
+        events: _abc.Iterable[_audit_pb2.AuditEvent] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AppendAuditEventsRequest: _TypeAlias = AppendAuditEventsRequest  # noqa: Y015
+
+@_typing.final
+class AppendAuditEventsResponse(_message.Message):
+    """Where the events were appended."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HEAD_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def head(self) -> _audit_pb2.AuditHead:
+        """The chain's head after the append."""
+
+    def __init__(
+        self,
+        *,
+        head: _audit_pb2.AuditHead | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["head", b"head"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["head", b"head"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AppendAuditEventsResponse: _TypeAlias = AppendAuditEventsResponse  # noqa: Y015
+
+@_typing.final
+class ListAuditRecordsRequest(_message.Message):
+    """Asks for a page of the audit log."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AFTER_SEQ_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    after_seq: _builtins.int
+    """Records after this seq (0: from the first)."""
+    page_size: _builtins.int
+    """Maximum records to return (1-1000; 0 means 500)."""
+    def __init__(
+        self,
+        *,
+        after_seq: _builtins.int = ...,
+        page_size: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_seq", b"after_seq", "page_size", b"page_size"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListAuditRecordsRequest: _TypeAlias = ListAuditRecordsRequest  # noqa: Y015
+
+@_typing.final
+class ListAuditRecordsResponse(_message.Message):
+    """A page of the audit log."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RECORDS_FIELD_NUMBER: _builtins.int
+    HEAD_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def records(self) -> _containers.RepeatedCompositeFieldContainer[_audit_pb2.AuditRecord]:
+        """Records in chain order."""
+
+    @_builtins.property
+    def head(self) -> _audit_pb2.AuditHead:
+        """The chain's head when the page was read."""
+
+    def __init__(
+        self,
+        *,
+        records: _abc.Iterable[_audit_pb2.AuditRecord] | None = ...,
+        head: _audit_pb2.AuditHead | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["head", b"head"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["head", b"head", "records", b"records"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListAuditRecordsResponse: _TypeAlias = ListAuditRecordsResponse  # noqa: Y015
 
 @_typing.final
 class GetAnswerRequest(_message.Message):

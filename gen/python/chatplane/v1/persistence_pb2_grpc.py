@@ -117,6 +117,31 @@ class PersistenceServiceStub:
                 request_serializer=chatplane_dot_v1_dot_persistence__pb2.ReportVariantsRequest.SerializeToString,
                 response_deserializer=chatplane_dot_v1_dot_persistence__pb2.ReportVariantsResponse.FromString,
                 _registered_method=True)
+        self.ListApiKeys = channel.unary_unary(
+                '/chatplane.v1.PersistenceService/ListApiKeys',
+                request_serializer=chatplane_dot_v1_dot_persistence__pb2.PersistenceServiceListApiKeysRequest.SerializeToString,
+                response_deserializer=chatplane_dot_v1_dot_persistence__pb2.PersistenceServiceListApiKeysResponse.FromString,
+                _registered_method=True)
+        self.RotateApiKey = channel.unary_unary(
+                '/chatplane.v1.PersistenceService/RotateApiKey',
+                request_serializer=chatplane_dot_v1_dot_persistence__pb2.PersistenceServiceRotateApiKeyRequest.SerializeToString,
+                response_deserializer=chatplane_dot_v1_dot_persistence__pb2.PersistenceServiceRotateApiKeyResponse.FromString,
+                _registered_method=True)
+        self.RevokeApiKey = channel.unary_unary(
+                '/chatplane.v1.PersistenceService/RevokeApiKey',
+                request_serializer=chatplane_dot_v1_dot_persistence__pb2.PersistenceServiceRevokeApiKeyRequest.SerializeToString,
+                response_deserializer=chatplane_dot_v1_dot_persistence__pb2.PersistenceServiceRevokeApiKeyResponse.FromString,
+                _registered_method=True)
+        self.AppendAuditEvents = channel.unary_unary(
+                '/chatplane.v1.PersistenceService/AppendAuditEvents',
+                request_serializer=chatplane_dot_v1_dot_persistence__pb2.AppendAuditEventsRequest.SerializeToString,
+                response_deserializer=chatplane_dot_v1_dot_persistence__pb2.AppendAuditEventsResponse.FromString,
+                _registered_method=True)
+        self.ListAuditRecords = channel.unary_unary(
+                '/chatplane.v1.PersistenceService/ListAuditRecords',
+                request_serializer=chatplane_dot_v1_dot_persistence__pb2.ListAuditRecordsRequest.SerializeToString,
+                response_deserializer=chatplane_dot_v1_dot_persistence__pb2.ListAuditRecordsResponse.FromString,
+                _registered_method=True)
 
 
 class PersistenceServiceServicer:
@@ -242,6 +267,42 @@ class PersistenceServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListApiKeys(self, request, context):
+        """Lists the API keys of a tenant (optionally of one user), newest first; never secrets.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RotateApiKey(self, request, context):
+        """Replaces a key by a new one (same owner, label and roles); the old one stops working now
+        or after an overlap. Audited in the same transaction.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeApiKey(self, request, context):
+        """Revokes a key now (idempotent). Audited in the same transaction.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AppendAuditEvents(self, request, context):
+        """Appends events to the hash-chained audit log, in order, in one transaction.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListAuditRecords(self, request, context):
+        """Returns a page of the audit log in chain order, with the chain's head.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PersistenceServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -324,6 +385,31 @@ def add_PersistenceServiceServicer_to_server(servicer, server):
                     servicer.ReportVariants,
                     request_deserializer=chatplane_dot_v1_dot_persistence__pb2.ReportVariantsRequest.FromString,
                     response_serializer=chatplane_dot_v1_dot_persistence__pb2.ReportVariantsResponse.SerializeToString,
+            ),
+            'ListApiKeys': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListApiKeys,
+                    request_deserializer=chatplane_dot_v1_dot_persistence__pb2.PersistenceServiceListApiKeysRequest.FromString,
+                    response_serializer=chatplane_dot_v1_dot_persistence__pb2.PersistenceServiceListApiKeysResponse.SerializeToString,
+            ),
+            'RotateApiKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.RotateApiKey,
+                    request_deserializer=chatplane_dot_v1_dot_persistence__pb2.PersistenceServiceRotateApiKeyRequest.FromString,
+                    response_serializer=chatplane_dot_v1_dot_persistence__pb2.PersistenceServiceRotateApiKeyResponse.SerializeToString,
+            ),
+            'RevokeApiKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeApiKey,
+                    request_deserializer=chatplane_dot_v1_dot_persistence__pb2.PersistenceServiceRevokeApiKeyRequest.FromString,
+                    response_serializer=chatplane_dot_v1_dot_persistence__pb2.PersistenceServiceRevokeApiKeyResponse.SerializeToString,
+            ),
+            'AppendAuditEvents': grpc.unary_unary_rpc_method_handler(
+                    servicer.AppendAuditEvents,
+                    request_deserializer=chatplane_dot_v1_dot_persistence__pb2.AppendAuditEventsRequest.FromString,
+                    response_serializer=chatplane_dot_v1_dot_persistence__pb2.AppendAuditEventsResponse.SerializeToString,
+            ),
+            'ListAuditRecords': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAuditRecords,
+                    request_deserializer=chatplane_dot_v1_dot_persistence__pb2.ListAuditRecordsRequest.FromString,
+                    response_serializer=chatplane_dot_v1_dot_persistence__pb2.ListAuditRecordsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -761,6 +847,141 @@ class PersistenceService:
             '/chatplane.v1.PersistenceService/ReportVariants',
             chatplane_dot_v1_dot_persistence__pb2.ReportVariantsRequest.SerializeToString,
             chatplane_dot_v1_dot_persistence__pb2.ReportVariantsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListApiKeys(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chatplane.v1.PersistenceService/ListApiKeys',
+            chatplane_dot_v1_dot_persistence__pb2.PersistenceServiceListApiKeysRequest.SerializeToString,
+            chatplane_dot_v1_dot_persistence__pb2.PersistenceServiceListApiKeysResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RotateApiKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chatplane.v1.PersistenceService/RotateApiKey',
+            chatplane_dot_v1_dot_persistence__pb2.PersistenceServiceRotateApiKeyRequest.SerializeToString,
+            chatplane_dot_v1_dot_persistence__pb2.PersistenceServiceRotateApiKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeApiKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chatplane.v1.PersistenceService/RevokeApiKey',
+            chatplane_dot_v1_dot_persistence__pb2.PersistenceServiceRevokeApiKeyRequest.SerializeToString,
+            chatplane_dot_v1_dot_persistence__pb2.PersistenceServiceRevokeApiKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AppendAuditEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chatplane.v1.PersistenceService/AppendAuditEvents',
+            chatplane_dot_v1_dot_persistence__pb2.AppendAuditEventsRequest.SerializeToString,
+            chatplane_dot_v1_dot_persistence__pb2.AppendAuditEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAuditRecords(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chatplane.v1.PersistenceService/ListAuditRecords',
+            chatplane_dot_v1_dot_persistence__pb2.ListAuditRecordsRequest.SerializeToString,
+            chatplane_dot_v1_dot_persistence__pb2.ListAuditRecordsResponse.FromString,
             options,
             channel_credentials,
             insecure,

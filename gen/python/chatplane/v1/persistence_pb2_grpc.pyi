@@ -78,6 +78,18 @@ class PersistenceServiceStub:
     """Aggregates answers and their feedback per A/B variant (admin tools: `chatplane report
     variants`); computed in SQL by the store.
     """
+    ListApiKeys: _grpc.UnaryUnaryMultiCallable[_persistence_pb2.PersistenceServiceListApiKeysRequest, _persistence_pb2.PersistenceServiceListApiKeysResponse]
+    """Lists the API keys of a tenant (optionally of one user), newest first; never secrets."""
+    RotateApiKey: _grpc.UnaryUnaryMultiCallable[_persistence_pb2.PersistenceServiceRotateApiKeyRequest, _persistence_pb2.PersistenceServiceRotateApiKeyResponse]
+    """Replaces a key by a new one (same owner, label and roles); the old one stops working now
+    or after an overlap. Audited in the same transaction.
+    """
+    RevokeApiKey: _grpc.UnaryUnaryMultiCallable[_persistence_pb2.PersistenceServiceRevokeApiKeyRequest, _persistence_pb2.PersistenceServiceRevokeApiKeyResponse]
+    """Revokes a key now (idempotent). Audited in the same transaction."""
+    AppendAuditEvents: _grpc.UnaryUnaryMultiCallable[_persistence_pb2.AppendAuditEventsRequest, _persistence_pb2.AppendAuditEventsResponse]
+    """Appends events to the hash-chained audit log, in order, in one transaction."""
+    ListAuditRecords: _grpc.UnaryUnaryMultiCallable[_persistence_pb2.ListAuditRecordsRequest, _persistence_pb2.ListAuditRecordsResponse]
+    """Returns a page of the audit log in chain order, with the chain's head."""
 
 @_typing.type_check_only
 class PersistenceServiceAsyncStub(PersistenceServiceStub):
@@ -129,6 +141,18 @@ class PersistenceServiceAsyncStub(PersistenceServiceStub):
     """Aggregates answers and their feedback per A/B variant (admin tools: `chatplane report
     variants`); computed in SQL by the store.
     """
+    ListApiKeys: _aio.UnaryUnaryMultiCallable[_persistence_pb2.PersistenceServiceListApiKeysRequest, _persistence_pb2.PersistenceServiceListApiKeysResponse]  # type: ignore[assignment]
+    """Lists the API keys of a tenant (optionally of one user), newest first; never secrets."""
+    RotateApiKey: _aio.UnaryUnaryMultiCallable[_persistence_pb2.PersistenceServiceRotateApiKeyRequest, _persistence_pb2.PersistenceServiceRotateApiKeyResponse]  # type: ignore[assignment]
+    """Replaces a key by a new one (same owner, label and roles); the old one stops working now
+    or after an overlap. Audited in the same transaction.
+    """
+    RevokeApiKey: _aio.UnaryUnaryMultiCallable[_persistence_pb2.PersistenceServiceRevokeApiKeyRequest, _persistence_pb2.PersistenceServiceRevokeApiKeyResponse]  # type: ignore[assignment]
+    """Revokes a key now (idempotent). Audited in the same transaction."""
+    AppendAuditEvents: _aio.UnaryUnaryMultiCallable[_persistence_pb2.AppendAuditEventsRequest, _persistence_pb2.AppendAuditEventsResponse]  # type: ignore[assignment]
+    """Appends events to the hash-chained audit log, in order, in one transaction."""
+    ListAuditRecords: _aio.UnaryUnaryMultiCallable[_persistence_pb2.ListAuditRecordsRequest, _persistence_pb2.ListAuditRecordsResponse]  # type: ignore[assignment]
+    """Returns a page of the audit log in chain order, with the chain's head."""
 
 class PersistenceServiceServicer(metaclass=_abc_1.ABCMeta):
     """The system of record: conversations, turns, messages (written through the message log),
@@ -273,5 +297,47 @@ class PersistenceServiceServicer(metaclass=_abc_1.ABCMeta):
         """Aggregates answers and their feedback per A/B variant (admin tools: `chatplane report
         variants`); computed in SQL by the store.
         """
+
+    @_abc_1.abstractmethod
+    def ListApiKeys(
+        self,
+        request: _persistence_pb2.PersistenceServiceListApiKeysRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_persistence_pb2.PersistenceServiceListApiKeysResponse, _abc.Awaitable[_persistence_pb2.PersistenceServiceListApiKeysResponse]]:
+        """Lists the API keys of a tenant (optionally of one user), newest first; never secrets."""
+
+    @_abc_1.abstractmethod
+    def RotateApiKey(
+        self,
+        request: _persistence_pb2.PersistenceServiceRotateApiKeyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_persistence_pb2.PersistenceServiceRotateApiKeyResponse, _abc.Awaitable[_persistence_pb2.PersistenceServiceRotateApiKeyResponse]]:
+        """Replaces a key by a new one (same owner, label and roles); the old one stops working now
+        or after an overlap. Audited in the same transaction.
+        """
+
+    @_abc_1.abstractmethod
+    def RevokeApiKey(
+        self,
+        request: _persistence_pb2.PersistenceServiceRevokeApiKeyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_persistence_pb2.PersistenceServiceRevokeApiKeyResponse, _abc.Awaitable[_persistence_pb2.PersistenceServiceRevokeApiKeyResponse]]:
+        """Revokes a key now (idempotent). Audited in the same transaction."""
+
+    @_abc_1.abstractmethod
+    def AppendAuditEvents(
+        self,
+        request: _persistence_pb2.AppendAuditEventsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_persistence_pb2.AppendAuditEventsResponse, _abc.Awaitable[_persistence_pb2.AppendAuditEventsResponse]]:
+        """Appends events to the hash-chained audit log, in order, in one transaction."""
+
+    @_abc_1.abstractmethod
+    def ListAuditRecords(
+        self,
+        request: _persistence_pb2.ListAuditRecordsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_persistence_pb2.ListAuditRecordsResponse, _abc.Awaitable[_persistence_pb2.ListAuditRecordsResponse]]:
+        """Returns a page of the audit log in chain order, with the chain's head."""
 
 def add_PersistenceServiceServicer_to_server(servicer: PersistenceServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

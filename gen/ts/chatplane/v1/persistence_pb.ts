@@ -4,6 +4,8 @@
 
 import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
 import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
+import type { AuditActor, AuditEvent, AuditHead, AuditRecord } from "./audit_pb";
+import { file_chatplane_v1_audit } from "./audit_pb";
 import type { GetConversationRequest, GetConversationResponse, ListConversationsRequest, ListConversationsResponse, SetActiveBranchRequest, SetActiveBranchResponse, SubmitFeedbackRequest } from "./gateway_pb";
 import { file_chatplane_v1_gateway } from "./gateway_pb";
 import type { BranchHistory, Message as Message$1 } from "./resources_pb";
@@ -16,7 +18,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file chatplane/v1/persistence.proto.
  */
 export const file_chatplane_v1_persistence: GenFile = /*@__PURE__*/
-  fileDesc("Ch5jaGF0cGxhbmUvdjEvcGVyc2lzdGVuY2UucHJvdG8SDGNoYXRwbGFuZS52MSIrCgVPd25lchIRCgl0ZW5hbnRfaWQYASABKAkSDwoHdXNlcl9pZBgCIAEoCSKQAgoQQmVnaW5UdXJuUmVxdWVzdBIiCgVvd25lchgBIAEoCzITLmNoYXRwbGFuZS52MS5Pd25lchIXCg9jb252ZXJzYXRpb25faWQYAiABKAkSGQoRY2xpZW50X21lc3NhZ2VfaWQYAyABKAkSFwoPdXNlcl9tZXNzYWdlX2lkGAQgASgJEhwKFGFzc2lzdGFudF9tZXNzYWdlX2lkGAUgASgJEg0KBXRpdGxlGAYgASgJEhAKCGxlYXNlX21zGAcgASgDEh0KFXJlZ2VuZXJhdGVfbWVzc2FnZV9pZBgoIAEoCRIXCg9lZGl0X21lc3NhZ2VfaWQYKSABKAkSFAoMYnJhbmNoX2xpbWl0GCogASgFIvMBChFCZWdpblR1cm5SZXNwb25zZRIXCg9jb252ZXJzYXRpb25faWQYASABKAkSFwoPdXNlcl9tZXNzYWdlX2lkGAIgASgJEhwKFGFzc2lzdGFudF9tZXNzYWdlX2lkGAMgASgJEg0KBW93bmVyGAQgASgIEhAKCGNvbXBsZXRlGAUgASgIEhkKEXBhcmVudF9tZXNzYWdlX2lkGCggASgJEhIKCnJlZ2VuZXJhdGUYKSABKAgSEQoJdXNlcl90ZXh0GCogASgJEisKBmJyYW5jaBgrIAEoCzIbLmNoYXRwbGFuZS52MS5CcmFuY2hIaXN0b3J5ImsKDkdldFR1cm5SZXF1ZXN0EiIKBW93bmVyGAEgASgLMhMuY2hhdHBsYW5lLnYxLk93bmVyEhcKD3VzZXJfbWVzc2FnZV9pZBgCIAEoCRIcChRhc3Npc3RhbnRfbWVzc2FnZV9pZBgoIAEoCSKnAQoPR2V0VHVyblJlc3BvbnNlEisKDHVzZXJfbWVzc2FnZRgBIAEoCzIVLmNoYXRwbGFuZS52MS5NZXNzYWdlEjAKEWFzc2lzdGFudF9tZXNzYWdlGAIgASgLMhUuY2hhdHBsYW5lLnYxLk1lc3NhZ2USNQoRbGVhc2VfZXhwaXJlX3RpbWUYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIm8KElJlbGVhc2VUdXJuUmVxdWVzdBIiCgVvd25lchgBIAEoCzITLmNoYXRwbGFuZS52MS5Pd25lchIXCg91c2VyX21lc3NhZ2VfaWQYAiABKAkSHAoUYXNzaXN0YW50X21lc3NhZ2VfaWQYKCABKAkiJwoTUmVsZWFzZVR1cm5SZXNwb25zZRIQCghyZWxlYXNlZBgBIAEoCCKGAQoqUGVyc2lzdGVuY2VTZXJ2aWNlTGlzdENvbnZlcnNhdGlvbnNSZXF1ZXN0EiIKBW93bmVyGAEgASgLMhMuY2hhdHBsYW5lLnYxLk93bmVyEjQKBHBhZ2UYAiABKAsyJi5jaGF0cGxhbmUudjEuTGlzdENvbnZlcnNhdGlvbnNSZXF1ZXN0ImQKK1BlcnNpc3RlbmNlU2VydmljZUxpc3RDb252ZXJzYXRpb25zUmVzcG9uc2USNQoEcGFnZRgBIAEoCzInLmNoYXRwbGFuZS52MS5MaXN0Q29udmVyc2F0aW9uc1Jlc3BvbnNlIoUBCihQZXJzaXN0ZW5jZVNlcnZpY2VHZXRDb252ZXJzYXRpb25SZXF1ZXN0EiIKBW93bmVyGAEgASgLMhMuY2hhdHBsYW5lLnYxLk93bmVyEjUKB3JlcXVlc3QYAiABKAsyJC5jaGF0cGxhbmUudjEuR2V0Q29udmVyc2F0aW9uUmVxdWVzdCJkCilQZXJzaXN0ZW5jZVNlcnZpY2VHZXRDb252ZXJzYXRpb25SZXNwb25zZRI3CghyZXNwb25zZRgBIAEoCzIlLmNoYXRwbGFuZS52MS5HZXRDb252ZXJzYXRpb25SZXNwb25zZSJqCitQZXJzaXN0ZW5jZVNlcnZpY2VEZWxldGVDb252ZXJzYXRpb25SZXF1ZXN0EiIKBW93bmVyGAEgASgLMhMuY2hhdHBsYW5lLnYxLk93bmVyEhcKD2NvbnZlcnNhdGlvbl9pZBgCIAEoCSJfCixQZXJzaXN0ZW5jZVNlcnZpY2VEZWxldGVDb252ZXJzYXRpb25SZXNwb25zZRIvCgtkZWxldGVfdGltZRgBIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAihAEKJ1BlcnNpc3RlbmNlU2VydmljZVN1Ym1pdEZlZWRiYWNrUmVxdWVzdBIiCgVvd25lchgBIAEoCzITLmNoYXRwbGFuZS52MS5Pd25lchI1CghmZWVkYmFjaxgCIAEoCzIjLmNoYXRwbGFuZS52MS5TdWJtaXRGZWVkYmFja1JlcXVlc3QiWwooUGVyc2lzdGVuY2VTZXJ2aWNlU3VibWl0RmVlZGJhY2tSZXNwb25zZRIvCgtjcmVhdGVfdGltZRgBIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiVwoTQ3JlYXRlQXBpS2V5UmVxdWVzdBIiCgVvd25lchgBIAEoCzITLmNoYXRwbGFuZS52MS5Pd25lchINCgVsYWJlbBgCIAEoCRINCgVyb2xlcxgDIAMoCSI3ChRDcmVhdGVBcGlLZXlSZXNwb25zZRIPCgdhcGlfa2V5GAEgASgJEg4KBmtleV9pZBgCIAEoCSIiChBHZXRBcGlLZXlSZXF1ZXN0Eg4KBmtleV9pZBgBIAEoCSJuChFHZXRBcGlLZXlSZXNwb25zZRIiCgVvd25lchgBIAEoCzITLmNoYXRwbGFuZS52MS5Pd25lchIVCg1zZWNyZXRfc2hhMjU2GAIgASgMEg8KB3Jldm9rZWQYAyABKAgSDQoFcm9sZXMYBCADKAkiVAoQR2V0QW5zd2VyUmVxdWVzdBIiCgVvd25lchgBIAEoCzITLmNoYXRwbGFuZS52MS5Pd25lchIcChRhc3Npc3RhbnRfbWVzc2FnZV9pZBgCIAEoCSLCAQoRR2V0QW5zd2VyUmVzcG9uc2USFwoPY29udmVyc2F0aW9uX2lkGAEgASgJEhcKD3VzZXJfbWVzc2FnZV9pZBgCIAEoCRIwChFhc3Npc3RhbnRfbWVzc2FnZRgDIAEoCzIVLmNoYXRwbGFuZS52MS5NZXNzYWdlEhIKCmRlbHRhX2VuZHMYBCADKAUSNQoRbGVhc2VfZXhwaXJlX3RpbWUYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wImIKE1Jlc2VydmVRdW90YVJlcXVlc3QSEQoJdGVuYW50X2lkGAEgASgJEhYKDnJlc2VydmF0aW9uX2lkGAIgASgJEg4KBnRva2VucxgDIAEoAxIQCghsZWFzZV9tcxgEIAEoAyJpChRSZXNlcnZlUXVvdGFSZXNwb25zZRIPCgdncmFudGVkGAEgASgIEhcKD3Jlc2VydmVkX3Rva2VucxgCIAEoAxInCgVxdW90YRgDIAEoCzIYLmNoYXRwbGFuZS52MS5Ub2tlblF1b3RhImwKElNldHRsZVF1b3RhUmVxdWVzdBIRCgl0ZW5hbnRfaWQYASABKAkSFgoOcmVzZXJ2YXRpb25faWQYAiABKAkSFAoMaW5wdXRfdG9rZW5zGAMgASgDEhUKDW91dHB1dF90b2tlbnMYBCABKAMiPgoTU2V0dGxlUXVvdGFSZXNwb25zZRInCgVxdW90YRgBIAEoCzIYLmNoYXRwbGFuZS52MS5Ub2tlblF1b3RhIjwKD1NldFF1b3RhUmVxdWVzdBIRCgl0ZW5hbnRfaWQYASABKAkSFgoOdG9rZW5zX3Blcl9kYXkYAiABKAMiOwoQU2V0UXVvdGFSZXNwb25zZRInCgVxdW90YRgBIAEoCzIYLmNoYXRwbGFuZS52MS5Ub2tlblF1b3RhIiQKD0dldFF1b3RhUmVxdWVzdBIRCgl0ZW5hbnRfaWQYASABKAkiOwoQR2V0UXVvdGFSZXNwb25zZRInCgVxdW90YRgBIAEoCzIYLmNoYXRwbGFuZS52MS5Ub2tlblF1b3RhIpUBCgpUb2tlblF1b3RhEhEKCXRlbmFudF9pZBgBIAEoCRIWCg50b2tlbnNfcGVyX2RheRgCIAEoAxITCgt1c2VkX3Rva2VucxgDIAEoAxIXCg9yZXNlcnZlZF90b2tlbnMYBCABKAMSLgoKcmVzZXRfdGltZRgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAihQEKKFBlcnNpc3RlbmNlU2VydmljZVNldEFjdGl2ZUJyYW5jaFJlcXVlc3QSIgoFb3duZXIYASABKAsyEy5jaGF0cGxhbmUudjEuT3duZXISNQoHcmVxdWVzdBgCIAEoCzIkLmNoYXRwbGFuZS52MS5TZXRBY3RpdmVCcmFuY2hSZXF1ZXN0ImQKKVBlcnNpc3RlbmNlU2VydmljZVNldEFjdGl2ZUJyYW5jaFJlc3BvbnNlEjcKCHJlc3BvbnNlGAEgASgLMiUuY2hhdHBsYW5lLnYxLlNldEFjdGl2ZUJyYW5jaFJlc3BvbnNlIlUKFVJlcG9ydFZhcmlhbnRzUmVxdWVzdBIRCgl0ZW5hbnRfaWQYASABKAkSKQoFc2luY2UYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIskDCg1WYXJpYW50UmVwb3J0Eg8KB3ZhcmlhbnQYASABKAkSDwoHYW5zd2VycxgCIAEoAxIbChNpbnRlcnJ1cHRlZF9hbnN3ZXJzGAMgASgDEhYKDmZlZWRiYWNrX2NvdW50GAQgASgDEhQKDHNjb3JlZF9jb3VudBgFIAEoAxIXCgptZWFuX3Njb3JlGAYgASgBSACIAQESFwoPdGh1bWJzX3VwX2NvdW50GAcgASgDEhsKDnRodW1ic191cF9yYXRlGAggASgBSAGIAQESIAoTbWVhbl9maXJzdF90b2tlbl9tcxgJIAEoAUgCiAEBEh0KEG1lYW5fZHVyYXRpb25fbXMYCiABKAFIA4gBARIeChFtZWFuX2lucHV0X3Rva2VucxgLIAEoAUgEiAEBEh8KEm1lYW5fb3V0cHV0X3Rva2VucxgMIAEoAUgFiAEBQg0KC19tZWFuX3Njb3JlQhEKD190aHVtYnNfdXBfcmF0ZUIWChRfbWVhbl9maXJzdF90b2tlbl9tc0ITChFfbWVhbl9kdXJhdGlvbl9tc0IUChJfbWVhbl9pbnB1dF90b2tlbnNCFQoTX21lYW5fb3V0cHV0X3Rva2VucyJHChZSZXBvcnRWYXJpYW50c1Jlc3BvbnNlEi0KCHZhcmlhbnRzGAEgAygLMhsuY2hhdHBsYW5lLnYxLlZhcmlhbnRSZXBvcnQyswwKElBlcnNpc3RlbmNlU2VydmljZRJMCglCZWdpblR1cm4SHi5jaGF0cGxhbmUudjEuQmVnaW5UdXJuUmVxdWVzdBofLmNoYXRwbGFuZS52MS5CZWdpblR1cm5SZXNwb25zZRJGCgdHZXRUdXJuEhwuY2hhdHBsYW5lLnYxLkdldFR1cm5SZXF1ZXN0Gh0uY2hhdHBsYW5lLnYxLkdldFR1cm5SZXNwb25zZRJSCgtSZWxlYXNlVHVybhIgLmNoYXRwbGFuZS52MS5SZWxlYXNlVHVyblJlcXVlc3QaIS5jaGF0cGxhbmUudjEuUmVsZWFzZVR1cm5SZXNwb25zZRKIAQoRTGlzdENvbnZlcnNhdGlvbnMSOC5jaGF0cGxhbmUudjEuUGVyc2lzdGVuY2VTZXJ2aWNlTGlzdENvbnZlcnNhdGlvbnNSZXF1ZXN0GjkuY2hhdHBsYW5lLnYxLlBlcnNpc3RlbmNlU2VydmljZUxpc3RDb252ZXJzYXRpb25zUmVzcG9uc2USggEKD0dldENvbnZlcnNhdGlvbhI2LmNoYXRwbGFuZS52MS5QZXJzaXN0ZW5jZVNlcnZpY2VHZXRDb252ZXJzYXRpb25SZXF1ZXN0GjcuY2hhdHBsYW5lLnYxLlBlcnNpc3RlbmNlU2VydmljZUdldENvbnZlcnNhdGlvblJlc3BvbnNlEosBChJEZWxldGVDb252ZXJzYXRpb24SOS5jaGF0cGxhbmUudjEuUGVyc2lzdGVuY2VTZXJ2aWNlRGVsZXRlQ29udmVyc2F0aW9uUmVxdWVzdBo6LmNoYXRwbGFuZS52MS5QZXJzaXN0ZW5jZVNlcnZpY2VEZWxldGVDb252ZXJzYXRpb25SZXNwb25zZRJ/Cg5TdWJtaXRGZWVkYmFjaxI1LmNoYXRwbGFuZS52MS5QZXJzaXN0ZW5jZVNlcnZpY2VTdWJtaXRGZWVkYmFja1JlcXVlc3QaNi5jaGF0cGxhbmUudjEuUGVyc2lzdGVuY2VTZXJ2aWNlU3VibWl0RmVlZGJhY2tSZXNwb25zZRJVCgxDcmVhdGVBcGlLZXkSIS5jaGF0cGxhbmUudjEuQ3JlYXRlQXBpS2V5UmVxdWVzdBoiLmNoYXRwbGFuZS52MS5DcmVhdGVBcGlLZXlSZXNwb25zZRJMCglHZXRBcGlLZXkSHi5jaGF0cGxhbmUudjEuR2V0QXBpS2V5UmVxdWVzdBofLmNoYXRwbGFuZS52MS5HZXRBcGlLZXlSZXNwb25zZRJMCglHZXRBbnN3ZXISHi5jaGF0cGxhbmUudjEuR2V0QW5zd2VyUmVxdWVzdBofLmNoYXRwbGFuZS52MS5HZXRBbnN3ZXJSZXNwb25zZRJVCgxSZXNlcnZlUXVvdGESIS5jaGF0cGxhbmUudjEuUmVzZXJ2ZVF1b3RhUmVxdWVzdBoiLmNoYXRwbGFuZS52MS5SZXNlcnZlUXVvdGFSZXNwb25zZRJSCgtTZXR0bGVRdW90YRIgLmNoYXRwbGFuZS52MS5TZXR0bGVRdW90YVJlcXVlc3QaIS5jaGF0cGxhbmUudjEuU2V0dGxlUXVvdGFSZXNwb25zZRJJCghTZXRRdW90YRIdLmNoYXRwbGFuZS52MS5TZXRRdW90YVJlcXVlc3QaHi5jaGF0cGxhbmUudjEuU2V0UXVvdGFSZXNwb25zZRJJCghHZXRRdW90YRIdLmNoYXRwbGFuZS52MS5HZXRRdW90YVJlcXVlc3QaHi5jaGF0cGxhbmUudjEuR2V0UXVvdGFSZXNwb25zZRKCAQoPU2V0QWN0aXZlQnJhbmNoEjYuY2hhdHBsYW5lLnYxLlBlcnNpc3RlbmNlU2VydmljZVNldEFjdGl2ZUJyYW5jaFJlcXVlc3QaNy5jaGF0cGxhbmUudjEuUGVyc2lzdGVuY2VTZXJ2aWNlU2V0QWN0aXZlQnJhbmNoUmVzcG9uc2USWwoOUmVwb3J0VmFyaWFudHMSIy5jaGF0cGxhbmUudjEuUmVwb3J0VmFyaWFudHNSZXF1ZXN0GiQuY2hhdHBsYW5lLnYxLlJlcG9ydFZhcmlhbnRzUmVzcG9uc2VCQFo+Z2l0aHViLmNvbS9jaGF0cGxhbmUvY2hhdHBsYW5lL2dlbi9nby9jaGF0cGxhbmUvdjE7Y2hhdHBsYW5ldjFiBnByb3RvMw", [file_chatplane_v1_gateway, file_chatplane_v1_resources, file_google_protobuf_timestamp]);
+  fileDesc("Ch5jaGF0cGxhbmUvdjEvcGVyc2lzdGVuY2UucHJvdG8SDGNoYXRwbGFuZS52MSIrCgVPd25lchIRCgl0ZW5hbnRfaWQYASABKAkSDwoHdXNlcl9pZBgCIAEoCSKQAgoQQmVnaW5UdXJuUmVxdWVzdBIiCgVvd25lchgBIAEoCzITLmNoYXRwbGFuZS52MS5Pd25lchIXCg9jb252ZXJzYXRpb25faWQYAiABKAkSGQoRY2xpZW50X21lc3NhZ2VfaWQYAyABKAkSFwoPdXNlcl9tZXNzYWdlX2lkGAQgASgJEhwKFGFzc2lzdGFudF9tZXNzYWdlX2lkGAUgASgJEg0KBXRpdGxlGAYgASgJEhAKCGxlYXNlX21zGAcgASgDEh0KFXJlZ2VuZXJhdGVfbWVzc2FnZV9pZBgoIAEoCRIXCg9lZGl0X21lc3NhZ2VfaWQYKSABKAkSFAoMYnJhbmNoX2xpbWl0GCogASgFIvMBChFCZWdpblR1cm5SZXNwb25zZRIXCg9jb252ZXJzYXRpb25faWQYASABKAkSFwoPdXNlcl9tZXNzYWdlX2lkGAIgASgJEhwKFGFzc2lzdGFudF9tZXNzYWdlX2lkGAMgASgJEg0KBW93bmVyGAQgASgIEhAKCGNvbXBsZXRlGAUgASgIEhkKEXBhcmVudF9tZXNzYWdlX2lkGCggASgJEhIKCnJlZ2VuZXJhdGUYKSABKAgSEQoJdXNlcl90ZXh0GCogASgJEisKBmJyYW5jaBgrIAEoCzIbLmNoYXRwbGFuZS52MS5CcmFuY2hIaXN0b3J5ImsKDkdldFR1cm5SZXF1ZXN0EiIKBW93bmVyGAEgASgLMhMuY2hhdHBsYW5lLnYxLk93bmVyEhcKD3VzZXJfbWVzc2FnZV9pZBgCIAEoCRIcChRhc3Npc3RhbnRfbWVzc2FnZV9pZBgoIAEoCSKnAQoPR2V0VHVyblJlc3BvbnNlEisKDHVzZXJfbWVzc2FnZRgBIAEoCzIVLmNoYXRwbGFuZS52MS5NZXNzYWdlEjAKEWFzc2lzdGFudF9tZXNzYWdlGAIgASgLMhUuY2hhdHBsYW5lLnYxLk1lc3NhZ2USNQoRbGVhc2VfZXhwaXJlX3RpbWUYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIm8KElJlbGVhc2VUdXJuUmVxdWVzdBIiCgVvd25lchgBIAEoCzITLmNoYXRwbGFuZS52MS5Pd25lchIXCg91c2VyX21lc3NhZ2VfaWQYAiABKAkSHAoUYXNzaXN0YW50X21lc3NhZ2VfaWQYKCABKAkiJwoTUmVsZWFzZVR1cm5SZXNwb25zZRIQCghyZWxlYXNlZBgBIAEoCCKGAQoqUGVyc2lzdGVuY2VTZXJ2aWNlTGlzdENvbnZlcnNhdGlvbnNSZXF1ZXN0EiIKBW93bmVyGAEgASgLMhMuY2hhdHBsYW5lLnYxLk93bmVyEjQKBHBhZ2UYAiABKAsyJi5jaGF0cGxhbmUudjEuTGlzdENvbnZlcnNhdGlvbnNSZXF1ZXN0ImQKK1BlcnNpc3RlbmNlU2VydmljZUxpc3RDb252ZXJzYXRpb25zUmVzcG9uc2USNQoEcGFnZRgBIAEoCzInLmNoYXRwbGFuZS52MS5MaXN0Q29udmVyc2F0aW9uc1Jlc3BvbnNlIoUBCihQZXJzaXN0ZW5jZVNlcnZpY2VHZXRDb252ZXJzYXRpb25SZXF1ZXN0EiIKBW93bmVyGAEgASgLMhMuY2hhdHBsYW5lLnYxLk93bmVyEjUKB3JlcXVlc3QYAiABKAsyJC5jaGF0cGxhbmUudjEuR2V0Q29udmVyc2F0aW9uUmVxdWVzdCJkCilQZXJzaXN0ZW5jZVNlcnZpY2VHZXRDb252ZXJzYXRpb25SZXNwb25zZRI3CghyZXNwb25zZRgBIAEoCzIlLmNoYXRwbGFuZS52MS5HZXRDb252ZXJzYXRpb25SZXNwb25zZSJqCitQZXJzaXN0ZW5jZVNlcnZpY2VEZWxldGVDb252ZXJzYXRpb25SZXF1ZXN0EiIKBW93bmVyGAEgASgLMhMuY2hhdHBsYW5lLnYxLk93bmVyEhcKD2NvbnZlcnNhdGlvbl9pZBgCIAEoCSJfCixQZXJzaXN0ZW5jZVNlcnZpY2VEZWxldGVDb252ZXJzYXRpb25SZXNwb25zZRIvCgtkZWxldGVfdGltZRgBIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAihAEKJ1BlcnNpc3RlbmNlU2VydmljZVN1Ym1pdEZlZWRiYWNrUmVxdWVzdBIiCgVvd25lchgBIAEoCzITLmNoYXRwbGFuZS52MS5Pd25lchI1CghmZWVkYmFjaxgCIAEoCzIjLmNoYXRwbGFuZS52MS5TdWJtaXRGZWVkYmFja1JlcXVlc3QiWwooUGVyc2lzdGVuY2VTZXJ2aWNlU3VibWl0RmVlZGJhY2tSZXNwb25zZRIvCgtjcmVhdGVfdGltZRgBIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAigAEKE0NyZWF0ZUFwaUtleVJlcXVlc3QSIgoFb3duZXIYASABKAsyEy5jaGF0cGxhbmUudjEuT3duZXISDQoFbGFiZWwYAiABKAkSDQoFcm9sZXMYAyADKAkSJwoFYWN0b3IYUCABKAsyGC5jaGF0cGxhbmUudjEuQXVkaXRBY3RvciJeChRDcmVhdGVBcGlLZXlSZXNwb25zZRIPCgdhcGlfa2V5GAEgASgJEg4KBmtleV9pZBgCIAEoCRIlCgNrZXkYUCABKAsyGC5jaGF0cGxhbmUudjEuQXBpS2V5SW5mbyIiChBHZXRBcGlLZXlSZXF1ZXN0Eg4KBmtleV9pZBgBIAEoCSKfAQoRR2V0QXBpS2V5UmVzcG9uc2USIgoFb3duZXIYASABKAsyEy5jaGF0cGxhbmUudjEuT3duZXISFQoNc2VjcmV0X3NoYTI1NhgCIAEoDBIPCgdyZXZva2VkGAMgASgIEg0KBXJvbGVzGAQgAygJEi8KC2V4cGlyZV90aW1lGFAgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCLtAQoKQXBpS2V5SW5mbxIOCgZrZXlfaWQYASABKAkSIgoFb3duZXIYAiABKAsyEy5jaGF0cGxhbmUudjEuT3duZXISDQoFbGFiZWwYAyABKAkSDQoFcm9sZXMYBCADKAkSLwoLY3JlYXRlX3RpbWUYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg8KB3Jldm9rZWQYBiABKAgSLwoLZXhwaXJlX3RpbWUYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhoKEnJlcGxhY2VkX2J5X2tleV9pZBgIIAEoCSKKAQokUGVyc2lzdGVuY2VTZXJ2aWNlTGlzdEFwaUtleXNSZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCRIPCgd1c2VyX2lkGAIgASgJEhEKCXBhZ2Vfc2l6ZRgDIAEoBRISCgpwYWdlX3Rva2VuGAQgASgJEhcKD2luY2x1ZGVfcmV2b2tlZBgFIAEoCCJoCiVQZXJzaXN0ZW5jZVNlcnZpY2VMaXN0QXBpS2V5c1Jlc3BvbnNlEiYKBGtleXMYASADKAsyGC5jaGF0cGxhbmUudjEuQXBpS2V5SW5mbxIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkihwEKJVBlcnNpc3RlbmNlU2VydmljZVJvdGF0ZUFwaUtleVJlcXVlc3QSEQoJdGVuYW50X2lkGAEgASgJEg4KBmtleV9pZBgCIAEoCRISCgpvdmVybGFwX21zGAMgASgDEicKBWFjdG9yGAQgASgLMhguY2hhdHBsYW5lLnYxLkF1ZGl0QWN0b3IijAEKJlBlcnNpc3RlbmNlU2VydmljZVJvdGF0ZUFwaUtleVJlc3BvbnNlEg8KB2FwaV9rZXkYASABKAkSJQoDa2V5GAIgASgLMhguY2hhdHBsYW5lLnYxLkFwaUtleUluZm8SKgoIcHJldmlvdXMYAyABKAsyGC5jaGF0cGxhbmUudjEuQXBpS2V5SW5mbyJzCiVQZXJzaXN0ZW5jZVNlcnZpY2VSZXZva2VBcGlLZXlSZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCRIOCgZrZXlfaWQYAiABKAkSJwoFYWN0b3IYAyABKAsyGC5jaGF0cGxhbmUudjEuQXVkaXRBY3RvciJPCiZQZXJzaXN0ZW5jZVNlcnZpY2VSZXZva2VBcGlLZXlSZXNwb25zZRIlCgNrZXkYASABKAsyGC5jaGF0cGxhbmUudjEuQXBpS2V5SW5mbyJEChhBcHBlbmRBdWRpdEV2ZW50c1JlcXVlc3QSKAoGZXZlbnRzGAEgAygLMhguY2hhdHBsYW5lLnYxLkF1ZGl0RXZlbnQiQgoZQXBwZW5kQXVkaXRFdmVudHNSZXNwb25zZRIlCgRoZWFkGAEgASgLMhcuY2hhdHBsYW5lLnYxLkF1ZGl0SGVhZCI/ChdMaXN0QXVkaXRSZWNvcmRzUmVxdWVzdBIRCglhZnRlcl9zZXEYASABKAMSEQoJcGFnZV9zaXplGAIgASgFIm0KGExpc3RBdWRpdFJlY29yZHNSZXNwb25zZRIqCgdyZWNvcmRzGAEgAygLMhkuY2hhdHBsYW5lLnYxLkF1ZGl0UmVjb3JkEiUKBGhlYWQYAiABKAsyFy5jaGF0cGxhbmUudjEuQXVkaXRIZWFkIlQKEEdldEFuc3dlclJlcXVlc3QSIgoFb3duZXIYASABKAsyEy5jaGF0cGxhbmUudjEuT3duZXISHAoUYXNzaXN0YW50X21lc3NhZ2VfaWQYAiABKAkiwgEKEUdldEFuc3dlclJlc3BvbnNlEhcKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCRIXCg91c2VyX21lc3NhZ2VfaWQYAiABKAkSMAoRYXNzaXN0YW50X21lc3NhZ2UYAyABKAsyFS5jaGF0cGxhbmUudjEuTWVzc2FnZRISCgpkZWx0YV9lbmRzGAQgAygFEjUKEWxlYXNlX2V4cGlyZV90aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJiChNSZXNlcnZlUXVvdGFSZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCRIWCg5yZXNlcnZhdGlvbl9pZBgCIAEoCRIOCgZ0b2tlbnMYAyABKAMSEAoIbGVhc2VfbXMYBCABKAMiaQoUUmVzZXJ2ZVF1b3RhUmVzcG9uc2USDwoHZ3JhbnRlZBgBIAEoCBIXCg9yZXNlcnZlZF90b2tlbnMYAiABKAMSJwoFcXVvdGEYAyABKAsyGC5jaGF0cGxhbmUudjEuVG9rZW5RdW90YSJsChJTZXR0bGVRdW90YVJlcXVlc3QSEQoJdGVuYW50X2lkGAEgASgJEhYKDnJlc2VydmF0aW9uX2lkGAIgASgJEhQKDGlucHV0X3Rva2VucxgDIAEoAxIVCg1vdXRwdXRfdG9rZW5zGAQgASgDIj4KE1NldHRsZVF1b3RhUmVzcG9uc2USJwoFcXVvdGEYASABKAsyGC5jaGF0cGxhbmUudjEuVG9rZW5RdW90YSI8Cg9TZXRRdW90YVJlcXVlc3QSEQoJdGVuYW50X2lkGAEgASgJEhYKDnRva2Vuc19wZXJfZGF5GAIgASgDIjsKEFNldFF1b3RhUmVzcG9uc2USJwoFcXVvdGEYASABKAsyGC5jaGF0cGxhbmUudjEuVG9rZW5RdW90YSIkCg9HZXRRdW90YVJlcXVlc3QSEQoJdGVuYW50X2lkGAEgASgJIjsKEEdldFF1b3RhUmVzcG9uc2USJwoFcXVvdGEYASABKAsyGC5jaGF0cGxhbmUudjEuVG9rZW5RdW90YSKVAQoKVG9rZW5RdW90YRIRCgl0ZW5hbnRfaWQYASABKAkSFgoOdG9rZW5zX3Blcl9kYXkYAiABKAMSEwoLdXNlZF90b2tlbnMYAyABKAMSFwoPcmVzZXJ2ZWRfdG9rZW5zGAQgASgDEi4KCnJlc2V0X3RpbWUYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIoUBCihQZXJzaXN0ZW5jZVNlcnZpY2VTZXRBY3RpdmVCcmFuY2hSZXF1ZXN0EiIKBW93bmVyGAEgASgLMhMuY2hhdHBsYW5lLnYxLk93bmVyEjUKB3JlcXVlc3QYAiABKAsyJC5jaGF0cGxhbmUudjEuU2V0QWN0aXZlQnJhbmNoUmVxdWVzdCJkCilQZXJzaXN0ZW5jZVNlcnZpY2VTZXRBY3RpdmVCcmFuY2hSZXNwb25zZRI3CghyZXNwb25zZRgBIAEoCzIlLmNoYXRwbGFuZS52MS5TZXRBY3RpdmVCcmFuY2hSZXNwb25zZSJVChVSZXBvcnRWYXJpYW50c1JlcXVlc3QSEQoJdGVuYW50X2lkGAEgASgJEikKBXNpbmNlGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCLJAwoNVmFyaWFudFJlcG9ydBIPCgd2YXJpYW50GAEgASgJEg8KB2Fuc3dlcnMYAiABKAMSGwoTaW50ZXJydXB0ZWRfYW5zd2VycxgDIAEoAxIWCg5mZWVkYmFja19jb3VudBgEIAEoAxIUCgxzY29yZWRfY291bnQYBSABKAMSFwoKbWVhbl9zY29yZRgGIAEoAUgAiAEBEhcKD3RodW1ic191cF9jb3VudBgHIAEoAxIbCg50aHVtYnNfdXBfcmF0ZRgIIAEoAUgBiAEBEiAKE21lYW5fZmlyc3RfdG9rZW5fbXMYCSABKAFIAogBARIdChBtZWFuX2R1cmF0aW9uX21zGAogASgBSAOIAQESHgoRbWVhbl9pbnB1dF90b2tlbnMYCyABKAFIBIgBARIfChJtZWFuX291dHB1dF90b2tlbnMYDCABKAFIBYgBAUINCgtfbWVhbl9zY29yZUIRCg9fdGh1bWJzX3VwX3JhdGVCFgoUX21lYW5fZmlyc3RfdG9rZW5fbXNCEwoRX21lYW5fZHVyYXRpb25fbXNCFAoSX21lYW5faW5wdXRfdG9rZW5zQhUKE19tZWFuX291dHB1dF90b2tlbnMiRwoWUmVwb3J0VmFyaWFudHNSZXNwb25zZRItCgh2YXJpYW50cxgBIAMoCzIbLmNoYXRwbGFuZS52MS5WYXJpYW50UmVwb3J0MuoQChJQZXJzaXN0ZW5jZVNlcnZpY2USTAoJQmVnaW5UdXJuEh4uY2hhdHBsYW5lLnYxLkJlZ2luVHVyblJlcXVlc3QaHy5jaGF0cGxhbmUudjEuQmVnaW5UdXJuUmVzcG9uc2USRgoHR2V0VHVybhIcLmNoYXRwbGFuZS52MS5HZXRUdXJuUmVxdWVzdBodLmNoYXRwbGFuZS52MS5HZXRUdXJuUmVzcG9uc2USUgoLUmVsZWFzZVR1cm4SIC5jaGF0cGxhbmUudjEuUmVsZWFzZVR1cm5SZXF1ZXN0GiEuY2hhdHBsYW5lLnYxLlJlbGVhc2VUdXJuUmVzcG9uc2USiAEKEUxpc3RDb252ZXJzYXRpb25zEjguY2hhdHBsYW5lLnYxLlBlcnNpc3RlbmNlU2VydmljZUxpc3RDb252ZXJzYXRpb25zUmVxdWVzdBo5LmNoYXRwbGFuZS52MS5QZXJzaXN0ZW5jZVNlcnZpY2VMaXN0Q29udmVyc2F0aW9uc1Jlc3BvbnNlEoIBCg9HZXRDb252ZXJzYXRpb24SNi5jaGF0cGxhbmUudjEuUGVyc2lzdGVuY2VTZXJ2aWNlR2V0Q29udmVyc2F0aW9uUmVxdWVzdBo3LmNoYXRwbGFuZS52MS5QZXJzaXN0ZW5jZVNlcnZpY2VHZXRDb252ZXJzYXRpb25SZXNwb25zZRKLAQoSRGVsZXRlQ29udmVyc2F0aW9uEjkuY2hhdHBsYW5lLnYxLlBlcnNpc3RlbmNlU2VydmljZURlbGV0ZUNvbnZlcnNhdGlvblJlcXVlc3QaOi5jaGF0cGxhbmUudjEuUGVyc2lzdGVuY2VTZXJ2aWNlRGVsZXRlQ29udmVyc2F0aW9uUmVzcG9uc2USfwoOU3VibWl0RmVlZGJhY2sSNS5jaGF0cGxhbmUudjEuUGVyc2lzdGVuY2VTZXJ2aWNlU3VibWl0RmVlZGJhY2tSZXF1ZXN0GjYuY2hhdHBsYW5lLnYxLlBlcnNpc3RlbmNlU2VydmljZVN1Ym1pdEZlZWRiYWNrUmVzcG9uc2USVQoMQ3JlYXRlQXBpS2V5EiEuY2hhdHBsYW5lLnYxLkNyZWF0ZUFwaUtleVJlcXVlc3QaIi5jaGF0cGxhbmUudjEuQ3JlYXRlQXBpS2V5UmVzcG9uc2USTAoJR2V0QXBpS2V5Eh4uY2hhdHBsYW5lLnYxLkdldEFwaUtleVJlcXVlc3QaHy5jaGF0cGxhbmUudjEuR2V0QXBpS2V5UmVzcG9uc2USTAoJR2V0QW5zd2VyEh4uY2hhdHBsYW5lLnYxLkdldEFuc3dlclJlcXVlc3QaHy5jaGF0cGxhbmUudjEuR2V0QW5zd2VyUmVzcG9uc2USVQoMUmVzZXJ2ZVF1b3RhEiEuY2hhdHBsYW5lLnYxLlJlc2VydmVRdW90YVJlcXVlc3QaIi5jaGF0cGxhbmUudjEuUmVzZXJ2ZVF1b3RhUmVzcG9uc2USUgoLU2V0dGxlUXVvdGESIC5jaGF0cGxhbmUudjEuU2V0dGxlUXVvdGFSZXF1ZXN0GiEuY2hhdHBsYW5lLnYxLlNldHRsZVF1b3RhUmVzcG9uc2USSQoIU2V0UXVvdGESHS5jaGF0cGxhbmUudjEuU2V0UXVvdGFSZXF1ZXN0Gh4uY2hhdHBsYW5lLnYxLlNldFF1b3RhUmVzcG9uc2USSQoIR2V0UXVvdGESHS5jaGF0cGxhbmUudjEuR2V0UXVvdGFSZXF1ZXN0Gh4uY2hhdHBsYW5lLnYxLkdldFF1b3RhUmVzcG9uc2USggEKD1NldEFjdGl2ZUJyYW5jaBI2LmNoYXRwbGFuZS52MS5QZXJzaXN0ZW5jZVNlcnZpY2VTZXRBY3RpdmVCcmFuY2hSZXF1ZXN0GjcuY2hhdHBsYW5lLnYxLlBlcnNpc3RlbmNlU2VydmljZVNldEFjdGl2ZUJyYW5jaFJlc3BvbnNlElsKDlJlcG9ydFZhcmlhbnRzEiMuY2hhdHBsYW5lLnYxLlJlcG9ydFZhcmlhbnRzUmVxdWVzdBokLmNoYXRwbGFuZS52MS5SZXBvcnRWYXJpYW50c1Jlc3BvbnNlEnYKC0xpc3RBcGlLZXlzEjIuY2hhdHBsYW5lLnYxLlBlcnNpc3RlbmNlU2VydmljZUxpc3RBcGlLZXlzUmVxdWVzdBozLmNoYXRwbGFuZS52MS5QZXJzaXN0ZW5jZVNlcnZpY2VMaXN0QXBpS2V5c1Jlc3BvbnNlEnkKDFJvdGF0ZUFwaUtleRIzLmNoYXRwbGFuZS52MS5QZXJzaXN0ZW5jZVNlcnZpY2VSb3RhdGVBcGlLZXlSZXF1ZXN0GjQuY2hhdHBsYW5lLnYxLlBlcnNpc3RlbmNlU2VydmljZVJvdGF0ZUFwaUtleVJlc3BvbnNlEnkKDFJldm9rZUFwaUtleRIzLmNoYXRwbGFuZS52MS5QZXJzaXN0ZW5jZVNlcnZpY2VSZXZva2VBcGlLZXlSZXF1ZXN0GjQuY2hhdHBsYW5lLnYxLlBlcnNpc3RlbmNlU2VydmljZVJldm9rZUFwaUtleVJlc3BvbnNlEmQKEUFwcGVuZEF1ZGl0RXZlbnRzEiYuY2hhdHBsYW5lLnYxLkFwcGVuZEF1ZGl0RXZlbnRzUmVxdWVzdBonLmNoYXRwbGFuZS52MS5BcHBlbmRBdWRpdEV2ZW50c1Jlc3BvbnNlEmEKEExpc3RBdWRpdFJlY29yZHMSJS5jaGF0cGxhbmUudjEuTGlzdEF1ZGl0UmVjb3Jkc1JlcXVlc3QaJi5jaGF0cGxhbmUudjEuTGlzdEF1ZGl0UmVjb3Jkc1Jlc3BvbnNlQkBaPmdpdGh1Yi5jb20vY2hhdHBsYW5lL2NoYXRwbGFuZS9nZW4vZ28vY2hhdHBsYW5lL3YxO2NoYXRwbGFuZXYxYgZwcm90bzM", [file_chatplane_v1_audit, file_chatplane_v1_gateway, file_chatplane_v1_resources, file_google_protobuf_timestamp]);
 
 /**
  * The tenant and user a call acts for.
@@ -559,6 +561,13 @@ export type CreateApiKeyRequest = Message<"chatplane.v1.CreateApiKeyRequest"> & 
    * @generated from field: repeated string roles = 3;
    */
   roles: string[];
+
+  /**
+   * Who asks: the key's creation is audited with this actor in the same transaction.
+   *
+   * @generated from field: chatplane.v1.AuditActor actor = 80;
+   */
+  actor?: AuditActor | undefined;
 };
 
 /**
@@ -587,6 +596,13 @@ export type CreateApiKeyResponse = Message<"chatplane.v1.CreateApiKeyResponse"> 
    * @generated from field: string key_id = 2;
    */
   keyId: string;
+
+  /**
+   * The new key's facts.
+   *
+   * @generated from field: chatplane.v1.ApiKeyInfo key = 80;
+   */
+  key?: ApiKeyInfo | undefined;
 };
 
 /**
@@ -650,6 +666,13 @@ export type GetApiKeyResponse = Message<"chatplane.v1.GetApiKeyResponse"> & {
    * @generated from field: repeated string roles = 4;
    */
   roles: string[];
+
+  /**
+   * When a rotated key stops working (absent: no end; in the past: revoked is true).
+   *
+   * @generated from field: google.protobuf.Timestamp expire_time = 80;
+   */
+  expireTime?: Timestamp | undefined;
 };
 
 /**
@@ -658,6 +681,384 @@ export type GetApiKeyResponse = Message<"chatplane.v1.GetApiKeyResponse"> & {
  */
 export const GetApiKeyResponseSchema: GenMessage<GetApiKeyResponse> = /*@__PURE__*/
   messageDesc(file_chatplane_v1_persistence, 18);
+
+/**
+ * The stored facts of an API key, never its secret or the secret's hash.
+ *
+ * @generated from message chatplane.v1.ApiKeyInfo
+ */
+export type ApiKeyInfo = Message<"chatplane.v1.ApiKeyInfo"> & {
+  /**
+   * The public part of the key.
+   *
+   * @generated from field: string key_id = 1;
+   */
+  keyId: string;
+
+  /**
+   * The key's principal.
+   *
+   * @generated from field: chatplane.v1.Owner owner = 2;
+   */
+  owner?: Owner | undefined;
+
+  /**
+   * The key's label.
+   *
+   * @generated from field: string label = 3;
+   */
+  label: string;
+
+  /**
+   * The key's roles.
+   *
+   * @generated from field: repeated string roles = 4;
+   */
+  roles: string[];
+
+  /**
+   * When it was created.
+   *
+   * @generated from field: google.protobuf.Timestamp create_time = 5;
+   */
+  createTime?: Timestamp | undefined;
+
+  /**
+   * True when the key no longer authenticates (revoked, or past its expire_time).
+   *
+   * @generated from field: bool revoked = 6;
+   */
+  revoked: boolean;
+
+  /**
+   * When it stops (or stopped) working; absent while it has no end.
+   *
+   * @generated from field: google.protobuf.Timestamp expire_time = 7;
+   */
+  expireTime?: Timestamp | undefined;
+
+  /**
+   * The key that replaced it by a rotation; empty if none.
+   *
+   * @generated from field: string replaced_by_key_id = 8;
+   */
+  replacedByKeyId: string;
+};
+
+/**
+ * Describes the message chatplane.v1.ApiKeyInfo.
+ * Use `create(ApiKeyInfoSchema)` to create a new message.
+ */
+export const ApiKeyInfoSchema: GenMessage<ApiKeyInfo> = /*@__PURE__*/
+  messageDesc(file_chatplane_v1_persistence, 19);
+
+/**
+ * Asks for a tenant's keys.
+ *
+ * @generated from message chatplane.v1.PersistenceServiceListApiKeysRequest
+ */
+export type PersistenceServiceListApiKeysRequest = Message<"chatplane.v1.PersistenceServiceListApiKeysRequest"> & {
+  /**
+   * Whose keys.
+   *
+   * @generated from field: string tenant_id = 1;
+   */
+  tenantId: string;
+
+  /**
+   * Only this user's keys; empty: every user of the tenant.
+   *
+   * @generated from field: string user_id = 2;
+   */
+  userId: string;
+
+  /**
+   * Maximum keys to return (1-500; 0 means 100).
+   *
+   * @generated from field: int32 page_size = 3;
+   */
+  pageSize: number;
+
+  /**
+   * The next_page_token of a previous call, or empty for the first page.
+   *
+   * @generated from field: string page_token = 4;
+   */
+  pageToken: string;
+
+  /**
+   * Also list keys that no longer authenticate.
+   *
+   * @generated from field: bool include_revoked = 5;
+   */
+  includeRevoked: boolean;
+};
+
+/**
+ * Describes the message chatplane.v1.PersistenceServiceListApiKeysRequest.
+ * Use `create(PersistenceServiceListApiKeysRequestSchema)` to create a new message.
+ */
+export const PersistenceServiceListApiKeysRequestSchema: GenMessage<PersistenceServiceListApiKeysRequest> = /*@__PURE__*/
+  messageDesc(file_chatplane_v1_persistence, 20);
+
+/**
+ * A page of keys.
+ *
+ * @generated from message chatplane.v1.PersistenceServiceListApiKeysResponse
+ */
+export type PersistenceServiceListApiKeysResponse = Message<"chatplane.v1.PersistenceServiceListApiKeysResponse"> & {
+  /**
+   * Keys, newest first.
+   *
+   * @generated from field: repeated chatplane.v1.ApiKeyInfo keys = 1;
+   */
+  keys: ApiKeyInfo[];
+
+  /**
+   * Token for the next page; empty when there is none.
+   *
+   * @generated from field: string next_page_token = 2;
+   */
+  nextPageToken: string;
+};
+
+/**
+ * Describes the message chatplane.v1.PersistenceServiceListApiKeysResponse.
+ * Use `create(PersistenceServiceListApiKeysResponseSchema)` to create a new message.
+ */
+export const PersistenceServiceListApiKeysResponseSchema: GenMessage<PersistenceServiceListApiKeysResponse> = /*@__PURE__*/
+  messageDesc(file_chatplane_v1_persistence, 21);
+
+/**
+ * A key to rotate.
+ *
+ * @generated from message chatplane.v1.PersistenceServiceRotateApiKeyRequest
+ */
+export type PersistenceServiceRotateApiKeyRequest = Message<"chatplane.v1.PersistenceServiceRotateApiKeyRequest"> & {
+  /**
+   * The tenant the key must belong to (another tenant's key is NOT_FOUND).
+   *
+   * @generated from field: string tenant_id = 1;
+   */
+  tenantId: string;
+
+  /**
+   * The key to replace.
+   *
+   * @generated from field: string key_id = 2;
+   */
+  keyId: string;
+
+  /**
+   * How long the old key keeps working, in milliseconds (0: stops now; at most 24 hours).
+   *
+   * @generated from field: int64 overlap_ms = 3;
+   */
+  overlapMs: bigint;
+
+  /**
+   * Who asks (audited).
+   *
+   * @generated from field: chatplane.v1.AuditActor actor = 4;
+   */
+  actor?: AuditActor | undefined;
+};
+
+/**
+ * Describes the message chatplane.v1.PersistenceServiceRotateApiKeyRequest.
+ * Use `create(PersistenceServiceRotateApiKeyRequestSchema)` to create a new message.
+ */
+export const PersistenceServiceRotateApiKeyRequestSchema: GenMessage<PersistenceServiceRotateApiKeyRequest> = /*@__PURE__*/
+  messageDesc(file_chatplane_v1_persistence, 22);
+
+/**
+ * The new key and what became of the old one.
+ *
+ * @generated from message chatplane.v1.PersistenceServiceRotateApiKeyResponse
+ */
+export type PersistenceServiceRotateApiKeyResponse = Message<"chatplane.v1.PersistenceServiceRotateApiKeyResponse"> & {
+  /**
+   * The new full key (shown once).
+   *
+   * @generated from field: string api_key = 1;
+   */
+  apiKey: string;
+
+  /**
+   * The new key's facts.
+   *
+   * @generated from field: chatplane.v1.ApiKeyInfo key = 2;
+   */
+  key?: ApiKeyInfo | undefined;
+
+  /**
+   * The old key's facts after the rotation.
+   *
+   * @generated from field: chatplane.v1.ApiKeyInfo previous = 3;
+   */
+  previous?: ApiKeyInfo | undefined;
+};
+
+/**
+ * Describes the message chatplane.v1.PersistenceServiceRotateApiKeyResponse.
+ * Use `create(PersistenceServiceRotateApiKeyResponseSchema)` to create a new message.
+ */
+export const PersistenceServiceRotateApiKeyResponseSchema: GenMessage<PersistenceServiceRotateApiKeyResponse> = /*@__PURE__*/
+  messageDesc(file_chatplane_v1_persistence, 23);
+
+/**
+ * A key to revoke.
+ *
+ * @generated from message chatplane.v1.PersistenceServiceRevokeApiKeyRequest
+ */
+export type PersistenceServiceRevokeApiKeyRequest = Message<"chatplane.v1.PersistenceServiceRevokeApiKeyRequest"> & {
+  /**
+   * The tenant the key must belong to (another tenant's key is NOT_FOUND).
+   *
+   * @generated from field: string tenant_id = 1;
+   */
+  tenantId: string;
+
+  /**
+   * The key.
+   *
+   * @generated from field: string key_id = 2;
+   */
+  keyId: string;
+
+  /**
+   * Who asks (audited).
+   *
+   * @generated from field: chatplane.v1.AuditActor actor = 3;
+   */
+  actor?: AuditActor | undefined;
+};
+
+/**
+ * Describes the message chatplane.v1.PersistenceServiceRevokeApiKeyRequest.
+ * Use `create(PersistenceServiceRevokeApiKeyRequestSchema)` to create a new message.
+ */
+export const PersistenceServiceRevokeApiKeyRequestSchema: GenMessage<PersistenceServiceRevokeApiKeyRequest> = /*@__PURE__*/
+  messageDesc(file_chatplane_v1_persistence, 24);
+
+/**
+ * The revoked key.
+ *
+ * @generated from message chatplane.v1.PersistenceServiceRevokeApiKeyResponse
+ */
+export type PersistenceServiceRevokeApiKeyResponse = Message<"chatplane.v1.PersistenceServiceRevokeApiKeyResponse"> & {
+  /**
+   * The key's facts after the revocation.
+   *
+   * @generated from field: chatplane.v1.ApiKeyInfo key = 1;
+   */
+  key?: ApiKeyInfo | undefined;
+};
+
+/**
+ * Describes the message chatplane.v1.PersistenceServiceRevokeApiKeyResponse.
+ * Use `create(PersistenceServiceRevokeApiKeyResponseSchema)` to create a new message.
+ */
+export const PersistenceServiceRevokeApiKeyResponseSchema: GenMessage<PersistenceServiceRevokeApiKeyResponse> = /*@__PURE__*/
+  messageDesc(file_chatplane_v1_persistence, 25);
+
+/**
+ * Events to append.
+ *
+ * @generated from message chatplane.v1.AppendAuditEventsRequest
+ */
+export type AppendAuditEventsRequest = Message<"chatplane.v1.AppendAuditEventsRequest"> & {
+  /**
+   * In order; at most 1,000.
+   *
+   * @generated from field: repeated chatplane.v1.AuditEvent events = 1;
+   */
+  events: AuditEvent[];
+};
+
+/**
+ * Describes the message chatplane.v1.AppendAuditEventsRequest.
+ * Use `create(AppendAuditEventsRequestSchema)` to create a new message.
+ */
+export const AppendAuditEventsRequestSchema: GenMessage<AppendAuditEventsRequest> = /*@__PURE__*/
+  messageDesc(file_chatplane_v1_persistence, 26);
+
+/**
+ * Where the events were appended.
+ *
+ * @generated from message chatplane.v1.AppendAuditEventsResponse
+ */
+export type AppendAuditEventsResponse = Message<"chatplane.v1.AppendAuditEventsResponse"> & {
+  /**
+   * The chain's head after the append.
+   *
+   * @generated from field: chatplane.v1.AuditHead head = 1;
+   */
+  head?: AuditHead | undefined;
+};
+
+/**
+ * Describes the message chatplane.v1.AppendAuditEventsResponse.
+ * Use `create(AppendAuditEventsResponseSchema)` to create a new message.
+ */
+export const AppendAuditEventsResponseSchema: GenMessage<AppendAuditEventsResponse> = /*@__PURE__*/
+  messageDesc(file_chatplane_v1_persistence, 27);
+
+/**
+ * Asks for a page of the audit log.
+ *
+ * @generated from message chatplane.v1.ListAuditRecordsRequest
+ */
+export type ListAuditRecordsRequest = Message<"chatplane.v1.ListAuditRecordsRequest"> & {
+  /**
+   * Records after this seq (0: from the first).
+   *
+   * @generated from field: int64 after_seq = 1;
+   */
+  afterSeq: bigint;
+
+  /**
+   * Maximum records to return (1-1000; 0 means 500).
+   *
+   * @generated from field: int32 page_size = 2;
+   */
+  pageSize: number;
+};
+
+/**
+ * Describes the message chatplane.v1.ListAuditRecordsRequest.
+ * Use `create(ListAuditRecordsRequestSchema)` to create a new message.
+ */
+export const ListAuditRecordsRequestSchema: GenMessage<ListAuditRecordsRequest> = /*@__PURE__*/
+  messageDesc(file_chatplane_v1_persistence, 28);
+
+/**
+ * A page of the audit log.
+ *
+ * @generated from message chatplane.v1.ListAuditRecordsResponse
+ */
+export type ListAuditRecordsResponse = Message<"chatplane.v1.ListAuditRecordsResponse"> & {
+  /**
+   * Records in chain order.
+   *
+   * @generated from field: repeated chatplane.v1.AuditRecord records = 1;
+   */
+  records: AuditRecord[];
+
+  /**
+   * The chain's head when the page was read.
+   *
+   * @generated from field: chatplane.v1.AuditHead head = 2;
+   */
+  head?: AuditHead | undefined;
+};
+
+/**
+ * Describes the message chatplane.v1.ListAuditRecordsResponse.
+ * Use `create(ListAuditRecordsResponseSchema)` to create a new message.
+ */
+export const ListAuditRecordsResponseSchema: GenMessage<ListAuditRecordsResponse> = /*@__PURE__*/
+  messageDesc(file_chatplane_v1_persistence, 29);
 
 /**
  * Asks for an answer by its assistant message id.
@@ -685,7 +1086,7 @@ export type GetAnswerRequest = Message<"chatplane.v1.GetAnswerRequest"> & {
  * Use `create(GetAnswerRequestSchema)` to create a new message.
  */
 export const GetAnswerRequestSchema: GenMessage<GetAnswerRequest> = /*@__PURE__*/
-  messageDesc(file_chatplane_v1_persistence, 19);
+  messageDesc(file_chatplane_v1_persistence, 30);
 
 /**
  * A turn's answer, as far as it is stored.
@@ -735,7 +1136,7 @@ export type GetAnswerResponse = Message<"chatplane.v1.GetAnswerResponse"> & {
  * Use `create(GetAnswerResponseSchema)` to create a new message.
  */
 export const GetAnswerResponseSchema: GenMessage<GetAnswerResponse> = /*@__PURE__*/
-  messageDesc(file_chatplane_v1_persistence, 20);
+  messageDesc(file_chatplane_v1_persistence, 31);
 
 /**
  * Tokens to reserve from a tenant's quota for one turn.
@@ -777,7 +1178,7 @@ export type ReserveQuotaRequest = Message<"chatplane.v1.ReserveQuotaRequest"> & 
  * Use `create(ReserveQuotaRequestSchema)` to create a new message.
  */
 export const ReserveQuotaRequestSchema: GenMessage<ReserveQuotaRequest> = /*@__PURE__*/
-  messageDesc(file_chatplane_v1_persistence, 21);
+  messageDesc(file_chatplane_v1_persistence, 32);
 
 /**
  * The outcome of a reservation.
@@ -812,7 +1213,7 @@ export type ReserveQuotaResponse = Message<"chatplane.v1.ReserveQuotaResponse"> 
  * Use `create(ReserveQuotaResponseSchema)` to create a new message.
  */
 export const ReserveQuotaResponseSchema: GenMessage<ReserveQuotaResponse> = /*@__PURE__*/
-  messageDesc(file_chatplane_v1_persistence, 22);
+  messageDesc(file_chatplane_v1_persistence, 33);
 
 /**
  * Settles a reservation with what the turn used.
@@ -854,7 +1255,7 @@ export type SettleQuotaRequest = Message<"chatplane.v1.SettleQuotaRequest"> & {
  * Use `create(SettleQuotaRequestSchema)` to create a new message.
  */
 export const SettleQuotaRequestSchema: GenMessage<SettleQuotaRequest> = /*@__PURE__*/
-  messageDesc(file_chatplane_v1_persistence, 23);
+  messageDesc(file_chatplane_v1_persistence, 34);
 
 /**
  * The reservation is settled.
@@ -875,7 +1276,7 @@ export type SettleQuotaResponse = Message<"chatplane.v1.SettleQuotaResponse"> & 
  * Use `create(SettleQuotaResponseSchema)` to create a new message.
  */
 export const SettleQuotaResponseSchema: GenMessage<SettleQuotaResponse> = /*@__PURE__*/
-  messageDesc(file_chatplane_v1_persistence, 24);
+  messageDesc(file_chatplane_v1_persistence, 35);
 
 /**
  * A daily token quota to set.
@@ -903,7 +1304,7 @@ export type SetQuotaRequest = Message<"chatplane.v1.SetQuotaRequest"> & {
  * Use `create(SetQuotaRequestSchema)` to create a new message.
  */
 export const SetQuotaRequestSchema: GenMessage<SetQuotaRequest> = /*@__PURE__*/
-  messageDesc(file_chatplane_v1_persistence, 25);
+  messageDesc(file_chatplane_v1_persistence, 36);
 
 /**
  * The quota is set.
@@ -924,7 +1325,7 @@ export type SetQuotaResponse = Message<"chatplane.v1.SetQuotaResponse"> & {
  * Use `create(SetQuotaResponseSchema)` to create a new message.
  */
 export const SetQuotaResponseSchema: GenMessage<SetQuotaResponse> = /*@__PURE__*/
-  messageDesc(file_chatplane_v1_persistence, 26);
+  messageDesc(file_chatplane_v1_persistence, 37);
 
 /**
  * Asks for a tenant's quota.
@@ -945,7 +1346,7 @@ export type GetQuotaRequest = Message<"chatplane.v1.GetQuotaRequest"> & {
  * Use `create(GetQuotaRequestSchema)` to create a new message.
  */
 export const GetQuotaRequestSchema: GenMessage<GetQuotaRequest> = /*@__PURE__*/
-  messageDesc(file_chatplane_v1_persistence, 27);
+  messageDesc(file_chatplane_v1_persistence, 38);
 
 /**
  * A tenant's quota.
@@ -966,7 +1367,7 @@ export type GetQuotaResponse = Message<"chatplane.v1.GetQuotaResponse"> & {
  * Use `create(GetQuotaResponseSchema)` to create a new message.
  */
 export const GetQuotaResponseSchema: GenMessage<GetQuotaResponse> = /*@__PURE__*/
-  messageDesc(file_chatplane_v1_persistence, 28);
+  messageDesc(file_chatplane_v1_persistence, 39);
 
 /**
  * A tenant's daily token quota and the current UTC day's usage.
@@ -1015,7 +1416,7 @@ export type TokenQuota = Message<"chatplane.v1.TokenQuota"> & {
  * Use `create(TokenQuotaSchema)` to create a new message.
  */
 export const TokenQuotaSchema: GenMessage<TokenQuota> = /*@__PURE__*/
-  messageDesc(file_chatplane_v1_persistence, 29);
+  messageDesc(file_chatplane_v1_persistence, 40);
 
 /**
  * Asks to switch a conversation's active branch.
@@ -1043,7 +1444,7 @@ export type PersistenceServiceSetActiveBranchRequest = Message<"chatplane.v1.Per
  * Use `create(PersistenceServiceSetActiveBranchRequestSchema)` to create a new message.
  */
 export const PersistenceServiceSetActiveBranchRequestSchema: GenMessage<PersistenceServiceSetActiveBranchRequest> = /*@__PURE__*/
-  messageDesc(file_chatplane_v1_persistence, 30);
+  messageDesc(file_chatplane_v1_persistence, 41);
 
 /**
  * The active branch is switched.
@@ -1064,7 +1465,7 @@ export type PersistenceServiceSetActiveBranchResponse = Message<"chatplane.v1.Pe
  * Use `create(PersistenceServiceSetActiveBranchResponseSchema)` to create a new message.
  */
 export const PersistenceServiceSetActiveBranchResponseSchema: GenMessage<PersistenceServiceSetActiveBranchResponse> = /*@__PURE__*/
-  messageDesc(file_chatplane_v1_persistence, 31);
+  messageDesc(file_chatplane_v1_persistence, 42);
 
 /**
  * Asks for the per-variant report.
@@ -1092,7 +1493,7 @@ export type ReportVariantsRequest = Message<"chatplane.v1.ReportVariantsRequest"
  * Use `create(ReportVariantsRequestSchema)` to create a new message.
  */
 export const ReportVariantsRequestSchema: GenMessage<ReportVariantsRequest> = /*@__PURE__*/
-  messageDesc(file_chatplane_v1_persistence, 32);
+  messageDesc(file_chatplane_v1_persistence, 43);
 
 /**
  * What the answers of one variant got.
@@ -1190,7 +1591,7 @@ export type VariantReport = Message<"chatplane.v1.VariantReport"> & {
  * Use `create(VariantReportSchema)` to create a new message.
  */
 export const VariantReportSchema: GenMessage<VariantReport> = /*@__PURE__*/
-  messageDesc(file_chatplane_v1_persistence, 33);
+  messageDesc(file_chatplane_v1_persistence, 44);
 
 /**
  * The per-variant report.
@@ -1211,7 +1612,7 @@ export type ReportVariantsResponse = Message<"chatplane.v1.ReportVariantsRespons
  * Use `create(ReportVariantsResponseSchema)` to create a new message.
  */
 export const ReportVariantsResponseSchema: GenMessage<ReportVariantsResponse> = /*@__PURE__*/
-  messageDesc(file_chatplane_v1_persistence, 34);
+  messageDesc(file_chatplane_v1_persistence, 45);
 
 /**
  * The system of record: conversations, turns, messages (written through the message log),
@@ -1385,6 +1786,57 @@ export const PersistenceService: GenService<{
     methodKind: "unary";
     input: typeof ReportVariantsRequestSchema;
     output: typeof ReportVariantsResponseSchema;
+  },
+  /**
+   * Lists the API keys of a tenant (optionally of one user), newest first; never secrets.
+   *
+   * @generated from rpc chatplane.v1.PersistenceService.ListApiKeys
+   */
+  listApiKeys: {
+    methodKind: "unary";
+    input: typeof PersistenceServiceListApiKeysRequestSchema;
+    output: typeof PersistenceServiceListApiKeysResponseSchema;
+  },
+  /**
+   * Replaces a key by a new one (same owner, label and roles); the old one stops working now
+   * or after an overlap. Audited in the same transaction.
+   *
+   * @generated from rpc chatplane.v1.PersistenceService.RotateApiKey
+   */
+  rotateApiKey: {
+    methodKind: "unary";
+    input: typeof PersistenceServiceRotateApiKeyRequestSchema;
+    output: typeof PersistenceServiceRotateApiKeyResponseSchema;
+  },
+  /**
+   * Revokes a key now (idempotent). Audited in the same transaction.
+   *
+   * @generated from rpc chatplane.v1.PersistenceService.RevokeApiKey
+   */
+  revokeApiKey: {
+    methodKind: "unary";
+    input: typeof PersistenceServiceRevokeApiKeyRequestSchema;
+    output: typeof PersistenceServiceRevokeApiKeyResponseSchema;
+  },
+  /**
+   * Appends events to the hash-chained audit log, in order, in one transaction.
+   *
+   * @generated from rpc chatplane.v1.PersistenceService.AppendAuditEvents
+   */
+  appendAuditEvents: {
+    methodKind: "unary";
+    input: typeof AppendAuditEventsRequestSchema;
+    output: typeof AppendAuditEventsResponseSchema;
+  },
+  /**
+   * Returns a page of the audit log in chain order, with the chain's head.
+   *
+   * @generated from rpc chatplane.v1.PersistenceService.ListAuditRecords
+   */
+  listAuditRecords: {
+    methodKind: "unary";
+    input: typeof ListAuditRecordsRequestSchema;
+    output: typeof ListAuditRecordsResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_chatplane_v1_persistence, 0);

@@ -10,11 +10,21 @@ import secrets
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
 
 from chatplane.common import errors
 from chatplane.common.closing import AsyncClosable
 from chatplane.common.ids import is_valid_id, new_id
 from chatplane.persistence.store.quota import TokenQuotaLedger
+
+if TYPE_CHECKING:  # they import this module
+    from chatplane.audit.chain import AuditEvent, AuditHead, AuditRecord
+    from chatplane.persistence.store.key_records import (
+        ApiKeyCursor,
+        ApiKeyPage,
+        AuditActor,
+        RotatedApiKey,
+    )
 
 API_KEY_PREFIX = "cp"
 """Full API keys read `cp_<key_id>_<secret>`."""
@@ -213,6 +223,10 @@ class ApiKey:
     create_time: datetime
     # chatplane.common.roles names; stored as one space-separated column.
     roles: frozenset[str] = frozenset({"chat"})
+    # Key management (key_records.py): when a rotated or revoked key stops working, and the
+    # key that replaced it by a rotation.
+    expire_time: datetime | None = None
+    replaced_by: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -429,9 +443,14 @@ class ConversationStore(TokenQuotaLedger, AsyncClosable):
 
     @abc.abstractmethod
     async def create_api_key(
-        self, owner: Owner, label: str, roles: frozenset[str] = frozenset({"chat"})
+        self,
+        owner: Owner,
+        label: str,
+        roles: frozenset[str] = frozenset({"chat"}),
+        actor: AuditActor | None = None,
     ) -> IssuedApiKey:
-        """Create a key for the owner with these roles; only its secret's hash is stored."""
+        """Create a key for the owner with these roles; only its secret's hash is stored. The
+        creation is appended to the audit log (by `actor`) in the same transaction."""
 
     @abc.abstractmethod
     async def get_api_key(self, key_id: str) -> ApiKey:
@@ -497,6 +516,48 @@ class ConversationStore(TokenQuotaLedger, AsyncClosable):
     ) -> Conversation:
         """Make the branch through a stored message of the conversation active: its leaf is
         reached from the message by always taking the newest child. NotFound otherwise."""
+
+    # Key management and the audit log (issue 7, identity; key_records.py, audit/chain.py).
+
+    @abc.abstractmethod
+    async def list_api_keys(
+        self,
+        tenant_id: str,
+        user_id: str = "",
+        *,
+        limit: int,
+        after: ApiKeyCursor | None = None,
+        include_revoked: bool = False,
+    ) -> ApiKeyPage:
+        """Up to `limit` keys of the tenant (of one user when `user_id`), newest first, after
+        `after`; without `include_revoked` only keys that still authenticate."""
+
+    @abc.abstractmethod
+    async def rotate_api_key(
+        self, tenant_id: str, key_id: str, overlap: timedelta, actor: AuditActor
+    ) -> RotatedApiKey:
+        """Replace the tenant's key by a new one (same owner, label, roles); the old one stops
+        working after `overlap` (zero: now, and it is revoked). NotFound for a key of another
+        tenant; FailedPrecondition for a key that no longer works or was rotated already.
+        Audited in the same transaction."""
+
+    @abc.abstractmethod
+    async def revoke_api_key(self, tenant_id: str, key_id: str, actor: AuditActor) -> ApiKey:
+        """Revoke the tenant's key now (again: no change); NotFound for another tenant's key.
+        Audited in the same transaction."""
+
+    @abc.abstractmethod
+    async def append_audit(self, events: Sequence[AuditEvent]) -> AuditHead:
+        """Append the events to the hash chain in order, in one transaction, serialised with
+        every other append to the same database; returns the new head."""
+
+    @abc.abstractmethod
+    async def audit_records(self, after_seq: int, limit: int) -> list[AuditRecord]:
+        """Up to `limit` records of the chain with seq > `after_seq`, in seq order."""
+
+    @abc.abstractmethod
+    async def audit_head(self) -> AuditHead:
+        """The chain's stored head."""
 
 
 def require_limit(limit: int) -> None:

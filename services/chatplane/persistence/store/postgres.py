@@ -18,9 +18,11 @@ import psycopg.errors
 from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import AsyncConnectionPool
 
+from chatplane.audit.chain import AuditEvent, AuditHead, AuditRecord
 from chatplane.common import errors
 from chatplane.common.ids import is_valid_id, new_id
 from chatplane.persistence.store import answer_deltas, postgres_quota, postgres_tree
+from chatplane.persistence.store import postgres_identity as identity
 from chatplane.persistence.store.answer_metrics import (
     ANSWER_METRICS_COLUMNS,
     VariantStats,
@@ -51,9 +53,13 @@ from chatplane.persistence.store.base import (
     issue_api_key,
     require_history_request,
     require_limit,
-    roles_column,
-    roles_from_column,
     utc_now,
+)
+from chatplane.persistence.store.key_records import (
+    ApiKeyCursor,
+    ApiKeyPage,
+    AuditActor,
+    RotatedApiKey,
 )
 from chatplane.persistence.store.migrations import Migration, shipped_migrations
 from chatplane.persistence.store.quota import QuotaReservation, TokenQuota
@@ -95,7 +101,6 @@ _MESSAGE_COLUMNS = (
 _CONVERSATION_COLUMNS = (
     "conversation_id, tenant_id, user_id, title, create_time, update_time, message_count"
 )
-_API_KEY_COLUMNS = "key_id, tenant_id, user_id, label, secret_sha256, revoked, create_time, roles"
 # The columns of _MESSAGE_COLUMNS as PostgreSQL types, for the binary COPY of a batch.
 _MESSAGE_TYPES = ("text",) * 8 + ("timestamptz", "text", "text", "int4", "int4", "text", "text")
 _STAGING_TABLE = (
@@ -583,47 +588,23 @@ class PostgresConversationStore(TreeQueries, ConversationStore):
         return now
 
     async def create_api_key(
-        self, owner: Owner, label: str, roles: frozenset[str] = frozenset({"chat"})
+        self,
+        owner: Owner,
+        label: str,
+        roles: frozenset[str] = frozenset({"chat"}),
+        actor: AuditActor | None = None,
     ) -> IssuedApiKey:
-        issued = issue_api_key(owner, label, self._clock(), roles)
-        record = issued.record
+        now = self._clock()
+        issued = issue_api_key(owner, label, now, roles)
         async with self._connection() as connection:
-            await connection.execute(
-                f"INSERT INTO api_keys ({_API_KEY_COLUMNS})"
-                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
-                (
-                    record.key_id,
-                    record.owner.tenant_id,
-                    record.owner.user_id,
-                    record.label,
-                    record.secret_sha256,
-                    record.revoked,
-                    record.create_time,
-                    roles_column(record.roles),
-                ),
-            )
+            await identity.create_api_key(connection, issued, actor or AuditActor(), now)
         return issued
 
     async def get_api_key(self, key_id: str) -> ApiKey:
         if not is_valid_id(key_id):
             raise errors.NotFound("api key not found")
         async with self._connection() as connection:
-            cursor = await connection.execute(
-                f"SELECT {_API_KEY_COLUMNS} FROM api_keys WHERE key_id = %s", (key_id,)
-            )
-            row = await cursor.fetchone()
-        if row is None:
-            raise errors.NotFound("api key not found")
-        key_id, tenant_id, user_id, label, digest, revoked, create_time, roles = row
-        return ApiKey(
-            key_id,
-            Owner(tenant_id, user_id),
-            label,
-            bytes(digest),
-            revoked,
-            _utc(create_time),
-            roles_from_column(roles),
-        )
+            return await identity.get_api_key(connection, key_id)
 
     async def iter_messages(self, after: str | None, limit: int) -> list[Message]:
         require_limit(limit)
@@ -782,6 +763,54 @@ class PostgresConversationStore(TreeQueries, ConversationStore):
                 " WHERE conversation_id = %s AND tenant_id = %s AND user_id = %s",
                 (leaf, conversation_id, owner.tenant_id, owner.user_id),
             )
+
+    # Key management and the audit chain (postgres_identity.py).
+
+    async def list_api_keys(
+        self,
+        tenant_id: str,
+        user_id: str = "",
+        *,
+        limit: int,
+        after: ApiKeyCursor | None = None,
+        include_revoked: bool = False,
+    ) -> ApiKeyPage:
+        require_limit(limit)
+        async with self._connection() as connection:
+            return await identity.list_api_keys(
+                connection, tenant_id, user_id, limit, after, include_revoked, self._clock()
+            )
+
+    async def rotate_api_key(
+        self, tenant_id: str, key_id: str, overlap: timedelta, actor: AuditActor
+    ) -> RotatedApiKey:
+        if not is_valid_id(key_id):
+            raise errors.NotFound("api key not found")
+        async with self._connection() as connection:
+            return await identity.rotate_api_key(
+                connection, tenant_id, key_id, overlap, actor, self._clock()
+            )
+
+    async def revoke_api_key(self, tenant_id: str, key_id: str, actor: AuditActor) -> ApiKey:
+        if not is_valid_id(key_id):
+            raise errors.NotFound("api key not found")
+        async with self._connection() as connection:
+            return await identity.revoke_api_key(
+                connection, tenant_id, key_id, actor, self._clock()
+            )
+
+    async def append_audit(self, events: Sequence[AuditEvent]) -> AuditHead:
+        async with self._connection() as connection:
+            return await identity.append_audit(connection, events, self._clock())
+
+    async def audit_records(self, after_seq: int, limit: int) -> list[AuditRecord]:
+        require_limit(limit)
+        async with self._connection() as connection:
+            return await identity.audit_records(connection, after_seq, limit)
+
+    async def audit_head(self) -> AuditHead:
+        async with self._connection() as connection:
+            return await identity.audit_head(connection)
 
     @contextlib.asynccontextmanager
     async def _connection(self) -> AsyncIterator[_Connection]:

@@ -15,9 +15,11 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Self, TypeVar
 
+from chatplane.audit.chain import AuditEvent, AuditHead, AuditRecord
 from chatplane.common import errors
 from chatplane.common.ids import is_valid_id, new_id
 from chatplane.persistence.store import answer_deltas, sqlite_quota, sqlite_tree
+from chatplane.persistence.store import sqlite_identity as identity
 from chatplane.persistence.store.answer_metrics import (
     ANSWER_METRICS_COLUMNS,
     VariantStats,
@@ -48,10 +50,14 @@ from chatplane.persistence.store.base import (
     issue_api_key,
     require_history_request,
     require_limit,
-    roles_column,
-    roles_from_column,
     to_micros,
     utc_now,
+)
+from chatplane.persistence.store.key_records import (
+    ApiKeyCursor,
+    ApiKeyPage,
+    AuditActor,
+    RotatedApiKey,
 )
 from chatplane.persistence.store.migrations import Migration, shipped_migrations
 from chatplane.persistence.store.quota import QuotaReservation, TokenQuota
@@ -77,9 +83,6 @@ _MESSAGE_COLUMNS = (
 )
 _CONVERSATION_COLUMNS = (
     "conversation_id, tenant_id, user_id, title, create_time_us, update_time_us, message_count"
-)
-_API_KEY_COLUMNS = (
-    "key_id, tenant_id, user_id, label, secret_sha256, revoked, create_time_us, roles"
 )
 
 
@@ -202,16 +205,22 @@ class SqliteConversationStore(TreeQueries, ConversationStore):
         return await self._run(functools.partial(self._submit_feedback, owner, feedback))
 
     async def create_api_key(
-        self, owner: Owner, label: str, roles: frozenset[str] = frozenset({"chat"})
+        self,
+        owner: Owner,
+        label: str,
+        roles: frozenset[str] = frozenset({"chat"}),
+        actor: AuditActor | None = None,
     ) -> IssuedApiKey:
-        issued = issue_api_key(owner, label, self._clock(), roles)
-        await self._run(functools.partial(_insert_api_key, issued.record))
+        now = self._clock()
+        issued = issue_api_key(owner, label, now, roles)
+        work = functools.partial(identity.create_api_key, issued, actor or AuditActor(), now)
+        await self._run(work)
         return issued
 
     async def get_api_key(self, key_id: str) -> ApiKey:
         if not is_valid_id(key_id):
             raise errors.NotFound("api key not found")
-        return await self._run(functools.partial(_get_api_key, key_id))
+        return await self._run(functools.partial(identity.get_api_key, key_id))
 
     async def iter_messages(self, after: str | None, limit: int) -> list[Message]:
         require_limit(limit)
@@ -314,6 +323,49 @@ class SqliteConversationStore(TreeQueries, ConversationStore):
                 )
 
         await self._run(write)
+
+    # Key management and the audit chain (sqlite_identity.py).
+
+    async def list_api_keys(
+        self,
+        tenant_id: str,
+        user_id: str = "",
+        *,
+        limit: int,
+        after: ApiKeyCursor | None = None,
+        include_revoked: bool = False,
+    ) -> ApiKeyPage:
+        require_limit(limit)
+        work = functools.partial(
+            identity.list_api_keys, tenant_id, user_id, limit, after, include_revoked, self._clock()
+        )
+        return await self._run(work)
+
+    async def rotate_api_key(
+        self, tenant_id: str, key_id: str, overlap: timedelta, actor: AuditActor
+    ) -> RotatedApiKey:
+        if not is_valid_id(key_id):
+            raise errors.NotFound("api key not found")
+        work = functools.partial(
+            identity.rotate_api_key, tenant_id, key_id, overlap, actor, self._clock()
+        )
+        return await self._run(work)
+
+    async def revoke_api_key(self, tenant_id: str, key_id: str, actor: AuditActor) -> ApiKey:
+        if not is_valid_id(key_id):
+            raise errors.NotFound("api key not found")
+        work = functools.partial(identity.revoke_api_key, tenant_id, key_id, actor, self._clock())
+        return await self._run(work)
+
+    async def append_audit(self, events: Sequence[AuditEvent]) -> AuditHead:
+        return await self._run(functools.partial(identity.append_audit, events, self._clock()))
+
+    async def audit_records(self, after_seq: int, limit: int) -> list[AuditRecord]:
+        require_limit(limit)
+        return await self._run(functools.partial(identity.audit_records, after_seq, limit))
+
+    async def audit_head(self) -> AuditHead:
+        return await self._run(identity.audit_head)
 
     async def _run(self, work: Callable[[sqlite3.Connection], _T]) -> _T:
         if self._closed:
@@ -765,41 +817,6 @@ def _report_variants(
     if since is not None:
         parameters.append(to_micros(since))
     return [stats_from_row(row) for row in connection.execute(query, parameters)]
-
-
-def _insert_api_key(record: ApiKey, connection: sqlite3.Connection) -> None:
-    with _write_transaction(connection):
-        connection.execute(
-            f"INSERT INTO api_keys ({_API_KEY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                record.key_id,
-                record.owner.tenant_id,
-                record.owner.user_id,
-                record.label,
-                record.secret_sha256,
-                int(record.revoked),
-                to_micros(record.create_time),
-                roles_column(record.roles),
-            ),
-        )
-
-
-def _get_api_key(key_id: str, connection: sqlite3.Connection) -> ApiKey:
-    row = connection.execute(
-        f"SELECT {_API_KEY_COLUMNS} FROM api_keys WHERE key_id = ?", (key_id,)
-    ).fetchone()
-    if row is None:
-        raise errors.NotFound("api key not found")
-    key_id, tenant_id, user_id, label, digest, revoked, create_us, roles = row
-    return ApiKey(
-        key_id,
-        Owner(tenant_id, user_id),
-        label,
-        bytes(digest),
-        bool(revoked),
-        from_micros(create_us),
-        roles_from_column(roles),
-    )
 
 
 def _admit(

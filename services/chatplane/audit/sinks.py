@@ -1,0 +1,19 @@
+"""Where the Persistence service's AuditRecorder appends: straight into the store. (Other
+services append through PersistenceService: gateway/audit_sink.py.)"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from chatplane.audit.chain import AuditEvent
+from chatplane.persistence.store.base import ConversationStore
+
+
+class StoreAuditSink:
+    """Appends directly to the system of record."""
+
+    def __init__(self, store: ConversationStore) -> None:
+        self._store = store
+
+    async def append(self, events: Sequence[AuditEvent]) -> None:
+        await self._store.append_audit(events)

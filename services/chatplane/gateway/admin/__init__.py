@@ -1,0 +1,1 @@
+"""AdminService: a tenant's administration (API keys), served by the Gateway."""

@@ -1,0 +1,225 @@
+"""AdminService servicer: API keys of the caller's own tenant (list, create, rotate, revoke)
+for a principal with the `admin` role, through PersistenceService. Key changes are audited by
+Persistence in the change's own transaction; refused attempts are audited here."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable
+from datetime import timedelta
+from typing import Any, TypeVar
+
+import grpc
+
+from chatplane import audit
+from chatplane.common import errors
+from chatplane.common.context import Principal, principal_var, request_id_var
+from chatplane.common.deadlines import outbound_timeout
+from chatplane.common.ids import is_valid_id
+from chatplane.common.roles import ADMIN, parse_roles, require_role
+from chatplane.common.settings import Settings
+from chatplane.gateway.auth import ApiKeyAuthenticator
+from chatplane.v1 import admin_pb2, admin_pb2_grpc, audit_pb2, persistence_pb2, persistence_pb2_grpc
+
+Context = grpc.aio.ServicerContext[Any, Any]
+_T = TypeVar("_T")
+
+KEYS_PAGE_MAX = 500
+MAX_OVERLAP = timedelta(hours=24)
+_MAX_ID_CHARS = 256
+_MAX_LABEL_CHARS = 256
+
+
+def _admin(context: Context, action: str) -> Principal:
+    """The caller, who must hold `admin` (a refusal is audited)."""
+    principal = principal_var.get()
+    if principal is None:  # the interceptor authenticates every AdminService call
+        raise errors.Unauthenticated("not authenticated")
+    try:
+        require_role(principal, ADMIN)
+    except errors.PermissionDenied as denied:
+        audit.record(
+            audit.AUTHZ_DENIED,
+            actor=audit.actor_of(principal),
+            tenant_id=principal.tenant_id,
+            object=f"rpc/AdminService.{action}",
+            outcome=audit.DENIED,
+            detail=denied.message,
+            source=context.peer() or "",
+        )
+        raise
+    return principal
+
+
+def _actor(principal: Principal, context: Context) -> audit_pb2.AuditActor:
+    return audit_pb2.AuditActor(
+        actor=audit.actor_of(principal),
+        source=context.peer() or "",
+        request_id=request_id_var.get(),
+    )
+
+
+def _text(value: str, field: str, limit: int) -> None:
+    if len(value) > limit or "\x00" in value:
+        raise errors.InvalidArgument(field, f"must be at most {limit} characters, without NUL")
+
+
+def _key_id(key_id: str) -> str:
+    # Not an id of any key: answered as for a key of another tenant.
+    if not is_valid_id(key_id):
+        raise errors.NotFound("api key not found")
+    return key_id
+
+
+class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
+    """AdminService over PersistenceService."""
+
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        persistence: persistence_pb2_grpc.PersistenceServiceAsyncStub,
+        api_keys: ApiKeyAuthenticator,
+    ) -> None:
+        self._settings = settings
+        self._persistence = persistence
+        self._api_keys = api_keys
+
+    def _timeout(self, context: Context) -> float:
+        return outbound_timeout(context, self._settings.internal_call_timeout_seconds)
+
+    async def _change(
+        self, principal: Principal, context: Context, action: str, target: str, call: Awaitable[_T]
+    ) -> _T:
+        """A key change; one that fails is audited as such (a success is audited by
+        Persistence, in the change's transaction)."""
+        try:
+            return await call
+        except (errors.NotFound, errors.FailedPrecondition, grpc.aio.AioRpcError) as error:
+            detail = (
+                error.message
+                if isinstance(error, errors.ChatplaneError)
+                else (error.details() or error.code().name)
+            )
+            audit.record(
+                action,
+                actor=audit.actor_of(principal),
+                tenant_id=principal.tenant_id,
+                object=target,
+                outcome=audit.FAILURE,
+                detail=detail,
+                source=context.peer() or "",
+            )
+            raise
+
+    async def ListApiKeys(
+        self, request: admin_pb2.ListApiKeysRequest, context: Context
+    ) -> admin_pb2.ListApiKeysResponse:
+        principal = _admin(context, "ListApiKeys")
+        _text(request.user_id, "user_id", _MAX_ID_CHARS)
+        if not 0 <= request.page_size <= KEYS_PAGE_MAX:
+            raise errors.InvalidArgument(
+                "page_size", f"must be between 1 and {KEYS_PAGE_MAX} (0 means 100)"
+            )
+        try:
+            response = await self._persistence.ListApiKeys(
+                persistence_pb2.PersistenceServiceListApiKeysRequest(
+                    tenant_id=principal.tenant_id,
+                    user_id=request.user_id,
+                    page_size=request.page_size,
+                    page_token=request.page_token,
+                    include_revoked=request.include_revoked,
+                ),
+                timeout=self._timeout(context),
+            )
+        except grpc.aio.AioRpcError as error:
+            # Everything else of the request was checked above: only the token is left.
+            if error.code() is grpc.StatusCode.INVALID_ARGUMENT:
+                raise errors.InvalidArgument(
+                    "page_token", "not a page token of this list"
+                ) from error
+            raise
+        return admin_pb2.ListApiKeysResponse(
+            keys=response.keys, next_page_token=response.next_page_token
+        )
+
+    async def CreateApiKey(
+        self, request: admin_pb2.AdminServiceCreateApiKeyRequest, context: Context
+    ) -> admin_pb2.AdminServiceCreateApiKeyResponse:
+        principal = _admin(context, "CreateApiKey")
+        if not request.user_id:
+            raise errors.InvalidArgument("user_id", "required")
+        _text(request.user_id, "user_id", _MAX_ID_CHARS)
+        _text(request.label, "label", _MAX_LABEL_CHARS)
+        roles = parse_roles(tuple(request.roles))
+        response = await self._persistence.CreateApiKey(
+            persistence_pb2.CreateApiKeyRequest(
+                owner=persistence_pb2.Owner(tenant_id=principal.tenant_id, user_id=request.user_id),
+                label=request.label,
+                roles=sorted(roles),
+                actor=_actor(principal, context),
+            ),
+            timeout=self._timeout(context),
+        )
+        return admin_pb2.AdminServiceCreateApiKeyResponse(
+            api_key=response.api_key, key=response.key
+        )
+
+    async def RotateApiKey(
+        self, request: admin_pb2.RotateApiKeyRequest, context: Context
+    ) -> admin_pb2.RotateApiKeyResponse:
+        principal = _admin(context, "RotateApiKey")
+        overlap = request.overlap.ToTimedelta() if request.HasField("overlap") else timedelta(0)
+        if overlap < timedelta(0) or overlap > MAX_OVERLAP:
+            raise errors.InvalidArgument("overlap", "must be between 0 and 24 hours")
+        key_id = request.key_id
+        response = await self._change(
+            principal,
+            context,
+            audit.API_KEY_ROTATE,
+            f"api_key/{key_id[:64]}",
+            self._rotate(principal, context, key_id, overlap),
+        )
+        self._api_keys.forget(key_id)
+        return admin_pb2.RotateApiKeyResponse(
+            api_key=response.api_key, key=response.key, previous=response.previous
+        )
+
+    async def _rotate(
+        self, principal: Principal, context: Context, key_id: str, overlap: timedelta
+    ) -> persistence_pb2.PersistenceServiceRotateApiKeyResponse:
+        return await self._persistence.RotateApiKey(
+            persistence_pb2.PersistenceServiceRotateApiKeyRequest(
+                tenant_id=principal.tenant_id,
+                key_id=_key_id(key_id),
+                overlap_ms=overlap // timedelta(milliseconds=1),
+                actor=_actor(principal, context),
+            ),
+            timeout=self._timeout(context),
+        )
+
+    async def RevokeApiKey(
+        self, request: admin_pb2.RevokeApiKeyRequest, context: Context
+    ) -> admin_pb2.RevokeApiKeyResponse:
+        principal = _admin(context, "RevokeApiKey")
+        key_id = request.key_id
+        response = await self._change(
+            principal,
+            context,
+            audit.API_KEY_REVOKE,
+            f"api_key/{key_id[:64]}",
+            self._revoke(principal, context, key_id),
+        )
+        self._api_keys.forget(key_id)
+        return admin_pb2.RevokeApiKeyResponse(key=response.key)
+
+    async def _revoke(
+        self, principal: Principal, context: Context, key_id: str
+    ) -> persistence_pb2.PersistenceServiceRevokeApiKeyResponse:
+        return await self._persistence.RevokeApiKey(
+            persistence_pb2.PersistenceServiceRevokeApiKeyRequest(
+                tenant_id=principal.tenant_id,
+                key_id=_key_id(key_id),
+                actor=_actor(principal, context),
+            ),
+            timeout=self._timeout(context),
+        )

@@ -1,0 +1,37 @@
+"""The Gateway's audit sink: batches of events appended through
+PersistenceService.AppendAuditEvents (one transaction per batch in the system of record)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import grpc
+
+from chatplane.audit.chain import AuditEvent
+from chatplane.audit.protos import event_to_proto
+from chatplane.audit.recorder import AuditRejected
+from chatplane.common import status_mapping
+from chatplane.v1 import persistence_pb2, persistence_pb2_grpc
+
+
+class PersistenceAuditSink:
+    """Appends with PersistenceService.AppendAuditEvents (one transaction per batch)."""
+
+    def __init__(
+        self, persistence: persistence_pb2_grpc.PersistenceServiceAsyncStub, *, timeout: float
+    ) -> None:
+        self._persistence = persistence
+        self._timeout = timeout
+
+    async def append(self, events: Sequence[AuditEvent]) -> None:
+        try:
+            await self._persistence.AppendAuditEvents(
+                persistence_pb2.AppendAuditEventsRequest(
+                    events=[event_to_proto(e) for e in events]
+                ),
+                timeout=self._timeout,
+            )
+        except grpc.aio.AioRpcError as error:
+            if error.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.INTERNAL):
+                raise AuditRejected(error.details() or error.code().name) from error
+            raise status_mapping.from_rpc_error(error, "AppendAuditEvents") from error
