@@ -133,6 +133,7 @@ type GenerateResponse struct {
 	//	*GenerateResponse_Citation
 	//	*GenerateResponse_Usage
 	//	*GenerateResponse_Done
+	//	*GenerateResponse_Handoff
 	Event         isGenerateResponse_Event `protobuf_oneof:"event"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -220,6 +221,15 @@ func (x *GenerateResponse) GetDone() *TurnDone {
 	return nil
 }
 
+func (x *GenerateResponse) GetHandoff() *HandoffStatus {
+	if x != nil {
+		if x, ok := x.Event.(*GenerateResponse_Handoff); ok {
+			return x.Handoff
+		}
+	}
+	return nil
+}
+
 type isGenerateResponse_Event interface {
 	isGenerateResponse_Event()
 }
@@ -249,6 +259,12 @@ type GenerateResponse_Done struct {
 	Done *TurnDone `protobuf:"bytes,5,opt,name=done,proto3,oneof"`
 }
 
+type GenerateResponse_Handoff struct {
+	// Never sent by the Agent: keeps the oneof layout identical to ChatResponse, whose
+	// `handoff` event the Gateway sends itself (docs/handoff.md).
+	Handoff *HandoffStatus `protobuf:"bytes,60,opt,name=handoff,proto3,oneof"`
+}
+
 func (*GenerateResponse_Started) isGenerateResponse_Event() {}
 
 func (*GenerateResponse_Delta) isGenerateResponse_Event() {}
@@ -258,6 +274,8 @@ func (*GenerateResponse_Citation) isGenerateResponse_Event() {}
 func (*GenerateResponse_Usage) isGenerateResponse_Event() {}
 
 func (*GenerateResponse_Done) isGenerateResponse_Event() {}
+
+func (*GenerateResponse_Handoff) isGenerateResponse_Event() {}
 
 var File_chatplane_v1_agent_proto protoreflect.FileDescriptor
 
@@ -271,13 +289,14 @@ const file_chatplane_v1_agent_proto_rawDesc = "" +
 	"\x0fuser_message_id\x18\x04 \x01(\tR\ruserMessageId\x120\n" +
 	"\x14assistant_message_id\x18\x05 \x01(\tR\x12assistantMessageId\x12\x12\n" +
 	"\x04text\x18\x06 \x01(\tR\x04text\x12*\n" +
-	"\x11client_message_id\x18\a \x01(\tR\x0fclientMessageId\"\x94\x02\n" +
+	"\x11client_message_id\x18\a \x01(\tR\x0fclientMessageId\"\xcd\x02\n" +
 	"\x10GenerateResponse\x125\n" +
 	"\astarted\x18\x01 \x01(\v2\x19.chatplane.v1.TurnStartedH\x00R\astarted\x12/\n" +
 	"\x05delta\x18\x02 \x01(\v2\x17.chatplane.v1.TextDeltaH\x00R\x05delta\x124\n" +
 	"\bcitation\x18\x03 \x01(\v2\x16.chatplane.v1.CitationH\x00R\bcitation\x12+\n" +
 	"\x05usage\x18\x04 \x01(\v2\x13.chatplane.v1.UsageH\x00R\x05usage\x12,\n" +
-	"\x04done\x18\x05 \x01(\v2\x16.chatplane.v1.TurnDoneH\x00R\x04doneB\a\n" +
+	"\x04done\x18\x05 \x01(\v2\x16.chatplane.v1.TurnDoneH\x00R\x04done\x127\n" +
+	"\ahandoff\x18< \x01(\v2\x1b.chatplane.v1.HandoffStatusH\x00R\ahandoffB\a\n" +
 	"\x05event2[\n" +
 	"\fAgentService\x12K\n" +
 	"\bGenerate\x12\x1d.chatplane.v1.GenerateRequest\x1a\x1e.chatplane.v1.GenerateResponse0\x01B@Z>github.com/chatplane/chatplane/gen/go/chatplane/v1;chatplanev1b\x06proto3"
@@ -303,6 +322,7 @@ var file_chatplane_v1_agent_proto_goTypes = []any{
 	(*Citation)(nil),         // 4: chatplane.v1.Citation
 	(*Usage)(nil),            // 5: chatplane.v1.Usage
 	(*TurnDone)(nil),         // 6: chatplane.v1.TurnDone
+	(*HandoffStatus)(nil),    // 7: chatplane.v1.HandoffStatus
 }
 var file_chatplane_v1_agent_proto_depIdxs = []int32{
 	2, // 0: chatplane.v1.GenerateResponse.started:type_name -> chatplane.v1.TurnStarted
@@ -310,13 +330,14 @@ var file_chatplane_v1_agent_proto_depIdxs = []int32{
 	4, // 2: chatplane.v1.GenerateResponse.citation:type_name -> chatplane.v1.Citation
 	5, // 3: chatplane.v1.GenerateResponse.usage:type_name -> chatplane.v1.Usage
 	6, // 4: chatplane.v1.GenerateResponse.done:type_name -> chatplane.v1.TurnDone
-	0, // 5: chatplane.v1.AgentService.Generate:input_type -> chatplane.v1.GenerateRequest
-	1, // 6: chatplane.v1.AgentService.Generate:output_type -> chatplane.v1.GenerateResponse
-	6, // [6:7] is the sub-list for method output_type
-	5, // [5:6] is the sub-list for method input_type
-	5, // [5:5] is the sub-list for extension type_name
-	5, // [5:5] is the sub-list for extension extendee
-	0, // [0:5] is the sub-list for field type_name
+	7, // 5: chatplane.v1.GenerateResponse.handoff:type_name -> chatplane.v1.HandoffStatus
+	0, // 6: chatplane.v1.AgentService.Generate:input_type -> chatplane.v1.GenerateRequest
+	1, // 7: chatplane.v1.AgentService.Generate:output_type -> chatplane.v1.GenerateResponse
+	7, // [7:8] is the sub-list for method output_type
+	6, // [6:7] is the sub-list for method input_type
+	6, // [6:6] is the sub-list for extension type_name
+	6, // [6:6] is the sub-list for extension extendee
+	0, // [0:6] is the sub-list for field type_name
 }
 
 func init() { file_chatplane_v1_agent_proto_init() }
@@ -331,6 +352,7 @@ func file_chatplane_v1_agent_proto_init() {
 		(*GenerateResponse_Citation)(nil),
 		(*GenerateResponse_Usage)(nil),
 		(*GenerateResponse_Done)(nil),
+		(*GenerateResponse_Handoff)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{

@@ -152,6 +152,7 @@ type ChatResponse struct {
 	//	*ChatResponse_Citation
 	//	*ChatResponse_Usage
 	//	*ChatResponse_Done
+	//	*ChatResponse_Handoff
 	Event         isChatResponse_Event `protobuf_oneof:"event"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -239,6 +240,15 @@ func (x *ChatResponse) GetDone() *TurnDone {
 	return nil
 }
 
+func (x *ChatResponse) GetHandoff() *HandoffStatus {
+	if x != nil {
+		if x, ok := x.Event.(*ChatResponse_Handoff); ok {
+			return x.Handoff
+		}
+	}
+	return nil
+}
+
 type isChatResponse_Event interface {
 	isChatResponse_Event()
 }
@@ -268,6 +278,12 @@ type ChatResponse_Done struct {
 	Done *TurnDone `protobuf:"bytes,5,opt,name=done,proto3,oneof"`
 }
 
+type ChatResponse_Handoff struct {
+	// The conversation is with a human operator (the only event when it is): the user's
+	// message is stored, the bot does not answer; replies come on WatchConversation.
+	Handoff *HandoffStatus `protobuf:"bytes,60,opt,name=handoff,proto3,oneof"`
+}
+
 func (*ChatResponse_Started) isChatResponse_Event() {}
 
 func (*ChatResponse_Delta) isChatResponse_Event() {}
@@ -277,6 +293,8 @@ func (*ChatResponse_Citation) isChatResponse_Event() {}
 func (*ChatResponse_Usage) isChatResponse_Event() {}
 
 func (*ChatResponse_Done) isChatResponse_Event() {}
+
+func (*ChatResponse_Handoff) isChatResponse_Event() {}
 
 // Asks for the caller's conversations.
 type ListConversationsRequest struct {
@@ -676,7 +694,9 @@ func (x *SubmitFeedbackRequest) GetComment() string {
 type SubmitFeedbackResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// When it was stored.
-	CreateTime    *timestamppb.Timestamp `protobuf:"bytes,1,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
+	CreateTime *timestamppb.Timestamp `protobuf:"bytes,1,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
+	// Set when this feedback handed the conversation to a human (the thumbs-down rule fired).
+	Handoff       *HandoffStatus `protobuf:"bytes,60,opt,name=handoff,proto3" json:"handoff,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -718,6 +738,339 @@ func (x *SubmitFeedbackResponse) GetCreateTime() *timestamppb.Timestamp {
 	return nil
 }
 
+func (x *SubmitFeedbackResponse) GetHandoff() *HandoffStatus {
+	if x != nil {
+		return x.Handoff
+	}
+	return nil
+}
+
+// Asks for a human operator.
+type RequestHandoffRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The caller's conversation.
+	ConversationId string `protobuf:"bytes,1,opt,name=conversation_id,json=conversationId,proto3" json:"conversation_id,omitempty"`
+	// Optional: why (at most 1 KiB), shown to the operator.
+	Reason        string `protobuf:"bytes,2,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RequestHandoffRequest) Reset() {
+	*x = RequestHandoffRequest{}
+	mi := &file_chatplane_v1_gateway_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RequestHandoffRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RequestHandoffRequest) ProtoMessage() {}
+
+func (x *RequestHandoffRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_chatplane_v1_gateway_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RequestHandoffRequest.ProtoReflect.Descriptor instead.
+func (*RequestHandoffRequest) Descriptor() ([]byte, []int) {
+	return file_chatplane_v1_gateway_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *RequestHandoffRequest) GetConversationId() string {
+	if x != nil {
+		return x.ConversationId
+	}
+	return ""
+}
+
+func (x *RequestHandoffRequest) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+// The conversation is with a human.
+type RequestHandoffResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Its state (changed is false when it was with a human already).
+	Handoff       *HandoffStatus `protobuf:"bytes,1,opt,name=handoff,proto3" json:"handoff,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RequestHandoffResponse) Reset() {
+	*x = RequestHandoffResponse{}
+	mi := &file_chatplane_v1_gateway_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RequestHandoffResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RequestHandoffResponse) ProtoMessage() {}
+
+func (x *RequestHandoffResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_chatplane_v1_gateway_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RequestHandoffResponse.ProtoReflect.Descriptor instead.
+func (*RequestHandoffResponse) Descriptor() ([]byte, []int) {
+	return file_chatplane_v1_gateway_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *RequestHandoffResponse) GetHandoff() *HandoffStatus {
+	if x != nil {
+		return x.Handoff
+	}
+	return nil
+}
+
+// Gives a conversation back to the bot.
+type ReleaseHandoffRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The caller's conversation.
+	ConversationId string `protobuf:"bytes,1,opt,name=conversation_id,json=conversationId,proto3" json:"conversation_id,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *ReleaseHandoffRequest) Reset() {
+	*x = ReleaseHandoffRequest{}
+	mi := &file_chatplane_v1_gateway_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReleaseHandoffRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReleaseHandoffRequest) ProtoMessage() {}
+
+func (x *ReleaseHandoffRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_chatplane_v1_gateway_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReleaseHandoffRequest.ProtoReflect.Descriptor instead.
+func (*ReleaseHandoffRequest) Descriptor() ([]byte, []int) {
+	return file_chatplane_v1_gateway_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *ReleaseHandoffRequest) GetConversationId() string {
+	if x != nil {
+		return x.ConversationId
+	}
+	return ""
+}
+
+// The bot answers again.
+type ReleaseHandoffResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Its state (changed is false when the bot answered already).
+	Handoff       *HandoffStatus `protobuf:"bytes,1,opt,name=handoff,proto3" json:"handoff,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReleaseHandoffResponse) Reset() {
+	*x = ReleaseHandoffResponse{}
+	mi := &file_chatplane_v1_gateway_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReleaseHandoffResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReleaseHandoffResponse) ProtoMessage() {}
+
+func (x *ReleaseHandoffResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_chatplane_v1_gateway_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReleaseHandoffResponse.ProtoReflect.Descriptor instead.
+func (*ReleaseHandoffResponse) Descriptor() ([]byte, []int) {
+	return file_chatplane_v1_gateway_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *ReleaseHandoffResponse) GetHandoff() *HandoffStatus {
+	if x != nil {
+		return x.Handoff
+	}
+	return nil
+}
+
+// Asks to watch a conversation.
+type WatchConversationRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The caller's conversation.
+	ConversationId string `protobuf:"bytes,1,opt,name=conversation_id,json=conversationId,proto3" json:"conversation_id,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *WatchConversationRequest) Reset() {
+	*x = WatchConversationRequest{}
+	mi := &file_chatplane_v1_gateway_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchConversationRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchConversationRequest) ProtoMessage() {}
+
+func (x *WatchConversationRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_chatplane_v1_gateway_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchConversationRequest.ProtoReflect.Descriptor instead.
+func (*WatchConversationRequest) Descriptor() ([]byte, []int) {
+	return file_chatplane_v1_gateway_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *WatchConversationRequest) GetConversationId() string {
+	if x != nil {
+		return x.ConversationId
+	}
+	return ""
+}
+
+// One event of a watched conversation.
+type WatchConversationResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The event.
+	//
+	// Types that are valid to be assigned to Event:
+	//
+	//	*WatchConversationResponse_Handoff
+	//	*WatchConversationResponse_OperatorReply
+	Event         isWatchConversationResponse_Event `protobuf_oneof:"event"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchConversationResponse) Reset() {
+	*x = WatchConversationResponse{}
+	mi := &file_chatplane_v1_gateway_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchConversationResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchConversationResponse) ProtoMessage() {}
+
+func (x *WatchConversationResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_chatplane_v1_gateway_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchConversationResponse.ProtoReflect.Descriptor instead.
+func (*WatchConversationResponse) Descriptor() ([]byte, []int) {
+	return file_chatplane_v1_gateway_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *WatchConversationResponse) GetEvent() isWatchConversationResponse_Event {
+	if x != nil {
+		return x.Event
+	}
+	return nil
+}
+
+func (x *WatchConversationResponse) GetHandoff() *HandoffStatus {
+	if x != nil {
+		if x, ok := x.Event.(*WatchConversationResponse_Handoff); ok {
+			return x.Handoff
+		}
+	}
+	return nil
+}
+
+func (x *WatchConversationResponse) GetOperatorReply() *Message {
+	if x != nil {
+		if x, ok := x.Event.(*WatchConversationResponse_OperatorReply); ok {
+			return x.OperatorReply
+		}
+	}
+	return nil
+}
+
+type isWatchConversationResponse_Event interface {
+	isWatchConversationResponse_Event()
+}
+
+type WatchConversationResponse_Handoff struct {
+	// The current state (first event), or a change of it.
+	Handoff *HandoffStatus `protobuf:"bytes,1,opt,name=handoff,proto3,oneof"`
+}
+
+type WatchConversationResponse_OperatorReply struct {
+	// An operator's reply, as stored.
+	OperatorReply *Message `protobuf:"bytes,2,opt,name=operator_reply,json=operatorReply,proto3,oneof"`
+}
+
+func (*WatchConversationResponse_Handoff) isWatchConversationResponse_Event() {}
+
+func (*WatchConversationResponse_OperatorReply) isWatchConversationResponse_Event() {}
+
 var File_chatplane_v1_gateway_proto protoreflect.FileDescriptor
 
 const file_chatplane_v1_gateway_proto_rawDesc = "" +
@@ -726,13 +1079,14 @@ const file_chatplane_v1_gateway_proto_rawDesc = "" +
 	"\vChatRequest\x12'\n" +
 	"\x0fconversation_id\x18\x01 \x01(\tR\x0econversationId\x12\x12\n" +
 	"\x04text\x18\x02 \x01(\tR\x04text\x12*\n" +
-	"\x11client_message_id\x18\x03 \x01(\tR\x0fclientMessageId\"\x90\x02\n" +
+	"\x11client_message_id\x18\x03 \x01(\tR\x0fclientMessageId\"\xc9\x02\n" +
 	"\fChatResponse\x125\n" +
 	"\astarted\x18\x01 \x01(\v2\x19.chatplane.v1.TurnStartedH\x00R\astarted\x12/\n" +
 	"\x05delta\x18\x02 \x01(\v2\x17.chatplane.v1.TextDeltaH\x00R\x05delta\x124\n" +
 	"\bcitation\x18\x03 \x01(\v2\x16.chatplane.v1.CitationH\x00R\bcitation\x12+\n" +
 	"\x05usage\x18\x04 \x01(\v2\x13.chatplane.v1.UsageH\x00R\x05usage\x12,\n" +
-	"\x04done\x18\x05 \x01(\v2\x16.chatplane.v1.TurnDoneH\x00R\x04doneB\a\n" +
+	"\x04done\x18\x05 \x01(\v2\x16.chatplane.v1.TurnDoneH\x00R\x04done\x127\n" +
+	"\ahandoff\x18< \x01(\v2\x1b.chatplane.v1.HandoffStatusH\x00R\ahandoffB\a\n" +
 	"\x05event\"V\n" +
 	"\x18ListConversationsRequest\x12\x1b\n" +
 	"\tpage_size\x18\x01 \x01(\x05R\bpageSize\x12\x1d\n" +
@@ -759,20 +1113,39 @@ const file_chatplane_v1_gateway_proto_rawDesc = "" +
 	"\n" +
 	"message_id\x18\x01 \x01(\tR\tmessageId\x12,\n" +
 	"\x06rating\x18\x02 \x01(\x0e2\x14.chatplane.v1.RatingR\x06rating\x12\x18\n" +
-	"\acomment\x18\x03 \x01(\tR\acomment\"U\n" +
+	"\acomment\x18\x03 \x01(\tR\acomment\"\x8c\x01\n" +
 	"\x16SubmitFeedbackResponse\x12;\n" +
 	"\vcreate_time\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"createTime*N\n" +
+	"createTime\x125\n" +
+	"\ahandoff\x18< \x01(\v2\x1b.chatplane.v1.HandoffStatusR\ahandoff\"X\n" +
+	"\x15RequestHandoffRequest\x12'\n" +
+	"\x0fconversation_id\x18\x01 \x01(\tR\x0econversationId\x12\x16\n" +
+	"\x06reason\x18\x02 \x01(\tR\x06reason\"O\n" +
+	"\x16RequestHandoffResponse\x125\n" +
+	"\ahandoff\x18\x01 \x01(\v2\x1b.chatplane.v1.HandoffStatusR\ahandoff\"@\n" +
+	"\x15ReleaseHandoffRequest\x12'\n" +
+	"\x0fconversation_id\x18\x01 \x01(\tR\x0econversationId\"O\n" +
+	"\x16ReleaseHandoffResponse\x125\n" +
+	"\ahandoff\x18\x01 \x01(\v2\x1b.chatplane.v1.HandoffStatusR\ahandoff\"C\n" +
+	"\x18WatchConversationRequest\x12'\n" +
+	"\x0fconversation_id\x18\x01 \x01(\tR\x0econversationId\"\x9d\x01\n" +
+	"\x19WatchConversationResponse\x127\n" +
+	"\ahandoff\x18\x01 \x01(\v2\x1b.chatplane.v1.HandoffStatusH\x00R\ahandoff\x12>\n" +
+	"\x0eoperator_reply\x18\x02 \x01(\v2\x15.chatplane.v1.MessageH\x00R\roperatorReplyB\a\n" +
+	"\x05event*N\n" +
 	"\x06Rating\x12\x16\n" +
 	"\x12RATING_UNSPECIFIED\x10\x00\x12\x14\n" +
 	"\x10RATING_THUMBS_UP\x10\x01\x12\x16\n" +
-	"\x12RATING_THUMBS_DOWN\x10\x022\x99\x05\n" +
+	"\x12RATING_THUMBS_DOWN\x10\x022\xea\b\n" +
 	"\x0eGatewayService\x12T\n" +
 	"\x04Chat\x12\x19.chatplane.v1.ChatRequest\x1a\x1a.chatplane.v1.ChatResponse\"\x13\x82\xd3\xe4\x93\x02\r:\x01*\"\b/v1/chat0\x01\x12\x7f\n" +
 	"\x11ListConversations\x12&.chatplane.v1.ListConversationsRequest\x1a'.chatplane.v1.ListConversationsResponse\"\x19\x82\xd3\xe4\x93\x02\x13\x12\x11/v1/conversations\x12\x8b\x01\n" +
 	"\x0fGetConversation\x12$.chatplane.v1.GetConversationRequest\x1a%.chatplane.v1.GetConversationResponse\"+\x82\xd3\xe4\x93\x02%\x12#/v1/conversations/{conversation_id}\x12\x94\x01\n" +
 	"\x12DeleteConversation\x12'.chatplane.v1.DeleteConversationRequest\x1a(.chatplane.v1.DeleteConversationResponse\"+\x82\xd3\xe4\x93\x02%*#/v1/conversations/{conversation_id}\x12\x8a\x01\n" +
-	"\x0eSubmitFeedback\x12#.chatplane.v1.SubmitFeedbackRequest\x1a$.chatplane.v1.SubmitFeedbackResponse\"-\x82\xd3\xe4\x93\x02':\x01*\"\"/v1/messages/{message_id}/feedbackB@Z>github.com/chatplane/chatplane/gen/go/chatplane/v1;chatplanev1b\x06proto3"
+	"\x0eSubmitFeedback\x12#.chatplane.v1.SubmitFeedbackRequest\x1a$.chatplane.v1.SubmitFeedbackResponse\"-\x82\xd3\xe4\x93\x02':\x01*\"\"/v1/messages/{message_id}/feedback\x12\x93\x01\n" +
+	"\x0eRequestHandoff\x12#.chatplane.v1.RequestHandoffRequest\x1a$.chatplane.v1.RequestHandoffResponse\"6\x82\xd3\xe4\x93\x020:\x01*\"+/v1/conversations/{conversation_id}/handoff\x12\x9b\x01\n" +
+	"\x0eReleaseHandoff\x12#.chatplane.v1.ReleaseHandoffRequest\x1a$.chatplane.v1.ReleaseHandoffResponse\">\x82\xd3\xe4\x93\x028:\x01*\"3/v1/conversations/{conversation_id}/handoff:release\x12\x9a\x01\n" +
+	"\x11WatchConversation\x12&.chatplane.v1.WatchConversationRequest\x1a'.chatplane.v1.WatchConversationResponse\"2\x82\xd3\xe4\x93\x02,\x12*/v1/conversations/{conversation_id}/events0\x01B@Z>github.com/chatplane/chatplane/gen/go/chatplane/v1;chatplanev1b\x06proto3"
 
 var (
 	file_chatplane_v1_gateway_proto_rawDescOnce sync.Once
@@ -787,7 +1160,7 @@ func file_chatplane_v1_gateway_proto_rawDescGZIP() []byte {
 }
 
 var file_chatplane_v1_gateway_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_chatplane_v1_gateway_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
+var file_chatplane_v1_gateway_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
 var file_chatplane_v1_gateway_proto_goTypes = []any{
 	(Rating)(0),                        // 0: chatplane.v1.Rating
 	(*ChatRequest)(nil),                // 1: chatplane.v1.ChatRequest
@@ -800,42 +1173,61 @@ var file_chatplane_v1_gateway_proto_goTypes = []any{
 	(*DeleteConversationResponse)(nil), // 8: chatplane.v1.DeleteConversationResponse
 	(*SubmitFeedbackRequest)(nil),      // 9: chatplane.v1.SubmitFeedbackRequest
 	(*SubmitFeedbackResponse)(nil),     // 10: chatplane.v1.SubmitFeedbackResponse
-	(*TurnStarted)(nil),                // 11: chatplane.v1.TurnStarted
-	(*TextDelta)(nil),                  // 12: chatplane.v1.TextDelta
-	(*Citation)(nil),                   // 13: chatplane.v1.Citation
-	(*Usage)(nil),                      // 14: chatplane.v1.Usage
-	(*TurnDone)(nil),                   // 15: chatplane.v1.TurnDone
-	(*Conversation)(nil),               // 16: chatplane.v1.Conversation
-	(*Message)(nil),                    // 17: chatplane.v1.Message
-	(*timestamppb.Timestamp)(nil),      // 18: google.protobuf.Timestamp
+	(*RequestHandoffRequest)(nil),      // 11: chatplane.v1.RequestHandoffRequest
+	(*RequestHandoffResponse)(nil),     // 12: chatplane.v1.RequestHandoffResponse
+	(*ReleaseHandoffRequest)(nil),      // 13: chatplane.v1.ReleaseHandoffRequest
+	(*ReleaseHandoffResponse)(nil),     // 14: chatplane.v1.ReleaseHandoffResponse
+	(*WatchConversationRequest)(nil),   // 15: chatplane.v1.WatchConversationRequest
+	(*WatchConversationResponse)(nil),  // 16: chatplane.v1.WatchConversationResponse
+	(*TurnStarted)(nil),                // 17: chatplane.v1.TurnStarted
+	(*TextDelta)(nil),                  // 18: chatplane.v1.TextDelta
+	(*Citation)(nil),                   // 19: chatplane.v1.Citation
+	(*Usage)(nil),                      // 20: chatplane.v1.Usage
+	(*TurnDone)(nil),                   // 21: chatplane.v1.TurnDone
+	(*HandoffStatus)(nil),              // 22: chatplane.v1.HandoffStatus
+	(*Conversation)(nil),               // 23: chatplane.v1.Conversation
+	(*Message)(nil),                    // 24: chatplane.v1.Message
+	(*timestamppb.Timestamp)(nil),      // 25: google.protobuf.Timestamp
 }
 var file_chatplane_v1_gateway_proto_depIdxs = []int32{
-	11, // 0: chatplane.v1.ChatResponse.started:type_name -> chatplane.v1.TurnStarted
-	12, // 1: chatplane.v1.ChatResponse.delta:type_name -> chatplane.v1.TextDelta
-	13, // 2: chatplane.v1.ChatResponse.citation:type_name -> chatplane.v1.Citation
-	14, // 3: chatplane.v1.ChatResponse.usage:type_name -> chatplane.v1.Usage
-	15, // 4: chatplane.v1.ChatResponse.done:type_name -> chatplane.v1.TurnDone
-	16, // 5: chatplane.v1.ListConversationsResponse.conversations:type_name -> chatplane.v1.Conversation
-	16, // 6: chatplane.v1.GetConversationResponse.conversation:type_name -> chatplane.v1.Conversation
-	17, // 7: chatplane.v1.GetConversationResponse.messages:type_name -> chatplane.v1.Message
-	18, // 8: chatplane.v1.DeleteConversationResponse.delete_time:type_name -> google.protobuf.Timestamp
-	0,  // 9: chatplane.v1.SubmitFeedbackRequest.rating:type_name -> chatplane.v1.Rating
-	18, // 10: chatplane.v1.SubmitFeedbackResponse.create_time:type_name -> google.protobuf.Timestamp
-	1,  // 11: chatplane.v1.GatewayService.Chat:input_type -> chatplane.v1.ChatRequest
-	3,  // 12: chatplane.v1.GatewayService.ListConversations:input_type -> chatplane.v1.ListConversationsRequest
-	5,  // 13: chatplane.v1.GatewayService.GetConversation:input_type -> chatplane.v1.GetConversationRequest
-	7,  // 14: chatplane.v1.GatewayService.DeleteConversation:input_type -> chatplane.v1.DeleteConversationRequest
-	9,  // 15: chatplane.v1.GatewayService.SubmitFeedback:input_type -> chatplane.v1.SubmitFeedbackRequest
-	2,  // 16: chatplane.v1.GatewayService.Chat:output_type -> chatplane.v1.ChatResponse
-	4,  // 17: chatplane.v1.GatewayService.ListConversations:output_type -> chatplane.v1.ListConversationsResponse
-	6,  // 18: chatplane.v1.GatewayService.GetConversation:output_type -> chatplane.v1.GetConversationResponse
-	8,  // 19: chatplane.v1.GatewayService.DeleteConversation:output_type -> chatplane.v1.DeleteConversationResponse
-	10, // 20: chatplane.v1.GatewayService.SubmitFeedback:output_type -> chatplane.v1.SubmitFeedbackResponse
-	16, // [16:21] is the sub-list for method output_type
-	11, // [11:16] is the sub-list for method input_type
-	11, // [11:11] is the sub-list for extension type_name
-	11, // [11:11] is the sub-list for extension extendee
-	0,  // [0:11] is the sub-list for field type_name
+	17, // 0: chatplane.v1.ChatResponse.started:type_name -> chatplane.v1.TurnStarted
+	18, // 1: chatplane.v1.ChatResponse.delta:type_name -> chatplane.v1.TextDelta
+	19, // 2: chatplane.v1.ChatResponse.citation:type_name -> chatplane.v1.Citation
+	20, // 3: chatplane.v1.ChatResponse.usage:type_name -> chatplane.v1.Usage
+	21, // 4: chatplane.v1.ChatResponse.done:type_name -> chatplane.v1.TurnDone
+	22, // 5: chatplane.v1.ChatResponse.handoff:type_name -> chatplane.v1.HandoffStatus
+	23, // 6: chatplane.v1.ListConversationsResponse.conversations:type_name -> chatplane.v1.Conversation
+	23, // 7: chatplane.v1.GetConversationResponse.conversation:type_name -> chatplane.v1.Conversation
+	24, // 8: chatplane.v1.GetConversationResponse.messages:type_name -> chatplane.v1.Message
+	25, // 9: chatplane.v1.DeleteConversationResponse.delete_time:type_name -> google.protobuf.Timestamp
+	0,  // 10: chatplane.v1.SubmitFeedbackRequest.rating:type_name -> chatplane.v1.Rating
+	25, // 11: chatplane.v1.SubmitFeedbackResponse.create_time:type_name -> google.protobuf.Timestamp
+	22, // 12: chatplane.v1.SubmitFeedbackResponse.handoff:type_name -> chatplane.v1.HandoffStatus
+	22, // 13: chatplane.v1.RequestHandoffResponse.handoff:type_name -> chatplane.v1.HandoffStatus
+	22, // 14: chatplane.v1.ReleaseHandoffResponse.handoff:type_name -> chatplane.v1.HandoffStatus
+	22, // 15: chatplane.v1.WatchConversationResponse.handoff:type_name -> chatplane.v1.HandoffStatus
+	24, // 16: chatplane.v1.WatchConversationResponse.operator_reply:type_name -> chatplane.v1.Message
+	1,  // 17: chatplane.v1.GatewayService.Chat:input_type -> chatplane.v1.ChatRequest
+	3,  // 18: chatplane.v1.GatewayService.ListConversations:input_type -> chatplane.v1.ListConversationsRequest
+	5,  // 19: chatplane.v1.GatewayService.GetConversation:input_type -> chatplane.v1.GetConversationRequest
+	7,  // 20: chatplane.v1.GatewayService.DeleteConversation:input_type -> chatplane.v1.DeleteConversationRequest
+	9,  // 21: chatplane.v1.GatewayService.SubmitFeedback:input_type -> chatplane.v1.SubmitFeedbackRequest
+	11, // 22: chatplane.v1.GatewayService.RequestHandoff:input_type -> chatplane.v1.RequestHandoffRequest
+	13, // 23: chatplane.v1.GatewayService.ReleaseHandoff:input_type -> chatplane.v1.ReleaseHandoffRequest
+	15, // 24: chatplane.v1.GatewayService.WatchConversation:input_type -> chatplane.v1.WatchConversationRequest
+	2,  // 25: chatplane.v1.GatewayService.Chat:output_type -> chatplane.v1.ChatResponse
+	4,  // 26: chatplane.v1.GatewayService.ListConversations:output_type -> chatplane.v1.ListConversationsResponse
+	6,  // 27: chatplane.v1.GatewayService.GetConversation:output_type -> chatplane.v1.GetConversationResponse
+	8,  // 28: chatplane.v1.GatewayService.DeleteConversation:output_type -> chatplane.v1.DeleteConversationResponse
+	10, // 29: chatplane.v1.GatewayService.SubmitFeedback:output_type -> chatplane.v1.SubmitFeedbackResponse
+	12, // 30: chatplane.v1.GatewayService.RequestHandoff:output_type -> chatplane.v1.RequestHandoffResponse
+	14, // 31: chatplane.v1.GatewayService.ReleaseHandoff:output_type -> chatplane.v1.ReleaseHandoffResponse
+	16, // 32: chatplane.v1.GatewayService.WatchConversation:output_type -> chatplane.v1.WatchConversationResponse
+	25, // [25:33] is the sub-list for method output_type
+	17, // [17:25] is the sub-list for method input_type
+	17, // [17:17] is the sub-list for extension type_name
+	17, // [17:17] is the sub-list for extension extendee
+	0,  // [0:17] is the sub-list for field type_name
 }
 
 func init() { file_chatplane_v1_gateway_proto_init() }
@@ -850,6 +1242,11 @@ func file_chatplane_v1_gateway_proto_init() {
 		(*ChatResponse_Citation)(nil),
 		(*ChatResponse_Usage)(nil),
 		(*ChatResponse_Done)(nil),
+		(*ChatResponse_Handoff)(nil),
+	}
+	file_chatplane_v1_gateway_proto_msgTypes[15].OneofWrappers = []any{
+		(*WatchConversationResponse_Handoff)(nil),
+		(*WatchConversationResponse_OperatorReply)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -857,7 +1254,7 @@ func file_chatplane_v1_gateway_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_chatplane_v1_gateway_proto_rawDesc), len(file_chatplane_v1_gateway_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   10,
+			NumMessages:   16,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -24,6 +24,9 @@ const (
 	GatewayService_GetConversation_FullMethodName    = "/chatplane.v1.GatewayService/GetConversation"
 	GatewayService_DeleteConversation_FullMethodName = "/chatplane.v1.GatewayService/DeleteConversation"
 	GatewayService_SubmitFeedback_FullMethodName     = "/chatplane.v1.GatewayService/SubmitFeedback"
+	GatewayService_RequestHandoff_FullMethodName     = "/chatplane.v1.GatewayService/RequestHandoff"
+	GatewayService_ReleaseHandoff_FullMethodName     = "/chatplane.v1.GatewayService/ReleaseHandoff"
+	GatewayService_WatchConversation_FullMethodName  = "/chatplane.v1.GatewayService/WatchConversation"
 )
 
 // GatewayServiceClient is the client API for GatewayService service.
@@ -43,6 +46,13 @@ type GatewayServiceClient interface {
 	DeleteConversation(ctx context.Context, in *DeleteConversationRequest, opts ...grpc.CallOption) (*DeleteConversationResponse, error)
 	// Rates an assistant message (thumbs up or down) with an optional comment.
 	SubmitFeedback(ctx context.Context, in *SubmitFeedbackRequest, opts ...grpc.CallOption) (*SubmitFeedbackResponse, error)
+	// Hands the caller's conversation to a human operator: the bot stops answering.
+	RequestHandoff(ctx context.Context, in *RequestHandoffRequest, opts ...grpc.CallOption) (*RequestHandoffResponse, error)
+	// Gives the caller's conversation back to the bot.
+	ReleaseHandoff(ctx context.Context, in *ReleaseHandoffRequest, opts ...grpc.CallOption) (*ReleaseHandoffResponse, error)
+	// Streams a conversation's handoff changes and operator replies as they happen, starting
+	// with its current state; open until the client cancels.
+	WatchConversation(ctx context.Context, in *WatchConversationRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchConversationResponse], error)
 }
 
 type gatewayServiceClient struct {
@@ -112,6 +122,45 @@ func (c *gatewayServiceClient) SubmitFeedback(ctx context.Context, in *SubmitFee
 	return out, nil
 }
 
+func (c *gatewayServiceClient) RequestHandoff(ctx context.Context, in *RequestHandoffRequest, opts ...grpc.CallOption) (*RequestHandoffResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RequestHandoffResponse)
+	err := c.cc.Invoke(ctx, GatewayService_RequestHandoff_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *gatewayServiceClient) ReleaseHandoff(ctx context.Context, in *ReleaseHandoffRequest, opts ...grpc.CallOption) (*ReleaseHandoffResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ReleaseHandoffResponse)
+	err := c.cc.Invoke(ctx, GatewayService_ReleaseHandoff_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *gatewayServiceClient) WatchConversation(ctx context.Context, in *WatchConversationRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchConversationResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &GatewayService_ServiceDesc.Streams[1], GatewayService_WatchConversation_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[WatchConversationRequest, WatchConversationResponse]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type GatewayService_WatchConversationClient = grpc.ServerStreamingClient[WatchConversationResponse]
+
 // GatewayServiceServer is the server API for GatewayService service.
 // All implementations must embed UnimplementedGatewayServiceServer
 // for forward compatibility.
@@ -129,6 +178,13 @@ type GatewayServiceServer interface {
 	DeleteConversation(context.Context, *DeleteConversationRequest) (*DeleteConversationResponse, error)
 	// Rates an assistant message (thumbs up or down) with an optional comment.
 	SubmitFeedback(context.Context, *SubmitFeedbackRequest) (*SubmitFeedbackResponse, error)
+	// Hands the caller's conversation to a human operator: the bot stops answering.
+	RequestHandoff(context.Context, *RequestHandoffRequest) (*RequestHandoffResponse, error)
+	// Gives the caller's conversation back to the bot.
+	ReleaseHandoff(context.Context, *ReleaseHandoffRequest) (*ReleaseHandoffResponse, error)
+	// Streams a conversation's handoff changes and operator replies as they happen, starting
+	// with its current state; open until the client cancels.
+	WatchConversation(*WatchConversationRequest, grpc.ServerStreamingServer[WatchConversationResponse]) error
 	mustEmbedUnimplementedGatewayServiceServer()
 }
 
@@ -153,6 +209,15 @@ func (UnimplementedGatewayServiceServer) DeleteConversation(context.Context, *De
 }
 func (UnimplementedGatewayServiceServer) SubmitFeedback(context.Context, *SubmitFeedbackRequest) (*SubmitFeedbackResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method SubmitFeedback not implemented")
+}
+func (UnimplementedGatewayServiceServer) RequestHandoff(context.Context, *RequestHandoffRequest) (*RequestHandoffResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RequestHandoff not implemented")
+}
+func (UnimplementedGatewayServiceServer) ReleaseHandoff(context.Context, *ReleaseHandoffRequest) (*ReleaseHandoffResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ReleaseHandoff not implemented")
+}
+func (UnimplementedGatewayServiceServer) WatchConversation(*WatchConversationRequest, grpc.ServerStreamingServer[WatchConversationResponse]) error {
+	return status.Error(codes.Unimplemented, "method WatchConversation not implemented")
 }
 func (UnimplementedGatewayServiceServer) mustEmbedUnimplementedGatewayServiceServer() {}
 func (UnimplementedGatewayServiceServer) testEmbeddedByValue()                        {}
@@ -258,6 +323,53 @@ func _GatewayService_SubmitFeedback_Handler(srv interface{}, ctx context.Context
 	return interceptor(ctx, in, info, handler)
 }
 
+func _GatewayService_RequestHandoff_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RequestHandoffRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(GatewayServiceServer).RequestHandoff(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: GatewayService_RequestHandoff_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(GatewayServiceServer).RequestHandoff(ctx, req.(*RequestHandoffRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _GatewayService_ReleaseHandoff_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ReleaseHandoffRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(GatewayServiceServer).ReleaseHandoff(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: GatewayService_ReleaseHandoff_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(GatewayServiceServer).ReleaseHandoff(ctx, req.(*ReleaseHandoffRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _GatewayService_WatchConversation_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(WatchConversationRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(GatewayServiceServer).WatchConversation(m, &grpc.GenericServerStream[WatchConversationRequest, WatchConversationResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type GatewayService_WatchConversationServer = grpc.ServerStreamingServer[WatchConversationResponse]
+
 // GatewayService_ServiceDesc is the grpc.ServiceDesc for GatewayService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -281,11 +393,24 @@ var GatewayService_ServiceDesc = grpc.ServiceDesc{
 			MethodName: "SubmitFeedback",
 			Handler:    _GatewayService_SubmitFeedback_Handler,
 		},
+		{
+			MethodName: "RequestHandoff",
+			Handler:    _GatewayService_RequestHandoff_Handler,
+		},
+		{
+			MethodName: "ReleaseHandoff",
+			Handler:    _GatewayService_ReleaseHandoff_Handler,
+		},
 	},
 	Streams: []grpc.StreamDesc{
 		{
 			StreamName:    "Chat",
 			Handler:       _GatewayService_Chat_Handler,
+			ServerStreams: true,
+		},
+		{
+			StreamName:    "WatchConversation",
+			Handler:       _GatewayService_WatchConversation_Handler,
 			ServerStreams: true,
 		},
 	},

@@ -1122,6 +1122,601 @@ func (x *GetApiKeyResponse) GetRoles() []string {
 	return nil
 }
 
+// Asks for a conversation's handoff state.
+type GetHandoffRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Whose conversation.
+	Owner *Owner `protobuf:"bytes,1,opt,name=owner,proto3" json:"owner,omitempty"`
+	// The conversation.
+	ConversationId string `protobuf:"bytes,2,opt,name=conversation_id,json=conversationId,proto3" json:"conversation_id,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *GetHandoffRequest) Reset() {
+	*x = GetHandoffRequest{}
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetHandoffRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetHandoffRequest) ProtoMessage() {}
+
+func (x *GetHandoffRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetHandoffRequest.ProtoReflect.Descriptor instead.
+func (*GetHandoffRequest) Descriptor() ([]byte, []int) {
+	return file_chatplane_v1_persistence_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *GetHandoffRequest) GetOwner() *Owner {
+	if x != nil {
+		return x.Owner
+	}
+	return nil
+}
+
+func (x *GetHandoffRequest) GetConversationId() string {
+	if x != nil {
+		return x.ConversationId
+	}
+	return ""
+}
+
+// A conversation's handoff state.
+type GetHandoffResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The state.
+	Handoff *HandoffStatus `protobuf:"bytes,1,opt,name=handoff,proto3" json:"handoff,omitempty"`
+	// Every rule that has fired in this conversation (each fires once).
+	RulesFired    []string `protobuf:"bytes,2,rep,name=rules_fired,json=rulesFired,proto3" json:"rules_fired,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetHandoffResponse) Reset() {
+	*x = GetHandoffResponse{}
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetHandoffResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetHandoffResponse) ProtoMessage() {}
+
+func (x *GetHandoffResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetHandoffResponse.ProtoReflect.Descriptor instead.
+func (*GetHandoffResponse) Descriptor() ([]byte, []int) {
+	return file_chatplane_v1_persistence_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *GetHandoffResponse) GetHandoff() *HandoffStatus {
+	if x != nil {
+		return x.Handoff
+	}
+	return nil
+}
+
+func (x *GetHandoffResponse) GetRulesFired() []string {
+	if x != nil {
+		return x.RulesFired
+	}
+	return nil
+}
+
+// A change of a conversation's mode.
+type ChangeHandoffRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Whose conversation.
+	Owner *Owner `protobuf:"bytes,1,opt,name=owner,proto3" json:"owner,omitempty"`
+	// The conversation.
+	ConversationId string `protobuf:"bytes,2,opt,name=conversation_id,json=conversationId,proto3" json:"conversation_id,omitempty"`
+	// HANDOFF_MODE_HUMAN to hand it over, HANDOFF_MODE_BOT to give it back.
+	Mode HandoffMode `protobuf:"varint,3,opt,name=mode,proto3,enum=chatplane.v1.HandoffMode" json:"mode,omitempty"`
+	// What makes the change.
+	Trigger HandoffTrigger `protobuf:"varint,4,opt,name=trigger,proto3,enum=chatplane.v1.HandoffTrigger" json:"trigger,omitempty"`
+	// Why (requests only).
+	Reason string `protobuf:"bytes,5,opt,name=reason,proto3" json:"reason,omitempty"`
+	// The user id of whoever makes the change (user or operator).
+	ActorId string `protobuf:"bytes,6,opt,name=actor_id,json=actorId,proto3" json:"actor_id,omitempty"`
+	// For a rule: its name; when it has fired in this conversation before, nothing changes.
+	Rule          string `protobuf:"bytes,7,opt,name=rule,proto3" json:"rule,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ChangeHandoffRequest) Reset() {
+	*x = ChangeHandoffRequest{}
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ChangeHandoffRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ChangeHandoffRequest) ProtoMessage() {}
+
+func (x *ChangeHandoffRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ChangeHandoffRequest.ProtoReflect.Descriptor instead.
+func (*ChangeHandoffRequest) Descriptor() ([]byte, []int) {
+	return file_chatplane_v1_persistence_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *ChangeHandoffRequest) GetOwner() *Owner {
+	if x != nil {
+		return x.Owner
+	}
+	return nil
+}
+
+func (x *ChangeHandoffRequest) GetConversationId() string {
+	if x != nil {
+		return x.ConversationId
+	}
+	return ""
+}
+
+func (x *ChangeHandoffRequest) GetMode() HandoffMode {
+	if x != nil {
+		return x.Mode
+	}
+	return HandoffMode_HANDOFF_MODE_UNSPECIFIED
+}
+
+func (x *ChangeHandoffRequest) GetTrigger() HandoffTrigger {
+	if x != nil {
+		return x.Trigger
+	}
+	return HandoffTrigger_HANDOFF_TRIGGER_UNSPECIFIED
+}
+
+func (x *ChangeHandoffRequest) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *ChangeHandoffRequest) GetActorId() string {
+	if x != nil {
+		return x.ActorId
+	}
+	return ""
+}
+
+func (x *ChangeHandoffRequest) GetRule() string {
+	if x != nil {
+		return x.Rule
+	}
+	return ""
+}
+
+// The state after the change.
+type ChangeHandoffResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The state; changed says whether this call changed it.
+	Handoff       *HandoffStatus `protobuf:"bytes,1,opt,name=handoff,proto3" json:"handoff,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ChangeHandoffResponse) Reset() {
+	*x = ChangeHandoffResponse{}
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ChangeHandoffResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ChangeHandoffResponse) ProtoMessage() {}
+
+func (x *ChangeHandoffResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ChangeHandoffResponse.ProtoReflect.Descriptor instead.
+func (*ChangeHandoffResponse) Descriptor() ([]byte, []int) {
+	return file_chatplane_v1_persistence_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *ChangeHandoffResponse) GetHandoff() *HandoffStatus {
+	if x != nil {
+		return x.Handoff
+	}
+	return nil
+}
+
+// Asks for a tenant's conversations waiting for a human.
+type ListHandoffsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The tenant.
+	TenantId string `protobuf:"bytes,1,opt,name=tenant_id,json=tenantId,proto3" json:"tenant_id,omitempty"`
+	// Maximum conversations (1-100).
+	PageSize int32 `protobuf:"varint,2,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	// The next_page_token of a previous call, or empty for the first page.
+	PageToken     string `protobuf:"bytes,3,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListHandoffsRequest) Reset() {
+	*x = ListHandoffsRequest{}
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListHandoffsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListHandoffsRequest) ProtoMessage() {}
+
+func (x *ListHandoffsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListHandoffsRequest.ProtoReflect.Descriptor instead.
+func (*ListHandoffsRequest) Descriptor() ([]byte, []int) {
+	return file_chatplane_v1_persistence_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *ListHandoffsRequest) GetTenantId() string {
+	if x != nil {
+		return x.TenantId
+	}
+	return ""
+}
+
+func (x *ListHandoffsRequest) GetPageSize() int32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+func (x *ListHandoffsRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
+// A page of conversations in human mode.
+type ListHandoffsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Their states (user_id filled), longest waiting first.
+	Handoffs []*HandoffStatus `protobuf:"bytes,1,rep,name=handoffs,proto3" json:"handoffs,omitempty"`
+	// Token for the next page; empty when there is none.
+	NextPageToken string `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListHandoffsResponse) Reset() {
+	*x = ListHandoffsResponse{}
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListHandoffsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListHandoffsResponse) ProtoMessage() {}
+
+func (x *ListHandoffsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListHandoffsResponse.ProtoReflect.Descriptor instead.
+func (*ListHandoffsResponse) Descriptor() ([]byte, []int) {
+	return file_chatplane_v1_persistence_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *ListHandoffsResponse) GetHandoffs() []*HandoffStatus {
+	if x != nil {
+		return x.Handoffs
+	}
+	return nil
+}
+
+func (x *ListHandoffsResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
+}
+
+// Asks for a tenant's handed-off conversation.
+type GetTenantHandoffRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The tenant.
+	TenantId string `protobuf:"bytes,1,opt,name=tenant_id,json=tenantId,proto3" json:"tenant_id,omitempty"`
+	// The conversation.
+	ConversationId string `protobuf:"bytes,2,opt,name=conversation_id,json=conversationId,proto3" json:"conversation_id,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *GetTenantHandoffRequest) Reset() {
+	*x = GetTenantHandoffRequest{}
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetTenantHandoffRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetTenantHandoffRequest) ProtoMessage() {}
+
+func (x *GetTenantHandoffRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetTenantHandoffRequest.ProtoReflect.Descriptor instead.
+func (*GetTenantHandoffRequest) Descriptor() ([]byte, []int) {
+	return file_chatplane_v1_persistence_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *GetTenantHandoffRequest) GetTenantId() string {
+	if x != nil {
+		return x.TenantId
+	}
+	return ""
+}
+
+func (x *GetTenantHandoffRequest) GetConversationId() string {
+	if x != nil {
+		return x.ConversationId
+	}
+	return ""
+}
+
+// A handed-off conversation and its owner.
+type GetTenantHandoffResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Whose conversation it is.
+	Owner *Owner `protobuf:"bytes,1,opt,name=owner,proto3" json:"owner,omitempty"`
+	// Its state.
+	Handoff       *HandoffStatus `protobuf:"bytes,2,opt,name=handoff,proto3" json:"handoff,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetTenantHandoffResponse) Reset() {
+	*x = GetTenantHandoffResponse{}
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetTenantHandoffResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetTenantHandoffResponse) ProtoMessage() {}
+
+func (x *GetTenantHandoffResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetTenantHandoffResponse.ProtoReflect.Descriptor instead.
+func (*GetTenantHandoffResponse) Descriptor() ([]byte, []int) {
+	return file_chatplane_v1_persistence_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *GetTenantHandoffResponse) GetOwner() *Owner {
+	if x != nil {
+		return x.Owner
+	}
+	return nil
+}
+
+func (x *GetTenantHandoffResponse) GetHandoff() *HandoffStatus {
+	if x != nil {
+		return x.Handoff
+	}
+	return nil
+}
+
+// Asks for the thumbs-down count of a message's conversation.
+type CountThumbsDownRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Whose message.
+	Owner *Owner `protobuf:"bytes,1,opt,name=owner,proto3" json:"owner,omitempty"`
+	// A message of the owner.
+	MessageId     string `protobuf:"bytes,2,opt,name=message_id,json=messageId,proto3" json:"message_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CountThumbsDownRequest) Reset() {
+	*x = CountThumbsDownRequest{}
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CountThumbsDownRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CountThumbsDownRequest) ProtoMessage() {}
+
+func (x *CountThumbsDownRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CountThumbsDownRequest.ProtoReflect.Descriptor instead.
+func (*CountThumbsDownRequest) Descriptor() ([]byte, []int) {
+	return file_chatplane_v1_persistence_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *CountThumbsDownRequest) GetOwner() *Owner {
+	if x != nil {
+		return x.Owner
+	}
+	return nil
+}
+
+func (x *CountThumbsDownRequest) GetMessageId() string {
+	if x != nil {
+		return x.MessageId
+	}
+	return ""
+}
+
+// The thumbs-down count of the conversation.
+type CountThumbsDownResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The conversation of the message.
+	ConversationId string `protobuf:"bytes,1,opt,name=conversation_id,json=conversationId,proto3" json:"conversation_id,omitempty"`
+	// Thumbs-down ratings on its messages.
+	ThumbsDown    int32 `protobuf:"varint,2,opt,name=thumbs_down,json=thumbsDown,proto3" json:"thumbs_down,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CountThumbsDownResponse) Reset() {
+	*x = CountThumbsDownResponse{}
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CountThumbsDownResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CountThumbsDownResponse) ProtoMessage() {}
+
+func (x *CountThumbsDownResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CountThumbsDownResponse.ProtoReflect.Descriptor instead.
+func (*CountThumbsDownResponse) Descriptor() ([]byte, []int) {
+	return file_chatplane_v1_persistence_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *CountThumbsDownResponse) GetConversationId() string {
+	if x != nil {
+		return x.ConversationId
+	}
+	return ""
+}
+
+func (x *CountThumbsDownResponse) GetThumbsDown() int32 {
+	if x != nil {
+		return x.ThumbsDown
+	}
+	return 0
+}
+
 var File_chatplane_v1_persistence_proto protoreflect.FileDescriptor
 
 const file_chatplane_v1_persistence_proto_rawDesc = "" +
@@ -1191,7 +1786,46 @@ const file_chatplane_v1_persistence_proto_rawDesc = "" +
 	"\x05owner\x18\x01 \x01(\v2\x13.chatplane.v1.OwnerR\x05owner\x12#\n" +
 	"\rsecret_sha256\x18\x02 \x01(\fR\fsecretSha256\x12\x18\n" +
 	"\arevoked\x18\x03 \x01(\bR\arevoked\x12\x14\n" +
-	"\x05roles\x18\x04 \x03(\tR\x05roles2\xc2\a\n" +
+	"\x05roles\x18\x04 \x03(\tR\x05roles\"g\n" +
+	"\x11GetHandoffRequest\x12)\n" +
+	"\x05owner\x18\x01 \x01(\v2\x13.chatplane.v1.OwnerR\x05owner\x12'\n" +
+	"\x0fconversation_id\x18\x02 \x01(\tR\x0econversationId\"l\n" +
+	"\x12GetHandoffResponse\x125\n" +
+	"\ahandoff\x18\x01 \x01(\v2\x1b.chatplane.v1.HandoffStatusR\ahandoff\x12\x1f\n" +
+	"\vrules_fired\x18\x02 \x03(\tR\n" +
+	"rulesFired\"\x98\x02\n" +
+	"\x14ChangeHandoffRequest\x12)\n" +
+	"\x05owner\x18\x01 \x01(\v2\x13.chatplane.v1.OwnerR\x05owner\x12'\n" +
+	"\x0fconversation_id\x18\x02 \x01(\tR\x0econversationId\x12-\n" +
+	"\x04mode\x18\x03 \x01(\x0e2\x19.chatplane.v1.HandoffModeR\x04mode\x126\n" +
+	"\atrigger\x18\x04 \x01(\x0e2\x1c.chatplane.v1.HandoffTriggerR\atrigger\x12\x16\n" +
+	"\x06reason\x18\x05 \x01(\tR\x06reason\x12\x19\n" +
+	"\bactor_id\x18\x06 \x01(\tR\aactorId\x12\x12\n" +
+	"\x04rule\x18\a \x01(\tR\x04rule\"N\n" +
+	"\x15ChangeHandoffResponse\x125\n" +
+	"\ahandoff\x18\x01 \x01(\v2\x1b.chatplane.v1.HandoffStatusR\ahandoff\"n\n" +
+	"\x13ListHandoffsRequest\x12\x1b\n" +
+	"\ttenant_id\x18\x01 \x01(\tR\btenantId\x12\x1b\n" +
+	"\tpage_size\x18\x02 \x01(\x05R\bpageSize\x12\x1d\n" +
+	"\n" +
+	"page_token\x18\x03 \x01(\tR\tpageToken\"w\n" +
+	"\x14ListHandoffsResponse\x127\n" +
+	"\bhandoffs\x18\x01 \x03(\v2\x1b.chatplane.v1.HandoffStatusR\bhandoffs\x12&\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"_\n" +
+	"\x17GetTenantHandoffRequest\x12\x1b\n" +
+	"\ttenant_id\x18\x01 \x01(\tR\btenantId\x12'\n" +
+	"\x0fconversation_id\x18\x02 \x01(\tR\x0econversationId\"|\n" +
+	"\x18GetTenantHandoffResponse\x12)\n" +
+	"\x05owner\x18\x01 \x01(\v2\x13.chatplane.v1.OwnerR\x05owner\x125\n" +
+	"\ahandoff\x18\x02 \x01(\v2\x1b.chatplane.v1.HandoffStatusR\ahandoff\"b\n" +
+	"\x16CountThumbsDownRequest\x12)\n" +
+	"\x05owner\x18\x01 \x01(\v2\x13.chatplane.v1.OwnerR\x05owner\x12\x1d\n" +
+	"\n" +
+	"message_id\x18\x02 \x01(\tR\tmessageId\"c\n" +
+	"\x17CountThumbsDownResponse\x12'\n" +
+	"\x0fconversation_id\x18\x01 \x01(\tR\x0econversationId\x12\x1f\n" +
+	"\vthumbs_down\x18\x02 \x01(\x05R\n" +
+	"thumbsDown2\x87\v\n" +
 	"\x12PersistenceService\x12L\n" +
 	"\tBeginTurn\x12\x1e.chatplane.v1.BeginTurnRequest\x1a\x1f.chatplane.v1.BeginTurnResponse\x12F\n" +
 	"\aGetTurn\x12\x1c.chatplane.v1.GetTurnRequest\x1a\x1d.chatplane.v1.GetTurnResponse\x12R\n" +
@@ -1201,7 +1835,13 @@ const file_chatplane_v1_persistence_proto_rawDesc = "" +
 	"\x12DeleteConversation\x129.chatplane.v1.PersistenceServiceDeleteConversationRequest\x1a:.chatplane.v1.PersistenceServiceDeleteConversationResponse\x12\x7f\n" +
 	"\x0eSubmitFeedback\x125.chatplane.v1.PersistenceServiceSubmitFeedbackRequest\x1a6.chatplane.v1.PersistenceServiceSubmitFeedbackResponse\x12U\n" +
 	"\fCreateApiKey\x12!.chatplane.v1.CreateApiKeyRequest\x1a\".chatplane.v1.CreateApiKeyResponse\x12L\n" +
-	"\tGetApiKey\x12\x1e.chatplane.v1.GetApiKeyRequest\x1a\x1f.chatplane.v1.GetApiKeyResponseB@Z>github.com/chatplane/chatplane/gen/go/chatplane/v1;chatplanev1b\x06proto3"
+	"\tGetApiKey\x12\x1e.chatplane.v1.GetApiKeyRequest\x1a\x1f.chatplane.v1.GetApiKeyResponse\x12O\n" +
+	"\n" +
+	"GetHandoff\x12\x1f.chatplane.v1.GetHandoffRequest\x1a .chatplane.v1.GetHandoffResponse\x12X\n" +
+	"\rChangeHandoff\x12\".chatplane.v1.ChangeHandoffRequest\x1a#.chatplane.v1.ChangeHandoffResponse\x12U\n" +
+	"\fListHandoffs\x12!.chatplane.v1.ListHandoffsRequest\x1a\".chatplane.v1.ListHandoffsResponse\x12a\n" +
+	"\x10GetTenantHandoff\x12%.chatplane.v1.GetTenantHandoffRequest\x1a&.chatplane.v1.GetTenantHandoffResponse\x12^\n" +
+	"\x0fCountThumbsDown\x12$.chatplane.v1.CountThumbsDownRequest\x1a%.chatplane.v1.CountThumbsDownResponseB@Z>github.com/chatplane/chatplane/gen/go/chatplane/v1;chatplanev1b\x06proto3"
 
 var (
 	file_chatplane_v1_persistence_proto_rawDescOnce sync.Once
@@ -1215,7 +1855,7 @@ func file_chatplane_v1_persistence_proto_rawDescGZIP() []byte {
 	return file_chatplane_v1_persistence_proto_rawDescData
 }
 
-var file_chatplane_v1_persistence_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
+var file_chatplane_v1_persistence_proto_msgTypes = make([]protoimpl.MessageInfo, 29)
 var file_chatplane_v1_persistence_proto_goTypes = []any{
 	(*Owner)(nil),                                        // 0: chatplane.v1.Owner
 	(*BeginTurnRequest)(nil),                             // 1: chatplane.v1.BeginTurnRequest
@@ -1236,57 +1876,90 @@ var file_chatplane_v1_persistence_proto_goTypes = []any{
 	(*CreateApiKeyResponse)(nil),                         // 16: chatplane.v1.CreateApiKeyResponse
 	(*GetApiKeyRequest)(nil),                             // 17: chatplane.v1.GetApiKeyRequest
 	(*GetApiKeyResponse)(nil),                            // 18: chatplane.v1.GetApiKeyResponse
-	(*Message)(nil),                                      // 19: chatplane.v1.Message
-	(*timestamppb.Timestamp)(nil),                        // 20: google.protobuf.Timestamp
-	(*ListConversationsRequest)(nil),                     // 21: chatplane.v1.ListConversationsRequest
-	(*ListConversationsResponse)(nil),                    // 22: chatplane.v1.ListConversationsResponse
-	(*GetConversationRequest)(nil),                       // 23: chatplane.v1.GetConversationRequest
-	(*GetConversationResponse)(nil),                      // 24: chatplane.v1.GetConversationResponse
-	(*SubmitFeedbackRequest)(nil),                        // 25: chatplane.v1.SubmitFeedbackRequest
+	(*GetHandoffRequest)(nil),                            // 19: chatplane.v1.GetHandoffRequest
+	(*GetHandoffResponse)(nil),                           // 20: chatplane.v1.GetHandoffResponse
+	(*ChangeHandoffRequest)(nil),                         // 21: chatplane.v1.ChangeHandoffRequest
+	(*ChangeHandoffResponse)(nil),                        // 22: chatplane.v1.ChangeHandoffResponse
+	(*ListHandoffsRequest)(nil),                          // 23: chatplane.v1.ListHandoffsRequest
+	(*ListHandoffsResponse)(nil),                         // 24: chatplane.v1.ListHandoffsResponse
+	(*GetTenantHandoffRequest)(nil),                      // 25: chatplane.v1.GetTenantHandoffRequest
+	(*GetTenantHandoffResponse)(nil),                     // 26: chatplane.v1.GetTenantHandoffResponse
+	(*CountThumbsDownRequest)(nil),                       // 27: chatplane.v1.CountThumbsDownRequest
+	(*CountThumbsDownResponse)(nil),                      // 28: chatplane.v1.CountThumbsDownResponse
+	(*Message)(nil),                                      // 29: chatplane.v1.Message
+	(*timestamppb.Timestamp)(nil),                        // 30: google.protobuf.Timestamp
+	(*ListConversationsRequest)(nil),                     // 31: chatplane.v1.ListConversationsRequest
+	(*ListConversationsResponse)(nil),                    // 32: chatplane.v1.ListConversationsResponse
+	(*GetConversationRequest)(nil),                       // 33: chatplane.v1.GetConversationRequest
+	(*GetConversationResponse)(nil),                      // 34: chatplane.v1.GetConversationResponse
+	(*SubmitFeedbackRequest)(nil),                        // 35: chatplane.v1.SubmitFeedbackRequest
+	(*HandoffStatus)(nil),                                // 36: chatplane.v1.HandoffStatus
+	(HandoffMode)(0),                                     // 37: chatplane.v1.HandoffMode
+	(HandoffTrigger)(0),                                  // 38: chatplane.v1.HandoffTrigger
 }
 var file_chatplane_v1_persistence_proto_depIdxs = []int32{
 	0,  // 0: chatplane.v1.BeginTurnRequest.owner:type_name -> chatplane.v1.Owner
 	0,  // 1: chatplane.v1.GetTurnRequest.owner:type_name -> chatplane.v1.Owner
-	19, // 2: chatplane.v1.GetTurnResponse.user_message:type_name -> chatplane.v1.Message
-	19, // 3: chatplane.v1.GetTurnResponse.assistant_message:type_name -> chatplane.v1.Message
-	20, // 4: chatplane.v1.GetTurnResponse.lease_expire_time:type_name -> google.protobuf.Timestamp
+	29, // 2: chatplane.v1.GetTurnResponse.user_message:type_name -> chatplane.v1.Message
+	29, // 3: chatplane.v1.GetTurnResponse.assistant_message:type_name -> chatplane.v1.Message
+	30, // 4: chatplane.v1.GetTurnResponse.lease_expire_time:type_name -> google.protobuf.Timestamp
 	0,  // 5: chatplane.v1.ReleaseTurnRequest.owner:type_name -> chatplane.v1.Owner
 	0,  // 6: chatplane.v1.PersistenceServiceListConversationsRequest.owner:type_name -> chatplane.v1.Owner
-	21, // 7: chatplane.v1.PersistenceServiceListConversationsRequest.page:type_name -> chatplane.v1.ListConversationsRequest
-	22, // 8: chatplane.v1.PersistenceServiceListConversationsResponse.page:type_name -> chatplane.v1.ListConversationsResponse
+	31, // 7: chatplane.v1.PersistenceServiceListConversationsRequest.page:type_name -> chatplane.v1.ListConversationsRequest
+	32, // 8: chatplane.v1.PersistenceServiceListConversationsResponse.page:type_name -> chatplane.v1.ListConversationsResponse
 	0,  // 9: chatplane.v1.PersistenceServiceGetConversationRequest.owner:type_name -> chatplane.v1.Owner
-	23, // 10: chatplane.v1.PersistenceServiceGetConversationRequest.request:type_name -> chatplane.v1.GetConversationRequest
-	24, // 11: chatplane.v1.PersistenceServiceGetConversationResponse.response:type_name -> chatplane.v1.GetConversationResponse
+	33, // 10: chatplane.v1.PersistenceServiceGetConversationRequest.request:type_name -> chatplane.v1.GetConversationRequest
+	34, // 11: chatplane.v1.PersistenceServiceGetConversationResponse.response:type_name -> chatplane.v1.GetConversationResponse
 	0,  // 12: chatplane.v1.PersistenceServiceDeleteConversationRequest.owner:type_name -> chatplane.v1.Owner
-	20, // 13: chatplane.v1.PersistenceServiceDeleteConversationResponse.delete_time:type_name -> google.protobuf.Timestamp
+	30, // 13: chatplane.v1.PersistenceServiceDeleteConversationResponse.delete_time:type_name -> google.protobuf.Timestamp
 	0,  // 14: chatplane.v1.PersistenceServiceSubmitFeedbackRequest.owner:type_name -> chatplane.v1.Owner
-	25, // 15: chatplane.v1.PersistenceServiceSubmitFeedbackRequest.feedback:type_name -> chatplane.v1.SubmitFeedbackRequest
-	20, // 16: chatplane.v1.PersistenceServiceSubmitFeedbackResponse.create_time:type_name -> google.protobuf.Timestamp
+	35, // 15: chatplane.v1.PersistenceServiceSubmitFeedbackRequest.feedback:type_name -> chatplane.v1.SubmitFeedbackRequest
+	30, // 16: chatplane.v1.PersistenceServiceSubmitFeedbackResponse.create_time:type_name -> google.protobuf.Timestamp
 	0,  // 17: chatplane.v1.CreateApiKeyRequest.owner:type_name -> chatplane.v1.Owner
 	0,  // 18: chatplane.v1.GetApiKeyResponse.owner:type_name -> chatplane.v1.Owner
-	1,  // 19: chatplane.v1.PersistenceService.BeginTurn:input_type -> chatplane.v1.BeginTurnRequest
-	3,  // 20: chatplane.v1.PersistenceService.GetTurn:input_type -> chatplane.v1.GetTurnRequest
-	5,  // 21: chatplane.v1.PersistenceService.ReleaseTurn:input_type -> chatplane.v1.ReleaseTurnRequest
-	7,  // 22: chatplane.v1.PersistenceService.ListConversations:input_type -> chatplane.v1.PersistenceServiceListConversationsRequest
-	9,  // 23: chatplane.v1.PersistenceService.GetConversation:input_type -> chatplane.v1.PersistenceServiceGetConversationRequest
-	11, // 24: chatplane.v1.PersistenceService.DeleteConversation:input_type -> chatplane.v1.PersistenceServiceDeleteConversationRequest
-	13, // 25: chatplane.v1.PersistenceService.SubmitFeedback:input_type -> chatplane.v1.PersistenceServiceSubmitFeedbackRequest
-	15, // 26: chatplane.v1.PersistenceService.CreateApiKey:input_type -> chatplane.v1.CreateApiKeyRequest
-	17, // 27: chatplane.v1.PersistenceService.GetApiKey:input_type -> chatplane.v1.GetApiKeyRequest
-	2,  // 28: chatplane.v1.PersistenceService.BeginTurn:output_type -> chatplane.v1.BeginTurnResponse
-	4,  // 29: chatplane.v1.PersistenceService.GetTurn:output_type -> chatplane.v1.GetTurnResponse
-	6,  // 30: chatplane.v1.PersistenceService.ReleaseTurn:output_type -> chatplane.v1.ReleaseTurnResponse
-	8,  // 31: chatplane.v1.PersistenceService.ListConversations:output_type -> chatplane.v1.PersistenceServiceListConversationsResponse
-	10, // 32: chatplane.v1.PersistenceService.GetConversation:output_type -> chatplane.v1.PersistenceServiceGetConversationResponse
-	12, // 33: chatplane.v1.PersistenceService.DeleteConversation:output_type -> chatplane.v1.PersistenceServiceDeleteConversationResponse
-	14, // 34: chatplane.v1.PersistenceService.SubmitFeedback:output_type -> chatplane.v1.PersistenceServiceSubmitFeedbackResponse
-	16, // 35: chatplane.v1.PersistenceService.CreateApiKey:output_type -> chatplane.v1.CreateApiKeyResponse
-	18, // 36: chatplane.v1.PersistenceService.GetApiKey:output_type -> chatplane.v1.GetApiKeyResponse
-	28, // [28:37] is the sub-list for method output_type
-	19, // [19:28] is the sub-list for method input_type
-	19, // [19:19] is the sub-list for extension type_name
-	19, // [19:19] is the sub-list for extension extendee
-	0,  // [0:19] is the sub-list for field type_name
+	0,  // 19: chatplane.v1.GetHandoffRequest.owner:type_name -> chatplane.v1.Owner
+	36, // 20: chatplane.v1.GetHandoffResponse.handoff:type_name -> chatplane.v1.HandoffStatus
+	0,  // 21: chatplane.v1.ChangeHandoffRequest.owner:type_name -> chatplane.v1.Owner
+	37, // 22: chatplane.v1.ChangeHandoffRequest.mode:type_name -> chatplane.v1.HandoffMode
+	38, // 23: chatplane.v1.ChangeHandoffRequest.trigger:type_name -> chatplane.v1.HandoffTrigger
+	36, // 24: chatplane.v1.ChangeHandoffResponse.handoff:type_name -> chatplane.v1.HandoffStatus
+	36, // 25: chatplane.v1.ListHandoffsResponse.handoffs:type_name -> chatplane.v1.HandoffStatus
+	0,  // 26: chatplane.v1.GetTenantHandoffResponse.owner:type_name -> chatplane.v1.Owner
+	36, // 27: chatplane.v1.GetTenantHandoffResponse.handoff:type_name -> chatplane.v1.HandoffStatus
+	0,  // 28: chatplane.v1.CountThumbsDownRequest.owner:type_name -> chatplane.v1.Owner
+	1,  // 29: chatplane.v1.PersistenceService.BeginTurn:input_type -> chatplane.v1.BeginTurnRequest
+	3,  // 30: chatplane.v1.PersistenceService.GetTurn:input_type -> chatplane.v1.GetTurnRequest
+	5,  // 31: chatplane.v1.PersistenceService.ReleaseTurn:input_type -> chatplane.v1.ReleaseTurnRequest
+	7,  // 32: chatplane.v1.PersistenceService.ListConversations:input_type -> chatplane.v1.PersistenceServiceListConversationsRequest
+	9,  // 33: chatplane.v1.PersistenceService.GetConversation:input_type -> chatplane.v1.PersistenceServiceGetConversationRequest
+	11, // 34: chatplane.v1.PersistenceService.DeleteConversation:input_type -> chatplane.v1.PersistenceServiceDeleteConversationRequest
+	13, // 35: chatplane.v1.PersistenceService.SubmitFeedback:input_type -> chatplane.v1.PersistenceServiceSubmitFeedbackRequest
+	15, // 36: chatplane.v1.PersistenceService.CreateApiKey:input_type -> chatplane.v1.CreateApiKeyRequest
+	17, // 37: chatplane.v1.PersistenceService.GetApiKey:input_type -> chatplane.v1.GetApiKeyRequest
+	19, // 38: chatplane.v1.PersistenceService.GetHandoff:input_type -> chatplane.v1.GetHandoffRequest
+	21, // 39: chatplane.v1.PersistenceService.ChangeHandoff:input_type -> chatplane.v1.ChangeHandoffRequest
+	23, // 40: chatplane.v1.PersistenceService.ListHandoffs:input_type -> chatplane.v1.ListHandoffsRequest
+	25, // 41: chatplane.v1.PersistenceService.GetTenantHandoff:input_type -> chatplane.v1.GetTenantHandoffRequest
+	27, // 42: chatplane.v1.PersistenceService.CountThumbsDown:input_type -> chatplane.v1.CountThumbsDownRequest
+	2,  // 43: chatplane.v1.PersistenceService.BeginTurn:output_type -> chatplane.v1.BeginTurnResponse
+	4,  // 44: chatplane.v1.PersistenceService.GetTurn:output_type -> chatplane.v1.GetTurnResponse
+	6,  // 45: chatplane.v1.PersistenceService.ReleaseTurn:output_type -> chatplane.v1.ReleaseTurnResponse
+	8,  // 46: chatplane.v1.PersistenceService.ListConversations:output_type -> chatplane.v1.PersistenceServiceListConversationsResponse
+	10, // 47: chatplane.v1.PersistenceService.GetConversation:output_type -> chatplane.v1.PersistenceServiceGetConversationResponse
+	12, // 48: chatplane.v1.PersistenceService.DeleteConversation:output_type -> chatplane.v1.PersistenceServiceDeleteConversationResponse
+	14, // 49: chatplane.v1.PersistenceService.SubmitFeedback:output_type -> chatplane.v1.PersistenceServiceSubmitFeedbackResponse
+	16, // 50: chatplane.v1.PersistenceService.CreateApiKey:output_type -> chatplane.v1.CreateApiKeyResponse
+	18, // 51: chatplane.v1.PersistenceService.GetApiKey:output_type -> chatplane.v1.GetApiKeyResponse
+	20, // 52: chatplane.v1.PersistenceService.GetHandoff:output_type -> chatplane.v1.GetHandoffResponse
+	22, // 53: chatplane.v1.PersistenceService.ChangeHandoff:output_type -> chatplane.v1.ChangeHandoffResponse
+	24, // 54: chatplane.v1.PersistenceService.ListHandoffs:output_type -> chatplane.v1.ListHandoffsResponse
+	26, // 55: chatplane.v1.PersistenceService.GetTenantHandoff:output_type -> chatplane.v1.GetTenantHandoffResponse
+	28, // 56: chatplane.v1.PersistenceService.CountThumbsDown:output_type -> chatplane.v1.CountThumbsDownResponse
+	43, // [43:57] is the sub-list for method output_type
+	29, // [29:43] is the sub-list for method input_type
+	29, // [29:29] is the sub-list for extension type_name
+	29, // [29:29] is the sub-list for extension extendee
+	0,  // [0:29] is the sub-list for field type_name
 }
 
 func init() { file_chatplane_v1_persistence_proto_init() }
@@ -1302,7 +1975,7 @@ func file_chatplane_v1_persistence_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_chatplane_v1_persistence_proto_rawDesc), len(file_chatplane_v1_persistence_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   19,
+			NumMessages:   29,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from chatplane.v1 import resources_pb2 as chatplane_dot_v1_dot_resources__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x63hatplane/v1/agent.proto\x12\x0c\x63hatplane.v1\x1a\x1c\x63hatplane/v1/resources.proto\"\xae\x01\n\x0fGenerateRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x17\n\x0f\x63onversation_id\x18\x03 \x01(\t\x12\x17\n\x0fuser_message_id\x18\x04 \x01(\t\x12\x1c\n\x14\x61ssistant_message_id\x18\x05 \x01(\t\x12\x0c\n\x04text\x18\x06 \x01(\t\x12\x19\n\x11\x63lient_message_id\x18\x07 \x01(\t\"\xed\x01\n\x10GenerateResponse\x12,\n\x07started\x18\x01 \x01(\x0b\x32\x19.chatplane.v1.TurnStartedH\x00\x12(\n\x05\x64\x65lta\x18\x02 \x01(\x0b\x32\x17.chatplane.v1.TextDeltaH\x00\x12*\n\x08\x63itation\x18\x03 \x01(\x0b\x32\x16.chatplane.v1.CitationH\x00\x12$\n\x05usage\x18\x04 \x01(\x0b\x32\x13.chatplane.v1.UsageH\x00\x12&\n\x04\x64one\x18\x05 \x01(\x0b\x32\x16.chatplane.v1.TurnDoneH\x00\x42\x07\n\x05\x65vent2[\n\x0c\x41gentService\x12K\n\x08Generate\x12\x1d.chatplane.v1.GenerateRequest\x1a\x1e.chatplane.v1.GenerateResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x63hatplane/v1/agent.proto\x12\x0c\x63hatplane.v1\x1a\x1c\x63hatplane/v1/resources.proto\"\xae\x01\n\x0fGenerateRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x17\n\x0f\x63onversation_id\x18\x03 \x01(\t\x12\x17\n\x0fuser_message_id\x18\x04 \x01(\t\x12\x1c\n\x14\x61ssistant_message_id\x18\x05 \x01(\t\x12\x0c\n\x04text\x18\x06 \x01(\t\x12\x19\n\x11\x63lient_message_id\x18\x07 \x01(\t\"\x9d\x02\n\x10GenerateResponse\x12,\n\x07started\x18\x01 \x01(\x0b\x32\x19.chatplane.v1.TurnStartedH\x00\x12(\n\x05\x64\x65lta\x18\x02 \x01(\x0b\x32\x17.chatplane.v1.TextDeltaH\x00\x12*\n\x08\x63itation\x18\x03 \x01(\x0b\x32\x16.chatplane.v1.CitationH\x00\x12$\n\x05usage\x18\x04 \x01(\x0b\x32\x13.chatplane.v1.UsageH\x00\x12&\n\x04\x64one\x18\x05 \x01(\x0b\x32\x16.chatplane.v1.TurnDoneH\x00\x12.\n\x07handoff\x18< \x01(\x0b\x32\x1b.chatplane.v1.HandoffStatusH\x00\x42\x07\n\x05\x65vent2[\n\x0c\x41gentService\x12K\n\x08Generate\x12\x1d.chatplane.v1.GenerateRequest\x1a\x1e.chatplane.v1.GenerateResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,7 +35,7 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GENERATEREQUEST']._serialized_start=73
   _globals['_GENERATEREQUEST']._serialized_end=247
   _globals['_GENERATERESPONSE']._serialized_start=250
-  _globals['_GENERATERESPONSE']._serialized_end=487
-  _globals['_AGENTSERVICE']._serialized_start=489
-  _globals['_AGENTSERVICE']._serialized_end=580
+  _globals['_GENERATERESPONSE']._serialized_end=535
+  _globals['_AGENTSERVICE']._serialized_start=537
+  _globals['_AGENTSERVICE']._serialized_end=628
 # @@protoc_insertion_point(module_scope)

@@ -27,7 +27,7 @@ from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x63hatplane/v1/gateway.proto\x12\x0c\x63hatplane.v1\x1a\x1c\x63hatplane/v1/resources.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"O\n\x0b\x43hatRequest\x12\x17\n\x0f\x63onversation_id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x19\n\x11\x63lient_message_id\x18\x03 \x01(\t\"\xe9\x01\n\x0c\x43hatResponse\x12,\n\x07started\x18\x01 \x01(\x0b\x32\x19.chatplane.v1.TurnStartedH\x00\x12(\n\x05\x64\x65lta\x18\x02 \x01(\x0b\x32\x17.chatplane.v1.TextDeltaH\x00\x12*\n\x08\x63itation\x18\x03 \x01(\x0b\x32\x16.chatplane.v1.CitationH\x00\x12$\n\x05usage\x18\x04 \x01(\x0b\x32\x13.chatplane.v1.UsageH\x00\x12&\n\x04\x64one\x18\x05 \x01(\x0b\x32\x16.chatplane.v1.TurnDoneH\x00\x42\x07\n\x05\x65vent\"A\n\x18ListConversationsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"g\n\x19ListConversationsResponse\x12\x31\n\rconversations\x18\x01 \x03(\x0b\x32\x1a.chatplane.v1.Conversation\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"X\n\x16GetConversationRequest\x12\x17\n\x0f\x63onversation_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"\x8d\x01\n\x17GetConversationResponse\x12\x30\n\x0c\x63onversation\x18\x01 \x01(\x0b\x32\x1a.chatplane.v1.Conversation\x12\'\n\x08messages\x18\x02 \x03(\x0b\x32\x15.chatplane.v1.Message\x12\x17\n\x0fnext_page_token\x18\x03 \x01(\t\"4\n\x19\x44\x65leteConversationRequest\x12\x17\n\x0f\x63onversation_id\x18\x01 \x01(\t\"M\n\x1a\x44\x65leteConversationResponse\x12/\n\x0b\x64\x65lete_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"b\n\x15SubmitFeedbackRequest\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12$\n\x06rating\x18\x02 \x01(\x0e\x32\x14.chatplane.v1.Rating\x12\x0f\n\x07\x63omment\x18\x03 \x01(\t\"I\n\x16SubmitFeedbackResponse\x12/\n\x0b\x63reate_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*N\n\x06Rating\x12\x16\n\x12RATING_UNSPECIFIED\x10\x00\x12\x14\n\x10RATING_THUMBS_UP\x10\x01\x12\x16\n\x12RATING_THUMBS_DOWN\x10\x02\x32\x99\x05\n\x0eGatewayService\x12T\n\x04\x43hat\x12\x19.chatplane.v1.ChatRequest\x1a\x1a.chatplane.v1.ChatResponse\"\x13\x82\xd3\xe4\x93\x02\r\"\x08/v1/chat:\x01*0\x01\x12\x7f\n\x11ListConversations\x12&.chatplane.v1.ListConversationsRequest\x1a\'.chatplane.v1.ListConversationsResponse\"\x19\x82\xd3\xe4\x93\x02\x13\x12\x11/v1/conversations\x12\x8b\x01\n\x0fGetConversation\x12$.chatplane.v1.GetConversationRequest\x1a%.chatplane.v1.GetConversationResponse\"+\x82\xd3\xe4\x93\x02%\x12#/v1/conversations/{conversation_id}\x12\x94\x01\n\x12\x44\x65leteConversation\x12\'.chatplane.v1.DeleteConversationRequest\x1a(.chatplane.v1.DeleteConversationResponse\"+\x82\xd3\xe4\x93\x02%*#/v1/conversations/{conversation_id}\x12\x8a\x01\n\x0eSubmitFeedback\x12#.chatplane.v1.SubmitFeedbackRequest\x1a$.chatplane.v1.SubmitFeedbackResponse\"-\x82\xd3\xe4\x93\x02\'\"\"/v1/messages/{message_id}/feedback:\x01*b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x63hatplane/v1/gateway.proto\x12\x0c\x63hatplane.v1\x1a\x1c\x63hatplane/v1/resources.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"O\n\x0b\x43hatRequest\x12\x17\n\x0f\x63onversation_id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x19\n\x11\x63lient_message_id\x18\x03 \x01(\t\"\x99\x02\n\x0c\x43hatResponse\x12,\n\x07started\x18\x01 \x01(\x0b\x32\x19.chatplane.v1.TurnStartedH\x00\x12(\n\x05\x64\x65lta\x18\x02 \x01(\x0b\x32\x17.chatplane.v1.TextDeltaH\x00\x12*\n\x08\x63itation\x18\x03 \x01(\x0b\x32\x16.chatplane.v1.CitationH\x00\x12$\n\x05usage\x18\x04 \x01(\x0b\x32\x13.chatplane.v1.UsageH\x00\x12&\n\x04\x64one\x18\x05 \x01(\x0b\x32\x16.chatplane.v1.TurnDoneH\x00\x12.\n\x07handoff\x18< \x01(\x0b\x32\x1b.chatplane.v1.HandoffStatusH\x00\x42\x07\n\x05\x65vent\"A\n\x18ListConversationsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"g\n\x19ListConversationsResponse\x12\x31\n\rconversations\x18\x01 \x03(\x0b\x32\x1a.chatplane.v1.Conversation\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"X\n\x16GetConversationRequest\x12\x17\n\x0f\x63onversation_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"\x8d\x01\n\x17GetConversationResponse\x12\x30\n\x0c\x63onversation\x18\x01 \x01(\x0b\x32\x1a.chatplane.v1.Conversation\x12\'\n\x08messages\x18\x02 \x03(\x0b\x32\x15.chatplane.v1.Message\x12\x17\n\x0fnext_page_token\x18\x03 \x01(\t\"4\n\x19\x44\x65leteConversationRequest\x12\x17\n\x0f\x63onversation_id\x18\x01 \x01(\t\"M\n\x1a\x44\x65leteConversationResponse\x12/\n\x0b\x64\x65lete_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"b\n\x15SubmitFeedbackRequest\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12$\n\x06rating\x18\x02 \x01(\x0e\x32\x14.chatplane.v1.Rating\x12\x0f\n\x07\x63omment\x18\x03 \x01(\t\"w\n\x16SubmitFeedbackResponse\x12/\n\x0b\x63reate_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x07handoff\x18< \x01(\x0b\x32\x1b.chatplane.v1.HandoffStatus\"@\n\x15RequestHandoffRequest\x12\x17\n\x0f\x63onversation_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"F\n\x16RequestHandoffResponse\x12,\n\x07handoff\x18\x01 \x01(\x0b\x32\x1b.chatplane.v1.HandoffStatus\"0\n\x15ReleaseHandoffRequest\x12\x17\n\x0f\x63onversation_id\x18\x01 \x01(\t\"F\n\x16ReleaseHandoffResponse\x12,\n\x07handoff\x18\x01 \x01(\x0b\x32\x1b.chatplane.v1.HandoffStatus\"3\n\x18WatchConversationRequest\x12\x17\n\x0f\x63onversation_id\x18\x01 \x01(\t\"\x85\x01\n\x19WatchConversationResponse\x12.\n\x07handoff\x18\x01 \x01(\x0b\x32\x1b.chatplane.v1.HandoffStatusH\x00\x12/\n\x0eoperator_reply\x18\x02 \x01(\x0b\x32\x15.chatplane.v1.MessageH\x00\x42\x07\n\x05\x65vent*N\n\x06Rating\x12\x16\n\x12RATING_UNSPECIFIED\x10\x00\x12\x14\n\x10RATING_THUMBS_UP\x10\x01\x12\x16\n\x12RATING_THUMBS_DOWN\x10\x02\x32\xea\x08\n\x0eGatewayService\x12T\n\x04\x43hat\x12\x19.chatplane.v1.ChatRequest\x1a\x1a.chatplane.v1.ChatResponse\"\x13\x82\xd3\xe4\x93\x02\r\"\x08/v1/chat:\x01*0\x01\x12\x7f\n\x11ListConversations\x12&.chatplane.v1.ListConversationsRequest\x1a\'.chatplane.v1.ListConversationsResponse\"\x19\x82\xd3\xe4\x93\x02\x13\x12\x11/v1/conversations\x12\x8b\x01\n\x0fGetConversation\x12$.chatplane.v1.GetConversationRequest\x1a%.chatplane.v1.GetConversationResponse\"+\x82\xd3\xe4\x93\x02%\x12#/v1/conversations/{conversation_id}\x12\x94\x01\n\x12\x44\x65leteConversation\x12\'.chatplane.v1.DeleteConversationRequest\x1a(.chatplane.v1.DeleteConversationResponse\"+\x82\xd3\xe4\x93\x02%*#/v1/conversations/{conversation_id}\x12\x8a\x01\n\x0eSubmitFeedback\x12#.chatplane.v1.SubmitFeedbackRequest\x1a$.chatplane.v1.SubmitFeedbackResponse\"-\x82\xd3\xe4\x93\x02\'\"\"/v1/messages/{message_id}/feedback:\x01*\x12\x93\x01\n\x0eRequestHandoff\x12#.chatplane.v1.RequestHandoffRequest\x1a$.chatplane.v1.RequestHandoffResponse\"6\x82\xd3\xe4\x93\x02\x30\"+/v1/conversations/{conversation_id}/handoff:\x01*\x12\x9b\x01\n\x0eReleaseHandoff\x12#.chatplane.v1.ReleaseHandoffRequest\x1a$.chatplane.v1.ReleaseHandoffResponse\">\x82\xd3\xe4\x93\x02\x38\"3/v1/conversations/{conversation_id}/handoff:release:\x01*\x12\x9a\x01\n\x11WatchConversation\x12&.chatplane.v1.WatchConversationRequest\x1a\'.chatplane.v1.WatchConversationResponse\"2\x82\xd3\xe4\x93\x02,\x12*/v1/conversations/{conversation_id}/events0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -44,28 +44,46 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GATEWAYSERVICE'].methods_by_name['DeleteConversation']._serialized_options = b'\202\323\344\223\002%*#/v1/conversations/{conversation_id}'
   _globals['_GATEWAYSERVICE'].methods_by_name['SubmitFeedback']._loaded_options = None
   _globals['_GATEWAYSERVICE'].methods_by_name['SubmitFeedback']._serialized_options = b'\202\323\344\223\002\'\"\"/v1/messages/{message_id}/feedback:\001*'
-  _globals['_RATING']._serialized_start=1168
-  _globals['_RATING']._serialized_end=1246
+  _globals['_GATEWAYSERVICE'].methods_by_name['RequestHandoff']._loaded_options = None
+  _globals['_GATEWAYSERVICE'].methods_by_name['RequestHandoff']._serialized_options = b'\202\323\344\223\0020\"+/v1/conversations/{conversation_id}/handoff:\001*'
+  _globals['_GATEWAYSERVICE'].methods_by_name['ReleaseHandoff']._loaded_options = None
+  _globals['_GATEWAYSERVICE'].methods_by_name['ReleaseHandoff']._serialized_options = b'\202\323\344\223\0028\"3/v1/conversations/{conversation_id}/handoff:release:\001*'
+  _globals['_GATEWAYSERVICE'].methods_by_name['WatchConversation']._loaded_options = None
+  _globals['_GATEWAYSERVICE'].methods_by_name['WatchConversation']._serialized_options = b'\202\323\344\223\002,\022*/v1/conversations/{conversation_id}/events'
+  _globals['_RATING']._serialized_start=1711
+  _globals['_RATING']._serialized_end=1789
   _globals['_CHATREQUEST']._serialized_start=137
   _globals['_CHATREQUEST']._serialized_end=216
   _globals['_CHATRESPONSE']._serialized_start=219
-  _globals['_CHATRESPONSE']._serialized_end=452
-  _globals['_LISTCONVERSATIONSREQUEST']._serialized_start=454
-  _globals['_LISTCONVERSATIONSREQUEST']._serialized_end=519
-  _globals['_LISTCONVERSATIONSRESPONSE']._serialized_start=521
-  _globals['_LISTCONVERSATIONSRESPONSE']._serialized_end=624
-  _globals['_GETCONVERSATIONREQUEST']._serialized_start=626
-  _globals['_GETCONVERSATIONREQUEST']._serialized_end=714
-  _globals['_GETCONVERSATIONRESPONSE']._serialized_start=717
-  _globals['_GETCONVERSATIONRESPONSE']._serialized_end=858
-  _globals['_DELETECONVERSATIONREQUEST']._serialized_start=860
-  _globals['_DELETECONVERSATIONREQUEST']._serialized_end=912
-  _globals['_DELETECONVERSATIONRESPONSE']._serialized_start=914
-  _globals['_DELETECONVERSATIONRESPONSE']._serialized_end=991
-  _globals['_SUBMITFEEDBACKREQUEST']._serialized_start=993
-  _globals['_SUBMITFEEDBACKREQUEST']._serialized_end=1091
-  _globals['_SUBMITFEEDBACKRESPONSE']._serialized_start=1093
-  _globals['_SUBMITFEEDBACKRESPONSE']._serialized_end=1166
-  _globals['_GATEWAYSERVICE']._serialized_start=1249
-  _globals['_GATEWAYSERVICE']._serialized_end=1914
+  _globals['_CHATRESPONSE']._serialized_end=500
+  _globals['_LISTCONVERSATIONSREQUEST']._serialized_start=502
+  _globals['_LISTCONVERSATIONSREQUEST']._serialized_end=567
+  _globals['_LISTCONVERSATIONSRESPONSE']._serialized_start=569
+  _globals['_LISTCONVERSATIONSRESPONSE']._serialized_end=672
+  _globals['_GETCONVERSATIONREQUEST']._serialized_start=674
+  _globals['_GETCONVERSATIONREQUEST']._serialized_end=762
+  _globals['_GETCONVERSATIONRESPONSE']._serialized_start=765
+  _globals['_GETCONVERSATIONRESPONSE']._serialized_end=906
+  _globals['_DELETECONVERSATIONREQUEST']._serialized_start=908
+  _globals['_DELETECONVERSATIONREQUEST']._serialized_end=960
+  _globals['_DELETECONVERSATIONRESPONSE']._serialized_start=962
+  _globals['_DELETECONVERSATIONRESPONSE']._serialized_end=1039
+  _globals['_SUBMITFEEDBACKREQUEST']._serialized_start=1041
+  _globals['_SUBMITFEEDBACKREQUEST']._serialized_end=1139
+  _globals['_SUBMITFEEDBACKRESPONSE']._serialized_start=1141
+  _globals['_SUBMITFEEDBACKRESPONSE']._serialized_end=1260
+  _globals['_REQUESTHANDOFFREQUEST']._serialized_start=1262
+  _globals['_REQUESTHANDOFFREQUEST']._serialized_end=1326
+  _globals['_REQUESTHANDOFFRESPONSE']._serialized_start=1328
+  _globals['_REQUESTHANDOFFRESPONSE']._serialized_end=1398
+  _globals['_RELEASEHANDOFFREQUEST']._serialized_start=1400
+  _globals['_RELEASEHANDOFFREQUEST']._serialized_end=1448
+  _globals['_RELEASEHANDOFFRESPONSE']._serialized_start=1450
+  _globals['_RELEASEHANDOFFRESPONSE']._serialized_end=1520
+  _globals['_WATCHCONVERSATIONREQUEST']._serialized_start=1522
+  _globals['_WATCHCONVERSATIONREQUEST']._serialized_end=1573
+  _globals['_WATCHCONVERSATIONRESPONSE']._serialized_start=1576
+  _globals['_WATCHCONVERSATIONRESPONSE']._serialized_end=1709
+  _globals['_GATEWAYSERVICE']._serialized_start=1792
+  _globals['_GATEWAYSERVICE']._serialized_end=2922
 # @@protoc_insertion_point(module_scope)

@@ -58,6 +58,16 @@ class PersistenceServiceStub:
     """Creates an API key; the secret is returned once and stored only as a hash."""
     GetApiKey: _grpc.UnaryUnaryMultiCallable[_persistence_pb2.GetApiKeyRequest, _persistence_pb2.GetApiKeyResponse]
     """Returns the stored (hashed) record of an API key by its public id."""
+    GetHandoff: _grpc.UnaryUnaryMultiCallable[_persistence_pb2.GetHandoffRequest, _persistence_pb2.GetHandoffResponse]
+    """Returns the handoff state of the owner's conversation (bot mode when never handed off)."""
+    ChangeHandoff: _grpc.UnaryUnaryMultiCallable[_persistence_pb2.ChangeHandoffRequest, _persistence_pb2.ChangeHandoffResponse]
+    """Hands the owner's conversation to a human or gives it back to the bot."""
+    ListHandoffs: _grpc.UnaryUnaryMultiCallable[_persistence_pb2.ListHandoffsRequest, _persistence_pb2.ListHandoffsResponse]
+    """Lists a tenant's conversations in human mode, longest waiting first."""
+    GetTenantHandoff: _grpc.UnaryUnaryMultiCallable[_persistence_pb2.GetTenantHandoffRequest, _persistence_pb2.GetTenantHandoffResponse]
+    """Returns a tenant's handed-off conversation (ever handed off) with its owner, for operators."""
+    CountThumbsDown: _grpc.UnaryUnaryMultiCallable[_persistence_pb2.CountThumbsDownRequest, _persistence_pb2.CountThumbsDownResponse]
+    """Counts the thumbs-down ratings in the conversation of one of the owner's messages."""
 
 @_typing.type_check_only
 class PersistenceServiceAsyncStub(PersistenceServiceStub):
@@ -89,6 +99,16 @@ class PersistenceServiceAsyncStub(PersistenceServiceStub):
     """Creates an API key; the secret is returned once and stored only as a hash."""
     GetApiKey: _aio.UnaryUnaryMultiCallable[_persistence_pb2.GetApiKeyRequest, _persistence_pb2.GetApiKeyResponse]  # type: ignore[assignment]
     """Returns the stored (hashed) record of an API key by its public id."""
+    GetHandoff: _aio.UnaryUnaryMultiCallable[_persistence_pb2.GetHandoffRequest, _persistence_pb2.GetHandoffResponse]  # type: ignore[assignment]
+    """Returns the handoff state of the owner's conversation (bot mode when never handed off)."""
+    ChangeHandoff: _aio.UnaryUnaryMultiCallable[_persistence_pb2.ChangeHandoffRequest, _persistence_pb2.ChangeHandoffResponse]  # type: ignore[assignment]
+    """Hands the owner's conversation to a human or gives it back to the bot."""
+    ListHandoffs: _aio.UnaryUnaryMultiCallable[_persistence_pb2.ListHandoffsRequest, _persistence_pb2.ListHandoffsResponse]  # type: ignore[assignment]
+    """Lists a tenant's conversations in human mode, longest waiting first."""
+    GetTenantHandoff: _aio.UnaryUnaryMultiCallable[_persistence_pb2.GetTenantHandoffRequest, _persistence_pb2.GetTenantHandoffResponse]  # type: ignore[assignment]
+    """Returns a tenant's handed-off conversation (ever handed off) with its owner, for operators."""
+    CountThumbsDown: _aio.UnaryUnaryMultiCallable[_persistence_pb2.CountThumbsDownRequest, _persistence_pb2.CountThumbsDownResponse]  # type: ignore[assignment]
+    """Counts the thumbs-down ratings in the conversation of one of the owner's messages."""
 
 class PersistenceServiceServicer(metaclass=_abc_1.ABCMeta):
     """The system of record: conversations, turns, messages (written through the message log),
@@ -171,5 +191,45 @@ class PersistenceServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_persistence_pb2.GetApiKeyResponse, _abc.Awaitable[_persistence_pb2.GetApiKeyResponse]]:
         """Returns the stored (hashed) record of an API key by its public id."""
+
+    @_abc_1.abstractmethod
+    def GetHandoff(
+        self,
+        request: _persistence_pb2.GetHandoffRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_persistence_pb2.GetHandoffResponse, _abc.Awaitable[_persistence_pb2.GetHandoffResponse]]:
+        """Returns the handoff state of the owner's conversation (bot mode when never handed off)."""
+
+    @_abc_1.abstractmethod
+    def ChangeHandoff(
+        self,
+        request: _persistence_pb2.ChangeHandoffRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_persistence_pb2.ChangeHandoffResponse, _abc.Awaitable[_persistence_pb2.ChangeHandoffResponse]]:
+        """Hands the owner's conversation to a human or gives it back to the bot."""
+
+    @_abc_1.abstractmethod
+    def ListHandoffs(
+        self,
+        request: _persistence_pb2.ListHandoffsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_persistence_pb2.ListHandoffsResponse, _abc.Awaitable[_persistence_pb2.ListHandoffsResponse]]:
+        """Lists a tenant's conversations in human mode, longest waiting first."""
+
+    @_abc_1.abstractmethod
+    def GetTenantHandoff(
+        self,
+        request: _persistence_pb2.GetTenantHandoffRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_persistence_pb2.GetTenantHandoffResponse, _abc.Awaitable[_persistence_pb2.GetTenantHandoffResponse]]:
+        """Returns a tenant's handed-off conversation (ever handed off) with its owner, for operators."""
+
+    @_abc_1.abstractmethod
+    def CountThumbsDown(
+        self,
+        request: _persistence_pb2.CountThumbsDownRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_persistence_pb2.CountThumbsDownResponse, _abc.Awaitable[_persistence_pb2.CountThumbsDownResponse]]:
+        """Counts the thumbs-down ratings in the conversation of one of the owner's messages."""
 
 def add_PersistenceServiceServicer_to_server(servicer: PersistenceServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

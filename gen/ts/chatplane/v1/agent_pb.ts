@@ -4,7 +4,7 @@
 
 import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
 import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
-import type { Citation, TextDelta, TurnDone, TurnStarted, Usage } from "./resources_pb";
+import type { Citation, HandoffStatus, TextDelta, TurnDone, TurnStarted, Usage } from "./resources_pb";
 import { file_chatplane_v1_resources } from "./resources_pb";
 import type { Message } from "@bufbuild/protobuf";
 
@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file chatplane/v1/agent.proto.
  */
 export const file_chatplane_v1_agent: GenFile = /*@__PURE__*/
-  fileDesc("ChhjaGF0cGxhbmUvdjEvYWdlbnQucHJvdG8SDGNoYXRwbGFuZS52MSKuAQoPR2VuZXJhdGVSZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCRIPCgd1c2VyX2lkGAIgASgJEhcKD2NvbnZlcnNhdGlvbl9pZBgDIAEoCRIXCg91c2VyX21lc3NhZ2VfaWQYBCABKAkSHAoUYXNzaXN0YW50X21lc3NhZ2VfaWQYBSABKAkSDAoEdGV4dBgGIAEoCRIZChFjbGllbnRfbWVzc2FnZV9pZBgHIAEoCSLtAQoQR2VuZXJhdGVSZXNwb25zZRIsCgdzdGFydGVkGAEgASgLMhkuY2hhdHBsYW5lLnYxLlR1cm5TdGFydGVkSAASKAoFZGVsdGEYAiABKAsyFy5jaGF0cGxhbmUudjEuVGV4dERlbHRhSAASKgoIY2l0YXRpb24YAyABKAsyFi5jaGF0cGxhbmUudjEuQ2l0YXRpb25IABIkCgV1c2FnZRgEIAEoCzITLmNoYXRwbGFuZS52MS5Vc2FnZUgAEiYKBGRvbmUYBSABKAsyFi5jaGF0cGxhbmUudjEuVHVybkRvbmVIAEIHCgVldmVudDJbCgxBZ2VudFNlcnZpY2USSwoIR2VuZXJhdGUSHS5jaGF0cGxhbmUudjEuR2VuZXJhdGVSZXF1ZXN0Gh4uY2hhdHBsYW5lLnYxLkdlbmVyYXRlUmVzcG9uc2UwAUJAWj5naXRodWIuY29tL2NoYXRwbGFuZS9jaGF0cGxhbmUvZ2VuL2dvL2NoYXRwbGFuZS92MTtjaGF0cGxhbmV2MWIGcHJvdG8z", [file_chatplane_v1_resources]);
+  fileDesc("ChhjaGF0cGxhbmUvdjEvYWdlbnQucHJvdG8SDGNoYXRwbGFuZS52MSKuAQoPR2VuZXJhdGVSZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCRIPCgd1c2VyX2lkGAIgASgJEhcKD2NvbnZlcnNhdGlvbl9pZBgDIAEoCRIXCg91c2VyX21lc3NhZ2VfaWQYBCABKAkSHAoUYXNzaXN0YW50X21lc3NhZ2VfaWQYBSABKAkSDAoEdGV4dBgGIAEoCRIZChFjbGllbnRfbWVzc2FnZV9pZBgHIAEoCSKdAgoQR2VuZXJhdGVSZXNwb25zZRIsCgdzdGFydGVkGAEgASgLMhkuY2hhdHBsYW5lLnYxLlR1cm5TdGFydGVkSAASKAoFZGVsdGEYAiABKAsyFy5jaGF0cGxhbmUudjEuVGV4dERlbHRhSAASKgoIY2l0YXRpb24YAyABKAsyFi5jaGF0cGxhbmUudjEuQ2l0YXRpb25IABIkCgV1c2FnZRgEIAEoCzITLmNoYXRwbGFuZS52MS5Vc2FnZUgAEiYKBGRvbmUYBSABKAsyFi5jaGF0cGxhbmUudjEuVHVybkRvbmVIABIuCgdoYW5kb2ZmGDwgASgLMhsuY2hhdHBsYW5lLnYxLkhhbmRvZmZTdGF0dXNIAEIHCgVldmVudDJbCgxBZ2VudFNlcnZpY2USSwoIR2VuZXJhdGUSHS5jaGF0cGxhbmUudjEuR2VuZXJhdGVSZXF1ZXN0Gh4uY2hhdHBsYW5lLnYxLkdlbmVyYXRlUmVzcG9uc2UwAUJAWj5naXRodWIuY29tL2NoYXRwbGFuZS9jaGF0cGxhbmUvZ2VuL2dvL2NoYXRwbGFuZS92MTtjaGF0cGxhbmV2MWIGcHJvdG8z", [file_chatplane_v1_resources]);
 
 /**
  * One turn to run; ids are assigned by the Gateway.
@@ -128,6 +128,15 @@ export type GenerateResponse = Message<"chatplane.v1.GenerateResponse"> & {
      */
     value: TurnDone;
     case: "done";
+  } | {
+    /**
+     * Never sent by the Agent: keeps the oneof layout identical to ChatResponse, whose
+     * `handoff` event the Gateway sends itself (docs/handoff.md).
+     *
+     * @generated from field: chatplane.v1.HandoffStatus handoff = 60;
+     */
+    value: HandoffStatus;
+    case: "handoff";
   } | { case: undefined; value?: undefined };
 };
 

@@ -4,7 +4,7 @@
 
 import type { GenEnum, GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
 import { enumDesc, fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
-import type { Citation, Conversation, Message as Message$1, TextDelta, TurnDone, TurnStarted, Usage } from "./resources_pb";
+import type { Citation, Conversation, HandoffStatus, Message as Message$1, TextDelta, TurnDone, TurnStarted, Usage } from "./resources_pb";
 import { file_chatplane_v1_resources } from "./resources_pb";
 import { file_google_api_annotations } from "../../google/api/annotations_pb";
 import type { Timestamp } from "@bufbuild/protobuf/wkt";
@@ -15,7 +15,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file chatplane/v1/gateway.proto.
  */
 export const file_chatplane_v1_gateway: GenFile = /*@__PURE__*/
-  fileDesc("ChpjaGF0cGxhbmUvdjEvZ2F0ZXdheS5wcm90bxIMY2hhdHBsYW5lLnYxIk8KC0NoYXRSZXF1ZXN0EhcKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCRIMCgR0ZXh0GAIgASgJEhkKEWNsaWVudF9tZXNzYWdlX2lkGAMgASgJIukBCgxDaGF0UmVzcG9uc2USLAoHc3RhcnRlZBgBIAEoCzIZLmNoYXRwbGFuZS52MS5UdXJuU3RhcnRlZEgAEigKBWRlbHRhGAIgASgLMhcuY2hhdHBsYW5lLnYxLlRleHREZWx0YUgAEioKCGNpdGF0aW9uGAMgASgLMhYuY2hhdHBsYW5lLnYxLkNpdGF0aW9uSAASJAoFdXNhZ2UYBCABKAsyEy5jaGF0cGxhbmUudjEuVXNhZ2VIABImCgRkb25lGAUgASgLMhYuY2hhdHBsYW5lLnYxLlR1cm5Eb25lSABCBwoFZXZlbnQiQQoYTGlzdENvbnZlcnNhdGlvbnNSZXF1ZXN0EhEKCXBhZ2Vfc2l6ZRgBIAEoBRISCgpwYWdlX3Rva2VuGAIgASgJImcKGUxpc3RDb252ZXJzYXRpb25zUmVzcG9uc2USMQoNY29udmVyc2F0aW9ucxgBIAMoCzIaLmNoYXRwbGFuZS52MS5Db252ZXJzYXRpb24SFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIlgKFkdldENvbnZlcnNhdGlvblJlcXVlc3QSFwoPY29udmVyc2F0aW9uX2lkGAEgASgJEhEKCXBhZ2Vfc2l6ZRgCIAEoBRISCgpwYWdlX3Rva2VuGAMgASgJIo0BChdHZXRDb252ZXJzYXRpb25SZXNwb25zZRIwCgxjb252ZXJzYXRpb24YASABKAsyGi5jaGF0cGxhbmUudjEuQ29udmVyc2F0aW9uEicKCG1lc3NhZ2VzGAIgAygLMhUuY2hhdHBsYW5lLnYxLk1lc3NhZ2USFwoPbmV4dF9wYWdlX3Rva2VuGAMgASgJIjQKGURlbGV0ZUNvbnZlcnNhdGlvblJlcXVlc3QSFwoPY29udmVyc2F0aW9uX2lkGAEgASgJIk0KGkRlbGV0ZUNvbnZlcnNhdGlvblJlc3BvbnNlEi8KC2RlbGV0ZV90aW1lGAEgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJiChVTdWJtaXRGZWVkYmFja1JlcXVlc3QSEgoKbWVzc2FnZV9pZBgBIAEoCRIkCgZyYXRpbmcYAiABKA4yFC5jaGF0cGxhbmUudjEuUmF0aW5nEg8KB2NvbW1lbnQYAyABKAkiSQoWU3VibWl0RmVlZGJhY2tSZXNwb25zZRIvCgtjcmVhdGVfdGltZRgBIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAqTgoGUmF0aW5nEhYKElJBVElOR19VTlNQRUNJRklFRBAAEhQKEFJBVElOR19USFVNQlNfVVAQARIWChJSQVRJTkdfVEhVTUJTX0RPV04QAjKZBQoOR2F0ZXdheVNlcnZpY2USVAoEQ2hhdBIZLmNoYXRwbGFuZS52MS5DaGF0UmVxdWVzdBoaLmNoYXRwbGFuZS52MS5DaGF0UmVzcG9uc2UiE4LT5JMCDToBKiIIL3YxL2NoYXQwARJ/ChFMaXN0Q29udmVyc2F0aW9ucxImLmNoYXRwbGFuZS52MS5MaXN0Q29udmVyc2F0aW9uc1JlcXVlc3QaJy5jaGF0cGxhbmUudjEuTGlzdENvbnZlcnNhdGlvbnNSZXNwb25zZSIZgtPkkwITEhEvdjEvY29udmVyc2F0aW9ucxKLAQoPR2V0Q29udmVyc2F0aW9uEiQuY2hhdHBsYW5lLnYxLkdldENvbnZlcnNhdGlvblJlcXVlc3QaJS5jaGF0cGxhbmUudjEuR2V0Q29udmVyc2F0aW9uUmVzcG9uc2UiK4LT5JMCJRIjL3YxL2NvbnZlcnNhdGlvbnMve2NvbnZlcnNhdGlvbl9pZH0SlAEKEkRlbGV0ZUNvbnZlcnNhdGlvbhInLmNoYXRwbGFuZS52MS5EZWxldGVDb252ZXJzYXRpb25SZXF1ZXN0GiguY2hhdHBsYW5lLnYxLkRlbGV0ZUNvbnZlcnNhdGlvblJlc3BvbnNlIiuC0+STAiUqIy92MS9jb252ZXJzYXRpb25zL3tjb252ZXJzYXRpb25faWR9EooBCg5TdWJtaXRGZWVkYmFjaxIjLmNoYXRwbGFuZS52MS5TdWJtaXRGZWVkYmFja1JlcXVlc3QaJC5jaGF0cGxhbmUudjEuU3VibWl0RmVlZGJhY2tSZXNwb25zZSItgtPkkwInOgEqIiIvdjEvbWVzc2FnZXMve21lc3NhZ2VfaWR9L2ZlZWRiYWNrQkBaPmdpdGh1Yi5jb20vY2hhdHBsYW5lL2NoYXRwbGFuZS9nZW4vZ28vY2hhdHBsYW5lL3YxO2NoYXRwbGFuZXYxYgZwcm90bzM", [file_chatplane_v1_resources, file_google_api_annotations, file_google_protobuf_timestamp]);
+  fileDesc("ChpjaGF0cGxhbmUvdjEvZ2F0ZXdheS5wcm90bxIMY2hhdHBsYW5lLnYxIk8KC0NoYXRSZXF1ZXN0EhcKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCRIMCgR0ZXh0GAIgASgJEhkKEWNsaWVudF9tZXNzYWdlX2lkGAMgASgJIpkCCgxDaGF0UmVzcG9uc2USLAoHc3RhcnRlZBgBIAEoCzIZLmNoYXRwbGFuZS52MS5UdXJuU3RhcnRlZEgAEigKBWRlbHRhGAIgASgLMhcuY2hhdHBsYW5lLnYxLlRleHREZWx0YUgAEioKCGNpdGF0aW9uGAMgASgLMhYuY2hhdHBsYW5lLnYxLkNpdGF0aW9uSAASJAoFdXNhZ2UYBCABKAsyEy5jaGF0cGxhbmUudjEuVXNhZ2VIABImCgRkb25lGAUgASgLMhYuY2hhdHBsYW5lLnYxLlR1cm5Eb25lSAASLgoHaGFuZG9mZhg8IAEoCzIbLmNoYXRwbGFuZS52MS5IYW5kb2ZmU3RhdHVzSABCBwoFZXZlbnQiQQoYTGlzdENvbnZlcnNhdGlvbnNSZXF1ZXN0EhEKCXBhZ2Vfc2l6ZRgBIAEoBRISCgpwYWdlX3Rva2VuGAIgASgJImcKGUxpc3RDb252ZXJzYXRpb25zUmVzcG9uc2USMQoNY29udmVyc2F0aW9ucxgBIAMoCzIaLmNoYXRwbGFuZS52MS5Db252ZXJzYXRpb24SFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIlgKFkdldENvbnZlcnNhdGlvblJlcXVlc3QSFwoPY29udmVyc2F0aW9uX2lkGAEgASgJEhEKCXBhZ2Vfc2l6ZRgCIAEoBRISCgpwYWdlX3Rva2VuGAMgASgJIo0BChdHZXRDb252ZXJzYXRpb25SZXNwb25zZRIwCgxjb252ZXJzYXRpb24YASABKAsyGi5jaGF0cGxhbmUudjEuQ29udmVyc2F0aW9uEicKCG1lc3NhZ2VzGAIgAygLMhUuY2hhdHBsYW5lLnYxLk1lc3NhZ2USFwoPbmV4dF9wYWdlX3Rva2VuGAMgASgJIjQKGURlbGV0ZUNvbnZlcnNhdGlvblJlcXVlc3QSFwoPY29udmVyc2F0aW9uX2lkGAEgASgJIk0KGkRlbGV0ZUNvbnZlcnNhdGlvblJlc3BvbnNlEi8KC2RlbGV0ZV90aW1lGAEgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJiChVTdWJtaXRGZWVkYmFja1JlcXVlc3QSEgoKbWVzc2FnZV9pZBgBIAEoCRIkCgZyYXRpbmcYAiABKA4yFC5jaGF0cGxhbmUudjEuUmF0aW5nEg8KB2NvbW1lbnQYAyABKAkidwoWU3VibWl0RmVlZGJhY2tSZXNwb25zZRIvCgtjcmVhdGVfdGltZRgBIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLAoHaGFuZG9mZhg8IAEoCzIbLmNoYXRwbGFuZS52MS5IYW5kb2ZmU3RhdHVzIkAKFVJlcXVlc3RIYW5kb2ZmUmVxdWVzdBIXCg9jb252ZXJzYXRpb25faWQYASABKAkSDgoGcmVhc29uGAIgASgJIkYKFlJlcXVlc3RIYW5kb2ZmUmVzcG9uc2USLAoHaGFuZG9mZhgBIAEoCzIbLmNoYXRwbGFuZS52MS5IYW5kb2ZmU3RhdHVzIjAKFVJlbGVhc2VIYW5kb2ZmUmVxdWVzdBIXCg9jb252ZXJzYXRpb25faWQYASABKAkiRgoWUmVsZWFzZUhhbmRvZmZSZXNwb25zZRIsCgdoYW5kb2ZmGAEgASgLMhsuY2hhdHBsYW5lLnYxLkhhbmRvZmZTdGF0dXMiMwoYV2F0Y2hDb252ZXJzYXRpb25SZXF1ZXN0EhcKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCSKFAQoZV2F0Y2hDb252ZXJzYXRpb25SZXNwb25zZRIuCgdoYW5kb2ZmGAEgASgLMhsuY2hhdHBsYW5lLnYxLkhhbmRvZmZTdGF0dXNIABIvCg5vcGVyYXRvcl9yZXBseRgCIAEoCzIVLmNoYXRwbGFuZS52MS5NZXNzYWdlSABCBwoFZXZlbnQqTgoGUmF0aW5nEhYKElJBVElOR19VTlNQRUNJRklFRBAAEhQKEFJBVElOR19USFVNQlNfVVAQARIWChJSQVRJTkdfVEhVTUJTX0RPV04QAjLqCAoOR2F0ZXdheVNlcnZpY2USVAoEQ2hhdBIZLmNoYXRwbGFuZS52MS5DaGF0UmVxdWVzdBoaLmNoYXRwbGFuZS52MS5DaGF0UmVzcG9uc2UiE4LT5JMCDToBKiIIL3YxL2NoYXQwARJ/ChFMaXN0Q29udmVyc2F0aW9ucxImLmNoYXRwbGFuZS52MS5MaXN0Q29udmVyc2F0aW9uc1JlcXVlc3QaJy5jaGF0cGxhbmUudjEuTGlzdENvbnZlcnNhdGlvbnNSZXNwb25zZSIZgtPkkwITEhEvdjEvY29udmVyc2F0aW9ucxKLAQoPR2V0Q29udmVyc2F0aW9uEiQuY2hhdHBsYW5lLnYxLkdldENvbnZlcnNhdGlvblJlcXVlc3QaJS5jaGF0cGxhbmUudjEuR2V0Q29udmVyc2F0aW9uUmVzcG9uc2UiK4LT5JMCJRIjL3YxL2NvbnZlcnNhdGlvbnMve2NvbnZlcnNhdGlvbl9pZH0SlAEKEkRlbGV0ZUNvbnZlcnNhdGlvbhInLmNoYXRwbGFuZS52MS5EZWxldGVDb252ZXJzYXRpb25SZXF1ZXN0GiguY2hhdHBsYW5lLnYxLkRlbGV0ZUNvbnZlcnNhdGlvblJlc3BvbnNlIiuC0+STAiUqIy92MS9jb252ZXJzYXRpb25zL3tjb252ZXJzYXRpb25faWR9EooBCg5TdWJtaXRGZWVkYmFjaxIjLmNoYXRwbGFuZS52MS5TdWJtaXRGZWVkYmFja1JlcXVlc3QaJC5jaGF0cGxhbmUudjEuU3VibWl0RmVlZGJhY2tSZXNwb25zZSItgtPkkwInOgEqIiIvdjEvbWVzc2FnZXMve21lc3NhZ2VfaWR9L2ZlZWRiYWNrEpMBCg5SZXF1ZXN0SGFuZG9mZhIjLmNoYXRwbGFuZS52MS5SZXF1ZXN0SGFuZG9mZlJlcXVlc3QaJC5jaGF0cGxhbmUudjEuUmVxdWVzdEhhbmRvZmZSZXNwb25zZSI2gtPkkwIwOgEqIisvdjEvY29udmVyc2F0aW9ucy97Y29udmVyc2F0aW9uX2lkfS9oYW5kb2ZmEpsBCg5SZWxlYXNlSGFuZG9mZhIjLmNoYXRwbGFuZS52MS5SZWxlYXNlSGFuZG9mZlJlcXVlc3QaJC5jaGF0cGxhbmUudjEuUmVsZWFzZUhhbmRvZmZSZXNwb25zZSI+gtPkkwI4OgEqIjMvdjEvY29udmVyc2F0aW9ucy97Y29udmVyc2F0aW9uX2lkfS9oYW5kb2ZmOnJlbGVhc2USmgEKEVdhdGNoQ29udmVyc2F0aW9uEiYuY2hhdHBsYW5lLnYxLldhdGNoQ29udmVyc2F0aW9uUmVxdWVzdBonLmNoYXRwbGFuZS52MS5XYXRjaENvbnZlcnNhdGlvblJlc3BvbnNlIjKC0+STAiwSKi92MS9jb252ZXJzYXRpb25zL3tjb252ZXJzYXRpb25faWR9L2V2ZW50czABQkBaPmdpdGh1Yi5jb20vY2hhdHBsYW5lL2NoYXRwbGFuZS9nZW4vZ28vY2hhdHBsYW5lL3YxO2NoYXRwbGFuZXYxYgZwcm90bzM", [file_chatplane_v1_resources, file_google_api_annotations, file_google_protobuf_timestamp]);
 
 /**
  * A user message to answer.
@@ -103,6 +103,15 @@ export type ChatResponse = Message<"chatplane.v1.ChatResponse"> & {
      */
     value: TurnDone;
     case: "done";
+  } | {
+    /**
+     * The conversation is with a human operator (the only event when it is): the user's
+     * message is stored, the bot does not answer; replies come on WatchConversation.
+     *
+     * @generated from field: chatplane.v1.HandoffStatus handoff = 60;
+     */
+    value: HandoffStatus;
+    case: "handoff";
   } | { case: undefined; value?: undefined };
 };
 
@@ -328,6 +337,13 @@ export type SubmitFeedbackResponse = Message<"chatplane.v1.SubmitFeedbackRespons
    * @generated from field: google.protobuf.Timestamp create_time = 1;
    */
   createTime?: Timestamp | undefined;
+
+  /**
+   * Set when this feedback handed the conversation to a human (the thumbs-down rule fired).
+   *
+   * @generated from field: chatplane.v1.HandoffStatus handoff = 60;
+   */
+  handoff?: HandoffStatus | undefined;
 };
 
 /**
@@ -336,6 +352,155 @@ export type SubmitFeedbackResponse = Message<"chatplane.v1.SubmitFeedbackRespons
  */
 export const SubmitFeedbackResponseSchema: GenMessage<SubmitFeedbackResponse> = /*@__PURE__*/
   messageDesc(file_chatplane_v1_gateway, 9);
+
+/**
+ * Asks for a human operator.
+ *
+ * @generated from message chatplane.v1.RequestHandoffRequest
+ */
+export type RequestHandoffRequest = Message<"chatplane.v1.RequestHandoffRequest"> & {
+  /**
+   * The caller's conversation.
+   *
+   * @generated from field: string conversation_id = 1;
+   */
+  conversationId: string;
+
+  /**
+   * Optional: why (at most 1 KiB), shown to the operator.
+   *
+   * @generated from field: string reason = 2;
+   */
+  reason: string;
+};
+
+/**
+ * Describes the message chatplane.v1.RequestHandoffRequest.
+ * Use `create(RequestHandoffRequestSchema)` to create a new message.
+ */
+export const RequestHandoffRequestSchema: GenMessage<RequestHandoffRequest> = /*@__PURE__*/
+  messageDesc(file_chatplane_v1_gateway, 10);
+
+/**
+ * The conversation is with a human.
+ *
+ * @generated from message chatplane.v1.RequestHandoffResponse
+ */
+export type RequestHandoffResponse = Message<"chatplane.v1.RequestHandoffResponse"> & {
+  /**
+   * Its state (changed is false when it was with a human already).
+   *
+   * @generated from field: chatplane.v1.HandoffStatus handoff = 1;
+   */
+  handoff?: HandoffStatus | undefined;
+};
+
+/**
+ * Describes the message chatplane.v1.RequestHandoffResponse.
+ * Use `create(RequestHandoffResponseSchema)` to create a new message.
+ */
+export const RequestHandoffResponseSchema: GenMessage<RequestHandoffResponse> = /*@__PURE__*/
+  messageDesc(file_chatplane_v1_gateway, 11);
+
+/**
+ * Gives a conversation back to the bot.
+ *
+ * @generated from message chatplane.v1.ReleaseHandoffRequest
+ */
+export type ReleaseHandoffRequest = Message<"chatplane.v1.ReleaseHandoffRequest"> & {
+  /**
+   * The caller's conversation.
+   *
+   * @generated from field: string conversation_id = 1;
+   */
+  conversationId: string;
+};
+
+/**
+ * Describes the message chatplane.v1.ReleaseHandoffRequest.
+ * Use `create(ReleaseHandoffRequestSchema)` to create a new message.
+ */
+export const ReleaseHandoffRequestSchema: GenMessage<ReleaseHandoffRequest> = /*@__PURE__*/
+  messageDesc(file_chatplane_v1_gateway, 12);
+
+/**
+ * The bot answers again.
+ *
+ * @generated from message chatplane.v1.ReleaseHandoffResponse
+ */
+export type ReleaseHandoffResponse = Message<"chatplane.v1.ReleaseHandoffResponse"> & {
+  /**
+   * Its state (changed is false when the bot answered already).
+   *
+   * @generated from field: chatplane.v1.HandoffStatus handoff = 1;
+   */
+  handoff?: HandoffStatus | undefined;
+};
+
+/**
+ * Describes the message chatplane.v1.ReleaseHandoffResponse.
+ * Use `create(ReleaseHandoffResponseSchema)` to create a new message.
+ */
+export const ReleaseHandoffResponseSchema: GenMessage<ReleaseHandoffResponse> = /*@__PURE__*/
+  messageDesc(file_chatplane_v1_gateway, 13);
+
+/**
+ * Asks to watch a conversation.
+ *
+ * @generated from message chatplane.v1.WatchConversationRequest
+ */
+export type WatchConversationRequest = Message<"chatplane.v1.WatchConversationRequest"> & {
+  /**
+   * The caller's conversation.
+   *
+   * @generated from field: string conversation_id = 1;
+   */
+  conversationId: string;
+};
+
+/**
+ * Describes the message chatplane.v1.WatchConversationRequest.
+ * Use `create(WatchConversationRequestSchema)` to create a new message.
+ */
+export const WatchConversationRequestSchema: GenMessage<WatchConversationRequest> = /*@__PURE__*/
+  messageDesc(file_chatplane_v1_gateway, 14);
+
+/**
+ * One event of a watched conversation.
+ *
+ * @generated from message chatplane.v1.WatchConversationResponse
+ */
+export type WatchConversationResponse = Message<"chatplane.v1.WatchConversationResponse"> & {
+  /**
+   * The event.
+   *
+   * @generated from oneof chatplane.v1.WatchConversationResponse.event
+   */
+  event: {
+    /**
+     * The current state (first event), or a change of it.
+     *
+     * @generated from field: chatplane.v1.HandoffStatus handoff = 1;
+     */
+    value: HandoffStatus;
+    case: "handoff";
+  } | {
+    /**
+     * An operator's reply, as stored.
+     *
+     * @generated from field: chatplane.v1.Message operator_reply = 2;
+     */
+    value: Message$1;
+    case: "operatorReply";
+  } | { case: undefined; value?: undefined };
+};
+
+/**
+ * Describes the message chatplane.v1.WatchConversationResponse.
+ * Use `create(WatchConversationResponseSchema)` to create a new message.
+ */
+export const WatchConversationResponseSchema: GenMessage<WatchConversationResponse> = /*@__PURE__*/
+  messageDesc(file_chatplane_v1_gateway, 15);
 
 /**
  * A rating of an answer.
@@ -427,6 +592,37 @@ export const GatewayService: GenService<{
     methodKind: "unary";
     input: typeof SubmitFeedbackRequestSchema;
     output: typeof SubmitFeedbackResponseSchema;
+  },
+  /**
+   * Hands the caller's conversation to a human operator: the bot stops answering.
+   *
+   * @generated from rpc chatplane.v1.GatewayService.RequestHandoff
+   */
+  requestHandoff: {
+    methodKind: "unary";
+    input: typeof RequestHandoffRequestSchema;
+    output: typeof RequestHandoffResponseSchema;
+  },
+  /**
+   * Gives the caller's conversation back to the bot.
+   *
+   * @generated from rpc chatplane.v1.GatewayService.ReleaseHandoff
+   */
+  releaseHandoff: {
+    methodKind: "unary";
+    input: typeof ReleaseHandoffRequestSchema;
+    output: typeof ReleaseHandoffResponseSchema;
+  },
+  /**
+   * Streams a conversation's handoff changes and operator replies as they happen, starting
+   * with its current state; open until the client cancels.
+   *
+   * @generated from rpc chatplane.v1.GatewayService.WatchConversation
+   */
+  watchConversation: {
+    methodKind: "server_streaming";
+    input: typeof WatchConversationRequestSchema;
+    output: typeof WatchConversationResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_chatplane_v1_gateway, 0);

@@ -6,7 +6,7 @@ import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegen
 import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
 import type { GetConversationRequest, GetConversationResponse, ListConversationsRequest, ListConversationsResponse, SubmitFeedbackRequest } from "./gateway_pb";
 import { file_chatplane_v1_gateway } from "./gateway_pb";
-import type { Message as Message$1 } from "./resources_pb";
+import type { HandoffMode, HandoffStatus, HandoffTrigger, Message as Message$1 } from "./resources_pb";
 import { file_chatplane_v1_resources } from "./resources_pb";
 import type { Timestamp } from "@bufbuild/protobuf/wkt";
 import { file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
@@ -16,7 +16,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file chatplane/v1/persistence.proto.
  */
 export const file_chatplane_v1_persistence: GenFile = /*@__PURE__*/
-  fileDesc("Ch5jaGF0cGxhbmUvdjEvcGVyc2lzdGVuY2UucHJvdG8SDGNoYXRwbGFuZS52MSIrCgVPd25lchIRCgl0ZW5hbnRfaWQYASABKAkSDwoHdXNlcl9pZBgCIAEoCSLCAQoQQmVnaW5UdXJuUmVxdWVzdBIiCgVvd25lchgBIAEoCzITLmNoYXRwbGFuZS52MS5Pd25lchIXCg9jb252ZXJzYXRpb25faWQYAiABKAkSGQoRY2xpZW50X21lc3NhZ2VfaWQYAyABKAkSFwoPdXNlcl9tZXNzYWdlX2lkGAQgASgJEhwKFGFzc2lzdGFudF9tZXNzYWdlX2lkGAUgASgJEg0KBXRpdGxlGAYgASgJEhAKCGxlYXNlX21zGAcgASgDIoQBChFCZWdpblR1cm5SZXNwb25zZRIXCg9jb252ZXJzYXRpb25faWQYASABKAkSFwoPdXNlcl9tZXNzYWdlX2lkGAIgASgJEhwKFGFzc2lzdGFudF9tZXNzYWdlX2lkGAMgASgJEg0KBW93bmVyGAQgASgIEhAKCGNvbXBsZXRlGAUgASgIIk0KDkdldFR1cm5SZXF1ZXN0EiIKBW93bmVyGAEgASgLMhMuY2hhdHBsYW5lLnYxLk93bmVyEhcKD3VzZXJfbWVzc2FnZV9pZBgCIAEoCSKnAQoPR2V0VHVyblJlc3BvbnNlEisKDHVzZXJfbWVzc2FnZRgBIAEoCzIVLmNoYXRwbGFuZS52MS5NZXNzYWdlEjAKEWFzc2lzdGFudF9tZXNzYWdlGAIgASgLMhUuY2hhdHBsYW5lLnYxLk1lc3NhZ2USNQoRbGVhc2VfZXhwaXJlX3RpbWUYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIlEKElJlbGVhc2VUdXJuUmVxdWVzdBIiCgVvd25lchgBIAEoCzITLmNoYXRwbGFuZS52MS5Pd25lchIXCg91c2VyX21lc3NhZ2VfaWQYAiABKAkiJwoTUmVsZWFzZVR1cm5SZXNwb25zZRIQCghyZWxlYXNlZBgBIAEoCCKGAQoqUGVyc2lzdGVuY2VTZXJ2aWNlTGlzdENvbnZlcnNhdGlvbnNSZXF1ZXN0EiIKBW93bmVyGAEgASgLMhMuY2hhdHBsYW5lLnYxLk93bmVyEjQKBHBhZ2UYAiABKAsyJi5jaGF0cGxhbmUudjEuTGlzdENvbnZlcnNhdGlvbnNSZXF1ZXN0ImQKK1BlcnNpc3RlbmNlU2VydmljZUxpc3RDb252ZXJzYXRpb25zUmVzcG9uc2USNQoEcGFnZRgBIAEoCzInLmNoYXRwbGFuZS52MS5MaXN0Q29udmVyc2F0aW9uc1Jlc3BvbnNlIoUBCihQZXJzaXN0ZW5jZVNlcnZpY2VHZXRDb252ZXJzYXRpb25SZXF1ZXN0EiIKBW93bmVyGAEgASgLMhMuY2hhdHBsYW5lLnYxLk93bmVyEjUKB3JlcXVlc3QYAiABKAsyJC5jaGF0cGxhbmUudjEuR2V0Q29udmVyc2F0aW9uUmVxdWVzdCJkCilQZXJzaXN0ZW5jZVNlcnZpY2VHZXRDb252ZXJzYXRpb25SZXNwb25zZRI3CghyZXNwb25zZRgBIAEoCzIlLmNoYXRwbGFuZS52MS5HZXRDb252ZXJzYXRpb25SZXNwb25zZSJqCitQZXJzaXN0ZW5jZVNlcnZpY2VEZWxldGVDb252ZXJzYXRpb25SZXF1ZXN0EiIKBW93bmVyGAEgASgLMhMuY2hhdHBsYW5lLnYxLk93bmVyEhcKD2NvbnZlcnNhdGlvbl9pZBgCIAEoCSJfCixQZXJzaXN0ZW5jZVNlcnZpY2VEZWxldGVDb252ZXJzYXRpb25SZXNwb25zZRIvCgtkZWxldGVfdGltZRgBIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAihAEKJ1BlcnNpc3RlbmNlU2VydmljZVN1Ym1pdEZlZWRiYWNrUmVxdWVzdBIiCgVvd25lchgBIAEoCzITLmNoYXRwbGFuZS52MS5Pd25lchI1CghmZWVkYmFjaxgCIAEoCzIjLmNoYXRwbGFuZS52MS5TdWJtaXRGZWVkYmFja1JlcXVlc3QiWwooUGVyc2lzdGVuY2VTZXJ2aWNlU3VibWl0RmVlZGJhY2tSZXNwb25zZRIvCgtjcmVhdGVfdGltZRgBIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiVwoTQ3JlYXRlQXBpS2V5UmVxdWVzdBIiCgVvd25lchgBIAEoCzITLmNoYXRwbGFuZS52MS5Pd25lchINCgVsYWJlbBgCIAEoCRINCgVyb2xlcxgDIAMoCSI3ChRDcmVhdGVBcGlLZXlSZXNwb25zZRIPCgdhcGlfa2V5GAEgASgJEg4KBmtleV9pZBgCIAEoCSIiChBHZXRBcGlLZXlSZXF1ZXN0Eg4KBmtleV9pZBgBIAEoCSJuChFHZXRBcGlLZXlSZXNwb25zZRIiCgVvd25lchgBIAEoCzITLmNoYXRwbGFuZS52MS5Pd25lchIVCg1zZWNyZXRfc2hhMjU2GAIgASgMEg8KB3Jldm9rZWQYAyABKAgSDQoFcm9sZXMYBCADKAkywgcKElBlcnNpc3RlbmNlU2VydmljZRJMCglCZWdpblR1cm4SHi5jaGF0cGxhbmUudjEuQmVnaW5UdXJuUmVxdWVzdBofLmNoYXRwbGFuZS52MS5CZWdpblR1cm5SZXNwb25zZRJGCgdHZXRUdXJuEhwuY2hhdHBsYW5lLnYxLkdldFR1cm5SZXF1ZXN0Gh0uY2hhdHBsYW5lLnYxLkdldFR1cm5SZXNwb25zZRJSCgtSZWxlYXNlVHVybhIgLmNoYXRwbGFuZS52MS5SZWxlYXNlVHVyblJlcXVlc3QaIS5jaGF0cGxhbmUudjEuUmVsZWFzZVR1cm5SZXNwb25zZRKIAQoRTGlzdENvbnZlcnNhdGlvbnMSOC5jaGF0cGxhbmUudjEuUGVyc2lzdGVuY2VTZXJ2aWNlTGlzdENvbnZlcnNhdGlvbnNSZXF1ZXN0GjkuY2hhdHBsYW5lLnYxLlBlcnNpc3RlbmNlU2VydmljZUxpc3RDb252ZXJzYXRpb25zUmVzcG9uc2USggEKD0dldENvbnZlcnNhdGlvbhI2LmNoYXRwbGFuZS52MS5QZXJzaXN0ZW5jZVNlcnZpY2VHZXRDb252ZXJzYXRpb25SZXF1ZXN0GjcuY2hhdHBsYW5lLnYxLlBlcnNpc3RlbmNlU2VydmljZUdldENvbnZlcnNhdGlvblJlc3BvbnNlEosBChJEZWxldGVDb252ZXJzYXRpb24SOS5jaGF0cGxhbmUudjEuUGVyc2lzdGVuY2VTZXJ2aWNlRGVsZXRlQ29udmVyc2F0aW9uUmVxdWVzdBo6LmNoYXRwbGFuZS52MS5QZXJzaXN0ZW5jZVNlcnZpY2VEZWxldGVDb252ZXJzYXRpb25SZXNwb25zZRJ/Cg5TdWJtaXRGZWVkYmFjaxI1LmNoYXRwbGFuZS52MS5QZXJzaXN0ZW5jZVNlcnZpY2VTdWJtaXRGZWVkYmFja1JlcXVlc3QaNi5jaGF0cGxhbmUudjEuUGVyc2lzdGVuY2VTZXJ2aWNlU3VibWl0RmVlZGJhY2tSZXNwb25zZRJVCgxDcmVhdGVBcGlLZXkSIS5jaGF0cGxhbmUudjEuQ3JlYXRlQXBpS2V5UmVxdWVzdBoiLmNoYXRwbGFuZS52MS5DcmVhdGVBcGlLZXlSZXNwb25zZRJMCglHZXRBcGlLZXkSHi5jaGF0cGxhbmUudjEuR2V0QXBpS2V5UmVxdWVzdBofLmNoYXRwbGFuZS52MS5HZXRBcGlLZXlSZXNwb25zZUJAWj5naXRodWIuY29tL2NoYXRwbGFuZS9jaGF0cGxhbmUvZ2VuL2dvL2NoYXRwbGFuZS92MTtjaGF0cGxhbmV2MWIGcHJvdG8z", [file_chatplane_v1_gateway, file_chatplane_v1_resources, file_google_protobuf_timestamp]);
+  fileDesc("Ch5jaGF0cGxhbmUvdjEvcGVyc2lzdGVuY2UucHJvdG8SDGNoYXRwbGFuZS52MSIrCgVPd25lchIRCgl0ZW5hbnRfaWQYASABKAkSDwoHdXNlcl9pZBgCIAEoCSLCAQoQQmVnaW5UdXJuUmVxdWVzdBIiCgVvd25lchgBIAEoCzITLmNoYXRwbGFuZS52MS5Pd25lchIXCg9jb252ZXJzYXRpb25faWQYAiABKAkSGQoRY2xpZW50X21lc3NhZ2VfaWQYAyABKAkSFwoPdXNlcl9tZXNzYWdlX2lkGAQgASgJEhwKFGFzc2lzdGFudF9tZXNzYWdlX2lkGAUgASgJEg0KBXRpdGxlGAYgASgJEhAKCGxlYXNlX21zGAcgASgDIoQBChFCZWdpblR1cm5SZXNwb25zZRIXCg9jb252ZXJzYXRpb25faWQYASABKAkSFwoPdXNlcl9tZXNzYWdlX2lkGAIgASgJEhwKFGFzc2lzdGFudF9tZXNzYWdlX2lkGAMgASgJEg0KBW93bmVyGAQgASgIEhAKCGNvbXBsZXRlGAUgASgIIk0KDkdldFR1cm5SZXF1ZXN0EiIKBW93bmVyGAEgASgLMhMuY2hhdHBsYW5lLnYxLk93bmVyEhcKD3VzZXJfbWVzc2FnZV9pZBgCIAEoCSKnAQoPR2V0VHVyblJlc3BvbnNlEisKDHVzZXJfbWVzc2FnZRgBIAEoCzIVLmNoYXRwbGFuZS52MS5NZXNzYWdlEjAKEWFzc2lzdGFudF9tZXNzYWdlGAIgASgLMhUuY2hhdHBsYW5lLnYxLk1lc3NhZ2USNQoRbGVhc2VfZXhwaXJlX3RpbWUYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIlEKElJlbGVhc2VUdXJuUmVxdWVzdBIiCgVvd25lchgBIAEoCzITLmNoYXRwbGFuZS52MS5Pd25lchIXCg91c2VyX21lc3NhZ2VfaWQYAiABKAkiJwoTUmVsZWFzZVR1cm5SZXNwb25zZRIQCghyZWxlYXNlZBgBIAEoCCKGAQoqUGVyc2lzdGVuY2VTZXJ2aWNlTGlzdENvbnZlcnNhdGlvbnNSZXF1ZXN0EiIKBW93bmVyGAEgASgLMhMuY2hhdHBsYW5lLnYxLk93bmVyEjQKBHBhZ2UYAiABKAsyJi5jaGF0cGxhbmUudjEuTGlzdENvbnZlcnNhdGlvbnNSZXF1ZXN0ImQKK1BlcnNpc3RlbmNlU2VydmljZUxpc3RDb252ZXJzYXRpb25zUmVzcG9uc2USNQoEcGFnZRgBIAEoCzInLmNoYXRwbGFuZS52MS5MaXN0Q29udmVyc2F0aW9uc1Jlc3BvbnNlIoUBCihQZXJzaXN0ZW5jZVNlcnZpY2VHZXRDb252ZXJzYXRpb25SZXF1ZXN0EiIKBW93bmVyGAEgASgLMhMuY2hhdHBsYW5lLnYxLk93bmVyEjUKB3JlcXVlc3QYAiABKAsyJC5jaGF0cGxhbmUudjEuR2V0Q29udmVyc2F0aW9uUmVxdWVzdCJkCilQZXJzaXN0ZW5jZVNlcnZpY2VHZXRDb252ZXJzYXRpb25SZXNwb25zZRI3CghyZXNwb25zZRgBIAEoCzIlLmNoYXRwbGFuZS52MS5HZXRDb252ZXJzYXRpb25SZXNwb25zZSJqCitQZXJzaXN0ZW5jZVNlcnZpY2VEZWxldGVDb252ZXJzYXRpb25SZXF1ZXN0EiIKBW93bmVyGAEgASgLMhMuY2hhdHBsYW5lLnYxLk93bmVyEhcKD2NvbnZlcnNhdGlvbl9pZBgCIAEoCSJfCixQZXJzaXN0ZW5jZVNlcnZpY2VEZWxldGVDb252ZXJzYXRpb25SZXNwb25zZRIvCgtkZWxldGVfdGltZRgBIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAihAEKJ1BlcnNpc3RlbmNlU2VydmljZVN1Ym1pdEZlZWRiYWNrUmVxdWVzdBIiCgVvd25lchgBIAEoCzITLmNoYXRwbGFuZS52MS5Pd25lchI1CghmZWVkYmFjaxgCIAEoCzIjLmNoYXRwbGFuZS52MS5TdWJtaXRGZWVkYmFja1JlcXVlc3QiWwooUGVyc2lzdGVuY2VTZXJ2aWNlU3VibWl0RmVlZGJhY2tSZXNwb25zZRIvCgtjcmVhdGVfdGltZRgBIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiVwoTQ3JlYXRlQXBpS2V5UmVxdWVzdBIiCgVvd25lchgBIAEoCzITLmNoYXRwbGFuZS52MS5Pd25lchINCgVsYWJlbBgCIAEoCRINCgVyb2xlcxgDIAMoCSI3ChRDcmVhdGVBcGlLZXlSZXNwb25zZRIPCgdhcGlfa2V5GAEgASgJEg4KBmtleV9pZBgCIAEoCSIiChBHZXRBcGlLZXlSZXF1ZXN0Eg4KBmtleV9pZBgBIAEoCSJuChFHZXRBcGlLZXlSZXNwb25zZRIiCgVvd25lchgBIAEoCzITLmNoYXRwbGFuZS52MS5Pd25lchIVCg1zZWNyZXRfc2hhMjU2GAIgASgMEg8KB3Jldm9rZWQYAyABKAgSDQoFcm9sZXMYBCADKAkiUAoRR2V0SGFuZG9mZlJlcXVlc3QSIgoFb3duZXIYASABKAsyEy5jaGF0cGxhbmUudjEuT3duZXISFwoPY29udmVyc2F0aW9uX2lkGAIgASgJIlcKEkdldEhhbmRvZmZSZXNwb25zZRIsCgdoYW5kb2ZmGAEgASgLMhsuY2hhdHBsYW5lLnYxLkhhbmRvZmZTdGF0dXMSEwoLcnVsZXNfZmlyZWQYAiADKAki2wEKFENoYW5nZUhhbmRvZmZSZXF1ZXN0EiIKBW93bmVyGAEgASgLMhMuY2hhdHBsYW5lLnYxLk93bmVyEhcKD2NvbnZlcnNhdGlvbl9pZBgCIAEoCRInCgRtb2RlGAMgASgOMhkuY2hhdHBsYW5lLnYxLkhhbmRvZmZNb2RlEi0KB3RyaWdnZXIYBCABKA4yHC5jaGF0cGxhbmUudjEuSGFuZG9mZlRyaWdnZXISDgoGcmVhc29uGAUgASgJEhAKCGFjdG9yX2lkGAYgASgJEgwKBHJ1bGUYByABKAkiRQoVQ2hhbmdlSGFuZG9mZlJlc3BvbnNlEiwKB2hhbmRvZmYYASABKAsyGy5jaGF0cGxhbmUudjEuSGFuZG9mZlN0YXR1cyJPChNMaXN0SGFuZG9mZnNSZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCRIRCglwYWdlX3NpemUYAiABKAUSEgoKcGFnZV90b2tlbhgDIAEoCSJeChRMaXN0SGFuZG9mZnNSZXNwb25zZRItCghoYW5kb2ZmcxgBIAMoCzIbLmNoYXRwbGFuZS52MS5IYW5kb2ZmU3RhdHVzEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSJFChdHZXRUZW5hbnRIYW5kb2ZmUmVxdWVzdBIRCgl0ZW5hbnRfaWQYASABKAkSFwoPY29udmVyc2F0aW9uX2lkGAIgASgJImwKGEdldFRlbmFudEhhbmRvZmZSZXNwb25zZRIiCgVvd25lchgBIAEoCzITLmNoYXRwbGFuZS52MS5Pd25lchIsCgdoYW5kb2ZmGAIgASgLMhsuY2hhdHBsYW5lLnYxLkhhbmRvZmZTdGF0dXMiUAoWQ291bnRUaHVtYnNEb3duUmVxdWVzdBIiCgVvd25lchgBIAEoCzITLmNoYXRwbGFuZS52MS5Pd25lchISCgptZXNzYWdlX2lkGAIgASgJIkcKF0NvdW50VGh1bWJzRG93blJlc3BvbnNlEhcKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCRITCgt0aHVtYnNfZG93bhgCIAEoBTKHCwoSUGVyc2lzdGVuY2VTZXJ2aWNlEkwKCUJlZ2luVHVybhIeLmNoYXRwbGFuZS52MS5CZWdpblR1cm5SZXF1ZXN0Gh8uY2hhdHBsYW5lLnYxLkJlZ2luVHVyblJlc3BvbnNlEkYKB0dldFR1cm4SHC5jaGF0cGxhbmUudjEuR2V0VHVyblJlcXVlc3QaHS5jaGF0cGxhbmUudjEuR2V0VHVyblJlc3BvbnNlElIKC1JlbGVhc2VUdXJuEiAuY2hhdHBsYW5lLnYxLlJlbGVhc2VUdXJuUmVxdWVzdBohLmNoYXRwbGFuZS52MS5SZWxlYXNlVHVyblJlc3BvbnNlEogBChFMaXN0Q29udmVyc2F0aW9ucxI4LmNoYXRwbGFuZS52MS5QZXJzaXN0ZW5jZVNlcnZpY2VMaXN0Q29udmVyc2F0aW9uc1JlcXVlc3QaOS5jaGF0cGxhbmUudjEuUGVyc2lzdGVuY2VTZXJ2aWNlTGlzdENvbnZlcnNhdGlvbnNSZXNwb25zZRKCAQoPR2V0Q29udmVyc2F0aW9uEjYuY2hhdHBsYW5lLnYxLlBlcnNpc3RlbmNlU2VydmljZUdldENvbnZlcnNhdGlvblJlcXVlc3QaNy5jaGF0cGxhbmUudjEuUGVyc2lzdGVuY2VTZXJ2aWNlR2V0Q29udmVyc2F0aW9uUmVzcG9uc2USiwEKEkRlbGV0ZUNvbnZlcnNhdGlvbhI5LmNoYXRwbGFuZS52MS5QZXJzaXN0ZW5jZVNlcnZpY2VEZWxldGVDb252ZXJzYXRpb25SZXF1ZXN0GjouY2hhdHBsYW5lLnYxLlBlcnNpc3RlbmNlU2VydmljZURlbGV0ZUNvbnZlcnNhdGlvblJlc3BvbnNlEn8KDlN1Ym1pdEZlZWRiYWNrEjUuY2hhdHBsYW5lLnYxLlBlcnNpc3RlbmNlU2VydmljZVN1Ym1pdEZlZWRiYWNrUmVxdWVzdBo2LmNoYXRwbGFuZS52MS5QZXJzaXN0ZW5jZVNlcnZpY2VTdWJtaXRGZWVkYmFja1Jlc3BvbnNlElUKDENyZWF0ZUFwaUtleRIhLmNoYXRwbGFuZS52MS5DcmVhdGVBcGlLZXlSZXF1ZXN0GiIuY2hhdHBsYW5lLnYxLkNyZWF0ZUFwaUtleVJlc3BvbnNlEkwKCUdldEFwaUtleRIeLmNoYXRwbGFuZS52MS5HZXRBcGlLZXlSZXF1ZXN0Gh8uY2hhdHBsYW5lLnYxLkdldEFwaUtleVJlc3BvbnNlEk8KCkdldEhhbmRvZmYSHy5jaGF0cGxhbmUudjEuR2V0SGFuZG9mZlJlcXVlc3QaIC5jaGF0cGxhbmUudjEuR2V0SGFuZG9mZlJlc3BvbnNlElgKDUNoYW5nZUhhbmRvZmYSIi5jaGF0cGxhbmUudjEuQ2hhbmdlSGFuZG9mZlJlcXVlc3QaIy5jaGF0cGxhbmUudjEuQ2hhbmdlSGFuZG9mZlJlc3BvbnNlElUKDExpc3RIYW5kb2ZmcxIhLmNoYXRwbGFuZS52MS5MaXN0SGFuZG9mZnNSZXF1ZXN0GiIuY2hhdHBsYW5lLnYxLkxpc3RIYW5kb2Zmc1Jlc3BvbnNlEmEKEEdldFRlbmFudEhhbmRvZmYSJS5jaGF0cGxhbmUudjEuR2V0VGVuYW50SGFuZG9mZlJlcXVlc3QaJi5jaGF0cGxhbmUudjEuR2V0VGVuYW50SGFuZG9mZlJlc3BvbnNlEl4KD0NvdW50VGh1bWJzRG93bhIkLmNoYXRwbGFuZS52MS5Db3VudFRodW1ic0Rvd25SZXF1ZXN0GiUuY2hhdHBsYW5lLnYxLkNvdW50VGh1bWJzRG93blJlc3BvbnNlQkBaPmdpdGh1Yi5jb20vY2hhdHBsYW5lL2NoYXRwbGFuZS9nZW4vZ28vY2hhdHBsYW5lL3YxO2NoYXRwbGFuZXYxYgZwcm90bzM", [file_chatplane_v1_gateway, file_chatplane_v1_resources, file_google_protobuf_timestamp]);
 
 /**
  * The tenant and user a call acts for.
@@ -594,6 +594,321 @@ export const GetApiKeyResponseSchema: GenMessage<GetApiKeyResponse> = /*@__PURE_
   messageDesc(file_chatplane_v1_persistence, 18);
 
 /**
+ * Asks for a conversation's handoff state.
+ *
+ * @generated from message chatplane.v1.GetHandoffRequest
+ */
+export type GetHandoffRequest = Message<"chatplane.v1.GetHandoffRequest"> & {
+  /**
+   * Whose conversation.
+   *
+   * @generated from field: chatplane.v1.Owner owner = 1;
+   */
+  owner?: Owner | undefined;
+
+  /**
+   * The conversation.
+   *
+   * @generated from field: string conversation_id = 2;
+   */
+  conversationId: string;
+};
+
+/**
+ * Describes the message chatplane.v1.GetHandoffRequest.
+ * Use `create(GetHandoffRequestSchema)` to create a new message.
+ */
+export const GetHandoffRequestSchema: GenMessage<GetHandoffRequest> = /*@__PURE__*/
+  messageDesc(file_chatplane_v1_persistence, 19);
+
+/**
+ * A conversation's handoff state.
+ *
+ * @generated from message chatplane.v1.GetHandoffResponse
+ */
+export type GetHandoffResponse = Message<"chatplane.v1.GetHandoffResponse"> & {
+  /**
+   * The state.
+   *
+   * @generated from field: chatplane.v1.HandoffStatus handoff = 1;
+   */
+  handoff?: HandoffStatus | undefined;
+
+  /**
+   * Every rule that has fired in this conversation (each fires once).
+   *
+   * @generated from field: repeated string rules_fired = 2;
+   */
+  rulesFired: string[];
+};
+
+/**
+ * Describes the message chatplane.v1.GetHandoffResponse.
+ * Use `create(GetHandoffResponseSchema)` to create a new message.
+ */
+export const GetHandoffResponseSchema: GenMessage<GetHandoffResponse> = /*@__PURE__*/
+  messageDesc(file_chatplane_v1_persistence, 20);
+
+/**
+ * A change of a conversation's mode.
+ *
+ * @generated from message chatplane.v1.ChangeHandoffRequest
+ */
+export type ChangeHandoffRequest = Message<"chatplane.v1.ChangeHandoffRequest"> & {
+  /**
+   * Whose conversation.
+   *
+   * @generated from field: chatplane.v1.Owner owner = 1;
+   */
+  owner?: Owner | undefined;
+
+  /**
+   * The conversation.
+   *
+   * @generated from field: string conversation_id = 2;
+   */
+  conversationId: string;
+
+  /**
+   * HANDOFF_MODE_HUMAN to hand it over, HANDOFF_MODE_BOT to give it back.
+   *
+   * @generated from field: chatplane.v1.HandoffMode mode = 3;
+   */
+  mode: HandoffMode;
+
+  /**
+   * What makes the change.
+   *
+   * @generated from field: chatplane.v1.HandoffTrigger trigger = 4;
+   */
+  trigger: HandoffTrigger;
+
+  /**
+   * Why (requests only).
+   *
+   * @generated from field: string reason = 5;
+   */
+  reason: string;
+
+  /**
+   * The user id of whoever makes the change (user or operator).
+   *
+   * @generated from field: string actor_id = 6;
+   */
+  actorId: string;
+
+  /**
+   * For a rule: its name; when it has fired in this conversation before, nothing changes.
+   *
+   * @generated from field: string rule = 7;
+   */
+  rule: string;
+};
+
+/**
+ * Describes the message chatplane.v1.ChangeHandoffRequest.
+ * Use `create(ChangeHandoffRequestSchema)` to create a new message.
+ */
+export const ChangeHandoffRequestSchema: GenMessage<ChangeHandoffRequest> = /*@__PURE__*/
+  messageDesc(file_chatplane_v1_persistence, 21);
+
+/**
+ * The state after the change.
+ *
+ * @generated from message chatplane.v1.ChangeHandoffResponse
+ */
+export type ChangeHandoffResponse = Message<"chatplane.v1.ChangeHandoffResponse"> & {
+  /**
+   * The state; changed says whether this call changed it.
+   *
+   * @generated from field: chatplane.v1.HandoffStatus handoff = 1;
+   */
+  handoff?: HandoffStatus | undefined;
+};
+
+/**
+ * Describes the message chatplane.v1.ChangeHandoffResponse.
+ * Use `create(ChangeHandoffResponseSchema)` to create a new message.
+ */
+export const ChangeHandoffResponseSchema: GenMessage<ChangeHandoffResponse> = /*@__PURE__*/
+  messageDesc(file_chatplane_v1_persistence, 22);
+
+/**
+ * Asks for a tenant's conversations waiting for a human.
+ *
+ * @generated from message chatplane.v1.ListHandoffsRequest
+ */
+export type ListHandoffsRequest = Message<"chatplane.v1.ListHandoffsRequest"> & {
+  /**
+   * The tenant.
+   *
+   * @generated from field: string tenant_id = 1;
+   */
+  tenantId: string;
+
+  /**
+   * Maximum conversations (1-100).
+   *
+   * @generated from field: int32 page_size = 2;
+   */
+  pageSize: number;
+
+  /**
+   * The next_page_token of a previous call, or empty for the first page.
+   *
+   * @generated from field: string page_token = 3;
+   */
+  pageToken: string;
+};
+
+/**
+ * Describes the message chatplane.v1.ListHandoffsRequest.
+ * Use `create(ListHandoffsRequestSchema)` to create a new message.
+ */
+export const ListHandoffsRequestSchema: GenMessage<ListHandoffsRequest> = /*@__PURE__*/
+  messageDesc(file_chatplane_v1_persistence, 23);
+
+/**
+ * A page of conversations in human mode.
+ *
+ * @generated from message chatplane.v1.ListHandoffsResponse
+ */
+export type ListHandoffsResponse = Message<"chatplane.v1.ListHandoffsResponse"> & {
+  /**
+   * Their states (user_id filled), longest waiting first.
+   *
+   * @generated from field: repeated chatplane.v1.HandoffStatus handoffs = 1;
+   */
+  handoffs: HandoffStatus[];
+
+  /**
+   * Token for the next page; empty when there is none.
+   *
+   * @generated from field: string next_page_token = 2;
+   */
+  nextPageToken: string;
+};
+
+/**
+ * Describes the message chatplane.v1.ListHandoffsResponse.
+ * Use `create(ListHandoffsResponseSchema)` to create a new message.
+ */
+export const ListHandoffsResponseSchema: GenMessage<ListHandoffsResponse> = /*@__PURE__*/
+  messageDesc(file_chatplane_v1_persistence, 24);
+
+/**
+ * Asks for a tenant's handed-off conversation.
+ *
+ * @generated from message chatplane.v1.GetTenantHandoffRequest
+ */
+export type GetTenantHandoffRequest = Message<"chatplane.v1.GetTenantHandoffRequest"> & {
+  /**
+   * The tenant.
+   *
+   * @generated from field: string tenant_id = 1;
+   */
+  tenantId: string;
+
+  /**
+   * The conversation.
+   *
+   * @generated from field: string conversation_id = 2;
+   */
+  conversationId: string;
+};
+
+/**
+ * Describes the message chatplane.v1.GetTenantHandoffRequest.
+ * Use `create(GetTenantHandoffRequestSchema)` to create a new message.
+ */
+export const GetTenantHandoffRequestSchema: GenMessage<GetTenantHandoffRequest> = /*@__PURE__*/
+  messageDesc(file_chatplane_v1_persistence, 25);
+
+/**
+ * A handed-off conversation and its owner.
+ *
+ * @generated from message chatplane.v1.GetTenantHandoffResponse
+ */
+export type GetTenantHandoffResponse = Message<"chatplane.v1.GetTenantHandoffResponse"> & {
+  /**
+   * Whose conversation it is.
+   *
+   * @generated from field: chatplane.v1.Owner owner = 1;
+   */
+  owner?: Owner | undefined;
+
+  /**
+   * Its state.
+   *
+   * @generated from field: chatplane.v1.HandoffStatus handoff = 2;
+   */
+  handoff?: HandoffStatus | undefined;
+};
+
+/**
+ * Describes the message chatplane.v1.GetTenantHandoffResponse.
+ * Use `create(GetTenantHandoffResponseSchema)` to create a new message.
+ */
+export const GetTenantHandoffResponseSchema: GenMessage<GetTenantHandoffResponse> = /*@__PURE__*/
+  messageDesc(file_chatplane_v1_persistence, 26);
+
+/**
+ * Asks for the thumbs-down count of a message's conversation.
+ *
+ * @generated from message chatplane.v1.CountThumbsDownRequest
+ */
+export type CountThumbsDownRequest = Message<"chatplane.v1.CountThumbsDownRequest"> & {
+  /**
+   * Whose message.
+   *
+   * @generated from field: chatplane.v1.Owner owner = 1;
+   */
+  owner?: Owner | undefined;
+
+  /**
+   * A message of the owner.
+   *
+   * @generated from field: string message_id = 2;
+   */
+  messageId: string;
+};
+
+/**
+ * Describes the message chatplane.v1.CountThumbsDownRequest.
+ * Use `create(CountThumbsDownRequestSchema)` to create a new message.
+ */
+export const CountThumbsDownRequestSchema: GenMessage<CountThumbsDownRequest> = /*@__PURE__*/
+  messageDesc(file_chatplane_v1_persistence, 27);
+
+/**
+ * The thumbs-down count of the conversation.
+ *
+ * @generated from message chatplane.v1.CountThumbsDownResponse
+ */
+export type CountThumbsDownResponse = Message<"chatplane.v1.CountThumbsDownResponse"> & {
+  /**
+   * The conversation of the message.
+   *
+   * @generated from field: string conversation_id = 1;
+   */
+  conversationId: string;
+
+  /**
+   * Thumbs-down ratings on its messages.
+   *
+   * @generated from field: int32 thumbs_down = 2;
+   */
+  thumbsDown: number;
+};
+
+/**
+ * Describes the message chatplane.v1.CountThumbsDownResponse.
+ * Use `create(CountThumbsDownResponseSchema)` to create a new message.
+ */
+export const CountThumbsDownResponseSchema: GenMessage<CountThumbsDownResponse> = /*@__PURE__*/
+  messageDesc(file_chatplane_v1_persistence, 28);
+
+/**
  * The system of record: conversations, turns, messages (written through the message log),
  * feedback and API keys. Internal: called by the Gateway and admin tools. Every call names
  * the tenant and user it acts for; objects of anyone else are NOT_FOUND.
@@ -692,6 +1007,56 @@ export const PersistenceService: GenService<{
     methodKind: "unary";
     input: typeof GetApiKeyRequestSchema;
     output: typeof GetApiKeyResponseSchema;
+  },
+  /**
+   * Returns the handoff state of the owner's conversation (bot mode when never handed off).
+   *
+   * @generated from rpc chatplane.v1.PersistenceService.GetHandoff
+   */
+  getHandoff: {
+    methodKind: "unary";
+    input: typeof GetHandoffRequestSchema;
+    output: typeof GetHandoffResponseSchema;
+  },
+  /**
+   * Hands the owner's conversation to a human or gives it back to the bot.
+   *
+   * @generated from rpc chatplane.v1.PersistenceService.ChangeHandoff
+   */
+  changeHandoff: {
+    methodKind: "unary";
+    input: typeof ChangeHandoffRequestSchema;
+    output: typeof ChangeHandoffResponseSchema;
+  },
+  /**
+   * Lists a tenant's conversations in human mode, longest waiting first.
+   *
+   * @generated from rpc chatplane.v1.PersistenceService.ListHandoffs
+   */
+  listHandoffs: {
+    methodKind: "unary";
+    input: typeof ListHandoffsRequestSchema;
+    output: typeof ListHandoffsResponseSchema;
+  },
+  /**
+   * Returns a tenant's handed-off conversation (ever handed off) with its owner, for operators.
+   *
+   * @generated from rpc chatplane.v1.PersistenceService.GetTenantHandoff
+   */
+  getTenantHandoff: {
+    methodKind: "unary";
+    input: typeof GetTenantHandoffRequestSchema;
+    output: typeof GetTenantHandoffResponseSchema;
+  },
+  /**
+   * Counts the thumbs-down ratings in the conversation of one of the owner's messages.
+   *
+   * @generated from rpc chatplane.v1.PersistenceService.CountThumbsDown
+   */
+  countThumbsDown: {
+    methodKind: "unary";
+    input: typeof CountThumbsDownRequestSchema;
+    output: typeof CountThumbsDownResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_chatplane_v1_persistence, 0);

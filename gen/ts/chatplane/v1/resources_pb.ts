@@ -12,7 +12,7 @@ import type { Message as Message$1 } from "@bufbuild/protobuf";
  * Describes the file chatplane/v1/resources.proto.
  */
 export const file_chatplane_v1_resources: GenFile = /*@__PURE__*/
-  fileDesc("ChxjaGF0cGxhbmUvdjEvcmVzb3VyY2VzLnByb3RvEgxjaGF0cGxhbmUudjEirwEKDENvbnZlcnNhdGlvbhIXCg9jb252ZXJzYXRpb25faWQYASABKAkSDQoFdGl0bGUYAiABKAkSLwoLY3JlYXRlX3RpbWUYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC3VwZGF0ZV90aW1lGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIVCg1tZXNzYWdlX2NvdW50GAUgASgFIuICCgdNZXNzYWdlEhIKCm1lc3NhZ2VfaWQYASABKAkSFwoPY29udmVyc2F0aW9uX2lkGAIgASgJEiAKBHJvbGUYAyABKA4yEi5jaGF0cGxhbmUudjEuUm9sZRIMCgR0ZXh0GAQgASgJEisKBnN0YXR1cxgFIAEoDjIbLmNoYXRwbGFuZS52MS5NZXNzYWdlU3RhdHVzEg0KBW1vZGVsGAYgASgJEi8KC2NyZWF0ZV90aW1lGAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIbChNyZXBseV90b19tZXNzYWdlX2lkGAggASgJEjEKDWZpbmlzaF9yZWFzb24YCSABKA4yGi5jaGF0cGxhbmUudjEuRmluaXNoUmVhc29uEiIKBXVzYWdlGAogASgLMhMuY2hhdHBsYW5lLnYxLlVzYWdlEhkKEWNsaWVudF9tZXNzYWdlX2lkGAsgASgJInoKBVVzYWdlEhQKDGlucHV0X3Rva2VucxgBIAEoBRIVCg1vdXRwdXRfdG9rZW5zGAIgASgFEh8KF2NhY2hlX3JlYWRfaW5wdXRfdG9rZW5zGAMgASgFEiMKG2NhY2hlX2NyZWF0aW9uX2lucHV0X3Rva2VucxgEIAEoBSKXAQoLVHVyblN0YXJ0ZWQSFwoPY29udmVyc2F0aW9uX2lkGAEgASgJEhcKD3VzZXJfbWVzc2FnZV9pZBgCIAEoCRIcChRhc3Npc3RhbnRfbWVzc2FnZV9pZBgDIAEoCRINCgVtb2RlbBgEIAEoCRIQCghyZXBsYXllZBgFIAEoCBIXCg9tZW1vcnlfZGVncmFkZWQYBiABKAgiSQoJVGV4dERlbHRhEgwKBHRleHQYASABKAkSEAoIc2VxdWVuY2UYAiABKAMSHAoUZW1pdF90aW1lX3VuaXhfbmFub3MYAyABKAMidgoIQ2l0YXRpb24SKAoEa2luZBgBIAEoDjIaLmNoYXRwbGFuZS52MS5DaXRhdGlvbktpbmQSEQoJc291cmNlX2lkGAIgASgJEg0KBXRpdGxlGAMgASgJEg8KB3NuaXBwZXQYBCABKAkSDQoFc2NvcmUYBSABKAEiYQoIVHVybkRvbmUSMQoNZmluaXNoX3JlYXNvbhgBIAEoDjIaLmNoYXRwbGFuZS52MS5GaW5pc2hSZWFzb24SDQoFbW9kZWwYAiABKAkSEwoLZGVsdGFfY291bnQYAyABKAMqPwoEUm9sZRIUChBST0xFX1VOU1BFQ0lGSUVEEAASDQoJUk9MRV9VU0VSEAESEgoOUk9MRV9BU1NJU1RBTlQQAipsCg1NZXNzYWdlU3RhdHVzEh4KGk1FU1NBR0VfU1RBVFVTX1VOU1BFQ0lGSUVEEAASGwoXTUVTU0FHRV9TVEFUVVNfQ09NUExFVEUQARIeChpNRVNTQUdFX1NUQVRVU19JTlRFUlJVUFRFRBACKpsBCgxGaW5pc2hSZWFzb24SHQoZRklOSVNIX1JFQVNPTl9VTlNQRUNJRklFRBAAEhYKEkZJTklTSF9SRUFTT05fU1RPUBABEhwKGEZJTklTSF9SRUFTT05fTUFYX1RPS0VOUxACEh0KGUZJTklTSF9SRUFTT05fSU5URVJSVVBURUQQAxIXChNGSU5JU0hfUkVBU09OX0VSUk9SEAQqYQoMQ2l0YXRpb25LaW5kEh0KGUNJVEFUSU9OX0tJTkRfVU5TUEVDSUZJRUQQABIWChJDSVRBVElPTl9LSU5EX1RVUk4QARIaChZDSVRBVElPTl9LSU5EX0RPQ1VNRU5UEAJCQFo+Z2l0aHViLmNvbS9jaGF0cGxhbmUvY2hhdHBsYW5lL2dlbi9nby9jaGF0cGxhbmUvdjE7Y2hhdHBsYW5ldjFiBnByb3RvMw", [file_google_protobuf_timestamp]);
+  fileDesc("ChxjaGF0cGxhbmUvdjEvcmVzb3VyY2VzLnByb3RvEgxjaGF0cGxhbmUudjEirwEKDENvbnZlcnNhdGlvbhIXCg9jb252ZXJzYXRpb25faWQYASABKAkSDQoFdGl0bGUYAiABKAkSLwoLY3JlYXRlX3RpbWUYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC3VwZGF0ZV90aW1lGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIVCg1tZXNzYWdlX2NvdW50GAUgASgFIvcCCgdNZXNzYWdlEhIKCm1lc3NhZ2VfaWQYASABKAkSFwoPY29udmVyc2F0aW9uX2lkGAIgASgJEiAKBHJvbGUYAyABKA4yEi5jaGF0cGxhbmUudjEuUm9sZRIMCgR0ZXh0GAQgASgJEisKBnN0YXR1cxgFIAEoDjIbLmNoYXRwbGFuZS52MS5NZXNzYWdlU3RhdHVzEg0KBW1vZGVsGAYgASgJEi8KC2NyZWF0ZV90aW1lGAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIbChNyZXBseV90b19tZXNzYWdlX2lkGAggASgJEjEKDWZpbmlzaF9yZWFzb24YCSABKA4yGi5jaGF0cGxhbmUudjEuRmluaXNoUmVhc29uEiIKBXVzYWdlGAogASgLMhMuY2hhdHBsYW5lLnYxLlVzYWdlEhkKEWNsaWVudF9tZXNzYWdlX2lkGAsgASgJEhMKC29wZXJhdG9yX2lkGDwgASgJInoKBVVzYWdlEhQKDGlucHV0X3Rva2VucxgBIAEoBRIVCg1vdXRwdXRfdG9rZW5zGAIgASgFEh8KF2NhY2hlX3JlYWRfaW5wdXRfdG9rZW5zGAMgASgFEiMKG2NhY2hlX2NyZWF0aW9uX2lucHV0X3Rva2VucxgEIAEoBSKXAQoLVHVyblN0YXJ0ZWQSFwoPY29udmVyc2F0aW9uX2lkGAEgASgJEhcKD3VzZXJfbWVzc2FnZV9pZBgCIAEoCRIcChRhc3Npc3RhbnRfbWVzc2FnZV9pZBgDIAEoCRINCgVtb2RlbBgEIAEoCRIQCghyZXBsYXllZBgFIAEoCBIXCg9tZW1vcnlfZGVncmFkZWQYBiABKAgiSQoJVGV4dERlbHRhEgwKBHRleHQYASABKAkSEAoIc2VxdWVuY2UYAiABKAMSHAoUZW1pdF90aW1lX3VuaXhfbmFub3MYAyABKAMidgoIQ2l0YXRpb24SKAoEa2luZBgBIAEoDjIaLmNoYXRwbGFuZS52MS5DaXRhdGlvbktpbmQSEQoJc291cmNlX2lkGAIgASgJEg0KBXRpdGxlGAMgASgJEg8KB3NuaXBwZXQYBCABKAkSDQoFc2NvcmUYBSABKAEiYQoIVHVybkRvbmUSMQoNZmluaXNoX3JlYXNvbhgBIAEoDjIaLmNoYXRwbGFuZS52MS5GaW5pc2hSZWFzb24SDQoFbW9kZWwYAiABKAkSEwoLZGVsdGFfY291bnQYAyABKAMiqwIKDUhhbmRvZmZTdGF0dXMSFwoPY29udmVyc2F0aW9uX2lkGAEgASgJEicKBG1vZGUYAiABKA4yGS5jaGF0cGxhbmUudjEuSGFuZG9mZk1vZGUSLQoHdHJpZ2dlchgDIAEoDjIcLmNoYXRwbGFuZS52MS5IYW5kb2ZmVHJpZ2dlchIOCgZyZWFzb24YBCABKAkSMAoMcmVxdWVzdF90aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIwCgxyZWxlYXNlX3RpbWUYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg8KB2NoYW5nZWQYByABKAgSDwoHdXNlcl9pZBgIIAEoCRITCgtyZWxlYXNlZF9ieRgJIAEoCSpSCgRSb2xlEhQKEFJPTEVfVU5TUEVDSUZJRUQQABINCglST0xFX1VTRVIQARISCg5ST0xFX0FTU0lTVEFOVBACEhEKDVJPTEVfT1BFUkFUT1IQAypsCg1NZXNzYWdlU3RhdHVzEh4KGk1FU1NBR0VfU1RBVFVTX1VOU1BFQ0lGSUVEEAASGwoXTUVTU0FHRV9TVEFUVVNfQ09NUExFVEUQARIeChpNRVNTQUdFX1NUQVRVU19JTlRFUlJVUFRFRBACKpsBCgxGaW5pc2hSZWFzb24SHQoZRklOSVNIX1JFQVNPTl9VTlNQRUNJRklFRBAAEhYKEkZJTklTSF9SRUFTT05fU1RPUBABEhwKGEZJTklTSF9SRUFTT05fTUFYX1RPS0VOUxACEh0KGUZJTklTSF9SRUFTT05fSU5URVJSVVBURUQQAxIXChNGSU5JU0hfUkVBU09OX0VSUk9SEAQqYQoMQ2l0YXRpb25LaW5kEh0KGUNJVEFUSU9OX0tJTkRfVU5TUEVDSUZJRUQQABIWChJDSVRBVElPTl9LSU5EX1RVUk4QARIaChZDSVRBVElPTl9LSU5EX0RPQ1VNRU5UEAIqWQoLSGFuZG9mZk1vZGUSHAoYSEFORE9GRl9NT0RFX1VOU1BFQ0lGSUVEEAASFAoQSEFORE9GRl9NT0RFX0JPVBABEhYKEkhBTkRPRkZfTU9ERV9IVU1BThACKrABCg5IYW5kb2ZmVHJpZ2dlchIfChtIQU5ET0ZGX1RSSUdHRVJfVU5TUEVDSUZJRUQQABIYChRIQU5ET0ZGX1RSSUdHRVJfVVNFUhABEiQKIEhBTkRPRkZfVFJJR0dFUl9FWFBMSUNJVF9SRVFVRVNUEAISHwobSEFORE9GRl9UUklHR0VSX1RIVU1CU19ET1dOEAMSHAoYSEFORE9GRl9UUklHR0VSX09QRVJBVE9SEARCQFo+Z2l0aHViLmNvbS9jaGF0cGxhbmUvY2hhdHBsYW5lL2dlbi9nby9jaGF0cGxhbmUvdjE7Y2hhdHBsYW5ldjFiBnByb3RvMw", [file_google_protobuf_timestamp]);
 
 /**
  * A conversation: an ordered exchange between one user and the assistant.
@@ -145,6 +145,13 @@ export type Message = Message$1<"chatplane.v1.Message"> & {
    * @generated from field: string client_message_id = 11;
    */
   clientMessageId: string;
+
+  /**
+   * For an operator's reply (ROLE_OPERATOR), the operator's user id; empty otherwise.
+   *
+   * @generated from field: string operator_id = 60;
+   */
+  operatorId: string;
 };
 
 /**
@@ -372,6 +379,83 @@ export const TurnDoneSchema: GenMessage<TurnDone> = /*@__PURE__*/
   messageDesc(file_chatplane_v1_resources, 6);
 
 /**
+ * A conversation's handoff state: who answers, and why.
+ *
+ * @generated from message chatplane.v1.HandoffStatus
+ */
+export type HandoffStatus = Message$1<"chatplane.v1.HandoffStatus"> & {
+  /**
+   * The conversation.
+   *
+   * @generated from field: string conversation_id = 1;
+   */
+  conversationId: string;
+
+  /**
+   * Who answers now.
+   *
+   * @generated from field: chatplane.v1.HandoffMode mode = 2;
+   */
+  mode: HandoffMode;
+
+  /**
+   * What made the last change.
+   *
+   * @generated from field: chatplane.v1.HandoffTrigger trigger = 3;
+   */
+  trigger: HandoffTrigger;
+
+  /**
+   * The reason given with the request (the user's, or the rule's description).
+   *
+   * @generated from field: string reason = 4;
+   */
+  reason: string;
+
+  /**
+   * When the conversation was last handed to a human.
+   *
+   * @generated from field: google.protobuf.Timestamp request_time = 5;
+   */
+  requestTime?: Timestamp | undefined;
+
+  /**
+   * When it was last given back to the bot (unset while it never was).
+   *
+   * @generated from field: google.protobuf.Timestamp release_time = 6;
+   */
+  releaseTime?: Timestamp | undefined;
+
+  /**
+   * True when this call changed the mode; false when it was already so.
+   *
+   * @generated from field: bool changed = 7;
+   */
+  changed: boolean;
+
+  /**
+   * The user who owns the conversation (filled for operators only).
+   *
+   * @generated from field: string user_id = 8;
+   */
+  userId: string;
+
+  /**
+   * Who released it last: the user's or the operator's user id.
+   *
+   * @generated from field: string released_by = 9;
+   */
+  releasedBy: string;
+};
+
+/**
+ * Describes the message chatplane.v1.HandoffStatus.
+ * Use `create(HandoffStatusSchema)` to create a new message.
+ */
+export const HandoffStatusSchema: GenMessage<HandoffStatus> = /*@__PURE__*/
+  messageDesc(file_chatplane_v1_resources, 7);
+
+/**
  * Who wrote a message.
  *
  * @generated from enum chatplane.v1.Role
@@ -397,6 +481,13 @@ export enum Role {
    * @generated from enum value: ROLE_ASSISTANT = 2;
    */
   ASSISTANT = 2,
+
+  /**
+   * A human operator's reply in a handed-off conversation (docs/handoff.md).
+   *
+   * @generated from enum value: ROLE_OPERATOR = 3;
+   */
+  OPERATOR = 3,
 }
 
 /**
@@ -520,4 +611,86 @@ export enum CitationKind {
  */
 export const CitationKindSchema: GenEnum<CitationKind> = /*@__PURE__*/
   enumDesc(file_chatplane_v1_resources, 3);
+
+/**
+ * Who answers in a conversation.
+ *
+ * @generated from enum chatplane.v1.HandoffMode
+ */
+export enum HandoffMode {
+  /**
+   * Not set.
+   *
+   * @generated from enum value: HANDOFF_MODE_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * The bot (the model) answers.
+   *
+   * @generated from enum value: HANDOFF_MODE_BOT = 1;
+   */
+  BOT = 1,
+
+  /**
+   * A human operator answers; the bot is silent.
+   *
+   * @generated from enum value: HANDOFF_MODE_HUMAN = 2;
+   */
+  HUMAN = 2,
+}
+
+/**
+ * Describes the enum chatplane.v1.HandoffMode.
+ */
+export const HandoffModeSchema: GenEnum<HandoffMode> = /*@__PURE__*/
+  enumDesc(file_chatplane_v1_resources, 4);
+
+/**
+ * What switched a conversation's mode last.
+ *
+ * @generated from enum chatplane.v1.HandoffTrigger
+ */
+export enum HandoffTrigger {
+  /**
+   * Not set (a conversation never handed off).
+   *
+   * @generated from enum value: HANDOFF_TRIGGER_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * The user called RequestHandoff or ReleaseHandoff.
+   *
+   * @generated from enum value: HANDOFF_TRIGGER_USER = 1;
+   */
+  USER = 1,
+
+  /**
+   * The rule "the user's message asks for a human" fired.
+   *
+   * @generated from enum value: HANDOFF_TRIGGER_EXPLICIT_REQUEST = 2;
+   */
+  EXPLICIT_REQUEST = 2,
+
+  /**
+   * The rule "N thumbs-down in the conversation" fired.
+   *
+   * @generated from enum value: HANDOFF_TRIGGER_THUMBS_DOWN = 3;
+   */
+  THUMBS_DOWN = 3,
+
+  /**
+   * An operator released the conversation.
+   *
+   * @generated from enum value: HANDOFF_TRIGGER_OPERATOR = 4;
+   */
+  OPERATOR = 4,
+}
+
+/**
+ * Describes the enum chatplane.v1.HandoffTrigger.
+ */
+export const HandoffTriggerSchema: GenEnum<HandoffTrigger> = /*@__PURE__*/
+  enumDesc(file_chatplane_v1_resources, 5);
 
