@@ -15,7 +15,8 @@ from chatplane.common.topics import MESSAGES_TOPIC
 from chatplane.log.factory import open_message_log
 from chatplane.log.observed import LagReporter
 from chatplane.persistence.consumer import CONSUMER_GROUP, BatchConsumer
-from chatplane.persistence.servicer import SERVICE_NAME, PersistenceServicer
+from chatplane.persistence.handoff_servicer import HandoffPersistenceServicer
+from chatplane.persistence.servicer import SERVICE_NAME
 from chatplane.persistence.store.factory import open_store
 from chatplane.v1 import persistence_pb2_grpc
 
@@ -39,7 +40,7 @@ async def run(settings: Settings) -> None:
         max_records=settings.batch_max_records,
         max_wait=settings.batch_max_wait_seconds,
     )
-    servicer = PersistenceServicer(store)
+    servicer = HandoffPersistenceServicer(store)
     lag = LagReporter(log_consumer, CONSUMER_GROUP, settings.metrics_lag_interval_seconds)
 
     def register(server: grpc.aio.Server) -> None:

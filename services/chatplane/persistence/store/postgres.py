@@ -20,6 +20,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from chatplane.common import errors
 from chatplane.common.ids import is_valid_id, new_id
+from chatplane.persistence.store import postgres_handoff
 from chatplane.persistence.store.base import (
     ApiKey,
     Clock,
@@ -45,6 +46,12 @@ from chatplane.persistence.store.base import (
     roles_column,
     roles_from_column,
     utc_now,
+)
+from chatplane.persistence.store.handoff import (
+    HandoffChange,
+    HandoffCursor,
+    HandoffPage,
+    HandoffState,
 )
 from chatplane.persistence.store.migrations import Migration, shipped_migrations
 from chatplane.persistence.store.records import (
@@ -79,20 +86,20 @@ _UNAVAILABLE_ERRORS: tuple[type[Exception], ...] = (
 _MESSAGE_COLUMNS = (
     "message_id, conversation_id, tenant_id, user_id, role, text, status, model,"
     " create_time, reply_to_message_id, finish_reason, input_tokens, output_tokens,"
-    " client_message_id"
+    " client_message_id, operator_id"
 )
 _CONVERSATION_COLUMNS = (
     "conversation_id, tenant_id, user_id, title, create_time, update_time, message_count"
 )
 _API_KEY_COLUMNS = "key_id, tenant_id, user_id, label, secret_sha256, revoked, create_time, roles"
 # The columns of _MESSAGE_COLUMNS as PostgreSQL types, for the binary COPY of a batch.
-_MESSAGE_TYPES = ("text",) * 8 + ("timestamptz", "text", "text", "int4", "int4", "text")
+_MESSAGE_TYPES = ("text",) * 8 + ("timestamptz", "text", "text", "int4", "int4", "text", "text")
 _STAGING_TABLE = (
     "CREATE TEMP TABLE message_batch ("
     ' ordinal integer NOT NULL, message_id text COLLATE "C", conversation_id text COLLATE "C",'
     " tenant_id text, user_id text, role text, text text, status text, model text,"
     " create_time timestamptz, reply_to_message_id text, finish_reason text,"
-    " input_tokens integer, output_tokens integer, client_message_id text"
+    " input_tokens integer, output_tokens integer, client_message_id text, operator_id text"
     ") ON COMMIT DROP"
 )
 
@@ -641,6 +648,42 @@ class PostgresConversationStore(ConversationStore):
         if not staging:
             await _count_messages(connection, [m for m in accepted if m.message_id in inserted])
         return len(inserted)
+
+    async def get_handoff(self, owner: Owner, conversation_id: str) -> HandoffState:
+        if not is_valid_id(conversation_id):
+            raise errors.NotFound("conversation not found")
+        async with self._connection() as connection:
+            return await postgres_handoff.get_handoff(connection, owner, conversation_id)
+
+    async def change_handoff(
+        self, owner: Owner, conversation_id: str, change: HandoffChange
+    ) -> HandoffState:
+        if not is_valid_id(conversation_id):
+            raise errors.NotFound("conversation not found")
+        now = self._clock()
+        async with self._connection() as connection:
+            return await postgres_handoff.change_handoff(
+                connection, owner, conversation_id, change, now
+            )
+
+    async def list_handoffs(
+        self, tenant_id: str, *, limit: int, after: HandoffCursor | None = None
+    ) -> HandoffPage:
+        require_limit(limit)
+        async with self._connection() as connection:
+            return await postgres_handoff.list_handoffs(connection, tenant_id, limit, after)
+
+    async def tenant_handoff(self, tenant_id: str, conversation_id: str) -> HandoffState:
+        if not is_valid_id(conversation_id):
+            raise errors.NotFound("conversation not found")
+        async with self._connection() as connection:
+            return await postgres_handoff.tenant_handoff(connection, tenant_id, conversation_id)
+
+    async def count_thumbs_down(self, owner: Owner, message_id: str) -> tuple[str, int]:
+        if not is_valid_id(message_id):
+            raise errors.NotFound("message not found")
+        async with self._connection() as connection:
+            return await postgres_handoff.count_thumbs_down(connection, owner, message_id)
 
     async def close(self) -> None:
         if self._closed:

@@ -75,6 +75,7 @@ def message_row(message: Message, time_out: TimeOut) -> tuple[Any, ...]:
         message.input_tokens,
         message.output_tokens,
         message.client_message_id,
+        message.operator_id,
     )
 
 
@@ -94,6 +95,7 @@ def message_from_row(row: Sequence[Any], time_in: TimeIn) -> Message:
         input_tokens=row[11],
         output_tokens=row[12],
         client_message_id=row[13],
+        operator_id=row[14],
     )
 
 

@@ -17,6 +17,7 @@ from typing import Any, Self, TypeVar
 
 from chatplane.common import errors
 from chatplane.common.ids import is_valid_id, new_id
+from chatplane.persistence.store import sqlite_handoff
 from chatplane.persistence.store.base import (
     ApiKey,
     Clock,
@@ -44,6 +45,12 @@ from chatplane.persistence.store.base import (
     to_micros,
     utc_now,
 )
+from chatplane.persistence.store.handoff import (
+    HandoffChange,
+    HandoffCursor,
+    HandoffPage,
+    HandoffState,
+)
 from chatplane.persistence.store.migrations import Migration, shipped_migrations
 from chatplane.persistence.store.records import (
     admit_batch,
@@ -62,7 +69,7 @@ _IN_CHUNK = 500
 _MESSAGE_COLUMNS = (
     "message_id, conversation_id, tenant_id, user_id, role, text, status, model,"
     " create_time_us, reply_to_message_id, finish_reason, input_tokens, output_tokens,"
-    " client_message_id"
+    " client_message_id, operator_id"
 )
 _CONVERSATION_COLUMNS = (
     "conversation_id, tenant_id, user_id, title, create_time_us, update_time_us, message_count"
@@ -202,6 +209,45 @@ class SqliteConversationStore(ConversationStore):
         if not messages:
             return 0
         return await self._run(functools.partial(self._write_messages, tuple(messages)))
+
+    async def get_handoff(self, owner: Owner, conversation_id: str) -> HandoffState:
+        if not is_valid_id(conversation_id):
+            raise errors.NotFound("conversation not found")
+        return await self._run(
+            functools.partial(sqlite_handoff.get_handoff, owner, conversation_id)
+        )
+
+    async def change_handoff(
+        self, owner: Owner, conversation_id: str, change: HandoffChange
+    ) -> HandoffState:
+        if not is_valid_id(conversation_id):
+            raise errors.NotFound("conversation not found")
+        work = functools.partial(
+            sqlite_handoff.change_handoff, owner, conversation_id, change, self._now_us()
+        )
+        return await self._run(work)
+
+    async def list_handoffs(
+        self, tenant_id: str, *, limit: int, after: HandoffCursor | None = None
+    ) -> HandoffPage:
+        require_limit(limit)
+        return await self._run(
+            functools.partial(sqlite_handoff.list_handoffs, tenant_id, limit, after)
+        )
+
+    async def tenant_handoff(self, tenant_id: str, conversation_id: str) -> HandoffState:
+        if not is_valid_id(conversation_id):
+            raise errors.NotFound("conversation not found")
+        return await self._run(
+            functools.partial(sqlite_handoff.tenant_handoff, tenant_id, conversation_id)
+        )
+
+    async def count_thumbs_down(self, owner: Owner, message_id: str) -> tuple[str, int]:
+        if not is_valid_id(message_id):
+            raise errors.NotFound("message not found")
+        return await self._run(
+            functools.partial(sqlite_handoff.count_thumbs_down, owner, message_id)
+        )
 
     async def close(self) -> None:
         if self._closed:
@@ -368,7 +414,7 @@ class SqliteConversationStore(ConversationStore):
                 )
             connection.executemany(
                 f"INSERT INTO messages ({_MESSAGE_COLUMNS}, store_time_us)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [(*_message_row(m), now_us) for m in accepted],
             )
             growth: dict[str, tuple[int, int]] = {}
