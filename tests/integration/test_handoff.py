@@ -7,6 +7,7 @@ every bad input with its exact status."""
 from __future__ import annotations
 
 import asyncio
+import os
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ import pytest_asyncio
 from google.rpc import error_details_pb2
 
 from chatplane.launcher import Stack
+from chatplane.launcher.stack import ServiceProcess
 from chatplane.llm_emulator.process import EmulatorProcess, running_emulator
 from chatplane.v1 import gateway_pb2, operator_pb2, operator_pb2_grpc, resources_pb2
 from tests.integration.stack_client import (
@@ -49,6 +51,7 @@ class Rig:
     emulator: EmulatorProcess
     stack: Stack
     channel: grpc.aio.Channel
+    env: dict[str, str]
 
     async def user(self, tenant: str, user: str = "") -> Client:
         return Client(self.channel, await create_key(self.stack, tenant, user or unique("u")))
@@ -77,7 +80,7 @@ async def rig(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Rig]:
             running_stack(tmp_path_factory.mktemp("handoff"), env) as stack,
             grpc.aio.insecure_channel(stack.info().address("gateway")) as channel,
         ):
-            yield Rig(emulator, stack, channel)
+            yield Rig(emulator, stack, channel, env)
 
 
 class Watch:
@@ -487,3 +490,54 @@ async def test_bad_inputs(rig: Rig) -> None:
         )
     )
     assert error.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_an_operator_reply_reaches_a_user_watching_on_another_replica(
+    rig: Rig, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    info = rig.stack.info()
+    args = ["--gateway-port", "0"]
+    for dependency in ("agent", "memory", "persistence"):
+        args += [f"--{dependency}-address", info.address(dependency)]
+    env = {
+        **os.environ,
+        "CHATPLANE_LLM_BACKEND": "offline",
+        **rig.env,
+        "CHATPLANE_DATA_DIR": str(rig.stack.data_dir),
+        "CHATPLANE_HOST": info.host,
+        "PYTHONUNBUFFERED": "1",
+    }
+    log = tmp_path_factory.mktemp("replica") / "gateway-2.log"
+    replica = await ServiceProcess.start("gateway", args, env, log)
+    try:
+        async with grpc.aio.insecure_channel(f"{info.host}:{replica.port}") as channel:
+            tenant = unique("t")
+            user = await rig.user(tenant)
+            operator = await rig.operator(tenant)
+            conversation_id = await answered(user, "Hello")
+            # The user watches on the second replica; everything else goes to the first.
+            watch = Watch(_rebound(user, channel), conversation_id)
+            try:
+                assert (await watch.next()).handoff.mode == BOT
+                await user.stub.RequestHandoff(
+                    gateway_pb2.RequestHandoffRequest(conversation_id=conversation_id),
+                    metadata=user.metadata,
+                )
+                assert (await watch.next()).handoff.mode == HUMAN
+                posted = await operator.stub.PostReply(
+                    operator_pb2.PostReplyRequest(conversation_id=conversation_id, text="Hello!"),
+                    metadata=operator.metadata,
+                )
+                reply = await watch.next()
+                assert reply.operator_reply.message_id == posted.message.message_id
+            finally:
+                await watch.close()
+    finally:
+        await replica.stop(timeout=10)
+
+
+def _rebound(client: Client, channel: grpc.aio.Channel) -> Client:
+    """The same key on another channel."""
+    rebound = Client(channel, "")
+    rebound.metadata = client.metadata
+    return rebound
