@@ -978,7 +978,7 @@ type HandoffStatus struct {
 	ReleaseTime *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=release_time,json=releaseTime,proto3" json:"release_time,omitempty"`
 	// True when this call changed the mode; false when it was already so.
 	Changed bool `protobuf:"varint,7,opt,name=changed,proto3" json:"changed,omitempty"`
-	// The user who owns the conversation (filled for operators only).
+	// The user who owns the conversation.
 	UserId string `protobuf:"bytes,8,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
 	// Who released it last: the user's or the operator's user id.
 	ReleasedBy    string `protobuf:"bytes,9,opt,name=released_by,json=releasedBy,proto3" json:"released_by,omitempty"`

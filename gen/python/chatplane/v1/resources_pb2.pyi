@@ -494,7 +494,7 @@ class HandoffStatus(_message.Message):
     changed: _builtins.bool
     """True when this call changed the mode; false when it was already so."""
     user_id: _builtins.str
-    """The user who owns the conversation (filled for operators only)."""
+    """The user who owns the conversation."""
     released_by: _builtins.str
     """Who released it last: the user's or the operator's user id."""
     @_builtins.property

@@ -434,7 +434,7 @@ export type HandoffStatus = Message$1<"chatplane.v1.HandoffStatus"> & {
   changed: boolean;
 
   /**
-   * The user who owns the conversation (filled for operators only).
+   * The user who owns the conversation.
    *
    * @generated from field: string user_id = 8;
    */
