@@ -28,6 +28,7 @@ INGRESS_ACCOUNT = "cluster.local/ns/istio-system/sa/istio-ingressgateway-service
 CALLS: dict[tuple[str, str], frozenset[str]] = {
     ("edge", GATEWAY): frozenset(
         {"Chat", "ListConversations", "GetConversation", "DeleteConversation", "SubmitFeedback"}
+        | {"RequestHandoff", "ReleaseHandoff", "WatchConversation"}  # docs/handoff.md
     ),
     ("gateway", AGENT): frozenset({"Generate"}),
     ("gateway", PERSISTENCE): frozenset(
@@ -40,6 +41,12 @@ CALLS: dict[tuple[str, str], frozenset[str]] = {
             "DeleteConversation",
             "SubmitFeedback",
             "GetApiKey",
+            # Human handoff (docs/handoff.md).
+            "GetHandoff",
+            "ChangeHandoff",
+            "ListHandoffs",
+            "GetTenantHandoff",
+            "CountThumbsDown",
         }
     ),
     ("gateway", MEMORY): frozenset({"Forget"}),
