@@ -13,7 +13,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
-from bench import edge, mtls, persistence, pipeline, recall, report, streaming
+from bench import edge, handoff, mtls, persistence, pipeline, recall, report, streaming
 from bench.harness import Options, machine, progress
 
 
@@ -34,6 +34,7 @@ BENCHMARKS = (
     Benchmark(recall.NAME, recall.TITLE, recall.NOTES, recall.run),
     Benchmark(mtls.NAME, mtls.TITLE, mtls.NOTES, mtls.run),
     Benchmark(edge.NAME, edge.TITLE, edge.NOTES, edge.run),
+    Benchmark(handoff.NAME, handoff.TITLE, handoff.NOTES, handoff.run),
 )
 
 

@@ -78,7 +78,12 @@ class HandoffFanout:
     async def _run(self) -> None:
         while True:
             try:
-                records = await self._tail.poll_batch(_POLL_RECORDS, _POLL_WAIT_SECONDS)
+                # poll_batch returns once it has max_records (or the wait is over): wait for
+                # the first record, then take what else is there without waiting, so an
+                # event is delivered as soon as the log has it.
+                records = await self._tail.poll_batch(1, _POLL_WAIT_SECONDS)
+                if records:
+                    records += await self._tail.poll_batch(_POLL_RECORDS, 0.0)
             except Unavailable as error:
                 _log.warning("handoff tail unavailable", extra={"error": error.message})
                 await asyncio.sleep(_RETRY_SECONDS)
