@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -530,6 +531,12 @@ async def test_an_operator_reply_reaches_a_user_watching_on_another_replica(
                 )
                 reply = await watch.next()
                 assert reply.operator_reply.message_id == posted.message.message_id
+                # SIGTERM: the replica ends its watches at once (UNAVAILABLE, the client
+                # reconnects elsewhere) instead of waiting out its 30 s drain for them.
+                began = time.monotonic()
+                assert await replica.stop(timeout=25) == 0
+                assert time.monotonic() - began < 10
+                assert await watch.call.code() == grpc.StatusCode.UNAVAILABLE
             finally:
                 await watch.close()
     finally:

@@ -106,6 +106,7 @@ async def run(settings: Settings) -> None:
         port=settings.gateway_port,
         service_names=[GATEWAY_SERVICE, OPERATOR_SERVICE],
         register=register,
+        on_drain=fanout.end_watches,
         drain_grace_seconds=settings.drain_grace_seconds,
         on_stop=stop,
         check=admit,

@@ -33,6 +33,7 @@ class HandoffFanout:
         self._tail = tail
         self._watchers: dict[str, set[asyncio.Queue[events_pb2.HandoffEvent | None]]] = {}
         self._task: asyncio.Task[None] | None = None
+        self._ended = False
 
     async def start(self) -> None:
         """Fix the tail's start (the end of the topic now), then deliver in the background."""
@@ -43,15 +44,22 @@ class HandoffFanout:
             _log.warning("handoff tail unavailable at start", extra={"error": error.message})
         self._task = asyncio.create_task(self._run(), name="handoff-fanout")
 
+    async def end_watches(self) -> None:
+        """End every watch stream, now and from now on (the replica drains: its watchers
+        reconnect to another one instead of holding the drain up)."""
+        self._ended = True
+        for queues in self._watchers.values():
+            for queue in queues:
+                with contextlib.suppress(asyncio.QueueFull):
+                    queue.put_nowait(None)
+
     async def stop(self) -> None:
         """Stop delivering and close the tail; open watchers are told to end."""
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        for queues in self._watchers.values():
-            for queue in queues:
-                queue.put_nowait(None)
+        await self.end_watches()
         await self._tail.close()
 
     @contextlib.contextmanager
@@ -61,6 +69,8 @@ class HandoffFanout:
         """A queue of the conversation's events from now on (None: the fan-out stopped or
         the watcher fell behind)."""
         queue: asyncio.Queue[events_pb2.HandoffEvent | None] = asyncio.Queue(WATCH_QUEUE_LIMIT + 1)
+        if self._ended:
+            queue.put_nowait(None)
         self._watchers.setdefault(conversation_id, set()).add(queue)
         try:
             yield queue
