@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from bench import (
     auth_flood,
     edge,
+    handoff,
     ingest,
     llm_chain,
     mtls,
@@ -52,6 +53,7 @@ BENCHMARKS = (
     Benchmark(llm_chain.NAME, llm_chain.TITLE, llm_chain.NOTES, llm_chain.run),
     Benchmark(tree.NAME, tree.TITLE, tree.NOTES, tree.run),
     Benchmark(auth_flood.NAME, auth_flood.TITLE, auth_flood.NOTES, auth_flood.run),
+    Benchmark(handoff.NAME, handoff.TITLE, handoff.NOTES, handoff.run),
 )
 
 

@@ -17,9 +17,26 @@ GATEWAY, AGENT, MEMORY, PERSISTENCE = (
     "MemoryService",
     "PersistenceService",
 )
-SERVICES = (GATEWAY, AGENT, MEMORY, PERSISTENCE)
+# Served by the Gateway next to GatewayService (docs/handoff.md).
+OPERATOR = "OperatorService"
+SERVICES = (GATEWAY, AGENT, MEMORY, PERSISTENCE, OPERATOR)
 # The workload (Deployment, ServiceAccount, Service name) that serves each contract service.
-WORKLOAD = {GATEWAY: "gateway", AGENT: "agent", MEMORY: "memory", PERSISTENCE: "persistence"}
+WORKLOAD = {
+    GATEWAY: "gateway",
+    AGENT: "agent",
+    MEMORY: "memory",
+    PERSISTENCE: "persistence",
+    OPERATOR: "gateway",
+}
+# The public services: what the edge forwards from end users and operators.
+PUBLIC_SERVICES = (GATEWAY, OPERATOR)
+
+
+def served_by(workload: str) -> tuple[str, ...]:
+    """The contract services a workload serves."""
+    return tuple(service for service in SERVICES if WORKLOAD[service] == workload)
+
+
 INGRESS_ACCOUNT = "cluster.local/ns/istio-system/sa/istio-ingressgateway-service-account"
 
 # (caller's service account, callee service) → RPCs. `admin` is the account of operators' jobs
@@ -39,7 +56,13 @@ CALLS: dict[tuple[str, str], frozenset[str]] = {
             "ListDocuments",
             "DeleteDocument",
             "SetActiveBranch",
+            "RequestHandoff",
+            "ReleaseHandoff",
+            "WatchConversation",
         }
+    ),
+    ("edge", OPERATOR): frozenset(
+        {"ListWaitingConversations", "GetHandedOffConversation", "PostReply", "ReleaseConversation"}
     ),
     ("gateway", AGENT): frozenset({"Generate", "ResumeGenerate", "CancelGenerate"}),
     ("gateway", PERSISTENCE): frozenset(
@@ -62,6 +85,12 @@ CALLS: dict[tuple[str, str], frozenset[str]] = {
             "RotateApiKey",
             "RevokeApiKey",
             "AppendAuditEvents",
+            # Human handoff (docs/handoff.md).
+            "GetHandoff",
+            "ChangeHandoff",
+            "ListHandoffs",
+            "GetTenantHandoff",
+            "CountThumbsDown",
         }
     ),
     ("gateway", MEMORY): frozenset({"Forget", "IngestDocument", "ListDocuments", "DeleteDocument"}),
@@ -110,7 +139,7 @@ def calls_in_code() -> dict[tuple[str, str], frozenset[str]]:
     for folder, account in CODE_ACCOUNTS.items():
         for path in sorted((ROOT / "services" / "chatplane" / folder).rglob("*.py")):
             for service, rpc in _calls_in(path):
-                if WORKLOAD[service] == account or (folder == "cli" and service == GATEWAY):
+                if WORKLOAD[service] == account or (folder == "cli" and service in PUBLIC_SERVICES):
                     continue
                 found.setdefault((account, service), set()).add(rpc)
     return {key: frozenset(value) for key, value in found.items()}

@@ -81,7 +81,7 @@ def test_the_edge_transcodes_to_the_gateway_service_without_cutting_streams(over
     filters = [f["name"].rsplit(".", 1)[1] for f in config["http_filters"]]
     assert filters == ["health_check", "grpc_web", "cors", "grpc_json_transcoder", "router"]
     transcoder = config["http_filters"][3]["typed_config"]
-    assert transcoder["services"] == ["chatplane.v1.GatewayService"]
+    assert transcoder["services"] == ["chatplane.v1.GatewayService", "chatplane.v1.OperatorService"]
     assert transcoder["print_options"]["stream_sse_style_delimited"] is True
     # The descriptor set is the committed one, copied into the image at /app.
     assert transcoder["proto_descriptor"] == "/app/" + str(DESCRIPTORS.relative_to(ROOT))

@@ -11,13 +11,13 @@ import pytest
 from chatplane.gateway.chat import CONVERSATION_ID_HEADER
 from tests.deploy.call_graph import (
     CALLS,
-    GATEWAY,
     INGRESS_ACCOUNT,
     PACKAGE,
-    SERVICES,
+    PUBLIC_SERVICES,
     WORKLOAD,
     calls_in_code,
     principal,
+    served_by,
 )
 from tests.deploy.manifests import (
     NAMESPACE,
@@ -43,6 +43,10 @@ READ_RPCS = frozenset(
         f"/{PACKAGE}.PersistenceService/GetQuota",
         f"/{PACKAGE}.PersistenceService/ListApiKeys",
         f"/{PACKAGE}.PersistenceService/ListAuditRecords",
+        f"/{PACKAGE}.PersistenceService/GetHandoff",
+        f"/{PACKAGE}.PersistenceService/ListHandoffs",
+        f"/{PACKAGE}.PersistenceService/GetTenantHandoff",
+        f"/{PACKAGE}.PersistenceService/CountThumbsDown",
         f"/{PACKAGE}.MemoryService/Recall",
         f"/{PACKAGE}.GatewayService/ListConversations",
         f"/{PACKAGE}.GatewayService/GetConversation",
@@ -149,8 +153,8 @@ def grants(policy: Doc) -> set[tuple[str, str, str, str]]:
 def test_each_service_admits_exactly_its_callers_on_exactly_their_rpcs(overlay: str) -> None:
     docs = render(overlay)
     by_workload = {selected_workload(p): p for p in app_policies(docs) if p["spec"]}
-    for service in SERVICES:
-        workload = WORKLOAD[service]
+    for workload in sorted(set(WORKLOAD.values())):
+        services = served_by(workload)
         expected = {
             (
                 principal(account),
@@ -159,12 +163,14 @@ def test_each_service_admits_exactly_its_callers_on_exactly_their_rpcs(overlay: 
                 str(SERVICE_PORTS[workload]),
             )
             for (account, callee), rpcs in CALLS.items()
+            for service in services
             if callee == service
             for rpc in rpcs
         }
         granted = grants(by_workload[workload])
         assert granted == expected, workload
-        assert {path for _, _, path, _ in granted} <= rpc_paths(service)  # exact, real paths
+        served = frozenset().union(*(rpc_paths(service) for service in services))
+        assert {path for _, _, path, _ in granted} <= served  # exact, real paths
 
 
 @overlays
@@ -174,14 +180,19 @@ def test_the_edge_admits_only_the_ingress_gateway_on_the_public_api(overlay: str
     granted = grants(edge)
     assert {source for source, *_ in granted} == {INGRESS_ACCOUNT}
     assert {port for *_, port in granted} == {"8080"}
-    public = {f"/{PACKAGE}.{GATEWAY}/{rpc}" for rpc in CALLS[("edge", GATEWAY)]}
-    assert public == set(rpc_paths(GATEWAY))
+    public = {
+        f"/{PACKAGE}.{service}/{rpc}"
+        for service in PUBLIC_SERVICES
+        for rpc in CALLS[("edge", service)]
+    }
+    assert public == set().union(*(rpc_paths(service) for service in PUBLIC_SERVICES))
+    routes = set().union(*(http_routes(service) for service in PUBLIC_SERVICES))
     grpc_grants = {(m, p) for _, m, p, _ in granted if p.startswith(f"/{PACKAGE}.")}
     assert {p for m, p in grpc_grants if m == "POST"} == public
     assert {m for m, _ in grpc_grants} <= {"POST", "OPTIONS"}  # gRPC-Web preflights
     rest = {(m, p) for _, m, p, _ in granted if not p.startswith(f"/{PACKAGE}.")}
-    assert {(m, p) for m, p in rest if m != "OPTIONS"} == set(http_routes(GATEWAY))
-    assert {p for m, p in rest if m == "OPTIONS"} <= {p for _, p in http_routes(GATEWAY)}
+    assert {(m, p) for m, p in rest if m != "OPTIONS"} == routes
+    assert {p for m, p in rest if m == "OPTIONS"} <= {p for _, p in routes}
 
 
 @overlays
@@ -252,17 +263,16 @@ def test_only_reads_are_retried_and_streams_have_no_route_timeout(overlay: str) 
 def test_every_rpc_of_every_service_is_routed(overlay: str) -> None:
     """A VirtualService answers 404 to a path none of its routes match."""
     docs = render(overlay)
-    for service in SERVICES:
-        host = f"{WORKLOAD[service]}.{NAMESPACE}.svc.cluster.local"
+    for workload in sorted(set(WORKLOAD.values())):
+        host = f"{workload}.{NAMESPACE}.svc.cluster.local"
         (virtual,) = [v for v in of_kind(docs, "VirtualService") if v["spec"]["hosts"] == [host]]
         matched = [m["uri"]["exact"] for r in virtual["spec"]["http"] for m in r["match"]]
-        assert sorted(matched) == sorted(rpc_paths(service))
+        served = set().union(*(rpc_paths(service) for service in served_by(workload)))
+        assert sorted(matched) == sorted(served)
         for route in virtual["spec"]["http"]:
             for destination in route["route"]:
                 assert destination["destination"]["host"] == host
-                assert (
-                    destination["destination"]["port"]["number"] == SERVICE_PORTS[WORKLOAD[service]]
-                )
+                assert destination["destination"]["port"]["number"] == SERVICE_PORTS[workload]
 
 
 @overlays

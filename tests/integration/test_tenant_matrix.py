@@ -22,7 +22,7 @@ from google.protobuf import message as pb_message
 from google.protobuf import message_factory
 
 from chatplane.launcher import Stack
-from chatplane.v1 import gateway_pb2, memory_pb2, memory_pb2_grpc
+from chatplane.v1 import admin_pb2, gateway_pb2, memory_pb2, memory_pb2_grpc, operator_pb2
 from tests.integration.stack_client import (
     FAST_PACE,
     Client,
@@ -35,21 +35,29 @@ from tests.integration.stack_client import (
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
 
 # Public services a tenant's credentials reach; every method with an id field is tried.
-PUBLIC_MODULES = (gateway_pb2,)
+PUBLIC_MODULES = (gateway_pb2, operator_pb2, admin_pb2)
+# The role of the attacker's key per service (end users chat; operators and admins act on
+# their whole tenant, so another user of the same tenant is not a victim there).
+SERVICE_ROLE = {"OperatorService": "operator", "AdminService": "admin"}
 # Which kind of object an id field names.
 KIND_OF_FIELD = {
     "conversation_id": "conversation",
     "message_id": "message",
     "document_id": "document",
+    "key_id": "key",
 }
 # Id fields that name a user message (the others that name a message name an answer).
 USER_MESSAGE_FIELDS = {"regenerate_message_id", "edit_message_id"}
 # Id fields whose request must carry no text (a regenerate re-answers the stored question).
 NO_TEXT_FIELDS = {"regenerate_message_id"}
 # Objects shared by every user of a tenant: another user of the same tenant may use them.
-TENANT_WIDE = {"document"}
-NOT_IDS = {"client_message_id"}  # the caller's own idempotency key, not an object id
+TENANT_WIDE = {"document", "key"}
+# Not object ids: the caller's own idempotency key, and user ids an admin names within their
+# own tenant.
+NOT_IDS = {"client_message_id", "user_id"}
 RECALL_QUERIES = 1_000
+# Server streams that stay open while the caller's object exists.
+LONG_LIVED = {"WatchConversation"}
 
 
 @dataclass
@@ -59,12 +67,23 @@ class Tenant:
     client: Client
     ids: dict[str, list[str]] = field(default_factory=dict)
     texts: list[str] = field(default_factory=list)
+    staff: dict[str, Client] = field(default_factory=dict)  # role -> a key with that role
+
+    def key_for(self, method: pb_descriptor.MethodDescriptor) -> Client:
+        role = SERVICE_ROLE.get(method.containing_service.name)
+        return self.client if role is None else self.staff[role]
 
 
 async def _seed(stack: Stack, channel: grpc.aio.Channel, tenant_id: str, user: str) -> Tenant:
     """A user with three conversations of two turns, each message carrying a unique word."""
     client = Client(channel, await create_key(stack, tenant_id, user))
-    owner = Tenant(tenant_id, user, client, {"conversation": [], "message": [], "document": []})
+    owner = Tenant(
+        tenant_id, user, client, {"conversation": [], "message": [], "document": [], "key": []}
+    )
+    for role in ("operator", "admin"):
+        key = await create_key(stack, tenant_id, user, roles=(role,))
+        owner.staff[role] = Client(channel, key)
+        owner.ids["key"].append(key.split("_")[1])
     for c in range(3):
         conversation_id = ""
         for t in range(2):
@@ -184,18 +203,24 @@ def _template(
 
 
 async def _status(
-    channel: grpc.aio.Channel, method: pb_descriptor.MethodDescriptor, payload: bytes, key: Client
+    channel: grpc.aio.Channel,
+    method: pb_descriptor.MethodDescriptor,
+    payload: bytes,
+    key: Client,
+    timeout: float = 30.0,
 ) -> grpc.StatusCode:
     path = f"/{method.containing_service.full_name}/{method.name}"
     try:
         if method.client_streaming:
-            await channel.stream_unary(path)(iter([payload]), metadata=key.metadata, timeout=30)
+            await channel.stream_unary(path)(
+                iter([payload]), metadata=key.metadata, timeout=timeout
+            )
         elif method.server_streaming:
-            call = channel.unary_stream(path)(payload, metadata=key.metadata, timeout=30)
+            call = channel.unary_stream(path)(payload, metadata=key.metadata, timeout=timeout)
             async for _ in call:
                 pass
         else:
-            await channel.unary_unary(path)(payload, metadata=key.metadata, timeout=30)
+            await channel.unary_unary(path)(payload, metadata=key.metadata, timeout=timeout)
     except grpc.aio.AioRpcError as error:
         return error.code()
     return grpc.StatusCode.OK
@@ -207,7 +232,8 @@ def _matrix() -> list[object]:
     for method in _methods_with_ids():
         name = f"{method.containing_service.name}.{method.name}"
         for victim, label in (("B", "other-tenant"), ("A2", "same-tenant-other-user")):
-            if victim == "A2" and {_kind(f) for f in _id_fields(method)} <= TENANT_WIDE:
+            tenant_wide = {_kind(f) for f in _id_fields(method)} <= TENANT_WIDE
+            if victim == "A2" and (tenant_wide or method.containing_service.name in SERVICE_ROLE):
                 continue
             pairs.append(pytest.param(method, victim, id=f"{name}-{label}"))
     return pairs
@@ -225,18 +251,23 @@ async def test_someone_elses_ids_look_like_ids_that_do_not_exist(
     for id_field in _id_fields(method):
         kind = _kind(id_field)
         assert kind is not None, f"{method.full_name}.{id_field}: which objects does it name?"
-        if victim == "A2" and kind in TENANT_WIDE:
+        if victim == "A2" and (
+            kind in TENANT_WIDE or method.containing_service.name in SERVICE_ROLE
+        ):
             continue
         missing = await _status(
             channel,
             method,
             _template(method, id_field, str(uuid.uuid4()), attacker),
-            attacker.client,
+            attacker.key_for(method),
         )
         assert missing is not grpc.StatusCode.OK, (method.full_name, id_field)
         for object_id in parties[victim].ids[kind]:
             code = await _status(
-                channel, method, _template(method, id_field, object_id, attacker), attacker.client
+                channel,
+                method,
+                _template(method, id_field, object_id, attacker),
+                attacker.key_for(method),
             )
             assert code is missing, (method.full_name, id_field, object_id, code, missing)
             tried += 1
@@ -269,12 +300,28 @@ async def test_the_templates_succeed_on_the_callers_own_objects(
             kind = _kind(id_field)
             assert kind is not None
             object_id = _own_id(own, id_field)
+            if method.containing_service.name == "OperatorService":
+                # An operator acts on conversations handed to a human.
+                await own.client.stub.RequestHandoff(
+                    gateway_pb2.RequestHandoffRequest(conversation_id=object_id),
+                    metadata=own.client.metadata,
+                    timeout=10,
+                )
+            # A watch stays open while the caller watches: its deadline is how it ends.
+            timeout = 2.0 if method.name in LONG_LIVED else 30.0
             if kind == "message":
                 await poll(functools.partial(_stored, channel, own, object_id))
             code = await _status(
-                channel, method, _template(method, id_field, object_id, own), own.client
+                channel,
+                method,
+                _template(method, id_field, object_id, own),
+                own.key_for(method),
+                timeout=timeout,
             )
-            assert code is grpc.StatusCode.OK, (method.full_name, id_field, code)
+            accepted = {grpc.StatusCode.OK}
+            if method.name in LONG_LIVED:
+                accepted.add(grpc.StatusCode.DEADLINE_EXCEEDED)
+            assert code in accepted, (method.full_name, id_field, code)
 
 
 async def _stored(channel: grpc.aio.Channel, owner: Tenant, message_id: str) -> bool:

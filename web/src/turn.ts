@@ -135,10 +135,11 @@ export async function runTurn(
         { signal },
       );
       for await (const { event } of events) {
+        const kind = event.case as keyof TurnView["events"] | undefined;
         const counts =
-          event.case === undefined
+          kind === undefined || !(kind in turn.events)
             ? turn.events
-            : { ...turn.events, [event.case]: turn.events[event.case] + 1 };
+            : { ...turn.events, [kind]: turn.events[kind] + 1 };
         switch (event.case) {
           case "started":
             // Every attempt starts the answer over: a replay carries the whole stored text.
@@ -196,6 +197,16 @@ export async function runTurn(
               finishReason: event.value.finishReason,
               model: event.value.model || turn.model,
               state: event.value.finishReason === FinishReason.INTERRUPTED ? "interrupted" : "done",
+            });
+            return turn;
+          case "handoff":
+            // A person has the conversation (docs/handoff.md): the message is stored, the
+            // bot does not answer, and no `done` follows.
+            publish({
+              events: counts,
+              conversationId: event.value.conversationId || turn.conversationId,
+              answer: "This conversation is with a person now; they will reply.",
+              state: "done",
             });
             return turn;
           default:

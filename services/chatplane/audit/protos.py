@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from google.protobuf import timestamp_pb2
 
 from chatplane.audit.chain import AuditEvent, AuditHead, AuditRecord
+from chatplane.common import errors
 from chatplane.v1 import audit_pb2
 
 
@@ -44,10 +45,17 @@ def event_from_proto(proto: audit_pb2.AuditEvent) -> AuditEvent:
         detail=proto.detail,
         source=proto.source,
         request_id=proto.request_id,
-        event_time=proto.event_time.ToDatetime(tzinfo=UTC)
-        if proto.HasField("event_time")
-        else None,
+        event_time=_event_time(proto) if proto.HasField("event_time") else None,
     )
+
+
+def _event_time(proto: audit_pb2.AuditEvent) -> datetime:
+    """The event's time, or InvalidArgument for a Timestamp outside 0001-9999 (which
+    datetime cannot hold)."""
+    try:
+        return proto.event_time.ToDatetime(tzinfo=UTC)
+    except (ValueError, OverflowError) as error:
+        raise errors.InvalidArgument("events.event_time", "out of range") from error
 
 
 def record_to_proto(record: AuditRecord) -> audit_pb2.AuditRecord:

@@ -62,10 +62,11 @@ async def serve(
     check: CallCheck | None = None,
     tls: TlsCredentials | None = None,
     ready_details: Mapping[str, object] | None = None,
+    on_drain: Callable[[], Awaitable[None]] | None = None,
 ) -> None:
     """Run a service until SIGTERM/SIGINT, then drain and return. With `tls` it serves mutual
     TLS only (no plaintext port). `ready_details` are added to the ready line (e.g. the
-    Agent's model)."""
+    Agent's model). `on_drain` runs when draining starts, before in-flight calls are awaited."""
     # Outermost first: the trace span (so every log line of the call has its trace id), the
     # RPC metrics (they see the final status code), then request id + error mapping.
     interceptors: list[grpc.aio.ServerInterceptor] = [
@@ -117,6 +118,8 @@ async def serve(
         signal.signal(signum, signal.SIG_IGN)
     _log.info("draining", extra={"grace_seconds": drain_grace_seconds})
     await health_servicer.enter_graceful_shutdown()
+    if on_drain is not None:  # e.g. end open-ended streams, so the drain need not wait
+        await on_drain()
     await server.stop(drain_grace_seconds)
     if on_stop is not None:
         await on_stop()

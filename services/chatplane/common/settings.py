@@ -14,6 +14,22 @@ LlmBackendName = Literal["auto", "offline", "anthropic", "openai_compatible"]
 TraceExporter = Literal["none", "otlp", "file"]
 
 
+# Phrasings of "let me talk to a person" (docs/handoff.md), for handoff_request_patterns.
+DEFAULT_HANDOFF_REQUEST_PATTERNS: tuple[str, ...] = (
+    r"\b(talk|speak|chat)\s+(to|with)\s+(a\s+|an\s+|the\s+)?(real\s+|live\s+)?"
+    r"(human|person|agent|operator|representative|someone|somebody)\b",
+    r"\b(real|live)\s+(human|person|agent|operator)\b",
+    r"\b(connect|transfer|put)\s+me\s+(to|with|through\s+to)\s+(a\s+|an\s+)?"
+    r"(human|person|agent|operator|representative)\b",
+    r"\b(human|operator|representative)\s*,?\s*please\b",
+    r"\b(i\s+want|i\s+need|i'd\s+like|get\s+me)\s+(a|an)\s+"
+    r"(human|person|operator|representative)\b",
+    r"\bmit\s+einem\s+menschen\b",
+    r"\bhablar\s+con\s+(una\s+persona|un\s+humano|un\s+agente)\b",
+    r"\bparler\s+(à|a)\s+(un\s+humain|une\s+personne|un\s+conseiller)\b",
+)
+
+
 class Settings(BaseSettings):
     """Every knob of every service; each service reads only the fields it needs."""
 
@@ -223,6 +239,13 @@ class Settings(BaseSettings):
     audit_batch_max_records: int = Field(default=500, gt=0, le=1000)
     audit_flush_seconds: float = Field(default=0.2, gt=0)
     audit_max_pending: int = Field(default=10_000, gt=0)
+
+    # Human handoff (docs/handoff.md). A user message matching any of these regular
+    # expressions (case-insensitive, searched anywhere) hands the conversation to a human;
+    # an empty list turns the rule off. JSON list in CHATPLANE_HANDOFF_REQUEST_PATTERNS.
+    handoff_request_patterns: tuple[str, ...] = DEFAULT_HANDOFF_REQUEST_PATTERNS
+    # This many thumbs-down ratings in one conversation hand it to a human; 0 turns it off.
+    handoff_thumbs_down_threshold: int = Field(default=3, ge=0)
 
     def data_path(self, name: str) -> Path:
         """A file or folder inside the data directory (created on demand)."""

@@ -14,9 +14,11 @@ from typing import Any
 import yaml
 
 from chatplane.common.settings import Settings
-from chatplane.v1 import gateway_pb2
+from chatplane.v1 import gateway_pb2, operator_pb2
 
 GATEWAY_SERVICE = gateway_pb2.DESCRIPTOR.services_by_name["GatewayService"].full_name
+OPERATOR_SERVICE = operator_pb2.DESCRIPTOR.services_by_name["OperatorService"].full_name
+WATCH_PATH = f"/{GATEWAY_SERVICE}/WatchConversation"
 CHAT_PATH = f"/{GATEWAY_SERVICE}/Chat"
 REST_CHAT_PATH = "/v1/chat"
 REST_PREFIX = "/v1/"
@@ -261,6 +263,17 @@ def _routes(settings: Settings, limits: EdgeLimits) -> list[dict[str, Any]]:
     routes: list[dict[str, Any]] = [
         {"name": "chat-grpc", "match": {"path": CHAT_PATH}, "route": _stream_route(settings)},
         {
+            # Human handoff (docs/handoff.md): a watch stays open like an answer's stream.
+            "name": "watch-grpc",
+            "match": {"path": WATCH_PATH},
+            "route": _stream_route(settings),
+        },
+        {
+            "name": "operator-grpc",
+            "match": {"prefix": f"/{OPERATOR_SERVICE}/"},
+            "route": _unary_route(limits),
+        },
+        {
             "name": "gateway-grpc",
             "match": {"prefix": f"/{GATEWAY_SERVICE}/"},
             "route": _unary_route(limits),
@@ -360,7 +373,7 @@ def _http_filters(
             "typed_config": _typed(
                 "extensions.filters.http.grpc_json_transcoder.v3.GrpcJsonTranscoder",
                 proto_descriptor=str(descriptor_path),
-                services=[GATEWAY_SERVICE],
+                services=[GATEWAY_SERVICE, OPERATOR_SERVICE],
                 # Only the paths of the contracts' google.api.http annotations.
                 auto_mapping=False,
                 match_incoming_request_route=True,

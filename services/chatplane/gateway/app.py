@@ -11,17 +11,31 @@ from chatplane.common.interceptors import Context
 from chatplane.common.server import internal_channel, serve
 from chatplane.common.settings import Settings
 from chatplane.common.tls import load_tls
+from chatplane.common.topics import HANDOFF_TOPIC
 from chatplane.gateway.auth import ApiKeyAuthenticator
 from chatplane.gateway.chat import ChatRelay
+from chatplane.gateway.handoff import HandoffDesk
+from chatplane.gateway.handoff_fanout import HandoffFanout
+from chatplane.gateway.handoff_rules import HandoffRules
+from chatplane.gateway.handoff_servicer import HandoffGatewayServicer
 from chatplane.gateway.identity import ADMIN_PREFIX, ADMIN_SERVICE, GatewayIdentity
 from chatplane.gateway.metrics import REJECTIONS
+from chatplane.gateway.operator_servicer import OperatorServicer
 from chatplane.gateway.rate_limit import RateLimiter
 from chatplane.gateway.resume import AnswerResume
-from chatplane.gateway.servicer import GatewayServicer
 from chatplane.gateway.token_quota import TokenQuotaGate
-from chatplane.v1 import gateway_pb2, gateway_pb2_grpc, memory_pb2_grpc, persistence_pb2_grpc
+from chatplane.log.factory import open_message_log
+from chatplane.v1 import (
+    gateway_pb2,
+    gateway_pb2_grpc,
+    memory_pb2_grpc,
+    operator_pb2,
+    operator_pb2_grpc,
+    persistence_pb2_grpc,
+)
 
 GATEWAY_SERVICE = gateway_pb2.DESCRIPTOR.services_by_name["GatewayService"].full_name
+OPERATOR_SERVICE = operator_pb2.DESCRIPTOR.services_by_name["OperatorService"].full_name
 
 
 async def run(settings: Settings) -> None:
@@ -41,10 +55,10 @@ async def run(settings: Settings) -> None:
     limiter = RateLimiter(
         per_minute=settings.rate_limit_per_minute, burst=settings.rate_limit_burst
     )
-    public_prefix = f"/{GATEWAY_SERVICE}/"
+    public_prefixes = (f"/{GATEWAY_SERVICE}/", f"/{OPERATOR_SERVICE}/")
 
     async def admit(method: str, context: Context) -> None:
-        if not method.startswith((public_prefix, ADMIN_PREFIX)):
+        if not method.startswith((*public_prefixes, ADMIN_PREFIX)):
             return  # health and reflection are open
         principal = await authenticator.authenticate(context)
         principal_var.set(principal)
@@ -61,28 +75,46 @@ async def run(settings: Settings) -> None:
         turn_timeout_seconds=settings.turn_timeout_seconds,
         call_timeout_seconds=settings.internal_call_timeout_seconds,
     )
-    servicer = GatewayServicer(
+    # Human handoff (docs/handoff.md): its events go to the log, and this replica tails them.
+    log = open_message_log(settings)
+    handoff_producer = log.producer()
+    fanout = HandoffFanout(log.tail([HANDOFF_TOPIC]))
+    await fanout.start()
+    desk = HandoffDesk(
+        settings=settings,
+        persistence=persistence,
+        producer=handoff_producer,
+        rules=HandoffRules.from_settings(settings),
+    )
+    servicer = HandoffGatewayServicer(
         settings=settings,
         relay=ChatRelay(
             settings=settings,
             persistence=persistence,
             agent_channel=agent_channel,
             quota=quota,
+            handoff=desk,
         ),
         persistence=persistence,
         memory=memory_pb2_grpc.MemoryServiceStub(memory_channel),
+        desk=desk,
+        fanout=fanout,
         resume=AnswerResume(
             settings=settings, persistence=persistence, agent_channel=agent_channel
         ),
     )
+    operator_servicer = OperatorServicer(settings=settings, desk=desk, persistence=persistence)
 
     def register(server: grpc.aio.Server) -> None:
         gateway_pb2_grpc.add_GatewayServiceServicer_to_server(servicer, server)
+        operator_pb2_grpc.add_OperatorServiceServicer_to_server(operator_servicer, server)
         identity.register(server)
 
     async def stop() -> None:
         await quota.drain()
         await identity.close()
+        await fanout.stop()
+        await handoff_producer.close()
         await agent_channel.close()
         await persistence_channel.close()
         await memory_channel.close()
@@ -91,8 +123,9 @@ async def run(settings: Settings) -> None:
         name="gateway",
         host=settings.host,
         port=settings.gateway_port,
-        service_names=[GATEWAY_SERVICE, ADMIN_SERVICE],
+        service_names=[GATEWAY_SERVICE, OPERATOR_SERVICE, ADMIN_SERVICE],
         register=register,
+        on_drain=fanout.end_watches,
         drain_grace_seconds=settings.drain_grace_seconds,
         on_stop=stop,
         check=admit,

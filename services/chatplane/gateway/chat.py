@@ -16,6 +16,7 @@ from chatplane.common.context import Principal
 from chatplane.common.ids import new_id
 from chatplane.common.settings import Settings
 from chatplane.gateway.branching import begin_turn, branch_fields, generate_fields
+from chatplane.gateway.handoff import HandoffDesk
 from chatplane.gateway.token_quota import TokenQuotaGate
 from chatplane.gateway.validation import conversation_title
 from chatplane.v1 import (
@@ -63,11 +64,13 @@ class ChatRelay:
         persistence: persistence_pb2_grpc.PersistenceServiceAsyncStub,
         agent_channel: grpc.aio.Channel,
         quota: TokenQuotaGate | None = None,
+        handoff: HandoffDesk | None = None,
     ) -> None:
         self._settings = settings
         self._persistence = persistence
         self._generate = agent_events(agent_channel)
         self._quota = quota
+        self._handoff = handoff
 
     async def chat(
         self,
@@ -114,6 +117,12 @@ class ChatRelay:
             begin = await begin_turn(
                 self._persistence, begin_request, budget, settings.internal_call_timeout_seconds
             )
+            if begin.owner and self._handoff is not None:
+                # With a human (or the explicit-request rule fires): no bot answer.
+                handoff = await self._handoff.before_turn(principal, request, begin, budget)
+                if handoff is not None:
+                    yield gateway_pb2.ChatResponse(handoff=handoff)
+                    return
             if begin.owner:
                 async for event in self._run(principal, request, begin, budget, trace):
                     yield event

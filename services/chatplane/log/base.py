@@ -101,3 +101,10 @@ class MessageLog(abc.ABC):
     @abc.abstractmethod
     def consumer(self, group: str, topics: Sequence[str]) -> MessageLogConsumer:
         """A new consumer of `topics` in consumer group `group`; the caller closes it."""
+
+    @abc.abstractmethod
+    def tail(self, topics: Sequence[str]) -> MessageLogConsumer:
+        """A new consumer of `topics` in no group: it starts at the end of every partition
+        (fixed by its first poll_batch) and gets every record appended after that; commit
+        does nothing and lag is 0. Every holder gets every record: a fan-out, e.g. to each
+        Gateway replica (docs/handoff.md). The caller closes it."""

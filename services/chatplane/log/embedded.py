@@ -100,6 +100,12 @@ class EmbeddedMessageLog(MessageLog):
         database = _Database(self._path, self._busy_timeout, f"chatplane-log-consumer-{group}")
         return _EmbeddedConsumer(database, group, topics, self._poll_interval)
 
+    def tail(self, topics: Sequence[str]) -> MessageLogConsumer:
+        if not topics:
+            raise ValueError("a tail needs at least one topic")
+        database = _Database(self._path, self._busy_timeout, "chatplane-log-tail")
+        return _EmbeddedTail(database, "", topics, self._poll_interval)
+
 
 class _Database:
     """One SQLite connection, opened lazily, used only from its own thread as sqlite3 requires."""
@@ -440,3 +446,23 @@ class _EmbeddedConsumer(MessageLogConsumer):
             ).fetchone()
             total += 0 if row is None else int(row[0])
         return total
+
+
+class _EmbeddedTail(_EmbeddedConsumer):
+    """A consumer in no group: starts at each topic's next offset, commits nothing."""
+
+    async def commit(self, records: Sequence[ConsumedRecord]) -> None:
+        self._check_open()
+
+    async def lag(self) -> int:
+        self._check_open()
+        return 0
+
+    def _committed(self, connection: sqlite3.Connection) -> dict[str, int]:
+        placeholders = ", ".join("?" * len(self._topics))
+        rows = connection.execute(
+            f"SELECT topic, next_offset FROM log_topics WHERE topic IN ({placeholders})",
+            self._topics,
+        ).fetchall()
+        ends = {str(topic): int(offset) for topic, offset in rows}
+        return {topic: ends.get(topic, 0) for topic in self._topics}

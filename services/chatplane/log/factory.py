@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 from chatplane.common.settings import Settings
-from chatplane.common.topics import MEMORY_REMEMBER_TOPIC, MESSAGES_DLQ_TOPIC, MESSAGES_TOPIC
+from chatplane.common.topics import (
+    HANDOFF_TOPIC,
+    MEMORY_REMEMBER_TOPIC,
+    MESSAGES_DLQ_TOPIC,
+    MESSAGES_TOPIC,
+)
 from chatplane.log.base import MessageLog
 from chatplane.log.embedded import EmbeddedMessageLog
 from chatplane.log.kafka import KafkaMessageLog
@@ -29,7 +34,7 @@ def open_message_log(settings: Settings) -> MessageLog:
             partitions=settings.kafka_topic_partitions,
             # Every topic exists from the first use of the log on, with its partition count,
             # including the dead-letter topic before its first record (for operators to watch).
-            topics=(MESSAGES_TOPIC, MESSAGES_DLQ_TOPIC, MEMORY_REMEMBER_TOPIC),
+            topics=(MESSAGES_TOPIC, MESSAGES_DLQ_TOPIC, MEMORY_REMEMBER_TOPIC, HANDOFF_TOPIC),
             # librdkafka stops retrying a record once the longest append has given up on it.
             delivery_timeout=settings.log_append_timeout_seconds,
         )

@@ -43,6 +43,7 @@ from chatplane.log.base import (
     MessageLogConsumer,
     MessageLogProducer,
 )
+from chatplane.log.kafka_tail import KafkaTail
 
 _log = logging.getLogger(__name__)
 
@@ -179,6 +180,17 @@ class KafkaMessageLog(MessageLog):
             topics,
             join_timeout=self._join_timeout,
             request_timeout=self._request_timeout,
+        )
+
+    def tail(self, topics: Sequence[str]) -> MessageLogConsumer:
+        if not topics:
+            raise ValueError("a tail needs at least one topic")
+        return KafkaTail(
+            self._common_config(),
+            self._topics,
+            topics,
+            request_timeout=self._request_timeout,
+            to_record=_consumed,
         )
 
     def _common_config(self) -> dict[str, Any]:

@@ -106,6 +106,9 @@ class ObservedMessageLog(MessageLog):
     def consumer(self, group: str, topics: Sequence[str]) -> MessageLogConsumer:
         return self.inner.consumer(group, topics)
 
+    def tail(self, topics: Sequence[str]) -> MessageLogConsumer:
+        return self.inner.tail(topics)
+
 
 class LagReporter:
     """Reads a consumer's lag every `interval` seconds into the lag gauge, until stopped."""

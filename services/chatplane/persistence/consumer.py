@@ -49,6 +49,8 @@ CONSUMER_GROUP = "chatplane-persistence"
 """The Persistence service's consumer group on MESSAGES_TOPIC."""
 
 _ROLES = {resources_pb2.ROLE_USER: Role.USER, resources_pb2.ROLE_ASSISTANT: Role.ASSISTANT}
+# An operator's reply is stored as the conversation's other side, with its author.
+_ROLES[resources_pb2.ROLE_OPERATOR] = Role.ASSISTANT
 _STATUSES = {
     resources_pb2.MESSAGE_STATUS_COMPLETE: MessageStatus.COMPLETE,
     resources_pb2.MESSAGE_STATUS_INTERRUPTED: MessageStatus.INTERRUPTED,
@@ -97,6 +99,9 @@ def decode_message(record: ConsumedRecord) -> Message:
     role = _ROLES.get(message.role)
     if role is None:
         raise InvalidRecord(f"invalid message.role {message.role}")
+    is_operator = message.role == resources_pb2.ROLE_OPERATOR
+    if is_operator and not message.operator_id:
+        raise InvalidRecord("missing message.operator_id of an operator reply")
     status = _STATUSES.get(message.status)
     if status is None:
         raise InvalidRecord(f"invalid message.status {message.status}")
@@ -122,6 +127,7 @@ def decode_message(record: ConsumedRecord) -> Message:
         delta_ends=valid_delta_ends(recorded.delta_ends, message.text),
         parent_message_id=parent,
         **answer_measures(recorded),
+        operator_id=message.operator_id if is_operator else "",
     )
 
 

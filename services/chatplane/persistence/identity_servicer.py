@@ -1,8 +1,6 @@
 """PersistenceService's key management and audit RPCs (issue 7, identity), mixed into
 PersistenceServicer: request shapes are checked here, the work is the store's."""
 
-# ruff: noqa: N802  (methods carry the RPC names of the contract)
-
 from __future__ import annotations
 
 import base64

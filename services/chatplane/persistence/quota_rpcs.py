@@ -71,12 +71,11 @@ class QuotaRpcs:
         tenant = _tenant(request.tenant_id)
         lease = DEFAULT_RESERVATION_LEASE
         if request.lease_ms:
+            # Checked as an integer first: timedelta overflows on extreme values.
+            max_ms = MAX_RESERVATION_LEASE // timedelta(milliseconds=1)
+            if not 0 < request.lease_ms <= max_ms:
+                raise errors.InvalidArgument("lease_ms", f"must be between 1 and {max_ms}")
             lease = timedelta(milliseconds=request.lease_ms)
-            if not timedelta(0) < lease <= MAX_RESERVATION_LEASE:
-                raise errors.InvalidArgument(
-                    "lease_ms",
-                    f"must be between 1 and {MAX_RESERVATION_LEASE // timedelta(milliseconds=1)}",
-                )
         reservation = await self._ledger.reserve_tokens(
             tenant,
             _reservation_id(request.reservation_id),

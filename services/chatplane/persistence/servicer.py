@@ -344,7 +344,10 @@ def _message(message: Message) -> resources_pb2.Message:
         finish_reason=_FINISH_REASONS[message.finish_reason],
         client_message_id=message.client_message_id,
     )
-    if message.role is Role.ASSISTANT:
+    if message.operator_id:  # an operator's reply (docs/handoff.md)
+        proto.role = resources_pb2.ROLE_OPERATOR
+        proto.operator_id = message.operator_id
+    elif message.role is Role.ASSISTANT:
         proto.usage.input_tokens = message.input_tokens
         proto.usage.output_tokens = message.output_tokens
     if message.parent_message_id is not None:

@@ -172,6 +172,7 @@ type GenerateResponse struct {
 	//	*GenerateResponse_Citation
 	//	*GenerateResponse_Usage
 	//	*GenerateResponse_Done
+	//	*GenerateResponse_Handoff
 	Event         isGenerateResponse_Event `protobuf_oneof:"event"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -259,6 +260,15 @@ func (x *GenerateResponse) GetDone() *TurnDone {
 	return nil
 }
 
+func (x *GenerateResponse) GetHandoff() *HandoffStatus {
+	if x != nil {
+		if x, ok := x.Event.(*GenerateResponse_Handoff); ok {
+			return x.Handoff
+		}
+	}
+	return nil
+}
+
 type isGenerateResponse_Event interface {
 	isGenerateResponse_Event()
 }
@@ -288,6 +298,12 @@ type GenerateResponse_Done struct {
 	Done *TurnDone `protobuf:"bytes,5,opt,name=done,proto3,oneof"`
 }
 
+type GenerateResponse_Handoff struct {
+	// Never sent by the Agent: keeps the oneof layout identical to ChatResponse, whose
+	// `handoff` event the Gateway sends itself (docs/handoff.md).
+	Handoff *HandoffStatus `protobuf:"bytes,60,opt,name=handoff,proto3,oneof"`
+}
+
 func (*GenerateResponse_Started) isGenerateResponse_Event() {}
 
 func (*GenerateResponse_Delta) isGenerateResponse_Event() {}
@@ -297,6 +313,8 @@ func (*GenerateResponse_Citation) isGenerateResponse_Event() {}
 func (*GenerateResponse_Usage) isGenerateResponse_Event() {}
 
 func (*GenerateResponse_Done) isGenerateResponse_Event() {}
+
+func (*GenerateResponse_Handoff) isGenerateResponse_Event() {}
 
 // Asks for the events of a live turn.
 type ResumeGenerateRequest struct {
@@ -638,13 +656,14 @@ const file_chatplane_v1_agent_proto_rawDesc = "" +
 	"\n" +
 	"regenerate\x18) \x01(\bR\n" +
 	"regenerate\x123\n" +
-	"\x06branch\x18* \x01(\v2\x1b.chatplane.v1.BranchHistoryR\x06branch\"\x94\x02\n" +
+	"\x06branch\x18* \x01(\v2\x1b.chatplane.v1.BranchHistoryR\x06branch\"\xcd\x02\n" +
 	"\x10GenerateResponse\x125\n" +
 	"\astarted\x18\x01 \x01(\v2\x19.chatplane.v1.TurnStartedH\x00R\astarted\x12/\n" +
 	"\x05delta\x18\x02 \x01(\v2\x17.chatplane.v1.TextDeltaH\x00R\x05delta\x124\n" +
 	"\bcitation\x18\x03 \x01(\v2\x16.chatplane.v1.CitationH\x00R\bcitation\x12+\n" +
 	"\x05usage\x18\x04 \x01(\v2\x13.chatplane.v1.UsageH\x00R\x05usage\x12,\n" +
-	"\x04done\x18\x05 \x01(\v2\x16.chatplane.v1.TurnDoneH\x00R\x04doneB\a\n" +
+	"\x04done\x18\x05 \x01(\v2\x16.chatplane.v1.TurnDoneH\x00R\x04done\x127\n" +
+	"\ahandoff\x18< \x01(\v2\x1b.chatplane.v1.HandoffStatusH\x00R\ahandoffB\a\n" +
 	"\x05event\"\xa6\x01\n" +
 	"\x15ResumeGenerateRequest\x12\x1b\n" +
 	"\ttenant_id\x18\x01 \x01(\tR\btenantId\x12\x17\n" +
@@ -695,6 +714,7 @@ var file_chatplane_v1_agent_proto_goTypes = []any{
 	(*Citation)(nil),               // 9: chatplane.v1.Citation
 	(*Usage)(nil),                  // 10: chatplane.v1.Usage
 	(*TurnDone)(nil),               // 11: chatplane.v1.TurnDone
+	(*HandoffStatus)(nil),          // 12: chatplane.v1.HandoffStatus
 }
 var file_chatplane_v1_agent_proto_depIdxs = []int32{
 	6,  // 0: chatplane.v1.GenerateRequest.branch:type_name -> chatplane.v1.BranchHistory
@@ -703,22 +723,23 @@ var file_chatplane_v1_agent_proto_depIdxs = []int32{
 	9,  // 3: chatplane.v1.GenerateResponse.citation:type_name -> chatplane.v1.Citation
 	10, // 4: chatplane.v1.GenerateResponse.usage:type_name -> chatplane.v1.Usage
 	11, // 5: chatplane.v1.GenerateResponse.done:type_name -> chatplane.v1.TurnDone
-	7,  // 6: chatplane.v1.ResumeGenerateResponse.started:type_name -> chatplane.v1.TurnStarted
-	8,  // 7: chatplane.v1.ResumeGenerateResponse.delta:type_name -> chatplane.v1.TextDelta
-	9,  // 8: chatplane.v1.ResumeGenerateResponse.citation:type_name -> chatplane.v1.Citation
-	10, // 9: chatplane.v1.ResumeGenerateResponse.usage:type_name -> chatplane.v1.Usage
-	11, // 10: chatplane.v1.ResumeGenerateResponse.done:type_name -> chatplane.v1.TurnDone
-	0,  // 11: chatplane.v1.AgentService.Generate:input_type -> chatplane.v1.GenerateRequest
-	2,  // 12: chatplane.v1.AgentService.ResumeGenerate:input_type -> chatplane.v1.ResumeGenerateRequest
-	4,  // 13: chatplane.v1.AgentService.CancelGenerate:input_type -> chatplane.v1.CancelGenerateRequest
-	1,  // 14: chatplane.v1.AgentService.Generate:output_type -> chatplane.v1.GenerateResponse
-	3,  // 15: chatplane.v1.AgentService.ResumeGenerate:output_type -> chatplane.v1.ResumeGenerateResponse
-	5,  // 16: chatplane.v1.AgentService.CancelGenerate:output_type -> chatplane.v1.CancelGenerateResponse
-	14, // [14:17] is the sub-list for method output_type
-	11, // [11:14] is the sub-list for method input_type
-	11, // [11:11] is the sub-list for extension type_name
-	11, // [11:11] is the sub-list for extension extendee
-	0,  // [0:11] is the sub-list for field type_name
+	12, // 6: chatplane.v1.GenerateResponse.handoff:type_name -> chatplane.v1.HandoffStatus
+	7,  // 7: chatplane.v1.ResumeGenerateResponse.started:type_name -> chatplane.v1.TurnStarted
+	8,  // 8: chatplane.v1.ResumeGenerateResponse.delta:type_name -> chatplane.v1.TextDelta
+	9,  // 9: chatplane.v1.ResumeGenerateResponse.citation:type_name -> chatplane.v1.Citation
+	10, // 10: chatplane.v1.ResumeGenerateResponse.usage:type_name -> chatplane.v1.Usage
+	11, // 11: chatplane.v1.ResumeGenerateResponse.done:type_name -> chatplane.v1.TurnDone
+	0,  // 12: chatplane.v1.AgentService.Generate:input_type -> chatplane.v1.GenerateRequest
+	2,  // 13: chatplane.v1.AgentService.ResumeGenerate:input_type -> chatplane.v1.ResumeGenerateRequest
+	4,  // 14: chatplane.v1.AgentService.CancelGenerate:input_type -> chatplane.v1.CancelGenerateRequest
+	1,  // 15: chatplane.v1.AgentService.Generate:output_type -> chatplane.v1.GenerateResponse
+	3,  // 16: chatplane.v1.AgentService.ResumeGenerate:output_type -> chatplane.v1.ResumeGenerateResponse
+	5,  // 17: chatplane.v1.AgentService.CancelGenerate:output_type -> chatplane.v1.CancelGenerateResponse
+	15, // [15:18] is the sub-list for method output_type
+	12, // [12:15] is the sub-list for method input_type
+	12, // [12:12] is the sub-list for extension type_name
+	12, // [12:12] is the sub-list for extension extendee
+	0,  // [0:12] is the sub-list for field type_name
 }
 
 func init() { file_chatplane_v1_agent_proto_init() }
@@ -733,6 +754,7 @@ func file_chatplane_v1_agent_proto_init() {
 		(*GenerateResponse_Citation)(nil),
 		(*GenerateResponse_Usage)(nil),
 		(*GenerateResponse_Done)(nil),
+		(*GenerateResponse_Handoff)(nil),
 	}
 	file_chatplane_v1_agent_proto_msgTypes[3].OneofWrappers = []any{
 		(*ResumeGenerateResponse_Started)(nil),

@@ -135,6 +135,148 @@ func (x *MessageRecorded) GetDurationMs() int64 {
 	return 0
 }
 
+// A record of the handoff topic (chatplane.handoff, keyed by conversation id): a change of a
+// conversation's handoff state or an operator's reply. Every Gateway replica reads it from
+// the latest record on, to reach the users watching the conversation on that replica.
+type HandoffEvent struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Version of this record's schema; consumers skip versions they do not know.
+	SchemaVersion int32 `protobuf:"varint,1,opt,name=schema_version,json=schemaVersion,proto3" json:"schema_version,omitempty"`
+	// The owner's tenant.
+	TenantId string `protobuf:"bytes,2,opt,name=tenant_id,json=tenantId,proto3" json:"tenant_id,omitempty"`
+	// The owner's user id.
+	UserId string `protobuf:"bytes,3,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
+	// The conversation.
+	ConversationId string `protobuf:"bytes,4,opt,name=conversation_id,json=conversationId,proto3" json:"conversation_id,omitempty"`
+	// What happened.
+	//
+	// Types that are valid to be assigned to Event:
+	//
+	//	*HandoffEvent_Requested
+	//	*HandoffEvent_OperatorReply
+	//	*HandoffEvent_Released
+	Event         isHandoffEvent_Event `protobuf_oneof:"event"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *HandoffEvent) Reset() {
+	*x = HandoffEvent{}
+	mi := &file_chatplane_v1_events_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HandoffEvent) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HandoffEvent) ProtoMessage() {}
+
+func (x *HandoffEvent) ProtoReflect() protoreflect.Message {
+	mi := &file_chatplane_v1_events_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HandoffEvent.ProtoReflect.Descriptor instead.
+func (*HandoffEvent) Descriptor() ([]byte, []int) {
+	return file_chatplane_v1_events_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *HandoffEvent) GetSchemaVersion() int32 {
+	if x != nil {
+		return x.SchemaVersion
+	}
+	return 0
+}
+
+func (x *HandoffEvent) GetTenantId() string {
+	if x != nil {
+		return x.TenantId
+	}
+	return ""
+}
+
+func (x *HandoffEvent) GetUserId() string {
+	if x != nil {
+		return x.UserId
+	}
+	return ""
+}
+
+func (x *HandoffEvent) GetConversationId() string {
+	if x != nil {
+		return x.ConversationId
+	}
+	return ""
+}
+
+func (x *HandoffEvent) GetEvent() isHandoffEvent_Event {
+	if x != nil {
+		return x.Event
+	}
+	return nil
+}
+
+func (x *HandoffEvent) GetRequested() *HandoffStatus {
+	if x != nil {
+		if x, ok := x.Event.(*HandoffEvent_Requested); ok {
+			return x.Requested
+		}
+	}
+	return nil
+}
+
+func (x *HandoffEvent) GetOperatorReply() *Message {
+	if x != nil {
+		if x, ok := x.Event.(*HandoffEvent_OperatorReply); ok {
+			return x.OperatorReply
+		}
+	}
+	return nil
+}
+
+func (x *HandoffEvent) GetReleased() *HandoffStatus {
+	if x != nil {
+		if x, ok := x.Event.(*HandoffEvent_Released); ok {
+			return x.Released
+		}
+	}
+	return nil
+}
+
+type isHandoffEvent_Event interface {
+	isHandoffEvent_Event()
+}
+
+type HandoffEvent_Requested struct {
+	// The conversation was handed to a human.
+	Requested *HandoffStatus `protobuf:"bytes,5,opt,name=requested,proto3,oneof"`
+}
+
+type HandoffEvent_OperatorReply struct {
+	// An operator replied (the message is also recorded on chatplane.messages).
+	OperatorReply *Message `protobuf:"bytes,6,opt,name=operator_reply,json=operatorReply,proto3,oneof"`
+}
+
+type HandoffEvent_Released struct {
+	// The conversation was given back to the bot.
+	Released *HandoffStatus `protobuf:"bytes,7,opt,name=released,proto3,oneof"`
+}
+
+func (*HandoffEvent_Requested) isHandoffEvent_Event() {}
+
+func (*HandoffEvent_OperatorReply) isHandoffEvent_Event() {}
+
+func (*HandoffEvent_Released) isHandoffEvent_Event() {}
+
 var File_chatplane_v1_events_proto protoreflect.FileDescriptor
 
 const file_chatplane_v1_events_proto_rawDesc = "" +
@@ -152,7 +294,16 @@ const file_chatplane_v1_events_proto_rawDesc = "" +
 	"\vduration_ms\x184 \x01(\x03H\x01R\n" +
 	"durationMs\x88\x01\x01B\x11\n" +
 	"\x0f_first_token_msB\x0e\n" +
-	"\f_duration_msB@Z>github.com/chatplane/chatplane/gen/go/chatplane/v1;chatplanev1b\x06proto3"
+	"\f_duration_ms\"\xd5\x02\n" +
+	"\fHandoffEvent\x12%\n" +
+	"\x0eschema_version\x18\x01 \x01(\x05R\rschemaVersion\x12\x1b\n" +
+	"\ttenant_id\x18\x02 \x01(\tR\btenantId\x12\x17\n" +
+	"\auser_id\x18\x03 \x01(\tR\x06userId\x12'\n" +
+	"\x0fconversation_id\x18\x04 \x01(\tR\x0econversationId\x12;\n" +
+	"\trequested\x18\x05 \x01(\v2\x1b.chatplane.v1.HandoffStatusH\x00R\trequested\x12>\n" +
+	"\x0eoperator_reply\x18\x06 \x01(\v2\x15.chatplane.v1.MessageH\x00R\roperatorReply\x129\n" +
+	"\breleased\x18\a \x01(\v2\x1b.chatplane.v1.HandoffStatusH\x00R\breleasedB\a\n" +
+	"\x05eventB@Z>github.com/chatplane/chatplane/gen/go/chatplane/v1;chatplanev1b\x06proto3"
 
 var (
 	file_chatplane_v1_events_proto_rawDescOnce sync.Once
@@ -166,18 +317,23 @@ func file_chatplane_v1_events_proto_rawDescGZIP() []byte {
 	return file_chatplane_v1_events_proto_rawDescData
 }
 
-var file_chatplane_v1_events_proto_msgTypes = make([]protoimpl.MessageInfo, 1)
+var file_chatplane_v1_events_proto_msgTypes = make([]protoimpl.MessageInfo, 2)
 var file_chatplane_v1_events_proto_goTypes = []any{
 	(*MessageRecorded)(nil), // 0: chatplane.v1.MessageRecorded
-	(*Message)(nil),         // 1: chatplane.v1.Message
+	(*HandoffEvent)(nil),    // 1: chatplane.v1.HandoffEvent
+	(*Message)(nil),         // 2: chatplane.v1.Message
+	(*HandoffStatus)(nil),   // 3: chatplane.v1.HandoffStatus
 }
 var file_chatplane_v1_events_proto_depIdxs = []int32{
-	1, // 0: chatplane.v1.MessageRecorded.message:type_name -> chatplane.v1.Message
-	1, // [1:1] is the sub-list for method output_type
-	1, // [1:1] is the sub-list for method input_type
-	1, // [1:1] is the sub-list for extension type_name
-	1, // [1:1] is the sub-list for extension extendee
-	0, // [0:1] is the sub-list for field type_name
+	2, // 0: chatplane.v1.MessageRecorded.message:type_name -> chatplane.v1.Message
+	3, // 1: chatplane.v1.HandoffEvent.requested:type_name -> chatplane.v1.HandoffStatus
+	2, // 2: chatplane.v1.HandoffEvent.operator_reply:type_name -> chatplane.v1.Message
+	3, // 3: chatplane.v1.HandoffEvent.released:type_name -> chatplane.v1.HandoffStatus
+	4, // [4:4] is the sub-list for method output_type
+	4, // [4:4] is the sub-list for method input_type
+	4, // [4:4] is the sub-list for extension type_name
+	4, // [4:4] is the sub-list for extension extendee
+	0, // [0:4] is the sub-list for field type_name
 }
 
 func init() { file_chatplane_v1_events_proto_init() }
@@ -187,13 +343,18 @@ func file_chatplane_v1_events_proto_init() {
 	}
 	file_chatplane_v1_resources_proto_init()
 	file_chatplane_v1_events_proto_msgTypes[0].OneofWrappers = []any{}
+	file_chatplane_v1_events_proto_msgTypes[1].OneofWrappers = []any{
+		(*HandoffEvent_Requested)(nil),
+		(*HandoffEvent_OperatorReply)(nil),
+		(*HandoffEvent_Released)(nil),
+	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_chatplane_v1_events_proto_rawDesc), len(file_chatplane_v1_events_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   1,
+			NumMessages:   2,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -267,6 +267,7 @@ type ChatResponse struct {
 	//	*ChatResponse_Citation
 	//	*ChatResponse_Usage
 	//	*ChatResponse_Done
+	//	*ChatResponse_Handoff
 	Event         isChatResponse_Event `protobuf_oneof:"event"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -354,6 +355,15 @@ func (x *ChatResponse) GetDone() *TurnDone {
 	return nil
 }
 
+func (x *ChatResponse) GetHandoff() *HandoffStatus {
+	if x != nil {
+		if x, ok := x.Event.(*ChatResponse_Handoff); ok {
+			return x.Handoff
+		}
+	}
+	return nil
+}
+
 type isChatResponse_Event interface {
 	isChatResponse_Event()
 }
@@ -383,6 +393,12 @@ type ChatResponse_Done struct {
 	Done *TurnDone `protobuf:"bytes,5,opt,name=done,proto3,oneof"`
 }
 
+type ChatResponse_Handoff struct {
+	// The conversation is with a human operator (the only event when it is): the user's
+	// message is stored, the bot does not answer; replies come on WatchConversation.
+	Handoff *HandoffStatus `protobuf:"bytes,60,opt,name=handoff,proto3,oneof"`
+}
+
 func (*ChatResponse_Started) isChatResponse_Event() {}
 
 func (*ChatResponse_Delta) isChatResponse_Event() {}
@@ -392,6 +408,8 @@ func (*ChatResponse_Citation) isChatResponse_Event() {}
 func (*ChatResponse_Usage) isChatResponse_Event() {}
 
 func (*ChatResponse_Done) isChatResponse_Event() {}
+
+func (*ChatResponse_Handoff) isChatResponse_Event() {}
 
 // Asks for the caller's conversations.
 type ListConversationsRequest struct {
@@ -809,7 +827,9 @@ func (x *SubmitFeedbackRequest) GetScore() int32 {
 type SubmitFeedbackResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// When it was stored.
-	CreateTime    *timestamppb.Timestamp `protobuf:"bytes,1,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
+	CreateTime *timestamppb.Timestamp `protobuf:"bytes,1,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
+	// Set when this feedback handed the conversation to a human (the thumbs-down rule fired).
+	Handoff       *HandoffStatus `protobuf:"bytes,60,opt,name=handoff,proto3" json:"handoff,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -851,6 +871,339 @@ func (x *SubmitFeedbackResponse) GetCreateTime() *timestamppb.Timestamp {
 	return nil
 }
 
+func (x *SubmitFeedbackResponse) GetHandoff() *HandoffStatus {
+	if x != nil {
+		return x.Handoff
+	}
+	return nil
+}
+
+// Asks for a human operator.
+type RequestHandoffRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The caller's conversation.
+	ConversationId string `protobuf:"bytes,1,opt,name=conversation_id,json=conversationId,proto3" json:"conversation_id,omitempty"`
+	// Optional: why (at most 1 KiB), shown to the operator.
+	Reason        string `protobuf:"bytes,2,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RequestHandoffRequest) Reset() {
+	*x = RequestHandoffRequest{}
+	mi := &file_chatplane_v1_gateway_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RequestHandoffRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RequestHandoffRequest) ProtoMessage() {}
+
+func (x *RequestHandoffRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_chatplane_v1_gateway_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RequestHandoffRequest.ProtoReflect.Descriptor instead.
+func (*RequestHandoffRequest) Descriptor() ([]byte, []int) {
+	return file_chatplane_v1_gateway_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *RequestHandoffRequest) GetConversationId() string {
+	if x != nil {
+		return x.ConversationId
+	}
+	return ""
+}
+
+func (x *RequestHandoffRequest) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+// The conversation is with a human.
+type RequestHandoffResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Its state (changed is false when it was with a human already).
+	Handoff       *HandoffStatus `protobuf:"bytes,1,opt,name=handoff,proto3" json:"handoff,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RequestHandoffResponse) Reset() {
+	*x = RequestHandoffResponse{}
+	mi := &file_chatplane_v1_gateway_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RequestHandoffResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RequestHandoffResponse) ProtoMessage() {}
+
+func (x *RequestHandoffResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_chatplane_v1_gateway_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RequestHandoffResponse.ProtoReflect.Descriptor instead.
+func (*RequestHandoffResponse) Descriptor() ([]byte, []int) {
+	return file_chatplane_v1_gateway_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *RequestHandoffResponse) GetHandoff() *HandoffStatus {
+	if x != nil {
+		return x.Handoff
+	}
+	return nil
+}
+
+// Gives a conversation back to the bot.
+type ReleaseHandoffRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The caller's conversation.
+	ConversationId string `protobuf:"bytes,1,opt,name=conversation_id,json=conversationId,proto3" json:"conversation_id,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *ReleaseHandoffRequest) Reset() {
+	*x = ReleaseHandoffRequest{}
+	mi := &file_chatplane_v1_gateway_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReleaseHandoffRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReleaseHandoffRequest) ProtoMessage() {}
+
+func (x *ReleaseHandoffRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_chatplane_v1_gateway_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReleaseHandoffRequest.ProtoReflect.Descriptor instead.
+func (*ReleaseHandoffRequest) Descriptor() ([]byte, []int) {
+	return file_chatplane_v1_gateway_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *ReleaseHandoffRequest) GetConversationId() string {
+	if x != nil {
+		return x.ConversationId
+	}
+	return ""
+}
+
+// The bot answers again.
+type ReleaseHandoffResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Its state (changed is false when the bot answered already).
+	Handoff       *HandoffStatus `protobuf:"bytes,1,opt,name=handoff,proto3" json:"handoff,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReleaseHandoffResponse) Reset() {
+	*x = ReleaseHandoffResponse{}
+	mi := &file_chatplane_v1_gateway_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReleaseHandoffResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReleaseHandoffResponse) ProtoMessage() {}
+
+func (x *ReleaseHandoffResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_chatplane_v1_gateway_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReleaseHandoffResponse.ProtoReflect.Descriptor instead.
+func (*ReleaseHandoffResponse) Descriptor() ([]byte, []int) {
+	return file_chatplane_v1_gateway_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *ReleaseHandoffResponse) GetHandoff() *HandoffStatus {
+	if x != nil {
+		return x.Handoff
+	}
+	return nil
+}
+
+// Asks to watch a conversation.
+type WatchConversationRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The caller's conversation.
+	ConversationId string `protobuf:"bytes,1,opt,name=conversation_id,json=conversationId,proto3" json:"conversation_id,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *WatchConversationRequest) Reset() {
+	*x = WatchConversationRequest{}
+	mi := &file_chatplane_v1_gateway_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchConversationRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchConversationRequest) ProtoMessage() {}
+
+func (x *WatchConversationRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_chatplane_v1_gateway_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchConversationRequest.ProtoReflect.Descriptor instead.
+func (*WatchConversationRequest) Descriptor() ([]byte, []int) {
+	return file_chatplane_v1_gateway_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *WatchConversationRequest) GetConversationId() string {
+	if x != nil {
+		return x.ConversationId
+	}
+	return ""
+}
+
+// One event of a watched conversation.
+type WatchConversationResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The event.
+	//
+	// Types that are valid to be assigned to Event:
+	//
+	//	*WatchConversationResponse_Handoff
+	//	*WatchConversationResponse_OperatorReply
+	Event         isWatchConversationResponse_Event `protobuf_oneof:"event"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchConversationResponse) Reset() {
+	*x = WatchConversationResponse{}
+	mi := &file_chatplane_v1_gateway_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchConversationResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchConversationResponse) ProtoMessage() {}
+
+func (x *WatchConversationResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_chatplane_v1_gateway_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchConversationResponse.ProtoReflect.Descriptor instead.
+func (*WatchConversationResponse) Descriptor() ([]byte, []int) {
+	return file_chatplane_v1_gateway_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *WatchConversationResponse) GetEvent() isWatchConversationResponse_Event {
+	if x != nil {
+		return x.Event
+	}
+	return nil
+}
+
+func (x *WatchConversationResponse) GetHandoff() *HandoffStatus {
+	if x != nil {
+		if x, ok := x.Event.(*WatchConversationResponse_Handoff); ok {
+			return x.Handoff
+		}
+	}
+	return nil
+}
+
+func (x *WatchConversationResponse) GetOperatorReply() *Message {
+	if x != nil {
+		if x, ok := x.Event.(*WatchConversationResponse_OperatorReply); ok {
+			return x.OperatorReply
+		}
+	}
+	return nil
+}
+
+type isWatchConversationResponse_Event interface {
+	isWatchConversationResponse_Event()
+}
+
+type WatchConversationResponse_Handoff struct {
+	// The current state (first event), or a change of it.
+	Handoff *HandoffStatus `protobuf:"bytes,1,opt,name=handoff,proto3,oneof"`
+}
+
+type WatchConversationResponse_OperatorReply struct {
+	// An operator's reply, as stored.
+	OperatorReply *Message `protobuf:"bytes,2,opt,name=operator_reply,json=operatorReply,proto3,oneof"`
+}
+
+func (*WatchConversationResponse_Handoff) isWatchConversationResponse_Event() {}
+
+func (*WatchConversationResponse_OperatorReply) isWatchConversationResponse_Event() {}
+
 // Asks for the rest of an answer.
 type ResumeChatRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -864,7 +1217,7 @@ type ResumeChatRequest struct {
 
 func (x *ResumeChatRequest) Reset() {
 	*x = ResumeChatRequest{}
-	mi := &file_chatplane_v1_gateway_proto_msgTypes[10]
+	mi := &file_chatplane_v1_gateway_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -876,7 +1229,7 @@ func (x *ResumeChatRequest) String() string {
 func (*ResumeChatRequest) ProtoMessage() {}
 
 func (x *ResumeChatRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_chatplane_v1_gateway_proto_msgTypes[10]
+	mi := &file_chatplane_v1_gateway_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -889,7 +1242,7 @@ func (x *ResumeChatRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResumeChatRequest.ProtoReflect.Descriptor instead.
 func (*ResumeChatRequest) Descriptor() ([]byte, []int) {
-	return file_chatplane_v1_gateway_proto_rawDescGZIP(), []int{10}
+	return file_chatplane_v1_gateway_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *ResumeChatRequest) GetMessageId() string {
@@ -926,7 +1279,7 @@ type ResumeChatResponse struct {
 
 func (x *ResumeChatResponse) Reset() {
 	*x = ResumeChatResponse{}
-	mi := &file_chatplane_v1_gateway_proto_msgTypes[11]
+	mi := &file_chatplane_v1_gateway_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -938,7 +1291,7 @@ func (x *ResumeChatResponse) String() string {
 func (*ResumeChatResponse) ProtoMessage() {}
 
 func (x *ResumeChatResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_chatplane_v1_gateway_proto_msgTypes[11]
+	mi := &file_chatplane_v1_gateway_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -951,7 +1304,7 @@ func (x *ResumeChatResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResumeChatResponse.ProtoReflect.Descriptor instead.
 func (*ResumeChatResponse) Descriptor() ([]byte, []int) {
-	return file_chatplane_v1_gateway_proto_rawDescGZIP(), []int{11}
+	return file_chatplane_v1_gateway_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *ResumeChatResponse) GetEvent() isResumeChatResponse_Event {
@@ -1056,7 +1409,7 @@ type CancelChatRequest struct {
 
 func (x *CancelChatRequest) Reset() {
 	*x = CancelChatRequest{}
-	mi := &file_chatplane_v1_gateway_proto_msgTypes[12]
+	mi := &file_chatplane_v1_gateway_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1068,7 +1421,7 @@ func (x *CancelChatRequest) String() string {
 func (*CancelChatRequest) ProtoMessage() {}
 
 func (x *CancelChatRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_chatplane_v1_gateway_proto_msgTypes[12]
+	mi := &file_chatplane_v1_gateway_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1081,7 +1434,7 @@ func (x *CancelChatRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelChatRequest.ProtoReflect.Descriptor instead.
 func (*CancelChatRequest) Descriptor() ([]byte, []int) {
-	return file_chatplane_v1_gateway_proto_rawDescGZIP(), []int{12}
+	return file_chatplane_v1_gateway_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *CancelChatRequest) GetMessageId() string {
@@ -1102,7 +1455,7 @@ type CancelChatResponse struct {
 
 func (x *CancelChatResponse) Reset() {
 	*x = CancelChatResponse{}
-	mi := &file_chatplane_v1_gateway_proto_msgTypes[13]
+	mi := &file_chatplane_v1_gateway_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1114,7 +1467,7 @@ func (x *CancelChatResponse) String() string {
 func (*CancelChatResponse) ProtoMessage() {}
 
 func (x *CancelChatResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_chatplane_v1_gateway_proto_msgTypes[13]
+	mi := &file_chatplane_v1_gateway_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1127,7 +1480,7 @@ func (x *CancelChatResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelChatResponse.ProtoReflect.Descriptor instead.
 func (*CancelChatResponse) Descriptor() ([]byte, []int) {
-	return file_chatplane_v1_gateway_proto_rawDescGZIP(), []int{13}
+	return file_chatplane_v1_gateway_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *CancelChatResponse) GetCancelled() bool {
@@ -1150,7 +1503,7 @@ type IngestDocumentHeader struct {
 
 func (x *IngestDocumentHeader) Reset() {
 	*x = IngestDocumentHeader{}
-	mi := &file_chatplane_v1_gateway_proto_msgTypes[14]
+	mi := &file_chatplane_v1_gateway_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1162,7 +1515,7 @@ func (x *IngestDocumentHeader) String() string {
 func (*IngestDocumentHeader) ProtoMessage() {}
 
 func (x *IngestDocumentHeader) ProtoReflect() protoreflect.Message {
-	mi := &file_chatplane_v1_gateway_proto_msgTypes[14]
+	mi := &file_chatplane_v1_gateway_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1175,7 +1528,7 @@ func (x *IngestDocumentHeader) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IngestDocumentHeader.ProtoReflect.Descriptor instead.
 func (*IngestDocumentHeader) Descriptor() ([]byte, []int) {
-	return file_chatplane_v1_gateway_proto_rawDescGZIP(), []int{14}
+	return file_chatplane_v1_gateway_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *IngestDocumentHeader) GetName() string {
@@ -1208,7 +1561,7 @@ type GatewayServiceIngestDocumentRequest struct {
 
 func (x *GatewayServiceIngestDocumentRequest) Reset() {
 	*x = GatewayServiceIngestDocumentRequest{}
-	mi := &file_chatplane_v1_gateway_proto_msgTypes[15]
+	mi := &file_chatplane_v1_gateway_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1220,7 +1573,7 @@ func (x *GatewayServiceIngestDocumentRequest) String() string {
 func (*GatewayServiceIngestDocumentRequest) ProtoMessage() {}
 
 func (x *GatewayServiceIngestDocumentRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_chatplane_v1_gateway_proto_msgTypes[15]
+	mi := &file_chatplane_v1_gateway_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1233,7 +1586,7 @@ func (x *GatewayServiceIngestDocumentRequest) ProtoReflect() protoreflect.Messag
 
 // Deprecated: Use GatewayServiceIngestDocumentRequest.ProtoReflect.Descriptor instead.
 func (*GatewayServiceIngestDocumentRequest) Descriptor() ([]byte, []int) {
-	return file_chatplane_v1_gateway_proto_rawDescGZIP(), []int{15}
+	return file_chatplane_v1_gateway_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *GatewayServiceIngestDocumentRequest) GetPart() isGatewayServiceIngestDocumentRequest_Part {
@@ -1290,7 +1643,7 @@ type GatewayServiceIngestDocumentResponse struct {
 
 func (x *GatewayServiceIngestDocumentResponse) Reset() {
 	*x = GatewayServiceIngestDocumentResponse{}
-	mi := &file_chatplane_v1_gateway_proto_msgTypes[16]
+	mi := &file_chatplane_v1_gateway_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1302,7 +1655,7 @@ func (x *GatewayServiceIngestDocumentResponse) String() string {
 func (*GatewayServiceIngestDocumentResponse) ProtoMessage() {}
 
 func (x *GatewayServiceIngestDocumentResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_chatplane_v1_gateway_proto_msgTypes[16]
+	mi := &file_chatplane_v1_gateway_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1315,7 +1668,7 @@ func (x *GatewayServiceIngestDocumentResponse) ProtoReflect() protoreflect.Messa
 
 // Deprecated: Use GatewayServiceIngestDocumentResponse.ProtoReflect.Descriptor instead.
 func (*GatewayServiceIngestDocumentResponse) Descriptor() ([]byte, []int) {
-	return file_chatplane_v1_gateway_proto_rawDescGZIP(), []int{16}
+	return file_chatplane_v1_gateway_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *GatewayServiceIngestDocumentResponse) GetDocument() *Document {
@@ -1334,7 +1687,7 @@ type GatewayServiceListDocumentsRequest struct {
 
 func (x *GatewayServiceListDocumentsRequest) Reset() {
 	*x = GatewayServiceListDocumentsRequest{}
-	mi := &file_chatplane_v1_gateway_proto_msgTypes[17]
+	mi := &file_chatplane_v1_gateway_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1346,7 +1699,7 @@ func (x *GatewayServiceListDocumentsRequest) String() string {
 func (*GatewayServiceListDocumentsRequest) ProtoMessage() {}
 
 func (x *GatewayServiceListDocumentsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_chatplane_v1_gateway_proto_msgTypes[17]
+	mi := &file_chatplane_v1_gateway_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1359,7 +1712,7 @@ func (x *GatewayServiceListDocumentsRequest) ProtoReflect() protoreflect.Message
 
 // Deprecated: Use GatewayServiceListDocumentsRequest.ProtoReflect.Descriptor instead.
 func (*GatewayServiceListDocumentsRequest) Descriptor() ([]byte, []int) {
-	return file_chatplane_v1_gateway_proto_rawDescGZIP(), []int{17}
+	return file_chatplane_v1_gateway_proto_rawDescGZIP(), []int{23}
 }
 
 // The documents of the caller's tenant.
@@ -1373,7 +1726,7 @@ type GatewayServiceListDocumentsResponse struct {
 
 func (x *GatewayServiceListDocumentsResponse) Reset() {
 	*x = GatewayServiceListDocumentsResponse{}
-	mi := &file_chatplane_v1_gateway_proto_msgTypes[18]
+	mi := &file_chatplane_v1_gateway_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1385,7 +1738,7 @@ func (x *GatewayServiceListDocumentsResponse) String() string {
 func (*GatewayServiceListDocumentsResponse) ProtoMessage() {}
 
 func (x *GatewayServiceListDocumentsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_chatplane_v1_gateway_proto_msgTypes[18]
+	mi := &file_chatplane_v1_gateway_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1398,7 +1751,7 @@ func (x *GatewayServiceListDocumentsResponse) ProtoReflect() protoreflect.Messag
 
 // Deprecated: Use GatewayServiceListDocumentsResponse.ProtoReflect.Descriptor instead.
 func (*GatewayServiceListDocumentsResponse) Descriptor() ([]byte, []int) {
-	return file_chatplane_v1_gateway_proto_rawDescGZIP(), []int{18}
+	return file_chatplane_v1_gateway_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *GatewayServiceListDocumentsResponse) GetDocuments() []*Document {
@@ -1419,7 +1772,7 @@ type GatewayServiceDeleteDocumentRequest struct {
 
 func (x *GatewayServiceDeleteDocumentRequest) Reset() {
 	*x = GatewayServiceDeleteDocumentRequest{}
-	mi := &file_chatplane_v1_gateway_proto_msgTypes[19]
+	mi := &file_chatplane_v1_gateway_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1431,7 +1784,7 @@ func (x *GatewayServiceDeleteDocumentRequest) String() string {
 func (*GatewayServiceDeleteDocumentRequest) ProtoMessage() {}
 
 func (x *GatewayServiceDeleteDocumentRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_chatplane_v1_gateway_proto_msgTypes[19]
+	mi := &file_chatplane_v1_gateway_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1444,7 +1797,7 @@ func (x *GatewayServiceDeleteDocumentRequest) ProtoReflect() protoreflect.Messag
 
 // Deprecated: Use GatewayServiceDeleteDocumentRequest.ProtoReflect.Descriptor instead.
 func (*GatewayServiceDeleteDocumentRequest) Descriptor() ([]byte, []int) {
-	return file_chatplane_v1_gateway_proto_rawDescGZIP(), []int{19}
+	return file_chatplane_v1_gateway_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *GatewayServiceDeleteDocumentRequest) GetDocumentId() string {
@@ -1465,7 +1818,7 @@ type GatewayServiceDeleteDocumentResponse struct {
 
 func (x *GatewayServiceDeleteDocumentResponse) Reset() {
 	*x = GatewayServiceDeleteDocumentResponse{}
-	mi := &file_chatplane_v1_gateway_proto_msgTypes[20]
+	mi := &file_chatplane_v1_gateway_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1477,7 +1830,7 @@ func (x *GatewayServiceDeleteDocumentResponse) String() string {
 func (*GatewayServiceDeleteDocumentResponse) ProtoMessage() {}
 
 func (x *GatewayServiceDeleteDocumentResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_chatplane_v1_gateway_proto_msgTypes[20]
+	mi := &file_chatplane_v1_gateway_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1490,7 +1843,7 @@ func (x *GatewayServiceDeleteDocumentResponse) ProtoReflect() protoreflect.Messa
 
 // Deprecated: Use GatewayServiceDeleteDocumentResponse.ProtoReflect.Descriptor instead.
 func (*GatewayServiceDeleteDocumentResponse) Descriptor() ([]byte, []int) {
-	return file_chatplane_v1_gateway_proto_rawDescGZIP(), []int{20}
+	return file_chatplane_v1_gateway_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *GatewayServiceDeleteDocumentResponse) GetDeletedChunkCount() int32 {
@@ -1514,7 +1867,7 @@ type SetActiveBranchRequest struct {
 
 func (x *SetActiveBranchRequest) Reset() {
 	*x = SetActiveBranchRequest{}
-	mi := &file_chatplane_v1_gateway_proto_msgTypes[21]
+	mi := &file_chatplane_v1_gateway_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1526,7 +1879,7 @@ func (x *SetActiveBranchRequest) String() string {
 func (*SetActiveBranchRequest) ProtoMessage() {}
 
 func (x *SetActiveBranchRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_chatplane_v1_gateway_proto_msgTypes[21]
+	mi := &file_chatplane_v1_gateway_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1539,7 +1892,7 @@ func (x *SetActiveBranchRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetActiveBranchRequest.ProtoReflect.Descriptor instead.
 func (*SetActiveBranchRequest) Descriptor() ([]byte, []int) {
-	return file_chatplane_v1_gateway_proto_rawDescGZIP(), []int{21}
+	return file_chatplane_v1_gateway_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *SetActiveBranchRequest) GetConversationId() string {
@@ -1567,7 +1920,7 @@ type SetActiveBranchResponse struct {
 
 func (x *SetActiveBranchResponse) Reset() {
 	*x = SetActiveBranchResponse{}
-	mi := &file_chatplane_v1_gateway_proto_msgTypes[22]
+	mi := &file_chatplane_v1_gateway_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1579,7 +1932,7 @@ func (x *SetActiveBranchResponse) String() string {
 func (*SetActiveBranchResponse) ProtoMessage() {}
 
 func (x *SetActiveBranchResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_chatplane_v1_gateway_proto_msgTypes[22]
+	mi := &file_chatplane_v1_gateway_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1592,7 +1945,7 @@ func (x *SetActiveBranchResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetActiveBranchResponse.ProtoReflect.Descriptor instead.
 func (*SetActiveBranchResponse) Descriptor() ([]byte, []int) {
-	return file_chatplane_v1_gateway_proto_rawDescGZIP(), []int{22}
+	return file_chatplane_v1_gateway_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *SetActiveBranchResponse) GetConversation() *Conversation {
@@ -1614,13 +1967,14 @@ const file_chatplane_v1_gateway_proto_rawDesc = "" +
 	"\tresumable\x18\x1e \x01(\bR\tresumable\x124\n" +
 	"\x15regenerate_message_id\x18( \x01(\tH\x00R\x13regenerateMessageId\x12(\n" +
 	"\x0fedit_message_id\x18) \x01(\tH\x00R\reditMessageIdB\b\n" +
-	"\x06branch\"\x90\x02\n" +
+	"\x06branch\"\xc9\x02\n" +
 	"\fChatResponse\x125\n" +
 	"\astarted\x18\x01 \x01(\v2\x19.chatplane.v1.TurnStartedH\x00R\astarted\x12/\n" +
 	"\x05delta\x18\x02 \x01(\v2\x17.chatplane.v1.TextDeltaH\x00R\x05delta\x124\n" +
 	"\bcitation\x18\x03 \x01(\v2\x16.chatplane.v1.CitationH\x00R\bcitation\x12+\n" +
 	"\x05usage\x18\x04 \x01(\v2\x13.chatplane.v1.UsageH\x00R\x05usage\x12,\n" +
-	"\x04done\x18\x05 \x01(\v2\x16.chatplane.v1.TurnDoneH\x00R\x04doneB\a\n" +
+	"\x04done\x18\x05 \x01(\v2\x16.chatplane.v1.TurnDoneH\x00R\x04done\x127\n" +
+	"\ahandoff\x18< \x01(\v2\x1b.chatplane.v1.HandoffStatusH\x00R\ahandoffB\a\n" +
 	"\x05event\"V\n" +
 	"\x18ListConversationsRequest\x12\x1b\n" +
 	"\tpage_size\x18\x01 \x01(\x05R\bpageSize\x12\x1d\n" +
@@ -1650,10 +2004,26 @@ const file_chatplane_v1_gateway_proto_rawDesc = "" +
 	"\x06rating\x18\x02 \x01(\x0e2\x14.chatplane.v1.RatingR\x06rating\x12\x18\n" +
 	"\acomment\x18\x03 \x01(\tR\acomment\x12\x19\n" +
 	"\x05score\x182 \x01(\x05H\x00R\x05score\x88\x01\x01B\b\n" +
-	"\x06_score\"U\n" +
+	"\x06_score\"\x8c\x01\n" +
 	"\x16SubmitFeedbackResponse\x12;\n" +
 	"\vcreate_time\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"createTime\"Y\n" +
+	"createTime\x125\n" +
+	"\ahandoff\x18< \x01(\v2\x1b.chatplane.v1.HandoffStatusR\ahandoff\"X\n" +
+	"\x15RequestHandoffRequest\x12'\n" +
+	"\x0fconversation_id\x18\x01 \x01(\tR\x0econversationId\x12\x16\n" +
+	"\x06reason\x18\x02 \x01(\tR\x06reason\"O\n" +
+	"\x16RequestHandoffResponse\x125\n" +
+	"\ahandoff\x18\x01 \x01(\v2\x1b.chatplane.v1.HandoffStatusR\ahandoff\"@\n" +
+	"\x15ReleaseHandoffRequest\x12'\n" +
+	"\x0fconversation_id\x18\x01 \x01(\tR\x0econversationId\"O\n" +
+	"\x16ReleaseHandoffResponse\x125\n" +
+	"\ahandoff\x18\x01 \x01(\v2\x1b.chatplane.v1.HandoffStatusR\ahandoff\"C\n" +
+	"\x18WatchConversationRequest\x12'\n" +
+	"\x0fconversation_id\x18\x01 \x01(\tR\x0econversationId\"\x9d\x01\n" +
+	"\x19WatchConversationResponse\x127\n" +
+	"\ahandoff\x18\x01 \x01(\v2\x1b.chatplane.v1.HandoffStatusH\x00R\ahandoff\x12>\n" +
+	"\x0eoperator_reply\x18\x02 \x01(\v2\x15.chatplane.v1.MessageH\x00R\roperatorReplyB\a\n" +
+	"\x05event\"Y\n" +
 	"\x11ResumeChatRequest\x12\x1d\n" +
 	"\n" +
 	"message_id\x18\x01 \x01(\tR\tmessageId\x12%\n" +
@@ -1700,7 +2070,7 @@ const file_chatplane_v1_gateway_proto_rawDesc = "" +
 	"\x06Rating\x12\x16\n" +
 	"\x12RATING_UNSPECIFIED\x10\x00\x12\x14\n" +
 	"\x10RATING_THUMBS_UP\x10\x01\x12\x16\n" +
-	"\x12RATING_THUMBS_DOWN\x10\x022\xde\v\n" +
+	"\x12RATING_THUMBS_DOWN\x10\x022\xaf\x0f\n" +
 	"\x0eGatewayService\x12T\n" +
 	"\x04Chat\x12\x19.chatplane.v1.ChatRequest\x1a\x1a.chatplane.v1.ChatResponse\"\x13\x82\xd3\xe4\x93\x02\r:\x01*\"\b/v1/chat0\x01\x12\x7f\n" +
 	"\x11ListConversations\x12&.chatplane.v1.ListConversationsRequest\x1a'.chatplane.v1.ListConversationsResponse\"\x19\x82\xd3\xe4\x93\x02\x13\x12\x11/v1/conversations\x12\x8b\x01\n" +
@@ -1714,7 +2084,10 @@ const file_chatplane_v1_gateway_proto_rawDesc = "" +
 	"\x0eIngestDocument\x121.chatplane.v1.GatewayServiceIngestDocumentRequest\x1a2.chatplane.v1.GatewayServiceIngestDocumentResponse(\x01\x12\x8b\x01\n" +
 	"\rListDocuments\x120.chatplane.v1.GatewayServiceListDocumentsRequest\x1a1.chatplane.v1.GatewayServiceListDocumentsResponse\"\x15\x82\xd3\xe4\x93\x02\x0f\x12\r/v1/documents\x12\x9c\x01\n" +
 	"\x0eDeleteDocument\x121.chatplane.v1.GatewayServiceDeleteDocumentRequest\x1a2.chatplane.v1.GatewayServiceDeleteDocumentResponse\"#\x82\xd3\xe4\x93\x02\x1d*\x1b/v1/documents/{document_id}\x12\x9c\x01\n" +
-	"\x0fSetActiveBranch\x12$.chatplane.v1.SetActiveBranchRequest\x1a%.chatplane.v1.SetActiveBranchResponse\"<\x82\xd3\xe4\x93\x026:\x01*\"1/v1/conversations/{conversation_id}/active-branchB@Z>github.com/chatplane/chatplane/gen/go/chatplane/v1;chatplanev1b\x06proto3"
+	"\x0fSetActiveBranch\x12$.chatplane.v1.SetActiveBranchRequest\x1a%.chatplane.v1.SetActiveBranchResponse\"<\x82\xd3\xe4\x93\x026:\x01*\"1/v1/conversations/{conversation_id}/active-branch\x12\x93\x01\n" +
+	"\x0eRequestHandoff\x12#.chatplane.v1.RequestHandoffRequest\x1a$.chatplane.v1.RequestHandoffResponse\"6\x82\xd3\xe4\x93\x020:\x01*\"+/v1/conversations/{conversation_id}/handoff\x12\x9b\x01\n" +
+	"\x0eReleaseHandoff\x12#.chatplane.v1.ReleaseHandoffRequest\x1a$.chatplane.v1.ReleaseHandoffResponse\">\x82\xd3\xe4\x93\x028:\x01*\"3/v1/conversations/{conversation_id}/handoff:release\x12\x9a\x01\n" +
+	"\x11WatchConversation\x12&.chatplane.v1.WatchConversationRequest\x1a'.chatplane.v1.WatchConversationResponse\"2\x82\xd3\xe4\x93\x02,\x12*/v1/conversations/{conversation_id}/events0\x01B@Z>github.com/chatplane/chatplane/gen/go/chatplane/v1;chatplanev1b\x06proto3"
 
 var (
 	file_chatplane_v1_gateway_proto_rawDescOnce sync.Once
@@ -1729,7 +2102,7 @@ func file_chatplane_v1_gateway_proto_rawDescGZIP() []byte {
 }
 
 var file_chatplane_v1_gateway_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_chatplane_v1_gateway_proto_msgTypes = make([]protoimpl.MessageInfo, 23)
+var file_chatplane_v1_gateway_proto_msgTypes = make([]protoimpl.MessageInfo, 29)
 var file_chatplane_v1_gateway_proto_goTypes = []any{
 	(ConversationView)(0),                        // 0: chatplane.v1.ConversationView
 	(Rating)(0),                                  // 1: chatplane.v1.Rating
@@ -1743,78 +2116,97 @@ var file_chatplane_v1_gateway_proto_goTypes = []any{
 	(*DeleteConversationResponse)(nil),           // 9: chatplane.v1.DeleteConversationResponse
 	(*SubmitFeedbackRequest)(nil),                // 10: chatplane.v1.SubmitFeedbackRequest
 	(*SubmitFeedbackResponse)(nil),               // 11: chatplane.v1.SubmitFeedbackResponse
-	(*ResumeChatRequest)(nil),                    // 12: chatplane.v1.ResumeChatRequest
-	(*ResumeChatResponse)(nil),                   // 13: chatplane.v1.ResumeChatResponse
-	(*CancelChatRequest)(nil),                    // 14: chatplane.v1.CancelChatRequest
-	(*CancelChatResponse)(nil),                   // 15: chatplane.v1.CancelChatResponse
-	(*IngestDocumentHeader)(nil),                 // 16: chatplane.v1.IngestDocumentHeader
-	(*GatewayServiceIngestDocumentRequest)(nil),  // 17: chatplane.v1.GatewayServiceIngestDocumentRequest
-	(*GatewayServiceIngestDocumentResponse)(nil), // 18: chatplane.v1.GatewayServiceIngestDocumentResponse
-	(*GatewayServiceListDocumentsRequest)(nil),   // 19: chatplane.v1.GatewayServiceListDocumentsRequest
-	(*GatewayServiceListDocumentsResponse)(nil),  // 20: chatplane.v1.GatewayServiceListDocumentsResponse
-	(*GatewayServiceDeleteDocumentRequest)(nil),  // 21: chatplane.v1.GatewayServiceDeleteDocumentRequest
-	(*GatewayServiceDeleteDocumentResponse)(nil), // 22: chatplane.v1.GatewayServiceDeleteDocumentResponse
-	(*SetActiveBranchRequest)(nil),               // 23: chatplane.v1.SetActiveBranchRequest
-	(*SetActiveBranchResponse)(nil),              // 24: chatplane.v1.SetActiveBranchResponse
-	(*TurnStarted)(nil),                          // 25: chatplane.v1.TurnStarted
-	(*TextDelta)(nil),                            // 26: chatplane.v1.TextDelta
-	(*Citation)(nil),                             // 27: chatplane.v1.Citation
-	(*Usage)(nil),                                // 28: chatplane.v1.Usage
-	(*TurnDone)(nil),                             // 29: chatplane.v1.TurnDone
-	(*Conversation)(nil),                         // 30: chatplane.v1.Conversation
-	(*Message)(nil),                              // 31: chatplane.v1.Message
-	(*timestamppb.Timestamp)(nil),                // 32: google.protobuf.Timestamp
-	(*Document)(nil),                             // 33: chatplane.v1.Document
+	(*RequestHandoffRequest)(nil),                // 12: chatplane.v1.RequestHandoffRequest
+	(*RequestHandoffResponse)(nil),               // 13: chatplane.v1.RequestHandoffResponse
+	(*ReleaseHandoffRequest)(nil),                // 14: chatplane.v1.ReleaseHandoffRequest
+	(*ReleaseHandoffResponse)(nil),               // 15: chatplane.v1.ReleaseHandoffResponse
+	(*WatchConversationRequest)(nil),             // 16: chatplane.v1.WatchConversationRequest
+	(*WatchConversationResponse)(nil),            // 17: chatplane.v1.WatchConversationResponse
+	(*ResumeChatRequest)(nil),                    // 18: chatplane.v1.ResumeChatRequest
+	(*ResumeChatResponse)(nil),                   // 19: chatplane.v1.ResumeChatResponse
+	(*CancelChatRequest)(nil),                    // 20: chatplane.v1.CancelChatRequest
+	(*CancelChatResponse)(nil),                   // 21: chatplane.v1.CancelChatResponse
+	(*IngestDocumentHeader)(nil),                 // 22: chatplane.v1.IngestDocumentHeader
+	(*GatewayServiceIngestDocumentRequest)(nil),  // 23: chatplane.v1.GatewayServiceIngestDocumentRequest
+	(*GatewayServiceIngestDocumentResponse)(nil), // 24: chatplane.v1.GatewayServiceIngestDocumentResponse
+	(*GatewayServiceListDocumentsRequest)(nil),   // 25: chatplane.v1.GatewayServiceListDocumentsRequest
+	(*GatewayServiceListDocumentsResponse)(nil),  // 26: chatplane.v1.GatewayServiceListDocumentsResponse
+	(*GatewayServiceDeleteDocumentRequest)(nil),  // 27: chatplane.v1.GatewayServiceDeleteDocumentRequest
+	(*GatewayServiceDeleteDocumentResponse)(nil), // 28: chatplane.v1.GatewayServiceDeleteDocumentResponse
+	(*SetActiveBranchRequest)(nil),               // 29: chatplane.v1.SetActiveBranchRequest
+	(*SetActiveBranchResponse)(nil),              // 30: chatplane.v1.SetActiveBranchResponse
+	(*TurnStarted)(nil),                          // 31: chatplane.v1.TurnStarted
+	(*TextDelta)(nil),                            // 32: chatplane.v1.TextDelta
+	(*Citation)(nil),                             // 33: chatplane.v1.Citation
+	(*Usage)(nil),                                // 34: chatplane.v1.Usage
+	(*TurnDone)(nil),                             // 35: chatplane.v1.TurnDone
+	(*HandoffStatus)(nil),                        // 36: chatplane.v1.HandoffStatus
+	(*Conversation)(nil),                         // 37: chatplane.v1.Conversation
+	(*Message)(nil),                              // 38: chatplane.v1.Message
+	(*timestamppb.Timestamp)(nil),                // 39: google.protobuf.Timestamp
+	(*Document)(nil),                             // 40: chatplane.v1.Document
 }
 var file_chatplane_v1_gateway_proto_depIdxs = []int32{
-	25, // 0: chatplane.v1.ChatResponse.started:type_name -> chatplane.v1.TurnStarted
-	26, // 1: chatplane.v1.ChatResponse.delta:type_name -> chatplane.v1.TextDelta
-	27, // 2: chatplane.v1.ChatResponse.citation:type_name -> chatplane.v1.Citation
-	28, // 3: chatplane.v1.ChatResponse.usage:type_name -> chatplane.v1.Usage
-	29, // 4: chatplane.v1.ChatResponse.done:type_name -> chatplane.v1.TurnDone
-	30, // 5: chatplane.v1.ListConversationsResponse.conversations:type_name -> chatplane.v1.Conversation
-	0,  // 6: chatplane.v1.GetConversationRequest.view:type_name -> chatplane.v1.ConversationView
-	30, // 7: chatplane.v1.GetConversationResponse.conversation:type_name -> chatplane.v1.Conversation
-	31, // 8: chatplane.v1.GetConversationResponse.messages:type_name -> chatplane.v1.Message
-	32, // 9: chatplane.v1.DeleteConversationResponse.delete_time:type_name -> google.protobuf.Timestamp
-	1,  // 10: chatplane.v1.SubmitFeedbackRequest.rating:type_name -> chatplane.v1.Rating
-	32, // 11: chatplane.v1.SubmitFeedbackResponse.create_time:type_name -> google.protobuf.Timestamp
-	25, // 12: chatplane.v1.ResumeChatResponse.started:type_name -> chatplane.v1.TurnStarted
-	26, // 13: chatplane.v1.ResumeChatResponse.delta:type_name -> chatplane.v1.TextDelta
-	27, // 14: chatplane.v1.ResumeChatResponse.citation:type_name -> chatplane.v1.Citation
-	28, // 15: chatplane.v1.ResumeChatResponse.usage:type_name -> chatplane.v1.Usage
-	29, // 16: chatplane.v1.ResumeChatResponse.done:type_name -> chatplane.v1.TurnDone
-	16, // 17: chatplane.v1.GatewayServiceIngestDocumentRequest.header:type_name -> chatplane.v1.IngestDocumentHeader
-	33, // 18: chatplane.v1.GatewayServiceIngestDocumentResponse.document:type_name -> chatplane.v1.Document
-	33, // 19: chatplane.v1.GatewayServiceListDocumentsResponse.documents:type_name -> chatplane.v1.Document
-	30, // 20: chatplane.v1.SetActiveBranchResponse.conversation:type_name -> chatplane.v1.Conversation
-	2,  // 21: chatplane.v1.GatewayService.Chat:input_type -> chatplane.v1.ChatRequest
-	4,  // 22: chatplane.v1.GatewayService.ListConversations:input_type -> chatplane.v1.ListConversationsRequest
-	6,  // 23: chatplane.v1.GatewayService.GetConversation:input_type -> chatplane.v1.GetConversationRequest
-	8,  // 24: chatplane.v1.GatewayService.DeleteConversation:input_type -> chatplane.v1.DeleteConversationRequest
-	10, // 25: chatplane.v1.GatewayService.SubmitFeedback:input_type -> chatplane.v1.SubmitFeedbackRequest
-	12, // 26: chatplane.v1.GatewayService.ResumeChat:input_type -> chatplane.v1.ResumeChatRequest
-	14, // 27: chatplane.v1.GatewayService.CancelChat:input_type -> chatplane.v1.CancelChatRequest
-	17, // 28: chatplane.v1.GatewayService.IngestDocument:input_type -> chatplane.v1.GatewayServiceIngestDocumentRequest
-	19, // 29: chatplane.v1.GatewayService.ListDocuments:input_type -> chatplane.v1.GatewayServiceListDocumentsRequest
-	21, // 30: chatplane.v1.GatewayService.DeleteDocument:input_type -> chatplane.v1.GatewayServiceDeleteDocumentRequest
-	23, // 31: chatplane.v1.GatewayService.SetActiveBranch:input_type -> chatplane.v1.SetActiveBranchRequest
-	3,  // 32: chatplane.v1.GatewayService.Chat:output_type -> chatplane.v1.ChatResponse
-	5,  // 33: chatplane.v1.GatewayService.ListConversations:output_type -> chatplane.v1.ListConversationsResponse
-	7,  // 34: chatplane.v1.GatewayService.GetConversation:output_type -> chatplane.v1.GetConversationResponse
-	9,  // 35: chatplane.v1.GatewayService.DeleteConversation:output_type -> chatplane.v1.DeleteConversationResponse
-	11, // 36: chatplane.v1.GatewayService.SubmitFeedback:output_type -> chatplane.v1.SubmitFeedbackResponse
-	13, // 37: chatplane.v1.GatewayService.ResumeChat:output_type -> chatplane.v1.ResumeChatResponse
-	15, // 38: chatplane.v1.GatewayService.CancelChat:output_type -> chatplane.v1.CancelChatResponse
-	18, // 39: chatplane.v1.GatewayService.IngestDocument:output_type -> chatplane.v1.GatewayServiceIngestDocumentResponse
-	20, // 40: chatplane.v1.GatewayService.ListDocuments:output_type -> chatplane.v1.GatewayServiceListDocumentsResponse
-	22, // 41: chatplane.v1.GatewayService.DeleteDocument:output_type -> chatplane.v1.GatewayServiceDeleteDocumentResponse
-	24, // 42: chatplane.v1.GatewayService.SetActiveBranch:output_type -> chatplane.v1.SetActiveBranchResponse
-	32, // [32:43] is the sub-list for method output_type
-	21, // [21:32] is the sub-list for method input_type
-	21, // [21:21] is the sub-list for extension type_name
-	21, // [21:21] is the sub-list for extension extendee
-	0,  // [0:21] is the sub-list for field type_name
+	31, // 0: chatplane.v1.ChatResponse.started:type_name -> chatplane.v1.TurnStarted
+	32, // 1: chatplane.v1.ChatResponse.delta:type_name -> chatplane.v1.TextDelta
+	33, // 2: chatplane.v1.ChatResponse.citation:type_name -> chatplane.v1.Citation
+	34, // 3: chatplane.v1.ChatResponse.usage:type_name -> chatplane.v1.Usage
+	35, // 4: chatplane.v1.ChatResponse.done:type_name -> chatplane.v1.TurnDone
+	36, // 5: chatplane.v1.ChatResponse.handoff:type_name -> chatplane.v1.HandoffStatus
+	37, // 6: chatplane.v1.ListConversationsResponse.conversations:type_name -> chatplane.v1.Conversation
+	0,  // 7: chatplane.v1.GetConversationRequest.view:type_name -> chatplane.v1.ConversationView
+	37, // 8: chatplane.v1.GetConversationResponse.conversation:type_name -> chatplane.v1.Conversation
+	38, // 9: chatplane.v1.GetConversationResponse.messages:type_name -> chatplane.v1.Message
+	39, // 10: chatplane.v1.DeleteConversationResponse.delete_time:type_name -> google.protobuf.Timestamp
+	1,  // 11: chatplane.v1.SubmitFeedbackRequest.rating:type_name -> chatplane.v1.Rating
+	39, // 12: chatplane.v1.SubmitFeedbackResponse.create_time:type_name -> google.protobuf.Timestamp
+	36, // 13: chatplane.v1.SubmitFeedbackResponse.handoff:type_name -> chatplane.v1.HandoffStatus
+	36, // 14: chatplane.v1.RequestHandoffResponse.handoff:type_name -> chatplane.v1.HandoffStatus
+	36, // 15: chatplane.v1.ReleaseHandoffResponse.handoff:type_name -> chatplane.v1.HandoffStatus
+	36, // 16: chatplane.v1.WatchConversationResponse.handoff:type_name -> chatplane.v1.HandoffStatus
+	38, // 17: chatplane.v1.WatchConversationResponse.operator_reply:type_name -> chatplane.v1.Message
+	31, // 18: chatplane.v1.ResumeChatResponse.started:type_name -> chatplane.v1.TurnStarted
+	32, // 19: chatplane.v1.ResumeChatResponse.delta:type_name -> chatplane.v1.TextDelta
+	33, // 20: chatplane.v1.ResumeChatResponse.citation:type_name -> chatplane.v1.Citation
+	34, // 21: chatplane.v1.ResumeChatResponse.usage:type_name -> chatplane.v1.Usage
+	35, // 22: chatplane.v1.ResumeChatResponse.done:type_name -> chatplane.v1.TurnDone
+	22, // 23: chatplane.v1.GatewayServiceIngestDocumentRequest.header:type_name -> chatplane.v1.IngestDocumentHeader
+	40, // 24: chatplane.v1.GatewayServiceIngestDocumentResponse.document:type_name -> chatplane.v1.Document
+	40, // 25: chatplane.v1.GatewayServiceListDocumentsResponse.documents:type_name -> chatplane.v1.Document
+	37, // 26: chatplane.v1.SetActiveBranchResponse.conversation:type_name -> chatplane.v1.Conversation
+	2,  // 27: chatplane.v1.GatewayService.Chat:input_type -> chatplane.v1.ChatRequest
+	4,  // 28: chatplane.v1.GatewayService.ListConversations:input_type -> chatplane.v1.ListConversationsRequest
+	6,  // 29: chatplane.v1.GatewayService.GetConversation:input_type -> chatplane.v1.GetConversationRequest
+	8,  // 30: chatplane.v1.GatewayService.DeleteConversation:input_type -> chatplane.v1.DeleteConversationRequest
+	10, // 31: chatplane.v1.GatewayService.SubmitFeedback:input_type -> chatplane.v1.SubmitFeedbackRequest
+	18, // 32: chatplane.v1.GatewayService.ResumeChat:input_type -> chatplane.v1.ResumeChatRequest
+	20, // 33: chatplane.v1.GatewayService.CancelChat:input_type -> chatplane.v1.CancelChatRequest
+	23, // 34: chatplane.v1.GatewayService.IngestDocument:input_type -> chatplane.v1.GatewayServiceIngestDocumentRequest
+	25, // 35: chatplane.v1.GatewayService.ListDocuments:input_type -> chatplane.v1.GatewayServiceListDocumentsRequest
+	27, // 36: chatplane.v1.GatewayService.DeleteDocument:input_type -> chatplane.v1.GatewayServiceDeleteDocumentRequest
+	29, // 37: chatplane.v1.GatewayService.SetActiveBranch:input_type -> chatplane.v1.SetActiveBranchRequest
+	12, // 38: chatplane.v1.GatewayService.RequestHandoff:input_type -> chatplane.v1.RequestHandoffRequest
+	14, // 39: chatplane.v1.GatewayService.ReleaseHandoff:input_type -> chatplane.v1.ReleaseHandoffRequest
+	16, // 40: chatplane.v1.GatewayService.WatchConversation:input_type -> chatplane.v1.WatchConversationRequest
+	3,  // 41: chatplane.v1.GatewayService.Chat:output_type -> chatplane.v1.ChatResponse
+	5,  // 42: chatplane.v1.GatewayService.ListConversations:output_type -> chatplane.v1.ListConversationsResponse
+	7,  // 43: chatplane.v1.GatewayService.GetConversation:output_type -> chatplane.v1.GetConversationResponse
+	9,  // 44: chatplane.v1.GatewayService.DeleteConversation:output_type -> chatplane.v1.DeleteConversationResponse
+	11, // 45: chatplane.v1.GatewayService.SubmitFeedback:output_type -> chatplane.v1.SubmitFeedbackResponse
+	19, // 46: chatplane.v1.GatewayService.ResumeChat:output_type -> chatplane.v1.ResumeChatResponse
+	21, // 47: chatplane.v1.GatewayService.CancelChat:output_type -> chatplane.v1.CancelChatResponse
+	24, // 48: chatplane.v1.GatewayService.IngestDocument:output_type -> chatplane.v1.GatewayServiceIngestDocumentResponse
+	26, // 49: chatplane.v1.GatewayService.ListDocuments:output_type -> chatplane.v1.GatewayServiceListDocumentsResponse
+	28, // 50: chatplane.v1.GatewayService.DeleteDocument:output_type -> chatplane.v1.GatewayServiceDeleteDocumentResponse
+	30, // 51: chatplane.v1.GatewayService.SetActiveBranch:output_type -> chatplane.v1.SetActiveBranchResponse
+	13, // 52: chatplane.v1.GatewayService.RequestHandoff:output_type -> chatplane.v1.RequestHandoffResponse
+	15, // 53: chatplane.v1.GatewayService.ReleaseHandoff:output_type -> chatplane.v1.ReleaseHandoffResponse
+	17, // 54: chatplane.v1.GatewayService.WatchConversation:output_type -> chatplane.v1.WatchConversationResponse
+	41, // [41:55] is the sub-list for method output_type
+	27, // [27:41] is the sub-list for method input_type
+	27, // [27:27] is the sub-list for extension type_name
+	27, // [27:27] is the sub-list for extension extendee
+	0,  // [0:27] is the sub-list for field type_name
 }
 
 func init() { file_chatplane_v1_gateway_proto_init() }
@@ -1833,16 +2225,21 @@ func file_chatplane_v1_gateway_proto_init() {
 		(*ChatResponse_Citation)(nil),
 		(*ChatResponse_Usage)(nil),
 		(*ChatResponse_Done)(nil),
+		(*ChatResponse_Handoff)(nil),
 	}
 	file_chatplane_v1_gateway_proto_msgTypes[8].OneofWrappers = []any{}
-	file_chatplane_v1_gateway_proto_msgTypes[11].OneofWrappers = []any{
+	file_chatplane_v1_gateway_proto_msgTypes[15].OneofWrappers = []any{
+		(*WatchConversationResponse_Handoff)(nil),
+		(*WatchConversationResponse_OperatorReply)(nil),
+	}
+	file_chatplane_v1_gateway_proto_msgTypes[17].OneofWrappers = []any{
 		(*ResumeChatResponse_Started)(nil),
 		(*ResumeChatResponse_Delta)(nil),
 		(*ResumeChatResponse_Citation)(nil),
 		(*ResumeChatResponse_Usage)(nil),
 		(*ResumeChatResponse_Done)(nil),
 	}
-	file_chatplane_v1_gateway_proto_msgTypes[15].OneofWrappers = []any{
+	file_chatplane_v1_gateway_proto_msgTypes[21].OneofWrappers = []any{
 		(*GatewayServiceIngestDocumentRequest_Header)(nil),
 		(*GatewayServiceIngestDocumentRequest_Content)(nil),
 	}
@@ -1852,7 +2249,7 @@ func file_chatplane_v1_gateway_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_chatplane_v1_gateway_proto_rawDesc), len(file_chatplane_v1_gateway_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   23,
+			NumMessages:   29,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

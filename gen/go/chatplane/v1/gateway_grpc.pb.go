@@ -30,6 +30,9 @@ const (
 	GatewayService_ListDocuments_FullMethodName      = "/chatplane.v1.GatewayService/ListDocuments"
 	GatewayService_DeleteDocument_FullMethodName     = "/chatplane.v1.GatewayService/DeleteDocument"
 	GatewayService_SetActiveBranch_FullMethodName    = "/chatplane.v1.GatewayService/SetActiveBranch"
+	GatewayService_RequestHandoff_FullMethodName     = "/chatplane.v1.GatewayService/RequestHandoff"
+	GatewayService_ReleaseHandoff_FullMethodName     = "/chatplane.v1.GatewayService/ReleaseHandoff"
+	GatewayService_WatchConversation_FullMethodName  = "/chatplane.v1.GatewayService/WatchConversation"
 )
 
 // GatewayServiceClient is the client API for GatewayService service.
@@ -65,6 +68,13 @@ type GatewayServiceClient interface {
 	// Makes the branch through a message the conversation's active branch (what
 	// GetConversation returns by default and what the next Chat continues).
 	SetActiveBranch(ctx context.Context, in *SetActiveBranchRequest, opts ...grpc.CallOption) (*SetActiveBranchResponse, error)
+	// Hands the caller's conversation to a human operator: the bot stops answering.
+	RequestHandoff(ctx context.Context, in *RequestHandoffRequest, opts ...grpc.CallOption) (*RequestHandoffResponse, error)
+	// Gives the caller's conversation back to the bot.
+	ReleaseHandoff(ctx context.Context, in *ReleaseHandoffRequest, opts ...grpc.CallOption) (*ReleaseHandoffResponse, error)
+	// Streams a conversation's handoff changes and operator replies as they happen, starting
+	// with its current state; open until the client cancels.
+	WatchConversation(ctx context.Context, in *WatchConversationRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchConversationResponse], error)
 }
 
 type gatewayServiceClient struct {
@@ -206,6 +216,45 @@ func (c *gatewayServiceClient) SetActiveBranch(ctx context.Context, in *SetActiv
 	return out, nil
 }
 
+func (c *gatewayServiceClient) RequestHandoff(ctx context.Context, in *RequestHandoffRequest, opts ...grpc.CallOption) (*RequestHandoffResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RequestHandoffResponse)
+	err := c.cc.Invoke(ctx, GatewayService_RequestHandoff_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *gatewayServiceClient) ReleaseHandoff(ctx context.Context, in *ReleaseHandoffRequest, opts ...grpc.CallOption) (*ReleaseHandoffResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ReleaseHandoffResponse)
+	err := c.cc.Invoke(ctx, GatewayService_ReleaseHandoff_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *gatewayServiceClient) WatchConversation(ctx context.Context, in *WatchConversationRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchConversationResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &GatewayService_ServiceDesc.Streams[3], GatewayService_WatchConversation_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[WatchConversationRequest, WatchConversationResponse]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type GatewayService_WatchConversationClient = grpc.ServerStreamingClient[WatchConversationResponse]
+
 // GatewayServiceServer is the server API for GatewayService service.
 // All implementations must embed UnimplementedGatewayServiceServer
 // for forward compatibility.
@@ -239,6 +288,13 @@ type GatewayServiceServer interface {
 	// Makes the branch through a message the conversation's active branch (what
 	// GetConversation returns by default and what the next Chat continues).
 	SetActiveBranch(context.Context, *SetActiveBranchRequest) (*SetActiveBranchResponse, error)
+	// Hands the caller's conversation to a human operator: the bot stops answering.
+	RequestHandoff(context.Context, *RequestHandoffRequest) (*RequestHandoffResponse, error)
+	// Gives the caller's conversation back to the bot.
+	ReleaseHandoff(context.Context, *ReleaseHandoffRequest) (*ReleaseHandoffResponse, error)
+	// Streams a conversation's handoff changes and operator replies as they happen, starting
+	// with its current state; open until the client cancels.
+	WatchConversation(*WatchConversationRequest, grpc.ServerStreamingServer[WatchConversationResponse]) error
 	mustEmbedUnimplementedGatewayServiceServer()
 }
 
@@ -281,6 +337,15 @@ func (UnimplementedGatewayServiceServer) DeleteDocument(context.Context, *Gatewa
 }
 func (UnimplementedGatewayServiceServer) SetActiveBranch(context.Context, *SetActiveBranchRequest) (*SetActiveBranchResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method SetActiveBranch not implemented")
+}
+func (UnimplementedGatewayServiceServer) RequestHandoff(context.Context, *RequestHandoffRequest) (*RequestHandoffResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RequestHandoff not implemented")
+}
+func (UnimplementedGatewayServiceServer) ReleaseHandoff(context.Context, *ReleaseHandoffRequest) (*ReleaseHandoffResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ReleaseHandoff not implemented")
+}
+func (UnimplementedGatewayServiceServer) WatchConversation(*WatchConversationRequest, grpc.ServerStreamingServer[WatchConversationResponse]) error {
+	return status.Error(codes.Unimplemented, "method WatchConversation not implemented")
 }
 func (UnimplementedGatewayServiceServer) mustEmbedUnimplementedGatewayServiceServer() {}
 func (UnimplementedGatewayServiceServer) testEmbeddedByValue()                        {}
@@ -476,6 +541,53 @@ func _GatewayService_SetActiveBranch_Handler(srv interface{}, ctx context.Contex
 	return interceptor(ctx, in, info, handler)
 }
 
+func _GatewayService_RequestHandoff_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RequestHandoffRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(GatewayServiceServer).RequestHandoff(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: GatewayService_RequestHandoff_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(GatewayServiceServer).RequestHandoff(ctx, req.(*RequestHandoffRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _GatewayService_ReleaseHandoff_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ReleaseHandoffRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(GatewayServiceServer).ReleaseHandoff(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: GatewayService_ReleaseHandoff_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(GatewayServiceServer).ReleaseHandoff(ctx, req.(*ReleaseHandoffRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _GatewayService_WatchConversation_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(WatchConversationRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(GatewayServiceServer).WatchConversation(m, &grpc.GenericServerStream[WatchConversationRequest, WatchConversationResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type GatewayService_WatchConversationServer = grpc.ServerStreamingServer[WatchConversationResponse]
+
 // GatewayService_ServiceDesc is the grpc.ServiceDesc for GatewayService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -515,6 +627,14 @@ var GatewayService_ServiceDesc = grpc.ServiceDesc{
 			MethodName: "SetActiveBranch",
 			Handler:    _GatewayService_SetActiveBranch_Handler,
 		},
+		{
+			MethodName: "RequestHandoff",
+			Handler:    _GatewayService_RequestHandoff_Handler,
+		},
+		{
+			MethodName: "ReleaseHandoff",
+			Handler:    _GatewayService_ReleaseHandoff_Handler,
+		},
 	},
 	Streams: []grpc.StreamDesc{
 		{
@@ -531,6 +651,11 @@ var GatewayService_ServiceDesc = grpc.ServiceDesc{
 			StreamName:    "IngestDocument",
 			Handler:       _GatewayService_IngestDocument_Handler,
 			ClientStreams: true,
+		},
+		{
+			StreamName:    "WatchConversation",
+			Handler:       _GatewayService_WatchConversation_Handler,
+			ServerStreams: true,
 		},
 	},
 	Metadata: "chatplane/v1/gateway.proto",

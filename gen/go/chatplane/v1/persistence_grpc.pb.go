@@ -40,6 +40,11 @@ const (
 	PersistenceService_RevokeApiKey_FullMethodName       = "/chatplane.v1.PersistenceService/RevokeApiKey"
 	PersistenceService_AppendAuditEvents_FullMethodName  = "/chatplane.v1.PersistenceService/AppendAuditEvents"
 	PersistenceService_ListAuditRecords_FullMethodName   = "/chatplane.v1.PersistenceService/ListAuditRecords"
+	PersistenceService_GetHandoff_FullMethodName         = "/chatplane.v1.PersistenceService/GetHandoff"
+	PersistenceService_ChangeHandoff_FullMethodName      = "/chatplane.v1.PersistenceService/ChangeHandoff"
+	PersistenceService_ListHandoffs_FullMethodName       = "/chatplane.v1.PersistenceService/ListHandoffs"
+	PersistenceService_GetTenantHandoff_FullMethodName   = "/chatplane.v1.PersistenceService/GetTenantHandoff"
+	PersistenceService_CountThumbsDown_FullMethodName    = "/chatplane.v1.PersistenceService/CountThumbsDown"
 )
 
 // PersistenceServiceClient is the client API for PersistenceService service.
@@ -98,6 +103,16 @@ type PersistenceServiceClient interface {
 	AppendAuditEvents(ctx context.Context, in *AppendAuditEventsRequest, opts ...grpc.CallOption) (*AppendAuditEventsResponse, error)
 	// Returns a page of the audit log in chain order, with the chain's head.
 	ListAuditRecords(ctx context.Context, in *ListAuditRecordsRequest, opts ...grpc.CallOption) (*ListAuditRecordsResponse, error)
+	// Returns the handoff state of the owner's conversation (bot mode when never handed off).
+	GetHandoff(ctx context.Context, in *GetHandoffRequest, opts ...grpc.CallOption) (*GetHandoffResponse, error)
+	// Hands the owner's conversation to a human or gives it back to the bot.
+	ChangeHandoff(ctx context.Context, in *ChangeHandoffRequest, opts ...grpc.CallOption) (*ChangeHandoffResponse, error)
+	// Lists a tenant's conversations in human mode, longest waiting first.
+	ListHandoffs(ctx context.Context, in *ListHandoffsRequest, opts ...grpc.CallOption) (*ListHandoffsResponse, error)
+	// Returns a tenant's handed-off conversation (ever handed off) with its owner, for operators.
+	GetTenantHandoff(ctx context.Context, in *GetTenantHandoffRequest, opts ...grpc.CallOption) (*GetTenantHandoffResponse, error)
+	// Counts the thumbs-down ratings in the conversation of one of the owner's messages.
+	CountThumbsDown(ctx context.Context, in *CountThumbsDownRequest, opts ...grpc.CallOption) (*CountThumbsDownResponse, error)
 }
 
 type persistenceServiceClient struct {
@@ -318,6 +333,56 @@ func (c *persistenceServiceClient) ListAuditRecords(ctx context.Context, in *Lis
 	return out, nil
 }
 
+func (c *persistenceServiceClient) GetHandoff(ctx context.Context, in *GetHandoffRequest, opts ...grpc.CallOption) (*GetHandoffResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetHandoffResponse)
+	err := c.cc.Invoke(ctx, PersistenceService_GetHandoff_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *persistenceServiceClient) ChangeHandoff(ctx context.Context, in *ChangeHandoffRequest, opts ...grpc.CallOption) (*ChangeHandoffResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ChangeHandoffResponse)
+	err := c.cc.Invoke(ctx, PersistenceService_ChangeHandoff_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *persistenceServiceClient) ListHandoffs(ctx context.Context, in *ListHandoffsRequest, opts ...grpc.CallOption) (*ListHandoffsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListHandoffsResponse)
+	err := c.cc.Invoke(ctx, PersistenceService_ListHandoffs_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *persistenceServiceClient) GetTenantHandoff(ctx context.Context, in *GetTenantHandoffRequest, opts ...grpc.CallOption) (*GetTenantHandoffResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetTenantHandoffResponse)
+	err := c.cc.Invoke(ctx, PersistenceService_GetTenantHandoff_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *persistenceServiceClient) CountThumbsDown(ctx context.Context, in *CountThumbsDownRequest, opts ...grpc.CallOption) (*CountThumbsDownResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(CountThumbsDownResponse)
+	err := c.cc.Invoke(ctx, PersistenceService_CountThumbsDown_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // PersistenceServiceServer is the server API for PersistenceService service.
 // All implementations must embed UnimplementedPersistenceServiceServer
 // for forward compatibility.
@@ -374,6 +439,16 @@ type PersistenceServiceServer interface {
 	AppendAuditEvents(context.Context, *AppendAuditEventsRequest) (*AppendAuditEventsResponse, error)
 	// Returns a page of the audit log in chain order, with the chain's head.
 	ListAuditRecords(context.Context, *ListAuditRecordsRequest) (*ListAuditRecordsResponse, error)
+	// Returns the handoff state of the owner's conversation (bot mode when never handed off).
+	GetHandoff(context.Context, *GetHandoffRequest) (*GetHandoffResponse, error)
+	// Hands the owner's conversation to a human or gives it back to the bot.
+	ChangeHandoff(context.Context, *ChangeHandoffRequest) (*ChangeHandoffResponse, error)
+	// Lists a tenant's conversations in human mode, longest waiting first.
+	ListHandoffs(context.Context, *ListHandoffsRequest) (*ListHandoffsResponse, error)
+	// Returns a tenant's handed-off conversation (ever handed off) with its owner, for operators.
+	GetTenantHandoff(context.Context, *GetTenantHandoffRequest) (*GetTenantHandoffResponse, error)
+	// Counts the thumbs-down ratings in the conversation of one of the owner's messages.
+	CountThumbsDown(context.Context, *CountThumbsDownRequest) (*CountThumbsDownResponse, error)
 	mustEmbedUnimplementedPersistenceServiceServer()
 }
 
@@ -446,6 +521,21 @@ func (UnimplementedPersistenceServiceServer) AppendAuditEvents(context.Context, 
 }
 func (UnimplementedPersistenceServiceServer) ListAuditRecords(context.Context, *ListAuditRecordsRequest) (*ListAuditRecordsResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListAuditRecords not implemented")
+}
+func (UnimplementedPersistenceServiceServer) GetHandoff(context.Context, *GetHandoffRequest) (*GetHandoffResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetHandoff not implemented")
+}
+func (UnimplementedPersistenceServiceServer) ChangeHandoff(context.Context, *ChangeHandoffRequest) (*ChangeHandoffResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ChangeHandoff not implemented")
+}
+func (UnimplementedPersistenceServiceServer) ListHandoffs(context.Context, *ListHandoffsRequest) (*ListHandoffsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListHandoffs not implemented")
+}
+func (UnimplementedPersistenceServiceServer) GetTenantHandoff(context.Context, *GetTenantHandoffRequest) (*GetTenantHandoffResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetTenantHandoff not implemented")
+}
+func (UnimplementedPersistenceServiceServer) CountThumbsDown(context.Context, *CountThumbsDownRequest) (*CountThumbsDownResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method CountThumbsDown not implemented")
 }
 func (UnimplementedPersistenceServiceServer) mustEmbedUnimplementedPersistenceServiceServer() {}
 func (UnimplementedPersistenceServiceServer) testEmbeddedByValue()                            {}
@@ -846,6 +936,96 @@ func _PersistenceService_ListAuditRecords_Handler(srv interface{}, ctx context.C
 	return interceptor(ctx, in, info, handler)
 }
 
+func _PersistenceService_GetHandoff_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetHandoffRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(PersistenceServiceServer).GetHandoff(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: PersistenceService_GetHandoff_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(PersistenceServiceServer).GetHandoff(ctx, req.(*GetHandoffRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _PersistenceService_ChangeHandoff_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ChangeHandoffRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(PersistenceServiceServer).ChangeHandoff(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: PersistenceService_ChangeHandoff_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(PersistenceServiceServer).ChangeHandoff(ctx, req.(*ChangeHandoffRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _PersistenceService_ListHandoffs_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListHandoffsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(PersistenceServiceServer).ListHandoffs(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: PersistenceService_ListHandoffs_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(PersistenceServiceServer).ListHandoffs(ctx, req.(*ListHandoffsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _PersistenceService_GetTenantHandoff_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetTenantHandoffRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(PersistenceServiceServer).GetTenantHandoff(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: PersistenceService_GetTenantHandoff_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(PersistenceServiceServer).GetTenantHandoff(ctx, req.(*GetTenantHandoffRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _PersistenceService_CountThumbsDown_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CountThumbsDownRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(PersistenceServiceServer).CountThumbsDown(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: PersistenceService_CountThumbsDown_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(PersistenceServiceServer).CountThumbsDown(ctx, req.(*CountThumbsDownRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // PersistenceService_ServiceDesc is the grpc.ServiceDesc for PersistenceService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -936,6 +1116,26 @@ var PersistenceService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ListAuditRecords",
 			Handler:    _PersistenceService_ListAuditRecords_Handler,
+		},
+		{
+			MethodName: "GetHandoff",
+			Handler:    _PersistenceService_GetHandoff_Handler,
+		},
+		{
+			MethodName: "ChangeHandoff",
+			Handler:    _PersistenceService_ChangeHandoff_Handler,
+		},
+		{
+			MethodName: "ListHandoffs",
+			Handler:    _PersistenceService_ListHandoffs_Handler,
+		},
+		{
+			MethodName: "GetTenantHandoff",
+			Handler:    _PersistenceService_GetTenantHandoff_Handler,
+		},
+		{
+			MethodName: "CountThumbsDown",
+			Handler:    _PersistenceService_CountThumbsDown_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

@@ -32,6 +32,8 @@ const (
 	Role_ROLE_USER Role = 1
 	// The model's answer.
 	Role_ROLE_ASSISTANT Role = 2
+	// A human operator's reply in a handed-off conversation (docs/handoff.md).
+	Role_ROLE_OPERATOR Role = 3
 )
 
 // Enum value maps for Role.
@@ -40,11 +42,13 @@ var (
 		0: "ROLE_UNSPECIFIED",
 		1: "ROLE_USER",
 		2: "ROLE_ASSISTANT",
+		3: "ROLE_OPERATOR",
 	}
 	Role_value = map[string]int32{
 		"ROLE_UNSPECIFIED": 0,
 		"ROLE_USER":        1,
 		"ROLE_ASSISTANT":   2,
+		"ROLE_OPERATOR":    3,
 	}
 )
 
@@ -242,6 +246,120 @@ func (CitationKind) EnumDescriptor() ([]byte, []int) {
 	return file_chatplane_v1_resources_proto_rawDescGZIP(), []int{3}
 }
 
+// Who answers in a conversation.
+type HandoffMode int32
+
+const (
+	// Not set.
+	HandoffMode_HANDOFF_MODE_UNSPECIFIED HandoffMode = 0
+	// The bot (the model) answers.
+	HandoffMode_HANDOFF_MODE_BOT HandoffMode = 1
+	// A human operator answers; the bot is silent.
+	HandoffMode_HANDOFF_MODE_HUMAN HandoffMode = 2
+)
+
+// Enum value maps for HandoffMode.
+var (
+	HandoffMode_name = map[int32]string{
+		0: "HANDOFF_MODE_UNSPECIFIED",
+		1: "HANDOFF_MODE_BOT",
+		2: "HANDOFF_MODE_HUMAN",
+	}
+	HandoffMode_value = map[string]int32{
+		"HANDOFF_MODE_UNSPECIFIED": 0,
+		"HANDOFF_MODE_BOT":         1,
+		"HANDOFF_MODE_HUMAN":       2,
+	}
+)
+
+func (x HandoffMode) Enum() *HandoffMode {
+	p := new(HandoffMode)
+	*p = x
+	return p
+}
+
+func (x HandoffMode) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (HandoffMode) Descriptor() protoreflect.EnumDescriptor {
+	return file_chatplane_v1_resources_proto_enumTypes[4].Descriptor()
+}
+
+func (HandoffMode) Type() protoreflect.EnumType {
+	return &file_chatplane_v1_resources_proto_enumTypes[4]
+}
+
+func (x HandoffMode) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use HandoffMode.Descriptor instead.
+func (HandoffMode) EnumDescriptor() ([]byte, []int) {
+	return file_chatplane_v1_resources_proto_rawDescGZIP(), []int{4}
+}
+
+// What switched a conversation's mode last.
+type HandoffTrigger int32
+
+const (
+	// Not set (a conversation never handed off).
+	HandoffTrigger_HANDOFF_TRIGGER_UNSPECIFIED HandoffTrigger = 0
+	// The user called RequestHandoff or ReleaseHandoff.
+	HandoffTrigger_HANDOFF_TRIGGER_USER HandoffTrigger = 1
+	// The rule "the user's message asks for a human" fired.
+	HandoffTrigger_HANDOFF_TRIGGER_EXPLICIT_REQUEST HandoffTrigger = 2
+	// The rule "N thumbs-down in the conversation" fired.
+	HandoffTrigger_HANDOFF_TRIGGER_THUMBS_DOWN HandoffTrigger = 3
+	// An operator released the conversation.
+	HandoffTrigger_HANDOFF_TRIGGER_OPERATOR HandoffTrigger = 4
+)
+
+// Enum value maps for HandoffTrigger.
+var (
+	HandoffTrigger_name = map[int32]string{
+		0: "HANDOFF_TRIGGER_UNSPECIFIED",
+		1: "HANDOFF_TRIGGER_USER",
+		2: "HANDOFF_TRIGGER_EXPLICIT_REQUEST",
+		3: "HANDOFF_TRIGGER_THUMBS_DOWN",
+		4: "HANDOFF_TRIGGER_OPERATOR",
+	}
+	HandoffTrigger_value = map[string]int32{
+		"HANDOFF_TRIGGER_UNSPECIFIED":      0,
+		"HANDOFF_TRIGGER_USER":             1,
+		"HANDOFF_TRIGGER_EXPLICIT_REQUEST": 2,
+		"HANDOFF_TRIGGER_THUMBS_DOWN":      3,
+		"HANDOFF_TRIGGER_OPERATOR":         4,
+	}
+)
+
+func (x HandoffTrigger) Enum() *HandoffTrigger {
+	p := new(HandoffTrigger)
+	*p = x
+	return p
+}
+
+func (x HandoffTrigger) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (HandoffTrigger) Descriptor() protoreflect.EnumDescriptor {
+	return file_chatplane_v1_resources_proto_enumTypes[5].Descriptor()
+}
+
+func (HandoffTrigger) Type() protoreflect.EnumType {
+	return &file_chatplane_v1_resources_proto_enumTypes[5]
+}
+
+func (x HandoffTrigger) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use HandoffTrigger.Descriptor instead.
+func (HandoffTrigger) EnumDescriptor() ([]byte, []int) {
+	return file_chatplane_v1_resources_proto_rawDescGZIP(), []int{5}
+}
+
 // A conversation: an ordered exchange between one user and the assistant.
 type Conversation struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -373,8 +491,10 @@ type Message struct {
 	// In GetConversation responses: the ids of its siblings, itself included, oldest first;
 	// pass one to SetActiveBranch to switch to it.
 	SiblingMessageIds []string `protobuf:"bytes,43,rep,name=sibling_message_ids,json=siblingMessageIds,proto3" json:"sibling_message_ids,omitempty"`
-	unknownFields     protoimpl.UnknownFields
-	sizeCache         protoimpl.SizeCache
+	// For an operator's reply (ROLE_OPERATOR), the operator's user id; empty otherwise.
+	OperatorId    string `protobuf:"bytes,60,opt,name=operator_id,json=operatorId,proto3" json:"operator_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Message) Reset() {
@@ -510,6 +630,13 @@ func (x *Message) GetSiblingMessageIds() []string {
 		return x.SiblingMessageIds
 	}
 	return nil
+}
+
+func (x *Message) GetOperatorId() string {
+	if x != nil {
+		return x.OperatorId
+	}
+	return ""
 }
 
 // Token counts of one answer.
@@ -1052,6 +1179,124 @@ func (x *BranchHistory) GetMessages() []*Message {
 	return nil
 }
 
+// A conversation's handoff state: who answers, and why.
+type HandoffStatus struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The conversation.
+	ConversationId string `protobuf:"bytes,1,opt,name=conversation_id,json=conversationId,proto3" json:"conversation_id,omitempty"`
+	// Who answers now.
+	Mode HandoffMode `protobuf:"varint,2,opt,name=mode,proto3,enum=chatplane.v1.HandoffMode" json:"mode,omitempty"`
+	// What made the last change.
+	Trigger HandoffTrigger `protobuf:"varint,3,opt,name=trigger,proto3,enum=chatplane.v1.HandoffTrigger" json:"trigger,omitempty"`
+	// The reason given with the request (the user's, or the rule's description).
+	Reason string `protobuf:"bytes,4,opt,name=reason,proto3" json:"reason,omitempty"`
+	// When the conversation was last handed to a human.
+	RequestTime *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=request_time,json=requestTime,proto3" json:"request_time,omitempty"`
+	// When it was last given back to the bot (unset while it never was).
+	ReleaseTime *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=release_time,json=releaseTime,proto3" json:"release_time,omitempty"`
+	// True when this call changed the mode; false when it was already so.
+	Changed bool `protobuf:"varint,7,opt,name=changed,proto3" json:"changed,omitempty"`
+	// The user who owns the conversation.
+	UserId string `protobuf:"bytes,8,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
+	// Who released it last: the user's or the operator's user id.
+	ReleasedBy    string `protobuf:"bytes,9,opt,name=released_by,json=releasedBy,proto3" json:"released_by,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *HandoffStatus) Reset() {
+	*x = HandoffStatus{}
+	mi := &file_chatplane_v1_resources_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HandoffStatus) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HandoffStatus) ProtoMessage() {}
+
+func (x *HandoffStatus) ProtoReflect() protoreflect.Message {
+	mi := &file_chatplane_v1_resources_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HandoffStatus.ProtoReflect.Descriptor instead.
+func (*HandoffStatus) Descriptor() ([]byte, []int) {
+	return file_chatplane_v1_resources_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *HandoffStatus) GetConversationId() string {
+	if x != nil {
+		return x.ConversationId
+	}
+	return ""
+}
+
+func (x *HandoffStatus) GetMode() HandoffMode {
+	if x != nil {
+		return x.Mode
+	}
+	return HandoffMode_HANDOFF_MODE_UNSPECIFIED
+}
+
+func (x *HandoffStatus) GetTrigger() HandoffTrigger {
+	if x != nil {
+		return x.Trigger
+	}
+	return HandoffTrigger_HANDOFF_TRIGGER_UNSPECIFIED
+}
+
+func (x *HandoffStatus) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *HandoffStatus) GetRequestTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.RequestTime
+	}
+	return nil
+}
+
+func (x *HandoffStatus) GetReleaseTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ReleaseTime
+	}
+	return nil
+}
+
+func (x *HandoffStatus) GetChanged() bool {
+	if x != nil {
+		return x.Changed
+	}
+	return false
+}
+
+func (x *HandoffStatus) GetUserId() string {
+	if x != nil {
+		return x.UserId
+	}
+	return ""
+}
+
+func (x *HandoffStatus) GetReleasedBy() string {
+	if x != nil {
+		return x.ReleasedBy
+	}
+	return ""
+}
+
 var File_chatplane_v1_resources_proto protoreflect.FileDescriptor
 
 const file_chatplane_v1_resources_proto_rawDesc = "" +
@@ -1065,7 +1310,7 @@ const file_chatplane_v1_resources_proto_rawDesc = "" +
 	"\vupdate_time\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"updateTime\x12#\n" +
 	"\rmessage_count\x18\x05 \x01(\x05R\fmessageCount\x12*\n" +
-	"\x11active_message_id\x18( \x01(\tR\x0factiveMessageId\"\x9d\x05\n" +
+	"\x11active_message_id\x18( \x01(\tR\x0factiveMessageId\"\xbe\x05\n" +
 	"\aMessage\x12\x1d\n" +
 	"\n" +
 	"message_id\x18\x01 \x01(\tR\tmessageId\x12'\n" +
@@ -1084,7 +1329,9 @@ const file_chatplane_v1_resources_proto_rawDesc = "" +
 	"\x11parent_message_id\x18( \x01(\tH\x00R\x0fparentMessageId\x88\x01\x01\x12#\n" +
 	"\rsibling_index\x18) \x01(\x05R\fsiblingIndex\x12#\n" +
 	"\rsibling_count\x18* \x01(\x05R\fsiblingCount\x12.\n" +
-	"\x13sibling_message_ids\x18+ \x03(\tR\x11siblingMessageIdsB\x14\n" +
+	"\x13sibling_message_ids\x18+ \x03(\tR\x11siblingMessageIds\x12\x1f\n" +
+	"\voperator_id\x18< \x01(\tR\n" +
+	"operatorIdB\x14\n" +
 	"\x12_parent_message_id\"\xc5\x01\n" +
 	"\x05Usage\x12!\n" +
 	"\finput_tokens\x18\x01 \x01(\x05R\vinputTokens\x12#\n" +
@@ -1129,11 +1376,23 @@ const file_chatplane_v1_resources_proto_rawDesc = "" +
 	"\vcreate_time\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"createTime\"B\n" +
 	"\rBranchHistory\x121\n" +
-	"\bmessages\x18\x01 \x03(\v2\x15.chatplane.v1.MessageR\bmessages*?\n" +
+	"\bmessages\x18\x01 \x03(\v2\x15.chatplane.v1.MessageR\bmessages\"\x89\x03\n" +
+	"\rHandoffStatus\x12'\n" +
+	"\x0fconversation_id\x18\x01 \x01(\tR\x0econversationId\x12-\n" +
+	"\x04mode\x18\x02 \x01(\x0e2\x19.chatplane.v1.HandoffModeR\x04mode\x126\n" +
+	"\atrigger\x18\x03 \x01(\x0e2\x1c.chatplane.v1.HandoffTriggerR\atrigger\x12\x16\n" +
+	"\x06reason\x18\x04 \x01(\tR\x06reason\x12=\n" +
+	"\frequest_time\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\vrequestTime\x12=\n" +
+	"\frelease_time\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\vreleaseTime\x12\x18\n" +
+	"\achanged\x18\a \x01(\bR\achanged\x12\x17\n" +
+	"\auser_id\x18\b \x01(\tR\x06userId\x12\x1f\n" +
+	"\vreleased_by\x18\t \x01(\tR\n" +
+	"releasedBy*R\n" +
 	"\x04Role\x12\x14\n" +
 	"\x10ROLE_UNSPECIFIED\x10\x00\x12\r\n" +
 	"\tROLE_USER\x10\x01\x12\x12\n" +
-	"\x0eROLE_ASSISTANT\x10\x02*l\n" +
+	"\x0eROLE_ASSISTANT\x10\x02\x12\x11\n" +
+	"\rROLE_OPERATOR\x10\x03*l\n" +
 	"\rMessageStatus\x12\x1e\n" +
 	"\x1aMESSAGE_STATUS_UNSPECIFIED\x10\x00\x12\x1b\n" +
 	"\x17MESSAGE_STATUS_COMPLETE\x10\x01\x12\x1e\n" +
@@ -1147,7 +1406,17 @@ const file_chatplane_v1_resources_proto_rawDesc = "" +
 	"\fCitationKind\x12\x1d\n" +
 	"\x19CITATION_KIND_UNSPECIFIED\x10\x00\x12\x16\n" +
 	"\x12CITATION_KIND_TURN\x10\x01\x12\x1a\n" +
-	"\x16CITATION_KIND_DOCUMENT\x10\x02B@Z>github.com/chatplane/chatplane/gen/go/chatplane/v1;chatplanev1b\x06proto3"
+	"\x16CITATION_KIND_DOCUMENT\x10\x02*Y\n" +
+	"\vHandoffMode\x12\x1c\n" +
+	"\x18HANDOFF_MODE_UNSPECIFIED\x10\x00\x12\x14\n" +
+	"\x10HANDOFF_MODE_BOT\x10\x01\x12\x16\n" +
+	"\x12HANDOFF_MODE_HUMAN\x10\x02*\xb0\x01\n" +
+	"\x0eHandoffTrigger\x12\x1f\n" +
+	"\x1bHANDOFF_TRIGGER_UNSPECIFIED\x10\x00\x12\x18\n" +
+	"\x14HANDOFF_TRIGGER_USER\x10\x01\x12$\n" +
+	" HANDOFF_TRIGGER_EXPLICIT_REQUEST\x10\x02\x12\x1f\n" +
+	"\x1bHANDOFF_TRIGGER_THUMBS_DOWN\x10\x03\x12\x1c\n" +
+	"\x18HANDOFF_TRIGGER_OPERATOR\x10\x04B@Z>github.com/chatplane/chatplane/gen/go/chatplane/v1;chatplanev1b\x06proto3"
 
 var (
 	file_chatplane_v1_resources_proto_rawDescOnce sync.Once
@@ -1161,41 +1430,48 @@ func file_chatplane_v1_resources_proto_rawDescGZIP() []byte {
 	return file_chatplane_v1_resources_proto_rawDescData
 }
 
-var file_chatplane_v1_resources_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_chatplane_v1_resources_proto_msgTypes = make([]protoimpl.MessageInfo, 9)
+var file_chatplane_v1_resources_proto_enumTypes = make([]protoimpl.EnumInfo, 6)
+var file_chatplane_v1_resources_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
 var file_chatplane_v1_resources_proto_goTypes = []any{
 	(Role)(0),                     // 0: chatplane.v1.Role
 	(MessageStatus)(0),            // 1: chatplane.v1.MessageStatus
 	(FinishReason)(0),             // 2: chatplane.v1.FinishReason
 	(CitationKind)(0),             // 3: chatplane.v1.CitationKind
-	(*Conversation)(nil),          // 4: chatplane.v1.Conversation
-	(*Message)(nil),               // 5: chatplane.v1.Message
-	(*Usage)(nil),                 // 6: chatplane.v1.Usage
-	(*TurnStarted)(nil),           // 7: chatplane.v1.TurnStarted
-	(*TextDelta)(nil),             // 8: chatplane.v1.TextDelta
-	(*Citation)(nil),              // 9: chatplane.v1.Citation
-	(*TurnDone)(nil),              // 10: chatplane.v1.TurnDone
-	(*Document)(nil),              // 11: chatplane.v1.Document
-	(*BranchHistory)(nil),         // 12: chatplane.v1.BranchHistory
-	(*timestamppb.Timestamp)(nil), // 13: google.protobuf.Timestamp
+	(HandoffMode)(0),              // 4: chatplane.v1.HandoffMode
+	(HandoffTrigger)(0),           // 5: chatplane.v1.HandoffTrigger
+	(*Conversation)(nil),          // 6: chatplane.v1.Conversation
+	(*Message)(nil),               // 7: chatplane.v1.Message
+	(*Usage)(nil),                 // 8: chatplane.v1.Usage
+	(*TurnStarted)(nil),           // 9: chatplane.v1.TurnStarted
+	(*TextDelta)(nil),             // 10: chatplane.v1.TextDelta
+	(*Citation)(nil),              // 11: chatplane.v1.Citation
+	(*TurnDone)(nil),              // 12: chatplane.v1.TurnDone
+	(*Document)(nil),              // 13: chatplane.v1.Document
+	(*BranchHistory)(nil),         // 14: chatplane.v1.BranchHistory
+	(*HandoffStatus)(nil),         // 15: chatplane.v1.HandoffStatus
+	(*timestamppb.Timestamp)(nil), // 16: google.protobuf.Timestamp
 }
 var file_chatplane_v1_resources_proto_depIdxs = []int32{
-	13, // 0: chatplane.v1.Conversation.create_time:type_name -> google.protobuf.Timestamp
-	13, // 1: chatplane.v1.Conversation.update_time:type_name -> google.protobuf.Timestamp
+	16, // 0: chatplane.v1.Conversation.create_time:type_name -> google.protobuf.Timestamp
+	16, // 1: chatplane.v1.Conversation.update_time:type_name -> google.protobuf.Timestamp
 	0,  // 2: chatplane.v1.Message.role:type_name -> chatplane.v1.Role
 	1,  // 3: chatplane.v1.Message.status:type_name -> chatplane.v1.MessageStatus
-	13, // 4: chatplane.v1.Message.create_time:type_name -> google.protobuf.Timestamp
+	16, // 4: chatplane.v1.Message.create_time:type_name -> google.protobuf.Timestamp
 	2,  // 5: chatplane.v1.Message.finish_reason:type_name -> chatplane.v1.FinishReason
-	6,  // 6: chatplane.v1.Message.usage:type_name -> chatplane.v1.Usage
+	8,  // 6: chatplane.v1.Message.usage:type_name -> chatplane.v1.Usage
 	3,  // 7: chatplane.v1.Citation.kind:type_name -> chatplane.v1.CitationKind
 	2,  // 8: chatplane.v1.TurnDone.finish_reason:type_name -> chatplane.v1.FinishReason
-	13, // 9: chatplane.v1.Document.create_time:type_name -> google.protobuf.Timestamp
-	5,  // 10: chatplane.v1.BranchHistory.messages:type_name -> chatplane.v1.Message
-	11, // [11:11] is the sub-list for method output_type
-	11, // [11:11] is the sub-list for method input_type
-	11, // [11:11] is the sub-list for extension type_name
-	11, // [11:11] is the sub-list for extension extendee
-	0,  // [0:11] is the sub-list for field type_name
+	16, // 9: chatplane.v1.Document.create_time:type_name -> google.protobuf.Timestamp
+	7,  // 10: chatplane.v1.BranchHistory.messages:type_name -> chatplane.v1.Message
+	4,  // 11: chatplane.v1.HandoffStatus.mode:type_name -> chatplane.v1.HandoffMode
+	5,  // 12: chatplane.v1.HandoffStatus.trigger:type_name -> chatplane.v1.HandoffTrigger
+	16, // 13: chatplane.v1.HandoffStatus.request_time:type_name -> google.protobuf.Timestamp
+	16, // 14: chatplane.v1.HandoffStatus.release_time:type_name -> google.protobuf.Timestamp
+	15, // [15:15] is the sub-list for method output_type
+	15, // [15:15] is the sub-list for method input_type
+	15, // [15:15] is the sub-list for extension type_name
+	15, // [15:15] is the sub-list for extension extendee
+	0,  // [0:15] is the sub-list for field type_name
 }
 
 func init() { file_chatplane_v1_resources_proto_init() }
@@ -1209,8 +1485,8 @@ func file_chatplane_v1_resources_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_chatplane_v1_resources_proto_rawDesc), len(file_chatplane_v1_resources_proto_rawDesc)),
-			NumEnums:      4,
-			NumMessages:   9,
+			NumEnums:      6,
+			NumMessages:   10,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -98,6 +98,7 @@ class GenerateResponse(_message.Message):
     CITATION_FIELD_NUMBER: _builtins.int
     USAGE_FIELD_NUMBER: _builtins.int
     DONE_FIELD_NUMBER: _builtins.int
+    HANDOFF_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def started(self) -> _resources_pb2.TurnStarted:
         """First event: ids and model."""
@@ -118,6 +119,12 @@ class GenerateResponse(_message.Message):
     def done(self) -> _resources_pb2.TurnDone:
         """Last event: both messages are durably in the message log."""
 
+    @_builtins.property
+    def handoff(self) -> _resources_pb2.HandoffStatus:
+        """Never sent by the Agent: keeps the oneof layout identical to ChatResponse, whose
+        `handoff` event the Gateway sends itself (docs/handoff.md).
+        """
+
     def __init__(
         self,
         *,
@@ -126,12 +133,13 @@ class GenerateResponse(_message.Message):
         citation: _resources_pb2.Citation | None = ...,
         usage: _resources_pb2.Usage | None = ...,
         done: _resources_pb2.TurnDone | None = ...,
+        handoff: _resources_pb2.HandoffStatus | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["citation", b"citation", "delta", b"delta", "done", b"done", "event", b"event", "started", b"started", "usage", b"usage"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["citation", b"citation", "delta", b"delta", "done", b"done", "event", b"event", "handoff", b"handoff", "started", b"started", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["citation", b"citation", "delta", b"delta", "done", b"done", "event", b"event", "started", b"started", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["citation", b"citation", "delta", b"delta", "done", b"done", "event", b"event", "handoff", b"handoff", "started", b"started", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["started", "delta", "citation", "usage", "done"]  # noqa: Y015
+    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["started", "delta", "citation", "usage", "done", "handoff"]  # noqa: Y015
     _WhichOneofArgType_event: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_event) -> _WhichOneofReturnType_event | None: ...
 

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from chatplane.v1 import resources_pb2 as chatplane_dot_v1_dot_resources__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x63hatplane/v1/events.proto\x12\x0c\x63hatplane.v1\x1a\x1c\x63hatplane/v1/resources.proto\"\xf4\x01\n\x0fMessageRecorded\x12\x16\n\x0eschema_version\x18\x01 \x01(\x05\x12\x11\n\ttenant_id\x18\x02 \x01(\t\x12\x0f\n\x07user_id\x18\x03 \x01(\t\x12&\n\x07message\x18\x04 \x01(\x0b\x32\x15.chatplane.v1.Message\x12\x12\n\ndelta_ends\x18\x1e \x03(\x05\x12\x0f\n\x07variant\x18\x32 \x01(\t\x12\x1b\n\x0e\x66irst_token_ms\x18\x33 \x01(\x03H\x00\x88\x01\x01\x12\x18\n\x0b\x64uration_ms\x18\x34 \x01(\x03H\x01\x88\x01\x01\x42\x11\n\x0f_first_token_msB\x0e\n\x0c_duration_msb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x63hatplane/v1/events.proto\x12\x0c\x63hatplane.v1\x1a\x1c\x63hatplane/v1/resources.proto\"\xf4\x01\n\x0fMessageRecorded\x12\x16\n\x0eschema_version\x18\x01 \x01(\x05\x12\x11\n\ttenant_id\x18\x02 \x01(\t\x12\x0f\n\x07user_id\x18\x03 \x01(\t\x12&\n\x07message\x18\x04 \x01(\x0b\x32\x15.chatplane.v1.Message\x12\x12\n\ndelta_ends\x18\x1e \x03(\x05\x12\x0f\n\x07variant\x18\x32 \x01(\t\x12\x1b\n\x0e\x66irst_token_ms\x18\x33 \x01(\x03H\x00\x88\x01\x01\x12\x18\n\x0b\x64uration_ms\x18\x34 \x01(\x03H\x01\x88\x01\x01\x42\x11\n\x0f_first_token_msB\x0e\n\x0c_duration_ms\"\x80\x02\n\x0cHandoffEvent\x12\x16\n\x0eschema_version\x18\x01 \x01(\x05\x12\x11\n\ttenant_id\x18\x02 \x01(\t\x12\x0f\n\x07user_id\x18\x03 \x01(\t\x12\x17\n\x0f\x63onversation_id\x18\x04 \x01(\t\x12\x30\n\trequested\x18\x05 \x01(\x0b\x32\x1b.chatplane.v1.HandoffStatusH\x00\x12/\n\x0eoperator_reply\x18\x06 \x01(\x0b\x32\x15.chatplane.v1.MessageH\x00\x12/\n\x08released\x18\x07 \x01(\x0b\x32\x1b.chatplane.v1.HandoffStatusH\x00\x42\x07\n\x05\x65ventb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,4 +34,6 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_MESSAGERECORDED']._serialized_start=74
   _globals['_MESSAGERECORDED']._serialized_end=318
+  _globals['_HANDOFFEVENT']._serialized_start=321
+  _globals['_HANDOFFEVENT']._serialized_end=577
 # @@protoc_insertion_point(module_scope)

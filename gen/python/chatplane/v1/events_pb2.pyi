@@ -88,3 +88,60 @@ class MessageRecorded(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType__first_token_ms) -> _WhichOneofReturnType__first_token_ms | None: ...
 
 Global___MessageRecorded: _TypeAlias = MessageRecorded  # noqa: Y015
+
+@_typing.final
+class HandoffEvent(_message.Message):
+    """A record of the handoff topic (chatplane.handoff, keyed by conversation id): a change of a
+    conversation's handoff state or an operator's reply. Every Gateway replica reads it from
+    the latest record on, to reach the users watching the conversation on that replica.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SCHEMA_VERSION_FIELD_NUMBER: _builtins.int
+    TENANT_ID_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
+    CONVERSATION_ID_FIELD_NUMBER: _builtins.int
+    REQUESTED_FIELD_NUMBER: _builtins.int
+    OPERATOR_REPLY_FIELD_NUMBER: _builtins.int
+    RELEASED_FIELD_NUMBER: _builtins.int
+    schema_version: _builtins.int
+    """Version of this record's schema; consumers skip versions they do not know."""
+    tenant_id: _builtins.str
+    """The owner's tenant."""
+    user_id: _builtins.str
+    """The owner's user id."""
+    conversation_id: _builtins.str
+    """The conversation."""
+    @_builtins.property
+    def requested(self) -> _resources_pb2.HandoffStatus:
+        """The conversation was handed to a human."""
+
+    @_builtins.property
+    def operator_reply(self) -> _resources_pb2.Message:
+        """An operator replied (the message is also recorded on chatplane.messages)."""
+
+    @_builtins.property
+    def released(self) -> _resources_pb2.HandoffStatus:
+        """The conversation was given back to the bot."""
+
+    def __init__(
+        self,
+        *,
+        schema_version: _builtins.int = ...,
+        tenant_id: _builtins.str = ...,
+        user_id: _builtins.str = ...,
+        conversation_id: _builtins.str = ...,
+        requested: _resources_pb2.HandoffStatus | None = ...,
+        operator_reply: _resources_pb2.Message | None = ...,
+        released: _resources_pb2.HandoffStatus | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "operator_reply", b"operator_reply", "released", b"released", "requested", b"requested"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["conversation_id", b"conversation_id", "event", b"event", "operator_reply", b"operator_reply", "released", b"released", "requested", b"requested", "schema_version", b"schema_version", "tenant_id", b"tenant_id", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["requested", "operator_reply", "released"]  # noqa: Y015
+    _WhichOneofArgType_event: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_event) -> _WhichOneofReturnType_event | None: ...
+
+Global___HandoffEvent: _TypeAlias = HandoffEvent  # noqa: Y015

@@ -128,6 +128,7 @@ class ChatResponse(_message.Message):
     CITATION_FIELD_NUMBER: _builtins.int
     USAGE_FIELD_NUMBER: _builtins.int
     DONE_FIELD_NUMBER: _builtins.int
+    HANDOFF_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def started(self) -> _resources_pb2.TurnStarted:
         """First event: ids and model."""
@@ -148,6 +149,12 @@ class ChatResponse(_message.Message):
     def done(self) -> _resources_pb2.TurnDone:
         """Last event: the answer is stored."""
 
+    @_builtins.property
+    def handoff(self) -> _resources_pb2.HandoffStatus:
+        """The conversation is with a human operator (the only event when it is): the user's
+        message is stored, the bot does not answer; replies come on WatchConversation.
+        """
+
     def __init__(
         self,
         *,
@@ -156,12 +163,13 @@ class ChatResponse(_message.Message):
         citation: _resources_pb2.Citation | None = ...,
         usage: _resources_pb2.Usage | None = ...,
         done: _resources_pb2.TurnDone | None = ...,
+        handoff: _resources_pb2.HandoffStatus | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["citation", b"citation", "delta", b"delta", "done", b"done", "event", b"event", "started", b"started", "usage", b"usage"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["citation", b"citation", "delta", b"delta", "done", b"done", "event", b"event", "handoff", b"handoff", "started", b"started", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["citation", b"citation", "delta", b"delta", "done", b"done", "event", b"event", "started", b"started", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["citation", b"citation", "delta", b"delta", "done", b"done", "event", b"event", "handoff", b"handoff", "started", b"started", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["started", "delta", "citation", "usage", "done"]  # noqa: Y015
+    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["started", "delta", "citation", "usage", "done", "handoff"]  # noqa: Y015
     _WhichOneofArgType_event: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_event) -> _WhichOneofReturnType_event | None: ...
 
@@ -378,22 +386,178 @@ class SubmitFeedbackResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     CREATE_TIME_FIELD_NUMBER: _builtins.int
+    HANDOFF_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:
         """When it was stored."""
+
+    @_builtins.property
+    def handoff(self) -> _resources_pb2.HandoffStatus:
+        """Set when this feedback handed the conversation to a human (the thumbs-down rule fired)."""
 
     def __init__(
         self,
         *,
         create_time: _timestamp_pb2.Timestamp | None = ...,
+        handoff: _resources_pb2.HandoffStatus | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "handoff", b"handoff"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "handoff", b"handoff"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SubmitFeedbackResponse: _TypeAlias = SubmitFeedbackResponse  # noqa: Y015
+
+@_typing.final
+class RequestHandoffRequest(_message.Message):
+    """Asks for a human operator."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONVERSATION_ID_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    conversation_id: _builtins.str
+    """The caller's conversation."""
+    reason: _builtins.str
+    """Optional: why (at most 1 KiB), shown to the operator."""
+    def __init__(
+        self,
+        *,
+        conversation_id: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["conversation_id", b"conversation_id", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RequestHandoffRequest: _TypeAlias = RequestHandoffRequest  # noqa: Y015
+
+@_typing.final
+class RequestHandoffResponse(_message.Message):
+    """The conversation is with a human."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HANDOFF_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def handoff(self) -> _resources_pb2.HandoffStatus:
+        """Its state (changed is false when it was with a human already)."""
+
+    def __init__(
+        self,
+        *,
+        handoff: _resources_pb2.HandoffStatus | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["handoff", b"handoff"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["handoff", b"handoff"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RequestHandoffResponse: _TypeAlias = RequestHandoffResponse  # noqa: Y015
+
+@_typing.final
+class ReleaseHandoffRequest(_message.Message):
+    """Gives a conversation back to the bot."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONVERSATION_ID_FIELD_NUMBER: _builtins.int
+    conversation_id: _builtins.str
+    """The caller's conversation."""
+    def __init__(
+        self,
+        *,
+        conversation_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["conversation_id", b"conversation_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReleaseHandoffRequest: _TypeAlias = ReleaseHandoffRequest  # noqa: Y015
+
+@_typing.final
+class ReleaseHandoffResponse(_message.Message):
+    """The bot answers again."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HANDOFF_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def handoff(self) -> _resources_pb2.HandoffStatus:
+        """Its state (changed is false when the bot answered already)."""
+
+    def __init__(
+        self,
+        *,
+        handoff: _resources_pb2.HandoffStatus | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["handoff", b"handoff"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["handoff", b"handoff"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReleaseHandoffResponse: _TypeAlias = ReleaseHandoffResponse  # noqa: Y015
+
+@_typing.final
+class WatchConversationRequest(_message.Message):
+    """Asks to watch a conversation."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONVERSATION_ID_FIELD_NUMBER: _builtins.int
+    conversation_id: _builtins.str
+    """The caller's conversation."""
+    def __init__(
+        self,
+        *,
+        conversation_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["conversation_id", b"conversation_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchConversationRequest: _TypeAlias = WatchConversationRequest  # noqa: Y015
+
+@_typing.final
+class WatchConversationResponse(_message.Message):
+    """One event of a watched conversation."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HANDOFF_FIELD_NUMBER: _builtins.int
+    OPERATOR_REPLY_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def handoff(self) -> _resources_pb2.HandoffStatus:
+        """The current state (first event), or a change of it."""
+
+    @_builtins.property
+    def operator_reply(self) -> _resources_pb2.Message:
+        """An operator's reply, as stored."""
+
+    def __init__(
+        self,
+        *,
+        handoff: _resources_pb2.HandoffStatus | None = ...,
+        operator_reply: _resources_pb2.Message | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "handoff", b"handoff", "operator_reply", b"operator_reply"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "handoff", b"handoff", "operator_reply", b"operator_reply"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["handoff", "operator_reply"]  # noqa: Y015
+    _WhichOneofArgType_event: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_event) -> _WhichOneofReturnType_event | None: ...
+
+Global___WatchConversationResponse: _TypeAlias = WatchConversationResponse  # noqa: Y015
 
 @_typing.final
 class ResumeChatRequest(_message.Message):

@@ -91,6 +91,21 @@ class GatewayServiceStub:
                 request_serializer=chatplane_dot_v1_dot_gateway__pb2.SetActiveBranchRequest.SerializeToString,
                 response_deserializer=chatplane_dot_v1_dot_gateway__pb2.SetActiveBranchResponse.FromString,
                 _registered_method=True)
+        self.RequestHandoff = channel.unary_unary(
+                '/chatplane.v1.GatewayService/RequestHandoff',
+                request_serializer=chatplane_dot_v1_dot_gateway__pb2.RequestHandoffRequest.SerializeToString,
+                response_deserializer=chatplane_dot_v1_dot_gateway__pb2.RequestHandoffResponse.FromString,
+                _registered_method=True)
+        self.ReleaseHandoff = channel.unary_unary(
+                '/chatplane.v1.GatewayService/ReleaseHandoff',
+                request_serializer=chatplane_dot_v1_dot_gateway__pb2.ReleaseHandoffRequest.SerializeToString,
+                response_deserializer=chatplane_dot_v1_dot_gateway__pb2.ReleaseHandoffResponse.FromString,
+                _registered_method=True)
+        self.WatchConversation = channel.unary_stream(
+                '/chatplane.v1.GatewayService/WatchConversation',
+                request_serializer=chatplane_dot_v1_dot_gateway__pb2.WatchConversationRequest.SerializeToString,
+                response_deserializer=chatplane_dot_v1_dot_gateway__pb2.WatchConversationResponse.FromString,
+                _registered_method=True)
 
 
 class GatewayServiceServicer:
@@ -179,6 +194,28 @@ class GatewayServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RequestHandoff(self, request, context):
+        """Hands the caller's conversation to a human operator: the bot stops answering.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReleaseHandoff(self, request, context):
+        """Gives the caller's conversation back to the bot.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchConversation(self, request, context):
+        """Streams a conversation's handoff changes and operator replies as they happen, starting
+        with its current state; open until the client cancels.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GatewayServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -236,6 +273,21 @@ def add_GatewayServiceServicer_to_server(servicer, server):
                     servicer.SetActiveBranch,
                     request_deserializer=chatplane_dot_v1_dot_gateway__pb2.SetActiveBranchRequest.FromString,
                     response_serializer=chatplane_dot_v1_dot_gateway__pb2.SetActiveBranchResponse.SerializeToString,
+            ),
+            'RequestHandoff': grpc.unary_unary_rpc_method_handler(
+                    servicer.RequestHandoff,
+                    request_deserializer=chatplane_dot_v1_dot_gateway__pb2.RequestHandoffRequest.FromString,
+                    response_serializer=chatplane_dot_v1_dot_gateway__pb2.RequestHandoffResponse.SerializeToString,
+            ),
+            'ReleaseHandoff': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReleaseHandoff,
+                    request_deserializer=chatplane_dot_v1_dot_gateway__pb2.ReleaseHandoffRequest.FromString,
+                    response_serializer=chatplane_dot_v1_dot_gateway__pb2.ReleaseHandoffResponse.SerializeToString,
+            ),
+            'WatchConversation': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchConversation,
+                    request_deserializer=chatplane_dot_v1_dot_gateway__pb2.WatchConversationRequest.FromString,
+                    response_serializer=chatplane_dot_v1_dot_gateway__pb2.WatchConversationResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -537,6 +589,87 @@ class GatewayService:
             '/chatplane.v1.GatewayService/SetActiveBranch',
             chatplane_dot_v1_dot_gateway__pb2.SetActiveBranchRequest.SerializeToString,
             chatplane_dot_v1_dot_gateway__pb2.SetActiveBranchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RequestHandoff(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chatplane.v1.GatewayService/RequestHandoff',
+            chatplane_dot_v1_dot_gateway__pb2.RequestHandoffRequest.SerializeToString,
+            chatplane_dot_v1_dot_gateway__pb2.RequestHandoffResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReleaseHandoff(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chatplane.v1.GatewayService/ReleaseHandoff',
+            chatplane_dot_v1_dot_gateway__pb2.ReleaseHandoffRequest.SerializeToString,
+            chatplane_dot_v1_dot_gateway__pb2.ReleaseHandoffResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchConversation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/chatplane.v1.GatewayService/WatchConversation',
+            chatplane_dot_v1_dot_gateway__pb2.WatchConversationRequest.SerializeToString,
+            chatplane_dot_v1_dot_gateway__pb2.WatchConversationResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -65,6 +65,14 @@ class GatewayServiceStub:
     """Makes the branch through a message the conversation's active branch (what
     GetConversation returns by default and what the next Chat continues).
     """
+    RequestHandoff: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.RequestHandoffRequest, _gateway_pb2.RequestHandoffResponse]
+    """Hands the caller's conversation to a human operator: the bot stops answering."""
+    ReleaseHandoff: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.ReleaseHandoffRequest, _gateway_pb2.ReleaseHandoffResponse]
+    """Gives the caller's conversation back to the bot."""
+    WatchConversation: _grpc.UnaryStreamMultiCallable[_gateway_pb2.WatchConversationRequest, _gateway_pb2.WatchConversationResponse]
+    """Streams a conversation's handoff changes and operator replies as they happen, starting
+    with its current state; open until the client cancels.
+    """
 
 @_typing.type_check_only
 class GatewayServiceAsyncStub(GatewayServiceStub):
@@ -102,6 +110,14 @@ class GatewayServiceAsyncStub(GatewayServiceStub):
     SetActiveBranch: _aio.UnaryUnaryMultiCallable[_gateway_pb2.SetActiveBranchRequest, _gateway_pb2.SetActiveBranchResponse]  # type: ignore[assignment]
     """Makes the branch through a message the conversation's active branch (what
     GetConversation returns by default and what the next Chat continues).
+    """
+    RequestHandoff: _aio.UnaryUnaryMultiCallable[_gateway_pb2.RequestHandoffRequest, _gateway_pb2.RequestHandoffResponse]  # type: ignore[assignment]
+    """Hands the caller's conversation to a human operator: the bot stops answering."""
+    ReleaseHandoff: _aio.UnaryUnaryMultiCallable[_gateway_pb2.ReleaseHandoffRequest, _gateway_pb2.ReleaseHandoffResponse]  # type: ignore[assignment]
+    """Gives the caller's conversation back to the bot."""
+    WatchConversation: _aio.UnaryStreamMultiCallable[_gateway_pb2.WatchConversationRequest, _gateway_pb2.WatchConversationResponse]  # type: ignore[assignment]
+    """Streams a conversation's handoff changes and operator replies as they happen, starting
+    with its current state; open until the client cancels.
     """
 
 class GatewayServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -203,6 +219,32 @@ class GatewayServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_gateway_pb2.SetActiveBranchResponse, _abc.Awaitable[_gateway_pb2.SetActiveBranchResponse]]:
         """Makes the branch through a message the conversation's active branch (what
         GetConversation returns by default and what the next Chat continues).
+        """
+
+    @_abc_1.abstractmethod
+    def RequestHandoff(
+        self,
+        request: _gateway_pb2.RequestHandoffRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gateway_pb2.RequestHandoffResponse, _abc.Awaitable[_gateway_pb2.RequestHandoffResponse]]:
+        """Hands the caller's conversation to a human operator: the bot stops answering."""
+
+    @_abc_1.abstractmethod
+    def ReleaseHandoff(
+        self,
+        request: _gateway_pb2.ReleaseHandoffRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gateway_pb2.ReleaseHandoffResponse, _abc.Awaitable[_gateway_pb2.ReleaseHandoffResponse]]:
+        """Gives the caller's conversation back to the bot."""
+
+    @_abc_1.abstractmethod
+    def WatchConversation(
+        self,
+        request: _gateway_pb2.WatchConversationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_gateway_pb2.WatchConversationResponse], _abc.AsyncIterator[_gateway_pb2.WatchConversationResponse]]:
+        """Streams a conversation's handoff changes and operator replies as they happen, starting
+        with its current state; open until the client cancels.
         """
 
 def add_GatewayServiceServicer_to_server(servicer: GatewayServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

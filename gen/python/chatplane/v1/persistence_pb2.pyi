@@ -1527,3 +1527,301 @@ class ReportVariantsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ReportVariantsResponse: _TypeAlias = ReportVariantsResponse  # noqa: Y015
+
+@_typing.final
+class GetHandoffRequest(_message.Message):
+    """Asks for a conversation's handoff state."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OWNER_FIELD_NUMBER: _builtins.int
+    CONVERSATION_ID_FIELD_NUMBER: _builtins.int
+    conversation_id: _builtins.str
+    """The conversation."""
+    @_builtins.property
+    def owner(self) -> Global___Owner:
+        """Whose conversation."""
+
+    def __init__(
+        self,
+        *,
+        owner: Global___Owner | None = ...,
+        conversation_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["owner", b"owner"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["conversation_id", b"conversation_id", "owner", b"owner"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetHandoffRequest: _TypeAlias = GetHandoffRequest  # noqa: Y015
+
+@_typing.final
+class GetHandoffResponse(_message.Message):
+    """A conversation's handoff state."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HANDOFF_FIELD_NUMBER: _builtins.int
+    RULES_FIRED_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def handoff(self) -> _resources_pb2.HandoffStatus:
+        """The state."""
+
+    @_builtins.property
+    def rules_fired(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Every rule that has fired in this conversation (each fires once)."""
+
+    def __init__(
+        self,
+        *,
+        handoff: _resources_pb2.HandoffStatus | None = ...,
+        rules_fired: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["handoff", b"handoff"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["handoff", b"handoff", "rules_fired", b"rules_fired"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetHandoffResponse: _TypeAlias = GetHandoffResponse  # noqa: Y015
+
+@_typing.final
+class ChangeHandoffRequest(_message.Message):
+    """A change of a conversation's mode."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OWNER_FIELD_NUMBER: _builtins.int
+    CONVERSATION_ID_FIELD_NUMBER: _builtins.int
+    MODE_FIELD_NUMBER: _builtins.int
+    TRIGGER_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    ACTOR_ID_FIELD_NUMBER: _builtins.int
+    RULE_FIELD_NUMBER: _builtins.int
+    conversation_id: _builtins.str
+    """The conversation."""
+    mode: _resources_pb2.HandoffMode.ValueType
+    """HANDOFF_MODE_HUMAN to hand it over, HANDOFF_MODE_BOT to give it back."""
+    trigger: _resources_pb2.HandoffTrigger.ValueType
+    """What makes the change."""
+    reason: _builtins.str
+    """Why (requests only)."""
+    actor_id: _builtins.str
+    """The user id of whoever makes the change (user or operator)."""
+    rule: _builtins.str
+    """For a rule: its name; when it has fired in this conversation before, nothing changes."""
+    @_builtins.property
+    def owner(self) -> Global___Owner:
+        """Whose conversation."""
+
+    def __init__(
+        self,
+        *,
+        owner: Global___Owner | None = ...,
+        conversation_id: _builtins.str = ...,
+        mode: _resources_pb2.HandoffMode.ValueType = ...,
+        trigger: _resources_pb2.HandoffTrigger.ValueType = ...,
+        reason: _builtins.str = ...,
+        actor_id: _builtins.str = ...,
+        rule: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["owner", b"owner"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor_id", b"actor_id", "conversation_id", b"conversation_id", "mode", b"mode", "owner", b"owner", "reason", b"reason", "rule", b"rule", "trigger", b"trigger"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ChangeHandoffRequest: _TypeAlias = ChangeHandoffRequest  # noqa: Y015
+
+@_typing.final
+class ChangeHandoffResponse(_message.Message):
+    """The state after the change."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HANDOFF_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def handoff(self) -> _resources_pb2.HandoffStatus:
+        """The state; changed says whether this call changed it."""
+
+    def __init__(
+        self,
+        *,
+        handoff: _resources_pb2.HandoffStatus | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["handoff", b"handoff"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["handoff", b"handoff"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ChangeHandoffResponse: _TypeAlias = ChangeHandoffResponse  # noqa: Y015
+
+@_typing.final
+class ListHandoffsRequest(_message.Message):
+    """Asks for a tenant's conversations waiting for a human."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TENANT_ID_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    tenant_id: _builtins.str
+    """The tenant."""
+    page_size: _builtins.int
+    """Maximum conversations (1-100)."""
+    page_token: _builtins.str
+    """The next_page_token of a previous call, or empty for the first page."""
+    def __init__(
+        self,
+        *,
+        tenant_id: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "tenant_id", b"tenant_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListHandoffsRequest: _TypeAlias = ListHandoffsRequest  # noqa: Y015
+
+@_typing.final
+class ListHandoffsResponse(_message.Message):
+    """A page of conversations in human mode."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HANDOFFS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Token for the next page; empty when there is none."""
+    @_builtins.property
+    def handoffs(self) -> _containers.RepeatedCompositeFieldContainer[_resources_pb2.HandoffStatus]:
+        """Their states (user_id filled), longest waiting first."""
+
+    def __init__(
+        self,
+        *,
+        handoffs: _abc.Iterable[_resources_pb2.HandoffStatus] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["handoffs", b"handoffs", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListHandoffsResponse: _TypeAlias = ListHandoffsResponse  # noqa: Y015
+
+@_typing.final
+class GetTenantHandoffRequest(_message.Message):
+    """Asks for a tenant's handed-off conversation."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TENANT_ID_FIELD_NUMBER: _builtins.int
+    CONVERSATION_ID_FIELD_NUMBER: _builtins.int
+    tenant_id: _builtins.str
+    """The tenant."""
+    conversation_id: _builtins.str
+    """The conversation."""
+    def __init__(
+        self,
+        *,
+        tenant_id: _builtins.str = ...,
+        conversation_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["conversation_id", b"conversation_id", "tenant_id", b"tenant_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetTenantHandoffRequest: _TypeAlias = GetTenantHandoffRequest  # noqa: Y015
+
+@_typing.final
+class GetTenantHandoffResponse(_message.Message):
+    """A handed-off conversation and its owner."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OWNER_FIELD_NUMBER: _builtins.int
+    HANDOFF_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def owner(self) -> Global___Owner:
+        """Whose conversation it is."""
+
+    @_builtins.property
+    def handoff(self) -> _resources_pb2.HandoffStatus:
+        """Its state."""
+
+    def __init__(
+        self,
+        *,
+        owner: Global___Owner | None = ...,
+        handoff: _resources_pb2.HandoffStatus | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["handoff", b"handoff", "owner", b"owner"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["handoff", b"handoff", "owner", b"owner"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetTenantHandoffResponse: _TypeAlias = GetTenantHandoffResponse  # noqa: Y015
+
+@_typing.final
+class CountThumbsDownRequest(_message.Message):
+    """Asks for the thumbs-down count of a message's conversation."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OWNER_FIELD_NUMBER: _builtins.int
+    MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    message_id: _builtins.str
+    """A message of the owner."""
+    @_builtins.property
+    def owner(self) -> Global___Owner:
+        """Whose message."""
+
+    def __init__(
+        self,
+        *,
+        owner: Global___Owner | None = ...,
+        message_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["owner", b"owner"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["message_id", b"message_id", "owner", b"owner"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CountThumbsDownRequest: _TypeAlias = CountThumbsDownRequest  # noqa: Y015
+
+@_typing.final
+class CountThumbsDownResponse(_message.Message):
+    """The thumbs-down count of the conversation."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONVERSATION_ID_FIELD_NUMBER: _builtins.int
+    THUMBS_DOWN_FIELD_NUMBER: _builtins.int
+    conversation_id: _builtins.str
+    """The conversation of the message."""
+    thumbs_down: _builtins.int
+    """Thumbs-down ratings on its messages."""
+    def __init__(
+        self,
+        *,
+        conversation_id: _builtins.str = ...,
+        thumbs_down: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["conversation_id", b"conversation_id", "thumbs_down", b"thumbs_down"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CountThumbsDownResponse: _TypeAlias = CountThumbsDownResponse  # noqa: Y015

@@ -142,6 +142,31 @@ class PersistenceServiceStub:
                 request_serializer=chatplane_dot_v1_dot_persistence__pb2.ListAuditRecordsRequest.SerializeToString,
                 response_deserializer=chatplane_dot_v1_dot_persistence__pb2.ListAuditRecordsResponse.FromString,
                 _registered_method=True)
+        self.GetHandoff = channel.unary_unary(
+                '/chatplane.v1.PersistenceService/GetHandoff',
+                request_serializer=chatplane_dot_v1_dot_persistence__pb2.GetHandoffRequest.SerializeToString,
+                response_deserializer=chatplane_dot_v1_dot_persistence__pb2.GetHandoffResponse.FromString,
+                _registered_method=True)
+        self.ChangeHandoff = channel.unary_unary(
+                '/chatplane.v1.PersistenceService/ChangeHandoff',
+                request_serializer=chatplane_dot_v1_dot_persistence__pb2.ChangeHandoffRequest.SerializeToString,
+                response_deserializer=chatplane_dot_v1_dot_persistence__pb2.ChangeHandoffResponse.FromString,
+                _registered_method=True)
+        self.ListHandoffs = channel.unary_unary(
+                '/chatplane.v1.PersistenceService/ListHandoffs',
+                request_serializer=chatplane_dot_v1_dot_persistence__pb2.ListHandoffsRequest.SerializeToString,
+                response_deserializer=chatplane_dot_v1_dot_persistence__pb2.ListHandoffsResponse.FromString,
+                _registered_method=True)
+        self.GetTenantHandoff = channel.unary_unary(
+                '/chatplane.v1.PersistenceService/GetTenantHandoff',
+                request_serializer=chatplane_dot_v1_dot_persistence__pb2.GetTenantHandoffRequest.SerializeToString,
+                response_deserializer=chatplane_dot_v1_dot_persistence__pb2.GetTenantHandoffResponse.FromString,
+                _registered_method=True)
+        self.CountThumbsDown = channel.unary_unary(
+                '/chatplane.v1.PersistenceService/CountThumbsDown',
+                request_serializer=chatplane_dot_v1_dot_persistence__pb2.CountThumbsDownRequest.SerializeToString,
+                response_deserializer=chatplane_dot_v1_dot_persistence__pb2.CountThumbsDownResponse.FromString,
+                _registered_method=True)
 
 
 class PersistenceServiceServicer:
@@ -303,6 +328,41 @@ class PersistenceServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetHandoff(self, request, context):
+        """Returns the handoff state of the owner's conversation (bot mode when never handed off).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ChangeHandoff(self, request, context):
+        """Hands the owner's conversation to a human or gives it back to the bot.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListHandoffs(self, request, context):
+        """Lists a tenant's conversations in human mode, longest waiting first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetTenantHandoff(self, request, context):
+        """Returns a tenant's handed-off conversation (ever handed off) with its owner, for operators.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CountThumbsDown(self, request, context):
+        """Counts the thumbs-down ratings in the conversation of one of the owner's messages.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PersistenceServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -410,6 +470,31 @@ def add_PersistenceServiceServicer_to_server(servicer, server):
                     servicer.ListAuditRecords,
                     request_deserializer=chatplane_dot_v1_dot_persistence__pb2.ListAuditRecordsRequest.FromString,
                     response_serializer=chatplane_dot_v1_dot_persistence__pb2.ListAuditRecordsResponse.SerializeToString,
+            ),
+            'GetHandoff': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetHandoff,
+                    request_deserializer=chatplane_dot_v1_dot_persistence__pb2.GetHandoffRequest.FromString,
+                    response_serializer=chatplane_dot_v1_dot_persistence__pb2.GetHandoffResponse.SerializeToString,
+            ),
+            'ChangeHandoff': grpc.unary_unary_rpc_method_handler(
+                    servicer.ChangeHandoff,
+                    request_deserializer=chatplane_dot_v1_dot_persistence__pb2.ChangeHandoffRequest.FromString,
+                    response_serializer=chatplane_dot_v1_dot_persistence__pb2.ChangeHandoffResponse.SerializeToString,
+            ),
+            'ListHandoffs': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListHandoffs,
+                    request_deserializer=chatplane_dot_v1_dot_persistence__pb2.ListHandoffsRequest.FromString,
+                    response_serializer=chatplane_dot_v1_dot_persistence__pb2.ListHandoffsResponse.SerializeToString,
+            ),
+            'GetTenantHandoff': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetTenantHandoff,
+                    request_deserializer=chatplane_dot_v1_dot_persistence__pb2.GetTenantHandoffRequest.FromString,
+                    response_serializer=chatplane_dot_v1_dot_persistence__pb2.GetTenantHandoffResponse.SerializeToString,
+            ),
+            'CountThumbsDown': grpc.unary_unary_rpc_method_handler(
+                    servicer.CountThumbsDown,
+                    request_deserializer=chatplane_dot_v1_dot_persistence__pb2.CountThumbsDownRequest.FromString,
+                    response_serializer=chatplane_dot_v1_dot_persistence__pb2.CountThumbsDownResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -982,6 +1067,141 @@ class PersistenceService:
             '/chatplane.v1.PersistenceService/ListAuditRecords',
             chatplane_dot_v1_dot_persistence__pb2.ListAuditRecordsRequest.SerializeToString,
             chatplane_dot_v1_dot_persistence__pb2.ListAuditRecordsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetHandoff(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chatplane.v1.PersistenceService/GetHandoff',
+            chatplane_dot_v1_dot_persistence__pb2.GetHandoffRequest.SerializeToString,
+            chatplane_dot_v1_dot_persistence__pb2.GetHandoffResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ChangeHandoff(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chatplane.v1.PersistenceService/ChangeHandoff',
+            chatplane_dot_v1_dot_persistence__pb2.ChangeHandoffRequest.SerializeToString,
+            chatplane_dot_v1_dot_persistence__pb2.ChangeHandoffResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListHandoffs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chatplane.v1.PersistenceService/ListHandoffs',
+            chatplane_dot_v1_dot_persistence__pb2.ListHandoffsRequest.SerializeToString,
+            chatplane_dot_v1_dot_persistence__pb2.ListHandoffsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetTenantHandoff(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chatplane.v1.PersistenceService/GetTenantHandoff',
+            chatplane_dot_v1_dot_persistence__pb2.GetTenantHandoffRequest.SerializeToString,
+            chatplane_dot_v1_dot_persistence__pb2.GetTenantHandoffResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CountThumbsDown(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chatplane.v1.PersistenceService/CountThumbsDown',
+            chatplane_dot_v1_dot_persistence__pb2.CountThumbsDownRequest.SerializeToString,
+            chatplane_dot_v1_dot_persistence__pb2.CountThumbsDownResponse.FromString,
             options,
             channel_credentials,
             insecure,

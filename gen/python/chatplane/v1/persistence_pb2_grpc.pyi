@@ -90,6 +90,16 @@ class PersistenceServiceStub:
     """Appends events to the hash-chained audit log, in order, in one transaction."""
     ListAuditRecords: _grpc.UnaryUnaryMultiCallable[_persistence_pb2.ListAuditRecordsRequest, _persistence_pb2.ListAuditRecordsResponse]
     """Returns a page of the audit log in chain order, with the chain's head."""
+    GetHandoff: _grpc.UnaryUnaryMultiCallable[_persistence_pb2.GetHandoffRequest, _persistence_pb2.GetHandoffResponse]
+    """Returns the handoff state of the owner's conversation (bot mode when never handed off)."""
+    ChangeHandoff: _grpc.UnaryUnaryMultiCallable[_persistence_pb2.ChangeHandoffRequest, _persistence_pb2.ChangeHandoffResponse]
+    """Hands the owner's conversation to a human or gives it back to the bot."""
+    ListHandoffs: _grpc.UnaryUnaryMultiCallable[_persistence_pb2.ListHandoffsRequest, _persistence_pb2.ListHandoffsResponse]
+    """Lists a tenant's conversations in human mode, longest waiting first."""
+    GetTenantHandoff: _grpc.UnaryUnaryMultiCallable[_persistence_pb2.GetTenantHandoffRequest, _persistence_pb2.GetTenantHandoffResponse]
+    """Returns a tenant's handed-off conversation (ever handed off) with its owner, for operators."""
+    CountThumbsDown: _grpc.UnaryUnaryMultiCallable[_persistence_pb2.CountThumbsDownRequest, _persistence_pb2.CountThumbsDownResponse]
+    """Counts the thumbs-down ratings in the conversation of one of the owner's messages."""
 
 @_typing.type_check_only
 class PersistenceServiceAsyncStub(PersistenceServiceStub):
@@ -153,6 +163,16 @@ class PersistenceServiceAsyncStub(PersistenceServiceStub):
     """Appends events to the hash-chained audit log, in order, in one transaction."""
     ListAuditRecords: _aio.UnaryUnaryMultiCallable[_persistence_pb2.ListAuditRecordsRequest, _persistence_pb2.ListAuditRecordsResponse]  # type: ignore[assignment]
     """Returns a page of the audit log in chain order, with the chain's head."""
+    GetHandoff: _aio.UnaryUnaryMultiCallable[_persistence_pb2.GetHandoffRequest, _persistence_pb2.GetHandoffResponse]  # type: ignore[assignment]
+    """Returns the handoff state of the owner's conversation (bot mode when never handed off)."""
+    ChangeHandoff: _aio.UnaryUnaryMultiCallable[_persistence_pb2.ChangeHandoffRequest, _persistence_pb2.ChangeHandoffResponse]  # type: ignore[assignment]
+    """Hands the owner's conversation to a human or gives it back to the bot."""
+    ListHandoffs: _aio.UnaryUnaryMultiCallable[_persistence_pb2.ListHandoffsRequest, _persistence_pb2.ListHandoffsResponse]  # type: ignore[assignment]
+    """Lists a tenant's conversations in human mode, longest waiting first."""
+    GetTenantHandoff: _aio.UnaryUnaryMultiCallable[_persistence_pb2.GetTenantHandoffRequest, _persistence_pb2.GetTenantHandoffResponse]  # type: ignore[assignment]
+    """Returns a tenant's handed-off conversation (ever handed off) with its owner, for operators."""
+    CountThumbsDown: _aio.UnaryUnaryMultiCallable[_persistence_pb2.CountThumbsDownRequest, _persistence_pb2.CountThumbsDownResponse]  # type: ignore[assignment]
+    """Counts the thumbs-down ratings in the conversation of one of the owner's messages."""
 
 class PersistenceServiceServicer(metaclass=_abc_1.ABCMeta):
     """The system of record: conversations, turns, messages (written through the message log),
@@ -339,5 +359,45 @@ class PersistenceServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_persistence_pb2.ListAuditRecordsResponse, _abc.Awaitable[_persistence_pb2.ListAuditRecordsResponse]]:
         """Returns a page of the audit log in chain order, with the chain's head."""
+
+    @_abc_1.abstractmethod
+    def GetHandoff(
+        self,
+        request: _persistence_pb2.GetHandoffRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_persistence_pb2.GetHandoffResponse, _abc.Awaitable[_persistence_pb2.GetHandoffResponse]]:
+        """Returns the handoff state of the owner's conversation (bot mode when never handed off)."""
+
+    @_abc_1.abstractmethod
+    def ChangeHandoff(
+        self,
+        request: _persistence_pb2.ChangeHandoffRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_persistence_pb2.ChangeHandoffResponse, _abc.Awaitable[_persistence_pb2.ChangeHandoffResponse]]:
+        """Hands the owner's conversation to a human or gives it back to the bot."""
+
+    @_abc_1.abstractmethod
+    def ListHandoffs(
+        self,
+        request: _persistence_pb2.ListHandoffsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_persistence_pb2.ListHandoffsResponse, _abc.Awaitable[_persistence_pb2.ListHandoffsResponse]]:
+        """Lists a tenant's conversations in human mode, longest waiting first."""
+
+    @_abc_1.abstractmethod
+    def GetTenantHandoff(
+        self,
+        request: _persistence_pb2.GetTenantHandoffRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_persistence_pb2.GetTenantHandoffResponse, _abc.Awaitable[_persistence_pb2.GetTenantHandoffResponse]]:
+        """Returns a tenant's handed-off conversation (ever handed off) with its owner, for operators."""
+
+    @_abc_1.abstractmethod
+    def CountThumbsDown(
+        self,
+        request: _persistence_pb2.CountThumbsDownRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_persistence_pb2.CountThumbsDownResponse, _abc.Awaitable[_persistence_pb2.CountThumbsDownResponse]]:
+        """Counts the thumbs-down ratings in the conversation of one of the owner's messages."""
 
 def add_PersistenceServiceServicer_to_server(servicer: PersistenceServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -25,37 +25,43 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x63hatplane/v1/resources.proto\x12\x0c\x63hatplane.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xca\x01\n\x0c\x43onversation\x12\x17\n\x0f\x63onversation_id\x18\x01 \x01(\t\x12\r\n\x05title\x18\x02 \x01(\t\x12/\n\x0b\x63reate_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rmessage_count\x18\x05 \x01(\x05\x12\x19\n\x11\x61\x63tive_message_id\x18( \x01(\t\"\xe3\x03\n\x07Message\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\x17\n\x0f\x63onversation_id\x18\x02 \x01(\t\x12 \n\x04role\x18\x03 \x01(\x0e\x32\x12.chatplane.v1.Role\x12\x0c\n\x04text\x18\x04 \x01(\t\x12+\n\x06status\x18\x05 \x01(\x0e\x32\x1b.chatplane.v1.MessageStatus\x12\r\n\x05model\x18\x06 \x01(\t\x12/\n\x0b\x63reate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1b\n\x13reply_to_message_id\x18\x08 \x01(\t\x12\x31\n\rfinish_reason\x18\t \x01(\x0e\x32\x1a.chatplane.v1.FinishReason\x12\"\n\x05usage\x18\n \x01(\x0b\x32\x13.chatplane.v1.Usage\x12\x19\n\x11\x63lient_message_id\x18\x0b \x01(\t\x12\x1e\n\x11parent_message_id\x18( \x01(\tH\x00\x88\x01\x01\x12\x15\n\rsibling_index\x18) \x01(\x05\x12\x15\n\rsibling_count\x18* \x01(\x05\x12\x1b\n\x13sibling_message_ids\x18+ \x03(\tB\x14\n\x12_parent_message_id\"z\n\x05Usage\x12\x14\n\x0cinput_tokens\x18\x01 \x01(\x05\x12\x15\n\routput_tokens\x18\x02 \x01(\x05\x12\x1f\n\x17\x63\x61\x63he_read_input_tokens\x18\x03 \x01(\x05\x12#\n\x1b\x63\x61\x63he_creation_input_tokens\x18\x04 \x01(\x05\"\xb9\x01\n\x0bTurnStarted\x12\x17\n\x0f\x63onversation_id\x18\x01 \x01(\t\x12\x17\n\x0fuser_message_id\x18\x02 \x01(\t\x12\x1c\n\x14\x61ssistant_message_id\x18\x03 \x01(\t\x12\r\n\x05model\x18\x04 \x01(\t\x12\x10\n\x08replayed\x18\x05 \x01(\x08\x12\x17\n\x0fmemory_degraded\x18\x06 \x01(\x08\x12\x0f\n\x07resumed\x18\x1e \x01(\x08\x12\x0f\n\x07variant\x18\x32 \x01(\t\"I\n\tTextDelta\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x03\x12\x1c\n\x14\x65mit_time_unix_nanos\x18\x03 \x01(\x03\"\xa0\x01\n\x08\x43itation\x12(\n\x04kind\x18\x01 \x01(\x0e\x32\x1a.chatplane.v1.CitationKind\x12\x11\n\tsource_id\x18\x02 \x01(\t\x12\r\n\x05title\x18\x03 \x01(\t\x12\x0f\n\x07snippet\x18\x04 \x01(\t\x12\r\n\x05score\x18\x05 \x01(\x01\x12\x13\n\x0b\x64ocument_id\x18\x14 \x01(\t\x12\x13\n\x0b\x63hunk_index\x18\x15 \x01(\x05\"a\n\x08TurnDone\x12\x31\n\rfinish_reason\x18\x01 \x01(\x0e\x32\x1a.chatplane.v1.FinishReason\x12\r\n\x05model\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65lta_count\x18\x03 \x01(\x03\"\x86\x01\n\x08\x44ocument\x12\x13\n\x0b\x64ocument_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x11\n\tmime_type\x18\x03 \x01(\t\x12\x13\n\x0b\x63hunk_count\x18\x04 \x01(\x05\x12/\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"8\n\rBranchHistory\x12\'\n\x08messages\x18\x01 \x03(\x0b\x32\x15.chatplane.v1.Message*?\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\r\n\tROLE_USER\x10\x01\x12\x12\n\x0eROLE_ASSISTANT\x10\x02*l\n\rMessageStatus\x12\x1e\n\x1aMESSAGE_STATUS_UNSPECIFIED\x10\x00\x12\x1b\n\x17MESSAGE_STATUS_COMPLETE\x10\x01\x12\x1e\n\x1aMESSAGE_STATUS_INTERRUPTED\x10\x02*\x9b\x01\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x1c\n\x18\x46INISH_REASON_MAX_TOKENS\x10\x02\x12\x1d\n\x19\x46INISH_REASON_INTERRUPTED\x10\x03\x12\x17\n\x13\x46INISH_REASON_ERROR\x10\x04*a\n\x0c\x43itationKind\x12\x1d\n\x19\x43ITATION_KIND_UNSPECIFIED\x10\x00\x12\x16\n\x12\x43ITATION_KIND_TURN\x10\x01\x12\x1a\n\x16\x43ITATION_KIND_DOCUMENT\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x63hatplane/v1/resources.proto\x12\x0c\x63hatplane.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xca\x01\n\x0c\x43onversation\x12\x17\n\x0f\x63onversation_id\x18\x01 \x01(\t\x12\r\n\x05title\x18\x02 \x01(\t\x12/\n\x0b\x63reate_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rmessage_count\x18\x05 \x01(\x05\x12\x19\n\x11\x61\x63tive_message_id\x18( \x01(\t\"\xf8\x03\n\x07Message\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\x17\n\x0f\x63onversation_id\x18\x02 \x01(\t\x12 \n\x04role\x18\x03 \x01(\x0e\x32\x12.chatplane.v1.Role\x12\x0c\n\x04text\x18\x04 \x01(\t\x12+\n\x06status\x18\x05 \x01(\x0e\x32\x1b.chatplane.v1.MessageStatus\x12\r\n\x05model\x18\x06 \x01(\t\x12/\n\x0b\x63reate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1b\n\x13reply_to_message_id\x18\x08 \x01(\t\x12\x31\n\rfinish_reason\x18\t \x01(\x0e\x32\x1a.chatplane.v1.FinishReason\x12\"\n\x05usage\x18\n \x01(\x0b\x32\x13.chatplane.v1.Usage\x12\x19\n\x11\x63lient_message_id\x18\x0b \x01(\t\x12\x1e\n\x11parent_message_id\x18( \x01(\tH\x00\x88\x01\x01\x12\x15\n\rsibling_index\x18) \x01(\x05\x12\x15\n\rsibling_count\x18* \x01(\x05\x12\x1b\n\x13sibling_message_ids\x18+ \x03(\t\x12\x13\n\x0boperator_id\x18< \x01(\tB\x14\n\x12_parent_message_id\"z\n\x05Usage\x12\x14\n\x0cinput_tokens\x18\x01 \x01(\x05\x12\x15\n\routput_tokens\x18\x02 \x01(\x05\x12\x1f\n\x17\x63\x61\x63he_read_input_tokens\x18\x03 \x01(\x05\x12#\n\x1b\x63\x61\x63he_creation_input_tokens\x18\x04 \x01(\x05\"\xb9\x01\n\x0bTurnStarted\x12\x17\n\x0f\x63onversation_id\x18\x01 \x01(\t\x12\x17\n\x0fuser_message_id\x18\x02 \x01(\t\x12\x1c\n\x14\x61ssistant_message_id\x18\x03 \x01(\t\x12\r\n\x05model\x18\x04 \x01(\t\x12\x10\n\x08replayed\x18\x05 \x01(\x08\x12\x17\n\x0fmemory_degraded\x18\x06 \x01(\x08\x12\x0f\n\x07resumed\x18\x1e \x01(\x08\x12\x0f\n\x07variant\x18\x32 \x01(\t\"I\n\tTextDelta\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x03\x12\x1c\n\x14\x65mit_time_unix_nanos\x18\x03 \x01(\x03\"\xa0\x01\n\x08\x43itation\x12(\n\x04kind\x18\x01 \x01(\x0e\x32\x1a.chatplane.v1.CitationKind\x12\x11\n\tsource_id\x18\x02 \x01(\t\x12\r\n\x05title\x18\x03 \x01(\t\x12\x0f\n\x07snippet\x18\x04 \x01(\t\x12\r\n\x05score\x18\x05 \x01(\x01\x12\x13\n\x0b\x64ocument_id\x18\x14 \x01(\t\x12\x13\n\x0b\x63hunk_index\x18\x15 \x01(\x05\"a\n\x08TurnDone\x12\x31\n\rfinish_reason\x18\x01 \x01(\x0e\x32\x1a.chatplane.v1.FinishReason\x12\r\n\x05model\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65lta_count\x18\x03 \x01(\x03\"\x86\x01\n\x08\x44ocument\x12\x13\n\x0b\x64ocument_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x11\n\tmime_type\x18\x03 \x01(\t\x12\x13\n\x0b\x63hunk_count\x18\x04 \x01(\x05\x12/\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"8\n\rBranchHistory\x12\'\n\x08messages\x18\x01 \x03(\x0b\x32\x15.chatplane.v1.Message\"\xab\x02\n\rHandoffStatus\x12\x17\n\x0f\x63onversation_id\x18\x01 \x01(\t\x12\'\n\x04mode\x18\x02 \x01(\x0e\x32\x19.chatplane.v1.HandoffMode\x12-\n\x07trigger\x18\x03 \x01(\x0e\x32\x1c.chatplane.v1.HandoffTrigger\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x30\n\x0crequest_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0crelease_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07\x63hanged\x18\x07 \x01(\x08\x12\x0f\n\x07user_id\x18\x08 \x01(\t\x12\x13\n\x0breleased_by\x18\t \x01(\t*R\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\r\n\tROLE_USER\x10\x01\x12\x12\n\x0eROLE_ASSISTANT\x10\x02\x12\x11\n\rROLE_OPERATOR\x10\x03*l\n\rMessageStatus\x12\x1e\n\x1aMESSAGE_STATUS_UNSPECIFIED\x10\x00\x12\x1b\n\x17MESSAGE_STATUS_COMPLETE\x10\x01\x12\x1e\n\x1aMESSAGE_STATUS_INTERRUPTED\x10\x02*\x9b\x01\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x1c\n\x18\x46INISH_REASON_MAX_TOKENS\x10\x02\x12\x1d\n\x19\x46INISH_REASON_INTERRUPTED\x10\x03\x12\x17\n\x13\x46INISH_REASON_ERROR\x10\x04*a\n\x0c\x43itationKind\x12\x1d\n\x19\x43ITATION_KIND_UNSPECIFIED\x10\x00\x12\x16\n\x12\x43ITATION_KIND_TURN\x10\x01\x12\x1a\n\x16\x43ITATION_KIND_DOCUMENT\x10\x02*Y\n\x0bHandoffMode\x12\x1c\n\x18HANDOFF_MODE_UNSPECIFIED\x10\x00\x12\x14\n\x10HANDOFF_MODE_BOT\x10\x01\x12\x16\n\x12HANDOFF_MODE_HUMAN\x10\x02*\xb0\x01\n\x0eHandoffTrigger\x12\x1f\n\x1bHANDOFF_TRIGGER_UNSPECIFIED\x10\x00\x12\x18\n\x14HANDOFF_TRIGGER_USER\x10\x01\x12$\n HANDOFF_TRIGGER_EXPLICIT_REQUEST\x10\x02\x12\x1f\n\x1bHANDOFF_TRIGGER_THUMBS_DOWN\x10\x03\x12\x1c\n\x18HANDOFF_TRIGGER_OPERATOR\x10\x04\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'chatplane.v1.resources_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ROLE']._serialized_start=1614
-  _globals['_ROLE']._serialized_end=1677
-  _globals['_MESSAGESTATUS']._serialized_start=1679
-  _globals['_MESSAGESTATUS']._serialized_end=1787
-  _globals['_FINISHREASON']._serialized_start=1790
-  _globals['_FINISHREASON']._serialized_end=1945
-  _globals['_CITATIONKIND']._serialized_start=1947
-  _globals['_CITATIONKIND']._serialized_end=2044
+  _globals['_ROLE']._serialized_start=1937
+  _globals['_ROLE']._serialized_end=2019
+  _globals['_MESSAGESTATUS']._serialized_start=2021
+  _globals['_MESSAGESTATUS']._serialized_end=2129
+  _globals['_FINISHREASON']._serialized_start=2132
+  _globals['_FINISHREASON']._serialized_end=2287
+  _globals['_CITATIONKIND']._serialized_start=2289
+  _globals['_CITATIONKIND']._serialized_end=2386
+  _globals['_HANDOFFMODE']._serialized_start=2388
+  _globals['_HANDOFFMODE']._serialized_end=2477
+  _globals['_HANDOFFTRIGGER']._serialized_start=2480
+  _globals['_HANDOFFTRIGGER']._serialized_end=2656
   _globals['_CONVERSATION']._serialized_start=80
   _globals['_CONVERSATION']._serialized_end=282
   _globals['_MESSAGE']._serialized_start=285
-  _globals['_MESSAGE']._serialized_end=768
-  _globals['_USAGE']._serialized_start=770
-  _globals['_USAGE']._serialized_end=892
-  _globals['_TURNSTARTED']._serialized_start=895
-  _globals['_TURNSTARTED']._serialized_end=1080
-  _globals['_TEXTDELTA']._serialized_start=1082
-  _globals['_TEXTDELTA']._serialized_end=1155
-  _globals['_CITATION']._serialized_start=1158
-  _globals['_CITATION']._serialized_end=1318
-  _globals['_TURNDONE']._serialized_start=1320
-  _globals['_TURNDONE']._serialized_end=1417
-  _globals['_DOCUMENT']._serialized_start=1420
-  _globals['_DOCUMENT']._serialized_end=1554
-  _globals['_BRANCHHISTORY']._serialized_start=1556
-  _globals['_BRANCHHISTORY']._serialized_end=1612
+  _globals['_MESSAGE']._serialized_end=789
+  _globals['_USAGE']._serialized_start=791
+  _globals['_USAGE']._serialized_end=913
+  _globals['_TURNSTARTED']._serialized_start=916
+  _globals['_TURNSTARTED']._serialized_end=1101
+  _globals['_TEXTDELTA']._serialized_start=1103
+  _globals['_TEXTDELTA']._serialized_end=1176
+  _globals['_CITATION']._serialized_start=1179
+  _globals['_CITATION']._serialized_end=1339
+  _globals['_TURNDONE']._serialized_start=1341
+  _globals['_TURNDONE']._serialized_end=1438
+  _globals['_DOCUMENT']._serialized_start=1441
+  _globals['_DOCUMENT']._serialized_end=1575
+  _globals['_BRANCHHISTORY']._serialized_start=1577
+  _globals['_BRANCHHISTORY']._serialized_end=1633
+  _globals['_HANDOFFSTATUS']._serialized_start=1636
+  _globals['_HANDOFFSTATUS']._serialized_end=1935
 # @@protoc_insertion_point(module_scope)

@@ -32,6 +32,8 @@ class _RoleEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Role.ValueType],
     """The end user."""
     ROLE_ASSISTANT: _Role.ValueType  # 2
     """The model's answer."""
+    ROLE_OPERATOR: _Role.ValueType  # 3
+    """A human operator's reply in a handed-off conversation (docs/handoff.md)."""
 
 class Role(_Role, metaclass=_RoleEnumTypeWrapper):
     """Who wrote a message."""
@@ -42,6 +44,8 @@ ROLE_USER: Role.ValueType  # 1
 """The end user."""
 ROLE_ASSISTANT: Role.ValueType  # 2
 """The model's answer."""
+ROLE_OPERATOR: Role.ValueType  # 3
+"""A human operator's reply in a handed-off conversation (docs/handoff.md)."""
 Global___Role: _TypeAlias = Role  # noqa: Y015
 
 class _MessageStatus:
@@ -124,6 +128,62 @@ CITATION_KIND_DOCUMENT: CitationKind.ValueType  # 2
 """A chunk of a document ingested for the tenant."""
 Global___CitationKind: _TypeAlias = CitationKind  # noqa: Y015
 
+class _HandoffMode:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _HandoffModeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_HandoffMode.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    HANDOFF_MODE_UNSPECIFIED: _HandoffMode.ValueType  # 0
+    """Not set."""
+    HANDOFF_MODE_BOT: _HandoffMode.ValueType  # 1
+    """The bot (the model) answers."""
+    HANDOFF_MODE_HUMAN: _HandoffMode.ValueType  # 2
+    """A human operator answers; the bot is silent."""
+
+class HandoffMode(_HandoffMode, metaclass=_HandoffModeEnumTypeWrapper):
+    """Who answers in a conversation."""
+
+HANDOFF_MODE_UNSPECIFIED: HandoffMode.ValueType  # 0
+"""Not set."""
+HANDOFF_MODE_BOT: HandoffMode.ValueType  # 1
+"""The bot (the model) answers."""
+HANDOFF_MODE_HUMAN: HandoffMode.ValueType  # 2
+"""A human operator answers; the bot is silent."""
+Global___HandoffMode: _TypeAlias = HandoffMode  # noqa: Y015
+
+class _HandoffTrigger:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _HandoffTriggerEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_HandoffTrigger.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    HANDOFF_TRIGGER_UNSPECIFIED: _HandoffTrigger.ValueType  # 0
+    """Not set (a conversation never handed off)."""
+    HANDOFF_TRIGGER_USER: _HandoffTrigger.ValueType  # 1
+    """The user called RequestHandoff or ReleaseHandoff."""
+    HANDOFF_TRIGGER_EXPLICIT_REQUEST: _HandoffTrigger.ValueType  # 2
+    """The rule "the user's message asks for a human" fired."""
+    HANDOFF_TRIGGER_THUMBS_DOWN: _HandoffTrigger.ValueType  # 3
+    """The rule "N thumbs-down in the conversation" fired."""
+    HANDOFF_TRIGGER_OPERATOR: _HandoffTrigger.ValueType  # 4
+    """An operator released the conversation."""
+
+class HandoffTrigger(_HandoffTrigger, metaclass=_HandoffTriggerEnumTypeWrapper):
+    """What switched a conversation's mode last."""
+
+HANDOFF_TRIGGER_UNSPECIFIED: HandoffTrigger.ValueType  # 0
+"""Not set (a conversation never handed off)."""
+HANDOFF_TRIGGER_USER: HandoffTrigger.ValueType  # 1
+"""The user called RequestHandoff or ReleaseHandoff."""
+HANDOFF_TRIGGER_EXPLICIT_REQUEST: HandoffTrigger.ValueType  # 2
+"""The rule "the user's message asks for a human" fired."""
+HANDOFF_TRIGGER_THUMBS_DOWN: HandoffTrigger.ValueType  # 3
+"""The rule "N thumbs-down in the conversation" fired."""
+HANDOFF_TRIGGER_OPERATOR: HandoffTrigger.ValueType  # 4
+"""An operator released the conversation."""
+Global___HandoffTrigger: _TypeAlias = HandoffTrigger  # noqa: Y015
+
 @_typing.final
 class Conversation(_message.Message):
     """A conversation: an ordered exchange between one user and the assistant."""
@@ -193,6 +253,7 @@ class Message(_message.Message):
     SIBLING_INDEX_FIELD_NUMBER: _builtins.int
     SIBLING_COUNT_FIELD_NUMBER: _builtins.int
     SIBLING_MESSAGE_IDS_FIELD_NUMBER: _builtins.int
+    OPERATOR_ID_FIELD_NUMBER: _builtins.int
     message_id: _builtins.str
     """Server-assigned id."""
     conversation_id: _builtins.str
@@ -225,6 +286,8 @@ class Message(_message.Message):
     """In GetConversation responses: how many siblings it has, itself included (1 = no
     alternatives; 3 = a UI shows "< 2/3 >" for sibling_index 1).
     """
+    operator_id: _builtins.str
+    """For an operator's reply (ROLE_OPERATOR), the operator's user id; empty otherwise."""
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:
         """When it was created."""
@@ -257,10 +320,11 @@ class Message(_message.Message):
         sibling_index: _builtins.int = ...,
         sibling_count: _builtins.int = ...,
         sibling_message_ids: _abc.Iterable[_builtins.str] | None = ...,
+        operator_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_parent_message_id", b"_parent_message_id", "create_time", b"create_time", "parent_message_id", b"parent_message_id", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_parent_message_id", b"_parent_message_id", "client_message_id", b"client_message_id", "conversation_id", b"conversation_id", "create_time", b"create_time", "finish_reason", b"finish_reason", "message_id", b"message_id", "model", b"model", "parent_message_id", b"parent_message_id", "reply_to_message_id", b"reply_to_message_id", "role", b"role", "sibling_count", b"sibling_count", "sibling_index", b"sibling_index", "sibling_message_ids", b"sibling_message_ids", "status", b"status", "text", b"text", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_parent_message_id", b"_parent_message_id", "client_message_id", b"client_message_id", "conversation_id", b"conversation_id", "create_time", b"create_time", "finish_reason", b"finish_reason", "message_id", b"message_id", "model", b"model", "operator_id", b"operator_id", "parent_message_id", b"parent_message_id", "reply_to_message_id", b"reply_to_message_id", "role", b"role", "sibling_count", b"sibling_count", "sibling_index", b"sibling_index", "sibling_message_ids", b"sibling_message_ids", "status", b"status", "text", b"text", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__parent_message_id: _TypeAlias = _typing.Literal["parent_message_id"]  # noqa: Y015
     _WhichOneofArgType__parent_message_id: _TypeAlias = _typing.Literal["_parent_message_id", b"_parent_message_id"]  # noqa: Y015
@@ -525,3 +589,61 @@ class BranchHistory(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___BranchHistory: _TypeAlias = BranchHistory  # noqa: Y015
+
+@_typing.final
+class HandoffStatus(_message.Message):
+    """A conversation's handoff state: who answers, and why."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONVERSATION_ID_FIELD_NUMBER: _builtins.int
+    MODE_FIELD_NUMBER: _builtins.int
+    TRIGGER_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    REQUEST_TIME_FIELD_NUMBER: _builtins.int
+    RELEASE_TIME_FIELD_NUMBER: _builtins.int
+    CHANGED_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
+    RELEASED_BY_FIELD_NUMBER: _builtins.int
+    conversation_id: _builtins.str
+    """The conversation."""
+    mode: Global___HandoffMode.ValueType
+    """Who answers now."""
+    trigger: Global___HandoffTrigger.ValueType
+    """What made the last change."""
+    reason: _builtins.str
+    """The reason given with the request (the user's, or the rule's description)."""
+    changed: _builtins.bool
+    """True when this call changed the mode; false when it was already so."""
+    user_id: _builtins.str
+    """The user who owns the conversation."""
+    released_by: _builtins.str
+    """Who released it last: the user's or the operator's user id."""
+    @_builtins.property
+    def request_time(self) -> _timestamp_pb2.Timestamp:
+        """When the conversation was last handed to a human."""
+
+    @_builtins.property
+    def release_time(self) -> _timestamp_pb2.Timestamp:
+        """When it was last given back to the bot (unset while it never was)."""
+
+    def __init__(
+        self,
+        *,
+        conversation_id: _builtins.str = ...,
+        mode: Global___HandoffMode.ValueType = ...,
+        trigger: Global___HandoffTrigger.ValueType = ...,
+        reason: _builtins.str = ...,
+        request_time: _timestamp_pb2.Timestamp | None = ...,
+        release_time: _timestamp_pb2.Timestamp | None = ...,
+        changed: _builtins.bool = ...,
+        user_id: _builtins.str = ...,
+        released_by: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["release_time", b"release_time", "request_time", b"request_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["changed", b"changed", "conversation_id", b"conversation_id", "mode", b"mode", "reason", b"reason", "release_time", b"release_time", "released_by", b"released_by", "request_time", b"request_time", "trigger", b"trigger", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HandoffStatus: _TypeAlias = HandoffStatus  # noqa: Y015

@@ -4,7 +4,7 @@
 
 import type { GenFile, GenMessage } from "@bufbuild/protobuf/codegenv2";
 import { fileDesc, messageDesc } from "@bufbuild/protobuf/codegenv2";
-import type { Message as Message$1 } from "./resources_pb";
+import type { HandoffStatus, Message as Message$1 } from "./resources_pb";
 import { file_chatplane_v1_resources } from "./resources_pb";
 import type { Message } from "@bufbuild/protobuf";
 
@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file chatplane/v1/events.proto.
  */
 export const file_chatplane_v1_events: GenFile = /*@__PURE__*/
-  fileDesc("ChljaGF0cGxhbmUvdjEvZXZlbnRzLnByb3RvEgxjaGF0cGxhbmUudjEi9AEKD01lc3NhZ2VSZWNvcmRlZBIWCg5zY2hlbWFfdmVyc2lvbhgBIAEoBRIRCgl0ZW5hbnRfaWQYAiABKAkSDwoHdXNlcl9pZBgDIAEoCRImCgdtZXNzYWdlGAQgASgLMhUuY2hhdHBsYW5lLnYxLk1lc3NhZ2USEgoKZGVsdGFfZW5kcxgeIAMoBRIPCgd2YXJpYW50GDIgASgJEhsKDmZpcnN0X3Rva2VuX21zGDMgASgDSACIAQESGAoLZHVyYXRpb25fbXMYNCABKANIAYgBAUIRCg9fZmlyc3RfdG9rZW5fbXNCDgoMX2R1cmF0aW9uX21zQkBaPmdpdGh1Yi5jb20vY2hhdHBsYW5lL2NoYXRwbGFuZS9nZW4vZ28vY2hhdHBsYW5lL3YxO2NoYXRwbGFuZXYxYgZwcm90bzM", [file_chatplane_v1_resources]);
+  fileDesc("ChljaGF0cGxhbmUvdjEvZXZlbnRzLnByb3RvEgxjaGF0cGxhbmUudjEi9AEKD01lc3NhZ2VSZWNvcmRlZBIWCg5zY2hlbWFfdmVyc2lvbhgBIAEoBRIRCgl0ZW5hbnRfaWQYAiABKAkSDwoHdXNlcl9pZBgDIAEoCRImCgdtZXNzYWdlGAQgASgLMhUuY2hhdHBsYW5lLnYxLk1lc3NhZ2USEgoKZGVsdGFfZW5kcxgeIAMoBRIPCgd2YXJpYW50GDIgASgJEhsKDmZpcnN0X3Rva2VuX21zGDMgASgDSACIAQESGAoLZHVyYXRpb25fbXMYNCABKANIAYgBAUIRCg9fZmlyc3RfdG9rZW5fbXNCDgoMX2R1cmF0aW9uX21zIoACCgxIYW5kb2ZmRXZlbnQSFgoOc2NoZW1hX3ZlcnNpb24YASABKAUSEQoJdGVuYW50X2lkGAIgASgJEg8KB3VzZXJfaWQYAyABKAkSFwoPY29udmVyc2F0aW9uX2lkGAQgASgJEjAKCXJlcXVlc3RlZBgFIAEoCzIbLmNoYXRwbGFuZS52MS5IYW5kb2ZmU3RhdHVzSAASLwoOb3BlcmF0b3JfcmVwbHkYBiABKAsyFS5jaGF0cGxhbmUudjEuTWVzc2FnZUgAEi8KCHJlbGVhc2VkGAcgASgLMhsuY2hhdHBsYW5lLnYxLkhhbmRvZmZTdGF0dXNIAEIHCgVldmVudEJAWj5naXRodWIuY29tL2NoYXRwbGFuZS9jaGF0cGxhbmUvZ2VuL2dvL2NoYXRwbGFuZS92MTtjaGF0cGxhbmV2MWIGcHJvdG8z", [file_chatplane_v1_resources]);
 
 /**
  * A record of the message log (topic chatplane.messages, keyed by conversation id): one
@@ -88,4 +88,79 @@ export type MessageRecorded = Message<"chatplane.v1.MessageRecorded"> & {
  */
 export const MessageRecordedSchema: GenMessage<MessageRecorded> = /*@__PURE__*/
   messageDesc(file_chatplane_v1_events, 0);
+
+/**
+ * A record of the handoff topic (chatplane.handoff, keyed by conversation id): a change of a
+ * conversation's handoff state or an operator's reply. Every Gateway replica reads it from
+ * the latest record on, to reach the users watching the conversation on that replica.
+ *
+ * @generated from message chatplane.v1.HandoffEvent
+ */
+export type HandoffEvent = Message<"chatplane.v1.HandoffEvent"> & {
+  /**
+   * Version of this record's schema; consumers skip versions they do not know.
+   *
+   * @generated from field: int32 schema_version = 1;
+   */
+  schemaVersion: number;
+
+  /**
+   * The owner's tenant.
+   *
+   * @generated from field: string tenant_id = 2;
+   */
+  tenantId: string;
+
+  /**
+   * The owner's user id.
+   *
+   * @generated from field: string user_id = 3;
+   */
+  userId: string;
+
+  /**
+   * The conversation.
+   *
+   * @generated from field: string conversation_id = 4;
+   */
+  conversationId: string;
+
+  /**
+   * What happened.
+   *
+   * @generated from oneof chatplane.v1.HandoffEvent.event
+   */
+  event: {
+    /**
+     * The conversation was handed to a human.
+     *
+     * @generated from field: chatplane.v1.HandoffStatus requested = 5;
+     */
+    value: HandoffStatus;
+    case: "requested";
+  } | {
+    /**
+     * An operator replied (the message is also recorded on chatplane.messages).
+     *
+     * @generated from field: chatplane.v1.Message operator_reply = 6;
+     */
+    value: Message$1;
+    case: "operatorReply";
+  } | {
+    /**
+     * The conversation was given back to the bot.
+     *
+     * @generated from field: chatplane.v1.HandoffStatus released = 7;
+     */
+    value: HandoffStatus;
+    case: "released";
+  } | { case: undefined; value?: undefined };
+};
+
+/**
+ * Describes the message chatplane.v1.HandoffEvent.
+ * Use `create(HandoffEventSchema)` to create a new message.
+ */
+export const HandoffEventSchema: GenMessage<HandoffEvent> = /*@__PURE__*/
+  messageDesc(file_chatplane_v1_events, 1);
 

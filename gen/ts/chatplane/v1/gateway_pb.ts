@@ -4,7 +4,7 @@
 
 import type { GenEnum, GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
 import { enumDesc, fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
-import type { Citation, Conversation, Document, Message as Message$1, TextDelta, TurnDone, TurnStarted, Usage } from "./resources_pb";
+import type { Citation, Conversation, Document, HandoffStatus, Message as Message$1, TextDelta, TurnDone, TurnStarted, Usage } from "./resources_pb";
 import { file_chatplane_v1_resources } from "./resources_pb";
 import { file_google_api_annotations } from "../../google/api/annotations_pb";
 import type { Timestamp } from "@bufbuild/protobuf/wkt";
@@ -15,7 +15,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file chatplane/v1/gateway.proto.
  */
 export const file_chatplane_v1_gateway: GenFile = /*@__PURE__*/
-  fileDesc("ChpjaGF0cGxhbmUvdjEvZ2F0ZXdheS5wcm90bxIMY2hhdHBsYW5lLnYxIqgBCgtDaGF0UmVxdWVzdBIXCg9jb252ZXJzYXRpb25faWQYASABKAkSDAoEdGV4dBgCIAEoCRIZChFjbGllbnRfbWVzc2FnZV9pZBgDIAEoCRIRCglyZXN1bWFibGUYHiABKAgSHwoVcmVnZW5lcmF0ZV9tZXNzYWdlX2lkGCggASgJSAASGQoPZWRpdF9tZXNzYWdlX2lkGCkgASgJSABCCAoGYnJhbmNoIukBCgxDaGF0UmVzcG9uc2USLAoHc3RhcnRlZBgBIAEoCzIZLmNoYXRwbGFuZS52MS5UdXJuU3RhcnRlZEgAEigKBWRlbHRhGAIgASgLMhcuY2hhdHBsYW5lLnYxLlRleHREZWx0YUgAEioKCGNpdGF0aW9uGAMgASgLMhYuY2hhdHBsYW5lLnYxLkNpdGF0aW9uSAASJAoFdXNhZ2UYBCABKAsyEy5jaGF0cGxhbmUudjEuVXNhZ2VIABImCgRkb25lGAUgASgLMhYuY2hhdHBsYW5lLnYxLlR1cm5Eb25lSABCBwoFZXZlbnQiQQoYTGlzdENvbnZlcnNhdGlvbnNSZXF1ZXN0EhEKCXBhZ2Vfc2l6ZRgBIAEoBRISCgpwYWdlX3Rva2VuGAIgASgJImcKGUxpc3RDb252ZXJzYXRpb25zUmVzcG9uc2USMQoNY29udmVyc2F0aW9ucxgBIAMoCzIaLmNoYXRwbGFuZS52MS5Db252ZXJzYXRpb24SFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIoYBChZHZXRDb252ZXJzYXRpb25SZXF1ZXN0EhcKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCRIRCglwYWdlX3NpemUYAiABKAUSEgoKcGFnZV90b2tlbhgDIAEoCRIsCgR2aWV3GCggASgOMh4uY2hhdHBsYW5lLnYxLkNvbnZlcnNhdGlvblZpZXcijQEKF0dldENvbnZlcnNhdGlvblJlc3BvbnNlEjAKDGNvbnZlcnNhdGlvbhgBIAEoCzIaLmNoYXRwbGFuZS52MS5Db252ZXJzYXRpb24SJwoIbWVzc2FnZXMYAiADKAsyFS5jaGF0cGxhbmUudjEuTWVzc2FnZRIXCg9uZXh0X3BhZ2VfdG9rZW4YAyABKAkiNAoZRGVsZXRlQ29udmVyc2F0aW9uUmVxdWVzdBIXCg9jb252ZXJzYXRpb25faWQYASABKAkiTQoaRGVsZXRlQ29udmVyc2F0aW9uUmVzcG9uc2USLwoLZGVsZXRlX3RpbWUYASABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIoABChVTdWJtaXRGZWVkYmFja1JlcXVlc3QSEgoKbWVzc2FnZV9pZBgBIAEoCRIkCgZyYXRpbmcYAiABKA4yFC5jaGF0cGxhbmUudjEuUmF0aW5nEg8KB2NvbW1lbnQYAyABKAkSEgoFc2NvcmUYMiABKAVIAIgBAUIICgZfc2NvcmUiSQoWU3VibWl0RmVlZGJhY2tSZXNwb25zZRIvCgtjcmVhdGVfdGltZRgBIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiPwoRUmVzdW1lQ2hhdFJlcXVlc3QSEgoKbWVzc2FnZV9pZBgBIAEoCRIWCg5hZnRlcl9zZXF1ZW5jZRgCIAEoAyLvAQoSUmVzdW1lQ2hhdFJlc3BvbnNlEiwKB3N0YXJ0ZWQYASABKAsyGS5jaGF0cGxhbmUudjEuVHVyblN0YXJ0ZWRIABIoCgVkZWx0YRgCIAEoCzIXLmNoYXRwbGFuZS52MS5UZXh0RGVsdGFIABIqCghjaXRhdGlvbhgDIAEoCzIWLmNoYXRwbGFuZS52MS5DaXRhdGlvbkgAEiQKBXVzYWdlGAQgASgLMhMuY2hhdHBsYW5lLnYxLlVzYWdlSAASJgoEZG9uZRgFIAEoCzIWLmNoYXRwbGFuZS52MS5UdXJuRG9uZUgAQgcKBWV2ZW50IicKEUNhbmNlbENoYXRSZXF1ZXN0EhIKCm1lc3NhZ2VfaWQYASABKAkiJwoSQ2FuY2VsQ2hhdFJlc3BvbnNlEhEKCWNhbmNlbGxlZBgBIAEoCCI3ChRJbmdlc3REb2N1bWVudEhlYWRlchIMCgRuYW1lGAEgASgJEhEKCW1pbWVfdHlwZRgCIAEoCSJ2CiNHYXRld2F5U2VydmljZUluZ2VzdERvY3VtZW50UmVxdWVzdBI0CgZoZWFkZXIYASABKAsyIi5jaGF0cGxhbmUudjEuSW5nZXN0RG9jdW1lbnRIZWFkZXJIABIRCgdjb250ZW50GAIgASgMSABCBgoEcGFydCJQCiRHYXRld2F5U2VydmljZUluZ2VzdERvY3VtZW50UmVzcG9uc2USKAoIZG9jdW1lbnQYASABKAsyFi5jaGF0cGxhbmUudjEuRG9jdW1lbnQiJAoiR2F0ZXdheVNlcnZpY2VMaXN0RG9jdW1lbnRzUmVxdWVzdCJQCiNHYXRld2F5U2VydmljZUxpc3REb2N1bWVudHNSZXNwb25zZRIpCglkb2N1bWVudHMYASADKAsyFi5jaGF0cGxhbmUudjEuRG9jdW1lbnQiOgojR2F0ZXdheVNlcnZpY2VEZWxldGVEb2N1bWVudFJlcXVlc3QSEwoLZG9jdW1lbnRfaWQYASABKAkiQwokR2F0ZXdheVNlcnZpY2VEZWxldGVEb2N1bWVudFJlc3BvbnNlEhsKE2RlbGV0ZWRfY2h1bmtfY291bnQYASABKAUiRQoWU2V0QWN0aXZlQnJhbmNoUmVxdWVzdBIXCg9jb252ZXJzYXRpb25faWQYASABKAkSEgoKbWVzc2FnZV9pZBgCIAEoCSJLChdTZXRBY3RpdmVCcmFuY2hSZXNwb25zZRIwCgxjb252ZXJzYXRpb24YASABKAsyGi5jaGF0cGxhbmUudjEuQ29udmVyc2F0aW9uKnYKEENvbnZlcnNhdGlvblZpZXcSIQodQ09OVkVSU0FUSU9OX1ZJRVdfVU5TUEVDSUZJRUQQABIjCh9DT05WRVJTQVRJT05fVklFV19BQ1RJVkVfQlJBTkNIEAESGgoWQ09OVkVSU0FUSU9OX1ZJRVdfVFJFRRACKk4KBlJhdGluZxIWChJSQVRJTkdfVU5TUEVDSUZJRUQQABIUChBSQVRJTkdfVEhVTUJTX1VQEAESFgoSUkFUSU5HX1RIVU1CU19ET1dOEAIy3gsKDkdhdGV3YXlTZXJ2aWNlElQKBENoYXQSGS5jaGF0cGxhbmUudjEuQ2hhdFJlcXVlc3QaGi5jaGF0cGxhbmUudjEuQ2hhdFJlc3BvbnNlIhOC0+STAg06ASoiCC92MS9jaGF0MAESfwoRTGlzdENvbnZlcnNhdGlvbnMSJi5jaGF0cGxhbmUudjEuTGlzdENvbnZlcnNhdGlvbnNSZXF1ZXN0GicuY2hhdHBsYW5lLnYxLkxpc3RDb252ZXJzYXRpb25zUmVzcG9uc2UiGYLT5JMCExIRL3YxL2NvbnZlcnNhdGlvbnMSiwEKD0dldENvbnZlcnNhdGlvbhIkLmNoYXRwbGFuZS52MS5HZXRDb252ZXJzYXRpb25SZXF1ZXN0GiUuY2hhdHBsYW5lLnYxLkdldENvbnZlcnNhdGlvblJlc3BvbnNlIiuC0+STAiUSIy92MS9jb252ZXJzYXRpb25zL3tjb252ZXJzYXRpb25faWR9EpQBChJEZWxldGVDb252ZXJzYXRpb24SJy5jaGF0cGxhbmUudjEuRGVsZXRlQ29udmVyc2F0aW9uUmVxdWVzdBooLmNoYXRwbGFuZS52MS5EZWxldGVDb252ZXJzYXRpb25SZXNwb25zZSIrgtPkkwIlKiMvdjEvY29udmVyc2F0aW9ucy97Y29udmVyc2F0aW9uX2lkfRKKAQoOU3VibWl0RmVlZGJhY2sSIy5jaGF0cGxhbmUudjEuU3VibWl0RmVlZGJhY2tSZXF1ZXN0GiQuY2hhdHBsYW5lLnYxLlN1Ym1pdEZlZWRiYWNrUmVzcG9uc2UiLYLT5JMCJzoBKiIiL3YxL21lc3NhZ2VzL3ttZXNzYWdlX2lkfS9mZWVkYmFjaxJ+CgpSZXN1bWVDaGF0Eh8uY2hhdHBsYW5lLnYxLlJlc3VtZUNoYXRSZXF1ZXN0GiAuY2hhdHBsYW5lLnYxLlJlc3VtZUNoYXRSZXNwb25zZSIrgtPkkwIlOgEqIiAvdjEvbWVzc2FnZXMve21lc3NhZ2VfaWR9L3Jlc3VtZTABEnwKCkNhbmNlbENoYXQSHy5jaGF0cGxhbmUudjEuQ2FuY2VsQ2hhdFJlcXVlc3QaIC5jaGF0cGxhbmUudjEuQ2FuY2VsQ2hhdFJlc3BvbnNlIiuC0+STAiU6ASoiIC92MS9tZXNzYWdlcy97bWVzc2FnZV9pZH0vY2FuY2VsEnkKDkluZ2VzdERvY3VtZW50EjEuY2hhdHBsYW5lLnYxLkdhdGV3YXlTZXJ2aWNlSW5nZXN0RG9jdW1lbnRSZXF1ZXN0GjIuY2hhdHBsYW5lLnYxLkdhdGV3YXlTZXJ2aWNlSW5nZXN0RG9jdW1lbnRSZXNwb25zZSgBEosBCg1MaXN0RG9jdW1lbnRzEjAuY2hhdHBsYW5lLnYxLkdhdGV3YXlTZXJ2aWNlTGlzdERvY3VtZW50c1JlcXVlc3QaMS5jaGF0cGxhbmUudjEuR2F0ZXdheVNlcnZpY2VMaXN0RG9jdW1lbnRzUmVzcG9uc2UiFYLT5JMCDxINL3YxL2RvY3VtZW50cxKcAQoORGVsZXRlRG9jdW1lbnQSMS5jaGF0cGxhbmUudjEuR2F0ZXdheVNlcnZpY2VEZWxldGVEb2N1bWVudFJlcXVlc3QaMi5jaGF0cGxhbmUudjEuR2F0ZXdheVNlcnZpY2VEZWxldGVEb2N1bWVudFJlc3BvbnNlIiOC0+STAh0qGy92MS9kb2N1bWVudHMve2RvY3VtZW50X2lkfRKcAQoPU2V0QWN0aXZlQnJhbmNoEiQuY2hhdHBsYW5lLnYxLlNldEFjdGl2ZUJyYW5jaFJlcXVlc3QaJS5jaGF0cGxhbmUudjEuU2V0QWN0aXZlQnJhbmNoUmVzcG9uc2UiPILT5JMCNjoBKiIxL3YxL2NvbnZlcnNhdGlvbnMve2NvbnZlcnNhdGlvbl9pZH0vYWN0aXZlLWJyYW5jaEJAWj5naXRodWIuY29tL2NoYXRwbGFuZS9jaGF0cGxhbmUvZ2VuL2dvL2NoYXRwbGFuZS92MTtjaGF0cGxhbmV2MWIGcHJvdG8z", [file_chatplane_v1_resources, file_google_api_annotations, file_google_protobuf_timestamp]);
+  fileDesc("ChpjaGF0cGxhbmUvdjEvZ2F0ZXdheS5wcm90bxIMY2hhdHBsYW5lLnYxIqgBCgtDaGF0UmVxdWVzdBIXCg9jb252ZXJzYXRpb25faWQYASABKAkSDAoEdGV4dBgCIAEoCRIZChFjbGllbnRfbWVzc2FnZV9pZBgDIAEoCRIRCglyZXN1bWFibGUYHiABKAgSHwoVcmVnZW5lcmF0ZV9tZXNzYWdlX2lkGCggASgJSAASGQoPZWRpdF9tZXNzYWdlX2lkGCkgASgJSABCCAoGYnJhbmNoIpkCCgxDaGF0UmVzcG9uc2USLAoHc3RhcnRlZBgBIAEoCzIZLmNoYXRwbGFuZS52MS5UdXJuU3RhcnRlZEgAEigKBWRlbHRhGAIgASgLMhcuY2hhdHBsYW5lLnYxLlRleHREZWx0YUgAEioKCGNpdGF0aW9uGAMgASgLMhYuY2hhdHBsYW5lLnYxLkNpdGF0aW9uSAASJAoFdXNhZ2UYBCABKAsyEy5jaGF0cGxhbmUudjEuVXNhZ2VIABImCgRkb25lGAUgASgLMhYuY2hhdHBsYW5lLnYxLlR1cm5Eb25lSAASLgoHaGFuZG9mZhg8IAEoCzIbLmNoYXRwbGFuZS52MS5IYW5kb2ZmU3RhdHVzSABCBwoFZXZlbnQiQQoYTGlzdENvbnZlcnNhdGlvbnNSZXF1ZXN0EhEKCXBhZ2Vfc2l6ZRgBIAEoBRISCgpwYWdlX3Rva2VuGAIgASgJImcKGUxpc3RDb252ZXJzYXRpb25zUmVzcG9uc2USMQoNY29udmVyc2F0aW9ucxgBIAMoCzIaLmNoYXRwbGFuZS52MS5Db252ZXJzYXRpb24SFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIoYBChZHZXRDb252ZXJzYXRpb25SZXF1ZXN0EhcKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCRIRCglwYWdlX3NpemUYAiABKAUSEgoKcGFnZV90b2tlbhgDIAEoCRIsCgR2aWV3GCggASgOMh4uY2hhdHBsYW5lLnYxLkNvbnZlcnNhdGlvblZpZXcijQEKF0dldENvbnZlcnNhdGlvblJlc3BvbnNlEjAKDGNvbnZlcnNhdGlvbhgBIAEoCzIaLmNoYXRwbGFuZS52MS5Db252ZXJzYXRpb24SJwoIbWVzc2FnZXMYAiADKAsyFS5jaGF0cGxhbmUudjEuTWVzc2FnZRIXCg9uZXh0X3BhZ2VfdG9rZW4YAyABKAkiNAoZRGVsZXRlQ29udmVyc2F0aW9uUmVxdWVzdBIXCg9jb252ZXJzYXRpb25faWQYASABKAkiTQoaRGVsZXRlQ29udmVyc2F0aW9uUmVzcG9uc2USLwoLZGVsZXRlX3RpbWUYASABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIoABChVTdWJtaXRGZWVkYmFja1JlcXVlc3QSEgoKbWVzc2FnZV9pZBgBIAEoCRIkCgZyYXRpbmcYAiABKA4yFC5jaGF0cGxhbmUudjEuUmF0aW5nEg8KB2NvbW1lbnQYAyABKAkSEgoFc2NvcmUYMiABKAVIAIgBAUIICgZfc2NvcmUidwoWU3VibWl0RmVlZGJhY2tSZXNwb25zZRIvCgtjcmVhdGVfdGltZRgBIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLAoHaGFuZG9mZhg8IAEoCzIbLmNoYXRwbGFuZS52MS5IYW5kb2ZmU3RhdHVzIkAKFVJlcXVlc3RIYW5kb2ZmUmVxdWVzdBIXCg9jb252ZXJzYXRpb25faWQYASABKAkSDgoGcmVhc29uGAIgASgJIkYKFlJlcXVlc3RIYW5kb2ZmUmVzcG9uc2USLAoHaGFuZG9mZhgBIAEoCzIbLmNoYXRwbGFuZS52MS5IYW5kb2ZmU3RhdHVzIjAKFVJlbGVhc2VIYW5kb2ZmUmVxdWVzdBIXCg9jb252ZXJzYXRpb25faWQYASABKAkiRgoWUmVsZWFzZUhhbmRvZmZSZXNwb25zZRIsCgdoYW5kb2ZmGAEgASgLMhsuY2hhdHBsYW5lLnYxLkhhbmRvZmZTdGF0dXMiMwoYV2F0Y2hDb252ZXJzYXRpb25SZXF1ZXN0EhcKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCSKFAQoZV2F0Y2hDb252ZXJzYXRpb25SZXNwb25zZRIuCgdoYW5kb2ZmGAEgASgLMhsuY2hhdHBsYW5lLnYxLkhhbmRvZmZTdGF0dXNIABIvCg5vcGVyYXRvcl9yZXBseRgCIAEoCzIVLmNoYXRwbGFuZS52MS5NZXNzYWdlSABCBwoFZXZlbnQiPwoRUmVzdW1lQ2hhdFJlcXVlc3QSEgoKbWVzc2FnZV9pZBgBIAEoCRIWCg5hZnRlcl9zZXF1ZW5jZRgCIAEoAyLvAQoSUmVzdW1lQ2hhdFJlc3BvbnNlEiwKB3N0YXJ0ZWQYASABKAsyGS5jaGF0cGxhbmUudjEuVHVyblN0YXJ0ZWRIABIoCgVkZWx0YRgCIAEoCzIXLmNoYXRwbGFuZS52MS5UZXh0RGVsdGFIABIqCghjaXRhdGlvbhgDIAEoCzIWLmNoYXRwbGFuZS52MS5DaXRhdGlvbkgAEiQKBXVzYWdlGAQgASgLMhMuY2hhdHBsYW5lLnYxLlVzYWdlSAASJgoEZG9uZRgFIAEoCzIWLmNoYXRwbGFuZS52MS5UdXJuRG9uZUgAQgcKBWV2ZW50IicKEUNhbmNlbENoYXRSZXF1ZXN0EhIKCm1lc3NhZ2VfaWQYASABKAkiJwoSQ2FuY2VsQ2hhdFJlc3BvbnNlEhEKCWNhbmNlbGxlZBgBIAEoCCI3ChRJbmdlc3REb2N1bWVudEhlYWRlchIMCgRuYW1lGAEgASgJEhEKCW1pbWVfdHlwZRgCIAEoCSJ2CiNHYXRld2F5U2VydmljZUluZ2VzdERvY3VtZW50UmVxdWVzdBI0CgZoZWFkZXIYASABKAsyIi5jaGF0cGxhbmUudjEuSW5nZXN0RG9jdW1lbnRIZWFkZXJIABIRCgdjb250ZW50GAIgASgMSABCBgoEcGFydCJQCiRHYXRld2F5U2VydmljZUluZ2VzdERvY3VtZW50UmVzcG9uc2USKAoIZG9jdW1lbnQYASABKAsyFi5jaGF0cGxhbmUudjEuRG9jdW1lbnQiJAoiR2F0ZXdheVNlcnZpY2VMaXN0RG9jdW1lbnRzUmVxdWVzdCJQCiNHYXRld2F5U2VydmljZUxpc3REb2N1bWVudHNSZXNwb25zZRIpCglkb2N1bWVudHMYASADKAsyFi5jaGF0cGxhbmUudjEuRG9jdW1lbnQiOgojR2F0ZXdheVNlcnZpY2VEZWxldGVEb2N1bWVudFJlcXVlc3QSEwoLZG9jdW1lbnRfaWQYASABKAkiQwokR2F0ZXdheVNlcnZpY2VEZWxldGVEb2N1bWVudFJlc3BvbnNlEhsKE2RlbGV0ZWRfY2h1bmtfY291bnQYASABKAUiRQoWU2V0QWN0aXZlQnJhbmNoUmVxdWVzdBIXCg9jb252ZXJzYXRpb25faWQYASABKAkSEgoKbWVzc2FnZV9pZBgCIAEoCSJLChdTZXRBY3RpdmVCcmFuY2hSZXNwb25zZRIwCgxjb252ZXJzYXRpb24YASABKAsyGi5jaGF0cGxhbmUudjEuQ29udmVyc2F0aW9uKnYKEENvbnZlcnNhdGlvblZpZXcSIQodQ09OVkVSU0FUSU9OX1ZJRVdfVU5TUEVDSUZJRUQQABIjCh9DT05WRVJTQVRJT05fVklFV19BQ1RJVkVfQlJBTkNIEAESGgoWQ09OVkVSU0FUSU9OX1ZJRVdfVFJFRRACKk4KBlJhdGluZxIWChJSQVRJTkdfVU5TUEVDSUZJRUQQABIUChBSQVRJTkdfVEhVTUJTX1VQEAESFgoSUkFUSU5HX1RIVU1CU19ET1dOEAIyrw8KDkdhdGV3YXlTZXJ2aWNlElQKBENoYXQSGS5jaGF0cGxhbmUudjEuQ2hhdFJlcXVlc3QaGi5jaGF0cGxhbmUudjEuQ2hhdFJlc3BvbnNlIhOC0+STAg06ASoiCC92MS9jaGF0MAESfwoRTGlzdENvbnZlcnNhdGlvbnMSJi5jaGF0cGxhbmUudjEuTGlzdENvbnZlcnNhdGlvbnNSZXF1ZXN0GicuY2hhdHBsYW5lLnYxLkxpc3RDb252ZXJzYXRpb25zUmVzcG9uc2UiGYLT5JMCExIRL3YxL2NvbnZlcnNhdGlvbnMSiwEKD0dldENvbnZlcnNhdGlvbhIkLmNoYXRwbGFuZS52MS5HZXRDb252ZXJzYXRpb25SZXF1ZXN0GiUuY2hhdHBsYW5lLnYxLkdldENvbnZlcnNhdGlvblJlc3BvbnNlIiuC0+STAiUSIy92MS9jb252ZXJzYXRpb25zL3tjb252ZXJzYXRpb25faWR9EpQBChJEZWxldGVDb252ZXJzYXRpb24SJy5jaGF0cGxhbmUudjEuRGVsZXRlQ29udmVyc2F0aW9uUmVxdWVzdBooLmNoYXRwbGFuZS52MS5EZWxldGVDb252ZXJzYXRpb25SZXNwb25zZSIrgtPkkwIlKiMvdjEvY29udmVyc2F0aW9ucy97Y29udmVyc2F0aW9uX2lkfRKKAQoOU3VibWl0RmVlZGJhY2sSIy5jaGF0cGxhbmUudjEuU3VibWl0RmVlZGJhY2tSZXF1ZXN0GiQuY2hhdHBsYW5lLnYxLlN1Ym1pdEZlZWRiYWNrUmVzcG9uc2UiLYLT5JMCJzoBKiIiL3YxL21lc3NhZ2VzL3ttZXNzYWdlX2lkfS9mZWVkYmFjaxJ+CgpSZXN1bWVDaGF0Eh8uY2hhdHBsYW5lLnYxLlJlc3VtZUNoYXRSZXF1ZXN0GiAuY2hhdHBsYW5lLnYxLlJlc3VtZUNoYXRSZXNwb25zZSIrgtPkkwIlOgEqIiAvdjEvbWVzc2FnZXMve21lc3NhZ2VfaWR9L3Jlc3VtZTABEnwKCkNhbmNlbENoYXQSHy5jaGF0cGxhbmUudjEuQ2FuY2VsQ2hhdFJlcXVlc3QaIC5jaGF0cGxhbmUudjEuQ2FuY2VsQ2hhdFJlc3BvbnNlIiuC0+STAiU6ASoiIC92MS9tZXNzYWdlcy97bWVzc2FnZV9pZH0vY2FuY2VsEnkKDkluZ2VzdERvY3VtZW50EjEuY2hhdHBsYW5lLnYxLkdhdGV3YXlTZXJ2aWNlSW5nZXN0RG9jdW1lbnRSZXF1ZXN0GjIuY2hhdHBsYW5lLnYxLkdhdGV3YXlTZXJ2aWNlSW5nZXN0RG9jdW1lbnRSZXNwb25zZSgBEosBCg1MaXN0RG9jdW1lbnRzEjAuY2hhdHBsYW5lLnYxLkdhdGV3YXlTZXJ2aWNlTGlzdERvY3VtZW50c1JlcXVlc3QaMS5jaGF0cGxhbmUudjEuR2F0ZXdheVNlcnZpY2VMaXN0RG9jdW1lbnRzUmVzcG9uc2UiFYLT5JMCDxINL3YxL2RvY3VtZW50cxKcAQoORGVsZXRlRG9jdW1lbnQSMS5jaGF0cGxhbmUudjEuR2F0ZXdheVNlcnZpY2VEZWxldGVEb2N1bWVudFJlcXVlc3QaMi5jaGF0cGxhbmUudjEuR2F0ZXdheVNlcnZpY2VEZWxldGVEb2N1bWVudFJlc3BvbnNlIiOC0+STAh0qGy92MS9kb2N1bWVudHMve2RvY3VtZW50X2lkfRKcAQoPU2V0QWN0aXZlQnJhbmNoEiQuY2hhdHBsYW5lLnYxLlNldEFjdGl2ZUJyYW5jaFJlcXVlc3QaJS5jaGF0cGxhbmUudjEuU2V0QWN0aXZlQnJhbmNoUmVzcG9uc2UiPILT5JMCNjoBKiIxL3YxL2NvbnZlcnNhdGlvbnMve2NvbnZlcnNhdGlvbl9pZH0vYWN0aXZlLWJyYW5jaBKTAQoOUmVxdWVzdEhhbmRvZmYSIy5jaGF0cGxhbmUudjEuUmVxdWVzdEhhbmRvZmZSZXF1ZXN0GiQuY2hhdHBsYW5lLnYxLlJlcXVlc3RIYW5kb2ZmUmVzcG9uc2UiNoLT5JMCMDoBKiIrL3YxL2NvbnZlcnNhdGlvbnMve2NvbnZlcnNhdGlvbl9pZH0vaGFuZG9mZhKbAQoOUmVsZWFzZUhhbmRvZmYSIy5jaGF0cGxhbmUudjEuUmVsZWFzZUhhbmRvZmZSZXF1ZXN0GiQuY2hhdHBsYW5lLnYxLlJlbGVhc2VIYW5kb2ZmUmVzcG9uc2UiPoLT5JMCODoBKiIzL3YxL2NvbnZlcnNhdGlvbnMve2NvbnZlcnNhdGlvbl9pZH0vaGFuZG9mZjpyZWxlYXNlEpoBChFXYXRjaENvbnZlcnNhdGlvbhImLmNoYXRwbGFuZS52MS5XYXRjaENvbnZlcnNhdGlvblJlcXVlc3QaJy5jaGF0cGxhbmUudjEuV2F0Y2hDb252ZXJzYXRpb25SZXNwb25zZSIygtPkkwIsEiovdjEvY29udmVyc2F0aW9ucy97Y29udmVyc2F0aW9uX2lkfS9ldmVudHMwAUJAWj5naXRodWIuY29tL2NoYXRwbGFuZS9jaGF0cGxhbmUvZ2VuL2dvL2NoYXRwbGFuZS92MTtjaGF0cGxhbmV2MWIGcHJvdG8z", [file_chatplane_v1_resources, file_google_api_annotations, file_google_protobuf_timestamp]);
 
 /**
  * A user message to answer.
@@ -136,6 +136,15 @@ export type ChatResponse = Message<"chatplane.v1.ChatResponse"> & {
      */
     value: TurnDone;
     case: "done";
+  } | {
+    /**
+     * The conversation is with a human operator (the only event when it is): the user's
+     * message is stored, the bot does not answer; replies come on WatchConversation.
+     *
+     * @generated from field: chatplane.v1.HandoffStatus handoff = 60;
+     */
+    value: HandoffStatus;
+    case: "handoff";
   } | { case: undefined; value?: undefined };
 };
 
@@ -375,6 +384,13 @@ export type SubmitFeedbackResponse = Message<"chatplane.v1.SubmitFeedbackRespons
    * @generated from field: google.protobuf.Timestamp create_time = 1;
    */
   createTime?: Timestamp | undefined;
+
+  /**
+   * Set when this feedback handed the conversation to a human (the thumbs-down rule fired).
+   *
+   * @generated from field: chatplane.v1.HandoffStatus handoff = 60;
+   */
+  handoff?: HandoffStatus | undefined;
 };
 
 /**
@@ -383,6 +399,155 @@ export type SubmitFeedbackResponse = Message<"chatplane.v1.SubmitFeedbackRespons
  */
 export const SubmitFeedbackResponseSchema: GenMessage<SubmitFeedbackResponse> = /*@__PURE__*/
   messageDesc(file_chatplane_v1_gateway, 9);
+
+/**
+ * Asks for a human operator.
+ *
+ * @generated from message chatplane.v1.RequestHandoffRequest
+ */
+export type RequestHandoffRequest = Message<"chatplane.v1.RequestHandoffRequest"> & {
+  /**
+   * The caller's conversation.
+   *
+   * @generated from field: string conversation_id = 1;
+   */
+  conversationId: string;
+
+  /**
+   * Optional: why (at most 1 KiB), shown to the operator.
+   *
+   * @generated from field: string reason = 2;
+   */
+  reason: string;
+};
+
+/**
+ * Describes the message chatplane.v1.RequestHandoffRequest.
+ * Use `create(RequestHandoffRequestSchema)` to create a new message.
+ */
+export const RequestHandoffRequestSchema: GenMessage<RequestHandoffRequest> = /*@__PURE__*/
+  messageDesc(file_chatplane_v1_gateway, 10);
+
+/**
+ * The conversation is with a human.
+ *
+ * @generated from message chatplane.v1.RequestHandoffResponse
+ */
+export type RequestHandoffResponse = Message<"chatplane.v1.RequestHandoffResponse"> & {
+  /**
+   * Its state (changed is false when it was with a human already).
+   *
+   * @generated from field: chatplane.v1.HandoffStatus handoff = 1;
+   */
+  handoff?: HandoffStatus | undefined;
+};
+
+/**
+ * Describes the message chatplane.v1.RequestHandoffResponse.
+ * Use `create(RequestHandoffResponseSchema)` to create a new message.
+ */
+export const RequestHandoffResponseSchema: GenMessage<RequestHandoffResponse> = /*@__PURE__*/
+  messageDesc(file_chatplane_v1_gateway, 11);
+
+/**
+ * Gives a conversation back to the bot.
+ *
+ * @generated from message chatplane.v1.ReleaseHandoffRequest
+ */
+export type ReleaseHandoffRequest = Message<"chatplane.v1.ReleaseHandoffRequest"> & {
+  /**
+   * The caller's conversation.
+   *
+   * @generated from field: string conversation_id = 1;
+   */
+  conversationId: string;
+};
+
+/**
+ * Describes the message chatplane.v1.ReleaseHandoffRequest.
+ * Use `create(ReleaseHandoffRequestSchema)` to create a new message.
+ */
+export const ReleaseHandoffRequestSchema: GenMessage<ReleaseHandoffRequest> = /*@__PURE__*/
+  messageDesc(file_chatplane_v1_gateway, 12);
+
+/**
+ * The bot answers again.
+ *
+ * @generated from message chatplane.v1.ReleaseHandoffResponse
+ */
+export type ReleaseHandoffResponse = Message<"chatplane.v1.ReleaseHandoffResponse"> & {
+  /**
+   * Its state (changed is false when the bot answered already).
+   *
+   * @generated from field: chatplane.v1.HandoffStatus handoff = 1;
+   */
+  handoff?: HandoffStatus | undefined;
+};
+
+/**
+ * Describes the message chatplane.v1.ReleaseHandoffResponse.
+ * Use `create(ReleaseHandoffResponseSchema)` to create a new message.
+ */
+export const ReleaseHandoffResponseSchema: GenMessage<ReleaseHandoffResponse> = /*@__PURE__*/
+  messageDesc(file_chatplane_v1_gateway, 13);
+
+/**
+ * Asks to watch a conversation.
+ *
+ * @generated from message chatplane.v1.WatchConversationRequest
+ */
+export type WatchConversationRequest = Message<"chatplane.v1.WatchConversationRequest"> & {
+  /**
+   * The caller's conversation.
+   *
+   * @generated from field: string conversation_id = 1;
+   */
+  conversationId: string;
+};
+
+/**
+ * Describes the message chatplane.v1.WatchConversationRequest.
+ * Use `create(WatchConversationRequestSchema)` to create a new message.
+ */
+export const WatchConversationRequestSchema: GenMessage<WatchConversationRequest> = /*@__PURE__*/
+  messageDesc(file_chatplane_v1_gateway, 14);
+
+/**
+ * One event of a watched conversation.
+ *
+ * @generated from message chatplane.v1.WatchConversationResponse
+ */
+export type WatchConversationResponse = Message<"chatplane.v1.WatchConversationResponse"> & {
+  /**
+   * The event.
+   *
+   * @generated from oneof chatplane.v1.WatchConversationResponse.event
+   */
+  event: {
+    /**
+     * The current state (first event), or a change of it.
+     *
+     * @generated from field: chatplane.v1.HandoffStatus handoff = 1;
+     */
+    value: HandoffStatus;
+    case: "handoff";
+  } | {
+    /**
+     * An operator's reply, as stored.
+     *
+     * @generated from field: chatplane.v1.Message operator_reply = 2;
+     */
+    value: Message$1;
+    case: "operatorReply";
+  } | { case: undefined; value?: undefined };
+};
+
+/**
+ * Describes the message chatplane.v1.WatchConversationResponse.
+ * Use `create(WatchConversationResponseSchema)` to create a new message.
+ */
+export const WatchConversationResponseSchema: GenMessage<WatchConversationResponse> = /*@__PURE__*/
+  messageDesc(file_chatplane_v1_gateway, 15);
 
 /**
  * Asks for the rest of an answer.
@@ -410,7 +575,7 @@ export type ResumeChatRequest = Message<"chatplane.v1.ResumeChatRequest"> & {
  * Use `create(ResumeChatRequestSchema)` to create a new message.
  */
 export const ResumeChatRequestSchema: GenMessage<ResumeChatRequest> = /*@__PURE__*/
-  messageDesc(file_chatplane_v1_gateway, 10);
+  messageDesc(file_chatplane_v1_gateway, 16);
 
 /**
  * One event of a resumed answer (the same events as ChatResponse; `started` comes first,
@@ -472,7 +637,7 @@ export type ResumeChatResponse = Message<"chatplane.v1.ResumeChatResponse"> & {
  * Use `create(ResumeChatResponseSchema)` to create a new message.
  */
 export const ResumeChatResponseSchema: GenMessage<ResumeChatResponse> = /*@__PURE__*/
-  messageDesc(file_chatplane_v1_gateway, 11);
+  messageDesc(file_chatplane_v1_gateway, 17);
 
 /**
  * Asks to stop generating an answer.
@@ -493,7 +658,7 @@ export type CancelChatRequest = Message<"chatplane.v1.CancelChatRequest"> & {
  * Use `create(CancelChatRequestSchema)` to create a new message.
  */
 export const CancelChatRequestSchema: GenMessage<CancelChatRequest> = /*@__PURE__*/
-  messageDesc(file_chatplane_v1_gateway, 12);
+  messageDesc(file_chatplane_v1_gateway, 18);
 
 /**
  * The generation is stopped (or had ended already).
@@ -514,7 +679,7 @@ export type CancelChatResponse = Message<"chatplane.v1.CancelChatResponse"> & {
  * Use `create(CancelChatResponseSchema)` to create a new message.
  */
 export const CancelChatResponseSchema: GenMessage<CancelChatResponse> = /*@__PURE__*/
-  messageDesc(file_chatplane_v1_gateway, 13);
+  messageDesc(file_chatplane_v1_gateway, 19);
 
 /**
  * The first message of an ingestion through the Gateway (the tenant is the caller's).
@@ -542,7 +707,7 @@ export type IngestDocumentHeader = Message<"chatplane.v1.IngestDocumentHeader"> 
  * Use `create(IngestDocumentHeaderSchema)` to create a new message.
  */
 export const IngestDocumentHeaderSchema: GenMessage<IngestDocumentHeader> = /*@__PURE__*/
-  messageDesc(file_chatplane_v1_gateway, 14);
+  messageDesc(file_chatplane_v1_gateway, 20);
 
 /**
  * One message of an ingestion stream: the header first, then content pieces.
@@ -579,7 +744,7 @@ export type GatewayServiceIngestDocumentRequest = Message<"chatplane.v1.GatewayS
  * Use `create(GatewayServiceIngestDocumentRequestSchema)` to create a new message.
  */
 export const GatewayServiceIngestDocumentRequestSchema: GenMessage<GatewayServiceIngestDocumentRequest> = /*@__PURE__*/
-  messageDesc(file_chatplane_v1_gateway, 15);
+  messageDesc(file_chatplane_v1_gateway, 21);
 
 /**
  * The document is stored and its chunks are searchable.
@@ -600,7 +765,7 @@ export type GatewayServiceIngestDocumentResponse = Message<"chatplane.v1.Gateway
  * Use `create(GatewayServiceIngestDocumentResponseSchema)` to create a new message.
  */
 export const GatewayServiceIngestDocumentResponseSchema: GenMessage<GatewayServiceIngestDocumentResponse> = /*@__PURE__*/
-  messageDesc(file_chatplane_v1_gateway, 16);
+  messageDesc(file_chatplane_v1_gateway, 22);
 
 /**
  * Asks for the documents of the caller's tenant.
@@ -615,7 +780,7 @@ export type GatewayServiceListDocumentsRequest = Message<"chatplane.v1.GatewaySe
  * Use `create(GatewayServiceListDocumentsRequestSchema)` to create a new message.
  */
 export const GatewayServiceListDocumentsRequestSchema: GenMessage<GatewayServiceListDocumentsRequest> = /*@__PURE__*/
-  messageDesc(file_chatplane_v1_gateway, 17);
+  messageDesc(file_chatplane_v1_gateway, 23);
 
 /**
  * The documents of the caller's tenant.
@@ -636,7 +801,7 @@ export type GatewayServiceListDocumentsResponse = Message<"chatplane.v1.GatewayS
  * Use `create(GatewayServiceListDocumentsResponseSchema)` to create a new message.
  */
 export const GatewayServiceListDocumentsResponseSchema: GenMessage<GatewayServiceListDocumentsResponse> = /*@__PURE__*/
-  messageDesc(file_chatplane_v1_gateway, 18);
+  messageDesc(file_chatplane_v1_gateway, 24);
 
 /**
  * A document to delete.
@@ -657,7 +822,7 @@ export type GatewayServiceDeleteDocumentRequest = Message<"chatplane.v1.GatewayS
  * Use `create(GatewayServiceDeleteDocumentRequestSchema)` to create a new message.
  */
 export const GatewayServiceDeleteDocumentRequestSchema: GenMessage<GatewayServiceDeleteDocumentRequest> = /*@__PURE__*/
-  messageDesc(file_chatplane_v1_gateway, 19);
+  messageDesc(file_chatplane_v1_gateway, 25);
 
 /**
  * The document and its chunks are gone.
@@ -678,7 +843,7 @@ export type GatewayServiceDeleteDocumentResponse = Message<"chatplane.v1.Gateway
  * Use `create(GatewayServiceDeleteDocumentResponseSchema)` to create a new message.
  */
 export const GatewayServiceDeleteDocumentResponseSchema: GenMessage<GatewayServiceDeleteDocumentResponse> = /*@__PURE__*/
-  messageDesc(file_chatplane_v1_gateway, 20);
+  messageDesc(file_chatplane_v1_gateway, 26);
 
 /**
  * Asks to switch a conversation's active branch.
@@ -707,7 +872,7 @@ export type SetActiveBranchRequest = Message<"chatplane.v1.SetActiveBranchReques
  * Use `create(SetActiveBranchRequestSchema)` to create a new message.
  */
 export const SetActiveBranchRequestSchema: GenMessage<SetActiveBranchRequest> = /*@__PURE__*/
-  messageDesc(file_chatplane_v1_gateway, 21);
+  messageDesc(file_chatplane_v1_gateway, 27);
 
 /**
  * The active branch is switched.
@@ -728,7 +893,7 @@ export type SetActiveBranchResponse = Message<"chatplane.v1.SetActiveBranchRespo
  * Use `create(SetActiveBranchResponseSchema)` to create a new message.
  */
 export const SetActiveBranchResponseSchema: GenMessage<SetActiveBranchResponse> = /*@__PURE__*/
-  messageDesc(file_chatplane_v1_gateway, 22);
+  messageDesc(file_chatplane_v1_gateway, 28);
 
 /**
  * Which messages of a conversation GetConversation returns.
@@ -918,6 +1083,37 @@ export const GatewayService: GenService<{
     methodKind: "unary";
     input: typeof SetActiveBranchRequestSchema;
     output: typeof SetActiveBranchResponseSchema;
+  },
+  /**
+   * Hands the caller's conversation to a human operator: the bot stops answering.
+   *
+   * @generated from rpc chatplane.v1.GatewayService.RequestHandoff
+   */
+  requestHandoff: {
+    methodKind: "unary";
+    input: typeof RequestHandoffRequestSchema;
+    output: typeof RequestHandoffResponseSchema;
+  },
+  /**
+   * Gives the caller's conversation back to the bot.
+   *
+   * @generated from rpc chatplane.v1.GatewayService.ReleaseHandoff
+   */
+  releaseHandoff: {
+    methodKind: "unary";
+    input: typeof ReleaseHandoffRequestSchema;
+    output: typeof ReleaseHandoffResponseSchema;
+  },
+  /**
+   * Streams a conversation's handoff changes and operator replies as they happen, starting
+   * with its current state; open until the client cancels.
+   *
+   * @generated from rpc chatplane.v1.GatewayService.WatchConversation
+   */
+  watchConversation: {
+    methodKind: "server_streaming";
+    input: typeof WatchConversationRequestSchema;
+    output: typeof WatchConversationResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_chatplane_v1_gateway, 0);

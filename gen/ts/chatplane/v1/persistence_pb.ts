@@ -8,7 +8,7 @@ import type { AuditActor, AuditEvent, AuditHead, AuditRecord } from "./audit_pb"
 import { file_chatplane_v1_audit } from "./audit_pb";
 import type { GetConversationRequest, GetConversationResponse, ListConversationsRequest, ListConversationsResponse, SetActiveBranchRequest, SetActiveBranchResponse, SubmitFeedbackRequest } from "./gateway_pb";
 import { file_chatplane_v1_gateway } from "./gateway_pb";
-import type { BranchHistory, Message as Message$1 } from "./resources_pb";
+import type { BranchHistory, HandoffMode, HandoffStatus, HandoffTrigger, Message as Message$1 } from "./resources_pb";
 import { file_chatplane_v1_resources } from "./resources_pb";
 import type { Timestamp } from "@bufbuild/protobuf/wkt";
 import { file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
@@ -18,7 +18,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file chatplane/v1/persistence.proto.
  */
 export const file_chatplane_v1_persistence: GenFile = /*@__PURE__*/
-  fileDesc("Ch5jaGF0cGxhbmUvdjEvcGVyc2lzdGVuY2UucHJvdG8SDGNoYXRwbGFuZS52MSIrCgVPd25lchIRCgl0ZW5hbnRfaWQYASABKAkSDwoHdXNlcl9pZBgCIAEoCSKQAgoQQmVnaW5UdXJuUmVxdWVzdBIiCgVvd25lchgBIAEoCzITLmNoYXRwbGFuZS52MS5Pd25lchIXCg9jb252ZXJzYXRpb25faWQYAiABKAkSGQoRY2xpZW50X21lc3NhZ2VfaWQYAyABKAkSFwoPdXNlcl9tZXNzYWdlX2lkGAQgASgJEhwKFGFzc2lzdGFudF9tZXNzYWdlX2lkGAUgASgJEg0KBXRpdGxlGAYgASgJEhAKCGxlYXNlX21zGAcgASgDEh0KFXJlZ2VuZXJhdGVfbWVzc2FnZV9pZBgoIAEoCRIXCg9lZGl0X21lc3NhZ2VfaWQYKSABKAkSFAoMYnJhbmNoX2xpbWl0GCogASgFIvMBChFCZWdpblR1cm5SZXNwb25zZRIXCg9jb252ZXJzYXRpb25faWQYASABKAkSFwoPdXNlcl9tZXNzYWdlX2lkGAIgASgJEhwKFGFzc2lzdGFudF9tZXNzYWdlX2lkGAMgASgJEg0KBW93bmVyGAQgASgIEhAKCGNvbXBsZXRlGAUgASgIEhkKEXBhcmVudF9tZXNzYWdlX2lkGCggASgJEhIKCnJlZ2VuZXJhdGUYKSABKAgSEQoJdXNlcl90ZXh0GCogASgJEisKBmJyYW5jaBgrIAEoCzIbLmNoYXRwbGFuZS52MS5CcmFuY2hIaXN0b3J5ImsKDkdldFR1cm5SZXF1ZXN0EiIKBW93bmVyGAEgASgLMhMuY2hhdHBsYW5lLnYxLk93bmVyEhcKD3VzZXJfbWVzc2FnZV9pZBgCIAEoCRIcChRhc3Npc3RhbnRfbWVzc2FnZV9pZBgoIAEoCSKnAQoPR2V0VHVyblJlc3BvbnNlEisKDHVzZXJfbWVzc2FnZRgBIAEoCzIVLmNoYXRwbGFuZS52MS5NZXNzYWdlEjAKEWFzc2lzdGFudF9tZXNzYWdlGAIgASgLMhUuY2hhdHBsYW5lLnYxLk1lc3NhZ2USNQoRbGVhc2VfZXhwaXJlX3RpbWUYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIm8KElJlbGVhc2VUdXJuUmVxdWVzdBIiCgVvd25lchgBIAEoCzITLmNoYXRwbGFuZS52MS5Pd25lchIXCg91c2VyX21lc3NhZ2VfaWQYAiABKAkSHAoUYXNzaXN0YW50X21lc3NhZ2VfaWQYKCABKAkiJwoTUmVsZWFzZVR1cm5SZXNwb25zZRIQCghyZWxlYXNlZBgBIAEoCCKGAQoqUGVyc2lzdGVuY2VTZXJ2aWNlTGlzdENvbnZlcnNhdGlvbnNSZXF1ZXN0EiIKBW93bmVyGAEgASgLMhMuY2hhdHBsYW5lLnYxLk93bmVyEjQKBHBhZ2UYAiABKAsyJi5jaGF0cGxhbmUudjEuTGlzdENvbnZlcnNhdGlvbnNSZXF1ZXN0ImQKK1BlcnNpc3RlbmNlU2VydmljZUxpc3RDb252ZXJzYXRpb25zUmVzcG9uc2USNQoEcGFnZRgBIAEoCzInLmNoYXRwbGFuZS52MS5MaXN0Q29udmVyc2F0aW9uc1Jlc3BvbnNlIoUBCihQZXJzaXN0ZW5jZVNlcnZpY2VHZXRDb252ZXJzYXRpb25SZXF1ZXN0EiIKBW93bmVyGAEgASgLMhMuY2hhdHBsYW5lLnYxLk93bmVyEjUKB3JlcXVlc3QYAiABKAsyJC5jaGF0cGxhbmUudjEuR2V0Q29udmVyc2F0aW9uUmVxdWVzdCJkCilQZXJzaXN0ZW5jZVNlcnZpY2VHZXRDb252ZXJzYXRpb25SZXNwb25zZRI3CghyZXNwb25zZRgBIAEoCzIlLmNoYXRwbGFuZS52MS5HZXRDb252ZXJzYXRpb25SZXNwb25zZSJqCitQZXJzaXN0ZW5jZVNlcnZpY2VEZWxldGVDb252ZXJzYXRpb25SZXF1ZXN0EiIKBW93bmVyGAEgASgLMhMuY2hhdHBsYW5lLnYxLk93bmVyEhcKD2NvbnZlcnNhdGlvbl9pZBgCIAEoCSJfCixQZXJzaXN0ZW5jZVNlcnZpY2VEZWxldGVDb252ZXJzYXRpb25SZXNwb25zZRIvCgtkZWxldGVfdGltZRgBIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAihAEKJ1BlcnNpc3RlbmNlU2VydmljZVN1Ym1pdEZlZWRiYWNrUmVxdWVzdBIiCgVvd25lchgBIAEoCzITLmNoYXRwbGFuZS52MS5Pd25lchI1CghmZWVkYmFjaxgCIAEoCzIjLmNoYXRwbGFuZS52MS5TdWJtaXRGZWVkYmFja1JlcXVlc3QiWwooUGVyc2lzdGVuY2VTZXJ2aWNlU3VibWl0RmVlZGJhY2tSZXNwb25zZRIvCgtjcmVhdGVfdGltZRgBIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAigAEKE0NyZWF0ZUFwaUtleVJlcXVlc3QSIgoFb3duZXIYASABKAsyEy5jaGF0cGxhbmUudjEuT3duZXISDQoFbGFiZWwYAiABKAkSDQoFcm9sZXMYAyADKAkSJwoFYWN0b3IYUCABKAsyGC5jaGF0cGxhbmUudjEuQXVkaXRBY3RvciJeChRDcmVhdGVBcGlLZXlSZXNwb25zZRIPCgdhcGlfa2V5GAEgASgJEg4KBmtleV9pZBgCIAEoCRIlCgNrZXkYUCABKAsyGC5jaGF0cGxhbmUudjEuQXBpS2V5SW5mbyIiChBHZXRBcGlLZXlSZXF1ZXN0Eg4KBmtleV9pZBgBIAEoCSKfAQoRR2V0QXBpS2V5UmVzcG9uc2USIgoFb3duZXIYASABKAsyEy5jaGF0cGxhbmUudjEuT3duZXISFQoNc2VjcmV0X3NoYTI1NhgCIAEoDBIPCgdyZXZva2VkGAMgASgIEg0KBXJvbGVzGAQgAygJEi8KC2V4cGlyZV90aW1lGFAgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCLtAQoKQXBpS2V5SW5mbxIOCgZrZXlfaWQYASABKAkSIgoFb3duZXIYAiABKAsyEy5jaGF0cGxhbmUudjEuT3duZXISDQoFbGFiZWwYAyABKAkSDQoFcm9sZXMYBCADKAkSLwoLY3JlYXRlX3RpbWUYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg8KB3Jldm9rZWQYBiABKAgSLwoLZXhwaXJlX3RpbWUYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhoKEnJlcGxhY2VkX2J5X2tleV9pZBgIIAEoCSKKAQokUGVyc2lzdGVuY2VTZXJ2aWNlTGlzdEFwaUtleXNSZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCRIPCgd1c2VyX2lkGAIgASgJEhEKCXBhZ2Vfc2l6ZRgDIAEoBRISCgpwYWdlX3Rva2VuGAQgASgJEhcKD2luY2x1ZGVfcmV2b2tlZBgFIAEoCCJoCiVQZXJzaXN0ZW5jZVNlcnZpY2VMaXN0QXBpS2V5c1Jlc3BvbnNlEiYKBGtleXMYASADKAsyGC5jaGF0cGxhbmUudjEuQXBpS2V5SW5mbxIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkihwEKJVBlcnNpc3RlbmNlU2VydmljZVJvdGF0ZUFwaUtleVJlcXVlc3QSEQoJdGVuYW50X2lkGAEgASgJEg4KBmtleV9pZBgCIAEoCRISCgpvdmVybGFwX21zGAMgASgDEicKBWFjdG9yGAQgASgLMhguY2hhdHBsYW5lLnYxLkF1ZGl0QWN0b3IijAEKJlBlcnNpc3RlbmNlU2VydmljZVJvdGF0ZUFwaUtleVJlc3BvbnNlEg8KB2FwaV9rZXkYASABKAkSJQoDa2V5GAIgASgLMhguY2hhdHBsYW5lLnYxLkFwaUtleUluZm8SKgoIcHJldmlvdXMYAyABKAsyGC5jaGF0cGxhbmUudjEuQXBpS2V5SW5mbyJzCiVQZXJzaXN0ZW5jZVNlcnZpY2VSZXZva2VBcGlLZXlSZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCRIOCgZrZXlfaWQYAiABKAkSJwoFYWN0b3IYAyABKAsyGC5jaGF0cGxhbmUudjEuQXVkaXRBY3RvciJPCiZQZXJzaXN0ZW5jZVNlcnZpY2VSZXZva2VBcGlLZXlSZXNwb25zZRIlCgNrZXkYASABKAsyGC5jaGF0cGxhbmUudjEuQXBpS2V5SW5mbyJEChhBcHBlbmRBdWRpdEV2ZW50c1JlcXVlc3QSKAoGZXZlbnRzGAEgAygLMhguY2hhdHBsYW5lLnYxLkF1ZGl0RXZlbnQiQgoZQXBwZW5kQXVkaXRFdmVudHNSZXNwb25zZRIlCgRoZWFkGAEgASgLMhcuY2hhdHBsYW5lLnYxLkF1ZGl0SGVhZCI/ChdMaXN0QXVkaXRSZWNvcmRzUmVxdWVzdBIRCglhZnRlcl9zZXEYASABKAMSEQoJcGFnZV9zaXplGAIgASgFIm0KGExpc3RBdWRpdFJlY29yZHNSZXNwb25zZRIqCgdyZWNvcmRzGAEgAygLMhkuY2hhdHBsYW5lLnYxLkF1ZGl0UmVjb3JkEiUKBGhlYWQYAiABKAsyFy5jaGF0cGxhbmUudjEuQXVkaXRIZWFkIlQKEEdldEFuc3dlclJlcXVlc3QSIgoFb3duZXIYASABKAsyEy5jaGF0cGxhbmUudjEuT3duZXISHAoUYXNzaXN0YW50X21lc3NhZ2VfaWQYAiABKAkiwgEKEUdldEFuc3dlclJlc3BvbnNlEhcKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCRIXCg91c2VyX21lc3NhZ2VfaWQYAiABKAkSMAoRYXNzaXN0YW50X21lc3NhZ2UYAyABKAsyFS5jaGF0cGxhbmUudjEuTWVzc2FnZRISCgpkZWx0YV9lbmRzGAQgAygFEjUKEWxlYXNlX2V4cGlyZV90aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJiChNSZXNlcnZlUXVvdGFSZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCRIWCg5yZXNlcnZhdGlvbl9pZBgCIAEoCRIOCgZ0b2tlbnMYAyABKAMSEAoIbGVhc2VfbXMYBCABKAMiaQoUUmVzZXJ2ZVF1b3RhUmVzcG9uc2USDwoHZ3JhbnRlZBgBIAEoCBIXCg9yZXNlcnZlZF90b2tlbnMYAiABKAMSJwoFcXVvdGEYAyABKAsyGC5jaGF0cGxhbmUudjEuVG9rZW5RdW90YSJsChJTZXR0bGVRdW90YVJlcXVlc3QSEQoJdGVuYW50X2lkGAEgASgJEhYKDnJlc2VydmF0aW9uX2lkGAIgASgJEhQKDGlucHV0X3Rva2VucxgDIAEoAxIVCg1vdXRwdXRfdG9rZW5zGAQgASgDIj4KE1NldHRsZVF1b3RhUmVzcG9uc2USJwoFcXVvdGEYASABKAsyGC5jaGF0cGxhbmUudjEuVG9rZW5RdW90YSI8Cg9TZXRRdW90YVJlcXVlc3QSEQoJdGVuYW50X2lkGAEgASgJEhYKDnRva2Vuc19wZXJfZGF5GAIgASgDIjsKEFNldFF1b3RhUmVzcG9uc2USJwoFcXVvdGEYASABKAsyGC5jaGF0cGxhbmUudjEuVG9rZW5RdW90YSIkCg9HZXRRdW90YVJlcXVlc3QSEQoJdGVuYW50X2lkGAEgASgJIjsKEEdldFF1b3RhUmVzcG9uc2USJwoFcXVvdGEYASABKAsyGC5jaGF0cGxhbmUudjEuVG9rZW5RdW90YSKVAQoKVG9rZW5RdW90YRIRCgl0ZW5hbnRfaWQYASABKAkSFgoOdG9rZW5zX3Blcl9kYXkYAiABKAMSEwoLdXNlZF90b2tlbnMYAyABKAMSFwoPcmVzZXJ2ZWRfdG9rZW5zGAQgASgDEi4KCnJlc2V0X3RpbWUYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIoUBCihQZXJzaXN0ZW5jZVNlcnZpY2VTZXRBY3RpdmVCcmFuY2hSZXF1ZXN0EiIKBW93bmVyGAEgASgLMhMuY2hhdHBsYW5lLnYxLk93bmVyEjUKB3JlcXVlc3QYAiABKAsyJC5jaGF0cGxhbmUudjEuU2V0QWN0aXZlQnJhbmNoUmVxdWVzdCJkCilQZXJzaXN0ZW5jZVNlcnZpY2VTZXRBY3RpdmVCcmFuY2hSZXNwb25zZRI3CghyZXNwb25zZRgBIAEoCzIlLmNoYXRwbGFuZS52MS5TZXRBY3RpdmVCcmFuY2hSZXNwb25zZSJVChVSZXBvcnRWYXJpYW50c1JlcXVlc3QSEQoJdGVuYW50X2lkGAEgASgJEikKBXNpbmNlGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCLJAwoNVmFyaWFudFJlcG9ydBIPCgd2YXJpYW50GAEgASgJEg8KB2Fuc3dlcnMYAiABKAMSGwoTaW50ZXJydXB0ZWRfYW5zd2VycxgDIAEoAxIWCg5mZWVkYmFja19jb3VudBgEIAEoAxIUCgxzY29yZWRfY291bnQYBSABKAMSFwoKbWVhbl9zY29yZRgGIAEoAUgAiAEBEhcKD3RodW1ic191cF9jb3VudBgHIAEoAxIbCg50aHVtYnNfdXBfcmF0ZRgIIAEoAUgBiAEBEiAKE21lYW5fZmlyc3RfdG9rZW5fbXMYCSABKAFIAogBARIdChBtZWFuX2R1cmF0aW9uX21zGAogASgBSAOIAQESHgoRbWVhbl9pbnB1dF90b2tlbnMYCyABKAFIBIgBARIfChJtZWFuX291dHB1dF90b2tlbnMYDCABKAFIBYgBAUINCgtfbWVhbl9zY29yZUIRCg9fdGh1bWJzX3VwX3JhdGVCFgoUX21lYW5fZmlyc3RfdG9rZW5fbXNCEwoRX21lYW5fZHVyYXRpb25fbXNCFAoSX21lYW5faW5wdXRfdG9rZW5zQhUKE19tZWFuX291dHB1dF90b2tlbnMiRwoWUmVwb3J0VmFyaWFudHNSZXNwb25zZRItCgh2YXJpYW50cxgBIAMoCzIbLmNoYXRwbGFuZS52MS5WYXJpYW50UmVwb3J0MuoQChJQZXJzaXN0ZW5jZVNlcnZpY2USTAoJQmVnaW5UdXJuEh4uY2hhdHBsYW5lLnYxLkJlZ2luVHVyblJlcXVlc3QaHy5jaGF0cGxhbmUudjEuQmVnaW5UdXJuUmVzcG9uc2USRgoHR2V0VHVybhIcLmNoYXRwbGFuZS52MS5HZXRUdXJuUmVxdWVzdBodLmNoYXRwbGFuZS52MS5HZXRUdXJuUmVzcG9uc2USUgoLUmVsZWFzZVR1cm4SIC5jaGF0cGxhbmUudjEuUmVsZWFzZVR1cm5SZXF1ZXN0GiEuY2hhdHBsYW5lLnYxLlJlbGVhc2VUdXJuUmVzcG9uc2USiAEKEUxpc3RDb252ZXJzYXRpb25zEjguY2hhdHBsYW5lLnYxLlBlcnNpc3RlbmNlU2VydmljZUxpc3RDb252ZXJzYXRpb25zUmVxdWVzdBo5LmNoYXRwbGFuZS52MS5QZXJzaXN0ZW5jZVNlcnZpY2VMaXN0Q29udmVyc2F0aW9uc1Jlc3BvbnNlEoIBCg9HZXRDb252ZXJzYXRpb24SNi5jaGF0cGxhbmUudjEuUGVyc2lzdGVuY2VTZXJ2aWNlR2V0Q29udmVyc2F0aW9uUmVxdWVzdBo3LmNoYXRwbGFuZS52MS5QZXJzaXN0ZW5jZVNlcnZpY2VHZXRDb252ZXJzYXRpb25SZXNwb25zZRKLAQoSRGVsZXRlQ29udmVyc2F0aW9uEjkuY2hhdHBsYW5lLnYxLlBlcnNpc3RlbmNlU2VydmljZURlbGV0ZUNvbnZlcnNhdGlvblJlcXVlc3QaOi5jaGF0cGxhbmUudjEuUGVyc2lzdGVuY2VTZXJ2aWNlRGVsZXRlQ29udmVyc2F0aW9uUmVzcG9uc2USfwoOU3VibWl0RmVlZGJhY2sSNS5jaGF0cGxhbmUudjEuUGVyc2lzdGVuY2VTZXJ2aWNlU3VibWl0RmVlZGJhY2tSZXF1ZXN0GjYuY2hhdHBsYW5lLnYxLlBlcnNpc3RlbmNlU2VydmljZVN1Ym1pdEZlZWRiYWNrUmVzcG9uc2USVQoMQ3JlYXRlQXBpS2V5EiEuY2hhdHBsYW5lLnYxLkNyZWF0ZUFwaUtleVJlcXVlc3QaIi5jaGF0cGxhbmUudjEuQ3JlYXRlQXBpS2V5UmVzcG9uc2USTAoJR2V0QXBpS2V5Eh4uY2hhdHBsYW5lLnYxLkdldEFwaUtleVJlcXVlc3QaHy5jaGF0cGxhbmUudjEuR2V0QXBpS2V5UmVzcG9uc2USTAoJR2V0QW5zd2VyEh4uY2hhdHBsYW5lLnYxLkdldEFuc3dlclJlcXVlc3QaHy5jaGF0cGxhbmUudjEuR2V0QW5zd2VyUmVzcG9uc2USVQoMUmVzZXJ2ZVF1b3RhEiEuY2hhdHBsYW5lLnYxLlJlc2VydmVRdW90YVJlcXVlc3QaIi5jaGF0cGxhbmUudjEuUmVzZXJ2ZVF1b3RhUmVzcG9uc2USUgoLU2V0dGxlUXVvdGESIC5jaGF0cGxhbmUudjEuU2V0dGxlUXVvdGFSZXF1ZXN0GiEuY2hhdHBsYW5lLnYxLlNldHRsZVF1b3RhUmVzcG9uc2USSQoIU2V0UXVvdGESHS5jaGF0cGxhbmUudjEuU2V0UXVvdGFSZXF1ZXN0Gh4uY2hhdHBsYW5lLnYxLlNldFF1b3RhUmVzcG9uc2USSQoIR2V0UXVvdGESHS5jaGF0cGxhbmUudjEuR2V0UXVvdGFSZXF1ZXN0Gh4uY2hhdHBsYW5lLnYxLkdldFF1b3RhUmVzcG9uc2USggEKD1NldEFjdGl2ZUJyYW5jaBI2LmNoYXRwbGFuZS52MS5QZXJzaXN0ZW5jZVNlcnZpY2VTZXRBY3RpdmVCcmFuY2hSZXF1ZXN0GjcuY2hhdHBsYW5lLnYxLlBlcnNpc3RlbmNlU2VydmljZVNldEFjdGl2ZUJyYW5jaFJlc3BvbnNlElsKDlJlcG9ydFZhcmlhbnRzEiMuY2hhdHBsYW5lLnYxLlJlcG9ydFZhcmlhbnRzUmVxdWVzdBokLmNoYXRwbGFuZS52MS5SZXBvcnRWYXJpYW50c1Jlc3BvbnNlEnYKC0xpc3RBcGlLZXlzEjIuY2hhdHBsYW5lLnYxLlBlcnNpc3RlbmNlU2VydmljZUxpc3RBcGlLZXlzUmVxdWVzdBozLmNoYXRwbGFuZS52MS5QZXJzaXN0ZW5jZVNlcnZpY2VMaXN0QXBpS2V5c1Jlc3BvbnNlEnkKDFJvdGF0ZUFwaUtleRIzLmNoYXRwbGFuZS52MS5QZXJzaXN0ZW5jZVNlcnZpY2VSb3RhdGVBcGlLZXlSZXF1ZXN0GjQuY2hhdHBsYW5lLnYxLlBlcnNpc3RlbmNlU2VydmljZVJvdGF0ZUFwaUtleVJlc3BvbnNlEnkKDFJldm9rZUFwaUtleRIzLmNoYXRwbGFuZS52MS5QZXJzaXN0ZW5jZVNlcnZpY2VSZXZva2VBcGlLZXlSZXF1ZXN0GjQuY2hhdHBsYW5lLnYxLlBlcnNpc3RlbmNlU2VydmljZVJldm9rZUFwaUtleVJlc3BvbnNlEmQKEUFwcGVuZEF1ZGl0RXZlbnRzEiYuY2hhdHBsYW5lLnYxLkFwcGVuZEF1ZGl0RXZlbnRzUmVxdWVzdBonLmNoYXRwbGFuZS52MS5BcHBlbmRBdWRpdEV2ZW50c1Jlc3BvbnNlEmEKEExpc3RBdWRpdFJlY29yZHMSJS5jaGF0cGxhbmUudjEuTGlzdEF1ZGl0UmVjb3Jkc1JlcXVlc3QaJi5jaGF0cGxhbmUudjEuTGlzdEF1ZGl0UmVjb3Jkc1Jlc3BvbnNlQkBaPmdpdGh1Yi5jb20vY2hhdHBsYW5lL2NoYXRwbGFuZS9nZW4vZ28vY2hhdHBsYW5lL3YxO2NoYXRwbGFuZXYxYgZwcm90bzM", [file_chatplane_v1_audit, file_chatplane_v1_gateway, file_chatplane_v1_resources, file_google_protobuf_timestamp]);
+  fileDesc("Ch5jaGF0cGxhbmUvdjEvcGVyc2lzdGVuY2UucHJvdG8SDGNoYXRwbGFuZS52MSIrCgVPd25lchIRCgl0ZW5hbnRfaWQYASABKAkSDwoHdXNlcl9pZBgCIAEoCSKQAgoQQmVnaW5UdXJuUmVxdWVzdBIiCgVvd25lchgBIAEoCzITLmNoYXRwbGFuZS52MS5Pd25lchIXCg9jb252ZXJzYXRpb25faWQYAiABKAkSGQoRY2xpZW50X21lc3NhZ2VfaWQYAyABKAkSFwoPdXNlcl9tZXNzYWdlX2lkGAQgASgJEhwKFGFzc2lzdGFudF9tZXNzYWdlX2lkGAUgASgJEg0KBXRpdGxlGAYgASgJEhAKCGxlYXNlX21zGAcgASgDEh0KFXJlZ2VuZXJhdGVfbWVzc2FnZV9pZBgoIAEoCRIXCg9lZGl0X21lc3NhZ2VfaWQYKSABKAkSFAoMYnJhbmNoX2xpbWl0GCogASgFIvMBChFCZWdpblR1cm5SZXNwb25zZRIXCg9jb252ZXJzYXRpb25faWQYASABKAkSFwoPdXNlcl9tZXNzYWdlX2lkGAIgASgJEhwKFGFzc2lzdGFudF9tZXNzYWdlX2lkGAMgASgJEg0KBW93bmVyGAQgASgIEhAKCGNvbXBsZXRlGAUgASgIEhkKEXBhcmVudF9tZXNzYWdlX2lkGCggASgJEhIKCnJlZ2VuZXJhdGUYKSABKAgSEQoJdXNlcl90ZXh0GCogASgJEisKBmJyYW5jaBgrIAEoCzIbLmNoYXRwbGFuZS52MS5CcmFuY2hIaXN0b3J5ImsKDkdldFR1cm5SZXF1ZXN0EiIKBW93bmVyGAEgASgLMhMuY2hhdHBsYW5lLnYxLk93bmVyEhcKD3VzZXJfbWVzc2FnZV9pZBgCIAEoCRIcChRhc3Npc3RhbnRfbWVzc2FnZV9pZBgoIAEoCSKnAQoPR2V0VHVyblJlc3BvbnNlEisKDHVzZXJfbWVzc2FnZRgBIAEoCzIVLmNoYXRwbGFuZS52MS5NZXNzYWdlEjAKEWFzc2lzdGFudF9tZXNzYWdlGAIgASgLMhUuY2hhdHBsYW5lLnYxLk1lc3NhZ2USNQoRbGVhc2VfZXhwaXJlX3RpbWUYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIm8KElJlbGVhc2VUdXJuUmVxdWVzdBIiCgVvd25lchgBIAEoCzITLmNoYXRwbGFuZS52MS5Pd25lchIXCg91c2VyX21lc3NhZ2VfaWQYAiABKAkSHAoUYXNzaXN0YW50X21lc3NhZ2VfaWQYKCABKAkiJwoTUmVsZWFzZVR1cm5SZXNwb25zZRIQCghyZWxlYXNlZBgBIAEoCCKGAQoqUGVyc2lzdGVuY2VTZXJ2aWNlTGlzdENvbnZlcnNhdGlvbnNSZXF1ZXN0EiIKBW93bmVyGAEgASgLMhMuY2hhdHBsYW5lLnYxLk93bmVyEjQKBHBhZ2UYAiABKAsyJi5jaGF0cGxhbmUudjEuTGlzdENvbnZlcnNhdGlvbnNSZXF1ZXN0ImQKK1BlcnNpc3RlbmNlU2VydmljZUxpc3RDb252ZXJzYXRpb25zUmVzcG9uc2USNQoEcGFnZRgBIAEoCzInLmNoYXRwbGFuZS52MS5MaXN0Q29udmVyc2F0aW9uc1Jlc3BvbnNlIoUBCihQZXJzaXN0ZW5jZVNlcnZpY2VHZXRDb252ZXJzYXRpb25SZXF1ZXN0EiIKBW93bmVyGAEgASgLMhMuY2hhdHBsYW5lLnYxLk93bmVyEjUKB3JlcXVlc3QYAiABKAsyJC5jaGF0cGxhbmUudjEuR2V0Q29udmVyc2F0aW9uUmVxdWVzdCJkCilQZXJzaXN0ZW5jZVNlcnZpY2VHZXRDb252ZXJzYXRpb25SZXNwb25zZRI3CghyZXNwb25zZRgBIAEoCzIlLmNoYXRwbGFuZS52MS5HZXRDb252ZXJzYXRpb25SZXNwb25zZSJqCitQZXJzaXN0ZW5jZVNlcnZpY2VEZWxldGVDb252ZXJzYXRpb25SZXF1ZXN0EiIKBW93bmVyGAEgASgLMhMuY2hhdHBsYW5lLnYxLk93bmVyEhcKD2NvbnZlcnNhdGlvbl9pZBgCIAEoCSJfCixQZXJzaXN0ZW5jZVNlcnZpY2VEZWxldGVDb252ZXJzYXRpb25SZXNwb25zZRIvCgtkZWxldGVfdGltZRgBIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAihAEKJ1BlcnNpc3RlbmNlU2VydmljZVN1Ym1pdEZlZWRiYWNrUmVxdWVzdBIiCgVvd25lchgBIAEoCzITLmNoYXRwbGFuZS52MS5Pd25lchI1CghmZWVkYmFjaxgCIAEoCzIjLmNoYXRwbGFuZS52MS5TdWJtaXRGZWVkYmFja1JlcXVlc3QiWwooUGVyc2lzdGVuY2VTZXJ2aWNlU3VibWl0RmVlZGJhY2tSZXNwb25zZRIvCgtjcmVhdGVfdGltZRgBIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAigAEKE0NyZWF0ZUFwaUtleVJlcXVlc3QSIgoFb3duZXIYASABKAsyEy5jaGF0cGxhbmUudjEuT3duZXISDQoFbGFiZWwYAiABKAkSDQoFcm9sZXMYAyADKAkSJwoFYWN0b3IYUCABKAsyGC5jaGF0cGxhbmUudjEuQXVkaXRBY3RvciJeChRDcmVhdGVBcGlLZXlSZXNwb25zZRIPCgdhcGlfa2V5GAEgASgJEg4KBmtleV9pZBgCIAEoCRIlCgNrZXkYUCABKAsyGC5jaGF0cGxhbmUudjEuQXBpS2V5SW5mbyIiChBHZXRBcGlLZXlSZXF1ZXN0Eg4KBmtleV9pZBgBIAEoCSKfAQoRR2V0QXBpS2V5UmVzcG9uc2USIgoFb3duZXIYASABKAsyEy5jaGF0cGxhbmUudjEuT3duZXISFQoNc2VjcmV0X3NoYTI1NhgCIAEoDBIPCgdyZXZva2VkGAMgASgIEg0KBXJvbGVzGAQgAygJEi8KC2V4cGlyZV90aW1lGFAgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCLtAQoKQXBpS2V5SW5mbxIOCgZrZXlfaWQYASABKAkSIgoFb3duZXIYAiABKAsyEy5jaGF0cGxhbmUudjEuT3duZXISDQoFbGFiZWwYAyABKAkSDQoFcm9sZXMYBCADKAkSLwoLY3JlYXRlX3RpbWUYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg8KB3Jldm9rZWQYBiABKAgSLwoLZXhwaXJlX3RpbWUYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhoKEnJlcGxhY2VkX2J5X2tleV9pZBgIIAEoCSKKAQokUGVyc2lzdGVuY2VTZXJ2aWNlTGlzdEFwaUtleXNSZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCRIPCgd1c2VyX2lkGAIgASgJEhEKCXBhZ2Vfc2l6ZRgDIAEoBRISCgpwYWdlX3Rva2VuGAQgASgJEhcKD2luY2x1ZGVfcmV2b2tlZBgFIAEoCCJoCiVQZXJzaXN0ZW5jZVNlcnZpY2VMaXN0QXBpS2V5c1Jlc3BvbnNlEiYKBGtleXMYASADKAsyGC5jaGF0cGxhbmUudjEuQXBpS2V5SW5mbxIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkihwEKJVBlcnNpc3RlbmNlU2VydmljZVJvdGF0ZUFwaUtleVJlcXVlc3QSEQoJdGVuYW50X2lkGAEgASgJEg4KBmtleV9pZBgCIAEoCRISCgpvdmVybGFwX21zGAMgASgDEicKBWFjdG9yGAQgASgLMhguY2hhdHBsYW5lLnYxLkF1ZGl0QWN0b3IijAEKJlBlcnNpc3RlbmNlU2VydmljZVJvdGF0ZUFwaUtleVJlc3BvbnNlEg8KB2FwaV9rZXkYASABKAkSJQoDa2V5GAIgASgLMhguY2hhdHBsYW5lLnYxLkFwaUtleUluZm8SKgoIcHJldmlvdXMYAyABKAsyGC5jaGF0cGxhbmUudjEuQXBpS2V5SW5mbyJzCiVQZXJzaXN0ZW5jZVNlcnZpY2VSZXZva2VBcGlLZXlSZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCRIOCgZrZXlfaWQYAiABKAkSJwoFYWN0b3IYAyABKAsyGC5jaGF0cGxhbmUudjEuQXVkaXRBY3RvciJPCiZQZXJzaXN0ZW5jZVNlcnZpY2VSZXZva2VBcGlLZXlSZXNwb25zZRIlCgNrZXkYASABKAsyGC5jaGF0cGxhbmUudjEuQXBpS2V5SW5mbyJEChhBcHBlbmRBdWRpdEV2ZW50c1JlcXVlc3QSKAoGZXZlbnRzGAEgAygLMhguY2hhdHBsYW5lLnYxLkF1ZGl0RXZlbnQiQgoZQXBwZW5kQXVkaXRFdmVudHNSZXNwb25zZRIlCgRoZWFkGAEgASgLMhcuY2hhdHBsYW5lLnYxLkF1ZGl0SGVhZCI/ChdMaXN0QXVkaXRSZWNvcmRzUmVxdWVzdBIRCglhZnRlcl9zZXEYASABKAMSEQoJcGFnZV9zaXplGAIgASgFIm0KGExpc3RBdWRpdFJlY29yZHNSZXNwb25zZRIqCgdyZWNvcmRzGAEgAygLMhkuY2hhdHBsYW5lLnYxLkF1ZGl0UmVjb3JkEiUKBGhlYWQYAiABKAsyFy5jaGF0cGxhbmUudjEuQXVkaXRIZWFkIlQKEEdldEFuc3dlclJlcXVlc3QSIgoFb3duZXIYASABKAsyEy5jaGF0cGxhbmUudjEuT3duZXISHAoUYXNzaXN0YW50X21lc3NhZ2VfaWQYAiABKAkiwgEKEUdldEFuc3dlclJlc3BvbnNlEhcKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCRIXCg91c2VyX21lc3NhZ2VfaWQYAiABKAkSMAoRYXNzaXN0YW50X21lc3NhZ2UYAyABKAsyFS5jaGF0cGxhbmUudjEuTWVzc2FnZRISCgpkZWx0YV9lbmRzGAQgAygFEjUKEWxlYXNlX2V4cGlyZV90aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJiChNSZXNlcnZlUXVvdGFSZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCRIWCg5yZXNlcnZhdGlvbl9pZBgCIAEoCRIOCgZ0b2tlbnMYAyABKAMSEAoIbGVhc2VfbXMYBCABKAMiaQoUUmVzZXJ2ZVF1b3RhUmVzcG9uc2USDwoHZ3JhbnRlZBgBIAEoCBIXCg9yZXNlcnZlZF90b2tlbnMYAiABKAMSJwoFcXVvdGEYAyABKAsyGC5jaGF0cGxhbmUudjEuVG9rZW5RdW90YSJsChJTZXR0bGVRdW90YVJlcXVlc3QSEQoJdGVuYW50X2lkGAEgASgJEhYKDnJlc2VydmF0aW9uX2lkGAIgASgJEhQKDGlucHV0X3Rva2VucxgDIAEoAxIVCg1vdXRwdXRfdG9rZW5zGAQgASgDIj4KE1NldHRsZVF1b3RhUmVzcG9uc2USJwoFcXVvdGEYASABKAsyGC5jaGF0cGxhbmUudjEuVG9rZW5RdW90YSI8Cg9TZXRRdW90YVJlcXVlc3QSEQoJdGVuYW50X2lkGAEgASgJEhYKDnRva2Vuc19wZXJfZGF5GAIgASgDIjsKEFNldFF1b3RhUmVzcG9uc2USJwoFcXVvdGEYASABKAsyGC5jaGF0cGxhbmUudjEuVG9rZW5RdW90YSIkCg9HZXRRdW90YVJlcXVlc3QSEQoJdGVuYW50X2lkGAEgASgJIjsKEEdldFF1b3RhUmVzcG9uc2USJwoFcXVvdGEYASABKAsyGC5jaGF0cGxhbmUudjEuVG9rZW5RdW90YSKVAQoKVG9rZW5RdW90YRIRCgl0ZW5hbnRfaWQYASABKAkSFgoOdG9rZW5zX3Blcl9kYXkYAiABKAMSEwoLdXNlZF90b2tlbnMYAyABKAMSFwoPcmVzZXJ2ZWRfdG9rZW5zGAQgASgDEi4KCnJlc2V0X3RpbWUYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIoUBCihQZXJzaXN0ZW5jZVNlcnZpY2VTZXRBY3RpdmVCcmFuY2hSZXF1ZXN0EiIKBW93bmVyGAEgASgLMhMuY2hhdHBsYW5lLnYxLk93bmVyEjUKB3JlcXVlc3QYAiABKAsyJC5jaGF0cGxhbmUudjEuU2V0QWN0aXZlQnJhbmNoUmVxdWVzdCJkCilQZXJzaXN0ZW5jZVNlcnZpY2VTZXRBY3RpdmVCcmFuY2hSZXNwb25zZRI3CghyZXNwb25zZRgBIAEoCzIlLmNoYXRwbGFuZS52MS5TZXRBY3RpdmVCcmFuY2hSZXNwb25zZSJVChVSZXBvcnRWYXJpYW50c1JlcXVlc3QSEQoJdGVuYW50X2lkGAEgASgJEikKBXNpbmNlGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCLJAwoNVmFyaWFudFJlcG9ydBIPCgd2YXJpYW50GAEgASgJEg8KB2Fuc3dlcnMYAiABKAMSGwoTaW50ZXJydXB0ZWRfYW5zd2VycxgDIAEoAxIWCg5mZWVkYmFja19jb3VudBgEIAEoAxIUCgxzY29yZWRfY291bnQYBSABKAMSFwoKbWVhbl9zY29yZRgGIAEoAUgAiAEBEhcKD3RodW1ic191cF9jb3VudBgHIAEoAxIbCg50aHVtYnNfdXBfcmF0ZRgIIAEoAUgBiAEBEiAKE21lYW5fZmlyc3RfdG9rZW5fbXMYCSABKAFIAogBARIdChBtZWFuX2R1cmF0aW9uX21zGAogASgBSAOIAQESHgoRbWVhbl9pbnB1dF90b2tlbnMYCyABKAFIBIgBARIfChJtZWFuX291dHB1dF90b2tlbnMYDCABKAFIBYgBAUINCgtfbWVhbl9zY29yZUIRCg9fdGh1bWJzX3VwX3JhdGVCFgoUX21lYW5fZmlyc3RfdG9rZW5fbXNCEwoRX21lYW5fZHVyYXRpb25fbXNCFAoSX21lYW5faW5wdXRfdG9rZW5zQhUKE19tZWFuX291dHB1dF90b2tlbnMiRwoWUmVwb3J0VmFyaWFudHNSZXNwb25zZRItCgh2YXJpYW50cxgBIAMoCzIbLmNoYXRwbGFuZS52MS5WYXJpYW50UmVwb3J0IlAKEUdldEhhbmRvZmZSZXF1ZXN0EiIKBW93bmVyGAEgASgLMhMuY2hhdHBsYW5lLnYxLk93bmVyEhcKD2NvbnZlcnNhdGlvbl9pZBgCIAEoCSJXChJHZXRIYW5kb2ZmUmVzcG9uc2USLAoHaGFuZG9mZhgBIAEoCzIbLmNoYXRwbGFuZS52MS5IYW5kb2ZmU3RhdHVzEhMKC3J1bGVzX2ZpcmVkGAIgAygJItsBChRDaGFuZ2VIYW5kb2ZmUmVxdWVzdBIiCgVvd25lchgBIAEoCzITLmNoYXRwbGFuZS52MS5Pd25lchIXCg9jb252ZXJzYXRpb25faWQYAiABKAkSJwoEbW9kZRgDIAEoDjIZLmNoYXRwbGFuZS52MS5IYW5kb2ZmTW9kZRItCgd0cmlnZ2VyGAQgASgOMhwuY2hhdHBsYW5lLnYxLkhhbmRvZmZUcmlnZ2VyEg4KBnJlYXNvbhgFIAEoCRIQCghhY3Rvcl9pZBgGIAEoCRIMCgRydWxlGAcgASgJIkUKFUNoYW5nZUhhbmRvZmZSZXNwb25zZRIsCgdoYW5kb2ZmGAEgASgLMhsuY2hhdHBsYW5lLnYxLkhhbmRvZmZTdGF0dXMiTwoTTGlzdEhhbmRvZmZzUmVxdWVzdBIRCgl0ZW5hbnRfaWQYASABKAkSEQoJcGFnZV9zaXplGAIgASgFEhIKCnBhZ2VfdG9rZW4YAyABKAkiXgoUTGlzdEhhbmRvZmZzUmVzcG9uc2USLQoIaGFuZG9mZnMYASADKAsyGy5jaGF0cGxhbmUudjEuSGFuZG9mZlN0YXR1cxIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiRQoXR2V0VGVuYW50SGFuZG9mZlJlcXVlc3QSEQoJdGVuYW50X2lkGAEgASgJEhcKD2NvbnZlcnNhdGlvbl9pZBgCIAEoCSJsChhHZXRUZW5hbnRIYW5kb2ZmUmVzcG9uc2USIgoFb3duZXIYASABKAsyEy5jaGF0cGxhbmUudjEuT3duZXISLAoHaGFuZG9mZhgCIAEoCzIbLmNoYXRwbGFuZS52MS5IYW5kb2ZmU3RhdHVzIlAKFkNvdW50VGh1bWJzRG93blJlcXVlc3QSIgoFb3duZXIYASABKAsyEy5jaGF0cGxhbmUudjEuT3duZXISEgoKbWVzc2FnZV9pZBgCIAEoCSJHChdDb3VudFRodW1ic0Rvd25SZXNwb25zZRIXCg9jb252ZXJzYXRpb25faWQYASABKAkSEwoLdGh1bWJzX2Rvd24YAiABKAUyrxQKElBlcnNpc3RlbmNlU2VydmljZRJMCglCZWdpblR1cm4SHi5jaGF0cGxhbmUudjEuQmVnaW5UdXJuUmVxdWVzdBofLmNoYXRwbGFuZS52MS5CZWdpblR1cm5SZXNwb25zZRJGCgdHZXRUdXJuEhwuY2hhdHBsYW5lLnYxLkdldFR1cm5SZXF1ZXN0Gh0uY2hhdHBsYW5lLnYxLkdldFR1cm5SZXNwb25zZRJSCgtSZWxlYXNlVHVybhIgLmNoYXRwbGFuZS52MS5SZWxlYXNlVHVyblJlcXVlc3QaIS5jaGF0cGxhbmUudjEuUmVsZWFzZVR1cm5SZXNwb25zZRKIAQoRTGlzdENvbnZlcnNhdGlvbnMSOC5jaGF0cGxhbmUudjEuUGVyc2lzdGVuY2VTZXJ2aWNlTGlzdENvbnZlcnNhdGlvbnNSZXF1ZXN0GjkuY2hhdHBsYW5lLnYxLlBlcnNpc3RlbmNlU2VydmljZUxpc3RDb252ZXJzYXRpb25zUmVzcG9uc2USggEKD0dldENvbnZlcnNhdGlvbhI2LmNoYXRwbGFuZS52MS5QZXJzaXN0ZW5jZVNlcnZpY2VHZXRDb252ZXJzYXRpb25SZXF1ZXN0GjcuY2hhdHBsYW5lLnYxLlBlcnNpc3RlbmNlU2VydmljZUdldENvbnZlcnNhdGlvblJlc3BvbnNlEosBChJEZWxldGVDb252ZXJzYXRpb24SOS5jaGF0cGxhbmUudjEuUGVyc2lzdGVuY2VTZXJ2aWNlRGVsZXRlQ29udmVyc2F0aW9uUmVxdWVzdBo6LmNoYXRwbGFuZS52MS5QZXJzaXN0ZW5jZVNlcnZpY2VEZWxldGVDb252ZXJzYXRpb25SZXNwb25zZRJ/Cg5TdWJtaXRGZWVkYmFjaxI1LmNoYXRwbGFuZS52MS5QZXJzaXN0ZW5jZVNlcnZpY2VTdWJtaXRGZWVkYmFja1JlcXVlc3QaNi5jaGF0cGxhbmUudjEuUGVyc2lzdGVuY2VTZXJ2aWNlU3VibWl0RmVlZGJhY2tSZXNwb25zZRJVCgxDcmVhdGVBcGlLZXkSIS5jaGF0cGxhbmUudjEuQ3JlYXRlQXBpS2V5UmVxdWVzdBoiLmNoYXRwbGFuZS52MS5DcmVhdGVBcGlLZXlSZXNwb25zZRJMCglHZXRBcGlLZXkSHi5jaGF0cGxhbmUudjEuR2V0QXBpS2V5UmVxdWVzdBofLmNoYXRwbGFuZS52MS5HZXRBcGlLZXlSZXNwb25zZRJMCglHZXRBbnN3ZXISHi5jaGF0cGxhbmUudjEuR2V0QW5zd2VyUmVxdWVzdBofLmNoYXRwbGFuZS52MS5HZXRBbnN3ZXJSZXNwb25zZRJVCgxSZXNlcnZlUXVvdGESIS5jaGF0cGxhbmUudjEuUmVzZXJ2ZVF1b3RhUmVxdWVzdBoiLmNoYXRwbGFuZS52MS5SZXNlcnZlUXVvdGFSZXNwb25zZRJSCgtTZXR0bGVRdW90YRIgLmNoYXRwbGFuZS52MS5TZXR0bGVRdW90YVJlcXVlc3QaIS5jaGF0cGxhbmUudjEuU2V0dGxlUXVvdGFSZXNwb25zZRJJCghTZXRRdW90YRIdLmNoYXRwbGFuZS52MS5TZXRRdW90YVJlcXVlc3QaHi5jaGF0cGxhbmUudjEuU2V0UXVvdGFSZXNwb25zZRJJCghHZXRRdW90YRIdLmNoYXRwbGFuZS52MS5HZXRRdW90YVJlcXVlc3QaHi5jaGF0cGxhbmUudjEuR2V0UXVvdGFSZXNwb25zZRKCAQoPU2V0QWN0aXZlQnJhbmNoEjYuY2hhdHBsYW5lLnYxLlBlcnNpc3RlbmNlU2VydmljZVNldEFjdGl2ZUJyYW5jaFJlcXVlc3QaNy5jaGF0cGxhbmUudjEuUGVyc2lzdGVuY2VTZXJ2aWNlU2V0QWN0aXZlQnJhbmNoUmVzcG9uc2USWwoOUmVwb3J0VmFyaWFudHMSIy5jaGF0cGxhbmUudjEuUmVwb3J0VmFyaWFudHNSZXF1ZXN0GiQuY2hhdHBsYW5lLnYxLlJlcG9ydFZhcmlhbnRzUmVzcG9uc2USdgoLTGlzdEFwaUtleXMSMi5jaGF0cGxhbmUudjEuUGVyc2lzdGVuY2VTZXJ2aWNlTGlzdEFwaUtleXNSZXF1ZXN0GjMuY2hhdHBsYW5lLnYxLlBlcnNpc3RlbmNlU2VydmljZUxpc3RBcGlLZXlzUmVzcG9uc2USeQoMUm90YXRlQXBpS2V5EjMuY2hhdHBsYW5lLnYxLlBlcnNpc3RlbmNlU2VydmljZVJvdGF0ZUFwaUtleVJlcXVlc3QaNC5jaGF0cGxhbmUudjEuUGVyc2lzdGVuY2VTZXJ2aWNlUm90YXRlQXBpS2V5UmVzcG9uc2USeQoMUmV2b2tlQXBpS2V5EjMuY2hhdHBsYW5lLnYxLlBlcnNpc3RlbmNlU2VydmljZVJldm9rZUFwaUtleVJlcXVlc3QaNC5jaGF0cGxhbmUudjEuUGVyc2lzdGVuY2VTZXJ2aWNlUmV2b2tlQXBpS2V5UmVzcG9uc2USZAoRQXBwZW5kQXVkaXRFdmVudHMSJi5jaGF0cGxhbmUudjEuQXBwZW5kQXVkaXRFdmVudHNSZXF1ZXN0GicuY2hhdHBsYW5lLnYxLkFwcGVuZEF1ZGl0RXZlbnRzUmVzcG9uc2USYQoQTGlzdEF1ZGl0UmVjb3JkcxIlLmNoYXRwbGFuZS52MS5MaXN0QXVkaXRSZWNvcmRzUmVxdWVzdBomLmNoYXRwbGFuZS52MS5MaXN0QXVkaXRSZWNvcmRzUmVzcG9uc2USTwoKR2V0SGFuZG9mZhIfLmNoYXRwbGFuZS52MS5HZXRIYW5kb2ZmUmVxdWVzdBogLmNoYXRwbGFuZS52MS5HZXRIYW5kb2ZmUmVzcG9uc2USWAoNQ2hhbmdlSGFuZG9mZhIiLmNoYXRwbGFuZS52MS5DaGFuZ2VIYW5kb2ZmUmVxdWVzdBojLmNoYXRwbGFuZS52MS5DaGFuZ2VIYW5kb2ZmUmVzcG9uc2USVQoMTGlzdEhhbmRvZmZzEiEuY2hhdHBsYW5lLnYxLkxpc3RIYW5kb2Zmc1JlcXVlc3QaIi5jaGF0cGxhbmUudjEuTGlzdEhhbmRvZmZzUmVzcG9uc2USYQoQR2V0VGVuYW50SGFuZG9mZhIlLmNoYXRwbGFuZS52MS5HZXRUZW5hbnRIYW5kb2ZmUmVxdWVzdBomLmNoYXRwbGFuZS52MS5HZXRUZW5hbnRIYW5kb2ZmUmVzcG9uc2USXgoPQ291bnRUaHVtYnNEb3duEiQuY2hhdHBsYW5lLnYxLkNvdW50VGh1bWJzRG93blJlcXVlc3QaJS5jaGF0cGxhbmUudjEuQ291bnRUaHVtYnNEb3duUmVzcG9uc2VCQFo+Z2l0aHViLmNvbS9jaGF0cGxhbmUvY2hhdHBsYW5lL2dlbi9nby9jaGF0cGxhbmUvdjE7Y2hhdHBsYW5ldjFiBnByb3RvMw", [file_chatplane_v1_audit, file_chatplane_v1_gateway, file_chatplane_v1_resources, file_google_protobuf_timestamp]);
 
 /**
  * The tenant and user a call acts for.
@@ -1615,6 +1615,321 @@ export const ReportVariantsResponseSchema: GenMessage<ReportVariantsResponse> = 
   messageDesc(file_chatplane_v1_persistence, 45);
 
 /**
+ * Asks for a conversation's handoff state.
+ *
+ * @generated from message chatplane.v1.GetHandoffRequest
+ */
+export type GetHandoffRequest = Message<"chatplane.v1.GetHandoffRequest"> & {
+  /**
+   * Whose conversation.
+   *
+   * @generated from field: chatplane.v1.Owner owner = 1;
+   */
+  owner?: Owner | undefined;
+
+  /**
+   * The conversation.
+   *
+   * @generated from field: string conversation_id = 2;
+   */
+  conversationId: string;
+};
+
+/**
+ * Describes the message chatplane.v1.GetHandoffRequest.
+ * Use `create(GetHandoffRequestSchema)` to create a new message.
+ */
+export const GetHandoffRequestSchema: GenMessage<GetHandoffRequest> = /*@__PURE__*/
+  messageDesc(file_chatplane_v1_persistence, 46);
+
+/**
+ * A conversation's handoff state.
+ *
+ * @generated from message chatplane.v1.GetHandoffResponse
+ */
+export type GetHandoffResponse = Message<"chatplane.v1.GetHandoffResponse"> & {
+  /**
+   * The state.
+   *
+   * @generated from field: chatplane.v1.HandoffStatus handoff = 1;
+   */
+  handoff?: HandoffStatus | undefined;
+
+  /**
+   * Every rule that has fired in this conversation (each fires once).
+   *
+   * @generated from field: repeated string rules_fired = 2;
+   */
+  rulesFired: string[];
+};
+
+/**
+ * Describes the message chatplane.v1.GetHandoffResponse.
+ * Use `create(GetHandoffResponseSchema)` to create a new message.
+ */
+export const GetHandoffResponseSchema: GenMessage<GetHandoffResponse> = /*@__PURE__*/
+  messageDesc(file_chatplane_v1_persistence, 47);
+
+/**
+ * A change of a conversation's mode.
+ *
+ * @generated from message chatplane.v1.ChangeHandoffRequest
+ */
+export type ChangeHandoffRequest = Message<"chatplane.v1.ChangeHandoffRequest"> & {
+  /**
+   * Whose conversation.
+   *
+   * @generated from field: chatplane.v1.Owner owner = 1;
+   */
+  owner?: Owner | undefined;
+
+  /**
+   * The conversation.
+   *
+   * @generated from field: string conversation_id = 2;
+   */
+  conversationId: string;
+
+  /**
+   * HANDOFF_MODE_HUMAN to hand it over, HANDOFF_MODE_BOT to give it back.
+   *
+   * @generated from field: chatplane.v1.HandoffMode mode = 3;
+   */
+  mode: HandoffMode;
+
+  /**
+   * What makes the change.
+   *
+   * @generated from field: chatplane.v1.HandoffTrigger trigger = 4;
+   */
+  trigger: HandoffTrigger;
+
+  /**
+   * Why (requests only).
+   *
+   * @generated from field: string reason = 5;
+   */
+  reason: string;
+
+  /**
+   * The user id of whoever makes the change (user or operator).
+   *
+   * @generated from field: string actor_id = 6;
+   */
+  actorId: string;
+
+  /**
+   * For a rule: its name; when it has fired in this conversation before, nothing changes.
+   *
+   * @generated from field: string rule = 7;
+   */
+  rule: string;
+};
+
+/**
+ * Describes the message chatplane.v1.ChangeHandoffRequest.
+ * Use `create(ChangeHandoffRequestSchema)` to create a new message.
+ */
+export const ChangeHandoffRequestSchema: GenMessage<ChangeHandoffRequest> = /*@__PURE__*/
+  messageDesc(file_chatplane_v1_persistence, 48);
+
+/**
+ * The state after the change.
+ *
+ * @generated from message chatplane.v1.ChangeHandoffResponse
+ */
+export type ChangeHandoffResponse = Message<"chatplane.v1.ChangeHandoffResponse"> & {
+  /**
+   * The state; changed says whether this call changed it.
+   *
+   * @generated from field: chatplane.v1.HandoffStatus handoff = 1;
+   */
+  handoff?: HandoffStatus | undefined;
+};
+
+/**
+ * Describes the message chatplane.v1.ChangeHandoffResponse.
+ * Use `create(ChangeHandoffResponseSchema)` to create a new message.
+ */
+export const ChangeHandoffResponseSchema: GenMessage<ChangeHandoffResponse> = /*@__PURE__*/
+  messageDesc(file_chatplane_v1_persistence, 49);
+
+/**
+ * Asks for a tenant's conversations waiting for a human.
+ *
+ * @generated from message chatplane.v1.ListHandoffsRequest
+ */
+export type ListHandoffsRequest = Message<"chatplane.v1.ListHandoffsRequest"> & {
+  /**
+   * The tenant.
+   *
+   * @generated from field: string tenant_id = 1;
+   */
+  tenantId: string;
+
+  /**
+   * Maximum conversations (1-100).
+   *
+   * @generated from field: int32 page_size = 2;
+   */
+  pageSize: number;
+
+  /**
+   * The next_page_token of a previous call, or empty for the first page.
+   *
+   * @generated from field: string page_token = 3;
+   */
+  pageToken: string;
+};
+
+/**
+ * Describes the message chatplane.v1.ListHandoffsRequest.
+ * Use `create(ListHandoffsRequestSchema)` to create a new message.
+ */
+export const ListHandoffsRequestSchema: GenMessage<ListHandoffsRequest> = /*@__PURE__*/
+  messageDesc(file_chatplane_v1_persistence, 50);
+
+/**
+ * A page of conversations in human mode.
+ *
+ * @generated from message chatplane.v1.ListHandoffsResponse
+ */
+export type ListHandoffsResponse = Message<"chatplane.v1.ListHandoffsResponse"> & {
+  /**
+   * Their states (user_id filled), longest waiting first.
+   *
+   * @generated from field: repeated chatplane.v1.HandoffStatus handoffs = 1;
+   */
+  handoffs: HandoffStatus[];
+
+  /**
+   * Token for the next page; empty when there is none.
+   *
+   * @generated from field: string next_page_token = 2;
+   */
+  nextPageToken: string;
+};
+
+/**
+ * Describes the message chatplane.v1.ListHandoffsResponse.
+ * Use `create(ListHandoffsResponseSchema)` to create a new message.
+ */
+export const ListHandoffsResponseSchema: GenMessage<ListHandoffsResponse> = /*@__PURE__*/
+  messageDesc(file_chatplane_v1_persistence, 51);
+
+/**
+ * Asks for a tenant's handed-off conversation.
+ *
+ * @generated from message chatplane.v1.GetTenantHandoffRequest
+ */
+export type GetTenantHandoffRequest = Message<"chatplane.v1.GetTenantHandoffRequest"> & {
+  /**
+   * The tenant.
+   *
+   * @generated from field: string tenant_id = 1;
+   */
+  tenantId: string;
+
+  /**
+   * The conversation.
+   *
+   * @generated from field: string conversation_id = 2;
+   */
+  conversationId: string;
+};
+
+/**
+ * Describes the message chatplane.v1.GetTenantHandoffRequest.
+ * Use `create(GetTenantHandoffRequestSchema)` to create a new message.
+ */
+export const GetTenantHandoffRequestSchema: GenMessage<GetTenantHandoffRequest> = /*@__PURE__*/
+  messageDesc(file_chatplane_v1_persistence, 52);
+
+/**
+ * A handed-off conversation and its owner.
+ *
+ * @generated from message chatplane.v1.GetTenantHandoffResponse
+ */
+export type GetTenantHandoffResponse = Message<"chatplane.v1.GetTenantHandoffResponse"> & {
+  /**
+   * Whose conversation it is.
+   *
+   * @generated from field: chatplane.v1.Owner owner = 1;
+   */
+  owner?: Owner | undefined;
+
+  /**
+   * Its state.
+   *
+   * @generated from field: chatplane.v1.HandoffStatus handoff = 2;
+   */
+  handoff?: HandoffStatus | undefined;
+};
+
+/**
+ * Describes the message chatplane.v1.GetTenantHandoffResponse.
+ * Use `create(GetTenantHandoffResponseSchema)` to create a new message.
+ */
+export const GetTenantHandoffResponseSchema: GenMessage<GetTenantHandoffResponse> = /*@__PURE__*/
+  messageDesc(file_chatplane_v1_persistence, 53);
+
+/**
+ * Asks for the thumbs-down count of a message's conversation.
+ *
+ * @generated from message chatplane.v1.CountThumbsDownRequest
+ */
+export type CountThumbsDownRequest = Message<"chatplane.v1.CountThumbsDownRequest"> & {
+  /**
+   * Whose message.
+   *
+   * @generated from field: chatplane.v1.Owner owner = 1;
+   */
+  owner?: Owner | undefined;
+
+  /**
+   * A message of the owner.
+   *
+   * @generated from field: string message_id = 2;
+   */
+  messageId: string;
+};
+
+/**
+ * Describes the message chatplane.v1.CountThumbsDownRequest.
+ * Use `create(CountThumbsDownRequestSchema)` to create a new message.
+ */
+export const CountThumbsDownRequestSchema: GenMessage<CountThumbsDownRequest> = /*@__PURE__*/
+  messageDesc(file_chatplane_v1_persistence, 54);
+
+/**
+ * The thumbs-down count of the conversation.
+ *
+ * @generated from message chatplane.v1.CountThumbsDownResponse
+ */
+export type CountThumbsDownResponse = Message<"chatplane.v1.CountThumbsDownResponse"> & {
+  /**
+   * The conversation of the message.
+   *
+   * @generated from field: string conversation_id = 1;
+   */
+  conversationId: string;
+
+  /**
+   * Thumbs-down ratings on its messages.
+   *
+   * @generated from field: int32 thumbs_down = 2;
+   */
+  thumbsDown: number;
+};
+
+/**
+ * Describes the message chatplane.v1.CountThumbsDownResponse.
+ * Use `create(CountThumbsDownResponseSchema)` to create a new message.
+ */
+export const CountThumbsDownResponseSchema: GenMessage<CountThumbsDownResponse> = /*@__PURE__*/
+  messageDesc(file_chatplane_v1_persistence, 55);
+
+/**
  * The system of record: conversations, turns, messages (written through the message log),
  * feedback and API keys. Internal: called by the Gateway and admin tools. Every call names
  * the tenant and user it acts for; objects of anyone else are NOT_FOUND.
@@ -1837,6 +2152,56 @@ export const PersistenceService: GenService<{
     methodKind: "unary";
     input: typeof ListAuditRecordsRequestSchema;
     output: typeof ListAuditRecordsResponseSchema;
+  },
+  /**
+   * Returns the handoff state of the owner's conversation (bot mode when never handed off).
+   *
+   * @generated from rpc chatplane.v1.PersistenceService.GetHandoff
+   */
+  getHandoff: {
+    methodKind: "unary";
+    input: typeof GetHandoffRequestSchema;
+    output: typeof GetHandoffResponseSchema;
+  },
+  /**
+   * Hands the owner's conversation to a human or gives it back to the bot.
+   *
+   * @generated from rpc chatplane.v1.PersistenceService.ChangeHandoff
+   */
+  changeHandoff: {
+    methodKind: "unary";
+    input: typeof ChangeHandoffRequestSchema;
+    output: typeof ChangeHandoffResponseSchema;
+  },
+  /**
+   * Lists a tenant's conversations in human mode, longest waiting first.
+   *
+   * @generated from rpc chatplane.v1.PersistenceService.ListHandoffs
+   */
+  listHandoffs: {
+    methodKind: "unary";
+    input: typeof ListHandoffsRequestSchema;
+    output: typeof ListHandoffsResponseSchema;
+  },
+  /**
+   * Returns a tenant's handed-off conversation (ever handed off) with its owner, for operators.
+   *
+   * @generated from rpc chatplane.v1.PersistenceService.GetTenantHandoff
+   */
+  getTenantHandoff: {
+    methodKind: "unary";
+    input: typeof GetTenantHandoffRequestSchema;
+    output: typeof GetTenantHandoffResponseSchema;
+  },
+  /**
+   * Counts the thumbs-down ratings in the conversation of one of the owner's messages.
+   *
+   * @generated from rpc chatplane.v1.PersistenceService.CountThumbsDown
+   */
+  countThumbsDown: {
+    methodKind: "unary";
+    input: typeof CountThumbsDownRequestSchema;
+    output: typeof CountThumbsDownResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_chatplane_v1_persistence, 0);

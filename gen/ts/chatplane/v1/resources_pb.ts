@@ -12,7 +12,7 @@ import type { Message as Message$1 } from "@bufbuild/protobuf";
  * Describes the file chatplane/v1/resources.proto.
  */
 export const file_chatplane_v1_resources: GenFile = /*@__PURE__*/
-  fileDesc("ChxjaGF0cGxhbmUvdjEvcmVzb3VyY2VzLnByb3RvEgxjaGF0cGxhbmUudjEiygEKDENvbnZlcnNhdGlvbhIXCg9jb252ZXJzYXRpb25faWQYASABKAkSDQoFdGl0bGUYAiABKAkSLwoLY3JlYXRlX3RpbWUYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC3VwZGF0ZV90aW1lGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIVCg1tZXNzYWdlX2NvdW50GAUgASgFEhkKEWFjdGl2ZV9tZXNzYWdlX2lkGCggASgJIuMDCgdNZXNzYWdlEhIKCm1lc3NhZ2VfaWQYASABKAkSFwoPY29udmVyc2F0aW9uX2lkGAIgASgJEiAKBHJvbGUYAyABKA4yEi5jaGF0cGxhbmUudjEuUm9sZRIMCgR0ZXh0GAQgASgJEisKBnN0YXR1cxgFIAEoDjIbLmNoYXRwbGFuZS52MS5NZXNzYWdlU3RhdHVzEg0KBW1vZGVsGAYgASgJEi8KC2NyZWF0ZV90aW1lGAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIbChNyZXBseV90b19tZXNzYWdlX2lkGAggASgJEjEKDWZpbmlzaF9yZWFzb24YCSABKA4yGi5jaGF0cGxhbmUudjEuRmluaXNoUmVhc29uEiIKBXVzYWdlGAogASgLMhMuY2hhdHBsYW5lLnYxLlVzYWdlEhkKEWNsaWVudF9tZXNzYWdlX2lkGAsgASgJEh4KEXBhcmVudF9tZXNzYWdlX2lkGCggASgJSACIAQESFQoNc2libGluZ19pbmRleBgpIAEoBRIVCg1zaWJsaW5nX2NvdW50GCogASgFEhsKE3NpYmxpbmdfbWVzc2FnZV9pZHMYKyADKAlCFAoSX3BhcmVudF9tZXNzYWdlX2lkInoKBVVzYWdlEhQKDGlucHV0X3Rva2VucxgBIAEoBRIVCg1vdXRwdXRfdG9rZW5zGAIgASgFEh8KF2NhY2hlX3JlYWRfaW5wdXRfdG9rZW5zGAMgASgFEiMKG2NhY2hlX2NyZWF0aW9uX2lucHV0X3Rva2VucxgEIAEoBSK5AQoLVHVyblN0YXJ0ZWQSFwoPY29udmVyc2F0aW9uX2lkGAEgASgJEhcKD3VzZXJfbWVzc2FnZV9pZBgCIAEoCRIcChRhc3Npc3RhbnRfbWVzc2FnZV9pZBgDIAEoCRINCgVtb2RlbBgEIAEoCRIQCghyZXBsYXllZBgFIAEoCBIXCg9tZW1vcnlfZGVncmFkZWQYBiABKAgSDwoHcmVzdW1lZBgeIAEoCBIPCgd2YXJpYW50GDIgASgJIkkKCVRleHREZWx0YRIMCgR0ZXh0GAEgASgJEhAKCHNlcXVlbmNlGAIgASgDEhwKFGVtaXRfdGltZV91bml4X25hbm9zGAMgASgDIqABCghDaXRhdGlvbhIoCgRraW5kGAEgASgOMhouY2hhdHBsYW5lLnYxLkNpdGF0aW9uS2luZBIRCglzb3VyY2VfaWQYAiABKAkSDQoFdGl0bGUYAyABKAkSDwoHc25pcHBldBgEIAEoCRINCgVzY29yZRgFIAEoARITCgtkb2N1bWVudF9pZBgUIAEoCRITCgtjaHVua19pbmRleBgVIAEoBSJhCghUdXJuRG9uZRIxCg1maW5pc2hfcmVhc29uGAEgASgOMhouY2hhdHBsYW5lLnYxLkZpbmlzaFJlYXNvbhINCgVtb2RlbBgCIAEoCRITCgtkZWx0YV9jb3VudBgDIAEoAyKGAQoIRG9jdW1lbnQSEwoLZG9jdW1lbnRfaWQYASABKAkSDAoEbmFtZRgCIAEoCRIRCgltaW1lX3R5cGUYAyABKAkSEwoLY2h1bmtfY291bnQYBCABKAUSLwoLY3JlYXRlX3RpbWUYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIjgKDUJyYW5jaEhpc3RvcnkSJwoIbWVzc2FnZXMYASADKAsyFS5jaGF0cGxhbmUudjEuTWVzc2FnZSo/CgRSb2xlEhQKEFJPTEVfVU5TUEVDSUZJRUQQABINCglST0xFX1VTRVIQARISCg5ST0xFX0FTU0lTVEFOVBACKmwKDU1lc3NhZ2VTdGF0dXMSHgoaTUVTU0FHRV9TVEFUVVNfVU5TUEVDSUZJRUQQABIbChdNRVNTQUdFX1NUQVRVU19DT01QTEVURRABEh4KGk1FU1NBR0VfU1RBVFVTX0lOVEVSUlVQVEVEEAIqmwEKDEZpbmlzaFJlYXNvbhIdChlGSU5JU0hfUkVBU09OX1VOU1BFQ0lGSUVEEAASFgoSRklOSVNIX1JFQVNPTl9TVE9QEAESHAoYRklOSVNIX1JFQVNPTl9NQVhfVE9LRU5TEAISHQoZRklOSVNIX1JFQVNPTl9JTlRFUlJVUFRFRBADEhcKE0ZJTklTSF9SRUFTT05fRVJST1IQBCphCgxDaXRhdGlvbktpbmQSHQoZQ0lUQVRJT05fS0lORF9VTlNQRUNJRklFRBAAEhYKEkNJVEFUSU9OX0tJTkRfVFVSThABEhoKFkNJVEFUSU9OX0tJTkRfRE9DVU1FTlQQAkJAWj5naXRodWIuY29tL2NoYXRwbGFuZS9jaGF0cGxhbmUvZ2VuL2dvL2NoYXRwbGFuZS92MTtjaGF0cGxhbmV2MWIGcHJvdG8z", [file_google_protobuf_timestamp]);
+  fileDesc("ChxjaGF0cGxhbmUvdjEvcmVzb3VyY2VzLnByb3RvEgxjaGF0cGxhbmUudjEiygEKDENvbnZlcnNhdGlvbhIXCg9jb252ZXJzYXRpb25faWQYASABKAkSDQoFdGl0bGUYAiABKAkSLwoLY3JlYXRlX3RpbWUYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC3VwZGF0ZV90aW1lGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIVCg1tZXNzYWdlX2NvdW50GAUgASgFEhkKEWFjdGl2ZV9tZXNzYWdlX2lkGCggASgJIvgDCgdNZXNzYWdlEhIKCm1lc3NhZ2VfaWQYASABKAkSFwoPY29udmVyc2F0aW9uX2lkGAIgASgJEiAKBHJvbGUYAyABKA4yEi5jaGF0cGxhbmUudjEuUm9sZRIMCgR0ZXh0GAQgASgJEisKBnN0YXR1cxgFIAEoDjIbLmNoYXRwbGFuZS52MS5NZXNzYWdlU3RhdHVzEg0KBW1vZGVsGAYgASgJEi8KC2NyZWF0ZV90aW1lGAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIbChNyZXBseV90b19tZXNzYWdlX2lkGAggASgJEjEKDWZpbmlzaF9yZWFzb24YCSABKA4yGi5jaGF0cGxhbmUudjEuRmluaXNoUmVhc29uEiIKBXVzYWdlGAogASgLMhMuY2hhdHBsYW5lLnYxLlVzYWdlEhkKEWNsaWVudF9tZXNzYWdlX2lkGAsgASgJEh4KEXBhcmVudF9tZXNzYWdlX2lkGCggASgJSACIAQESFQoNc2libGluZ19pbmRleBgpIAEoBRIVCg1zaWJsaW5nX2NvdW50GCogASgFEhsKE3NpYmxpbmdfbWVzc2FnZV9pZHMYKyADKAkSEwoLb3BlcmF0b3JfaWQYPCABKAlCFAoSX3BhcmVudF9tZXNzYWdlX2lkInoKBVVzYWdlEhQKDGlucHV0X3Rva2VucxgBIAEoBRIVCg1vdXRwdXRfdG9rZW5zGAIgASgFEh8KF2NhY2hlX3JlYWRfaW5wdXRfdG9rZW5zGAMgASgFEiMKG2NhY2hlX2NyZWF0aW9uX2lucHV0X3Rva2VucxgEIAEoBSK5AQoLVHVyblN0YXJ0ZWQSFwoPY29udmVyc2F0aW9uX2lkGAEgASgJEhcKD3VzZXJfbWVzc2FnZV9pZBgCIAEoCRIcChRhc3Npc3RhbnRfbWVzc2FnZV9pZBgDIAEoCRINCgVtb2RlbBgEIAEoCRIQCghyZXBsYXllZBgFIAEoCBIXCg9tZW1vcnlfZGVncmFkZWQYBiABKAgSDwoHcmVzdW1lZBgeIAEoCBIPCgd2YXJpYW50GDIgASgJIkkKCVRleHREZWx0YRIMCgR0ZXh0GAEgASgJEhAKCHNlcXVlbmNlGAIgASgDEhwKFGVtaXRfdGltZV91bml4X25hbm9zGAMgASgDIqABCghDaXRhdGlvbhIoCgRraW5kGAEgASgOMhouY2hhdHBsYW5lLnYxLkNpdGF0aW9uS2luZBIRCglzb3VyY2VfaWQYAiABKAkSDQoFdGl0bGUYAyABKAkSDwoHc25pcHBldBgEIAEoCRINCgVzY29yZRgFIAEoARITCgtkb2N1bWVudF9pZBgUIAEoCRITCgtjaHVua19pbmRleBgVIAEoBSJhCghUdXJuRG9uZRIxCg1maW5pc2hfcmVhc29uGAEgASgOMhouY2hhdHBsYW5lLnYxLkZpbmlzaFJlYXNvbhINCgVtb2RlbBgCIAEoCRITCgtkZWx0YV9jb3VudBgDIAEoAyKGAQoIRG9jdW1lbnQSEwoLZG9jdW1lbnRfaWQYASABKAkSDAoEbmFtZRgCIAEoCRIRCgltaW1lX3R5cGUYAyABKAkSEwoLY2h1bmtfY291bnQYBCABKAUSLwoLY3JlYXRlX3RpbWUYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIjgKDUJyYW5jaEhpc3RvcnkSJwoIbWVzc2FnZXMYASADKAsyFS5jaGF0cGxhbmUudjEuTWVzc2FnZSKrAgoNSGFuZG9mZlN0YXR1cxIXCg9jb252ZXJzYXRpb25faWQYASABKAkSJwoEbW9kZRgCIAEoDjIZLmNoYXRwbGFuZS52MS5IYW5kb2ZmTW9kZRItCgd0cmlnZ2VyGAMgASgOMhwuY2hhdHBsYW5lLnYxLkhhbmRvZmZUcmlnZ2VyEg4KBnJlYXNvbhgEIAEoCRIwCgxyZXF1ZXN0X3RpbWUYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjAKDHJlbGVhc2VfdGltZRgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDwoHY2hhbmdlZBgHIAEoCBIPCgd1c2VyX2lkGAggASgJEhMKC3JlbGVhc2VkX2J5GAkgASgJKlIKBFJvbGUSFAoQUk9MRV9VTlNQRUNJRklFRBAAEg0KCVJPTEVfVVNFUhABEhIKDlJPTEVfQVNTSVNUQU5UEAISEQoNUk9MRV9PUEVSQVRPUhADKmwKDU1lc3NhZ2VTdGF0dXMSHgoaTUVTU0FHRV9TVEFUVVNfVU5TUEVDSUZJRUQQABIbChdNRVNTQUdFX1NUQVRVU19DT01QTEVURRABEh4KGk1FU1NBR0VfU1RBVFVTX0lOVEVSUlVQVEVEEAIqmwEKDEZpbmlzaFJlYXNvbhIdChlGSU5JU0hfUkVBU09OX1VOU1BFQ0lGSUVEEAASFgoSRklOSVNIX1JFQVNPTl9TVE9QEAESHAoYRklOSVNIX1JFQVNPTl9NQVhfVE9LRU5TEAISHQoZRklOSVNIX1JFQVNPTl9JTlRFUlJVUFRFRBADEhcKE0ZJTklTSF9SRUFTT05fRVJST1IQBCphCgxDaXRhdGlvbktpbmQSHQoZQ0lUQVRJT05fS0lORF9VTlNQRUNJRklFRBAAEhYKEkNJVEFUSU9OX0tJTkRfVFVSThABEhoKFkNJVEFUSU9OX0tJTkRfRE9DVU1FTlQQAipZCgtIYW5kb2ZmTW9kZRIcChhIQU5ET0ZGX01PREVfVU5TUEVDSUZJRUQQABIUChBIQU5ET0ZGX01PREVfQk9UEAESFgoSSEFORE9GRl9NT0RFX0hVTUFOEAIqsAEKDkhhbmRvZmZUcmlnZ2VyEh8KG0hBTkRPRkZfVFJJR0dFUl9VTlNQRUNJRklFRBAAEhgKFEhBTkRPRkZfVFJJR0dFUl9VU0VSEAESJAogSEFORE9GRl9UUklHR0VSX0VYUExJQ0lUX1JFUVVFU1QQAhIfChtIQU5ET0ZGX1RSSUdHRVJfVEhVTUJTX0RPV04QAxIcChhIQU5ET0ZGX1RSSUdHRVJfT1BFUkFUT1IQBEJAWj5naXRodWIuY29tL2NoYXRwbGFuZS9jaGF0cGxhbmUvZ2VuL2dvL2NoYXRwbGFuZS92MTtjaGF0cGxhbmV2MWIGcHJvdG8z", [file_google_protobuf_timestamp]);
 
 /**
  * A conversation: an ordered exchange between one user and the assistant.
@@ -187,6 +187,13 @@ export type Message = Message$1<"chatplane.v1.Message"> & {
    * @generated from field: repeated string sibling_message_ids = 43;
    */
   siblingMessageIds: string[];
+
+  /**
+   * For an operator's reply (ROLE_OPERATOR), the operator's user id; empty otherwise.
+   *
+   * @generated from field: string operator_id = 60;
+   */
+  operatorId: string;
 };
 
 /**
@@ -514,6 +521,83 @@ export const BranchHistorySchema: GenMessage<BranchHistory> = /*@__PURE__*/
   messageDesc(file_chatplane_v1_resources, 8);
 
 /**
+ * A conversation's handoff state: who answers, and why.
+ *
+ * @generated from message chatplane.v1.HandoffStatus
+ */
+export type HandoffStatus = Message$1<"chatplane.v1.HandoffStatus"> & {
+  /**
+   * The conversation.
+   *
+   * @generated from field: string conversation_id = 1;
+   */
+  conversationId: string;
+
+  /**
+   * Who answers now.
+   *
+   * @generated from field: chatplane.v1.HandoffMode mode = 2;
+   */
+  mode: HandoffMode;
+
+  /**
+   * What made the last change.
+   *
+   * @generated from field: chatplane.v1.HandoffTrigger trigger = 3;
+   */
+  trigger: HandoffTrigger;
+
+  /**
+   * The reason given with the request (the user's, or the rule's description).
+   *
+   * @generated from field: string reason = 4;
+   */
+  reason: string;
+
+  /**
+   * When the conversation was last handed to a human.
+   *
+   * @generated from field: google.protobuf.Timestamp request_time = 5;
+   */
+  requestTime?: Timestamp | undefined;
+
+  /**
+   * When it was last given back to the bot (unset while it never was).
+   *
+   * @generated from field: google.protobuf.Timestamp release_time = 6;
+   */
+  releaseTime?: Timestamp | undefined;
+
+  /**
+   * True when this call changed the mode; false when it was already so.
+   *
+   * @generated from field: bool changed = 7;
+   */
+  changed: boolean;
+
+  /**
+   * The user who owns the conversation.
+   *
+   * @generated from field: string user_id = 8;
+   */
+  userId: string;
+
+  /**
+   * Who released it last: the user's or the operator's user id.
+   *
+   * @generated from field: string released_by = 9;
+   */
+  releasedBy: string;
+};
+
+/**
+ * Describes the message chatplane.v1.HandoffStatus.
+ * Use `create(HandoffStatusSchema)` to create a new message.
+ */
+export const HandoffStatusSchema: GenMessage<HandoffStatus> = /*@__PURE__*/
+  messageDesc(file_chatplane_v1_resources, 9);
+
+/**
  * Who wrote a message.
  *
  * @generated from enum chatplane.v1.Role
@@ -539,6 +623,13 @@ export enum Role {
    * @generated from enum value: ROLE_ASSISTANT = 2;
    */
   ASSISTANT = 2,
+
+  /**
+   * A human operator's reply in a handed-off conversation (docs/handoff.md).
+   *
+   * @generated from enum value: ROLE_OPERATOR = 3;
+   */
+  OPERATOR = 3,
 }
 
 /**
@@ -662,4 +753,86 @@ export enum CitationKind {
  */
 export const CitationKindSchema: GenEnum<CitationKind> = /*@__PURE__*/
   enumDesc(file_chatplane_v1_resources, 3);
+
+/**
+ * Who answers in a conversation.
+ *
+ * @generated from enum chatplane.v1.HandoffMode
+ */
+export enum HandoffMode {
+  /**
+   * Not set.
+   *
+   * @generated from enum value: HANDOFF_MODE_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * The bot (the model) answers.
+   *
+   * @generated from enum value: HANDOFF_MODE_BOT = 1;
+   */
+  BOT = 1,
+
+  /**
+   * A human operator answers; the bot is silent.
+   *
+   * @generated from enum value: HANDOFF_MODE_HUMAN = 2;
+   */
+  HUMAN = 2,
+}
+
+/**
+ * Describes the enum chatplane.v1.HandoffMode.
+ */
+export const HandoffModeSchema: GenEnum<HandoffMode> = /*@__PURE__*/
+  enumDesc(file_chatplane_v1_resources, 4);
+
+/**
+ * What switched a conversation's mode last.
+ *
+ * @generated from enum chatplane.v1.HandoffTrigger
+ */
+export enum HandoffTrigger {
+  /**
+   * Not set (a conversation never handed off).
+   *
+   * @generated from enum value: HANDOFF_TRIGGER_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * The user called RequestHandoff or ReleaseHandoff.
+   *
+   * @generated from enum value: HANDOFF_TRIGGER_USER = 1;
+   */
+  USER = 1,
+
+  /**
+   * The rule "the user's message asks for a human" fired.
+   *
+   * @generated from enum value: HANDOFF_TRIGGER_EXPLICIT_REQUEST = 2;
+   */
+  EXPLICIT_REQUEST = 2,
+
+  /**
+   * The rule "N thumbs-down in the conversation" fired.
+   *
+   * @generated from enum value: HANDOFF_TRIGGER_THUMBS_DOWN = 3;
+   */
+  THUMBS_DOWN = 3,
+
+  /**
+   * An operator released the conversation.
+   *
+   * @generated from enum value: HANDOFF_TRIGGER_OPERATOR = 4;
+   */
+  OPERATOR = 4,
+}
+
+/**
+ * Describes the enum chatplane.v1.HandoffTrigger.
+ */
+export const HandoffTriggerSchema: GenEnum<HandoffTrigger> = /*@__PURE__*/
+  enumDesc(file_chatplane_v1_resources, 5);
 

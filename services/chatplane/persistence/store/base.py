@@ -26,6 +26,14 @@ if TYPE_CHECKING:  # they import this module
         RotatedApiKey,
     )
 
+if TYPE_CHECKING:
+    from chatplane.persistence.store.handoff import (
+        HandoffChange,
+        HandoffCursor,
+        HandoffPage,
+        HandoffState,
+    )
+
 API_KEY_PREFIX = "cp"
 """Full API keys read `cp_<key_id>_<secret>`."""
 
@@ -121,6 +129,8 @@ class Message:
     variant: str = ""
     first_token_ms: int | None = None
     duration_ms: int | None = None
+    # An operator's reply (docs/handoff.md): role ASSISTANT, written by this operator.
+    operator_id: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -478,6 +488,35 @@ class ConversationStore(TokenQuotaLedger, AsyncClosable):
         scanning are included when their id sorts after the cursor; a rebuild that must not
         miss any runs alongside the live path that also indexes new turns.
         """
+
+    # Human handoff (docs/handoff.md; records in chatplane.persistence.store.handoff).
+
+    @abc.abstractmethod
+    async def get_handoff(self, owner: Owner, conversation_id: str) -> HandoffState:
+        """The handoff state of the owner's conversation (BOT when never handed off)."""
+
+    @abc.abstractmethod
+    async def change_handoff(
+        self, owner: Owner, conversation_id: str, change: HandoffChange
+    ) -> HandoffState:
+        """Apply `change` to the owner's conversation atomically; the answer's `changed`
+        says whether anything changed (see handoff.apply_change)."""
+
+    @abc.abstractmethod
+    async def list_handoffs(
+        self, tenant_id: str, *, limit: int, after: HandoffCursor | None = None
+    ) -> HandoffPage:
+        """Up to `limit` of the tenant's conversations in human mode, longest waiting
+        first (oldest request), after `after`."""
+
+    @abc.abstractmethod
+    async def tenant_handoff(self, tenant_id: str, conversation_id: str) -> HandoffState:
+        """A conversation of the tenant that was ever handed off, with its owner (for
+        operators); any other is NotFound."""
+
+    @abc.abstractmethod
+    async def count_thumbs_down(self, owner: Owner, message_id: str) -> tuple[str, int]:
+        """The conversation of the owner's message and its number of thumbs-down ratings."""
 
     @abc.abstractmethod
     async def get_answer(self, owner: Owner, assistant_message_id: str) -> Answer:

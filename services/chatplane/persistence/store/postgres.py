@@ -21,7 +21,12 @@ from psycopg_pool import AsyncConnectionPool
 from chatplane.audit.chain import AuditEvent, AuditHead, AuditRecord
 from chatplane.common import errors
 from chatplane.common.ids import is_valid_id, new_id
-from chatplane.persistence.store import answer_deltas, postgres_quota, postgres_tree
+from chatplane.persistence.store import (
+    answer_deltas,
+    postgres_handoff,
+    postgres_quota,
+    postgres_tree,
+)
 from chatplane.persistence.store import postgres_identity as identity
 from chatplane.persistence.store.answer_metrics import (
     ANSWER_METRICS_COLUMNS,
@@ -54,6 +59,12 @@ from chatplane.persistence.store.base import (
     require_history_request,
     require_limit,
     utc_now,
+)
+from chatplane.persistence.store.handoff import (
+    HandoffChange,
+    HandoffCursor,
+    HandoffPage,
+    HandoffState,
 )
 from chatplane.persistence.store.key_records import (
     ApiKeyCursor,
@@ -96,20 +107,20 @@ _UNAVAILABLE_ERRORS: tuple[type[Exception], ...] = (
 _MESSAGE_COLUMNS = (
     "message_id, conversation_id, tenant_id, user_id, role, text, status, model,"
     " create_time, reply_to_message_id, finish_reason, input_tokens, output_tokens,"
-    " client_message_id, parent_message_id"
+    " client_message_id, parent_message_id, operator_id"
 )
 _CONVERSATION_COLUMNS = (
     "conversation_id, tenant_id, user_id, title, create_time, update_time, message_count"
 )
 # The columns of _MESSAGE_COLUMNS as PostgreSQL types, for the binary COPY of a batch.
-_MESSAGE_TYPES = ("text",) * 8 + ("timestamptz", "text", "text", "int4", "int4", "text", "text")
+_MESSAGE_TYPES = ("text",) * 8 + ("timestamptz", "text", "text", "int4", "int4") + ("text",) * 3
 _STAGING_TABLE = (
     "CREATE TEMP TABLE message_batch ("
     ' ordinal integer NOT NULL, message_id text COLLATE "C", conversation_id text COLLATE "C",'
     " tenant_id text, user_id text, role text, text text, status text, model text,"
     " create_time timestamptz, reply_to_message_id text, finish_reason text,"
     " input_tokens integer, output_tokens integer, client_message_id text,"
-    ' parent_message_id text COLLATE "C"'
+    ' parent_message_id text COLLATE "C", operator_id text'
     ") ON COMMIT DROP"
 )
 
@@ -734,6 +745,42 @@ class PostgresConversationStore(TreeQueries, ConversationStore):
             cursor = await connection.execute(query, parameters)
             rows = await cursor.fetchall()
         return [stats_from_row(row) for row in rows]
+
+    async def get_handoff(self, owner: Owner, conversation_id: str) -> HandoffState:
+        if not is_valid_id(conversation_id):
+            raise errors.NotFound("conversation not found")
+        async with self._connection() as connection:
+            return await postgres_handoff.get_handoff(connection, owner, conversation_id)
+
+    async def change_handoff(
+        self, owner: Owner, conversation_id: str, change: HandoffChange
+    ) -> HandoffState:
+        if not is_valid_id(conversation_id):
+            raise errors.NotFound("conversation not found")
+        now = self._clock()
+        async with self._connection() as connection:
+            return await postgres_handoff.change_handoff(
+                connection, owner, conversation_id, change, now
+            )
+
+    async def list_handoffs(
+        self, tenant_id: str, *, limit: int, after: HandoffCursor | None = None
+    ) -> HandoffPage:
+        require_limit(limit)
+        async with self._connection() as connection:
+            return await postgres_handoff.list_handoffs(connection, tenant_id, limit, after)
+
+    async def tenant_handoff(self, tenant_id: str, conversation_id: str) -> HandoffState:
+        if not is_valid_id(conversation_id):
+            raise errors.NotFound("conversation not found")
+        async with self._connection() as connection:
+            return await postgres_handoff.tenant_handoff(connection, tenant_id, conversation_id)
+
+    async def count_thumbs_down(self, owner: Owner, message_id: str) -> tuple[str, int]:
+        if not is_valid_id(message_id):
+            raise errors.NotFound("message not found")
+        async with self._connection() as connection:
+            return await postgres_handoff.count_thumbs_down(connection, owner, message_id)
 
     async def close(self) -> None:
         if self._closed:

@@ -76,6 +76,7 @@ def message_row(message: Message, time_out: TimeOut) -> tuple[Any, ...]:
         message.output_tokens,
         message.client_message_id,
         message.parent_message_id,
+        message.operator_id,
     )
 
 
@@ -96,6 +97,7 @@ def message_from_row(row: Sequence[Any], time_in: TimeIn) -> Message:
         output_tokens=row[12],
         client_message_id=row[13],
         parent_message_id=row[14],
+        operator_id=row[15],
     )
 
 

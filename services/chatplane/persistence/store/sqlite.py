@@ -18,7 +18,7 @@ from typing import Any, Self, TypeVar
 from chatplane.audit.chain import AuditEvent, AuditHead, AuditRecord
 from chatplane.common import errors
 from chatplane.common.ids import is_valid_id, new_id
-from chatplane.persistence.store import answer_deltas, sqlite_quota, sqlite_tree
+from chatplane.persistence.store import answer_deltas, sqlite_handoff, sqlite_quota, sqlite_tree
 from chatplane.persistence.store import sqlite_identity as identity
 from chatplane.persistence.store.answer_metrics import (
     ANSWER_METRICS_COLUMNS,
@@ -53,6 +53,12 @@ from chatplane.persistence.store.base import (
     to_micros,
     utc_now,
 )
+from chatplane.persistence.store.handoff import (
+    HandoffChange,
+    HandoffCursor,
+    HandoffPage,
+    HandoffState,
+)
 from chatplane.persistence.store.key_records import (
     ApiKeyCursor,
     ApiKeyPage,
@@ -79,8 +85,10 @@ _IN_CHUNK = 500
 _MESSAGE_COLUMNS = (
     "message_id, conversation_id, tenant_id, user_id, role, text, status, model,"
     " create_time_us, reply_to_message_id, finish_reason, input_tokens, output_tokens,"
-    " client_message_id, parent_message_id"
+    " client_message_id, parent_message_id, operator_id"
 )
+# One placeholder per column of _MESSAGE_COLUMNS.
+_MESSAGE_PLACEHOLDERS = ", ".join("?" * (_MESSAGE_COLUMNS.count(",") + 1))
 _CONVERSATION_COLUMNS = (
     "conversation_id, tenant_id, user_id, title, create_time_us, update_time_us, message_count"
 )
@@ -277,6 +285,45 @@ class SqliteConversationStore(TreeQueries, ConversationStore):
         self, tenant_id: str | None = None, since: datetime | None = None
     ) -> list[VariantStats]:
         return await self._run(functools.partial(_report_variants, tenant_id, since))
+
+    async def get_handoff(self, owner: Owner, conversation_id: str) -> HandoffState:
+        if not is_valid_id(conversation_id):
+            raise errors.NotFound("conversation not found")
+        return await self._run(
+            functools.partial(sqlite_handoff.get_handoff, owner, conversation_id)
+        )
+
+    async def change_handoff(
+        self, owner: Owner, conversation_id: str, change: HandoffChange
+    ) -> HandoffState:
+        if not is_valid_id(conversation_id):
+            raise errors.NotFound("conversation not found")
+        work = functools.partial(
+            sqlite_handoff.change_handoff, owner, conversation_id, change, self._now_us()
+        )
+        return await self._run(work)
+
+    async def list_handoffs(
+        self, tenant_id: str, *, limit: int, after: HandoffCursor | None = None
+    ) -> HandoffPage:
+        require_limit(limit)
+        return await self._run(
+            functools.partial(sqlite_handoff.list_handoffs, tenant_id, limit, after)
+        )
+
+    async def tenant_handoff(self, tenant_id: str, conversation_id: str) -> HandoffState:
+        if not is_valid_id(conversation_id):
+            raise errors.NotFound("conversation not found")
+        return await self._run(
+            functools.partial(sqlite_handoff.tenant_handoff, tenant_id, conversation_id)
+        )
+
+    async def count_thumbs_down(self, owner: Owner, message_id: str) -> tuple[str, int]:
+        if not is_valid_id(message_id):
+            raise errors.NotFound("message not found")
+        return await self._run(
+            functools.partial(sqlite_handoff.count_thumbs_down, owner, message_id)
+        )
 
     async def close(self) -> None:
         if self._closed:
@@ -534,7 +581,7 @@ class SqliteConversationStore(TreeQueries, ConversationStore):
                 )
             connection.executemany(
                 f"INSERT INTO messages ({_MESSAGE_COLUMNS}, store_time_us)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                f" VALUES ({_MESSAGE_PLACEHOLDERS}, ?)",
                 [(*_message_row(m), now_us) for m in accepted],
             )
             connection.executemany(answer_deltas.INSERT_SQLITE, answer_deltas.delta_rows(accepted))

@@ -1,0 +1,176 @@
+"""OperatorService (docs/handoff.md): support staff list their tenant's conversations waiting
+for a human, read one, reply in it and give it back to the bot. Every call needs the
+`operator` role; another tenant's conversation is NOT_FOUND."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable
+from typing import TypeVar
+
+import grpc
+
+from chatplane.common import errors
+from chatplane.common.context import Principal
+from chatplane.common.deadlines import outbound_timeout
+from chatplane.common.ids import is_valid_id
+from chatplane.common.roles import OPERATOR, require_role
+from chatplane.common.settings import Settings
+from chatplane.gateway.handoff import Budget, HandoffDesk
+from chatplane.gateway.servicer import Context, _principal
+from chatplane.v1 import (
+    gateway_pb2,
+    operator_pb2,
+    operator_pb2_grpc,
+    persistence_pb2,
+    persistence_pb2_grpc,
+    resources_pb2,
+)
+
+_T = TypeVar("_T")
+
+WAITING_PAGE = (20, 100)
+MESSAGES_PAGE = (100, 500)
+
+
+def _operator() -> Principal:
+    principal = _principal()
+    require_role(principal, OPERATOR)
+    return principal
+
+
+def _budget(context: Context) -> Budget:
+    return lambda cap: outbound_timeout(context, cap)
+
+
+def _conversation_id(value: str) -> str:
+    if not value:
+        raise errors.InvalidArgument("conversation_id", "required")
+    if not is_valid_id(value):
+        raise errors.NotFound("conversation not found")
+    return value
+
+
+def _page_size(value: int, bounds: tuple[int, int]) -> int:
+    default, maximum = bounds
+    if value == 0:
+        return default
+    if not 1 <= value <= maximum:
+        raise errors.InvalidArgument(
+            "page_size", f"must be between 1 and {maximum} (0 means {default})"
+        )
+    return value
+
+
+def validate_reply(text: str, max_message_bytes: int) -> None:
+    """An operator's reply follows the rules of a user's message."""
+    if not text.strip():
+        raise errors.InvalidArgument("text", "must not be empty or whitespace")
+    size = len(text.encode("utf-8"))
+    if size > max_message_bytes:
+        raise errors.InvalidArgument(
+            "text", f"is {size} bytes; the limit is {max_message_bytes} bytes"
+        )
+    if "\x00" in text:
+        raise errors.InvalidArgument("text", "must not contain NUL characters")
+
+
+async def _paged(call: Awaitable[_T]) -> _T:
+    """A paged read from PersistenceService, whose only INVALID_ARGUMENT left (the page size
+    is checked here) is the caller's page token; it would otherwise pass on as UNAVAILABLE."""
+    try:
+        return await call
+    except grpc.aio.AioRpcError as error:
+        if error.code() == grpc.StatusCode.INVALID_ARGUMENT:
+            raise errors.InvalidArgument("page_token", "not a page token of this list") from error
+        raise
+
+
+class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):
+    """OperatorService over the handoff desk and PersistenceService."""
+
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        desk: HandoffDesk,
+        persistence: persistence_pb2_grpc.PersistenceServiceAsyncStub,
+    ) -> None:
+        self._settings = settings
+        self._desk = desk
+        self._persistence = persistence
+
+    async def ListWaitingConversations(
+        self, request: operator_pb2.ListWaitingConversationsRequest, context: Context
+    ) -> operator_pb2.ListWaitingConversationsResponse:
+        operator = _operator()
+        page_size = _page_size(request.page_size, WAITING_PAGE)
+        response = await _paged(
+            self._persistence.ListHandoffs(
+                persistence_pb2.ListHandoffsRequest(
+                    tenant_id=operator.tenant_id,
+                    page_size=page_size,
+                    page_token=request.page_token,
+                ),
+                timeout=_budget(context)(self._settings.internal_call_timeout_seconds),
+            )
+        )
+        return operator_pb2.ListWaitingConversationsResponse(
+            handoffs=response.handoffs, next_page_token=response.next_page_token
+        )
+
+    async def GetHandedOffConversation(
+        self, request: operator_pb2.GetHandedOffConversationRequest, context: Context
+    ) -> operator_pb2.GetHandedOffConversationResponse:
+        operator = _operator()
+        conversation_id = _conversation_id(request.conversation_id)
+        page_size = _page_size(request.page_size, MESSAGES_PAGE)
+        budget = _budget(context)
+        handoff = await self._desk.tenant_handoff(operator, conversation_id, budget)
+        history = await _paged(
+            self._persistence.GetConversation(
+                persistence_pb2.PersistenceServiceGetConversationRequest(
+                    owner=handoff.owner,
+                    request=gateway_pb2.GetConversationRequest(
+                        conversation_id=conversation_id,
+                        page_size=page_size,
+                        page_token=request.page_token,
+                    ),
+                ),
+                timeout=budget(self._settings.internal_call_timeout_seconds),
+            )
+        )
+        return operator_pb2.GetHandedOffConversationResponse(
+            handoff=handoff.handoff,
+            conversation=history.response.conversation,
+            messages=history.response.messages,
+            next_page_token=history.response.next_page_token,
+        )
+
+    async def PostReply(
+        self, request: operator_pb2.PostReplyRequest, context: Context
+    ) -> operator_pb2.PostReplyResponse:
+        operator = _operator()
+        conversation_id = _conversation_id(request.conversation_id)
+        validate_reply(request.text, self._settings.max_message_bytes)
+        message = await self._desk.post_reply(
+            operator, conversation_id, request.text, _budget(context)
+        )
+        return operator_pb2.PostReplyResponse(message=message)
+
+    async def ReleaseConversation(
+        self, request: operator_pb2.ReleaseConversationRequest, context: Context
+    ) -> operator_pb2.ReleaseConversationResponse:
+        operator = _operator()
+        conversation_id = _conversation_id(request.conversation_id)
+        budget = _budget(context)
+        handoff = await self._desk.tenant_handoff(operator, conversation_id, budget)
+        status = await self._desk.change(
+            handoff.owner,
+            conversation_id,
+            mode=resources_pb2.HANDOFF_MODE_BOT,
+            trigger=resources_pb2.HANDOFF_TRIGGER_OPERATOR,
+            actor_id=operator.user_id,
+            budget=budget,
+        )
+        status.user_id = handoff.owner.user_id
+        return operator_pb2.ReleaseConversationResponse(handoff=status)
