@@ -68,19 +68,37 @@ def to_status(error: errors.ChatplaneError | None, request_id: str) -> grpc.Stat
     return rpc_status.to_status(status)
 
 
-def _retry_delay(error: grpc.aio.AioRpcError, default: float) -> float:
-    """The RetryInfo delay a downstream service attached to its error, else `default`."""
+def _status_details(error: grpc.aio.AioRpcError) -> list[any_pb2.Any]:
+    """The google.rpc details a downstream service attached to its error (none if absent
+    or undecodable)."""
     for key, value in error.trailing_metadata() or ():
         if key != "grpc-status-details-bin" or not isinstance(value, bytes):
             continue
         try:
-            status = status_pb2.Status.FromString(value)
+            return list(status_pb2.Status.FromString(value).details)
         except DecodeError:
-            return default
-        for detail in status.details:
-            info = error_details_pb2.RetryInfo()
-            if detail.Unpack(info):
-                return float(info.retry_delay.ToNanoseconds()) / 1e9
+            return []
+    return []
+
+
+def field_violations(
+    error: grpc.aio.AioRpcError,
+) -> list[error_details_pb2.BadRequest.FieldViolation]:
+    """The BadRequest field violations a downstream service attached to its error."""
+    violations: list[error_details_pb2.BadRequest.FieldViolation] = []
+    for detail in _status_details(error):
+        bad_request = error_details_pb2.BadRequest()
+        if detail.Unpack(bad_request):
+            violations.extend(bad_request.field_violations)
+    return violations
+
+
+def _retry_delay(error: grpc.aio.AioRpcError, default: float) -> float:
+    """The RetryInfo delay a downstream service attached to its error, else `default`."""
+    for detail in _status_details(error):
+        info = error_details_pb2.RetryInfo()
+        if detail.Unpack(info):
+            return float(info.retry_delay.ToNanoseconds()) / 1e9
     return default
 
 
@@ -112,20 +130,9 @@ def forwarded_invalid_argument(
     request was ours: `from_rpc_error` makes it UNAVAILABLE)."""
     if error.code() is not grpc.StatusCode.INVALID_ARGUMENT:
         return None
-    for key, value in error.trailing_metadata() or ():
-        if key != "grpc-status-details-bin" or not isinstance(value, bytes):
-            continue
-        try:
-            status = status_pb2.Status.FromString(value)
-        except DecodeError:
-            return None
-        for detail in status.details:
-            bad_request = error_details_pb2.BadRequest()
-            if not detail.Unpack(bad_request):
-                continue
-            for violation in bad_request.field_violations:
-                if violation.field.startswith(prefix):
-                    return errors.InvalidArgument(
-                        violation.field.removeprefix(prefix), violation.description
-                    )
+    for violation in field_violations(error):
+        if violation.field.startswith(prefix):
+            return errors.InvalidArgument(
+                violation.field.removeprefix(prefix), violation.description
+            )
     return None

@@ -10,12 +10,12 @@ from collections.abc import Callable
 from typing import Any
 
 import grpc
-from google.protobuf.message import DecodeError
-from google.rpc import error_details_pb2, status_pb2
+from google.rpc import error_details_pb2
 
 from chatplane.common import errors
 from chatplane.common.ids import is_valid_id
 from chatplane.common.settings import Settings
+from chatplane.common.status_mapping import field_violations
 from chatplane.v1 import gateway_pb2, persistence_pb2, persistence_pb2_grpc
 
 REGENERATE_FIELD = "regenerate_message_id"
@@ -108,15 +108,5 @@ async def begin_turn(
 def _field_violation(
     error: grpc.aio.AioRpcError,
 ) -> error_details_pb2.BadRequest.FieldViolation | None:
-    for key, value in error.trailing_metadata() or ():
-        if key != "grpc-status-details-bin" or not isinstance(value, bytes):
-            continue
-        try:
-            status = status_pb2.Status.FromString(value)
-        except DecodeError:
-            return None
-        for detail in status.details:
-            bad_request = error_details_pb2.BadRequest()
-            if detail.Unpack(bad_request) and bad_request.field_violations:
-                return bad_request.field_violations[0]
-    return None
+    violations = field_violations(error)
+    return violations[0] if violations else None

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import contextlib
 import functools
 import logging
 import os
@@ -72,6 +71,15 @@ from chatplane.persistence.store.records import (
     conversation_from_row,
     message_from_row,
     message_row,
+)
+from chatplane.persistence.store.sqlite_transactions import (
+    in_write_transaction as _in_write_transaction,
+)
+from chatplane.persistence.store.sqlite_transactions import (
+    read_transaction as _read_transaction,
+)
+from chatplane.persistence.store.sqlite_transactions import (
+    write_transaction as _write_transaction,
 )
 from chatplane.persistence.store.tree_store import TreeQueries, TreeSkeleton
 
@@ -657,38 +665,6 @@ def _statements(script: str) -> Iterator[str]:
             pending = ""
     if any(line.strip() and not line.strip().startswith("--") for line in pending.splitlines()):
         raise ValueError(f"a migration ends in an incomplete statement: {pending!r}")
-
-
-@contextlib.contextmanager
-def _write_transaction(connection: sqlite3.Connection) -> Iterator[None]:
-    # IMMEDIATE takes the write lock before the first read, so a check-then-write (an
-    # idempotency key, a conversation's owner) cannot race another connection's write.
-    connection.execute("BEGIN IMMEDIATE")
-    try:
-        yield
-    except BaseException:
-        with contextlib.suppress(sqlite3.Error):
-            connection.execute("ROLLBACK")
-        raise
-    connection.execute("COMMIT")
-
-
-def _in_write_transaction(
-    connection: sqlite3.Connection, work: Callable[[sqlite3.Connection], _T]
-) -> _T:
-    with _write_transaction(connection):
-        return work(connection)
-
-
-@contextlib.contextmanager
-def _read_transaction(connection: sqlite3.Connection) -> Iterator[None]:
-    # One snapshot for reads that span statements (a conversation and its messages).
-    connection.execute("BEGIN")
-    try:
-        yield
-    finally:
-        with contextlib.suppress(sqlite3.Error):
-            connection.execute("COMMIT")
 
 
 def _select_in(

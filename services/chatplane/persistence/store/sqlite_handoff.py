@@ -18,6 +18,7 @@ from chatplane.persistence.store.handoff import (
     rules_column,
     stored_state,
 )
+from chatplane.persistence.store.sqlite_transactions import write_transaction
 
 _COLUMNS = (
     "conversation_id, tenant_id, user_id, mode, trigger, reason, request_time_us,"
@@ -71,8 +72,7 @@ def change_handoff(
     connection: sqlite3.Connection,
 ) -> HandoffState:
     """Apply `change` in one write transaction (BEGIN IMMEDIATE: no concurrent change)."""
-    connection.execute("BEGIN IMMEDIATE")
-    try:
+    with write_transaction(connection):
         current = _owned_state(connection, owner, conversation_id)
         state = apply_change(current, change, from_micros(now_us))
         if state.changed:
@@ -96,10 +96,6 @@ def change_handoff(
                     rules_column(state.rules_fired),
                 ),
             )
-    except BaseException:
-        connection.execute("ROLLBACK")
-        raise
-    connection.execute("COMMIT")
     return state
 
 

@@ -4,9 +4,8 @@ inside its own write transaction (SQLite's single writer serialises audit append
 
 from __future__ import annotations
 
-import contextlib
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -34,6 +33,7 @@ from chatplane.persistence.store.key_records import (
     AuditActor,
     RotatedApiKey,
 )
+from chatplane.persistence.store.sqlite_transactions import write_transaction
 
 API_KEY_COLUMNS = (
     "key_id, tenant_id, user_id, label, secret_sha256, revoked, create_time_us, roles,"
@@ -240,16 +240,3 @@ def audit_records(after_seq: int, limit: int, connection: sqlite3.Connection) ->
         (after_seq, limit),
     ).fetchall()
     return [audit_record_from_row(row) for row in rows]
-
-
-@contextlib.contextmanager
-def write_transaction(connection: sqlite3.Connection) -> Iterator[None]:
-    """BEGIN IMMEDIATE ... COMMIT, as the store's other writes (the write lock up front)."""
-    connection.execute("BEGIN IMMEDIATE")
-    try:
-        yield
-    except BaseException:
-        with contextlib.suppress(sqlite3.Error):
-            connection.execute("ROLLBACK")
-        raise
-    connection.execute("COMMIT")
