@@ -838,7 +838,7 @@ async def test_postgres_unreachable_is_unavailable() -> None:
 
 @pytest.mark.engines
 async def test_postgres_survives_lost_connections(postgres_dsn: str, clock: FakeClock) -> None:
-    target = PostgresTarget(postgres_dsn, WriteMethod.COPY)
+    target = PostgresTarget(postgres_dsn, WriteMethod.COPY_DIRECT)
     # Every pooled connection is cut server-side (a restart, a failover, an idle timeout):
     # the pool's check on checkout replaces them, so the next calls just work.
     opened = await target.open(clock)
