@@ -1,7 +1,9 @@
 """The cluster system of record: `ConversationStore` on PostgreSQL (psycopg 3, async, with a
 connection pool). Versioned SQL migrations are applied at start under an advisory lock; each
-batch from the message log is one transaction that COPYs into a staging table and inserts
-with ON CONFLICT DO NOTHING on the message id (docs/postgres.md)."""
+batch from the message log is one transaction: its ids are looked up under its conversations'
+locks and the new messages are COPYed straight into `messages` (store/postgres_copy.py); COPY
+into a staging table + ON CONFLICT DO NOTHING and pipelined executemany remain as alternatives
+(docs/postgres.md)."""
 
 from __future__ import annotations
 
