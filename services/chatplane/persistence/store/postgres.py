@@ -170,8 +170,9 @@ class PostgresConversationStore(ConversationStore):
     Concurrency: any number of stores (replicas) may use one database. Writers of the same
     conversation are serialised by a transaction-level advisory lock on its id (so a batch's
     checks and its writes see one state); idempotency keys and message ids are arbitrated by
-    unique indexes with INSERT ... ON CONFLICT, and a transaction that loses such a race runs
-    again. Reads are single statements, so each sees one snapshot.
+    unique indexes (INSERT ... ON CONFLICT, or a unique violation of the direct COPY), and a
+    transaction that loses such a race runs again. Reads are single statements, so each sees
+    one snapshot.
     """
 
     def __init__(
