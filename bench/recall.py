@@ -108,8 +108,9 @@ NOTES = (
     f"theirs, no pair used twice; queries: {FULL.query_sentences} held-out sentences; bulk-loaded "
     "(1,000 per request, 2 in flight) with refresh off, then refreshed; no force-merge",
     f"Recall = MemoryService.Recall(top_k={TOP_K}, recent_limit={RECENT_LIMIT}) over loopback "
-    "gRPC: query embedding in the service, `recent`, then one _msearch (BM25 + filtered k-NN, 40 "
-    "candidates each), RRF; c=N: N callers back to back (closed loop)",
+    "gRPC: query embedding in the service, then one _msearch of `recent` + BM25 + filtered k-NN "
+    "(40 candidates each, searched 8 deeper and the recent turns dropped client-side), RRF; "
+    "c=N: N callers back to back (closed loop)",
     "index search only = OpenSearchMemoryIndex.search in the bench process with precomputed "
     "query vectors (no gRPC, no embedding); Remember = 2 messages: embedding, then one bulk with "
     "refresh=wait_for (refresh_interval 100 ms), default service",
@@ -599,6 +600,7 @@ class LatencyResults:
     index_search: dict[str, Latencies] = field(default_factory=dict)
     remember: Latencies = field(default_factory=Latencies)
     embed_ms: float | None = None
+    embed_cpu_ms: float | None = None  # mean CPU time of one query embedding (bench process)
 
 
 def _recall_call(
@@ -715,10 +717,12 @@ async def measure_latency(
             results.index_search[column] = await run_concurrently(search, requests, concurrency)
 
     samples = []
+    cpu_began = time.process_time()
     for query in corpus.queries[:50]:
         began = time.perf_counter_ns()
         embedder.embed([query])
         samples.append(time.perf_counter_ns() - began)
+    results.embed_cpu_ms = (time.process_time() - cpu_began) / len(samples) * 1000
     results.embed_ms = ns_to_ms(percentile(samples, 0.5))
     return results
 
@@ -923,6 +927,12 @@ def rows(measured: Measurements, scale: Scale) -> list[Row]:
         Row(NAME, "index search only p50", "ms", search_ms(0.5)),
         Row(NAME, "index search only p99", "ms", search_ms(0.99)),
         Row(NAME, "query embedding p50, bench process", "ms", {"c=1": latency.embed_ms}),
+        Row(
+            NAME,
+            "query embedding CPU (mean), bench process",
+            "ms",
+            {"c=1": latency.embed_cpu_ms},
+        ),
         Row(NAME, "Remember (2 messages) p50", "ms", {c4: latency.remember.ms(0.5)}),
         Row(NAME, "Remember (2 messages) p99", "ms", {c4: latency.remember.ms(0.99)}),
         Row(

@@ -40,10 +40,13 @@ from tests.engine_processes import Engines
 
 ENGINES = (
     "sqlite",
-    # Batches as COPY (the default) and as pipelined executemany: both write paths are kept
+    # Batches as direct COPY (the default), as pipelined executemany and as COPY into a staging
+    # table: all three write paths are kept
     # to the same contract.
     pytest.param("postgres", marks=pytest.mark.engines),
     pytest.param("postgres-executemany", marks=pytest.mark.engines),
+    # COPY into a staging table + INSERT ... ON CONFLICT (the default before COPY_DIRECT).
+    pytest.param("postgres-staging", marks=pytest.mark.engines),
 )
 
 
@@ -155,7 +158,11 @@ def store_target_fixture(request: pytest.FixtureRequest, tmp_path: Path) -> Stor
     """The empty database of one engine; PostgreSQL only starts when a test needs it."""
     if request.param == "sqlite":
         return SqliteTarget(tmp_path / "persistence.db")
-    method = WriteMethod.EXECUTEMANY if request.param.endswith("executemany") else WriteMethod.COPY
+    method = {
+        "postgres": WriteMethod.COPY_DIRECT,
+        "postgres-executemany": WriteMethod.EXECUTEMANY,
+        "postgres-staging": WriteMethod.COPY,
+    }[request.param]
     return PostgresTarget(request.getfixturevalue("postgres_dsn"), method)
 
 

@@ -902,7 +902,7 @@ async def test_postgres_unreachable_is_unavailable() -> None:
 
 @pytest.mark.engines
 async def test_postgres_survives_lost_connections(postgres_dsn: str, clock: FakeClock) -> None:
-    target = PostgresTarget(postgres_dsn, WriteMethod.COPY)
+    target = PostgresTarget(postgres_dsn, WriteMethod.COPY_DIRECT)
     # Every pooled connection is cut server-side (a restart, a failover, an idle timeout):
     # the pool's check on checkout replaces them, so the next calls just work.
     opened = await target.open(clock)
@@ -1002,3 +1002,61 @@ async def _waiting_on_lock(dsn: str) -> bool:
             " AND application_name = 'chatplane-persistence' AND wait_event_type = 'Lock'"
         ).fetchone()
     return row is not None and row[0] > 0
+
+
+@pytest.mark.engines
+@pytest.mark.parametrize("method", list(WriteMethod), ids=lambda m: m.value)
+async def test_postgres_id_raced_into_another_conversation_is_refused(
+    postgres_dsn: str, clock: FakeClock, make_message: MessageFactory, method: WriteMethod
+) -> None:
+    # A writer that holds no lock of ALICE's conversation (a forged record in BOB's) stores
+    # the same message id while ALICE's batch is being written: the batch must not store it
+    # twice, nor half-write, but refuse it as it would have refused it a moment later.
+    store = await PostgresTarget(postgres_dsn, method).open(clock)
+    try:
+        bobs = (await store.begin_turn(turn_request(BOB))).conversation_id
+        message = make_message(ALICE, new_id())
+        async with (
+            await psycopg.AsyncConnection.connect(postgres_dsn) as forger,
+            await psycopg.AsyncConnection.connect(postgres_dsn, autocommit=True) as watcher,
+            forger.transaction(),
+        ):
+            await forger.execute(
+                "INSERT INTO messages (message_id, conversation_id, tenant_id, user_id,"
+                " role, text, status, model, create_time, reply_to_message_id,"
+                " finish_reason, input_tokens, output_tokens, client_message_id,"
+                " store_time) VALUES (%s, %s, %s, %s, 'user', 'forged', 'complete', '',"
+                " now(), '', 'unspecified', 0, 0, '', now())",
+                (message.message_id, bobs, BOB.tenant_id, BOB.user_id),
+            )
+            writing = asyncio.ensure_future(store.write_messages([message]))
+            # Until the store's insert waits for the forger's uncommitted key.
+            deadline = time.monotonic() + 10
+            while True:
+                cursor = await watcher.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                    " AND application_name = 'chatplane-persistence'"
+                    " AND datname = current_database()"
+                )
+                row = await cursor.fetchone()
+                if row is not None and row[0] > 0:
+                    break
+                assert not writing.done(), "the batch did not wait for the forged key"
+                assert time.monotonic() < deadline, "the batch never reached its insert"
+                await asyncio.sleep(0.02)
+        with pytest.raises(MessagesRejected) as rejected:
+            await writing
+        assert rejected.value.reasons == {0: "message id is stored for another conversation"}
+        with psycopg.connect(postgres_dsn, autocommit=True) as admin:
+            rows = admin.execute(
+                "SELECT conversation_id FROM messages WHERE message_id = %s",
+                (message.message_id,),
+            ).fetchall()
+            conversations = admin.execute(
+                "SELECT count(*) FROM conversations WHERE conversation_id = %s",
+                (message.conversation_id,),
+            ).fetchone()
+        assert rows == [(bobs,)]
+        assert conversations == (0,)
+    finally:
+        await store.close()

@@ -476,6 +476,47 @@ async def test_recent_is_scoped(memory: Memory, tenant: str, other_tenant: str) 
     assert await memory.index.recent(tenant, "", "", 10) == []
 
 
+# --- recall (recent + search in one call) ------------------------------------------------------
+
+
+@pytest.mark.parametrize(("recent_limit", "k"), [(1, 1), (3, 2), (8, 10), (20, 3)])
+async def test_recall_is_recent_then_search_without_them(
+    memory: Memory, tenant: str, other_tenant: str, recent_limit: int, k: int
+) -> None:
+    # The conversation's newest turns are also the best hits, so dropping them changes which
+    # candidates remain (an index that answers both at once must search deeper to match).
+    dogs = [
+        turn(
+            tenant,
+            "alice",
+            "c1",
+            f"dog-{i}",
+            f"my dog number {i} loves long walks",
+            created_at_ms=1_800_000_000_000 + i,
+        )
+        for i in range(12)
+    ]
+    await seed(memory, tenant)
+    await memory.upsert(*dogs, turn(tenant, "alice", "c2", "dog-elsewhere", "a dog walk"))
+    await memory.upsert(turn(other_tenant, "alice", "c1", "dog-other", "my dog loves walks"))
+    query = "dog walks"
+    vector = memory.embedder.embed([query])[0]
+    recent, relevant = await memory.index.recall(
+        tenant, "alice", "c1", recent_limit, query, vector, k
+    )
+    expected_recent = await memory.index.recent(tenant, "alice", "c1", recent_limit)
+    expected = await memory.index.search(
+        tenant, "alice", query, vector, k, exclude_item_ids=[i.item_id for i in expected_recent]
+    )
+    assert recent == expected_recent
+    assert recent[-min(recent_limit, len(dogs)) :] == dogs[-recent_limit:]
+    assert [(r.item, r.keyword_rank, r.dense_rank) for r in relevant] == [
+        (r.item, r.keyword_rank, r.dense_rank) for r in expected
+    ]
+    assert len(relevant) == k
+    assert not {r.item.item_id for r in relevant} & {i.item_id for i in recent}
+
+
 # --- delete_conversation ----------------------------------------------------------------------
 
 

@@ -122,6 +122,13 @@ class ConversationalMemory:
             raise errors.InvalidArgument("recent_limit", f"must be between 0 and {MAX_RECENT}")
         if not 0 <= top_k <= MAX_TOP_K:
             raise errors.InvalidArgument("top_k", f"must be between 0 and {MAX_TOP_K}")
+        if recent_limit and conversation_id and top_k and query.strip():
+            # Both parts: the index may serve them in one request (docs/opensearch.md).
+            vector = (await self._embed([query], self._query_pool))[0]
+            both = await self._index.recall(
+                tenant_id, user_id, conversation_id, recent_limit, query, vector, top_k
+            )
+            return Recall(recent=both[0], relevant=both[1])
         recent: list[MemoryItem] = []
         if recent_limit and conversation_id:
             recent = await self._index.recent(tenant_id, user_id, conversation_id, recent_limit)

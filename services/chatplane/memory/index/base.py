@@ -131,6 +131,29 @@ class MemoryIndex(AsyncClosable):
         text is accepted: it is never parsed as a query language.
         """
 
+    async def recall(
+        self,
+        tenant_id: str,
+        user_id: str,
+        conversation_id: str,
+        recent_limit: int,
+        query_text: str,
+        query_vector: npt.NDArray[np.float32],
+        k: int,
+    ) -> tuple[list[MemoryItem], list[RecalledItem]]:
+        """`recent(...)`, then `search(...)` without those recent turns: what a Recall needs.
+        An index may answer both with fewer requests (OpenSearch: one multi-search)."""
+        recent = await self.recent(tenant_id, user_id, conversation_id, recent_limit)
+        relevant = await self.search(
+            tenant_id,
+            user_id,
+            query_text,
+            query_vector,
+            k,
+            exclude_item_ids={item.item_id for item in recent},
+        )
+        return recent, relevant
+
     @abc.abstractmethod
     async def delete_conversation(self, tenant_id: str, user_id: str, conversation_id: str) -> int:
         """Deletes the turns of that user's conversation and returns how many there were. The

@@ -1,7 +1,9 @@
 """The cluster system of record: `ConversationStore` on PostgreSQL (psycopg 3, async, with a
 connection pool). Versioned SQL migrations are applied at start under an advisory lock; each
-batch from the message log is one transaction that COPYs into a staging table and inserts
-with ON CONFLICT DO NOTHING on the message id (docs/postgres.md)."""
+batch from the message log is one transaction: its ids are looked up under its conversations'
+locks and the new messages are COPYed straight into `messages` (store/postgres_copy.py); COPY
+into a staging table + ON CONFLICT DO NOTHING and pipelined executemany remain as alternatives
+(docs/postgres.md)."""
 
 from __future__ import annotations
 
@@ -73,6 +75,8 @@ from chatplane.persistence.store.key_records import (
     RotatedApiKey,
 )
 from chatplane.persistence.store.migrations import Migration, shipped_migrations
+from chatplane.persistence.store.postgres_copy import LostRace as _LostRace
+from chatplane.persistence.store.postgres_copy import copy_messages, record_conversations
 from chatplane.persistence.store.quota import QuotaReservation, TokenQuota
 from chatplane.persistence.store.records import (
     admit_batch,
@@ -125,6 +129,13 @@ _STAGING_TABLE = (
 )
 
 
+# Where message ids are stored: their conversation and owner.
+_PLACEMENTS = (
+    "SELECT message_id, conversation_id, tenant_id, user_id FROM messages"
+    " WHERE message_id = ANY(%b::text[])"
+)
+
+
 class WriteMethod(enum.Enum):
     """How `write_messages` sends a batch's rows (docs/postgres.md has the measurements)."""
 
@@ -132,6 +143,10 @@ class WriteMethod(enum.Enum):
     COPY = "copy"
     # One INSERT ... ON CONFLICT per message, all sent in one pipeline (executemany).
     EXECUTEMANY = "executemany"
+    # Look the batch's ids up under the conversation locks, then COPY the new messages straight
+    # into `messages` (no staging table, no ON CONFLICT); a concurrent duplicate id is a unique
+    # violation that rolls back and runs the batch again (store/postgres_copy.py).
+    COPY_DIRECT = "copy-direct"
 
 
 def postgres_migrations() -> list[Migration]:
@@ -178,12 +193,6 @@ async def migrate(dsn: str, *, connect_timeout: float = 10.0) -> int:
     return len(migrations)
 
 
-class _LostRace(Exception):
-    """What this transaction was about to write turned out to be taken (an idempotency key
-    reserved by a concurrent caller, a message id stored for another conversation): roll back
-    and run the whole transaction again, which then sees the winner and decides accordingly."""
-
-
 class PostgresConversationStore(TreeQueries, ConversationStore):
     """The store in a PostgreSQL database. Use `await PostgresConversationStore.open(dsn, ...)`,
     which migrates the schema and opens the connection pool before the first call.
@@ -191,8 +200,9 @@ class PostgresConversationStore(TreeQueries, ConversationStore):
     Concurrency: any number of stores (replicas) may use one database. Writers of the same
     conversation are serialised by a transaction-level advisory lock on its id (so a batch's
     checks and its writes see one state); idempotency keys and message ids are arbitrated by
-    unique indexes with INSERT ... ON CONFLICT, and a transaction that loses such a race runs
-    again. Reads are single statements, so each sees one snapshot.
+    unique indexes (INSERT ... ON CONFLICT, or a unique violation of the direct COPY), and a
+    transaction that loses such a race runs again. Reads are single statements, so each sees
+    one snapshot.
     """
 
     def __init__(
@@ -200,7 +210,7 @@ class PostgresConversationStore(TreeQueries, ConversationStore):
         pool: AsyncConnectionPool[_Connection],
         *,
         clock: Clock = utc_now,
-        write_method: WriteMethod = WriteMethod.COPY,
+        write_method: WriteMethod = WriteMethod.COPY_DIRECT,
     ) -> None:
         self._pool = pool
         self._clock = clock
@@ -214,7 +224,7 @@ class PostgresConversationStore(TreeQueries, ConversationStore):
         *,
         pool_max_size: int = 10,
         clock: Clock = utc_now,
-        write_method: WriteMethod = WriteMethod.COPY,
+        write_method: WriteMethod = WriteMethod.COPY_DIRECT,
         connect_timeout: float = 10.0,
         acquire_timeout: float = 10.0,
         statement_timeout: float = 30.0,
@@ -660,8 +670,10 @@ class PostgresConversationStore(TreeQueries, ConversationStore):
         then refuses it exactly as SQLite would).
         """
         now = self._clock()
+        if self._write_method is WriteMethod.COPY_DIRECT:
+            return await self._write_batch_direct(connection, batch, now)
         staging = self._write_method is WriteMethod.COPY
-        owners, deleted = await _lock_conversations(
+        owners, deleted, _ = await _lock_conversations(
             connection, {m.conversation_id for m in batch}, staging=staging
         )
         placed: dict[str, tuple[str, Owner]] = {}
@@ -696,11 +708,7 @@ class PostgresConversationStore(TreeQueries, ConversationStore):
                 raise _LostRace
         if not staging:
             await _count_messages(connection, [m for m in accepted if m.message_id in inserted])
-        deltas = answer_deltas.delta_rows(accepted, inserted)
-        if deltas:
-            async with connection.cursor() as cursor:
-                await cursor.executemany(answer_deltas.INSERT_POSTGRES, deltas)
-        await _insert_answer_metrics(connection, [m for m in accepted if m.message_id in inserted])
+        await _write_answer_extras(connection, accepted, inserted)
         return len(inserted)
 
     # Token quotas (chatplane.persistence.store.postgres_quota), each in one transaction.
@@ -781,6 +789,30 @@ class PostgresConversationStore(TreeQueries, ConversationStore):
             raise errors.NotFound("message not found")
         async with self._connection() as connection:
             return await postgres_handoff.count_thumbs_down(connection, owner, message_id)
+
+    async def _write_batch_direct(
+        self, connection: _Connection, batch: tuple[Message, ...], now: datetime
+    ) -> int:
+        """`_write_batch` for WriteMethod.COPY_DIRECT: the batch's ids are looked up in the
+        locking round trip (so the decision is SQLite's, first time), the conversations are
+        created and counted for what will be inserted, then the messages are COPYed straight
+        into `messages`. Under the locks no writer of these conversations can interfere; an
+        id stored meanwhile for another conversation makes the COPY fail on the primary key,
+        which raises _LostRace (run again, which then refuses it)."""
+        owners, deleted, placed = await _lock_conversations(
+            connection,
+            {m.conversation_id for m in batch},
+            message_ids={m.message_id for m in batch},
+        )
+        accepted, created = admit_batch(batch, dict(owners), deleted, placed)
+        if not accepted:
+            return 0
+        await record_conversations(connection, accepted, created)
+        await copy_messages(
+            connection, accepted, now, columns=_MESSAGE_COLUMNS, types=_MESSAGE_TYPES
+        )
+        await _write_answer_extras(connection, accepted, {m.message_id for m in accepted})
+        return len(accepted)
 
     async def close(self) -> None:
         if self._closed:
@@ -877,11 +909,7 @@ async def _placements(
     connection: _Connection, message_ids: Iterable[str]
 ) -> dict[str, tuple[str, Owner]]:
     """Where each of these message ids is stored: its conversation and owner."""
-    cursor = await connection.execute(
-        "SELECT message_id, conversation_id, tenant_id, user_id FROM messages"
-        " WHERE message_id = ANY(%b::text[])",
-        (list(message_ids),),
-    )
+    cursor = await connection.execute(_PLACEMENTS, (list(message_ids),))
     return {
         message_id: (conversation_id, Owner(tenant_id, user_id))
         for message_id, conversation_id, tenant_id, user_id in await cursor.fetchall()
@@ -889,11 +917,16 @@ async def _placements(
 
 
 async def _lock_conversations(
-    connection: _Connection, conversation_ids: Iterable[str], *, staging: bool = False
-) -> tuple[dict[str, Owner], set[str]]:
+    connection: _Connection,
+    conversation_ids: Iterable[str],
+    *,
+    staging: bool = False,
+    message_ids: Iterable[str] = (),
+) -> tuple[dict[str, Owner], set[str], dict[str, tuple[str, Owner]]]:
     """Take the transaction-level advisory locks of these conversations, then read their
     stored owners and which of them are deleted (tombstones); with `staging`, also create the
-    batch's staging table. One round trip (a pipeline).
+    batch's staging table; with `message_ids`, also look up where those ids are stored (as
+    `_placements`). One round trip (a pipeline).
 
     Whoever else writes these conversations (another replica after a rebalance, a delete)
     waits until this transaction ends, so what is read here stays true until then. The locks
@@ -920,6 +953,11 @@ async def _lock_conversations(
             {"ids": conversation_ids},
         )
         rows = await cursor.fetchall()
+        message_ids = list(message_ids)
+        placed_rows: list[tuple[Any, ...]] = []
+        if message_ids:
+            placed_cursor = await connection.execute(_PLACEMENTS, (message_ids,))
+            placed_rows = await placed_cursor.fetchall()
     owners: dict[str, Owner] = {}
     deleted: set[str] = set()
     for tombstone, conversation_id, tenant_id, user_id in rows:
@@ -927,7 +965,11 @@ async def _lock_conversations(
             deleted.add(conversation_id)
         else:
             owners[conversation_id] = Owner(tenant_id, user_id)
-    return owners, deleted
+    placed = {
+        message_id: (conversation_id, Owner(tenant_id, user_id))
+        for message_id, conversation_id, tenant_id, user_id in placed_rows
+    }
+    return owners, deleted, placed
 
 
 def _lock_key(conversation_id: str) -> int:
@@ -1015,6 +1057,18 @@ async def _insert_each(
             if not cursor.nextset():
                 break
     return inserted
+
+
+async def _write_answer_extras(
+    connection: _Connection, accepted: Sequence[Message], inserted: set[str]
+) -> None:
+    """What is stored beside the answers just inserted: where their deltas ended (ResumeChat)
+    and their A/B measures (the variant report)."""
+    deltas = answer_deltas.delta_rows(accepted, inserted)
+    if deltas:
+        async with connection.cursor() as cursor:
+            await cursor.executemany(answer_deltas.INSERT_POSTGRES, deltas)
+    await _insert_answer_metrics(connection, [m for m in accepted if m.message_id in inserted])
 
 
 async def _insert_answer_metrics(connection: _Connection, inserted: Sequence[Message]) -> None:
