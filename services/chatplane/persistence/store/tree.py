@@ -143,7 +143,19 @@ class ConversationTree:
         whose answer is still running (or failed) stands for the stored message above it."""
         if self._active is None:
             return self._newest
-        return self._resolve(self._active)
+        resolved = self._resolve(self._active)
+        turn = self._turns_by_answer.get(self._active)
+        if (
+            turn is not None
+            and not turn.live
+            and not turn.regenerate
+            and turn.user_message_id in self._nodes
+        ):
+            # A turn that ended without an answer although its question was stored (the
+            # conversation is with a human, docs/handoff.md): the branch goes on through
+            # the question and what was stored below it (operators' replies).
+            return self.descend(turn.user_message_id)
+        return resolved
 
     def descend(self, message_id: str) -> str:
         """The leaf reached from a stored message by always taking the newest child."""
