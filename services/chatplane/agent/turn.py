@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import AsyncGenerator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from itertools import accumulate
 from typing import Any
 
@@ -25,6 +26,7 @@ from chatplane.common import errors
 from chatplane.common.settings import Settings
 from chatplane.common.topics import MEMORY_REMEMBER_TOPIC, MESSAGE_SCHEMA_VERSION, MESSAGES_TOPIC
 from chatplane.log import LogRecord, MessageLogProducer
+from chatplane.privacy.policy import RedactionPolicy
 from chatplane.v1 import events_pb2, memory_pb2, resources_pb2
 
 _log = logging.getLogger(__name__)
@@ -120,6 +122,8 @@ class TurnRunner:
         )
         # Recordings of interrupted turns still running; awaited at shutdown.
         self._pending: set[asyncio.Task[None]] = set()
+        # PII masked in what is sent to the model provider (docs/privacy.md).
+        self._redaction = RedactionPolicy.from_settings(settings)
 
     async def run(self, turn: TurnRequest, budget: Budget) -> AsyncGenerator[TurnEvent]:
         """The events of one turn. Closing the iterator early records the partial answer."""
@@ -140,10 +144,11 @@ class TurnRunner:
         )
         if turn.branch is not None:
             recollection = on_branch(recollection, turn.branch, turn.conversation_id)
+        mask = functools.partial(self._redaction.text, turn.tenant_id)
         prompt = build_prompt(
-            question=turn.text,
-            history=recollection.history,
-            passages=recollection.passages,
+            question=mask(turn.text),
+            history=[replace(line, text=mask(line.text)) for line in recollection.history],
+            passages=[replace(p, text=mask(p.text)) for p in recollection.passages],
             budget_tokens=settings.context_token_budget,
             max_tokens=variant.max_tokens,
             temperature=variant.temperature,

@@ -247,6 +247,13 @@ class Settings(BaseSettings):
     # This many thumbs-down ratings in one conversation hand it to a human; 0 turns it off.
     handoff_thumbs_down_threshold: int = Field(default=3, ge=0)
 
+    # PII redaction (docs/privacy.md): tenants whose text is masked (emails, phones, cards,
+    # IBANs, national ids) before it goes to the model provider or into the memory index;
+    # "*" means every tenant. JSON list in CHATPLANE_PII_REDACTION_TENANTS. National phone
+    # numbers are read in pii_phone_region (ISO 3166 alpha-2).
+    pii_redaction_tenants: tuple[str, ...] = ()
+    pii_phone_region: str = Field(default="US", pattern=r"^[A-Z]{2}$")
+
     def data_path(self, name: str) -> Path:
         """A file or folder inside the data directory (created on demand)."""
         self.data_dir.mkdir(parents=True, exist_ok=True)

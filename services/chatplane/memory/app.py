@@ -16,6 +16,7 @@ from chatplane.memory.embedding import SentenceEmbedder
 from chatplane.memory.index.factory import open_memory_index
 from chatplane.memory.remember_retry import CONSUMER_GROUP, RememberRetryConsumer
 from chatplane.memory.servicer import MemoryServicer
+from chatplane.privacy.policy import RedactionPolicy
 from chatplane.v1 import memory_pb2, memory_pb2_grpc
 
 
@@ -25,8 +26,9 @@ async def run(settings: Settings) -> None:
     model_dir = Path(settings.embedding_model_dir) if settings.embedding_model_dir else None
     embedder = SentenceEmbedder(model_dir)
     index = open_memory_index(settings)
-    memory = ConversationalMemory(embedder, index)
-    documents = DocumentLibrary(embedder, index, document_limits(settings))
+    redaction = RedactionPolicy.from_settings(settings)
+    memory = ConversationalMemory(embedder, index, redaction)
+    documents = DocumentLibrary(embedder, index, document_limits(settings), redaction)
     retry_log = open_message_log(settings).consumer(CONSUMER_GROUP, [MEMORY_REMEMBER_TOPIC])
     retry = RememberRetryConsumer(retry_log, memory)
     retry.start()

@@ -17,6 +17,7 @@ import numpy as np
 from chatplane.common import errors
 from chatplane.memory.embedding import SentenceEmbedder
 from chatplane.memory.index.base import ItemKind, MemoryIndex, MemoryItem, RecalledItem
+from chatplane.privacy.policy import RedactionPolicy
 
 MAX_TOP_K = 50
 # Niceness of the indexing thread: it yields the CPU to queries and to streaming answers.
@@ -58,9 +59,17 @@ def _require_owner(tenant_id: str, user_id: str) -> None:
 class ConversationalMemory:
     """Remember and recall, scoped to one tenant and user per call."""
 
-    def __init__(self, embedder: SentenceEmbedder, index: MemoryIndex) -> None:
+    def __init__(
+        self,
+        embedder: SentenceEmbedder,
+        index: MemoryIndex,
+        redaction: RedactionPolicy | None = None,
+    ) -> None:
         self._embedder = embedder
         self._index = index
+        # PII masked before a turn is indexed (docs/privacy.md); the original stays in the
+        # system of record only.
+        self._redaction = redaction or RedactionPolicy()
         # Queries are on the path to an answer's first token; indexing a finished turn is
         # background work. Two pools, so indexing runs at a lower CPU priority and never
         # queues in front of a query.
@@ -94,7 +103,7 @@ class ConversationalMemory:
                 item_id=m.message_id,
                 kind=ItemKind.TURN,
                 role=m.role,
-                text=m.text,
+                text=self._redaction.text(tenant_id, m.text),
                 created_at_ms=m.created_at_ms,
                 source="",
             )

@@ -28,6 +28,7 @@ from chatplane.memory.index.base import (
     MemoryItem,
     document_item_id,
 )
+from chatplane.privacy.policy import RedactionPolicy
 
 # Chunks embedded and stored per step: bounds memory and lets queries run in between.
 _BATCH: Final = 64
@@ -61,11 +62,16 @@ class DocumentLibrary:
     """Ingest, list and delete a tenant's documents."""
 
     def __init__(
-        self, embedder: SentenceEmbedder, index: MemoryIndex, limits: DocumentLimits
+        self,
+        embedder: SentenceEmbedder,
+        index: MemoryIndex,
+        limits: DocumentLimits,
+        redaction: RedactionPolicy | None = None,
     ) -> None:
         self._embedder = embedder
         self._index = index
         self._limits = limits
+        self._redaction = redaction or RedactionPolicy()
         # Ingestion is bulk work: one low-priority thread, so queries keep their latency.
         self._pool = ThreadPoolExecutor(
             max_workers=1, thread_name_prefix="embed-documents", initializer=_lower_priority
@@ -89,6 +95,8 @@ class DocumentLibrary:
             )
         loop = asyncio.get_running_loop()
         text = await loop.run_in_executor(self._pool, document_text, content, mime_type)
+        # PII masked before it is indexed (docs/privacy.md).
+        text = self._redaction.text(tenant_id, text)
         chunks = chunk_text(
             text,
             markdown=mime_type == MARKDOWN,

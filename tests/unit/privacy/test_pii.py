@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from chatplane.privacy.pii import PiiKind, find_pii, redact
+from chatplane.privacy.policy import RedactionPolicy
 
 
 @pytest.mark.parametrize(
@@ -69,3 +70,11 @@ def test_redaction_is_idempotent_and_keeps_the_rest_of_the_text() -> None:
     once = redact(text)
     assert once == "Hi, I'm Ana ([EMAIL], [PHONE]); refund to [IBAN]."
     assert redact(once) == once
+
+
+def test_the_policy_masks_only_the_tenants_it_names() -> None:
+    policy = RedactionPolicy(frozenset({"acme"}), "US")
+    assert policy.text("acme", "mail a@b.io") == "mail [EMAIL]"
+    assert policy.text("other", "mail a@b.io") == "mail a@b.io"
+    assert RedactionPolicy(frozenset({"*"})).applies("anyone")
+    assert not RedactionPolicy().applies("acme")
