@@ -3,7 +3,9 @@ with `google.rpc` details, and errors of downstream calls become domain exceptio
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 from typing import Final
 
 import grpc
@@ -136,3 +138,17 @@ def forwarded_invalid_argument(
                 violation.field.removeprefix(prefix), violation.description
             )
     return None
+
+
+@contextlib.contextmanager
+def caller_field_errors(prefix: str) -> Iterator[None]:
+    """Around a downstream call that carries the caller's own fields at `prefix`: its
+    INVALID_ARGUMENT about one of them is raised as that violation of the caller's field
+    (forwarded_invalid_argument); any other error propagates unchanged."""
+    try:
+        yield
+    except grpc.aio.AioRpcError as error:
+        forwarded = forwarded_invalid_argument(error, prefix)
+        if forwarded is None:
+            raise
+        raise forwarded from error

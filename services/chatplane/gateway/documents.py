@@ -8,15 +8,13 @@ import asyncio
 from collections.abc import AsyncIterator
 
 import grpc
-from google.rpc import error_details_pb2, status_pb2
 
 from chatplane.common import errors
 from chatplane.common.context import Principal
 from chatplane.common.ids import is_valid_id
+from chatplane.common.status_mapping import field_violations
 from chatplane.memory.document_header import validate_header
 from chatplane.v1 import gateway_pb2, memory_pb2, memory_pb2_grpc
-
-_STATUS_DETAILS_KEY = "grpc-status-details-bin"
 
 
 def _passed_on(error: grpc.aio.AioRpcError) -> Exception:
@@ -24,14 +22,8 @@ def _passed_on(error: grpc.aio.AioRpcError) -> Exception:
     caller's: passed on with its field. Anything else keeps the usual downstream mapping."""
     if error.code() is not grpc.StatusCode.INVALID_ARGUMENT:
         return error
-    for key, value in error.trailing_metadata() or ():
-        if key != _STATUS_DETAILS_KEY or not isinstance(value, bytes):
-            continue
-        for detail in status_pb2.Status.FromString(value).details:
-            request = error_details_pb2.BadRequest()
-            if detail.Unpack(request) and request.field_violations:
-                violation = request.field_violations[0]
-                return errors.InvalidArgument(violation.field, violation.description)
+    for violation in field_violations(error):
+        return errors.InvalidArgument(violation.field, violation.description)
     return errors.InvalidArgument("content", error.details() or "rejected")
 
 

@@ -14,7 +14,7 @@ from chatplane.common.context import Principal, principal_var
 from chatplane.common.deadlines import outbound_timeout
 from chatplane.common.ids import is_valid_id
 from chatplane.common.settings import Settings
-from chatplane.common.status_mapping import forwarded_invalid_argument
+from chatplane.common.status_mapping import caller_field_errors
 from chatplane.common.trace_context import propagated
 from chatplane.gateway.branching import validate_view
 from chatplane.gateway.chat import ChatRelay
@@ -89,36 +89,26 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
     async def ListConversations(
         self, request: gateway_pb2.ListConversationsRequest, context: Context
     ) -> gateway_pb2.ListConversationsResponse:
-        try:
+        with caller_field_errors("page."):
             response = await self._persistence.ListConversations(
                 persistence_pb2.PersistenceServiceListConversationsRequest(
                     owner=_owner(), page=request
                 ),
                 timeout=self._timeout(context),
             )
-        except grpc.aio.AioRpcError as error:
-            forwarded = forwarded_invalid_argument(error, "page.")
-            if forwarded is None:
-                raise
-            raise forwarded from error
         return response.page
 
     async def GetConversation(
         self, request: gateway_pb2.GetConversationRequest, context: Context
     ) -> gateway_pb2.GetConversationResponse:
         validate_view(request)
-        try:
+        with caller_field_errors("request."):
             response = await self._persistence.GetConversation(
                 persistence_pb2.PersistenceServiceGetConversationRequest(
                     owner=_owner(), request=request
                 ),
                 timeout=self._timeout(context),
             )
-        except grpc.aio.AioRpcError as error:
-            forwarded = forwarded_invalid_argument(error, "request.")
-            if forwarded is None:
-                raise
-            raise forwarded from error
         return response.response
 
     async def DeleteConversation(
