@@ -206,6 +206,8 @@ async def test_report_aggregates_per_variant(
             mean_duration_ms=pytest.approx(2000.0),
             mean_input_tokens=pytest.approx(20.0),
             mean_output_tokens=pytest.approx(6.0),
+            score_sum=5 + 2,
+            score_square_sum=25 + 4,
         ),
         VariantStats(
             variant="b",
@@ -219,6 +221,8 @@ async def test_report_aggregates_per_variant(
             mean_duration_ms=pytest.approx(600.0),
             mean_input_tokens=pytest.approx(10.0),
             mean_output_tokens=pytest.approx(50.0),
+            score_sum=1,
+            score_square_sum=1,
         ),
     ]
     assert tenant_a[0].thumbs_up_rate == pytest.approx(2 / 3)

@@ -34,6 +34,18 @@ _COLUMNS = (
     ("total ms", "mean_duration_ms", "{:.0f}"),
     ("input tokens", "mean_input_tokens", "{:.1f}"),
     ("output tokens", "mean_output_tokens", "{:.1f}"),
+    ("verdict", "verdict", "{}"),
+)
+# Interval columns (issue 8): heading, low and high fields, format of each end.
+_INTERVALS = (
+    ("thumbs up CI", "thumbs_up_rate_low", "thumbs_up_rate_high", "{:.0%}"),
+    ("rating CI", "mean_score_low", "mean_score_high", "{:.2f}"),
+)
+_INTERVAL_FIELDS = (
+    *(f for _, low, high, _ in _INTERVALS for f in (low, high)),
+    "score_stddev",
+    "thumbs_up_p_value",
+    "mean_score_p_value",
 )
 
 
@@ -44,7 +56,7 @@ def report_rows(response: persistence_pb2.ReportVariantsResponse) -> list[dict[s
         row = json_format.MessageToDict(
             report, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
         )
-        for _, field, _ in _COLUMNS:
+        for field in (*(f for _, f, _ in _COLUMNS), *_INTERVAL_FIELDS):
             row.setdefault(field, None)
         # int64 fields come out of proto JSON as strings.
         rows.append(
@@ -62,10 +74,15 @@ def report_table(rows: list[dict[str, Any]], title: str) -> Table:
             justify="left" if heading == "variant" else "right",
             no_wrap=heading == "variant",
         )
+    for heading, *_ in _INTERVALS:
+        table.add_column(heading, justify="right")
     for row in rows:
-        table.add_row(
-            *("—" if row[field] is None else form.format(row[field]) for _, field, form in _COLUMNS)
-        )
+        cells = ["—" if row[f] is None else form.format(row[f]) for _, f, form in _COLUMNS]
+        cells += [
+            "—" if row[low] is None else f"{form.format(row[low])} to {form.format(row[high])}"
+            for _, low, high, form in _INTERVALS
+        ]
+        table.add_row(*cells)
     return table
 
 
@@ -89,16 +106,36 @@ def report() -> None:
     default=None,
     help="Only answers created at or after this date or time (UTC unless it has a zone).",
 )
+@click.option(
+    "--control",
+    default="",
+    help="Compare every variant with this one (default: 'control', else the most rated).",
+)
+@click.option(
+    "--alpha",
+    type=click.FloatRange(0, 0.5, min_open=True, max_open=True),
+    default=0.05,
+    show_default=True,
+    help="Family-wise significance level (Bonferroni over the report's tests).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @click.pass_obj
-def variants(data_dir: Path, tenant: str, since: datetime | None, as_json: bool) -> None:
-    """Answers, feedback, mean rating, thumbs-up rate, latency and tokens per A/B variant."""
+def variants(
+    data_dir: Path,
+    tenant: str,
+    since: datetime | None,
+    control: str,
+    alpha: float,
+    as_json: bool,
+) -> None:
+    """Answers, feedback, mean rating, thumbs-up rate, latency and tokens per A/B variant,
+    with confidence intervals and a recommendation when a difference is significant."""
     info = StackInfo.load(data_dir)
     if info is None or "persistence" not in info.ports:
         raise click.ClickException(
             f"no running stack found in {data_dir}; start it with `make run`"
         )
-    request = persistence_pb2.ReportVariantsRequest(tenant_id=tenant)
+    request = persistence_pb2.ReportVariantsRequest(tenant_id=tenant, control=control, alpha=alpha)
     start = _since(since)
     if start is not None:
         request.since.FromDatetime(start)
@@ -114,7 +151,16 @@ def variants(data_dir: Path, tenant: str, since: datetime | None, as_json: bool)
         raise click.ClickException(f"{error.code().name}: {error.details()}") from None
     rows = report_rows(response)
     if as_json:
-        click.echo(json.dumps({"tenant": tenant or None, "since": _iso(start), "variants": rows}))
+        click.echo(
+            json.dumps(
+                {
+                    "tenant": tenant or None,
+                    "since": _iso(start),
+                    "variants": rows,
+                    **comparison_fields(response),
+                }
+            )
+        )
         return
     scope = f"tenant {tenant}" if tenant else "all tenants"
     if start is not None:
@@ -127,6 +173,23 @@ def variants(data_dir: Path, tenant: str, since: datetime | None, as_json: bool)
         # Piped or redirected: rich would squeeze the table into 80 columns.
         console = Console(width=200)
     console.print(report_table(rows, f"A/B variants ({scope})"))
+    summary = comparison_fields(response)
+    if summary["control"]:
+        console.print(
+            f"intervals at {1 - summary['alpha']:.0%}; compared with {summary['control']}:"
+            f" {summary['recommendation'] or 'no significant difference, no recommendation'}"
+        )
+
+
+def comparison_fields(response: persistence_pb2.ReportVariantsResponse) -> dict[str, Any]:
+    """The report's comparison: control, alpha, number of tests, recommendation."""
+    return {
+        "control": response.control or None,
+        "alpha": response.alpha,
+        "comparisons": response.comparisons,
+        "recommended_variant": response.recommended_variant or None,
+        "recommendation": response.recommendation or None,
+    }
 
 
 def _iso(moment: datetime | None) -> str | None:

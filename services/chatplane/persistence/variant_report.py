@@ -8,6 +8,7 @@ from datetime import UTC
 from chatplane.common import errors
 from chatplane.persistence.store.answer_metrics import VariantStats
 from chatplane.persistence.store.base import ConversationStore
+from chatplane.persistence.variant_significance import DEFAULT_ALPHA, VariantAnalysis, compare
 from chatplane.v1 import persistence_pb2
 
 _MAX_TENANT_CHARS = 256
@@ -37,6 +38,26 @@ def variant_report(stats: VariantStats) -> persistence_pb2.VariantReport:
     return report
 
 
+def with_analysis(
+    report: persistence_pb2.VariantReport, analysis: VariantAnalysis
+) -> persistence_pb2.VariantReport:
+    """The report line with its intervals, p-values and verdict (issue 8)."""
+    if analysis.thumbs_up_rate is not None:
+        report.thumbs_up_rate_low = analysis.thumbs_up_rate.low
+        report.thumbs_up_rate_high = analysis.thumbs_up_rate.high
+    if analysis.mean_score is not None:
+        report.mean_score_low = analysis.mean_score.low
+        report.mean_score_high = analysis.mean_score.high
+    if analysis.score_stddev is not None:
+        report.score_stddev = analysis.score_stddev
+    if analysis.thumbs_up_p_value is not None:
+        report.thumbs_up_p_value = analysis.thumbs_up_p_value
+    if analysis.mean_score_p_value is not None:
+        report.mean_score_p_value = analysis.mean_score_p_value
+    report.verdict = analysis.verdict
+    return report
+
+
 async def report_variants(
     store: ConversationStore, request: persistence_pb2.ReportVariantsRequest
 ) -> persistence_pb2.ReportVariantsResponse:
@@ -49,5 +70,18 @@ async def report_variants(
             since = request.since.ToDatetime(tzinfo=UTC)
         except (ValueError, OverflowError) as error:
             raise errors.InvalidArgument("since", "not a valid time") from error
+    alpha = request.alpha if request.HasField("alpha") else DEFAULT_ALPHA
+    if not 0 < alpha < 0.5:
+        raise errors.InvalidArgument("alpha", "must be greater than 0 and less than 0.5")
+    if len(request.control) > _MAX_TENANT_CHARS:
+        raise errors.InvalidArgument("control", f"must be at most {_MAX_TENANT_CHARS} characters")
     stats = await store.report_variants(request.tenant_id or None, since)
-    return persistence_pb2.ReportVariantsResponse(variants=[variant_report(s) for s in stats])
+    comparison = compare(stats, control=request.control, alpha=alpha)
+    return persistence_pb2.ReportVariantsResponse(
+        variants=[with_analysis(variant_report(s), comparison.variants[s.variant]) for s in stats],
+        control=comparison.control,
+        alpha=alpha,
+        comparisons=comparison.comparisons,
+        recommended_variant=comparison.recommended_variant,
+        recommendation=comparison.recommendation,
+    )

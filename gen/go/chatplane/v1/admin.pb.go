@@ -10,6 +10,7 @@ import (
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
 	durationpb "google.golang.org/protobuf/types/known/durationpb"
+	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
 	reflect "reflect"
 	sync "sync"
 	unsafe "unsafe"
@@ -480,11 +481,148 @@ func (x *RevokeApiKeyResponse) GetKey() *ApiKeyInfo {
 	return nil
 }
 
+// Asks for a page of the caller's tenant's rated answers (docs/datasets.md).
+type AdminServiceListRatedAnswersRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Answers created at or after this time (required).
+	Since *timestamppb.Timestamp `protobuf:"bytes,1,opt,name=since,proto3" json:"since,omitempty"`
+	// Answers created before this time; absent means up to now.
+	Until *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=until,proto3" json:"until,omitempty"`
+	// Lowest rating exported, 1-5 (the score, or 5 / 1 for a thumbs up / down without one).
+	MinRating int32 `protobuf:"varint,3,opt,name=min_rating,json=minRating,proto3" json:"min_rating,omitempty"`
+	// Maximum answers to return (1-500; 0 means 100).
+	PageSize int32 `protobuf:"varint,4,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	// The next_page_token of a previous call with the same filters, or empty.
+	PageToken     string `protobuf:"bytes,5,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AdminServiceListRatedAnswersRequest) Reset() {
+	*x = AdminServiceListRatedAnswersRequest{}
+	mi := &file_chatplane_v1_admin_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AdminServiceListRatedAnswersRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AdminServiceListRatedAnswersRequest) ProtoMessage() {}
+
+func (x *AdminServiceListRatedAnswersRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_chatplane_v1_admin_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AdminServiceListRatedAnswersRequest.ProtoReflect.Descriptor instead.
+func (*AdminServiceListRatedAnswersRequest) Descriptor() ([]byte, []int) {
+	return file_chatplane_v1_admin_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *AdminServiceListRatedAnswersRequest) GetSince() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Since
+	}
+	return nil
+}
+
+func (x *AdminServiceListRatedAnswersRequest) GetUntil() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Until
+	}
+	return nil
+}
+
+func (x *AdminServiceListRatedAnswersRequest) GetMinRating() int32 {
+	if x != nil {
+		return x.MinRating
+	}
+	return 0
+}
+
+func (x *AdminServiceListRatedAnswersRequest) GetPageSize() int32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+func (x *AdminServiceListRatedAnswersRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
+// A page of the tenant's rated answers, oldest first.
+type AdminServiceListRatedAnswersResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The answers with their branches.
+	Answers []*RatedAnswer `protobuf:"bytes,1,rep,name=answers,proto3" json:"answers,omitempty"`
+	// Token for the next page; empty when there is none.
+	NextPageToken string `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AdminServiceListRatedAnswersResponse) Reset() {
+	*x = AdminServiceListRatedAnswersResponse{}
+	mi := &file_chatplane_v1_admin_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AdminServiceListRatedAnswersResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AdminServiceListRatedAnswersResponse) ProtoMessage() {}
+
+func (x *AdminServiceListRatedAnswersResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_chatplane_v1_admin_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AdminServiceListRatedAnswersResponse.ProtoReflect.Descriptor instead.
+func (*AdminServiceListRatedAnswersResponse) Descriptor() ([]byte, []int) {
+	return file_chatplane_v1_admin_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *AdminServiceListRatedAnswersResponse) GetAnswers() []*RatedAnswer {
+	if x != nil {
+		return x.Answers
+	}
+	return nil
+}
+
+func (x *AdminServiceListRatedAnswersResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
+}
+
 var File_chatplane_v1_admin_proto protoreflect.FileDescriptor
 
 const file_chatplane_v1_admin_proto_rawDesc = "" +
 	"\n" +
-	"\x18chatplane/v1/admin.proto\x12\fchatplane.v1\x1a\x1echatplane/v1/persistence.proto\x1a\x1egoogle/protobuf/duration.proto\"\x92\x01\n" +
+	"\x18chatplane/v1/admin.proto\x12\fchatplane.v1\x1a\x1echatplane/v1/persistence.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x92\x01\n" +
 	"\x12ListApiKeysRequest\x12\x17\n" +
 	"\auser_id\x18\x01 \x01(\tR\x06userId\x12\x1b\n" +
 	"\tpage_size\x18\x02 \x01(\x05R\bpageSize\x12\x1d\n" +
@@ -511,12 +649,24 @@ const file_chatplane_v1_admin_proto_rawDesc = "" +
 	"\x13RevokeApiKeyRequest\x12\x15\n" +
 	"\x06key_id\x18\x01 \x01(\tR\x05keyId\"B\n" +
 	"\x14RevokeApiKeyResponse\x12*\n" +
-	"\x03key\x18\x01 \x01(\v2\x18.chatplane.v1.ApiKeyInfoR\x03key2\xff\x02\n" +
+	"\x03key\x18\x01 \x01(\v2\x18.chatplane.v1.ApiKeyInfoR\x03key\"\xe4\x01\n" +
+	"#AdminServiceListRatedAnswersRequest\x120\n" +
+	"\x05since\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x05since\x120\n" +
+	"\x05until\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x05until\x12\x1d\n" +
+	"\n" +
+	"min_rating\x18\x03 \x01(\x05R\tminRating\x12\x1b\n" +
+	"\tpage_size\x18\x04 \x01(\x05R\bpageSize\x12\x1d\n" +
+	"\n" +
+	"page_token\x18\x05 \x01(\tR\tpageToken\"\x83\x01\n" +
+	"$AdminServiceListRatedAnswersResponse\x123\n" +
+	"\aanswers\x18\x01 \x03(\v2\x19.chatplane.v1.RatedAnswerR\aanswers\x12&\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken2\xfa\x03\n" +
 	"\fAdminService\x12R\n" +
 	"\vListApiKeys\x12 .chatplane.v1.ListApiKeysRequest\x1a!.chatplane.v1.ListApiKeysResponse\x12m\n" +
 	"\fCreateApiKey\x12-.chatplane.v1.AdminServiceCreateApiKeyRequest\x1a..chatplane.v1.AdminServiceCreateApiKeyResponse\x12U\n" +
 	"\fRotateApiKey\x12!.chatplane.v1.RotateApiKeyRequest\x1a\".chatplane.v1.RotateApiKeyResponse\x12U\n" +
-	"\fRevokeApiKey\x12!.chatplane.v1.RevokeApiKeyRequest\x1a\".chatplane.v1.RevokeApiKeyResponseB@Z>github.com/chatplane/chatplane/gen/go/chatplane/v1;chatplanev1b\x06proto3"
+	"\fRevokeApiKey\x12!.chatplane.v1.RevokeApiKeyRequest\x1a\".chatplane.v1.RevokeApiKeyResponse\x12y\n" +
+	"\x10ListRatedAnswers\x121.chatplane.v1.AdminServiceListRatedAnswersRequest\x1a2.chatplane.v1.AdminServiceListRatedAnswersResponseB@Z>github.com/chatplane/chatplane/gen/go/chatplane/v1;chatplanev1b\x06proto3"
 
 var (
 	file_chatplane_v1_admin_proto_rawDescOnce sync.Once
@@ -530,39 +680,48 @@ func file_chatplane_v1_admin_proto_rawDescGZIP() []byte {
 	return file_chatplane_v1_admin_proto_rawDescData
 }
 
-var file_chatplane_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
+var file_chatplane_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
 var file_chatplane_v1_admin_proto_goTypes = []any{
-	(*ListApiKeysRequest)(nil),               // 0: chatplane.v1.ListApiKeysRequest
-	(*ListApiKeysResponse)(nil),              // 1: chatplane.v1.ListApiKeysResponse
-	(*AdminServiceCreateApiKeyRequest)(nil),  // 2: chatplane.v1.AdminServiceCreateApiKeyRequest
-	(*AdminServiceCreateApiKeyResponse)(nil), // 3: chatplane.v1.AdminServiceCreateApiKeyResponse
-	(*RotateApiKeyRequest)(nil),              // 4: chatplane.v1.RotateApiKeyRequest
-	(*RotateApiKeyResponse)(nil),             // 5: chatplane.v1.RotateApiKeyResponse
-	(*RevokeApiKeyRequest)(nil),              // 6: chatplane.v1.RevokeApiKeyRequest
-	(*RevokeApiKeyResponse)(nil),             // 7: chatplane.v1.RevokeApiKeyResponse
-	(*ApiKeyInfo)(nil),                       // 8: chatplane.v1.ApiKeyInfo
-	(*durationpb.Duration)(nil),              // 9: google.protobuf.Duration
+	(*ListApiKeysRequest)(nil),                   // 0: chatplane.v1.ListApiKeysRequest
+	(*ListApiKeysResponse)(nil),                  // 1: chatplane.v1.ListApiKeysResponse
+	(*AdminServiceCreateApiKeyRequest)(nil),      // 2: chatplane.v1.AdminServiceCreateApiKeyRequest
+	(*AdminServiceCreateApiKeyResponse)(nil),     // 3: chatplane.v1.AdminServiceCreateApiKeyResponse
+	(*RotateApiKeyRequest)(nil),                  // 4: chatplane.v1.RotateApiKeyRequest
+	(*RotateApiKeyResponse)(nil),                 // 5: chatplane.v1.RotateApiKeyResponse
+	(*RevokeApiKeyRequest)(nil),                  // 6: chatplane.v1.RevokeApiKeyRequest
+	(*RevokeApiKeyResponse)(nil),                 // 7: chatplane.v1.RevokeApiKeyResponse
+	(*AdminServiceListRatedAnswersRequest)(nil),  // 8: chatplane.v1.AdminServiceListRatedAnswersRequest
+	(*AdminServiceListRatedAnswersResponse)(nil), // 9: chatplane.v1.AdminServiceListRatedAnswersResponse
+	(*ApiKeyInfo)(nil),                           // 10: chatplane.v1.ApiKeyInfo
+	(*durationpb.Duration)(nil),                  // 11: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil),                // 12: google.protobuf.Timestamp
+	(*RatedAnswer)(nil),                          // 13: chatplane.v1.RatedAnswer
 }
 var file_chatplane_v1_admin_proto_depIdxs = []int32{
-	8,  // 0: chatplane.v1.ListApiKeysResponse.keys:type_name -> chatplane.v1.ApiKeyInfo
-	8,  // 1: chatplane.v1.AdminServiceCreateApiKeyResponse.key:type_name -> chatplane.v1.ApiKeyInfo
-	9,  // 2: chatplane.v1.RotateApiKeyRequest.overlap:type_name -> google.protobuf.Duration
-	8,  // 3: chatplane.v1.RotateApiKeyResponse.key:type_name -> chatplane.v1.ApiKeyInfo
-	8,  // 4: chatplane.v1.RotateApiKeyResponse.previous:type_name -> chatplane.v1.ApiKeyInfo
-	8,  // 5: chatplane.v1.RevokeApiKeyResponse.key:type_name -> chatplane.v1.ApiKeyInfo
-	0,  // 6: chatplane.v1.AdminService.ListApiKeys:input_type -> chatplane.v1.ListApiKeysRequest
-	2,  // 7: chatplane.v1.AdminService.CreateApiKey:input_type -> chatplane.v1.AdminServiceCreateApiKeyRequest
-	4,  // 8: chatplane.v1.AdminService.RotateApiKey:input_type -> chatplane.v1.RotateApiKeyRequest
-	6,  // 9: chatplane.v1.AdminService.RevokeApiKey:input_type -> chatplane.v1.RevokeApiKeyRequest
-	1,  // 10: chatplane.v1.AdminService.ListApiKeys:output_type -> chatplane.v1.ListApiKeysResponse
-	3,  // 11: chatplane.v1.AdminService.CreateApiKey:output_type -> chatplane.v1.AdminServiceCreateApiKeyResponse
-	5,  // 12: chatplane.v1.AdminService.RotateApiKey:output_type -> chatplane.v1.RotateApiKeyResponse
-	7,  // 13: chatplane.v1.AdminService.RevokeApiKey:output_type -> chatplane.v1.RevokeApiKeyResponse
-	10, // [10:14] is the sub-list for method output_type
-	6,  // [6:10] is the sub-list for method input_type
-	6,  // [6:6] is the sub-list for extension type_name
-	6,  // [6:6] is the sub-list for extension extendee
-	0,  // [0:6] is the sub-list for field type_name
+	10, // 0: chatplane.v1.ListApiKeysResponse.keys:type_name -> chatplane.v1.ApiKeyInfo
+	10, // 1: chatplane.v1.AdminServiceCreateApiKeyResponse.key:type_name -> chatplane.v1.ApiKeyInfo
+	11, // 2: chatplane.v1.RotateApiKeyRequest.overlap:type_name -> google.protobuf.Duration
+	10, // 3: chatplane.v1.RotateApiKeyResponse.key:type_name -> chatplane.v1.ApiKeyInfo
+	10, // 4: chatplane.v1.RotateApiKeyResponse.previous:type_name -> chatplane.v1.ApiKeyInfo
+	10, // 5: chatplane.v1.RevokeApiKeyResponse.key:type_name -> chatplane.v1.ApiKeyInfo
+	12, // 6: chatplane.v1.AdminServiceListRatedAnswersRequest.since:type_name -> google.protobuf.Timestamp
+	12, // 7: chatplane.v1.AdminServiceListRatedAnswersRequest.until:type_name -> google.protobuf.Timestamp
+	13, // 8: chatplane.v1.AdminServiceListRatedAnswersResponse.answers:type_name -> chatplane.v1.RatedAnswer
+	0,  // 9: chatplane.v1.AdminService.ListApiKeys:input_type -> chatplane.v1.ListApiKeysRequest
+	2,  // 10: chatplane.v1.AdminService.CreateApiKey:input_type -> chatplane.v1.AdminServiceCreateApiKeyRequest
+	4,  // 11: chatplane.v1.AdminService.RotateApiKey:input_type -> chatplane.v1.RotateApiKeyRequest
+	6,  // 12: chatplane.v1.AdminService.RevokeApiKey:input_type -> chatplane.v1.RevokeApiKeyRequest
+	8,  // 13: chatplane.v1.AdminService.ListRatedAnswers:input_type -> chatplane.v1.AdminServiceListRatedAnswersRequest
+	1,  // 14: chatplane.v1.AdminService.ListApiKeys:output_type -> chatplane.v1.ListApiKeysResponse
+	3,  // 15: chatplane.v1.AdminService.CreateApiKey:output_type -> chatplane.v1.AdminServiceCreateApiKeyResponse
+	5,  // 16: chatplane.v1.AdminService.RotateApiKey:output_type -> chatplane.v1.RotateApiKeyResponse
+	7,  // 17: chatplane.v1.AdminService.RevokeApiKey:output_type -> chatplane.v1.RevokeApiKeyResponse
+	9,  // 18: chatplane.v1.AdminService.ListRatedAnswers:output_type -> chatplane.v1.AdminServiceListRatedAnswersResponse
+	14, // [14:19] is the sub-list for method output_type
+	9,  // [9:14] is the sub-list for method input_type
+	9,  // [9:9] is the sub-list for extension type_name
+	9,  // [9:9] is the sub-list for extension extendee
+	0,  // [0:9] is the sub-list for field type_name
 }
 
 func init() { file_chatplane_v1_admin_proto_init() }
@@ -577,7 +736,7 @@ func file_chatplane_v1_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_chatplane_v1_admin_proto_rawDesc), len(file_chatplane_v1_admin_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   8,
+			NumMessages:   10,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -19,10 +19,11 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	AdminService_ListApiKeys_FullMethodName  = "/chatplane.v1.AdminService/ListApiKeys"
-	AdminService_CreateApiKey_FullMethodName = "/chatplane.v1.AdminService/CreateApiKey"
-	AdminService_RotateApiKey_FullMethodName = "/chatplane.v1.AdminService/RotateApiKey"
-	AdminService_RevokeApiKey_FullMethodName = "/chatplane.v1.AdminService/RevokeApiKey"
+	AdminService_ListApiKeys_FullMethodName      = "/chatplane.v1.AdminService/ListApiKeys"
+	AdminService_CreateApiKey_FullMethodName     = "/chatplane.v1.AdminService/CreateApiKey"
+	AdminService_RotateApiKey_FullMethodName     = "/chatplane.v1.AdminService/RotateApiKey"
+	AdminService_RevokeApiKey_FullMethodName     = "/chatplane.v1.AdminService/RevokeApiKey"
+	AdminService_ListRatedAnswers_FullMethodName = "/chatplane.v1.AdminService/ListRatedAnswers"
 )
 
 // AdminServiceClient is the client API for AdminService service.
@@ -42,6 +43,9 @@ type AdminServiceClient interface {
 	RotateApiKey(ctx context.Context, in *RotateApiKeyRequest, opts ...grpc.CallOption) (*RotateApiKeyResponse, error)
 	// Revokes a key: it stops working on every Gateway within api_key_cache_seconds.
 	RevokeApiKey(ctx context.Context, in *RevokeApiKeyRequest, opts ...grpc.CallOption) (*RevokeApiKeyResponse, error)
+	// Pages the tenant's rated answers with their branches, for feedback datasets; the tenant
+	// must have opted in (FAILED_PRECONDITION otherwise; docs/datasets.md).
+	ListRatedAnswers(ctx context.Context, in *AdminServiceListRatedAnswersRequest, opts ...grpc.CallOption) (*AdminServiceListRatedAnswersResponse, error)
 }
 
 type adminServiceClient struct {
@@ -92,6 +96,16 @@ func (c *adminServiceClient) RevokeApiKey(ctx context.Context, in *RevokeApiKeyR
 	return out, nil
 }
 
+func (c *adminServiceClient) ListRatedAnswers(ctx context.Context, in *AdminServiceListRatedAnswersRequest, opts ...grpc.CallOption) (*AdminServiceListRatedAnswersResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(AdminServiceListRatedAnswersResponse)
+	err := c.cc.Invoke(ctx, AdminService_ListRatedAnswers_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AdminServiceServer is the server API for AdminService service.
 // All implementations must embed UnimplementedAdminServiceServer
 // for forward compatibility.
@@ -109,6 +123,9 @@ type AdminServiceServer interface {
 	RotateApiKey(context.Context, *RotateApiKeyRequest) (*RotateApiKeyResponse, error)
 	// Revokes a key: it stops working on every Gateway within api_key_cache_seconds.
 	RevokeApiKey(context.Context, *RevokeApiKeyRequest) (*RevokeApiKeyResponse, error)
+	// Pages the tenant's rated answers with their branches, for feedback datasets; the tenant
+	// must have opted in (FAILED_PRECONDITION otherwise; docs/datasets.md).
+	ListRatedAnswers(context.Context, *AdminServiceListRatedAnswersRequest) (*AdminServiceListRatedAnswersResponse, error)
 	mustEmbedUnimplementedAdminServiceServer()
 }
 
@@ -130,6 +147,9 @@ func (UnimplementedAdminServiceServer) RotateApiKey(context.Context, *RotateApiK
 }
 func (UnimplementedAdminServiceServer) RevokeApiKey(context.Context, *RevokeApiKeyRequest) (*RevokeApiKeyResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method RevokeApiKey not implemented")
+}
+func (UnimplementedAdminServiceServer) ListRatedAnswers(context.Context, *AdminServiceListRatedAnswersRequest) (*AdminServiceListRatedAnswersResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListRatedAnswers not implemented")
 }
 func (UnimplementedAdminServiceServer) mustEmbedUnimplementedAdminServiceServer() {}
 func (UnimplementedAdminServiceServer) testEmbeddedByValue()                      {}
@@ -224,6 +244,24 @@ func _AdminService_RevokeApiKey_Handler(srv interface{}, ctx context.Context, de
 	return interceptor(ctx, in, info, handler)
 }
 
+func _AdminService_ListRatedAnswers_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(AdminServiceListRatedAnswersRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).ListRatedAnswers(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_ListRatedAnswers_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).ListRatedAnswers(ctx, req.(*AdminServiceListRatedAnswersRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // AdminService_ServiceDesc is the grpc.ServiceDesc for AdminService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -246,6 +284,10 @@ var AdminService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "RevokeApiKey",
 			Handler:    _AdminService_RevokeApiKey_Handler,
+		},
+		{
+			MethodName: "ListRatedAnswers",
+			Handler:    _AdminService_ListRatedAnswers_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

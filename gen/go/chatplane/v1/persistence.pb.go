@@ -2704,7 +2704,12 @@ type ReportVariantsRequest struct {
 	// Only this tenant's answers; empty means every tenant.
 	TenantId string `protobuf:"bytes,1,opt,name=tenant_id,json=tenantId,proto3" json:"tenant_id,omitempty"`
 	// Only answers created at or after this time; absent means since the beginning.
-	Since         *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=since,proto3" json:"since,omitempty"`
+	Since *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=since,proto3" json:"since,omitempty"`
+	// The variant the others are compared with; empty: "control" when there is one, else the
+	// variant with the most feedback (docs/variants.md).
+	Control string `protobuf:"bytes,130,opt,name=control,proto3" json:"control,omitempty"`
+	// Family-wise significance level of the comparisons (0 < alpha < 0.5; absent: 0.05).
+	Alpha         *float64 `protobuf:"fixed64,131,opt,name=alpha,proto3,oneof" json:"alpha,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2753,6 +2758,20 @@ func (x *ReportVariantsRequest) GetSince() *timestamppb.Timestamp {
 	return nil
 }
 
+func (x *ReportVariantsRequest) GetControl() string {
+	if x != nil {
+		return x.Control
+	}
+	return ""
+}
+
+func (x *ReportVariantsRequest) GetAlpha() float64 {
+	if x != nil && x.Alpha != nil {
+		return *x.Alpha
+	}
+	return 0
+}
+
 // What the answers of one variant got.
 type VariantReport struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -2780,8 +2799,24 @@ type VariantReport struct {
 	MeanInputTokens *float64 `protobuf:"fixed64,11,opt,name=mean_input_tokens,json=meanInputTokens,proto3,oneof" json:"mean_input_tokens,omitempty"`
 	// Mean output tokens, over complete answers.
 	MeanOutputTokens *float64 `protobuf:"fixed64,12,opt,name=mean_output_tokens,json=meanOutputTokens,proto3,oneof" json:"mean_output_tokens,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// Wilson score interval of thumbs_up_rate at 1 - alpha (absent without feedback).
+	ThumbsUpRateLow *float64 `protobuf:"fixed64,130,opt,name=thumbs_up_rate_low,json=thumbsUpRateLow,proto3,oneof" json:"thumbs_up_rate_low,omitempty"`
+	// Upper end of the Wilson score interval.
+	ThumbsUpRateHigh *float64 `protobuf:"fixed64,131,opt,name=thumbs_up_rate_high,json=thumbsUpRateHigh,proto3,oneof" json:"thumbs_up_rate_high,omitempty"`
+	// Student t interval of mean_score at 1 - alpha (absent with fewer than two scores).
+	MeanScoreLow *float64 `protobuf:"fixed64,132,opt,name=mean_score_low,json=meanScoreLow,proto3,oneof" json:"mean_score_low,omitempty"`
+	// Upper end of the t interval.
+	MeanScoreHigh *float64 `protobuf:"fixed64,133,opt,name=mean_score_high,json=meanScoreHigh,proto3,oneof" json:"mean_score_high,omitempty"`
+	// Sample standard deviation of the scores (absent with fewer than two scores).
+	ScoreStddev *float64 `protobuf:"fixed64,134,opt,name=score_stddev,json=scoreStddev,proto3,oneof" json:"score_stddev,omitempty"`
+	// Fisher's exact test of the thumbs-up rate against the control (absent when not compared).
+	ThumbsUpPValue *float64 `protobuf:"fixed64,135,opt,name=thumbs_up_p_value,json=thumbsUpPValue,proto3,oneof" json:"thumbs_up_p_value,omitempty"`
+	// Welch's t test of the mean score against the control (absent when not compared).
+	MeanScorePValue *float64 `protobuf:"fixed64,136,opt,name=mean_score_p_value,json=meanScorePValue,proto3,oneof" json:"mean_score_p_value,omitempty"`
+	// "control", "better", "worse", "mixed" or "no significant difference" ("" when not compared).
+	Verdict       string `protobuf:"bytes,137,opt,name=verdict,proto3" json:"verdict,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *VariantReport) Reset() {
@@ -2898,13 +2933,80 @@ func (x *VariantReport) GetMeanOutputTokens() float64 {
 	return 0
 }
 
+func (x *VariantReport) GetThumbsUpRateLow() float64 {
+	if x != nil && x.ThumbsUpRateLow != nil {
+		return *x.ThumbsUpRateLow
+	}
+	return 0
+}
+
+func (x *VariantReport) GetThumbsUpRateHigh() float64 {
+	if x != nil && x.ThumbsUpRateHigh != nil {
+		return *x.ThumbsUpRateHigh
+	}
+	return 0
+}
+
+func (x *VariantReport) GetMeanScoreLow() float64 {
+	if x != nil && x.MeanScoreLow != nil {
+		return *x.MeanScoreLow
+	}
+	return 0
+}
+
+func (x *VariantReport) GetMeanScoreHigh() float64 {
+	if x != nil && x.MeanScoreHigh != nil {
+		return *x.MeanScoreHigh
+	}
+	return 0
+}
+
+func (x *VariantReport) GetScoreStddev() float64 {
+	if x != nil && x.ScoreStddev != nil {
+		return *x.ScoreStddev
+	}
+	return 0
+}
+
+func (x *VariantReport) GetThumbsUpPValue() float64 {
+	if x != nil && x.ThumbsUpPValue != nil {
+		return *x.ThumbsUpPValue
+	}
+	return 0
+}
+
+func (x *VariantReport) GetMeanScorePValue() float64 {
+	if x != nil && x.MeanScorePValue != nil {
+		return *x.MeanScorePValue
+	}
+	return 0
+}
+
+func (x *VariantReport) GetVerdict() string {
+	if x != nil {
+		return x.Verdict
+	}
+	return ""
+}
+
 // The per-variant report.
 type ReportVariantsResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// One entry per variant with answers, by variant name.
-	Variants      []*VariantReport `protobuf:"bytes,1,rep,name=variants,proto3" json:"variants,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Variants []*VariantReport `protobuf:"bytes,1,rep,name=variants,proto3" json:"variants,omitempty"`
+	// The variant the others were compared with ("" with fewer than two variants).
+	Control string `protobuf:"bytes,130,opt,name=control,proto3" json:"control,omitempty"`
+	// Family-wise significance level used.
+	Alpha float64 `protobuf:"fixed64,131,opt,name=alpha,proto3" json:"alpha,omitempty"`
+	// Number of tests made; each was judged at alpha / comparisons (Bonferroni).
+	Comparisons int32 `protobuf:"varint,132,opt,name=comparisons,proto3" json:"comparisons,omitempty"`
+	// The variant to promote, only when it is significantly better than the control and not
+	// significantly worse on the other measure; empty otherwise.
+	RecommendedVariant string `protobuf:"bytes,133,opt,name=recommended_variant,json=recommendedVariant,proto3" json:"recommended_variant,omitempty"`
+	// Why, in one sentence ("" when there is no recommendation).
+	Recommendation string `protobuf:"bytes,134,opt,name=recommendation,proto3" json:"recommendation,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *ReportVariantsResponse) Reset() {
@@ -2942,6 +3044,41 @@ func (x *ReportVariantsResponse) GetVariants() []*VariantReport {
 		return x.Variants
 	}
 	return nil
+}
+
+func (x *ReportVariantsResponse) GetControl() string {
+	if x != nil {
+		return x.Control
+	}
+	return ""
+}
+
+func (x *ReportVariantsResponse) GetAlpha() float64 {
+	if x != nil {
+		return x.Alpha
+	}
+	return 0
+}
+
+func (x *ReportVariantsResponse) GetComparisons() int32 {
+	if x != nil {
+		return x.Comparisons
+	}
+	return 0
+}
+
+func (x *ReportVariantsResponse) GetRecommendedVariant() string {
+	if x != nil {
+		return x.RecommendedVariant
+	}
+	return ""
+}
+
+func (x *ReportVariantsResponse) GetRecommendation() string {
+	if x != nil {
+		return x.Recommendation
+	}
+	return ""
 }
 
 // Asks for a conversation's handoff state.
@@ -3539,6 +3676,344 @@ func (x *CountThumbsDownResponse) GetThumbsDown() int32 {
 	return 0
 }
 
+// Asks for a page of rated answers (docs/datasets.md).
+type ListRatedAnswersRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Only this tenant (it must have opted in); empty means every tenant that opted in.
+	TenantId string `protobuf:"bytes,1,opt,name=tenant_id,json=tenantId,proto3" json:"tenant_id,omitempty"`
+	// Answers created at or after this time (required).
+	Since *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=since,proto3" json:"since,omitempty"`
+	// Answers created before this time; absent means up to now.
+	Until *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=until,proto3" json:"until,omitempty"`
+	// Lowest rating exported, 1-5: the feedback's score, or 5 for a thumbs up and 1 for a
+	// thumbs down without a score.
+	MinRating int32 `protobuf:"varint,4,opt,name=min_rating,json=minRating,proto3" json:"min_rating,omitempty"`
+	// Maximum answers to return (1-500; 0 means 100).
+	PageSize int32 `protobuf:"varint,5,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	// The next_page_token of a previous call with the same filters, or empty for the first page.
+	PageToken     string `protobuf:"bytes,6,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListRatedAnswersRequest) Reset() {
+	*x = ListRatedAnswersRequest{}
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[56]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListRatedAnswersRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListRatedAnswersRequest) ProtoMessage() {}
+
+func (x *ListRatedAnswersRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[56]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListRatedAnswersRequest.ProtoReflect.Descriptor instead.
+func (*ListRatedAnswersRequest) Descriptor() ([]byte, []int) {
+	return file_chatplane_v1_persistence_proto_rawDescGZIP(), []int{56}
+}
+
+func (x *ListRatedAnswersRequest) GetTenantId() string {
+	if x != nil {
+		return x.TenantId
+	}
+	return ""
+}
+
+func (x *ListRatedAnswersRequest) GetSince() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Since
+	}
+	return nil
+}
+
+func (x *ListRatedAnswersRequest) GetUntil() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Until
+	}
+	return nil
+}
+
+func (x *ListRatedAnswersRequest) GetMinRating() int32 {
+	if x != nil {
+		return x.MinRating
+	}
+	return 0
+}
+
+func (x *ListRatedAnswersRequest) GetPageSize() int32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+func (x *ListRatedAnswersRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
+// One message of a rated answer's branch.
+type DatasetMessage struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// ROLE_USER or ROLE_ASSISTANT (an operator's reply counts as the assistant's).
+	Role Role `protobuf:"varint,1,opt,name=role,proto3,enum=chatplane.v1.Role" json:"role,omitempty"`
+	// The text, masked when the tenant has PII redaction on.
+	Text          string `protobuf:"bytes,2,opt,name=text,proto3" json:"text,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DatasetMessage) Reset() {
+	*x = DatasetMessage{}
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[57]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DatasetMessage) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DatasetMessage) ProtoMessage() {}
+
+func (x *DatasetMessage) ProtoReflect() protoreflect.Message {
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[57]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DatasetMessage.ProtoReflect.Descriptor instead.
+func (*DatasetMessage) Descriptor() ([]byte, []int) {
+	return file_chatplane_v1_persistence_proto_rawDescGZIP(), []int{57}
+}
+
+func (x *DatasetMessage) GetRole() Role {
+	if x != nil {
+		return x.Role
+	}
+	return Role_ROLE_UNSPECIFIED
+}
+
+func (x *DatasetMessage) GetText() string {
+	if x != nil {
+		return x.Text
+	}
+	return ""
+}
+
+// A rated answer and the branch of its conversation that led to it.
+type RatedAnswer struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The tenant.
+	TenantId string `protobuf:"bytes,1,opt,name=tenant_id,json=tenantId,proto3" json:"tenant_id,omitempty"`
+	// The conversation.
+	ConversationId string `protobuf:"bytes,2,opt,name=conversation_id,json=conversationId,proto3" json:"conversation_id,omitempty"`
+	// The rated assistant message.
+	MessageId string `protobuf:"bytes,3,opt,name=message_id,json=messageId,proto3" json:"message_id,omitempty"`
+	// The variant (NAME or NAME@VERSION) that produced it.
+	Variant string `protobuf:"bytes,4,opt,name=variant,proto3" json:"variant,omitempty"`
+	// The thumbs of the feedback.
+	Thumbs Rating `protobuf:"varint,5,opt,name=thumbs,proto3,enum=chatplane.v1.Rating" json:"thumbs,omitempty"`
+	// The feedback's score (1-5), when it had one.
+	Score *int32 `protobuf:"varint,6,opt,name=score,proto3,oneof" json:"score,omitempty"`
+	// The rating filtered on: the score, or 5 / 1 for thumbs up / down.
+	Rating int32 `protobuf:"varint,7,opt,name=rating,proto3" json:"rating,omitempty"`
+	// When the answer was created.
+	CreateTime *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
+	// The model that produced it.
+	Model string `protobuf:"bytes,9,opt,name=model,proto3" json:"model,omitempty"`
+	// The branch from the conversation's first message to the rated answer (its last message).
+	Messages []*DatasetMessage `protobuf:"bytes,10,rep,name=messages,proto3" json:"messages,omitempty"`
+	// True when the texts were masked (the tenant has PII redaction on).
+	Redacted      bool `protobuf:"varint,11,opt,name=redacted,proto3" json:"redacted,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RatedAnswer) Reset() {
+	*x = RatedAnswer{}
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[58]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RatedAnswer) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RatedAnswer) ProtoMessage() {}
+
+func (x *RatedAnswer) ProtoReflect() protoreflect.Message {
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[58]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RatedAnswer.ProtoReflect.Descriptor instead.
+func (*RatedAnswer) Descriptor() ([]byte, []int) {
+	return file_chatplane_v1_persistence_proto_rawDescGZIP(), []int{58}
+}
+
+func (x *RatedAnswer) GetTenantId() string {
+	if x != nil {
+		return x.TenantId
+	}
+	return ""
+}
+
+func (x *RatedAnswer) GetConversationId() string {
+	if x != nil {
+		return x.ConversationId
+	}
+	return ""
+}
+
+func (x *RatedAnswer) GetMessageId() string {
+	if x != nil {
+		return x.MessageId
+	}
+	return ""
+}
+
+func (x *RatedAnswer) GetVariant() string {
+	if x != nil {
+		return x.Variant
+	}
+	return ""
+}
+
+func (x *RatedAnswer) GetThumbs() Rating {
+	if x != nil {
+		return x.Thumbs
+	}
+	return Rating_RATING_UNSPECIFIED
+}
+
+func (x *RatedAnswer) GetScore() int32 {
+	if x != nil && x.Score != nil {
+		return *x.Score
+	}
+	return 0
+}
+
+func (x *RatedAnswer) GetRating() int32 {
+	if x != nil {
+		return x.Rating
+	}
+	return 0
+}
+
+func (x *RatedAnswer) GetCreateTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CreateTime
+	}
+	return nil
+}
+
+func (x *RatedAnswer) GetModel() string {
+	if x != nil {
+		return x.Model
+	}
+	return ""
+}
+
+func (x *RatedAnswer) GetMessages() []*DatasetMessage {
+	if x != nil {
+		return x.Messages
+	}
+	return nil
+}
+
+func (x *RatedAnswer) GetRedacted() bool {
+	if x != nil {
+		return x.Redacted
+	}
+	return false
+}
+
+// A page of rated answers, oldest first.
+type ListRatedAnswersResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The answers, by create time then message id.
+	Answers []*RatedAnswer `protobuf:"bytes,1,rep,name=answers,proto3" json:"answers,omitempty"`
+	// Token for the next page; empty when there is none.
+	NextPageToken string `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListRatedAnswersResponse) Reset() {
+	*x = ListRatedAnswersResponse{}
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[59]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListRatedAnswersResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListRatedAnswersResponse) ProtoMessage() {}
+
+func (x *ListRatedAnswersResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[59]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListRatedAnswersResponse.ProtoReflect.Descriptor instead.
+func (*ListRatedAnswersResponse) Descriptor() ([]byte, []int) {
+	return file_chatplane_v1_persistence_proto_rawDescGZIP(), []int{59}
+}
+
+func (x *ListRatedAnswersResponse) GetAnswers() []*RatedAnswer {
+	if x != nil {
+		return x.Answers
+	}
+	return nil
+}
+
+func (x *ListRatedAnswersResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
+}
+
 var File_chatplane_v1_persistence_proto protoreflect.FileDescriptor
 
 const file_chatplane_v1_persistence_proto_rawDesc = "" +
@@ -3720,10 +4195,13 @@ const file_chatplane_v1_persistence_proto_rawDesc = "" +
 	"\x05owner\x18\x01 \x01(\v2\x13.chatplane.v1.OwnerR\x05owner\x12>\n" +
 	"\arequest\x18\x02 \x01(\v2$.chatplane.v1.SetActiveBranchRequestR\arequest\"n\n" +
 	")PersistenceServiceSetActiveBranchResponse\x12A\n" +
-	"\bresponse\x18\x01 \x01(\v2%.chatplane.v1.SetActiveBranchResponseR\bresponse\"f\n" +
+	"\bresponse\x18\x01 \x01(\v2%.chatplane.v1.SetActiveBranchResponseR\bresponse\"\xa7\x01\n" +
 	"\x15ReportVariantsRequest\x12\x1b\n" +
 	"\ttenant_id\x18\x01 \x01(\tR\btenantId\x120\n" +
-	"\x05since\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x05since\"\xf8\x04\n" +
+	"\x05since\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x05since\x12\x19\n" +
+	"\acontrol\x18\x82\x01 \x01(\tR\acontrol\x12\x1a\n" +
+	"\x05alpha\x18\x83\x01 \x01(\x01H\x00R\x05alpha\x88\x01\x01B\b\n" +
+	"\x06_alpha\"\xf6\b\n" +
 	"\rVariantReport\x12\x18\n" +
 	"\avariant\x18\x01 \x01(\tR\avariant\x12\x18\n" +
 	"\aanswers\x18\x02 \x01(\x03R\aanswers\x12/\n" +
@@ -3738,15 +4216,36 @@ const file_chatplane_v1_persistence_proto_rawDesc = "" +
 	"\x10mean_duration_ms\x18\n" +
 	" \x01(\x01H\x03R\x0emeanDurationMs\x88\x01\x01\x12/\n" +
 	"\x11mean_input_tokens\x18\v \x01(\x01H\x04R\x0fmeanInputTokens\x88\x01\x01\x121\n" +
-	"\x12mean_output_tokens\x18\f \x01(\x01H\x05R\x10meanOutputTokens\x88\x01\x01B\r\n" +
+	"\x12mean_output_tokens\x18\f \x01(\x01H\x05R\x10meanOutputTokens\x88\x01\x01\x121\n" +
+	"\x12thumbs_up_rate_low\x18\x82\x01 \x01(\x01H\x06R\x0fthumbsUpRateLow\x88\x01\x01\x123\n" +
+	"\x13thumbs_up_rate_high\x18\x83\x01 \x01(\x01H\aR\x10thumbsUpRateHigh\x88\x01\x01\x12*\n" +
+	"\x0emean_score_low\x18\x84\x01 \x01(\x01H\bR\fmeanScoreLow\x88\x01\x01\x12,\n" +
+	"\x0fmean_score_high\x18\x85\x01 \x01(\x01H\tR\rmeanScoreHigh\x88\x01\x01\x12'\n" +
+	"\fscore_stddev\x18\x86\x01 \x01(\x01H\n" +
+	"R\vscoreStddev\x88\x01\x01\x12/\n" +
+	"\x11thumbs_up_p_value\x18\x87\x01 \x01(\x01H\vR\x0ethumbsUpPValue\x88\x01\x01\x121\n" +
+	"\x12mean_score_p_value\x18\x88\x01 \x01(\x01H\fR\x0fmeanScorePValue\x88\x01\x01\x12\x19\n" +
+	"\averdict\x18\x89\x01 \x01(\tR\averdictB\r\n" +
 	"\v_mean_scoreB\x11\n" +
 	"\x0f_thumbs_up_rateB\x16\n" +
 	"\x14_mean_first_token_msB\x13\n" +
 	"\x11_mean_duration_msB\x14\n" +
 	"\x12_mean_input_tokensB\x15\n" +
-	"\x13_mean_output_tokens\"Q\n" +
+	"\x13_mean_output_tokensB\x15\n" +
+	"\x13_thumbs_up_rate_lowB\x16\n" +
+	"\x14_thumbs_up_rate_highB\x11\n" +
+	"\x0f_mean_score_lowB\x12\n" +
+	"\x10_mean_score_highB\x0f\n" +
+	"\r_score_stddevB\x14\n" +
+	"\x12_thumbs_up_p_valueB\x15\n" +
+	"\x13_mean_score_p_value\"\x81\x02\n" +
 	"\x16ReportVariantsResponse\x127\n" +
-	"\bvariants\x18\x01 \x03(\v2\x1b.chatplane.v1.VariantReportR\bvariants\"g\n" +
+	"\bvariants\x18\x01 \x03(\v2\x1b.chatplane.v1.VariantReportR\bvariants\x12\x19\n" +
+	"\acontrol\x18\x82\x01 \x01(\tR\acontrol\x12\x15\n" +
+	"\x05alpha\x18\x83\x01 \x01(\x01R\x05alpha\x12!\n" +
+	"\vcomparisons\x18\x84\x01 \x01(\x05R\vcomparisons\x120\n" +
+	"\x13recommended_variant\x18\x85\x01 \x01(\tR\x12recommendedVariant\x12'\n" +
+	"\x0erecommendation\x18\x86\x01 \x01(\tR\x0erecommendation\"g\n" +
 	"\x11GetHandoffRequest\x12)\n" +
 	"\x05owner\x18\x01 \x01(\v2\x13.chatplane.v1.OwnerR\x05owner\x12'\n" +
 	"\x0fconversation_id\x18\x02 \x01(\tR\x0econversationId\"l\n" +
@@ -3785,7 +4284,38 @@ const file_chatplane_v1_persistence_proto_rawDesc = "" +
 	"\x17CountThumbsDownResponse\x12'\n" +
 	"\x0fconversation_id\x18\x01 \x01(\tR\x0econversationId\x12\x1f\n" +
 	"\vthumbs_down\x18\x02 \x01(\x05R\n" +
-	"thumbsDown2\xaf\x14\n" +
+	"thumbsDown\"\xf5\x01\n" +
+	"\x17ListRatedAnswersRequest\x12\x1b\n" +
+	"\ttenant_id\x18\x01 \x01(\tR\btenantId\x120\n" +
+	"\x05since\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x05since\x120\n" +
+	"\x05until\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\x05until\x12\x1d\n" +
+	"\n" +
+	"min_rating\x18\x04 \x01(\x05R\tminRating\x12\x1b\n" +
+	"\tpage_size\x18\x05 \x01(\x05R\bpageSize\x12\x1d\n" +
+	"\n" +
+	"page_token\x18\x06 \x01(\tR\tpageToken\"L\n" +
+	"\x0eDatasetMessage\x12&\n" +
+	"\x04role\x18\x01 \x01(\x0e2\x12.chatplane.v1.RoleR\x04role\x12\x12\n" +
+	"\x04text\x18\x02 \x01(\tR\x04text\"\xa0\x03\n" +
+	"\vRatedAnswer\x12\x1b\n" +
+	"\ttenant_id\x18\x01 \x01(\tR\btenantId\x12'\n" +
+	"\x0fconversation_id\x18\x02 \x01(\tR\x0econversationId\x12\x1d\n" +
+	"\n" +
+	"message_id\x18\x03 \x01(\tR\tmessageId\x12\x18\n" +
+	"\avariant\x18\x04 \x01(\tR\avariant\x12,\n" +
+	"\x06thumbs\x18\x05 \x01(\x0e2\x14.chatplane.v1.RatingR\x06thumbs\x12\x19\n" +
+	"\x05score\x18\x06 \x01(\x05H\x00R\x05score\x88\x01\x01\x12\x16\n" +
+	"\x06rating\x18\a \x01(\x05R\x06rating\x12;\n" +
+	"\vcreate_time\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"createTime\x12\x14\n" +
+	"\x05model\x18\t \x01(\tR\x05model\x128\n" +
+	"\bmessages\x18\n" +
+	" \x03(\v2\x1c.chatplane.v1.DatasetMessageR\bmessages\x12\x1a\n" +
+	"\bredacted\x18\v \x01(\bR\bredactedB\b\n" +
+	"\x06_score\"w\n" +
+	"\x18ListRatedAnswersResponse\x123\n" +
+	"\aanswers\x18\x01 \x03(\v2\x19.chatplane.v1.RatedAnswerR\aanswers\x12&\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken2\x92\x15\n" +
 	"\x12PersistenceService\x12L\n" +
 	"\tBeginTurn\x12\x1e.chatplane.v1.BeginTurnRequest\x1a\x1f.chatplane.v1.BeginTurnResponse\x12F\n" +
 	"\aGetTurn\x12\x1c.chatplane.v1.GetTurnRequest\x1a\x1d.chatplane.v1.GetTurnResponse\x12R\n" +
@@ -3813,7 +4343,8 @@ const file_chatplane_v1_persistence_proto_rawDesc = "" +
 	"\rChangeHandoff\x12\".chatplane.v1.ChangeHandoffRequest\x1a#.chatplane.v1.ChangeHandoffResponse\x12U\n" +
 	"\fListHandoffs\x12!.chatplane.v1.ListHandoffsRequest\x1a\".chatplane.v1.ListHandoffsResponse\x12a\n" +
 	"\x10GetTenantHandoff\x12%.chatplane.v1.GetTenantHandoffRequest\x1a&.chatplane.v1.GetTenantHandoffResponse\x12^\n" +
-	"\x0fCountThumbsDown\x12$.chatplane.v1.CountThumbsDownRequest\x1a%.chatplane.v1.CountThumbsDownResponseB@Z>github.com/chatplane/chatplane/gen/go/chatplane/v1;chatplanev1b\x06proto3"
+	"\x0fCountThumbsDown\x12$.chatplane.v1.CountThumbsDownRequest\x1a%.chatplane.v1.CountThumbsDownResponse\x12a\n" +
+	"\x10ListRatedAnswers\x12%.chatplane.v1.ListRatedAnswersRequest\x1a&.chatplane.v1.ListRatedAnswersResponseB@Z>github.com/chatplane/chatplane/gen/go/chatplane/v1;chatplanev1b\x06proto3"
 
 var (
 	file_chatplane_v1_persistence_proto_rawDescOnce sync.Once
@@ -3827,7 +4358,7 @@ func file_chatplane_v1_persistence_proto_rawDescGZIP() []byte {
 	return file_chatplane_v1_persistence_proto_rawDescData
 }
 
-var file_chatplane_v1_persistence_proto_msgTypes = make([]protoimpl.MessageInfo, 56)
+var file_chatplane_v1_persistence_proto_msgTypes = make([]protoimpl.MessageInfo, 60)
 var file_chatplane_v1_persistence_proto_goTypes = []any{
 	(*Owner)(nil),                                        // 0: chatplane.v1.Owner
 	(*BeginTurnRequest)(nil),                             // 1: chatplane.v1.BeginTurnRequest
@@ -3885,141 +4416,156 @@ var file_chatplane_v1_persistence_proto_goTypes = []any{
 	(*GetTenantHandoffResponse)(nil),                     // 53: chatplane.v1.GetTenantHandoffResponse
 	(*CountThumbsDownRequest)(nil),                       // 54: chatplane.v1.CountThumbsDownRequest
 	(*CountThumbsDownResponse)(nil),                      // 55: chatplane.v1.CountThumbsDownResponse
-	(*BranchHistory)(nil),                                // 56: chatplane.v1.BranchHistory
-	(*Message)(nil),                                      // 57: chatplane.v1.Message
-	(*timestamppb.Timestamp)(nil),                        // 58: google.protobuf.Timestamp
-	(*ListConversationsRequest)(nil),                     // 59: chatplane.v1.ListConversationsRequest
-	(*ListConversationsResponse)(nil),                    // 60: chatplane.v1.ListConversationsResponse
-	(*GetConversationRequest)(nil),                       // 61: chatplane.v1.GetConversationRequest
-	(*GetConversationResponse)(nil),                      // 62: chatplane.v1.GetConversationResponse
-	(*SubmitFeedbackRequest)(nil),                        // 63: chatplane.v1.SubmitFeedbackRequest
-	(*AuditActor)(nil),                                   // 64: chatplane.v1.AuditActor
-	(*AuditEvent)(nil),                                   // 65: chatplane.v1.AuditEvent
-	(*AuditHead)(nil),                                    // 66: chatplane.v1.AuditHead
-	(*AuditRecord)(nil),                                  // 67: chatplane.v1.AuditRecord
-	(*SetActiveBranchRequest)(nil),                       // 68: chatplane.v1.SetActiveBranchRequest
-	(*SetActiveBranchResponse)(nil),                      // 69: chatplane.v1.SetActiveBranchResponse
-	(*HandoffStatus)(nil),                                // 70: chatplane.v1.HandoffStatus
-	(HandoffMode)(0),                                     // 71: chatplane.v1.HandoffMode
-	(HandoffTrigger)(0),                                  // 72: chatplane.v1.HandoffTrigger
+	(*ListRatedAnswersRequest)(nil),                      // 56: chatplane.v1.ListRatedAnswersRequest
+	(*DatasetMessage)(nil),                               // 57: chatplane.v1.DatasetMessage
+	(*RatedAnswer)(nil),                                  // 58: chatplane.v1.RatedAnswer
+	(*ListRatedAnswersResponse)(nil),                     // 59: chatplane.v1.ListRatedAnswersResponse
+	(*BranchHistory)(nil),                                // 60: chatplane.v1.BranchHistory
+	(*Message)(nil),                                      // 61: chatplane.v1.Message
+	(*timestamppb.Timestamp)(nil),                        // 62: google.protobuf.Timestamp
+	(*ListConversationsRequest)(nil),                     // 63: chatplane.v1.ListConversationsRequest
+	(*ListConversationsResponse)(nil),                    // 64: chatplane.v1.ListConversationsResponse
+	(*GetConversationRequest)(nil),                       // 65: chatplane.v1.GetConversationRequest
+	(*GetConversationResponse)(nil),                      // 66: chatplane.v1.GetConversationResponse
+	(*SubmitFeedbackRequest)(nil),                        // 67: chatplane.v1.SubmitFeedbackRequest
+	(*AuditActor)(nil),                                   // 68: chatplane.v1.AuditActor
+	(*AuditEvent)(nil),                                   // 69: chatplane.v1.AuditEvent
+	(*AuditHead)(nil),                                    // 70: chatplane.v1.AuditHead
+	(*AuditRecord)(nil),                                  // 71: chatplane.v1.AuditRecord
+	(*SetActiveBranchRequest)(nil),                       // 72: chatplane.v1.SetActiveBranchRequest
+	(*SetActiveBranchResponse)(nil),                      // 73: chatplane.v1.SetActiveBranchResponse
+	(*HandoffStatus)(nil),                                // 74: chatplane.v1.HandoffStatus
+	(HandoffMode)(0),                                     // 75: chatplane.v1.HandoffMode
+	(HandoffTrigger)(0),                                  // 76: chatplane.v1.HandoffTrigger
+	(Role)(0),                                            // 77: chatplane.v1.Role
+	(Rating)(0),                                          // 78: chatplane.v1.Rating
 }
 var file_chatplane_v1_persistence_proto_depIdxs = []int32{
 	0,  // 0: chatplane.v1.BeginTurnRequest.owner:type_name -> chatplane.v1.Owner
-	56, // 1: chatplane.v1.BeginTurnResponse.branch:type_name -> chatplane.v1.BranchHistory
+	60, // 1: chatplane.v1.BeginTurnResponse.branch:type_name -> chatplane.v1.BranchHistory
 	0,  // 2: chatplane.v1.GetTurnRequest.owner:type_name -> chatplane.v1.Owner
-	57, // 3: chatplane.v1.GetTurnResponse.user_message:type_name -> chatplane.v1.Message
-	57, // 4: chatplane.v1.GetTurnResponse.assistant_message:type_name -> chatplane.v1.Message
-	58, // 5: chatplane.v1.GetTurnResponse.lease_expire_time:type_name -> google.protobuf.Timestamp
+	61, // 3: chatplane.v1.GetTurnResponse.user_message:type_name -> chatplane.v1.Message
+	61, // 4: chatplane.v1.GetTurnResponse.assistant_message:type_name -> chatplane.v1.Message
+	62, // 5: chatplane.v1.GetTurnResponse.lease_expire_time:type_name -> google.protobuf.Timestamp
 	0,  // 6: chatplane.v1.ReleaseTurnRequest.owner:type_name -> chatplane.v1.Owner
 	0,  // 7: chatplane.v1.PersistenceServiceListConversationsRequest.owner:type_name -> chatplane.v1.Owner
-	59, // 8: chatplane.v1.PersistenceServiceListConversationsRequest.page:type_name -> chatplane.v1.ListConversationsRequest
-	60, // 9: chatplane.v1.PersistenceServiceListConversationsResponse.page:type_name -> chatplane.v1.ListConversationsResponse
+	63, // 8: chatplane.v1.PersistenceServiceListConversationsRequest.page:type_name -> chatplane.v1.ListConversationsRequest
+	64, // 9: chatplane.v1.PersistenceServiceListConversationsResponse.page:type_name -> chatplane.v1.ListConversationsResponse
 	0,  // 10: chatplane.v1.PersistenceServiceGetConversationRequest.owner:type_name -> chatplane.v1.Owner
-	61, // 11: chatplane.v1.PersistenceServiceGetConversationRequest.request:type_name -> chatplane.v1.GetConversationRequest
-	62, // 12: chatplane.v1.PersistenceServiceGetConversationResponse.response:type_name -> chatplane.v1.GetConversationResponse
+	65, // 11: chatplane.v1.PersistenceServiceGetConversationRequest.request:type_name -> chatplane.v1.GetConversationRequest
+	66, // 12: chatplane.v1.PersistenceServiceGetConversationResponse.response:type_name -> chatplane.v1.GetConversationResponse
 	0,  // 13: chatplane.v1.PersistenceServiceDeleteConversationRequest.owner:type_name -> chatplane.v1.Owner
-	58, // 14: chatplane.v1.PersistenceServiceDeleteConversationResponse.delete_time:type_name -> google.protobuf.Timestamp
+	62, // 14: chatplane.v1.PersistenceServiceDeleteConversationResponse.delete_time:type_name -> google.protobuf.Timestamp
 	0,  // 15: chatplane.v1.PersistenceServiceSubmitFeedbackRequest.owner:type_name -> chatplane.v1.Owner
-	63, // 16: chatplane.v1.PersistenceServiceSubmitFeedbackRequest.feedback:type_name -> chatplane.v1.SubmitFeedbackRequest
-	58, // 17: chatplane.v1.PersistenceServiceSubmitFeedbackResponse.create_time:type_name -> google.protobuf.Timestamp
+	67, // 16: chatplane.v1.PersistenceServiceSubmitFeedbackRequest.feedback:type_name -> chatplane.v1.SubmitFeedbackRequest
+	62, // 17: chatplane.v1.PersistenceServiceSubmitFeedbackResponse.create_time:type_name -> google.protobuf.Timestamp
 	0,  // 18: chatplane.v1.CreateApiKeyRequest.owner:type_name -> chatplane.v1.Owner
-	64, // 19: chatplane.v1.CreateApiKeyRequest.actor:type_name -> chatplane.v1.AuditActor
+	68, // 19: chatplane.v1.CreateApiKeyRequest.actor:type_name -> chatplane.v1.AuditActor
 	19, // 20: chatplane.v1.CreateApiKeyResponse.key:type_name -> chatplane.v1.ApiKeyInfo
 	0,  // 21: chatplane.v1.GetApiKeyResponse.owner:type_name -> chatplane.v1.Owner
-	58, // 22: chatplane.v1.GetApiKeyResponse.expire_time:type_name -> google.protobuf.Timestamp
+	62, // 22: chatplane.v1.GetApiKeyResponse.expire_time:type_name -> google.protobuf.Timestamp
 	0,  // 23: chatplane.v1.ApiKeyInfo.owner:type_name -> chatplane.v1.Owner
-	58, // 24: chatplane.v1.ApiKeyInfo.create_time:type_name -> google.protobuf.Timestamp
-	58, // 25: chatplane.v1.ApiKeyInfo.expire_time:type_name -> google.protobuf.Timestamp
+	62, // 24: chatplane.v1.ApiKeyInfo.create_time:type_name -> google.protobuf.Timestamp
+	62, // 25: chatplane.v1.ApiKeyInfo.expire_time:type_name -> google.protobuf.Timestamp
 	19, // 26: chatplane.v1.PersistenceServiceListApiKeysResponse.keys:type_name -> chatplane.v1.ApiKeyInfo
-	64, // 27: chatplane.v1.PersistenceServiceRotateApiKeyRequest.actor:type_name -> chatplane.v1.AuditActor
+	68, // 27: chatplane.v1.PersistenceServiceRotateApiKeyRequest.actor:type_name -> chatplane.v1.AuditActor
 	19, // 28: chatplane.v1.PersistenceServiceRotateApiKeyResponse.key:type_name -> chatplane.v1.ApiKeyInfo
 	19, // 29: chatplane.v1.PersistenceServiceRotateApiKeyResponse.previous:type_name -> chatplane.v1.ApiKeyInfo
-	64, // 30: chatplane.v1.PersistenceServiceRevokeApiKeyRequest.actor:type_name -> chatplane.v1.AuditActor
+	68, // 30: chatplane.v1.PersistenceServiceRevokeApiKeyRequest.actor:type_name -> chatplane.v1.AuditActor
 	19, // 31: chatplane.v1.PersistenceServiceRevokeApiKeyResponse.key:type_name -> chatplane.v1.ApiKeyInfo
-	65, // 32: chatplane.v1.AppendAuditEventsRequest.events:type_name -> chatplane.v1.AuditEvent
-	66, // 33: chatplane.v1.AppendAuditEventsResponse.head:type_name -> chatplane.v1.AuditHead
-	67, // 34: chatplane.v1.ListAuditRecordsResponse.records:type_name -> chatplane.v1.AuditRecord
-	66, // 35: chatplane.v1.ListAuditRecordsResponse.head:type_name -> chatplane.v1.AuditHead
+	69, // 32: chatplane.v1.AppendAuditEventsRequest.events:type_name -> chatplane.v1.AuditEvent
+	70, // 33: chatplane.v1.AppendAuditEventsResponse.head:type_name -> chatplane.v1.AuditHead
+	71, // 34: chatplane.v1.ListAuditRecordsResponse.records:type_name -> chatplane.v1.AuditRecord
+	70, // 35: chatplane.v1.ListAuditRecordsResponse.head:type_name -> chatplane.v1.AuditHead
 	0,  // 36: chatplane.v1.GetAnswerRequest.owner:type_name -> chatplane.v1.Owner
-	57, // 37: chatplane.v1.GetAnswerResponse.assistant_message:type_name -> chatplane.v1.Message
-	58, // 38: chatplane.v1.GetAnswerResponse.lease_expire_time:type_name -> google.protobuf.Timestamp
+	61, // 37: chatplane.v1.GetAnswerResponse.assistant_message:type_name -> chatplane.v1.Message
+	62, // 38: chatplane.v1.GetAnswerResponse.lease_expire_time:type_name -> google.protobuf.Timestamp
 	40, // 39: chatplane.v1.ReserveQuotaResponse.quota:type_name -> chatplane.v1.TokenQuota
 	40, // 40: chatplane.v1.SettleQuotaResponse.quota:type_name -> chatplane.v1.TokenQuota
 	40, // 41: chatplane.v1.SetQuotaResponse.quota:type_name -> chatplane.v1.TokenQuota
 	40, // 42: chatplane.v1.GetQuotaResponse.quota:type_name -> chatplane.v1.TokenQuota
-	58, // 43: chatplane.v1.TokenQuota.reset_time:type_name -> google.protobuf.Timestamp
+	62, // 43: chatplane.v1.TokenQuota.reset_time:type_name -> google.protobuf.Timestamp
 	0,  // 44: chatplane.v1.PersistenceServiceSetActiveBranchRequest.owner:type_name -> chatplane.v1.Owner
-	68, // 45: chatplane.v1.PersistenceServiceSetActiveBranchRequest.request:type_name -> chatplane.v1.SetActiveBranchRequest
-	69, // 46: chatplane.v1.PersistenceServiceSetActiveBranchResponse.response:type_name -> chatplane.v1.SetActiveBranchResponse
-	58, // 47: chatplane.v1.ReportVariantsRequest.since:type_name -> google.protobuf.Timestamp
+	72, // 45: chatplane.v1.PersistenceServiceSetActiveBranchRequest.request:type_name -> chatplane.v1.SetActiveBranchRequest
+	73, // 46: chatplane.v1.PersistenceServiceSetActiveBranchResponse.response:type_name -> chatplane.v1.SetActiveBranchResponse
+	62, // 47: chatplane.v1.ReportVariantsRequest.since:type_name -> google.protobuf.Timestamp
 	44, // 48: chatplane.v1.ReportVariantsResponse.variants:type_name -> chatplane.v1.VariantReport
 	0,  // 49: chatplane.v1.GetHandoffRequest.owner:type_name -> chatplane.v1.Owner
-	70, // 50: chatplane.v1.GetHandoffResponse.handoff:type_name -> chatplane.v1.HandoffStatus
+	74, // 50: chatplane.v1.GetHandoffResponse.handoff:type_name -> chatplane.v1.HandoffStatus
 	0,  // 51: chatplane.v1.ChangeHandoffRequest.owner:type_name -> chatplane.v1.Owner
-	71, // 52: chatplane.v1.ChangeHandoffRequest.mode:type_name -> chatplane.v1.HandoffMode
-	72, // 53: chatplane.v1.ChangeHandoffRequest.trigger:type_name -> chatplane.v1.HandoffTrigger
-	70, // 54: chatplane.v1.ChangeHandoffResponse.handoff:type_name -> chatplane.v1.HandoffStatus
-	70, // 55: chatplane.v1.ListHandoffsResponse.handoffs:type_name -> chatplane.v1.HandoffStatus
+	75, // 52: chatplane.v1.ChangeHandoffRequest.mode:type_name -> chatplane.v1.HandoffMode
+	76, // 53: chatplane.v1.ChangeHandoffRequest.trigger:type_name -> chatplane.v1.HandoffTrigger
+	74, // 54: chatplane.v1.ChangeHandoffResponse.handoff:type_name -> chatplane.v1.HandoffStatus
+	74, // 55: chatplane.v1.ListHandoffsResponse.handoffs:type_name -> chatplane.v1.HandoffStatus
 	0,  // 56: chatplane.v1.GetTenantHandoffResponse.owner:type_name -> chatplane.v1.Owner
-	70, // 57: chatplane.v1.GetTenantHandoffResponse.handoff:type_name -> chatplane.v1.HandoffStatus
+	74, // 57: chatplane.v1.GetTenantHandoffResponse.handoff:type_name -> chatplane.v1.HandoffStatus
 	0,  // 58: chatplane.v1.CountThumbsDownRequest.owner:type_name -> chatplane.v1.Owner
-	1,  // 59: chatplane.v1.PersistenceService.BeginTurn:input_type -> chatplane.v1.BeginTurnRequest
-	3,  // 60: chatplane.v1.PersistenceService.GetTurn:input_type -> chatplane.v1.GetTurnRequest
-	5,  // 61: chatplane.v1.PersistenceService.ReleaseTurn:input_type -> chatplane.v1.ReleaseTurnRequest
-	7,  // 62: chatplane.v1.PersistenceService.ListConversations:input_type -> chatplane.v1.PersistenceServiceListConversationsRequest
-	9,  // 63: chatplane.v1.PersistenceService.GetConversation:input_type -> chatplane.v1.PersistenceServiceGetConversationRequest
-	11, // 64: chatplane.v1.PersistenceService.DeleteConversation:input_type -> chatplane.v1.PersistenceServiceDeleteConversationRequest
-	13, // 65: chatplane.v1.PersistenceService.SubmitFeedback:input_type -> chatplane.v1.PersistenceServiceSubmitFeedbackRequest
-	15, // 66: chatplane.v1.PersistenceService.CreateApiKey:input_type -> chatplane.v1.CreateApiKeyRequest
-	17, // 67: chatplane.v1.PersistenceService.GetApiKey:input_type -> chatplane.v1.GetApiKeyRequest
-	30, // 68: chatplane.v1.PersistenceService.GetAnswer:input_type -> chatplane.v1.GetAnswerRequest
-	32, // 69: chatplane.v1.PersistenceService.ReserveQuota:input_type -> chatplane.v1.ReserveQuotaRequest
-	34, // 70: chatplane.v1.PersistenceService.SettleQuota:input_type -> chatplane.v1.SettleQuotaRequest
-	36, // 71: chatplane.v1.PersistenceService.SetQuota:input_type -> chatplane.v1.SetQuotaRequest
-	38, // 72: chatplane.v1.PersistenceService.GetQuota:input_type -> chatplane.v1.GetQuotaRequest
-	41, // 73: chatplane.v1.PersistenceService.SetActiveBranch:input_type -> chatplane.v1.PersistenceServiceSetActiveBranchRequest
-	43, // 74: chatplane.v1.PersistenceService.ReportVariants:input_type -> chatplane.v1.ReportVariantsRequest
-	20, // 75: chatplane.v1.PersistenceService.ListApiKeys:input_type -> chatplane.v1.PersistenceServiceListApiKeysRequest
-	22, // 76: chatplane.v1.PersistenceService.RotateApiKey:input_type -> chatplane.v1.PersistenceServiceRotateApiKeyRequest
-	24, // 77: chatplane.v1.PersistenceService.RevokeApiKey:input_type -> chatplane.v1.PersistenceServiceRevokeApiKeyRequest
-	26, // 78: chatplane.v1.PersistenceService.AppendAuditEvents:input_type -> chatplane.v1.AppendAuditEventsRequest
-	28, // 79: chatplane.v1.PersistenceService.ListAuditRecords:input_type -> chatplane.v1.ListAuditRecordsRequest
-	46, // 80: chatplane.v1.PersistenceService.GetHandoff:input_type -> chatplane.v1.GetHandoffRequest
-	48, // 81: chatplane.v1.PersistenceService.ChangeHandoff:input_type -> chatplane.v1.ChangeHandoffRequest
-	50, // 82: chatplane.v1.PersistenceService.ListHandoffs:input_type -> chatplane.v1.ListHandoffsRequest
-	52, // 83: chatplane.v1.PersistenceService.GetTenantHandoff:input_type -> chatplane.v1.GetTenantHandoffRequest
-	54, // 84: chatplane.v1.PersistenceService.CountThumbsDown:input_type -> chatplane.v1.CountThumbsDownRequest
-	2,  // 85: chatplane.v1.PersistenceService.BeginTurn:output_type -> chatplane.v1.BeginTurnResponse
-	4,  // 86: chatplane.v1.PersistenceService.GetTurn:output_type -> chatplane.v1.GetTurnResponse
-	6,  // 87: chatplane.v1.PersistenceService.ReleaseTurn:output_type -> chatplane.v1.ReleaseTurnResponse
-	8,  // 88: chatplane.v1.PersistenceService.ListConversations:output_type -> chatplane.v1.PersistenceServiceListConversationsResponse
-	10, // 89: chatplane.v1.PersistenceService.GetConversation:output_type -> chatplane.v1.PersistenceServiceGetConversationResponse
-	12, // 90: chatplane.v1.PersistenceService.DeleteConversation:output_type -> chatplane.v1.PersistenceServiceDeleteConversationResponse
-	14, // 91: chatplane.v1.PersistenceService.SubmitFeedback:output_type -> chatplane.v1.PersistenceServiceSubmitFeedbackResponse
-	16, // 92: chatplane.v1.PersistenceService.CreateApiKey:output_type -> chatplane.v1.CreateApiKeyResponse
-	18, // 93: chatplane.v1.PersistenceService.GetApiKey:output_type -> chatplane.v1.GetApiKeyResponse
-	31, // 94: chatplane.v1.PersistenceService.GetAnswer:output_type -> chatplane.v1.GetAnswerResponse
-	33, // 95: chatplane.v1.PersistenceService.ReserveQuota:output_type -> chatplane.v1.ReserveQuotaResponse
-	35, // 96: chatplane.v1.PersistenceService.SettleQuota:output_type -> chatplane.v1.SettleQuotaResponse
-	37, // 97: chatplane.v1.PersistenceService.SetQuota:output_type -> chatplane.v1.SetQuotaResponse
-	39, // 98: chatplane.v1.PersistenceService.GetQuota:output_type -> chatplane.v1.GetQuotaResponse
-	42, // 99: chatplane.v1.PersistenceService.SetActiveBranch:output_type -> chatplane.v1.PersistenceServiceSetActiveBranchResponse
-	45, // 100: chatplane.v1.PersistenceService.ReportVariants:output_type -> chatplane.v1.ReportVariantsResponse
-	21, // 101: chatplane.v1.PersistenceService.ListApiKeys:output_type -> chatplane.v1.PersistenceServiceListApiKeysResponse
-	23, // 102: chatplane.v1.PersistenceService.RotateApiKey:output_type -> chatplane.v1.PersistenceServiceRotateApiKeyResponse
-	25, // 103: chatplane.v1.PersistenceService.RevokeApiKey:output_type -> chatplane.v1.PersistenceServiceRevokeApiKeyResponse
-	27, // 104: chatplane.v1.PersistenceService.AppendAuditEvents:output_type -> chatplane.v1.AppendAuditEventsResponse
-	29, // 105: chatplane.v1.PersistenceService.ListAuditRecords:output_type -> chatplane.v1.ListAuditRecordsResponse
-	47, // 106: chatplane.v1.PersistenceService.GetHandoff:output_type -> chatplane.v1.GetHandoffResponse
-	49, // 107: chatplane.v1.PersistenceService.ChangeHandoff:output_type -> chatplane.v1.ChangeHandoffResponse
-	51, // 108: chatplane.v1.PersistenceService.ListHandoffs:output_type -> chatplane.v1.ListHandoffsResponse
-	53, // 109: chatplane.v1.PersistenceService.GetTenantHandoff:output_type -> chatplane.v1.GetTenantHandoffResponse
-	55, // 110: chatplane.v1.PersistenceService.CountThumbsDown:output_type -> chatplane.v1.CountThumbsDownResponse
-	85, // [85:111] is the sub-list for method output_type
-	59, // [59:85] is the sub-list for method input_type
-	59, // [59:59] is the sub-list for extension type_name
-	59, // [59:59] is the sub-list for extension extendee
-	0,  // [0:59] is the sub-list for field type_name
+	62, // 59: chatplane.v1.ListRatedAnswersRequest.since:type_name -> google.protobuf.Timestamp
+	62, // 60: chatplane.v1.ListRatedAnswersRequest.until:type_name -> google.protobuf.Timestamp
+	77, // 61: chatplane.v1.DatasetMessage.role:type_name -> chatplane.v1.Role
+	78, // 62: chatplane.v1.RatedAnswer.thumbs:type_name -> chatplane.v1.Rating
+	62, // 63: chatplane.v1.RatedAnswer.create_time:type_name -> google.protobuf.Timestamp
+	57, // 64: chatplane.v1.RatedAnswer.messages:type_name -> chatplane.v1.DatasetMessage
+	58, // 65: chatplane.v1.ListRatedAnswersResponse.answers:type_name -> chatplane.v1.RatedAnswer
+	1,  // 66: chatplane.v1.PersistenceService.BeginTurn:input_type -> chatplane.v1.BeginTurnRequest
+	3,  // 67: chatplane.v1.PersistenceService.GetTurn:input_type -> chatplane.v1.GetTurnRequest
+	5,  // 68: chatplane.v1.PersistenceService.ReleaseTurn:input_type -> chatplane.v1.ReleaseTurnRequest
+	7,  // 69: chatplane.v1.PersistenceService.ListConversations:input_type -> chatplane.v1.PersistenceServiceListConversationsRequest
+	9,  // 70: chatplane.v1.PersistenceService.GetConversation:input_type -> chatplane.v1.PersistenceServiceGetConversationRequest
+	11, // 71: chatplane.v1.PersistenceService.DeleteConversation:input_type -> chatplane.v1.PersistenceServiceDeleteConversationRequest
+	13, // 72: chatplane.v1.PersistenceService.SubmitFeedback:input_type -> chatplane.v1.PersistenceServiceSubmitFeedbackRequest
+	15, // 73: chatplane.v1.PersistenceService.CreateApiKey:input_type -> chatplane.v1.CreateApiKeyRequest
+	17, // 74: chatplane.v1.PersistenceService.GetApiKey:input_type -> chatplane.v1.GetApiKeyRequest
+	30, // 75: chatplane.v1.PersistenceService.GetAnswer:input_type -> chatplane.v1.GetAnswerRequest
+	32, // 76: chatplane.v1.PersistenceService.ReserveQuota:input_type -> chatplane.v1.ReserveQuotaRequest
+	34, // 77: chatplane.v1.PersistenceService.SettleQuota:input_type -> chatplane.v1.SettleQuotaRequest
+	36, // 78: chatplane.v1.PersistenceService.SetQuota:input_type -> chatplane.v1.SetQuotaRequest
+	38, // 79: chatplane.v1.PersistenceService.GetQuota:input_type -> chatplane.v1.GetQuotaRequest
+	41, // 80: chatplane.v1.PersistenceService.SetActiveBranch:input_type -> chatplane.v1.PersistenceServiceSetActiveBranchRequest
+	43, // 81: chatplane.v1.PersistenceService.ReportVariants:input_type -> chatplane.v1.ReportVariantsRequest
+	20, // 82: chatplane.v1.PersistenceService.ListApiKeys:input_type -> chatplane.v1.PersistenceServiceListApiKeysRequest
+	22, // 83: chatplane.v1.PersistenceService.RotateApiKey:input_type -> chatplane.v1.PersistenceServiceRotateApiKeyRequest
+	24, // 84: chatplane.v1.PersistenceService.RevokeApiKey:input_type -> chatplane.v1.PersistenceServiceRevokeApiKeyRequest
+	26, // 85: chatplane.v1.PersistenceService.AppendAuditEvents:input_type -> chatplane.v1.AppendAuditEventsRequest
+	28, // 86: chatplane.v1.PersistenceService.ListAuditRecords:input_type -> chatplane.v1.ListAuditRecordsRequest
+	46, // 87: chatplane.v1.PersistenceService.GetHandoff:input_type -> chatplane.v1.GetHandoffRequest
+	48, // 88: chatplane.v1.PersistenceService.ChangeHandoff:input_type -> chatplane.v1.ChangeHandoffRequest
+	50, // 89: chatplane.v1.PersistenceService.ListHandoffs:input_type -> chatplane.v1.ListHandoffsRequest
+	52, // 90: chatplane.v1.PersistenceService.GetTenantHandoff:input_type -> chatplane.v1.GetTenantHandoffRequest
+	54, // 91: chatplane.v1.PersistenceService.CountThumbsDown:input_type -> chatplane.v1.CountThumbsDownRequest
+	56, // 92: chatplane.v1.PersistenceService.ListRatedAnswers:input_type -> chatplane.v1.ListRatedAnswersRequest
+	2,  // 93: chatplane.v1.PersistenceService.BeginTurn:output_type -> chatplane.v1.BeginTurnResponse
+	4,  // 94: chatplane.v1.PersistenceService.GetTurn:output_type -> chatplane.v1.GetTurnResponse
+	6,  // 95: chatplane.v1.PersistenceService.ReleaseTurn:output_type -> chatplane.v1.ReleaseTurnResponse
+	8,  // 96: chatplane.v1.PersistenceService.ListConversations:output_type -> chatplane.v1.PersistenceServiceListConversationsResponse
+	10, // 97: chatplane.v1.PersistenceService.GetConversation:output_type -> chatplane.v1.PersistenceServiceGetConversationResponse
+	12, // 98: chatplane.v1.PersistenceService.DeleteConversation:output_type -> chatplane.v1.PersistenceServiceDeleteConversationResponse
+	14, // 99: chatplane.v1.PersistenceService.SubmitFeedback:output_type -> chatplane.v1.PersistenceServiceSubmitFeedbackResponse
+	16, // 100: chatplane.v1.PersistenceService.CreateApiKey:output_type -> chatplane.v1.CreateApiKeyResponse
+	18, // 101: chatplane.v1.PersistenceService.GetApiKey:output_type -> chatplane.v1.GetApiKeyResponse
+	31, // 102: chatplane.v1.PersistenceService.GetAnswer:output_type -> chatplane.v1.GetAnswerResponse
+	33, // 103: chatplane.v1.PersistenceService.ReserveQuota:output_type -> chatplane.v1.ReserveQuotaResponse
+	35, // 104: chatplane.v1.PersistenceService.SettleQuota:output_type -> chatplane.v1.SettleQuotaResponse
+	37, // 105: chatplane.v1.PersistenceService.SetQuota:output_type -> chatplane.v1.SetQuotaResponse
+	39, // 106: chatplane.v1.PersistenceService.GetQuota:output_type -> chatplane.v1.GetQuotaResponse
+	42, // 107: chatplane.v1.PersistenceService.SetActiveBranch:output_type -> chatplane.v1.PersistenceServiceSetActiveBranchResponse
+	45, // 108: chatplane.v1.PersistenceService.ReportVariants:output_type -> chatplane.v1.ReportVariantsResponse
+	21, // 109: chatplane.v1.PersistenceService.ListApiKeys:output_type -> chatplane.v1.PersistenceServiceListApiKeysResponse
+	23, // 110: chatplane.v1.PersistenceService.RotateApiKey:output_type -> chatplane.v1.PersistenceServiceRotateApiKeyResponse
+	25, // 111: chatplane.v1.PersistenceService.RevokeApiKey:output_type -> chatplane.v1.PersistenceServiceRevokeApiKeyResponse
+	27, // 112: chatplane.v1.PersistenceService.AppendAuditEvents:output_type -> chatplane.v1.AppendAuditEventsResponse
+	29, // 113: chatplane.v1.PersistenceService.ListAuditRecords:output_type -> chatplane.v1.ListAuditRecordsResponse
+	47, // 114: chatplane.v1.PersistenceService.GetHandoff:output_type -> chatplane.v1.GetHandoffResponse
+	49, // 115: chatplane.v1.PersistenceService.ChangeHandoff:output_type -> chatplane.v1.ChangeHandoffResponse
+	51, // 116: chatplane.v1.PersistenceService.ListHandoffs:output_type -> chatplane.v1.ListHandoffsResponse
+	53, // 117: chatplane.v1.PersistenceService.GetTenantHandoff:output_type -> chatplane.v1.GetTenantHandoffResponse
+	55, // 118: chatplane.v1.PersistenceService.CountThumbsDown:output_type -> chatplane.v1.CountThumbsDownResponse
+	59, // 119: chatplane.v1.PersistenceService.ListRatedAnswers:output_type -> chatplane.v1.ListRatedAnswersResponse
+	93, // [93:120] is the sub-list for method output_type
+	66, // [66:93] is the sub-list for method input_type
+	66, // [66:66] is the sub-list for extension type_name
+	66, // [66:66] is the sub-list for extension extendee
+	0,  // [0:66] is the sub-list for field type_name
 }
 
 func init() { file_chatplane_v1_persistence_proto_init() }
@@ -4030,14 +4576,16 @@ func file_chatplane_v1_persistence_proto_init() {
 	file_chatplane_v1_audit_proto_init()
 	file_chatplane_v1_gateway_proto_init()
 	file_chatplane_v1_resources_proto_init()
+	file_chatplane_v1_persistence_proto_msgTypes[43].OneofWrappers = []any{}
 	file_chatplane_v1_persistence_proto_msgTypes[44].OneofWrappers = []any{}
+	file_chatplane_v1_persistence_proto_msgTypes[58].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_chatplane_v1_persistence_proto_rawDesc), len(file_chatplane_v1_persistence_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   56,
+			NumMessages:   60,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -45,6 +45,7 @@ const (
 	PersistenceService_ListHandoffs_FullMethodName       = "/chatplane.v1.PersistenceService/ListHandoffs"
 	PersistenceService_GetTenantHandoff_FullMethodName   = "/chatplane.v1.PersistenceService/GetTenantHandoff"
 	PersistenceService_CountThumbsDown_FullMethodName    = "/chatplane.v1.PersistenceService/CountThumbsDown"
+	PersistenceService_ListRatedAnswers_FullMethodName   = "/chatplane.v1.PersistenceService/ListRatedAnswers"
 )
 
 // PersistenceServiceClient is the client API for PersistenceService service.
@@ -113,6 +114,9 @@ type PersistenceServiceClient interface {
 	GetTenantHandoff(ctx context.Context, in *GetTenantHandoffRequest, opts ...grpc.CallOption) (*GetTenantHandoffResponse, error)
 	// Counts the thumbs-down ratings in the conversation of one of the owner's messages.
 	CountThumbsDown(ctx context.Context, in *CountThumbsDownRequest, opts ...grpc.CallOption) (*CountThumbsDownResponse, error)
+	// Pages the rated, complete answers of tenants that opted in to feedback datasets, each with
+	// the branch that led to it, masked for tenants with PII redaction (docs/datasets.md).
+	ListRatedAnswers(ctx context.Context, in *ListRatedAnswersRequest, opts ...grpc.CallOption) (*ListRatedAnswersResponse, error)
 }
 
 type persistenceServiceClient struct {
@@ -383,6 +387,16 @@ func (c *persistenceServiceClient) CountThumbsDown(ctx context.Context, in *Coun
 	return out, nil
 }
 
+func (c *persistenceServiceClient) ListRatedAnswers(ctx context.Context, in *ListRatedAnswersRequest, opts ...grpc.CallOption) (*ListRatedAnswersResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListRatedAnswersResponse)
+	err := c.cc.Invoke(ctx, PersistenceService_ListRatedAnswers_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // PersistenceServiceServer is the server API for PersistenceService service.
 // All implementations must embed UnimplementedPersistenceServiceServer
 // for forward compatibility.
@@ -449,6 +463,9 @@ type PersistenceServiceServer interface {
 	GetTenantHandoff(context.Context, *GetTenantHandoffRequest) (*GetTenantHandoffResponse, error)
 	// Counts the thumbs-down ratings in the conversation of one of the owner's messages.
 	CountThumbsDown(context.Context, *CountThumbsDownRequest) (*CountThumbsDownResponse, error)
+	// Pages the rated, complete answers of tenants that opted in to feedback datasets, each with
+	// the branch that led to it, masked for tenants with PII redaction (docs/datasets.md).
+	ListRatedAnswers(context.Context, *ListRatedAnswersRequest) (*ListRatedAnswersResponse, error)
 	mustEmbedUnimplementedPersistenceServiceServer()
 }
 
@@ -536,6 +553,9 @@ func (UnimplementedPersistenceServiceServer) GetTenantHandoff(context.Context, *
 }
 func (UnimplementedPersistenceServiceServer) CountThumbsDown(context.Context, *CountThumbsDownRequest) (*CountThumbsDownResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method CountThumbsDown not implemented")
+}
+func (UnimplementedPersistenceServiceServer) ListRatedAnswers(context.Context, *ListRatedAnswersRequest) (*ListRatedAnswersResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListRatedAnswers not implemented")
 }
 func (UnimplementedPersistenceServiceServer) mustEmbedUnimplementedPersistenceServiceServer() {}
 func (UnimplementedPersistenceServiceServer) testEmbeddedByValue()                            {}
@@ -1026,6 +1046,24 @@ func _PersistenceService_CountThumbsDown_Handler(srv interface{}, ctx context.Co
 	return interceptor(ctx, in, info, handler)
 }
 
+func _PersistenceService_ListRatedAnswers_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListRatedAnswersRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(PersistenceServiceServer).ListRatedAnswers(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: PersistenceService_ListRatedAnswers_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(PersistenceServiceServer).ListRatedAnswers(ctx, req.(*ListRatedAnswersRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // PersistenceService_ServiceDesc is the grpc.ServiceDesc for PersistenceService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -1136,6 +1174,10 @@ var PersistenceService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "CountThumbsDown",
 			Handler:    _PersistenceService_CountThumbsDown_Handler,
+		},
+		{
+			MethodName: "ListRatedAnswers",
+			Handler:    _PersistenceService_ListRatedAnswers_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

@@ -24,31 +24,36 @@ _sym_db = _symbol_database.Default()
 
 from chatplane.v1 import persistence_pb2 as chatplane_dot_v1_dot_persistence__pb2
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x63hatplane/v1/admin.proto\x12\x0c\x63hatplane.v1\x1a\x1e\x63hatplane/v1/persistence.proto\x1a\x1egoogle/protobuf/duration.proto\"e\n\x12ListApiKeysRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x17\n\x0finclude_revoked\x18\x04 \x01(\x08\"V\n\x13ListApiKeysResponse\x12&\n\x04keys\x18\x01 \x03(\x0b\x32\x18.chatplane.v1.ApiKeyInfo\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"P\n\x1f\x41\x64minServiceCreateApiKeyRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\r\n\x05label\x18\x02 \x01(\t\x12\r\n\x05roles\x18\x03 \x03(\t\"Z\n AdminServiceCreateApiKeyResponse\x12\x0f\n\x07\x61pi_key\x18\x01 \x01(\t\x12%\n\x03key\x18\x02 \x01(\x0b\x32\x18.chatplane.v1.ApiKeyInfo\"Q\n\x13RotateApiKeyRequest\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12*\n\x07overlap\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"z\n\x14RotateApiKeyResponse\x12\x0f\n\x07\x61pi_key\x18\x01 \x01(\t\x12%\n\x03key\x18\x02 \x01(\x0b\x32\x18.chatplane.v1.ApiKeyInfo\x12*\n\x08previous\x18\x03 \x01(\x0b\x32\x18.chatplane.v1.ApiKeyInfo\"%\n\x13RevokeApiKeyRequest\x12\x0e\n\x06key_id\x18\x01 \x01(\t\"=\n\x14RevokeApiKeyResponse\x12%\n\x03key\x18\x01 \x01(\x0b\x32\x18.chatplane.v1.ApiKeyInfo2\xff\x02\n\x0c\x41\x64minService\x12R\n\x0bListApiKeys\x12 .chatplane.v1.ListApiKeysRequest\x1a!.chatplane.v1.ListApiKeysResponse\x12m\n\x0c\x43reateApiKey\x12-.chatplane.v1.AdminServiceCreateApiKeyRequest\x1a..chatplane.v1.AdminServiceCreateApiKeyResponse\x12U\n\x0cRotateApiKey\x12!.chatplane.v1.RotateApiKeyRequest\x1a\".chatplane.v1.RotateApiKeyResponse\x12U\n\x0cRevokeApiKey\x12!.chatplane.v1.RevokeApiKeyRequest\x1a\".chatplane.v1.RevokeApiKeyResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x63hatplane/v1/admin.proto\x12\x0c\x63hatplane.v1\x1a\x1e\x63hatplane/v1/persistence.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"e\n\x12ListApiKeysRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x17\n\x0finclude_revoked\x18\x04 \x01(\x08\"V\n\x13ListApiKeysResponse\x12&\n\x04keys\x18\x01 \x03(\x0b\x32\x18.chatplane.v1.ApiKeyInfo\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"P\n\x1f\x41\x64minServiceCreateApiKeyRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\r\n\x05label\x18\x02 \x01(\t\x12\r\n\x05roles\x18\x03 \x03(\t\"Z\n AdminServiceCreateApiKeyResponse\x12\x0f\n\x07\x61pi_key\x18\x01 \x01(\t\x12%\n\x03key\x18\x02 \x01(\x0b\x32\x18.chatplane.v1.ApiKeyInfo\"Q\n\x13RotateApiKeyRequest\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12*\n\x07overlap\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"z\n\x14RotateApiKeyResponse\x12\x0f\n\x07\x61pi_key\x18\x01 \x01(\t\x12%\n\x03key\x18\x02 \x01(\x0b\x32\x18.chatplane.v1.ApiKeyInfo\x12*\n\x08previous\x18\x03 \x01(\x0b\x32\x18.chatplane.v1.ApiKeyInfo\"%\n\x13RevokeApiKeyRequest\x12\x0e\n\x06key_id\x18\x01 \x01(\t\"=\n\x14RevokeApiKeyResponse\x12%\n\x03key\x18\x01 \x01(\x0b\x32\x18.chatplane.v1.ApiKeyInfo\"\xb6\x01\n#AdminServiceListRatedAnswersRequest\x12)\n\x05since\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x05until\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nmin_rating\x18\x03 \x01(\x05\x12\x11\n\tpage_size\x18\x04 \x01(\x05\x12\x12\n\npage_token\x18\x05 \x01(\t\"k\n$AdminServiceListRatedAnswersResponse\x12*\n\x07\x61nswers\x18\x01 \x03(\x0b\x32\x19.chatplane.v1.RatedAnswer\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\xfa\x03\n\x0c\x41\x64minService\x12R\n\x0bListApiKeys\x12 .chatplane.v1.ListApiKeysRequest\x1a!.chatplane.v1.ListApiKeysResponse\x12m\n\x0c\x43reateApiKey\x12-.chatplane.v1.AdminServiceCreateApiKeyRequest\x1a..chatplane.v1.AdminServiceCreateApiKeyResponse\x12U\n\x0cRotateApiKey\x12!.chatplane.v1.RotateApiKeyRequest\x1a\".chatplane.v1.RotateApiKeyResponse\x12U\n\x0cRevokeApiKey\x12!.chatplane.v1.RevokeApiKeyRequest\x1a\".chatplane.v1.RevokeApiKeyResponse\x12y\n\x10ListRatedAnswers\x12\x31.chatplane.v1.AdminServiceListRatedAnswersRequest\x1a\x32.chatplane.v1.AdminServiceListRatedAnswersResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'chatplane.v1.admin_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_LISTAPIKEYSREQUEST']._serialized_start=106
-  _globals['_LISTAPIKEYSREQUEST']._serialized_end=207
-  _globals['_LISTAPIKEYSRESPONSE']._serialized_start=209
-  _globals['_LISTAPIKEYSRESPONSE']._serialized_end=295
-  _globals['_ADMINSERVICECREATEAPIKEYREQUEST']._serialized_start=297
-  _globals['_ADMINSERVICECREATEAPIKEYREQUEST']._serialized_end=377
-  _globals['_ADMINSERVICECREATEAPIKEYRESPONSE']._serialized_start=379
-  _globals['_ADMINSERVICECREATEAPIKEYRESPONSE']._serialized_end=469
-  _globals['_ROTATEAPIKEYREQUEST']._serialized_start=471
-  _globals['_ROTATEAPIKEYREQUEST']._serialized_end=552
-  _globals['_ROTATEAPIKEYRESPONSE']._serialized_start=554
-  _globals['_ROTATEAPIKEYRESPONSE']._serialized_end=676
-  _globals['_REVOKEAPIKEYREQUEST']._serialized_start=678
-  _globals['_REVOKEAPIKEYREQUEST']._serialized_end=715
-  _globals['_REVOKEAPIKEYRESPONSE']._serialized_start=717
-  _globals['_REVOKEAPIKEYRESPONSE']._serialized_end=778
-  _globals['_ADMINSERVICE']._serialized_start=781
-  _globals['_ADMINSERVICE']._serialized_end=1164
+  _globals['_LISTAPIKEYSREQUEST']._serialized_start=139
+  _globals['_LISTAPIKEYSREQUEST']._serialized_end=240
+  _globals['_LISTAPIKEYSRESPONSE']._serialized_start=242
+  _globals['_LISTAPIKEYSRESPONSE']._serialized_end=328
+  _globals['_ADMINSERVICECREATEAPIKEYREQUEST']._serialized_start=330
+  _globals['_ADMINSERVICECREATEAPIKEYREQUEST']._serialized_end=410
+  _globals['_ADMINSERVICECREATEAPIKEYRESPONSE']._serialized_start=412
+  _globals['_ADMINSERVICECREATEAPIKEYRESPONSE']._serialized_end=502
+  _globals['_ROTATEAPIKEYREQUEST']._serialized_start=504
+  _globals['_ROTATEAPIKEYREQUEST']._serialized_end=585
+  _globals['_ROTATEAPIKEYRESPONSE']._serialized_start=587
+  _globals['_ROTATEAPIKEYRESPONSE']._serialized_end=709
+  _globals['_REVOKEAPIKEYREQUEST']._serialized_start=711
+  _globals['_REVOKEAPIKEYREQUEST']._serialized_end=748
+  _globals['_REVOKEAPIKEYRESPONSE']._serialized_start=750
+  _globals['_REVOKEAPIKEYRESPONSE']._serialized_end=811
+  _globals['_ADMINSERVICELISTRATEDANSWERSREQUEST']._serialized_start=814
+  _globals['_ADMINSERVICELISTRATEDANSWERSREQUEST']._serialized_end=996
+  _globals['_ADMINSERVICELISTRATEDANSWERSRESPONSE']._serialized_start=998
+  _globals['_ADMINSERVICELISTRATEDANSWERSRESPONSE']._serialized_end=1105
+  _globals['_ADMINSERVICE']._serialized_start=1108
+  _globals['_ADMINSERVICE']._serialized_end=1614
 # @@protoc_insertion_point(module_scope)

@@ -8,6 +8,7 @@ from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 import builtins as _builtins
 import sys
@@ -249,3 +250,73 @@ class RevokeApiKeyResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RevokeApiKeyResponse: _TypeAlias = RevokeApiKeyResponse  # noqa: Y015
+
+@_typing.final
+class AdminServiceListRatedAnswersRequest(_message.Message):
+    """Asks for a page of the caller's tenant's rated answers (docs/datasets.md)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SINCE_FIELD_NUMBER: _builtins.int
+    UNTIL_FIELD_NUMBER: _builtins.int
+    MIN_RATING_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    min_rating: _builtins.int
+    """Lowest rating exported, 1-5 (the score, or 5 / 1 for a thumbs up / down without one)."""
+    page_size: _builtins.int
+    """Maximum answers to return (1-500; 0 means 100)."""
+    page_token: _builtins.str
+    """The next_page_token of a previous call with the same filters, or empty."""
+    @_builtins.property
+    def since(self) -> _timestamp_pb2.Timestamp:
+        """Answers created at or after this time (required)."""
+
+    @_builtins.property
+    def until(self) -> _timestamp_pb2.Timestamp:
+        """Answers created before this time; absent means up to now."""
+
+    def __init__(
+        self,
+        *,
+        since: _timestamp_pb2.Timestamp | None = ...,
+        until: _timestamp_pb2.Timestamp | None = ...,
+        min_rating: _builtins.int = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["since", b"since", "until", b"until"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["min_rating", b"min_rating", "page_size", b"page_size", "page_token", b"page_token", "since", b"since", "until", b"until"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AdminServiceListRatedAnswersRequest: _TypeAlias = AdminServiceListRatedAnswersRequest  # noqa: Y015
+
+@_typing.final
+class AdminServiceListRatedAnswersResponse(_message.Message):
+    """A page of the tenant's rated answers, oldest first."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ANSWERS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Token for the next page; empty when there is none."""
+    @_builtins.property
+    def answers(self) -> _containers.RepeatedCompositeFieldContainer[_persistence_pb2.RatedAnswer]:
+        """The answers with their branches."""
+
+    def __init__(
+        self,
+        *,
+        answers: _abc.Iterable[_persistence_pb2.RatedAnswer] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["answers", b"answers", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AdminServiceListRatedAnswersResponse: _TypeAlias = AdminServiceListRatedAnswersResponse  # noqa: Y015

@@ -57,6 +57,11 @@ class AdminServiceStub:
                 request_serializer=chatplane_dot_v1_dot_admin__pb2.RevokeApiKeyRequest.SerializeToString,
                 response_deserializer=chatplane_dot_v1_dot_admin__pb2.RevokeApiKeyResponse.FromString,
                 _registered_method=True)
+        self.ListRatedAnswers = channel.unary_unary(
+                '/chatplane.v1.AdminService/ListRatedAnswers',
+                request_serializer=chatplane_dot_v1_dot_admin__pb2.AdminServiceListRatedAnswersRequest.SerializeToString,
+                response_deserializer=chatplane_dot_v1_dot_admin__pb2.AdminServiceListRatedAnswersResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -94,6 +99,14 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListRatedAnswers(self, request, context):
+        """Pages the tenant's rated answers with their branches, for feedback datasets; the tenant
+        must have opted in (FAILED_PRECONDITION otherwise; docs/datasets.md).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -116,6 +129,11 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.RevokeApiKey,
                     request_deserializer=chatplane_dot_v1_dot_admin__pb2.RevokeApiKeyRequest.FromString,
                     response_serializer=chatplane_dot_v1_dot_admin__pb2.RevokeApiKeyResponse.SerializeToString,
+            ),
+            'ListRatedAnswers': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRatedAnswers,
+                    request_deserializer=chatplane_dot_v1_dot_admin__pb2.AdminServiceListRatedAnswersRequest.FromString,
+                    response_serializer=chatplane_dot_v1_dot_admin__pb2.AdminServiceListRatedAnswersResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -229,6 +247,33 @@ class AdminService:
             '/chatplane.v1.AdminService/RevokeApiKey',
             chatplane_dot_v1_dot_admin__pb2.RevokeApiKeyRequest.SerializeToString,
             chatplane_dot_v1_dot_admin__pb2.RevokeApiKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListRatedAnswers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chatplane.v1.AdminService/ListRatedAnswers',
+            chatplane_dot_v1_dot_admin__pb2.AdminServiceListRatedAnswersRequest.SerializeToString,
+            chatplane_dot_v1_dot_admin__pb2.AdminServiceListRatedAnswersResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -46,6 +46,10 @@ class AdminServiceStub:
     """
     RevokeApiKey: _grpc.UnaryUnaryMultiCallable[_admin_pb2.RevokeApiKeyRequest, _admin_pb2.RevokeApiKeyResponse]
     """Revokes a key: it stops working on every Gateway within api_key_cache_seconds."""
+    ListRatedAnswers: _grpc.UnaryUnaryMultiCallable[_admin_pb2.AdminServiceListRatedAnswersRequest, _admin_pb2.AdminServiceListRatedAnswersResponse]
+    """Pages the tenant's rated answers with their branches, for feedback datasets; the tenant
+    must have opted in (FAILED_PRECONDITION otherwise; docs/datasets.md).
+    """
 
 @_typing.type_check_only
 class AdminServiceAsyncStub(AdminServiceStub):
@@ -65,6 +69,10 @@ class AdminServiceAsyncStub(AdminServiceStub):
     """
     RevokeApiKey: _aio.UnaryUnaryMultiCallable[_admin_pb2.RevokeApiKeyRequest, _admin_pb2.RevokeApiKeyResponse]  # type: ignore[assignment]
     """Revokes a key: it stops working on every Gateway within api_key_cache_seconds."""
+    ListRatedAnswers: _aio.UnaryUnaryMultiCallable[_admin_pb2.AdminServiceListRatedAnswersRequest, _admin_pb2.AdminServiceListRatedAnswersResponse]  # type: ignore[assignment]
+    """Pages the tenant's rated answers with their branches, for feedback datasets; the tenant
+    must have opted in (FAILED_PRECONDITION otherwise; docs/datasets.md).
+    """
 
 class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
     """Administration of a tenant, served by the Gateway next to GatewayService. Every call needs
@@ -105,5 +113,15 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_admin_pb2.RevokeApiKeyResponse, _abc.Awaitable[_admin_pb2.RevokeApiKeyResponse]]:
         """Revokes a key: it stops working on every Gateway within api_key_cache_seconds."""
+
+    @_abc_1.abstractmethod
+    def ListRatedAnswers(
+        self,
+        request: _admin_pb2.AdminServiceListRatedAnswersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.AdminServiceListRatedAnswersResponse, _abc.Awaitable[_admin_pb2.AdminServiceListRatedAnswersResponse]]:
+        """Pages the tenant's rated answers with their branches, for feedback datasets; the tenant
+        must have opted in (FAILED_PRECONDITION otherwise; docs/datasets.md).
+        """
 
 def add_AdminServiceServicer_to_server(servicer: AdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1395,8 +1395,16 @@ class ReportVariantsRequest(_message.Message):
 
     TENANT_ID_FIELD_NUMBER: _builtins.int
     SINCE_FIELD_NUMBER: _builtins.int
+    CONTROL_FIELD_NUMBER: _builtins.int
+    ALPHA_FIELD_NUMBER: _builtins.int
     tenant_id: _builtins.str
     """Only this tenant's answers; empty means every tenant."""
+    control: _builtins.str
+    """The variant the others are compared with; empty: "control" when there is one, else the
+    variant with the most feedback (docs/variants.md).
+    """
+    alpha: _builtins.float
+    """Family-wise significance level of the comparisons (0 < alpha < 0.5; absent: 0.05)."""
     @_builtins.property
     def since(self) -> _timestamp_pb2.Timestamp:
         """Only answers created at or after this time; absent means since the beginning."""
@@ -1406,12 +1414,16 @@ class ReportVariantsRequest(_message.Message):
         *,
         tenant_id: _builtins.str = ...,
         since: _timestamp_pb2.Timestamp | None = ...,
+        control: _builtins.str = ...,
+        alpha: _builtins.float | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["since", b"since"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_alpha", b"_alpha", "alpha", b"alpha", "since", b"since"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["since", b"since", "tenant_id", b"tenant_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_alpha", b"_alpha", "alpha", b"alpha", "control", b"control", "since", b"since", "tenant_id", b"tenant_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__alpha: _TypeAlias = _typing.Literal["alpha"]  # noqa: Y015
+    _WhichOneofArgType__alpha: _TypeAlias = _typing.Literal["_alpha", b"_alpha"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__alpha) -> _WhichOneofReturnType__alpha | None: ...
 
 Global___ReportVariantsRequest: _TypeAlias = ReportVariantsRequest  # noqa: Y015
 
@@ -1433,6 +1445,14 @@ class VariantReport(_message.Message):
     MEAN_DURATION_MS_FIELD_NUMBER: _builtins.int
     MEAN_INPUT_TOKENS_FIELD_NUMBER: _builtins.int
     MEAN_OUTPUT_TOKENS_FIELD_NUMBER: _builtins.int
+    THUMBS_UP_RATE_LOW_FIELD_NUMBER: _builtins.int
+    THUMBS_UP_RATE_HIGH_FIELD_NUMBER: _builtins.int
+    MEAN_SCORE_LOW_FIELD_NUMBER: _builtins.int
+    MEAN_SCORE_HIGH_FIELD_NUMBER: _builtins.int
+    SCORE_STDDEV_FIELD_NUMBER: _builtins.int
+    THUMBS_UP_P_VALUE_FIELD_NUMBER: _builtins.int
+    MEAN_SCORE_P_VALUE_FIELD_NUMBER: _builtins.int
+    VERDICT_FIELD_NUMBER: _builtins.int
     variant: _builtins.str
     """The variant ("default" for answers without one)."""
     answers: _builtins.int
@@ -1457,6 +1477,22 @@ class VariantReport(_message.Message):
     """Mean input tokens, over complete answers."""
     mean_output_tokens: _builtins.float
     """Mean output tokens, over complete answers."""
+    thumbs_up_rate_low: _builtins.float
+    """Wilson score interval of thumbs_up_rate at 1 - alpha (absent without feedback)."""
+    thumbs_up_rate_high: _builtins.float
+    """Upper end of the Wilson score interval."""
+    mean_score_low: _builtins.float
+    """Student t interval of mean_score at 1 - alpha (absent with fewer than two scores)."""
+    mean_score_high: _builtins.float
+    """Upper end of the t interval."""
+    score_stddev: _builtins.float
+    """Sample standard deviation of the scores (absent with fewer than two scores)."""
+    thumbs_up_p_value: _builtins.float
+    """Fisher's exact test of the thumbs-up rate against the control (absent when not compared)."""
+    mean_score_p_value: _builtins.float
+    """Welch's t test of the mean score against the control (absent when not compared)."""
+    verdict: _builtins.str
+    """"control", "better", "worse", "mixed" or "no significant difference" ("" when not compared)."""
     def __init__(
         self,
         *,
@@ -1472,10 +1508,18 @@ class VariantReport(_message.Message):
         mean_duration_ms: _builtins.float | None = ...,
         mean_input_tokens: _builtins.float | None = ...,
         mean_output_tokens: _builtins.float | None = ...,
+        thumbs_up_rate_low: _builtins.float | None = ...,
+        thumbs_up_rate_high: _builtins.float | None = ...,
+        mean_score_low: _builtins.float | None = ...,
+        mean_score_high: _builtins.float | None = ...,
+        score_stddev: _builtins.float | None = ...,
+        thumbs_up_p_value: _builtins.float | None = ...,
+        mean_score_p_value: _builtins.float | None = ...,
+        verdict: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_mean_duration_ms", b"_mean_duration_ms", "_mean_first_token_ms", b"_mean_first_token_ms", "_mean_input_tokens", b"_mean_input_tokens", "_mean_output_tokens", b"_mean_output_tokens", "_mean_score", b"_mean_score", "_thumbs_up_rate", b"_thumbs_up_rate", "mean_duration_ms", b"mean_duration_ms", "mean_first_token_ms", b"mean_first_token_ms", "mean_input_tokens", b"mean_input_tokens", "mean_output_tokens", b"mean_output_tokens", "mean_score", b"mean_score", "thumbs_up_rate", b"thumbs_up_rate"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_mean_duration_ms", b"_mean_duration_ms", "_mean_first_token_ms", b"_mean_first_token_ms", "_mean_input_tokens", b"_mean_input_tokens", "_mean_output_tokens", b"_mean_output_tokens", "_mean_score", b"_mean_score", "_mean_score_high", b"_mean_score_high", "_mean_score_low", b"_mean_score_low", "_mean_score_p_value", b"_mean_score_p_value", "_score_stddev", b"_score_stddev", "_thumbs_up_p_value", b"_thumbs_up_p_value", "_thumbs_up_rate", b"_thumbs_up_rate", "_thumbs_up_rate_high", b"_thumbs_up_rate_high", "_thumbs_up_rate_low", b"_thumbs_up_rate_low", "mean_duration_ms", b"mean_duration_ms", "mean_first_token_ms", b"mean_first_token_ms", "mean_input_tokens", b"mean_input_tokens", "mean_output_tokens", b"mean_output_tokens", "mean_score", b"mean_score", "mean_score_high", b"mean_score_high", "mean_score_low", b"mean_score_low", "mean_score_p_value", b"mean_score_p_value", "score_stddev", b"score_stddev", "thumbs_up_p_value", b"thumbs_up_p_value", "thumbs_up_rate", b"thumbs_up_rate", "thumbs_up_rate_high", b"thumbs_up_rate_high", "thumbs_up_rate_low", b"thumbs_up_rate_low"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_mean_duration_ms", b"_mean_duration_ms", "_mean_first_token_ms", b"_mean_first_token_ms", "_mean_input_tokens", b"_mean_input_tokens", "_mean_output_tokens", b"_mean_output_tokens", "_mean_score", b"_mean_score", "_thumbs_up_rate", b"_thumbs_up_rate", "answers", b"answers", "feedback_count", b"feedback_count", "interrupted_answers", b"interrupted_answers", "mean_duration_ms", b"mean_duration_ms", "mean_first_token_ms", b"mean_first_token_ms", "mean_input_tokens", b"mean_input_tokens", "mean_output_tokens", b"mean_output_tokens", "mean_score", b"mean_score", "scored_count", b"scored_count", "thumbs_up_count", b"thumbs_up_count", "thumbs_up_rate", b"thumbs_up_rate", "variant", b"variant"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_mean_duration_ms", b"_mean_duration_ms", "_mean_first_token_ms", b"_mean_first_token_ms", "_mean_input_tokens", b"_mean_input_tokens", "_mean_output_tokens", b"_mean_output_tokens", "_mean_score", b"_mean_score", "_mean_score_high", b"_mean_score_high", "_mean_score_low", b"_mean_score_low", "_mean_score_p_value", b"_mean_score_p_value", "_score_stddev", b"_score_stddev", "_thumbs_up_p_value", b"_thumbs_up_p_value", "_thumbs_up_rate", b"_thumbs_up_rate", "_thumbs_up_rate_high", b"_thumbs_up_rate_high", "_thumbs_up_rate_low", b"_thumbs_up_rate_low", "answers", b"answers", "feedback_count", b"feedback_count", "interrupted_answers", b"interrupted_answers", "mean_duration_ms", b"mean_duration_ms", "mean_first_token_ms", b"mean_first_token_ms", "mean_input_tokens", b"mean_input_tokens", "mean_output_tokens", b"mean_output_tokens", "mean_score", b"mean_score", "mean_score_high", b"mean_score_high", "mean_score_low", b"mean_score_low", "mean_score_p_value", b"mean_score_p_value", "score_stddev", b"score_stddev", "scored_count", b"scored_count", "thumbs_up_count", b"thumbs_up_count", "thumbs_up_p_value", b"thumbs_up_p_value", "thumbs_up_rate", b"thumbs_up_rate", "thumbs_up_rate_high", b"thumbs_up_rate_high", "thumbs_up_rate_low", b"thumbs_up_rate_low", "variant", b"variant", "verdict", b"verdict"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__mean_duration_ms: _TypeAlias = _typing.Literal["mean_duration_ms"]  # noqa: Y015
     _WhichOneofArgType__mean_duration_ms: _TypeAlias = _typing.Literal["_mean_duration_ms", b"_mean_duration_ms"]  # noqa: Y015
@@ -1487,8 +1531,22 @@ class VariantReport(_message.Message):
     _WhichOneofArgType__mean_output_tokens: _TypeAlias = _typing.Literal["_mean_output_tokens", b"_mean_output_tokens"]  # noqa: Y015
     _WhichOneofReturnType__mean_score: _TypeAlias = _typing.Literal["mean_score"]  # noqa: Y015
     _WhichOneofArgType__mean_score: _TypeAlias = _typing.Literal["_mean_score", b"_mean_score"]  # noqa: Y015
+    _WhichOneofReturnType__mean_score_high: _TypeAlias = _typing.Literal["mean_score_high"]  # noqa: Y015
+    _WhichOneofArgType__mean_score_high: _TypeAlias = _typing.Literal["_mean_score_high", b"_mean_score_high"]  # noqa: Y015
+    _WhichOneofReturnType__mean_score_low: _TypeAlias = _typing.Literal["mean_score_low"]  # noqa: Y015
+    _WhichOneofArgType__mean_score_low: _TypeAlias = _typing.Literal["_mean_score_low", b"_mean_score_low"]  # noqa: Y015
+    _WhichOneofReturnType__mean_score_p_value: _TypeAlias = _typing.Literal["mean_score_p_value"]  # noqa: Y015
+    _WhichOneofArgType__mean_score_p_value: _TypeAlias = _typing.Literal["_mean_score_p_value", b"_mean_score_p_value"]  # noqa: Y015
+    _WhichOneofReturnType__score_stddev: _TypeAlias = _typing.Literal["score_stddev"]  # noqa: Y015
+    _WhichOneofArgType__score_stddev: _TypeAlias = _typing.Literal["_score_stddev", b"_score_stddev"]  # noqa: Y015
+    _WhichOneofReturnType__thumbs_up_p_value: _TypeAlias = _typing.Literal["thumbs_up_p_value"]  # noqa: Y015
+    _WhichOneofArgType__thumbs_up_p_value: _TypeAlias = _typing.Literal["_thumbs_up_p_value", b"_thumbs_up_p_value"]  # noqa: Y015
     _WhichOneofReturnType__thumbs_up_rate: _TypeAlias = _typing.Literal["thumbs_up_rate"]  # noqa: Y015
     _WhichOneofArgType__thumbs_up_rate: _TypeAlias = _typing.Literal["_thumbs_up_rate", b"_thumbs_up_rate"]  # noqa: Y015
+    _WhichOneofReturnType__thumbs_up_rate_high: _TypeAlias = _typing.Literal["thumbs_up_rate_high"]  # noqa: Y015
+    _WhichOneofArgType__thumbs_up_rate_high: _TypeAlias = _typing.Literal["_thumbs_up_rate_high", b"_thumbs_up_rate_high"]  # noqa: Y015
+    _WhichOneofReturnType__thumbs_up_rate_low: _TypeAlias = _typing.Literal["thumbs_up_rate_low"]  # noqa: Y015
+    _WhichOneofArgType__thumbs_up_rate_low: _TypeAlias = _typing.Literal["_thumbs_up_rate_low", b"_thumbs_up_rate_low"]  # noqa: Y015
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__mean_duration_ms) -> _WhichOneofReturnType__mean_duration_ms | None: ...
     @_typing.overload
@@ -1500,7 +1558,21 @@ class VariantReport(_message.Message):
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__mean_score) -> _WhichOneofReturnType__mean_score | None: ...
     @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__mean_score_high) -> _WhichOneofReturnType__mean_score_high | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__mean_score_low) -> _WhichOneofReturnType__mean_score_low | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__mean_score_p_value) -> _WhichOneofReturnType__mean_score_p_value | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__score_stddev) -> _WhichOneofReturnType__score_stddev | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__thumbs_up_p_value) -> _WhichOneofReturnType__thumbs_up_p_value | None: ...
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__thumbs_up_rate) -> _WhichOneofReturnType__thumbs_up_rate | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__thumbs_up_rate_high) -> _WhichOneofReturnType__thumbs_up_rate_high | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__thumbs_up_rate_low) -> _WhichOneofReturnType__thumbs_up_rate_low | None: ...
 
 Global___VariantReport: _TypeAlias = VariantReport  # noqa: Y015
 
@@ -1511,6 +1583,23 @@ class ReportVariantsResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     VARIANTS_FIELD_NUMBER: _builtins.int
+    CONTROL_FIELD_NUMBER: _builtins.int
+    ALPHA_FIELD_NUMBER: _builtins.int
+    COMPARISONS_FIELD_NUMBER: _builtins.int
+    RECOMMENDED_VARIANT_FIELD_NUMBER: _builtins.int
+    RECOMMENDATION_FIELD_NUMBER: _builtins.int
+    control: _builtins.str
+    """The variant the others were compared with ("" with fewer than two variants)."""
+    alpha: _builtins.float
+    """Family-wise significance level used."""
+    comparisons: _builtins.int
+    """Number of tests made; each was judged at alpha / comparisons (Bonferroni)."""
+    recommended_variant: _builtins.str
+    """The variant to promote, only when it is significantly better than the control and not
+    significantly worse on the other measure; empty otherwise.
+    """
+    recommendation: _builtins.str
+    """Why, in one sentence ("" when there is no recommendation)."""
     @_builtins.property
     def variants(self) -> _containers.RepeatedCompositeFieldContainer[Global___VariantReport]:
         """One entry per variant with answers, by variant name."""
@@ -1519,10 +1608,15 @@ class ReportVariantsResponse(_message.Message):
         self,
         *,
         variants: _abc.Iterable[Global___VariantReport] | None = ...,
+        control: _builtins.str = ...,
+        alpha: _builtins.float = ...,
+        comparisons: _builtins.int = ...,
+        recommended_variant: _builtins.str = ...,
+        recommendation: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["variants", b"variants"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alpha", b"alpha", "comparisons", b"comparisons", "control", b"control", "recommendation", b"recommendation", "recommended_variant", b"recommended_variant", "variants", b"variants"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1825,3 +1919,173 @@ class CountThumbsDownResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CountThumbsDownResponse: _TypeAlias = CountThumbsDownResponse  # noqa: Y015
+
+@_typing.final
+class ListRatedAnswersRequest(_message.Message):
+    """Asks for a page of rated answers (docs/datasets.md)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TENANT_ID_FIELD_NUMBER: _builtins.int
+    SINCE_FIELD_NUMBER: _builtins.int
+    UNTIL_FIELD_NUMBER: _builtins.int
+    MIN_RATING_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    tenant_id: _builtins.str
+    """Only this tenant (it must have opted in); empty means every tenant that opted in."""
+    min_rating: _builtins.int
+    """Lowest rating exported, 1-5: the feedback's score, or 5 for a thumbs up and 1 for a
+    thumbs down without a score.
+    """
+    page_size: _builtins.int
+    """Maximum answers to return (1-500; 0 means 100)."""
+    page_token: _builtins.str
+    """The next_page_token of a previous call with the same filters, or empty for the first page."""
+    @_builtins.property
+    def since(self) -> _timestamp_pb2.Timestamp:
+        """Answers created at or after this time (required)."""
+
+    @_builtins.property
+    def until(self) -> _timestamp_pb2.Timestamp:
+        """Answers created before this time; absent means up to now."""
+
+    def __init__(
+        self,
+        *,
+        tenant_id: _builtins.str = ...,
+        since: _timestamp_pb2.Timestamp | None = ...,
+        until: _timestamp_pb2.Timestamp | None = ...,
+        min_rating: _builtins.int = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["since", b"since", "until", b"until"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["min_rating", b"min_rating", "page_size", b"page_size", "page_token", b"page_token", "since", b"since", "tenant_id", b"tenant_id", "until", b"until"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListRatedAnswersRequest: _TypeAlias = ListRatedAnswersRequest  # noqa: Y015
+
+@_typing.final
+class DatasetMessage(_message.Message):
+    """One message of a rated answer's branch."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROLE_FIELD_NUMBER: _builtins.int
+    TEXT_FIELD_NUMBER: _builtins.int
+    role: _resources_pb2.Role.ValueType
+    """ROLE_USER or ROLE_ASSISTANT (an operator's reply counts as the assistant's)."""
+    text: _builtins.str
+    """The text, masked when the tenant has PII redaction on."""
+    def __init__(
+        self,
+        *,
+        role: _resources_pb2.Role.ValueType = ...,
+        text: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["role", b"role", "text", b"text"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DatasetMessage: _TypeAlias = DatasetMessage  # noqa: Y015
+
+@_typing.final
+class RatedAnswer(_message.Message):
+    """A rated answer and the branch of its conversation that led to it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TENANT_ID_FIELD_NUMBER: _builtins.int
+    CONVERSATION_ID_FIELD_NUMBER: _builtins.int
+    MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    VARIANT_FIELD_NUMBER: _builtins.int
+    THUMBS_FIELD_NUMBER: _builtins.int
+    SCORE_FIELD_NUMBER: _builtins.int
+    RATING_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    MESSAGES_FIELD_NUMBER: _builtins.int
+    REDACTED_FIELD_NUMBER: _builtins.int
+    tenant_id: _builtins.str
+    """The tenant."""
+    conversation_id: _builtins.str
+    """The conversation."""
+    message_id: _builtins.str
+    """The rated assistant message."""
+    variant: _builtins.str
+    """The variant (NAME or NAME@VERSION) that produced it."""
+    thumbs: _gateway_pb2.Rating.ValueType
+    """The thumbs of the feedback."""
+    score: _builtins.int
+    """The feedback's score (1-5), when it had one."""
+    rating: _builtins.int
+    """The rating filtered on: the score, or 5 / 1 for thumbs up / down."""
+    model: _builtins.str
+    """The model that produced it."""
+    redacted: _builtins.bool
+    """True when the texts were masked (the tenant has PII redaction on)."""
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp:
+        """When the answer was created."""
+
+    @_builtins.property
+    def messages(self) -> _containers.RepeatedCompositeFieldContainer[Global___DatasetMessage]:
+        """The branch from the conversation's first message to the rated answer (its last message)."""
+
+    def __init__(
+        self,
+        *,
+        tenant_id: _builtins.str = ...,
+        conversation_id: _builtins.str = ...,
+        message_id: _builtins.str = ...,
+        variant: _builtins.str = ...,
+        thumbs: _gateway_pb2.Rating.ValueType = ...,
+        score: _builtins.int | None = ...,
+        rating: _builtins.int = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+        model: _builtins.str = ...,
+        messages: _abc.Iterable[Global___DatasetMessage] | None = ...,
+        redacted: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_score", b"_score", "create_time", b"create_time", "score", b"score"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_score", b"_score", "conversation_id", b"conversation_id", "create_time", b"create_time", "message_id", b"message_id", "messages", b"messages", "model", b"model", "rating", b"rating", "redacted", b"redacted", "score", b"score", "tenant_id", b"tenant_id", "thumbs", b"thumbs", "variant", b"variant"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__score: _TypeAlias = _typing.Literal["score"]  # noqa: Y015
+    _WhichOneofArgType__score: _TypeAlias = _typing.Literal["_score", b"_score"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__score) -> _WhichOneofReturnType__score | None: ...
+
+Global___RatedAnswer: _TypeAlias = RatedAnswer  # noqa: Y015
+
+@_typing.final
+class ListRatedAnswersResponse(_message.Message):
+    """A page of rated answers, oldest first."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ANSWERS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Token for the next page; empty when there is none."""
+    @_builtins.property
+    def answers(self) -> _containers.RepeatedCompositeFieldContainer[Global___RatedAnswer]:
+        """The answers, by create time then message id."""
+
+    def __init__(
+        self,
+        *,
+        answers: _abc.Iterable[Global___RatedAnswer] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["answers", b"answers", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListRatedAnswersResponse: _TypeAlias = ListRatedAnswersResponse  # noqa: Y015

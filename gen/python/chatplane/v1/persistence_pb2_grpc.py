@@ -167,6 +167,11 @@ class PersistenceServiceStub:
                 request_serializer=chatplane_dot_v1_dot_persistence__pb2.CountThumbsDownRequest.SerializeToString,
                 response_deserializer=chatplane_dot_v1_dot_persistence__pb2.CountThumbsDownResponse.FromString,
                 _registered_method=True)
+        self.ListRatedAnswers = channel.unary_unary(
+                '/chatplane.v1.PersistenceService/ListRatedAnswers',
+                request_serializer=chatplane_dot_v1_dot_persistence__pb2.ListRatedAnswersRequest.SerializeToString,
+                response_deserializer=chatplane_dot_v1_dot_persistence__pb2.ListRatedAnswersResponse.FromString,
+                _registered_method=True)
 
 
 class PersistenceServiceServicer:
@@ -363,6 +368,14 @@ class PersistenceServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListRatedAnswers(self, request, context):
+        """Pages the rated, complete answers of tenants that opted in to feedback datasets, each with
+        the branch that led to it, masked for tenants with PII redaction (docs/datasets.md).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PersistenceServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -495,6 +508,11 @@ def add_PersistenceServiceServicer_to_server(servicer, server):
                     servicer.CountThumbsDown,
                     request_deserializer=chatplane_dot_v1_dot_persistence__pb2.CountThumbsDownRequest.FromString,
                     response_serializer=chatplane_dot_v1_dot_persistence__pb2.CountThumbsDownResponse.SerializeToString,
+            ),
+            'ListRatedAnswers': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRatedAnswers,
+                    request_deserializer=chatplane_dot_v1_dot_persistence__pb2.ListRatedAnswersRequest.FromString,
+                    response_serializer=chatplane_dot_v1_dot_persistence__pb2.ListRatedAnswersResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1202,6 +1220,33 @@ class PersistenceService:
             '/chatplane.v1.PersistenceService/CountThumbsDown',
             chatplane_dot_v1_dot_persistence__pb2.CountThumbsDownRequest.SerializeToString,
             chatplane_dot_v1_dot_persistence__pb2.CountThumbsDownResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListRatedAnswers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chatplane.v1.PersistenceService/ListRatedAnswers',
+            chatplane_dot_v1_dot_persistence__pb2.ListRatedAnswersRequest.SerializeToString,
+            chatplane_dot_v1_dot_persistence__pb2.ListRatedAnswersResponse.FromString,
             options,
             channel_credentials,
             insecure,

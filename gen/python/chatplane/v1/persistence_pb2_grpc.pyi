@@ -100,6 +100,10 @@ class PersistenceServiceStub:
     """Returns a tenant's handed-off conversation (ever handed off) with its owner, for operators."""
     CountThumbsDown: _grpc.UnaryUnaryMultiCallable[_persistence_pb2.CountThumbsDownRequest, _persistence_pb2.CountThumbsDownResponse]
     """Counts the thumbs-down ratings in the conversation of one of the owner's messages."""
+    ListRatedAnswers: _grpc.UnaryUnaryMultiCallable[_persistence_pb2.ListRatedAnswersRequest, _persistence_pb2.ListRatedAnswersResponse]
+    """Pages the rated, complete answers of tenants that opted in to feedback datasets, each with
+    the branch that led to it, masked for tenants with PII redaction (docs/datasets.md).
+    """
 
 @_typing.type_check_only
 class PersistenceServiceAsyncStub(PersistenceServiceStub):
@@ -173,6 +177,10 @@ class PersistenceServiceAsyncStub(PersistenceServiceStub):
     """Returns a tenant's handed-off conversation (ever handed off) with its owner, for operators."""
     CountThumbsDown: _aio.UnaryUnaryMultiCallable[_persistence_pb2.CountThumbsDownRequest, _persistence_pb2.CountThumbsDownResponse]  # type: ignore[assignment]
     """Counts the thumbs-down ratings in the conversation of one of the owner's messages."""
+    ListRatedAnswers: _aio.UnaryUnaryMultiCallable[_persistence_pb2.ListRatedAnswersRequest, _persistence_pb2.ListRatedAnswersResponse]  # type: ignore[assignment]
+    """Pages the rated, complete answers of tenants that opted in to feedback datasets, each with
+    the branch that led to it, masked for tenants with PII redaction (docs/datasets.md).
+    """
 
 class PersistenceServiceServicer(metaclass=_abc_1.ABCMeta):
     """The system of record: conversations, turns, messages (written through the message log),
@@ -399,5 +407,15 @@ class PersistenceServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_persistence_pb2.CountThumbsDownResponse, _abc.Awaitable[_persistence_pb2.CountThumbsDownResponse]]:
         """Counts the thumbs-down ratings in the conversation of one of the owner's messages."""
+
+    @_abc_1.abstractmethod
+    def ListRatedAnswers(
+        self,
+        request: _persistence_pb2.ListRatedAnswersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_persistence_pb2.ListRatedAnswersResponse, _abc.Awaitable[_persistence_pb2.ListRatedAnswersResponse]]:
+        """Pages the rated, complete answers of tenants that opted in to feedback datasets, each with
+        the branch that led to it, masked for tenants with PII redaction (docs/datasets.md).
+        """
 
 def add_PersistenceServiceServicer_to_server(servicer: PersistenceServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

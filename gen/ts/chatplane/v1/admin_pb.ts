@@ -4,17 +4,17 @@
 
 import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
 import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
-import type { ApiKeyInfo } from "./persistence_pb";
+import type { ApiKeyInfo, RatedAnswer } from "./persistence_pb";
 import { file_chatplane_v1_persistence } from "./persistence_pb";
-import type { Duration } from "@bufbuild/protobuf/wkt";
-import { file_google_protobuf_duration } from "@bufbuild/protobuf/wkt";
+import type { Duration, Timestamp } from "@bufbuild/protobuf/wkt";
+import { file_google_protobuf_duration, file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
 import type { Message } from "@bufbuild/protobuf";
 
 /**
  * Describes the file chatplane/v1/admin.proto.
  */
 export const file_chatplane_v1_admin: GenFile = /*@__PURE__*/
-  fileDesc("ChhjaGF0cGxhbmUvdjEvYWRtaW4ucHJvdG8SDGNoYXRwbGFuZS52MSJlChJMaXN0QXBpS2V5c1JlcXVlc3QSDwoHdXNlcl9pZBgBIAEoCRIRCglwYWdlX3NpemUYAiABKAUSEgoKcGFnZV90b2tlbhgDIAEoCRIXCg9pbmNsdWRlX3Jldm9rZWQYBCABKAgiVgoTTGlzdEFwaUtleXNSZXNwb25zZRImCgRrZXlzGAEgAygLMhguY2hhdHBsYW5lLnYxLkFwaUtleUluZm8SFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIlAKH0FkbWluU2VydmljZUNyZWF0ZUFwaUtleVJlcXVlc3QSDwoHdXNlcl9pZBgBIAEoCRINCgVsYWJlbBgCIAEoCRINCgVyb2xlcxgDIAMoCSJaCiBBZG1pblNlcnZpY2VDcmVhdGVBcGlLZXlSZXNwb25zZRIPCgdhcGlfa2V5GAEgASgJEiUKA2tleRgCIAEoCzIYLmNoYXRwbGFuZS52MS5BcGlLZXlJbmZvIlEKE1JvdGF0ZUFwaUtleVJlcXVlc3QSDgoGa2V5X2lkGAEgASgJEioKB292ZXJsYXAYAiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24iegoUUm90YXRlQXBpS2V5UmVzcG9uc2USDwoHYXBpX2tleRgBIAEoCRIlCgNrZXkYAiABKAsyGC5jaGF0cGxhbmUudjEuQXBpS2V5SW5mbxIqCghwcmV2aW91cxgDIAEoCzIYLmNoYXRwbGFuZS52MS5BcGlLZXlJbmZvIiUKE1Jldm9rZUFwaUtleVJlcXVlc3QSDgoGa2V5X2lkGAEgASgJIj0KFFJldm9rZUFwaUtleVJlc3BvbnNlEiUKA2tleRgBIAEoCzIYLmNoYXRwbGFuZS52MS5BcGlLZXlJbmZvMv8CCgxBZG1pblNlcnZpY2USUgoLTGlzdEFwaUtleXMSIC5jaGF0cGxhbmUudjEuTGlzdEFwaUtleXNSZXF1ZXN0GiEuY2hhdHBsYW5lLnYxLkxpc3RBcGlLZXlzUmVzcG9uc2USbQoMQ3JlYXRlQXBpS2V5Ei0uY2hhdHBsYW5lLnYxLkFkbWluU2VydmljZUNyZWF0ZUFwaUtleVJlcXVlc3QaLi5jaGF0cGxhbmUudjEuQWRtaW5TZXJ2aWNlQ3JlYXRlQXBpS2V5UmVzcG9uc2USVQoMUm90YXRlQXBpS2V5EiEuY2hhdHBsYW5lLnYxLlJvdGF0ZUFwaUtleVJlcXVlc3QaIi5jaGF0cGxhbmUudjEuUm90YXRlQXBpS2V5UmVzcG9uc2USVQoMUmV2b2tlQXBpS2V5EiEuY2hhdHBsYW5lLnYxLlJldm9rZUFwaUtleVJlcXVlc3QaIi5jaGF0cGxhbmUudjEuUmV2b2tlQXBpS2V5UmVzcG9uc2VCQFo+Z2l0aHViLmNvbS9jaGF0cGxhbmUvY2hhdHBsYW5lL2dlbi9nby9jaGF0cGxhbmUvdjE7Y2hhdHBsYW5ldjFiBnByb3RvMw", [file_chatplane_v1_persistence, file_google_protobuf_duration]);
+  fileDesc("ChhjaGF0cGxhbmUvdjEvYWRtaW4ucHJvdG8SDGNoYXRwbGFuZS52MSJlChJMaXN0QXBpS2V5c1JlcXVlc3QSDwoHdXNlcl9pZBgBIAEoCRIRCglwYWdlX3NpemUYAiABKAUSEgoKcGFnZV90b2tlbhgDIAEoCRIXCg9pbmNsdWRlX3Jldm9rZWQYBCABKAgiVgoTTGlzdEFwaUtleXNSZXNwb25zZRImCgRrZXlzGAEgAygLMhguY2hhdHBsYW5lLnYxLkFwaUtleUluZm8SFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIlAKH0FkbWluU2VydmljZUNyZWF0ZUFwaUtleVJlcXVlc3QSDwoHdXNlcl9pZBgBIAEoCRINCgVsYWJlbBgCIAEoCRINCgVyb2xlcxgDIAMoCSJaCiBBZG1pblNlcnZpY2VDcmVhdGVBcGlLZXlSZXNwb25zZRIPCgdhcGlfa2V5GAEgASgJEiUKA2tleRgCIAEoCzIYLmNoYXRwbGFuZS52MS5BcGlLZXlJbmZvIlEKE1JvdGF0ZUFwaUtleVJlcXVlc3QSDgoGa2V5X2lkGAEgASgJEioKB292ZXJsYXAYAiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24iegoUUm90YXRlQXBpS2V5UmVzcG9uc2USDwoHYXBpX2tleRgBIAEoCRIlCgNrZXkYAiABKAsyGC5jaGF0cGxhbmUudjEuQXBpS2V5SW5mbxIqCghwcmV2aW91cxgDIAEoCzIYLmNoYXRwbGFuZS52MS5BcGlLZXlJbmZvIiUKE1Jldm9rZUFwaUtleVJlcXVlc3QSDgoGa2V5X2lkGAEgASgJIj0KFFJldm9rZUFwaUtleVJlc3BvbnNlEiUKA2tleRgBIAEoCzIYLmNoYXRwbGFuZS52MS5BcGlLZXlJbmZvIrYBCiNBZG1pblNlcnZpY2VMaXN0UmF0ZWRBbnN3ZXJzUmVxdWVzdBIpCgVzaW5jZRgBIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASKQoFdW50aWwYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhIKCm1pbl9yYXRpbmcYAyABKAUSEQoJcGFnZV9zaXplGAQgASgFEhIKCnBhZ2VfdG9rZW4YBSABKAkiawokQWRtaW5TZXJ2aWNlTGlzdFJhdGVkQW5zd2Vyc1Jlc3BvbnNlEioKB2Fuc3dlcnMYASADKAsyGS5jaGF0cGxhbmUudjEuUmF0ZWRBbnN3ZXISFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJMvoDCgxBZG1pblNlcnZpY2USUgoLTGlzdEFwaUtleXMSIC5jaGF0cGxhbmUudjEuTGlzdEFwaUtleXNSZXF1ZXN0GiEuY2hhdHBsYW5lLnYxLkxpc3RBcGlLZXlzUmVzcG9uc2USbQoMQ3JlYXRlQXBpS2V5Ei0uY2hhdHBsYW5lLnYxLkFkbWluU2VydmljZUNyZWF0ZUFwaUtleVJlcXVlc3QaLi5jaGF0cGxhbmUudjEuQWRtaW5TZXJ2aWNlQ3JlYXRlQXBpS2V5UmVzcG9uc2USVQoMUm90YXRlQXBpS2V5EiEuY2hhdHBsYW5lLnYxLlJvdGF0ZUFwaUtleVJlcXVlc3QaIi5jaGF0cGxhbmUudjEuUm90YXRlQXBpS2V5UmVzcG9uc2USVQoMUmV2b2tlQXBpS2V5EiEuY2hhdHBsYW5lLnYxLlJldm9rZUFwaUtleVJlcXVlc3QaIi5jaGF0cGxhbmUudjEuUmV2b2tlQXBpS2V5UmVzcG9uc2USeQoQTGlzdFJhdGVkQW5zd2VycxIxLmNoYXRwbGFuZS52MS5BZG1pblNlcnZpY2VMaXN0UmF0ZWRBbnN3ZXJzUmVxdWVzdBoyLmNoYXRwbGFuZS52MS5BZG1pblNlcnZpY2VMaXN0UmF0ZWRBbnN3ZXJzUmVzcG9uc2VCQFo+Z2l0aHViLmNvbS9jaGF0cGxhbmUvY2hhdHBsYW5lL2dlbi9nby9jaGF0cGxhbmUvdjE7Y2hhdHBsYW5ldjFiBnByb3RvMw", [file_chatplane_v1_persistence, file_google_protobuf_duration, file_google_protobuf_timestamp]);
 
 /**
  * Asks for the tenant's keys.
@@ -255,6 +255,83 @@ export const RevokeApiKeyResponseSchema: GenMessage<RevokeApiKeyResponse> = /*@_
   messageDesc(file_chatplane_v1_admin, 7);
 
 /**
+ * Asks for a page of the caller's tenant's rated answers (docs/datasets.md).
+ *
+ * @generated from message chatplane.v1.AdminServiceListRatedAnswersRequest
+ */
+export type AdminServiceListRatedAnswersRequest = Message<"chatplane.v1.AdminServiceListRatedAnswersRequest"> & {
+  /**
+   * Answers created at or after this time (required).
+   *
+   * @generated from field: google.protobuf.Timestamp since = 1;
+   */
+  since?: Timestamp | undefined;
+
+  /**
+   * Answers created before this time; absent means up to now.
+   *
+   * @generated from field: google.protobuf.Timestamp until = 2;
+   */
+  until?: Timestamp | undefined;
+
+  /**
+   * Lowest rating exported, 1-5 (the score, or 5 / 1 for a thumbs up / down without one).
+   *
+   * @generated from field: int32 min_rating = 3;
+   */
+  minRating: number;
+
+  /**
+   * Maximum answers to return (1-500; 0 means 100).
+   *
+   * @generated from field: int32 page_size = 4;
+   */
+  pageSize: number;
+
+  /**
+   * The next_page_token of a previous call with the same filters, or empty.
+   *
+   * @generated from field: string page_token = 5;
+   */
+  pageToken: string;
+};
+
+/**
+ * Describes the message chatplane.v1.AdminServiceListRatedAnswersRequest.
+ * Use `create(AdminServiceListRatedAnswersRequestSchema)` to create a new message.
+ */
+export const AdminServiceListRatedAnswersRequestSchema: GenMessage<AdminServiceListRatedAnswersRequest> = /*@__PURE__*/
+  messageDesc(file_chatplane_v1_admin, 8);
+
+/**
+ * A page of the tenant's rated answers, oldest first.
+ *
+ * @generated from message chatplane.v1.AdminServiceListRatedAnswersResponse
+ */
+export type AdminServiceListRatedAnswersResponse = Message<"chatplane.v1.AdminServiceListRatedAnswersResponse"> & {
+  /**
+   * The answers with their branches.
+   *
+   * @generated from field: repeated chatplane.v1.RatedAnswer answers = 1;
+   */
+  answers: RatedAnswer[];
+
+  /**
+   * Token for the next page; empty when there is none.
+   *
+   * @generated from field: string next_page_token = 2;
+   */
+  nextPageToken: string;
+};
+
+/**
+ * Describes the message chatplane.v1.AdminServiceListRatedAnswersResponse.
+ * Use `create(AdminServiceListRatedAnswersResponseSchema)` to create a new message.
+ */
+export const AdminServiceListRatedAnswersResponseSchema: GenMessage<AdminServiceListRatedAnswersResponse> = /*@__PURE__*/
+  messageDesc(file_chatplane_v1_admin, 9);
+
+/**
  * Administration of a tenant, served by the Gateway next to GatewayService. Every call needs
  * a credential with the `admin` role (PERMISSION_DENIED otherwise) and acts on the caller's
  * own tenant only: another tenant's key is NOT_FOUND, as a key that does not exist.
@@ -302,6 +379,17 @@ export const AdminService: GenService<{
     methodKind: "unary";
     input: typeof RevokeApiKeyRequestSchema;
     output: typeof RevokeApiKeyResponseSchema;
+  },
+  /**
+   * Pages the tenant's rated answers with their branches, for feedback datasets; the tenant
+   * must have opted in (FAILED_PRECONDITION otherwise; docs/datasets.md).
+   *
+   * @generated from rpc chatplane.v1.AdminService.ListRatedAnswers
+   */
+  listRatedAnswers: {
+    methodKind: "unary";
+    input: typeof AdminServiceListRatedAnswersRequestSchema;
+    output: typeof AdminServiceListRatedAnswersResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_chatplane_v1_admin, 0);

@@ -6,9 +6,9 @@ import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegen
 import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
 import type { AuditActor, AuditEvent, AuditHead, AuditRecord } from "./audit_pb";
 import { file_chatplane_v1_audit } from "./audit_pb";
-import type { GetConversationRequest, GetConversationResponse, ListConversationsRequest, ListConversationsResponse, SetActiveBranchRequest, SetActiveBranchResponse, SubmitFeedbackRequest } from "./gateway_pb";
+import type { GetConversationRequest, GetConversationResponse, ListConversationsRequest, ListConversationsResponse, Rating, SetActiveBranchRequest, SetActiveBranchResponse, SubmitFeedbackRequest } from "./gateway_pb";
 import { file_chatplane_v1_gateway } from "./gateway_pb";
-import type { BranchHistory, HandoffMode, HandoffStatus, HandoffTrigger, Message as Message$1 } from "./resources_pb";
+import type { BranchHistory, HandoffMode, HandoffStatus, HandoffTrigger, Message as Message$1, Role } from "./resources_pb";
 import { file_chatplane_v1_resources } from "./resources_pb";
 import type { Timestamp } from "@bufbuild/protobuf/wkt";
 import { file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
@@ -18,7 +18,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file chatplane/v1/persistence.proto.
  */
 export const file_chatplane_v1_persistence: GenFile = /*@__PURE__*/
-  fileDesc("Ch5jaGF0cGxhbmUvdjEvcGVyc2lzdGVuY2UucHJvdG8SDGNoYXRwbGFuZS52MSIrCgVPd25lchIRCgl0ZW5hbnRfaWQYASABKAkSDwoHdXNlcl9pZBgCIAEoCSKQAgoQQmVnaW5UdXJuUmVxdWVzdBIiCgVvd25lchgBIAEoCzITLmNoYXRwbGFuZS52MS5Pd25lchIXCg9jb252ZXJzYXRpb25faWQYAiABKAkSGQoRY2xpZW50X21lc3NhZ2VfaWQYAyABKAkSFwoPdXNlcl9tZXNzYWdlX2lkGAQgASgJEhwKFGFzc2lzdGFudF9tZXNzYWdlX2lkGAUgASgJEg0KBXRpdGxlGAYgASgJEhAKCGxlYXNlX21zGAcgASgDEh0KFXJlZ2VuZXJhdGVfbWVzc2FnZV9pZBgoIAEoCRIXCg9lZGl0X21lc3NhZ2VfaWQYKSABKAkSFAoMYnJhbmNoX2xpbWl0GCogASgFIvMBChFCZWdpblR1cm5SZXNwb25zZRIXCg9jb252ZXJzYXRpb25faWQYASABKAkSFwoPdXNlcl9tZXNzYWdlX2lkGAIgASgJEhwKFGFzc2lzdGFudF9tZXNzYWdlX2lkGAMgASgJEg0KBW93bmVyGAQgASgIEhAKCGNvbXBsZXRlGAUgASgIEhkKEXBhcmVudF9tZXNzYWdlX2lkGCggASgJEhIKCnJlZ2VuZXJhdGUYKSABKAgSEQoJdXNlcl90ZXh0GCogASgJEisKBmJyYW5jaBgrIAEoCzIbLmNoYXRwbGFuZS52MS5CcmFuY2hIaXN0b3J5ImsKDkdldFR1cm5SZXF1ZXN0EiIKBW93bmVyGAEgASgLMhMuY2hhdHBsYW5lLnYxLk93bmVyEhcKD3VzZXJfbWVzc2FnZV9pZBgCIAEoCRIcChRhc3Npc3RhbnRfbWVzc2FnZV9pZBgoIAEoCSKnAQoPR2V0VHVyblJlc3BvbnNlEisKDHVzZXJfbWVzc2FnZRgBIAEoCzIVLmNoYXRwbGFuZS52MS5NZXNzYWdlEjAKEWFzc2lzdGFudF9tZXNzYWdlGAIgASgLMhUuY2hhdHBsYW5lLnYxLk1lc3NhZ2USNQoRbGVhc2VfZXhwaXJlX3RpbWUYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIm8KElJlbGVhc2VUdXJuUmVxdWVzdBIiCgVvd25lchgBIAEoCzITLmNoYXRwbGFuZS52MS5Pd25lchIXCg91c2VyX21lc3NhZ2VfaWQYAiABKAkSHAoUYXNzaXN0YW50X21lc3NhZ2VfaWQYKCABKAkiJwoTUmVsZWFzZVR1cm5SZXNwb25zZRIQCghyZWxlYXNlZBgBIAEoCCKGAQoqUGVyc2lzdGVuY2VTZXJ2aWNlTGlzdENvbnZlcnNhdGlvbnNSZXF1ZXN0EiIKBW93bmVyGAEgASgLMhMuY2hhdHBsYW5lLnYxLk93bmVyEjQKBHBhZ2UYAiABKAsyJi5jaGF0cGxhbmUudjEuTGlzdENvbnZlcnNhdGlvbnNSZXF1ZXN0ImQKK1BlcnNpc3RlbmNlU2VydmljZUxpc3RDb252ZXJzYXRpb25zUmVzcG9uc2USNQoEcGFnZRgBIAEoCzInLmNoYXRwbGFuZS52MS5MaXN0Q29udmVyc2F0aW9uc1Jlc3BvbnNlIoUBCihQZXJzaXN0ZW5jZVNlcnZpY2VHZXRDb252ZXJzYXRpb25SZXF1ZXN0EiIKBW93bmVyGAEgASgLMhMuY2hhdHBsYW5lLnYxLk93bmVyEjUKB3JlcXVlc3QYAiABKAsyJC5jaGF0cGxhbmUudjEuR2V0Q29udmVyc2F0aW9uUmVxdWVzdCJkCilQZXJzaXN0ZW5jZVNlcnZpY2VHZXRDb252ZXJzYXRpb25SZXNwb25zZRI3CghyZXNwb25zZRgBIAEoCzIlLmNoYXRwbGFuZS52MS5HZXRDb252ZXJzYXRpb25SZXNwb25zZSJqCitQZXJzaXN0ZW5jZVNlcnZpY2VEZWxldGVDb252ZXJzYXRpb25SZXF1ZXN0EiIKBW93bmVyGAEgASgLMhMuY2hhdHBsYW5lLnYxLk93bmVyEhcKD2NvbnZlcnNhdGlvbl9pZBgCIAEoCSJfCixQZXJzaXN0ZW5jZVNlcnZpY2VEZWxldGVDb252ZXJzYXRpb25SZXNwb25zZRIvCgtkZWxldGVfdGltZRgBIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAihAEKJ1BlcnNpc3RlbmNlU2VydmljZVN1Ym1pdEZlZWRiYWNrUmVxdWVzdBIiCgVvd25lchgBIAEoCzITLmNoYXRwbGFuZS52MS5Pd25lchI1CghmZWVkYmFjaxgCIAEoCzIjLmNoYXRwbGFuZS52MS5TdWJtaXRGZWVkYmFja1JlcXVlc3QiWwooUGVyc2lzdGVuY2VTZXJ2aWNlU3VibWl0RmVlZGJhY2tSZXNwb25zZRIvCgtjcmVhdGVfdGltZRgBIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAigAEKE0NyZWF0ZUFwaUtleVJlcXVlc3QSIgoFb3duZXIYASABKAsyEy5jaGF0cGxhbmUudjEuT3duZXISDQoFbGFiZWwYAiABKAkSDQoFcm9sZXMYAyADKAkSJwoFYWN0b3IYUCABKAsyGC5jaGF0cGxhbmUudjEuQXVkaXRBY3RvciJeChRDcmVhdGVBcGlLZXlSZXNwb25zZRIPCgdhcGlfa2V5GAEgASgJEg4KBmtleV9pZBgCIAEoCRIlCgNrZXkYUCABKAsyGC5jaGF0cGxhbmUudjEuQXBpS2V5SW5mbyIiChBHZXRBcGlLZXlSZXF1ZXN0Eg4KBmtleV9pZBgBIAEoCSKfAQoRR2V0QXBpS2V5UmVzcG9uc2USIgoFb3duZXIYASABKAsyEy5jaGF0cGxhbmUudjEuT3duZXISFQoNc2VjcmV0X3NoYTI1NhgCIAEoDBIPCgdyZXZva2VkGAMgASgIEg0KBXJvbGVzGAQgAygJEi8KC2V4cGlyZV90aW1lGFAgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCLtAQoKQXBpS2V5SW5mbxIOCgZrZXlfaWQYASABKAkSIgoFb3duZXIYAiABKAsyEy5jaGF0cGxhbmUudjEuT3duZXISDQoFbGFiZWwYAyABKAkSDQoFcm9sZXMYBCADKAkSLwoLY3JlYXRlX3RpbWUYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg8KB3Jldm9rZWQYBiABKAgSLwoLZXhwaXJlX3RpbWUYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhoKEnJlcGxhY2VkX2J5X2tleV9pZBgIIAEoCSKKAQokUGVyc2lzdGVuY2VTZXJ2aWNlTGlzdEFwaUtleXNSZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCRIPCgd1c2VyX2lkGAIgASgJEhEKCXBhZ2Vfc2l6ZRgDIAEoBRISCgpwYWdlX3Rva2VuGAQgASgJEhcKD2luY2x1ZGVfcmV2b2tlZBgFIAEoCCJoCiVQZXJzaXN0ZW5jZVNlcnZpY2VMaXN0QXBpS2V5c1Jlc3BvbnNlEiYKBGtleXMYASADKAsyGC5jaGF0cGxhbmUudjEuQXBpS2V5SW5mbxIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkihwEKJVBlcnNpc3RlbmNlU2VydmljZVJvdGF0ZUFwaUtleVJlcXVlc3QSEQoJdGVuYW50X2lkGAEgASgJEg4KBmtleV9pZBgCIAEoCRISCgpvdmVybGFwX21zGAMgASgDEicKBWFjdG9yGAQgASgLMhguY2hhdHBsYW5lLnYxLkF1ZGl0QWN0b3IijAEKJlBlcnNpc3RlbmNlU2VydmljZVJvdGF0ZUFwaUtleVJlc3BvbnNlEg8KB2FwaV9rZXkYASABKAkSJQoDa2V5GAIgASgLMhguY2hhdHBsYW5lLnYxLkFwaUtleUluZm8SKgoIcHJldmlvdXMYAyABKAsyGC5jaGF0cGxhbmUudjEuQXBpS2V5SW5mbyJzCiVQZXJzaXN0ZW5jZVNlcnZpY2VSZXZva2VBcGlLZXlSZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCRIOCgZrZXlfaWQYAiABKAkSJwoFYWN0b3IYAyABKAsyGC5jaGF0cGxhbmUudjEuQXVkaXRBY3RvciJPCiZQZXJzaXN0ZW5jZVNlcnZpY2VSZXZva2VBcGlLZXlSZXNwb25zZRIlCgNrZXkYASABKAsyGC5jaGF0cGxhbmUudjEuQXBpS2V5SW5mbyJEChhBcHBlbmRBdWRpdEV2ZW50c1JlcXVlc3QSKAoGZXZlbnRzGAEgAygLMhguY2hhdHBsYW5lLnYxLkF1ZGl0RXZlbnQiQgoZQXBwZW5kQXVkaXRFdmVudHNSZXNwb25zZRIlCgRoZWFkGAEgASgLMhcuY2hhdHBsYW5lLnYxLkF1ZGl0SGVhZCI/ChdMaXN0QXVkaXRSZWNvcmRzUmVxdWVzdBIRCglhZnRlcl9zZXEYASABKAMSEQoJcGFnZV9zaXplGAIgASgFIm0KGExpc3RBdWRpdFJlY29yZHNSZXNwb25zZRIqCgdyZWNvcmRzGAEgAygLMhkuY2hhdHBsYW5lLnYxLkF1ZGl0UmVjb3JkEiUKBGhlYWQYAiABKAsyFy5jaGF0cGxhbmUudjEuQXVkaXRIZWFkIlQKEEdldEFuc3dlclJlcXVlc3QSIgoFb3duZXIYASABKAsyEy5jaGF0cGxhbmUudjEuT3duZXISHAoUYXNzaXN0YW50X21lc3NhZ2VfaWQYAiABKAkiwgEKEUdldEFuc3dlclJlc3BvbnNlEhcKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCRIXCg91c2VyX21lc3NhZ2VfaWQYAiABKAkSMAoRYXNzaXN0YW50X21lc3NhZ2UYAyABKAsyFS5jaGF0cGxhbmUudjEuTWVzc2FnZRISCgpkZWx0YV9lbmRzGAQgAygFEjUKEWxlYXNlX2V4cGlyZV90aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJiChNSZXNlcnZlUXVvdGFSZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCRIWCg5yZXNlcnZhdGlvbl9pZBgCIAEoCRIOCgZ0b2tlbnMYAyABKAMSEAoIbGVhc2VfbXMYBCABKAMiaQoUUmVzZXJ2ZVF1b3RhUmVzcG9uc2USDwoHZ3JhbnRlZBgBIAEoCBIXCg9yZXNlcnZlZF90b2tlbnMYAiABKAMSJwoFcXVvdGEYAyABKAsyGC5jaGF0cGxhbmUudjEuVG9rZW5RdW90YSJsChJTZXR0bGVRdW90YVJlcXVlc3QSEQoJdGVuYW50X2lkGAEgASgJEhYKDnJlc2VydmF0aW9uX2lkGAIgASgJEhQKDGlucHV0X3Rva2VucxgDIAEoAxIVCg1vdXRwdXRfdG9rZW5zGAQgASgDIj4KE1NldHRsZVF1b3RhUmVzcG9uc2USJwoFcXVvdGEYASABKAsyGC5jaGF0cGxhbmUudjEuVG9rZW5RdW90YSI8Cg9TZXRRdW90YVJlcXVlc3QSEQoJdGVuYW50X2lkGAEgASgJEhYKDnRva2Vuc19wZXJfZGF5GAIgASgDIjsKEFNldFF1b3RhUmVzcG9uc2USJwoFcXVvdGEYASABKAsyGC5jaGF0cGxhbmUudjEuVG9rZW5RdW90YSIkCg9HZXRRdW90YVJlcXVlc3QSEQoJdGVuYW50X2lkGAEgASgJIjsKEEdldFF1b3RhUmVzcG9uc2USJwoFcXVvdGEYASABKAsyGC5jaGF0cGxhbmUudjEuVG9rZW5RdW90YSKVAQoKVG9rZW5RdW90YRIRCgl0ZW5hbnRfaWQYASABKAkSFgoOdG9rZW5zX3Blcl9kYXkYAiABKAMSEwoLdXNlZF90b2tlbnMYAyABKAMSFwoPcmVzZXJ2ZWRfdG9rZW5zGAQgASgDEi4KCnJlc2V0X3RpbWUYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIoUBCihQZXJzaXN0ZW5jZVNlcnZpY2VTZXRBY3RpdmVCcmFuY2hSZXF1ZXN0EiIKBW93bmVyGAEgASgLMhMuY2hhdHBsYW5lLnYxLk93bmVyEjUKB3JlcXVlc3QYAiABKAsyJC5jaGF0cGxhbmUudjEuU2V0QWN0aXZlQnJhbmNoUmVxdWVzdCJkCilQZXJzaXN0ZW5jZVNlcnZpY2VTZXRBY3RpdmVCcmFuY2hSZXNwb25zZRI3CghyZXNwb25zZRgBIAEoCzIlLmNoYXRwbGFuZS52MS5TZXRBY3RpdmVCcmFuY2hSZXNwb25zZSJVChVSZXBvcnRWYXJpYW50c1JlcXVlc3QSEQoJdGVuYW50X2lkGAEgASgJEikKBXNpbmNlGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCLJAwoNVmFyaWFudFJlcG9ydBIPCgd2YXJpYW50GAEgASgJEg8KB2Fuc3dlcnMYAiABKAMSGwoTaW50ZXJydXB0ZWRfYW5zd2VycxgDIAEoAxIWCg5mZWVkYmFja19jb3VudBgEIAEoAxIUCgxzY29yZWRfY291bnQYBSABKAMSFwoKbWVhbl9zY29yZRgGIAEoAUgAiAEBEhcKD3RodW1ic191cF9jb3VudBgHIAEoAxIbCg50aHVtYnNfdXBfcmF0ZRgIIAEoAUgBiAEBEiAKE21lYW5fZmlyc3RfdG9rZW5fbXMYCSABKAFIAogBARIdChBtZWFuX2R1cmF0aW9uX21zGAogASgBSAOIAQESHgoRbWVhbl9pbnB1dF90b2tlbnMYCyABKAFIBIgBARIfChJtZWFuX291dHB1dF90b2tlbnMYDCABKAFIBYgBAUINCgtfbWVhbl9zY29yZUIRCg9fdGh1bWJzX3VwX3JhdGVCFgoUX21lYW5fZmlyc3RfdG9rZW5fbXNCEwoRX21lYW5fZHVyYXRpb25fbXNCFAoSX21lYW5faW5wdXRfdG9rZW5zQhUKE19tZWFuX291dHB1dF90b2tlbnMiRwoWUmVwb3J0VmFyaWFudHNSZXNwb25zZRItCgh2YXJpYW50cxgBIAMoCzIbLmNoYXRwbGFuZS52MS5WYXJpYW50UmVwb3J0IlAKEUdldEhhbmRvZmZSZXF1ZXN0EiIKBW93bmVyGAEgASgLMhMuY2hhdHBsYW5lLnYxLk93bmVyEhcKD2NvbnZlcnNhdGlvbl9pZBgCIAEoCSJXChJHZXRIYW5kb2ZmUmVzcG9uc2USLAoHaGFuZG9mZhgBIAEoCzIbLmNoYXRwbGFuZS52MS5IYW5kb2ZmU3RhdHVzEhMKC3J1bGVzX2ZpcmVkGAIgAygJItsBChRDaGFuZ2VIYW5kb2ZmUmVxdWVzdBIiCgVvd25lchgBIAEoCzITLmNoYXRwbGFuZS52MS5Pd25lchIXCg9jb252ZXJzYXRpb25faWQYAiABKAkSJwoEbW9kZRgDIAEoDjIZLmNoYXRwbGFuZS52MS5IYW5kb2ZmTW9kZRItCgd0cmlnZ2VyGAQgASgOMhwuY2hhdHBsYW5lLnYxLkhhbmRvZmZUcmlnZ2VyEg4KBnJlYXNvbhgFIAEoCRIQCghhY3Rvcl9pZBgGIAEoCRIMCgRydWxlGAcgASgJIkUKFUNoYW5nZUhhbmRvZmZSZXNwb25zZRIsCgdoYW5kb2ZmGAEgASgLMhsuY2hhdHBsYW5lLnYxLkhhbmRvZmZTdGF0dXMiTwoTTGlzdEhhbmRvZmZzUmVxdWVzdBIRCgl0ZW5hbnRfaWQYASABKAkSEQoJcGFnZV9zaXplGAIgASgFEhIKCnBhZ2VfdG9rZW4YAyABKAkiXgoUTGlzdEhhbmRvZmZzUmVzcG9uc2USLQoIaGFuZG9mZnMYASADKAsyGy5jaGF0cGxhbmUudjEuSGFuZG9mZlN0YXR1cxIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiRQoXR2V0VGVuYW50SGFuZG9mZlJlcXVlc3QSEQoJdGVuYW50X2lkGAEgASgJEhcKD2NvbnZlcnNhdGlvbl9pZBgCIAEoCSJsChhHZXRUZW5hbnRIYW5kb2ZmUmVzcG9uc2USIgoFb3duZXIYASABKAsyEy5jaGF0cGxhbmUudjEuT3duZXISLAoHaGFuZG9mZhgCIAEoCzIbLmNoYXRwbGFuZS52MS5IYW5kb2ZmU3RhdHVzIlAKFkNvdW50VGh1bWJzRG93blJlcXVlc3QSIgoFb3duZXIYASABKAsyEy5jaGF0cGxhbmUudjEuT3duZXISEgoKbWVzc2FnZV9pZBgCIAEoCSJHChdDb3VudFRodW1ic0Rvd25SZXNwb25zZRIXCg9jb252ZXJzYXRpb25faWQYASABKAkSEwoLdGh1bWJzX2Rvd24YAiABKAUyrxQKElBlcnNpc3RlbmNlU2VydmljZRJMCglCZWdpblR1cm4SHi5jaGF0cGxhbmUudjEuQmVnaW5UdXJuUmVxdWVzdBofLmNoYXRwbGFuZS52MS5CZWdpblR1cm5SZXNwb25zZRJGCgdHZXRUdXJuEhwuY2hhdHBsYW5lLnYxLkdldFR1cm5SZXF1ZXN0Gh0uY2hhdHBsYW5lLnYxLkdldFR1cm5SZXNwb25zZRJSCgtSZWxlYXNlVHVybhIgLmNoYXRwbGFuZS52MS5SZWxlYXNlVHVyblJlcXVlc3QaIS5jaGF0cGxhbmUudjEuUmVsZWFzZVR1cm5SZXNwb25zZRKIAQoRTGlzdENvbnZlcnNhdGlvbnMSOC5jaGF0cGxhbmUudjEuUGVyc2lzdGVuY2VTZXJ2aWNlTGlzdENvbnZlcnNhdGlvbnNSZXF1ZXN0GjkuY2hhdHBsYW5lLnYxLlBlcnNpc3RlbmNlU2VydmljZUxpc3RDb252ZXJzYXRpb25zUmVzcG9uc2USggEKD0dldENvbnZlcnNhdGlvbhI2LmNoYXRwbGFuZS52MS5QZXJzaXN0ZW5jZVNlcnZpY2VHZXRDb252ZXJzYXRpb25SZXF1ZXN0GjcuY2hhdHBsYW5lLnYxLlBlcnNpc3RlbmNlU2VydmljZUdldENvbnZlcnNhdGlvblJlc3BvbnNlEosBChJEZWxldGVDb252ZXJzYXRpb24SOS5jaGF0cGxhbmUudjEuUGVyc2lzdGVuY2VTZXJ2aWNlRGVsZXRlQ29udmVyc2F0aW9uUmVxdWVzdBo6LmNoYXRwbGFuZS52MS5QZXJzaXN0ZW5jZVNlcnZpY2VEZWxldGVDb252ZXJzYXRpb25SZXNwb25zZRJ/Cg5TdWJtaXRGZWVkYmFjaxI1LmNoYXRwbGFuZS52MS5QZXJzaXN0ZW5jZVNlcnZpY2VTdWJtaXRGZWVkYmFja1JlcXVlc3QaNi5jaGF0cGxhbmUudjEuUGVyc2lzdGVuY2VTZXJ2aWNlU3VibWl0RmVlZGJhY2tSZXNwb25zZRJVCgxDcmVhdGVBcGlLZXkSIS5jaGF0cGxhbmUudjEuQ3JlYXRlQXBpS2V5UmVxdWVzdBoiLmNoYXRwbGFuZS52MS5DcmVhdGVBcGlLZXlSZXNwb25zZRJMCglHZXRBcGlLZXkSHi5jaGF0cGxhbmUudjEuR2V0QXBpS2V5UmVxdWVzdBofLmNoYXRwbGFuZS52MS5HZXRBcGlLZXlSZXNwb25zZRJMCglHZXRBbnN3ZXISHi5jaGF0cGxhbmUudjEuR2V0QW5zd2VyUmVxdWVzdBofLmNoYXRwbGFuZS52MS5HZXRBbnN3ZXJSZXNwb25zZRJVCgxSZXNlcnZlUXVvdGESIS5jaGF0cGxhbmUudjEuUmVzZXJ2ZVF1b3RhUmVxdWVzdBoiLmNoYXRwbGFuZS52MS5SZXNlcnZlUXVvdGFSZXNwb25zZRJSCgtTZXR0bGVRdW90YRIgLmNoYXRwbGFuZS52MS5TZXR0bGVRdW90YVJlcXVlc3QaIS5jaGF0cGxhbmUudjEuU2V0dGxlUXVvdGFSZXNwb25zZRJJCghTZXRRdW90YRIdLmNoYXRwbGFuZS52MS5TZXRRdW90YVJlcXVlc3QaHi5jaGF0cGxhbmUudjEuU2V0UXVvdGFSZXNwb25zZRJJCghHZXRRdW90YRIdLmNoYXRwbGFuZS52MS5HZXRRdW90YVJlcXVlc3QaHi5jaGF0cGxhbmUudjEuR2V0UXVvdGFSZXNwb25zZRKCAQoPU2V0QWN0aXZlQnJhbmNoEjYuY2hhdHBsYW5lLnYxLlBlcnNpc3RlbmNlU2VydmljZVNldEFjdGl2ZUJyYW5jaFJlcXVlc3QaNy5jaGF0cGxhbmUudjEuUGVyc2lzdGVuY2VTZXJ2aWNlU2V0QWN0aXZlQnJhbmNoUmVzcG9uc2USWwoOUmVwb3J0VmFyaWFudHMSIy5jaGF0cGxhbmUudjEuUmVwb3J0VmFyaWFudHNSZXF1ZXN0GiQuY2hhdHBsYW5lLnYxLlJlcG9ydFZhcmlhbnRzUmVzcG9uc2USdgoLTGlzdEFwaUtleXMSMi5jaGF0cGxhbmUudjEuUGVyc2lzdGVuY2VTZXJ2aWNlTGlzdEFwaUtleXNSZXF1ZXN0GjMuY2hhdHBsYW5lLnYxLlBlcnNpc3RlbmNlU2VydmljZUxpc3RBcGlLZXlzUmVzcG9uc2USeQoMUm90YXRlQXBpS2V5EjMuY2hhdHBsYW5lLnYxLlBlcnNpc3RlbmNlU2VydmljZVJvdGF0ZUFwaUtleVJlcXVlc3QaNC5jaGF0cGxhbmUudjEuUGVyc2lzdGVuY2VTZXJ2aWNlUm90YXRlQXBpS2V5UmVzcG9uc2USeQoMUmV2b2tlQXBpS2V5EjMuY2hhdHBsYW5lLnYxLlBlcnNpc3RlbmNlU2VydmljZVJldm9rZUFwaUtleVJlcXVlc3QaNC5jaGF0cGxhbmUudjEuUGVyc2lzdGVuY2VTZXJ2aWNlUmV2b2tlQXBpS2V5UmVzcG9uc2USZAoRQXBwZW5kQXVkaXRFdmVudHMSJi5jaGF0cGxhbmUudjEuQXBwZW5kQXVkaXRFdmVudHNSZXF1ZXN0GicuY2hhdHBsYW5lLnYxLkFwcGVuZEF1ZGl0RXZlbnRzUmVzcG9uc2USYQoQTGlzdEF1ZGl0UmVjb3JkcxIlLmNoYXRwbGFuZS52MS5MaXN0QXVkaXRSZWNvcmRzUmVxdWVzdBomLmNoYXRwbGFuZS52MS5MaXN0QXVkaXRSZWNvcmRzUmVzcG9uc2USTwoKR2V0SGFuZG9mZhIfLmNoYXRwbGFuZS52MS5HZXRIYW5kb2ZmUmVxdWVzdBogLmNoYXRwbGFuZS52MS5HZXRIYW5kb2ZmUmVzcG9uc2USWAoNQ2hhbmdlSGFuZG9mZhIiLmNoYXRwbGFuZS52MS5DaGFuZ2VIYW5kb2ZmUmVxdWVzdBojLmNoYXRwbGFuZS52MS5DaGFuZ2VIYW5kb2ZmUmVzcG9uc2USVQoMTGlzdEhhbmRvZmZzEiEuY2hhdHBsYW5lLnYxLkxpc3RIYW5kb2Zmc1JlcXVlc3QaIi5jaGF0cGxhbmUudjEuTGlzdEhhbmRvZmZzUmVzcG9uc2USYQoQR2V0VGVuYW50SGFuZG9mZhIlLmNoYXRwbGFuZS52MS5HZXRUZW5hbnRIYW5kb2ZmUmVxdWVzdBomLmNoYXRwbGFuZS52MS5HZXRUZW5hbnRIYW5kb2ZmUmVzcG9uc2USXgoPQ291bnRUaHVtYnNEb3duEiQuY2hhdHBsYW5lLnYxLkNvdW50VGh1bWJzRG93blJlcXVlc3QaJS5jaGF0cGxhbmUudjEuQ291bnRUaHVtYnNEb3duUmVzcG9uc2VCQFo+Z2l0aHViLmNvbS9jaGF0cGxhbmUvY2hhdHBsYW5lL2dlbi9nby9jaGF0cGxhbmUvdjE7Y2hhdHBsYW5ldjFiBnByb3RvMw", [file_chatplane_v1_audit, file_chatplane_v1_gateway, file_chatplane_v1_resources, file_google_protobuf_timestamp]);
+  fileDesc("Ch5jaGF0cGxhbmUvdjEvcGVyc2lzdGVuY2UucHJvdG8SDGNoYXRwbGFuZS52MSIrCgVPd25lchIRCgl0ZW5hbnRfaWQYASABKAkSDwoHdXNlcl9pZBgCIAEoCSKQAgoQQmVnaW5UdXJuUmVxdWVzdBIiCgVvd25lchgBIAEoCzITLmNoYXRwbGFuZS52MS5Pd25lchIXCg9jb252ZXJzYXRpb25faWQYAiABKAkSGQoRY2xpZW50X21lc3NhZ2VfaWQYAyABKAkSFwoPdXNlcl9tZXNzYWdlX2lkGAQgASgJEhwKFGFzc2lzdGFudF9tZXNzYWdlX2lkGAUgASgJEg0KBXRpdGxlGAYgASgJEhAKCGxlYXNlX21zGAcgASgDEh0KFXJlZ2VuZXJhdGVfbWVzc2FnZV9pZBgoIAEoCRIXCg9lZGl0X21lc3NhZ2VfaWQYKSABKAkSFAoMYnJhbmNoX2xpbWl0GCogASgFIvMBChFCZWdpblR1cm5SZXNwb25zZRIXCg9jb252ZXJzYXRpb25faWQYASABKAkSFwoPdXNlcl9tZXNzYWdlX2lkGAIgASgJEhwKFGFzc2lzdGFudF9tZXNzYWdlX2lkGAMgASgJEg0KBW93bmVyGAQgASgIEhAKCGNvbXBsZXRlGAUgASgIEhkKEXBhcmVudF9tZXNzYWdlX2lkGCggASgJEhIKCnJlZ2VuZXJhdGUYKSABKAgSEQoJdXNlcl90ZXh0GCogASgJEisKBmJyYW5jaBgrIAEoCzIbLmNoYXRwbGFuZS52MS5CcmFuY2hIaXN0b3J5ImsKDkdldFR1cm5SZXF1ZXN0EiIKBW93bmVyGAEgASgLMhMuY2hhdHBsYW5lLnYxLk93bmVyEhcKD3VzZXJfbWVzc2FnZV9pZBgCIAEoCRIcChRhc3Npc3RhbnRfbWVzc2FnZV9pZBgoIAEoCSKnAQoPR2V0VHVyblJlc3BvbnNlEisKDHVzZXJfbWVzc2FnZRgBIAEoCzIVLmNoYXRwbGFuZS52MS5NZXNzYWdlEjAKEWFzc2lzdGFudF9tZXNzYWdlGAIgASgLMhUuY2hhdHBsYW5lLnYxLk1lc3NhZ2USNQoRbGVhc2VfZXhwaXJlX3RpbWUYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIm8KElJlbGVhc2VUdXJuUmVxdWVzdBIiCgVvd25lchgBIAEoCzITLmNoYXRwbGFuZS52MS5Pd25lchIXCg91c2VyX21lc3NhZ2VfaWQYAiABKAkSHAoUYXNzaXN0YW50X21lc3NhZ2VfaWQYKCABKAkiJwoTUmVsZWFzZVR1cm5SZXNwb25zZRIQCghyZWxlYXNlZBgBIAEoCCKGAQoqUGVyc2lzdGVuY2VTZXJ2aWNlTGlzdENvbnZlcnNhdGlvbnNSZXF1ZXN0EiIKBW93bmVyGAEgASgLMhMuY2hhdHBsYW5lLnYxLk93bmVyEjQKBHBhZ2UYAiABKAsyJi5jaGF0cGxhbmUudjEuTGlzdENvbnZlcnNhdGlvbnNSZXF1ZXN0ImQKK1BlcnNpc3RlbmNlU2VydmljZUxpc3RDb252ZXJzYXRpb25zUmVzcG9uc2USNQoEcGFnZRgBIAEoCzInLmNoYXRwbGFuZS52MS5MaXN0Q29udmVyc2F0aW9uc1Jlc3BvbnNlIoUBCihQZXJzaXN0ZW5jZVNlcnZpY2VHZXRDb252ZXJzYXRpb25SZXF1ZXN0EiIKBW93bmVyGAEgASgLMhMuY2hhdHBsYW5lLnYxLk93bmVyEjUKB3JlcXVlc3QYAiABKAsyJC5jaGF0cGxhbmUudjEuR2V0Q29udmVyc2F0aW9uUmVxdWVzdCJkCilQZXJzaXN0ZW5jZVNlcnZpY2VHZXRDb252ZXJzYXRpb25SZXNwb25zZRI3CghyZXNwb25zZRgBIAEoCzIlLmNoYXRwbGFuZS52MS5HZXRDb252ZXJzYXRpb25SZXNwb25zZSJqCitQZXJzaXN0ZW5jZVNlcnZpY2VEZWxldGVDb252ZXJzYXRpb25SZXF1ZXN0EiIKBW93bmVyGAEgASgLMhMuY2hhdHBsYW5lLnYxLk93bmVyEhcKD2NvbnZlcnNhdGlvbl9pZBgCIAEoCSJfCixQZXJzaXN0ZW5jZVNlcnZpY2VEZWxldGVDb252ZXJzYXRpb25SZXNwb25zZRIvCgtkZWxldGVfdGltZRgBIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAihAEKJ1BlcnNpc3RlbmNlU2VydmljZVN1Ym1pdEZlZWRiYWNrUmVxdWVzdBIiCgVvd25lchgBIAEoCzITLmNoYXRwbGFuZS52MS5Pd25lchI1CghmZWVkYmFjaxgCIAEoCzIjLmNoYXRwbGFuZS52MS5TdWJtaXRGZWVkYmFja1JlcXVlc3QiWwooUGVyc2lzdGVuY2VTZXJ2aWNlU3VibWl0RmVlZGJhY2tSZXNwb25zZRIvCgtjcmVhdGVfdGltZRgBIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAigAEKE0NyZWF0ZUFwaUtleVJlcXVlc3QSIgoFb3duZXIYASABKAsyEy5jaGF0cGxhbmUudjEuT3duZXISDQoFbGFiZWwYAiABKAkSDQoFcm9sZXMYAyADKAkSJwoFYWN0b3IYUCABKAsyGC5jaGF0cGxhbmUudjEuQXVkaXRBY3RvciJeChRDcmVhdGVBcGlLZXlSZXNwb25zZRIPCgdhcGlfa2V5GAEgASgJEg4KBmtleV9pZBgCIAEoCRIlCgNrZXkYUCABKAsyGC5jaGF0cGxhbmUudjEuQXBpS2V5SW5mbyIiChBHZXRBcGlLZXlSZXF1ZXN0Eg4KBmtleV9pZBgBIAEoCSKfAQoRR2V0QXBpS2V5UmVzcG9uc2USIgoFb3duZXIYASABKAsyEy5jaGF0cGxhbmUudjEuT3duZXISFQoNc2VjcmV0X3NoYTI1NhgCIAEoDBIPCgdyZXZva2VkGAMgASgIEg0KBXJvbGVzGAQgAygJEi8KC2V4cGlyZV90aW1lGFAgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCLtAQoKQXBpS2V5SW5mbxIOCgZrZXlfaWQYASABKAkSIgoFb3duZXIYAiABKAsyEy5jaGF0cGxhbmUudjEuT3duZXISDQoFbGFiZWwYAyABKAkSDQoFcm9sZXMYBCADKAkSLwoLY3JlYXRlX3RpbWUYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg8KB3Jldm9rZWQYBiABKAgSLwoLZXhwaXJlX3RpbWUYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhoKEnJlcGxhY2VkX2J5X2tleV9pZBgIIAEoCSKKAQokUGVyc2lzdGVuY2VTZXJ2aWNlTGlzdEFwaUtleXNSZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCRIPCgd1c2VyX2lkGAIgASgJEhEKCXBhZ2Vfc2l6ZRgDIAEoBRISCgpwYWdlX3Rva2VuGAQgASgJEhcKD2luY2x1ZGVfcmV2b2tlZBgFIAEoCCJoCiVQZXJzaXN0ZW5jZVNlcnZpY2VMaXN0QXBpS2V5c1Jlc3BvbnNlEiYKBGtleXMYASADKAsyGC5jaGF0cGxhbmUudjEuQXBpS2V5SW5mbxIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkihwEKJVBlcnNpc3RlbmNlU2VydmljZVJvdGF0ZUFwaUtleVJlcXVlc3QSEQoJdGVuYW50X2lkGAEgASgJEg4KBmtleV9pZBgCIAEoCRISCgpvdmVybGFwX21zGAMgASgDEicKBWFjdG9yGAQgASgLMhguY2hhdHBsYW5lLnYxLkF1ZGl0QWN0b3IijAEKJlBlcnNpc3RlbmNlU2VydmljZVJvdGF0ZUFwaUtleVJlc3BvbnNlEg8KB2FwaV9rZXkYASABKAkSJQoDa2V5GAIgASgLMhguY2hhdHBsYW5lLnYxLkFwaUtleUluZm8SKgoIcHJldmlvdXMYAyABKAsyGC5jaGF0cGxhbmUudjEuQXBpS2V5SW5mbyJzCiVQZXJzaXN0ZW5jZVNlcnZpY2VSZXZva2VBcGlLZXlSZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCRIOCgZrZXlfaWQYAiABKAkSJwoFYWN0b3IYAyABKAsyGC5jaGF0cGxhbmUudjEuQXVkaXRBY3RvciJPCiZQZXJzaXN0ZW5jZVNlcnZpY2VSZXZva2VBcGlLZXlSZXNwb25zZRIlCgNrZXkYASABKAsyGC5jaGF0cGxhbmUudjEuQXBpS2V5SW5mbyJEChhBcHBlbmRBdWRpdEV2ZW50c1JlcXVlc3QSKAoGZXZlbnRzGAEgAygLMhguY2hhdHBsYW5lLnYxLkF1ZGl0RXZlbnQiQgoZQXBwZW5kQXVkaXRFdmVudHNSZXNwb25zZRIlCgRoZWFkGAEgASgLMhcuY2hhdHBsYW5lLnYxLkF1ZGl0SGVhZCI/ChdMaXN0QXVkaXRSZWNvcmRzUmVxdWVzdBIRCglhZnRlcl9zZXEYASABKAMSEQoJcGFnZV9zaXplGAIgASgFIm0KGExpc3RBdWRpdFJlY29yZHNSZXNwb25zZRIqCgdyZWNvcmRzGAEgAygLMhkuY2hhdHBsYW5lLnYxLkF1ZGl0UmVjb3JkEiUKBGhlYWQYAiABKAsyFy5jaGF0cGxhbmUudjEuQXVkaXRIZWFkIlQKEEdldEFuc3dlclJlcXVlc3QSIgoFb3duZXIYASABKAsyEy5jaGF0cGxhbmUudjEuT3duZXISHAoUYXNzaXN0YW50X21lc3NhZ2VfaWQYAiABKAkiwgEKEUdldEFuc3dlclJlc3BvbnNlEhcKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCRIXCg91c2VyX21lc3NhZ2VfaWQYAiABKAkSMAoRYXNzaXN0YW50X21lc3NhZ2UYAyABKAsyFS5jaGF0cGxhbmUudjEuTWVzc2FnZRISCgpkZWx0YV9lbmRzGAQgAygFEjUKEWxlYXNlX2V4cGlyZV90aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJiChNSZXNlcnZlUXVvdGFSZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCRIWCg5yZXNlcnZhdGlvbl9pZBgCIAEoCRIOCgZ0b2tlbnMYAyABKAMSEAoIbGVhc2VfbXMYBCABKAMiaQoUUmVzZXJ2ZVF1b3RhUmVzcG9uc2USDwoHZ3JhbnRlZBgBIAEoCBIXCg9yZXNlcnZlZF90b2tlbnMYAiABKAMSJwoFcXVvdGEYAyABKAsyGC5jaGF0cGxhbmUudjEuVG9rZW5RdW90YSJsChJTZXR0bGVRdW90YVJlcXVlc3QSEQoJdGVuYW50X2lkGAEgASgJEhYKDnJlc2VydmF0aW9uX2lkGAIgASgJEhQKDGlucHV0X3Rva2VucxgDIAEoAxIVCg1vdXRwdXRfdG9rZW5zGAQgASgDIj4KE1NldHRsZVF1b3RhUmVzcG9uc2USJwoFcXVvdGEYASABKAsyGC5jaGF0cGxhbmUudjEuVG9rZW5RdW90YSI8Cg9TZXRRdW90YVJlcXVlc3QSEQoJdGVuYW50X2lkGAEgASgJEhYKDnRva2Vuc19wZXJfZGF5GAIgASgDIjsKEFNldFF1b3RhUmVzcG9uc2USJwoFcXVvdGEYASABKAsyGC5jaGF0cGxhbmUudjEuVG9rZW5RdW90YSIkCg9HZXRRdW90YVJlcXVlc3QSEQoJdGVuYW50X2lkGAEgASgJIjsKEEdldFF1b3RhUmVzcG9uc2USJwoFcXVvdGEYASABKAsyGC5jaGF0cGxhbmUudjEuVG9rZW5RdW90YSKVAQoKVG9rZW5RdW90YRIRCgl0ZW5hbnRfaWQYASABKAkSFgoOdG9rZW5zX3Blcl9kYXkYAiABKAMSEwoLdXNlZF90b2tlbnMYAyABKAMSFwoPcmVzZXJ2ZWRfdG9rZW5zGAQgASgDEi4KCnJlc2V0X3RpbWUYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIoUBCihQZXJzaXN0ZW5jZVNlcnZpY2VTZXRBY3RpdmVCcmFuY2hSZXF1ZXN0EiIKBW93bmVyGAEgASgLMhMuY2hhdHBsYW5lLnYxLk93bmVyEjUKB3JlcXVlc3QYAiABKAsyJC5jaGF0cGxhbmUudjEuU2V0QWN0aXZlQnJhbmNoUmVxdWVzdCJkCilQZXJzaXN0ZW5jZVNlcnZpY2VTZXRBY3RpdmVCcmFuY2hSZXNwb25zZRI3CghyZXNwb25zZRgBIAEoCzIlLmNoYXRwbGFuZS52MS5TZXRBY3RpdmVCcmFuY2hSZXNwb25zZSKGAQoVUmVwb3J0VmFyaWFudHNSZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCRIpCgVzaW5jZRgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEAoHY29udHJvbBiCASABKAkSEwoFYWxwaGEYgwEgASgBSACIAQFCCAoGX2FscGhhItAGCg1WYXJpYW50UmVwb3J0Eg8KB3ZhcmlhbnQYASABKAkSDwoHYW5zd2VycxgCIAEoAxIbChNpbnRlcnJ1cHRlZF9hbnN3ZXJzGAMgASgDEhYKDmZlZWRiYWNrX2NvdW50GAQgASgDEhQKDHNjb3JlZF9jb3VudBgFIAEoAxIXCgptZWFuX3Njb3JlGAYgASgBSACIAQESFwoPdGh1bWJzX3VwX2NvdW50GAcgASgDEhsKDnRodW1ic191cF9yYXRlGAggASgBSAGIAQESIAoTbWVhbl9maXJzdF90b2tlbl9tcxgJIAEoAUgCiAEBEh0KEG1lYW5fZHVyYXRpb25fbXMYCiABKAFIA4gBARIeChFtZWFuX2lucHV0X3Rva2VucxgLIAEoAUgEiAEBEh8KEm1lYW5fb3V0cHV0X3Rva2VucxgMIAEoAUgFiAEBEiAKEnRodW1ic191cF9yYXRlX2xvdxiCASABKAFIBogBARIhChN0aHVtYnNfdXBfcmF0ZV9oaWdoGIMBIAEoAUgHiAEBEhwKDm1lYW5fc2NvcmVfbG93GIQBIAEoAUgIiAEBEh0KD21lYW5fc2NvcmVfaGlnaBiFASABKAFICYgBARIaCgxzY29yZV9zdGRkZXYYhgEgASgBSAqIAQESHwoRdGh1bWJzX3VwX3BfdmFsdWUYhwEgASgBSAuIAQESIAoSbWVhbl9zY29yZV9wX3ZhbHVlGIgBIAEoAUgMiAEBEhAKB3ZlcmRpY3QYiQEgASgJQg0KC19tZWFuX3Njb3JlQhEKD190aHVtYnNfdXBfcmF0ZUIWChRfbWVhbl9maXJzdF90b2tlbl9tc0ITChFfbWVhbl9kdXJhdGlvbl9tc0IUChJfbWVhbl9pbnB1dF90b2tlbnNCFQoTX21lYW5fb3V0cHV0X3Rva2Vuc0IVChNfdGh1bWJzX3VwX3JhdGVfbG93QhYKFF90aHVtYnNfdXBfcmF0ZV9oaWdoQhEKD19tZWFuX3Njb3JlX2xvd0ISChBfbWVhbl9zY29yZV9oaWdoQg8KDV9zY29yZV9zdGRkZXZCFAoSX3RodW1ic191cF9wX3ZhbHVlQhUKE19tZWFuX3Njb3JlX3BfdmFsdWUitgEKFlJlcG9ydFZhcmlhbnRzUmVzcG9uc2USLQoIdmFyaWFudHMYASADKAsyGy5jaGF0cGxhbmUudjEuVmFyaWFudFJlcG9ydBIQCgdjb250cm9sGIIBIAEoCRIOCgVhbHBoYRiDASABKAESFAoLY29tcGFyaXNvbnMYhAEgASgFEhwKE3JlY29tbWVuZGVkX3ZhcmlhbnQYhQEgASgJEhcKDnJlY29tbWVuZGF0aW9uGIYBIAEoCSJQChFHZXRIYW5kb2ZmUmVxdWVzdBIiCgVvd25lchgBIAEoCzITLmNoYXRwbGFuZS52MS5Pd25lchIXCg9jb252ZXJzYXRpb25faWQYAiABKAkiVwoSR2V0SGFuZG9mZlJlc3BvbnNlEiwKB2hhbmRvZmYYASABKAsyGy5jaGF0cGxhbmUudjEuSGFuZG9mZlN0YXR1cxITCgtydWxlc19maXJlZBgCIAMoCSLbAQoUQ2hhbmdlSGFuZG9mZlJlcXVlc3QSIgoFb3duZXIYASABKAsyEy5jaGF0cGxhbmUudjEuT3duZXISFwoPY29udmVyc2F0aW9uX2lkGAIgASgJEicKBG1vZGUYAyABKA4yGS5jaGF0cGxhbmUudjEuSGFuZG9mZk1vZGUSLQoHdHJpZ2dlchgEIAEoDjIcLmNoYXRwbGFuZS52MS5IYW5kb2ZmVHJpZ2dlchIOCgZyZWFzb24YBSABKAkSEAoIYWN0b3JfaWQYBiABKAkSDAoEcnVsZRgHIAEoCSJFChVDaGFuZ2VIYW5kb2ZmUmVzcG9uc2USLAoHaGFuZG9mZhgBIAEoCzIbLmNoYXRwbGFuZS52MS5IYW5kb2ZmU3RhdHVzIk8KE0xpc3RIYW5kb2Zmc1JlcXVlc3QSEQoJdGVuYW50X2lkGAEgASgJEhEKCXBhZ2Vfc2l6ZRgCIAEoBRISCgpwYWdlX3Rva2VuGAMgASgJIl4KFExpc3RIYW5kb2Zmc1Jlc3BvbnNlEi0KCGhhbmRvZmZzGAEgAygLMhsuY2hhdHBsYW5lLnYxLkhhbmRvZmZTdGF0dXMSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIkUKF0dldFRlbmFudEhhbmRvZmZSZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCRIXCg9jb252ZXJzYXRpb25faWQYAiABKAkibAoYR2V0VGVuYW50SGFuZG9mZlJlc3BvbnNlEiIKBW93bmVyGAEgASgLMhMuY2hhdHBsYW5lLnYxLk93bmVyEiwKB2hhbmRvZmYYAiABKAsyGy5jaGF0cGxhbmUudjEuSGFuZG9mZlN0YXR1cyJQChZDb3VudFRodW1ic0Rvd25SZXF1ZXN0EiIKBW93bmVyGAEgASgLMhMuY2hhdHBsYW5lLnYxLk93bmVyEhIKCm1lc3NhZ2VfaWQYAiABKAkiRwoXQ291bnRUaHVtYnNEb3duUmVzcG9uc2USFwoPY29udmVyc2F0aW9uX2lkGAEgASgJEhMKC3RodW1ic19kb3duGAIgASgFIr0BChdMaXN0UmF0ZWRBbnN3ZXJzUmVxdWVzdBIRCgl0ZW5hbnRfaWQYASABKAkSKQoFc2luY2UYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEikKBXVudGlsGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBISCgptaW5fcmF0aW5nGAQgASgFEhEKCXBhZ2Vfc2l6ZRgFIAEoBRISCgpwYWdlX3Rva2VuGAYgASgJIkAKDkRhdGFzZXRNZXNzYWdlEiAKBHJvbGUYASABKA4yEi5jaGF0cGxhbmUudjEuUm9sZRIMCgR0ZXh0GAIgASgJIrQCCgtSYXRlZEFuc3dlchIRCgl0ZW5hbnRfaWQYASABKAkSFwoPY29udmVyc2F0aW9uX2lkGAIgASgJEhIKCm1lc3NhZ2VfaWQYAyABKAkSDwoHdmFyaWFudBgEIAEoCRIkCgZ0aHVtYnMYBSABKA4yFC5jaGF0cGxhbmUudjEuUmF0aW5nEhIKBXNjb3JlGAYgASgFSACIAQESDgoGcmF0aW5nGAcgASgFEi8KC2NyZWF0ZV90aW1lGAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBINCgVtb2RlbBgJIAEoCRIuCghtZXNzYWdlcxgKIAMoCzIcLmNoYXRwbGFuZS52MS5EYXRhc2V0TWVzc2FnZRIQCghyZWRhY3RlZBgLIAEoCEIICgZfc2NvcmUiXwoYTGlzdFJhdGVkQW5zd2Vyc1Jlc3BvbnNlEioKB2Fuc3dlcnMYASADKAsyGS5jaGF0cGxhbmUudjEuUmF0ZWRBbnN3ZXISFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJMpIVChJQZXJzaXN0ZW5jZVNlcnZpY2USTAoJQmVnaW5UdXJuEh4uY2hhdHBsYW5lLnYxLkJlZ2luVHVyblJlcXVlc3QaHy5jaGF0cGxhbmUudjEuQmVnaW5UdXJuUmVzcG9uc2USRgoHR2V0VHVybhIcLmNoYXRwbGFuZS52MS5HZXRUdXJuUmVxdWVzdBodLmNoYXRwbGFuZS52MS5HZXRUdXJuUmVzcG9uc2USUgoLUmVsZWFzZVR1cm4SIC5jaGF0cGxhbmUudjEuUmVsZWFzZVR1cm5SZXF1ZXN0GiEuY2hhdHBsYW5lLnYxLlJlbGVhc2VUdXJuUmVzcG9uc2USiAEKEUxpc3RDb252ZXJzYXRpb25zEjguY2hhdHBsYW5lLnYxLlBlcnNpc3RlbmNlU2VydmljZUxpc3RDb252ZXJzYXRpb25zUmVxdWVzdBo5LmNoYXRwbGFuZS52MS5QZXJzaXN0ZW5jZVNlcnZpY2VMaXN0Q29udmVyc2F0aW9uc1Jlc3BvbnNlEoIBCg9HZXRDb252ZXJzYXRpb24SNi5jaGF0cGxhbmUudjEuUGVyc2lzdGVuY2VTZXJ2aWNlR2V0Q29udmVyc2F0aW9uUmVxdWVzdBo3LmNoYXRwbGFuZS52MS5QZXJzaXN0ZW5jZVNlcnZpY2VHZXRDb252ZXJzYXRpb25SZXNwb25zZRKLAQoSRGVsZXRlQ29udmVyc2F0aW9uEjkuY2hhdHBsYW5lLnYxLlBlcnNpc3RlbmNlU2VydmljZURlbGV0ZUNvbnZlcnNhdGlvblJlcXVlc3QaOi5jaGF0cGxhbmUudjEuUGVyc2lzdGVuY2VTZXJ2aWNlRGVsZXRlQ29udmVyc2F0aW9uUmVzcG9uc2USfwoOU3VibWl0RmVlZGJhY2sSNS5jaGF0cGxhbmUudjEuUGVyc2lzdGVuY2VTZXJ2aWNlU3VibWl0RmVlZGJhY2tSZXF1ZXN0GjYuY2hhdHBsYW5lLnYxLlBlcnNpc3RlbmNlU2VydmljZVN1Ym1pdEZlZWRiYWNrUmVzcG9uc2USVQoMQ3JlYXRlQXBpS2V5EiEuY2hhdHBsYW5lLnYxLkNyZWF0ZUFwaUtleVJlcXVlc3QaIi5jaGF0cGxhbmUudjEuQ3JlYXRlQXBpS2V5UmVzcG9uc2USTAoJR2V0QXBpS2V5Eh4uY2hhdHBsYW5lLnYxLkdldEFwaUtleVJlcXVlc3QaHy5jaGF0cGxhbmUudjEuR2V0QXBpS2V5UmVzcG9uc2USTAoJR2V0QW5zd2VyEh4uY2hhdHBsYW5lLnYxLkdldEFuc3dlclJlcXVlc3QaHy5jaGF0cGxhbmUudjEuR2V0QW5zd2VyUmVzcG9uc2USVQoMUmVzZXJ2ZVF1b3RhEiEuY2hhdHBsYW5lLnYxLlJlc2VydmVRdW90YVJlcXVlc3QaIi5jaGF0cGxhbmUudjEuUmVzZXJ2ZVF1b3RhUmVzcG9uc2USUgoLU2V0dGxlUXVvdGESIC5jaGF0cGxhbmUudjEuU2V0dGxlUXVvdGFSZXF1ZXN0GiEuY2hhdHBsYW5lLnYxLlNldHRsZVF1b3RhUmVzcG9uc2USSQoIU2V0UXVvdGESHS5jaGF0cGxhbmUudjEuU2V0UXVvdGFSZXF1ZXN0Gh4uY2hhdHBsYW5lLnYxLlNldFF1b3RhUmVzcG9uc2USSQoIR2V0UXVvdGESHS5jaGF0cGxhbmUudjEuR2V0UXVvdGFSZXF1ZXN0Gh4uY2hhdHBsYW5lLnYxLkdldFF1b3RhUmVzcG9uc2USggEKD1NldEFjdGl2ZUJyYW5jaBI2LmNoYXRwbGFuZS52MS5QZXJzaXN0ZW5jZVNlcnZpY2VTZXRBY3RpdmVCcmFuY2hSZXF1ZXN0GjcuY2hhdHBsYW5lLnYxLlBlcnNpc3RlbmNlU2VydmljZVNldEFjdGl2ZUJyYW5jaFJlc3BvbnNlElsKDlJlcG9ydFZhcmlhbnRzEiMuY2hhdHBsYW5lLnYxLlJlcG9ydFZhcmlhbnRzUmVxdWVzdBokLmNoYXRwbGFuZS52MS5SZXBvcnRWYXJpYW50c1Jlc3BvbnNlEnYKC0xpc3RBcGlLZXlzEjIuY2hhdHBsYW5lLnYxLlBlcnNpc3RlbmNlU2VydmljZUxpc3RBcGlLZXlzUmVxdWVzdBozLmNoYXRwbGFuZS52MS5QZXJzaXN0ZW5jZVNlcnZpY2VMaXN0QXBpS2V5c1Jlc3BvbnNlEnkKDFJvdGF0ZUFwaUtleRIzLmNoYXRwbGFuZS52MS5QZXJzaXN0ZW5jZVNlcnZpY2VSb3RhdGVBcGlLZXlSZXF1ZXN0GjQuY2hhdHBsYW5lLnYxLlBlcnNpc3RlbmNlU2VydmljZVJvdGF0ZUFwaUtleVJlc3BvbnNlEnkKDFJldm9rZUFwaUtleRIzLmNoYXRwbGFuZS52MS5QZXJzaXN0ZW5jZVNlcnZpY2VSZXZva2VBcGlLZXlSZXF1ZXN0GjQuY2hhdHBsYW5lLnYxLlBlcnNpc3RlbmNlU2VydmljZVJldm9rZUFwaUtleVJlc3BvbnNlEmQKEUFwcGVuZEF1ZGl0RXZlbnRzEiYuY2hhdHBsYW5lLnYxLkFwcGVuZEF1ZGl0RXZlbnRzUmVxdWVzdBonLmNoYXRwbGFuZS52MS5BcHBlbmRBdWRpdEV2ZW50c1Jlc3BvbnNlEmEKEExpc3RBdWRpdFJlY29yZHMSJS5jaGF0cGxhbmUudjEuTGlzdEF1ZGl0UmVjb3Jkc1JlcXVlc3QaJi5jaGF0cGxhbmUudjEuTGlzdEF1ZGl0UmVjb3Jkc1Jlc3BvbnNlEk8KCkdldEhhbmRvZmYSHy5jaGF0cGxhbmUudjEuR2V0SGFuZG9mZlJlcXVlc3QaIC5jaGF0cGxhbmUudjEuR2V0SGFuZG9mZlJlc3BvbnNlElgKDUNoYW5nZUhhbmRvZmYSIi5jaGF0cGxhbmUudjEuQ2hhbmdlSGFuZG9mZlJlcXVlc3QaIy5jaGF0cGxhbmUudjEuQ2hhbmdlSGFuZG9mZlJlc3BvbnNlElUKDExpc3RIYW5kb2ZmcxIhLmNoYXRwbGFuZS52MS5MaXN0SGFuZG9mZnNSZXF1ZXN0GiIuY2hhdHBsYW5lLnYxLkxpc3RIYW5kb2Zmc1Jlc3BvbnNlEmEKEEdldFRlbmFudEhhbmRvZmYSJS5jaGF0cGxhbmUudjEuR2V0VGVuYW50SGFuZG9mZlJlcXVlc3QaJi5jaGF0cGxhbmUudjEuR2V0VGVuYW50SGFuZG9mZlJlc3BvbnNlEl4KD0NvdW50VGh1bWJzRG93bhIkLmNoYXRwbGFuZS52MS5Db3VudFRodW1ic0Rvd25SZXF1ZXN0GiUuY2hhdHBsYW5lLnYxLkNvdW50VGh1bWJzRG93blJlc3BvbnNlEmEKEExpc3RSYXRlZEFuc3dlcnMSJS5jaGF0cGxhbmUudjEuTGlzdFJhdGVkQW5zd2Vyc1JlcXVlc3QaJi5jaGF0cGxhbmUudjEuTGlzdFJhdGVkQW5zd2Vyc1Jlc3BvbnNlQkBaPmdpdGh1Yi5jb20vY2hhdHBsYW5lL2NoYXRwbGFuZS9nZW4vZ28vY2hhdHBsYW5lL3YxO2NoYXRwbGFuZXYxYgZwcm90bzM", [file_chatplane_v1_audit, file_chatplane_v1_gateway, file_chatplane_v1_resources, file_google_protobuf_timestamp]);
 
 /**
  * The tenant and user a call acts for.
@@ -1486,6 +1486,21 @@ export type ReportVariantsRequest = Message<"chatplane.v1.ReportVariantsRequest"
    * @generated from field: google.protobuf.Timestamp since = 2;
    */
   since?: Timestamp | undefined;
+
+  /**
+   * The variant the others are compared with; empty: "control" when there is one, else the
+   * variant with the most feedback (docs/variants.md).
+   *
+   * @generated from field: string control = 130;
+   */
+  control: string;
+
+  /**
+   * Family-wise significance level of the comparisons (0 < alpha < 0.5; absent: 0.05).
+   *
+   * @generated from field: optional double alpha = 131;
+   */
+  alpha?: number | undefined;
 };
 
 /**
@@ -1584,6 +1599,62 @@ export type VariantReport = Message<"chatplane.v1.VariantReport"> & {
    * @generated from field: optional double mean_output_tokens = 12;
    */
   meanOutputTokens?: number | undefined;
+
+  /**
+   * Wilson score interval of thumbs_up_rate at 1 - alpha (absent without feedback).
+   *
+   * @generated from field: optional double thumbs_up_rate_low = 130;
+   */
+  thumbsUpRateLow?: number | undefined;
+
+  /**
+   * Upper end of the Wilson score interval.
+   *
+   * @generated from field: optional double thumbs_up_rate_high = 131;
+   */
+  thumbsUpRateHigh?: number | undefined;
+
+  /**
+   * Student t interval of mean_score at 1 - alpha (absent with fewer than two scores).
+   *
+   * @generated from field: optional double mean_score_low = 132;
+   */
+  meanScoreLow?: number | undefined;
+
+  /**
+   * Upper end of the t interval.
+   *
+   * @generated from field: optional double mean_score_high = 133;
+   */
+  meanScoreHigh?: number | undefined;
+
+  /**
+   * Sample standard deviation of the scores (absent with fewer than two scores).
+   *
+   * @generated from field: optional double score_stddev = 134;
+   */
+  scoreStddev?: number | undefined;
+
+  /**
+   * Fisher's exact test of the thumbs-up rate against the control (absent when not compared).
+   *
+   * @generated from field: optional double thumbs_up_p_value = 135;
+   */
+  thumbsUpPValue?: number | undefined;
+
+  /**
+   * Welch's t test of the mean score against the control (absent when not compared).
+   *
+   * @generated from field: optional double mean_score_p_value = 136;
+   */
+  meanScorePValue?: number | undefined;
+
+  /**
+   * "control", "better", "worse", "mixed" or "no significant difference" ("" when not compared).
+   *
+   * @generated from field: string verdict = 137;
+   */
+  verdict: string;
 };
 
 /**
@@ -1605,6 +1676,42 @@ export type ReportVariantsResponse = Message<"chatplane.v1.ReportVariantsRespons
    * @generated from field: repeated chatplane.v1.VariantReport variants = 1;
    */
   variants: VariantReport[];
+
+  /**
+   * The variant the others were compared with ("" with fewer than two variants).
+   *
+   * @generated from field: string control = 130;
+   */
+  control: string;
+
+  /**
+   * Family-wise significance level used.
+   *
+   * @generated from field: double alpha = 131;
+   */
+  alpha: number;
+
+  /**
+   * Number of tests made; each was judged at alpha / comparisons (Bonferroni).
+   *
+   * @generated from field: int32 comparisons = 132;
+   */
+  comparisons: number;
+
+  /**
+   * The variant to promote, only when it is significantly better than the control and not
+   * significantly worse on the other measure; empty otherwise.
+   *
+   * @generated from field: string recommended_variant = 133;
+   */
+  recommendedVariant: string;
+
+  /**
+   * Why, in one sentence ("" when there is no recommendation).
+   *
+   * @generated from field: string recommendation = 134;
+   */
+  recommendation: string;
 };
 
 /**
@@ -1930,6 +2037,210 @@ export const CountThumbsDownResponseSchema: GenMessage<CountThumbsDownResponse> 
   messageDesc(file_chatplane_v1_persistence, 55);
 
 /**
+ * Asks for a page of rated answers (docs/datasets.md).
+ *
+ * @generated from message chatplane.v1.ListRatedAnswersRequest
+ */
+export type ListRatedAnswersRequest = Message<"chatplane.v1.ListRatedAnswersRequest"> & {
+  /**
+   * Only this tenant (it must have opted in); empty means every tenant that opted in.
+   *
+   * @generated from field: string tenant_id = 1;
+   */
+  tenantId: string;
+
+  /**
+   * Answers created at or after this time (required).
+   *
+   * @generated from field: google.protobuf.Timestamp since = 2;
+   */
+  since?: Timestamp | undefined;
+
+  /**
+   * Answers created before this time; absent means up to now.
+   *
+   * @generated from field: google.protobuf.Timestamp until = 3;
+   */
+  until?: Timestamp | undefined;
+
+  /**
+   * Lowest rating exported, 1-5: the feedback's score, or 5 for a thumbs up and 1 for a
+   * thumbs down without a score.
+   *
+   * @generated from field: int32 min_rating = 4;
+   */
+  minRating: number;
+
+  /**
+   * Maximum answers to return (1-500; 0 means 100).
+   *
+   * @generated from field: int32 page_size = 5;
+   */
+  pageSize: number;
+
+  /**
+   * The next_page_token of a previous call with the same filters, or empty for the first page.
+   *
+   * @generated from field: string page_token = 6;
+   */
+  pageToken: string;
+};
+
+/**
+ * Describes the message chatplane.v1.ListRatedAnswersRequest.
+ * Use `create(ListRatedAnswersRequestSchema)` to create a new message.
+ */
+export const ListRatedAnswersRequestSchema: GenMessage<ListRatedAnswersRequest> = /*@__PURE__*/
+  messageDesc(file_chatplane_v1_persistence, 56);
+
+/**
+ * One message of a rated answer's branch.
+ *
+ * @generated from message chatplane.v1.DatasetMessage
+ */
+export type DatasetMessage = Message<"chatplane.v1.DatasetMessage"> & {
+  /**
+   * ROLE_USER or ROLE_ASSISTANT (an operator's reply counts as the assistant's).
+   *
+   * @generated from field: chatplane.v1.Role role = 1;
+   */
+  role: Role;
+
+  /**
+   * The text, masked when the tenant has PII redaction on.
+   *
+   * @generated from field: string text = 2;
+   */
+  text: string;
+};
+
+/**
+ * Describes the message chatplane.v1.DatasetMessage.
+ * Use `create(DatasetMessageSchema)` to create a new message.
+ */
+export const DatasetMessageSchema: GenMessage<DatasetMessage> = /*@__PURE__*/
+  messageDesc(file_chatplane_v1_persistence, 57);
+
+/**
+ * A rated answer and the branch of its conversation that led to it.
+ *
+ * @generated from message chatplane.v1.RatedAnswer
+ */
+export type RatedAnswer = Message<"chatplane.v1.RatedAnswer"> & {
+  /**
+   * The tenant.
+   *
+   * @generated from field: string tenant_id = 1;
+   */
+  tenantId: string;
+
+  /**
+   * The conversation.
+   *
+   * @generated from field: string conversation_id = 2;
+   */
+  conversationId: string;
+
+  /**
+   * The rated assistant message.
+   *
+   * @generated from field: string message_id = 3;
+   */
+  messageId: string;
+
+  /**
+   * The variant (NAME or NAME@VERSION) that produced it.
+   *
+   * @generated from field: string variant = 4;
+   */
+  variant: string;
+
+  /**
+   * The thumbs of the feedback.
+   *
+   * @generated from field: chatplane.v1.Rating thumbs = 5;
+   */
+  thumbs: Rating;
+
+  /**
+   * The feedback's score (1-5), when it had one.
+   *
+   * @generated from field: optional int32 score = 6;
+   */
+  score?: number | undefined;
+
+  /**
+   * The rating filtered on: the score, or 5 / 1 for thumbs up / down.
+   *
+   * @generated from field: int32 rating = 7;
+   */
+  rating: number;
+
+  /**
+   * When the answer was created.
+   *
+   * @generated from field: google.protobuf.Timestamp create_time = 8;
+   */
+  createTime?: Timestamp | undefined;
+
+  /**
+   * The model that produced it.
+   *
+   * @generated from field: string model = 9;
+   */
+  model: string;
+
+  /**
+   * The branch from the conversation's first message to the rated answer (its last message).
+   *
+   * @generated from field: repeated chatplane.v1.DatasetMessage messages = 10;
+   */
+  messages: DatasetMessage[];
+
+  /**
+   * True when the texts were masked (the tenant has PII redaction on).
+   *
+   * @generated from field: bool redacted = 11;
+   */
+  redacted: boolean;
+};
+
+/**
+ * Describes the message chatplane.v1.RatedAnswer.
+ * Use `create(RatedAnswerSchema)` to create a new message.
+ */
+export const RatedAnswerSchema: GenMessage<RatedAnswer> = /*@__PURE__*/
+  messageDesc(file_chatplane_v1_persistence, 58);
+
+/**
+ * A page of rated answers, oldest first.
+ *
+ * @generated from message chatplane.v1.ListRatedAnswersResponse
+ */
+export type ListRatedAnswersResponse = Message<"chatplane.v1.ListRatedAnswersResponse"> & {
+  /**
+   * The answers, by create time then message id.
+   *
+   * @generated from field: repeated chatplane.v1.RatedAnswer answers = 1;
+   */
+  answers: RatedAnswer[];
+
+  /**
+   * Token for the next page; empty when there is none.
+   *
+   * @generated from field: string next_page_token = 2;
+   */
+  nextPageToken: string;
+};
+
+/**
+ * Describes the message chatplane.v1.ListRatedAnswersResponse.
+ * Use `create(ListRatedAnswersResponseSchema)` to create a new message.
+ */
+export const ListRatedAnswersResponseSchema: GenMessage<ListRatedAnswersResponse> = /*@__PURE__*/
+  messageDesc(file_chatplane_v1_persistence, 59);
+
+/**
  * The system of record: conversations, turns, messages (written through the message log),
  * feedback and API keys. Internal: called by the Gateway and admin tools. Every call names
  * the tenant and user it acts for; objects of anyone else are NOT_FOUND.
@@ -2202,6 +2513,17 @@ export const PersistenceService: GenService<{
     methodKind: "unary";
     input: typeof CountThumbsDownRequestSchema;
     output: typeof CountThumbsDownResponseSchema;
+  },
+  /**
+   * Pages the rated, complete answers of tenants that opted in to feedback datasets, each with
+   * the branch that led to it, masked for tenants with PII redaction (docs/datasets.md).
+   *
+   * @generated from rpc chatplane.v1.PersistenceService.ListRatedAnswers
+   */
+  listRatedAnswers: {
+    methodKind: "unary";
+    input: typeof ListRatedAnswersRequestSchema;
+    output: typeof ListRatedAnswersResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_chatplane_v1_persistence, 0);

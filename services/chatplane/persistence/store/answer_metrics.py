@@ -73,7 +73,8 @@ def report_query(
         f" count(f.message_id), count(f.score), avg(f.score){to_float},"
         " sum(CASE WHEN f.rating = 'thumbs_up' THEN 1 ELSE 0 END),"
         f" {complete_avg('first_token_ms')}, {complete_avg('duration_ms')},"
-        f" {complete_avg('input_tokens')}, {complete_avg('output_tokens')}"
+        f" {complete_avg('input_tokens')}, {complete_avg('output_tokens')},"
+        " coalesce(sum(f.score), 0), coalesce(sum(f.score * f.score), 0)"
         " FROM answer_metrics a LEFT JOIN feedback f ON f.message_id = a.message_id"
         f"{where} GROUP BY a.variant ORDER BY a.variant"
     )
@@ -97,4 +98,6 @@ def stats_from_row(row: Sequence[Any]) -> VariantStats:
         mean_duration_ms=mean(row[8]),
         mean_input_tokens=mean(row[9]),
         mean_output_tokens=mean(row[10]),
+        score_sum=int(row[11]),
+        score_square_sum=int(row[12]),
     )
