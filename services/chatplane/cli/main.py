@@ -329,3 +329,6 @@ cli.add_command(audit)
 keys.add_command(keys_list)
 keys.add_command(keys_rotate)
 keys.add_command(keys_revoke)
+from chatplane.cli.dataset import dataset  # noqa: E402  (feedback datasets, docs/datasets.md)
+
+cli.add_command(dataset)

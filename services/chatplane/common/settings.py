@@ -254,6 +254,11 @@ class Settings(BaseSettings):
     pii_redaction_tenants: tuple[str, ...] = ()
     pii_phone_region: str = Field(default="US", pattern=r"^[A-Z]{2}$")
 
+    # Feedback datasets (issue 8, docs/datasets.md): tenants that opted in to having their
+    # rated conversations exported for retraining or prompt tuning. Default: none (off).
+    # JSON list in CHATPLANE_DATASET_EXPORT_TENANTS; no wildcard (consent is per tenant).
+    dataset_export_tenants: tuple[str, ...] = ()
+
     def data_path(self, name: str) -> Path:
         """A file or folder inside the data directory (created on demand)."""
         self.data_dir.mkdir(parents=True, exist_ok=True)

@@ -17,6 +17,7 @@ from chatplane.common.deadlines import outbound_timeout
 from chatplane.common.ids import is_valid_id
 from chatplane.common.roles import ADMIN, parse_roles, require_role
 from chatplane.common.settings import Settings
+from chatplane.gateway.admin.rated_answers import rated_answers_page
 from chatplane.gateway.auth import ApiKeyAuthenticator
 from chatplane.v1 import admin_pb2, admin_pb2_grpc, audit_pb2, persistence_pb2, persistence_pb2_grpc
 
@@ -222,4 +223,13 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
                 actor=_actor(principal, context),
             ),
             timeout=self._timeout(context),
+        )
+
+    async def ListRatedAnswers(
+        self, request: admin_pb2.AdminServiceListRatedAnswersRequest, context: Context
+    ) -> admin_pb2.AdminServiceListRatedAnswersResponse:
+        # Feedback datasets (issue 8, docs/datasets.md): the caller's tenant only; whether it
+        # opted in, and the redaction, are decided by the system of record.
+        return await rated_answers_page(
+            _admin(context, "ListRatedAnswers"), request, self._persistence, self._timeout(context)
         )

@@ -16,6 +16,7 @@ from chatplane.common import errors
 from chatplane.common.closing import AsyncClosable
 from chatplane.common.ids import is_valid_id, new_id
 from chatplane.persistence.store.quota import TokenQuotaLedger
+from chatplane.persistence.store.rated_answers import RatedAnswerQuery, RatedAnswerRow
 
 if TYPE_CHECKING:  # they import this module
     from chatplane.audit.chain import AuditEvent, AuditHead, AuditRecord
@@ -534,6 +535,11 @@ class ConversationStore(TokenQuotaLedger, AsyncClosable):
         """Answers and their feedback aggregated per A/B variant, by variant name: of one
         tenant (None: all) and created at or after `since` (None: all). Not scoped to an
         owner: for admin tools only."""
+
+    @abc.abstractmethod
+    async def list_rated_answers(self, query: RatedAnswerQuery) -> list[RatedAnswerRow]:
+        """A page of complete, rated answers (feedback datasets, docs/datasets.md), by create
+        time then message id. Not scoped to an owner: for admin tools only."""
 
     @abc.abstractmethod
     async def close(self) -> None:

@@ -78,6 +78,12 @@ from chatplane.persistence.store.migrations import Migration, shipped_migrations
 from chatplane.persistence.store.postgres_copy import LostRace as _LostRace
 from chatplane.persistence.store.postgres_copy import copy_messages, record_conversations
 from chatplane.persistence.store.quota import QuotaReservation, TokenQuota
+from chatplane.persistence.store.rated_answers import (
+    RatedAnswerQuery,
+    RatedAnswerRow,
+    rated_answers_sql,
+)
+from chatplane.persistence.store.rated_answers import row_of as rated_answer_row
 from chatplane.persistence.store.records import (
     admit_batch,
     conversation_from_row,
@@ -753,6 +759,17 @@ class PostgresConversationStore(TreeQueries, ConversationStore):
             cursor = await connection.execute(query, parameters)
             rows = await cursor.fetchall()
         return [stats_from_row(row) for row in rows]
+
+    async def list_rated_answers(self, query: RatedAnswerQuery) -> list[RatedAnswerRow]:
+        if not query.tenants:
+            return []
+        sql, parameters = rated_answers_sql(
+            query, time_column="create_time", placeholder="%s", time_in=lambda t: t
+        )
+        async with self._connection() as connection:
+            cursor = await connection.execute(sql, parameters)
+            rows = await cursor.fetchall()
+        return [rated_answer_row(row, lambda t: t) for row in rows]
 
     async def get_handoff(self, owner: Owner, conversation_id: str) -> HandoffState:
         if not is_valid_id(conversation_id):

@@ -66,6 +66,12 @@ from chatplane.persistence.store.key_records import (
 )
 from chatplane.persistence.store.migrations import Migration, shipped_migrations
 from chatplane.persistence.store.quota import QuotaReservation, TokenQuota
+from chatplane.persistence.store.rated_answers import (
+    RatedAnswerQuery,
+    RatedAnswerRow,
+    rated_answers_sql,
+)
+from chatplane.persistence.store.rated_answers import row_of as rated_answer_row
 from chatplane.persistence.store.records import (
     admit_batch,
     conversation_from_row,
@@ -293,6 +299,18 @@ class SqliteConversationStore(TreeQueries, ConversationStore):
         self, tenant_id: str | None = None, since: datetime | None = None
     ) -> list[VariantStats]:
         return await self._run(functools.partial(_report_variants, tenant_id, since))
+
+    async def list_rated_answers(self, query: RatedAnswerQuery) -> list[RatedAnswerRow]:
+        if not query.tenants:
+            return []
+        sql, parameters = rated_answers_sql(
+            query, time_column="create_time_us", placeholder="?", time_in=to_micros
+        )
+        return await self._run(
+            lambda connection: [
+                rated_answer_row(row, from_micros) for row in connection.execute(sql, parameters)
+            ]
+        )
 
     async def get_handoff(self, owner: Owner, conversation_id: str) -> HandoffState:
         if not is_valid_id(conversation_id):

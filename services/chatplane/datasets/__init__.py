@@ -1,0 +1,1 @@
+"""Feedback datasets for retraining and prompt tuning outside chatplane (docs/datasets.md)."""

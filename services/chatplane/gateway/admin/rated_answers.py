@@ -1,0 +1,33 @@
+"""AdminService.ListRatedAnswers (docs/datasets.md): a tenant admin's page of the tenant's
+rated answers for feedback datasets, through PersistenceService.ListRatedAnswers."""
+
+from __future__ import annotations
+
+from chatplane.common.context import Principal
+from chatplane.common.status_mapping import caller_field_errors
+from chatplane.v1 import admin_pb2, persistence_pb2, persistence_pb2_grpc
+
+
+async def rated_answers_page(
+    principal: Principal,
+    request: admin_pb2.AdminServiceListRatedAnswersRequest,
+    persistence: persistence_pb2_grpc.PersistenceServiceAsyncStub,
+    timeout: float,
+) -> admin_pb2.AdminServiceListRatedAnswersResponse:
+    """The page; the request's fields are checked by Persistence, whose INVALID_ARGUMENT is
+    passed on as the caller's own field (FAILED_PRECONDITION: the tenant did not opt in)."""
+    downstream = persistence_pb2.ListRatedAnswersRequest(
+        tenant_id=principal.tenant_id,
+        min_rating=request.min_rating,
+        page_size=request.page_size,
+        page_token=request.page_token,
+    )
+    if request.HasField("since"):
+        downstream.since.CopyFrom(request.since)
+    if request.HasField("until"):
+        downstream.until.CopyFrom(request.until)
+    with caller_field_errors(""):
+        response = await persistence.ListRatedAnswers(downstream, timeout=timeout)
+    return admin_pb2.AdminServiceListRatedAnswersResponse(
+        answers=response.answers, next_page_token=response.next_page_token
+    )
