@@ -230,12 +230,24 @@ async def test_the_cli_prints_the_same_report(rig: Rig, sent: list[Sent]) -> Non
         assert row["thumbs_up_rate"] == pytest.approx(line.thumbs_up_rate)
         assert row["mean_first_token_ms"] == pytest.approx(line.mean_first_token_ms)
         assert row["mean_output_tokens"] == pytest.approx(line.mean_output_tokens)
+        # Issue 8: the intervals hold the estimates; every variant was compared.
+        assert row["thumbs_up_rate_low"] <= row["thumbs_up_rate"] <= row["thumbs_up_rate_high"]
+        assert row["verdict"] in {
+            "control",
+            "better",
+            "worse",
+            "mixed",
+            "no significant difference",
+        }
+    assert printed["control"] in rows
+    assert printed["comparisons"] == response.comparisons > 0
     table = await asyncio.to_thread(
         subprocess.run, [*args, "--since", "2000-01-01"], capture_output=True, text=True, timeout=60
     )
     assert table.returncode == 0, table.stderr
     assert "warm" in table.stdout and "terse" in table.stdout
     assert "mean rating" in table.stdout
+    assert "thumbs up CI" in table.stdout and "compared with" in table.stdout
 
 
 @pytest.mark.parametrize("score", [0, 6, -1])

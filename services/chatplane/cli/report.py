@@ -49,6 +49,11 @@ _INTERVAL_FIELDS = (
 )
 
 
+_INT64_FIELDS = frozenset(
+    f.name for f in persistence_pb2.VariantReport.DESCRIPTOR.fields if f.type == f.TYPE_INT64
+)
+
+
 def report_rows(response: persistence_pb2.ReportVariantsResponse) -> list[dict[str, Any]]:
     """The report as plain rows (every field; a mean with nothing to average is null)."""
     rows = []
@@ -59,9 +64,7 @@ def report_rows(response: persistence_pb2.ReportVariantsResponse) -> list[dict[s
         for field in (*(f for _, f, _ in _COLUMNS), *_INTERVAL_FIELDS):
             row.setdefault(field, None)
         # int64 fields come out of proto JSON as strings.
-        rows.append(
-            {k: int(v) if isinstance(v, str) and k != "variant" else v for k, v in row.items()}
-        )
+        rows.append({k: int(v) if k in _INT64_FIELDS else v for k, v in row.items()})
     return rows
 
 
