@@ -91,6 +91,8 @@ CALLS: dict[tuple[str, str], frozenset[str]] = {
             "ListHandoffs",
             "GetTenantHandoff",
             "CountThumbsDown",
+            # Feedback datasets (docs/datasets.md): AdminService.ListRatedAnswers.
+            "ListRatedAnswers",
         }
     ),
     ("gateway", MEMORY): frozenset({"Forget", "IngestDocument", "ListDocuments", "DeleteDocument"}),
@@ -105,6 +107,7 @@ CALLS: dict[tuple[str, str], frozenset[str]] = {
             "SetQuota",
             "GetQuota",
             "ReportVariants",
+            "ListRatedAnswers",
         }
     ),
     ("admin", MEMORY): frozenset({"Remember"}),
