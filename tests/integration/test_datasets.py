@@ -167,6 +167,17 @@ async def test_export_of_opted_in_tenants(rig: Rig, tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert _check_files(mine, 1)["tenants"] == {PLAIN: 1}
 
+    async def audited() -> bool:
+        async with rig.stack.channel("persistence") as channel:
+            page = await persistence_pb2_grpc.PersistenceServiceStub(channel).ListAuditRecords(
+                persistence_pb2.ListAuditRecordsRequest(page_size=1000), timeout=10
+            )
+        return any(
+            r.event.action == "dataset.export" and r.event.tenant_id == PLAIN for r in page.records
+        )
+
+    await poll(audited)
+
     # A tenant that did not opt in, asked for by name: refused, nothing exported.
     refused = await asyncio.to_thread(_export, rig, tmp_path / "closed", "--tenant", CLOSED)
     assert refused.returncode != 0

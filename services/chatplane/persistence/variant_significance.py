@@ -9,10 +9,10 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
-import numpy as np
-from scipy import stats
-
 from chatplane.persistence.store.base import VariantStats
+
+# scipy.stats takes 1.5-2 s to import: each function imports it, so it is loaded by the
+# first report rather than at every start of PersistenceService.
 
 DEFAULT_ALPHA = 0.05
 CONTROL_NAME = "control"
@@ -61,6 +61,8 @@ def wilson_interval(successes: int, trials: int, alpha: float) -> Interval | Non
     """The Wilson score interval of a proportion at confidence 1 - alpha (None: no trials)."""
     if trials <= 0:
         return None
+    from scipy import stats  # noqa: PLC0415 (slow import, see above)
+
     ci = stats.binomtest(successes, trials).proportion_ci(1 - alpha, method="wilson")
     return Interval(float(ci.low), float(ci.high))
 
@@ -82,6 +84,8 @@ def mean_interval(v: VariantStats, alpha: float) -> Interval | None:
         return None
     if sd == 0:
         return Interval(v.mean_score, v.mean_score)
+    from scipy import stats  # noqa: PLC0415 (slow import, see above)
+
     low, high = stats.t.interval(
         1 - alpha, v.scored_count - 1, loc=v.mean_score, scale=sd / math.sqrt(v.scored_count)
     )
@@ -106,13 +110,16 @@ def _p_value(value: float) -> float | None:
 def _thumbs_p(challenger: VariantStats, control: VariantStats) -> float | None:
     if not challenger.feedback_count or not control.feedback_count:
         return None
+    import numpy as np  # noqa: PLC0415 (with scipy)
+    from scipy import stats  # noqa: PLC0415 (slow import, see above)
+
     table = np.array(
         [
             [challenger.thumbs_up_count, challenger.feedback_count - challenger.thumbs_up_count],
             [control.thumbs_up_count, control.feedback_count - control.thumbs_up_count],
         ]
     )
-    return _p_value(stats.fisher_exact(table).pvalue)
+    return _p_value(float(stats.fisher_exact(table).pvalue))
 
 
 def _score_p(challenger: VariantStats, control: VariantStats) -> float | None:
@@ -125,6 +132,8 @@ def _score_p(challenger: VariantStats, control: VariantStats) -> float | None:
         or sd_challenger + sd_control == 0
     ):
         return None
+    from scipy import stats  # noqa: PLC0415 (slow import, see above)
+
     result = stats.ttest_ind_from_stats(
         challenger.mean_score,
         sd_challenger,

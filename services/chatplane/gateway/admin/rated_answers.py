@@ -3,9 +3,13 @@ rated answers for feedback datasets, through PersistenceService.ListRatedAnswers
 
 from __future__ import annotations
 
+from chatplane import audit
 from chatplane.common.context import Principal
 from chatplane.common.status_mapping import caller_field_errors
 from chatplane.v1 import admin_pb2, persistence_pb2, persistence_pb2_grpc
+
+DATASET_EXPORT = "dataset.export"
+"""The audit action of an admin's export (its first page; docs/datasets.md)."""
 
 
 async def rated_answers_page(
@@ -13,6 +17,7 @@ async def rated_answers_page(
     request: admin_pb2.AdminServiceListRatedAnswersRequest,
     persistence: persistence_pb2_grpc.PersistenceServiceAsyncStub,
     timeout: float,
+    source: str = "",
 ) -> admin_pb2.AdminServiceListRatedAnswersResponse:
     """The page; the request's fields are checked by Persistence, whose INVALID_ARGUMENT is
     passed on as the caller's own field (FAILED_PRECONDITION: the tenant did not opt in)."""
@@ -28,6 +33,17 @@ async def rated_answers_page(
         downstream.until.CopyFrom(request.until)
     with caller_field_errors(""):
         response = await persistence.ListRatedAnswers(downstream, timeout=timeout)
+    if not request.page_token:
+        # Conversations leave the system of record: who asked, for what slice.
+        audit.record(
+            DATASET_EXPORT,
+            actor=audit.actor_of(principal),
+            tenant_id=principal.tenant_id,
+            object=f"tenant/{principal.tenant_id}/rated_answers",
+            outcome=audit.SUCCESS,
+            detail=f"since={downstream.since.ToJsonString()} min_rating={request.min_rating}",
+            source=source,
+        )
     return admin_pb2.AdminServiceListRatedAnswersResponse(
         answers=response.answers, next_page_token=response.next_page_token
     )

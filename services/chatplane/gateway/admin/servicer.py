@@ -231,5 +231,9 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         # Feedback datasets (issue 8, docs/datasets.md): the caller's tenant only; whether it
         # opted in, and the redaction, are decided by the system of record.
         return await rated_answers_page(
-            _admin(context, "ListRatedAnswers"), request, self._persistence, self._timeout(context)
+            _admin(context, "ListRatedAnswers"),
+            request,
+            self._persistence,
+            self._timeout(context),
+            context.peer() or "",
         )
