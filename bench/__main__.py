@@ -27,6 +27,7 @@ from bench import (
     streaming,
     tree,
 )
+from bench import datasets as datasets_bench
 from bench import resume as resume_bench
 from bench.harness import Options, machine, progress
 
@@ -54,6 +55,7 @@ BENCHMARKS = (
     Benchmark(tree.NAME, tree.TITLE, tree.NOTES, tree.run),
     Benchmark(auth_flood.NAME, auth_flood.TITLE, auth_flood.NOTES, auth_flood.run),
     Benchmark(handoff.NAME, handoff.TITLE, handoff.NOTES, handoff.run),
+    Benchmark(datasets_bench.NAME, datasets_bench.TITLE, datasets_bench.NOTES, datasets_bench.run),
 )
 
 
