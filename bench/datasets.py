@@ -87,10 +87,10 @@ async def run(options: Options) -> list[Row]:
             exported = 0
             while True:
                 page = await export.page(RatedAnswerQuery(TENANTS, start, None, 1, PAGE, after))
-                exported += len(page)
-                if len(page) < PAGE:
+                exported += len(page.answers)
+                if page.next_after is None:
                     break
-                after = (page[-1].answer.create_time, page[-1].answer.message_id)
+                after = page.next_after
             wall = time.perf_counter() - wall
             cpu = time.process_time() - cpu
             assert exported == conversations, exported

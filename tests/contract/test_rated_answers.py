@@ -148,7 +148,11 @@ async def test_rated_answers_are_filtered_paged_and_exported_with_their_branch(
     assert export.tenants("") == both
     with pytest.raises(NotOptedIn):
         export.tenants("tenant-c")
-    exported = await export.page(_query(clock, export.tenants("tenant-a"), min_rating=4))
+    first = await export.page(_query(clock, both, limit=1))
+    assert first.next_after == (rows[0].create_time, rows[0].message_id)
+    assert (await export.page(_query(clock, both, limit=3))).next_after is not None
+    assert (await export.page(_query(clock, both, limit=4))).next_after is None
+    exported = (await export.page(_query(clock, export.tenants("tenant-a"), min_rating=4))).answers
     rated = exported[1]
     assert rated.redacted
     # The branch to the regenerated answer, not its sibling; emails masked.
@@ -158,6 +162,6 @@ async def test_rated_answers_are_filtered_paged_and_exported_with_their_branch(
         (Role.USER, "Which plan?"),
         (Role.ASSISTANT, "Pro, mail [EMAIL]"),
     ]
-    [unmasked] = await export.page(_query(clock, ("tenant-b",)))
+    [unmasked] = (await export.page(_query(clock, ("tenant-b",)))).answers
     assert not unmasked.redacted
     assert [b.text for b in unmasked.branch] == ["bob asks", "bob answer"]

@@ -107,11 +107,9 @@ class DatasetPersistenceServicer(HandoffPersistenceServicer):
         query = rated_answer_query(request, self._export.tenants(request.tenant_id))
         page = await self._export.page(query)
         token = ""
-        if len(page) == query.limit:
-            last = page[-1].answer
-            token = _encode_token(
-                {"k": "r", "t": to_micros(last.create_time), "id": last.message_id}
-            )
+        if page.next_after is not None:
+            moment, message_id = page.next_after
+            token = _encode_token({"k": "r", "t": to_micros(moment), "id": message_id})
         return persistence_pb2.ListRatedAnswersResponse(
-            answers=[rated_answer(a) for a in page], next_page_token=token
+            answers=[rated_answer(a) for a in page.answers], next_page_token=token
         )

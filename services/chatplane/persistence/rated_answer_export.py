@@ -5,6 +5,7 @@ conversation that led to it, masked when the tenant has PII redaction on."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 
 from chatplane.common import errors
 from chatplane.persistence.store.base import ConversationStore, Owner, Role
@@ -28,6 +29,15 @@ class ExportedAnswer:
     answer: RatedAnswerRow
     branch: tuple[BranchText, ...]
     redacted: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ExportPage:
+    """A page's answers and, when the page was full, where the next one starts (the last
+    answer read, even one skipped because its conversation was deleted meanwhile)."""
+
+    answers: list[ExportedAnswer]
+    next_after: tuple[datetime, str] | None
 
 
 class NotOptedIn(errors.FailedPrecondition):
@@ -55,15 +65,27 @@ class RatedAnswerExport:
             raise NotOptedIn("the tenant has not opted in to feedback datasets (docs/datasets.md)")
         return (tenant_id,)
 
-    async def page(self, query: RatedAnswerQuery) -> list[ExportedAnswer]:
+    async def page(self, query: RatedAnswerQuery) -> ExportPage:
         """The answers of one page with their branches."""
         rows = await self._store.list_rated_answers(query)
-        return [await self._exported(row) for row in rows]
+        exported = [await self._exported(row) for row in rows]
+        last = rows[-1] if len(rows) == query.limit else None
+        return ExportPage(
+            [answer for answer in exported if answer is not None],
+            None if last is None else (last.create_time, last.message_id),
+        )
 
-    async def _exported(self, row: RatedAnswerRow) -> ExportedAnswer:
+    async def _exported(self, row: RatedAnswerRow) -> ExportedAnswer | None:
+        """The answer with its branch; None when its conversation was deleted meanwhile."""
         owner = Owner(row.tenant_id, row.user_id)
-        skeleton = await self._trees.tree_skeleton(owner, row.conversation_id)
-        path = skeleton.tree().path(row.message_id)
+        try:
+            skeleton = await self._trees.tree_skeleton(owner, row.conversation_id)
+        except errors.NotFound:
+            return None
+        tree = skeleton.tree()
+        if not tree.is_stored(row.message_id):
+            return None
+        path = tree.path(row.message_id)
         messages = await self._trees.messages_by_id(owner, path)
         redacted = self._redaction.applies(row.tenant_id)
         branch = tuple(
