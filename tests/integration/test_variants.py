@@ -248,6 +248,11 @@ async def test_the_cli_prints_the_same_report(rig: Rig, sent: list[Sent]) -> Non
     assert "warm" in table.stdout and "terse" in table.stdout
     assert "mean rating" in table.stdout
     assert "thumbs up CI" in table.stdout and "compared with" in table.stdout
+    # A control that is not in the report is named as the bad field.
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await report(rig, tenant_id=TENANT, control="nope")
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert response.control in {"warm", "terse"}
 
 
 @pytest.mark.parametrize("score", [0, 6, -1])

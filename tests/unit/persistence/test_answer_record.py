@@ -115,6 +115,11 @@ async def test_report_request_checks(store: SqliteConversationStore) -> None:
         await report_variants(store, request)
     assert raised.value.field == "since"
     assert not (await report_variants(store, persistence_pb2.ReportVariantsRequest())).variants
+    # Issue 8: the comparison's level.
+    for alpha in (0.0, 0.5, -1.0):
+        with pytest.raises(errors.InvalidArgument) as raised:
+            await report_variants(store, persistence_pb2.ReportVariantsRequest(alpha=alpha))
+        assert raised.value.field == "alpha"
 
 
 async def test_migration_files_answers_stored_before_it_under_default(tmp_path: Path) -> None:
