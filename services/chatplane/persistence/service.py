@@ -18,7 +18,7 @@ from chatplane.common.topics import MESSAGES_TOPIC
 from chatplane.log.factory import open_message_log
 from chatplane.log.observed import LagReporter
 from chatplane.persistence.consumer import CONSUMER_GROUP, BatchConsumer
-from chatplane.persistence.handoff_servicer import HandoffPersistenceServicer
+from chatplane.persistence.export_servicer import ExportPersistenceServicer
 from chatplane.persistence.servicer import SERVICE_NAME
 from chatplane.persistence.store.factory import open_store
 from chatplane.v1 import persistence_pb2_grpc
@@ -43,7 +43,7 @@ async def run(settings: Settings) -> None:
         max_records=settings.batch_max_records,
         max_wait=settings.batch_max_wait_seconds,
     )
-    servicer = HandoffPersistenceServicer(store)
+    servicer = ExportPersistenceServicer(store)
     # This process's audit.record(...) appends straight to the store (docs/security.md).
     recorder = AuditRecorder(
         StoreAuditSink(store),

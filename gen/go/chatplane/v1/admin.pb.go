@@ -480,6 +480,98 @@ func (x *RevokeApiKeyResponse) GetKey() *ApiKeyInfo {
 	return nil
 }
 
+// A user whose data to export.
+type ExportUserDataRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The user of the caller's tenant (1-256 characters).
+	UserId        string `protobuf:"bytes,1,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ExportUserDataRequest) Reset() {
+	*x = ExportUserDataRequest{}
+	mi := &file_chatplane_v1_admin_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ExportUserDataRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ExportUserDataRequest) ProtoMessage() {}
+
+func (x *ExportUserDataRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_chatplane_v1_admin_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ExportUserDataRequest.ProtoReflect.Descriptor instead.
+func (*ExportUserDataRequest) Descriptor() ([]byte, []int) {
+	return file_chatplane_v1_admin_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *ExportUserDataRequest) GetUserId() string {
+	if x != nil {
+		return x.UserId
+	}
+	return ""
+}
+
+// The next piece of the archive.
+type ExportUserDataResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// UTF-8 bytes of the JSON archive; the pieces of a stream, concatenated, are the archive.
+	Chunk         []byte `protobuf:"bytes,1,opt,name=chunk,proto3" json:"chunk,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ExportUserDataResponse) Reset() {
+	*x = ExportUserDataResponse{}
+	mi := &file_chatplane_v1_admin_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ExportUserDataResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ExportUserDataResponse) ProtoMessage() {}
+
+func (x *ExportUserDataResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_chatplane_v1_admin_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ExportUserDataResponse.ProtoReflect.Descriptor instead.
+func (*ExportUserDataResponse) Descriptor() ([]byte, []int) {
+	return file_chatplane_v1_admin_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *ExportUserDataResponse) GetChunk() []byte {
+	if x != nil {
+		return x.Chunk
+	}
+	return nil
+}
+
 var File_chatplane_v1_admin_proto protoreflect.FileDescriptor
 
 const file_chatplane_v1_admin_proto_rawDesc = "" +
@@ -511,12 +603,17 @@ const file_chatplane_v1_admin_proto_rawDesc = "" +
 	"\x13RevokeApiKeyRequest\x12\x15\n" +
 	"\x06key_id\x18\x01 \x01(\tR\x05keyId\"B\n" +
 	"\x14RevokeApiKeyResponse\x12*\n" +
-	"\x03key\x18\x01 \x01(\v2\x18.chatplane.v1.ApiKeyInfoR\x03key2\xff\x02\n" +
+	"\x03key\x18\x01 \x01(\v2\x18.chatplane.v1.ApiKeyInfoR\x03key\"0\n" +
+	"\x15ExportUserDataRequest\x12\x17\n" +
+	"\auser_id\x18\x01 \x01(\tR\x06userId\".\n" +
+	"\x16ExportUserDataResponse\x12\x14\n" +
+	"\x05chunk\x18\x01 \x01(\fR\x05chunk2\xde\x03\n" +
 	"\fAdminService\x12R\n" +
 	"\vListApiKeys\x12 .chatplane.v1.ListApiKeysRequest\x1a!.chatplane.v1.ListApiKeysResponse\x12m\n" +
 	"\fCreateApiKey\x12-.chatplane.v1.AdminServiceCreateApiKeyRequest\x1a..chatplane.v1.AdminServiceCreateApiKeyResponse\x12U\n" +
 	"\fRotateApiKey\x12!.chatplane.v1.RotateApiKeyRequest\x1a\".chatplane.v1.RotateApiKeyResponse\x12U\n" +
-	"\fRevokeApiKey\x12!.chatplane.v1.RevokeApiKeyRequest\x1a\".chatplane.v1.RevokeApiKeyResponseB@Z>github.com/chatplane/chatplane/gen/go/chatplane/v1;chatplanev1b\x06proto3"
+	"\fRevokeApiKey\x12!.chatplane.v1.RevokeApiKeyRequest\x1a\".chatplane.v1.RevokeApiKeyResponse\x12]\n" +
+	"\x0eExportUserData\x12#.chatplane.v1.ExportUserDataRequest\x1a$.chatplane.v1.ExportUserDataResponse0\x01B@Z>github.com/chatplane/chatplane/gen/go/chatplane/v1;chatplanev1b\x06proto3"
 
 var (
 	file_chatplane_v1_admin_proto_rawDescOnce sync.Once
@@ -530,7 +627,7 @@ func file_chatplane_v1_admin_proto_rawDescGZIP() []byte {
 	return file_chatplane_v1_admin_proto_rawDescData
 }
 
-var file_chatplane_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
+var file_chatplane_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
 var file_chatplane_v1_admin_proto_goTypes = []any{
 	(*ListApiKeysRequest)(nil),               // 0: chatplane.v1.ListApiKeysRequest
 	(*ListApiKeysResponse)(nil),              // 1: chatplane.v1.ListApiKeysResponse
@@ -540,26 +637,30 @@ var file_chatplane_v1_admin_proto_goTypes = []any{
 	(*RotateApiKeyResponse)(nil),             // 5: chatplane.v1.RotateApiKeyResponse
 	(*RevokeApiKeyRequest)(nil),              // 6: chatplane.v1.RevokeApiKeyRequest
 	(*RevokeApiKeyResponse)(nil),             // 7: chatplane.v1.RevokeApiKeyResponse
-	(*ApiKeyInfo)(nil),                       // 8: chatplane.v1.ApiKeyInfo
-	(*durationpb.Duration)(nil),              // 9: google.protobuf.Duration
+	(*ExportUserDataRequest)(nil),            // 8: chatplane.v1.ExportUserDataRequest
+	(*ExportUserDataResponse)(nil),           // 9: chatplane.v1.ExportUserDataResponse
+	(*ApiKeyInfo)(nil),                       // 10: chatplane.v1.ApiKeyInfo
+	(*durationpb.Duration)(nil),              // 11: google.protobuf.Duration
 }
 var file_chatplane_v1_admin_proto_depIdxs = []int32{
-	8,  // 0: chatplane.v1.ListApiKeysResponse.keys:type_name -> chatplane.v1.ApiKeyInfo
-	8,  // 1: chatplane.v1.AdminServiceCreateApiKeyResponse.key:type_name -> chatplane.v1.ApiKeyInfo
-	9,  // 2: chatplane.v1.RotateApiKeyRequest.overlap:type_name -> google.protobuf.Duration
-	8,  // 3: chatplane.v1.RotateApiKeyResponse.key:type_name -> chatplane.v1.ApiKeyInfo
-	8,  // 4: chatplane.v1.RotateApiKeyResponse.previous:type_name -> chatplane.v1.ApiKeyInfo
-	8,  // 5: chatplane.v1.RevokeApiKeyResponse.key:type_name -> chatplane.v1.ApiKeyInfo
+	10, // 0: chatplane.v1.ListApiKeysResponse.keys:type_name -> chatplane.v1.ApiKeyInfo
+	10, // 1: chatplane.v1.AdminServiceCreateApiKeyResponse.key:type_name -> chatplane.v1.ApiKeyInfo
+	11, // 2: chatplane.v1.RotateApiKeyRequest.overlap:type_name -> google.protobuf.Duration
+	10, // 3: chatplane.v1.RotateApiKeyResponse.key:type_name -> chatplane.v1.ApiKeyInfo
+	10, // 4: chatplane.v1.RotateApiKeyResponse.previous:type_name -> chatplane.v1.ApiKeyInfo
+	10, // 5: chatplane.v1.RevokeApiKeyResponse.key:type_name -> chatplane.v1.ApiKeyInfo
 	0,  // 6: chatplane.v1.AdminService.ListApiKeys:input_type -> chatplane.v1.ListApiKeysRequest
 	2,  // 7: chatplane.v1.AdminService.CreateApiKey:input_type -> chatplane.v1.AdminServiceCreateApiKeyRequest
 	4,  // 8: chatplane.v1.AdminService.RotateApiKey:input_type -> chatplane.v1.RotateApiKeyRequest
 	6,  // 9: chatplane.v1.AdminService.RevokeApiKey:input_type -> chatplane.v1.RevokeApiKeyRequest
-	1,  // 10: chatplane.v1.AdminService.ListApiKeys:output_type -> chatplane.v1.ListApiKeysResponse
-	3,  // 11: chatplane.v1.AdminService.CreateApiKey:output_type -> chatplane.v1.AdminServiceCreateApiKeyResponse
-	5,  // 12: chatplane.v1.AdminService.RotateApiKey:output_type -> chatplane.v1.RotateApiKeyResponse
-	7,  // 13: chatplane.v1.AdminService.RevokeApiKey:output_type -> chatplane.v1.RevokeApiKeyResponse
-	10, // [10:14] is the sub-list for method output_type
-	6,  // [6:10] is the sub-list for method input_type
+	8,  // 10: chatplane.v1.AdminService.ExportUserData:input_type -> chatplane.v1.ExportUserDataRequest
+	1,  // 11: chatplane.v1.AdminService.ListApiKeys:output_type -> chatplane.v1.ListApiKeysResponse
+	3,  // 12: chatplane.v1.AdminService.CreateApiKey:output_type -> chatplane.v1.AdminServiceCreateApiKeyResponse
+	5,  // 13: chatplane.v1.AdminService.RotateApiKey:output_type -> chatplane.v1.RotateApiKeyResponse
+	7,  // 14: chatplane.v1.AdminService.RevokeApiKey:output_type -> chatplane.v1.RevokeApiKeyResponse
+	9,  // 15: chatplane.v1.AdminService.ExportUserData:output_type -> chatplane.v1.ExportUserDataResponse
+	11, // [11:16] is the sub-list for method output_type
+	6,  // [6:11] is the sub-list for method input_type
 	6,  // [6:6] is the sub-list for extension type_name
 	6,  // [6:6] is the sub-list for extension extendee
 	0,  // [0:6] is the sub-list for field type_name
@@ -577,7 +678,7 @@ func file_chatplane_v1_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_chatplane_v1_admin_proto_rawDesc), len(file_chatplane_v1_admin_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   8,
+			NumMessages:   10,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

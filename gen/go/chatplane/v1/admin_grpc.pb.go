@@ -19,10 +19,11 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	AdminService_ListApiKeys_FullMethodName  = "/chatplane.v1.AdminService/ListApiKeys"
-	AdminService_CreateApiKey_FullMethodName = "/chatplane.v1.AdminService/CreateApiKey"
-	AdminService_RotateApiKey_FullMethodName = "/chatplane.v1.AdminService/RotateApiKey"
-	AdminService_RevokeApiKey_FullMethodName = "/chatplane.v1.AdminService/RevokeApiKey"
+	AdminService_ListApiKeys_FullMethodName    = "/chatplane.v1.AdminService/ListApiKeys"
+	AdminService_CreateApiKey_FullMethodName   = "/chatplane.v1.AdminService/CreateApiKey"
+	AdminService_RotateApiKey_FullMethodName   = "/chatplane.v1.AdminService/RotateApiKey"
+	AdminService_RevokeApiKey_FullMethodName   = "/chatplane.v1.AdminService/RevokeApiKey"
+	AdminService_ExportUserData_FullMethodName = "/chatplane.v1.AdminService/ExportUserData"
 )
 
 // AdminServiceClient is the client API for AdminService service.
@@ -42,6 +43,9 @@ type AdminServiceClient interface {
 	RotateApiKey(ctx context.Context, in *RotateApiKeyRequest, opts ...grpc.CallOption) (*RotateApiKeyResponse, error)
 	// Revokes a key: it stops working on every Gateway within api_key_cache_seconds.
 	RevokeApiKey(ctx context.Context, in *RevokeApiKeyRequest, opts ...grpc.CallOption) (*RevokeApiKeyResponse, error)
+	// Exports everything stored of one user of the tenant as one JSON document, streamed in
+	// chunks of at most 64 KiB (docs/privacy.md, "Export"). Audited as `user.export`.
+	ExportUserData(ctx context.Context, in *ExportUserDataRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ExportUserDataResponse], error)
 }
 
 type adminServiceClient struct {
@@ -92,6 +96,25 @@ func (c *adminServiceClient) RevokeApiKey(ctx context.Context, in *RevokeApiKeyR
 	return out, nil
 }
 
+func (c *adminServiceClient) ExportUserData(ctx context.Context, in *ExportUserDataRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ExportUserDataResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &AdminService_ServiceDesc.Streams[0], AdminService_ExportUserData_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[ExportUserDataRequest, ExportUserDataResponse]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type AdminService_ExportUserDataClient = grpc.ServerStreamingClient[ExportUserDataResponse]
+
 // AdminServiceServer is the server API for AdminService service.
 // All implementations must embed UnimplementedAdminServiceServer
 // for forward compatibility.
@@ -109,6 +132,9 @@ type AdminServiceServer interface {
 	RotateApiKey(context.Context, *RotateApiKeyRequest) (*RotateApiKeyResponse, error)
 	// Revokes a key: it stops working on every Gateway within api_key_cache_seconds.
 	RevokeApiKey(context.Context, *RevokeApiKeyRequest) (*RevokeApiKeyResponse, error)
+	// Exports everything stored of one user of the tenant as one JSON document, streamed in
+	// chunks of at most 64 KiB (docs/privacy.md, "Export"). Audited as `user.export`.
+	ExportUserData(*ExportUserDataRequest, grpc.ServerStreamingServer[ExportUserDataResponse]) error
 	mustEmbedUnimplementedAdminServiceServer()
 }
 
@@ -130,6 +156,9 @@ func (UnimplementedAdminServiceServer) RotateApiKey(context.Context, *RotateApiK
 }
 func (UnimplementedAdminServiceServer) RevokeApiKey(context.Context, *RevokeApiKeyRequest) (*RevokeApiKeyResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method RevokeApiKey not implemented")
+}
+func (UnimplementedAdminServiceServer) ExportUserData(*ExportUserDataRequest, grpc.ServerStreamingServer[ExportUserDataResponse]) error {
+	return status.Error(codes.Unimplemented, "method ExportUserData not implemented")
 }
 func (UnimplementedAdminServiceServer) mustEmbedUnimplementedAdminServiceServer() {}
 func (UnimplementedAdminServiceServer) testEmbeddedByValue()                      {}
@@ -224,6 +253,17 @@ func _AdminService_RevokeApiKey_Handler(srv interface{}, ctx context.Context, de
 	return interceptor(ctx, in, info, handler)
 }
 
+func _AdminService_ExportUserData_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(ExportUserDataRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(AdminServiceServer).ExportUserData(m, &grpc.GenericServerStream[ExportUserDataRequest, ExportUserDataResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type AdminService_ExportUserDataServer = grpc.ServerStreamingServer[ExportUserDataResponse]
+
 // AdminService_ServiceDesc is the grpc.ServiceDesc for AdminService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -248,6 +288,12 @@ var AdminService_ServiceDesc = grpc.ServiceDesc{
 			Handler:    _AdminService_RevokeApiKey_Handler,
 		},
 	},
-	Streams:  []grpc.StreamDesc{},
+	Streams: []grpc.StreamDesc{
+		{
+			StreamName:    "ExportUserData",
+			Handler:       _AdminService_ExportUserData_Handler,
+			ServerStreams: true,
+		},
+	},
 	Metadata: "chatplane/v1/admin.proto",
 }

@@ -45,6 +45,7 @@ const (
 	PersistenceService_ListHandoffs_FullMethodName       = "/chatplane.v1.PersistenceService/ListHandoffs"
 	PersistenceService_GetTenantHandoff_FullMethodName   = "/chatplane.v1.PersistenceService/GetTenantHandoff"
 	PersistenceService_CountThumbsDown_FullMethodName    = "/chatplane.v1.PersistenceService/CountThumbsDown"
+	PersistenceService_ExportUserRecords_FullMethodName  = "/chatplane.v1.PersistenceService/ExportUserRecords"
 )
 
 // PersistenceServiceClient is the client API for PersistenceService service.
@@ -113,6 +114,10 @@ type PersistenceServiceClient interface {
 	GetTenantHandoff(ctx context.Context, in *GetTenantHandoffRequest, opts ...grpc.CallOption) (*GetTenantHandoffResponse, error)
 	// Counts the thumbs-down ratings in the conversation of one of the owner's messages.
 	CountThumbsDown(ctx context.Context, in *CountThumbsDownRequest, opts ...grpc.CallOption) (*CountThumbsDownResponse, error)
+	// Streams everything stored of one user for an export (docs/privacy.md, "Export"):
+	// conversations, every message of every branch, feedback and answer facts, read from the
+	// store page by page.
+	ExportUserRecords(ctx context.Context, in *ExportUserRecordsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ExportUserRecordsResponse], error)
 }
 
 type persistenceServiceClient struct {
@@ -383,6 +388,25 @@ func (c *persistenceServiceClient) CountThumbsDown(ctx context.Context, in *Coun
 	return out, nil
 }
 
+func (c *persistenceServiceClient) ExportUserRecords(ctx context.Context, in *ExportUserRecordsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ExportUserRecordsResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &PersistenceService_ServiceDesc.Streams[0], PersistenceService_ExportUserRecords_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[ExportUserRecordsRequest, ExportUserRecordsResponse]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type PersistenceService_ExportUserRecordsClient = grpc.ServerStreamingClient[ExportUserRecordsResponse]
+
 // PersistenceServiceServer is the server API for PersistenceService service.
 // All implementations must embed UnimplementedPersistenceServiceServer
 // for forward compatibility.
@@ -449,6 +473,10 @@ type PersistenceServiceServer interface {
 	GetTenantHandoff(context.Context, *GetTenantHandoffRequest) (*GetTenantHandoffResponse, error)
 	// Counts the thumbs-down ratings in the conversation of one of the owner's messages.
 	CountThumbsDown(context.Context, *CountThumbsDownRequest) (*CountThumbsDownResponse, error)
+	// Streams everything stored of one user for an export (docs/privacy.md, "Export"):
+	// conversations, every message of every branch, feedback and answer facts, read from the
+	// store page by page.
+	ExportUserRecords(*ExportUserRecordsRequest, grpc.ServerStreamingServer[ExportUserRecordsResponse]) error
 	mustEmbedUnimplementedPersistenceServiceServer()
 }
 
@@ -536,6 +564,9 @@ func (UnimplementedPersistenceServiceServer) GetTenantHandoff(context.Context, *
 }
 func (UnimplementedPersistenceServiceServer) CountThumbsDown(context.Context, *CountThumbsDownRequest) (*CountThumbsDownResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method CountThumbsDown not implemented")
+}
+func (UnimplementedPersistenceServiceServer) ExportUserRecords(*ExportUserRecordsRequest, grpc.ServerStreamingServer[ExportUserRecordsResponse]) error {
+	return status.Error(codes.Unimplemented, "method ExportUserRecords not implemented")
 }
 func (UnimplementedPersistenceServiceServer) mustEmbedUnimplementedPersistenceServiceServer() {}
 func (UnimplementedPersistenceServiceServer) testEmbeddedByValue()                            {}
@@ -1026,6 +1057,17 @@ func _PersistenceService_CountThumbsDown_Handler(srv interface{}, ctx context.Co
 	return interceptor(ctx, in, info, handler)
 }
 
+func _PersistenceService_ExportUserRecords_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(ExportUserRecordsRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(PersistenceServiceServer).ExportUserRecords(m, &grpc.GenericServerStream[ExportUserRecordsRequest, ExportUserRecordsResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type PersistenceService_ExportUserRecordsServer = grpc.ServerStreamingServer[ExportUserRecordsResponse]
+
 // PersistenceService_ServiceDesc is the grpc.ServiceDesc for PersistenceService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -1138,6 +1180,12 @@ var PersistenceService_ServiceDesc = grpc.ServiceDesc{
 			Handler:    _PersistenceService_CountThumbsDown_Handler,
 		},
 	},
-	Streams:  []grpc.StreamDesc{},
+	Streams: []grpc.StreamDesc{
+		{
+			StreamName:    "ExportUserRecords",
+			Handler:       _PersistenceService_ExportUserRecords_Handler,
+			ServerStreams: true,
+		},
+	},
 	Metadata: "chatplane/v1/persistence.proto",
 }

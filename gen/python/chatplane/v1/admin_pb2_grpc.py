@@ -57,6 +57,11 @@ class AdminServiceStub:
                 request_serializer=chatplane_dot_v1_dot_admin__pb2.RevokeApiKeyRequest.SerializeToString,
                 response_deserializer=chatplane_dot_v1_dot_admin__pb2.RevokeApiKeyResponse.FromString,
                 _registered_method=True)
+        self.ExportUserData = channel.unary_stream(
+                '/chatplane.v1.AdminService/ExportUserData',
+                request_serializer=chatplane_dot_v1_dot_admin__pb2.ExportUserDataRequest.SerializeToString,
+                response_deserializer=chatplane_dot_v1_dot_admin__pb2.ExportUserDataResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -94,6 +99,14 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ExportUserData(self, request, context):
+        """Exports everything stored of one user of the tenant as one JSON document, streamed in
+        chunks of at most 64 KiB (docs/privacy.md, "Export"). Audited as `user.export`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -116,6 +129,11 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.RevokeApiKey,
                     request_deserializer=chatplane_dot_v1_dot_admin__pb2.RevokeApiKeyRequest.FromString,
                     response_serializer=chatplane_dot_v1_dot_admin__pb2.RevokeApiKeyResponse.SerializeToString,
+            ),
+            'ExportUserData': grpc.unary_stream_rpc_method_handler(
+                    servicer.ExportUserData,
+                    request_deserializer=chatplane_dot_v1_dot_admin__pb2.ExportUserDataRequest.FromString,
+                    response_serializer=chatplane_dot_v1_dot_admin__pb2.ExportUserDataResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -229,6 +247,33 @@ class AdminService:
             '/chatplane.v1.AdminService/RevokeApiKey',
             chatplane_dot_v1_dot_admin__pb2.RevokeApiKeyRequest.SerializeToString,
             chatplane_dot_v1_dot_admin__pb2.RevokeApiKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExportUserData(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/chatplane.v1.AdminService/ExportUserData',
+            chatplane_dot_v1_dot_admin__pb2.ExportUserDataRequest.SerializeToString,
+            chatplane_dot_v1_dot_admin__pb2.ExportUserDataResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -46,6 +46,10 @@ class AdminServiceStub:
     """
     RevokeApiKey: _grpc.UnaryUnaryMultiCallable[_admin_pb2.RevokeApiKeyRequest, _admin_pb2.RevokeApiKeyResponse]
     """Revokes a key: it stops working on every Gateway within api_key_cache_seconds."""
+    ExportUserData: _grpc.UnaryStreamMultiCallable[_admin_pb2.ExportUserDataRequest, _admin_pb2.ExportUserDataResponse]
+    """Exports everything stored of one user of the tenant as one JSON document, streamed in
+    chunks of at most 64 KiB (docs/privacy.md, "Export"). Audited as `user.export`.
+    """
 
 @_typing.type_check_only
 class AdminServiceAsyncStub(AdminServiceStub):
@@ -65,6 +69,10 @@ class AdminServiceAsyncStub(AdminServiceStub):
     """
     RevokeApiKey: _aio.UnaryUnaryMultiCallable[_admin_pb2.RevokeApiKeyRequest, _admin_pb2.RevokeApiKeyResponse]  # type: ignore[assignment]
     """Revokes a key: it stops working on every Gateway within api_key_cache_seconds."""
+    ExportUserData: _aio.UnaryStreamMultiCallable[_admin_pb2.ExportUserDataRequest, _admin_pb2.ExportUserDataResponse]  # type: ignore[assignment]
+    """Exports everything stored of one user of the tenant as one JSON document, streamed in
+    chunks of at most 64 KiB (docs/privacy.md, "Export"). Audited as `user.export`.
+    """
 
 class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
     """Administration of a tenant, served by the Gateway next to GatewayService. Every call needs
@@ -105,5 +113,15 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_admin_pb2.RevokeApiKeyResponse, _abc.Awaitable[_admin_pb2.RevokeApiKeyResponse]]:
         """Revokes a key: it stops working on every Gateway within api_key_cache_seconds."""
+
+    @_abc_1.abstractmethod
+    def ExportUserData(
+        self,
+        request: _admin_pb2.ExportUserDataRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_admin_pb2.ExportUserDataResponse], _abc.AsyncIterator[_admin_pb2.ExportUserDataResponse]]:
+        """Exports everything stored of one user of the tenant as one JSON document, streamed in
+        chunks of at most 64 KiB (docs/privacy.md, "Export"). Audited as `user.export`.
+        """
 
 def add_AdminServiceServicer_to_server(servicer: AdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -100,6 +100,11 @@ class PersistenceServiceStub:
     """Returns a tenant's handed-off conversation (ever handed off) with its owner, for operators."""
     CountThumbsDown: _grpc.UnaryUnaryMultiCallable[_persistence_pb2.CountThumbsDownRequest, _persistence_pb2.CountThumbsDownResponse]
     """Counts the thumbs-down ratings in the conversation of one of the owner's messages."""
+    ExportUserRecords: _grpc.UnaryStreamMultiCallable[_persistence_pb2.ExportUserRecordsRequest, _persistence_pb2.ExportUserRecordsResponse]
+    """Streams everything stored of one user for an export (docs/privacy.md, "Export"):
+    conversations, every message of every branch, feedback and answer facts, read from the
+    store page by page.
+    """
 
 @_typing.type_check_only
 class PersistenceServiceAsyncStub(PersistenceServiceStub):
@@ -173,6 +178,11 @@ class PersistenceServiceAsyncStub(PersistenceServiceStub):
     """Returns a tenant's handed-off conversation (ever handed off) with its owner, for operators."""
     CountThumbsDown: _aio.UnaryUnaryMultiCallable[_persistence_pb2.CountThumbsDownRequest, _persistence_pb2.CountThumbsDownResponse]  # type: ignore[assignment]
     """Counts the thumbs-down ratings in the conversation of one of the owner's messages."""
+    ExportUserRecords: _aio.UnaryStreamMultiCallable[_persistence_pb2.ExportUserRecordsRequest, _persistence_pb2.ExportUserRecordsResponse]  # type: ignore[assignment]
+    """Streams everything stored of one user for an export (docs/privacy.md, "Export"):
+    conversations, every message of every branch, feedback and answer facts, read from the
+    store page by page.
+    """
 
 class PersistenceServiceServicer(metaclass=_abc_1.ABCMeta):
     """The system of record: conversations, turns, messages (written through the message log),
@@ -399,5 +409,16 @@ class PersistenceServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_persistence_pb2.CountThumbsDownResponse, _abc.Awaitable[_persistence_pb2.CountThumbsDownResponse]]:
         """Counts the thumbs-down ratings in the conversation of one of the owner's messages."""
+
+    @_abc_1.abstractmethod
+    def ExportUserRecords(
+        self,
+        request: _persistence_pb2.ExportUserRecordsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_persistence_pb2.ExportUserRecordsResponse], _abc.AsyncIterator[_persistence_pb2.ExportUserRecordsResponse]]:
+        """Streams everything stored of one user for an export (docs/privacy.md, "Export"):
+        conversations, every message of every branch, feedback and answer facts, read from the
+        store page by page.
+        """
 
 def add_PersistenceServiceServicer_to_server(servicer: PersistenceServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
