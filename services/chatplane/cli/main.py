@@ -329,3 +329,6 @@ cli.add_command(audit)
 keys.add_command(keys_list)
 keys.add_command(keys_rotate)
 keys.add_command(keys_revoke)
+from chatplane.cli.export import export  # noqa: E402
+
+cli.add_command(export)
