@@ -101,80 +101,85 @@ async def seeded(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Seed
         running_stack(tmp_path_factory.mktemp("privacy"), ENV) as stack,
         grpc.aio.insecure_channel(stack.info().address("gateway")) as channel,
     ):
-        alice_key = await create_key(stack, TENANT, ALICE)
-        alice = Client(channel, alice_key)
-        bob = Client(channel, await create_key(stack, TENANT, BOB))
-        admin_key = await create_key(stack, TENANT, "root", ("admin",))
-        operator_key = await create_key(stack, TENANT, "sam", ("operator",))
-        canary_a, canary_b = f"zebra{uuid.uuid4().hex[:10]}", f"okapi{uuid.uuid4().hex[:10]}"
+        yield await seed(stack, channel)
 
-        # Alice: a conversation of two turns with a regenerated answer (two branches) and
-        # feedback; a second one handed to a person who replies.
-        first = await alice.chat(f"My code word is {canary_a}. What is a glacier?")
-        assert first.started is not None and first.done is not None
-        conversation = first.started.started.conversation_id
-        second = await alice.chat("And how fast does it move?", conversation)
-        assert second.started is not None
-        regenerated = [
-            event.WhichOneof("event")
-            async for event in alice.stub.Chat(
-                gateway_pb2.ChatRequest(
-                    conversation_id=conversation,
-                    regenerate_message_id=second.started.started.user_message_id,
-                ),
-                metadata=alice.metadata,
-                timeout=30,
-            )
-        ]
-        assert regenerated[0] == "started" and regenerated[-1] == "done"
-        other = await alice.chat("Tell me about tides, please.")
-        assert other.started is not None
-        handed_off = other.started.started.conversation_id
-        await stored(alice, conversation, 5)
-        await stored(alice, handed_off, 2)
-        feedback = {
-            first.started.started.assistant_message_id: (5, "clear and short"),
-            second.started.started.assistant_message_id: (2, "too vague"),
-        }
-        for message_id, (score, comment) in feedback.items():
-            await alice.stub.SubmitFeedback(
-                gateway_pb2.SubmitFeedbackRequest(
-                    message_id=message_id,
-                    rating=gateway_pb2.RATING_THUMBS_UP,
-                    comment=comment,
-                    score=score,
-                ),
-                metadata=alice.metadata,
-                timeout=10,
-            )
-        # Bob: his own conversation and feedback, which must never show up in Alice's export.
-        bob_turn = await bob.chat(f"Remember {canary_b} for me, about volcanoes.")
-        assert bob_turn.started is not None
-        await stored(bob, bob_turn.started.started.conversation_id, 2)
-        await bob.stub.SubmitFeedback(
-            gateway_pb2.SubmitFeedbackRequest(
-                message_id=bob_turn.started.started.assistant_message_id,
-                rating=gateway_pb2.RATING_THUMBS_DOWN,
-                comment=f"bob says {canary_b}",
-                score=1,
+
+async def seed(stack: Stack, channel: grpc.aio.Channel) -> Seeded:
+    """Alice's and Bob's data in TENANT, stored (also used by the cluster profile's test)."""
+    alice_key = await create_key(stack, TENANT, ALICE)
+    alice = Client(channel, alice_key)
+    bob = Client(channel, await create_key(stack, TENANT, BOB))
+    admin_key = await create_key(stack, TENANT, "root", ("admin",))
+    operator_key = await create_key(stack, TENANT, "sam", ("operator",))
+    canary_a, canary_b = f"zebra{uuid.uuid4().hex[:10]}", f"okapi{uuid.uuid4().hex[:10]}"
+
+    # Alice: a conversation of two turns with a regenerated answer (two branches) and
+    # feedback; a second one handed to a person who replies.
+    first = await alice.chat(f"My code word is {canary_a}. What is a glacier?")
+    assert first.started is not None and first.done is not None
+    conversation = first.started.started.conversation_id
+    second = await alice.chat("And how fast does it move?", conversation)
+    assert second.started is not None
+    regenerated = [
+        event.WhichOneof("event")
+        async for event in alice.stub.Chat(
+            gateway_pb2.ChatRequest(
+                conversation_id=conversation,
+                regenerate_message_id=second.started.started.user_message_id,
             ),
-            metadata=bob.metadata,
+            metadata=alice.metadata,
+            timeout=30,
+        )
+    ]
+    assert regenerated[0] == "started" and regenerated[-1] == "done"
+    other = await alice.chat("Tell me about tides, please.")
+    assert other.started is not None
+    handed_off = other.started.started.conversation_id
+    await stored(alice, conversation, 5)
+    await stored(alice, handed_off, 2)
+    feedback = {
+        first.started.started.assistant_message_id: (5, "clear and short"),
+        second.started.started.assistant_message_id: (2, "too vague"),
+    }
+    for message_id, (score, comment) in feedback.items():
+        await alice.stub.SubmitFeedback(
+            gateway_pb2.SubmitFeedbackRequest(
+                message_id=message_id,
+                rating=gateway_pb2.RATING_THUMBS_UP,
+                comment=comment,
+                score=score,
+            ),
+            metadata=alice.metadata,
             timeout=10,
         )
-        yield Seeded(
-            stack,
-            channel,
-            alice,
-            bob,
-            admin_key,
-            operator_key,
-            alice_key,
-            [conversation, handed_off],
-            feedback,
-            handed_off,
-            canary_a,
-            canary_b,
-        )
+    # Bob: his own conversation and feedback, which must never show up in Alice's export.
+    bob_turn = await bob.chat(f"Remember {canary_b} for me, about volcanoes.")
+    assert bob_turn.started is not None
+    await stored(bob, bob_turn.started.started.conversation_id, 2)
+    await bob.stub.SubmitFeedback(
+        gateway_pb2.SubmitFeedbackRequest(
+            message_id=bob_turn.started.started.assistant_message_id,
+            rating=gateway_pb2.RATING_THUMBS_DOWN,
+            comment=f"bob says {canary_b}",
+            score=1,
+        ),
+        metadata=bob.metadata,
+        timeout=10,
+    )
+    return Seeded(
+        stack,
+        channel,
+        alice,
+        bob,
+        admin_key,
+        operator_key,
+        alice_key,
+        [conversation, handed_off],
+        feedback,
+        handed_off,
+        canary_a,
+        canary_b,
+    )
 
 
 async def export(seeded: Seeded, user: str, request_id: str = "") -> tuple[bytes, list[int]]:
@@ -230,6 +235,28 @@ def _content(archive: dict[str, Any]) -> dict[str, Any]:
 
 
 async def test_the_archive_holds_exactly_the_users_data(seeded: Seeded) -> None:
+    archive = await check_alices_archive(seeded)
+
+    # The CLI writes the same archive, readable by its owner only.
+    target = seeded.stack.data_dir / "exports" / "alice.json"
+    result = await asyncio.to_thread(
+        chatplane_cli,
+        seeded.stack.data_dir,
+        "export",
+        "--tenant",
+        TENANT,
+        "--user",
+        ALICE,
+        "-o",
+        str(target),
+    )
+    assert result.returncode == 0, result.stderr
+    assert stat.S_IMODE(os.stat(target).st_mode) == 0o600
+    assert _content(json.loads(target.read_bytes())) == _content(archive)
+
+
+async def check_alices_archive(seeded: Seeded) -> dict[str, Any]:
+    """Exports Alice and checks the archive holds exactly her data; returns it."""
     raw, sizes = await export(seeded, ALICE)
     assert all(0 < size <= CHUNK_LIMIT for size in sizes)
     archive = json.loads(raw)
@@ -281,30 +308,23 @@ async def test_the_archive_holds_exactly_the_users_data(seeded: Seeded) -> None:
         "feedback": 2,
         "memory": len(archive["memory"]),
     }
-
-    # The CLI writes the same archive, readable by its owner only.
-    target = seeded.stack.data_dir / "exports" / "alice.json"
-    result = await asyncio.to_thread(
-        chatplane_cli,
-        seeded.stack.data_dir,
-        "export",
-        "--tenant",
-        TENANT,
-        "--user",
-        ALICE,
-        "-o",
-        str(target),
-    )
-    assert result.returncode == 0, result.stderr
-    assert stat.S_IMODE(os.stat(target).st_mode) == 0o600
-    assert _content(json.loads(target.read_bytes())) == _content(archive)
+    return archive
 
 
 async def test_a_user_without_data_gets_an_empty_archive(seeded: Seeded) -> None:
+    empty = dict.fromkeys(("conversations", "messages", "answers", "feedback", "memory"), 0)
     archive = json.loads((await export(seeded, "nobody-here"))[0])
-    assert archive["counts"] == dict.fromkeys(
-        ("conversations", "messages", "answers", "feedback", "memory"), 0
+    assert archive["counts"] == empty
+    # An admin of another tenant names Alice: their own tenant's (empty) "alice".
+    other_admin = await create_key(seeded.stack, "another-tenant", "root", ("admin",))
+    call = admin_pb2_grpc.AdminServiceStub(seeded.channel).ExportUserData(
+        admin_pb2.ExportUserDataRequest(user_id=ALICE),
+        metadata=metadata(other_admin),
+        timeout=30,
     )
+    raw = b"".join([response.chunk async for response in call])
+    assert seeded.canary_a.encode() not in raw
+    assert json.loads(raw)["counts"] == empty
 
 
 async def test_bad_export_requests(seeded: Seeded) -> None:
