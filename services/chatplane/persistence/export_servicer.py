@@ -21,6 +21,7 @@ from chatplane.persistence.servicer import (
 )
 from chatplane.persistence.store.base import (
     ConversationCursor,
+    ConversationStore,
     ConversationView,
     MessageCursor,
     Owner,
@@ -38,8 +39,10 @@ _RATINGS = {
 Record = persistence_pb2.ExportUserRecordsResponse
 
 
-class ExportPersistenceServicer(HandoffPersistenceServicer):
-    """PersistenceService with ExportUserRecords."""
+class ExportRpcs:
+    """ExportUserRecords, over the servicer's `_store` (mixed into the servicer class)."""
+
+    _store: ConversationStore
 
     async def ExportUserRecords(
         self, request: persistence_pb2.ExportUserRecordsRequest, context: Context
@@ -118,3 +121,7 @@ def _fact_records(facts: MessageFacts) -> list[Record]:
             feedback.create_time.CopyFrom(_timestamp(facts.feedback_time))
         records.append(Record(feedback=feedback))
     return records
+
+
+class ExportPersistenceServicer(ExportRpcs, HandoffPersistenceServicer):
+    """PersistenceService with ExportUserRecords."""
