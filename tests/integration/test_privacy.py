@@ -406,6 +406,20 @@ async def test_each_access_is_exactly_one_audit_record(seeded: Seeded) -> None:
     event = await one(rid, "handoff.release")
     assert event.detail == "changed=false"  # the operator released it already
 
+    # A rule handing a conversation over: one record, naming the rule, not the words.
+    rid = uuid.uuid4().hex
+    events = [
+        event.WhichOneof("event")
+        async for event in seeded.bob.stub.Chat(
+            gateway_pb2.ChatRequest(text="Let me talk to a real person now"),
+            metadata=(*seeded.bob.metadata, ("x-request-id", rid)),
+            timeout=30,
+        )
+    ]
+    assert events == ["handoff"]
+    event = await one(rid, "handoff.request")
+    assert (event.actor, event.detail) == (f"user:{BOB}", "rule=explicit_request")
+
     # An operator reading a conversation of another tenant: a failure, recorded once.
     rid = uuid.uuid4().hex
     with pytest.raises(grpc.aio.AioRpcError) as caught:
