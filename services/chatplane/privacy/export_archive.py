@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
 
@@ -176,48 +177,22 @@ async def archive_chunks(
     }
     for chunk in out.write(_dump(header)[:-1] + ',"conversations":['):
         yield chunk
-    # Where the writer is: inside "conversations" (and a conversation's "messages"), or in
-    # the flat sections that follow.
-    section = "conversations"
-    in_conversation = False
-    first_in_list = True
+    state = _State()
     records = persistence.ExportUserRecords(
         persistence_pb2.ExportUserRecordsRequest(owner=owner, page_size=PAGE_SIZE),
         timeout=export_timeout,
     )
-    async for record in records:
-        kind = record.WhichOneof("record")
-        text = ""
-        if kind == "conversation":
-            if in_conversation:
-                text += "]}"
-            text += (
-                ("" if counts["conversations"] == 0 else ",")
-                + _dump(conversation_json(record.conversation))[:-1]
-                + ',"messages":['
-            )
-            in_conversation, first_in_list = True, True
-            counts["conversations"] += 1
-        elif kind == "message" and in_conversation:
-            text = ("" if first_in_list else ",") + _dump(message_json(record.message))
-            first_in_list = False
-            counts["messages"] += 1
-        elif kind in ("answer", "feedback"):
-            wanted = "answers" if kind == "answer" else "feedback"
-            if section != wanted:
-                text += _close(section, in_conversation) + _empty_between(section, wanted)
-                text += f',"{wanted}":['
-                section, in_conversation, first_in_list = wanted, False, True
-            entry = (
-                answer_json(record.answer) if kind == "answer" else feedback_json(record.feedback)
-            )
-            text += ("" if first_in_list else ",") + _dump(entry)
-            first_in_list = False
-            counts[wanted] += 1
-        for chunk in out.write(text):
-            yield chunk
-    text = _close(section, in_conversation)
-    text += _empty_between(section, "memory") + ',"memory":['
+    try:
+        async for record in records:
+            for chunk in out.write(_record_text(record, state, counts)):
+                yield chunk
+    finally:
+        # Stopped early (the caller went away, an error): end the read in Persistence too.
+        cancel = getattr(records, "cancel", None)
+        if cancel is not None:
+            cancel()
+    text = _close(state.section, state.in_conversation)
+    text += _empty_between(state.section, "memory") + ',"memory":['
     for chunk in out.write(text):
         yield chunk
     token = ""
@@ -243,6 +218,49 @@ async def archive_chunks(
         yield chunk
     for chunk in out.rest():
         yield chunk
+
+
+@dataclass(slots=True)
+class _State:
+    """Where the writer is: inside "conversations" (and a conversation's "messages"), or in
+    one of the flat lists that follow; whether the next entry is its list's first."""
+
+    section: str = "conversations"
+    in_conversation: bool = False
+    first_in_list: bool = True
+
+
+def _record_text(
+    record: persistence_pb2.ExportUserRecordsResponse, state: _State, counts: dict[str, int]
+) -> str:
+    """The archive text of one record from Persistence (and what closes the list before)."""
+    kind = record.WhichOneof("record")
+    text = ""
+    if kind == "conversation":
+        if state.in_conversation:
+            text += "]}"
+        text += (
+            ("" if counts["conversations"] == 0 else ",")
+            + _dump(conversation_json(record.conversation))[:-1]
+            + ',"messages":['
+        )
+        state.in_conversation, state.first_in_list = True, True
+        counts["conversations"] += 1
+    elif kind == "message" and state.in_conversation:
+        text = ("" if state.first_in_list else ",") + _dump(message_json(record.message))
+        state.first_in_list = False
+        counts["messages"] += 1
+    elif kind in ("answer", "feedback"):
+        wanted = "answers" if kind == "answer" else "feedback"
+        if state.section != wanted:
+            text += _close(state.section, state.in_conversation)
+            text += _empty_between(state.section, wanted) + f',"{wanted}":['
+            state.section, state.in_conversation, state.first_in_list = wanted, False, True
+        entry = answer_json(record.answer) if kind == "answer" else feedback_json(record.feedback)
+        text += ("" if state.first_in_list else ",") + _dump(entry)
+        state.first_in_list = False
+        counts[wanted] += 1
+    return text
 
 
 _ORDER = ("conversations", "answers", "feedback", "memory")

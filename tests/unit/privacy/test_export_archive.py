@@ -126,3 +126,46 @@ async def test_large_archives_are_chunked() -> None:
     assert len(chunks) > 10
     assert all(len(chunk) <= CHUNK_BYTES for chunk in chunks)
     assert all(m["text"] == big for m in archive["conversations"][0]["messages"])
+
+
+class CancellableRecords:
+    """A records call that knows whether it was cancelled."""
+
+    def __init__(self, records: list[Record]) -> None:
+        self.records = records
+        self.cancelled = False
+
+    def __aiter__(self) -> AsyncIterator[Record]:
+        async def stream() -> AsyncIterator[Record]:
+            for record in self.records:
+                yield record
+
+        return stream()
+
+    def cancel(self) -> bool:
+        self.cancelled = True
+        return True
+
+
+async def test_a_caller_going_away_ends_the_persistence_read() -> None:
+    big = "x" * CHUNK_BYTES
+    call = CancellableRecords(
+        [Record(conversation=resources_pb2.Conversation(conversation_id="c1"))]
+        + [message(f"m{i}", big) for i in range(5)]
+    )
+
+    class Persistence:
+        def ExportUserRecords(self, request: Any, timeout: float) -> CancellableRecords:  # noqa: N802
+            return call
+
+    chunks = archive_chunks(
+        Persistence(),  # type: ignore[arg-type]
+        FakeMemory([[]]),  # type: ignore[arg-type]
+        OWNER,
+        export_timeout=10,
+        call_timeout=lambda: 5,
+    )
+    await anext(chunks)
+    await anext(chunks)
+    await chunks.aclose()
+    assert call.cancelled
