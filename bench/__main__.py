@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from bench import (
     auth_flood,
     edge,
+    export,
     handoff,
     ingest,
     llm_chain,
@@ -56,6 +57,7 @@ BENCHMARKS = (
     Benchmark(auth_flood.NAME, auth_flood.TITLE, auth_flood.NOTES, auth_flood.run),
     Benchmark(handoff.NAME, handoff.TITLE, handoff.NOTES, handoff.run),
     Benchmark(datasets_bench.NAME, datasets_bench.TITLE, datasets_bench.NOTES, datasets_bench.run),
+    Benchmark(export.NAME, export.TITLE, export.NOTES, export.run),
 )
 
 

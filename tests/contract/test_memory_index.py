@@ -765,3 +765,26 @@ async def test_opensearch_coalesces_concurrent_upserts(
         assert await index.recent(tenant, "alice", "c1", 100) == items
     finally:
         await index.close()
+
+
+async def test_user_turns_pages_one_users_turns_in_item_id_order(
+    memory: Memory, tenant: str, other_tenant: str
+) -> None:
+    """An export's read (docs/privacy.md): that user's turns as stored, nothing else."""
+    await seed(memory, tenant)
+    await memory.upsert(turn(other_tenant, "alice", "c1", "a-other", "elsewhere"))
+    pages, after = [], ""
+    while True:
+        page = await memory.index.user_turns(tenant, "alice", limit=3, after=after)
+        pages.append(page)
+        if len(page) < 3:
+            break
+        after = page[-1].item_id
+    items = [item for page in pages for item in page]
+    assert [item.item_id for item in items] == sorted(ALICE_TURNS)
+    assert {item.item_id: item.text for item in items} == ALICE_TURNS
+    assert all(
+        (i.tenant_id, i.user_id, i.conversation_id) == (tenant, "alice", "c1") for i in items
+    )
+    assert await memory.index.user_turns(tenant, "nobody", limit=10) == []
+    assert await memory.index.user_turns(tenant, "alice", limit=0) == []

@@ -85,6 +85,8 @@ CALLS: dict[tuple[str, str], frozenset[str]] = {
             "RotateApiKey",
             "RevokeApiKey",
             "AppendAuditEvents",
+            # AdminService.ExportUserData (docs/privacy.md, "Export").
+            "ExportUserRecords",
             # Human handoff (docs/handoff.md).
             "GetHandoff",
             "ChangeHandoff",
@@ -95,7 +97,9 @@ CALLS: dict[tuple[str, str], frozenset[str]] = {
             "ListRatedAnswers",
         }
     ),
-    ("gateway", MEMORY): frozenset({"Forget", "IngestDocument", "ListDocuments", "DeleteDocument"}),
+    ("gateway", MEMORY): frozenset(
+        {"Forget", "IngestDocument", "ListDocuments", "DeleteDocument", "ListUserMemory"}
+    ),
     ("agent", MEMORY): frozenset({"Recall", "Remember"}),
     ("admin", PERSISTENCE): frozenset(
         {
@@ -104,13 +108,16 @@ CALLS: dict[tuple[str, str], frozenset[str]] = {
             "RotateApiKey",
             "RevokeApiKey",
             "ListAuditRecords",
+            # `chatplane export` (docs/privacy.md), audited by the CLI.
+            "ExportUserRecords",
+            "AppendAuditEvents",
             "SetQuota",
             "GetQuota",
             "ReportVariants",
             "ListRatedAnswers",
         }
     ),
-    ("admin", MEMORY): frozenset({"Remember"}),
+    ("admin", MEMORY): frozenset({"Remember", "ListUserMemory"}),
 }
 
 # Folders of services/chatplane whose code runs as which account. The launcher only runs on a
@@ -122,6 +129,8 @@ CODE_ACCOUNTS = {
     "persistence": "persistence",
     "cli": "admin",
 }
+# Modules outside those folders that make calls, and the accounts whose code runs them.
+SHARED_CODE = {"privacy/export_archive.py": ("gateway", "admin")}
 _METHOD_PATH = re.compile(rf"^/{re.escape(PACKAGE)}\.(\w+)/(\w+)$")
 
 
@@ -144,6 +153,10 @@ def calls_in_code() -> dict[tuple[str, str], frozenset[str]]:
             for service, rpc in _calls_in(path):
                 if WORKLOAD[service] == account or (folder == "cli" and service in PUBLIC_SERVICES):
                     continue
+                found.setdefault((account, service), set()).add(rpc)
+    for module, accounts in SHARED_CODE.items():
+        for service, rpc in _calls_in(ROOT / "services" / "chatplane" / module):
+            for account in accounts:
                 found.setdefault((account, service), set()).add(rpc)
     return {key: frozenset(value) for key, value in found.items()}
 

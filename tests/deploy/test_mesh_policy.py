@@ -52,6 +52,7 @@ READ_RPCS = frozenset(
         f"/{PACKAGE}.GatewayService/GetConversation",
         f"/{PACKAGE}.GatewayService/ListDocuments",
         f"/{PACKAGE}.MemoryService/ListDocuments",
+        f"/{PACKAGE}.MemoryService/ListUserMemory",
     }
 )
 SERVICE_PORTS = {"gateway": 50051, "agent": 50052, "memory": 50053, "persistence": 50054}

@@ -40,6 +40,9 @@ __all__ = [
     "FAILURE",
     "GENESIS_HASH",
     "HANDOFF",
+    "HANDOFF_RELEASE",
+    "HANDOFF_REPLY",
+    "HANDOFF_REQUEST",
     "OPERATOR_READ",
     "SUCCESS",
     "USER_ERASE",
@@ -70,6 +73,11 @@ USER_ERASE: Final = "user.erase"
 USER_EXPORT: Final = "user.export"
 HANDOFF: Final = "handoff"
 OPERATOR_READ: Final = "conversation.operator_read"
+# Handoff steps (docs/handoff.md): a user's (or a rule's) request, a release by the user or an
+# operator, an operator's reply. Export and erasure: USER_EXPORT, USER_ERASE above.
+HANDOFF_REQUEST: Final = "handoff.request"
+HANDOFF_RELEASE: Final = "handoff.release"
+HANDOFF_REPLY: Final = "handoff.reply"
 
 # Outcomes.
 SUCCESS: Final = "success"

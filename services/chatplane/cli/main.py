@@ -332,3 +332,6 @@ keys.add_command(keys_revoke)
 from chatplane.cli.dataset import dataset  # noqa: E402  (feedback datasets, docs/datasets.md)
 
 cli.add_command(dataset)
+from chatplane.cli.export import export  # noqa: E402
+
+cli.add_command(export)

@@ -50,7 +50,9 @@ async def run(settings: Settings) -> None:
         cache_seconds=settings.api_key_cache_seconds,
         call_timeout=settings.internal_call_timeout_seconds,
     )
-    identity = GatewayIdentity.open(settings, persistence, api_keys)
+    identity = GatewayIdentity.open(
+        settings, persistence, api_keys, memory_pb2_grpc.MemoryServiceStub(memory_channel)
+    )
     authenticator = identity.authenticator
     limiter = RateLimiter(
         per_minute=settings.rate_limit_per_minute, burst=settings.rate_limit_burst

@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 from google.protobuf import timestamp_pb2
 
+from chatplane import audit
 from chatplane.common import errors
 from chatplane.common.context import Principal
 from chatplane.common.ids import new_id
@@ -116,6 +117,15 @@ class HandoffDesk:
             else:
                 event.released.CopyFrom(status)
             await self._append([self._event_record(event)], budget)
+            if rule:  # a rule fired; calls by users and operators are audited by their RPC
+                audit.record(
+                    audit.HANDOFF_REQUEST,
+                    actor=f"user:{actor_id}",
+                    tenant_id=owner.tenant_id,
+                    object=f"conversation/{conversation_id}",
+                    outcome=audit.SUCCESS,
+                    detail=f"rule={rule}",
+                )
             _log.info(
                 "handoff changed",
                 extra={"conversation": conversation_id, "mode": status.mode, "trigger": trigger},

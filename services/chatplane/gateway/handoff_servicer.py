@@ -5,8 +5,12 @@ thumbs-down rule after SubmitFeedback."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import AbstractContextManager
 
+from chatplane import audit
+from chatplane.audit.outcome import AuditNote, audited
 from chatplane.common import errors
+from chatplane.common.context import Principal
 from chatplane.common.deadlines import outbound_timeout
 from chatplane.common.ids import is_valid_id
 from chatplane.common.settings import Settings
@@ -25,6 +29,19 @@ from chatplane.v1 import (
 
 def _budget(context: Context) -> Budget:
     return lambda cap: outbound_timeout(context, cap)
+
+
+def _audited(
+    action: str, principal: Principal, conversation_id: str, context: Context
+) -> AbstractContextManager[AuditNote]:
+    """One audit record of the user's handoff call (docs/security.md, "Audit log")."""
+    return audited(
+        action,
+        actor=audit.actor_of(principal),
+        tenant_id=principal.tenant_id,
+        object=f"conversation/{conversation_id}",
+        source=context.peer() or "",
+    )
 
 
 def _conversation_id(value: str) -> str:
@@ -61,15 +78,17 @@ class HandoffGatewayServicer(GatewayServicer):
         conversation_id = _conversation_id(request.conversation_id)
         validate_reason(request.reason)
         principal = _principal()
-        status = await self._desk.change(
-            owner_of(principal),
-            conversation_id,
-            mode=resources_pb2.HANDOFF_MODE_HUMAN,
-            trigger=resources_pb2.HANDOFF_TRIGGER_USER,
-            actor_id=principal.user_id,
-            budget=_budget(context),
-            reason=request.reason,
-        )
+        with _audited(audit.HANDOFF_REQUEST, principal, conversation_id, context) as note:
+            status = await self._desk.change(
+                owner_of(principal),
+                conversation_id,
+                mode=resources_pb2.HANDOFF_MODE_HUMAN,
+                trigger=resources_pb2.HANDOFF_TRIGGER_USER,
+                actor_id=principal.user_id,
+                budget=_budget(context),
+                reason=request.reason,
+            )
+            note.detail = f"changed={str(status.changed).lower()}"
         return gateway_pb2.RequestHandoffResponse(handoff=status)
 
     async def ReleaseHandoff(
@@ -77,14 +96,16 @@ class HandoffGatewayServicer(GatewayServicer):
     ) -> gateway_pb2.ReleaseHandoffResponse:
         conversation_id = _conversation_id(request.conversation_id)
         principal = _principal()
-        status = await self._desk.change(
-            owner_of(principal),
-            conversation_id,
-            mode=resources_pb2.HANDOFF_MODE_BOT,
-            trigger=resources_pb2.HANDOFF_TRIGGER_USER,
-            actor_id=principal.user_id,
-            budget=_budget(context),
-        )
+        with _audited(audit.HANDOFF_RELEASE, principal, conversation_id, context) as note:
+            status = await self._desk.change(
+                owner_of(principal),
+                conversation_id,
+                mode=resources_pb2.HANDOFF_MODE_BOT,
+                trigger=resources_pb2.HANDOFF_TRIGGER_USER,
+                actor_id=principal.user_id,
+                budget=_budget(context),
+            )
+            note.detail = f"changed={str(status.changed).lower()}"
         return gateway_pb2.ReleaseHandoffResponse(handoff=status)
 
     async def WatchConversation(

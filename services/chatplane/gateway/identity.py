@@ -11,13 +11,13 @@ import grpc
 from chatplane import audit
 from chatplane.common.entrypoint import EXIT_CONFIG_ERROR
 from chatplane.common.settings import Settings
-from chatplane.gateway.admin.servicer import AdminServicer
+from chatplane.gateway.admin.export import ExportingAdminServicer
 from chatplane.gateway.audit_sink import PersistenceAuditSink
 from chatplane.gateway.auth import ApiKeyAuthenticator
 from chatplane.gateway.authentication import Authenticator
 from chatplane.gateway.jwks import JwksCache
 from chatplane.gateway.oidc import OidcConfig, OidcConfigError, OidcVerifier
-from chatplane.v1 import admin_pb2, admin_pb2_grpc, persistence_pb2_grpc
+from chatplane.v1 import admin_pb2, admin_pb2_grpc, memory_pb2_grpc, persistence_pb2_grpc
 
 ADMIN_SERVICE = admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name
 ADMIN_PREFIX = f"/{ADMIN_SERVICE}/"
@@ -29,7 +29,7 @@ class GatewayIdentity:
     """What the Gateway authenticates with and audits through."""
 
     authenticator: Authenticator
-    admin: AdminServicer
+    admin: ExportingAdminServicer
     recorder: audit.AuditRecorder
     jwks: JwksCache | None
 
@@ -39,6 +39,7 @@ class GatewayIdentity:
         settings: Settings,
         persistence: persistence_pb2_grpc.PersistenceServiceAsyncStub,
         api_keys: ApiKeyAuthenticator,
+        memory: memory_pb2_grpc.MemoryServiceAsyncStub,
     ) -> GatewayIdentity:
         """Builds it from settings (OidcConfigError on incomplete OIDC settings) and starts
         the audit recorder, installed as this process's."""
@@ -67,7 +68,10 @@ class GatewayIdentity:
         audit.install(recorder)
         return cls(
             authenticator=Authenticator(api_keys, oidc),
-            admin=AdminServicer(settings=settings, persistence=persistence, api_keys=api_keys),
+            # AdminService with ExportUserData (docs/privacy.md).
+            admin=ExportingAdminServicer(
+                settings=settings, persistence=persistence, api_keys=api_keys, memory=memory
+            ),
             recorder=recorder,
             jwks=jwks,
         )

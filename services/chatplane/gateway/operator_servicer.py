@@ -5,10 +5,13 @@ for a human, read one, reply in it and give it back to the bot. Every call needs
 from __future__ import annotations
 
 from collections.abc import Awaitable
+from contextlib import AbstractContextManager
 from typing import TypeVar
 
 import grpc
 
+from chatplane import audit
+from chatplane.audit.outcome import AuditNote, audited
 from chatplane.common import errors
 from chatplane.common.context import Principal
 from chatplane.common.deadlines import outbound_timeout
@@ -32,10 +35,36 @@ WAITING_PAGE = (20, 100)
 MESSAGES_PAGE = (100, 500)
 
 
-def _operator() -> Principal:
+def _operator(context: Context, rpc: str) -> Principal:
+    """The caller, who must hold `operator` (a refusal is audited as `authz.denied`)."""
     principal = _principal()
-    require_role(principal, OPERATOR)
+    try:
+        require_role(principal, OPERATOR)
+    except errors.PermissionDenied as denied:
+        audit.record(
+            audit.AUTHZ_DENIED,
+            actor=audit.actor_of(principal),
+            tenant_id=principal.tenant_id,
+            object=f"rpc/OperatorService.{rpc}",
+            outcome=audit.DENIED,
+            detail=denied.message,
+            source=context.peer() or "",
+        )
+        raise
     return principal
+
+
+def _audited(
+    action: str, operator: Principal, object: str, context: Context
+) -> AbstractContextManager[AuditNote]:
+    """One audit record of this operator call (docs/security.md, "Audit log")."""
+    return audited(
+        action,
+        actor=audit.actor_of(operator),
+        tenant_id=operator.tenant_id,
+        object=object,
+        source=context.peer() or "",
+    )
 
 
 def _budget(context: Context) -> Budget:
@@ -102,18 +131,20 @@ class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):
     async def ListWaitingConversations(
         self, request: operator_pb2.ListWaitingConversationsRequest, context: Context
     ) -> operator_pb2.ListWaitingConversationsResponse:
-        operator = _operator()
+        operator = _operator(context, "ListWaitingConversations")
         page_size = _page_size(request.page_size, WAITING_PAGE)
-        response = await _paged(
-            self._persistence.ListHandoffs(
-                persistence_pb2.ListHandoffsRequest(
-                    tenant_id=operator.tenant_id,
-                    page_size=page_size,
-                    page_token=request.page_token,
-                ),
-                timeout=_budget(context)(self._settings.internal_call_timeout_seconds),
+        with _audited(audit.OPERATOR_READ, operator, "handoff_queue", context) as note:
+            response = await _paged(
+                self._persistence.ListHandoffs(
+                    persistence_pb2.ListHandoffsRequest(
+                        tenant_id=operator.tenant_id,
+                        page_size=page_size,
+                        page_token=request.page_token,
+                    ),
+                    timeout=_budget(context)(self._settings.internal_call_timeout_seconds),
+                )
             )
-        )
+            note.detail = f"conversations={len(response.handoffs)}"
         return operator_pb2.ListWaitingConversationsResponse(
             handoffs=response.handoffs, next_page_token=response.next_page_token
         )
@@ -121,11 +152,25 @@ class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):
     async def GetHandedOffConversation(
         self, request: operator_pb2.GetHandedOffConversationRequest, context: Context
     ) -> operator_pb2.GetHandedOffConversationResponse:
-        operator = _operator()
+        operator = _operator(context, "GetHandedOffConversation")
         conversation_id = _conversation_id(request.conversation_id)
         page_size = _page_size(request.page_size, MESSAGES_PAGE)
+        target = f"conversation/{conversation_id}"
+        with _audited(audit.OPERATOR_READ, operator, target, context) as note:
+            return await self._read(operator, conversation_id, page_size, request, context, note)
+
+    async def _read(
+        self,
+        operator: Principal,
+        conversation_id: str,
+        page_size: int,
+        request: operator_pb2.GetHandedOffConversationRequest,
+        context: Context,
+        note: AuditNote,
+    ) -> operator_pb2.GetHandedOffConversationResponse:
         budget = _budget(context)
         handoff = await self._desk.tenant_handoff(operator, conversation_id, budget)
+        note.object = f"conversation/{conversation_id} of user/{handoff.owner.user_id}"
         history = await _paged(
             self._persistence.GetConversation(
                 persistence_pb2.PersistenceServiceGetConversationRequest(
@@ -139,6 +184,7 @@ class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):
                 timeout=budget(self._settings.internal_call_timeout_seconds),
             )
         )
+        note.detail = f"messages={len(history.response.messages)}"
         return operator_pb2.GetHandedOffConversationResponse(
             handoff=handoff.handoff,
             conversation=history.response.conversation,
@@ -149,28 +195,34 @@ class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):
     async def PostReply(
         self, request: operator_pb2.PostReplyRequest, context: Context
     ) -> operator_pb2.PostReplyResponse:
-        operator = _operator()
+        operator = _operator(context, "PostReply")
         conversation_id = _conversation_id(request.conversation_id)
         validate_reply(request.text, self._settings.max_message_bytes)
-        message = await self._desk.post_reply(
-            operator, conversation_id, request.text, _budget(context)
-        )
+        target = f"conversation/{conversation_id}"
+        with _audited(audit.HANDOFF_REPLY, operator, target, context) as note:
+            message = await self._desk.post_reply(
+                operator, conversation_id, request.text, _budget(context)
+            )
+            note.detail = f"message={message.message_id}"
         return operator_pb2.PostReplyResponse(message=message)
 
     async def ReleaseConversation(
         self, request: operator_pb2.ReleaseConversationRequest, context: Context
     ) -> operator_pb2.ReleaseConversationResponse:
-        operator = _operator()
+        operator = _operator(context, "ReleaseConversation")
         conversation_id = _conversation_id(request.conversation_id)
         budget = _budget(context)
-        handoff = await self._desk.tenant_handoff(operator, conversation_id, budget)
-        status = await self._desk.change(
-            handoff.owner,
-            conversation_id,
-            mode=resources_pb2.HANDOFF_MODE_BOT,
-            trigger=resources_pb2.HANDOFF_TRIGGER_OPERATOR,
-            actor_id=operator.user_id,
-            budget=budget,
-        )
+        target = f"conversation/{conversation_id}"
+        with _audited(audit.HANDOFF_RELEASE, operator, target, context) as note:
+            handoff = await self._desk.tenant_handoff(operator, conversation_id, budget)
+            status = await self._desk.change(
+                handoff.owner,
+                conversation_id,
+                mode=resources_pb2.HANDOFF_MODE_BOT,
+                trigger=resources_pb2.HANDOFF_TRIGGER_OPERATOR,
+                actor_id=operator.user_id,
+                budget=budget,
+            )
+            note.detail = f"changed={str(status.changed).lower()}"
         status.user_id = handoff.owner.user_id
         return operator_pb2.ReleaseConversationResponse(handoff=status)

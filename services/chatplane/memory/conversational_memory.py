@@ -161,6 +161,12 @@ class ConversationalMemory:
             raise errors.InvalidArgument("conversation_id", "required")
         return await self._index.delete_conversation(tenant_id, user_id, conversation_id)
 
+    async def user_turns(
+        self, tenant_id: str, user_id: str, *, limit: int, after: str = ""
+    ) -> list[MemoryItem]:
+        """A page of the user's turns as indexed, in item id order (for an export)."""
+        return await self._index.user_turns(tenant_id, user_id, limit=limit, after=after)
+
     async def close(self) -> None:
         """Closes the index and the embedding pools."""
         await self._index.close()

@@ -15,6 +15,7 @@ from chatplane.memory.document_library import DocumentLibrary
 from chatplane.memory.index.base import DocumentSummary, ItemKind, RecalledItem, document_chunk_of
 from chatplane.memory.metrics import RECALL_DURATION, REMEMBER_DURATION
 from chatplane.memory.remember_request import ROLE_NAMES, remembered_messages
+from chatplane.memory.user_memory import list_user_memory
 from chatplane.v1 import memory_pb2, memory_pb2_grpc, resources_pb2
 
 _ROLES = {name: role for role, name in ROLE_NAMES.items()}
@@ -165,3 +166,8 @@ class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
     ) -> memory_pb2.DeleteDocumentResponse:
         deleted = await self._library().delete(request.tenant_id, request.document_id)
         return memory_pb2.DeleteDocumentResponse(deleted_chunk_count=deleted)
+
+    async def ListUserMemory(
+        self, request: memory_pb2.ListUserMemoryRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> memory_pb2.ListUserMemoryResponse:
+        return await list_user_memory(self._memory, request)

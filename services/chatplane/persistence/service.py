@@ -19,6 +19,7 @@ from chatplane.log.factory import open_message_log
 from chatplane.log.observed import LagReporter
 from chatplane.persistence.consumer import CONSUMER_GROUP, BatchConsumer
 from chatplane.persistence.dataset_servicer import DatasetPersistenceServicer
+from chatplane.persistence.export_servicer import ExportRpcs
 from chatplane.persistence.servicer import SERVICE_NAME
 from chatplane.persistence.store.factory import open_store
 from chatplane.v1 import persistence_pb2_grpc
@@ -27,6 +28,10 @@ _log = logging.getLogger(__name__)
 
 NAME = "persistence"
 """The service's name in its ready line and logs."""
+
+
+class PersistenceRpcs(ExportRpcs, DatasetPersistenceServicer):
+    """Every PersistenceService RPC: the base servicer with each feature's RPCs mixed in."""
 
 
 async def run(settings: Settings) -> None:
@@ -43,7 +48,7 @@ async def run(settings: Settings) -> None:
         max_records=settings.batch_max_records,
         max_wait=settings.batch_max_wait_seconds,
     )
-    servicer = DatasetPersistenceServicer(store, settings)
+    servicer = PersistenceRpcs(store, settings)
     # This process's audit.record(...) appends straight to the store (docs/security.md).
     recorder = AuditRecorder(
         StoreAuditSink(store),

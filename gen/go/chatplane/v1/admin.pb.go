@@ -618,6 +618,98 @@ func (x *AdminServiceListRatedAnswersResponse) GetNextPageToken() string {
 	return ""
 }
 
+// A user whose data to export.
+type ExportUserDataRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The user of the caller's tenant (1-256 characters).
+	UserId        string `protobuf:"bytes,1,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ExportUserDataRequest) Reset() {
+	*x = ExportUserDataRequest{}
+	mi := &file_chatplane_v1_admin_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ExportUserDataRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ExportUserDataRequest) ProtoMessage() {}
+
+func (x *ExportUserDataRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_chatplane_v1_admin_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ExportUserDataRequest.ProtoReflect.Descriptor instead.
+func (*ExportUserDataRequest) Descriptor() ([]byte, []int) {
+	return file_chatplane_v1_admin_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *ExportUserDataRequest) GetUserId() string {
+	if x != nil {
+		return x.UserId
+	}
+	return ""
+}
+
+// The next piece of the archive.
+type ExportUserDataResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// UTF-8 bytes of the JSON archive; the pieces of a stream, concatenated, are the archive.
+	Chunk         []byte `protobuf:"bytes,1,opt,name=chunk,proto3" json:"chunk,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ExportUserDataResponse) Reset() {
+	*x = ExportUserDataResponse{}
+	mi := &file_chatplane_v1_admin_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ExportUserDataResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ExportUserDataResponse) ProtoMessage() {}
+
+func (x *ExportUserDataResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_chatplane_v1_admin_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ExportUserDataResponse.ProtoReflect.Descriptor instead.
+func (*ExportUserDataResponse) Descriptor() ([]byte, []int) {
+	return file_chatplane_v1_admin_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *ExportUserDataResponse) GetChunk() []byte {
+	if x != nil {
+		return x.Chunk
+	}
+	return nil
+}
+
 var File_chatplane_v1_admin_proto protoreflect.FileDescriptor
 
 const file_chatplane_v1_admin_proto_rawDesc = "" +
@@ -660,13 +752,18 @@ const file_chatplane_v1_admin_proto_rawDesc = "" +
 	"page_token\x18\x05 \x01(\tR\tpageToken\"\x83\x01\n" +
 	"$AdminServiceListRatedAnswersResponse\x123\n" +
 	"\aanswers\x18\x01 \x03(\v2\x19.chatplane.v1.RatedAnswerR\aanswers\x12&\n" +
-	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken2\xfa\x03\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"0\n" +
+	"\x15ExportUserDataRequest\x12\x17\n" +
+	"\auser_id\x18\x01 \x01(\tR\x06userId\".\n" +
+	"\x16ExportUserDataResponse\x12\x14\n" +
+	"\x05chunk\x18\x01 \x01(\fR\x05chunk2\xd9\x04\n" +
 	"\fAdminService\x12R\n" +
 	"\vListApiKeys\x12 .chatplane.v1.ListApiKeysRequest\x1a!.chatplane.v1.ListApiKeysResponse\x12m\n" +
 	"\fCreateApiKey\x12-.chatplane.v1.AdminServiceCreateApiKeyRequest\x1a..chatplane.v1.AdminServiceCreateApiKeyResponse\x12U\n" +
 	"\fRotateApiKey\x12!.chatplane.v1.RotateApiKeyRequest\x1a\".chatplane.v1.RotateApiKeyResponse\x12U\n" +
 	"\fRevokeApiKey\x12!.chatplane.v1.RevokeApiKeyRequest\x1a\".chatplane.v1.RevokeApiKeyResponse\x12y\n" +
-	"\x10ListRatedAnswers\x121.chatplane.v1.AdminServiceListRatedAnswersRequest\x1a2.chatplane.v1.AdminServiceListRatedAnswersResponseB@Z>github.com/chatplane/chatplane/gen/go/chatplane/v1;chatplanev1b\x06proto3"
+	"\x10ListRatedAnswers\x121.chatplane.v1.AdminServiceListRatedAnswersRequest\x1a2.chatplane.v1.AdminServiceListRatedAnswersResponse\x12]\n" +
+	"\x0eExportUserData\x12#.chatplane.v1.ExportUserDataRequest\x1a$.chatplane.v1.ExportUserDataResponse0\x01B@Z>github.com/chatplane/chatplane/gen/go/chatplane/v1;chatplanev1b\x06proto3"
 
 var (
 	file_chatplane_v1_admin_proto_rawDescOnce sync.Once
@@ -680,7 +777,7 @@ func file_chatplane_v1_admin_proto_rawDescGZIP() []byte {
 	return file_chatplane_v1_admin_proto_rawDescData
 }
 
-var file_chatplane_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
+var file_chatplane_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
 var file_chatplane_v1_admin_proto_goTypes = []any{
 	(*ListApiKeysRequest)(nil),                   // 0: chatplane.v1.ListApiKeysRequest
 	(*ListApiKeysResponse)(nil),                  // 1: chatplane.v1.ListApiKeysResponse
@@ -692,33 +789,37 @@ var file_chatplane_v1_admin_proto_goTypes = []any{
 	(*RevokeApiKeyResponse)(nil),                 // 7: chatplane.v1.RevokeApiKeyResponse
 	(*AdminServiceListRatedAnswersRequest)(nil),  // 8: chatplane.v1.AdminServiceListRatedAnswersRequest
 	(*AdminServiceListRatedAnswersResponse)(nil), // 9: chatplane.v1.AdminServiceListRatedAnswersResponse
-	(*ApiKeyInfo)(nil),                           // 10: chatplane.v1.ApiKeyInfo
-	(*durationpb.Duration)(nil),                  // 11: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil),                // 12: google.protobuf.Timestamp
-	(*RatedAnswer)(nil),                          // 13: chatplane.v1.RatedAnswer
+	(*ExportUserDataRequest)(nil),                // 10: chatplane.v1.ExportUserDataRequest
+	(*ExportUserDataResponse)(nil),               // 11: chatplane.v1.ExportUserDataResponse
+	(*ApiKeyInfo)(nil),                           // 12: chatplane.v1.ApiKeyInfo
+	(*durationpb.Duration)(nil),                  // 13: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil),                // 14: google.protobuf.Timestamp
+	(*RatedAnswer)(nil),                          // 15: chatplane.v1.RatedAnswer
 }
 var file_chatplane_v1_admin_proto_depIdxs = []int32{
-	10, // 0: chatplane.v1.ListApiKeysResponse.keys:type_name -> chatplane.v1.ApiKeyInfo
-	10, // 1: chatplane.v1.AdminServiceCreateApiKeyResponse.key:type_name -> chatplane.v1.ApiKeyInfo
-	11, // 2: chatplane.v1.RotateApiKeyRequest.overlap:type_name -> google.protobuf.Duration
-	10, // 3: chatplane.v1.RotateApiKeyResponse.key:type_name -> chatplane.v1.ApiKeyInfo
-	10, // 4: chatplane.v1.RotateApiKeyResponse.previous:type_name -> chatplane.v1.ApiKeyInfo
-	10, // 5: chatplane.v1.RevokeApiKeyResponse.key:type_name -> chatplane.v1.ApiKeyInfo
-	12, // 6: chatplane.v1.AdminServiceListRatedAnswersRequest.since:type_name -> google.protobuf.Timestamp
-	12, // 7: chatplane.v1.AdminServiceListRatedAnswersRequest.until:type_name -> google.protobuf.Timestamp
-	13, // 8: chatplane.v1.AdminServiceListRatedAnswersResponse.answers:type_name -> chatplane.v1.RatedAnswer
+	12, // 0: chatplane.v1.ListApiKeysResponse.keys:type_name -> chatplane.v1.ApiKeyInfo
+	12, // 1: chatplane.v1.AdminServiceCreateApiKeyResponse.key:type_name -> chatplane.v1.ApiKeyInfo
+	13, // 2: chatplane.v1.RotateApiKeyRequest.overlap:type_name -> google.protobuf.Duration
+	12, // 3: chatplane.v1.RotateApiKeyResponse.key:type_name -> chatplane.v1.ApiKeyInfo
+	12, // 4: chatplane.v1.RotateApiKeyResponse.previous:type_name -> chatplane.v1.ApiKeyInfo
+	12, // 5: chatplane.v1.RevokeApiKeyResponse.key:type_name -> chatplane.v1.ApiKeyInfo
+	14, // 6: chatplane.v1.AdminServiceListRatedAnswersRequest.since:type_name -> google.protobuf.Timestamp
+	14, // 7: chatplane.v1.AdminServiceListRatedAnswersRequest.until:type_name -> google.protobuf.Timestamp
+	15, // 8: chatplane.v1.AdminServiceListRatedAnswersResponse.answers:type_name -> chatplane.v1.RatedAnswer
 	0,  // 9: chatplane.v1.AdminService.ListApiKeys:input_type -> chatplane.v1.ListApiKeysRequest
 	2,  // 10: chatplane.v1.AdminService.CreateApiKey:input_type -> chatplane.v1.AdminServiceCreateApiKeyRequest
 	4,  // 11: chatplane.v1.AdminService.RotateApiKey:input_type -> chatplane.v1.RotateApiKeyRequest
 	6,  // 12: chatplane.v1.AdminService.RevokeApiKey:input_type -> chatplane.v1.RevokeApiKeyRequest
 	8,  // 13: chatplane.v1.AdminService.ListRatedAnswers:input_type -> chatplane.v1.AdminServiceListRatedAnswersRequest
-	1,  // 14: chatplane.v1.AdminService.ListApiKeys:output_type -> chatplane.v1.ListApiKeysResponse
-	3,  // 15: chatplane.v1.AdminService.CreateApiKey:output_type -> chatplane.v1.AdminServiceCreateApiKeyResponse
-	5,  // 16: chatplane.v1.AdminService.RotateApiKey:output_type -> chatplane.v1.RotateApiKeyResponse
-	7,  // 17: chatplane.v1.AdminService.RevokeApiKey:output_type -> chatplane.v1.RevokeApiKeyResponse
-	9,  // 18: chatplane.v1.AdminService.ListRatedAnswers:output_type -> chatplane.v1.AdminServiceListRatedAnswersResponse
-	14, // [14:19] is the sub-list for method output_type
-	9,  // [9:14] is the sub-list for method input_type
+	10, // 14: chatplane.v1.AdminService.ExportUserData:input_type -> chatplane.v1.ExportUserDataRequest
+	1,  // 15: chatplane.v1.AdminService.ListApiKeys:output_type -> chatplane.v1.ListApiKeysResponse
+	3,  // 16: chatplane.v1.AdminService.CreateApiKey:output_type -> chatplane.v1.AdminServiceCreateApiKeyResponse
+	5,  // 17: chatplane.v1.AdminService.RotateApiKey:output_type -> chatplane.v1.RotateApiKeyResponse
+	7,  // 18: chatplane.v1.AdminService.RevokeApiKey:output_type -> chatplane.v1.RevokeApiKeyResponse
+	9,  // 19: chatplane.v1.AdminService.ListRatedAnswers:output_type -> chatplane.v1.AdminServiceListRatedAnswersResponse
+	11, // 20: chatplane.v1.AdminService.ExportUserData:output_type -> chatplane.v1.ExportUserDataResponse
+	15, // [15:21] is the sub-list for method output_type
+	9,  // [9:15] is the sub-list for method input_type
 	9,  // [9:9] is the sub-list for extension type_name
 	9,  // [9:9] is the sub-list for extension extendee
 	0,  // [0:9] is the sub-list for field type_name
@@ -736,7 +837,7 @@ func file_chatplane_v1_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_chatplane_v1_admin_proto_rawDesc), len(file_chatplane_v1_admin_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   10,
+			NumMessages:   12,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -24,6 +24,7 @@ const (
 	AdminService_RotateApiKey_FullMethodName     = "/chatplane.v1.AdminService/RotateApiKey"
 	AdminService_RevokeApiKey_FullMethodName     = "/chatplane.v1.AdminService/RevokeApiKey"
 	AdminService_ListRatedAnswers_FullMethodName = "/chatplane.v1.AdminService/ListRatedAnswers"
+	AdminService_ExportUserData_FullMethodName   = "/chatplane.v1.AdminService/ExportUserData"
 )
 
 // AdminServiceClient is the client API for AdminService service.
@@ -46,6 +47,9 @@ type AdminServiceClient interface {
 	// Pages the tenant's rated answers with their branches, for feedback datasets; the tenant
 	// must have opted in (FAILED_PRECONDITION otherwise; docs/datasets.md).
 	ListRatedAnswers(ctx context.Context, in *AdminServiceListRatedAnswersRequest, opts ...grpc.CallOption) (*AdminServiceListRatedAnswersResponse, error)
+	// Exports everything stored of one user of the tenant as one JSON document, streamed in
+	// chunks of at most 64 KiB (docs/privacy.md, "Export"). Audited as `user.export`.
+	ExportUserData(ctx context.Context, in *ExportUserDataRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ExportUserDataResponse], error)
 }
 
 type adminServiceClient struct {
@@ -106,6 +110,25 @@ func (c *adminServiceClient) ListRatedAnswers(ctx context.Context, in *AdminServ
 	return out, nil
 }
 
+func (c *adminServiceClient) ExportUserData(ctx context.Context, in *ExportUserDataRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ExportUserDataResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &AdminService_ServiceDesc.Streams[0], AdminService_ExportUserData_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[ExportUserDataRequest, ExportUserDataResponse]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type AdminService_ExportUserDataClient = grpc.ServerStreamingClient[ExportUserDataResponse]
+
 // AdminServiceServer is the server API for AdminService service.
 // All implementations must embed UnimplementedAdminServiceServer
 // for forward compatibility.
@@ -126,6 +149,9 @@ type AdminServiceServer interface {
 	// Pages the tenant's rated answers with their branches, for feedback datasets; the tenant
 	// must have opted in (FAILED_PRECONDITION otherwise; docs/datasets.md).
 	ListRatedAnswers(context.Context, *AdminServiceListRatedAnswersRequest) (*AdminServiceListRatedAnswersResponse, error)
+	// Exports everything stored of one user of the tenant as one JSON document, streamed in
+	// chunks of at most 64 KiB (docs/privacy.md, "Export"). Audited as `user.export`.
+	ExportUserData(*ExportUserDataRequest, grpc.ServerStreamingServer[ExportUserDataResponse]) error
 	mustEmbedUnimplementedAdminServiceServer()
 }
 
@@ -150,6 +176,9 @@ func (UnimplementedAdminServiceServer) RevokeApiKey(context.Context, *RevokeApiK
 }
 func (UnimplementedAdminServiceServer) ListRatedAnswers(context.Context, *AdminServiceListRatedAnswersRequest) (*AdminServiceListRatedAnswersResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListRatedAnswers not implemented")
+}
+func (UnimplementedAdminServiceServer) ExportUserData(*ExportUserDataRequest, grpc.ServerStreamingServer[ExportUserDataResponse]) error {
+	return status.Error(codes.Unimplemented, "method ExportUserData not implemented")
 }
 func (UnimplementedAdminServiceServer) mustEmbedUnimplementedAdminServiceServer() {}
 func (UnimplementedAdminServiceServer) testEmbeddedByValue()                      {}
@@ -262,6 +291,17 @@ func _AdminService_ListRatedAnswers_Handler(srv interface{}, ctx context.Context
 	return interceptor(ctx, in, info, handler)
 }
 
+func _AdminService_ExportUserData_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(ExportUserDataRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(AdminServiceServer).ExportUserData(m, &grpc.GenericServerStream[ExportUserDataRequest, ExportUserDataResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type AdminService_ExportUserDataServer = grpc.ServerStreamingServer[ExportUserDataResponse]
+
 // AdminService_ServiceDesc is the grpc.ServiceDesc for AdminService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -290,6 +330,12 @@ var AdminService_ServiceDesc = grpc.ServiceDesc{
 			Handler:    _AdminService_ListRatedAnswers_Handler,
 		},
 	},
-	Streams:  []grpc.StreamDesc{},
+	Streams: []grpc.StreamDesc{
+		{
+			StreamName:    "ExportUserData",
+			Handler:       _AdminService_ExportUserData_Handler,
+			ServerStreams: true,
+		},
+	},
 	Metadata: "chatplane/v1/admin.proto",
 }

@@ -932,6 +932,216 @@ func (x *DeleteDocumentResponse) GetDeletedChunkCount() int32 {
 	return 0
 }
 
+// Asks for a page of one user's remembered turns.
+type ListUserMemoryRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The user's tenant.
+	TenantId string `protobuf:"bytes,1,opt,name=tenant_id,json=tenantId,proto3" json:"tenant_id,omitempty"`
+	// The user.
+	UserId string `protobuf:"bytes,2,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
+	// Items per page (1-1000; 0 means 200).
+	PageSize int32 `protobuf:"varint,3,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	// The next_page_token of the previous page, or empty for the first.
+	PageToken     string `protobuf:"bytes,4,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListUserMemoryRequest) Reset() {
+	*x = ListUserMemoryRequest{}
+	mi := &file_chatplane_v1_memory_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListUserMemoryRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListUserMemoryRequest) ProtoMessage() {}
+
+func (x *ListUserMemoryRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_chatplane_v1_memory_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListUserMemoryRequest.ProtoReflect.Descriptor instead.
+func (*ListUserMemoryRequest) Descriptor() ([]byte, []int) {
+	return file_chatplane_v1_memory_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *ListUserMemoryRequest) GetTenantId() string {
+	if x != nil {
+		return x.TenantId
+	}
+	return ""
+}
+
+func (x *ListUserMemoryRequest) GetUserId() string {
+	if x != nil {
+		return x.UserId
+	}
+	return ""
+}
+
+func (x *ListUserMemoryRequest) GetPageSize() int32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+func (x *ListUserMemoryRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
+// One remembered turn as indexed (PII-masked for tenants with redaction).
+type UserMemoryItem struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The message id it was remembered under.
+	ItemId string `protobuf:"bytes,1,opt,name=item_id,json=itemId,proto3" json:"item_id,omitempty"`
+	// Its conversation.
+	ConversationId string `protobuf:"bytes,2,opt,name=conversation_id,json=conversationId,proto3" json:"conversation_id,omitempty"`
+	// Who wrote it.
+	Role Role `protobuf:"varint,3,opt,name=role,proto3,enum=chatplane.v1.Role" json:"role,omitempty"`
+	// The text as indexed.
+	Text string `protobuf:"bytes,4,opt,name=text,proto3" json:"text,omitempty"`
+	// Creation time in unix milliseconds.
+	CreateTimeUnixMs int64 `protobuf:"varint,5,opt,name=create_time_unix_ms,json=createTimeUnixMs,proto3" json:"create_time_unix_ms,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
+}
+
+func (x *UserMemoryItem) Reset() {
+	*x = UserMemoryItem{}
+	mi := &file_chatplane_v1_memory_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UserMemoryItem) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UserMemoryItem) ProtoMessage() {}
+
+func (x *UserMemoryItem) ProtoReflect() protoreflect.Message {
+	mi := &file_chatplane_v1_memory_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UserMemoryItem.ProtoReflect.Descriptor instead.
+func (*UserMemoryItem) Descriptor() ([]byte, []int) {
+	return file_chatplane_v1_memory_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *UserMemoryItem) GetItemId() string {
+	if x != nil {
+		return x.ItemId
+	}
+	return ""
+}
+
+func (x *UserMemoryItem) GetConversationId() string {
+	if x != nil {
+		return x.ConversationId
+	}
+	return ""
+}
+
+func (x *UserMemoryItem) GetRole() Role {
+	if x != nil {
+		return x.Role
+	}
+	return Role_ROLE_UNSPECIFIED
+}
+
+func (x *UserMemoryItem) GetText() string {
+	if x != nil {
+		return x.Text
+	}
+	return ""
+}
+
+func (x *UserMemoryItem) GetCreateTimeUnixMs() int64 {
+	if x != nil {
+		return x.CreateTimeUnixMs
+	}
+	return 0
+}
+
+// A page of a user's remembered turns, in item id order.
+type ListUserMemoryResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The items.
+	Items []*UserMemoryItem `protobuf:"bytes,1,rep,name=items,proto3" json:"items,omitempty"`
+	// Token for the next page; empty on the last.
+	NextPageToken string `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListUserMemoryResponse) Reset() {
+	*x = ListUserMemoryResponse{}
+	mi := &file_chatplane_v1_memory_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListUserMemoryResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListUserMemoryResponse) ProtoMessage() {}
+
+func (x *ListUserMemoryResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_chatplane_v1_memory_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListUserMemoryResponse.ProtoReflect.Descriptor instead.
+func (*ListUserMemoryResponse) Descriptor() ([]byte, []int) {
+	return file_chatplane_v1_memory_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *ListUserMemoryResponse) GetItems() []*UserMemoryItem {
+	if x != nil {
+		return x.Items
+	}
+	return nil
+}
+
+func (x *ListUserMemoryResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
+}
+
 var File_chatplane_v1_memory_proto protoreflect.FileDescriptor
 
 const file_chatplane_v1_memory_proto_rawDesc = "" +
@@ -990,14 +1200,30 @@ const file_chatplane_v1_memory_proto_rawDesc = "" +
 	"\vdocument_id\x18\x02 \x01(\tR\n" +
 	"documentId\"H\n" +
 	"\x16DeleteDocumentResponse\x12.\n" +
-	"\x13deleted_chunk_count\x18\x01 \x01(\x05R\x11deletedChunkCount2\xfa\x03\n" +
+	"\x13deleted_chunk_count\x18\x01 \x01(\x05R\x11deletedChunkCount\"\x89\x01\n" +
+	"\x15ListUserMemoryRequest\x12\x1b\n" +
+	"\ttenant_id\x18\x01 \x01(\tR\btenantId\x12\x17\n" +
+	"\auser_id\x18\x02 \x01(\tR\x06userId\x12\x1b\n" +
+	"\tpage_size\x18\x03 \x01(\x05R\bpageSize\x12\x1d\n" +
+	"\n" +
+	"page_token\x18\x04 \x01(\tR\tpageToken\"\xbd\x01\n" +
+	"\x0eUserMemoryItem\x12\x17\n" +
+	"\aitem_id\x18\x01 \x01(\tR\x06itemId\x12'\n" +
+	"\x0fconversation_id\x18\x02 \x01(\tR\x0econversationId\x12&\n" +
+	"\x04role\x18\x03 \x01(\x0e2\x12.chatplane.v1.RoleR\x04role\x12\x12\n" +
+	"\x04text\x18\x04 \x01(\tR\x04text\x12-\n" +
+	"\x13create_time_unix_ms\x18\x05 \x01(\x03R\x10createTimeUnixMs\"t\n" +
+	"\x16ListUserMemoryResponse\x122\n" +
+	"\x05items\x18\x01 \x03(\v2\x1c.chatplane.v1.UserMemoryItemR\x05items\x12&\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken2\xd7\x04\n" +
 	"\rMemoryService\x12I\n" +
 	"\bRemember\x12\x1d.chatplane.v1.RememberRequest\x1a\x1e.chatplane.v1.RememberResponse\x12C\n" +
 	"\x06Recall\x12\x1b.chatplane.v1.RecallRequest\x1a\x1c.chatplane.v1.RecallResponse\x12C\n" +
 	"\x06Forget\x12\x1b.chatplane.v1.ForgetRequest\x1a\x1c.chatplane.v1.ForgetResponse\x12]\n" +
 	"\x0eIngestDocument\x12#.chatplane.v1.IngestDocumentRequest\x1a$.chatplane.v1.IngestDocumentResponse(\x01\x12X\n" +
 	"\rListDocuments\x12\".chatplane.v1.ListDocumentsRequest\x1a#.chatplane.v1.ListDocumentsResponse\x12[\n" +
-	"\x0eDeleteDocument\x12#.chatplane.v1.DeleteDocumentRequest\x1a$.chatplane.v1.DeleteDocumentResponseB@Z>github.com/chatplane/chatplane/gen/go/chatplane/v1;chatplanev1b\x06proto3"
+	"\x0eDeleteDocument\x12#.chatplane.v1.DeleteDocumentRequest\x1a$.chatplane.v1.DeleteDocumentResponse\x12[\n" +
+	"\x0eListUserMemory\x12#.chatplane.v1.ListUserMemoryRequest\x1a$.chatplane.v1.ListUserMemoryResponseB@Z>github.com/chatplane/chatplane/gen/go/chatplane/v1;chatplanev1b\x06proto3"
 
 var (
 	file_chatplane_v1_memory_proto_rawDescOnce sync.Once
@@ -1011,7 +1237,7 @@ func file_chatplane_v1_memory_proto_rawDescGZIP() []byte {
 	return file_chatplane_v1_memory_proto_rawDescData
 }
 
-var file_chatplane_v1_memory_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
+var file_chatplane_v1_memory_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
 var file_chatplane_v1_memory_proto_goTypes = []any{
 	(*MemoryMessage)(nil),          // 0: chatplane.v1.MemoryMessage
 	(*RememberRequest)(nil),        // 1: chatplane.v1.RememberRequest
@@ -1028,37 +1254,44 @@ var file_chatplane_v1_memory_proto_goTypes = []any{
 	(*ListDocumentsResponse)(nil),  // 12: chatplane.v1.ListDocumentsResponse
 	(*DeleteDocumentRequest)(nil),  // 13: chatplane.v1.DeleteDocumentRequest
 	(*DeleteDocumentResponse)(nil), // 14: chatplane.v1.DeleteDocumentResponse
-	(Role)(0),                      // 15: chatplane.v1.Role
-	(*Citation)(nil),               // 16: chatplane.v1.Citation
-	(*Document)(nil),               // 17: chatplane.v1.Document
+	(*ListUserMemoryRequest)(nil),  // 15: chatplane.v1.ListUserMemoryRequest
+	(*UserMemoryItem)(nil),         // 16: chatplane.v1.UserMemoryItem
+	(*ListUserMemoryResponse)(nil), // 17: chatplane.v1.ListUserMemoryResponse
+	(Role)(0),                      // 18: chatplane.v1.Role
+	(*Citation)(nil),               // 19: chatplane.v1.Citation
+	(*Document)(nil),               // 20: chatplane.v1.Document
 }
 var file_chatplane_v1_memory_proto_depIdxs = []int32{
-	15, // 0: chatplane.v1.MemoryMessage.role:type_name -> chatplane.v1.Role
+	18, // 0: chatplane.v1.MemoryMessage.role:type_name -> chatplane.v1.Role
 	0,  // 1: chatplane.v1.RememberRequest.messages:type_name -> chatplane.v1.MemoryMessage
-	16, // 2: chatplane.v1.RecalledItem.citation:type_name -> chatplane.v1.Citation
-	15, // 3: chatplane.v1.RecalledItem.role:type_name -> chatplane.v1.Role
+	19, // 2: chatplane.v1.RecalledItem.citation:type_name -> chatplane.v1.Citation
+	18, // 3: chatplane.v1.RecalledItem.role:type_name -> chatplane.v1.Role
 	0,  // 4: chatplane.v1.RecallResponse.recent:type_name -> chatplane.v1.MemoryMessage
 	4,  // 5: chatplane.v1.RecallResponse.items:type_name -> chatplane.v1.RecalledItem
 	8,  // 6: chatplane.v1.IngestDocumentRequest.header:type_name -> chatplane.v1.DocumentHeader
-	17, // 7: chatplane.v1.IngestDocumentResponse.document:type_name -> chatplane.v1.Document
-	17, // 8: chatplane.v1.ListDocumentsResponse.documents:type_name -> chatplane.v1.Document
-	1,  // 9: chatplane.v1.MemoryService.Remember:input_type -> chatplane.v1.RememberRequest
-	3,  // 10: chatplane.v1.MemoryService.Recall:input_type -> chatplane.v1.RecallRequest
-	6,  // 11: chatplane.v1.MemoryService.Forget:input_type -> chatplane.v1.ForgetRequest
-	9,  // 12: chatplane.v1.MemoryService.IngestDocument:input_type -> chatplane.v1.IngestDocumentRequest
-	11, // 13: chatplane.v1.MemoryService.ListDocuments:input_type -> chatplane.v1.ListDocumentsRequest
-	13, // 14: chatplane.v1.MemoryService.DeleteDocument:input_type -> chatplane.v1.DeleteDocumentRequest
-	2,  // 15: chatplane.v1.MemoryService.Remember:output_type -> chatplane.v1.RememberResponse
-	5,  // 16: chatplane.v1.MemoryService.Recall:output_type -> chatplane.v1.RecallResponse
-	7,  // 17: chatplane.v1.MemoryService.Forget:output_type -> chatplane.v1.ForgetResponse
-	10, // 18: chatplane.v1.MemoryService.IngestDocument:output_type -> chatplane.v1.IngestDocumentResponse
-	12, // 19: chatplane.v1.MemoryService.ListDocuments:output_type -> chatplane.v1.ListDocumentsResponse
-	14, // 20: chatplane.v1.MemoryService.DeleteDocument:output_type -> chatplane.v1.DeleteDocumentResponse
-	15, // [15:21] is the sub-list for method output_type
-	9,  // [9:15] is the sub-list for method input_type
-	9,  // [9:9] is the sub-list for extension type_name
-	9,  // [9:9] is the sub-list for extension extendee
-	0,  // [0:9] is the sub-list for field type_name
+	20, // 7: chatplane.v1.IngestDocumentResponse.document:type_name -> chatplane.v1.Document
+	20, // 8: chatplane.v1.ListDocumentsResponse.documents:type_name -> chatplane.v1.Document
+	18, // 9: chatplane.v1.UserMemoryItem.role:type_name -> chatplane.v1.Role
+	16, // 10: chatplane.v1.ListUserMemoryResponse.items:type_name -> chatplane.v1.UserMemoryItem
+	1,  // 11: chatplane.v1.MemoryService.Remember:input_type -> chatplane.v1.RememberRequest
+	3,  // 12: chatplane.v1.MemoryService.Recall:input_type -> chatplane.v1.RecallRequest
+	6,  // 13: chatplane.v1.MemoryService.Forget:input_type -> chatplane.v1.ForgetRequest
+	9,  // 14: chatplane.v1.MemoryService.IngestDocument:input_type -> chatplane.v1.IngestDocumentRequest
+	11, // 15: chatplane.v1.MemoryService.ListDocuments:input_type -> chatplane.v1.ListDocumentsRequest
+	13, // 16: chatplane.v1.MemoryService.DeleteDocument:input_type -> chatplane.v1.DeleteDocumentRequest
+	15, // 17: chatplane.v1.MemoryService.ListUserMemory:input_type -> chatplane.v1.ListUserMemoryRequest
+	2,  // 18: chatplane.v1.MemoryService.Remember:output_type -> chatplane.v1.RememberResponse
+	5,  // 19: chatplane.v1.MemoryService.Recall:output_type -> chatplane.v1.RecallResponse
+	7,  // 20: chatplane.v1.MemoryService.Forget:output_type -> chatplane.v1.ForgetResponse
+	10, // 21: chatplane.v1.MemoryService.IngestDocument:output_type -> chatplane.v1.IngestDocumentResponse
+	12, // 22: chatplane.v1.MemoryService.ListDocuments:output_type -> chatplane.v1.ListDocumentsResponse
+	14, // 23: chatplane.v1.MemoryService.DeleteDocument:output_type -> chatplane.v1.DeleteDocumentResponse
+	17, // 24: chatplane.v1.MemoryService.ListUserMemory:output_type -> chatplane.v1.ListUserMemoryResponse
+	18, // [18:25] is the sub-list for method output_type
+	11, // [11:18] is the sub-list for method input_type
+	11, // [11:11] is the sub-list for extension type_name
+	11, // [11:11] is the sub-list for extension extendee
+	0,  // [0:11] is the sub-list for field type_name
 }
 
 func init() { file_chatplane_v1_memory_proto_init() }
@@ -1077,7 +1310,7 @@ func file_chatplane_v1_memory_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_chatplane_v1_memory_proto_rawDesc), len(file_chatplane_v1_memory_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   15,
+			NumMessages:   18,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -4014,6 +4014,355 @@ func (x *ListRatedAnswersResponse) GetNextPageToken() string {
 	return ""
 }
 
+// Asks for every stored record of one user.
+type ExportUserRecordsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Whose records.
+	Owner *Owner `protobuf:"bytes,1,opt,name=owner,proto3" json:"owner,omitempty"`
+	// Records per store read (1-1000; 0 means 200): bounds the memory one export holds.
+	PageSize      int32 `protobuf:"varint,2,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ExportUserRecordsRequest) Reset() {
+	*x = ExportUserRecordsRequest{}
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[60]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ExportUserRecordsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ExportUserRecordsRequest) ProtoMessage() {}
+
+func (x *ExportUserRecordsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[60]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ExportUserRecordsRequest.ProtoReflect.Descriptor instead.
+func (*ExportUserRecordsRequest) Descriptor() ([]byte, []int) {
+	return file_chatplane_v1_persistence_proto_rawDescGZIP(), []int{60}
+}
+
+func (x *ExportUserRecordsRequest) GetOwner() *Owner {
+	if x != nil {
+		return x.Owner
+	}
+	return nil
+}
+
+func (x *ExportUserRecordsRequest) GetPageSize() int32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+// A user's rating of an answer, as stored.
+type ExportedFeedback struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The rated assistant message.
+	MessageId string `protobuf:"bytes,1,opt,name=message_id,json=messageId,proto3" json:"message_id,omitempty"`
+	// Its conversation.
+	ConversationId string `protobuf:"bytes,2,opt,name=conversation_id,json=conversationId,proto3" json:"conversation_id,omitempty"`
+	// Thumbs up or down.
+	Rating Rating `protobuf:"varint,3,opt,name=rating,proto3,enum=chatplane.v1.Rating" json:"rating,omitempty"`
+	// The numeric rating 1-5; 0 when none was given.
+	Score int32 `protobuf:"varint,4,opt,name=score,proto3" json:"score,omitempty"`
+	// The free-text comment.
+	Comment string `protobuf:"bytes,5,opt,name=comment,proto3" json:"comment,omitempty"`
+	// When it was given (or last replaced).
+	CreateTime    *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ExportedFeedback) Reset() {
+	*x = ExportedFeedback{}
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[61]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ExportedFeedback) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ExportedFeedback) ProtoMessage() {}
+
+func (x *ExportedFeedback) ProtoReflect() protoreflect.Message {
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[61]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ExportedFeedback.ProtoReflect.Descriptor instead.
+func (*ExportedFeedback) Descriptor() ([]byte, []int) {
+	return file_chatplane_v1_persistence_proto_rawDescGZIP(), []int{61}
+}
+
+func (x *ExportedFeedback) GetMessageId() string {
+	if x != nil {
+		return x.MessageId
+	}
+	return ""
+}
+
+func (x *ExportedFeedback) GetConversationId() string {
+	if x != nil {
+		return x.ConversationId
+	}
+	return ""
+}
+
+func (x *ExportedFeedback) GetRating() Rating {
+	if x != nil {
+		return x.Rating
+	}
+	return Rating_RATING_UNSPECIFIED
+}
+
+func (x *ExportedFeedback) GetScore() int32 {
+	if x != nil {
+		return x.Score
+	}
+	return 0
+}
+
+func (x *ExportedFeedback) GetComment() string {
+	if x != nil {
+		return x.Comment
+	}
+	return ""
+}
+
+func (x *ExportedFeedback) GetCreateTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CreateTime
+	}
+	return nil
+}
+
+// What is stored about an answer besides its message: the A/B variant and its latencies.
+type ExportedAnswer struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The assistant message.
+	MessageId string `protobuf:"bytes,1,opt,name=message_id,json=messageId,proto3" json:"message_id,omitempty"`
+	// Its conversation.
+	ConversationId string `protobuf:"bytes,2,opt,name=conversation_id,json=conversationId,proto3" json:"conversation_id,omitempty"`
+	// The variant that answered.
+	Variant string `protobuf:"bytes,3,opt,name=variant,proto3" json:"variant,omitempty"`
+	// Milliseconds from the turn's start to the first token; absent when not measured.
+	FirstTokenMs *int32 `protobuf:"varint,4,opt,name=first_token_ms,json=firstTokenMs,proto3,oneof" json:"first_token_ms,omitempty"`
+	// Milliseconds from the turn's start to the end; absent when not measured.
+	DurationMs    *int32 `protobuf:"varint,5,opt,name=duration_ms,json=durationMs,proto3,oneof" json:"duration_ms,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ExportedAnswer) Reset() {
+	*x = ExportedAnswer{}
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[62]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ExportedAnswer) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ExportedAnswer) ProtoMessage() {}
+
+func (x *ExportedAnswer) ProtoReflect() protoreflect.Message {
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[62]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ExportedAnswer.ProtoReflect.Descriptor instead.
+func (*ExportedAnswer) Descriptor() ([]byte, []int) {
+	return file_chatplane_v1_persistence_proto_rawDescGZIP(), []int{62}
+}
+
+func (x *ExportedAnswer) GetMessageId() string {
+	if x != nil {
+		return x.MessageId
+	}
+	return ""
+}
+
+func (x *ExportedAnswer) GetConversationId() string {
+	if x != nil {
+		return x.ConversationId
+	}
+	return ""
+}
+
+func (x *ExportedAnswer) GetVariant() string {
+	if x != nil {
+		return x.Variant
+	}
+	return ""
+}
+
+func (x *ExportedAnswer) GetFirstTokenMs() int32 {
+	if x != nil && x.FirstTokenMs != nil {
+		return *x.FirstTokenMs
+	}
+	return 0
+}
+
+func (x *ExportedAnswer) GetDurationMs() int32 {
+	if x != nil && x.DurationMs != nil {
+		return *x.DurationMs
+	}
+	return 0
+}
+
+// One record of a user's export. A conversation comes before its messages.
+type ExportUserRecordsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The record.
+	//
+	// Types that are valid to be assigned to Record:
+	//
+	//	*ExportUserRecordsResponse_Conversation
+	//	*ExportUserRecordsResponse_Message
+	//	*ExportUserRecordsResponse_Feedback
+	//	*ExportUserRecordsResponse_Answer
+	Record        isExportUserRecordsResponse_Record `protobuf_oneof:"record"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ExportUserRecordsResponse) Reset() {
+	*x = ExportUserRecordsResponse{}
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[63]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ExportUserRecordsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ExportUserRecordsResponse) ProtoMessage() {}
+
+func (x *ExportUserRecordsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[63]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ExportUserRecordsResponse.ProtoReflect.Descriptor instead.
+func (*ExportUserRecordsResponse) Descriptor() ([]byte, []int) {
+	return file_chatplane_v1_persistence_proto_rawDescGZIP(), []int{63}
+}
+
+func (x *ExportUserRecordsResponse) GetRecord() isExportUserRecordsResponse_Record {
+	if x != nil {
+		return x.Record
+	}
+	return nil
+}
+
+func (x *ExportUserRecordsResponse) GetConversation() *Conversation {
+	if x != nil {
+		if x, ok := x.Record.(*ExportUserRecordsResponse_Conversation); ok {
+			return x.Conversation
+		}
+	}
+	return nil
+}
+
+func (x *ExportUserRecordsResponse) GetMessage() *Message {
+	if x != nil {
+		if x, ok := x.Record.(*ExportUserRecordsResponse_Message); ok {
+			return x.Message
+		}
+	}
+	return nil
+}
+
+func (x *ExportUserRecordsResponse) GetFeedback() *ExportedFeedback {
+	if x != nil {
+		if x, ok := x.Record.(*ExportUserRecordsResponse_Feedback); ok {
+			return x.Feedback
+		}
+	}
+	return nil
+}
+
+func (x *ExportUserRecordsResponse) GetAnswer() *ExportedAnswer {
+	if x != nil {
+		if x, ok := x.Record.(*ExportUserRecordsResponse_Answer); ok {
+			return x.Answer
+		}
+	}
+	return nil
+}
+
+type isExportUserRecordsResponse_Record interface {
+	isExportUserRecordsResponse_Record()
+}
+
+type ExportUserRecordsResponse_Conversation struct {
+	// A conversation of the user.
+	Conversation *Conversation `protobuf:"bytes,1,opt,name=conversation,proto3,oneof"`
+}
+
+type ExportUserRecordsResponse_Message struct {
+	// A message of the conversation sent last (every branch; siblings and parent set).
+	Message *Message `protobuf:"bytes,2,opt,name=message,proto3,oneof"`
+}
+
+type ExportUserRecordsResponse_Feedback struct {
+	// Feedback the user gave.
+	Feedback *ExportedFeedback `protobuf:"bytes,3,opt,name=feedback,proto3,oneof"`
+}
+
+type ExportUserRecordsResponse_Answer struct {
+	// Facts of one of the user's answers.
+	Answer *ExportedAnswer `protobuf:"bytes,4,opt,name=answer,proto3,oneof"`
+}
+
+func (*ExportUserRecordsResponse_Conversation) isExportUserRecordsResponse_Record() {}
+
+func (*ExportUserRecordsResponse_Message) isExportUserRecordsResponse_Record() {}
+
+func (*ExportUserRecordsResponse_Feedback) isExportUserRecordsResponse_Record() {}
+
+func (*ExportUserRecordsResponse_Answer) isExportUserRecordsResponse_Record() {}
+
 var File_chatplane_v1_persistence_proto protoreflect.FileDescriptor
 
 const file_chatplane_v1_persistence_proto_rawDesc = "" +
@@ -4315,7 +4664,35 @@ const file_chatplane_v1_persistence_proto_rawDesc = "" +
 	"\x06_score\"w\n" +
 	"\x18ListRatedAnswersResponse\x123\n" +
 	"\aanswers\x18\x01 \x03(\v2\x19.chatplane.v1.RatedAnswerR\aanswers\x12&\n" +
-	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken2\x92\x15\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"b\n" +
+	"\x18ExportUserRecordsRequest\x12)\n" +
+	"\x05owner\x18\x01 \x01(\v2\x13.chatplane.v1.OwnerR\x05owner\x12\x1b\n" +
+	"\tpage_size\x18\x02 \x01(\x05R\bpageSize\"\xf5\x01\n" +
+	"\x10ExportedFeedback\x12\x1d\n" +
+	"\n" +
+	"message_id\x18\x01 \x01(\tR\tmessageId\x12'\n" +
+	"\x0fconversation_id\x18\x02 \x01(\tR\x0econversationId\x12,\n" +
+	"\x06rating\x18\x03 \x01(\x0e2\x14.chatplane.v1.RatingR\x06rating\x12\x14\n" +
+	"\x05score\x18\x04 \x01(\x05R\x05score\x12\x18\n" +
+	"\acomment\x18\x05 \x01(\tR\acomment\x12;\n" +
+	"\vcreate_time\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"createTime\"\xe6\x01\n" +
+	"\x0eExportedAnswer\x12\x1d\n" +
+	"\n" +
+	"message_id\x18\x01 \x01(\tR\tmessageId\x12'\n" +
+	"\x0fconversation_id\x18\x02 \x01(\tR\x0econversationId\x12\x18\n" +
+	"\avariant\x18\x03 \x01(\tR\avariant\x12)\n" +
+	"\x0efirst_token_ms\x18\x04 \x01(\x05H\x00R\ffirstTokenMs\x88\x01\x01\x12$\n" +
+	"\vduration_ms\x18\x05 \x01(\x05H\x01R\n" +
+	"durationMs\x88\x01\x01B\x11\n" +
+	"\x0f_first_token_msB\x0e\n" +
+	"\f_duration_ms\"\x90\x02\n" +
+	"\x19ExportUserRecordsResponse\x12@\n" +
+	"\fconversation\x18\x01 \x01(\v2\x1a.chatplane.v1.ConversationH\x00R\fconversation\x121\n" +
+	"\amessage\x18\x02 \x01(\v2\x15.chatplane.v1.MessageH\x00R\amessage\x12<\n" +
+	"\bfeedback\x18\x03 \x01(\v2\x1e.chatplane.v1.ExportedFeedbackH\x00R\bfeedback\x126\n" +
+	"\x06answer\x18\x04 \x01(\v2\x1c.chatplane.v1.ExportedAnswerH\x00R\x06answerB\b\n" +
+	"\x06record2\xfa\x15\n" +
 	"\x12PersistenceService\x12L\n" +
 	"\tBeginTurn\x12\x1e.chatplane.v1.BeginTurnRequest\x1a\x1f.chatplane.v1.BeginTurnResponse\x12F\n" +
 	"\aGetTurn\x12\x1c.chatplane.v1.GetTurnRequest\x1a\x1d.chatplane.v1.GetTurnResponse\x12R\n" +
@@ -4344,7 +4721,8 @@ const file_chatplane_v1_persistence_proto_rawDesc = "" +
 	"\fListHandoffs\x12!.chatplane.v1.ListHandoffsRequest\x1a\".chatplane.v1.ListHandoffsResponse\x12a\n" +
 	"\x10GetTenantHandoff\x12%.chatplane.v1.GetTenantHandoffRequest\x1a&.chatplane.v1.GetTenantHandoffResponse\x12^\n" +
 	"\x0fCountThumbsDown\x12$.chatplane.v1.CountThumbsDownRequest\x1a%.chatplane.v1.CountThumbsDownResponse\x12a\n" +
-	"\x10ListRatedAnswers\x12%.chatplane.v1.ListRatedAnswersRequest\x1a&.chatplane.v1.ListRatedAnswersResponseB@Z>github.com/chatplane/chatplane/gen/go/chatplane/v1;chatplanev1b\x06proto3"
+	"\x10ListRatedAnswers\x12%.chatplane.v1.ListRatedAnswersRequest\x1a&.chatplane.v1.ListRatedAnswersResponse\x12f\n" +
+	"\x11ExportUserRecords\x12&.chatplane.v1.ExportUserRecordsRequest\x1a'.chatplane.v1.ExportUserRecordsResponse0\x01B@Z>github.com/chatplane/chatplane/gen/go/chatplane/v1;chatplanev1b\x06proto3"
 
 var (
 	file_chatplane_v1_persistence_proto_rawDescOnce sync.Once
@@ -4358,7 +4736,7 @@ func file_chatplane_v1_persistence_proto_rawDescGZIP() []byte {
 	return file_chatplane_v1_persistence_proto_rawDescData
 }
 
-var file_chatplane_v1_persistence_proto_msgTypes = make([]protoimpl.MessageInfo, 60)
+var file_chatplane_v1_persistence_proto_msgTypes = make([]protoimpl.MessageInfo, 64)
 var file_chatplane_v1_persistence_proto_goTypes = []any{
 	(*Owner)(nil),                                        // 0: chatplane.v1.Owner
 	(*BeginTurnRequest)(nil),                             // 1: chatplane.v1.BeginTurnRequest
@@ -4420,152 +4798,166 @@ var file_chatplane_v1_persistence_proto_goTypes = []any{
 	(*DatasetMessage)(nil),                               // 57: chatplane.v1.DatasetMessage
 	(*RatedAnswer)(nil),                                  // 58: chatplane.v1.RatedAnswer
 	(*ListRatedAnswersResponse)(nil),                     // 59: chatplane.v1.ListRatedAnswersResponse
-	(*BranchHistory)(nil),                                // 60: chatplane.v1.BranchHistory
-	(*Message)(nil),                                      // 61: chatplane.v1.Message
-	(*timestamppb.Timestamp)(nil),                        // 62: google.protobuf.Timestamp
-	(*ListConversationsRequest)(nil),                     // 63: chatplane.v1.ListConversationsRequest
-	(*ListConversationsResponse)(nil),                    // 64: chatplane.v1.ListConversationsResponse
-	(*GetConversationRequest)(nil),                       // 65: chatplane.v1.GetConversationRequest
-	(*GetConversationResponse)(nil),                      // 66: chatplane.v1.GetConversationResponse
-	(*SubmitFeedbackRequest)(nil),                        // 67: chatplane.v1.SubmitFeedbackRequest
-	(*AuditActor)(nil),                                   // 68: chatplane.v1.AuditActor
-	(*AuditEvent)(nil),                                   // 69: chatplane.v1.AuditEvent
-	(*AuditHead)(nil),                                    // 70: chatplane.v1.AuditHead
-	(*AuditRecord)(nil),                                  // 71: chatplane.v1.AuditRecord
-	(*SetActiveBranchRequest)(nil),                       // 72: chatplane.v1.SetActiveBranchRequest
-	(*SetActiveBranchResponse)(nil),                      // 73: chatplane.v1.SetActiveBranchResponse
-	(*HandoffStatus)(nil),                                // 74: chatplane.v1.HandoffStatus
-	(HandoffMode)(0),                                     // 75: chatplane.v1.HandoffMode
-	(HandoffTrigger)(0),                                  // 76: chatplane.v1.HandoffTrigger
-	(Role)(0),                                            // 77: chatplane.v1.Role
-	(Rating)(0),                                          // 78: chatplane.v1.Rating
+	(*ExportUserRecordsRequest)(nil),                     // 60: chatplane.v1.ExportUserRecordsRequest
+	(*ExportedFeedback)(nil),                             // 61: chatplane.v1.ExportedFeedback
+	(*ExportedAnswer)(nil),                               // 62: chatplane.v1.ExportedAnswer
+	(*ExportUserRecordsResponse)(nil),                    // 63: chatplane.v1.ExportUserRecordsResponse
+	(*BranchHistory)(nil),                                // 64: chatplane.v1.BranchHistory
+	(*Message)(nil),                                      // 65: chatplane.v1.Message
+	(*timestamppb.Timestamp)(nil),                        // 66: google.protobuf.Timestamp
+	(*ListConversationsRequest)(nil),                     // 67: chatplane.v1.ListConversationsRequest
+	(*ListConversationsResponse)(nil),                    // 68: chatplane.v1.ListConversationsResponse
+	(*GetConversationRequest)(nil),                       // 69: chatplane.v1.GetConversationRequest
+	(*GetConversationResponse)(nil),                      // 70: chatplane.v1.GetConversationResponse
+	(*SubmitFeedbackRequest)(nil),                        // 71: chatplane.v1.SubmitFeedbackRequest
+	(*AuditActor)(nil),                                   // 72: chatplane.v1.AuditActor
+	(*AuditEvent)(nil),                                   // 73: chatplane.v1.AuditEvent
+	(*AuditHead)(nil),                                    // 74: chatplane.v1.AuditHead
+	(*AuditRecord)(nil),                                  // 75: chatplane.v1.AuditRecord
+	(*SetActiveBranchRequest)(nil),                       // 76: chatplane.v1.SetActiveBranchRequest
+	(*SetActiveBranchResponse)(nil),                      // 77: chatplane.v1.SetActiveBranchResponse
+	(*HandoffStatus)(nil),                                // 78: chatplane.v1.HandoffStatus
+	(HandoffMode)(0),                                     // 79: chatplane.v1.HandoffMode
+	(HandoffTrigger)(0),                                  // 80: chatplane.v1.HandoffTrigger
+	(Role)(0),                                            // 81: chatplane.v1.Role
+	(Rating)(0),                                          // 82: chatplane.v1.Rating
+	(*Conversation)(nil),                                 // 83: chatplane.v1.Conversation
 }
 var file_chatplane_v1_persistence_proto_depIdxs = []int32{
-	0,  // 0: chatplane.v1.BeginTurnRequest.owner:type_name -> chatplane.v1.Owner
-	60, // 1: chatplane.v1.BeginTurnResponse.branch:type_name -> chatplane.v1.BranchHistory
-	0,  // 2: chatplane.v1.GetTurnRequest.owner:type_name -> chatplane.v1.Owner
-	61, // 3: chatplane.v1.GetTurnResponse.user_message:type_name -> chatplane.v1.Message
-	61, // 4: chatplane.v1.GetTurnResponse.assistant_message:type_name -> chatplane.v1.Message
-	62, // 5: chatplane.v1.GetTurnResponse.lease_expire_time:type_name -> google.protobuf.Timestamp
-	0,  // 6: chatplane.v1.ReleaseTurnRequest.owner:type_name -> chatplane.v1.Owner
-	0,  // 7: chatplane.v1.PersistenceServiceListConversationsRequest.owner:type_name -> chatplane.v1.Owner
-	63, // 8: chatplane.v1.PersistenceServiceListConversationsRequest.page:type_name -> chatplane.v1.ListConversationsRequest
-	64, // 9: chatplane.v1.PersistenceServiceListConversationsResponse.page:type_name -> chatplane.v1.ListConversationsResponse
-	0,  // 10: chatplane.v1.PersistenceServiceGetConversationRequest.owner:type_name -> chatplane.v1.Owner
-	65, // 11: chatplane.v1.PersistenceServiceGetConversationRequest.request:type_name -> chatplane.v1.GetConversationRequest
-	66, // 12: chatplane.v1.PersistenceServiceGetConversationResponse.response:type_name -> chatplane.v1.GetConversationResponse
-	0,  // 13: chatplane.v1.PersistenceServiceDeleteConversationRequest.owner:type_name -> chatplane.v1.Owner
-	62, // 14: chatplane.v1.PersistenceServiceDeleteConversationResponse.delete_time:type_name -> google.protobuf.Timestamp
-	0,  // 15: chatplane.v1.PersistenceServiceSubmitFeedbackRequest.owner:type_name -> chatplane.v1.Owner
-	67, // 16: chatplane.v1.PersistenceServiceSubmitFeedbackRequest.feedback:type_name -> chatplane.v1.SubmitFeedbackRequest
-	62, // 17: chatplane.v1.PersistenceServiceSubmitFeedbackResponse.create_time:type_name -> google.protobuf.Timestamp
-	0,  // 18: chatplane.v1.CreateApiKeyRequest.owner:type_name -> chatplane.v1.Owner
-	68, // 19: chatplane.v1.CreateApiKeyRequest.actor:type_name -> chatplane.v1.AuditActor
-	19, // 20: chatplane.v1.CreateApiKeyResponse.key:type_name -> chatplane.v1.ApiKeyInfo
-	0,  // 21: chatplane.v1.GetApiKeyResponse.owner:type_name -> chatplane.v1.Owner
-	62, // 22: chatplane.v1.GetApiKeyResponse.expire_time:type_name -> google.protobuf.Timestamp
-	0,  // 23: chatplane.v1.ApiKeyInfo.owner:type_name -> chatplane.v1.Owner
-	62, // 24: chatplane.v1.ApiKeyInfo.create_time:type_name -> google.protobuf.Timestamp
-	62, // 25: chatplane.v1.ApiKeyInfo.expire_time:type_name -> google.protobuf.Timestamp
-	19, // 26: chatplane.v1.PersistenceServiceListApiKeysResponse.keys:type_name -> chatplane.v1.ApiKeyInfo
-	68, // 27: chatplane.v1.PersistenceServiceRotateApiKeyRequest.actor:type_name -> chatplane.v1.AuditActor
-	19, // 28: chatplane.v1.PersistenceServiceRotateApiKeyResponse.key:type_name -> chatplane.v1.ApiKeyInfo
-	19, // 29: chatplane.v1.PersistenceServiceRotateApiKeyResponse.previous:type_name -> chatplane.v1.ApiKeyInfo
-	68, // 30: chatplane.v1.PersistenceServiceRevokeApiKeyRequest.actor:type_name -> chatplane.v1.AuditActor
-	19, // 31: chatplane.v1.PersistenceServiceRevokeApiKeyResponse.key:type_name -> chatplane.v1.ApiKeyInfo
-	69, // 32: chatplane.v1.AppendAuditEventsRequest.events:type_name -> chatplane.v1.AuditEvent
-	70, // 33: chatplane.v1.AppendAuditEventsResponse.head:type_name -> chatplane.v1.AuditHead
-	71, // 34: chatplane.v1.ListAuditRecordsResponse.records:type_name -> chatplane.v1.AuditRecord
-	70, // 35: chatplane.v1.ListAuditRecordsResponse.head:type_name -> chatplane.v1.AuditHead
-	0,  // 36: chatplane.v1.GetAnswerRequest.owner:type_name -> chatplane.v1.Owner
-	61, // 37: chatplane.v1.GetAnswerResponse.assistant_message:type_name -> chatplane.v1.Message
-	62, // 38: chatplane.v1.GetAnswerResponse.lease_expire_time:type_name -> google.protobuf.Timestamp
-	40, // 39: chatplane.v1.ReserveQuotaResponse.quota:type_name -> chatplane.v1.TokenQuota
-	40, // 40: chatplane.v1.SettleQuotaResponse.quota:type_name -> chatplane.v1.TokenQuota
-	40, // 41: chatplane.v1.SetQuotaResponse.quota:type_name -> chatplane.v1.TokenQuota
-	40, // 42: chatplane.v1.GetQuotaResponse.quota:type_name -> chatplane.v1.TokenQuota
-	62, // 43: chatplane.v1.TokenQuota.reset_time:type_name -> google.protobuf.Timestamp
-	0,  // 44: chatplane.v1.PersistenceServiceSetActiveBranchRequest.owner:type_name -> chatplane.v1.Owner
-	72, // 45: chatplane.v1.PersistenceServiceSetActiveBranchRequest.request:type_name -> chatplane.v1.SetActiveBranchRequest
-	73, // 46: chatplane.v1.PersistenceServiceSetActiveBranchResponse.response:type_name -> chatplane.v1.SetActiveBranchResponse
-	62, // 47: chatplane.v1.ReportVariantsRequest.since:type_name -> google.protobuf.Timestamp
-	44, // 48: chatplane.v1.ReportVariantsResponse.variants:type_name -> chatplane.v1.VariantReport
-	0,  // 49: chatplane.v1.GetHandoffRequest.owner:type_name -> chatplane.v1.Owner
-	74, // 50: chatplane.v1.GetHandoffResponse.handoff:type_name -> chatplane.v1.HandoffStatus
-	0,  // 51: chatplane.v1.ChangeHandoffRequest.owner:type_name -> chatplane.v1.Owner
-	75, // 52: chatplane.v1.ChangeHandoffRequest.mode:type_name -> chatplane.v1.HandoffMode
-	76, // 53: chatplane.v1.ChangeHandoffRequest.trigger:type_name -> chatplane.v1.HandoffTrigger
-	74, // 54: chatplane.v1.ChangeHandoffResponse.handoff:type_name -> chatplane.v1.HandoffStatus
-	74, // 55: chatplane.v1.ListHandoffsResponse.handoffs:type_name -> chatplane.v1.HandoffStatus
-	0,  // 56: chatplane.v1.GetTenantHandoffResponse.owner:type_name -> chatplane.v1.Owner
-	74, // 57: chatplane.v1.GetTenantHandoffResponse.handoff:type_name -> chatplane.v1.HandoffStatus
-	0,  // 58: chatplane.v1.CountThumbsDownRequest.owner:type_name -> chatplane.v1.Owner
-	62, // 59: chatplane.v1.ListRatedAnswersRequest.since:type_name -> google.protobuf.Timestamp
-	62, // 60: chatplane.v1.ListRatedAnswersRequest.until:type_name -> google.protobuf.Timestamp
-	77, // 61: chatplane.v1.DatasetMessage.role:type_name -> chatplane.v1.Role
-	78, // 62: chatplane.v1.RatedAnswer.thumbs:type_name -> chatplane.v1.Rating
-	62, // 63: chatplane.v1.RatedAnswer.create_time:type_name -> google.protobuf.Timestamp
-	57, // 64: chatplane.v1.RatedAnswer.messages:type_name -> chatplane.v1.DatasetMessage
-	58, // 65: chatplane.v1.ListRatedAnswersResponse.answers:type_name -> chatplane.v1.RatedAnswer
-	1,  // 66: chatplane.v1.PersistenceService.BeginTurn:input_type -> chatplane.v1.BeginTurnRequest
-	3,  // 67: chatplane.v1.PersistenceService.GetTurn:input_type -> chatplane.v1.GetTurnRequest
-	5,  // 68: chatplane.v1.PersistenceService.ReleaseTurn:input_type -> chatplane.v1.ReleaseTurnRequest
-	7,  // 69: chatplane.v1.PersistenceService.ListConversations:input_type -> chatplane.v1.PersistenceServiceListConversationsRequest
-	9,  // 70: chatplane.v1.PersistenceService.GetConversation:input_type -> chatplane.v1.PersistenceServiceGetConversationRequest
-	11, // 71: chatplane.v1.PersistenceService.DeleteConversation:input_type -> chatplane.v1.PersistenceServiceDeleteConversationRequest
-	13, // 72: chatplane.v1.PersistenceService.SubmitFeedback:input_type -> chatplane.v1.PersistenceServiceSubmitFeedbackRequest
-	15, // 73: chatplane.v1.PersistenceService.CreateApiKey:input_type -> chatplane.v1.CreateApiKeyRequest
-	17, // 74: chatplane.v1.PersistenceService.GetApiKey:input_type -> chatplane.v1.GetApiKeyRequest
-	30, // 75: chatplane.v1.PersistenceService.GetAnswer:input_type -> chatplane.v1.GetAnswerRequest
-	32, // 76: chatplane.v1.PersistenceService.ReserveQuota:input_type -> chatplane.v1.ReserveQuotaRequest
-	34, // 77: chatplane.v1.PersistenceService.SettleQuota:input_type -> chatplane.v1.SettleQuotaRequest
-	36, // 78: chatplane.v1.PersistenceService.SetQuota:input_type -> chatplane.v1.SetQuotaRequest
-	38, // 79: chatplane.v1.PersistenceService.GetQuota:input_type -> chatplane.v1.GetQuotaRequest
-	41, // 80: chatplane.v1.PersistenceService.SetActiveBranch:input_type -> chatplane.v1.PersistenceServiceSetActiveBranchRequest
-	43, // 81: chatplane.v1.PersistenceService.ReportVariants:input_type -> chatplane.v1.ReportVariantsRequest
-	20, // 82: chatplane.v1.PersistenceService.ListApiKeys:input_type -> chatplane.v1.PersistenceServiceListApiKeysRequest
-	22, // 83: chatplane.v1.PersistenceService.RotateApiKey:input_type -> chatplane.v1.PersistenceServiceRotateApiKeyRequest
-	24, // 84: chatplane.v1.PersistenceService.RevokeApiKey:input_type -> chatplane.v1.PersistenceServiceRevokeApiKeyRequest
-	26, // 85: chatplane.v1.PersistenceService.AppendAuditEvents:input_type -> chatplane.v1.AppendAuditEventsRequest
-	28, // 86: chatplane.v1.PersistenceService.ListAuditRecords:input_type -> chatplane.v1.ListAuditRecordsRequest
-	46, // 87: chatplane.v1.PersistenceService.GetHandoff:input_type -> chatplane.v1.GetHandoffRequest
-	48, // 88: chatplane.v1.PersistenceService.ChangeHandoff:input_type -> chatplane.v1.ChangeHandoffRequest
-	50, // 89: chatplane.v1.PersistenceService.ListHandoffs:input_type -> chatplane.v1.ListHandoffsRequest
-	52, // 90: chatplane.v1.PersistenceService.GetTenantHandoff:input_type -> chatplane.v1.GetTenantHandoffRequest
-	54, // 91: chatplane.v1.PersistenceService.CountThumbsDown:input_type -> chatplane.v1.CountThumbsDownRequest
-	56, // 92: chatplane.v1.PersistenceService.ListRatedAnswers:input_type -> chatplane.v1.ListRatedAnswersRequest
-	2,  // 93: chatplane.v1.PersistenceService.BeginTurn:output_type -> chatplane.v1.BeginTurnResponse
-	4,  // 94: chatplane.v1.PersistenceService.GetTurn:output_type -> chatplane.v1.GetTurnResponse
-	6,  // 95: chatplane.v1.PersistenceService.ReleaseTurn:output_type -> chatplane.v1.ReleaseTurnResponse
-	8,  // 96: chatplane.v1.PersistenceService.ListConversations:output_type -> chatplane.v1.PersistenceServiceListConversationsResponse
-	10, // 97: chatplane.v1.PersistenceService.GetConversation:output_type -> chatplane.v1.PersistenceServiceGetConversationResponse
-	12, // 98: chatplane.v1.PersistenceService.DeleteConversation:output_type -> chatplane.v1.PersistenceServiceDeleteConversationResponse
-	14, // 99: chatplane.v1.PersistenceService.SubmitFeedback:output_type -> chatplane.v1.PersistenceServiceSubmitFeedbackResponse
-	16, // 100: chatplane.v1.PersistenceService.CreateApiKey:output_type -> chatplane.v1.CreateApiKeyResponse
-	18, // 101: chatplane.v1.PersistenceService.GetApiKey:output_type -> chatplane.v1.GetApiKeyResponse
-	31, // 102: chatplane.v1.PersistenceService.GetAnswer:output_type -> chatplane.v1.GetAnswerResponse
-	33, // 103: chatplane.v1.PersistenceService.ReserveQuota:output_type -> chatplane.v1.ReserveQuotaResponse
-	35, // 104: chatplane.v1.PersistenceService.SettleQuota:output_type -> chatplane.v1.SettleQuotaResponse
-	37, // 105: chatplane.v1.PersistenceService.SetQuota:output_type -> chatplane.v1.SetQuotaResponse
-	39, // 106: chatplane.v1.PersistenceService.GetQuota:output_type -> chatplane.v1.GetQuotaResponse
-	42, // 107: chatplane.v1.PersistenceService.SetActiveBranch:output_type -> chatplane.v1.PersistenceServiceSetActiveBranchResponse
-	45, // 108: chatplane.v1.PersistenceService.ReportVariants:output_type -> chatplane.v1.ReportVariantsResponse
-	21, // 109: chatplane.v1.PersistenceService.ListApiKeys:output_type -> chatplane.v1.PersistenceServiceListApiKeysResponse
-	23, // 110: chatplane.v1.PersistenceService.RotateApiKey:output_type -> chatplane.v1.PersistenceServiceRotateApiKeyResponse
-	25, // 111: chatplane.v1.PersistenceService.RevokeApiKey:output_type -> chatplane.v1.PersistenceServiceRevokeApiKeyResponse
-	27, // 112: chatplane.v1.PersistenceService.AppendAuditEvents:output_type -> chatplane.v1.AppendAuditEventsResponse
-	29, // 113: chatplane.v1.PersistenceService.ListAuditRecords:output_type -> chatplane.v1.ListAuditRecordsResponse
-	47, // 114: chatplane.v1.PersistenceService.GetHandoff:output_type -> chatplane.v1.GetHandoffResponse
-	49, // 115: chatplane.v1.PersistenceService.ChangeHandoff:output_type -> chatplane.v1.ChangeHandoffResponse
-	51, // 116: chatplane.v1.PersistenceService.ListHandoffs:output_type -> chatplane.v1.ListHandoffsResponse
-	53, // 117: chatplane.v1.PersistenceService.GetTenantHandoff:output_type -> chatplane.v1.GetTenantHandoffResponse
-	55, // 118: chatplane.v1.PersistenceService.CountThumbsDown:output_type -> chatplane.v1.CountThumbsDownResponse
-	59, // 119: chatplane.v1.PersistenceService.ListRatedAnswers:output_type -> chatplane.v1.ListRatedAnswersResponse
-	93, // [93:120] is the sub-list for method output_type
-	66, // [66:93] is the sub-list for method input_type
-	66, // [66:66] is the sub-list for extension type_name
-	66, // [66:66] is the sub-list for extension extendee
-	0,  // [0:66] is the sub-list for field type_name
+	0,   // 0: chatplane.v1.BeginTurnRequest.owner:type_name -> chatplane.v1.Owner
+	64,  // 1: chatplane.v1.BeginTurnResponse.branch:type_name -> chatplane.v1.BranchHistory
+	0,   // 2: chatplane.v1.GetTurnRequest.owner:type_name -> chatplane.v1.Owner
+	65,  // 3: chatplane.v1.GetTurnResponse.user_message:type_name -> chatplane.v1.Message
+	65,  // 4: chatplane.v1.GetTurnResponse.assistant_message:type_name -> chatplane.v1.Message
+	66,  // 5: chatplane.v1.GetTurnResponse.lease_expire_time:type_name -> google.protobuf.Timestamp
+	0,   // 6: chatplane.v1.ReleaseTurnRequest.owner:type_name -> chatplane.v1.Owner
+	0,   // 7: chatplane.v1.PersistenceServiceListConversationsRequest.owner:type_name -> chatplane.v1.Owner
+	67,  // 8: chatplane.v1.PersistenceServiceListConversationsRequest.page:type_name -> chatplane.v1.ListConversationsRequest
+	68,  // 9: chatplane.v1.PersistenceServiceListConversationsResponse.page:type_name -> chatplane.v1.ListConversationsResponse
+	0,   // 10: chatplane.v1.PersistenceServiceGetConversationRequest.owner:type_name -> chatplane.v1.Owner
+	69,  // 11: chatplane.v1.PersistenceServiceGetConversationRequest.request:type_name -> chatplane.v1.GetConversationRequest
+	70,  // 12: chatplane.v1.PersistenceServiceGetConversationResponse.response:type_name -> chatplane.v1.GetConversationResponse
+	0,   // 13: chatplane.v1.PersistenceServiceDeleteConversationRequest.owner:type_name -> chatplane.v1.Owner
+	66,  // 14: chatplane.v1.PersistenceServiceDeleteConversationResponse.delete_time:type_name -> google.protobuf.Timestamp
+	0,   // 15: chatplane.v1.PersistenceServiceSubmitFeedbackRequest.owner:type_name -> chatplane.v1.Owner
+	71,  // 16: chatplane.v1.PersistenceServiceSubmitFeedbackRequest.feedback:type_name -> chatplane.v1.SubmitFeedbackRequest
+	66,  // 17: chatplane.v1.PersistenceServiceSubmitFeedbackResponse.create_time:type_name -> google.protobuf.Timestamp
+	0,   // 18: chatplane.v1.CreateApiKeyRequest.owner:type_name -> chatplane.v1.Owner
+	72,  // 19: chatplane.v1.CreateApiKeyRequest.actor:type_name -> chatplane.v1.AuditActor
+	19,  // 20: chatplane.v1.CreateApiKeyResponse.key:type_name -> chatplane.v1.ApiKeyInfo
+	0,   // 21: chatplane.v1.GetApiKeyResponse.owner:type_name -> chatplane.v1.Owner
+	66,  // 22: chatplane.v1.GetApiKeyResponse.expire_time:type_name -> google.protobuf.Timestamp
+	0,   // 23: chatplane.v1.ApiKeyInfo.owner:type_name -> chatplane.v1.Owner
+	66,  // 24: chatplane.v1.ApiKeyInfo.create_time:type_name -> google.protobuf.Timestamp
+	66,  // 25: chatplane.v1.ApiKeyInfo.expire_time:type_name -> google.protobuf.Timestamp
+	19,  // 26: chatplane.v1.PersistenceServiceListApiKeysResponse.keys:type_name -> chatplane.v1.ApiKeyInfo
+	72,  // 27: chatplane.v1.PersistenceServiceRotateApiKeyRequest.actor:type_name -> chatplane.v1.AuditActor
+	19,  // 28: chatplane.v1.PersistenceServiceRotateApiKeyResponse.key:type_name -> chatplane.v1.ApiKeyInfo
+	19,  // 29: chatplane.v1.PersistenceServiceRotateApiKeyResponse.previous:type_name -> chatplane.v1.ApiKeyInfo
+	72,  // 30: chatplane.v1.PersistenceServiceRevokeApiKeyRequest.actor:type_name -> chatplane.v1.AuditActor
+	19,  // 31: chatplane.v1.PersistenceServiceRevokeApiKeyResponse.key:type_name -> chatplane.v1.ApiKeyInfo
+	73,  // 32: chatplane.v1.AppendAuditEventsRequest.events:type_name -> chatplane.v1.AuditEvent
+	74,  // 33: chatplane.v1.AppendAuditEventsResponse.head:type_name -> chatplane.v1.AuditHead
+	75,  // 34: chatplane.v1.ListAuditRecordsResponse.records:type_name -> chatplane.v1.AuditRecord
+	74,  // 35: chatplane.v1.ListAuditRecordsResponse.head:type_name -> chatplane.v1.AuditHead
+	0,   // 36: chatplane.v1.GetAnswerRequest.owner:type_name -> chatplane.v1.Owner
+	65,  // 37: chatplane.v1.GetAnswerResponse.assistant_message:type_name -> chatplane.v1.Message
+	66,  // 38: chatplane.v1.GetAnswerResponse.lease_expire_time:type_name -> google.protobuf.Timestamp
+	40,  // 39: chatplane.v1.ReserveQuotaResponse.quota:type_name -> chatplane.v1.TokenQuota
+	40,  // 40: chatplane.v1.SettleQuotaResponse.quota:type_name -> chatplane.v1.TokenQuota
+	40,  // 41: chatplane.v1.SetQuotaResponse.quota:type_name -> chatplane.v1.TokenQuota
+	40,  // 42: chatplane.v1.GetQuotaResponse.quota:type_name -> chatplane.v1.TokenQuota
+	66,  // 43: chatplane.v1.TokenQuota.reset_time:type_name -> google.protobuf.Timestamp
+	0,   // 44: chatplane.v1.PersistenceServiceSetActiveBranchRequest.owner:type_name -> chatplane.v1.Owner
+	76,  // 45: chatplane.v1.PersistenceServiceSetActiveBranchRequest.request:type_name -> chatplane.v1.SetActiveBranchRequest
+	77,  // 46: chatplane.v1.PersistenceServiceSetActiveBranchResponse.response:type_name -> chatplane.v1.SetActiveBranchResponse
+	66,  // 47: chatplane.v1.ReportVariantsRequest.since:type_name -> google.protobuf.Timestamp
+	44,  // 48: chatplane.v1.ReportVariantsResponse.variants:type_name -> chatplane.v1.VariantReport
+	0,   // 49: chatplane.v1.GetHandoffRequest.owner:type_name -> chatplane.v1.Owner
+	78,  // 50: chatplane.v1.GetHandoffResponse.handoff:type_name -> chatplane.v1.HandoffStatus
+	0,   // 51: chatplane.v1.ChangeHandoffRequest.owner:type_name -> chatplane.v1.Owner
+	79,  // 52: chatplane.v1.ChangeHandoffRequest.mode:type_name -> chatplane.v1.HandoffMode
+	80,  // 53: chatplane.v1.ChangeHandoffRequest.trigger:type_name -> chatplane.v1.HandoffTrigger
+	78,  // 54: chatplane.v1.ChangeHandoffResponse.handoff:type_name -> chatplane.v1.HandoffStatus
+	78,  // 55: chatplane.v1.ListHandoffsResponse.handoffs:type_name -> chatplane.v1.HandoffStatus
+	0,   // 56: chatplane.v1.GetTenantHandoffResponse.owner:type_name -> chatplane.v1.Owner
+	78,  // 57: chatplane.v1.GetTenantHandoffResponse.handoff:type_name -> chatplane.v1.HandoffStatus
+	0,   // 58: chatplane.v1.CountThumbsDownRequest.owner:type_name -> chatplane.v1.Owner
+	66,  // 59: chatplane.v1.ListRatedAnswersRequest.since:type_name -> google.protobuf.Timestamp
+	66,  // 60: chatplane.v1.ListRatedAnswersRequest.until:type_name -> google.protobuf.Timestamp
+	81,  // 61: chatplane.v1.DatasetMessage.role:type_name -> chatplane.v1.Role
+	82,  // 62: chatplane.v1.RatedAnswer.thumbs:type_name -> chatplane.v1.Rating
+	66,  // 63: chatplane.v1.RatedAnswer.create_time:type_name -> google.protobuf.Timestamp
+	57,  // 64: chatplane.v1.RatedAnswer.messages:type_name -> chatplane.v1.DatasetMessage
+	58,  // 65: chatplane.v1.ListRatedAnswersResponse.answers:type_name -> chatplane.v1.RatedAnswer
+	0,   // 66: chatplane.v1.ExportUserRecordsRequest.owner:type_name -> chatplane.v1.Owner
+	82,  // 67: chatplane.v1.ExportedFeedback.rating:type_name -> chatplane.v1.Rating
+	66,  // 68: chatplane.v1.ExportedFeedback.create_time:type_name -> google.protobuf.Timestamp
+	83,  // 69: chatplane.v1.ExportUserRecordsResponse.conversation:type_name -> chatplane.v1.Conversation
+	65,  // 70: chatplane.v1.ExportUserRecordsResponse.message:type_name -> chatplane.v1.Message
+	61,  // 71: chatplane.v1.ExportUserRecordsResponse.feedback:type_name -> chatplane.v1.ExportedFeedback
+	62,  // 72: chatplane.v1.ExportUserRecordsResponse.answer:type_name -> chatplane.v1.ExportedAnswer
+	1,   // 73: chatplane.v1.PersistenceService.BeginTurn:input_type -> chatplane.v1.BeginTurnRequest
+	3,   // 74: chatplane.v1.PersistenceService.GetTurn:input_type -> chatplane.v1.GetTurnRequest
+	5,   // 75: chatplane.v1.PersistenceService.ReleaseTurn:input_type -> chatplane.v1.ReleaseTurnRequest
+	7,   // 76: chatplane.v1.PersistenceService.ListConversations:input_type -> chatplane.v1.PersistenceServiceListConversationsRequest
+	9,   // 77: chatplane.v1.PersistenceService.GetConversation:input_type -> chatplane.v1.PersistenceServiceGetConversationRequest
+	11,  // 78: chatplane.v1.PersistenceService.DeleteConversation:input_type -> chatplane.v1.PersistenceServiceDeleteConversationRequest
+	13,  // 79: chatplane.v1.PersistenceService.SubmitFeedback:input_type -> chatplane.v1.PersistenceServiceSubmitFeedbackRequest
+	15,  // 80: chatplane.v1.PersistenceService.CreateApiKey:input_type -> chatplane.v1.CreateApiKeyRequest
+	17,  // 81: chatplane.v1.PersistenceService.GetApiKey:input_type -> chatplane.v1.GetApiKeyRequest
+	30,  // 82: chatplane.v1.PersistenceService.GetAnswer:input_type -> chatplane.v1.GetAnswerRequest
+	32,  // 83: chatplane.v1.PersistenceService.ReserveQuota:input_type -> chatplane.v1.ReserveQuotaRequest
+	34,  // 84: chatplane.v1.PersistenceService.SettleQuota:input_type -> chatplane.v1.SettleQuotaRequest
+	36,  // 85: chatplane.v1.PersistenceService.SetQuota:input_type -> chatplane.v1.SetQuotaRequest
+	38,  // 86: chatplane.v1.PersistenceService.GetQuota:input_type -> chatplane.v1.GetQuotaRequest
+	41,  // 87: chatplane.v1.PersistenceService.SetActiveBranch:input_type -> chatplane.v1.PersistenceServiceSetActiveBranchRequest
+	43,  // 88: chatplane.v1.PersistenceService.ReportVariants:input_type -> chatplane.v1.ReportVariantsRequest
+	20,  // 89: chatplane.v1.PersistenceService.ListApiKeys:input_type -> chatplane.v1.PersistenceServiceListApiKeysRequest
+	22,  // 90: chatplane.v1.PersistenceService.RotateApiKey:input_type -> chatplane.v1.PersistenceServiceRotateApiKeyRequest
+	24,  // 91: chatplane.v1.PersistenceService.RevokeApiKey:input_type -> chatplane.v1.PersistenceServiceRevokeApiKeyRequest
+	26,  // 92: chatplane.v1.PersistenceService.AppendAuditEvents:input_type -> chatplane.v1.AppendAuditEventsRequest
+	28,  // 93: chatplane.v1.PersistenceService.ListAuditRecords:input_type -> chatplane.v1.ListAuditRecordsRequest
+	46,  // 94: chatplane.v1.PersistenceService.GetHandoff:input_type -> chatplane.v1.GetHandoffRequest
+	48,  // 95: chatplane.v1.PersistenceService.ChangeHandoff:input_type -> chatplane.v1.ChangeHandoffRequest
+	50,  // 96: chatplane.v1.PersistenceService.ListHandoffs:input_type -> chatplane.v1.ListHandoffsRequest
+	52,  // 97: chatplane.v1.PersistenceService.GetTenantHandoff:input_type -> chatplane.v1.GetTenantHandoffRequest
+	54,  // 98: chatplane.v1.PersistenceService.CountThumbsDown:input_type -> chatplane.v1.CountThumbsDownRequest
+	56,  // 99: chatplane.v1.PersistenceService.ListRatedAnswers:input_type -> chatplane.v1.ListRatedAnswersRequest
+	60,  // 100: chatplane.v1.PersistenceService.ExportUserRecords:input_type -> chatplane.v1.ExportUserRecordsRequest
+	2,   // 101: chatplane.v1.PersistenceService.BeginTurn:output_type -> chatplane.v1.BeginTurnResponse
+	4,   // 102: chatplane.v1.PersistenceService.GetTurn:output_type -> chatplane.v1.GetTurnResponse
+	6,   // 103: chatplane.v1.PersistenceService.ReleaseTurn:output_type -> chatplane.v1.ReleaseTurnResponse
+	8,   // 104: chatplane.v1.PersistenceService.ListConversations:output_type -> chatplane.v1.PersistenceServiceListConversationsResponse
+	10,  // 105: chatplane.v1.PersistenceService.GetConversation:output_type -> chatplane.v1.PersistenceServiceGetConversationResponse
+	12,  // 106: chatplane.v1.PersistenceService.DeleteConversation:output_type -> chatplane.v1.PersistenceServiceDeleteConversationResponse
+	14,  // 107: chatplane.v1.PersistenceService.SubmitFeedback:output_type -> chatplane.v1.PersistenceServiceSubmitFeedbackResponse
+	16,  // 108: chatplane.v1.PersistenceService.CreateApiKey:output_type -> chatplane.v1.CreateApiKeyResponse
+	18,  // 109: chatplane.v1.PersistenceService.GetApiKey:output_type -> chatplane.v1.GetApiKeyResponse
+	31,  // 110: chatplane.v1.PersistenceService.GetAnswer:output_type -> chatplane.v1.GetAnswerResponse
+	33,  // 111: chatplane.v1.PersistenceService.ReserveQuota:output_type -> chatplane.v1.ReserveQuotaResponse
+	35,  // 112: chatplane.v1.PersistenceService.SettleQuota:output_type -> chatplane.v1.SettleQuotaResponse
+	37,  // 113: chatplane.v1.PersistenceService.SetQuota:output_type -> chatplane.v1.SetQuotaResponse
+	39,  // 114: chatplane.v1.PersistenceService.GetQuota:output_type -> chatplane.v1.GetQuotaResponse
+	42,  // 115: chatplane.v1.PersistenceService.SetActiveBranch:output_type -> chatplane.v1.PersistenceServiceSetActiveBranchResponse
+	45,  // 116: chatplane.v1.PersistenceService.ReportVariants:output_type -> chatplane.v1.ReportVariantsResponse
+	21,  // 117: chatplane.v1.PersistenceService.ListApiKeys:output_type -> chatplane.v1.PersistenceServiceListApiKeysResponse
+	23,  // 118: chatplane.v1.PersistenceService.RotateApiKey:output_type -> chatplane.v1.PersistenceServiceRotateApiKeyResponse
+	25,  // 119: chatplane.v1.PersistenceService.RevokeApiKey:output_type -> chatplane.v1.PersistenceServiceRevokeApiKeyResponse
+	27,  // 120: chatplane.v1.PersistenceService.AppendAuditEvents:output_type -> chatplane.v1.AppendAuditEventsResponse
+	29,  // 121: chatplane.v1.PersistenceService.ListAuditRecords:output_type -> chatplane.v1.ListAuditRecordsResponse
+	47,  // 122: chatplane.v1.PersistenceService.GetHandoff:output_type -> chatplane.v1.GetHandoffResponse
+	49,  // 123: chatplane.v1.PersistenceService.ChangeHandoff:output_type -> chatplane.v1.ChangeHandoffResponse
+	51,  // 124: chatplane.v1.PersistenceService.ListHandoffs:output_type -> chatplane.v1.ListHandoffsResponse
+	53,  // 125: chatplane.v1.PersistenceService.GetTenantHandoff:output_type -> chatplane.v1.GetTenantHandoffResponse
+	55,  // 126: chatplane.v1.PersistenceService.CountThumbsDown:output_type -> chatplane.v1.CountThumbsDownResponse
+	59,  // 127: chatplane.v1.PersistenceService.ListRatedAnswers:output_type -> chatplane.v1.ListRatedAnswersResponse
+	63,  // 128: chatplane.v1.PersistenceService.ExportUserRecords:output_type -> chatplane.v1.ExportUserRecordsResponse
+	101, // [101:129] is the sub-list for method output_type
+	73,  // [73:101] is the sub-list for method input_type
+	73,  // [73:73] is the sub-list for extension type_name
+	73,  // [73:73] is the sub-list for extension extendee
+	0,   // [0:73] is the sub-list for field type_name
 }
 
 func init() { file_chatplane_v1_persistence_proto_init() }
@@ -4579,13 +4971,20 @@ func file_chatplane_v1_persistence_proto_init() {
 	file_chatplane_v1_persistence_proto_msgTypes[43].OneofWrappers = []any{}
 	file_chatplane_v1_persistence_proto_msgTypes[44].OneofWrappers = []any{}
 	file_chatplane_v1_persistence_proto_msgTypes[58].OneofWrappers = []any{}
+	file_chatplane_v1_persistence_proto_msgTypes[62].OneofWrappers = []any{}
+	file_chatplane_v1_persistence_proto_msgTypes[63].OneofWrappers = []any{
+		(*ExportUserRecordsResponse_Conversation)(nil),
+		(*ExportUserRecordsResponse_Message)(nil),
+		(*ExportUserRecordsResponse_Feedback)(nil),
+		(*ExportUserRecordsResponse_Answer)(nil),
+	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_chatplane_v1_persistence_proto_rawDesc), len(file_chatplane_v1_persistence_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   60,
+			NumMessages:   64,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

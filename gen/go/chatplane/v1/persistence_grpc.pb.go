@@ -46,6 +46,7 @@ const (
 	PersistenceService_GetTenantHandoff_FullMethodName   = "/chatplane.v1.PersistenceService/GetTenantHandoff"
 	PersistenceService_CountThumbsDown_FullMethodName    = "/chatplane.v1.PersistenceService/CountThumbsDown"
 	PersistenceService_ListRatedAnswers_FullMethodName   = "/chatplane.v1.PersistenceService/ListRatedAnswers"
+	PersistenceService_ExportUserRecords_FullMethodName  = "/chatplane.v1.PersistenceService/ExportUserRecords"
 )
 
 // PersistenceServiceClient is the client API for PersistenceService service.
@@ -117,6 +118,10 @@ type PersistenceServiceClient interface {
 	// Pages the rated, complete answers of tenants that opted in to feedback datasets, each with
 	// the branch that led to it, masked for tenants with PII redaction (docs/datasets.md).
 	ListRatedAnswers(ctx context.Context, in *ListRatedAnswersRequest, opts ...grpc.CallOption) (*ListRatedAnswersResponse, error)
+	// Streams everything stored of one user for an export (docs/privacy.md, "Export"):
+	// conversations, every message of every branch, feedback and answer facts, read from the
+	// store page by page.
+	ExportUserRecords(ctx context.Context, in *ExportUserRecordsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ExportUserRecordsResponse], error)
 }
 
 type persistenceServiceClient struct {
@@ -397,6 +402,25 @@ func (c *persistenceServiceClient) ListRatedAnswers(ctx context.Context, in *Lis
 	return out, nil
 }
 
+func (c *persistenceServiceClient) ExportUserRecords(ctx context.Context, in *ExportUserRecordsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ExportUserRecordsResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &PersistenceService_ServiceDesc.Streams[0], PersistenceService_ExportUserRecords_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[ExportUserRecordsRequest, ExportUserRecordsResponse]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type PersistenceService_ExportUserRecordsClient = grpc.ServerStreamingClient[ExportUserRecordsResponse]
+
 // PersistenceServiceServer is the server API for PersistenceService service.
 // All implementations must embed UnimplementedPersistenceServiceServer
 // for forward compatibility.
@@ -466,6 +490,10 @@ type PersistenceServiceServer interface {
 	// Pages the rated, complete answers of tenants that opted in to feedback datasets, each with
 	// the branch that led to it, masked for tenants with PII redaction (docs/datasets.md).
 	ListRatedAnswers(context.Context, *ListRatedAnswersRequest) (*ListRatedAnswersResponse, error)
+	// Streams everything stored of one user for an export (docs/privacy.md, "Export"):
+	// conversations, every message of every branch, feedback and answer facts, read from the
+	// store page by page.
+	ExportUserRecords(*ExportUserRecordsRequest, grpc.ServerStreamingServer[ExportUserRecordsResponse]) error
 	mustEmbedUnimplementedPersistenceServiceServer()
 }
 
@@ -556,6 +584,9 @@ func (UnimplementedPersistenceServiceServer) CountThumbsDown(context.Context, *C
 }
 func (UnimplementedPersistenceServiceServer) ListRatedAnswers(context.Context, *ListRatedAnswersRequest) (*ListRatedAnswersResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListRatedAnswers not implemented")
+}
+func (UnimplementedPersistenceServiceServer) ExportUserRecords(*ExportUserRecordsRequest, grpc.ServerStreamingServer[ExportUserRecordsResponse]) error {
+	return status.Error(codes.Unimplemented, "method ExportUserRecords not implemented")
 }
 func (UnimplementedPersistenceServiceServer) mustEmbedUnimplementedPersistenceServiceServer() {}
 func (UnimplementedPersistenceServiceServer) testEmbeddedByValue()                            {}
@@ -1064,6 +1095,17 @@ func _PersistenceService_ListRatedAnswers_Handler(srv interface{}, ctx context.C
 	return interceptor(ctx, in, info, handler)
 }
 
+func _PersistenceService_ExportUserRecords_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(ExportUserRecordsRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(PersistenceServiceServer).ExportUserRecords(m, &grpc.GenericServerStream[ExportUserRecordsRequest, ExportUserRecordsResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type PersistenceService_ExportUserRecordsServer = grpc.ServerStreamingServer[ExportUserRecordsResponse]
+
 // PersistenceService_ServiceDesc is the grpc.ServiceDesc for PersistenceService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -1180,6 +1222,12 @@ var PersistenceService_ServiceDesc = grpc.ServiceDesc{
 			Handler:    _PersistenceService_ListRatedAnswers_Handler,
 		},
 	},
-	Streams:  []grpc.StreamDesc{},
+	Streams: []grpc.StreamDesc{
+		{
+			StreamName:    "ExportUserRecords",
+			Handler:       _PersistenceService_ExportUserRecords_Handler,
+			ServerStreams: true,
+		},
+	},
 	Metadata: "chatplane/v1/persistence.proto",
 }

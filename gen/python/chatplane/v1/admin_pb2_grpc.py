@@ -62,6 +62,11 @@ class AdminServiceStub:
                 request_serializer=chatplane_dot_v1_dot_admin__pb2.AdminServiceListRatedAnswersRequest.SerializeToString,
                 response_deserializer=chatplane_dot_v1_dot_admin__pb2.AdminServiceListRatedAnswersResponse.FromString,
                 _registered_method=True)
+        self.ExportUserData = channel.unary_stream(
+                '/chatplane.v1.AdminService/ExportUserData',
+                request_serializer=chatplane_dot_v1_dot_admin__pb2.ExportUserDataRequest.SerializeToString,
+                response_deserializer=chatplane_dot_v1_dot_admin__pb2.ExportUserDataResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -107,6 +112,14 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ExportUserData(self, request, context):
+        """Exports everything stored of one user of the tenant as one JSON document, streamed in
+        chunks of at most 64 KiB (docs/privacy.md, "Export"). Audited as `user.export`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -134,6 +147,11 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.ListRatedAnswers,
                     request_deserializer=chatplane_dot_v1_dot_admin__pb2.AdminServiceListRatedAnswersRequest.FromString,
                     response_serializer=chatplane_dot_v1_dot_admin__pb2.AdminServiceListRatedAnswersResponse.SerializeToString,
+            ),
+            'ExportUserData': grpc.unary_stream_rpc_method_handler(
+                    servicer.ExportUserData,
+                    request_deserializer=chatplane_dot_v1_dot_admin__pb2.ExportUserDataRequest.FromString,
+                    response_serializer=chatplane_dot_v1_dot_admin__pb2.ExportUserDataResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -274,6 +292,33 @@ class AdminService:
             '/chatplane.v1.AdminService/ListRatedAnswers',
             chatplane_dot_v1_dot_admin__pb2.AdminServiceListRatedAnswersRequest.SerializeToString,
             chatplane_dot_v1_dot_admin__pb2.AdminServiceListRatedAnswersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExportUserData(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/chatplane.v1.AdminService/ExportUserData',
+            chatplane_dot_v1_dot_admin__pb2.ExportUserDataRequest.SerializeToString,
+            chatplane_dot_v1_dot_admin__pb2.ExportUserDataResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -50,6 +50,10 @@ class AdminServiceStub:
     """Pages the tenant's rated answers with their branches, for feedback datasets; the tenant
     must have opted in (FAILED_PRECONDITION otherwise; docs/datasets.md).
     """
+    ExportUserData: _grpc.UnaryStreamMultiCallable[_admin_pb2.ExportUserDataRequest, _admin_pb2.ExportUserDataResponse]
+    """Exports everything stored of one user of the tenant as one JSON document, streamed in
+    chunks of at most 64 KiB (docs/privacy.md, "Export"). Audited as `user.export`.
+    """
 
 @_typing.type_check_only
 class AdminServiceAsyncStub(AdminServiceStub):
@@ -72,6 +76,10 @@ class AdminServiceAsyncStub(AdminServiceStub):
     ListRatedAnswers: _aio.UnaryUnaryMultiCallable[_admin_pb2.AdminServiceListRatedAnswersRequest, _admin_pb2.AdminServiceListRatedAnswersResponse]  # type: ignore[assignment]
     """Pages the tenant's rated answers with their branches, for feedback datasets; the tenant
     must have opted in (FAILED_PRECONDITION otherwise; docs/datasets.md).
+    """
+    ExportUserData: _aio.UnaryStreamMultiCallable[_admin_pb2.ExportUserDataRequest, _admin_pb2.ExportUserDataResponse]  # type: ignore[assignment]
+    """Exports everything stored of one user of the tenant as one JSON document, streamed in
+    chunks of at most 64 KiB (docs/privacy.md, "Export"). Audited as `user.export`.
     """
 
 class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -122,6 +130,16 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_admin_pb2.AdminServiceListRatedAnswersResponse, _abc.Awaitable[_admin_pb2.AdminServiceListRatedAnswersResponse]]:
         """Pages the tenant's rated answers with their branches, for feedback datasets; the tenant
         must have opted in (FAILED_PRECONDITION otherwise; docs/datasets.md).
+        """
+
+    @_abc_1.abstractmethod
+    def ExportUserData(
+        self,
+        request: _admin_pb2.ExportUserDataRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_admin_pb2.ExportUserDataResponse], _abc.AsyncIterator[_admin_pb2.ExportUserDataResponse]]:
+        """Exports everything stored of one user of the tenant as one JSON document, streamed in
+        chunks of at most 64 KiB (docs/privacy.md, "Export"). Audited as `user.export`.
         """
 
 def add_AdminServiceServicer_to_server(servicer: AdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -448,3 +448,103 @@ class DeleteDocumentResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DeleteDocumentResponse: _TypeAlias = DeleteDocumentResponse  # noqa: Y015
+
+@_typing.final
+class ListUserMemoryRequest(_message.Message):
+    """Asks for a page of one user's remembered turns."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TENANT_ID_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    tenant_id: _builtins.str
+    """The user's tenant."""
+    user_id: _builtins.str
+    """The user."""
+    page_size: _builtins.int
+    """Items per page (1-1000; 0 means 200)."""
+    page_token: _builtins.str
+    """The next_page_token of the previous page, or empty for the first."""
+    def __init__(
+        self,
+        *,
+        tenant_id: _builtins.str = ...,
+        user_id: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "tenant_id", b"tenant_id", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListUserMemoryRequest: _TypeAlias = ListUserMemoryRequest  # noqa: Y015
+
+@_typing.final
+class UserMemoryItem(_message.Message):
+    """One remembered turn as indexed (PII-masked for tenants with redaction)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ITEM_ID_FIELD_NUMBER: _builtins.int
+    CONVERSATION_ID_FIELD_NUMBER: _builtins.int
+    ROLE_FIELD_NUMBER: _builtins.int
+    TEXT_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_UNIX_MS_FIELD_NUMBER: _builtins.int
+    item_id: _builtins.str
+    """The message id it was remembered under."""
+    conversation_id: _builtins.str
+    """Its conversation."""
+    role: _resources_pb2.Role.ValueType
+    """Who wrote it."""
+    text: _builtins.str
+    """The text as indexed."""
+    create_time_unix_ms: _builtins.int
+    """Creation time in unix milliseconds."""
+    def __init__(
+        self,
+        *,
+        item_id: _builtins.str = ...,
+        conversation_id: _builtins.str = ...,
+        role: _resources_pb2.Role.ValueType = ...,
+        text: _builtins.str = ...,
+        create_time_unix_ms: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["conversation_id", b"conversation_id", "create_time_unix_ms", b"create_time_unix_ms", "item_id", b"item_id", "role", b"role", "text", b"text"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UserMemoryItem: _TypeAlias = UserMemoryItem  # noqa: Y015
+
+@_typing.final
+class ListUserMemoryResponse(_message.Message):
+    """A page of a user's remembered turns, in item id order."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ITEMS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Token for the next page; empty on the last."""
+    @_builtins.property
+    def items(self) -> _containers.RepeatedCompositeFieldContainer[Global___UserMemoryItem]:
+        """The items."""
+
+    def __init__(
+        self,
+        *,
+        items: _abc.Iterable[Global___UserMemoryItem] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["items", b"items", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListUserMemoryResponse: _TypeAlias = ListUserMemoryResponse  # noqa: Y015

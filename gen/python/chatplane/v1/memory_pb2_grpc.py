@@ -66,6 +66,11 @@ class MemoryServiceStub:
                 request_serializer=chatplane_dot_v1_dot_memory__pb2.DeleteDocumentRequest.SerializeToString,
                 response_deserializer=chatplane_dot_v1_dot_memory__pb2.DeleteDocumentResponse.FromString,
                 _registered_method=True)
+        self.ListUserMemory = channel.unary_unary(
+                '/chatplane.v1.MemoryService/ListUserMemory',
+                request_serializer=chatplane_dot_v1_dot_memory__pb2.ListUserMemoryRequest.SerializeToString,
+                response_deserializer=chatplane_dot_v1_dot_memory__pb2.ListUserMemoryResponse.FromString,
+                _registered_method=True)
 
 
 class MemoryServiceServicer:
@@ -115,6 +120,13 @@ class MemoryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListUserMemory(self, request, context):
+        """Lists a page of one user's remembered turns as the index holds them (for an export).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MemoryServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -147,6 +159,11 @@ def add_MemoryServiceServicer_to_server(servicer, server):
                     servicer.DeleteDocument,
                     request_deserializer=chatplane_dot_v1_dot_memory__pb2.DeleteDocumentRequest.FromString,
                     response_serializer=chatplane_dot_v1_dot_memory__pb2.DeleteDocumentResponse.SerializeToString,
+            ),
+            'ListUserMemory': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListUserMemory,
+                    request_deserializer=chatplane_dot_v1_dot_memory__pb2.ListUserMemoryRequest.FromString,
+                    response_serializer=chatplane_dot_v1_dot_memory__pb2.ListUserMemoryResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -313,6 +330,33 @@ class MemoryService:
             '/chatplane.v1.MemoryService/DeleteDocument',
             chatplane_dot_v1_dot_memory__pb2.DeleteDocumentRequest.SerializeToString,
             chatplane_dot_v1_dot_memory__pb2.DeleteDocumentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListUserMemory(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chatplane.v1.MemoryService/ListUserMemory',
+            chatplane_dot_v1_dot_memory__pb2.ListUserMemoryRequest.SerializeToString,
+            chatplane_dot_v1_dot_memory__pb2.ListUserMemoryResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -2089,3 +2089,164 @@ class ListRatedAnswersResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListRatedAnswersResponse: _TypeAlias = ListRatedAnswersResponse  # noqa: Y015
+
+@_typing.final
+class ExportUserRecordsRequest(_message.Message):
+    """Asks for every stored record of one user."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OWNER_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    """Records per store read (1-1000; 0 means 200): bounds the memory one export holds."""
+    @_builtins.property
+    def owner(self) -> Global___Owner:
+        """Whose records."""
+
+    def __init__(
+        self,
+        *,
+        owner: Global___Owner | None = ...,
+        page_size: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["owner", b"owner"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["owner", b"owner", "page_size", b"page_size"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExportUserRecordsRequest: _TypeAlias = ExportUserRecordsRequest  # noqa: Y015
+
+@_typing.final
+class ExportedFeedback(_message.Message):
+    """A user's rating of an answer, as stored."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    CONVERSATION_ID_FIELD_NUMBER: _builtins.int
+    RATING_FIELD_NUMBER: _builtins.int
+    SCORE_FIELD_NUMBER: _builtins.int
+    COMMENT_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    message_id: _builtins.str
+    """The rated assistant message."""
+    conversation_id: _builtins.str
+    """Its conversation."""
+    rating: _gateway_pb2.Rating.ValueType
+    """Thumbs up or down."""
+    score: _builtins.int
+    """The numeric rating 1-5; 0 when none was given."""
+    comment: _builtins.str
+    """The free-text comment."""
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp:
+        """When it was given (or last replaced)."""
+
+    def __init__(
+        self,
+        *,
+        message_id: _builtins.str = ...,
+        conversation_id: _builtins.str = ...,
+        rating: _gateway_pb2.Rating.ValueType = ...,
+        score: _builtins.int = ...,
+        comment: _builtins.str = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["comment", b"comment", "conversation_id", b"conversation_id", "create_time", b"create_time", "message_id", b"message_id", "rating", b"rating", "score", b"score"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExportedFeedback: _TypeAlias = ExportedFeedback  # noqa: Y015
+
+@_typing.final
+class ExportedAnswer(_message.Message):
+    """What is stored about an answer besides its message: the A/B variant and its latencies."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    CONVERSATION_ID_FIELD_NUMBER: _builtins.int
+    VARIANT_FIELD_NUMBER: _builtins.int
+    FIRST_TOKEN_MS_FIELD_NUMBER: _builtins.int
+    DURATION_MS_FIELD_NUMBER: _builtins.int
+    message_id: _builtins.str
+    """The assistant message."""
+    conversation_id: _builtins.str
+    """Its conversation."""
+    variant: _builtins.str
+    """The variant that answered."""
+    first_token_ms: _builtins.int
+    """Milliseconds from the turn's start to the first token; absent when not measured."""
+    duration_ms: _builtins.int
+    """Milliseconds from the turn's start to the end; absent when not measured."""
+    def __init__(
+        self,
+        *,
+        message_id: _builtins.str = ...,
+        conversation_id: _builtins.str = ...,
+        variant: _builtins.str = ...,
+        first_token_ms: _builtins.int | None = ...,
+        duration_ms: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_duration_ms", b"_duration_ms", "_first_token_ms", b"_first_token_ms", "duration_ms", b"duration_ms", "first_token_ms", b"first_token_ms"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_duration_ms", b"_duration_ms", "_first_token_ms", b"_first_token_ms", "conversation_id", b"conversation_id", "duration_ms", b"duration_ms", "first_token_ms", b"first_token_ms", "message_id", b"message_id", "variant", b"variant"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__duration_ms: _TypeAlias = _typing.Literal["duration_ms"]  # noqa: Y015
+    _WhichOneofArgType__duration_ms: _TypeAlias = _typing.Literal["_duration_ms", b"_duration_ms"]  # noqa: Y015
+    _WhichOneofReturnType__first_token_ms: _TypeAlias = _typing.Literal["first_token_ms"]  # noqa: Y015
+    _WhichOneofArgType__first_token_ms: _TypeAlias = _typing.Literal["_first_token_ms", b"_first_token_ms"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__duration_ms) -> _WhichOneofReturnType__duration_ms | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__first_token_ms) -> _WhichOneofReturnType__first_token_ms | None: ...
+
+Global___ExportedAnswer: _TypeAlias = ExportedAnswer  # noqa: Y015
+
+@_typing.final
+class ExportUserRecordsResponse(_message.Message):
+    """One record of a user's export. A conversation comes before its messages."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONVERSATION_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    FEEDBACK_FIELD_NUMBER: _builtins.int
+    ANSWER_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def conversation(self) -> _resources_pb2.Conversation:
+        """A conversation of the user."""
+
+    @_builtins.property
+    def message(self) -> _resources_pb2.Message:
+        """A message of the conversation sent last (every branch; siblings and parent set)."""
+
+    @_builtins.property
+    def feedback(self) -> Global___ExportedFeedback:
+        """Feedback the user gave."""
+
+    @_builtins.property
+    def answer(self) -> Global___ExportedAnswer:
+        """Facts of one of the user's answers."""
+
+    def __init__(
+        self,
+        *,
+        conversation: _resources_pb2.Conversation | None = ...,
+        message: _resources_pb2.Message | None = ...,
+        feedback: Global___ExportedFeedback | None = ...,
+        answer: Global___ExportedAnswer | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["answer", b"answer", "conversation", b"conversation", "feedback", b"feedback", "message", b"message", "record", b"record"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["answer", b"answer", "conversation", b"conversation", "feedback", b"feedback", "message", b"message", "record", b"record"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_record: _TypeAlias = _typing.Literal["conversation", "message", "feedback", "answer"]  # noqa: Y015
+    _WhichOneofArgType_record: _TypeAlias = _typing.Literal["record", b"record"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_record) -> _WhichOneofReturnType_record | None: ...
+
+Global___ExportUserRecordsResponse: _TypeAlias = ExportUserRecordsResponse  # noqa: Y015

@@ -172,6 +172,11 @@ class PersistenceServiceStub:
                 request_serializer=chatplane_dot_v1_dot_persistence__pb2.ListRatedAnswersRequest.SerializeToString,
                 response_deserializer=chatplane_dot_v1_dot_persistence__pb2.ListRatedAnswersResponse.FromString,
                 _registered_method=True)
+        self.ExportUserRecords = channel.unary_stream(
+                '/chatplane.v1.PersistenceService/ExportUserRecords',
+                request_serializer=chatplane_dot_v1_dot_persistence__pb2.ExportUserRecordsRequest.SerializeToString,
+                response_deserializer=chatplane_dot_v1_dot_persistence__pb2.ExportUserRecordsResponse.FromString,
+                _registered_method=True)
 
 
 class PersistenceServiceServicer:
@@ -376,6 +381,15 @@ class PersistenceServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ExportUserRecords(self, request, context):
+        """Streams everything stored of one user for an export (docs/privacy.md, "Export"):
+        conversations, every message of every branch, feedback and answer facts, read from the
+        store page by page.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PersistenceServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -513,6 +527,11 @@ def add_PersistenceServiceServicer_to_server(servicer, server):
                     servicer.ListRatedAnswers,
                     request_deserializer=chatplane_dot_v1_dot_persistence__pb2.ListRatedAnswersRequest.FromString,
                     response_serializer=chatplane_dot_v1_dot_persistence__pb2.ListRatedAnswersResponse.SerializeToString,
+            ),
+            'ExportUserRecords': grpc.unary_stream_rpc_method_handler(
+                    servicer.ExportUserRecords,
+                    request_deserializer=chatplane_dot_v1_dot_persistence__pb2.ExportUserRecordsRequest.FromString,
+                    response_serializer=chatplane_dot_v1_dot_persistence__pb2.ExportUserRecordsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1247,6 +1266,33 @@ class PersistenceService:
             '/chatplane.v1.PersistenceService/ListRatedAnswers',
             chatplane_dot_v1_dot_persistence__pb2.ListRatedAnswersRequest.SerializeToString,
             chatplane_dot_v1_dot_persistence__pb2.ListRatedAnswersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExportUserRecords(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/chatplane.v1.PersistenceService/ExportUserRecords',
+            chatplane_dot_v1_dot_persistence__pb2.ExportUserRecordsRequest.SerializeToString,
+            chatplane_dot_v1_dot_persistence__pb2.ExportUserRecordsResponse.FromString,
             options,
             channel_credentials,
             insecure,

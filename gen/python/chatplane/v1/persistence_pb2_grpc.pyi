@@ -104,6 +104,11 @@ class PersistenceServiceStub:
     """Pages the rated, complete answers of tenants that opted in to feedback datasets, each with
     the branch that led to it, masked for tenants with PII redaction (docs/datasets.md).
     """
+    ExportUserRecords: _grpc.UnaryStreamMultiCallable[_persistence_pb2.ExportUserRecordsRequest, _persistence_pb2.ExportUserRecordsResponse]
+    """Streams everything stored of one user for an export (docs/privacy.md, "Export"):
+    conversations, every message of every branch, feedback and answer facts, read from the
+    store page by page.
+    """
 
 @_typing.type_check_only
 class PersistenceServiceAsyncStub(PersistenceServiceStub):
@@ -180,6 +185,11 @@ class PersistenceServiceAsyncStub(PersistenceServiceStub):
     ListRatedAnswers: _aio.UnaryUnaryMultiCallable[_persistence_pb2.ListRatedAnswersRequest, _persistence_pb2.ListRatedAnswersResponse]  # type: ignore[assignment]
     """Pages the rated, complete answers of tenants that opted in to feedback datasets, each with
     the branch that led to it, masked for tenants with PII redaction (docs/datasets.md).
+    """
+    ExportUserRecords: _aio.UnaryStreamMultiCallable[_persistence_pb2.ExportUserRecordsRequest, _persistence_pb2.ExportUserRecordsResponse]  # type: ignore[assignment]
+    """Streams everything stored of one user for an export (docs/privacy.md, "Export"):
+    conversations, every message of every branch, feedback and answer facts, read from the
+    store page by page.
     """
 
 class PersistenceServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -416,6 +426,17 @@ class PersistenceServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_persistence_pb2.ListRatedAnswersResponse, _abc.Awaitable[_persistence_pb2.ListRatedAnswersResponse]]:
         """Pages the rated, complete answers of tenants that opted in to feedback datasets, each with
         the branch that led to it, masked for tenants with PII redaction (docs/datasets.md).
+        """
+
+    @_abc_1.abstractmethod
+    def ExportUserRecords(
+        self,
+        request: _persistence_pb2.ExportUserRecordsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_persistence_pb2.ExportUserRecordsResponse], _abc.AsyncIterator[_persistence_pb2.ExportUserRecordsResponse]]:
+        """Streams everything stored of one user for an export (docs/privacy.md, "Export"):
+        conversations, every message of every branch, feedback and answer facts, read from the
+        store page by page.
         """
 
 def add_PersistenceServiceServicer_to_server(servicer: PersistenceServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

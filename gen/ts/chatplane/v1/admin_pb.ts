@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file chatplane/v1/admin.proto.
  */
 export const file_chatplane_v1_admin: GenFile = /*@__PURE__*/
-  fileDesc("ChhjaGF0cGxhbmUvdjEvYWRtaW4ucHJvdG8SDGNoYXRwbGFuZS52MSJlChJMaXN0QXBpS2V5c1JlcXVlc3QSDwoHdXNlcl9pZBgBIAEoCRIRCglwYWdlX3NpemUYAiABKAUSEgoKcGFnZV90b2tlbhgDIAEoCRIXCg9pbmNsdWRlX3Jldm9rZWQYBCABKAgiVgoTTGlzdEFwaUtleXNSZXNwb25zZRImCgRrZXlzGAEgAygLMhguY2hhdHBsYW5lLnYxLkFwaUtleUluZm8SFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIlAKH0FkbWluU2VydmljZUNyZWF0ZUFwaUtleVJlcXVlc3QSDwoHdXNlcl9pZBgBIAEoCRINCgVsYWJlbBgCIAEoCRINCgVyb2xlcxgDIAMoCSJaCiBBZG1pblNlcnZpY2VDcmVhdGVBcGlLZXlSZXNwb25zZRIPCgdhcGlfa2V5GAEgASgJEiUKA2tleRgCIAEoCzIYLmNoYXRwbGFuZS52MS5BcGlLZXlJbmZvIlEKE1JvdGF0ZUFwaUtleVJlcXVlc3QSDgoGa2V5X2lkGAEgASgJEioKB292ZXJsYXAYAiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24iegoUUm90YXRlQXBpS2V5UmVzcG9uc2USDwoHYXBpX2tleRgBIAEoCRIlCgNrZXkYAiABKAsyGC5jaGF0cGxhbmUudjEuQXBpS2V5SW5mbxIqCghwcmV2aW91cxgDIAEoCzIYLmNoYXRwbGFuZS52MS5BcGlLZXlJbmZvIiUKE1Jldm9rZUFwaUtleVJlcXVlc3QSDgoGa2V5X2lkGAEgASgJIj0KFFJldm9rZUFwaUtleVJlc3BvbnNlEiUKA2tleRgBIAEoCzIYLmNoYXRwbGFuZS52MS5BcGlLZXlJbmZvIrYBCiNBZG1pblNlcnZpY2VMaXN0UmF0ZWRBbnN3ZXJzUmVxdWVzdBIpCgVzaW5jZRgBIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASKQoFdW50aWwYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhIKCm1pbl9yYXRpbmcYAyABKAUSEQoJcGFnZV9zaXplGAQgASgFEhIKCnBhZ2VfdG9rZW4YBSABKAkiawokQWRtaW5TZXJ2aWNlTGlzdFJhdGVkQW5zd2Vyc1Jlc3BvbnNlEioKB2Fuc3dlcnMYASADKAsyGS5jaGF0cGxhbmUudjEuUmF0ZWRBbnN3ZXISFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJMvoDCgxBZG1pblNlcnZpY2USUgoLTGlzdEFwaUtleXMSIC5jaGF0cGxhbmUudjEuTGlzdEFwaUtleXNSZXF1ZXN0GiEuY2hhdHBsYW5lLnYxLkxpc3RBcGlLZXlzUmVzcG9uc2USbQoMQ3JlYXRlQXBpS2V5Ei0uY2hhdHBsYW5lLnYxLkFkbWluU2VydmljZUNyZWF0ZUFwaUtleVJlcXVlc3QaLi5jaGF0cGxhbmUudjEuQWRtaW5TZXJ2aWNlQ3JlYXRlQXBpS2V5UmVzcG9uc2USVQoMUm90YXRlQXBpS2V5EiEuY2hhdHBsYW5lLnYxLlJvdGF0ZUFwaUtleVJlcXVlc3QaIi5jaGF0cGxhbmUudjEuUm90YXRlQXBpS2V5UmVzcG9uc2USVQoMUmV2b2tlQXBpS2V5EiEuY2hhdHBsYW5lLnYxLlJldm9rZUFwaUtleVJlcXVlc3QaIi5jaGF0cGxhbmUudjEuUmV2b2tlQXBpS2V5UmVzcG9uc2USeQoQTGlzdFJhdGVkQW5zd2VycxIxLmNoYXRwbGFuZS52MS5BZG1pblNlcnZpY2VMaXN0UmF0ZWRBbnN3ZXJzUmVxdWVzdBoyLmNoYXRwbGFuZS52MS5BZG1pblNlcnZpY2VMaXN0UmF0ZWRBbnN3ZXJzUmVzcG9uc2VCQFo+Z2l0aHViLmNvbS9jaGF0cGxhbmUvY2hhdHBsYW5lL2dlbi9nby9jaGF0cGxhbmUvdjE7Y2hhdHBsYW5ldjFiBnByb3RvMw", [file_chatplane_v1_persistence, file_google_protobuf_duration, file_google_protobuf_timestamp]);
+  fileDesc("ChhjaGF0cGxhbmUvdjEvYWRtaW4ucHJvdG8SDGNoYXRwbGFuZS52MSJlChJMaXN0QXBpS2V5c1JlcXVlc3QSDwoHdXNlcl9pZBgBIAEoCRIRCglwYWdlX3NpemUYAiABKAUSEgoKcGFnZV90b2tlbhgDIAEoCRIXCg9pbmNsdWRlX3Jldm9rZWQYBCABKAgiVgoTTGlzdEFwaUtleXNSZXNwb25zZRImCgRrZXlzGAEgAygLMhguY2hhdHBsYW5lLnYxLkFwaUtleUluZm8SFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIlAKH0FkbWluU2VydmljZUNyZWF0ZUFwaUtleVJlcXVlc3QSDwoHdXNlcl9pZBgBIAEoCRINCgVsYWJlbBgCIAEoCRINCgVyb2xlcxgDIAMoCSJaCiBBZG1pblNlcnZpY2VDcmVhdGVBcGlLZXlSZXNwb25zZRIPCgdhcGlfa2V5GAEgASgJEiUKA2tleRgCIAEoCzIYLmNoYXRwbGFuZS52MS5BcGlLZXlJbmZvIlEKE1JvdGF0ZUFwaUtleVJlcXVlc3QSDgoGa2V5X2lkGAEgASgJEioKB292ZXJsYXAYAiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24iegoUUm90YXRlQXBpS2V5UmVzcG9uc2USDwoHYXBpX2tleRgBIAEoCRIlCgNrZXkYAiABKAsyGC5jaGF0cGxhbmUudjEuQXBpS2V5SW5mbxIqCghwcmV2aW91cxgDIAEoCzIYLmNoYXRwbGFuZS52MS5BcGlLZXlJbmZvIiUKE1Jldm9rZUFwaUtleVJlcXVlc3QSDgoGa2V5X2lkGAEgASgJIj0KFFJldm9rZUFwaUtleVJlc3BvbnNlEiUKA2tleRgBIAEoCzIYLmNoYXRwbGFuZS52MS5BcGlLZXlJbmZvIrYBCiNBZG1pblNlcnZpY2VMaXN0UmF0ZWRBbnN3ZXJzUmVxdWVzdBIpCgVzaW5jZRgBIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASKQoFdW50aWwYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhIKCm1pbl9yYXRpbmcYAyABKAUSEQoJcGFnZV9zaXplGAQgASgFEhIKCnBhZ2VfdG9rZW4YBSABKAkiawokQWRtaW5TZXJ2aWNlTGlzdFJhdGVkQW5zd2Vyc1Jlc3BvbnNlEioKB2Fuc3dlcnMYASADKAsyGS5jaGF0cGxhbmUudjEuUmF0ZWRBbnN3ZXISFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIigKFUV4cG9ydFVzZXJEYXRhUmVxdWVzdBIPCgd1c2VyX2lkGAEgASgJIicKFkV4cG9ydFVzZXJEYXRhUmVzcG9uc2USDQoFY2h1bmsYASABKAwy2QQKDEFkbWluU2VydmljZRJSCgtMaXN0QXBpS2V5cxIgLmNoYXRwbGFuZS52MS5MaXN0QXBpS2V5c1JlcXVlc3QaIS5jaGF0cGxhbmUudjEuTGlzdEFwaUtleXNSZXNwb25zZRJtCgxDcmVhdGVBcGlLZXkSLS5jaGF0cGxhbmUudjEuQWRtaW5TZXJ2aWNlQ3JlYXRlQXBpS2V5UmVxdWVzdBouLmNoYXRwbGFuZS52MS5BZG1pblNlcnZpY2VDcmVhdGVBcGlLZXlSZXNwb25zZRJVCgxSb3RhdGVBcGlLZXkSIS5jaGF0cGxhbmUudjEuUm90YXRlQXBpS2V5UmVxdWVzdBoiLmNoYXRwbGFuZS52MS5Sb3RhdGVBcGlLZXlSZXNwb25zZRJVCgxSZXZva2VBcGlLZXkSIS5jaGF0cGxhbmUudjEuUmV2b2tlQXBpS2V5UmVxdWVzdBoiLmNoYXRwbGFuZS52MS5SZXZva2VBcGlLZXlSZXNwb25zZRJ5ChBMaXN0UmF0ZWRBbnN3ZXJzEjEuY2hhdHBsYW5lLnYxLkFkbWluU2VydmljZUxpc3RSYXRlZEFuc3dlcnNSZXF1ZXN0GjIuY2hhdHBsYW5lLnYxLkFkbWluU2VydmljZUxpc3RSYXRlZEFuc3dlcnNSZXNwb25zZRJdCg5FeHBvcnRVc2VyRGF0YRIjLmNoYXRwbGFuZS52MS5FeHBvcnRVc2VyRGF0YVJlcXVlc3QaJC5jaGF0cGxhbmUudjEuRXhwb3J0VXNlckRhdGFSZXNwb25zZTABQkBaPmdpdGh1Yi5jb20vY2hhdHBsYW5lL2NoYXRwbGFuZS9nZW4vZ28vY2hhdHBsYW5lL3YxO2NoYXRwbGFuZXYxYgZwcm90bzM", [file_chatplane_v1_persistence, file_google_protobuf_duration, file_google_protobuf_timestamp]);
 
 /**
  * Asks for the tenant's keys.
@@ -332,6 +332,48 @@ export const AdminServiceListRatedAnswersResponseSchema: GenMessage<AdminService
   messageDesc(file_chatplane_v1_admin, 9);
 
 /**
+ * A user whose data to export.
+ *
+ * @generated from message chatplane.v1.ExportUserDataRequest
+ */
+export type ExportUserDataRequest = Message<"chatplane.v1.ExportUserDataRequest"> & {
+  /**
+   * The user of the caller's tenant (1-256 characters).
+   *
+   * @generated from field: string user_id = 1;
+   */
+  userId: string;
+};
+
+/**
+ * Describes the message chatplane.v1.ExportUserDataRequest.
+ * Use `create(ExportUserDataRequestSchema)` to create a new message.
+ */
+export const ExportUserDataRequestSchema: GenMessage<ExportUserDataRequest> = /*@__PURE__*/
+  messageDesc(file_chatplane_v1_admin, 10);
+
+/**
+ * The next piece of the archive.
+ *
+ * @generated from message chatplane.v1.ExportUserDataResponse
+ */
+export type ExportUserDataResponse = Message<"chatplane.v1.ExportUserDataResponse"> & {
+  /**
+   * UTF-8 bytes of the JSON archive; the pieces of a stream, concatenated, are the archive.
+   *
+   * @generated from field: bytes chunk = 1;
+   */
+  chunk: Uint8Array;
+};
+
+/**
+ * Describes the message chatplane.v1.ExportUserDataResponse.
+ * Use `create(ExportUserDataResponseSchema)` to create a new message.
+ */
+export const ExportUserDataResponseSchema: GenMessage<ExportUserDataResponse> = /*@__PURE__*/
+  messageDesc(file_chatplane_v1_admin, 11);
+
+/**
  * Administration of a tenant, served by the Gateway next to GatewayService. Every call needs
  * a credential with the `admin` role (PERMISSION_DENIED otherwise) and acts on the caller's
  * own tenant only: another tenant's key is NOT_FOUND, as a key that does not exist.
@@ -390,6 +432,17 @@ export const AdminService: GenService<{
     methodKind: "unary";
     input: typeof AdminServiceListRatedAnswersRequestSchema;
     output: typeof AdminServiceListRatedAnswersResponseSchema;
+  },
+  /**
+   * Exports everything stored of one user of the tenant as one JSON document, streamed in
+   * chunks of at most 64 KiB (docs/privacy.md, "Export"). Audited as `user.export`.
+   *
+   * @generated from rpc chatplane.v1.AdminService.ExportUserData
+   */
+  exportUserData: {
+    methodKind: "server_streaming";
+    input: typeof ExportUserDataRequestSchema;
+    output: typeof ExportUserDataResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_chatplane_v1_admin, 0);

@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file chatplane/v1/memory.proto.
  */
 export const file_chatplane_v1_memory: GenFile = /*@__PURE__*/
-  fileDesc("ChljaGF0cGxhbmUvdjEvbWVtb3J5LnByb3RvEgxjaGF0cGxhbmUudjEicAoNTWVtb3J5TWVzc2FnZRISCgptZXNzYWdlX2lkGAEgASgJEiAKBHJvbGUYAiABKA4yEi5jaGF0cGxhbmUudjEuUm9sZRIMCgR0ZXh0GAMgASgJEhsKE2NyZWF0ZV90aW1lX3VuaXhfbXMYBCABKAMifQoPUmVtZW1iZXJSZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCRIPCgd1c2VyX2lkGAIgASgJEhcKD2NvbnZlcnNhdGlvbl9pZBgDIAEoCRItCghtZXNzYWdlcxgEIAMoCzIbLmNoYXRwbGFuZS52MS5NZW1vcnlNZXNzYWdlIiwKEFJlbWVtYmVyUmVzcG9uc2USGAoQcmVtZW1iZXJlZF9jb3VudBgBIAEoBSKAAQoNUmVjYWxsUmVxdWVzdBIRCgl0ZW5hbnRfaWQYASABKAkSDwoHdXNlcl9pZBgCIAEoCRIXCg9jb252ZXJzYXRpb25faWQYAyABKAkSDQoFcXVlcnkYBCABKAkSFAoMcmVjZW50X2xpbWl0GAUgASgFEg0KBXRvcF9rGAYgASgFIoEBCgxSZWNhbGxlZEl0ZW0SKAoIY2l0YXRpb24YASABKAsyFi5jaGF0cGxhbmUudjEuQ2l0YXRpb24SDAoEdGV4dBgCIAEoCRIXCg9jb252ZXJzYXRpb25faWQYAyABKAkSIAoEcm9sZRgEIAEoDjISLmNoYXRwbGFuZS52MS5Sb2xlImgKDlJlY2FsbFJlc3BvbnNlEisKBnJlY2VudBgBIAMoCzIbLmNoYXRwbGFuZS52MS5NZW1vcnlNZXNzYWdlEikKBWl0ZW1zGAIgAygLMhouY2hhdHBsYW5lLnYxLlJlY2FsbGVkSXRlbSJMCg1Gb3JnZXRSZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCRIPCgd1c2VyX2lkGAIgASgJEhcKD2NvbnZlcnNhdGlvbl9pZBgDIAEoCSIpCg5Gb3JnZXRSZXNwb25zZRIXCg9mb3Jnb3R0ZW5fY291bnQYASABKAUiRAoORG9jdW1lbnRIZWFkZXISEQoJdGVuYW50X2lkGAEgASgJEgwKBG5hbWUYAiABKAkSEQoJbWltZV90eXBlGAMgASgJImIKFUluZ2VzdERvY3VtZW50UmVxdWVzdBIuCgZoZWFkZXIYASABKAsyHC5jaGF0cGxhbmUudjEuRG9jdW1lbnRIZWFkZXJIABIRCgdjb250ZW50GAIgASgMSABCBgoEcGFydCJCChZJbmdlc3REb2N1bWVudFJlc3BvbnNlEigKCGRvY3VtZW50GAEgASgLMhYuY2hhdHBsYW5lLnYxLkRvY3VtZW50IikKFExpc3REb2N1bWVudHNSZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCSJCChVMaXN0RG9jdW1lbnRzUmVzcG9uc2USKQoJZG9jdW1lbnRzGAEgAygLMhYuY2hhdHBsYW5lLnYxLkRvY3VtZW50Ij8KFURlbGV0ZURvY3VtZW50UmVxdWVzdBIRCgl0ZW5hbnRfaWQYASABKAkSEwoLZG9jdW1lbnRfaWQYAiABKAkiNQoWRGVsZXRlRG9jdW1lbnRSZXNwb25zZRIbChNkZWxldGVkX2NodW5rX2NvdW50GAEgASgFMvoDCg1NZW1vcnlTZXJ2aWNlEkkKCFJlbWVtYmVyEh0uY2hhdHBsYW5lLnYxLlJlbWVtYmVyUmVxdWVzdBoeLmNoYXRwbGFuZS52MS5SZW1lbWJlclJlc3BvbnNlEkMKBlJlY2FsbBIbLmNoYXRwbGFuZS52MS5SZWNhbGxSZXF1ZXN0GhwuY2hhdHBsYW5lLnYxLlJlY2FsbFJlc3BvbnNlEkMKBkZvcmdldBIbLmNoYXRwbGFuZS52MS5Gb3JnZXRSZXF1ZXN0GhwuY2hhdHBsYW5lLnYxLkZvcmdldFJlc3BvbnNlEl0KDkluZ2VzdERvY3VtZW50EiMuY2hhdHBsYW5lLnYxLkluZ2VzdERvY3VtZW50UmVxdWVzdBokLmNoYXRwbGFuZS52MS5Jbmdlc3REb2N1bWVudFJlc3BvbnNlKAESWAoNTGlzdERvY3VtZW50cxIiLmNoYXRwbGFuZS52MS5MaXN0RG9jdW1lbnRzUmVxdWVzdBojLmNoYXRwbGFuZS52MS5MaXN0RG9jdW1lbnRzUmVzcG9uc2USWwoORGVsZXRlRG9jdW1lbnQSIy5jaGF0cGxhbmUudjEuRGVsZXRlRG9jdW1lbnRSZXF1ZXN0GiQuY2hhdHBsYW5lLnYxLkRlbGV0ZURvY3VtZW50UmVzcG9uc2VCQFo+Z2l0aHViLmNvbS9jaGF0cGxhbmUvY2hhdHBsYW5lL2dlbi9nby9jaGF0cGxhbmUvdjE7Y2hhdHBsYW5ldjFiBnByb3RvMw", [file_chatplane_v1_resources]);
+  fileDesc("ChljaGF0cGxhbmUvdjEvbWVtb3J5LnByb3RvEgxjaGF0cGxhbmUudjEicAoNTWVtb3J5TWVzc2FnZRISCgptZXNzYWdlX2lkGAEgASgJEiAKBHJvbGUYAiABKA4yEi5jaGF0cGxhbmUudjEuUm9sZRIMCgR0ZXh0GAMgASgJEhsKE2NyZWF0ZV90aW1lX3VuaXhfbXMYBCABKAMifQoPUmVtZW1iZXJSZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCRIPCgd1c2VyX2lkGAIgASgJEhcKD2NvbnZlcnNhdGlvbl9pZBgDIAEoCRItCghtZXNzYWdlcxgEIAMoCzIbLmNoYXRwbGFuZS52MS5NZW1vcnlNZXNzYWdlIiwKEFJlbWVtYmVyUmVzcG9uc2USGAoQcmVtZW1iZXJlZF9jb3VudBgBIAEoBSKAAQoNUmVjYWxsUmVxdWVzdBIRCgl0ZW5hbnRfaWQYASABKAkSDwoHdXNlcl9pZBgCIAEoCRIXCg9jb252ZXJzYXRpb25faWQYAyABKAkSDQoFcXVlcnkYBCABKAkSFAoMcmVjZW50X2xpbWl0GAUgASgFEg0KBXRvcF9rGAYgASgFIoEBCgxSZWNhbGxlZEl0ZW0SKAoIY2l0YXRpb24YASABKAsyFi5jaGF0cGxhbmUudjEuQ2l0YXRpb24SDAoEdGV4dBgCIAEoCRIXCg9jb252ZXJzYXRpb25faWQYAyABKAkSIAoEcm9sZRgEIAEoDjISLmNoYXRwbGFuZS52MS5Sb2xlImgKDlJlY2FsbFJlc3BvbnNlEisKBnJlY2VudBgBIAMoCzIbLmNoYXRwbGFuZS52MS5NZW1vcnlNZXNzYWdlEikKBWl0ZW1zGAIgAygLMhouY2hhdHBsYW5lLnYxLlJlY2FsbGVkSXRlbSJMCg1Gb3JnZXRSZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCRIPCgd1c2VyX2lkGAIgASgJEhcKD2NvbnZlcnNhdGlvbl9pZBgDIAEoCSIpCg5Gb3JnZXRSZXNwb25zZRIXCg9mb3Jnb3R0ZW5fY291bnQYASABKAUiRAoORG9jdW1lbnRIZWFkZXISEQoJdGVuYW50X2lkGAEgASgJEgwKBG5hbWUYAiABKAkSEQoJbWltZV90eXBlGAMgASgJImIKFUluZ2VzdERvY3VtZW50UmVxdWVzdBIuCgZoZWFkZXIYASABKAsyHC5jaGF0cGxhbmUudjEuRG9jdW1lbnRIZWFkZXJIABIRCgdjb250ZW50GAIgASgMSABCBgoEcGFydCJCChZJbmdlc3REb2N1bWVudFJlc3BvbnNlEigKCGRvY3VtZW50GAEgASgLMhYuY2hhdHBsYW5lLnYxLkRvY3VtZW50IikKFExpc3REb2N1bWVudHNSZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCSJCChVMaXN0RG9jdW1lbnRzUmVzcG9uc2USKQoJZG9jdW1lbnRzGAEgAygLMhYuY2hhdHBsYW5lLnYxLkRvY3VtZW50Ij8KFURlbGV0ZURvY3VtZW50UmVxdWVzdBIRCgl0ZW5hbnRfaWQYASABKAkSEwoLZG9jdW1lbnRfaWQYAiABKAkiNQoWRGVsZXRlRG9jdW1lbnRSZXNwb25zZRIbChNkZWxldGVkX2NodW5rX2NvdW50GAEgASgFImIKFUxpc3RVc2VyTWVtb3J5UmVxdWVzdBIRCgl0ZW5hbnRfaWQYASABKAkSDwoHdXNlcl9pZBgCIAEoCRIRCglwYWdlX3NpemUYAyABKAUSEgoKcGFnZV90b2tlbhgEIAEoCSKHAQoOVXNlck1lbW9yeUl0ZW0SDwoHaXRlbV9pZBgBIAEoCRIXCg9jb252ZXJzYXRpb25faWQYAiABKAkSIAoEcm9sZRgDIAEoDjISLmNoYXRwbGFuZS52MS5Sb2xlEgwKBHRleHQYBCABKAkSGwoTY3JlYXRlX3RpbWVfdW5peF9tcxgFIAEoAyJeChZMaXN0VXNlck1lbW9yeVJlc3BvbnNlEisKBWl0ZW1zGAEgAygLMhwuY2hhdHBsYW5lLnYxLlVzZXJNZW1vcnlJdGVtEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCTLXBAoNTWVtb3J5U2VydmljZRJJCghSZW1lbWJlchIdLmNoYXRwbGFuZS52MS5SZW1lbWJlclJlcXVlc3QaHi5jaGF0cGxhbmUudjEuUmVtZW1iZXJSZXNwb25zZRJDCgZSZWNhbGwSGy5jaGF0cGxhbmUudjEuUmVjYWxsUmVxdWVzdBocLmNoYXRwbGFuZS52MS5SZWNhbGxSZXNwb25zZRJDCgZGb3JnZXQSGy5jaGF0cGxhbmUudjEuRm9yZ2V0UmVxdWVzdBocLmNoYXRwbGFuZS52MS5Gb3JnZXRSZXNwb25zZRJdCg5Jbmdlc3REb2N1bWVudBIjLmNoYXRwbGFuZS52MS5Jbmdlc3REb2N1bWVudFJlcXVlc3QaJC5jaGF0cGxhbmUudjEuSW5nZXN0RG9jdW1lbnRSZXNwb25zZSgBElgKDUxpc3REb2N1bWVudHMSIi5jaGF0cGxhbmUudjEuTGlzdERvY3VtZW50c1JlcXVlc3QaIy5jaGF0cGxhbmUudjEuTGlzdERvY3VtZW50c1Jlc3BvbnNlElsKDkRlbGV0ZURvY3VtZW50EiMuY2hhdHBsYW5lLnYxLkRlbGV0ZURvY3VtZW50UmVxdWVzdBokLmNoYXRwbGFuZS52MS5EZWxldGVEb2N1bWVudFJlc3BvbnNlElsKDkxpc3RVc2VyTWVtb3J5EiMuY2hhdHBsYW5lLnYxLkxpc3RVc2VyTWVtb3J5UmVxdWVzdBokLmNoYXRwbGFuZS52MS5MaXN0VXNlck1lbW9yeVJlc3BvbnNlQkBaPmdpdGh1Yi5jb20vY2hhdHBsYW5lL2NoYXRwbGFuZS9nZW4vZ28vY2hhdHBsYW5lL3YxO2NoYXRwbGFuZXYxYgZwcm90bzM", [file_chatplane_v1_resources]);
 
 /**
  * A message to remember.
@@ -486,6 +486,125 @@ export const DeleteDocumentResponseSchema: GenMessage<DeleteDocumentResponse> = 
   messageDesc(file_chatplane_v1_memory, 14);
 
 /**
+ * Asks for a page of one user's remembered turns.
+ *
+ * @generated from message chatplane.v1.ListUserMemoryRequest
+ */
+export type ListUserMemoryRequest = Message<"chatplane.v1.ListUserMemoryRequest"> & {
+  /**
+   * The user's tenant.
+   *
+   * @generated from field: string tenant_id = 1;
+   */
+  tenantId: string;
+
+  /**
+   * The user.
+   *
+   * @generated from field: string user_id = 2;
+   */
+  userId: string;
+
+  /**
+   * Items per page (1-1000; 0 means 200).
+   *
+   * @generated from field: int32 page_size = 3;
+   */
+  pageSize: number;
+
+  /**
+   * The next_page_token of the previous page, or empty for the first.
+   *
+   * @generated from field: string page_token = 4;
+   */
+  pageToken: string;
+};
+
+/**
+ * Describes the message chatplane.v1.ListUserMemoryRequest.
+ * Use `create(ListUserMemoryRequestSchema)` to create a new message.
+ */
+export const ListUserMemoryRequestSchema: GenMessage<ListUserMemoryRequest> = /*@__PURE__*/
+  messageDesc(file_chatplane_v1_memory, 15);
+
+/**
+ * One remembered turn as indexed (PII-masked for tenants with redaction).
+ *
+ * @generated from message chatplane.v1.UserMemoryItem
+ */
+export type UserMemoryItem = Message<"chatplane.v1.UserMemoryItem"> & {
+  /**
+   * The message id it was remembered under.
+   *
+   * @generated from field: string item_id = 1;
+   */
+  itemId: string;
+
+  /**
+   * Its conversation.
+   *
+   * @generated from field: string conversation_id = 2;
+   */
+  conversationId: string;
+
+  /**
+   * Who wrote it.
+   *
+   * @generated from field: chatplane.v1.Role role = 3;
+   */
+  role: Role;
+
+  /**
+   * The text as indexed.
+   *
+   * @generated from field: string text = 4;
+   */
+  text: string;
+
+  /**
+   * Creation time in unix milliseconds.
+   *
+   * @generated from field: int64 create_time_unix_ms = 5;
+   */
+  createTimeUnixMs: bigint;
+};
+
+/**
+ * Describes the message chatplane.v1.UserMemoryItem.
+ * Use `create(UserMemoryItemSchema)` to create a new message.
+ */
+export const UserMemoryItemSchema: GenMessage<UserMemoryItem> = /*@__PURE__*/
+  messageDesc(file_chatplane_v1_memory, 16);
+
+/**
+ * A page of a user's remembered turns, in item id order.
+ *
+ * @generated from message chatplane.v1.ListUserMemoryResponse
+ */
+export type ListUserMemoryResponse = Message<"chatplane.v1.ListUserMemoryResponse"> & {
+  /**
+   * The items.
+   *
+   * @generated from field: repeated chatplane.v1.UserMemoryItem items = 1;
+   */
+  items: UserMemoryItem[];
+
+  /**
+   * Token for the next page; empty on the last.
+   *
+   * @generated from field: string next_page_token = 2;
+   */
+  nextPageToken: string;
+};
+
+/**
+ * Describes the message chatplane.v1.ListUserMemoryResponse.
+ * Use `create(ListUserMemoryResponseSchema)` to create a new message.
+ */
+export const ListUserMemoryResponseSchema: GenMessage<ListUserMemoryResponse> = /*@__PURE__*/
+  messageDesc(file_chatplane_v1_memory, 17);
+
+/**
  * Conversational memory and retrieval over a tenant's history and documents.
  * Internal: called by the Agent only. Every call is scoped to one tenant and user.
  *
@@ -551,6 +670,16 @@ export const MemoryService: GenService<{
     methodKind: "unary";
     input: typeof DeleteDocumentRequestSchema;
     output: typeof DeleteDocumentResponseSchema;
+  },
+  /**
+   * Lists a page of one user's remembered turns as the index holds them (for an export).
+   *
+   * @generated from rpc chatplane.v1.MemoryService.ListUserMemory
+   */
+  listUserMemory: {
+    methodKind: "unary";
+    input: typeof ListUserMemoryRequestSchema;
+    output: typeof ListUserMemoryResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_chatplane_v1_memory, 0);

@@ -170,5 +170,12 @@ class MemoryIndex(AsyncClosable):
         document, or another tenant's). Runs after the upserts that returned before it."""
 
     @abc.abstractmethod
+    async def user_turns(
+        self, tenant_id: str, user_id: str, *, limit: int, after: str = ""
+    ) -> list[MemoryItem]:
+        """Up to `limit` of that user's turns as stored, in item id order, with item ids
+        after `after` ("" from the first): an export pages through them (docs/privacy.md)."""
+
+    @abc.abstractmethod
     async def close(self) -> None:
         """Finishes work under way and releases the index's resources; idempotent."""

@@ -292,6 +292,13 @@ class EmbeddedMemoryIndex(MemoryIndex):
             return 0
         return await self._run(self._delete_document, tenant_id, document_id)
 
+    async def user_turns(
+        self, tenant_id: str, user_id: str, *, limit: int, after: str = ""
+    ) -> list[MemoryItem]:
+        if limit <= 0:
+            return []
+        return await self._run(self._user_turns, tenant_id, user_id, limit, after)
+
     async def close(self) -> None:
         if self._closed:
             return
@@ -513,6 +520,19 @@ class EmbeddedMemoryIndex(MemoryIndex):
             for (item_id,) in deleted:
                 tenant.remove(item_id)
         return len(deleted)
+
+    def _user_turns(self, tenant_id: str, user_id: str, limit: int, after: str) -> list[MemoryItem]:
+        rows = (
+            self._db()
+            .execute(
+                f"""SELECT {_ITEM_COLUMNS} FROM items
+                WHERE tenant_id = ? AND user_id = ? AND kind = 'turn' AND item_id > ?
+                ORDER BY item_id LIMIT ?""",
+                (tenant_id, user_id, after, limit),
+            )
+            .fetchall()
+        )
+        return [_item(row) for row in rows]
 
     def _list_documents(self, tenant_id: str) -> list[DocumentSummary]:
         rows = self._db().execute(

@@ -737,6 +737,34 @@ class OpenSearchMemoryIndex(MemoryIndex):
             )
         return documents
 
+    async def user_turns(
+        self, tenant_id: str, user_id: str, *, limit: int, after: str = ""
+    ) -> list[MemoryItem]:
+        if limit <= 0:
+            return []
+        await self.ensure_index()
+        body: Json = {
+            "size": min(limit, MAX_HITS),
+            "track_total_hits": False,
+            "_source": list(_SOURCE_FIELDS),
+            "query": {
+                "bool": {
+                    "filter": [
+                        {"term": {"tenant_id": tenant_id}},
+                        {"term": {"user_id": user_id}},
+                        {"term": {"kind": ItemKind.TURN.value}},
+                    ]
+                }
+            },
+            # item_id is a keyword: a total order to page through with search_after.
+            "sort": [{"item_id": "asc"}],
+        }
+        if after:
+            body["search_after"] = [after]
+        response = await self._call("user turns", self._search, body)
+        items = [_item(hit["_source"]) for hit in response["hits"]["hits"]]
+        return [item for item in items if _visible(item, tenant_id, user_id)]
+
     async def delete_document(self, tenant_id: str, document_id: str) -> int:
         if not document_id:
             return 0

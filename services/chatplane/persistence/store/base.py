@@ -27,6 +27,9 @@ if TYPE_CHECKING:  # they import this module
         RotatedApiKey,
     )
 
+if TYPE_CHECKING:  # export (docs/privacy.md)
+    from chatplane.persistence.store.user_export import MessageFacts
+
 if TYPE_CHECKING:
     from chatplane.persistence.store.handoff import (
         HandoffChange,
@@ -607,6 +610,16 @@ class ConversationStore(TokenQuotaLedger, AsyncClosable):
     @abc.abstractmethod
     async def audit_head(self) -> AuditHead:
         """The chain's stored head."""
+
+    # Export (docs/privacy.md, "Export"; user_export.py).
+
+    @abc.abstractmethod
+    async def user_message_facts(
+        self, owner: Owner, *, limit: int, after: str | None = None
+    ) -> list[MessageFacts]:
+        """Up to `limit` of the owner's messages that have answer facts or the owner's
+        feedback, in message id order after the message id `after` (None: from the first),
+        with those facts (never the text). Keyset paging over the owner's messages only."""
 
 
 def require_limit(limit: int) -> None:

@@ -91,6 +91,12 @@ from chatplane.persistence.store.records import (
     message_row,
 )
 from chatplane.persistence.store.tree_store import TreeQueries, TreeSkeleton
+from chatplane.persistence.store.user_export import (
+    MessageFacts,
+    facts_from_row,
+    facts_parameters,
+    facts_query,
+)
 
 _log = logging.getLogger(__name__)
 
@@ -907,6 +913,17 @@ class PostgresConversationStore(TreeQueries, ConversationStore):
     async def audit_head(self) -> AuditHead:
         async with self._connection() as connection:
             return await identity.audit_head(connection)
+
+    async def user_message_facts(
+        self, owner: Owner, *, limit: int, after: str | None = None
+    ) -> list[MessageFacts]:
+        require_limit(limit)
+        query = facts_query(placeholder="%s", feedback_time_column="create_time", after=bool(after))
+        parameters = facts_parameters(owner.tenant_id, owner.user_id, after or None, limit)
+        async with self._connection() as connection:
+            cursor = await connection.execute(query, parameters)
+            rows = await cursor.fetchall()
+        return [facts_from_row(row, _utc) for row in rows]
 
     @contextlib.asynccontextmanager
     async def _connection(self) -> AsyncIterator[_Connection]:

@@ -88,6 +88,12 @@ from chatplane.persistence.store.sqlite_transactions import (
     write_transaction as _write_transaction,
 )
 from chatplane.persistence.store.tree_store import TreeQueries, TreeSkeleton
+from chatplane.persistence.store.user_export import (
+    MessageFacts,
+    facts_from_row,
+    facts_parameters,
+    facts_query,
+)
 
 _log = logging.getLogger(__name__)
 
@@ -439,6 +445,17 @@ class SqliteConversationStore(TreeQueries, ConversationStore):
 
     async def audit_head(self) -> AuditHead:
         return await self._run(identity.audit_head)
+
+    async def user_message_facts(
+        self, owner: Owner, *, limit: int, after: str | None = None
+    ) -> list[MessageFacts]:
+        require_limit(limit)
+        query = facts_query(
+            placeholder="?", feedback_time_column="create_time_us", after=bool(after)
+        )
+        parameters = facts_parameters(owner.tenant_id, owner.user_id, after or None, limit)
+        rows = await self._run(lambda connection: connection.execute(query, parameters).fetchall())
+        return [facts_from_row(row, from_micros) for row in rows]
 
     async def _run(self, work: Callable[[sqlite3.Connection], _T]) -> _T:
         if self._closed:
