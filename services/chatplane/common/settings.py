@@ -254,6 +254,22 @@ class Settings(BaseSettings):
     pii_redaction_tenants: tuple[str, ...] = ()
     pii_phone_region: str = Field(default="US", pattern=r"^[A-Z]{2}$")
 
+    # Variant registry (docs/registry.md): admins of these tenants may push, promote and roll
+    # back registry variants (they change answers for every tenant); JSON list in
+    # CHATPLANE_REGISTRY_ADMIN_TENANTS. Every Agent polls the deployment this often.
+    registry_admin_tenants: tuple[str, ...] = ("dev",)
+    registry_poll_seconds: float = Field(default=1.0, gt=0, le=60)
+    # Evaluation cost (docs/eval.md): US dollars per million [input, output] tokens per model;
+    # a model not listed costs 0 and is reported as unpriced. JSON in CHATPLANE_MODEL_PRICES.
+    model_prices: dict[str, tuple[float, float]] = Field(
+        default_factory=lambda: {
+            "claude-opus-4-1": (15.0, 75.0),
+            "claude-sonnet-4-5": (3.0, 15.0),
+            "claude-haiku-4-5": (1.0, 5.0),
+            "chatplane-offline-1": (0.0, 0.0),
+        }
+    )
+
     def data_path(self, name: str) -> Path:
         """A file or folder inside the data directory (created on demand)."""
         self.data_dir.mkdir(parents=True, exist_ok=True)

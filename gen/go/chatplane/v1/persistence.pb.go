@@ -3539,11 +3539,682 @@ func (x *CountThumbsDownResponse) GetThumbsDown() int32 {
 	return 0
 }
 
+// A push on behalf of an admin.
+type PersistenceServicePushVariantRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The push.
+	Request *PushVariantRequest `protobuf:"bytes,1,opt,name=request,proto3" json:"request,omitempty"`
+	// Who pushes (recorded).
+	Actor         string `protobuf:"bytes,2,opt,name=actor,proto3" json:"actor,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PersistenceServicePushVariantRequest) Reset() {
+	*x = PersistenceServicePushVariantRequest{}
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[56]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PersistenceServicePushVariantRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PersistenceServicePushVariantRequest) ProtoMessage() {}
+
+func (x *PersistenceServicePushVariantRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[56]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PersistenceServicePushVariantRequest.ProtoReflect.Descriptor instead.
+func (*PersistenceServicePushVariantRequest) Descriptor() ([]byte, []int) {
+	return file_chatplane_v1_persistence_proto_rawDescGZIP(), []int{56}
+}
+
+func (x *PersistenceServicePushVariantRequest) GetRequest() *PushVariantRequest {
+	if x != nil {
+		return x.Request
+	}
+	return nil
+}
+
+func (x *PersistenceServicePushVariantRequest) GetActor() string {
+	if x != nil {
+		return x.Actor
+	}
+	return ""
+}
+
+// The pushed version.
+type PersistenceServicePushVariantResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The answer.
+	Response      *PushVariantResponse `protobuf:"bytes,1,opt,name=response,proto3" json:"response,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PersistenceServicePushVariantResponse) Reset() {
+	*x = PersistenceServicePushVariantResponse{}
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[57]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PersistenceServicePushVariantResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PersistenceServicePushVariantResponse) ProtoMessage() {}
+
+func (x *PersistenceServicePushVariantResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[57]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PersistenceServicePushVariantResponse.ProtoReflect.Descriptor instead.
+func (*PersistenceServicePushVariantResponse) Descriptor() ([]byte, []int) {
+	return file_chatplane_v1_persistence_proto_rawDescGZIP(), []int{57}
+}
+
+func (x *PersistenceServicePushVariantResponse) GetResponse() *PushVariantResponse {
+	if x != nil {
+		return x.Response
+	}
+	return nil
+}
+
+// A listing of the registry.
+type PersistenceServiceListVariantsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The listing.
+	Request       *ListVariantsRequest `protobuf:"bytes,1,opt,name=request,proto3" json:"request,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PersistenceServiceListVariantsRequest) Reset() {
+	*x = PersistenceServiceListVariantsRequest{}
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[58]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PersistenceServiceListVariantsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PersistenceServiceListVariantsRequest) ProtoMessage() {}
+
+func (x *PersistenceServiceListVariantsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[58]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PersistenceServiceListVariantsRequest.ProtoReflect.Descriptor instead.
+func (*PersistenceServiceListVariantsRequest) Descriptor() ([]byte, []int) {
+	return file_chatplane_v1_persistence_proto_rawDescGZIP(), []int{58}
+}
+
+func (x *PersistenceServiceListVariantsRequest) GetRequest() *ListVariantsRequest {
+	if x != nil {
+		return x.Request
+	}
+	return nil
+}
+
+// The stored versions.
+type PersistenceServiceListVariantsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The answer.
+	Response      *ListVariantsResponse `protobuf:"bytes,1,opt,name=response,proto3" json:"response,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PersistenceServiceListVariantsResponse) Reset() {
+	*x = PersistenceServiceListVariantsResponse{}
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[59]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PersistenceServiceListVariantsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PersistenceServiceListVariantsResponse) ProtoMessage() {}
+
+func (x *PersistenceServiceListVariantsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[59]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PersistenceServiceListVariantsResponse.ProtoReflect.Descriptor instead.
+func (*PersistenceServiceListVariantsResponse) Descriptor() ([]byte, []int) {
+	return file_chatplane_v1_persistence_proto_rawDescGZIP(), []int{59}
+}
+
+func (x *PersistenceServiceListVariantsResponse) GetResponse() *ListVariantsResponse {
+	if x != nil {
+		return x.Response
+	}
+	return nil
+}
+
+// Asks for one stored version.
+type PersistenceServiceGetVariantRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The version.
+	Request       *GetVariantRequest `protobuf:"bytes,1,opt,name=request,proto3" json:"request,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PersistenceServiceGetVariantRequest) Reset() {
+	*x = PersistenceServiceGetVariantRequest{}
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[60]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PersistenceServiceGetVariantRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PersistenceServiceGetVariantRequest) ProtoMessage() {}
+
+func (x *PersistenceServiceGetVariantRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[60]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PersistenceServiceGetVariantRequest.ProtoReflect.Descriptor instead.
+func (*PersistenceServiceGetVariantRequest) Descriptor() ([]byte, []int) {
+	return file_chatplane_v1_persistence_proto_rawDescGZIP(), []int{60}
+}
+
+func (x *PersistenceServiceGetVariantRequest) GetRequest() *GetVariantRequest {
+	if x != nil {
+		return x.Request
+	}
+	return nil
+}
+
+// One stored version.
+type PersistenceServiceGetVariantResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The answer.
+	Response      *GetVariantResponse `protobuf:"bytes,1,opt,name=response,proto3" json:"response,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PersistenceServiceGetVariantResponse) Reset() {
+	*x = PersistenceServiceGetVariantResponse{}
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[61]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PersistenceServiceGetVariantResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PersistenceServiceGetVariantResponse) ProtoMessage() {}
+
+func (x *PersistenceServiceGetVariantResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[61]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PersistenceServiceGetVariantResponse.ProtoReflect.Descriptor instead.
+func (*PersistenceServiceGetVariantResponse) Descriptor() ([]byte, []int) {
+	return file_chatplane_v1_persistence_proto_rawDescGZIP(), []int{61}
+}
+
+func (x *PersistenceServiceGetVariantResponse) GetResponse() *GetVariantResponse {
+	if x != nil {
+		return x.Response
+	}
+	return nil
+}
+
+// A promotion on behalf of an admin.
+type PersistenceServicePromoteVariantRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The promotion.
+	Request *PromoteVariantRequest `protobuf:"bytes,1,opt,name=request,proto3" json:"request,omitempty"`
+	// Who promotes (recorded).
+	Actor         string `protobuf:"bytes,2,opt,name=actor,proto3" json:"actor,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PersistenceServicePromoteVariantRequest) Reset() {
+	*x = PersistenceServicePromoteVariantRequest{}
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[62]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PersistenceServicePromoteVariantRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PersistenceServicePromoteVariantRequest) ProtoMessage() {}
+
+func (x *PersistenceServicePromoteVariantRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[62]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PersistenceServicePromoteVariantRequest.ProtoReflect.Descriptor instead.
+func (*PersistenceServicePromoteVariantRequest) Descriptor() ([]byte, []int) {
+	return file_chatplane_v1_persistence_proto_rawDescGZIP(), []int{62}
+}
+
+func (x *PersistenceServicePromoteVariantRequest) GetRequest() *PromoteVariantRequest {
+	if x != nil {
+		return x.Request
+	}
+	return nil
+}
+
+func (x *PersistenceServicePromoteVariantRequest) GetActor() string {
+	if x != nil {
+		return x.Actor
+	}
+	return ""
+}
+
+// The recorded promotion.
+type PersistenceServicePromoteVariantResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The answer.
+	Response      *PromoteVariantResponse `protobuf:"bytes,1,opt,name=response,proto3" json:"response,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PersistenceServicePromoteVariantResponse) Reset() {
+	*x = PersistenceServicePromoteVariantResponse{}
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[63]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PersistenceServicePromoteVariantResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PersistenceServicePromoteVariantResponse) ProtoMessage() {}
+
+func (x *PersistenceServicePromoteVariantResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[63]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PersistenceServicePromoteVariantResponse.ProtoReflect.Descriptor instead.
+func (*PersistenceServicePromoteVariantResponse) Descriptor() ([]byte, []int) {
+	return file_chatplane_v1_persistence_proto_rawDescGZIP(), []int{63}
+}
+
+func (x *PersistenceServicePromoteVariantResponse) GetResponse() *PromoteVariantResponse {
+	if x != nil {
+		return x.Response
+	}
+	return nil
+}
+
+// A rollback on behalf of an admin.
+type PersistenceServiceRollbackVariantRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The rollback.
+	Request *RollbackVariantRequest `protobuf:"bytes,1,opt,name=request,proto3" json:"request,omitempty"`
+	// Who rolls back (recorded).
+	Actor         string `protobuf:"bytes,2,opt,name=actor,proto3" json:"actor,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PersistenceServiceRollbackVariantRequest) Reset() {
+	*x = PersistenceServiceRollbackVariantRequest{}
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[64]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PersistenceServiceRollbackVariantRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PersistenceServiceRollbackVariantRequest) ProtoMessage() {}
+
+func (x *PersistenceServiceRollbackVariantRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[64]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PersistenceServiceRollbackVariantRequest.ProtoReflect.Descriptor instead.
+func (*PersistenceServiceRollbackVariantRequest) Descriptor() ([]byte, []int) {
+	return file_chatplane_v1_persistence_proto_rawDescGZIP(), []int{64}
+}
+
+func (x *PersistenceServiceRollbackVariantRequest) GetRequest() *RollbackVariantRequest {
+	if x != nil {
+		return x.Request
+	}
+	return nil
+}
+
+func (x *PersistenceServiceRollbackVariantRequest) GetActor() string {
+	if x != nil {
+		return x.Actor
+	}
+	return ""
+}
+
+// The recorded rollback.
+type PersistenceServiceRollbackVariantResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The answer.
+	Response      *RollbackVariantResponse `protobuf:"bytes,1,opt,name=response,proto3" json:"response,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PersistenceServiceRollbackVariantResponse) Reset() {
+	*x = PersistenceServiceRollbackVariantResponse{}
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[65]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PersistenceServiceRollbackVariantResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PersistenceServiceRollbackVariantResponse) ProtoMessage() {}
+
+func (x *PersistenceServiceRollbackVariantResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[65]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PersistenceServiceRollbackVariantResponse.ProtoReflect.Descriptor instead.
+func (*PersistenceServiceRollbackVariantResponse) Descriptor() ([]byte, []int) {
+	return file_chatplane_v1_persistence_proto_rawDescGZIP(), []int{65}
+}
+
+func (x *PersistenceServiceRollbackVariantResponse) GetResponse() *RollbackVariantResponse {
+	if x != nil {
+		return x.Response
+	}
+	return nil
+}
+
+// Asks for the registry's change history.
+type PersistenceServiceListVariantChangesRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The listing.
+	Request       *ListVariantChangesRequest `protobuf:"bytes,1,opt,name=request,proto3" json:"request,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PersistenceServiceListVariantChangesRequest) Reset() {
+	*x = PersistenceServiceListVariantChangesRequest{}
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[66]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PersistenceServiceListVariantChangesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PersistenceServiceListVariantChangesRequest) ProtoMessage() {}
+
+func (x *PersistenceServiceListVariantChangesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[66]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PersistenceServiceListVariantChangesRequest.ProtoReflect.Descriptor instead.
+func (*PersistenceServiceListVariantChangesRequest) Descriptor() ([]byte, []int) {
+	return file_chatplane_v1_persistence_proto_rawDescGZIP(), []int{66}
+}
+
+func (x *PersistenceServiceListVariantChangesRequest) GetRequest() *ListVariantChangesRequest {
+	if x != nil {
+		return x.Request
+	}
+	return nil
+}
+
+// The change history.
+type PersistenceServiceListVariantChangesResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The answer.
+	Response      *ListVariantChangesResponse `protobuf:"bytes,1,opt,name=response,proto3" json:"response,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PersistenceServiceListVariantChangesResponse) Reset() {
+	*x = PersistenceServiceListVariantChangesResponse{}
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[67]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PersistenceServiceListVariantChangesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PersistenceServiceListVariantChangesResponse) ProtoMessage() {}
+
+func (x *PersistenceServiceListVariantChangesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[67]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PersistenceServiceListVariantChangesResponse.ProtoReflect.Descriptor instead.
+func (*PersistenceServiceListVariantChangesResponse) Descriptor() ([]byte, []int) {
+	return file_chatplane_v1_persistence_proto_rawDescGZIP(), []int{67}
+}
+
+func (x *PersistenceServiceListVariantChangesResponse) GetResponse() *ListVariantChangesResponse {
+	if x != nil {
+		return x.Response
+	}
+	return nil
+}
+
+// Asks for the versions serving traffic.
+type GetVariantDeploymentRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The revision the caller has; when it is current the answer has only the revision.
+	KnownRevision int64 `protobuf:"varint,1,opt,name=known_revision,json=knownRevision,proto3" json:"known_revision,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetVariantDeploymentRequest) Reset() {
+	*x = GetVariantDeploymentRequest{}
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[68]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetVariantDeploymentRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetVariantDeploymentRequest) ProtoMessage() {}
+
+func (x *GetVariantDeploymentRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[68]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetVariantDeploymentRequest.ProtoReflect.Descriptor instead.
+func (*GetVariantDeploymentRequest) Descriptor() ([]byte, []int) {
+	return file_chatplane_v1_persistence_proto_rawDescGZIP(), []int{68}
+}
+
+func (x *GetVariantDeploymentRequest) GetKnownRevision() int64 {
+	if x != nil {
+		return x.KnownRevision
+	}
+	return 0
+}
+
+// The versions serving traffic.
+type GetVariantDeploymentResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The deployment (only its revision when the caller's is current).
+	Deployment    *VariantDeployment `protobuf:"bytes,1,opt,name=deployment,proto3" json:"deployment,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetVariantDeploymentResponse) Reset() {
+	*x = GetVariantDeploymentResponse{}
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[69]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetVariantDeploymentResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetVariantDeploymentResponse) ProtoMessage() {}
+
+func (x *GetVariantDeploymentResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[69]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetVariantDeploymentResponse.ProtoReflect.Descriptor instead.
+func (*GetVariantDeploymentResponse) Descriptor() ([]byte, []int) {
+	return file_chatplane_v1_persistence_proto_rawDescGZIP(), []int{69}
+}
+
+func (x *GetVariantDeploymentResponse) GetDeployment() *VariantDeployment {
+	if x != nil {
+		return x.Deployment
+	}
+	return nil
+}
+
 var File_chatplane_v1_persistence_proto protoreflect.FileDescriptor
 
 const file_chatplane_v1_persistence_proto_rawDesc = "" +
 	"\n" +
-	"\x1echatplane/v1/persistence.proto\x12\fchatplane.v1\x1a\x18chatplane/v1/audit.proto\x1a\x1achatplane/v1/gateway.proto\x1a\x1cchatplane/v1/resources.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"=\n" +
+	"\x1echatplane/v1/persistence.proto\x12\fchatplane.v1\x1a\x18chatplane/v1/audit.proto\x1a\x1achatplane/v1/gateway.proto\x1a\x1bchatplane/v1/registry.proto\x1a\x1cchatplane/v1/resources.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"=\n" +
 	"\x05Owner\x12\x1b\n" +
 	"\ttenant_id\x18\x01 \x01(\tR\btenantId\x12\x17\n" +
 	"\auser_id\x18\x02 \x01(\tR\x06userId\"\x9c\x03\n" +
@@ -3785,7 +4456,40 @@ const file_chatplane_v1_persistence_proto_rawDesc = "" +
 	"\x17CountThumbsDownResponse\x12'\n" +
 	"\x0fconversation_id\x18\x01 \x01(\tR\x0econversationId\x12\x1f\n" +
 	"\vthumbs_down\x18\x02 \x01(\x05R\n" +
-	"thumbsDown2\xaf\x14\n" +
+	"thumbsDown\"x\n" +
+	"$PersistenceServicePushVariantRequest\x12:\n" +
+	"\arequest\x18\x01 \x01(\v2 .chatplane.v1.PushVariantRequestR\arequest\x12\x14\n" +
+	"\x05actor\x18\x02 \x01(\tR\x05actor\"f\n" +
+	"%PersistenceServicePushVariantResponse\x12=\n" +
+	"\bresponse\x18\x01 \x01(\v2!.chatplane.v1.PushVariantResponseR\bresponse\"d\n" +
+	"%PersistenceServiceListVariantsRequest\x12;\n" +
+	"\arequest\x18\x01 \x01(\v2!.chatplane.v1.ListVariantsRequestR\arequest\"h\n" +
+	"&PersistenceServiceListVariantsResponse\x12>\n" +
+	"\bresponse\x18\x01 \x01(\v2\".chatplane.v1.ListVariantsResponseR\bresponse\"`\n" +
+	"#PersistenceServiceGetVariantRequest\x129\n" +
+	"\arequest\x18\x01 \x01(\v2\x1f.chatplane.v1.GetVariantRequestR\arequest\"d\n" +
+	"$PersistenceServiceGetVariantResponse\x12<\n" +
+	"\bresponse\x18\x01 \x01(\v2 .chatplane.v1.GetVariantResponseR\bresponse\"~\n" +
+	"'PersistenceServicePromoteVariantRequest\x12=\n" +
+	"\arequest\x18\x01 \x01(\v2#.chatplane.v1.PromoteVariantRequestR\arequest\x12\x14\n" +
+	"\x05actor\x18\x02 \x01(\tR\x05actor\"l\n" +
+	"(PersistenceServicePromoteVariantResponse\x12@\n" +
+	"\bresponse\x18\x01 \x01(\v2$.chatplane.v1.PromoteVariantResponseR\bresponse\"\x80\x01\n" +
+	"(PersistenceServiceRollbackVariantRequest\x12>\n" +
+	"\arequest\x18\x01 \x01(\v2$.chatplane.v1.RollbackVariantRequestR\arequest\x12\x14\n" +
+	"\x05actor\x18\x02 \x01(\tR\x05actor\"n\n" +
+	")PersistenceServiceRollbackVariantResponse\x12A\n" +
+	"\bresponse\x18\x01 \x01(\v2%.chatplane.v1.RollbackVariantResponseR\bresponse\"p\n" +
+	"+PersistenceServiceListVariantChangesRequest\x12A\n" +
+	"\arequest\x18\x01 \x01(\v2'.chatplane.v1.ListVariantChangesRequestR\arequest\"t\n" +
+	",PersistenceServiceListVariantChangesResponse\x12D\n" +
+	"\bresponse\x18\x01 \x01(\v2(.chatplane.v1.ListVariantChangesResponseR\bresponse\"D\n" +
+	"\x1bGetVariantDeploymentRequest\x12%\n" +
+	"\x0eknown_revision\x18\x01 \x01(\x03R\rknownRevision\"_\n" +
+	"\x1cGetVariantDeploymentResponse\x12?\n" +
+	"\n" +
+	"deployment\x18\x01 \x01(\v2\x1f.chatplane.v1.VariantDeploymentR\n" +
+	"deployment2\x9a\x1b\n" +
 	"\x12PersistenceService\x12L\n" +
 	"\tBeginTurn\x12\x1e.chatplane.v1.BeginTurnRequest\x1a\x1f.chatplane.v1.BeginTurnResponse\x12F\n" +
 	"\aGetTurn\x12\x1c.chatplane.v1.GetTurnRequest\x1a\x1d.chatplane.v1.GetTurnResponse\x12R\n" +
@@ -3813,7 +4517,15 @@ const file_chatplane_v1_persistence_proto_rawDesc = "" +
 	"\rChangeHandoff\x12\".chatplane.v1.ChangeHandoffRequest\x1a#.chatplane.v1.ChangeHandoffResponse\x12U\n" +
 	"\fListHandoffs\x12!.chatplane.v1.ListHandoffsRequest\x1a\".chatplane.v1.ListHandoffsResponse\x12a\n" +
 	"\x10GetTenantHandoff\x12%.chatplane.v1.GetTenantHandoffRequest\x1a&.chatplane.v1.GetTenantHandoffResponse\x12^\n" +
-	"\x0fCountThumbsDown\x12$.chatplane.v1.CountThumbsDownRequest\x1a%.chatplane.v1.CountThumbsDownResponseB@Z>github.com/chatplane/chatplane/gen/go/chatplane/v1;chatplanev1b\x06proto3"
+	"\x0fCountThumbsDown\x12$.chatplane.v1.CountThumbsDownRequest\x1a%.chatplane.v1.CountThumbsDownResponse\x12v\n" +
+	"\vPushVariant\x122.chatplane.v1.PersistenceServicePushVariantRequest\x1a3.chatplane.v1.PersistenceServicePushVariantResponse\x12y\n" +
+	"\fListVariants\x123.chatplane.v1.PersistenceServiceListVariantsRequest\x1a4.chatplane.v1.PersistenceServiceListVariantsResponse\x12s\n" +
+	"\n" +
+	"GetVariant\x121.chatplane.v1.PersistenceServiceGetVariantRequest\x1a2.chatplane.v1.PersistenceServiceGetVariantResponse\x12\x7f\n" +
+	"\x0ePromoteVariant\x125.chatplane.v1.PersistenceServicePromoteVariantRequest\x1a6.chatplane.v1.PersistenceServicePromoteVariantResponse\x12\x82\x01\n" +
+	"\x0fRollbackVariant\x126.chatplane.v1.PersistenceServiceRollbackVariantRequest\x1a7.chatplane.v1.PersistenceServiceRollbackVariantResponse\x12\x8b\x01\n" +
+	"\x12ListVariantChanges\x129.chatplane.v1.PersistenceServiceListVariantChangesRequest\x1a:.chatplane.v1.PersistenceServiceListVariantChangesResponse\x12m\n" +
+	"\x14GetVariantDeployment\x12).chatplane.v1.GetVariantDeploymentRequest\x1a*.chatplane.v1.GetVariantDeploymentResponseB@Z>github.com/chatplane/chatplane/gen/go/chatplane/v1;chatplanev1b\x06proto3"
 
 var (
 	file_chatplane_v1_persistence_proto_rawDescOnce sync.Once
@@ -3827,7 +4539,7 @@ func file_chatplane_v1_persistence_proto_rawDescGZIP() []byte {
 	return file_chatplane_v1_persistence_proto_rawDescData
 }
 
-var file_chatplane_v1_persistence_proto_msgTypes = make([]protoimpl.MessageInfo, 56)
+var file_chatplane_v1_persistence_proto_msgTypes = make([]protoimpl.MessageInfo, 70)
 var file_chatplane_v1_persistence_proto_goTypes = []any{
 	(*Owner)(nil),                                        // 0: chatplane.v1.Owner
 	(*BeginTurnRequest)(nil),                             // 1: chatplane.v1.BeginTurnRequest
@@ -3885,141 +4597,195 @@ var file_chatplane_v1_persistence_proto_goTypes = []any{
 	(*GetTenantHandoffResponse)(nil),                     // 53: chatplane.v1.GetTenantHandoffResponse
 	(*CountThumbsDownRequest)(nil),                       // 54: chatplane.v1.CountThumbsDownRequest
 	(*CountThumbsDownResponse)(nil),                      // 55: chatplane.v1.CountThumbsDownResponse
-	(*BranchHistory)(nil),                                // 56: chatplane.v1.BranchHistory
-	(*Message)(nil),                                      // 57: chatplane.v1.Message
-	(*timestamppb.Timestamp)(nil),                        // 58: google.protobuf.Timestamp
-	(*ListConversationsRequest)(nil),                     // 59: chatplane.v1.ListConversationsRequest
-	(*ListConversationsResponse)(nil),                    // 60: chatplane.v1.ListConversationsResponse
-	(*GetConversationRequest)(nil),                       // 61: chatplane.v1.GetConversationRequest
-	(*GetConversationResponse)(nil),                      // 62: chatplane.v1.GetConversationResponse
-	(*SubmitFeedbackRequest)(nil),                        // 63: chatplane.v1.SubmitFeedbackRequest
-	(*AuditActor)(nil),                                   // 64: chatplane.v1.AuditActor
-	(*AuditEvent)(nil),                                   // 65: chatplane.v1.AuditEvent
-	(*AuditHead)(nil),                                    // 66: chatplane.v1.AuditHead
-	(*AuditRecord)(nil),                                  // 67: chatplane.v1.AuditRecord
-	(*SetActiveBranchRequest)(nil),                       // 68: chatplane.v1.SetActiveBranchRequest
-	(*SetActiveBranchResponse)(nil),                      // 69: chatplane.v1.SetActiveBranchResponse
-	(*HandoffStatus)(nil),                                // 70: chatplane.v1.HandoffStatus
-	(HandoffMode)(0),                                     // 71: chatplane.v1.HandoffMode
-	(HandoffTrigger)(0),                                  // 72: chatplane.v1.HandoffTrigger
+	(*PersistenceServicePushVariantRequest)(nil),         // 56: chatplane.v1.PersistenceServicePushVariantRequest
+	(*PersistenceServicePushVariantResponse)(nil),        // 57: chatplane.v1.PersistenceServicePushVariantResponse
+	(*PersistenceServiceListVariantsRequest)(nil),        // 58: chatplane.v1.PersistenceServiceListVariantsRequest
+	(*PersistenceServiceListVariantsResponse)(nil),       // 59: chatplane.v1.PersistenceServiceListVariantsResponse
+	(*PersistenceServiceGetVariantRequest)(nil),          // 60: chatplane.v1.PersistenceServiceGetVariantRequest
+	(*PersistenceServiceGetVariantResponse)(nil),         // 61: chatplane.v1.PersistenceServiceGetVariantResponse
+	(*PersistenceServicePromoteVariantRequest)(nil),      // 62: chatplane.v1.PersistenceServicePromoteVariantRequest
+	(*PersistenceServicePromoteVariantResponse)(nil),     // 63: chatplane.v1.PersistenceServicePromoteVariantResponse
+	(*PersistenceServiceRollbackVariantRequest)(nil),     // 64: chatplane.v1.PersistenceServiceRollbackVariantRequest
+	(*PersistenceServiceRollbackVariantResponse)(nil),    // 65: chatplane.v1.PersistenceServiceRollbackVariantResponse
+	(*PersistenceServiceListVariantChangesRequest)(nil),  // 66: chatplane.v1.PersistenceServiceListVariantChangesRequest
+	(*PersistenceServiceListVariantChangesResponse)(nil), // 67: chatplane.v1.PersistenceServiceListVariantChangesResponse
+	(*GetVariantDeploymentRequest)(nil),                  // 68: chatplane.v1.GetVariantDeploymentRequest
+	(*GetVariantDeploymentResponse)(nil),                 // 69: chatplane.v1.GetVariantDeploymentResponse
+	(*BranchHistory)(nil),                                // 70: chatplane.v1.BranchHistory
+	(*Message)(nil),                                      // 71: chatplane.v1.Message
+	(*timestamppb.Timestamp)(nil),                        // 72: google.protobuf.Timestamp
+	(*ListConversationsRequest)(nil),                     // 73: chatplane.v1.ListConversationsRequest
+	(*ListConversationsResponse)(nil),                    // 74: chatplane.v1.ListConversationsResponse
+	(*GetConversationRequest)(nil),                       // 75: chatplane.v1.GetConversationRequest
+	(*GetConversationResponse)(nil),                      // 76: chatplane.v1.GetConversationResponse
+	(*SubmitFeedbackRequest)(nil),                        // 77: chatplane.v1.SubmitFeedbackRequest
+	(*AuditActor)(nil),                                   // 78: chatplane.v1.AuditActor
+	(*AuditEvent)(nil),                                   // 79: chatplane.v1.AuditEvent
+	(*AuditHead)(nil),                                    // 80: chatplane.v1.AuditHead
+	(*AuditRecord)(nil),                                  // 81: chatplane.v1.AuditRecord
+	(*SetActiveBranchRequest)(nil),                       // 82: chatplane.v1.SetActiveBranchRequest
+	(*SetActiveBranchResponse)(nil),                      // 83: chatplane.v1.SetActiveBranchResponse
+	(*HandoffStatus)(nil),                                // 84: chatplane.v1.HandoffStatus
+	(HandoffMode)(0),                                     // 85: chatplane.v1.HandoffMode
+	(HandoffTrigger)(0),                                  // 86: chatplane.v1.HandoffTrigger
+	(*PushVariantRequest)(nil),                           // 87: chatplane.v1.PushVariantRequest
+	(*PushVariantResponse)(nil),                          // 88: chatplane.v1.PushVariantResponse
+	(*ListVariantsRequest)(nil),                          // 89: chatplane.v1.ListVariantsRequest
+	(*ListVariantsResponse)(nil),                         // 90: chatplane.v1.ListVariantsResponse
+	(*GetVariantRequest)(nil),                            // 91: chatplane.v1.GetVariantRequest
+	(*GetVariantResponse)(nil),                           // 92: chatplane.v1.GetVariantResponse
+	(*PromoteVariantRequest)(nil),                        // 93: chatplane.v1.PromoteVariantRequest
+	(*PromoteVariantResponse)(nil),                       // 94: chatplane.v1.PromoteVariantResponse
+	(*RollbackVariantRequest)(nil),                       // 95: chatplane.v1.RollbackVariantRequest
+	(*RollbackVariantResponse)(nil),                      // 96: chatplane.v1.RollbackVariantResponse
+	(*ListVariantChangesRequest)(nil),                    // 97: chatplane.v1.ListVariantChangesRequest
+	(*ListVariantChangesResponse)(nil),                   // 98: chatplane.v1.ListVariantChangesResponse
+	(*VariantDeployment)(nil),                            // 99: chatplane.v1.VariantDeployment
 }
 var file_chatplane_v1_persistence_proto_depIdxs = []int32{
-	0,  // 0: chatplane.v1.BeginTurnRequest.owner:type_name -> chatplane.v1.Owner
-	56, // 1: chatplane.v1.BeginTurnResponse.branch:type_name -> chatplane.v1.BranchHistory
-	0,  // 2: chatplane.v1.GetTurnRequest.owner:type_name -> chatplane.v1.Owner
-	57, // 3: chatplane.v1.GetTurnResponse.user_message:type_name -> chatplane.v1.Message
-	57, // 4: chatplane.v1.GetTurnResponse.assistant_message:type_name -> chatplane.v1.Message
-	58, // 5: chatplane.v1.GetTurnResponse.lease_expire_time:type_name -> google.protobuf.Timestamp
-	0,  // 6: chatplane.v1.ReleaseTurnRequest.owner:type_name -> chatplane.v1.Owner
-	0,  // 7: chatplane.v1.PersistenceServiceListConversationsRequest.owner:type_name -> chatplane.v1.Owner
-	59, // 8: chatplane.v1.PersistenceServiceListConversationsRequest.page:type_name -> chatplane.v1.ListConversationsRequest
-	60, // 9: chatplane.v1.PersistenceServiceListConversationsResponse.page:type_name -> chatplane.v1.ListConversationsResponse
-	0,  // 10: chatplane.v1.PersistenceServiceGetConversationRequest.owner:type_name -> chatplane.v1.Owner
-	61, // 11: chatplane.v1.PersistenceServiceGetConversationRequest.request:type_name -> chatplane.v1.GetConversationRequest
-	62, // 12: chatplane.v1.PersistenceServiceGetConversationResponse.response:type_name -> chatplane.v1.GetConversationResponse
-	0,  // 13: chatplane.v1.PersistenceServiceDeleteConversationRequest.owner:type_name -> chatplane.v1.Owner
-	58, // 14: chatplane.v1.PersistenceServiceDeleteConversationResponse.delete_time:type_name -> google.protobuf.Timestamp
-	0,  // 15: chatplane.v1.PersistenceServiceSubmitFeedbackRequest.owner:type_name -> chatplane.v1.Owner
-	63, // 16: chatplane.v1.PersistenceServiceSubmitFeedbackRequest.feedback:type_name -> chatplane.v1.SubmitFeedbackRequest
-	58, // 17: chatplane.v1.PersistenceServiceSubmitFeedbackResponse.create_time:type_name -> google.protobuf.Timestamp
-	0,  // 18: chatplane.v1.CreateApiKeyRequest.owner:type_name -> chatplane.v1.Owner
-	64, // 19: chatplane.v1.CreateApiKeyRequest.actor:type_name -> chatplane.v1.AuditActor
-	19, // 20: chatplane.v1.CreateApiKeyResponse.key:type_name -> chatplane.v1.ApiKeyInfo
-	0,  // 21: chatplane.v1.GetApiKeyResponse.owner:type_name -> chatplane.v1.Owner
-	58, // 22: chatplane.v1.GetApiKeyResponse.expire_time:type_name -> google.protobuf.Timestamp
-	0,  // 23: chatplane.v1.ApiKeyInfo.owner:type_name -> chatplane.v1.Owner
-	58, // 24: chatplane.v1.ApiKeyInfo.create_time:type_name -> google.protobuf.Timestamp
-	58, // 25: chatplane.v1.ApiKeyInfo.expire_time:type_name -> google.protobuf.Timestamp
-	19, // 26: chatplane.v1.PersistenceServiceListApiKeysResponse.keys:type_name -> chatplane.v1.ApiKeyInfo
-	64, // 27: chatplane.v1.PersistenceServiceRotateApiKeyRequest.actor:type_name -> chatplane.v1.AuditActor
-	19, // 28: chatplane.v1.PersistenceServiceRotateApiKeyResponse.key:type_name -> chatplane.v1.ApiKeyInfo
-	19, // 29: chatplane.v1.PersistenceServiceRotateApiKeyResponse.previous:type_name -> chatplane.v1.ApiKeyInfo
-	64, // 30: chatplane.v1.PersistenceServiceRevokeApiKeyRequest.actor:type_name -> chatplane.v1.AuditActor
-	19, // 31: chatplane.v1.PersistenceServiceRevokeApiKeyResponse.key:type_name -> chatplane.v1.ApiKeyInfo
-	65, // 32: chatplane.v1.AppendAuditEventsRequest.events:type_name -> chatplane.v1.AuditEvent
-	66, // 33: chatplane.v1.AppendAuditEventsResponse.head:type_name -> chatplane.v1.AuditHead
-	67, // 34: chatplane.v1.ListAuditRecordsResponse.records:type_name -> chatplane.v1.AuditRecord
-	66, // 35: chatplane.v1.ListAuditRecordsResponse.head:type_name -> chatplane.v1.AuditHead
-	0,  // 36: chatplane.v1.GetAnswerRequest.owner:type_name -> chatplane.v1.Owner
-	57, // 37: chatplane.v1.GetAnswerResponse.assistant_message:type_name -> chatplane.v1.Message
-	58, // 38: chatplane.v1.GetAnswerResponse.lease_expire_time:type_name -> google.protobuf.Timestamp
-	40, // 39: chatplane.v1.ReserveQuotaResponse.quota:type_name -> chatplane.v1.TokenQuota
-	40, // 40: chatplane.v1.SettleQuotaResponse.quota:type_name -> chatplane.v1.TokenQuota
-	40, // 41: chatplane.v1.SetQuotaResponse.quota:type_name -> chatplane.v1.TokenQuota
-	40, // 42: chatplane.v1.GetQuotaResponse.quota:type_name -> chatplane.v1.TokenQuota
-	58, // 43: chatplane.v1.TokenQuota.reset_time:type_name -> google.protobuf.Timestamp
-	0,  // 44: chatplane.v1.PersistenceServiceSetActiveBranchRequest.owner:type_name -> chatplane.v1.Owner
-	68, // 45: chatplane.v1.PersistenceServiceSetActiveBranchRequest.request:type_name -> chatplane.v1.SetActiveBranchRequest
-	69, // 46: chatplane.v1.PersistenceServiceSetActiveBranchResponse.response:type_name -> chatplane.v1.SetActiveBranchResponse
-	58, // 47: chatplane.v1.ReportVariantsRequest.since:type_name -> google.protobuf.Timestamp
-	44, // 48: chatplane.v1.ReportVariantsResponse.variants:type_name -> chatplane.v1.VariantReport
-	0,  // 49: chatplane.v1.GetHandoffRequest.owner:type_name -> chatplane.v1.Owner
-	70, // 50: chatplane.v1.GetHandoffResponse.handoff:type_name -> chatplane.v1.HandoffStatus
-	0,  // 51: chatplane.v1.ChangeHandoffRequest.owner:type_name -> chatplane.v1.Owner
-	71, // 52: chatplane.v1.ChangeHandoffRequest.mode:type_name -> chatplane.v1.HandoffMode
-	72, // 53: chatplane.v1.ChangeHandoffRequest.trigger:type_name -> chatplane.v1.HandoffTrigger
-	70, // 54: chatplane.v1.ChangeHandoffResponse.handoff:type_name -> chatplane.v1.HandoffStatus
-	70, // 55: chatplane.v1.ListHandoffsResponse.handoffs:type_name -> chatplane.v1.HandoffStatus
-	0,  // 56: chatplane.v1.GetTenantHandoffResponse.owner:type_name -> chatplane.v1.Owner
-	70, // 57: chatplane.v1.GetTenantHandoffResponse.handoff:type_name -> chatplane.v1.HandoffStatus
-	0,  // 58: chatplane.v1.CountThumbsDownRequest.owner:type_name -> chatplane.v1.Owner
-	1,  // 59: chatplane.v1.PersistenceService.BeginTurn:input_type -> chatplane.v1.BeginTurnRequest
-	3,  // 60: chatplane.v1.PersistenceService.GetTurn:input_type -> chatplane.v1.GetTurnRequest
-	5,  // 61: chatplane.v1.PersistenceService.ReleaseTurn:input_type -> chatplane.v1.ReleaseTurnRequest
-	7,  // 62: chatplane.v1.PersistenceService.ListConversations:input_type -> chatplane.v1.PersistenceServiceListConversationsRequest
-	9,  // 63: chatplane.v1.PersistenceService.GetConversation:input_type -> chatplane.v1.PersistenceServiceGetConversationRequest
-	11, // 64: chatplane.v1.PersistenceService.DeleteConversation:input_type -> chatplane.v1.PersistenceServiceDeleteConversationRequest
-	13, // 65: chatplane.v1.PersistenceService.SubmitFeedback:input_type -> chatplane.v1.PersistenceServiceSubmitFeedbackRequest
-	15, // 66: chatplane.v1.PersistenceService.CreateApiKey:input_type -> chatplane.v1.CreateApiKeyRequest
-	17, // 67: chatplane.v1.PersistenceService.GetApiKey:input_type -> chatplane.v1.GetApiKeyRequest
-	30, // 68: chatplane.v1.PersistenceService.GetAnswer:input_type -> chatplane.v1.GetAnswerRequest
-	32, // 69: chatplane.v1.PersistenceService.ReserveQuota:input_type -> chatplane.v1.ReserveQuotaRequest
-	34, // 70: chatplane.v1.PersistenceService.SettleQuota:input_type -> chatplane.v1.SettleQuotaRequest
-	36, // 71: chatplane.v1.PersistenceService.SetQuota:input_type -> chatplane.v1.SetQuotaRequest
-	38, // 72: chatplane.v1.PersistenceService.GetQuota:input_type -> chatplane.v1.GetQuotaRequest
-	41, // 73: chatplane.v1.PersistenceService.SetActiveBranch:input_type -> chatplane.v1.PersistenceServiceSetActiveBranchRequest
-	43, // 74: chatplane.v1.PersistenceService.ReportVariants:input_type -> chatplane.v1.ReportVariantsRequest
-	20, // 75: chatplane.v1.PersistenceService.ListApiKeys:input_type -> chatplane.v1.PersistenceServiceListApiKeysRequest
-	22, // 76: chatplane.v1.PersistenceService.RotateApiKey:input_type -> chatplane.v1.PersistenceServiceRotateApiKeyRequest
-	24, // 77: chatplane.v1.PersistenceService.RevokeApiKey:input_type -> chatplane.v1.PersistenceServiceRevokeApiKeyRequest
-	26, // 78: chatplane.v1.PersistenceService.AppendAuditEvents:input_type -> chatplane.v1.AppendAuditEventsRequest
-	28, // 79: chatplane.v1.PersistenceService.ListAuditRecords:input_type -> chatplane.v1.ListAuditRecordsRequest
-	46, // 80: chatplane.v1.PersistenceService.GetHandoff:input_type -> chatplane.v1.GetHandoffRequest
-	48, // 81: chatplane.v1.PersistenceService.ChangeHandoff:input_type -> chatplane.v1.ChangeHandoffRequest
-	50, // 82: chatplane.v1.PersistenceService.ListHandoffs:input_type -> chatplane.v1.ListHandoffsRequest
-	52, // 83: chatplane.v1.PersistenceService.GetTenantHandoff:input_type -> chatplane.v1.GetTenantHandoffRequest
-	54, // 84: chatplane.v1.PersistenceService.CountThumbsDown:input_type -> chatplane.v1.CountThumbsDownRequest
-	2,  // 85: chatplane.v1.PersistenceService.BeginTurn:output_type -> chatplane.v1.BeginTurnResponse
-	4,  // 86: chatplane.v1.PersistenceService.GetTurn:output_type -> chatplane.v1.GetTurnResponse
-	6,  // 87: chatplane.v1.PersistenceService.ReleaseTurn:output_type -> chatplane.v1.ReleaseTurnResponse
-	8,  // 88: chatplane.v1.PersistenceService.ListConversations:output_type -> chatplane.v1.PersistenceServiceListConversationsResponse
-	10, // 89: chatplane.v1.PersistenceService.GetConversation:output_type -> chatplane.v1.PersistenceServiceGetConversationResponse
-	12, // 90: chatplane.v1.PersistenceService.DeleteConversation:output_type -> chatplane.v1.PersistenceServiceDeleteConversationResponse
-	14, // 91: chatplane.v1.PersistenceService.SubmitFeedback:output_type -> chatplane.v1.PersistenceServiceSubmitFeedbackResponse
-	16, // 92: chatplane.v1.PersistenceService.CreateApiKey:output_type -> chatplane.v1.CreateApiKeyResponse
-	18, // 93: chatplane.v1.PersistenceService.GetApiKey:output_type -> chatplane.v1.GetApiKeyResponse
-	31, // 94: chatplane.v1.PersistenceService.GetAnswer:output_type -> chatplane.v1.GetAnswerResponse
-	33, // 95: chatplane.v1.PersistenceService.ReserveQuota:output_type -> chatplane.v1.ReserveQuotaResponse
-	35, // 96: chatplane.v1.PersistenceService.SettleQuota:output_type -> chatplane.v1.SettleQuotaResponse
-	37, // 97: chatplane.v1.PersistenceService.SetQuota:output_type -> chatplane.v1.SetQuotaResponse
-	39, // 98: chatplane.v1.PersistenceService.GetQuota:output_type -> chatplane.v1.GetQuotaResponse
-	42, // 99: chatplane.v1.PersistenceService.SetActiveBranch:output_type -> chatplane.v1.PersistenceServiceSetActiveBranchResponse
-	45, // 100: chatplane.v1.PersistenceService.ReportVariants:output_type -> chatplane.v1.ReportVariantsResponse
-	21, // 101: chatplane.v1.PersistenceService.ListApiKeys:output_type -> chatplane.v1.PersistenceServiceListApiKeysResponse
-	23, // 102: chatplane.v1.PersistenceService.RotateApiKey:output_type -> chatplane.v1.PersistenceServiceRotateApiKeyResponse
-	25, // 103: chatplane.v1.PersistenceService.RevokeApiKey:output_type -> chatplane.v1.PersistenceServiceRevokeApiKeyResponse
-	27, // 104: chatplane.v1.PersistenceService.AppendAuditEvents:output_type -> chatplane.v1.AppendAuditEventsResponse
-	29, // 105: chatplane.v1.PersistenceService.ListAuditRecords:output_type -> chatplane.v1.ListAuditRecordsResponse
-	47, // 106: chatplane.v1.PersistenceService.GetHandoff:output_type -> chatplane.v1.GetHandoffResponse
-	49, // 107: chatplane.v1.PersistenceService.ChangeHandoff:output_type -> chatplane.v1.ChangeHandoffResponse
-	51, // 108: chatplane.v1.PersistenceService.ListHandoffs:output_type -> chatplane.v1.ListHandoffsResponse
-	53, // 109: chatplane.v1.PersistenceService.GetTenantHandoff:output_type -> chatplane.v1.GetTenantHandoffResponse
-	55, // 110: chatplane.v1.PersistenceService.CountThumbsDown:output_type -> chatplane.v1.CountThumbsDownResponse
-	85, // [85:111] is the sub-list for method output_type
-	59, // [59:85] is the sub-list for method input_type
-	59, // [59:59] is the sub-list for extension type_name
-	59, // [59:59] is the sub-list for extension extendee
-	0,  // [0:59] is the sub-list for field type_name
+	0,   // 0: chatplane.v1.BeginTurnRequest.owner:type_name -> chatplane.v1.Owner
+	70,  // 1: chatplane.v1.BeginTurnResponse.branch:type_name -> chatplane.v1.BranchHistory
+	0,   // 2: chatplane.v1.GetTurnRequest.owner:type_name -> chatplane.v1.Owner
+	71,  // 3: chatplane.v1.GetTurnResponse.user_message:type_name -> chatplane.v1.Message
+	71,  // 4: chatplane.v1.GetTurnResponse.assistant_message:type_name -> chatplane.v1.Message
+	72,  // 5: chatplane.v1.GetTurnResponse.lease_expire_time:type_name -> google.protobuf.Timestamp
+	0,   // 6: chatplane.v1.ReleaseTurnRequest.owner:type_name -> chatplane.v1.Owner
+	0,   // 7: chatplane.v1.PersistenceServiceListConversationsRequest.owner:type_name -> chatplane.v1.Owner
+	73,  // 8: chatplane.v1.PersistenceServiceListConversationsRequest.page:type_name -> chatplane.v1.ListConversationsRequest
+	74,  // 9: chatplane.v1.PersistenceServiceListConversationsResponse.page:type_name -> chatplane.v1.ListConversationsResponse
+	0,   // 10: chatplane.v1.PersistenceServiceGetConversationRequest.owner:type_name -> chatplane.v1.Owner
+	75,  // 11: chatplane.v1.PersistenceServiceGetConversationRequest.request:type_name -> chatplane.v1.GetConversationRequest
+	76,  // 12: chatplane.v1.PersistenceServiceGetConversationResponse.response:type_name -> chatplane.v1.GetConversationResponse
+	0,   // 13: chatplane.v1.PersistenceServiceDeleteConversationRequest.owner:type_name -> chatplane.v1.Owner
+	72,  // 14: chatplane.v1.PersistenceServiceDeleteConversationResponse.delete_time:type_name -> google.protobuf.Timestamp
+	0,   // 15: chatplane.v1.PersistenceServiceSubmitFeedbackRequest.owner:type_name -> chatplane.v1.Owner
+	77,  // 16: chatplane.v1.PersistenceServiceSubmitFeedbackRequest.feedback:type_name -> chatplane.v1.SubmitFeedbackRequest
+	72,  // 17: chatplane.v1.PersistenceServiceSubmitFeedbackResponse.create_time:type_name -> google.protobuf.Timestamp
+	0,   // 18: chatplane.v1.CreateApiKeyRequest.owner:type_name -> chatplane.v1.Owner
+	78,  // 19: chatplane.v1.CreateApiKeyRequest.actor:type_name -> chatplane.v1.AuditActor
+	19,  // 20: chatplane.v1.CreateApiKeyResponse.key:type_name -> chatplane.v1.ApiKeyInfo
+	0,   // 21: chatplane.v1.GetApiKeyResponse.owner:type_name -> chatplane.v1.Owner
+	72,  // 22: chatplane.v1.GetApiKeyResponse.expire_time:type_name -> google.protobuf.Timestamp
+	0,   // 23: chatplane.v1.ApiKeyInfo.owner:type_name -> chatplane.v1.Owner
+	72,  // 24: chatplane.v1.ApiKeyInfo.create_time:type_name -> google.protobuf.Timestamp
+	72,  // 25: chatplane.v1.ApiKeyInfo.expire_time:type_name -> google.protobuf.Timestamp
+	19,  // 26: chatplane.v1.PersistenceServiceListApiKeysResponse.keys:type_name -> chatplane.v1.ApiKeyInfo
+	78,  // 27: chatplane.v1.PersistenceServiceRotateApiKeyRequest.actor:type_name -> chatplane.v1.AuditActor
+	19,  // 28: chatplane.v1.PersistenceServiceRotateApiKeyResponse.key:type_name -> chatplane.v1.ApiKeyInfo
+	19,  // 29: chatplane.v1.PersistenceServiceRotateApiKeyResponse.previous:type_name -> chatplane.v1.ApiKeyInfo
+	78,  // 30: chatplane.v1.PersistenceServiceRevokeApiKeyRequest.actor:type_name -> chatplane.v1.AuditActor
+	19,  // 31: chatplane.v1.PersistenceServiceRevokeApiKeyResponse.key:type_name -> chatplane.v1.ApiKeyInfo
+	79,  // 32: chatplane.v1.AppendAuditEventsRequest.events:type_name -> chatplane.v1.AuditEvent
+	80,  // 33: chatplane.v1.AppendAuditEventsResponse.head:type_name -> chatplane.v1.AuditHead
+	81,  // 34: chatplane.v1.ListAuditRecordsResponse.records:type_name -> chatplane.v1.AuditRecord
+	80,  // 35: chatplane.v1.ListAuditRecordsResponse.head:type_name -> chatplane.v1.AuditHead
+	0,   // 36: chatplane.v1.GetAnswerRequest.owner:type_name -> chatplane.v1.Owner
+	71,  // 37: chatplane.v1.GetAnswerResponse.assistant_message:type_name -> chatplane.v1.Message
+	72,  // 38: chatplane.v1.GetAnswerResponse.lease_expire_time:type_name -> google.protobuf.Timestamp
+	40,  // 39: chatplane.v1.ReserveQuotaResponse.quota:type_name -> chatplane.v1.TokenQuota
+	40,  // 40: chatplane.v1.SettleQuotaResponse.quota:type_name -> chatplane.v1.TokenQuota
+	40,  // 41: chatplane.v1.SetQuotaResponse.quota:type_name -> chatplane.v1.TokenQuota
+	40,  // 42: chatplane.v1.GetQuotaResponse.quota:type_name -> chatplane.v1.TokenQuota
+	72,  // 43: chatplane.v1.TokenQuota.reset_time:type_name -> google.protobuf.Timestamp
+	0,   // 44: chatplane.v1.PersistenceServiceSetActiveBranchRequest.owner:type_name -> chatplane.v1.Owner
+	82,  // 45: chatplane.v1.PersistenceServiceSetActiveBranchRequest.request:type_name -> chatplane.v1.SetActiveBranchRequest
+	83,  // 46: chatplane.v1.PersistenceServiceSetActiveBranchResponse.response:type_name -> chatplane.v1.SetActiveBranchResponse
+	72,  // 47: chatplane.v1.ReportVariantsRequest.since:type_name -> google.protobuf.Timestamp
+	44,  // 48: chatplane.v1.ReportVariantsResponse.variants:type_name -> chatplane.v1.VariantReport
+	0,   // 49: chatplane.v1.GetHandoffRequest.owner:type_name -> chatplane.v1.Owner
+	84,  // 50: chatplane.v1.GetHandoffResponse.handoff:type_name -> chatplane.v1.HandoffStatus
+	0,   // 51: chatplane.v1.ChangeHandoffRequest.owner:type_name -> chatplane.v1.Owner
+	85,  // 52: chatplane.v1.ChangeHandoffRequest.mode:type_name -> chatplane.v1.HandoffMode
+	86,  // 53: chatplane.v1.ChangeHandoffRequest.trigger:type_name -> chatplane.v1.HandoffTrigger
+	84,  // 54: chatplane.v1.ChangeHandoffResponse.handoff:type_name -> chatplane.v1.HandoffStatus
+	84,  // 55: chatplane.v1.ListHandoffsResponse.handoffs:type_name -> chatplane.v1.HandoffStatus
+	0,   // 56: chatplane.v1.GetTenantHandoffResponse.owner:type_name -> chatplane.v1.Owner
+	84,  // 57: chatplane.v1.GetTenantHandoffResponse.handoff:type_name -> chatplane.v1.HandoffStatus
+	0,   // 58: chatplane.v1.CountThumbsDownRequest.owner:type_name -> chatplane.v1.Owner
+	87,  // 59: chatplane.v1.PersistenceServicePushVariantRequest.request:type_name -> chatplane.v1.PushVariantRequest
+	88,  // 60: chatplane.v1.PersistenceServicePushVariantResponse.response:type_name -> chatplane.v1.PushVariantResponse
+	89,  // 61: chatplane.v1.PersistenceServiceListVariantsRequest.request:type_name -> chatplane.v1.ListVariantsRequest
+	90,  // 62: chatplane.v1.PersistenceServiceListVariantsResponse.response:type_name -> chatplane.v1.ListVariantsResponse
+	91,  // 63: chatplane.v1.PersistenceServiceGetVariantRequest.request:type_name -> chatplane.v1.GetVariantRequest
+	92,  // 64: chatplane.v1.PersistenceServiceGetVariantResponse.response:type_name -> chatplane.v1.GetVariantResponse
+	93,  // 65: chatplane.v1.PersistenceServicePromoteVariantRequest.request:type_name -> chatplane.v1.PromoteVariantRequest
+	94,  // 66: chatplane.v1.PersistenceServicePromoteVariantResponse.response:type_name -> chatplane.v1.PromoteVariantResponse
+	95,  // 67: chatplane.v1.PersistenceServiceRollbackVariantRequest.request:type_name -> chatplane.v1.RollbackVariantRequest
+	96,  // 68: chatplane.v1.PersistenceServiceRollbackVariantResponse.response:type_name -> chatplane.v1.RollbackVariantResponse
+	97,  // 69: chatplane.v1.PersistenceServiceListVariantChangesRequest.request:type_name -> chatplane.v1.ListVariantChangesRequest
+	98,  // 70: chatplane.v1.PersistenceServiceListVariantChangesResponse.response:type_name -> chatplane.v1.ListVariantChangesResponse
+	99,  // 71: chatplane.v1.GetVariantDeploymentResponse.deployment:type_name -> chatplane.v1.VariantDeployment
+	1,   // 72: chatplane.v1.PersistenceService.BeginTurn:input_type -> chatplane.v1.BeginTurnRequest
+	3,   // 73: chatplane.v1.PersistenceService.GetTurn:input_type -> chatplane.v1.GetTurnRequest
+	5,   // 74: chatplane.v1.PersistenceService.ReleaseTurn:input_type -> chatplane.v1.ReleaseTurnRequest
+	7,   // 75: chatplane.v1.PersistenceService.ListConversations:input_type -> chatplane.v1.PersistenceServiceListConversationsRequest
+	9,   // 76: chatplane.v1.PersistenceService.GetConversation:input_type -> chatplane.v1.PersistenceServiceGetConversationRequest
+	11,  // 77: chatplane.v1.PersistenceService.DeleteConversation:input_type -> chatplane.v1.PersistenceServiceDeleteConversationRequest
+	13,  // 78: chatplane.v1.PersistenceService.SubmitFeedback:input_type -> chatplane.v1.PersistenceServiceSubmitFeedbackRequest
+	15,  // 79: chatplane.v1.PersistenceService.CreateApiKey:input_type -> chatplane.v1.CreateApiKeyRequest
+	17,  // 80: chatplane.v1.PersistenceService.GetApiKey:input_type -> chatplane.v1.GetApiKeyRequest
+	30,  // 81: chatplane.v1.PersistenceService.GetAnswer:input_type -> chatplane.v1.GetAnswerRequest
+	32,  // 82: chatplane.v1.PersistenceService.ReserveQuota:input_type -> chatplane.v1.ReserveQuotaRequest
+	34,  // 83: chatplane.v1.PersistenceService.SettleQuota:input_type -> chatplane.v1.SettleQuotaRequest
+	36,  // 84: chatplane.v1.PersistenceService.SetQuota:input_type -> chatplane.v1.SetQuotaRequest
+	38,  // 85: chatplane.v1.PersistenceService.GetQuota:input_type -> chatplane.v1.GetQuotaRequest
+	41,  // 86: chatplane.v1.PersistenceService.SetActiveBranch:input_type -> chatplane.v1.PersistenceServiceSetActiveBranchRequest
+	43,  // 87: chatplane.v1.PersistenceService.ReportVariants:input_type -> chatplane.v1.ReportVariantsRequest
+	20,  // 88: chatplane.v1.PersistenceService.ListApiKeys:input_type -> chatplane.v1.PersistenceServiceListApiKeysRequest
+	22,  // 89: chatplane.v1.PersistenceService.RotateApiKey:input_type -> chatplane.v1.PersistenceServiceRotateApiKeyRequest
+	24,  // 90: chatplane.v1.PersistenceService.RevokeApiKey:input_type -> chatplane.v1.PersistenceServiceRevokeApiKeyRequest
+	26,  // 91: chatplane.v1.PersistenceService.AppendAuditEvents:input_type -> chatplane.v1.AppendAuditEventsRequest
+	28,  // 92: chatplane.v1.PersistenceService.ListAuditRecords:input_type -> chatplane.v1.ListAuditRecordsRequest
+	46,  // 93: chatplane.v1.PersistenceService.GetHandoff:input_type -> chatplane.v1.GetHandoffRequest
+	48,  // 94: chatplane.v1.PersistenceService.ChangeHandoff:input_type -> chatplane.v1.ChangeHandoffRequest
+	50,  // 95: chatplane.v1.PersistenceService.ListHandoffs:input_type -> chatplane.v1.ListHandoffsRequest
+	52,  // 96: chatplane.v1.PersistenceService.GetTenantHandoff:input_type -> chatplane.v1.GetTenantHandoffRequest
+	54,  // 97: chatplane.v1.PersistenceService.CountThumbsDown:input_type -> chatplane.v1.CountThumbsDownRequest
+	56,  // 98: chatplane.v1.PersistenceService.PushVariant:input_type -> chatplane.v1.PersistenceServicePushVariantRequest
+	58,  // 99: chatplane.v1.PersistenceService.ListVariants:input_type -> chatplane.v1.PersistenceServiceListVariantsRequest
+	60,  // 100: chatplane.v1.PersistenceService.GetVariant:input_type -> chatplane.v1.PersistenceServiceGetVariantRequest
+	62,  // 101: chatplane.v1.PersistenceService.PromoteVariant:input_type -> chatplane.v1.PersistenceServicePromoteVariantRequest
+	64,  // 102: chatplane.v1.PersistenceService.RollbackVariant:input_type -> chatplane.v1.PersistenceServiceRollbackVariantRequest
+	66,  // 103: chatplane.v1.PersistenceService.ListVariantChanges:input_type -> chatplane.v1.PersistenceServiceListVariantChangesRequest
+	68,  // 104: chatplane.v1.PersistenceService.GetVariantDeployment:input_type -> chatplane.v1.GetVariantDeploymentRequest
+	2,   // 105: chatplane.v1.PersistenceService.BeginTurn:output_type -> chatplane.v1.BeginTurnResponse
+	4,   // 106: chatplane.v1.PersistenceService.GetTurn:output_type -> chatplane.v1.GetTurnResponse
+	6,   // 107: chatplane.v1.PersistenceService.ReleaseTurn:output_type -> chatplane.v1.ReleaseTurnResponse
+	8,   // 108: chatplane.v1.PersistenceService.ListConversations:output_type -> chatplane.v1.PersistenceServiceListConversationsResponse
+	10,  // 109: chatplane.v1.PersistenceService.GetConversation:output_type -> chatplane.v1.PersistenceServiceGetConversationResponse
+	12,  // 110: chatplane.v1.PersistenceService.DeleteConversation:output_type -> chatplane.v1.PersistenceServiceDeleteConversationResponse
+	14,  // 111: chatplane.v1.PersistenceService.SubmitFeedback:output_type -> chatplane.v1.PersistenceServiceSubmitFeedbackResponse
+	16,  // 112: chatplane.v1.PersistenceService.CreateApiKey:output_type -> chatplane.v1.CreateApiKeyResponse
+	18,  // 113: chatplane.v1.PersistenceService.GetApiKey:output_type -> chatplane.v1.GetApiKeyResponse
+	31,  // 114: chatplane.v1.PersistenceService.GetAnswer:output_type -> chatplane.v1.GetAnswerResponse
+	33,  // 115: chatplane.v1.PersistenceService.ReserveQuota:output_type -> chatplane.v1.ReserveQuotaResponse
+	35,  // 116: chatplane.v1.PersistenceService.SettleQuota:output_type -> chatplane.v1.SettleQuotaResponse
+	37,  // 117: chatplane.v1.PersistenceService.SetQuota:output_type -> chatplane.v1.SetQuotaResponse
+	39,  // 118: chatplane.v1.PersistenceService.GetQuota:output_type -> chatplane.v1.GetQuotaResponse
+	42,  // 119: chatplane.v1.PersistenceService.SetActiveBranch:output_type -> chatplane.v1.PersistenceServiceSetActiveBranchResponse
+	45,  // 120: chatplane.v1.PersistenceService.ReportVariants:output_type -> chatplane.v1.ReportVariantsResponse
+	21,  // 121: chatplane.v1.PersistenceService.ListApiKeys:output_type -> chatplane.v1.PersistenceServiceListApiKeysResponse
+	23,  // 122: chatplane.v1.PersistenceService.RotateApiKey:output_type -> chatplane.v1.PersistenceServiceRotateApiKeyResponse
+	25,  // 123: chatplane.v1.PersistenceService.RevokeApiKey:output_type -> chatplane.v1.PersistenceServiceRevokeApiKeyResponse
+	27,  // 124: chatplane.v1.PersistenceService.AppendAuditEvents:output_type -> chatplane.v1.AppendAuditEventsResponse
+	29,  // 125: chatplane.v1.PersistenceService.ListAuditRecords:output_type -> chatplane.v1.ListAuditRecordsResponse
+	47,  // 126: chatplane.v1.PersistenceService.GetHandoff:output_type -> chatplane.v1.GetHandoffResponse
+	49,  // 127: chatplane.v1.PersistenceService.ChangeHandoff:output_type -> chatplane.v1.ChangeHandoffResponse
+	51,  // 128: chatplane.v1.PersistenceService.ListHandoffs:output_type -> chatplane.v1.ListHandoffsResponse
+	53,  // 129: chatplane.v1.PersistenceService.GetTenantHandoff:output_type -> chatplane.v1.GetTenantHandoffResponse
+	55,  // 130: chatplane.v1.PersistenceService.CountThumbsDown:output_type -> chatplane.v1.CountThumbsDownResponse
+	57,  // 131: chatplane.v1.PersistenceService.PushVariant:output_type -> chatplane.v1.PersistenceServicePushVariantResponse
+	59,  // 132: chatplane.v1.PersistenceService.ListVariants:output_type -> chatplane.v1.PersistenceServiceListVariantsResponse
+	61,  // 133: chatplane.v1.PersistenceService.GetVariant:output_type -> chatplane.v1.PersistenceServiceGetVariantResponse
+	63,  // 134: chatplane.v1.PersistenceService.PromoteVariant:output_type -> chatplane.v1.PersistenceServicePromoteVariantResponse
+	65,  // 135: chatplane.v1.PersistenceService.RollbackVariant:output_type -> chatplane.v1.PersistenceServiceRollbackVariantResponse
+	67,  // 136: chatplane.v1.PersistenceService.ListVariantChanges:output_type -> chatplane.v1.PersistenceServiceListVariantChangesResponse
+	69,  // 137: chatplane.v1.PersistenceService.GetVariantDeployment:output_type -> chatplane.v1.GetVariantDeploymentResponse
+	105, // [105:138] is the sub-list for method output_type
+	72,  // [72:105] is the sub-list for method input_type
+	72,  // [72:72] is the sub-list for extension type_name
+	72,  // [72:72] is the sub-list for extension extendee
+	0,   // [0:72] is the sub-list for field type_name
 }
 
 func init() { file_chatplane_v1_persistence_proto_init() }
@@ -4029,6 +4795,7 @@ func file_chatplane_v1_persistence_proto_init() {
 	}
 	file_chatplane_v1_audit_proto_init()
 	file_chatplane_v1_gateway_proto_init()
+	file_chatplane_v1_registry_proto_init()
 	file_chatplane_v1_resources_proto_init()
 	file_chatplane_v1_persistence_proto_msgTypes[44].OneofWrappers = []any{}
 	type x struct{}
@@ -4037,7 +4804,7 @@ func file_chatplane_v1_persistence_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_chatplane_v1_persistence_proto_rawDesc), len(file_chatplane_v1_persistence_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   56,
+			NumMessages:   70,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

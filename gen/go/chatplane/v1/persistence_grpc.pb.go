@@ -19,32 +19,39 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	PersistenceService_BeginTurn_FullMethodName          = "/chatplane.v1.PersistenceService/BeginTurn"
-	PersistenceService_GetTurn_FullMethodName            = "/chatplane.v1.PersistenceService/GetTurn"
-	PersistenceService_ReleaseTurn_FullMethodName        = "/chatplane.v1.PersistenceService/ReleaseTurn"
-	PersistenceService_ListConversations_FullMethodName  = "/chatplane.v1.PersistenceService/ListConversations"
-	PersistenceService_GetConversation_FullMethodName    = "/chatplane.v1.PersistenceService/GetConversation"
-	PersistenceService_DeleteConversation_FullMethodName = "/chatplane.v1.PersistenceService/DeleteConversation"
-	PersistenceService_SubmitFeedback_FullMethodName     = "/chatplane.v1.PersistenceService/SubmitFeedback"
-	PersistenceService_CreateApiKey_FullMethodName       = "/chatplane.v1.PersistenceService/CreateApiKey"
-	PersistenceService_GetApiKey_FullMethodName          = "/chatplane.v1.PersistenceService/GetApiKey"
-	PersistenceService_GetAnswer_FullMethodName          = "/chatplane.v1.PersistenceService/GetAnswer"
-	PersistenceService_ReserveQuota_FullMethodName       = "/chatplane.v1.PersistenceService/ReserveQuota"
-	PersistenceService_SettleQuota_FullMethodName        = "/chatplane.v1.PersistenceService/SettleQuota"
-	PersistenceService_SetQuota_FullMethodName           = "/chatplane.v1.PersistenceService/SetQuota"
-	PersistenceService_GetQuota_FullMethodName           = "/chatplane.v1.PersistenceService/GetQuota"
-	PersistenceService_SetActiveBranch_FullMethodName    = "/chatplane.v1.PersistenceService/SetActiveBranch"
-	PersistenceService_ReportVariants_FullMethodName     = "/chatplane.v1.PersistenceService/ReportVariants"
-	PersistenceService_ListApiKeys_FullMethodName        = "/chatplane.v1.PersistenceService/ListApiKeys"
-	PersistenceService_RotateApiKey_FullMethodName       = "/chatplane.v1.PersistenceService/RotateApiKey"
-	PersistenceService_RevokeApiKey_FullMethodName       = "/chatplane.v1.PersistenceService/RevokeApiKey"
-	PersistenceService_AppendAuditEvents_FullMethodName  = "/chatplane.v1.PersistenceService/AppendAuditEvents"
-	PersistenceService_ListAuditRecords_FullMethodName   = "/chatplane.v1.PersistenceService/ListAuditRecords"
-	PersistenceService_GetHandoff_FullMethodName         = "/chatplane.v1.PersistenceService/GetHandoff"
-	PersistenceService_ChangeHandoff_FullMethodName      = "/chatplane.v1.PersistenceService/ChangeHandoff"
-	PersistenceService_ListHandoffs_FullMethodName       = "/chatplane.v1.PersistenceService/ListHandoffs"
-	PersistenceService_GetTenantHandoff_FullMethodName   = "/chatplane.v1.PersistenceService/GetTenantHandoff"
-	PersistenceService_CountThumbsDown_FullMethodName    = "/chatplane.v1.PersistenceService/CountThumbsDown"
+	PersistenceService_BeginTurn_FullMethodName            = "/chatplane.v1.PersistenceService/BeginTurn"
+	PersistenceService_GetTurn_FullMethodName              = "/chatplane.v1.PersistenceService/GetTurn"
+	PersistenceService_ReleaseTurn_FullMethodName          = "/chatplane.v1.PersistenceService/ReleaseTurn"
+	PersistenceService_ListConversations_FullMethodName    = "/chatplane.v1.PersistenceService/ListConversations"
+	PersistenceService_GetConversation_FullMethodName      = "/chatplane.v1.PersistenceService/GetConversation"
+	PersistenceService_DeleteConversation_FullMethodName   = "/chatplane.v1.PersistenceService/DeleteConversation"
+	PersistenceService_SubmitFeedback_FullMethodName       = "/chatplane.v1.PersistenceService/SubmitFeedback"
+	PersistenceService_CreateApiKey_FullMethodName         = "/chatplane.v1.PersistenceService/CreateApiKey"
+	PersistenceService_GetApiKey_FullMethodName            = "/chatplane.v1.PersistenceService/GetApiKey"
+	PersistenceService_GetAnswer_FullMethodName            = "/chatplane.v1.PersistenceService/GetAnswer"
+	PersistenceService_ReserveQuota_FullMethodName         = "/chatplane.v1.PersistenceService/ReserveQuota"
+	PersistenceService_SettleQuota_FullMethodName          = "/chatplane.v1.PersistenceService/SettleQuota"
+	PersistenceService_SetQuota_FullMethodName             = "/chatplane.v1.PersistenceService/SetQuota"
+	PersistenceService_GetQuota_FullMethodName             = "/chatplane.v1.PersistenceService/GetQuota"
+	PersistenceService_SetActiveBranch_FullMethodName      = "/chatplane.v1.PersistenceService/SetActiveBranch"
+	PersistenceService_ReportVariants_FullMethodName       = "/chatplane.v1.PersistenceService/ReportVariants"
+	PersistenceService_ListApiKeys_FullMethodName          = "/chatplane.v1.PersistenceService/ListApiKeys"
+	PersistenceService_RotateApiKey_FullMethodName         = "/chatplane.v1.PersistenceService/RotateApiKey"
+	PersistenceService_RevokeApiKey_FullMethodName         = "/chatplane.v1.PersistenceService/RevokeApiKey"
+	PersistenceService_AppendAuditEvents_FullMethodName    = "/chatplane.v1.PersistenceService/AppendAuditEvents"
+	PersistenceService_ListAuditRecords_FullMethodName     = "/chatplane.v1.PersistenceService/ListAuditRecords"
+	PersistenceService_GetHandoff_FullMethodName           = "/chatplane.v1.PersistenceService/GetHandoff"
+	PersistenceService_ChangeHandoff_FullMethodName        = "/chatplane.v1.PersistenceService/ChangeHandoff"
+	PersistenceService_ListHandoffs_FullMethodName         = "/chatplane.v1.PersistenceService/ListHandoffs"
+	PersistenceService_GetTenantHandoff_FullMethodName     = "/chatplane.v1.PersistenceService/GetTenantHandoff"
+	PersistenceService_CountThumbsDown_FullMethodName      = "/chatplane.v1.PersistenceService/CountThumbsDown"
+	PersistenceService_PushVariant_FullMethodName          = "/chatplane.v1.PersistenceService/PushVariant"
+	PersistenceService_ListVariants_FullMethodName         = "/chatplane.v1.PersistenceService/ListVariants"
+	PersistenceService_GetVariant_FullMethodName           = "/chatplane.v1.PersistenceService/GetVariant"
+	PersistenceService_PromoteVariant_FullMethodName       = "/chatplane.v1.PersistenceService/PromoteVariant"
+	PersistenceService_RollbackVariant_FullMethodName      = "/chatplane.v1.PersistenceService/RollbackVariant"
+	PersistenceService_ListVariantChanges_FullMethodName   = "/chatplane.v1.PersistenceService/ListVariantChanges"
+	PersistenceService_GetVariantDeployment_FullMethodName = "/chatplane.v1.PersistenceService/GetVariantDeployment"
 )
 
 // PersistenceServiceClient is the client API for PersistenceService service.
@@ -113,6 +120,20 @@ type PersistenceServiceClient interface {
 	GetTenantHandoff(ctx context.Context, in *GetTenantHandoffRequest, opts ...grpc.CallOption) (*GetTenantHandoffResponse, error)
 	// Counts the thumbs-down ratings in the conversation of one of the owner's messages.
 	CountThumbsDown(ctx context.Context, in *CountThumbsDownRequest, opts ...grpc.CallOption) (*CountThumbsDownResponse, error)
+	// Variant registry (docs/registry.md): stores a new version of a variant.
+	PushVariant(ctx context.Context, in *PersistenceServicePushVariantRequest, opts ...grpc.CallOption) (*PersistenceServicePushVariantResponse, error)
+	// Variant registry: lists stored versions.
+	ListVariants(ctx context.Context, in *PersistenceServiceListVariantsRequest, opts ...grpc.CallOption) (*PersistenceServiceListVariantsResponse, error)
+	// Variant registry: returns one version (the Agent resolves pinned turns with it).
+	GetVariant(ctx context.Context, in *PersistenceServiceGetVariantRequest, opts ...grpc.CallOption) (*PersistenceServiceGetVariantResponse, error)
+	// Variant registry: promotes a version to canary or production, recording the change.
+	PromoteVariant(ctx context.Context, in *PersistenceServicePromoteVariantRequest, opts ...grpc.CallOption) (*PersistenceServicePromoteVariantResponse, error)
+	// Variant registry: undoes the last deployment step, recording the change.
+	RollbackVariant(ctx context.Context, in *PersistenceServiceRollbackVariantRequest, opts ...grpc.CallOption) (*PersistenceServiceRollbackVariantResponse, error)
+	// Variant registry: the recorded changes, newest first.
+	ListVariantChanges(ctx context.Context, in *PersistenceServiceListVariantChangesRequest, opts ...grpc.CallOption) (*PersistenceServiceListVariantChangesResponse, error)
+	// Variant registry: the versions serving traffic now (polled by every Agent).
+	GetVariantDeployment(ctx context.Context, in *GetVariantDeploymentRequest, opts ...grpc.CallOption) (*GetVariantDeploymentResponse, error)
 }
 
 type persistenceServiceClient struct {
@@ -383,6 +404,76 @@ func (c *persistenceServiceClient) CountThumbsDown(ctx context.Context, in *Coun
 	return out, nil
 }
 
+func (c *persistenceServiceClient) PushVariant(ctx context.Context, in *PersistenceServicePushVariantRequest, opts ...grpc.CallOption) (*PersistenceServicePushVariantResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(PersistenceServicePushVariantResponse)
+	err := c.cc.Invoke(ctx, PersistenceService_PushVariant_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *persistenceServiceClient) ListVariants(ctx context.Context, in *PersistenceServiceListVariantsRequest, opts ...grpc.CallOption) (*PersistenceServiceListVariantsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(PersistenceServiceListVariantsResponse)
+	err := c.cc.Invoke(ctx, PersistenceService_ListVariants_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *persistenceServiceClient) GetVariant(ctx context.Context, in *PersistenceServiceGetVariantRequest, opts ...grpc.CallOption) (*PersistenceServiceGetVariantResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(PersistenceServiceGetVariantResponse)
+	err := c.cc.Invoke(ctx, PersistenceService_GetVariant_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *persistenceServiceClient) PromoteVariant(ctx context.Context, in *PersistenceServicePromoteVariantRequest, opts ...grpc.CallOption) (*PersistenceServicePromoteVariantResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(PersistenceServicePromoteVariantResponse)
+	err := c.cc.Invoke(ctx, PersistenceService_PromoteVariant_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *persistenceServiceClient) RollbackVariant(ctx context.Context, in *PersistenceServiceRollbackVariantRequest, opts ...grpc.CallOption) (*PersistenceServiceRollbackVariantResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(PersistenceServiceRollbackVariantResponse)
+	err := c.cc.Invoke(ctx, PersistenceService_RollbackVariant_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *persistenceServiceClient) ListVariantChanges(ctx context.Context, in *PersistenceServiceListVariantChangesRequest, opts ...grpc.CallOption) (*PersistenceServiceListVariantChangesResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(PersistenceServiceListVariantChangesResponse)
+	err := c.cc.Invoke(ctx, PersistenceService_ListVariantChanges_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *persistenceServiceClient) GetVariantDeployment(ctx context.Context, in *GetVariantDeploymentRequest, opts ...grpc.CallOption) (*GetVariantDeploymentResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetVariantDeploymentResponse)
+	err := c.cc.Invoke(ctx, PersistenceService_GetVariantDeployment_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // PersistenceServiceServer is the server API for PersistenceService service.
 // All implementations must embed UnimplementedPersistenceServiceServer
 // for forward compatibility.
@@ -449,6 +540,20 @@ type PersistenceServiceServer interface {
 	GetTenantHandoff(context.Context, *GetTenantHandoffRequest) (*GetTenantHandoffResponse, error)
 	// Counts the thumbs-down ratings in the conversation of one of the owner's messages.
 	CountThumbsDown(context.Context, *CountThumbsDownRequest) (*CountThumbsDownResponse, error)
+	// Variant registry (docs/registry.md): stores a new version of a variant.
+	PushVariant(context.Context, *PersistenceServicePushVariantRequest) (*PersistenceServicePushVariantResponse, error)
+	// Variant registry: lists stored versions.
+	ListVariants(context.Context, *PersistenceServiceListVariantsRequest) (*PersistenceServiceListVariantsResponse, error)
+	// Variant registry: returns one version (the Agent resolves pinned turns with it).
+	GetVariant(context.Context, *PersistenceServiceGetVariantRequest) (*PersistenceServiceGetVariantResponse, error)
+	// Variant registry: promotes a version to canary or production, recording the change.
+	PromoteVariant(context.Context, *PersistenceServicePromoteVariantRequest) (*PersistenceServicePromoteVariantResponse, error)
+	// Variant registry: undoes the last deployment step, recording the change.
+	RollbackVariant(context.Context, *PersistenceServiceRollbackVariantRequest) (*PersistenceServiceRollbackVariantResponse, error)
+	// Variant registry: the recorded changes, newest first.
+	ListVariantChanges(context.Context, *PersistenceServiceListVariantChangesRequest) (*PersistenceServiceListVariantChangesResponse, error)
+	// Variant registry: the versions serving traffic now (polled by every Agent).
+	GetVariantDeployment(context.Context, *GetVariantDeploymentRequest) (*GetVariantDeploymentResponse, error)
 	mustEmbedUnimplementedPersistenceServiceServer()
 }
 
@@ -536,6 +641,27 @@ func (UnimplementedPersistenceServiceServer) GetTenantHandoff(context.Context, *
 }
 func (UnimplementedPersistenceServiceServer) CountThumbsDown(context.Context, *CountThumbsDownRequest) (*CountThumbsDownResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method CountThumbsDown not implemented")
+}
+func (UnimplementedPersistenceServiceServer) PushVariant(context.Context, *PersistenceServicePushVariantRequest) (*PersistenceServicePushVariantResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method PushVariant not implemented")
+}
+func (UnimplementedPersistenceServiceServer) ListVariants(context.Context, *PersistenceServiceListVariantsRequest) (*PersistenceServiceListVariantsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListVariants not implemented")
+}
+func (UnimplementedPersistenceServiceServer) GetVariant(context.Context, *PersistenceServiceGetVariantRequest) (*PersistenceServiceGetVariantResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetVariant not implemented")
+}
+func (UnimplementedPersistenceServiceServer) PromoteVariant(context.Context, *PersistenceServicePromoteVariantRequest) (*PersistenceServicePromoteVariantResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method PromoteVariant not implemented")
+}
+func (UnimplementedPersistenceServiceServer) RollbackVariant(context.Context, *PersistenceServiceRollbackVariantRequest) (*PersistenceServiceRollbackVariantResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RollbackVariant not implemented")
+}
+func (UnimplementedPersistenceServiceServer) ListVariantChanges(context.Context, *PersistenceServiceListVariantChangesRequest) (*PersistenceServiceListVariantChangesResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListVariantChanges not implemented")
+}
+func (UnimplementedPersistenceServiceServer) GetVariantDeployment(context.Context, *GetVariantDeploymentRequest) (*GetVariantDeploymentResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetVariantDeployment not implemented")
 }
 func (UnimplementedPersistenceServiceServer) mustEmbedUnimplementedPersistenceServiceServer() {}
 func (UnimplementedPersistenceServiceServer) testEmbeddedByValue()                            {}
@@ -1026,6 +1152,132 @@ func _PersistenceService_CountThumbsDown_Handler(srv interface{}, ctx context.Co
 	return interceptor(ctx, in, info, handler)
 }
 
+func _PersistenceService_PushVariant_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(PersistenceServicePushVariantRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(PersistenceServiceServer).PushVariant(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: PersistenceService_PushVariant_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(PersistenceServiceServer).PushVariant(ctx, req.(*PersistenceServicePushVariantRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _PersistenceService_ListVariants_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(PersistenceServiceListVariantsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(PersistenceServiceServer).ListVariants(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: PersistenceService_ListVariants_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(PersistenceServiceServer).ListVariants(ctx, req.(*PersistenceServiceListVariantsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _PersistenceService_GetVariant_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(PersistenceServiceGetVariantRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(PersistenceServiceServer).GetVariant(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: PersistenceService_GetVariant_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(PersistenceServiceServer).GetVariant(ctx, req.(*PersistenceServiceGetVariantRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _PersistenceService_PromoteVariant_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(PersistenceServicePromoteVariantRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(PersistenceServiceServer).PromoteVariant(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: PersistenceService_PromoteVariant_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(PersistenceServiceServer).PromoteVariant(ctx, req.(*PersistenceServicePromoteVariantRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _PersistenceService_RollbackVariant_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(PersistenceServiceRollbackVariantRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(PersistenceServiceServer).RollbackVariant(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: PersistenceService_RollbackVariant_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(PersistenceServiceServer).RollbackVariant(ctx, req.(*PersistenceServiceRollbackVariantRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _PersistenceService_ListVariantChanges_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(PersistenceServiceListVariantChangesRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(PersistenceServiceServer).ListVariantChanges(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: PersistenceService_ListVariantChanges_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(PersistenceServiceServer).ListVariantChanges(ctx, req.(*PersistenceServiceListVariantChangesRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _PersistenceService_GetVariantDeployment_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetVariantDeploymentRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(PersistenceServiceServer).GetVariantDeployment(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: PersistenceService_GetVariantDeployment_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(PersistenceServiceServer).GetVariantDeployment(ctx, req.(*GetVariantDeploymentRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // PersistenceService_ServiceDesc is the grpc.ServiceDesc for PersistenceService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -1136,6 +1388,34 @@ var PersistenceService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "CountThumbsDown",
 			Handler:    _PersistenceService_CountThumbsDown_Handler,
+		},
+		{
+			MethodName: "PushVariant",
+			Handler:    _PersistenceService_PushVariant_Handler,
+		},
+		{
+			MethodName: "ListVariants",
+			Handler:    _PersistenceService_ListVariants_Handler,
+		},
+		{
+			MethodName: "GetVariant",
+			Handler:    _PersistenceService_GetVariant_Handler,
+		},
+		{
+			MethodName: "PromoteVariant",
+			Handler:    _PersistenceService_PromoteVariant_Handler,
+		},
+		{
+			MethodName: "RollbackVariant",
+			Handler:    _PersistenceService_RollbackVariant_Handler,
+		},
+		{
+			MethodName: "ListVariantChanges",
+			Handler:    _PersistenceService_ListVariantChanges_Handler,
+		},
+		{
+			MethodName: "GetVariantDeployment",
+			Handler:    _PersistenceService_GetVariantDeployment_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

@@ -5,6 +5,7 @@ isort:skip_file
 
 from chatplane.v1 import audit_pb2 as _audit_pb2
 from chatplane.v1 import gateway_pb2 as _gateway_pb2
+from chatplane.v1 import registry_pb2 as _registry_pb2
 from chatplane.v1 import resources_pb2 as _resources_pb2
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
@@ -1825,3 +1826,349 @@ class CountThumbsDownResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CountThumbsDownResponse: _TypeAlias = CountThumbsDownResponse  # noqa: Y015
+
+@_typing.final
+class PersistenceServicePushVariantRequest(_message.Message):
+    """A push on behalf of an admin."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_FIELD_NUMBER: _builtins.int
+    ACTOR_FIELD_NUMBER: _builtins.int
+    actor: _builtins.str
+    """Who pushes (recorded)."""
+    @_builtins.property
+    def request(self) -> _registry_pb2.PushVariantRequest:
+        """The push."""
+
+    def __init__(
+        self,
+        *,
+        request: _registry_pb2.PushVariantRequest | None = ...,
+        actor: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["request", b"request"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "request", b"request"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PersistenceServicePushVariantRequest: _TypeAlias = PersistenceServicePushVariantRequest  # noqa: Y015
+
+@_typing.final
+class PersistenceServicePushVariantResponse(_message.Message):
+    """The pushed version."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESPONSE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def response(self) -> _registry_pb2.PushVariantResponse:
+        """The answer."""
+
+    def __init__(
+        self,
+        *,
+        response: _registry_pb2.PushVariantResponse | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["response", b"response"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["response", b"response"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PersistenceServicePushVariantResponse: _TypeAlias = PersistenceServicePushVariantResponse  # noqa: Y015
+
+@_typing.final
+class PersistenceServiceListVariantsRequest(_message.Message):
+    """A listing of the registry."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def request(self) -> _registry_pb2.ListVariantsRequest:
+        """The listing."""
+
+    def __init__(
+        self,
+        *,
+        request: _registry_pb2.ListVariantsRequest | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["request", b"request"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["request", b"request"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PersistenceServiceListVariantsRequest: _TypeAlias = PersistenceServiceListVariantsRequest  # noqa: Y015
+
+@_typing.final
+class PersistenceServiceListVariantsResponse(_message.Message):
+    """The stored versions."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESPONSE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def response(self) -> _registry_pb2.ListVariantsResponse:
+        """The answer."""
+
+    def __init__(
+        self,
+        *,
+        response: _registry_pb2.ListVariantsResponse | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["response", b"response"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["response", b"response"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PersistenceServiceListVariantsResponse: _TypeAlias = PersistenceServiceListVariantsResponse  # noqa: Y015
+
+@_typing.final
+class PersistenceServiceGetVariantRequest(_message.Message):
+    """Asks for one stored version."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def request(self) -> _registry_pb2.GetVariantRequest:
+        """The version."""
+
+    def __init__(
+        self,
+        *,
+        request: _registry_pb2.GetVariantRequest | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["request", b"request"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["request", b"request"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PersistenceServiceGetVariantRequest: _TypeAlias = PersistenceServiceGetVariantRequest  # noqa: Y015
+
+@_typing.final
+class PersistenceServiceGetVariantResponse(_message.Message):
+    """One stored version."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESPONSE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def response(self) -> _registry_pb2.GetVariantResponse:
+        """The answer."""
+
+    def __init__(
+        self,
+        *,
+        response: _registry_pb2.GetVariantResponse | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["response", b"response"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["response", b"response"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PersistenceServiceGetVariantResponse: _TypeAlias = PersistenceServiceGetVariantResponse  # noqa: Y015
+
+@_typing.final
+class PersistenceServicePromoteVariantRequest(_message.Message):
+    """A promotion on behalf of an admin."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_FIELD_NUMBER: _builtins.int
+    ACTOR_FIELD_NUMBER: _builtins.int
+    actor: _builtins.str
+    """Who promotes (recorded)."""
+    @_builtins.property
+    def request(self) -> _registry_pb2.PromoteVariantRequest:
+        """The promotion."""
+
+    def __init__(
+        self,
+        *,
+        request: _registry_pb2.PromoteVariantRequest | None = ...,
+        actor: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["request", b"request"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "request", b"request"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PersistenceServicePromoteVariantRequest: _TypeAlias = PersistenceServicePromoteVariantRequest  # noqa: Y015
+
+@_typing.final
+class PersistenceServicePromoteVariantResponse(_message.Message):
+    """The recorded promotion."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESPONSE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def response(self) -> _registry_pb2.PromoteVariantResponse:
+        """The answer."""
+
+    def __init__(
+        self,
+        *,
+        response: _registry_pb2.PromoteVariantResponse | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["response", b"response"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["response", b"response"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PersistenceServicePromoteVariantResponse: _TypeAlias = PersistenceServicePromoteVariantResponse  # noqa: Y015
+
+@_typing.final
+class PersistenceServiceRollbackVariantRequest(_message.Message):
+    """A rollback on behalf of an admin."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_FIELD_NUMBER: _builtins.int
+    ACTOR_FIELD_NUMBER: _builtins.int
+    actor: _builtins.str
+    """Who rolls back (recorded)."""
+    @_builtins.property
+    def request(self) -> _registry_pb2.RollbackVariantRequest:
+        """The rollback."""
+
+    def __init__(
+        self,
+        *,
+        request: _registry_pb2.RollbackVariantRequest | None = ...,
+        actor: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["request", b"request"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "request", b"request"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PersistenceServiceRollbackVariantRequest: _TypeAlias = PersistenceServiceRollbackVariantRequest  # noqa: Y015
+
+@_typing.final
+class PersistenceServiceRollbackVariantResponse(_message.Message):
+    """The recorded rollback."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESPONSE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def response(self) -> _registry_pb2.RollbackVariantResponse:
+        """The answer."""
+
+    def __init__(
+        self,
+        *,
+        response: _registry_pb2.RollbackVariantResponse | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["response", b"response"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["response", b"response"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PersistenceServiceRollbackVariantResponse: _TypeAlias = PersistenceServiceRollbackVariantResponse  # noqa: Y015
+
+@_typing.final
+class PersistenceServiceListVariantChangesRequest(_message.Message):
+    """Asks for the registry's change history."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def request(self) -> _registry_pb2.ListVariantChangesRequest:
+        """The listing."""
+
+    def __init__(
+        self,
+        *,
+        request: _registry_pb2.ListVariantChangesRequest | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["request", b"request"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["request", b"request"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PersistenceServiceListVariantChangesRequest: _TypeAlias = PersistenceServiceListVariantChangesRequest  # noqa: Y015
+
+@_typing.final
+class PersistenceServiceListVariantChangesResponse(_message.Message):
+    """The change history."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESPONSE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def response(self) -> _registry_pb2.ListVariantChangesResponse:
+        """The answer."""
+
+    def __init__(
+        self,
+        *,
+        response: _registry_pb2.ListVariantChangesResponse | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["response", b"response"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["response", b"response"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PersistenceServiceListVariantChangesResponse: _TypeAlias = PersistenceServiceListVariantChangesResponse  # noqa: Y015
+
+@_typing.final
+class GetVariantDeploymentRequest(_message.Message):
+    """Asks for the versions serving traffic."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KNOWN_REVISION_FIELD_NUMBER: _builtins.int
+    known_revision: _builtins.int
+    """The revision the caller has; when it is current the answer has only the revision."""
+    def __init__(
+        self,
+        *,
+        known_revision: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["known_revision", b"known_revision"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetVariantDeploymentRequest: _TypeAlias = GetVariantDeploymentRequest  # noqa: Y015
+
+@_typing.final
+class GetVariantDeploymentResponse(_message.Message):
+    """The versions serving traffic."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DEPLOYMENT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def deployment(self) -> _registry_pb2.VariantDeployment:
+        """The deployment (only its revision when the caller's is current)."""
+
+    def __init__(
+        self,
+        *,
+        deployment: _registry_pb2.VariantDeployment | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["deployment", b"deployment"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deployment", b"deployment"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetVariantDeploymentResponse: _TypeAlias = GetVariantDeploymentResponse  # noqa: Y015

@@ -167,6 +167,41 @@ class PersistenceServiceStub:
                 request_serializer=chatplane_dot_v1_dot_persistence__pb2.CountThumbsDownRequest.SerializeToString,
                 response_deserializer=chatplane_dot_v1_dot_persistence__pb2.CountThumbsDownResponse.FromString,
                 _registered_method=True)
+        self.PushVariant = channel.unary_unary(
+                '/chatplane.v1.PersistenceService/PushVariant',
+                request_serializer=chatplane_dot_v1_dot_persistence__pb2.PersistenceServicePushVariantRequest.SerializeToString,
+                response_deserializer=chatplane_dot_v1_dot_persistence__pb2.PersistenceServicePushVariantResponse.FromString,
+                _registered_method=True)
+        self.ListVariants = channel.unary_unary(
+                '/chatplane.v1.PersistenceService/ListVariants',
+                request_serializer=chatplane_dot_v1_dot_persistence__pb2.PersistenceServiceListVariantsRequest.SerializeToString,
+                response_deserializer=chatplane_dot_v1_dot_persistence__pb2.PersistenceServiceListVariantsResponse.FromString,
+                _registered_method=True)
+        self.GetVariant = channel.unary_unary(
+                '/chatplane.v1.PersistenceService/GetVariant',
+                request_serializer=chatplane_dot_v1_dot_persistence__pb2.PersistenceServiceGetVariantRequest.SerializeToString,
+                response_deserializer=chatplane_dot_v1_dot_persistence__pb2.PersistenceServiceGetVariantResponse.FromString,
+                _registered_method=True)
+        self.PromoteVariant = channel.unary_unary(
+                '/chatplane.v1.PersistenceService/PromoteVariant',
+                request_serializer=chatplane_dot_v1_dot_persistence__pb2.PersistenceServicePromoteVariantRequest.SerializeToString,
+                response_deserializer=chatplane_dot_v1_dot_persistence__pb2.PersistenceServicePromoteVariantResponse.FromString,
+                _registered_method=True)
+        self.RollbackVariant = channel.unary_unary(
+                '/chatplane.v1.PersistenceService/RollbackVariant',
+                request_serializer=chatplane_dot_v1_dot_persistence__pb2.PersistenceServiceRollbackVariantRequest.SerializeToString,
+                response_deserializer=chatplane_dot_v1_dot_persistence__pb2.PersistenceServiceRollbackVariantResponse.FromString,
+                _registered_method=True)
+        self.ListVariantChanges = channel.unary_unary(
+                '/chatplane.v1.PersistenceService/ListVariantChanges',
+                request_serializer=chatplane_dot_v1_dot_persistence__pb2.PersistenceServiceListVariantChangesRequest.SerializeToString,
+                response_deserializer=chatplane_dot_v1_dot_persistence__pb2.PersistenceServiceListVariantChangesResponse.FromString,
+                _registered_method=True)
+        self.GetVariantDeployment = channel.unary_unary(
+                '/chatplane.v1.PersistenceService/GetVariantDeployment',
+                request_serializer=chatplane_dot_v1_dot_persistence__pb2.GetVariantDeploymentRequest.SerializeToString,
+                response_deserializer=chatplane_dot_v1_dot_persistence__pb2.GetVariantDeploymentResponse.FromString,
+                _registered_method=True)
 
 
 class PersistenceServiceServicer:
@@ -363,6 +398,55 @@ class PersistenceServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PushVariant(self, request, context):
+        """Variant registry (docs/registry.md): stores a new version of a variant.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListVariants(self, request, context):
+        """Variant registry: lists stored versions.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetVariant(self, request, context):
+        """Variant registry: returns one version (the Agent resolves pinned turns with it).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PromoteVariant(self, request, context):
+        """Variant registry: promotes a version to canary or production, recording the change.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RollbackVariant(self, request, context):
+        """Variant registry: undoes the last deployment step, recording the change.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListVariantChanges(self, request, context):
+        """Variant registry: the recorded changes, newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetVariantDeployment(self, request, context):
+        """Variant registry: the versions serving traffic now (polled by every Agent).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PersistenceServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -495,6 +579,41 @@ def add_PersistenceServiceServicer_to_server(servicer, server):
                     servicer.CountThumbsDown,
                     request_deserializer=chatplane_dot_v1_dot_persistence__pb2.CountThumbsDownRequest.FromString,
                     response_serializer=chatplane_dot_v1_dot_persistence__pb2.CountThumbsDownResponse.SerializeToString,
+            ),
+            'PushVariant': grpc.unary_unary_rpc_method_handler(
+                    servicer.PushVariant,
+                    request_deserializer=chatplane_dot_v1_dot_persistence__pb2.PersistenceServicePushVariantRequest.FromString,
+                    response_serializer=chatplane_dot_v1_dot_persistence__pb2.PersistenceServicePushVariantResponse.SerializeToString,
+            ),
+            'ListVariants': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListVariants,
+                    request_deserializer=chatplane_dot_v1_dot_persistence__pb2.PersistenceServiceListVariantsRequest.FromString,
+                    response_serializer=chatplane_dot_v1_dot_persistence__pb2.PersistenceServiceListVariantsResponse.SerializeToString,
+            ),
+            'GetVariant': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetVariant,
+                    request_deserializer=chatplane_dot_v1_dot_persistence__pb2.PersistenceServiceGetVariantRequest.FromString,
+                    response_serializer=chatplane_dot_v1_dot_persistence__pb2.PersistenceServiceGetVariantResponse.SerializeToString,
+            ),
+            'PromoteVariant': grpc.unary_unary_rpc_method_handler(
+                    servicer.PromoteVariant,
+                    request_deserializer=chatplane_dot_v1_dot_persistence__pb2.PersistenceServicePromoteVariantRequest.FromString,
+                    response_serializer=chatplane_dot_v1_dot_persistence__pb2.PersistenceServicePromoteVariantResponse.SerializeToString,
+            ),
+            'RollbackVariant': grpc.unary_unary_rpc_method_handler(
+                    servicer.RollbackVariant,
+                    request_deserializer=chatplane_dot_v1_dot_persistence__pb2.PersistenceServiceRollbackVariantRequest.FromString,
+                    response_serializer=chatplane_dot_v1_dot_persistence__pb2.PersistenceServiceRollbackVariantResponse.SerializeToString,
+            ),
+            'ListVariantChanges': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListVariantChanges,
+                    request_deserializer=chatplane_dot_v1_dot_persistence__pb2.PersistenceServiceListVariantChangesRequest.FromString,
+                    response_serializer=chatplane_dot_v1_dot_persistence__pb2.PersistenceServiceListVariantChangesResponse.SerializeToString,
+            ),
+            'GetVariantDeployment': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetVariantDeployment,
+                    request_deserializer=chatplane_dot_v1_dot_persistence__pb2.GetVariantDeploymentRequest.FromString,
+                    response_serializer=chatplane_dot_v1_dot_persistence__pb2.GetVariantDeploymentResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1202,6 +1321,195 @@ class PersistenceService:
             '/chatplane.v1.PersistenceService/CountThumbsDown',
             chatplane_dot_v1_dot_persistence__pb2.CountThumbsDownRequest.SerializeToString,
             chatplane_dot_v1_dot_persistence__pb2.CountThumbsDownResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PushVariant(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chatplane.v1.PersistenceService/PushVariant',
+            chatplane_dot_v1_dot_persistence__pb2.PersistenceServicePushVariantRequest.SerializeToString,
+            chatplane_dot_v1_dot_persistence__pb2.PersistenceServicePushVariantResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListVariants(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chatplane.v1.PersistenceService/ListVariants',
+            chatplane_dot_v1_dot_persistence__pb2.PersistenceServiceListVariantsRequest.SerializeToString,
+            chatplane_dot_v1_dot_persistence__pb2.PersistenceServiceListVariantsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetVariant(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chatplane.v1.PersistenceService/GetVariant',
+            chatplane_dot_v1_dot_persistence__pb2.PersistenceServiceGetVariantRequest.SerializeToString,
+            chatplane_dot_v1_dot_persistence__pb2.PersistenceServiceGetVariantResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PromoteVariant(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chatplane.v1.PersistenceService/PromoteVariant',
+            chatplane_dot_v1_dot_persistence__pb2.PersistenceServicePromoteVariantRequest.SerializeToString,
+            chatplane_dot_v1_dot_persistence__pb2.PersistenceServicePromoteVariantResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RollbackVariant(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chatplane.v1.PersistenceService/RollbackVariant',
+            chatplane_dot_v1_dot_persistence__pb2.PersistenceServiceRollbackVariantRequest.SerializeToString,
+            chatplane_dot_v1_dot_persistence__pb2.PersistenceServiceRollbackVariantResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListVariantChanges(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chatplane.v1.PersistenceService/ListVariantChanges',
+            chatplane_dot_v1_dot_persistence__pb2.PersistenceServiceListVariantChangesRequest.SerializeToString,
+            chatplane_dot_v1_dot_persistence__pb2.PersistenceServiceListVariantChangesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetVariantDeployment(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chatplane.v1.PersistenceService/GetVariantDeployment',
+            chatplane_dot_v1_dot_persistence__pb2.GetVariantDeploymentRequest.SerializeToString,
+            chatplane_dot_v1_dot_persistence__pb2.GetVariantDeploymentResponse.FromString,
             options,
             channel_credentials,
             insecure,

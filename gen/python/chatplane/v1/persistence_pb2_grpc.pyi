@@ -100,6 +100,20 @@ class PersistenceServiceStub:
     """Returns a tenant's handed-off conversation (ever handed off) with its owner, for operators."""
     CountThumbsDown: _grpc.UnaryUnaryMultiCallable[_persistence_pb2.CountThumbsDownRequest, _persistence_pb2.CountThumbsDownResponse]
     """Counts the thumbs-down ratings in the conversation of one of the owner's messages."""
+    PushVariant: _grpc.UnaryUnaryMultiCallable[_persistence_pb2.PersistenceServicePushVariantRequest, _persistence_pb2.PersistenceServicePushVariantResponse]
+    """Variant registry (docs/registry.md): stores a new version of a variant."""
+    ListVariants: _grpc.UnaryUnaryMultiCallable[_persistence_pb2.PersistenceServiceListVariantsRequest, _persistence_pb2.PersistenceServiceListVariantsResponse]
+    """Variant registry: lists stored versions."""
+    GetVariant: _grpc.UnaryUnaryMultiCallable[_persistence_pb2.PersistenceServiceGetVariantRequest, _persistence_pb2.PersistenceServiceGetVariantResponse]
+    """Variant registry: returns one version (the Agent resolves pinned turns with it)."""
+    PromoteVariant: _grpc.UnaryUnaryMultiCallable[_persistence_pb2.PersistenceServicePromoteVariantRequest, _persistence_pb2.PersistenceServicePromoteVariantResponse]
+    """Variant registry: promotes a version to canary or production, recording the change."""
+    RollbackVariant: _grpc.UnaryUnaryMultiCallable[_persistence_pb2.PersistenceServiceRollbackVariantRequest, _persistence_pb2.PersistenceServiceRollbackVariantResponse]
+    """Variant registry: undoes the last deployment step, recording the change."""
+    ListVariantChanges: _grpc.UnaryUnaryMultiCallable[_persistence_pb2.PersistenceServiceListVariantChangesRequest, _persistence_pb2.PersistenceServiceListVariantChangesResponse]
+    """Variant registry: the recorded changes, newest first."""
+    GetVariantDeployment: _grpc.UnaryUnaryMultiCallable[_persistence_pb2.GetVariantDeploymentRequest, _persistence_pb2.GetVariantDeploymentResponse]
+    """Variant registry: the versions serving traffic now (polled by every Agent)."""
 
 @_typing.type_check_only
 class PersistenceServiceAsyncStub(PersistenceServiceStub):
@@ -173,6 +187,20 @@ class PersistenceServiceAsyncStub(PersistenceServiceStub):
     """Returns a tenant's handed-off conversation (ever handed off) with its owner, for operators."""
     CountThumbsDown: _aio.UnaryUnaryMultiCallable[_persistence_pb2.CountThumbsDownRequest, _persistence_pb2.CountThumbsDownResponse]  # type: ignore[assignment]
     """Counts the thumbs-down ratings in the conversation of one of the owner's messages."""
+    PushVariant: _aio.UnaryUnaryMultiCallable[_persistence_pb2.PersistenceServicePushVariantRequest, _persistence_pb2.PersistenceServicePushVariantResponse]  # type: ignore[assignment]
+    """Variant registry (docs/registry.md): stores a new version of a variant."""
+    ListVariants: _aio.UnaryUnaryMultiCallable[_persistence_pb2.PersistenceServiceListVariantsRequest, _persistence_pb2.PersistenceServiceListVariantsResponse]  # type: ignore[assignment]
+    """Variant registry: lists stored versions."""
+    GetVariant: _aio.UnaryUnaryMultiCallable[_persistence_pb2.PersistenceServiceGetVariantRequest, _persistence_pb2.PersistenceServiceGetVariantResponse]  # type: ignore[assignment]
+    """Variant registry: returns one version (the Agent resolves pinned turns with it)."""
+    PromoteVariant: _aio.UnaryUnaryMultiCallable[_persistence_pb2.PersistenceServicePromoteVariantRequest, _persistence_pb2.PersistenceServicePromoteVariantResponse]  # type: ignore[assignment]
+    """Variant registry: promotes a version to canary or production, recording the change."""
+    RollbackVariant: _aio.UnaryUnaryMultiCallable[_persistence_pb2.PersistenceServiceRollbackVariantRequest, _persistence_pb2.PersistenceServiceRollbackVariantResponse]  # type: ignore[assignment]
+    """Variant registry: undoes the last deployment step, recording the change."""
+    ListVariantChanges: _aio.UnaryUnaryMultiCallable[_persistence_pb2.PersistenceServiceListVariantChangesRequest, _persistence_pb2.PersistenceServiceListVariantChangesResponse]  # type: ignore[assignment]
+    """Variant registry: the recorded changes, newest first."""
+    GetVariantDeployment: _aio.UnaryUnaryMultiCallable[_persistence_pb2.GetVariantDeploymentRequest, _persistence_pb2.GetVariantDeploymentResponse]  # type: ignore[assignment]
+    """Variant registry: the versions serving traffic now (polled by every Agent)."""
 
 class PersistenceServiceServicer(metaclass=_abc_1.ABCMeta):
     """The system of record: conversations, turns, messages (written through the message log),
@@ -399,5 +427,61 @@ class PersistenceServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_persistence_pb2.CountThumbsDownResponse, _abc.Awaitable[_persistence_pb2.CountThumbsDownResponse]]:
         """Counts the thumbs-down ratings in the conversation of one of the owner's messages."""
+
+    @_abc_1.abstractmethod
+    def PushVariant(
+        self,
+        request: _persistence_pb2.PersistenceServicePushVariantRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_persistence_pb2.PersistenceServicePushVariantResponse, _abc.Awaitable[_persistence_pb2.PersistenceServicePushVariantResponse]]:
+        """Variant registry (docs/registry.md): stores a new version of a variant."""
+
+    @_abc_1.abstractmethod
+    def ListVariants(
+        self,
+        request: _persistence_pb2.PersistenceServiceListVariantsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_persistence_pb2.PersistenceServiceListVariantsResponse, _abc.Awaitable[_persistence_pb2.PersistenceServiceListVariantsResponse]]:
+        """Variant registry: lists stored versions."""
+
+    @_abc_1.abstractmethod
+    def GetVariant(
+        self,
+        request: _persistence_pb2.PersistenceServiceGetVariantRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_persistence_pb2.PersistenceServiceGetVariantResponse, _abc.Awaitable[_persistence_pb2.PersistenceServiceGetVariantResponse]]:
+        """Variant registry: returns one version (the Agent resolves pinned turns with it)."""
+
+    @_abc_1.abstractmethod
+    def PromoteVariant(
+        self,
+        request: _persistence_pb2.PersistenceServicePromoteVariantRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_persistence_pb2.PersistenceServicePromoteVariantResponse, _abc.Awaitable[_persistence_pb2.PersistenceServicePromoteVariantResponse]]:
+        """Variant registry: promotes a version to canary or production, recording the change."""
+
+    @_abc_1.abstractmethod
+    def RollbackVariant(
+        self,
+        request: _persistence_pb2.PersistenceServiceRollbackVariantRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_persistence_pb2.PersistenceServiceRollbackVariantResponse, _abc.Awaitable[_persistence_pb2.PersistenceServiceRollbackVariantResponse]]:
+        """Variant registry: undoes the last deployment step, recording the change."""
+
+    @_abc_1.abstractmethod
+    def ListVariantChanges(
+        self,
+        request: _persistence_pb2.PersistenceServiceListVariantChangesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_persistence_pb2.PersistenceServiceListVariantChangesResponse, _abc.Awaitable[_persistence_pb2.PersistenceServiceListVariantChangesResponse]]:
+        """Variant registry: the recorded changes, newest first."""
+
+    @_abc_1.abstractmethod
+    def GetVariantDeployment(
+        self,
+        request: _persistence_pb2.GetVariantDeploymentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_persistence_pb2.GetVariantDeploymentResponse, _abc.Awaitable[_persistence_pb2.GetVariantDeploymentResponse]]:
+        """Variant registry: the versions serving traffic now (polled by every Agent)."""
 
 def add_PersistenceServiceServicer_to_server(servicer: PersistenceServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
