@@ -329,3 +329,6 @@ cli.add_command(audit)
 keys.add_command(keys_list)
 keys.add_command(keys_rotate)
 keys.add_command(keys_revoke)
+from chatplane.cli.variants import variants  # noqa: E402  (the variant registry)
+
+cli.add_command(variants)

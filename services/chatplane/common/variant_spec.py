@@ -29,7 +29,7 @@ class VariantSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: Annotated[str, Field(pattern=NAME_PATTERN)]
-    description: Annotated[str, Field(max_length=1000)] = ""
+    description: Annotated[str, Field(max_length=1000)] | None = None
     backend: Literal["offline", "anthropic", "openai_compatible"] | None = None
     model: Annotated[str, Field(min_length=1, max_length=200)] | None = None
     fallbacks: list[Annotated[str, Field(min_length=1, max_length=300)]] | None = None

@@ -17,7 +17,8 @@ from chatplane.gateway.auth import ApiKeyAuthenticator
 from chatplane.gateway.authentication import Authenticator
 from chatplane.gateway.jwks import JwksCache
 from chatplane.gateway.oidc import OidcConfig, OidcConfigError, OidcVerifier
-from chatplane.v1 import admin_pb2, admin_pb2_grpc, persistence_pb2_grpc
+from chatplane.gateway.registry_servicer import RegistryServicer
+from chatplane.v1 import admin_pb2, admin_pb2_grpc, persistence_pb2_grpc, registry_pb2_grpc
 
 ADMIN_SERVICE = admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name
 ADMIN_PREFIX = f"/{ADMIN_SERVICE}/"
@@ -30,6 +31,7 @@ class GatewayIdentity:
 
     authenticator: Authenticator
     admin: AdminServicer
+    registry: RegistryServicer
     recorder: audit.AuditRecorder
     jwks: JwksCache | None
 
@@ -68,6 +70,7 @@ class GatewayIdentity:
         return cls(
             authenticator=Authenticator(api_keys, oidc),
             admin=AdminServicer(settings=settings, persistence=persistence, api_keys=api_keys),
+            registry=RegistryServicer(settings=settings, persistence=persistence),
             recorder=recorder,
             jwks=jwks,
         )
@@ -75,6 +78,8 @@ class GatewayIdentity:
     def register(self, server: grpc.aio.Server) -> None:
         """Adds AdminService to the server."""
         admin_pb2_grpc.add_AdminServiceServicer_to_server(self.admin, server)
+        # The variant registry (docs/registry.md).
+        registry_pb2_grpc.add_RegistryServiceServicer_to_server(self.registry, server)
 
     async def close(self) -> None:
         """Appends the audit events still queued, then releases the JWKS client."""

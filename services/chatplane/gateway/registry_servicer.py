@@ -1,0 +1,147 @@
+"""RegistryService (docs/registry.md), served by the Gateway: the variant registry for
+admins of the tenants allowed to manage the deployment, through PersistenceService; and the
+check of a Chat turn pinned to a registry version (admins only)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+
+from chatplane import audit
+from chatplane.common import errors
+from chatplane.common.context import Principal, principal_var
+from chatplane.common.deadlines import outbound_timeout
+from chatplane.common.roles import ADMIN, require_role
+from chatplane.common.settings import Settings
+from chatplane.common.variant_spec import MAX_SPEC_CHARS, VariantSpecError, parse_identifier
+from chatplane.v1 import persistence_pb2, persistence_pb2_grpc, registry_pb2, registry_pb2_grpc
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+REGISTRY_SERVICE = registry_pb2.DESCRIPTOR.services_by_name["RegistryService"].full_name
+
+
+def _caller() -> Principal:
+    principal = principal_var.get()
+    if principal is None:  # the interceptor authenticates every call
+        raise errors.Unauthenticated("not authenticated")
+    return principal
+
+
+def require_pin(principal: Principal, variant: str) -> None:
+    """A Chat turn pinned to NAME@VERSION: the caller must be an admin."""
+    if not variant:
+        return
+    require_role(principal, ADMIN)
+    try:
+        parse_identifier(variant)
+    except VariantSpecError as error:
+        raise errors.InvalidArgument("variant", str(error)) from None
+
+
+def _actor(principal: Principal) -> str:
+    return f"{principal.tenant_id}/{audit.actor_of(principal)}"
+
+
+class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
+    """RegistryService over PersistenceService."""
+
+    def __init__(
+        self, *, settings: Settings, persistence: persistence_pb2_grpc.PersistenceServiceAsyncStub
+    ) -> None:
+        self._settings = settings
+        self._persistence = persistence
+
+    def _admin(self, context: Context, action: str) -> Principal:
+        """An admin of a tenant that may manage the deployment (a refusal is audited)."""
+        principal = _caller()
+        try:
+            require_role(principal, ADMIN)
+            if principal.tenant_id not in self._settings.registry_admin_tenants:
+                raise errors.PermissionDenied(
+                    "the variant registry is managed by admins of the operations tenants"
+                )
+        except errors.PermissionDenied as denied:
+            audit.record(
+                audit.AUTHZ_DENIED,
+                actor=audit.actor_of(principal),
+                tenant_id=principal.tenant_id,
+                object=f"rpc/RegistryService.{action}",
+                outcome=audit.DENIED,
+                detail=denied.message,
+                source=context.peer() or "",
+            )
+            raise
+        return principal
+
+    def _timeout(self, context: Context) -> float:
+        return outbound_timeout(context, self._settings.internal_call_timeout_seconds)
+
+    async def PushVariant(
+        self, request: registry_pb2.PushVariantRequest, context: Context
+    ) -> registry_pb2.PushVariantResponse:
+        principal = self._admin(context, "PushVariant")
+        if len(request.spec) > MAX_SPEC_CHARS:
+            raise errors.InvalidArgument("spec", f"must be at most {MAX_SPEC_CHARS} characters")
+        response = await self._persistence.PushVariant(
+            persistence_pb2.PersistenceServicePushVariantRequest(
+                request=request, actor=_actor(principal)
+            ),
+            timeout=self._timeout(context),
+        )
+        return response.response
+
+    async def ListVariants(
+        self, request: registry_pb2.ListVariantsRequest, context: Context
+    ) -> registry_pb2.ListVariantsResponse:
+        self._admin(context, "ListVariants")
+        response = await self._persistence.ListVariants(
+            persistence_pb2.PersistenceServiceListVariantsRequest(request=request),
+            timeout=self._timeout(context),
+        )
+        return response.response
+
+    async def GetVariant(
+        self, request: registry_pb2.GetVariantRequest, context: Context
+    ) -> registry_pb2.GetVariantResponse:
+        self._admin(context, "GetVariant")
+        response = await self._persistence.GetVariant(
+            persistence_pb2.PersistenceServiceGetVariantRequest(request=request),
+            timeout=self._timeout(context),
+        )
+        return response.response
+
+    async def PromoteVariant(
+        self, request: registry_pb2.PromoteVariantRequest, context: Context
+    ) -> registry_pb2.PromoteVariantResponse:
+        principal = self._admin(context, "PromoteVariant")
+        response = await self._persistence.PromoteVariant(
+            persistence_pb2.PersistenceServicePromoteVariantRequest(
+                request=request, actor=_actor(principal)
+            ),
+            timeout=self._timeout(context),
+        )
+        return response.response
+
+    async def RollbackVariant(
+        self, request: registry_pb2.RollbackVariantRequest, context: Context
+    ) -> registry_pb2.RollbackVariantResponse:
+        principal = self._admin(context, "RollbackVariant")
+        response = await self._persistence.RollbackVariant(
+            persistence_pb2.PersistenceServiceRollbackVariantRequest(
+                request=request, actor=_actor(principal)
+            ),
+            timeout=self._timeout(context),
+        )
+        return response.response
+
+    async def ListVariantChanges(
+        self, request: registry_pb2.ListVariantChangesRequest, context: Context
+    ) -> registry_pb2.ListVariantChangesResponse:
+        self._admin(context, "ListVariantChanges")
+        response = await self._persistence.ListVariantChanges(
+            persistence_pb2.PersistenceServiceListVariantChangesRequest(request=request),
+            timeout=self._timeout(context),
+        )
+        return response.response
