@@ -332,3 +332,6 @@ keys.add_command(keys_revoke)
 from chatplane.cli.variants import variants  # noqa: E402  (the variant registry)
 
 cli.add_command(variants)
+from chatplane.cli.evaluate import evaluate  # noqa: E402  (the evaluation harness)
+
+cli.add_command(evaluate)

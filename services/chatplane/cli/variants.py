@@ -9,12 +9,10 @@ import difflib
 import json
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import click
 import grpc
-from rich.console import Console
-from rich.table import Table
 
 from chatplane.cli.chat import describe_rpc_error, error_exit
 from chatplane.cli.client import ClientTarget, gateway_options, tls_files
@@ -27,9 +25,10 @@ _STAGE_NAMES = {
     registry_pb2.VARIANT_STAGE_CANARY: "canary",
     registry_pb2.VARIANT_STAGE_PRODUCTION: "production",
 }
-Work = Callable[
-    [registry_pb2_grpc.RegistryServiceAsyncStub, tuple[tuple[str, str], ...]], Awaitable[_T]
-]
+if TYPE_CHECKING:  # the async stub exists only in the stubs' types
+    Work = Callable[
+        [registry_pb2_grpc.RegistryServiceAsyncStub, tuple[tuple[str, str], ...]], Awaitable[_T]
+    ]
 
 
 def call_registry(target: ClientTarget, work: Work[_T]) -> _T:
@@ -149,20 +148,14 @@ def variants_list(
         return response
 
     response = call_registry(_target(data_dir, address, api_key, tls_cert, tls_key, tls_ca), listed)
-    table = Table(title="variant registry")
-    for column in ("variant", "stage", "model", "created", "by", "sha256"):
-        table.add_column(column)
     for version in response.variants:
         spec = json.loads(version.spec_json)
-        table.add_row(
-            identifier(version),
-            stage_text(version),
-            str(spec.get("model", spec.get("backend", "(settings)"))),
-            version.create_time.ToDatetime().isoformat(timespec="seconds") + "Z",
-            version.created_by,
-            version.spec_sha256[:12],
+        model = spec.get("model", spec.get("backend", "(settings)"))
+        created = version.create_time.ToDatetime().isoformat(timespec="seconds")
+        click.echo(
+            f"{identifier(version)}  {stage_text(version)}  {model}  {created}Z"
+            f"  {version.created_by}  {version.spec_sha256[:12]}"
         )
-    Console().print(table)
 
 
 async def _get(

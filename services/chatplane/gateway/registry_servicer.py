@@ -14,6 +14,7 @@ from chatplane.common.context import Principal, principal_var
 from chatplane.common.deadlines import outbound_timeout
 from chatplane.common.roles import ADMIN, require_role
 from chatplane.common.settings import Settings
+from chatplane.common.status_mapping import caller_field_errors
 from chatplane.common.variant_spec import MAX_SPEC_CHARS, VariantSpecError, parse_identifier
 from chatplane.v1 import persistence_pb2, persistence_pb2_grpc, registry_pb2, registry_pb2_grpc
 
@@ -84,64 +85,70 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         principal = self._admin(context, "PushVariant")
         if len(request.spec) > MAX_SPEC_CHARS:
             raise errors.InvalidArgument("spec", f"must be at most {MAX_SPEC_CHARS} characters")
-        response = await self._persistence.PushVariant(
-            persistence_pb2.PersistenceServicePushVariantRequest(
-                request=request, actor=_actor(principal)
-            ),
-            timeout=self._timeout(context),
-        )
+        with caller_field_errors("request."):
+            response = await self._persistence.PushVariant(
+                persistence_pb2.PersistenceServicePushVariantRequest(
+                    request=request, actor=_actor(principal)
+                ),
+                timeout=self._timeout(context),
+            )
         return response.response
 
     async def ListVariants(
         self, request: registry_pb2.ListVariantsRequest, context: Context
     ) -> registry_pb2.ListVariantsResponse:
         self._admin(context, "ListVariants")
-        response = await self._persistence.ListVariants(
-            persistence_pb2.PersistenceServiceListVariantsRequest(request=request),
-            timeout=self._timeout(context),
-        )
+        with caller_field_errors("request."):
+            response = await self._persistence.ListVariants(
+                persistence_pb2.PersistenceServiceListVariantsRequest(request=request),
+                timeout=self._timeout(context),
+            )
         return response.response
 
     async def GetVariant(
         self, request: registry_pb2.GetVariantRequest, context: Context
     ) -> registry_pb2.GetVariantResponse:
         self._admin(context, "GetVariant")
-        response = await self._persistence.GetVariant(
-            persistence_pb2.PersistenceServiceGetVariantRequest(request=request),
-            timeout=self._timeout(context),
-        )
+        with caller_field_errors("request."):
+            response = await self._persistence.GetVariant(
+                persistence_pb2.PersistenceServiceGetVariantRequest(request=request),
+                timeout=self._timeout(context),
+            )
         return response.response
 
     async def PromoteVariant(
         self, request: registry_pb2.PromoteVariantRequest, context: Context
     ) -> registry_pb2.PromoteVariantResponse:
         principal = self._admin(context, "PromoteVariant")
-        response = await self._persistence.PromoteVariant(
-            persistence_pb2.PersistenceServicePromoteVariantRequest(
-                request=request, actor=_actor(principal)
-            ),
-            timeout=self._timeout(context),
-        )
+        with caller_field_errors("request."):
+            response = await self._persistence.PromoteVariant(
+                persistence_pb2.PersistenceServicePromoteVariantRequest(
+                    request=request, actor=_actor(principal)
+                ),
+                timeout=self._timeout(context),
+            )
         return response.response
 
     async def RollbackVariant(
         self, request: registry_pb2.RollbackVariantRequest, context: Context
     ) -> registry_pb2.RollbackVariantResponse:
         principal = self._admin(context, "RollbackVariant")
-        response = await self._persistence.RollbackVariant(
-            persistence_pb2.PersistenceServiceRollbackVariantRequest(
-                request=request, actor=_actor(principal)
-            ),
-            timeout=self._timeout(context),
-        )
+        with caller_field_errors("request."):
+            response = await self._persistence.RollbackVariant(
+                persistence_pb2.PersistenceServiceRollbackVariantRequest(
+                    request=request, actor=_actor(principal)
+                ),
+                timeout=self._timeout(context),
+            )
         return response.response
 
     async def ListVariantChanges(
         self, request: registry_pb2.ListVariantChangesRequest, context: Context
     ) -> registry_pb2.ListVariantChangesResponse:
         self._admin(context, "ListVariantChanges")
-        response = await self._persistence.ListVariantChanges(
-            persistence_pb2.PersistenceServiceListVariantChangesRequest(request=request),
-            timeout=self._timeout(context),
-        )
+        with caller_field_errors("request."):
+            response = await self._persistence.ListVariantChanges(
+                persistence_pb2.PersistenceServiceListVariantChangesRequest(request=request),
+                timeout=self._timeout(context),
+            )
         return response.response

@@ -4,6 +4,8 @@ proto ⇄ domain around the store's `VariantRegistryStore`. The Gateway's Regist
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
 
@@ -77,6 +79,16 @@ def _text(value: str, field: str) -> str:
     return value
 
 
+@contextlib.contextmanager
+def _caller_fields() -> Iterator[None]:
+    """The store names the promotion's own fields; the Gateway's caller sent them at
+    `request.` (what the Gateway passes on as the caller's field)."""
+    try:
+        yield
+    except errors.InvalidArgument as error:
+        raise errors.InvalidArgument(f"request.{error.field}", error.description) from None
+
+
 class RegistryRpcs:
     """The registry RPCs, mixed into the PersistenceService servicer (which sets `_store`)."""
 
@@ -95,7 +107,7 @@ class RegistryRpcs:
         try:
             spec = parse_spec(request.request.spec)
         except VariantSpecError as error:
-            raise errors.InvalidArgument("spec", str(error)) from None
+            raise errors.InvalidArgument("request.spec", str(error)) from None
         record, created = await self._registry.push_variant(
             spec.name, spec.canonical_json(), spec.sha256(), _text(request.actor, "actor")
         )
@@ -109,7 +121,9 @@ class RegistryRpcs:
     async def ListVariants(  # noqa: N802
         self, request: persistence_pb2.PersistenceServiceListVariantsRequest, context: Context
     ) -> persistence_pb2.PersistenceServiceListVariantsResponse:
-        records = await self._registry.list_variants(_text(request.request.name, "name") or None)
+        records = await self._registry.list_variants(
+            _text(request.request.name, "request.name") or None
+        )
         deployment = await self._registry.variant_deployment()
         return persistence_pb2.PersistenceServiceListVariantsResponse(
             response=registry_pb2.ListVariantsResponse(
@@ -120,7 +134,7 @@ class RegistryRpcs:
     async def GetVariant(  # noqa: N802
         self, request: persistence_pb2.PersistenceServiceGetVariantRequest, context: Context
     ) -> persistence_pb2.PersistenceServiceGetVariantResponse:
-        name, version = parse_or_invalid(request.request.variant, "variant")
+        name, version = parse_or_invalid(request.request.variant, "request.variant")
         return persistence_pb2.PersistenceServiceGetVariantResponse(
             response=registry_pb2.GetVariantResponse(variant=await self._version(name, version))
         )
@@ -136,16 +150,17 @@ class RegistryRpcs:
         }
         stage = stages.get(promote.stage)
         if stage is None:
-            raise errors.InvalidArgument("stage", "promote to canary or production")
-        change = await self._registry.promote_variant(
-            Promotion(
-                variant=promote.variant,
-                stage=stage,
-                share_percent=promote.share_percent,
-                actor=_text(request.actor, "actor"),
-                reason=_text(promote.reason, "reason"),
+            raise errors.InvalidArgument("request.stage", "promote to canary or production")
+        with _caller_fields():
+            change = await self._registry.promote_variant(
+                Promotion(
+                    variant=promote.variant,
+                    stage=stage,
+                    share_percent=promote.share_percent,
+                    actor=_text(request.actor, "actor"),
+                    reason=_text(promote.reason, "request.reason"),
+                )
             )
-        )
         return persistence_pb2.PersistenceServicePromoteVariantResponse(
             response=registry_pb2.PromoteVariantResponse(change=change_proto(change))
         )
@@ -154,7 +169,7 @@ class RegistryRpcs:
         self, request: persistence_pb2.PersistenceServiceRollbackVariantRequest, context: Context
     ) -> persistence_pb2.PersistenceServiceRollbackVariantResponse:
         change = await self._registry.rollback_variant(
-            _text(request.actor, "actor"), _text(request.request.reason, "reason")
+            _text(request.actor, "actor"), _text(request.request.reason, "request.reason")
         )
         return persistence_pb2.PersistenceServiceRollbackVariantResponse(
             response=registry_pb2.RollbackVariantResponse(change=change_proto(change))
@@ -165,7 +180,9 @@ class RegistryRpcs:
     ) -> persistence_pb2.PersistenceServiceListVariantChangesResponse:
         limit = request.request.limit or 50
         if not 1 <= limit <= CHANGES_LIMIT_MAX:
-            raise errors.InvalidArgument("limit", f"must be 1-{CHANGES_LIMIT_MAX} (0 means 50)")
+            raise errors.InvalidArgument(
+                "request.limit", f"must be 1-{CHANGES_LIMIT_MAX} (0 means 50)"
+            )
         changes = await self._registry.variant_changes(limit)
         return persistence_pb2.PersistenceServiceListVariantChangesResponse(
             response=registry_pb2.ListVariantChangesResponse(
