@@ -91,8 +91,18 @@ CALLS: dict[tuple[str, str], frozenset[str]] = {
             "ListHandoffs",
             "GetTenantHandoff",
             "CountThumbsDown",
+            # The variant registry (docs/registry.md): RegistryService for admins.
+            "PushRegistryVariant",
+            "ListRegistryVariants",
+            "GetRegistryVariant",
+            "PromoteRegistryVariant",
+            "RollbackRegistryVariant",
+            "ListRegistryChanges",
         }
     ),
+    # The variant registry (docs/registry.md): every Agent polls the deployment and resolves
+    # versions of pinned turns.
+    ("agent", PERSISTENCE): frozenset({"GetVariantDeployment", "GetRegistryVariant"}),
     ("gateway", MEMORY): frozenset({"Forget", "IngestDocument", "ListDocuments", "DeleteDocument"}),
     ("agent", MEMORY): frozenset({"Recall", "Remember"}),
     ("admin", PERSISTENCE): frozenset(

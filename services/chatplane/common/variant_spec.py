@@ -75,6 +75,8 @@ def parse_spec(text: str) -> VariantSpec:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as error:
         raise VariantSpecError(f"spec: not JSON or YAML: {error}") from None
+    except RecursionError:
+        raise VariantSpecError("spec: nested too deeply") from None
     return spec_from_data(raw)
 
 

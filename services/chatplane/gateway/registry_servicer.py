@@ -86,8 +86,8 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         if len(request.spec) > MAX_SPEC_CHARS:
             raise errors.InvalidArgument("spec", f"must be at most {MAX_SPEC_CHARS} characters")
         with caller_field_errors("request."):
-            response = await self._persistence.PushVariant(
-                persistence_pb2.PersistenceServicePushVariantRequest(
+            response = await self._persistence.PushRegistryVariant(
+                persistence_pb2.PushRegistryVariantRequest(
                     request=request, actor=_actor(principal)
                 ),
                 timeout=self._timeout(context),
@@ -99,8 +99,8 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     ) -> registry_pb2.ListVariantsResponse:
         self._admin(context, "ListVariants")
         with caller_field_errors("request."):
-            response = await self._persistence.ListVariants(
-                persistence_pb2.PersistenceServiceListVariantsRequest(request=request),
+            response = await self._persistence.ListRegistryVariants(
+                persistence_pb2.ListRegistryVariantsRequest(request=request),
                 timeout=self._timeout(context),
             )
         return response.response
@@ -110,8 +110,8 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     ) -> registry_pb2.GetVariantResponse:
         self._admin(context, "GetVariant")
         with caller_field_errors("request."):
-            response = await self._persistence.GetVariant(
-                persistence_pb2.PersistenceServiceGetVariantRequest(request=request),
+            response = await self._persistence.GetRegistryVariant(
+                persistence_pb2.GetRegistryVariantRequest(request=request),
                 timeout=self._timeout(context),
             )
         return response.response
@@ -121,8 +121,8 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     ) -> registry_pb2.PromoteVariantResponse:
         principal = self._admin(context, "PromoteVariant")
         with caller_field_errors("request."):
-            response = await self._persistence.PromoteVariant(
-                persistence_pb2.PersistenceServicePromoteVariantRequest(
+            response = await self._persistence.PromoteRegistryVariant(
+                persistence_pb2.PromoteRegistryVariantRequest(
                     request=request, actor=_actor(principal)
                 ),
                 timeout=self._timeout(context),
@@ -134,8 +134,8 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     ) -> registry_pb2.RollbackVariantResponse:
         principal = self._admin(context, "RollbackVariant")
         with caller_field_errors("request."):
-            response = await self._persistence.RollbackVariant(
-                persistence_pb2.PersistenceServiceRollbackVariantRequest(
+            response = await self._persistence.RollbackRegistryVariant(
+                persistence_pb2.RollbackRegistryVariantRequest(
                     request=request, actor=_actor(principal)
                 ),
                 timeout=self._timeout(context),
@@ -147,8 +147,8 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     ) -> registry_pb2.ListVariantChangesResponse:
         self._admin(context, "ListVariantChanges")
         with caller_field_errors("request."):
-            response = await self._persistence.ListVariantChanges(
-                persistence_pb2.PersistenceServiceListVariantChangesRequest(request=request),
+            response = await self._persistence.ListRegistryChanges(
+                persistence_pb2.ListRegistryChangesRequest(request=request),
                 timeout=self._timeout(context),
             )
         return response.response

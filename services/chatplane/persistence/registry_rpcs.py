@@ -101,9 +101,9 @@ class RegistryRpcs:
         record = await self._registry.get_variant(name, version)
         return version_proto(record, await self._registry.variant_deployment())
 
-    async def PushVariant(  # noqa: N802 (the RPC name)
-        self, request: persistence_pb2.PersistenceServicePushVariantRequest, context: Context
-    ) -> persistence_pb2.PersistenceServicePushVariantResponse:
+    async def PushRegistryVariant(  # noqa: N802 (the RPC name)
+        self, request: persistence_pb2.PushRegistryVariantRequest, context: Context
+    ) -> persistence_pb2.PushRegistryVariantResponse:
         try:
             spec = parse_spec(request.request.spec)
         except VariantSpecError as error:
@@ -112,36 +112,36 @@ class RegistryRpcs:
             spec.name, spec.canonical_json(), spec.sha256(), _text(request.actor, "actor")
         )
         deployment = await self._registry.variant_deployment()
-        return persistence_pb2.PersistenceServicePushVariantResponse(
+        return persistence_pb2.PushRegistryVariantResponse(
             response=registry_pb2.PushVariantResponse(
                 variant=version_proto(record, deployment), created=created
             )
         )
 
-    async def ListVariants(  # noqa: N802
-        self, request: persistence_pb2.PersistenceServiceListVariantsRequest, context: Context
-    ) -> persistence_pb2.PersistenceServiceListVariantsResponse:
+    async def ListRegistryVariants(  # noqa: N802
+        self, request: persistence_pb2.ListRegistryVariantsRequest, context: Context
+    ) -> persistence_pb2.ListRegistryVariantsResponse:
         records = await self._registry.list_variants(
             _text(request.request.name, "request.name") or None
         )
         deployment = await self._registry.variant_deployment()
-        return persistence_pb2.PersistenceServiceListVariantsResponse(
+        return persistence_pb2.ListRegistryVariantsResponse(
             response=registry_pb2.ListVariantsResponse(
                 variants=[version_proto(r, deployment) for r in records]
             )
         )
 
-    async def GetVariant(  # noqa: N802
-        self, request: persistence_pb2.PersistenceServiceGetVariantRequest, context: Context
-    ) -> persistence_pb2.PersistenceServiceGetVariantResponse:
+    async def GetRegistryVariant(  # noqa: N802
+        self, request: persistence_pb2.GetRegistryVariantRequest, context: Context
+    ) -> persistence_pb2.GetRegistryVariantResponse:
         name, version = parse_or_invalid(request.request.variant, "request.variant")
-        return persistence_pb2.PersistenceServiceGetVariantResponse(
+        return persistence_pb2.GetRegistryVariantResponse(
             response=registry_pb2.GetVariantResponse(variant=await self._version(name, version))
         )
 
-    async def PromoteVariant(  # noqa: N802
-        self, request: persistence_pb2.PersistenceServicePromoteVariantRequest, context: Context
-    ) -> persistence_pb2.PersistenceServicePromoteVariantResponse:
+    async def PromoteRegistryVariant(  # noqa: N802
+        self, request: persistence_pb2.PromoteRegistryVariantRequest, context: Context
+    ) -> persistence_pb2.PromoteRegistryVariantResponse:
         promote = request.request
         stages = {
             registry_pb2.VARIANT_STAGE_UNSPECIFIED: Stage.PRODUCTION,
@@ -161,30 +161,30 @@ class RegistryRpcs:
                     reason=_text(promote.reason, "request.reason"),
                 )
             )
-        return persistence_pb2.PersistenceServicePromoteVariantResponse(
+        return persistence_pb2.PromoteRegistryVariantResponse(
             response=registry_pb2.PromoteVariantResponse(change=change_proto(change))
         )
 
-    async def RollbackVariant(  # noqa: N802
-        self, request: persistence_pb2.PersistenceServiceRollbackVariantRequest, context: Context
-    ) -> persistence_pb2.PersistenceServiceRollbackVariantResponse:
+    async def RollbackRegistryVariant(  # noqa: N802
+        self, request: persistence_pb2.RollbackRegistryVariantRequest, context: Context
+    ) -> persistence_pb2.RollbackRegistryVariantResponse:
         change = await self._registry.rollback_variant(
             _text(request.actor, "actor"), _text(request.request.reason, "request.reason")
         )
-        return persistence_pb2.PersistenceServiceRollbackVariantResponse(
+        return persistence_pb2.RollbackRegistryVariantResponse(
             response=registry_pb2.RollbackVariantResponse(change=change_proto(change))
         )
 
-    async def ListVariantChanges(  # noqa: N802
-        self, request: persistence_pb2.PersistenceServiceListVariantChangesRequest, context: Context
-    ) -> persistence_pb2.PersistenceServiceListVariantChangesResponse:
+    async def ListRegistryChanges(  # noqa: N802
+        self, request: persistence_pb2.ListRegistryChangesRequest, context: Context
+    ) -> persistence_pb2.ListRegistryChangesResponse:
         limit = request.request.limit or 50
         if not 1 <= limit <= CHANGES_LIMIT_MAX:
             raise errors.InvalidArgument(
                 "request.limit", f"must be 1-{CHANGES_LIMIT_MAX} (0 means 50)"
             )
         changes = await self._registry.variant_changes(limit)
-        return persistence_pb2.PersistenceServiceListVariantChangesResponse(
+        return persistence_pb2.ListRegistryChangesResponse(
             response=registry_pb2.ListVariantChangesResponse(
                 changes=[change_proto(c) for c in changes]
             )

@@ -3540,7 +3540,7 @@ func (x *CountThumbsDownResponse) GetThumbsDown() int32 {
 }
 
 // A push on behalf of an admin.
-type PersistenceServicePushVariantRequest struct {
+type PushRegistryVariantRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The push.
 	Request *PushVariantRequest `protobuf:"bytes,1,opt,name=request,proto3" json:"request,omitempty"`
@@ -3550,20 +3550,20 @@ type PersistenceServicePushVariantRequest struct {
 	sizeCache     protoimpl.SizeCache
 }
 
-func (x *PersistenceServicePushVariantRequest) Reset() {
-	*x = PersistenceServicePushVariantRequest{}
+func (x *PushRegistryVariantRequest) Reset() {
+	*x = PushRegistryVariantRequest{}
 	mi := &file_chatplane_v1_persistence_proto_msgTypes[56]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
 
-func (x *PersistenceServicePushVariantRequest) String() string {
+func (x *PushRegistryVariantRequest) String() string {
 	return protoimpl.X.MessageStringOf(x)
 }
 
-func (*PersistenceServicePushVariantRequest) ProtoMessage() {}
+func (*PushRegistryVariantRequest) ProtoMessage() {}
 
-func (x *PersistenceServicePushVariantRequest) ProtoReflect() protoreflect.Message {
+func (x *PushRegistryVariantRequest) ProtoReflect() protoreflect.Message {
 	mi := &file_chatplane_v1_persistence_proto_msgTypes[56]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
@@ -3575,19 +3575,19 @@ func (x *PersistenceServicePushVariantRequest) ProtoReflect() protoreflect.Messa
 	return mi.MessageOf(x)
 }
 
-// Deprecated: Use PersistenceServicePushVariantRequest.ProtoReflect.Descriptor instead.
-func (*PersistenceServicePushVariantRequest) Descriptor() ([]byte, []int) {
+// Deprecated: Use PushRegistryVariantRequest.ProtoReflect.Descriptor instead.
+func (*PushRegistryVariantRequest) Descriptor() ([]byte, []int) {
 	return file_chatplane_v1_persistence_proto_rawDescGZIP(), []int{56}
 }
 
-func (x *PersistenceServicePushVariantRequest) GetRequest() *PushVariantRequest {
+func (x *PushRegistryVariantRequest) GetRequest() *PushVariantRequest {
 	if x != nil {
 		return x.Request
 	}
 	return nil
 }
 
-func (x *PersistenceServicePushVariantRequest) GetActor() string {
+func (x *PushRegistryVariantRequest) GetActor() string {
 	if x != nil {
 		return x.Actor
 	}
@@ -3595,7 +3595,7 @@ func (x *PersistenceServicePushVariantRequest) GetActor() string {
 }
 
 // The pushed version.
-type PersistenceServicePushVariantResponse struct {
+type PushRegistryVariantResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The answer.
 	Response      *PushVariantResponse `protobuf:"bytes,1,opt,name=response,proto3" json:"response,omitempty"`
@@ -3603,20 +3603,20 @@ type PersistenceServicePushVariantResponse struct {
 	sizeCache     protoimpl.SizeCache
 }
 
-func (x *PersistenceServicePushVariantResponse) Reset() {
-	*x = PersistenceServicePushVariantResponse{}
+func (x *PushRegistryVariantResponse) Reset() {
+	*x = PushRegistryVariantResponse{}
 	mi := &file_chatplane_v1_persistence_proto_msgTypes[57]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
 
-func (x *PersistenceServicePushVariantResponse) String() string {
+func (x *PushRegistryVariantResponse) String() string {
 	return protoimpl.X.MessageStringOf(x)
 }
 
-func (*PersistenceServicePushVariantResponse) ProtoMessage() {}
+func (*PushRegistryVariantResponse) ProtoMessage() {}
 
-func (x *PersistenceServicePushVariantResponse) ProtoReflect() protoreflect.Message {
+func (x *PushRegistryVariantResponse) ProtoReflect() protoreflect.Message {
 	mi := &file_chatplane_v1_persistence_proto_msgTypes[57]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
@@ -3628,12 +3628,12 @@ func (x *PersistenceServicePushVariantResponse) ProtoReflect() protoreflect.Mess
 	return mi.MessageOf(x)
 }
 
-// Deprecated: Use PersistenceServicePushVariantResponse.ProtoReflect.Descriptor instead.
-func (*PersistenceServicePushVariantResponse) Descriptor() ([]byte, []int) {
+// Deprecated: Use PushRegistryVariantResponse.ProtoReflect.Descriptor instead.
+func (*PushRegistryVariantResponse) Descriptor() ([]byte, []int) {
 	return file_chatplane_v1_persistence_proto_rawDescGZIP(), []int{57}
 }
 
-func (x *PersistenceServicePushVariantResponse) GetResponse() *PushVariantResponse {
+func (x *PushRegistryVariantResponse) GetResponse() *PushVariantResponse {
 	if x != nil {
 		return x.Response
 	}
@@ -3641,7 +3641,7 @@ func (x *PersistenceServicePushVariantResponse) GetResponse() *PushVariantRespon
 }
 
 // A listing of the registry.
-type PersistenceServiceListVariantsRequest struct {
+type ListRegistryVariantsRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The listing.
 	Request       *ListVariantsRequest `protobuf:"bytes,1,opt,name=request,proto3" json:"request,omitempty"`
@@ -3649,20 +3649,20 @@ type PersistenceServiceListVariantsRequest struct {
 	sizeCache     protoimpl.SizeCache
 }
 
-func (x *PersistenceServiceListVariantsRequest) Reset() {
-	*x = PersistenceServiceListVariantsRequest{}
+func (x *ListRegistryVariantsRequest) Reset() {
+	*x = ListRegistryVariantsRequest{}
 	mi := &file_chatplane_v1_persistence_proto_msgTypes[58]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
 
-func (x *PersistenceServiceListVariantsRequest) String() string {
+func (x *ListRegistryVariantsRequest) String() string {
 	return protoimpl.X.MessageStringOf(x)
 }
 
-func (*PersistenceServiceListVariantsRequest) ProtoMessage() {}
+func (*ListRegistryVariantsRequest) ProtoMessage() {}
 
-func (x *PersistenceServiceListVariantsRequest) ProtoReflect() protoreflect.Message {
+func (x *ListRegistryVariantsRequest) ProtoReflect() protoreflect.Message {
 	mi := &file_chatplane_v1_persistence_proto_msgTypes[58]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
@@ -3674,12 +3674,12 @@ func (x *PersistenceServiceListVariantsRequest) ProtoReflect() protoreflect.Mess
 	return mi.MessageOf(x)
 }
 
-// Deprecated: Use PersistenceServiceListVariantsRequest.ProtoReflect.Descriptor instead.
-func (*PersistenceServiceListVariantsRequest) Descriptor() ([]byte, []int) {
+// Deprecated: Use ListRegistryVariantsRequest.ProtoReflect.Descriptor instead.
+func (*ListRegistryVariantsRequest) Descriptor() ([]byte, []int) {
 	return file_chatplane_v1_persistence_proto_rawDescGZIP(), []int{58}
 }
 
-func (x *PersistenceServiceListVariantsRequest) GetRequest() *ListVariantsRequest {
+func (x *ListRegistryVariantsRequest) GetRequest() *ListVariantsRequest {
 	if x != nil {
 		return x.Request
 	}
@@ -3687,7 +3687,7 @@ func (x *PersistenceServiceListVariantsRequest) GetRequest() *ListVariantsReques
 }
 
 // The stored versions.
-type PersistenceServiceListVariantsResponse struct {
+type ListRegistryVariantsResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The answer.
 	Response      *ListVariantsResponse `protobuf:"bytes,1,opt,name=response,proto3" json:"response,omitempty"`
@@ -3695,20 +3695,20 @@ type PersistenceServiceListVariantsResponse struct {
 	sizeCache     protoimpl.SizeCache
 }
 
-func (x *PersistenceServiceListVariantsResponse) Reset() {
-	*x = PersistenceServiceListVariantsResponse{}
+func (x *ListRegistryVariantsResponse) Reset() {
+	*x = ListRegistryVariantsResponse{}
 	mi := &file_chatplane_v1_persistence_proto_msgTypes[59]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
 
-func (x *PersistenceServiceListVariantsResponse) String() string {
+func (x *ListRegistryVariantsResponse) String() string {
 	return protoimpl.X.MessageStringOf(x)
 }
 
-func (*PersistenceServiceListVariantsResponse) ProtoMessage() {}
+func (*ListRegistryVariantsResponse) ProtoMessage() {}
 
-func (x *PersistenceServiceListVariantsResponse) ProtoReflect() protoreflect.Message {
+func (x *ListRegistryVariantsResponse) ProtoReflect() protoreflect.Message {
 	mi := &file_chatplane_v1_persistence_proto_msgTypes[59]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
@@ -3720,12 +3720,12 @@ func (x *PersistenceServiceListVariantsResponse) ProtoReflect() protoreflect.Mes
 	return mi.MessageOf(x)
 }
 
-// Deprecated: Use PersistenceServiceListVariantsResponse.ProtoReflect.Descriptor instead.
-func (*PersistenceServiceListVariantsResponse) Descriptor() ([]byte, []int) {
+// Deprecated: Use ListRegistryVariantsResponse.ProtoReflect.Descriptor instead.
+func (*ListRegistryVariantsResponse) Descriptor() ([]byte, []int) {
 	return file_chatplane_v1_persistence_proto_rawDescGZIP(), []int{59}
 }
 
-func (x *PersistenceServiceListVariantsResponse) GetResponse() *ListVariantsResponse {
+func (x *ListRegistryVariantsResponse) GetResponse() *ListVariantsResponse {
 	if x != nil {
 		return x.Response
 	}
@@ -3733,7 +3733,7 @@ func (x *PersistenceServiceListVariantsResponse) GetResponse() *ListVariantsResp
 }
 
 // Asks for one stored version.
-type PersistenceServiceGetVariantRequest struct {
+type GetRegistryVariantRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The version.
 	Request       *GetVariantRequest `protobuf:"bytes,1,opt,name=request,proto3" json:"request,omitempty"`
@@ -3741,20 +3741,20 @@ type PersistenceServiceGetVariantRequest struct {
 	sizeCache     protoimpl.SizeCache
 }
 
-func (x *PersistenceServiceGetVariantRequest) Reset() {
-	*x = PersistenceServiceGetVariantRequest{}
+func (x *GetRegistryVariantRequest) Reset() {
+	*x = GetRegistryVariantRequest{}
 	mi := &file_chatplane_v1_persistence_proto_msgTypes[60]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
 
-func (x *PersistenceServiceGetVariantRequest) String() string {
+func (x *GetRegistryVariantRequest) String() string {
 	return protoimpl.X.MessageStringOf(x)
 }
 
-func (*PersistenceServiceGetVariantRequest) ProtoMessage() {}
+func (*GetRegistryVariantRequest) ProtoMessage() {}
 
-func (x *PersistenceServiceGetVariantRequest) ProtoReflect() protoreflect.Message {
+func (x *GetRegistryVariantRequest) ProtoReflect() protoreflect.Message {
 	mi := &file_chatplane_v1_persistence_proto_msgTypes[60]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
@@ -3766,12 +3766,12 @@ func (x *PersistenceServiceGetVariantRequest) ProtoReflect() protoreflect.Messag
 	return mi.MessageOf(x)
 }
 
-// Deprecated: Use PersistenceServiceGetVariantRequest.ProtoReflect.Descriptor instead.
-func (*PersistenceServiceGetVariantRequest) Descriptor() ([]byte, []int) {
+// Deprecated: Use GetRegistryVariantRequest.ProtoReflect.Descriptor instead.
+func (*GetRegistryVariantRequest) Descriptor() ([]byte, []int) {
 	return file_chatplane_v1_persistence_proto_rawDescGZIP(), []int{60}
 }
 
-func (x *PersistenceServiceGetVariantRequest) GetRequest() *GetVariantRequest {
+func (x *GetRegistryVariantRequest) GetRequest() *GetVariantRequest {
 	if x != nil {
 		return x.Request
 	}
@@ -3779,7 +3779,7 @@ func (x *PersistenceServiceGetVariantRequest) GetRequest() *GetVariantRequest {
 }
 
 // One stored version.
-type PersistenceServiceGetVariantResponse struct {
+type GetRegistryVariantResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The answer.
 	Response      *GetVariantResponse `protobuf:"bytes,1,opt,name=response,proto3" json:"response,omitempty"`
@@ -3787,20 +3787,20 @@ type PersistenceServiceGetVariantResponse struct {
 	sizeCache     protoimpl.SizeCache
 }
 
-func (x *PersistenceServiceGetVariantResponse) Reset() {
-	*x = PersistenceServiceGetVariantResponse{}
+func (x *GetRegistryVariantResponse) Reset() {
+	*x = GetRegistryVariantResponse{}
 	mi := &file_chatplane_v1_persistence_proto_msgTypes[61]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
 
-func (x *PersistenceServiceGetVariantResponse) String() string {
+func (x *GetRegistryVariantResponse) String() string {
 	return protoimpl.X.MessageStringOf(x)
 }
 
-func (*PersistenceServiceGetVariantResponse) ProtoMessage() {}
+func (*GetRegistryVariantResponse) ProtoMessage() {}
 
-func (x *PersistenceServiceGetVariantResponse) ProtoReflect() protoreflect.Message {
+func (x *GetRegistryVariantResponse) ProtoReflect() protoreflect.Message {
 	mi := &file_chatplane_v1_persistence_proto_msgTypes[61]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
@@ -3812,12 +3812,12 @@ func (x *PersistenceServiceGetVariantResponse) ProtoReflect() protoreflect.Messa
 	return mi.MessageOf(x)
 }
 
-// Deprecated: Use PersistenceServiceGetVariantResponse.ProtoReflect.Descriptor instead.
-func (*PersistenceServiceGetVariantResponse) Descriptor() ([]byte, []int) {
+// Deprecated: Use GetRegistryVariantResponse.ProtoReflect.Descriptor instead.
+func (*GetRegistryVariantResponse) Descriptor() ([]byte, []int) {
 	return file_chatplane_v1_persistence_proto_rawDescGZIP(), []int{61}
 }
 
-func (x *PersistenceServiceGetVariantResponse) GetResponse() *GetVariantResponse {
+func (x *GetRegistryVariantResponse) GetResponse() *GetVariantResponse {
 	if x != nil {
 		return x.Response
 	}
@@ -3825,7 +3825,7 @@ func (x *PersistenceServiceGetVariantResponse) GetResponse() *GetVariantResponse
 }
 
 // A promotion on behalf of an admin.
-type PersistenceServicePromoteVariantRequest struct {
+type PromoteRegistryVariantRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The promotion.
 	Request *PromoteVariantRequest `protobuf:"bytes,1,opt,name=request,proto3" json:"request,omitempty"`
@@ -3835,20 +3835,20 @@ type PersistenceServicePromoteVariantRequest struct {
 	sizeCache     protoimpl.SizeCache
 }
 
-func (x *PersistenceServicePromoteVariantRequest) Reset() {
-	*x = PersistenceServicePromoteVariantRequest{}
+func (x *PromoteRegistryVariantRequest) Reset() {
+	*x = PromoteRegistryVariantRequest{}
 	mi := &file_chatplane_v1_persistence_proto_msgTypes[62]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
 
-func (x *PersistenceServicePromoteVariantRequest) String() string {
+func (x *PromoteRegistryVariantRequest) String() string {
 	return protoimpl.X.MessageStringOf(x)
 }
 
-func (*PersistenceServicePromoteVariantRequest) ProtoMessage() {}
+func (*PromoteRegistryVariantRequest) ProtoMessage() {}
 
-func (x *PersistenceServicePromoteVariantRequest) ProtoReflect() protoreflect.Message {
+func (x *PromoteRegistryVariantRequest) ProtoReflect() protoreflect.Message {
 	mi := &file_chatplane_v1_persistence_proto_msgTypes[62]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
@@ -3860,19 +3860,19 @@ func (x *PersistenceServicePromoteVariantRequest) ProtoReflect() protoreflect.Me
 	return mi.MessageOf(x)
 }
 
-// Deprecated: Use PersistenceServicePromoteVariantRequest.ProtoReflect.Descriptor instead.
-func (*PersistenceServicePromoteVariantRequest) Descriptor() ([]byte, []int) {
+// Deprecated: Use PromoteRegistryVariantRequest.ProtoReflect.Descriptor instead.
+func (*PromoteRegistryVariantRequest) Descriptor() ([]byte, []int) {
 	return file_chatplane_v1_persistence_proto_rawDescGZIP(), []int{62}
 }
 
-func (x *PersistenceServicePromoteVariantRequest) GetRequest() *PromoteVariantRequest {
+func (x *PromoteRegistryVariantRequest) GetRequest() *PromoteVariantRequest {
 	if x != nil {
 		return x.Request
 	}
 	return nil
 }
 
-func (x *PersistenceServicePromoteVariantRequest) GetActor() string {
+func (x *PromoteRegistryVariantRequest) GetActor() string {
 	if x != nil {
 		return x.Actor
 	}
@@ -3880,7 +3880,7 @@ func (x *PersistenceServicePromoteVariantRequest) GetActor() string {
 }
 
 // The recorded promotion.
-type PersistenceServicePromoteVariantResponse struct {
+type PromoteRegistryVariantResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The answer.
 	Response      *PromoteVariantResponse `protobuf:"bytes,1,opt,name=response,proto3" json:"response,omitempty"`
@@ -3888,20 +3888,20 @@ type PersistenceServicePromoteVariantResponse struct {
 	sizeCache     protoimpl.SizeCache
 }
 
-func (x *PersistenceServicePromoteVariantResponse) Reset() {
-	*x = PersistenceServicePromoteVariantResponse{}
+func (x *PromoteRegistryVariantResponse) Reset() {
+	*x = PromoteRegistryVariantResponse{}
 	mi := &file_chatplane_v1_persistence_proto_msgTypes[63]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
 
-func (x *PersistenceServicePromoteVariantResponse) String() string {
+func (x *PromoteRegistryVariantResponse) String() string {
 	return protoimpl.X.MessageStringOf(x)
 }
 
-func (*PersistenceServicePromoteVariantResponse) ProtoMessage() {}
+func (*PromoteRegistryVariantResponse) ProtoMessage() {}
 
-func (x *PersistenceServicePromoteVariantResponse) ProtoReflect() protoreflect.Message {
+func (x *PromoteRegistryVariantResponse) ProtoReflect() protoreflect.Message {
 	mi := &file_chatplane_v1_persistence_proto_msgTypes[63]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
@@ -3913,12 +3913,12 @@ func (x *PersistenceServicePromoteVariantResponse) ProtoReflect() protoreflect.M
 	return mi.MessageOf(x)
 }
 
-// Deprecated: Use PersistenceServicePromoteVariantResponse.ProtoReflect.Descriptor instead.
-func (*PersistenceServicePromoteVariantResponse) Descriptor() ([]byte, []int) {
+// Deprecated: Use PromoteRegistryVariantResponse.ProtoReflect.Descriptor instead.
+func (*PromoteRegistryVariantResponse) Descriptor() ([]byte, []int) {
 	return file_chatplane_v1_persistence_proto_rawDescGZIP(), []int{63}
 }
 
-func (x *PersistenceServicePromoteVariantResponse) GetResponse() *PromoteVariantResponse {
+func (x *PromoteRegistryVariantResponse) GetResponse() *PromoteVariantResponse {
 	if x != nil {
 		return x.Response
 	}
@@ -3926,7 +3926,7 @@ func (x *PersistenceServicePromoteVariantResponse) GetResponse() *PromoteVariant
 }
 
 // A rollback on behalf of an admin.
-type PersistenceServiceRollbackVariantRequest struct {
+type RollbackRegistryVariantRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The rollback.
 	Request *RollbackVariantRequest `protobuf:"bytes,1,opt,name=request,proto3" json:"request,omitempty"`
@@ -3936,20 +3936,20 @@ type PersistenceServiceRollbackVariantRequest struct {
 	sizeCache     protoimpl.SizeCache
 }
 
-func (x *PersistenceServiceRollbackVariantRequest) Reset() {
-	*x = PersistenceServiceRollbackVariantRequest{}
+func (x *RollbackRegistryVariantRequest) Reset() {
+	*x = RollbackRegistryVariantRequest{}
 	mi := &file_chatplane_v1_persistence_proto_msgTypes[64]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
 
-func (x *PersistenceServiceRollbackVariantRequest) String() string {
+func (x *RollbackRegistryVariantRequest) String() string {
 	return protoimpl.X.MessageStringOf(x)
 }
 
-func (*PersistenceServiceRollbackVariantRequest) ProtoMessage() {}
+func (*RollbackRegistryVariantRequest) ProtoMessage() {}
 
-func (x *PersistenceServiceRollbackVariantRequest) ProtoReflect() protoreflect.Message {
+func (x *RollbackRegistryVariantRequest) ProtoReflect() protoreflect.Message {
 	mi := &file_chatplane_v1_persistence_proto_msgTypes[64]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
@@ -3961,19 +3961,19 @@ func (x *PersistenceServiceRollbackVariantRequest) ProtoReflect() protoreflect.M
 	return mi.MessageOf(x)
 }
 
-// Deprecated: Use PersistenceServiceRollbackVariantRequest.ProtoReflect.Descriptor instead.
-func (*PersistenceServiceRollbackVariantRequest) Descriptor() ([]byte, []int) {
+// Deprecated: Use RollbackRegistryVariantRequest.ProtoReflect.Descriptor instead.
+func (*RollbackRegistryVariantRequest) Descriptor() ([]byte, []int) {
 	return file_chatplane_v1_persistence_proto_rawDescGZIP(), []int{64}
 }
 
-func (x *PersistenceServiceRollbackVariantRequest) GetRequest() *RollbackVariantRequest {
+func (x *RollbackRegistryVariantRequest) GetRequest() *RollbackVariantRequest {
 	if x != nil {
 		return x.Request
 	}
 	return nil
 }
 
-func (x *PersistenceServiceRollbackVariantRequest) GetActor() string {
+func (x *RollbackRegistryVariantRequest) GetActor() string {
 	if x != nil {
 		return x.Actor
 	}
@@ -3981,7 +3981,7 @@ func (x *PersistenceServiceRollbackVariantRequest) GetActor() string {
 }
 
 // The recorded rollback.
-type PersistenceServiceRollbackVariantResponse struct {
+type RollbackRegistryVariantResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The answer.
 	Response      *RollbackVariantResponse `protobuf:"bytes,1,opt,name=response,proto3" json:"response,omitempty"`
@@ -3989,20 +3989,20 @@ type PersistenceServiceRollbackVariantResponse struct {
 	sizeCache     protoimpl.SizeCache
 }
 
-func (x *PersistenceServiceRollbackVariantResponse) Reset() {
-	*x = PersistenceServiceRollbackVariantResponse{}
+func (x *RollbackRegistryVariantResponse) Reset() {
+	*x = RollbackRegistryVariantResponse{}
 	mi := &file_chatplane_v1_persistence_proto_msgTypes[65]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
 
-func (x *PersistenceServiceRollbackVariantResponse) String() string {
+func (x *RollbackRegistryVariantResponse) String() string {
 	return protoimpl.X.MessageStringOf(x)
 }
 
-func (*PersistenceServiceRollbackVariantResponse) ProtoMessage() {}
+func (*RollbackRegistryVariantResponse) ProtoMessage() {}
 
-func (x *PersistenceServiceRollbackVariantResponse) ProtoReflect() protoreflect.Message {
+func (x *RollbackRegistryVariantResponse) ProtoReflect() protoreflect.Message {
 	mi := &file_chatplane_v1_persistence_proto_msgTypes[65]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
@@ -4014,12 +4014,12 @@ func (x *PersistenceServiceRollbackVariantResponse) ProtoReflect() protoreflect.
 	return mi.MessageOf(x)
 }
 
-// Deprecated: Use PersistenceServiceRollbackVariantResponse.ProtoReflect.Descriptor instead.
-func (*PersistenceServiceRollbackVariantResponse) Descriptor() ([]byte, []int) {
+// Deprecated: Use RollbackRegistryVariantResponse.ProtoReflect.Descriptor instead.
+func (*RollbackRegistryVariantResponse) Descriptor() ([]byte, []int) {
 	return file_chatplane_v1_persistence_proto_rawDescGZIP(), []int{65}
 }
 
-func (x *PersistenceServiceRollbackVariantResponse) GetResponse() *RollbackVariantResponse {
+func (x *RollbackRegistryVariantResponse) GetResponse() *RollbackVariantResponse {
 	if x != nil {
 		return x.Response
 	}
@@ -4027,7 +4027,7 @@ func (x *PersistenceServiceRollbackVariantResponse) GetResponse() *RollbackVaria
 }
 
 // Asks for the registry's change history.
-type PersistenceServiceListVariantChangesRequest struct {
+type ListRegistryChangesRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The listing.
 	Request       *ListVariantChangesRequest `protobuf:"bytes,1,opt,name=request,proto3" json:"request,omitempty"`
@@ -4035,20 +4035,20 @@ type PersistenceServiceListVariantChangesRequest struct {
 	sizeCache     protoimpl.SizeCache
 }
 
-func (x *PersistenceServiceListVariantChangesRequest) Reset() {
-	*x = PersistenceServiceListVariantChangesRequest{}
+func (x *ListRegistryChangesRequest) Reset() {
+	*x = ListRegistryChangesRequest{}
 	mi := &file_chatplane_v1_persistence_proto_msgTypes[66]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
 
-func (x *PersistenceServiceListVariantChangesRequest) String() string {
+func (x *ListRegistryChangesRequest) String() string {
 	return protoimpl.X.MessageStringOf(x)
 }
 
-func (*PersistenceServiceListVariantChangesRequest) ProtoMessage() {}
+func (*ListRegistryChangesRequest) ProtoMessage() {}
 
-func (x *PersistenceServiceListVariantChangesRequest) ProtoReflect() protoreflect.Message {
+func (x *ListRegistryChangesRequest) ProtoReflect() protoreflect.Message {
 	mi := &file_chatplane_v1_persistence_proto_msgTypes[66]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
@@ -4060,12 +4060,12 @@ func (x *PersistenceServiceListVariantChangesRequest) ProtoReflect() protoreflec
 	return mi.MessageOf(x)
 }
 
-// Deprecated: Use PersistenceServiceListVariantChangesRequest.ProtoReflect.Descriptor instead.
-func (*PersistenceServiceListVariantChangesRequest) Descriptor() ([]byte, []int) {
+// Deprecated: Use ListRegistryChangesRequest.ProtoReflect.Descriptor instead.
+func (*ListRegistryChangesRequest) Descriptor() ([]byte, []int) {
 	return file_chatplane_v1_persistence_proto_rawDescGZIP(), []int{66}
 }
 
-func (x *PersistenceServiceListVariantChangesRequest) GetRequest() *ListVariantChangesRequest {
+func (x *ListRegistryChangesRequest) GetRequest() *ListVariantChangesRequest {
 	if x != nil {
 		return x.Request
 	}
@@ -4073,7 +4073,7 @@ func (x *PersistenceServiceListVariantChangesRequest) GetRequest() *ListVariantC
 }
 
 // The change history.
-type PersistenceServiceListVariantChangesResponse struct {
+type ListRegistryChangesResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The answer.
 	Response      *ListVariantChangesResponse `protobuf:"bytes,1,opt,name=response,proto3" json:"response,omitempty"`
@@ -4081,20 +4081,20 @@ type PersistenceServiceListVariantChangesResponse struct {
 	sizeCache     protoimpl.SizeCache
 }
 
-func (x *PersistenceServiceListVariantChangesResponse) Reset() {
-	*x = PersistenceServiceListVariantChangesResponse{}
+func (x *ListRegistryChangesResponse) Reset() {
+	*x = ListRegistryChangesResponse{}
 	mi := &file_chatplane_v1_persistence_proto_msgTypes[67]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
 
-func (x *PersistenceServiceListVariantChangesResponse) String() string {
+func (x *ListRegistryChangesResponse) String() string {
 	return protoimpl.X.MessageStringOf(x)
 }
 
-func (*PersistenceServiceListVariantChangesResponse) ProtoMessage() {}
+func (*ListRegistryChangesResponse) ProtoMessage() {}
 
-func (x *PersistenceServiceListVariantChangesResponse) ProtoReflect() protoreflect.Message {
+func (x *ListRegistryChangesResponse) ProtoReflect() protoreflect.Message {
 	mi := &file_chatplane_v1_persistence_proto_msgTypes[67]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
@@ -4106,12 +4106,12 @@ func (x *PersistenceServiceListVariantChangesResponse) ProtoReflect() protorefle
 	return mi.MessageOf(x)
 }
 
-// Deprecated: Use PersistenceServiceListVariantChangesResponse.ProtoReflect.Descriptor instead.
-func (*PersistenceServiceListVariantChangesResponse) Descriptor() ([]byte, []int) {
+// Deprecated: Use ListRegistryChangesResponse.ProtoReflect.Descriptor instead.
+func (*ListRegistryChangesResponse) Descriptor() ([]byte, []int) {
 	return file_chatplane_v1_persistence_proto_rawDescGZIP(), []int{67}
 }
 
-func (x *PersistenceServiceListVariantChangesResponse) GetResponse() *ListVariantChangesResponse {
+func (x *ListRegistryChangesResponse) GetResponse() *ListVariantChangesResponse {
 	if x != nil {
 		return x.Response
 	}
@@ -4456,40 +4456,40 @@ const file_chatplane_v1_persistence_proto_rawDesc = "" +
 	"\x17CountThumbsDownResponse\x12'\n" +
 	"\x0fconversation_id\x18\x01 \x01(\tR\x0econversationId\x12\x1f\n" +
 	"\vthumbs_down\x18\x02 \x01(\x05R\n" +
-	"thumbsDown\"x\n" +
-	"$PersistenceServicePushVariantRequest\x12:\n" +
+	"thumbsDown\"n\n" +
+	"\x1aPushRegistryVariantRequest\x12:\n" +
 	"\arequest\x18\x01 \x01(\v2 .chatplane.v1.PushVariantRequestR\arequest\x12\x14\n" +
-	"\x05actor\x18\x02 \x01(\tR\x05actor\"f\n" +
-	"%PersistenceServicePushVariantResponse\x12=\n" +
-	"\bresponse\x18\x01 \x01(\v2!.chatplane.v1.PushVariantResponseR\bresponse\"d\n" +
-	"%PersistenceServiceListVariantsRequest\x12;\n" +
-	"\arequest\x18\x01 \x01(\v2!.chatplane.v1.ListVariantsRequestR\arequest\"h\n" +
-	"&PersistenceServiceListVariantsResponse\x12>\n" +
-	"\bresponse\x18\x01 \x01(\v2\".chatplane.v1.ListVariantsResponseR\bresponse\"`\n" +
-	"#PersistenceServiceGetVariantRequest\x129\n" +
-	"\arequest\x18\x01 \x01(\v2\x1f.chatplane.v1.GetVariantRequestR\arequest\"d\n" +
-	"$PersistenceServiceGetVariantResponse\x12<\n" +
-	"\bresponse\x18\x01 \x01(\v2 .chatplane.v1.GetVariantResponseR\bresponse\"~\n" +
-	"'PersistenceServicePromoteVariantRequest\x12=\n" +
+	"\x05actor\x18\x02 \x01(\tR\x05actor\"\\\n" +
+	"\x1bPushRegistryVariantResponse\x12=\n" +
+	"\bresponse\x18\x01 \x01(\v2!.chatplane.v1.PushVariantResponseR\bresponse\"Z\n" +
+	"\x1bListRegistryVariantsRequest\x12;\n" +
+	"\arequest\x18\x01 \x01(\v2!.chatplane.v1.ListVariantsRequestR\arequest\"^\n" +
+	"\x1cListRegistryVariantsResponse\x12>\n" +
+	"\bresponse\x18\x01 \x01(\v2\".chatplane.v1.ListVariantsResponseR\bresponse\"V\n" +
+	"\x19GetRegistryVariantRequest\x129\n" +
+	"\arequest\x18\x01 \x01(\v2\x1f.chatplane.v1.GetVariantRequestR\arequest\"Z\n" +
+	"\x1aGetRegistryVariantResponse\x12<\n" +
+	"\bresponse\x18\x01 \x01(\v2 .chatplane.v1.GetVariantResponseR\bresponse\"t\n" +
+	"\x1dPromoteRegistryVariantRequest\x12=\n" +
 	"\arequest\x18\x01 \x01(\v2#.chatplane.v1.PromoteVariantRequestR\arequest\x12\x14\n" +
-	"\x05actor\x18\x02 \x01(\tR\x05actor\"l\n" +
-	"(PersistenceServicePromoteVariantResponse\x12@\n" +
-	"\bresponse\x18\x01 \x01(\v2$.chatplane.v1.PromoteVariantResponseR\bresponse\"\x80\x01\n" +
-	"(PersistenceServiceRollbackVariantRequest\x12>\n" +
+	"\x05actor\x18\x02 \x01(\tR\x05actor\"b\n" +
+	"\x1ePromoteRegistryVariantResponse\x12@\n" +
+	"\bresponse\x18\x01 \x01(\v2$.chatplane.v1.PromoteVariantResponseR\bresponse\"v\n" +
+	"\x1eRollbackRegistryVariantRequest\x12>\n" +
 	"\arequest\x18\x01 \x01(\v2$.chatplane.v1.RollbackVariantRequestR\arequest\x12\x14\n" +
-	"\x05actor\x18\x02 \x01(\tR\x05actor\"n\n" +
-	")PersistenceServiceRollbackVariantResponse\x12A\n" +
-	"\bresponse\x18\x01 \x01(\v2%.chatplane.v1.RollbackVariantResponseR\bresponse\"p\n" +
-	"+PersistenceServiceListVariantChangesRequest\x12A\n" +
-	"\arequest\x18\x01 \x01(\v2'.chatplane.v1.ListVariantChangesRequestR\arequest\"t\n" +
-	",PersistenceServiceListVariantChangesResponse\x12D\n" +
+	"\x05actor\x18\x02 \x01(\tR\x05actor\"d\n" +
+	"\x1fRollbackRegistryVariantResponse\x12A\n" +
+	"\bresponse\x18\x01 \x01(\v2%.chatplane.v1.RollbackVariantResponseR\bresponse\"_\n" +
+	"\x1aListRegistryChangesRequest\x12A\n" +
+	"\arequest\x18\x01 \x01(\v2'.chatplane.v1.ListVariantChangesRequestR\arequest\"c\n" +
+	"\x1bListRegistryChangesResponse\x12D\n" +
 	"\bresponse\x18\x01 \x01(\v2(.chatplane.v1.ListVariantChangesResponseR\bresponse\"D\n" +
 	"\x1bGetVariantDeploymentRequest\x12%\n" +
 	"\x0eknown_revision\x18\x01 \x01(\x03R\rknownRevision\"_\n" +
 	"\x1cGetVariantDeploymentResponse\x12?\n" +
 	"\n" +
 	"deployment\x18\x01 \x01(\v2\x1f.chatplane.v1.VariantDeploymentR\n" +
-	"deployment2\x9a\x1b\n" +
+	"deployment2\xbb\x1a\n" +
 	"\x12PersistenceService\x12L\n" +
 	"\tBeginTurn\x12\x1e.chatplane.v1.BeginTurnRequest\x1a\x1f.chatplane.v1.BeginTurnResponse\x12F\n" +
 	"\aGetTurn\x12\x1c.chatplane.v1.GetTurnRequest\x1a\x1d.chatplane.v1.GetTurnResponse\x12R\n" +
@@ -4517,14 +4517,13 @@ const file_chatplane_v1_persistence_proto_rawDesc = "" +
 	"\rChangeHandoff\x12\".chatplane.v1.ChangeHandoffRequest\x1a#.chatplane.v1.ChangeHandoffResponse\x12U\n" +
 	"\fListHandoffs\x12!.chatplane.v1.ListHandoffsRequest\x1a\".chatplane.v1.ListHandoffsResponse\x12a\n" +
 	"\x10GetTenantHandoff\x12%.chatplane.v1.GetTenantHandoffRequest\x1a&.chatplane.v1.GetTenantHandoffResponse\x12^\n" +
-	"\x0fCountThumbsDown\x12$.chatplane.v1.CountThumbsDownRequest\x1a%.chatplane.v1.CountThumbsDownResponse\x12v\n" +
-	"\vPushVariant\x122.chatplane.v1.PersistenceServicePushVariantRequest\x1a3.chatplane.v1.PersistenceServicePushVariantResponse\x12y\n" +
-	"\fListVariants\x123.chatplane.v1.PersistenceServiceListVariantsRequest\x1a4.chatplane.v1.PersistenceServiceListVariantsResponse\x12s\n" +
-	"\n" +
-	"GetVariant\x121.chatplane.v1.PersistenceServiceGetVariantRequest\x1a2.chatplane.v1.PersistenceServiceGetVariantResponse\x12\x7f\n" +
-	"\x0ePromoteVariant\x125.chatplane.v1.PersistenceServicePromoteVariantRequest\x1a6.chatplane.v1.PersistenceServicePromoteVariantResponse\x12\x82\x01\n" +
-	"\x0fRollbackVariant\x126.chatplane.v1.PersistenceServiceRollbackVariantRequest\x1a7.chatplane.v1.PersistenceServiceRollbackVariantResponse\x12\x8b\x01\n" +
-	"\x12ListVariantChanges\x129.chatplane.v1.PersistenceServiceListVariantChangesRequest\x1a:.chatplane.v1.PersistenceServiceListVariantChangesResponse\x12m\n" +
+	"\x0fCountThumbsDown\x12$.chatplane.v1.CountThumbsDownRequest\x1a%.chatplane.v1.CountThumbsDownResponse\x12j\n" +
+	"\x13PushRegistryVariant\x12(.chatplane.v1.PushRegistryVariantRequest\x1a).chatplane.v1.PushRegistryVariantResponse\x12m\n" +
+	"\x14ListRegistryVariants\x12).chatplane.v1.ListRegistryVariantsRequest\x1a*.chatplane.v1.ListRegistryVariantsResponse\x12g\n" +
+	"\x12GetRegistryVariant\x12'.chatplane.v1.GetRegistryVariantRequest\x1a(.chatplane.v1.GetRegistryVariantResponse\x12s\n" +
+	"\x16PromoteRegistryVariant\x12+.chatplane.v1.PromoteRegistryVariantRequest\x1a,.chatplane.v1.PromoteRegistryVariantResponse\x12v\n" +
+	"\x17RollbackRegistryVariant\x12,.chatplane.v1.RollbackRegistryVariantRequest\x1a-.chatplane.v1.RollbackRegistryVariantResponse\x12j\n" +
+	"\x13ListRegistryChanges\x12(.chatplane.v1.ListRegistryChangesRequest\x1a).chatplane.v1.ListRegistryChangesResponse\x12m\n" +
 	"\x14GetVariantDeployment\x12).chatplane.v1.GetVariantDeploymentRequest\x1a*.chatplane.v1.GetVariantDeploymentResponseB@Z>github.com/chatplane/chatplane/gen/go/chatplane/v1;chatplanev1b\x06proto3"
 
 var (
@@ -4597,18 +4596,18 @@ var file_chatplane_v1_persistence_proto_goTypes = []any{
 	(*GetTenantHandoffResponse)(nil),                     // 53: chatplane.v1.GetTenantHandoffResponse
 	(*CountThumbsDownRequest)(nil),                       // 54: chatplane.v1.CountThumbsDownRequest
 	(*CountThumbsDownResponse)(nil),                      // 55: chatplane.v1.CountThumbsDownResponse
-	(*PersistenceServicePushVariantRequest)(nil),         // 56: chatplane.v1.PersistenceServicePushVariantRequest
-	(*PersistenceServicePushVariantResponse)(nil),        // 57: chatplane.v1.PersistenceServicePushVariantResponse
-	(*PersistenceServiceListVariantsRequest)(nil),        // 58: chatplane.v1.PersistenceServiceListVariantsRequest
-	(*PersistenceServiceListVariantsResponse)(nil),       // 59: chatplane.v1.PersistenceServiceListVariantsResponse
-	(*PersistenceServiceGetVariantRequest)(nil),          // 60: chatplane.v1.PersistenceServiceGetVariantRequest
-	(*PersistenceServiceGetVariantResponse)(nil),         // 61: chatplane.v1.PersistenceServiceGetVariantResponse
-	(*PersistenceServicePromoteVariantRequest)(nil),      // 62: chatplane.v1.PersistenceServicePromoteVariantRequest
-	(*PersistenceServicePromoteVariantResponse)(nil),     // 63: chatplane.v1.PersistenceServicePromoteVariantResponse
-	(*PersistenceServiceRollbackVariantRequest)(nil),     // 64: chatplane.v1.PersistenceServiceRollbackVariantRequest
-	(*PersistenceServiceRollbackVariantResponse)(nil),    // 65: chatplane.v1.PersistenceServiceRollbackVariantResponse
-	(*PersistenceServiceListVariantChangesRequest)(nil),  // 66: chatplane.v1.PersistenceServiceListVariantChangesRequest
-	(*PersistenceServiceListVariantChangesResponse)(nil), // 67: chatplane.v1.PersistenceServiceListVariantChangesResponse
+	(*PushRegistryVariantRequest)(nil),                   // 56: chatplane.v1.PushRegistryVariantRequest
+	(*PushRegistryVariantResponse)(nil),                  // 57: chatplane.v1.PushRegistryVariantResponse
+	(*ListRegistryVariantsRequest)(nil),                  // 58: chatplane.v1.ListRegistryVariantsRequest
+	(*ListRegistryVariantsResponse)(nil),                 // 59: chatplane.v1.ListRegistryVariantsResponse
+	(*GetRegistryVariantRequest)(nil),                    // 60: chatplane.v1.GetRegistryVariantRequest
+	(*GetRegistryVariantResponse)(nil),                   // 61: chatplane.v1.GetRegistryVariantResponse
+	(*PromoteRegistryVariantRequest)(nil),                // 62: chatplane.v1.PromoteRegistryVariantRequest
+	(*PromoteRegistryVariantResponse)(nil),               // 63: chatplane.v1.PromoteRegistryVariantResponse
+	(*RollbackRegistryVariantRequest)(nil),               // 64: chatplane.v1.RollbackRegistryVariantRequest
+	(*RollbackRegistryVariantResponse)(nil),              // 65: chatplane.v1.RollbackRegistryVariantResponse
+	(*ListRegistryChangesRequest)(nil),                   // 66: chatplane.v1.ListRegistryChangesRequest
+	(*ListRegistryChangesResponse)(nil),                  // 67: chatplane.v1.ListRegistryChangesResponse
 	(*GetVariantDeploymentRequest)(nil),                  // 68: chatplane.v1.GetVariantDeploymentRequest
 	(*GetVariantDeploymentResponse)(nil),                 // 69: chatplane.v1.GetVariantDeploymentResponse
 	(*BranchHistory)(nil),                                // 70: chatplane.v1.BranchHistory
@@ -4702,18 +4701,18 @@ var file_chatplane_v1_persistence_proto_depIdxs = []int32{
 	0,   // 56: chatplane.v1.GetTenantHandoffResponse.owner:type_name -> chatplane.v1.Owner
 	84,  // 57: chatplane.v1.GetTenantHandoffResponse.handoff:type_name -> chatplane.v1.HandoffStatus
 	0,   // 58: chatplane.v1.CountThumbsDownRequest.owner:type_name -> chatplane.v1.Owner
-	87,  // 59: chatplane.v1.PersistenceServicePushVariantRequest.request:type_name -> chatplane.v1.PushVariantRequest
-	88,  // 60: chatplane.v1.PersistenceServicePushVariantResponse.response:type_name -> chatplane.v1.PushVariantResponse
-	89,  // 61: chatplane.v1.PersistenceServiceListVariantsRequest.request:type_name -> chatplane.v1.ListVariantsRequest
-	90,  // 62: chatplane.v1.PersistenceServiceListVariantsResponse.response:type_name -> chatplane.v1.ListVariantsResponse
-	91,  // 63: chatplane.v1.PersistenceServiceGetVariantRequest.request:type_name -> chatplane.v1.GetVariantRequest
-	92,  // 64: chatplane.v1.PersistenceServiceGetVariantResponse.response:type_name -> chatplane.v1.GetVariantResponse
-	93,  // 65: chatplane.v1.PersistenceServicePromoteVariantRequest.request:type_name -> chatplane.v1.PromoteVariantRequest
-	94,  // 66: chatplane.v1.PersistenceServicePromoteVariantResponse.response:type_name -> chatplane.v1.PromoteVariantResponse
-	95,  // 67: chatplane.v1.PersistenceServiceRollbackVariantRequest.request:type_name -> chatplane.v1.RollbackVariantRequest
-	96,  // 68: chatplane.v1.PersistenceServiceRollbackVariantResponse.response:type_name -> chatplane.v1.RollbackVariantResponse
-	97,  // 69: chatplane.v1.PersistenceServiceListVariantChangesRequest.request:type_name -> chatplane.v1.ListVariantChangesRequest
-	98,  // 70: chatplane.v1.PersistenceServiceListVariantChangesResponse.response:type_name -> chatplane.v1.ListVariantChangesResponse
+	87,  // 59: chatplane.v1.PushRegistryVariantRequest.request:type_name -> chatplane.v1.PushVariantRequest
+	88,  // 60: chatplane.v1.PushRegistryVariantResponse.response:type_name -> chatplane.v1.PushVariantResponse
+	89,  // 61: chatplane.v1.ListRegistryVariantsRequest.request:type_name -> chatplane.v1.ListVariantsRequest
+	90,  // 62: chatplane.v1.ListRegistryVariantsResponse.response:type_name -> chatplane.v1.ListVariantsResponse
+	91,  // 63: chatplane.v1.GetRegistryVariantRequest.request:type_name -> chatplane.v1.GetVariantRequest
+	92,  // 64: chatplane.v1.GetRegistryVariantResponse.response:type_name -> chatplane.v1.GetVariantResponse
+	93,  // 65: chatplane.v1.PromoteRegistryVariantRequest.request:type_name -> chatplane.v1.PromoteVariantRequest
+	94,  // 66: chatplane.v1.PromoteRegistryVariantResponse.response:type_name -> chatplane.v1.PromoteVariantResponse
+	95,  // 67: chatplane.v1.RollbackRegistryVariantRequest.request:type_name -> chatplane.v1.RollbackVariantRequest
+	96,  // 68: chatplane.v1.RollbackRegistryVariantResponse.response:type_name -> chatplane.v1.RollbackVariantResponse
+	97,  // 69: chatplane.v1.ListRegistryChangesRequest.request:type_name -> chatplane.v1.ListVariantChangesRequest
+	98,  // 70: chatplane.v1.ListRegistryChangesResponse.response:type_name -> chatplane.v1.ListVariantChangesResponse
 	99,  // 71: chatplane.v1.GetVariantDeploymentResponse.deployment:type_name -> chatplane.v1.VariantDeployment
 	1,   // 72: chatplane.v1.PersistenceService.BeginTurn:input_type -> chatplane.v1.BeginTurnRequest
 	3,   // 73: chatplane.v1.PersistenceService.GetTurn:input_type -> chatplane.v1.GetTurnRequest
@@ -4741,12 +4740,12 @@ var file_chatplane_v1_persistence_proto_depIdxs = []int32{
 	50,  // 95: chatplane.v1.PersistenceService.ListHandoffs:input_type -> chatplane.v1.ListHandoffsRequest
 	52,  // 96: chatplane.v1.PersistenceService.GetTenantHandoff:input_type -> chatplane.v1.GetTenantHandoffRequest
 	54,  // 97: chatplane.v1.PersistenceService.CountThumbsDown:input_type -> chatplane.v1.CountThumbsDownRequest
-	56,  // 98: chatplane.v1.PersistenceService.PushVariant:input_type -> chatplane.v1.PersistenceServicePushVariantRequest
-	58,  // 99: chatplane.v1.PersistenceService.ListVariants:input_type -> chatplane.v1.PersistenceServiceListVariantsRequest
-	60,  // 100: chatplane.v1.PersistenceService.GetVariant:input_type -> chatplane.v1.PersistenceServiceGetVariantRequest
-	62,  // 101: chatplane.v1.PersistenceService.PromoteVariant:input_type -> chatplane.v1.PersistenceServicePromoteVariantRequest
-	64,  // 102: chatplane.v1.PersistenceService.RollbackVariant:input_type -> chatplane.v1.PersistenceServiceRollbackVariantRequest
-	66,  // 103: chatplane.v1.PersistenceService.ListVariantChanges:input_type -> chatplane.v1.PersistenceServiceListVariantChangesRequest
+	56,  // 98: chatplane.v1.PersistenceService.PushRegistryVariant:input_type -> chatplane.v1.PushRegistryVariantRequest
+	58,  // 99: chatplane.v1.PersistenceService.ListRegistryVariants:input_type -> chatplane.v1.ListRegistryVariantsRequest
+	60,  // 100: chatplane.v1.PersistenceService.GetRegistryVariant:input_type -> chatplane.v1.GetRegistryVariantRequest
+	62,  // 101: chatplane.v1.PersistenceService.PromoteRegistryVariant:input_type -> chatplane.v1.PromoteRegistryVariantRequest
+	64,  // 102: chatplane.v1.PersistenceService.RollbackRegistryVariant:input_type -> chatplane.v1.RollbackRegistryVariantRequest
+	66,  // 103: chatplane.v1.PersistenceService.ListRegistryChanges:input_type -> chatplane.v1.ListRegistryChangesRequest
 	68,  // 104: chatplane.v1.PersistenceService.GetVariantDeployment:input_type -> chatplane.v1.GetVariantDeploymentRequest
 	2,   // 105: chatplane.v1.PersistenceService.BeginTurn:output_type -> chatplane.v1.BeginTurnResponse
 	4,   // 106: chatplane.v1.PersistenceService.GetTurn:output_type -> chatplane.v1.GetTurnResponse
@@ -4774,12 +4773,12 @@ var file_chatplane_v1_persistence_proto_depIdxs = []int32{
 	51,  // 128: chatplane.v1.PersistenceService.ListHandoffs:output_type -> chatplane.v1.ListHandoffsResponse
 	53,  // 129: chatplane.v1.PersistenceService.GetTenantHandoff:output_type -> chatplane.v1.GetTenantHandoffResponse
 	55,  // 130: chatplane.v1.PersistenceService.CountThumbsDown:output_type -> chatplane.v1.CountThumbsDownResponse
-	57,  // 131: chatplane.v1.PersistenceService.PushVariant:output_type -> chatplane.v1.PersistenceServicePushVariantResponse
-	59,  // 132: chatplane.v1.PersistenceService.ListVariants:output_type -> chatplane.v1.PersistenceServiceListVariantsResponse
-	61,  // 133: chatplane.v1.PersistenceService.GetVariant:output_type -> chatplane.v1.PersistenceServiceGetVariantResponse
-	63,  // 134: chatplane.v1.PersistenceService.PromoteVariant:output_type -> chatplane.v1.PersistenceServicePromoteVariantResponse
-	65,  // 135: chatplane.v1.PersistenceService.RollbackVariant:output_type -> chatplane.v1.PersistenceServiceRollbackVariantResponse
-	67,  // 136: chatplane.v1.PersistenceService.ListVariantChanges:output_type -> chatplane.v1.PersistenceServiceListVariantChangesResponse
+	57,  // 131: chatplane.v1.PersistenceService.PushRegistryVariant:output_type -> chatplane.v1.PushRegistryVariantResponse
+	59,  // 132: chatplane.v1.PersistenceService.ListRegistryVariants:output_type -> chatplane.v1.ListRegistryVariantsResponse
+	61,  // 133: chatplane.v1.PersistenceService.GetRegistryVariant:output_type -> chatplane.v1.GetRegistryVariantResponse
+	63,  // 134: chatplane.v1.PersistenceService.PromoteRegistryVariant:output_type -> chatplane.v1.PromoteRegistryVariantResponse
+	65,  // 135: chatplane.v1.PersistenceService.RollbackRegistryVariant:output_type -> chatplane.v1.RollbackRegistryVariantResponse
+	67,  // 136: chatplane.v1.PersistenceService.ListRegistryChanges:output_type -> chatplane.v1.ListRegistryChangesResponse
 	69,  // 137: chatplane.v1.PersistenceService.GetVariantDeployment:output_type -> chatplane.v1.GetVariantDeploymentResponse
 	105, // [105:138] is the sub-list for method output_type
 	72,  // [72:105] is the sub-list for method input_type

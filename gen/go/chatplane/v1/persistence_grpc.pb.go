@@ -19,39 +19,39 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	PersistenceService_BeginTurn_FullMethodName            = "/chatplane.v1.PersistenceService/BeginTurn"
-	PersistenceService_GetTurn_FullMethodName              = "/chatplane.v1.PersistenceService/GetTurn"
-	PersistenceService_ReleaseTurn_FullMethodName          = "/chatplane.v1.PersistenceService/ReleaseTurn"
-	PersistenceService_ListConversations_FullMethodName    = "/chatplane.v1.PersistenceService/ListConversations"
-	PersistenceService_GetConversation_FullMethodName      = "/chatplane.v1.PersistenceService/GetConversation"
-	PersistenceService_DeleteConversation_FullMethodName   = "/chatplane.v1.PersistenceService/DeleteConversation"
-	PersistenceService_SubmitFeedback_FullMethodName       = "/chatplane.v1.PersistenceService/SubmitFeedback"
-	PersistenceService_CreateApiKey_FullMethodName         = "/chatplane.v1.PersistenceService/CreateApiKey"
-	PersistenceService_GetApiKey_FullMethodName            = "/chatplane.v1.PersistenceService/GetApiKey"
-	PersistenceService_GetAnswer_FullMethodName            = "/chatplane.v1.PersistenceService/GetAnswer"
-	PersistenceService_ReserveQuota_FullMethodName         = "/chatplane.v1.PersistenceService/ReserveQuota"
-	PersistenceService_SettleQuota_FullMethodName          = "/chatplane.v1.PersistenceService/SettleQuota"
-	PersistenceService_SetQuota_FullMethodName             = "/chatplane.v1.PersistenceService/SetQuota"
-	PersistenceService_GetQuota_FullMethodName             = "/chatplane.v1.PersistenceService/GetQuota"
-	PersistenceService_SetActiveBranch_FullMethodName      = "/chatplane.v1.PersistenceService/SetActiveBranch"
-	PersistenceService_ReportVariants_FullMethodName       = "/chatplane.v1.PersistenceService/ReportVariants"
-	PersistenceService_ListApiKeys_FullMethodName          = "/chatplane.v1.PersistenceService/ListApiKeys"
-	PersistenceService_RotateApiKey_FullMethodName         = "/chatplane.v1.PersistenceService/RotateApiKey"
-	PersistenceService_RevokeApiKey_FullMethodName         = "/chatplane.v1.PersistenceService/RevokeApiKey"
-	PersistenceService_AppendAuditEvents_FullMethodName    = "/chatplane.v1.PersistenceService/AppendAuditEvents"
-	PersistenceService_ListAuditRecords_FullMethodName     = "/chatplane.v1.PersistenceService/ListAuditRecords"
-	PersistenceService_GetHandoff_FullMethodName           = "/chatplane.v1.PersistenceService/GetHandoff"
-	PersistenceService_ChangeHandoff_FullMethodName        = "/chatplane.v1.PersistenceService/ChangeHandoff"
-	PersistenceService_ListHandoffs_FullMethodName         = "/chatplane.v1.PersistenceService/ListHandoffs"
-	PersistenceService_GetTenantHandoff_FullMethodName     = "/chatplane.v1.PersistenceService/GetTenantHandoff"
-	PersistenceService_CountThumbsDown_FullMethodName      = "/chatplane.v1.PersistenceService/CountThumbsDown"
-	PersistenceService_PushVariant_FullMethodName          = "/chatplane.v1.PersistenceService/PushVariant"
-	PersistenceService_ListVariants_FullMethodName         = "/chatplane.v1.PersistenceService/ListVariants"
-	PersistenceService_GetVariant_FullMethodName           = "/chatplane.v1.PersistenceService/GetVariant"
-	PersistenceService_PromoteVariant_FullMethodName       = "/chatplane.v1.PersistenceService/PromoteVariant"
-	PersistenceService_RollbackVariant_FullMethodName      = "/chatplane.v1.PersistenceService/RollbackVariant"
-	PersistenceService_ListVariantChanges_FullMethodName   = "/chatplane.v1.PersistenceService/ListVariantChanges"
-	PersistenceService_GetVariantDeployment_FullMethodName = "/chatplane.v1.PersistenceService/GetVariantDeployment"
+	PersistenceService_BeginTurn_FullMethodName               = "/chatplane.v1.PersistenceService/BeginTurn"
+	PersistenceService_GetTurn_FullMethodName                 = "/chatplane.v1.PersistenceService/GetTurn"
+	PersistenceService_ReleaseTurn_FullMethodName             = "/chatplane.v1.PersistenceService/ReleaseTurn"
+	PersistenceService_ListConversations_FullMethodName       = "/chatplane.v1.PersistenceService/ListConversations"
+	PersistenceService_GetConversation_FullMethodName         = "/chatplane.v1.PersistenceService/GetConversation"
+	PersistenceService_DeleteConversation_FullMethodName      = "/chatplane.v1.PersistenceService/DeleteConversation"
+	PersistenceService_SubmitFeedback_FullMethodName          = "/chatplane.v1.PersistenceService/SubmitFeedback"
+	PersistenceService_CreateApiKey_FullMethodName            = "/chatplane.v1.PersistenceService/CreateApiKey"
+	PersistenceService_GetApiKey_FullMethodName               = "/chatplane.v1.PersistenceService/GetApiKey"
+	PersistenceService_GetAnswer_FullMethodName               = "/chatplane.v1.PersistenceService/GetAnswer"
+	PersistenceService_ReserveQuota_FullMethodName            = "/chatplane.v1.PersistenceService/ReserveQuota"
+	PersistenceService_SettleQuota_FullMethodName             = "/chatplane.v1.PersistenceService/SettleQuota"
+	PersistenceService_SetQuota_FullMethodName                = "/chatplane.v1.PersistenceService/SetQuota"
+	PersistenceService_GetQuota_FullMethodName                = "/chatplane.v1.PersistenceService/GetQuota"
+	PersistenceService_SetActiveBranch_FullMethodName         = "/chatplane.v1.PersistenceService/SetActiveBranch"
+	PersistenceService_ReportVariants_FullMethodName          = "/chatplane.v1.PersistenceService/ReportVariants"
+	PersistenceService_ListApiKeys_FullMethodName             = "/chatplane.v1.PersistenceService/ListApiKeys"
+	PersistenceService_RotateApiKey_FullMethodName            = "/chatplane.v1.PersistenceService/RotateApiKey"
+	PersistenceService_RevokeApiKey_FullMethodName            = "/chatplane.v1.PersistenceService/RevokeApiKey"
+	PersistenceService_AppendAuditEvents_FullMethodName       = "/chatplane.v1.PersistenceService/AppendAuditEvents"
+	PersistenceService_ListAuditRecords_FullMethodName        = "/chatplane.v1.PersistenceService/ListAuditRecords"
+	PersistenceService_GetHandoff_FullMethodName              = "/chatplane.v1.PersistenceService/GetHandoff"
+	PersistenceService_ChangeHandoff_FullMethodName           = "/chatplane.v1.PersistenceService/ChangeHandoff"
+	PersistenceService_ListHandoffs_FullMethodName            = "/chatplane.v1.PersistenceService/ListHandoffs"
+	PersistenceService_GetTenantHandoff_FullMethodName        = "/chatplane.v1.PersistenceService/GetTenantHandoff"
+	PersistenceService_CountThumbsDown_FullMethodName         = "/chatplane.v1.PersistenceService/CountThumbsDown"
+	PersistenceService_PushRegistryVariant_FullMethodName     = "/chatplane.v1.PersistenceService/PushRegistryVariant"
+	PersistenceService_ListRegistryVariants_FullMethodName    = "/chatplane.v1.PersistenceService/ListRegistryVariants"
+	PersistenceService_GetRegistryVariant_FullMethodName      = "/chatplane.v1.PersistenceService/GetRegistryVariant"
+	PersistenceService_PromoteRegistryVariant_FullMethodName  = "/chatplane.v1.PersistenceService/PromoteRegistryVariant"
+	PersistenceService_RollbackRegistryVariant_FullMethodName = "/chatplane.v1.PersistenceService/RollbackRegistryVariant"
+	PersistenceService_ListRegistryChanges_FullMethodName     = "/chatplane.v1.PersistenceService/ListRegistryChanges"
+	PersistenceService_GetVariantDeployment_FullMethodName    = "/chatplane.v1.PersistenceService/GetVariantDeployment"
 )
 
 // PersistenceServiceClient is the client API for PersistenceService service.
@@ -121,17 +121,17 @@ type PersistenceServiceClient interface {
 	// Counts the thumbs-down ratings in the conversation of one of the owner's messages.
 	CountThumbsDown(ctx context.Context, in *CountThumbsDownRequest, opts ...grpc.CallOption) (*CountThumbsDownResponse, error)
 	// Variant registry (docs/registry.md): stores a new version of a variant.
-	PushVariant(ctx context.Context, in *PersistenceServicePushVariantRequest, opts ...grpc.CallOption) (*PersistenceServicePushVariantResponse, error)
+	PushRegistryVariant(ctx context.Context, in *PushRegistryVariantRequest, opts ...grpc.CallOption) (*PushRegistryVariantResponse, error)
 	// Variant registry: lists stored versions.
-	ListVariants(ctx context.Context, in *PersistenceServiceListVariantsRequest, opts ...grpc.CallOption) (*PersistenceServiceListVariantsResponse, error)
+	ListRegistryVariants(ctx context.Context, in *ListRegistryVariantsRequest, opts ...grpc.CallOption) (*ListRegistryVariantsResponse, error)
 	// Variant registry: returns one version (the Agent resolves pinned turns with it).
-	GetVariant(ctx context.Context, in *PersistenceServiceGetVariantRequest, opts ...grpc.CallOption) (*PersistenceServiceGetVariantResponse, error)
+	GetRegistryVariant(ctx context.Context, in *GetRegistryVariantRequest, opts ...grpc.CallOption) (*GetRegistryVariantResponse, error)
 	// Variant registry: promotes a version to canary or production, recording the change.
-	PromoteVariant(ctx context.Context, in *PersistenceServicePromoteVariantRequest, opts ...grpc.CallOption) (*PersistenceServicePromoteVariantResponse, error)
+	PromoteRegistryVariant(ctx context.Context, in *PromoteRegistryVariantRequest, opts ...grpc.CallOption) (*PromoteRegistryVariantResponse, error)
 	// Variant registry: undoes the last deployment step, recording the change.
-	RollbackVariant(ctx context.Context, in *PersistenceServiceRollbackVariantRequest, opts ...grpc.CallOption) (*PersistenceServiceRollbackVariantResponse, error)
+	RollbackRegistryVariant(ctx context.Context, in *RollbackRegistryVariantRequest, opts ...grpc.CallOption) (*RollbackRegistryVariantResponse, error)
 	// Variant registry: the recorded changes, newest first.
-	ListVariantChanges(ctx context.Context, in *PersistenceServiceListVariantChangesRequest, opts ...grpc.CallOption) (*PersistenceServiceListVariantChangesResponse, error)
+	ListRegistryChanges(ctx context.Context, in *ListRegistryChangesRequest, opts ...grpc.CallOption) (*ListRegistryChangesResponse, error)
 	// Variant registry: the versions serving traffic now (polled by every Agent).
 	GetVariantDeployment(ctx context.Context, in *GetVariantDeploymentRequest, opts ...grpc.CallOption) (*GetVariantDeploymentResponse, error)
 }
@@ -404,60 +404,60 @@ func (c *persistenceServiceClient) CountThumbsDown(ctx context.Context, in *Coun
 	return out, nil
 }
 
-func (c *persistenceServiceClient) PushVariant(ctx context.Context, in *PersistenceServicePushVariantRequest, opts ...grpc.CallOption) (*PersistenceServicePushVariantResponse, error) {
+func (c *persistenceServiceClient) PushRegistryVariant(ctx context.Context, in *PushRegistryVariantRequest, opts ...grpc.CallOption) (*PushRegistryVariantResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
-	out := new(PersistenceServicePushVariantResponse)
-	err := c.cc.Invoke(ctx, PersistenceService_PushVariant_FullMethodName, in, out, cOpts...)
+	out := new(PushRegistryVariantResponse)
+	err := c.cc.Invoke(ctx, PersistenceService_PushRegistryVariant_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
 	}
 	return out, nil
 }
 
-func (c *persistenceServiceClient) ListVariants(ctx context.Context, in *PersistenceServiceListVariantsRequest, opts ...grpc.CallOption) (*PersistenceServiceListVariantsResponse, error) {
+func (c *persistenceServiceClient) ListRegistryVariants(ctx context.Context, in *ListRegistryVariantsRequest, opts ...grpc.CallOption) (*ListRegistryVariantsResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
-	out := new(PersistenceServiceListVariantsResponse)
-	err := c.cc.Invoke(ctx, PersistenceService_ListVariants_FullMethodName, in, out, cOpts...)
+	out := new(ListRegistryVariantsResponse)
+	err := c.cc.Invoke(ctx, PersistenceService_ListRegistryVariants_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
 	}
 	return out, nil
 }
 
-func (c *persistenceServiceClient) GetVariant(ctx context.Context, in *PersistenceServiceGetVariantRequest, opts ...grpc.CallOption) (*PersistenceServiceGetVariantResponse, error) {
+func (c *persistenceServiceClient) GetRegistryVariant(ctx context.Context, in *GetRegistryVariantRequest, opts ...grpc.CallOption) (*GetRegistryVariantResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
-	out := new(PersistenceServiceGetVariantResponse)
-	err := c.cc.Invoke(ctx, PersistenceService_GetVariant_FullMethodName, in, out, cOpts...)
+	out := new(GetRegistryVariantResponse)
+	err := c.cc.Invoke(ctx, PersistenceService_GetRegistryVariant_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
 	}
 	return out, nil
 }
 
-func (c *persistenceServiceClient) PromoteVariant(ctx context.Context, in *PersistenceServicePromoteVariantRequest, opts ...grpc.CallOption) (*PersistenceServicePromoteVariantResponse, error) {
+func (c *persistenceServiceClient) PromoteRegistryVariant(ctx context.Context, in *PromoteRegistryVariantRequest, opts ...grpc.CallOption) (*PromoteRegistryVariantResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
-	out := new(PersistenceServicePromoteVariantResponse)
-	err := c.cc.Invoke(ctx, PersistenceService_PromoteVariant_FullMethodName, in, out, cOpts...)
+	out := new(PromoteRegistryVariantResponse)
+	err := c.cc.Invoke(ctx, PersistenceService_PromoteRegistryVariant_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
 	}
 	return out, nil
 }
 
-func (c *persistenceServiceClient) RollbackVariant(ctx context.Context, in *PersistenceServiceRollbackVariantRequest, opts ...grpc.CallOption) (*PersistenceServiceRollbackVariantResponse, error) {
+func (c *persistenceServiceClient) RollbackRegistryVariant(ctx context.Context, in *RollbackRegistryVariantRequest, opts ...grpc.CallOption) (*RollbackRegistryVariantResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
-	out := new(PersistenceServiceRollbackVariantResponse)
-	err := c.cc.Invoke(ctx, PersistenceService_RollbackVariant_FullMethodName, in, out, cOpts...)
+	out := new(RollbackRegistryVariantResponse)
+	err := c.cc.Invoke(ctx, PersistenceService_RollbackRegistryVariant_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
 	}
 	return out, nil
 }
 
-func (c *persistenceServiceClient) ListVariantChanges(ctx context.Context, in *PersistenceServiceListVariantChangesRequest, opts ...grpc.CallOption) (*PersistenceServiceListVariantChangesResponse, error) {
+func (c *persistenceServiceClient) ListRegistryChanges(ctx context.Context, in *ListRegistryChangesRequest, opts ...grpc.CallOption) (*ListRegistryChangesResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
-	out := new(PersistenceServiceListVariantChangesResponse)
-	err := c.cc.Invoke(ctx, PersistenceService_ListVariantChanges_FullMethodName, in, out, cOpts...)
+	out := new(ListRegistryChangesResponse)
+	err := c.cc.Invoke(ctx, PersistenceService_ListRegistryChanges_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -541,17 +541,17 @@ type PersistenceServiceServer interface {
 	// Counts the thumbs-down ratings in the conversation of one of the owner's messages.
 	CountThumbsDown(context.Context, *CountThumbsDownRequest) (*CountThumbsDownResponse, error)
 	// Variant registry (docs/registry.md): stores a new version of a variant.
-	PushVariant(context.Context, *PersistenceServicePushVariantRequest) (*PersistenceServicePushVariantResponse, error)
+	PushRegistryVariant(context.Context, *PushRegistryVariantRequest) (*PushRegistryVariantResponse, error)
 	// Variant registry: lists stored versions.
-	ListVariants(context.Context, *PersistenceServiceListVariantsRequest) (*PersistenceServiceListVariantsResponse, error)
+	ListRegistryVariants(context.Context, *ListRegistryVariantsRequest) (*ListRegistryVariantsResponse, error)
 	// Variant registry: returns one version (the Agent resolves pinned turns with it).
-	GetVariant(context.Context, *PersistenceServiceGetVariantRequest) (*PersistenceServiceGetVariantResponse, error)
+	GetRegistryVariant(context.Context, *GetRegistryVariantRequest) (*GetRegistryVariantResponse, error)
 	// Variant registry: promotes a version to canary or production, recording the change.
-	PromoteVariant(context.Context, *PersistenceServicePromoteVariantRequest) (*PersistenceServicePromoteVariantResponse, error)
+	PromoteRegistryVariant(context.Context, *PromoteRegistryVariantRequest) (*PromoteRegistryVariantResponse, error)
 	// Variant registry: undoes the last deployment step, recording the change.
-	RollbackVariant(context.Context, *PersistenceServiceRollbackVariantRequest) (*PersistenceServiceRollbackVariantResponse, error)
+	RollbackRegistryVariant(context.Context, *RollbackRegistryVariantRequest) (*RollbackRegistryVariantResponse, error)
 	// Variant registry: the recorded changes, newest first.
-	ListVariantChanges(context.Context, *PersistenceServiceListVariantChangesRequest) (*PersistenceServiceListVariantChangesResponse, error)
+	ListRegistryChanges(context.Context, *ListRegistryChangesRequest) (*ListRegistryChangesResponse, error)
 	// Variant registry: the versions serving traffic now (polled by every Agent).
 	GetVariantDeployment(context.Context, *GetVariantDeploymentRequest) (*GetVariantDeploymentResponse, error)
 	mustEmbedUnimplementedPersistenceServiceServer()
@@ -642,23 +642,23 @@ func (UnimplementedPersistenceServiceServer) GetTenantHandoff(context.Context, *
 func (UnimplementedPersistenceServiceServer) CountThumbsDown(context.Context, *CountThumbsDownRequest) (*CountThumbsDownResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method CountThumbsDown not implemented")
 }
-func (UnimplementedPersistenceServiceServer) PushVariant(context.Context, *PersistenceServicePushVariantRequest) (*PersistenceServicePushVariantResponse, error) {
-	return nil, status.Error(codes.Unimplemented, "method PushVariant not implemented")
+func (UnimplementedPersistenceServiceServer) PushRegistryVariant(context.Context, *PushRegistryVariantRequest) (*PushRegistryVariantResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method PushRegistryVariant not implemented")
 }
-func (UnimplementedPersistenceServiceServer) ListVariants(context.Context, *PersistenceServiceListVariantsRequest) (*PersistenceServiceListVariantsResponse, error) {
-	return nil, status.Error(codes.Unimplemented, "method ListVariants not implemented")
+func (UnimplementedPersistenceServiceServer) ListRegistryVariants(context.Context, *ListRegistryVariantsRequest) (*ListRegistryVariantsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListRegistryVariants not implemented")
 }
-func (UnimplementedPersistenceServiceServer) GetVariant(context.Context, *PersistenceServiceGetVariantRequest) (*PersistenceServiceGetVariantResponse, error) {
-	return nil, status.Error(codes.Unimplemented, "method GetVariant not implemented")
+func (UnimplementedPersistenceServiceServer) GetRegistryVariant(context.Context, *GetRegistryVariantRequest) (*GetRegistryVariantResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetRegistryVariant not implemented")
 }
-func (UnimplementedPersistenceServiceServer) PromoteVariant(context.Context, *PersistenceServicePromoteVariantRequest) (*PersistenceServicePromoteVariantResponse, error) {
-	return nil, status.Error(codes.Unimplemented, "method PromoteVariant not implemented")
+func (UnimplementedPersistenceServiceServer) PromoteRegistryVariant(context.Context, *PromoteRegistryVariantRequest) (*PromoteRegistryVariantResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method PromoteRegistryVariant not implemented")
 }
-func (UnimplementedPersistenceServiceServer) RollbackVariant(context.Context, *PersistenceServiceRollbackVariantRequest) (*PersistenceServiceRollbackVariantResponse, error) {
-	return nil, status.Error(codes.Unimplemented, "method RollbackVariant not implemented")
+func (UnimplementedPersistenceServiceServer) RollbackRegistryVariant(context.Context, *RollbackRegistryVariantRequest) (*RollbackRegistryVariantResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RollbackRegistryVariant not implemented")
 }
-func (UnimplementedPersistenceServiceServer) ListVariantChanges(context.Context, *PersistenceServiceListVariantChangesRequest) (*PersistenceServiceListVariantChangesResponse, error) {
-	return nil, status.Error(codes.Unimplemented, "method ListVariantChanges not implemented")
+func (UnimplementedPersistenceServiceServer) ListRegistryChanges(context.Context, *ListRegistryChangesRequest) (*ListRegistryChangesResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListRegistryChanges not implemented")
 }
 func (UnimplementedPersistenceServiceServer) GetVariantDeployment(context.Context, *GetVariantDeploymentRequest) (*GetVariantDeploymentResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetVariantDeployment not implemented")
@@ -1152,110 +1152,110 @@ func _PersistenceService_CountThumbsDown_Handler(srv interface{}, ctx context.Co
 	return interceptor(ctx, in, info, handler)
 }
 
-func _PersistenceService_PushVariant_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
-	in := new(PersistenceServicePushVariantRequest)
+func _PersistenceService_PushRegistryVariant_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(PushRegistryVariantRequest)
 	if err := dec(in); err != nil {
 		return nil, err
 	}
 	if interceptor == nil {
-		return srv.(PersistenceServiceServer).PushVariant(ctx, in)
+		return srv.(PersistenceServiceServer).PushRegistryVariant(ctx, in)
 	}
 	info := &grpc.UnaryServerInfo{
 		Server:     srv,
-		FullMethod: PersistenceService_PushVariant_FullMethodName,
+		FullMethod: PersistenceService_PushRegistryVariant_FullMethodName,
 	}
 	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
-		return srv.(PersistenceServiceServer).PushVariant(ctx, req.(*PersistenceServicePushVariantRequest))
+		return srv.(PersistenceServiceServer).PushRegistryVariant(ctx, req.(*PushRegistryVariantRequest))
 	}
 	return interceptor(ctx, in, info, handler)
 }
 
-func _PersistenceService_ListVariants_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
-	in := new(PersistenceServiceListVariantsRequest)
+func _PersistenceService_ListRegistryVariants_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListRegistryVariantsRequest)
 	if err := dec(in); err != nil {
 		return nil, err
 	}
 	if interceptor == nil {
-		return srv.(PersistenceServiceServer).ListVariants(ctx, in)
+		return srv.(PersistenceServiceServer).ListRegistryVariants(ctx, in)
 	}
 	info := &grpc.UnaryServerInfo{
 		Server:     srv,
-		FullMethod: PersistenceService_ListVariants_FullMethodName,
+		FullMethod: PersistenceService_ListRegistryVariants_FullMethodName,
 	}
 	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
-		return srv.(PersistenceServiceServer).ListVariants(ctx, req.(*PersistenceServiceListVariantsRequest))
+		return srv.(PersistenceServiceServer).ListRegistryVariants(ctx, req.(*ListRegistryVariantsRequest))
 	}
 	return interceptor(ctx, in, info, handler)
 }
 
-func _PersistenceService_GetVariant_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
-	in := new(PersistenceServiceGetVariantRequest)
+func _PersistenceService_GetRegistryVariant_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetRegistryVariantRequest)
 	if err := dec(in); err != nil {
 		return nil, err
 	}
 	if interceptor == nil {
-		return srv.(PersistenceServiceServer).GetVariant(ctx, in)
+		return srv.(PersistenceServiceServer).GetRegistryVariant(ctx, in)
 	}
 	info := &grpc.UnaryServerInfo{
 		Server:     srv,
-		FullMethod: PersistenceService_GetVariant_FullMethodName,
+		FullMethod: PersistenceService_GetRegistryVariant_FullMethodName,
 	}
 	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
-		return srv.(PersistenceServiceServer).GetVariant(ctx, req.(*PersistenceServiceGetVariantRequest))
+		return srv.(PersistenceServiceServer).GetRegistryVariant(ctx, req.(*GetRegistryVariantRequest))
 	}
 	return interceptor(ctx, in, info, handler)
 }
 
-func _PersistenceService_PromoteVariant_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
-	in := new(PersistenceServicePromoteVariantRequest)
+func _PersistenceService_PromoteRegistryVariant_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(PromoteRegistryVariantRequest)
 	if err := dec(in); err != nil {
 		return nil, err
 	}
 	if interceptor == nil {
-		return srv.(PersistenceServiceServer).PromoteVariant(ctx, in)
+		return srv.(PersistenceServiceServer).PromoteRegistryVariant(ctx, in)
 	}
 	info := &grpc.UnaryServerInfo{
 		Server:     srv,
-		FullMethod: PersistenceService_PromoteVariant_FullMethodName,
+		FullMethod: PersistenceService_PromoteRegistryVariant_FullMethodName,
 	}
 	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
-		return srv.(PersistenceServiceServer).PromoteVariant(ctx, req.(*PersistenceServicePromoteVariantRequest))
+		return srv.(PersistenceServiceServer).PromoteRegistryVariant(ctx, req.(*PromoteRegistryVariantRequest))
 	}
 	return interceptor(ctx, in, info, handler)
 }
 
-func _PersistenceService_RollbackVariant_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
-	in := new(PersistenceServiceRollbackVariantRequest)
+func _PersistenceService_RollbackRegistryVariant_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RollbackRegistryVariantRequest)
 	if err := dec(in); err != nil {
 		return nil, err
 	}
 	if interceptor == nil {
-		return srv.(PersistenceServiceServer).RollbackVariant(ctx, in)
+		return srv.(PersistenceServiceServer).RollbackRegistryVariant(ctx, in)
 	}
 	info := &grpc.UnaryServerInfo{
 		Server:     srv,
-		FullMethod: PersistenceService_RollbackVariant_FullMethodName,
+		FullMethod: PersistenceService_RollbackRegistryVariant_FullMethodName,
 	}
 	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
-		return srv.(PersistenceServiceServer).RollbackVariant(ctx, req.(*PersistenceServiceRollbackVariantRequest))
+		return srv.(PersistenceServiceServer).RollbackRegistryVariant(ctx, req.(*RollbackRegistryVariantRequest))
 	}
 	return interceptor(ctx, in, info, handler)
 }
 
-func _PersistenceService_ListVariantChanges_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
-	in := new(PersistenceServiceListVariantChangesRequest)
+func _PersistenceService_ListRegistryChanges_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListRegistryChangesRequest)
 	if err := dec(in); err != nil {
 		return nil, err
 	}
 	if interceptor == nil {
-		return srv.(PersistenceServiceServer).ListVariantChanges(ctx, in)
+		return srv.(PersistenceServiceServer).ListRegistryChanges(ctx, in)
 	}
 	info := &grpc.UnaryServerInfo{
 		Server:     srv,
-		FullMethod: PersistenceService_ListVariantChanges_FullMethodName,
+		FullMethod: PersistenceService_ListRegistryChanges_FullMethodName,
 	}
 	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
-		return srv.(PersistenceServiceServer).ListVariantChanges(ctx, req.(*PersistenceServiceListVariantChangesRequest))
+		return srv.(PersistenceServiceServer).ListRegistryChanges(ctx, req.(*ListRegistryChangesRequest))
 	}
 	return interceptor(ctx, in, info, handler)
 }
@@ -1390,28 +1390,28 @@ var PersistenceService_ServiceDesc = grpc.ServiceDesc{
 			Handler:    _PersistenceService_CountThumbsDown_Handler,
 		},
 		{
-			MethodName: "PushVariant",
-			Handler:    _PersistenceService_PushVariant_Handler,
+			MethodName: "PushRegistryVariant",
+			Handler:    _PersistenceService_PushRegistryVariant_Handler,
 		},
 		{
-			MethodName: "ListVariants",
-			Handler:    _PersistenceService_ListVariants_Handler,
+			MethodName: "ListRegistryVariants",
+			Handler:    _PersistenceService_ListRegistryVariants_Handler,
 		},
 		{
-			MethodName: "GetVariant",
-			Handler:    _PersistenceService_GetVariant_Handler,
+			MethodName: "GetRegistryVariant",
+			Handler:    _PersistenceService_GetRegistryVariant_Handler,
 		},
 		{
-			MethodName: "PromoteVariant",
-			Handler:    _PersistenceService_PromoteVariant_Handler,
+			MethodName: "PromoteRegistryVariant",
+			Handler:    _PersistenceService_PromoteRegistryVariant_Handler,
 		},
 		{
-			MethodName: "RollbackVariant",
-			Handler:    _PersistenceService_RollbackVariant_Handler,
+			MethodName: "RollbackRegistryVariant",
+			Handler:    _PersistenceService_RollbackRegistryVariant_Handler,
 		},
 		{
-			MethodName: "ListVariantChanges",
-			Handler:    _PersistenceService_ListVariantChanges_Handler,
+			MethodName: "ListRegistryChanges",
+			Handler:    _PersistenceService_ListRegistryChanges_Handler,
 		},
 		{
 			MethodName: "GetVariantDeployment",

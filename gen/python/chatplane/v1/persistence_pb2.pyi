@@ -1828,7 +1828,7 @@ class CountThumbsDownResponse(_message.Message):
 Global___CountThumbsDownResponse: _TypeAlias = CountThumbsDownResponse  # noqa: Y015
 
 @_typing.final
-class PersistenceServicePushVariantRequest(_message.Message):
+class PushRegistryVariantRequest(_message.Message):
     """A push on behalf of an admin."""
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -1853,10 +1853,10 @@ class PersistenceServicePushVariantRequest(_message.Message):
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___PersistenceServicePushVariantRequest: _TypeAlias = PersistenceServicePushVariantRequest  # noqa: Y015
+Global___PushRegistryVariantRequest: _TypeAlias = PushRegistryVariantRequest  # noqa: Y015
 
 @_typing.final
-class PersistenceServicePushVariantResponse(_message.Message):
+class PushRegistryVariantResponse(_message.Message):
     """The pushed version."""
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -1877,10 +1877,10 @@ class PersistenceServicePushVariantResponse(_message.Message):
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___PersistenceServicePushVariantResponse: _TypeAlias = PersistenceServicePushVariantResponse  # noqa: Y015
+Global___PushRegistryVariantResponse: _TypeAlias = PushRegistryVariantResponse  # noqa: Y015
 
 @_typing.final
-class PersistenceServiceListVariantsRequest(_message.Message):
+class ListRegistryVariantsRequest(_message.Message):
     """A listing of the registry."""
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -1901,10 +1901,10 @@ class PersistenceServiceListVariantsRequest(_message.Message):
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___PersistenceServiceListVariantsRequest: _TypeAlias = PersistenceServiceListVariantsRequest  # noqa: Y015
+Global___ListRegistryVariantsRequest: _TypeAlias = ListRegistryVariantsRequest  # noqa: Y015
 
 @_typing.final
-class PersistenceServiceListVariantsResponse(_message.Message):
+class ListRegistryVariantsResponse(_message.Message):
     """The stored versions."""
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -1925,10 +1925,10 @@ class PersistenceServiceListVariantsResponse(_message.Message):
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___PersistenceServiceListVariantsResponse: _TypeAlias = PersistenceServiceListVariantsResponse  # noqa: Y015
+Global___ListRegistryVariantsResponse: _TypeAlias = ListRegistryVariantsResponse  # noqa: Y015
 
 @_typing.final
-class PersistenceServiceGetVariantRequest(_message.Message):
+class GetRegistryVariantRequest(_message.Message):
     """Asks for one stored version."""
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -1949,10 +1949,10 @@ class PersistenceServiceGetVariantRequest(_message.Message):
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___PersistenceServiceGetVariantRequest: _TypeAlias = PersistenceServiceGetVariantRequest  # noqa: Y015
+Global___GetRegistryVariantRequest: _TypeAlias = GetRegistryVariantRequest  # noqa: Y015
 
 @_typing.final
-class PersistenceServiceGetVariantResponse(_message.Message):
+class GetRegistryVariantResponse(_message.Message):
     """One stored version."""
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -1973,10 +1973,10 @@ class PersistenceServiceGetVariantResponse(_message.Message):
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___PersistenceServiceGetVariantResponse: _TypeAlias = PersistenceServiceGetVariantResponse  # noqa: Y015
+Global___GetRegistryVariantResponse: _TypeAlias = GetRegistryVariantResponse  # noqa: Y015
 
 @_typing.final
-class PersistenceServicePromoteVariantRequest(_message.Message):
+class PromoteRegistryVariantRequest(_message.Message):
     """A promotion on behalf of an admin."""
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -2001,10 +2001,10 @@ class PersistenceServicePromoteVariantRequest(_message.Message):
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___PersistenceServicePromoteVariantRequest: _TypeAlias = PersistenceServicePromoteVariantRequest  # noqa: Y015
+Global___PromoteRegistryVariantRequest: _TypeAlias = PromoteRegistryVariantRequest  # noqa: Y015
 
 @_typing.final
-class PersistenceServicePromoteVariantResponse(_message.Message):
+class PromoteRegistryVariantResponse(_message.Message):
     """The recorded promotion."""
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -2025,10 +2025,10 @@ class PersistenceServicePromoteVariantResponse(_message.Message):
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___PersistenceServicePromoteVariantResponse: _TypeAlias = PersistenceServicePromoteVariantResponse  # noqa: Y015
+Global___PromoteRegistryVariantResponse: _TypeAlias = PromoteRegistryVariantResponse  # noqa: Y015
 
 @_typing.final
-class PersistenceServiceRollbackVariantRequest(_message.Message):
+class RollbackRegistryVariantRequest(_message.Message):
     """A rollback on behalf of an admin."""
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -2053,10 +2053,10 @@ class PersistenceServiceRollbackVariantRequest(_message.Message):
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___PersistenceServiceRollbackVariantRequest: _TypeAlias = PersistenceServiceRollbackVariantRequest  # noqa: Y015
+Global___RollbackRegistryVariantRequest: _TypeAlias = RollbackRegistryVariantRequest  # noqa: Y015
 
 @_typing.final
-class PersistenceServiceRollbackVariantResponse(_message.Message):
+class RollbackRegistryVariantResponse(_message.Message):
     """The recorded rollback."""
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -2077,10 +2077,10 @@ class PersistenceServiceRollbackVariantResponse(_message.Message):
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___PersistenceServiceRollbackVariantResponse: _TypeAlias = PersistenceServiceRollbackVariantResponse  # noqa: Y015
+Global___RollbackRegistryVariantResponse: _TypeAlias = RollbackRegistryVariantResponse  # noqa: Y015
 
 @_typing.final
-class PersistenceServiceListVariantChangesRequest(_message.Message):
+class ListRegistryChangesRequest(_message.Message):
     """Asks for the registry's change history."""
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -2101,10 +2101,10 @@ class PersistenceServiceListVariantChangesRequest(_message.Message):
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___PersistenceServiceListVariantChangesRequest: _TypeAlias = PersistenceServiceListVariantChangesRequest  # noqa: Y015
+Global___ListRegistryChangesRequest: _TypeAlias = ListRegistryChangesRequest  # noqa: Y015
 
 @_typing.final
-class PersistenceServiceListVariantChangesResponse(_message.Message):
+class ListRegistryChangesResponse(_message.Message):
     """The change history."""
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -2125,7 +2125,7 @@ class PersistenceServiceListVariantChangesResponse(_message.Message):
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___PersistenceServiceListVariantChangesResponse: _TypeAlias = PersistenceServiceListVariantChangesResponse  # noqa: Y015
+Global___ListRegistryChangesResponse: _TypeAlias = ListRegistryChangesResponse  # noqa: Y015
 
 @_typing.final
 class GetVariantDeploymentRequest(_message.Message):

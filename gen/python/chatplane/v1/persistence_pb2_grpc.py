@@ -167,35 +167,35 @@ class PersistenceServiceStub:
                 request_serializer=chatplane_dot_v1_dot_persistence__pb2.CountThumbsDownRequest.SerializeToString,
                 response_deserializer=chatplane_dot_v1_dot_persistence__pb2.CountThumbsDownResponse.FromString,
                 _registered_method=True)
-        self.PushVariant = channel.unary_unary(
-                '/chatplane.v1.PersistenceService/PushVariant',
-                request_serializer=chatplane_dot_v1_dot_persistence__pb2.PersistenceServicePushVariantRequest.SerializeToString,
-                response_deserializer=chatplane_dot_v1_dot_persistence__pb2.PersistenceServicePushVariantResponse.FromString,
+        self.PushRegistryVariant = channel.unary_unary(
+                '/chatplane.v1.PersistenceService/PushRegistryVariant',
+                request_serializer=chatplane_dot_v1_dot_persistence__pb2.PushRegistryVariantRequest.SerializeToString,
+                response_deserializer=chatplane_dot_v1_dot_persistence__pb2.PushRegistryVariantResponse.FromString,
                 _registered_method=True)
-        self.ListVariants = channel.unary_unary(
-                '/chatplane.v1.PersistenceService/ListVariants',
-                request_serializer=chatplane_dot_v1_dot_persistence__pb2.PersistenceServiceListVariantsRequest.SerializeToString,
-                response_deserializer=chatplane_dot_v1_dot_persistence__pb2.PersistenceServiceListVariantsResponse.FromString,
+        self.ListRegistryVariants = channel.unary_unary(
+                '/chatplane.v1.PersistenceService/ListRegistryVariants',
+                request_serializer=chatplane_dot_v1_dot_persistence__pb2.ListRegistryVariantsRequest.SerializeToString,
+                response_deserializer=chatplane_dot_v1_dot_persistence__pb2.ListRegistryVariantsResponse.FromString,
                 _registered_method=True)
-        self.GetVariant = channel.unary_unary(
-                '/chatplane.v1.PersistenceService/GetVariant',
-                request_serializer=chatplane_dot_v1_dot_persistence__pb2.PersistenceServiceGetVariantRequest.SerializeToString,
-                response_deserializer=chatplane_dot_v1_dot_persistence__pb2.PersistenceServiceGetVariantResponse.FromString,
+        self.GetRegistryVariant = channel.unary_unary(
+                '/chatplane.v1.PersistenceService/GetRegistryVariant',
+                request_serializer=chatplane_dot_v1_dot_persistence__pb2.GetRegistryVariantRequest.SerializeToString,
+                response_deserializer=chatplane_dot_v1_dot_persistence__pb2.GetRegistryVariantResponse.FromString,
                 _registered_method=True)
-        self.PromoteVariant = channel.unary_unary(
-                '/chatplane.v1.PersistenceService/PromoteVariant',
-                request_serializer=chatplane_dot_v1_dot_persistence__pb2.PersistenceServicePromoteVariantRequest.SerializeToString,
-                response_deserializer=chatplane_dot_v1_dot_persistence__pb2.PersistenceServicePromoteVariantResponse.FromString,
+        self.PromoteRegistryVariant = channel.unary_unary(
+                '/chatplane.v1.PersistenceService/PromoteRegistryVariant',
+                request_serializer=chatplane_dot_v1_dot_persistence__pb2.PromoteRegistryVariantRequest.SerializeToString,
+                response_deserializer=chatplane_dot_v1_dot_persistence__pb2.PromoteRegistryVariantResponse.FromString,
                 _registered_method=True)
-        self.RollbackVariant = channel.unary_unary(
-                '/chatplane.v1.PersistenceService/RollbackVariant',
-                request_serializer=chatplane_dot_v1_dot_persistence__pb2.PersistenceServiceRollbackVariantRequest.SerializeToString,
-                response_deserializer=chatplane_dot_v1_dot_persistence__pb2.PersistenceServiceRollbackVariantResponse.FromString,
+        self.RollbackRegistryVariant = channel.unary_unary(
+                '/chatplane.v1.PersistenceService/RollbackRegistryVariant',
+                request_serializer=chatplane_dot_v1_dot_persistence__pb2.RollbackRegistryVariantRequest.SerializeToString,
+                response_deserializer=chatplane_dot_v1_dot_persistence__pb2.RollbackRegistryVariantResponse.FromString,
                 _registered_method=True)
-        self.ListVariantChanges = channel.unary_unary(
-                '/chatplane.v1.PersistenceService/ListVariantChanges',
-                request_serializer=chatplane_dot_v1_dot_persistence__pb2.PersistenceServiceListVariantChangesRequest.SerializeToString,
-                response_deserializer=chatplane_dot_v1_dot_persistence__pb2.PersistenceServiceListVariantChangesResponse.FromString,
+        self.ListRegistryChanges = channel.unary_unary(
+                '/chatplane.v1.PersistenceService/ListRegistryChanges',
+                request_serializer=chatplane_dot_v1_dot_persistence__pb2.ListRegistryChangesRequest.SerializeToString,
+                response_deserializer=chatplane_dot_v1_dot_persistence__pb2.ListRegistryChangesResponse.FromString,
                 _registered_method=True)
         self.GetVariantDeployment = channel.unary_unary(
                 '/chatplane.v1.PersistenceService/GetVariantDeployment',
@@ -398,42 +398,42 @@ class PersistenceServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def PushVariant(self, request, context):
+    def PushRegistryVariant(self, request, context):
         """Variant registry (docs/registry.md): stores a new version of a variant.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def ListVariants(self, request, context):
+    def ListRegistryVariants(self, request, context):
         """Variant registry: lists stored versions.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def GetVariant(self, request, context):
+    def GetRegistryVariant(self, request, context):
         """Variant registry: returns one version (the Agent resolves pinned turns with it).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def PromoteVariant(self, request, context):
+    def PromoteRegistryVariant(self, request, context):
         """Variant registry: promotes a version to canary or production, recording the change.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def RollbackVariant(self, request, context):
+    def RollbackRegistryVariant(self, request, context):
         """Variant registry: undoes the last deployment step, recording the change.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def ListVariantChanges(self, request, context):
+    def ListRegistryChanges(self, request, context):
         """Variant registry: the recorded changes, newest first.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -580,35 +580,35 @@ def add_PersistenceServiceServicer_to_server(servicer, server):
                     request_deserializer=chatplane_dot_v1_dot_persistence__pb2.CountThumbsDownRequest.FromString,
                     response_serializer=chatplane_dot_v1_dot_persistence__pb2.CountThumbsDownResponse.SerializeToString,
             ),
-            'PushVariant': grpc.unary_unary_rpc_method_handler(
-                    servicer.PushVariant,
-                    request_deserializer=chatplane_dot_v1_dot_persistence__pb2.PersistenceServicePushVariantRequest.FromString,
-                    response_serializer=chatplane_dot_v1_dot_persistence__pb2.PersistenceServicePushVariantResponse.SerializeToString,
+            'PushRegistryVariant': grpc.unary_unary_rpc_method_handler(
+                    servicer.PushRegistryVariant,
+                    request_deserializer=chatplane_dot_v1_dot_persistence__pb2.PushRegistryVariantRequest.FromString,
+                    response_serializer=chatplane_dot_v1_dot_persistence__pb2.PushRegistryVariantResponse.SerializeToString,
             ),
-            'ListVariants': grpc.unary_unary_rpc_method_handler(
-                    servicer.ListVariants,
-                    request_deserializer=chatplane_dot_v1_dot_persistence__pb2.PersistenceServiceListVariantsRequest.FromString,
-                    response_serializer=chatplane_dot_v1_dot_persistence__pb2.PersistenceServiceListVariantsResponse.SerializeToString,
+            'ListRegistryVariants': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRegistryVariants,
+                    request_deserializer=chatplane_dot_v1_dot_persistence__pb2.ListRegistryVariantsRequest.FromString,
+                    response_serializer=chatplane_dot_v1_dot_persistence__pb2.ListRegistryVariantsResponse.SerializeToString,
             ),
-            'GetVariant': grpc.unary_unary_rpc_method_handler(
-                    servicer.GetVariant,
-                    request_deserializer=chatplane_dot_v1_dot_persistence__pb2.PersistenceServiceGetVariantRequest.FromString,
-                    response_serializer=chatplane_dot_v1_dot_persistence__pb2.PersistenceServiceGetVariantResponse.SerializeToString,
+            'GetRegistryVariant': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetRegistryVariant,
+                    request_deserializer=chatplane_dot_v1_dot_persistence__pb2.GetRegistryVariantRequest.FromString,
+                    response_serializer=chatplane_dot_v1_dot_persistence__pb2.GetRegistryVariantResponse.SerializeToString,
             ),
-            'PromoteVariant': grpc.unary_unary_rpc_method_handler(
-                    servicer.PromoteVariant,
-                    request_deserializer=chatplane_dot_v1_dot_persistence__pb2.PersistenceServicePromoteVariantRequest.FromString,
-                    response_serializer=chatplane_dot_v1_dot_persistence__pb2.PersistenceServicePromoteVariantResponse.SerializeToString,
+            'PromoteRegistryVariant': grpc.unary_unary_rpc_method_handler(
+                    servicer.PromoteRegistryVariant,
+                    request_deserializer=chatplane_dot_v1_dot_persistence__pb2.PromoteRegistryVariantRequest.FromString,
+                    response_serializer=chatplane_dot_v1_dot_persistence__pb2.PromoteRegistryVariantResponse.SerializeToString,
             ),
-            'RollbackVariant': grpc.unary_unary_rpc_method_handler(
-                    servicer.RollbackVariant,
-                    request_deserializer=chatplane_dot_v1_dot_persistence__pb2.PersistenceServiceRollbackVariantRequest.FromString,
-                    response_serializer=chatplane_dot_v1_dot_persistence__pb2.PersistenceServiceRollbackVariantResponse.SerializeToString,
+            'RollbackRegistryVariant': grpc.unary_unary_rpc_method_handler(
+                    servicer.RollbackRegistryVariant,
+                    request_deserializer=chatplane_dot_v1_dot_persistence__pb2.RollbackRegistryVariantRequest.FromString,
+                    response_serializer=chatplane_dot_v1_dot_persistence__pb2.RollbackRegistryVariantResponse.SerializeToString,
             ),
-            'ListVariantChanges': grpc.unary_unary_rpc_method_handler(
-                    servicer.ListVariantChanges,
-                    request_deserializer=chatplane_dot_v1_dot_persistence__pb2.PersistenceServiceListVariantChangesRequest.FromString,
-                    response_serializer=chatplane_dot_v1_dot_persistence__pb2.PersistenceServiceListVariantChangesResponse.SerializeToString,
+            'ListRegistryChanges': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRegistryChanges,
+                    request_deserializer=chatplane_dot_v1_dot_persistence__pb2.ListRegistryChangesRequest.FromString,
+                    response_serializer=chatplane_dot_v1_dot_persistence__pb2.ListRegistryChangesResponse.SerializeToString,
             ),
             'GetVariantDeployment': grpc.unary_unary_rpc_method_handler(
                     servicer.GetVariantDeployment,
@@ -1332,7 +1332,7 @@ class PersistenceService:
             _registered_method=True)
 
     @staticmethod
-    def PushVariant(request,
+    def PushRegistryVariant(request,
             target,
             options=(),
             channel_credentials=None,
@@ -1345,9 +1345,9 @@ class PersistenceService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/chatplane.v1.PersistenceService/PushVariant',
-            chatplane_dot_v1_dot_persistence__pb2.PersistenceServicePushVariantRequest.SerializeToString,
-            chatplane_dot_v1_dot_persistence__pb2.PersistenceServicePushVariantResponse.FromString,
+            '/chatplane.v1.PersistenceService/PushRegistryVariant',
+            chatplane_dot_v1_dot_persistence__pb2.PushRegistryVariantRequest.SerializeToString,
+            chatplane_dot_v1_dot_persistence__pb2.PushRegistryVariantResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -1359,7 +1359,7 @@ class PersistenceService:
             _registered_method=True)
 
     @staticmethod
-    def ListVariants(request,
+    def ListRegistryVariants(request,
             target,
             options=(),
             channel_credentials=None,
@@ -1372,9 +1372,9 @@ class PersistenceService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/chatplane.v1.PersistenceService/ListVariants',
-            chatplane_dot_v1_dot_persistence__pb2.PersistenceServiceListVariantsRequest.SerializeToString,
-            chatplane_dot_v1_dot_persistence__pb2.PersistenceServiceListVariantsResponse.FromString,
+            '/chatplane.v1.PersistenceService/ListRegistryVariants',
+            chatplane_dot_v1_dot_persistence__pb2.ListRegistryVariantsRequest.SerializeToString,
+            chatplane_dot_v1_dot_persistence__pb2.ListRegistryVariantsResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -1386,7 +1386,7 @@ class PersistenceService:
             _registered_method=True)
 
     @staticmethod
-    def GetVariant(request,
+    def GetRegistryVariant(request,
             target,
             options=(),
             channel_credentials=None,
@@ -1399,9 +1399,9 @@ class PersistenceService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/chatplane.v1.PersistenceService/GetVariant',
-            chatplane_dot_v1_dot_persistence__pb2.PersistenceServiceGetVariantRequest.SerializeToString,
-            chatplane_dot_v1_dot_persistence__pb2.PersistenceServiceGetVariantResponse.FromString,
+            '/chatplane.v1.PersistenceService/GetRegistryVariant',
+            chatplane_dot_v1_dot_persistence__pb2.GetRegistryVariantRequest.SerializeToString,
+            chatplane_dot_v1_dot_persistence__pb2.GetRegistryVariantResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -1413,7 +1413,7 @@ class PersistenceService:
             _registered_method=True)
 
     @staticmethod
-    def PromoteVariant(request,
+    def PromoteRegistryVariant(request,
             target,
             options=(),
             channel_credentials=None,
@@ -1426,9 +1426,9 @@ class PersistenceService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/chatplane.v1.PersistenceService/PromoteVariant',
-            chatplane_dot_v1_dot_persistence__pb2.PersistenceServicePromoteVariantRequest.SerializeToString,
-            chatplane_dot_v1_dot_persistence__pb2.PersistenceServicePromoteVariantResponse.FromString,
+            '/chatplane.v1.PersistenceService/PromoteRegistryVariant',
+            chatplane_dot_v1_dot_persistence__pb2.PromoteRegistryVariantRequest.SerializeToString,
+            chatplane_dot_v1_dot_persistence__pb2.PromoteRegistryVariantResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -1440,7 +1440,7 @@ class PersistenceService:
             _registered_method=True)
 
     @staticmethod
-    def RollbackVariant(request,
+    def RollbackRegistryVariant(request,
             target,
             options=(),
             channel_credentials=None,
@@ -1453,9 +1453,9 @@ class PersistenceService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/chatplane.v1.PersistenceService/RollbackVariant',
-            chatplane_dot_v1_dot_persistence__pb2.PersistenceServiceRollbackVariantRequest.SerializeToString,
-            chatplane_dot_v1_dot_persistence__pb2.PersistenceServiceRollbackVariantResponse.FromString,
+            '/chatplane.v1.PersistenceService/RollbackRegistryVariant',
+            chatplane_dot_v1_dot_persistence__pb2.RollbackRegistryVariantRequest.SerializeToString,
+            chatplane_dot_v1_dot_persistence__pb2.RollbackRegistryVariantResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -1467,7 +1467,7 @@ class PersistenceService:
             _registered_method=True)
 
     @staticmethod
-    def ListVariantChanges(request,
+    def ListRegistryChanges(request,
             target,
             options=(),
             channel_credentials=None,
@@ -1480,9 +1480,9 @@ class PersistenceService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/chatplane.v1.PersistenceService/ListVariantChanges',
-            chatplane_dot_v1_dot_persistence__pb2.PersistenceServiceListVariantChangesRequest.SerializeToString,
-            chatplane_dot_v1_dot_persistence__pb2.PersistenceServiceListVariantChangesResponse.FromString,
+            '/chatplane.v1.PersistenceService/ListRegistryChanges',
+            chatplane_dot_v1_dot_persistence__pb2.ListRegistryChangesRequest.SerializeToString,
+            chatplane_dot_v1_dot_persistence__pb2.ListRegistryChangesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -100,17 +100,17 @@ class PersistenceServiceStub:
     """Returns a tenant's handed-off conversation (ever handed off) with its owner, for operators."""
     CountThumbsDown: _grpc.UnaryUnaryMultiCallable[_persistence_pb2.CountThumbsDownRequest, _persistence_pb2.CountThumbsDownResponse]
     """Counts the thumbs-down ratings in the conversation of one of the owner's messages."""
-    PushVariant: _grpc.UnaryUnaryMultiCallable[_persistence_pb2.PersistenceServicePushVariantRequest, _persistence_pb2.PersistenceServicePushVariantResponse]
+    PushRegistryVariant: _grpc.UnaryUnaryMultiCallable[_persistence_pb2.PushRegistryVariantRequest, _persistence_pb2.PushRegistryVariantResponse]
     """Variant registry (docs/registry.md): stores a new version of a variant."""
-    ListVariants: _grpc.UnaryUnaryMultiCallable[_persistence_pb2.PersistenceServiceListVariantsRequest, _persistence_pb2.PersistenceServiceListVariantsResponse]
+    ListRegistryVariants: _grpc.UnaryUnaryMultiCallable[_persistence_pb2.ListRegistryVariantsRequest, _persistence_pb2.ListRegistryVariantsResponse]
     """Variant registry: lists stored versions."""
-    GetVariant: _grpc.UnaryUnaryMultiCallable[_persistence_pb2.PersistenceServiceGetVariantRequest, _persistence_pb2.PersistenceServiceGetVariantResponse]
+    GetRegistryVariant: _grpc.UnaryUnaryMultiCallable[_persistence_pb2.GetRegistryVariantRequest, _persistence_pb2.GetRegistryVariantResponse]
     """Variant registry: returns one version (the Agent resolves pinned turns with it)."""
-    PromoteVariant: _grpc.UnaryUnaryMultiCallable[_persistence_pb2.PersistenceServicePromoteVariantRequest, _persistence_pb2.PersistenceServicePromoteVariantResponse]
+    PromoteRegistryVariant: _grpc.UnaryUnaryMultiCallable[_persistence_pb2.PromoteRegistryVariantRequest, _persistence_pb2.PromoteRegistryVariantResponse]
     """Variant registry: promotes a version to canary or production, recording the change."""
-    RollbackVariant: _grpc.UnaryUnaryMultiCallable[_persistence_pb2.PersistenceServiceRollbackVariantRequest, _persistence_pb2.PersistenceServiceRollbackVariantResponse]
+    RollbackRegistryVariant: _grpc.UnaryUnaryMultiCallable[_persistence_pb2.RollbackRegistryVariantRequest, _persistence_pb2.RollbackRegistryVariantResponse]
     """Variant registry: undoes the last deployment step, recording the change."""
-    ListVariantChanges: _grpc.UnaryUnaryMultiCallable[_persistence_pb2.PersistenceServiceListVariantChangesRequest, _persistence_pb2.PersistenceServiceListVariantChangesResponse]
+    ListRegistryChanges: _grpc.UnaryUnaryMultiCallable[_persistence_pb2.ListRegistryChangesRequest, _persistence_pb2.ListRegistryChangesResponse]
     """Variant registry: the recorded changes, newest first."""
     GetVariantDeployment: _grpc.UnaryUnaryMultiCallable[_persistence_pb2.GetVariantDeploymentRequest, _persistence_pb2.GetVariantDeploymentResponse]
     """Variant registry: the versions serving traffic now (polled by every Agent)."""
@@ -187,17 +187,17 @@ class PersistenceServiceAsyncStub(PersistenceServiceStub):
     """Returns a tenant's handed-off conversation (ever handed off) with its owner, for operators."""
     CountThumbsDown: _aio.UnaryUnaryMultiCallable[_persistence_pb2.CountThumbsDownRequest, _persistence_pb2.CountThumbsDownResponse]  # type: ignore[assignment]
     """Counts the thumbs-down ratings in the conversation of one of the owner's messages."""
-    PushVariant: _aio.UnaryUnaryMultiCallable[_persistence_pb2.PersistenceServicePushVariantRequest, _persistence_pb2.PersistenceServicePushVariantResponse]  # type: ignore[assignment]
+    PushRegistryVariant: _aio.UnaryUnaryMultiCallable[_persistence_pb2.PushRegistryVariantRequest, _persistence_pb2.PushRegistryVariantResponse]  # type: ignore[assignment]
     """Variant registry (docs/registry.md): stores a new version of a variant."""
-    ListVariants: _aio.UnaryUnaryMultiCallable[_persistence_pb2.PersistenceServiceListVariantsRequest, _persistence_pb2.PersistenceServiceListVariantsResponse]  # type: ignore[assignment]
+    ListRegistryVariants: _aio.UnaryUnaryMultiCallable[_persistence_pb2.ListRegistryVariantsRequest, _persistence_pb2.ListRegistryVariantsResponse]  # type: ignore[assignment]
     """Variant registry: lists stored versions."""
-    GetVariant: _aio.UnaryUnaryMultiCallable[_persistence_pb2.PersistenceServiceGetVariantRequest, _persistence_pb2.PersistenceServiceGetVariantResponse]  # type: ignore[assignment]
+    GetRegistryVariant: _aio.UnaryUnaryMultiCallable[_persistence_pb2.GetRegistryVariantRequest, _persistence_pb2.GetRegistryVariantResponse]  # type: ignore[assignment]
     """Variant registry: returns one version (the Agent resolves pinned turns with it)."""
-    PromoteVariant: _aio.UnaryUnaryMultiCallable[_persistence_pb2.PersistenceServicePromoteVariantRequest, _persistence_pb2.PersistenceServicePromoteVariantResponse]  # type: ignore[assignment]
+    PromoteRegistryVariant: _aio.UnaryUnaryMultiCallable[_persistence_pb2.PromoteRegistryVariantRequest, _persistence_pb2.PromoteRegistryVariantResponse]  # type: ignore[assignment]
     """Variant registry: promotes a version to canary or production, recording the change."""
-    RollbackVariant: _aio.UnaryUnaryMultiCallable[_persistence_pb2.PersistenceServiceRollbackVariantRequest, _persistence_pb2.PersistenceServiceRollbackVariantResponse]  # type: ignore[assignment]
+    RollbackRegistryVariant: _aio.UnaryUnaryMultiCallable[_persistence_pb2.RollbackRegistryVariantRequest, _persistence_pb2.RollbackRegistryVariantResponse]  # type: ignore[assignment]
     """Variant registry: undoes the last deployment step, recording the change."""
-    ListVariantChanges: _aio.UnaryUnaryMultiCallable[_persistence_pb2.PersistenceServiceListVariantChangesRequest, _persistence_pb2.PersistenceServiceListVariantChangesResponse]  # type: ignore[assignment]
+    ListRegistryChanges: _aio.UnaryUnaryMultiCallable[_persistence_pb2.ListRegistryChangesRequest, _persistence_pb2.ListRegistryChangesResponse]  # type: ignore[assignment]
     """Variant registry: the recorded changes, newest first."""
     GetVariantDeployment: _aio.UnaryUnaryMultiCallable[_persistence_pb2.GetVariantDeploymentRequest, _persistence_pb2.GetVariantDeploymentResponse]  # type: ignore[assignment]
     """Variant registry: the versions serving traffic now (polled by every Agent)."""
@@ -429,51 +429,51 @@ class PersistenceServiceServicer(metaclass=_abc_1.ABCMeta):
         """Counts the thumbs-down ratings in the conversation of one of the owner's messages."""
 
     @_abc_1.abstractmethod
-    def PushVariant(
+    def PushRegistryVariant(
         self,
-        request: _persistence_pb2.PersistenceServicePushVariantRequest,
+        request: _persistence_pb2.PushRegistryVariantRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_persistence_pb2.PersistenceServicePushVariantResponse, _abc.Awaitable[_persistence_pb2.PersistenceServicePushVariantResponse]]:
+    ) -> _typing.Union[_persistence_pb2.PushRegistryVariantResponse, _abc.Awaitable[_persistence_pb2.PushRegistryVariantResponse]]:
         """Variant registry (docs/registry.md): stores a new version of a variant."""
 
     @_abc_1.abstractmethod
-    def ListVariants(
+    def ListRegistryVariants(
         self,
-        request: _persistence_pb2.PersistenceServiceListVariantsRequest,
+        request: _persistence_pb2.ListRegistryVariantsRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_persistence_pb2.PersistenceServiceListVariantsResponse, _abc.Awaitable[_persistence_pb2.PersistenceServiceListVariantsResponse]]:
+    ) -> _typing.Union[_persistence_pb2.ListRegistryVariantsResponse, _abc.Awaitable[_persistence_pb2.ListRegistryVariantsResponse]]:
         """Variant registry: lists stored versions."""
 
     @_abc_1.abstractmethod
-    def GetVariant(
+    def GetRegistryVariant(
         self,
-        request: _persistence_pb2.PersistenceServiceGetVariantRequest,
+        request: _persistence_pb2.GetRegistryVariantRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_persistence_pb2.PersistenceServiceGetVariantResponse, _abc.Awaitable[_persistence_pb2.PersistenceServiceGetVariantResponse]]:
+    ) -> _typing.Union[_persistence_pb2.GetRegistryVariantResponse, _abc.Awaitable[_persistence_pb2.GetRegistryVariantResponse]]:
         """Variant registry: returns one version (the Agent resolves pinned turns with it)."""
 
     @_abc_1.abstractmethod
-    def PromoteVariant(
+    def PromoteRegistryVariant(
         self,
-        request: _persistence_pb2.PersistenceServicePromoteVariantRequest,
+        request: _persistence_pb2.PromoteRegistryVariantRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_persistence_pb2.PersistenceServicePromoteVariantResponse, _abc.Awaitable[_persistence_pb2.PersistenceServicePromoteVariantResponse]]:
+    ) -> _typing.Union[_persistence_pb2.PromoteRegistryVariantResponse, _abc.Awaitable[_persistence_pb2.PromoteRegistryVariantResponse]]:
         """Variant registry: promotes a version to canary or production, recording the change."""
 
     @_abc_1.abstractmethod
-    def RollbackVariant(
+    def RollbackRegistryVariant(
         self,
-        request: _persistence_pb2.PersistenceServiceRollbackVariantRequest,
+        request: _persistence_pb2.RollbackRegistryVariantRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_persistence_pb2.PersistenceServiceRollbackVariantResponse, _abc.Awaitable[_persistence_pb2.PersistenceServiceRollbackVariantResponse]]:
+    ) -> _typing.Union[_persistence_pb2.RollbackRegistryVariantResponse, _abc.Awaitable[_persistence_pb2.RollbackRegistryVariantResponse]]:
         """Variant registry: undoes the last deployment step, recording the change."""
 
     @_abc_1.abstractmethod
-    def ListVariantChanges(
+    def ListRegistryChanges(
         self,
-        request: _persistence_pb2.PersistenceServiceListVariantChangesRequest,
+        request: _persistence_pb2.ListRegistryChangesRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_persistence_pb2.PersistenceServiceListVariantChangesResponse, _abc.Awaitable[_persistence_pb2.PersistenceServiceListVariantChangesResponse]]:
+    ) -> _typing.Union[_persistence_pb2.ListRegistryChangesResponse, _abc.Awaitable[_persistence_pb2.ListRegistryChangesResponse]]:
         """Variant registry: the recorded changes, newest first."""
 
     @_abc_1.abstractmethod

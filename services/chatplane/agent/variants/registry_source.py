@@ -158,8 +158,8 @@ class RegistryVariantSource(VariantSource):
         except VariantSpecError as error:
             raise errors.InvalidArgument("variant", str(error)) from None
         try:
-            response = await self._persistence.GetVariant(
-                persistence_pb2.PersistenceServiceGetVariantRequest(
+            response = await self._persistence.GetRegistryVariant(
+                persistence_pb2.GetRegistryVariantRequest(
                     request=registry_pb2.GetVariantRequest(variant=identifier)
                 ),
                 timeout=min(timeout, self._timeout),
