@@ -23,6 +23,7 @@ from bench import (
     persistence,
     pipeline,
     recall,
+    registry,
     report,
     streaming,
     tree,
@@ -54,6 +55,7 @@ BENCHMARKS = (
     Benchmark(tree.NAME, tree.TITLE, tree.NOTES, tree.run),
     Benchmark(auth_flood.NAME, auth_flood.TITLE, auth_flood.NOTES, auth_flood.run),
     Benchmark(handoff.NAME, handoff.TITLE, handoff.NOTES, handoff.run),
+    Benchmark(registry.NAME, registry.TITLE, registry.NOTES, registry.run),
 )
 
 

@@ -154,7 +154,9 @@ async def switch_seconds(rig: Rig, key: str, expected: str) -> float:
         return all([await answered_by(rig, key, g) == expected for g in (0, 1)])
 
     await poll(both, timeout=SWITCH_SECONDS + 5, interval=0.05)
-    return time.monotonic() - start
+    elapsed = time.monotonic() - start
+    print(f"both Agents answer with {expected} after {elapsed:.2f} s")
+    return elapsed
 
 
 async def test_canary_split_promotion_and_rollback_on_two_agents(rig: Rig, tmp_path: Path) -> None:
