@@ -21,7 +21,13 @@ from chatplane.agent.llm.base import LlmBackend, StopReason, StreamEnd, StreamSt
 from chatplane.agent.llm.errors import LlmError
 from chatplane.agent.memory_client import MemoryClient
 from chatplane.agent.prompt import build_prompt
-from chatplane.agent.variants import Experiment, FixedVariantSource, Variant, VariantRouter
+from chatplane.agent.variants import (
+    Experiment,
+    FixedVariantSource,
+    Variant,
+    VariantRouter,
+    VariantsConfigError,
+)
 from chatplane.agent.variants.recall_filter import filtered, recall_k
 from chatplane.common import errors
 from chatplane.common.settings import Settings
@@ -257,9 +263,15 @@ class TurnRunner:
             return None
         if self._pinned_variants is None:
             raise errors.FailedPrecondition("this Agent has no variant registry")
-        return await self._pinned_variants(
+        variant = await self._pinned_variants(
             identifier, budget(self._settings.internal_call_timeout_seconds)
         )
+        try:
+            self._variants.prepare((variant,))
+        except VariantsConfigError as error:
+            message = f"this Agent cannot serve {identifier}: {error}"
+            raise errors.FailedPrecondition(message) from None
+        return variant
 
     async def _record_interrupted(self, *args: Any, **kwargs: Any) -> None:
         try:

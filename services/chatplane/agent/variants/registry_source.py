@@ -83,6 +83,7 @@ class RegistryVariantSource(VariantSource):
         self._timeout = call_timeout_seconds
         self._experiment: Experiment | None = None
         self._revision = 0
+        self._refused_revision = 0
         self._pinned: dict[str, Variant] = {}
         self._task: asyncio.Task[None] | None = None
         # Checks that a new deployment can serve (builds its model chains); set by the router.
@@ -115,10 +116,12 @@ class RegistryVariantSource(VariantSource):
             if experiment is not None:
                 self.validate(experiment.variants)
         except (VariantSpecError, VariantsConfigError, ValueError) as error:
-            _log.error(
-                "variant registry deployment refused; keeping the current one",
-                extra={"revision": deployment.revision, "error": str(error)},
-            )
+            if deployment.revision != self._refused_revision:  # logged once per revision
+                self._refused_revision = deployment.revision
+                _log.error(
+                    "variant registry deployment refused; keeping the current one",
+                    extra={"revision": deployment.revision, "error": str(error)},
+                )
             return False
         self._experiment = experiment
         self._revision = deployment.revision

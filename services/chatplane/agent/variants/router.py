@@ -105,8 +105,6 @@ class VariantRouter:
     def apply(self, tenant_id: str, user_id: str, pinned: Variant | None = None) -> AppliedVariant:
         """The user's variant (or the `pinned` one), ready to run a turn with."""
         variant = pinned or assign(self._source.experiment(), tenant_id, user_id)
-        if pinned is not None:
-            self.prepare((pinned,))
         settings = self._settings
         system = (
             SYSTEM_PROMPT
