@@ -221,6 +221,21 @@ async def test_canary_split_promotion_and_rollback_on_two_agents(rig: Rig, tmp_p
     recorded = {row.variant: row.answers for row in report.variants}
     assert recorded.get(first, 0) > 0 and recorded.get(second, 0) > 0
 
+    # The changes are in the hash-chained audit log too (appended by the Gateway in batches).
+    async def audited() -> list[str]:
+        async with rig.stack.channel("persistence") as channel:
+            page = await persistence_pb2_grpc.PersistenceServiceStub(channel).ListAuditRecords(
+                persistence_pb2.ListAuditRecordsRequest(page_size=1000), timeout=10
+            )
+        actions = [
+            r.event.action for r in page.records if r.event.object.startswith("variant/support@")
+        ]
+        return actions if len(actions) >= 6 else []
+
+    actions = await poll(audited, timeout=10)
+    assert actions.count("variant.push") == 2 and actions.count("variant.promote") == 3
+    assert actions.count("variant.rollback") == 1
+
 
 async def _answers_match(rig: Rig, keys: dict[str, str], expected: dict[str, str]) -> bool:
     for user, key in keys.items():

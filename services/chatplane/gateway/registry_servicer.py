@@ -21,6 +21,11 @@ from chatplane.v1 import persistence_pb2, persistence_pb2_grpc, registry_pb2, re
 Context = grpc.aio.ServicerContext[Any, Any]
 
 REGISTRY_SERVICE = registry_pb2.DESCRIPTOR.services_by_name["RegistryService"].full_name
+# Audit actions of registry changes (the hash-chained audit log, docs/security.md), besides
+# the registry's own change history.
+VARIANT_PUSH = "variant.push"
+VARIANT_PROMOTE = "variant.promote"
+VARIANT_ROLLBACK = "variant.rollback"
 
 
 def _caller() -> Principal:
@@ -43,6 +48,26 @@ def require_pin(principal: Principal, variant: str) -> None:
 
 def _actor(principal: Principal) -> str:
     return f"{principal.tenant_id}/{audit.actor_of(principal)}"
+
+
+def _audit(principal: Principal, context: Context, action: str, target: str, detail: str) -> None:
+    audit.record(
+        action,
+        actor=audit.actor_of(principal),
+        tenant_id=principal.tenant_id,
+        object=f"variant/{target}",
+        outcome=audit.SUCCESS,
+        detail=detail,
+        source=context.peer() or "",
+    )
+
+
+def _change_detail(change: registry_pb2.VariantChange) -> str:
+    stage = registry_pb2.VariantStage.Name(change.stage).removeprefix("VARIANT_STAGE_").lower()
+    return (
+        f"revision {change.revision} {stage}: {change.from_variant or '-'} -> "
+        f"{change.to_variant or '-'} ({change.to_share_percent:g}%)"
+    )
 
 
 class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
@@ -92,7 +117,11 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
                 ),
                 timeout=self._timeout(context),
             )
-        return response.response
+        pushed = response.response
+        if pushed.created:
+            variant = f"{pushed.variant.name}@{pushed.variant.version}"
+            _audit(principal, context, VARIANT_PUSH, variant, pushed.variant.spec_sha256)
+        return pushed
 
     async def ListVariants(
         self, request: registry_pb2.ListVariantsRequest, context: Context
@@ -127,6 +156,8 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
                 ),
                 timeout=self._timeout(context),
             )
+        change = response.response.change
+        _audit(principal, context, VARIANT_PROMOTE, change.to_variant, _change_detail(change))
         return response.response
 
     async def RollbackVariant(
@@ -140,6 +171,8 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
                 ),
                 timeout=self._timeout(context),
             )
+        change = response.response.change
+        _audit(principal, context, VARIANT_ROLLBACK, change.from_variant, _change_detail(change))
         return response.response
 
     async def ListVariantChanges(
