@@ -24,6 +24,7 @@ from bench import (
     persistence,
     pipeline,
     recall,
+    registry,
     report,
     streaming,
     tree,
@@ -58,6 +59,7 @@ BENCHMARKS = (
     Benchmark(handoff.NAME, handoff.TITLE, handoff.NOTES, handoff.run),
     Benchmark(datasets_bench.NAME, datasets_bench.TITLE, datasets_bench.NOTES, datasets_bench.run),
     Benchmark(export.NAME, export.TITLE, export.NOTES, export.run),
+    Benchmark(registry.NAME, registry.TITLE, registry.NOTES, registry.run),
 )
 
 

@@ -95,8 +95,18 @@ CALLS: dict[tuple[str, str], frozenset[str]] = {
             "CountThumbsDown",
             # Feedback datasets (docs/datasets.md): AdminService.ListRatedAnswers.
             "ListRatedAnswers",
+            # The variant registry (docs/registry.md): RegistryService for admins.
+            "PushRegistryVariant",
+            "ListRegistryVariants",
+            "GetRegistryVariant",
+            "PromoteRegistryVariant",
+            "RollbackRegistryVariant",
+            "ListRegistryChanges",
         }
     ),
+    # The variant registry (docs/registry.md): every Agent polls the deployment and resolves
+    # versions of pinned turns.
+    ("agent", PERSISTENCE): frozenset({"GetVariantDeployment", "GetRegistryVariant"}),
     ("gateway", MEMORY): frozenset(
         {"Forget", "IngestDocument", "ListDocuments", "DeleteDocument", "ListUserMemory"}
     ),

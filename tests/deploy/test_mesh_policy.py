@@ -47,6 +47,11 @@ READ_RPCS = frozenset(
         f"/{PACKAGE}.PersistenceService/ListHandoffs",
         f"/{PACKAGE}.PersistenceService/GetTenantHandoff",
         f"/{PACKAGE}.PersistenceService/CountThumbsDown",
+        # The variant registry (docs/registry.md).
+        f"/{PACKAGE}.PersistenceService/ListRegistryVariants",
+        f"/{PACKAGE}.PersistenceService/GetRegistryVariant",
+        f"/{PACKAGE}.PersistenceService/ListRegistryChanges",
+        f"/{PACKAGE}.PersistenceService/GetVariantDeployment",
         f"/{PACKAGE}.MemoryService/Recall",
         f"/{PACKAGE}.GatewayService/ListConversations",
         f"/{PACKAGE}.GatewayService/GetConversation",

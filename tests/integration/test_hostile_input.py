@@ -33,6 +33,7 @@ from chatplane.v1 import (
     memory_pb2,
     operator_pb2,
     persistence_pb2,
+    registry_pb2,
 )
 from tests.integration.stack_client import FAST_PACE, create_key, running_stack, unique
 
@@ -163,6 +164,7 @@ _MODULES = (
     ("gateway", gateway_pb2),
     ("gateway", operator_pb2),
     ("gateway", admin_pb2),
+    ("gateway", registry_pb2),
     ("agent", agent_pb2),
     ("memory", memory_pb2),
     ("persistence", persistence_pb2),

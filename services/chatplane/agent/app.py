@@ -8,7 +8,7 @@ from chatplane.agent.llm.factory import build_model_chain
 from chatplane.agent.memory_client import MemoryClient
 from chatplane.agent.servicer import AgentServicer
 from chatplane.agent.turn import TurnRunner
-from chatplane.agent.variants.process import variant_router
+from chatplane.agent.variants.process import registry_source, variant_router
 from chatplane.common.server import internal_channel, serve
 from chatplane.common.settings import Settings
 from chatplane.common.tls import load_tls
@@ -23,13 +23,19 @@ async def run(settings: Settings) -> None:
     producer = log.producer()
     memory_channel = internal_channel(settings.memory_address, tls)
     backend = build_model_chain(settings)
-    variants = variant_router(settings, backend)
+    # The variant registry (docs/registry.md), polled through PersistenceService.
+    persistence_channel = internal_channel(settings.persistence_address, tls)
+    registry = registry_source(settings, persistence_channel)
+    variants = variant_router(settings, backend, registry)
+    registry.validate = variants.prepare
+    await registry.start()
     runner = TurnRunner(
         settings=settings,
         memory=MemoryClient(memory_channel),
         backend=backend,
         producer=producer,
         variants=variants,
+        pinned_variants=registry.pinned,
     )
 
     live_turns = LiveTurns(
@@ -41,7 +47,9 @@ async def run(settings: Settings) -> None:
     async def stop() -> None:
         await live_turns.stop()
         await runner.drain()
+        await registry.close()
         await variants.close()
+        await persistence_channel.close()
         await producer.close()
         await memory_channel.close()
 

@@ -55,6 +55,7 @@ def _turn(
         parent_message_id=request.parent_message_id,
         regenerate=request.regenerate,
         branch=branch_lines(request.branch) if request.HasField("branch") else None,
+        pinned_variant=request.variant,
     )
 
 

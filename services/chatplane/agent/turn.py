@@ -9,7 +9,7 @@ import contextlib
 import functools
 import logging
 import time
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass, replace
 from itertools import accumulate
 from typing import Any
@@ -21,7 +21,14 @@ from chatplane.agent.llm.base import LlmBackend, StopReason, StreamEnd, StreamSt
 from chatplane.agent.llm.errors import LlmError
 from chatplane.agent.memory_client import MemoryClient
 from chatplane.agent.prompt import build_prompt
-from chatplane.agent.variants import Experiment, FixedVariantSource, VariantRouter
+from chatplane.agent.variants import (
+    Experiment,
+    FixedVariantSource,
+    Variant,
+    VariantRouter,
+    VariantsConfigError,
+)
+from chatplane.agent.variants.recall_filter import filtered, recall_k
 from chatplane.common import errors
 from chatplane.common.settings import Settings
 from chatplane.common.topics import MEMORY_REMEMBER_TOPIC, MESSAGE_SCHEMA_VERSION, MESSAGES_TOPIC
@@ -66,6 +73,8 @@ class TurnRequest:
     parent_message_id: str = ""
     regenerate: bool = False
     branch: tuple[BranchLine, ...] | None = None
+    # A registry version the turn is pinned to (NAME@VERSION; evaluation, admins only).
+    pinned_variant: str = ""
 
 
 def _timestamp(unix_ms: int) -> timestamp_pb2.Timestamp:
@@ -108,6 +117,7 @@ class TurnRunner:
         backend: LlmBackend,
         producer: MessageLogProducer,
         variants: VariantRouter | None = None,
+        pinned_variants: Callable[[str, float], Awaitable[Variant]] | None = None,
     ) -> None:
         self._settings = settings
         self._memory = memory
@@ -120,6 +130,8 @@ class TurnRunner:
             default_backend=backend,
             build_chain=lambda _: backend,
         )
+        # Resolves NAME@VERSION of a pinned turn (docs/registry.md); None: no registry.
+        self._pinned_variants = pinned_variants
         # Recordings of interrupted turns still running; awaited at shutdown.
         self._pending: set[asyncio.Task[None]] = set()
         # PII masked in what is sent to the model provider (docs/privacy.md).
@@ -131,17 +143,20 @@ class TurnRunner:
         user_time_ms = int(time.time() * 1000)
         # The turn's clock for the answer's first-token latency and duration.
         turn_start = time.monotonic()
-        variant = self._variants.apply(turn.tenant_id, turn.user_id)
+        pinned = await self._pinned(turn.pinned_variant, budget)
+        variant = self._variants.apply(turn.tenant_id, turn.user_id, pinned)
         first_token_ms: int | None = None
+        kinds, documents = variant.retrieval_kinds, variant.retrieval_documents
         recollection = await self._memory.recall(
             tenant_id=turn.tenant_id,
             user_id=turn.user_id,
             conversation_id=turn.conversation_id,
             query=turn.text,
             recent_limit=settings.recent_turns,
-            top_k=variant.retrieval_k,
+            top_k=recall_k(variant.retrieval_k, kinds, documents),
             timeout=budget(settings.internal_call_timeout_seconds),
         )
+        recollection = filtered(recollection, variant.retrieval_k, kinds, documents)
         if turn.branch is not None:
             recollection = on_branch(recollection, turn.branch, turn.conversation_id)
         mask = functools.partial(self._redaction.text, turn.tenant_id)
@@ -242,6 +257,21 @@ class TurnRunner:
                 )
                 self._pending.add(task)
                 task.add_done_callback(self._pending.discard)
+
+    async def _pinned(self, identifier: str, budget: Budget) -> Variant | None:
+        if not identifier:
+            return None
+        if self._pinned_variants is None:
+            raise errors.FailedPrecondition("this Agent has no variant registry")
+        variant = await self._pinned_variants(
+            identifier, budget(self._settings.internal_call_timeout_seconds)
+        )
+        try:
+            self._variants.prepare((variant,))
+        except VariantsConfigError as error:
+            message = f"this Agent cannot serve {identifier}: {error}"
+            raise errors.FailedPrecondition(message) from None
+        return variant
 
     async def _record_interrupted(self, *args: Any, **kwargs: Any) -> None:
         try:

@@ -335,3 +335,9 @@ cli.add_command(dataset)
 from chatplane.cli.export import export  # noqa: E402
 
 cli.add_command(export)
+from chatplane.cli.variants import variants  # noqa: E402  (the variant registry)
+
+cli.add_command(variants)
+from chatplane.cli.evaluate import evaluate  # noqa: E402  (the evaluation harness)
+
+cli.add_command(evaluate)

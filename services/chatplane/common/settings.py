@@ -258,6 +258,21 @@ class Settings(BaseSettings):
     # rated conversations exported for retraining or prompt tuning. Default: none (off).
     # JSON list in CHATPLANE_DATASET_EXPORT_TENANTS; no wildcard (consent is per tenant).
     dataset_export_tenants: tuple[str, ...] = ()
+    # Variant registry (docs/registry.md): admins of these tenants may push, promote and roll
+    # back registry variants (they change answers for every tenant); JSON list in
+    # CHATPLANE_REGISTRY_ADMIN_TENANTS. Every Agent polls the deployment this often.
+    registry_admin_tenants: tuple[str, ...] = ("dev",)
+    registry_poll_seconds: float = Field(default=1.0, gt=0, le=60)
+    # Evaluation cost (docs/eval.md): US dollars per million [input, output] tokens per model;
+    # a model not listed costs 0 and is reported as unpriced. JSON in CHATPLANE_MODEL_PRICES.
+    model_prices: dict[str, tuple[float, float]] = Field(
+        default_factory=lambda: {
+            "claude-opus-4-1": (15.0, 75.0),
+            "claude-sonnet-4-5": (3.0, 15.0),
+            "claude-haiku-4-5": (1.0, 5.0),
+            "chatplane-offline-1": (0.0, 0.0),
+        }
+    )
 
     def data_path(self, name: str) -> Path:
         """A file or folder inside the data directory (created on demand)."""

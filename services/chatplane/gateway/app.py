@@ -22,6 +22,7 @@ from chatplane.gateway.identity import ADMIN_PREFIX, ADMIN_SERVICE, GatewayIdent
 from chatplane.gateway.metrics import REJECTIONS
 from chatplane.gateway.operator_servicer import OperatorServicer
 from chatplane.gateway.rate_limit import RateLimiter
+from chatplane.gateway.registry_servicer import REGISTRY_SERVICE
 from chatplane.gateway.resume import AnswerResume
 from chatplane.gateway.token_quota import TokenQuotaGate
 from chatplane.log.factory import open_message_log
@@ -60,7 +61,7 @@ async def run(settings: Settings) -> None:
     public_prefixes = (f"/{GATEWAY_SERVICE}/", f"/{OPERATOR_SERVICE}/")
 
     async def admit(method: str, context: Context) -> None:
-        if not method.startswith((*public_prefixes, ADMIN_PREFIX)):
+        if not method.startswith((*public_prefixes, ADMIN_PREFIX, f"/{REGISTRY_SERVICE}/")):
             return  # health and reflection are open
         principal = await authenticator.authenticate(context)
         principal_var.set(principal)
@@ -125,7 +126,7 @@ async def run(settings: Settings) -> None:
         name="gateway",
         host=settings.host,
         port=settings.gateway_port,
-        service_names=[GATEWAY_SERVICE, OPERATOR_SERVICE, ADMIN_SERVICE],
+        service_names=[GATEWAY_SERVICE, OPERATOR_SERVICE, ADMIN_SERVICE, REGISTRY_SERVICE],
         register=register,
         on_drain=fanout.end_watches,
         drain_grace_seconds=settings.drain_grace_seconds,

@@ -151,6 +151,7 @@ class ChatRelay:
                 text=request.text or begin.user_text,
                 client_message_id=request.client_message_id,
                 resumable=request.resumable,
+                variant=request.variant,
                 **generate_fields(begin),
             ),
             timeout=budget(self._settings.turn_timeout_seconds),

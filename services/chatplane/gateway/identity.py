@@ -17,7 +17,14 @@ from chatplane.gateway.auth import ApiKeyAuthenticator
 from chatplane.gateway.authentication import Authenticator
 from chatplane.gateway.jwks import JwksCache
 from chatplane.gateway.oidc import OidcConfig, OidcConfigError, OidcVerifier
-from chatplane.v1 import admin_pb2, admin_pb2_grpc, memory_pb2_grpc, persistence_pb2_grpc
+from chatplane.gateway.registry_servicer import RegistryServicer
+from chatplane.v1 import (
+    admin_pb2,
+    admin_pb2_grpc,
+    memory_pb2_grpc,
+    persistence_pb2_grpc,
+    registry_pb2_grpc,
+)
 
 ADMIN_SERVICE = admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name
 ADMIN_PREFIX = f"/{ADMIN_SERVICE}/"
@@ -30,6 +37,7 @@ class GatewayIdentity:
 
     authenticator: Authenticator
     admin: ExportingAdminServicer
+    registry: RegistryServicer
     recorder: audit.AuditRecorder
     jwks: JwksCache | None
 
@@ -72,6 +80,7 @@ class GatewayIdentity:
             admin=ExportingAdminServicer(
                 settings=settings, persistence=persistence, api_keys=api_keys, memory=memory
             ),
+            registry=RegistryServicer(settings=settings, persistence=persistence),
             recorder=recorder,
             jwks=jwks,
         )
@@ -79,6 +88,8 @@ class GatewayIdentity:
     def register(self, server: grpc.aio.Server) -> None:
         """Adds AdminService to the server."""
         admin_pb2_grpc.add_AdminServiceServicer_to_server(self.admin, server)
+        # The variant registry (docs/registry.md).
+        registry_pb2_grpc.add_RegistryServiceServicer_to_server(self.registry, server)
 
     async def close(self) -> None:
         """Appends the audit events still queued, then releases the JWKS client."""

@@ -20,6 +20,7 @@ from chatplane.gateway.branching import validate_view
 from chatplane.gateway.chat import ChatRelay
 from chatplane.gateway.documents import DocumentRelay
 from chatplane.gateway.metrics import ChatStreamMetrics
+from chatplane.gateway.registry_servicer import require_pin
 from chatplane.gateway.resume import AnswerResume
 from chatplane.gateway.validation import validate_chat, validate_feedback
 from chatplane.v1 import (
@@ -72,6 +73,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         self, request: gateway_pb2.ChatRequest, context: Context
     ) -> AsyncIterator[gateway_pb2.ChatResponse]:
         validate_chat(request, self._settings.max_message_bytes)
+        require_pin(_principal(), request.variant)
         metrics = ChatStreamMetrics()
         events = self._relay.chat(
             _principal(),

@@ -18,6 +18,7 @@ from chatplane.common.ids import is_valid_id
 from chatplane.common.roles import parse_roles
 from chatplane.persistence.identity_servicer import IdentityRpcs, api_key_info, audit_actor
 from chatplane.persistence.quota_rpcs import QuotaRpcs
+from chatplane.persistence.registry_rpcs import RegistryRpcs
 from chatplane.persistence.store.base import (
     BranchCursor,
     Conversation,
@@ -83,7 +84,9 @@ _RATINGS = {
 }
 
 
-class PersistenceServicer(QuotaRpcs, IdentityRpcs, persistence_pb2_grpc.PersistenceServiceServicer):
+class PersistenceServicer(
+    QuotaRpcs, IdentityRpcs, RegistryRpcs, persistence_pb2_grpc.PersistenceServiceServicer
+):
     """PersistenceService on top of a `ConversationStore`."""
 
     def __init__(self, store: ConversationStore) -> None:

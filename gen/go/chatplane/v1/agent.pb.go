@@ -48,7 +48,10 @@ type GenerateRequest struct {
 	Regenerate bool `protobuf:"varint,41,opt,name=regenerate,proto3" json:"regenerate,omitempty"`
 	// When set, the answer's history is this branch, not the conversation's recent messages
 	// (the conversation has branches, so its newest messages may be on other branches).
-	Branch        *BranchHistory `protobuf:"bytes,42,opt,name=branch,proto3" json:"branch,omitempty"`
+	Branch *BranchHistory `protobuf:"bytes,42,opt,name=branch,proto3" json:"branch,omitempty"`
+	// Pins the turn to this registry version, NAME@VERSION (checked by the Gateway: admins
+	// only); empty: the user's assigned variant.
+	Variant       string `protobuf:"bytes,120,opt,name=variant,proto3" json:"variant,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -158,6 +161,13 @@ func (x *GenerateRequest) GetBranch() *BranchHistory {
 		return x.Branch
 	}
 	return nil
+}
+
+func (x *GenerateRequest) GetVariant() string {
+	if x != nil {
+		return x.Variant
+	}
+	return ""
 }
 
 // One event of a generated answer.
@@ -642,7 +652,7 @@ var File_chatplane_v1_agent_proto protoreflect.FileDescriptor
 
 const file_chatplane_v1_agent_proto_rawDesc = "" +
 	"\n" +
-	"\x18chatplane/v1/agent.proto\x12\fchatplane.v1\x1a\x1cchatplane/v1/resources.proto\"\xa9\x03\n" +
+	"\x18chatplane/v1/agent.proto\x12\fchatplane.v1\x1a\x1cchatplane/v1/resources.proto\"\xc3\x03\n" +
 	"\x0fGenerateRequest\x12\x1b\n" +
 	"\ttenant_id\x18\x01 \x01(\tR\btenantId\x12\x17\n" +
 	"\auser_id\x18\x02 \x01(\tR\x06userId\x12'\n" +
@@ -656,7 +666,8 @@ const file_chatplane_v1_agent_proto_rawDesc = "" +
 	"\n" +
 	"regenerate\x18) \x01(\bR\n" +
 	"regenerate\x123\n" +
-	"\x06branch\x18* \x01(\v2\x1b.chatplane.v1.BranchHistoryR\x06branch\"\xcd\x02\n" +
+	"\x06branch\x18* \x01(\v2\x1b.chatplane.v1.BranchHistoryR\x06branch\x12\x18\n" +
+	"\avariant\x18x \x01(\tR\avariant\"\xcd\x02\n" +
 	"\x10GenerateResponse\x125\n" +
 	"\astarted\x18\x01 \x01(\v2\x19.chatplane.v1.TurnStartedH\x00R\astarted\x12/\n" +
 	"\x05delta\x18\x02 \x01(\v2\x17.chatplane.v1.TextDeltaH\x00R\x05delta\x124\n" +

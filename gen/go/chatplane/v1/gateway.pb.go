@@ -148,7 +148,10 @@ type ChatRequest struct {
 	//
 	//	*ChatRequest_RegenerateMessageId
 	//	*ChatRequest_EditMessageId
-	Branch        isChatRequest_Branch `protobuf_oneof:"branch"`
+	Branch isChatRequest_Branch `protobuf_oneof:"branch"`
+	// Pins the turn to a registry version, NAME@VERSION (docs/registry.md, evaluation); needs
+	// the `admin` role (PERMISSION_DENIED otherwise). Empty: the user's assigned variant.
+	Variant       string `protobuf:"bytes,120,opt,name=variant,proto3" json:"variant,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -232,6 +235,13 @@ func (x *ChatRequest) GetEditMessageId() string {
 		if x, ok := x.Branch.(*ChatRequest_EditMessageId); ok {
 			return x.EditMessageId
 		}
+	}
+	return ""
+}
+
+func (x *ChatRequest) GetVariant() string {
+	if x != nil {
+		return x.Variant
 	}
 	return ""
 }
@@ -1959,14 +1969,15 @@ var File_chatplane_v1_gateway_proto protoreflect.FileDescriptor
 
 const file_chatplane_v1_gateway_proto_rawDesc = "" +
 	"\n" +
-	"\x1achatplane/v1/gateway.proto\x12\fchatplane.v1\x1a\x1cchatplane/v1/resources.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xfe\x01\n" +
+	"\x1achatplane/v1/gateway.proto\x12\fchatplane.v1\x1a\x1cchatplane/v1/resources.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x98\x02\n" +
 	"\vChatRequest\x12'\n" +
 	"\x0fconversation_id\x18\x01 \x01(\tR\x0econversationId\x12\x12\n" +
 	"\x04text\x18\x02 \x01(\tR\x04text\x12*\n" +
 	"\x11client_message_id\x18\x03 \x01(\tR\x0fclientMessageId\x12\x1c\n" +
 	"\tresumable\x18\x1e \x01(\bR\tresumable\x124\n" +
 	"\x15regenerate_message_id\x18( \x01(\tH\x00R\x13regenerateMessageId\x12(\n" +
-	"\x0fedit_message_id\x18) \x01(\tH\x00R\reditMessageIdB\b\n" +
+	"\x0fedit_message_id\x18) \x01(\tH\x00R\reditMessageId\x12\x18\n" +
+	"\avariant\x18x \x01(\tR\avariantB\b\n" +
 	"\x06branch\"\xc9\x02\n" +
 	"\fChatResponse\x125\n" +
 	"\astarted\x18\x01 \x01(\v2\x19.chatplane.v1.TurnStartedH\x00R\astarted\x12/\n" +

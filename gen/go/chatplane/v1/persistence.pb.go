@@ -4363,11 +4363,682 @@ func (*ExportUserRecordsResponse_Feedback) isExportUserRecordsResponse_Record() 
 
 func (*ExportUserRecordsResponse_Answer) isExportUserRecordsResponse_Record() {}
 
+// A push on behalf of an admin.
+type PushRegistryVariantRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The push.
+	Request *PushVariantRequest `protobuf:"bytes,1,opt,name=request,proto3" json:"request,omitempty"`
+	// Who pushes (recorded).
+	Actor         string `protobuf:"bytes,2,opt,name=actor,proto3" json:"actor,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PushRegistryVariantRequest) Reset() {
+	*x = PushRegistryVariantRequest{}
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[64]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PushRegistryVariantRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PushRegistryVariantRequest) ProtoMessage() {}
+
+func (x *PushRegistryVariantRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[64]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PushRegistryVariantRequest.ProtoReflect.Descriptor instead.
+func (*PushRegistryVariantRequest) Descriptor() ([]byte, []int) {
+	return file_chatplane_v1_persistence_proto_rawDescGZIP(), []int{64}
+}
+
+func (x *PushRegistryVariantRequest) GetRequest() *PushVariantRequest {
+	if x != nil {
+		return x.Request
+	}
+	return nil
+}
+
+func (x *PushRegistryVariantRequest) GetActor() string {
+	if x != nil {
+		return x.Actor
+	}
+	return ""
+}
+
+// The pushed version.
+type PushRegistryVariantResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The answer.
+	Response      *PushVariantResponse `protobuf:"bytes,1,opt,name=response,proto3" json:"response,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PushRegistryVariantResponse) Reset() {
+	*x = PushRegistryVariantResponse{}
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[65]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PushRegistryVariantResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PushRegistryVariantResponse) ProtoMessage() {}
+
+func (x *PushRegistryVariantResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[65]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PushRegistryVariantResponse.ProtoReflect.Descriptor instead.
+func (*PushRegistryVariantResponse) Descriptor() ([]byte, []int) {
+	return file_chatplane_v1_persistence_proto_rawDescGZIP(), []int{65}
+}
+
+func (x *PushRegistryVariantResponse) GetResponse() *PushVariantResponse {
+	if x != nil {
+		return x.Response
+	}
+	return nil
+}
+
+// A listing of the registry.
+type ListRegistryVariantsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The listing.
+	Request       *ListVariantsRequest `protobuf:"bytes,1,opt,name=request,proto3" json:"request,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListRegistryVariantsRequest) Reset() {
+	*x = ListRegistryVariantsRequest{}
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[66]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListRegistryVariantsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListRegistryVariantsRequest) ProtoMessage() {}
+
+func (x *ListRegistryVariantsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[66]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListRegistryVariantsRequest.ProtoReflect.Descriptor instead.
+func (*ListRegistryVariantsRequest) Descriptor() ([]byte, []int) {
+	return file_chatplane_v1_persistence_proto_rawDescGZIP(), []int{66}
+}
+
+func (x *ListRegistryVariantsRequest) GetRequest() *ListVariantsRequest {
+	if x != nil {
+		return x.Request
+	}
+	return nil
+}
+
+// The stored versions.
+type ListRegistryVariantsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The answer.
+	Response      *ListVariantsResponse `protobuf:"bytes,1,opt,name=response,proto3" json:"response,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListRegistryVariantsResponse) Reset() {
+	*x = ListRegistryVariantsResponse{}
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[67]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListRegistryVariantsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListRegistryVariantsResponse) ProtoMessage() {}
+
+func (x *ListRegistryVariantsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[67]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListRegistryVariantsResponse.ProtoReflect.Descriptor instead.
+func (*ListRegistryVariantsResponse) Descriptor() ([]byte, []int) {
+	return file_chatplane_v1_persistence_proto_rawDescGZIP(), []int{67}
+}
+
+func (x *ListRegistryVariantsResponse) GetResponse() *ListVariantsResponse {
+	if x != nil {
+		return x.Response
+	}
+	return nil
+}
+
+// Asks for one stored version.
+type GetRegistryVariantRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The version.
+	Request       *GetVariantRequest `protobuf:"bytes,1,opt,name=request,proto3" json:"request,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetRegistryVariantRequest) Reset() {
+	*x = GetRegistryVariantRequest{}
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[68]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetRegistryVariantRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetRegistryVariantRequest) ProtoMessage() {}
+
+func (x *GetRegistryVariantRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[68]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetRegistryVariantRequest.ProtoReflect.Descriptor instead.
+func (*GetRegistryVariantRequest) Descriptor() ([]byte, []int) {
+	return file_chatplane_v1_persistence_proto_rawDescGZIP(), []int{68}
+}
+
+func (x *GetRegistryVariantRequest) GetRequest() *GetVariantRequest {
+	if x != nil {
+		return x.Request
+	}
+	return nil
+}
+
+// One stored version.
+type GetRegistryVariantResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The answer.
+	Response      *GetVariantResponse `protobuf:"bytes,1,opt,name=response,proto3" json:"response,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetRegistryVariantResponse) Reset() {
+	*x = GetRegistryVariantResponse{}
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[69]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetRegistryVariantResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetRegistryVariantResponse) ProtoMessage() {}
+
+func (x *GetRegistryVariantResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[69]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetRegistryVariantResponse.ProtoReflect.Descriptor instead.
+func (*GetRegistryVariantResponse) Descriptor() ([]byte, []int) {
+	return file_chatplane_v1_persistence_proto_rawDescGZIP(), []int{69}
+}
+
+func (x *GetRegistryVariantResponse) GetResponse() *GetVariantResponse {
+	if x != nil {
+		return x.Response
+	}
+	return nil
+}
+
+// A promotion on behalf of an admin.
+type PromoteRegistryVariantRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The promotion.
+	Request *PromoteVariantRequest `protobuf:"bytes,1,opt,name=request,proto3" json:"request,omitempty"`
+	// Who promotes (recorded).
+	Actor         string `protobuf:"bytes,2,opt,name=actor,proto3" json:"actor,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PromoteRegistryVariantRequest) Reset() {
+	*x = PromoteRegistryVariantRequest{}
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[70]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PromoteRegistryVariantRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PromoteRegistryVariantRequest) ProtoMessage() {}
+
+func (x *PromoteRegistryVariantRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[70]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PromoteRegistryVariantRequest.ProtoReflect.Descriptor instead.
+func (*PromoteRegistryVariantRequest) Descriptor() ([]byte, []int) {
+	return file_chatplane_v1_persistence_proto_rawDescGZIP(), []int{70}
+}
+
+func (x *PromoteRegistryVariantRequest) GetRequest() *PromoteVariantRequest {
+	if x != nil {
+		return x.Request
+	}
+	return nil
+}
+
+func (x *PromoteRegistryVariantRequest) GetActor() string {
+	if x != nil {
+		return x.Actor
+	}
+	return ""
+}
+
+// The recorded promotion.
+type PromoteRegistryVariantResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The answer.
+	Response      *PromoteVariantResponse `protobuf:"bytes,1,opt,name=response,proto3" json:"response,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PromoteRegistryVariantResponse) Reset() {
+	*x = PromoteRegistryVariantResponse{}
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[71]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PromoteRegistryVariantResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PromoteRegistryVariantResponse) ProtoMessage() {}
+
+func (x *PromoteRegistryVariantResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[71]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PromoteRegistryVariantResponse.ProtoReflect.Descriptor instead.
+func (*PromoteRegistryVariantResponse) Descriptor() ([]byte, []int) {
+	return file_chatplane_v1_persistence_proto_rawDescGZIP(), []int{71}
+}
+
+func (x *PromoteRegistryVariantResponse) GetResponse() *PromoteVariantResponse {
+	if x != nil {
+		return x.Response
+	}
+	return nil
+}
+
+// A rollback on behalf of an admin.
+type RollbackRegistryVariantRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The rollback.
+	Request *RollbackVariantRequest `protobuf:"bytes,1,opt,name=request,proto3" json:"request,omitempty"`
+	// Who rolls back (recorded).
+	Actor         string `protobuf:"bytes,2,opt,name=actor,proto3" json:"actor,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RollbackRegistryVariantRequest) Reset() {
+	*x = RollbackRegistryVariantRequest{}
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[72]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RollbackRegistryVariantRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RollbackRegistryVariantRequest) ProtoMessage() {}
+
+func (x *RollbackRegistryVariantRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[72]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RollbackRegistryVariantRequest.ProtoReflect.Descriptor instead.
+func (*RollbackRegistryVariantRequest) Descriptor() ([]byte, []int) {
+	return file_chatplane_v1_persistence_proto_rawDescGZIP(), []int{72}
+}
+
+func (x *RollbackRegistryVariantRequest) GetRequest() *RollbackVariantRequest {
+	if x != nil {
+		return x.Request
+	}
+	return nil
+}
+
+func (x *RollbackRegistryVariantRequest) GetActor() string {
+	if x != nil {
+		return x.Actor
+	}
+	return ""
+}
+
+// The recorded rollback.
+type RollbackRegistryVariantResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The answer.
+	Response      *RollbackVariantResponse `protobuf:"bytes,1,opt,name=response,proto3" json:"response,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RollbackRegistryVariantResponse) Reset() {
+	*x = RollbackRegistryVariantResponse{}
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[73]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RollbackRegistryVariantResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RollbackRegistryVariantResponse) ProtoMessage() {}
+
+func (x *RollbackRegistryVariantResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[73]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RollbackRegistryVariantResponse.ProtoReflect.Descriptor instead.
+func (*RollbackRegistryVariantResponse) Descriptor() ([]byte, []int) {
+	return file_chatplane_v1_persistence_proto_rawDescGZIP(), []int{73}
+}
+
+func (x *RollbackRegistryVariantResponse) GetResponse() *RollbackVariantResponse {
+	if x != nil {
+		return x.Response
+	}
+	return nil
+}
+
+// Asks for the registry's change history.
+type ListRegistryChangesRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The listing.
+	Request       *ListVariantChangesRequest `protobuf:"bytes,1,opt,name=request,proto3" json:"request,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListRegistryChangesRequest) Reset() {
+	*x = ListRegistryChangesRequest{}
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[74]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListRegistryChangesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListRegistryChangesRequest) ProtoMessage() {}
+
+func (x *ListRegistryChangesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[74]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListRegistryChangesRequest.ProtoReflect.Descriptor instead.
+func (*ListRegistryChangesRequest) Descriptor() ([]byte, []int) {
+	return file_chatplane_v1_persistence_proto_rawDescGZIP(), []int{74}
+}
+
+func (x *ListRegistryChangesRequest) GetRequest() *ListVariantChangesRequest {
+	if x != nil {
+		return x.Request
+	}
+	return nil
+}
+
+// The change history.
+type ListRegistryChangesResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The answer.
+	Response      *ListVariantChangesResponse `protobuf:"bytes,1,opt,name=response,proto3" json:"response,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListRegistryChangesResponse) Reset() {
+	*x = ListRegistryChangesResponse{}
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[75]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListRegistryChangesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListRegistryChangesResponse) ProtoMessage() {}
+
+func (x *ListRegistryChangesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[75]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListRegistryChangesResponse.ProtoReflect.Descriptor instead.
+func (*ListRegistryChangesResponse) Descriptor() ([]byte, []int) {
+	return file_chatplane_v1_persistence_proto_rawDescGZIP(), []int{75}
+}
+
+func (x *ListRegistryChangesResponse) GetResponse() *ListVariantChangesResponse {
+	if x != nil {
+		return x.Response
+	}
+	return nil
+}
+
+// Asks for the versions serving traffic.
+type GetVariantDeploymentRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The revision the caller has; when it is current the answer has only the revision.
+	KnownRevision int64 `protobuf:"varint,1,opt,name=known_revision,json=knownRevision,proto3" json:"known_revision,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetVariantDeploymentRequest) Reset() {
+	*x = GetVariantDeploymentRequest{}
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[76]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetVariantDeploymentRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetVariantDeploymentRequest) ProtoMessage() {}
+
+func (x *GetVariantDeploymentRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[76]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetVariantDeploymentRequest.ProtoReflect.Descriptor instead.
+func (*GetVariantDeploymentRequest) Descriptor() ([]byte, []int) {
+	return file_chatplane_v1_persistence_proto_rawDescGZIP(), []int{76}
+}
+
+func (x *GetVariantDeploymentRequest) GetKnownRevision() int64 {
+	if x != nil {
+		return x.KnownRevision
+	}
+	return 0
+}
+
+// The versions serving traffic.
+type GetVariantDeploymentResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The deployment (only its revision when the caller's is current).
+	Deployment    *VariantDeployment `protobuf:"bytes,1,opt,name=deployment,proto3" json:"deployment,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetVariantDeploymentResponse) Reset() {
+	*x = GetVariantDeploymentResponse{}
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[77]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetVariantDeploymentResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetVariantDeploymentResponse) ProtoMessage() {}
+
+func (x *GetVariantDeploymentResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[77]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetVariantDeploymentResponse.ProtoReflect.Descriptor instead.
+func (*GetVariantDeploymentResponse) Descriptor() ([]byte, []int) {
+	return file_chatplane_v1_persistence_proto_rawDescGZIP(), []int{77}
+}
+
+func (x *GetVariantDeploymentResponse) GetDeployment() *VariantDeployment {
+	if x != nil {
+		return x.Deployment
+	}
+	return nil
+}
+
 var File_chatplane_v1_persistence_proto protoreflect.FileDescriptor
 
 const file_chatplane_v1_persistence_proto_rawDesc = "" +
 	"\n" +
-	"\x1echatplane/v1/persistence.proto\x12\fchatplane.v1\x1a\x18chatplane/v1/audit.proto\x1a\x1achatplane/v1/gateway.proto\x1a\x1cchatplane/v1/resources.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"=\n" +
+	"\x1echatplane/v1/persistence.proto\x12\fchatplane.v1\x1a\x18chatplane/v1/audit.proto\x1a\x1achatplane/v1/gateway.proto\x1a\x1bchatplane/v1/registry.proto\x1a\x1cchatplane/v1/resources.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"=\n" +
 	"\x05Owner\x12\x1b\n" +
 	"\ttenant_id\x18\x01 \x01(\tR\btenantId\x12\x17\n" +
 	"\auser_id\x18\x02 \x01(\tR\x06userId\"\x9c\x03\n" +
@@ -4692,7 +5363,40 @@ const file_chatplane_v1_persistence_proto_rawDesc = "" +
 	"\amessage\x18\x02 \x01(\v2\x15.chatplane.v1.MessageH\x00R\amessage\x12<\n" +
 	"\bfeedback\x18\x03 \x01(\v2\x1e.chatplane.v1.ExportedFeedbackH\x00R\bfeedback\x126\n" +
 	"\x06answer\x18\x04 \x01(\v2\x1c.chatplane.v1.ExportedAnswerH\x00R\x06answerB\b\n" +
-	"\x06record2\xfa\x15\n" +
+	"\x06record\"n\n" +
+	"\x1aPushRegistryVariantRequest\x12:\n" +
+	"\arequest\x18\x01 \x01(\v2 .chatplane.v1.PushVariantRequestR\arequest\x12\x14\n" +
+	"\x05actor\x18\x02 \x01(\tR\x05actor\"\\\n" +
+	"\x1bPushRegistryVariantResponse\x12=\n" +
+	"\bresponse\x18\x01 \x01(\v2!.chatplane.v1.PushVariantResponseR\bresponse\"Z\n" +
+	"\x1bListRegistryVariantsRequest\x12;\n" +
+	"\arequest\x18\x01 \x01(\v2!.chatplane.v1.ListVariantsRequestR\arequest\"^\n" +
+	"\x1cListRegistryVariantsResponse\x12>\n" +
+	"\bresponse\x18\x01 \x01(\v2\".chatplane.v1.ListVariantsResponseR\bresponse\"V\n" +
+	"\x19GetRegistryVariantRequest\x129\n" +
+	"\arequest\x18\x01 \x01(\v2\x1f.chatplane.v1.GetVariantRequestR\arequest\"Z\n" +
+	"\x1aGetRegistryVariantResponse\x12<\n" +
+	"\bresponse\x18\x01 \x01(\v2 .chatplane.v1.GetVariantResponseR\bresponse\"t\n" +
+	"\x1dPromoteRegistryVariantRequest\x12=\n" +
+	"\arequest\x18\x01 \x01(\v2#.chatplane.v1.PromoteVariantRequestR\arequest\x12\x14\n" +
+	"\x05actor\x18\x02 \x01(\tR\x05actor\"b\n" +
+	"\x1ePromoteRegistryVariantResponse\x12@\n" +
+	"\bresponse\x18\x01 \x01(\v2$.chatplane.v1.PromoteVariantResponseR\bresponse\"v\n" +
+	"\x1eRollbackRegistryVariantRequest\x12>\n" +
+	"\arequest\x18\x01 \x01(\v2$.chatplane.v1.RollbackVariantRequestR\arequest\x12\x14\n" +
+	"\x05actor\x18\x02 \x01(\tR\x05actor\"d\n" +
+	"\x1fRollbackRegistryVariantResponse\x12A\n" +
+	"\bresponse\x18\x01 \x01(\v2%.chatplane.v1.RollbackVariantResponseR\bresponse\"_\n" +
+	"\x1aListRegistryChangesRequest\x12A\n" +
+	"\arequest\x18\x01 \x01(\v2'.chatplane.v1.ListVariantChangesRequestR\arequest\"c\n" +
+	"\x1bListRegistryChangesResponse\x12D\n" +
+	"\bresponse\x18\x01 \x01(\v2(.chatplane.v1.ListVariantChangesResponseR\bresponse\"D\n" +
+	"\x1bGetVariantDeploymentRequest\x12%\n" +
+	"\x0eknown_revision\x18\x01 \x01(\x03R\rknownRevision\"_\n" +
+	"\x1cGetVariantDeploymentResponse\x12?\n" +
+	"\n" +
+	"deployment\x18\x01 \x01(\v2\x1f.chatplane.v1.VariantDeploymentR\n" +
+	"deployment2\x86\x1c\n" +
 	"\x12PersistenceService\x12L\n" +
 	"\tBeginTurn\x12\x1e.chatplane.v1.BeginTurnRequest\x1a\x1f.chatplane.v1.BeginTurnResponse\x12F\n" +
 	"\aGetTurn\x12\x1c.chatplane.v1.GetTurnRequest\x1a\x1d.chatplane.v1.GetTurnResponse\x12R\n" +
@@ -4722,7 +5426,14 @@ const file_chatplane_v1_persistence_proto_rawDesc = "" +
 	"\x10GetTenantHandoff\x12%.chatplane.v1.GetTenantHandoffRequest\x1a&.chatplane.v1.GetTenantHandoffResponse\x12^\n" +
 	"\x0fCountThumbsDown\x12$.chatplane.v1.CountThumbsDownRequest\x1a%.chatplane.v1.CountThumbsDownResponse\x12a\n" +
 	"\x10ListRatedAnswers\x12%.chatplane.v1.ListRatedAnswersRequest\x1a&.chatplane.v1.ListRatedAnswersResponse\x12f\n" +
-	"\x11ExportUserRecords\x12&.chatplane.v1.ExportUserRecordsRequest\x1a'.chatplane.v1.ExportUserRecordsResponse0\x01B@Z>github.com/chatplane/chatplane/gen/go/chatplane/v1;chatplanev1b\x06proto3"
+	"\x11ExportUserRecords\x12&.chatplane.v1.ExportUserRecordsRequest\x1a'.chatplane.v1.ExportUserRecordsResponse0\x01\x12j\n" +
+	"\x13PushRegistryVariant\x12(.chatplane.v1.PushRegistryVariantRequest\x1a).chatplane.v1.PushRegistryVariantResponse\x12m\n" +
+	"\x14ListRegistryVariants\x12).chatplane.v1.ListRegistryVariantsRequest\x1a*.chatplane.v1.ListRegistryVariantsResponse\x12g\n" +
+	"\x12GetRegistryVariant\x12'.chatplane.v1.GetRegistryVariantRequest\x1a(.chatplane.v1.GetRegistryVariantResponse\x12s\n" +
+	"\x16PromoteRegistryVariant\x12+.chatplane.v1.PromoteRegistryVariantRequest\x1a,.chatplane.v1.PromoteRegistryVariantResponse\x12v\n" +
+	"\x17RollbackRegistryVariant\x12,.chatplane.v1.RollbackRegistryVariantRequest\x1a-.chatplane.v1.RollbackRegistryVariantResponse\x12j\n" +
+	"\x13ListRegistryChanges\x12(.chatplane.v1.ListRegistryChangesRequest\x1a).chatplane.v1.ListRegistryChangesResponse\x12m\n" +
+	"\x14GetVariantDeployment\x12).chatplane.v1.GetVariantDeploymentRequest\x1a*.chatplane.v1.GetVariantDeploymentResponseB@Z>github.com/chatplane/chatplane/gen/go/chatplane/v1;chatplanev1b\x06proto3"
 
 var (
 	file_chatplane_v1_persistence_proto_rawDescOnce sync.Once
@@ -4736,7 +5447,7 @@ func file_chatplane_v1_persistence_proto_rawDescGZIP() []byte {
 	return file_chatplane_v1_persistence_proto_rawDescData
 }
 
-var file_chatplane_v1_persistence_proto_msgTypes = make([]protoimpl.MessageInfo, 64)
+var file_chatplane_v1_persistence_proto_msgTypes = make([]protoimpl.MessageInfo, 78)
 var file_chatplane_v1_persistence_proto_goTypes = []any{
 	(*Owner)(nil),                                        // 0: chatplane.v1.Owner
 	(*BeginTurnRequest)(nil),                             // 1: chatplane.v1.BeginTurnRequest
@@ -4802,162 +5513,216 @@ var file_chatplane_v1_persistence_proto_goTypes = []any{
 	(*ExportedFeedback)(nil),                             // 61: chatplane.v1.ExportedFeedback
 	(*ExportedAnswer)(nil),                               // 62: chatplane.v1.ExportedAnswer
 	(*ExportUserRecordsResponse)(nil),                    // 63: chatplane.v1.ExportUserRecordsResponse
-	(*BranchHistory)(nil),                                // 64: chatplane.v1.BranchHistory
-	(*Message)(nil),                                      // 65: chatplane.v1.Message
-	(*timestamppb.Timestamp)(nil),                        // 66: google.protobuf.Timestamp
-	(*ListConversationsRequest)(nil),                     // 67: chatplane.v1.ListConversationsRequest
-	(*ListConversationsResponse)(nil),                    // 68: chatplane.v1.ListConversationsResponse
-	(*GetConversationRequest)(nil),                       // 69: chatplane.v1.GetConversationRequest
-	(*GetConversationResponse)(nil),                      // 70: chatplane.v1.GetConversationResponse
-	(*SubmitFeedbackRequest)(nil),                        // 71: chatplane.v1.SubmitFeedbackRequest
-	(*AuditActor)(nil),                                   // 72: chatplane.v1.AuditActor
-	(*AuditEvent)(nil),                                   // 73: chatplane.v1.AuditEvent
-	(*AuditHead)(nil),                                    // 74: chatplane.v1.AuditHead
-	(*AuditRecord)(nil),                                  // 75: chatplane.v1.AuditRecord
-	(*SetActiveBranchRequest)(nil),                       // 76: chatplane.v1.SetActiveBranchRequest
-	(*SetActiveBranchResponse)(nil),                      // 77: chatplane.v1.SetActiveBranchResponse
-	(*HandoffStatus)(nil),                                // 78: chatplane.v1.HandoffStatus
-	(HandoffMode)(0),                                     // 79: chatplane.v1.HandoffMode
-	(HandoffTrigger)(0),                                  // 80: chatplane.v1.HandoffTrigger
-	(Role)(0),                                            // 81: chatplane.v1.Role
-	(Rating)(0),                                          // 82: chatplane.v1.Rating
-	(*Conversation)(nil),                                 // 83: chatplane.v1.Conversation
+	(*PushRegistryVariantRequest)(nil),                   // 64: chatplane.v1.PushRegistryVariantRequest
+	(*PushRegistryVariantResponse)(nil),                  // 65: chatplane.v1.PushRegistryVariantResponse
+	(*ListRegistryVariantsRequest)(nil),                  // 66: chatplane.v1.ListRegistryVariantsRequest
+	(*ListRegistryVariantsResponse)(nil),                 // 67: chatplane.v1.ListRegistryVariantsResponse
+	(*GetRegistryVariantRequest)(nil),                    // 68: chatplane.v1.GetRegistryVariantRequest
+	(*GetRegistryVariantResponse)(nil),                   // 69: chatplane.v1.GetRegistryVariantResponse
+	(*PromoteRegistryVariantRequest)(nil),                // 70: chatplane.v1.PromoteRegistryVariantRequest
+	(*PromoteRegistryVariantResponse)(nil),               // 71: chatplane.v1.PromoteRegistryVariantResponse
+	(*RollbackRegistryVariantRequest)(nil),               // 72: chatplane.v1.RollbackRegistryVariantRequest
+	(*RollbackRegistryVariantResponse)(nil),              // 73: chatplane.v1.RollbackRegistryVariantResponse
+	(*ListRegistryChangesRequest)(nil),                   // 74: chatplane.v1.ListRegistryChangesRequest
+	(*ListRegistryChangesResponse)(nil),                  // 75: chatplane.v1.ListRegistryChangesResponse
+	(*GetVariantDeploymentRequest)(nil),                  // 76: chatplane.v1.GetVariantDeploymentRequest
+	(*GetVariantDeploymentResponse)(nil),                 // 77: chatplane.v1.GetVariantDeploymentResponse
+	(*BranchHistory)(nil),                                // 78: chatplane.v1.BranchHistory
+	(*Message)(nil),                                      // 79: chatplane.v1.Message
+	(*timestamppb.Timestamp)(nil),                        // 80: google.protobuf.Timestamp
+	(*ListConversationsRequest)(nil),                     // 81: chatplane.v1.ListConversationsRequest
+	(*ListConversationsResponse)(nil),                    // 82: chatplane.v1.ListConversationsResponse
+	(*GetConversationRequest)(nil),                       // 83: chatplane.v1.GetConversationRequest
+	(*GetConversationResponse)(nil),                      // 84: chatplane.v1.GetConversationResponse
+	(*SubmitFeedbackRequest)(nil),                        // 85: chatplane.v1.SubmitFeedbackRequest
+	(*AuditActor)(nil),                                   // 86: chatplane.v1.AuditActor
+	(*AuditEvent)(nil),                                   // 87: chatplane.v1.AuditEvent
+	(*AuditHead)(nil),                                    // 88: chatplane.v1.AuditHead
+	(*AuditRecord)(nil),                                  // 89: chatplane.v1.AuditRecord
+	(*SetActiveBranchRequest)(nil),                       // 90: chatplane.v1.SetActiveBranchRequest
+	(*SetActiveBranchResponse)(nil),                      // 91: chatplane.v1.SetActiveBranchResponse
+	(*HandoffStatus)(nil),                                // 92: chatplane.v1.HandoffStatus
+	(HandoffMode)(0),                                     // 93: chatplane.v1.HandoffMode
+	(HandoffTrigger)(0),                                  // 94: chatplane.v1.HandoffTrigger
+	(Role)(0),                                            // 95: chatplane.v1.Role
+	(Rating)(0),                                          // 96: chatplane.v1.Rating
+	(*Conversation)(nil),                                 // 97: chatplane.v1.Conversation
+	(*PushVariantRequest)(nil),                           // 98: chatplane.v1.PushVariantRequest
+	(*PushVariantResponse)(nil),                          // 99: chatplane.v1.PushVariantResponse
+	(*ListVariantsRequest)(nil),                          // 100: chatplane.v1.ListVariantsRequest
+	(*ListVariantsResponse)(nil),                         // 101: chatplane.v1.ListVariantsResponse
+	(*GetVariantRequest)(nil),                            // 102: chatplane.v1.GetVariantRequest
+	(*GetVariantResponse)(nil),                           // 103: chatplane.v1.GetVariantResponse
+	(*PromoteVariantRequest)(nil),                        // 104: chatplane.v1.PromoteVariantRequest
+	(*PromoteVariantResponse)(nil),                       // 105: chatplane.v1.PromoteVariantResponse
+	(*RollbackVariantRequest)(nil),                       // 106: chatplane.v1.RollbackVariantRequest
+	(*RollbackVariantResponse)(nil),                      // 107: chatplane.v1.RollbackVariantResponse
+	(*ListVariantChangesRequest)(nil),                    // 108: chatplane.v1.ListVariantChangesRequest
+	(*ListVariantChangesResponse)(nil),                   // 109: chatplane.v1.ListVariantChangesResponse
+	(*VariantDeployment)(nil),                            // 110: chatplane.v1.VariantDeployment
 }
 var file_chatplane_v1_persistence_proto_depIdxs = []int32{
 	0,   // 0: chatplane.v1.BeginTurnRequest.owner:type_name -> chatplane.v1.Owner
-	64,  // 1: chatplane.v1.BeginTurnResponse.branch:type_name -> chatplane.v1.BranchHistory
+	78,  // 1: chatplane.v1.BeginTurnResponse.branch:type_name -> chatplane.v1.BranchHistory
 	0,   // 2: chatplane.v1.GetTurnRequest.owner:type_name -> chatplane.v1.Owner
-	65,  // 3: chatplane.v1.GetTurnResponse.user_message:type_name -> chatplane.v1.Message
-	65,  // 4: chatplane.v1.GetTurnResponse.assistant_message:type_name -> chatplane.v1.Message
-	66,  // 5: chatplane.v1.GetTurnResponse.lease_expire_time:type_name -> google.protobuf.Timestamp
+	79,  // 3: chatplane.v1.GetTurnResponse.user_message:type_name -> chatplane.v1.Message
+	79,  // 4: chatplane.v1.GetTurnResponse.assistant_message:type_name -> chatplane.v1.Message
+	80,  // 5: chatplane.v1.GetTurnResponse.lease_expire_time:type_name -> google.protobuf.Timestamp
 	0,   // 6: chatplane.v1.ReleaseTurnRequest.owner:type_name -> chatplane.v1.Owner
 	0,   // 7: chatplane.v1.PersistenceServiceListConversationsRequest.owner:type_name -> chatplane.v1.Owner
-	67,  // 8: chatplane.v1.PersistenceServiceListConversationsRequest.page:type_name -> chatplane.v1.ListConversationsRequest
-	68,  // 9: chatplane.v1.PersistenceServiceListConversationsResponse.page:type_name -> chatplane.v1.ListConversationsResponse
+	81,  // 8: chatplane.v1.PersistenceServiceListConversationsRequest.page:type_name -> chatplane.v1.ListConversationsRequest
+	82,  // 9: chatplane.v1.PersistenceServiceListConversationsResponse.page:type_name -> chatplane.v1.ListConversationsResponse
 	0,   // 10: chatplane.v1.PersistenceServiceGetConversationRequest.owner:type_name -> chatplane.v1.Owner
-	69,  // 11: chatplane.v1.PersistenceServiceGetConversationRequest.request:type_name -> chatplane.v1.GetConversationRequest
-	70,  // 12: chatplane.v1.PersistenceServiceGetConversationResponse.response:type_name -> chatplane.v1.GetConversationResponse
+	83,  // 11: chatplane.v1.PersistenceServiceGetConversationRequest.request:type_name -> chatplane.v1.GetConversationRequest
+	84,  // 12: chatplane.v1.PersistenceServiceGetConversationResponse.response:type_name -> chatplane.v1.GetConversationResponse
 	0,   // 13: chatplane.v1.PersistenceServiceDeleteConversationRequest.owner:type_name -> chatplane.v1.Owner
-	66,  // 14: chatplane.v1.PersistenceServiceDeleteConversationResponse.delete_time:type_name -> google.protobuf.Timestamp
+	80,  // 14: chatplane.v1.PersistenceServiceDeleteConversationResponse.delete_time:type_name -> google.protobuf.Timestamp
 	0,   // 15: chatplane.v1.PersistenceServiceSubmitFeedbackRequest.owner:type_name -> chatplane.v1.Owner
-	71,  // 16: chatplane.v1.PersistenceServiceSubmitFeedbackRequest.feedback:type_name -> chatplane.v1.SubmitFeedbackRequest
-	66,  // 17: chatplane.v1.PersistenceServiceSubmitFeedbackResponse.create_time:type_name -> google.protobuf.Timestamp
+	85,  // 16: chatplane.v1.PersistenceServiceSubmitFeedbackRequest.feedback:type_name -> chatplane.v1.SubmitFeedbackRequest
+	80,  // 17: chatplane.v1.PersistenceServiceSubmitFeedbackResponse.create_time:type_name -> google.protobuf.Timestamp
 	0,   // 18: chatplane.v1.CreateApiKeyRequest.owner:type_name -> chatplane.v1.Owner
-	72,  // 19: chatplane.v1.CreateApiKeyRequest.actor:type_name -> chatplane.v1.AuditActor
+	86,  // 19: chatplane.v1.CreateApiKeyRequest.actor:type_name -> chatplane.v1.AuditActor
 	19,  // 20: chatplane.v1.CreateApiKeyResponse.key:type_name -> chatplane.v1.ApiKeyInfo
 	0,   // 21: chatplane.v1.GetApiKeyResponse.owner:type_name -> chatplane.v1.Owner
-	66,  // 22: chatplane.v1.GetApiKeyResponse.expire_time:type_name -> google.protobuf.Timestamp
+	80,  // 22: chatplane.v1.GetApiKeyResponse.expire_time:type_name -> google.protobuf.Timestamp
 	0,   // 23: chatplane.v1.ApiKeyInfo.owner:type_name -> chatplane.v1.Owner
-	66,  // 24: chatplane.v1.ApiKeyInfo.create_time:type_name -> google.protobuf.Timestamp
-	66,  // 25: chatplane.v1.ApiKeyInfo.expire_time:type_name -> google.protobuf.Timestamp
+	80,  // 24: chatplane.v1.ApiKeyInfo.create_time:type_name -> google.protobuf.Timestamp
+	80,  // 25: chatplane.v1.ApiKeyInfo.expire_time:type_name -> google.protobuf.Timestamp
 	19,  // 26: chatplane.v1.PersistenceServiceListApiKeysResponse.keys:type_name -> chatplane.v1.ApiKeyInfo
-	72,  // 27: chatplane.v1.PersistenceServiceRotateApiKeyRequest.actor:type_name -> chatplane.v1.AuditActor
+	86,  // 27: chatplane.v1.PersistenceServiceRotateApiKeyRequest.actor:type_name -> chatplane.v1.AuditActor
 	19,  // 28: chatplane.v1.PersistenceServiceRotateApiKeyResponse.key:type_name -> chatplane.v1.ApiKeyInfo
 	19,  // 29: chatplane.v1.PersistenceServiceRotateApiKeyResponse.previous:type_name -> chatplane.v1.ApiKeyInfo
-	72,  // 30: chatplane.v1.PersistenceServiceRevokeApiKeyRequest.actor:type_name -> chatplane.v1.AuditActor
+	86,  // 30: chatplane.v1.PersistenceServiceRevokeApiKeyRequest.actor:type_name -> chatplane.v1.AuditActor
 	19,  // 31: chatplane.v1.PersistenceServiceRevokeApiKeyResponse.key:type_name -> chatplane.v1.ApiKeyInfo
-	73,  // 32: chatplane.v1.AppendAuditEventsRequest.events:type_name -> chatplane.v1.AuditEvent
-	74,  // 33: chatplane.v1.AppendAuditEventsResponse.head:type_name -> chatplane.v1.AuditHead
-	75,  // 34: chatplane.v1.ListAuditRecordsResponse.records:type_name -> chatplane.v1.AuditRecord
-	74,  // 35: chatplane.v1.ListAuditRecordsResponse.head:type_name -> chatplane.v1.AuditHead
+	87,  // 32: chatplane.v1.AppendAuditEventsRequest.events:type_name -> chatplane.v1.AuditEvent
+	88,  // 33: chatplane.v1.AppendAuditEventsResponse.head:type_name -> chatplane.v1.AuditHead
+	89,  // 34: chatplane.v1.ListAuditRecordsResponse.records:type_name -> chatplane.v1.AuditRecord
+	88,  // 35: chatplane.v1.ListAuditRecordsResponse.head:type_name -> chatplane.v1.AuditHead
 	0,   // 36: chatplane.v1.GetAnswerRequest.owner:type_name -> chatplane.v1.Owner
-	65,  // 37: chatplane.v1.GetAnswerResponse.assistant_message:type_name -> chatplane.v1.Message
-	66,  // 38: chatplane.v1.GetAnswerResponse.lease_expire_time:type_name -> google.protobuf.Timestamp
+	79,  // 37: chatplane.v1.GetAnswerResponse.assistant_message:type_name -> chatplane.v1.Message
+	80,  // 38: chatplane.v1.GetAnswerResponse.lease_expire_time:type_name -> google.protobuf.Timestamp
 	40,  // 39: chatplane.v1.ReserveQuotaResponse.quota:type_name -> chatplane.v1.TokenQuota
 	40,  // 40: chatplane.v1.SettleQuotaResponse.quota:type_name -> chatplane.v1.TokenQuota
 	40,  // 41: chatplane.v1.SetQuotaResponse.quota:type_name -> chatplane.v1.TokenQuota
 	40,  // 42: chatplane.v1.GetQuotaResponse.quota:type_name -> chatplane.v1.TokenQuota
-	66,  // 43: chatplane.v1.TokenQuota.reset_time:type_name -> google.protobuf.Timestamp
+	80,  // 43: chatplane.v1.TokenQuota.reset_time:type_name -> google.protobuf.Timestamp
 	0,   // 44: chatplane.v1.PersistenceServiceSetActiveBranchRequest.owner:type_name -> chatplane.v1.Owner
-	76,  // 45: chatplane.v1.PersistenceServiceSetActiveBranchRequest.request:type_name -> chatplane.v1.SetActiveBranchRequest
-	77,  // 46: chatplane.v1.PersistenceServiceSetActiveBranchResponse.response:type_name -> chatplane.v1.SetActiveBranchResponse
-	66,  // 47: chatplane.v1.ReportVariantsRequest.since:type_name -> google.protobuf.Timestamp
+	90,  // 45: chatplane.v1.PersistenceServiceSetActiveBranchRequest.request:type_name -> chatplane.v1.SetActiveBranchRequest
+	91,  // 46: chatplane.v1.PersistenceServiceSetActiveBranchResponse.response:type_name -> chatplane.v1.SetActiveBranchResponse
+	80,  // 47: chatplane.v1.ReportVariantsRequest.since:type_name -> google.protobuf.Timestamp
 	44,  // 48: chatplane.v1.ReportVariantsResponse.variants:type_name -> chatplane.v1.VariantReport
 	0,   // 49: chatplane.v1.GetHandoffRequest.owner:type_name -> chatplane.v1.Owner
-	78,  // 50: chatplane.v1.GetHandoffResponse.handoff:type_name -> chatplane.v1.HandoffStatus
+	92,  // 50: chatplane.v1.GetHandoffResponse.handoff:type_name -> chatplane.v1.HandoffStatus
 	0,   // 51: chatplane.v1.ChangeHandoffRequest.owner:type_name -> chatplane.v1.Owner
-	79,  // 52: chatplane.v1.ChangeHandoffRequest.mode:type_name -> chatplane.v1.HandoffMode
-	80,  // 53: chatplane.v1.ChangeHandoffRequest.trigger:type_name -> chatplane.v1.HandoffTrigger
-	78,  // 54: chatplane.v1.ChangeHandoffResponse.handoff:type_name -> chatplane.v1.HandoffStatus
-	78,  // 55: chatplane.v1.ListHandoffsResponse.handoffs:type_name -> chatplane.v1.HandoffStatus
+	93,  // 52: chatplane.v1.ChangeHandoffRequest.mode:type_name -> chatplane.v1.HandoffMode
+	94,  // 53: chatplane.v1.ChangeHandoffRequest.trigger:type_name -> chatplane.v1.HandoffTrigger
+	92,  // 54: chatplane.v1.ChangeHandoffResponse.handoff:type_name -> chatplane.v1.HandoffStatus
+	92,  // 55: chatplane.v1.ListHandoffsResponse.handoffs:type_name -> chatplane.v1.HandoffStatus
 	0,   // 56: chatplane.v1.GetTenantHandoffResponse.owner:type_name -> chatplane.v1.Owner
-	78,  // 57: chatplane.v1.GetTenantHandoffResponse.handoff:type_name -> chatplane.v1.HandoffStatus
+	92,  // 57: chatplane.v1.GetTenantHandoffResponse.handoff:type_name -> chatplane.v1.HandoffStatus
 	0,   // 58: chatplane.v1.CountThumbsDownRequest.owner:type_name -> chatplane.v1.Owner
-	66,  // 59: chatplane.v1.ListRatedAnswersRequest.since:type_name -> google.protobuf.Timestamp
-	66,  // 60: chatplane.v1.ListRatedAnswersRequest.until:type_name -> google.protobuf.Timestamp
-	81,  // 61: chatplane.v1.DatasetMessage.role:type_name -> chatplane.v1.Role
-	82,  // 62: chatplane.v1.RatedAnswer.thumbs:type_name -> chatplane.v1.Rating
-	66,  // 63: chatplane.v1.RatedAnswer.create_time:type_name -> google.protobuf.Timestamp
+	80,  // 59: chatplane.v1.ListRatedAnswersRequest.since:type_name -> google.protobuf.Timestamp
+	80,  // 60: chatplane.v1.ListRatedAnswersRequest.until:type_name -> google.protobuf.Timestamp
+	95,  // 61: chatplane.v1.DatasetMessage.role:type_name -> chatplane.v1.Role
+	96,  // 62: chatplane.v1.RatedAnswer.thumbs:type_name -> chatplane.v1.Rating
+	80,  // 63: chatplane.v1.RatedAnswer.create_time:type_name -> google.protobuf.Timestamp
 	57,  // 64: chatplane.v1.RatedAnswer.messages:type_name -> chatplane.v1.DatasetMessage
 	58,  // 65: chatplane.v1.ListRatedAnswersResponse.answers:type_name -> chatplane.v1.RatedAnswer
 	0,   // 66: chatplane.v1.ExportUserRecordsRequest.owner:type_name -> chatplane.v1.Owner
-	82,  // 67: chatplane.v1.ExportedFeedback.rating:type_name -> chatplane.v1.Rating
-	66,  // 68: chatplane.v1.ExportedFeedback.create_time:type_name -> google.protobuf.Timestamp
-	83,  // 69: chatplane.v1.ExportUserRecordsResponse.conversation:type_name -> chatplane.v1.Conversation
-	65,  // 70: chatplane.v1.ExportUserRecordsResponse.message:type_name -> chatplane.v1.Message
+	96,  // 67: chatplane.v1.ExportedFeedback.rating:type_name -> chatplane.v1.Rating
+	80,  // 68: chatplane.v1.ExportedFeedback.create_time:type_name -> google.protobuf.Timestamp
+	97,  // 69: chatplane.v1.ExportUserRecordsResponse.conversation:type_name -> chatplane.v1.Conversation
+	79,  // 70: chatplane.v1.ExportUserRecordsResponse.message:type_name -> chatplane.v1.Message
 	61,  // 71: chatplane.v1.ExportUserRecordsResponse.feedback:type_name -> chatplane.v1.ExportedFeedback
 	62,  // 72: chatplane.v1.ExportUserRecordsResponse.answer:type_name -> chatplane.v1.ExportedAnswer
-	1,   // 73: chatplane.v1.PersistenceService.BeginTurn:input_type -> chatplane.v1.BeginTurnRequest
-	3,   // 74: chatplane.v1.PersistenceService.GetTurn:input_type -> chatplane.v1.GetTurnRequest
-	5,   // 75: chatplane.v1.PersistenceService.ReleaseTurn:input_type -> chatplane.v1.ReleaseTurnRequest
-	7,   // 76: chatplane.v1.PersistenceService.ListConversations:input_type -> chatplane.v1.PersistenceServiceListConversationsRequest
-	9,   // 77: chatplane.v1.PersistenceService.GetConversation:input_type -> chatplane.v1.PersistenceServiceGetConversationRequest
-	11,  // 78: chatplane.v1.PersistenceService.DeleteConversation:input_type -> chatplane.v1.PersistenceServiceDeleteConversationRequest
-	13,  // 79: chatplane.v1.PersistenceService.SubmitFeedback:input_type -> chatplane.v1.PersistenceServiceSubmitFeedbackRequest
-	15,  // 80: chatplane.v1.PersistenceService.CreateApiKey:input_type -> chatplane.v1.CreateApiKeyRequest
-	17,  // 81: chatplane.v1.PersistenceService.GetApiKey:input_type -> chatplane.v1.GetApiKeyRequest
-	30,  // 82: chatplane.v1.PersistenceService.GetAnswer:input_type -> chatplane.v1.GetAnswerRequest
-	32,  // 83: chatplane.v1.PersistenceService.ReserveQuota:input_type -> chatplane.v1.ReserveQuotaRequest
-	34,  // 84: chatplane.v1.PersistenceService.SettleQuota:input_type -> chatplane.v1.SettleQuotaRequest
-	36,  // 85: chatplane.v1.PersistenceService.SetQuota:input_type -> chatplane.v1.SetQuotaRequest
-	38,  // 86: chatplane.v1.PersistenceService.GetQuota:input_type -> chatplane.v1.GetQuotaRequest
-	41,  // 87: chatplane.v1.PersistenceService.SetActiveBranch:input_type -> chatplane.v1.PersistenceServiceSetActiveBranchRequest
-	43,  // 88: chatplane.v1.PersistenceService.ReportVariants:input_type -> chatplane.v1.ReportVariantsRequest
-	20,  // 89: chatplane.v1.PersistenceService.ListApiKeys:input_type -> chatplane.v1.PersistenceServiceListApiKeysRequest
-	22,  // 90: chatplane.v1.PersistenceService.RotateApiKey:input_type -> chatplane.v1.PersistenceServiceRotateApiKeyRequest
-	24,  // 91: chatplane.v1.PersistenceService.RevokeApiKey:input_type -> chatplane.v1.PersistenceServiceRevokeApiKeyRequest
-	26,  // 92: chatplane.v1.PersistenceService.AppendAuditEvents:input_type -> chatplane.v1.AppendAuditEventsRequest
-	28,  // 93: chatplane.v1.PersistenceService.ListAuditRecords:input_type -> chatplane.v1.ListAuditRecordsRequest
-	46,  // 94: chatplane.v1.PersistenceService.GetHandoff:input_type -> chatplane.v1.GetHandoffRequest
-	48,  // 95: chatplane.v1.PersistenceService.ChangeHandoff:input_type -> chatplane.v1.ChangeHandoffRequest
-	50,  // 96: chatplane.v1.PersistenceService.ListHandoffs:input_type -> chatplane.v1.ListHandoffsRequest
-	52,  // 97: chatplane.v1.PersistenceService.GetTenantHandoff:input_type -> chatplane.v1.GetTenantHandoffRequest
-	54,  // 98: chatplane.v1.PersistenceService.CountThumbsDown:input_type -> chatplane.v1.CountThumbsDownRequest
-	56,  // 99: chatplane.v1.PersistenceService.ListRatedAnswers:input_type -> chatplane.v1.ListRatedAnswersRequest
-	60,  // 100: chatplane.v1.PersistenceService.ExportUserRecords:input_type -> chatplane.v1.ExportUserRecordsRequest
-	2,   // 101: chatplane.v1.PersistenceService.BeginTurn:output_type -> chatplane.v1.BeginTurnResponse
-	4,   // 102: chatplane.v1.PersistenceService.GetTurn:output_type -> chatplane.v1.GetTurnResponse
-	6,   // 103: chatplane.v1.PersistenceService.ReleaseTurn:output_type -> chatplane.v1.ReleaseTurnResponse
-	8,   // 104: chatplane.v1.PersistenceService.ListConversations:output_type -> chatplane.v1.PersistenceServiceListConversationsResponse
-	10,  // 105: chatplane.v1.PersistenceService.GetConversation:output_type -> chatplane.v1.PersistenceServiceGetConversationResponse
-	12,  // 106: chatplane.v1.PersistenceService.DeleteConversation:output_type -> chatplane.v1.PersistenceServiceDeleteConversationResponse
-	14,  // 107: chatplane.v1.PersistenceService.SubmitFeedback:output_type -> chatplane.v1.PersistenceServiceSubmitFeedbackResponse
-	16,  // 108: chatplane.v1.PersistenceService.CreateApiKey:output_type -> chatplane.v1.CreateApiKeyResponse
-	18,  // 109: chatplane.v1.PersistenceService.GetApiKey:output_type -> chatplane.v1.GetApiKeyResponse
-	31,  // 110: chatplane.v1.PersistenceService.GetAnswer:output_type -> chatplane.v1.GetAnswerResponse
-	33,  // 111: chatplane.v1.PersistenceService.ReserveQuota:output_type -> chatplane.v1.ReserveQuotaResponse
-	35,  // 112: chatplane.v1.PersistenceService.SettleQuota:output_type -> chatplane.v1.SettleQuotaResponse
-	37,  // 113: chatplane.v1.PersistenceService.SetQuota:output_type -> chatplane.v1.SetQuotaResponse
-	39,  // 114: chatplane.v1.PersistenceService.GetQuota:output_type -> chatplane.v1.GetQuotaResponse
-	42,  // 115: chatplane.v1.PersistenceService.SetActiveBranch:output_type -> chatplane.v1.PersistenceServiceSetActiveBranchResponse
-	45,  // 116: chatplane.v1.PersistenceService.ReportVariants:output_type -> chatplane.v1.ReportVariantsResponse
-	21,  // 117: chatplane.v1.PersistenceService.ListApiKeys:output_type -> chatplane.v1.PersistenceServiceListApiKeysResponse
-	23,  // 118: chatplane.v1.PersistenceService.RotateApiKey:output_type -> chatplane.v1.PersistenceServiceRotateApiKeyResponse
-	25,  // 119: chatplane.v1.PersistenceService.RevokeApiKey:output_type -> chatplane.v1.PersistenceServiceRevokeApiKeyResponse
-	27,  // 120: chatplane.v1.PersistenceService.AppendAuditEvents:output_type -> chatplane.v1.AppendAuditEventsResponse
-	29,  // 121: chatplane.v1.PersistenceService.ListAuditRecords:output_type -> chatplane.v1.ListAuditRecordsResponse
-	47,  // 122: chatplane.v1.PersistenceService.GetHandoff:output_type -> chatplane.v1.GetHandoffResponse
-	49,  // 123: chatplane.v1.PersistenceService.ChangeHandoff:output_type -> chatplane.v1.ChangeHandoffResponse
-	51,  // 124: chatplane.v1.PersistenceService.ListHandoffs:output_type -> chatplane.v1.ListHandoffsResponse
-	53,  // 125: chatplane.v1.PersistenceService.GetTenantHandoff:output_type -> chatplane.v1.GetTenantHandoffResponse
-	55,  // 126: chatplane.v1.PersistenceService.CountThumbsDown:output_type -> chatplane.v1.CountThumbsDownResponse
-	59,  // 127: chatplane.v1.PersistenceService.ListRatedAnswers:output_type -> chatplane.v1.ListRatedAnswersResponse
-	63,  // 128: chatplane.v1.PersistenceService.ExportUserRecords:output_type -> chatplane.v1.ExportUserRecordsResponse
-	101, // [101:129] is the sub-list for method output_type
-	73,  // [73:101] is the sub-list for method input_type
-	73,  // [73:73] is the sub-list for extension type_name
-	73,  // [73:73] is the sub-list for extension extendee
-	0,   // [0:73] is the sub-list for field type_name
+	98,  // 73: chatplane.v1.PushRegistryVariantRequest.request:type_name -> chatplane.v1.PushVariantRequest
+	99,  // 74: chatplane.v1.PushRegistryVariantResponse.response:type_name -> chatplane.v1.PushVariantResponse
+	100, // 75: chatplane.v1.ListRegistryVariantsRequest.request:type_name -> chatplane.v1.ListVariantsRequest
+	101, // 76: chatplane.v1.ListRegistryVariantsResponse.response:type_name -> chatplane.v1.ListVariantsResponse
+	102, // 77: chatplane.v1.GetRegistryVariantRequest.request:type_name -> chatplane.v1.GetVariantRequest
+	103, // 78: chatplane.v1.GetRegistryVariantResponse.response:type_name -> chatplane.v1.GetVariantResponse
+	104, // 79: chatplane.v1.PromoteRegistryVariantRequest.request:type_name -> chatplane.v1.PromoteVariantRequest
+	105, // 80: chatplane.v1.PromoteRegistryVariantResponse.response:type_name -> chatplane.v1.PromoteVariantResponse
+	106, // 81: chatplane.v1.RollbackRegistryVariantRequest.request:type_name -> chatplane.v1.RollbackVariantRequest
+	107, // 82: chatplane.v1.RollbackRegistryVariantResponse.response:type_name -> chatplane.v1.RollbackVariantResponse
+	108, // 83: chatplane.v1.ListRegistryChangesRequest.request:type_name -> chatplane.v1.ListVariantChangesRequest
+	109, // 84: chatplane.v1.ListRegistryChangesResponse.response:type_name -> chatplane.v1.ListVariantChangesResponse
+	110, // 85: chatplane.v1.GetVariantDeploymentResponse.deployment:type_name -> chatplane.v1.VariantDeployment
+	1,   // 86: chatplane.v1.PersistenceService.BeginTurn:input_type -> chatplane.v1.BeginTurnRequest
+	3,   // 87: chatplane.v1.PersistenceService.GetTurn:input_type -> chatplane.v1.GetTurnRequest
+	5,   // 88: chatplane.v1.PersistenceService.ReleaseTurn:input_type -> chatplane.v1.ReleaseTurnRequest
+	7,   // 89: chatplane.v1.PersistenceService.ListConversations:input_type -> chatplane.v1.PersistenceServiceListConversationsRequest
+	9,   // 90: chatplane.v1.PersistenceService.GetConversation:input_type -> chatplane.v1.PersistenceServiceGetConversationRequest
+	11,  // 91: chatplane.v1.PersistenceService.DeleteConversation:input_type -> chatplane.v1.PersistenceServiceDeleteConversationRequest
+	13,  // 92: chatplane.v1.PersistenceService.SubmitFeedback:input_type -> chatplane.v1.PersistenceServiceSubmitFeedbackRequest
+	15,  // 93: chatplane.v1.PersistenceService.CreateApiKey:input_type -> chatplane.v1.CreateApiKeyRequest
+	17,  // 94: chatplane.v1.PersistenceService.GetApiKey:input_type -> chatplane.v1.GetApiKeyRequest
+	30,  // 95: chatplane.v1.PersistenceService.GetAnswer:input_type -> chatplane.v1.GetAnswerRequest
+	32,  // 96: chatplane.v1.PersistenceService.ReserveQuota:input_type -> chatplane.v1.ReserveQuotaRequest
+	34,  // 97: chatplane.v1.PersistenceService.SettleQuota:input_type -> chatplane.v1.SettleQuotaRequest
+	36,  // 98: chatplane.v1.PersistenceService.SetQuota:input_type -> chatplane.v1.SetQuotaRequest
+	38,  // 99: chatplane.v1.PersistenceService.GetQuota:input_type -> chatplane.v1.GetQuotaRequest
+	41,  // 100: chatplane.v1.PersistenceService.SetActiveBranch:input_type -> chatplane.v1.PersistenceServiceSetActiveBranchRequest
+	43,  // 101: chatplane.v1.PersistenceService.ReportVariants:input_type -> chatplane.v1.ReportVariantsRequest
+	20,  // 102: chatplane.v1.PersistenceService.ListApiKeys:input_type -> chatplane.v1.PersistenceServiceListApiKeysRequest
+	22,  // 103: chatplane.v1.PersistenceService.RotateApiKey:input_type -> chatplane.v1.PersistenceServiceRotateApiKeyRequest
+	24,  // 104: chatplane.v1.PersistenceService.RevokeApiKey:input_type -> chatplane.v1.PersistenceServiceRevokeApiKeyRequest
+	26,  // 105: chatplane.v1.PersistenceService.AppendAuditEvents:input_type -> chatplane.v1.AppendAuditEventsRequest
+	28,  // 106: chatplane.v1.PersistenceService.ListAuditRecords:input_type -> chatplane.v1.ListAuditRecordsRequest
+	46,  // 107: chatplane.v1.PersistenceService.GetHandoff:input_type -> chatplane.v1.GetHandoffRequest
+	48,  // 108: chatplane.v1.PersistenceService.ChangeHandoff:input_type -> chatplane.v1.ChangeHandoffRequest
+	50,  // 109: chatplane.v1.PersistenceService.ListHandoffs:input_type -> chatplane.v1.ListHandoffsRequest
+	52,  // 110: chatplane.v1.PersistenceService.GetTenantHandoff:input_type -> chatplane.v1.GetTenantHandoffRequest
+	54,  // 111: chatplane.v1.PersistenceService.CountThumbsDown:input_type -> chatplane.v1.CountThumbsDownRequest
+	56,  // 112: chatplane.v1.PersistenceService.ListRatedAnswers:input_type -> chatplane.v1.ListRatedAnswersRequest
+	60,  // 113: chatplane.v1.PersistenceService.ExportUserRecords:input_type -> chatplane.v1.ExportUserRecordsRequest
+	64,  // 114: chatplane.v1.PersistenceService.PushRegistryVariant:input_type -> chatplane.v1.PushRegistryVariantRequest
+	66,  // 115: chatplane.v1.PersistenceService.ListRegistryVariants:input_type -> chatplane.v1.ListRegistryVariantsRequest
+	68,  // 116: chatplane.v1.PersistenceService.GetRegistryVariant:input_type -> chatplane.v1.GetRegistryVariantRequest
+	70,  // 117: chatplane.v1.PersistenceService.PromoteRegistryVariant:input_type -> chatplane.v1.PromoteRegistryVariantRequest
+	72,  // 118: chatplane.v1.PersistenceService.RollbackRegistryVariant:input_type -> chatplane.v1.RollbackRegistryVariantRequest
+	74,  // 119: chatplane.v1.PersistenceService.ListRegistryChanges:input_type -> chatplane.v1.ListRegistryChangesRequest
+	76,  // 120: chatplane.v1.PersistenceService.GetVariantDeployment:input_type -> chatplane.v1.GetVariantDeploymentRequest
+	2,   // 121: chatplane.v1.PersistenceService.BeginTurn:output_type -> chatplane.v1.BeginTurnResponse
+	4,   // 122: chatplane.v1.PersistenceService.GetTurn:output_type -> chatplane.v1.GetTurnResponse
+	6,   // 123: chatplane.v1.PersistenceService.ReleaseTurn:output_type -> chatplane.v1.ReleaseTurnResponse
+	8,   // 124: chatplane.v1.PersistenceService.ListConversations:output_type -> chatplane.v1.PersistenceServiceListConversationsResponse
+	10,  // 125: chatplane.v1.PersistenceService.GetConversation:output_type -> chatplane.v1.PersistenceServiceGetConversationResponse
+	12,  // 126: chatplane.v1.PersistenceService.DeleteConversation:output_type -> chatplane.v1.PersistenceServiceDeleteConversationResponse
+	14,  // 127: chatplane.v1.PersistenceService.SubmitFeedback:output_type -> chatplane.v1.PersistenceServiceSubmitFeedbackResponse
+	16,  // 128: chatplane.v1.PersistenceService.CreateApiKey:output_type -> chatplane.v1.CreateApiKeyResponse
+	18,  // 129: chatplane.v1.PersistenceService.GetApiKey:output_type -> chatplane.v1.GetApiKeyResponse
+	31,  // 130: chatplane.v1.PersistenceService.GetAnswer:output_type -> chatplane.v1.GetAnswerResponse
+	33,  // 131: chatplane.v1.PersistenceService.ReserveQuota:output_type -> chatplane.v1.ReserveQuotaResponse
+	35,  // 132: chatplane.v1.PersistenceService.SettleQuota:output_type -> chatplane.v1.SettleQuotaResponse
+	37,  // 133: chatplane.v1.PersistenceService.SetQuota:output_type -> chatplane.v1.SetQuotaResponse
+	39,  // 134: chatplane.v1.PersistenceService.GetQuota:output_type -> chatplane.v1.GetQuotaResponse
+	42,  // 135: chatplane.v1.PersistenceService.SetActiveBranch:output_type -> chatplane.v1.PersistenceServiceSetActiveBranchResponse
+	45,  // 136: chatplane.v1.PersistenceService.ReportVariants:output_type -> chatplane.v1.ReportVariantsResponse
+	21,  // 137: chatplane.v1.PersistenceService.ListApiKeys:output_type -> chatplane.v1.PersistenceServiceListApiKeysResponse
+	23,  // 138: chatplane.v1.PersistenceService.RotateApiKey:output_type -> chatplane.v1.PersistenceServiceRotateApiKeyResponse
+	25,  // 139: chatplane.v1.PersistenceService.RevokeApiKey:output_type -> chatplane.v1.PersistenceServiceRevokeApiKeyResponse
+	27,  // 140: chatplane.v1.PersistenceService.AppendAuditEvents:output_type -> chatplane.v1.AppendAuditEventsResponse
+	29,  // 141: chatplane.v1.PersistenceService.ListAuditRecords:output_type -> chatplane.v1.ListAuditRecordsResponse
+	47,  // 142: chatplane.v1.PersistenceService.GetHandoff:output_type -> chatplane.v1.GetHandoffResponse
+	49,  // 143: chatplane.v1.PersistenceService.ChangeHandoff:output_type -> chatplane.v1.ChangeHandoffResponse
+	51,  // 144: chatplane.v1.PersistenceService.ListHandoffs:output_type -> chatplane.v1.ListHandoffsResponse
+	53,  // 145: chatplane.v1.PersistenceService.GetTenantHandoff:output_type -> chatplane.v1.GetTenantHandoffResponse
+	55,  // 146: chatplane.v1.PersistenceService.CountThumbsDown:output_type -> chatplane.v1.CountThumbsDownResponse
+	59,  // 147: chatplane.v1.PersistenceService.ListRatedAnswers:output_type -> chatplane.v1.ListRatedAnswersResponse
+	63,  // 148: chatplane.v1.PersistenceService.ExportUserRecords:output_type -> chatplane.v1.ExportUserRecordsResponse
+	65,  // 149: chatplane.v1.PersistenceService.PushRegistryVariant:output_type -> chatplane.v1.PushRegistryVariantResponse
+	67,  // 150: chatplane.v1.PersistenceService.ListRegistryVariants:output_type -> chatplane.v1.ListRegistryVariantsResponse
+	69,  // 151: chatplane.v1.PersistenceService.GetRegistryVariant:output_type -> chatplane.v1.GetRegistryVariantResponse
+	71,  // 152: chatplane.v1.PersistenceService.PromoteRegistryVariant:output_type -> chatplane.v1.PromoteRegistryVariantResponse
+	73,  // 153: chatplane.v1.PersistenceService.RollbackRegistryVariant:output_type -> chatplane.v1.RollbackRegistryVariantResponse
+	75,  // 154: chatplane.v1.PersistenceService.ListRegistryChanges:output_type -> chatplane.v1.ListRegistryChangesResponse
+	77,  // 155: chatplane.v1.PersistenceService.GetVariantDeployment:output_type -> chatplane.v1.GetVariantDeploymentResponse
+	121, // [121:156] is the sub-list for method output_type
+	86,  // [86:121] is the sub-list for method input_type
+	86,  // [86:86] is the sub-list for extension type_name
+	86,  // [86:86] is the sub-list for extension extendee
+	0,   // [0:86] is the sub-list for field type_name
 }
 
 func init() { file_chatplane_v1_persistence_proto_init() }
@@ -4967,6 +5732,7 @@ func file_chatplane_v1_persistence_proto_init() {
 	}
 	file_chatplane_v1_audit_proto_init()
 	file_chatplane_v1_gateway_proto_init()
+	file_chatplane_v1_registry_proto_init()
 	file_chatplane_v1_resources_proto_init()
 	file_chatplane_v1_persistence_proto_msgTypes[43].OneofWrappers = []any{}
 	file_chatplane_v1_persistence_proto_msgTypes[44].OneofWrappers = []any{}
@@ -4984,7 +5750,7 @@ func file_chatplane_v1_persistence_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_chatplane_v1_persistence_proto_rawDesc), len(file_chatplane_v1_persistence_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   64,
+			NumMessages:   78,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -19,34 +19,41 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	PersistenceService_BeginTurn_FullMethodName          = "/chatplane.v1.PersistenceService/BeginTurn"
-	PersistenceService_GetTurn_FullMethodName            = "/chatplane.v1.PersistenceService/GetTurn"
-	PersistenceService_ReleaseTurn_FullMethodName        = "/chatplane.v1.PersistenceService/ReleaseTurn"
-	PersistenceService_ListConversations_FullMethodName  = "/chatplane.v1.PersistenceService/ListConversations"
-	PersistenceService_GetConversation_FullMethodName    = "/chatplane.v1.PersistenceService/GetConversation"
-	PersistenceService_DeleteConversation_FullMethodName = "/chatplane.v1.PersistenceService/DeleteConversation"
-	PersistenceService_SubmitFeedback_FullMethodName     = "/chatplane.v1.PersistenceService/SubmitFeedback"
-	PersistenceService_CreateApiKey_FullMethodName       = "/chatplane.v1.PersistenceService/CreateApiKey"
-	PersistenceService_GetApiKey_FullMethodName          = "/chatplane.v1.PersistenceService/GetApiKey"
-	PersistenceService_GetAnswer_FullMethodName          = "/chatplane.v1.PersistenceService/GetAnswer"
-	PersistenceService_ReserveQuota_FullMethodName       = "/chatplane.v1.PersistenceService/ReserveQuota"
-	PersistenceService_SettleQuota_FullMethodName        = "/chatplane.v1.PersistenceService/SettleQuota"
-	PersistenceService_SetQuota_FullMethodName           = "/chatplane.v1.PersistenceService/SetQuota"
-	PersistenceService_GetQuota_FullMethodName           = "/chatplane.v1.PersistenceService/GetQuota"
-	PersistenceService_SetActiveBranch_FullMethodName    = "/chatplane.v1.PersistenceService/SetActiveBranch"
-	PersistenceService_ReportVariants_FullMethodName     = "/chatplane.v1.PersistenceService/ReportVariants"
-	PersistenceService_ListApiKeys_FullMethodName        = "/chatplane.v1.PersistenceService/ListApiKeys"
-	PersistenceService_RotateApiKey_FullMethodName       = "/chatplane.v1.PersistenceService/RotateApiKey"
-	PersistenceService_RevokeApiKey_FullMethodName       = "/chatplane.v1.PersistenceService/RevokeApiKey"
-	PersistenceService_AppendAuditEvents_FullMethodName  = "/chatplane.v1.PersistenceService/AppendAuditEvents"
-	PersistenceService_ListAuditRecords_FullMethodName   = "/chatplane.v1.PersistenceService/ListAuditRecords"
-	PersistenceService_GetHandoff_FullMethodName         = "/chatplane.v1.PersistenceService/GetHandoff"
-	PersistenceService_ChangeHandoff_FullMethodName      = "/chatplane.v1.PersistenceService/ChangeHandoff"
-	PersistenceService_ListHandoffs_FullMethodName       = "/chatplane.v1.PersistenceService/ListHandoffs"
-	PersistenceService_GetTenantHandoff_FullMethodName   = "/chatplane.v1.PersistenceService/GetTenantHandoff"
-	PersistenceService_CountThumbsDown_FullMethodName    = "/chatplane.v1.PersistenceService/CountThumbsDown"
-	PersistenceService_ListRatedAnswers_FullMethodName   = "/chatplane.v1.PersistenceService/ListRatedAnswers"
-	PersistenceService_ExportUserRecords_FullMethodName  = "/chatplane.v1.PersistenceService/ExportUserRecords"
+	PersistenceService_BeginTurn_FullMethodName               = "/chatplane.v1.PersistenceService/BeginTurn"
+	PersistenceService_GetTurn_FullMethodName                 = "/chatplane.v1.PersistenceService/GetTurn"
+	PersistenceService_ReleaseTurn_FullMethodName             = "/chatplane.v1.PersistenceService/ReleaseTurn"
+	PersistenceService_ListConversations_FullMethodName       = "/chatplane.v1.PersistenceService/ListConversations"
+	PersistenceService_GetConversation_FullMethodName         = "/chatplane.v1.PersistenceService/GetConversation"
+	PersistenceService_DeleteConversation_FullMethodName      = "/chatplane.v1.PersistenceService/DeleteConversation"
+	PersistenceService_SubmitFeedback_FullMethodName          = "/chatplane.v1.PersistenceService/SubmitFeedback"
+	PersistenceService_CreateApiKey_FullMethodName            = "/chatplane.v1.PersistenceService/CreateApiKey"
+	PersistenceService_GetApiKey_FullMethodName               = "/chatplane.v1.PersistenceService/GetApiKey"
+	PersistenceService_GetAnswer_FullMethodName               = "/chatplane.v1.PersistenceService/GetAnswer"
+	PersistenceService_ReserveQuota_FullMethodName            = "/chatplane.v1.PersistenceService/ReserveQuota"
+	PersistenceService_SettleQuota_FullMethodName             = "/chatplane.v1.PersistenceService/SettleQuota"
+	PersistenceService_SetQuota_FullMethodName                = "/chatplane.v1.PersistenceService/SetQuota"
+	PersistenceService_GetQuota_FullMethodName                = "/chatplane.v1.PersistenceService/GetQuota"
+	PersistenceService_SetActiveBranch_FullMethodName         = "/chatplane.v1.PersistenceService/SetActiveBranch"
+	PersistenceService_ReportVariants_FullMethodName          = "/chatplane.v1.PersistenceService/ReportVariants"
+	PersistenceService_ListApiKeys_FullMethodName             = "/chatplane.v1.PersistenceService/ListApiKeys"
+	PersistenceService_RotateApiKey_FullMethodName            = "/chatplane.v1.PersistenceService/RotateApiKey"
+	PersistenceService_RevokeApiKey_FullMethodName            = "/chatplane.v1.PersistenceService/RevokeApiKey"
+	PersistenceService_AppendAuditEvents_FullMethodName       = "/chatplane.v1.PersistenceService/AppendAuditEvents"
+	PersistenceService_ListAuditRecords_FullMethodName        = "/chatplane.v1.PersistenceService/ListAuditRecords"
+	PersistenceService_GetHandoff_FullMethodName              = "/chatplane.v1.PersistenceService/GetHandoff"
+	PersistenceService_ChangeHandoff_FullMethodName           = "/chatplane.v1.PersistenceService/ChangeHandoff"
+	PersistenceService_ListHandoffs_FullMethodName            = "/chatplane.v1.PersistenceService/ListHandoffs"
+	PersistenceService_GetTenantHandoff_FullMethodName        = "/chatplane.v1.PersistenceService/GetTenantHandoff"
+	PersistenceService_CountThumbsDown_FullMethodName         = "/chatplane.v1.PersistenceService/CountThumbsDown"
+	PersistenceService_ListRatedAnswers_FullMethodName        = "/chatplane.v1.PersistenceService/ListRatedAnswers"
+	PersistenceService_ExportUserRecords_FullMethodName       = "/chatplane.v1.PersistenceService/ExportUserRecords"
+	PersistenceService_PushRegistryVariant_FullMethodName     = "/chatplane.v1.PersistenceService/PushRegistryVariant"
+	PersistenceService_ListRegistryVariants_FullMethodName    = "/chatplane.v1.PersistenceService/ListRegistryVariants"
+	PersistenceService_GetRegistryVariant_FullMethodName      = "/chatplane.v1.PersistenceService/GetRegistryVariant"
+	PersistenceService_PromoteRegistryVariant_FullMethodName  = "/chatplane.v1.PersistenceService/PromoteRegistryVariant"
+	PersistenceService_RollbackRegistryVariant_FullMethodName = "/chatplane.v1.PersistenceService/RollbackRegistryVariant"
+	PersistenceService_ListRegistryChanges_FullMethodName     = "/chatplane.v1.PersistenceService/ListRegistryChanges"
+	PersistenceService_GetVariantDeployment_FullMethodName    = "/chatplane.v1.PersistenceService/GetVariantDeployment"
 )
 
 // PersistenceServiceClient is the client API for PersistenceService service.
@@ -122,6 +129,20 @@ type PersistenceServiceClient interface {
 	// conversations, every message of every branch, feedback and answer facts, read from the
 	// store page by page.
 	ExportUserRecords(ctx context.Context, in *ExportUserRecordsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ExportUserRecordsResponse], error)
+	// Variant registry (docs/registry.md): stores a new version of a variant.
+	PushRegistryVariant(ctx context.Context, in *PushRegistryVariantRequest, opts ...grpc.CallOption) (*PushRegistryVariantResponse, error)
+	// Variant registry: lists stored versions.
+	ListRegistryVariants(ctx context.Context, in *ListRegistryVariantsRequest, opts ...grpc.CallOption) (*ListRegistryVariantsResponse, error)
+	// Variant registry: returns one version (the Agent resolves pinned turns with it).
+	GetRegistryVariant(ctx context.Context, in *GetRegistryVariantRequest, opts ...grpc.CallOption) (*GetRegistryVariantResponse, error)
+	// Variant registry: promotes a version to canary or production, recording the change.
+	PromoteRegistryVariant(ctx context.Context, in *PromoteRegistryVariantRequest, opts ...grpc.CallOption) (*PromoteRegistryVariantResponse, error)
+	// Variant registry: undoes the last deployment step, recording the change.
+	RollbackRegistryVariant(ctx context.Context, in *RollbackRegistryVariantRequest, opts ...grpc.CallOption) (*RollbackRegistryVariantResponse, error)
+	// Variant registry: the recorded changes, newest first.
+	ListRegistryChanges(ctx context.Context, in *ListRegistryChangesRequest, opts ...grpc.CallOption) (*ListRegistryChangesResponse, error)
+	// Variant registry: the versions serving traffic now (polled by every Agent).
+	GetVariantDeployment(ctx context.Context, in *GetVariantDeploymentRequest, opts ...grpc.CallOption) (*GetVariantDeploymentResponse, error)
 }
 
 type persistenceServiceClient struct {
@@ -421,6 +442,76 @@ func (c *persistenceServiceClient) ExportUserRecords(ctx context.Context, in *Ex
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type PersistenceService_ExportUserRecordsClient = grpc.ServerStreamingClient[ExportUserRecordsResponse]
 
+func (c *persistenceServiceClient) PushRegistryVariant(ctx context.Context, in *PushRegistryVariantRequest, opts ...grpc.CallOption) (*PushRegistryVariantResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(PushRegistryVariantResponse)
+	err := c.cc.Invoke(ctx, PersistenceService_PushRegistryVariant_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *persistenceServiceClient) ListRegistryVariants(ctx context.Context, in *ListRegistryVariantsRequest, opts ...grpc.CallOption) (*ListRegistryVariantsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListRegistryVariantsResponse)
+	err := c.cc.Invoke(ctx, PersistenceService_ListRegistryVariants_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *persistenceServiceClient) GetRegistryVariant(ctx context.Context, in *GetRegistryVariantRequest, opts ...grpc.CallOption) (*GetRegistryVariantResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetRegistryVariantResponse)
+	err := c.cc.Invoke(ctx, PersistenceService_GetRegistryVariant_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *persistenceServiceClient) PromoteRegistryVariant(ctx context.Context, in *PromoteRegistryVariantRequest, opts ...grpc.CallOption) (*PromoteRegistryVariantResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(PromoteRegistryVariantResponse)
+	err := c.cc.Invoke(ctx, PersistenceService_PromoteRegistryVariant_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *persistenceServiceClient) RollbackRegistryVariant(ctx context.Context, in *RollbackRegistryVariantRequest, opts ...grpc.CallOption) (*RollbackRegistryVariantResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RollbackRegistryVariantResponse)
+	err := c.cc.Invoke(ctx, PersistenceService_RollbackRegistryVariant_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *persistenceServiceClient) ListRegistryChanges(ctx context.Context, in *ListRegistryChangesRequest, opts ...grpc.CallOption) (*ListRegistryChangesResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListRegistryChangesResponse)
+	err := c.cc.Invoke(ctx, PersistenceService_ListRegistryChanges_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *persistenceServiceClient) GetVariantDeployment(ctx context.Context, in *GetVariantDeploymentRequest, opts ...grpc.CallOption) (*GetVariantDeploymentResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetVariantDeploymentResponse)
+	err := c.cc.Invoke(ctx, PersistenceService_GetVariantDeployment_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // PersistenceServiceServer is the server API for PersistenceService service.
 // All implementations must embed UnimplementedPersistenceServiceServer
 // for forward compatibility.
@@ -494,6 +585,20 @@ type PersistenceServiceServer interface {
 	// conversations, every message of every branch, feedback and answer facts, read from the
 	// store page by page.
 	ExportUserRecords(*ExportUserRecordsRequest, grpc.ServerStreamingServer[ExportUserRecordsResponse]) error
+	// Variant registry (docs/registry.md): stores a new version of a variant.
+	PushRegistryVariant(context.Context, *PushRegistryVariantRequest) (*PushRegistryVariantResponse, error)
+	// Variant registry: lists stored versions.
+	ListRegistryVariants(context.Context, *ListRegistryVariantsRequest) (*ListRegistryVariantsResponse, error)
+	// Variant registry: returns one version (the Agent resolves pinned turns with it).
+	GetRegistryVariant(context.Context, *GetRegistryVariantRequest) (*GetRegistryVariantResponse, error)
+	// Variant registry: promotes a version to canary or production, recording the change.
+	PromoteRegistryVariant(context.Context, *PromoteRegistryVariantRequest) (*PromoteRegistryVariantResponse, error)
+	// Variant registry: undoes the last deployment step, recording the change.
+	RollbackRegistryVariant(context.Context, *RollbackRegistryVariantRequest) (*RollbackRegistryVariantResponse, error)
+	// Variant registry: the recorded changes, newest first.
+	ListRegistryChanges(context.Context, *ListRegistryChangesRequest) (*ListRegistryChangesResponse, error)
+	// Variant registry: the versions serving traffic now (polled by every Agent).
+	GetVariantDeployment(context.Context, *GetVariantDeploymentRequest) (*GetVariantDeploymentResponse, error)
 	mustEmbedUnimplementedPersistenceServiceServer()
 }
 
@@ -587,6 +692,27 @@ func (UnimplementedPersistenceServiceServer) ListRatedAnswers(context.Context, *
 }
 func (UnimplementedPersistenceServiceServer) ExportUserRecords(*ExportUserRecordsRequest, grpc.ServerStreamingServer[ExportUserRecordsResponse]) error {
 	return status.Error(codes.Unimplemented, "method ExportUserRecords not implemented")
+}
+func (UnimplementedPersistenceServiceServer) PushRegistryVariant(context.Context, *PushRegistryVariantRequest) (*PushRegistryVariantResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method PushRegistryVariant not implemented")
+}
+func (UnimplementedPersistenceServiceServer) ListRegistryVariants(context.Context, *ListRegistryVariantsRequest) (*ListRegistryVariantsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListRegistryVariants not implemented")
+}
+func (UnimplementedPersistenceServiceServer) GetRegistryVariant(context.Context, *GetRegistryVariantRequest) (*GetRegistryVariantResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetRegistryVariant not implemented")
+}
+func (UnimplementedPersistenceServiceServer) PromoteRegistryVariant(context.Context, *PromoteRegistryVariantRequest) (*PromoteRegistryVariantResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method PromoteRegistryVariant not implemented")
+}
+func (UnimplementedPersistenceServiceServer) RollbackRegistryVariant(context.Context, *RollbackRegistryVariantRequest) (*RollbackRegistryVariantResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RollbackRegistryVariant not implemented")
+}
+func (UnimplementedPersistenceServiceServer) ListRegistryChanges(context.Context, *ListRegistryChangesRequest) (*ListRegistryChangesResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListRegistryChanges not implemented")
+}
+func (UnimplementedPersistenceServiceServer) GetVariantDeployment(context.Context, *GetVariantDeploymentRequest) (*GetVariantDeploymentResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetVariantDeployment not implemented")
 }
 func (UnimplementedPersistenceServiceServer) mustEmbedUnimplementedPersistenceServiceServer() {}
 func (UnimplementedPersistenceServiceServer) testEmbeddedByValue()                            {}
@@ -1106,6 +1232,132 @@ func _PersistenceService_ExportUserRecords_Handler(srv interface{}, stream grpc.
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type PersistenceService_ExportUserRecordsServer = grpc.ServerStreamingServer[ExportUserRecordsResponse]
 
+func _PersistenceService_PushRegistryVariant_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(PushRegistryVariantRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(PersistenceServiceServer).PushRegistryVariant(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: PersistenceService_PushRegistryVariant_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(PersistenceServiceServer).PushRegistryVariant(ctx, req.(*PushRegistryVariantRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _PersistenceService_ListRegistryVariants_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListRegistryVariantsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(PersistenceServiceServer).ListRegistryVariants(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: PersistenceService_ListRegistryVariants_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(PersistenceServiceServer).ListRegistryVariants(ctx, req.(*ListRegistryVariantsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _PersistenceService_GetRegistryVariant_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetRegistryVariantRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(PersistenceServiceServer).GetRegistryVariant(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: PersistenceService_GetRegistryVariant_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(PersistenceServiceServer).GetRegistryVariant(ctx, req.(*GetRegistryVariantRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _PersistenceService_PromoteRegistryVariant_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(PromoteRegistryVariantRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(PersistenceServiceServer).PromoteRegistryVariant(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: PersistenceService_PromoteRegistryVariant_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(PersistenceServiceServer).PromoteRegistryVariant(ctx, req.(*PromoteRegistryVariantRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _PersistenceService_RollbackRegistryVariant_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RollbackRegistryVariantRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(PersistenceServiceServer).RollbackRegistryVariant(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: PersistenceService_RollbackRegistryVariant_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(PersistenceServiceServer).RollbackRegistryVariant(ctx, req.(*RollbackRegistryVariantRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _PersistenceService_ListRegistryChanges_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListRegistryChangesRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(PersistenceServiceServer).ListRegistryChanges(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: PersistenceService_ListRegistryChanges_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(PersistenceServiceServer).ListRegistryChanges(ctx, req.(*ListRegistryChangesRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _PersistenceService_GetVariantDeployment_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetVariantDeploymentRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(PersistenceServiceServer).GetVariantDeployment(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: PersistenceService_GetVariantDeployment_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(PersistenceServiceServer).GetVariantDeployment(ctx, req.(*GetVariantDeploymentRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // PersistenceService_ServiceDesc is the grpc.ServiceDesc for PersistenceService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -1220,6 +1472,34 @@ var PersistenceService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ListRatedAnswers",
 			Handler:    _PersistenceService_ListRatedAnswers_Handler,
+		},
+		{
+			MethodName: "PushRegistryVariant",
+			Handler:    _PersistenceService_PushRegistryVariant_Handler,
+		},
+		{
+			MethodName: "ListRegistryVariants",
+			Handler:    _PersistenceService_ListRegistryVariants_Handler,
+		},
+		{
+			MethodName: "GetRegistryVariant",
+			Handler:    _PersistenceService_GetRegistryVariant_Handler,
+		},
+		{
+			MethodName: "PromoteRegistryVariant",
+			Handler:    _PersistenceService_PromoteRegistryVariant_Handler,
+		},
+		{
+			MethodName: "RollbackRegistryVariant",
+			Handler:    _PersistenceService_RollbackRegistryVariant_Handler,
+		},
+		{
+			MethodName: "ListRegistryChanges",
+			Handler:    _PersistenceService_ListRegistryChanges_Handler,
+		},
+		{
+			MethodName: "GetVariantDeployment",
+			Handler:    _PersistenceService_GetVariantDeployment_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

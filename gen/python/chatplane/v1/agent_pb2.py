@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from chatplane.v1 import resources_pb2 as chatplane_dot_v1_dot_resources__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x63hatplane/v1/agent.proto\x12\x0c\x63hatplane.v1\x1a\x1c\x63hatplane/v1/resources.proto\"\x9d\x02\n\x0fGenerateRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x17\n\x0f\x63onversation_id\x18\x03 \x01(\t\x12\x17\n\x0fuser_message_id\x18\x04 \x01(\t\x12\x1c\n\x14\x61ssistant_message_id\x18\x05 \x01(\t\x12\x0c\n\x04text\x18\x06 \x01(\t\x12\x19\n\x11\x63lient_message_id\x18\x07 \x01(\t\x12\x11\n\tresumable\x18\x1e \x01(\x08\x12\x19\n\x11parent_message_id\x18( \x01(\t\x12\x12\n\nregenerate\x18) \x01(\x08\x12+\n\x06\x62ranch\x18* \x01(\x0b\x32\x1b.chatplane.v1.BranchHistory\"\x9d\x02\n\x10GenerateResponse\x12,\n\x07started\x18\x01 \x01(\x0b\x32\x19.chatplane.v1.TurnStartedH\x00\x12(\n\x05\x64\x65lta\x18\x02 \x01(\x0b\x32\x17.chatplane.v1.TextDeltaH\x00\x12*\n\x08\x63itation\x18\x03 \x01(\x0b\x32\x16.chatplane.v1.CitationH\x00\x12$\n\x05usage\x18\x04 \x01(\x0b\x32\x13.chatplane.v1.UsageH\x00\x12&\n\x04\x64one\x18\x05 \x01(\x0b\x32\x16.chatplane.v1.TurnDoneH\x00\x12.\n\x07handoff\x18< \x01(\x0b\x32\x1b.chatplane.v1.HandoffStatusH\x00\x42\x07\n\x05\x65vent\"q\n\x15ResumeGenerateRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x1c\n\x14\x61ssistant_message_id\x18\x03 \x01(\t\x12\x16\n\x0e\x61\x66ter_sequence\x18\x04 \x01(\x03\"\xf3\x01\n\x16ResumeGenerateResponse\x12,\n\x07started\x18\x01 \x01(\x0b\x32\x19.chatplane.v1.TurnStartedH\x00\x12(\n\x05\x64\x65lta\x18\x02 \x01(\x0b\x32\x17.chatplane.v1.TextDeltaH\x00\x12*\n\x08\x63itation\x18\x03 \x01(\x0b\x32\x16.chatplane.v1.CitationH\x00\x12$\n\x05usage\x18\x04 \x01(\x0b\x32\x13.chatplane.v1.UsageH\x00\x12&\n\x04\x64one\x18\x05 \x01(\x0b\x32\x16.chatplane.v1.TurnDoneH\x00\x42\x07\n\x05\x65vent\"Y\n\x15\x43\x61ncelGenerateRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x1c\n\x14\x61ssistant_message_id\x18\x03 \x01(\t\"+\n\x16\x43\x61ncelGenerateResponse\x12\x11\n\tcancelled\x18\x01 \x01(\x08\x32\x97\x02\n\x0c\x41gentService\x12K\n\x08Generate\x12\x1d.chatplane.v1.GenerateRequest\x1a\x1e.chatplane.v1.GenerateResponse0\x01\x12]\n\x0eResumeGenerate\x12#.chatplane.v1.ResumeGenerateRequest\x1a$.chatplane.v1.ResumeGenerateResponse0\x01\x12[\n\x0e\x43\x61ncelGenerate\x12#.chatplane.v1.CancelGenerateRequest\x1a$.chatplane.v1.CancelGenerateResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x63hatplane/v1/agent.proto\x12\x0c\x63hatplane.v1\x1a\x1c\x63hatplane/v1/resources.proto\"\xae\x02\n\x0fGenerateRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x17\n\x0f\x63onversation_id\x18\x03 \x01(\t\x12\x17\n\x0fuser_message_id\x18\x04 \x01(\t\x12\x1c\n\x14\x61ssistant_message_id\x18\x05 \x01(\t\x12\x0c\n\x04text\x18\x06 \x01(\t\x12\x19\n\x11\x63lient_message_id\x18\x07 \x01(\t\x12\x11\n\tresumable\x18\x1e \x01(\x08\x12\x19\n\x11parent_message_id\x18( \x01(\t\x12\x12\n\nregenerate\x18) \x01(\x08\x12+\n\x06\x62ranch\x18* \x01(\x0b\x32\x1b.chatplane.v1.BranchHistory\x12\x0f\n\x07variant\x18x \x01(\t\"\x9d\x02\n\x10GenerateResponse\x12,\n\x07started\x18\x01 \x01(\x0b\x32\x19.chatplane.v1.TurnStartedH\x00\x12(\n\x05\x64\x65lta\x18\x02 \x01(\x0b\x32\x17.chatplane.v1.TextDeltaH\x00\x12*\n\x08\x63itation\x18\x03 \x01(\x0b\x32\x16.chatplane.v1.CitationH\x00\x12$\n\x05usage\x18\x04 \x01(\x0b\x32\x13.chatplane.v1.UsageH\x00\x12&\n\x04\x64one\x18\x05 \x01(\x0b\x32\x16.chatplane.v1.TurnDoneH\x00\x12.\n\x07handoff\x18< \x01(\x0b\x32\x1b.chatplane.v1.HandoffStatusH\x00\x42\x07\n\x05\x65vent\"q\n\x15ResumeGenerateRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x1c\n\x14\x61ssistant_message_id\x18\x03 \x01(\t\x12\x16\n\x0e\x61\x66ter_sequence\x18\x04 \x01(\x03\"\xf3\x01\n\x16ResumeGenerateResponse\x12,\n\x07started\x18\x01 \x01(\x0b\x32\x19.chatplane.v1.TurnStartedH\x00\x12(\n\x05\x64\x65lta\x18\x02 \x01(\x0b\x32\x17.chatplane.v1.TextDeltaH\x00\x12*\n\x08\x63itation\x18\x03 \x01(\x0b\x32\x16.chatplane.v1.CitationH\x00\x12$\n\x05usage\x18\x04 \x01(\x0b\x32\x13.chatplane.v1.UsageH\x00\x12&\n\x04\x64one\x18\x05 \x01(\x0b\x32\x16.chatplane.v1.TurnDoneH\x00\x42\x07\n\x05\x65vent\"Y\n\x15\x43\x61ncelGenerateRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x1c\n\x14\x61ssistant_message_id\x18\x03 \x01(\t\"+\n\x16\x43\x61ncelGenerateResponse\x12\x11\n\tcancelled\x18\x01 \x01(\x08\x32\x97\x02\n\x0c\x41gentService\x12K\n\x08Generate\x12\x1d.chatplane.v1.GenerateRequest\x1a\x1e.chatplane.v1.GenerateResponse0\x01\x12]\n\x0eResumeGenerate\x12#.chatplane.v1.ResumeGenerateRequest\x1a$.chatplane.v1.ResumeGenerateResponse0\x01\x12[\n\x0e\x43\x61ncelGenerate\x12#.chatplane.v1.CancelGenerateRequest\x1a$.chatplane.v1.CancelGenerateResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,17 +33,17 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'chatplane.v1.agent_pb2', _g
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_GENERATEREQUEST']._serialized_start=73
-  _globals['_GENERATEREQUEST']._serialized_end=358
-  _globals['_GENERATERESPONSE']._serialized_start=361
-  _globals['_GENERATERESPONSE']._serialized_end=646
-  _globals['_RESUMEGENERATEREQUEST']._serialized_start=648
-  _globals['_RESUMEGENERATEREQUEST']._serialized_end=761
-  _globals['_RESUMEGENERATERESPONSE']._serialized_start=764
-  _globals['_RESUMEGENERATERESPONSE']._serialized_end=1007
-  _globals['_CANCELGENERATEREQUEST']._serialized_start=1009
-  _globals['_CANCELGENERATEREQUEST']._serialized_end=1098
-  _globals['_CANCELGENERATERESPONSE']._serialized_start=1100
-  _globals['_CANCELGENERATERESPONSE']._serialized_end=1143
-  _globals['_AGENTSERVICE']._serialized_start=1146
-  _globals['_AGENTSERVICE']._serialized_end=1425
+  _globals['_GENERATEREQUEST']._serialized_end=375
+  _globals['_GENERATERESPONSE']._serialized_start=378
+  _globals['_GENERATERESPONSE']._serialized_end=663
+  _globals['_RESUMEGENERATEREQUEST']._serialized_start=665
+  _globals['_RESUMEGENERATEREQUEST']._serialized_end=778
+  _globals['_RESUMEGENERATERESPONSE']._serialized_start=781
+  _globals['_RESUMEGENERATERESPONSE']._serialized_end=1024
+  _globals['_CANCELGENERATEREQUEST']._serialized_start=1026
+  _globals['_CANCELGENERATEREQUEST']._serialized_end=1115
+  _globals['_CANCELGENERATERESPONSE']._serialized_start=1117
+  _globals['_CANCELGENERATERESPONSE']._serialized_end=1160
+  _globals['_AGENTSERVICE']._serialized_start=1163
+  _globals['_AGENTSERVICE']._serialized_end=1442
 # @@protoc_insertion_point(module_scope)

@@ -34,6 +34,7 @@ class GenerateRequest(_message.Message):
     PARENT_MESSAGE_ID_FIELD_NUMBER: _builtins.int
     REGENERATE_FIELD_NUMBER: _builtins.int
     BRANCH_FIELD_NUMBER: _builtins.int
+    VARIANT_FIELD_NUMBER: _builtins.int
     tenant_id: _builtins.str
     """The caller's tenant."""
     user_id: _builtins.str
@@ -58,6 +59,10 @@ class GenerateRequest(_message.Message):
     """True for a regenerated answer: user_message_id names a stored user message, and only
     the answer is new (and recorded).
     """
+    variant: _builtins.str
+    """Pins the turn to this registry version, NAME@VERSION (checked by the Gateway: admins
+    only); empty: the user's assigned variant.
+    """
     @_builtins.property
     def branch(self) -> _resources_pb2.BranchHistory:
         """When set, the answer's history is this branch, not the conversation's recent messages
@@ -78,10 +83,11 @@ class GenerateRequest(_message.Message):
         parent_message_id: _builtins.str = ...,
         regenerate: _builtins.bool = ...,
         branch: _resources_pb2.BranchHistory | None = ...,
+        variant: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["branch", b"branch"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["assistant_message_id", b"assistant_message_id", "branch", b"branch", "client_message_id", b"client_message_id", "conversation_id", b"conversation_id", "parent_message_id", b"parent_message_id", "regenerate", b"regenerate", "resumable", b"resumable", "tenant_id", b"tenant_id", "text", b"text", "user_id", b"user_id", "user_message_id", b"user_message_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["assistant_message_id", b"assistant_message_id", "branch", b"branch", "client_message_id", b"client_message_id", "conversation_id", b"conversation_id", "parent_message_id", b"parent_message_id", "regenerate", b"regenerate", "resumable", b"resumable", "tenant_id", b"tenant_id", "text", b"text", "user_id", b"user_id", "user_message_id", b"user_message_id", "variant", b"variant"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -81,6 +81,7 @@ class ChatRequest(_message.Message):
     RESUMABLE_FIELD_NUMBER: _builtins.int
     REGENERATE_MESSAGE_ID_FIELD_NUMBER: _builtins.int
     EDIT_MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    VARIANT_FIELD_NUMBER: _builtins.int
     conversation_id: _builtins.str
     """The conversation to continue; empty starts a new one."""
     text: _builtins.str
@@ -97,6 +98,10 @@ class ChatRequest(_message.Message):
     """
     edit_message_id: _builtins.str
     """Edit: `text` becomes a new user message beside this one (same parent), then answered."""
+    variant: _builtins.str
+    """Pins the turn to a registry version, NAME@VERSION (docs/registry.md, evaluation); needs
+    the `admin` role (PERMISSION_DENIED otherwise). Empty: the user's assigned variant.
+    """
     def __init__(
         self,
         *,
@@ -106,10 +111,11 @@ class ChatRequest(_message.Message):
         resumable: _builtins.bool = ...,
         regenerate_message_id: _builtins.str = ...,
         edit_message_id: _builtins.str = ...,
+        variant: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["branch", b"branch", "edit_message_id", b"edit_message_id", "regenerate_message_id", b"regenerate_message_id"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["branch", b"branch", "client_message_id", b"client_message_id", "conversation_id", b"conversation_id", "edit_message_id", b"edit_message_id", "regenerate_message_id", b"regenerate_message_id", "resumable", b"resumable", "text", b"text"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["branch", b"branch", "client_message_id", b"client_message_id", "conversation_id", b"conversation_id", "edit_message_id", b"edit_message_id", "regenerate_message_id", b"regenerate_message_id", "resumable", b"resumable", "text", b"text", "variant", b"variant"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_branch: _TypeAlias = _typing.Literal["regenerate_message_id", "edit_message_id"]  # noqa: Y015
     _WhichOneofArgType_branch: _TypeAlias = _typing.Literal["branch", b"branch"]  # noqa: Y015

@@ -5,6 +5,7 @@ isort:skip_file
 
 from chatplane.v1 import audit_pb2 as _audit_pb2
 from chatplane.v1 import gateway_pb2 as _gateway_pb2
+from chatplane.v1 import registry_pb2 as _registry_pb2
 from chatplane.v1 import resources_pb2 as _resources_pb2
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
@@ -2250,3 +2251,349 @@ class ExportUserRecordsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType_record) -> _WhichOneofReturnType_record | None: ...
 
 Global___ExportUserRecordsResponse: _TypeAlias = ExportUserRecordsResponse  # noqa: Y015
+
+@_typing.final
+class PushRegistryVariantRequest(_message.Message):
+    """A push on behalf of an admin."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_FIELD_NUMBER: _builtins.int
+    ACTOR_FIELD_NUMBER: _builtins.int
+    actor: _builtins.str
+    """Who pushes (recorded)."""
+    @_builtins.property
+    def request(self) -> _registry_pb2.PushVariantRequest:
+        """The push."""
+
+    def __init__(
+        self,
+        *,
+        request: _registry_pb2.PushVariantRequest | None = ...,
+        actor: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["request", b"request"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "request", b"request"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PushRegistryVariantRequest: _TypeAlias = PushRegistryVariantRequest  # noqa: Y015
+
+@_typing.final
+class PushRegistryVariantResponse(_message.Message):
+    """The pushed version."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESPONSE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def response(self) -> _registry_pb2.PushVariantResponse:
+        """The answer."""
+
+    def __init__(
+        self,
+        *,
+        response: _registry_pb2.PushVariantResponse | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["response", b"response"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["response", b"response"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PushRegistryVariantResponse: _TypeAlias = PushRegistryVariantResponse  # noqa: Y015
+
+@_typing.final
+class ListRegistryVariantsRequest(_message.Message):
+    """A listing of the registry."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def request(self) -> _registry_pb2.ListVariantsRequest:
+        """The listing."""
+
+    def __init__(
+        self,
+        *,
+        request: _registry_pb2.ListVariantsRequest | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["request", b"request"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["request", b"request"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListRegistryVariantsRequest: _TypeAlias = ListRegistryVariantsRequest  # noqa: Y015
+
+@_typing.final
+class ListRegistryVariantsResponse(_message.Message):
+    """The stored versions."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESPONSE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def response(self) -> _registry_pb2.ListVariantsResponse:
+        """The answer."""
+
+    def __init__(
+        self,
+        *,
+        response: _registry_pb2.ListVariantsResponse | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["response", b"response"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["response", b"response"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListRegistryVariantsResponse: _TypeAlias = ListRegistryVariantsResponse  # noqa: Y015
+
+@_typing.final
+class GetRegistryVariantRequest(_message.Message):
+    """Asks for one stored version."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def request(self) -> _registry_pb2.GetVariantRequest:
+        """The version."""
+
+    def __init__(
+        self,
+        *,
+        request: _registry_pb2.GetVariantRequest | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["request", b"request"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["request", b"request"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetRegistryVariantRequest: _TypeAlias = GetRegistryVariantRequest  # noqa: Y015
+
+@_typing.final
+class GetRegistryVariantResponse(_message.Message):
+    """One stored version."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESPONSE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def response(self) -> _registry_pb2.GetVariantResponse:
+        """The answer."""
+
+    def __init__(
+        self,
+        *,
+        response: _registry_pb2.GetVariantResponse | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["response", b"response"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["response", b"response"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetRegistryVariantResponse: _TypeAlias = GetRegistryVariantResponse  # noqa: Y015
+
+@_typing.final
+class PromoteRegistryVariantRequest(_message.Message):
+    """A promotion on behalf of an admin."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_FIELD_NUMBER: _builtins.int
+    ACTOR_FIELD_NUMBER: _builtins.int
+    actor: _builtins.str
+    """Who promotes (recorded)."""
+    @_builtins.property
+    def request(self) -> _registry_pb2.PromoteVariantRequest:
+        """The promotion."""
+
+    def __init__(
+        self,
+        *,
+        request: _registry_pb2.PromoteVariantRequest | None = ...,
+        actor: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["request", b"request"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "request", b"request"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PromoteRegistryVariantRequest: _TypeAlias = PromoteRegistryVariantRequest  # noqa: Y015
+
+@_typing.final
+class PromoteRegistryVariantResponse(_message.Message):
+    """The recorded promotion."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESPONSE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def response(self) -> _registry_pb2.PromoteVariantResponse:
+        """The answer."""
+
+    def __init__(
+        self,
+        *,
+        response: _registry_pb2.PromoteVariantResponse | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["response", b"response"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["response", b"response"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PromoteRegistryVariantResponse: _TypeAlias = PromoteRegistryVariantResponse  # noqa: Y015
+
+@_typing.final
+class RollbackRegistryVariantRequest(_message.Message):
+    """A rollback on behalf of an admin."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_FIELD_NUMBER: _builtins.int
+    ACTOR_FIELD_NUMBER: _builtins.int
+    actor: _builtins.str
+    """Who rolls back (recorded)."""
+    @_builtins.property
+    def request(self) -> _registry_pb2.RollbackVariantRequest:
+        """The rollback."""
+
+    def __init__(
+        self,
+        *,
+        request: _registry_pb2.RollbackVariantRequest | None = ...,
+        actor: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["request", b"request"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "request", b"request"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RollbackRegistryVariantRequest: _TypeAlias = RollbackRegistryVariantRequest  # noqa: Y015
+
+@_typing.final
+class RollbackRegistryVariantResponse(_message.Message):
+    """The recorded rollback."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESPONSE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def response(self) -> _registry_pb2.RollbackVariantResponse:
+        """The answer."""
+
+    def __init__(
+        self,
+        *,
+        response: _registry_pb2.RollbackVariantResponse | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["response", b"response"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["response", b"response"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RollbackRegistryVariantResponse: _TypeAlias = RollbackRegistryVariantResponse  # noqa: Y015
+
+@_typing.final
+class ListRegistryChangesRequest(_message.Message):
+    """Asks for the registry's change history."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def request(self) -> _registry_pb2.ListVariantChangesRequest:
+        """The listing."""
+
+    def __init__(
+        self,
+        *,
+        request: _registry_pb2.ListVariantChangesRequest | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["request", b"request"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["request", b"request"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListRegistryChangesRequest: _TypeAlias = ListRegistryChangesRequest  # noqa: Y015
+
+@_typing.final
+class ListRegistryChangesResponse(_message.Message):
+    """The change history."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESPONSE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def response(self) -> _registry_pb2.ListVariantChangesResponse:
+        """The answer."""
+
+    def __init__(
+        self,
+        *,
+        response: _registry_pb2.ListVariantChangesResponse | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["response", b"response"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["response", b"response"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListRegistryChangesResponse: _TypeAlias = ListRegistryChangesResponse  # noqa: Y015
+
+@_typing.final
+class GetVariantDeploymentRequest(_message.Message):
+    """Asks for the versions serving traffic."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KNOWN_REVISION_FIELD_NUMBER: _builtins.int
+    known_revision: _builtins.int
+    """The revision the caller has; when it is current the answer has only the revision."""
+    def __init__(
+        self,
+        *,
+        known_revision: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["known_revision", b"known_revision"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetVariantDeploymentRequest: _TypeAlias = GetVariantDeploymentRequest  # noqa: Y015
+
+@_typing.final
+class GetVariantDeploymentResponse(_message.Message):
+    """The versions serving traffic."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DEPLOYMENT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def deployment(self) -> _registry_pb2.VariantDeployment:
+        """The deployment (only its revision when the caller's is current)."""
+
+    def __init__(
+        self,
+        *,
+        deployment: _registry_pb2.VariantDeployment | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["deployment", b"deployment"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deployment", b"deployment"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetVariantDeploymentResponse: _TypeAlias = GetVariantDeploymentResponse  # noqa: Y015

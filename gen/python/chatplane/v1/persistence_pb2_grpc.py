@@ -177,6 +177,41 @@ class PersistenceServiceStub:
                 request_serializer=chatplane_dot_v1_dot_persistence__pb2.ExportUserRecordsRequest.SerializeToString,
                 response_deserializer=chatplane_dot_v1_dot_persistence__pb2.ExportUserRecordsResponse.FromString,
                 _registered_method=True)
+        self.PushRegistryVariant = channel.unary_unary(
+                '/chatplane.v1.PersistenceService/PushRegistryVariant',
+                request_serializer=chatplane_dot_v1_dot_persistence__pb2.PushRegistryVariantRequest.SerializeToString,
+                response_deserializer=chatplane_dot_v1_dot_persistence__pb2.PushRegistryVariantResponse.FromString,
+                _registered_method=True)
+        self.ListRegistryVariants = channel.unary_unary(
+                '/chatplane.v1.PersistenceService/ListRegistryVariants',
+                request_serializer=chatplane_dot_v1_dot_persistence__pb2.ListRegistryVariantsRequest.SerializeToString,
+                response_deserializer=chatplane_dot_v1_dot_persistence__pb2.ListRegistryVariantsResponse.FromString,
+                _registered_method=True)
+        self.GetRegistryVariant = channel.unary_unary(
+                '/chatplane.v1.PersistenceService/GetRegistryVariant',
+                request_serializer=chatplane_dot_v1_dot_persistence__pb2.GetRegistryVariantRequest.SerializeToString,
+                response_deserializer=chatplane_dot_v1_dot_persistence__pb2.GetRegistryVariantResponse.FromString,
+                _registered_method=True)
+        self.PromoteRegistryVariant = channel.unary_unary(
+                '/chatplane.v1.PersistenceService/PromoteRegistryVariant',
+                request_serializer=chatplane_dot_v1_dot_persistence__pb2.PromoteRegistryVariantRequest.SerializeToString,
+                response_deserializer=chatplane_dot_v1_dot_persistence__pb2.PromoteRegistryVariantResponse.FromString,
+                _registered_method=True)
+        self.RollbackRegistryVariant = channel.unary_unary(
+                '/chatplane.v1.PersistenceService/RollbackRegistryVariant',
+                request_serializer=chatplane_dot_v1_dot_persistence__pb2.RollbackRegistryVariantRequest.SerializeToString,
+                response_deserializer=chatplane_dot_v1_dot_persistence__pb2.RollbackRegistryVariantResponse.FromString,
+                _registered_method=True)
+        self.ListRegistryChanges = channel.unary_unary(
+                '/chatplane.v1.PersistenceService/ListRegistryChanges',
+                request_serializer=chatplane_dot_v1_dot_persistence__pb2.ListRegistryChangesRequest.SerializeToString,
+                response_deserializer=chatplane_dot_v1_dot_persistence__pb2.ListRegistryChangesResponse.FromString,
+                _registered_method=True)
+        self.GetVariantDeployment = channel.unary_unary(
+                '/chatplane.v1.PersistenceService/GetVariantDeployment',
+                request_serializer=chatplane_dot_v1_dot_persistence__pb2.GetVariantDeploymentRequest.SerializeToString,
+                response_deserializer=chatplane_dot_v1_dot_persistence__pb2.GetVariantDeploymentResponse.FromString,
+                _registered_method=True)
 
 
 class PersistenceServiceServicer:
@@ -390,6 +425,55 @@ class PersistenceServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PushRegistryVariant(self, request, context):
+        """Variant registry (docs/registry.md): stores a new version of a variant.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListRegistryVariants(self, request, context):
+        """Variant registry: lists stored versions.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetRegistryVariant(self, request, context):
+        """Variant registry: returns one version (the Agent resolves pinned turns with it).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PromoteRegistryVariant(self, request, context):
+        """Variant registry: promotes a version to canary or production, recording the change.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RollbackRegistryVariant(self, request, context):
+        """Variant registry: undoes the last deployment step, recording the change.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListRegistryChanges(self, request, context):
+        """Variant registry: the recorded changes, newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetVariantDeployment(self, request, context):
+        """Variant registry: the versions serving traffic now (polled by every Agent).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PersistenceServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -532,6 +616,41 @@ def add_PersistenceServiceServicer_to_server(servicer, server):
                     servicer.ExportUserRecords,
                     request_deserializer=chatplane_dot_v1_dot_persistence__pb2.ExportUserRecordsRequest.FromString,
                     response_serializer=chatplane_dot_v1_dot_persistence__pb2.ExportUserRecordsResponse.SerializeToString,
+            ),
+            'PushRegistryVariant': grpc.unary_unary_rpc_method_handler(
+                    servicer.PushRegistryVariant,
+                    request_deserializer=chatplane_dot_v1_dot_persistence__pb2.PushRegistryVariantRequest.FromString,
+                    response_serializer=chatplane_dot_v1_dot_persistence__pb2.PushRegistryVariantResponse.SerializeToString,
+            ),
+            'ListRegistryVariants': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRegistryVariants,
+                    request_deserializer=chatplane_dot_v1_dot_persistence__pb2.ListRegistryVariantsRequest.FromString,
+                    response_serializer=chatplane_dot_v1_dot_persistence__pb2.ListRegistryVariantsResponse.SerializeToString,
+            ),
+            'GetRegistryVariant': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetRegistryVariant,
+                    request_deserializer=chatplane_dot_v1_dot_persistence__pb2.GetRegistryVariantRequest.FromString,
+                    response_serializer=chatplane_dot_v1_dot_persistence__pb2.GetRegistryVariantResponse.SerializeToString,
+            ),
+            'PromoteRegistryVariant': grpc.unary_unary_rpc_method_handler(
+                    servicer.PromoteRegistryVariant,
+                    request_deserializer=chatplane_dot_v1_dot_persistence__pb2.PromoteRegistryVariantRequest.FromString,
+                    response_serializer=chatplane_dot_v1_dot_persistence__pb2.PromoteRegistryVariantResponse.SerializeToString,
+            ),
+            'RollbackRegistryVariant': grpc.unary_unary_rpc_method_handler(
+                    servicer.RollbackRegistryVariant,
+                    request_deserializer=chatplane_dot_v1_dot_persistence__pb2.RollbackRegistryVariantRequest.FromString,
+                    response_serializer=chatplane_dot_v1_dot_persistence__pb2.RollbackRegistryVariantResponse.SerializeToString,
+            ),
+            'ListRegistryChanges': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRegistryChanges,
+                    request_deserializer=chatplane_dot_v1_dot_persistence__pb2.ListRegistryChangesRequest.FromString,
+                    response_serializer=chatplane_dot_v1_dot_persistence__pb2.ListRegistryChangesResponse.SerializeToString,
+            ),
+            'GetVariantDeployment': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetVariantDeployment,
+                    request_deserializer=chatplane_dot_v1_dot_persistence__pb2.GetVariantDeploymentRequest.FromString,
+                    response_serializer=chatplane_dot_v1_dot_persistence__pb2.GetVariantDeploymentResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1293,6 +1412,195 @@ class PersistenceService:
             '/chatplane.v1.PersistenceService/ExportUserRecords',
             chatplane_dot_v1_dot_persistence__pb2.ExportUserRecordsRequest.SerializeToString,
             chatplane_dot_v1_dot_persistence__pb2.ExportUserRecordsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PushRegistryVariant(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chatplane.v1.PersistenceService/PushRegistryVariant',
+            chatplane_dot_v1_dot_persistence__pb2.PushRegistryVariantRequest.SerializeToString,
+            chatplane_dot_v1_dot_persistence__pb2.PushRegistryVariantResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListRegistryVariants(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chatplane.v1.PersistenceService/ListRegistryVariants',
+            chatplane_dot_v1_dot_persistence__pb2.ListRegistryVariantsRequest.SerializeToString,
+            chatplane_dot_v1_dot_persistence__pb2.ListRegistryVariantsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetRegistryVariant(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chatplane.v1.PersistenceService/GetRegistryVariant',
+            chatplane_dot_v1_dot_persistence__pb2.GetRegistryVariantRequest.SerializeToString,
+            chatplane_dot_v1_dot_persistence__pb2.GetRegistryVariantResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PromoteRegistryVariant(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chatplane.v1.PersistenceService/PromoteRegistryVariant',
+            chatplane_dot_v1_dot_persistence__pb2.PromoteRegistryVariantRequest.SerializeToString,
+            chatplane_dot_v1_dot_persistence__pb2.PromoteRegistryVariantResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RollbackRegistryVariant(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chatplane.v1.PersistenceService/RollbackRegistryVariant',
+            chatplane_dot_v1_dot_persistence__pb2.RollbackRegistryVariantRequest.SerializeToString,
+            chatplane_dot_v1_dot_persistence__pb2.RollbackRegistryVariantResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListRegistryChanges(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chatplane.v1.PersistenceService/ListRegistryChanges',
+            chatplane_dot_v1_dot_persistence__pb2.ListRegistryChangesRequest.SerializeToString,
+            chatplane_dot_v1_dot_persistence__pb2.ListRegistryChangesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetVariantDeployment(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chatplane.v1.PersistenceService/GetVariantDeployment',
+            chatplane_dot_v1_dot_persistence__pb2.GetVariantDeploymentRequest.SerializeToString,
+            chatplane_dot_v1_dot_persistence__pb2.GetVariantDeploymentResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -109,6 +109,20 @@ class PersistenceServiceStub:
     conversations, every message of every branch, feedback and answer facts, read from the
     store page by page.
     """
+    PushRegistryVariant: _grpc.UnaryUnaryMultiCallable[_persistence_pb2.PushRegistryVariantRequest, _persistence_pb2.PushRegistryVariantResponse]
+    """Variant registry (docs/registry.md): stores a new version of a variant."""
+    ListRegistryVariants: _grpc.UnaryUnaryMultiCallable[_persistence_pb2.ListRegistryVariantsRequest, _persistence_pb2.ListRegistryVariantsResponse]
+    """Variant registry: lists stored versions."""
+    GetRegistryVariant: _grpc.UnaryUnaryMultiCallable[_persistence_pb2.GetRegistryVariantRequest, _persistence_pb2.GetRegistryVariantResponse]
+    """Variant registry: returns one version (the Agent resolves pinned turns with it)."""
+    PromoteRegistryVariant: _grpc.UnaryUnaryMultiCallable[_persistence_pb2.PromoteRegistryVariantRequest, _persistence_pb2.PromoteRegistryVariantResponse]
+    """Variant registry: promotes a version to canary or production, recording the change."""
+    RollbackRegistryVariant: _grpc.UnaryUnaryMultiCallable[_persistence_pb2.RollbackRegistryVariantRequest, _persistence_pb2.RollbackRegistryVariantResponse]
+    """Variant registry: undoes the last deployment step, recording the change."""
+    ListRegistryChanges: _grpc.UnaryUnaryMultiCallable[_persistence_pb2.ListRegistryChangesRequest, _persistence_pb2.ListRegistryChangesResponse]
+    """Variant registry: the recorded changes, newest first."""
+    GetVariantDeployment: _grpc.UnaryUnaryMultiCallable[_persistence_pb2.GetVariantDeploymentRequest, _persistence_pb2.GetVariantDeploymentResponse]
+    """Variant registry: the versions serving traffic now (polled by every Agent)."""
 
 @_typing.type_check_only
 class PersistenceServiceAsyncStub(PersistenceServiceStub):
@@ -191,6 +205,20 @@ class PersistenceServiceAsyncStub(PersistenceServiceStub):
     conversations, every message of every branch, feedback and answer facts, read from the
     store page by page.
     """
+    PushRegistryVariant: _aio.UnaryUnaryMultiCallable[_persistence_pb2.PushRegistryVariantRequest, _persistence_pb2.PushRegistryVariantResponse]  # type: ignore[assignment]
+    """Variant registry (docs/registry.md): stores a new version of a variant."""
+    ListRegistryVariants: _aio.UnaryUnaryMultiCallable[_persistence_pb2.ListRegistryVariantsRequest, _persistence_pb2.ListRegistryVariantsResponse]  # type: ignore[assignment]
+    """Variant registry: lists stored versions."""
+    GetRegistryVariant: _aio.UnaryUnaryMultiCallable[_persistence_pb2.GetRegistryVariantRequest, _persistence_pb2.GetRegistryVariantResponse]  # type: ignore[assignment]
+    """Variant registry: returns one version (the Agent resolves pinned turns with it)."""
+    PromoteRegistryVariant: _aio.UnaryUnaryMultiCallable[_persistence_pb2.PromoteRegistryVariantRequest, _persistence_pb2.PromoteRegistryVariantResponse]  # type: ignore[assignment]
+    """Variant registry: promotes a version to canary or production, recording the change."""
+    RollbackRegistryVariant: _aio.UnaryUnaryMultiCallable[_persistence_pb2.RollbackRegistryVariantRequest, _persistence_pb2.RollbackRegistryVariantResponse]  # type: ignore[assignment]
+    """Variant registry: undoes the last deployment step, recording the change."""
+    ListRegistryChanges: _aio.UnaryUnaryMultiCallable[_persistence_pb2.ListRegistryChangesRequest, _persistence_pb2.ListRegistryChangesResponse]  # type: ignore[assignment]
+    """Variant registry: the recorded changes, newest first."""
+    GetVariantDeployment: _aio.UnaryUnaryMultiCallable[_persistence_pb2.GetVariantDeploymentRequest, _persistence_pb2.GetVariantDeploymentResponse]  # type: ignore[assignment]
+    """Variant registry: the versions serving traffic now (polled by every Agent)."""
 
 class PersistenceServiceServicer(metaclass=_abc_1.ABCMeta):
     """The system of record: conversations, turns, messages (written through the message log),
@@ -438,5 +466,61 @@ class PersistenceServiceServicer(metaclass=_abc_1.ABCMeta):
         conversations, every message of every branch, feedback and answer facts, read from the
         store page by page.
         """
+
+    @_abc_1.abstractmethod
+    def PushRegistryVariant(
+        self,
+        request: _persistence_pb2.PushRegistryVariantRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_persistence_pb2.PushRegistryVariantResponse, _abc.Awaitable[_persistence_pb2.PushRegistryVariantResponse]]:
+        """Variant registry (docs/registry.md): stores a new version of a variant."""
+
+    @_abc_1.abstractmethod
+    def ListRegistryVariants(
+        self,
+        request: _persistence_pb2.ListRegistryVariantsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_persistence_pb2.ListRegistryVariantsResponse, _abc.Awaitable[_persistence_pb2.ListRegistryVariantsResponse]]:
+        """Variant registry: lists stored versions."""
+
+    @_abc_1.abstractmethod
+    def GetRegistryVariant(
+        self,
+        request: _persistence_pb2.GetRegistryVariantRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_persistence_pb2.GetRegistryVariantResponse, _abc.Awaitable[_persistence_pb2.GetRegistryVariantResponse]]:
+        """Variant registry: returns one version (the Agent resolves pinned turns with it)."""
+
+    @_abc_1.abstractmethod
+    def PromoteRegistryVariant(
+        self,
+        request: _persistence_pb2.PromoteRegistryVariantRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_persistence_pb2.PromoteRegistryVariantResponse, _abc.Awaitable[_persistence_pb2.PromoteRegistryVariantResponse]]:
+        """Variant registry: promotes a version to canary or production, recording the change."""
+
+    @_abc_1.abstractmethod
+    def RollbackRegistryVariant(
+        self,
+        request: _persistence_pb2.RollbackRegistryVariantRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_persistence_pb2.RollbackRegistryVariantResponse, _abc.Awaitable[_persistence_pb2.RollbackRegistryVariantResponse]]:
+        """Variant registry: undoes the last deployment step, recording the change."""
+
+    @_abc_1.abstractmethod
+    def ListRegistryChanges(
+        self,
+        request: _persistence_pb2.ListRegistryChangesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_persistence_pb2.ListRegistryChangesResponse, _abc.Awaitable[_persistence_pb2.ListRegistryChangesResponse]]:
+        """Variant registry: the recorded changes, newest first."""
+
+    @_abc_1.abstractmethod
+    def GetVariantDeployment(
+        self,
+        request: _persistence_pb2.GetVariantDeploymentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_persistence_pb2.GetVariantDeploymentResponse, _abc.Awaitable[_persistence_pb2.GetVariantDeploymentResponse]]:
+        """Variant registry: the versions serving traffic now (polled by every Agent)."""
 
 def add_PersistenceServiceServicer_to_server(servicer: PersistenceServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

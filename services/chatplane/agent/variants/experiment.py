@@ -41,6 +41,10 @@ class Variant:
     retrieval_k: int | None = None
     # A registry's version of this variant (issue 8); None for settings.
     version: str | None = None
+    # Retrieval filters of a registry variant (docs/registry.md): the kinds of recalled items
+    # ("turn", "document") and the document names the prompt may use; None: all.
+    retrieval_kinds: tuple[str, ...] | None = None
+    retrieval_documents: tuple[str, ...] | None = None
 
     @property
     def identifier(self) -> str:

@@ -36,6 +36,9 @@ class AppliedVariant:
     temperature: float | None
     max_tokens: int
     retrieval_k: int
+    # Retrieval filters (registry variants only; None: none).
+    retrieval_kinds: tuple[str, ...] | None = None
+    retrieval_documents: tuple[str, ...] | None = None
 
 
 def _key(variant: Variant) -> ChainKey:
@@ -90,9 +93,18 @@ class VariantRouter:
             chain = self._chains[key] = self._build_chain(variant_settings(self._settings, variant))
         return chain
 
-    def apply(self, tenant_id: str, user_id: str) -> AppliedVariant:
-        """The user's variant, ready to run a turn with."""
-        variant = assign(self._source.experiment(), tenant_id, user_id)
+    def prepare(self, variants: tuple[Variant, ...]) -> None:
+        """Builds the model chains of variants about to serve (a registry's new deployment);
+        VariantsConfigError when one cannot be built."""
+        for variant in variants:
+            try:
+                self._chain(variant)
+            except LlmConfigError as error:
+                raise VariantsConfigError(f"variant {variant.identifier!r}: {error}") from None
+
+    def apply(self, tenant_id: str, user_id: str, pinned: Variant | None = None) -> AppliedVariant:
+        """The user's variant (or the `pinned` one), ready to run a turn with."""
+        variant = pinned or assign(self._source.experiment(), tenant_id, user_id)
         settings = self._settings
         system = (
             SYSTEM_PROMPT
@@ -112,6 +124,8 @@ class VariantRouter:
             retrieval_k=(
                 settings.recall_top_k if variant.retrieval_k is None else variant.retrieval_k
             ),
+            retrieval_kinds=variant.retrieval_kinds,
+            retrieval_documents=variant.retrieval_documents,
         )
 
     async def close(self) -> None:

@@ -77,6 +77,7 @@ from chatplane.persistence.store.key_records import (
 from chatplane.persistence.store.migrations import Migration, shipped_migrations
 from chatplane.persistence.store.postgres_copy import LostRace as _LostRace
 from chatplane.persistence.store.postgres_copy import copy_messages, record_conversations
+from chatplane.persistence.store.postgres_registry import PostgresVariantRegistry
 from chatplane.persistence.store.quota import QuotaReservation, TokenQuota
 from chatplane.persistence.store.rated_answers import (
     RatedAnswerQuery,
@@ -205,7 +206,7 @@ async def migrate(dsn: str, *, connect_timeout: float = 10.0) -> int:
     return len(migrations)
 
 
-class PostgresConversationStore(TreeQueries, ConversationStore):
+class PostgresConversationStore(PostgresVariantRegistry, TreeQueries, ConversationStore):
     """The store in a PostgreSQL database. Use `await PostgresConversationStore.open(dsn, ...)`,
     which migrates the schema and opens the connection pool before the first call.
 

@@ -78,6 +78,7 @@ from chatplane.persistence.store.records import (
     message_from_row,
     message_row,
 )
+from chatplane.persistence.store.sqlite_registry import SqliteVariantRegistry
 from chatplane.persistence.store.sqlite_transactions import (
     in_write_transaction as _in_write_transaction,
 )
@@ -119,7 +120,7 @@ def sqlite_migrations() -> list[Migration]:
     return shipped_migrations("sqlite")
 
 
-class SqliteConversationStore(TreeQueries, ConversationStore):
+class SqliteConversationStore(SqliteVariantRegistry, TreeQueries, ConversationStore):
     """The store in the SQLite file at `path`. Use `await SqliteConversationStore.open(path)`,
     which creates or migrates the schema before the first call.
 

@@ -1,0 +1,246 @@
+"""The variant registry in the system of record (docs/registry.md): immutable versions, the
+deployment (production, canary and its share) and its recorded changes. The rules of a
+promotion and a rollback live here, once; the engines only read and write rows, inside one
+transaction that serialises changes."""
+
+from __future__ import annotations
+
+import abc
+import enum
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from chatplane.common import errors
+from chatplane.common.variant_spec import identifier, parse_identifier
+
+CHANGES_LIMIT_MAX = 500
+
+
+class Stage(enum.Enum):
+    """Where a version stands."""
+
+    CANDIDATE = "candidate"
+    CANARY = "canary"
+    PRODUCTION = "production"
+
+
+@dataclass(frozen=True, slots=True)
+class VariantRecord:
+    """One stored, immutable version."""
+
+    name: str
+    version: int
+    spec_json: str
+    spec_sha256: str
+    created_by: str
+    create_time: datetime
+
+    @property
+    def identifier(self) -> str:
+        return identifier(self.name, self.version)
+
+
+@dataclass(frozen=True, slots=True)
+class Deployment:
+    """What serves traffic after a revision ('' for none)."""
+
+    revision: int = 0
+    production: str = ""
+    canary: str = ""
+    canary_share_percent: float = 0.0
+
+    def stage_of(self, variant: str) -> tuple[Stage, float]:
+        """A version's stage and share of users in percent."""
+        if variant and variant == self.canary:
+            return Stage.CANARY, self.canary_share_percent
+        if variant and variant == self.production:
+            return Stage.PRODUCTION, 100.0 - (self.canary_share_percent if self.canary else 0)
+        return Stage.CANDIDATE, 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class ChangeRecord:
+    """One recorded change and the deployment after it."""
+
+    revision: int
+    change_time: datetime
+    actor: str
+    action: str  # "promote" | "rollback"
+    stage: Stage
+    from_variant: str
+    to_variant: str
+    from_share_percent: float
+    to_share_percent: float
+    reason: str
+    after: Deployment
+
+
+@dataclass(frozen=True, slots=True)
+class Promotion:
+    """A promotion to make."""
+
+    variant: str
+    stage: Stage
+    share_percent: float
+    actor: str
+    reason: str
+
+
+def require_promotion(promotion: Promotion) -> None:
+    """Checks what does not depend on the stored state."""
+    parse_or_invalid(promotion.variant, "variant")
+    if promotion.stage is Stage.CANDIDATE:
+        raise errors.InvalidArgument("stage", "promote to canary or production")
+    if promotion.stage is Stage.CANARY and not 0 < promotion.share_percent < 100:
+        raise errors.InvalidArgument("share_percent", "a canary's share is above 0 and below 100")
+    if promotion.stage is Stage.PRODUCTION and promotion.share_percent:
+        raise errors.InvalidArgument("share_percent", "only a canary has a share")
+
+
+def parse_or_invalid(variant: str, field: str) -> tuple[str, int]:
+    """NAME@VERSION, or INVALID_ARGUMENT on `field`."""
+    try:
+        return parse_identifier(variant)
+    except ValueError as error:
+        raise errors.InvalidArgument(field, str(error)) from None
+
+
+def _production_stack(changes: Sequence[ChangeRecord]) -> list[str]:
+    """Production versions in force, oldest first: a promotion pushes, a rollback pops."""
+    stack: list[str] = []
+    for change in changes:
+        if change.stage is not Stage.PRODUCTION:
+            continue
+        if change.action == "rollback":
+            if stack:
+                stack.pop()
+        elif not stack or stack[-1] != change.to_variant:
+            stack.append(change.to_variant)
+    return stack
+
+
+def plan_promotion(
+    changes: Sequence[ChangeRecord], promotion: Promotion, now: datetime
+) -> ChangeRecord:
+    """The change a promotion records, given every earlier change (oldest first)."""
+    current = changes[-1].after if changes else Deployment()
+    revision = current.revision + 1
+    target = promotion.variant
+    if promotion.stage is Stage.CANARY:
+        if not current.production:
+            raise errors.FailedPrecondition(
+                "a canary needs a production version: promote one to production first"
+            )
+        if target == current.production:
+            raise errors.FailedPrecondition(f"{target} is the production version")
+        after = Deployment(revision, current.production, target, promotion.share_percent)
+        return ChangeRecord(
+            revision,
+            now,
+            promotion.actor,
+            "promote",
+            Stage.CANARY,
+            current.canary,
+            target,
+            current.canary_share_percent,
+            promotion.share_percent,
+            promotion.reason,
+            after,
+        )
+    if target == current.production:
+        raise errors.FailedPrecondition(f"{target} is already the production version")
+    # The canary graduates (or, if another version, keeps running beside the new production).
+    canary, share = (
+        ("", 0.0) if current.canary == target else (current.canary, current.canary_share_percent)
+    )
+    after = Deployment(revision, target, canary, share)
+    return ChangeRecord(
+        revision,
+        now,
+        promotion.actor,
+        "promote",
+        Stage.PRODUCTION,
+        current.production,
+        target,
+        current.canary_share_percent,
+        share,
+        promotion.reason,
+        after,
+    )
+
+
+def plan_rollback(
+    changes: Sequence[ChangeRecord], actor: str, reason: str, now: datetime
+) -> ChangeRecord:
+    """Undo the last step: a running canary ends; otherwise production goes back to the
+    version it replaced."""
+    current = changes[-1].after if changes else Deployment()
+    revision = current.revision + 1
+    if current.canary:
+        after = Deployment(revision, current.production, "", 0.0)
+        return ChangeRecord(
+            revision,
+            now,
+            actor,
+            "rollback",
+            Stage.CANARY,
+            current.canary,
+            "",
+            current.canary_share_percent,
+            0.0,
+            reason,
+            after,
+        )
+    stack = _production_stack(changes)
+    if len(stack) < 2:
+        raise errors.FailedPrecondition("no earlier production version to roll back to")
+    after = Deployment(revision, stack[-2], "", 0.0)
+    return ChangeRecord(
+        revision,
+        now,
+        actor,
+        "rollback",
+        Stage.PRODUCTION,
+        current.production,
+        stack[-2],
+        0.0,
+        0.0,
+        reason,
+        after,
+    )
+
+
+class VariantRegistryStore(abc.ABC):
+    """The registry's part of the system of record (both engines)."""
+
+    @abc.abstractmethod
+    async def push_variant(
+        self, name: str, spec_json: str, spec_sha256: str, actor: str
+    ) -> tuple[VariantRecord, bool]:
+        """Stores the next version of `name`; when the latest has the same configuration it
+        is returned instead (created False)."""
+
+    @abc.abstractmethod
+    async def list_variants(self, name: str | None = None) -> list[VariantRecord]:
+        """Every stored version (of `name`), by name then version."""
+
+    @abc.abstractmethod
+    async def get_variant(self, name: str, version: int) -> VariantRecord:
+        """One version; NotFound when there is none."""
+
+    @abc.abstractmethod
+    async def promote_variant(self, promotion: Promotion) -> ChangeRecord:
+        """Records a promotion (the version must exist: NotFound otherwise)."""
+
+    @abc.abstractmethod
+    async def rollback_variant(self, actor: str, reason: str) -> ChangeRecord:
+        """Records a rollback (FailedPrecondition when there is nothing to undo)."""
+
+    @abc.abstractmethod
+    async def variant_changes(self, limit: int) -> list[ChangeRecord]:
+        """The newest `limit` changes, newest first."""
+
+    @abc.abstractmethod
+    async def variant_deployment(self) -> Deployment:
+        """What serves traffic now."""
