@@ -15,10 +15,12 @@ from chatplane.common.server import serve
 from chatplane.common.settings import Settings
 from chatplane.common.tls import load_tls
 from chatplane.common.topics import MESSAGES_TOPIC
+from chatplane.crypto.data_key_servicer import SealingPersistenceServicer
+from chatplane.crypto.factory import store_key_source, store_keyring
+from chatplane.crypto.sealed_store import sealed_store
 from chatplane.log.factory import open_message_log
 from chatplane.log.observed import LagReporter
 from chatplane.persistence.consumer import CONSUMER_GROUP, BatchConsumer
-from chatplane.persistence.handoff_servicer import HandoffPersistenceServicer
 from chatplane.persistence.servicer import SERVICE_NAME
 from chatplane.persistence.store.factory import open_store
 from chatplane.v1 import persistence_pb2_grpc
@@ -33,6 +35,10 @@ async def run(settings: Settings) -> None:
     """Serve PersistenceService and consume the message log until SIGTERM/SIGINT."""
     tls = load_tls(settings)
     store = await open_store(settings)
+    # Personal text sealed at rest with per-user data keys (docs/security.md).
+    data_keys = store_key_source(settings, store)
+    keyring = store_keyring(settings, data_keys)
+    store = sealed_store(store, keyring)
     log = open_message_log(settings)
     log_consumer = log.consumer(CONSUMER_GROUP, [MESSAGES_TOPIC])
     dead_letters = log.producer()
@@ -43,7 +49,7 @@ async def run(settings: Settings) -> None:
         max_records=settings.batch_max_records,
         max_wait=settings.batch_max_wait_seconds,
     )
-    servicer = HandoffPersistenceServicer(store)
+    servicer = SealingPersistenceServicer(store, data_keys, keyring)
     # This process's audit.record(...) appends straight to the store (docs/security.md).
     recorder = AuditRecorder(
         StoreAuditSink(store),

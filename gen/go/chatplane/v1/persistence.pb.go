@@ -3539,6 +3539,226 @@ func (x *CountThumbsDownResponse) GetThumbsDown() int32 {
 	return 0
 }
 
+// Asks for a user's wrapped data key.
+type GetUserDataKeyRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Whose key.
+	Owner *Owner `protobuf:"bytes,1,opt,name=owner,proto3" json:"owner,omitempty"`
+	// Create the key when the user has none (to seal); false only looks (to open).
+	Create        bool `protobuf:"varint,2,opt,name=create,proto3" json:"create,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetUserDataKeyRequest) Reset() {
+	*x = GetUserDataKeyRequest{}
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[56]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetUserDataKeyRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetUserDataKeyRequest) ProtoMessage() {}
+
+func (x *GetUserDataKeyRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[56]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetUserDataKeyRequest.ProtoReflect.Descriptor instead.
+func (*GetUserDataKeyRequest) Descriptor() ([]byte, []int) {
+	return file_chatplane_v1_persistence_proto_rawDescGZIP(), []int{56}
+}
+
+func (x *GetUserDataKeyRequest) GetOwner() *Owner {
+	if x != nil {
+		return x.Owner
+	}
+	return nil
+}
+
+func (x *GetUserDataKeyRequest) GetCreate() bool {
+	if x != nil {
+		return x.Create
+	}
+	return false
+}
+
+// A user's wrapped data key, if there is one.
+type GetUserDataKeyResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// False when the user has no key (never had one, or it was destroyed) and create was false.
+	Found bool `protobuf:"varint,1,opt,name=found,proto3" json:"found,omitempty"`
+	// The data key's id, written into every value it seals.
+	KeyId string `protobuf:"bytes,2,opt,name=key_id,json=keyId,proto3" json:"key_id,omitempty"`
+	// The key-encryption key that wrapped it.
+	KekId string `protobuf:"bytes,3,opt,name=kek_id,json=kekId,proto3" json:"kek_id,omitempty"`
+	// The data key encrypted by that key-encryption key (AES-256-GCM, nonce first).
+	WrappedKey    []byte `protobuf:"bytes,4,opt,name=wrapped_key,json=wrappedKey,proto3" json:"wrapped_key,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetUserDataKeyResponse) Reset() {
+	*x = GetUserDataKeyResponse{}
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[57]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetUserDataKeyResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetUserDataKeyResponse) ProtoMessage() {}
+
+func (x *GetUserDataKeyResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[57]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetUserDataKeyResponse.ProtoReflect.Descriptor instead.
+func (*GetUserDataKeyResponse) Descriptor() ([]byte, []int) {
+	return file_chatplane_v1_persistence_proto_rawDescGZIP(), []int{57}
+}
+
+func (x *GetUserDataKeyResponse) GetFound() bool {
+	if x != nil {
+		return x.Found
+	}
+	return false
+}
+
+func (x *GetUserDataKeyResponse) GetKeyId() string {
+	if x != nil {
+		return x.KeyId
+	}
+	return ""
+}
+
+func (x *GetUserDataKeyResponse) GetKekId() string {
+	if x != nil {
+		return x.KekId
+	}
+	return ""
+}
+
+func (x *GetUserDataKeyResponse) GetWrappedKey() []byte {
+	if x != nil {
+		return x.WrappedKey
+	}
+	return nil
+}
+
+// Asks to destroy a user's data key.
+type DestroyUserDataKeyRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Whose key.
+	Owner         *Owner `protobuf:"bytes,1,opt,name=owner,proto3" json:"owner,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DestroyUserDataKeyRequest) Reset() {
+	*x = DestroyUserDataKeyRequest{}
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[58]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DestroyUserDataKeyRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DestroyUserDataKeyRequest) ProtoMessage() {}
+
+func (x *DestroyUserDataKeyRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[58]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DestroyUserDataKeyRequest.ProtoReflect.Descriptor instead.
+func (*DestroyUserDataKeyRequest) Descriptor() ([]byte, []int) {
+	return file_chatplane_v1_persistence_proto_rawDescGZIP(), []int{58}
+}
+
+func (x *DestroyUserDataKeyRequest) GetOwner() *Owner {
+	if x != nil {
+		return x.Owner
+	}
+	return nil
+}
+
+// The outcome of destroying a user's data key.
+type DestroyUserDataKeyResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Whether the user had a key.
+	Destroyed     bool `protobuf:"varint,1,opt,name=destroyed,proto3" json:"destroyed,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DestroyUserDataKeyResponse) Reset() {
+	*x = DestroyUserDataKeyResponse{}
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[59]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DestroyUserDataKeyResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DestroyUserDataKeyResponse) ProtoMessage() {}
+
+func (x *DestroyUserDataKeyResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[59]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DestroyUserDataKeyResponse.ProtoReflect.Descriptor instead.
+func (*DestroyUserDataKeyResponse) Descriptor() ([]byte, []int) {
+	return file_chatplane_v1_persistence_proto_rawDescGZIP(), []int{59}
+}
+
+func (x *DestroyUserDataKeyResponse) GetDestroyed() bool {
+	if x != nil {
+		return x.Destroyed
+	}
+	return false
+}
+
 var File_chatplane_v1_persistence_proto protoreflect.FileDescriptor
 
 const file_chatplane_v1_persistence_proto_rawDesc = "" +
@@ -3785,7 +4005,20 @@ const file_chatplane_v1_persistence_proto_rawDesc = "" +
 	"\x17CountThumbsDownResponse\x12'\n" +
 	"\x0fconversation_id\x18\x01 \x01(\tR\x0econversationId\x12\x1f\n" +
 	"\vthumbs_down\x18\x02 \x01(\x05R\n" +
-	"thumbsDown2\xaf\x14\n" +
+	"thumbsDown\"Z\n" +
+	"\x15GetUserDataKeyRequest\x12)\n" +
+	"\x05owner\x18\x01 \x01(\v2\x13.chatplane.v1.OwnerR\x05owner\x12\x16\n" +
+	"\x06create\x18\x02 \x01(\bR\x06create\"}\n" +
+	"\x16GetUserDataKeyResponse\x12\x14\n" +
+	"\x05found\x18\x01 \x01(\bR\x05found\x12\x15\n" +
+	"\x06key_id\x18\x02 \x01(\tR\x05keyId\x12\x15\n" +
+	"\x06kek_id\x18\x03 \x01(\tR\x05kekId\x12\x1f\n" +
+	"\vwrapped_key\x18\x04 \x01(\fR\n" +
+	"wrappedKey\"F\n" +
+	"\x19DestroyUserDataKeyRequest\x12)\n" +
+	"\x05owner\x18\x01 \x01(\v2\x13.chatplane.v1.OwnerR\x05owner\":\n" +
+	"\x1aDestroyUserDataKeyResponse\x12\x1c\n" +
+	"\tdestroyed\x18\x01 \x01(\bR\tdestroyed2\xf5\x15\n" +
 	"\x12PersistenceService\x12L\n" +
 	"\tBeginTurn\x12\x1e.chatplane.v1.BeginTurnRequest\x1a\x1f.chatplane.v1.BeginTurnResponse\x12F\n" +
 	"\aGetTurn\x12\x1c.chatplane.v1.GetTurnRequest\x1a\x1d.chatplane.v1.GetTurnResponse\x12R\n" +
@@ -3813,7 +4046,9 @@ const file_chatplane_v1_persistence_proto_rawDesc = "" +
 	"\rChangeHandoff\x12\".chatplane.v1.ChangeHandoffRequest\x1a#.chatplane.v1.ChangeHandoffResponse\x12U\n" +
 	"\fListHandoffs\x12!.chatplane.v1.ListHandoffsRequest\x1a\".chatplane.v1.ListHandoffsResponse\x12a\n" +
 	"\x10GetTenantHandoff\x12%.chatplane.v1.GetTenantHandoffRequest\x1a&.chatplane.v1.GetTenantHandoffResponse\x12^\n" +
-	"\x0fCountThumbsDown\x12$.chatplane.v1.CountThumbsDownRequest\x1a%.chatplane.v1.CountThumbsDownResponseB@Z>github.com/chatplane/chatplane/gen/go/chatplane/v1;chatplanev1b\x06proto3"
+	"\x0fCountThumbsDown\x12$.chatplane.v1.CountThumbsDownRequest\x1a%.chatplane.v1.CountThumbsDownResponse\x12[\n" +
+	"\x0eGetUserDataKey\x12#.chatplane.v1.GetUserDataKeyRequest\x1a$.chatplane.v1.GetUserDataKeyResponse\x12g\n" +
+	"\x12DestroyUserDataKey\x12'.chatplane.v1.DestroyUserDataKeyRequest\x1a(.chatplane.v1.DestroyUserDataKeyResponseB@Z>github.com/chatplane/chatplane/gen/go/chatplane/v1;chatplanev1b\x06proto3"
 
 var (
 	file_chatplane_v1_persistence_proto_rawDescOnce sync.Once
@@ -3827,7 +4062,7 @@ func file_chatplane_v1_persistence_proto_rawDescGZIP() []byte {
 	return file_chatplane_v1_persistence_proto_rawDescData
 }
 
-var file_chatplane_v1_persistence_proto_msgTypes = make([]protoimpl.MessageInfo, 56)
+var file_chatplane_v1_persistence_proto_msgTypes = make([]protoimpl.MessageInfo, 60)
 var file_chatplane_v1_persistence_proto_goTypes = []any{
 	(*Owner)(nil),                                        // 0: chatplane.v1.Owner
 	(*BeginTurnRequest)(nil),                             // 1: chatplane.v1.BeginTurnRequest
@@ -3885,141 +4120,151 @@ var file_chatplane_v1_persistence_proto_goTypes = []any{
 	(*GetTenantHandoffResponse)(nil),                     // 53: chatplane.v1.GetTenantHandoffResponse
 	(*CountThumbsDownRequest)(nil),                       // 54: chatplane.v1.CountThumbsDownRequest
 	(*CountThumbsDownResponse)(nil),                      // 55: chatplane.v1.CountThumbsDownResponse
-	(*BranchHistory)(nil),                                // 56: chatplane.v1.BranchHistory
-	(*Message)(nil),                                      // 57: chatplane.v1.Message
-	(*timestamppb.Timestamp)(nil),                        // 58: google.protobuf.Timestamp
-	(*ListConversationsRequest)(nil),                     // 59: chatplane.v1.ListConversationsRequest
-	(*ListConversationsResponse)(nil),                    // 60: chatplane.v1.ListConversationsResponse
-	(*GetConversationRequest)(nil),                       // 61: chatplane.v1.GetConversationRequest
-	(*GetConversationResponse)(nil),                      // 62: chatplane.v1.GetConversationResponse
-	(*SubmitFeedbackRequest)(nil),                        // 63: chatplane.v1.SubmitFeedbackRequest
-	(*AuditActor)(nil),                                   // 64: chatplane.v1.AuditActor
-	(*AuditEvent)(nil),                                   // 65: chatplane.v1.AuditEvent
-	(*AuditHead)(nil),                                    // 66: chatplane.v1.AuditHead
-	(*AuditRecord)(nil),                                  // 67: chatplane.v1.AuditRecord
-	(*SetActiveBranchRequest)(nil),                       // 68: chatplane.v1.SetActiveBranchRequest
-	(*SetActiveBranchResponse)(nil),                      // 69: chatplane.v1.SetActiveBranchResponse
-	(*HandoffStatus)(nil),                                // 70: chatplane.v1.HandoffStatus
-	(HandoffMode)(0),                                     // 71: chatplane.v1.HandoffMode
-	(HandoffTrigger)(0),                                  // 72: chatplane.v1.HandoffTrigger
+	(*GetUserDataKeyRequest)(nil),                        // 56: chatplane.v1.GetUserDataKeyRequest
+	(*GetUserDataKeyResponse)(nil),                       // 57: chatplane.v1.GetUserDataKeyResponse
+	(*DestroyUserDataKeyRequest)(nil),                    // 58: chatplane.v1.DestroyUserDataKeyRequest
+	(*DestroyUserDataKeyResponse)(nil),                   // 59: chatplane.v1.DestroyUserDataKeyResponse
+	(*BranchHistory)(nil),                                // 60: chatplane.v1.BranchHistory
+	(*Message)(nil),                                      // 61: chatplane.v1.Message
+	(*timestamppb.Timestamp)(nil),                        // 62: google.protobuf.Timestamp
+	(*ListConversationsRequest)(nil),                     // 63: chatplane.v1.ListConversationsRequest
+	(*ListConversationsResponse)(nil),                    // 64: chatplane.v1.ListConversationsResponse
+	(*GetConversationRequest)(nil),                       // 65: chatplane.v1.GetConversationRequest
+	(*GetConversationResponse)(nil),                      // 66: chatplane.v1.GetConversationResponse
+	(*SubmitFeedbackRequest)(nil),                        // 67: chatplane.v1.SubmitFeedbackRequest
+	(*AuditActor)(nil),                                   // 68: chatplane.v1.AuditActor
+	(*AuditEvent)(nil),                                   // 69: chatplane.v1.AuditEvent
+	(*AuditHead)(nil),                                    // 70: chatplane.v1.AuditHead
+	(*AuditRecord)(nil),                                  // 71: chatplane.v1.AuditRecord
+	(*SetActiveBranchRequest)(nil),                       // 72: chatplane.v1.SetActiveBranchRequest
+	(*SetActiveBranchResponse)(nil),                      // 73: chatplane.v1.SetActiveBranchResponse
+	(*HandoffStatus)(nil),                                // 74: chatplane.v1.HandoffStatus
+	(HandoffMode)(0),                                     // 75: chatplane.v1.HandoffMode
+	(HandoffTrigger)(0),                                  // 76: chatplane.v1.HandoffTrigger
 }
 var file_chatplane_v1_persistence_proto_depIdxs = []int32{
 	0,  // 0: chatplane.v1.BeginTurnRequest.owner:type_name -> chatplane.v1.Owner
-	56, // 1: chatplane.v1.BeginTurnResponse.branch:type_name -> chatplane.v1.BranchHistory
+	60, // 1: chatplane.v1.BeginTurnResponse.branch:type_name -> chatplane.v1.BranchHistory
 	0,  // 2: chatplane.v1.GetTurnRequest.owner:type_name -> chatplane.v1.Owner
-	57, // 3: chatplane.v1.GetTurnResponse.user_message:type_name -> chatplane.v1.Message
-	57, // 4: chatplane.v1.GetTurnResponse.assistant_message:type_name -> chatplane.v1.Message
-	58, // 5: chatplane.v1.GetTurnResponse.lease_expire_time:type_name -> google.protobuf.Timestamp
+	61, // 3: chatplane.v1.GetTurnResponse.user_message:type_name -> chatplane.v1.Message
+	61, // 4: chatplane.v1.GetTurnResponse.assistant_message:type_name -> chatplane.v1.Message
+	62, // 5: chatplane.v1.GetTurnResponse.lease_expire_time:type_name -> google.protobuf.Timestamp
 	0,  // 6: chatplane.v1.ReleaseTurnRequest.owner:type_name -> chatplane.v1.Owner
 	0,  // 7: chatplane.v1.PersistenceServiceListConversationsRequest.owner:type_name -> chatplane.v1.Owner
-	59, // 8: chatplane.v1.PersistenceServiceListConversationsRequest.page:type_name -> chatplane.v1.ListConversationsRequest
-	60, // 9: chatplane.v1.PersistenceServiceListConversationsResponse.page:type_name -> chatplane.v1.ListConversationsResponse
+	63, // 8: chatplane.v1.PersistenceServiceListConversationsRequest.page:type_name -> chatplane.v1.ListConversationsRequest
+	64, // 9: chatplane.v1.PersistenceServiceListConversationsResponse.page:type_name -> chatplane.v1.ListConversationsResponse
 	0,  // 10: chatplane.v1.PersistenceServiceGetConversationRequest.owner:type_name -> chatplane.v1.Owner
-	61, // 11: chatplane.v1.PersistenceServiceGetConversationRequest.request:type_name -> chatplane.v1.GetConversationRequest
-	62, // 12: chatplane.v1.PersistenceServiceGetConversationResponse.response:type_name -> chatplane.v1.GetConversationResponse
+	65, // 11: chatplane.v1.PersistenceServiceGetConversationRequest.request:type_name -> chatplane.v1.GetConversationRequest
+	66, // 12: chatplane.v1.PersistenceServiceGetConversationResponse.response:type_name -> chatplane.v1.GetConversationResponse
 	0,  // 13: chatplane.v1.PersistenceServiceDeleteConversationRequest.owner:type_name -> chatplane.v1.Owner
-	58, // 14: chatplane.v1.PersistenceServiceDeleteConversationResponse.delete_time:type_name -> google.protobuf.Timestamp
+	62, // 14: chatplane.v1.PersistenceServiceDeleteConversationResponse.delete_time:type_name -> google.protobuf.Timestamp
 	0,  // 15: chatplane.v1.PersistenceServiceSubmitFeedbackRequest.owner:type_name -> chatplane.v1.Owner
-	63, // 16: chatplane.v1.PersistenceServiceSubmitFeedbackRequest.feedback:type_name -> chatplane.v1.SubmitFeedbackRequest
-	58, // 17: chatplane.v1.PersistenceServiceSubmitFeedbackResponse.create_time:type_name -> google.protobuf.Timestamp
+	67, // 16: chatplane.v1.PersistenceServiceSubmitFeedbackRequest.feedback:type_name -> chatplane.v1.SubmitFeedbackRequest
+	62, // 17: chatplane.v1.PersistenceServiceSubmitFeedbackResponse.create_time:type_name -> google.protobuf.Timestamp
 	0,  // 18: chatplane.v1.CreateApiKeyRequest.owner:type_name -> chatplane.v1.Owner
-	64, // 19: chatplane.v1.CreateApiKeyRequest.actor:type_name -> chatplane.v1.AuditActor
+	68, // 19: chatplane.v1.CreateApiKeyRequest.actor:type_name -> chatplane.v1.AuditActor
 	19, // 20: chatplane.v1.CreateApiKeyResponse.key:type_name -> chatplane.v1.ApiKeyInfo
 	0,  // 21: chatplane.v1.GetApiKeyResponse.owner:type_name -> chatplane.v1.Owner
-	58, // 22: chatplane.v1.GetApiKeyResponse.expire_time:type_name -> google.protobuf.Timestamp
+	62, // 22: chatplane.v1.GetApiKeyResponse.expire_time:type_name -> google.protobuf.Timestamp
 	0,  // 23: chatplane.v1.ApiKeyInfo.owner:type_name -> chatplane.v1.Owner
-	58, // 24: chatplane.v1.ApiKeyInfo.create_time:type_name -> google.protobuf.Timestamp
-	58, // 25: chatplane.v1.ApiKeyInfo.expire_time:type_name -> google.protobuf.Timestamp
+	62, // 24: chatplane.v1.ApiKeyInfo.create_time:type_name -> google.protobuf.Timestamp
+	62, // 25: chatplane.v1.ApiKeyInfo.expire_time:type_name -> google.protobuf.Timestamp
 	19, // 26: chatplane.v1.PersistenceServiceListApiKeysResponse.keys:type_name -> chatplane.v1.ApiKeyInfo
-	64, // 27: chatplane.v1.PersistenceServiceRotateApiKeyRequest.actor:type_name -> chatplane.v1.AuditActor
+	68, // 27: chatplane.v1.PersistenceServiceRotateApiKeyRequest.actor:type_name -> chatplane.v1.AuditActor
 	19, // 28: chatplane.v1.PersistenceServiceRotateApiKeyResponse.key:type_name -> chatplane.v1.ApiKeyInfo
 	19, // 29: chatplane.v1.PersistenceServiceRotateApiKeyResponse.previous:type_name -> chatplane.v1.ApiKeyInfo
-	64, // 30: chatplane.v1.PersistenceServiceRevokeApiKeyRequest.actor:type_name -> chatplane.v1.AuditActor
+	68, // 30: chatplane.v1.PersistenceServiceRevokeApiKeyRequest.actor:type_name -> chatplane.v1.AuditActor
 	19, // 31: chatplane.v1.PersistenceServiceRevokeApiKeyResponse.key:type_name -> chatplane.v1.ApiKeyInfo
-	65, // 32: chatplane.v1.AppendAuditEventsRequest.events:type_name -> chatplane.v1.AuditEvent
-	66, // 33: chatplane.v1.AppendAuditEventsResponse.head:type_name -> chatplane.v1.AuditHead
-	67, // 34: chatplane.v1.ListAuditRecordsResponse.records:type_name -> chatplane.v1.AuditRecord
-	66, // 35: chatplane.v1.ListAuditRecordsResponse.head:type_name -> chatplane.v1.AuditHead
+	69, // 32: chatplane.v1.AppendAuditEventsRequest.events:type_name -> chatplane.v1.AuditEvent
+	70, // 33: chatplane.v1.AppendAuditEventsResponse.head:type_name -> chatplane.v1.AuditHead
+	71, // 34: chatplane.v1.ListAuditRecordsResponse.records:type_name -> chatplane.v1.AuditRecord
+	70, // 35: chatplane.v1.ListAuditRecordsResponse.head:type_name -> chatplane.v1.AuditHead
 	0,  // 36: chatplane.v1.GetAnswerRequest.owner:type_name -> chatplane.v1.Owner
-	57, // 37: chatplane.v1.GetAnswerResponse.assistant_message:type_name -> chatplane.v1.Message
-	58, // 38: chatplane.v1.GetAnswerResponse.lease_expire_time:type_name -> google.protobuf.Timestamp
+	61, // 37: chatplane.v1.GetAnswerResponse.assistant_message:type_name -> chatplane.v1.Message
+	62, // 38: chatplane.v1.GetAnswerResponse.lease_expire_time:type_name -> google.protobuf.Timestamp
 	40, // 39: chatplane.v1.ReserveQuotaResponse.quota:type_name -> chatplane.v1.TokenQuota
 	40, // 40: chatplane.v1.SettleQuotaResponse.quota:type_name -> chatplane.v1.TokenQuota
 	40, // 41: chatplane.v1.SetQuotaResponse.quota:type_name -> chatplane.v1.TokenQuota
 	40, // 42: chatplane.v1.GetQuotaResponse.quota:type_name -> chatplane.v1.TokenQuota
-	58, // 43: chatplane.v1.TokenQuota.reset_time:type_name -> google.protobuf.Timestamp
+	62, // 43: chatplane.v1.TokenQuota.reset_time:type_name -> google.protobuf.Timestamp
 	0,  // 44: chatplane.v1.PersistenceServiceSetActiveBranchRequest.owner:type_name -> chatplane.v1.Owner
-	68, // 45: chatplane.v1.PersistenceServiceSetActiveBranchRequest.request:type_name -> chatplane.v1.SetActiveBranchRequest
-	69, // 46: chatplane.v1.PersistenceServiceSetActiveBranchResponse.response:type_name -> chatplane.v1.SetActiveBranchResponse
-	58, // 47: chatplane.v1.ReportVariantsRequest.since:type_name -> google.protobuf.Timestamp
+	72, // 45: chatplane.v1.PersistenceServiceSetActiveBranchRequest.request:type_name -> chatplane.v1.SetActiveBranchRequest
+	73, // 46: chatplane.v1.PersistenceServiceSetActiveBranchResponse.response:type_name -> chatplane.v1.SetActiveBranchResponse
+	62, // 47: chatplane.v1.ReportVariantsRequest.since:type_name -> google.protobuf.Timestamp
 	44, // 48: chatplane.v1.ReportVariantsResponse.variants:type_name -> chatplane.v1.VariantReport
 	0,  // 49: chatplane.v1.GetHandoffRequest.owner:type_name -> chatplane.v1.Owner
-	70, // 50: chatplane.v1.GetHandoffResponse.handoff:type_name -> chatplane.v1.HandoffStatus
+	74, // 50: chatplane.v1.GetHandoffResponse.handoff:type_name -> chatplane.v1.HandoffStatus
 	0,  // 51: chatplane.v1.ChangeHandoffRequest.owner:type_name -> chatplane.v1.Owner
-	71, // 52: chatplane.v1.ChangeHandoffRequest.mode:type_name -> chatplane.v1.HandoffMode
-	72, // 53: chatplane.v1.ChangeHandoffRequest.trigger:type_name -> chatplane.v1.HandoffTrigger
-	70, // 54: chatplane.v1.ChangeHandoffResponse.handoff:type_name -> chatplane.v1.HandoffStatus
-	70, // 55: chatplane.v1.ListHandoffsResponse.handoffs:type_name -> chatplane.v1.HandoffStatus
+	75, // 52: chatplane.v1.ChangeHandoffRequest.mode:type_name -> chatplane.v1.HandoffMode
+	76, // 53: chatplane.v1.ChangeHandoffRequest.trigger:type_name -> chatplane.v1.HandoffTrigger
+	74, // 54: chatplane.v1.ChangeHandoffResponse.handoff:type_name -> chatplane.v1.HandoffStatus
+	74, // 55: chatplane.v1.ListHandoffsResponse.handoffs:type_name -> chatplane.v1.HandoffStatus
 	0,  // 56: chatplane.v1.GetTenantHandoffResponse.owner:type_name -> chatplane.v1.Owner
-	70, // 57: chatplane.v1.GetTenantHandoffResponse.handoff:type_name -> chatplane.v1.HandoffStatus
+	74, // 57: chatplane.v1.GetTenantHandoffResponse.handoff:type_name -> chatplane.v1.HandoffStatus
 	0,  // 58: chatplane.v1.CountThumbsDownRequest.owner:type_name -> chatplane.v1.Owner
-	1,  // 59: chatplane.v1.PersistenceService.BeginTurn:input_type -> chatplane.v1.BeginTurnRequest
-	3,  // 60: chatplane.v1.PersistenceService.GetTurn:input_type -> chatplane.v1.GetTurnRequest
-	5,  // 61: chatplane.v1.PersistenceService.ReleaseTurn:input_type -> chatplane.v1.ReleaseTurnRequest
-	7,  // 62: chatplane.v1.PersistenceService.ListConversations:input_type -> chatplane.v1.PersistenceServiceListConversationsRequest
-	9,  // 63: chatplane.v1.PersistenceService.GetConversation:input_type -> chatplane.v1.PersistenceServiceGetConversationRequest
-	11, // 64: chatplane.v1.PersistenceService.DeleteConversation:input_type -> chatplane.v1.PersistenceServiceDeleteConversationRequest
-	13, // 65: chatplane.v1.PersistenceService.SubmitFeedback:input_type -> chatplane.v1.PersistenceServiceSubmitFeedbackRequest
-	15, // 66: chatplane.v1.PersistenceService.CreateApiKey:input_type -> chatplane.v1.CreateApiKeyRequest
-	17, // 67: chatplane.v1.PersistenceService.GetApiKey:input_type -> chatplane.v1.GetApiKeyRequest
-	30, // 68: chatplane.v1.PersistenceService.GetAnswer:input_type -> chatplane.v1.GetAnswerRequest
-	32, // 69: chatplane.v1.PersistenceService.ReserveQuota:input_type -> chatplane.v1.ReserveQuotaRequest
-	34, // 70: chatplane.v1.PersistenceService.SettleQuota:input_type -> chatplane.v1.SettleQuotaRequest
-	36, // 71: chatplane.v1.PersistenceService.SetQuota:input_type -> chatplane.v1.SetQuotaRequest
-	38, // 72: chatplane.v1.PersistenceService.GetQuota:input_type -> chatplane.v1.GetQuotaRequest
-	41, // 73: chatplane.v1.PersistenceService.SetActiveBranch:input_type -> chatplane.v1.PersistenceServiceSetActiveBranchRequest
-	43, // 74: chatplane.v1.PersistenceService.ReportVariants:input_type -> chatplane.v1.ReportVariantsRequest
-	20, // 75: chatplane.v1.PersistenceService.ListApiKeys:input_type -> chatplane.v1.PersistenceServiceListApiKeysRequest
-	22, // 76: chatplane.v1.PersistenceService.RotateApiKey:input_type -> chatplane.v1.PersistenceServiceRotateApiKeyRequest
-	24, // 77: chatplane.v1.PersistenceService.RevokeApiKey:input_type -> chatplane.v1.PersistenceServiceRevokeApiKeyRequest
-	26, // 78: chatplane.v1.PersistenceService.AppendAuditEvents:input_type -> chatplane.v1.AppendAuditEventsRequest
-	28, // 79: chatplane.v1.PersistenceService.ListAuditRecords:input_type -> chatplane.v1.ListAuditRecordsRequest
-	46, // 80: chatplane.v1.PersistenceService.GetHandoff:input_type -> chatplane.v1.GetHandoffRequest
-	48, // 81: chatplane.v1.PersistenceService.ChangeHandoff:input_type -> chatplane.v1.ChangeHandoffRequest
-	50, // 82: chatplane.v1.PersistenceService.ListHandoffs:input_type -> chatplane.v1.ListHandoffsRequest
-	52, // 83: chatplane.v1.PersistenceService.GetTenantHandoff:input_type -> chatplane.v1.GetTenantHandoffRequest
-	54, // 84: chatplane.v1.PersistenceService.CountThumbsDown:input_type -> chatplane.v1.CountThumbsDownRequest
-	2,  // 85: chatplane.v1.PersistenceService.BeginTurn:output_type -> chatplane.v1.BeginTurnResponse
-	4,  // 86: chatplane.v1.PersistenceService.GetTurn:output_type -> chatplane.v1.GetTurnResponse
-	6,  // 87: chatplane.v1.PersistenceService.ReleaseTurn:output_type -> chatplane.v1.ReleaseTurnResponse
-	8,  // 88: chatplane.v1.PersistenceService.ListConversations:output_type -> chatplane.v1.PersistenceServiceListConversationsResponse
-	10, // 89: chatplane.v1.PersistenceService.GetConversation:output_type -> chatplane.v1.PersistenceServiceGetConversationResponse
-	12, // 90: chatplane.v1.PersistenceService.DeleteConversation:output_type -> chatplane.v1.PersistenceServiceDeleteConversationResponse
-	14, // 91: chatplane.v1.PersistenceService.SubmitFeedback:output_type -> chatplane.v1.PersistenceServiceSubmitFeedbackResponse
-	16, // 92: chatplane.v1.PersistenceService.CreateApiKey:output_type -> chatplane.v1.CreateApiKeyResponse
-	18, // 93: chatplane.v1.PersistenceService.GetApiKey:output_type -> chatplane.v1.GetApiKeyResponse
-	31, // 94: chatplane.v1.PersistenceService.GetAnswer:output_type -> chatplane.v1.GetAnswerResponse
-	33, // 95: chatplane.v1.PersistenceService.ReserveQuota:output_type -> chatplane.v1.ReserveQuotaResponse
-	35, // 96: chatplane.v1.PersistenceService.SettleQuota:output_type -> chatplane.v1.SettleQuotaResponse
-	37, // 97: chatplane.v1.PersistenceService.SetQuota:output_type -> chatplane.v1.SetQuotaResponse
-	39, // 98: chatplane.v1.PersistenceService.GetQuota:output_type -> chatplane.v1.GetQuotaResponse
-	42, // 99: chatplane.v1.PersistenceService.SetActiveBranch:output_type -> chatplane.v1.PersistenceServiceSetActiveBranchResponse
-	45, // 100: chatplane.v1.PersistenceService.ReportVariants:output_type -> chatplane.v1.ReportVariantsResponse
-	21, // 101: chatplane.v1.PersistenceService.ListApiKeys:output_type -> chatplane.v1.PersistenceServiceListApiKeysResponse
-	23, // 102: chatplane.v1.PersistenceService.RotateApiKey:output_type -> chatplane.v1.PersistenceServiceRotateApiKeyResponse
-	25, // 103: chatplane.v1.PersistenceService.RevokeApiKey:output_type -> chatplane.v1.PersistenceServiceRevokeApiKeyResponse
-	27, // 104: chatplane.v1.PersistenceService.AppendAuditEvents:output_type -> chatplane.v1.AppendAuditEventsResponse
-	29, // 105: chatplane.v1.PersistenceService.ListAuditRecords:output_type -> chatplane.v1.ListAuditRecordsResponse
-	47, // 106: chatplane.v1.PersistenceService.GetHandoff:output_type -> chatplane.v1.GetHandoffResponse
-	49, // 107: chatplane.v1.PersistenceService.ChangeHandoff:output_type -> chatplane.v1.ChangeHandoffResponse
-	51, // 108: chatplane.v1.PersistenceService.ListHandoffs:output_type -> chatplane.v1.ListHandoffsResponse
-	53, // 109: chatplane.v1.PersistenceService.GetTenantHandoff:output_type -> chatplane.v1.GetTenantHandoffResponse
-	55, // 110: chatplane.v1.PersistenceService.CountThumbsDown:output_type -> chatplane.v1.CountThumbsDownResponse
-	85, // [85:111] is the sub-list for method output_type
-	59, // [59:85] is the sub-list for method input_type
-	59, // [59:59] is the sub-list for extension type_name
-	59, // [59:59] is the sub-list for extension extendee
-	0,  // [0:59] is the sub-list for field type_name
+	0,  // 59: chatplane.v1.GetUserDataKeyRequest.owner:type_name -> chatplane.v1.Owner
+	0,  // 60: chatplane.v1.DestroyUserDataKeyRequest.owner:type_name -> chatplane.v1.Owner
+	1,  // 61: chatplane.v1.PersistenceService.BeginTurn:input_type -> chatplane.v1.BeginTurnRequest
+	3,  // 62: chatplane.v1.PersistenceService.GetTurn:input_type -> chatplane.v1.GetTurnRequest
+	5,  // 63: chatplane.v1.PersistenceService.ReleaseTurn:input_type -> chatplane.v1.ReleaseTurnRequest
+	7,  // 64: chatplane.v1.PersistenceService.ListConversations:input_type -> chatplane.v1.PersistenceServiceListConversationsRequest
+	9,  // 65: chatplane.v1.PersistenceService.GetConversation:input_type -> chatplane.v1.PersistenceServiceGetConversationRequest
+	11, // 66: chatplane.v1.PersistenceService.DeleteConversation:input_type -> chatplane.v1.PersistenceServiceDeleteConversationRequest
+	13, // 67: chatplane.v1.PersistenceService.SubmitFeedback:input_type -> chatplane.v1.PersistenceServiceSubmitFeedbackRequest
+	15, // 68: chatplane.v1.PersistenceService.CreateApiKey:input_type -> chatplane.v1.CreateApiKeyRequest
+	17, // 69: chatplane.v1.PersistenceService.GetApiKey:input_type -> chatplane.v1.GetApiKeyRequest
+	30, // 70: chatplane.v1.PersistenceService.GetAnswer:input_type -> chatplane.v1.GetAnswerRequest
+	32, // 71: chatplane.v1.PersistenceService.ReserveQuota:input_type -> chatplane.v1.ReserveQuotaRequest
+	34, // 72: chatplane.v1.PersistenceService.SettleQuota:input_type -> chatplane.v1.SettleQuotaRequest
+	36, // 73: chatplane.v1.PersistenceService.SetQuota:input_type -> chatplane.v1.SetQuotaRequest
+	38, // 74: chatplane.v1.PersistenceService.GetQuota:input_type -> chatplane.v1.GetQuotaRequest
+	41, // 75: chatplane.v1.PersistenceService.SetActiveBranch:input_type -> chatplane.v1.PersistenceServiceSetActiveBranchRequest
+	43, // 76: chatplane.v1.PersistenceService.ReportVariants:input_type -> chatplane.v1.ReportVariantsRequest
+	20, // 77: chatplane.v1.PersistenceService.ListApiKeys:input_type -> chatplane.v1.PersistenceServiceListApiKeysRequest
+	22, // 78: chatplane.v1.PersistenceService.RotateApiKey:input_type -> chatplane.v1.PersistenceServiceRotateApiKeyRequest
+	24, // 79: chatplane.v1.PersistenceService.RevokeApiKey:input_type -> chatplane.v1.PersistenceServiceRevokeApiKeyRequest
+	26, // 80: chatplane.v1.PersistenceService.AppendAuditEvents:input_type -> chatplane.v1.AppendAuditEventsRequest
+	28, // 81: chatplane.v1.PersistenceService.ListAuditRecords:input_type -> chatplane.v1.ListAuditRecordsRequest
+	46, // 82: chatplane.v1.PersistenceService.GetHandoff:input_type -> chatplane.v1.GetHandoffRequest
+	48, // 83: chatplane.v1.PersistenceService.ChangeHandoff:input_type -> chatplane.v1.ChangeHandoffRequest
+	50, // 84: chatplane.v1.PersistenceService.ListHandoffs:input_type -> chatplane.v1.ListHandoffsRequest
+	52, // 85: chatplane.v1.PersistenceService.GetTenantHandoff:input_type -> chatplane.v1.GetTenantHandoffRequest
+	54, // 86: chatplane.v1.PersistenceService.CountThumbsDown:input_type -> chatplane.v1.CountThumbsDownRequest
+	56, // 87: chatplane.v1.PersistenceService.GetUserDataKey:input_type -> chatplane.v1.GetUserDataKeyRequest
+	58, // 88: chatplane.v1.PersistenceService.DestroyUserDataKey:input_type -> chatplane.v1.DestroyUserDataKeyRequest
+	2,  // 89: chatplane.v1.PersistenceService.BeginTurn:output_type -> chatplane.v1.BeginTurnResponse
+	4,  // 90: chatplane.v1.PersistenceService.GetTurn:output_type -> chatplane.v1.GetTurnResponse
+	6,  // 91: chatplane.v1.PersistenceService.ReleaseTurn:output_type -> chatplane.v1.ReleaseTurnResponse
+	8,  // 92: chatplane.v1.PersistenceService.ListConversations:output_type -> chatplane.v1.PersistenceServiceListConversationsResponse
+	10, // 93: chatplane.v1.PersistenceService.GetConversation:output_type -> chatplane.v1.PersistenceServiceGetConversationResponse
+	12, // 94: chatplane.v1.PersistenceService.DeleteConversation:output_type -> chatplane.v1.PersistenceServiceDeleteConversationResponse
+	14, // 95: chatplane.v1.PersistenceService.SubmitFeedback:output_type -> chatplane.v1.PersistenceServiceSubmitFeedbackResponse
+	16, // 96: chatplane.v1.PersistenceService.CreateApiKey:output_type -> chatplane.v1.CreateApiKeyResponse
+	18, // 97: chatplane.v1.PersistenceService.GetApiKey:output_type -> chatplane.v1.GetApiKeyResponse
+	31, // 98: chatplane.v1.PersistenceService.GetAnswer:output_type -> chatplane.v1.GetAnswerResponse
+	33, // 99: chatplane.v1.PersistenceService.ReserveQuota:output_type -> chatplane.v1.ReserveQuotaResponse
+	35, // 100: chatplane.v1.PersistenceService.SettleQuota:output_type -> chatplane.v1.SettleQuotaResponse
+	37, // 101: chatplane.v1.PersistenceService.SetQuota:output_type -> chatplane.v1.SetQuotaResponse
+	39, // 102: chatplane.v1.PersistenceService.GetQuota:output_type -> chatplane.v1.GetQuotaResponse
+	42, // 103: chatplane.v1.PersistenceService.SetActiveBranch:output_type -> chatplane.v1.PersistenceServiceSetActiveBranchResponse
+	45, // 104: chatplane.v1.PersistenceService.ReportVariants:output_type -> chatplane.v1.ReportVariantsResponse
+	21, // 105: chatplane.v1.PersistenceService.ListApiKeys:output_type -> chatplane.v1.PersistenceServiceListApiKeysResponse
+	23, // 106: chatplane.v1.PersistenceService.RotateApiKey:output_type -> chatplane.v1.PersistenceServiceRotateApiKeyResponse
+	25, // 107: chatplane.v1.PersistenceService.RevokeApiKey:output_type -> chatplane.v1.PersistenceServiceRevokeApiKeyResponse
+	27, // 108: chatplane.v1.PersistenceService.AppendAuditEvents:output_type -> chatplane.v1.AppendAuditEventsResponse
+	29, // 109: chatplane.v1.PersistenceService.ListAuditRecords:output_type -> chatplane.v1.ListAuditRecordsResponse
+	47, // 110: chatplane.v1.PersistenceService.GetHandoff:output_type -> chatplane.v1.GetHandoffResponse
+	49, // 111: chatplane.v1.PersistenceService.ChangeHandoff:output_type -> chatplane.v1.ChangeHandoffResponse
+	51, // 112: chatplane.v1.PersistenceService.ListHandoffs:output_type -> chatplane.v1.ListHandoffsResponse
+	53, // 113: chatplane.v1.PersistenceService.GetTenantHandoff:output_type -> chatplane.v1.GetTenantHandoffResponse
+	55, // 114: chatplane.v1.PersistenceService.CountThumbsDown:output_type -> chatplane.v1.CountThumbsDownResponse
+	57, // 115: chatplane.v1.PersistenceService.GetUserDataKey:output_type -> chatplane.v1.GetUserDataKeyResponse
+	59, // 116: chatplane.v1.PersistenceService.DestroyUserDataKey:output_type -> chatplane.v1.DestroyUserDataKeyResponse
+	89, // [89:117] is the sub-list for method output_type
+	61, // [61:89] is the sub-list for method input_type
+	61, // [61:61] is the sub-list for extension type_name
+	61, // [61:61] is the sub-list for extension extendee
+	0,  // [0:61] is the sub-list for field type_name
 }
 
 func init() { file_chatplane_v1_persistence_proto_init() }
@@ -4037,7 +4282,7 @@ func file_chatplane_v1_persistence_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_chatplane_v1_persistence_proto_rawDesc), len(file_chatplane_v1_persistence_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   56,
+			NumMessages:   60,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
