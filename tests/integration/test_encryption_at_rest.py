@@ -17,8 +17,12 @@ from chatplane.crypto.factory import store_key_source, store_keyring
 from chatplane.crypto.keyring import ERASED_TEXT
 from chatplane.log import EmbeddedMessageLog
 from chatplane.persistence.store.sqlite import SqliteConversationStore
-from chatplane.v1 import events_pb2, gateway_pb2, persistence_pb2, persistence_pb2_grpc
-from chatplane.v1 import resources_pb2
+from chatplane.v1 import (
+    events_pb2,
+    gateway_pb2,
+    persistence_pb2,
+    persistence_pb2_grpc,
+)
 from tests.integration.stack_client import FAST_PACE, Client, create_key, poll, running_stack
 
 
@@ -30,6 +34,16 @@ def plaintext_hits(files: list[Path], *needles: str) -> dict[str, int]:
         for needle in needles:
             hits[needle] += data.count(needle.encode())
     return hits
+
+
+def files_with(files: list[Path], *needles: str) -> list[str]:
+    """The files holding any of the needles (for a failure's message)."""
+    return [str(f) for f in files if any(n.encode() in f.read_bytes() for n in needles)]
+
+
+def all_files(folder: Path) -> list[Path]:
+    """Every file under `folder`."""
+    return [p for p in folder.rglob("*") if p.is_file()]
 
 
 async def _history(client: Client, conversation_id: str) -> gateway_pb2.GetConversationResponse:
@@ -46,55 +60,57 @@ async def test_embedded_log_and_store_hold_no_plaintext_and_shredding_works(
     data_dir = tmp_path / "stack"
     canary = f"CANARY{uuid.uuid4().hex}"
     bob_canary = f"BOBCANARY{uuid.uuid4().hex}"
-    async with running_stack(data_dir, FAST_PACE) as stack:
-        async with grpc.aio.insecure_channel(stack.info().address("gateway")) as channel:
-            alice = Client(channel, await create_key(stack, "acme", "alice"))
-            bob = Client(channel, await create_key(stack, "acme", "bob"))
-            turn = await alice.chat(f"please keep {canary} safe")
-            assert turn.started is not None and turn.done is not None
-            started = turn.started.started
-            bob_turn = await bob.chat(f"bob writes {bob_canary}")
-            assert bob_turn.started is not None
-            bob_conversation = bob_turn.started.started.conversation_id
+    async with (
+        running_stack(data_dir, FAST_PACE) as stack,
+        grpc.aio.insecure_channel(stack.info().address("gateway")) as channel,
+    ):
+        alice = Client(channel, await create_key(stack, "acme", "alice"))
+        bob = Client(channel, await create_key(stack, "acme", "bob"))
+        turn = await alice.chat(f"please keep {canary} safe")
+        assert turn.started is not None and turn.done is not None
+        started = turn.started.started
+        bob_turn = await bob.chat(f"bob writes {bob_canary}")
+        assert bob_turn.started is not None
+        bob_conversation = bob_turn.started.started.conversation_id
 
-            async def stored() -> gateway_pb2.GetConversationResponse | None:
-                history = await _history(alice, started.conversation_id)
-                return history if len(history.messages) == 2 else None
+        async def stored() -> gateway_pb2.GetConversationResponse | None:
+            history = await _history(alice, started.conversation_id)
+            return history if len(history.messages) == 2 else None
 
-            # Reads decrypt transparently: the text, the title, and the answer.
-            history = await poll(stored)
-            assert history.messages[0].text == f"please keep {canary} safe"
-            assert history.messages[1].text == turn.text
-            assert canary in history.conversation.title
-            await alice.stub.SubmitFeedback(
-                gateway_pb2.SubmitFeedbackRequest(
-                    message_id=started.assistant_message_id,
-                    rating=gateway_pb2.RATING_THUMBS_UP,
-                    comment=f"feedback about {canary}",
-                ),
-                metadata=alice.metadata,
-                timeout=10,
+        # Reads decrypt transparently: the text, the title, and the answer.
+        history = await poll(stored)
+        assert history.messages[0].text == f"please keep {canary} safe"
+        assert history.messages[1].text == turn.text
+        assert canary in history.conversation.title
+        await alice.stub.SubmitFeedback(
+            gateway_pb2.SubmitFeedbackRequest(
+                message_id=started.assistant_message_id,
+                rating=gateway_pb2.RATING_THUMBS_UP,
+                comment=f"feedback about {canary}",
+            ),
+            metadata=alice.metadata,
+            timeout=10,
+        )
+        await poll(lambda: _bob_stored(bob, bob_conversation))
+
+        # Crypto-shredding: alice's key goes; her history reads as erased, not an error.
+        async with stack.channel("persistence") as persistence_channel:
+            persistence = persistence_pb2_grpc.PersistenceServiceStub(persistence_channel)
+            owner = persistence_pb2.Owner(tenant_id="acme", user_id="alice")
+            destroyed = await persistence.DestroyUserDataKey(
+                persistence_pb2.DestroyUserDataKeyRequest(owner=owner), timeout=10
             )
-            await poll(lambda: _bob_stored(bob, bob_conversation))
-
-            # Crypto-shredding: alice's key goes; her history reads as erased, not an error.
-            async with stack.channel("persistence") as persistence_channel:
-                persistence = persistence_pb2_grpc.PersistenceServiceStub(persistence_channel)
-                owner = persistence_pb2.Owner(tenant_id="acme", user_id="alice")
-                destroyed = await persistence.DestroyUserDataKey(
-                    persistence_pb2.DestroyUserDataKeyRequest(owner=owner), timeout=10
-                )
-                assert destroyed.destroyed
-                again = await persistence.DestroyUserDataKey(
-                    persistence_pb2.DestroyUserDataKeyRequest(owner=owner), timeout=10
-                )
-                assert not again.destroyed
-            erased = await _history(alice, started.conversation_id)
-            assert [m.text for m in erased.messages] == [ERASED_TEXT, ERASED_TEXT]
-            assert canary not in erased.conversation.title
-            assert (await _history(bob, bob_conversation)).messages[0].text == (
-                f"bob writes {bob_canary}"
+            assert destroyed.destroyed
+            again = await persistence.DestroyUserDataKey(
+                persistence_pb2.DestroyUserDataKeyRequest(owner=owner), timeout=10
             )
+            assert not again.destroyed
+        erased = await _history(alice, started.conversation_id)
+        assert [m.text for m in erased.messages] == [ERASED_TEXT, ERASED_TEXT]
+        assert canary not in erased.conversation.title
+        assert (await _history(bob, bob_conversation)).messages[0].text == (
+            f"bob writes {bob_canary}"
+        )
 
     # On disk: the log and the store (with their WAL files) never held either canary.
     files = [p for p in data_dir.iterdir() if p.name.startswith(("log.db", "persistence.db"))]

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from chatplane.crypto import envelope
 from chatplane.crypto.envelope import KeyDestroyed, TamperedText
@@ -72,8 +73,6 @@ async def test_tampered_or_misbound_values_do_not_open(store: SqliteConversation
 
 
 def test_wrong_associated_data_fails_at_the_envelope() -> None:
-    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-
     aead = AESGCM(AESGCM.generate_key(256))
     sealed = envelope.seal(aead, "kid", "t", "alice", MESSAGE, "hello")
     parts = envelope.parse(sealed)
