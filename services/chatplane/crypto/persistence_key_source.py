@@ -27,6 +27,8 @@ class PersistenceKeySource:
                     create=create,
                 ),
                 timeout=self._timeout,
+                # A channel still connecting (or reconnecting) waits within the timeout.
+                wait_for_ready=True,
             )
         except grpc.aio.AioRpcError as error:
             raise _unavailable(error) from error
@@ -43,6 +45,8 @@ class PersistenceKeySource:
                     owner=persistence_pb2.Owner(tenant_id=tenant_id, user_id=user_id)
                 ),
                 timeout=self._timeout,
+                # A channel still connecting (or reconnecting) waits within the timeout.
+                wait_for_ready=True,
             )
         except grpc.aio.AioRpcError as error:
             raise _unavailable(error) from error
