@@ -21,6 +21,7 @@ from chatplane.persistence.store.base import (
     Role,
     TurnRequest,
 )
+from chatplane.persistence.store.handoff import HandoffChange, HandoffMode, HandoffTrigger
 from tests.contract.store_fixtures import (  # noqa: F401 (fixtures are found by name)
     MessageFactory,
     StoreTarget,
@@ -107,8 +108,12 @@ async def test_text_is_stored_sealed_read_opened_and_erased_with_its_key(
     assert await sealed.write_messages([from_log, answer, other]) == 3
     await sealed.submit_feedback(ALICE, Feedback(answer.message_id, Rating.THUMBS_UP, CANARY))
 
+    human = HandoffChange(HandoffMode.HUMAN, HandoffTrigger.USER, "alice", f"why {CANARY}")
+    assert (await sealed.change_handoff(ALICE, conversation, human)).reason == f"why {CANARY}"
+
     # The raw rows hold no plaintext; reads open it.
     for query in (
+        "SELECT reason FROM handoffs",
         "SELECT text FROM messages",
         "SELECT title FROM conversations",
         "SELECT comment FROM feedback",
@@ -116,6 +121,10 @@ async def test_text_is_stored_sealed_read_opened_and_erased_with_its_key(
         values = [row[0] for row in store_target.rows(query)]
         assert values and all(is_sealed(v) and CANARY not in v for v in values), query
     history = await sealed.get_conversation(ALICE, conversation, limit=10)
+    waiting = await sealed.list_handoffs(ALICE.tenant_id, limit=5)
+    assert [h.reason for h in waiting.handoffs] == [f"why {CANARY}"]
+    operator_view = await sealed.tenant_handoff(ALICE.tenant_id, conversation)
+    assert operator_view.reason == f"why {CANARY}"
     assert [m.text for m in history.messages] == [f"ask {CANARY}", f"answer {CANARY}"]
     assert history.conversation.title == f"title {CANARY}"
     stored_answer = await sealed.get_answer(ALICE, answer.message_id)
@@ -134,5 +143,6 @@ async def test_text_is_stored_sealed_read_opened_and_erased_with_its_key(
     assert (await sealed.get_answer(ALICE, answer.message_id)).delta_ends == ()
     page = await sealed.list_conversations(ALICE, limit=5)
     assert [c.title for c in page.conversations] == [ERASED_TEXT]
+    assert (await sealed.get_handoff(ALICE, conversation)).reason == ERASED_TEXT
     bob_history = await sealed.get_conversation(BOB, other.conversation_id, limit=10)
     assert bob_history.messages[0].text == f"bob {CANARY}"

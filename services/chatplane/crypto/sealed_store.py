@@ -32,6 +32,7 @@ from chatplane.persistence.store.base import (
     TurnReservation,
     derived_title,
 )
+from chatplane.persistence.store.handoff import HandoffChange, HandoffPage, HandoffState
 
 
 class SealedConversationStore:
@@ -72,7 +73,31 @@ class SealedConversationStore:
             owner, dataclasses.replace(feedback, comment=comment)
         )
 
+    async def change_handoff(
+        self, owner: Owner, conversation_id: str, change: HandoffChange
+    ) -> HandoffState:
+        # The reason a user gives when asking for a person is their own text.
+        reason = await self.keyring.seal(
+            owner.tenant_id, owner.user_id, conversation_id, change.reason
+        )
+        state = await self._inner.change_handoff(
+            owner, conversation_id, dataclasses.replace(change, reason=reason)
+        )
+        return await self._handoff(state)
+
     # Reads.
+
+    async def get_handoff(self, owner: Owner, conversation_id: str) -> HandoffState:
+        return await self._handoff(await self._inner.get_handoff(owner, conversation_id))
+
+    async def tenant_handoff(self, tenant_id: str, conversation_id: str) -> HandoffState:
+        return await self._handoff(await self._inner.tenant_handoff(tenant_id, conversation_id))
+
+    async def list_handoffs(self, tenant_id: str, **kwargs: Any) -> HandoffPage:
+        page = await self._inner.list_handoffs(tenant_id, **kwargs)
+        return dataclasses.replace(
+            page, handoffs=tuple([await self._handoff(h) for h in page.handoffs])
+        )
 
     async def get_turn(
         self, owner: Owner, user_message_id: str, *, assistant_message_id: str = ""
@@ -150,6 +175,10 @@ class SealedConversationStore:
         if title is conversation.title:
             return conversation
         return dataclasses.replace(conversation, title=derived_title(title))
+
+    async def _handoff(self, state: HandoffState) -> HandoffState:
+        reason = await self._open(state.owner, state.reason, state.conversation_id)
+        return state if reason is state.reason else dataclasses.replace(state, reason=reason)
 
     async def _opened_turn(self, turn: Turn) -> Turn:
         user, assistant = turn.user_message, turn.assistant_message
