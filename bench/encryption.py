@@ -27,7 +27,8 @@ NAME = "encryption"
 TITLE = "encryption: seal/open per message, and the persistence batch path with sealing"
 NOTES = (
     "Seal + open: one message's text with its owner's cached data key (AES-256-GCM, a fresh "
-    "nonce, base64 into the text column), median of 5 rounds of 5,000.",
+    "nonce, base64 into the text column), through the async Keyring API, in CPU time of the "
+    "process (not wall time: the machine is shared), median of 5 rounds of 5,000.",
     "Batch path: write_messages in batches of 500, ~300 B texts, 200 owners; plain = no "
     "sealing, sealed in store = plaintext in and sealed by the store, sealed in log = text "
     "sealed by the Agent already (the store stores it as it is). Median of 3 alternating "
@@ -69,11 +70,12 @@ async def _seal_open_us(size: int) -> float:
     await keyring.seal("t", "u", record, text)  # the key is created and cached
     rounds = []
     for _ in range(5):
-        started = time.perf_counter()
+        # CPU time of this process: on a shared machine, wall time mostly measures the others.
+        started = time.process_time()
         for _ in range(_MICRO_COUNT):
             sealed = await keyring.seal("t", "u", record, text)
             await keyring.open("t", "u", sealed, record)
-        rounds.append((time.perf_counter() - started) / _MICRO_COUNT * 1e6)
+        rounds.append((time.process_time() - started) / _MICRO_COUNT * 1e6)
     return statistics.median(rounds)
 
 
@@ -87,11 +89,16 @@ async def _presealed(messages: Sequence[Message], keyring: Keyring) -> list[Mess
     ]
 
 
-async def _rows_per_second(store: ConversationStore, messages: Sequence[Message]) -> float:
-    started = time.perf_counter()
+async def _rows_per_second(
+    store: ConversationStore, messages: Sequence[Message]
+) -> tuple[float, float]:
+    """Rows per wall-clock second, and this process's CPU µs per row (SQLite's work runs on
+    a thread of this process; PostgreSQL's server CPU is not in it)."""
+    started, cpu = time.perf_counter(), time.process_time()
     for start in range(0, len(messages), BATCH):
         await store.write_messages(messages[start : start + BATCH])
-    return len(messages) / (time.perf_counter() - started)
+    seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu
+    return len(messages) / seconds, cpu_seconds / len(messages) * 1e6
 
 
 Opener = Callable[[str], Awaitable[ConversationStore]]
@@ -99,10 +106,14 @@ Opener = Callable[[str], Awaitable[ConversationStore]]
 
 async def _batch_path(
     options: Options, engine: str, open_store: Opener, messages: Sequence[Message]
-) -> dict[str, list[float]]:
+) -> dict[str, list[tuple[float, float]]]:
     keyring = _keyring()
     presealed = await _presealed(messages, keyring)
-    results: dict[str, list[float]] = {"plain": [], "sealed in store": [], "sealed in log": []}
+    results: dict[str, list[tuple[float, float]]] = {
+        "plain": [],
+        "sealed in store": [],
+        "sealed in log": [],
+    }
     for round_number in range(_ROUNDS):
         for label, measured in results.items():
             raw = await open_store(f"{label}-{round_number}")
@@ -112,16 +123,29 @@ async def _batch_path(
                 measured.append(await _rows_per_second(store, batch))
             finally:
                 await raw.close()
-            progress(options, f"{NAME}: {engine} {label}: {measured[-1]:,.0f} rows/s")
+            progress(options, f"{NAME}: {engine} {label}: {measured[-1][0]:,.0f} rows/s")
     return results
 
 
-def _rows(engine: str, results: dict[str, list[float]]) -> list[Row]:
-    medians = {label: statistics.median(v) for label, v in results.items()}
-    spread = {label: (max(v) - min(v)) / statistics.median(v) * 100 for label, v in results.items()}
+def _rows(engine: str, results: dict[str, list[tuple[float, float]]]) -> list[Row]:
+    rates = {label: [r for r, _ in v] for label, v in results.items()}
+    cpu = {label: statistics.median(c for _, c in v) for label, v in results.items()}
     return [
-        Row(NAME, f"{engine} batch path", "rows/s", medians, precision=0),
-        Row(NAME, f"{engine} spread of rounds", "%", spread, precision=0),
+        Row(
+            NAME,
+            f"{engine} batch path",
+            "rows/s",
+            {label: statistics.median(v) for label, v in rates.items()},
+            precision=0,
+        ),
+        Row(
+            NAME,
+            f"{engine} spread of rounds",
+            "%",
+            {label: (max(v) - min(v)) / statistics.median(v) * 100 for label, v in rates.items()},
+            precision=0,
+        ),
+        Row(NAME, f"{engine} client CPU per row", "us", cpu, precision=1),
     ]
 
 
