@@ -7,6 +7,7 @@ import grpc
 
 from chatplane.common import errors
 from chatplane.crypto.keyring import WrappedDataKey
+from chatplane.crypto.shred_call import destroy_key_over_rpc
 from chatplane.v1 import persistence_pb2, persistence_pb2_grpc
 
 
@@ -40,17 +41,9 @@ class PersistenceKeySource:
 
     async def destroy(self, tenant_id: str, user_id: str) -> bool:
         try:
-            response = await self._stub.DestroyUserDataKey(
-                persistence_pb2.DestroyUserDataKeyRequest(
-                    owner=persistence_pb2.Owner(tenant_id=tenant_id, user_id=user_id)
-                ),
-                timeout=self._timeout,
-                # A channel still connecting (or reconnecting) waits within the timeout.
-                wait_for_ready=True,
-            )
+            return await destroy_key_over_rpc(self._stub, tenant_id, user_id, self._timeout)
         except grpc.aio.AioRpcError as error:
             raise _unavailable(error) from error
-        return response.destroyed
 
 
 def _unavailable(error: grpc.aio.AioRpcError) -> errors.Unavailable:
