@@ -143,8 +143,9 @@ class Keyring:
         self._cache: dict[tuple[str, str], tuple[float, _DataKey | None]] = {}
 
     async def seal(self, tenant_id: str, user_id: str, record_id: str, text: str) -> str:
-        """`text` sealed for its owner and record; "" and sealed values stay as they are."""
-        if not text or envelope.is_sealed(text):
+        """`text` sealed for its owner and record ("" stays ""). Text that merely looks
+        sealed is sealed too: it opens back to exactly what was written."""
+        if not text:
             return text
         key = await self._key(tenant_id, user_id, create=True)
         assert key is not None  # create=True always yields a key

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, cast
 
+from chatplane.crypto.envelope import is_sealed
 from chatplane.crypto.keyring import Keyring
 from chatplane.persistence.store.answer_deltas import valid_delta_ends
 from chatplane.persistence.store.base import (
@@ -152,6 +153,8 @@ class SealedConversationStore:
     # Sealing and opening.
 
     async def _sealed(self, message: Message) -> Message:
+        if is_sealed(message.text):
+            return message  # sealed by the Agent or the Gateway before the log
         owner = message.owner
         text = await self.keyring.seal(
             owner.tenant_id, owner.user_id, message.message_id, message.text

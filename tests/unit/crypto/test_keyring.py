@@ -46,6 +46,11 @@ async def test_seal_then_open_round_trips_and_hides_the_text(
     assert await keyring.seal("t", "alice", MESSAGE, "x") != await keyring.seal(
         "t", "alice", MESSAGE, "x"
     )
+    # Text that only looks sealed is sealed all the same, and opens to what was written.
+    lookalike = envelope.SEALED_PREFIX + "abc.def.ghi"
+    sealed_lookalike = await keyring.seal("t", "alice", MESSAGE, lookalike)
+    assert sealed_lookalike != lookalike
+    assert await keyring.open("t", "alice", sealed_lookalike, MESSAGE) == lookalike
     # Empty and unsealed (pre-encryption) values pass through.
     assert await keyring.seal("t", "alice", MESSAGE, "") == ""
     assert await keyring.open("t", "alice", "written before", MESSAGE) == "written before"
