@@ -16,6 +16,8 @@ from typing import Protocol
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from chatplane.common import errors
+
 _log = logging.getLogger(__name__)
 
 KEY_BYTES = 32
@@ -23,8 +25,13 @@ _NONCE_BYTES = 12
 DEV_KEK_FILE_NAME = "kek.key"
 
 
-class KekError(Exception):
-    """The key-encryption key is missing, malformed, or does not open a wrapped data key."""
+class KekConfigError(ValueError):
+    """The configured key-encryption keys are missing or malformed (at start: exit 2)."""
+
+
+class KekError(errors.Unavailable):
+    """A wrapped data key cannot be unwrapped: its KEK is not configured here, or another KEK
+    of the same id was configured. Calls fail UNAVAILABLE until the configuration is fixed."""
 
 
 class KeyEncryptionKey(Protocol):
@@ -50,9 +57,9 @@ class LocalKeyEncryptionKey:
 
     def __init__(self, key_id: str, key: bytes) -> None:
         if len(key) != KEY_BYTES:
-            raise KekError(f"key-encryption key {key_id!r} must be {KEY_BYTES} bytes")
+            raise KekConfigError(f"key-encryption key {key_id!r} must be {KEY_BYTES} bytes")
         if not key_id or ":" in key_id or any(c.isspace() for c in key_id):
-            raise KekError("a key-encryption key id must be non-empty, without ':' or spaces")
+            raise KekConfigError("a key-encryption key id must be non-empty, without ':' or spaces")
         self._id = key_id
         self._aead = AESGCM(key)
 
@@ -104,14 +111,14 @@ def parse_keks(text: str, source: str) -> KekRing:
             continue
         key_id, sep, encoded = line.partition(":")
         if not sep:
-            raise KekError(f"{source} line {number}: expected ID:BASE64")
+            raise KekConfigError(f"{source} line {number}: expected ID:BASE64")
         try:
             key = base64.b64decode(encoded.strip(), validate=True)
         except binascii.Error as error:
-            raise KekError(f"{source} line {number}: the key is not base64") from error
+            raise KekConfigError(f"{source} line {number}: the key is not base64") from error
         keks.append(LocalKeyEncryptionKey(key_id.strip(), key))
     if not keks:
-        raise KekError(f"{source} holds no key-encryption key")
+        raise KekConfigError(f"{source} holds no key-encryption key")
     return KekRing(keks[0], keks[1:])
 
 
@@ -129,7 +136,7 @@ def load_kek_ring(kek: str, kek_file: Path | None, dev_file: Path) -> KekRing:
         try:
             return parse_keks(kek_file.read_text(encoding="utf-8"), str(kek_file))
         except OSError as error:
-            raise KekError(f"cannot read CHATPLANE_KEK_FILE {kek_file}: {error}") from error
+            raise KekConfigError(f"cannot read CHATPLANE_KEK_FILE {kek_file}: {error}") from error
     if not dev_file.exists():
         _create_dev_kek(dev_file)
     return parse_keks(dev_file.read_text(encoding="utf-8"), str(dev_file))

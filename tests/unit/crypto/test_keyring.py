@@ -11,7 +11,14 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from chatplane.crypto import envelope
 from chatplane.crypto.envelope import KeyDestroyed, TamperedText
-from chatplane.crypto.kek import KekError, KekRing, load_kek_ring, new_kek_line, parse_keks
+from chatplane.crypto.kek import (
+    KekConfigError,
+    KekError,
+    KekRing,
+    load_kek_ring,
+    new_kek_line,
+    parse_keks,
+)
 from chatplane.crypto.keyring import ERASED_TEXT, Keyring, StoreKeySource
 from chatplane.persistence.store.sqlite import SqliteConversationStore
 
@@ -158,7 +165,7 @@ def test_kek_sources_and_the_dev_file(tmp_path: Path) -> None:
     assert load_kek_ring("", None, dev).current.key_id == first.current.key_id == "dev-1"
     assert not (tmp_path / "unused").exists()
     for bad in ("no-colon", "id:not base64!", "id:" + "QUJD", ""):
-        with pytest.raises(KekError):
+        with pytest.raises(KekConfigError):
             parse_keks(bad, "test")
-    with pytest.raises(KekError, match="cannot read"):
+    with pytest.raises(KekConfigError, match="cannot read"):
         load_kek_ring("", tmp_path / "missing", dev)
