@@ -20,10 +20,18 @@ from chatplane.persistence.store.sqlite import SqliteConversationStore
 from chatplane.v1 import (
     events_pb2,
     gateway_pb2,
+    operator_pb2,
+    operator_pb2_grpc,
     persistence_pb2,
     persistence_pb2_grpc,
 )
 from tests.integration.stack_client import FAST_PACE, Client, create_key, poll, running_stack
+
+ENV = {
+    **FAST_PACE,
+    "CHATPLANE_RATE_LIMIT_PER_MINUTE": "6000",
+    "CHATPLANE_RATE_LIMIT_BURST": "200",
+}
 
 
 def plaintext_hits(files: list[Path], *needles: str) -> dict[str, int]:
@@ -48,7 +56,10 @@ def all_files(folder: Path) -> list[Path]:
 
 async def _history(client: Client, conversation_id: str) -> gateway_pb2.GetConversationResponse:
     return await client.stub.GetConversation(
-        gateway_pb2.GetConversationRequest(conversation_id=conversation_id),
+        # The whole tree: the operator's reply (no parent) is not on the bot's branch.
+        gateway_pb2.GetConversationRequest(
+            conversation_id=conversation_id, view=gateway_pb2.CONVERSATION_VIEW_TREE
+        ),
         metadata=client.metadata,
         timeout=10,
     )
@@ -61,7 +72,7 @@ async def test_embedded_log_and_store_hold_no_plaintext_and_shredding_works(
     canary = f"CANARY{uuid.uuid4().hex}"
     bob_canary = f"BOBCANARY{uuid.uuid4().hex}"
     async with (
-        running_stack(data_dir, FAST_PACE) as stack,
+        running_stack(data_dir, ENV) as stack,
         grpc.aio.insecure_channel(stack.info().address("gateway")) as channel,
     ):
         alice = Client(channel, await create_key(stack, "acme", "alice"))
@@ -92,6 +103,29 @@ async def test_embedded_log_and_store_hold_no_plaintext_and_shredding_works(
             timeout=10,
         )
         await poll(lambda: _bob_stored(bob, bob_conversation))
+        # A person takes over: the user's reason and the operator's reply are personal too.
+        operator_key = await create_key(stack, "acme", "op", ("operator",))
+        operator = operator_pb2_grpc.OperatorServiceStub(channel)
+        await alice.stub.RequestHandoff(
+            gateway_pb2.RequestHandoffRequest(
+                conversation_id=started.conversation_id, reason=f"reason {canary}"
+            ),
+            metadata=alice.metadata,
+            timeout=10,
+        )
+        await operator.PostReply(
+            operator_pb2.PostReplyRequest(
+                conversation_id=started.conversation_id, text=f"operator says {canary}"
+            ),
+            metadata=(("authorization", f"Bearer {operator_key}"),),
+            timeout=10,
+        )
+
+        async def replied() -> gateway_pb2.GetConversationResponse | None:
+            history = await _history(alice, started.conversation_id)
+            return history if len(history.messages) == 3 else None
+
+        assert (await poll(replied)).messages[2].text == f"operator says {canary}"
 
         # Crypto-shredding: alice's key goes; her history reads as erased, not an error.
         async with stack.channel("persistence") as persistence_channel:
@@ -106,7 +140,7 @@ async def test_embedded_log_and_store_hold_no_plaintext_and_shredding_works(
             )
             assert not again.destroyed
         erased = await _history(alice, started.conversation_id)
-        assert [m.text for m in erased.messages] == [ERASED_TEXT, ERASED_TEXT]
+        assert [m.text for m in erased.messages] == [ERASED_TEXT] * 3
         assert canary not in erased.conversation.title
         assert (await _history(bob, bob_conversation)).messages[0].text == (
             f"bob writes {bob_canary}"
@@ -146,7 +180,7 @@ async def test_embedded_log_and_store_hold_no_plaintext_and_shredding_works(
     finally:
         await consumer.close()
         await store.close()
-    assert shredded == 2 and opened["alice"] == []
+    assert shredded == 3 and opened["alice"] == []
     assert f"bob writes {bob_canary}" in opened["bob"]
 
 

@@ -61,14 +61,37 @@ async def opened_remember(
     return opened
 
 
+async def sealed_handoff_event(
+    keyring: Keyring | None, event: events_pb2.HandoffEvent
+) -> events_pb2.HandoffEvent:
+    """The event with the reason of a request or release sealed (a user's own words, bound
+    to the conversation); an operator reply is sealed by `sealed_message` already."""
+    kind = event.WhichOneof("event")
+    if keyring is None or kind not in ("requested", "released"):
+        return event
+    status = event.requested if kind == "requested" else event.released
+    status.reason = await keyring.seal(
+        event.tenant_id, event.user_id, event.conversation_id, status.reason
+    )
+    return event
+
+
 async def opened_handoff_event(
     keyring: Keyring | None, event: events_pb2.HandoffEvent
 ) -> events_pb2.HandoffEvent:
-    """The event with an operator reply's text opened (ERASED_TEXT when it cannot be)."""
-    if keyring is None or not event.HasField("operator_reply"):
+    """The event with an operator reply's text, or a request's or release's reason, opened
+    (ERASED_TEXT when it cannot be)."""
+    kind = event.WhichOneof("event")
+    if keyring is None or kind is None:
         return event
-    reply = event.operator_reply
-    reply.text = await keyring.open_or_erased(
-        event.tenant_id, event.user_id, reply.text, reply.message_id
+    if kind == "operator_reply":
+        reply = event.operator_reply
+        reply.text = await keyring.open_or_erased(
+            event.tenant_id, event.user_id, reply.text, reply.message_id
+        )
+        return event
+    status = event.requested if kind == "requested" else event.released
+    status.reason = await keyring.open_or_erased(
+        event.tenant_id, event.user_id, status.reason, event.conversation_id
     )
     return event

@@ -22,7 +22,7 @@ from chatplane.common.topics import (
 )
 from chatplane.common.trace_context import outgoing
 from chatplane.crypto.keyring import Keyring
-from chatplane.crypto.log_records import sealed_message
+from chatplane.crypto.log_records import sealed_handoff_event, sealed_message
 from chatplane.gateway.handoff_rules import EXPLICIT_REQUEST_RULE, THUMBS_DOWN_RULE, HandoffRules
 from chatplane.log.base import LogRecord, MessageLogProducer
 from chatplane.v1 import (
@@ -120,6 +120,7 @@ class HandoffDesk:
                 event.requested.CopyFrom(status)
             else:
                 event.released.CopyFrom(status)
+            event = await sealed_handoff_event(self._keyring, event)
             await self._append([self._event_record(event)], budget)
             _log.info(
                 "handoff changed",

@@ -9,6 +9,7 @@ from chatplane.crypto.keyring import ERASED_TEXT, Keyring, StoreKeySource, Wrapp
 from chatplane.crypto.log_records import (
     opened_handoff_event,
     opened_remember,
+    sealed_handoff_event,
     sealed_message,
     sealed_remember,
 )
@@ -73,3 +74,14 @@ async def test_an_operator_reply_is_opened_for_watchers() -> None:
     await keyring.destroy_user_key("t", "u")
     opened = await opened_handoff_event(keyring, sealed_again)
     assert opened.operator_reply.text == ERASED_TEXT
+
+
+async def test_a_handoff_reason_is_sealed_in_the_log_and_opened_for_watchers() -> None:
+    keyring = _keyring()
+    event = events_pb2.HandoffEvent(tenant_id="t", user_id="u", conversation_id=MESSAGE)
+    event.requested.reason = "my card was charged twice"
+    sealed = await sealed_handoff_event(keyring, event)
+    assert is_sealed(sealed.requested.reason)
+    copy = events_pb2.HandoffEvent.FromString(sealed.SerializeToString())
+    opened = await opened_handoff_event(keyring, copy)
+    assert opened.requested.reason == "my card was charged twice"
