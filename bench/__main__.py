@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from bench import (
     auth_flood,
     edge,
+    encryption,
     export,
     handoff,
     ingest,
@@ -60,6 +61,7 @@ BENCHMARKS = (
     Benchmark(datasets_bench.NAME, datasets_bench.TITLE, datasets_bench.NOTES, datasets_bench.run),
     Benchmark(export.NAME, export.TITLE, export.NOTES, export.run),
     Benchmark(registry.NAME, registry.TITLE, registry.NOTES, registry.run),
+    Benchmark(encryption.NAME, encryption.TITLE, encryption.NOTES, encryption.run),
 )
 
 

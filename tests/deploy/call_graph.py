@@ -102,11 +102,19 @@ CALLS: dict[tuple[str, str], frozenset[str]] = {
             "PromoteRegistryVariant",
             "RollbackRegistryVariant",
             "ListRegistryChanges",
+            # Encryption at rest (docs/security.md): data keys to open operator replies, and
+            # crypto-shredding for EraseUser.
+            "GetUserDataKey",
+            "DestroyUserDataKey",
         }
     ),
     # The variant registry (docs/registry.md): every Agent polls the deployment and resolves
-    # versions of pinned turns.
-    ("agent", PERSISTENCE): frozenset({"GetVariantDeployment", "GetRegistryVariant"}),
+    # versions of pinned turns; encryption at rest: the Agent seals what it logs.
+    ("agent", PERSISTENCE): frozenset(
+        {"GetVariantDeployment", "GetRegistryVariant", "GetUserDataKey"}
+    ),
+    # Encryption at rest: Memory opens what it retries.
+    ("memory", PERSISTENCE): frozenset({"GetUserDataKey"}),
     ("gateway", MEMORY): frozenset(
         {"Forget", "IngestDocument", "ListDocuments", "DeleteDocument", "ListUserMemory"}
     ),
@@ -125,6 +133,8 @@ CALLS: dict[tuple[str, str], frozenset[str]] = {
             "GetQuota",
             "ReportVariants",
             "ListRatedAnswers",
+            # `chatplane erase` (crypto-shredding).
+            "DestroyUserDataKey",
         }
     ),
     ("admin", MEMORY): frozenset({"Remember", "ListUserMemory"}),
@@ -139,8 +149,13 @@ CODE_ACCOUNTS = {
     "persistence": "persistence",
     "cli": "admin",
 }
-# Modules outside those folders that make calls, and the accounts whose code runs them.
-SHARED_CODE = {"privacy/export_archive.py": ("gateway", "admin")}
+# Modules outside those folders that make calls, and the accounts whose code runs them (each
+# file's calls are those of every account named; docs/security.md "Encryption at rest").
+SHARED_CODE: dict[str, tuple[str, ...]] = {
+    "privacy/export_archive.py": ("gateway", "admin"),
+    "crypto/persistence_key_source.py": ("gateway", "agent", "memory"),
+    "crypto/shred_call.py": ("gateway", "admin"),
+}
 _METHOD_PATH = re.compile(rf"^/{re.escape(PACKAGE)}\.(\w+)/(\w+)$")
 
 
@@ -167,7 +182,8 @@ def calls_in_code() -> dict[tuple[str, str], frozenset[str]]:
     for module, accounts in SHARED_CODE.items():
         for service, rpc in _calls_in(ROOT / "services" / "chatplane" / module):
             for account in accounts:
-                found.setdefault((account, service), set()).add(rpc)
+                if WORKLOAD[service] != account:
+                    found.setdefault((account, service), set()).add(rpc)
     return {key: frozenset(value) for key, value in found.items()}
 
 

@@ -1,4 +1,4 @@
-"""The whole stack as four OS processes: started in dependency order (persistence and memory,
+"""The whole stack as four OS processes: started in dependency order (persistence, memory,
 then agent, then gateway), each ready when it prints its ready line, stopped in reverse order
 with SIGTERM so in-flight turns drain. Also creates the development API key on first start."""
 
@@ -224,8 +224,9 @@ class Stack:
         """Starts all four services in dependency order (then the edge, if asked for)."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         try:
+            # Persistence first: Memory gets the users' data keys from it (docs/security.md).
+            await self.start_service("persistence")
             await asyncio.gather(
-                self.start_service("persistence"),
                 self.start_service("memory"),
                 *([self.start_service(WEB)] if self.web else []),
             )

@@ -15,12 +15,17 @@ from chatplane.common.server import serve
 from chatplane.common.settings import Settings
 from chatplane.common.tls import load_tls
 from chatplane.common.topics import MESSAGES_TOPIC
+from chatplane.crypto.data_key_servicer import DataKeyRpcs
+from chatplane.crypto.factory import store_key_source, store_keyring
+from chatplane.crypto.keyring import Keyring, StoreKeySource
+from chatplane.crypto.sealed_store import sealed_store
 from chatplane.log.factory import open_message_log
 from chatplane.log.observed import LagReporter
 from chatplane.persistence.consumer import CONSUMER_GROUP, BatchConsumer
 from chatplane.persistence.dataset_servicer import DatasetPersistenceServicer
 from chatplane.persistence.export_servicer import ExportRpcs
 from chatplane.persistence.servicer import SERVICE_NAME
+from chatplane.persistence.store.base import ConversationStore
 from chatplane.persistence.store.factory import open_store
 from chatplane.v1 import persistence_pb2_grpc
 
@@ -30,14 +35,30 @@ NAME = "persistence"
 """The service's name in its ready line and logs."""
 
 
-class PersistenceRpcs(ExportRpcs, DatasetPersistenceServicer):
-    """Every PersistenceService RPC: the base servicer with each feature's RPCs mixed in."""
+class PersistenceRpcs(DataKeyRpcs, ExportRpcs, DatasetPersistenceServicer):
+    """Every PersistenceService RPC: the base servicer with each feature's RPCs mixed in;
+    `store` is the sealed store (docs/security.md)."""
+
+    def __init__(
+        self,
+        store: ConversationStore,
+        settings: Settings,
+        keys: StoreKeySource,
+        keyring: Keyring,
+    ) -> None:
+        super().__init__(store, settings)
+        self._keys = keys
+        self._keyring = keyring
 
 
 async def run(settings: Settings) -> None:
     """Serve PersistenceService and consume the message log until SIGTERM/SIGINT."""
     tls = load_tls(settings)
     store = await open_store(settings)
+    # Personal text sealed at rest with per-user data keys (docs/security.md).
+    data_keys = store_key_source(settings, store)
+    keyring = store_keyring(settings, data_keys)
+    store = sealed_store(store, keyring)
     log = open_message_log(settings)
     log_consumer = log.consumer(CONSUMER_GROUP, [MESSAGES_TOPIC])
     dead_letters = log.producer()
@@ -48,7 +69,7 @@ async def run(settings: Settings) -> None:
         max_records=settings.batch_max_records,
         max_wait=settings.batch_max_wait_seconds,
     )
-    servicer = PersistenceRpcs(store, settings)
+    servicer = PersistenceRpcs(store, settings, data_keys, keyring)
     # This process's audit.record(...) appends straight to the store (docs/security.md).
     recorder = AuditRecorder(
         StoreAuditSink(store),

@@ -5034,6 +5034,226 @@ func (x *GetVariantDeploymentResponse) GetDeployment() *VariantDeployment {
 	return nil
 }
 
+// Asks for a user's wrapped data key.
+type GetUserDataKeyRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Whose key.
+	Owner *Owner `protobuf:"bytes,1,opt,name=owner,proto3" json:"owner,omitempty"`
+	// Create the key when the user has none (to seal); false only looks (to open).
+	Create        bool `protobuf:"varint,2,opt,name=create,proto3" json:"create,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetUserDataKeyRequest) Reset() {
+	*x = GetUserDataKeyRequest{}
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[78]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetUserDataKeyRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetUserDataKeyRequest) ProtoMessage() {}
+
+func (x *GetUserDataKeyRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[78]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetUserDataKeyRequest.ProtoReflect.Descriptor instead.
+func (*GetUserDataKeyRequest) Descriptor() ([]byte, []int) {
+	return file_chatplane_v1_persistence_proto_rawDescGZIP(), []int{78}
+}
+
+func (x *GetUserDataKeyRequest) GetOwner() *Owner {
+	if x != nil {
+		return x.Owner
+	}
+	return nil
+}
+
+func (x *GetUserDataKeyRequest) GetCreate() bool {
+	if x != nil {
+		return x.Create
+	}
+	return false
+}
+
+// A user's wrapped data key, if there is one.
+type GetUserDataKeyResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// False when the user has no key (never had one, or it was destroyed) and create was false.
+	Found bool `protobuf:"varint,1,opt,name=found,proto3" json:"found,omitempty"`
+	// The data key's id, written into every value it seals.
+	KeyId string `protobuf:"bytes,2,opt,name=key_id,json=keyId,proto3" json:"key_id,omitempty"`
+	// The key-encryption key that wrapped it.
+	KekId string `protobuf:"bytes,3,opt,name=kek_id,json=kekId,proto3" json:"kek_id,omitempty"`
+	// The data key encrypted by that key-encryption key (AES-256-GCM, nonce first).
+	WrappedKey    []byte `protobuf:"bytes,4,opt,name=wrapped_key,json=wrappedKey,proto3" json:"wrapped_key,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetUserDataKeyResponse) Reset() {
+	*x = GetUserDataKeyResponse{}
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[79]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetUserDataKeyResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetUserDataKeyResponse) ProtoMessage() {}
+
+func (x *GetUserDataKeyResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[79]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetUserDataKeyResponse.ProtoReflect.Descriptor instead.
+func (*GetUserDataKeyResponse) Descriptor() ([]byte, []int) {
+	return file_chatplane_v1_persistence_proto_rawDescGZIP(), []int{79}
+}
+
+func (x *GetUserDataKeyResponse) GetFound() bool {
+	if x != nil {
+		return x.Found
+	}
+	return false
+}
+
+func (x *GetUserDataKeyResponse) GetKeyId() string {
+	if x != nil {
+		return x.KeyId
+	}
+	return ""
+}
+
+func (x *GetUserDataKeyResponse) GetKekId() string {
+	if x != nil {
+		return x.KekId
+	}
+	return ""
+}
+
+func (x *GetUserDataKeyResponse) GetWrappedKey() []byte {
+	if x != nil {
+		return x.WrappedKey
+	}
+	return nil
+}
+
+// Asks to destroy a user's data key.
+type DestroyUserDataKeyRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Whose key.
+	Owner         *Owner `protobuf:"bytes,1,opt,name=owner,proto3" json:"owner,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DestroyUserDataKeyRequest) Reset() {
+	*x = DestroyUserDataKeyRequest{}
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[80]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DestroyUserDataKeyRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DestroyUserDataKeyRequest) ProtoMessage() {}
+
+func (x *DestroyUserDataKeyRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[80]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DestroyUserDataKeyRequest.ProtoReflect.Descriptor instead.
+func (*DestroyUserDataKeyRequest) Descriptor() ([]byte, []int) {
+	return file_chatplane_v1_persistence_proto_rawDescGZIP(), []int{80}
+}
+
+func (x *DestroyUserDataKeyRequest) GetOwner() *Owner {
+	if x != nil {
+		return x.Owner
+	}
+	return nil
+}
+
+// The outcome of destroying a user's data key.
+type DestroyUserDataKeyResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Whether the user had a key.
+	Destroyed     bool `protobuf:"varint,1,opt,name=destroyed,proto3" json:"destroyed,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DestroyUserDataKeyResponse) Reset() {
+	*x = DestroyUserDataKeyResponse{}
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[81]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DestroyUserDataKeyResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DestroyUserDataKeyResponse) ProtoMessage() {}
+
+func (x *DestroyUserDataKeyResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[81]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DestroyUserDataKeyResponse.ProtoReflect.Descriptor instead.
+func (*DestroyUserDataKeyResponse) Descriptor() ([]byte, []int) {
+	return file_chatplane_v1_persistence_proto_rawDescGZIP(), []int{81}
+}
+
+func (x *DestroyUserDataKeyResponse) GetDestroyed() bool {
+	if x != nil {
+		return x.Destroyed
+	}
+	return false
+}
+
 var File_chatplane_v1_persistence_proto protoreflect.FileDescriptor
 
 const file_chatplane_v1_persistence_proto_rawDesc = "" +
@@ -5396,7 +5616,20 @@ const file_chatplane_v1_persistence_proto_rawDesc = "" +
 	"\x1cGetVariantDeploymentResponse\x12?\n" +
 	"\n" +
 	"deployment\x18\x01 \x01(\v2\x1f.chatplane.v1.VariantDeploymentR\n" +
-	"deployment2\x86\x1c\n" +
+	"deployment\"Z\n" +
+	"\x15GetUserDataKeyRequest\x12)\n" +
+	"\x05owner\x18\x01 \x01(\v2\x13.chatplane.v1.OwnerR\x05owner\x12\x16\n" +
+	"\x06create\x18\x02 \x01(\bR\x06create\"}\n" +
+	"\x16GetUserDataKeyResponse\x12\x14\n" +
+	"\x05found\x18\x01 \x01(\bR\x05found\x12\x15\n" +
+	"\x06key_id\x18\x02 \x01(\tR\x05keyId\x12\x15\n" +
+	"\x06kek_id\x18\x03 \x01(\tR\x05kekId\x12\x1f\n" +
+	"\vwrapped_key\x18\x04 \x01(\fR\n" +
+	"wrappedKey\"F\n" +
+	"\x19DestroyUserDataKeyRequest\x12)\n" +
+	"\x05owner\x18\x01 \x01(\v2\x13.chatplane.v1.OwnerR\x05owner\":\n" +
+	"\x1aDestroyUserDataKeyResponse\x12\x1c\n" +
+	"\tdestroyed\x18\x01 \x01(\bR\tdestroyed2\xcc\x1d\n" +
 	"\x12PersistenceService\x12L\n" +
 	"\tBeginTurn\x12\x1e.chatplane.v1.BeginTurnRequest\x1a\x1f.chatplane.v1.BeginTurnResponse\x12F\n" +
 	"\aGetTurn\x12\x1c.chatplane.v1.GetTurnRequest\x1a\x1d.chatplane.v1.GetTurnResponse\x12R\n" +
@@ -5433,7 +5666,9 @@ const file_chatplane_v1_persistence_proto_rawDesc = "" +
 	"\x16PromoteRegistryVariant\x12+.chatplane.v1.PromoteRegistryVariantRequest\x1a,.chatplane.v1.PromoteRegistryVariantResponse\x12v\n" +
 	"\x17RollbackRegistryVariant\x12,.chatplane.v1.RollbackRegistryVariantRequest\x1a-.chatplane.v1.RollbackRegistryVariantResponse\x12j\n" +
 	"\x13ListRegistryChanges\x12(.chatplane.v1.ListRegistryChangesRequest\x1a).chatplane.v1.ListRegistryChangesResponse\x12m\n" +
-	"\x14GetVariantDeployment\x12).chatplane.v1.GetVariantDeploymentRequest\x1a*.chatplane.v1.GetVariantDeploymentResponseB@Z>github.com/chatplane/chatplane/gen/go/chatplane/v1;chatplanev1b\x06proto3"
+	"\x14GetVariantDeployment\x12).chatplane.v1.GetVariantDeploymentRequest\x1a*.chatplane.v1.GetVariantDeploymentResponse\x12[\n" +
+	"\x0eGetUserDataKey\x12#.chatplane.v1.GetUserDataKeyRequest\x1a$.chatplane.v1.GetUserDataKeyResponse\x12g\n" +
+	"\x12DestroyUserDataKey\x12'.chatplane.v1.DestroyUserDataKeyRequest\x1a(.chatplane.v1.DestroyUserDataKeyResponseB@Z>github.com/chatplane/chatplane/gen/go/chatplane/v1;chatplanev1b\x06proto3"
 
 var (
 	file_chatplane_v1_persistence_proto_rawDescOnce sync.Once
@@ -5447,7 +5682,7 @@ func file_chatplane_v1_persistence_proto_rawDescGZIP() []byte {
 	return file_chatplane_v1_persistence_proto_rawDescData
 }
 
-var file_chatplane_v1_persistence_proto_msgTypes = make([]protoimpl.MessageInfo, 78)
+var file_chatplane_v1_persistence_proto_msgTypes = make([]protoimpl.MessageInfo, 82)
 var file_chatplane_v1_persistence_proto_goTypes = []any{
 	(*Owner)(nil),                                        // 0: chatplane.v1.Owner
 	(*BeginTurnRequest)(nil),                             // 1: chatplane.v1.BeginTurnRequest
@@ -5527,202 +5762,212 @@ var file_chatplane_v1_persistence_proto_goTypes = []any{
 	(*ListRegistryChangesResponse)(nil),                  // 75: chatplane.v1.ListRegistryChangesResponse
 	(*GetVariantDeploymentRequest)(nil),                  // 76: chatplane.v1.GetVariantDeploymentRequest
 	(*GetVariantDeploymentResponse)(nil),                 // 77: chatplane.v1.GetVariantDeploymentResponse
-	(*BranchHistory)(nil),                                // 78: chatplane.v1.BranchHistory
-	(*Message)(nil),                                      // 79: chatplane.v1.Message
-	(*timestamppb.Timestamp)(nil),                        // 80: google.protobuf.Timestamp
-	(*ListConversationsRequest)(nil),                     // 81: chatplane.v1.ListConversationsRequest
-	(*ListConversationsResponse)(nil),                    // 82: chatplane.v1.ListConversationsResponse
-	(*GetConversationRequest)(nil),                       // 83: chatplane.v1.GetConversationRequest
-	(*GetConversationResponse)(nil),                      // 84: chatplane.v1.GetConversationResponse
-	(*SubmitFeedbackRequest)(nil),                        // 85: chatplane.v1.SubmitFeedbackRequest
-	(*AuditActor)(nil),                                   // 86: chatplane.v1.AuditActor
-	(*AuditEvent)(nil),                                   // 87: chatplane.v1.AuditEvent
-	(*AuditHead)(nil),                                    // 88: chatplane.v1.AuditHead
-	(*AuditRecord)(nil),                                  // 89: chatplane.v1.AuditRecord
-	(*SetActiveBranchRequest)(nil),                       // 90: chatplane.v1.SetActiveBranchRequest
-	(*SetActiveBranchResponse)(nil),                      // 91: chatplane.v1.SetActiveBranchResponse
-	(*HandoffStatus)(nil),                                // 92: chatplane.v1.HandoffStatus
-	(HandoffMode)(0),                                     // 93: chatplane.v1.HandoffMode
-	(HandoffTrigger)(0),                                  // 94: chatplane.v1.HandoffTrigger
-	(Role)(0),                                            // 95: chatplane.v1.Role
-	(Rating)(0),                                          // 96: chatplane.v1.Rating
-	(*Conversation)(nil),                                 // 97: chatplane.v1.Conversation
-	(*PushVariantRequest)(nil),                           // 98: chatplane.v1.PushVariantRequest
-	(*PushVariantResponse)(nil),                          // 99: chatplane.v1.PushVariantResponse
-	(*ListVariantsRequest)(nil),                          // 100: chatplane.v1.ListVariantsRequest
-	(*ListVariantsResponse)(nil),                         // 101: chatplane.v1.ListVariantsResponse
-	(*GetVariantRequest)(nil),                            // 102: chatplane.v1.GetVariantRequest
-	(*GetVariantResponse)(nil),                           // 103: chatplane.v1.GetVariantResponse
-	(*PromoteVariantRequest)(nil),                        // 104: chatplane.v1.PromoteVariantRequest
-	(*PromoteVariantResponse)(nil),                       // 105: chatplane.v1.PromoteVariantResponse
-	(*RollbackVariantRequest)(nil),                       // 106: chatplane.v1.RollbackVariantRequest
-	(*RollbackVariantResponse)(nil),                      // 107: chatplane.v1.RollbackVariantResponse
-	(*ListVariantChangesRequest)(nil),                    // 108: chatplane.v1.ListVariantChangesRequest
-	(*ListVariantChangesResponse)(nil),                   // 109: chatplane.v1.ListVariantChangesResponse
-	(*VariantDeployment)(nil),                            // 110: chatplane.v1.VariantDeployment
+	(*GetUserDataKeyRequest)(nil),                        // 78: chatplane.v1.GetUserDataKeyRequest
+	(*GetUserDataKeyResponse)(nil),                       // 79: chatplane.v1.GetUserDataKeyResponse
+	(*DestroyUserDataKeyRequest)(nil),                    // 80: chatplane.v1.DestroyUserDataKeyRequest
+	(*DestroyUserDataKeyResponse)(nil),                   // 81: chatplane.v1.DestroyUserDataKeyResponse
+	(*BranchHistory)(nil),                                // 82: chatplane.v1.BranchHistory
+	(*Message)(nil),                                      // 83: chatplane.v1.Message
+	(*timestamppb.Timestamp)(nil),                        // 84: google.protobuf.Timestamp
+	(*ListConversationsRequest)(nil),                     // 85: chatplane.v1.ListConversationsRequest
+	(*ListConversationsResponse)(nil),                    // 86: chatplane.v1.ListConversationsResponse
+	(*GetConversationRequest)(nil),                       // 87: chatplane.v1.GetConversationRequest
+	(*GetConversationResponse)(nil),                      // 88: chatplane.v1.GetConversationResponse
+	(*SubmitFeedbackRequest)(nil),                        // 89: chatplane.v1.SubmitFeedbackRequest
+	(*AuditActor)(nil),                                   // 90: chatplane.v1.AuditActor
+	(*AuditEvent)(nil),                                   // 91: chatplane.v1.AuditEvent
+	(*AuditHead)(nil),                                    // 92: chatplane.v1.AuditHead
+	(*AuditRecord)(nil),                                  // 93: chatplane.v1.AuditRecord
+	(*SetActiveBranchRequest)(nil),                       // 94: chatplane.v1.SetActiveBranchRequest
+	(*SetActiveBranchResponse)(nil),                      // 95: chatplane.v1.SetActiveBranchResponse
+	(*HandoffStatus)(nil),                                // 96: chatplane.v1.HandoffStatus
+	(HandoffMode)(0),                                     // 97: chatplane.v1.HandoffMode
+	(HandoffTrigger)(0),                                  // 98: chatplane.v1.HandoffTrigger
+	(Role)(0),                                            // 99: chatplane.v1.Role
+	(Rating)(0),                                          // 100: chatplane.v1.Rating
+	(*Conversation)(nil),                                 // 101: chatplane.v1.Conversation
+	(*PushVariantRequest)(nil),                           // 102: chatplane.v1.PushVariantRequest
+	(*PushVariantResponse)(nil),                          // 103: chatplane.v1.PushVariantResponse
+	(*ListVariantsRequest)(nil),                          // 104: chatplane.v1.ListVariantsRequest
+	(*ListVariantsResponse)(nil),                         // 105: chatplane.v1.ListVariantsResponse
+	(*GetVariantRequest)(nil),                            // 106: chatplane.v1.GetVariantRequest
+	(*GetVariantResponse)(nil),                           // 107: chatplane.v1.GetVariantResponse
+	(*PromoteVariantRequest)(nil),                        // 108: chatplane.v1.PromoteVariantRequest
+	(*PromoteVariantResponse)(nil),                       // 109: chatplane.v1.PromoteVariantResponse
+	(*RollbackVariantRequest)(nil),                       // 110: chatplane.v1.RollbackVariantRequest
+	(*RollbackVariantResponse)(nil),                      // 111: chatplane.v1.RollbackVariantResponse
+	(*ListVariantChangesRequest)(nil),                    // 112: chatplane.v1.ListVariantChangesRequest
+	(*ListVariantChangesResponse)(nil),                   // 113: chatplane.v1.ListVariantChangesResponse
+	(*VariantDeployment)(nil),                            // 114: chatplane.v1.VariantDeployment
 }
 var file_chatplane_v1_persistence_proto_depIdxs = []int32{
 	0,   // 0: chatplane.v1.BeginTurnRequest.owner:type_name -> chatplane.v1.Owner
-	78,  // 1: chatplane.v1.BeginTurnResponse.branch:type_name -> chatplane.v1.BranchHistory
+	82,  // 1: chatplane.v1.BeginTurnResponse.branch:type_name -> chatplane.v1.BranchHistory
 	0,   // 2: chatplane.v1.GetTurnRequest.owner:type_name -> chatplane.v1.Owner
-	79,  // 3: chatplane.v1.GetTurnResponse.user_message:type_name -> chatplane.v1.Message
-	79,  // 4: chatplane.v1.GetTurnResponse.assistant_message:type_name -> chatplane.v1.Message
-	80,  // 5: chatplane.v1.GetTurnResponse.lease_expire_time:type_name -> google.protobuf.Timestamp
+	83,  // 3: chatplane.v1.GetTurnResponse.user_message:type_name -> chatplane.v1.Message
+	83,  // 4: chatplane.v1.GetTurnResponse.assistant_message:type_name -> chatplane.v1.Message
+	84,  // 5: chatplane.v1.GetTurnResponse.lease_expire_time:type_name -> google.protobuf.Timestamp
 	0,   // 6: chatplane.v1.ReleaseTurnRequest.owner:type_name -> chatplane.v1.Owner
 	0,   // 7: chatplane.v1.PersistenceServiceListConversationsRequest.owner:type_name -> chatplane.v1.Owner
-	81,  // 8: chatplane.v1.PersistenceServiceListConversationsRequest.page:type_name -> chatplane.v1.ListConversationsRequest
-	82,  // 9: chatplane.v1.PersistenceServiceListConversationsResponse.page:type_name -> chatplane.v1.ListConversationsResponse
+	85,  // 8: chatplane.v1.PersistenceServiceListConversationsRequest.page:type_name -> chatplane.v1.ListConversationsRequest
+	86,  // 9: chatplane.v1.PersistenceServiceListConversationsResponse.page:type_name -> chatplane.v1.ListConversationsResponse
 	0,   // 10: chatplane.v1.PersistenceServiceGetConversationRequest.owner:type_name -> chatplane.v1.Owner
-	83,  // 11: chatplane.v1.PersistenceServiceGetConversationRequest.request:type_name -> chatplane.v1.GetConversationRequest
-	84,  // 12: chatplane.v1.PersistenceServiceGetConversationResponse.response:type_name -> chatplane.v1.GetConversationResponse
+	87,  // 11: chatplane.v1.PersistenceServiceGetConversationRequest.request:type_name -> chatplane.v1.GetConversationRequest
+	88,  // 12: chatplane.v1.PersistenceServiceGetConversationResponse.response:type_name -> chatplane.v1.GetConversationResponse
 	0,   // 13: chatplane.v1.PersistenceServiceDeleteConversationRequest.owner:type_name -> chatplane.v1.Owner
-	80,  // 14: chatplane.v1.PersistenceServiceDeleteConversationResponse.delete_time:type_name -> google.protobuf.Timestamp
+	84,  // 14: chatplane.v1.PersistenceServiceDeleteConversationResponse.delete_time:type_name -> google.protobuf.Timestamp
 	0,   // 15: chatplane.v1.PersistenceServiceSubmitFeedbackRequest.owner:type_name -> chatplane.v1.Owner
-	85,  // 16: chatplane.v1.PersistenceServiceSubmitFeedbackRequest.feedback:type_name -> chatplane.v1.SubmitFeedbackRequest
-	80,  // 17: chatplane.v1.PersistenceServiceSubmitFeedbackResponse.create_time:type_name -> google.protobuf.Timestamp
+	89,  // 16: chatplane.v1.PersistenceServiceSubmitFeedbackRequest.feedback:type_name -> chatplane.v1.SubmitFeedbackRequest
+	84,  // 17: chatplane.v1.PersistenceServiceSubmitFeedbackResponse.create_time:type_name -> google.protobuf.Timestamp
 	0,   // 18: chatplane.v1.CreateApiKeyRequest.owner:type_name -> chatplane.v1.Owner
-	86,  // 19: chatplane.v1.CreateApiKeyRequest.actor:type_name -> chatplane.v1.AuditActor
+	90,  // 19: chatplane.v1.CreateApiKeyRequest.actor:type_name -> chatplane.v1.AuditActor
 	19,  // 20: chatplane.v1.CreateApiKeyResponse.key:type_name -> chatplane.v1.ApiKeyInfo
 	0,   // 21: chatplane.v1.GetApiKeyResponse.owner:type_name -> chatplane.v1.Owner
-	80,  // 22: chatplane.v1.GetApiKeyResponse.expire_time:type_name -> google.protobuf.Timestamp
+	84,  // 22: chatplane.v1.GetApiKeyResponse.expire_time:type_name -> google.protobuf.Timestamp
 	0,   // 23: chatplane.v1.ApiKeyInfo.owner:type_name -> chatplane.v1.Owner
-	80,  // 24: chatplane.v1.ApiKeyInfo.create_time:type_name -> google.protobuf.Timestamp
-	80,  // 25: chatplane.v1.ApiKeyInfo.expire_time:type_name -> google.protobuf.Timestamp
+	84,  // 24: chatplane.v1.ApiKeyInfo.create_time:type_name -> google.protobuf.Timestamp
+	84,  // 25: chatplane.v1.ApiKeyInfo.expire_time:type_name -> google.protobuf.Timestamp
 	19,  // 26: chatplane.v1.PersistenceServiceListApiKeysResponse.keys:type_name -> chatplane.v1.ApiKeyInfo
-	86,  // 27: chatplane.v1.PersistenceServiceRotateApiKeyRequest.actor:type_name -> chatplane.v1.AuditActor
+	90,  // 27: chatplane.v1.PersistenceServiceRotateApiKeyRequest.actor:type_name -> chatplane.v1.AuditActor
 	19,  // 28: chatplane.v1.PersistenceServiceRotateApiKeyResponse.key:type_name -> chatplane.v1.ApiKeyInfo
 	19,  // 29: chatplane.v1.PersistenceServiceRotateApiKeyResponse.previous:type_name -> chatplane.v1.ApiKeyInfo
-	86,  // 30: chatplane.v1.PersistenceServiceRevokeApiKeyRequest.actor:type_name -> chatplane.v1.AuditActor
+	90,  // 30: chatplane.v1.PersistenceServiceRevokeApiKeyRequest.actor:type_name -> chatplane.v1.AuditActor
 	19,  // 31: chatplane.v1.PersistenceServiceRevokeApiKeyResponse.key:type_name -> chatplane.v1.ApiKeyInfo
-	87,  // 32: chatplane.v1.AppendAuditEventsRequest.events:type_name -> chatplane.v1.AuditEvent
-	88,  // 33: chatplane.v1.AppendAuditEventsResponse.head:type_name -> chatplane.v1.AuditHead
-	89,  // 34: chatplane.v1.ListAuditRecordsResponse.records:type_name -> chatplane.v1.AuditRecord
-	88,  // 35: chatplane.v1.ListAuditRecordsResponse.head:type_name -> chatplane.v1.AuditHead
+	91,  // 32: chatplane.v1.AppendAuditEventsRequest.events:type_name -> chatplane.v1.AuditEvent
+	92,  // 33: chatplane.v1.AppendAuditEventsResponse.head:type_name -> chatplane.v1.AuditHead
+	93,  // 34: chatplane.v1.ListAuditRecordsResponse.records:type_name -> chatplane.v1.AuditRecord
+	92,  // 35: chatplane.v1.ListAuditRecordsResponse.head:type_name -> chatplane.v1.AuditHead
 	0,   // 36: chatplane.v1.GetAnswerRequest.owner:type_name -> chatplane.v1.Owner
-	79,  // 37: chatplane.v1.GetAnswerResponse.assistant_message:type_name -> chatplane.v1.Message
-	80,  // 38: chatplane.v1.GetAnswerResponse.lease_expire_time:type_name -> google.protobuf.Timestamp
+	83,  // 37: chatplane.v1.GetAnswerResponse.assistant_message:type_name -> chatplane.v1.Message
+	84,  // 38: chatplane.v1.GetAnswerResponse.lease_expire_time:type_name -> google.protobuf.Timestamp
 	40,  // 39: chatplane.v1.ReserveQuotaResponse.quota:type_name -> chatplane.v1.TokenQuota
 	40,  // 40: chatplane.v1.SettleQuotaResponse.quota:type_name -> chatplane.v1.TokenQuota
 	40,  // 41: chatplane.v1.SetQuotaResponse.quota:type_name -> chatplane.v1.TokenQuota
 	40,  // 42: chatplane.v1.GetQuotaResponse.quota:type_name -> chatplane.v1.TokenQuota
-	80,  // 43: chatplane.v1.TokenQuota.reset_time:type_name -> google.protobuf.Timestamp
+	84,  // 43: chatplane.v1.TokenQuota.reset_time:type_name -> google.protobuf.Timestamp
 	0,   // 44: chatplane.v1.PersistenceServiceSetActiveBranchRequest.owner:type_name -> chatplane.v1.Owner
-	90,  // 45: chatplane.v1.PersistenceServiceSetActiveBranchRequest.request:type_name -> chatplane.v1.SetActiveBranchRequest
-	91,  // 46: chatplane.v1.PersistenceServiceSetActiveBranchResponse.response:type_name -> chatplane.v1.SetActiveBranchResponse
-	80,  // 47: chatplane.v1.ReportVariantsRequest.since:type_name -> google.protobuf.Timestamp
+	94,  // 45: chatplane.v1.PersistenceServiceSetActiveBranchRequest.request:type_name -> chatplane.v1.SetActiveBranchRequest
+	95,  // 46: chatplane.v1.PersistenceServiceSetActiveBranchResponse.response:type_name -> chatplane.v1.SetActiveBranchResponse
+	84,  // 47: chatplane.v1.ReportVariantsRequest.since:type_name -> google.protobuf.Timestamp
 	44,  // 48: chatplane.v1.ReportVariantsResponse.variants:type_name -> chatplane.v1.VariantReport
 	0,   // 49: chatplane.v1.GetHandoffRequest.owner:type_name -> chatplane.v1.Owner
-	92,  // 50: chatplane.v1.GetHandoffResponse.handoff:type_name -> chatplane.v1.HandoffStatus
+	96,  // 50: chatplane.v1.GetHandoffResponse.handoff:type_name -> chatplane.v1.HandoffStatus
 	0,   // 51: chatplane.v1.ChangeHandoffRequest.owner:type_name -> chatplane.v1.Owner
-	93,  // 52: chatplane.v1.ChangeHandoffRequest.mode:type_name -> chatplane.v1.HandoffMode
-	94,  // 53: chatplane.v1.ChangeHandoffRequest.trigger:type_name -> chatplane.v1.HandoffTrigger
-	92,  // 54: chatplane.v1.ChangeHandoffResponse.handoff:type_name -> chatplane.v1.HandoffStatus
-	92,  // 55: chatplane.v1.ListHandoffsResponse.handoffs:type_name -> chatplane.v1.HandoffStatus
+	97,  // 52: chatplane.v1.ChangeHandoffRequest.mode:type_name -> chatplane.v1.HandoffMode
+	98,  // 53: chatplane.v1.ChangeHandoffRequest.trigger:type_name -> chatplane.v1.HandoffTrigger
+	96,  // 54: chatplane.v1.ChangeHandoffResponse.handoff:type_name -> chatplane.v1.HandoffStatus
+	96,  // 55: chatplane.v1.ListHandoffsResponse.handoffs:type_name -> chatplane.v1.HandoffStatus
 	0,   // 56: chatplane.v1.GetTenantHandoffResponse.owner:type_name -> chatplane.v1.Owner
-	92,  // 57: chatplane.v1.GetTenantHandoffResponse.handoff:type_name -> chatplane.v1.HandoffStatus
+	96,  // 57: chatplane.v1.GetTenantHandoffResponse.handoff:type_name -> chatplane.v1.HandoffStatus
 	0,   // 58: chatplane.v1.CountThumbsDownRequest.owner:type_name -> chatplane.v1.Owner
-	80,  // 59: chatplane.v1.ListRatedAnswersRequest.since:type_name -> google.protobuf.Timestamp
-	80,  // 60: chatplane.v1.ListRatedAnswersRequest.until:type_name -> google.protobuf.Timestamp
-	95,  // 61: chatplane.v1.DatasetMessage.role:type_name -> chatplane.v1.Role
-	96,  // 62: chatplane.v1.RatedAnswer.thumbs:type_name -> chatplane.v1.Rating
-	80,  // 63: chatplane.v1.RatedAnswer.create_time:type_name -> google.protobuf.Timestamp
+	84,  // 59: chatplane.v1.ListRatedAnswersRequest.since:type_name -> google.protobuf.Timestamp
+	84,  // 60: chatplane.v1.ListRatedAnswersRequest.until:type_name -> google.protobuf.Timestamp
+	99,  // 61: chatplane.v1.DatasetMessage.role:type_name -> chatplane.v1.Role
+	100, // 62: chatplane.v1.RatedAnswer.thumbs:type_name -> chatplane.v1.Rating
+	84,  // 63: chatplane.v1.RatedAnswer.create_time:type_name -> google.protobuf.Timestamp
 	57,  // 64: chatplane.v1.RatedAnswer.messages:type_name -> chatplane.v1.DatasetMessage
 	58,  // 65: chatplane.v1.ListRatedAnswersResponse.answers:type_name -> chatplane.v1.RatedAnswer
 	0,   // 66: chatplane.v1.ExportUserRecordsRequest.owner:type_name -> chatplane.v1.Owner
-	96,  // 67: chatplane.v1.ExportedFeedback.rating:type_name -> chatplane.v1.Rating
-	80,  // 68: chatplane.v1.ExportedFeedback.create_time:type_name -> google.protobuf.Timestamp
-	97,  // 69: chatplane.v1.ExportUserRecordsResponse.conversation:type_name -> chatplane.v1.Conversation
-	79,  // 70: chatplane.v1.ExportUserRecordsResponse.message:type_name -> chatplane.v1.Message
+	100, // 67: chatplane.v1.ExportedFeedback.rating:type_name -> chatplane.v1.Rating
+	84,  // 68: chatplane.v1.ExportedFeedback.create_time:type_name -> google.protobuf.Timestamp
+	101, // 69: chatplane.v1.ExportUserRecordsResponse.conversation:type_name -> chatplane.v1.Conversation
+	83,  // 70: chatplane.v1.ExportUserRecordsResponse.message:type_name -> chatplane.v1.Message
 	61,  // 71: chatplane.v1.ExportUserRecordsResponse.feedback:type_name -> chatplane.v1.ExportedFeedback
 	62,  // 72: chatplane.v1.ExportUserRecordsResponse.answer:type_name -> chatplane.v1.ExportedAnswer
-	98,  // 73: chatplane.v1.PushRegistryVariantRequest.request:type_name -> chatplane.v1.PushVariantRequest
-	99,  // 74: chatplane.v1.PushRegistryVariantResponse.response:type_name -> chatplane.v1.PushVariantResponse
-	100, // 75: chatplane.v1.ListRegistryVariantsRequest.request:type_name -> chatplane.v1.ListVariantsRequest
-	101, // 76: chatplane.v1.ListRegistryVariantsResponse.response:type_name -> chatplane.v1.ListVariantsResponse
-	102, // 77: chatplane.v1.GetRegistryVariantRequest.request:type_name -> chatplane.v1.GetVariantRequest
-	103, // 78: chatplane.v1.GetRegistryVariantResponse.response:type_name -> chatplane.v1.GetVariantResponse
-	104, // 79: chatplane.v1.PromoteRegistryVariantRequest.request:type_name -> chatplane.v1.PromoteVariantRequest
-	105, // 80: chatplane.v1.PromoteRegistryVariantResponse.response:type_name -> chatplane.v1.PromoteVariantResponse
-	106, // 81: chatplane.v1.RollbackRegistryVariantRequest.request:type_name -> chatplane.v1.RollbackVariantRequest
-	107, // 82: chatplane.v1.RollbackRegistryVariantResponse.response:type_name -> chatplane.v1.RollbackVariantResponse
-	108, // 83: chatplane.v1.ListRegistryChangesRequest.request:type_name -> chatplane.v1.ListVariantChangesRequest
-	109, // 84: chatplane.v1.ListRegistryChangesResponse.response:type_name -> chatplane.v1.ListVariantChangesResponse
-	110, // 85: chatplane.v1.GetVariantDeploymentResponse.deployment:type_name -> chatplane.v1.VariantDeployment
-	1,   // 86: chatplane.v1.PersistenceService.BeginTurn:input_type -> chatplane.v1.BeginTurnRequest
-	3,   // 87: chatplane.v1.PersistenceService.GetTurn:input_type -> chatplane.v1.GetTurnRequest
-	5,   // 88: chatplane.v1.PersistenceService.ReleaseTurn:input_type -> chatplane.v1.ReleaseTurnRequest
-	7,   // 89: chatplane.v1.PersistenceService.ListConversations:input_type -> chatplane.v1.PersistenceServiceListConversationsRequest
-	9,   // 90: chatplane.v1.PersistenceService.GetConversation:input_type -> chatplane.v1.PersistenceServiceGetConversationRequest
-	11,  // 91: chatplane.v1.PersistenceService.DeleteConversation:input_type -> chatplane.v1.PersistenceServiceDeleteConversationRequest
-	13,  // 92: chatplane.v1.PersistenceService.SubmitFeedback:input_type -> chatplane.v1.PersistenceServiceSubmitFeedbackRequest
-	15,  // 93: chatplane.v1.PersistenceService.CreateApiKey:input_type -> chatplane.v1.CreateApiKeyRequest
-	17,  // 94: chatplane.v1.PersistenceService.GetApiKey:input_type -> chatplane.v1.GetApiKeyRequest
-	30,  // 95: chatplane.v1.PersistenceService.GetAnswer:input_type -> chatplane.v1.GetAnswerRequest
-	32,  // 96: chatplane.v1.PersistenceService.ReserveQuota:input_type -> chatplane.v1.ReserveQuotaRequest
-	34,  // 97: chatplane.v1.PersistenceService.SettleQuota:input_type -> chatplane.v1.SettleQuotaRequest
-	36,  // 98: chatplane.v1.PersistenceService.SetQuota:input_type -> chatplane.v1.SetQuotaRequest
-	38,  // 99: chatplane.v1.PersistenceService.GetQuota:input_type -> chatplane.v1.GetQuotaRequest
-	41,  // 100: chatplane.v1.PersistenceService.SetActiveBranch:input_type -> chatplane.v1.PersistenceServiceSetActiveBranchRequest
-	43,  // 101: chatplane.v1.PersistenceService.ReportVariants:input_type -> chatplane.v1.ReportVariantsRequest
-	20,  // 102: chatplane.v1.PersistenceService.ListApiKeys:input_type -> chatplane.v1.PersistenceServiceListApiKeysRequest
-	22,  // 103: chatplane.v1.PersistenceService.RotateApiKey:input_type -> chatplane.v1.PersistenceServiceRotateApiKeyRequest
-	24,  // 104: chatplane.v1.PersistenceService.RevokeApiKey:input_type -> chatplane.v1.PersistenceServiceRevokeApiKeyRequest
-	26,  // 105: chatplane.v1.PersistenceService.AppendAuditEvents:input_type -> chatplane.v1.AppendAuditEventsRequest
-	28,  // 106: chatplane.v1.PersistenceService.ListAuditRecords:input_type -> chatplane.v1.ListAuditRecordsRequest
-	46,  // 107: chatplane.v1.PersistenceService.GetHandoff:input_type -> chatplane.v1.GetHandoffRequest
-	48,  // 108: chatplane.v1.PersistenceService.ChangeHandoff:input_type -> chatplane.v1.ChangeHandoffRequest
-	50,  // 109: chatplane.v1.PersistenceService.ListHandoffs:input_type -> chatplane.v1.ListHandoffsRequest
-	52,  // 110: chatplane.v1.PersistenceService.GetTenantHandoff:input_type -> chatplane.v1.GetTenantHandoffRequest
-	54,  // 111: chatplane.v1.PersistenceService.CountThumbsDown:input_type -> chatplane.v1.CountThumbsDownRequest
-	56,  // 112: chatplane.v1.PersistenceService.ListRatedAnswers:input_type -> chatplane.v1.ListRatedAnswersRequest
-	60,  // 113: chatplane.v1.PersistenceService.ExportUserRecords:input_type -> chatplane.v1.ExportUserRecordsRequest
-	64,  // 114: chatplane.v1.PersistenceService.PushRegistryVariant:input_type -> chatplane.v1.PushRegistryVariantRequest
-	66,  // 115: chatplane.v1.PersistenceService.ListRegistryVariants:input_type -> chatplane.v1.ListRegistryVariantsRequest
-	68,  // 116: chatplane.v1.PersistenceService.GetRegistryVariant:input_type -> chatplane.v1.GetRegistryVariantRequest
-	70,  // 117: chatplane.v1.PersistenceService.PromoteRegistryVariant:input_type -> chatplane.v1.PromoteRegistryVariantRequest
-	72,  // 118: chatplane.v1.PersistenceService.RollbackRegistryVariant:input_type -> chatplane.v1.RollbackRegistryVariantRequest
-	74,  // 119: chatplane.v1.PersistenceService.ListRegistryChanges:input_type -> chatplane.v1.ListRegistryChangesRequest
-	76,  // 120: chatplane.v1.PersistenceService.GetVariantDeployment:input_type -> chatplane.v1.GetVariantDeploymentRequest
-	2,   // 121: chatplane.v1.PersistenceService.BeginTurn:output_type -> chatplane.v1.BeginTurnResponse
-	4,   // 122: chatplane.v1.PersistenceService.GetTurn:output_type -> chatplane.v1.GetTurnResponse
-	6,   // 123: chatplane.v1.PersistenceService.ReleaseTurn:output_type -> chatplane.v1.ReleaseTurnResponse
-	8,   // 124: chatplane.v1.PersistenceService.ListConversations:output_type -> chatplane.v1.PersistenceServiceListConversationsResponse
-	10,  // 125: chatplane.v1.PersistenceService.GetConversation:output_type -> chatplane.v1.PersistenceServiceGetConversationResponse
-	12,  // 126: chatplane.v1.PersistenceService.DeleteConversation:output_type -> chatplane.v1.PersistenceServiceDeleteConversationResponse
-	14,  // 127: chatplane.v1.PersistenceService.SubmitFeedback:output_type -> chatplane.v1.PersistenceServiceSubmitFeedbackResponse
-	16,  // 128: chatplane.v1.PersistenceService.CreateApiKey:output_type -> chatplane.v1.CreateApiKeyResponse
-	18,  // 129: chatplane.v1.PersistenceService.GetApiKey:output_type -> chatplane.v1.GetApiKeyResponse
-	31,  // 130: chatplane.v1.PersistenceService.GetAnswer:output_type -> chatplane.v1.GetAnswerResponse
-	33,  // 131: chatplane.v1.PersistenceService.ReserveQuota:output_type -> chatplane.v1.ReserveQuotaResponse
-	35,  // 132: chatplane.v1.PersistenceService.SettleQuota:output_type -> chatplane.v1.SettleQuotaResponse
-	37,  // 133: chatplane.v1.PersistenceService.SetQuota:output_type -> chatplane.v1.SetQuotaResponse
-	39,  // 134: chatplane.v1.PersistenceService.GetQuota:output_type -> chatplane.v1.GetQuotaResponse
-	42,  // 135: chatplane.v1.PersistenceService.SetActiveBranch:output_type -> chatplane.v1.PersistenceServiceSetActiveBranchResponse
-	45,  // 136: chatplane.v1.PersistenceService.ReportVariants:output_type -> chatplane.v1.ReportVariantsResponse
-	21,  // 137: chatplane.v1.PersistenceService.ListApiKeys:output_type -> chatplane.v1.PersistenceServiceListApiKeysResponse
-	23,  // 138: chatplane.v1.PersistenceService.RotateApiKey:output_type -> chatplane.v1.PersistenceServiceRotateApiKeyResponse
-	25,  // 139: chatplane.v1.PersistenceService.RevokeApiKey:output_type -> chatplane.v1.PersistenceServiceRevokeApiKeyResponse
-	27,  // 140: chatplane.v1.PersistenceService.AppendAuditEvents:output_type -> chatplane.v1.AppendAuditEventsResponse
-	29,  // 141: chatplane.v1.PersistenceService.ListAuditRecords:output_type -> chatplane.v1.ListAuditRecordsResponse
-	47,  // 142: chatplane.v1.PersistenceService.GetHandoff:output_type -> chatplane.v1.GetHandoffResponse
-	49,  // 143: chatplane.v1.PersistenceService.ChangeHandoff:output_type -> chatplane.v1.ChangeHandoffResponse
-	51,  // 144: chatplane.v1.PersistenceService.ListHandoffs:output_type -> chatplane.v1.ListHandoffsResponse
-	53,  // 145: chatplane.v1.PersistenceService.GetTenantHandoff:output_type -> chatplane.v1.GetTenantHandoffResponse
-	55,  // 146: chatplane.v1.PersistenceService.CountThumbsDown:output_type -> chatplane.v1.CountThumbsDownResponse
-	59,  // 147: chatplane.v1.PersistenceService.ListRatedAnswers:output_type -> chatplane.v1.ListRatedAnswersResponse
-	63,  // 148: chatplane.v1.PersistenceService.ExportUserRecords:output_type -> chatplane.v1.ExportUserRecordsResponse
-	65,  // 149: chatplane.v1.PersistenceService.PushRegistryVariant:output_type -> chatplane.v1.PushRegistryVariantResponse
-	67,  // 150: chatplane.v1.PersistenceService.ListRegistryVariants:output_type -> chatplane.v1.ListRegistryVariantsResponse
-	69,  // 151: chatplane.v1.PersistenceService.GetRegistryVariant:output_type -> chatplane.v1.GetRegistryVariantResponse
-	71,  // 152: chatplane.v1.PersistenceService.PromoteRegistryVariant:output_type -> chatplane.v1.PromoteRegistryVariantResponse
-	73,  // 153: chatplane.v1.PersistenceService.RollbackRegistryVariant:output_type -> chatplane.v1.RollbackRegistryVariantResponse
-	75,  // 154: chatplane.v1.PersistenceService.ListRegistryChanges:output_type -> chatplane.v1.ListRegistryChangesResponse
-	77,  // 155: chatplane.v1.PersistenceService.GetVariantDeployment:output_type -> chatplane.v1.GetVariantDeploymentResponse
-	121, // [121:156] is the sub-list for method output_type
-	86,  // [86:121] is the sub-list for method input_type
-	86,  // [86:86] is the sub-list for extension type_name
-	86,  // [86:86] is the sub-list for extension extendee
-	0,   // [0:86] is the sub-list for field type_name
+	102, // 73: chatplane.v1.PushRegistryVariantRequest.request:type_name -> chatplane.v1.PushVariantRequest
+	103, // 74: chatplane.v1.PushRegistryVariantResponse.response:type_name -> chatplane.v1.PushVariantResponse
+	104, // 75: chatplane.v1.ListRegistryVariantsRequest.request:type_name -> chatplane.v1.ListVariantsRequest
+	105, // 76: chatplane.v1.ListRegistryVariantsResponse.response:type_name -> chatplane.v1.ListVariantsResponse
+	106, // 77: chatplane.v1.GetRegistryVariantRequest.request:type_name -> chatplane.v1.GetVariantRequest
+	107, // 78: chatplane.v1.GetRegistryVariantResponse.response:type_name -> chatplane.v1.GetVariantResponse
+	108, // 79: chatplane.v1.PromoteRegistryVariantRequest.request:type_name -> chatplane.v1.PromoteVariantRequest
+	109, // 80: chatplane.v1.PromoteRegistryVariantResponse.response:type_name -> chatplane.v1.PromoteVariantResponse
+	110, // 81: chatplane.v1.RollbackRegistryVariantRequest.request:type_name -> chatplane.v1.RollbackVariantRequest
+	111, // 82: chatplane.v1.RollbackRegistryVariantResponse.response:type_name -> chatplane.v1.RollbackVariantResponse
+	112, // 83: chatplane.v1.ListRegistryChangesRequest.request:type_name -> chatplane.v1.ListVariantChangesRequest
+	113, // 84: chatplane.v1.ListRegistryChangesResponse.response:type_name -> chatplane.v1.ListVariantChangesResponse
+	114, // 85: chatplane.v1.GetVariantDeploymentResponse.deployment:type_name -> chatplane.v1.VariantDeployment
+	0,   // 86: chatplane.v1.GetUserDataKeyRequest.owner:type_name -> chatplane.v1.Owner
+	0,   // 87: chatplane.v1.DestroyUserDataKeyRequest.owner:type_name -> chatplane.v1.Owner
+	1,   // 88: chatplane.v1.PersistenceService.BeginTurn:input_type -> chatplane.v1.BeginTurnRequest
+	3,   // 89: chatplane.v1.PersistenceService.GetTurn:input_type -> chatplane.v1.GetTurnRequest
+	5,   // 90: chatplane.v1.PersistenceService.ReleaseTurn:input_type -> chatplane.v1.ReleaseTurnRequest
+	7,   // 91: chatplane.v1.PersistenceService.ListConversations:input_type -> chatplane.v1.PersistenceServiceListConversationsRequest
+	9,   // 92: chatplane.v1.PersistenceService.GetConversation:input_type -> chatplane.v1.PersistenceServiceGetConversationRequest
+	11,  // 93: chatplane.v1.PersistenceService.DeleteConversation:input_type -> chatplane.v1.PersistenceServiceDeleteConversationRequest
+	13,  // 94: chatplane.v1.PersistenceService.SubmitFeedback:input_type -> chatplane.v1.PersistenceServiceSubmitFeedbackRequest
+	15,  // 95: chatplane.v1.PersistenceService.CreateApiKey:input_type -> chatplane.v1.CreateApiKeyRequest
+	17,  // 96: chatplane.v1.PersistenceService.GetApiKey:input_type -> chatplane.v1.GetApiKeyRequest
+	30,  // 97: chatplane.v1.PersistenceService.GetAnswer:input_type -> chatplane.v1.GetAnswerRequest
+	32,  // 98: chatplane.v1.PersistenceService.ReserveQuota:input_type -> chatplane.v1.ReserveQuotaRequest
+	34,  // 99: chatplane.v1.PersistenceService.SettleQuota:input_type -> chatplane.v1.SettleQuotaRequest
+	36,  // 100: chatplane.v1.PersistenceService.SetQuota:input_type -> chatplane.v1.SetQuotaRequest
+	38,  // 101: chatplane.v1.PersistenceService.GetQuota:input_type -> chatplane.v1.GetQuotaRequest
+	41,  // 102: chatplane.v1.PersistenceService.SetActiveBranch:input_type -> chatplane.v1.PersistenceServiceSetActiveBranchRequest
+	43,  // 103: chatplane.v1.PersistenceService.ReportVariants:input_type -> chatplane.v1.ReportVariantsRequest
+	20,  // 104: chatplane.v1.PersistenceService.ListApiKeys:input_type -> chatplane.v1.PersistenceServiceListApiKeysRequest
+	22,  // 105: chatplane.v1.PersistenceService.RotateApiKey:input_type -> chatplane.v1.PersistenceServiceRotateApiKeyRequest
+	24,  // 106: chatplane.v1.PersistenceService.RevokeApiKey:input_type -> chatplane.v1.PersistenceServiceRevokeApiKeyRequest
+	26,  // 107: chatplane.v1.PersistenceService.AppendAuditEvents:input_type -> chatplane.v1.AppendAuditEventsRequest
+	28,  // 108: chatplane.v1.PersistenceService.ListAuditRecords:input_type -> chatplane.v1.ListAuditRecordsRequest
+	46,  // 109: chatplane.v1.PersistenceService.GetHandoff:input_type -> chatplane.v1.GetHandoffRequest
+	48,  // 110: chatplane.v1.PersistenceService.ChangeHandoff:input_type -> chatplane.v1.ChangeHandoffRequest
+	50,  // 111: chatplane.v1.PersistenceService.ListHandoffs:input_type -> chatplane.v1.ListHandoffsRequest
+	52,  // 112: chatplane.v1.PersistenceService.GetTenantHandoff:input_type -> chatplane.v1.GetTenantHandoffRequest
+	54,  // 113: chatplane.v1.PersistenceService.CountThumbsDown:input_type -> chatplane.v1.CountThumbsDownRequest
+	56,  // 114: chatplane.v1.PersistenceService.ListRatedAnswers:input_type -> chatplane.v1.ListRatedAnswersRequest
+	60,  // 115: chatplane.v1.PersistenceService.ExportUserRecords:input_type -> chatplane.v1.ExportUserRecordsRequest
+	64,  // 116: chatplane.v1.PersistenceService.PushRegistryVariant:input_type -> chatplane.v1.PushRegistryVariantRequest
+	66,  // 117: chatplane.v1.PersistenceService.ListRegistryVariants:input_type -> chatplane.v1.ListRegistryVariantsRequest
+	68,  // 118: chatplane.v1.PersistenceService.GetRegistryVariant:input_type -> chatplane.v1.GetRegistryVariantRequest
+	70,  // 119: chatplane.v1.PersistenceService.PromoteRegistryVariant:input_type -> chatplane.v1.PromoteRegistryVariantRequest
+	72,  // 120: chatplane.v1.PersistenceService.RollbackRegistryVariant:input_type -> chatplane.v1.RollbackRegistryVariantRequest
+	74,  // 121: chatplane.v1.PersistenceService.ListRegistryChanges:input_type -> chatplane.v1.ListRegistryChangesRequest
+	76,  // 122: chatplane.v1.PersistenceService.GetVariantDeployment:input_type -> chatplane.v1.GetVariantDeploymentRequest
+	78,  // 123: chatplane.v1.PersistenceService.GetUserDataKey:input_type -> chatplane.v1.GetUserDataKeyRequest
+	80,  // 124: chatplane.v1.PersistenceService.DestroyUserDataKey:input_type -> chatplane.v1.DestroyUserDataKeyRequest
+	2,   // 125: chatplane.v1.PersistenceService.BeginTurn:output_type -> chatplane.v1.BeginTurnResponse
+	4,   // 126: chatplane.v1.PersistenceService.GetTurn:output_type -> chatplane.v1.GetTurnResponse
+	6,   // 127: chatplane.v1.PersistenceService.ReleaseTurn:output_type -> chatplane.v1.ReleaseTurnResponse
+	8,   // 128: chatplane.v1.PersistenceService.ListConversations:output_type -> chatplane.v1.PersistenceServiceListConversationsResponse
+	10,  // 129: chatplane.v1.PersistenceService.GetConversation:output_type -> chatplane.v1.PersistenceServiceGetConversationResponse
+	12,  // 130: chatplane.v1.PersistenceService.DeleteConversation:output_type -> chatplane.v1.PersistenceServiceDeleteConversationResponse
+	14,  // 131: chatplane.v1.PersistenceService.SubmitFeedback:output_type -> chatplane.v1.PersistenceServiceSubmitFeedbackResponse
+	16,  // 132: chatplane.v1.PersistenceService.CreateApiKey:output_type -> chatplane.v1.CreateApiKeyResponse
+	18,  // 133: chatplane.v1.PersistenceService.GetApiKey:output_type -> chatplane.v1.GetApiKeyResponse
+	31,  // 134: chatplane.v1.PersistenceService.GetAnswer:output_type -> chatplane.v1.GetAnswerResponse
+	33,  // 135: chatplane.v1.PersistenceService.ReserveQuota:output_type -> chatplane.v1.ReserveQuotaResponse
+	35,  // 136: chatplane.v1.PersistenceService.SettleQuota:output_type -> chatplane.v1.SettleQuotaResponse
+	37,  // 137: chatplane.v1.PersistenceService.SetQuota:output_type -> chatplane.v1.SetQuotaResponse
+	39,  // 138: chatplane.v1.PersistenceService.GetQuota:output_type -> chatplane.v1.GetQuotaResponse
+	42,  // 139: chatplane.v1.PersistenceService.SetActiveBranch:output_type -> chatplane.v1.PersistenceServiceSetActiveBranchResponse
+	45,  // 140: chatplane.v1.PersistenceService.ReportVariants:output_type -> chatplane.v1.ReportVariantsResponse
+	21,  // 141: chatplane.v1.PersistenceService.ListApiKeys:output_type -> chatplane.v1.PersistenceServiceListApiKeysResponse
+	23,  // 142: chatplane.v1.PersistenceService.RotateApiKey:output_type -> chatplane.v1.PersistenceServiceRotateApiKeyResponse
+	25,  // 143: chatplane.v1.PersistenceService.RevokeApiKey:output_type -> chatplane.v1.PersistenceServiceRevokeApiKeyResponse
+	27,  // 144: chatplane.v1.PersistenceService.AppendAuditEvents:output_type -> chatplane.v1.AppendAuditEventsResponse
+	29,  // 145: chatplane.v1.PersistenceService.ListAuditRecords:output_type -> chatplane.v1.ListAuditRecordsResponse
+	47,  // 146: chatplane.v1.PersistenceService.GetHandoff:output_type -> chatplane.v1.GetHandoffResponse
+	49,  // 147: chatplane.v1.PersistenceService.ChangeHandoff:output_type -> chatplane.v1.ChangeHandoffResponse
+	51,  // 148: chatplane.v1.PersistenceService.ListHandoffs:output_type -> chatplane.v1.ListHandoffsResponse
+	53,  // 149: chatplane.v1.PersistenceService.GetTenantHandoff:output_type -> chatplane.v1.GetTenantHandoffResponse
+	55,  // 150: chatplane.v1.PersistenceService.CountThumbsDown:output_type -> chatplane.v1.CountThumbsDownResponse
+	59,  // 151: chatplane.v1.PersistenceService.ListRatedAnswers:output_type -> chatplane.v1.ListRatedAnswersResponse
+	63,  // 152: chatplane.v1.PersistenceService.ExportUserRecords:output_type -> chatplane.v1.ExportUserRecordsResponse
+	65,  // 153: chatplane.v1.PersistenceService.PushRegistryVariant:output_type -> chatplane.v1.PushRegistryVariantResponse
+	67,  // 154: chatplane.v1.PersistenceService.ListRegistryVariants:output_type -> chatplane.v1.ListRegistryVariantsResponse
+	69,  // 155: chatplane.v1.PersistenceService.GetRegistryVariant:output_type -> chatplane.v1.GetRegistryVariantResponse
+	71,  // 156: chatplane.v1.PersistenceService.PromoteRegistryVariant:output_type -> chatplane.v1.PromoteRegistryVariantResponse
+	73,  // 157: chatplane.v1.PersistenceService.RollbackRegistryVariant:output_type -> chatplane.v1.RollbackRegistryVariantResponse
+	75,  // 158: chatplane.v1.PersistenceService.ListRegistryChanges:output_type -> chatplane.v1.ListRegistryChangesResponse
+	77,  // 159: chatplane.v1.PersistenceService.GetVariantDeployment:output_type -> chatplane.v1.GetVariantDeploymentResponse
+	79,  // 160: chatplane.v1.PersistenceService.GetUserDataKey:output_type -> chatplane.v1.GetUserDataKeyResponse
+	81,  // 161: chatplane.v1.PersistenceService.DestroyUserDataKey:output_type -> chatplane.v1.DestroyUserDataKeyResponse
+	125, // [125:162] is the sub-list for method output_type
+	88,  // [88:125] is the sub-list for method input_type
+	88,  // [88:88] is the sub-list for extension type_name
+	88,  // [88:88] is the sub-list for extension extendee
+	0,   // [0:88] is the sub-list for field type_name
 }
 
 func init() { file_chatplane_v1_persistence_proto_init() }
@@ -5750,7 +5995,7 @@ func file_chatplane_v1_persistence_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_chatplane_v1_persistence_proto_rawDesc), len(file_chatplane_v1_persistence_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   78,
+			NumMessages:   82,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

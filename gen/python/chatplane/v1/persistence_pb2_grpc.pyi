@@ -123,6 +123,14 @@ class PersistenceServiceStub:
     """Variant registry: the recorded changes, newest first."""
     GetVariantDeployment: _grpc.UnaryUnaryMultiCallable[_persistence_pb2.GetVariantDeploymentRequest, _persistence_pb2.GetVariantDeploymentResponse]
     """Variant registry: the versions serving traffic now (polled by every Agent)."""
+    GetUserDataKey: _grpc.UnaryUnaryMultiCallable[_persistence_pb2.GetUserDataKeyRequest, _persistence_pb2.GetUserDataKeyResponse]
+    """Returns a user's data key wrapped by the key-encryption key (docs/security.md "Encryption
+    at rest"), creating one when asked and there is none; the caller unwraps it itself.
+    """
+    DestroyUserDataKey: _grpc.UnaryUnaryMultiCallable[_persistence_pb2.DestroyUserDataKeyRequest, _persistence_pb2.DestroyUserDataKeyResponse]
+    """Crypto-shredding: deletes a user's wrapped data key, making every sealed copy of their
+    text unreadable. Internal (EraseUser builds on it).
+    """
 
 @_typing.type_check_only
 class PersistenceServiceAsyncStub(PersistenceServiceStub):
@@ -219,6 +227,14 @@ class PersistenceServiceAsyncStub(PersistenceServiceStub):
     """Variant registry: the recorded changes, newest first."""
     GetVariantDeployment: _aio.UnaryUnaryMultiCallable[_persistence_pb2.GetVariantDeploymentRequest, _persistence_pb2.GetVariantDeploymentResponse]  # type: ignore[assignment]
     """Variant registry: the versions serving traffic now (polled by every Agent)."""
+    GetUserDataKey: _aio.UnaryUnaryMultiCallable[_persistence_pb2.GetUserDataKeyRequest, _persistence_pb2.GetUserDataKeyResponse]  # type: ignore[assignment]
+    """Returns a user's data key wrapped by the key-encryption key (docs/security.md "Encryption
+    at rest"), creating one when asked and there is none; the caller unwraps it itself.
+    """
+    DestroyUserDataKey: _aio.UnaryUnaryMultiCallable[_persistence_pb2.DestroyUserDataKeyRequest, _persistence_pb2.DestroyUserDataKeyResponse]  # type: ignore[assignment]
+    """Crypto-shredding: deletes a user's wrapped data key, making every sealed copy of their
+    text unreadable. Internal (EraseUser builds on it).
+    """
 
 class PersistenceServiceServicer(metaclass=_abc_1.ABCMeta):
     """The system of record: conversations, turns, messages (written through the message log),
@@ -522,5 +538,25 @@ class PersistenceServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_persistence_pb2.GetVariantDeploymentResponse, _abc.Awaitable[_persistence_pb2.GetVariantDeploymentResponse]]:
         """Variant registry: the versions serving traffic now (polled by every Agent)."""
+
+    @_abc_1.abstractmethod
+    def GetUserDataKey(
+        self,
+        request: _persistence_pb2.GetUserDataKeyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_persistence_pb2.GetUserDataKeyResponse, _abc.Awaitable[_persistence_pb2.GetUserDataKeyResponse]]:
+        """Returns a user's data key wrapped by the key-encryption key (docs/security.md "Encryption
+        at rest"), creating one when asked and there is none; the caller unwraps it itself.
+        """
+
+    @_abc_1.abstractmethod
+    def DestroyUserDataKey(
+        self,
+        request: _persistence_pb2.DestroyUserDataKeyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_persistence_pb2.DestroyUserDataKeyResponse, _abc.Awaitable[_persistence_pb2.DestroyUserDataKeyResponse]]:
+        """Crypto-shredding: deletes a user's wrapped data key, making every sealed copy of their
+        text unreadable. Internal (EraseUser builds on it).
+        """
 
 def add_PersistenceServiceServicer_to_server(servicer: PersistenceServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

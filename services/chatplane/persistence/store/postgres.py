@@ -23,8 +23,10 @@ from psycopg_pool import AsyncConnectionPool
 from chatplane.audit.chain import AuditEvent, AuditHead, AuditRecord
 from chatplane.common import errors
 from chatplane.common.ids import is_valid_id, new_id
+from chatplane.crypto.keyring import WrappedDataKey
 from chatplane.persistence.store import (
     answer_deltas,
+    postgres_data_keys,
     postgres_handoff,
     postgres_quota,
     postgres_tree,
@@ -925,6 +927,23 @@ class PostgresConversationStore(PostgresVariantRegistry, TreeQueries, Conversati
             cursor = await connection.execute(query, parameters)
             rows = await cursor.fetchall()
         return [facts_from_row(row, _utc) for row in rows]
+
+    # Crypto-shredding (chatplane.crypto.keyring.DataKeyStore): wrapped per-user data keys.
+    async def get_data_key(self, tenant_id: str, user_id: str) -> WrappedDataKey | None:
+        async with self._connection() as connection:
+            return await postgres_data_keys.get_data_key(connection, tenant_id, user_id)
+
+    async def add_data_key(self, key: WrappedDataKey) -> WrappedDataKey:
+        async with self._connection() as connection:
+            return await postgres_data_keys.add_data_key(connection, key)
+
+    async def rewrap_data_key(self, key: WrappedDataKey) -> None:
+        async with self._connection() as connection:
+            await postgres_data_keys.rewrap_data_key(connection, key)
+
+    async def delete_data_key(self, tenant_id: str, user_id: str) -> bool:
+        async with self._connection() as connection:
+            return await postgres_data_keys.delete_data_key(connection, tenant_id, user_id)
 
     @contextlib.asynccontextmanager
     async def _connection(self) -> AsyncIterator[_Connection]:

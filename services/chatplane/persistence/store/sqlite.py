@@ -17,7 +17,9 @@ from typing import Any, Self, TypeVar
 from chatplane.audit.chain import AuditEvent, AuditHead, AuditRecord
 from chatplane.common import errors
 from chatplane.common.ids import is_valid_id, new_id
+from chatplane.crypto.keyring import WrappedDataKey
 from chatplane.persistence.store import answer_deltas, sqlite_handoff, sqlite_quota, sqlite_tree
+from chatplane.persistence.store import sqlite_data_keys as data_keys
 from chatplane.persistence.store import sqlite_identity as identity
 from chatplane.persistence.store.answer_metrics import (
     ANSWER_METRICS_COLUMNS,
@@ -457,6 +459,19 @@ class SqliteConversationStore(SqliteVariantRegistry, TreeQueries, ConversationSt
         parameters = facts_parameters(owner.tenant_id, owner.user_id, after or None, limit)
         rows = await self._run(lambda connection: connection.execute(query, parameters).fetchall())
         return [facts_from_row(row, from_micros) for row in rows]
+
+    # Crypto-shredding (chatplane.crypto.keyring.DataKeyStore): wrapped per-user data keys.
+    async def get_data_key(self, tenant_id: str, user_id: str) -> WrappedDataKey | None:
+        return await self._run(functools.partial(data_keys.get_data_key, tenant_id, user_id))
+
+    async def add_data_key(self, key: WrappedDataKey) -> WrappedDataKey:
+        return await self._run(functools.partial(data_keys.add_data_key, key))
+
+    async def rewrap_data_key(self, key: WrappedDataKey) -> None:
+        await self._run(functools.partial(data_keys.rewrap_data_key, key))
+
+    async def delete_data_key(self, tenant_id: str, user_id: str) -> bool:
+        return await self._run(functools.partial(data_keys.delete_data_key, tenant_id, user_id))
 
     async def _run(self, work: Callable[[sqlite3.Connection], _T]) -> _T:
         if self._closed:
