@@ -34,6 +34,7 @@ from chatplane.persistence.store.base import (
     derived_title,
 )
 from chatplane.persistence.store.handoff import HandoffChange, HandoffPage, HandoffState
+from chatplane.persistence.store.tree_store import TreeQueries
 from chatplane.persistence.store.user_export import MessageFacts
 
 
@@ -127,6 +128,11 @@ class SealedConversationStore:
 
     async def iter_messages(self, after: str | None, limit: int) -> list[Message]:
         return [await self._message(m) for m in await self._inner.iter_messages(after, limit)]
+
+    async def messages_by_id(self, owner: Owner, message_ids: Sequence[str]) -> dict[str, Message]:
+        # The branches of feedback datasets (docs/datasets.md).
+        found = await cast(TreeQueries, self._inner).messages_by_id(owner, message_ids)
+        return {message_id: await self._message(m) for message_id, m in found.items()}
 
     async def user_message_facts(self, owner: Owner, **kwargs: Any) -> list[MessageFacts]:
         # The export's feedback comments (docs/privacy.md, "Export").

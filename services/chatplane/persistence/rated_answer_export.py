@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import cast
 
 from chatplane.common import errors
 from chatplane.persistence.store.base import ConversationStore, Owner, Role
@@ -50,10 +51,10 @@ class RatedAnswerExport:
     def __init__(
         self, store: ConversationStore, opted_in: frozenset[str], redaction: RedactionPolicy
     ) -> None:
-        if not isinstance(store, TreeQueries):
-            raise TypeError("the store must read conversation trees")
         self._store = store
-        self._trees: TreeQueries = store
+        # Both engines' stores are TreeQueries; the sealed store (docs/security.md) wraps
+        # one, opening what these queries return.
+        self._trees = cast(TreeQueries, store)
         self._opted_in = opted_in
         self._redaction = redaction
 
