@@ -26,14 +26,13 @@ from typing import Any, Final
 
 from confluent_kafka import (
     Consumer,
-    ConsumerGroupTopicPartitions,
     KafkaError,
     KafkaException,
     Message,
     Producer,
     TopicPartition,
 )
-from confluent_kafka.admin import AdminClient, NewTopic, OffsetSpec  # type: ignore[attr-defined]
+from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 from chatplane.common.errors import Unavailable
 from chatplane.log.base import (
@@ -50,10 +49,8 @@ _log = logging.getLogger(__name__)
 _SLICE: Final = 0.1
 """Longest single blocking librdkafka call: how quickly a poll notices close or cancellation."""
 _TopicPartitionKey = tuple[str, int]
-# confluent-kafka's admin module re-exports NewTopic and OffsetSpec without listing them
-# (hence the ignore on their import), and leaves these two classmethods unannotated.
-_LATEST: Final[OffsetSpec] = OffsetSpec.latest()  # type: ignore[no-untyped-call]
-_EARLIEST: Final[OffsetSpec] = OffsetSpec.earliest()  # type: ignore[no-untyped-call]
+# confluent-kafka's admin module re-exports NewTopic without listing it (hence the ignore on
+# its import).
 
 # A commit refused because this member's view of the group is out of date. Retrying without
 # polling cannot fix it (rejoining happens inside consume), so the offsets are kept and
@@ -549,6 +546,10 @@ class _KafkaConsumer(MessageLogConsumer):
         self._errors = _ErrorReporter(f"consumer {group}")
         self._failure: KafkaError | None = None
         self._consumer = Consumer({**config, "error_cb": self._on_error})
+        # A second handle of the same group that never subscribes (so never joins): lag()
+        # reads offsets through it without queueing behind this member's fetches.
+        self._offsets = Consumer({**config, "error_cb": _ErrorReporter(f"offsets {group}")})
+        self._offsets_lock = threading.Lock()
         self._topics = topics
         self._group = group
         self._topic_names = list(dict.fromkeys(topic_names))
@@ -619,6 +620,11 @@ class _KafkaConsumer(MessageLogConsumer):
             await asyncio.wrap_future(self._executor.submit(self._consumer.close))
         finally:
             self._executor.shutdown(wait=False)
+            await asyncio.to_thread(self._close_offsets)
+
+    def _close_offsets(self) -> None:
+        with self._offsets_lock:  # after a lag() under way
+            self._offsets.close()
 
     def _check_usable(self) -> None:
         if self._closed:
@@ -776,16 +782,28 @@ class _KafkaConsumer(MessageLogConsumer):
                 extra={"group": self._group, "error": error.name()},
             )
 
-    # Runs on a thread of its own and uses only the admin client: lag never waits for a poll.
+    # Runs on a thread of its own with the `_offsets` handle: lag never waits for a poll. Not
+    # the AdminClient: librdkafka's admin requests (ListOffsets, OffsetFetch) that time out
+    # while the broker restarts can fail an assertion in rd_kafka_enq_once and abort the whole
+    # process (reproduced with 2.13.2, 2.15.1 and 2.16.1; docs/kafka.md, "Lag").
 
     def _lag(self) -> int:
         deadline = time.monotonic() + self._request_timeout
         self._topics.ensure(self._topic_names, self._request_timeout)
-        admin = self._topics.admin()
+        try:
+            with self._offsets_lock:
+                try:
+                    return self._lag_until(deadline)
+                finally:
+                    self._offsets.poll(0)  # serve the handle's log lines and error reports
+        except RuntimeError as error:  # the handle was closed before this call
+            raise Unavailable("the message log consumer is closed") from error
+
+    def _lag_until(self, deadline: float) -> int:
         try:
             while True:
                 try:
-                    return self._read_lag(admin, deadline)
+                    return self._read_lag(deadline)
                 except KafkaException as error:
                     # Metadata a moment old (a topic just created, a leader just moved).
                     if not _retriable(error.args[0]) or time.monotonic() + 0.05 >= deadline:
@@ -793,34 +811,27 @@ class _KafkaConsumer(MessageLogConsumer):
                 time.sleep(0.05)
         except KafkaException as error:
             raise _unavailable("cannot read the message log's lag", error) from error
-        except concurrent.futures.TimeoutError as error:
-            raise Unavailable("the Kafka cluster did not report offsets in time") from error
-        finally:
-            admin.poll(0)
 
-    def _read_lag(self, admin: AdminClient, deadline: float) -> int:
+    def _read_lag(self, deadline: float) -> int:
         partitions: list[TopicPartition] = []
         for topic in self._topic_names:
             remaining = max(0.1, deadline - time.monotonic())
-            found = admin.list_topics(topic, timeout=remaining).topics[topic]
+            found = self._offsets.list_topics(topic, timeout=remaining).topics[topic]
+            if found.error is not None:
+                raise KafkaException(found.error)
             partitions += [TopicPartition(topic, p) for p in sorted(found.partitions)]
         remaining = max(0.1, deadline - time.monotonic())
-        latest = admin.list_offsets({tp: _LATEST for tp in partitions}, request_timeout=remaining)
-        earliest = admin.list_offsets(
-            {tp: _EARLIEST for tp in partitions}, request_timeout=remaining
-        )
-        request = ConsumerGroupTopicPartitions(self._group, partitions)
-        group_offsets = admin.list_consumer_group_offsets([request], request_timeout=remaining)
-        committed = {
-            (tp.topic, tp.partition): tp.offset
-            for tp in group_offsets[self._group].result(timeout=remaining).topic_partitions or ()
-        }
+        committed = self._offsets.committed(partitions, timeout=remaining)
         total = 0
-        for tp in partitions:
-            high = latest[tp].result(timeout=remaining).offset
-            low = earliest[tp].result(timeout=remaining).offset
+        for tp in committed:
+            if tp.error is not None:
+                raise KafkaException(tp.error)
+            remaining = max(0.1, deadline - time.monotonic())
+            low, high = self._offsets.get_watermark_offsets(
+                TopicPartition(tp.topic, tp.partition), timeout=remaining, cached=False
+            )
             # No commit (negative) or one behind retention: the group starts at `low`.
-            total += max(0, high - max(committed.get((tp.topic, tp.partition), -1), low))
+            total += max(0, high - max(tp.offset, low))
         return total
 
 
