@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from bench import (
     auth_flood,
+    chain_cpu,
     edge,
     handoff,
     ingest,
@@ -54,6 +55,7 @@ BENCHMARKS = (
     Benchmark(tree.NAME, tree.TITLE, tree.NOTES, tree.run),
     Benchmark(auth_flood.NAME, auth_flood.TITLE, auth_flood.NOTES, auth_flood.run),
     Benchmark(handoff.NAME, handoff.TITLE, handoff.NOTES, handoff.run),
+    Benchmark(chain_cpu.NAME, chain_cpu.TITLE, chain_cpu.NOTES, chain_cpu.run),
 )
 
 
