@@ -20,7 +20,7 @@ from google.rpc import error_details_pb2, status_pb2
 
 from chatplane.common.tls import client_channel
 from chatplane.launcher.stack import ServiceProcess, Stack
-from chatplane.v1 import persistence_pb2, persistence_pb2_grpc
+from chatplane.v1 import gateway_pb2, persistence_pb2, persistence_pb2_grpc
 from tests.integration.stack_client import (
     Client,
     create_key,
@@ -228,3 +228,48 @@ async def test_cli_sets_and_shows_a_quota(gateways: TwoGateways) -> None:
     assert "(UTC midnight)" in output
     code, output = await run_cli(data_dir, "set", "--tenant", tenant, "--tokens-per-day", "-1")
     assert code != 0
+
+
+async def test_a_refused_turn_of_a_continuing_conversation_is_released_and_leaves_nothing(
+    gateways: TwoGateways,
+) -> None:
+    """A continuing conversation's turn is begun while its tokens are reserved
+    (docs/chain-latency.md): when the reservation is refused, the begun turn is released at
+    once, so the same request runs as soon as there is quota again, and nothing of the refused
+    attempt is stored."""
+    stack = gateways.stack
+    tenant = unique("quota")
+    channel, other = gateways.channels()
+    async with channel, other:
+        client = Client(channel, await create_key(stack, tenant, "dana"))
+        await set_quota(stack, tenant, 1_000_000)
+        first = await client.chat("Start a conversation.")
+        assert first.started is not None
+        conversation = first.started.started.conversation_id
+        await settled(stack, tenant)
+        await set_quota(stack, tenant, 1)  # spent
+
+        key = unique("retry")
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await client.chat("Continue it.", conversation, key)
+        assert caught.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+
+        await set_quota(stack, tenant, 0)  # unlimited again
+        # Released, not waiting for the refused attempt's lease (minutes) to run out.
+        async with asyncio.timeout(20):
+            retried = await client.chat("Continue it.", conversation, key)
+        assert retried.done is not None
+        assert retried.started is not None and not retried.started.started.replayed
+
+        async def stored() -> gateway_pb2.GetConversationResponse | None:
+            history = await client.stub.GetConversation(
+                gateway_pb2.GetConversationRequest(conversation_id=conversation, page_size=50),
+                metadata=client.metadata,
+                timeout=10,
+            )
+            return history if len(history.messages) >= 4 else None
+
+        history = await poll(stored)
+        texts = [m.text for m in history.messages]
+        assert len(texts) == 4
+        assert texts[::2] == ["Start a conversation.", "Continue it."]

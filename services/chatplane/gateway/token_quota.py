@@ -68,6 +68,28 @@ class TurnTokens:
         return self.question_tokens, estimate_tokens("".join(self.answer_chars))
 
 
+class Admission:
+    """A turn's reservation in flight: awaiting it raises QuotaExceeded when refused."""
+
+    def __init__(self, reserving: asyncio.Future[persistence_pb2.ReserveQuotaResponse]) -> None:
+        self._reserving = reserving
+
+    async def __call__(self) -> None:
+        response = await asyncio.shield(self._reserving)
+        if not response.granted:
+            REJECTIONS.labels("quota").inc()
+            raise _exceeded(response.quota)
+
+    async def settled(self) -> persistence_pb2.ReserveQuotaResponse | None:
+        """The granted reservation to settle, None when there is none (refused, failed, or
+        cancelled with the turn)."""
+        try:
+            response = await asyncio.shield(self._reserving)
+        except (grpc.aio.AioRpcError, asyncio.CancelledError):
+            return None
+        return response if response.granted else None
+
+
 class TokenQuotaGate:
     """Reserves and settles turns' tokens against their tenant's daily quota."""
 
@@ -100,31 +122,39 @@ class TokenQuotaGate:
         tenant_id: str,
         text: str,
         budget: Budget,
-        events: Callable[[], AsyncGenerator[gateway_pb2.ChatResponse]],
+        events: Callable[[Admission | None], AsyncGenerator[gateway_pb2.ChatResponse]],
+        *,
+        overlap: bool = False,
     ) -> AsyncGenerator[gateway_pb2.ChatResponse]:
         """The turn's events, run only when the tenant's quota grants a reservation, which is
-        settled with what the turn used however it ends."""
+        settled with what the turn used however it ends. With `overlap`, the reservation is
+        asked for while the turn starts: `events` gets the Admission to await before it
+        spends anything (docs/chain-latency.md); otherwise it is granted before `events`."""
         reservation_id = new_id()
-        response = await self._persistence.ReserveQuota(
-            persistence_pb2.ReserveQuotaRequest(
-                tenant_id=tenant_id,
-                reservation_id=reservation_id,
-                tokens=self.estimate(text),
-                lease_ms=self._lease_ms,
-            ),
-            timeout=budget(self._call_timeout),
+        reserving = asyncio.ensure_future(
+            self._persistence.ReserveQuota(
+                persistence_pb2.ReserveQuotaRequest(
+                    tenant_id=tenant_id,
+                    reservation_id=reservation_id,
+                    tokens=self.estimate(text),
+                    lease_ms=self._lease_ms,
+                ),
+                timeout=budget(self._call_timeout),
+            )
         )
-        if not response.granted:
-            REJECTIONS.labels("quota").inc()
-            raise _exceeded(response.quota)
+        admission = Admission(reserving)
         tokens = TurnTokens(question_tokens=estimate_tokens(text))
         try:
-            async with contextlib.aclosing(events()) as turn:
+            if not overlap:
+                await admission()
+            async with contextlib.aclosing(events(admission if overlap else None)) as turn:
                 async for event in turn:
                     tokens.observe(event)
                     yield event
         finally:
-            if response.quota.tokens_per_day:  # nothing is recorded for unlimited tenants
+            response = await admission.settled()
+            if response is not None and response.quota.tokens_per_day:
+                # Nothing is recorded for unlimited tenants.
                 self._settle_later(tenant_id, reservation_id, tokens)
 
     def _settle_later(self, tenant_id: str, reservation_id: str, tokens: TurnTokens) -> None:
