@@ -7,6 +7,7 @@ the turn path reads (docs/benchmarks.md, "chain CPU")."""
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import os
 from collections.abc import Mapping
@@ -25,12 +26,17 @@ TITLE = "CPU time per turn and per token of each process of the chain (llm-chain
 LEVELS = ((1, 20), (50, 2))
 QUICK_LEVELS = ((1, 4), (10, 1))
 PROCESSES = ("edge", "gateway", "agent", "memory", "persistence")
+# Seconds of no traffic over which each process's idle CPU (its polling loops) is measured:
+# at one stream most of a turn's CPU is this, not the turn.
+IDLE_SECONDS = 3.0
 NOTES = (
     "workload: llm-chain's (emulator: OpenAI-compatible, first token after 600 ms, 60 "
     "tokens/s, 60 tokens; one API key per user, a token quota for the tenant)",
     "CPU = utime + stime of the process and its descendants (/proc), after - before the "
     "measured turns, divided by the turns (ms/turn) or by the tokens delivered (us/token)",
     "edge = the edge launcher and its Envoy; one warm-up turn before each level",
+    f"idle = CPU per second over {IDLE_SECONDS:g} s without traffic (polling loops), before the "
+    "levels: at c=1 a turn lasts ~1.65 s, so per-turn CPU at c=1 includes ~1.65 s of it",
 )
 
 
@@ -97,6 +103,12 @@ async def run(options: Options) -> list[Row]:
                 for c, k in zip(channels, keys, strict=True)
             ]
             pids = stack.info().pids
+            idle_before = _snapshot(pids)
+            await asyncio.sleep(IDLE_SECONDS)
+            idle = {
+                name: (spent - idle_before[name]) * 1000 / IDLE_SECONDS
+                for name, spent in _snapshot(pids).items()
+            }
             try:
                 for level, turns in levels:
                     column = f"c={level}"
@@ -126,6 +138,10 @@ async def run(options: Options) -> list[Row]:
                 for channel in channels:
                     await channel.close()
     rows = [Row(NAME, f"{name} CPU per turn", "ms", values) for name, values in per_turn.items()]
+    rows.extend(
+        Row(NAME, f"{name} idle CPU (no traffic)", "ms/s", {"idle": value})
+        for name, value in idle.items()
+    )
     rows.append(
         Row(
             NAME,
