@@ -90,9 +90,6 @@ class ChatRelay:
                 request.text,
                 budget,
                 lambda admission: self._turn(principal, request, budget, trace, admission),
-                # A continuing conversation's turn is begun while its tokens are reserved
-                # (released if refused); a new one is not, so a refusal creates nothing.
-                overlap=bool(request.conversation_id),
             )
         async with contextlib.aclosing(events):
             async for event in events:
@@ -106,8 +103,8 @@ class ChatRelay:
         trace: tuple[tuple[str, str], ...] = (),
         admission: Admission | None = None,
     ) -> AsyncGenerator[gateway_pb2.ChatResponse]:
-        """The events of the turn the request asks for; `admission` (a quota reservation
-        still in flight) is awaited once the turn is begun, before anything else."""
+        """The events of the turn the request asks for; `admission` (the turn's quota
+        reservation, made by its BeginTurn) is awaited once the turn is begun."""
         settings = self._settings
         owner = persistence_pb2.Owner(tenant_id=principal.tenant_id, user_id=principal.user_id)
         begin_request = persistence_pb2.BeginTurnRequest(
@@ -122,11 +119,17 @@ class ChatRelay:
         )
         # A continuing conversation's handoff state is read while the turn is begun.
         ahead = HandoffLookahead.start(self._handoff, principal, request, budget)
+        if admission is not None and not request.WhichOneof("branch"):
+            # Reserved by BeginTurn itself; a regenerate or edit may poll BeginTurn while its
+            # message settles, so it reserves once, after it.
+            admission.fold_into(begin_request)
         while True:
             begin = await begin_turn(
                 self._persistence, begin_request, budget, settings.internal_call_timeout_seconds
             )
             if admission is not None:
+                begin_request.ClearField("reserve_quota")  # a takeover does not reserve again
+                admission.resolve(begin)
                 release = functools.partial(self._release, principal, begin, budget)
                 await admitted(admission, begin, release)
                 admission = None

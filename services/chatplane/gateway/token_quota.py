@@ -69,22 +69,66 @@ class TurnTokens:
 
 
 class Admission:
-    """A turn's reservation in flight: awaiting it raises QuotaExceeded when refused."""
+    """A turn's reservation, made by its BeginTurn (BeginTurnRequest.reserve_quota, one
+    round trip for both) or, from a Persistence that predates that field, by a ReserveQuota
+    call right after it. Awaiting it raises QuotaExceeded when refused."""
 
-    def __init__(self, reserving: asyncio.Future[persistence_pb2.ReserveQuotaResponse]) -> None:
-        self._reserving = reserving
+    def __init__(
+        self,
+        persistence: persistence_pb2_grpc.PersistenceServiceAsyncStub,
+        request: persistence_pb2.ReserveQuotaRequest,
+        timeout: float,
+    ) -> None:
+        self._persistence = persistence
+        self._request = request
+        self._timeout = timeout
+        # A ReserveQuota call of its own is under way (an older Persistence).
+        self._asked = False
+        self._outcome: asyncio.Future[persistence_pb2.ReserveQuotaResponse] = (
+            asyncio.get_running_loop().create_future()
+        )
+
+    def fold_into(self, begin: persistence_pb2.BeginTurnRequest) -> None:
+        """Asks the BeginTurn call to make the reservation first."""
+        begin.reserve_quota.CopyFrom(self._request)
+
+    def resolve(self, begun: persistence_pb2.BeginTurnResponse) -> None:
+        """Takes the reservation's outcome from the BeginTurn response (or asks for it now)."""
+        if self._outcome.done():
+            return
+        if begun.HasField("quota"):
+            self._outcome.set_result(begun.quota)
+            return
+        call = asyncio.ensure_future(
+            self._persistence.ReserveQuota(self._request, timeout=self._timeout)
+        )
+        self._asked = True
+        call.add_done_callback(self._take)
+
+    def _take(self, call: asyncio.Future[persistence_pb2.ReserveQuotaResponse]) -> None:
+        if self._outcome.done():
+            return
+        if call.cancelled():
+            self._outcome.cancel()
+        elif (error := call.exception()) is not None:
+            self._outcome.set_exception(error)
+        else:
+            self._outcome.set_result(call.result())
 
     async def __call__(self) -> None:
-        response = await asyncio.shield(self._reserving)
+        response = await asyncio.shield(self._outcome)
         if not response.granted:
             REJECTIONS.labels("quota").inc()
             raise _exceeded(response.quota)
 
     async def settled(self) -> persistence_pb2.ReserveQuotaResponse | None:
-        """The granted reservation to settle, None when there is none (refused, failed, or
-        cancelled with the turn)."""
+        """The granted reservation to settle, None when there is none (never made, refused,
+        failed, or cancelled with the turn)."""
+        if not self._outcome.done() and not self._asked:
+            self._outcome.cancel()
+            return None
         try:
-            response = await asyncio.shield(self._reserving)
+            response = await asyncio.shield(self._outcome)
         except (grpc.aio.AioRpcError, asyncio.CancelledError):
             return None
         return response if response.granted else None
@@ -122,32 +166,26 @@ class TokenQuotaGate:
         tenant_id: str,
         text: str,
         budget: Budget,
-        events: Callable[[Admission | None], AsyncGenerator[gateway_pb2.ChatResponse]],
-        *,
-        overlap: bool = False,
+        events: Callable[[Admission], AsyncGenerator[gateway_pb2.ChatResponse]],
     ) -> AsyncGenerator[gateway_pb2.ChatResponse]:
         """The turn's events, run only when the tenant's quota grants a reservation, which is
-        settled with what the turn used however it ends. With `overlap`, the reservation is
-        asked for while the turn starts: `events` gets the Admission to await before it
-        spends anything (docs/chain-latency.md); otherwise it is granted before `events`."""
+        settled with what the turn used however it ends. `events` gets the Admission: its
+        BeginTurn makes the reservation, and it awaits the Admission before spending
+        anything (docs/chain-latency.md)."""
         reservation_id = new_id()
-        reserving = asyncio.ensure_future(
-            self._persistence.ReserveQuota(
-                persistence_pb2.ReserveQuotaRequest(
-                    tenant_id=tenant_id,
-                    reservation_id=reservation_id,
-                    tokens=self.estimate(text),
-                    lease_ms=self._lease_ms,
-                ),
-                timeout=budget(self._call_timeout),
-            )
+        admission = Admission(
+            self._persistence,
+            persistence_pb2.ReserveQuotaRequest(
+                tenant_id=tenant_id,
+                reservation_id=reservation_id,
+                tokens=self.estimate(text),
+                lease_ms=self._lease_ms,
+            ),
+            budget(self._call_timeout),
         )
-        admission = Admission(reserving)
         tokens = TurnTokens(question_tokens=estimate_tokens(text))
         try:
-            if not overlap:
-                await admission()
-            async with contextlib.aclosing(events(admission if overlap else None)) as turn:
+            async with contextlib.aclosing(events(admission)) as turn:
                 async for event in turn:
                     tokens.observe(event)
                     yield event

@@ -1,7 +1,7 @@
-"""What a continuing conversation's turn reads at the same time as its BeginTurn: the handoff
-state (GetHandoff) and the token reservation (ReserveQuota), each one Persistence round trip
-that used to wait for the previous one before the Agent was called (docs/chain-latency.md).
-A new conversation's turn reserves first: a refused turn must not leave an empty conversation."""
+"""Keeping the Persistence round trips before a turn's first token few: a continuing
+conversation's handoff state (GetHandoff) is read at the same time as its BeginTurn, which
+itself makes the turn's token reservation (token_quota.Admission); a refused reservation
+releases a turn that was begun anyway (docs/chain-latency.md)."""
 
 from __future__ import annotations
 
@@ -57,8 +57,9 @@ async def admitted(
     begin: persistence_pb2.BeginTurnResponse,
     release: Callable[[], Awaitable[None]],
 ) -> None:
-    """Waits for the turn's reservation; when it is refused, the turn just begun is released
-    (its lease ends now, nothing was recorded) before QuotaExceeded is raised."""
+    """Waits for the turn's reservation. When it is refused and the turn was begun anyway (a
+    regenerate or edit, or a Persistence that predates BeginTurnRequest.reserve_quota), the
+    turn is released (its lease ends now, nothing was recorded) before QuotaExceeded."""
     try:
         await admission()
     except errors.QuotaExceeded:
