@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 
-from chatplane.common import errors
 from chatplane.common.context import Principal
 from chatplane.gateway.handoff import HandoffDesk, owner_of
 from chatplane.gateway.token_quota import Admission
@@ -59,10 +58,11 @@ async def admitted(
 ) -> None:
     """Waits for the turn's reservation. When it is refused and the turn was begun anyway (a
     regenerate or edit, or a Persistence that predates BeginTurnRequest.reserve_quota), the
-    turn is released (its lease ends now, nothing was recorded) before QuotaExceeded."""
+    turn is released (its lease ends now, nothing was recorded) before QuotaExceeded (or the
+    separate call's error) is raised."""
     try:
         await admission()
-    except errors.QuotaExceeded:
+    except Exception:  # refused, or the separate ReserveQuota call failed
         if begin.owner:
             await release()
         raise
