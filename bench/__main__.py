@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from bench import (
     auth_flood,
+    chain_cpu,
     edge,
     encryption,
     export,
@@ -62,6 +63,7 @@ BENCHMARKS = (
     Benchmark(export.NAME, export.TITLE, export.NOTES, export.run),
     Benchmark(registry.NAME, registry.TITLE, registry.NOTES, registry.run),
     Benchmark(encryption.NAME, encryption.TITLE, encryption.NOTES, encryption.run),
+    Benchmark(chain_cpu.NAME, chain_cpu.TITLE, chain_cpu.NOTES, chain_cpu.run),
 )
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -20,7 +21,7 @@ from google.rpc import error_details_pb2, status_pb2
 
 from chatplane.common.tls import client_channel
 from chatplane.launcher.stack import ServiceProcess, Stack
-from chatplane.v1 import persistence_pb2, persistence_pb2_grpc
+from chatplane.v1 import gateway_pb2, persistence_pb2, persistence_pb2_grpc
 from tests.integration.stack_client import (
     Client,
     create_key,
@@ -104,6 +105,10 @@ def quota_details(
     assert any(d.Unpack(failure) for d in status.details)
     assert any(d.Unpack(retry) for d in status.details)
     return failure, retry
+
+
+def unique_id() -> str:
+    return str(uuid.uuid4())
 
 
 def seconds_to_utc_midnight() -> float:
@@ -228,3 +233,113 @@ async def test_cli_sets_and_shows_a_quota(gateways: TwoGateways) -> None:
     assert "(UTC midnight)" in output
     code, output = await run_cli(data_dir, "set", "--tenant", tenant, "--tokens-per-day", "-1")
     assert code != 0
+
+
+async def test_a_refused_turn_of_a_continuing_conversation_is_released_and_leaves_nothing(
+    gateways: TwoGateways,
+) -> None:
+    """A continuing conversation's turn reserves its tokens in its BeginTurn call while its
+    handoff state is read (docs/chain-latency.md): a refused turn holds no lease, so the same
+    request runs as soon as there is quota again, and nothing of the refused attempt is
+    stored."""
+    stack = gateways.stack
+    tenant = unique("quota")
+    channel, other = gateways.channels()
+    async with channel, other:
+        client = Client(channel, await create_key(stack, tenant, "dana"))
+        await set_quota(stack, tenant, 1_000_000)
+        first = await client.chat("Start a conversation.")
+        assert first.started is not None
+        conversation = first.started.started.conversation_id
+        await settled(stack, tenant)
+        await set_quota(stack, tenant, 1)  # spent
+
+        key = unique("retry")
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await client.chat("Continue it.", conversation, key)
+        assert caught.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+
+        await set_quota(stack, tenant, 0)  # unlimited again
+        # Released, not waiting for the refused attempt's lease (minutes) to run out.
+        async with asyncio.timeout(20):
+            retried = await client.chat("Continue it.", conversation, key)
+        assert retried.done is not None
+        assert retried.started is not None and not retried.started.started.replayed
+
+        async def stored() -> gateway_pb2.GetConversationResponse | None:
+            history = await client.stub.GetConversation(
+                gateway_pb2.GetConversationRequest(conversation_id=conversation, page_size=50),
+                metadata=client.metadata,
+                timeout=10,
+            )
+            return history if len(history.messages) >= 4 else None
+
+        history = await poll(stored)
+        texts = [m.text for m in history.messages]
+        assert len(texts) == 4
+        assert texts[::2] == ["Start a conversation.", "Continue it."]
+
+
+async def test_a_refused_first_turn_creates_no_conversation(gateways: TwoGateways) -> None:
+    stack = gateways.stack
+    tenant = unique("quota")
+    channel, other = gateways.channels()
+    async with channel, other:
+        client = Client(channel, await create_key(stack, tenant, "erin"))
+        await set_quota(stack, tenant, 1_000_000)
+        await client.chat("Hello there.")
+        await settled(stack, tenant)
+        await set_quota(stack, tenant, 1)  # spent
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await client.chat("A new conversation?")
+        assert caught.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+        listed = await client.stub.ListConversations(
+            gateway_pb2.ListConversationsRequest(page_size=10),
+            metadata=client.metadata,
+            timeout=10,
+        )
+        assert len(listed.conversations) == 1
+
+
+async def test_begin_turn_reserves_first_in_the_same_call(gateways: TwoGateways) -> None:
+    """BeginTurnRequest.reserve_quota: refused, nothing is begun; granted, the turn is begun
+    and holds the reservation; a turn that fails to begin gives its reservation back."""
+    stack = gateways.stack
+    tenant = unique("quota")
+    owner = persistence_pb2.Owner(tenant_id=tenant, user_id="frank")
+
+    def begin(
+        conversation_id: str = "", tenant_id: str = tenant
+    ) -> persistence_pb2.BeginTurnRequest:
+        return persistence_pb2.BeginTurnRequest(
+            owner=owner,
+            conversation_id=conversation_id,
+            user_message_id=unique_id(),
+            assistant_message_id=unique_id(),
+            title="t",
+            reserve_quota=persistence_pb2.ReserveQuotaRequest(
+                tenant_id=tenant_id, reservation_id=unique_id(), tokens=RESERVE, lease_ms=60_000
+            ),
+        )
+
+    async with stack.channel("persistence") as channel:
+        stub = persistence_pb2_grpc.PersistenceServiceStub(channel)
+        await set_quota(stack, tenant, RESERVE)
+        granted = await stub.BeginTurn(begin(), timeout=10)
+        assert granted.owner and granted.conversation_id
+        assert granted.quota.granted and granted.quota.reserved_tokens == RESERVE
+        assert (await get_quota(stack, tenant)).reserved_tokens == RESERVE
+
+        refused = await stub.BeginTurn(begin(), timeout=10)  # nothing left
+        assert not refused.quota.granted and not refused.owner and not refused.conversation_id
+
+        await set_quota(stack, tenant, 10 * RESERVE)
+
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.BeginTurn(begin(conversation_id=unique_id()), timeout=10)
+        assert caught.value.code() is grpc.StatusCode.NOT_FOUND
+        assert (await get_quota(stack, tenant)).reserved_tokens == RESERVE  # given back
+
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.BeginTurn(begin(tenant_id=unique("other")), timeout=10)
+        assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT

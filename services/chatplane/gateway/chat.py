@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
@@ -17,7 +18,8 @@ from chatplane.common.ids import new_id
 from chatplane.common.settings import Settings
 from chatplane.gateway.branching import begin_turn, branch_fields, generate_fields
 from chatplane.gateway.handoff import HandoffDesk
-from chatplane.gateway.token_quota import TokenQuotaGate
+from chatplane.gateway.token_quota import Admission, TokenQuotaGate
+from chatplane.gateway.turn_overlap import HandoffLookahead, admitted
 from chatplane.gateway.validation import conversation_title
 from chatplane.v1 import (
     agent_pb2,
@@ -87,7 +89,7 @@ class ChatRelay:
                 principal.tenant_id,
                 request.text,
                 budget,
-                lambda: self._turn(principal, request, budget, trace),
+                lambda admission: self._turn(principal, request, budget, trace, admission),
             )
         async with contextlib.aclosing(events):
             async for event in events:
@@ -99,8 +101,10 @@ class ChatRelay:
         request: gateway_pb2.ChatRequest,
         budget: Budget,
         trace: tuple[tuple[str, str], ...] = (),
+        admission: Admission | None = None,
     ) -> AsyncGenerator[gateway_pb2.ChatResponse]:
-        """The events of the turn the request asks for."""
+        """The events of the turn the request asks for; `admission` (the turn's quota
+        reservation, made by its BeginTurn) is awaited once the turn is begun."""
         settings = self._settings
         owner = persistence_pb2.Owner(tenant_id=principal.tenant_id, user_id=principal.user_id)
         begin_request = persistence_pb2.BeginTurnRequest(
@@ -113,13 +117,27 @@ class ChatRelay:
             lease_ms=int(settings.turn_timeout_seconds * 1000),
             **branch_fields(request, settings),
         )
+        # A continuing conversation's handoff state is read while the turn is begun.
+        ahead = HandoffLookahead.start(self._handoff, principal, request, budget)
+        if admission is not None and not request.WhichOneof("branch"):
+            # Reserved by BeginTurn itself; a regenerate or edit may poll BeginTurn while its
+            # message settles, so it reserves once, after it.
+            admission.fold_into(begin_request)
         while True:
             begin = await begin_turn(
                 self._persistence, begin_request, budget, settings.internal_call_timeout_seconds
             )
+            if admission is not None:
+                begin_request.ClearField("reserve_quota")  # a takeover does not reserve again
+                admission.resolve(begin)
+                release = functools.partial(self._release, principal, begin, budget)
+                await admitted(admission, begin, release)
+                admission = None
             if begin.owner and self._handoff is not None:
                 # With a human (or the explicit-request rule fires): no bot answer.
-                handoff = await self._handoff.before_turn(principal, request, begin, budget)
+                handoff = await self._handoff.before_turn(
+                    principal, request, begin, budget, current=await ahead.state()
+                )
                 if handoff is not None:
                     yield gateway_pb2.ChatResponse(handoff=handoff)
                     return

@@ -154,14 +154,17 @@ class HandoffDesk:
         request: gateway_pb2.ChatRequest,
         begin: persistence_pb2.BeginTurnResponse,
         budget: Budget,
+        current: resources_pb2.HandoffStatus | None = None,
     ) -> resources_pb2.HandoffStatus | None:
         """Called for a turn the caller owns, before the Agent: None lets the bot answer;
         otherwise the conversation is with a human (already, or because the explicit-request
-        rule just fired), the user's message is recorded and the bot stays silent."""
+        rule just fired), the user's message is recorded and the bot stays silent. `current`
+        is the conversation's state when it was read already (gateway/turn_overlap.py)."""
         owner = owner_of(principal)
         status: resources_pb2.HandoffStatus | None = None
         if request.conversation_id:  # a new conversation is with the bot
-            current = await self.state(owner, begin.conversation_id, budget)
+            if current is None:
+                current = await self.state(owner, begin.conversation_id, budget)
             if current.mode == resources_pb2.HANDOFF_MODE_HUMAN:
                 status = current
         if status is None and self._rules.asks_for_human(request.text):

@@ -68,6 +68,72 @@ class TurnTokens:
         return self.question_tokens, estimate_tokens("".join(self.answer_chars))
 
 
+class Admission:
+    """A turn's reservation, made by its BeginTurn (BeginTurnRequest.reserve_quota, one
+    round trip for both) or, from a Persistence that predates that field, by a ReserveQuota
+    call right after it. Awaiting it raises QuotaExceeded when refused."""
+
+    def __init__(
+        self,
+        persistence: persistence_pb2_grpc.PersistenceServiceAsyncStub,
+        request: persistence_pb2.ReserveQuotaRequest,
+        timeout: float,
+    ) -> None:
+        self._persistence = persistence
+        self._request = request
+        self._timeout = timeout
+        # A ReserveQuota call of its own is under way (an older Persistence).
+        self._asked = False
+        self._outcome: asyncio.Future[persistence_pb2.ReserveQuotaResponse] = (
+            asyncio.get_running_loop().create_future()
+        )
+
+    def fold_into(self, begin: persistence_pb2.BeginTurnRequest) -> None:
+        """Asks the BeginTurn call to make the reservation first."""
+        begin.reserve_quota.CopyFrom(self._request)
+
+    def resolve(self, begun: persistence_pb2.BeginTurnResponse) -> None:
+        """Takes the reservation's outcome from the BeginTurn response (or asks for it now)."""
+        if self._outcome.done():
+            return
+        if begun.HasField("quota"):
+            self._outcome.set_result(begun.quota)
+            return
+        call = asyncio.ensure_future(
+            self._persistence.ReserveQuota(self._request, timeout=self._timeout)
+        )
+        self._asked = True
+        call.add_done_callback(self._take)
+
+    def _take(self, call: asyncio.Future[persistence_pb2.ReserveQuotaResponse]) -> None:
+        if self._outcome.done():
+            return
+        if call.cancelled():
+            self._outcome.cancel()
+        elif (error := call.exception()) is not None:
+            self._outcome.set_exception(error)
+        else:
+            self._outcome.set_result(call.result())
+
+    async def __call__(self) -> None:
+        response = await asyncio.shield(self._outcome)
+        if not response.granted:
+            REJECTIONS.labels("quota").inc()
+            raise _exceeded(response.quota)
+
+    async def settled(self) -> persistence_pb2.ReserveQuotaResponse | None:
+        """The granted reservation to settle, None when there is none (never made, refused,
+        failed, or cancelled with the turn)."""
+        if not self._outcome.done() and not self._asked:
+            self._outcome.cancel()
+            return None
+        try:
+            response = await asyncio.shield(self._outcome)
+        except (grpc.aio.AioRpcError, asyncio.CancelledError):
+            return None
+        return response if response.granted else None
+
+
 class TokenQuotaGate:
     """Reserves and settles turns' tokens against their tenant's daily quota."""
 
@@ -100,31 +166,33 @@ class TokenQuotaGate:
         tenant_id: str,
         text: str,
         budget: Budget,
-        events: Callable[[], AsyncGenerator[gateway_pb2.ChatResponse]],
+        events: Callable[[Admission], AsyncGenerator[gateway_pb2.ChatResponse]],
     ) -> AsyncGenerator[gateway_pb2.ChatResponse]:
         """The turn's events, run only when the tenant's quota grants a reservation, which is
-        settled with what the turn used however it ends."""
+        settled with what the turn used however it ends. `events` gets the Admission: its
+        BeginTurn makes the reservation, and it awaits the Admission before spending
+        anything (docs/chain-latency.md)."""
         reservation_id = new_id()
-        response = await self._persistence.ReserveQuota(
+        admission = Admission(
+            self._persistence,
             persistence_pb2.ReserveQuotaRequest(
                 tenant_id=tenant_id,
                 reservation_id=reservation_id,
                 tokens=self.estimate(text),
                 lease_ms=self._lease_ms,
             ),
-            timeout=budget(self._call_timeout),
+            budget(self._call_timeout),
         )
-        if not response.granted:
-            REJECTIONS.labels("quota").inc()
-            raise _exceeded(response.quota)
         tokens = TurnTokens(question_tokens=estimate_tokens(text))
         try:
-            async with contextlib.aclosing(events()) as turn:
+            async with contextlib.aclosing(events(admission)) as turn:
                 async for event in turn:
                     tokens.observe(event)
                     yield event
         finally:
-            if response.quota.tokens_per_day:  # nothing is recorded for unlimited tenants
+            response = await admission.settled()
+            if response is not None and response.quota.tokens_per_day:
+                # Nothing is recorded for unlimited tenants.
                 self._settle_later(tenant_id, reservation_id, tokens)
 
     def _settle_later(self, tenant_id: str, reservation_id: str, tokens: TurnTokens) -> None:

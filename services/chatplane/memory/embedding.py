@@ -67,6 +67,9 @@ _ERF_DENOMINATOR: Final = tuple(
 _INV_SQRT2: Final = np.float32(1.0 / math.sqrt(2.0))
 # ~200 KB of float32 per scratch block: four of them fit in a typical L2 cache.
 _GELU_BLOCK_ELEMENTS: Final = 49_152
+# A batch's padded word pieces may exceed its real ones by at most this factor: batching
+# texts of equal length saves ~10 % of CPU per text, padding costs in proportion.
+_MAX_PADDING: Final = 1.25
 
 
 def bundled_model_dir() -> Path:
@@ -182,10 +185,16 @@ class SentenceEmbedder:
         start = 0
         while start < len(order):
             end = start + 1
+            pieces = len(encodings[order[start]].ids)
             while end < len(order) and end - start < self._max_batch_size:
                 longest = len(encodings[order[end]].ids)
-                if (end - start + 1) * longest > self._max_batch_tokens:
+                padded = (end - start + 1) * longest
+                # A short text padded to a long one's length costs what the long one costs
+                # (a question beside a 256-piece answer: 117 ms of CPU instead of 51): a
+                # batch only takes texts of similar length.
+                if padded > self._max_batch_tokens or padded > _MAX_PADDING * (pieces + longest):
                     break
+                pieces += longest
                 end += 1
             batch = order[start:end]
             result[batch] = self._embed_batch([encodings[i] for i in batch])

@@ -45,6 +45,7 @@ from chatplane.persistence.tree_messages import (
     conversation_view,
     placed_message,
 )
+from chatplane.persistence.turn_reservation import begin_with_reservation
 from chatplane.persistence.variant_report import report_variants
 from chatplane.v1 import (
     gateway_pb2,
@@ -95,6 +96,14 @@ class PersistenceServicer(
     async def BeginTurn(
         self, request: persistence_pb2.BeginTurnRequest, context: Context
     ) -> persistence_pb2.BeginTurnResponse:
+        if request.HasField("reserve_quota"):  # reserve, then begin (turn_reservation.py)
+            return await begin_with_reservation(
+                request,
+                context,
+                begin=self.BeginTurn,
+                reserve=self.ReserveQuota,
+                settle=self.SettleQuota,
+            )
         owner = _owner(request.owner)
         _require_id(request.user_message_id, "user_message_id")
         _require_id(request.assistant_message_id, "assistant_message_id")

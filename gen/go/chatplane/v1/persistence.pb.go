@@ -99,7 +99,11 @@ type BeginTurnRequest struct {
 	// Edit: the turn's user message is a new sibling of this stored user message.
 	EditMessageId string `protobuf:"bytes,41,opt,name=edit_message_id,json=editMessageId,proto3" json:"edit_message_id,omitempty"`
 	// How many messages of the branch to return for the model's history (0 = none).
-	BranchLimit   int32 `protobuf:"varint,42,opt,name=branch_limit,json=branchLimit,proto3" json:"branch_limit,omitempty"`
+	BranchLimit int32 `protobuf:"varint,42,opt,name=branch_limit,json=branchLimit,proto3" json:"branch_limit,omitempty"`
+	// Optional: the turn's token reservation, made first in the same call (one round trip
+	// instead of ReserveQuota then BeginTurn). Refused: the turn is not begun and `quota`
+	// says why. Its tenant_id must be the owner's.
+	ReserveQuota  *ReserveQuotaRequest `protobuf:"bytes,140,opt,name=reserve_quota,json=reserveQuota,proto3" json:"reserve_quota,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -204,6 +208,13 @@ func (x *BeginTurnRequest) GetBranchLimit() int32 {
 	return 0
 }
 
+func (x *BeginTurnRequest) GetReserveQuota() *ReserveQuotaRequest {
+	if x != nil {
+		return x.ReserveQuota
+	}
+	return nil
+}
+
 // The turn the caller must run or replay.
 type BeginTurnResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -226,7 +237,10 @@ type BeginTurnResponse struct {
 	// For an owned turn in a conversation with branches (or a regenerate or edit): the
 	// branch the answer follows, newest branch_limit messages. Absent: the conversation is
 	// one linear chain, and its recent messages are the history.
-	Branch        *BranchHistory `protobuf:"bytes,43,opt,name=branch,proto3" json:"branch,omitempty"`
+	Branch *BranchHistory `protobuf:"bytes,43,opt,name=branch,proto3" json:"branch,omitempty"`
+	// When the request had reserve_quota: the reservation's outcome. Not granted: nothing was
+	// begun (owner and complete are false, no conversation was created).
+	Quota         *ReserveQuotaResponse `protobuf:"bytes,140,opt,name=quota,proto3" json:"quota,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -320,6 +334,13 @@ func (x *BeginTurnResponse) GetUserText() string {
 func (x *BeginTurnResponse) GetBranch() *BranchHistory {
 	if x != nil {
 		return x.Branch
+	}
+	return nil
+}
+
+func (x *BeginTurnResponse) GetQuota() *ReserveQuotaResponse {
+	if x != nil {
+		return x.Quota
 	}
 	return nil
 }
@@ -5261,7 +5282,7 @@ const file_chatplane_v1_persistence_proto_rawDesc = "" +
 	"\x1echatplane/v1/persistence.proto\x12\fchatplane.v1\x1a\x18chatplane/v1/audit.proto\x1a\x1achatplane/v1/gateway.proto\x1a\x1bchatplane/v1/registry.proto\x1a\x1cchatplane/v1/resources.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"=\n" +
 	"\x05Owner\x12\x1b\n" +
 	"\ttenant_id\x18\x01 \x01(\tR\btenantId\x12\x17\n" +
-	"\auser_id\x18\x02 \x01(\tR\x06userId\"\x9c\x03\n" +
+	"\auser_id\x18\x02 \x01(\tR\x06userId\"\xe5\x03\n" +
 	"\x10BeginTurnRequest\x12)\n" +
 	"\x05owner\x18\x01 \x01(\v2\x13.chatplane.v1.OwnerR\x05owner\x12'\n" +
 	"\x0fconversation_id\x18\x02 \x01(\tR\x0econversationId\x12*\n" +
@@ -5272,7 +5293,8 @@ const file_chatplane_v1_persistence_proto_rawDesc = "" +
 	"\blease_ms\x18\a \x01(\x03R\aleaseMs\x122\n" +
 	"\x15regenerate_message_id\x18( \x01(\tR\x13regenerateMessageId\x12&\n" +
 	"\x0fedit_message_id\x18) \x01(\tR\reditMessageId\x12!\n" +
-	"\fbranch_limit\x18* \x01(\x05R\vbranchLimit\"\xe6\x02\n" +
+	"\fbranch_limit\x18* \x01(\x05R\vbranchLimit\x12G\n" +
+	"\rreserve_quota\x18\x8c\x01 \x01(\v2!.chatplane.v1.ReserveQuotaRequestR\freserveQuota\"\xa1\x03\n" +
 	"\x11BeginTurnResponse\x12'\n" +
 	"\x0fconversation_id\x18\x01 \x01(\tR\x0econversationId\x12&\n" +
 	"\x0fuser_message_id\x18\x02 \x01(\tR\ruserMessageId\x120\n" +
@@ -5284,7 +5306,8 @@ const file_chatplane_v1_persistence_proto_rawDesc = "" +
 	"regenerate\x18) \x01(\bR\n" +
 	"regenerate\x12\x1b\n" +
 	"\tuser_text\x18* \x01(\tR\buserText\x123\n" +
-	"\x06branch\x18+ \x01(\v2\x1b.chatplane.v1.BranchHistoryR\x06branch\"\x95\x01\n" +
+	"\x06branch\x18+ \x01(\v2\x1b.chatplane.v1.BranchHistoryR\x06branch\x129\n" +
+	"\x05quota\x18\x8c\x01 \x01(\v2\".chatplane.v1.ReserveQuotaResponseR\x05quota\"\x95\x01\n" +
 	"\x0eGetTurnRequest\x12)\n" +
 	"\x05owner\x18\x01 \x01(\v2\x13.chatplane.v1.OwnerR\x05owner\x12&\n" +
 	"\x0fuser_message_id\x18\x02 \x01(\tR\ruserMessageId\x120\n" +
@@ -5802,172 +5825,174 @@ var file_chatplane_v1_persistence_proto_goTypes = []any{
 }
 var file_chatplane_v1_persistence_proto_depIdxs = []int32{
 	0,   // 0: chatplane.v1.BeginTurnRequest.owner:type_name -> chatplane.v1.Owner
-	82,  // 1: chatplane.v1.BeginTurnResponse.branch:type_name -> chatplane.v1.BranchHistory
-	0,   // 2: chatplane.v1.GetTurnRequest.owner:type_name -> chatplane.v1.Owner
-	83,  // 3: chatplane.v1.GetTurnResponse.user_message:type_name -> chatplane.v1.Message
-	83,  // 4: chatplane.v1.GetTurnResponse.assistant_message:type_name -> chatplane.v1.Message
-	84,  // 5: chatplane.v1.GetTurnResponse.lease_expire_time:type_name -> google.protobuf.Timestamp
-	0,   // 6: chatplane.v1.ReleaseTurnRequest.owner:type_name -> chatplane.v1.Owner
-	0,   // 7: chatplane.v1.PersistenceServiceListConversationsRequest.owner:type_name -> chatplane.v1.Owner
-	85,  // 8: chatplane.v1.PersistenceServiceListConversationsRequest.page:type_name -> chatplane.v1.ListConversationsRequest
-	86,  // 9: chatplane.v1.PersistenceServiceListConversationsResponse.page:type_name -> chatplane.v1.ListConversationsResponse
-	0,   // 10: chatplane.v1.PersistenceServiceGetConversationRequest.owner:type_name -> chatplane.v1.Owner
-	87,  // 11: chatplane.v1.PersistenceServiceGetConversationRequest.request:type_name -> chatplane.v1.GetConversationRequest
-	88,  // 12: chatplane.v1.PersistenceServiceGetConversationResponse.response:type_name -> chatplane.v1.GetConversationResponse
-	0,   // 13: chatplane.v1.PersistenceServiceDeleteConversationRequest.owner:type_name -> chatplane.v1.Owner
-	84,  // 14: chatplane.v1.PersistenceServiceDeleteConversationResponse.delete_time:type_name -> google.protobuf.Timestamp
-	0,   // 15: chatplane.v1.PersistenceServiceSubmitFeedbackRequest.owner:type_name -> chatplane.v1.Owner
-	89,  // 16: chatplane.v1.PersistenceServiceSubmitFeedbackRequest.feedback:type_name -> chatplane.v1.SubmitFeedbackRequest
-	84,  // 17: chatplane.v1.PersistenceServiceSubmitFeedbackResponse.create_time:type_name -> google.protobuf.Timestamp
-	0,   // 18: chatplane.v1.CreateApiKeyRequest.owner:type_name -> chatplane.v1.Owner
-	90,  // 19: chatplane.v1.CreateApiKeyRequest.actor:type_name -> chatplane.v1.AuditActor
-	19,  // 20: chatplane.v1.CreateApiKeyResponse.key:type_name -> chatplane.v1.ApiKeyInfo
-	0,   // 21: chatplane.v1.GetApiKeyResponse.owner:type_name -> chatplane.v1.Owner
-	84,  // 22: chatplane.v1.GetApiKeyResponse.expire_time:type_name -> google.protobuf.Timestamp
-	0,   // 23: chatplane.v1.ApiKeyInfo.owner:type_name -> chatplane.v1.Owner
-	84,  // 24: chatplane.v1.ApiKeyInfo.create_time:type_name -> google.protobuf.Timestamp
-	84,  // 25: chatplane.v1.ApiKeyInfo.expire_time:type_name -> google.protobuf.Timestamp
-	19,  // 26: chatplane.v1.PersistenceServiceListApiKeysResponse.keys:type_name -> chatplane.v1.ApiKeyInfo
-	90,  // 27: chatplane.v1.PersistenceServiceRotateApiKeyRequest.actor:type_name -> chatplane.v1.AuditActor
-	19,  // 28: chatplane.v1.PersistenceServiceRotateApiKeyResponse.key:type_name -> chatplane.v1.ApiKeyInfo
-	19,  // 29: chatplane.v1.PersistenceServiceRotateApiKeyResponse.previous:type_name -> chatplane.v1.ApiKeyInfo
-	90,  // 30: chatplane.v1.PersistenceServiceRevokeApiKeyRequest.actor:type_name -> chatplane.v1.AuditActor
-	19,  // 31: chatplane.v1.PersistenceServiceRevokeApiKeyResponse.key:type_name -> chatplane.v1.ApiKeyInfo
-	91,  // 32: chatplane.v1.AppendAuditEventsRequest.events:type_name -> chatplane.v1.AuditEvent
-	92,  // 33: chatplane.v1.AppendAuditEventsResponse.head:type_name -> chatplane.v1.AuditHead
-	93,  // 34: chatplane.v1.ListAuditRecordsResponse.records:type_name -> chatplane.v1.AuditRecord
-	92,  // 35: chatplane.v1.ListAuditRecordsResponse.head:type_name -> chatplane.v1.AuditHead
-	0,   // 36: chatplane.v1.GetAnswerRequest.owner:type_name -> chatplane.v1.Owner
-	83,  // 37: chatplane.v1.GetAnswerResponse.assistant_message:type_name -> chatplane.v1.Message
-	84,  // 38: chatplane.v1.GetAnswerResponse.lease_expire_time:type_name -> google.protobuf.Timestamp
-	40,  // 39: chatplane.v1.ReserveQuotaResponse.quota:type_name -> chatplane.v1.TokenQuota
-	40,  // 40: chatplane.v1.SettleQuotaResponse.quota:type_name -> chatplane.v1.TokenQuota
-	40,  // 41: chatplane.v1.SetQuotaResponse.quota:type_name -> chatplane.v1.TokenQuota
-	40,  // 42: chatplane.v1.GetQuotaResponse.quota:type_name -> chatplane.v1.TokenQuota
-	84,  // 43: chatplane.v1.TokenQuota.reset_time:type_name -> google.protobuf.Timestamp
-	0,   // 44: chatplane.v1.PersistenceServiceSetActiveBranchRequest.owner:type_name -> chatplane.v1.Owner
-	94,  // 45: chatplane.v1.PersistenceServiceSetActiveBranchRequest.request:type_name -> chatplane.v1.SetActiveBranchRequest
-	95,  // 46: chatplane.v1.PersistenceServiceSetActiveBranchResponse.response:type_name -> chatplane.v1.SetActiveBranchResponse
-	84,  // 47: chatplane.v1.ReportVariantsRequest.since:type_name -> google.protobuf.Timestamp
-	44,  // 48: chatplane.v1.ReportVariantsResponse.variants:type_name -> chatplane.v1.VariantReport
-	0,   // 49: chatplane.v1.GetHandoffRequest.owner:type_name -> chatplane.v1.Owner
-	96,  // 50: chatplane.v1.GetHandoffResponse.handoff:type_name -> chatplane.v1.HandoffStatus
-	0,   // 51: chatplane.v1.ChangeHandoffRequest.owner:type_name -> chatplane.v1.Owner
-	97,  // 52: chatplane.v1.ChangeHandoffRequest.mode:type_name -> chatplane.v1.HandoffMode
-	98,  // 53: chatplane.v1.ChangeHandoffRequest.trigger:type_name -> chatplane.v1.HandoffTrigger
-	96,  // 54: chatplane.v1.ChangeHandoffResponse.handoff:type_name -> chatplane.v1.HandoffStatus
-	96,  // 55: chatplane.v1.ListHandoffsResponse.handoffs:type_name -> chatplane.v1.HandoffStatus
-	0,   // 56: chatplane.v1.GetTenantHandoffResponse.owner:type_name -> chatplane.v1.Owner
-	96,  // 57: chatplane.v1.GetTenantHandoffResponse.handoff:type_name -> chatplane.v1.HandoffStatus
-	0,   // 58: chatplane.v1.CountThumbsDownRequest.owner:type_name -> chatplane.v1.Owner
-	84,  // 59: chatplane.v1.ListRatedAnswersRequest.since:type_name -> google.protobuf.Timestamp
-	84,  // 60: chatplane.v1.ListRatedAnswersRequest.until:type_name -> google.protobuf.Timestamp
-	99,  // 61: chatplane.v1.DatasetMessage.role:type_name -> chatplane.v1.Role
-	100, // 62: chatplane.v1.RatedAnswer.thumbs:type_name -> chatplane.v1.Rating
-	84,  // 63: chatplane.v1.RatedAnswer.create_time:type_name -> google.protobuf.Timestamp
-	57,  // 64: chatplane.v1.RatedAnswer.messages:type_name -> chatplane.v1.DatasetMessage
-	58,  // 65: chatplane.v1.ListRatedAnswersResponse.answers:type_name -> chatplane.v1.RatedAnswer
-	0,   // 66: chatplane.v1.ExportUserRecordsRequest.owner:type_name -> chatplane.v1.Owner
-	100, // 67: chatplane.v1.ExportedFeedback.rating:type_name -> chatplane.v1.Rating
-	84,  // 68: chatplane.v1.ExportedFeedback.create_time:type_name -> google.protobuf.Timestamp
-	101, // 69: chatplane.v1.ExportUserRecordsResponse.conversation:type_name -> chatplane.v1.Conversation
-	83,  // 70: chatplane.v1.ExportUserRecordsResponse.message:type_name -> chatplane.v1.Message
-	61,  // 71: chatplane.v1.ExportUserRecordsResponse.feedback:type_name -> chatplane.v1.ExportedFeedback
-	62,  // 72: chatplane.v1.ExportUserRecordsResponse.answer:type_name -> chatplane.v1.ExportedAnswer
-	102, // 73: chatplane.v1.PushRegistryVariantRequest.request:type_name -> chatplane.v1.PushVariantRequest
-	103, // 74: chatplane.v1.PushRegistryVariantResponse.response:type_name -> chatplane.v1.PushVariantResponse
-	104, // 75: chatplane.v1.ListRegistryVariantsRequest.request:type_name -> chatplane.v1.ListVariantsRequest
-	105, // 76: chatplane.v1.ListRegistryVariantsResponse.response:type_name -> chatplane.v1.ListVariantsResponse
-	106, // 77: chatplane.v1.GetRegistryVariantRequest.request:type_name -> chatplane.v1.GetVariantRequest
-	107, // 78: chatplane.v1.GetRegistryVariantResponse.response:type_name -> chatplane.v1.GetVariantResponse
-	108, // 79: chatplane.v1.PromoteRegistryVariantRequest.request:type_name -> chatplane.v1.PromoteVariantRequest
-	109, // 80: chatplane.v1.PromoteRegistryVariantResponse.response:type_name -> chatplane.v1.PromoteVariantResponse
-	110, // 81: chatplane.v1.RollbackRegistryVariantRequest.request:type_name -> chatplane.v1.RollbackVariantRequest
-	111, // 82: chatplane.v1.RollbackRegistryVariantResponse.response:type_name -> chatplane.v1.RollbackVariantResponse
-	112, // 83: chatplane.v1.ListRegistryChangesRequest.request:type_name -> chatplane.v1.ListVariantChangesRequest
-	113, // 84: chatplane.v1.ListRegistryChangesResponse.response:type_name -> chatplane.v1.ListVariantChangesResponse
-	114, // 85: chatplane.v1.GetVariantDeploymentResponse.deployment:type_name -> chatplane.v1.VariantDeployment
-	0,   // 86: chatplane.v1.GetUserDataKeyRequest.owner:type_name -> chatplane.v1.Owner
-	0,   // 87: chatplane.v1.DestroyUserDataKeyRequest.owner:type_name -> chatplane.v1.Owner
-	1,   // 88: chatplane.v1.PersistenceService.BeginTurn:input_type -> chatplane.v1.BeginTurnRequest
-	3,   // 89: chatplane.v1.PersistenceService.GetTurn:input_type -> chatplane.v1.GetTurnRequest
-	5,   // 90: chatplane.v1.PersistenceService.ReleaseTurn:input_type -> chatplane.v1.ReleaseTurnRequest
-	7,   // 91: chatplane.v1.PersistenceService.ListConversations:input_type -> chatplane.v1.PersistenceServiceListConversationsRequest
-	9,   // 92: chatplane.v1.PersistenceService.GetConversation:input_type -> chatplane.v1.PersistenceServiceGetConversationRequest
-	11,  // 93: chatplane.v1.PersistenceService.DeleteConversation:input_type -> chatplane.v1.PersistenceServiceDeleteConversationRequest
-	13,  // 94: chatplane.v1.PersistenceService.SubmitFeedback:input_type -> chatplane.v1.PersistenceServiceSubmitFeedbackRequest
-	15,  // 95: chatplane.v1.PersistenceService.CreateApiKey:input_type -> chatplane.v1.CreateApiKeyRequest
-	17,  // 96: chatplane.v1.PersistenceService.GetApiKey:input_type -> chatplane.v1.GetApiKeyRequest
-	30,  // 97: chatplane.v1.PersistenceService.GetAnswer:input_type -> chatplane.v1.GetAnswerRequest
-	32,  // 98: chatplane.v1.PersistenceService.ReserveQuota:input_type -> chatplane.v1.ReserveQuotaRequest
-	34,  // 99: chatplane.v1.PersistenceService.SettleQuota:input_type -> chatplane.v1.SettleQuotaRequest
-	36,  // 100: chatplane.v1.PersistenceService.SetQuota:input_type -> chatplane.v1.SetQuotaRequest
-	38,  // 101: chatplane.v1.PersistenceService.GetQuota:input_type -> chatplane.v1.GetQuotaRequest
-	41,  // 102: chatplane.v1.PersistenceService.SetActiveBranch:input_type -> chatplane.v1.PersistenceServiceSetActiveBranchRequest
-	43,  // 103: chatplane.v1.PersistenceService.ReportVariants:input_type -> chatplane.v1.ReportVariantsRequest
-	20,  // 104: chatplane.v1.PersistenceService.ListApiKeys:input_type -> chatplane.v1.PersistenceServiceListApiKeysRequest
-	22,  // 105: chatplane.v1.PersistenceService.RotateApiKey:input_type -> chatplane.v1.PersistenceServiceRotateApiKeyRequest
-	24,  // 106: chatplane.v1.PersistenceService.RevokeApiKey:input_type -> chatplane.v1.PersistenceServiceRevokeApiKeyRequest
-	26,  // 107: chatplane.v1.PersistenceService.AppendAuditEvents:input_type -> chatplane.v1.AppendAuditEventsRequest
-	28,  // 108: chatplane.v1.PersistenceService.ListAuditRecords:input_type -> chatplane.v1.ListAuditRecordsRequest
-	46,  // 109: chatplane.v1.PersistenceService.GetHandoff:input_type -> chatplane.v1.GetHandoffRequest
-	48,  // 110: chatplane.v1.PersistenceService.ChangeHandoff:input_type -> chatplane.v1.ChangeHandoffRequest
-	50,  // 111: chatplane.v1.PersistenceService.ListHandoffs:input_type -> chatplane.v1.ListHandoffsRequest
-	52,  // 112: chatplane.v1.PersistenceService.GetTenantHandoff:input_type -> chatplane.v1.GetTenantHandoffRequest
-	54,  // 113: chatplane.v1.PersistenceService.CountThumbsDown:input_type -> chatplane.v1.CountThumbsDownRequest
-	56,  // 114: chatplane.v1.PersistenceService.ListRatedAnswers:input_type -> chatplane.v1.ListRatedAnswersRequest
-	60,  // 115: chatplane.v1.PersistenceService.ExportUserRecords:input_type -> chatplane.v1.ExportUserRecordsRequest
-	64,  // 116: chatplane.v1.PersistenceService.PushRegistryVariant:input_type -> chatplane.v1.PushRegistryVariantRequest
-	66,  // 117: chatplane.v1.PersistenceService.ListRegistryVariants:input_type -> chatplane.v1.ListRegistryVariantsRequest
-	68,  // 118: chatplane.v1.PersistenceService.GetRegistryVariant:input_type -> chatplane.v1.GetRegistryVariantRequest
-	70,  // 119: chatplane.v1.PersistenceService.PromoteRegistryVariant:input_type -> chatplane.v1.PromoteRegistryVariantRequest
-	72,  // 120: chatplane.v1.PersistenceService.RollbackRegistryVariant:input_type -> chatplane.v1.RollbackRegistryVariantRequest
-	74,  // 121: chatplane.v1.PersistenceService.ListRegistryChanges:input_type -> chatplane.v1.ListRegistryChangesRequest
-	76,  // 122: chatplane.v1.PersistenceService.GetVariantDeployment:input_type -> chatplane.v1.GetVariantDeploymentRequest
-	78,  // 123: chatplane.v1.PersistenceService.GetUserDataKey:input_type -> chatplane.v1.GetUserDataKeyRequest
-	80,  // 124: chatplane.v1.PersistenceService.DestroyUserDataKey:input_type -> chatplane.v1.DestroyUserDataKeyRequest
-	2,   // 125: chatplane.v1.PersistenceService.BeginTurn:output_type -> chatplane.v1.BeginTurnResponse
-	4,   // 126: chatplane.v1.PersistenceService.GetTurn:output_type -> chatplane.v1.GetTurnResponse
-	6,   // 127: chatplane.v1.PersistenceService.ReleaseTurn:output_type -> chatplane.v1.ReleaseTurnResponse
-	8,   // 128: chatplane.v1.PersistenceService.ListConversations:output_type -> chatplane.v1.PersistenceServiceListConversationsResponse
-	10,  // 129: chatplane.v1.PersistenceService.GetConversation:output_type -> chatplane.v1.PersistenceServiceGetConversationResponse
-	12,  // 130: chatplane.v1.PersistenceService.DeleteConversation:output_type -> chatplane.v1.PersistenceServiceDeleteConversationResponse
-	14,  // 131: chatplane.v1.PersistenceService.SubmitFeedback:output_type -> chatplane.v1.PersistenceServiceSubmitFeedbackResponse
-	16,  // 132: chatplane.v1.PersistenceService.CreateApiKey:output_type -> chatplane.v1.CreateApiKeyResponse
-	18,  // 133: chatplane.v1.PersistenceService.GetApiKey:output_type -> chatplane.v1.GetApiKeyResponse
-	31,  // 134: chatplane.v1.PersistenceService.GetAnswer:output_type -> chatplane.v1.GetAnswerResponse
-	33,  // 135: chatplane.v1.PersistenceService.ReserveQuota:output_type -> chatplane.v1.ReserveQuotaResponse
-	35,  // 136: chatplane.v1.PersistenceService.SettleQuota:output_type -> chatplane.v1.SettleQuotaResponse
-	37,  // 137: chatplane.v1.PersistenceService.SetQuota:output_type -> chatplane.v1.SetQuotaResponse
-	39,  // 138: chatplane.v1.PersistenceService.GetQuota:output_type -> chatplane.v1.GetQuotaResponse
-	42,  // 139: chatplane.v1.PersistenceService.SetActiveBranch:output_type -> chatplane.v1.PersistenceServiceSetActiveBranchResponse
-	45,  // 140: chatplane.v1.PersistenceService.ReportVariants:output_type -> chatplane.v1.ReportVariantsResponse
-	21,  // 141: chatplane.v1.PersistenceService.ListApiKeys:output_type -> chatplane.v1.PersistenceServiceListApiKeysResponse
-	23,  // 142: chatplane.v1.PersistenceService.RotateApiKey:output_type -> chatplane.v1.PersistenceServiceRotateApiKeyResponse
-	25,  // 143: chatplane.v1.PersistenceService.RevokeApiKey:output_type -> chatplane.v1.PersistenceServiceRevokeApiKeyResponse
-	27,  // 144: chatplane.v1.PersistenceService.AppendAuditEvents:output_type -> chatplane.v1.AppendAuditEventsResponse
-	29,  // 145: chatplane.v1.PersistenceService.ListAuditRecords:output_type -> chatplane.v1.ListAuditRecordsResponse
-	47,  // 146: chatplane.v1.PersistenceService.GetHandoff:output_type -> chatplane.v1.GetHandoffResponse
-	49,  // 147: chatplane.v1.PersistenceService.ChangeHandoff:output_type -> chatplane.v1.ChangeHandoffResponse
-	51,  // 148: chatplane.v1.PersistenceService.ListHandoffs:output_type -> chatplane.v1.ListHandoffsResponse
-	53,  // 149: chatplane.v1.PersistenceService.GetTenantHandoff:output_type -> chatplane.v1.GetTenantHandoffResponse
-	55,  // 150: chatplane.v1.PersistenceService.CountThumbsDown:output_type -> chatplane.v1.CountThumbsDownResponse
-	59,  // 151: chatplane.v1.PersistenceService.ListRatedAnswers:output_type -> chatplane.v1.ListRatedAnswersResponse
-	63,  // 152: chatplane.v1.PersistenceService.ExportUserRecords:output_type -> chatplane.v1.ExportUserRecordsResponse
-	65,  // 153: chatplane.v1.PersistenceService.PushRegistryVariant:output_type -> chatplane.v1.PushRegistryVariantResponse
-	67,  // 154: chatplane.v1.PersistenceService.ListRegistryVariants:output_type -> chatplane.v1.ListRegistryVariantsResponse
-	69,  // 155: chatplane.v1.PersistenceService.GetRegistryVariant:output_type -> chatplane.v1.GetRegistryVariantResponse
-	71,  // 156: chatplane.v1.PersistenceService.PromoteRegistryVariant:output_type -> chatplane.v1.PromoteRegistryVariantResponse
-	73,  // 157: chatplane.v1.PersistenceService.RollbackRegistryVariant:output_type -> chatplane.v1.RollbackRegistryVariantResponse
-	75,  // 158: chatplane.v1.PersistenceService.ListRegistryChanges:output_type -> chatplane.v1.ListRegistryChangesResponse
-	77,  // 159: chatplane.v1.PersistenceService.GetVariantDeployment:output_type -> chatplane.v1.GetVariantDeploymentResponse
-	79,  // 160: chatplane.v1.PersistenceService.GetUserDataKey:output_type -> chatplane.v1.GetUserDataKeyResponse
-	81,  // 161: chatplane.v1.PersistenceService.DestroyUserDataKey:output_type -> chatplane.v1.DestroyUserDataKeyResponse
-	125, // [125:162] is the sub-list for method output_type
-	88,  // [88:125] is the sub-list for method input_type
-	88,  // [88:88] is the sub-list for extension type_name
-	88,  // [88:88] is the sub-list for extension extendee
-	0,   // [0:88] is the sub-list for field type_name
+	32,  // 1: chatplane.v1.BeginTurnRequest.reserve_quota:type_name -> chatplane.v1.ReserveQuotaRequest
+	82,  // 2: chatplane.v1.BeginTurnResponse.branch:type_name -> chatplane.v1.BranchHistory
+	33,  // 3: chatplane.v1.BeginTurnResponse.quota:type_name -> chatplane.v1.ReserveQuotaResponse
+	0,   // 4: chatplane.v1.GetTurnRequest.owner:type_name -> chatplane.v1.Owner
+	83,  // 5: chatplane.v1.GetTurnResponse.user_message:type_name -> chatplane.v1.Message
+	83,  // 6: chatplane.v1.GetTurnResponse.assistant_message:type_name -> chatplane.v1.Message
+	84,  // 7: chatplane.v1.GetTurnResponse.lease_expire_time:type_name -> google.protobuf.Timestamp
+	0,   // 8: chatplane.v1.ReleaseTurnRequest.owner:type_name -> chatplane.v1.Owner
+	0,   // 9: chatplane.v1.PersistenceServiceListConversationsRequest.owner:type_name -> chatplane.v1.Owner
+	85,  // 10: chatplane.v1.PersistenceServiceListConversationsRequest.page:type_name -> chatplane.v1.ListConversationsRequest
+	86,  // 11: chatplane.v1.PersistenceServiceListConversationsResponse.page:type_name -> chatplane.v1.ListConversationsResponse
+	0,   // 12: chatplane.v1.PersistenceServiceGetConversationRequest.owner:type_name -> chatplane.v1.Owner
+	87,  // 13: chatplane.v1.PersistenceServiceGetConversationRequest.request:type_name -> chatplane.v1.GetConversationRequest
+	88,  // 14: chatplane.v1.PersistenceServiceGetConversationResponse.response:type_name -> chatplane.v1.GetConversationResponse
+	0,   // 15: chatplane.v1.PersistenceServiceDeleteConversationRequest.owner:type_name -> chatplane.v1.Owner
+	84,  // 16: chatplane.v1.PersistenceServiceDeleteConversationResponse.delete_time:type_name -> google.protobuf.Timestamp
+	0,   // 17: chatplane.v1.PersistenceServiceSubmitFeedbackRequest.owner:type_name -> chatplane.v1.Owner
+	89,  // 18: chatplane.v1.PersistenceServiceSubmitFeedbackRequest.feedback:type_name -> chatplane.v1.SubmitFeedbackRequest
+	84,  // 19: chatplane.v1.PersistenceServiceSubmitFeedbackResponse.create_time:type_name -> google.protobuf.Timestamp
+	0,   // 20: chatplane.v1.CreateApiKeyRequest.owner:type_name -> chatplane.v1.Owner
+	90,  // 21: chatplane.v1.CreateApiKeyRequest.actor:type_name -> chatplane.v1.AuditActor
+	19,  // 22: chatplane.v1.CreateApiKeyResponse.key:type_name -> chatplane.v1.ApiKeyInfo
+	0,   // 23: chatplane.v1.GetApiKeyResponse.owner:type_name -> chatplane.v1.Owner
+	84,  // 24: chatplane.v1.GetApiKeyResponse.expire_time:type_name -> google.protobuf.Timestamp
+	0,   // 25: chatplane.v1.ApiKeyInfo.owner:type_name -> chatplane.v1.Owner
+	84,  // 26: chatplane.v1.ApiKeyInfo.create_time:type_name -> google.protobuf.Timestamp
+	84,  // 27: chatplane.v1.ApiKeyInfo.expire_time:type_name -> google.protobuf.Timestamp
+	19,  // 28: chatplane.v1.PersistenceServiceListApiKeysResponse.keys:type_name -> chatplane.v1.ApiKeyInfo
+	90,  // 29: chatplane.v1.PersistenceServiceRotateApiKeyRequest.actor:type_name -> chatplane.v1.AuditActor
+	19,  // 30: chatplane.v1.PersistenceServiceRotateApiKeyResponse.key:type_name -> chatplane.v1.ApiKeyInfo
+	19,  // 31: chatplane.v1.PersistenceServiceRotateApiKeyResponse.previous:type_name -> chatplane.v1.ApiKeyInfo
+	90,  // 32: chatplane.v1.PersistenceServiceRevokeApiKeyRequest.actor:type_name -> chatplane.v1.AuditActor
+	19,  // 33: chatplane.v1.PersistenceServiceRevokeApiKeyResponse.key:type_name -> chatplane.v1.ApiKeyInfo
+	91,  // 34: chatplane.v1.AppendAuditEventsRequest.events:type_name -> chatplane.v1.AuditEvent
+	92,  // 35: chatplane.v1.AppendAuditEventsResponse.head:type_name -> chatplane.v1.AuditHead
+	93,  // 36: chatplane.v1.ListAuditRecordsResponse.records:type_name -> chatplane.v1.AuditRecord
+	92,  // 37: chatplane.v1.ListAuditRecordsResponse.head:type_name -> chatplane.v1.AuditHead
+	0,   // 38: chatplane.v1.GetAnswerRequest.owner:type_name -> chatplane.v1.Owner
+	83,  // 39: chatplane.v1.GetAnswerResponse.assistant_message:type_name -> chatplane.v1.Message
+	84,  // 40: chatplane.v1.GetAnswerResponse.lease_expire_time:type_name -> google.protobuf.Timestamp
+	40,  // 41: chatplane.v1.ReserveQuotaResponse.quota:type_name -> chatplane.v1.TokenQuota
+	40,  // 42: chatplane.v1.SettleQuotaResponse.quota:type_name -> chatplane.v1.TokenQuota
+	40,  // 43: chatplane.v1.SetQuotaResponse.quota:type_name -> chatplane.v1.TokenQuota
+	40,  // 44: chatplane.v1.GetQuotaResponse.quota:type_name -> chatplane.v1.TokenQuota
+	84,  // 45: chatplane.v1.TokenQuota.reset_time:type_name -> google.protobuf.Timestamp
+	0,   // 46: chatplane.v1.PersistenceServiceSetActiveBranchRequest.owner:type_name -> chatplane.v1.Owner
+	94,  // 47: chatplane.v1.PersistenceServiceSetActiveBranchRequest.request:type_name -> chatplane.v1.SetActiveBranchRequest
+	95,  // 48: chatplane.v1.PersistenceServiceSetActiveBranchResponse.response:type_name -> chatplane.v1.SetActiveBranchResponse
+	84,  // 49: chatplane.v1.ReportVariantsRequest.since:type_name -> google.protobuf.Timestamp
+	44,  // 50: chatplane.v1.ReportVariantsResponse.variants:type_name -> chatplane.v1.VariantReport
+	0,   // 51: chatplane.v1.GetHandoffRequest.owner:type_name -> chatplane.v1.Owner
+	96,  // 52: chatplane.v1.GetHandoffResponse.handoff:type_name -> chatplane.v1.HandoffStatus
+	0,   // 53: chatplane.v1.ChangeHandoffRequest.owner:type_name -> chatplane.v1.Owner
+	97,  // 54: chatplane.v1.ChangeHandoffRequest.mode:type_name -> chatplane.v1.HandoffMode
+	98,  // 55: chatplane.v1.ChangeHandoffRequest.trigger:type_name -> chatplane.v1.HandoffTrigger
+	96,  // 56: chatplane.v1.ChangeHandoffResponse.handoff:type_name -> chatplane.v1.HandoffStatus
+	96,  // 57: chatplane.v1.ListHandoffsResponse.handoffs:type_name -> chatplane.v1.HandoffStatus
+	0,   // 58: chatplane.v1.GetTenantHandoffResponse.owner:type_name -> chatplane.v1.Owner
+	96,  // 59: chatplane.v1.GetTenantHandoffResponse.handoff:type_name -> chatplane.v1.HandoffStatus
+	0,   // 60: chatplane.v1.CountThumbsDownRequest.owner:type_name -> chatplane.v1.Owner
+	84,  // 61: chatplane.v1.ListRatedAnswersRequest.since:type_name -> google.protobuf.Timestamp
+	84,  // 62: chatplane.v1.ListRatedAnswersRequest.until:type_name -> google.protobuf.Timestamp
+	99,  // 63: chatplane.v1.DatasetMessage.role:type_name -> chatplane.v1.Role
+	100, // 64: chatplane.v1.RatedAnswer.thumbs:type_name -> chatplane.v1.Rating
+	84,  // 65: chatplane.v1.RatedAnswer.create_time:type_name -> google.protobuf.Timestamp
+	57,  // 66: chatplane.v1.RatedAnswer.messages:type_name -> chatplane.v1.DatasetMessage
+	58,  // 67: chatplane.v1.ListRatedAnswersResponse.answers:type_name -> chatplane.v1.RatedAnswer
+	0,   // 68: chatplane.v1.ExportUserRecordsRequest.owner:type_name -> chatplane.v1.Owner
+	100, // 69: chatplane.v1.ExportedFeedback.rating:type_name -> chatplane.v1.Rating
+	84,  // 70: chatplane.v1.ExportedFeedback.create_time:type_name -> google.protobuf.Timestamp
+	101, // 71: chatplane.v1.ExportUserRecordsResponse.conversation:type_name -> chatplane.v1.Conversation
+	83,  // 72: chatplane.v1.ExportUserRecordsResponse.message:type_name -> chatplane.v1.Message
+	61,  // 73: chatplane.v1.ExportUserRecordsResponse.feedback:type_name -> chatplane.v1.ExportedFeedback
+	62,  // 74: chatplane.v1.ExportUserRecordsResponse.answer:type_name -> chatplane.v1.ExportedAnswer
+	102, // 75: chatplane.v1.PushRegistryVariantRequest.request:type_name -> chatplane.v1.PushVariantRequest
+	103, // 76: chatplane.v1.PushRegistryVariantResponse.response:type_name -> chatplane.v1.PushVariantResponse
+	104, // 77: chatplane.v1.ListRegistryVariantsRequest.request:type_name -> chatplane.v1.ListVariantsRequest
+	105, // 78: chatplane.v1.ListRegistryVariantsResponse.response:type_name -> chatplane.v1.ListVariantsResponse
+	106, // 79: chatplane.v1.GetRegistryVariantRequest.request:type_name -> chatplane.v1.GetVariantRequest
+	107, // 80: chatplane.v1.GetRegistryVariantResponse.response:type_name -> chatplane.v1.GetVariantResponse
+	108, // 81: chatplane.v1.PromoteRegistryVariantRequest.request:type_name -> chatplane.v1.PromoteVariantRequest
+	109, // 82: chatplane.v1.PromoteRegistryVariantResponse.response:type_name -> chatplane.v1.PromoteVariantResponse
+	110, // 83: chatplane.v1.RollbackRegistryVariantRequest.request:type_name -> chatplane.v1.RollbackVariantRequest
+	111, // 84: chatplane.v1.RollbackRegistryVariantResponse.response:type_name -> chatplane.v1.RollbackVariantResponse
+	112, // 85: chatplane.v1.ListRegistryChangesRequest.request:type_name -> chatplane.v1.ListVariantChangesRequest
+	113, // 86: chatplane.v1.ListRegistryChangesResponse.response:type_name -> chatplane.v1.ListVariantChangesResponse
+	114, // 87: chatplane.v1.GetVariantDeploymentResponse.deployment:type_name -> chatplane.v1.VariantDeployment
+	0,   // 88: chatplane.v1.GetUserDataKeyRequest.owner:type_name -> chatplane.v1.Owner
+	0,   // 89: chatplane.v1.DestroyUserDataKeyRequest.owner:type_name -> chatplane.v1.Owner
+	1,   // 90: chatplane.v1.PersistenceService.BeginTurn:input_type -> chatplane.v1.BeginTurnRequest
+	3,   // 91: chatplane.v1.PersistenceService.GetTurn:input_type -> chatplane.v1.GetTurnRequest
+	5,   // 92: chatplane.v1.PersistenceService.ReleaseTurn:input_type -> chatplane.v1.ReleaseTurnRequest
+	7,   // 93: chatplane.v1.PersistenceService.ListConversations:input_type -> chatplane.v1.PersistenceServiceListConversationsRequest
+	9,   // 94: chatplane.v1.PersistenceService.GetConversation:input_type -> chatplane.v1.PersistenceServiceGetConversationRequest
+	11,  // 95: chatplane.v1.PersistenceService.DeleteConversation:input_type -> chatplane.v1.PersistenceServiceDeleteConversationRequest
+	13,  // 96: chatplane.v1.PersistenceService.SubmitFeedback:input_type -> chatplane.v1.PersistenceServiceSubmitFeedbackRequest
+	15,  // 97: chatplane.v1.PersistenceService.CreateApiKey:input_type -> chatplane.v1.CreateApiKeyRequest
+	17,  // 98: chatplane.v1.PersistenceService.GetApiKey:input_type -> chatplane.v1.GetApiKeyRequest
+	30,  // 99: chatplane.v1.PersistenceService.GetAnswer:input_type -> chatplane.v1.GetAnswerRequest
+	32,  // 100: chatplane.v1.PersistenceService.ReserveQuota:input_type -> chatplane.v1.ReserveQuotaRequest
+	34,  // 101: chatplane.v1.PersistenceService.SettleQuota:input_type -> chatplane.v1.SettleQuotaRequest
+	36,  // 102: chatplane.v1.PersistenceService.SetQuota:input_type -> chatplane.v1.SetQuotaRequest
+	38,  // 103: chatplane.v1.PersistenceService.GetQuota:input_type -> chatplane.v1.GetQuotaRequest
+	41,  // 104: chatplane.v1.PersistenceService.SetActiveBranch:input_type -> chatplane.v1.PersistenceServiceSetActiveBranchRequest
+	43,  // 105: chatplane.v1.PersistenceService.ReportVariants:input_type -> chatplane.v1.ReportVariantsRequest
+	20,  // 106: chatplane.v1.PersistenceService.ListApiKeys:input_type -> chatplane.v1.PersistenceServiceListApiKeysRequest
+	22,  // 107: chatplane.v1.PersistenceService.RotateApiKey:input_type -> chatplane.v1.PersistenceServiceRotateApiKeyRequest
+	24,  // 108: chatplane.v1.PersistenceService.RevokeApiKey:input_type -> chatplane.v1.PersistenceServiceRevokeApiKeyRequest
+	26,  // 109: chatplane.v1.PersistenceService.AppendAuditEvents:input_type -> chatplane.v1.AppendAuditEventsRequest
+	28,  // 110: chatplane.v1.PersistenceService.ListAuditRecords:input_type -> chatplane.v1.ListAuditRecordsRequest
+	46,  // 111: chatplane.v1.PersistenceService.GetHandoff:input_type -> chatplane.v1.GetHandoffRequest
+	48,  // 112: chatplane.v1.PersistenceService.ChangeHandoff:input_type -> chatplane.v1.ChangeHandoffRequest
+	50,  // 113: chatplane.v1.PersistenceService.ListHandoffs:input_type -> chatplane.v1.ListHandoffsRequest
+	52,  // 114: chatplane.v1.PersistenceService.GetTenantHandoff:input_type -> chatplane.v1.GetTenantHandoffRequest
+	54,  // 115: chatplane.v1.PersistenceService.CountThumbsDown:input_type -> chatplane.v1.CountThumbsDownRequest
+	56,  // 116: chatplane.v1.PersistenceService.ListRatedAnswers:input_type -> chatplane.v1.ListRatedAnswersRequest
+	60,  // 117: chatplane.v1.PersistenceService.ExportUserRecords:input_type -> chatplane.v1.ExportUserRecordsRequest
+	64,  // 118: chatplane.v1.PersistenceService.PushRegistryVariant:input_type -> chatplane.v1.PushRegistryVariantRequest
+	66,  // 119: chatplane.v1.PersistenceService.ListRegistryVariants:input_type -> chatplane.v1.ListRegistryVariantsRequest
+	68,  // 120: chatplane.v1.PersistenceService.GetRegistryVariant:input_type -> chatplane.v1.GetRegistryVariantRequest
+	70,  // 121: chatplane.v1.PersistenceService.PromoteRegistryVariant:input_type -> chatplane.v1.PromoteRegistryVariantRequest
+	72,  // 122: chatplane.v1.PersistenceService.RollbackRegistryVariant:input_type -> chatplane.v1.RollbackRegistryVariantRequest
+	74,  // 123: chatplane.v1.PersistenceService.ListRegistryChanges:input_type -> chatplane.v1.ListRegistryChangesRequest
+	76,  // 124: chatplane.v1.PersistenceService.GetVariantDeployment:input_type -> chatplane.v1.GetVariantDeploymentRequest
+	78,  // 125: chatplane.v1.PersistenceService.GetUserDataKey:input_type -> chatplane.v1.GetUserDataKeyRequest
+	80,  // 126: chatplane.v1.PersistenceService.DestroyUserDataKey:input_type -> chatplane.v1.DestroyUserDataKeyRequest
+	2,   // 127: chatplane.v1.PersistenceService.BeginTurn:output_type -> chatplane.v1.BeginTurnResponse
+	4,   // 128: chatplane.v1.PersistenceService.GetTurn:output_type -> chatplane.v1.GetTurnResponse
+	6,   // 129: chatplane.v1.PersistenceService.ReleaseTurn:output_type -> chatplane.v1.ReleaseTurnResponse
+	8,   // 130: chatplane.v1.PersistenceService.ListConversations:output_type -> chatplane.v1.PersistenceServiceListConversationsResponse
+	10,  // 131: chatplane.v1.PersistenceService.GetConversation:output_type -> chatplane.v1.PersistenceServiceGetConversationResponse
+	12,  // 132: chatplane.v1.PersistenceService.DeleteConversation:output_type -> chatplane.v1.PersistenceServiceDeleteConversationResponse
+	14,  // 133: chatplane.v1.PersistenceService.SubmitFeedback:output_type -> chatplane.v1.PersistenceServiceSubmitFeedbackResponse
+	16,  // 134: chatplane.v1.PersistenceService.CreateApiKey:output_type -> chatplane.v1.CreateApiKeyResponse
+	18,  // 135: chatplane.v1.PersistenceService.GetApiKey:output_type -> chatplane.v1.GetApiKeyResponse
+	31,  // 136: chatplane.v1.PersistenceService.GetAnswer:output_type -> chatplane.v1.GetAnswerResponse
+	33,  // 137: chatplane.v1.PersistenceService.ReserveQuota:output_type -> chatplane.v1.ReserveQuotaResponse
+	35,  // 138: chatplane.v1.PersistenceService.SettleQuota:output_type -> chatplane.v1.SettleQuotaResponse
+	37,  // 139: chatplane.v1.PersistenceService.SetQuota:output_type -> chatplane.v1.SetQuotaResponse
+	39,  // 140: chatplane.v1.PersistenceService.GetQuota:output_type -> chatplane.v1.GetQuotaResponse
+	42,  // 141: chatplane.v1.PersistenceService.SetActiveBranch:output_type -> chatplane.v1.PersistenceServiceSetActiveBranchResponse
+	45,  // 142: chatplane.v1.PersistenceService.ReportVariants:output_type -> chatplane.v1.ReportVariantsResponse
+	21,  // 143: chatplane.v1.PersistenceService.ListApiKeys:output_type -> chatplane.v1.PersistenceServiceListApiKeysResponse
+	23,  // 144: chatplane.v1.PersistenceService.RotateApiKey:output_type -> chatplane.v1.PersistenceServiceRotateApiKeyResponse
+	25,  // 145: chatplane.v1.PersistenceService.RevokeApiKey:output_type -> chatplane.v1.PersistenceServiceRevokeApiKeyResponse
+	27,  // 146: chatplane.v1.PersistenceService.AppendAuditEvents:output_type -> chatplane.v1.AppendAuditEventsResponse
+	29,  // 147: chatplane.v1.PersistenceService.ListAuditRecords:output_type -> chatplane.v1.ListAuditRecordsResponse
+	47,  // 148: chatplane.v1.PersistenceService.GetHandoff:output_type -> chatplane.v1.GetHandoffResponse
+	49,  // 149: chatplane.v1.PersistenceService.ChangeHandoff:output_type -> chatplane.v1.ChangeHandoffResponse
+	51,  // 150: chatplane.v1.PersistenceService.ListHandoffs:output_type -> chatplane.v1.ListHandoffsResponse
+	53,  // 151: chatplane.v1.PersistenceService.GetTenantHandoff:output_type -> chatplane.v1.GetTenantHandoffResponse
+	55,  // 152: chatplane.v1.PersistenceService.CountThumbsDown:output_type -> chatplane.v1.CountThumbsDownResponse
+	59,  // 153: chatplane.v1.PersistenceService.ListRatedAnswers:output_type -> chatplane.v1.ListRatedAnswersResponse
+	63,  // 154: chatplane.v1.PersistenceService.ExportUserRecords:output_type -> chatplane.v1.ExportUserRecordsResponse
+	65,  // 155: chatplane.v1.PersistenceService.PushRegistryVariant:output_type -> chatplane.v1.PushRegistryVariantResponse
+	67,  // 156: chatplane.v1.PersistenceService.ListRegistryVariants:output_type -> chatplane.v1.ListRegistryVariantsResponse
+	69,  // 157: chatplane.v1.PersistenceService.GetRegistryVariant:output_type -> chatplane.v1.GetRegistryVariantResponse
+	71,  // 158: chatplane.v1.PersistenceService.PromoteRegistryVariant:output_type -> chatplane.v1.PromoteRegistryVariantResponse
+	73,  // 159: chatplane.v1.PersistenceService.RollbackRegistryVariant:output_type -> chatplane.v1.RollbackRegistryVariantResponse
+	75,  // 160: chatplane.v1.PersistenceService.ListRegistryChanges:output_type -> chatplane.v1.ListRegistryChangesResponse
+	77,  // 161: chatplane.v1.PersistenceService.GetVariantDeployment:output_type -> chatplane.v1.GetVariantDeploymentResponse
+	79,  // 162: chatplane.v1.PersistenceService.GetUserDataKey:output_type -> chatplane.v1.GetUserDataKeyResponse
+	81,  // 163: chatplane.v1.PersistenceService.DestroyUserDataKey:output_type -> chatplane.v1.DestroyUserDataKeyResponse
+	127, // [127:164] is the sub-list for method output_type
+	90,  // [90:127] is the sub-list for method input_type
+	90,  // [90:90] is the sub-list for extension type_name
+	90,  // [90:90] is the sub-list for extension extendee
+	0,   // [0:90] is the sub-list for field type_name
 }
 
 func init() { file_chatplane_v1_persistence_proto_init() }

@@ -65,6 +65,7 @@ class BeginTurnRequest(_message.Message):
     REGENERATE_MESSAGE_ID_FIELD_NUMBER: _builtins.int
     EDIT_MESSAGE_ID_FIELD_NUMBER: _builtins.int
     BRANCH_LIMIT_FIELD_NUMBER: _builtins.int
+    RESERVE_QUOTA_FIELD_NUMBER: _builtins.int
     conversation_id: _builtins.str
     """The conversation to continue, or empty to create one."""
     client_message_id: _builtins.str
@@ -87,6 +88,13 @@ class BeginTurnRequest(_message.Message):
     def owner(self) -> Global___Owner:
         """Who sends the message."""
 
+    @_builtins.property
+    def reserve_quota(self) -> Global___ReserveQuotaRequest:
+        """Optional: the turn's token reservation, made first in the same call (one round trip
+        instead of ReserveQuota then BeginTurn). Refused: the turn is not begun and `quota`
+        says why. Its tenant_id must be the owner's.
+        """
+
     def __init__(
         self,
         *,
@@ -100,10 +108,11 @@ class BeginTurnRequest(_message.Message):
         regenerate_message_id: _builtins.str = ...,
         edit_message_id: _builtins.str = ...,
         branch_limit: _builtins.int = ...,
+        reserve_quota: Global___ReserveQuotaRequest | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["owner", b"owner"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["owner", b"owner", "reserve_quota", b"reserve_quota"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["assistant_message_id", b"assistant_message_id", "branch_limit", b"branch_limit", "client_message_id", b"client_message_id", "conversation_id", b"conversation_id", "edit_message_id", b"edit_message_id", "lease_ms", b"lease_ms", "owner", b"owner", "regenerate_message_id", b"regenerate_message_id", "title", b"title", "user_message_id", b"user_message_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["assistant_message_id", b"assistant_message_id", "branch_limit", b"branch_limit", "client_message_id", b"client_message_id", "conversation_id", b"conversation_id", "edit_message_id", b"edit_message_id", "lease_ms", b"lease_ms", "owner", b"owner", "regenerate_message_id", b"regenerate_message_id", "reserve_quota", b"reserve_quota", "title", b"title", "user_message_id", b"user_message_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -124,6 +133,7 @@ class BeginTurnResponse(_message.Message):
     REGENERATE_FIELD_NUMBER: _builtins.int
     USER_TEXT_FIELD_NUMBER: _builtins.int
     BRANCH_FIELD_NUMBER: _builtins.int
+    QUOTA_FIELD_NUMBER: _builtins.int
     conversation_id: _builtins.str
     """The conversation (created if it was new)."""
     user_message_id: _builtins.str
@@ -147,6 +157,12 @@ class BeginTurnResponse(_message.Message):
         one linear chain, and its recent messages are the history.
         """
 
+    @_builtins.property
+    def quota(self) -> Global___ReserveQuotaResponse:
+        """When the request had reserve_quota: the reservation's outcome. Not granted: nothing was
+        begun (owner and complete are false, no conversation was created).
+        """
+
     def __init__(
         self,
         *,
@@ -159,10 +175,11 @@ class BeginTurnResponse(_message.Message):
         regenerate: _builtins.bool = ...,
         user_text: _builtins.str = ...,
         branch: _resources_pb2.BranchHistory | None = ...,
+        quota: Global___ReserveQuotaResponse | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["branch", b"branch"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["branch", b"branch", "quota", b"quota"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["assistant_message_id", b"assistant_message_id", "branch", b"branch", "complete", b"complete", "conversation_id", b"conversation_id", "owner", b"owner", "parent_message_id", b"parent_message_id", "regenerate", b"regenerate", "user_message_id", b"user_message_id", "user_text", b"user_text"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["assistant_message_id", b"assistant_message_id", "branch", b"branch", "complete", b"complete", "conversation_id", b"conversation_id", "owner", b"owner", "parent_message_id", b"parent_message_id", "quota", b"quota", "regenerate", b"regenerate", "user_message_id", b"user_message_id", "user_text", b"user_text"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -4,10 +4,11 @@ tokens, and the SDK's own retries before the first byte (capped per call)."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
-from collections.abc import AsyncGenerator
-from typing import Any
+from collections.abc import AsyncGenerator, AsyncIterable
+from typing import Any, TypeVar
 
 import anthropic
 import httpx2
@@ -28,9 +29,11 @@ from chatplane.agent.llm.provider_sdk import (
     StatusMeaning,
     translate_sdk_error,
 )
+from chatplane.agent.llm.ready_batches import ready_batches
 from chatplane.agent.llm.turns import alternating_turns
 from chatplane.agent.prompt import render_passages
 
+T = TypeVar("T")
 _log = logging.getLogger(__name__)
 
 DEFAULT_BASE_URL = "https://api.anthropic.com"
@@ -104,6 +107,12 @@ def translate_error(error: Exception) -> llm_errors.LlmError:
     )
 
 
+async def _each(events: AsyncIterable[T]) -> AsyncGenerator[T]:
+    """The SDK's event stream as an async generator (what ready_batches reads ahead)."""
+    async for event in events:
+        yield event
+
+
 class AnthropicBackend(LlmBackend):
     """One Claude model behind the Messages API."""
 
@@ -150,26 +159,37 @@ class AnthropicBackend(LlmBackend):
         usage: dict[str, int] = {}
         reason = StopReason.END
         try:
-            async for event in events:
-                if event.type == "message_start":
-                    start = event.message.usage
-                    usage["input"] = start.input_tokens
-                    usage["cache_read"] = start.cache_read_input_tokens or 0
-                    usage["cache_creation"] = start.cache_creation_input_tokens or 0
-                    yield StreamStart(model=self._model)
-                elif event.type == "content_block_delta" and event.delta.type == "text_delta":
-                    if event.delta.text:
-                        yield TextChunk(text=event.delta.text, emit_time_ns=time.time_ns())
-                elif event.type == "message_delta":
-                    reason = _STOP_REASONS.get(event.delta.stop_reason or "", StopReason.END)
-                    delta = event.usage
-                    usage["output"] = delta.output_tokens
-                    if delta.input_tokens is not None:
-                        usage["input"] = delta.input_tokens
-                    if delta.cache_read_input_tokens is not None:
-                        usage["cache_read"] = delta.cache_read_input_tokens
-                    if delta.cache_creation_input_tokens is not None:
-                        usage["cache_creation"] = delta.cache_creation_input_tokens
+            # Text deltas that arrived while the last token was being relayed go on as one.
+            batches = ready_batches(_each(events))
+            async with contextlib.aclosing(batches):
+                async for batch in batches:
+                    texts: list[str] = []
+                    for event in batch:
+                        if event.type == "message_start":
+                            start = event.message.usage
+                            usage["input"] = start.input_tokens
+                            usage["cache_read"] = start.cache_read_input_tokens or 0
+                            usage["cache_creation"] = start.cache_creation_input_tokens or 0
+                            yield StreamStart(model=self._model)
+                        elif (
+                            event.type == "content_block_delta" and event.delta.type == "text_delta"
+                        ):
+                            if event.delta.text:
+                                texts.append(event.delta.text)
+                        elif event.type == "message_delta":
+                            reason = _STOP_REASONS.get(
+                                event.delta.stop_reason or "", StopReason.END
+                            )
+                            delta = event.usage
+                            usage["output"] = delta.output_tokens
+                            if delta.input_tokens is not None:
+                                usage["input"] = delta.input_tokens
+                            if delta.cache_read_input_tokens is not None:
+                                usage["cache_read"] = delta.cache_read_input_tokens
+                            if delta.cache_creation_input_tokens is not None:
+                                usage["cache_creation"] = delta.cache_creation_input_tokens
+                    if texts:
+                        yield TextChunk(text="".join(texts), emit_time_ns=time.time_ns())
         except (anthropic.APIError, httpx2.HTTPError) as error:
             raise translate_error(error) from error
         finally:

@@ -1,9 +1,11 @@
 """Any OpenAI-compatible chat-completions server (vLLM, llama.cpp server, Ollama, …) through
 the official `openai` SDK: streaming with `stream_options.include_usage`, the system prompt
-and fenced passages as the system message, and the SDK's retries before the first byte."""
+and fenced passages as the system message, and the SDK's retries before the first byte; the
+streamed body is read as raw chunks (completion_chunks.py), not as the SDK's typed ones."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import AsyncGenerator
@@ -23,11 +25,13 @@ from chatplane.agent.llm.base import (
     StreamStart,
     TextChunk,
 )
+from chatplane.agent.llm.completion_chunks import StreamedError, completion_chunks, usage_counts
 from chatplane.agent.llm.provider_sdk import (
     RetryCappedClients,
     StatusMeaning,
     translate_sdk_error,
 )
+from chatplane.agent.llm.ready_batches import ready_batches
 from chatplane.agent.llm.turns import alternating_turns
 from chatplane.agent.prompt import render_passages
 
@@ -125,34 +129,44 @@ class OpenAiChatBackend(LlmBackend):
 
     async def stream(self, prompt: Prompt, *, max_attempts: int = 1) -> AsyncGenerator[StreamItem]:
         client = self._clients.for_attempts(max_attempts)
-        try:
-            chunks = await client.chat.completions.create(
-                **request_body(prompt, model=self._model), stream=True
-            )
-        except openai.APIError as error:
-            raise translate_error(error) from error
         reason = StopReason.END
         input_tokens = cached = output_tokens = -1
         output_chars = 0
-        try:
-            yield StreamStart(model=self._model)
-            async for chunk in chunks:
-                for choice in chunk.choices or ():  # some servers send null with usage
-                    text = choice.delta.content if choice.delta else None
-                    if text:
-                        output_chars += len(text)
-                        yield TextChunk(text=text, emit_time_ns=time.time_ns())
-                    if choice.finish_reason:
-                        reason = _STOP_REASONS.get(choice.finish_reason, StopReason.END)
-                if chunk.usage is not None:
-                    details = chunk.usage.prompt_tokens_details
-                    cached = (details.cached_tokens or 0) if details else 0
-                    input_tokens = chunk.usage.prompt_tokens - cached
-                    output_tokens = chunk.usage.completion_tokens
-        except (openai.APIError, httpx2.HTTPError) as error:
-            raise translate_error(error) from error
-        finally:
-            await chunks.close()
+        async with contextlib.AsyncExitStack() as exits:
+            try:
+                # The SDK sends the request (retries, error statuses); the body is read raw.
+                response = await exits.enter_async_context(
+                    client.chat.completions.with_streaming_response.create(
+                        **request_body(prompt, model=self._model), stream=True
+                    )
+                )
+            except openai.APIError as error:
+                raise translate_error(error) from error
+            try:
+                yield StreamStart(model=self._model)
+                # Chunks that arrived while the last token was being relayed go on as one.
+                batches = ready_batches(completion_chunks(response.iter_lines()))
+                async with contextlib.aclosing(batches):
+                    async for batch in batches:
+                        texts: list[str] = []
+                        for chunk in batch:
+                            for choice in chunk.get("choices") or ():  # some servers send null
+                                delta = choice.get("delta")
+                                text = delta.get("content") if delta else None
+                                if text:
+                                    texts.append(text)
+                                finish = choice.get("finish_reason")
+                                if finish:
+                                    reason = _STOP_REASONS.get(finish, StopReason.END)
+                            counts = usage_counts(chunk.get("usage"))
+                            if counts is not None:
+                                input_tokens, cached, output_tokens = counts
+                        if texts:
+                            text = "".join(texts)
+                            output_chars += len(text)
+                            yield TextChunk(text=text, emit_time_ns=time.time_ns())
+            except (openai.APIError, httpx2.HTTPError, StreamedError) as error:
+                raise translate_error(error) from error
         yield StreamEnd(
             reason=reason,
             # A server that ignores include_usage gets the documented estimate.
