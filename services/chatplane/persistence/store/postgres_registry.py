@@ -20,6 +20,7 @@ from chatplane.persistence.store.variant_registry import (
     Stage,
     VariantRecord,
     VariantRegistryStore,
+    change_values,
     parse_or_invalid,
     plan_promotion,
     plan_rollback,
@@ -89,21 +90,7 @@ async def _insert_change(connection: Connection, change: ChangeRecord) -> None:
     await connection.execute(
         f"INSERT INTO variant_changes ({_CHANGE_COLUMNS})"
         " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
-        (
-            change.revision,
-            change.change_time,
-            change.actor,
-            change.action,
-            change.stage.value,
-            change.from_variant,
-            change.to_variant,
-            change.from_share_percent,
-            change.to_share_percent,
-            change.reason,
-            change.after.production,
-            change.after.canary,
-            change.after.canary_share_percent,
-        ),
+        change_values(change, change.change_time),
     )
 
 

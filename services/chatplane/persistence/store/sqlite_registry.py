@@ -20,6 +20,7 @@ from chatplane.persistence.store.variant_registry import (
     Stage,
     VariantRecord,
     VariantRegistryStore,
+    change_values,
     parse_or_invalid,
     plan_promotion,
     plan_rollback,
@@ -66,21 +67,7 @@ def _insert_change(connection: sqlite3.Connection, change: ChangeRecord) -> None
     connection.execute(
         f"INSERT INTO variant_changes ({_CHANGE_COLUMNS})"
         " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (
-            change.revision,
-            to_micros(change.change_time),
-            change.actor,
-            change.action,
-            change.stage.value,
-            change.from_variant,
-            change.to_variant,
-            change.from_share_percent,
-            change.to_share_percent,
-            change.reason,
-            change.after.production,
-            change.after.canary,
-            change.after.canary_share_percent,
-        ),
+        change_values(change, to_micros(change.change_time)),
     )
 
 

@@ -87,6 +87,25 @@ class Promotion:
     reason: str
 
 
+def change_values(change: ChangeRecord, change_time: object) -> tuple[object, ...]:
+    """A change's column values in `variant_changes` order, its time as the engine stores it."""
+    return (
+        change.revision,
+        change_time,
+        change.actor,
+        change.action,
+        change.stage.value,
+        change.from_variant,
+        change.to_variant,
+        change.from_share_percent,
+        change.to_share_percent,
+        change.reason,
+        change.after.production,
+        change.after.canary,
+        change.after.canary_share_percent,
+    )
+
+
 def require_promotion(promotion: Promotion) -> None:
     """Checks what does not depend on the stored state."""
     parse_or_invalid(promotion.variant, "variant")
