@@ -329,3 +329,7 @@ cli.add_command(audit)
 keys.add_command(keys_list)
 keys.add_command(keys_rotate)
 keys.add_command(keys_revoke)
+from chatplane.cli.erasure import erase, retention  # noqa: E402
+
+cli.add_command(erase)
+cli.add_command(retention)

@@ -254,6 +254,13 @@ class Settings(BaseSettings):
     pii_redaction_tenants: tuple[str, ...] = ()
     pii_phone_region: str = Field(default="US", pattern=r"^[A-Z]{2}$")
 
+    # Erasure and retention (docs/privacy.md). How often Persistence deletes the conversations
+    # of tenants with a retention period (`chatplane retention set`) that passed it.
+    retention_sweep_interval_seconds: float = Field(default=3600.0, gt=0)
+    # TEST ONLY: Persistence exits (status 75) right after finishing erasure step k (1-4) of a
+    # job, as a crash would; 0 (the default) never. The crash tests resume the job after it.
+    erasure_test_crash_after_step: int = Field(default=0, ge=0, le=4)
+
     def data_path(self, name: str) -> Path:
         """A file or folder inside the data directory (created on demand)."""
         self.data_dir.mkdir(parents=True, exist_ok=True)

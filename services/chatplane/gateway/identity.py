@@ -11,6 +11,7 @@ import grpc
 from chatplane import audit
 from chatplane.common.entrypoint import EXIT_CONFIG_ERROR
 from chatplane.common.settings import Settings
+from chatplane.gateway.admin.erasure_servicer import ErasureAdminServicer
 from chatplane.gateway.admin.servicer import AdminServicer
 from chatplane.gateway.audit_sink import PersistenceAuditSink
 from chatplane.gateway.auth import ApiKeyAuthenticator
@@ -67,7 +68,10 @@ class GatewayIdentity:
         audit.install(recorder)
         return cls(
             authenticator=Authenticator(api_keys, oidc),
-            admin=AdminServicer(settings=settings, persistence=persistence, api_keys=api_keys),
+            # AdminService with erasure and retention (docs/privacy.md).
+            admin=ErasureAdminServicer(
+                settings=settings, persistence=persistence, api_keys=api_keys
+            ),
             recorder=recorder,
             jwks=jwks,
         )

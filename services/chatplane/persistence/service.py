@@ -18,7 +18,7 @@ from chatplane.common.topics import MESSAGES_TOPIC
 from chatplane.log.factory import open_message_log
 from chatplane.log.observed import LagReporter
 from chatplane.persistence.consumer import CONSUMER_GROUP, BatchConsumer
-from chatplane.persistence.handoff_servicer import HandoffPersistenceServicer
+from chatplane.persistence.erasure_wiring import ErasureWiring
 from chatplane.persistence.servicer import SERVICE_NAME
 from chatplane.persistence.store.factory import open_store
 from chatplane.v1 import persistence_pb2_grpc
@@ -43,7 +43,9 @@ async def run(settings: Settings) -> None:
         max_records=settings.batch_max_records,
         max_wait=settings.batch_max_wait_seconds,
     )
-    servicer = HandoffPersistenceServicer(store)
+    # Erasure and retention (docs/privacy.md): the servicer with EraseUser, the sweep.
+    erasure = ErasureWiring(settings, store, tls)
+    servicer = erasure.servicer
     # This process's audit.record(...) appends straight to the store (docs/security.md).
     recorder = AuditRecorder(
         StoreAuditSink(store),
@@ -66,6 +68,7 @@ async def run(settings: Settings) -> None:
             return
         stopped = True
         await lag.stop()
+        await erasure.stop()
         # The consumer before what it uses: it may still be storing a batch or committing.
         await consumer.stop(grace=settings.drain_grace_seconds)
         await log_consumer.close()
@@ -76,6 +79,7 @@ async def run(settings: Settings) -> None:
 
     consumer.start()
     lag.start()
+    erasure.start()
     try:
         await serve(
             name=NAME,

@@ -480,11 +480,279 @@ func (x *RevokeApiKeyResponse) GetKey() *ApiKeyInfo {
 	return nil
 }
 
+// A user of the caller's tenant to erase.
+type EraseUserRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The user (1-256 characters).
+	UserId        string `protobuf:"bytes,1,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EraseUserRequest) Reset() {
+	*x = EraseUserRequest{}
+	mi := &file_chatplane_v1_admin_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EraseUserRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EraseUserRequest) ProtoMessage() {}
+
+func (x *EraseUserRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_chatplane_v1_admin_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EraseUserRequest.ProtoReflect.Descriptor instead.
+func (*EraseUserRequest) Descriptor() ([]byte, []int) {
+	return file_chatplane_v1_admin_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *EraseUserRequest) GetUserId() string {
+	if x != nil {
+		return x.UserId
+	}
+	return ""
+}
+
+// The erasure's receipt.
+type EraseUserResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// What was removed from each store, with counts and times.
+	Receipt       *ErasureReceipt `protobuf:"bytes,1,opt,name=receipt,proto3" json:"receipt,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EraseUserResponse) Reset() {
+	*x = EraseUserResponse{}
+	mi := &file_chatplane_v1_admin_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EraseUserResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EraseUserResponse) ProtoMessage() {}
+
+func (x *EraseUserResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_chatplane_v1_admin_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EraseUserResponse.ProtoReflect.Descriptor instead.
+func (*EraseUserResponse) Descriptor() ([]byte, []int) {
+	return file_chatplane_v1_admin_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *EraseUserResponse) GetReceipt() *ErasureReceipt {
+	if x != nil {
+		return x.Receipt
+	}
+	return nil
+}
+
+// The retention period to set for the caller's tenant.
+type SetRetentionRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Conversations without activity for this many days are deleted (1-36500); 0 keeps
+	// everything forever (the default).
+	Days          int32 `protobuf:"varint,1,opt,name=days,proto3" json:"days,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetRetentionRequest) Reset() {
+	*x = SetRetentionRequest{}
+	mi := &file_chatplane_v1_admin_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetRetentionRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetRetentionRequest) ProtoMessage() {}
+
+func (x *SetRetentionRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_chatplane_v1_admin_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetRetentionRequest.ProtoReflect.Descriptor instead.
+func (*SetRetentionRequest) Descriptor() ([]byte, []int) {
+	return file_chatplane_v1_admin_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *SetRetentionRequest) GetDays() int32 {
+	if x != nil {
+		return x.Days
+	}
+	return 0
+}
+
+// The period now in force.
+type SetRetentionResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The tenant's retention period.
+	Policy        *RetentionPolicy `protobuf:"bytes,1,opt,name=policy,proto3" json:"policy,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetRetentionResponse) Reset() {
+	*x = SetRetentionResponse{}
+	mi := &file_chatplane_v1_admin_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetRetentionResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetRetentionResponse) ProtoMessage() {}
+
+func (x *SetRetentionResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_chatplane_v1_admin_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetRetentionResponse.ProtoReflect.Descriptor instead.
+func (*SetRetentionResponse) Descriptor() ([]byte, []int) {
+	return file_chatplane_v1_admin_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *SetRetentionResponse) GetPolicy() *RetentionPolicy {
+	if x != nil {
+		return x.Policy
+	}
+	return nil
+}
+
+// Asks for the caller's tenant's retention period.
+type GetRetentionRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetRetentionRequest) Reset() {
+	*x = GetRetentionRequest{}
+	mi := &file_chatplane_v1_admin_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetRetentionRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetRetentionRequest) ProtoMessage() {}
+
+func (x *GetRetentionRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_chatplane_v1_admin_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetRetentionRequest.ProtoReflect.Descriptor instead.
+func (*GetRetentionRequest) Descriptor() ([]byte, []int) {
+	return file_chatplane_v1_admin_proto_rawDescGZIP(), []int{12}
+}
+
+// The tenant's retention period.
+type GetRetentionResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The tenant's retention period (0 days: kept forever).
+	Policy        *RetentionPolicy `protobuf:"bytes,1,opt,name=policy,proto3" json:"policy,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetRetentionResponse) Reset() {
+	*x = GetRetentionResponse{}
+	mi := &file_chatplane_v1_admin_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetRetentionResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetRetentionResponse) ProtoMessage() {}
+
+func (x *GetRetentionResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_chatplane_v1_admin_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetRetentionResponse.ProtoReflect.Descriptor instead.
+func (*GetRetentionResponse) Descriptor() ([]byte, []int) {
+	return file_chatplane_v1_admin_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *GetRetentionResponse) GetPolicy() *RetentionPolicy {
+	if x != nil {
+		return x.Policy
+	}
+	return nil
+}
+
 var File_chatplane_v1_admin_proto protoreflect.FileDescriptor
 
 const file_chatplane_v1_admin_proto_rawDesc = "" +
 	"\n" +
-	"\x18chatplane/v1/admin.proto\x12\fchatplane.v1\x1a\x1echatplane/v1/persistence.proto\x1a\x1egoogle/protobuf/duration.proto\"\x92\x01\n" +
+	"\x18chatplane/v1/admin.proto\x12\fchatplane.v1\x1a\x1achatplane/v1/erasure.proto\x1a\x1echatplane/v1/persistence.proto\x1a\x1egoogle/protobuf/duration.proto\"\x92\x01\n" +
 	"\x12ListApiKeysRequest\x12\x17\n" +
 	"\auser_id\x18\x01 \x01(\tR\x06userId\x12\x1b\n" +
 	"\tpage_size\x18\x02 \x01(\x05R\bpageSize\x12\x1d\n" +
@@ -511,12 +779,26 @@ const file_chatplane_v1_admin_proto_rawDesc = "" +
 	"\x13RevokeApiKeyRequest\x12\x15\n" +
 	"\x06key_id\x18\x01 \x01(\tR\x05keyId\"B\n" +
 	"\x14RevokeApiKeyResponse\x12*\n" +
-	"\x03key\x18\x01 \x01(\v2\x18.chatplane.v1.ApiKeyInfoR\x03key2\xff\x02\n" +
+	"\x03key\x18\x01 \x01(\v2\x18.chatplane.v1.ApiKeyInfoR\x03key\"+\n" +
+	"\x10EraseUserRequest\x12\x17\n" +
+	"\auser_id\x18\x01 \x01(\tR\x06userId\"K\n" +
+	"\x11EraseUserResponse\x126\n" +
+	"\areceipt\x18\x01 \x01(\v2\x1c.chatplane.v1.ErasureReceiptR\areceipt\")\n" +
+	"\x13SetRetentionRequest\x12\x12\n" +
+	"\x04days\x18\x01 \x01(\x05R\x04days\"M\n" +
+	"\x14SetRetentionResponse\x125\n" +
+	"\x06policy\x18\x01 \x01(\v2\x1d.chatplane.v1.RetentionPolicyR\x06policy\"\x15\n" +
+	"\x13GetRetentionRequest\"M\n" +
+	"\x14GetRetentionResponse\x125\n" +
+	"\x06policy\x18\x01 \x01(\v2\x1d.chatplane.v1.RetentionPolicyR\x06policy2\xfb\x04\n" +
 	"\fAdminService\x12R\n" +
 	"\vListApiKeys\x12 .chatplane.v1.ListApiKeysRequest\x1a!.chatplane.v1.ListApiKeysResponse\x12m\n" +
 	"\fCreateApiKey\x12-.chatplane.v1.AdminServiceCreateApiKeyRequest\x1a..chatplane.v1.AdminServiceCreateApiKeyResponse\x12U\n" +
 	"\fRotateApiKey\x12!.chatplane.v1.RotateApiKeyRequest\x1a\".chatplane.v1.RotateApiKeyResponse\x12U\n" +
-	"\fRevokeApiKey\x12!.chatplane.v1.RevokeApiKeyRequest\x1a\".chatplane.v1.RevokeApiKeyResponseB@Z>github.com/chatplane/chatplane/gen/go/chatplane/v1;chatplanev1b\x06proto3"
+	"\fRevokeApiKey\x12!.chatplane.v1.RevokeApiKeyRequest\x1a\".chatplane.v1.RevokeApiKeyResponse\x12L\n" +
+	"\tEraseUser\x12\x1e.chatplane.v1.EraseUserRequest\x1a\x1f.chatplane.v1.EraseUserResponse\x12U\n" +
+	"\fSetRetention\x12!.chatplane.v1.SetRetentionRequest\x1a\".chatplane.v1.SetRetentionResponse\x12U\n" +
+	"\fGetRetention\x12!.chatplane.v1.GetRetentionRequest\x1a\".chatplane.v1.GetRetentionResponseB@Z>github.com/chatplane/chatplane/gen/go/chatplane/v1;chatplanev1b\x06proto3"
 
 var (
 	file_chatplane_v1_admin_proto_rawDescOnce sync.Once
@@ -530,7 +812,7 @@ func file_chatplane_v1_admin_proto_rawDescGZIP() []byte {
 	return file_chatplane_v1_admin_proto_rawDescData
 }
 
-var file_chatplane_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
+var file_chatplane_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
 var file_chatplane_v1_admin_proto_goTypes = []any{
 	(*ListApiKeysRequest)(nil),               // 0: chatplane.v1.ListApiKeysRequest
 	(*ListApiKeysResponse)(nil),              // 1: chatplane.v1.ListApiKeysResponse
@@ -540,29 +822,46 @@ var file_chatplane_v1_admin_proto_goTypes = []any{
 	(*RotateApiKeyResponse)(nil),             // 5: chatplane.v1.RotateApiKeyResponse
 	(*RevokeApiKeyRequest)(nil),              // 6: chatplane.v1.RevokeApiKeyRequest
 	(*RevokeApiKeyResponse)(nil),             // 7: chatplane.v1.RevokeApiKeyResponse
-	(*ApiKeyInfo)(nil),                       // 8: chatplane.v1.ApiKeyInfo
-	(*durationpb.Duration)(nil),              // 9: google.protobuf.Duration
+	(*EraseUserRequest)(nil),                 // 8: chatplane.v1.EraseUserRequest
+	(*EraseUserResponse)(nil),                // 9: chatplane.v1.EraseUserResponse
+	(*SetRetentionRequest)(nil),              // 10: chatplane.v1.SetRetentionRequest
+	(*SetRetentionResponse)(nil),             // 11: chatplane.v1.SetRetentionResponse
+	(*GetRetentionRequest)(nil),              // 12: chatplane.v1.GetRetentionRequest
+	(*GetRetentionResponse)(nil),             // 13: chatplane.v1.GetRetentionResponse
+	(*ApiKeyInfo)(nil),                       // 14: chatplane.v1.ApiKeyInfo
+	(*durationpb.Duration)(nil),              // 15: google.protobuf.Duration
+	(*ErasureReceipt)(nil),                   // 16: chatplane.v1.ErasureReceipt
+	(*RetentionPolicy)(nil),                  // 17: chatplane.v1.RetentionPolicy
 }
 var file_chatplane_v1_admin_proto_depIdxs = []int32{
-	8,  // 0: chatplane.v1.ListApiKeysResponse.keys:type_name -> chatplane.v1.ApiKeyInfo
-	8,  // 1: chatplane.v1.AdminServiceCreateApiKeyResponse.key:type_name -> chatplane.v1.ApiKeyInfo
-	9,  // 2: chatplane.v1.RotateApiKeyRequest.overlap:type_name -> google.protobuf.Duration
-	8,  // 3: chatplane.v1.RotateApiKeyResponse.key:type_name -> chatplane.v1.ApiKeyInfo
-	8,  // 4: chatplane.v1.RotateApiKeyResponse.previous:type_name -> chatplane.v1.ApiKeyInfo
-	8,  // 5: chatplane.v1.RevokeApiKeyResponse.key:type_name -> chatplane.v1.ApiKeyInfo
-	0,  // 6: chatplane.v1.AdminService.ListApiKeys:input_type -> chatplane.v1.ListApiKeysRequest
-	2,  // 7: chatplane.v1.AdminService.CreateApiKey:input_type -> chatplane.v1.AdminServiceCreateApiKeyRequest
-	4,  // 8: chatplane.v1.AdminService.RotateApiKey:input_type -> chatplane.v1.RotateApiKeyRequest
-	6,  // 9: chatplane.v1.AdminService.RevokeApiKey:input_type -> chatplane.v1.RevokeApiKeyRequest
-	1,  // 10: chatplane.v1.AdminService.ListApiKeys:output_type -> chatplane.v1.ListApiKeysResponse
-	3,  // 11: chatplane.v1.AdminService.CreateApiKey:output_type -> chatplane.v1.AdminServiceCreateApiKeyResponse
-	5,  // 12: chatplane.v1.AdminService.RotateApiKey:output_type -> chatplane.v1.RotateApiKeyResponse
-	7,  // 13: chatplane.v1.AdminService.RevokeApiKey:output_type -> chatplane.v1.RevokeApiKeyResponse
-	10, // [10:14] is the sub-list for method output_type
-	6,  // [6:10] is the sub-list for method input_type
-	6,  // [6:6] is the sub-list for extension type_name
-	6,  // [6:6] is the sub-list for extension extendee
-	0,  // [0:6] is the sub-list for field type_name
+	14, // 0: chatplane.v1.ListApiKeysResponse.keys:type_name -> chatplane.v1.ApiKeyInfo
+	14, // 1: chatplane.v1.AdminServiceCreateApiKeyResponse.key:type_name -> chatplane.v1.ApiKeyInfo
+	15, // 2: chatplane.v1.RotateApiKeyRequest.overlap:type_name -> google.protobuf.Duration
+	14, // 3: chatplane.v1.RotateApiKeyResponse.key:type_name -> chatplane.v1.ApiKeyInfo
+	14, // 4: chatplane.v1.RotateApiKeyResponse.previous:type_name -> chatplane.v1.ApiKeyInfo
+	14, // 5: chatplane.v1.RevokeApiKeyResponse.key:type_name -> chatplane.v1.ApiKeyInfo
+	16, // 6: chatplane.v1.EraseUserResponse.receipt:type_name -> chatplane.v1.ErasureReceipt
+	17, // 7: chatplane.v1.SetRetentionResponse.policy:type_name -> chatplane.v1.RetentionPolicy
+	17, // 8: chatplane.v1.GetRetentionResponse.policy:type_name -> chatplane.v1.RetentionPolicy
+	0,  // 9: chatplane.v1.AdminService.ListApiKeys:input_type -> chatplane.v1.ListApiKeysRequest
+	2,  // 10: chatplane.v1.AdminService.CreateApiKey:input_type -> chatplane.v1.AdminServiceCreateApiKeyRequest
+	4,  // 11: chatplane.v1.AdminService.RotateApiKey:input_type -> chatplane.v1.RotateApiKeyRequest
+	6,  // 12: chatplane.v1.AdminService.RevokeApiKey:input_type -> chatplane.v1.RevokeApiKeyRequest
+	8,  // 13: chatplane.v1.AdminService.EraseUser:input_type -> chatplane.v1.EraseUserRequest
+	10, // 14: chatplane.v1.AdminService.SetRetention:input_type -> chatplane.v1.SetRetentionRequest
+	12, // 15: chatplane.v1.AdminService.GetRetention:input_type -> chatplane.v1.GetRetentionRequest
+	1,  // 16: chatplane.v1.AdminService.ListApiKeys:output_type -> chatplane.v1.ListApiKeysResponse
+	3,  // 17: chatplane.v1.AdminService.CreateApiKey:output_type -> chatplane.v1.AdminServiceCreateApiKeyResponse
+	5,  // 18: chatplane.v1.AdminService.RotateApiKey:output_type -> chatplane.v1.RotateApiKeyResponse
+	7,  // 19: chatplane.v1.AdminService.RevokeApiKey:output_type -> chatplane.v1.RevokeApiKeyResponse
+	9,  // 20: chatplane.v1.AdminService.EraseUser:output_type -> chatplane.v1.EraseUserResponse
+	11, // 21: chatplane.v1.AdminService.SetRetention:output_type -> chatplane.v1.SetRetentionResponse
+	13, // 22: chatplane.v1.AdminService.GetRetention:output_type -> chatplane.v1.GetRetentionResponse
+	16, // [16:23] is the sub-list for method output_type
+	9,  // [9:16] is the sub-list for method input_type
+	9,  // [9:9] is the sub-list for extension type_name
+	9,  // [9:9] is the sub-list for extension extendee
+	0,  // [0:9] is the sub-list for field type_name
 }
 
 func init() { file_chatplane_v1_admin_proto_init() }
@@ -570,6 +869,7 @@ func file_chatplane_v1_admin_proto_init() {
 	if File_chatplane_v1_admin_proto != nil {
 		return
 	}
+	file_chatplane_v1_erasure_proto_init()
 	file_chatplane_v1_persistence_proto_init()
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -577,7 +877,7 @@ func file_chatplane_v1_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_chatplane_v1_admin_proto_rawDesc), len(file_chatplane_v1_admin_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   8,
+			NumMessages:   14,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

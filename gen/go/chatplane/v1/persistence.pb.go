@@ -3539,11 +3539,305 @@ func (x *CountThumbsDownResponse) GetThumbsDown() int32 {
 	return 0
 }
 
+// A user to erase.
+type PersistenceServiceEraseUserRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The user (tenant and user id, both required).
+	Owner *Owner `protobuf:"bytes,1,opt,name=owner,proto3" json:"owner,omitempty"`
+	// Who asks (for the audit record).
+	Actor         *AuditActor `protobuf:"bytes,2,opt,name=actor,proto3" json:"actor,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PersistenceServiceEraseUserRequest) Reset() {
+	*x = PersistenceServiceEraseUserRequest{}
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[56]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PersistenceServiceEraseUserRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PersistenceServiceEraseUserRequest) ProtoMessage() {}
+
+func (x *PersistenceServiceEraseUserRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[56]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PersistenceServiceEraseUserRequest.ProtoReflect.Descriptor instead.
+func (*PersistenceServiceEraseUserRequest) Descriptor() ([]byte, []int) {
+	return file_chatplane_v1_persistence_proto_rawDescGZIP(), []int{56}
+}
+
+func (x *PersistenceServiceEraseUserRequest) GetOwner() *Owner {
+	if x != nil {
+		return x.Owner
+	}
+	return nil
+}
+
+func (x *PersistenceServiceEraseUserRequest) GetActor() *AuditActor {
+	if x != nil {
+		return x.Actor
+	}
+	return nil
+}
+
+// The erasure's receipt.
+type PersistenceServiceEraseUserResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// What was removed from each store, and when.
+	Receipt       *ErasureReceipt `protobuf:"bytes,1,opt,name=receipt,proto3" json:"receipt,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PersistenceServiceEraseUserResponse) Reset() {
+	*x = PersistenceServiceEraseUserResponse{}
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[57]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PersistenceServiceEraseUserResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PersistenceServiceEraseUserResponse) ProtoMessage() {}
+
+func (x *PersistenceServiceEraseUserResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[57]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PersistenceServiceEraseUserResponse.ProtoReflect.Descriptor instead.
+func (*PersistenceServiceEraseUserResponse) Descriptor() ([]byte, []int) {
+	return file_chatplane_v1_persistence_proto_rawDescGZIP(), []int{57}
+}
+
+func (x *PersistenceServiceEraseUserResponse) GetReceipt() *ErasureReceipt {
+	if x != nil {
+		return x.Receipt
+	}
+	return nil
+}
+
+// A retention period to set.
+type PersistenceServiceSetRetentionRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The tenant.
+	TenantId string `protobuf:"bytes,1,opt,name=tenant_id,json=tenantId,proto3" json:"tenant_id,omitempty"`
+	// Days (1-36500), or 0 to keep forever.
+	Days          int32 `protobuf:"varint,2,opt,name=days,proto3" json:"days,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PersistenceServiceSetRetentionRequest) Reset() {
+	*x = PersistenceServiceSetRetentionRequest{}
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[58]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PersistenceServiceSetRetentionRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PersistenceServiceSetRetentionRequest) ProtoMessage() {}
+
+func (x *PersistenceServiceSetRetentionRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[58]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PersistenceServiceSetRetentionRequest.ProtoReflect.Descriptor instead.
+func (*PersistenceServiceSetRetentionRequest) Descriptor() ([]byte, []int) {
+	return file_chatplane_v1_persistence_proto_rawDescGZIP(), []int{58}
+}
+
+func (x *PersistenceServiceSetRetentionRequest) GetTenantId() string {
+	if x != nil {
+		return x.TenantId
+	}
+	return ""
+}
+
+func (x *PersistenceServiceSetRetentionRequest) GetDays() int32 {
+	if x != nil {
+		return x.Days
+	}
+	return 0
+}
+
+// The period now in force.
+type PersistenceServiceSetRetentionResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The tenant's retention period.
+	Policy        *RetentionPolicy `protobuf:"bytes,1,opt,name=policy,proto3" json:"policy,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PersistenceServiceSetRetentionResponse) Reset() {
+	*x = PersistenceServiceSetRetentionResponse{}
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[59]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PersistenceServiceSetRetentionResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PersistenceServiceSetRetentionResponse) ProtoMessage() {}
+
+func (x *PersistenceServiceSetRetentionResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[59]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PersistenceServiceSetRetentionResponse.ProtoReflect.Descriptor instead.
+func (*PersistenceServiceSetRetentionResponse) Descriptor() ([]byte, []int) {
+	return file_chatplane_v1_persistence_proto_rawDescGZIP(), []int{59}
+}
+
+func (x *PersistenceServiceSetRetentionResponse) GetPolicy() *RetentionPolicy {
+	if x != nil {
+		return x.Policy
+	}
+	return nil
+}
+
+// Asks for a tenant's retention period.
+type PersistenceServiceGetRetentionRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The tenant.
+	TenantId      string `protobuf:"bytes,1,opt,name=tenant_id,json=tenantId,proto3" json:"tenant_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PersistenceServiceGetRetentionRequest) Reset() {
+	*x = PersistenceServiceGetRetentionRequest{}
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[60]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PersistenceServiceGetRetentionRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PersistenceServiceGetRetentionRequest) ProtoMessage() {}
+
+func (x *PersistenceServiceGetRetentionRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[60]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PersistenceServiceGetRetentionRequest.ProtoReflect.Descriptor instead.
+func (*PersistenceServiceGetRetentionRequest) Descriptor() ([]byte, []int) {
+	return file_chatplane_v1_persistence_proto_rawDescGZIP(), []int{60}
+}
+
+func (x *PersistenceServiceGetRetentionRequest) GetTenantId() string {
+	if x != nil {
+		return x.TenantId
+	}
+	return ""
+}
+
+// The tenant's retention period.
+type PersistenceServiceGetRetentionResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The tenant's retention period (0 days: none set).
+	Policy        *RetentionPolicy `protobuf:"bytes,1,opt,name=policy,proto3" json:"policy,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PersistenceServiceGetRetentionResponse) Reset() {
+	*x = PersistenceServiceGetRetentionResponse{}
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[61]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PersistenceServiceGetRetentionResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PersistenceServiceGetRetentionResponse) ProtoMessage() {}
+
+func (x *PersistenceServiceGetRetentionResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[61]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PersistenceServiceGetRetentionResponse.ProtoReflect.Descriptor instead.
+func (*PersistenceServiceGetRetentionResponse) Descriptor() ([]byte, []int) {
+	return file_chatplane_v1_persistence_proto_rawDescGZIP(), []int{61}
+}
+
+func (x *PersistenceServiceGetRetentionResponse) GetPolicy() *RetentionPolicy {
+	if x != nil {
+		return x.Policy
+	}
+	return nil
+}
+
 var File_chatplane_v1_persistence_proto protoreflect.FileDescriptor
 
 const file_chatplane_v1_persistence_proto_rawDesc = "" +
 	"\n" +
-	"\x1echatplane/v1/persistence.proto\x12\fchatplane.v1\x1a\x18chatplane/v1/audit.proto\x1a\x1achatplane/v1/gateway.proto\x1a\x1cchatplane/v1/resources.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"=\n" +
+	"\x1echatplane/v1/persistence.proto\x12\fchatplane.v1\x1a\x18chatplane/v1/audit.proto\x1a\x1achatplane/v1/erasure.proto\x1a\x1achatplane/v1/gateway.proto\x1a\x1cchatplane/v1/resources.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"=\n" +
 	"\x05Owner\x12\x1b\n" +
 	"\ttenant_id\x18\x01 \x01(\tR\btenantId\x12\x17\n" +
 	"\auser_id\x18\x02 \x01(\tR\x06userId\"\x9c\x03\n" +
@@ -3785,7 +4079,21 @@ const file_chatplane_v1_persistence_proto_rawDesc = "" +
 	"\x17CountThumbsDownResponse\x12'\n" +
 	"\x0fconversation_id\x18\x01 \x01(\tR\x0econversationId\x12\x1f\n" +
 	"\vthumbs_down\x18\x02 \x01(\x05R\n" +
-	"thumbsDown2\xaf\x14\n" +
+	"thumbsDown\"\x7f\n" +
+	"\"PersistenceServiceEraseUserRequest\x12)\n" +
+	"\x05owner\x18\x01 \x01(\v2\x13.chatplane.v1.OwnerR\x05owner\x12.\n" +
+	"\x05actor\x18\x02 \x01(\v2\x18.chatplane.v1.AuditActorR\x05actor\"]\n" +
+	"#PersistenceServiceEraseUserResponse\x126\n" +
+	"\areceipt\x18\x01 \x01(\v2\x1c.chatplane.v1.ErasureReceiptR\areceipt\"X\n" +
+	"%PersistenceServiceSetRetentionRequest\x12\x1b\n" +
+	"\ttenant_id\x18\x01 \x01(\tR\btenantId\x12\x12\n" +
+	"\x04days\x18\x02 \x01(\x05R\x04days\"_\n" +
+	"&PersistenceServiceSetRetentionResponse\x125\n" +
+	"\x06policy\x18\x01 \x01(\v2\x1d.chatplane.v1.RetentionPolicyR\x06policy\"D\n" +
+	"%PersistenceServiceGetRetentionRequest\x12\x1b\n" +
+	"\ttenant_id\x18\x01 \x01(\tR\btenantId\"_\n" +
+	"&PersistenceServiceGetRetentionResponse\x125\n" +
+	"\x06policy\x18\x01 \x01(\v2\x1d.chatplane.v1.RetentionPolicyR\x06policy2\x97\x17\n" +
 	"\x12PersistenceService\x12L\n" +
 	"\tBeginTurn\x12\x1e.chatplane.v1.BeginTurnRequest\x1a\x1f.chatplane.v1.BeginTurnResponse\x12F\n" +
 	"\aGetTurn\x12\x1c.chatplane.v1.GetTurnRequest\x1a\x1d.chatplane.v1.GetTurnResponse\x12R\n" +
@@ -3813,7 +4121,10 @@ const file_chatplane_v1_persistence_proto_rawDesc = "" +
 	"\rChangeHandoff\x12\".chatplane.v1.ChangeHandoffRequest\x1a#.chatplane.v1.ChangeHandoffResponse\x12U\n" +
 	"\fListHandoffs\x12!.chatplane.v1.ListHandoffsRequest\x1a\".chatplane.v1.ListHandoffsResponse\x12a\n" +
 	"\x10GetTenantHandoff\x12%.chatplane.v1.GetTenantHandoffRequest\x1a&.chatplane.v1.GetTenantHandoffResponse\x12^\n" +
-	"\x0fCountThumbsDown\x12$.chatplane.v1.CountThumbsDownRequest\x1a%.chatplane.v1.CountThumbsDownResponseB@Z>github.com/chatplane/chatplane/gen/go/chatplane/v1;chatplanev1b\x06proto3"
+	"\x0fCountThumbsDown\x12$.chatplane.v1.CountThumbsDownRequest\x1a%.chatplane.v1.CountThumbsDownResponse\x12p\n" +
+	"\tEraseUser\x120.chatplane.v1.PersistenceServiceEraseUserRequest\x1a1.chatplane.v1.PersistenceServiceEraseUserResponse\x12y\n" +
+	"\fSetRetention\x123.chatplane.v1.PersistenceServiceSetRetentionRequest\x1a4.chatplane.v1.PersistenceServiceSetRetentionResponse\x12y\n" +
+	"\fGetRetention\x123.chatplane.v1.PersistenceServiceGetRetentionRequest\x1a4.chatplane.v1.PersistenceServiceGetRetentionResponseB@Z>github.com/chatplane/chatplane/gen/go/chatplane/v1;chatplanev1b\x06proto3"
 
 var (
 	file_chatplane_v1_persistence_proto_rawDescOnce sync.Once
@@ -3827,7 +4138,7 @@ func file_chatplane_v1_persistence_proto_rawDescGZIP() []byte {
 	return file_chatplane_v1_persistence_proto_rawDescData
 }
 
-var file_chatplane_v1_persistence_proto_msgTypes = make([]protoimpl.MessageInfo, 56)
+var file_chatplane_v1_persistence_proto_msgTypes = make([]protoimpl.MessageInfo, 62)
 var file_chatplane_v1_persistence_proto_goTypes = []any{
 	(*Owner)(nil),                                        // 0: chatplane.v1.Owner
 	(*BeginTurnRequest)(nil),                             // 1: chatplane.v1.BeginTurnRequest
@@ -3885,141 +4196,160 @@ var file_chatplane_v1_persistence_proto_goTypes = []any{
 	(*GetTenantHandoffResponse)(nil),                     // 53: chatplane.v1.GetTenantHandoffResponse
 	(*CountThumbsDownRequest)(nil),                       // 54: chatplane.v1.CountThumbsDownRequest
 	(*CountThumbsDownResponse)(nil),                      // 55: chatplane.v1.CountThumbsDownResponse
-	(*BranchHistory)(nil),                                // 56: chatplane.v1.BranchHistory
-	(*Message)(nil),                                      // 57: chatplane.v1.Message
-	(*timestamppb.Timestamp)(nil),                        // 58: google.protobuf.Timestamp
-	(*ListConversationsRequest)(nil),                     // 59: chatplane.v1.ListConversationsRequest
-	(*ListConversationsResponse)(nil),                    // 60: chatplane.v1.ListConversationsResponse
-	(*GetConversationRequest)(nil),                       // 61: chatplane.v1.GetConversationRequest
-	(*GetConversationResponse)(nil),                      // 62: chatplane.v1.GetConversationResponse
-	(*SubmitFeedbackRequest)(nil),                        // 63: chatplane.v1.SubmitFeedbackRequest
-	(*AuditActor)(nil),                                   // 64: chatplane.v1.AuditActor
-	(*AuditEvent)(nil),                                   // 65: chatplane.v1.AuditEvent
-	(*AuditHead)(nil),                                    // 66: chatplane.v1.AuditHead
-	(*AuditRecord)(nil),                                  // 67: chatplane.v1.AuditRecord
-	(*SetActiveBranchRequest)(nil),                       // 68: chatplane.v1.SetActiveBranchRequest
-	(*SetActiveBranchResponse)(nil),                      // 69: chatplane.v1.SetActiveBranchResponse
-	(*HandoffStatus)(nil),                                // 70: chatplane.v1.HandoffStatus
-	(HandoffMode)(0),                                     // 71: chatplane.v1.HandoffMode
-	(HandoffTrigger)(0),                                  // 72: chatplane.v1.HandoffTrigger
+	(*PersistenceServiceEraseUserRequest)(nil),           // 56: chatplane.v1.PersistenceServiceEraseUserRequest
+	(*PersistenceServiceEraseUserResponse)(nil),          // 57: chatplane.v1.PersistenceServiceEraseUserResponse
+	(*PersistenceServiceSetRetentionRequest)(nil),        // 58: chatplane.v1.PersistenceServiceSetRetentionRequest
+	(*PersistenceServiceSetRetentionResponse)(nil),       // 59: chatplane.v1.PersistenceServiceSetRetentionResponse
+	(*PersistenceServiceGetRetentionRequest)(nil),        // 60: chatplane.v1.PersistenceServiceGetRetentionRequest
+	(*PersistenceServiceGetRetentionResponse)(nil),       // 61: chatplane.v1.PersistenceServiceGetRetentionResponse
+	(*BranchHistory)(nil),                                // 62: chatplane.v1.BranchHistory
+	(*Message)(nil),                                      // 63: chatplane.v1.Message
+	(*timestamppb.Timestamp)(nil),                        // 64: google.protobuf.Timestamp
+	(*ListConversationsRequest)(nil),                     // 65: chatplane.v1.ListConversationsRequest
+	(*ListConversationsResponse)(nil),                    // 66: chatplane.v1.ListConversationsResponse
+	(*GetConversationRequest)(nil),                       // 67: chatplane.v1.GetConversationRequest
+	(*GetConversationResponse)(nil),                      // 68: chatplane.v1.GetConversationResponse
+	(*SubmitFeedbackRequest)(nil),                        // 69: chatplane.v1.SubmitFeedbackRequest
+	(*AuditActor)(nil),                                   // 70: chatplane.v1.AuditActor
+	(*AuditEvent)(nil),                                   // 71: chatplane.v1.AuditEvent
+	(*AuditHead)(nil),                                    // 72: chatplane.v1.AuditHead
+	(*AuditRecord)(nil),                                  // 73: chatplane.v1.AuditRecord
+	(*SetActiveBranchRequest)(nil),                       // 74: chatplane.v1.SetActiveBranchRequest
+	(*SetActiveBranchResponse)(nil),                      // 75: chatplane.v1.SetActiveBranchResponse
+	(*HandoffStatus)(nil),                                // 76: chatplane.v1.HandoffStatus
+	(HandoffMode)(0),                                     // 77: chatplane.v1.HandoffMode
+	(HandoffTrigger)(0),                                  // 78: chatplane.v1.HandoffTrigger
+	(*ErasureReceipt)(nil),                               // 79: chatplane.v1.ErasureReceipt
+	(*RetentionPolicy)(nil),                              // 80: chatplane.v1.RetentionPolicy
 }
 var file_chatplane_v1_persistence_proto_depIdxs = []int32{
 	0,  // 0: chatplane.v1.BeginTurnRequest.owner:type_name -> chatplane.v1.Owner
-	56, // 1: chatplane.v1.BeginTurnResponse.branch:type_name -> chatplane.v1.BranchHistory
+	62, // 1: chatplane.v1.BeginTurnResponse.branch:type_name -> chatplane.v1.BranchHistory
 	0,  // 2: chatplane.v1.GetTurnRequest.owner:type_name -> chatplane.v1.Owner
-	57, // 3: chatplane.v1.GetTurnResponse.user_message:type_name -> chatplane.v1.Message
-	57, // 4: chatplane.v1.GetTurnResponse.assistant_message:type_name -> chatplane.v1.Message
-	58, // 5: chatplane.v1.GetTurnResponse.lease_expire_time:type_name -> google.protobuf.Timestamp
+	63, // 3: chatplane.v1.GetTurnResponse.user_message:type_name -> chatplane.v1.Message
+	63, // 4: chatplane.v1.GetTurnResponse.assistant_message:type_name -> chatplane.v1.Message
+	64, // 5: chatplane.v1.GetTurnResponse.lease_expire_time:type_name -> google.protobuf.Timestamp
 	0,  // 6: chatplane.v1.ReleaseTurnRequest.owner:type_name -> chatplane.v1.Owner
 	0,  // 7: chatplane.v1.PersistenceServiceListConversationsRequest.owner:type_name -> chatplane.v1.Owner
-	59, // 8: chatplane.v1.PersistenceServiceListConversationsRequest.page:type_name -> chatplane.v1.ListConversationsRequest
-	60, // 9: chatplane.v1.PersistenceServiceListConversationsResponse.page:type_name -> chatplane.v1.ListConversationsResponse
+	65, // 8: chatplane.v1.PersistenceServiceListConversationsRequest.page:type_name -> chatplane.v1.ListConversationsRequest
+	66, // 9: chatplane.v1.PersistenceServiceListConversationsResponse.page:type_name -> chatplane.v1.ListConversationsResponse
 	0,  // 10: chatplane.v1.PersistenceServiceGetConversationRequest.owner:type_name -> chatplane.v1.Owner
-	61, // 11: chatplane.v1.PersistenceServiceGetConversationRequest.request:type_name -> chatplane.v1.GetConversationRequest
-	62, // 12: chatplane.v1.PersistenceServiceGetConversationResponse.response:type_name -> chatplane.v1.GetConversationResponse
+	67, // 11: chatplane.v1.PersistenceServiceGetConversationRequest.request:type_name -> chatplane.v1.GetConversationRequest
+	68, // 12: chatplane.v1.PersistenceServiceGetConversationResponse.response:type_name -> chatplane.v1.GetConversationResponse
 	0,  // 13: chatplane.v1.PersistenceServiceDeleteConversationRequest.owner:type_name -> chatplane.v1.Owner
-	58, // 14: chatplane.v1.PersistenceServiceDeleteConversationResponse.delete_time:type_name -> google.protobuf.Timestamp
+	64, // 14: chatplane.v1.PersistenceServiceDeleteConversationResponse.delete_time:type_name -> google.protobuf.Timestamp
 	0,  // 15: chatplane.v1.PersistenceServiceSubmitFeedbackRequest.owner:type_name -> chatplane.v1.Owner
-	63, // 16: chatplane.v1.PersistenceServiceSubmitFeedbackRequest.feedback:type_name -> chatplane.v1.SubmitFeedbackRequest
-	58, // 17: chatplane.v1.PersistenceServiceSubmitFeedbackResponse.create_time:type_name -> google.protobuf.Timestamp
+	69, // 16: chatplane.v1.PersistenceServiceSubmitFeedbackRequest.feedback:type_name -> chatplane.v1.SubmitFeedbackRequest
+	64, // 17: chatplane.v1.PersistenceServiceSubmitFeedbackResponse.create_time:type_name -> google.protobuf.Timestamp
 	0,  // 18: chatplane.v1.CreateApiKeyRequest.owner:type_name -> chatplane.v1.Owner
-	64, // 19: chatplane.v1.CreateApiKeyRequest.actor:type_name -> chatplane.v1.AuditActor
+	70, // 19: chatplane.v1.CreateApiKeyRequest.actor:type_name -> chatplane.v1.AuditActor
 	19, // 20: chatplane.v1.CreateApiKeyResponse.key:type_name -> chatplane.v1.ApiKeyInfo
 	0,  // 21: chatplane.v1.GetApiKeyResponse.owner:type_name -> chatplane.v1.Owner
-	58, // 22: chatplane.v1.GetApiKeyResponse.expire_time:type_name -> google.protobuf.Timestamp
+	64, // 22: chatplane.v1.GetApiKeyResponse.expire_time:type_name -> google.protobuf.Timestamp
 	0,  // 23: chatplane.v1.ApiKeyInfo.owner:type_name -> chatplane.v1.Owner
-	58, // 24: chatplane.v1.ApiKeyInfo.create_time:type_name -> google.protobuf.Timestamp
-	58, // 25: chatplane.v1.ApiKeyInfo.expire_time:type_name -> google.protobuf.Timestamp
+	64, // 24: chatplane.v1.ApiKeyInfo.create_time:type_name -> google.protobuf.Timestamp
+	64, // 25: chatplane.v1.ApiKeyInfo.expire_time:type_name -> google.protobuf.Timestamp
 	19, // 26: chatplane.v1.PersistenceServiceListApiKeysResponse.keys:type_name -> chatplane.v1.ApiKeyInfo
-	64, // 27: chatplane.v1.PersistenceServiceRotateApiKeyRequest.actor:type_name -> chatplane.v1.AuditActor
+	70, // 27: chatplane.v1.PersistenceServiceRotateApiKeyRequest.actor:type_name -> chatplane.v1.AuditActor
 	19, // 28: chatplane.v1.PersistenceServiceRotateApiKeyResponse.key:type_name -> chatplane.v1.ApiKeyInfo
 	19, // 29: chatplane.v1.PersistenceServiceRotateApiKeyResponse.previous:type_name -> chatplane.v1.ApiKeyInfo
-	64, // 30: chatplane.v1.PersistenceServiceRevokeApiKeyRequest.actor:type_name -> chatplane.v1.AuditActor
+	70, // 30: chatplane.v1.PersistenceServiceRevokeApiKeyRequest.actor:type_name -> chatplane.v1.AuditActor
 	19, // 31: chatplane.v1.PersistenceServiceRevokeApiKeyResponse.key:type_name -> chatplane.v1.ApiKeyInfo
-	65, // 32: chatplane.v1.AppendAuditEventsRequest.events:type_name -> chatplane.v1.AuditEvent
-	66, // 33: chatplane.v1.AppendAuditEventsResponse.head:type_name -> chatplane.v1.AuditHead
-	67, // 34: chatplane.v1.ListAuditRecordsResponse.records:type_name -> chatplane.v1.AuditRecord
-	66, // 35: chatplane.v1.ListAuditRecordsResponse.head:type_name -> chatplane.v1.AuditHead
+	71, // 32: chatplane.v1.AppendAuditEventsRequest.events:type_name -> chatplane.v1.AuditEvent
+	72, // 33: chatplane.v1.AppendAuditEventsResponse.head:type_name -> chatplane.v1.AuditHead
+	73, // 34: chatplane.v1.ListAuditRecordsResponse.records:type_name -> chatplane.v1.AuditRecord
+	72, // 35: chatplane.v1.ListAuditRecordsResponse.head:type_name -> chatplane.v1.AuditHead
 	0,  // 36: chatplane.v1.GetAnswerRequest.owner:type_name -> chatplane.v1.Owner
-	57, // 37: chatplane.v1.GetAnswerResponse.assistant_message:type_name -> chatplane.v1.Message
-	58, // 38: chatplane.v1.GetAnswerResponse.lease_expire_time:type_name -> google.protobuf.Timestamp
+	63, // 37: chatplane.v1.GetAnswerResponse.assistant_message:type_name -> chatplane.v1.Message
+	64, // 38: chatplane.v1.GetAnswerResponse.lease_expire_time:type_name -> google.protobuf.Timestamp
 	40, // 39: chatplane.v1.ReserveQuotaResponse.quota:type_name -> chatplane.v1.TokenQuota
 	40, // 40: chatplane.v1.SettleQuotaResponse.quota:type_name -> chatplane.v1.TokenQuota
 	40, // 41: chatplane.v1.SetQuotaResponse.quota:type_name -> chatplane.v1.TokenQuota
 	40, // 42: chatplane.v1.GetQuotaResponse.quota:type_name -> chatplane.v1.TokenQuota
-	58, // 43: chatplane.v1.TokenQuota.reset_time:type_name -> google.protobuf.Timestamp
+	64, // 43: chatplane.v1.TokenQuota.reset_time:type_name -> google.protobuf.Timestamp
 	0,  // 44: chatplane.v1.PersistenceServiceSetActiveBranchRequest.owner:type_name -> chatplane.v1.Owner
-	68, // 45: chatplane.v1.PersistenceServiceSetActiveBranchRequest.request:type_name -> chatplane.v1.SetActiveBranchRequest
-	69, // 46: chatplane.v1.PersistenceServiceSetActiveBranchResponse.response:type_name -> chatplane.v1.SetActiveBranchResponse
-	58, // 47: chatplane.v1.ReportVariantsRequest.since:type_name -> google.protobuf.Timestamp
+	74, // 45: chatplane.v1.PersistenceServiceSetActiveBranchRequest.request:type_name -> chatplane.v1.SetActiveBranchRequest
+	75, // 46: chatplane.v1.PersistenceServiceSetActiveBranchResponse.response:type_name -> chatplane.v1.SetActiveBranchResponse
+	64, // 47: chatplane.v1.ReportVariantsRequest.since:type_name -> google.protobuf.Timestamp
 	44, // 48: chatplane.v1.ReportVariantsResponse.variants:type_name -> chatplane.v1.VariantReport
 	0,  // 49: chatplane.v1.GetHandoffRequest.owner:type_name -> chatplane.v1.Owner
-	70, // 50: chatplane.v1.GetHandoffResponse.handoff:type_name -> chatplane.v1.HandoffStatus
+	76, // 50: chatplane.v1.GetHandoffResponse.handoff:type_name -> chatplane.v1.HandoffStatus
 	0,  // 51: chatplane.v1.ChangeHandoffRequest.owner:type_name -> chatplane.v1.Owner
-	71, // 52: chatplane.v1.ChangeHandoffRequest.mode:type_name -> chatplane.v1.HandoffMode
-	72, // 53: chatplane.v1.ChangeHandoffRequest.trigger:type_name -> chatplane.v1.HandoffTrigger
-	70, // 54: chatplane.v1.ChangeHandoffResponse.handoff:type_name -> chatplane.v1.HandoffStatus
-	70, // 55: chatplane.v1.ListHandoffsResponse.handoffs:type_name -> chatplane.v1.HandoffStatus
+	77, // 52: chatplane.v1.ChangeHandoffRequest.mode:type_name -> chatplane.v1.HandoffMode
+	78, // 53: chatplane.v1.ChangeHandoffRequest.trigger:type_name -> chatplane.v1.HandoffTrigger
+	76, // 54: chatplane.v1.ChangeHandoffResponse.handoff:type_name -> chatplane.v1.HandoffStatus
+	76, // 55: chatplane.v1.ListHandoffsResponse.handoffs:type_name -> chatplane.v1.HandoffStatus
 	0,  // 56: chatplane.v1.GetTenantHandoffResponse.owner:type_name -> chatplane.v1.Owner
-	70, // 57: chatplane.v1.GetTenantHandoffResponse.handoff:type_name -> chatplane.v1.HandoffStatus
+	76, // 57: chatplane.v1.GetTenantHandoffResponse.handoff:type_name -> chatplane.v1.HandoffStatus
 	0,  // 58: chatplane.v1.CountThumbsDownRequest.owner:type_name -> chatplane.v1.Owner
-	1,  // 59: chatplane.v1.PersistenceService.BeginTurn:input_type -> chatplane.v1.BeginTurnRequest
-	3,  // 60: chatplane.v1.PersistenceService.GetTurn:input_type -> chatplane.v1.GetTurnRequest
-	5,  // 61: chatplane.v1.PersistenceService.ReleaseTurn:input_type -> chatplane.v1.ReleaseTurnRequest
-	7,  // 62: chatplane.v1.PersistenceService.ListConversations:input_type -> chatplane.v1.PersistenceServiceListConversationsRequest
-	9,  // 63: chatplane.v1.PersistenceService.GetConversation:input_type -> chatplane.v1.PersistenceServiceGetConversationRequest
-	11, // 64: chatplane.v1.PersistenceService.DeleteConversation:input_type -> chatplane.v1.PersistenceServiceDeleteConversationRequest
-	13, // 65: chatplane.v1.PersistenceService.SubmitFeedback:input_type -> chatplane.v1.PersistenceServiceSubmitFeedbackRequest
-	15, // 66: chatplane.v1.PersistenceService.CreateApiKey:input_type -> chatplane.v1.CreateApiKeyRequest
-	17, // 67: chatplane.v1.PersistenceService.GetApiKey:input_type -> chatplane.v1.GetApiKeyRequest
-	30, // 68: chatplane.v1.PersistenceService.GetAnswer:input_type -> chatplane.v1.GetAnswerRequest
-	32, // 69: chatplane.v1.PersistenceService.ReserveQuota:input_type -> chatplane.v1.ReserveQuotaRequest
-	34, // 70: chatplane.v1.PersistenceService.SettleQuota:input_type -> chatplane.v1.SettleQuotaRequest
-	36, // 71: chatplane.v1.PersistenceService.SetQuota:input_type -> chatplane.v1.SetQuotaRequest
-	38, // 72: chatplane.v1.PersistenceService.GetQuota:input_type -> chatplane.v1.GetQuotaRequest
-	41, // 73: chatplane.v1.PersistenceService.SetActiveBranch:input_type -> chatplane.v1.PersistenceServiceSetActiveBranchRequest
-	43, // 74: chatplane.v1.PersistenceService.ReportVariants:input_type -> chatplane.v1.ReportVariantsRequest
-	20, // 75: chatplane.v1.PersistenceService.ListApiKeys:input_type -> chatplane.v1.PersistenceServiceListApiKeysRequest
-	22, // 76: chatplane.v1.PersistenceService.RotateApiKey:input_type -> chatplane.v1.PersistenceServiceRotateApiKeyRequest
-	24, // 77: chatplane.v1.PersistenceService.RevokeApiKey:input_type -> chatplane.v1.PersistenceServiceRevokeApiKeyRequest
-	26, // 78: chatplane.v1.PersistenceService.AppendAuditEvents:input_type -> chatplane.v1.AppendAuditEventsRequest
-	28, // 79: chatplane.v1.PersistenceService.ListAuditRecords:input_type -> chatplane.v1.ListAuditRecordsRequest
-	46, // 80: chatplane.v1.PersistenceService.GetHandoff:input_type -> chatplane.v1.GetHandoffRequest
-	48, // 81: chatplane.v1.PersistenceService.ChangeHandoff:input_type -> chatplane.v1.ChangeHandoffRequest
-	50, // 82: chatplane.v1.PersistenceService.ListHandoffs:input_type -> chatplane.v1.ListHandoffsRequest
-	52, // 83: chatplane.v1.PersistenceService.GetTenantHandoff:input_type -> chatplane.v1.GetTenantHandoffRequest
-	54, // 84: chatplane.v1.PersistenceService.CountThumbsDown:input_type -> chatplane.v1.CountThumbsDownRequest
-	2,  // 85: chatplane.v1.PersistenceService.BeginTurn:output_type -> chatplane.v1.BeginTurnResponse
-	4,  // 86: chatplane.v1.PersistenceService.GetTurn:output_type -> chatplane.v1.GetTurnResponse
-	6,  // 87: chatplane.v1.PersistenceService.ReleaseTurn:output_type -> chatplane.v1.ReleaseTurnResponse
-	8,  // 88: chatplane.v1.PersistenceService.ListConversations:output_type -> chatplane.v1.PersistenceServiceListConversationsResponse
-	10, // 89: chatplane.v1.PersistenceService.GetConversation:output_type -> chatplane.v1.PersistenceServiceGetConversationResponse
-	12, // 90: chatplane.v1.PersistenceService.DeleteConversation:output_type -> chatplane.v1.PersistenceServiceDeleteConversationResponse
-	14, // 91: chatplane.v1.PersistenceService.SubmitFeedback:output_type -> chatplane.v1.PersistenceServiceSubmitFeedbackResponse
-	16, // 92: chatplane.v1.PersistenceService.CreateApiKey:output_type -> chatplane.v1.CreateApiKeyResponse
-	18, // 93: chatplane.v1.PersistenceService.GetApiKey:output_type -> chatplane.v1.GetApiKeyResponse
-	31, // 94: chatplane.v1.PersistenceService.GetAnswer:output_type -> chatplane.v1.GetAnswerResponse
-	33, // 95: chatplane.v1.PersistenceService.ReserveQuota:output_type -> chatplane.v1.ReserveQuotaResponse
-	35, // 96: chatplane.v1.PersistenceService.SettleQuota:output_type -> chatplane.v1.SettleQuotaResponse
-	37, // 97: chatplane.v1.PersistenceService.SetQuota:output_type -> chatplane.v1.SetQuotaResponse
-	39, // 98: chatplane.v1.PersistenceService.GetQuota:output_type -> chatplane.v1.GetQuotaResponse
-	42, // 99: chatplane.v1.PersistenceService.SetActiveBranch:output_type -> chatplane.v1.PersistenceServiceSetActiveBranchResponse
-	45, // 100: chatplane.v1.PersistenceService.ReportVariants:output_type -> chatplane.v1.ReportVariantsResponse
-	21, // 101: chatplane.v1.PersistenceService.ListApiKeys:output_type -> chatplane.v1.PersistenceServiceListApiKeysResponse
-	23, // 102: chatplane.v1.PersistenceService.RotateApiKey:output_type -> chatplane.v1.PersistenceServiceRotateApiKeyResponse
-	25, // 103: chatplane.v1.PersistenceService.RevokeApiKey:output_type -> chatplane.v1.PersistenceServiceRevokeApiKeyResponse
-	27, // 104: chatplane.v1.PersistenceService.AppendAuditEvents:output_type -> chatplane.v1.AppendAuditEventsResponse
-	29, // 105: chatplane.v1.PersistenceService.ListAuditRecords:output_type -> chatplane.v1.ListAuditRecordsResponse
-	47, // 106: chatplane.v1.PersistenceService.GetHandoff:output_type -> chatplane.v1.GetHandoffResponse
-	49, // 107: chatplane.v1.PersistenceService.ChangeHandoff:output_type -> chatplane.v1.ChangeHandoffResponse
-	51, // 108: chatplane.v1.PersistenceService.ListHandoffs:output_type -> chatplane.v1.ListHandoffsResponse
-	53, // 109: chatplane.v1.PersistenceService.GetTenantHandoff:output_type -> chatplane.v1.GetTenantHandoffResponse
-	55, // 110: chatplane.v1.PersistenceService.CountThumbsDown:output_type -> chatplane.v1.CountThumbsDownResponse
-	85, // [85:111] is the sub-list for method output_type
-	59, // [59:85] is the sub-list for method input_type
-	59, // [59:59] is the sub-list for extension type_name
-	59, // [59:59] is the sub-list for extension extendee
-	0,  // [0:59] is the sub-list for field type_name
+	0,  // 59: chatplane.v1.PersistenceServiceEraseUserRequest.owner:type_name -> chatplane.v1.Owner
+	70, // 60: chatplane.v1.PersistenceServiceEraseUserRequest.actor:type_name -> chatplane.v1.AuditActor
+	79, // 61: chatplane.v1.PersistenceServiceEraseUserResponse.receipt:type_name -> chatplane.v1.ErasureReceipt
+	80, // 62: chatplane.v1.PersistenceServiceSetRetentionResponse.policy:type_name -> chatplane.v1.RetentionPolicy
+	80, // 63: chatplane.v1.PersistenceServiceGetRetentionResponse.policy:type_name -> chatplane.v1.RetentionPolicy
+	1,  // 64: chatplane.v1.PersistenceService.BeginTurn:input_type -> chatplane.v1.BeginTurnRequest
+	3,  // 65: chatplane.v1.PersistenceService.GetTurn:input_type -> chatplane.v1.GetTurnRequest
+	5,  // 66: chatplane.v1.PersistenceService.ReleaseTurn:input_type -> chatplane.v1.ReleaseTurnRequest
+	7,  // 67: chatplane.v1.PersistenceService.ListConversations:input_type -> chatplane.v1.PersistenceServiceListConversationsRequest
+	9,  // 68: chatplane.v1.PersistenceService.GetConversation:input_type -> chatplane.v1.PersistenceServiceGetConversationRequest
+	11, // 69: chatplane.v1.PersistenceService.DeleteConversation:input_type -> chatplane.v1.PersistenceServiceDeleteConversationRequest
+	13, // 70: chatplane.v1.PersistenceService.SubmitFeedback:input_type -> chatplane.v1.PersistenceServiceSubmitFeedbackRequest
+	15, // 71: chatplane.v1.PersistenceService.CreateApiKey:input_type -> chatplane.v1.CreateApiKeyRequest
+	17, // 72: chatplane.v1.PersistenceService.GetApiKey:input_type -> chatplane.v1.GetApiKeyRequest
+	30, // 73: chatplane.v1.PersistenceService.GetAnswer:input_type -> chatplane.v1.GetAnswerRequest
+	32, // 74: chatplane.v1.PersistenceService.ReserveQuota:input_type -> chatplane.v1.ReserveQuotaRequest
+	34, // 75: chatplane.v1.PersistenceService.SettleQuota:input_type -> chatplane.v1.SettleQuotaRequest
+	36, // 76: chatplane.v1.PersistenceService.SetQuota:input_type -> chatplane.v1.SetQuotaRequest
+	38, // 77: chatplane.v1.PersistenceService.GetQuota:input_type -> chatplane.v1.GetQuotaRequest
+	41, // 78: chatplane.v1.PersistenceService.SetActiveBranch:input_type -> chatplane.v1.PersistenceServiceSetActiveBranchRequest
+	43, // 79: chatplane.v1.PersistenceService.ReportVariants:input_type -> chatplane.v1.ReportVariantsRequest
+	20, // 80: chatplane.v1.PersistenceService.ListApiKeys:input_type -> chatplane.v1.PersistenceServiceListApiKeysRequest
+	22, // 81: chatplane.v1.PersistenceService.RotateApiKey:input_type -> chatplane.v1.PersistenceServiceRotateApiKeyRequest
+	24, // 82: chatplane.v1.PersistenceService.RevokeApiKey:input_type -> chatplane.v1.PersistenceServiceRevokeApiKeyRequest
+	26, // 83: chatplane.v1.PersistenceService.AppendAuditEvents:input_type -> chatplane.v1.AppendAuditEventsRequest
+	28, // 84: chatplane.v1.PersistenceService.ListAuditRecords:input_type -> chatplane.v1.ListAuditRecordsRequest
+	46, // 85: chatplane.v1.PersistenceService.GetHandoff:input_type -> chatplane.v1.GetHandoffRequest
+	48, // 86: chatplane.v1.PersistenceService.ChangeHandoff:input_type -> chatplane.v1.ChangeHandoffRequest
+	50, // 87: chatplane.v1.PersistenceService.ListHandoffs:input_type -> chatplane.v1.ListHandoffsRequest
+	52, // 88: chatplane.v1.PersistenceService.GetTenantHandoff:input_type -> chatplane.v1.GetTenantHandoffRequest
+	54, // 89: chatplane.v1.PersistenceService.CountThumbsDown:input_type -> chatplane.v1.CountThumbsDownRequest
+	56, // 90: chatplane.v1.PersistenceService.EraseUser:input_type -> chatplane.v1.PersistenceServiceEraseUserRequest
+	58, // 91: chatplane.v1.PersistenceService.SetRetention:input_type -> chatplane.v1.PersistenceServiceSetRetentionRequest
+	60, // 92: chatplane.v1.PersistenceService.GetRetention:input_type -> chatplane.v1.PersistenceServiceGetRetentionRequest
+	2,  // 93: chatplane.v1.PersistenceService.BeginTurn:output_type -> chatplane.v1.BeginTurnResponse
+	4,  // 94: chatplane.v1.PersistenceService.GetTurn:output_type -> chatplane.v1.GetTurnResponse
+	6,  // 95: chatplane.v1.PersistenceService.ReleaseTurn:output_type -> chatplane.v1.ReleaseTurnResponse
+	8,  // 96: chatplane.v1.PersistenceService.ListConversations:output_type -> chatplane.v1.PersistenceServiceListConversationsResponse
+	10, // 97: chatplane.v1.PersistenceService.GetConversation:output_type -> chatplane.v1.PersistenceServiceGetConversationResponse
+	12, // 98: chatplane.v1.PersistenceService.DeleteConversation:output_type -> chatplane.v1.PersistenceServiceDeleteConversationResponse
+	14, // 99: chatplane.v1.PersistenceService.SubmitFeedback:output_type -> chatplane.v1.PersistenceServiceSubmitFeedbackResponse
+	16, // 100: chatplane.v1.PersistenceService.CreateApiKey:output_type -> chatplane.v1.CreateApiKeyResponse
+	18, // 101: chatplane.v1.PersistenceService.GetApiKey:output_type -> chatplane.v1.GetApiKeyResponse
+	31, // 102: chatplane.v1.PersistenceService.GetAnswer:output_type -> chatplane.v1.GetAnswerResponse
+	33, // 103: chatplane.v1.PersistenceService.ReserveQuota:output_type -> chatplane.v1.ReserveQuotaResponse
+	35, // 104: chatplane.v1.PersistenceService.SettleQuota:output_type -> chatplane.v1.SettleQuotaResponse
+	37, // 105: chatplane.v1.PersistenceService.SetQuota:output_type -> chatplane.v1.SetQuotaResponse
+	39, // 106: chatplane.v1.PersistenceService.GetQuota:output_type -> chatplane.v1.GetQuotaResponse
+	42, // 107: chatplane.v1.PersistenceService.SetActiveBranch:output_type -> chatplane.v1.PersistenceServiceSetActiveBranchResponse
+	45, // 108: chatplane.v1.PersistenceService.ReportVariants:output_type -> chatplane.v1.ReportVariantsResponse
+	21, // 109: chatplane.v1.PersistenceService.ListApiKeys:output_type -> chatplane.v1.PersistenceServiceListApiKeysResponse
+	23, // 110: chatplane.v1.PersistenceService.RotateApiKey:output_type -> chatplane.v1.PersistenceServiceRotateApiKeyResponse
+	25, // 111: chatplane.v1.PersistenceService.RevokeApiKey:output_type -> chatplane.v1.PersistenceServiceRevokeApiKeyResponse
+	27, // 112: chatplane.v1.PersistenceService.AppendAuditEvents:output_type -> chatplane.v1.AppendAuditEventsResponse
+	29, // 113: chatplane.v1.PersistenceService.ListAuditRecords:output_type -> chatplane.v1.ListAuditRecordsResponse
+	47, // 114: chatplane.v1.PersistenceService.GetHandoff:output_type -> chatplane.v1.GetHandoffResponse
+	49, // 115: chatplane.v1.PersistenceService.ChangeHandoff:output_type -> chatplane.v1.ChangeHandoffResponse
+	51, // 116: chatplane.v1.PersistenceService.ListHandoffs:output_type -> chatplane.v1.ListHandoffsResponse
+	53, // 117: chatplane.v1.PersistenceService.GetTenantHandoff:output_type -> chatplane.v1.GetTenantHandoffResponse
+	55, // 118: chatplane.v1.PersistenceService.CountThumbsDown:output_type -> chatplane.v1.CountThumbsDownResponse
+	57, // 119: chatplane.v1.PersistenceService.EraseUser:output_type -> chatplane.v1.PersistenceServiceEraseUserResponse
+	59, // 120: chatplane.v1.PersistenceService.SetRetention:output_type -> chatplane.v1.PersistenceServiceSetRetentionResponse
+	61, // 121: chatplane.v1.PersistenceService.GetRetention:output_type -> chatplane.v1.PersistenceServiceGetRetentionResponse
+	93, // [93:122] is the sub-list for method output_type
+	64, // [64:93] is the sub-list for method input_type
+	64, // [64:64] is the sub-list for extension type_name
+	64, // [64:64] is the sub-list for extension extendee
+	0,  // [0:64] is the sub-list for field type_name
 }
 
 func init() { file_chatplane_v1_persistence_proto_init() }
@@ -4028,6 +4358,7 @@ func file_chatplane_v1_persistence_proto_init() {
 		return
 	}
 	file_chatplane_v1_audit_proto_init()
+	file_chatplane_v1_erasure_proto_init()
 	file_chatplane_v1_gateway_proto_init()
 	file_chatplane_v1_resources_proto_init()
 	file_chatplane_v1_persistence_proto_msgTypes[44].OneofWrappers = []any{}
@@ -4037,7 +4368,7 @@ func file_chatplane_v1_persistence_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_chatplane_v1_persistence_proto_rawDesc), len(file_chatplane_v1_persistence_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   56,
+			NumMessages:   62,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -45,6 +45,9 @@ const (
 	PersistenceService_ListHandoffs_FullMethodName       = "/chatplane.v1.PersistenceService/ListHandoffs"
 	PersistenceService_GetTenantHandoff_FullMethodName   = "/chatplane.v1.PersistenceService/GetTenantHandoff"
 	PersistenceService_CountThumbsDown_FullMethodName    = "/chatplane.v1.PersistenceService/CountThumbsDown"
+	PersistenceService_EraseUser_FullMethodName          = "/chatplane.v1.PersistenceService/EraseUser"
+	PersistenceService_SetRetention_FullMethodName       = "/chatplane.v1.PersistenceService/SetRetention"
+	PersistenceService_GetRetention_FullMethodName       = "/chatplane.v1.PersistenceService/GetRetention"
 )
 
 // PersistenceServiceClient is the client API for PersistenceService service.
@@ -113,6 +116,13 @@ type PersistenceServiceClient interface {
 	GetTenantHandoff(ctx context.Context, in *GetTenantHandoffRequest, opts ...grpc.CallOption) (*GetTenantHandoffResponse, error)
 	// Counts the thumbs-down ratings in the conversation of one of the owner's messages.
 	CountThumbsDown(ctx context.Context, in *CountThumbsDownRequest, opts ...grpc.CallOption) (*CountThumbsDownResponse, error)
+	// Erases a user of a tenant from every store (docs/privacy.md): runs, or resumes, the
+	// user's erasure job and returns its receipt. Idempotent.
+	EraseUser(ctx context.Context, in *PersistenceServiceEraseUserRequest, opts ...grpc.CallOption) (*PersistenceServiceEraseUserResponse, error)
+	// Sets a tenant's retention period (0 days: keep forever).
+	SetRetention(ctx context.Context, in *PersistenceServiceSetRetentionRequest, opts ...grpc.CallOption) (*PersistenceServiceSetRetentionResponse, error)
+	// A tenant's retention period.
+	GetRetention(ctx context.Context, in *PersistenceServiceGetRetentionRequest, opts ...grpc.CallOption) (*PersistenceServiceGetRetentionResponse, error)
 }
 
 type persistenceServiceClient struct {
@@ -383,6 +393,36 @@ func (c *persistenceServiceClient) CountThumbsDown(ctx context.Context, in *Coun
 	return out, nil
 }
 
+func (c *persistenceServiceClient) EraseUser(ctx context.Context, in *PersistenceServiceEraseUserRequest, opts ...grpc.CallOption) (*PersistenceServiceEraseUserResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(PersistenceServiceEraseUserResponse)
+	err := c.cc.Invoke(ctx, PersistenceService_EraseUser_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *persistenceServiceClient) SetRetention(ctx context.Context, in *PersistenceServiceSetRetentionRequest, opts ...grpc.CallOption) (*PersistenceServiceSetRetentionResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(PersistenceServiceSetRetentionResponse)
+	err := c.cc.Invoke(ctx, PersistenceService_SetRetention_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *persistenceServiceClient) GetRetention(ctx context.Context, in *PersistenceServiceGetRetentionRequest, opts ...grpc.CallOption) (*PersistenceServiceGetRetentionResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(PersistenceServiceGetRetentionResponse)
+	err := c.cc.Invoke(ctx, PersistenceService_GetRetention_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // PersistenceServiceServer is the server API for PersistenceService service.
 // All implementations must embed UnimplementedPersistenceServiceServer
 // for forward compatibility.
@@ -449,6 +489,13 @@ type PersistenceServiceServer interface {
 	GetTenantHandoff(context.Context, *GetTenantHandoffRequest) (*GetTenantHandoffResponse, error)
 	// Counts the thumbs-down ratings in the conversation of one of the owner's messages.
 	CountThumbsDown(context.Context, *CountThumbsDownRequest) (*CountThumbsDownResponse, error)
+	// Erases a user of a tenant from every store (docs/privacy.md): runs, or resumes, the
+	// user's erasure job and returns its receipt. Idempotent.
+	EraseUser(context.Context, *PersistenceServiceEraseUserRequest) (*PersistenceServiceEraseUserResponse, error)
+	// Sets a tenant's retention period (0 days: keep forever).
+	SetRetention(context.Context, *PersistenceServiceSetRetentionRequest) (*PersistenceServiceSetRetentionResponse, error)
+	// A tenant's retention period.
+	GetRetention(context.Context, *PersistenceServiceGetRetentionRequest) (*PersistenceServiceGetRetentionResponse, error)
 	mustEmbedUnimplementedPersistenceServiceServer()
 }
 
@@ -536,6 +583,15 @@ func (UnimplementedPersistenceServiceServer) GetTenantHandoff(context.Context, *
 }
 func (UnimplementedPersistenceServiceServer) CountThumbsDown(context.Context, *CountThumbsDownRequest) (*CountThumbsDownResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method CountThumbsDown not implemented")
+}
+func (UnimplementedPersistenceServiceServer) EraseUser(context.Context, *PersistenceServiceEraseUserRequest) (*PersistenceServiceEraseUserResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method EraseUser not implemented")
+}
+func (UnimplementedPersistenceServiceServer) SetRetention(context.Context, *PersistenceServiceSetRetentionRequest) (*PersistenceServiceSetRetentionResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method SetRetention not implemented")
+}
+func (UnimplementedPersistenceServiceServer) GetRetention(context.Context, *PersistenceServiceGetRetentionRequest) (*PersistenceServiceGetRetentionResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetRetention not implemented")
 }
 func (UnimplementedPersistenceServiceServer) mustEmbedUnimplementedPersistenceServiceServer() {}
 func (UnimplementedPersistenceServiceServer) testEmbeddedByValue()                            {}
@@ -1026,6 +1082,60 @@ func _PersistenceService_CountThumbsDown_Handler(srv interface{}, ctx context.Co
 	return interceptor(ctx, in, info, handler)
 }
 
+func _PersistenceService_EraseUser_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(PersistenceServiceEraseUserRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(PersistenceServiceServer).EraseUser(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: PersistenceService_EraseUser_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(PersistenceServiceServer).EraseUser(ctx, req.(*PersistenceServiceEraseUserRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _PersistenceService_SetRetention_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(PersistenceServiceSetRetentionRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(PersistenceServiceServer).SetRetention(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: PersistenceService_SetRetention_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(PersistenceServiceServer).SetRetention(ctx, req.(*PersistenceServiceSetRetentionRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _PersistenceService_GetRetention_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(PersistenceServiceGetRetentionRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(PersistenceServiceServer).GetRetention(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: PersistenceService_GetRetention_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(PersistenceServiceServer).GetRetention(ctx, req.(*PersistenceServiceGetRetentionRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // PersistenceService_ServiceDesc is the grpc.ServiceDesc for PersistenceService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -1136,6 +1246,18 @@ var PersistenceService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "CountThumbsDown",
 			Handler:    _PersistenceService_CountThumbsDown_Handler,
+		},
+		{
+			MethodName: "EraseUser",
+			Handler:    _PersistenceService_EraseUser_Handler,
+		},
+		{
+			MethodName: "SetRetention",
+			Handler:    _PersistenceService_SetRetention_Handler,
+		},
+		{
+			MethodName: "GetRetention",
+			Handler:    _PersistenceService_GetRetention_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

@@ -22,33 +22,46 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from chatplane.v1 import erasure_pb2 as chatplane_dot_v1_dot_erasure__pb2
 from chatplane.v1 import persistence_pb2 as chatplane_dot_v1_dot_persistence__pb2
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x63hatplane/v1/admin.proto\x12\x0c\x63hatplane.v1\x1a\x1e\x63hatplane/v1/persistence.proto\x1a\x1egoogle/protobuf/duration.proto\"e\n\x12ListApiKeysRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x17\n\x0finclude_revoked\x18\x04 \x01(\x08\"V\n\x13ListApiKeysResponse\x12&\n\x04keys\x18\x01 \x03(\x0b\x32\x18.chatplane.v1.ApiKeyInfo\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"P\n\x1f\x41\x64minServiceCreateApiKeyRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\r\n\x05label\x18\x02 \x01(\t\x12\r\n\x05roles\x18\x03 \x03(\t\"Z\n AdminServiceCreateApiKeyResponse\x12\x0f\n\x07\x61pi_key\x18\x01 \x01(\t\x12%\n\x03key\x18\x02 \x01(\x0b\x32\x18.chatplane.v1.ApiKeyInfo\"Q\n\x13RotateApiKeyRequest\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12*\n\x07overlap\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"z\n\x14RotateApiKeyResponse\x12\x0f\n\x07\x61pi_key\x18\x01 \x01(\t\x12%\n\x03key\x18\x02 \x01(\x0b\x32\x18.chatplane.v1.ApiKeyInfo\x12*\n\x08previous\x18\x03 \x01(\x0b\x32\x18.chatplane.v1.ApiKeyInfo\"%\n\x13RevokeApiKeyRequest\x12\x0e\n\x06key_id\x18\x01 \x01(\t\"=\n\x14RevokeApiKeyResponse\x12%\n\x03key\x18\x01 \x01(\x0b\x32\x18.chatplane.v1.ApiKeyInfo2\xff\x02\n\x0c\x41\x64minService\x12R\n\x0bListApiKeys\x12 .chatplane.v1.ListApiKeysRequest\x1a!.chatplane.v1.ListApiKeysResponse\x12m\n\x0c\x43reateApiKey\x12-.chatplane.v1.AdminServiceCreateApiKeyRequest\x1a..chatplane.v1.AdminServiceCreateApiKeyResponse\x12U\n\x0cRotateApiKey\x12!.chatplane.v1.RotateApiKeyRequest\x1a\".chatplane.v1.RotateApiKeyResponse\x12U\n\x0cRevokeApiKey\x12!.chatplane.v1.RevokeApiKeyRequest\x1a\".chatplane.v1.RevokeApiKeyResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x63hatplane/v1/admin.proto\x12\x0c\x63hatplane.v1\x1a\x1a\x63hatplane/v1/erasure.proto\x1a\x1e\x63hatplane/v1/persistence.proto\x1a\x1egoogle/protobuf/duration.proto\"e\n\x12ListApiKeysRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x17\n\x0finclude_revoked\x18\x04 \x01(\x08\"V\n\x13ListApiKeysResponse\x12&\n\x04keys\x18\x01 \x03(\x0b\x32\x18.chatplane.v1.ApiKeyInfo\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"P\n\x1f\x41\x64minServiceCreateApiKeyRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\r\n\x05label\x18\x02 \x01(\t\x12\r\n\x05roles\x18\x03 \x03(\t\"Z\n AdminServiceCreateApiKeyResponse\x12\x0f\n\x07\x61pi_key\x18\x01 \x01(\t\x12%\n\x03key\x18\x02 \x01(\x0b\x32\x18.chatplane.v1.ApiKeyInfo\"Q\n\x13RotateApiKeyRequest\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12*\n\x07overlap\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"z\n\x14RotateApiKeyResponse\x12\x0f\n\x07\x61pi_key\x18\x01 \x01(\t\x12%\n\x03key\x18\x02 \x01(\x0b\x32\x18.chatplane.v1.ApiKeyInfo\x12*\n\x08previous\x18\x03 \x01(\x0b\x32\x18.chatplane.v1.ApiKeyInfo\"%\n\x13RevokeApiKeyRequest\x12\x0e\n\x06key_id\x18\x01 \x01(\t\"=\n\x14RevokeApiKeyResponse\x12%\n\x03key\x18\x01 \x01(\x0b\x32\x18.chatplane.v1.ApiKeyInfo\"#\n\x10\x45raseUserRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"B\n\x11\x45raseUserResponse\x12-\n\x07receipt\x18\x01 \x01(\x0b\x32\x1c.chatplane.v1.ErasureReceipt\"#\n\x13SetRetentionRequest\x12\x0c\n\x04\x64\x61ys\x18\x01 \x01(\x05\"E\n\x14SetRetentionResponse\x12-\n\x06policy\x18\x01 \x01(\x0b\x32\x1d.chatplane.v1.RetentionPolicy\"\x15\n\x13GetRetentionRequest\"E\n\x14GetRetentionResponse\x12-\n\x06policy\x18\x01 \x01(\x0b\x32\x1d.chatplane.v1.RetentionPolicy2\xfb\x04\n\x0c\x41\x64minService\x12R\n\x0bListApiKeys\x12 .chatplane.v1.ListApiKeysRequest\x1a!.chatplane.v1.ListApiKeysResponse\x12m\n\x0c\x43reateApiKey\x12-.chatplane.v1.AdminServiceCreateApiKeyRequest\x1a..chatplane.v1.AdminServiceCreateApiKeyResponse\x12U\n\x0cRotateApiKey\x12!.chatplane.v1.RotateApiKeyRequest\x1a\".chatplane.v1.RotateApiKeyResponse\x12U\n\x0cRevokeApiKey\x12!.chatplane.v1.RevokeApiKeyRequest\x1a\".chatplane.v1.RevokeApiKeyResponse\x12L\n\tEraseUser\x12\x1e.chatplane.v1.EraseUserRequest\x1a\x1f.chatplane.v1.EraseUserResponse\x12U\n\x0cSetRetention\x12!.chatplane.v1.SetRetentionRequest\x1a\".chatplane.v1.SetRetentionResponse\x12U\n\x0cGetRetention\x12!.chatplane.v1.GetRetentionRequest\x1a\".chatplane.v1.GetRetentionResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'chatplane.v1.admin_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_LISTAPIKEYSREQUEST']._serialized_start=106
-  _globals['_LISTAPIKEYSREQUEST']._serialized_end=207
-  _globals['_LISTAPIKEYSRESPONSE']._serialized_start=209
-  _globals['_LISTAPIKEYSRESPONSE']._serialized_end=295
-  _globals['_ADMINSERVICECREATEAPIKEYREQUEST']._serialized_start=297
-  _globals['_ADMINSERVICECREATEAPIKEYREQUEST']._serialized_end=377
-  _globals['_ADMINSERVICECREATEAPIKEYRESPONSE']._serialized_start=379
-  _globals['_ADMINSERVICECREATEAPIKEYRESPONSE']._serialized_end=469
-  _globals['_ROTATEAPIKEYREQUEST']._serialized_start=471
-  _globals['_ROTATEAPIKEYREQUEST']._serialized_end=552
-  _globals['_ROTATEAPIKEYRESPONSE']._serialized_start=554
-  _globals['_ROTATEAPIKEYRESPONSE']._serialized_end=676
-  _globals['_REVOKEAPIKEYREQUEST']._serialized_start=678
-  _globals['_REVOKEAPIKEYREQUEST']._serialized_end=715
-  _globals['_REVOKEAPIKEYRESPONSE']._serialized_start=717
-  _globals['_REVOKEAPIKEYRESPONSE']._serialized_end=778
-  _globals['_ADMINSERVICE']._serialized_start=781
-  _globals['_ADMINSERVICE']._serialized_end=1164
+  _globals['_LISTAPIKEYSREQUEST']._serialized_start=134
+  _globals['_LISTAPIKEYSREQUEST']._serialized_end=235
+  _globals['_LISTAPIKEYSRESPONSE']._serialized_start=237
+  _globals['_LISTAPIKEYSRESPONSE']._serialized_end=323
+  _globals['_ADMINSERVICECREATEAPIKEYREQUEST']._serialized_start=325
+  _globals['_ADMINSERVICECREATEAPIKEYREQUEST']._serialized_end=405
+  _globals['_ADMINSERVICECREATEAPIKEYRESPONSE']._serialized_start=407
+  _globals['_ADMINSERVICECREATEAPIKEYRESPONSE']._serialized_end=497
+  _globals['_ROTATEAPIKEYREQUEST']._serialized_start=499
+  _globals['_ROTATEAPIKEYREQUEST']._serialized_end=580
+  _globals['_ROTATEAPIKEYRESPONSE']._serialized_start=582
+  _globals['_ROTATEAPIKEYRESPONSE']._serialized_end=704
+  _globals['_REVOKEAPIKEYREQUEST']._serialized_start=706
+  _globals['_REVOKEAPIKEYREQUEST']._serialized_end=743
+  _globals['_REVOKEAPIKEYRESPONSE']._serialized_start=745
+  _globals['_REVOKEAPIKEYRESPONSE']._serialized_end=806
+  _globals['_ERASEUSERREQUEST']._serialized_start=808
+  _globals['_ERASEUSERREQUEST']._serialized_end=843
+  _globals['_ERASEUSERRESPONSE']._serialized_start=845
+  _globals['_ERASEUSERRESPONSE']._serialized_end=911
+  _globals['_SETRETENTIONREQUEST']._serialized_start=913
+  _globals['_SETRETENTIONREQUEST']._serialized_end=948
+  _globals['_SETRETENTIONRESPONSE']._serialized_start=950
+  _globals['_SETRETENTIONRESPONSE']._serialized_end=1019
+  _globals['_GETRETENTIONREQUEST']._serialized_start=1021
+  _globals['_GETRETENTIONREQUEST']._serialized_end=1042
+  _globals['_GETRETENTIONRESPONSE']._serialized_start=1044
+  _globals['_GETRETENTIONRESPONSE']._serialized_end=1113
+  _globals['_ADMINSERVICE']._serialized_start=1116
+  _globals['_ADMINSERVICE']._serialized_end=1751
 # @@protoc_insertion_point(module_scope)

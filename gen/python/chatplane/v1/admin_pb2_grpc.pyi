@@ -46,6 +46,15 @@ class AdminServiceStub:
     """
     RevokeApiKey: _grpc.UnaryUnaryMultiCallable[_admin_pb2.RevokeApiKeyRequest, _admin_pb2.RevokeApiKeyResponse]
     """Revokes a key: it stops working on every Gateway within api_key_cache_seconds."""
+    EraseUser: _grpc.UnaryUnaryMultiCallable[_admin_pb2.EraseUserRequest, _admin_pb2.EraseUserResponse]
+    """Erases a user of the tenant from every store: their data key, rows, memory and log
+    records (docs/privacy.md "Erasure"). Idempotent: a repeated call resumes an unfinished
+    erasure or erases what appeared since, and returns a receipt either way.
+    """
+    SetRetention: _grpc.UnaryUnaryMultiCallable[_admin_pb2.SetRetentionRequest, _admin_pb2.SetRetentionResponse]
+    """Sets the tenant's retention period (docs/privacy.md "Retention")."""
+    GetRetention: _grpc.UnaryUnaryMultiCallable[_admin_pb2.GetRetentionRequest, _admin_pb2.GetRetentionResponse]
+    """The tenant's retention period."""
 
 @_typing.type_check_only
 class AdminServiceAsyncStub(AdminServiceStub):
@@ -65,6 +74,15 @@ class AdminServiceAsyncStub(AdminServiceStub):
     """
     RevokeApiKey: _aio.UnaryUnaryMultiCallable[_admin_pb2.RevokeApiKeyRequest, _admin_pb2.RevokeApiKeyResponse]  # type: ignore[assignment]
     """Revokes a key: it stops working on every Gateway within api_key_cache_seconds."""
+    EraseUser: _aio.UnaryUnaryMultiCallable[_admin_pb2.EraseUserRequest, _admin_pb2.EraseUserResponse]  # type: ignore[assignment]
+    """Erases a user of the tenant from every store: their data key, rows, memory and log
+    records (docs/privacy.md "Erasure"). Idempotent: a repeated call resumes an unfinished
+    erasure or erases what appeared since, and returns a receipt either way.
+    """
+    SetRetention: _aio.UnaryUnaryMultiCallable[_admin_pb2.SetRetentionRequest, _admin_pb2.SetRetentionResponse]  # type: ignore[assignment]
+    """Sets the tenant's retention period (docs/privacy.md "Retention")."""
+    GetRetention: _aio.UnaryUnaryMultiCallable[_admin_pb2.GetRetentionRequest, _admin_pb2.GetRetentionResponse]  # type: ignore[assignment]
+    """The tenant's retention period."""
 
 class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
     """Administration of a tenant, served by the Gateway next to GatewayService. Every call needs
@@ -105,5 +123,32 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_admin_pb2.RevokeApiKeyResponse, _abc.Awaitable[_admin_pb2.RevokeApiKeyResponse]]:
         """Revokes a key: it stops working on every Gateway within api_key_cache_seconds."""
+
+    @_abc_1.abstractmethod
+    def EraseUser(
+        self,
+        request: _admin_pb2.EraseUserRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.EraseUserResponse, _abc.Awaitable[_admin_pb2.EraseUserResponse]]:
+        """Erases a user of the tenant from every store: their data key, rows, memory and log
+        records (docs/privacy.md "Erasure"). Idempotent: a repeated call resumes an unfinished
+        erasure or erases what appeared since, and returns a receipt either way.
+        """
+
+    @_abc_1.abstractmethod
+    def SetRetention(
+        self,
+        request: _admin_pb2.SetRetentionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.SetRetentionResponse, _abc.Awaitable[_admin_pb2.SetRetentionResponse]]:
+        """Sets the tenant's retention period (docs/privacy.md "Retention")."""
+
+    @_abc_1.abstractmethod
+    def GetRetention(
+        self,
+        request: _admin_pb2.GetRetentionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.GetRetentionResponse, _abc.Awaitable[_admin_pb2.GetRetentionResponse]]:
+        """The tenant's retention period."""
 
 def add_AdminServiceServicer_to_server(servicer: AdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -47,6 +47,8 @@ class MemoryServiceStub:
     """Lists the tenant's documents, newest first."""
     DeleteDocument: _grpc.UnaryUnaryMultiCallable[_memory_pb2.DeleteDocumentRequest, _memory_pb2.DeleteDocumentResponse]
     """Deletes one of the tenant's documents and its chunks."""
+    EraseUserMemory: _grpc.UnaryUnaryMultiCallable[_memory_pb2.EraseUserMemoryRequest, _memory_pb2.EraseUserMemoryResponse]
+    """Erasure (docs/privacy.md): forgets every turn of a user of a tenant, in any conversation."""
 
 @_typing.type_check_only
 class MemoryServiceAsyncStub(MemoryServiceStub):
@@ -67,6 +69,8 @@ class MemoryServiceAsyncStub(MemoryServiceStub):
     """Lists the tenant's documents, newest first."""
     DeleteDocument: _aio.UnaryUnaryMultiCallable[_memory_pb2.DeleteDocumentRequest, _memory_pb2.DeleteDocumentResponse]  # type: ignore[assignment]
     """Deletes one of the tenant's documents and its chunks."""
+    EraseUserMemory: _aio.UnaryUnaryMultiCallable[_memory_pb2.EraseUserMemoryRequest, _memory_pb2.EraseUserMemoryResponse]  # type: ignore[assignment]
+    """Erasure (docs/privacy.md): forgets every turn of a user of a tenant, in any conversation."""
 
 class MemoryServiceServicer(metaclass=_abc_1.ABCMeta):
     """Conversational memory and retrieval over a tenant's history and documents.
@@ -120,5 +124,13 @@ class MemoryServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_memory_pb2.DeleteDocumentResponse, _abc.Awaitable[_memory_pb2.DeleteDocumentResponse]]:
         """Deletes one of the tenant's documents and its chunks."""
+
+    @_abc_1.abstractmethod
+    def EraseUserMemory(
+        self,
+        request: _memory_pb2.EraseUserMemoryRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_memory_pb2.EraseUserMemoryResponse, _abc.Awaitable[_memory_pb2.EraseUserMemoryResponse]]:
+        """Erasure (docs/privacy.md): forgets every turn of a user of a tenant, in any conversation."""
 
 def add_MemoryServiceServicer_to_server(servicer: MemoryServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -100,6 +100,14 @@ class PersistenceServiceStub:
     """Returns a tenant's handed-off conversation (ever handed off) with its owner, for operators."""
     CountThumbsDown: _grpc.UnaryUnaryMultiCallable[_persistence_pb2.CountThumbsDownRequest, _persistence_pb2.CountThumbsDownResponse]
     """Counts the thumbs-down ratings in the conversation of one of the owner's messages."""
+    EraseUser: _grpc.UnaryUnaryMultiCallable[_persistence_pb2.PersistenceServiceEraseUserRequest, _persistence_pb2.PersistenceServiceEraseUserResponse]
+    """Erases a user of a tenant from every store (docs/privacy.md): runs, or resumes, the
+    user's erasure job and returns its receipt. Idempotent.
+    """
+    SetRetention: _grpc.UnaryUnaryMultiCallable[_persistence_pb2.PersistenceServiceSetRetentionRequest, _persistence_pb2.PersistenceServiceSetRetentionResponse]
+    """Sets a tenant's retention period (0 days: keep forever)."""
+    GetRetention: _grpc.UnaryUnaryMultiCallable[_persistence_pb2.PersistenceServiceGetRetentionRequest, _persistence_pb2.PersistenceServiceGetRetentionResponse]
+    """A tenant's retention period."""
 
 @_typing.type_check_only
 class PersistenceServiceAsyncStub(PersistenceServiceStub):
@@ -173,6 +181,14 @@ class PersistenceServiceAsyncStub(PersistenceServiceStub):
     """Returns a tenant's handed-off conversation (ever handed off) with its owner, for operators."""
     CountThumbsDown: _aio.UnaryUnaryMultiCallable[_persistence_pb2.CountThumbsDownRequest, _persistence_pb2.CountThumbsDownResponse]  # type: ignore[assignment]
     """Counts the thumbs-down ratings in the conversation of one of the owner's messages."""
+    EraseUser: _aio.UnaryUnaryMultiCallable[_persistence_pb2.PersistenceServiceEraseUserRequest, _persistence_pb2.PersistenceServiceEraseUserResponse]  # type: ignore[assignment]
+    """Erases a user of a tenant from every store (docs/privacy.md): runs, or resumes, the
+    user's erasure job and returns its receipt. Idempotent.
+    """
+    SetRetention: _aio.UnaryUnaryMultiCallable[_persistence_pb2.PersistenceServiceSetRetentionRequest, _persistence_pb2.PersistenceServiceSetRetentionResponse]  # type: ignore[assignment]
+    """Sets a tenant's retention period (0 days: keep forever)."""
+    GetRetention: _aio.UnaryUnaryMultiCallable[_persistence_pb2.PersistenceServiceGetRetentionRequest, _persistence_pb2.PersistenceServiceGetRetentionResponse]  # type: ignore[assignment]
+    """A tenant's retention period."""
 
 class PersistenceServiceServicer(metaclass=_abc_1.ABCMeta):
     """The system of record: conversations, turns, messages (written through the message log),
@@ -399,5 +415,31 @@ class PersistenceServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_persistence_pb2.CountThumbsDownResponse, _abc.Awaitable[_persistence_pb2.CountThumbsDownResponse]]:
         """Counts the thumbs-down ratings in the conversation of one of the owner's messages."""
+
+    @_abc_1.abstractmethod
+    def EraseUser(
+        self,
+        request: _persistence_pb2.PersistenceServiceEraseUserRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_persistence_pb2.PersistenceServiceEraseUserResponse, _abc.Awaitable[_persistence_pb2.PersistenceServiceEraseUserResponse]]:
+        """Erases a user of a tenant from every store (docs/privacy.md): runs, or resumes, the
+        user's erasure job and returns its receipt. Idempotent.
+        """
+
+    @_abc_1.abstractmethod
+    def SetRetention(
+        self,
+        request: _persistence_pb2.PersistenceServiceSetRetentionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_persistence_pb2.PersistenceServiceSetRetentionResponse, _abc.Awaitable[_persistence_pb2.PersistenceServiceSetRetentionResponse]]:
+        """Sets a tenant's retention period (0 days: keep forever)."""
+
+    @_abc_1.abstractmethod
+    def GetRetention(
+        self,
+        request: _persistence_pb2.PersistenceServiceGetRetentionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_persistence_pb2.PersistenceServiceGetRetentionResponse, _abc.Awaitable[_persistence_pb2.PersistenceServiceGetRetentionResponse]]:
+        """A tenant's retention period."""
 
 def add_PersistenceServiceServicer_to_server(servicer: PersistenceServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

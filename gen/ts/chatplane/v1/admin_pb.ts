@@ -4,6 +4,8 @@
 
 import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
 import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
+import type { ErasureReceipt, RetentionPolicy } from "./erasure_pb";
+import { file_chatplane_v1_erasure } from "./erasure_pb";
 import type { ApiKeyInfo } from "./persistence_pb";
 import { file_chatplane_v1_persistence } from "./persistence_pb";
 import type { Duration } from "@bufbuild/protobuf/wkt";
@@ -14,7 +16,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file chatplane/v1/admin.proto.
  */
 export const file_chatplane_v1_admin: GenFile = /*@__PURE__*/
-  fileDesc("ChhjaGF0cGxhbmUvdjEvYWRtaW4ucHJvdG8SDGNoYXRwbGFuZS52MSJlChJMaXN0QXBpS2V5c1JlcXVlc3QSDwoHdXNlcl9pZBgBIAEoCRIRCglwYWdlX3NpemUYAiABKAUSEgoKcGFnZV90b2tlbhgDIAEoCRIXCg9pbmNsdWRlX3Jldm9rZWQYBCABKAgiVgoTTGlzdEFwaUtleXNSZXNwb25zZRImCgRrZXlzGAEgAygLMhguY2hhdHBsYW5lLnYxLkFwaUtleUluZm8SFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIlAKH0FkbWluU2VydmljZUNyZWF0ZUFwaUtleVJlcXVlc3QSDwoHdXNlcl9pZBgBIAEoCRINCgVsYWJlbBgCIAEoCRINCgVyb2xlcxgDIAMoCSJaCiBBZG1pblNlcnZpY2VDcmVhdGVBcGlLZXlSZXNwb25zZRIPCgdhcGlfa2V5GAEgASgJEiUKA2tleRgCIAEoCzIYLmNoYXRwbGFuZS52MS5BcGlLZXlJbmZvIlEKE1JvdGF0ZUFwaUtleVJlcXVlc3QSDgoGa2V5X2lkGAEgASgJEioKB292ZXJsYXAYAiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24iegoUUm90YXRlQXBpS2V5UmVzcG9uc2USDwoHYXBpX2tleRgBIAEoCRIlCgNrZXkYAiABKAsyGC5jaGF0cGxhbmUudjEuQXBpS2V5SW5mbxIqCghwcmV2aW91cxgDIAEoCzIYLmNoYXRwbGFuZS52MS5BcGlLZXlJbmZvIiUKE1Jldm9rZUFwaUtleVJlcXVlc3QSDgoGa2V5X2lkGAEgASgJIj0KFFJldm9rZUFwaUtleVJlc3BvbnNlEiUKA2tleRgBIAEoCzIYLmNoYXRwbGFuZS52MS5BcGlLZXlJbmZvMv8CCgxBZG1pblNlcnZpY2USUgoLTGlzdEFwaUtleXMSIC5jaGF0cGxhbmUudjEuTGlzdEFwaUtleXNSZXF1ZXN0GiEuY2hhdHBsYW5lLnYxLkxpc3RBcGlLZXlzUmVzcG9uc2USbQoMQ3JlYXRlQXBpS2V5Ei0uY2hhdHBsYW5lLnYxLkFkbWluU2VydmljZUNyZWF0ZUFwaUtleVJlcXVlc3QaLi5jaGF0cGxhbmUudjEuQWRtaW5TZXJ2aWNlQ3JlYXRlQXBpS2V5UmVzcG9uc2USVQoMUm90YXRlQXBpS2V5EiEuY2hhdHBsYW5lLnYxLlJvdGF0ZUFwaUtleVJlcXVlc3QaIi5jaGF0cGxhbmUudjEuUm90YXRlQXBpS2V5UmVzcG9uc2USVQoMUmV2b2tlQXBpS2V5EiEuY2hhdHBsYW5lLnYxLlJldm9rZUFwaUtleVJlcXVlc3QaIi5jaGF0cGxhbmUudjEuUmV2b2tlQXBpS2V5UmVzcG9uc2VCQFo+Z2l0aHViLmNvbS9jaGF0cGxhbmUvY2hhdHBsYW5lL2dlbi9nby9jaGF0cGxhbmUvdjE7Y2hhdHBsYW5ldjFiBnByb3RvMw", [file_chatplane_v1_persistence, file_google_protobuf_duration]);
+  fileDesc("ChhjaGF0cGxhbmUvdjEvYWRtaW4ucHJvdG8SDGNoYXRwbGFuZS52MSJlChJMaXN0QXBpS2V5c1JlcXVlc3QSDwoHdXNlcl9pZBgBIAEoCRIRCglwYWdlX3NpemUYAiABKAUSEgoKcGFnZV90b2tlbhgDIAEoCRIXCg9pbmNsdWRlX3Jldm9rZWQYBCABKAgiVgoTTGlzdEFwaUtleXNSZXNwb25zZRImCgRrZXlzGAEgAygLMhguY2hhdHBsYW5lLnYxLkFwaUtleUluZm8SFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIlAKH0FkbWluU2VydmljZUNyZWF0ZUFwaUtleVJlcXVlc3QSDwoHdXNlcl9pZBgBIAEoCRINCgVsYWJlbBgCIAEoCRINCgVyb2xlcxgDIAMoCSJaCiBBZG1pblNlcnZpY2VDcmVhdGVBcGlLZXlSZXNwb25zZRIPCgdhcGlfa2V5GAEgASgJEiUKA2tleRgCIAEoCzIYLmNoYXRwbGFuZS52MS5BcGlLZXlJbmZvIlEKE1JvdGF0ZUFwaUtleVJlcXVlc3QSDgoGa2V5X2lkGAEgASgJEioKB292ZXJsYXAYAiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24iegoUUm90YXRlQXBpS2V5UmVzcG9uc2USDwoHYXBpX2tleRgBIAEoCRIlCgNrZXkYAiABKAsyGC5jaGF0cGxhbmUudjEuQXBpS2V5SW5mbxIqCghwcmV2aW91cxgDIAEoCzIYLmNoYXRwbGFuZS52MS5BcGlLZXlJbmZvIiUKE1Jldm9rZUFwaUtleVJlcXVlc3QSDgoGa2V5X2lkGAEgASgJIj0KFFJldm9rZUFwaUtleVJlc3BvbnNlEiUKA2tleRgBIAEoCzIYLmNoYXRwbGFuZS52MS5BcGlLZXlJbmZvIiMKEEVyYXNlVXNlclJlcXVlc3QSDwoHdXNlcl9pZBgBIAEoCSJCChFFcmFzZVVzZXJSZXNwb25zZRItCgdyZWNlaXB0GAEgASgLMhwuY2hhdHBsYW5lLnYxLkVyYXN1cmVSZWNlaXB0IiMKE1NldFJldGVudGlvblJlcXVlc3QSDAoEZGF5cxgBIAEoBSJFChRTZXRSZXRlbnRpb25SZXNwb25zZRItCgZwb2xpY3kYASABKAsyHS5jaGF0cGxhbmUudjEuUmV0ZW50aW9uUG9saWN5IhUKE0dldFJldGVudGlvblJlcXVlc3QiRQoUR2V0UmV0ZW50aW9uUmVzcG9uc2USLQoGcG9saWN5GAEgASgLMh0uY2hhdHBsYW5lLnYxLlJldGVudGlvblBvbGljeTL7BAoMQWRtaW5TZXJ2aWNlElIKC0xpc3RBcGlLZXlzEiAuY2hhdHBsYW5lLnYxLkxpc3RBcGlLZXlzUmVxdWVzdBohLmNoYXRwbGFuZS52MS5MaXN0QXBpS2V5c1Jlc3BvbnNlEm0KDENyZWF0ZUFwaUtleRItLmNoYXRwbGFuZS52MS5BZG1pblNlcnZpY2VDcmVhdGVBcGlLZXlSZXF1ZXN0Gi4uY2hhdHBsYW5lLnYxLkFkbWluU2VydmljZUNyZWF0ZUFwaUtleVJlc3BvbnNlElUKDFJvdGF0ZUFwaUtleRIhLmNoYXRwbGFuZS52MS5Sb3RhdGVBcGlLZXlSZXF1ZXN0GiIuY2hhdHBsYW5lLnYxLlJvdGF0ZUFwaUtleVJlc3BvbnNlElUKDFJldm9rZUFwaUtleRIhLmNoYXRwbGFuZS52MS5SZXZva2VBcGlLZXlSZXF1ZXN0GiIuY2hhdHBsYW5lLnYxLlJldm9rZUFwaUtleVJlc3BvbnNlEkwKCUVyYXNlVXNlchIeLmNoYXRwbGFuZS52MS5FcmFzZVVzZXJSZXF1ZXN0Gh8uY2hhdHBsYW5lLnYxLkVyYXNlVXNlclJlc3BvbnNlElUKDFNldFJldGVudGlvbhIhLmNoYXRwbGFuZS52MS5TZXRSZXRlbnRpb25SZXF1ZXN0GiIuY2hhdHBsYW5lLnYxLlNldFJldGVudGlvblJlc3BvbnNlElUKDEdldFJldGVudGlvbhIhLmNoYXRwbGFuZS52MS5HZXRSZXRlbnRpb25SZXF1ZXN0GiIuY2hhdHBsYW5lLnYxLkdldFJldGVudGlvblJlc3BvbnNlQkBaPmdpdGh1Yi5jb20vY2hhdHBsYW5lL2NoYXRwbGFuZS9nZW4vZ28vY2hhdHBsYW5lL3YxO2NoYXRwbGFuZXYxYgZwcm90bzM", [file_chatplane_v1_erasure, file_chatplane_v1_persistence, file_google_protobuf_duration]);
 
 /**
  * Asks for the tenant's keys.
@@ -255,6 +257,127 @@ export const RevokeApiKeyResponseSchema: GenMessage<RevokeApiKeyResponse> = /*@_
   messageDesc(file_chatplane_v1_admin, 7);
 
 /**
+ * A user of the caller's tenant to erase.
+ *
+ * @generated from message chatplane.v1.EraseUserRequest
+ */
+export type EraseUserRequest = Message<"chatplane.v1.EraseUserRequest"> & {
+  /**
+   * The user (1-256 characters).
+   *
+   * @generated from field: string user_id = 1;
+   */
+  userId: string;
+};
+
+/**
+ * Describes the message chatplane.v1.EraseUserRequest.
+ * Use `create(EraseUserRequestSchema)` to create a new message.
+ */
+export const EraseUserRequestSchema: GenMessage<EraseUserRequest> = /*@__PURE__*/
+  messageDesc(file_chatplane_v1_admin, 8);
+
+/**
+ * The erasure's receipt.
+ *
+ * @generated from message chatplane.v1.EraseUserResponse
+ */
+export type EraseUserResponse = Message<"chatplane.v1.EraseUserResponse"> & {
+  /**
+   * What was removed from each store, with counts and times.
+   *
+   * @generated from field: chatplane.v1.ErasureReceipt receipt = 1;
+   */
+  receipt?: ErasureReceipt | undefined;
+};
+
+/**
+ * Describes the message chatplane.v1.EraseUserResponse.
+ * Use `create(EraseUserResponseSchema)` to create a new message.
+ */
+export const EraseUserResponseSchema: GenMessage<EraseUserResponse> = /*@__PURE__*/
+  messageDesc(file_chatplane_v1_admin, 9);
+
+/**
+ * The retention period to set for the caller's tenant.
+ *
+ * @generated from message chatplane.v1.SetRetentionRequest
+ */
+export type SetRetentionRequest = Message<"chatplane.v1.SetRetentionRequest"> & {
+  /**
+   * Conversations without activity for this many days are deleted (1-36500); 0 keeps
+   * everything forever (the default).
+   *
+   * @generated from field: int32 days = 1;
+   */
+  days: number;
+};
+
+/**
+ * Describes the message chatplane.v1.SetRetentionRequest.
+ * Use `create(SetRetentionRequestSchema)` to create a new message.
+ */
+export const SetRetentionRequestSchema: GenMessage<SetRetentionRequest> = /*@__PURE__*/
+  messageDesc(file_chatplane_v1_admin, 10);
+
+/**
+ * The period now in force.
+ *
+ * @generated from message chatplane.v1.SetRetentionResponse
+ */
+export type SetRetentionResponse = Message<"chatplane.v1.SetRetentionResponse"> & {
+  /**
+   * The tenant's retention period.
+   *
+   * @generated from field: chatplane.v1.RetentionPolicy policy = 1;
+   */
+  policy?: RetentionPolicy | undefined;
+};
+
+/**
+ * Describes the message chatplane.v1.SetRetentionResponse.
+ * Use `create(SetRetentionResponseSchema)` to create a new message.
+ */
+export const SetRetentionResponseSchema: GenMessage<SetRetentionResponse> = /*@__PURE__*/
+  messageDesc(file_chatplane_v1_admin, 11);
+
+/**
+ * Asks for the caller's tenant's retention period.
+ *
+ * @generated from message chatplane.v1.GetRetentionRequest
+ */
+export type GetRetentionRequest = Message<"chatplane.v1.GetRetentionRequest"> & {
+};
+
+/**
+ * Describes the message chatplane.v1.GetRetentionRequest.
+ * Use `create(GetRetentionRequestSchema)` to create a new message.
+ */
+export const GetRetentionRequestSchema: GenMessage<GetRetentionRequest> = /*@__PURE__*/
+  messageDesc(file_chatplane_v1_admin, 12);
+
+/**
+ * The tenant's retention period.
+ *
+ * @generated from message chatplane.v1.GetRetentionResponse
+ */
+export type GetRetentionResponse = Message<"chatplane.v1.GetRetentionResponse"> & {
+  /**
+   * The tenant's retention period (0 days: kept forever).
+   *
+   * @generated from field: chatplane.v1.RetentionPolicy policy = 1;
+   */
+  policy?: RetentionPolicy | undefined;
+};
+
+/**
+ * Describes the message chatplane.v1.GetRetentionResponse.
+ * Use `create(GetRetentionResponseSchema)` to create a new message.
+ */
+export const GetRetentionResponseSchema: GenMessage<GetRetentionResponse> = /*@__PURE__*/
+  messageDesc(file_chatplane_v1_admin, 13);
+
+/**
  * Administration of a tenant, served by the Gateway next to GatewayService. Every call needs
  * a credential with the `admin` role (PERMISSION_DENIED otherwise) and acts on the caller's
  * own tenant only: another tenant's key is NOT_FOUND, as a key that does not exist.
@@ -302,6 +425,38 @@ export const AdminService: GenService<{
     methodKind: "unary";
     input: typeof RevokeApiKeyRequestSchema;
     output: typeof RevokeApiKeyResponseSchema;
+  },
+  /**
+   * Erases a user of the tenant from every store: their data key, rows, memory and log
+   * records (docs/privacy.md "Erasure"). Idempotent: a repeated call resumes an unfinished
+   * erasure or erases what appeared since, and returns a receipt either way.
+   *
+   * @generated from rpc chatplane.v1.AdminService.EraseUser
+   */
+  eraseUser: {
+    methodKind: "unary";
+    input: typeof EraseUserRequestSchema;
+    output: typeof EraseUserResponseSchema;
+  },
+  /**
+   * Sets the tenant's retention period (docs/privacy.md "Retention").
+   *
+   * @generated from rpc chatplane.v1.AdminService.SetRetention
+   */
+  setRetention: {
+    methodKind: "unary";
+    input: typeof SetRetentionRequestSchema;
+    output: typeof SetRetentionResponseSchema;
+  },
+  /**
+   * The tenant's retention period.
+   *
+   * @generated from rpc chatplane.v1.AdminService.GetRetention
+   */
+  getRetention: {
+    methodKind: "unary";
+    input: typeof GetRetentionRequestSchema;
+    output: typeof GetRetentionResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_chatplane_v1_admin, 0);

@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file chatplane/v1/memory.proto.
  */
 export const file_chatplane_v1_memory: GenFile = /*@__PURE__*/
-  fileDesc("ChljaGF0cGxhbmUvdjEvbWVtb3J5LnByb3RvEgxjaGF0cGxhbmUudjEicAoNTWVtb3J5TWVzc2FnZRISCgptZXNzYWdlX2lkGAEgASgJEiAKBHJvbGUYAiABKA4yEi5jaGF0cGxhbmUudjEuUm9sZRIMCgR0ZXh0GAMgASgJEhsKE2NyZWF0ZV90aW1lX3VuaXhfbXMYBCABKAMifQoPUmVtZW1iZXJSZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCRIPCgd1c2VyX2lkGAIgASgJEhcKD2NvbnZlcnNhdGlvbl9pZBgDIAEoCRItCghtZXNzYWdlcxgEIAMoCzIbLmNoYXRwbGFuZS52MS5NZW1vcnlNZXNzYWdlIiwKEFJlbWVtYmVyUmVzcG9uc2USGAoQcmVtZW1iZXJlZF9jb3VudBgBIAEoBSKAAQoNUmVjYWxsUmVxdWVzdBIRCgl0ZW5hbnRfaWQYASABKAkSDwoHdXNlcl9pZBgCIAEoCRIXCg9jb252ZXJzYXRpb25faWQYAyABKAkSDQoFcXVlcnkYBCABKAkSFAoMcmVjZW50X2xpbWl0GAUgASgFEg0KBXRvcF9rGAYgASgFIoEBCgxSZWNhbGxlZEl0ZW0SKAoIY2l0YXRpb24YASABKAsyFi5jaGF0cGxhbmUudjEuQ2l0YXRpb24SDAoEdGV4dBgCIAEoCRIXCg9jb252ZXJzYXRpb25faWQYAyABKAkSIAoEcm9sZRgEIAEoDjISLmNoYXRwbGFuZS52MS5Sb2xlImgKDlJlY2FsbFJlc3BvbnNlEisKBnJlY2VudBgBIAMoCzIbLmNoYXRwbGFuZS52MS5NZW1vcnlNZXNzYWdlEikKBWl0ZW1zGAIgAygLMhouY2hhdHBsYW5lLnYxLlJlY2FsbGVkSXRlbSJMCg1Gb3JnZXRSZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCRIPCgd1c2VyX2lkGAIgASgJEhcKD2NvbnZlcnNhdGlvbl9pZBgDIAEoCSIpCg5Gb3JnZXRSZXNwb25zZRIXCg9mb3Jnb3R0ZW5fY291bnQYASABKAUiRAoORG9jdW1lbnRIZWFkZXISEQoJdGVuYW50X2lkGAEgASgJEgwKBG5hbWUYAiABKAkSEQoJbWltZV90eXBlGAMgASgJImIKFUluZ2VzdERvY3VtZW50UmVxdWVzdBIuCgZoZWFkZXIYASABKAsyHC5jaGF0cGxhbmUudjEuRG9jdW1lbnRIZWFkZXJIABIRCgdjb250ZW50GAIgASgMSABCBgoEcGFydCJCChZJbmdlc3REb2N1bWVudFJlc3BvbnNlEigKCGRvY3VtZW50GAEgASgLMhYuY2hhdHBsYW5lLnYxLkRvY3VtZW50IikKFExpc3REb2N1bWVudHNSZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCSJCChVMaXN0RG9jdW1lbnRzUmVzcG9uc2USKQoJZG9jdW1lbnRzGAEgAygLMhYuY2hhdHBsYW5lLnYxLkRvY3VtZW50Ij8KFURlbGV0ZURvY3VtZW50UmVxdWVzdBIRCgl0ZW5hbnRfaWQYASABKAkSEwoLZG9jdW1lbnRfaWQYAiABKAkiNQoWRGVsZXRlRG9jdW1lbnRSZXNwb25zZRIbChNkZWxldGVkX2NodW5rX2NvdW50GAEgASgFMvoDCg1NZW1vcnlTZXJ2aWNlEkkKCFJlbWVtYmVyEh0uY2hhdHBsYW5lLnYxLlJlbWVtYmVyUmVxdWVzdBoeLmNoYXRwbGFuZS52MS5SZW1lbWJlclJlc3BvbnNlEkMKBlJlY2FsbBIbLmNoYXRwbGFuZS52MS5SZWNhbGxSZXF1ZXN0GhwuY2hhdHBsYW5lLnYxLlJlY2FsbFJlc3BvbnNlEkMKBkZvcmdldBIbLmNoYXRwbGFuZS52MS5Gb3JnZXRSZXF1ZXN0GhwuY2hhdHBsYW5lLnYxLkZvcmdldFJlc3BvbnNlEl0KDkluZ2VzdERvY3VtZW50EiMuY2hhdHBsYW5lLnYxLkluZ2VzdERvY3VtZW50UmVxdWVzdBokLmNoYXRwbGFuZS52MS5Jbmdlc3REb2N1bWVudFJlc3BvbnNlKAESWAoNTGlzdERvY3VtZW50cxIiLmNoYXRwbGFuZS52MS5MaXN0RG9jdW1lbnRzUmVxdWVzdBojLmNoYXRwbGFuZS52MS5MaXN0RG9jdW1lbnRzUmVzcG9uc2USWwoORGVsZXRlRG9jdW1lbnQSIy5jaGF0cGxhbmUudjEuRGVsZXRlRG9jdW1lbnRSZXF1ZXN0GiQuY2hhdHBsYW5lLnYxLkRlbGV0ZURvY3VtZW50UmVzcG9uc2VCQFo+Z2l0aHViLmNvbS9jaGF0cGxhbmUvY2hhdHBsYW5lL2dlbi9nby9jaGF0cGxhbmUvdjE7Y2hhdHBsYW5ldjFiBnByb3RvMw", [file_chatplane_v1_resources]);
+  fileDesc("ChljaGF0cGxhbmUvdjEvbWVtb3J5LnByb3RvEgxjaGF0cGxhbmUudjEicAoNTWVtb3J5TWVzc2FnZRISCgptZXNzYWdlX2lkGAEgASgJEiAKBHJvbGUYAiABKA4yEi5jaGF0cGxhbmUudjEuUm9sZRIMCgR0ZXh0GAMgASgJEhsKE2NyZWF0ZV90aW1lX3VuaXhfbXMYBCABKAMifQoPUmVtZW1iZXJSZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCRIPCgd1c2VyX2lkGAIgASgJEhcKD2NvbnZlcnNhdGlvbl9pZBgDIAEoCRItCghtZXNzYWdlcxgEIAMoCzIbLmNoYXRwbGFuZS52MS5NZW1vcnlNZXNzYWdlIiwKEFJlbWVtYmVyUmVzcG9uc2USGAoQcmVtZW1iZXJlZF9jb3VudBgBIAEoBSKAAQoNUmVjYWxsUmVxdWVzdBIRCgl0ZW5hbnRfaWQYASABKAkSDwoHdXNlcl9pZBgCIAEoCRIXCg9jb252ZXJzYXRpb25faWQYAyABKAkSDQoFcXVlcnkYBCABKAkSFAoMcmVjZW50X2xpbWl0GAUgASgFEg0KBXRvcF9rGAYgASgFIoEBCgxSZWNhbGxlZEl0ZW0SKAoIY2l0YXRpb24YASABKAsyFi5jaGF0cGxhbmUudjEuQ2l0YXRpb24SDAoEdGV4dBgCIAEoCRIXCg9jb252ZXJzYXRpb25faWQYAyABKAkSIAoEcm9sZRgEIAEoDjISLmNoYXRwbGFuZS52MS5Sb2xlImgKDlJlY2FsbFJlc3BvbnNlEisKBnJlY2VudBgBIAMoCzIbLmNoYXRwbGFuZS52MS5NZW1vcnlNZXNzYWdlEikKBWl0ZW1zGAIgAygLMhouY2hhdHBsYW5lLnYxLlJlY2FsbGVkSXRlbSJMCg1Gb3JnZXRSZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCRIPCgd1c2VyX2lkGAIgASgJEhcKD2NvbnZlcnNhdGlvbl9pZBgDIAEoCSIpCg5Gb3JnZXRSZXNwb25zZRIXCg9mb3Jnb3R0ZW5fY291bnQYASABKAUiRAoORG9jdW1lbnRIZWFkZXISEQoJdGVuYW50X2lkGAEgASgJEgwKBG5hbWUYAiABKAkSEQoJbWltZV90eXBlGAMgASgJImIKFUluZ2VzdERvY3VtZW50UmVxdWVzdBIuCgZoZWFkZXIYASABKAsyHC5jaGF0cGxhbmUudjEuRG9jdW1lbnRIZWFkZXJIABIRCgdjb250ZW50GAIgASgMSABCBgoEcGFydCJCChZJbmdlc3REb2N1bWVudFJlc3BvbnNlEigKCGRvY3VtZW50GAEgASgLMhYuY2hhdHBsYW5lLnYxLkRvY3VtZW50IikKFExpc3REb2N1bWVudHNSZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCSJCChVMaXN0RG9jdW1lbnRzUmVzcG9uc2USKQoJZG9jdW1lbnRzGAEgAygLMhYuY2hhdHBsYW5lLnYxLkRvY3VtZW50Ij8KFURlbGV0ZURvY3VtZW50UmVxdWVzdBIRCgl0ZW5hbnRfaWQYASABKAkSEwoLZG9jdW1lbnRfaWQYAiABKAkiNQoWRGVsZXRlRG9jdW1lbnRSZXNwb25zZRIbChNkZWxldGVkX2NodW5rX2NvdW50GAEgASgFIlYKFkVyYXNlVXNlck1lbW9yeVJlcXVlc3QSEQoJdGVuYW50X2lkGAEgASgJEg8KB3VzZXJfaWQYAiABKAkSGAoQY29udmVyc2F0aW9uX2lkcxgDIAMoCSIvChdFcmFzZVVzZXJNZW1vcnlSZXNwb25zZRIUCgxlcmFzZWRfY291bnQYASABKAUy2gQKDU1lbW9yeVNlcnZpY2USSQoIUmVtZW1iZXISHS5jaGF0cGxhbmUudjEuUmVtZW1iZXJSZXF1ZXN0Gh4uY2hhdHBsYW5lLnYxLlJlbWVtYmVyUmVzcG9uc2USQwoGUmVjYWxsEhsuY2hhdHBsYW5lLnYxLlJlY2FsbFJlcXVlc3QaHC5jaGF0cGxhbmUudjEuUmVjYWxsUmVzcG9uc2USQwoGRm9yZ2V0EhsuY2hhdHBsYW5lLnYxLkZvcmdldFJlcXVlc3QaHC5jaGF0cGxhbmUudjEuRm9yZ2V0UmVzcG9uc2USXQoOSW5nZXN0RG9jdW1lbnQSIy5jaGF0cGxhbmUudjEuSW5nZXN0RG9jdW1lbnRSZXF1ZXN0GiQuY2hhdHBsYW5lLnYxLkluZ2VzdERvY3VtZW50UmVzcG9uc2UoARJYCg1MaXN0RG9jdW1lbnRzEiIuY2hhdHBsYW5lLnYxLkxpc3REb2N1bWVudHNSZXF1ZXN0GiMuY2hhdHBsYW5lLnYxLkxpc3REb2N1bWVudHNSZXNwb25zZRJbCg5EZWxldGVEb2N1bWVudBIjLmNoYXRwbGFuZS52MS5EZWxldGVEb2N1bWVudFJlcXVlc3QaJC5jaGF0cGxhbmUudjEuRGVsZXRlRG9jdW1lbnRSZXNwb25zZRJeCg9FcmFzZVVzZXJNZW1vcnkSJC5jaGF0cGxhbmUudjEuRXJhc2VVc2VyTWVtb3J5UmVxdWVzdBolLmNoYXRwbGFuZS52MS5FcmFzZVVzZXJNZW1vcnlSZXNwb25zZUJAWj5naXRodWIuY29tL2NoYXRwbGFuZS9jaGF0cGxhbmUvZ2VuL2dvL2NoYXRwbGFuZS92MTtjaGF0cGxhbmV2MWIGcHJvdG8z", [file_chatplane_v1_resources]);
 
 /**
  * A message to remember.
@@ -486,6 +486,62 @@ export const DeleteDocumentResponseSchema: GenMessage<DeleteDocumentResponse> = 
   messageDesc(file_chatplane_v1_memory, 14);
 
 /**
+ * A user whose memory to erase.
+ *
+ * @generated from message chatplane.v1.EraseUserMemoryRequest
+ */
+export type EraseUserMemoryRequest = Message<"chatplane.v1.EraseUserMemoryRequest"> & {
+  /**
+   * The user's tenant.
+   *
+   * @generated from field: string tenant_id = 1;
+   */
+  tenantId: string;
+
+  /**
+   * The user (required).
+   *
+   * @generated from field: string user_id = 2;
+   */
+  userId: string;
+
+  /**
+   * The user's conversations: each stays forgotten (a later Remember of it is dropped).
+   *
+   * @generated from field: repeated string conversation_ids = 3;
+   */
+  conversationIds: string[];
+};
+
+/**
+ * Describes the message chatplane.v1.EraseUserMemoryRequest.
+ * Use `create(EraseUserMemoryRequestSchema)` to create a new message.
+ */
+export const EraseUserMemoryRequestSchema: GenMessage<EraseUserMemoryRequest> = /*@__PURE__*/
+  messageDesc(file_chatplane_v1_memory, 15);
+
+/**
+ * The user's turns are gone from the memory index.
+ *
+ * @generated from message chatplane.v1.EraseUserMemoryResponse
+ */
+export type EraseUserMemoryResponse = Message<"chatplane.v1.EraseUserMemoryResponse"> & {
+  /**
+   * How many turns were removed.
+   *
+   * @generated from field: int32 erased_count = 1;
+   */
+  erasedCount: number;
+};
+
+/**
+ * Describes the message chatplane.v1.EraseUserMemoryResponse.
+ * Use `create(EraseUserMemoryResponseSchema)` to create a new message.
+ */
+export const EraseUserMemoryResponseSchema: GenMessage<EraseUserMemoryResponse> = /*@__PURE__*/
+  messageDesc(file_chatplane_v1_memory, 16);
+
+/**
  * Conversational memory and retrieval over a tenant's history and documents.
  * Internal: called by the Agent only. Every call is scoped to one tenant and user.
  *
@@ -551,6 +607,16 @@ export const MemoryService: GenService<{
     methodKind: "unary";
     input: typeof DeleteDocumentRequestSchema;
     output: typeof DeleteDocumentResponseSchema;
+  },
+  /**
+   * Erasure (docs/privacy.md): forgets every turn of a user of a tenant, in any conversation.
+   *
+   * @generated from rpc chatplane.v1.MemoryService.EraseUserMemory
+   */
+  eraseUserMemory: {
+    methodKind: "unary";
+    input: typeof EraseUserMemoryRequestSchema;
+    output: typeof EraseUserMemoryResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_chatplane_v1_memory, 0);

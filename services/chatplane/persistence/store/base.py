@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from chatplane.common import errors
 from chatplane.common.closing import AsyncClosable
 from chatplane.common.ids import is_valid_id, new_id
+from chatplane.persistence.store.erasure import ErasureLedger
 from chatplane.persistence.store.quota import TokenQuotaLedger
 
 if TYPE_CHECKING:  # they import this module
@@ -390,7 +391,7 @@ def issue_api_key(
     return IssuedApiKey(f"{API_KEY_PREFIX}_{key_id}_{secret}", record)
 
 
-class ConversationStore(TokenQuotaLedger, AsyncClosable):
+class ConversationStore(TokenQuotaLedger, ErasureLedger, AsyncClosable):
     """The system of record. Every read and write is scoped to an `Owner`: anything of
     another tenant or user, and any id that is not a valid id, is `errors.NotFound`.
     Infrastructure failures surface as `errors.Unavailable` (safe to retry)."""
