@@ -225,10 +225,11 @@ class Stack:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         try:
             await asyncio.gather(
-                self.start_service("persistence"),
                 self.start_service("memory"),
                 *([self.start_service(WEB)] if self.web else []),
             )
+            # Persistence calls MemoryService (erasure, retention): it needs Memory's address.
+            await self.start_service("persistence")
             await self.start_service("agent")
             await self.start_service("gateway")
             if self.edge:

@@ -83,14 +83,14 @@ class ErasureJobs:
         if not tenant_id or not user_id:
             raise errors.InvalidArgument("owner", "tenant_id and user_id are required")
         job = await self._store.start_erasure(tenant_id, user_id, STEPS, actor)
-        return await self._run(job)
+        return await self._run(job, may_crash=True)
 
     async def resume_unfinished(self) -> list[ErasureJob]:
         """Runs every unfinished job to its end (at start); the jobs finished."""
         finished = []
         for job in await self._store.unfinished_erasures():
             _log.info("resuming an erasure", extra={"job_id": job.job_id})
-            finished.append(await self._run(job))
+            finished.append(await self._run(job, may_crash=False))
         return finished
 
     async def resume_until_done(self, retry_seconds: float = 2.0, max_retry: float = 60.0) -> None:
@@ -106,16 +106,16 @@ class ErasureJobs:
             await asyncio.sleep(delay)
             delay = min(delay * 2, max_retry)
 
-    async def _run(self, job: ErasureJob) -> ErasureJob:
+    async def _run(self, job: ErasureJob, *, may_crash: bool) -> ErasureJob:
         task = self._running.get(job.job_id)
         if task is None:
-            task = asyncio.create_task(self._steps(job), name=f"erasure-{job.job_id}")
+            task = asyncio.create_task(self._steps(job, may_crash), name=f"erasure-{job.job_id}")
             self._running[job.job_id] = task
             task.add_done_callback(lambda _: self._running.pop(job.job_id, None))
         # A caller that gives up does not stop the job: it ends, or resumes later.
         return await asyncio.shield(task)
 
-    async def _steps(self, job: ErasureJob) -> ErasureJob:
+    async def _steps(self, job: ErasureJob, may_crash: bool) -> ErasureJob:
         for position, step in enumerate(job.steps):
             if step.done:
                 continue
@@ -124,8 +124,9 @@ class ErasureJobs:
             _log.info(
                 "erasure step done", extra={"job_id": job.job_id, "step": step.name, **removed}
             )
-            if self._crash_after_step and position + 1 == self._crash_after_step:
-                # Test-only (docs/privacy.md): die as a crash would, mid-job.
+            if may_crash and position + 1 == self._crash_after_step:
+                # Test-only (docs/privacy.md): die as a crash would, mid-job (never while
+                # resuming a job at start, so that the restarted process finishes it).
                 _log.error("test-only crash after an erasure step", extra={"step": step.name})
                 os._exit(CRASH_EXIT_CODE)
         return await self._store.finish_erasure(job.job_id)

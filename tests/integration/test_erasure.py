@@ -1,0 +1,217 @@
+"""Erasure on the embedded profile, end to end (docs/privacy.md): a user whose messages carry a
+unique canary is erased through AdminService; afterwards no row, memory item or log record of
+the embedded stores holds the canary for them, while another user of the tenant keeps
+everything. A second call returns a receipt (nothing left to remove); a job cut short by a
+crash of Persistence is finished by the restarted process."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import grpc
+import pytest
+
+from chatplane.launcher import Stack
+from chatplane.v1 import admin_pb2, admin_pb2_grpc, memory_pb2, memory_pb2_grpc
+from chatplane.v1 import persistence_pb2, persistence_pb2_grpc
+from tests.integration.stack_client import (
+    FAST_PACE,
+    Client,
+    create_key,
+    poll,
+    running_stack,
+    unique,
+)
+
+
+def _count(path: Path, query: str, *args: object) -> int:
+    connection = sqlite3.connect(path, timeout=10)
+    try:
+        return int(connection.execute(query, args).fetchone()[0])
+    finally:
+        connection.close()
+
+
+def canary_rows(data_dir: Path, tenant: str, user: str, canary: str) -> int:
+    """Rows of the user in the system of record holding the canary (messages, titles)."""
+    db = data_dir / "persistence.db"
+    return _count(
+        db,
+        "SELECT count(*) FROM messages WHERE tenant_id = ? AND user_id = ? AND instr(text, ?)",
+        tenant,
+        user,
+        canary,
+    ) + _count(
+        db,
+        "SELECT count(*) FROM conversations WHERE tenant_id = ? AND user_id = ?",
+        tenant,
+        user,
+    )
+
+
+def canary_memory(data_dir: Path, tenant: str, user: str, canary: str) -> int:
+    """The user's items in the embedded memory index holding the canary."""
+    return _count(
+        data_dir / "memory.db",
+        "SELECT count(*) FROM items WHERE tenant_id = ? AND user_id = ? AND instr(text, ?)",
+        tenant,
+        user,
+        canary,
+    )
+
+
+def canary_log(data_dir: Path, marker: str) -> int:
+    """Records of the embedded message log holding `marker` (a canary with the user's id)."""
+    return _count(
+        data_dir / "log.db",
+        "SELECT count(*) FROM log_records WHERE instr(value, ?)",
+        marker.encode(),
+    )
+
+
+async def recalled(stack: Stack, tenant: str, user: str, canary: str) -> int:
+    """Items MemoryService recalls for the user when asked for the canary."""
+    async with stack.channel("memory") as channel:
+        response = await memory_pb2_grpc.MemoryServiceStub(channel).Recall(
+            memory_pb2.RecallRequest(
+                tenant_id=tenant, user_id=user, conversation_id="", query=canary, top_k=10
+            ),
+            timeout=10,
+        )
+    return sum(canary in item.text for item in response.items)
+
+
+async def erase_audits(stack: Stack, tenant: str, user: str) -> int:
+    async with stack.channel("persistence") as channel:
+        response = await persistence_pb2_grpc.PersistenceServiceStub(channel).ListAuditRecords(
+            persistence_pb2.ListAuditRecordsRequest(page_size=1000), timeout=10
+        )
+    return sum(
+        r.event.action == "user.erase" and r.event.object == f"user/{tenant}/{user}"
+        for r in response.records
+    )
+
+
+async def seed(stack: Stack, tenant: str, user: str, canary: str) -> str:
+    """Two turns of the user carrying the canary; returns once all four messages are stored."""
+    key = await create_key(stack, tenant, user)
+    async with stack.channel("gateway") as channel:
+        client = Client(channel, key)
+        first = await client.chat(f"please remember {canary}-{user}")
+        assert first.started is not None
+        conversation = first.started.started.conversation_id
+        await client.chat(f"what was {canary}-{user} again?", conversation)
+
+    async def stored() -> bool:
+        return canary_rows(stack.data_dir, tenant, user, canary) >= 3
+
+    await poll(stored, timeout=20)
+    return conversation
+
+
+@pytest.mark.timeout(120)
+async def test_erasure_canary_across_the_embedded_stores(tmp_path: Path) -> None:
+    tenant, canary = unique("erase"), unique("canary")
+    async with running_stack(tmp_path / "data", FAST_PACE) as stack:
+        data = stack.data_dir
+        await seed(stack, tenant, "erased", canary)
+        await seed(stack, tenant, "kept", canary)
+        kept_before = (
+            canary_rows(data, tenant, "kept", canary),
+            canary_memory(data, tenant, "kept", canary),
+            canary_log(data, f"{canary}-kept"),
+        )
+        assert all(kept_before)
+        assert canary_memory(data, tenant, "erased", canary) >= 2
+        assert canary_log(data, f"{canary}-erased") >= 2
+        admin_key = await create_key(stack, tenant, "admin", roles=("admin",))
+        chat_key = await create_key(stack, tenant, "someone")
+
+        async with stack.channel("gateway") as channel:
+            admin = admin_pb2_grpc.AdminServiceStub(channel)
+            with pytest.raises(grpc.aio.AioRpcError) as denied:
+                await admin.EraseUser(
+                    admin_pb2.EraseUserRequest(user_id="erased"),
+                    metadata=(("authorization", f"Bearer {chat_key}"),),
+                    timeout=10,
+                )
+            assert denied.value.code() is grpc.StatusCode.PERMISSION_DENIED
+            as_admin = (("authorization", f"Bearer {admin_key}"),)
+            with pytest.raises(grpc.aio.AioRpcError) as invalid:
+                await admin.EraseUser(admin_pb2.EraseUserRequest(), metadata=as_admin, timeout=10)
+            assert invalid.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+
+            receipt = (
+                await admin.EraseUser(
+                    admin_pb2.EraseUserRequest(user_id="erased"), metadata=as_admin, timeout=60
+                )
+            ).receipt
+            again = (
+                await admin.EraseUser(
+                    admin_pb2.EraseUserRequest(user_id="erased"), metadata=as_admin, timeout=60
+                )
+            ).receipt
+
+        steps = {step.step: dict(step.removed) for step in receipt.steps}
+        assert list(steps) == ["data_key", "system_of_record", "memory_index", "message_log"]
+        assert (receipt.tenant_id, receipt.user_id) == (tenant, "erased")
+        assert receipt.HasField("finish_time")
+        assert all(step.HasField("finish_time") for step in receipt.steps)
+        assert steps["system_of_record"]["messages"] == 4
+        assert steps["system_of_record"]["conversations"] == 1
+        assert steps["system_of_record"]["api_keys"] == 1
+        assert steps["memory_index"]["turns"] >= 4
+        assert steps["message_log"]["log_records"] >= 4
+
+        # Nothing of the erased user is left in any embedded store, nor recalled.
+        assert canary_rows(data, tenant, "erased", canary) == 0
+        assert canary_memory(data, tenant, "erased", canary) == 0
+        assert canary_log(data, f"{canary}-erased") == 0
+        assert await recalled(stack, tenant, "erased", canary) == 0
+        # The other user of the tenant keeps everything.
+        assert (
+            canary_rows(data, tenant, "kept", canary),
+            canary_memory(data, tenant, "kept", canary),
+            canary_log(data, f"{canary}-kept"),
+        ) == kept_before
+        assert await recalled(stack, tenant, "kept", canary) >= 1
+
+        # Idempotent: the second call is a new, empty erasure with its own receipt.
+        assert again.job_id != receipt.job_id and again.HasField("finish_time")
+        assert all(set(step.removed.values()) <= {0} for step in again.steps)
+        # One audit record per erasure, without content.
+        assert await erase_audits(stack, tenant, "erased") == 2
+
+
+@pytest.mark.timeout(120)
+async def test_erasure_cut_short_by_a_crash_is_finished_after_the_restart(tmp_path: Path) -> None:
+    tenant, canary = unique("erase"), unique("canary")
+    # Persistence dies right after step 2 (the rows) of the erasure an EraseUser starts.
+    env = {**FAST_PACE, "CHATPLANE_ERASURE_TEST_CRASH_AFTER_STEP": "2"}
+    async with running_stack(tmp_path / "data", env) as stack:
+        data = stack.data_dir
+        await seed(stack, tenant, "erased", canary)
+        admin_key = await create_key(stack, tenant, "admin", roles=("admin",))
+        async with stack.channel("gateway") as channel:
+            with pytest.raises(grpc.aio.AioRpcError) as cut:
+                await admin_pb2_grpc.AdminServiceStub(channel).EraseUser(
+                    admin_pb2.EraseUserRequest(user_id="erased"),
+                    metadata=(("authorization", f"Bearer {admin_key}"),),
+                    timeout=60,
+                )
+        assert cut.value.code() is grpc.StatusCode.UNAVAILABLE
+        assert await stack.services["persistence"].process.wait() == 75
+        # Half done: the rows are gone, the memory and the log are not yet.
+        assert canary_rows(data, tenant, "erased", canary) == 0
+        assert canary_memory(data, tenant, "erased", canary) >= 2
+        assert canary_log(data, f"{canary}-erased") >= 2
+
+        await stack.start_service("persistence")
+
+        async def audited() -> bool:
+            return await erase_audits(stack, tenant, "erased") == 1
+
+        await poll(audited, timeout=30)
+        assert canary_memory(data, tenant, "erased", canary) == 0
+        assert canary_log(data, f"{canary}-erased") == 0
