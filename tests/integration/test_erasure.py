@@ -13,8 +13,14 @@ import grpc
 import pytest
 
 from chatplane.launcher import Stack
-from chatplane.v1 import admin_pb2, admin_pb2_grpc, memory_pb2, memory_pb2_grpc
-from chatplane.v1 import persistence_pb2, persistence_pb2_grpc
+from chatplane.v1 import (
+    admin_pb2,
+    admin_pb2_grpc,
+    memory_pb2,
+    memory_pb2_grpc,
+    persistence_pb2,
+    persistence_pb2_grpc,
+)
 from tests.integration.stack_client import (
     FAST_PACE,
     Client,
@@ -23,6 +29,8 @@ from tests.integration.stack_client import (
     running_stack,
     unique,
 )
+
+pytestmark = pytest.mark.integration
 
 
 def _count(path: Path, query: str, *args: object) -> int:
