@@ -91,6 +91,10 @@ CALLS: dict[tuple[str, str], frozenset[str]] = {
             "ListHandoffs",
             "GetTenantHandoff",
             "CountThumbsDown",
+            # Erasure and retention (docs/privacy.md).
+            "EraseUser",
+            "SetRetention",
+            "GetRetention",
         }
     ),
     ("gateway", MEMORY): frozenset({"Forget", "IngestDocument", "ListDocuments", "DeleteDocument"}),
@@ -105,8 +109,13 @@ CALLS: dict[tuple[str, str], frozenset[str]] = {
             "SetQuota",
             "GetQuota",
             "ReportVariants",
+            "EraseUser",
+            "SetRetention",
+            "GetRetention",
         }
     ),
+    # Erasure and retention (docs/privacy.md).
+    ("persistence", MEMORY): frozenset({"Forget", "EraseUserMemory"}),
     ("admin", MEMORY): frozenset({"Remember"}),
 }
 

@@ -47,6 +47,7 @@ READ_RPCS = frozenset(
         f"/{PACKAGE}.PersistenceService/ListHandoffs",
         f"/{PACKAGE}.PersistenceService/GetTenantHandoff",
         f"/{PACKAGE}.PersistenceService/CountThumbsDown",
+        f"/{PACKAGE}.PersistenceService/GetRetention",
         f"/{PACKAGE}.MemoryService/Recall",
         f"/{PACKAGE}.GatewayService/ListConversations",
         f"/{PACKAGE}.GatewayService/GetConversation",
