@@ -5,6 +5,7 @@ conversations everywhere, a tenant with 60 days and one without a period keep th
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -66,3 +67,11 @@ async def test_retention_sweep_deletes_expired_conversations_from_every_store(
         for tenant in (long, forever):
             assert canary_rows(data, tenant, "user", canary) >= 3
             assert canary_memory(data, tenant, "user", canary) >= 2
+
+        # `chatplane erase` prints the receipt as JSON.
+        erased = cli(data, "erase", "--tenant", long, "--user", "user")
+        assert erased.returncode == 0, erased.stderr
+        receipt = json.loads(erased.stdout)
+        assert (receipt["tenant_id"], receipt["user_id"]) == (long, "user")
+        assert receipt["finish_time"] and receipt["steps"][1]["removed"]["messages"] == 4
+        assert canary_rows(data, long, "user", canary) == 0
