@@ -226,6 +226,10 @@ async def test_retention_deletes_only_conversations_past_the_period(
     assert [(e.user_id, e.conversation_id) for e in expired] == [
         (KEPT.user_id, old.conversation_id)
     ]
+    # Pending until the sweep removed its memory turns and log records.
+    assert await store.pending_expiries(10) == expired
+    await store.finish_expiries([old.conversation_id])
+    assert not await store.pending_expiries(10)
     left = (await store.list_conversations(KEPT, limit=10)).conversations
     assert [c.conversation_id for c in left] == [recent.conversation_id]
     assert not await store.expire_conversations(tenant, before, 100)

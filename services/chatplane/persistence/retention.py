@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Final, Protocol
@@ -15,6 +16,7 @@ from typing import Final, Protocol
 from chatplane.common import errors
 from chatplane.log.record_erasure import LogRecordEraser
 from chatplane.persistence.store.base import Clock, ConversationStore, utc_now
+from chatplane.persistence.store.erasure import ExpiredConversation
 
 _log = logging.getLogger(__name__)
 
@@ -60,21 +62,19 @@ class RetentionSweeper:
         self._stopping = asyncio.Event()
 
     async def sweep(self) -> SweepCounts:
-        """One pass over every tenant with a retention period."""
+        """One pass: first what a pass cut short left pending, then every tenant with a
+        retention period."""
         counts = SweepCounts()
+        while pending := await self._store.pending_expiries(BATCH):
+            await self._forget(pending, counts)
+            if len(pending) < BATCH:
+                break
         for policy in await self._store.retention_policies():
             before = self._clock() - timedelta(days=policy.days)
             while True:
                 expired = await self._store.expire_conversations(policy.tenant_id, before, BATCH)
-                for conversation in expired:
-                    counts.memory_turns += await self._memory.forget_conversation(
-                        conversation.tenant_id, conversation.user_id, conversation.conversation_id
-                    )
-                removed = await self._log.erase_conversations(
-                    [conversation.conversation_id for conversation in expired]
-                )
                 counts.conversations += len(expired)
-                counts.log_records += removed.get("log_records", 0)
+                await self._forget(expired, counts)
                 if len(expired) < BATCH:
                     break
         if counts.conversations:
@@ -87,6 +87,18 @@ class RetentionSweeper:
                 },
             )
         return counts
+
+    async def _forget(self, expired: Sequence[ExpiredConversation], counts: SweepCounts) -> None:
+        """The memory turns and log records of conversations deleted from the rows."""
+        if not expired:
+            return
+        for conversation in expired:
+            counts.memory_turns += await self._memory.forget_conversation(
+                conversation.tenant_id, conversation.user_id, conversation.conversation_id
+            )
+        ids = [conversation.conversation_id for conversation in expired]
+        counts.log_records += (await self._log.erase_conversations(ids)).get("log_records", 0)
+        await self._store.finish_expiries(ids)
 
     def start(self) -> None:
         """Sweeps every interval in the background until `stop`."""

@@ -189,4 +189,15 @@ class ErasureLedger(abc.ABC):
     ) -> list[ExpiredConversation]:
         """Deletes up to `limit` of the tenant's conversations whose last activity
         (update time) is before `before`, with everything that goes with them (as
-        delete_conversation does, tombstone included); the ones deleted."""
+        delete_conversation does, tombstone included), and notes them as pending (their
+        memory and log records are still to go); the ones deleted."""
+
+    @abc.abstractmethod
+    async def pending_expiries(self, limit: int) -> list[ExpiredConversation]:
+        """Up to `limit` expired conversations whose memory and log records are still to be
+        removed (a sweep cut short), oldest first."""
+
+    @abc.abstractmethod
+    async def finish_expiries(self, conversation_ids: Sequence[str]) -> None:
+        """Forgets that these expired conversations are pending (their memory and log
+        records are gone)."""

@@ -863,6 +863,16 @@ class PostgresConversationStore(TreeQueries, ConversationStore):
             await _lock_conversations(connection, candidates)
             return await postgres_erasure.expire(connection, tenant_id, candidates, before, now)
 
+    async def pending_expiries(self, limit: int) -> list[ExpiredConversation]:
+        require_limit(limit)
+        async with self._connection() as connection:
+            return await postgres_erasure.pending(connection, limit)
+
+    async def finish_expiries(self, conversation_ids: Sequence[str]) -> None:
+        if conversation_ids:
+            async with self._connection() as connection, connection.transaction():
+                await postgres_erasure.finish_pending(connection, conversation_ids)
+
     async def _write_batch_direct(
         self, connection: _Connection, batch: tuple[Message, ...], now: datetime
     ) -> int:

@@ -271,7 +271,31 @@ async def expire(
         " RETURNING conversation_id, user_id",
         (list(conversation_ids), tenant_id, before, now),
     )
-    return [
+    expired = [
         ExpiredConversation(tenant_id, str(user), str(conv))
         for conv, user in await cursor.fetchall()
     ]
+    async with connection.cursor() as insert:
+        await insert.executemany(
+            "INSERT INTO retention_pending (conversation_id, tenant_id, user_id)"
+            " VALUES (%s, %s, %s) ON CONFLICT DO NOTHING",
+            [(e.conversation_id, e.tenant_id, e.user_id) for e in expired],
+        )
+    return expired
+
+
+async def pending(connection: Connection, limit: int) -> list[ExpiredConversation]:
+    """See ErasureLedger.pending_expiries."""
+    cursor = await connection.execute(
+        "SELECT tenant_id, user_id, conversation_id FROM retention_pending"
+        " ORDER BY conversation_id LIMIT %s",
+        (limit,),
+    )
+    return [ExpiredConversation(str(t), str(u), str(c)) for t, u, c in await cursor.fetchall()]
+
+
+async def finish_pending(connection: Connection, conversation_ids: Sequence[str]) -> None:
+    """See ErasureLedger.finish_expiries."""
+    await connection.execute(
+        "DELETE FROM retention_pending WHERE conversation_id = ANY(%s)", (list(conversation_ids),)
+    )

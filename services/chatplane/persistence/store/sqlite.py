@@ -502,6 +502,14 @@ class SqliteConversationStore(TreeQueries, ConversationStore):
         )
         return await self._run(lambda connection: _in_write_transaction(connection, work))
 
+    async def pending_expiries(self, limit: int) -> list[ExpiredConversation]:
+        require_limit(limit)
+        return await self._run(functools.partial(sqlite_erasure.pending, limit=limit))
+
+    async def finish_expiries(self, conversation_ids: Sequence[str]) -> None:
+        work = functools.partial(sqlite_erasure.finish_pending, conversation_ids=conversation_ids)
+        await self._run(lambda connection: _in_write_transaction(connection, work))
+
     async def _run(self, work: Callable[[sqlite3.Connection], _T]) -> _T:
         if self._closed:
             raise errors.Unavailable("the conversation store is closed")

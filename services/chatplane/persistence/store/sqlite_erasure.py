@@ -248,8 +248,30 @@ def expire(
             " (conversation_id, tenant_id, user_id, delete_time_us) VALUES (?, ?, ?, ?)",
             (conversation.conversation_id, tenant_id, conversation.user_id, to_micros(now)),
         )
+        connection.execute(
+            "INSERT OR IGNORE INTO retention_pending (conversation_id, tenant_id, user_id)"
+            " VALUES (?, ?, ?)",
+            (conversation.conversation_id, tenant_id, conversation.user_id),
+        )
         # Messages, their feedback, deltas, metrics, turns and handoff go with it (CASCADE).
         connection.execute(
             "DELETE FROM conversations WHERE conversation_id = ?", (conversation.conversation_id,)
         )
     return expired
+
+
+def pending(connection: sqlite3.Connection, limit: int) -> list[ExpiredConversation]:
+    """See ErasureLedger.pending_expiries."""
+    rows = connection.execute(
+        "SELECT tenant_id, user_id, conversation_id FROM retention_pending ORDER BY rowid LIMIT ?",
+        (limit,),
+    ).fetchall()
+    return [ExpiredConversation(str(t), str(u), str(c)) for t, u, c in rows]
+
+
+def finish_pending(connection: sqlite3.Connection, conversation_ids: Sequence[str]) -> None:
+    """See ErasureLedger.finish_expiries."""
+    connection.executemany(
+        "DELETE FROM retention_pending WHERE conversation_id = ?",
+        [(conversation_id,) for conversation_id in conversation_ids],
+    )

@@ -38,5 +38,13 @@ CREATE TABLE retention_policies (
     update_time timestamptz NOT NULL
 );
 
+-- Conversations the retention sweep deleted from the rows whose memory turns and log records
+-- are still to be removed (kept until then, so a crash in between is caught up).
+CREATE TABLE retention_pending (
+    conversation_id text COLLATE "C" PRIMARY KEY,
+    tenant_id text NOT NULL,
+    user_id text NOT NULL
+);
+
 -- The retention sweep: a tenant's conversations by last activity.
 CREATE INDEX conversations_by_tenant_update ON conversations (tenant_id, update_time);

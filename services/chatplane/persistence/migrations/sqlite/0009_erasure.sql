@@ -38,5 +38,13 @@ CREATE TABLE retention_policies (
     update_time_us INTEGER NOT NULL
 );
 
+-- Conversations the retention sweep deleted from the rows whose memory turns and log records
+-- are still to be removed (kept until then, so a crash in between is caught up).
+CREATE TABLE retention_pending (
+    conversation_id TEXT PRIMARY KEY,
+    tenant_id TEXT NOT NULL,
+    user_id TEXT NOT NULL
+);
+
 -- The retention sweep: a tenant's conversations by last activity.
 CREATE INDEX conversations_by_tenant_update ON conversations (tenant_id, update_time_us);
