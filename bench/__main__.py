@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from bench import (
     auth_flood,
     edge,
+    erasure,
     handoff,
     ingest,
     llm_chain,
@@ -54,6 +55,7 @@ BENCHMARKS = (
     Benchmark(tree.NAME, tree.TITLE, tree.NOTES, tree.run),
     Benchmark(auth_flood.NAME, auth_flood.TITLE, auth_flood.NOTES, auth_flood.run),
     Benchmark(handoff.NAME, handoff.TITLE, handoff.NOTES, handoff.run),
+    Benchmark(erasure.NAME, erasure.TITLE, erasure.NOTES, erasure.run),
 )
 
 
