@@ -166,6 +166,8 @@ async def test_erasure_canary_across_the_embedded_stores(tmp_path: Path) -> None
         assert (receipt.tenant_id, receipt.user_id) == (tenant, "erased")
         assert receipt.HasField("finish_time")
         assert all(step.HasField("finish_time") for step in receipt.steps)
+        took = receipt.finish_time.ToMilliseconds() - receipt.create_time.ToMilliseconds()
+        assert 0 <= took < 10_000
         assert steps["system_of_record"]["messages"] == 4
         assert steps["system_of_record"]["conversations"] == 1
         assert steps["system_of_record"]["api_keys"] == 1
