@@ -150,6 +150,33 @@ async def test_erasure_canary_across_the_embedded_stores(tmp_path: Path) -> None
                 await admin.EraseUser(admin_pb2.EraseUserRequest(), metadata=as_admin, timeout=10)
             assert invalid.value.code() is grpc.StatusCode.INVALID_ARGUMENT
 
+            # Retention through AdminService: the caller's tenant only, admins only.
+            shown = await admin.GetRetention(
+                admin_pb2.GetRetentionRequest(), metadata=as_admin, timeout=10
+            )
+            assert (shown.policy.tenant_id, shown.policy.days) == (tenant, 0)
+            policy = (
+                await admin.SetRetention(
+                    admin_pb2.SetRetentionRequest(days=90), metadata=as_admin, timeout=10
+                )
+            ).policy
+            assert (policy.tenant_id, policy.days) == (tenant, 90)
+            assert policy.HasField("update_time")
+            for request, metadata, code in (
+                (admin_pb2.SetRetentionRequest(days=-1), as_admin, "INVALID_ARGUMENT"),
+                (
+                    admin_pb2.SetRetentionRequest(days=1),
+                    (("authorization", f"Bearer {chat_key}"),),
+                    "PERMISSION_DENIED",
+                ),
+            ):
+                with pytest.raises(grpc.aio.AioRpcError) as refused:
+                    await admin.SetRetention(request, metadata=metadata, timeout=10)
+                assert refused.value.code().name == code
+            await admin.SetRetention(
+                admin_pb2.SetRetentionRequest(days=0), metadata=as_admin, timeout=10
+            )
+
             receipt = (
                 await admin.EraseUser(
                     admin_pb2.EraseUserRequest(user_id="erased"), metadata=as_admin, timeout=60
