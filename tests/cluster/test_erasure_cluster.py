@@ -33,15 +33,26 @@ from tests.integration.stack_client import (
 pytestmark = pytest.mark.engines
 
 
-def pg_canary_rows(dsn: str, tenant: str, user: str, canary: str) -> int:
-    """The user's rows in PostgreSQL holding the canary, and their conversations."""
+def pg_user_rows(dsn: str, tenant: str, user: str) -> int:
+    """The user's messages and conversations in PostgreSQL."""
     with psycopg.connect(dsn, connect_timeout=5) as connection:
         row = connection.execute(
-            "SELECT (SELECT count(*) FROM messages WHERE tenant_id = %(t)s AND user_id = %(u)s"
-            "         AND strpos(text, %(c)s) > 0)"
-            "     + (SELECT count(*) FROM conversations WHERE tenant_id = %(t)s"
-            "         AND user_id = %(u)s)",
-            {"t": tenant, "u": user, "c": canary},
+            "SELECT (SELECT count(*) FROM messages WHERE tenant_id = %(t)s AND user_id = %(u)s)"
+            " + (SELECT count(*) FROM conversations WHERE tenant_id = %(t)s AND user_id = %(u)s)",
+            {"t": tenant, "u": user},
+        ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def pg_canary_rows(dsn: str, marker: str) -> int:
+    """Rows of PostgreSQL whose text holds `marker` in the clear."""
+    with psycopg.connect(dsn, connect_timeout=5) as connection:
+        row = connection.execute(
+            "SELECT (SELECT count(*) FROM messages WHERE strpos(text, %(m)s) > 0)"
+            " + (SELECT count(*) FROM conversations WHERE strpos(title, %(m)s) > 0)"
+            " + (SELECT count(*) FROM feedback WHERE strpos(comment, %(m)s) > 0)",
+            {"m": marker},
         ).fetchone()
     assert row is not None
     return int(row[0])
@@ -99,15 +110,17 @@ async def test_erasure_canary_on_postgres_and_opensearch(
         running_stack(tmp_path / "data", env) as stack,
         stack.channel("gateway") as channel,
     ):
+        conversations: dict[str, str] = {}
         for user in ("erased", "kept"):
             client = Client(channel, await create_key(stack, tenant, user))
-            first = await client.chat(f"please remember {canary}")
+            first = await client.chat(f"please remember {canary} {user}")
             assert first.started is not None
-            await client.chat(f"what was {canary} again?", first.started.started.conversation_id)
+            conversations[user] = first.started.started.conversation_id
+            await client.chat(f"what was {canary} again?", conversations[user])
 
         async def stored() -> bool:
             return all(
-                pg_canary_rows(postgres_database, tenant, user, canary) >= 3
+                pg_user_rows(postgres_database, tenant, user) == 5
                 and len(os_canary_ids(url, index, tenant, user, canary)) >= 2
                 for user in ("erased", "kept")
             )
@@ -115,7 +128,7 @@ async def test_erasure_canary_on_postgres_and_opensearch(
         await poll(stored, timeout=30, interval=0.3)
         erased_ids = os_canary_ids(url, index, tenant, "erased", canary)
         kept_before = (
-            pg_canary_rows(postgres_database, tenant, "kept", canary),
+            pg_user_rows(postgres_database, tenant, "kept"),
             sorted(os_canary_ids(url, index, tenant, "kept", canary)),
         )
 
@@ -135,11 +148,12 @@ async def test_erasure_canary_on_postgres_and_opensearch(
     # chatplane's topics are not compacted: nothing to tombstone (crypto-shredding and the
     # topics' retention take care of their records).
     assert steps["message_log"] == {"compacted_topics": 0, "tombstones": 0}
-    assert pg_canary_rows(postgres_database, tenant, "erased", canary) == 0
+    assert pg_user_rows(postgres_database, tenant, "erased") == 0
+    assert pg_canary_rows(postgres_database, f"{canary} erased") == 0
     assert os_canary_ids(url, index, tenant, "erased", canary) == []
     assert os_found(url, index, erased_ids) == 0
     assert (
-        pg_canary_rows(postgres_database, tenant, "kept", canary),
+        pg_user_rows(postgres_database, tenant, "kept"),
         sorted(os_canary_ids(url, index, tenant, "kept", canary)),
     ) == kept_before
 

@@ -41,20 +41,28 @@ def _count(path: Path, query: str, *args: object) -> int:
         connection.close()
 
 
-def canary_rows(data_dir: Path, tenant: str, user: str, canary: str) -> int:
-    """Rows of the user in the system of record holding the canary (messages, titles)."""
+def user_rows(data_dir: Path, tenant: str, user: str) -> int:
+    """The user's messages and conversations in the system of record."""
     db = data_dir / "persistence.db"
-    return _count(
-        db,
-        "SELECT count(*) FROM messages WHERE tenant_id = ? AND user_id = ? AND instr(text, ?)",
-        tenant,
-        user,
-        canary,
-    ) + _count(
-        db,
-        "SELECT count(*) FROM conversations WHERE tenant_id = ? AND user_id = ?",
-        tenant,
-        user,
+    return sum(
+        _count(
+            db, f"SELECT count(*) FROM {table} WHERE tenant_id = ? AND user_id = ?", tenant, user
+        )
+        for table in ("messages", "conversations")
+    )
+
+
+def canary_rows(data_dir: Path, marker: str) -> int:
+    """Rows of the system of record whose text holds `marker` in the clear."""
+    db = data_dir / "persistence.db"
+    return sum(
+        _count(db, f"SELECT count(*) FROM {table} WHERE instr({column}, ?)", marker)
+        for table, column in (
+            ("messages", "text"),
+            ("conversations", "title"),
+            ("feedback", "comment"),
+            ("handoffs", "reason"),
+        )
     )
 
 
@@ -70,11 +78,23 @@ def canary_memory(data_dir: Path, tenant: str, user: str, canary: str) -> int:
 
 
 def canary_log(data_dir: Path, marker: str) -> int:
-    """Records of the embedded message log holding `marker` (a canary with the user's id)."""
+    """Records of the embedded message log holding `marker` in the clear."""
     return _count(
         data_dir / "log.db",
         "SELECT count(*) FROM log_records WHERE instr(value, ?)",
         marker.encode(),
+    )
+
+
+def log_records(data_dir: Path, conversation_ids: list[str]) -> int:
+    """Records of the embedded message log (any topic) keyed by these conversations."""
+    return sum(
+        _count(
+            data_dir / "log.db",
+            "SELECT count(*) FROM log_records WHERE key = ?",
+            conversation_id.encode(),
+        )
+        for conversation_id in conversation_ids
     )
 
 
@@ -112,7 +132,7 @@ async def seed(stack: Stack, tenant: str, user: str, canary: str) -> str:
         await client.chat(f"what was {canary}-{user} again?", conversation)
 
     async def stored() -> bool:
-        return canary_rows(stack.data_dir, tenant, user, canary) >= 3
+        return user_rows(stack.data_dir, tenant, user) >= 5  # 4 messages, 1 conversation
 
     await poll(stored, timeout=20)
     return conversation
@@ -123,16 +143,16 @@ async def test_erasure_canary_across_the_embedded_stores(tmp_path: Path) -> None
     tenant, canary = unique("erase"), unique("canary")
     async with running_stack(tmp_path / "data", FAST_PACE) as stack:
         data = stack.data_dir
-        await seed(stack, tenant, "erased", canary)
-        await seed(stack, tenant, "kept", canary)
+        erased_conversation = await seed(stack, tenant, "erased", canary)
+        kept_conversation = await seed(stack, tenant, "kept", canary)
         kept_before = (
-            canary_rows(data, tenant, "kept", canary),
+            user_rows(data, tenant, "kept"),
             canary_memory(data, tenant, "kept", canary),
-            canary_log(data, f"{canary}-kept"),
+            log_records(data, [kept_conversation]),
         )
         assert all(kept_before)
         assert canary_memory(data, tenant, "erased", canary) >= 2
-        assert canary_log(data, f"{canary}-erased") >= 2
+        assert log_records(data, [erased_conversation]) >= 4
         admin_key = await create_key(stack, tenant, "admin", roles=("admin",))
         chat_key = await create_key(stack, tenant, "someone")
 
@@ -202,15 +222,17 @@ async def test_erasure_canary_across_the_embedded_stores(tmp_path: Path) -> None
         assert steps["message_log"]["log_records"] >= 4
 
         # Nothing of the erased user is left in any embedded store, nor recalled.
-        assert canary_rows(data, tenant, "erased", canary) == 0
+        assert user_rows(data, tenant, "erased") == 0
+        assert canary_rows(data, f"{canary}-erased") == 0
         assert canary_memory(data, tenant, "erased", canary) == 0
+        assert log_records(data, [erased_conversation]) == 0
         assert canary_log(data, f"{canary}-erased") == 0
         assert await recalled(stack, tenant, "erased", canary) == 0
         # The other user of the tenant keeps everything.
         assert (
-            canary_rows(data, tenant, "kept", canary),
+            user_rows(data, tenant, "kept"),
             canary_memory(data, tenant, "kept", canary),
-            canary_log(data, f"{canary}-kept"),
+            log_records(data, [kept_conversation]),
         ) == kept_before
         assert await recalled(stack, tenant, "kept", canary) >= 1
 
@@ -228,7 +250,7 @@ async def test_erasure_cut_short_by_a_crash_is_finished_after_the_restart(tmp_pa
     env = {**FAST_PACE, "CHATPLANE_ERASURE_TEST_CRASH_AFTER_STEP": "2"}
     async with running_stack(tmp_path / "data", env) as stack:
         data = stack.data_dir
-        await seed(stack, tenant, "erased", canary)
+        conversation = await seed(stack, tenant, "erased", canary)
         admin_key = await create_key(stack, tenant, "admin", roles=("admin",))
         async with stack.channel("gateway") as channel:
             with pytest.raises(grpc.aio.AioRpcError) as cut:
@@ -240,9 +262,9 @@ async def test_erasure_cut_short_by_a_crash_is_finished_after_the_restart(tmp_pa
         assert cut.value.code() is grpc.StatusCode.UNAVAILABLE
         assert await stack.services["persistence"].process.wait() == 75
         # Half done: the rows are gone, the memory and the log are not yet.
-        assert canary_rows(data, tenant, "erased", canary) == 0
+        assert user_rows(data, tenant, "erased") == 0
         assert canary_memory(data, tenant, "erased", canary) >= 2
-        assert canary_log(data, f"{canary}-erased") >= 2
+        assert log_records(data, [conversation]) >= 4
 
         await stack.start_service("persistence")
 
@@ -251,4 +273,4 @@ async def test_erasure_cut_short_by_a_crash_is_finished_after_the_restart(tmp_pa
 
         await poll(audited, timeout=30)
         assert canary_memory(data, tenant, "erased", canary) == 0
-        assert canary_log(data, f"{canary}-erased") == 0
+        assert log_records(data, [conversation]) == 0

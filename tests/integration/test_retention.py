@@ -18,7 +18,7 @@ from chatplane.persistence.store.sqlite import SqliteConversationStore
 from chatplane.v1 import memory_pb2_grpc
 from tests.integration.stack_client import FAST_PACE, running_stack, unique
 from tests.integration.test_cli import cli
-from tests.integration.test_erasure import canary_log, canary_memory, canary_rows, seed
+from tests.integration.test_erasure import canary_memory, log_records, seed, user_rows
 
 pytestmark = pytest.mark.integration
 
@@ -31,8 +31,9 @@ async def test_retention_sweep_deletes_expired_conversations_from_every_store(
     short, long, forever = unique("short"), unique("long"), unique("forever")
     async with running_stack(tmp_path / "data", FAST_PACE) as stack:
         data = stack.data_dir
-        for tenant in (short, long, forever):
-            await seed(stack, tenant, "user", canary)
+        conversations = {
+            tenant: await seed(stack, tenant, "user", canary) for tenant in (short, long, forever)
+        }
         set_short = cli(data, "retention", "set", "--tenant", short, "--days", "30")
         assert set_short.returncode == 0, set_short.stderr
         assert "retention days:  30" in set_short.stdout
@@ -41,7 +42,7 @@ async def test_retention_sweep_deletes_expired_conversations_from_every_store(
         assert "none (kept forever)" in shown.stdout
         assert cli(data, "retention", "set", "--tenant", long, "--days", "-1").returncode != 0
 
-        logged = canary_log(data, f"{canary}-user")
+        logged = {tenant: log_records(data, [c]) for tenant, c in conversations.items()}
         later = datetime.now(UTC) + timedelta(days=31)
         store = await SqliteConversationStore.open(data / "persistence.db")
         try:
@@ -60,13 +61,14 @@ async def test_retention_sweep_deletes_expired_conversations_from_every_store(
 
         assert (counts.conversations, counts.memory_turns) == (1, 4)
         assert counts.log_records >= 4
-        assert canary_rows(data, short, "user", canary) == 0
+        assert counts.log_records == logged[short]
+        assert user_rows(data, short, "user") == 0
         assert canary_memory(data, short, "user", canary) == 0
-        # Only the expired tenant's records left the log (all three users are named "user").
-        assert canary_log(data, f"{canary}-user") == logged - counts.log_records
+        assert log_records(data, [conversations[short]]) == 0
         for tenant in (long, forever):
-            assert canary_rows(data, tenant, "user", canary) >= 3
+            assert user_rows(data, tenant, "user") == 5
             assert canary_memory(data, tenant, "user", canary) >= 2
+            assert log_records(data, [conversations[tenant]]) == logged[tenant]
 
         # `chatplane erase` prints the receipt as JSON.
         erased = cli(data, "erase", "--tenant", long, "--user", "user")
@@ -74,4 +76,4 @@ async def test_retention_sweep_deletes_expired_conversations_from_every_store(
         receipt = json.loads(erased.stdout)
         assert (receipt["tenant_id"], receipt["user_id"]) == (long, "user")
         assert receipt["finish_time"] and receipt["steps"][1]["removed"]["messages"] == 4
-        assert canary_rows(data, long, "user", canary) == 0
+        assert user_rows(data, long, "user") == 0
