@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from bench import (
     auth_flood,
     edge,
+    encryption,
     erasure,
     handoff,
     ingest,
@@ -56,6 +57,7 @@ BENCHMARKS = (
     Benchmark(auth_flood.NAME, auth_flood.TITLE, auth_flood.NOTES, auth_flood.run),
     Benchmark(handoff.NAME, handoff.TITLE, handoff.NOTES, handoff.run),
     Benchmark(erasure.NAME, erasure.TITLE, erasure.NOTES, erasure.run),
+    Benchmark(encryption.NAME, encryption.TITLE, encryption.NOTES, encryption.run),
 )
 
 

@@ -95,8 +95,15 @@ CALLS: dict[tuple[str, str], frozenset[str]] = {
             "EraseUser",
             "SetRetention",
             "GetRetention",
+            # Encryption at rest (docs/security.md): data keys to open operator replies, and
+            # crypto-shredding for EraseUser.
+            "GetUserDataKey",
+            "DestroyUserDataKey",
         }
     ),
+    # Encryption at rest: the Agent seals what it logs, Memory opens what it retries.
+    ("agent", PERSISTENCE): frozenset({"GetUserDataKey"}),
+    ("memory", PERSISTENCE): frozenset({"GetUserDataKey"}),
     ("gateway", MEMORY): frozenset({"Forget", "IngestDocument", "ListDocuments", "DeleteDocument"}),
     ("agent", MEMORY): frozenset({"Recall", "Remember"}),
     ("admin", PERSISTENCE): frozenset(
@@ -112,6 +119,8 @@ CALLS: dict[tuple[str, str], frozenset[str]] = {
             "EraseUser",
             "SetRetention",
             "GetRetention",
+            # `chatplane erase` (crypto-shredding).
+            "DestroyUserDataKey",
         }
     ),
     # Erasure and retention (docs/privacy.md).
@@ -127,6 +136,12 @@ CODE_ACCOUNTS = {
     "memory": "memory",
     "persistence": "persistence",
     "cli": "admin",
+}
+# Modules of services/chatplane/crypto run inside several services: each file's calls are
+# those of every account named here (docs/security.md "Encryption at rest").
+CODE_FILE_ACCOUNTS: dict[str, tuple[str, ...]] = {
+    "crypto/persistence_key_source.py": ("gateway", "agent", "memory"),
+    "crypto/shred_call.py": ("gateway", "admin"),
 }
 _METHOD_PATH = re.compile(rf"^/{re.escape(PACKAGE)}\.(\w+)/(\w+)$")
 
@@ -151,6 +166,11 @@ def calls_in_code() -> dict[tuple[str, str], frozenset[str]]:
                 if WORKLOAD[service] == account or (folder == "cli" and service in PUBLIC_SERVICES):
                     continue
                 found.setdefault((account, service), set()).add(rpc)
+    for file, accounts in CODE_FILE_ACCOUNTS.items():
+        for service, rpc in _calls_in(ROOT / "services" / "chatplane" / file):
+            for account in accounts:
+                if WORKLOAD[service] != account:
+                    found.setdefault((account, service), set()).add(rpc)
     return {key: frozenset(value) for key, value in found.items()}
 
 

@@ -22,9 +22,15 @@ from tests.deploy.manifests import (
 SERVICES = ("gateway", "agent", "memory", "persistence")
 AUTOSCALED = ("gateway", "agent")
 # Which Secret each workload may read: the system of record's DSN only where it is used.
-SECRETS = {"persistence": {"chatplane-postgres"}, "memory": {"chatplane-opensearch"}}
+# Every service holds the key-encryption key (encryption at rest, docs/security.md).
+SECRETS = {
+    "persistence": {"chatplane-postgres", "chatplane-kek"},
+    "memory": {"chatplane-opensearch", "chatplane-kek"},
+    "gateway": {"chatplane-kek"},
+    "agent": {"chatplane-kek"},
+}
 # Secrets production takes from its secret store (docs/deploy.md, "Secrets").
-EXTERNAL_SECRETS = {"chatplane-postgres", "chatplane-opensearch"}
+EXTERNAL_SECRETS = {"chatplane-postgres", "chatplane-opensearch", "chatplane-kek"}
 _UNITS = {"m": 1e-3, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30}
 
 overlays = pytest.mark.parametrize("overlay", OVERLAYS)

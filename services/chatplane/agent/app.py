@@ -12,8 +12,9 @@ from chatplane.agent.variants.process import variant_router
 from chatplane.common.server import internal_channel, serve
 from chatplane.common.settings import Settings
 from chatplane.common.tls import load_tls
+from chatplane.crypto.factory import rpc_keyring
 from chatplane.log.factory import open_message_log
-from chatplane.v1 import agent_pb2, agent_pb2_grpc
+from chatplane.v1 import agent_pb2, agent_pb2_grpc, persistence_pb2_grpc
 
 
 async def run(settings: Settings) -> None:
@@ -22,6 +23,11 @@ async def run(settings: Settings) -> None:
     log = open_message_log(settings)
     producer = log.producer()
     memory_channel = internal_channel(settings.memory_address, tls)
+    # Encryption at rest: the users' data keys come from PersistenceService (docs/security.md).
+    persistence_channel = internal_channel(settings.persistence_address, tls)
+    keyring = rpc_keyring(
+        settings, persistence_pb2_grpc.PersistenceServiceStub(persistence_channel)
+    )
     backend = build_model_chain(settings)
     variants = variant_router(settings, backend)
     runner = TurnRunner(
@@ -30,6 +36,7 @@ async def run(settings: Settings) -> None:
         backend=backend,
         producer=producer,
         variants=variants,
+        keyring=keyring,
     )
 
     live_turns = LiveTurns(
@@ -44,6 +51,7 @@ async def run(settings: Settings) -> None:
         await variants.close()
         await producer.close()
         await memory_channel.close()
+        await persistence_channel.close()
 
     await serve(
         name="agent",

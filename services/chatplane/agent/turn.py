@@ -25,6 +25,8 @@ from chatplane.agent.variants import Experiment, FixedVariantSource, VariantRout
 from chatplane.common import errors
 from chatplane.common.settings import Settings
 from chatplane.common.topics import MEMORY_REMEMBER_TOPIC, MESSAGE_SCHEMA_VERSION, MESSAGES_TOPIC
+from chatplane.crypto.keyring import Keyring
+from chatplane.crypto.log_records import sealed_message, sealed_remember
 from chatplane.log import LogRecord, MessageLogProducer
 from chatplane.privacy.policy import RedactionPolicy
 from chatplane.v1 import events_pb2, memory_pb2, resources_pb2
@@ -108,11 +110,14 @@ class TurnRunner:
         backend: LlmBackend,
         producer: MessageLogProducer,
         variants: VariantRouter | None = None,
+        keyring: Keyring | None = None,
     ) -> None:
         self._settings = settings
         self._memory = memory
         self._backend = backend
         self._producer = producer
+        # Encryption at rest (docs/security.md): message text is sealed before the log.
+        self._keyring = keyring
         # A/B variants (docs/variants.md); without them every turn is variant "default".
         self._variants = variants or VariantRouter(
             FixedVariantSource(Experiment.single()),
@@ -303,6 +308,10 @@ class TurnRunner:
         new_messages = (assistant,) if turn.regenerate else (user, assistant)
         key = turn.conversation_id.encode()
         headers = tuple((name, value.encode()) for name, value in turn.trace_headers)
+        sealed = {
+            m.message_id: await sealed_message(self._keyring, turn.tenant_id, turn.user_id, m)
+            for m in new_messages
+        }
         records = [
             LogRecord(
                 topic=MESSAGES_TOPIC,
@@ -313,7 +322,7 @@ class TurnRunner:
                         schema_version=MESSAGE_SCHEMA_VERSION,
                         tenant_id=turn.tenant_id,
                         user_id=turn.user_id,
-                        message=message,
+                        message=sealed[message.message_id],
                         # Where each delta ended, so ResumeChat can replay the stored answer.
                         delta_ends=accumulate(map(len, deltas)) if message is assistant else (),
                     ),
@@ -360,7 +369,7 @@ class TurnRunner:
                     LogRecord(
                         topic=MEMORY_REMEMBER_TOPIC,
                         key=remember.conversation_id.encode(),
-                        value=remember.SerializeToString(),
+                        value=(await sealed_remember(self._keyring, remember)).SerializeToString(),
                     )
                 ],
                 timeout=self._settings.log_append_timeout_seconds,

@@ -13,6 +13,8 @@ import grpc
 from chatplane.cli.client import open_channel
 from chatplane.common.entrypoint import load_settings
 from chatplane.common.tls import TlsFiles
+from chatplane.crypto.factory import store_key_source, store_keyring
+from chatplane.crypto.sealed_store import sealed_store
 from chatplane.launcher import StackInfo
 from chatplane.persistence.store.base import Message, Role
 from chatplane.persistence.store.factory import open_store
@@ -52,6 +54,7 @@ async def rebuild(data_dir: Path, memory_address: str, tls: TlsFiles | None = No
     """Feeds every stored message to MemoryService.Remember; the count remembered."""
     settings = load_settings(["--data-dir", str(data_dir)], "chatplane memory rebuild")
     store = await open_store(settings)
+    store = sealed_store(store, store_keyring(settings, store_key_source(settings, store)))
     remembered = 0
     try:
         async with open_channel(memory_address, tls) as channel:

@@ -13,6 +13,7 @@ from chatplane.common.settings import Settings
 from chatplane.common.telemetry import configure_telemetry
 from chatplane.common.tls import TlsConfigError
 from chatplane.common.variants_config import VariantsConfigError
+from chatplane.crypto.kek import KekConfigError
 
 # The exit status of a service that cannot start because of its configuration.
 EXIT_CONFIG_ERROR = 2
@@ -40,4 +41,9 @@ def run_service(service: str, run: Callable[[Settings], Awaitable[None]]) -> Non
         sys.exit(EXIT_CONFIG_ERROR)
     except VariantsConfigError as error:
         logging.getLogger(__name__).critical(f"invalid A/B variants (docs/variants.md): {error}")
+        sys.exit(EXIT_CONFIG_ERROR)
+    except KekConfigError as error:
+        logging.getLogger(__name__).critical(
+            f"invalid key-encryption key (docs/security.md): {error}"
+        )
         sys.exit(EXIT_CONFIG_ERROR)

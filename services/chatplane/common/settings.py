@@ -262,6 +262,15 @@ class Settings(BaseSettings):
     # at start never crashes, so the restarted process finishes it (the crash test).
     erasure_test_crash_after_step: int = Field(default=0, ge=0, le=4)
 
+    # Encryption at rest (docs/security.md "Encryption at rest"): the key-encryption keys that
+    # wrap every user's data key, as lines ID:BASE64 (32 bytes; the first line wraps new
+    # keys, the others only unwrap, for rotation), in CHATPLANE_KEK or the file
+    # CHATPLANE_KEK_FILE; neither set: a development KEK file kek.key in data_dir, created
+    # on first use. Unwrapped data keys stay in memory at most data_key_cache_seconds.
+    kek: SecretStr = SecretStr("")
+    kek_file: Path | None = None
+    data_key_cache_seconds: float = Field(default=5.0, ge=0, le=300)
+
     def data_path(self, name: str) -> Path:
         """A file or folder inside the data directory (created on demand)."""
         self.data_dir.mkdir(parents=True, exist_ok=True)

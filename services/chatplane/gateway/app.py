@@ -12,6 +12,7 @@ from chatplane.common.server import internal_channel, serve
 from chatplane.common.settings import Settings
 from chatplane.common.tls import load_tls
 from chatplane.common.topics import HANDOFF_TOPIC
+from chatplane.crypto.factory import rpc_keyring
 from chatplane.gateway.auth import ApiKeyAuthenticator
 from chatplane.gateway.chat import ChatRelay
 from chatplane.gateway.handoff import HandoffDesk
@@ -78,13 +79,16 @@ async def run(settings: Settings) -> None:
     # Human handoff (docs/handoff.md): its events go to the log, and this replica tails them.
     log = open_message_log(settings)
     handoff_producer = log.producer()
-    fanout = HandoffFanout(log.tail([HANDOFF_TOPIC]))
+    # Encryption at rest: the users' data keys come from PersistenceService (docs/security.md).
+    keyring = rpc_keyring(settings, persistence)
+    fanout = HandoffFanout(log.tail([HANDOFF_TOPIC]), keyring)
     await fanout.start()
     desk = HandoffDesk(
         settings=settings,
         persistence=persistence,
         producer=handoff_producer,
         rules=HandoffRules.from_settings(settings),
+        keyring=keyring,
     )
     servicer = HandoffGatewayServicer(
         settings=settings,

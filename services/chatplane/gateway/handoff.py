@@ -21,6 +21,8 @@ from chatplane.common.topics import (
     MESSAGES_TOPIC,
 )
 from chatplane.common.trace_context import outgoing
+from chatplane.crypto.keyring import Keyring
+from chatplane.crypto.log_records import sealed_handoff_event, sealed_message
 from chatplane.gateway.handoff_rules import EXPLICIT_REQUEST_RULE, THUMBS_DOWN_RULE, HandoffRules
 from chatplane.log.base import LogRecord, MessageLogProducer
 from chatplane.v1 import (
@@ -69,11 +71,14 @@ class HandoffDesk:
         persistence: persistence_pb2_grpc.PersistenceServiceAsyncStub,
         producer: MessageLogProducer,
         rules: HandoffRules,
+        keyring: Keyring | None = None,
     ) -> None:
         self._settings = settings
         self._persistence = persistence
         self._producer = producer
         self._rules = rules
+        # Encryption at rest (docs/security.md): text is sealed before the log.
+        self._keyring = keyring
 
     def _call_timeout(self, budget: Budget) -> float:
         return budget(self._settings.internal_call_timeout_seconds)
@@ -115,6 +120,7 @@ class HandoffDesk:
                 event.requested.CopyFrom(status)
             else:
                 event.released.CopyFrom(status)
+            event = await sealed_handoff_event(self._keyring, event)
             await self._append([self._event_record(event)], budget)
             _log.info(
                 "handoff changed",
@@ -211,18 +217,19 @@ class HandoffDesk:
             operator_id=operator.user_id,
         )
         owner = handoff.owner
+        sealed = await sealed_message(self._keyring, owner.tenant_id, owner.user_id, message)
         recorded = events_pb2.MessageRecorded(
             schema_version=MESSAGE_SCHEMA_VERSION,
             tenant_id=owner.tenant_id,
             user_id=owner.user_id,
-            message=message,
+            message=sealed,
         )
         event = events_pb2.HandoffEvent(
             schema_version=HANDOFF_SCHEMA_VERSION,
             tenant_id=owner.tenant_id,
             user_id=owner.user_id,
             conversation_id=conversation_id,
-            operator_reply=message,
+            operator_reply=sealed,
         )
         await self._append([self._message_record(recorded), self._event_record(event)], budget)
         return message
@@ -248,19 +255,20 @@ class HandoffDesk:
         """Store the user's message (the Agent, which stores it otherwise, is not called),
         then end the turn's lease: no answer will come, and a retry with the same key must
         not wait for one."""
+        message = resources_pb2.Message(
+            message_id=begin.user_message_id,
+            conversation_id=begin.conversation_id,
+            role=resources_pb2.ROLE_USER,
+            text=request.text,
+            status=resources_pb2.MESSAGE_STATUS_COMPLETE,
+            create_time=_now(),
+            client_message_id=request.client_message_id,
+        )
         recorded = events_pb2.MessageRecorded(
             schema_version=MESSAGE_SCHEMA_VERSION,
             tenant_id=owner.tenant_id,
             user_id=owner.user_id,
-            message=resources_pb2.Message(
-                message_id=begin.user_message_id,
-                conversation_id=begin.conversation_id,
-                role=resources_pb2.ROLE_USER,
-                text=request.text,
-                status=resources_pb2.MESSAGE_STATUS_COMPLETE,
-                create_time=_now(),
-                client_message_id=request.client_message_id,
-            ),
+            message=await sealed_message(self._keyring, owner.tenant_id, owner.user_id, message),
         )
         await self._append([self._message_record(recorded)], budget)
         await self._persistence.ReleaseTurn(

@@ -13,6 +13,8 @@ from google.protobuf.message import DecodeError
 
 from chatplane.common.errors import Unavailable
 from chatplane.common.topics import HANDOFF_SCHEMA_VERSION
+from chatplane.crypto.keyring import Keyring
+from chatplane.crypto.log_records import opened_handoff_event
 from chatplane.log.base import MessageLogConsumer
 from chatplane.v1 import events_pb2
 
@@ -29,8 +31,10 @@ WATCH_QUEUE_LIMIT = 256
 class HandoffFanout:
     """Delivers handoff events from the log to this replica's watchers."""
 
-    def __init__(self, tail: MessageLogConsumer) -> None:
+    def __init__(self, tail: MessageLogConsumer, keyring: Keyring | None = None) -> None:
         self._tail = tail
+        # Operator replies arrive sealed (docs/security.md): opened for the watchers.
+        self._keyring = keyring
         self._watchers: dict[str, set[asyncio.Queue[events_pb2.HandoffEvent | None]]] = {}
         self._task: asyncio.Task[None] | None = None
         self._ended = False
@@ -110,6 +114,12 @@ class HandoffFanout:
                         extra={"version": event.schema_version},
                     )
                     continue
+                if event.conversation_id in self._watchers:
+                    try:
+                        event = await opened_handoff_event(self._keyring, event)
+                    except Unavailable as error:
+                        _log.warning("handoff reply not opened", extra={"error": error.message})
+                        continue
                 self._deliver(event)
 
     def _deliver(self, event: events_pb2.HandoffEvent) -> None:

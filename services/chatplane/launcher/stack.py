@@ -1,4 +1,4 @@
-"""The whole stack as four OS processes: started in dependency order (persistence and memory,
+"""The whole stack as four OS processes: started in dependency order (persistence, memory,
 then agent, then gateway), each ready when it prints its ready line, stopped in reverse order
 with SIGTERM so in-flight turns drain. Also creates the development API key on first start."""
 
@@ -240,8 +240,9 @@ class Stack:
         if not self._ports.get("memory"):
             self._ports["memory"] = free_port(self.host)
         try:
+            # Persistence first: Memory gets the users' data keys from it (docs/security.md).
+            await self.start_service("persistence")
             await asyncio.gather(
-                self.start_service("persistence"),
                 self.start_service("memory"),
                 *([self.start_service(WEB)] if self.web else []),
             )

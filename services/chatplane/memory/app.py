@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from chatplane.common.server import serve
+from chatplane.common.server import internal_channel, serve
 from chatplane.common.settings import Settings
 from chatplane.common.tls import load_tls
 from chatplane.common.topics import MEMORY_REMEMBER_TOPIC
+from chatplane.crypto.factory import rpc_keyring
 from chatplane.log.factory import open_message_log
 from chatplane.log.observed import LagReporter
 from chatplane.memory.conversational_memory import ConversationalMemory
@@ -17,7 +18,7 @@ from chatplane.memory.index.factory import open_memory_index
 from chatplane.memory.remember_retry import CONSUMER_GROUP, RememberRetryConsumer
 from chatplane.memory.servicer import MemoryServicer
 from chatplane.privacy.policy import RedactionPolicy
-from chatplane.v1 import memory_pb2, memory_pb2_grpc
+from chatplane.v1 import memory_pb2, memory_pb2_grpc, persistence_pb2_grpc
 
 
 async def run(settings: Settings) -> None:
@@ -30,7 +31,12 @@ async def run(settings: Settings) -> None:
     memory = ConversationalMemory(embedder, index, redaction)
     documents = DocumentLibrary(embedder, index, document_limits(settings), redaction)
     retry_log = open_message_log(settings).consumer(CONSUMER_GROUP, [MEMORY_REMEMBER_TOPIC])
-    retry = RememberRetryConsumer(retry_log, memory)
+    # The Agent seals what it logs here (docs/security.md): keys from PersistenceService.
+    persistence_channel = internal_channel(settings.persistence_address, tls)
+    keyring = rpc_keyring(
+        settings, persistence_pb2_grpc.PersistenceServiceStub(persistence_channel)
+    )
+    retry = RememberRetryConsumer(retry_log, memory, keyring=keyring)
     retry.start()
     lag = LagReporter(retry_log, CONSUMER_GROUP, settings.metrics_lag_interval_seconds)
     lag.start()
@@ -39,6 +45,7 @@ async def run(settings: Settings) -> None:
         await lag.stop()
         await retry.stop()
         await retry_log.close()
+        await persistence_channel.close()
         await memory.close()
         documents.close()
 

@@ -10,6 +10,8 @@ import logging
 from google.protobuf.message import DecodeError
 
 from chatplane.common import errors
+from chatplane.crypto.keyring import Keyring
+from chatplane.crypto.log_records import opened_remember
 from chatplane.log import ConsumedRecord, MessageLogConsumer
 from chatplane.memory.conversational_memory import ConversationalMemory
 from chatplane.memory.remember_request import remembered_messages
@@ -31,8 +33,11 @@ class RememberRetryConsumer:
         *,
         max_records: int = 100,
         max_wait: float = 0.5,
+        keyring: Keyring | None = None,
     ) -> None:
         self._consumer = consumer
+        # The Agent seals the records' text (docs/security.md): opened before indexing.
+        self._keyring = keyring
         self._memory = memory
         self._max_records = max_records
         self._max_wait = max_wait
@@ -70,6 +75,7 @@ class RememberRetryConsumer:
         """True when the record is indexed (or can never be); False to retry later."""
         try:
             request = memory_pb2.RememberRequest.FromString(record.value)
+            request = await opened_remember(self._keyring, request)
             messages = remembered_messages(request)
             self.remembered += await self._memory.remember(
                 request.tenant_id, request.user_id, request.conversation_id, messages

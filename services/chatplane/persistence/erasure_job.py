@@ -72,8 +72,8 @@ class ErasureJobs:
         self._store = store
         self._memory = memory
         self._log = log
-        # TODO(integrator): None until encryption at rest (branch `crypto`) gives Persistence a
-        # keyring; the data_key step then records that no key was destroyed ("keyring": 0).
+        # The keyring of encryption at rest (chatplane.crypto); None only in tests without it:
+        # the data_key step then records that no key was destroyed ("keyring": 0).
         self._shredder = shredder
         self._crash_after_step = crash_after_step
         self._running: dict[str, asyncio.Task[ErasureJob]] = {}

@@ -9,8 +9,9 @@ from datetime import datetime
 from google.protobuf import timestamp_pb2
 
 from chatplane.common import errors
+from chatplane.crypto.data_key_servicer import SealingPersistenceServicer
+from chatplane.crypto.keyring import Keyring, StoreKeySource
 from chatplane.persistence.erasure_job import ErasureJobs
-from chatplane.persistence.handoff_servicer import HandoffPersistenceServicer
 from chatplane.persistence.identity_servicer import audit_actor
 from chatplane.persistence.servicer import Context, _owner, _require
 from chatplane.persistence.store.base import ConversationStore
@@ -59,11 +60,17 @@ def _tenant(tenant_id: str) -> str:
     return tenant_id
 
 
-class ErasurePersistenceServicer(HandoffPersistenceServicer):
-    """PersistenceService with the erasure and retention RPCs."""
+class ErasurePersistenceServicer(SealingPersistenceServicer):
+    """PersistenceService with the erasure and retention RPCs (and the data-key ones)."""
 
-    def __init__(self, store: ConversationStore, erasure: ErasureJobs) -> None:
-        super().__init__(store)
+    def __init__(
+        self,
+        store: ConversationStore,
+        keys: StoreKeySource,
+        keyring: Keyring,
+        erasure: ErasureJobs,
+    ) -> None:
+        super().__init__(store, keys, keyring)
         self._erasure = erasure
 
     async def EraseUser(

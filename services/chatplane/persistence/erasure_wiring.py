@@ -18,7 +18,6 @@ from chatplane.common.topics import (
 )
 from chatplane.log.record_erasure import EmbeddedLogEraser, KafkaLogEraser, LogRecordEraser
 from chatplane.persistence.erasure_job import ErasureJobs, UserKeyShredder
-from chatplane.persistence.erasure_servicer import ErasurePersistenceServicer
 from chatplane.persistence.memory_eraser import MemoryServiceEraser
 from chatplane.persistence.retention import RetentionSweeper
 from chatplane.persistence.store.base import ConversationStore
@@ -65,7 +64,6 @@ class ErasureWiring:
         self.sweeper = RetentionSweeper(
             store, memory, log, interval=settings.retention_sweep_interval_seconds
         )
-        self.servicer = ErasurePersistenceServicer(store, self.jobs)
         self._resume: asyncio.Task[None] | None = None
 
     def start(self) -> None:

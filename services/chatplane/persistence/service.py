@@ -15,9 +15,12 @@ from chatplane.common.server import serve
 from chatplane.common.settings import Settings
 from chatplane.common.tls import load_tls
 from chatplane.common.topics import MESSAGES_TOPIC
+from chatplane.crypto.factory import store_key_source, store_keyring
+from chatplane.crypto.sealed_store import sealed_store
 from chatplane.log.factory import open_message_log
 from chatplane.log.observed import LagReporter
 from chatplane.persistence.consumer import CONSUMER_GROUP, BatchConsumer
+from chatplane.persistence.erasure_servicer import ErasurePersistenceServicer
 from chatplane.persistence.erasure_wiring import ErasureWiring
 from chatplane.persistence.servicer import SERVICE_NAME
 from chatplane.persistence.store.factory import open_store
@@ -33,6 +36,10 @@ async def run(settings: Settings) -> None:
     """Serve PersistenceService and consume the message log until SIGTERM/SIGINT."""
     tls = load_tls(settings)
     store = await open_store(settings)
+    # Personal text sealed at rest with per-user data keys (docs/security.md).
+    data_keys = store_key_source(settings, store)
+    keyring = store_keyring(settings, data_keys)
+    store = sealed_store(store, keyring)
     log = open_message_log(settings)
     log_consumer = log.consumer(CONSUMER_GROUP, [MESSAGES_TOPIC])
     dead_letters = log.producer()
@@ -43,9 +50,9 @@ async def run(settings: Settings) -> None:
         max_records=settings.batch_max_records,
         max_wait=settings.batch_max_wait_seconds,
     )
-    # Erasure and retention (docs/privacy.md): the servicer with EraseUser, the sweep.
-    erasure = ErasureWiring(settings, store, tls)
-    servicer = erasure.servicer
+    # Erasure (its first step destroys the user's data key) and retention (docs/privacy.md).
+    erasure = ErasureWiring(settings, store, tls, shredder=keyring)
+    servicer = ErasurePersistenceServicer(store, data_keys, keyring, erasure.jobs)
     # This process's audit.record(...) appends straight to the store (docs/security.md).
     recorder = AuditRecorder(
         StoreAuditSink(store),

@@ -48,6 +48,8 @@ const (
 	PersistenceService_EraseUser_FullMethodName          = "/chatplane.v1.PersistenceService/EraseUser"
 	PersistenceService_SetRetention_FullMethodName       = "/chatplane.v1.PersistenceService/SetRetention"
 	PersistenceService_GetRetention_FullMethodName       = "/chatplane.v1.PersistenceService/GetRetention"
+	PersistenceService_GetUserDataKey_FullMethodName     = "/chatplane.v1.PersistenceService/GetUserDataKey"
+	PersistenceService_DestroyUserDataKey_FullMethodName = "/chatplane.v1.PersistenceService/DestroyUserDataKey"
 )
 
 // PersistenceServiceClient is the client API for PersistenceService service.
@@ -123,6 +125,12 @@ type PersistenceServiceClient interface {
 	SetRetention(ctx context.Context, in *PersistenceServiceSetRetentionRequest, opts ...grpc.CallOption) (*PersistenceServiceSetRetentionResponse, error)
 	// A tenant's retention period.
 	GetRetention(ctx context.Context, in *PersistenceServiceGetRetentionRequest, opts ...grpc.CallOption) (*PersistenceServiceGetRetentionResponse, error)
+	// Returns a user's data key wrapped by the key-encryption key (docs/security.md "Encryption
+	// at rest"), creating one when asked and there is none; the caller unwraps it itself.
+	GetUserDataKey(ctx context.Context, in *GetUserDataKeyRequest, opts ...grpc.CallOption) (*GetUserDataKeyResponse, error)
+	// Crypto-shredding: deletes a user's wrapped data key, making every sealed copy of their
+	// text unreadable. Internal (EraseUser builds on it).
+	DestroyUserDataKey(ctx context.Context, in *DestroyUserDataKeyRequest, opts ...grpc.CallOption) (*DestroyUserDataKeyResponse, error)
 }
 
 type persistenceServiceClient struct {
@@ -423,6 +431,26 @@ func (c *persistenceServiceClient) GetRetention(ctx context.Context, in *Persist
 	return out, nil
 }
 
+func (c *persistenceServiceClient) GetUserDataKey(ctx context.Context, in *GetUserDataKeyRequest, opts ...grpc.CallOption) (*GetUserDataKeyResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetUserDataKeyResponse)
+	err := c.cc.Invoke(ctx, PersistenceService_GetUserDataKey_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *persistenceServiceClient) DestroyUserDataKey(ctx context.Context, in *DestroyUserDataKeyRequest, opts ...grpc.CallOption) (*DestroyUserDataKeyResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(DestroyUserDataKeyResponse)
+	err := c.cc.Invoke(ctx, PersistenceService_DestroyUserDataKey_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // PersistenceServiceServer is the server API for PersistenceService service.
 // All implementations must embed UnimplementedPersistenceServiceServer
 // for forward compatibility.
@@ -496,6 +524,12 @@ type PersistenceServiceServer interface {
 	SetRetention(context.Context, *PersistenceServiceSetRetentionRequest) (*PersistenceServiceSetRetentionResponse, error)
 	// A tenant's retention period.
 	GetRetention(context.Context, *PersistenceServiceGetRetentionRequest) (*PersistenceServiceGetRetentionResponse, error)
+	// Returns a user's data key wrapped by the key-encryption key (docs/security.md "Encryption
+	// at rest"), creating one when asked and there is none; the caller unwraps it itself.
+	GetUserDataKey(context.Context, *GetUserDataKeyRequest) (*GetUserDataKeyResponse, error)
+	// Crypto-shredding: deletes a user's wrapped data key, making every sealed copy of their
+	// text unreadable. Internal (EraseUser builds on it).
+	DestroyUserDataKey(context.Context, *DestroyUserDataKeyRequest) (*DestroyUserDataKeyResponse, error)
 	mustEmbedUnimplementedPersistenceServiceServer()
 }
 
@@ -592,6 +626,12 @@ func (UnimplementedPersistenceServiceServer) SetRetention(context.Context, *Pers
 }
 func (UnimplementedPersistenceServiceServer) GetRetention(context.Context, *PersistenceServiceGetRetentionRequest) (*PersistenceServiceGetRetentionResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetRetention not implemented")
+}
+func (UnimplementedPersistenceServiceServer) GetUserDataKey(context.Context, *GetUserDataKeyRequest) (*GetUserDataKeyResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetUserDataKey not implemented")
+}
+func (UnimplementedPersistenceServiceServer) DestroyUserDataKey(context.Context, *DestroyUserDataKeyRequest) (*DestroyUserDataKeyResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method DestroyUserDataKey not implemented")
 }
 func (UnimplementedPersistenceServiceServer) mustEmbedUnimplementedPersistenceServiceServer() {}
 func (UnimplementedPersistenceServiceServer) testEmbeddedByValue()                            {}
@@ -1136,6 +1176,42 @@ func _PersistenceService_GetRetention_Handler(srv interface{}, ctx context.Conte
 	return interceptor(ctx, in, info, handler)
 }
 
+func _PersistenceService_GetUserDataKey_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetUserDataKeyRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(PersistenceServiceServer).GetUserDataKey(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: PersistenceService_GetUserDataKey_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(PersistenceServiceServer).GetUserDataKey(ctx, req.(*GetUserDataKeyRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _PersistenceService_DestroyUserDataKey_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DestroyUserDataKeyRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(PersistenceServiceServer).DestroyUserDataKey(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: PersistenceService_DestroyUserDataKey_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(PersistenceServiceServer).DestroyUserDataKey(ctx, req.(*DestroyUserDataKeyRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // PersistenceService_ServiceDesc is the grpc.ServiceDesc for PersistenceService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -1258,6 +1334,14 @@ var PersistenceService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "GetRetention",
 			Handler:    _PersistenceService_GetRetention_Handler,
+		},
+		{
+			MethodName: "GetUserDataKey",
+			Handler:    _PersistenceService_GetUserDataKey_Handler,
+		},
+		{
+			MethodName: "DestroyUserDataKey",
+			Handler:    _PersistenceService_DestroyUserDataKey_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

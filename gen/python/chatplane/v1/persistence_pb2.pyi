@@ -1976,3 +1976,111 @@ class PersistenceServiceGetRetentionResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___PersistenceServiceGetRetentionResponse: _TypeAlias = PersistenceServiceGetRetentionResponse  # noqa: Y015
+
+@_typing.final
+class GetUserDataKeyRequest(_message.Message):
+    """Asks for a user's wrapped data key."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OWNER_FIELD_NUMBER: _builtins.int
+    CREATE_FIELD_NUMBER: _builtins.int
+    create: _builtins.bool
+    """Create the key when the user has none (to seal); false only looks (to open)."""
+    @_builtins.property
+    def owner(self) -> Global___Owner:
+        """Whose key."""
+
+    def __init__(
+        self,
+        *,
+        owner: Global___Owner | None = ...,
+        create: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["owner", b"owner"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create", b"create", "owner", b"owner"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetUserDataKeyRequest: _TypeAlias = GetUserDataKeyRequest  # noqa: Y015
+
+@_typing.final
+class GetUserDataKeyResponse(_message.Message):
+    """A user's wrapped data key, if there is one."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FOUND_FIELD_NUMBER: _builtins.int
+    KEY_ID_FIELD_NUMBER: _builtins.int
+    KEK_ID_FIELD_NUMBER: _builtins.int
+    WRAPPED_KEY_FIELD_NUMBER: _builtins.int
+    found: _builtins.bool
+    """False when the user has no key (never had one, or it was destroyed) and create was false."""
+    key_id: _builtins.str
+    """The data key's id, written into every value it seals."""
+    kek_id: _builtins.str
+    """The key-encryption key that wrapped it."""
+    wrapped_key: _builtins.bytes
+    """The data key encrypted by that key-encryption key (AES-256-GCM, nonce first)."""
+    def __init__(
+        self,
+        *,
+        found: _builtins.bool = ...,
+        key_id: _builtins.str = ...,
+        kek_id: _builtins.str = ...,
+        wrapped_key: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["found", b"found", "kek_id", b"kek_id", "key_id", b"key_id", "wrapped_key", b"wrapped_key"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetUserDataKeyResponse: _TypeAlias = GetUserDataKeyResponse  # noqa: Y015
+
+@_typing.final
+class DestroyUserDataKeyRequest(_message.Message):
+    """Asks to destroy a user's data key."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OWNER_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def owner(self) -> Global___Owner:
+        """Whose key."""
+
+    def __init__(
+        self,
+        *,
+        owner: Global___Owner | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["owner", b"owner"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["owner", b"owner"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DestroyUserDataKeyRequest: _TypeAlias = DestroyUserDataKeyRequest  # noqa: Y015
+
+@_typing.final
+class DestroyUserDataKeyResponse(_message.Message):
+    """The outcome of destroying a user's data key."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DESTROYED_FIELD_NUMBER: _builtins.int
+    destroyed: _builtins.bool
+    """Whether the user had a key."""
+    def __init__(
+        self,
+        *,
+        destroyed: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["destroyed", b"destroyed"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DestroyUserDataKeyResponse: _TypeAlias = DestroyUserDataKeyResponse  # noqa: Y015

@@ -182,6 +182,16 @@ class PersistenceServiceStub:
                 request_serializer=chatplane_dot_v1_dot_persistence__pb2.PersistenceServiceGetRetentionRequest.SerializeToString,
                 response_deserializer=chatplane_dot_v1_dot_persistence__pb2.PersistenceServiceGetRetentionResponse.FromString,
                 _registered_method=True)
+        self.GetUserDataKey = channel.unary_unary(
+                '/chatplane.v1.PersistenceService/GetUserDataKey',
+                request_serializer=chatplane_dot_v1_dot_persistence__pb2.GetUserDataKeyRequest.SerializeToString,
+                response_deserializer=chatplane_dot_v1_dot_persistence__pb2.GetUserDataKeyResponse.FromString,
+                _registered_method=True)
+        self.DestroyUserDataKey = channel.unary_unary(
+                '/chatplane.v1.PersistenceService/DestroyUserDataKey',
+                request_serializer=chatplane_dot_v1_dot_persistence__pb2.DestroyUserDataKeyRequest.SerializeToString,
+                response_deserializer=chatplane_dot_v1_dot_persistence__pb2.DestroyUserDataKeyResponse.FromString,
+                _registered_method=True)
 
 
 class PersistenceServiceServicer:
@@ -400,6 +410,22 @@ class PersistenceServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetUserDataKey(self, request, context):
+        """Returns a user's data key wrapped by the key-encryption key (docs/security.md "Encryption
+        at rest"), creating one when asked and there is none; the caller unwraps it itself.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DestroyUserDataKey(self, request, context):
+        """Crypto-shredding: deletes a user's wrapped data key, making every sealed copy of their
+        text unreadable. Internal (EraseUser builds on it).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PersistenceServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -547,6 +573,16 @@ def add_PersistenceServiceServicer_to_server(servicer, server):
                     servicer.GetRetention,
                     request_deserializer=chatplane_dot_v1_dot_persistence__pb2.PersistenceServiceGetRetentionRequest.FromString,
                     response_serializer=chatplane_dot_v1_dot_persistence__pb2.PersistenceServiceGetRetentionResponse.SerializeToString,
+            ),
+            'GetUserDataKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetUserDataKey,
+                    request_deserializer=chatplane_dot_v1_dot_persistence__pb2.GetUserDataKeyRequest.FromString,
+                    response_serializer=chatplane_dot_v1_dot_persistence__pb2.GetUserDataKeyResponse.SerializeToString,
+            ),
+            'DestroyUserDataKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.DestroyUserDataKey,
+                    request_deserializer=chatplane_dot_v1_dot_persistence__pb2.DestroyUserDataKeyRequest.FromString,
+                    response_serializer=chatplane_dot_v1_dot_persistence__pb2.DestroyUserDataKeyResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1335,6 +1371,60 @@ class PersistenceService:
             '/chatplane.v1.PersistenceService/GetRetention',
             chatplane_dot_v1_dot_persistence__pb2.PersistenceServiceGetRetentionRequest.SerializeToString,
             chatplane_dot_v1_dot_persistence__pb2.PersistenceServiceGetRetentionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetUserDataKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chatplane.v1.PersistenceService/GetUserDataKey',
+            chatplane_dot_v1_dot_persistence__pb2.GetUserDataKeyRequest.SerializeToString,
+            chatplane_dot_v1_dot_persistence__pb2.GetUserDataKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DestroyUserDataKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chatplane.v1.PersistenceService/DestroyUserDataKey',
+            chatplane_dot_v1_dot_persistence__pb2.DestroyUserDataKeyRequest.SerializeToString,
+            chatplane_dot_v1_dot_persistence__pb2.DestroyUserDataKeyResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -108,6 +108,14 @@ class PersistenceServiceStub:
     """Sets a tenant's retention period (0 days: keep forever)."""
     GetRetention: _grpc.UnaryUnaryMultiCallable[_persistence_pb2.PersistenceServiceGetRetentionRequest, _persistence_pb2.PersistenceServiceGetRetentionResponse]
     """A tenant's retention period."""
+    GetUserDataKey: _grpc.UnaryUnaryMultiCallable[_persistence_pb2.GetUserDataKeyRequest, _persistence_pb2.GetUserDataKeyResponse]
+    """Returns a user's data key wrapped by the key-encryption key (docs/security.md "Encryption
+    at rest"), creating one when asked and there is none; the caller unwraps it itself.
+    """
+    DestroyUserDataKey: _grpc.UnaryUnaryMultiCallable[_persistence_pb2.DestroyUserDataKeyRequest, _persistence_pb2.DestroyUserDataKeyResponse]
+    """Crypto-shredding: deletes a user's wrapped data key, making every sealed copy of their
+    text unreadable. Internal (EraseUser builds on it).
+    """
 
 @_typing.type_check_only
 class PersistenceServiceAsyncStub(PersistenceServiceStub):
@@ -189,6 +197,14 @@ class PersistenceServiceAsyncStub(PersistenceServiceStub):
     """Sets a tenant's retention period (0 days: keep forever)."""
     GetRetention: _aio.UnaryUnaryMultiCallable[_persistence_pb2.PersistenceServiceGetRetentionRequest, _persistence_pb2.PersistenceServiceGetRetentionResponse]  # type: ignore[assignment]
     """A tenant's retention period."""
+    GetUserDataKey: _aio.UnaryUnaryMultiCallable[_persistence_pb2.GetUserDataKeyRequest, _persistence_pb2.GetUserDataKeyResponse]  # type: ignore[assignment]
+    """Returns a user's data key wrapped by the key-encryption key (docs/security.md "Encryption
+    at rest"), creating one when asked and there is none; the caller unwraps it itself.
+    """
+    DestroyUserDataKey: _aio.UnaryUnaryMultiCallable[_persistence_pb2.DestroyUserDataKeyRequest, _persistence_pb2.DestroyUserDataKeyResponse]  # type: ignore[assignment]
+    """Crypto-shredding: deletes a user's wrapped data key, making every sealed copy of their
+    text unreadable. Internal (EraseUser builds on it).
+    """
 
 class PersistenceServiceServicer(metaclass=_abc_1.ABCMeta):
     """The system of record: conversations, turns, messages (written through the message log),
@@ -441,5 +457,25 @@ class PersistenceServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_persistence_pb2.PersistenceServiceGetRetentionResponse, _abc.Awaitable[_persistence_pb2.PersistenceServiceGetRetentionResponse]]:
         """A tenant's retention period."""
+
+    @_abc_1.abstractmethod
+    def GetUserDataKey(
+        self,
+        request: _persistence_pb2.GetUserDataKeyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_persistence_pb2.GetUserDataKeyResponse, _abc.Awaitable[_persistence_pb2.GetUserDataKeyResponse]]:
+        """Returns a user's data key wrapped by the key-encryption key (docs/security.md "Encryption
+        at rest"), creating one when asked and there is none; the caller unwraps it itself.
+        """
+
+    @_abc_1.abstractmethod
+    def DestroyUserDataKey(
+        self,
+        request: _persistence_pb2.DestroyUserDataKeyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_persistence_pb2.DestroyUserDataKeyResponse, _abc.Awaitable[_persistence_pb2.DestroyUserDataKeyResponse]]:
+        """Crypto-shredding: deletes a user's wrapped data key, making every sealed copy of their
+        text unreadable. Internal (EraseUser builds on it).
+        """
 
 def add_PersistenceServiceServicer_to_server(servicer: PersistenceServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

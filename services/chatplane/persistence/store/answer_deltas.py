@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Container, Iterable, Sequence
 
+from chatplane.crypto.envelope import is_sealed
 from chatplane.persistence.store.base import Message
 
 INSERT_SQLITE = "INSERT OR IGNORE INTO answer_deltas (message_id, delta_ends) VALUES (?, ?)"
@@ -18,8 +19,9 @@ INSERT_POSTGRES = (
 
 def valid_delta_ends(ends: Sequence[int], text: str) -> tuple[int, ...]:
     """The ends when they describe `text` (ascending, the last one its length); otherwise
-    none, and the answer replays as one delta."""
-    if not ends or ends[-1] != len(text):
+    none, and the answer replays as one delta. Sealed text (chatplane.crypto) is checked
+    when it is read and opened."""
+    if not ends or (ends[-1] != len(text) and not is_sealed(text)):
         return ()
     if any(end <= before for before, end in zip((0, *ends), ends, strict=False)):
         return ()

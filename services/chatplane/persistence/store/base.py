@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from chatplane.common import errors
 from chatplane.common.closing import AsyncClosable
 from chatplane.common.ids import is_valid_id, new_id
+from chatplane.crypto.envelope import is_sealed
 from chatplane.persistence.store.erasure import ErasureLedger
 from chatplane.persistence.store.quota import TokenQuotaLedger
 
@@ -618,6 +619,8 @@ def require_history_request(conversation_id: str, limit: int, after: MessageCurs
 def derived_title(text: str, max_chars: int = 80) -> str:
     """A title for a conversation created from its first message: the start of its text on
     one line, cut at a word boundary when it is long."""
+    if is_sealed(text):  # Sealed at rest (chatplane.crypto): derived when it is read.
+        return text
     line = " ".join(text.split())
     if len(line) <= max_chars:
         return line

@@ -23,8 +23,10 @@ from psycopg_pool import AsyncConnectionPool
 from chatplane.audit.chain import AuditEvent, AuditHead, AuditRecord
 from chatplane.common import errors
 from chatplane.common.ids import is_valid_id, new_id
+from chatplane.crypto.keyring import WrappedDataKey
 from chatplane.persistence.store import (
     answer_deltas,
+    postgres_data_keys,
     postgres_erasure,
     postgres_handoff,
     postgres_quota,
@@ -973,6 +975,23 @@ class PostgresConversationStore(TreeQueries, ConversationStore):
     async def audit_head(self) -> AuditHead:
         async with self._connection() as connection:
             return await identity.audit_head(connection)
+
+    # Crypto-shredding (chatplane.crypto.keyring.DataKeyStore): wrapped per-user data keys.
+    async def get_data_key(self, tenant_id: str, user_id: str) -> WrappedDataKey | None:
+        async with self._connection() as connection:
+            return await postgres_data_keys.get_data_key(connection, tenant_id, user_id)
+
+    async def add_data_key(self, key: WrappedDataKey) -> WrappedDataKey:
+        async with self._connection() as connection:
+            return await postgres_data_keys.add_data_key(connection, key)
+
+    async def rewrap_data_key(self, key: WrappedDataKey) -> None:
+        async with self._connection() as connection:
+            await postgres_data_keys.rewrap_data_key(connection, key)
+
+    async def delete_data_key(self, tenant_id: str, user_id: str) -> bool:
+        async with self._connection() as connection:
+            return await postgres_data_keys.delete_data_key(connection, tenant_id, user_id)
 
     @contextlib.asynccontextmanager
     async def _connection(self) -> AsyncIterator[_Connection]:

@@ -17,6 +17,7 @@ from typing import Any, Self, TypeVar
 from chatplane.audit.chain import AuditEvent, AuditHead, AuditRecord
 from chatplane.common import errors
 from chatplane.common.ids import is_valid_id, new_id
+from chatplane.crypto.keyring import WrappedDataKey
 from chatplane.persistence.store import (
     answer_deltas,
     sqlite_erasure,
@@ -24,6 +25,7 @@ from chatplane.persistence.store import (
     sqlite_quota,
     sqlite_tree,
 )
+from chatplane.persistence.store import sqlite_data_keys as data_keys
 from chatplane.persistence.store import sqlite_identity as identity
 from chatplane.persistence.store.answer_metrics import (
     ANSWER_METRICS_COLUMNS,
@@ -509,6 +511,19 @@ class SqliteConversationStore(TreeQueries, ConversationStore):
     async def finish_expiries(self, conversation_ids: Sequence[str]) -> None:
         work = functools.partial(sqlite_erasure.finish_pending, conversation_ids=conversation_ids)
         await self._run(lambda connection: _in_write_transaction(connection, work))
+
+    # Crypto-shredding (chatplane.crypto.keyring.DataKeyStore): wrapped per-user data keys.
+    async def get_data_key(self, tenant_id: str, user_id: str) -> WrappedDataKey | None:
+        return await self._run(functools.partial(data_keys.get_data_key, tenant_id, user_id))
+
+    async def add_data_key(self, key: WrappedDataKey) -> WrappedDataKey:
+        return await self._run(functools.partial(data_keys.add_data_key, key))
+
+    async def rewrap_data_key(self, key: WrappedDataKey) -> None:
+        await self._run(functools.partial(data_keys.rewrap_data_key, key))
+
+    async def delete_data_key(self, tenant_id: str, user_id: str) -> bool:
+        return await self._run(functools.partial(data_keys.delete_data_key, tenant_id, user_id))
 
     async def _run(self, work: Callable[[sqlite3.Connection], _T]) -> _T:
         if self._closed:

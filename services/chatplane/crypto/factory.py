@@ -1,0 +1,38 @@
+"""The keyring of a process, from settings: over the store itself (Persistence) or over
+PersistenceService's RPCs (Agent, Gateway)."""
+
+from __future__ import annotations
+
+from typing import cast
+
+from chatplane.common.settings import Settings
+from chatplane.crypto.kek import DEV_KEK_FILE_NAME, KekRing, load_kek_ring
+from chatplane.crypto.keyring import DataKeyStore, Keyring, StoreKeySource
+from chatplane.crypto.persistence_key_source import PersistenceKeySource
+from chatplane.persistence.store.base import ConversationStore
+from chatplane.v1 import persistence_pb2_grpc
+
+
+def kek_ring(settings: Settings) -> KekRing:
+    """CHATPLANE_KEK, else CHATPLANE_KEK_FILE, else the development KEK in the data dir."""
+    return load_kek_ring(
+        settings.kek.get_secret_value(), settings.kek_file, settings.data_path(DEV_KEK_FILE_NAME)
+    )
+
+
+def store_key_source(settings: Settings, store: ConversationStore) -> StoreKeySource:
+    """Wrapped keys read from and created in `store` (both engines are DataKeyStores)."""
+    return StoreKeySource(cast(DataKeyStore, store), kek_ring(settings))
+
+
+def store_keyring(settings: Settings, keys: StoreKeySource) -> Keyring:
+    """The Persistence process's keyring."""
+    return Keyring(keys, kek_ring(settings), settings.data_key_cache_seconds)
+
+
+def rpc_keyring(
+    settings: Settings, stub: persistence_pb2_grpc.PersistenceServiceAsyncStub
+) -> Keyring:
+    """The keyring of a process that reaches the keys through PersistenceService."""
+    source = PersistenceKeySource(stub, settings.internal_call_timeout_seconds)
+    return Keyring(source, kek_ring(settings), settings.data_key_cache_seconds)

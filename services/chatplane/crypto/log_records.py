@@ -1,0 +1,97 @@
+"""Sealing the personal text of message-log records (chatplane.messages, chatplane.handoff,
+chatplane.memory.remember) before they are appended, and opening it where a consumer needs
+the text (the Gateway's handoff fan-out, Memory's remember retry). Persistence stores the
+sealed text of chatplane.messages as it is: the log and the database hold the same envelope.
+"""
+
+from __future__ import annotations
+
+from chatplane.crypto.envelope import SealedTextError
+from chatplane.crypto.keyring import Keyring
+from chatplane.v1 import events_pb2, memory_pb2, resources_pb2
+
+
+async def sealed_message(
+    keyring: Keyring | None, tenant_id: str, user_id: str, message: resources_pb2.Message
+) -> resources_pb2.Message:
+    """A copy of `message` with its text sealed for its owner (itself without a keyring)."""
+    if keyring is None or not message.text:
+        return message
+    sealed = resources_pb2.Message()
+    sealed.CopyFrom(message)
+    sealed.text = await keyring.seal(tenant_id, user_id, message.message_id, message.text)
+    return sealed
+
+
+async def sealed_remember(
+    keyring: Keyring | None, request: memory_pb2.RememberRequest
+) -> memory_pb2.RememberRequest:
+    """A copy of a RememberRequest with every message's text sealed."""
+    if keyring is None:
+        return request
+    sealed = memory_pb2.RememberRequest()
+    sealed.CopyFrom(request)
+    for message in sealed.messages:
+        message.text = await keyring.seal(
+            request.tenant_id, request.user_id, message.message_id, message.text
+        )
+    return sealed
+
+
+async def opened_remember(
+    keyring: Keyring | None, request: memory_pb2.RememberRequest
+) -> memory_pb2.RememberRequest:
+    """The request with its texts opened; messages whose text cannot be opened (their owner's
+    key was destroyed) are left out: an erased message is not remembered."""
+    if keyring is None:
+        return request
+    opened = memory_pb2.RememberRequest()
+    opened.CopyFrom(request)
+    del opened.messages[:]
+    for message in request.messages:
+        try:
+            text = await keyring.open(
+                request.tenant_id, request.user_id, message.text, message.message_id
+            )
+        except SealedTextError:
+            continue
+        kept = opened.messages.add()
+        kept.CopyFrom(message)
+        kept.text = text
+    return opened
+
+
+async def sealed_handoff_event(
+    keyring: Keyring | None, event: events_pb2.HandoffEvent
+) -> events_pb2.HandoffEvent:
+    """The event with the reason of a request or release sealed (a user's own words, bound
+    to the conversation); an operator reply is sealed by `sealed_message` already."""
+    kind = event.WhichOneof("event")
+    if keyring is None or kind not in ("requested", "released"):
+        return event
+    status = event.requested if kind == "requested" else event.released
+    status.reason = await keyring.seal(
+        event.tenant_id, event.user_id, event.conversation_id, status.reason
+    )
+    return event
+
+
+async def opened_handoff_event(
+    keyring: Keyring | None, event: events_pb2.HandoffEvent
+) -> events_pb2.HandoffEvent:
+    """The event with an operator reply's text, or a request's or release's reason, opened
+    (ERASED_TEXT when it cannot be)."""
+    kind = event.WhichOneof("event")
+    if keyring is None or kind is None:
+        return event
+    if kind == "operator_reply":
+        reply = event.operator_reply
+        reply.text = await keyring.open_or_erased(
+            event.tenant_id, event.user_id, reply.text, reply.message_id
+        )
+        return event
+    status = event.requested if kind == "requested" else event.released
+    status.reason = await keyring.open_or_erased(
+        event.tenant_id, event.user_id, status.reason, event.conversation_id
+    )
+    return event

@@ -1,0 +1,148 @@
+"""The data-key table and the sealed store on every engine (chatplane.crypto): wrapped keys are
+created once per user and deleted by crypto-shredding; personal text is stored sealed (the
+raw rows hold no plaintext) and read back opened, or as ERASED_TEXT once the key is gone."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from datetime import timedelta
+
+from chatplane.common.ids import new_id
+from chatplane.crypto.envelope import is_sealed
+from chatplane.crypto.kek import new_kek_line, parse_keks
+from chatplane.crypto.keyring import ERASED_TEXT, Keyring, StoreKeySource, WrappedDataKey
+from chatplane.crypto.sealed_store import sealed_store
+from chatplane.persistence.store.base import (
+    ConversationStore,
+    Feedback,
+    Owner,
+    Rating,
+    Role,
+    TurnRequest,
+)
+from chatplane.persistence.store.handoff import HandoffChange, HandoffMode, HandoffTrigger
+from tests.contract.store_fixtures import (  # noqa: F401 (fixtures are found by name)
+    MessageFactory,
+    StoreTarget,
+    clock_fixture,
+    make_message_fixture,
+    postgres_database_fixture,
+    postgres_dsn_fixture,
+    store_fixture,
+    store_target_fixture,
+)
+
+ALICE = Owner("tenant-a", "alice")
+BOB = Owner("tenant-a", "bob")
+CANARY = "CANARYd41d8cd98f00b204e9800998ecf8427e"
+
+
+def _keyring(store: ConversationStore) -> Keyring:
+    keks = parse_keks(new_kek_line("contract"), "contract")
+    return Keyring(StoreKeySource(store, keks), keks, 5.0)  # type: ignore[arg-type]
+
+
+async def test_a_users_data_key_is_created_once_and_destroyed_once(
+    store: ConversationStore,
+) -> None:
+    keys = store  # both engines are DataKeyStores
+    assert await keys.get_data_key("t", "alice") is None  # type: ignore[attr-defined]
+    first = WrappedDataKey("t", "alice", "k1", "kek", b"\x01" * 60)
+    second = WrappedDataKey("t", "alice", "k2", "kek", b"\x02" * 60)
+    # Concurrent creators: exactly one key is stored and every creator gets that one.
+    stored = await asyncio.gather(
+        keys.add_data_key(first),  # type: ignore[attr-defined]
+        keys.add_data_key(second),  # type: ignore[attr-defined]
+    )
+    assert stored[0] == stored[1] and stored[0] in (first, second)
+    assert await keys.get_data_key("t", "alice") == stored[0]  # type: ignore[attr-defined]
+    rewrapped = WrappedDataKey("t", "alice", stored[0].key_id, "kek-2", b"\x03" * 60)
+    await keys.rewrap_data_key(rewrapped)  # type: ignore[attr-defined]
+    # A re-wrap of a key that is not (any more) the user's changes nothing.
+    await keys.rewrap_data_key(  # type: ignore[attr-defined]
+        WrappedDataKey("t", "alice", "gone", "kek-3", b"\x04" * 60)
+    )
+    assert await keys.get_data_key("t", "alice") == rewrapped  # type: ignore[attr-defined]
+    assert await keys.get_data_key("t", "bob") is None  # type: ignore[attr-defined]
+    assert await keys.delete_data_key("t", "alice") is True  # type: ignore[attr-defined]
+    assert await keys.delete_data_key("t", "alice") is False  # type: ignore[attr-defined]
+    assert await keys.get_data_key("t", "alice") is None  # type: ignore[attr-defined]
+
+
+async def test_text_is_stored_sealed_read_opened_and_erased_with_its_key(
+    store: ConversationStore, store_target: StoreTarget, make_message: MessageFactory
+) -> None:
+    keyring = _keyring(store)
+    sealed = sealed_store(store, keyring)
+    reservation = await sealed.begin_turn(
+        TurnRequest(
+            owner=ALICE,
+            conversation_id="",
+            client_message_id="",
+            user_message_id=new_id(),
+            assistant_message_id=new_id(),
+            title=f"title {CANARY}",
+            lease=timedelta(seconds=30),
+        )
+    )
+    conversation = reservation.conversation_id
+    question = make_message(
+        ALICE, conversation, message_id=reservation.user_message_id, text=f"ask {CANARY}"
+    )
+    answer = make_message(
+        ALICE,
+        conversation,
+        message_id=reservation.assistant_message_id,
+        role=Role.ASSISTANT,
+        text=f"answer {CANARY}",
+        reply_to_message_id=question.message_id,
+        delta_ends=(7, len(f"answer {CANARY}")),
+    )
+    other = make_message(BOB, new_id(), text=f"bob {CANARY}")
+    # Text sealed by the Agent arrives as it is; text from an older record arrives in clear.
+    presealed = await keyring.seal(
+        ALICE.tenant_id, ALICE.user_id, question.message_id, question.text
+    )
+    from_log = dataclasses.replace(question, text=presealed)
+    assert await sealed.write_messages([from_log, answer, other]) == 3
+    await sealed.submit_feedback(ALICE, Feedback(answer.message_id, Rating.THUMBS_UP, CANARY))
+
+    human = HandoffChange(HandoffMode.HUMAN, HandoffTrigger.USER, "alice", f"why {CANARY}")
+    assert (await sealed.change_handoff(ALICE, conversation, human)).reason == f"why {CANARY}"
+
+    # The raw rows hold no plaintext; reads open it.
+    for query in (
+        "SELECT reason FROM handoffs",
+        "SELECT text FROM messages",
+        "SELECT title FROM conversations",
+        "SELECT comment FROM feedback",
+    ):
+        values = [row[0] for row in store_target.rows(query)]
+        assert values and all(is_sealed(v) and CANARY not in v for v in values), query
+    history = await sealed.get_conversation(ALICE, conversation, limit=10)
+    waiting = await sealed.list_handoffs(ALICE.tenant_id, limit=5)
+    assert [h.reason for h in waiting.handoffs] == [f"why {CANARY}"]
+    operator_view = await sealed.tenant_handoff(ALICE.tenant_id, conversation)
+    assert operator_view.reason == f"why {CANARY}"
+    assert [m.text for m in history.messages] == [f"ask {CANARY}", f"answer {CANARY}"]
+    assert history.conversation.title == f"title {CANARY}"
+    stored_answer = await sealed.get_answer(ALICE, answer.message_id)
+    assert stored_answer.delta_ends == (7, len(f"answer {CANARY}"))
+    assert sorted(m.text for m in await sealed.iter_messages(None, 10)) == [
+        f"answer {CANARY}",
+        f"ask {CANARY}",
+        f"bob {CANARY}",
+    ]
+
+    # Crypto-shredding: alice's text is gone everywhere it is read; bob's is not.
+    assert await keyring.destroy_user_key(ALICE.tenant_id, ALICE.user_id)
+    erased = await sealed.get_conversation(ALICE, conversation, limit=10)
+    assert [m.text for m in erased.messages] == [ERASED_TEXT, ERASED_TEXT]
+    assert erased.conversation.title == ERASED_TEXT
+    assert (await sealed.get_answer(ALICE, answer.message_id)).delta_ends == ()
+    page = await sealed.list_conversations(ALICE, limit=5)
+    assert [c.title for c in page.conversations] == [ERASED_TEXT]
+    assert (await sealed.get_handoff(ALICE, conversation)).reason == ERASED_TEXT
+    bob_history = await sealed.get_conversation(BOB, other.conversation_id, limit=10)
+    assert bob_history.messages[0].text == f"bob {CANARY}"
