@@ -12,10 +12,16 @@ from pathlib import Path
 import grpc
 import pytest
 
+from chatplane.common.settings import Settings
+from chatplane.common.topics import MESSAGES_TOPIC
+from chatplane.crypto.envelope import KeyDestroyed, is_sealed
+from chatplane.crypto.factory import store_key_source, store_keyring
 from chatplane.launcher import Stack
+from chatplane.persistence.store.sqlite import SqliteConversationStore
 from chatplane.v1 import (
     admin_pb2,
     admin_pb2_grpc,
+    events_pb2,
     memory_pb2,
     memory_pb2_grpc,
     persistence_pb2,
@@ -96,6 +102,45 @@ def log_records(data_dir: Path, conversation_ids: list[str]) -> int:
         )
         for conversation_id in conversation_ids
     )
+
+
+def logged_messages(data_dir: Path, conversation_id: str) -> list[events_pb2.MessageRecorded]:
+    """The MessageRecorded records of a conversation in the embedded log."""
+    connection = sqlite3.connect(data_dir / "log.db", timeout=10)
+    try:
+        rows = connection.execute(
+            "SELECT value FROM log_records WHERE topic = ? AND key = ?",
+            (MESSAGES_TOPIC, conversation_id.encode()),
+        ).fetchall()
+    finally:
+        connection.close()
+    return [events_pb2.MessageRecorded.FromString(value) for (value,) in rows]
+
+
+async def opened_texts(data_dir: Path, records: list[events_pb2.MessageRecorded]) -> list[str]:
+    """Each record's text opened with the stack's keys, or "KeyDestroyed" when its owner's
+    data key is gone (the data dir's development KEK, keys from its system of record)."""
+    settings = Settings(data_dir=data_dir)
+    store = await SqliteConversationStore.open(data_dir / "persistence.db")
+    keyring = store_keyring(settings, store_key_source(settings, store))
+    texts = []
+    try:
+        for record in records:
+            assert is_sealed(record.message.text)
+            try:
+                texts.append(
+                    await keyring.open(
+                        record.tenant_id,
+                        record.user_id,
+                        record.message.text,
+                        record.message.message_id,
+                    )
+                )
+            except KeyDestroyed:
+                texts.append("KeyDestroyed")
+    finally:
+        await store.close()
+    return texts
 
 
 async def recalled(stack: Stack, tenant: str, user: str, canary: str) -> int:
@@ -210,6 +255,7 @@ async def test_erasure_canary_across_the_embedded_stores(tmp_path: Path) -> None
 
         steps = {step.step: dict(step.removed) for step in receipt.steps}
         assert list(steps) == ["data_key", "system_of_record", "memory_index", "message_log"]
+        assert steps["data_key"] == {"data_keys": 1}
         assert (receipt.tenant_id, receipt.user_id) == (tenant, "erased")
         assert receipt.HasField("finish_time")
         assert all(step.HasField("finish_time") for step in receipt.steps)
@@ -239,6 +285,7 @@ async def test_erasure_canary_across_the_embedded_stores(tmp_path: Path) -> None
         # Idempotent: the second call is a new, empty erasure with its own receipt.
         assert again.job_id != receipt.job_id and again.HasField("finish_time")
         assert all(set(step.removed.values()) <= {0} for step in again.steps)
+        assert dict(again.steps[0].removed) == {"data_keys": 0}
         # One audit record per erasure, without content.
         assert await erase_audits(stack, tenant, "erased") == 2
 
@@ -251,6 +298,10 @@ async def test_erasure_cut_short_by_a_crash_is_finished_after_the_restart(tmp_pa
     async with running_stack(tmp_path / "data", env) as stack:
         data = stack.data_dir
         conversation = await seed(stack, tenant, "erased", canary)
+        records = logged_messages(data, conversation)
+        assert len(records) == 4
+        # Sealed on the log, and they open while the user's data key exists.
+        assert all(canary in text for text in await opened_texts(data, records))
         admin_key = await create_key(stack, tenant, "admin", roles=("admin",))
         async with stack.channel("gateway") as channel:
             with pytest.raises(grpc.aio.AioRpcError) as cut:
@@ -265,6 +316,10 @@ async def test_erasure_cut_short_by_a_crash_is_finished_after_the_restart(tmp_pa
         assert user_rows(data, tenant, "erased") == 0
         assert canary_memory(data, tenant, "erased", canary) >= 2
         assert log_records(data, [conversation]) >= 4
+        # The data key went first: every log record of the user fails to decrypt already.
+        assert await opened_texts(data, logged_messages(data, conversation)) == [
+            "KeyDestroyed"
+        ] * len(records)
 
         await stack.start_service("persistence")
 
