@@ -1,12 +1,14 @@
 """Erasure in the cluster profile (docs/privacy.md) on the session's PostgreSQL, Kafka and
 OpenSearch: a user whose messages carry a unique canary is erased through AdminService;
 then PostgreSQL holds no row of theirs with it, OpenSearch finds none of their turns by search
-nor by GET of the ids it had, and another user of the tenant keeps everything. Kafka keeps
-its (non-compacted) records until retention; on a compacted topic the eraser writes
-tombstones for the user's conversations."""
+nor by GET of the ids it had, every Kafka record of theirs fails to decrypt (their data key
+is destroyed; the non-compacted topics keep the records until retention), and another user
+of the tenant keeps everything. On a compacted topic the eraser writes tombstones for the
+user's conversations."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from pathlib import Path
 
@@ -17,8 +19,14 @@ from confluent_kafka import Consumer
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 from chatplane.common.ids import new_id
+from chatplane.common.settings import Settings
+from chatplane.common.topics import MESSAGES_TOPIC
+from chatplane.crypto.envelope import KeyDestroyed, is_sealed
+from chatplane.crypto.factory import store_key_source, store_keyring
 from chatplane.log.record_erasure import KafkaLogEraser
-from chatplane.v1 import admin_pb2, admin_pb2_grpc
+from chatplane.persistence.store.postgres import PostgresConversationStore
+from chatplane.v1 import admin_pb2, admin_pb2_grpc, events_pb2
+from tests.cluster.cluster_fixtures import topic_values
 from tests.contract.store_fixtures import postgres_database_fixture  # noqa: F401 (fixture)
 from tests.engine_processes import Engines
 from tests.integration.stack_client import (
@@ -92,6 +100,34 @@ def os_found(url: str, index: str, ids: list[str]) -> int:
         client.close()
 
 
+async def kafka_texts(
+    bootstrap: str, dsn: str, data_dir: Path, tenant: str
+) -> dict[str, list[str]]:
+    """The tenant's chatplane.messages records on Kafka, per user: each text opened with the
+    stack's keys (its data dir's development KEK, keys from PostgreSQL), or "KeyDestroyed"."""
+    values = await asyncio.to_thread(topic_values, bootstrap, MESSAGES_TOPIC, tenant.encode())
+    settings = Settings(data_dir=data_dir)
+    store = await PostgresConversationStore.open(dsn, pool_max_size=2)
+    keyring = store_keyring(settings, store_key_source(settings, store))
+    texts: dict[str, list[str]] = {}
+    try:
+        for value in values:
+            record = events_pb2.MessageRecorded.FromString(value)
+            if record.tenant_id != tenant:
+                continue
+            assert is_sealed(record.message.text)
+            try:
+                text = await keyring.open(
+                    tenant, record.user_id, record.message.text, record.message.message_id
+                )
+            except KeyDestroyed:
+                text = "KeyDestroyed"
+            texts.setdefault(record.user_id, []).append(text)
+    finally:
+        await store.close()
+    return texts
+
+
 @pytest.mark.timeout(300)
 async def test_erasure_canary_on_postgres_and_opensearch(
     engines: Engines, postgres_database: str, tmp_path: Path
@@ -152,6 +188,13 @@ async def test_erasure_canary_on_postgres_and_opensearch(
     assert pg_canary_rows(postgres_database, f"{canary} erased") == 0
     assert os_canary_ids(url, index, tenant, "erased", canary) == []
     assert os_found(url, index, erased_ids) == 0
+    # Kafka keeps the records (its topics are not compacted), but none of the erased user's
+    # opens any more; the other user's still do.
+    texts = await kafka_texts(
+        engines.env["CHATPLANE_KAFKA_BOOTSTRAP"], postgres_database, tmp_path / "data", tenant
+    )
+    assert texts["erased"] == ["KeyDestroyed"] * 4
+    assert len(texts["kept"]) == 4 and all(canary in text for text in texts["kept"])
     assert (
         pg_user_rows(postgres_database, tenant, "kept"),
         sorted(os_canary_ids(url, index, tenant, "kept", canary)),
