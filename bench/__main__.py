@@ -18,6 +18,7 @@ from bench import (
     chain_cpu,
     edge,
     encryption,
+    erasure,
     export,
     handoff,
     ingest,
@@ -62,6 +63,7 @@ BENCHMARKS = (
     Benchmark(datasets_bench.NAME, datasets_bench.TITLE, datasets_bench.NOTES, datasets_bench.run),
     Benchmark(export.NAME, export.TITLE, export.NOTES, export.run),
     Benchmark(registry.NAME, registry.TITLE, registry.NOTES, registry.run),
+    Benchmark(erasure.NAME, erasure.TITLE, erasure.NOTES, erasure.run),
     Benchmark(encryption.NAME, encryption.TITLE, encryption.NOTES, encryption.run),
     Benchmark(chain_cpu.NAME, chain_cpu.TITLE, chain_cpu.NOTES, chain_cpu.run),
 )

@@ -788,3 +788,24 @@ async def test_user_turns_pages_one_users_turns_in_item_id_order(
     )
     assert await memory.index.user_turns(tenant, "nobody", limit=10) == []
     assert await memory.index.user_turns(tenant, "alice", limit=0) == []
+
+
+async def test_erase_user_deletes_every_turn_of_the_user_only(
+    memory: Memory, tenant: str, other_tenant: str
+) -> None:
+    await seed(memory, tenant)
+    await memory.upsert(
+        turn(tenant, "alice", "c2", "a-other", "Biscuit chewed my shoes"),
+        turn(tenant, "bob", "c1", "b-same-id", "Biscuit is a biscuit"),
+        turn(other_tenant, "alice", "c1", "t2", "Biscuit again"),
+    )
+    assert await memory.index.erase_user(tenant, "alice") == len(ALICE_TURNS) + 1
+    for conversation in ("c1", "c2"):
+        assert await memory.index.recent(tenant, "alice", conversation, 10) == []
+    results = await memory.search(tenant, "alice", "Biscuit golden retriever puppy shoes", k=50)
+    assert sorted(ids(results)) == sorted(DOCUMENTS)
+    # Another user, another tenant, and the tenant's documents are untouched.
+    assert len(await memory.index.recent(tenant, "bob", "c1", 10)) == 1
+    assert len(await memory.index.recent(other_tenant, "alice", "c1", 10)) == 1
+    assert await memory.index.erase_user(tenant, "alice") == 0
+    assert await memory.index.erase_user(tenant, "") == 0

@@ -102,6 +102,10 @@ CALLS: dict[tuple[str, str], frozenset[str]] = {
             "PromoteRegistryVariant",
             "RollbackRegistryVariant",
             "ListRegistryChanges",
+            # Erasure and retention (docs/privacy.md).
+            "EraseUser",
+            "SetRetention",
+            "GetRetention",
             # Encryption at rest (docs/security.md): data keys to open operator replies, and
             # crypto-shredding for EraseUser.
             "GetUserDataKey",
@@ -133,10 +137,15 @@ CALLS: dict[tuple[str, str], frozenset[str]] = {
             "GetQuota",
             "ReportVariants",
             "ListRatedAnswers",
+            "EraseUser",
+            "SetRetention",
+            "GetRetention",
             # `chatplane erase` (crypto-shredding).
             "DestroyUserDataKey",
         }
     ),
+    # Erasure and retention (docs/privacy.md).
+    ("persistence", MEMORY): frozenset({"Forget", "EraseUserMemory"}),
     ("admin", MEMORY): frozenset({"Remember", "ListUserMemory"}),
 }
 

@@ -52,6 +52,7 @@ READ_RPCS = frozenset(
         f"/{PACKAGE}.PersistenceService/GetRegistryVariant",
         f"/{PACKAGE}.PersistenceService/ListRegistryChanges",
         f"/{PACKAGE}.PersistenceService/GetVariantDeployment",
+        f"/{PACKAGE}.PersistenceService/GetRetention",
         f"/{PACKAGE}.MemoryService/Recall",
         f"/{PACKAGE}.GatewayService/ListConversations",
         f"/{PACKAGE}.GatewayService/GetConversation",

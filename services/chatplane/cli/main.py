@@ -341,3 +341,7 @@ cli.add_command(variants)
 from chatplane.cli.evaluate import evaluate  # noqa: E402  (the evaluation harness)
 
 cli.add_command(evaluate)
+from chatplane.cli.erasure import erase, retention  # noqa: E402
+
+cli.add_command(erase)
+cli.add_command(retention)

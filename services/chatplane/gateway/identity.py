@@ -11,6 +11,7 @@ import grpc
 from chatplane import audit
 from chatplane.common.entrypoint import EXIT_CONFIG_ERROR
 from chatplane.common.settings import Settings
+from chatplane.gateway.admin.erasure_servicer import ErasureAdminServicer
 from chatplane.gateway.admin.export import ExportingAdminServicer
 from chatplane.gateway.audit_sink import PersistenceAuditSink
 from chatplane.gateway.auth import ApiKeyAuthenticator
@@ -31,12 +32,16 @@ ADMIN_PREFIX = f"/{ADMIN_SERVICE}/"
 _log = logging.getLogger(__name__)
 
 
+class GatewayAdminServicer(ErasureAdminServicer, ExportingAdminServicer):
+    """AdminService: keys (the base), ExportUserData, EraseUser and retention."""
+
+
 @dataclass(slots=True)
 class GatewayIdentity:
     """What the Gateway authenticates with and audits through."""
 
     authenticator: Authenticator
-    admin: ExportingAdminServicer
+    admin: GatewayAdminServicer
     registry: RegistryServicer
     recorder: audit.AuditRecorder
     jwks: JwksCache | None
@@ -76,8 +81,8 @@ class GatewayIdentity:
         audit.install(recorder)
         return cls(
             authenticator=Authenticator(api_keys, oidc),
-            # AdminService with ExportUserData (docs/privacy.md).
-            admin=ExportingAdminServicer(
+            # AdminService with ExportUserData, erasure and retention (docs/privacy.md).
+            admin=GatewayAdminServicer(
                 settings=settings, persistence=persistence, api_keys=api_keys, memory=memory
             ),
             registry=RegistryServicer(settings=settings, persistence=persistence),

@@ -9,6 +9,7 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import sys
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
@@ -165,6 +166,14 @@ def _last_error(log_path: Path, offset: int) -> str:
     return ""
 
 
+def free_port(host: str) -> int:
+    """A port the OS finds free on `host` now, for a service whose address another one must
+    be given before it starts (a small window remains in which something else may take it)."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.bind((host, 0))
+        return int(probe.getsockname()[1])
+
+
 class Stack:
     """The four services of one data dir."""
 
@@ -198,6 +207,9 @@ class Stack:
         for dependency in ("agent", "memory", "persistence", "gateway"):
             if dependency in self.services:
                 args += [f"--{dependency}-address", f"{self.host}:{self.services[dependency].port}"]
+            elif dependency == "memory" and name != "memory" and self._ports.get("memory"):
+                # Not started yet, but its port is known (reserved in start()).
+                args += ["--memory-address", f"{self.host}:{self._ports['memory']}"]
         if WEB in self.services:
             # Where the edge sends every path that is not the API.
             args += ["--web-address", f"{self.host}:{self.services[WEB].port}"]
@@ -223,6 +235,10 @@ class Stack:
     async def start(self) -> StackInfo:
         """Starts all four services in dependency order (then the edge, if asked for)."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        # Persistence calls MemoryService (erasure, retention; docs/privacy.md) and may start
+        # before it: Memory's port is chosen now, so Persistence is told its address.
+        if not self._ports.get("memory"):
+            self._ports["memory"] = free_port(self.host)
         try:
             # Persistence first: Memory gets the users' data keys from it (docs/security.md).
             await self.start_service("persistence")

@@ -167,6 +167,20 @@ class ConversationalMemory:
         """A page of the user's turns as indexed, in item id order (for an export)."""
         return await self._index.user_turns(tenant_id, user_id, limit=limit, after=after)
 
+    async def erase_user(
+        self, tenant_id: str, user_id: str, conversation_ids: Sequence[str]
+    ) -> int:
+        """Erasure (docs/privacy.md): forgets each of the user's conversations (so that a late
+        Remember never brings one back), then every other turn of the user; the count removed."""
+        _require_owner(tenant_id, user_id)
+        removed = 0
+        for conversation_id in conversation_ids:
+            if conversation_id:
+                removed += await self._index.delete_conversation(
+                    tenant_id, user_id, conversation_id
+                )
+        return removed + await self._index.erase_user(tenant_id, user_id)
+
     async def close(self) -> None:
         """Closes the index and the embedding pools."""
         await self._index.close()

@@ -113,6 +113,16 @@ class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
         )
         return memory_pb2.ForgetResponse(forgotten_count=count)
 
+    async def EraseUserMemory(
+        self,
+        request: memory_pb2.EraseUserMemoryRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> memory_pb2.EraseUserMemoryResponse:
+        count = await self._memory.erase_user(
+            request.tenant_id, request.user_id, tuple(request.conversation_ids)
+        )
+        return memory_pb2.EraseUserMemoryResponse(erased_count=count)
+
     def _library(self) -> DocumentLibrary:
         if self._documents is None:
             raise errors.FailedPrecondition("document ingestion is not enabled")

@@ -23,6 +23,9 @@ from chatplane.log.factory import open_message_log
 from chatplane.log.observed import LagReporter
 from chatplane.persistence.consumer import CONSUMER_GROUP, BatchConsumer
 from chatplane.persistence.dataset_servicer import DatasetPersistenceServicer
+from chatplane.persistence.erasure_job import ErasureJobs
+from chatplane.persistence.erasure_servicer import ErasureRpcs
+from chatplane.persistence.erasure_wiring import ErasureWiring
 from chatplane.persistence.export_servicer import ExportRpcs
 from chatplane.persistence.servicer import SERVICE_NAME
 from chatplane.persistence.store.base import ConversationStore
@@ -35,7 +38,7 @@ NAME = "persistence"
 """The service's name in its ready line and logs."""
 
 
-class PersistenceRpcs(DataKeyRpcs, ExportRpcs, DatasetPersistenceServicer):
+class PersistenceRpcs(ErasureRpcs, DataKeyRpcs, ExportRpcs, DatasetPersistenceServicer):
     """Every PersistenceService RPC: the base servicer with each feature's RPCs mixed in;
     `store` is the sealed store (docs/security.md)."""
 
@@ -45,10 +48,12 @@ class PersistenceRpcs(DataKeyRpcs, ExportRpcs, DatasetPersistenceServicer):
         settings: Settings,
         keys: StoreKeySource,
         keyring: Keyring,
+        erasure: ErasureJobs,
     ) -> None:
         super().__init__(store, settings)
         self._keys = keys
         self._keyring = keyring
+        self._erasure = erasure
 
 
 async def run(settings: Settings) -> None:
@@ -69,7 +74,9 @@ async def run(settings: Settings) -> None:
         max_records=settings.batch_max_records,
         max_wait=settings.batch_max_wait_seconds,
     )
-    servicer = PersistenceRpcs(store, settings, data_keys, keyring)
+    # Erasure (its first step destroys the user's data key) and retention (docs/privacy.md).
+    erasure = ErasureWiring(settings, store, tls, shredder=keyring)
+    servicer = PersistenceRpcs(store, settings, data_keys, keyring, erasure.jobs)
     # This process's audit.record(...) appends straight to the store (docs/security.md).
     recorder = AuditRecorder(
         StoreAuditSink(store),
@@ -92,6 +99,7 @@ async def run(settings: Settings) -> None:
             return
         stopped = True
         await lag.stop()
+        await erasure.stop()
         # The consumer before what it uses: it may still be storing a batch or committing.
         await consumer.stop(grace=settings.drain_grace_seconds)
         await log_consumer.close()
@@ -102,6 +110,7 @@ async def run(settings: Settings) -> None:
 
     consumer.start()
     lag.start()
+    erasure.start()
     try:
         await serve(
             name=NAME,

@@ -710,11 +710,279 @@ func (x *ExportUserDataResponse) GetChunk() []byte {
 	return nil
 }
 
+// A user of the caller's tenant to erase.
+type EraseUserRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The user (1-256 characters).
+	UserId        string `protobuf:"bytes,1,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EraseUserRequest) Reset() {
+	*x = EraseUserRequest{}
+	mi := &file_chatplane_v1_admin_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EraseUserRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EraseUserRequest) ProtoMessage() {}
+
+func (x *EraseUserRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_chatplane_v1_admin_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EraseUserRequest.ProtoReflect.Descriptor instead.
+func (*EraseUserRequest) Descriptor() ([]byte, []int) {
+	return file_chatplane_v1_admin_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *EraseUserRequest) GetUserId() string {
+	if x != nil {
+		return x.UserId
+	}
+	return ""
+}
+
+// The erasure's receipt.
+type EraseUserResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// What was removed from each store, with counts and times.
+	Receipt       *ErasureReceipt `protobuf:"bytes,1,opt,name=receipt,proto3" json:"receipt,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EraseUserResponse) Reset() {
+	*x = EraseUserResponse{}
+	mi := &file_chatplane_v1_admin_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EraseUserResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EraseUserResponse) ProtoMessage() {}
+
+func (x *EraseUserResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_chatplane_v1_admin_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EraseUserResponse.ProtoReflect.Descriptor instead.
+func (*EraseUserResponse) Descriptor() ([]byte, []int) {
+	return file_chatplane_v1_admin_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *EraseUserResponse) GetReceipt() *ErasureReceipt {
+	if x != nil {
+		return x.Receipt
+	}
+	return nil
+}
+
+// The retention period to set for the caller's tenant.
+type SetRetentionRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Conversations without activity for this many days are deleted (1-36500); 0 keeps
+	// everything forever (the default).
+	Days          int32 `protobuf:"varint,1,opt,name=days,proto3" json:"days,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetRetentionRequest) Reset() {
+	*x = SetRetentionRequest{}
+	mi := &file_chatplane_v1_admin_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetRetentionRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetRetentionRequest) ProtoMessage() {}
+
+func (x *SetRetentionRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_chatplane_v1_admin_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetRetentionRequest.ProtoReflect.Descriptor instead.
+func (*SetRetentionRequest) Descriptor() ([]byte, []int) {
+	return file_chatplane_v1_admin_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *SetRetentionRequest) GetDays() int32 {
+	if x != nil {
+		return x.Days
+	}
+	return 0
+}
+
+// The period now in force.
+type SetRetentionResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The tenant's retention period.
+	Policy        *RetentionPolicy `protobuf:"bytes,1,opt,name=policy,proto3" json:"policy,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetRetentionResponse) Reset() {
+	*x = SetRetentionResponse{}
+	mi := &file_chatplane_v1_admin_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetRetentionResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetRetentionResponse) ProtoMessage() {}
+
+func (x *SetRetentionResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_chatplane_v1_admin_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetRetentionResponse.ProtoReflect.Descriptor instead.
+func (*SetRetentionResponse) Descriptor() ([]byte, []int) {
+	return file_chatplane_v1_admin_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *SetRetentionResponse) GetPolicy() *RetentionPolicy {
+	if x != nil {
+		return x.Policy
+	}
+	return nil
+}
+
+// Asks for the caller's tenant's retention period.
+type GetRetentionRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetRetentionRequest) Reset() {
+	*x = GetRetentionRequest{}
+	mi := &file_chatplane_v1_admin_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetRetentionRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetRetentionRequest) ProtoMessage() {}
+
+func (x *GetRetentionRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_chatplane_v1_admin_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetRetentionRequest.ProtoReflect.Descriptor instead.
+func (*GetRetentionRequest) Descriptor() ([]byte, []int) {
+	return file_chatplane_v1_admin_proto_rawDescGZIP(), []int{16}
+}
+
+// The tenant's retention period.
+type GetRetentionResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The tenant's retention period (0 days: kept forever).
+	Policy        *RetentionPolicy `protobuf:"bytes,1,opt,name=policy,proto3" json:"policy,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetRetentionResponse) Reset() {
+	*x = GetRetentionResponse{}
+	mi := &file_chatplane_v1_admin_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetRetentionResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetRetentionResponse) ProtoMessage() {}
+
+func (x *GetRetentionResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_chatplane_v1_admin_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetRetentionResponse.ProtoReflect.Descriptor instead.
+func (*GetRetentionResponse) Descriptor() ([]byte, []int) {
+	return file_chatplane_v1_admin_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *GetRetentionResponse) GetPolicy() *RetentionPolicy {
+	if x != nil {
+		return x.Policy
+	}
+	return nil
+}
+
 var File_chatplane_v1_admin_proto protoreflect.FileDescriptor
 
 const file_chatplane_v1_admin_proto_rawDesc = "" +
 	"\n" +
-	"\x18chatplane/v1/admin.proto\x12\fchatplane.v1\x1a\x1echatplane/v1/persistence.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x92\x01\n" +
+	"\x18chatplane/v1/admin.proto\x12\fchatplane.v1\x1a\x1achatplane/v1/erasure.proto\x1a\x1echatplane/v1/persistence.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x92\x01\n" +
 	"\x12ListApiKeysRequest\x12\x17\n" +
 	"\auser_id\x18\x01 \x01(\tR\x06userId\x12\x1b\n" +
 	"\tpage_size\x18\x02 \x01(\x05R\bpageSize\x12\x1d\n" +
@@ -756,14 +1024,28 @@ const file_chatplane_v1_admin_proto_rawDesc = "" +
 	"\x15ExportUserDataRequest\x12\x17\n" +
 	"\auser_id\x18\x01 \x01(\tR\x06userId\".\n" +
 	"\x16ExportUserDataResponse\x12\x14\n" +
-	"\x05chunk\x18\x01 \x01(\fR\x05chunk2\xd9\x04\n" +
+	"\x05chunk\x18\x01 \x01(\fR\x05chunk\"+\n" +
+	"\x10EraseUserRequest\x12\x17\n" +
+	"\auser_id\x18\x01 \x01(\tR\x06userId\"K\n" +
+	"\x11EraseUserResponse\x126\n" +
+	"\areceipt\x18\x01 \x01(\v2\x1c.chatplane.v1.ErasureReceiptR\areceipt\")\n" +
+	"\x13SetRetentionRequest\x12\x12\n" +
+	"\x04days\x18\x01 \x01(\x05R\x04days\"M\n" +
+	"\x14SetRetentionResponse\x125\n" +
+	"\x06policy\x18\x01 \x01(\v2\x1d.chatplane.v1.RetentionPolicyR\x06policy\"\x15\n" +
+	"\x13GetRetentionRequest\"M\n" +
+	"\x14GetRetentionResponse\x125\n" +
+	"\x06policy\x18\x01 \x01(\v2\x1d.chatplane.v1.RetentionPolicyR\x06policy2\xd5\x06\n" +
 	"\fAdminService\x12R\n" +
 	"\vListApiKeys\x12 .chatplane.v1.ListApiKeysRequest\x1a!.chatplane.v1.ListApiKeysResponse\x12m\n" +
 	"\fCreateApiKey\x12-.chatplane.v1.AdminServiceCreateApiKeyRequest\x1a..chatplane.v1.AdminServiceCreateApiKeyResponse\x12U\n" +
 	"\fRotateApiKey\x12!.chatplane.v1.RotateApiKeyRequest\x1a\".chatplane.v1.RotateApiKeyResponse\x12U\n" +
 	"\fRevokeApiKey\x12!.chatplane.v1.RevokeApiKeyRequest\x1a\".chatplane.v1.RevokeApiKeyResponse\x12y\n" +
 	"\x10ListRatedAnswers\x121.chatplane.v1.AdminServiceListRatedAnswersRequest\x1a2.chatplane.v1.AdminServiceListRatedAnswersResponse\x12]\n" +
-	"\x0eExportUserData\x12#.chatplane.v1.ExportUserDataRequest\x1a$.chatplane.v1.ExportUserDataResponse0\x01B@Z>github.com/chatplane/chatplane/gen/go/chatplane/v1;chatplanev1b\x06proto3"
+	"\x0eExportUserData\x12#.chatplane.v1.ExportUserDataRequest\x1a$.chatplane.v1.ExportUserDataResponse0\x01\x12L\n" +
+	"\tEraseUser\x12\x1e.chatplane.v1.EraseUserRequest\x1a\x1f.chatplane.v1.EraseUserResponse\x12U\n" +
+	"\fSetRetention\x12!.chatplane.v1.SetRetentionRequest\x1a\".chatplane.v1.SetRetentionResponse\x12U\n" +
+	"\fGetRetention\x12!.chatplane.v1.GetRetentionRequest\x1a\".chatplane.v1.GetRetentionResponseB@Z>github.com/chatplane/chatplane/gen/go/chatplane/v1;chatplanev1b\x06proto3"
 
 var (
 	file_chatplane_v1_admin_proto_rawDescOnce sync.Once
@@ -777,7 +1059,7 @@ func file_chatplane_v1_admin_proto_rawDescGZIP() []byte {
 	return file_chatplane_v1_admin_proto_rawDescData
 }
 
-var file_chatplane_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
+var file_chatplane_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
 var file_chatplane_v1_admin_proto_goTypes = []any{
 	(*ListApiKeysRequest)(nil),                   // 0: chatplane.v1.ListApiKeysRequest
 	(*ListApiKeysResponse)(nil),                  // 1: chatplane.v1.ListApiKeysResponse
@@ -791,38 +1073,55 @@ var file_chatplane_v1_admin_proto_goTypes = []any{
 	(*AdminServiceListRatedAnswersResponse)(nil), // 9: chatplane.v1.AdminServiceListRatedAnswersResponse
 	(*ExportUserDataRequest)(nil),                // 10: chatplane.v1.ExportUserDataRequest
 	(*ExportUserDataResponse)(nil),               // 11: chatplane.v1.ExportUserDataResponse
-	(*ApiKeyInfo)(nil),                           // 12: chatplane.v1.ApiKeyInfo
-	(*durationpb.Duration)(nil),                  // 13: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil),                // 14: google.protobuf.Timestamp
-	(*RatedAnswer)(nil),                          // 15: chatplane.v1.RatedAnswer
+	(*EraseUserRequest)(nil),                     // 12: chatplane.v1.EraseUserRequest
+	(*EraseUserResponse)(nil),                    // 13: chatplane.v1.EraseUserResponse
+	(*SetRetentionRequest)(nil),                  // 14: chatplane.v1.SetRetentionRequest
+	(*SetRetentionResponse)(nil),                 // 15: chatplane.v1.SetRetentionResponse
+	(*GetRetentionRequest)(nil),                  // 16: chatplane.v1.GetRetentionRequest
+	(*GetRetentionResponse)(nil),                 // 17: chatplane.v1.GetRetentionResponse
+	(*ApiKeyInfo)(nil),                           // 18: chatplane.v1.ApiKeyInfo
+	(*durationpb.Duration)(nil),                  // 19: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil),                // 20: google.protobuf.Timestamp
+	(*RatedAnswer)(nil),                          // 21: chatplane.v1.RatedAnswer
+	(*ErasureReceipt)(nil),                       // 22: chatplane.v1.ErasureReceipt
+	(*RetentionPolicy)(nil),                      // 23: chatplane.v1.RetentionPolicy
 }
 var file_chatplane_v1_admin_proto_depIdxs = []int32{
-	12, // 0: chatplane.v1.ListApiKeysResponse.keys:type_name -> chatplane.v1.ApiKeyInfo
-	12, // 1: chatplane.v1.AdminServiceCreateApiKeyResponse.key:type_name -> chatplane.v1.ApiKeyInfo
-	13, // 2: chatplane.v1.RotateApiKeyRequest.overlap:type_name -> google.protobuf.Duration
-	12, // 3: chatplane.v1.RotateApiKeyResponse.key:type_name -> chatplane.v1.ApiKeyInfo
-	12, // 4: chatplane.v1.RotateApiKeyResponse.previous:type_name -> chatplane.v1.ApiKeyInfo
-	12, // 5: chatplane.v1.RevokeApiKeyResponse.key:type_name -> chatplane.v1.ApiKeyInfo
-	14, // 6: chatplane.v1.AdminServiceListRatedAnswersRequest.since:type_name -> google.protobuf.Timestamp
-	14, // 7: chatplane.v1.AdminServiceListRatedAnswersRequest.until:type_name -> google.protobuf.Timestamp
-	15, // 8: chatplane.v1.AdminServiceListRatedAnswersResponse.answers:type_name -> chatplane.v1.RatedAnswer
-	0,  // 9: chatplane.v1.AdminService.ListApiKeys:input_type -> chatplane.v1.ListApiKeysRequest
-	2,  // 10: chatplane.v1.AdminService.CreateApiKey:input_type -> chatplane.v1.AdminServiceCreateApiKeyRequest
-	4,  // 11: chatplane.v1.AdminService.RotateApiKey:input_type -> chatplane.v1.RotateApiKeyRequest
-	6,  // 12: chatplane.v1.AdminService.RevokeApiKey:input_type -> chatplane.v1.RevokeApiKeyRequest
-	8,  // 13: chatplane.v1.AdminService.ListRatedAnswers:input_type -> chatplane.v1.AdminServiceListRatedAnswersRequest
-	10, // 14: chatplane.v1.AdminService.ExportUserData:input_type -> chatplane.v1.ExportUserDataRequest
-	1,  // 15: chatplane.v1.AdminService.ListApiKeys:output_type -> chatplane.v1.ListApiKeysResponse
-	3,  // 16: chatplane.v1.AdminService.CreateApiKey:output_type -> chatplane.v1.AdminServiceCreateApiKeyResponse
-	5,  // 17: chatplane.v1.AdminService.RotateApiKey:output_type -> chatplane.v1.RotateApiKeyResponse
-	7,  // 18: chatplane.v1.AdminService.RevokeApiKey:output_type -> chatplane.v1.RevokeApiKeyResponse
-	9,  // 19: chatplane.v1.AdminService.ListRatedAnswers:output_type -> chatplane.v1.AdminServiceListRatedAnswersResponse
-	11, // 20: chatplane.v1.AdminService.ExportUserData:output_type -> chatplane.v1.ExportUserDataResponse
-	15, // [15:21] is the sub-list for method output_type
-	9,  // [9:15] is the sub-list for method input_type
-	9,  // [9:9] is the sub-list for extension type_name
-	9,  // [9:9] is the sub-list for extension extendee
-	0,  // [0:9] is the sub-list for field type_name
+	18, // 0: chatplane.v1.ListApiKeysResponse.keys:type_name -> chatplane.v1.ApiKeyInfo
+	18, // 1: chatplane.v1.AdminServiceCreateApiKeyResponse.key:type_name -> chatplane.v1.ApiKeyInfo
+	19, // 2: chatplane.v1.RotateApiKeyRequest.overlap:type_name -> google.protobuf.Duration
+	18, // 3: chatplane.v1.RotateApiKeyResponse.key:type_name -> chatplane.v1.ApiKeyInfo
+	18, // 4: chatplane.v1.RotateApiKeyResponse.previous:type_name -> chatplane.v1.ApiKeyInfo
+	18, // 5: chatplane.v1.RevokeApiKeyResponse.key:type_name -> chatplane.v1.ApiKeyInfo
+	20, // 6: chatplane.v1.AdminServiceListRatedAnswersRequest.since:type_name -> google.protobuf.Timestamp
+	20, // 7: chatplane.v1.AdminServiceListRatedAnswersRequest.until:type_name -> google.protobuf.Timestamp
+	21, // 8: chatplane.v1.AdminServiceListRatedAnswersResponse.answers:type_name -> chatplane.v1.RatedAnswer
+	22, // 9: chatplane.v1.EraseUserResponse.receipt:type_name -> chatplane.v1.ErasureReceipt
+	23, // 10: chatplane.v1.SetRetentionResponse.policy:type_name -> chatplane.v1.RetentionPolicy
+	23, // 11: chatplane.v1.GetRetentionResponse.policy:type_name -> chatplane.v1.RetentionPolicy
+	0,  // 12: chatplane.v1.AdminService.ListApiKeys:input_type -> chatplane.v1.ListApiKeysRequest
+	2,  // 13: chatplane.v1.AdminService.CreateApiKey:input_type -> chatplane.v1.AdminServiceCreateApiKeyRequest
+	4,  // 14: chatplane.v1.AdminService.RotateApiKey:input_type -> chatplane.v1.RotateApiKeyRequest
+	6,  // 15: chatplane.v1.AdminService.RevokeApiKey:input_type -> chatplane.v1.RevokeApiKeyRequest
+	8,  // 16: chatplane.v1.AdminService.ListRatedAnswers:input_type -> chatplane.v1.AdminServiceListRatedAnswersRequest
+	10, // 17: chatplane.v1.AdminService.ExportUserData:input_type -> chatplane.v1.ExportUserDataRequest
+	12, // 18: chatplane.v1.AdminService.EraseUser:input_type -> chatplane.v1.EraseUserRequest
+	14, // 19: chatplane.v1.AdminService.SetRetention:input_type -> chatplane.v1.SetRetentionRequest
+	16, // 20: chatplane.v1.AdminService.GetRetention:input_type -> chatplane.v1.GetRetentionRequest
+	1,  // 21: chatplane.v1.AdminService.ListApiKeys:output_type -> chatplane.v1.ListApiKeysResponse
+	3,  // 22: chatplane.v1.AdminService.CreateApiKey:output_type -> chatplane.v1.AdminServiceCreateApiKeyResponse
+	5,  // 23: chatplane.v1.AdminService.RotateApiKey:output_type -> chatplane.v1.RotateApiKeyResponse
+	7,  // 24: chatplane.v1.AdminService.RevokeApiKey:output_type -> chatplane.v1.RevokeApiKeyResponse
+	9,  // 25: chatplane.v1.AdminService.ListRatedAnswers:output_type -> chatplane.v1.AdminServiceListRatedAnswersResponse
+	11, // 26: chatplane.v1.AdminService.ExportUserData:output_type -> chatplane.v1.ExportUserDataResponse
+	13, // 27: chatplane.v1.AdminService.EraseUser:output_type -> chatplane.v1.EraseUserResponse
+	15, // 28: chatplane.v1.AdminService.SetRetention:output_type -> chatplane.v1.SetRetentionResponse
+	17, // 29: chatplane.v1.AdminService.GetRetention:output_type -> chatplane.v1.GetRetentionResponse
+	21, // [21:30] is the sub-list for method output_type
+	12, // [12:21] is the sub-list for method input_type
+	12, // [12:12] is the sub-list for extension type_name
+	12, // [12:12] is the sub-list for extension extendee
+	0,  // [0:12] is the sub-list for field type_name
 }
 
 func init() { file_chatplane_v1_admin_proto_init() }
@@ -830,6 +1129,7 @@ func file_chatplane_v1_admin_proto_init() {
 	if File_chatplane_v1_admin_proto != nil {
 		return
 	}
+	file_chatplane_v1_erasure_proto_init()
 	file_chatplane_v1_persistence_proto_init()
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -837,7 +1137,7 @@ func file_chatplane_v1_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_chatplane_v1_admin_proto_rawDesc), len(file_chatplane_v1_admin_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   12,
+			NumMessages:   18,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

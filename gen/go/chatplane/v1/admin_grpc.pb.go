@@ -25,6 +25,9 @@ const (
 	AdminService_RevokeApiKey_FullMethodName     = "/chatplane.v1.AdminService/RevokeApiKey"
 	AdminService_ListRatedAnswers_FullMethodName = "/chatplane.v1.AdminService/ListRatedAnswers"
 	AdminService_ExportUserData_FullMethodName   = "/chatplane.v1.AdminService/ExportUserData"
+	AdminService_EraseUser_FullMethodName        = "/chatplane.v1.AdminService/EraseUser"
+	AdminService_SetRetention_FullMethodName     = "/chatplane.v1.AdminService/SetRetention"
+	AdminService_GetRetention_FullMethodName     = "/chatplane.v1.AdminService/GetRetention"
 )
 
 // AdminServiceClient is the client API for AdminService service.
@@ -50,6 +53,14 @@ type AdminServiceClient interface {
 	// Exports everything stored of one user of the tenant as one JSON document, streamed in
 	// chunks of at most 64 KiB (docs/privacy.md, "Export"). Audited as `user.export`.
 	ExportUserData(ctx context.Context, in *ExportUserDataRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ExportUserDataResponse], error)
+	// Erases a user of the tenant from every store: their data key, rows, memory and log
+	// records (docs/privacy.md "Erasure"). Idempotent: a repeated call resumes an unfinished
+	// erasure or erases what appeared since, and returns a receipt either way.
+	EraseUser(ctx context.Context, in *EraseUserRequest, opts ...grpc.CallOption) (*EraseUserResponse, error)
+	// Sets the tenant's retention period (docs/privacy.md "Retention").
+	SetRetention(ctx context.Context, in *SetRetentionRequest, opts ...grpc.CallOption) (*SetRetentionResponse, error)
+	// The tenant's retention period.
+	GetRetention(ctx context.Context, in *GetRetentionRequest, opts ...grpc.CallOption) (*GetRetentionResponse, error)
 }
 
 type adminServiceClient struct {
@@ -129,6 +140,36 @@ func (c *adminServiceClient) ExportUserData(ctx context.Context, in *ExportUserD
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type AdminService_ExportUserDataClient = grpc.ServerStreamingClient[ExportUserDataResponse]
 
+func (c *adminServiceClient) EraseUser(ctx context.Context, in *EraseUserRequest, opts ...grpc.CallOption) (*EraseUserResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(EraseUserResponse)
+	err := c.cc.Invoke(ctx, AdminService_EraseUser_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) SetRetention(ctx context.Context, in *SetRetentionRequest, opts ...grpc.CallOption) (*SetRetentionResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(SetRetentionResponse)
+	err := c.cc.Invoke(ctx, AdminService_SetRetention_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) GetRetention(ctx context.Context, in *GetRetentionRequest, opts ...grpc.CallOption) (*GetRetentionResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetRetentionResponse)
+	err := c.cc.Invoke(ctx, AdminService_GetRetention_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AdminServiceServer is the server API for AdminService service.
 // All implementations must embed UnimplementedAdminServiceServer
 // for forward compatibility.
@@ -152,6 +193,14 @@ type AdminServiceServer interface {
 	// Exports everything stored of one user of the tenant as one JSON document, streamed in
 	// chunks of at most 64 KiB (docs/privacy.md, "Export"). Audited as `user.export`.
 	ExportUserData(*ExportUserDataRequest, grpc.ServerStreamingServer[ExportUserDataResponse]) error
+	// Erases a user of the tenant from every store: their data key, rows, memory and log
+	// records (docs/privacy.md "Erasure"). Idempotent: a repeated call resumes an unfinished
+	// erasure or erases what appeared since, and returns a receipt either way.
+	EraseUser(context.Context, *EraseUserRequest) (*EraseUserResponse, error)
+	// Sets the tenant's retention period (docs/privacy.md "Retention").
+	SetRetention(context.Context, *SetRetentionRequest) (*SetRetentionResponse, error)
+	// The tenant's retention period.
+	GetRetention(context.Context, *GetRetentionRequest) (*GetRetentionResponse, error)
 	mustEmbedUnimplementedAdminServiceServer()
 }
 
@@ -179,6 +228,15 @@ func (UnimplementedAdminServiceServer) ListRatedAnswers(context.Context, *AdminS
 }
 func (UnimplementedAdminServiceServer) ExportUserData(*ExportUserDataRequest, grpc.ServerStreamingServer[ExportUserDataResponse]) error {
 	return status.Error(codes.Unimplemented, "method ExportUserData not implemented")
+}
+func (UnimplementedAdminServiceServer) EraseUser(context.Context, *EraseUserRequest) (*EraseUserResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method EraseUser not implemented")
+}
+func (UnimplementedAdminServiceServer) SetRetention(context.Context, *SetRetentionRequest) (*SetRetentionResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method SetRetention not implemented")
+}
+func (UnimplementedAdminServiceServer) GetRetention(context.Context, *GetRetentionRequest) (*GetRetentionResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetRetention not implemented")
 }
 func (UnimplementedAdminServiceServer) mustEmbedUnimplementedAdminServiceServer() {}
 func (UnimplementedAdminServiceServer) testEmbeddedByValue()                      {}
@@ -302,6 +360,60 @@ func _AdminService_ExportUserData_Handler(srv interface{}, stream grpc.ServerStr
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type AdminService_ExportUserDataServer = grpc.ServerStreamingServer[ExportUserDataResponse]
 
+func _AdminService_EraseUser_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(EraseUserRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).EraseUser(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_EraseUser_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).EraseUser(ctx, req.(*EraseUserRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_SetRetention_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SetRetentionRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).SetRetention(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_SetRetention_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).SetRetention(ctx, req.(*SetRetentionRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_GetRetention_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetRetentionRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).GetRetention(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_GetRetention_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).GetRetention(ctx, req.(*GetRetentionRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // AdminService_ServiceDesc is the grpc.ServiceDesc for AdminService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -328,6 +440,18 @@ var AdminService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ListRatedAnswers",
 			Handler:    _AdminService_ListRatedAnswers_Handler,
+		},
+		{
+			MethodName: "EraseUser",
+			Handler:    _AdminService_EraseUser_Handler,
+		},
+		{
+			MethodName: "SetRetention",
+			Handler:    _AdminService_SetRetention_Handler,
+		},
+		{
+			MethodName: "GetRetention",
+			Handler:    _AdminService_GetRetention_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

@@ -1142,6 +1142,116 @@ func (x *ListUserMemoryResponse) GetNextPageToken() string {
 	return ""
 }
 
+// A user whose memory to erase.
+type EraseUserMemoryRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The user's tenant.
+	TenantId string `protobuf:"bytes,1,opt,name=tenant_id,json=tenantId,proto3" json:"tenant_id,omitempty"`
+	// The user (required).
+	UserId string `protobuf:"bytes,2,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
+	// The user's conversations: each stays forgotten (a later Remember of it is dropped).
+	ConversationIds []string `protobuf:"bytes,3,rep,name=conversation_ids,json=conversationIds,proto3" json:"conversation_ids,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *EraseUserMemoryRequest) Reset() {
+	*x = EraseUserMemoryRequest{}
+	mi := &file_chatplane_v1_memory_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EraseUserMemoryRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EraseUserMemoryRequest) ProtoMessage() {}
+
+func (x *EraseUserMemoryRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_chatplane_v1_memory_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EraseUserMemoryRequest.ProtoReflect.Descriptor instead.
+func (*EraseUserMemoryRequest) Descriptor() ([]byte, []int) {
+	return file_chatplane_v1_memory_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *EraseUserMemoryRequest) GetTenantId() string {
+	if x != nil {
+		return x.TenantId
+	}
+	return ""
+}
+
+func (x *EraseUserMemoryRequest) GetUserId() string {
+	if x != nil {
+		return x.UserId
+	}
+	return ""
+}
+
+func (x *EraseUserMemoryRequest) GetConversationIds() []string {
+	if x != nil {
+		return x.ConversationIds
+	}
+	return nil
+}
+
+// The user's turns are gone from the memory index.
+type EraseUserMemoryResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// How many turns were removed.
+	ErasedCount   int32 `protobuf:"varint,1,opt,name=erased_count,json=erasedCount,proto3" json:"erased_count,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EraseUserMemoryResponse) Reset() {
+	*x = EraseUserMemoryResponse{}
+	mi := &file_chatplane_v1_memory_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EraseUserMemoryResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EraseUserMemoryResponse) ProtoMessage() {}
+
+func (x *EraseUserMemoryResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_chatplane_v1_memory_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EraseUserMemoryResponse.ProtoReflect.Descriptor instead.
+func (*EraseUserMemoryResponse) Descriptor() ([]byte, []int) {
+	return file_chatplane_v1_memory_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *EraseUserMemoryResponse) GetErasedCount() int32 {
+	if x != nil {
+		return x.ErasedCount
+	}
+	return 0
+}
+
 var File_chatplane_v1_memory_proto protoreflect.FileDescriptor
 
 const file_chatplane_v1_memory_proto_rawDesc = "" +
@@ -1215,7 +1325,13 @@ const file_chatplane_v1_memory_proto_rawDesc = "" +
 	"\x13create_time_unix_ms\x18\x05 \x01(\x03R\x10createTimeUnixMs\"t\n" +
 	"\x16ListUserMemoryResponse\x122\n" +
 	"\x05items\x18\x01 \x03(\v2\x1c.chatplane.v1.UserMemoryItemR\x05items\x12&\n" +
-	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken2\xd7\x04\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"y\n" +
+	"\x16EraseUserMemoryRequest\x12\x1b\n" +
+	"\ttenant_id\x18\x01 \x01(\tR\btenantId\x12\x17\n" +
+	"\auser_id\x18\x02 \x01(\tR\x06userId\x12)\n" +
+	"\x10conversation_ids\x18\x03 \x03(\tR\x0fconversationIds\"<\n" +
+	"\x17EraseUserMemoryResponse\x12!\n" +
+	"\ferased_count\x18\x01 \x01(\x05R\verasedCount2\xb7\x05\n" +
 	"\rMemoryService\x12I\n" +
 	"\bRemember\x12\x1d.chatplane.v1.RememberRequest\x1a\x1e.chatplane.v1.RememberResponse\x12C\n" +
 	"\x06Recall\x12\x1b.chatplane.v1.RecallRequest\x1a\x1c.chatplane.v1.RecallResponse\x12C\n" +
@@ -1223,7 +1339,8 @@ const file_chatplane_v1_memory_proto_rawDesc = "" +
 	"\x0eIngestDocument\x12#.chatplane.v1.IngestDocumentRequest\x1a$.chatplane.v1.IngestDocumentResponse(\x01\x12X\n" +
 	"\rListDocuments\x12\".chatplane.v1.ListDocumentsRequest\x1a#.chatplane.v1.ListDocumentsResponse\x12[\n" +
 	"\x0eDeleteDocument\x12#.chatplane.v1.DeleteDocumentRequest\x1a$.chatplane.v1.DeleteDocumentResponse\x12[\n" +
-	"\x0eListUserMemory\x12#.chatplane.v1.ListUserMemoryRequest\x1a$.chatplane.v1.ListUserMemoryResponseB@Z>github.com/chatplane/chatplane/gen/go/chatplane/v1;chatplanev1b\x06proto3"
+	"\x0eListUserMemory\x12#.chatplane.v1.ListUserMemoryRequest\x1a$.chatplane.v1.ListUserMemoryResponse\x12^\n" +
+	"\x0fEraseUserMemory\x12$.chatplane.v1.EraseUserMemoryRequest\x1a%.chatplane.v1.EraseUserMemoryResponseB@Z>github.com/chatplane/chatplane/gen/go/chatplane/v1;chatplanev1b\x06proto3"
 
 var (
 	file_chatplane_v1_memory_proto_rawDescOnce sync.Once
@@ -1237,41 +1354,43 @@ func file_chatplane_v1_memory_proto_rawDescGZIP() []byte {
 	return file_chatplane_v1_memory_proto_rawDescData
 }
 
-var file_chatplane_v1_memory_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
+var file_chatplane_v1_memory_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
 var file_chatplane_v1_memory_proto_goTypes = []any{
-	(*MemoryMessage)(nil),          // 0: chatplane.v1.MemoryMessage
-	(*RememberRequest)(nil),        // 1: chatplane.v1.RememberRequest
-	(*RememberResponse)(nil),       // 2: chatplane.v1.RememberResponse
-	(*RecallRequest)(nil),          // 3: chatplane.v1.RecallRequest
-	(*RecalledItem)(nil),           // 4: chatplane.v1.RecalledItem
-	(*RecallResponse)(nil),         // 5: chatplane.v1.RecallResponse
-	(*ForgetRequest)(nil),          // 6: chatplane.v1.ForgetRequest
-	(*ForgetResponse)(nil),         // 7: chatplane.v1.ForgetResponse
-	(*DocumentHeader)(nil),         // 8: chatplane.v1.DocumentHeader
-	(*IngestDocumentRequest)(nil),  // 9: chatplane.v1.IngestDocumentRequest
-	(*IngestDocumentResponse)(nil), // 10: chatplane.v1.IngestDocumentResponse
-	(*ListDocumentsRequest)(nil),   // 11: chatplane.v1.ListDocumentsRequest
-	(*ListDocumentsResponse)(nil),  // 12: chatplane.v1.ListDocumentsResponse
-	(*DeleteDocumentRequest)(nil),  // 13: chatplane.v1.DeleteDocumentRequest
-	(*DeleteDocumentResponse)(nil), // 14: chatplane.v1.DeleteDocumentResponse
-	(*ListUserMemoryRequest)(nil),  // 15: chatplane.v1.ListUserMemoryRequest
-	(*UserMemoryItem)(nil),         // 16: chatplane.v1.UserMemoryItem
-	(*ListUserMemoryResponse)(nil), // 17: chatplane.v1.ListUserMemoryResponse
-	(Role)(0),                      // 18: chatplane.v1.Role
-	(*Citation)(nil),               // 19: chatplane.v1.Citation
-	(*Document)(nil),               // 20: chatplane.v1.Document
+	(*MemoryMessage)(nil),           // 0: chatplane.v1.MemoryMessage
+	(*RememberRequest)(nil),         // 1: chatplane.v1.RememberRequest
+	(*RememberResponse)(nil),        // 2: chatplane.v1.RememberResponse
+	(*RecallRequest)(nil),           // 3: chatplane.v1.RecallRequest
+	(*RecalledItem)(nil),            // 4: chatplane.v1.RecalledItem
+	(*RecallResponse)(nil),          // 5: chatplane.v1.RecallResponse
+	(*ForgetRequest)(nil),           // 6: chatplane.v1.ForgetRequest
+	(*ForgetResponse)(nil),          // 7: chatplane.v1.ForgetResponse
+	(*DocumentHeader)(nil),          // 8: chatplane.v1.DocumentHeader
+	(*IngestDocumentRequest)(nil),   // 9: chatplane.v1.IngestDocumentRequest
+	(*IngestDocumentResponse)(nil),  // 10: chatplane.v1.IngestDocumentResponse
+	(*ListDocumentsRequest)(nil),    // 11: chatplane.v1.ListDocumentsRequest
+	(*ListDocumentsResponse)(nil),   // 12: chatplane.v1.ListDocumentsResponse
+	(*DeleteDocumentRequest)(nil),   // 13: chatplane.v1.DeleteDocumentRequest
+	(*DeleteDocumentResponse)(nil),  // 14: chatplane.v1.DeleteDocumentResponse
+	(*ListUserMemoryRequest)(nil),   // 15: chatplane.v1.ListUserMemoryRequest
+	(*UserMemoryItem)(nil),          // 16: chatplane.v1.UserMemoryItem
+	(*ListUserMemoryResponse)(nil),  // 17: chatplane.v1.ListUserMemoryResponse
+	(*EraseUserMemoryRequest)(nil),  // 18: chatplane.v1.EraseUserMemoryRequest
+	(*EraseUserMemoryResponse)(nil), // 19: chatplane.v1.EraseUserMemoryResponse
+	(Role)(0),                       // 20: chatplane.v1.Role
+	(*Citation)(nil),                // 21: chatplane.v1.Citation
+	(*Document)(nil),                // 22: chatplane.v1.Document
 }
 var file_chatplane_v1_memory_proto_depIdxs = []int32{
-	18, // 0: chatplane.v1.MemoryMessage.role:type_name -> chatplane.v1.Role
+	20, // 0: chatplane.v1.MemoryMessage.role:type_name -> chatplane.v1.Role
 	0,  // 1: chatplane.v1.RememberRequest.messages:type_name -> chatplane.v1.MemoryMessage
-	19, // 2: chatplane.v1.RecalledItem.citation:type_name -> chatplane.v1.Citation
-	18, // 3: chatplane.v1.RecalledItem.role:type_name -> chatplane.v1.Role
+	21, // 2: chatplane.v1.RecalledItem.citation:type_name -> chatplane.v1.Citation
+	20, // 3: chatplane.v1.RecalledItem.role:type_name -> chatplane.v1.Role
 	0,  // 4: chatplane.v1.RecallResponse.recent:type_name -> chatplane.v1.MemoryMessage
 	4,  // 5: chatplane.v1.RecallResponse.items:type_name -> chatplane.v1.RecalledItem
 	8,  // 6: chatplane.v1.IngestDocumentRequest.header:type_name -> chatplane.v1.DocumentHeader
-	20, // 7: chatplane.v1.IngestDocumentResponse.document:type_name -> chatplane.v1.Document
-	20, // 8: chatplane.v1.ListDocumentsResponse.documents:type_name -> chatplane.v1.Document
-	18, // 9: chatplane.v1.UserMemoryItem.role:type_name -> chatplane.v1.Role
+	22, // 7: chatplane.v1.IngestDocumentResponse.document:type_name -> chatplane.v1.Document
+	22, // 8: chatplane.v1.ListDocumentsResponse.documents:type_name -> chatplane.v1.Document
+	20, // 9: chatplane.v1.UserMemoryItem.role:type_name -> chatplane.v1.Role
 	16, // 10: chatplane.v1.ListUserMemoryResponse.items:type_name -> chatplane.v1.UserMemoryItem
 	1,  // 11: chatplane.v1.MemoryService.Remember:input_type -> chatplane.v1.RememberRequest
 	3,  // 12: chatplane.v1.MemoryService.Recall:input_type -> chatplane.v1.RecallRequest
@@ -1280,15 +1399,17 @@ var file_chatplane_v1_memory_proto_depIdxs = []int32{
 	11, // 15: chatplane.v1.MemoryService.ListDocuments:input_type -> chatplane.v1.ListDocumentsRequest
 	13, // 16: chatplane.v1.MemoryService.DeleteDocument:input_type -> chatplane.v1.DeleteDocumentRequest
 	15, // 17: chatplane.v1.MemoryService.ListUserMemory:input_type -> chatplane.v1.ListUserMemoryRequest
-	2,  // 18: chatplane.v1.MemoryService.Remember:output_type -> chatplane.v1.RememberResponse
-	5,  // 19: chatplane.v1.MemoryService.Recall:output_type -> chatplane.v1.RecallResponse
-	7,  // 20: chatplane.v1.MemoryService.Forget:output_type -> chatplane.v1.ForgetResponse
-	10, // 21: chatplane.v1.MemoryService.IngestDocument:output_type -> chatplane.v1.IngestDocumentResponse
-	12, // 22: chatplane.v1.MemoryService.ListDocuments:output_type -> chatplane.v1.ListDocumentsResponse
-	14, // 23: chatplane.v1.MemoryService.DeleteDocument:output_type -> chatplane.v1.DeleteDocumentResponse
-	17, // 24: chatplane.v1.MemoryService.ListUserMemory:output_type -> chatplane.v1.ListUserMemoryResponse
-	18, // [18:25] is the sub-list for method output_type
-	11, // [11:18] is the sub-list for method input_type
+	18, // 18: chatplane.v1.MemoryService.EraseUserMemory:input_type -> chatplane.v1.EraseUserMemoryRequest
+	2,  // 19: chatplane.v1.MemoryService.Remember:output_type -> chatplane.v1.RememberResponse
+	5,  // 20: chatplane.v1.MemoryService.Recall:output_type -> chatplane.v1.RecallResponse
+	7,  // 21: chatplane.v1.MemoryService.Forget:output_type -> chatplane.v1.ForgetResponse
+	10, // 22: chatplane.v1.MemoryService.IngestDocument:output_type -> chatplane.v1.IngestDocumentResponse
+	12, // 23: chatplane.v1.MemoryService.ListDocuments:output_type -> chatplane.v1.ListDocumentsResponse
+	14, // 24: chatplane.v1.MemoryService.DeleteDocument:output_type -> chatplane.v1.DeleteDocumentResponse
+	17, // 25: chatplane.v1.MemoryService.ListUserMemory:output_type -> chatplane.v1.ListUserMemoryResponse
+	19, // 26: chatplane.v1.MemoryService.EraseUserMemory:output_type -> chatplane.v1.EraseUserMemoryResponse
+	19, // [19:27] is the sub-list for method output_type
+	11, // [11:19] is the sub-list for method input_type
 	11, // [11:11] is the sub-list for extension type_name
 	11, // [11:11] is the sub-list for extension extendee
 	0,  // [0:11] is the sub-list for field type_name
@@ -1310,7 +1431,7 @@ func file_chatplane_v1_memory_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_chatplane_v1_memory_proto_rawDesc), len(file_chatplane_v1_memory_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   18,
+			NumMessages:   20,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -19,13 +19,14 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	MemoryService_Remember_FullMethodName       = "/chatplane.v1.MemoryService/Remember"
-	MemoryService_Recall_FullMethodName         = "/chatplane.v1.MemoryService/Recall"
-	MemoryService_Forget_FullMethodName         = "/chatplane.v1.MemoryService/Forget"
-	MemoryService_IngestDocument_FullMethodName = "/chatplane.v1.MemoryService/IngestDocument"
-	MemoryService_ListDocuments_FullMethodName  = "/chatplane.v1.MemoryService/ListDocuments"
-	MemoryService_DeleteDocument_FullMethodName = "/chatplane.v1.MemoryService/DeleteDocument"
-	MemoryService_ListUserMemory_FullMethodName = "/chatplane.v1.MemoryService/ListUserMemory"
+	MemoryService_Remember_FullMethodName        = "/chatplane.v1.MemoryService/Remember"
+	MemoryService_Recall_FullMethodName          = "/chatplane.v1.MemoryService/Recall"
+	MemoryService_Forget_FullMethodName          = "/chatplane.v1.MemoryService/Forget"
+	MemoryService_IngestDocument_FullMethodName  = "/chatplane.v1.MemoryService/IngestDocument"
+	MemoryService_ListDocuments_FullMethodName   = "/chatplane.v1.MemoryService/ListDocuments"
+	MemoryService_DeleteDocument_FullMethodName  = "/chatplane.v1.MemoryService/DeleteDocument"
+	MemoryService_ListUserMemory_FullMethodName  = "/chatplane.v1.MemoryService/ListUserMemory"
+	MemoryService_EraseUserMemory_FullMethodName = "/chatplane.v1.MemoryService/EraseUserMemory"
 )
 
 // MemoryServiceClient is the client API for MemoryService service.
@@ -49,6 +50,8 @@ type MemoryServiceClient interface {
 	DeleteDocument(ctx context.Context, in *DeleteDocumentRequest, opts ...grpc.CallOption) (*DeleteDocumentResponse, error)
 	// Lists a page of one user's remembered turns as the index holds them (for an export).
 	ListUserMemory(ctx context.Context, in *ListUserMemoryRequest, opts ...grpc.CallOption) (*ListUserMemoryResponse, error)
+	// Erasure (docs/privacy.md): forgets every turn of a user of a tenant, in any conversation.
+	EraseUserMemory(ctx context.Context, in *EraseUserMemoryRequest, opts ...grpc.CallOption) (*EraseUserMemoryResponse, error)
 }
 
 type memoryServiceClient struct {
@@ -132,6 +135,16 @@ func (c *memoryServiceClient) ListUserMemory(ctx context.Context, in *ListUserMe
 	return out, nil
 }
 
+func (c *memoryServiceClient) EraseUserMemory(ctx context.Context, in *EraseUserMemoryRequest, opts ...grpc.CallOption) (*EraseUserMemoryResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(EraseUserMemoryResponse)
+	err := c.cc.Invoke(ctx, MemoryService_EraseUserMemory_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // MemoryServiceServer is the server API for MemoryService service.
 // All implementations must embed UnimplementedMemoryServiceServer
 // for forward compatibility.
@@ -153,6 +166,8 @@ type MemoryServiceServer interface {
 	DeleteDocument(context.Context, *DeleteDocumentRequest) (*DeleteDocumentResponse, error)
 	// Lists a page of one user's remembered turns as the index holds them (for an export).
 	ListUserMemory(context.Context, *ListUserMemoryRequest) (*ListUserMemoryResponse, error)
+	// Erasure (docs/privacy.md): forgets every turn of a user of a tenant, in any conversation.
+	EraseUserMemory(context.Context, *EraseUserMemoryRequest) (*EraseUserMemoryResponse, error)
 	mustEmbedUnimplementedMemoryServiceServer()
 }
 
@@ -183,6 +198,9 @@ func (UnimplementedMemoryServiceServer) DeleteDocument(context.Context, *DeleteD
 }
 func (UnimplementedMemoryServiceServer) ListUserMemory(context.Context, *ListUserMemoryRequest) (*ListUserMemoryResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListUserMemory not implemented")
+}
+func (UnimplementedMemoryServiceServer) EraseUserMemory(context.Context, *EraseUserMemoryRequest) (*EraseUserMemoryResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method EraseUserMemory not implemented")
 }
 func (UnimplementedMemoryServiceServer) mustEmbedUnimplementedMemoryServiceServer() {}
 func (UnimplementedMemoryServiceServer) testEmbeddedByValue()                       {}
@@ -320,6 +338,24 @@ func _MemoryService_ListUserMemory_Handler(srv interface{}, ctx context.Context,
 	return interceptor(ctx, in, info, handler)
 }
 
+func _MemoryService_EraseUserMemory_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(EraseUserMemoryRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(MemoryServiceServer).EraseUserMemory(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: MemoryService_EraseUserMemory_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(MemoryServiceServer).EraseUserMemory(ctx, req.(*EraseUserMemoryRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // MemoryService_ServiceDesc is the grpc.ServiceDesc for MemoryService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -350,6 +386,10 @@ var MemoryService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ListUserMemory",
 			Handler:    _MemoryService_ListUserMemory_Handler,
+		},
+		{
+			MethodName: "EraseUserMemory",
+			Handler:    _MemoryService_EraseUserMemory_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

@@ -5055,6 +5055,300 @@ func (x *GetVariantDeploymentResponse) GetDeployment() *VariantDeployment {
 	return nil
 }
 
+// A user to erase.
+type PersistenceServiceEraseUserRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The user (tenant and user id, both required).
+	Owner *Owner `protobuf:"bytes,1,opt,name=owner,proto3" json:"owner,omitempty"`
+	// Who asks (for the audit record).
+	Actor         *AuditActor `protobuf:"bytes,2,opt,name=actor,proto3" json:"actor,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PersistenceServiceEraseUserRequest) Reset() {
+	*x = PersistenceServiceEraseUserRequest{}
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[78]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PersistenceServiceEraseUserRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PersistenceServiceEraseUserRequest) ProtoMessage() {}
+
+func (x *PersistenceServiceEraseUserRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[78]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PersistenceServiceEraseUserRequest.ProtoReflect.Descriptor instead.
+func (*PersistenceServiceEraseUserRequest) Descriptor() ([]byte, []int) {
+	return file_chatplane_v1_persistence_proto_rawDescGZIP(), []int{78}
+}
+
+func (x *PersistenceServiceEraseUserRequest) GetOwner() *Owner {
+	if x != nil {
+		return x.Owner
+	}
+	return nil
+}
+
+func (x *PersistenceServiceEraseUserRequest) GetActor() *AuditActor {
+	if x != nil {
+		return x.Actor
+	}
+	return nil
+}
+
+// The erasure's receipt.
+type PersistenceServiceEraseUserResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// What was removed from each store, and when.
+	Receipt       *ErasureReceipt `protobuf:"bytes,1,opt,name=receipt,proto3" json:"receipt,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PersistenceServiceEraseUserResponse) Reset() {
+	*x = PersistenceServiceEraseUserResponse{}
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[79]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PersistenceServiceEraseUserResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PersistenceServiceEraseUserResponse) ProtoMessage() {}
+
+func (x *PersistenceServiceEraseUserResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[79]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PersistenceServiceEraseUserResponse.ProtoReflect.Descriptor instead.
+func (*PersistenceServiceEraseUserResponse) Descriptor() ([]byte, []int) {
+	return file_chatplane_v1_persistence_proto_rawDescGZIP(), []int{79}
+}
+
+func (x *PersistenceServiceEraseUserResponse) GetReceipt() *ErasureReceipt {
+	if x != nil {
+		return x.Receipt
+	}
+	return nil
+}
+
+// A retention period to set.
+type PersistenceServiceSetRetentionRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The tenant.
+	TenantId string `protobuf:"bytes,1,opt,name=tenant_id,json=tenantId,proto3" json:"tenant_id,omitempty"`
+	// Days (1-36500), or 0 to keep forever.
+	Days          int32 `protobuf:"varint,2,opt,name=days,proto3" json:"days,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PersistenceServiceSetRetentionRequest) Reset() {
+	*x = PersistenceServiceSetRetentionRequest{}
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[80]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PersistenceServiceSetRetentionRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PersistenceServiceSetRetentionRequest) ProtoMessage() {}
+
+func (x *PersistenceServiceSetRetentionRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[80]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PersistenceServiceSetRetentionRequest.ProtoReflect.Descriptor instead.
+func (*PersistenceServiceSetRetentionRequest) Descriptor() ([]byte, []int) {
+	return file_chatplane_v1_persistence_proto_rawDescGZIP(), []int{80}
+}
+
+func (x *PersistenceServiceSetRetentionRequest) GetTenantId() string {
+	if x != nil {
+		return x.TenantId
+	}
+	return ""
+}
+
+func (x *PersistenceServiceSetRetentionRequest) GetDays() int32 {
+	if x != nil {
+		return x.Days
+	}
+	return 0
+}
+
+// The period now in force.
+type PersistenceServiceSetRetentionResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The tenant's retention period.
+	Policy        *RetentionPolicy `protobuf:"bytes,1,opt,name=policy,proto3" json:"policy,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PersistenceServiceSetRetentionResponse) Reset() {
+	*x = PersistenceServiceSetRetentionResponse{}
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[81]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PersistenceServiceSetRetentionResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PersistenceServiceSetRetentionResponse) ProtoMessage() {}
+
+func (x *PersistenceServiceSetRetentionResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[81]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PersistenceServiceSetRetentionResponse.ProtoReflect.Descriptor instead.
+func (*PersistenceServiceSetRetentionResponse) Descriptor() ([]byte, []int) {
+	return file_chatplane_v1_persistence_proto_rawDescGZIP(), []int{81}
+}
+
+func (x *PersistenceServiceSetRetentionResponse) GetPolicy() *RetentionPolicy {
+	if x != nil {
+		return x.Policy
+	}
+	return nil
+}
+
+// Asks for a tenant's retention period.
+type PersistenceServiceGetRetentionRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The tenant.
+	TenantId      string `protobuf:"bytes,1,opt,name=tenant_id,json=tenantId,proto3" json:"tenant_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PersistenceServiceGetRetentionRequest) Reset() {
+	*x = PersistenceServiceGetRetentionRequest{}
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[82]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PersistenceServiceGetRetentionRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PersistenceServiceGetRetentionRequest) ProtoMessage() {}
+
+func (x *PersistenceServiceGetRetentionRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[82]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PersistenceServiceGetRetentionRequest.ProtoReflect.Descriptor instead.
+func (*PersistenceServiceGetRetentionRequest) Descriptor() ([]byte, []int) {
+	return file_chatplane_v1_persistence_proto_rawDescGZIP(), []int{82}
+}
+
+func (x *PersistenceServiceGetRetentionRequest) GetTenantId() string {
+	if x != nil {
+		return x.TenantId
+	}
+	return ""
+}
+
+// The tenant's retention period.
+type PersistenceServiceGetRetentionResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The tenant's retention period (0 days: none set).
+	Policy        *RetentionPolicy `protobuf:"bytes,1,opt,name=policy,proto3" json:"policy,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PersistenceServiceGetRetentionResponse) Reset() {
+	*x = PersistenceServiceGetRetentionResponse{}
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[83]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PersistenceServiceGetRetentionResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PersistenceServiceGetRetentionResponse) ProtoMessage() {}
+
+func (x *PersistenceServiceGetRetentionResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[83]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PersistenceServiceGetRetentionResponse.ProtoReflect.Descriptor instead.
+func (*PersistenceServiceGetRetentionResponse) Descriptor() ([]byte, []int) {
+	return file_chatplane_v1_persistence_proto_rawDescGZIP(), []int{83}
+}
+
+func (x *PersistenceServiceGetRetentionResponse) GetPolicy() *RetentionPolicy {
+	if x != nil {
+		return x.Policy
+	}
+	return nil
+}
+
 // Asks for a user's wrapped data key.
 type GetUserDataKeyRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -5068,7 +5362,7 @@ type GetUserDataKeyRequest struct {
 
 func (x *GetUserDataKeyRequest) Reset() {
 	*x = GetUserDataKeyRequest{}
-	mi := &file_chatplane_v1_persistence_proto_msgTypes[78]
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[84]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5080,7 +5374,7 @@ func (x *GetUserDataKeyRequest) String() string {
 func (*GetUserDataKeyRequest) ProtoMessage() {}
 
 func (x *GetUserDataKeyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_chatplane_v1_persistence_proto_msgTypes[78]
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[84]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5093,7 +5387,7 @@ func (x *GetUserDataKeyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetUserDataKeyRequest.ProtoReflect.Descriptor instead.
 func (*GetUserDataKeyRequest) Descriptor() ([]byte, []int) {
-	return file_chatplane_v1_persistence_proto_rawDescGZIP(), []int{78}
+	return file_chatplane_v1_persistence_proto_rawDescGZIP(), []int{84}
 }
 
 func (x *GetUserDataKeyRequest) GetOwner() *Owner {
@@ -5127,7 +5421,7 @@ type GetUserDataKeyResponse struct {
 
 func (x *GetUserDataKeyResponse) Reset() {
 	*x = GetUserDataKeyResponse{}
-	mi := &file_chatplane_v1_persistence_proto_msgTypes[79]
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[85]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5139,7 +5433,7 @@ func (x *GetUserDataKeyResponse) String() string {
 func (*GetUserDataKeyResponse) ProtoMessage() {}
 
 func (x *GetUserDataKeyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_chatplane_v1_persistence_proto_msgTypes[79]
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[85]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5152,7 +5446,7 @@ func (x *GetUserDataKeyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetUserDataKeyResponse.ProtoReflect.Descriptor instead.
 func (*GetUserDataKeyResponse) Descriptor() ([]byte, []int) {
-	return file_chatplane_v1_persistence_proto_rawDescGZIP(), []int{79}
+	return file_chatplane_v1_persistence_proto_rawDescGZIP(), []int{85}
 }
 
 func (x *GetUserDataKeyResponse) GetFound() bool {
@@ -5194,7 +5488,7 @@ type DestroyUserDataKeyRequest struct {
 
 func (x *DestroyUserDataKeyRequest) Reset() {
 	*x = DestroyUserDataKeyRequest{}
-	mi := &file_chatplane_v1_persistence_proto_msgTypes[80]
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[86]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5206,7 +5500,7 @@ func (x *DestroyUserDataKeyRequest) String() string {
 func (*DestroyUserDataKeyRequest) ProtoMessage() {}
 
 func (x *DestroyUserDataKeyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_chatplane_v1_persistence_proto_msgTypes[80]
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[86]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5219,7 +5513,7 @@ func (x *DestroyUserDataKeyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DestroyUserDataKeyRequest.ProtoReflect.Descriptor instead.
 func (*DestroyUserDataKeyRequest) Descriptor() ([]byte, []int) {
-	return file_chatplane_v1_persistence_proto_rawDescGZIP(), []int{80}
+	return file_chatplane_v1_persistence_proto_rawDescGZIP(), []int{86}
 }
 
 func (x *DestroyUserDataKeyRequest) GetOwner() *Owner {
@@ -5240,7 +5534,7 @@ type DestroyUserDataKeyResponse struct {
 
 func (x *DestroyUserDataKeyResponse) Reset() {
 	*x = DestroyUserDataKeyResponse{}
-	mi := &file_chatplane_v1_persistence_proto_msgTypes[81]
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[87]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5252,7 +5546,7 @@ func (x *DestroyUserDataKeyResponse) String() string {
 func (*DestroyUserDataKeyResponse) ProtoMessage() {}
 
 func (x *DestroyUserDataKeyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_chatplane_v1_persistence_proto_msgTypes[81]
+	mi := &file_chatplane_v1_persistence_proto_msgTypes[87]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5265,7 +5559,7 @@ func (x *DestroyUserDataKeyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DestroyUserDataKeyResponse.ProtoReflect.Descriptor instead.
 func (*DestroyUserDataKeyResponse) Descriptor() ([]byte, []int) {
-	return file_chatplane_v1_persistence_proto_rawDescGZIP(), []int{81}
+	return file_chatplane_v1_persistence_proto_rawDescGZIP(), []int{87}
 }
 
 func (x *DestroyUserDataKeyResponse) GetDestroyed() bool {
@@ -5279,7 +5573,7 @@ var File_chatplane_v1_persistence_proto protoreflect.FileDescriptor
 
 const file_chatplane_v1_persistence_proto_rawDesc = "" +
 	"\n" +
-	"\x1echatplane/v1/persistence.proto\x12\fchatplane.v1\x1a\x18chatplane/v1/audit.proto\x1a\x1achatplane/v1/gateway.proto\x1a\x1bchatplane/v1/registry.proto\x1a\x1cchatplane/v1/resources.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"=\n" +
+	"\x1echatplane/v1/persistence.proto\x12\fchatplane.v1\x1a\x18chatplane/v1/audit.proto\x1a\x1achatplane/v1/erasure.proto\x1a\x1achatplane/v1/gateway.proto\x1a\x1bchatplane/v1/registry.proto\x1a\x1cchatplane/v1/resources.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"=\n" +
 	"\x05Owner\x12\x1b\n" +
 	"\ttenant_id\x18\x01 \x01(\tR\btenantId\x12\x17\n" +
 	"\auser_id\x18\x02 \x01(\tR\x06userId\"\xe5\x03\n" +
@@ -5639,7 +5933,21 @@ const file_chatplane_v1_persistence_proto_rawDesc = "" +
 	"\x1cGetVariantDeploymentResponse\x12?\n" +
 	"\n" +
 	"deployment\x18\x01 \x01(\v2\x1f.chatplane.v1.VariantDeploymentR\n" +
-	"deployment\"Z\n" +
+	"deployment\"\x7f\n" +
+	"\"PersistenceServiceEraseUserRequest\x12)\n" +
+	"\x05owner\x18\x01 \x01(\v2\x13.chatplane.v1.OwnerR\x05owner\x12.\n" +
+	"\x05actor\x18\x02 \x01(\v2\x18.chatplane.v1.AuditActorR\x05actor\"]\n" +
+	"#PersistenceServiceEraseUserResponse\x126\n" +
+	"\areceipt\x18\x01 \x01(\v2\x1c.chatplane.v1.ErasureReceiptR\areceipt\"X\n" +
+	"%PersistenceServiceSetRetentionRequest\x12\x1b\n" +
+	"\ttenant_id\x18\x01 \x01(\tR\btenantId\x12\x12\n" +
+	"\x04days\x18\x02 \x01(\x05R\x04days\"_\n" +
+	"&PersistenceServiceSetRetentionResponse\x125\n" +
+	"\x06policy\x18\x01 \x01(\v2\x1d.chatplane.v1.RetentionPolicyR\x06policy\"D\n" +
+	"%PersistenceServiceGetRetentionRequest\x12\x1b\n" +
+	"\ttenant_id\x18\x01 \x01(\tR\btenantId\"_\n" +
+	"&PersistenceServiceGetRetentionResponse\x125\n" +
+	"\x06policy\x18\x01 \x01(\v2\x1d.chatplane.v1.RetentionPolicyR\x06policy\"Z\n" +
 	"\x15GetUserDataKeyRequest\x12)\n" +
 	"\x05owner\x18\x01 \x01(\v2\x13.chatplane.v1.OwnerR\x05owner\x12\x16\n" +
 	"\x06create\x18\x02 \x01(\bR\x06create\"}\n" +
@@ -5652,7 +5960,7 @@ const file_chatplane_v1_persistence_proto_rawDesc = "" +
 	"\x19DestroyUserDataKeyRequest\x12)\n" +
 	"\x05owner\x18\x01 \x01(\v2\x13.chatplane.v1.OwnerR\x05owner\":\n" +
 	"\x1aDestroyUserDataKeyResponse\x12\x1c\n" +
-	"\tdestroyed\x18\x01 \x01(\bR\tdestroyed2\xcc\x1d\n" +
+	"\tdestroyed\x18\x01 \x01(\bR\tdestroyed2\xb4 \n" +
 	"\x12PersistenceService\x12L\n" +
 	"\tBeginTurn\x12\x1e.chatplane.v1.BeginTurnRequest\x1a\x1f.chatplane.v1.BeginTurnResponse\x12F\n" +
 	"\aGetTurn\x12\x1c.chatplane.v1.GetTurnRequest\x1a\x1d.chatplane.v1.GetTurnResponse\x12R\n" +
@@ -5689,7 +5997,10 @@ const file_chatplane_v1_persistence_proto_rawDesc = "" +
 	"\x16PromoteRegistryVariant\x12+.chatplane.v1.PromoteRegistryVariantRequest\x1a,.chatplane.v1.PromoteRegistryVariantResponse\x12v\n" +
 	"\x17RollbackRegistryVariant\x12,.chatplane.v1.RollbackRegistryVariantRequest\x1a-.chatplane.v1.RollbackRegistryVariantResponse\x12j\n" +
 	"\x13ListRegistryChanges\x12(.chatplane.v1.ListRegistryChangesRequest\x1a).chatplane.v1.ListRegistryChangesResponse\x12m\n" +
-	"\x14GetVariantDeployment\x12).chatplane.v1.GetVariantDeploymentRequest\x1a*.chatplane.v1.GetVariantDeploymentResponse\x12[\n" +
+	"\x14GetVariantDeployment\x12).chatplane.v1.GetVariantDeploymentRequest\x1a*.chatplane.v1.GetVariantDeploymentResponse\x12p\n" +
+	"\tEraseUser\x120.chatplane.v1.PersistenceServiceEraseUserRequest\x1a1.chatplane.v1.PersistenceServiceEraseUserResponse\x12y\n" +
+	"\fSetRetention\x123.chatplane.v1.PersistenceServiceSetRetentionRequest\x1a4.chatplane.v1.PersistenceServiceSetRetentionResponse\x12y\n" +
+	"\fGetRetention\x123.chatplane.v1.PersistenceServiceGetRetentionRequest\x1a4.chatplane.v1.PersistenceServiceGetRetentionResponse\x12[\n" +
 	"\x0eGetUserDataKey\x12#.chatplane.v1.GetUserDataKeyRequest\x1a$.chatplane.v1.GetUserDataKeyResponse\x12g\n" +
 	"\x12DestroyUserDataKey\x12'.chatplane.v1.DestroyUserDataKeyRequest\x1a(.chatplane.v1.DestroyUserDataKeyResponseB@Z>github.com/chatplane/chatplane/gen/go/chatplane/v1;chatplanev1b\x06proto3"
 
@@ -5705,7 +6016,7 @@ func file_chatplane_v1_persistence_proto_rawDescGZIP() []byte {
 	return file_chatplane_v1_persistence_proto_rawDescData
 }
 
-var file_chatplane_v1_persistence_proto_msgTypes = make([]protoimpl.MessageInfo, 82)
+var file_chatplane_v1_persistence_proto_msgTypes = make([]protoimpl.MessageInfo, 88)
 var file_chatplane_v1_persistence_proto_goTypes = []any{
 	(*Owner)(nil),                                        // 0: chatplane.v1.Owner
 	(*BeginTurnRequest)(nil),                             // 1: chatplane.v1.BeginTurnRequest
@@ -5785,214 +6096,233 @@ var file_chatplane_v1_persistence_proto_goTypes = []any{
 	(*ListRegistryChangesResponse)(nil),                  // 75: chatplane.v1.ListRegistryChangesResponse
 	(*GetVariantDeploymentRequest)(nil),                  // 76: chatplane.v1.GetVariantDeploymentRequest
 	(*GetVariantDeploymentResponse)(nil),                 // 77: chatplane.v1.GetVariantDeploymentResponse
-	(*GetUserDataKeyRequest)(nil),                        // 78: chatplane.v1.GetUserDataKeyRequest
-	(*GetUserDataKeyResponse)(nil),                       // 79: chatplane.v1.GetUserDataKeyResponse
-	(*DestroyUserDataKeyRequest)(nil),                    // 80: chatplane.v1.DestroyUserDataKeyRequest
-	(*DestroyUserDataKeyResponse)(nil),                   // 81: chatplane.v1.DestroyUserDataKeyResponse
-	(*BranchHistory)(nil),                                // 82: chatplane.v1.BranchHistory
-	(*Message)(nil),                                      // 83: chatplane.v1.Message
-	(*timestamppb.Timestamp)(nil),                        // 84: google.protobuf.Timestamp
-	(*ListConversationsRequest)(nil),                     // 85: chatplane.v1.ListConversationsRequest
-	(*ListConversationsResponse)(nil),                    // 86: chatplane.v1.ListConversationsResponse
-	(*GetConversationRequest)(nil),                       // 87: chatplane.v1.GetConversationRequest
-	(*GetConversationResponse)(nil),                      // 88: chatplane.v1.GetConversationResponse
-	(*SubmitFeedbackRequest)(nil),                        // 89: chatplane.v1.SubmitFeedbackRequest
-	(*AuditActor)(nil),                                   // 90: chatplane.v1.AuditActor
-	(*AuditEvent)(nil),                                   // 91: chatplane.v1.AuditEvent
-	(*AuditHead)(nil),                                    // 92: chatplane.v1.AuditHead
-	(*AuditRecord)(nil),                                  // 93: chatplane.v1.AuditRecord
-	(*SetActiveBranchRequest)(nil),                       // 94: chatplane.v1.SetActiveBranchRequest
-	(*SetActiveBranchResponse)(nil),                      // 95: chatplane.v1.SetActiveBranchResponse
-	(*HandoffStatus)(nil),                                // 96: chatplane.v1.HandoffStatus
-	(HandoffMode)(0),                                     // 97: chatplane.v1.HandoffMode
-	(HandoffTrigger)(0),                                  // 98: chatplane.v1.HandoffTrigger
-	(Role)(0),                                            // 99: chatplane.v1.Role
-	(Rating)(0),                                          // 100: chatplane.v1.Rating
-	(*Conversation)(nil),                                 // 101: chatplane.v1.Conversation
-	(*PushVariantRequest)(nil),                           // 102: chatplane.v1.PushVariantRequest
-	(*PushVariantResponse)(nil),                          // 103: chatplane.v1.PushVariantResponse
-	(*ListVariantsRequest)(nil),                          // 104: chatplane.v1.ListVariantsRequest
-	(*ListVariantsResponse)(nil),                         // 105: chatplane.v1.ListVariantsResponse
-	(*GetVariantRequest)(nil),                            // 106: chatplane.v1.GetVariantRequest
-	(*GetVariantResponse)(nil),                           // 107: chatplane.v1.GetVariantResponse
-	(*PromoteVariantRequest)(nil),                        // 108: chatplane.v1.PromoteVariantRequest
-	(*PromoteVariantResponse)(nil),                       // 109: chatplane.v1.PromoteVariantResponse
-	(*RollbackVariantRequest)(nil),                       // 110: chatplane.v1.RollbackVariantRequest
-	(*RollbackVariantResponse)(nil),                      // 111: chatplane.v1.RollbackVariantResponse
-	(*ListVariantChangesRequest)(nil),                    // 112: chatplane.v1.ListVariantChangesRequest
-	(*ListVariantChangesResponse)(nil),                   // 113: chatplane.v1.ListVariantChangesResponse
-	(*VariantDeployment)(nil),                            // 114: chatplane.v1.VariantDeployment
+	(*PersistenceServiceEraseUserRequest)(nil),           // 78: chatplane.v1.PersistenceServiceEraseUserRequest
+	(*PersistenceServiceEraseUserResponse)(nil),          // 79: chatplane.v1.PersistenceServiceEraseUserResponse
+	(*PersistenceServiceSetRetentionRequest)(nil),        // 80: chatplane.v1.PersistenceServiceSetRetentionRequest
+	(*PersistenceServiceSetRetentionResponse)(nil),       // 81: chatplane.v1.PersistenceServiceSetRetentionResponse
+	(*PersistenceServiceGetRetentionRequest)(nil),        // 82: chatplane.v1.PersistenceServiceGetRetentionRequest
+	(*PersistenceServiceGetRetentionResponse)(nil),       // 83: chatplane.v1.PersistenceServiceGetRetentionResponse
+	(*GetUserDataKeyRequest)(nil),                        // 84: chatplane.v1.GetUserDataKeyRequest
+	(*GetUserDataKeyResponse)(nil),                       // 85: chatplane.v1.GetUserDataKeyResponse
+	(*DestroyUserDataKeyRequest)(nil),                    // 86: chatplane.v1.DestroyUserDataKeyRequest
+	(*DestroyUserDataKeyResponse)(nil),                   // 87: chatplane.v1.DestroyUserDataKeyResponse
+	(*BranchHistory)(nil),                                // 88: chatplane.v1.BranchHistory
+	(*Message)(nil),                                      // 89: chatplane.v1.Message
+	(*timestamppb.Timestamp)(nil),                        // 90: google.protobuf.Timestamp
+	(*ListConversationsRequest)(nil),                     // 91: chatplane.v1.ListConversationsRequest
+	(*ListConversationsResponse)(nil),                    // 92: chatplane.v1.ListConversationsResponse
+	(*GetConversationRequest)(nil),                       // 93: chatplane.v1.GetConversationRequest
+	(*GetConversationResponse)(nil),                      // 94: chatplane.v1.GetConversationResponse
+	(*SubmitFeedbackRequest)(nil),                        // 95: chatplane.v1.SubmitFeedbackRequest
+	(*AuditActor)(nil),                                   // 96: chatplane.v1.AuditActor
+	(*AuditEvent)(nil),                                   // 97: chatplane.v1.AuditEvent
+	(*AuditHead)(nil),                                    // 98: chatplane.v1.AuditHead
+	(*AuditRecord)(nil),                                  // 99: chatplane.v1.AuditRecord
+	(*SetActiveBranchRequest)(nil),                       // 100: chatplane.v1.SetActiveBranchRequest
+	(*SetActiveBranchResponse)(nil),                      // 101: chatplane.v1.SetActiveBranchResponse
+	(*HandoffStatus)(nil),                                // 102: chatplane.v1.HandoffStatus
+	(HandoffMode)(0),                                     // 103: chatplane.v1.HandoffMode
+	(HandoffTrigger)(0),                                  // 104: chatplane.v1.HandoffTrigger
+	(Role)(0),                                            // 105: chatplane.v1.Role
+	(Rating)(0),                                          // 106: chatplane.v1.Rating
+	(*Conversation)(nil),                                 // 107: chatplane.v1.Conversation
+	(*PushVariantRequest)(nil),                           // 108: chatplane.v1.PushVariantRequest
+	(*PushVariantResponse)(nil),                          // 109: chatplane.v1.PushVariantResponse
+	(*ListVariantsRequest)(nil),                          // 110: chatplane.v1.ListVariantsRequest
+	(*ListVariantsResponse)(nil),                         // 111: chatplane.v1.ListVariantsResponse
+	(*GetVariantRequest)(nil),                            // 112: chatplane.v1.GetVariantRequest
+	(*GetVariantResponse)(nil),                           // 113: chatplane.v1.GetVariantResponse
+	(*PromoteVariantRequest)(nil),                        // 114: chatplane.v1.PromoteVariantRequest
+	(*PromoteVariantResponse)(nil),                       // 115: chatplane.v1.PromoteVariantResponse
+	(*RollbackVariantRequest)(nil),                       // 116: chatplane.v1.RollbackVariantRequest
+	(*RollbackVariantResponse)(nil),                      // 117: chatplane.v1.RollbackVariantResponse
+	(*ListVariantChangesRequest)(nil),                    // 118: chatplane.v1.ListVariantChangesRequest
+	(*ListVariantChangesResponse)(nil),                   // 119: chatplane.v1.ListVariantChangesResponse
+	(*VariantDeployment)(nil),                            // 120: chatplane.v1.VariantDeployment
+	(*ErasureReceipt)(nil),                               // 121: chatplane.v1.ErasureReceipt
+	(*RetentionPolicy)(nil),                              // 122: chatplane.v1.RetentionPolicy
 }
 var file_chatplane_v1_persistence_proto_depIdxs = []int32{
 	0,   // 0: chatplane.v1.BeginTurnRequest.owner:type_name -> chatplane.v1.Owner
 	32,  // 1: chatplane.v1.BeginTurnRequest.reserve_quota:type_name -> chatplane.v1.ReserveQuotaRequest
-	82,  // 2: chatplane.v1.BeginTurnResponse.branch:type_name -> chatplane.v1.BranchHistory
+	88,  // 2: chatplane.v1.BeginTurnResponse.branch:type_name -> chatplane.v1.BranchHistory
 	33,  // 3: chatplane.v1.BeginTurnResponse.quota:type_name -> chatplane.v1.ReserveQuotaResponse
 	0,   // 4: chatplane.v1.GetTurnRequest.owner:type_name -> chatplane.v1.Owner
-	83,  // 5: chatplane.v1.GetTurnResponse.user_message:type_name -> chatplane.v1.Message
-	83,  // 6: chatplane.v1.GetTurnResponse.assistant_message:type_name -> chatplane.v1.Message
-	84,  // 7: chatplane.v1.GetTurnResponse.lease_expire_time:type_name -> google.protobuf.Timestamp
+	89,  // 5: chatplane.v1.GetTurnResponse.user_message:type_name -> chatplane.v1.Message
+	89,  // 6: chatplane.v1.GetTurnResponse.assistant_message:type_name -> chatplane.v1.Message
+	90,  // 7: chatplane.v1.GetTurnResponse.lease_expire_time:type_name -> google.protobuf.Timestamp
 	0,   // 8: chatplane.v1.ReleaseTurnRequest.owner:type_name -> chatplane.v1.Owner
 	0,   // 9: chatplane.v1.PersistenceServiceListConversationsRequest.owner:type_name -> chatplane.v1.Owner
-	85,  // 10: chatplane.v1.PersistenceServiceListConversationsRequest.page:type_name -> chatplane.v1.ListConversationsRequest
-	86,  // 11: chatplane.v1.PersistenceServiceListConversationsResponse.page:type_name -> chatplane.v1.ListConversationsResponse
+	91,  // 10: chatplane.v1.PersistenceServiceListConversationsRequest.page:type_name -> chatplane.v1.ListConversationsRequest
+	92,  // 11: chatplane.v1.PersistenceServiceListConversationsResponse.page:type_name -> chatplane.v1.ListConversationsResponse
 	0,   // 12: chatplane.v1.PersistenceServiceGetConversationRequest.owner:type_name -> chatplane.v1.Owner
-	87,  // 13: chatplane.v1.PersistenceServiceGetConversationRequest.request:type_name -> chatplane.v1.GetConversationRequest
-	88,  // 14: chatplane.v1.PersistenceServiceGetConversationResponse.response:type_name -> chatplane.v1.GetConversationResponse
+	93,  // 13: chatplane.v1.PersistenceServiceGetConversationRequest.request:type_name -> chatplane.v1.GetConversationRequest
+	94,  // 14: chatplane.v1.PersistenceServiceGetConversationResponse.response:type_name -> chatplane.v1.GetConversationResponse
 	0,   // 15: chatplane.v1.PersistenceServiceDeleteConversationRequest.owner:type_name -> chatplane.v1.Owner
-	84,  // 16: chatplane.v1.PersistenceServiceDeleteConversationResponse.delete_time:type_name -> google.protobuf.Timestamp
+	90,  // 16: chatplane.v1.PersistenceServiceDeleteConversationResponse.delete_time:type_name -> google.protobuf.Timestamp
 	0,   // 17: chatplane.v1.PersistenceServiceSubmitFeedbackRequest.owner:type_name -> chatplane.v1.Owner
-	89,  // 18: chatplane.v1.PersistenceServiceSubmitFeedbackRequest.feedback:type_name -> chatplane.v1.SubmitFeedbackRequest
-	84,  // 19: chatplane.v1.PersistenceServiceSubmitFeedbackResponse.create_time:type_name -> google.protobuf.Timestamp
+	95,  // 18: chatplane.v1.PersistenceServiceSubmitFeedbackRequest.feedback:type_name -> chatplane.v1.SubmitFeedbackRequest
+	90,  // 19: chatplane.v1.PersistenceServiceSubmitFeedbackResponse.create_time:type_name -> google.protobuf.Timestamp
 	0,   // 20: chatplane.v1.CreateApiKeyRequest.owner:type_name -> chatplane.v1.Owner
-	90,  // 21: chatplane.v1.CreateApiKeyRequest.actor:type_name -> chatplane.v1.AuditActor
+	96,  // 21: chatplane.v1.CreateApiKeyRequest.actor:type_name -> chatplane.v1.AuditActor
 	19,  // 22: chatplane.v1.CreateApiKeyResponse.key:type_name -> chatplane.v1.ApiKeyInfo
 	0,   // 23: chatplane.v1.GetApiKeyResponse.owner:type_name -> chatplane.v1.Owner
-	84,  // 24: chatplane.v1.GetApiKeyResponse.expire_time:type_name -> google.protobuf.Timestamp
+	90,  // 24: chatplane.v1.GetApiKeyResponse.expire_time:type_name -> google.protobuf.Timestamp
 	0,   // 25: chatplane.v1.ApiKeyInfo.owner:type_name -> chatplane.v1.Owner
-	84,  // 26: chatplane.v1.ApiKeyInfo.create_time:type_name -> google.protobuf.Timestamp
-	84,  // 27: chatplane.v1.ApiKeyInfo.expire_time:type_name -> google.protobuf.Timestamp
+	90,  // 26: chatplane.v1.ApiKeyInfo.create_time:type_name -> google.protobuf.Timestamp
+	90,  // 27: chatplane.v1.ApiKeyInfo.expire_time:type_name -> google.protobuf.Timestamp
 	19,  // 28: chatplane.v1.PersistenceServiceListApiKeysResponse.keys:type_name -> chatplane.v1.ApiKeyInfo
-	90,  // 29: chatplane.v1.PersistenceServiceRotateApiKeyRequest.actor:type_name -> chatplane.v1.AuditActor
+	96,  // 29: chatplane.v1.PersistenceServiceRotateApiKeyRequest.actor:type_name -> chatplane.v1.AuditActor
 	19,  // 30: chatplane.v1.PersistenceServiceRotateApiKeyResponse.key:type_name -> chatplane.v1.ApiKeyInfo
 	19,  // 31: chatplane.v1.PersistenceServiceRotateApiKeyResponse.previous:type_name -> chatplane.v1.ApiKeyInfo
-	90,  // 32: chatplane.v1.PersistenceServiceRevokeApiKeyRequest.actor:type_name -> chatplane.v1.AuditActor
+	96,  // 32: chatplane.v1.PersistenceServiceRevokeApiKeyRequest.actor:type_name -> chatplane.v1.AuditActor
 	19,  // 33: chatplane.v1.PersistenceServiceRevokeApiKeyResponse.key:type_name -> chatplane.v1.ApiKeyInfo
-	91,  // 34: chatplane.v1.AppendAuditEventsRequest.events:type_name -> chatplane.v1.AuditEvent
-	92,  // 35: chatplane.v1.AppendAuditEventsResponse.head:type_name -> chatplane.v1.AuditHead
-	93,  // 36: chatplane.v1.ListAuditRecordsResponse.records:type_name -> chatplane.v1.AuditRecord
-	92,  // 37: chatplane.v1.ListAuditRecordsResponse.head:type_name -> chatplane.v1.AuditHead
+	97,  // 34: chatplane.v1.AppendAuditEventsRequest.events:type_name -> chatplane.v1.AuditEvent
+	98,  // 35: chatplane.v1.AppendAuditEventsResponse.head:type_name -> chatplane.v1.AuditHead
+	99,  // 36: chatplane.v1.ListAuditRecordsResponse.records:type_name -> chatplane.v1.AuditRecord
+	98,  // 37: chatplane.v1.ListAuditRecordsResponse.head:type_name -> chatplane.v1.AuditHead
 	0,   // 38: chatplane.v1.GetAnswerRequest.owner:type_name -> chatplane.v1.Owner
-	83,  // 39: chatplane.v1.GetAnswerResponse.assistant_message:type_name -> chatplane.v1.Message
-	84,  // 40: chatplane.v1.GetAnswerResponse.lease_expire_time:type_name -> google.protobuf.Timestamp
+	89,  // 39: chatplane.v1.GetAnswerResponse.assistant_message:type_name -> chatplane.v1.Message
+	90,  // 40: chatplane.v1.GetAnswerResponse.lease_expire_time:type_name -> google.protobuf.Timestamp
 	40,  // 41: chatplane.v1.ReserveQuotaResponse.quota:type_name -> chatplane.v1.TokenQuota
 	40,  // 42: chatplane.v1.SettleQuotaResponse.quota:type_name -> chatplane.v1.TokenQuota
 	40,  // 43: chatplane.v1.SetQuotaResponse.quota:type_name -> chatplane.v1.TokenQuota
 	40,  // 44: chatplane.v1.GetQuotaResponse.quota:type_name -> chatplane.v1.TokenQuota
-	84,  // 45: chatplane.v1.TokenQuota.reset_time:type_name -> google.protobuf.Timestamp
+	90,  // 45: chatplane.v1.TokenQuota.reset_time:type_name -> google.protobuf.Timestamp
 	0,   // 46: chatplane.v1.PersistenceServiceSetActiveBranchRequest.owner:type_name -> chatplane.v1.Owner
-	94,  // 47: chatplane.v1.PersistenceServiceSetActiveBranchRequest.request:type_name -> chatplane.v1.SetActiveBranchRequest
-	95,  // 48: chatplane.v1.PersistenceServiceSetActiveBranchResponse.response:type_name -> chatplane.v1.SetActiveBranchResponse
-	84,  // 49: chatplane.v1.ReportVariantsRequest.since:type_name -> google.protobuf.Timestamp
+	100, // 47: chatplane.v1.PersistenceServiceSetActiveBranchRequest.request:type_name -> chatplane.v1.SetActiveBranchRequest
+	101, // 48: chatplane.v1.PersistenceServiceSetActiveBranchResponse.response:type_name -> chatplane.v1.SetActiveBranchResponse
+	90,  // 49: chatplane.v1.ReportVariantsRequest.since:type_name -> google.protobuf.Timestamp
 	44,  // 50: chatplane.v1.ReportVariantsResponse.variants:type_name -> chatplane.v1.VariantReport
 	0,   // 51: chatplane.v1.GetHandoffRequest.owner:type_name -> chatplane.v1.Owner
-	96,  // 52: chatplane.v1.GetHandoffResponse.handoff:type_name -> chatplane.v1.HandoffStatus
+	102, // 52: chatplane.v1.GetHandoffResponse.handoff:type_name -> chatplane.v1.HandoffStatus
 	0,   // 53: chatplane.v1.ChangeHandoffRequest.owner:type_name -> chatplane.v1.Owner
-	97,  // 54: chatplane.v1.ChangeHandoffRequest.mode:type_name -> chatplane.v1.HandoffMode
-	98,  // 55: chatplane.v1.ChangeHandoffRequest.trigger:type_name -> chatplane.v1.HandoffTrigger
-	96,  // 56: chatplane.v1.ChangeHandoffResponse.handoff:type_name -> chatplane.v1.HandoffStatus
-	96,  // 57: chatplane.v1.ListHandoffsResponse.handoffs:type_name -> chatplane.v1.HandoffStatus
+	103, // 54: chatplane.v1.ChangeHandoffRequest.mode:type_name -> chatplane.v1.HandoffMode
+	104, // 55: chatplane.v1.ChangeHandoffRequest.trigger:type_name -> chatplane.v1.HandoffTrigger
+	102, // 56: chatplane.v1.ChangeHandoffResponse.handoff:type_name -> chatplane.v1.HandoffStatus
+	102, // 57: chatplane.v1.ListHandoffsResponse.handoffs:type_name -> chatplane.v1.HandoffStatus
 	0,   // 58: chatplane.v1.GetTenantHandoffResponse.owner:type_name -> chatplane.v1.Owner
-	96,  // 59: chatplane.v1.GetTenantHandoffResponse.handoff:type_name -> chatplane.v1.HandoffStatus
+	102, // 59: chatplane.v1.GetTenantHandoffResponse.handoff:type_name -> chatplane.v1.HandoffStatus
 	0,   // 60: chatplane.v1.CountThumbsDownRequest.owner:type_name -> chatplane.v1.Owner
-	84,  // 61: chatplane.v1.ListRatedAnswersRequest.since:type_name -> google.protobuf.Timestamp
-	84,  // 62: chatplane.v1.ListRatedAnswersRequest.until:type_name -> google.protobuf.Timestamp
-	99,  // 63: chatplane.v1.DatasetMessage.role:type_name -> chatplane.v1.Role
-	100, // 64: chatplane.v1.RatedAnswer.thumbs:type_name -> chatplane.v1.Rating
-	84,  // 65: chatplane.v1.RatedAnswer.create_time:type_name -> google.protobuf.Timestamp
+	90,  // 61: chatplane.v1.ListRatedAnswersRequest.since:type_name -> google.protobuf.Timestamp
+	90,  // 62: chatplane.v1.ListRatedAnswersRequest.until:type_name -> google.protobuf.Timestamp
+	105, // 63: chatplane.v1.DatasetMessage.role:type_name -> chatplane.v1.Role
+	106, // 64: chatplane.v1.RatedAnswer.thumbs:type_name -> chatplane.v1.Rating
+	90,  // 65: chatplane.v1.RatedAnswer.create_time:type_name -> google.protobuf.Timestamp
 	57,  // 66: chatplane.v1.RatedAnswer.messages:type_name -> chatplane.v1.DatasetMessage
 	58,  // 67: chatplane.v1.ListRatedAnswersResponse.answers:type_name -> chatplane.v1.RatedAnswer
 	0,   // 68: chatplane.v1.ExportUserRecordsRequest.owner:type_name -> chatplane.v1.Owner
-	100, // 69: chatplane.v1.ExportedFeedback.rating:type_name -> chatplane.v1.Rating
-	84,  // 70: chatplane.v1.ExportedFeedback.create_time:type_name -> google.protobuf.Timestamp
-	101, // 71: chatplane.v1.ExportUserRecordsResponse.conversation:type_name -> chatplane.v1.Conversation
-	83,  // 72: chatplane.v1.ExportUserRecordsResponse.message:type_name -> chatplane.v1.Message
+	106, // 69: chatplane.v1.ExportedFeedback.rating:type_name -> chatplane.v1.Rating
+	90,  // 70: chatplane.v1.ExportedFeedback.create_time:type_name -> google.protobuf.Timestamp
+	107, // 71: chatplane.v1.ExportUserRecordsResponse.conversation:type_name -> chatplane.v1.Conversation
+	89,  // 72: chatplane.v1.ExportUserRecordsResponse.message:type_name -> chatplane.v1.Message
 	61,  // 73: chatplane.v1.ExportUserRecordsResponse.feedback:type_name -> chatplane.v1.ExportedFeedback
 	62,  // 74: chatplane.v1.ExportUserRecordsResponse.answer:type_name -> chatplane.v1.ExportedAnswer
-	102, // 75: chatplane.v1.PushRegistryVariantRequest.request:type_name -> chatplane.v1.PushVariantRequest
-	103, // 76: chatplane.v1.PushRegistryVariantResponse.response:type_name -> chatplane.v1.PushVariantResponse
-	104, // 77: chatplane.v1.ListRegistryVariantsRequest.request:type_name -> chatplane.v1.ListVariantsRequest
-	105, // 78: chatplane.v1.ListRegistryVariantsResponse.response:type_name -> chatplane.v1.ListVariantsResponse
-	106, // 79: chatplane.v1.GetRegistryVariantRequest.request:type_name -> chatplane.v1.GetVariantRequest
-	107, // 80: chatplane.v1.GetRegistryVariantResponse.response:type_name -> chatplane.v1.GetVariantResponse
-	108, // 81: chatplane.v1.PromoteRegistryVariantRequest.request:type_name -> chatplane.v1.PromoteVariantRequest
-	109, // 82: chatplane.v1.PromoteRegistryVariantResponse.response:type_name -> chatplane.v1.PromoteVariantResponse
-	110, // 83: chatplane.v1.RollbackRegistryVariantRequest.request:type_name -> chatplane.v1.RollbackVariantRequest
-	111, // 84: chatplane.v1.RollbackRegistryVariantResponse.response:type_name -> chatplane.v1.RollbackVariantResponse
-	112, // 85: chatplane.v1.ListRegistryChangesRequest.request:type_name -> chatplane.v1.ListVariantChangesRequest
-	113, // 86: chatplane.v1.ListRegistryChangesResponse.response:type_name -> chatplane.v1.ListVariantChangesResponse
-	114, // 87: chatplane.v1.GetVariantDeploymentResponse.deployment:type_name -> chatplane.v1.VariantDeployment
-	0,   // 88: chatplane.v1.GetUserDataKeyRequest.owner:type_name -> chatplane.v1.Owner
-	0,   // 89: chatplane.v1.DestroyUserDataKeyRequest.owner:type_name -> chatplane.v1.Owner
-	1,   // 90: chatplane.v1.PersistenceService.BeginTurn:input_type -> chatplane.v1.BeginTurnRequest
-	3,   // 91: chatplane.v1.PersistenceService.GetTurn:input_type -> chatplane.v1.GetTurnRequest
-	5,   // 92: chatplane.v1.PersistenceService.ReleaseTurn:input_type -> chatplane.v1.ReleaseTurnRequest
-	7,   // 93: chatplane.v1.PersistenceService.ListConversations:input_type -> chatplane.v1.PersistenceServiceListConversationsRequest
-	9,   // 94: chatplane.v1.PersistenceService.GetConversation:input_type -> chatplane.v1.PersistenceServiceGetConversationRequest
-	11,  // 95: chatplane.v1.PersistenceService.DeleteConversation:input_type -> chatplane.v1.PersistenceServiceDeleteConversationRequest
-	13,  // 96: chatplane.v1.PersistenceService.SubmitFeedback:input_type -> chatplane.v1.PersistenceServiceSubmitFeedbackRequest
-	15,  // 97: chatplane.v1.PersistenceService.CreateApiKey:input_type -> chatplane.v1.CreateApiKeyRequest
-	17,  // 98: chatplane.v1.PersistenceService.GetApiKey:input_type -> chatplane.v1.GetApiKeyRequest
-	30,  // 99: chatplane.v1.PersistenceService.GetAnswer:input_type -> chatplane.v1.GetAnswerRequest
-	32,  // 100: chatplane.v1.PersistenceService.ReserveQuota:input_type -> chatplane.v1.ReserveQuotaRequest
-	34,  // 101: chatplane.v1.PersistenceService.SettleQuota:input_type -> chatplane.v1.SettleQuotaRequest
-	36,  // 102: chatplane.v1.PersistenceService.SetQuota:input_type -> chatplane.v1.SetQuotaRequest
-	38,  // 103: chatplane.v1.PersistenceService.GetQuota:input_type -> chatplane.v1.GetQuotaRequest
-	41,  // 104: chatplane.v1.PersistenceService.SetActiveBranch:input_type -> chatplane.v1.PersistenceServiceSetActiveBranchRequest
-	43,  // 105: chatplane.v1.PersistenceService.ReportVariants:input_type -> chatplane.v1.ReportVariantsRequest
-	20,  // 106: chatplane.v1.PersistenceService.ListApiKeys:input_type -> chatplane.v1.PersistenceServiceListApiKeysRequest
-	22,  // 107: chatplane.v1.PersistenceService.RotateApiKey:input_type -> chatplane.v1.PersistenceServiceRotateApiKeyRequest
-	24,  // 108: chatplane.v1.PersistenceService.RevokeApiKey:input_type -> chatplane.v1.PersistenceServiceRevokeApiKeyRequest
-	26,  // 109: chatplane.v1.PersistenceService.AppendAuditEvents:input_type -> chatplane.v1.AppendAuditEventsRequest
-	28,  // 110: chatplane.v1.PersistenceService.ListAuditRecords:input_type -> chatplane.v1.ListAuditRecordsRequest
-	46,  // 111: chatplane.v1.PersistenceService.GetHandoff:input_type -> chatplane.v1.GetHandoffRequest
-	48,  // 112: chatplane.v1.PersistenceService.ChangeHandoff:input_type -> chatplane.v1.ChangeHandoffRequest
-	50,  // 113: chatplane.v1.PersistenceService.ListHandoffs:input_type -> chatplane.v1.ListHandoffsRequest
-	52,  // 114: chatplane.v1.PersistenceService.GetTenantHandoff:input_type -> chatplane.v1.GetTenantHandoffRequest
-	54,  // 115: chatplane.v1.PersistenceService.CountThumbsDown:input_type -> chatplane.v1.CountThumbsDownRequest
-	56,  // 116: chatplane.v1.PersistenceService.ListRatedAnswers:input_type -> chatplane.v1.ListRatedAnswersRequest
-	60,  // 117: chatplane.v1.PersistenceService.ExportUserRecords:input_type -> chatplane.v1.ExportUserRecordsRequest
-	64,  // 118: chatplane.v1.PersistenceService.PushRegistryVariant:input_type -> chatplane.v1.PushRegistryVariantRequest
-	66,  // 119: chatplane.v1.PersistenceService.ListRegistryVariants:input_type -> chatplane.v1.ListRegistryVariantsRequest
-	68,  // 120: chatplane.v1.PersistenceService.GetRegistryVariant:input_type -> chatplane.v1.GetRegistryVariantRequest
-	70,  // 121: chatplane.v1.PersistenceService.PromoteRegistryVariant:input_type -> chatplane.v1.PromoteRegistryVariantRequest
-	72,  // 122: chatplane.v1.PersistenceService.RollbackRegistryVariant:input_type -> chatplane.v1.RollbackRegistryVariantRequest
-	74,  // 123: chatplane.v1.PersistenceService.ListRegistryChanges:input_type -> chatplane.v1.ListRegistryChangesRequest
-	76,  // 124: chatplane.v1.PersistenceService.GetVariantDeployment:input_type -> chatplane.v1.GetVariantDeploymentRequest
-	78,  // 125: chatplane.v1.PersistenceService.GetUserDataKey:input_type -> chatplane.v1.GetUserDataKeyRequest
-	80,  // 126: chatplane.v1.PersistenceService.DestroyUserDataKey:input_type -> chatplane.v1.DestroyUserDataKeyRequest
-	2,   // 127: chatplane.v1.PersistenceService.BeginTurn:output_type -> chatplane.v1.BeginTurnResponse
-	4,   // 128: chatplane.v1.PersistenceService.GetTurn:output_type -> chatplane.v1.GetTurnResponse
-	6,   // 129: chatplane.v1.PersistenceService.ReleaseTurn:output_type -> chatplane.v1.ReleaseTurnResponse
-	8,   // 130: chatplane.v1.PersistenceService.ListConversations:output_type -> chatplane.v1.PersistenceServiceListConversationsResponse
-	10,  // 131: chatplane.v1.PersistenceService.GetConversation:output_type -> chatplane.v1.PersistenceServiceGetConversationResponse
-	12,  // 132: chatplane.v1.PersistenceService.DeleteConversation:output_type -> chatplane.v1.PersistenceServiceDeleteConversationResponse
-	14,  // 133: chatplane.v1.PersistenceService.SubmitFeedback:output_type -> chatplane.v1.PersistenceServiceSubmitFeedbackResponse
-	16,  // 134: chatplane.v1.PersistenceService.CreateApiKey:output_type -> chatplane.v1.CreateApiKeyResponse
-	18,  // 135: chatplane.v1.PersistenceService.GetApiKey:output_type -> chatplane.v1.GetApiKeyResponse
-	31,  // 136: chatplane.v1.PersistenceService.GetAnswer:output_type -> chatplane.v1.GetAnswerResponse
-	33,  // 137: chatplane.v1.PersistenceService.ReserveQuota:output_type -> chatplane.v1.ReserveQuotaResponse
-	35,  // 138: chatplane.v1.PersistenceService.SettleQuota:output_type -> chatplane.v1.SettleQuotaResponse
-	37,  // 139: chatplane.v1.PersistenceService.SetQuota:output_type -> chatplane.v1.SetQuotaResponse
-	39,  // 140: chatplane.v1.PersistenceService.GetQuota:output_type -> chatplane.v1.GetQuotaResponse
-	42,  // 141: chatplane.v1.PersistenceService.SetActiveBranch:output_type -> chatplane.v1.PersistenceServiceSetActiveBranchResponse
-	45,  // 142: chatplane.v1.PersistenceService.ReportVariants:output_type -> chatplane.v1.ReportVariantsResponse
-	21,  // 143: chatplane.v1.PersistenceService.ListApiKeys:output_type -> chatplane.v1.PersistenceServiceListApiKeysResponse
-	23,  // 144: chatplane.v1.PersistenceService.RotateApiKey:output_type -> chatplane.v1.PersistenceServiceRotateApiKeyResponse
-	25,  // 145: chatplane.v1.PersistenceService.RevokeApiKey:output_type -> chatplane.v1.PersistenceServiceRevokeApiKeyResponse
-	27,  // 146: chatplane.v1.PersistenceService.AppendAuditEvents:output_type -> chatplane.v1.AppendAuditEventsResponse
-	29,  // 147: chatplane.v1.PersistenceService.ListAuditRecords:output_type -> chatplane.v1.ListAuditRecordsResponse
-	47,  // 148: chatplane.v1.PersistenceService.GetHandoff:output_type -> chatplane.v1.GetHandoffResponse
-	49,  // 149: chatplane.v1.PersistenceService.ChangeHandoff:output_type -> chatplane.v1.ChangeHandoffResponse
-	51,  // 150: chatplane.v1.PersistenceService.ListHandoffs:output_type -> chatplane.v1.ListHandoffsResponse
-	53,  // 151: chatplane.v1.PersistenceService.GetTenantHandoff:output_type -> chatplane.v1.GetTenantHandoffResponse
-	55,  // 152: chatplane.v1.PersistenceService.CountThumbsDown:output_type -> chatplane.v1.CountThumbsDownResponse
-	59,  // 153: chatplane.v1.PersistenceService.ListRatedAnswers:output_type -> chatplane.v1.ListRatedAnswersResponse
-	63,  // 154: chatplane.v1.PersistenceService.ExportUserRecords:output_type -> chatplane.v1.ExportUserRecordsResponse
-	65,  // 155: chatplane.v1.PersistenceService.PushRegistryVariant:output_type -> chatplane.v1.PushRegistryVariantResponse
-	67,  // 156: chatplane.v1.PersistenceService.ListRegistryVariants:output_type -> chatplane.v1.ListRegistryVariantsResponse
-	69,  // 157: chatplane.v1.PersistenceService.GetRegistryVariant:output_type -> chatplane.v1.GetRegistryVariantResponse
-	71,  // 158: chatplane.v1.PersistenceService.PromoteRegistryVariant:output_type -> chatplane.v1.PromoteRegistryVariantResponse
-	73,  // 159: chatplane.v1.PersistenceService.RollbackRegistryVariant:output_type -> chatplane.v1.RollbackRegistryVariantResponse
-	75,  // 160: chatplane.v1.PersistenceService.ListRegistryChanges:output_type -> chatplane.v1.ListRegistryChangesResponse
-	77,  // 161: chatplane.v1.PersistenceService.GetVariantDeployment:output_type -> chatplane.v1.GetVariantDeploymentResponse
-	79,  // 162: chatplane.v1.PersistenceService.GetUserDataKey:output_type -> chatplane.v1.GetUserDataKeyResponse
-	81,  // 163: chatplane.v1.PersistenceService.DestroyUserDataKey:output_type -> chatplane.v1.DestroyUserDataKeyResponse
-	127, // [127:164] is the sub-list for method output_type
-	90,  // [90:127] is the sub-list for method input_type
-	90,  // [90:90] is the sub-list for extension type_name
-	90,  // [90:90] is the sub-list for extension extendee
-	0,   // [0:90] is the sub-list for field type_name
+	108, // 75: chatplane.v1.PushRegistryVariantRequest.request:type_name -> chatplane.v1.PushVariantRequest
+	109, // 76: chatplane.v1.PushRegistryVariantResponse.response:type_name -> chatplane.v1.PushVariantResponse
+	110, // 77: chatplane.v1.ListRegistryVariantsRequest.request:type_name -> chatplane.v1.ListVariantsRequest
+	111, // 78: chatplane.v1.ListRegistryVariantsResponse.response:type_name -> chatplane.v1.ListVariantsResponse
+	112, // 79: chatplane.v1.GetRegistryVariantRequest.request:type_name -> chatplane.v1.GetVariantRequest
+	113, // 80: chatplane.v1.GetRegistryVariantResponse.response:type_name -> chatplane.v1.GetVariantResponse
+	114, // 81: chatplane.v1.PromoteRegistryVariantRequest.request:type_name -> chatplane.v1.PromoteVariantRequest
+	115, // 82: chatplane.v1.PromoteRegistryVariantResponse.response:type_name -> chatplane.v1.PromoteVariantResponse
+	116, // 83: chatplane.v1.RollbackRegistryVariantRequest.request:type_name -> chatplane.v1.RollbackVariantRequest
+	117, // 84: chatplane.v1.RollbackRegistryVariantResponse.response:type_name -> chatplane.v1.RollbackVariantResponse
+	118, // 85: chatplane.v1.ListRegistryChangesRequest.request:type_name -> chatplane.v1.ListVariantChangesRequest
+	119, // 86: chatplane.v1.ListRegistryChangesResponse.response:type_name -> chatplane.v1.ListVariantChangesResponse
+	120, // 87: chatplane.v1.GetVariantDeploymentResponse.deployment:type_name -> chatplane.v1.VariantDeployment
+	0,   // 88: chatplane.v1.PersistenceServiceEraseUserRequest.owner:type_name -> chatplane.v1.Owner
+	96,  // 89: chatplane.v1.PersistenceServiceEraseUserRequest.actor:type_name -> chatplane.v1.AuditActor
+	121, // 90: chatplane.v1.PersistenceServiceEraseUserResponse.receipt:type_name -> chatplane.v1.ErasureReceipt
+	122, // 91: chatplane.v1.PersistenceServiceSetRetentionResponse.policy:type_name -> chatplane.v1.RetentionPolicy
+	122, // 92: chatplane.v1.PersistenceServiceGetRetentionResponse.policy:type_name -> chatplane.v1.RetentionPolicy
+	0,   // 93: chatplane.v1.GetUserDataKeyRequest.owner:type_name -> chatplane.v1.Owner
+	0,   // 94: chatplane.v1.DestroyUserDataKeyRequest.owner:type_name -> chatplane.v1.Owner
+	1,   // 95: chatplane.v1.PersistenceService.BeginTurn:input_type -> chatplane.v1.BeginTurnRequest
+	3,   // 96: chatplane.v1.PersistenceService.GetTurn:input_type -> chatplane.v1.GetTurnRequest
+	5,   // 97: chatplane.v1.PersistenceService.ReleaseTurn:input_type -> chatplane.v1.ReleaseTurnRequest
+	7,   // 98: chatplane.v1.PersistenceService.ListConversations:input_type -> chatplane.v1.PersistenceServiceListConversationsRequest
+	9,   // 99: chatplane.v1.PersistenceService.GetConversation:input_type -> chatplane.v1.PersistenceServiceGetConversationRequest
+	11,  // 100: chatplane.v1.PersistenceService.DeleteConversation:input_type -> chatplane.v1.PersistenceServiceDeleteConversationRequest
+	13,  // 101: chatplane.v1.PersistenceService.SubmitFeedback:input_type -> chatplane.v1.PersistenceServiceSubmitFeedbackRequest
+	15,  // 102: chatplane.v1.PersistenceService.CreateApiKey:input_type -> chatplane.v1.CreateApiKeyRequest
+	17,  // 103: chatplane.v1.PersistenceService.GetApiKey:input_type -> chatplane.v1.GetApiKeyRequest
+	30,  // 104: chatplane.v1.PersistenceService.GetAnswer:input_type -> chatplane.v1.GetAnswerRequest
+	32,  // 105: chatplane.v1.PersistenceService.ReserveQuota:input_type -> chatplane.v1.ReserveQuotaRequest
+	34,  // 106: chatplane.v1.PersistenceService.SettleQuota:input_type -> chatplane.v1.SettleQuotaRequest
+	36,  // 107: chatplane.v1.PersistenceService.SetQuota:input_type -> chatplane.v1.SetQuotaRequest
+	38,  // 108: chatplane.v1.PersistenceService.GetQuota:input_type -> chatplane.v1.GetQuotaRequest
+	41,  // 109: chatplane.v1.PersistenceService.SetActiveBranch:input_type -> chatplane.v1.PersistenceServiceSetActiveBranchRequest
+	43,  // 110: chatplane.v1.PersistenceService.ReportVariants:input_type -> chatplane.v1.ReportVariantsRequest
+	20,  // 111: chatplane.v1.PersistenceService.ListApiKeys:input_type -> chatplane.v1.PersistenceServiceListApiKeysRequest
+	22,  // 112: chatplane.v1.PersistenceService.RotateApiKey:input_type -> chatplane.v1.PersistenceServiceRotateApiKeyRequest
+	24,  // 113: chatplane.v1.PersistenceService.RevokeApiKey:input_type -> chatplane.v1.PersistenceServiceRevokeApiKeyRequest
+	26,  // 114: chatplane.v1.PersistenceService.AppendAuditEvents:input_type -> chatplane.v1.AppendAuditEventsRequest
+	28,  // 115: chatplane.v1.PersistenceService.ListAuditRecords:input_type -> chatplane.v1.ListAuditRecordsRequest
+	46,  // 116: chatplane.v1.PersistenceService.GetHandoff:input_type -> chatplane.v1.GetHandoffRequest
+	48,  // 117: chatplane.v1.PersistenceService.ChangeHandoff:input_type -> chatplane.v1.ChangeHandoffRequest
+	50,  // 118: chatplane.v1.PersistenceService.ListHandoffs:input_type -> chatplane.v1.ListHandoffsRequest
+	52,  // 119: chatplane.v1.PersistenceService.GetTenantHandoff:input_type -> chatplane.v1.GetTenantHandoffRequest
+	54,  // 120: chatplane.v1.PersistenceService.CountThumbsDown:input_type -> chatplane.v1.CountThumbsDownRequest
+	56,  // 121: chatplane.v1.PersistenceService.ListRatedAnswers:input_type -> chatplane.v1.ListRatedAnswersRequest
+	60,  // 122: chatplane.v1.PersistenceService.ExportUserRecords:input_type -> chatplane.v1.ExportUserRecordsRequest
+	64,  // 123: chatplane.v1.PersistenceService.PushRegistryVariant:input_type -> chatplane.v1.PushRegistryVariantRequest
+	66,  // 124: chatplane.v1.PersistenceService.ListRegistryVariants:input_type -> chatplane.v1.ListRegistryVariantsRequest
+	68,  // 125: chatplane.v1.PersistenceService.GetRegistryVariant:input_type -> chatplane.v1.GetRegistryVariantRequest
+	70,  // 126: chatplane.v1.PersistenceService.PromoteRegistryVariant:input_type -> chatplane.v1.PromoteRegistryVariantRequest
+	72,  // 127: chatplane.v1.PersistenceService.RollbackRegistryVariant:input_type -> chatplane.v1.RollbackRegistryVariantRequest
+	74,  // 128: chatplane.v1.PersistenceService.ListRegistryChanges:input_type -> chatplane.v1.ListRegistryChangesRequest
+	76,  // 129: chatplane.v1.PersistenceService.GetVariantDeployment:input_type -> chatplane.v1.GetVariantDeploymentRequest
+	78,  // 130: chatplane.v1.PersistenceService.EraseUser:input_type -> chatplane.v1.PersistenceServiceEraseUserRequest
+	80,  // 131: chatplane.v1.PersistenceService.SetRetention:input_type -> chatplane.v1.PersistenceServiceSetRetentionRequest
+	82,  // 132: chatplane.v1.PersistenceService.GetRetention:input_type -> chatplane.v1.PersistenceServiceGetRetentionRequest
+	84,  // 133: chatplane.v1.PersistenceService.GetUserDataKey:input_type -> chatplane.v1.GetUserDataKeyRequest
+	86,  // 134: chatplane.v1.PersistenceService.DestroyUserDataKey:input_type -> chatplane.v1.DestroyUserDataKeyRequest
+	2,   // 135: chatplane.v1.PersistenceService.BeginTurn:output_type -> chatplane.v1.BeginTurnResponse
+	4,   // 136: chatplane.v1.PersistenceService.GetTurn:output_type -> chatplane.v1.GetTurnResponse
+	6,   // 137: chatplane.v1.PersistenceService.ReleaseTurn:output_type -> chatplane.v1.ReleaseTurnResponse
+	8,   // 138: chatplane.v1.PersistenceService.ListConversations:output_type -> chatplane.v1.PersistenceServiceListConversationsResponse
+	10,  // 139: chatplane.v1.PersistenceService.GetConversation:output_type -> chatplane.v1.PersistenceServiceGetConversationResponse
+	12,  // 140: chatplane.v1.PersistenceService.DeleteConversation:output_type -> chatplane.v1.PersistenceServiceDeleteConversationResponse
+	14,  // 141: chatplane.v1.PersistenceService.SubmitFeedback:output_type -> chatplane.v1.PersistenceServiceSubmitFeedbackResponse
+	16,  // 142: chatplane.v1.PersistenceService.CreateApiKey:output_type -> chatplane.v1.CreateApiKeyResponse
+	18,  // 143: chatplane.v1.PersistenceService.GetApiKey:output_type -> chatplane.v1.GetApiKeyResponse
+	31,  // 144: chatplane.v1.PersistenceService.GetAnswer:output_type -> chatplane.v1.GetAnswerResponse
+	33,  // 145: chatplane.v1.PersistenceService.ReserveQuota:output_type -> chatplane.v1.ReserveQuotaResponse
+	35,  // 146: chatplane.v1.PersistenceService.SettleQuota:output_type -> chatplane.v1.SettleQuotaResponse
+	37,  // 147: chatplane.v1.PersistenceService.SetQuota:output_type -> chatplane.v1.SetQuotaResponse
+	39,  // 148: chatplane.v1.PersistenceService.GetQuota:output_type -> chatplane.v1.GetQuotaResponse
+	42,  // 149: chatplane.v1.PersistenceService.SetActiveBranch:output_type -> chatplane.v1.PersistenceServiceSetActiveBranchResponse
+	45,  // 150: chatplane.v1.PersistenceService.ReportVariants:output_type -> chatplane.v1.ReportVariantsResponse
+	21,  // 151: chatplane.v1.PersistenceService.ListApiKeys:output_type -> chatplane.v1.PersistenceServiceListApiKeysResponse
+	23,  // 152: chatplane.v1.PersistenceService.RotateApiKey:output_type -> chatplane.v1.PersistenceServiceRotateApiKeyResponse
+	25,  // 153: chatplane.v1.PersistenceService.RevokeApiKey:output_type -> chatplane.v1.PersistenceServiceRevokeApiKeyResponse
+	27,  // 154: chatplane.v1.PersistenceService.AppendAuditEvents:output_type -> chatplane.v1.AppendAuditEventsResponse
+	29,  // 155: chatplane.v1.PersistenceService.ListAuditRecords:output_type -> chatplane.v1.ListAuditRecordsResponse
+	47,  // 156: chatplane.v1.PersistenceService.GetHandoff:output_type -> chatplane.v1.GetHandoffResponse
+	49,  // 157: chatplane.v1.PersistenceService.ChangeHandoff:output_type -> chatplane.v1.ChangeHandoffResponse
+	51,  // 158: chatplane.v1.PersistenceService.ListHandoffs:output_type -> chatplane.v1.ListHandoffsResponse
+	53,  // 159: chatplane.v1.PersistenceService.GetTenantHandoff:output_type -> chatplane.v1.GetTenantHandoffResponse
+	55,  // 160: chatplane.v1.PersistenceService.CountThumbsDown:output_type -> chatplane.v1.CountThumbsDownResponse
+	59,  // 161: chatplane.v1.PersistenceService.ListRatedAnswers:output_type -> chatplane.v1.ListRatedAnswersResponse
+	63,  // 162: chatplane.v1.PersistenceService.ExportUserRecords:output_type -> chatplane.v1.ExportUserRecordsResponse
+	65,  // 163: chatplane.v1.PersistenceService.PushRegistryVariant:output_type -> chatplane.v1.PushRegistryVariantResponse
+	67,  // 164: chatplane.v1.PersistenceService.ListRegistryVariants:output_type -> chatplane.v1.ListRegistryVariantsResponse
+	69,  // 165: chatplane.v1.PersistenceService.GetRegistryVariant:output_type -> chatplane.v1.GetRegistryVariantResponse
+	71,  // 166: chatplane.v1.PersistenceService.PromoteRegistryVariant:output_type -> chatplane.v1.PromoteRegistryVariantResponse
+	73,  // 167: chatplane.v1.PersistenceService.RollbackRegistryVariant:output_type -> chatplane.v1.RollbackRegistryVariantResponse
+	75,  // 168: chatplane.v1.PersistenceService.ListRegistryChanges:output_type -> chatplane.v1.ListRegistryChangesResponse
+	77,  // 169: chatplane.v1.PersistenceService.GetVariantDeployment:output_type -> chatplane.v1.GetVariantDeploymentResponse
+	79,  // 170: chatplane.v1.PersistenceService.EraseUser:output_type -> chatplane.v1.PersistenceServiceEraseUserResponse
+	81,  // 171: chatplane.v1.PersistenceService.SetRetention:output_type -> chatplane.v1.PersistenceServiceSetRetentionResponse
+	83,  // 172: chatplane.v1.PersistenceService.GetRetention:output_type -> chatplane.v1.PersistenceServiceGetRetentionResponse
+	85,  // 173: chatplane.v1.PersistenceService.GetUserDataKey:output_type -> chatplane.v1.GetUserDataKeyResponse
+	87,  // 174: chatplane.v1.PersistenceService.DestroyUserDataKey:output_type -> chatplane.v1.DestroyUserDataKeyResponse
+	135, // [135:175] is the sub-list for method output_type
+	95,  // [95:135] is the sub-list for method input_type
+	95,  // [95:95] is the sub-list for extension type_name
+	95,  // [95:95] is the sub-list for extension extendee
+	0,   // [0:95] is the sub-list for field type_name
 }
 
 func init() { file_chatplane_v1_persistence_proto_init() }
@@ -6001,6 +6331,7 @@ func file_chatplane_v1_persistence_proto_init() {
 		return
 	}
 	file_chatplane_v1_audit_proto_init()
+	file_chatplane_v1_erasure_proto_init()
 	file_chatplane_v1_gateway_proto_init()
 	file_chatplane_v1_registry_proto_init()
 	file_chatplane_v1_resources_proto_init()
@@ -6020,7 +6351,7 @@ func file_chatplane_v1_persistence_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_chatplane_v1_persistence_proto_rawDesc), len(file_chatplane_v1_persistence_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   82,
+			NumMessages:   88,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -54,6 +54,9 @@ const (
 	PersistenceService_RollbackRegistryVariant_FullMethodName = "/chatplane.v1.PersistenceService/RollbackRegistryVariant"
 	PersistenceService_ListRegistryChanges_FullMethodName     = "/chatplane.v1.PersistenceService/ListRegistryChanges"
 	PersistenceService_GetVariantDeployment_FullMethodName    = "/chatplane.v1.PersistenceService/GetVariantDeployment"
+	PersistenceService_EraseUser_FullMethodName               = "/chatplane.v1.PersistenceService/EraseUser"
+	PersistenceService_SetRetention_FullMethodName            = "/chatplane.v1.PersistenceService/SetRetention"
+	PersistenceService_GetRetention_FullMethodName            = "/chatplane.v1.PersistenceService/GetRetention"
 	PersistenceService_GetUserDataKey_FullMethodName          = "/chatplane.v1.PersistenceService/GetUserDataKey"
 	PersistenceService_DestroyUserDataKey_FullMethodName      = "/chatplane.v1.PersistenceService/DestroyUserDataKey"
 )
@@ -145,6 +148,13 @@ type PersistenceServiceClient interface {
 	ListRegistryChanges(ctx context.Context, in *ListRegistryChangesRequest, opts ...grpc.CallOption) (*ListRegistryChangesResponse, error)
 	// Variant registry: the versions serving traffic now (polled by every Agent).
 	GetVariantDeployment(ctx context.Context, in *GetVariantDeploymentRequest, opts ...grpc.CallOption) (*GetVariantDeploymentResponse, error)
+	// Erases a user of a tenant from every store (docs/privacy.md): runs, or resumes, the
+	// user's erasure job and returns its receipt. Idempotent.
+	EraseUser(ctx context.Context, in *PersistenceServiceEraseUserRequest, opts ...grpc.CallOption) (*PersistenceServiceEraseUserResponse, error)
+	// Sets a tenant's retention period (0 days: keep forever).
+	SetRetention(ctx context.Context, in *PersistenceServiceSetRetentionRequest, opts ...grpc.CallOption) (*PersistenceServiceSetRetentionResponse, error)
+	// A tenant's retention period.
+	GetRetention(ctx context.Context, in *PersistenceServiceGetRetentionRequest, opts ...grpc.CallOption) (*PersistenceServiceGetRetentionResponse, error)
 	// Returns a user's data key wrapped by the key-encryption key (docs/security.md "Encryption
 	// at rest"), creating one when asked and there is none; the caller unwraps it itself.
 	GetUserDataKey(ctx context.Context, in *GetUserDataKeyRequest, opts ...grpc.CallOption) (*GetUserDataKeyResponse, error)
@@ -520,6 +530,36 @@ func (c *persistenceServiceClient) GetVariantDeployment(ctx context.Context, in 
 	return out, nil
 }
 
+func (c *persistenceServiceClient) EraseUser(ctx context.Context, in *PersistenceServiceEraseUserRequest, opts ...grpc.CallOption) (*PersistenceServiceEraseUserResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(PersistenceServiceEraseUserResponse)
+	err := c.cc.Invoke(ctx, PersistenceService_EraseUser_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *persistenceServiceClient) SetRetention(ctx context.Context, in *PersistenceServiceSetRetentionRequest, opts ...grpc.CallOption) (*PersistenceServiceSetRetentionResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(PersistenceServiceSetRetentionResponse)
+	err := c.cc.Invoke(ctx, PersistenceService_SetRetention_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *persistenceServiceClient) GetRetention(ctx context.Context, in *PersistenceServiceGetRetentionRequest, opts ...grpc.CallOption) (*PersistenceServiceGetRetentionResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(PersistenceServiceGetRetentionResponse)
+	err := c.cc.Invoke(ctx, PersistenceService_GetRetention_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *persistenceServiceClient) GetUserDataKey(ctx context.Context, in *GetUserDataKeyRequest, opts ...grpc.CallOption) (*GetUserDataKeyResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(GetUserDataKeyResponse)
@@ -627,6 +667,13 @@ type PersistenceServiceServer interface {
 	ListRegistryChanges(context.Context, *ListRegistryChangesRequest) (*ListRegistryChangesResponse, error)
 	// Variant registry: the versions serving traffic now (polled by every Agent).
 	GetVariantDeployment(context.Context, *GetVariantDeploymentRequest) (*GetVariantDeploymentResponse, error)
+	// Erases a user of a tenant from every store (docs/privacy.md): runs, or resumes, the
+	// user's erasure job and returns its receipt. Idempotent.
+	EraseUser(context.Context, *PersistenceServiceEraseUserRequest) (*PersistenceServiceEraseUserResponse, error)
+	// Sets a tenant's retention period (0 days: keep forever).
+	SetRetention(context.Context, *PersistenceServiceSetRetentionRequest) (*PersistenceServiceSetRetentionResponse, error)
+	// A tenant's retention period.
+	GetRetention(context.Context, *PersistenceServiceGetRetentionRequest) (*PersistenceServiceGetRetentionResponse, error)
 	// Returns a user's data key wrapped by the key-encryption key (docs/security.md "Encryption
 	// at rest"), creating one when asked and there is none; the caller unwraps it itself.
 	GetUserDataKey(context.Context, *GetUserDataKeyRequest) (*GetUserDataKeyResponse, error)
@@ -747,6 +794,15 @@ func (UnimplementedPersistenceServiceServer) ListRegistryChanges(context.Context
 }
 func (UnimplementedPersistenceServiceServer) GetVariantDeployment(context.Context, *GetVariantDeploymentRequest) (*GetVariantDeploymentResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetVariantDeployment not implemented")
+}
+func (UnimplementedPersistenceServiceServer) EraseUser(context.Context, *PersistenceServiceEraseUserRequest) (*PersistenceServiceEraseUserResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method EraseUser not implemented")
+}
+func (UnimplementedPersistenceServiceServer) SetRetention(context.Context, *PersistenceServiceSetRetentionRequest) (*PersistenceServiceSetRetentionResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method SetRetention not implemented")
+}
+func (UnimplementedPersistenceServiceServer) GetRetention(context.Context, *PersistenceServiceGetRetentionRequest) (*PersistenceServiceGetRetentionResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetRetention not implemented")
 }
 func (UnimplementedPersistenceServiceServer) GetUserDataKey(context.Context, *GetUserDataKeyRequest) (*GetUserDataKeyResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetUserDataKey not implemented")
@@ -1398,6 +1454,60 @@ func _PersistenceService_GetVariantDeployment_Handler(srv interface{}, ctx conte
 	return interceptor(ctx, in, info, handler)
 }
 
+func _PersistenceService_EraseUser_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(PersistenceServiceEraseUserRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(PersistenceServiceServer).EraseUser(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: PersistenceService_EraseUser_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(PersistenceServiceServer).EraseUser(ctx, req.(*PersistenceServiceEraseUserRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _PersistenceService_SetRetention_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(PersistenceServiceSetRetentionRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(PersistenceServiceServer).SetRetention(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: PersistenceService_SetRetention_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(PersistenceServiceServer).SetRetention(ctx, req.(*PersistenceServiceSetRetentionRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _PersistenceService_GetRetention_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(PersistenceServiceGetRetentionRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(PersistenceServiceServer).GetRetention(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: PersistenceService_GetRetention_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(PersistenceServiceServer).GetRetention(ctx, req.(*PersistenceServiceGetRetentionRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _PersistenceService_GetUserDataKey_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(GetUserDataKeyRequest)
 	if err := dec(in); err != nil {
@@ -1576,6 +1686,18 @@ var PersistenceService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "GetVariantDeployment",
 			Handler:    _PersistenceService_GetVariantDeployment_Handler,
+		},
+		{
+			MethodName: "EraseUser",
+			Handler:    _PersistenceService_EraseUser_Handler,
+		},
+		{
+			MethodName: "SetRetention",
+			Handler:    _PersistenceService_SetRetention_Handler,
+		},
+		{
+			MethodName: "GetRetention",
+			Handler:    _PersistenceService_GetRetention_Handler,
 		},
 		{
 			MethodName: "GetUserDataKey",

@@ -67,6 +67,21 @@ class AdminServiceStub:
                 request_serializer=chatplane_dot_v1_dot_admin__pb2.ExportUserDataRequest.SerializeToString,
                 response_deserializer=chatplane_dot_v1_dot_admin__pb2.ExportUserDataResponse.FromString,
                 _registered_method=True)
+        self.EraseUser = channel.unary_unary(
+                '/chatplane.v1.AdminService/EraseUser',
+                request_serializer=chatplane_dot_v1_dot_admin__pb2.EraseUserRequest.SerializeToString,
+                response_deserializer=chatplane_dot_v1_dot_admin__pb2.EraseUserResponse.FromString,
+                _registered_method=True)
+        self.SetRetention = channel.unary_unary(
+                '/chatplane.v1.AdminService/SetRetention',
+                request_serializer=chatplane_dot_v1_dot_admin__pb2.SetRetentionRequest.SerializeToString,
+                response_deserializer=chatplane_dot_v1_dot_admin__pb2.SetRetentionResponse.FromString,
+                _registered_method=True)
+        self.GetRetention = channel.unary_unary(
+                '/chatplane.v1.AdminService/GetRetention',
+                request_serializer=chatplane_dot_v1_dot_admin__pb2.GetRetentionRequest.SerializeToString,
+                response_deserializer=chatplane_dot_v1_dot_admin__pb2.GetRetentionResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -120,6 +135,29 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def EraseUser(self, request, context):
+        """Erases a user of the tenant from every store: their data key, rows, memory and log
+        records (docs/privacy.md "Erasure"). Idempotent: a repeated call resumes an unfinished
+        erasure or erases what appeared since, and returns a receipt either way.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetRetention(self, request, context):
+        """Sets the tenant's retention period (docs/privacy.md "Retention").
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetRetention(self, request, context):
+        """The tenant's retention period.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -152,6 +190,21 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.ExportUserData,
                     request_deserializer=chatplane_dot_v1_dot_admin__pb2.ExportUserDataRequest.FromString,
                     response_serializer=chatplane_dot_v1_dot_admin__pb2.ExportUserDataResponse.SerializeToString,
+            ),
+            'EraseUser': grpc.unary_unary_rpc_method_handler(
+                    servicer.EraseUser,
+                    request_deserializer=chatplane_dot_v1_dot_admin__pb2.EraseUserRequest.FromString,
+                    response_serializer=chatplane_dot_v1_dot_admin__pb2.EraseUserResponse.SerializeToString,
+            ),
+            'SetRetention': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetRetention,
+                    request_deserializer=chatplane_dot_v1_dot_admin__pb2.SetRetentionRequest.FromString,
+                    response_serializer=chatplane_dot_v1_dot_admin__pb2.SetRetentionResponse.SerializeToString,
+            ),
+            'GetRetention': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetRetention,
+                    request_deserializer=chatplane_dot_v1_dot_admin__pb2.GetRetentionRequest.FromString,
+                    response_serializer=chatplane_dot_v1_dot_admin__pb2.GetRetentionResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -319,6 +372,87 @@ class AdminService:
             '/chatplane.v1.AdminService/ExportUserData',
             chatplane_dot_v1_dot_admin__pb2.ExportUserDataRequest.SerializeToString,
             chatplane_dot_v1_dot_admin__pb2.ExportUserDataResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EraseUser(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chatplane.v1.AdminService/EraseUser',
+            chatplane_dot_v1_dot_admin__pb2.EraseUserRequest.SerializeToString,
+            chatplane_dot_v1_dot_admin__pb2.EraseUserResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetRetention(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chatplane.v1.AdminService/SetRetention',
+            chatplane_dot_v1_dot_admin__pb2.SetRetentionRequest.SerializeToString,
+            chatplane_dot_v1_dot_admin__pb2.SetRetentionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetRetention(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chatplane.v1.AdminService/GetRetention',
+            chatplane_dot_v1_dot_admin__pb2.GetRetentionRequest.SerializeToString,
+            chatplane_dot_v1_dot_admin__pb2.GetRetentionResponse.FromString,
             options,
             channel_credentials,
             insecure,

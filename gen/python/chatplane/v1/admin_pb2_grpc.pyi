@@ -54,6 +54,15 @@ class AdminServiceStub:
     """Exports everything stored of one user of the tenant as one JSON document, streamed in
     chunks of at most 64 KiB (docs/privacy.md, "Export"). Audited as `user.export`.
     """
+    EraseUser: _grpc.UnaryUnaryMultiCallable[_admin_pb2.EraseUserRequest, _admin_pb2.EraseUserResponse]
+    """Erases a user of the tenant from every store: their data key, rows, memory and log
+    records (docs/privacy.md "Erasure"). Idempotent: a repeated call resumes an unfinished
+    erasure or erases what appeared since, and returns a receipt either way.
+    """
+    SetRetention: _grpc.UnaryUnaryMultiCallable[_admin_pb2.SetRetentionRequest, _admin_pb2.SetRetentionResponse]
+    """Sets the tenant's retention period (docs/privacy.md "Retention")."""
+    GetRetention: _grpc.UnaryUnaryMultiCallable[_admin_pb2.GetRetentionRequest, _admin_pb2.GetRetentionResponse]
+    """The tenant's retention period."""
 
 @_typing.type_check_only
 class AdminServiceAsyncStub(AdminServiceStub):
@@ -81,6 +90,15 @@ class AdminServiceAsyncStub(AdminServiceStub):
     """Exports everything stored of one user of the tenant as one JSON document, streamed in
     chunks of at most 64 KiB (docs/privacy.md, "Export"). Audited as `user.export`.
     """
+    EraseUser: _aio.UnaryUnaryMultiCallable[_admin_pb2.EraseUserRequest, _admin_pb2.EraseUserResponse]  # type: ignore[assignment]
+    """Erases a user of the tenant from every store: their data key, rows, memory and log
+    records (docs/privacy.md "Erasure"). Idempotent: a repeated call resumes an unfinished
+    erasure or erases what appeared since, and returns a receipt either way.
+    """
+    SetRetention: _aio.UnaryUnaryMultiCallable[_admin_pb2.SetRetentionRequest, _admin_pb2.SetRetentionResponse]  # type: ignore[assignment]
+    """Sets the tenant's retention period (docs/privacy.md "Retention")."""
+    GetRetention: _aio.UnaryUnaryMultiCallable[_admin_pb2.GetRetentionRequest, _admin_pb2.GetRetentionResponse]  # type: ignore[assignment]
+    """The tenant's retention period."""
 
 class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
     """Administration of a tenant, served by the Gateway next to GatewayService. Every call needs
@@ -141,5 +159,32 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         """Exports everything stored of one user of the tenant as one JSON document, streamed in
         chunks of at most 64 KiB (docs/privacy.md, "Export"). Audited as `user.export`.
         """
+
+    @_abc_1.abstractmethod
+    def EraseUser(
+        self,
+        request: _admin_pb2.EraseUserRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.EraseUserResponse, _abc.Awaitable[_admin_pb2.EraseUserResponse]]:
+        """Erases a user of the tenant from every store: their data key, rows, memory and log
+        records (docs/privacy.md "Erasure"). Idempotent: a repeated call resumes an unfinished
+        erasure or erases what appeared since, and returns a receipt either way.
+        """
+
+    @_abc_1.abstractmethod
+    def SetRetention(
+        self,
+        request: _admin_pb2.SetRetentionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.SetRetentionResponse, _abc.Awaitable[_admin_pb2.SetRetentionResponse]]:
+        """Sets the tenant's retention period (docs/privacy.md "Retention")."""
+
+    @_abc_1.abstractmethod
+    def GetRetention(
+        self,
+        request: _admin_pb2.GetRetentionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.GetRetentionResponse, _abc.Awaitable[_admin_pb2.GetRetentionResponse]]:
+        """The tenant's retention period."""
 
 def add_AdminServiceServicer_to_server(servicer: AdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

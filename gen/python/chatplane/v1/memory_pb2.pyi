@@ -548,3 +548,57 @@ class ListUserMemoryResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListUserMemoryResponse: _TypeAlias = ListUserMemoryResponse  # noqa: Y015
+
+@_typing.final
+class EraseUserMemoryRequest(_message.Message):
+    """A user whose memory to erase."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TENANT_ID_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
+    CONVERSATION_IDS_FIELD_NUMBER: _builtins.int
+    tenant_id: _builtins.str
+    """The user's tenant."""
+    user_id: _builtins.str
+    """The user (required)."""
+    @_builtins.property
+    def conversation_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The user's conversations: each stays forgotten (a later Remember of it is dropped)."""
+
+    def __init__(
+        self,
+        *,
+        tenant_id: _builtins.str = ...,
+        user_id: _builtins.str = ...,
+        conversation_ids: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["conversation_ids", b"conversation_ids", "tenant_id", b"tenant_id", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EraseUserMemoryRequest: _TypeAlias = EraseUserMemoryRequest  # noqa: Y015
+
+@_typing.final
+class EraseUserMemoryResponse(_message.Message):
+    """The user's turns are gone from the memory index."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ERASED_COUNT_FIELD_NUMBER: _builtins.int
+    erased_count: _builtins.int
+    """How many turns were removed."""
+    def __init__(
+        self,
+        *,
+        erased_count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["erased_count", b"erased_count"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EraseUserMemoryResponse: _TypeAlias = EraseUserMemoryResponse  # noqa: Y015

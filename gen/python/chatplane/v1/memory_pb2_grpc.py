@@ -71,6 +71,11 @@ class MemoryServiceStub:
                 request_serializer=chatplane_dot_v1_dot_memory__pb2.ListUserMemoryRequest.SerializeToString,
                 response_deserializer=chatplane_dot_v1_dot_memory__pb2.ListUserMemoryResponse.FromString,
                 _registered_method=True)
+        self.EraseUserMemory = channel.unary_unary(
+                '/chatplane.v1.MemoryService/EraseUserMemory',
+                request_serializer=chatplane_dot_v1_dot_memory__pb2.EraseUserMemoryRequest.SerializeToString,
+                response_deserializer=chatplane_dot_v1_dot_memory__pb2.EraseUserMemoryResponse.FromString,
+                _registered_method=True)
 
 
 class MemoryServiceServicer:
@@ -127,6 +132,13 @@ class MemoryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def EraseUserMemory(self, request, context):
+        """Erasure (docs/privacy.md): forgets every turn of a user of a tenant, in any conversation.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MemoryServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -164,6 +176,11 @@ def add_MemoryServiceServicer_to_server(servicer, server):
                     servicer.ListUserMemory,
                     request_deserializer=chatplane_dot_v1_dot_memory__pb2.ListUserMemoryRequest.FromString,
                     response_serializer=chatplane_dot_v1_dot_memory__pb2.ListUserMemoryResponse.SerializeToString,
+            ),
+            'EraseUserMemory': grpc.unary_unary_rpc_method_handler(
+                    servicer.EraseUserMemory,
+                    request_deserializer=chatplane_dot_v1_dot_memory__pb2.EraseUserMemoryRequest.FromString,
+                    response_serializer=chatplane_dot_v1_dot_memory__pb2.EraseUserMemoryResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -357,6 +374,33 @@ class MemoryService:
             '/chatplane.v1.MemoryService/ListUserMemory',
             chatplane_dot_v1_dot_memory__pb2.ListUserMemoryRequest.SerializeToString,
             chatplane_dot_v1_dot_memory__pb2.ListUserMemoryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EraseUserMemory(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chatplane.v1.MemoryService/EraseUserMemory',
+            chatplane_dot_v1_dot_memory__pb2.EraseUserMemoryRequest.SerializeToString,
+            chatplane_dot_v1_dot_memory__pb2.EraseUserMemoryResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -49,6 +49,8 @@ class MemoryServiceStub:
     """Deletes one of the tenant's documents and its chunks."""
     ListUserMemory: _grpc.UnaryUnaryMultiCallable[_memory_pb2.ListUserMemoryRequest, _memory_pb2.ListUserMemoryResponse]
     """Lists a page of one user's remembered turns as the index holds them (for an export)."""
+    EraseUserMemory: _grpc.UnaryUnaryMultiCallable[_memory_pb2.EraseUserMemoryRequest, _memory_pb2.EraseUserMemoryResponse]
+    """Erasure (docs/privacy.md): forgets every turn of a user of a tenant, in any conversation."""
 
 @_typing.type_check_only
 class MemoryServiceAsyncStub(MemoryServiceStub):
@@ -71,6 +73,8 @@ class MemoryServiceAsyncStub(MemoryServiceStub):
     """Deletes one of the tenant's documents and its chunks."""
     ListUserMemory: _aio.UnaryUnaryMultiCallable[_memory_pb2.ListUserMemoryRequest, _memory_pb2.ListUserMemoryResponse]  # type: ignore[assignment]
     """Lists a page of one user's remembered turns as the index holds them (for an export)."""
+    EraseUserMemory: _aio.UnaryUnaryMultiCallable[_memory_pb2.EraseUserMemoryRequest, _memory_pb2.EraseUserMemoryResponse]  # type: ignore[assignment]
+    """Erasure (docs/privacy.md): forgets every turn of a user of a tenant, in any conversation."""
 
 class MemoryServiceServicer(metaclass=_abc_1.ABCMeta):
     """Conversational memory and retrieval over a tenant's history and documents.
@@ -132,5 +136,13 @@ class MemoryServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_memory_pb2.ListUserMemoryResponse, _abc.Awaitable[_memory_pb2.ListUserMemoryResponse]]:
         """Lists a page of one user's remembered turns as the index holds them (for an export)."""
+
+    @_abc_1.abstractmethod
+    def EraseUserMemory(
+        self,
+        request: _memory_pb2.EraseUserMemoryRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_memory_pb2.EraseUserMemoryResponse, _abc.Awaitable[_memory_pb2.EraseUserMemoryResponse]]:
+        """Erasure (docs/privacy.md): forgets every turn of a user of a tenant, in any conversation."""
 
 def add_MemoryServiceServicer_to_server(servicer: MemoryServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -4,6 +4,7 @@ isort:skip_file
 """
 
 from chatplane.v1 import audit_pb2 as _audit_pb2
+from chatplane.v1 import erasure_pb2 as _erasure_pb2
 from chatplane.v1 import gateway_pb2 as _gateway_pb2
 from chatplane.v1 import registry_pb2 as _registry_pb2
 from chatplane.v1 import resources_pb2 as _resources_pb2
@@ -2614,6 +2615,156 @@ class GetVariantDeploymentResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetVariantDeploymentResponse: _TypeAlias = GetVariantDeploymentResponse  # noqa: Y015
+
+@_typing.final
+class PersistenceServiceEraseUserRequest(_message.Message):
+    """A user to erase."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OWNER_FIELD_NUMBER: _builtins.int
+    ACTOR_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def owner(self) -> Global___Owner:
+        """The user (tenant and user id, both required)."""
+
+    @_builtins.property
+    def actor(self) -> _audit_pb2.AuditActor:
+        """Who asks (for the audit record)."""
+
+    def __init__(
+        self,
+        *,
+        owner: Global___Owner | None = ...,
+        actor: _audit_pb2.AuditActor | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "owner", b"owner"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "owner", b"owner"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PersistenceServiceEraseUserRequest: _TypeAlias = PersistenceServiceEraseUserRequest  # noqa: Y015
+
+@_typing.final
+class PersistenceServiceEraseUserResponse(_message.Message):
+    """The erasure's receipt."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RECEIPT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def receipt(self) -> _erasure_pb2.ErasureReceipt:
+        """What was removed from each store, and when."""
+
+    def __init__(
+        self,
+        *,
+        receipt: _erasure_pb2.ErasureReceipt | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["receipt", b"receipt"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["receipt", b"receipt"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PersistenceServiceEraseUserResponse: _TypeAlias = PersistenceServiceEraseUserResponse  # noqa: Y015
+
+@_typing.final
+class PersistenceServiceSetRetentionRequest(_message.Message):
+    """A retention period to set."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TENANT_ID_FIELD_NUMBER: _builtins.int
+    DAYS_FIELD_NUMBER: _builtins.int
+    tenant_id: _builtins.str
+    """The tenant."""
+    days: _builtins.int
+    """Days (1-36500), or 0 to keep forever."""
+    def __init__(
+        self,
+        *,
+        tenant_id: _builtins.str = ...,
+        days: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["days", b"days", "tenant_id", b"tenant_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PersistenceServiceSetRetentionRequest: _TypeAlias = PersistenceServiceSetRetentionRequest  # noqa: Y015
+
+@_typing.final
+class PersistenceServiceSetRetentionResponse(_message.Message):
+    """The period now in force."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    POLICY_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def policy(self) -> _erasure_pb2.RetentionPolicy:
+        """The tenant's retention period."""
+
+    def __init__(
+        self,
+        *,
+        policy: _erasure_pb2.RetentionPolicy | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["policy", b"policy"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["policy", b"policy"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PersistenceServiceSetRetentionResponse: _TypeAlias = PersistenceServiceSetRetentionResponse  # noqa: Y015
+
+@_typing.final
+class PersistenceServiceGetRetentionRequest(_message.Message):
+    """Asks for a tenant's retention period."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TENANT_ID_FIELD_NUMBER: _builtins.int
+    tenant_id: _builtins.str
+    """The tenant."""
+    def __init__(
+        self,
+        *,
+        tenant_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["tenant_id", b"tenant_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PersistenceServiceGetRetentionRequest: _TypeAlias = PersistenceServiceGetRetentionRequest  # noqa: Y015
+
+@_typing.final
+class PersistenceServiceGetRetentionResponse(_message.Message):
+    """The tenant's retention period."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    POLICY_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def policy(self) -> _erasure_pb2.RetentionPolicy:
+        """The tenant's retention period (0 days: none set)."""
+
+    def __init__(
+        self,
+        *,
+        policy: _erasure_pb2.RetentionPolicy | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["policy", b"policy"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["policy", b"policy"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PersistenceServiceGetRetentionResponse: _TypeAlias = PersistenceServiceGetRetentionResponse  # noqa: Y015
 
 @_typing.final
 class GetUserDataKeyRequest(_message.Message):

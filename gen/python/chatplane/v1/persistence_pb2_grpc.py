@@ -212,6 +212,21 @@ class PersistenceServiceStub:
                 request_serializer=chatplane_dot_v1_dot_persistence__pb2.GetVariantDeploymentRequest.SerializeToString,
                 response_deserializer=chatplane_dot_v1_dot_persistence__pb2.GetVariantDeploymentResponse.FromString,
                 _registered_method=True)
+        self.EraseUser = channel.unary_unary(
+                '/chatplane.v1.PersistenceService/EraseUser',
+                request_serializer=chatplane_dot_v1_dot_persistence__pb2.PersistenceServiceEraseUserRequest.SerializeToString,
+                response_deserializer=chatplane_dot_v1_dot_persistence__pb2.PersistenceServiceEraseUserResponse.FromString,
+                _registered_method=True)
+        self.SetRetention = channel.unary_unary(
+                '/chatplane.v1.PersistenceService/SetRetention',
+                request_serializer=chatplane_dot_v1_dot_persistence__pb2.PersistenceServiceSetRetentionRequest.SerializeToString,
+                response_deserializer=chatplane_dot_v1_dot_persistence__pb2.PersistenceServiceSetRetentionResponse.FromString,
+                _registered_method=True)
+        self.GetRetention = channel.unary_unary(
+                '/chatplane.v1.PersistenceService/GetRetention',
+                request_serializer=chatplane_dot_v1_dot_persistence__pb2.PersistenceServiceGetRetentionRequest.SerializeToString,
+                response_deserializer=chatplane_dot_v1_dot_persistence__pb2.PersistenceServiceGetRetentionResponse.FromString,
+                _registered_method=True)
         self.GetUserDataKey = channel.unary_unary(
                 '/chatplane.v1.PersistenceService/GetUserDataKey',
                 request_serializer=chatplane_dot_v1_dot_persistence__pb2.GetUserDataKeyRequest.SerializeToString,
@@ -484,6 +499,28 @@ class PersistenceServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def EraseUser(self, request, context):
+        """Erases a user of a tenant from every store (docs/privacy.md): runs, or resumes, the
+        user's erasure job and returns its receipt. Idempotent.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetRetention(self, request, context):
+        """Sets a tenant's retention period (0 days: keep forever).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetRetention(self, request, context):
+        """A tenant's retention period.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetUserDataKey(self, request, context):
         """Returns a user's data key wrapped by the key-encryption key (docs/security.md "Encryption
         at rest"), creating one when asked and there is none; the caller unwraps it itself.
@@ -677,6 +714,21 @@ def add_PersistenceServiceServicer_to_server(servicer, server):
                     servicer.GetVariantDeployment,
                     request_deserializer=chatplane_dot_v1_dot_persistence__pb2.GetVariantDeploymentRequest.FromString,
                     response_serializer=chatplane_dot_v1_dot_persistence__pb2.GetVariantDeploymentResponse.SerializeToString,
+            ),
+            'EraseUser': grpc.unary_unary_rpc_method_handler(
+                    servicer.EraseUser,
+                    request_deserializer=chatplane_dot_v1_dot_persistence__pb2.PersistenceServiceEraseUserRequest.FromString,
+                    response_serializer=chatplane_dot_v1_dot_persistence__pb2.PersistenceServiceEraseUserResponse.SerializeToString,
+            ),
+            'SetRetention': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetRetention,
+                    request_deserializer=chatplane_dot_v1_dot_persistence__pb2.PersistenceServiceSetRetentionRequest.FromString,
+                    response_serializer=chatplane_dot_v1_dot_persistence__pb2.PersistenceServiceSetRetentionResponse.SerializeToString,
+            ),
+            'GetRetention': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetRetention,
+                    request_deserializer=chatplane_dot_v1_dot_persistence__pb2.PersistenceServiceGetRetentionRequest.FromString,
+                    response_serializer=chatplane_dot_v1_dot_persistence__pb2.PersistenceServiceGetRetentionResponse.SerializeToString,
             ),
             'GetUserDataKey': grpc.unary_unary_rpc_method_handler(
                     servicer.GetUserDataKey,
@@ -1637,6 +1689,87 @@ class PersistenceService:
             '/chatplane.v1.PersistenceService/GetVariantDeployment',
             chatplane_dot_v1_dot_persistence__pb2.GetVariantDeploymentRequest.SerializeToString,
             chatplane_dot_v1_dot_persistence__pb2.GetVariantDeploymentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EraseUser(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chatplane.v1.PersistenceService/EraseUser',
+            chatplane_dot_v1_dot_persistence__pb2.PersistenceServiceEraseUserRequest.SerializeToString,
+            chatplane_dot_v1_dot_persistence__pb2.PersistenceServiceEraseUserResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetRetention(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chatplane.v1.PersistenceService/SetRetention',
+            chatplane_dot_v1_dot_persistence__pb2.PersistenceServiceSetRetentionRequest.SerializeToString,
+            chatplane_dot_v1_dot_persistence__pb2.PersistenceServiceSetRetentionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetRetention(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chatplane.v1.PersistenceService/GetRetention',
+            chatplane_dot_v1_dot_persistence__pb2.PersistenceServiceGetRetentionRequest.SerializeToString,
+            chatplane_dot_v1_dot_persistence__pb2.PersistenceServiceGetRetentionResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -123,6 +123,14 @@ class PersistenceServiceStub:
     """Variant registry: the recorded changes, newest first."""
     GetVariantDeployment: _grpc.UnaryUnaryMultiCallable[_persistence_pb2.GetVariantDeploymentRequest, _persistence_pb2.GetVariantDeploymentResponse]
     """Variant registry: the versions serving traffic now (polled by every Agent)."""
+    EraseUser: _grpc.UnaryUnaryMultiCallable[_persistence_pb2.PersistenceServiceEraseUserRequest, _persistence_pb2.PersistenceServiceEraseUserResponse]
+    """Erases a user of a tenant from every store (docs/privacy.md): runs, or resumes, the
+    user's erasure job and returns its receipt. Idempotent.
+    """
+    SetRetention: _grpc.UnaryUnaryMultiCallable[_persistence_pb2.PersistenceServiceSetRetentionRequest, _persistence_pb2.PersistenceServiceSetRetentionResponse]
+    """Sets a tenant's retention period (0 days: keep forever)."""
+    GetRetention: _grpc.UnaryUnaryMultiCallable[_persistence_pb2.PersistenceServiceGetRetentionRequest, _persistence_pb2.PersistenceServiceGetRetentionResponse]
+    """A tenant's retention period."""
     GetUserDataKey: _grpc.UnaryUnaryMultiCallable[_persistence_pb2.GetUserDataKeyRequest, _persistence_pb2.GetUserDataKeyResponse]
     """Returns a user's data key wrapped by the key-encryption key (docs/security.md "Encryption
     at rest"), creating one when asked and there is none; the caller unwraps it itself.
@@ -227,6 +235,14 @@ class PersistenceServiceAsyncStub(PersistenceServiceStub):
     """Variant registry: the recorded changes, newest first."""
     GetVariantDeployment: _aio.UnaryUnaryMultiCallable[_persistence_pb2.GetVariantDeploymentRequest, _persistence_pb2.GetVariantDeploymentResponse]  # type: ignore[assignment]
     """Variant registry: the versions serving traffic now (polled by every Agent)."""
+    EraseUser: _aio.UnaryUnaryMultiCallable[_persistence_pb2.PersistenceServiceEraseUserRequest, _persistence_pb2.PersistenceServiceEraseUserResponse]  # type: ignore[assignment]
+    """Erases a user of a tenant from every store (docs/privacy.md): runs, or resumes, the
+    user's erasure job and returns its receipt. Idempotent.
+    """
+    SetRetention: _aio.UnaryUnaryMultiCallable[_persistence_pb2.PersistenceServiceSetRetentionRequest, _persistence_pb2.PersistenceServiceSetRetentionResponse]  # type: ignore[assignment]
+    """Sets a tenant's retention period (0 days: keep forever)."""
+    GetRetention: _aio.UnaryUnaryMultiCallable[_persistence_pb2.PersistenceServiceGetRetentionRequest, _persistence_pb2.PersistenceServiceGetRetentionResponse]  # type: ignore[assignment]
+    """A tenant's retention period."""
     GetUserDataKey: _aio.UnaryUnaryMultiCallable[_persistence_pb2.GetUserDataKeyRequest, _persistence_pb2.GetUserDataKeyResponse]  # type: ignore[assignment]
     """Returns a user's data key wrapped by the key-encryption key (docs/security.md "Encryption
     at rest"), creating one when asked and there is none; the caller unwraps it itself.
@@ -538,6 +554,32 @@ class PersistenceServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_persistence_pb2.GetVariantDeploymentResponse, _abc.Awaitable[_persistence_pb2.GetVariantDeploymentResponse]]:
         """Variant registry: the versions serving traffic now (polled by every Agent)."""
+
+    @_abc_1.abstractmethod
+    def EraseUser(
+        self,
+        request: _persistence_pb2.PersistenceServiceEraseUserRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_persistence_pb2.PersistenceServiceEraseUserResponse, _abc.Awaitable[_persistence_pb2.PersistenceServiceEraseUserResponse]]:
+        """Erases a user of a tenant from every store (docs/privacy.md): runs, or resumes, the
+        user's erasure job and returns its receipt. Idempotent.
+        """
+
+    @_abc_1.abstractmethod
+    def SetRetention(
+        self,
+        request: _persistence_pb2.PersistenceServiceSetRetentionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_persistence_pb2.PersistenceServiceSetRetentionResponse, _abc.Awaitable[_persistence_pb2.PersistenceServiceSetRetentionResponse]]:
+        """Sets a tenant's retention period (0 days: keep forever)."""
+
+    @_abc_1.abstractmethod
+    def GetRetention(
+        self,
+        request: _persistence_pb2.PersistenceServiceGetRetentionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_persistence_pb2.PersistenceServiceGetRetentionResponse, _abc.Awaitable[_persistence_pb2.PersistenceServiceGetRetentionResponse]]:
+        """A tenant's retention period."""
 
     @_abc_1.abstractmethod
     def GetUserDataKey(

@@ -4,6 +4,8 @@
 
 import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
 import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
+import type { ErasureReceipt, RetentionPolicy } from "./erasure_pb";
+import { file_chatplane_v1_erasure } from "./erasure_pb";
 import type { ApiKeyInfo, RatedAnswer } from "./persistence_pb";
 import { file_chatplane_v1_persistence } from "./persistence_pb";
 import type { Duration, Timestamp } from "@bufbuild/protobuf/wkt";
@@ -14,7 +16,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file chatplane/v1/admin.proto.
  */
 export const file_chatplane_v1_admin: GenFile = /*@__PURE__*/
-  fileDesc("ChhjaGF0cGxhbmUvdjEvYWRtaW4ucHJvdG8SDGNoYXRwbGFuZS52MSJlChJMaXN0QXBpS2V5c1JlcXVlc3QSDwoHdXNlcl9pZBgBIAEoCRIRCglwYWdlX3NpemUYAiABKAUSEgoKcGFnZV90b2tlbhgDIAEoCRIXCg9pbmNsdWRlX3Jldm9rZWQYBCABKAgiVgoTTGlzdEFwaUtleXNSZXNwb25zZRImCgRrZXlzGAEgAygLMhguY2hhdHBsYW5lLnYxLkFwaUtleUluZm8SFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIlAKH0FkbWluU2VydmljZUNyZWF0ZUFwaUtleVJlcXVlc3QSDwoHdXNlcl9pZBgBIAEoCRINCgVsYWJlbBgCIAEoCRINCgVyb2xlcxgDIAMoCSJaCiBBZG1pblNlcnZpY2VDcmVhdGVBcGlLZXlSZXNwb25zZRIPCgdhcGlfa2V5GAEgASgJEiUKA2tleRgCIAEoCzIYLmNoYXRwbGFuZS52MS5BcGlLZXlJbmZvIlEKE1JvdGF0ZUFwaUtleVJlcXVlc3QSDgoGa2V5X2lkGAEgASgJEioKB292ZXJsYXAYAiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24iegoUUm90YXRlQXBpS2V5UmVzcG9uc2USDwoHYXBpX2tleRgBIAEoCRIlCgNrZXkYAiABKAsyGC5jaGF0cGxhbmUudjEuQXBpS2V5SW5mbxIqCghwcmV2aW91cxgDIAEoCzIYLmNoYXRwbGFuZS52MS5BcGlLZXlJbmZvIiUKE1Jldm9rZUFwaUtleVJlcXVlc3QSDgoGa2V5X2lkGAEgASgJIj0KFFJldm9rZUFwaUtleVJlc3BvbnNlEiUKA2tleRgBIAEoCzIYLmNoYXRwbGFuZS52MS5BcGlLZXlJbmZvIrYBCiNBZG1pblNlcnZpY2VMaXN0UmF0ZWRBbnN3ZXJzUmVxdWVzdBIpCgVzaW5jZRgBIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASKQoFdW50aWwYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhIKCm1pbl9yYXRpbmcYAyABKAUSEQoJcGFnZV9zaXplGAQgASgFEhIKCnBhZ2VfdG9rZW4YBSABKAkiawokQWRtaW5TZXJ2aWNlTGlzdFJhdGVkQW5zd2Vyc1Jlc3BvbnNlEioKB2Fuc3dlcnMYASADKAsyGS5jaGF0cGxhbmUudjEuUmF0ZWRBbnN3ZXISFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIigKFUV4cG9ydFVzZXJEYXRhUmVxdWVzdBIPCgd1c2VyX2lkGAEgASgJIicKFkV4cG9ydFVzZXJEYXRhUmVzcG9uc2USDQoFY2h1bmsYASABKAwy2QQKDEFkbWluU2VydmljZRJSCgtMaXN0QXBpS2V5cxIgLmNoYXRwbGFuZS52MS5MaXN0QXBpS2V5c1JlcXVlc3QaIS5jaGF0cGxhbmUudjEuTGlzdEFwaUtleXNSZXNwb25zZRJtCgxDcmVhdGVBcGlLZXkSLS5jaGF0cGxhbmUudjEuQWRtaW5TZXJ2aWNlQ3JlYXRlQXBpS2V5UmVxdWVzdBouLmNoYXRwbGFuZS52MS5BZG1pblNlcnZpY2VDcmVhdGVBcGlLZXlSZXNwb25zZRJVCgxSb3RhdGVBcGlLZXkSIS5jaGF0cGxhbmUudjEuUm90YXRlQXBpS2V5UmVxdWVzdBoiLmNoYXRwbGFuZS52MS5Sb3RhdGVBcGlLZXlSZXNwb25zZRJVCgxSZXZva2VBcGlLZXkSIS5jaGF0cGxhbmUudjEuUmV2b2tlQXBpS2V5UmVxdWVzdBoiLmNoYXRwbGFuZS52MS5SZXZva2VBcGlLZXlSZXNwb25zZRJ5ChBMaXN0UmF0ZWRBbnN3ZXJzEjEuY2hhdHBsYW5lLnYxLkFkbWluU2VydmljZUxpc3RSYXRlZEFuc3dlcnNSZXF1ZXN0GjIuY2hhdHBsYW5lLnYxLkFkbWluU2VydmljZUxpc3RSYXRlZEFuc3dlcnNSZXNwb25zZRJdCg5FeHBvcnRVc2VyRGF0YRIjLmNoYXRwbGFuZS52MS5FeHBvcnRVc2VyRGF0YVJlcXVlc3QaJC5jaGF0cGxhbmUudjEuRXhwb3J0VXNlckRhdGFSZXNwb25zZTABQkBaPmdpdGh1Yi5jb20vY2hhdHBsYW5lL2NoYXRwbGFuZS9nZW4vZ28vY2hhdHBsYW5lL3YxO2NoYXRwbGFuZXYxYgZwcm90bzM", [file_chatplane_v1_persistence, file_google_protobuf_duration, file_google_protobuf_timestamp]);
+  fileDesc("ChhjaGF0cGxhbmUvdjEvYWRtaW4ucHJvdG8SDGNoYXRwbGFuZS52MSJlChJMaXN0QXBpS2V5c1JlcXVlc3QSDwoHdXNlcl9pZBgBIAEoCRIRCglwYWdlX3NpemUYAiABKAUSEgoKcGFnZV90b2tlbhgDIAEoCRIXCg9pbmNsdWRlX3Jldm9rZWQYBCABKAgiVgoTTGlzdEFwaUtleXNSZXNwb25zZRImCgRrZXlzGAEgAygLMhguY2hhdHBsYW5lLnYxLkFwaUtleUluZm8SFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIlAKH0FkbWluU2VydmljZUNyZWF0ZUFwaUtleVJlcXVlc3QSDwoHdXNlcl9pZBgBIAEoCRINCgVsYWJlbBgCIAEoCRINCgVyb2xlcxgDIAMoCSJaCiBBZG1pblNlcnZpY2VDcmVhdGVBcGlLZXlSZXNwb25zZRIPCgdhcGlfa2V5GAEgASgJEiUKA2tleRgCIAEoCzIYLmNoYXRwbGFuZS52MS5BcGlLZXlJbmZvIlEKE1JvdGF0ZUFwaUtleVJlcXVlc3QSDgoGa2V5X2lkGAEgASgJEioKB292ZXJsYXAYAiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24iegoUUm90YXRlQXBpS2V5UmVzcG9uc2USDwoHYXBpX2tleRgBIAEoCRIlCgNrZXkYAiABKAsyGC5jaGF0cGxhbmUudjEuQXBpS2V5SW5mbxIqCghwcmV2aW91cxgDIAEoCzIYLmNoYXRwbGFuZS52MS5BcGlLZXlJbmZvIiUKE1Jldm9rZUFwaUtleVJlcXVlc3QSDgoGa2V5X2lkGAEgASgJIj0KFFJldm9rZUFwaUtleVJlc3BvbnNlEiUKA2tleRgBIAEoCzIYLmNoYXRwbGFuZS52MS5BcGlLZXlJbmZvIrYBCiNBZG1pblNlcnZpY2VMaXN0UmF0ZWRBbnN3ZXJzUmVxdWVzdBIpCgVzaW5jZRgBIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASKQoFdW50aWwYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhIKCm1pbl9yYXRpbmcYAyABKAUSEQoJcGFnZV9zaXplGAQgASgFEhIKCnBhZ2VfdG9rZW4YBSABKAkiawokQWRtaW5TZXJ2aWNlTGlzdFJhdGVkQW5zd2Vyc1Jlc3BvbnNlEioKB2Fuc3dlcnMYASADKAsyGS5jaGF0cGxhbmUudjEuUmF0ZWRBbnN3ZXISFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIigKFUV4cG9ydFVzZXJEYXRhUmVxdWVzdBIPCgd1c2VyX2lkGAEgASgJIicKFkV4cG9ydFVzZXJEYXRhUmVzcG9uc2USDQoFY2h1bmsYASABKAwiIwoQRXJhc2VVc2VyUmVxdWVzdBIPCgd1c2VyX2lkGAEgASgJIkIKEUVyYXNlVXNlclJlc3BvbnNlEi0KB3JlY2VpcHQYASABKAsyHC5jaGF0cGxhbmUudjEuRXJhc3VyZVJlY2VpcHQiIwoTU2V0UmV0ZW50aW9uUmVxdWVzdBIMCgRkYXlzGAEgASgFIkUKFFNldFJldGVudGlvblJlc3BvbnNlEi0KBnBvbGljeRgBIAEoCzIdLmNoYXRwbGFuZS52MS5SZXRlbnRpb25Qb2xpY3kiFQoTR2V0UmV0ZW50aW9uUmVxdWVzdCJFChRHZXRSZXRlbnRpb25SZXNwb25zZRItCgZwb2xpY3kYASABKAsyHS5jaGF0cGxhbmUudjEuUmV0ZW50aW9uUG9saWN5MtUGCgxBZG1pblNlcnZpY2USUgoLTGlzdEFwaUtleXMSIC5jaGF0cGxhbmUudjEuTGlzdEFwaUtleXNSZXF1ZXN0GiEuY2hhdHBsYW5lLnYxLkxpc3RBcGlLZXlzUmVzcG9uc2USbQoMQ3JlYXRlQXBpS2V5Ei0uY2hhdHBsYW5lLnYxLkFkbWluU2VydmljZUNyZWF0ZUFwaUtleVJlcXVlc3QaLi5jaGF0cGxhbmUudjEuQWRtaW5TZXJ2aWNlQ3JlYXRlQXBpS2V5UmVzcG9uc2USVQoMUm90YXRlQXBpS2V5EiEuY2hhdHBsYW5lLnYxLlJvdGF0ZUFwaUtleVJlcXVlc3QaIi5jaGF0cGxhbmUudjEuUm90YXRlQXBpS2V5UmVzcG9uc2USVQoMUmV2b2tlQXBpS2V5EiEuY2hhdHBsYW5lLnYxLlJldm9rZUFwaUtleVJlcXVlc3QaIi5jaGF0cGxhbmUudjEuUmV2b2tlQXBpS2V5UmVzcG9uc2USeQoQTGlzdFJhdGVkQW5zd2VycxIxLmNoYXRwbGFuZS52MS5BZG1pblNlcnZpY2VMaXN0UmF0ZWRBbnN3ZXJzUmVxdWVzdBoyLmNoYXRwbGFuZS52MS5BZG1pblNlcnZpY2VMaXN0UmF0ZWRBbnN3ZXJzUmVzcG9uc2USXQoORXhwb3J0VXNlckRhdGESIy5jaGF0cGxhbmUudjEuRXhwb3J0VXNlckRhdGFSZXF1ZXN0GiQuY2hhdHBsYW5lLnYxLkV4cG9ydFVzZXJEYXRhUmVzcG9uc2UwARJMCglFcmFzZVVzZXISHi5jaGF0cGxhbmUudjEuRXJhc2VVc2VyUmVxdWVzdBofLmNoYXRwbGFuZS52MS5FcmFzZVVzZXJSZXNwb25zZRJVCgxTZXRSZXRlbnRpb24SIS5jaGF0cGxhbmUudjEuU2V0UmV0ZW50aW9uUmVxdWVzdBoiLmNoYXRwbGFuZS52MS5TZXRSZXRlbnRpb25SZXNwb25zZRJVCgxHZXRSZXRlbnRpb24SIS5jaGF0cGxhbmUudjEuR2V0UmV0ZW50aW9uUmVxdWVzdBoiLmNoYXRwbGFuZS52MS5HZXRSZXRlbnRpb25SZXNwb25zZUJAWj5naXRodWIuY29tL2NoYXRwbGFuZS9jaGF0cGxhbmUvZ2VuL2dvL2NoYXRwbGFuZS92MTtjaGF0cGxhbmV2MWIGcHJvdG8z", [file_chatplane_v1_erasure, file_chatplane_v1_persistence, file_google_protobuf_duration, file_google_protobuf_timestamp]);
 
 /**
  * Asks for the tenant's keys.
@@ -374,6 +376,127 @@ export const ExportUserDataResponseSchema: GenMessage<ExportUserDataResponse> = 
   messageDesc(file_chatplane_v1_admin, 11);
 
 /**
+ * A user of the caller's tenant to erase.
+ *
+ * @generated from message chatplane.v1.EraseUserRequest
+ */
+export type EraseUserRequest = Message<"chatplane.v1.EraseUserRequest"> & {
+  /**
+   * The user (1-256 characters).
+   *
+   * @generated from field: string user_id = 1;
+   */
+  userId: string;
+};
+
+/**
+ * Describes the message chatplane.v1.EraseUserRequest.
+ * Use `create(EraseUserRequestSchema)` to create a new message.
+ */
+export const EraseUserRequestSchema: GenMessage<EraseUserRequest> = /*@__PURE__*/
+  messageDesc(file_chatplane_v1_admin, 12);
+
+/**
+ * The erasure's receipt.
+ *
+ * @generated from message chatplane.v1.EraseUserResponse
+ */
+export type EraseUserResponse = Message<"chatplane.v1.EraseUserResponse"> & {
+  /**
+   * What was removed from each store, with counts and times.
+   *
+   * @generated from field: chatplane.v1.ErasureReceipt receipt = 1;
+   */
+  receipt?: ErasureReceipt | undefined;
+};
+
+/**
+ * Describes the message chatplane.v1.EraseUserResponse.
+ * Use `create(EraseUserResponseSchema)` to create a new message.
+ */
+export const EraseUserResponseSchema: GenMessage<EraseUserResponse> = /*@__PURE__*/
+  messageDesc(file_chatplane_v1_admin, 13);
+
+/**
+ * The retention period to set for the caller's tenant.
+ *
+ * @generated from message chatplane.v1.SetRetentionRequest
+ */
+export type SetRetentionRequest = Message<"chatplane.v1.SetRetentionRequest"> & {
+  /**
+   * Conversations without activity for this many days are deleted (1-36500); 0 keeps
+   * everything forever (the default).
+   *
+   * @generated from field: int32 days = 1;
+   */
+  days: number;
+};
+
+/**
+ * Describes the message chatplane.v1.SetRetentionRequest.
+ * Use `create(SetRetentionRequestSchema)` to create a new message.
+ */
+export const SetRetentionRequestSchema: GenMessage<SetRetentionRequest> = /*@__PURE__*/
+  messageDesc(file_chatplane_v1_admin, 14);
+
+/**
+ * The period now in force.
+ *
+ * @generated from message chatplane.v1.SetRetentionResponse
+ */
+export type SetRetentionResponse = Message<"chatplane.v1.SetRetentionResponse"> & {
+  /**
+   * The tenant's retention period.
+   *
+   * @generated from field: chatplane.v1.RetentionPolicy policy = 1;
+   */
+  policy?: RetentionPolicy | undefined;
+};
+
+/**
+ * Describes the message chatplane.v1.SetRetentionResponse.
+ * Use `create(SetRetentionResponseSchema)` to create a new message.
+ */
+export const SetRetentionResponseSchema: GenMessage<SetRetentionResponse> = /*@__PURE__*/
+  messageDesc(file_chatplane_v1_admin, 15);
+
+/**
+ * Asks for the caller's tenant's retention period.
+ *
+ * @generated from message chatplane.v1.GetRetentionRequest
+ */
+export type GetRetentionRequest = Message<"chatplane.v1.GetRetentionRequest"> & {
+};
+
+/**
+ * Describes the message chatplane.v1.GetRetentionRequest.
+ * Use `create(GetRetentionRequestSchema)` to create a new message.
+ */
+export const GetRetentionRequestSchema: GenMessage<GetRetentionRequest> = /*@__PURE__*/
+  messageDesc(file_chatplane_v1_admin, 16);
+
+/**
+ * The tenant's retention period.
+ *
+ * @generated from message chatplane.v1.GetRetentionResponse
+ */
+export type GetRetentionResponse = Message<"chatplane.v1.GetRetentionResponse"> & {
+  /**
+   * The tenant's retention period (0 days: kept forever).
+   *
+   * @generated from field: chatplane.v1.RetentionPolicy policy = 1;
+   */
+  policy?: RetentionPolicy | undefined;
+};
+
+/**
+ * Describes the message chatplane.v1.GetRetentionResponse.
+ * Use `create(GetRetentionResponseSchema)` to create a new message.
+ */
+export const GetRetentionResponseSchema: GenMessage<GetRetentionResponse> = /*@__PURE__*/
+  messageDesc(file_chatplane_v1_admin, 17);
+
+/**
  * Administration of a tenant, served by the Gateway next to GatewayService. Every call needs
  * a credential with the `admin` role (PERMISSION_DENIED otherwise) and acts on the caller's
  * own tenant only: another tenant's key is NOT_FOUND, as a key that does not exist.
@@ -443,6 +566,38 @@ export const AdminService: GenService<{
     methodKind: "server_streaming";
     input: typeof ExportUserDataRequestSchema;
     output: typeof ExportUserDataResponseSchema;
+  },
+  /**
+   * Erases a user of the tenant from every store: their data key, rows, memory and log
+   * records (docs/privacy.md "Erasure"). Idempotent: a repeated call resumes an unfinished
+   * erasure or erases what appeared since, and returns a receipt either way.
+   *
+   * @generated from rpc chatplane.v1.AdminService.EraseUser
+   */
+  eraseUser: {
+    methodKind: "unary";
+    input: typeof EraseUserRequestSchema;
+    output: typeof EraseUserResponseSchema;
+  },
+  /**
+   * Sets the tenant's retention period (docs/privacy.md "Retention").
+   *
+   * @generated from rpc chatplane.v1.AdminService.SetRetention
+   */
+  setRetention: {
+    methodKind: "unary";
+    input: typeof SetRetentionRequestSchema;
+    output: typeof SetRetentionResponseSchema;
+  },
+  /**
+   * The tenant's retention period.
+   *
+   * @generated from rpc chatplane.v1.AdminService.GetRetention
+   */
+  getRetention: {
+    methodKind: "unary";
+    input: typeof GetRetentionRequestSchema;
+    output: typeof GetRetentionResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_chatplane_v1_admin, 0);

@@ -160,6 +160,12 @@ class MemoryIndex(AsyncClosable):
         conversation stays forgotten: later upserts of its turns are dropped."""
 
     @abc.abstractmethod
+    async def erase_user(self, tenant_id: str, user_id: str) -> int:
+        """Deletes every turn of that user, in any conversation (erasure, docs/privacy.md);
+        how many there were. Documents belong to the tenant and stay. Runs after the upserts
+        that returned before it."""
+
+    @abc.abstractmethod
     async def list_documents(self, tenant_id: str) -> list[DocumentSummary]:
         """The tenant's documents (items of kind DOCUMENT grouped by the document id of their
         item ids, see `document_item_id`), newest first."""

@@ -284,6 +284,11 @@ class EmbeddedMemoryIndex(MemoryIndex):
     async def delete_conversation(self, tenant_id: str, user_id: str, conversation_id: str) -> int:
         return await self._run(self._delete_conversation, tenant_id, user_id, conversation_id)
 
+    async def erase_user(self, tenant_id: str, user_id: str) -> int:
+        if not user_id:  # no turn belongs to an empty user
+            return 0
+        return await self._run(self._erase_user, tenant_id, user_id)
+
     async def list_documents(self, tenant_id: str) -> list[DocumentSummary]:
         return await self._run(self._list_documents, tenant_id)
 
@@ -533,6 +538,20 @@ class EmbeddedMemoryIndex(MemoryIndex):
             .fetchall()
         )
         return [_item(row) for row in rows]
+
+    def _erase_user(self, tenant_id: str, user_id: str) -> int:
+        connection = self._db()
+        with _transaction(connection):
+            deleted = connection.execute(
+                """DELETE FROM items WHERE tenant_id = ? AND user_id = ? AND kind = 'turn'
+                   RETURNING item_id""",
+                (tenant_id, user_id),
+            ).fetchall()
+        tenant = self._tenants.get(tenant_id)
+        if tenant is not None:
+            for (item_id,) in deleted:
+                tenant.remove(item_id)
+        return len(deleted)
 
     def _list_documents(self, tenant_id: str) -> list[DocumentSummary]:
         rows = self._db().execute(

@@ -693,6 +693,34 @@ class OpenSearchMemoryIndex(MemoryIndex):
                 break
         return deleted
 
+    async def erase_user(self, tenant_id: str, user_id: str) -> int:
+        if not user_id:  # no turn belongs to an empty user
+            return 0
+        await self.ensure_index()
+        self._check_open()
+        # In the write queue, as delete_conversation: upserts made before it are deleted too.
+        return await self._batcher.submit_exclusive(
+            functools.partial(self._erase_user, tenant_id, user_id)
+        )
+
+    async def _erase_user(self, tenant_id: str, user_id: str) -> int:
+        query: Json = {
+            "bool": {
+                "filter": [
+                    {"term": {"tenant_id": tenant_id}},
+                    {"term": {"user_id": user_id}},
+                    {"term": {"kind": ItemKind.TURN.value}},
+                ]
+            }
+        }
+        deleted = 0
+        for _ in range(_DELETE_ATTEMPTS):
+            response = await self._execute("delete", self._delete_by_query, query)
+            deleted += int(response.get("deleted", 0))
+            if not response.get("version_conflicts"):
+                break
+        return deleted
+
     async def list_documents(self, tenant_id: str) -> list[DocumentSummary]:
         await self.ensure_index()
         body: Json = {

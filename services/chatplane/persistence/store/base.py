@@ -16,6 +16,7 @@ from chatplane.common import errors
 from chatplane.common.closing import AsyncClosable
 from chatplane.common.ids import is_valid_id, new_id
 from chatplane.crypto.envelope import is_sealed
+from chatplane.persistence.store.erasure import ErasureLedger
 from chatplane.persistence.store.quota import TokenQuotaLedger
 from chatplane.persistence.store.rated_answers import RatedAnswerQuery, RatedAnswerRow
 from chatplane.persistence.store.variant_registry import VariantRegistryStore
@@ -400,7 +401,7 @@ def issue_api_key(
     return IssuedApiKey(f"{API_KEY_PREFIX}_{key_id}_{secret}", record)
 
 
-class ConversationStore(TokenQuotaLedger, VariantRegistryStore, AsyncClosable):
+class ConversationStore(TokenQuotaLedger, VariantRegistryStore, ErasureLedger, AsyncClosable):
     """The system of record. Every read and write is scoped to an `Owner`: anything of
     another tenant or user, and any id that is not a valid id, is `errors.NotFound`.
     Infrastructure failures surface as `errors.Unavailable` (safe to retry)."""

@@ -11,7 +11,7 @@ import contextlib
 import enum
 import hashlib
 import logging
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, Self
 
@@ -27,6 +27,7 @@ from chatplane.crypto.keyring import WrappedDataKey
 from chatplane.persistence.store import (
     answer_deltas,
     postgres_data_keys,
+    postgres_erasure,
     postgres_handoff,
     postgres_quota,
     postgres_tree,
@@ -63,6 +64,12 @@ from chatplane.persistence.store.base import (
     require_history_request,
     require_limit,
     utc_now,
+)
+from chatplane.persistence.store.erasure import (
+    ErasureJob,
+    ExpiredConversation,
+    RetentionPolicy,
+    require_retention_days,
 )
 from chatplane.persistence.store.handoff import (
     HandoffChange,
@@ -815,6 +822,82 @@ class PostgresConversationStore(PostgresVariantRegistry, TreeQueries, Conversati
             raise errors.NotFound("message not found")
         async with self._connection() as connection:
             return await postgres_handoff.count_thumbs_down(connection, owner, message_id)
+
+    # Erasure and retention (chatplane.persistence.store.postgres_erasure; docs/privacy.md).
+    async def start_erasure(
+        self, tenant_id: str, user_id: str, steps: Sequence[str], actor: AuditActor
+    ) -> ErasureJob:
+        now = self._clock()
+        async with self._connection() as connection, connection.transaction():
+            return await postgres_erasure.start(connection, tenant_id, user_id, steps, actor, now)
+
+    async def get_erasure(self, job_id: str) -> ErasureJob:
+        async with self._connection() as connection:
+            return await postgres_erasure.load(connection, job_id)
+
+    async def unfinished_erasures(self) -> list[ErasureJob]:
+        async with self._connection() as connection:
+            return await postgres_erasure.unfinished(connection)
+
+    async def finish_erasure_step(
+        self, job_id: str, position: int, removed: Mapping[str, int]
+    ) -> ErasureJob:
+        now = self._clock()
+        async with self._connection() as connection, connection.transaction():
+            return await postgres_erasure.finish_step(connection, job_id, position, removed, now)
+
+    async def finish_erasure(self, job_id: str) -> ErasureJob:
+        now = self._clock()
+        async with self._connection() as connection, connection.transaction():
+            return await postgres_erasure.finish(connection, job_id, now)
+
+    async def erase_user_rows(self, tenant_id: str, user_id: str) -> dict[str, int]:
+        now = self._clock()
+        async with self._connection() as connection, connection.transaction():
+            # The locks batch writers take: a batch in flight for one of these conversations
+            # either lands before and is erased, or finds the tombstone after.
+            conversations = await postgres_erasure.user_conversations(
+                connection, tenant_id, user_id
+            )
+            if conversations:
+                await _lock_conversations(connection, conversations)
+            return await postgres_erasure.erase_rows(connection, tenant_id, user_id, now)
+
+    async def set_retention(self, tenant_id: str, days: int) -> RetentionPolicy:
+        require_retention_days(days)
+        now = self._clock()
+        async with self._connection() as connection, connection.transaction():
+            return await postgres_erasure.set_policy(connection, tenant_id, days, now)
+
+    async def get_retention(self, tenant_id: str) -> RetentionPolicy:
+        async with self._connection() as connection:
+            return await postgres_erasure.policy(connection, tenant_id)
+
+    async def retention_policies(self) -> list[RetentionPolicy]:
+        async with self._connection() as connection:
+            return await postgres_erasure.policies(connection)
+
+    async def expire_conversations(
+        self, tenant_id: str, before: datetime, limit: int
+    ) -> list[ExpiredConversation]:
+        require_limit(limit)
+        now = self._clock()
+        async with self._connection() as connection, connection.transaction():
+            candidates = await postgres_erasure.expiring(connection, tenant_id, before, limit)
+            if not candidates:
+                return []
+            await _lock_conversations(connection, candidates)
+            return await postgres_erasure.expire(connection, tenant_id, candidates, before, now)
+
+    async def pending_expiries(self, limit: int) -> list[ExpiredConversation]:
+        require_limit(limit)
+        async with self._connection() as connection:
+            return await postgres_erasure.pending(connection, limit)
+
+    async def finish_expiries(self, conversation_ids: Sequence[str]) -> None:
+        if conversation_ids:
+            async with self._connection() as connection, connection.transaction():
+                await postgres_erasure.finish_pending(connection, conversation_ids)
 
     async def _write_batch_direct(
         self, connection: _Connection, batch: tuple[Message, ...], now: datetime

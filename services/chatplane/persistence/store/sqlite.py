@@ -9,7 +9,7 @@ import functools
 import logging
 import os
 import sqlite3
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Self, TypeVar
@@ -18,7 +18,13 @@ from chatplane.audit.chain import AuditEvent, AuditHead, AuditRecord
 from chatplane.common import errors
 from chatplane.common.ids import is_valid_id, new_id
 from chatplane.crypto.keyring import WrappedDataKey
-from chatplane.persistence.store import answer_deltas, sqlite_handoff, sqlite_quota, sqlite_tree
+from chatplane.persistence.store import (
+    answer_deltas,
+    sqlite_erasure,
+    sqlite_handoff,
+    sqlite_quota,
+    sqlite_tree,
+)
 from chatplane.persistence.store import sqlite_data_keys as data_keys
 from chatplane.persistence.store import sqlite_identity as identity
 from chatplane.persistence.store.answer_metrics import (
@@ -53,6 +59,12 @@ from chatplane.persistence.store.base import (
     require_limit,
     to_micros,
     utc_now,
+)
+from chatplane.persistence.store.erasure import (
+    ErasureJob,
+    ExpiredConversation,
+    RetentionPolicy,
+    require_retention_days,
 )
 from chatplane.persistence.store.handoff import (
     HandoffChange,
@@ -459,6 +471,82 @@ class SqliteConversationStore(SqliteVariantRegistry, TreeQueries, ConversationSt
         parameters = facts_parameters(owner.tenant_id, owner.user_id, after or None, limit)
         rows = await self._run(lambda connection: connection.execute(query, parameters).fetchall())
         return [facts_from_row(row, from_micros) for row in rows]
+
+    # Erasure and retention (chatplane.persistence.store.sqlite_erasure; docs/privacy.md).
+    async def start_erasure(
+        self, tenant_id: str, user_id: str, steps: Sequence[str], actor: AuditActor
+    ) -> ErasureJob:
+        work = functools.partial(
+            sqlite_erasure.start,
+            tenant_id=tenant_id,
+            user_id=user_id,
+            steps=steps,
+            actor=actor,
+            now=self._clock(),
+        )
+        return await self._run(lambda connection: _in_write_transaction(connection, work))
+
+    async def get_erasure(self, job_id: str) -> ErasureJob:
+        return await self._run(functools.partial(sqlite_erasure.load, job_id=job_id))
+
+    async def unfinished_erasures(self) -> list[ErasureJob]:
+        return await self._run(sqlite_erasure.unfinished)
+
+    async def finish_erasure_step(
+        self, job_id: str, position: int, removed: Mapping[str, int]
+    ) -> ErasureJob:
+        work = functools.partial(
+            sqlite_erasure.finish_step,
+            job_id=job_id,
+            position=position,
+            removed=removed,
+            now=self._clock(),
+        )
+        return await self._run(lambda connection: _in_write_transaction(connection, work))
+
+    async def finish_erasure(self, job_id: str) -> ErasureJob:
+        work = functools.partial(sqlite_erasure.finish, job_id=job_id, now=self._clock())
+        return await self._run(lambda connection: _in_write_transaction(connection, work))
+
+    async def erase_user_rows(self, tenant_id: str, user_id: str) -> dict[str, int]:
+        work = functools.partial(
+            sqlite_erasure.erase_rows, tenant_id=tenant_id, user_id=user_id, now=self._clock()
+        )
+        return await self._run(lambda connection: _in_write_transaction(connection, work))
+
+    async def set_retention(self, tenant_id: str, days: int) -> RetentionPolicy:
+        require_retention_days(days)
+        work = functools.partial(
+            sqlite_erasure.set_policy, tenant_id=tenant_id, days=days, now=self._clock()
+        )
+        return await self._run(lambda connection: _in_write_transaction(connection, work))
+
+    async def get_retention(self, tenant_id: str) -> RetentionPolicy:
+        return await self._run(functools.partial(sqlite_erasure.policy, tenant_id=tenant_id))
+
+    async def retention_policies(self) -> list[RetentionPolicy]:
+        return await self._run(sqlite_erasure.policies)
+
+    async def expire_conversations(
+        self, tenant_id: str, before: datetime, limit: int
+    ) -> list[ExpiredConversation]:
+        require_limit(limit)
+        work = functools.partial(
+            sqlite_erasure.expire,
+            tenant_id=tenant_id,
+            before=before,
+            limit=limit,
+            now=self._clock(),
+        )
+        return await self._run(lambda connection: _in_write_transaction(connection, work))
+
+    async def pending_expiries(self, limit: int) -> list[ExpiredConversation]:
+        require_limit(limit)
+        return await self._run(functools.partial(sqlite_erasure.pending, limit=limit))
+
+    async def finish_expiries(self, conversation_ids: Sequence[str]) -> None:
+        work = functools.partial(sqlite_erasure.finish_pending, conversation_ids=conversation_ids)
+        await self._run(lambda connection: _in_write_transaction(connection, work))
 
     # Crypto-shredding (chatplane.crypto.keyring.DataKeyStore): wrapped per-user data keys.
     async def get_data_key(self, tenant_id: str, user_id: str) -> WrappedDataKey | None:
