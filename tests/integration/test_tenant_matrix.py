@@ -176,6 +176,11 @@ def _own_id(owner: Tenant, id_field: str) -> str:
     return owner.ids[kind][0]
 
 
+# Fields only an admin key may set: ChatRequest.variant pins a turn to a registry version
+# (docs/registry.md, for the evaluation harness).
+ADMIN_ONLY_FIELDS = frozenset({"chatplane.v1.ChatRequest.variant"})
+
+
 def _template(
     method: pb_descriptor.MethodDescriptor, id_field: str, value: str, caller: Tenant
 ) -> bytes:
@@ -194,6 +199,8 @@ def _template(
                 setattr(request, f.name, _own_id(caller, f.name))
         elif f.name.endswith("_token"):
             continue  # page tokens: the first page
+        elif f.full_name in ADMIN_ONLY_FIELDS:
+            continue  # left empty: only an admin may set it (PERMISSION_DENIED otherwise)
         elif f.type == f.TYPE_STRING:
             if not (f.name == "text" and id_field in NO_TEXT_FIELDS):
                 setattr(request, f.name, "hello")
