@@ -685,13 +685,7 @@ class OpenSearchMemoryIndex(MemoryIndex):
                 ]
             }
         }
-        deleted = 0
-        for _ in range(_DELETE_ATTEMPTS):
-            response = await self._execute("delete", self._delete_by_query, query)
-            deleted += int(response.get("deleted", 0))
-            if not response.get("version_conflicts"):
-                break
-        return deleted
+        return await self._delete_matching(query)
 
     async def erase_user(self, tenant_id: str, user_id: str) -> int:
         if not user_id:  # no turn belongs to an empty user
@@ -713,13 +707,7 @@ class OpenSearchMemoryIndex(MemoryIndex):
                 ]
             }
         }
-        deleted = 0
-        for _ in range(_DELETE_ATTEMPTS):
-            response = await self._execute("delete", self._delete_by_query, query)
-            deleted += int(response.get("deleted", 0))
-            if not response.get("version_conflicts"):
-                break
-        return deleted
+        return await self._delete_matching(query)
 
     async def list_documents(self, tenant_id: str) -> list[DocumentSummary]:
         await self.ensure_index()
@@ -813,6 +801,11 @@ class OpenSearchMemoryIndex(MemoryIndex):
                 ]
             }
         }
+        return await self._delete_matching(query)
+
+    async def _delete_matching(self, query: Json) -> int:
+        """Delete what `query` matches; a version conflict (an item written meanwhile) is
+        retried up to _DELETE_ATTEMPTS times. The count deleted."""
         deleted = 0
         for _ in range(_DELETE_ATTEMPTS):
             response = await self._execute("delete", self._delete_by_query, query)
