@@ -18,7 +18,8 @@ from typing import Any
 from bench.harness import Options, progress
 from bench.report import Row, Target
 from chatplane.common.ids import new_id
-from chatplane.persistence.export_servicer import ExportPersistenceServicer
+from chatplane.persistence.export_servicer import ExportRpcs
+from chatplane.persistence.servicer import PersistenceServicer
 from chatplane.persistence.store.base import (
     Feedback,
     Message,
@@ -46,8 +47,12 @@ TARGET_PEAK_MB = 32.0
 _TEXT = "a chat message of about the usual length, asking something about an order " * 2
 
 
+class _ExportServicer(ExportRpcs, PersistenceServicer):
+    """PersistenceService's ExportUserRecords over the store, in process."""
+
+
 class _Persistence:
-    def __init__(self, servicer: ExportPersistenceServicer) -> None:
+    def __init__(self, servicer: _ExportServicer) -> None:
         self._servicer = servicer
 
     def ExportUserRecords(  # noqa: N802 (the stub's name)
@@ -94,7 +99,7 @@ async def _export(
     store: SqliteConversationStore, owner: Owner, *, trace: bool
 ) -> tuple[int, float, float]:
     """Archive bytes, seconds, and with `trace` the peak heap in MB (else 0)."""
-    persistence: Any = _Persistence(ExportPersistenceServicer(store))
+    persistence: Any = _Persistence(_ExportServicer(store))
     memory: Any = _Memory()
     size = 0
     if trace:
