@@ -25,7 +25,7 @@ async def run(settings: Settings) -> None:
     """Serve MemoryService until SIGTERM, then drain."""
     tls = load_tls(settings)
     model_dir = Path(settings.embedding_model_dir) if settings.embedding_model_dir else None
-    embedder = SentenceEmbedder(model_dir)
+    embedder = SentenceEmbedder(model_dir, precision=settings.embedding_precision)
     index = open_memory_index(settings)
     redaction = RedactionPolicy.from_settings(settings)
     memory = ConversationalMemory(embedder, index, redaction)

@@ -13,6 +13,7 @@ import pytest
 from chatplane.memory.embedding import SentenceEmbedder, bundled_model_dir
 from chatplane.memory.embedding_onnx import (
     GRAPH_VERSION,
+    QUANTIZATION_VERSION,
     OnnxSentenceEncoder,
     weights_digest,
 )
@@ -183,3 +184,54 @@ def test_session_runs_on_one_thread(onnx_embedder: SentenceEmbedder) -> None:
     options = onnx_embedder._onnx._session.get_session_options()
     assert options.intra_op_num_threads == 1
     assert options.inter_op_num_threads == 1
+
+
+# int8 against fp32 on TEXTS (measured: minimum 0.985, mean 0.994 on the labelled recall set).
+INT8_MIN_COSINE = 0.97
+INT8_MEAN_COSINE = 0.985
+
+
+def test_int8_is_cached_beside_the_float_graph(tmp_path: Path) -> None:
+    model_dir = bundled_model_dir()
+    digest = weights_digest(model_dir / "model.safetensors")[:16]
+    config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
+    first = OnnxSentenceEncoder(
+        model_dir, config, model_name="org/mini", cache_dir=tmp_path, precision="int8"
+    )
+    assert first.built_graph
+    int8_name = f"mini-{digest}-g{GRAPH_VERSION}-q{QUANTIZATION_VERSION}.onnx"
+    assert first.model_path == tmp_path / int8_name
+    # The float graph it was derived from is cached too (the fp32 encoder reuses it).
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [f"mini-{digest}-g{GRAPH_VERSION}.onnx", int8_name]
+    )
+    operators = {node.op_type for node in onnx.load(str(first.model_path)).graph.node}
+    assert {"DynamicQuantizeLinear", "MatMulInteger"} <= operators
+    assert (tmp_path / int8_name).stat().st_size < (
+        tmp_path / f"mini-{digest}-g{GRAPH_VERSION}.onnx"
+    ).stat().st_size / 2
+
+    second = OnnxSentenceEncoder(
+        model_dir, config, model_name="org/mini", cache_dir=tmp_path, precision="int8"
+    )
+    assert not second.built_graph
+    ids = np.array([[101, 7592, 2088, 102]], dtype=np.int64)
+    mask = np.ones(ids.shape, dtype=np.float32)
+    np.testing.assert_array_equal(first.run(ids, mask), second.run(ids, mask))
+
+
+def test_int8_vectors_stay_close_to_float(onnx_embedder: SentenceEmbedder, cache_dir: Path) -> None:
+    quantized = SentenceEmbedder(backend="onnx", cache_dir=cache_dir, precision="int8")
+    texts = [t for t in TEXTS if t]  # the empty text is the same vector either way
+    cosines = row_cosines(quantized.embed(texts), onnx_embedder.embed(texts))
+    assert cosines.min() >= INT8_MIN_COSINE, cosines
+    assert cosines.mean() >= INT8_MEAN_COSINE, cosines
+    # ...but it is a different encoder, not the float one under another name.
+    assert cosines.min() < MIN_COSINE
+
+
+def test_int8_needs_the_onnx_backend_and_a_known_precision(cache_dir: Path) -> None:
+    with pytest.raises(ValueError, match="onnx backend"):
+        SentenceEmbedder(backend="numpy", precision="int8")
+    with pytest.raises(ValueError, match="unknown precision"):
+        SentenceEmbedder(cache_dir=cache_dir, precision="int4")  # type: ignore[arg-type]

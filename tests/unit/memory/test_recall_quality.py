@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from chatplane.memory.embedding import SentenceEmbedder
+from chatplane.memory.embedding_onnx import PRECISIONS, Precision
 from chatplane.memory.index.base import ItemKind, MemoryItem
 from chatplane.memory.index.embedded import EmbeddedMemoryIndex
 
@@ -44,15 +45,17 @@ def _load() -> dict[str, Any]:
 Scores = dict[str, dict[str, float]]  # mode -> style ("all" too) -> recall@5
 
 
-@pytest.fixture(scope="module")
-def recall_at_5(tmp_path_factory: pytest.TempPathFactory) -> Scores:
-    """Recall@5 of each ranking mode, overall and by question style (computed once)."""
-    return asyncio.run(_measure(tmp_path_factory.mktemp("quality") / "memory.sqlite3"))
+@pytest.fixture(scope="module", params=PRECISIONS)
+def recall_at_5(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Scores:
+    """Recall@5 of each ranking mode, overall and by question style (computed once per
+    embedding precision: the int8 encoder must keep the same floors)."""
+    path = tmp_path_factory.mktemp("quality") / "memory.sqlite3"
+    return asyncio.run(_measure(path, request.param))
 
 
-async def _measure(path: Path) -> Scores:
+async def _measure(path: Path, precision: Precision) -> Scores:
     data = _load()
-    embedder = SentenceEmbedder()
+    embedder = SentenceEmbedder(precision=precision)
     passages = data["passages"]
     questions = data["questions"]
     index = EmbeddedMemoryIndex(path)
