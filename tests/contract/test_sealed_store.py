@@ -216,3 +216,20 @@ async def test_the_dataset_export_reads_its_branch_and_title_opened(
     assert [[b.text for b in a.branch] for a in page.answers] == [
         [f"ask {CANARY}", f"answer {CANARY}"]
     ]
+
+
+async def test_concurrent_creators_of_many_users_keys_all_get_the_stored_key(
+    store: ConversationStore,
+) -> None:
+    # Each user's first sealed text may be written by several replicas at once: every
+    # creator gets the one stored key, never an error (PostgreSQL: the INSERT that lost the
+    # race does not see the winner's row in its own statement's snapshot).
+    keys = store
+    for user in range(30):
+        candidates = [
+            WrappedDataKey("race", f"user-{user}", f"k{n}", "kek", bytes([n]) * 60)
+            for n in range(4)
+        ]
+        stored = await asyncio.gather(*(keys.add_data_key(k) for k in candidates))  # type: ignore[attr-defined]
+        assert len(set(stored)) == 1 and stored[0] in candidates
+        assert await keys.get_data_key("race", f"user-{user}") == stored[0]  # type: ignore[attr-defined]
