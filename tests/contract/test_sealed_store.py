@@ -7,12 +7,14 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from datetime import timedelta
+from typing import cast
 
 from chatplane.common.ids import new_id
 from chatplane.crypto.envelope import is_sealed
 from chatplane.crypto.kek import new_kek_line, parse_keks
 from chatplane.crypto.keyring import ERASED_TEXT, Keyring, StoreKeySource, WrappedDataKey
 from chatplane.crypto.sealed_store import sealed_store
+from chatplane.persistence.rated_answer_export import RatedAnswerExport
 from chatplane.persistence.store.base import (
     ConversationStore,
     Feedback,
@@ -22,7 +24,11 @@ from chatplane.persistence.store.base import (
     TurnRequest,
 )
 from chatplane.persistence.store.handoff import HandoffChange, HandoffMode, HandoffTrigger
+from chatplane.persistence.store.rated_answers import RatedAnswerQuery
+from chatplane.persistence.store.tree_store import TreeQueries
+from chatplane.privacy.policy import RedactionPolicy
 from tests.contract.store_fixtures import (  # noqa: F401 (fixtures are found by name)
+    FakeClock,
     MessageFactory,
     StoreTarget,
     clock_fixture,
@@ -146,3 +152,84 @@ async def test_text_is_stored_sealed_read_opened_and_erased_with_its_key(
     assert (await sealed.get_handoff(ALICE, conversation)).reason == ERASED_TEXT
     bob_history = await sealed.get_conversation(BOB, other.conversation_id, limit=10)
     assert bob_history.messages[0].text == f"bob {CANARY}"
+
+
+async def test_the_dataset_export_reads_its_branch_and_title_opened(
+    store: ConversationStore,
+    store_target: StoreTarget,
+    make_message: MessageFactory,
+    clock: FakeClock,
+) -> None:
+    # tree_skeleton was once forwarded as it was: its conversation's title came back sealed.
+    sealed = sealed_store(store, _keyring(store))
+    reservation = await sealed.begin_turn(
+        TurnRequest(
+            owner=ALICE,
+            conversation_id="",
+            client_message_id="",
+            user_message_id=new_id(),
+            assistant_message_id=new_id(),
+            title=f"title {CANARY}",
+            lease=timedelta(seconds=30),
+        )
+    )
+    conversation = reservation.conversation_id
+    question = make_message(
+        ALICE,
+        conversation,
+        message_id=reservation.user_message_id,
+        text=f"ask {CANARY}",
+        parent_message_id="",
+    )
+    answer = make_message(
+        ALICE,
+        conversation,
+        message_id=reservation.assistant_message_id,
+        role=Role.ASSISTANT,
+        text=f"answer {CANARY}",
+        variant="v@1",
+        reply_to_message_id=question.message_id,
+        parent_message_id=question.message_id,
+    )
+    assert await sealed.write_messages([question, answer]) == 2
+    await sealed.submit_feedback(ALICE, Feedback(answer.message_id, Rating.THUMBS_UP))
+    for query in ("SELECT title FROM conversations", "SELECT text FROM messages"):
+        values = [row[0] for row in store_target.rows(query)]
+        assert values and all(is_sealed(v) and CANARY not in v for v in values), query
+
+    inner = await cast(TreeQueries, store).tree_skeleton(ALICE, conversation)
+    assert is_sealed(inner.conversation.title)
+    skeleton = await cast(TreeQueries, sealed).tree_skeleton(ALICE, conversation)
+    assert skeleton.conversation.title == f"title {CANARY}"
+    assert skeleton.tree().path(answer.message_id) == [question.message_id, answer.message_id]
+
+    export = RatedAnswerExport(sealed, frozenset({ALICE.tenant_id}), RedactionPolicy())
+    page = await export.page(
+        RatedAnswerQuery(
+            tenants=(ALICE.tenant_id,),
+            since=clock.now - timedelta(days=1),
+            until=None,
+            min_rating=1,
+            limit=10,
+        )
+    )
+    assert [[b.text for b in a.branch] for a in page.answers] == [
+        [f"ask {CANARY}", f"answer {CANARY}"]
+    ]
+
+
+async def test_concurrent_creators_of_many_users_keys_all_get_the_stored_key(
+    store: ConversationStore,
+) -> None:
+    # Each user's first sealed text may be written by several replicas at once: every
+    # creator gets the one stored key, never an error (PostgreSQL: the INSERT that lost the
+    # race does not see the winner's row in its own statement's snapshot).
+    keys = store
+    for user in range(30):
+        candidates = [
+            WrappedDataKey("race", f"user-{user}", f"k{n}", "kek", bytes([n]) * 60)
+            for n in range(4)
+        ]
+        stored = await asyncio.gather(*(keys.add_data_key(k) for k in candidates))  # type: ignore[attr-defined]
+        assert len(set(stored)) == 1 and stored[0] in candidates
+        assert await keys.get_data_key("race", f"user-{user}") == stored[0]  # type: ignore[attr-defined]

@@ -3,7 +3,11 @@ text, conversation titles and feedback comments are written sealed with their ow
 key and read back opened. Text that arrives sealed already (from the message log) is stored
 as it is; text whose key was destroyed reads as ERASED_TEXT.
 
-Only the methods that carry text are wrapped; every other attribute is the wrapped store's.
+It fails closed: the methods that carry personal text are wrapped here, the reviewed methods
+that carry none are named in PASS_THROUGH and forwarded, and any other attribute raises
+AttributeError, so a store method added later cannot hand out ciphertext or store plaintext
+until someone decides which it is (docs/security.md, "Encryption at rest";
+tests/unit/crypto/test_sealed_store_coverage.py checks every method of both engines).
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any, cast
+from typing import Any, Final, cast
 
 from chatplane.crypto.envelope import is_sealed
 from chatplane.crypto.keyring import Keyring
@@ -34,8 +38,81 @@ from chatplane.persistence.store.base import (
     derived_title,
 )
 from chatplane.persistence.store.handoff import HandoffChange, HandoffPage, HandoffState
-from chatplane.persistence.store.tree_store import TreeQueries
+from chatplane.persistence.store.tree_store import TreeQueries, TreeSkeleton
 from chatplane.persistence.store.user_export import MessageFacts
+from chatplane.persistence.store.variant_registry import ChangeRecord, Promotion
+
+PASS_THROUGH: Final = frozenset(
+    {
+        # Turn leases, deletion and the active leaf: ids in, a flag or a time out.
+        "release_turn",
+        "delete_conversation",
+        "store_active_leaf",
+        # Handoff's thumbs-down trigger: the conversation id and a count.
+        "count_thumbs_down",
+        # Answer metrics and feedback datasets: ids, ratings, counts, latencies. The dataset
+        # export reads each branch's text through the wrapped tree_skeleton and messages_by_id.
+        "report_variants",
+        "list_rated_answers",
+        # Token quota ledger: tenant ids and token counts.
+        "reserve_tokens",
+        "settle_tokens",
+        "set_token_quota",
+        "get_token_quota",
+        # Variant registry: operators' variant specs and deployments, no user's text (the
+        # writes that take an operator's reason are wrapped below, so that it is a decision).
+        "get_variant",
+        "list_variants",
+        "push_variant",
+        "variant_deployment",
+        "variant_changes",
+        # API keys: ids, an administrator's label, secret hashes, roles.
+        "create_api_key",
+        "get_api_key",
+        "list_api_keys",
+        "rotate_api_key",
+        "revoke_api_key",
+        # The audit chain: never content, by design (docs/security.md, "Audit log").
+        "append_audit",
+        "audit_records",
+        "audit_head",
+        # Erasure ledger and retention: ids, step names, row counts, days.
+        "start_erasure",
+        "get_erasure",
+        "unfinished_erasures",
+        "finish_erasure_step",
+        "finish_erasure",
+        "erase_user_rows",
+        "set_retention",
+        "get_retention",
+        "retention_policies",
+        "expire_conversations",
+        "pending_expiries",
+        "finish_expiries",
+        # Data keys: wrapped by the KEK; key material, not text.
+        "get_data_key",
+        "add_data_key",
+        "rewrap_data_key",
+        "delete_data_key",
+        # Lifecycle.
+        "close",
+    }
+)
+"""The inner store's methods that carry no personal text: the only attributes forwarded as
+they are."""
+
+WITHHELD: Final = frozenset(
+    {
+        # A classmethod that opens a new store: through the wrapper it would hand out an
+        # unsealed one.
+        "open",
+        # Engine details (the SQLite file, the PostgreSQL write method) nothing reads through
+        # the sealed store.
+        "path",
+        "write_method",
+    }
+)
+"""Public names of the engines deliberately not reachable through the sealed store."""
 
 
 class SealedConversationStore:
@@ -46,7 +123,14 @@ class SealedConversationStore:
         self.keyring = keyring
 
     def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
+        # Only called for names not defined here: the wrapped methods never reach it.
+        if name in PASS_THROUGH:
+            return getattr(self._inner, name)
+        raise AttributeError(
+            f"SealedConversationStore does not forward {name!r}: a store method that reads or"
+            " writes personal text must be wrapped in chatplane/crypto/sealed_store.py, and one"
+            " that carries none added to its PASS_THROUGH set (docs/security.md)"
+        )
 
     # Writes.
 
@@ -87,6 +171,15 @@ class SealedConversationStore:
             owner, conversation_id, dataclasses.replace(change, reason=reason)
         )
         return await self._handoff(state)
+
+    async def promote_variant(self, promotion: Promotion) -> ChangeRecord:
+        # The reason is an operator's note on a deployment, with no owner whose key could
+        # seal it: stored in clear on purpose (docs/variants.md).
+        return await self._inner.promote_variant(promotion)
+
+    async def rollback_variant(self, actor: str, reason: str) -> ChangeRecord:
+        # As promote_variant: an operator's reason, stored in clear on purpose.
+        return await self._inner.rollback_variant(actor, reason)
 
     # Reads.
 
@@ -133,6 +226,13 @@ class SealedConversationStore:
         # The branches of feedback datasets (docs/datasets.md).
         found = await cast(TreeQueries, self._inner).messages_by_id(owner, message_ids)
         return {message_id: await self._message(m) for message_id, m in found.items()}
+
+    async def tree_skeleton(self, owner: Owner, conversation_id: str) -> TreeSkeleton:
+        # The shape of a branch for feedback datasets; it carries the conversation's title.
+        skeleton = await cast(TreeQueries, self._inner).tree_skeleton(owner, conversation_id)
+        return dataclasses.replace(
+            skeleton, conversation=await self._conversation(skeleton.conversation)
+        )
 
     async def user_message_facts(self, owner: Owner, **kwargs: Any) -> list[MessageFacts]:
         # The export's feedback comments (docs/privacy.md, "Export").

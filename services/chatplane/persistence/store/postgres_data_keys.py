@@ -28,7 +28,9 @@ async def get_data_key(
 
 async def add_data_key(connection: Connection, key: WrappedDataKey) -> WrappedDataKey:
     """Store `key` unless the user has one; the stored one (a concurrent creator may win).
-    One statement: the INSERT's RETURNING, else the row that made it conflict."""
+    The INSERT's RETURNING, else the row that made it conflict: when that row was committed
+    by a concurrent creator after this statement's snapshot, the statement sees neither, and
+    a second statement (autocommit: a new snapshot) reads it."""
     cursor = await connection.execute(
         f"WITH added AS (INSERT INTO user_data_keys ({_COLUMNS}) VALUES (%s, %s, %s, %s, %s)"
         f" ON CONFLICT (tenant_id, user_id) DO NOTHING RETURNING {_COLUMNS})"
@@ -45,9 +47,12 @@ async def add_data_key(connection: Connection, key: WrappedDataKey) -> WrappedDa
         ),
     )
     row = await cursor.fetchone()
-    if row is None:
+    if row is not None:
+        return WrappedDataKey(row[0], row[1], row[2], row[3], bytes(row[4]))
+    stored = await get_data_key(connection, key.tenant_id, key.user_id)
+    if stored is None:  # destroyed again meanwhile
         raise errors.Unavailable("the user's data key changed while it was created; try again")
-    return WrappedDataKey(row[0], row[1], row[2], row[3], bytes(row[4]))
+    return stored
 
 
 async def rewrap_data_key(connection: Connection, key: WrappedDataKey) -> None:

@@ -1,0 +1,167 @@
+"""The sealed store fails closed (docs/security.md, "Encryption at rest"): every public
+attribute of both engines' stores is wrapped by SealedConversationStore, forwarded from its
+reviewed PASS_THROUGH set, or withheld; nothing forwarded returns or writes personal text
+(judged from the engines' annotations, no database needed); anything else raises."""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import re
+import typing
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from chatplane.crypto.sealed_store import PASS_THROUGH, WITHHELD, SealedConversationStore
+from chatplane.persistence.store import base, handoff, user_export
+from chatplane.persistence.store.postgres import PostgresConversationStore
+from chatplane.persistence.store.sqlite import SqliteConversationStore
+
+STORES: tuple[type, ...] = (SqliteConversationStore, PostgresConversationStore)
+
+# What the wrapper seals or opens, and the records made of them: a type that is one of these,
+# or holds one in a field or a container at any depth, carries personal text.
+PERSONAL_TEXT_TYPES: frozenset[type] = frozenset(
+    {
+        base.Message,
+        base.Conversation,
+        base.ConversationPage,
+        base.ConversationHistory,
+        base.Turn,
+        base.TurnRequest,
+        base.TurnReservation,
+        base.Answer,
+        base.Feedback,
+        base.BranchMessage,
+        base.PlacedMessage,
+        base.ConversationTreePage,
+        user_export.MessageFacts,
+        handoff.HandoffState,
+        handoff.HandoffPage,
+        handoff.HandoffChange,
+    }
+)
+PERSONAL_TEXT_NAMES = frozenset(t.__name__ for t in PERSONAL_TEXT_TYPES)
+# A parameter (or a field of a parameter's record) with one of these names writes text.
+TEXT_PARAMETERS = frozenset({"text", "title", "comment", "reason"})
+
+
+def _public_names(store: type) -> set[str]:
+    return {name for name in dir(store) if not name.startswith("_")}
+
+
+def _wrapped() -> set[str]:
+    return {name for name in vars(SealedConversationStore) if not name.startswith("_")}
+
+
+def _hints(target: Any) -> dict[str, Any]:
+    """Resolved annotations, or the strings as written when they do not resolve."""
+    try:
+        return typing.get_type_hints(target)
+    except (NameError, TypeError):  # a name only imported for type checking
+        return dict(getattr(target, "__annotations__", {}))
+
+
+def _types_in(annotation: Any, seen: set[Any]) -> Iterator[Any]:
+    """`annotation` and every type it names: generic arguments, unions, dataclass fields
+    (recursively); unresolved strings as they are."""
+    if isinstance(annotation, str) or annotation in seen:
+        yield annotation
+        return
+    seen.add(annotation)
+    yield annotation
+    for argument in typing.get_args(annotation):
+        yield from _types_in(argument, seen)
+    if dataclasses.is_dataclass(annotation) and isinstance(annotation, type):
+        for field_type in _hints(annotation).values():
+            yield from _types_in(field_type, seen)
+
+
+def _carries_text(annotation: Any) -> bool:
+    for found in _types_in(annotation, set()):
+        if isinstance(found, str):
+            if PERSONAL_TEXT_NAMES & set(re.findall(r"\w+", found)):
+                return True
+        elif found in PERSONAL_TEXT_TYPES:
+            return True
+    return False
+
+
+def _text_fields(annotation: Any) -> set[str]:
+    """Field names among TEXT_PARAMETERS of the records `annotation` names."""
+    names: set[str] = set()
+    for found in _types_in(annotation, set()):
+        if dataclasses.is_dataclass(found) and isinstance(found, type):
+            names |= {f.name for f in dataclasses.fields(found)} & TEXT_PARAMETERS
+    return names
+
+
+def _methods(name: str) -> Iterator[tuple[type, Callable[..., Any]]]:
+    for store in STORES:
+        member = getattr(store, name, None)
+        if callable(member):
+            yield store, member
+
+
+def test_every_public_attribute_of_both_engines_is_wrapped_forwarded_or_withheld() -> None:
+    decided = _wrapped() | PASS_THROUGH | WITHHELD
+    for store in STORES:
+        undecided = _public_names(store) - decided
+        assert not undecided, (
+            f"{store.__name__} has {sorted(undecided)}: wrap each in SealedConversationStore"
+            " if it reads or writes personal text, else add it to PASS_THROUGH"
+        )
+
+
+def test_the_reviewed_sets_name_only_what_the_engines_have() -> None:
+    engines = set.union(*(_public_names(store) for store in STORES))
+    assert not (PASS_THROUGH | WITHHELD) - engines, "stale names"
+    assert not PASS_THROUGH & WITHHELD
+    assert not _wrapped() & (PASS_THROUGH | WITHHELD)
+    # Every wrapped method stands for one of both engines (none wraps a misspelt name).
+    assert not {n for n in _wrapped() if not all(hasattr(s, n) for s in STORES)}
+
+
+@pytest.mark.parametrize("name", sorted(PASS_THROUGH))
+def test_no_forwarded_method_returns_personal_text(name: str) -> None:
+    for store, method in _methods(name):
+        returns = _hints(method).get("return", inspect.signature(method).return_annotation)
+        assert not _carries_text(returns), (
+            f"{store.__name__}.{name} returns {returns!r}, which carries personal text:"
+            " wrap it in SealedConversationStore to open it"
+        )
+
+
+@pytest.mark.parametrize("name", sorted(PASS_THROUGH))
+def test_no_forwarded_method_writes_personal_text(name: str) -> None:
+    for store, method in _methods(name):
+        hints = _hints(method)
+        for parameter in inspect.signature(method).parameters.values():
+            if parameter.name in ("self", "cls"):
+                continue
+            annotation = hints.get(parameter.name, parameter.annotation)
+            where = f"{store.__name__}.{name}({parameter.name})"
+            assert parameter.name not in TEXT_PARAMETERS, f"{where} takes text to write"
+            assert not _carries_text(annotation), f"{where} takes personal text to write"
+            assert not _text_fields(annotation), f"{where} takes a record with text fields"
+
+
+def test_the_type_checks_recognise_personal_text() -> None:
+    # The checks above must be able to fail: these are the shapes they look for.
+    assert _carries_text(base.Message)
+    assert _carries_text(dict[str, base.Message])
+    assert _carries_text(list[user_export.MessageFacts] | None)
+    assert _carries_text("list[Message]")  # an annotation that does not resolve
+    assert _carries_text(typing.get_type_hints(SqliteConversationStore.tree_skeleton)["return"])
+    assert not _carries_text(base.ApiKey)
+    assert _text_fields(base.Feedback) == {"comment"}
+
+
+def test_anything_else_is_refused_by_name() -> None:
+    sealed = SealedConversationStore(object(), object())  # type: ignore[arg-type]
+    for name in ("list_everything_in_clear", "open", "path"):
+        with pytest.raises(AttributeError, match=f"'{name}'.*PASS_THROUGH"):
+            getattr(sealed, name)
+    assert not hasattr(sealed, "write_method")
