@@ -22,6 +22,7 @@ from chatplane.persistence.store.base import (
     Rating,
     Role,
     TurnRequest,
+    TurnReservation,
 )
 from chatplane.persistence.store.handoff import HandoffChange, HandoffMode, HandoffTrigger
 from chatplane.persistence.store.rated_answers import RatedAnswerQuery
@@ -76,12 +77,9 @@ async def test_a_users_data_key_is_created_once_and_destroyed_once(
     assert await keys.get_data_key("t", "alice") is None  # type: ignore[attr-defined]
 
 
-async def test_text_is_stored_sealed_read_opened_and_erased_with_its_key(
-    store: ConversationStore, store_target: StoreTarget, make_message: MessageFactory
-) -> None:
-    keyring = _keyring(store)
-    sealed = sealed_store(store, keyring)
-    reservation = await sealed.begin_turn(
+async def _begin_canary_turn(sealed: ConversationStore) -> TurnReservation:
+    """Alice's new conversation, titled with the canary, through the sealed store."""
+    return await sealed.begin_turn(
         TurnRequest(
             owner=ALICE,
             conversation_id="",
@@ -92,6 +90,14 @@ async def test_text_is_stored_sealed_read_opened_and_erased_with_its_key(
             lease=timedelta(seconds=30),
         )
     )
+
+
+async def test_text_is_stored_sealed_read_opened_and_erased_with_its_key(
+    store: ConversationStore, store_target: StoreTarget, make_message: MessageFactory
+) -> None:
+    keyring = _keyring(store)
+    sealed = sealed_store(store, keyring)
+    reservation = await _begin_canary_turn(sealed)
     conversation = reservation.conversation_id
     question = make_message(
         ALICE, conversation, message_id=reservation.user_message_id, text=f"ask {CANARY}"
@@ -162,17 +168,7 @@ async def test_the_dataset_export_reads_its_branch_and_title_opened(
 ) -> None:
     # tree_skeleton was once forwarded as it was: its conversation's title came back sealed.
     sealed = sealed_store(store, _keyring(store))
-    reservation = await sealed.begin_turn(
-        TurnRequest(
-            owner=ALICE,
-            conversation_id="",
-            client_message_id="",
-            user_message_id=new_id(),
-            assistant_message_id=new_id(),
-            title=f"title {CANARY}",
-            lease=timedelta(seconds=30),
-        )
-    )
+    reservation = await _begin_canary_turn(sealed)
     conversation = reservation.conversation_id
     question = make_message(
         ALICE,
