@@ -30,7 +30,7 @@ import os
 import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -63,7 +63,8 @@ _MASKED_SCORE: Final = -1e9
 _POOLING_FLOOR: Final = 1e-9
 _NORM_FLOOR: Final = 1e-12
 _HASH_PREFIX_CHARS: Final = 16
-_LOAD_ERRORS: Final = (Fail, InvalidGraph, InvalidProtobuf, OSError)
+_LOAD_ERRORS: Final = (Fail, InvalidGraph, InvalidProtobuf, OSError, DecodeError)
+_Loaded = TypeVar("_Loaded")
 _SPLIT_HEADS: Final = "split_heads_shape"
 _MERGE_HEADS: Final = "merge_heads_shape"
 
@@ -106,7 +107,6 @@ class OnnxSentenceEncoder:
         stem = model_name.rsplit("/", 1)[-1] or "model"
         digest = weights_digest(weights_path)[:_HASH_PREFIX_CHARS]
         path = directory / f"{stem}-{digest}-g{GRAPH_VERSION}.onnx"
-        self.precision: Final = precision
         # Where the graph was loaded from, or None if the cache was unwritable and it was built
         # in memory; `built_graph` tells whether this process built it.
         self.model_path: Path | None = path
@@ -119,39 +119,27 @@ class OnnxSentenceEncoder:
             # The quantised graph is derived from the float graph (cached or built now).
             int8_path = directory / f"{stem}-{digest}-g{GRAPH_VERSION}-q{QUANTIZATION_VERSION}.onnx"
             self.model_path = int8_path
-            self._session = self._cached_session(
-                int8_path, lambda: quantized(self._cached_bytes(path, full_precision))
+            self._session = self._cached(
+                int8_path, lambda: quantized(self._cached(path, full_precision, _graph)), _session
             )
         else:
-            self._session = self._cached_session(path, full_precision)
+            self._session = self._cached(path, full_precision, _session)
 
-    def _cached_bytes(self, path: Path, build: Callable[[], bytes]) -> bytes:
-        """The serialised graph at `path`, or built (and cached) when missing or unreadable."""
+    def _cached(
+        self, path: Path, build: Callable[[], bytes], load: Callable[[str | bytes], _Loaded]
+    ) -> _Loaded:
+        """`load` of the graph cached at `path`; when the file is missing or fails to load,
+        `build` makes the graph, which is cached (a damaged file is replaced) and loaded."""
         if path.is_file():
             try:
-                model = path.read_bytes()
-                onnx.load_from_string(model)
-                return model
-            except (OSError, DecodeError):
-                pass
-        model = build()
-        self.built_graph = True
-        _write_atomically(path, model)
-        return model
-
-    def _cached_session(self, path: Path, build: Callable[[], bytes]) -> ort.InferenceSession:
-        """A session of the graph cached at `path`; built, cached and loaded when the file is
-        missing or fails to load (a damaged file is replaced)."""
-        if path.is_file():
-            try:
-                return _session(str(path))
+                return load(str(path))
             except _LOAD_ERRORS:
                 pass  # unreadable or damaged cache file: rebuilt and replaced below
         model = build()
         self.built_graph = True
-        if not _write_atomically(path, model):
+        if not _write_atomically(path, model) and path == self.model_path:
             self.model_path = None
-        return _session(model)
+        return load(model)
 
     def run(self, ids: npt.NDArray[np.int64], mask: Matrix) -> Matrix:
         """Embeds a padded batch: `ids` int64 and `mask` float32 (1 = token), both (batch, len)."""
@@ -162,12 +150,20 @@ class OnnxSentenceEncoder:
 def quantized(model: bytes) -> bytes:
     """The graph with every weight MatMul in int8 (ONNX Runtime's dynamic quantisation: weights
     int8 per output channel, activations quantised per call): ~1.6-2.2x less CPU per text on
-    this model, vectors at cosine 0.985-1.0 (mean 0.994) to the float ones (docs/memory.md)."""
+    this model, vectors at cosine 0.985-1.0 (mean 0.994) to the float ones (docs/rag.md,
+    "Embedding precision")."""
     with tempfile.TemporaryDirectory(prefix="chatplane-quantize-") as work:
         source, target = Path(work) / "fp32.onnx", Path(work) / "int8.onnx"
         source.write_bytes(model)
         quantize_dynamic(source, target, weight_type=QuantType.QInt8, per_channel=True)
         return target.read_bytes()
+
+
+def _graph(model: str | bytes) -> bytes:
+    """The serialised graph (read from the file `model` names), checked to parse."""
+    data = Path(model).read_bytes() if isinstance(model, str) else model
+    onnx.load_from_string(data)
+    return data
 
 
 def _session(model: str | bytes) -> ort.InferenceSession:
