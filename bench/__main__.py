@@ -17,6 +17,7 @@ from bench import (
     auth_flood,
     chain_cpu,
     edge,
+    embedding,
     encryption,
     erasure,
     export,
@@ -66,6 +67,7 @@ BENCHMARKS = (
     Benchmark(erasure.NAME, erasure.TITLE, erasure.NOTES, erasure.run),
     Benchmark(encryption.NAME, encryption.TITLE, encryption.NOTES, encryption.run),
     Benchmark(chain_cpu.NAME, chain_cpu.TITLE, chain_cpu.NOTES, chain_cpu.run),
+    Benchmark(embedding.NAME, embedding.TITLE, embedding.NOTES, embedding.run),
 )
 
 

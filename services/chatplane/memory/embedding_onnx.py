@@ -150,7 +150,7 @@ class OnnxSentenceEncoder:
 def quantized(model: bytes) -> bytes:
     """The graph with every weight MatMul in int8 (ONNX Runtime's dynamic quantisation: weights
     int8 per output channel, activations quantised per call): ~1.6-2.2x less CPU per text on
-    this model, vectors at cosine 0.985-1.0 (mean 0.994) to the float ones (docs/rag.md,
+    this model, vectors at cosine 0.988-1.0 (mean 0.994) to the float ones (docs/rag.md,
     "Embedding precision")."""
     with tempfile.TemporaryDirectory(prefix="chatplane-quantize-") as work:
         source, target = Path(work) / "fp32.onnx", Path(work) / "int8.onnx"

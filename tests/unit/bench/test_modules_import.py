@@ -17,4 +17,4 @@ def test_every_benchmark_module_imports_and_is_registered() -> None:
         importlib.import_module(f"bench.{name}")
     registry = importlib.import_module("bench.__main__")
     registered = {b.name for b in registry.BENCHMARKS}
-    assert {"llm-chain", "export", "erasure", "registry", "encryption"} <= registered
+    assert {"llm-chain", "export", "erasure", "registry", "encryption", "embedding"} <= registered
