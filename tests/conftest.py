@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
 
+import psycopg
 import pytest
+from psycopg.conninfo import make_conninfo
 
 from tests.engine_processes import ENGINES_PY, Engines, load_engines
 
@@ -45,3 +48,46 @@ def engines(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engines]:
             check=False,
         )
         assert down.returncode == 0, down.stderr
+
+
+@pytest.fixture(scope="session")
+def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engines]:
+    """PostgreSQL alone (the pinned wheel's server, with pgvector) for the session, for the
+    tests that need the database but not Kafka or OpenSearch; down afterwards."""
+    state_dir = tmp_path_factory.mktemp("postgres-state")
+    base = [sys.executable, str(ENGINES_PY)]
+    up = subprocess.run(
+        [*base, "up", "--only", "postgres", "--state-dir", str(state_dir)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    try:
+        if up.returncode != 0:
+            failure = f"postgres up failed ({up.returncode}):\n{up.stderr[-6000:]}"
+            pytest.fail(failure, pytrace=False)
+        yield load_engines(state_dir)
+    finally:
+        down = subprocess.run(
+            [*base, "down", "--state-dir", str(state_dir)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert down.returncode == 0, down.stderr
+
+
+@pytest.fixture
+def postgres_database(postgres_server: Engines) -> Iterator[str]:
+    """The DSN of a database made for this test (pgvector installed), dropped after it."""
+    maintenance = postgres_server.env["CHATPLANE_POSTGRES_DSN"]
+    name = f"test_{uuid.uuid4().hex[:16]}"
+    with psycopg.connect(maintenance, autocommit=True) as connection:
+        connection.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield make_conninfo(maintenance, dbname=name)
+    finally:
+        with psycopg.connect(maintenance, autocommit=True) as connection:
+            connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -13,6 +13,9 @@
     └── DeadlineExceeded     → DEADLINE_EXCEEDED
 
 The mapping itself lives in chatplane.common.error_mapping (the server interceptor).
+
+    ConfigError              a service cannot start with its configuration: caught once at
+                             start-up (common/entrypoint.py), one line, exit status 2
 """
 
 from __future__ import annotations
@@ -79,3 +82,9 @@ class Unavailable(ChatplaneError):
 
 class DeadlineExceeded(ChatplaneError):
     """The work did not finish within its deadline."""
+
+
+class ConfigError(Exception):
+    """The settings cannot work (a missing address, an unreadable file, a bad value): the
+    service does not start. Not a gRPC status: it never reaches a caller. The message is one
+    line that names what to set or fix."""
