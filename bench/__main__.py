@@ -1,6 +1,9 @@
 """`python -m bench` (`make bench`): runs the registered benchmarks one after another, each on its
 own freshly started stack, and prints one table per benchmark with targets and pass/fail.
 
+With `--baseline REF` each benchmark runs first on a checkout of REF and then on the working
+tree, and the tables pair the two (bench/baseline.py).
+
 To add a benchmark, write a module with NAME, TITLE, NOTES and
 `async def run(options: Options) -> list[Row]`, and add it to BENCHMARKS."""
 
@@ -8,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -15,6 +19,7 @@ from dataclasses import dataclass
 
 from bench import (
     auth_flood,
+    baseline,
     chain_cpu,
     edge,
     embedding,
@@ -93,16 +98,39 @@ def _arguments(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument(
         "--check", action="store_true", help="exit with status 1 when a target is missed"
     )
+    parser.add_argument(
+        "--baseline",
+        metavar="REF",
+        help="also run each benchmark on this git commit first, and print them side by side",
+    )
     return parser.parse_args(argv)
 
 
-async def _run_all(selected: Sequence[Benchmark], options: Options) -> list[report.Section]:
+async def _run_all(
+    selected: Sequence[Benchmark], options: Options, before: baseline.Checkout | None
+) -> list[report.Section]:
     sections = []
     for benchmark in selected:
+        figures: baseline.BaselineFigures = {}
+        if before is not None:
+            # The baseline right before the same benchmark on this tree: the two runs see the
+            # same machine state as nearly as one run after the other can.
+            began = time.monotonic()
+            figures = await asyncio.to_thread(
+                baseline.run_baseline,
+                before,
+                benchmark.name,
+                quick=options.quick,
+                env=options.env,
+            )
+            progress(options, f"{benchmark.name} on {before.ref}: {time.monotonic() - began:.0f} s")
         began = time.monotonic()
         rows = await benchmark.run(options)
         progress(options, f"{benchmark.name}: {time.monotonic() - began:.0f} s")
-        sections.append(report.Section(benchmark.name, benchmark.title, rows, benchmark.notes))
+        section = report.Section(benchmark.name, benchmark.title, rows, benchmark.notes)
+        if before is not None:
+            section = baseline.side_by_side(section, figures, baseline.label_of(before))
+        sections.append(section)
     return sections
 
 
@@ -115,15 +143,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     options = Options(quick=args.quick, keep_data=args.keep_data, verbose=not args.quiet, env=env)
     selected = [b for b in BENCHMARKS if not args.only or b.name in args.only]
-    before = machine()
+    at_start = machine()
     began = time.monotonic()
-    sections = asyncio.run(_run_all(selected, options))
+    with contextlib.ExitStack() as stack:
+        before = stack.enter_context(baseline.checkout(args.baseline)) if args.baseline else None
+        sections = asyncio.run(_run_all(selected, options, before))
     preamble = [
         f"chatplane benchmarks{' (quick run)' if options.quick else ''}",
-        f"{before} (at start)",
+        f"{at_start} (at start)",
         f"load average at end: {machine().rsplit('load average ', 1)[1]}",
         f"total time {time.monotonic() - began:.0f} s",
     ]
+    if before is not None:
+        preamble.append(baseline.describe(before))
     if env:
         preamble.append("extra environment: " + " ".join(f"{k}={v}" for k, v in env.items()))
     render = report.render_markdown if args.markdown else report.render_text
