@@ -62,8 +62,9 @@ run: $(STAMP) web ## start the whole stack (embedded profile) and print how to c
 run-cluster: infra-up ## start the stack on Kafka, PostgreSQL and OpenSearch (cluster profile)
 	$(BIN)/chatplane up --profile cluster
 
-bench: $(STAMP) bench-litellm ## run the benchmarks and print the tables (see docs/benchmarks.md)
-	$(PY) -m bench
+BASELINE ?=
+bench: $(STAMP) bench-litellm ## run the benchmarks (BASELINE=REF: side by side with that commit; docs/benchmarks.md)
+	$(PY) -m bench $(if $(BASELINE),--baseline $(BASELINE))
 
 bench-litellm: ## LiteLLM's proxy in its own venv (~/.cache/chatplane), for the llm-chain benchmark
 	@./scripts/bench-litellm.sh >/dev/null
