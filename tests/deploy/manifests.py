@@ -81,11 +81,6 @@ def config_map(docs: tuple[Doc, ...], prefix: str) -> Doc:
     return found
 
 
-def edge_config(docs: tuple[Doc, ...]) -> Doc:
-    """The edge Envoy's configuration, from its ConfigMap."""
-    return dict(yaml.safe_load(config_map(docs, "edge-envoy")["data"]["envoy.yaml"]))
-
-
 def is_istio(doc: Doc) -> bool:
     """Whether the resource is an Istio custom resource."""
     return str(doc["apiVersion"]).split("/")[0].endswith(".istio.io")

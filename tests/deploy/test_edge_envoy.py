@@ -1,25 +1,33 @@
-"""The edge Envoy configuration of istio/ in front of the real services (embedded profile, on
-loopback): REST/JSON with Server-Sent Events, gRPC-Web and native gRPC reach the Gateway, errors
-keep their HTTP meaning, CORS admits only the configured origin. Only the listener/admin ports
-and the upstream address differ from what the cluster runs."""
+"""The edge of istio/ in front of the real services (embedded profile, on loopback): the edge
+Deployment's command with the pod's settings, so REST/JSON with Server-Sent Events, gRPC-Web and
+native gRPC reach the Gateway, errors keep their HTTP meaning, CORS admits only the configured
+origin, and SIGTERM drains it. Only the listener/admin ports and the upstream address differ
+from what the cluster runs. And the edge `chatplane up` starts and this one run the same
+envoy/envoy.yaml."""
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import json
+import re
+import signal
+import string
 import struct
-import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import grpc
+import httpx
 import pytest
 import pytest_asyncio
 
+from chatplane.edge.envoy_values import TEMPLATE
 from chatplane.launcher import Stack
+from chatplane.launcher.stack import EDGE
 from chatplane.v1 import gateway_pb2, gateway_pb2_grpc
-from tests.deploy.local_edge import local_edge_envoy
-from tests.deploy.manifests import edge_config, render
+from tests.deploy.local_edge import LocalEdge, edge_container, local_edge
+from tests.deploy.manifests import render
 from tests.integration.stack_client import FAST_PACE, create_key, running_stack, unique
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
@@ -28,41 +36,26 @@ ORIGIN = "https://chat.example.com"
 
 @pytest_asyncio.fixture(loop_scope="module", scope="module")
 async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack]:
-    async with running_stack(tmp_path_factory.mktemp("stack"), FAST_PACE) as running:
+    """The services with the edge `chatplane up` starts in front of them."""
+    # Answers of about two seconds: a stream is still in flight when an edge is told to stop.
+    pace = {**FAST_PACE, "CHATPLANE_OFFLINE_TOKENS_PER_SECOND": "50"}
+    async with running_stack(tmp_path_factory.mktemp("stack"), pace, edge=True) as running:
         yield running
 
 
 @pytest.fixture(scope="module")
-def edge_port(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
-    """The edge Envoy, configured as in prod, with the local Gateway as its upstream."""
-    docs = render("prod")
-    config = edge_config(docs)
-    (cluster,) = config["static_resources"]["clusters"]
-    host, port = stack.info().address("gateway").rsplit(":", 1)
-    endpoint = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
-    endpoint["address"]["socket_address"] = {"address": host, "port_value": int(port)}
+def pod_edge(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalEdge]:
+    """The edge as the prod overlay runs it, with the local Gateway as its upstream."""
     directory = tmp_path_factory.mktemp("edge")
-    with local_edge_envoy(docs, config, directory, log_level="error") as admin_file:
-        yield _listener_port(admin_file)
+    with local_edge(
+        render("prod"), directory, gateway_address=stack.info().address("gateway")
+    ) as edge:
+        yield edge
 
 
-def _listener_port(admin_file: Path) -> int:
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        if admin_file.exists() and (admin := admin_file.read_text().strip()):
-            host, port = admin.rsplit(":", 1)
-            connection = http.client.HTTPConnection(host, int(port), timeout=2)
-            try:
-                connection.request("GET", "/listeners?format=json")
-                statuses = json.loads(connection.getresponse().read())["listener_statuses"]
-                if statuses and "local_address" in statuses[0]:
-                    return int(statuses[0]["local_address"]["socket_address"]["port_value"])
-            except (OSError, ValueError):
-                pass
-            finally:
-                connection.close()
-        time.sleep(0.05)
-    raise AssertionError("the edge Envoy did not start")
+@pytest.fixture(scope="module")
+def edge_port(pod_edge: LocalEdge) -> int:
+    return pod_edge.port
 
 
 def request(
@@ -100,11 +93,12 @@ async def test_rest_chat_streams_sse_events_and_history_reads_back(
 
 
 async def test_rest_errors_keep_their_http_meaning(stack: Stack, edge_port: int) -> None:
-    status, headers, _ = request(edge_port, "GET", "/v1/conversations")
+    """The Gateway's google.rpc.Status as the JSON body, its code as the HTTP status."""
+    status, _, body = request(edge_port, "GET", "/v1/conversations")
     assert status == 401
-    assert headers["grpc-status"] == str(grpc.StatusCode.UNAUTHENTICATED.value[0])
+    assert json.loads(body)["code"] == grpc.StatusCode.UNAUTHENTICATED.value[0]
     key = await create_key(stack, unique("tenant"), unique("user"))
-    status, headers, _ = request(
+    status, _, body = request(
         edge_port,
         "POST",
         "/v1/chat",
@@ -112,8 +106,10 @@ async def test_rest_errors_keep_their_http_meaning(stack: Stack, edge_port: int)
         {"authorization": f"Bearer {key}", "content-type": "application/json"},
     )
     assert status == 400
-    assert headers["grpc-status"] == str(grpc.StatusCode.INVALID_ARGUMENT.value[0])
-    assert headers["grpc-status-details-bin"]  # the field, as google.rpc.BadRequest
+    error = json.loads(body)
+    assert error["code"] == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    (bad_request,) = [d for d in error["details"] if d["@type"].endswith("google.rpc.BadRequest")]
+    assert bad_request["fieldViolations"][0]["field"] == "text"
 
 
 async def test_grpc_web_and_native_grpc_reach_the_gateway(stack: Stack, edge_port: int) -> None:
@@ -158,3 +154,72 @@ async def test_cors_admits_only_the_configured_origin(edge_port: int) -> None:
         edge_port, "OPTIONS", "/v1/chat", headers={**preflight, "origin": "https://evil.example"}
     )
     assert "access-control-allow-origin" not in headers
+
+
+async def _first_failed_health_check(url: str) -> int:
+    """Polls a health check until it stops answering 200; that answer (0: no connection)."""
+    async with asyncio.timeout(10), httpx.AsyncClient(timeout=2) as probe:
+        while True:
+            try:
+                status = (await probe.get(url, headers={"connection": "close"})).status_code
+            except httpx.TransportError:
+                return 0
+            if status != 200:
+                return status
+            await asyncio.sleep(0.02)  # polling Envoy: it has no event to wait on
+
+
+def _filled_in_pattern(template: str) -> re.Pattern[str]:
+    """Matches `template` with any text in place of each placeholder, and nothing else."""
+    parts = re.split(r"(?<!\$)\$\{\w+\}", template)
+    literal = [string.Template(part).safe_substitute() for part in parts]  # `$$` is `$`
+    return re.compile("(?s:.*?)".join(re.escape(part) for part in literal))
+
+
+async def test_chatplane_up_and_the_pod_run_the_same_envoy_yaml(
+    stack: Stack, pod_edge: LocalEdge
+) -> None:
+    """What each edge's Envoy runs is envoy/envoy.yaml with only its placeholders filled in."""
+    pattern = _filled_in_pattern(TEMPLATE.read_text())
+    up_config = stack.data_dir / "edge" / "envoy.yaml"
+    assert stack.services[EDGE].port  # the launcher's edge is running
+    for running in (up_config, pod_edge.config_path):
+        assert pattern.fullmatch(running.read_text()), running
+    # ... with their own values: the pod's are not a laptop's.
+    assert '"0.0.0.0"' not in up_config.read_text()
+    assert "gateway.chatplane.svc.cluster.local" not in up_config.read_text()
+
+
+async def test_sigterm_fails_the_health_check_and_lets_a_stream_finish(
+    stack: Stack, tmp_path: Path
+) -> None:
+    """The pod's preStop only pauses: SIGTERM makes the edge fail /healthz (readiness drops),
+    drain its listener, and wait for the answer in flight, which still ends with `done`."""
+    key = await create_key(stack, unique("tenant"), unique("user"))
+    docs = render("prod")
+    hook = edge_container(docs)["lifecycle"]["preStop"]
+    assert set(hook) == {"sleep"}
+    with local_edge(docs, tmp_path, gateway_address=stack.info().address("gateway")) as edge:
+        health = f"http://127.0.0.1:{edge.port}/healthz"
+        events: list[str] = []
+        statuses: list[int] = []
+        async with (
+            httpx.AsyncClient(timeout=30) as client,
+            client.stream(
+                "POST",
+                f"http://127.0.0.1:{edge.port}/v1/chat",
+                headers={"authorization": f"Bearer {key}"},
+                json={"text": "Tell me about the delivery address."},
+            ) as response,
+        ):
+            async for line in response.aiter_lines():
+                if not line.startswith("data: "):
+                    continue
+                events.append(next(iter(json.loads(line[6:]))))
+                if len(events) == 1:
+                    statuses.append((await client.get(health)).status_code)
+                    edge.process.send_signal(signal.SIGTERM)
+                    statuses.append(await _first_failed_health_check(health))
+        assert events[0] == "started" and events[-1] == "done"
+        assert statuses == [200, 503]
+        assert edge.process.wait(timeout=60) == 0

@@ -257,6 +257,23 @@ async def test_unknown_paths_are_404(edge_stack: EdgeStack, http: httpx.AsyncCli
         with pytest.raises(grpc.aio.AioRpcError) as internal:
             await call(b"", timeout=5)
     assert internal.value.code() is grpc.StatusCode.UNIMPLEMENTED
+    # No web chat behind this edge: a path outside the API is unknown too, over any protocol
+    # (the web cluster is there, without an endpoint).
+    page = await http.get(f"{edge_stack.url}/index.html")
+    assert page.status_code == 404 and page.json()["code"] == 5
+    async with grpc.aio.insecure_channel(edge_stack.edge_address) as channel:
+        call = channel.unary_unary("/other.v1.Service/Method")
+        with pytest.raises(grpc.aio.AioRpcError) as other:
+            await call(b"", timeout=5)
+    assert other.value.code() is grpc.StatusCode.UNIMPLEMENTED
+
+
+async def test_the_health_check_is_answered_by_the_edge(
+    edge_stack: EdgeStack, http: httpx.AsyncClient
+) -> None:
+    health = await http.get(f"{edge_stack.url}/healthz")
+    assert health.status_code == 200
+    assert "x-envoy-upstream-service-time" not in health.headers  # no upstream involved
 
 
 async def test_gateway_errors_map_to_http_codes(

@@ -162,6 +162,11 @@ class Settings(BaseSettings):
     # total timeout, only by silence).
     edge_stream_idle_timeout_seconds: float = Field(default=120.0, gt=0)
     edge_max_heap_bytes: int = Field(default=512 * 1024 * 1024, gt=0)
+    # Proxies in front of the edge that append X-Forwarded-For and are trusted for the client's
+    # address (1 behind the Istio ingress gateway).
+    edge_xff_trusted_hops: int = Field(default=0, ge=0)
+    # Where Envoy writes its JSON access log; empty: <data dir>/logs/edge-access.log.
+    edge_access_log: str = ""
 
     # Web chat (python -m chatplane.webui): the built files of web/ (empty: the checkout's
     # web/dist) on host:webui_port; Envoy sends every non-API path there.

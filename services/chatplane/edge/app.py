@@ -1,6 +1,7 @@
-"""Wires the edge process (`python -m chatplane.edge`): renders Envoy's configuration from the
-settings into <data dir>/edge/, starts Envoy, prints the ready line (the listener's port) once
-Envoy's admin interface reports it live, and on SIGTERM drains Envoy before stopping it."""
+"""Wires the edge process (`python -m chatplane.edge`): fills the settings into envoy/envoy.yaml
+(envoy_values.py) and writes the result and the transcoder's descriptor set into
+<data dir>/edge/, starts Envoy, prints the ready line (the listener's port) once Envoy's admin
+interface reports it live, and on SIGTERM drains Envoy before stopping it."""
 
 from __future__ import annotations
 
@@ -14,11 +15,13 @@ from pathlib import Path
 from chatplane.common import errors
 from chatplane.common.settings import Settings
 from chatplane.edge.descriptors import edge_descriptor_set
-from chatplane.edge.envoy_config import LISTENER, allowed_origins, render, to_yaml
 from chatplane.edge.envoy_process import EnvoyProcess
+from chatplane.edge.envoy_values import TEMPLATE, allowed_origins, envoy_values, fill_in
 
 _log = logging.getLogger(__name__)
 
+# The listener's name in envoy/envoy.yaml.
+LISTENER = "edge"
 READY_TIMEOUT_SECONDS = 30.0
 # How long Envoy keeps telling clients to go away (GOAWAY / `connection: close`) while it drains.
 DRAIN_SECONDS = 2
@@ -26,23 +29,31 @@ ACTIVE_REQUESTS_STAT = f"http.{LISTENER}.downstream_rq_active"
 _ENVOY_LOG_LEVELS = {"DEBUG": "debug", "INFO": "info", "WARNING": "warn", "ERROR": "error"}
 
 
-def write_config(settings: Settings) -> Path:
-    """Writes the descriptor set and envoy.yaml into <data dir>/edge/; the config's path."""
+def write_config(settings: Settings, template: Path = TEMPLATE) -> Path:
+    """Writes the descriptor set and `template` filled in from the settings into
+    <data dir>/edge/; the path of the configuration Envoy runs."""
     work_dir = settings.data_path("edge")
-    logs_dir = settings.data_path("logs")
     work_dir.mkdir(exist_ok=True)
-    logs_dir.mkdir(exist_ok=True)
-    descriptor_path = work_dir / "chatplane-edge.binpb"
-    descriptor_path.write_bytes(edge_descriptor_set())
-    config = to_yaml(
-        render(
-            settings,
-            descriptor_path=descriptor_path.resolve(),
-            access_log_path=(logs_dir / "edge-access.log").resolve(),
-        )
+    # As given (`/dev/stdout` must stay that, not the file it links to), else in logs/.
+    access_log = Path(settings.edge_access_log)
+    if not settings.edge_access_log:
+        logs_dir = settings.data_path("logs")
+        logs_dir.mkdir(exist_ok=True)
+        access_log = (logs_dir / "edge-access.log").resolve()
+    descriptor_set = work_dir / "chatplane-edge.binpb"
+    descriptor_set.write_bytes(edge_descriptor_set())
+    values = envoy_values(
+        settings,
+        descriptor_set=descriptor_set.resolve(),
+        access_log=access_log,
+        envoy_dir=template.parent.resolve(),
     )
+    try:
+        text = template.read_text()
+    except OSError as error:
+        raise errors.ConfigError(f"cannot read {template}: {error.strerror}") from None
     config_path = work_dir / "envoy.yaml"
-    config_path.write_text(config)
+    config_path.write_text(fill_in(text, values, source=template))
     return config_path
 
 

