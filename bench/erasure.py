@@ -1,33 +1,35 @@
-"""Erasure and retention benchmark on the embedded profile's files (SQLite): how long the
-`system_of_record` step of an erasure takes for users with 100, 1,000 and 10,000 stored
-messages (next to another user of the tenant with 10,000), the `message_log` step on the
-embedded log holding their records, and how fast the retention sweep's store part deletes
-expired conversations (20 messages each)."""
+"""Erasure and retention benchmark on the embedded profile (the SQLite store, the message log
+on PostgreSQL): how long the `system_of_record` step of an erasure takes for users with 100,
+1,000 and 10,000 stored messages (next to another user of the tenant with 10,000), the
+`message_log` step on the embedded log holding their records, and how fast the retention
+sweep's store part deletes expired conversations (20 messages each)."""
 
 from __future__ import annotations
 
 import asyncio
 import tempfile
 import time
+import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from bench.harness import Options, progress
+from bench.persistence import Postgres, running_postgres
 from bench.report import Row, Target
 from chatplane.common.ids import new_id
 from chatplane.log.base import LogRecord
-from chatplane.log.embedded import EmbeddedMessageLog
-from chatplane.log.record_erasure import EmbeddedLogEraser
+from chatplane.log.postgres import PostgresMessageLog
+from chatplane.log.record_erasure import PostgresLogEraser
 from chatplane.persistence.store.base import Message, MessageStatus, Owner, Role
 from chatplane.persistence.store.sqlite import SqliteConversationStore
 
 NAME = "erasure"
-TITLE = "erasure: the rows and log steps of EraseUser, and the retention sweep, on SQLite"
+TITLE = "erasure: the rows (SQLite) and log (PostgreSQL) steps of EraseUser, and retention"
 NOTES = (
     "Rows: one transaction deleting the user's feedback, deltas, metrics, handoffs, turns, "
     "messages, conversations and keys; the other user's 10,000 messages stay.",
-    "Log: records keyed by the user's conversations deleted from the embedded log "
-    "(secure_delete, WAL checkpoint); one record per message, as the Agent writes them.",
+    "Log: records keyed by the user's conversations deleted from the embedded log's table "
+    "(by its key index, then VACUUM); one record per message, as the Agent writes them.",
     "Retention: expire_conversations batches of 200 (conversations of 20 messages).",
 )
 
@@ -64,8 +66,8 @@ async def _seed(store: SqliteConversationStore, messages: list[Message]) -> None
         await store.write_messages(messages[start : start + 500])
 
 
-async def _log(path: Path, messages: list[Message]) -> None:
-    producer = EmbeddedMessageLog(path).producer()
+async def _log(dsn: str, messages: list[Message]) -> None:
+    producer = PostgresMessageLog(dsn).producer()
     try:
         records = [
             LogRecord("chatplane.messages", m.conversation_id.encode(), _TEXT.encode())
@@ -77,15 +79,18 @@ async def _log(path: Path, messages: list[Message]) -> None:
         await producer.close()
 
 
-async def _one_size(options: Options, size: int, folder: Path) -> tuple[float, float, float]:
+async def _one_size(
+    options: Options, size: int, folder: Path, postgres: Postgres
+) -> tuple[float, float, float]:
     now = datetime.now(UTC)
+    log_dsn = await postgres.database(f"erasure_log_{uuid.uuid4().hex[:10]}")
     store = await SqliteConversationStore.open(folder / f"p{size}.db")
     erased, kept = Owner(TENANT, f"erased-{size}"), Owner(TENANT, "kept")
     erased_messages = _messages(erased, size, now)
     kept_messages = _messages(kept, 10_000, now)
     try:
         await _seed(store, erased_messages + kept_messages)
-        await _log(folder / f"log{size}.db", erased_messages + kept_messages)
+        await _log(log_dsn, erased_messages + kept_messages)
         progress(options, f"erasing a user with {size} messages")
         started = time.perf_counter()
         removed = await store.erase_user_rows(erased.tenant_id, erased.user_id)
@@ -93,9 +98,7 @@ async def _one_size(options: Options, size: int, folder: Path) -> tuple[float, f
         assert removed["messages"] == size
         conversations = sorted({m.conversation_id for m in erased_messages})
         started = time.perf_counter()
-        logged = await EmbeddedLogEraser(folder / f"log{size}.db").erase_conversations(
-            conversations
-        )
+        logged = await PostgresLogEraser(log_dsn).erase_conversations(conversations)
         log_ms = (time.perf_counter() - started) * 1000
         assert logged["log_records"] == size
         # Retention: every kept conversation is past a 1-day period a year later.
@@ -116,10 +119,11 @@ async def run(options: Options) -> list[Row]:
     logs: dict[str, float | None] = {}
     sweep: dict[str, float | None] = {}
     with tempfile.TemporaryDirectory(prefix="chatplane-bench-erasure-") as folder:
-        for size in sizes:
-            rows_ms, log_ms, per_second = await _one_size(options, size, Path(folder))
-            rows[f"{size} msgs"], logs[f"{size} msgs"] = rows_ms, log_ms
-            sweep[f"{size} msgs"] = per_second
+        async with running_postgres(options) as postgres:
+            for size in sizes:
+                rows_ms, log_ms, per_second = await _one_size(options, size, Path(folder), postgres)
+                rows[f"{size} msgs"], logs[f"{size} msgs"] = rows_ms, log_ms
+                sweep[f"{size} msgs"] = per_second
     return [
         Row(
             NAME,

@@ -1,5 +1,5 @@
 """Handoff benchmark (docs/handoff.md), embedded profile: how fast an operator's reply reaches
-the user's watch stream (PostReply → the SQLite log → the Gateway's tail → the stream), how
+the user's watch stream (PostReply → the message log → the Gateway's tail → the stream), how
 fast a message in human mode is answered with the `handoff` event, and what the handoff check
 adds to every turn of a continuing conversation (the GetHandoff call to Persistence)."""
 
@@ -36,7 +36,7 @@ STACK_ENV = {
 NOTES = (
     "reply delivery = the watch stream's receipt of the reply - PostReply sent (one operator, "
     "one watching user, one at a time): two Persistence reads, one log append of two records, "
-    "the Gateway's tail of the SQLite log (checked every 5 ms), the stream",
+    "the Gateway's tail of the log's PostgreSQL table (woken by NOTIFY), the stream",
     "human-mode Chat = the `handoff` event's receipt - Chat sent: auth, BeginTurn, GetHandoff, "
     "the user message appended, ReleaseTurn",
     "GetHandoff = one call from a client on loopback, the work every turn of a continuing "

@@ -21,7 +21,8 @@ from chatplane.common import errors
 from chatplane.common.ids import new_id
 from chatplane.common.settings import Settings
 from chatplane.common.topics import MESSAGES_DLQ_TOPIC, MESSAGES_TOPIC
-from chatplane.log import EmbeddedMessageLog, LogRecord
+from chatplane.log import LogRecord, PostgresMessageLog
+from chatplane.log.postgres import SCHEMA as LOG_SCHEMA
 from chatplane.persistence.consumer import (
     CONSUMER_GROUP,
     DEAD_LETTER_REASON_HEADER,
@@ -785,13 +786,21 @@ async def _eventually(check: Callable[[], Awaitable[bool]], what: str, within: f
         await asyncio.sleep(0.01)
 
 
-async def _lag(log: EmbeddedMessageLog) -> int:
+@pytest.fixture(name="log")
+def log_fixture(postgres_database: str) -> PostgresMessageLog:
+    """The embedded message log, empty, in the module's database (its own schema)."""
+    with psycopg.connect(postgres_database, autocommit=True) as connection:
+        connection.execute(f"DROP SCHEMA IF EXISTS {LOG_SCHEMA} CASCADE")
+    return PostgresMessageLog(postgres_database)
+
+
+async def _lag(log: PostgresMessageLog) -> int:
     async with log.consumer(CONSUMER_GROUP, [MESSAGES_TOPIC]) as observer:
         return await observer.lag()
 
 
 @contextlib.asynccontextmanager
-async def _consuming(log: EmbeddedMessageLog, store: ConversationStore) -> AsyncIterator[None]:
+async def _consuming(log: PostgresMessageLog, store: ConversationStore) -> AsyncIterator[None]:
     log_consumer = log.consumer(CONSUMER_GROUP, [MESSAGES_TOPIC])
     dead_letters = log.producer()
     consumer = BatchConsumer(
@@ -812,7 +821,7 @@ async def _consuming(log: EmbeddedMessageLog, store: ConversationStore) -> Async
         await dead_letters.close()
 
 
-async def _append(log: EmbeddedMessageLog, records: Sequence[LogRecord]) -> None:
+async def _append(log: PostgresMessageLog, records: Sequence[LogRecord]) -> None:
     async with log.producer() as producer:
         await producer.append(list(records), timeout=5)
 
@@ -820,10 +829,9 @@ async def _append(log: EmbeddedMessageLog, records: Sequence[LogRecord]) -> None
 async def test_consumer_stores_a_redelivered_batch_once(
     store: ConversationStore,
     store_target: StoreTarget,
-    tmp_path: Path,
+    log: PostgresMessageLog,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    log = EmbeddedMessageLog(tmp_path / "log.db")
     records = [_log_record(recorded(ALICE)) for _ in range(30)]
     # The producer retried: the first ten are in the log twice.
     await _append(log, [*records, *records[:10]])
@@ -848,9 +856,8 @@ async def test_consumer_stores_a_redelivered_batch_once(
 
 
 async def test_consumer_dead_letters_what_the_store_refuses(
-    store: ConversationStore, store_target: StoreTarget, tmp_path: Path
+    store: ConversationStore, store_target: StoreTarget, log: PostgresMessageLog
 ) -> None:
-    log = EmbeddedMessageLog(tmp_path / "log.db")
     good = recorded(ALICE)
     conversation_id = good.message.conversation_id
     later = recorded(ALICE, conversation_id=conversation_id)
@@ -881,7 +888,7 @@ async def test_consumer_dead_letters_what_the_store_refuses(
     assert len(letters) == len(bad) and reasons == set(expected)
 
 
-async def _lag_is(log: EmbeddedMessageLog, expected: int) -> bool:
+async def _lag_is(log: PostgresMessageLog, expected: int) -> bool:
     return await _lag(log) == expected
 
 

@@ -2,8 +2,9 @@
 
 Each implementation is one entry of IMPLEMENTATIONS; the tests use only the interface, plus
 a snippet of Python that opens the same log in a child process for the multi-process cases.
-The Kafka entry uses the session's broker (the `engines` fixture), so every test names its
-own topics and groups.
+The PostgreSQL entry gets a fresh database per test (the `postgres_database` fixture); the
+Kafka entry uses the session's broker (the `engines` fixture), so every test names its own
+topics and groups.
 
 Order is promised per key (Kafka: per partition), never across keys, so the tests check it
 per key, and offsets per partition.
@@ -14,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import sqlite3
 import sys
 import textwrap
 import time
@@ -30,11 +30,11 @@ from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-def
 from chatplane.common.errors import Unavailable
 from chatplane.log import (
     ConsumedRecord,
-    EmbeddedMessageLog,
     LogRecord,
     MessageLog,
     MessageLogConsumer,
     MessageLogProducer,
+    PostgresMessageLog,
 )
 from chatplane.log.kafka import KafkaMessageLog
 from tests.engine_processes import Engines
@@ -70,10 +70,10 @@ class LogUnderTest:
             await opened.close()
 
 
-def _embedded(request: pytest.FixtureRequest, tmp_path: Path) -> LogUnderTest:
-    path = tmp_path / "log.sqlite3"
-    setup = f"from chatplane.log import EmbeddedMessageLog\nlog = EmbeddedMessageLog({str(path)!r})"
-    return LogUnderTest(EmbeddedMessageLog(path), setup)
+def _postgres(request: pytest.FixtureRequest, tmp_path: Path) -> LogUnderTest:
+    dsn: str = request.getfixturevalue("postgres_database")
+    setup = f"from chatplane.log import PostgresMessageLog\nlog = PostgresMessageLog({dsn!r})"
+    return LogUnderTest(PostgresMessageLog(dsn), setup)
 
 
 KAFKA_PARTITIONS = 6
@@ -125,8 +125,8 @@ def _kafka(request: pytest.FixtureRequest, tmp_path: Path) -> LogUnderTest:
 
 
 IMPLEMENTATIONS: dict[str, Callable[[pytest.FixtureRequest, Path], LogUnderTest]] = {
-    "embedded": _embedded,
     "kafka": _kafka,
+    "postgres": _postgres,
 }
 
 
@@ -440,28 +440,3 @@ async def test_consumer_killed_before_commit_leaves_its_records_to_the_next(
     assert await successor.lag() == 200
     got = await consume(successor, 200, deadline=4.0 + message_log.member_timeout)
     assert [r.value for r in got] == [r.value for r in sent[100:]]
-
-
-# Embedded only: behaviour that depends on SQLite itself.
-
-
-async def test_embedded_append_to_a_locked_file_raises_unavailable_in_time(
-    tmp_path: Path, topic: str
-) -> None:
-    log = EmbeddedMessageLog(tmp_path / "log.sqlite3")
-    async with log.producer() as producer:
-        await producer.append(records_of(topic, b"k", 1), timeout=APPEND_TIMEOUT)
-        holder = sqlite3.connect(log.path, isolation_level=None)
-        try:
-            holder.execute("BEGIN IMMEDIATE")  # another process holding the write lock
-            started = time.monotonic()
-            with pytest.raises(Unavailable):
-                await producer.append(records_of(topic, b"k", 1), timeout=0.3)
-            assert time.monotonic() - started < 1.0
-            holder.execute("ROLLBACK")
-        finally:
-            holder.close()
-        # Once the lock is released the producer works again.
-        await producer.append(records_of(topic, b"k", 1), timeout=APPEND_TIMEOUT)
-    async with log.consumer("g", [topic]) as consumer:
-        assert await consumer.lag() in (2, 3)  # the timed-out append may or may not be stored

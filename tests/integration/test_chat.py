@@ -4,18 +4,22 @@ memory recall, history, input validation, tenant isolation, idempotency, rate li
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import uuid
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import grpc
+import psycopg
 import pytest
 import pytest_asyncio
 from google.rpc import error_details_pb2
+from psycopg.conninfo import make_conninfo
 
 from chatplane.common.topics import MESSAGES_TOPIC
 from chatplane.launcher import Stack
-from chatplane.log import EmbeddedMessageLog
+from chatplane.log import PostgresMessageLog
 from chatplane.v1 import gateway_pb2, persistence_pb2, persistence_pb2_grpc, resources_pb2
+from tests.engine_processes import Engines
 from tests.integration.stack_client import (
     FAST_PACE,
     Client,
@@ -30,10 +34,25 @@ from tests.integration.stack_client import (
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 
+@pytest.fixture(scope="module")
+def log_dsn(postgres_server: Engines) -> Iterator[str]:
+    """A database for the module's stack, where its message log lives; dropped at the end."""
+    maintenance = postgres_server.env["CHATPLANE_POSTGRES_DSN"]
+    name = f"chat_{uuid.uuid4().hex[:16]}"
+    with psycopg.connect(maintenance, autocommit=True) as connection:
+        connection.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield make_conninfo(maintenance, dbname=name)
+    finally:
+        with psycopg.connect(maintenance, autocommit=True) as connection:
+            connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
 @pytest_asyncio.fixture(loop_scope="module", scope="module")
-async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack]:
+async def stack(tmp_path_factory: pytest.TempPathFactory, log_dsn: str) -> AsyncIterator[Stack]:
     env = {
         **FAST_PACE,
+        "CHATPLANE_POSTGRES_DSN": log_dsn,
         "CHATPLANE_RATE_LIMIT_PER_MINUTE": "6000",
         "CHATPLANE_RATE_LIMIT_BURST": "200",
     }
@@ -382,9 +401,14 @@ async def assert_one_turn(client: Client, conversation_id: str) -> None:
 
 
 async def test_rate_limit_answers_resource_exhausted_with_retry_delay(
-    tmp_path: Path,
+    tmp_path: Path, postgres_database: str
 ) -> None:
-    env = {**FAST_PACE, "CHATPLANE_RATE_LIMIT_PER_MINUTE": "6", "CHATPLANE_RATE_LIMIT_BURST": "3"}
+    env = {
+        **FAST_PACE,
+        "CHATPLANE_RATE_LIMIT_PER_MINUTE": "6",
+        "CHATPLANE_RATE_LIMIT_BURST": "3",
+        "CHATPLANE_POSTGRES_DSN": postgres_database,
+    }
     async with (
         running_stack(tmp_path, env) as limited,
         grpc.aio.insecure_channel(limited.info().address("gateway")) as chan,
@@ -413,7 +437,7 @@ async def test_rate_limit_answers_resource_exhausted_with_retry_delay(
 
 
 async def test_log_records_carry_the_callers_trace_context(
-    stack: Stack, channel: grpc.aio.Channel
+    stack: Stack, channel: grpc.aio.Channel, log_dsn: str
 ) -> None:
     client = await new_client(stack, channel)
     traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
@@ -427,9 +451,7 @@ async def test_log_records_carry_the_callers_trace_context(
         turn.add(event)
     assert turn.started is not None and turn.done is not None
     conversation = turn.started.started.conversation_id.encode()
-    consumer = EmbeddedMessageLog(stack.data_dir / "log.db").consumer(
-        unique("reader"), [MESSAGES_TOPIC]
-    )
+    consumer = PostgresMessageLog(log_dsn).consumer(unique("reader"), [MESSAGES_TOPIC])
     try:
         headers = []
         while True:

@@ -1,5 +1,5 @@
 """Encryption at rest in the embedded profile, end to end: a turn with a unique canary string
-leaves no plaintext in the message log's or the system of record's files, reads decrypt
+leaves no plaintext in the message log's table or the system of record's files, reads decrypt
 transparently, and destroying the user's data key makes every log record and row of theirs
 unreadable while another user's still opens."""
 
@@ -9,13 +9,15 @@ import uuid
 from pathlib import Path
 
 import grpc
+import psycopg
 
 from chatplane.common.settings import Settings
 from chatplane.common.topics import MESSAGES_TOPIC
 from chatplane.crypto.envelope import KeyDestroyed, is_sealed
 from chatplane.crypto.factory import store_key_source, store_keyring
 from chatplane.crypto.keyring import ERASED_TEXT
-from chatplane.log import EmbeddedMessageLog
+from chatplane.log import PostgresMessageLog
+from chatplane.log.postgres import SCHEMA as LOG_SCHEMA
 from chatplane.persistence.store.sqlite import SqliteConversationStore
 from chatplane.v1 import (
     events_pb2,
@@ -44,6 +46,23 @@ def plaintext_hits(files: list[Path], *needles: str) -> dict[str, int]:
     return hits
 
 
+def log_plaintext_hits(dsn: str, *needles: str) -> dict[str, int]:
+    """How many records of the embedded message log hold each needle (UTF-8) in their key,
+    value or headers, as stored."""
+    hits = {}
+    with psycopg.connect(dsn, autocommit=True) as connection:
+        for needle in needles:
+            row = connection.execute(
+                f"SELECT count(*) FROM {LOG_SCHEMA}.records"
+                " WHERE position(%(n)s::bytea IN key) > 0 OR position(%(n)s::bytea IN value) > 0"
+                " OR position(%(n)s::bytea IN headers) > 0",
+                {"n": needle.encode()},
+            ).fetchone()
+            assert row is not None
+            hits[needle] = int(row[0])
+    return hits
+
+
 def files_with(files: list[Path], *needles: str) -> list[str]:
     """The files holding any of the needles (for a failure's message)."""
     return [str(f) for f in files if any(n.encode() in f.read_bytes() for n in needles)]
@@ -66,13 +85,14 @@ async def _history(client: Client, conversation_id: str) -> gateway_pb2.GetConve
 
 
 async def test_embedded_log_and_store_hold_no_plaintext_and_shredding_works(
-    tmp_path: Path,
+    tmp_path: Path, postgres_database: str
 ) -> None:
     data_dir = tmp_path / "stack"
+    log_dsn = postgres_database
     canary = f"CANARY{uuid.uuid4().hex}"
     bob_canary = f"BOBCANARY{uuid.uuid4().hex}"
     async with (
-        running_stack(data_dir, ENV) as stack,
+        running_stack(data_dir, {**ENV, "CHATPLANE_POSTGRES_DSN": log_dsn}) as stack,
         grpc.aio.insecure_channel(stack.info().address("gateway")) as channel,
     ):
         alice = Client(channel, await create_key(stack, "acme", "alice"))
@@ -146,9 +166,11 @@ async def test_embedded_log_and_store_hold_no_plaintext_and_shredding_works(
             f"bob writes {bob_canary}"
         )
 
-    # On disk: the log and the store (with their WAL files) never held either canary.
-    files = [p for p in data_dir.iterdir() if p.name.startswith(("log.db", "persistence.db"))]
-    assert {p.name for p in files} >= {"log.db", "persistence.db"}
+    # At rest: the log's records and the store's files (with their WAL) never held either
+    # canary.
+    assert log_plaintext_hits(log_dsn, canary, bob_canary) == {canary: 0, bob_canary: 0}
+    files = [p for p in data_dir.iterdir() if p.name.startswith("persistence.db")]
+    assert {p.name for p in files} >= {"persistence.db"}
     assert plaintext_hits(files, canary, bob_canary) == {canary: 0, bob_canary: 0}
     # The scan does find plaintext where it is: the memory index keeps the text to search it
     # (docs/security.md: erasure deletes it there).
@@ -159,7 +181,7 @@ async def test_embedded_log_and_store_hold_no_plaintext_and_shredding_works(
     store = await SqliteConversationStore.open(data_dir / "persistence.db")
     settings = Settings(data_dir=data_dir)
     keyring = store_keyring(settings, store_key_source(settings, store))
-    consumer = EmbeddedMessageLog(data_dir / "log.db").consumer("canary-check", [MESSAGES_TOPIC])
+    consumer = PostgresMessageLog(log_dsn).consumer("canary-check", [MESSAGES_TOPIC])
     opened: dict[str, list[str]] = {"alice": [], "bob": []}
     shredded = 0
     try:

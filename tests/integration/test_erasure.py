@@ -10,6 +10,7 @@ import sqlite3
 from pathlib import Path
 
 import grpc
+import psycopg
 import pytest
 
 from chatplane.common.settings import Settings
@@ -17,6 +18,7 @@ from chatplane.common.topics import MESSAGES_TOPIC
 from chatplane.crypto.envelope import KeyDestroyed, is_sealed
 from chatplane.crypto.factory import store_key_source, store_keyring
 from chatplane.launcher import Stack
+from chatplane.log.postgres import SCHEMA as LOG_SCHEMA
 from chatplane.persistence.store.sqlite import SqliteConversationStore
 from chatplane.v1 import (
     admin_pb2,
@@ -83,37 +85,42 @@ def canary_memory(data_dir: Path, tenant: str, user: str, canary: str) -> int:
     )
 
 
-def canary_log(data_dir: Path, marker: str) -> int:
+def _log_count(dsn: str, query: str, *args: object) -> int:
+    """A count over the embedded message log's tables (0 before the log's first use)."""
+    with psycopg.connect(dsn, autocommit=True) as connection:
+        if connection.execute(f"SELECT to_regclass('{LOG_SCHEMA}.records')").fetchone() == (None,):
+            return 0
+        row = connection.execute(query, args).fetchone()
+        assert row is not None
+        return int(row[0])
+
+
+def canary_log(dsn: str, marker: str) -> int:
     """Records of the embedded message log holding `marker` in the clear."""
-    return _count(
-        data_dir / "log.db",
-        "SELECT count(*) FROM log_records WHERE instr(value, ?)",
+    return _log_count(
+        dsn,
+        f"SELECT count(*) FROM {LOG_SCHEMA}.records WHERE position(%s::bytea IN value) > 0",
         marker.encode(),
     )
 
 
-def log_records(data_dir: Path, conversation_ids: list[str]) -> int:
+def log_records(dsn: str, conversation_ids: list[str]) -> int:
     """Records of the embedded message log (any topic) keyed by these conversations."""
-    return sum(
-        _count(
-            data_dir / "log.db",
-            "SELECT count(*) FROM log_records WHERE key = ?",
-            conversation_id.encode(),
-        )
-        for conversation_id in conversation_ids
+    return _log_count(
+        dsn,
+        f"SELECT count(*) FROM {LOG_SCHEMA}.records WHERE key = ANY(%s::bytea[])",
+        [conversation_id.encode() for conversation_id in conversation_ids],
     )
 
 
-def logged_messages(data_dir: Path, conversation_id: str) -> list[events_pb2.MessageRecorded]:
-    """The MessageRecorded records of a conversation in the embedded log."""
-    connection = sqlite3.connect(data_dir / "log.db", timeout=10)
-    try:
+def logged_messages(dsn: str, conversation_id: str) -> list[events_pb2.MessageRecorded]:
+    """The MessageRecorded records of a conversation in the embedded log, in log order."""
+    with psycopg.connect(dsn, autocommit=True) as connection:
         rows = connection.execute(
-            "SELECT value FROM log_records WHERE topic = ? AND key = ?",
+            f"SELECT value FROM {LOG_SCHEMA}.records WHERE topic = %s AND key = %s"
+            " ORDER BY log_offset",
             (MESSAGES_TOPIC, conversation_id.encode()),
         ).fetchall()
-    finally:
-        connection.close()
     return [events_pb2.MessageRecorded.FromString(value) for (value,) in rows]
 
 
@@ -184,20 +191,24 @@ async def seed(stack: Stack, tenant: str, user: str, canary: str) -> str:
 
 
 @pytest.mark.timeout(120)
-async def test_erasure_canary_across_the_embedded_stores(tmp_path: Path) -> None:
+async def test_erasure_canary_across_the_embedded_stores(
+    tmp_path: Path, postgres_database: str
+) -> None:
     tenant, canary = unique("erase"), unique("canary")
-    async with running_stack(tmp_path / "data", FAST_PACE) as stack:
+    log_dsn = postgres_database
+    env = {**FAST_PACE, "CHATPLANE_POSTGRES_DSN": log_dsn}
+    async with running_stack(tmp_path / "data", env) as stack:
         data = stack.data_dir
         erased_conversation = await seed(stack, tenant, "erased", canary)
         kept_conversation = await seed(stack, tenant, "kept", canary)
         kept_before = (
             user_rows(data, tenant, "kept"),
             canary_memory(data, tenant, "kept", canary),
-            log_records(data, [kept_conversation]),
+            log_records(log_dsn, [kept_conversation]),
         )
         assert all(kept_before)
         assert canary_memory(data, tenant, "erased", canary) >= 2
-        assert log_records(data, [erased_conversation]) >= 4
+        assert log_records(log_dsn, [erased_conversation]) >= 4
         admin_key = await create_key(stack, tenant, "admin", roles=("admin",))
         chat_key = await create_key(stack, tenant, "someone")
 
@@ -271,14 +282,14 @@ async def test_erasure_canary_across_the_embedded_stores(tmp_path: Path) -> None
         assert user_rows(data, tenant, "erased") == 0
         assert canary_rows(data, f"{canary}-erased") == 0
         assert canary_memory(data, tenant, "erased", canary) == 0
-        assert log_records(data, [erased_conversation]) == 0
-        assert canary_log(data, f"{canary}-erased") == 0
+        assert log_records(log_dsn, [erased_conversation]) == 0
+        assert canary_log(log_dsn, f"{canary}-erased") == 0
         assert await recalled(stack, tenant, "erased", canary) == 0
         # The other user of the tenant keeps everything.
         assert (
             user_rows(data, tenant, "kept"),
             canary_memory(data, tenant, "kept", canary),
-            log_records(data, [kept_conversation]),
+            log_records(log_dsn, [kept_conversation]),
         ) == kept_before
         assert await recalled(stack, tenant, "kept", canary) >= 1
 
@@ -291,14 +302,21 @@ async def test_erasure_canary_across_the_embedded_stores(tmp_path: Path) -> None
 
 
 @pytest.mark.timeout(120)
-async def test_erasure_cut_short_by_a_crash_is_finished_after_the_restart(tmp_path: Path) -> None:
+async def test_erasure_cut_short_by_a_crash_is_finished_after_the_restart(
+    tmp_path: Path, postgres_database: str
+) -> None:
     tenant, canary = unique("erase"), unique("canary")
+    log_dsn = postgres_database
     # Persistence dies right after step 2 (the rows) of the erasure an EraseUser starts.
-    env = {**FAST_PACE, "CHATPLANE_ERASURE_TEST_CRASH_AFTER_STEP": "2"}
+    env = {
+        **FAST_PACE,
+        "CHATPLANE_ERASURE_TEST_CRASH_AFTER_STEP": "2",
+        "CHATPLANE_POSTGRES_DSN": log_dsn,
+    }
     async with running_stack(tmp_path / "data", env) as stack:
         data = stack.data_dir
         conversation = await seed(stack, tenant, "erased", canary)
-        records = logged_messages(data, conversation)
+        records = logged_messages(log_dsn, conversation)
         assert len(records) == 4
         # Sealed on the log, and they open while the user's data key exists.
         assert all(canary in text for text in await opened_texts(data, records))
@@ -315,9 +333,9 @@ async def test_erasure_cut_short_by_a_crash_is_finished_after_the_restart(tmp_pa
         # Half done: the rows are gone, the memory and the log are not yet.
         assert user_rows(data, tenant, "erased") == 0
         assert canary_memory(data, tenant, "erased", canary) >= 2
-        assert log_records(data, [conversation]) >= 4
+        assert log_records(log_dsn, [conversation]) >= 4
         # The data key went first: every log record of the user fails to decrypt already.
-        assert await opened_texts(data, logged_messages(data, conversation)) == [
+        assert await opened_texts(data, logged_messages(log_dsn, conversation)) == [
             "KeyDestroyed"
         ] * len(records)
 
@@ -328,4 +346,4 @@ async def test_erasure_cut_short_by_a_crash_is_finished_after_the_restart(tmp_pa
 
         await poll(audited, timeout=30)
         assert canary_memory(data, tenant, "erased", canary) == 0
-        assert log_records(data, [conversation]) == 0
+        assert log_records(log_dsn, [conversation]) == 0

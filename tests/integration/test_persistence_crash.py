@@ -24,7 +24,7 @@ from grpc_status import rpc_status
 
 from chatplane.common.ids import new_id
 from chatplane.common.topics import MESSAGES_TOPIC
-from chatplane.log import EmbeddedMessageLog, LogRecord
+from chatplane.log import LogRecord, PostgresMessageLog
 from chatplane.persistence.consumer import CONSUMER_GROUP
 from chatplane.v1 import (
     events_pb2,
@@ -69,8 +69,11 @@ async def eventually(
 
 
 @pytest.fixture
-async def services(tmp_path: Path) -> AsyncIterator[Callable[[], Awaitable[Service]]]:
-    """Starts the service on tmp_path (data) as often as asked; kills leftovers at the end."""
+async def services(
+    tmp_path: Path, postgres_database: str
+) -> AsyncIterator[Callable[[], Awaitable[Service]]]:
+    """Starts the service on tmp_path (data) and the message log in `postgres_database` as
+    often as asked; kills leftovers at the end."""
     started: list[asyncio.subprocess.Process] = []
     stderr_path = tmp_path / "persistence.stderr"
 
@@ -80,6 +83,7 @@ async def services(tmp_path: Path) -> AsyncIterator[Callable[[], Awaitable[Servi
             "CHATPLANE_DRAIN_GRACE_SECONDS": str(GRACE_SECONDS),
             "CHATPLANE_BATCH_MAX_RECORDS": "200",
             "CHATPLANE_LOG_LEVEL": "INFO",
+            "CHATPLANE_POSTGRES_DSN": postgres_database,
         }
         with stderr_path.open("ab") as stderr:
             process = await asyncio.create_subprocess_exec(
@@ -135,7 +139,7 @@ def stored_counts(database: Path) -> tuple[int, int, int]:
         connection.close()
 
 
-async def consumer_lag(log: EmbeddedMessageLog) -> int:
+async def consumer_lag(log: PostgresMessageLog) -> int:
     async with log.consumer(CONSUMER_GROUP, [MESSAGES_TOPIC]) as observer:
         return await observer.lag()
 
@@ -165,7 +169,7 @@ def recorded_message(
     return LogRecord(MESSAGES_TOPIC, conversation_id.encode(), record.SerializeToString())
 
 
-async def append_all(log: EmbeddedMessageLog, records: list[LogRecord]) -> None:
+async def append_all(log: PostgresMessageLog, records: list[LogRecord]) -> None:
     async with log.producer() as producer:
         for start in range(0, len(records), 250):
             await producer.append(records[start : start + 250], timeout=30)
@@ -187,7 +191,7 @@ async def terminate(service: Service) -> float:
 
 
 async def test_kill_9_mid_batch_loses_and_duplicates_nothing(
-    tmp_path: Path, services: Callable[[], Awaitable[Service]]
+    tmp_path: Path, postgres_database: str, services: Callable[[], Awaitable[Service]]
 ) -> None:
     owners = [ALICE, BOB, ALICE_ELSEWHERE]
     conversations = [(new_id(), owners[i % len(owners)]) for i in range(100)]
@@ -196,7 +200,7 @@ async def test_kill_9_mid_batch_loses_and_duplicates_nothing(
         for i in range(TOTAL)
         for conversation_id, owner in [conversations[i % len(conversations)]]
     ]
-    log = EmbeddedMessageLog(data_dir(tmp_path) / "log.db")
+    log = PostgresMessageLog(postgres_database)
     database = data_dir(tmp_path) / "persistence.db"
 
     await append_all(log, records[:BEFORE_CRASH])
@@ -273,10 +277,10 @@ def violations(error: grpc.aio.AioRpcError) -> list[str]:
 
 
 async def test_rpcs_are_owner_scoped_and_validated(
-    tmp_path: Path, services: Callable[[], Awaitable[Service]]
+    postgres_database: str, services: Callable[[], Awaitable[Service]]
 ) -> None:
     service = await services()
-    log = EmbeddedMessageLog(data_dir(tmp_path) / "log.db")
+    log = PostgresMessageLog(postgres_database)
     async with client(service) as stub:
         conversation_ids = []
         for i in range(5):

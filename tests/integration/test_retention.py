@@ -1,7 +1,8 @@
 """Retention on the embedded profile (docs/privacy.md): periods set with `chatplane retention`,
 then one sweep on a clock 31 days ahead, over the running stack's own stores (the rows, the
-memory index through MemoryService, the log file): a tenant with a 30-day period loses its
-conversations everywhere, a tenant with 60 days and one without a period keep theirs."""
+memory index through MemoryService, the message log's table): a tenant with a 30-day period
+loses its conversations everywhere, a tenant with 60 days and one without a period keep
+theirs."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from chatplane.log.record_erasure import EmbeddedLogEraser
+from chatplane.log.record_erasure import PostgresLogEraser
 from chatplane.persistence.memory_eraser import MemoryServiceEraser
 from chatplane.persistence.retention import RetentionSweeper
 from chatplane.persistence.store.sqlite import SqliteConversationStore
@@ -25,11 +26,13 @@ pytestmark = pytest.mark.integration
 
 @pytest.mark.timeout(120)
 async def test_retention_sweep_deletes_expired_conversations_from_every_store(
-    tmp_path: Path,
+    tmp_path: Path, postgres_database: str
 ) -> None:
     canary = unique("canary")
     short, long, forever = unique("short"), unique("long"), unique("forever")
-    async with running_stack(tmp_path / "data", FAST_PACE) as stack:
+    log_dsn = postgres_database
+    env = {**FAST_PACE, "CHATPLANE_POSTGRES_DSN": log_dsn}
+    async with running_stack(tmp_path / "data", env) as stack:
         data = stack.data_dir
         conversations = {
             tenant: await seed(stack, tenant, "user", canary) for tenant in (short, long, forever)
@@ -42,7 +45,7 @@ async def test_retention_sweep_deletes_expired_conversations_from_every_store(
         assert "none (kept forever)" in shown.stdout
         assert cli(data, "retention", "set", "--tenant", long, "--days", "-1").returncode != 0
 
-        logged = {tenant: log_records(data, [c]) for tenant, c in conversations.items()}
+        logged = {tenant: log_records(log_dsn, [c]) for tenant, c in conversations.items()}
         later = datetime.now(UTC) + timedelta(days=31)
         store = await SqliteConversationStore.open(data / "persistence.db")
         try:
@@ -50,7 +53,7 @@ async def test_retention_sweep_deletes_expired_conversations_from_every_store(
                 sweeper = RetentionSweeper(
                     store,
                     MemoryServiceEraser(memory_pb2_grpc.MemoryServiceStub(channel), 10.0),
-                    EmbeddedLogEraser(data / "log.db"),
+                    PostgresLogEraser(log_dsn),
                     interval=3600,
                     clock=lambda: later,
                 )
@@ -64,11 +67,11 @@ async def test_retention_sweep_deletes_expired_conversations_from_every_store(
         assert counts.log_records == logged[short]
         assert user_rows(data, short, "user") == 0
         assert canary_memory(data, short, "user", canary) == 0
-        assert log_records(data, [conversations[short]]) == 0
+        assert log_records(log_dsn, [conversations[short]]) == 0
         for tenant in (long, forever):
             assert user_rows(data, tenant, "user") == 5
             assert canary_memory(data, tenant, "user", canary) >= 2
-            assert log_records(data, [conversations[tenant]]) == logged[tenant]
+            assert log_records(log_dsn, [conversations[tenant]]) == logged[tenant]
 
         # `chatplane erase` prints the receipt as JSON.
         erased = cli(data, "erase", "--tenant", long, "--user", "user")

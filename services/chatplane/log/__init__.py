@@ -8,14 +8,14 @@ from chatplane.log.base import (
     MessageLogConsumer,
     MessageLogProducer,
 )
-from chatplane.log.embedded import EmbeddedMessageLog
+from chatplane.log.postgres import PostgresMessageLog
 
 __all__ = [
     "ConsumedRecord",
-    "EmbeddedMessageLog",
     "Headers",
     "LogRecord",
     "MessageLog",
     "MessageLogConsumer",
     "MessageLogProducer",
+    "PostgresMessageLog",
 ]

@@ -50,7 +50,8 @@ class MessageLogProducer(AsyncClosable):
     """Appends records to the log; safe to share between the tasks of one event loop."""
 
     # An explicit timeout rather than asyncio.timeout(): implementations hand it down to work
-    # they cannot cancel from the event loop (a SQLite lock wait, Kafka's delivery timeout).
+    # they cannot cancel from the event loop (a statement waiting for a
+    # PostgreSQL row lock, Kafka's delivery timeout).
     @abc.abstractmethod
     async def append(self, records: Sequence[LogRecord], timeout: float) -> None:
         """Append `records`, returning once every one is durably acknowledged.
@@ -92,7 +93,8 @@ class MessageLogConsumer(AsyncClosable):
 
 
 class MessageLog(abc.ABC):
-    """One configured log (a SQLite file, a Kafka cluster) handing out producers and consumers."""
+    """One configured log (tables in PostgreSQL, a Kafka cluster) handing out producers and
+    consumers."""
 
     @abc.abstractmethod
     def producer(self) -> MessageLogProducer:

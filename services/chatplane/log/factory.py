@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from chatplane.common.errors import ConfigError
 from chatplane.common.settings import Settings
 from chatplane.common.topics import (
     HANDOFF_TOPIC,
@@ -10,17 +11,17 @@ from chatplane.common.topics import (
     MESSAGES_TOPIC,
 )
 from chatplane.log.base import MessageLog
-from chatplane.log.embedded import EmbeddedMessageLog
 from chatplane.log.kafka import KafkaMessageLog
 from chatplane.log.observed import ObservedMessageLog
+from chatplane.log.postgres import PostgresMessageLog
 
 
-class LogConfigurationError(ValueError):
+class LogConfigurationError(ConfigError):
     """The settings do not say where the configured profile's message log is."""
 
 
 def open_message_log(settings: Settings) -> MessageLog:
-    """The embedded SQLite log, or Kafka in the cluster profile."""
+    """The log on the embedded profile's PostgreSQL, or Kafka in the cluster profile."""
     if settings.profile == "cluster":
         bootstrap = settings.kafka_bootstrap.strip()
         if not bootstrap:
@@ -39,4 +40,15 @@ def open_message_log(settings: Settings) -> MessageLog:
             delivery_timeout=settings.log_append_timeout_seconds,
         )
         return ObservedMessageLog(kafka, "kafka")
-    return ObservedMessageLog(EmbeddedMessageLog(settings.data_path("log.db")), "sqlite")
+    return ObservedMessageLog(PostgresMessageLog(postgres_dsn(settings)), "postgres")
+
+
+def postgres_dsn(settings: Settings) -> str:
+    """The embedded profile's PostgreSQL DSN, which holds the message log's tables."""
+    dsn = settings.postgres_dsn.strip()
+    if not dsn:
+        raise LogConfigurationError(
+            "the embedded profile logs messages to PostgreSQL tables, but no DSN is set:"
+            " set CHATPLANE_POSTGRES_DSN (chatplane up sets it for the services it starts)"
+        )
+    return dsn

@@ -1,7 +1,7 @@
 """Removing a user's records from the message log (erasure and retention, docs/privacy.md).
 
 Every chatplane topic is keyed by conversation id, so a user's records are the records of
-their conversations. The embedded log deletes them from its SQLite file. Kafka cannot delete
+their conversations. The embedded log deletes them from its PostgreSQL table. Kafka cannot delete
 single records: on a compacted topic a tombstone (the key with a null value) makes the broker
 drop the key's earlier records at the next compaction; on the other topics (every chatplane
 topic by default, `cleanup.policy=delete`) the records stay until the topic's retention
@@ -12,16 +12,15 @@ unreadable until then.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import sqlite3
 from collections.abc import Collection, Sequence
-from pathlib import Path
 from typing import Any, Final, Protocol
 
+import psycopg
 from confluent_kafka import KafkaException, Producer
 from confluent_kafka.admin import AdminClient, ConfigResource  # type: ignore[attr-defined]
 
 from chatplane.common.errors import Unavailable
+from chatplane.log.postgres import SCHEMA
 
 _IN_CHUNK: Final = 500
 
@@ -35,47 +34,48 @@ class LogRecordEraser(Protocol):
         ...
 
 
-class EmbeddedLogEraser:
-    """Deletes records from the embedded log's SQLite file at `path`."""
+class PostgresLogEraser:
+    """Deletes records from the embedded log's tables in the PostgreSQL database at `dsn`."""
 
-    def __init__(self, path: Path, *, busy_timeout: float = 10.0) -> None:
-        self._path = path
-        self._busy_timeout = busy_timeout
+    def __init__(self, dsn: str, *, timeout: float = 60.0) -> None:
+        self._dsn = dsn
+        self._timeout = timeout
 
     async def erase_conversations(self, conversation_ids: Collection[str]) -> dict[str, int]:
         keys = sorted(
             {conversation_id.encode() for conversation_id in conversation_ids if conversation_id}
         )
-        if not keys or not self._path.exists():
+        if not keys:
             return {"log_records": 0}
-        return await asyncio.to_thread(self._delete, keys)
+        try:
+            async with asyncio.timeout(self._timeout):
+                return {"log_records": await self._delete(keys)}
+        except (TimeoutError, psycopg.OperationalError) as error:
+            raise Unavailable("the message log is unavailable") from error
 
-    def _delete(self, keys: Sequence[bytes]) -> dict[str, int]:
-        try:
-            connection = sqlite3.connect(self._path, timeout=self._busy_timeout)
-        except sqlite3.Error as error:
-            raise Unavailable("the message log is unavailable") from error
-        try:
-            # Deleted pages are overwritten with zeros, not left readable in the file.
-            connection.execute("PRAGMA secure_delete = ON")
+    async def _delete(self, keys: Sequence[bytes]) -> int:
+        connection = await psycopg.AsyncConnection.connect(
+            self._dsn, autocommit=True, connect_timeout=max(1, round(self._timeout))
+        )
+        async with connection:
+            # The log creates its tables on first use; none yet means nothing was ever logged.
+            cursor = await connection.execute(f"SELECT to_regclass('{SCHEMA}.records')")
+            row = await cursor.fetchone()
+            if row is None or row[0] is None:
+                return 0
             deleted = 0
-            with connection:
-                for start in range(0, len(keys), _IN_CHUNK):
-                    chunk = keys[start : start + _IN_CHUNK]
-                    marks = ", ".join("?" * len(chunk))
-                    deleted += connection.execute(
-                        f"DELETE FROM log_records WHERE key IN ({marks})", chunk
-                    ).rowcount
-            with contextlib.suppress(sqlite3.Error):
-                connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-            return {"log_records": deleted}
-        except sqlite3.OperationalError as error:
-            # A table that does not exist yet: nothing was ever logged.
-            if "no such table" in str(error):
-                return {"log_records": 0}
-            raise Unavailable("the message log is unavailable") from error
-        finally:
-            connection.close()
+            for start in range(0, len(keys), _IN_CHUNK):
+                cursor = await connection.execute(
+                    f"DELETE FROM {SCHEMA}.records WHERE key = ANY(%s::bytea[])",
+                    (list(keys[start : start + _IN_CHUNK]),),
+                )
+                deleted += cursor.rowcount
+            if deleted:
+                # Prunes the deleted rows now rather than whenever autovacuum comes by; what
+                # stays on disk until overwritten (free space in pages, old WAL) is sealed
+                # with the user's destroyed data key.
+                await connection.execute(f"VACUUM {SCHEMA}.records")
+            return deleted
 
 
 class KafkaLogEraser:

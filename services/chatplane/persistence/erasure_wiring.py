@@ -16,7 +16,8 @@ from chatplane.common.topics import (
     MESSAGES_DLQ_TOPIC,
     MESSAGES_TOPIC,
 )
-from chatplane.log.record_erasure import EmbeddedLogEraser, KafkaLogEraser, LogRecordEraser
+from chatplane.log.factory import postgres_dsn
+from chatplane.log.record_erasure import KafkaLogEraser, LogRecordEraser, PostgresLogEraser
 from chatplane.persistence.erasure_job import ErasureJobs, UserKeyShredder
 from chatplane.persistence.memory_eraser import MemoryServiceEraser
 from chatplane.persistence.retention import RetentionSweeper
@@ -28,14 +29,15 @@ LOG_TOPICS = (MESSAGES_TOPIC, MESSAGES_DLQ_TOPIC, MEMORY_REMEMBER_TOPIC, HANDOFF
 
 
 def log_record_eraser(settings: Settings) -> LogRecordEraser:
-    """The embedded log's file, or Kafka's compacted topics in the cluster profile."""
+    """The embedded log's tables in PostgreSQL, or Kafka's compacted topics in the cluster
+    profile."""
     if settings.profile == "cluster":
         return KafkaLogEraser(
             settings.kafka_bootstrap.strip(),
             LOG_TOPICS,
             timeout=settings.log_append_timeout_seconds,
         )
-    return EmbeddedLogEraser(settings.data_path("log.db"))
+    return PostgresLogEraser(postgres_dsn(settings))
 
 
 class ErasureWiring:

@@ -1,6 +1,7 @@
-"""Fixtures of the Persistence unit tests: a controllable clock, a SQLite store and an embedded
-message log in the test's temporary directory, and a builder of log records (the clock and the
-builder are shared with the store contract suite, tests/contract/store_fixtures.py)."""
+"""Fixtures of the Persistence unit tests: a controllable clock, a SQLite store in the test's
+temporary directory, the embedded message log in a fresh PostgreSQL database, and a builder of
+log records (the clock and the builder are shared with the store contract suite,
+tests/contract/store_fixtures.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from chatplane.log import EmbeddedMessageLog
+from chatplane.log import PostgresMessageLog
 from chatplane.persistence.store.sqlite import SqliteConversationStore
 from chatplane.v1 import events_pb2
 from tests.contract.store_fixtures import FakeClock, recorded
@@ -33,8 +34,8 @@ async def store(store_path: Path, clock: FakeClock) -> AsyncIterator[SqliteConve
 
 
 @pytest.fixture
-def log(tmp_path: Path) -> EmbeddedMessageLog:
-    return EmbeddedMessageLog(tmp_path / "log.db")
+def log(postgres_database: str) -> PostgresMessageLog:
+    return PostgresMessageLog(postgres_database)
 
 
 @pytest.fixture

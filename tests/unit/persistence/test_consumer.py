@@ -1,5 +1,6 @@
-"""The log → store consumer against the real embedded log and a real SQLite store: batching by
-size and by time, dead letters, and offsets committed only after the database commit."""
+"""The log → store consumer against the real embedded log (on PostgreSQL) and a real SQLite
+store: batching by size and by time, dead letters, and offsets committed only after the
+database commit."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import pytest
 
 from chatplane.common import errors
 from chatplane.common.topics import MESSAGES_DLQ_TOPIC, MESSAGES_TOPIC
-from chatplane.log import EmbeddedMessageLog, LogRecord, MessageLogProducer
+from chatplane.log import LogRecord, MessageLogProducer, PostgresMessageLog
 from chatplane.persistence.consumer import (
     CONSUMER_GROUP,
     DEAD_LETTER_REASON_HEADER,
@@ -67,13 +68,13 @@ def log_record(value: events_pb2.MessageRecorded | bytes, key: str = "") -> LogR
 
 
 @pytest.fixture
-async def producer(log: EmbeddedMessageLog) -> AsyncIterator[MessageLogProducer]:
+async def producer(log: PostgresMessageLog) -> AsyncIterator[MessageLogProducer]:
     opened = log.producer()
     yield opened
     await opened.close()
 
 
-async def lag(log: EmbeddedMessageLog) -> int:
+async def lag(log: PostgresMessageLog) -> int:
     """The Persistence group's lag, seen from outside as an operator would."""
     async with log.consumer(CONSUMER_GROUP, [MESSAGES_TOPIC]) as observer:
         return await observer.lag()
@@ -81,7 +82,7 @@ async def lag(log: EmbeddedMessageLog) -> int:
 
 @contextlib.asynccontextmanager
 async def consuming(
-    log: EmbeddedMessageLog,
+    log: PostgresMessageLog,
     store: ConversationStore,
     *,
     max_records: int = 500,
@@ -127,7 +128,7 @@ class FlakyStore(SqliteConversationStore):
 
 
 async def test_batches_close_when_full(
-    log: EmbeddedMessageLog,
+    log: PostgresMessageLog,
     store: SqliteConversationStore,
     producer: MessageLogProducer,
     make_recorded: Recorder,
@@ -147,7 +148,7 @@ async def test_batches_close_when_full(
 
 
 async def test_batches_close_after_max_wait(
-    log: EmbeddedMessageLog,
+    log: PostgresMessageLog,
     store: SqliteConversationStore,
     producer: MessageLogProducer,
     make_recorded: Recorder,
@@ -162,7 +163,7 @@ async def test_batches_close_after_max_wait(
 
 
 async def test_invalid_records_are_dead_lettered_and_the_rest_stored(
-    log: EmbeddedMessageLog,
+    log: PostgresMessageLog,
     store: SqliteConversationStore,
     producer: MessageLogProducer,
     make_recorded: Recorder,
@@ -218,7 +219,7 @@ async def test_invalid_records_are_dead_lettered_and_the_rest_stored(
 
 
 async def test_nothing_is_committed_until_the_store_commits(
-    log: EmbeddedMessageLog,
+    log: PostgresMessageLog,
     store_path: Path,
     clock: FakeClock,
     producer: MessageLogProducer,
@@ -243,7 +244,7 @@ async def test_nothing_is_committed_until_the_store_commits(
 
 
 async def test_a_lost_store_answer_stores_the_batch_once(
-    log: EmbeddedMessageLog,
+    log: PostgresMessageLog,
     store_path: Path,
     clock: FakeClock,
     producer: MessageLogProducer,
@@ -265,7 +266,7 @@ async def test_a_lost_store_answer_stores_the_batch_once(
 
 
 async def test_stop_abandons_a_failing_batch_uncommitted(
-    log: EmbeddedMessageLog,
+    log: PostgresMessageLog,
     store_path: Path,
     clock: FakeClock,
     producer: MessageLogProducer,
@@ -283,7 +284,7 @@ async def test_stop_abandons_a_failing_batch_uncommitted(
 
 
 async def test_stop_while_idle_is_prompt(
-    log: EmbeddedMessageLog, store: SqliteConversationStore
+    log: PostgresMessageLog, store: SqliteConversationStore
 ) -> None:
     async with consuming(log, store, max_wait=60) as consumer:
         await asyncio.sleep(0)
@@ -293,7 +294,7 @@ async def test_stop_while_idle_is_prompt(
 
 
 async def test_cancelling_run_is_clean(
-    log: EmbeddedMessageLog,
+    log: PostgresMessageLog,
     store: SqliteConversationStore,
     producer: MessageLogProducer,
     make_recorded: Recorder,
@@ -313,7 +314,7 @@ async def test_cancelling_run_is_clean(
 
 
 async def test_missing_create_time_falls_back_to_the_log_time(
-    log: EmbeddedMessageLog,
+    log: PostgresMessageLog,
     store: SqliteConversationStore,
     producer: MessageLogProducer,
     make_recorded: Recorder,
@@ -328,7 +329,7 @@ async def test_missing_create_time_falls_back_to_the_log_time(
     assert abs(history.messages[0].create_time.timestamp() - before) < 5
 
 
-def _lag_is_zero(log: EmbeddedMessageLog) -> Callable[[], Awaitable[bool]]:
+def _lag_is_zero(log: PostgresMessageLog) -> Callable[[], Awaitable[bool]]:
     async def check() -> bool:
         return await lag(log) == 0
 
