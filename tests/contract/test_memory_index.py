@@ -27,17 +27,31 @@ from chatplane.memory.index.base import (
     RecalledItem,
     document_item_id,
 )
-from chatplane.memory.index.embedded import EmbeddedMemoryIndex
 from chatplane.memory.index.opensearch import OpenSearchMemoryIndex
+from chatplane.memory.index.postgres import PostgresMemoryIndex
 from tests.engine_processes import Engines
 
 # Opens an index over the storage the test was given; calling it again reopens the same data.
 IndexOpener = Callable[[], Awaitable[MemoryIndex]]
 
 
-def _embedded(request: pytest.FixtureRequest, tmp_path: Path) -> IndexOpener:
+def _postgres(request: pytest.FixtureRequest, tmp_path: Path) -> IndexOpener:
+    # A database of its own per test, on the session's PostgreSQL; every tenant here is small,
+    # so every dense search is the exact scan.
+    dsn = request.getfixturevalue("postgres_database")
+
     async def open_index() -> MemoryIndex:
-        return EmbeddedMemoryIndex(tmp_path / "memory.sqlite3")
+        return PostgresMemoryIndex(dsn)
+
+    return open_index
+
+
+def _postgres_hnsw(request: pytest.FixtureRequest, tmp_path: Path) -> IndexOpener:
+    # The same, with every dense search through the HNSW index (iterative scan) instead.
+    dsn = request.getfixturevalue("postgres_database")
+
+    async def open_index() -> MemoryIndex:
+        return PostgresMemoryIndex(dsn, exact_scan_limit=0)
 
     return open_index
 
@@ -54,8 +68,9 @@ def _opensearch(request: pytest.FixtureRequest, tmp_path: Path) -> IndexOpener:
 
 # Each entry opens an index given the test's request (for fixtures) and its tmp_path.
 IMPLEMENTATIONS: dict[str, Callable[[pytest.FixtureRequest, Path], IndexOpener]] = {
-    "embedded": _embedded,
     "opensearch": _opensearch,
+    "postgres": _postgres,
+    "postgres-hnsw": _postgres_hnsw,
 }
 
 

@@ -19,6 +19,8 @@ import enum
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
+from typing import Any
+
 import numpy as np
 import numpy.typing as npt
 
@@ -73,6 +75,22 @@ def document_chunk_of(item_id: str) -> tuple[str, int]:
     if not document_id or not chunk.isdigit():
         return "", 0
     return document_id, int(chunk)
+
+
+def unit_rows(vectors: npt.NDArray[Any], dimension: int) -> npt.NDArray[np.float32]:
+    """`vectors` as float32 rows of unit norm, the form every index stores and searches: inner
+    product is then cosine similarity. A zero row stays zero (similarity 0 to everything).
+
+    Raises ValueError when the shape is not (n, dimension) or a value is not finite.
+    """
+    if vectors.ndim != 2 or vectors.shape[1] != dimension:
+        raise ValueError(f"vectors must have shape (n, {dimension}), not {vectors.shape}")
+    rows = np.array(vectors, dtype=np.float32)
+    if not np.isfinite(rows).all():
+        raise ValueError("vectors must be finite")
+    norms = np.linalg.norm(rows, axis=1, keepdims=True)
+    np.divide(rows, norms, out=rows, where=norms > 0)
+    return rows
 
 
 @dataclass(frozen=True, slots=True)
