@@ -18,7 +18,6 @@ import abc
 import enum
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
-
 from typing import Any
 
 import numpy as np
