@@ -1,6 +1,6 @@
 """The embedded-profile memory index on PostgreSQL: pgvector (HNSW, inner product over unit
 vectors, i.e. cosine) for the dense ranking and full-text search (a generated `tsvector`, GIN,
-`ts_rank_cd`) for the keyword ranking, fused by reciprocal rank in the client exactly like the
+`ts_rank`) for the keyword ranking, fused by reciprocal rank in the client exactly like the
 OpenSearch index. docs/rag.md ("The memory index on PostgreSQL") has the schema, the query
 shapes and the measurements behind the choices.
 
@@ -82,12 +82,12 @@ CREATE TABLE memory.meta (key text PRIMARY KEY, value text NOT NULL);
 INSERT INTO memory.meta (key, value)
     VALUES ('schema_version', '{SCHEMA_VERSION:d}'), ('dimension', '{dimension:d}');
 
--- Keyword analysis for any language: words are lower-cased (full Unicode, whatever the
--- database's locale), stripped of accents, and kept as they are otherwise: no stemming and
--- no stop words, which would be one language's (docs/rag.md, "Keyword search").
-CREATE TEXT SEARCH CONFIGURATION memory.item_text (COPY = pg_catalog.simple);
+-- Keyword analysis: PostgreSQL's English configuration (English stop words dropped, Snowball
+-- English stems), with accents stripped from words that have any, after lower-casing with full
+-- Unicode case mapping whatever the database's locale (docs/rag.md, "Keyword search").
+CREATE TEXT SEARCH CONFIGURATION memory.item_text (COPY = pg_catalog.english);
 ALTER TEXT SEARCH CONFIGURATION memory.item_text
-    ALTER MAPPING FOR word, hword, hword_part WITH {unaccent}, pg_catalog.simple;
+    ALTER MAPPING FOR word, hword, hword_part WITH {unaccent}, pg_catalog.english_stem;
 
 -- tsquery_or as an aggregate: the OR of one plainto_tsquery per query word.
 CREATE AGGREGATE memory.any_of(tsquery) (SFUNC = pg_catalog.tsquery_or, STYPE = tsquery);
@@ -456,7 +456,7 @@ class PostgresMemoryIndex(MemoryIndex):
                              lower(term COLLATE "pg_c_utf8"))) AS query
                          FROM unnest(%(terms)s::text[]) AS term) AS q
                     WHERE {_VISIBLE} AND search @@ q.query
-                    ORDER BY ts_rank_cd(search, q.query) DESC, item_id
+                    ORDER BY ts_rank(search, q.query) DESC, item_id
                     LIMIT %(limit)s""",
                 {**visible, "terms": terms},
                 found,
