@@ -1,4 +1,4 @@
-"""Wires the Memory process: settings → embedding model, embedded index, servicer."""
+"""Wires the Memory process: settings → embedding model, memory index, servicer."""
 
 from __future__ import annotations
 

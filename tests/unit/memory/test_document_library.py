@@ -1,9 +1,10 @@
-"""The document library over the PostgreSQL memory index: ingestion stores every chunk or none, limits
-are checked before anything is stored, deletion is tenant-scoped (document_library)."""
+"""The document library over the PostgreSQL memory index: ingestion stores every chunk or none,
+limits are checked before anything is stored, deletion is tenant-scoped (document_library)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+
 import numpy as np
 import numpy.typing as npt
 import pytest

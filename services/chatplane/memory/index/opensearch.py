@@ -1,6 +1,6 @@
 """The cluster-profile memory index on OpenSearch: BM25 over an English-analysed text field and
 k-NN (Lucene HNSW) over the embedding, both filtered by tenant and user inside the engine, fused
-by reciprocal rank in the client exactly like the embedded index.
+by reciprocal rank in the client exactly like the PostgreSQL index.
 
 opensearch-py's synchronous client runs on a small pool of worker threads (one pooled HTTP
 connection each), so no extra async HTTP stack is needed. Writes are micro-batched: concurrent
@@ -111,7 +111,7 @@ def index_definition(
                 },
                 "analyzer": {
                     # OpenSearch's `english` analyzer plus ASCII folding, so "cafe" finds
-                    # "café" (as the embedded index's remove_diacritics does).
+                    # "café" (as the PostgreSQL index's unaccent does).
                     "memory_english": {
                         "type": "custom",
                         "tokenizer": "standard",

@@ -40,6 +40,7 @@ from chatplane.memory.index.base import (
     unit_rows,
 )
 from chatplane.memory.index.fusion import DEFAULT_RRF_K, fuse_reciprocal_rank
+from chatplane.memory.metrics import INDEX_EXACT_FALLBACKS
 
 Vectors = npt.NDArray[np.float32]
 
@@ -53,9 +54,10 @@ _LOCK_CLASS: Final = 0x6D656D  # "mem"
 _SCHEMA_LOCK: Final = 0
 # An exact scan of the visible rows up to this many; the HNSW index above (docs/rag.md,
 # "Dense search: exact below a size, HNSW above").
-DEFAULT_EXACT_SCAN_LIMIT: Final = 10_000
+DEFAULT_EXACT_SCAN_LIMIT: Final = 5_000
 # hnsw.ef_search floor: pgvector's default; raised to the number of candidates wanted.
 _EF_SEARCH: Final = 40
+_MAX_EF_SEARCH: Final = 1000
 # Letters, digits and combining accents. Each run is parsed on its own by plainto_tsquery and
 # the runs are OR-ed, so no query text is ever read as tsquery syntax.
 _QUERY_TERM: Final = re.compile(r"(?:[^\W_]|[\u0300-\u036f])+")
@@ -65,12 +67,54 @@ _MAX_QUERY_TERMS: Final = 64
 _ITEM_COLUMNS: Final = (
     "tenant_id, user_id, conversation_id, item_id, kind, role, text, created_at_ms, source"
 )
-# The visibility rule every search applies: the user's own turns and the tenant's documents.
-# `user_id = ANY(owners)` (the user and "") lets the (tenant_id, user_id, ...) index find
-# exactly the visible rows; the kind test is the rule itself.
-_VISIBLE: Final = """tenant_id = %(tenant)s AND user_id = ANY(%(owners)s::text[])
+# The newest turns of a conversation (newest first).
+_RECENT: Final = f"""SELECT {_ITEM_COLUMNS} FROM memory.items
+    WHERE tenant_id = %(tenant)s AND user_id = %(user)s AND conversation_id = %(conversation)s
+        AND kind = 'turn'
+    ORDER BY created_at_ms DESC, item_id DESC LIMIT %(recent_limit)s"""
+# The visibility rule every search applies: the user's own turns and the tenant's documents;
+# minus the excluded items and the recent turns. `user_id = ANY(owners)` (the user and "")
+# lets the (tenant_id, user_id, ...) index find exactly the visible rows; the kind test is the
+# rule itself.
+_VISIBLE: Final = f"""tenant_id = %(tenant)s AND user_id = ANY(%(owners)s::text[])
     AND ((kind = 'turn' AND user_id = %(user)s) OR (kind = 'document' AND user_id = ''))
-    AND item_id <> ALL(%(exclude)s::text[])"""
+    AND item_id <> ALL(%(exclude)s::text[])
+    AND item_id NOT IN (SELECT item_id FROM ({_RECENT}) AS recent)"""
+# The keyword ranking: the OR of one plainto_tsquery per query word, ranked by ts_rank.
+_KEYWORD: Final = f"""SELECT {_ITEM_COLUMNS}
+    FROM memory.items,
+        (SELECT memory.any_of(plainto_tsquery('memory.item_text'::regconfig,
+             lower(term COLLATE "pg_c_utf8"))) AS query
+         FROM unnest(%(terms)s::text[]) AS term) AS q
+    WHERE {_VISIBLE} AND search @@ q.query
+    ORDER BY ts_rank(search, q.query) DESC, item_id
+    LIMIT %(limit)s"""
+_EF_SEARCH_SQL: Final = "SELECT set_config('hnsw.ef_search', %(ef_search)s, false)"
+
+
+def _dense_queries(inner_product: str) -> tuple[str, str]:
+    """The dense ranking's statements, given pgvector's `<#>` operator (schema-qualified):
+    exact or HNSW by the number of visible rows, and the exact scan alone. Rows are
+    _ITEM_COLUMNS, the distance, and whether the HNSW index was asked."""
+    distance = f"(embedding {inner_product} %(query)s)"
+    # The exact scan: OFFSET 0 keeps the inner query apart, so the HNSW index is never asked
+    # to order it; the plan reads the visible rows through the btree index, computes each
+    # distance once and keeps the nearest.
+    exact_scan = f"""SELECT * FROM (
+            SELECT {_ITEM_COLUMNS}, {distance} AS distance, false AS approximate
+            FROM memory.items WHERE {_VISIBLE} {{gate}} OFFSET 0) AS scored
+        ORDER BY distance, item_id LIMIT %(limit)s"""
+    exact = exact_scan.format(gate="")
+    by_size = f"""WITH visible AS (
+            SELECT count(*) AS n FROM (SELECT 1 FROM memory.items
+                WHERE tenant_id = %(tenant)s AND user_id = ANY(%(owners)s::text[])
+                LIMIT %(cap)s) AS capped)
+        ({exact_scan.format(gate="AND (SELECT n FROM visible) <= %(exact_limit)s")})
+        UNION ALL
+        (SELECT {_ITEM_COLUMNS}, {distance} AS distance, true AS approximate
+            FROM memory.items WHERE {_VISIBLE} AND (SELECT n FROM visible) > %(exact_limit)s
+            ORDER BY {distance} LIMIT %(limit)s)"""
+    return by_size, exact
 
 
 def _schema(vector_schema: str, unaccent_schema: str, dimension: int) -> str:
@@ -197,7 +241,9 @@ class PostgresMemoryIndex(MemoryIndex):
         self._pool: psycopg_pool.AsyncConnectionPool[psycopg.AsyncConnection[Any]] | None = None
         self._open_lock = asyncio.Lock()
         self._closed = False
-        self._inner_product = ""  # OPERATOR(<schema>.<#>), known once the schema is checked
+        # Known once the schema is checked: they name pgvector's schema.
+        self._dense_sql = ""
+        self._exact_sql = ""
 
     async def open(self) -> None:
         """Creates or checks the schema and opens the pool; every call does this on first use,
@@ -278,8 +324,15 @@ class PostgresMemoryIndex(MemoryIndex):
     ) -> list[MemoryItem]:
         if limit <= 0:
             return []
-        async with self._transaction() as connection:
-            return await self._recent(connection, tenant_id, user_id, conversation_id, limit)
+        params = {
+            "tenant": tenant_id,
+            "user": user_id,
+            "conversation": conversation_id,
+            "recent_limit": limit,
+        }
+        async with self._connection() as connection:
+            cursor = await connection.execute(_RECENT, params)
+            return [_item(row) for row in reversed(await cursor.fetchall())]
 
     async def search(
         self,
@@ -293,10 +346,10 @@ class PostgresMemoryIndex(MemoryIndex):
         if k <= 0:
             return []
         query = unit_rows(np.reshape(query_vector, (1, -1)), self._dimension)[0]
-        async with self._transaction() as connection:
-            return await self._search(
-                connection, tenant_id, user_id, query_text, query, k, exclude_item_ids
-            )
+        _, relevant = await self._recall(
+            tenant_id, user_id, "", 0, query_text, query, k, exclude_item_ids
+        )
+        return relevant
 
     async def recall(
         self,
@@ -308,26 +361,12 @@ class PostgresMemoryIndex(MemoryIndex):
         query_vector: npt.NDArray[np.float32],
         k: int,
     ) -> tuple[list[MemoryItem], list[RecalledItem]]:
-        """`recent` then `search` without those turns, on one connection and one snapshot."""
+        """`recent` and `search` without those turns in one round trip: the candidate queries
+        leave out the recent turns with the same subquery, on the same snapshot."""
         query = unit_rows(np.reshape(query_vector, (1, -1)), self._dimension)[0]
-        async with self._transaction() as connection:
-            recent: list[MemoryItem] = []
-            if recent_limit > 0:
-                recent = await self._recent(
-                    connection, tenant_id, user_id, conversation_id, recent_limit
-                )
-            relevant: list[RecalledItem] = []
-            if k > 0:
-                relevant = await self._search(
-                    connection,
-                    tenant_id,
-                    user_id,
-                    query_text,
-                    query,
-                    k,
-                    [item.item_id for item in recent],
-                )
-        return recent, relevant
+        return await self._recall(
+            tenant_id, user_id, conversation_id, max(recent_limit, 0), query_text, query, k, ()
+        )
 
     async def delete_conversation(self, tenant_id: str, user_id: str, conversation_id: str) -> int:
         if not user_id or not conversation_id:  # no turn can belong to an empty owner
@@ -410,131 +449,75 @@ class PostgresMemoryIndex(MemoryIndex):
 
     # --- searches -------------------------------------------------------------------------
 
-    async def _recent(
+    async def _recall(
         self,
-        connection: psycopg.AsyncConnection[Any],
         tenant_id: str,
         user_id: str,
         conversation_id: str,
-        limit: int,
-    ) -> list[MemoryItem]:
-        cursor = await connection.execute(
-            f"""SELECT {_ITEM_COLUMNS} FROM memory.items
-                WHERE tenant_id = %s AND user_id = %s AND conversation_id = %s AND kind = 'turn'
-                ORDER BY created_at_ms DESC, item_id DESC LIMIT %s""",
-            (tenant_id, user_id, conversation_id, limit),
-        )
-        return [_item(row) for row in reversed(await cursor.fetchall())]
-
-    async def _search(
-        self,
-        connection: psycopg.AsyncConnection[Any],
-        tenant_id: str,
-        user_id: str,
+        recent_limit: int,
         query_text: str,
         query: Vectors,
         k: int,
         exclude_item_ids: Collection[str],
-    ) -> list[RecalledItem]:
+    ) -> tuple[list[MemoryItem], list[RecalledItem]]:
+        """The recent turns and the fused ranking, all statements pipelined in one REPEATABLE
+        READ transaction (one round trip; a second only when the HNSW search comes back
+        short)."""
         candidates = k * self._candidates_per_result
-        visible: dict[str, Any] = {
+        params: dict[str, Any] = {
             "tenant": tenant_id,
             "user": user_id,
             "owners": [user_id, ""],
+            "conversation": conversation_id,
+            "recent_limit": recent_limit,
             "exclude": sorted(set(exclude_item_ids)),
             "limit": candidates,
+            "terms": _query_terms(query_text),
+            "query": query,
+            "exact_limit": self._exact_scan_limit,
+            "cap": self._exact_scan_limit + 1,
+            "ef_search": str(min(max(_EF_SEARCH, candidates), _MAX_EF_SEARCH)),
         }
-        found: dict[str, MemoryItem] = {}
-        keyword: list[str] = []
-        terms = _query_terms(query_text)
-        if terms:
-            keyword = await self._ranking(
-                connection,
-                f"""SELECT {_ITEM_COLUMNS}
-                    FROM memory.items,
-                        (SELECT memory.any_of(plainto_tsquery('memory.item_text'::regconfig,
-                             lower(term COLLATE "pg_c_utf8"))) AS query
-                         FROM unnest(%(terms)s::text[]) AS term) AS q
-                    WHERE {_VISIBLE} AND search @@ q.query
-                    ORDER BY ts_rank(search, q.query) DESC, item_id
-                    LIMIT %(limit)s""",
-                {**visible, "terms": terms},
-                found,
+        dense_wanted = k > 0 and bool(query.any())
+        async with self._connection() as connection:
+            async with connection.pipeline():
+                await connection.execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                recent = await connection.execute(_RECENT, params) if recent_limit else None
+                keyword = None
+                if k > 0 and params["terms"]:
+                    keyword = await connection.execute(_KEYWORD, params)
+                dense = None
+                if dense_wanted:
+                    await connection.execute(_EF_SEARCH_SQL, params)
+                    dense = await connection.execute(self._dense_sql, params)
+                await connection.execute("COMMIT")
+            recent_items = (
+                [_item(row) for row in reversed(await recent.fetchall())] if recent else []
             )
-        dense: list[str] = []
-        if query.any():
-            dense = await self._dense_ranking(connection, visible, query, found)
-        fused = fuse_reciprocal_rank(keyword, dense, k, self._rrf_k)
-        return [
+            found: dict[str, MemoryItem] = {}
+            keyword_ranking = _ranking(await keyword.fetchall(), found) if keyword else []
+            dense_ranking: list[str] = []
+            if dense is not None:
+                rows = await dense.fetchall()
+                if len(rows) < candidates and (not rows or rows[0][-1]):
+                    # The HNSW search came back short (its scan budget spent on rows the
+                    # caller may not see), or found nothing: the exact scan instead.
+                    INDEX_EXACT_FALLBACKS.inc()
+                    exact = await connection.execute(self._exact_sql, params)
+                    rows = await exact.fetchall()
+                rows.sort(key=lambda row: (row[-2], row[3]))
+                dense_ranking = _ranking(rows, found)
+        fused = fuse_reciprocal_rank(keyword_ranking, dense_ranking, k, self._rrf_k)
+        relevant = [
             RecalledItem(found[f.item_id], f.score, f.keyword_rank, f.dense_rank) for f in fused
         ]
-
-    async def _dense_ranking(
-        self,
-        connection: psycopg.AsyncConnection[Any],
-        visible: dict[str, Any],
-        query: Vectors,
-        found: dict[str, MemoryItem],
-    ) -> list[str]:
-        """The visible items nearest to `query`, best first.
-
-        Up to `exact_scan_limit` visible rows, an exact scan: every visible vector is compared,
-        so the ranking is exact and never short. Above, the HNSW index with pgvector's
-        iterative scan, which keeps walking the graph until enough rows pass the filter; if it
-        still comes back short (its scan budget spent on other tenants' rows), the exact scan.
-        """
-        params = {**visible, "query": query}
-        distance = f"embedding {self._inner_product} %(query)s"
-        exact = f"""SELECT {_ITEM_COLUMNS} FROM memory.items WHERE {_VISIBLE}
-            ORDER BY ({distance}) + 0, item_id LIMIT %(limit)s"""
-        # `+ 0`: an ORDER BY the HNSW index cannot serve, so the plan reads the visible rows
-        # through the btree index and sorts them.
-        cursor = await connection.execute(
-            """SELECT count(*) FROM (SELECT 1 FROM memory.items
-               WHERE tenant_id = %(tenant)s AND user_id = ANY(%(owners)s::text[])
-               LIMIT %(cap)s) AS v""",
-            {**params, "cap": self._exact_scan_limit + 1},
-        )
-        row = await cursor.fetchone()
-        if row is not None and row[0] <= self._exact_scan_limit:
-            return await self._ranking(connection, exact, params, found)
-        await connection.execute("SET LOCAL hnsw.iterative_scan = relaxed_order")
-        await connection.execute(
-            "SELECT set_config('hnsw.ef_search', %s, true)",
-            (str(min(max(_EF_SEARCH, visible["limit"]), 1000)),),
-        )
-        # relaxed_order may return rows slightly out of order: sorted again outside.
-        approximate = f"""WITH nearest AS MATERIALIZED (
-                SELECT {_ITEM_COLUMNS}, {distance} AS distance FROM memory.items
-                WHERE {_VISIBLE} ORDER BY {distance} LIMIT %(limit)s)
-            SELECT {_ITEM_COLUMNS} FROM nearest ORDER BY distance, item_id"""
-        ranking = await self._ranking(connection, approximate, params, found)
-        if len(ranking) < visible["limit"]:
-            ranking = await self._ranking(connection, exact, params, found)
-        return ranking
-
-    async def _ranking(
-        self,
-        connection: psycopg.AsyncConnection[Any],
-        sql: str,
-        params: dict[str, Any],
-        found: dict[str, MemoryItem],
-    ) -> list[str]:
-        """The item ids a ranking query returns, in order; each item goes into `found`."""
-        cursor = await connection.execute(sql, params)
-        ranking: list[str] = []
-        for row in await cursor.fetchall():
-            item = _item(row)
-            found[item.item_id] = item
-            ranking.append(item.item_id)
-        return ranking
+        return recent_items, relevant
 
     # --- connections ----------------------------------------------------------------------
 
     @contextlib.asynccontextmanager
-    async def _transaction(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
-        """A pooled connection in a transaction, committed at the end of the block (rolled
-        back on an error); engine trouble becomes Unavailable."""
+    async def _connection(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+        """A pooled connection (autocommit); engine trouble becomes Unavailable."""
         pool = await self._connections()
         try:
             async with pool.connection() as connection:
@@ -543,6 +526,13 @@ class PostgresMemoryIndex(MemoryIndex):
             # Unreachable, shut down, pool exhausted, deadlock or serialization failure:
             # the engine's trouble, and worth a retry.
             raise Unavailable("PostgreSQL failed a memory index call") from error
+
+    @contextlib.asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+        """A pooled connection in a transaction, committed at the end of the block (rolled
+        back on an error); engine trouble becomes Unavailable."""
+        async with self._connection() as connection, connection.transaction():
+            yield connection
 
     async def _connections(
         self,
@@ -586,7 +576,9 @@ class PostgresMemoryIndex(MemoryIndex):
                 info = await TypeInfo.fetch(connection, f"{_ident(vector_schema)}.vector")
                 if info is None:
                     raise ConfigError("the memory index: pgvector's vector type is missing")
-                self._inner_product = f"OPERATOR({_ident(vector_schema)}.<#>)"
+                self._dense_sql, self._exact_sql = _dense_queries(
+                    f"OPERATOR({_ident(vector_schema)}.<#>)"
+                )
                 return info.oid
         finally:
             await connection.close()
@@ -612,6 +604,11 @@ class PostgresMemoryIndex(MemoryIndex):
 
         async def configure(connection: psycopg.AsyncConnection[Any]) -> None:
             connection.adapters.register_dumper(np.ndarray, dumper)
+            await connection.set_autocommit(True)
+            # pgvector 0.8: a filtered HNSW search keeps walking the graph until it has
+            # enough rows that pass the filter (or hnsw.max_scan_tuples), instead of returning
+            # the few of its first ef_search candidates that do.
+            await connection.execute("SET hnsw.iterative_scan = relaxed_order")
 
         pool: psycopg_pool.AsyncConnectionPool[psycopg.AsyncConnection[Any]] = (
             psycopg_pool.AsyncConnectionPool(
@@ -666,3 +663,14 @@ def _item(row: Sequence[Any]) -> MemoryItem:
         created_at_ms=int(created_at_ms),
         source=source,
     )
+
+
+def _ranking(rows: Sequence[Sequence[Any]], found: dict[str, MemoryItem]) -> list[str]:
+    """The item ids of ranked rows (starting with _ITEM_COLUMNS), in order; each item goes
+    into `found`."""
+    ranking: list[str] = []
+    for row in rows:
+        item = _item(row)
+        found[item.item_id] = item
+        ranking.append(item.item_id)
+    return ranking
