@@ -25,7 +25,6 @@ import psycopg
 import psycopg.adapt
 import psycopg.errors
 import psycopg.pq
-import psycopg.rows
 import psycopg_pool
 from psycopg.types import TypeInfo
 
