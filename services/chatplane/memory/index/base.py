@@ -116,6 +116,12 @@ class MemoryIndex(AsyncClosable):
     """A tenant-isolated store of memory items with hybrid search; safe to share between the
     tasks of one event loop."""
 
+    async def open(self) -> None:
+        """Contacts the engine and checks that it can hold the index, so that a service fails
+        at start rather than on its first call: raises chatplane.common.errors.ConfigError when
+        it cannot, Unavailable when the engine cannot be reached now (every call retries).
+        The default does nothing: the index is checked on first use."""
+
     @abc.abstractmethod
     async def upsert(self, items: Sequence[MemoryItem], vectors: npt.NDArray[np.float32]) -> None:
         """Stores `items`, row i of `vectors` (shape (len(items), dimension)) being item i's.

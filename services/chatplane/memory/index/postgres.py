@@ -245,9 +245,9 @@ class PostgresMemoryIndex(MemoryIndex):
         self._exact_sql = ""
 
     async def open(self) -> None:
-        """Creates or checks the schema and opens the pool; every call does this on first use,
-        a service may call it at start to fail fast. Raises Unavailable when the database
-        cannot be reached, ConfigError when it cannot hold the index."""
+        """Creates or checks the schema and opens the pool (every call does this on first
+        use). Raises Unavailable when the database cannot be reached, ConfigError when it
+        cannot hold the index."""
         await self._connections()
 
     # --- the interface --------------------------------------------------------------------
