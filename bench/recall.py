@@ -1,13 +1,14 @@
-"""Memory recall benchmark (cluster profile): OpenSearch (k-NN plugin, Lucene HNSW) and Kafka
-(which the cluster memory process needs for its remember-retry topic) started by
-`scripts/infra/engines.py up --only opensearch,kafka` into a temporary state dir, 100,000 turns
-bulk-loaded into the memory index with precomputed embeddings, and the real MemoryService process
+"""Memory recall benchmark (cluster profile): OpenSearch (k-NN plugin, Lucene HNSW) and Kafka (which
+the cluster memory process needs for its remember-retry topic) started by `scripts/infra/engines.py
+up --only opensearch,kafka,postgres` into a temporary state dir, 100,000 turns bulk-loaded into the
+memory index with precomputed embeddings, and the real MemoryService process
 (CHATPLANE_PROFILE=cluster) in front of it. It measures (a) Recall latency for k=10 through
 MemoryService at concurrency 1 and 4 (and, to split the cost, the index's own search from this
-process and Remember), (b) recall@10 of the k-NN (HNSW) search against exact scoring
-(`script_score` with the k-NN plugin's `knn_score`) over the same data, and (c) hybrid vs
-BM25-only vs dense-only retrieval quality on the labelled set in tests/data/recall_questions.json,
-on the embedded index and on OpenSearch.
+process and Remember), (b) recall@10 of the k-NN (HNSW) search against exact scoring (`script_score`
+with the k-NN plugin's `knn_score`) over the same data, and (c) hybrid vs BM25-only vs dense-only
+retrieval quality on the labelled set in tests/data/recall_questions.json, on the embedded profile's
+index (PostgreSQL: pgvector + full-text search, on the same engines script's PostgreSQL) and on
+OpenSearch.
 
 The corpus: every turn is two sentences of a pool of a few thousand distinct template sentences
 (each embedded once with the real model), its vector the normalised sum of the two sentences'
@@ -45,13 +46,13 @@ from bench.stats import ns_to_ms, percentile
 from chatplane.launcher.stack import ServiceProcess
 from chatplane.memory.embedding import SentenceEmbedder
 from chatplane.memory.index.base import ItemKind, MemoryIndex, MemoryItem
-from chatplane.memory.index.embedded import EmbeddedMemoryIndex
 from chatplane.memory.index.opensearch import (
     OpenSearchMemoryIndex,
     document_id,
     document_source,
     visibility_filter,
 )
+from chatplane.memory.index.postgres import PostgresMemoryIndex
 from chatplane.v1 import memory_pb2, memory_pb2_grpc, resources_pb2
 
 NAME = "recall"
@@ -326,15 +327,16 @@ def build_corpus(scale: Scale, embedder: SentenceEmbedder) -> Corpus:
 
 @contextlib.asynccontextmanager
 async def engines(state_dir: Path, options: Options) -> AsyncIterator[dict[str, str]]:
-    """OpenSearch with the k-NN plugin, and Kafka (the memory process of the cluster profile
-    consumes its remember-retry topic), started by the project's script; yields their
-    engines.env variables and brings them down (data removed) afterwards."""
+    """OpenSearch with the k-NN plugin, Kafka (the memory process of the cluster profile
+    consumes its remember-retry topic) and PostgreSQL (the embedded profile's index, for the
+    quality comparison), started by the project's script; yields their engines.env variables
+    and brings them down (data removed) afterwards."""
     up = await asyncio.create_subprocess_exec(
         sys.executable,
         str(ENGINES_PY),
         "up",
         "--only",
-        "opensearch,kafka",
+        "opensearch,kafka,postgres",
         "--state-dir",
         str(state_dir),
         stdout=asyncio.subprocess.PIPE,
@@ -866,7 +868,7 @@ async def run(options: Options) -> list[Row]:
                 progress(options, f"{NAME}: quality")
                 labelled = await asyncio.to_thread(quality_set, embedder)
                 indexes: dict[str, MemoryIndex] = {
-                    "embedded": EmbeddedMemoryIndex(work / "quality.sqlite3"),
+                    "embedded": PostgresMemoryIndex(engine_env["CHATPLANE_POSTGRES_DSN"]),
                     "opensearch": OpenSearchMemoryIndex(url, index=QUALITY_INDEX),
                 }
                 for name, index in indexes.items():

@@ -15,9 +15,12 @@ from pathlib import Path
 
 import numpy as np
 import opensearchpy
+import psycopg
 import pytest
+from prometheus_client import REGISTRY
+from psycopg.conninfo import make_conninfo
 
-from chatplane.common.errors import Unavailable
+from chatplane.common.errors import ConfigError, Unavailable
 from chatplane.memory.embedding import SentenceEmbedder
 from chatplane.memory.index.base import (
     DocumentSummary,
@@ -27,17 +30,31 @@ from chatplane.memory.index.base import (
     RecalledItem,
     document_item_id,
 )
-from chatplane.memory.index.embedded import EmbeddedMemoryIndex
 from chatplane.memory.index.opensearch import OpenSearchMemoryIndex
+from chatplane.memory.index.postgres import PostgresMemoryIndex
 from tests.engine_processes import Engines
 
 # Opens an index over the storage the test was given; calling it again reopens the same data.
 IndexOpener = Callable[[], Awaitable[MemoryIndex]]
 
 
-def _embedded(request: pytest.FixtureRequest, tmp_path: Path) -> IndexOpener:
+def _postgres(request: pytest.FixtureRequest, tmp_path: Path) -> IndexOpener:
+    # A database of its own per test, on the session's PostgreSQL; every tenant here is small,
+    # so every dense search is the exact scan.
+    dsn = request.getfixturevalue("postgres_database")
+
     async def open_index() -> MemoryIndex:
-        return EmbeddedMemoryIndex(tmp_path / "memory.sqlite3")
+        return PostgresMemoryIndex(dsn)
+
+    return open_index
+
+
+def _postgres_hnsw(request: pytest.FixtureRequest, tmp_path: Path) -> IndexOpener:
+    # The same, with every dense search through the HNSW index (iterative scan) instead.
+    dsn = request.getfixturevalue("postgres_database")
+
+    async def open_index() -> MemoryIndex:
+        return PostgresMemoryIndex(dsn, exact_scan_limit=0)
 
     return open_index
 
@@ -54,8 +71,9 @@ def _opensearch(request: pytest.FixtureRequest, tmp_path: Path) -> IndexOpener:
 
 # Each entry opens an index given the test's request (for fixtures) and its tmp_path.
 IMPLEMENTATIONS: dict[str, Callable[[pytest.FixtureRequest, Path], IndexOpener]] = {
-    "embedded": _embedded,
     "opensearch": _opensearch,
+    "postgres": _postgres,
+    "postgres-hnsw": _postgres_hnsw,
 }
 
 
@@ -809,3 +827,111 @@ async def test_erase_user_deletes_every_turn_of_the_user_only(
     assert len(await memory.index.recent(other_tenant, "alice", "c1", 10)) == 1
     assert await memory.index.erase_user(tenant, "alice") == 0
     assert await memory.index.erase_user(tenant, "") == 0
+
+
+# --- PostgreSQL only --------------------------------------------------------------------------
+
+
+async def test_postgres_unreachable_is_unavailable(embedder: SentenceEmbedder, tenant: str) -> None:
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    index = PostgresMemoryIndex(f"postgresql://chatplane@127.0.0.1:{port}/nowhere")
+    memory = Memory(index, embedder)
+    try:
+        with pytest.raises(Unavailable):
+            await memory.search(tenant, "alice", "anything")
+        with pytest.raises(Unavailable):
+            await memory.upsert(turn(tenant, "alice", "c1", "m1", "hello"))
+        with pytest.raises(Unavailable):
+            await index.recent(tenant, "alice", "c1", 10)
+        with pytest.raises(Unavailable):
+            await index.delete_conversation(tenant, "alice", "c1")
+    finally:
+        await index.close()
+
+
+async def test_postgres_without_pgvector_is_a_config_error(postgres_server: Engines) -> None:
+    # template0 has no pgvector, and the test role is no superuser: it cannot install it.
+    maintenance = postgres_server.env["CHATPLANE_POSTGRES_DSN"]
+    name = f"test_{uuid.uuid4().hex[:16]}"
+    with psycopg.connect(maintenance, autocommit=True) as connection:
+        connection.execute(f'CREATE DATABASE "{name}" TEMPLATE template0')
+    index = PostgresMemoryIndex(make_conninfo(maintenance, dbname=name))
+    try:
+        with pytest.raises(ConfigError, match="pgvector") as raised:
+            await index.open()
+        assert "\n" not in str(raised.value)
+    finally:
+        await index.close()
+        with psycopg.connect(maintenance, autocommit=True) as connection:
+            connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+async def test_postgres_refuses_an_index_of_another_dimension(postgres_database: str) -> None:
+    async with PostgresMemoryIndex(postgres_database) as index:
+        await index.open()
+    wrong = PostgresMemoryIndex(postgres_database, dimension=12)
+    try:
+        with pytest.raises(ConfigError, match="384-dimensional vectors, not 12"):
+            await wrong.recent("t", "alice", "c1", 10)
+    finally:
+        await wrong.close()
+
+
+async def test_postgres_schema_is_created_once_by_concurrent_openers(
+    postgres_database: str, embedder: SentenceEmbedder, tenant: str
+) -> None:
+    indexes = [PostgresMemoryIndex(postgres_database) for _ in range(4)]
+    try:
+        await asyncio.gather(*(index.open() for index in indexes))
+        await Memory(indexes[0], embedder).upsert(turn(tenant, "alice", "c1", "m1", "hello"))
+        for index in indexes:
+            assert [item.item_id for item in await index.recent(tenant, "alice", "c1", 5)] == ["m1"]
+    finally:
+        for index in indexes:
+            await index.close()
+
+
+def _exact_fallbacks() -> float:
+    return REGISTRY.get_sample_value("chatplane_memory_index_exact_fallbacks_total") or 0.0
+
+
+async def test_postgres_hnsw_search_fills_k_for_a_small_tenant_in_a_big_table(
+    postgres_database: str, tenant: str, other_tenant: str
+) -> None:
+    # 3,000 rows of another tenant lie nearer the query than any of the tenant's 40: a filtered
+    # HNSW search that stopped at its first ef_search candidates would find none of them. The
+    # iterative scan must find k of them itself, without the exact scan to fall back on.
+    generator = np.random.default_rng(7)
+    query = generator.standard_normal(384).astype(np.float32)
+    query /= np.linalg.norm(query)
+    crowd = query + 0.3 * generator.standard_normal((3000, 384)).astype(np.float32)
+    mine = generator.standard_normal((40, 384)).astype(np.float32)
+    crowd_items = [document(other_tenant, f"crowd-{i}:0", "crowd") for i in range(3000)]
+    my_items = [document(tenant, f"mine-{i}:0", "mine") for i in range(40)]
+    approximate = PostgresMemoryIndex(
+        postgres_database, exact_scan_limit=0, candidates_per_result=1
+    )
+    exact = PostgresMemoryIndex(postgres_database, candidates_per_result=1)
+    try:
+        for start in range(0, 3000, 500):
+            await approximate.upsert(crowd_items[start : start + 500], crowd[start : start + 500])
+        await approximate.upsert(my_items, mine)
+        fallbacks = _exact_fallbacks()
+        for k in (1, 5, 10, 20):
+            found = await approximate.search(tenant, "alice", "", query, k)
+            assert len(found) == k
+            assert {r.item.tenant_id for r in found} == {tenant}
+            truth = await exact.search(tenant, "alice", "", query, k)
+            overlap = {r.item.item_id for r in found} & {r.item.item_id for r in truth}
+            assert len(overlap) >= 0.8 * k
+        assert _exact_fallbacks() == fallbacks
+        # A tenant with fewer visible rows than wanted: the HNSW scan is short, the exact scan
+        # answers, and every row comes back.
+        found = await approximate.search(tenant, "alice", "", query, 60)
+        assert len(found) == 40
+        assert _exact_fallbacks() == fallbacks + 1
+    finally:
+        await approximate.close()
+        await exact.close()

@@ -1,9 +1,11 @@
-"""Wires the Memory process: settings → embedding model, embedded index, servicer."""
+"""Wires the Memory process: settings → embedding model, memory index, servicer."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
+from chatplane.common.errors import Unavailable
 from chatplane.common.server import internal_channel, serve
 from chatplane.common.settings import Settings
 from chatplane.common.tls import load_tls
@@ -20,6 +22,8 @@ from chatplane.memory.servicer import MemoryServicer
 from chatplane.privacy.policy import RedactionPolicy
 from chatplane.v1 import memory_pb2, memory_pb2_grpc, persistence_pb2_grpc
 
+_log = logging.getLogger(__name__)
+
 
 async def run(settings: Settings) -> None:
     """Serve MemoryService until SIGTERM, then drain."""
@@ -27,6 +31,12 @@ async def run(settings: Settings) -> None:
     model_dir = Path(settings.embedding_model_dir) if settings.embedding_model_dir else None
     embedder = SentenceEmbedder(model_dir, precision=settings.embedding_precision)
     index = open_memory_index(settings)
+    try:
+        # A database that cannot hold the index (no pgvector, another dimension) stops the
+        # start with a ConfigError; one that is down only delays the index to first use.
+        await index.open()
+    except Unavailable:
+        _log.warning("the memory index is unreachable at start; every call retries it")
     redaction = RedactionPolicy.from_settings(settings)
     memory = ConversationalMemory(embedder, index, redaction)
     documents = DocumentLibrary(embedder, index, document_limits(settings), redaction)

@@ -1,10 +1,9 @@
-"""The document library over the embedded index: ingestion stores every chunk or none, limits
-are checked before anything is stored, deletion is tenant-scoped (document_library)."""
+"""The document library over the PostgreSQL memory index: ingestion stores every chunk or none,
+limits are checked before anything is stored, deletion is tenant-scoped (document_library)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
@@ -13,7 +12,7 @@ import pytest
 from chatplane.common import errors
 from chatplane.memory.document_library import DocumentLibrary, DocumentLimits
 from chatplane.memory.index.base import MemoryItem
-from chatplane.memory.index.embedded import EmbeddedMemoryIndex
+from chatplane.memory.index.postgres import PostgresMemoryIndex
 
 DIMENSION = 8
 LIMITS = DocumentLimits(
@@ -29,11 +28,11 @@ class HashEmbedder:
         return np.array(rows, dtype=np.float32).reshape(len(texts), DIMENSION)
 
 
-class FailingIndex(EmbeddedMemoryIndex):
+class FailingIndex(PostgresMemoryIndex):
     """Fails the upsert after `good` successful ones."""
 
-    def __init__(self, path: Path, good: int) -> None:
-        super().__init__(path, dimension=DIMENSION)
+    def __init__(self, dsn: str, good: int) -> None:
+        super().__init__(dsn, dimension=DIMENSION)
         self.good = good
 
     async def upsert(self, items: Sequence[MemoryItem], vectors: npt.NDArray[np.float32]) -> None:
@@ -47,8 +46,8 @@ def text(chunks: int) -> bytes:
     return "\n\n".join(f"Paragraph {i}. " + "word " * 35 for i in range(chunks)).encode()
 
 
-async def test_ingest_list_delete(tmp_path: Path) -> None:
-    index = EmbeddedMemoryIndex(tmp_path / "m.sqlite3", dimension=DIMENSION)
+async def test_ingest_list_delete(postgres_database: str) -> None:
+    index = PostgresMemoryIndex(postgres_database, dimension=DIMENSION)
     library = DocumentLibrary(HashEmbedder(), index, LIMITS)  # type: ignore[arg-type]
     try:
         summary = await library.ingest("t1", "a.txt", "text/plain", text(3))
@@ -66,8 +65,8 @@ async def test_ingest_list_delete(tmp_path: Path) -> None:
         await index.close()
 
 
-async def test_limits_are_checked_before_anything_is_stored(tmp_path: Path) -> None:
-    index = EmbeddedMemoryIndex(tmp_path / "m.sqlite3", dimension=DIMENSION)
+async def test_limits_are_checked_before_anything_is_stored(postgres_database: str) -> None:
+    index = PostgresMemoryIndex(postgres_database, dimension=DIMENSION)
     library = DocumentLibrary(HashEmbedder(), index, LIMITS)  # type: ignore[arg-type]
     try:
         with pytest.raises(errors.InvalidArgument) as too_big:
@@ -86,8 +85,8 @@ async def test_limits_are_checked_before_anything_is_stored(tmp_path: Path) -> N
         await index.close()
 
 
-async def test_a_failure_part_way_leaves_nothing_behind(tmp_path: Path) -> None:
-    index = FailingIndex(tmp_path / "m.sqlite3", good=1)
+async def test_a_failure_part_way_leaves_nothing_behind(postgres_database: str) -> None:
+    index = FailingIndex(postgres_database, good=1)
     limits = DocumentLimits(
         max_bytes=10**6, max_chunks=500, max_tenant_chunks=10**4, chunk_chars=200, overlap_chars=0
     )

@@ -18,6 +18,7 @@ import abc
 import enum
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -75,6 +76,22 @@ def document_chunk_of(item_id: str) -> tuple[str, int]:
     return document_id, int(chunk)
 
 
+def unit_rows(vectors: npt.NDArray[Any], dimension: int) -> npt.NDArray[np.float32]:
+    """`vectors` as float32 rows of unit norm, the form every index stores and searches: inner
+    product is then cosine similarity. A zero row stays zero (similarity 0 to everything).
+
+    Raises ValueError when the shape is not (n, dimension) or a value is not finite.
+    """
+    if vectors.ndim != 2 or vectors.shape[1] != dimension:
+        raise ValueError(f"vectors must have shape (n, {dimension}), not {vectors.shape}")
+    rows = np.array(vectors, dtype=np.float32)
+    if not np.isfinite(rows).all():
+        raise ValueError("vectors must be finite")
+    norms = np.linalg.norm(rows, axis=1, keepdims=True)
+    np.divide(rows, norms, out=rows, where=norms > 0)
+    return rows
+
+
 @dataclass(frozen=True, slots=True)
 class DocumentSummary:
     """One ingested document of a tenant, as listed: its chunks counted."""
@@ -98,6 +115,12 @@ class RecalledItem:
 class MemoryIndex(AsyncClosable):
     """A tenant-isolated store of memory items with hybrid search; safe to share between the
     tasks of one event loop."""
+
+    async def open(self) -> None:
+        """Contacts the engine and checks that it can hold the index, so that a service fails
+        at start rather than on its first call: raises chatplane.common.errors.ConfigError when
+        it cannot, Unavailable when the engine cannot be reached now (every call retries).
+        The default does nothing: the index is checked on first use."""
 
     @abc.abstractmethod
     async def upsert(self, items: Sequence[MemoryItem], vectors: npt.NDArray[np.float32]) -> None:

@@ -2,24 +2,31 @@
 
 from __future__ import annotations
 
+from chatplane.common.errors import ConfigError
 from chatplane.common.settings import Settings
 from chatplane.memory.index.base import MemoryIndex
-from chatplane.memory.index.embedded import EmbeddedMemoryIndex
 from chatplane.memory.index.opensearch import OpenSearchMemoryIndex
+from chatplane.memory.index.postgres import PostgresMemoryIndex
 
 
 def open_memory_index(settings: Settings) -> MemoryIndex:
-    """The embedded on-disk index, or OpenSearch in the cluster profile.
+    """PostgreSQL (pgvector + full-text search) in the embedded profile, OpenSearch in the
+    cluster profile.
 
-    Raises ValueError at startup when the cluster profile has no OpenSearch URL. OpenSearch
-    itself is first contacted on first use, so the service starts (and answers Unavailable)
-    while the engine is down.
+    Raises ConfigError at startup when the profile's engine has no address. The engine itself
+    is first contacted on first use, so the service starts (and answers Unavailable) while it
+    is down.
     """
     if settings.profile == "cluster":
         if not settings.opensearch_url:
-            raise ValueError(
+            raise ConfigError(
                 "the cluster profile needs CHATPLANE_OPENSEARCH_URL (the OpenSearch base URL, "
                 "e.g. from the engines.env that `scripts/infra/engines.py up` writes)"
             )
         return OpenSearchMemoryIndex(settings.opensearch_url, index=settings.opensearch_index)
-    return EmbeddedMemoryIndex(settings.data_path("memory.db"))
+    if not settings.postgres_dsn:
+        raise ConfigError(
+            "the embedded profile's memory index needs CHATPLANE_POSTGRES_DSN (the PostgreSQL "
+            "that `chatplane up` starts)"
+        )
+    return PostgresMemoryIndex(settings.postgres_dsn)

@@ -1,6 +1,6 @@
 """The cluster-profile memory index on OpenSearch: BM25 over an English-analysed text field and
 k-NN (Lucene HNSW) over the embedding, both filtered by tenant and user inside the engine, fused
-by reciprocal rank in the client exactly like the embedded index.
+by reciprocal rank in the client exactly like the PostgreSQL index.
 
 opensearch-py's synchronous client runs on a small pool of worker threads (one pooled HTTP
 connection each), so no extra async HTTP stack is needed. Writes are micro-batched: concurrent
@@ -35,6 +35,7 @@ from chatplane.memory.index.base import (
     MemoryItem,
     RecalledItem,
     document_chunk_of,
+    unit_rows,
 )
 from chatplane.memory.index.fusion import DEFAULT_RRF_K, fuse_reciprocal_rank
 
@@ -110,7 +111,7 @@ def index_definition(
                 },
                 "analyzer": {
                     # OpenSearch's `english` analyzer plus ASCII folding, so "cafe" finds
-                    # "café" (as the embedded index's remove_diacritics does).
+                    # "café" (as the PostgreSQL index's unaccent does).
                     "memory_english": {
                         "type": "custom",
                         "tokenizer": "standard",
@@ -228,18 +229,6 @@ def keyword_query_text(text: str) -> str:
         kept.append(run)
         length += len(run) + 1
     return " ".join(kept)
-
-
-def _unit_rows(vectors: npt.NDArray[Any], dimension: int) -> Vectors:
-    if vectors.ndim != 2 or vectors.shape[1] != dimension:
-        raise ValueError(f"vectors must have shape (n, {dimension}), not {vectors.shape}")
-    rows = np.array(vectors, dtype=np.float32)
-    if not np.isfinite(rows).all():
-        raise ValueError("vectors must be finite")
-    norms = np.linalg.norm(rows, axis=1, keepdims=True)
-    # Inner product = cosine only for unit rows; a zero row stays zero (similarity 0 to all).
-    np.divide(rows, norms, out=rows, where=norms > 0)
-    return rows
 
 
 def _item(source: Mapping[str, Any]) -> MemoryItem:
@@ -562,7 +551,7 @@ class OpenSearchMemoryIndex(MemoryIndex):
             raise ValueError(f"{len(items)} items but {len(vectors)} vectors")
         if not items:
             return
-        rows = _unit_rows(vectors, self._dimension)
+        rows = unit_rows(vectors, self._dimension)
         await self.ensure_index()
         lines: list[Json] = []
         for item, row in zip(items, rows, strict=True):
@@ -592,7 +581,7 @@ class OpenSearchMemoryIndex(MemoryIndex):
     ) -> list[RecalledItem]:
         if k <= 0:
             return []
-        query = _unit_rows(np.reshape(query_vector, (1, -1)), self._dimension)[0]
+        query = unit_rows(np.reshape(query_vector, (1, -1)), self._dimension)[0]
         await self.ensure_index()
         candidates = min(k * self._candidates_per_result, MAX_HITS)
         visible = visibility_filter(tenant_id, user_id, frozenset(exclude_item_ids))
@@ -631,7 +620,7 @@ class OpenSearchMemoryIndex(MemoryIndex):
         turns are not known when the candidate lists are searched, so each list is searched
         `recent_limit` deeper and they are dropped from it here, which leaves exactly
         `search`'s candidates (docs/opensearch.md)."""
-        query = _unit_rows(np.reshape(query_vector, (1, -1)), self._dimension)[0]
+        query = unit_rows(np.reshape(query_vector, (1, -1)), self._dimension)[0]
         keyword_text = keyword_query_text(query_text)
         if recent_limit <= 0 or k <= 0 or not conversation_id or not (keyword_text or query.any()):
             return await super().recall(
