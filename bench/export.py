@@ -18,6 +18,7 @@ from typing import Any
 from bench.harness import Options, progress
 from bench.report import Row, Target
 from chatplane.common.ids import new_id
+from chatplane.internal.v1 import memory_pb2, privacy_pb2
 from chatplane.persistence.export_servicer import ExportRpcs
 from chatplane.persistence.servicer import PersistenceServicer
 from chatplane.persistence.store.base import (
@@ -30,7 +31,7 @@ from chatplane.persistence.store.base import (
 )
 from chatplane.persistence.store.sqlite import SqliteConversationStore
 from chatplane.privacy.export_archive import archive_chunks
-from chatplane.v1 import memory_pb2, persistence_pb2
+from chatplane.v1 import admin_resources_pb2
 
 NAME = "export"
 TITLE = "export: one user's archive from SQLite, by the user's size"
@@ -56,9 +57,9 @@ class _Persistence:
         self._servicer = servicer
 
     def ExportUserRecords(  # noqa: N802 (the stub's name)
-        self, request: persistence_pb2.ExportUserRecordsRequest, timeout: float
-    ) -> AsyncIterator[persistence_pb2.ExportUserRecordsResponse]:
-        return self._servicer.ExportUserRecords(request, None)  # type: ignore[arg-type]
+        self, request: privacy_pb2.ExportUserRecordsRequest, timeout: float
+    ) -> AsyncIterator[privacy_pb2.ExportUserRecordsResponse]:
+        return self._servicer.privacy.ExportUserRecords(request, None)  # type: ignore[arg-type]
 
 
 class _Memory:
@@ -108,7 +109,7 @@ async def _export(
     async for chunk in archive_chunks(
         persistence,
         memory,
-        persistence_pb2.Owner(tenant_id=owner.tenant_id, user_id=owner.user_id),
+        admin_resources_pb2.Owner(tenant_id=owner.tenant_id, user_id=owner.user_id),
         export_timeout=600,
         call_timeout=lambda: 10,
     ):

@@ -13,9 +13,11 @@ import pytest_asyncio
 from google.rpc import error_details_pb2
 
 from chatplane.common.topics import MESSAGES_TOPIC
+from chatplane.internal.v1 import identity_pb2
 from chatplane.launcher import Stack
 from chatplane.log import EmbeddedMessageLog
-from chatplane.v1 import gateway_pb2, persistence_pb2, persistence_pb2_grpc, resources_pb2
+from chatplane.persistence.client import PersistenceClient
+from chatplane.v1 import admin_resources_pb2, gateway_pb2, resources_pb2
 from tests.integration.stack_client import (
     FAST_PACE,
     Client,
@@ -448,20 +450,20 @@ async def test_log_records_carry_the_callers_trace_context(
 async def test_api_keys_are_issued_with_roles_and_unknown_roles_are_refused(
     stack: Stack,
 ) -> None:
-    owner = persistence_pb2.Owner(tenant_id=unique("t"), user_id="u")
+    owner = admin_resources_pb2.Owner(tenant_id=unique("t"), user_id="u")
     async with stack.channel("persistence") as persistence:
-        stub = persistence_pb2_grpc.PersistenceServiceStub(persistence)
-        created = await stub.CreateApiKey(
-            persistence_pb2.CreateApiKeyRequest(owner=owner, roles=["operator", "chat"]),
+        stub = PersistenceClient(persistence)
+        created = await stub.identity.CreateApiKey(
+            identity_pb2.CreateApiKeyRequest(owner=owner, roles=["operator", "chat"]),
             timeout=10,
         )
-        stored = await stub.GetApiKey(
-            persistence_pb2.GetApiKeyRequest(key_id=created.key_id), timeout=10
+        stored = await stub.identity.GetApiKey(
+            identity_pb2.GetApiKeyRequest(key_id=created.key_id), timeout=10
         )
         assert list(stored.roles) == ["chat", "operator"]
         with pytest.raises(grpc.aio.AioRpcError) as refused:
-            await stub.CreateApiKey(
-                persistence_pb2.CreateApiKeyRequest(owner=owner, roles=["root"]), timeout=10
+            await stub.identity.CreateApiKey(
+                identity_pb2.CreateApiKeyRequest(owner=owner, roles=["root"]), timeout=10
             )
     assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT
     assert "roles" in (refused.value.details() or "")

@@ -24,17 +24,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from chatplane.internal.v1 import agent_pb2, memory_pb2
 from chatplane.launcher import Stack
-from chatplane.v1 import (
-    admin_pb2,
-    agent_pb2,
-    gateway_pb2,
-    gateway_pb2_grpc,
-    memory_pb2,
-    operator_pb2,
-    persistence_pb2,
-    registry_pb2,
-)
+from chatplane.v1 import admin_pb2, gateway_pb2, gateway_pb2_grpc, operator_pb2, registry_pb2
 from tests.integration.stack_client import FAST_PACE, create_key, running_stack, unique
 
 pytestmark = [pytest.mark.integration]

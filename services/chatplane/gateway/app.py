@@ -26,15 +26,10 @@ from chatplane.gateway.rate_limit import RateLimiter
 from chatplane.gateway.registry_servicer import REGISTRY_SERVICE
 from chatplane.gateway.resume import AnswerResume
 from chatplane.gateway.token_quota import TokenQuotaGate
+from chatplane.internal.v1 import memory_pb2_grpc
 from chatplane.log.factory import open_message_log
-from chatplane.v1 import (
-    gateway_pb2,
-    gateway_pb2_grpc,
-    memory_pb2_grpc,
-    operator_pb2,
-    operator_pb2_grpc,
-    persistence_pb2_grpc,
-)
+from chatplane.persistence.client import PersistenceClient
+from chatplane.v1 import gateway_pb2, gateway_pb2_grpc, operator_pb2, operator_pb2_grpc
 
 GATEWAY_SERVICE = gateway_pb2.DESCRIPTOR.services_by_name["GatewayService"].full_name
 OPERATOR_SERVICE = operator_pb2.DESCRIPTOR.services_by_name["OperatorService"].full_name
@@ -46,7 +41,7 @@ async def run(settings: Settings) -> None:
     agent_channel = internal_channel(settings.agent_address, tls)
     persistence_channel = internal_channel(settings.persistence_address, tls)
     memory_channel = internal_channel(settings.memory_address, tls)
-    persistence = persistence_pb2_grpc.PersistenceServiceStub(persistence_channel)
+    persistence = PersistenceClient(persistence_channel)
     api_keys = ApiKeyAuthenticator(
         persistence,
         cache_seconds=settings.api_key_cache_seconds,
