@@ -1,6 +1,6 @@
 """Export benchmark (docs/privacy.md, "Export"): how fast one user's archive is produced from
 the embedded system of record and how much memory it takes, for users of 1,000 to 50,000
-messages. The path measured is PersistenceService.ExportUserRecords' servicer (store pages,
+messages. The path measured is PrivacyService.ExportUserRecords' servicer (store pages,
 the tree of each conversation, answer facts and feedback) feeding the archive writer
 (chatplane.privacy.export_archive) in one process, without the network; memory is the peak
 of the Python heap (tracemalloc) while exporting, which must not grow with the user's size."""

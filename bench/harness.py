@@ -82,7 +82,7 @@ async def running_stack(
 
 
 async def create_keys(stack: Stack, owners: list[tuple[str, str]]) -> list[str]:
-    """One new API key per (tenant, user), made through PersistenceService.CreateApiKey."""
+    """One new API key per (tenant, user), made through IdentityService.CreateApiKey."""
     keys: list[str] = []
     async with stack.channel("persistence") as channel:
         stub = PersistenceClient(channel)

@@ -1,7 +1,7 @@
 """A/B variants through the real services (docs/variants.md): two variants on Claude through
 the LLM emulator, with different system prompts, models and max tokens. Each user is assigned
 a variant sticky across turns; the emulator sees the variant's prompt; started names the
-variant; the per-variant report (PersistenceService.ReportVariants and `chatplane report
+variant; the per-variant report (AnalyticsService.ReportVariants and `chatplane report
 variants`) matches what was sent; feedback scores outside 1-5 are refused."""
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """`chatplane report variants`: answers and feedback per A/B variant, computed by the system of
-record (PersistenceService.ReportVariants, an internal RPC, like `chatplane keys create`),
+record (AnalyticsService.ReportVariants, an internal RPC, like `chatplane keys create`),
 printed as a table or as JSON (docs/variants.md)."""
 
 from __future__ import annotations

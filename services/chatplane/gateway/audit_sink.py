@@ -1,5 +1,5 @@
 """The Gateway's audit sink: batches of events appended through
-PersistenceService.AppendAuditEvents (one transaction per batch in the system of record)."""
+AuditService.AppendAuditEvents (one transaction per batch in the system of record)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from chatplane.persistence.client import PersistenceClient
 
 
 class PersistenceAuditSink:
-    """Appends with PersistenceService.AppendAuditEvents (one transaction per batch)."""
+    """Appends with AuditService.AppendAuditEvents (one transaction per batch)."""
 
     def __init__(self, persistence: PersistenceClient, *, timeout: float) -> None:
         self._persistence = persistence

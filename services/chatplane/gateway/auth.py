@@ -1,5 +1,5 @@
 """API-key authentication: `authorization: Bearer cp_<key id>_<secret>` metadata becomes a
-Principal. Keys are stored as SHA-256 of the secret (PersistenceService.GetApiKey); records are
+Principal. Keys are stored as SHA-256 of the secret (IdentityService.GetApiKey); records are
 cached for a few seconds, so a revoked key stops working within that time."""
 
 from __future__ import annotations

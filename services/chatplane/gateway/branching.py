@@ -83,7 +83,7 @@ async def begin_turn(
     budget: Budget,
     timeout_cap: float,
 ) -> turn_pb2.BeginTurnResponse:
-    """PersistenceService.BeginTurn. For a regenerate or edit, a message whose answer is not
+    """TurnService.BeginTurn. For a regenerate or edit, a message whose answer is not
     stored yet is waited for (SETTLE_SECONDS), and a message of the wrong kind is the caller's
     INVALID_ARGUMENT, naming its field."""
     branched = bool(request.regenerate_message_id or request.edit_message_id)

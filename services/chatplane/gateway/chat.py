@@ -29,7 +29,7 @@ _log = logging.getLogger(__name__)
 
 # How often a retry polls for the answer of a turn that another call is generating.
 _WAIT_POLL_SECONDS = 0.1
-GENERATE_METHOD = "/chatplane.v1.AgentService/Generate"
+GENERATE_METHOD = "/chatplane.internal.v1.AgentService/Generate"
 # Metadata naming the conversation on the call to the Agent: in Kubernetes the mesh hashes it
 # to pick the Agent replica (istio/base/networking/agent.yaml), so one conversation's turns
 # land on one replica (warm caches) without the Agent having to decode the request.

@@ -19,7 +19,7 @@ from chatplane.internal.v1 import agent_pb2, agent_pb2_grpc, turn_pb2
 from chatplane.persistence.client import PersistenceClient
 from chatplane.v1 import admin_resources_pb2, gateway_pb2, resources_pb2
 
-RESUME_METHOD = "/chatplane.v1.AgentService/ResumeGenerate"
+RESUME_METHOD = "/chatplane.internal.v1.AgentService/ResumeGenerate"
 # How long a resume waits for an answer that is no longer live to appear in storage (normally
 # one Persistence batch window; longer means the generation was lost with its Agent).
 _STORED_WAIT_SECONDS = 10.0

@@ -1,5 +1,5 @@
 """The Gateway's side of per-tenant daily token quotas (docs/quotas.md): before a turn runs,
-reserve its estimated tokens in the system of record (PersistenceService.ReserveQuota, shared
+reserve its estimated tokens in the system of record (QuotaService.ReserveQuota, shared
 by every Gateway replica); when it ends, settle the reservation with the `usage` event's
 counts, or release it. A spent quota refuses the turn with RESOURCE_EXHAUSTED carrying a
 google.rpc.QuotaFailure and a RetryInfo delay until the reset (the next UTC midnight)."""

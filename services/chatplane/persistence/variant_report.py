@@ -1,4 +1,4 @@
-"""PersistenceService.ReportVariants: the store's per-variant aggregation as the RPC's
+"""AnalyticsService.ReportVariants: the store's per-variant aggregation as the RPC's
 response (docs/variants.md)."""
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """The user data export archive (GDPR access and portability; docs/privacy.md, "Export"):
-one JSON document built while PersistenceService.ExportUserRecords and
+one JSON document built while PrivacyService.ExportUserRecords and
 MemoryService.ListUserMemory are read, and handed out in chunks of at most CHUNK_BYTES, so
 neither the archive nor the user's records are ever held whole in memory. The Gateway
 (AdminService.ExportUserData) and `chatplane export` both stream it.

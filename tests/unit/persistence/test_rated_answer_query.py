@@ -1,4 +1,4 @@
-"""PersistenceService.ListRatedAnswers' argument checks (docs/datasets.md): each bad field is
+"""AnalyticsService.ListRatedAnswers' argument checks (docs/datasets.md): each bad field is
 INVALID_ARGUMENT naming it; a page token round-trips into the keyset cursor."""
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """AdminService.ListRatedAnswers (docs/datasets.md): a tenant admin's page of the tenant's
-rated answers for feedback datasets, through PersistenceService.ListRatedAnswers."""
+rated answers for feedback datasets, through AnalyticsService.ListRatedAnswers."""
 
 from __future__ import annotations
 
