@@ -49,9 +49,7 @@ async def _legit(
     metadata = (("authorization", f"Bearer {key}"),)
     while not stop.is_set():
         began = time.perf_counter_ns()
-        await stub.ListConversations(
-            gateway_pb2.ListConversationsRequest(), metadata=metadata
-        )
+        await stub.ListConversations(gateway_pb2.ListConversationsRequest(), metadata=metadata)
         samples.append(time.perf_counter_ns() - began)
         await asyncio.sleep(0.01)
     return samples

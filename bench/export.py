@@ -19,8 +19,6 @@ from bench.harness import Options, progress
 from bench.report import Row, Target
 from chatplane.common.ids import new_id
 from chatplane.internal.v1 import memory_pb2, privacy_pb2
-from chatplane.persistence.export_servicer import ExportRpcs
-from chatplane.persistence.servicer import PersistenceServicer
 from chatplane.persistence.store.base import (
     Feedback,
     Message,
@@ -30,6 +28,7 @@ from chatplane.persistence.store.base import (
     Role,
 )
 from chatplane.persistence.store.sqlite import SqliteConversationStore
+from chatplane.persistence.user_records import UserRecords
 from chatplane.privacy.export_archive import archive_chunks
 from chatplane.v1 import admin_resources_pb2
 
@@ -48,18 +47,24 @@ TARGET_PEAK_MB = 32.0
 _TEXT = "a chat message of about the usual length, asking something about an order " * 2
 
 
-class _ExportServicer(ExportRpcs, PersistenceServicer):
-    """PersistenceService's ExportUserRecords over the store, in process."""
+class _Privacy:
+    """PrivacyService's ExportUserRecords over the store, in process (no gRPC hop)."""
 
-
-class _Persistence:
-    def __init__(self, servicer: _ExportServicer) -> None:
-        self._servicer = servicer
+    def __init__(self, records: UserRecords) -> None:
+        self._records = records
 
     def ExportUserRecords(  # noqa: N802 (the stub's name)
         self, request: privacy_pb2.ExportUserRecordsRequest, timeout: float
     ) -> AsyncIterator[privacy_pb2.ExportUserRecordsResponse]:
-        return self._servicer.privacy.ExportUserRecords(request, None)  # type: ignore[arg-type]
+        owner = Owner(request.owner.tenant_id, request.owner.user_id)
+        return self._records.records(owner, request.page_size or 200)
+
+
+class _Persistence:
+    """What archive_chunks uses of a PersistenceClient."""
+
+    def __init__(self, records: UserRecords) -> None:
+        self.privacy = _Privacy(records)
 
 
 class _Memory:
@@ -100,7 +105,7 @@ async def _export(
     store: SqliteConversationStore, owner: Owner, *, trace: bool
 ) -> tuple[int, float, float]:
     """Archive bytes, seconds, and with `trace` the peak heap in MB (else 0)."""
-    persistence: Any = _Persistence(_ExportServicer(store))
+    persistence: Any = _Persistence(UserRecords(store))
     memory: Any = _Memory()
     size = 0
     if trace:

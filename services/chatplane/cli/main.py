@@ -18,6 +18,7 @@ from chatplane.internal.v1 import identity_pb2
 from chatplane.launcher import Stack, StackInfo
 from chatplane.launcher.certificates import DEFAULT_DAYS, CertificateDirError, init_certificates
 from chatplane.launcher.stack import EDGE
+from chatplane.persistence.client import PersistenceClient
 from chatplane.v1 import admin_resources_pb2
 
 DEFAULT_DATA_DIR = ".chatplane"
@@ -343,7 +344,6 @@ from chatplane.cli.evaluate import evaluate  # noqa: E402  (the evaluation harne
 
 cli.add_command(evaluate)
 from chatplane.cli.erasure import erase, retention  # noqa: E402
-from chatplane.persistence.client import PersistenceClient
 
 cli.add_command(erase)
 cli.add_command(retention)

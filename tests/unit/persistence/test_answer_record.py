@@ -15,7 +15,7 @@ from chatplane.gateway.validation import validate_feedback
 from chatplane.internal.v1 import analytics_pb2, conversation_pb2
 from chatplane.log import ConsumedRecord
 from chatplane.persistence.consumer import decode_message
-from chatplane.persistence.servicer import PersistenceServicer
+from chatplane.persistence.conversation_servicer import ConversationServicer
 from chatplane.persistence.store.base import Owner
 from chatplane.persistence.store.sqlite import (
     SqliteConversationStore,
@@ -94,7 +94,7 @@ def test_scores_1_to_5_and_no_score_are_accepted(score: int) -> None:
 async def test_persistence_refuses_a_bad_score_before_storing(
     store: SqliteConversationStore,
 ) -> None:
-    servicer = PersistenceServicer(store)
+    servicer = ConversationServicer(store)
     request = conversation_pb2.SubmitFeedbackRequest(
         owner=admin_resources_pb2.Owner(tenant_id="t", user_id="u"),
         feedback=gateway_pb2.SubmitFeedbackRequest(
