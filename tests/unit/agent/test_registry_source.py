@@ -59,6 +59,11 @@ def test_a_deployment_is_production_then_canary_with_their_shares() -> None:
 class _Persistence:
     """A PersistenceService stub answering from a list of deployments."""
 
+    @property
+    def registry(self) -> _Persistence:
+        """Stands in for PersistenceClient: the one service it fakes is itself."""
+        return self
+
     def __init__(self) -> None:
         self.deployment = registry_pb2.VariantDeployment()
         self.fail = False

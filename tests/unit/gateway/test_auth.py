@@ -62,7 +62,7 @@ async def test_the_principal_carries_the_keys_roles() -> None:
         return records[request.key_id]
 
     authenticator = ApiKeyAuthenticator(
-        SimpleNamespace(GetApiKey=get_api_key),  # type: ignore[arg-type]
+        SimpleNamespace(identity=SimpleNamespace(GetApiKey=get_api_key)),  # type: ignore[arg-type]
         cache_seconds=1,
         call_timeout=1,
     )

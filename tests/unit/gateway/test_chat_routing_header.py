@@ -35,6 +35,11 @@ class RecordingAgent(agent_pb2_grpc.AgentServiceServicer):
 class OwnedTurns:
     """The one Persistence call of a fresh turn: BeginTurn grants ownership in CONVERSATION."""
 
+    @property
+    def turns(self) -> OwnedTurns:
+        """Stands in for PersistenceClient: the one service it fakes is itself."""
+        return self
+
     async def BeginTurn(  # noqa: N802 - the RPC's name
         self, request: turn_pb2.BeginTurnRequest, timeout: float
     ) -> turn_pb2.BeginTurnResponse:

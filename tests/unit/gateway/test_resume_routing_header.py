@@ -45,6 +45,11 @@ class RecordingAgent(agent_pb2_grpc.AgentServiceServicer):
 class PendingAnswer:
     """GetAnswer of a turn still generating in CONVERSATION."""
 
+    @property
+    def turns(self) -> PendingAnswer:
+        """Stands in for PersistenceClient: the one service it fakes is itself."""
+        return self
+
     async def GetAnswer(  # noqa: N802 - the RPC's name
         self, request: turn_pb2.GetAnswerRequest, timeout: float
     ) -> turn_pb2.GetAnswerResponse:

@@ -16,6 +16,11 @@ REQUEST = quota_pb2.ReserveQuotaRequest(tenant_id="t", reservation_id="r", token
 class OldPersistence:
     """Answers ReserveQuota (the separate call) with a fixed outcome and counts the calls."""
 
+    @property
+    def quota(self) -> OldPersistence:
+        """Stands in for PersistenceClient: the one service it fakes is itself."""
+        return self
+
     def __init__(self, granted: bool) -> None:
         self.granted = granted
         self.calls: list[quota_pb2.ReserveQuotaRequest] = []

@@ -18,6 +18,11 @@ NOW = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
 
 
 class FakePersistence:
+    @property
+    def privacy(self) -> FakePersistence:
+        """Stands in for PersistenceClient: the one service it fakes is itself."""
+        return self
+
     def __init__(self, records: list[Record]) -> None:
         self.records = records
 
@@ -156,6 +161,10 @@ async def test_a_caller_going_away_ends_the_persistence_read() -> None:
     )
 
     class Persistence:
+        @property
+        def privacy(self) -> Persistence:
+            return self
+
         def ExportUserRecords(self, request: Any, timeout: float) -> CancellableRecords:  # noqa: N802
             return call
 
