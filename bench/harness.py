@@ -1,5 +1,5 @@
 """What the benchmarks share: their options, the real stack (four service processes, embedded
-profile) in a temporary data dir, API keys made through PersistenceService, a Gateway channel
+profile) in a temporary data dir, API keys made through Persistence, a Gateway channel
 per simulated user, and a description of the machine the numbers were measured on."""
 
 from __future__ import annotations

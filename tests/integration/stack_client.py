@@ -109,7 +109,7 @@ class Client:
 
 
 async def create_key(stack: Stack, tenant: str, user: str, roles: tuple[str, ...] = ()) -> str:
-    """A new API key for tenant/user (roles: default chat), made through PersistenceService
+    """A new API key for tenant/user (roles: default chat), made through Persistence
     (with the client certificate on a mutual-TLS stack)."""
     async with stack.channel("persistence") as channel:
         response = await PersistenceClient(channel).identity.CreateApiKey(

@@ -1,5 +1,5 @@
 """Feedback datasets through the real services (docs/datasets.md): `chatplane dataset export`
-over PersistenceService (every opted-in tenant) and over the Gateway's AdminService (an admin
+over Persistence (every opted-in tenant) and over the Gateway's AdminService (an admin
 key's tenant) writes JSONL files that validate against both formats' schemas, hold no text of
 a tenant that did not opt in, are masked for a redacting tenant, and match their manifest;
 the admin RPC refuses other roles and tenants that did not opt in."""
@@ -138,7 +138,7 @@ async def test_export_of_opted_in_tenants(rig: Rig, tmp_path: Path) -> None:
     assert secret.started is not None
     await _rate(closed, secret.started, True, 5)
 
-    # Every opted-in tenant, through PersistenceService.
+    # Every opted-in tenant, through Persistence.
     out = tmp_path / "all"
     result = await asyncio.to_thread(_export, rig, out)
     assert result.returncode == 0, result.stderr

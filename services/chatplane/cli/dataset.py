@@ -2,7 +2,7 @@
 Anthropic Messages and OpenAI chat fine-tuning formats with a manifest (docs/datasets.md).
 With an admin API key it pages the key's tenant through the Gateway's AdminService; without
 one, an operator inside the mesh pages every opted-in tenant (or --tenant) through
-PersistenceService, like `chatplane report variants`."""
+Persistence, like `chatplane report variants`."""
 
 from __future__ import annotations
 

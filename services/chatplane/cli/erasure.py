@@ -1,5 +1,5 @@
 """`chatplane erase` and `chatplane retention set|show`: a user's erasure and a tenant's
-retention period, through the running stack's PersistenceService (docs/privacy.md). Both are
+retention period, through the running stack's Persistence (docs/privacy.md). Both are
 operator commands on the host that runs the stack; AdminService offers the same to a tenant's
 admins over the API."""
 

@@ -1,5 +1,5 @@
 """`chatplane export --tenant T --user U [-o FILE]`: the user's data export archive
-(docs/privacy.md, "Export") read from the running stack's PersistenceService and
+(docs/privacy.md, "Export") read from the running stack's Persistence and
 MemoryService, written as it streams (to FILE, or stdout). Audited as one `user.export`
 record with the actor `cli:<os user>`, like the CLI's key changes."""
 

@@ -1,5 +1,5 @@
 """`chatplane keys list|rotate|revoke`: API key management of a tenant through the running
-stack's PersistenceService (like `keys create`; AdminService is the same over the Gateway for
+stack's Persistence (like `keys create`; AdminService is the same over the Gateway for
 a tenant's own admins). Every change is audited with the actor `cli:<os user>`."""
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ def call_persistence(
     data_dir: Path,
     work: Callable[[PersistenceClient], Awaitable[_T]],
 ) -> _T:
-    """Runs `work` against the running stack's PersistenceService; errors end the command."""
+    """Runs `work` against the running stack's Persistence; errors end the command."""
     info = StackInfo.load(data_dir)
     if info is None or "persistence" not in info.ports:
         raise click.ClickException(

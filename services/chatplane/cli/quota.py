@@ -1,5 +1,5 @@
 """`chatplane quota set|show`: a tenant's daily token quota, set and read through the running
-stack's PersistenceService (docs/quotas.md)."""
+stack's Persistence (docs/quotas.md)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """The keyring of a process, from settings: over the store itself (Persistence) or over
-PersistenceService's RPCs (Agent, Gateway)."""
+Persistence's RPCs (Agent, Gateway)."""
 
 from __future__ import annotations
 
@@ -31,6 +31,6 @@ def store_keyring(settings: Settings, keys: StoreKeySource) -> Keyring:
 
 
 def rpc_keyring(settings: Settings, stub: PersistenceClient) -> Keyring:
-    """The keyring of a process that reaches the keys through PersistenceService."""
+    """The keyring of a process that reaches the keys through Persistence."""
     source = PersistenceKeySource(stub, settings.internal_call_timeout_seconds)
     return Keyring(source, kek_ring(settings), settings.data_key_cache_seconds)

@@ -1,4 +1,4 @@
-"""Wrapped data keys from PersistenceService (GetUserDataKey / DestroyUserDataKey), for the
+"""Wrapped data keys from Persistence (GetUserDataKey / DestroyUserDataKey), for the
 processes that seal or open text but do not own the system of record (Agent, Gateway)."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from chatplane.v1 import admin_resources_pb2
 
 
 class PersistenceKeySource:
-    """A WrappedKeySource calling PersistenceService with `timeout` seconds per call."""
+    """A WrappedKeySource calling Persistence with `timeout` seconds per call."""
 
     def __init__(self, stub: PersistenceClient, timeout: float) -> None:
         self._stub = stub

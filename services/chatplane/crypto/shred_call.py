@@ -1,4 +1,4 @@
-"""The one call that destroys a user's data key through PersistenceService (crypto-shredding).
+"""The one call that destroys a user's data key through Persistence (crypto-shredding).
 Its own module because fewer callers may make it than may fetch keys: the mesh grants it to
 the Gateway (EraseUser) and the admin account only (tests/deploy/call_graph.py)."""
 

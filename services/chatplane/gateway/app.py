@@ -77,7 +77,7 @@ async def run(settings: Settings) -> None:
     # Human handoff (docs/handoff.md): its events go to the log, and this replica tails them.
     log = open_message_log(settings)
     handoff_producer = log.producer()
-    # Encryption at rest: the users' data keys come from PersistenceService (docs/security.md).
+    # Encryption at rest: the users' data keys come from Persistence (docs/security.md).
     keyring = rpc_keyring(settings, persistence)
     fanout = HandoffFanout(log.tail([HANDOFF_TOPIC]), keyring)
     await fanout.start()

@@ -26,7 +26,7 @@ EDIT_FIELD = "edit_message_id"
 # wait): a regenerate or edit of it sent at once waits this long for it before it is refused
 # as still being answered (FAILED_PRECONDITION).
 SETTLE_SECONDS = 1.0
-# PersistenceService returns at most this many branch messages (tree_messages.py).
+# Persistence returns at most this many branch messages (tree_messages.py).
 MAX_BRANCH_LIMIT = 500
 _SETTLE_POLL_SECONDS = 0.05
 

@@ -1,5 +1,5 @@
 """Human handoff in the Gateway (docs/handoff.md): changes a conversation's mode through
-PersistenceService, records each change and operator reply on the handoff topic, keeps the
+Persistence, records each change and operator reply on the handoff topic, keeps the
 bot silent while a human answers, and runs the automatic rules."""
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ EXPLICIT_REQUEST_REASON = "the user asked for a person"
 
 
 def owner_of(principal: Principal) -> admin_resources_pb2.Owner:
-    """The principal as PersistenceService's owner."""
+    """The principal as Persistence's owner."""
     return admin_resources_pb2.Owner(tenant_id=principal.tenant_id, user_id=principal.user_id)
 
 

@@ -99,7 +99,7 @@ def validate_reply(text: str, max_message_bytes: int) -> None:
 
 
 async def _paged(call: Awaitable[_T]) -> _T:
-    """A paged read from PersistenceService, whose only INVALID_ARGUMENT left (the page size
+    """A paged read from Persistence, whose only INVALID_ARGUMENT left (the page size
     is checked here) is the caller's page token; it would otherwise pass on as UNAVAILABLE."""
     try:
         return await call
@@ -110,7 +110,7 @@ async def _paged(call: Awaitable[_T]) -> _T:
 
 
 class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):
-    """OperatorService over the handoff desk and PersistenceService."""
+    """OperatorService over the handoff desk and Persistence."""
 
     def __init__(
         self,

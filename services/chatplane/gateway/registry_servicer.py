@@ -1,5 +1,5 @@
 """RegistryService (docs/registry.md), served by the Gateway: the variant registry for
-admins of the tenants allowed to manage the deployment, through PersistenceService; and the
+admins of the tenants allowed to manage the deployment, through Persistence; and the
 check of a Chat turn pinned to a registry version (admins only)."""
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ def _change_detail(change: registry_pb2.VariantChange) -> str:
 
 
 class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
-    """RegistryService over PersistenceService."""
+    """RegistryService over Persistence."""
 
     def __init__(self, *, settings: Settings, persistence: PersistenceClient) -> None:
         self._settings = settings

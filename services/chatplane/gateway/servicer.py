@@ -43,7 +43,7 @@ def _principal() -> Principal:
 
 
 class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
-    """The public API over the chat relay and PersistenceService."""
+    """The public API over the chat relay and Persistence."""
 
     def __init__(
         self,

@@ -32,7 +32,7 @@ async def run(settings: Settings) -> None:
     memory = ConversationalMemory(embedder, index, redaction)
     documents = DocumentLibrary(embedder, index, document_limits(settings), redaction)
     retry_log = open_message_log(settings).consumer(CONSUMER_GROUP, [MEMORY_REMEMBER_TOPIC])
-    # The Agent seals what it logs here (docs/security.md): keys from PersistenceService.
+    # The Agent seals what it logs here (docs/security.md): keys from Persistence.
     persistence_channel = internal_channel(settings.persistence_address, tls)
     keyring = rpc_keyring(settings, PersistenceClient(persistence_channel))
     retry = RememberRetryConsumer(retry_log, memory, keyring=keyring)

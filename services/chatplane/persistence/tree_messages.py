@@ -1,4 +1,4 @@
-"""Proto ⇄ domain for the conversation tree in PersistenceService (docs/conversation-tree.md):
+"""Proto ⇄ domain for the conversation tree in Persistence (docs/conversation-tree.md):
 the regenerate / edit fields of BeginTurn, the branch it returns, history views, messages'
 places in the tree, and the page tokens of a branch."""
 

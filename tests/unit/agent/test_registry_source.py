@@ -57,7 +57,7 @@ def test_a_deployment_is_production_then_canary_with_their_shares() -> None:
 
 
 class _Persistence:
-    """A PersistenceService stub answering from a list of deployments."""
+    """A Persistence stub answering from a list of deployments."""
 
     @property
     def registry(self) -> _Persistence:

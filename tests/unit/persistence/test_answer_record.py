@@ -1,5 +1,5 @@
 """The A/B fields of log records in their stored form (docs/variants.md), the feedback score's
-validation (Gateway and PersistenceService), and the report RPC's request checks."""
+validation (Gateway and Persistence), and the report RPC's request checks."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Variants from the registry (docs/registry.md): the Agent polls PersistenceService for the
+"""Variants from the registry (docs/registry.md): the Agent polls Persistence for the
 deployment (production, canary and its share) every `registry_poll_seconds` and swaps its
 experiment whole when the revision changes. Without a production version, or until the
 registry answers, the settings' experiment serves, so settings-defined variants keep working.

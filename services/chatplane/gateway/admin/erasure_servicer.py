@@ -1,5 +1,5 @@
 """AdminService's erasure and retention RPCs (docs/privacy.md) for a principal with the
-`admin` role, on the caller's own tenant, through PersistenceService (which runs the erasure
+`admin` role, on the caller's own tenant, through Persistence (which runs the erasure
 job and audits it once it finishes)."""
 
 from __future__ import annotations

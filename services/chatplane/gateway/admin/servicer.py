@@ -1,5 +1,5 @@
 """AdminService servicer: API keys of the caller's own tenant (list, create, rotate, revoke)
-for a principal with the `admin` role, through PersistenceService. Key changes are audited by
+for a principal with the `admin` role, through Persistence. Key changes are audited by
 Persistence in the change's own transaction; refused attempts are audited here."""
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ def _key_id(key_id: str) -> str:
 
 
 class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
-    """AdminService over PersistenceService."""
+    """AdminService over Persistence."""
 
     def __init__(
         self,
