@@ -22,6 +22,12 @@ What it does, file by file (*.py):
    receiver; names the public API shares (ListConversations, CreateApiKey, EraseUser, ...) only
    when the receiver is a PersistenceClient in that file (assigned or annotated as one) or its
    name mentions persistence. Those left are printed for review.
+5. gRPC method paths and full names: `/chatplane.v1.PersistenceService/BeginTurn` →
+   `/chatplane.internal.v1.TurnService/BeginTurn`, `chatplane.v1.AgentService` (and Memory)
+   → `chatplane.internal.v1.AgentService`. (Run the same on istio/ YAML by hand if needed:
+   tests/deploy checks every path.)
+6. Prose: `PersistenceService.BeginTurn` → `TurnService.BeginTurn`; any other
+   `PersistenceService` → `Persistence` (the process).
 The persistence servicers themselves (rewritten by hand) are skipped for step 4.
 """
 
@@ -76,6 +82,19 @@ _ATTRIBUTES = {
     "privacy_pb2": "privacy",
     "variant_registry_pb2": "registry",
     "data_key_pb2": "data_keys",
+}
+# the service each internal module defines
+_SERVICES = {
+    "turn_pb2": "TurnService",
+    "conversation_pb2": "ConversationService",
+    "identity_pb2": "IdentityService",
+    "audit_pb2": "AuditService",
+    "quota_pb2": "QuotaService",
+    "handoff_pb2": "HandoffService",
+    "analytics_pb2": "AnalyticsService",
+    "privacy_pb2": "PrivacyService",
+    "variant_registry_pb2": "VariantRegistryService",
+    "data_key_pb2": "DataKeyService",
 }
 _RPC_RENAMES = {
     "PushRegistryVariant": "PushVariant",
@@ -215,6 +234,9 @@ def migrate(path: Path) -> bool:
             re.findall(r"([\w.]+)\s*(?::\s*PersistenceClient\b|=\s*PersistenceClient\()", text)
         )
 
+        # A name also annotated as another service's stub in the file is ambiguous: left alone.
+        clients -= set(re.findall(r"(\w+): \w+_pb2_grpc\.\w+Stub\b", text))
+
         def call(match: re.Match[str]) -> str:
             receiver, rpc = match.group(1), match.group(2)
             persistence = (
@@ -226,13 +248,37 @@ def migrate(path: Path) -> bool:
                 print(f"{path}: left {receiver}.{rpc}( for review", file=sys.stderr)
                 return match.group(0)
             attribute = _ATTRIBUTES[_RPC_MODULE[rpc]]
-            if receiver.endswith("." + attribute):
-                return match.group(0)
+            if receiver == attribute or receiver.endswith("." + attribute):
+                return match.group(0)  # already migrated (the script is idempotent)
             return f"{receiver}.{attribute}.{_RPC_RENAMES.get(rpc, rpc)}("
 
         rpcs = "|".join(sorted(_RPC_MODULE, key=len, reverse=True))
         text = re.sub(rf"((?:\w+\.)*\w+(?:\([^()]*\))?)\.({rpcs})\(", call, text)
     text = _rewrite_imports(text, internal, public)
+    # Prose: `PersistenceService.BeginTurn` names its new service; the rest says Persistence.
+    if "test_generated_code" not in str(path):  # it names the old services on purpose
+        # gRPC method paths and full service names (`/chatplane.v1.PersistenceService/BeginTurn`).
+        text = re.sub(
+            r"/chatplane\.v1\.PersistenceService/(\w+)",
+            lambda m: (
+                f"/chatplane.internal.v1.{_SERVICES[_RPC_MODULE[m.group(1)]]}/"
+                f"{_RPC_RENAMES.get(m.group(1), m.group(1))}"
+            ),
+            text,
+        )
+        text = re.sub(
+            r"\bchatplane\.v1\.(AgentService|MemoryService)\b", r"chatplane.internal.v1.\1", text
+        )
+        text = re.sub(
+            r"\bPersistenceService\.(\w+)",
+            lambda m: (
+                f"{_SERVICES[_RPC_MODULE[m.group(1)]]}.{_RPC_RENAMES.get(m.group(1), m.group(1))}"
+                if m.group(1) in _RPC_MODULE
+                else m.group(0)
+            ),
+            text,
+        )
+        text = re.sub(r"\bPersistenceService\b", "Persistence", text)
     if uses_client and "import PersistenceClient" not in text:
         text = _add_line(text, "from chatplane.persistence.client import PersistenceClient\n")
     if text != original:
