@@ -19,8 +19,10 @@ from bench.report import Row, Target
 from bench.stats import ns_to_ms, percentile
 from chatplane import audit
 from chatplane.audit.protos import head_from_proto, record_from_proto
+from chatplane.internal.v1 import audit_pb2
 from chatplane.launcher import Stack
-from chatplane.v1 import gateway_pb2, gateway_pb2_grpc, persistence_pb2, persistence_pb2_grpc
+from chatplane.persistence.client import PersistenceClient
+from chatplane.v1 import gateway_pb2, gateway_pb2_grpc
 
 NAME = "auth_flood"
 TITLE = "auth_flood: bad credentials at full speed; audit of every refusal (embedded, loopback)"
@@ -78,11 +80,11 @@ async def _chain(stack: Stack) -> tuple[int, int, bool]:
     verifier = audit.ChainVerifier()
     failures = dropped = 0
     async with stack.channel("persistence") as channel:
-        stub = persistence_pb2_grpc.PersistenceServiceStub(channel)
+        stub = PersistenceClient(channel)
         after, head = 0, None
         while True:
-            page = await stub.ListAuditRecords(
-                persistence_pb2.ListAuditRecordsRequest(after_seq=after, page_size=1000), timeout=30
+            page = await stub.audit.ListAuditRecords(
+                audit_pb2.ListAuditRecordsRequest(after_seq=after, page_size=1000), timeout=30
             )
             head = head or head_from_proto(page.head)
             records = [record_from_proto(r) for r in page.records if r.seq <= head.seq]
@@ -100,8 +102,8 @@ async def _chain(stack: Stack) -> tuple[int, int, bool]:
 
 async def _head(stack: Stack) -> int:
     async with stack.channel("persistence") as channel:
-        page = await persistence_pb2_grpc.PersistenceServiceStub(channel).ListAuditRecords(
-            persistence_pb2.ListAuditRecordsRequest(page_size=1), timeout=10
+        page = await PersistenceClient(channel).audit.ListAuditRecords(
+            audit_pb2.ListAuditRecordsRequest(page_size=1), timeout=10
         )
     return page.head.seq
 

@@ -17,8 +17,10 @@ from bench import llm_chain
 from bench.harness import Options, create_keys, progress, running_stack, user_channel
 from bench.report import Row
 from bench.stats import ns_to_ms, percentile
+from chatplane.internal.v1 import quota_pb2
 from chatplane.llm_emulator.process import running_emulator
-from chatplane.v1 import gateway_pb2_grpc, persistence_pb2, persistence_pb2_grpc
+from chatplane.persistence.client import PersistenceClient
+from chatplane.v1 import gateway_pb2_grpc
 
 NAME = "chain-cpu"
 TITLE = "CPU time per turn and per token of each process of the chain (llm-chain's workload)"
@@ -93,8 +95,8 @@ async def run(options: Options) -> list[Row]:
             tenant = llm_chain.TENANT
             keys = await create_keys(stack, [(tenant, f"user-{i}") for i in range(most)])
             async with stack.channel("persistence") as channel:
-                await persistence_pb2_grpc.PersistenceServiceStub(channel).SetQuota(
-                    persistence_pb2.SetQuotaRequest(tenant_id=tenant, tokens_per_day=10**12),
+                await PersistenceClient(channel).quota.SetQuota(
+                    quota_pb2.SetQuotaRequest(tenant_id=tenant, tokens_per_day=10**12),
                     timeout=10,
                 )
             channels = [await user_channel(stack.info().address("edge")) for _ in range(most)]

@@ -1,5 +1,5 @@
 """Feedback-dataset benchmark (docs/datasets.md): how fast the system of record pages rated
-answers with their branches (PersistenceService.ListRatedAnswers' work, without gRPC) on the
+answers with their branches (AnalyticsService.ListRatedAnswers' work, without gRPC) on the
 embedded store (SQLite), and what the variant report's statistics add. One store on a
 temporary file: CONVERSATIONS conversations of TURNS turns in 10 tenants, the last answer of
 each rated, every other tenant redacting; then every page of 500 read to the end."""

@@ -1,6 +1,6 @@
 """Export benchmark (docs/privacy.md, "Export"): how fast one user's archive is produced from
 the embedded system of record and how much memory it takes, for users of 1,000 to 50,000
-messages. The path measured is PersistenceService.ExportUserRecords' servicer (store pages,
+messages. The path measured is PrivacyService.ExportUserRecords' servicer (store pages,
 the tree of each conversation, answer facts and feedback) feeding the archive writer
 (chatplane.privacy.export_archive) in one process, without the network; memory is the peak
 of the Python heap (tracemalloc) while exporting, which must not grow with the user's size."""
@@ -18,8 +18,7 @@ from typing import Any
 from bench.harness import Options, progress
 from bench.report import Row, Target
 from chatplane.common.ids import new_id
-from chatplane.persistence.export_servicer import ExportRpcs
-from chatplane.persistence.servicer import PersistenceServicer
+from chatplane.internal.v1 import memory_pb2, privacy_pb2
 from chatplane.persistence.store.base import (
     Feedback,
     Message,
@@ -29,8 +28,9 @@ from chatplane.persistence.store.base import (
     Role,
 )
 from chatplane.persistence.store.sqlite import SqliteConversationStore
+from chatplane.persistence.user_records import UserRecords
 from chatplane.privacy.export_archive import archive_chunks
-from chatplane.v1 import memory_pb2, persistence_pb2
+from chatplane.v1 import admin_resources_pb2
 
 NAME = "export"
 TITLE = "export: one user's archive from SQLite, by the user's size"
@@ -47,18 +47,24 @@ TARGET_PEAK_MB = 32.0
 _TEXT = "a chat message of about the usual length, asking something about an order " * 2
 
 
-class _ExportServicer(ExportRpcs, PersistenceServicer):
-    """PersistenceService's ExportUserRecords over the store, in process."""
+class _Privacy:
+    """PrivacyService's ExportUserRecords over the store, in process (no gRPC hop)."""
+
+    def __init__(self, records: UserRecords) -> None:
+        self._records = records
+
+    def ExportUserRecords(  # noqa: N802 (the stub's name)
+        self, request: privacy_pb2.ExportUserRecordsRequest, timeout: float
+    ) -> AsyncIterator[privacy_pb2.ExportUserRecordsResponse]:
+        owner = Owner(request.owner.tenant_id, request.owner.user_id)
+        return self._records.records(owner, request.page_size or 200)
 
 
 class _Persistence:
-    def __init__(self, servicer: _ExportServicer) -> None:
-        self._servicer = servicer
+    """What archive_chunks uses of a PersistenceClient."""
 
-    def ExportUserRecords(  # noqa: N802 (the stub's name)
-        self, request: persistence_pb2.ExportUserRecordsRequest, timeout: float
-    ) -> AsyncIterator[persistence_pb2.ExportUserRecordsResponse]:
-        return self._servicer.ExportUserRecords(request, None)  # type: ignore[arg-type]
+    def __init__(self, records: UserRecords) -> None:
+        self.privacy = _Privacy(records)
 
 
 class _Memory:
@@ -99,7 +105,7 @@ async def _export(
     store: SqliteConversationStore, owner: Owner, *, trace: bool
 ) -> tuple[int, float, float]:
     """Archive bytes, seconds, and with `trace` the peak heap in MB (else 0)."""
-    persistence: Any = _Persistence(_ExportServicer(store))
+    persistence: Any = _Persistence(UserRecords(store))
     memory: Any = _Memory()
     size = 0
     if trace:
@@ -108,7 +114,7 @@ async def _export(
     async for chunk in archive_chunks(
         persistence,
         memory,
-        persistence_pb2.Owner(tenant_id=owner.tenant_id, user_id=owner.user_id),
+        admin_resources_pb2.Owner(tenant_id=owner.tenant_id, user_id=owner.user_id),
         export_timeout=600,
         call_timeout=lambda: 10,
     ):

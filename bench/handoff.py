@@ -13,13 +13,14 @@ import grpc
 from bench.harness import Options, create_keys, progress, running_stack, user_channel
 from bench.report import Row, Target
 from bench.stats import ns_to_ms, percentile
+from chatplane.internal.v1 import handoff_pb2, identity_pb2
+from chatplane.persistence.client import PersistenceClient
 from chatplane.v1 import (
+    admin_resources_pb2,
     gateway_pb2,
     gateway_pb2_grpc,
     operator_pb2,
     operator_pb2_grpc,
-    persistence_pb2,
-    persistence_pb2_grpc,
 )
 
 NAME = "handoff"
@@ -62,9 +63,9 @@ async def run(options: Options) -> list[Row]:
         (user_key,) = await create_keys(stack, [("bench", "u")])
         async with stack.channel("persistence") as internal:
             operator_key = (
-                await persistence_pb2_grpc.PersistenceServiceStub(internal).CreateApiKey(
-                    persistence_pb2.CreateApiKeyRequest(
-                        owner=persistence_pb2.Owner(tenant_id="bench", user_id="op"),
+                await PersistenceClient(internal).identity.CreateApiKey(
+                    identity_pb2.CreateApiKeyRequest(
+                        owner=admin_resources_pb2.Owner(tenant_id="bench", user_id="op"),
                         roles=["operator"],
                     ),
                     timeout=10,
@@ -99,14 +100,14 @@ async def _measure(
             conversation_id = event.started.conversation_id
     check: list[int] = []
     async with grpc.aio.insecure_channel(persistence_address) as internal:
-        persistence = persistence_pb2_grpc.PersistenceServiceStub(internal)
-        request = persistence_pb2.GetHandoffRequest(
-            owner=persistence_pb2.Owner(tenant_id="bench", user_id="u"),
+        persistence = PersistenceClient(internal)
+        request = handoff_pb2.GetHandoffRequest(
+            owner=admin_resources_pb2.Owner(tenant_id="bench", user_id="u"),
             conversation_id=conversation_id,
         )
         for _ in range(count):
             began = time.perf_counter_ns()
-            await persistence.GetHandoff(request, timeout=10)
+            await persistence.handoff.GetHandoff(request, timeout=10)
             check.append(time.perf_counter_ns() - began)
     progress(options, f"{NAME}: GetHandoff measured")
 

@@ -1,5 +1,5 @@
 """What the benchmarks share: their options, the real stack (four service processes, embedded
-profile) in a temporary data dir, API keys made through PersistenceService, a Gateway channel
+profile) in a temporary data dir, API keys made through Persistence, a Gateway channel
 per simulated user, and a description of the machine the numbers were measured on."""
 
 from __future__ import annotations
@@ -17,9 +17,11 @@ from pathlib import Path
 import grpc
 
 from chatplane.common.tls import TlsFiles, client_channel
+from chatplane.internal.v1 import identity_pb2
 from chatplane.launcher import Stack
 from chatplane.launcher.stack import SERVICES
-from chatplane.v1 import persistence_pb2, persistence_pb2_grpc
+from chatplane.persistence.client import PersistenceClient
+from chatplane.v1 import admin_resources_pb2
 
 # One TCP connection per simulated user: without a local subchannel pool, channels to the
 # same target with the same options share one connection inside the process.
@@ -80,14 +82,14 @@ async def running_stack(
 
 
 async def create_keys(stack: Stack, owners: list[tuple[str, str]]) -> list[str]:
-    """One new API key per (tenant, user), made through PersistenceService.CreateApiKey."""
+    """One new API key per (tenant, user), made through IdentityService.CreateApiKey."""
     keys: list[str] = []
     async with stack.channel("persistence") as channel:
-        stub = persistence_pb2_grpc.PersistenceServiceStub(channel)
+        stub = PersistenceClient(channel)
         for tenant, user in owners:
-            response = await stub.CreateApiKey(
-                persistence_pb2.CreateApiKeyRequest(
-                    owner=persistence_pb2.Owner(tenant_id=tenant, user_id=user),
+            response = await stub.identity.CreateApiKey(
+                identity_pb2.CreateApiKeyRequest(
+                    owner=admin_resources_pb2.Owner(tenant_id=tenant, user_id=user),
                     label="bench",
                 ),
                 timeout=10,

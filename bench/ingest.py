@@ -62,16 +62,12 @@ def _document(chunks: int, rng: random.Random) -> bytes:
     return "\n\n".join(paragraphs).encode()
 
 
-async def _upload(
-    name: str, content: bytes
-) -> AsyncIterator[gateway_pb2.GatewayServiceIngestDocumentRequest]:
-    yield gateway_pb2.GatewayServiceIngestDocumentRequest(
+async def _upload(name: str, content: bytes) -> AsyncIterator[gateway_pb2.IngestDocumentRequest]:
+    yield gateway_pb2.IngestDocumentRequest(
         header=gateway_pb2.IngestDocumentHeader(name=name, mime_type="text/plain")
     )
     for start in range(0, len(content), PIECE):
-        yield gateway_pb2.GatewayServiceIngestDocumentRequest(
-            content=content[start : start + PIECE]
-        )
+        yield gateway_pb2.IngestDocumentRequest(content=content[start : start + PIECE])
 
 
 async def _first_token_ns(

@@ -30,8 +30,10 @@ import httpx
 from bench.harness import Options, create_keys, progress, running_stack, user_channel
 from bench.report import Row, Target
 from bench.stats import ns_to_ms, percentile
+from chatplane.internal.v1 import quota_pb2
 from chatplane.llm_emulator.process import EmulatorProcess, running_emulator
-from chatplane.v1 import gateway_pb2, gateway_pb2_grpc, persistence_pb2, persistence_pb2_grpc
+from chatplane.persistence.client import PersistenceClient
+from chatplane.v1 import gateway_pb2, gateway_pb2_grpc
 
 NAME = "llm-chain"
 TITLE = (
@@ -337,8 +339,8 @@ async def run(options: Options) -> list[Row]:
             most = max((*levels, *ramp))
             keys = await create_keys(stack, [(TENANT, f"user-{i}") for i in range(most)])
             async with stack.channel("persistence") as channel:
-                await persistence_pb2_grpc.PersistenceServiceStub(channel).SetQuota(
-                    persistence_pb2.SetQuotaRequest(tenant_id=TENANT, tokens_per_day=10**12),
+                await PersistenceClient(channel).quota.SetQuota(
+                    quota_pb2.SetQuotaRequest(tenant_id=TENANT, tokens_per_day=10**12),
                     timeout=10,
                 )
             edge = stack.info().address("edge")

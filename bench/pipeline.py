@@ -20,10 +20,11 @@ from bench.report import Row, Target
 from bench.stats import ns_to_ms, percentile
 from chatplane.common.ids import new_id
 from chatplane.common.topics import MESSAGE_SCHEMA_VERSION, MESSAGES_TOPIC
+from chatplane.internal.v1 import events_pb2
 from chatplane.launcher import Stack
 from chatplane.log import LogRecord
 from chatplane.log.kafka import KafkaMessageLog
-from chatplane.v1 import events_pb2, resources_pb2
+from chatplane.v1 import resources_pb2
 
 NAME = "pipeline"
 TITLE = "pipeline: Kafka produce → visible in PostgreSQL (2,000 messages/s)"

@@ -43,6 +43,7 @@ from bench.harness import Options, progress
 from bench.monitor import PhaseUsage, ProcessMonitor
 from bench.report import Row, Target
 from bench.stats import ns_to_ms, percentile
+from chatplane.internal.v1 import memory_pb2, memory_pb2_grpc
 from chatplane.launcher.stack import ServiceProcess
 from chatplane.memory.embedding import SentenceEmbedder
 from chatplane.memory.index.base import ItemKind, MemoryIndex, MemoryItem
@@ -53,7 +54,7 @@ from chatplane.memory.index.opensearch import (
     visibility_filter,
 )
 from chatplane.memory.index.postgres import PostgresMemoryIndex
-from chatplane.v1 import memory_pb2, memory_pb2_grpc, resources_pb2
+from chatplane.v1 import resources_pb2
 
 NAME = "recall"
 TITLE = "memory recall: MemoryService on OpenSearch 3.6 k-NN (Lucene HNSW) + BM25, cluster profile"

@@ -10,13 +10,9 @@ import time
 from bench.harness import Options, create_keys, progress, running_stack, user_channel
 from bench.report import Row, Target
 from bench.stats import ns_to_ms, percentile
-from chatplane.v1 import (
-    gateway_pb2,
-    gateway_pb2_grpc,
-    persistence_pb2,
-    persistence_pb2_grpc,
-    registry_pb2,
-)
+from chatplane.internal.v1 import variant_registry_pb2
+from chatplane.persistence.client import PersistenceClient
+from chatplane.v1 import gateway_pb2, gateway_pb2_grpc, registry_pb2
 
 NAME = "registry"
 TITLE = "registry: the Agents' poll and promotion to answers (embedded profile, loopback)"
@@ -57,11 +53,11 @@ async def run(options: Options) -> list[Row]:
         internal = await user_channel(stack.info().address("persistence"))
         gateway_channel = await user_channel(stack.info().address("gateway"))
         try:
-            persistence = persistence_pb2_grpc.PersistenceServiceStub(internal)
+            persistence = PersistenceClient(internal)
             gateway = gateway_pb2_grpc.GatewayServiceStub(gateway_channel)
             for temperature in (0.1, 0.2):
-                await persistence.PushRegistryVariant(
-                    persistence_pb2.PushRegistryVariantRequest(
+                await persistence.registry.PushVariant(
+                    variant_registry_pb2.PushVariantRequest(
                         request=registry_pb2.PushVariantRequest(
                             spec=f"name: bench\nbackend: offline\ntemperature: {temperature}"
                         ),
@@ -72,8 +68,8 @@ async def run(options: Options) -> list[Row]:
             reach: list[int] = []
             for index in range(promotions):
                 target = f"bench@{1 + index % 2}"
-                await persistence.PromoteRegistryVariant(
-                    persistence_pb2.PromoteRegistryVariantRequest(
+                await persistence.registry.PromoteVariant(
+                    variant_registry_pb2.PromoteVariantRequest(
                         request=registry_pb2.PromoteVariantRequest(variant=target), actor="bench"
                     ),
                     timeout=10,
@@ -90,13 +86,13 @@ async def run(options: Options) -> list[Row]:
                         break
                 reach.append(time.perf_counter_ns() - began)
             progress(options, f"{NAME}: promotions measured")
-            request = persistence_pb2.GetVariantDeploymentRequest()
-            current = await persistence.GetVariantDeployment(request, timeout=10)
+            request = variant_registry_pb2.GetVariantDeploymentRequest()
+            current = await persistence.registry.GetVariantDeployment(request, timeout=10)
             request.known_revision = current.deployment.revision
             poll: list[int] = []
             for _ in range(polls):
                 began = time.perf_counter_ns()
-                await persistence.GetVariantDeployment(request, timeout=10)
+                await persistence.registry.GetVariantDeployment(request, timeout=10)
                 poll.append(time.perf_counter_ns() - began)
             progress(options, f"{NAME}: polls measured")
         finally:

@@ -19,14 +19,15 @@ mkdir -p gen/python gen/descriptors
   --mypy_out=gen/python \
   --grpc_python_out=gen/python \
   --mypy_grpc_out=gen/python \
-  proto/chatplane/v1/*.proto
-# A descriptor set with every import, for Envoy's gRPC-JSON transcoder and server reflection.
+  proto/chatplane/v1/*.proto proto/chatplane/internal/v1/*.proto
+# A descriptor set of the public package with every import, for Envoy's gRPC-JSON transcoder
+# (the edge exposes only public services; internal ones never reach it).
 "$PY" -m grpc_tools.protoc \
   -I proto -I third_party/googleapis -I "$wkt" \
   --include_imports --include_source_info \
   --descriptor_set_out=gen/descriptors/chatplane.binpb \
   proto/chatplane/v1/*.proto
-touch gen/python/chatplane/v1/py.typed
+touch gen/python/chatplane/v1/py.typed gen/python/chatplane/internal/v1/py.typed
 
 # Go (gen/go) and TypeScript (gen/ts) clients from buf.gen.yaml, with the pinned plugins
 # (installed once, cached in ~/.cache/chatplane). gen/go/go.mod and go.sum are kept: they pin

@@ -15,8 +15,9 @@ from confluent_kafka import Consumer, TopicPartition
 
 from chatplane.common.ids import new_id
 from chatplane.common.topics import MESSAGE_SCHEMA_VERSION, MESSAGES_TOPIC
+from chatplane.internal.v1 import events_pb2
 from chatplane.log import LogRecord
-from chatplane.v1 import events_pb2, resources_pb2
+from chatplane.v1 import resources_pb2
 from tests.engine_processes import ENGINES_PY, Engines, load_engines
 
 PERSISTENCE_GROUP = "chatplane-persistence"

@@ -24,12 +24,13 @@ from chatplane.crypto.kek import new_kek_line, parse_keks
 from chatplane.crypto.keyring import ERASED_TEXT, Keyring, StoreKeySource
 from chatplane.crypto.log_records import sealed_message
 from chatplane.crypto.sealed_store import sealed_store
+from chatplane.internal.v1 import events_pb2
 from chatplane.log import LogRecord
 from chatplane.log.kafka import KafkaMessageLog
 from chatplane.persistence.consumer import BatchConsumer
 from chatplane.persistence.store.base import Feedback, Owner, Rating, TurnRequest
 from chatplane.persistence.store.postgres import PostgresConversationStore, WriteMethod
-from chatplane.v1 import events_pb2, resources_pb2
+from chatplane.v1 import resources_pb2
 from tests.cluster.cluster_fixtures import stop_engines
 from tests.engine_processes import ENGINES_PY, Engines, load_engines
 from tests.integration.test_encryption_at_rest import all_files, files_with, plaintext_hits

@@ -23,9 +23,10 @@ from chatplane.common.settings import Settings
 from chatplane.common.topics import MESSAGES_TOPIC
 from chatplane.crypto.envelope import KeyDestroyed, is_sealed
 from chatplane.crypto.factory import store_key_source, store_keyring
+from chatplane.internal.v1 import events_pb2
 from chatplane.log.record_erasure import KafkaLogEraser
 from chatplane.persistence.store.postgres import PostgresConversationStore
-from chatplane.v1 import admin_pb2, admin_pb2_grpc, events_pb2
+from chatplane.v1 import admin_pb2, admin_pb2_grpc
 from tests.cluster.cluster_fixtures import topic_values
 from tests.contract.store_fixtures import postgres_database_fixture  # noqa: F401 (fixture)
 from tests.engine_processes import Engines

@@ -15,10 +15,10 @@ import pytest
 
 from chatplane.common.ids import new_id
 from chatplane.common.topics import MESSAGES_DLQ_TOPIC, MESSAGES_TOPIC
+from chatplane.internal.v1 import memory_pb2, memory_pb2_grpc
 from chatplane.launcher import Stack
 from chatplane.log import LogRecord
 from chatplane.log.kafka import KafkaMessageLog
-from chatplane.v1 import memory_pb2, memory_pb2_grpc
 from tests.cluster.cluster_fixtures import (
     PERSISTENCE_GROUP,
     chunks,

@@ -21,6 +21,7 @@ import pytest
 from psycopg.conninfo import make_conninfo
 
 from chatplane.common.ids import new_id
+from chatplane.internal.v1 import events_pb2
 from chatplane.persistence.store.base import (
     Clock,
     ConversationStore,
@@ -35,7 +36,7 @@ from chatplane.persistence.store.postgres import (
     postgres_migrations,
 )
 from chatplane.persistence.store.sqlite import SqliteConversationStore, sqlite_migrations
-from chatplane.v1 import events_pb2, resources_pb2
+from chatplane.v1 import resources_pb2
 from tests.engine_processes import Engines
 
 ENGINES = (

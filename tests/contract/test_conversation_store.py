@@ -21,6 +21,7 @@ from chatplane.common import errors
 from chatplane.common.ids import new_id
 from chatplane.common.settings import Settings
 from chatplane.common.topics import MESSAGES_DLQ_TOPIC, MESSAGES_TOPIC
+from chatplane.internal.v1 import events_pb2
 from chatplane.log import LogRecord, PostgresMessageLog
 from chatplane.log.postgres import SCHEMA as LOG_SCHEMA
 from chatplane.persistence.consumer import (
@@ -48,7 +49,7 @@ from chatplane.persistence.store.postgres import (
     _lock_key,
 )
 from chatplane.persistence.store.sqlite import SqliteConversationStore
-from chatplane.v1 import events_pb2, resources_pb2
+from chatplane.v1 import resources_pb2
 from tests.contract.store_fixtures import (  # noqa: F401 (fixtures are found by name)
     FakeClock,
     MessageFactory,

@@ -11,25 +11,70 @@ from pathlib import Path
 from tests.deploy.manifests import ROOT, rpc_paths
 
 PACKAGE = "chatplane.v1"
-GATEWAY, AGENT, MEMORY, PERSISTENCE = (
-    "GatewayService",
-    "AgentService",
-    "MemoryService",
-    "PersistenceService",
-)
+"""The public package; Agent, Memory and Persistence's services are in INTERNAL_PACKAGE."""
+INTERNAL_PACKAGE = "chatplane.internal.v1"
+GATEWAY, AGENT, MEMORY = ("GatewayService", "AgentService", "MemoryService")
 # Served by the Gateway next to GatewayService (docs/handoff.md).
 OPERATOR = "OperatorService"
-SERVICES = (GATEWAY, AGENT, MEMORY, PERSISTENCE, OPERATOR)
+# Persistence's focused services, all served by the one persistence workload (docs/api.md).
+TURNS, CONVERSATIONS, IDENTITY, AUDIT, QUOTA, HANDOFF, ANALYTICS, PRIVACY, REGISTRY, DATA_KEYS = (
+    "TurnService",
+    "ConversationService",
+    "IdentityService",
+    "AuditService",
+    "QuotaService",
+    "HandoffService",
+    "AnalyticsService",
+    "PrivacyService",
+    "VariantRegistryService",
+    "DataKeyService",
+)
+PERSISTENCE_SERVICES = (
+    TURNS,
+    CONVERSATIONS,
+    IDENTITY,
+    AUDIT,
+    QUOTA,
+    HANDOFF,
+    ANALYTICS,
+    PRIVACY,
+    REGISTRY,
+    DATA_KEYS,
+)
+SERVICES = (GATEWAY, AGENT, MEMORY, OPERATOR, *PERSISTENCE_SERVICES)
+# The PersistenceClient attribute that holds each Persistence service's stub.
+CLIENT_ATTRIBUTE = {
+    TURNS: "turns",
+    CONVERSATIONS: "conversations",
+    IDENTITY: "identity",
+    AUDIT: "audit",
+    QUOTA: "quota",
+    HANDOFF: "handoff",
+    ANALYTICS: "analytics",
+    PRIVACY: "privacy",
+    REGISTRY: "registry",
+    DATA_KEYS: "data_keys",
+}
 # The workload (Deployment, ServiceAccount, Service name) that serves each contract service.
 WORKLOAD = {
     GATEWAY: "gateway",
     AGENT: "agent",
     MEMORY: "memory",
-    PERSISTENCE: "persistence",
     OPERATOR: "gateway",
+    **dict.fromkeys(PERSISTENCE_SERVICES, "persistence"),
 }
 # The public services: what the edge forwards from end users and operators.
 PUBLIC_SERVICES = (GATEWAY, OPERATOR)
+
+
+def package_of(service: str) -> str:
+    """The proto package that defines a contract service."""
+    return PACKAGE if service in PUBLIC_SERVICES else INTERNAL_PACKAGE
+
+
+def method_path(service: str, rpc: str) -> str:
+    """The gRPC path of one RPC: `/<package>.<Service>/<Rpc>`."""
+    return f"/{package_of(service)}.{service}/{rpc}"
 
 
 def served_by(workload: str) -> tuple[str, ...]:
@@ -65,85 +110,68 @@ CALLS: dict[tuple[str, str], frozenset[str]] = {
         {"ListWaitingConversations", "GetHandedOffConversation", "PostReply", "ReleaseConversation"}
     ),
     ("gateway", AGENT): frozenset({"Generate", "ResumeGenerate", "CancelGenerate"}),
-    ("gateway", PERSISTENCE): frozenset(
+    ("gateway", TURNS): frozenset({"BeginTurn", "GetTurn", "ReleaseTurn", "GetAnswer"}),
+    ("gateway", CONVERSATIONS): frozenset(
         {
-            "BeginTurn",
-            "GetTurn",
-            "ReleaseTurn",
             "ListConversations",
             "GetConversation",
             "DeleteConversation",
             "SubmitFeedback",
-            "GetApiKey",
-            "GetAnswer",
-            "ReserveQuota",
-            "SettleQuota",
             "SetActiveBranch",
-            # Identity (issue 7): AdminService's key management, audited auth failures.
-            "CreateApiKey",
-            "ListApiKeys",
-            "RotateApiKey",
-            "RevokeApiKey",
-            "AppendAuditEvents",
-            # AdminService.ExportUserData (docs/privacy.md, "Export").
-            "ExportUserRecords",
-            # Human handoff (docs/handoff.md).
-            "GetHandoff",
-            "ChangeHandoff",
-            "ListHandoffs",
-            "GetTenantHandoff",
-            "CountThumbsDown",
-            # Feedback datasets (docs/datasets.md): AdminService.ListRatedAnswers.
-            "ListRatedAnswers",
-            # The variant registry (docs/registry.md): RegistryService for admins.
-            "PushRegistryVariant",
-            "ListRegistryVariants",
-            "GetRegistryVariant",
-            "PromoteRegistryVariant",
-            "RollbackRegistryVariant",
-            "ListRegistryChanges",
-            # Erasure and retention (docs/privacy.md).
-            "EraseUser",
-            "SetRetention",
-            "GetRetention",
-            # Encryption at rest (docs/security.md): data keys to open operator replies, and
-            # crypto-shredding for EraseUser.
-            "GetUserDataKey",
-            "DestroyUserDataKey",
         }
     ),
+    ("gateway", QUOTA): frozenset({"ReserveQuota", "SettleQuota"}),
+    # Identity: authentication, AdminService's key management; audited auth failures.
+    ("gateway", IDENTITY): frozenset(
+        {"GetApiKey", "CreateApiKey", "ListApiKeys", "RotateApiKey", "RevokeApiKey"}
+    ),
+    ("gateway", AUDIT): frozenset({"AppendAuditEvents"}),
+    # Human handoff (docs/handoff.md).
+    ("gateway", HANDOFF): frozenset(
+        {"GetHandoff", "ChangeHandoff", "ListHandoffs", "GetTenantHandoff", "CountThumbsDown"}
+    ),
+    # Feedback datasets (docs/datasets.md): AdminService.ListRatedAnswers.
+    ("gateway", ANALYTICS): frozenset({"ListRatedAnswers"}),
+    # AdminService.ExportUserData, erasure and retention (docs/privacy.md).
+    ("gateway", PRIVACY): frozenset(
+        {"ExportUserRecords", "EraseUser", "SetRetention", "GetRetention"}
+    ),
+    # The variant registry (docs/registry.md): RegistryService for admins.
+    ("gateway", REGISTRY): frozenset(
+        {
+            "PushVariant",
+            "ListVariants",
+            "GetVariant",
+            "PromoteVariant",
+            "RollbackVariant",
+            "ListVariantChanges",
+        }
+    ),
+    # Encryption at rest (docs/security.md): data keys to open operator replies, and
+    # crypto-shredding for EraseUser.
+    ("gateway", DATA_KEYS): frozenset({"GetUserDataKey", "DestroyUserDataKey"}),
     # The variant registry (docs/registry.md): every Agent polls the deployment and resolves
     # versions of pinned turns; encryption at rest: the Agent seals what it logs.
-    ("agent", PERSISTENCE): frozenset(
-        {"GetVariantDeployment", "GetRegistryVariant", "GetUserDataKey"}
-    ),
+    ("agent", REGISTRY): frozenset({"GetVariantDeployment", "GetVariant"}),
+    ("agent", DATA_KEYS): frozenset({"GetUserDataKey"}),
     # Encryption at rest: Memory opens what it retries.
-    ("memory", PERSISTENCE): frozenset({"GetUserDataKey"}),
+    ("memory", DATA_KEYS): frozenset({"GetUserDataKey"}),
     ("gateway", MEMORY): frozenset(
         {"Forget", "IngestDocument", "ListDocuments", "DeleteDocument", "ListUserMemory"}
     ),
     ("agent", MEMORY): frozenset({"Recall", "Remember"}),
-    ("admin", PERSISTENCE): frozenset(
-        {
-            "CreateApiKey",
-            "ListApiKeys",
-            "RotateApiKey",
-            "RevokeApiKey",
-            "ListAuditRecords",
-            # `chatplane export` (docs/privacy.md), audited by the CLI.
-            "ExportUserRecords",
-            "AppendAuditEvents",
-            "SetQuota",
-            "GetQuota",
-            "ReportVariants",
-            "ListRatedAnswers",
-            "EraseUser",
-            "SetRetention",
-            "GetRetention",
-            # `chatplane erase` (crypto-shredding).
-            "DestroyUserDataKey",
-        }
+    ("admin", IDENTITY): frozenset({"CreateApiKey", "ListApiKeys", "RotateApiKey", "RevokeApiKey"}),
+    # `chatplane audit`; `chatplane export` is audited by the CLI itself.
+    ("admin", AUDIT): frozenset({"ListAuditRecords", "AppendAuditEvents"}),
+    ("admin", QUOTA): frozenset({"SetQuota", "GetQuota"}),
+    # `chatplane report variants`, `chatplane dataset export`.
+    ("admin", ANALYTICS): frozenset({"ReportVariants", "ListRatedAnswers"}),
+    # `chatplane export`, `chatplane erase`, `chatplane retention` (docs/privacy.md).
+    ("admin", PRIVACY): frozenset(
+        {"ExportUserRecords", "EraseUser", "SetRetention", "GetRetention"}
     ),
+    # `chatplane erase` (crypto-shredding).
+    ("admin", DATA_KEYS): frozenset({"DestroyUserDataKey"}),
     # Erasure and retention (docs/privacy.md).
     ("persistence", MEMORY): frozenset({"Forget", "EraseUserMemory"}),
     ("admin", MEMORY): frozenset({"Remember", "ListUserMemory"}),
@@ -165,7 +193,7 @@ SHARED_CODE: dict[str, tuple[str, ...]] = {
     "crypto/persistence_key_source.py": ("gateway", "agent", "memory"),
     "crypto/shred_call.py": ("gateway", "admin"),
 }
-_METHOD_PATH = re.compile(rf"^/{re.escape(PACKAGE)}\.(\w+)/(\w+)$")
+_METHOD_PATH = re.compile(r"^/chatplane(?:\.internal)?\.v1\.(\w+)/(\w+)$")
 
 
 def principal(account: str) -> str:
@@ -180,7 +208,7 @@ def rpcs(service: str) -> frozenset[str]:
 
 def calls_in_code() -> dict[tuple[str, str], frozenset[str]]:
     """(account, callee service) → RPCs, from the calls in services/chatplane: a stub call
-    `x.<Rpc>(...)` of another service's RPC, or a method path string `/chatplane.v1.<S>/<Rpc>`."""
+    `x.<Rpc>(...)` of another service's RPC, or a method path string `/<package>.<S>/<Rpc>`."""
     found: dict[tuple[str, str], set[str]] = {}
     for folder, account in CODE_ACCOUNTS.items():
         for path in sorted((ROOT / "services" / "chatplane" / folder).rglob("*.py")):
@@ -201,6 +229,16 @@ def _calls_in(path: Path) -> set[tuple[str, str]]:
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
             services = [s for s in SERVICES if node.func.attr in rpcs(s)]
+            # Persistence's services are called through PersistenceClient, one attribute per
+            # service (`persistence.turns.BeginTurn`): the attribute says which, if any.
+            receiver_name = (
+                node.func.value.attr if isinstance(node.func.value, ast.Attribute) else ""
+            )
+            services = [
+                s
+                for s in services
+                if s not in PERSISTENCE_SERVICES or CLIENT_ATTRIBUTE[s] == receiver_name
+            ]
             if len(services) > 1:
                 # An RPC name two services share (ListConversations): the receiver's name
                 # (`self._persistence`, `gateway.stub`) says which; if it does not, keep both.

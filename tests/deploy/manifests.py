@@ -4,6 +4,7 @@ paths read from the committed descriptor set (gen/descriptors/chatplane.binpb)."
 
 from __future__ import annotations
 
+import importlib
 import re
 import subprocess
 from collections.abc import Iterator
@@ -108,13 +109,22 @@ def walk(node: object) -> Iterator[object]:
 
 @cache
 def contract() -> descriptor_pb2.FileDescriptorSet:
-    """The committed descriptor set of proto/chatplane/v1."""
-    return descriptor_pb2.FileDescriptorSet.FromString(DESCRIPTORS.read_bytes())
+    """The contracts of both packages: the committed descriptor set of the public one
+    (proto/chatplane/v1, what the edge loads) and the internal one's generated modules
+    (proto/chatplane/internal/v1, which gen/descriptors leaves out)."""
+    files = descriptor_pb2.FileDescriptorSet.FromString(DESCRIPTORS.read_bytes())
+    internal = ROOT / "gen" / "python" / "chatplane" / "internal" / "v1"
+    for module in sorted(internal.glob("*_pb2.py")):
+        loaded = importlib.import_module(f"chatplane.internal.v1.{module.stem}")
+        files.file.append(
+            descriptor_pb2.FileDescriptorProto.FromString(loaded.DESCRIPTOR.serialized_pb)
+        )
+    return files
 
 
 @cache
 def rpc_paths(service: str) -> frozenset[str]:
-    """The gRPC paths (`/chatplane.v1.<Service>/<Rpc>`) of one service of the contract."""
+    """The gRPC paths (`/<package>.<Service>/<Rpc>`) of one service of the contract."""
     return frozenset(
         f"/{file.package}.{svc.name}/{method.name}"
         for file in contract().file

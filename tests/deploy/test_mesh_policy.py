@@ -10,12 +10,23 @@ import pytest
 
 from chatplane.gateway.chat import CONVERSATION_ID_HEADER
 from tests.deploy.call_graph import (
+    AUDIT,
     CALLS,
+    CONVERSATIONS,
+    GATEWAY,
+    HANDOFF,
+    IDENTITY,
     INGRESS_ACCOUNT,
+    MEMORY,
     PACKAGE,
+    PRIVACY,
     PUBLIC_SERVICES,
+    QUOTA,
+    REGISTRY,
+    TURNS,
     WORKLOAD,
     calls_in_code,
+    method_path,
     principal,
     served_by,
 )
@@ -35,30 +46,30 @@ from tests.deploy.manifests import (
 # Reads: the only RPCs a VirtualService may retry (nothing changes when they run twice).
 READ_RPCS = frozenset(
     {
-        f"/{PACKAGE}.PersistenceService/GetTurn",
-        f"/{PACKAGE}.PersistenceService/ListConversations",
-        f"/{PACKAGE}.PersistenceService/GetConversation",
-        f"/{PACKAGE}.PersistenceService/GetApiKey",
-        f"/{PACKAGE}.PersistenceService/GetAnswer",
-        f"/{PACKAGE}.PersistenceService/GetQuota",
-        f"/{PACKAGE}.PersistenceService/ListApiKeys",
-        f"/{PACKAGE}.PersistenceService/ListAuditRecords",
-        f"/{PACKAGE}.PersistenceService/GetHandoff",
-        f"/{PACKAGE}.PersistenceService/ListHandoffs",
-        f"/{PACKAGE}.PersistenceService/GetTenantHandoff",
-        f"/{PACKAGE}.PersistenceService/CountThumbsDown",
+        method_path(TURNS, "GetTurn"),
+        method_path(TURNS, "GetAnswer"),
+        method_path(CONVERSATIONS, "ListConversations"),
+        method_path(CONVERSATIONS, "GetConversation"),
+        method_path(IDENTITY, "GetApiKey"),
+        method_path(IDENTITY, "ListApiKeys"),
+        method_path(QUOTA, "GetQuota"),
+        method_path(AUDIT, "ListAuditRecords"),
+        method_path(HANDOFF, "GetHandoff"),
+        method_path(HANDOFF, "ListHandoffs"),
+        method_path(HANDOFF, "GetTenantHandoff"),
+        method_path(HANDOFF, "CountThumbsDown"),
         # The variant registry (docs/registry.md).
-        f"/{PACKAGE}.PersistenceService/ListRegistryVariants",
-        f"/{PACKAGE}.PersistenceService/GetRegistryVariant",
-        f"/{PACKAGE}.PersistenceService/ListRegistryChanges",
-        f"/{PACKAGE}.PersistenceService/GetVariantDeployment",
-        f"/{PACKAGE}.PersistenceService/GetRetention",
-        f"/{PACKAGE}.MemoryService/Recall",
-        f"/{PACKAGE}.GatewayService/ListConversations",
-        f"/{PACKAGE}.GatewayService/GetConversation",
-        f"/{PACKAGE}.GatewayService/ListDocuments",
-        f"/{PACKAGE}.MemoryService/ListDocuments",
-        f"/{PACKAGE}.MemoryService/ListUserMemory",
+        method_path(REGISTRY, "ListVariants"),
+        method_path(REGISTRY, "GetVariant"),
+        method_path(REGISTRY, "ListVariantChanges"),
+        method_path(REGISTRY, "GetVariantDeployment"),
+        method_path(PRIVACY, "GetRetention"),
+        method_path(MEMORY, "Recall"),
+        method_path(GATEWAY, "ListConversations"),
+        method_path(GATEWAY, "GetConversation"),
+        method_path(GATEWAY, "ListDocuments"),
+        method_path(MEMORY, "ListDocuments"),
+        method_path(MEMORY, "ListUserMemory"),
     }
 )
 SERVICE_PORTS = {"gateway": 50051, "agent": 50052, "memory": 50053, "persistence": 50054}
@@ -166,7 +177,7 @@ def test_each_service_admits_exactly_its_callers_on_exactly_their_rpcs(overlay: 
             (
                 principal(account),
                 "POST",
-                f"/{PACKAGE}.{service}/{rpc}",
+                method_path(service, rpc),
                 str(SERVICE_PORTS[workload]),
             )
             for (account, callee), rpcs in CALLS.items()

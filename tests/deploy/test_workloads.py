@@ -104,7 +104,9 @@ def test_services_are_probed_over_grpc_health_on_their_port(overlay: str) -> Non
             assert set(container[probe]) & {"grpc", "httpGet", "tcpSocket", "exec"} == {"grpc"}
             assert container[probe]["grpc"]["port"] == port
         # Readiness asks for the service itself: it turns NOT_SERVING as the drain begins.
-        assert container["readinessProbe"]["grpc"]["service"].startswith("chatplane.v1.")
+        assert container["readinessProbe"]["grpc"]["service"].startswith(
+            ("chatplane.v1.", "chatplane.internal.v1.")
+        )
         (service,) = [s for s in of_kind(docs, "Service") if s["metadata"]["name"] == name]
         (service_port,) = service["spec"]["ports"]
         assert service_port == {

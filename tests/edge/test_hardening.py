@@ -253,7 +253,7 @@ async def test_unknown_paths_are_404(edge_stack: EdgeStack, http: httpx.AsyncCli
     assert unknown_query.status_code == 400
     # The internal services are not exposed, over any protocol.
     async with grpc.aio.insecure_channel(edge_stack.edge_address) as channel:
-        call = channel.unary_unary("/chatplane.v1.PersistenceService/CreateApiKey")
+        call = channel.unary_unary("/chatplane.internal.v1.IdentityService/CreateApiKey")
         with pytest.raises(grpc.aio.AioRpcError) as internal:
             await call(b"", timeout=5)
     assert internal.value.code() is grpc.StatusCode.UNIMPLEMENTED

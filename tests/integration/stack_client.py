@@ -13,8 +13,10 @@ from pathlib import Path
 import grpc
 from google.rpc import error_details_pb2, status_pb2
 
+from chatplane.internal.v1 import identity_pb2
 from chatplane.launcher import Stack
-from chatplane.v1 import gateway_pb2, gateway_pb2_grpc, persistence_pb2, persistence_pb2_grpc
+from chatplane.persistence.client import PersistenceClient
+from chatplane.v1 import admin_resources_pb2, gateway_pb2, gateway_pb2_grpc
 
 FAST_PACE = {
     "CHATPLANE_OFFLINE_TOKENS_PER_SECOND": "500",
@@ -107,12 +109,12 @@ class Client:
 
 
 async def create_key(stack: Stack, tenant: str, user: str, roles: tuple[str, ...] = ()) -> str:
-    """A new API key for tenant/user (roles: default chat), made through PersistenceService
+    """A new API key for tenant/user (roles: default chat), made through Persistence
     (with the client certificate on a mutual-TLS stack)."""
     async with stack.channel("persistence") as channel:
-        response = await persistence_pb2_grpc.PersistenceServiceStub(channel).CreateApiKey(
-            persistence_pb2.CreateApiKeyRequest(
-                owner=persistence_pb2.Owner(tenant_id=tenant, user_id=user), roles=roles
+        response = await PersistenceClient(channel).identity.CreateApiKey(
+            identity_pb2.CreateApiKeyRequest(
+                owner=admin_resources_pb2.Owner(tenant_id=tenant, user_id=user), roles=roles
             ),
             timeout=10,
         )

@@ -13,12 +13,17 @@ import psycopg
 import pytest
 import pytest_asyncio
 from google.rpc import error_details_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from psycopg.conninfo import make_conninfo
 
 from chatplane.common.topics import MESSAGES_TOPIC
+from chatplane.internal.v1 import identity_pb2
 from chatplane.launcher import Stack
 from chatplane.log import PostgresMessageLog
-from chatplane.v1 import gateway_pb2, persistence_pb2, persistence_pb2_grpc, resources_pb2
+from chatplane.persistence.client import PersistenceClient
+from chatplane.persistence.service import SERVICE_NAMES as PERSISTENCE_SERVICE_NAMES
+from chatplane.v1 import admin_resources_pb2, gateway_pb2, resources_pb2
 from tests.engine_processes import Engines
 from tests.integration.stack_client import (
     FAST_PACE,
@@ -470,20 +475,41 @@ async def test_log_records_carry_the_callers_trace_context(
 async def test_api_keys_are_issued_with_roles_and_unknown_roles_are_refused(
     stack: Stack,
 ) -> None:
-    owner = persistence_pb2.Owner(tenant_id=unique("t"), user_id="u")
+    owner = admin_resources_pb2.Owner(tenant_id=unique("t"), user_id="u")
     async with stack.channel("persistence") as persistence:
-        stub = persistence_pb2_grpc.PersistenceServiceStub(persistence)
-        created = await stub.CreateApiKey(
-            persistence_pb2.CreateApiKeyRequest(owner=owner, roles=["operator", "chat"]),
+        stub = PersistenceClient(persistence)
+        created = await stub.identity.CreateApiKey(
+            identity_pb2.CreateApiKeyRequest(owner=owner, roles=["operator", "chat"]),
             timeout=10,
         )
-        stored = await stub.GetApiKey(
-            persistence_pb2.GetApiKeyRequest(key_id=created.key_id), timeout=10
+        stored = await stub.identity.GetApiKey(
+            identity_pb2.GetApiKeyRequest(key_id=created.key_id), timeout=10
         )
         assert list(stored.roles) == ["chat", "operator"]
         with pytest.raises(grpc.aio.AioRpcError) as refused:
-            await stub.CreateApiKey(
-                persistence_pb2.CreateApiKeyRequest(owner=owner, roles=["root"]), timeout=10
+            await stub.identity.CreateApiKey(
+                identity_pb2.CreateApiKeyRequest(owner=owner, roles=["root"]), timeout=10
             )
     assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT
     assert "roles" in (refused.value.details() or "")
+
+
+async def test_persistence_lists_every_service_to_health_and_reflection(stack: Stack) -> None:
+    """The one Persistence server serves each focused service, and says so to health checks
+    and reflection clients (docs/api.md, "Persistence's services")."""
+    async with stack.channel("persistence") as persistence:
+        reflection = reflection_pb2_grpc.ServerReflectionStub(persistence)
+        answers = reflection.ServerReflectionInfo(
+            iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=10
+        )
+        listed = {
+            service.name
+            async for answer in answers
+            for service in answer.list_services_response.service
+        }
+        assert set(PERSISTENCE_SERVICE_NAMES) <= listed
+        assert not {name for name in listed if name.startswith("chatplane.v1.")}
+        health = health_pb2_grpc.HealthStub(persistence)
+        for name in PERSISTENCE_SERVICE_NAMES:
+            status = await health.Check(health_pb2.HealthCheckRequest(service=name), timeout=10)
+            assert status.status == health_pb2.HealthCheckResponse.SERVING, name

@@ -1,5 +1,5 @@
 """Feedback datasets through the real services (docs/datasets.md): `chatplane dataset export`
-over PersistenceService (every opted-in tenant) and over the Gateway's AdminService (an admin
+over Persistence (every opted-in tenant) and over the Gateway's AdminService (an admin
 key's tenant) writes JSONL files that validate against both formats' schemas, hold no text of
 a tenant that did not opt in, are masked for a redacting tenant, and match their manifest;
 the admin RPC refuses other roles and tenants that did not opt in."""
@@ -20,14 +20,10 @@ import pytest
 import pytest_asyncio
 
 from chatplane.datasets.formats import ANTHROPIC, FORMATS
+from chatplane.internal.v1 import analytics_pb2, audit_pb2
 from chatplane.launcher import Stack
-from chatplane.v1 import (
-    admin_pb2,
-    admin_pb2_grpc,
-    gateway_pb2,
-    persistence_pb2,
-    persistence_pb2_grpc,
-)
+from chatplane.persistence.client import PersistenceClient
+from chatplane.v1 import admin_pb2, admin_pb2_grpc, gateway_pb2
 from tests.integration.stack_client import Client, create_key, poll, running_stack, unique
 from tests.unit.datasets.test_dataset_files import schema_validators
 
@@ -142,7 +138,7 @@ async def test_export_of_opted_in_tenants(rig: Rig, tmp_path: Path) -> None:
     assert secret.started is not None
     await _rate(closed, secret.started, True, 5)
 
-    # Every opted-in tenant, through PersistenceService.
+    # Every opted-in tenant, through Persistence.
     out = tmp_path / "all"
     result = await asyncio.to_thread(_export, rig, out)
     assert result.returncode == 0, result.stderr
@@ -169,8 +165,8 @@ async def test_export_of_opted_in_tenants(rig: Rig, tmp_path: Path) -> None:
 
     async def audited() -> bool:
         async with rig.stack.channel("persistence") as channel:
-            page = await persistence_pb2_grpc.PersistenceServiceStub(channel).ListAuditRecords(
-                persistence_pb2.ListAuditRecordsRequest(page_size=1000), timeout=10
+            page = await PersistenceClient(channel).audit.ListAuditRecords(
+                audit_pb2.ListAuditRecordsRequest(page_size=1000), timeout=10
             )
         return any(
             r.event.action == "dataset.export" and r.event.tenant_id == PLAIN for r in page.records
@@ -186,7 +182,7 @@ async def test_export_of_opted_in_tenants(rig: Rig, tmp_path: Path) -> None:
 
 async def test_the_admin_rpc_is_for_opted_in_admins_only(rig: Rig) -> None:
     admin = admin_pb2_grpc.AdminServiceStub(rig.channel)
-    request = admin_pb2.AdminServiceListRatedAnswersRequest(min_rating=1)
+    request = admin_pb2.ListRatedAnswersRequest(min_rating=1)
     request.since.FromDatetime(datetime.now(UTC) - timedelta(hours=1))
     cases = [
         (await create_key(rig.stack, PLAIN, "user"), request, grpc.StatusCode.PERMISSION_DENIED),
@@ -197,7 +193,7 @@ async def test_the_admin_rpc_is_for_opted_in_admins_only(rig: Rig) -> None:
         ),
         (
             await create_key(rig.stack, PLAIN, "boss2", roles=("admin",)),
-            admin_pb2.AdminServiceListRatedAnswersRequest(min_rating=3),
+            admin_pb2.ListRatedAnswersRequest(min_rating=3),
             grpc.StatusCode.INVALID_ARGUMENT,
         ),
     ]
@@ -210,8 +206,8 @@ async def test_the_admin_rpc_is_for_opted_in_admins_only(rig: Rig) -> None:
     # The internal RPC checks its arguments the same way.
     async with rig.stack.channel("persistence") as channel:
         with pytest.raises(grpc.aio.AioRpcError) as raised:
-            await persistence_pb2_grpc.PersistenceServiceStub(channel).ListRatedAnswers(
-                persistence_pb2.ListRatedAnswersRequest(min_rating=9, since=request.since),
+            await PersistenceClient(channel).analytics.ListRatedAnswers(
+                analytics_pb2.ListRatedAnswersRequest(min_rating=9, since=request.since),
                 timeout=10,
             )
         assert raised.value.code() is grpc.StatusCode.INVALID_ARGUMENT

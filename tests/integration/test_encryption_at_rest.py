@@ -16,17 +16,12 @@ from chatplane.common.topics import MESSAGES_TOPIC
 from chatplane.crypto.envelope import KeyDestroyed, is_sealed
 from chatplane.crypto.factory import store_key_source, store_keyring
 from chatplane.crypto.keyring import ERASED_TEXT
+from chatplane.internal.v1 import data_key_pb2, events_pb2
 from chatplane.log import PostgresMessageLog
 from chatplane.log.postgres import SCHEMA as LOG_SCHEMA
+from chatplane.persistence.client import PersistenceClient
 from chatplane.persistence.store.sqlite import SqliteConversationStore
-from chatplane.v1 import (
-    events_pb2,
-    gateway_pb2,
-    operator_pb2,
-    operator_pb2_grpc,
-    persistence_pb2,
-    persistence_pb2_grpc,
-)
+from chatplane.v1 import admin_resources_pb2, gateway_pb2, operator_pb2, operator_pb2_grpc
 from tests.integration.stack_client import FAST_PACE, Client, create_key, poll, running_stack
 
 ENV = {
@@ -149,14 +144,14 @@ async def test_embedded_log_and_store_hold_no_plaintext_and_shredding_works(
 
         # Crypto-shredding: alice's key goes; her history reads as erased, not an error.
         async with stack.channel("persistence") as persistence_channel:
-            persistence = persistence_pb2_grpc.PersistenceServiceStub(persistence_channel)
-            owner = persistence_pb2.Owner(tenant_id="acme", user_id="alice")
-            destroyed = await persistence.DestroyUserDataKey(
-                persistence_pb2.DestroyUserDataKeyRequest(owner=owner), timeout=10
+            persistence = PersistenceClient(persistence_channel)
+            owner = admin_resources_pb2.Owner(tenant_id="acme", user_id="alice")
+            destroyed = await persistence.data_keys.DestroyUserDataKey(
+                data_key_pb2.DestroyUserDataKeyRequest(owner=owner), timeout=10
             )
             assert destroyed.destroyed
-            again = await persistence.DestroyUserDataKey(
-                persistence_pb2.DestroyUserDataKeyRequest(owner=owner), timeout=10
+            again = await persistence.data_keys.DestroyUserDataKey(
+                data_key_pb2.DestroyUserDataKeyRequest(owner=owner), timeout=10
             )
             assert not again.destroyed
         erased = await _history(alice, started.conversation_id)

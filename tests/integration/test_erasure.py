@@ -17,18 +17,12 @@ from chatplane.common.settings import Settings
 from chatplane.common.topics import MESSAGES_TOPIC
 from chatplane.crypto.envelope import KeyDestroyed, is_sealed
 from chatplane.crypto.factory import store_key_source, store_keyring
+from chatplane.internal.v1 import audit_pb2, events_pb2, memory_pb2, memory_pb2_grpc
 from chatplane.launcher import Stack
 from chatplane.log.postgres import SCHEMA as LOG_SCHEMA
+from chatplane.persistence.client import PersistenceClient
 from chatplane.persistence.store.sqlite import SqliteConversationStore
-from chatplane.v1 import (
-    admin_pb2,
-    admin_pb2_grpc,
-    events_pb2,
-    memory_pb2,
-    memory_pb2_grpc,
-    persistence_pb2,
-    persistence_pb2_grpc,
-)
+from chatplane.v1 import admin_pb2, admin_pb2_grpc
 from tests.integration.stack_client import (
     FAST_PACE,
     Client,
@@ -164,8 +158,8 @@ async def recalled(stack: Stack, tenant: str, user: str, canary: str) -> int:
 
 async def erase_audits(stack: Stack, tenant: str, user: str) -> int:
     async with stack.channel("persistence") as channel:
-        response = await persistence_pb2_grpc.PersistenceServiceStub(channel).ListAuditRecords(
-            persistence_pb2.ListAuditRecordsRequest(page_size=1000), timeout=10
+        response = await PersistenceClient(channel).audit.ListAuditRecords(
+            audit_pb2.ListAuditRecordsRequest(page_size=1000), timeout=10
         )
     return sum(
         r.event.action == "user.erase" and r.event.object == f"user/{tenant}/{user}"

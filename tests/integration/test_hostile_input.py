@@ -24,17 +24,22 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from chatplane.launcher import Stack
-from chatplane.v1 import (
-    admin_pb2,
+from chatplane.internal.v1 import (
     agent_pb2,
-    gateway_pb2,
-    gateway_pb2_grpc,
+    analytics_pb2,
+    audit_pb2,
+    conversation_pb2,
+    data_key_pb2,
+    handoff_pb2,
+    identity_pb2,
     memory_pb2,
-    operator_pb2,
-    persistence_pb2,
-    registry_pb2,
+    privacy_pb2,
+    quota_pb2,
+    turn_pb2,
+    variant_registry_pb2,
 )
+from chatplane.launcher import Stack
+from chatplane.v1 import admin_pb2, gateway_pb2, gateway_pb2_grpc, operator_pb2, registry_pb2
 from tests.integration.stack_client import FAST_PACE, create_key, running_stack, unique
 
 pytestmark = [pytest.mark.integration]
@@ -167,7 +172,16 @@ _MODULES = (
     ("gateway", registry_pb2),
     ("agent", agent_pb2),
     ("memory", memory_pb2),
-    ("persistence", persistence_pb2),
+    ("persistence", turn_pb2),
+    ("persistence", conversation_pb2),
+    ("persistence", identity_pb2),
+    ("persistence", audit_pb2),
+    ("persistence", quota_pb2),
+    ("persistence", handoff_pb2),
+    ("persistence", analytics_pb2),
+    ("persistence", privacy_pb2),
+    ("persistence", variant_registry_pb2),
+    ("persistence", data_key_pb2),
 )
 
 

@@ -24,17 +24,11 @@ import pytest
 import pytest_asyncio
 from google.protobuf import duration_pb2
 
+from chatplane.internal.v1 import audit_pb2
 from chatplane.launcher import Stack
 from chatplane.launcher.stack import ServiceProcess
-from chatplane.v1 import (
-    admin_pb2,
-    admin_pb2_grpc,
-    audit_pb2,
-    gateway_pb2,
-    gateway_pb2_grpc,
-    persistence_pb2,
-    persistence_pb2_grpc,
-)
+from chatplane.persistence.client import PersistenceClient
+from chatplane.v1 import admin_pb2, admin_pb2_grpc, gateway_pb2, gateway_pb2_grpc
 from tests.integration.oidc_provider import (
     AUDIENCE,
     ISSUER,
@@ -115,10 +109,10 @@ def bearer(token: str, request_id: str | None = None) -> tuple[tuple[str, str], 
 async def audit_log(stack: Stack) -> list[audit_pb2.AuditRecord]:
     records: list[audit_pb2.AuditRecord] = []
     async with stack.channel("persistence") as channel:
-        stub = persistence_pb2_grpc.PersistenceServiceStub(channel)
+        stub = PersistenceClient(channel)
         while True:
-            page = await stub.ListAuditRecords(
-                persistence_pb2.ListAuditRecordsRequest(
+            page = await stub.audit.ListAuditRecords(
+                audit_pb2.ListAuditRecordsRequest(
                     after_seq=records[-1].seq if records else 0, page_size=1000
                 ),
                 timeout=10,
@@ -333,7 +327,7 @@ async def test_admin_creates_lists_rotates_and_revokes_keys_of_its_tenant(
 
     request_id = uuid.uuid4().hex
     created = await admin.CreateApiKey(
-        admin_pb2.AdminServiceCreateApiKeyRequest(user_id="bob", label="phone", roles=["chat"]),
+        admin_pb2.CreateApiKeyRequest(user_id="bob", label="phone", roles=["chat"]),
         metadata=bearer(root[0][1].split(" ")[1], request_id),
     )
     assert created.key.owner.tenant_id == tenant and created.key.owner.user_id == "bob"
@@ -439,13 +433,13 @@ async def test_bad_admin_requests_are_invalid_argument(
             admin_pb2.ListApiKeysRequest(page_token="bm9wZQ"), metadata=root
         ),
         "create-no-user": lambda: admin.CreateApiKey(
-            admin_pb2.AdminServiceCreateApiKeyRequest(), metadata=root
+            admin_pb2.CreateApiKeyRequest(), metadata=root
         ),
         "create-bad-role": lambda: admin.CreateApiKey(
-            admin_pb2.AdminServiceCreateApiKeyRequest(user_id="u", roles=["root"]), metadata=root
+            admin_pb2.CreateApiKeyRequest(user_id="u", roles=["root"]), metadata=root
         ),
         "create-nul-user": lambda: admin.CreateApiKey(
-            admin_pb2.AdminServiceCreateApiKeyRequest(user_id="a\x00b"), metadata=root
+            admin_pb2.CreateApiKeyRequest(user_id="a\x00b"), metadata=root
         ),
         "rotate-long-overlap": lambda: admin.RotateApiKey(
             admin_pb2.RotateApiKeyRequest(

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import grpc
 
+from chatplane.internal.v1 import memory_pb2, memory_pb2_grpc
 from chatplane.launcher import Stack
-from chatplane.v1 import memory_pb2, memory_pb2_grpc
 from tests.integration.stack_client import FAST_PACE, Client, create_key, poll, running_stack
 
 CHATPLANE = str(Path(sys.executable).parent / "chatplane")

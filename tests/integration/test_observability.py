@@ -123,14 +123,14 @@ async def test_one_chat_is_one_connected_trace_linked_to_the_persistence_batch(
 
     expected_spans = (
         ("chatplane-gateway", "/chatplane.v1.GatewayService/Chat"),
-        ("chatplane-gateway", "/chatplane.v1.PersistenceService/BeginTurn"),
-        ("chatplane-gateway", "/chatplane.v1.AgentService/Generate"),
-        ("chatplane-agent", "/chatplane.v1.AgentService/Generate"),
-        ("chatplane-agent", "/chatplane.v1.MemoryService/Recall"),
-        ("chatplane-memory", "/chatplane.v1.MemoryService/Recall"),
+        ("chatplane-gateway", "/chatplane.internal.v1.TurnService/BeginTurn"),
+        ("chatplane-gateway", "/chatplane.internal.v1.AgentService/Generate"),
+        ("chatplane-agent", "/chatplane.internal.v1.AgentService/Generate"),
+        ("chatplane-agent", "/chatplane.internal.v1.MemoryService/Recall"),
+        ("chatplane-memory", "/chatplane.internal.v1.MemoryService/Recall"),
         ("chatplane-agent", "chat chatplane-offline-1"),
         ("chatplane-agent", "send chatplane.messages"),
-        ("chatplane-persistence", "/chatplane.v1.PersistenceService/BeginTurn"),
+        ("chatplane-persistence", "/chatplane.internal.v1.TurnService/BeginTurn"),
     )
 
     def names() -> set[tuple[str, str]]:
@@ -151,11 +151,11 @@ async def test_one_chat_is_one_connected_trace_linked_to_the_persistence_batch(
         assert span.parent_span_id in in_trace or span.parent_span_id == "a1b2c3d4e5f60718", span
     # Gateway → Agent → Memory, each hop a child of the previous one.
     by_name = {(s.service, s.name): s for s in in_trace.values()}
-    agent_server = by_name[("chatplane-agent", "/chatplane.v1.AgentService/Generate")]
-    gateway_client = by_name[("chatplane-gateway", "/chatplane.v1.AgentService/Generate")]
+    agent_server = by_name[("chatplane-agent", "/chatplane.internal.v1.AgentService/Generate")]
+    gateway_client = by_name[("chatplane-gateway", "/chatplane.internal.v1.AgentService/Generate")]
     assert agent_server.parent_span_id == gateway_client.span_id
-    memory_server = by_name[("chatplane-memory", "/chatplane.v1.MemoryService/Recall")]
-    agent_recall = by_name[("chatplane-agent", "/chatplane.v1.MemoryService/Recall")]
+    memory_server = by_name[("chatplane-memory", "/chatplane.internal.v1.MemoryService/Recall")]
+    agent_recall = by_name[("chatplane-agent", "/chatplane.internal.v1.MemoryService/Recall")]
     assert memory_server.parent_span_id == agent_recall.span_id
     assert agent_recall.parent_span_id == agent_server.span_id
     llm = by_name[("chatplane-agent", "chat chatplane-offline-1")]

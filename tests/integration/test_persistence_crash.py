@@ -24,18 +24,13 @@ from grpc_status import rpc_status
 
 from chatplane.common.ids import new_id
 from chatplane.common.topics import MESSAGES_TOPIC
+from chatplane.internal.v1 import conversation_pb2, events_pb2, identity_pb2, turn_pb2
 from chatplane.log import LogRecord, PostgresMessageLog
 from chatplane.persistence.consumer import CONSUMER_GROUP
-from chatplane.v1 import (
-    events_pb2,
-    gateway_pb2,
-    persistence_pb2,
-    persistence_pb2_grpc,
-    resources_pb2,
-)
+from chatplane.v1 import admin_resources_pb2, gateway_pb2, resources_pb2
 
 if TYPE_CHECKING:
-    from chatplane.v1.persistence_pb2_grpc import PersistenceServiceAsyncStub
+    from chatplane.persistence.client import PersistenceClient
 
 pytestmark = pytest.mark.integration
 
@@ -45,9 +40,9 @@ TOTAL = 5_000
 BEFORE_CRASH = 4_000
 KILL_AFTER = 1_000
 GRACE_SECONDS = 5.0
-ALICE = persistence_pb2.Owner(tenant_id="tenant-a", user_id="alice")
-BOB = persistence_pb2.Owner(tenant_id="tenant-a", user_id="bob")
-ALICE_ELSEWHERE = persistence_pb2.Owner(tenant_id="tenant-b", user_id="alice")
+ALICE = admin_resources_pb2.Owner(tenant_id="tenant-a", user_id="alice")
+BOB = admin_resources_pb2.Owner(tenant_id="tenant-a", user_id="bob")
+ALICE_ELSEWHERE = admin_resources_pb2.Owner(tenant_id="tenant-b", user_id="alice")
 
 
 @dataclass
@@ -145,7 +140,7 @@ async def consumer_lag(log: PostgresMessageLog) -> int:
 
 
 def recorded_message(
-    owner: persistence_pb2.Owner,
+    owner: admin_resources_pb2.Owner,
     conversation_id: str,
     message_id: str,
     *,
@@ -176,9 +171,9 @@ async def append_all(log: PostgresMessageLog, records: list[LogRecord]) -> None:
 
 
 @contextlib.asynccontextmanager
-async def client(service: Service) -> AsyncIterator[PersistenceServiceAsyncStub]:
+async def client(service: Service) -> AsyncIterator[PersistenceClient]:
     async with grpc.aio.insecure_channel(f"127.0.0.1:{service.port}") as channel:
-        yield persistence_pb2_grpc.PersistenceServiceStub(channel)
+        yield PersistenceClient(channel)
 
 
 async def terminate(service: Service) -> float:
@@ -228,7 +223,7 @@ async def test_kill_9_mid_batch_loses_and_duplicates_nothing(
 
     # It serves: a turn begun over gRPC completes once its messages come through the log.
     async with client(second) as stub:
-        begin = persistence_pb2.BeginTurnRequest(
+        begin = turn_pb2.BeginTurnRequest(
             owner=ALICE,
             client_message_id="retry-me",
             user_message_id=new_id(),
@@ -236,7 +231,7 @@ async def test_kill_9_mid_batch_loses_and_duplicates_nothing(
             title="After the crash",
             lease_ms=30_000,
         )
-        turn = await stub.BeginTurn(begin, timeout=5)
+        turn = await stub.turns.BeginTurn(begin, timeout=5)
         assert turn.owner and not turn.complete
         await append_all(
             log,
@@ -251,14 +246,14 @@ async def test_kill_9_mid_batch_loses_and_duplicates_nothing(
                 ),
             ],
         )
-        get = persistence_pb2.GetTurnRequest(owner=ALICE, user_message_id=turn.user_message_id)
+        get = turn_pb2.GetTurnRequest(owner=ALICE, user_message_id=turn.user_message_id)
 
         async def answered() -> bool:
-            response = await stub.GetTurn(get, timeout=5)
+            response = await stub.turns.GetTurn(get, timeout=5)
             return response.HasField("assistant_message")
 
         await eventually(answered, within=30, what="the turn's answer")
-        replay = await stub.BeginTurn(begin, timeout=5)
+        replay = await stub.turns.BeginTurn(begin, timeout=5)
         assert (replay.owner, replay.complete) == (False, True)
         assert replay.assistant_message_id == turn.assistant_message_id
 
@@ -284,8 +279,8 @@ async def test_rpcs_are_owner_scoped_and_validated(
     async with client(service) as stub:
         conversation_ids = []
         for i in range(5):
-            turn = await stub.BeginTurn(
-                persistence_pb2.BeginTurnRequest(
+            turn = await stub.turns.BeginTurn(
+                turn_pb2.BeginTurnRequest(
                     owner=ALICE,
                     user_message_id=new_id(),
                     assistant_message_id=new_id(),
@@ -299,8 +294,8 @@ async def test_rpcs_are_owner_scoped_and_validated(
         seen: list[str] = []
         token = ""
         while True:
-            response = await stub.ListConversations(
-                persistence_pb2.PersistenceServiceListConversationsRequest(
+            response = await stub.conversations.ListConversations(
+                conversation_pb2.ListConversationsRequest(
                     owner=ALICE,
                     page=gateway_pb2.ListConversationsRequest(page_size=2, page_token=token),
                 ),
@@ -314,8 +309,8 @@ async def test_rpcs_are_owner_scoped_and_validated(
 
         invalid: list[tuple[Callable[[], Awaitable[object]], str]] = [
             (
-                lambda: stub.ListConversations(
-                    persistence_pb2.PersistenceServiceListConversationsRequest(
+                lambda: stub.conversations.ListConversations(
+                    conversation_pb2.ListConversationsRequest(
                         owner=ALICE, page=gateway_pb2.ListConversationsRequest(page_size=101)
                     ),
                     timeout=5,
@@ -323,8 +318,8 @@ async def test_rpcs_are_owner_scoped_and_validated(
                 "page.page_size",
             ),
             (
-                lambda: stub.ListConversations(
-                    persistence_pb2.PersistenceServiceListConversationsRequest(
+                lambda: stub.conversations.ListConversations(
+                    conversation_pb2.ListConversationsRequest(
                         owner=ALICE, page=gateway_pb2.ListConversationsRequest(page_token="%%")
                     ),
                     timeout=5,
@@ -332,21 +327,21 @@ async def test_rpcs_are_owner_scoped_and_validated(
                 "page.page_token",
             ),
             (
-                lambda: stub.BeginTurn(
-                    persistence_pb2.BeginTurnRequest(owner=ALICE, assistant_message_id=new_id()),
+                lambda: stub.turns.BeginTurn(
+                    turn_pb2.BeginTurnRequest(owner=ALICE, assistant_message_id=new_id()),
                     timeout=5,
                 ),
                 "user_message_id",
             ),
             (
-                lambda: stub.GetTurn(
-                    persistence_pb2.GetTurnRequest(user_message_id=new_id()), timeout=5
+                lambda: stub.turns.GetTurn(
+                    turn_pb2.GetTurnRequest(user_message_id=new_id()), timeout=5
                 ),
                 "owner.tenant_id",
             ),
             (
-                lambda: stub.SubmitFeedback(
-                    persistence_pb2.PersistenceServiceSubmitFeedbackRequest(
+                lambda: stub.conversations.SubmitFeedback(
+                    conversation_pb2.SubmitFeedbackRequest(
                         owner=ALICE, feedback=gateway_pb2.SubmitFeedbackRequest(message_id=new_id())
                     ),
                     timeout=5,
@@ -363,8 +358,8 @@ async def test_rpcs_are_owner_scoped_and_validated(
         # Another tenant's or user's conversation does not exist for them.
         for stranger in (BOB, ALICE_ELSEWHERE):
             with pytest.raises(grpc.aio.AioRpcError) as caught:
-                await stub.GetConversation(
-                    persistence_pb2.PersistenceServiceGetConversationRequest(
+                await stub.conversations.GetConversation(
+                    conversation_pb2.GetConversationRequest(
                         owner=stranger,
                         request=gateway_pb2.GetConversationRequest(
                             conversation_id=conversation_ids[0]
@@ -384,7 +379,7 @@ async def test_rpcs_are_owner_scoped_and_validated(
                 )
             ],
         )
-        feedback = persistence_pb2.PersistenceServiceSubmitFeedbackRequest(
+        feedback = conversation_pb2.SubmitFeedbackRequest(
             owner=ALICE,
             feedback=gateway_pb2.SubmitFeedbackRequest(
                 message_id=answer_id, rating=gateway_pb2.RATING_THUMBS_UP
@@ -393,28 +388,28 @@ async def test_rpcs_are_owner_scoped_and_validated(
 
         async def rated() -> bool:
             try:
-                await stub.SubmitFeedback(feedback, timeout=5)
+                await stub.conversations.SubmitFeedback(feedback, timeout=5)
             except grpc.aio.AioRpcError as error:
                 assert error.code() is grpc.StatusCode.NOT_FOUND
                 return False
             return True
 
         await eventually(rated, within=30, what="feedback on the stored answer")
-        await stub.DeleteConversation(
-            persistence_pb2.PersistenceServiceDeleteConversationRequest(
+        await stub.conversations.DeleteConversation(
+            conversation_pb2.DeleteConversationRequest(
                 owner=ALICE, conversation_id=conversation_ids[0]
             ),
             timeout=5,
         )
         with pytest.raises(grpc.aio.AioRpcError) as caught:
-            await stub.SubmitFeedback(feedback, timeout=5)
+            await stub.conversations.SubmitFeedback(feedback, timeout=5)
         assert caught.value.code() is grpc.StatusCode.NOT_FOUND
 
-        created = await stub.CreateApiKey(
-            persistence_pb2.CreateApiKeyRequest(owner=BOB, label="ci"), timeout=5
+        created = await stub.identity.CreateApiKey(
+            identity_pb2.CreateApiKeyRequest(owner=BOB, label="ci"), timeout=5
         )
-        key = await stub.GetApiKey(
-            persistence_pb2.GetApiKeyRequest(key_id=created.key_id), timeout=5
+        key = await stub.identity.GetApiKey(
+            identity_pb2.GetApiKeyRequest(key_id=created.key_id), timeout=5
         )
         assert key.owner == BOB and len(key.secret_sha256) == 32 and not key.revoked
         assert created.api_key.startswith(f"cp_{created.key_id}_")

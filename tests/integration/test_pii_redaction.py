@@ -14,9 +14,10 @@ import grpc
 import pytest
 import pytest_asyncio
 
+from chatplane.internal.v1 import memory_pb2, memory_pb2_grpc
 from chatplane.launcher import Stack
 from chatplane.llm_emulator.process import EmulatorProcess, running_emulator
-from chatplane.v1 import gateway_pb2, memory_pb2, memory_pb2_grpc
+from chatplane.v1 import gateway_pb2
 from tests.integration.stack_client import Client, create_key, poll, running_stack, unique
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]

@@ -23,16 +23,15 @@ import grpc
 import pytest
 import pytest_asyncio
 
+from chatplane.internal.v1 import audit_pb2
 from chatplane.launcher import Stack
+from chatplane.persistence.client import PersistenceClient
 from chatplane.v1 import (
     admin_pb2,
     admin_pb2_grpc,
-    audit_pb2,
     gateway_pb2,
     operator_pb2,
     operator_pb2_grpc,
-    persistence_pb2,
-    persistence_pb2_grpc,
     resources_pb2,
 )
 from tests.integration.stack_client import FAST_PACE, Client, create_key, poll, running_stack
@@ -196,10 +195,10 @@ async def export(seeded: Seeded, user: str, request_id: str = "") -> tuple[bytes
 async def audit_records(stack: Stack) -> list[audit_pb2.AuditRecord]:
     records: list[audit_pb2.AuditRecord] = []
     async with stack.channel("persistence") as channel:
-        stub = persistence_pb2_grpc.PersistenceServiceStub(channel)
+        stub = PersistenceClient(channel)
         while True:
-            page = await stub.ListAuditRecords(
-                persistence_pb2.ListAuditRecordsRequest(
+            page = await stub.audit.ListAuditRecords(
+                audit_pb2.ListAuditRecordsRequest(
                     after_seq=records[-1].seq if records else 0, page_size=1000
                 ),
                 timeout=10,

@@ -86,23 +86,23 @@ async def no_rules(rig: Rig) -> None:
 
 def upload(
     name: str, mime_type: str, content: bytes, piece: int = 1000
-) -> list[gateway_pb2.GatewayServiceIngestDocumentRequest]:
+) -> list[gateway_pb2.IngestDocumentRequest]:
     parts = [
-        gateway_pb2.GatewayServiceIngestDocumentRequest(
+        gateway_pb2.IngestDocumentRequest(
             header=gateway_pb2.IngestDocumentHeader(name=name, mime_type=mime_type)
         )
     ]
     parts += [
-        gateway_pb2.GatewayServiceIngestDocumentRequest(content=content[i : i + piece])
+        gateway_pb2.IngestDocumentRequest(content=content[i : i + piece])
         for i in range(0, len(content), piece)
     ]
     return parts
 
 
 async def ingest(
-    client: Client, parts: Sequence[gateway_pb2.GatewayServiceIngestDocumentRequest]
+    client: Client, parts: Sequence[gateway_pb2.IngestDocumentRequest]
 ) -> resources_pb2.Document:
-    async def stream() -> AsyncIterator[gateway_pb2.GatewayServiceIngestDocumentRequest]:
+    async def stream() -> AsyncIterator[gateway_pb2.IngestDocumentRequest]:
         for part in parts:
             yield part
 
@@ -111,7 +111,7 @@ async def ingest(
 
 
 async def ingest_error(
-    client: Client, parts: Sequence[gateway_pb2.GatewayServiceIngestDocumentRequest]
+    client: Client, parts: Sequence[gateway_pb2.IngestDocumentRequest]
 ) -> grpc.aio.AioRpcError:
     with pytest.raises(grpc.aio.AioRpcError) as raised:
         await ingest(client, parts)
@@ -177,7 +177,7 @@ async def test_documents_belong_to_the_tenant(rig: Rig) -> None:
     turn = await colleague.chat(question)
     assert document.document_id in {c.document_id for c in document_citations(turn)}
     listed = await colleague.stub.ListDocuments(
-        gateway_pb2.GatewayServiceListDocumentsRequest(), metadata=colleague.metadata
+        gateway_pb2.ListDocumentsRequest(), metadata=colleague.metadata
     )
     assert [(d.document_id, d.name, d.chunk_count) for d in listed.documents] == [
         (document.document_id, "handbook.md", 2)
@@ -188,20 +188,20 @@ async def test_documents_belong_to_the_tenant(rig: Rig) -> None:
     assert document_citations(turn) == []
     assert "Zorblax" not in str((await last_request(rig))["body"]["system"])
     listed = await stranger.stub.ListDocuments(
-        gateway_pb2.GatewayServiceListDocumentsRequest(), metadata=stranger.metadata
+        gateway_pb2.ListDocumentsRequest(), metadata=stranger.metadata
     )
     assert list(listed.documents) == []
     for document_id in (document.document_id, "not-an-id"):
         with pytest.raises(grpc.aio.AioRpcError) as raised:
             await stranger.stub.DeleteDocument(
-                gateway_pb2.GatewayServiceDeleteDocumentRequest(document_id=document_id),
+                gateway_pb2.DeleteDocumentRequest(document_id=document_id),
                 metadata=stranger.metadata,
             )
         assert raised.value.code() is grpc.StatusCode.NOT_FOUND
 
     # The owner's tenant deletes it: no longer recalled; deleting again is NOT_FOUND.
     deleted = await colleague.stub.DeleteDocument(
-        gateway_pb2.GatewayServiceDeleteDocumentRequest(document_id=document.document_id),
+        gateway_pb2.DeleteDocumentRequest(document_id=document.document_id),
         metadata=colleague.metadata,
     )
     assert deleted.deleted_chunk_count == 2
@@ -209,7 +209,7 @@ async def test_documents_belong_to_the_tenant(rig: Rig) -> None:
     assert document_citations(turn) == []
     with pytest.raises(grpc.aio.AioRpcError) as raised:
         await owner.stub.DeleteDocument(
-            gateway_pb2.GatewayServiceDeleteDocumentRequest(document_id=document.document_id),
+            gateway_pb2.DeleteDocumentRequest(document_id=document.document_id),
             metadata=owner.metadata,
         )
     assert raised.value.code() is grpc.StatusCode.NOT_FOUND
@@ -265,7 +265,7 @@ async def test_a_pdf_is_read_and_cited(rig: Rig) -> None:
 async def test_bad_uploads_get_clear_statuses(rig: Rig) -> None:
     client = await rig.client()
     good_header = upload("a.txt", "text/plain", b"")[0]
-    content = gateway_pb2.GatewayServiceIngestDocumentRequest(content=b"hello")
+    content = gateway_pb2.IngestDocumentRequest(content=b"hello")
     cases: list[tuple[list[Any], grpc.StatusCode, str]] = [
         ([], grpc.StatusCode.INVALID_ARGUMENT, "header"),
         ([content], grpc.StatusCode.INVALID_ARGUMENT, "header"),
@@ -303,7 +303,7 @@ async def test_bad_uploads_get_clear_statuses(rig: Rig) -> None:
         assert (error.code(), field_of(error)) == (code, field), error.details()
     # Nothing half-stored by any of them.
     listed = await client.stub.ListDocuments(
-        gateway_pb2.GatewayServiceListDocumentsRequest(), metadata=client.metadata
+        gateway_pb2.ListDocumentsRequest(), metadata=client.metadata
     )
     assert list(listed.documents) == []
 
@@ -320,7 +320,7 @@ async def test_bad_uploads_get_clear_statuses(rig: Rig) -> None:
         )
     assert raised.value.code() is grpc.StatusCode.INVALID_ARGUMENT, raised.value.details()
     listed = await client.stub.ListDocuments(
-        gateway_pb2.GatewayServiceListDocumentsRequest(), metadata=client.metadata
+        gateway_pb2.ListDocumentsRequest(), metadata=client.metadata
     )
     assert list(listed.documents) == []  # the truncated upload was not ingested
 
@@ -341,7 +341,7 @@ async def test_the_tenants_document_quota_is_resource_exhausted(rig: Rig) -> Non
     assert any(isinstance(d, error_details_pb2.RetryInfo) for d in status_details(error))
     # Deleting makes room again.
     await client.stub.DeleteDocument(
-        gateway_pb2.GatewayServiceDeleteDocumentRequest(document_id=first.document_id),
+        gateway_pb2.DeleteDocumentRequest(document_id=first.document_id),
         metadata=client.metadata,
     )
     await ingest(client, upload("three.txt", "text/plain", text))
@@ -384,6 +384,6 @@ async def test_chatplane_ingest_cli(rig: Rig, tmp_path: Path) -> None:
     assert "INVALID_ARGUMENT" in result.stderr and "notes.txt" in result.stderr
     client = Client(rig.channel, key)
     listed = await client.stub.ListDocuments(
-        gateway_pb2.GatewayServiceListDocumentsRequest(), metadata=client.metadata
+        gateway_pb2.ListDocumentsRequest(), metadata=client.metadata
     )
     assert [d.document_id for d in listed.documents] == [document_id]

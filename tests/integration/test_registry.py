@@ -22,17 +22,12 @@ import pytest_asyncio
 
 from chatplane.agent.variants import assign
 from chatplane.agent.variants.registry_source import deployment_experiment
+from chatplane.internal.v1 import analytics_pb2, audit_pb2, variant_registry_pb2
 from chatplane.launcher import Stack
 from chatplane.launcher.stack import ServiceProcess
 from chatplane.llm_emulator.process import running_emulator
-from chatplane.v1 import (
-    gateway_pb2,
-    gateway_pb2_grpc,
-    persistence_pb2,
-    persistence_pb2_grpc,
-    registry_pb2,
-    registry_pb2_grpc,
-)
+from chatplane.persistence.client import PersistenceClient
+from chatplane.v1 import gateway_pb2, gateway_pb2_grpc, registry_pb2, registry_pb2_grpc
 from tests.integration.stack_client import FAST_PACE, Client, create_key, poll, running_stack
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -183,8 +178,8 @@ async def test_canary_split_promotion_and_rollback_on_two_agents(rig: Rig, tmp_p
     # Agent's own assignment: within 4 standard deviations of 20 % (n p = 200, sd 12.6).
     async with rig.stack.channel("persistence") as channel:
         deployment = (
-            await persistence_pb2_grpc.PersistenceServiceStub(channel).GetVariantDeployment(
-                persistence_pb2.GetVariantDeploymentRequest(), timeout=10
+            await PersistenceClient(channel).registry.GetVariantDeployment(
+                variant_registry_pb2.GetVariantDeploymentRequest(), timeout=10
             )
         ).deployment
     experiment = deployment_experiment(deployment, SALT)
@@ -215,8 +210,8 @@ async def test_canary_split_promotion_and_rollback_on_two_agents(rig: Rig, tmp_p
     assert "promote canary: - -> support@2 (0% -> 20%)" in history[2]
     # The system of record keeps NAME@VERSION per answer (answer_metrics).
     async with rig.stack.channel("persistence") as channel:
-        report = await persistence_pb2_grpc.PersistenceServiceStub(channel).ReportVariants(
-            persistence_pb2.ReportVariantsRequest(tenant_id="acme"), timeout=10
+        report = await PersistenceClient(channel).analytics.ReportVariants(
+            analytics_pb2.ReportVariantsRequest(tenant_id="acme"), timeout=10
         )
     recorded = {row.variant: row.answers for row in report.variants}
     assert recorded.get(first, 0) > 0 and recorded.get(second, 0) > 0
@@ -224,8 +219,8 @@ async def test_canary_split_promotion_and_rollback_on_two_agents(rig: Rig, tmp_p
     # The changes are in the hash-chained audit log too (appended by the Gateway in batches).
     async def audited() -> list[str]:
         async with rig.stack.channel("persistence") as channel:
-            page = await persistence_pb2_grpc.PersistenceServiceStub(channel).ListAuditRecords(
-                persistence_pb2.ListAuditRecordsRequest(page_size=1000), timeout=10
+            page = await PersistenceClient(channel).audit.ListAuditRecords(
+                audit_pb2.ListAuditRecordsRequest(page_size=1000), timeout=10
             )
         actions = [
             r.event.action for r in page.records if r.event.object.startswith("variant/support@")

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
+from chatplane.internal.v1 import memory_pb2_grpc
 from chatplane.log.record_erasure import PostgresLogEraser
 from chatplane.persistence.memory_eraser import MemoryServiceEraser
 from chatplane.persistence.retention import RetentionSweeper
 from chatplane.persistence.store.sqlite import SqliteConversationStore
-from chatplane.v1 import memory_pb2_grpc
 from tests.integration.stack_client import FAST_PACE, running_stack, unique
 from tests.integration.test_cli import cli
 from tests.integration.test_erasure import canary_memory, log_records, seed, user_rows

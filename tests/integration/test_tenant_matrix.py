@@ -21,8 +21,9 @@ from google.protobuf import descriptor as pb_descriptor
 from google.protobuf import message as pb_message
 from google.protobuf import message_factory
 
+from chatplane.internal.v1 import memory_pb2, memory_pb2_grpc
 from chatplane.launcher import Stack
-from chatplane.v1 import admin_pb2, gateway_pb2, memory_pb2, memory_pb2_grpc, operator_pb2
+from chatplane.v1 import admin_pb2, gateway_pb2, operator_pb2
 from tests.integration.stack_client import (
     FAST_PACE,
     Client,
@@ -102,12 +103,12 @@ async def _seed(stack: Stack, channel: grpc.aio.Channel, tenant_id: str, user: s
         ingested = await client.stub.IngestDocument(
             iter(
                 [
-                    gateway_pb2.GatewayServiceIngestDocumentRequest(
+                    gateway_pb2.IngestDocumentRequest(
                         header=gateway_pb2.IngestDocumentHeader(
                             name=f"policy-{d}.txt", mime_type="text/plain"
                         )
                     ),
-                    gateway_pb2.GatewayServiceIngestDocumentRequest(content=text.encode()),
+                    gateway_pb2.IngestDocumentRequest(content=text.encode()),
                 ]
             ),
             metadata=client.metadata,

@@ -20,8 +20,10 @@ import pytest_asyncio
 from google.rpc import error_details_pb2, status_pb2
 
 from chatplane.common.tls import client_channel
+from chatplane.internal.v1 import quota_pb2, turn_pb2
 from chatplane.launcher.stack import ServiceProcess, Stack
-from chatplane.v1 import gateway_pb2, persistence_pb2, persistence_pb2_grpc
+from chatplane.persistence.client import PersistenceClient
+from chatplane.v1 import admin_resources_pb2, gateway_pb2
 from tests.integration.stack_client import (
     Client,
     create_key,
@@ -80,18 +82,18 @@ async def gateways_fixture(tmp_path_factory: pytest.TempPathFactory) -> AsyncIte
             await second.stop(timeout=10)
 
 
-async def set_quota(stack: Stack, tenant: str, tokens: int) -> persistence_pb2.TokenQuota:
+async def set_quota(stack: Stack, tenant: str, tokens: int) -> quota_pb2.TokenQuota:
     async with stack.channel("persistence") as channel:
-        response = await persistence_pb2_grpc.PersistenceServiceStub(channel).SetQuota(
-            persistence_pb2.SetQuotaRequest(tenant_id=tenant, tokens_per_day=tokens), timeout=10
+        response = await PersistenceClient(channel).quota.SetQuota(
+            quota_pb2.SetQuotaRequest(tenant_id=tenant, tokens_per_day=tokens), timeout=10
         )
     return response.quota
 
 
-async def get_quota(stack: Stack, tenant: str) -> persistence_pb2.TokenQuota:
+async def get_quota(stack: Stack, tenant: str) -> quota_pb2.TokenQuota:
     async with stack.channel("persistence") as channel:
-        response = await persistence_pb2_grpc.PersistenceServiceStub(channel).GetQuota(
-            persistence_pb2.GetQuotaRequest(tenant_id=tenant), timeout=10
+        response = await PersistenceClient(channel).quota.GetQuota(
+            quota_pb2.GetQuotaRequest(tenant_id=tenant), timeout=10
         )
     return response.quota
 
@@ -117,14 +119,14 @@ def seconds_to_utc_midnight() -> float:
     return (midnight - now).total_seconds()
 
 
-async def settled(stack: Stack, tenant: str) -> persistence_pb2.TokenQuota:
+async def settled(stack: Stack, tenant: str) -> quota_pb2.TokenQuota:
     """The tenant's quota once no reservation is outstanding (settling is asynchronous)."""
 
-    async def check() -> persistence_pb2.TokenQuota | None:
+    async def check() -> quota_pb2.TokenQuota | None:
         quota = await get_quota(stack, tenant)
         return quota if quota.reserved_tokens == 0 else None
 
-    result: persistence_pb2.TokenQuota = await poll(check)
+    result: quota_pb2.TokenQuota = await poll(check)
     return result
 
 
@@ -306,40 +308,38 @@ async def test_begin_turn_reserves_first_in_the_same_call(gateways: TwoGateways)
     and holds the reservation; a turn that fails to begin gives its reservation back."""
     stack = gateways.stack
     tenant = unique("quota")
-    owner = persistence_pb2.Owner(tenant_id=tenant, user_id="frank")
+    owner = admin_resources_pb2.Owner(tenant_id=tenant, user_id="frank")
 
-    def begin(
-        conversation_id: str = "", tenant_id: str = tenant
-    ) -> persistence_pb2.BeginTurnRequest:
-        return persistence_pb2.BeginTurnRequest(
+    def begin(conversation_id: str = "", tenant_id: str = tenant) -> turn_pb2.BeginTurnRequest:
+        return turn_pb2.BeginTurnRequest(
             owner=owner,
             conversation_id=conversation_id,
             user_message_id=unique_id(),
             assistant_message_id=unique_id(),
             title="t",
-            reserve_quota=persistence_pb2.ReserveQuotaRequest(
+            reserve_quota=quota_pb2.ReserveQuotaRequest(
                 tenant_id=tenant_id, reservation_id=unique_id(), tokens=RESERVE, lease_ms=60_000
             ),
         )
 
     async with stack.channel("persistence") as channel:
-        stub = persistence_pb2_grpc.PersistenceServiceStub(channel)
+        stub = PersistenceClient(channel)
         await set_quota(stack, tenant, RESERVE)
-        granted = await stub.BeginTurn(begin(), timeout=10)
+        granted = await stub.turns.BeginTurn(begin(), timeout=10)
         assert granted.owner and granted.conversation_id
         assert granted.quota.granted and granted.quota.reserved_tokens == RESERVE
         assert (await get_quota(stack, tenant)).reserved_tokens == RESERVE
 
-        refused = await stub.BeginTurn(begin(), timeout=10)  # nothing left
+        refused = await stub.turns.BeginTurn(begin(), timeout=10)  # nothing left
         assert not refused.quota.granted and not refused.owner and not refused.conversation_id
 
         await set_quota(stack, tenant, 10 * RESERVE)
 
         with pytest.raises(grpc.aio.AioRpcError) as caught:
-            await stub.BeginTurn(begin(conversation_id=unique_id()), timeout=10)
+            await stub.turns.BeginTurn(begin(conversation_id=unique_id()), timeout=10)
         assert caught.value.code() is grpc.StatusCode.NOT_FOUND
         assert (await get_quota(stack, tenant)).reserved_tokens == RESERVE  # given back
 
         with pytest.raises(grpc.aio.AioRpcError) as caught:
-            await stub.BeginTurn(begin(tenant_id=unique("other")), timeout=10)
+            await stub.turns.BeginTurn(begin(tenant_id=unique("other")), timeout=10)
         assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT

@@ -1,7 +1,7 @@
 """A/B variants through the real services (docs/variants.md): two variants on Claude through
 the LLM emulator, with different system prompts, models and max tokens. Each user is assigned
 a variant sticky across turns; the emulator sees the variant's prompt; started names the
-variant; the per-variant report (PersistenceService.ReportVariants and `chatplane report
+variant; the per-variant report (AnalyticsService.ReportVariants and `chatplane report
 variants`) matches what was sent; feedback scores outside 1-5 are refused."""
 
 from __future__ import annotations
@@ -23,9 +23,11 @@ import pytest_asyncio
 from google.rpc import error_details_pb2
 
 from chatplane.agent.variants import Experiment, Variant, assign
+from chatplane.internal.v1 import analytics_pb2
 from chatplane.launcher import Stack
 from chatplane.llm_emulator.process import EmulatorProcess, running_emulator
-from chatplane.v1 import gateway_pb2, persistence_pb2, persistence_pb2_grpc
+from chatplane.persistence.client import PersistenceClient
+from chatplane.v1 import gateway_pb2
 from tests.integration.stack_client import (
     FAST_PACE,
     Client,
@@ -99,11 +101,11 @@ class Sent:
     thumbs_up: bool
 
 
-async def report(rig: Rig, **fields: object) -> persistence_pb2.ReportVariantsResponse:
+async def report(rig: Rig, **fields: object) -> analytics_pb2.ReportVariantsResponse:
     async with rig.stack.channel("persistence") as channel:
-        stub = persistence_pb2_grpc.PersistenceServiceStub(channel)
-        return await stub.ReportVariants(
-            persistence_pb2.ReportVariantsRequest(**fields),  # type: ignore[arg-type]
+        stub = PersistenceClient(channel)
+        return await stub.analytics.ReportVariants(
+            analytics_pb2.ReportVariantsRequest(**fields),  # type: ignore[arg-type]
             timeout=10,
         )
 
@@ -207,7 +209,7 @@ async def test_the_report_matches_what_was_sent(rig: Rig, sent: list[Sent]) -> N
         assert line.mean_duration_ms < 10_000
     # Another tenant's report is empty; a report from the future too.
     assert not (await report(rig, tenant_id="someone-else")).variants
-    future = persistence_pb2.ReportVariantsRequest()
+    future = analytics_pb2.ReportVariantsRequest()
     future.since.FromSeconds(4_000_000_000)
     assert not (await report(rig, since=future.since)).variants
 
@@ -291,11 +293,11 @@ async def test_without_variants_answers_are_the_default_variant(
         turn = await client.chat("hello without variants")
         assert turn.started is not None and turn.started.started.variant == "default"
 
-        async def stored() -> persistence_pb2.ReportVariantsResponse | None:
+        async def stored() -> analytics_pb2.ReportVariantsResponse | None:
             async with stack.channel("persistence") as persistence:
-                response = await persistence_pb2_grpc.PersistenceServiceStub(
-                    persistence
-                ).ReportVariants(persistence_pb2.ReportVariantsRequest(), timeout=10)
+                response = await PersistenceClient(persistence).analytics.ReportVariants(
+                    analytics_pb2.ReportVariantsRequest(), timeout=10
+                )
             return response if response.variants else None
 
         response = await poll(stored, timeout=20)

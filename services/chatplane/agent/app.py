@@ -13,8 +13,9 @@ from chatplane.common.server import internal_channel, serve
 from chatplane.common.settings import Settings
 from chatplane.common.tls import load_tls
 from chatplane.crypto.factory import rpc_keyring
+from chatplane.internal.v1 import agent_pb2, agent_pb2_grpc
 from chatplane.log.factory import open_message_log
-from chatplane.v1 import agent_pb2, agent_pb2_grpc, persistence_pb2_grpc
+from chatplane.persistence.client import PersistenceClient
 
 
 async def run(settings: Settings) -> None:
@@ -23,13 +24,11 @@ async def run(settings: Settings) -> None:
     log = open_message_log(settings)
     producer = log.producer()
     memory_channel = internal_channel(settings.memory_address, tls)
-    # Encryption at rest: the users' data keys come from PersistenceService (docs/security.md).
+    # Encryption at rest: the users' data keys come from Persistence (docs/security.md).
     persistence_channel = internal_channel(settings.persistence_address, tls)
-    keyring = rpc_keyring(
-        settings, persistence_pb2_grpc.PersistenceServiceStub(persistence_channel)
-    )
+    keyring = rpc_keyring(settings, PersistenceClient(persistence_channel))
     backend = build_model_chain(settings)
-    # The variant registry (docs/registry.md), polled through PersistenceService.
+    # The variant registry (docs/registry.md), polled through Persistence.
     persistence_channel = internal_channel(settings.persistence_address, tls)
     registry = registry_source(settings, persistence_channel)
     variants = variant_router(settings, backend, registry)

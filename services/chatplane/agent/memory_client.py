@@ -10,7 +10,8 @@ from dataclasses import dataclass
 import grpc
 
 from chatplane.agent.llm.base import ContextPassage, HistoryLine, Speaker
-from chatplane.v1 import memory_pb2, memory_pb2_grpc, resources_pb2
+from chatplane.internal.v1 import memory_pb2, memory_pb2_grpc
+from chatplane.v1 import resources_pb2
 
 _log = logging.getLogger(__name__)
 

@@ -12,7 +12,8 @@ from chatplane.agent.live_turns import LiveTurns
 from chatplane.agent.turn import TurnEvent, TurnRequest, TurnRunner
 from chatplane.common import errors
 from chatplane.common.ids import is_valid_id
-from chatplane.v1 import agent_pb2, resources_pb2
+from chatplane.internal.v1 import agent_pb2
+from chatplane.v1 import resources_pb2
 
 
 async def resumable_events(

@@ -16,7 +16,8 @@ from chatplane.common import errors
 from chatplane.common.deadlines import outbound_timeout
 from chatplane.common.ids import is_valid_id
 from chatplane.common.trace_context import propagated
-from chatplane.v1 import agent_pb2, agent_pb2_grpc, resources_pb2
+from chatplane.internal.v1 import agent_pb2, agent_pb2_grpc
+from chatplane.v1 import resources_pb2
 
 
 def _response(event: TurnEvent) -> agent_pb2.GenerateResponse:

@@ -34,9 +34,10 @@ from chatplane.common.settings import Settings
 from chatplane.common.topics import MEMORY_REMEMBER_TOPIC, MESSAGE_SCHEMA_VERSION, MESSAGES_TOPIC
 from chatplane.crypto.keyring import Keyring
 from chatplane.crypto.log_records import sealed_message, sealed_remember
+from chatplane.internal.v1 import events_pb2, memory_pb2
 from chatplane.log import LogRecord, MessageLogProducer
 from chatplane.privacy.policy import RedactionPolicy
-from chatplane.v1 import events_pb2, memory_pb2, resources_pb2
+from chatplane.v1 import resources_pb2
 
 _log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ from google.protobuf import timestamp_pb2
 
 from chatplane.audit.chain import AuditEvent, AuditHead, AuditRecord
 from chatplane.common import errors
-from chatplane.v1 import audit_pb2
+from chatplane.internal.v1 import audit_pb2
 
 
 def _timestamp(moment: datetime) -> timestamp_pb2.Timestamp:

@@ -1,5 +1,5 @@
 """Where the Persistence service's AuditRecorder appends: straight into the store. (Other
-services append through PersistenceService: gateway/audit_sink.py.)"""
+services append through Persistence: gateway/audit_sink.py.)"""
 
 from __future__ import annotations
 

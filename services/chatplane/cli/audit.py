@@ -11,13 +11,14 @@ import click
 from chatplane.audit.chain import AuditHead, ChainVerifier, Verdict
 from chatplane.audit.protos import head_from_proto, record_from_proto
 from chatplane.cli.keys_admin import call_persistence
-from chatplane.v1 import persistence_pb2, persistence_pb2_grpc
+from chatplane.internal.v1 import audit_pb2
+from chatplane.persistence.client import PersistenceClient
 
 _PAGE = 1000
 
 
 async def verify_chain(
-    persistence: persistence_pb2_grpc.PersistenceServiceAsyncStub,
+    persistence: PersistenceClient,
 ) -> tuple[Verdict, AuditHead]:
     """The verdict on the chain as of the head read with the first page (records appended
     while verifying are left for the next run)."""
@@ -25,8 +26,8 @@ async def verify_chain(
     head: AuditHead | None = None
     after = 0
     while True:
-        page = await persistence.ListAuditRecords(
-            persistence_pb2.ListAuditRecordsRequest(after_seq=after, page_size=_PAGE), timeout=30
+        page = await persistence.audit.ListAuditRecords(
+            audit_pb2.ListAuditRecordsRequest(after_seq=after, page_size=_PAGE), timeout=30
         )
         if head is None:
             head = head_from_proto(page.head)
@@ -68,14 +69,14 @@ def audit_tail(data_dir: Path, count: int) -> None:
     """Print the newest records, oldest first."""
 
     async def work(
-        persistence: persistence_pb2_grpc.PersistenceServiceAsyncStub,
-    ) -> persistence_pb2.ListAuditRecordsResponse:
-        first = await persistence.ListAuditRecords(
-            persistence_pb2.ListAuditRecordsRequest(page_size=1), timeout=10
+        persistence: PersistenceClient,
+    ) -> audit_pb2.ListAuditRecordsResponse:
+        first = await persistence.audit.ListAuditRecords(
+            audit_pb2.ListAuditRecordsRequest(page_size=1), timeout=10
         )
         after = max(0, first.head.seq - count)
-        return await persistence.ListAuditRecords(
-            persistence_pb2.ListAuditRecordsRequest(after_seq=after, page_size=count), timeout=10
+        return await persistence.audit.ListAuditRecords(
+            audit_pb2.ListAuditRecordsRequest(after_seq=after, page_size=count), timeout=10
         )
 
     for proto in call_persistence(data_dir, work).records:

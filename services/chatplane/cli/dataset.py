@@ -2,7 +2,7 @@
 Anthropic Messages and OpenAI chat fine-tuning formats with a manifest (docs/datasets.md).
 With an admin API key it pages the key's tenant through the Gateway's AdminService; without
 one, an operator inside the mesh pages every opted-in tenant (or --tenant) through
-PersistenceService, like `chatplane report variants`."""
+Persistence, like `chatplane report variants`."""
 
 from __future__ import annotations
 
@@ -17,8 +17,10 @@ import grpc
 
 from chatplane.cli.client import open_channel
 from chatplane.datasets.export import DatasetWriter, ExportRange
+from chatplane.internal.v1 import analytics_pb2
 from chatplane.launcher import StackInfo
-from chatplane.v1 import admin_pb2, admin_pb2_grpc, persistence_pb2, persistence_pb2_grpc
+from chatplane.persistence.client import PersistenceClient
+from chatplane.v1 import admin_pb2, admin_pb2_grpc, admin_resources_pb2
 
 _TIMEOUT_SECONDS = 60.0
 _PAGE_SIZE = 200
@@ -33,13 +35,13 @@ def _utc(value: datetime | None) -> datetime | None:
 
 async def _pages(
     info: StackInfo, api_key: str | None, asked: ExportRange
-) -> AsyncIterator[persistence_pb2.RatedAnswer]:
+) -> AsyncIterator[admin_resources_pb2.RatedAnswer]:
     token = ""
     if api_key:
         async with open_channel(info.address("gateway"), info.client_tls()) as channel:
             admin = admin_pb2_grpc.AdminServiceStub(channel)
             while True:
-                request = admin_pb2.AdminServiceListRatedAnswersRequest(
+                request = admin_pb2.ListRatedAnswersRequest(
                     min_rating=asked.min_rating, page_size=_PAGE_SIZE, page_token=token
                 )
                 request.since.FromDatetime(asked.since)
@@ -55,9 +57,9 @@ async def _pages(
                 if not (token := page.next_page_token):
                     return
     async with open_channel(info.address("persistence"), info.client_tls()) as channel:
-        persistence = persistence_pb2_grpc.PersistenceServiceStub(channel)
+        persistence = PersistenceClient(channel)
         while True:
-            internal = persistence_pb2.ListRatedAnswersRequest(
+            internal = analytics_pb2.ListRatedAnswersRequest(
                 tenant_id=asked.tenant or "",
                 min_rating=asked.min_rating,
                 page_size=_PAGE_SIZE,
@@ -66,7 +68,9 @@ async def _pages(
             internal.since.FromDatetime(asked.since)
             if asked.until is not None:
                 internal.until.FromDatetime(asked.until)
-            answers = await persistence.ListRatedAnswers(internal, timeout=_TIMEOUT_SECONDS)
+            answers = await persistence.analytics.ListRatedAnswers(
+                internal, timeout=_TIMEOUT_SECONDS
+            )
             for answer in answers.answers:
                 yield answer
             if not (token := answers.next_page_token):

@@ -40,24 +40,24 @@ def mime_type_of(path: Path) -> str:
 
 async def _pieces(
     path: Path, name: str, mime_type: str, progress: Progress, task: TaskID
-) -> AsyncIterator[gateway_pb2.GatewayServiceIngestDocumentRequest]:
-    yield gateway_pb2.GatewayServiceIngestDocumentRequest(
+) -> AsyncIterator[gateway_pb2.IngestDocumentRequest]:
+    yield gateway_pb2.IngestDocumentRequest(
         header=gateway_pb2.IngestDocumentHeader(name=name, mime_type=mime_type)
     )
     with path.open("rb") as file:
         while piece := await asyncio.to_thread(file.read, PIECE_BYTES):
-            yield gateway_pb2.GatewayServiceIngestDocumentRequest(content=piece)
+            yield gateway_pb2.IngestDocumentRequest(content=piece)
             progress.advance(task, len(piece))
     progress.update(task, description=f"{name} (indexing)")
 
 
 async def ingest_file(
     gateway: Gateway, path: Path, size: int, mime_type: str, progress: Progress
-) -> gateway_pb2.GatewayServiceIngestDocumentResponse:
+) -> gateway_pb2.IngestDocumentResponse:
     """Uploads one file of `size` bytes; its bar counts the bytes sent, then waits for the
     indexing."""
     task = progress.add_task(path.name, total=size)
-    response: gateway_pb2.GatewayServiceIngestDocumentResponse = await gateway.stub.IngestDocument(
+    response: gateway_pb2.IngestDocumentResponse = await gateway.stub.IngestDocument(
         _pieces(path, path.name, mime_type, progress, task),
         metadata=gateway.metadata,
         timeout=INGEST_TIMEOUT_SECONDS,
@@ -146,14 +146,12 @@ def documents_list(
     """List the tenant's documents, newest first."""
     target = ClientTarget.resolve(data_dir, address, api_key, tls_files(tls_cert, tls_key, tls_ca))
 
-    async def listed() -> gateway_pb2.GatewayServiceListDocumentsResponse:
+    async def listed() -> gateway_pb2.ListDocumentsResponse:
         async with connect(target) as gateway:
-            response: gateway_pb2.GatewayServiceListDocumentsResponse = (
-                await gateway.stub.ListDocuments(
-                    gateway_pb2.GatewayServiceListDocumentsRequest(),
-                    metadata=gateway.metadata,
-                    timeout=CALL_TIMEOUT_SECONDS,
-                )
+            response: gateway_pb2.ListDocumentsResponse = await gateway.stub.ListDocuments(
+                gateway_pb2.ListDocumentsRequest(),
+                metadata=gateway.metadata,
+                timeout=CALL_TIMEOUT_SECONDS,
             )
             return response
 
@@ -187,7 +185,7 @@ def documents_delete(
     async def deleted() -> int:
         async with connect(target) as gateway:
             response = await gateway.stub.DeleteDocument(
-                gateway_pb2.GatewayServiceDeleteDocumentRequest(document_id=document_id),
+                gateway_pb2.DeleteDocumentRequest(document_id=document_id),
                 metadata=gateway.metadata,
                 timeout=CALL_TIMEOUT_SECONDS,
             )

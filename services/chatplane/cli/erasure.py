@@ -1,5 +1,5 @@
 """`chatplane erase` and `chatplane retention set|show`: a user's erasure and a tenant's
-retention period, through the running stack's PersistenceService (docs/privacy.md). Both are
+retention period, through the running stack's Persistence (docs/privacy.md). Both are
 operator commands on the host that runs the stack; AdminService offers the same to a tenant's
 admins over the API."""
 
@@ -12,7 +12,9 @@ import click
 from google.protobuf import timestamp_pb2
 
 from chatplane.cli.keys_admin import call_persistence, cli_actor
-from chatplane.v1 import erasure_pb2, persistence_pb2, persistence_pb2_grpc
+from chatplane.internal.v1 import privacy_pb2
+from chatplane.persistence.client import PersistenceClient
+from chatplane.v1 import admin_resources_pb2, erasure_pb2
 
 ERASE_TIMEOUT_SECONDS = 300.0
 
@@ -51,11 +53,11 @@ def erase(data_dir: Path, tenant: str, user_id: str) -> None:
     Safe to repeat: an unfinished erasure is resumed."""
 
     async def work(
-        stub: persistence_pb2_grpc.PersistenceServiceAsyncStub,
-    ) -> persistence_pb2.PersistenceServiceEraseUserResponse:
-        return await stub.EraseUser(
-            persistence_pb2.PersistenceServiceEraseUserRequest(
-                owner=persistence_pb2.Owner(tenant_id=tenant, user_id=user_id),
+        stub: PersistenceClient,
+    ) -> privacy_pb2.EraseUserResponse:
+        return await stub.privacy.EraseUser(
+            privacy_pb2.EraseUserRequest(
+                owner=admin_resources_pb2.Owner(tenant_id=tenant, user_id=user_id),
                 actor=cli_actor(),
             ),
             timeout=ERASE_TIMEOUT_SECONDS,
@@ -89,10 +91,10 @@ def retention_set(data_dir: Path, tenant: str, days: int) -> None:
     """Set a tenant's retention period (the next sweep applies it)."""
 
     async def work(
-        stub: persistence_pb2_grpc.PersistenceServiceAsyncStub,
-    ) -> persistence_pb2.PersistenceServiceSetRetentionResponse:
-        return await stub.SetRetention(
-            persistence_pb2.PersistenceServiceSetRetentionRequest(tenant_id=tenant, days=days),
+        stub: PersistenceClient,
+    ) -> privacy_pb2.SetRetentionResponse:
+        return await stub.privacy.SetRetention(
+            privacy_pb2.SetRetentionRequest(tenant_id=tenant, days=days),
             timeout=10,
         )
 
@@ -106,10 +108,10 @@ def retention_show(data_dir: Path, tenant: str) -> None:
     """Show a tenant's retention period."""
 
     async def work(
-        stub: persistence_pb2_grpc.PersistenceServiceAsyncStub,
-    ) -> persistence_pb2.PersistenceServiceGetRetentionResponse:
-        return await stub.GetRetention(
-            persistence_pb2.PersistenceServiceGetRetentionRequest(tenant_id=tenant), timeout=10
+        stub: PersistenceClient,
+    ) -> privacy_pb2.GetRetentionResponse:
+        return await stub.privacy.GetRetention(
+            privacy_pb2.GetRetentionRequest(tenant_id=tenant), timeout=10
         )
 
     click.echo(describe(call_persistence(data_dir, work).policy))

@@ -1,5 +1,5 @@
 """`chatplane export --tenant T --user U [-o FILE]`: the user's data export archive
-(docs/privacy.md, "Export") read from the running stack's PersistenceService and
+(docs/privacy.md, "Export") read from the running stack's Persistence and
 MemoryService, written as it streams (to FILE, or stdout). Audited as one `user.export`
 record with the actor `cli:<os user>`, like the CLI's key changes."""
 
@@ -21,15 +21,17 @@ from chatplane.audit.outcome import failure_reason
 from chatplane.audit.protos import event_to_proto
 from chatplane.cli.client import open_channel
 from chatplane.cli.keys_admin import cli_actor
+from chatplane.internal.v1 import audit_pb2, memory_pb2_grpc
 from chatplane.launcher import StackInfo
+from chatplane.persistence.client import PersistenceClient
 from chatplane.privacy.export_archive import archive_chunks
-from chatplane.v1 import memory_pb2_grpc, persistence_pb2, persistence_pb2_grpc
+from chatplane.v1 import admin_resources_pb2
 
 EXPORT_TIMEOUT_SECONDS = 900.0
 _CALL_TIMEOUT_SECONDS = 30.0
 
 
-async def _export(info: StackInfo, owner: persistence_pb2.Owner, sink: BinaryIO) -> int:
+async def _export(info: StackInfo, owner: admin_resources_pb2.Owner, sink: BinaryIO) -> int:
     """Streams the archive into `sink`; audits the export; returns its size in bytes."""
     tls = info.client_tls()
     actor = cli_actor()
@@ -39,7 +41,7 @@ async def _export(info: StackInfo, owner: persistence_pb2.Owner, sink: BinaryIO)
         open_channel(info.address("persistence"), tls) as persistence_channel,
         open_channel(info.address("memory"), tls) as memory_channel,
     ):
-        persistence = persistence_pb2_grpc.PersistenceServiceStub(persistence_channel)
+        persistence = PersistenceClient(persistence_channel)
         try:
             async for chunk in archive_chunks(
                 persistence,
@@ -63,8 +65,8 @@ async def _export(info: StackInfo, owner: persistence_pb2.Owner, sink: BinaryIO)
                 detail="; ".join(p for p in (f"bytes={size}", reason) if p),
                 source=actor.source,
             )
-            await persistence.AppendAuditEvents(
-                persistence_pb2.AppendAuditEventsRequest(events=[event_to_proto(event)]),
+            await persistence.audit.AppendAuditEvents(
+                audit_pb2.AppendAuditEventsRequest(events=[event_to_proto(event)]),
                 timeout=_CALL_TIMEOUT_SECONDS,
             )
     return size
@@ -88,7 +90,7 @@ def export(data_dir: Path, tenant: str, user: str, output: Path | None) -> None:
         raise click.ClickException(
             f"no running stack found in {data_dir}; start it with `make run`"
         )
-    owner = persistence_pb2.Owner(tenant_id=tenant, user_id=user)
+    owner = admin_resources_pb2.Owner(tenant_id=tenant, user_id=user)
     try:
         if output is None:
             asyncio.run(_export(info, owner, sys.stdout.buffer))

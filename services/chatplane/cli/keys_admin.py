@@ -1,5 +1,5 @@
 """`chatplane keys list|rotate|revoke`: API key management of a tenant through the running
-stack's PersistenceService (like `keys create`; AdminService is the same over the Gateway for
+stack's Persistence (like `keys create`; AdminService is the same over the Gateway for
 a tenant's own admins). Every change is audited with the actor `cli:<os user>`."""
 
 from __future__ import annotations
@@ -14,8 +14,10 @@ import click
 import grpc
 
 from chatplane.cli.client import open_channel
+from chatplane.internal.v1 import audit_pb2, identity_pb2
 from chatplane.launcher import StackInfo
-from chatplane.v1 import audit_pb2, persistence_pb2, persistence_pb2_grpc
+from chatplane.persistence.client import PersistenceClient
+from chatplane.v1 import admin_resources_pb2
 
 _T = TypeVar("_T")
 MAX_OVERLAP_SECONDS = 24 * 3600
@@ -32,9 +34,9 @@ def cli_actor() -> audit_pb2.AuditActor:
 
 def call_persistence(
     data_dir: Path,
-    work: Callable[[persistence_pb2_grpc.PersistenceServiceAsyncStub], Awaitable[_T]],
+    work: Callable[[PersistenceClient], Awaitable[_T]],
 ) -> _T:
-    """Runs `work` against the running stack's PersistenceService; errors end the command."""
+    """Runs `work` against the running stack's Persistence; errors end the command."""
     info = StackInfo.load(data_dir)
     if info is None or "persistence" not in info.ports:
         raise click.ClickException(
@@ -43,7 +45,7 @@ def call_persistence(
 
     async def run() -> _T:
         async with open_channel(info.address("persistence"), info.client_tls()) as channel:
-            return await work(persistence_pb2_grpc.PersistenceServiceStub(channel))
+            return await work(PersistenceClient(channel))
 
     try:
         return asyncio.run(run())
@@ -51,7 +53,7 @@ def call_persistence(
         raise click.ClickException(f"{error.code().name}: {error.details()}") from None
 
 
-def describe(key: persistence_pb2.ApiKeyInfo) -> str:
+def describe(key: admin_resources_pb2.ApiKeyInfo) -> str:
     """One line about a key: id, user, roles, state, label."""
     if key.revoked:
         state = "revoked"
@@ -77,13 +79,13 @@ def keys_list(data_dir: Path, tenant: str, user: str, include_revoked: bool) -> 
     """List a tenant's API keys, newest first (never secrets)."""
 
     async def work(
-        persistence: persistence_pb2_grpc.PersistenceServiceAsyncStub,
-    ) -> list[persistence_pb2.ApiKeyInfo]:
-        keys: list[persistence_pb2.ApiKeyInfo] = []
+        persistence: PersistenceClient,
+    ) -> list[admin_resources_pb2.ApiKeyInfo]:
+        keys: list[admin_resources_pb2.ApiKeyInfo] = []
         token = ""
         while True:
-            page = await persistence.ListApiKeys(
-                persistence_pb2.PersistenceServiceListApiKeysRequest(
+            page = await persistence.identity.ListApiKeys(
+                identity_pb2.ListApiKeysRequest(
                     tenant_id=tenant,
                     user_id=user,
                     page_token=token,
@@ -117,10 +119,10 @@ def keys_rotate(data_dir: Path, key_id: str, tenant: str, overlap_seconds: float
     once); the old one stops working now, or after --overlap."""
 
     async def work(
-        persistence: persistence_pb2_grpc.PersistenceServiceAsyncStub,
-    ) -> persistence_pb2.PersistenceServiceRotateApiKeyResponse:
-        return await persistence.RotateApiKey(
-            persistence_pb2.PersistenceServiceRotateApiKeyRequest(
+        persistence: PersistenceClient,
+    ) -> identity_pb2.RotateApiKeyResponse:
+        return await persistence.identity.RotateApiKey(
+            identity_pb2.RotateApiKeyRequest(
                 tenant_id=tenant,
                 key_id=key_id,
                 overlap_ms=round(overlap_seconds * 1000),
@@ -142,12 +144,10 @@ def keys_revoke(data_dir: Path, key_id: str, tenant: str) -> None:
     """Revoke KEY_ID: it stops working on every Gateway within api_key_cache_seconds."""
 
     async def work(
-        persistence: persistence_pb2_grpc.PersistenceServiceAsyncStub,
-    ) -> persistence_pb2.PersistenceServiceRevokeApiKeyResponse:
-        return await persistence.RevokeApiKey(
-            persistence_pb2.PersistenceServiceRevokeApiKeyRequest(
-                tenant_id=tenant, key_id=key_id, actor=cli_actor()
-            ),
+        persistence: PersistenceClient,
+    ) -> identity_pb2.RevokeApiKeyResponse:
+        return await persistence.identity.RevokeApiKey(
+            identity_pb2.RevokeApiKeyRequest(tenant_id=tenant, key_id=key_id, actor=cli_actor()),
             timeout=10,
         )
 

@@ -14,10 +14,12 @@ import grpc
 
 from chatplane.cli.client import open_channel
 from chatplane.common.tls import CA_VAR, CERT_VAR, KEY_VAR
+from chatplane.internal.v1 import identity_pb2
 from chatplane.launcher import Stack, StackInfo
 from chatplane.launcher.certificates import DEFAULT_DAYS, CertificateDirError, init_certificates
 from chatplane.launcher.stack import EDGE
-from chatplane.v1 import persistence_pb2, persistence_pb2_grpc
+from chatplane.persistence.client import PersistenceClient
+from chatplane.v1 import admin_resources_pb2
 
 DEFAULT_DATA_DIR = ".chatplane"
 DEFAULT_TLS_DIR = "tls"
@@ -226,9 +228,9 @@ def keys_create(data_dir: Path, tenant: str, user: str, label: str, roles: tuple
 
     async def create() -> str:
         async with open_channel(info.address("persistence"), info.client_tls()) as channel:
-            response = await persistence_pb2_grpc.PersistenceServiceStub(channel).CreateApiKey(
-                persistence_pb2.CreateApiKeyRequest(
-                    owner=persistence_pb2.Owner(tenant_id=tenant, user_id=user),
+            response = await PersistenceClient(channel).identity.CreateApiKey(
+                identity_pb2.CreateApiKeyRequest(
+                    owner=admin_resources_pb2.Owner(tenant_id=tenant, user_id=user),
                     label=label,
                     roles=roles,
                     actor=cli_actor(),

@@ -15,10 +15,11 @@ from chatplane.common.entrypoint import load_settings
 from chatplane.common.tls import TlsFiles
 from chatplane.crypto.factory import store_key_source, store_keyring
 from chatplane.crypto.sealed_store import sealed_store
+from chatplane.internal.v1 import memory_pb2, memory_pb2_grpc
 from chatplane.launcher import StackInfo
 from chatplane.persistence.store.base import Message, Role
 from chatplane.persistence.store.factory import open_store
-from chatplane.v1 import memory_pb2, memory_pb2_grpc, resources_pb2
+from chatplane.v1 import resources_pb2
 
 _PAGE = 500
 _ROLES = {Role.USER: resources_pb2.ROLE_USER, Role.ASSISTANT: resources_pb2.ROLE_ASSISTANT}

@@ -1,5 +1,5 @@
 """`chatplane quota set|show`: a tenant's daily token quota, set and read through the running
-stack's PersistenceService (docs/quotas.md)."""
+stack's Persistence (docs/quotas.md)."""
 
 from __future__ import annotations
 
@@ -10,11 +10,12 @@ import click
 import grpc
 
 from chatplane.cli.client import open_channel
+from chatplane.internal.v1 import quota_pb2
 from chatplane.launcher import StackInfo
-from chatplane.v1 import persistence_pb2, persistence_pb2_grpc
+from chatplane.persistence.client import PersistenceClient
 
 
-def describe(quota: persistence_pb2.TokenQuota) -> str:
+def describe(quota: quota_pb2.TokenQuota) -> str:
     """A tenant's quota and today's usage, one fact per line."""
     reset = quota.reset_time.ToDatetime().strftime("%Y-%m-%dT%H:%M:%SZ")
     if not quota.tokens_per_day:
@@ -32,20 +33,20 @@ def describe(quota: persistence_pb2.TokenQuota) -> str:
     )
 
 
-def _call(data_dir: Path, request: persistence_pb2.SetQuotaRequest | None, tenant: str) -> str:
+def _call(data_dir: Path, request: quota_pb2.SetQuotaRequest | None, tenant: str) -> str:
     info = StackInfo.load(data_dir)
     if info is None or "persistence" not in info.ports:
         raise click.ClickException(
             f"no running stack found in {data_dir}; start it with `make run`"
         )
 
-    async def call() -> persistence_pb2.TokenQuota:
+    async def call() -> quota_pb2.TokenQuota:
         async with open_channel(info.address("persistence"), info.client_tls()) as channel:
-            stub = persistence_pb2_grpc.PersistenceServiceStub(channel)
+            stub = PersistenceClient(channel)
             if request is not None:
-                return (await stub.SetQuota(request, timeout=10)).quota
+                return (await stub.quota.SetQuota(request, timeout=10)).quota
             return (
-                await stub.GetQuota(persistence_pb2.GetQuotaRequest(tenant_id=tenant), timeout=10)
+                await stub.quota.GetQuota(quota_pb2.GetQuotaRequest(tenant_id=tenant), timeout=10)
             ).quota
 
     try:
@@ -70,7 +71,7 @@ def quota() -> None:
 @click.pass_obj
 def quota_set(data_dir: Path, tenant: str, tokens_per_day: int) -> None:
     """Set a tenant's daily token quota (every Gateway replica applies it at once)."""
-    request = persistence_pb2.SetQuotaRequest(tenant_id=tenant, tokens_per_day=tokens_per_day)
+    request = quota_pb2.SetQuotaRequest(tenant_id=tenant, tokens_per_day=tokens_per_day)
     click.echo(_call(data_dir, request, tenant))
 
 

@@ -1,5 +1,5 @@
 """`chatplane report variants`: answers and feedback per A/B variant, computed by the system of
-record (PersistenceService.ReportVariants, an internal RPC, like `chatplane keys create`),
+record (AnalyticsService.ReportVariants, an internal RPC, like `chatplane keys create`),
 printed as a table or as JSON (docs/variants.md)."""
 
 from __future__ import annotations
@@ -17,8 +17,9 @@ from rich.console import Console
 from rich.table import Table
 
 from chatplane.cli.client import open_channel
+from chatplane.internal.v1 import analytics_pb2
 from chatplane.launcher import StackInfo
-from chatplane.v1 import persistence_pb2, persistence_pb2_grpc
+from chatplane.persistence.client import PersistenceClient
 
 _TIMEOUT_SECONDS = 60.0
 # The report's columns: (heading, field of VariantReport, format of its value).
@@ -50,11 +51,11 @@ _INTERVAL_FIELDS = (
 
 
 _INT64_FIELDS = frozenset(
-    f.name for f in persistence_pb2.VariantReport.DESCRIPTOR.fields if f.type == f.TYPE_INT64
+    f.name for f in analytics_pb2.VariantReport.DESCRIPTOR.fields if f.type == f.TYPE_INT64
 )
 
 
-def report_rows(response: persistence_pb2.ReportVariantsResponse) -> list[dict[str, Any]]:
+def report_rows(response: analytics_pb2.ReportVariantsResponse) -> list[dict[str, Any]]:
     """The report as plain rows (every field; a mean with nothing to average is null)."""
     rows = []
     for report in response.variants:
@@ -138,15 +139,15 @@ def variants(
         raise click.ClickException(
             f"no running stack found in {data_dir}; start it with `make run`"
         )
-    request = persistence_pb2.ReportVariantsRequest(tenant_id=tenant, control=control, alpha=alpha)
+    request = analytics_pb2.ReportVariantsRequest(tenant_id=tenant, control=control, alpha=alpha)
     start = _since(since)
     if start is not None:
         request.since.FromDatetime(start)
 
-    async def ask() -> persistence_pb2.ReportVariantsResponse:
+    async def ask() -> analytics_pb2.ReportVariantsResponse:
         async with open_channel(info.address("persistence"), info.client_tls()) as channel:
-            stub = persistence_pb2_grpc.PersistenceServiceStub(channel)
-            return await stub.ReportVariants(request, timeout=_TIMEOUT_SECONDS)
+            stub = PersistenceClient(channel)
+            return await stub.analytics.ReportVariants(request, timeout=_TIMEOUT_SECONDS)
 
     try:
         response = asyncio.run(ask())
@@ -184,7 +185,7 @@ def variants(
         )
 
 
-def comparison_fields(response: persistence_pb2.ReportVariantsResponse) -> dict[str, Any]:
+def comparison_fields(response: analytics_pb2.ReportVariantsResponse) -> dict[str, Any]:
     """The report's comparison: control, alpha, number of tests, recommendation."""
     return {
         "control": response.control or None,

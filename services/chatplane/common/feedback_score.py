@@ -1,5 +1,5 @@
 """The optional 1-5 score of feedback (docs/variants.md), checked the same way by the Gateway
-and by PersistenceService."""
+and by Persistence."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """The keyring of a process, from settings: over the store itself (Persistence) or over
-PersistenceService's RPCs (Agent, Gateway)."""
+Persistence's RPCs (Agent, Gateway)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from chatplane.common.settings import Settings
 from chatplane.crypto.kek import DEV_KEK_FILE_NAME, KekRing, load_kek_ring
 from chatplane.crypto.keyring import DataKeyStore, Keyring, StoreKeySource
 from chatplane.crypto.persistence_key_source import PersistenceKeySource
+from chatplane.persistence.client import PersistenceClient
 from chatplane.persistence.store.base import ConversationStore
-from chatplane.v1 import persistence_pb2_grpc
 
 
 def kek_ring(settings: Settings) -> KekRing:
@@ -30,9 +30,7 @@ def store_keyring(settings: Settings, keys: StoreKeySource) -> Keyring:
     return Keyring(keys, kek_ring(settings), settings.data_key_cache_seconds)
 
 
-def rpc_keyring(
-    settings: Settings, stub: persistence_pb2_grpc.PersistenceServiceAsyncStub
-) -> Keyring:
-    """The keyring of a process that reaches the keys through PersistenceService."""
+def rpc_keyring(settings: Settings, stub: PersistenceClient) -> Keyring:
+    """The keyring of a process that reaches the keys through Persistence."""
     source = PersistenceKeySource(stub, settings.internal_call_timeout_seconds)
     return Keyring(source, kek_ring(settings), settings.data_key_cache_seconds)

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from chatplane.crypto.envelope import SealedTextError
 from chatplane.crypto.keyring import Keyring
-from chatplane.v1 import events_pb2, memory_pb2, resources_pb2
+from chatplane.internal.v1 import events_pb2, memory_pb2
+from chatplane.v1 import resources_pb2
 
 
 async def sealed_message(

@@ -1,4 +1,4 @@
-"""Wrapped data keys from PersistenceService (GetUserDataKey / DestroyUserDataKey), for the
+"""Wrapped data keys from Persistence (GetUserDataKey / DestroyUserDataKey), for the
 processes that seal or open text but do not own the system of record (Agent, Gateway)."""
 
 from __future__ import annotations
@@ -8,23 +8,23 @@ import grpc
 from chatplane.common import errors
 from chatplane.crypto.keyring import WrappedDataKey
 from chatplane.crypto.shred_call import destroy_key_over_rpc
-from chatplane.v1 import persistence_pb2, persistence_pb2_grpc
+from chatplane.internal.v1 import data_key_pb2
+from chatplane.persistence.client import PersistenceClient
+from chatplane.v1 import admin_resources_pb2
 
 
 class PersistenceKeySource:
-    """A WrappedKeySource calling PersistenceService with `timeout` seconds per call."""
+    """A WrappedKeySource calling Persistence with `timeout` seconds per call."""
 
-    def __init__(
-        self, stub: persistence_pb2_grpc.PersistenceServiceAsyncStub, timeout: float
-    ) -> None:
+    def __init__(self, stub: PersistenceClient, timeout: float) -> None:
         self._stub = stub
         self._timeout = timeout
 
     async def fetch(self, tenant_id: str, user_id: str, create: bool) -> WrappedDataKey | None:
         try:
-            response = await self._stub.GetUserDataKey(
-                persistence_pb2.GetUserDataKeyRequest(
-                    owner=persistence_pb2.Owner(tenant_id=tenant_id, user_id=user_id),
+            response = await self._stub.data_keys.GetUserDataKey(
+                data_key_pb2.GetUserDataKeyRequest(
+                    owner=admin_resources_pb2.Owner(tenant_id=tenant_id, user_id=user_id),
                     create=create,
                 ),
                 timeout=self._timeout,

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from chatplane.datasets.formats import FORMATS, RECORDS, turns
-from chatplane.v1 import persistence_pb2
+from chatplane.v1 import admin_resources_pb2
 
 MANIFEST = "manifest.json"
 METADATA = "metadata.jsonl"
@@ -52,7 +52,7 @@ class DatasetWriter:
             file_name = name if name == METADATA else f"{name}.jsonl"
             self._files[name] = (out / file_name).open("w", encoding="utf-8")
 
-    def add(self, answer: persistence_pb2.RatedAnswer) -> bool:
+    def add(self, answer: admin_resources_pb2.RatedAnswer) -> bool:
         """Writes one answer in every format; False when its branch has no user turn before
         the answer (it is counted as skipped)."""
         conversation = turns(answer.messages)

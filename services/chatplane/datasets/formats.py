@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from chatplane.v1 import persistence_pb2, resources_pb2
+from chatplane.v1 import admin_resources_pb2, resources_pb2
 
 ANTHROPIC = "anthropic_messages"
 OPENAI = "openai_chat"
@@ -18,7 +18,7 @@ SCHEMAS = Path(__file__).parent / "schemas"
 _ROLES = {resources_pb2.ROLE_USER: "user", resources_pb2.ROLE_ASSISTANT: "assistant"}
 
 
-def turns(messages: Sequence[persistence_pb2.DatasetMessage]) -> list[tuple[str, str]] | None:
+def turns(messages: Sequence[admin_resources_pb2.DatasetMessage]) -> list[tuple[str, str]] | None:
     """The branch as alternating (role, text) turns: empty texts dropped, consecutive
     messages of one role joined by a blank line, anything before the first user message
     dropped. None when no user turn precedes the final assistant turn."""

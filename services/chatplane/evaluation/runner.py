@@ -40,14 +40,12 @@ class EvalTarget:
 
 async def _pieces(
     name: str, mime_type: str, content: bytes
-) -> AsyncIterator[gateway_pb2.GatewayServiceIngestDocumentRequest]:
-    yield gateway_pb2.GatewayServiceIngestDocumentRequest(
+) -> AsyncIterator[gateway_pb2.IngestDocumentRequest]:
+    yield gateway_pb2.IngestDocumentRequest(
         header=gateway_pb2.IngestDocumentHeader(name=name, mime_type=mime_type)
     )
     for start in range(0, len(content), PIECE_BYTES):
-        yield gateway_pb2.GatewayServiceIngestDocumentRequest(
-            content=content[start : start + PIECE_BYTES]
-        )
+        yield gateway_pb2.IngestDocumentRequest(content=content[start : start + PIECE_BYTES])
 
 
 @contextlib.asynccontextmanager
@@ -71,7 +69,7 @@ async def suite_documents(
         for document_id in ids:
             with contextlib.suppress(grpc.aio.AioRpcError):
                 await gateway.DeleteDocument(
-                    gateway_pb2.GatewayServiceDeleteDocumentRequest(document_id=document_id),
+                    gateway_pb2.DeleteDocumentRequest(document_id=document_id),
                     metadata=metadata,
                     timeout=target.call_timeout_seconds,
                 )
@@ -83,7 +81,7 @@ async def run_user(target: EvalTarget, label: str) -> AsyncIterator[str]:
     admin = admin_pb2_grpc.AdminServiceStub(target.channel)
     metadata = _bearer(target.admin_key)
     created = await admin.CreateApiKey(
-        admin_pb2.AdminServiceCreateApiKeyRequest(
+        admin_pb2.CreateApiKeyRequest(
             user_id=f"eval-{uuid.uuid4().hex[:12]}",
             label=f"chatplane eval {label}"[:256],
             roles=["chat", "admin"],

@@ -26,15 +26,10 @@ from chatplane.gateway.rate_limit import RateLimiter
 from chatplane.gateway.registry_servicer import REGISTRY_SERVICE
 from chatplane.gateway.resume import AnswerResume
 from chatplane.gateway.token_quota import TokenQuotaGate
+from chatplane.internal.v1 import memory_pb2_grpc
 from chatplane.log.factory import open_message_log
-from chatplane.v1 import (
-    gateway_pb2,
-    gateway_pb2_grpc,
-    memory_pb2_grpc,
-    operator_pb2,
-    operator_pb2_grpc,
-    persistence_pb2_grpc,
-)
+from chatplane.persistence.client import PersistenceClient
+from chatplane.v1 import gateway_pb2, gateway_pb2_grpc, operator_pb2, operator_pb2_grpc
 
 GATEWAY_SERVICE = gateway_pb2.DESCRIPTOR.services_by_name["GatewayService"].full_name
 OPERATOR_SERVICE = operator_pb2.DESCRIPTOR.services_by_name["OperatorService"].full_name
@@ -46,7 +41,7 @@ async def run(settings: Settings) -> None:
     agent_channel = internal_channel(settings.agent_address, tls)
     persistence_channel = internal_channel(settings.persistence_address, tls)
     memory_channel = internal_channel(settings.memory_address, tls)
-    persistence = persistence_pb2_grpc.PersistenceServiceStub(persistence_channel)
+    persistence = PersistenceClient(persistence_channel)
     api_keys = ApiKeyAuthenticator(
         persistence,
         cache_seconds=settings.api_key_cache_seconds,
@@ -82,7 +77,7 @@ async def run(settings: Settings) -> None:
     # Human handoff (docs/handoff.md): its events go to the log, and this replica tails them.
     log = open_message_log(settings)
     handoff_producer = log.producer()
-    # Encryption at rest: the users' data keys come from PersistenceService (docs/security.md).
+    # Encryption at rest: the users' data keys come from Persistence (docs/security.md).
     keyring = rpc_keyring(settings, persistence)
     fanout = HandoffFanout(log.tail([HANDOFF_TOPIC]), keyring)
     await fanout.start()

@@ -1,5 +1,5 @@
 """The Gateway's audit sink: batches of events appended through
-PersistenceService.AppendAuditEvents (one transaction per batch in the system of record)."""
+AuditService.AppendAuditEvents (one transaction per batch in the system of record)."""
 
 from __future__ import annotations
 
@@ -11,24 +11,21 @@ from chatplane.audit.chain import AuditEvent
 from chatplane.audit.protos import event_to_proto
 from chatplane.audit.recorder import AuditRejected
 from chatplane.common import status_mapping
-from chatplane.v1 import persistence_pb2, persistence_pb2_grpc
+from chatplane.internal.v1 import audit_pb2
+from chatplane.persistence.client import PersistenceClient
 
 
 class PersistenceAuditSink:
-    """Appends with PersistenceService.AppendAuditEvents (one transaction per batch)."""
+    """Appends with AuditService.AppendAuditEvents (one transaction per batch)."""
 
-    def __init__(
-        self, persistence: persistence_pb2_grpc.PersistenceServiceAsyncStub, *, timeout: float
-    ) -> None:
+    def __init__(self, persistence: PersistenceClient, *, timeout: float) -> None:
         self._persistence = persistence
         self._timeout = timeout
 
     async def append(self, events: Sequence[AuditEvent]) -> None:
         try:
-            await self._persistence.AppendAuditEvents(
-                persistence_pb2.AppendAuditEventsRequest(
-                    events=[event_to_proto(e) for e in events]
-                ),
+            await self._persistence.audit.AppendAuditEvents(
+                audit_pb2.AppendAuditEventsRequest(events=[event_to_proto(e) for e in events]),
                 timeout=self._timeout,
             )
         except grpc.aio.AioRpcError as error:

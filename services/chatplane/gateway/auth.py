@@ -1,5 +1,5 @@
 """API-key authentication: `authorization: Bearer cp_<key id>_<secret>` metadata becomes a
-Principal. Keys are stored as SHA-256 of the secret (PersistenceService.GetApiKey); records are
+Principal. Keys are stored as SHA-256 of the secret (IdentityService.GetApiKey); records are
 cached for a few seconds, so a revoked key stops working within that time."""
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ import grpc
 from chatplane.common import errors
 from chatplane.common.context import Principal
 from chatplane.common.roles import DEFAULT_ROLES
-from chatplane.v1 import persistence_pb2, persistence_pb2_grpc
+from chatplane.internal.v1 import identity_pb2
+from chatplane.persistence.client import PersistenceClient
 
 _MAX_CACHED = 10_000
 _MAX_KEY_CHARS = 256
@@ -53,7 +54,7 @@ class ApiKeyAuthenticator:
 
     def __init__(
         self,
-        persistence: persistence_pb2_grpc.PersistenceServiceAsyncStub,
+        persistence: PersistenceClient,
         *,
         cache_seconds: float,
         call_timeout: float,
@@ -92,8 +93,8 @@ class ApiKeyAuthenticator:
         if cached is not None and cached.expires > now:
             return cached
         try:
-            response = await self._persistence.GetApiKey(
-                persistence_pb2.GetApiKeyRequest(key_id=key_id), timeout=self._call_timeout
+            response = await self._persistence.identity.GetApiKey(
+                identity_pb2.GetApiKeyRequest(key_id=key_id), timeout=self._call_timeout
             )
         except grpc.aio.AioRpcError as error:
             if error.code() is not grpc.StatusCode.NOT_FOUND:

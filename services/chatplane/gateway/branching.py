@@ -16,7 +16,9 @@ from chatplane.common import errors
 from chatplane.common.ids import is_valid_id
 from chatplane.common.settings import Settings
 from chatplane.common.status_mapping import field_violations
-from chatplane.v1 import gateway_pb2, persistence_pb2, persistence_pb2_grpc
+from chatplane.internal.v1 import turn_pb2
+from chatplane.persistence.client import PersistenceClient
+from chatplane.v1 import gateway_pb2
 
 REGENERATE_FIELD = "regenerate_message_id"
 EDIT_FIELD = "edit_message_id"
@@ -24,7 +26,7 @@ EDIT_FIELD = "edit_message_id"
 # wait): a regenerate or edit of it sent at once waits this long for it before it is refused
 # as still being answered (FAILED_PRECONDITION).
 SETTLE_SECONDS = 1.0
-# PersistenceService returns at most this many branch messages (tree_messages.py).
+# Persistence returns at most this many branch messages (tree_messages.py).
 MAX_BRANCH_LIMIT = 500
 _SETTLE_POLL_SECONDS = 0.05
 
@@ -64,7 +66,7 @@ def branch_fields(request: gateway_pb2.ChatRequest, settings: Settings) -> dict[
     }
 
 
-def generate_fields(begin: persistence_pb2.BeginTurnResponse) -> dict[str, Any]:
+def generate_fields(begin: turn_pb2.BeginTurnResponse) -> dict[str, Any]:
     """The GenerateRequest fields that place the answer in the tree."""
     fields: dict[str, Any] = {
         "parent_message_id": begin.parent_message_id,
@@ -76,19 +78,19 @@ def generate_fields(begin: persistence_pb2.BeginTurnResponse) -> dict[str, Any]:
 
 
 async def begin_turn(
-    persistence: persistence_pb2_grpc.PersistenceServiceAsyncStub,
-    request: persistence_pb2.BeginTurnRequest,
+    persistence: PersistenceClient,
+    request: turn_pb2.BeginTurnRequest,
     budget: Budget,
     timeout_cap: float,
-) -> persistence_pb2.BeginTurnResponse:
-    """PersistenceService.BeginTurn. For a regenerate or edit, a message whose answer is not
+) -> turn_pb2.BeginTurnResponse:
+    """TurnService.BeginTurn. For a regenerate or edit, a message whose answer is not
     stored yet is waited for (SETTLE_SECONDS), and a message of the wrong kind is the caller's
     INVALID_ARGUMENT, naming its field."""
     branched = bool(request.regenerate_message_id or request.edit_message_id)
     settle_until = time.monotonic() + SETTLE_SECONDS
     while True:
         try:
-            return await persistence.BeginTurn(request, timeout=budget(timeout_cap))
+            return await persistence.turns.BeginTurn(request, timeout=budget(timeout_cap))
         except grpc.aio.AioRpcError as error:
             if not branched:
                 raise

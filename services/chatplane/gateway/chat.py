@@ -21,19 +21,15 @@ from chatplane.gateway.handoff import HandoffDesk
 from chatplane.gateway.token_quota import Admission, TokenQuotaGate
 from chatplane.gateway.turn_overlap import HandoffLookahead, admitted
 from chatplane.gateway.validation import conversation_title
-from chatplane.v1 import (
-    agent_pb2,
-    gateway_pb2,
-    persistence_pb2,
-    persistence_pb2_grpc,
-    resources_pb2,
-)
+from chatplane.internal.v1 import agent_pb2, turn_pb2
+from chatplane.persistence.client import PersistenceClient
+from chatplane.v1 import admin_resources_pb2, gateway_pb2, resources_pb2
 
 _log = logging.getLogger(__name__)
 
 # How often a retry polls for the answer of a turn that another call is generating.
 _WAIT_POLL_SECONDS = 0.1
-GENERATE_METHOD = "/chatplane.v1.AgentService/Generate"
+GENERATE_METHOD = "/chatplane.internal.v1.AgentService/Generate"
 # Metadata naming the conversation on the call to the Agent: in Kubernetes the mesh hashes it
 # to pick the Agent replica (istio/base/networking/agent.yaml), so one conversation's turns
 # land on one replica (warm caches) without the Agent having to decode the request.
@@ -63,7 +59,7 @@ class ChatRelay:
         self,
         *,
         settings: Settings,
-        persistence: persistence_pb2_grpc.PersistenceServiceAsyncStub,
+        persistence: PersistenceClient,
         agent_channel: grpc.aio.Channel,
         quota: TokenQuotaGate | None = None,
         handoff: HandoffDesk | None = None,
@@ -106,8 +102,8 @@ class ChatRelay:
         """The events of the turn the request asks for; `admission` (the turn's quota
         reservation, made by its BeginTurn) is awaited once the turn is begun."""
         settings = self._settings
-        owner = persistence_pb2.Owner(tenant_id=principal.tenant_id, user_id=principal.user_id)
-        begin_request = persistence_pb2.BeginTurnRequest(
+        owner = admin_resources_pb2.Owner(tenant_id=principal.tenant_id, user_id=principal.user_id)
+        begin_request = turn_pb2.BeginTurnRequest(
             owner=owner,
             conversation_id=request.conversation_id,
             client_message_id=request.client_message_id,
@@ -155,7 +151,7 @@ class ChatRelay:
         self,
         principal: Principal,
         request: gateway_pb2.ChatRequest,
-        begin: persistence_pb2.BeginTurnResponse,
+        begin: turn_pb2.BeginTurnResponse,
         budget: Budget,
         trace: tuple[tuple[str, str], ...],
     ) -> AsyncIterator[gateway_pb2.ChatResponse]:
@@ -188,12 +184,12 @@ class ChatRelay:
             call.cancel()
 
     async def _release(
-        self, principal: Principal, begin: persistence_pb2.BeginTurnResponse, budget: Budget
+        self, principal: Principal, begin: turn_pb2.BeginTurnResponse, budget: Budget
     ) -> None:
-        owner = persistence_pb2.Owner(tenant_id=principal.tenant_id, user_id=principal.user_id)
+        owner = admin_resources_pb2.Owner(tenant_id=principal.tenant_id, user_id=principal.user_id)
         try:
-            await self._persistence.ReleaseTurn(
-                persistence_pb2.ReleaseTurnRequest(
+            await self._persistence.turns.ReleaseTurn(
+                turn_pb2.ReleaseTurnRequest(
                     owner=owner,
                     user_message_id=begin.user_message_id,
                     assistant_message_id=begin.assistant_message_id,
@@ -206,19 +202,19 @@ class ChatRelay:
 
     async def _wait_for_answer(
         self,
-        owner: persistence_pb2.Owner,
-        begin: persistence_pb2.BeginTurnResponse,
+        owner: admin_resources_pb2.Owner,
+        begin: turn_pb2.BeginTurnResponse,
         budget: Budget,
     ) -> bool:
         """Polls until the turn's answer is stored (True) or its lease expires (False)."""
-        request = persistence_pb2.GetTurnRequest(
+        request = turn_pb2.GetTurnRequest(
             owner=owner,
             user_message_id=begin.user_message_id,
             assistant_message_id=begin.assistant_message_id,
         )
         timeout = self._settings.internal_call_timeout_seconds
         while True:
-            turn = await self._persistence.GetTurn(request, timeout=budget(timeout))
+            turn = await self._persistence.turns.GetTurn(request, timeout=budget(timeout))
             if turn.HasField("assistant_message"):
                 return True
             if turn.lease_expire_time.ToMilliseconds() <= int(time.time() * 1000):
@@ -228,12 +224,12 @@ class ChatRelay:
 
     async def _replay(
         self,
-        owner: persistence_pb2.Owner,
-        begin: persistence_pb2.BeginTurnResponse,
+        owner: admin_resources_pb2.Owner,
+        begin: turn_pb2.BeginTurnResponse,
         budget: Budget,
     ) -> AsyncIterator[gateway_pb2.ChatResponse]:
-        turn = await self._persistence.GetTurn(
-            persistence_pb2.GetTurnRequest(
+        turn = await self._persistence.turns.GetTurn(
+            turn_pb2.GetTurnRequest(
                 owner=owner,
                 user_message_id=begin.user_message_id,
                 assistant_message_id=begin.assistant_message_id,

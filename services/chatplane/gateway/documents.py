@@ -13,8 +13,9 @@ from chatplane.common import errors
 from chatplane.common.context import Principal
 from chatplane.common.ids import is_valid_id
 from chatplane.common.status_mapping import field_violations
+from chatplane.internal.v1 import memory_pb2, memory_pb2_grpc
 from chatplane.memory.document_header import validate_header
-from chatplane.v1 import gateway_pb2, memory_pb2, memory_pb2_grpc
+from chatplane.v1 import gateway_pb2
 
 
 def _passed_on(error: grpc.aio.AioRpcError) -> Exception:
@@ -37,9 +38,9 @@ class DocumentRelay:
     async def ingest(
         self,
         principal: Principal,
-        requests: AsyncIterator[gateway_pb2.GatewayServiceIngestDocumentRequest],
+        requests: AsyncIterator[gateway_pb2.IngestDocumentRequest],
         timeout: float,
-    ) -> gateway_pb2.GatewayServiceIngestDocumentResponse:
+    ) -> gateway_pb2.IngestDocumentResponse:
         """Streams the upload to MemoryService as it arrives (never whole in memory here)."""
         first = await anext(aiter(requests), None)
         if first is None or first.WhichOneof("part") != "header":
@@ -87,20 +88,20 @@ class DocumentRelay:
                 call.cancel()
                 raise
             raise _passed_on(error) from None
-        return gateway_pb2.GatewayServiceIngestDocumentResponse(document=response.document)
+        return gateway_pb2.IngestDocumentResponse(document=response.document)
 
     async def documents(
         self, principal: Principal, timeout: float
-    ) -> gateway_pb2.GatewayServiceListDocumentsResponse:
+    ) -> gateway_pb2.ListDocumentsResponse:
         """The tenant's documents."""
         response = await self._memory.ListDocuments(
             memory_pb2.ListDocumentsRequest(tenant_id=principal.tenant_id), timeout=timeout
         )
-        return gateway_pb2.GatewayServiceListDocumentsResponse(documents=response.documents)
+        return gateway_pb2.ListDocumentsResponse(documents=response.documents)
 
     async def delete(
         self, principal: Principal, document_id: str, timeout: float
-    ) -> gateway_pb2.GatewayServiceDeleteDocumentResponse:
+    ) -> gateway_pb2.DeleteDocumentResponse:
         """Deletes one of the tenant's documents (another tenant's: NOT_FOUND)."""
         if not is_valid_id(document_id):
             raise errors.NotFound("document not found")
@@ -110,6 +111,4 @@ class DocumentRelay:
             ),
             timeout=timeout,
         )
-        return gateway_pb2.GatewayServiceDeleteDocumentResponse(
-            deleted_chunk_count=response.deleted_chunk_count
-        )
+        return gateway_pb2.DeleteDocumentResponse(deleted_chunk_count=response.deleted_chunk_count)

@@ -1,5 +1,5 @@
 """Human handoff in the Gateway (docs/handoff.md): changes a conversation's mode through
-PersistenceService, records each change and operator reply on the handoff topic, keeps the
+Persistence, records each change and operator reply on the handoff topic, keeps the
 bot silent while a human answers, and runs the automatic rules."""
 
 from __future__ import annotations
@@ -25,14 +25,10 @@ from chatplane.common.trace_context import outgoing
 from chatplane.crypto.keyring import Keyring
 from chatplane.crypto.log_records import sealed_handoff_event, sealed_message
 from chatplane.gateway.handoff_rules import EXPLICIT_REQUEST_RULE, THUMBS_DOWN_RULE, HandoffRules
+from chatplane.internal.v1 import events_pb2, handoff_pb2, turn_pb2
 from chatplane.log.base import LogRecord, MessageLogProducer
-from chatplane.v1 import (
-    events_pb2,
-    gateway_pb2,
-    persistence_pb2,
-    persistence_pb2_grpc,
-    resources_pb2,
-)
+from chatplane.persistence.client import PersistenceClient
+from chatplane.v1 import admin_resources_pb2, gateway_pb2, resources_pb2
 
 _log = logging.getLogger(__name__)
 
@@ -43,9 +39,9 @@ MAX_REASON_BYTES = 1024
 EXPLICIT_REQUEST_REASON = "the user asked for a person"
 
 
-def owner_of(principal: Principal) -> persistence_pb2.Owner:
-    """The principal as PersistenceService's owner."""
-    return persistence_pb2.Owner(tenant_id=principal.tenant_id, user_id=principal.user_id)
+def owner_of(principal: Principal) -> admin_resources_pb2.Owner:
+    """The principal as Persistence's owner."""
+    return admin_resources_pb2.Owner(tenant_id=principal.tenant_id, user_id=principal.user_id)
 
 
 def validate_reason(reason: str) -> None:
@@ -69,7 +65,7 @@ class HandoffDesk:
         self,
         *,
         settings: Settings,
-        persistence: persistence_pb2_grpc.PersistenceServiceAsyncStub,
+        persistence: PersistenceClient,
         producer: MessageLogProducer,
         rules: HandoffRules,
         keyring: Keyring | None = None,
@@ -86,7 +82,7 @@ class HandoffDesk:
 
     async def change(
         self,
-        owner: persistence_pb2.Owner,
+        owner: admin_resources_pb2.Owner,
         conversation_id: str,
         *,
         mode: resources_pb2.HandoffMode.ValueType,
@@ -97,8 +93,8 @@ class HandoffDesk:
         rule: str = "",
     ) -> resources_pb2.HandoffStatus:
         """Change the conversation's mode; when that changed it, record the event."""
-        response = await self._persistence.ChangeHandoff(
-            persistence_pb2.ChangeHandoffRequest(
+        response = await self._persistence.handoff.ChangeHandoff(
+            handoff_pb2.ChangeHandoffRequest(
                 owner=owner,
                 conversation_id=conversation_id,
                 mode=mode,
@@ -139,11 +135,11 @@ class HandoffDesk:
         return status
 
     async def state(
-        self, owner: persistence_pb2.Owner, conversation_id: str, budget: Budget
+        self, owner: admin_resources_pb2.Owner, conversation_id: str, budget: Budget
     ) -> resources_pb2.HandoffStatus:
         """The conversation's current state (NOT_FOUND unless it is the owner's)."""
-        response = await self._persistence.GetHandoff(
-            persistence_pb2.GetHandoffRequest(owner=owner, conversation_id=conversation_id),
+        response = await self._persistence.handoff.GetHandoff(
+            handoff_pb2.GetHandoffRequest(owner=owner, conversation_id=conversation_id),
             timeout=self._call_timeout(budget),
         )
         return response.handoff
@@ -152,7 +148,7 @@ class HandoffDesk:
         self,
         principal: Principal,
         request: gateway_pb2.ChatRequest,
-        begin: persistence_pb2.BeginTurnResponse,
+        begin: turn_pb2.BeginTurnResponse,
         budget: Budget,
         current: resources_pb2.HandoffStatus | None = None,
     ) -> resources_pb2.HandoffStatus | None:
@@ -192,8 +188,8 @@ class HandoffDesk:
         if self._rules.thumbs_down_threshold <= 0:
             return None
         owner = owner_of(principal)
-        counted = await self._persistence.CountThumbsDown(
-            persistence_pb2.CountThumbsDownRequest(owner=owner, message_id=message_id),
+        counted = await self._persistence.handoff.CountThumbsDown(
+            handoff_pb2.CountThumbsDownRequest(owner=owner, message_id=message_id),
             timeout=self._call_timeout(budget),
         )
         if not self._rules.too_many_thumbs_down(counted.thumbs_down):
@@ -249,10 +245,10 @@ class HandoffDesk:
 
     async def tenant_handoff(
         self, operator: Principal, conversation_id: str, budget: Budget
-    ) -> persistence_pb2.GetTenantHandoffResponse:
+    ) -> handoff_pb2.GetTenantHandoffResponse:
         """A conversation of the operator's tenant that was ever handed off, with its owner."""
-        return await self._persistence.GetTenantHandoff(
-            persistence_pb2.GetTenantHandoffRequest(
+        return await self._persistence.handoff.GetTenantHandoff(
+            handoff_pb2.GetTenantHandoffRequest(
                 tenant_id=operator.tenant_id, conversation_id=conversation_id
             ),
             timeout=self._call_timeout(budget),
@@ -260,9 +256,9 @@ class HandoffDesk:
 
     async def _record_user_message(
         self,
-        owner: persistence_pb2.Owner,
+        owner: admin_resources_pb2.Owner,
         request: gateway_pb2.ChatRequest,
-        begin: persistence_pb2.BeginTurnResponse,
+        begin: turn_pb2.BeginTurnResponse,
         budget: Budget,
     ) -> None:
         """Store the user's message (the Agent, which stores it otherwise, is not called),
@@ -284,8 +280,8 @@ class HandoffDesk:
             message=await sealed_message(self._keyring, owner.tenant_id, owner.user_id, message),
         )
         await self._append([self._message_record(recorded)], budget)
-        await self._persistence.ReleaseTurn(
-            persistence_pb2.ReleaseTurnRequest(owner=owner, user_message_id=begin.user_message_id),
+        await self._persistence.turns.ReleaseTurn(
+            turn_pb2.ReleaseTurnRequest(owner=owner, user_message_id=begin.user_message_id),
             timeout=self._call_timeout(budget),
         )
 

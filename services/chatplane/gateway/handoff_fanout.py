@@ -15,8 +15,8 @@ from chatplane.common.errors import Unavailable
 from chatplane.common.topics import HANDOFF_SCHEMA_VERSION
 from chatplane.crypto.keyring import Keyring
 from chatplane.crypto.log_records import opened_handoff_event
+from chatplane.internal.v1 import events_pb2
 from chatplane.log.base import MessageLogConsumer
-from chatplane.v1 import events_pb2
 
 _log = logging.getLogger(__name__)
 

@@ -19,12 +19,9 @@ from chatplane.gateway.handoff import Budget, HandoffDesk, owner_of, validate_re
 from chatplane.gateway.handoff_fanout import HandoffFanout
 from chatplane.gateway.resume import AnswerResume
 from chatplane.gateway.servicer import Context, GatewayServicer, _principal
-from chatplane.v1 import (
-    gateway_pb2,
-    memory_pb2_grpc,
-    persistence_pb2_grpc,
-    resources_pb2,
-)
+from chatplane.internal.v1 import memory_pb2_grpc
+from chatplane.persistence.client import PersistenceClient
+from chatplane.v1 import gateway_pb2, resources_pb2
 
 
 def _budget(context: Context) -> Budget:
@@ -60,7 +57,7 @@ class HandoffGatewayServicer(GatewayServicer):
         *,
         settings: Settings,
         relay: ChatRelay,
-        persistence: persistence_pb2_grpc.PersistenceServiceAsyncStub,
+        persistence: PersistenceClient,
         memory: memory_pb2_grpc.MemoryServiceAsyncStub,
         desk: HandoffDesk,
         fanout: HandoffFanout,

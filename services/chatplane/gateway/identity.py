@@ -19,13 +19,9 @@ from chatplane.gateway.authentication import Authenticator
 from chatplane.gateway.jwks import JwksCache
 from chatplane.gateway.oidc import OidcConfig, OidcConfigError, OidcVerifier
 from chatplane.gateway.registry_servicer import RegistryServicer
-from chatplane.v1 import (
-    admin_pb2,
-    admin_pb2_grpc,
-    memory_pb2_grpc,
-    persistence_pb2_grpc,
-    registry_pb2_grpc,
-)
+from chatplane.internal.v1 import memory_pb2_grpc
+from chatplane.persistence.client import PersistenceClient
+from chatplane.v1 import admin_pb2, admin_pb2_grpc, registry_pb2_grpc
 
 ADMIN_SERVICE = admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name
 ADMIN_PREFIX = f"/{ADMIN_SERVICE}/"
@@ -50,7 +46,7 @@ class GatewayIdentity:
     def open(
         cls,
         settings: Settings,
-        persistence: persistence_pb2_grpc.PersistenceServiceAsyncStub,
+        persistence: PersistenceClient,
         api_keys: ApiKeyAuthenticator,
         memory: memory_pb2_grpc.MemoryServiceAsyncStub,
     ) -> GatewayIdentity:

@@ -20,14 +20,9 @@ from chatplane.common.roles import OPERATOR, require_role
 from chatplane.common.settings import Settings
 from chatplane.gateway.handoff import Budget, HandoffDesk
 from chatplane.gateway.servicer import Context, _principal
-from chatplane.v1 import (
-    gateway_pb2,
-    operator_pb2,
-    operator_pb2_grpc,
-    persistence_pb2,
-    persistence_pb2_grpc,
-    resources_pb2,
-)
+from chatplane.internal.v1 import conversation_pb2, handoff_pb2
+from chatplane.persistence.client import PersistenceClient
+from chatplane.v1 import gateway_pb2, operator_pb2, operator_pb2_grpc, resources_pb2
 
 _T = TypeVar("_T")
 
@@ -104,7 +99,7 @@ def validate_reply(text: str, max_message_bytes: int) -> None:
 
 
 async def _paged(call: Awaitable[_T]) -> _T:
-    """A paged read from PersistenceService, whose only INVALID_ARGUMENT left (the page size
+    """A paged read from Persistence, whose only INVALID_ARGUMENT left (the page size
     is checked here) is the caller's page token; it would otherwise pass on as UNAVAILABLE."""
     try:
         return await call
@@ -115,14 +110,14 @@ async def _paged(call: Awaitable[_T]) -> _T:
 
 
 class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):
-    """OperatorService over the handoff desk and PersistenceService."""
+    """OperatorService over the handoff desk and Persistence."""
 
     def __init__(
         self,
         *,
         settings: Settings,
         desk: HandoffDesk,
-        persistence: persistence_pb2_grpc.PersistenceServiceAsyncStub,
+        persistence: PersistenceClient,
     ) -> None:
         self._settings = settings
         self._desk = desk
@@ -135,8 +130,8 @@ class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):
         page_size = _page_size(request.page_size, WAITING_PAGE)
         with _audited(audit.OPERATOR_READ, operator, "handoff_queue", context) as note:
             response = await _paged(
-                self._persistence.ListHandoffs(
-                    persistence_pb2.ListHandoffsRequest(
+                self._persistence.handoff.ListHandoffs(
+                    handoff_pb2.ListHandoffsRequest(
                         tenant_id=operator.tenant_id,
                         page_size=page_size,
                         page_token=request.page_token,
@@ -172,8 +167,8 @@ class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):
         handoff = await self._desk.tenant_handoff(operator, conversation_id, budget)
         note.object = f"conversation/{conversation_id} of user/{handoff.owner.user_id}"
         history = await _paged(
-            self._persistence.GetConversation(
-                persistence_pb2.PersistenceServiceGetConversationRequest(
+            self._persistence.conversations.GetConversation(
+                conversation_pb2.GetConversationRequest(
                     owner=handoff.owner,
                     request=gateway_pb2.GetConversationRequest(
                         conversation_id=conversation_id,

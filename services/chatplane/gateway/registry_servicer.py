@@ -1,5 +1,5 @@
 """RegistryService (docs/registry.md), served by the Gateway: the variant registry for
-admins of the tenants allowed to manage the deployment, through PersistenceService; and the
+admins of the tenants allowed to manage the deployment, through Persistence; and the
 check of a Chat turn pinned to a registry version (admins only)."""
 
 from __future__ import annotations
@@ -16,7 +16,9 @@ from chatplane.common.roles import ADMIN, require_role
 from chatplane.common.settings import Settings
 from chatplane.common.status_mapping import caller_field_errors
 from chatplane.common.variant_spec import MAX_SPEC_CHARS, VariantSpecError, parse_identifier
-from chatplane.v1 import persistence_pb2, persistence_pb2_grpc, registry_pb2, registry_pb2_grpc
+from chatplane.internal.v1 import variant_registry_pb2
+from chatplane.persistence.client import PersistenceClient
+from chatplane.v1 import registry_pb2, registry_pb2_grpc
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -71,11 +73,9 @@ def _change_detail(change: registry_pb2.VariantChange) -> str:
 
 
 class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
-    """RegistryService over PersistenceService."""
+    """RegistryService over Persistence."""
 
-    def __init__(
-        self, *, settings: Settings, persistence: persistence_pb2_grpc.PersistenceServiceAsyncStub
-    ) -> None:
+    def __init__(self, *, settings: Settings, persistence: PersistenceClient) -> None:
         self._settings = settings
         self._persistence = persistence
 
@@ -111,10 +111,8 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         if len(request.spec) > MAX_SPEC_CHARS:
             raise errors.InvalidArgument("spec", f"must be at most {MAX_SPEC_CHARS} characters")
         with caller_field_errors("request."):
-            response = await self._persistence.PushRegistryVariant(
-                persistence_pb2.PushRegistryVariantRequest(
-                    request=request, actor=_actor(principal)
-                ),
+            response = await self._persistence.registry.PushVariant(
+                variant_registry_pb2.PushVariantRequest(request=request, actor=_actor(principal)),
                 timeout=self._timeout(context),
             )
         pushed = response.response
@@ -128,8 +126,8 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     ) -> registry_pb2.ListVariantsResponse:
         self._admin(context, "ListVariants")
         with caller_field_errors("request."):
-            response = await self._persistence.ListRegistryVariants(
-                persistence_pb2.ListRegistryVariantsRequest(request=request),
+            response = await self._persistence.registry.ListVariants(
+                variant_registry_pb2.ListVariantsRequest(request=request),
                 timeout=self._timeout(context),
             )
         return response.response
@@ -139,8 +137,8 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     ) -> registry_pb2.GetVariantResponse:
         self._admin(context, "GetVariant")
         with caller_field_errors("request."):
-            response = await self._persistence.GetRegistryVariant(
-                persistence_pb2.GetRegistryVariantRequest(request=request),
+            response = await self._persistence.registry.GetVariant(
+                variant_registry_pb2.GetVariantRequest(request=request),
                 timeout=self._timeout(context),
             )
         return response.response
@@ -150,8 +148,8 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     ) -> registry_pb2.PromoteVariantResponse:
         principal = self._admin(context, "PromoteVariant")
         with caller_field_errors("request."):
-            response = await self._persistence.PromoteRegistryVariant(
-                persistence_pb2.PromoteRegistryVariantRequest(
+            response = await self._persistence.registry.PromoteVariant(
+                variant_registry_pb2.PromoteVariantRequest(
                     request=request, actor=_actor(principal)
                 ),
                 timeout=self._timeout(context),
@@ -165,8 +163,8 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     ) -> registry_pb2.RollbackVariantResponse:
         principal = self._admin(context, "RollbackVariant")
         with caller_field_errors("request."):
-            response = await self._persistence.RollbackRegistryVariant(
-                persistence_pb2.RollbackRegistryVariantRequest(
+            response = await self._persistence.registry.RollbackVariant(
+                variant_registry_pb2.RollbackVariantRequest(
                     request=request, actor=_actor(principal)
                 ),
                 timeout=self._timeout(context),
@@ -180,8 +178,8 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     ) -> registry_pb2.ListVariantChangesResponse:
         self._admin(context, "ListVariantChanges")
         with caller_field_errors("request."):
-            response = await self._persistence.ListRegistryChanges(
-                persistence_pb2.ListRegistryChangesRequest(request=request),
+            response = await self._persistence.registry.ListVariantChanges(
+                variant_registry_pb2.ListVariantChangesRequest(request=request),
                 timeout=self._timeout(context),
             )
         return response.response

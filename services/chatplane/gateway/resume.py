@@ -15,16 +15,11 @@ from chatplane.common.context import Principal
 from chatplane.common.ids import is_valid_id
 from chatplane.common.settings import Settings
 from chatplane.gateway.chat import CONVERSATION_ID_HEADER, Budget
-from chatplane.v1 import (
-    agent_pb2,
-    agent_pb2_grpc,
-    gateway_pb2,
-    persistence_pb2,
-    persistence_pb2_grpc,
-    resources_pb2,
-)
+from chatplane.internal.v1 import agent_pb2, agent_pb2_grpc, turn_pb2
+from chatplane.persistence.client import PersistenceClient
+from chatplane.v1 import admin_resources_pb2, gateway_pb2, resources_pb2
 
-RESUME_METHOD = "/chatplane.v1.AgentService/ResumeGenerate"
+RESUME_METHOD = "/chatplane.internal.v1.AgentService/ResumeGenerate"
 # How long a resume waits for an answer that is no longer live to appear in storage (normally
 # one Persistence batch window; longer means the generation was lost with its Agent).
 _STORED_WAIT_SECONDS = 10.0
@@ -38,7 +33,7 @@ class AnswerResume:
         self,
         *,
         settings: Settings,
-        persistence: persistence_pb2_grpc.PersistenceServiceAsyncStub,
+        persistence: PersistenceClient,
         agent_channel: grpc.aio.Channel,
     ) -> None:
         self._settings = settings
@@ -125,13 +120,13 @@ class AnswerResume:
 
     async def _answer(
         self, principal: Principal, message_id: str, budget: Budget
-    ) -> persistence_pb2.GetAnswerResponse:
+    ) -> turn_pb2.GetAnswerResponse:
         """The principal's turn answered by `message_id`; NotFound for any other id."""
         if not is_valid_id(message_id):
             raise errors.NotFound("message not found")
-        answer: persistence_pb2.GetAnswerResponse = await self._persistence.GetAnswer(
-            persistence_pb2.GetAnswerRequest(
-                owner=persistence_pb2.Owner(
+        answer: turn_pb2.GetAnswerResponse = await self._persistence.turns.GetAnswer(
+            turn_pb2.GetAnswerRequest(
+                owner=admin_resources_pb2.Owner(
                     tenant_id=principal.tenant_id, user_id=principal.user_id
                 ),
                 assistant_message_id=message_id,
@@ -142,7 +137,7 @@ class AnswerResume:
 
     async def _stored(
         self, principal: Principal, message_id: str, budget: Budget
-    ) -> persistence_pb2.GetAnswerResponse:
+    ) -> turn_pb2.GetAnswerResponse:
         """Waits (briefly) for the answer to be stored."""
         give_up = time.monotonic() + _STORED_WAIT_SECONDS
         while True:
@@ -160,7 +155,7 @@ class AnswerResume:
 
 def stored_events(
     request: gateway_pb2.ResumeChatRequest,
-    answer: persistence_pb2.GetAnswerResponse,
+    answer: turn_pb2.GetAnswerResponse,
     *,
     after: int,
     with_started: bool,

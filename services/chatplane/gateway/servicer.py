@@ -23,21 +23,16 @@ from chatplane.gateway.metrics import ChatStreamMetrics
 from chatplane.gateway.registry_servicer import require_pin
 from chatplane.gateway.resume import AnswerResume
 from chatplane.gateway.validation import validate_chat, validate_feedback
-from chatplane.v1 import (
-    gateway_pb2,
-    gateway_pb2_grpc,
-    memory_pb2,
-    memory_pb2_grpc,
-    persistence_pb2,
-    persistence_pb2_grpc,
-)
+from chatplane.internal.v1 import conversation_pb2, memory_pb2, memory_pb2_grpc
+from chatplane.persistence.client import PersistenceClient
+from chatplane.v1 import admin_resources_pb2, gateway_pb2, gateway_pb2_grpc
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
 
-def _owner() -> persistence_pb2.Owner:
+def _owner() -> admin_resources_pb2.Owner:
     principal = _principal()
-    return persistence_pb2.Owner(tenant_id=principal.tenant_id, user_id=principal.user_id)
+    return admin_resources_pb2.Owner(tenant_id=principal.tenant_id, user_id=principal.user_id)
 
 
 def _principal() -> Principal:
@@ -48,14 +43,14 @@ def _principal() -> Principal:
 
 
 class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
-    """The public API over the chat relay and PersistenceService."""
+    """The public API over the chat relay and Persistence."""
 
     def __init__(
         self,
         *,
         settings: Settings,
         relay: ChatRelay,
-        persistence: persistence_pb2_grpc.PersistenceServiceAsyncStub,
+        persistence: PersistenceClient,
         memory: memory_pb2_grpc.MemoryServiceAsyncStub,
         resume: AnswerResume | None = None,
     ) -> None:
@@ -92,10 +87,8 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         self, request: gateway_pb2.ListConversationsRequest, context: Context
     ) -> gateway_pb2.ListConversationsResponse:
         with caller_field_errors("page."):
-            response = await self._persistence.ListConversations(
-                persistence_pb2.PersistenceServiceListConversationsRequest(
-                    owner=_owner(), page=request
-                ),
+            response = await self._persistence.conversations.ListConversations(
+                conversation_pb2.ListConversationsRequest(owner=_owner(), page=request),
                 timeout=self._timeout(context),
             )
         return response.page
@@ -105,10 +98,8 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
     ) -> gateway_pb2.GetConversationResponse:
         validate_view(request)
         with caller_field_errors("request."):
-            response = await self._persistence.GetConversation(
-                persistence_pb2.PersistenceServiceGetConversationRequest(
-                    owner=_owner(), request=request
-                ),
+            response = await self._persistence.conversations.GetConversation(
+                conversation_pb2.GetConversationRequest(owner=_owner(), request=request),
                 timeout=self._timeout(context),
             )
         return response.response
@@ -121,8 +112,8 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             raise errors.NotFound("conversation not found")
         # Ownership first (a read), then memory, then the record: a failure part-way leaves
         # the conversation listed, so the user can delete it again.
-        await self._persistence.GetConversation(
-            persistence_pb2.PersistenceServiceGetConversationRequest(
+        await self._persistence.conversations.GetConversation(
+            conversation_pb2.GetConversationRequest(
                 owner=owner,
                 request=gateway_pb2.GetConversationRequest(
                     conversation_id=request.conversation_id, page_size=1
@@ -138,8 +129,8 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             ),
             timeout=self._timeout(context),
         )
-        response = await self._persistence.DeleteConversation(
-            persistence_pb2.PersistenceServiceDeleteConversationRequest(
+        response = await self._persistence.conversations.DeleteConversation(
+            conversation_pb2.DeleteConversationRequest(
                 owner=owner, conversation_id=request.conversation_id
             ),
             timeout=self._timeout(context),
@@ -150,10 +141,8 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         self, request: gateway_pb2.SubmitFeedbackRequest, context: Context
     ) -> gateway_pb2.SubmitFeedbackResponse:
         validate_feedback(request, self._settings.max_comment_bytes)
-        response = await self._persistence.SubmitFeedback(
-            persistence_pb2.PersistenceServiceSubmitFeedbackRequest(
-                owner=_owner(), feedback=request
-            ),
+        response = await self._persistence.conversations.SubmitFeedback(
+            conversation_pb2.SubmitFeedbackRequest(owner=_owner(), feedback=request),
             timeout=self._timeout(context),
         )
         return gateway_pb2.SubmitFeedbackResponse(create_time=response.create_time)
@@ -186,20 +175,20 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
 
     async def IngestDocument(
         self,
-        request_iterator: AsyncIterator[gateway_pb2.GatewayServiceIngestDocumentRequest],
+        request_iterator: AsyncIterator[gateway_pb2.IngestDocumentRequest],
         context: Context,
-    ) -> gateway_pb2.GatewayServiceIngestDocumentResponse:
+    ) -> gateway_pb2.IngestDocumentResponse:
         timeout = outbound_timeout(context, self._settings.document_ingest_timeout_seconds)
         return await self._documents.ingest(_principal(), request_iterator, timeout)
 
     async def ListDocuments(
-        self, request: gateway_pb2.GatewayServiceListDocumentsRequest, context: Context
-    ) -> gateway_pb2.GatewayServiceListDocumentsResponse:
+        self, request: gateway_pb2.ListDocumentsRequest, context: Context
+    ) -> gateway_pb2.ListDocumentsResponse:
         return await self._documents.documents(_principal(), self._timeout(context))
 
     async def DeleteDocument(
-        self, request: gateway_pb2.GatewayServiceDeleteDocumentRequest, context: Context
-    ) -> gateway_pb2.GatewayServiceDeleteDocumentResponse:
+        self, request: gateway_pb2.DeleteDocumentRequest, context: Context
+    ) -> gateway_pb2.DeleteDocumentResponse:
         return await self._documents.delete(
             _principal(), request.document_id, self._timeout(context)
         )
@@ -215,10 +204,8 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
                 raise errors.InvalidArgument(field, "required")
             if not is_valid_id(value):
                 raise errors.NotFound(f"{field.removesuffix('_id')} not found")
-        response = await self._persistence.SetActiveBranch(
-            persistence_pb2.PersistenceServiceSetActiveBranchRequest(
-                owner=_owner(), request=request
-            ),
+        response = await self._persistence.conversations.SetActiveBranch(
+            conversation_pb2.SetActiveBranchRequest(owner=_owner(), request=request),
             timeout=self._timeout(context),
         )
         return response.response

@@ -1,5 +1,5 @@
 """The Gateway's side of per-tenant daily token quotas (docs/quotas.md): before a turn runs,
-reserve its estimated tokens in the system of record (PersistenceService.ReserveQuota, shared
+reserve its estimated tokens in the system of record (QuotaService.ReserveQuota, shared
 by every Gateway replica); when it ends, settle the reservation with the `usage` event's
 counts, or release it. A spent quota refuses the turn with RESOURCE_EXHAUSTED carrying a
 google.rpc.QuotaFailure and a RetryInfo delay until the reset (the next UTC midnight)."""
@@ -19,7 +19,9 @@ from chatplane.agent.tokens import estimate_tokens
 from chatplane.common import errors
 from chatplane.common.ids import new_id
 from chatplane.gateway.metrics import REJECTIONS
-from chatplane.v1 import gateway_pb2, persistence_pb2, persistence_pb2_grpc
+from chatplane.internal.v1 import quota_pb2, turn_pb2
+from chatplane.persistence.client import PersistenceClient
+from chatplane.v1 import gateway_pb2
 
 _log = logging.getLogger(__name__)
 
@@ -75,8 +77,8 @@ class Admission:
 
     def __init__(
         self,
-        persistence: persistence_pb2_grpc.PersistenceServiceAsyncStub,
-        request: persistence_pb2.ReserveQuotaRequest,
+        persistence: PersistenceClient,
+        request: quota_pb2.ReserveQuotaRequest,
         timeout: float,
     ) -> None:
         self._persistence = persistence
@@ -84,15 +86,15 @@ class Admission:
         self._timeout = timeout
         # A ReserveQuota call of its own is under way (an older Persistence).
         self._asked = False
-        self._outcome: asyncio.Future[persistence_pb2.ReserveQuotaResponse] = (
+        self._outcome: asyncio.Future[quota_pb2.ReserveQuotaResponse] = (
             asyncio.get_running_loop().create_future()
         )
 
-    def fold_into(self, begin: persistence_pb2.BeginTurnRequest) -> None:
+    def fold_into(self, begin: turn_pb2.BeginTurnRequest) -> None:
         """Asks the BeginTurn call to make the reservation first."""
         begin.reserve_quota.CopyFrom(self._request)
 
-    def resolve(self, begun: persistence_pb2.BeginTurnResponse) -> None:
+    def resolve(self, begun: turn_pb2.BeginTurnResponse) -> None:
         """Takes the reservation's outcome from the BeginTurn response (or asks for it now)."""
         if self._outcome.done():
             return
@@ -100,12 +102,12 @@ class Admission:
             self._outcome.set_result(begun.quota)
             return
         call = asyncio.ensure_future(
-            self._persistence.ReserveQuota(self._request, timeout=self._timeout)
+            self._persistence.quota.ReserveQuota(self._request, timeout=self._timeout)
         )
         self._asked = True
         call.add_done_callback(self._take)
 
-    def _take(self, call: asyncio.Future[persistence_pb2.ReserveQuotaResponse]) -> None:
+    def _take(self, call: asyncio.Future[quota_pb2.ReserveQuotaResponse]) -> None:
         if self._outcome.done():
             return
         if call.cancelled():
@@ -121,7 +123,7 @@ class Admission:
             REJECTIONS.labels("quota").inc()
             raise _exceeded(response.quota)
 
-    async def settled(self) -> persistence_pb2.ReserveQuotaResponse | None:
+    async def settled(self) -> quota_pb2.ReserveQuotaResponse | None:
         """The granted reservation to settle, None when there is none (never made, refused,
         failed, or cancelled with the turn)."""
         if not self._outcome.done() and not self._asked:
@@ -139,7 +141,7 @@ class TokenQuotaGate:
 
     def __init__(
         self,
-        persistence: persistence_pb2_grpc.PersistenceServiceAsyncStub,
+        persistence: PersistenceClient,
         *,
         reserve_tokens: int,
         max_output_tokens: int,
@@ -175,7 +177,7 @@ class TokenQuotaGate:
         reservation_id = new_id()
         admission = Admission(
             self._persistence,
-            persistence_pb2.ReserveQuotaRequest(
+            quota_pb2.ReserveQuotaRequest(
                 tenant_id=tenant_id,
                 reservation_id=reservation_id,
                 tokens=self.estimate(text),
@@ -197,7 +199,7 @@ class TokenQuotaGate:
 
     def _settle_later(self, tenant_id: str, reservation_id: str, tokens: TurnTokens) -> None:
         input_tokens, output_tokens = tokens.charge()
-        request = persistence_pb2.SettleQuotaRequest(
+        request = quota_pb2.SettleQuotaRequest(
             tenant_id=tenant_id,
             reservation_id=reservation_id,
             input_tokens=input_tokens,
@@ -207,9 +209,9 @@ class TokenQuotaGate:
         self._settling.add(task)
         task.add_done_callback(self._settling.discard)
 
-    async def _settle(self, request: persistence_pb2.SettleQuotaRequest) -> None:
+    async def _settle(self, request: quota_pb2.SettleQuotaRequest) -> None:
         try:
-            await self._persistence.SettleQuota(request, timeout=self._call_timeout)
+            await self._persistence.quota.SettleQuota(request, timeout=self._call_timeout)
         except grpc.aio.AioRpcError as error:
             # The reservation then expires with its lease; the usage of this turn is lost.
             _log.warning(
@@ -223,7 +225,7 @@ class TokenQuotaGate:
             await asyncio.gather(*self._settling, return_exceptions=True)
 
 
-def _exceeded(quota: persistence_pb2.TokenQuota) -> errors.QuotaExceeded:
+def _exceeded(quota: quota_pb2.TokenQuota) -> errors.QuotaExceeded:
     reset = quota.reset_time.ToDatetime().strftime("%Y-%m-%dT%H:%M:%SZ")
     retry_after = max(0.0, quota.reset_time.ToMilliseconds() / 1000 - time.time())
     description = (

@@ -11,7 +11,8 @@ from collections.abc import Awaitable, Callable
 from chatplane.common.context import Principal
 from chatplane.gateway.handoff import HandoffDesk, owner_of
 from chatplane.gateway.token_quota import Admission
-from chatplane.v1 import gateway_pb2, persistence_pb2, resources_pb2
+from chatplane.internal.v1 import turn_pb2
+from chatplane.v1 import gateway_pb2, resources_pb2
 
 Budget = Callable[[float], float]
 
@@ -53,7 +54,7 @@ class HandoffLookahead:
 
 async def admitted(
     admission: Admission,
-    begin: persistence_pb2.BeginTurnResponse,
+    begin: turn_pb2.BeginTurnResponse,
     release: Callable[[], Awaitable[None]],
 ) -> None:
     """Waits for the turn's reservation. When it is refused and the turn was begun anyway (a

@@ -19,8 +19,10 @@ import grpc
 
 from chatplane.common import errors
 from chatplane.common.tls import TlsFiles, client_channel
+from chatplane.internal.v1 import identity_pb2
 from chatplane.launcher.certificates import CLIENT_PARTY, SERVICE_PARTIES, party_files
-from chatplane.v1 import persistence_pb2, persistence_pb2_grpc
+from chatplane.persistence.client import PersistenceClient
+from chatplane.v1 import admin_resources_pb2
 
 SERVICES = ("persistence", "memory", "agent", "gateway")
 # Envoy in front of the Gateway (`python -m chatplane.edge`), started last when asked for.
@@ -293,9 +295,9 @@ class Stack:
         if path.exists():
             return path.read_text().strip()
         async with self.channel("persistence") as channel:
-            response = await persistence_pb2_grpc.PersistenceServiceStub(channel).CreateApiKey(
-                persistence_pb2.CreateApiKeyRequest(
-                    owner=persistence_pb2.Owner(tenant_id=DEV_TENANT, user_id=DEV_USER),
+            response = await PersistenceClient(channel).identity.CreateApiKey(
+                identity_pb2.CreateApiKeyRequest(
+                    owner=admin_resources_pb2.Owner(tenant_id=DEV_TENANT, user_id=DEV_USER),
                     label="development key",
                 ),
                 timeout=10,

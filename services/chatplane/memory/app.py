@@ -11,6 +11,7 @@ from chatplane.common.settings import Settings
 from chatplane.common.tls import load_tls
 from chatplane.common.topics import MEMORY_REMEMBER_TOPIC
 from chatplane.crypto.factory import rpc_keyring
+from chatplane.internal.v1 import memory_pb2, memory_pb2_grpc
 from chatplane.log.factory import open_message_log
 from chatplane.log.observed import LagReporter
 from chatplane.memory.conversational_memory import ConversationalMemory
@@ -19,8 +20,8 @@ from chatplane.memory.embedding import SentenceEmbedder
 from chatplane.memory.index.factory import open_memory_index
 from chatplane.memory.remember_retry import CONSUMER_GROUP, RememberRetryConsumer
 from chatplane.memory.servicer import MemoryServicer
+from chatplane.persistence.client import PersistenceClient
 from chatplane.privacy.policy import RedactionPolicy
-from chatplane.v1 import memory_pb2, memory_pb2_grpc, persistence_pb2_grpc
 
 _log = logging.getLogger(__name__)
 
@@ -41,11 +42,9 @@ async def run(settings: Settings) -> None:
     memory = ConversationalMemory(embedder, index, redaction)
     documents = DocumentLibrary(embedder, index, document_limits(settings), redaction)
     retry_log = open_message_log(settings).consumer(CONSUMER_GROUP, [MEMORY_REMEMBER_TOPIC])
-    # The Agent seals what it logs here (docs/security.md): keys from PersistenceService.
+    # The Agent seals what it logs here (docs/security.md): keys from Persistence.
     persistence_channel = internal_channel(settings.persistence_address, tls)
-    keyring = rpc_keyring(
-        settings, persistence_pb2_grpc.PersistenceServiceStub(persistence_channel)
-    )
+    keyring = rpc_keyring(settings, PersistenceClient(persistence_channel))
     retry = RememberRetryConsumer(retry_log, memory, keyring=keyring)
     retry.start()
     lag = LagReporter(retry_log, CONSUMER_GROUP, settings.metrics_lag_interval_seconds)

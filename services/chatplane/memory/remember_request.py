@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from chatplane.internal.v1 import memory_pb2
 from chatplane.memory.conversational_memory import RememberedMessage
-from chatplane.v1 import memory_pb2, resources_pb2
+from chatplane.v1 import resources_pb2
 
 ROLE_NAMES = {resources_pb2.ROLE_USER: "user", resources_pb2.ROLE_ASSISTANT: "assistant"}
 

@@ -12,10 +12,10 @@ from google.protobuf.message import DecodeError
 from chatplane.common import errors
 from chatplane.crypto.keyring import Keyring
 from chatplane.crypto.log_records import opened_remember
+from chatplane.internal.v1 import memory_pb2
 from chatplane.log import ConsumedRecord, MessageLogConsumer
 from chatplane.memory.conversational_memory import ConversationalMemory
 from chatplane.memory.remember_request import remembered_messages
-from chatplane.v1 import memory_pb2
 
 _log = logging.getLogger(__name__)
 

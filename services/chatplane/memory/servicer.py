@@ -9,6 +9,7 @@ import grpc
 from google.protobuf import timestamp_pb2
 
 from chatplane.common import errors
+from chatplane.internal.v1 import memory_pb2, memory_pb2_grpc
 from chatplane.memory.conversational_memory import ConversationalMemory
 from chatplane.memory.document_header import validate_header
 from chatplane.memory.document_library import DocumentLibrary
@@ -16,7 +17,7 @@ from chatplane.memory.index.base import DocumentSummary, ItemKind, RecalledItem,
 from chatplane.memory.metrics import RECALL_DURATION, REMEMBER_DURATION
 from chatplane.memory.remember_request import ROLE_NAMES, remembered_messages
 from chatplane.memory.user_memory import list_user_memory
-from chatplane.v1 import memory_pb2, memory_pb2_grpc, resources_pb2
+from chatplane.v1 import resources_pb2
 
 _ROLES = {name: role for role, name in ROLE_NAMES.items()}
 _SNIPPET_CHARS = 200

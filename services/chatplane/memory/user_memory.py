@@ -8,9 +8,10 @@ import base64
 import binascii
 
 from chatplane.common import errors
+from chatplane.internal.v1 import memory_pb2
 from chatplane.memory.conversational_memory import ConversationalMemory
 from chatplane.memory.remember_request import ROLE_NAMES
-from chatplane.v1 import memory_pb2, resources_pb2
+from chatplane.v1 import resources_pb2
 
 DEFAULT_PAGE = 200
 MAX_PAGE = 1000

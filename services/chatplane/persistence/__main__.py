@@ -1,4 +1,4 @@
-"""`python -m chatplane.persistence`: run the PersistenceService process (flags such as
+"""`python -m chatplane.persistence`: run the Persistence process (flags such as
 `--persistence-port 0 --data-dir DIR` override the `CHATPLANE_*` environment)."""
 
 from chatplane.common.entrypoint import run_service

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 from typing import TypedDict
 
+from chatplane.internal.v1 import events_pb2
 from chatplane.persistence.store.answer_metrics import DEFAULT_VARIANT
-from chatplane.v1 import events_pb2, resources_pb2
+from chatplane.v1 import resources_pb2
 
 # Longer identifiers are cut: NAME@VERSION fits easily.
 _MAX_VARIANT_CHARS = 200

@@ -22,6 +22,7 @@ from opentelemetry.trace import Link, SpanKind
 from chatplane.common.ids import is_valid_id
 from chatplane.common.telemetry import tracer, tracing_enabled
 from chatplane.common.topics import MESSAGE_SCHEMA_VERSION, MESSAGES_DLQ_TOPIC
+from chatplane.internal.v1 import events_pb2
 from chatplane.log import ConsumedRecord, LogRecord, MessageLogConsumer, MessageLogProducer
 from chatplane.persistence import metrics
 from chatplane.persistence.answer_record import answer_measures
@@ -35,7 +36,7 @@ from chatplane.persistence.store.base import (
     Owner,
     Role,
 )
-from chatplane.v1 import events_pb2, resources_pb2
+from chatplane.v1 import resources_pb2
 
 _log = logging.getLogger(__name__)
 

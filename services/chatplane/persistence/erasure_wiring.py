@@ -16,13 +16,13 @@ from chatplane.common.topics import (
     MESSAGES_DLQ_TOPIC,
     MESSAGES_TOPIC,
 )
+from chatplane.internal.v1 import memory_pb2_grpc
 from chatplane.log.factory import postgres_dsn
 from chatplane.log.record_erasure import KafkaLogEraser, LogRecordEraser, PostgresLogEraser
 from chatplane.persistence.erasure_job import ErasureJobs, UserKeyShredder
 from chatplane.persistence.memory_eraser import MemoryServiceEraser
 from chatplane.persistence.retention import RetentionSweeper
 from chatplane.persistence.store.base import ConversationStore
-from chatplane.v1 import memory_pb2_grpc
 
 LOG_TOPICS = (MESSAGES_TOPIC, MESSAGES_DLQ_TOPIC, MEMORY_REMEMBER_TOPIC, HANDOFF_TOPIC)
 """Every topic that holds records keyed by conversation id."""

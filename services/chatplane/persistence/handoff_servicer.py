@@ -1,23 +1,23 @@
-"""PersistenceService's handoff RPCs (docs/handoff.md): a conversation's mode, the tenant's
+"""HandoffService (docs/handoff.md): a conversation's mode, the tenant's
 waiting conversations for operators, and the thumbs-down count the handoff rule reads."""
 
 from __future__ import annotations
 
 from chatplane.common import errors
-from chatplane.persistence.servicer import (
+from chatplane.internal.v1 import handoff_pb2, handoff_pb2_grpc
+from chatplane.persistence.protos import (
     CONVERSATIONS_PAGE,
     Context,
-    PersistenceServicer,
-    _decode_token,
-    _encode_token,
-    _owner,
-    _page_size,
-    _require,
-    _timestamp,
-    _token_id,
-    _token_time,
+    decode_token,
+    encode_token,
+    owner,
+    page_size,
+    require,
+    timestamp,
+    token_id,
+    token_time,
 )
-from chatplane.persistence.store.base import to_micros
+from chatplane.persistence.store.base import ConversationStore, to_micros
 from chatplane.persistence.store.handoff import (
     HandoffChange,
     HandoffCursor,
@@ -25,7 +25,7 @@ from chatplane.persistence.store.handoff import (
     HandoffState,
     HandoffTrigger,
 )
-from chatplane.v1 import persistence_pb2, resources_pb2
+from chatplane.v1 import admin_resources_pb2, resources_pb2
 
 _MODES = {
     HandoffMode.BOT: resources_pb2.HANDOFF_MODE_BOT,
@@ -56,16 +56,16 @@ def handoff_status(state: HandoffState) -> resources_pb2.HandoffStatus:
         released_by=state.released_by,
     )
     if state.request_time is not None:
-        status.request_time.CopyFrom(_timestamp(state.request_time))
+        status.request_time.CopyFrom(timestamp(state.request_time))
     if state.release_time is not None:
-        status.release_time.CopyFrom(_timestamp(state.release_time))
+        status.release_time.CopyFrom(timestamp(state.release_time))
     return status
 
 
 def _handoff_token(cursor: HandoffCursor | None) -> str:
     if cursor is None:
         return ""
-    return _encode_token(
+    return encode_token(
         {"k": "h", "t": to_micros(cursor.request_time), "id": cursor.conversation_id}
     )
 
@@ -73,74 +73,81 @@ def _handoff_token(cursor: HandoffCursor | None) -> str:
 def _handoff_cursor(token: str, field: str) -> HandoffCursor | None:
     if not token:
         return None
-    fields = _decode_token(token, field, "h")
-    return HandoffCursor(_token_time(fields, "t", field), _token_id(fields, "id", field))
+    fields = decode_token(token, field, "h")
+    return HandoffCursor(token_time(fields, "t", field), token_id(fields, "id", field))
 
 
-class HandoffPersistenceServicer(PersistenceServicer):
-    """PersistenceService with the handoff RPCs."""
+class HandoffServicer(handoff_pb2_grpc.HandoffServiceServicer):
+    """HandoffService over the store."""
+
+    def __init__(self, store: ConversationStore) -> None:
+        self._store = store
 
     async def GetHandoff(
-        self, request: persistence_pb2.GetHandoffRequest, context: Context
-    ) -> persistence_pb2.GetHandoffResponse:
-        owner = _owner(request.owner)
-        _require(request.conversation_id, "conversation_id")
-        state = await self._store.get_handoff(owner, request.conversation_id)
-        return persistence_pb2.GetHandoffResponse(
+        self, request: handoff_pb2.GetHandoffRequest, context: Context
+    ) -> handoff_pb2.GetHandoffResponse:
+        conversation_owner = owner(request.owner)
+        require(request.conversation_id, "conversation_id")
+        state = await self._store.get_handoff(conversation_owner, request.conversation_id)
+        return handoff_pb2.GetHandoffResponse(
             handoff=handoff_status(state), rules_fired=sorted(state.rules_fired)
         )
 
     async def ChangeHandoff(
-        self, request: persistence_pb2.ChangeHandoffRequest, context: Context
-    ) -> persistence_pb2.ChangeHandoffResponse:
-        owner = _owner(request.owner)
-        _require(request.conversation_id, "conversation_id")
+        self, request: handoff_pb2.ChangeHandoffRequest, context: Context
+    ) -> handoff_pb2.ChangeHandoffResponse:
+        conversation_owner = owner(request.owner)
+        require(request.conversation_id, "conversation_id")
         mode = _MODES_IN.get(request.mode)
         if mode is None:
             raise errors.InvalidArgument("mode", "must be HANDOFF_MODE_BOT or HANDOFF_MODE_HUMAN")
         trigger = _TRIGGERS_IN.get(request.trigger)
         if trigger is None:
             raise errors.InvalidArgument("trigger", "must be set")
-        _require(request.actor_id, "actor_id")
+        require(request.actor_id, "actor_id")
         if len(request.reason) > _MAX_REASON_CHARS:
             raise errors.InvalidArgument(
                 "reason", f"must be at most {_MAX_REASON_CHARS} characters"
             )
         change = HandoffChange(mode, trigger, request.actor_id, request.reason, request.rule)
-        state = await self._store.change_handoff(owner, request.conversation_id, change)
-        return persistence_pb2.ChangeHandoffResponse(handoff=handoff_status(state))
+        state = await self._store.change_handoff(
+            conversation_owner, request.conversation_id, change
+        )
+        return handoff_pb2.ChangeHandoffResponse(handoff=handoff_status(state))
 
     async def ListHandoffs(
-        self, request: persistence_pb2.ListHandoffsRequest, context: Context
-    ) -> persistence_pb2.ListHandoffsResponse:
-        _require(request.tenant_id, "tenant_id")
-        limit = _page_size(request.page_size, "page_size", CONVERSATIONS_PAGE)
+        self, request: handoff_pb2.ListHandoffsRequest, context: Context
+    ) -> handoff_pb2.ListHandoffsResponse:
+        require(request.tenant_id, "tenant_id")
+        limit = page_size(request.page_size, "page_size", CONVERSATIONS_PAGE)
         after = _handoff_cursor(request.page_token, "page_token")
         page = await self._store.list_handoffs(request.tenant_id, limit=limit, after=after)
-        return persistence_pb2.ListHandoffsResponse(
+        return handoff_pb2.ListHandoffsResponse(
             handoffs=[handoff_status(state) for state in page.handoffs],
             next_page_token=_handoff_token(page.next_cursor),
         )
 
     async def GetTenantHandoff(
-        self, request: persistence_pb2.GetTenantHandoffRequest, context: Context
-    ) -> persistence_pb2.GetTenantHandoffResponse:
-        _require(request.tenant_id, "tenant_id")
-        _require(request.conversation_id, "conversation_id")
+        self, request: handoff_pb2.GetTenantHandoffRequest, context: Context
+    ) -> handoff_pb2.GetTenantHandoffResponse:
+        require(request.tenant_id, "tenant_id")
+        require(request.conversation_id, "conversation_id")
         state = await self._store.tenant_handoff(request.tenant_id, request.conversation_id)
-        return persistence_pb2.GetTenantHandoffResponse(
-            owner=persistence_pb2.Owner(
+        return handoff_pb2.GetTenantHandoffResponse(
+            owner=admin_resources_pb2.Owner(
                 tenant_id=state.owner.tenant_id, user_id=state.owner.user_id
             ),
             handoff=handoff_status(state),
         )
 
     async def CountThumbsDown(
-        self, request: persistence_pb2.CountThumbsDownRequest, context: Context
-    ) -> persistence_pb2.CountThumbsDownResponse:
-        owner = _owner(request.owner)
-        _require(request.message_id, "message_id")
-        conversation_id, count = await self._store.count_thumbs_down(owner, request.message_id)
-        return persistence_pb2.CountThumbsDownResponse(
+        self, request: handoff_pb2.CountThumbsDownRequest, context: Context
+    ) -> handoff_pb2.CountThumbsDownResponse:
+        conversation_owner = owner(request.owner)
+        require(request.message_id, "message_id")
+        conversation_id, count = await self._store.count_thumbs_down(
+            conversation_owner, request.message_id
+        )
+        return handoff_pb2.CountThumbsDownResponse(
             conversation_id=conversation_id, thumbs_down=count
         )

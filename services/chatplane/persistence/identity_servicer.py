@@ -1,44 +1,69 @@
-"""PersistenceService's key management and audit RPCs (issue 7, identity), mixed into
-PersistenceServicer: request shapes are checked here, the work is the store's."""
+"""IdentityService: API keys (docs/security.md): created, looked up by the Gateway's
+authentication, listed, rotated and revoked. Request shapes are checked here, the work
+(and the audit record of each change, in the same transaction) is the store's."""
 
 from __future__ import annotations
 
 import base64
 import binascii
 import json
-from datetime import datetime, timedelta
-from typing import Any
+from datetime import timedelta
 
-import grpc
-from google.protobuf import timestamp_pb2
-
-from chatplane.audit.protos import event_from_proto, head_to_proto, record_to_proto
 from chatplane.common import errors
 from chatplane.common.ids import is_valid_id
+from chatplane.common.roles import parse_roles
+from chatplane.internal.v1 import audit_pb2, identity_pb2, identity_pb2_grpc
+from chatplane.persistence.protos import Context, owner, page_size, require, timestamp
 from chatplane.persistence.store.base import ApiKey, ConversationStore, from_micros, to_micros
 from chatplane.persistence.store.key_records import (
     MAX_ROTATION_OVERLAP,
     ApiKeyCursor,
     AuditActor,
 )
-from chatplane.v1 import audit_pb2, persistence_pb2
-
-Context = grpc.aio.ServicerContext[Any, Any]
+from chatplane.v1 import admin_resources_pb2
 
 KEYS_PAGE = (100, 500)
-AUDIT_PAGE = (500, 1000)
-MAX_APPEND = 1000
 _MAX_ID_CHARS = 256
 
 
-class IdentityRpcs:
-    """ListApiKeys, RotateApiKey, RevokeApiKey, AppendAuditEvents, ListAuditRecords."""
+class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
+    """IdentityService over the store."""
 
-    _store: ConversationStore
+    def __init__(self, store: ConversationStore) -> None:
+        self._store = store
+
+    async def CreateApiKey(
+        self, request: identity_pb2.CreateApiKeyRequest, context: Context
+    ) -> identity_pb2.CreateApiKeyResponse:
+        key_owner = owner(request.owner)
+        roles = parse_roles(tuple(request.roles))
+        issued = await self._store.create_api_key(
+            key_owner, request.label, roles, audit_actor(request.actor)
+        )
+        return identity_pb2.CreateApiKeyResponse(
+            api_key=issued.api_key, key_id=issued.record.key_id, key=api_key_info(issued.record)
+        )
+
+    async def GetApiKey(
+        self, request: identity_pb2.GetApiKeyRequest, context: Context
+    ) -> identity_pb2.GetApiKeyResponse:
+        require(request.key_id, "key_id")
+        key = await self._store.get_api_key(request.key_id)
+        response = identity_pb2.GetApiKeyResponse(
+            owner=admin_resources_pb2.Owner(
+                tenant_id=key.owner.tenant_id, user_id=key.owner.user_id
+            ),
+            secret_sha256=key.secret_sha256,
+            revoked=key.revoked,
+            roles=sorted(key.roles),
+        )
+        if key.expire_time is not None:  # a rotated key: the Gateway checks it on every call
+            response.expire_time.CopyFrom(timestamp(key.expire_time))
+        return response
 
     async def ListApiKeys(
-        self, request: persistence_pb2.PersistenceServiceListApiKeysRequest, context: Context
-    ) -> persistence_pb2.PersistenceServiceListApiKeysResponse:
+        self, request: identity_pb2.ListApiKeysRequest, context: Context
+    ) -> identity_pb2.ListApiKeysResponse:
         tenant_id = _tenant(request.tenant_id)
         if len(request.user_id) > _MAX_ID_CHARS or "\x00" in request.user_id:
             raise errors.InvalidArgument(
@@ -52,14 +77,14 @@ class IdentityRpcs:
             after=decode_key_token(request.page_token),
             include_revoked=request.include_revoked,
         )
-        return persistence_pb2.PersistenceServiceListApiKeysResponse(
+        return identity_pb2.ListApiKeysResponse(
             keys=[api_key_info(key) for key in page.keys],
             next_page_token=encode_key_token(page.next_cursor),
         )
 
     async def RotateApiKey(
-        self, request: persistence_pb2.PersistenceServiceRotateApiKeyRequest, context: Context
-    ) -> persistence_pb2.PersistenceServiceRotateApiKeyResponse:
+        self, request: identity_pb2.RotateApiKeyRequest, context: Context
+    ) -> identity_pb2.RotateApiKeyResponse:
         tenant_id = _tenant(request.tenant_id)
         limit_ms = MAX_ROTATION_OVERLAP // timedelta(milliseconds=1)
         if not 0 <= request.overlap_ms <= limit_ms:
@@ -72,46 +97,20 @@ class IdentityRpcs:
             timedelta(milliseconds=request.overlap_ms),
             audit_actor(request.actor),
         )
-        return persistence_pb2.PersistenceServiceRotateApiKeyResponse(
+        return identity_pb2.RotateApiKeyResponse(
             api_key=rotated.issued.api_key,
             key=api_key_info(rotated.issued.record),
             previous=api_key_info(rotated.previous),
         )
 
     async def RevokeApiKey(
-        self, request: persistence_pb2.PersistenceServiceRevokeApiKeyRequest, context: Context
-    ) -> persistence_pb2.PersistenceServiceRevokeApiKeyResponse:
+        self, request: identity_pb2.RevokeApiKeyRequest, context: Context
+    ) -> identity_pb2.RevokeApiKeyResponse:
         tenant_id = _tenant(request.tenant_id)
         key = await self._store.revoke_api_key(
             tenant_id, request.key_id, audit_actor(request.actor)
         )
-        return persistence_pb2.PersistenceServiceRevokeApiKeyResponse(key=api_key_info(key))
-
-    async def AppendAuditEvents(
-        self, request: persistence_pb2.AppendAuditEventsRequest, context: Context
-    ) -> persistence_pb2.AppendAuditEventsResponse:
-        if not request.events:
-            raise errors.InvalidArgument("events", "required")
-        if len(request.events) > MAX_APPEND:
-            raise errors.InvalidArgument("events", f"at most {MAX_APPEND} per call")
-        for index, event in enumerate(request.events):
-            if not event.action:
-                raise errors.InvalidArgument(f"events[{index}].action", "required")
-        head = await self._store.append_audit([event_from_proto(e) for e in request.events])
-        return persistence_pb2.AppendAuditEventsResponse(head=head_to_proto(head))
-
-    async def ListAuditRecords(
-        self, request: persistence_pb2.ListAuditRecordsRequest, context: Context
-    ) -> persistence_pb2.ListAuditRecordsResponse:
-        if request.after_seq < 0:
-            raise errors.InvalidArgument("after_seq", "must not be negative")
-        limit = page_size(request.page_size, "page_size", AUDIT_PAGE)
-        # The head first: records appended after it are on the next page, never missing.
-        head = await self._store.audit_head()
-        records = await self._store.audit_records(request.after_seq, limit)
-        return persistence_pb2.ListAuditRecordsResponse(
-            records=[record_to_proto(r) for r in records], head=head_to_proto(head)
-        )
+        return identity_pb2.RevokeApiKeyResponse(key=api_key_info(key))
 
 
 def _tenant(tenant_id: str) -> str:
@@ -124,40 +123,24 @@ def _tenant(tenant_id: str) -> str:
     return tenant_id
 
 
-def page_size(value: int, field: str, bounds: tuple[int, int]) -> int:
-    """A request's page size: 0 is the default, anything else within 1..maximum."""
-    default, maximum = bounds
-    if value == 0:
-        return default
-    if not 1 <= value <= maximum:
-        raise errors.InvalidArgument(field, f"must be between 1 and {maximum} (0 means {default})")
-    return value
-
-
 def audit_actor(actor: audit_pb2.AuditActor) -> AuditActor:
     """The domain form of a request's actor."""
     return AuditActor(actor.actor, actor.source, actor.request_id)
 
 
-def _timestamp(moment: datetime) -> timestamp_pb2.Timestamp:
-    stamp = timestamp_pb2.Timestamp()
-    stamp.FromDatetime(moment)
-    return stamp
-
-
-def api_key_info(key: ApiKey) -> persistence_pb2.ApiKeyInfo:
+def api_key_info(key: ApiKey) -> admin_resources_pb2.ApiKeyInfo:
     """A key's facts for a response (never its secret's hash)."""
-    info = persistence_pb2.ApiKeyInfo(
+    info = admin_resources_pb2.ApiKeyInfo(
         key_id=key.key_id,
-        owner=persistence_pb2.Owner(tenant_id=key.owner.tenant_id, user_id=key.owner.user_id),
+        owner=admin_resources_pb2.Owner(tenant_id=key.owner.tenant_id, user_id=key.owner.user_id),
         label=key.label,
         roles=sorted(key.roles),
-        create_time=_timestamp(key.create_time),
+        create_time=timestamp(key.create_time),
         revoked=key.revoked,
         replaced_by_key_id=key.replaced_by,
     )
     if key.expire_time is not None:
-        info.expire_time.CopyFrom(_timestamp(key.expire_time))
+        info.expire_time.CopyFrom(timestamp(key.expire_time))
     return info
 
 

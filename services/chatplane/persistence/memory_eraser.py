@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import grpc
 
 from chatplane.common import errors
-from chatplane.v1 import memory_pb2, memory_pb2_grpc
+from chatplane.internal.v1 import memory_pb2, memory_pb2_grpc
 
 
 class MemoryServiceEraser:

@@ -1,10 +1,13 @@
-"""Wires the Persistence service together: settings → store, message log, consumer task and
-servicer, served by the common gRPC bootstrap until SIGTERM."""
+"""Wires the Persistence process together: settings → store, message log, consumer task and
+one small servicer per service (turns, conversations, identity, audit, quota, handoff,
+analytics, privacy, variant registry, data keys), all on one server until SIGTERM."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import asdict
+from typing import Any
 
 import grpc
 
@@ -15,22 +18,38 @@ from chatplane.common.server import serve
 from chatplane.common.settings import Settings
 from chatplane.common.tls import load_tls
 from chatplane.common.topics import MESSAGES_TOPIC
-from chatplane.crypto.data_key_servicer import DataKeyRpcs
+from chatplane.crypto.data_key_servicer import DataKeyServicer
 from chatplane.crypto.factory import store_key_source, store_keyring
 from chatplane.crypto.keyring import Keyring, StoreKeySource
 from chatplane.crypto.sealed_store import sealed_store
+from chatplane.internal.v1 import (
+    analytics_pb2_grpc,
+    audit_pb2_grpc,
+    conversation_pb2_grpc,
+    data_key_pb2_grpc,
+    handoff_pb2_grpc,
+    identity_pb2_grpc,
+    privacy_pb2_grpc,
+    quota_pb2_grpc,
+    turn_pb2_grpc,
+    variant_registry_pb2_grpc,
+)
 from chatplane.log.factory import open_message_log
 from chatplane.log.observed import LagReporter
+from chatplane.persistence.analytics_servicer import AnalyticsServicer
+from chatplane.persistence.audit_servicer import AuditServicer
 from chatplane.persistence.consumer import CONSUMER_GROUP, BatchConsumer
-from chatplane.persistence.dataset_servicer import DatasetPersistenceServicer
+from chatplane.persistence.conversation_servicer import ConversationServicer
 from chatplane.persistence.erasure_job import ErasureJobs
-from chatplane.persistence.erasure_servicer import ErasureRpcs
 from chatplane.persistence.erasure_wiring import ErasureWiring
-from chatplane.persistence.export_servicer import ExportRpcs
-from chatplane.persistence.servicer import SERVICE_NAME
+from chatplane.persistence.handoff_servicer import HandoffServicer
+from chatplane.persistence.identity_servicer import IdentityServicer
+from chatplane.persistence.privacy_servicer import PrivacyServicer
+from chatplane.persistence.quota_servicer import QuotaServicer
+from chatplane.persistence.registry_servicer import VariantRegistryServicer
 from chatplane.persistence.store.base import ConversationStore
 from chatplane.persistence.store.factory import open_store
-from chatplane.v1 import persistence_pb2_grpc
+from chatplane.persistence.turn_servicer import TurnServicer
 
 _log = logging.getLogger(__name__)
 
@@ -38,26 +57,54 @@ NAME = "persistence"
 """The service's name in its ready line and logs."""
 
 
-class PersistenceRpcs(ErasureRpcs, DataKeyRpcs, ExportRpcs, DatasetPersistenceServicer):
-    """Every PersistenceService RPC: the base servicer with each feature's RPCs mixed in;
-    `store` is the sealed store (docs/security.md)."""
+# Every service this process serves, with how to add it to a server: the full names go to
+# health and reflection (docs/api.md lists them).
+SERVICES: tuple[tuple[str, Callable[[Any, grpc.aio.Server], None]], ...] = (
+    ("TurnService", turn_pb2_grpc.add_TurnServiceServicer_to_server),
+    ("ConversationService", conversation_pb2_grpc.add_ConversationServiceServicer_to_server),
+    ("IdentityService", identity_pb2_grpc.add_IdentityServiceServicer_to_server),
+    ("AuditService", audit_pb2_grpc.add_AuditServiceServicer_to_server),
+    ("QuotaService", quota_pb2_grpc.add_QuotaServiceServicer_to_server),
+    ("HandoffService", handoff_pb2_grpc.add_HandoffServiceServicer_to_server),
+    ("AnalyticsService", analytics_pb2_grpc.add_AnalyticsServiceServicer_to_server),
+    ("PrivacyService", privacy_pb2_grpc.add_PrivacyServiceServicer_to_server),
+    (
+        "VariantRegistryService",
+        variant_registry_pb2_grpc.add_VariantRegistryServiceServicer_to_server,
+    ),
+    ("DataKeyService", data_key_pb2_grpc.add_DataKeyServiceServicer_to_server),
+)
+PACKAGE = "chatplane.internal.v1"
+SERVICE_NAMES = tuple(f"{PACKAGE}.{name}" for name, _ in SERVICES)
+"""The full names of Persistence's services, for health, reflection and callers' checks."""
 
-    def __init__(
-        self,
-        store: ConversationStore,
-        settings: Settings,
-        keys: StoreKeySource,
-        keyring: Keyring,
-        erasure: ErasureJobs,
-    ) -> None:
-        super().__init__(store, settings)
-        self._keys = keys
-        self._keyring = keyring
-        self._erasure = erasure
+
+def servicers(
+    store: ConversationStore,
+    settings: Settings,
+    keys: StoreKeySource,
+    keyring: Keyring,
+    erasure: ErasureJobs,
+) -> dict[str, Any]:
+    """One servicer per service, by service name; `store` is the sealed store
+    (docs/security.md)."""
+    quota = QuotaServicer(store)
+    return {
+        "TurnService": TurnServicer(store, quota),
+        "ConversationService": ConversationServicer(store),
+        "IdentityService": IdentityServicer(store),
+        "AuditService": AuditServicer(store),
+        "QuotaService": quota,
+        "HandoffService": HandoffServicer(store),
+        "AnalyticsService": AnalyticsServicer(store, settings),
+        "PrivacyService": PrivacyServicer(store, erasure),
+        "VariantRegistryService": VariantRegistryServicer(store),
+        "DataKeyService": DataKeyServicer(keys, keyring),
+    }
 
 
 async def run(settings: Settings) -> None:
-    """Serve PersistenceService and consume the message log until SIGTERM/SIGINT."""
+    """Serve Persistence's services and consume the message log until SIGTERM/SIGINT."""
     tls = load_tls(settings)
     store = await open_store(settings)
     # Personal text sealed at rest with per-user data keys (docs/security.md).
@@ -76,7 +123,7 @@ async def run(settings: Settings) -> None:
     )
     # Erasure (its first step destroys the user's data key) and retention (docs/privacy.md).
     erasure = ErasureWiring(settings, store, tls, shredder=keyring)
-    servicer = PersistenceRpcs(store, settings, data_keys, keyring, erasure.jobs)
+    by_service = servicers(store, settings, data_keys, keyring, erasure.jobs)
     # This process's audit.record(...) appends straight to the store (docs/security.md).
     recorder = AuditRecorder(
         StoreAuditSink(store),
@@ -89,7 +136,8 @@ async def run(settings: Settings) -> None:
     lag = LagReporter(log_consumer, CONSUMER_GROUP, settings.metrics_lag_interval_seconds)
 
     def register(server: grpc.aio.Server) -> None:
-        persistence_pb2_grpc.add_PersistenceServiceServicer_to_server(servicer, server)
+        for name, add in SERVICES:
+            add(by_service[name], server)
 
     stopped = False
 
@@ -116,7 +164,7 @@ async def run(settings: Settings) -> None:
             name=NAME,
             host=settings.host,
             port=settings.persistence_port,
-            service_names=[SERVICE_NAME],
+            service_names=list(SERVICE_NAMES),
             register=register,
             drain_grace_seconds=settings.drain_grace_seconds,
             on_stop=shut_down,

@@ -1,4 +1,4 @@
-"""Proto ⇄ domain for the conversation tree in PersistenceService (docs/conversation-tree.md):
+"""Proto ⇄ domain for the conversation tree in Persistence (docs/conversation-tree.md):
 the regenerate / edit fields of BeginTurn, the branch it returns, history views, messages'
 places in the tree, and the page tokens of a branch."""
 
@@ -11,6 +11,7 @@ from typing import Any
 
 from chatplane.common import errors
 from chatplane.common.ids import is_valid_id
+from chatplane.internal.v1 import turn_pb2
 from chatplane.persistence.store.base import (
     BranchCursor,
     ConversationView,
@@ -18,7 +19,7 @@ from chatplane.persistence.store.base import (
     Role,
     TurnReservation,
 )
-from chatplane.v1 import gateway_pb2, persistence_pb2, resources_pb2
+from chatplane.v1 import gateway_pb2, resources_pb2
 
 # The most branch messages one BeginTurn returns (as many as a page of history).
 MAX_BRANCH_LIMIT = 500
@@ -32,7 +33,7 @@ _ROLES = {Role.USER: resources_pb2.ROLE_USER, Role.ASSISTANT: resources_pb2.ROLE
 _BRANCH_TOKEN_KIND = "b"
 
 
-def branch_request(request: persistence_pb2.BeginTurnRequest) -> dict[str, Any]:
+def branch_request(request: turn_pb2.BeginTurnRequest) -> dict[str, Any]:
     """The tree fields of a BeginTurnRequest, as TurnRequest keywords."""
     if request.regenerate_message_id and request.edit_message_id:
         raise errors.InvalidArgument(
@@ -47,7 +48,7 @@ def branch_request(request: persistence_pb2.BeginTurnRequest) -> dict[str, Any]:
     }
 
 
-def add_branch(response: persistence_pb2.BeginTurnResponse, reservation: TurnReservation) -> None:
+def add_branch(response: turn_pb2.BeginTurnResponse, reservation: TurnReservation) -> None:
     """Fills the tree fields of a BeginTurnResponse."""
     response.parent_message_id = reservation.parent_message_id
     response.regenerate = reservation.regenerate

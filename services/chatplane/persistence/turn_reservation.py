@@ -13,39 +13,37 @@ from typing import Any
 import grpc
 
 from chatplane.common import errors
-from chatplane.v1 import persistence_pb2
+from chatplane.internal.v1 import quota_pb2, turn_pb2
 
 _log = logging.getLogger(__name__)
 
 Context = grpc.aio.ServicerContext[Any, Any]
-BeginTurn = Callable[
-    [persistence_pb2.BeginTurnRequest, Context], Awaitable[persistence_pb2.BeginTurnResponse]
-]
+BeginTurn = Callable[[turn_pb2.BeginTurnRequest, Context], Awaitable[turn_pb2.BeginTurnResponse]]
 ReserveQuota = Callable[
-    [persistence_pb2.ReserveQuotaRequest, Context],
-    Awaitable[persistence_pb2.ReserveQuotaResponse],
+    [quota_pb2.ReserveQuotaRequest, Context],
+    Awaitable[quota_pb2.ReserveQuotaResponse],
 ]
 SettleQuota = Callable[
-    [persistence_pb2.SettleQuotaRequest, Context], Awaitable[persistence_pb2.SettleQuotaResponse]
+    [quota_pb2.SettleQuotaRequest, Context], Awaitable[quota_pb2.SettleQuotaResponse]
 ]
 
 
 async def begin_with_reservation(
-    request: persistence_pb2.BeginTurnRequest,
+    request: turn_pb2.BeginTurnRequest,
     context: Context,
     *,
     begin: BeginTurn,
     reserve: ReserveQuota,
     settle: SettleQuota,
-) -> persistence_pb2.BeginTurnResponse:
+) -> turn_pb2.BeginTurnResponse:
     """Reserve, then (if granted) begin; `quota` in the response is the reservation's outcome."""
     reservation = request.reserve_quota
     if reservation.tenant_id != request.owner.tenant_id:
         raise errors.InvalidArgument("reserve_quota.tenant_id", "must be the owner's tenant")
     reserved = await reserve(reservation, context)
     if not reserved.granted:
-        return persistence_pb2.BeginTurnResponse(quota=reserved)
-    plain = persistence_pb2.BeginTurnRequest()
+        return turn_pb2.BeginTurnResponse(quota=reserved)
+    plain = turn_pb2.BeginTurnRequest()
     plain.CopyFrom(request)
     plain.ClearField("reserve_quota")
     try:
@@ -53,7 +51,7 @@ async def begin_with_reservation(
     except Exception:
         try:
             await settle(
-                persistence_pb2.SettleQuotaRequest(
+                quota_pb2.SettleQuotaRequest(
                     tenant_id=reservation.tenant_id, reservation_id=reservation.reservation_id
                 ),
                 context,

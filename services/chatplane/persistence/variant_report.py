@@ -1,4 +1,4 @@
-"""PersistenceService.ReportVariants: the store's per-variant aggregation as the RPC's
+"""AnalyticsService.ReportVariants: the store's per-variant aggregation as the RPC's
 response (docs/variants.md)."""
 
 from __future__ import annotations
@@ -6,17 +6,17 @@ from __future__ import annotations
 from datetime import UTC
 
 from chatplane.common import errors
+from chatplane.internal.v1 import analytics_pb2
 from chatplane.persistence.store.answer_metrics import VariantStats
 from chatplane.persistence.store.base import ConversationStore
 from chatplane.persistence.variant_significance import DEFAULT_ALPHA, VariantAnalysis, compare
-from chatplane.v1 import persistence_pb2
 
 _MAX_TENANT_CHARS = 256
 
 
-def variant_report(stats: VariantStats) -> persistence_pb2.VariantReport:
+def variant_report(stats: VariantStats) -> analytics_pb2.VariantReport:
     """One variant's line of the report; absent means stay unset (nothing to average)."""
-    report = persistence_pb2.VariantReport(
+    report = analytics_pb2.VariantReport(
         variant=stats.variant,
         answers=stats.answers,
         interrupted_answers=stats.interrupted_answers,
@@ -39,8 +39,8 @@ def variant_report(stats: VariantStats) -> persistence_pb2.VariantReport:
 
 
 def with_analysis(
-    report: persistence_pb2.VariantReport, analysis: VariantAnalysis
-) -> persistence_pb2.VariantReport:
+    report: analytics_pb2.VariantReport, analysis: VariantAnalysis
+) -> analytics_pb2.VariantReport:
     """The report line with its intervals, p-values and verdict (issue 8)."""
     if analysis.thumbs_up_rate is not None:
         report.thumbs_up_rate_low = analysis.thumbs_up_rate.low
@@ -59,8 +59,8 @@ def with_analysis(
 
 
 async def report_variants(
-    store: ConversationStore, request: persistence_pb2.ReportVariantsRequest
-) -> persistence_pb2.ReportVariantsResponse:
+    store: ConversationStore, request: analytics_pb2.ReportVariantsRequest
+) -> analytics_pb2.ReportVariantsResponse:
     """Validates the request and asks the store."""
     if len(request.tenant_id) > _MAX_TENANT_CHARS:
         raise errors.InvalidArgument("tenant_id", f"must be at most {_MAX_TENANT_CHARS} characters")
@@ -79,7 +79,7 @@ async def report_variants(
     if request.control and stats and request.control not in {s.variant for s in stats}:
         raise errors.InvalidArgument("control", "no answers of this variant in the report")
     comparison = compare(stats, control=request.control, alpha=alpha)
-    return persistence_pb2.ReportVariantsResponse(
+    return analytics_pb2.ReportVariantsResponse(
         variants=[with_analysis(variant_report(s), comparison.variants[s.variant]) for s in stats],
         control=comparison.control,
         alpha=alpha,

@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 from chatplane.persistence.store.base import VariantStats
 
 # scipy.stats takes 1.5-2 s to import: each function imports it, so it is loaded by the
-# first report rather than at every start of PersistenceService.
+# first report rather than at every start of Persistence.
 
 DEFAULT_ALPHA = 0.05
 CONTROL_NAME = "control"

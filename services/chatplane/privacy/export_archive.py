@@ -1,5 +1,5 @@
 """The user data export archive (GDPR access and portability; docs/privacy.md, "Export"):
-one JSON document built while PersistenceService.ExportUserRecords and
+one JSON document built while PrivacyService.ExportUserRecords and
 MemoryService.ListUserMemory are read, and handed out in chunks of at most CHUNK_BYTES, so
 neither the archive nor the user's records are ever held whole in memory. The Gateway
 (AdminService.ExportUserData) and `chatplane export` both stream it.
@@ -25,14 +25,9 @@ from typing import Any, Final
 
 from google.protobuf import timestamp_pb2
 
-from chatplane.v1 import (
-    gateway_pb2,
-    memory_pb2,
-    memory_pb2_grpc,
-    persistence_pb2,
-    persistence_pb2_grpc,
-    resources_pb2,
-)
+from chatplane.internal.v1 import memory_pb2, memory_pb2_grpc, privacy_pb2
+from chatplane.persistence.client import PersistenceClient
+from chatplane.v1 import admin_resources_pb2, gateway_pb2, resources_pb2
 
 ARCHIVE_FORMAT: Final = "chatplane.user-export"
 ARCHIVE_VERSION: Final = 1
@@ -97,7 +92,7 @@ def message_json(message: resources_pb2.Message) -> Json:
     }
 
 
-def answer_json(answer: persistence_pb2.ExportedAnswer) -> Json:
+def answer_json(answer: privacy_pb2.ExportedAnswer) -> Json:
     """An answer's facts."""
     return {
         "message_id": answer.message_id,
@@ -108,7 +103,7 @@ def answer_json(answer: persistence_pb2.ExportedAnswer) -> Json:
     }
 
 
-def feedback_json(feedback: persistence_pb2.ExportedFeedback) -> Json:
+def feedback_json(feedback: privacy_pb2.ExportedFeedback) -> Json:
     """A feedback entry."""
     return {
         "message_id": feedback.message_id,
@@ -156,9 +151,9 @@ class _Chunker:
 
 
 async def archive_chunks(
-    persistence: persistence_pb2_grpc.PersistenceServiceAsyncStub,
+    persistence: PersistenceClient,
     memory: memory_pb2_grpc.MemoryServiceAsyncStub,
-    owner: persistence_pb2.Owner,
+    owner: admin_resources_pb2.Owner,
     *,
     export_timeout: float,
     call_timeout: Timeout,
@@ -178,8 +173,8 @@ async def archive_chunks(
     for chunk in out.write(_dump(header)[:-1] + ',"conversations":['):
         yield chunk
     state = _State()
-    records = persistence.ExportUserRecords(
-        persistence_pb2.ExportUserRecordsRequest(owner=owner, page_size=PAGE_SIZE),
+    records = persistence.privacy.ExportUserRecords(
+        privacy_pb2.ExportUserRecordsRequest(owner=owner, page_size=PAGE_SIZE),
         timeout=export_timeout,
     )
     try:
@@ -231,7 +226,7 @@ class _State:
 
 
 def _record_text(
-    record: persistence_pb2.ExportUserRecordsResponse, state: _State, counts: dict[str, int]
+    record: privacy_pb2.ExportUserRecordsResponse, state: _State, counts: dict[str, int]
 ) -> str:
     """The archive text of one record from Persistence (and what closes the list before)."""
     kind = record.WhichOneof("record")

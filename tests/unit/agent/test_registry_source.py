@@ -18,7 +18,8 @@ from chatplane.agent.variants.registry_source import (
 )
 from chatplane.agent.variants.router import VariantsConfigError
 from chatplane.common.variant_spec import VariantSpecError, parse_identifier, parse_spec
-from chatplane.v1 import persistence_pb2, registry_pb2, resources_pb2
+from chatplane.internal.v1 import variant_registry_pb2
+from chatplane.v1 import registry_pb2, resources_pb2
 
 
 def _version(name: str, version: int, **spec: object) -> registry_pb2.VariantVersion:
@@ -56,20 +57,25 @@ def test_a_deployment_is_production_then_canary_with_their_shares() -> None:
 
 
 class _Persistence:
-    """A PersistenceService stub answering from a list of deployments."""
+    """A Persistence stub answering from a list of deployments."""
+
+    @property
+    def registry(self) -> _Persistence:
+        """Stands in for PersistenceClient: the one service it fakes is itself."""
+        return self
 
     def __init__(self) -> None:
         self.deployment = registry_pb2.VariantDeployment()
         self.fail = False
 
     async def GetVariantDeployment(  # noqa: N802
-        self, request: persistence_pb2.GetVariantDeploymentRequest, timeout: float
-    ) -> persistence_pb2.GetVariantDeploymentResponse:
+        self, request: variant_registry_pb2.GetVariantDeploymentRequest, timeout: float
+    ) -> variant_registry_pb2.GetVariantDeploymentResponse:
         if self.fail:
             raise grpc.aio.AioRpcError(
                 grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata()
             )
-        return persistence_pb2.GetVariantDeploymentResponse(deployment=self.deployment)
+        return variant_registry_pb2.GetVariantDeploymentResponse(deployment=self.deployment)
 
 
 async def test_the_settings_serve_until_the_registry_has_a_production_version() -> None:

@@ -3,7 +3,8 @@ messages must keep the same oneof layout (field numbers, names and types)."""
 
 from __future__ import annotations
 
-from chatplane.v1 import agent_pb2, gateway_pb2, resources_pb2
+from chatplane.internal.v1 import agent_pb2
+from chatplane.v1 import gateway_pb2, resources_pb2
 
 
 def layout(descriptor: object) -> list[tuple[int, str, str]]:

@@ -13,7 +13,8 @@ from chatplane.crypto.log_records import (
     sealed_message,
     sealed_remember,
 )
-from chatplane.v1 import events_pb2, memory_pb2, resources_pb2
+from chatplane.internal.v1 import events_pb2, memory_pb2
+from chatplane.v1 import resources_pb2
 
 MESSAGE = "11111111-1111-4111-8111-111111111111"
 OTHER = "22222222-2222-4222-8222-222222222222"

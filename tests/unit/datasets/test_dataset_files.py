@@ -14,7 +14,7 @@ import pytest
 
 from chatplane.datasets.export import MANIFEST, METADATA, DatasetWriter, ExportRange
 from chatplane.datasets.formats import ANTHROPIC, FORMATS, OPENAI, SCHEMAS, turns
-from chatplane.v1 import gateway_pb2, persistence_pb2, resources_pb2
+from chatplane.v1 import admin_resources_pb2, gateway_pb2, resources_pb2
 
 USER, ASSISTANT = resources_pb2.ROLE_USER, resources_pb2.ROLE_ASSISTANT
 
@@ -31,15 +31,15 @@ def schema_validators() -> dict[str, jsonschema.protocols.Validator]:
 
 def _answer(
     tenant: str, variant: str, rating: int, *messages: tuple[int, str], redacted: bool = False
-) -> persistence_pb2.RatedAnswer:
-    answer = persistence_pb2.RatedAnswer(
+) -> admin_resources_pb2.RatedAnswer:
+    answer = admin_resources_pb2.RatedAnswer(
         tenant_id=tenant,
         conversation_id="c",
         message_id=f"m-{tenant}-{rating}",
         variant=variant,
         thumbs=gateway_pb2.RATING_THUMBS_UP,
         rating=rating,
-        messages=[persistence_pb2.DatasetMessage(role=r, text=t) for r, t in messages],
+        messages=[admin_resources_pb2.DatasetMessage(role=r, text=t) for r, t in messages],
         redacted=redacted,
     )
     answer.create_time.FromDatetime(datetime(2026, 11, rating, tzinfo=UTC))
@@ -49,15 +49,15 @@ def _answer(
 def test_branches_become_alternating_turns_or_are_skipped() -> None:
     assert turns(
         [
-            persistence_pb2.DatasetMessage(role=ASSISTANT, text="Welcome!"),  # before any user
-            persistence_pb2.DatasetMessage(role=USER, text="hi"),
-            persistence_pb2.DatasetMessage(role=USER, text="  "),  # empty
-            persistence_pb2.DatasetMessage(role=USER, text="anyone?"),
-            persistence_pb2.DatasetMessage(role=ASSISTANT, text="yes"),
+            admin_resources_pb2.DatasetMessage(role=ASSISTANT, text="Welcome!"),  # before any user
+            admin_resources_pb2.DatasetMessage(role=USER, text="hi"),
+            admin_resources_pb2.DatasetMessage(role=USER, text="  "),  # empty
+            admin_resources_pb2.DatasetMessage(role=USER, text="anyone?"),
+            admin_resources_pb2.DatasetMessage(role=ASSISTANT, text="yes"),
         ]
     ) == [("user", "hi\n\nanyone?"), ("assistant", "yes")]
-    assert turns([persistence_pb2.DatasetMessage(role=ASSISTANT, text="alone")]) is None
-    assert turns([persistence_pb2.DatasetMessage(role=USER, text="no answer")]) is None
+    assert turns([admin_resources_pb2.DatasetMessage(role=ASSISTANT, text="alone")]) is None
+    assert turns([admin_resources_pb2.DatasetMessage(role=USER, text="no answer")]) is None
 
 
 def test_written_files_validate_and_the_manifest_counts_them(tmp_path: Path) -> None:

@@ -10,7 +10,8 @@ import pytest
 
 from chatplane.common import errors
 from chatplane.gateway.auth import ApiKeyAuthenticator, parse_api_key
-from chatplane.v1 import persistence_pb2
+from chatplane.internal.v1 import identity_pb2
+from chatplane.v1 import admin_resources_pb2
 
 
 def test_bearer_key_is_split_into_id_and_secret() -> None:
@@ -46,13 +47,13 @@ async def test_the_principal_carries_the_keys_roles() -> None:
 
     secret = "ab" * 32
     records = {
-        "k1": persistence_pb2.GetApiKeyResponse(
-            owner=persistence_pb2.Owner(tenant_id="t", user_id="u"),
+        "k1": identity_pb2.GetApiKeyResponse(
+            owner=admin_resources_pb2.Owner(tenant_id="t", user_id="u"),
             secret_sha256=hashlib.sha256(secret.encode()).digest(),
             roles=["admin", "operator"],
         ),
-        "k2": persistence_pb2.GetApiKeyResponse(
-            owner=persistence_pb2.Owner(tenant_id="t", user_id="u"),
+        "k2": identity_pb2.GetApiKeyResponse(
+            owner=admin_resources_pb2.Owner(tenant_id="t", user_id="u"),
             secret_sha256=hashlib.sha256(secret.encode()).digest(),
         ),
     }
@@ -61,7 +62,7 @@ async def test_the_principal_carries_the_keys_roles() -> None:
         return records[request.key_id]
 
     authenticator = ApiKeyAuthenticator(
-        SimpleNamespace(GetApiKey=get_api_key),  # type: ignore[arg-type]
+        SimpleNamespace(identity=SimpleNamespace(GetApiKey=get_api_key)),  # type: ignore[arg-type]
         cache_seconds=1,
         call_timeout=1,
     )

@@ -11,13 +11,8 @@ import pytest
 from chatplane.common.context import Principal
 from chatplane.common.settings import Settings
 from chatplane.gateway.chat import CONVERSATION_ID_HEADER, ChatRelay
-from chatplane.v1 import (
-    agent_pb2,
-    agent_pb2_grpc,
-    gateway_pb2,
-    persistence_pb2,
-    resources_pb2,
-)
+from chatplane.internal.v1 import agent_pb2, agent_pb2_grpc, turn_pb2
+from chatplane.v1 import gateway_pb2, resources_pb2
 
 CONVERSATION = "0b0f6c8e-7d1a-4a53-9c0e-3f1f9b7c2a11"
 
@@ -40,10 +35,15 @@ class RecordingAgent(agent_pb2_grpc.AgentServiceServicer):
 class OwnedTurns:
     """The one Persistence call of a fresh turn: BeginTurn grants ownership in CONVERSATION."""
 
+    @property
+    def turns(self) -> OwnedTurns:
+        """Stands in for PersistenceClient: the one service it fakes is itself."""
+        return self
+
     async def BeginTurn(  # noqa: N802 - the RPC's name
-        self, request: persistence_pb2.BeginTurnRequest, timeout: float
-    ) -> persistence_pb2.BeginTurnResponse:
-        return persistence_pb2.BeginTurnResponse(
+        self, request: turn_pb2.BeginTurnRequest, timeout: float
+    ) -> turn_pb2.BeginTurnResponse:
+        return turn_pb2.BeginTurnResponse(
             owner=True,
             conversation_id=CONVERSATION,
             user_message_id=request.user_message_id,

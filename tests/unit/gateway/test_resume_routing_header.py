@@ -13,7 +13,8 @@ from chatplane.common.context import Principal
 from chatplane.common.settings import Settings
 from chatplane.gateway.chat import CONVERSATION_ID_HEADER
 from chatplane.gateway.resume import AnswerResume
-from chatplane.v1 import agent_pb2, agent_pb2_grpc, gateway_pb2, persistence_pb2, resources_pb2
+from chatplane.internal.v1 import agent_pb2, agent_pb2_grpc, turn_pb2
+from chatplane.v1 import gateway_pb2, resources_pb2
 
 CONVERSATION = "0b0f6c8e-7d1a-4a53-9c0e-3f1f9b7c2a11"
 ANSWER = "5c0a3a5e-3b9e-4d7e-8f39-6a3f1a2b9c10"
@@ -44,11 +45,16 @@ class RecordingAgent(agent_pb2_grpc.AgentServiceServicer):
 class PendingAnswer:
     """GetAnswer of a turn still generating in CONVERSATION."""
 
+    @property
+    def turns(self) -> PendingAnswer:
+        """Stands in for PersistenceClient: the one service it fakes is itself."""
+        return self
+
     async def GetAnswer(  # noqa: N802 - the RPC's name
-        self, request: persistence_pb2.GetAnswerRequest, timeout: float
-    ) -> persistence_pb2.GetAnswerResponse:
+        self, request: turn_pb2.GetAnswerRequest, timeout: float
+    ) -> turn_pb2.GetAnswerResponse:
         assert (request.owner.tenant_id, request.owner.user_id) == ("t", "u")
-        return persistence_pb2.GetAnswerResponse(conversation_id=CONVERSATION)
+        return turn_pb2.GetAnswerResponse(conversation_id=CONVERSATION)
 
 
 @pytest.mark.asyncio

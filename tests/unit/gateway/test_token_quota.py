@@ -10,7 +10,8 @@ from google.rpc import error_details_pb2, status_pb2
 
 from chatplane.common.status_mapping import to_status
 from chatplane.gateway.token_quota import TokenQuotaGate, TurnTokens, _exceeded
-from chatplane.v1 import gateway_pb2, persistence_pb2, resources_pb2
+from chatplane.internal.v1 import quota_pb2
+from chatplane.v1 import gateway_pb2, resources_pb2
 
 
 def delta(text: str) -> gateway_pb2.ChatResponse:
@@ -59,7 +60,7 @@ def test_reservation_estimate_is_the_question_and_the_most_the_model_may_answer(
 
 def test_spent_quota_is_resource_exhausted_with_quota_failure_and_retry_info() -> None:
     reset = timestamp_pb2.Timestamp(seconds=int(time.time()) + 3600)
-    quota = persistence_pb2.TokenQuota(
+    quota = quota_pb2.TokenQuota(
         tenant_id="acme", tokens_per_day=1000, used_tokens=990, reserved_tokens=10, reset_time=reset
     )
     error = _exceeded(quota)

@@ -8,29 +8,34 @@ import pytest
 from chatplane.common import errors
 from chatplane.gateway.token_quota import Admission
 from chatplane.gateway.turn_overlap import admitted
-from chatplane.v1 import persistence_pb2
+from chatplane.internal.v1 import quota_pb2, turn_pb2
 
-REQUEST = persistence_pb2.ReserveQuotaRequest(tenant_id="t", reservation_id="r", tokens=10)
+REQUEST = quota_pb2.ReserveQuotaRequest(tenant_id="t", reservation_id="r", tokens=10)
 
 
 class OldPersistence:
     """Answers ReserveQuota (the separate call) with a fixed outcome and counts the calls."""
 
+    @property
+    def quota(self) -> OldPersistence:
+        """Stands in for PersistenceClient: the one service it fakes is itself."""
+        return self
+
     def __init__(self, granted: bool) -> None:
         self.granted = granted
-        self.calls: list[persistence_pb2.ReserveQuotaRequest] = []
+        self.calls: list[quota_pb2.ReserveQuotaRequest] = []
 
     async def ReserveQuota(  # noqa: N802 - the RPC's name
-        self, request: persistence_pb2.ReserveQuotaRequest, timeout: float
-    ) -> persistence_pb2.ReserveQuotaResponse:
+        self, request: quota_pb2.ReserveQuotaRequest, timeout: float
+    ) -> quota_pb2.ReserveQuotaResponse:
         self.calls.append(request)
-        return persistence_pb2.ReserveQuotaResponse(
-            granted=self.granted, quota=persistence_pb2.TokenQuota(tenant_id="t", tokens_per_day=5)
+        return quota_pb2.ReserveQuotaResponse(
+            granted=self.granted, quota=quota_pb2.TokenQuota(tenant_id="t", tokens_per_day=5)
         )
 
 
-def _begun(quota: persistence_pb2.ReserveQuotaResponse | None) -> persistence_pb2.BeginTurnResponse:
-    response = persistence_pb2.BeginTurnResponse(owner=True, conversation_id="c")
+def _begun(quota: quota_pb2.ReserveQuotaResponse | None) -> turn_pb2.BeginTurnResponse:
+    response = turn_pb2.BeginTurnResponse(owner=True, conversation_id="c")
     if quota is not None:
         response.quota.CopyFrom(quota)
     return response
@@ -39,10 +44,10 @@ def _begun(quota: persistence_pb2.ReserveQuotaResponse | None) -> persistence_pb
 async def test_the_outcome_comes_from_begin_turn_without_another_call() -> None:
     persistence = OldPersistence(granted=False)
     admission = Admission(persistence, REQUEST, 1.0)  # type: ignore[arg-type]
-    begin = persistence_pb2.BeginTurnRequest()
+    begin = turn_pb2.BeginTurnRequest()
     admission.fold_into(begin)
     assert begin.reserve_quota == REQUEST
-    granted = persistence_pb2.ReserveQuotaResponse(granted=True, reserved_tokens=10)
+    granted = quota_pb2.ReserveQuotaResponse(granted=True, reserved_tokens=10)
     begun = _begun(granted)
     admission.resolve(begun)
     released: list[bool] = []

@@ -7,9 +7,10 @@ from typing import Any
 import pytest
 
 from chatplane.common import errors
+from chatplane.internal.v1 import memory_pb2
 from chatplane.memory.index.base import ItemKind, MemoryItem
 from chatplane.memory.user_memory import list_user_memory
-from chatplane.v1 import memory_pb2, resources_pb2
+from chatplane.v1 import resources_pb2
 
 
 class FakeMemory:

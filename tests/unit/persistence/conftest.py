@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from chatplane.internal.v1 import events_pb2
 from chatplane.log import PostgresMessageLog
 from chatplane.persistence.store.sqlite import SqliteConversationStore
-from chatplane.v1 import events_pb2
 from tests.contract.store_fixtures import FakeClock, recorded
 
 

@@ -1,5 +1,5 @@
 """The A/B fields of log records in their stored form (docs/variants.md), the feedback score's
-validation (Gateway and PersistenceService), and the report RPC's request checks."""
+validation (Gateway and Persistence), and the report RPC's request checks."""
 
 from __future__ import annotations
 
@@ -12,9 +12,10 @@ from chatplane.common import errors
 from chatplane.common.feedback_score import feedback_score
 from chatplane.common.ids import new_id
 from chatplane.gateway.validation import validate_feedback
+from chatplane.internal.v1 import analytics_pb2, conversation_pb2
 from chatplane.log import ConsumedRecord
 from chatplane.persistence.consumer import decode_message
-from chatplane.persistence.servicer import PersistenceServicer
+from chatplane.persistence.conversation_servicer import ConversationServicer
 from chatplane.persistence.store.base import Owner
 from chatplane.persistence.store.sqlite import (
     SqliteConversationStore,
@@ -22,7 +23,7 @@ from chatplane.persistence.store.sqlite import (
     sqlite_migrations,
 )
 from chatplane.persistence.variant_report import report_variants
-from chatplane.v1 import gateway_pb2, persistence_pb2, resources_pb2
+from chatplane.v1 import admin_resources_pb2, gateway_pb2, resources_pb2
 from tests.contract.store_fixtures import recorded
 
 OWNER = Owner("t", "u")
@@ -93,9 +94,9 @@ def test_scores_1_to_5_and_no_score_are_accepted(score: int) -> None:
 async def test_persistence_refuses_a_bad_score_before_storing(
     store: SqliteConversationStore,
 ) -> None:
-    servicer = PersistenceServicer(store)
-    request = persistence_pb2.PersistenceServiceSubmitFeedbackRequest(
-        owner=persistence_pb2.Owner(tenant_id="t", user_id="u"),
+    servicer = ConversationServicer(store)
+    request = conversation_pb2.SubmitFeedbackRequest(
+        owner=admin_resources_pb2.Owner(tenant_id="t", user_id="u"),
         feedback=gateway_pb2.SubmitFeedbackRequest(
             message_id=new_id(), rating=gateway_pb2.RATING_THUMBS_UP, score=0
         ),
@@ -107,18 +108,18 @@ async def test_persistence_refuses_a_bad_score_before_storing(
 
 async def test_report_request_checks(store: SqliteConversationStore) -> None:
     with pytest.raises(errors.InvalidArgument) as raised:
-        await report_variants(store, persistence_pb2.ReportVariantsRequest(tenant_id="t" * 300))
+        await report_variants(store, analytics_pb2.ReportVariantsRequest(tenant_id="t" * 300))
     assert raised.value.field == "tenant_id"
-    request = persistence_pb2.ReportVariantsRequest()
+    request = analytics_pb2.ReportVariantsRequest()
     request.since.seconds = 2**62
     with pytest.raises(errors.InvalidArgument) as raised:
         await report_variants(store, request)
     assert raised.value.field == "since"
-    assert not (await report_variants(store, persistence_pb2.ReportVariantsRequest())).variants
+    assert not (await report_variants(store, analytics_pb2.ReportVariantsRequest())).variants
     # Issue 8: the comparison's level.
     for alpha in (0.0, 0.5, -1.0):
         with pytest.raises(errors.InvalidArgument) as raised:
-            await report_variants(store, persistence_pb2.ReportVariantsRequest(alpha=alpha))
+            await report_variants(store, analytics_pb2.ReportVariantsRequest(alpha=alpha))
         assert raised.value.field == "alpha"
 
 

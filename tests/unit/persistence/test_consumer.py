@@ -17,6 +17,7 @@ import pytest
 
 from chatplane.common import errors
 from chatplane.common.topics import MESSAGES_DLQ_TOPIC, MESSAGES_TOPIC
+from chatplane.internal.v1 import events_pb2
 from chatplane.log import LogRecord, MessageLogProducer, PostgresMessageLog
 from chatplane.persistence.consumer import (
     CONSUMER_GROUP,
@@ -26,7 +27,7 @@ from chatplane.persistence.consumer import (
 )
 from chatplane.persistence.store.base import ConversationStore, Message, Owner
 from chatplane.persistence.store.sqlite import SqliteConversationStore
-from chatplane.v1 import events_pb2, resources_pb2
+from chatplane.v1 import resources_pb2
 
 if TYPE_CHECKING:
     from conftest import FakeClock

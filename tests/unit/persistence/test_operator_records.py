@@ -7,10 +7,11 @@ import pytest
 
 from chatplane.common.ids import new_id
 from chatplane.common.topics import MESSAGE_SCHEMA_VERSION, MESSAGES_TOPIC
+from chatplane.internal.v1 import events_pb2
 from chatplane.log.base import ConsumedRecord
 from chatplane.persistence.consumer import InvalidRecord, decode_message
 from chatplane.persistence.store.base import Role
-from chatplane.v1 import events_pb2, resources_pb2
+from chatplane.v1 import resources_pb2
 
 
 def record(operator_id: str, role: resources_pb2.Role.ValueType) -> ConsumedRecord:

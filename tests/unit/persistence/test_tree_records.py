@@ -6,9 +6,10 @@ from __future__ import annotations
 import pytest
 
 from chatplane.common.ids import new_id
+from chatplane.internal.v1 import events_pb2
 from chatplane.log import ConsumedRecord
 from chatplane.persistence.consumer import InvalidRecord, decode_message
-from chatplane.v1 import events_pb2, resources_pb2
+from chatplane.v1 import resources_pb2
 
 
 def record(**fields: str) -> ConsumedRecord:

@@ -8,15 +8,21 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
+from chatplane.internal.v1 import memory_pb2, privacy_pb2
 from chatplane.privacy.export_archive import CHUNK_BYTES, archive_chunks
-from chatplane.v1 import gateway_pb2, memory_pb2, persistence_pb2, resources_pb2
+from chatplane.v1 import admin_resources_pb2, gateway_pb2, resources_pb2
 
-Record = persistence_pb2.ExportUserRecordsResponse
-OWNER = persistence_pb2.Owner(tenant_id="acme", user_id="alice")
+Record = privacy_pb2.ExportUserRecordsResponse
+OWNER = admin_resources_pb2.Owner(tenant_id="acme", user_id="alice")
 NOW = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
 
 
 class FakePersistence:
+    @property
+    def privacy(self) -> FakePersistence:
+        """Stands in for PersistenceClient: the one service it fakes is itself."""
+        return self
+
     def __init__(self, records: list[Record]) -> None:
         self.records = records
 
@@ -99,7 +105,7 @@ async def test_sections_nest_and_skip_empty_ones() -> None:
         message("m2", "second"),
         Record(conversation=resources_pb2.Conversation(conversation_id="c2")),
         Record(
-            feedback=persistence_pb2.ExportedFeedback(
+            feedback=privacy_pb2.ExportedFeedback(
                 message_id="m2", rating=gateway_pb2.RATING_THUMBS_DOWN, comment="meh"
             )
         ),
@@ -155,6 +161,10 @@ async def test_a_caller_going_away_ends_the_persistence_read() -> None:
     )
 
     class Persistence:
+        @property
+        def privacy(self) -> Persistence:
+            return self
+
         def ExportUserRecords(self, request: Any, timeout: float) -> CancellableRecords:  # noqa: N802
             return call
 

@@ -152,7 +152,7 @@ func (x *ListApiKeysResponse) GetNextPageToken() string {
 }
 
 // A key to create.
-type AdminServiceCreateApiKeyRequest struct {
+type CreateApiKeyRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The user of the caller's tenant the key authenticates as (1-256 characters).
 	UserId string `protobuf:"bytes,1,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
@@ -164,20 +164,20 @@ type AdminServiceCreateApiKeyRequest struct {
 	sizeCache     protoimpl.SizeCache
 }
 
-func (x *AdminServiceCreateApiKeyRequest) Reset() {
-	*x = AdminServiceCreateApiKeyRequest{}
+func (x *CreateApiKeyRequest) Reset() {
+	*x = CreateApiKeyRequest{}
 	mi := &file_chatplane_v1_admin_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
 
-func (x *AdminServiceCreateApiKeyRequest) String() string {
+func (x *CreateApiKeyRequest) String() string {
 	return protoimpl.X.MessageStringOf(x)
 }
 
-func (*AdminServiceCreateApiKeyRequest) ProtoMessage() {}
+func (*CreateApiKeyRequest) ProtoMessage() {}
 
-func (x *AdminServiceCreateApiKeyRequest) ProtoReflect() protoreflect.Message {
+func (x *CreateApiKeyRequest) ProtoReflect() protoreflect.Message {
 	mi := &file_chatplane_v1_admin_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
@@ -189,26 +189,26 @@ func (x *AdminServiceCreateApiKeyRequest) ProtoReflect() protoreflect.Message {
 	return mi.MessageOf(x)
 }
 
-// Deprecated: Use AdminServiceCreateApiKeyRequest.ProtoReflect.Descriptor instead.
-func (*AdminServiceCreateApiKeyRequest) Descriptor() ([]byte, []int) {
+// Deprecated: Use CreateApiKeyRequest.ProtoReflect.Descriptor instead.
+func (*CreateApiKeyRequest) Descriptor() ([]byte, []int) {
 	return file_chatplane_v1_admin_proto_rawDescGZIP(), []int{2}
 }
 
-func (x *AdminServiceCreateApiKeyRequest) GetUserId() string {
+func (x *CreateApiKeyRequest) GetUserId() string {
 	if x != nil {
 		return x.UserId
 	}
 	return ""
 }
 
-func (x *AdminServiceCreateApiKeyRequest) GetLabel() string {
+func (x *CreateApiKeyRequest) GetLabel() string {
 	if x != nil {
 		return x.Label
 	}
 	return ""
 }
 
-func (x *AdminServiceCreateApiKeyRequest) GetRoles() []string {
+func (x *CreateApiKeyRequest) GetRoles() []string {
 	if x != nil {
 		return x.Roles
 	}
@@ -216,7 +216,7 @@ func (x *AdminServiceCreateApiKeyRequest) GetRoles() []string {
 }
 
 // The new key.
-type AdminServiceCreateApiKeyResponse struct {
+type CreateApiKeyResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The full key to give to its holder (shown once, never stored in clear).
 	ApiKey string `protobuf:"bytes,1,opt,name=api_key,json=apiKey,proto3" json:"api_key,omitempty"`
@@ -226,20 +226,20 @@ type AdminServiceCreateApiKeyResponse struct {
 	sizeCache     protoimpl.SizeCache
 }
 
-func (x *AdminServiceCreateApiKeyResponse) Reset() {
-	*x = AdminServiceCreateApiKeyResponse{}
+func (x *CreateApiKeyResponse) Reset() {
+	*x = CreateApiKeyResponse{}
 	mi := &file_chatplane_v1_admin_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
 
-func (x *AdminServiceCreateApiKeyResponse) String() string {
+func (x *CreateApiKeyResponse) String() string {
 	return protoimpl.X.MessageStringOf(x)
 }
 
-func (*AdminServiceCreateApiKeyResponse) ProtoMessage() {}
+func (*CreateApiKeyResponse) ProtoMessage() {}
 
-func (x *AdminServiceCreateApiKeyResponse) ProtoReflect() protoreflect.Message {
+func (x *CreateApiKeyResponse) ProtoReflect() protoreflect.Message {
 	mi := &file_chatplane_v1_admin_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
@@ -251,19 +251,19 @@ func (x *AdminServiceCreateApiKeyResponse) ProtoReflect() protoreflect.Message {
 	return mi.MessageOf(x)
 }
 
-// Deprecated: Use AdminServiceCreateApiKeyResponse.ProtoReflect.Descriptor instead.
-func (*AdminServiceCreateApiKeyResponse) Descriptor() ([]byte, []int) {
+// Deprecated: Use CreateApiKeyResponse.ProtoReflect.Descriptor instead.
+func (*CreateApiKeyResponse) Descriptor() ([]byte, []int) {
 	return file_chatplane_v1_admin_proto_rawDescGZIP(), []int{3}
 }
 
-func (x *AdminServiceCreateApiKeyResponse) GetApiKey() string {
+func (x *CreateApiKeyResponse) GetApiKey() string {
 	if x != nil {
 		return x.ApiKey
 	}
 	return ""
 }
 
-func (x *AdminServiceCreateApiKeyResponse) GetKey() *ApiKeyInfo {
+func (x *CreateApiKeyResponse) GetKey() *ApiKeyInfo {
 	if x != nil {
 		return x.Key
 	}
@@ -482,7 +482,7 @@ func (x *RevokeApiKeyResponse) GetKey() *ApiKeyInfo {
 }
 
 // Asks for a page of the caller's tenant's rated answers (docs/datasets.md).
-type AdminServiceListRatedAnswersRequest struct {
+type ListRatedAnswersRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Answers created at or after this time (required).
 	Since *timestamppb.Timestamp `protobuf:"bytes,1,opt,name=since,proto3" json:"since,omitempty"`
@@ -498,20 +498,20 @@ type AdminServiceListRatedAnswersRequest struct {
 	sizeCache     protoimpl.SizeCache
 }
 
-func (x *AdminServiceListRatedAnswersRequest) Reset() {
-	*x = AdminServiceListRatedAnswersRequest{}
+func (x *ListRatedAnswersRequest) Reset() {
+	*x = ListRatedAnswersRequest{}
 	mi := &file_chatplane_v1_admin_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
 
-func (x *AdminServiceListRatedAnswersRequest) String() string {
+func (x *ListRatedAnswersRequest) String() string {
 	return protoimpl.X.MessageStringOf(x)
 }
 
-func (*AdminServiceListRatedAnswersRequest) ProtoMessage() {}
+func (*ListRatedAnswersRequest) ProtoMessage() {}
 
-func (x *AdminServiceListRatedAnswersRequest) ProtoReflect() protoreflect.Message {
+func (x *ListRatedAnswersRequest) ProtoReflect() protoreflect.Message {
 	mi := &file_chatplane_v1_admin_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
@@ -523,40 +523,40 @@ func (x *AdminServiceListRatedAnswersRequest) ProtoReflect() protoreflect.Messag
 	return mi.MessageOf(x)
 }
 
-// Deprecated: Use AdminServiceListRatedAnswersRequest.ProtoReflect.Descriptor instead.
-func (*AdminServiceListRatedAnswersRequest) Descriptor() ([]byte, []int) {
+// Deprecated: Use ListRatedAnswersRequest.ProtoReflect.Descriptor instead.
+func (*ListRatedAnswersRequest) Descriptor() ([]byte, []int) {
 	return file_chatplane_v1_admin_proto_rawDescGZIP(), []int{8}
 }
 
-func (x *AdminServiceListRatedAnswersRequest) GetSince() *timestamppb.Timestamp {
+func (x *ListRatedAnswersRequest) GetSince() *timestamppb.Timestamp {
 	if x != nil {
 		return x.Since
 	}
 	return nil
 }
 
-func (x *AdminServiceListRatedAnswersRequest) GetUntil() *timestamppb.Timestamp {
+func (x *ListRatedAnswersRequest) GetUntil() *timestamppb.Timestamp {
 	if x != nil {
 		return x.Until
 	}
 	return nil
 }
 
-func (x *AdminServiceListRatedAnswersRequest) GetMinRating() int32 {
+func (x *ListRatedAnswersRequest) GetMinRating() int32 {
 	if x != nil {
 		return x.MinRating
 	}
 	return 0
 }
 
-func (x *AdminServiceListRatedAnswersRequest) GetPageSize() int32 {
+func (x *ListRatedAnswersRequest) GetPageSize() int32 {
 	if x != nil {
 		return x.PageSize
 	}
 	return 0
 }
 
-func (x *AdminServiceListRatedAnswersRequest) GetPageToken() string {
+func (x *ListRatedAnswersRequest) GetPageToken() string {
 	if x != nil {
 		return x.PageToken
 	}
@@ -564,7 +564,7 @@ func (x *AdminServiceListRatedAnswersRequest) GetPageToken() string {
 }
 
 // A page of the tenant's rated answers, oldest first.
-type AdminServiceListRatedAnswersResponse struct {
+type ListRatedAnswersResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The answers with their branches.
 	Answers []*RatedAnswer `protobuf:"bytes,1,rep,name=answers,proto3" json:"answers,omitempty"`
@@ -574,20 +574,20 @@ type AdminServiceListRatedAnswersResponse struct {
 	sizeCache     protoimpl.SizeCache
 }
 
-func (x *AdminServiceListRatedAnswersResponse) Reset() {
-	*x = AdminServiceListRatedAnswersResponse{}
+func (x *ListRatedAnswersResponse) Reset() {
+	*x = ListRatedAnswersResponse{}
 	mi := &file_chatplane_v1_admin_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
 
-func (x *AdminServiceListRatedAnswersResponse) String() string {
+func (x *ListRatedAnswersResponse) String() string {
 	return protoimpl.X.MessageStringOf(x)
 }
 
-func (*AdminServiceListRatedAnswersResponse) ProtoMessage() {}
+func (*ListRatedAnswersResponse) ProtoMessage() {}
 
-func (x *AdminServiceListRatedAnswersResponse) ProtoReflect() protoreflect.Message {
+func (x *ListRatedAnswersResponse) ProtoReflect() protoreflect.Message {
 	mi := &file_chatplane_v1_admin_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
@@ -599,19 +599,19 @@ func (x *AdminServiceListRatedAnswersResponse) ProtoReflect() protoreflect.Messa
 	return mi.MessageOf(x)
 }
 
-// Deprecated: Use AdminServiceListRatedAnswersResponse.ProtoReflect.Descriptor instead.
-func (*AdminServiceListRatedAnswersResponse) Descriptor() ([]byte, []int) {
+// Deprecated: Use ListRatedAnswersResponse.ProtoReflect.Descriptor instead.
+func (*ListRatedAnswersResponse) Descriptor() ([]byte, []int) {
 	return file_chatplane_v1_admin_proto_rawDescGZIP(), []int{9}
 }
 
-func (x *AdminServiceListRatedAnswersResponse) GetAnswers() []*RatedAnswer {
+func (x *ListRatedAnswersResponse) GetAnswers() []*RatedAnswer {
 	if x != nil {
 		return x.Answers
 	}
 	return nil
 }
 
-func (x *AdminServiceListRatedAnswersResponse) GetNextPageToken() string {
+func (x *ListRatedAnswersResponse) GetNextPageToken() string {
 	if x != nil {
 		return x.NextPageToken
 	}
@@ -982,7 +982,7 @@ var File_chatplane_v1_admin_proto protoreflect.FileDescriptor
 
 const file_chatplane_v1_admin_proto_rawDesc = "" +
 	"\n" +
-	"\x18chatplane/v1/admin.proto\x12\fchatplane.v1\x1a\x1achatplane/v1/erasure.proto\x1a\x1echatplane/v1/persistence.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x92\x01\n" +
+	"\x18chatplane/v1/admin.proto\x12\fchatplane.v1\x1a\x1achatplane/v1/erasure.proto\x1a\"chatplane/v1/admin_resources.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x92\x01\n" +
 	"\x12ListApiKeysRequest\x12\x17\n" +
 	"\auser_id\x18\x01 \x01(\tR\x06userId\x12\x1b\n" +
 	"\tpage_size\x18\x02 \x01(\x05R\bpageSize\x12\x1d\n" +
@@ -991,12 +991,12 @@ const file_chatplane_v1_admin_proto_rawDesc = "" +
 	"\x0finclude_revoked\x18\x04 \x01(\bR\x0eincludeRevoked\"k\n" +
 	"\x13ListApiKeysResponse\x12,\n" +
 	"\x04keys\x18\x01 \x03(\v2\x18.chatplane.v1.ApiKeyInfoR\x04keys\x12&\n" +
-	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"f\n" +
-	"\x1fAdminServiceCreateApiKeyRequest\x12\x17\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"Z\n" +
+	"\x13CreateApiKeyRequest\x12\x17\n" +
 	"\auser_id\x18\x01 \x01(\tR\x06userId\x12\x14\n" +
 	"\x05label\x18\x02 \x01(\tR\x05label\x12\x14\n" +
-	"\x05roles\x18\x03 \x03(\tR\x05roles\"g\n" +
-	" AdminServiceCreateApiKeyResponse\x12\x17\n" +
+	"\x05roles\x18\x03 \x03(\tR\x05roles\"[\n" +
+	"\x14CreateApiKeyResponse\x12\x17\n" +
 	"\aapi_key\x18\x01 \x01(\tR\x06apiKey\x12*\n" +
 	"\x03key\x18\x02 \x01(\v2\x18.chatplane.v1.ApiKeyInfoR\x03key\"a\n" +
 	"\x13RotateApiKeyRequest\x12\x15\n" +
@@ -1009,16 +1009,16 @@ const file_chatplane_v1_admin_proto_rawDesc = "" +
 	"\x13RevokeApiKeyRequest\x12\x15\n" +
 	"\x06key_id\x18\x01 \x01(\tR\x05keyId\"B\n" +
 	"\x14RevokeApiKeyResponse\x12*\n" +
-	"\x03key\x18\x01 \x01(\v2\x18.chatplane.v1.ApiKeyInfoR\x03key\"\xe4\x01\n" +
-	"#AdminServiceListRatedAnswersRequest\x120\n" +
+	"\x03key\x18\x01 \x01(\v2\x18.chatplane.v1.ApiKeyInfoR\x03key\"\xd8\x01\n" +
+	"\x17ListRatedAnswersRequest\x120\n" +
 	"\x05since\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x05since\x120\n" +
 	"\x05until\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x05until\x12\x1d\n" +
 	"\n" +
 	"min_rating\x18\x03 \x01(\x05R\tminRating\x12\x1b\n" +
 	"\tpage_size\x18\x04 \x01(\x05R\bpageSize\x12\x1d\n" +
 	"\n" +
-	"page_token\x18\x05 \x01(\tR\tpageToken\"\x83\x01\n" +
-	"$AdminServiceListRatedAnswersResponse\x123\n" +
+	"page_token\x18\x05 \x01(\tR\tpageToken\"w\n" +
+	"\x18ListRatedAnswersResponse\x123\n" +
 	"\aanswers\x18\x01 \x03(\v2\x19.chatplane.v1.RatedAnswerR\aanswers\x12&\n" +
 	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"0\n" +
 	"\x15ExportUserDataRequest\x12\x17\n" +
@@ -1035,13 +1035,13 @@ const file_chatplane_v1_admin_proto_rawDesc = "" +
 	"\x06policy\x18\x01 \x01(\v2\x1d.chatplane.v1.RetentionPolicyR\x06policy\"\x15\n" +
 	"\x13GetRetentionRequest\"M\n" +
 	"\x14GetRetentionResponse\x125\n" +
-	"\x06policy\x18\x01 \x01(\v2\x1d.chatplane.v1.RetentionPolicyR\x06policy2\xd5\x06\n" +
+	"\x06policy\x18\x01 \x01(\v2\x1d.chatplane.v1.RetentionPolicyR\x06policy2\xa5\x06\n" +
 	"\fAdminService\x12R\n" +
-	"\vListApiKeys\x12 .chatplane.v1.ListApiKeysRequest\x1a!.chatplane.v1.ListApiKeysResponse\x12m\n" +
-	"\fCreateApiKey\x12-.chatplane.v1.AdminServiceCreateApiKeyRequest\x1a..chatplane.v1.AdminServiceCreateApiKeyResponse\x12U\n" +
+	"\vListApiKeys\x12 .chatplane.v1.ListApiKeysRequest\x1a!.chatplane.v1.ListApiKeysResponse\x12U\n" +
+	"\fCreateApiKey\x12!.chatplane.v1.CreateApiKeyRequest\x1a\".chatplane.v1.CreateApiKeyResponse\x12U\n" +
 	"\fRotateApiKey\x12!.chatplane.v1.RotateApiKeyRequest\x1a\".chatplane.v1.RotateApiKeyResponse\x12U\n" +
-	"\fRevokeApiKey\x12!.chatplane.v1.RevokeApiKeyRequest\x1a\".chatplane.v1.RevokeApiKeyResponse\x12y\n" +
-	"\x10ListRatedAnswers\x121.chatplane.v1.AdminServiceListRatedAnswersRequest\x1a2.chatplane.v1.AdminServiceListRatedAnswersResponse\x12]\n" +
+	"\fRevokeApiKey\x12!.chatplane.v1.RevokeApiKeyRequest\x1a\".chatplane.v1.RevokeApiKeyResponse\x12a\n" +
+	"\x10ListRatedAnswers\x12%.chatplane.v1.ListRatedAnswersRequest\x1a&.chatplane.v1.ListRatedAnswersResponse\x12]\n" +
 	"\x0eExportUserData\x12#.chatplane.v1.ExportUserDataRequest\x1a$.chatplane.v1.ExportUserDataResponse0\x01\x12L\n" +
 	"\tEraseUser\x12\x1e.chatplane.v1.EraseUserRequest\x1a\x1f.chatplane.v1.EraseUserResponse\x12U\n" +
 	"\fSetRetention\x12!.chatplane.v1.SetRetentionRequest\x1a\".chatplane.v1.SetRetentionResponse\x12U\n" +
@@ -1061,58 +1061,58 @@ func file_chatplane_v1_admin_proto_rawDescGZIP() []byte {
 
 var file_chatplane_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
 var file_chatplane_v1_admin_proto_goTypes = []any{
-	(*ListApiKeysRequest)(nil),                   // 0: chatplane.v1.ListApiKeysRequest
-	(*ListApiKeysResponse)(nil),                  // 1: chatplane.v1.ListApiKeysResponse
-	(*AdminServiceCreateApiKeyRequest)(nil),      // 2: chatplane.v1.AdminServiceCreateApiKeyRequest
-	(*AdminServiceCreateApiKeyResponse)(nil),     // 3: chatplane.v1.AdminServiceCreateApiKeyResponse
-	(*RotateApiKeyRequest)(nil),                  // 4: chatplane.v1.RotateApiKeyRequest
-	(*RotateApiKeyResponse)(nil),                 // 5: chatplane.v1.RotateApiKeyResponse
-	(*RevokeApiKeyRequest)(nil),                  // 6: chatplane.v1.RevokeApiKeyRequest
-	(*RevokeApiKeyResponse)(nil),                 // 7: chatplane.v1.RevokeApiKeyResponse
-	(*AdminServiceListRatedAnswersRequest)(nil),  // 8: chatplane.v1.AdminServiceListRatedAnswersRequest
-	(*AdminServiceListRatedAnswersResponse)(nil), // 9: chatplane.v1.AdminServiceListRatedAnswersResponse
-	(*ExportUserDataRequest)(nil),                // 10: chatplane.v1.ExportUserDataRequest
-	(*ExportUserDataResponse)(nil),               // 11: chatplane.v1.ExportUserDataResponse
-	(*EraseUserRequest)(nil),                     // 12: chatplane.v1.EraseUserRequest
-	(*EraseUserResponse)(nil),                    // 13: chatplane.v1.EraseUserResponse
-	(*SetRetentionRequest)(nil),                  // 14: chatplane.v1.SetRetentionRequest
-	(*SetRetentionResponse)(nil),                 // 15: chatplane.v1.SetRetentionResponse
-	(*GetRetentionRequest)(nil),                  // 16: chatplane.v1.GetRetentionRequest
-	(*GetRetentionResponse)(nil),                 // 17: chatplane.v1.GetRetentionResponse
-	(*ApiKeyInfo)(nil),                           // 18: chatplane.v1.ApiKeyInfo
-	(*durationpb.Duration)(nil),                  // 19: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil),                // 20: google.protobuf.Timestamp
-	(*RatedAnswer)(nil),                          // 21: chatplane.v1.RatedAnswer
-	(*ErasureReceipt)(nil),                       // 22: chatplane.v1.ErasureReceipt
-	(*RetentionPolicy)(nil),                      // 23: chatplane.v1.RetentionPolicy
+	(*ListApiKeysRequest)(nil),       // 0: chatplane.v1.ListApiKeysRequest
+	(*ListApiKeysResponse)(nil),      // 1: chatplane.v1.ListApiKeysResponse
+	(*CreateApiKeyRequest)(nil),      // 2: chatplane.v1.CreateApiKeyRequest
+	(*CreateApiKeyResponse)(nil),     // 3: chatplane.v1.CreateApiKeyResponse
+	(*RotateApiKeyRequest)(nil),      // 4: chatplane.v1.RotateApiKeyRequest
+	(*RotateApiKeyResponse)(nil),     // 5: chatplane.v1.RotateApiKeyResponse
+	(*RevokeApiKeyRequest)(nil),      // 6: chatplane.v1.RevokeApiKeyRequest
+	(*RevokeApiKeyResponse)(nil),     // 7: chatplane.v1.RevokeApiKeyResponse
+	(*ListRatedAnswersRequest)(nil),  // 8: chatplane.v1.ListRatedAnswersRequest
+	(*ListRatedAnswersResponse)(nil), // 9: chatplane.v1.ListRatedAnswersResponse
+	(*ExportUserDataRequest)(nil),    // 10: chatplane.v1.ExportUserDataRequest
+	(*ExportUserDataResponse)(nil),   // 11: chatplane.v1.ExportUserDataResponse
+	(*EraseUserRequest)(nil),         // 12: chatplane.v1.EraseUserRequest
+	(*EraseUserResponse)(nil),        // 13: chatplane.v1.EraseUserResponse
+	(*SetRetentionRequest)(nil),      // 14: chatplane.v1.SetRetentionRequest
+	(*SetRetentionResponse)(nil),     // 15: chatplane.v1.SetRetentionResponse
+	(*GetRetentionRequest)(nil),      // 16: chatplane.v1.GetRetentionRequest
+	(*GetRetentionResponse)(nil),     // 17: chatplane.v1.GetRetentionResponse
+	(*ApiKeyInfo)(nil),               // 18: chatplane.v1.ApiKeyInfo
+	(*durationpb.Duration)(nil),      // 19: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil),    // 20: google.protobuf.Timestamp
+	(*RatedAnswer)(nil),              // 21: chatplane.v1.RatedAnswer
+	(*ErasureReceipt)(nil),           // 22: chatplane.v1.ErasureReceipt
+	(*RetentionPolicy)(nil),          // 23: chatplane.v1.RetentionPolicy
 }
 var file_chatplane_v1_admin_proto_depIdxs = []int32{
 	18, // 0: chatplane.v1.ListApiKeysResponse.keys:type_name -> chatplane.v1.ApiKeyInfo
-	18, // 1: chatplane.v1.AdminServiceCreateApiKeyResponse.key:type_name -> chatplane.v1.ApiKeyInfo
+	18, // 1: chatplane.v1.CreateApiKeyResponse.key:type_name -> chatplane.v1.ApiKeyInfo
 	19, // 2: chatplane.v1.RotateApiKeyRequest.overlap:type_name -> google.protobuf.Duration
 	18, // 3: chatplane.v1.RotateApiKeyResponse.key:type_name -> chatplane.v1.ApiKeyInfo
 	18, // 4: chatplane.v1.RotateApiKeyResponse.previous:type_name -> chatplane.v1.ApiKeyInfo
 	18, // 5: chatplane.v1.RevokeApiKeyResponse.key:type_name -> chatplane.v1.ApiKeyInfo
-	20, // 6: chatplane.v1.AdminServiceListRatedAnswersRequest.since:type_name -> google.protobuf.Timestamp
-	20, // 7: chatplane.v1.AdminServiceListRatedAnswersRequest.until:type_name -> google.protobuf.Timestamp
-	21, // 8: chatplane.v1.AdminServiceListRatedAnswersResponse.answers:type_name -> chatplane.v1.RatedAnswer
+	20, // 6: chatplane.v1.ListRatedAnswersRequest.since:type_name -> google.protobuf.Timestamp
+	20, // 7: chatplane.v1.ListRatedAnswersRequest.until:type_name -> google.protobuf.Timestamp
+	21, // 8: chatplane.v1.ListRatedAnswersResponse.answers:type_name -> chatplane.v1.RatedAnswer
 	22, // 9: chatplane.v1.EraseUserResponse.receipt:type_name -> chatplane.v1.ErasureReceipt
 	23, // 10: chatplane.v1.SetRetentionResponse.policy:type_name -> chatplane.v1.RetentionPolicy
 	23, // 11: chatplane.v1.GetRetentionResponse.policy:type_name -> chatplane.v1.RetentionPolicy
 	0,  // 12: chatplane.v1.AdminService.ListApiKeys:input_type -> chatplane.v1.ListApiKeysRequest
-	2,  // 13: chatplane.v1.AdminService.CreateApiKey:input_type -> chatplane.v1.AdminServiceCreateApiKeyRequest
+	2,  // 13: chatplane.v1.AdminService.CreateApiKey:input_type -> chatplane.v1.CreateApiKeyRequest
 	4,  // 14: chatplane.v1.AdminService.RotateApiKey:input_type -> chatplane.v1.RotateApiKeyRequest
 	6,  // 15: chatplane.v1.AdminService.RevokeApiKey:input_type -> chatplane.v1.RevokeApiKeyRequest
-	8,  // 16: chatplane.v1.AdminService.ListRatedAnswers:input_type -> chatplane.v1.AdminServiceListRatedAnswersRequest
+	8,  // 16: chatplane.v1.AdminService.ListRatedAnswers:input_type -> chatplane.v1.ListRatedAnswersRequest
 	10, // 17: chatplane.v1.AdminService.ExportUserData:input_type -> chatplane.v1.ExportUserDataRequest
 	12, // 18: chatplane.v1.AdminService.EraseUser:input_type -> chatplane.v1.EraseUserRequest
 	14, // 19: chatplane.v1.AdminService.SetRetention:input_type -> chatplane.v1.SetRetentionRequest
 	16, // 20: chatplane.v1.AdminService.GetRetention:input_type -> chatplane.v1.GetRetentionRequest
 	1,  // 21: chatplane.v1.AdminService.ListApiKeys:output_type -> chatplane.v1.ListApiKeysResponse
-	3,  // 22: chatplane.v1.AdminService.CreateApiKey:output_type -> chatplane.v1.AdminServiceCreateApiKeyResponse
+	3,  // 22: chatplane.v1.AdminService.CreateApiKey:output_type -> chatplane.v1.CreateApiKeyResponse
 	5,  // 23: chatplane.v1.AdminService.RotateApiKey:output_type -> chatplane.v1.RotateApiKeyResponse
 	7,  // 24: chatplane.v1.AdminService.RevokeApiKey:output_type -> chatplane.v1.RevokeApiKeyResponse
-	9,  // 25: chatplane.v1.AdminService.ListRatedAnswers:output_type -> chatplane.v1.AdminServiceListRatedAnswersResponse
+	9,  // 25: chatplane.v1.AdminService.ListRatedAnswers:output_type -> chatplane.v1.ListRatedAnswersResponse
 	11, // 26: chatplane.v1.AdminService.ExportUserData:output_type -> chatplane.v1.ExportUserDataResponse
 	13, // 27: chatplane.v1.AdminService.EraseUser:output_type -> chatplane.v1.EraseUserResponse
 	15, // 28: chatplane.v1.AdminService.SetRetention:output_type -> chatplane.v1.SetRetentionResponse
@@ -1130,7 +1130,7 @@ func file_chatplane_v1_admin_proto_init() {
 		return
 	}
 	file_chatplane_v1_erasure_proto_init()
-	file_chatplane_v1_persistence_proto_init()
+	file_chatplane_v1_admin_resources_proto_init()
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{

@@ -41,7 +41,7 @@ type AdminServiceClient interface {
 	// Lists the tenant's API keys, newest first (never secrets).
 	ListApiKeys(ctx context.Context, in *ListApiKeysRequest, opts ...grpc.CallOption) (*ListApiKeysResponse, error)
 	// Creates an API key for a user of the tenant; the full key is returned once.
-	CreateApiKey(ctx context.Context, in *AdminServiceCreateApiKeyRequest, opts ...grpc.CallOption) (*AdminServiceCreateApiKeyResponse, error)
+	CreateApiKey(ctx context.Context, in *CreateApiKeyRequest, opts ...grpc.CallOption) (*CreateApiKeyResponse, error)
 	// Replaces a key by a new one with the same user, label and roles; the old key stops
 	// working now or after `overlap`.
 	RotateApiKey(ctx context.Context, in *RotateApiKeyRequest, opts ...grpc.CallOption) (*RotateApiKeyResponse, error)
@@ -49,7 +49,7 @@ type AdminServiceClient interface {
 	RevokeApiKey(ctx context.Context, in *RevokeApiKeyRequest, opts ...grpc.CallOption) (*RevokeApiKeyResponse, error)
 	// Pages the tenant's rated answers with their branches, for feedback datasets; the tenant
 	// must have opted in (FAILED_PRECONDITION otherwise; docs/datasets.md).
-	ListRatedAnswers(ctx context.Context, in *AdminServiceListRatedAnswersRequest, opts ...grpc.CallOption) (*AdminServiceListRatedAnswersResponse, error)
+	ListRatedAnswers(ctx context.Context, in *ListRatedAnswersRequest, opts ...grpc.CallOption) (*ListRatedAnswersResponse, error)
 	// Exports everything stored of one user of the tenant as one JSON document, streamed in
 	// chunks of at most 64 KiB (docs/privacy.md, "Export"). Audited as `user.export`.
 	ExportUserData(ctx context.Context, in *ExportUserDataRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ExportUserDataResponse], error)
@@ -81,9 +81,9 @@ func (c *adminServiceClient) ListApiKeys(ctx context.Context, in *ListApiKeysReq
 	return out, nil
 }
 
-func (c *adminServiceClient) CreateApiKey(ctx context.Context, in *AdminServiceCreateApiKeyRequest, opts ...grpc.CallOption) (*AdminServiceCreateApiKeyResponse, error) {
+func (c *adminServiceClient) CreateApiKey(ctx context.Context, in *CreateApiKeyRequest, opts ...grpc.CallOption) (*CreateApiKeyResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
-	out := new(AdminServiceCreateApiKeyResponse)
+	out := new(CreateApiKeyResponse)
 	err := c.cc.Invoke(ctx, AdminService_CreateApiKey_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
@@ -111,9 +111,9 @@ func (c *adminServiceClient) RevokeApiKey(ctx context.Context, in *RevokeApiKeyR
 	return out, nil
 }
 
-func (c *adminServiceClient) ListRatedAnswers(ctx context.Context, in *AdminServiceListRatedAnswersRequest, opts ...grpc.CallOption) (*AdminServiceListRatedAnswersResponse, error) {
+func (c *adminServiceClient) ListRatedAnswers(ctx context.Context, in *ListRatedAnswersRequest, opts ...grpc.CallOption) (*ListRatedAnswersResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
-	out := new(AdminServiceListRatedAnswersResponse)
+	out := new(ListRatedAnswersResponse)
 	err := c.cc.Invoke(ctx, AdminService_ListRatedAnswers_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
@@ -181,7 +181,7 @@ type AdminServiceServer interface {
 	// Lists the tenant's API keys, newest first (never secrets).
 	ListApiKeys(context.Context, *ListApiKeysRequest) (*ListApiKeysResponse, error)
 	// Creates an API key for a user of the tenant; the full key is returned once.
-	CreateApiKey(context.Context, *AdminServiceCreateApiKeyRequest) (*AdminServiceCreateApiKeyResponse, error)
+	CreateApiKey(context.Context, *CreateApiKeyRequest) (*CreateApiKeyResponse, error)
 	// Replaces a key by a new one with the same user, label and roles; the old key stops
 	// working now or after `overlap`.
 	RotateApiKey(context.Context, *RotateApiKeyRequest) (*RotateApiKeyResponse, error)
@@ -189,7 +189,7 @@ type AdminServiceServer interface {
 	RevokeApiKey(context.Context, *RevokeApiKeyRequest) (*RevokeApiKeyResponse, error)
 	// Pages the tenant's rated answers with their branches, for feedback datasets; the tenant
 	// must have opted in (FAILED_PRECONDITION otherwise; docs/datasets.md).
-	ListRatedAnswers(context.Context, *AdminServiceListRatedAnswersRequest) (*AdminServiceListRatedAnswersResponse, error)
+	ListRatedAnswers(context.Context, *ListRatedAnswersRequest) (*ListRatedAnswersResponse, error)
 	// Exports everything stored of one user of the tenant as one JSON document, streamed in
 	// chunks of at most 64 KiB (docs/privacy.md, "Export"). Audited as `user.export`.
 	ExportUserData(*ExportUserDataRequest, grpc.ServerStreamingServer[ExportUserDataResponse]) error
@@ -214,7 +214,7 @@ type UnimplementedAdminServiceServer struct{}
 func (UnimplementedAdminServiceServer) ListApiKeys(context.Context, *ListApiKeysRequest) (*ListApiKeysResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListApiKeys not implemented")
 }
-func (UnimplementedAdminServiceServer) CreateApiKey(context.Context, *AdminServiceCreateApiKeyRequest) (*AdminServiceCreateApiKeyResponse, error) {
+func (UnimplementedAdminServiceServer) CreateApiKey(context.Context, *CreateApiKeyRequest) (*CreateApiKeyResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method CreateApiKey not implemented")
 }
 func (UnimplementedAdminServiceServer) RotateApiKey(context.Context, *RotateApiKeyRequest) (*RotateApiKeyResponse, error) {
@@ -223,7 +223,7 @@ func (UnimplementedAdminServiceServer) RotateApiKey(context.Context, *RotateApiK
 func (UnimplementedAdminServiceServer) RevokeApiKey(context.Context, *RevokeApiKeyRequest) (*RevokeApiKeyResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method RevokeApiKey not implemented")
 }
-func (UnimplementedAdminServiceServer) ListRatedAnswers(context.Context, *AdminServiceListRatedAnswersRequest) (*AdminServiceListRatedAnswersResponse, error) {
+func (UnimplementedAdminServiceServer) ListRatedAnswers(context.Context, *ListRatedAnswersRequest) (*ListRatedAnswersResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListRatedAnswers not implemented")
 }
 func (UnimplementedAdminServiceServer) ExportUserData(*ExportUserDataRequest, grpc.ServerStreamingServer[ExportUserDataResponse]) error {
@@ -278,7 +278,7 @@ func _AdminService_ListApiKeys_Handler(srv interface{}, ctx context.Context, dec
 }
 
 func _AdminService_CreateApiKey_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
-	in := new(AdminServiceCreateApiKeyRequest)
+	in := new(CreateApiKeyRequest)
 	if err := dec(in); err != nil {
 		return nil, err
 	}
@@ -290,7 +290,7 @@ func _AdminService_CreateApiKey_Handler(srv interface{}, ctx context.Context, de
 		FullMethod: AdminService_CreateApiKey_FullMethodName,
 	}
 	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
-		return srv.(AdminServiceServer).CreateApiKey(ctx, req.(*AdminServiceCreateApiKeyRequest))
+		return srv.(AdminServiceServer).CreateApiKey(ctx, req.(*CreateApiKeyRequest))
 	}
 	return interceptor(ctx, in, info, handler)
 }
@@ -332,7 +332,7 @@ func _AdminService_RevokeApiKey_Handler(srv interface{}, ctx context.Context, de
 }
 
 func _AdminService_ListRatedAnswers_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
-	in := new(AdminServiceListRatedAnswersRequest)
+	in := new(ListRatedAnswersRequest)
 	if err := dec(in); err != nil {
 		return nil, err
 	}
@@ -344,7 +344,7 @@ func _AdminService_ListRatedAnswers_Handler(srv interface{}, ctx context.Context
 		FullMethod: AdminService_ListRatedAnswers_FullMethodName,
 	}
 	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
-		return srv.(AdminServiceServer).ListRatedAnswers(ctx, req.(*AdminServiceListRatedAnswersRequest))
+		return srv.(AdminServiceServer).ListRatedAnswers(ctx, req.(*ListRatedAnswersRequest))
 	}
 	return interceptor(ctx, in, info, handler)
 }

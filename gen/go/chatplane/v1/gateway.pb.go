@@ -1556,33 +1556,33 @@ func (x *IngestDocumentHeader) GetMimeType() string {
 }
 
 // One message of an ingestion stream: the header first, then content pieces.
-type GatewayServiceIngestDocumentRequest struct {
+type IngestDocumentRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The part.
 	//
 	// Types that are valid to be assigned to Part:
 	//
-	//	*GatewayServiceIngestDocumentRequest_Header
-	//	*GatewayServiceIngestDocumentRequest_Content
-	Part          isGatewayServiceIngestDocumentRequest_Part `protobuf_oneof:"part"`
+	//	*IngestDocumentRequest_Header
+	//	*IngestDocumentRequest_Content
+	Part          isIngestDocumentRequest_Part `protobuf_oneof:"part"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
-func (x *GatewayServiceIngestDocumentRequest) Reset() {
-	*x = GatewayServiceIngestDocumentRequest{}
+func (x *IngestDocumentRequest) Reset() {
+	*x = IngestDocumentRequest{}
 	mi := &file_chatplane_v1_gateway_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
 
-func (x *GatewayServiceIngestDocumentRequest) String() string {
+func (x *IngestDocumentRequest) String() string {
 	return protoimpl.X.MessageStringOf(x)
 }
 
-func (*GatewayServiceIngestDocumentRequest) ProtoMessage() {}
+func (*IngestDocumentRequest) ProtoMessage() {}
 
-func (x *GatewayServiceIngestDocumentRequest) ProtoReflect() protoreflect.Message {
+func (x *IngestDocumentRequest) ProtoReflect() protoreflect.Message {
 	mi := &file_chatplane_v1_gateway_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
@@ -1594,56 +1594,56 @@ func (x *GatewayServiceIngestDocumentRequest) ProtoReflect() protoreflect.Messag
 	return mi.MessageOf(x)
 }
 
-// Deprecated: Use GatewayServiceIngestDocumentRequest.ProtoReflect.Descriptor instead.
-func (*GatewayServiceIngestDocumentRequest) Descriptor() ([]byte, []int) {
+// Deprecated: Use IngestDocumentRequest.ProtoReflect.Descriptor instead.
+func (*IngestDocumentRequest) Descriptor() ([]byte, []int) {
 	return file_chatplane_v1_gateway_proto_rawDescGZIP(), []int{21}
 }
 
-func (x *GatewayServiceIngestDocumentRequest) GetPart() isGatewayServiceIngestDocumentRequest_Part {
+func (x *IngestDocumentRequest) GetPart() isIngestDocumentRequest_Part {
 	if x != nil {
 		return x.Part
 	}
 	return nil
 }
 
-func (x *GatewayServiceIngestDocumentRequest) GetHeader() *IngestDocumentHeader {
+func (x *IngestDocumentRequest) GetHeader() *IngestDocumentHeader {
 	if x != nil {
-		if x, ok := x.Part.(*GatewayServiceIngestDocumentRequest_Header); ok {
+		if x, ok := x.Part.(*IngestDocumentRequest_Header); ok {
 			return x.Header
 		}
 	}
 	return nil
 }
 
-func (x *GatewayServiceIngestDocumentRequest) GetContent() []byte {
+func (x *IngestDocumentRequest) GetContent() []byte {
 	if x != nil {
-		if x, ok := x.Part.(*GatewayServiceIngestDocumentRequest_Content); ok {
+		if x, ok := x.Part.(*IngestDocumentRequest_Content); ok {
 			return x.Content
 		}
 	}
 	return nil
 }
 
-type isGatewayServiceIngestDocumentRequest_Part interface {
-	isGatewayServiceIngestDocumentRequest_Part()
+type isIngestDocumentRequest_Part interface {
+	isIngestDocumentRequest_Part()
 }
 
-type GatewayServiceIngestDocumentRequest_Header struct {
+type IngestDocumentRequest_Header struct {
 	// First message: the document's name and media type.
 	Header *IngestDocumentHeader `protobuf:"bytes,1,opt,name=header,proto3,oneof"`
 }
 
-type GatewayServiceIngestDocumentRequest_Content struct {
+type IngestDocumentRequest_Content struct {
 	// A piece of the document's bytes, in order (at most 1 MiB each).
 	Content []byte `protobuf:"bytes,2,opt,name=content,proto3,oneof"`
 }
 
-func (*GatewayServiceIngestDocumentRequest_Header) isGatewayServiceIngestDocumentRequest_Part() {}
+func (*IngestDocumentRequest_Header) isIngestDocumentRequest_Part() {}
 
-func (*GatewayServiceIngestDocumentRequest_Content) isGatewayServiceIngestDocumentRequest_Part() {}
+func (*IngestDocumentRequest_Content) isIngestDocumentRequest_Part() {}
 
 // The document is stored and its chunks are searchable.
-type GatewayServiceIngestDocumentResponse struct {
+type IngestDocumentResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The stored document.
 	Document      *Document `protobuf:"bytes,1,opt,name=document,proto3" json:"document,omitempty"`
@@ -1651,20 +1651,20 @@ type GatewayServiceIngestDocumentResponse struct {
 	sizeCache     protoimpl.SizeCache
 }
 
-func (x *GatewayServiceIngestDocumentResponse) Reset() {
-	*x = GatewayServiceIngestDocumentResponse{}
+func (x *IngestDocumentResponse) Reset() {
+	*x = IngestDocumentResponse{}
 	mi := &file_chatplane_v1_gateway_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
 
-func (x *GatewayServiceIngestDocumentResponse) String() string {
+func (x *IngestDocumentResponse) String() string {
 	return protoimpl.X.MessageStringOf(x)
 }
 
-func (*GatewayServiceIngestDocumentResponse) ProtoMessage() {}
+func (*IngestDocumentResponse) ProtoMessage() {}
 
-func (x *GatewayServiceIngestDocumentResponse) ProtoReflect() protoreflect.Message {
+func (x *IngestDocumentResponse) ProtoReflect() protoreflect.Message {
 	mi := &file_chatplane_v1_gateway_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
@@ -1676,12 +1676,12 @@ func (x *GatewayServiceIngestDocumentResponse) ProtoReflect() protoreflect.Messa
 	return mi.MessageOf(x)
 }
 
-// Deprecated: Use GatewayServiceIngestDocumentResponse.ProtoReflect.Descriptor instead.
-func (*GatewayServiceIngestDocumentResponse) Descriptor() ([]byte, []int) {
+// Deprecated: Use IngestDocumentResponse.ProtoReflect.Descriptor instead.
+func (*IngestDocumentResponse) Descriptor() ([]byte, []int) {
 	return file_chatplane_v1_gateway_proto_rawDescGZIP(), []int{22}
 }
 
-func (x *GatewayServiceIngestDocumentResponse) GetDocument() *Document {
+func (x *IngestDocumentResponse) GetDocument() *Document {
 	if x != nil {
 		return x.Document
 	}
@@ -1689,26 +1689,26 @@ func (x *GatewayServiceIngestDocumentResponse) GetDocument() *Document {
 }
 
 // Asks for the documents of the caller's tenant.
-type GatewayServiceListDocumentsRequest struct {
+type ListDocumentsRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
-func (x *GatewayServiceListDocumentsRequest) Reset() {
-	*x = GatewayServiceListDocumentsRequest{}
+func (x *ListDocumentsRequest) Reset() {
+	*x = ListDocumentsRequest{}
 	mi := &file_chatplane_v1_gateway_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
 
-func (x *GatewayServiceListDocumentsRequest) String() string {
+func (x *ListDocumentsRequest) String() string {
 	return protoimpl.X.MessageStringOf(x)
 }
 
-func (*GatewayServiceListDocumentsRequest) ProtoMessage() {}
+func (*ListDocumentsRequest) ProtoMessage() {}
 
-func (x *GatewayServiceListDocumentsRequest) ProtoReflect() protoreflect.Message {
+func (x *ListDocumentsRequest) ProtoReflect() protoreflect.Message {
 	mi := &file_chatplane_v1_gateway_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
@@ -1720,13 +1720,13 @@ func (x *GatewayServiceListDocumentsRequest) ProtoReflect() protoreflect.Message
 	return mi.MessageOf(x)
 }
 
-// Deprecated: Use GatewayServiceListDocumentsRequest.ProtoReflect.Descriptor instead.
-func (*GatewayServiceListDocumentsRequest) Descriptor() ([]byte, []int) {
+// Deprecated: Use ListDocumentsRequest.ProtoReflect.Descriptor instead.
+func (*ListDocumentsRequest) Descriptor() ([]byte, []int) {
 	return file_chatplane_v1_gateway_proto_rawDescGZIP(), []int{23}
 }
 
 // The documents of the caller's tenant.
-type GatewayServiceListDocumentsResponse struct {
+type ListDocumentsResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Documents, newest first.
 	Documents     []*Document `protobuf:"bytes,1,rep,name=documents,proto3" json:"documents,omitempty"`
@@ -1734,20 +1734,20 @@ type GatewayServiceListDocumentsResponse struct {
 	sizeCache     protoimpl.SizeCache
 }
 
-func (x *GatewayServiceListDocumentsResponse) Reset() {
-	*x = GatewayServiceListDocumentsResponse{}
+func (x *ListDocumentsResponse) Reset() {
+	*x = ListDocumentsResponse{}
 	mi := &file_chatplane_v1_gateway_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
 
-func (x *GatewayServiceListDocumentsResponse) String() string {
+func (x *ListDocumentsResponse) String() string {
 	return protoimpl.X.MessageStringOf(x)
 }
 
-func (*GatewayServiceListDocumentsResponse) ProtoMessage() {}
+func (*ListDocumentsResponse) ProtoMessage() {}
 
-func (x *GatewayServiceListDocumentsResponse) ProtoReflect() protoreflect.Message {
+func (x *ListDocumentsResponse) ProtoReflect() protoreflect.Message {
 	mi := &file_chatplane_v1_gateway_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
@@ -1759,12 +1759,12 @@ func (x *GatewayServiceListDocumentsResponse) ProtoReflect() protoreflect.Messag
 	return mi.MessageOf(x)
 }
 
-// Deprecated: Use GatewayServiceListDocumentsResponse.ProtoReflect.Descriptor instead.
-func (*GatewayServiceListDocumentsResponse) Descriptor() ([]byte, []int) {
+// Deprecated: Use ListDocumentsResponse.ProtoReflect.Descriptor instead.
+func (*ListDocumentsResponse) Descriptor() ([]byte, []int) {
 	return file_chatplane_v1_gateway_proto_rawDescGZIP(), []int{24}
 }
 
-func (x *GatewayServiceListDocumentsResponse) GetDocuments() []*Document {
+func (x *ListDocumentsResponse) GetDocuments() []*Document {
 	if x != nil {
 		return x.Documents
 	}
@@ -1772,7 +1772,7 @@ func (x *GatewayServiceListDocumentsResponse) GetDocuments() []*Document {
 }
 
 // A document to delete.
-type GatewayServiceDeleteDocumentRequest struct {
+type DeleteDocumentRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The document.
 	DocumentId    string `protobuf:"bytes,1,opt,name=document_id,json=documentId,proto3" json:"document_id,omitempty"`
@@ -1780,20 +1780,20 @@ type GatewayServiceDeleteDocumentRequest struct {
 	sizeCache     protoimpl.SizeCache
 }
 
-func (x *GatewayServiceDeleteDocumentRequest) Reset() {
-	*x = GatewayServiceDeleteDocumentRequest{}
+func (x *DeleteDocumentRequest) Reset() {
+	*x = DeleteDocumentRequest{}
 	mi := &file_chatplane_v1_gateway_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
 
-func (x *GatewayServiceDeleteDocumentRequest) String() string {
+func (x *DeleteDocumentRequest) String() string {
 	return protoimpl.X.MessageStringOf(x)
 }
 
-func (*GatewayServiceDeleteDocumentRequest) ProtoMessage() {}
+func (*DeleteDocumentRequest) ProtoMessage() {}
 
-func (x *GatewayServiceDeleteDocumentRequest) ProtoReflect() protoreflect.Message {
+func (x *DeleteDocumentRequest) ProtoReflect() protoreflect.Message {
 	mi := &file_chatplane_v1_gateway_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
@@ -1805,12 +1805,12 @@ func (x *GatewayServiceDeleteDocumentRequest) ProtoReflect() protoreflect.Messag
 	return mi.MessageOf(x)
 }
 
-// Deprecated: Use GatewayServiceDeleteDocumentRequest.ProtoReflect.Descriptor instead.
-func (*GatewayServiceDeleteDocumentRequest) Descriptor() ([]byte, []int) {
+// Deprecated: Use DeleteDocumentRequest.ProtoReflect.Descriptor instead.
+func (*DeleteDocumentRequest) Descriptor() ([]byte, []int) {
 	return file_chatplane_v1_gateway_proto_rawDescGZIP(), []int{25}
 }
 
-func (x *GatewayServiceDeleteDocumentRequest) GetDocumentId() string {
+func (x *DeleteDocumentRequest) GetDocumentId() string {
 	if x != nil {
 		return x.DocumentId
 	}
@@ -1818,7 +1818,7 @@ func (x *GatewayServiceDeleteDocumentRequest) GetDocumentId() string {
 }
 
 // The document and its chunks are gone.
-type GatewayServiceDeleteDocumentResponse struct {
+type DeleteDocumentResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// How many chunks were removed.
 	DeletedChunkCount int32 `protobuf:"varint,1,opt,name=deleted_chunk_count,json=deletedChunkCount,proto3" json:"deleted_chunk_count,omitempty"`
@@ -1826,20 +1826,20 @@ type GatewayServiceDeleteDocumentResponse struct {
 	sizeCache         protoimpl.SizeCache
 }
 
-func (x *GatewayServiceDeleteDocumentResponse) Reset() {
-	*x = GatewayServiceDeleteDocumentResponse{}
+func (x *DeleteDocumentResponse) Reset() {
+	*x = DeleteDocumentResponse{}
 	mi := &file_chatplane_v1_gateway_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
 
-func (x *GatewayServiceDeleteDocumentResponse) String() string {
+func (x *DeleteDocumentResponse) String() string {
 	return protoimpl.X.MessageStringOf(x)
 }
 
-func (*GatewayServiceDeleteDocumentResponse) ProtoMessage() {}
+func (*DeleteDocumentResponse) ProtoMessage() {}
 
-func (x *GatewayServiceDeleteDocumentResponse) ProtoReflect() protoreflect.Message {
+func (x *DeleteDocumentResponse) ProtoReflect() protoreflect.Message {
 	mi := &file_chatplane_v1_gateway_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
@@ -1851,12 +1851,12 @@ func (x *GatewayServiceDeleteDocumentResponse) ProtoReflect() protoreflect.Messa
 	return mi.MessageOf(x)
 }
 
-// Deprecated: Use GatewayServiceDeleteDocumentResponse.ProtoReflect.Descriptor instead.
-func (*GatewayServiceDeleteDocumentResponse) Descriptor() ([]byte, []int) {
+// Deprecated: Use DeleteDocumentResponse.ProtoReflect.Descriptor instead.
+func (*DeleteDocumentResponse) Descriptor() ([]byte, []int) {
 	return file_chatplane_v1_gateway_proto_rawDescGZIP(), []int{26}
 }
 
-func (x *GatewayServiceDeleteDocumentResponse) GetDeletedChunkCount() int32 {
+func (x *DeleteDocumentResponse) GetDeletedChunkCount() int32 {
 	if x != nil {
 		return x.DeletedChunkCount
 	}
@@ -2053,20 +2053,20 @@ const file_chatplane_v1_gateway_proto_rawDesc = "" +
 	"\tcancelled\x18\x01 \x01(\bR\tcancelled\"G\n" +
 	"\x14IngestDocumentHeader\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1b\n" +
-	"\tmime_type\x18\x02 \x01(\tR\bmimeType\"\x87\x01\n" +
-	"#GatewayServiceIngestDocumentRequest\x12<\n" +
+	"\tmime_type\x18\x02 \x01(\tR\bmimeType\"y\n" +
+	"\x15IngestDocumentRequest\x12<\n" +
 	"\x06header\x18\x01 \x01(\v2\".chatplane.v1.IngestDocumentHeaderH\x00R\x06header\x12\x1a\n" +
 	"\acontent\x18\x02 \x01(\fH\x00R\acontentB\x06\n" +
-	"\x04part\"Z\n" +
-	"$GatewayServiceIngestDocumentResponse\x122\n" +
-	"\bdocument\x18\x01 \x01(\v2\x16.chatplane.v1.DocumentR\bdocument\"$\n" +
-	"\"GatewayServiceListDocumentsRequest\"[\n" +
-	"#GatewayServiceListDocumentsResponse\x124\n" +
-	"\tdocuments\x18\x01 \x03(\v2\x16.chatplane.v1.DocumentR\tdocuments\"F\n" +
-	"#GatewayServiceDeleteDocumentRequest\x12\x1f\n" +
+	"\x04part\"L\n" +
+	"\x16IngestDocumentResponse\x122\n" +
+	"\bdocument\x18\x01 \x01(\v2\x16.chatplane.v1.DocumentR\bdocument\"\x16\n" +
+	"\x14ListDocumentsRequest\"M\n" +
+	"\x15ListDocumentsResponse\x124\n" +
+	"\tdocuments\x18\x01 \x03(\v2\x16.chatplane.v1.DocumentR\tdocuments\"8\n" +
+	"\x15DeleteDocumentRequest\x12\x1f\n" +
 	"\vdocument_id\x18\x01 \x01(\tR\n" +
-	"documentId\"V\n" +
-	"$GatewayServiceDeleteDocumentResponse\x12.\n" +
+	"documentId\"H\n" +
+	"\x16DeleteDocumentResponse\x12.\n" +
 	"\x13deleted_chunk_count\x18\x01 \x01(\x05R\x11deletedChunkCount\"`\n" +
 	"\x16SetActiveBranchRequest\x12'\n" +
 	"\x0fconversation_id\x18\x01 \x01(\tR\x0econversationId\x12\x1d\n" +
@@ -2081,7 +2081,7 @@ const file_chatplane_v1_gateway_proto_rawDesc = "" +
 	"\x06Rating\x12\x16\n" +
 	"\x12RATING_UNSPECIFIED\x10\x00\x12\x14\n" +
 	"\x10RATING_THUMBS_UP\x10\x01\x12\x16\n" +
-	"\x12RATING_THUMBS_DOWN\x10\x022\xaf\x0f\n" +
+	"\x12RATING_THUMBS_DOWN\x10\x022\xda\x0e\n" +
 	"\x0eGatewayService\x12T\n" +
 	"\x04Chat\x12\x19.chatplane.v1.ChatRequest\x1a\x1a.chatplane.v1.ChatResponse\"\x13\x82\xd3\xe4\x93\x02\r:\x01*\"\b/v1/chat0\x01\x12\x7f\n" +
 	"\x11ListConversations\x12&.chatplane.v1.ListConversationsRequest\x1a'.chatplane.v1.ListConversationsResponse\"\x19\x82\xd3\xe4\x93\x02\x13\x12\x11/v1/conversations\x12\x8b\x01\n" +
@@ -2091,10 +2091,10 @@ const file_chatplane_v1_gateway_proto_rawDesc = "" +
 	"\n" +
 	"ResumeChat\x12\x1f.chatplane.v1.ResumeChatRequest\x1a .chatplane.v1.ResumeChatResponse\"+\x82\xd3\xe4\x93\x02%:\x01*\" /v1/messages/{message_id}/resume0\x01\x12|\n" +
 	"\n" +
-	"CancelChat\x12\x1f.chatplane.v1.CancelChatRequest\x1a .chatplane.v1.CancelChatResponse\"+\x82\xd3\xe4\x93\x02%:\x01*\" /v1/messages/{message_id}/cancel\x12y\n" +
-	"\x0eIngestDocument\x121.chatplane.v1.GatewayServiceIngestDocumentRequest\x1a2.chatplane.v1.GatewayServiceIngestDocumentResponse(\x01\x12\x8b\x01\n" +
-	"\rListDocuments\x120.chatplane.v1.GatewayServiceListDocumentsRequest\x1a1.chatplane.v1.GatewayServiceListDocumentsResponse\"\x15\x82\xd3\xe4\x93\x02\x0f\x12\r/v1/documents\x12\x9c\x01\n" +
-	"\x0eDeleteDocument\x121.chatplane.v1.GatewayServiceDeleteDocumentRequest\x1a2.chatplane.v1.GatewayServiceDeleteDocumentResponse\"#\x82\xd3\xe4\x93\x02\x1d*\x1b/v1/documents/{document_id}\x12\x9c\x01\n" +
+	"CancelChat\x12\x1f.chatplane.v1.CancelChatRequest\x1a .chatplane.v1.CancelChatResponse\"+\x82\xd3\xe4\x93\x02%:\x01*\" /v1/messages/{message_id}/cancel\x12]\n" +
+	"\x0eIngestDocument\x12#.chatplane.v1.IngestDocumentRequest\x1a$.chatplane.v1.IngestDocumentResponse(\x01\x12o\n" +
+	"\rListDocuments\x12\".chatplane.v1.ListDocumentsRequest\x1a#.chatplane.v1.ListDocumentsResponse\"\x15\x82\xd3\xe4\x93\x02\x0f\x12\r/v1/documents\x12\x80\x01\n" +
+	"\x0eDeleteDocument\x12#.chatplane.v1.DeleteDocumentRequest\x1a$.chatplane.v1.DeleteDocumentResponse\"#\x82\xd3\xe4\x93\x02\x1d*\x1b/v1/documents/{document_id}\x12\x9c\x01\n" +
 	"\x0fSetActiveBranch\x12$.chatplane.v1.SetActiveBranchRequest\x1a%.chatplane.v1.SetActiveBranchResponse\"<\x82\xd3\xe4\x93\x026:\x01*\"1/v1/conversations/{conversation_id}/active-branch\x12\x93\x01\n" +
 	"\x0eRequestHandoff\x12#.chatplane.v1.RequestHandoffRequest\x1a$.chatplane.v1.RequestHandoffResponse\"6\x82\xd3\xe4\x93\x020:\x01*\"+/v1/conversations/{conversation_id}/handoff\x12\x9b\x01\n" +
 	"\x0eReleaseHandoff\x12#.chatplane.v1.ReleaseHandoffRequest\x1a$.chatplane.v1.ReleaseHandoffResponse\">\x82\xd3\xe4\x93\x028:\x01*\"3/v1/conversations/{conversation_id}/handoff:release\x12\x9a\x01\n" +
@@ -2115,47 +2115,47 @@ func file_chatplane_v1_gateway_proto_rawDescGZIP() []byte {
 var file_chatplane_v1_gateway_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
 var file_chatplane_v1_gateway_proto_msgTypes = make([]protoimpl.MessageInfo, 29)
 var file_chatplane_v1_gateway_proto_goTypes = []any{
-	(ConversationView)(0),                        // 0: chatplane.v1.ConversationView
-	(Rating)(0),                                  // 1: chatplane.v1.Rating
-	(*ChatRequest)(nil),                          // 2: chatplane.v1.ChatRequest
-	(*ChatResponse)(nil),                         // 3: chatplane.v1.ChatResponse
-	(*ListConversationsRequest)(nil),             // 4: chatplane.v1.ListConversationsRequest
-	(*ListConversationsResponse)(nil),            // 5: chatplane.v1.ListConversationsResponse
-	(*GetConversationRequest)(nil),               // 6: chatplane.v1.GetConversationRequest
-	(*GetConversationResponse)(nil),              // 7: chatplane.v1.GetConversationResponse
-	(*DeleteConversationRequest)(nil),            // 8: chatplane.v1.DeleteConversationRequest
-	(*DeleteConversationResponse)(nil),           // 9: chatplane.v1.DeleteConversationResponse
-	(*SubmitFeedbackRequest)(nil),                // 10: chatplane.v1.SubmitFeedbackRequest
-	(*SubmitFeedbackResponse)(nil),               // 11: chatplane.v1.SubmitFeedbackResponse
-	(*RequestHandoffRequest)(nil),                // 12: chatplane.v1.RequestHandoffRequest
-	(*RequestHandoffResponse)(nil),               // 13: chatplane.v1.RequestHandoffResponse
-	(*ReleaseHandoffRequest)(nil),                // 14: chatplane.v1.ReleaseHandoffRequest
-	(*ReleaseHandoffResponse)(nil),               // 15: chatplane.v1.ReleaseHandoffResponse
-	(*WatchConversationRequest)(nil),             // 16: chatplane.v1.WatchConversationRequest
-	(*WatchConversationResponse)(nil),            // 17: chatplane.v1.WatchConversationResponse
-	(*ResumeChatRequest)(nil),                    // 18: chatplane.v1.ResumeChatRequest
-	(*ResumeChatResponse)(nil),                   // 19: chatplane.v1.ResumeChatResponse
-	(*CancelChatRequest)(nil),                    // 20: chatplane.v1.CancelChatRequest
-	(*CancelChatResponse)(nil),                   // 21: chatplane.v1.CancelChatResponse
-	(*IngestDocumentHeader)(nil),                 // 22: chatplane.v1.IngestDocumentHeader
-	(*GatewayServiceIngestDocumentRequest)(nil),  // 23: chatplane.v1.GatewayServiceIngestDocumentRequest
-	(*GatewayServiceIngestDocumentResponse)(nil), // 24: chatplane.v1.GatewayServiceIngestDocumentResponse
-	(*GatewayServiceListDocumentsRequest)(nil),   // 25: chatplane.v1.GatewayServiceListDocumentsRequest
-	(*GatewayServiceListDocumentsResponse)(nil),  // 26: chatplane.v1.GatewayServiceListDocumentsResponse
-	(*GatewayServiceDeleteDocumentRequest)(nil),  // 27: chatplane.v1.GatewayServiceDeleteDocumentRequest
-	(*GatewayServiceDeleteDocumentResponse)(nil), // 28: chatplane.v1.GatewayServiceDeleteDocumentResponse
-	(*SetActiveBranchRequest)(nil),               // 29: chatplane.v1.SetActiveBranchRequest
-	(*SetActiveBranchResponse)(nil),              // 30: chatplane.v1.SetActiveBranchResponse
-	(*TurnStarted)(nil),                          // 31: chatplane.v1.TurnStarted
-	(*TextDelta)(nil),                            // 32: chatplane.v1.TextDelta
-	(*Citation)(nil),                             // 33: chatplane.v1.Citation
-	(*Usage)(nil),                                // 34: chatplane.v1.Usage
-	(*TurnDone)(nil),                             // 35: chatplane.v1.TurnDone
-	(*HandoffStatus)(nil),                        // 36: chatplane.v1.HandoffStatus
-	(*Conversation)(nil),                         // 37: chatplane.v1.Conversation
-	(*Message)(nil),                              // 38: chatplane.v1.Message
-	(*timestamppb.Timestamp)(nil),                // 39: google.protobuf.Timestamp
-	(*Document)(nil),                             // 40: chatplane.v1.Document
+	(ConversationView)(0),              // 0: chatplane.v1.ConversationView
+	(Rating)(0),                        // 1: chatplane.v1.Rating
+	(*ChatRequest)(nil),                // 2: chatplane.v1.ChatRequest
+	(*ChatResponse)(nil),               // 3: chatplane.v1.ChatResponse
+	(*ListConversationsRequest)(nil),   // 4: chatplane.v1.ListConversationsRequest
+	(*ListConversationsResponse)(nil),  // 5: chatplane.v1.ListConversationsResponse
+	(*GetConversationRequest)(nil),     // 6: chatplane.v1.GetConversationRequest
+	(*GetConversationResponse)(nil),    // 7: chatplane.v1.GetConversationResponse
+	(*DeleteConversationRequest)(nil),  // 8: chatplane.v1.DeleteConversationRequest
+	(*DeleteConversationResponse)(nil), // 9: chatplane.v1.DeleteConversationResponse
+	(*SubmitFeedbackRequest)(nil),      // 10: chatplane.v1.SubmitFeedbackRequest
+	(*SubmitFeedbackResponse)(nil),     // 11: chatplane.v1.SubmitFeedbackResponse
+	(*RequestHandoffRequest)(nil),      // 12: chatplane.v1.RequestHandoffRequest
+	(*RequestHandoffResponse)(nil),     // 13: chatplane.v1.RequestHandoffResponse
+	(*ReleaseHandoffRequest)(nil),      // 14: chatplane.v1.ReleaseHandoffRequest
+	(*ReleaseHandoffResponse)(nil),     // 15: chatplane.v1.ReleaseHandoffResponse
+	(*WatchConversationRequest)(nil),   // 16: chatplane.v1.WatchConversationRequest
+	(*WatchConversationResponse)(nil),  // 17: chatplane.v1.WatchConversationResponse
+	(*ResumeChatRequest)(nil),          // 18: chatplane.v1.ResumeChatRequest
+	(*ResumeChatResponse)(nil),         // 19: chatplane.v1.ResumeChatResponse
+	(*CancelChatRequest)(nil),          // 20: chatplane.v1.CancelChatRequest
+	(*CancelChatResponse)(nil),         // 21: chatplane.v1.CancelChatResponse
+	(*IngestDocumentHeader)(nil),       // 22: chatplane.v1.IngestDocumentHeader
+	(*IngestDocumentRequest)(nil),      // 23: chatplane.v1.IngestDocumentRequest
+	(*IngestDocumentResponse)(nil),     // 24: chatplane.v1.IngestDocumentResponse
+	(*ListDocumentsRequest)(nil),       // 25: chatplane.v1.ListDocumentsRequest
+	(*ListDocumentsResponse)(nil),      // 26: chatplane.v1.ListDocumentsResponse
+	(*DeleteDocumentRequest)(nil),      // 27: chatplane.v1.DeleteDocumentRequest
+	(*DeleteDocumentResponse)(nil),     // 28: chatplane.v1.DeleteDocumentResponse
+	(*SetActiveBranchRequest)(nil),     // 29: chatplane.v1.SetActiveBranchRequest
+	(*SetActiveBranchResponse)(nil),    // 30: chatplane.v1.SetActiveBranchResponse
+	(*TurnStarted)(nil),                // 31: chatplane.v1.TurnStarted
+	(*TextDelta)(nil),                  // 32: chatplane.v1.TextDelta
+	(*Citation)(nil),                   // 33: chatplane.v1.Citation
+	(*Usage)(nil),                      // 34: chatplane.v1.Usage
+	(*TurnDone)(nil),                   // 35: chatplane.v1.TurnDone
+	(*HandoffStatus)(nil),              // 36: chatplane.v1.HandoffStatus
+	(*Conversation)(nil),               // 37: chatplane.v1.Conversation
+	(*Message)(nil),                    // 38: chatplane.v1.Message
+	(*timestamppb.Timestamp)(nil),      // 39: google.protobuf.Timestamp
+	(*Document)(nil),                   // 40: chatplane.v1.Document
 }
 var file_chatplane_v1_gateway_proto_depIdxs = []int32{
 	31, // 0: chatplane.v1.ChatResponse.started:type_name -> chatplane.v1.TurnStarted
@@ -2181,9 +2181,9 @@ var file_chatplane_v1_gateway_proto_depIdxs = []int32{
 	33, // 20: chatplane.v1.ResumeChatResponse.citation:type_name -> chatplane.v1.Citation
 	34, // 21: chatplane.v1.ResumeChatResponse.usage:type_name -> chatplane.v1.Usage
 	35, // 22: chatplane.v1.ResumeChatResponse.done:type_name -> chatplane.v1.TurnDone
-	22, // 23: chatplane.v1.GatewayServiceIngestDocumentRequest.header:type_name -> chatplane.v1.IngestDocumentHeader
-	40, // 24: chatplane.v1.GatewayServiceIngestDocumentResponse.document:type_name -> chatplane.v1.Document
-	40, // 25: chatplane.v1.GatewayServiceListDocumentsResponse.documents:type_name -> chatplane.v1.Document
+	22, // 23: chatplane.v1.IngestDocumentRequest.header:type_name -> chatplane.v1.IngestDocumentHeader
+	40, // 24: chatplane.v1.IngestDocumentResponse.document:type_name -> chatplane.v1.Document
+	40, // 25: chatplane.v1.ListDocumentsResponse.documents:type_name -> chatplane.v1.Document
 	37, // 26: chatplane.v1.SetActiveBranchResponse.conversation:type_name -> chatplane.v1.Conversation
 	2,  // 27: chatplane.v1.GatewayService.Chat:input_type -> chatplane.v1.ChatRequest
 	4,  // 28: chatplane.v1.GatewayService.ListConversations:input_type -> chatplane.v1.ListConversationsRequest
@@ -2192,9 +2192,9 @@ var file_chatplane_v1_gateway_proto_depIdxs = []int32{
 	10, // 31: chatplane.v1.GatewayService.SubmitFeedback:input_type -> chatplane.v1.SubmitFeedbackRequest
 	18, // 32: chatplane.v1.GatewayService.ResumeChat:input_type -> chatplane.v1.ResumeChatRequest
 	20, // 33: chatplane.v1.GatewayService.CancelChat:input_type -> chatplane.v1.CancelChatRequest
-	23, // 34: chatplane.v1.GatewayService.IngestDocument:input_type -> chatplane.v1.GatewayServiceIngestDocumentRequest
-	25, // 35: chatplane.v1.GatewayService.ListDocuments:input_type -> chatplane.v1.GatewayServiceListDocumentsRequest
-	27, // 36: chatplane.v1.GatewayService.DeleteDocument:input_type -> chatplane.v1.GatewayServiceDeleteDocumentRequest
+	23, // 34: chatplane.v1.GatewayService.IngestDocument:input_type -> chatplane.v1.IngestDocumentRequest
+	25, // 35: chatplane.v1.GatewayService.ListDocuments:input_type -> chatplane.v1.ListDocumentsRequest
+	27, // 36: chatplane.v1.GatewayService.DeleteDocument:input_type -> chatplane.v1.DeleteDocumentRequest
 	29, // 37: chatplane.v1.GatewayService.SetActiveBranch:input_type -> chatplane.v1.SetActiveBranchRequest
 	12, // 38: chatplane.v1.GatewayService.RequestHandoff:input_type -> chatplane.v1.RequestHandoffRequest
 	14, // 39: chatplane.v1.GatewayService.ReleaseHandoff:input_type -> chatplane.v1.ReleaseHandoffRequest
@@ -2206,9 +2206,9 @@ var file_chatplane_v1_gateway_proto_depIdxs = []int32{
 	11, // 45: chatplane.v1.GatewayService.SubmitFeedback:output_type -> chatplane.v1.SubmitFeedbackResponse
 	19, // 46: chatplane.v1.GatewayService.ResumeChat:output_type -> chatplane.v1.ResumeChatResponse
 	21, // 47: chatplane.v1.GatewayService.CancelChat:output_type -> chatplane.v1.CancelChatResponse
-	24, // 48: chatplane.v1.GatewayService.IngestDocument:output_type -> chatplane.v1.GatewayServiceIngestDocumentResponse
-	26, // 49: chatplane.v1.GatewayService.ListDocuments:output_type -> chatplane.v1.GatewayServiceListDocumentsResponse
-	28, // 50: chatplane.v1.GatewayService.DeleteDocument:output_type -> chatplane.v1.GatewayServiceDeleteDocumentResponse
+	24, // 48: chatplane.v1.GatewayService.IngestDocument:output_type -> chatplane.v1.IngestDocumentResponse
+	26, // 49: chatplane.v1.GatewayService.ListDocuments:output_type -> chatplane.v1.ListDocumentsResponse
+	28, // 50: chatplane.v1.GatewayService.DeleteDocument:output_type -> chatplane.v1.DeleteDocumentResponse
 	30, // 51: chatplane.v1.GatewayService.SetActiveBranch:output_type -> chatplane.v1.SetActiveBranchResponse
 	13, // 52: chatplane.v1.GatewayService.RequestHandoff:output_type -> chatplane.v1.RequestHandoffResponse
 	15, // 53: chatplane.v1.GatewayService.ReleaseHandoff:output_type -> chatplane.v1.ReleaseHandoffResponse
@@ -2251,8 +2251,8 @@ func file_chatplane_v1_gateway_proto_init() {
 		(*ResumeChatResponse_Done)(nil),
 	}
 	file_chatplane_v1_gateway_proto_msgTypes[21].OneofWrappers = []any{
-		(*GatewayServiceIngestDocumentRequest_Header)(nil),
-		(*GatewayServiceIngestDocumentRequest_Content)(nil),
+		(*IngestDocumentRequest_Header)(nil),
+		(*IngestDocumentRequest_Content)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{

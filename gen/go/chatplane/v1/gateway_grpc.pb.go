@@ -60,11 +60,11 @@ type GatewayServiceClient interface {
 	CancelChat(ctx context.Context, in *CancelChatRequest, opts ...grpc.CallOption) (*CancelChatResponse, error)
 	// Ingests a document for the caller's tenant: a header, then the content in pieces.
 	// gRPC only (a client stream); every user of the tenant can then be answered from it.
-	IngestDocument(ctx context.Context, opts ...grpc.CallOption) (grpc.ClientStreamingClient[GatewayServiceIngestDocumentRequest, GatewayServiceIngestDocumentResponse], error)
+	IngestDocument(ctx context.Context, opts ...grpc.CallOption) (grpc.ClientStreamingClient[IngestDocumentRequest, IngestDocumentResponse], error)
 	// Lists the documents of the caller's tenant, newest first.
-	ListDocuments(ctx context.Context, in *GatewayServiceListDocumentsRequest, opts ...grpc.CallOption) (*GatewayServiceListDocumentsResponse, error)
+	ListDocuments(ctx context.Context, in *ListDocumentsRequest, opts ...grpc.CallOption) (*ListDocumentsResponse, error)
 	// Deletes a document of the caller's tenant (another tenant's id: NOT_FOUND).
-	DeleteDocument(ctx context.Context, in *GatewayServiceDeleteDocumentRequest, opts ...grpc.CallOption) (*GatewayServiceDeleteDocumentResponse, error)
+	DeleteDocument(ctx context.Context, in *DeleteDocumentRequest, opts ...grpc.CallOption) (*DeleteDocumentResponse, error)
 	// Makes the branch through a message the conversation's active branch (what
 	// GetConversation returns by default and what the next Chat continues).
 	SetActiveBranch(ctx context.Context, in *SetActiveBranchRequest, opts ...grpc.CallOption) (*SetActiveBranchResponse, error)
@@ -173,22 +173,22 @@ func (c *gatewayServiceClient) CancelChat(ctx context.Context, in *CancelChatReq
 	return out, nil
 }
 
-func (c *gatewayServiceClient) IngestDocument(ctx context.Context, opts ...grpc.CallOption) (grpc.ClientStreamingClient[GatewayServiceIngestDocumentRequest, GatewayServiceIngestDocumentResponse], error) {
+func (c *gatewayServiceClient) IngestDocument(ctx context.Context, opts ...grpc.CallOption) (grpc.ClientStreamingClient[IngestDocumentRequest, IngestDocumentResponse], error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	stream, err := c.cc.NewStream(ctx, &GatewayService_ServiceDesc.Streams[2], GatewayService_IngestDocument_FullMethodName, cOpts...)
 	if err != nil {
 		return nil, err
 	}
-	x := &grpc.GenericClientStream[GatewayServiceIngestDocumentRequest, GatewayServiceIngestDocumentResponse]{ClientStream: stream}
+	x := &grpc.GenericClientStream[IngestDocumentRequest, IngestDocumentResponse]{ClientStream: stream}
 	return x, nil
 }
 
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
-type GatewayService_IngestDocumentClient = grpc.ClientStreamingClient[GatewayServiceIngestDocumentRequest, GatewayServiceIngestDocumentResponse]
+type GatewayService_IngestDocumentClient = grpc.ClientStreamingClient[IngestDocumentRequest, IngestDocumentResponse]
 
-func (c *gatewayServiceClient) ListDocuments(ctx context.Context, in *GatewayServiceListDocumentsRequest, opts ...grpc.CallOption) (*GatewayServiceListDocumentsResponse, error) {
+func (c *gatewayServiceClient) ListDocuments(ctx context.Context, in *ListDocumentsRequest, opts ...grpc.CallOption) (*ListDocumentsResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
-	out := new(GatewayServiceListDocumentsResponse)
+	out := new(ListDocumentsResponse)
 	err := c.cc.Invoke(ctx, GatewayService_ListDocuments_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
@@ -196,9 +196,9 @@ func (c *gatewayServiceClient) ListDocuments(ctx context.Context, in *GatewaySer
 	return out, nil
 }
 
-func (c *gatewayServiceClient) DeleteDocument(ctx context.Context, in *GatewayServiceDeleteDocumentRequest, opts ...grpc.CallOption) (*GatewayServiceDeleteDocumentResponse, error) {
+func (c *gatewayServiceClient) DeleteDocument(ctx context.Context, in *DeleteDocumentRequest, opts ...grpc.CallOption) (*DeleteDocumentResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
-	out := new(GatewayServiceDeleteDocumentResponse)
+	out := new(DeleteDocumentResponse)
 	err := c.cc.Invoke(ctx, GatewayService_DeleteDocument_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
@@ -280,11 +280,11 @@ type GatewayServiceServer interface {
 	CancelChat(context.Context, *CancelChatRequest) (*CancelChatResponse, error)
 	// Ingests a document for the caller's tenant: a header, then the content in pieces.
 	// gRPC only (a client stream); every user of the tenant can then be answered from it.
-	IngestDocument(grpc.ClientStreamingServer[GatewayServiceIngestDocumentRequest, GatewayServiceIngestDocumentResponse]) error
+	IngestDocument(grpc.ClientStreamingServer[IngestDocumentRequest, IngestDocumentResponse]) error
 	// Lists the documents of the caller's tenant, newest first.
-	ListDocuments(context.Context, *GatewayServiceListDocumentsRequest) (*GatewayServiceListDocumentsResponse, error)
+	ListDocuments(context.Context, *ListDocumentsRequest) (*ListDocumentsResponse, error)
 	// Deletes a document of the caller's tenant (another tenant's id: NOT_FOUND).
-	DeleteDocument(context.Context, *GatewayServiceDeleteDocumentRequest) (*GatewayServiceDeleteDocumentResponse, error)
+	DeleteDocument(context.Context, *DeleteDocumentRequest) (*DeleteDocumentResponse, error)
 	// Makes the branch through a message the conversation's active branch (what
 	// GetConversation returns by default and what the next Chat continues).
 	SetActiveBranch(context.Context, *SetActiveBranchRequest) (*SetActiveBranchResponse, error)
@@ -326,13 +326,13 @@ func (UnimplementedGatewayServiceServer) ResumeChat(*ResumeChatRequest, grpc.Ser
 func (UnimplementedGatewayServiceServer) CancelChat(context.Context, *CancelChatRequest) (*CancelChatResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method CancelChat not implemented")
 }
-func (UnimplementedGatewayServiceServer) IngestDocument(grpc.ClientStreamingServer[GatewayServiceIngestDocumentRequest, GatewayServiceIngestDocumentResponse]) error {
+func (UnimplementedGatewayServiceServer) IngestDocument(grpc.ClientStreamingServer[IngestDocumentRequest, IngestDocumentResponse]) error {
 	return status.Error(codes.Unimplemented, "method IngestDocument not implemented")
 }
-func (UnimplementedGatewayServiceServer) ListDocuments(context.Context, *GatewayServiceListDocumentsRequest) (*GatewayServiceListDocumentsResponse, error) {
+func (UnimplementedGatewayServiceServer) ListDocuments(context.Context, *ListDocumentsRequest) (*ListDocumentsResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListDocuments not implemented")
 }
-func (UnimplementedGatewayServiceServer) DeleteDocument(context.Context, *GatewayServiceDeleteDocumentRequest) (*GatewayServiceDeleteDocumentResponse, error) {
+func (UnimplementedGatewayServiceServer) DeleteDocument(context.Context, *DeleteDocumentRequest) (*DeleteDocumentResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method DeleteDocument not implemented")
 }
 func (UnimplementedGatewayServiceServer) SetActiveBranch(context.Context, *SetActiveBranchRequest) (*SetActiveBranchResponse, error) {
@@ -481,14 +481,14 @@ func _GatewayService_CancelChat_Handler(srv interface{}, ctx context.Context, de
 }
 
 func _GatewayService_IngestDocument_Handler(srv interface{}, stream grpc.ServerStream) error {
-	return srv.(GatewayServiceServer).IngestDocument(&grpc.GenericServerStream[GatewayServiceIngestDocumentRequest, GatewayServiceIngestDocumentResponse]{ServerStream: stream})
+	return srv.(GatewayServiceServer).IngestDocument(&grpc.GenericServerStream[IngestDocumentRequest, IngestDocumentResponse]{ServerStream: stream})
 }
 
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
-type GatewayService_IngestDocumentServer = grpc.ClientStreamingServer[GatewayServiceIngestDocumentRequest, GatewayServiceIngestDocumentResponse]
+type GatewayService_IngestDocumentServer = grpc.ClientStreamingServer[IngestDocumentRequest, IngestDocumentResponse]
 
 func _GatewayService_ListDocuments_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
-	in := new(GatewayServiceListDocumentsRequest)
+	in := new(ListDocumentsRequest)
 	if err := dec(in); err != nil {
 		return nil, err
 	}
@@ -500,13 +500,13 @@ func _GatewayService_ListDocuments_Handler(srv interface{}, ctx context.Context,
 		FullMethod: GatewayService_ListDocuments_FullMethodName,
 	}
 	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
-		return srv.(GatewayServiceServer).ListDocuments(ctx, req.(*GatewayServiceListDocumentsRequest))
+		return srv.(GatewayServiceServer).ListDocuments(ctx, req.(*ListDocumentsRequest))
 	}
 	return interceptor(ctx, in, info, handler)
 }
 
 func _GatewayService_DeleteDocument_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
-	in := new(GatewayServiceDeleteDocumentRequest)
+	in := new(DeleteDocumentRequest)
 	if err := dec(in); err != nil {
 		return nil, err
 	}
@@ -518,7 +518,7 @@ func _GatewayService_DeleteDocument_Handler(srv interface{}, ctx context.Context
 		FullMethod: GatewayService_DeleteDocument_FullMethodName,
 	}
 	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
-		return srv.(GatewayServiceServer).DeleteDocument(ctx, req.(*GatewayServiceDeleteDocumentRequest))
+		return srv.(GatewayServiceServer).DeleteDocument(ctx, req.(*DeleteDocumentRequest))
 	}
 	return interceptor(ctx, in, info, handler)
 }

@@ -23,54 +23,54 @@ _sym_db = _symbol_database.Default()
 
 
 from chatplane.v1 import erasure_pb2 as chatplane_dot_v1_dot_erasure__pb2
-from chatplane.v1 import persistence_pb2 as chatplane_dot_v1_dot_persistence__pb2
+from chatplane.v1 import admin_resources_pb2 as chatplane_dot_v1_dot_admin__resources__pb2
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x63hatplane/v1/admin.proto\x12\x0c\x63hatplane.v1\x1a\x1a\x63hatplane/v1/erasure.proto\x1a\x1e\x63hatplane/v1/persistence.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"e\n\x12ListApiKeysRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x17\n\x0finclude_revoked\x18\x04 \x01(\x08\"V\n\x13ListApiKeysResponse\x12&\n\x04keys\x18\x01 \x03(\x0b\x32\x18.chatplane.v1.ApiKeyInfo\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"P\n\x1f\x41\x64minServiceCreateApiKeyRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\r\n\x05label\x18\x02 \x01(\t\x12\r\n\x05roles\x18\x03 \x03(\t\"Z\n AdminServiceCreateApiKeyResponse\x12\x0f\n\x07\x61pi_key\x18\x01 \x01(\t\x12%\n\x03key\x18\x02 \x01(\x0b\x32\x18.chatplane.v1.ApiKeyInfo\"Q\n\x13RotateApiKeyRequest\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12*\n\x07overlap\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"z\n\x14RotateApiKeyResponse\x12\x0f\n\x07\x61pi_key\x18\x01 \x01(\t\x12%\n\x03key\x18\x02 \x01(\x0b\x32\x18.chatplane.v1.ApiKeyInfo\x12*\n\x08previous\x18\x03 \x01(\x0b\x32\x18.chatplane.v1.ApiKeyInfo\"%\n\x13RevokeApiKeyRequest\x12\x0e\n\x06key_id\x18\x01 \x01(\t\"=\n\x14RevokeApiKeyResponse\x12%\n\x03key\x18\x01 \x01(\x0b\x32\x18.chatplane.v1.ApiKeyInfo\"\xb6\x01\n#AdminServiceListRatedAnswersRequest\x12)\n\x05since\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x05until\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nmin_rating\x18\x03 \x01(\x05\x12\x11\n\tpage_size\x18\x04 \x01(\x05\x12\x12\n\npage_token\x18\x05 \x01(\t\"k\n$AdminServiceListRatedAnswersResponse\x12*\n\x07\x61nswers\x18\x01 \x03(\x0b\x32\x19.chatplane.v1.RatedAnswer\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"(\n\x15\x45xportUserDataRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"\'\n\x16\x45xportUserDataResponse\x12\r\n\x05\x63hunk\x18\x01 \x01(\x0c\"#\n\x10\x45raseUserRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"B\n\x11\x45raseUserResponse\x12-\n\x07receipt\x18\x01 \x01(\x0b\x32\x1c.chatplane.v1.ErasureReceipt\"#\n\x13SetRetentionRequest\x12\x0c\n\x04\x64\x61ys\x18\x01 \x01(\x05\"E\n\x14SetRetentionResponse\x12-\n\x06policy\x18\x01 \x01(\x0b\x32\x1d.chatplane.v1.RetentionPolicy\"\x15\n\x13GetRetentionRequest\"E\n\x14GetRetentionResponse\x12-\n\x06policy\x18\x01 \x01(\x0b\x32\x1d.chatplane.v1.RetentionPolicy2\xd5\x06\n\x0c\x41\x64minService\x12R\n\x0bListApiKeys\x12 .chatplane.v1.ListApiKeysRequest\x1a!.chatplane.v1.ListApiKeysResponse\x12m\n\x0c\x43reateApiKey\x12-.chatplane.v1.AdminServiceCreateApiKeyRequest\x1a..chatplane.v1.AdminServiceCreateApiKeyResponse\x12U\n\x0cRotateApiKey\x12!.chatplane.v1.RotateApiKeyRequest\x1a\".chatplane.v1.RotateApiKeyResponse\x12U\n\x0cRevokeApiKey\x12!.chatplane.v1.RevokeApiKeyRequest\x1a\".chatplane.v1.RevokeApiKeyResponse\x12y\n\x10ListRatedAnswers\x12\x31.chatplane.v1.AdminServiceListRatedAnswersRequest\x1a\x32.chatplane.v1.AdminServiceListRatedAnswersResponse\x12]\n\x0e\x45xportUserData\x12#.chatplane.v1.ExportUserDataRequest\x1a$.chatplane.v1.ExportUserDataResponse0\x01\x12L\n\tEraseUser\x12\x1e.chatplane.v1.EraseUserRequest\x1a\x1f.chatplane.v1.EraseUserResponse\x12U\n\x0cSetRetention\x12!.chatplane.v1.SetRetentionRequest\x1a\".chatplane.v1.SetRetentionResponse\x12U\n\x0cGetRetention\x12!.chatplane.v1.GetRetentionRequest\x1a\".chatplane.v1.GetRetentionResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x63hatplane/v1/admin.proto\x12\x0c\x63hatplane.v1\x1a\x1a\x63hatplane/v1/erasure.proto\x1a\"chatplane/v1/admin_resources.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"e\n\x12ListApiKeysRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x17\n\x0finclude_revoked\x18\x04 \x01(\x08\"V\n\x13ListApiKeysResponse\x12&\n\x04keys\x18\x01 \x03(\x0b\x32\x18.chatplane.v1.ApiKeyInfo\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"D\n\x13\x43reateApiKeyRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\r\n\x05label\x18\x02 \x01(\t\x12\r\n\x05roles\x18\x03 \x03(\t\"N\n\x14\x43reateApiKeyResponse\x12\x0f\n\x07\x61pi_key\x18\x01 \x01(\t\x12%\n\x03key\x18\x02 \x01(\x0b\x32\x18.chatplane.v1.ApiKeyInfo\"Q\n\x13RotateApiKeyRequest\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12*\n\x07overlap\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"z\n\x14RotateApiKeyResponse\x12\x0f\n\x07\x61pi_key\x18\x01 \x01(\t\x12%\n\x03key\x18\x02 \x01(\x0b\x32\x18.chatplane.v1.ApiKeyInfo\x12*\n\x08previous\x18\x03 \x01(\x0b\x32\x18.chatplane.v1.ApiKeyInfo\"%\n\x13RevokeApiKeyRequest\x12\x0e\n\x06key_id\x18\x01 \x01(\t\"=\n\x14RevokeApiKeyResponse\x12%\n\x03key\x18\x01 \x01(\x0b\x32\x18.chatplane.v1.ApiKeyInfo\"\xaa\x01\n\x17ListRatedAnswersRequest\x12)\n\x05since\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x05until\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nmin_rating\x18\x03 \x01(\x05\x12\x11\n\tpage_size\x18\x04 \x01(\x05\x12\x12\n\npage_token\x18\x05 \x01(\t\"_\n\x18ListRatedAnswersResponse\x12*\n\x07\x61nswers\x18\x01 \x03(\x0b\x32\x19.chatplane.v1.RatedAnswer\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"(\n\x15\x45xportUserDataRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"\'\n\x16\x45xportUserDataResponse\x12\r\n\x05\x63hunk\x18\x01 \x01(\x0c\"#\n\x10\x45raseUserRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"B\n\x11\x45raseUserResponse\x12-\n\x07receipt\x18\x01 \x01(\x0b\x32\x1c.chatplane.v1.ErasureReceipt\"#\n\x13SetRetentionRequest\x12\x0c\n\x04\x64\x61ys\x18\x01 \x01(\x05\"E\n\x14SetRetentionResponse\x12-\n\x06policy\x18\x01 \x01(\x0b\x32\x1d.chatplane.v1.RetentionPolicy\"\x15\n\x13GetRetentionRequest\"E\n\x14GetRetentionResponse\x12-\n\x06policy\x18\x01 \x01(\x0b\x32\x1d.chatplane.v1.RetentionPolicy2\xa5\x06\n\x0c\x41\x64minService\x12R\n\x0bListApiKeys\x12 .chatplane.v1.ListApiKeysRequest\x1a!.chatplane.v1.ListApiKeysResponse\x12U\n\x0c\x43reateApiKey\x12!.chatplane.v1.CreateApiKeyRequest\x1a\".chatplane.v1.CreateApiKeyResponse\x12U\n\x0cRotateApiKey\x12!.chatplane.v1.RotateApiKeyRequest\x1a\".chatplane.v1.RotateApiKeyResponse\x12U\n\x0cRevokeApiKey\x12!.chatplane.v1.RevokeApiKeyRequest\x1a\".chatplane.v1.RevokeApiKeyResponse\x12\x61\n\x10ListRatedAnswers\x12%.chatplane.v1.ListRatedAnswersRequest\x1a&.chatplane.v1.ListRatedAnswersResponse\x12]\n\x0e\x45xportUserData\x12#.chatplane.v1.ExportUserDataRequest\x1a$.chatplane.v1.ExportUserDataResponse0\x01\x12L\n\tEraseUser\x12\x1e.chatplane.v1.EraseUserRequest\x1a\x1f.chatplane.v1.EraseUserResponse\x12U\n\x0cSetRetention\x12!.chatplane.v1.SetRetentionRequest\x1a\".chatplane.v1.SetRetentionResponse\x12U\n\x0cGetRetention\x12!.chatplane.v1.GetRetentionRequest\x1a\".chatplane.v1.GetRetentionResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'chatplane.v1.admin_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_LISTAPIKEYSREQUEST']._serialized_start=167
-  _globals['_LISTAPIKEYSREQUEST']._serialized_end=268
-  _globals['_LISTAPIKEYSRESPONSE']._serialized_start=270
-  _globals['_LISTAPIKEYSRESPONSE']._serialized_end=356
-  _globals['_ADMINSERVICECREATEAPIKEYREQUEST']._serialized_start=358
-  _globals['_ADMINSERVICECREATEAPIKEYREQUEST']._serialized_end=438
-  _globals['_ADMINSERVICECREATEAPIKEYRESPONSE']._serialized_start=440
-  _globals['_ADMINSERVICECREATEAPIKEYRESPONSE']._serialized_end=530
-  _globals['_ROTATEAPIKEYREQUEST']._serialized_start=532
-  _globals['_ROTATEAPIKEYREQUEST']._serialized_end=613
-  _globals['_ROTATEAPIKEYRESPONSE']._serialized_start=615
-  _globals['_ROTATEAPIKEYRESPONSE']._serialized_end=737
-  _globals['_REVOKEAPIKEYREQUEST']._serialized_start=739
-  _globals['_REVOKEAPIKEYREQUEST']._serialized_end=776
-  _globals['_REVOKEAPIKEYRESPONSE']._serialized_start=778
-  _globals['_REVOKEAPIKEYRESPONSE']._serialized_end=839
-  _globals['_ADMINSERVICELISTRATEDANSWERSREQUEST']._serialized_start=842
-  _globals['_ADMINSERVICELISTRATEDANSWERSREQUEST']._serialized_end=1024
-  _globals['_ADMINSERVICELISTRATEDANSWERSRESPONSE']._serialized_start=1026
-  _globals['_ADMINSERVICELISTRATEDANSWERSRESPONSE']._serialized_end=1133
-  _globals['_EXPORTUSERDATAREQUEST']._serialized_start=1135
-  _globals['_EXPORTUSERDATAREQUEST']._serialized_end=1175
-  _globals['_EXPORTUSERDATARESPONSE']._serialized_start=1177
-  _globals['_EXPORTUSERDATARESPONSE']._serialized_end=1216
-  _globals['_ERASEUSERREQUEST']._serialized_start=1218
-  _globals['_ERASEUSERREQUEST']._serialized_end=1253
-  _globals['_ERASEUSERRESPONSE']._serialized_start=1255
-  _globals['_ERASEUSERRESPONSE']._serialized_end=1321
-  _globals['_SETRETENTIONREQUEST']._serialized_start=1323
-  _globals['_SETRETENTIONREQUEST']._serialized_end=1358
-  _globals['_SETRETENTIONRESPONSE']._serialized_start=1360
-  _globals['_SETRETENTIONRESPONSE']._serialized_end=1429
-  _globals['_GETRETENTIONREQUEST']._serialized_start=1431
-  _globals['_GETRETENTIONREQUEST']._serialized_end=1452
-  _globals['_GETRETENTIONRESPONSE']._serialized_start=1454
-  _globals['_GETRETENTIONRESPONSE']._serialized_end=1523
-  _globals['_ADMINSERVICE']._serialized_start=1526
-  _globals['_ADMINSERVICE']._serialized_end=2379
+  _globals['_LISTAPIKEYSREQUEST']._serialized_start=171
+  _globals['_LISTAPIKEYSREQUEST']._serialized_end=272
+  _globals['_LISTAPIKEYSRESPONSE']._serialized_start=274
+  _globals['_LISTAPIKEYSRESPONSE']._serialized_end=360
+  _globals['_CREATEAPIKEYREQUEST']._serialized_start=362
+  _globals['_CREATEAPIKEYREQUEST']._serialized_end=430
+  _globals['_CREATEAPIKEYRESPONSE']._serialized_start=432
+  _globals['_CREATEAPIKEYRESPONSE']._serialized_end=510
+  _globals['_ROTATEAPIKEYREQUEST']._serialized_start=512
+  _globals['_ROTATEAPIKEYREQUEST']._serialized_end=593
+  _globals['_ROTATEAPIKEYRESPONSE']._serialized_start=595
+  _globals['_ROTATEAPIKEYRESPONSE']._serialized_end=717
+  _globals['_REVOKEAPIKEYREQUEST']._serialized_start=719
+  _globals['_REVOKEAPIKEYREQUEST']._serialized_end=756
+  _globals['_REVOKEAPIKEYRESPONSE']._serialized_start=758
+  _globals['_REVOKEAPIKEYRESPONSE']._serialized_end=819
+  _globals['_LISTRATEDANSWERSREQUEST']._serialized_start=822
+  _globals['_LISTRATEDANSWERSREQUEST']._serialized_end=992
+  _globals['_LISTRATEDANSWERSRESPONSE']._serialized_start=994
+  _globals['_LISTRATEDANSWERSRESPONSE']._serialized_end=1089
+  _globals['_EXPORTUSERDATAREQUEST']._serialized_start=1091
+  _globals['_EXPORTUSERDATAREQUEST']._serialized_end=1131
+  _globals['_EXPORTUSERDATARESPONSE']._serialized_start=1133
+  _globals['_EXPORTUSERDATARESPONSE']._serialized_end=1172
+  _globals['_ERASEUSERREQUEST']._serialized_start=1174
+  _globals['_ERASEUSERREQUEST']._serialized_end=1209
+  _globals['_ERASEUSERRESPONSE']._serialized_start=1211
+  _globals['_ERASEUSERRESPONSE']._serialized_end=1277
+  _globals['_SETRETENTIONREQUEST']._serialized_start=1279
+  _globals['_SETRETENTIONREQUEST']._serialized_end=1314
+  _globals['_SETRETENTIONRESPONSE']._serialized_start=1316
+  _globals['_SETRETENTIONRESPONSE']._serialized_end=1385
+  _globals['_GETRETENTIONREQUEST']._serialized_start=1387
+  _globals['_GETRETENTIONREQUEST']._serialized_end=1408
+  _globals['_GETRETENTIONRESPONSE']._serialized_start=1410
+  _globals['_GETRETENTIONRESPONSE']._serialized_end=1479
+  _globals['_ADMINSERVICE']._serialized_start=1482
+  _globals['_ADMINSERVICE']._serialized_end=2287
 # @@protoc_insertion_point(module_scope)

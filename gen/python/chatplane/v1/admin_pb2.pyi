@@ -3,8 +3,8 @@
 isort:skip_file
 """
 
+from chatplane.v1 import admin_resources_pb2 as _admin_resources_pb2
 from chatplane.v1 import erasure_pb2 as _erasure_pb2
-from chatplane.v1 import persistence_pb2 as _persistence_pb2
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import duration_pb2 as _duration_pb2
@@ -67,13 +67,13 @@ class ListApiKeysResponse(_message.Message):
     next_page_token: _builtins.str
     """Token for the next page; empty when there is none."""
     @_builtins.property
-    def keys(self) -> _containers.RepeatedCompositeFieldContainer[_persistence_pb2.ApiKeyInfo]:
+    def keys(self) -> _containers.RepeatedCompositeFieldContainer[_admin_resources_pb2.ApiKeyInfo]:
         """Keys, newest first."""
 
     def __init__(
         self,
         *,
-        keys: _abc.Iterable[_persistence_pb2.ApiKeyInfo] | None = ...,
+        keys: _abc.Iterable[_admin_resources_pb2.ApiKeyInfo] | None = ...,
         next_page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
@@ -85,7 +85,7 @@ class ListApiKeysResponse(_message.Message):
 Global___ListApiKeysResponse: _TypeAlias = ListApiKeysResponse  # noqa: Y015
 
 @_typing.final
-class AdminServiceCreateApiKeyRequest(_message.Message):
+class CreateApiKeyRequest(_message.Message):
     """A key to create."""
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -114,10 +114,10 @@ class AdminServiceCreateApiKeyRequest(_message.Message):
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___AdminServiceCreateApiKeyRequest: _TypeAlias = AdminServiceCreateApiKeyRequest  # noqa: Y015
+Global___CreateApiKeyRequest: _TypeAlias = CreateApiKeyRequest  # noqa: Y015
 
 @_typing.final
-class AdminServiceCreateApiKeyResponse(_message.Message):
+class CreateApiKeyResponse(_message.Message):
     """The new key."""
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -127,14 +127,14 @@ class AdminServiceCreateApiKeyResponse(_message.Message):
     api_key: _builtins.str
     """The full key to give to its holder (shown once, never stored in clear)."""
     @_builtins.property
-    def key(self) -> _persistence_pb2.ApiKeyInfo:
+    def key(self) -> _admin_resources_pb2.ApiKeyInfo:
         """The key's facts."""
 
     def __init__(
         self,
         *,
         api_key: _builtins.str = ...,
-        key: _persistence_pb2.ApiKeyInfo | None = ...,
+        key: _admin_resources_pb2.ApiKeyInfo | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["key", b"key"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
@@ -142,7 +142,7 @@ class AdminServiceCreateApiKeyResponse(_message.Message):
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___AdminServiceCreateApiKeyResponse: _TypeAlias = AdminServiceCreateApiKeyResponse  # noqa: Y015
+Global___CreateApiKeyResponse: _TypeAlias = CreateApiKeyResponse  # noqa: Y015
 
 @_typing.final
 class RotateApiKeyRequest(_message.Message):
@@ -184,19 +184,19 @@ class RotateApiKeyResponse(_message.Message):
     api_key: _builtins.str
     """The new full key (shown once)."""
     @_builtins.property
-    def key(self) -> _persistence_pb2.ApiKeyInfo:
+    def key(self) -> _admin_resources_pb2.ApiKeyInfo:
         """The new key's facts."""
 
     @_builtins.property
-    def previous(self) -> _persistence_pb2.ApiKeyInfo:
+    def previous(self) -> _admin_resources_pb2.ApiKeyInfo:
         """The old key's facts after the rotation."""
 
     def __init__(
         self,
         *,
         api_key: _builtins.str = ...,
-        key: _persistence_pb2.ApiKeyInfo | None = ...,
-        previous: _persistence_pb2.ApiKeyInfo | None = ...,
+        key: _admin_resources_pb2.ApiKeyInfo | None = ...,
+        previous: _admin_resources_pb2.ApiKeyInfo | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "previous", b"previous"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
@@ -236,13 +236,13 @@ class RevokeApiKeyResponse(_message.Message):
 
     KEY_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def key(self) -> _persistence_pb2.ApiKeyInfo:
+    def key(self) -> _admin_resources_pb2.ApiKeyInfo:
         """The key's facts after the revocation."""
 
     def __init__(
         self,
         *,
-        key: _persistence_pb2.ApiKeyInfo | None = ...,
+        key: _admin_resources_pb2.ApiKeyInfo | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["key", b"key"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
@@ -253,7 +253,7 @@ class RevokeApiKeyResponse(_message.Message):
 Global___RevokeApiKeyResponse: _TypeAlias = RevokeApiKeyResponse  # noqa: Y015
 
 @_typing.final
-class AdminServiceListRatedAnswersRequest(_message.Message):
+class ListRatedAnswersRequest(_message.Message):
     """Asks for a page of the caller's tenant's rated answers (docs/datasets.md)."""
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -292,10 +292,10 @@ class AdminServiceListRatedAnswersRequest(_message.Message):
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___AdminServiceListRatedAnswersRequest: _TypeAlias = AdminServiceListRatedAnswersRequest  # noqa: Y015
+Global___ListRatedAnswersRequest: _TypeAlias = ListRatedAnswersRequest  # noqa: Y015
 
 @_typing.final
-class AdminServiceListRatedAnswersResponse(_message.Message):
+class ListRatedAnswersResponse(_message.Message):
     """A page of the tenant's rated answers, oldest first."""
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -305,13 +305,13 @@ class AdminServiceListRatedAnswersResponse(_message.Message):
     next_page_token: _builtins.str
     """Token for the next page; empty when there is none."""
     @_builtins.property
-    def answers(self) -> _containers.RepeatedCompositeFieldContainer[_persistence_pb2.RatedAnswer]:
+    def answers(self) -> _containers.RepeatedCompositeFieldContainer[_admin_resources_pb2.RatedAnswer]:
         """The answers with their branches."""
 
     def __init__(
         self,
         *,
-        answers: _abc.Iterable[_persistence_pb2.RatedAnswer] | None = ...,
+        answers: _abc.Iterable[_admin_resources_pb2.RatedAnswer] | None = ...,
         next_page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
@@ -320,7 +320,7 @@ class AdminServiceListRatedAnswersResponse(_message.Message):
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___AdminServiceListRatedAnswersResponse: _TypeAlias = AdminServiceListRatedAnswersResponse  # noqa: Y015
+Global___ListRatedAnswersResponse: _TypeAlias = ListRatedAnswersResponse  # noqa: Y015
 
 @_typing.final
 class ExportUserDataRequest(_message.Message):

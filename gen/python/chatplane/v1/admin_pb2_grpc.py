@@ -44,8 +44,8 @@ class AdminServiceStub:
                 _registered_method=True)
         self.CreateApiKey = channel.unary_unary(
                 '/chatplane.v1.AdminService/CreateApiKey',
-                request_serializer=chatplane_dot_v1_dot_admin__pb2.AdminServiceCreateApiKeyRequest.SerializeToString,
-                response_deserializer=chatplane_dot_v1_dot_admin__pb2.AdminServiceCreateApiKeyResponse.FromString,
+                request_serializer=chatplane_dot_v1_dot_admin__pb2.CreateApiKeyRequest.SerializeToString,
+                response_deserializer=chatplane_dot_v1_dot_admin__pb2.CreateApiKeyResponse.FromString,
                 _registered_method=True)
         self.RotateApiKey = channel.unary_unary(
                 '/chatplane.v1.AdminService/RotateApiKey',
@@ -59,8 +59,8 @@ class AdminServiceStub:
                 _registered_method=True)
         self.ListRatedAnswers = channel.unary_unary(
                 '/chatplane.v1.AdminService/ListRatedAnswers',
-                request_serializer=chatplane_dot_v1_dot_admin__pb2.AdminServiceListRatedAnswersRequest.SerializeToString,
-                response_deserializer=chatplane_dot_v1_dot_admin__pb2.AdminServiceListRatedAnswersResponse.FromString,
+                request_serializer=chatplane_dot_v1_dot_admin__pb2.ListRatedAnswersRequest.SerializeToString,
+                response_deserializer=chatplane_dot_v1_dot_admin__pb2.ListRatedAnswersResponse.FromString,
                 _registered_method=True)
         self.ExportUserData = channel.unary_stream(
                 '/chatplane.v1.AdminService/ExportUserData',
@@ -168,8 +168,8 @@ def add_AdminServiceServicer_to_server(servicer, server):
             ),
             'CreateApiKey': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateApiKey,
-                    request_deserializer=chatplane_dot_v1_dot_admin__pb2.AdminServiceCreateApiKeyRequest.FromString,
-                    response_serializer=chatplane_dot_v1_dot_admin__pb2.AdminServiceCreateApiKeyResponse.SerializeToString,
+                    request_deserializer=chatplane_dot_v1_dot_admin__pb2.CreateApiKeyRequest.FromString,
+                    response_serializer=chatplane_dot_v1_dot_admin__pb2.CreateApiKeyResponse.SerializeToString,
             ),
             'RotateApiKey': grpc.unary_unary_rpc_method_handler(
                     servicer.RotateApiKey,
@@ -183,8 +183,8 @@ def add_AdminServiceServicer_to_server(servicer, server):
             ),
             'ListRatedAnswers': grpc.unary_unary_rpc_method_handler(
                     servicer.ListRatedAnswers,
-                    request_deserializer=chatplane_dot_v1_dot_admin__pb2.AdminServiceListRatedAnswersRequest.FromString,
-                    response_serializer=chatplane_dot_v1_dot_admin__pb2.AdminServiceListRatedAnswersResponse.SerializeToString,
+                    request_deserializer=chatplane_dot_v1_dot_admin__pb2.ListRatedAnswersRequest.FromString,
+                    response_serializer=chatplane_dot_v1_dot_admin__pb2.ListRatedAnswersResponse.SerializeToString,
             ),
             'ExportUserData': grpc.unary_stream_rpc_method_handler(
                     servicer.ExportUserData,
@@ -262,8 +262,8 @@ class AdminService:
             request,
             target,
             '/chatplane.v1.AdminService/CreateApiKey',
-            chatplane_dot_v1_dot_admin__pb2.AdminServiceCreateApiKeyRequest.SerializeToString,
-            chatplane_dot_v1_dot_admin__pb2.AdminServiceCreateApiKeyResponse.FromString,
+            chatplane_dot_v1_dot_admin__pb2.CreateApiKeyRequest.SerializeToString,
+            chatplane_dot_v1_dot_admin__pb2.CreateApiKeyResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -343,8 +343,8 @@ class AdminService:
             request,
             target,
             '/chatplane.v1.AdminService/ListRatedAnswers',
-            chatplane_dot_v1_dot_admin__pb2.AdminServiceListRatedAnswersRequest.SerializeToString,
-            chatplane_dot_v1_dot_admin__pb2.AdminServiceListRatedAnswersResponse.FromString,
+            chatplane_dot_v1_dot_admin__pb2.ListRatedAnswersRequest.SerializeToString,
+            chatplane_dot_v1_dot_admin__pb2.ListRatedAnswersResponse.FromString,
             options,
             channel_credentials,
             insecure,

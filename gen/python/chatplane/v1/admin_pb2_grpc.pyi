@@ -38,7 +38,7 @@ class AdminServiceStub:
     def __new__(cls, channel: _aio.Channel) -> AdminServiceAsyncStub: ...
     ListApiKeys: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListApiKeysRequest, _admin_pb2.ListApiKeysResponse]
     """Lists the tenant's API keys, newest first (never secrets)."""
-    CreateApiKey: _grpc.UnaryUnaryMultiCallable[_admin_pb2.AdminServiceCreateApiKeyRequest, _admin_pb2.AdminServiceCreateApiKeyResponse]
+    CreateApiKey: _grpc.UnaryUnaryMultiCallable[_admin_pb2.CreateApiKeyRequest, _admin_pb2.CreateApiKeyResponse]
     """Creates an API key for a user of the tenant; the full key is returned once."""
     RotateApiKey: _grpc.UnaryUnaryMultiCallable[_admin_pb2.RotateApiKeyRequest, _admin_pb2.RotateApiKeyResponse]
     """Replaces a key by a new one with the same user, label and roles; the old key stops
@@ -46,7 +46,7 @@ class AdminServiceStub:
     """
     RevokeApiKey: _grpc.UnaryUnaryMultiCallable[_admin_pb2.RevokeApiKeyRequest, _admin_pb2.RevokeApiKeyResponse]
     """Revokes a key: it stops working on every Gateway within api_key_cache_seconds."""
-    ListRatedAnswers: _grpc.UnaryUnaryMultiCallable[_admin_pb2.AdminServiceListRatedAnswersRequest, _admin_pb2.AdminServiceListRatedAnswersResponse]
+    ListRatedAnswers: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListRatedAnswersRequest, _admin_pb2.ListRatedAnswersResponse]
     """Pages the tenant's rated answers with their branches, for feedback datasets; the tenant
     must have opted in (FAILED_PRECONDITION otherwise; docs/datasets.md).
     """
@@ -74,7 +74,7 @@ class AdminServiceAsyncStub(AdminServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     ListApiKeys: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListApiKeysRequest, _admin_pb2.ListApiKeysResponse]  # type: ignore[assignment]
     """Lists the tenant's API keys, newest first (never secrets)."""
-    CreateApiKey: _aio.UnaryUnaryMultiCallable[_admin_pb2.AdminServiceCreateApiKeyRequest, _admin_pb2.AdminServiceCreateApiKeyResponse]  # type: ignore[assignment]
+    CreateApiKey: _aio.UnaryUnaryMultiCallable[_admin_pb2.CreateApiKeyRequest, _admin_pb2.CreateApiKeyResponse]  # type: ignore[assignment]
     """Creates an API key for a user of the tenant; the full key is returned once."""
     RotateApiKey: _aio.UnaryUnaryMultiCallable[_admin_pb2.RotateApiKeyRequest, _admin_pb2.RotateApiKeyResponse]  # type: ignore[assignment]
     """Replaces a key by a new one with the same user, label and roles; the old key stops
@@ -82,7 +82,7 @@ class AdminServiceAsyncStub(AdminServiceStub):
     """
     RevokeApiKey: _aio.UnaryUnaryMultiCallable[_admin_pb2.RevokeApiKeyRequest, _admin_pb2.RevokeApiKeyResponse]  # type: ignore[assignment]
     """Revokes a key: it stops working on every Gateway within api_key_cache_seconds."""
-    ListRatedAnswers: _aio.UnaryUnaryMultiCallable[_admin_pb2.AdminServiceListRatedAnswersRequest, _admin_pb2.AdminServiceListRatedAnswersResponse]  # type: ignore[assignment]
+    ListRatedAnswers: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListRatedAnswersRequest, _admin_pb2.ListRatedAnswersResponse]  # type: ignore[assignment]
     """Pages the tenant's rated answers with their branches, for feedback datasets; the tenant
     must have opted in (FAILED_PRECONDITION otherwise; docs/datasets.md).
     """
@@ -117,9 +117,9 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
     def CreateApiKey(
         self,
-        request: _admin_pb2.AdminServiceCreateApiKeyRequest,
+        request: _admin_pb2.CreateApiKeyRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_admin_pb2.AdminServiceCreateApiKeyResponse, _abc.Awaitable[_admin_pb2.AdminServiceCreateApiKeyResponse]]:
+    ) -> _typing.Union[_admin_pb2.CreateApiKeyResponse, _abc.Awaitable[_admin_pb2.CreateApiKeyResponse]]:
         """Creates an API key for a user of the tenant; the full key is returned once."""
 
     @_abc_1.abstractmethod
@@ -143,9 +143,9 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
     def ListRatedAnswers(
         self,
-        request: _admin_pb2.AdminServiceListRatedAnswersRequest,
+        request: _admin_pb2.ListRatedAnswersRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_admin_pb2.AdminServiceListRatedAnswersResponse, _abc.Awaitable[_admin_pb2.AdminServiceListRatedAnswersResponse]]:
+    ) -> _typing.Union[_admin_pb2.ListRatedAnswersResponse, _abc.Awaitable[_admin_pb2.ListRatedAnswersResponse]]:
         """Pages the tenant's rated answers with their branches, for feedback datasets; the tenant
         must have opted in (FAILED_PRECONDITION otherwise; docs/datasets.md).
         """

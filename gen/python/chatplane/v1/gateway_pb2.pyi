@@ -714,7 +714,7 @@ class IngestDocumentHeader(_message.Message):
 Global___IngestDocumentHeader: _TypeAlias = IngestDocumentHeader  # noqa: Y015
 
 @_typing.final
-class GatewayServiceIngestDocumentRequest(_message.Message):
+class IngestDocumentRequest(_message.Message):
     """One message of an ingestion stream: the header first, then content pieces."""
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -741,10 +741,10 @@ class GatewayServiceIngestDocumentRequest(_message.Message):
     _WhichOneofArgType_part: _TypeAlias = _typing.Literal["part", b"part"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_part) -> _WhichOneofReturnType_part | None: ...
 
-Global___GatewayServiceIngestDocumentRequest: _TypeAlias = GatewayServiceIngestDocumentRequest  # noqa: Y015
+Global___IngestDocumentRequest: _TypeAlias = IngestDocumentRequest  # noqa: Y015
 
 @_typing.final
-class GatewayServiceIngestDocumentResponse(_message.Message):
+class IngestDocumentResponse(_message.Message):
     """The document is stored and its chunks are searchable."""
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -765,10 +765,10 @@ class GatewayServiceIngestDocumentResponse(_message.Message):
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___GatewayServiceIngestDocumentResponse: _TypeAlias = GatewayServiceIngestDocumentResponse  # noqa: Y015
+Global___IngestDocumentResponse: _TypeAlias = IngestDocumentResponse  # noqa: Y015
 
 @_typing.final
-class GatewayServiceListDocumentsRequest(_message.Message):
+class ListDocumentsRequest(_message.Message):
     """Asks for the documents of the caller's tenant."""
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -782,10 +782,10 @@ class GatewayServiceListDocumentsRequest(_message.Message):
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___GatewayServiceListDocumentsRequest: _TypeAlias = GatewayServiceListDocumentsRequest  # noqa: Y015
+Global___ListDocumentsRequest: _TypeAlias = ListDocumentsRequest  # noqa: Y015
 
 @_typing.final
-class GatewayServiceListDocumentsResponse(_message.Message):
+class ListDocumentsResponse(_message.Message):
     """The documents of the caller's tenant."""
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -806,10 +806,10 @@ class GatewayServiceListDocumentsResponse(_message.Message):
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___GatewayServiceListDocumentsResponse: _TypeAlias = GatewayServiceListDocumentsResponse  # noqa: Y015
+Global___ListDocumentsResponse: _TypeAlias = ListDocumentsResponse  # noqa: Y015
 
 @_typing.final
-class GatewayServiceDeleteDocumentRequest(_message.Message):
+class DeleteDocumentRequest(_message.Message):
     """A document to delete."""
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -828,10 +828,10 @@ class GatewayServiceDeleteDocumentRequest(_message.Message):
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___GatewayServiceDeleteDocumentRequest: _TypeAlias = GatewayServiceDeleteDocumentRequest  # noqa: Y015
+Global___DeleteDocumentRequest: _TypeAlias = DeleteDocumentRequest  # noqa: Y015
 
 @_typing.final
-class GatewayServiceDeleteDocumentResponse(_message.Message):
+class DeleteDocumentResponse(_message.Message):
     """The document and its chunks are gone."""
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -850,7 +850,7 @@ class GatewayServiceDeleteDocumentResponse(_message.Message):
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___GatewayServiceDeleteDocumentResponse: _TypeAlias = GatewayServiceDeleteDocumentResponse  # noqa: Y015
+Global___DeleteDocumentResponse: _TypeAlias = DeleteDocumentResponse  # noqa: Y015
 
 @_typing.final
 class SetActiveBranchRequest(_message.Message):

@@ -73,18 +73,18 @@ class GatewayServiceStub:
                 _registered_method=True)
         self.IngestDocument = channel.stream_unary(
                 '/chatplane.v1.GatewayService/IngestDocument',
-                request_serializer=chatplane_dot_v1_dot_gateway__pb2.GatewayServiceIngestDocumentRequest.SerializeToString,
-                response_deserializer=chatplane_dot_v1_dot_gateway__pb2.GatewayServiceIngestDocumentResponse.FromString,
+                request_serializer=chatplane_dot_v1_dot_gateway__pb2.IngestDocumentRequest.SerializeToString,
+                response_deserializer=chatplane_dot_v1_dot_gateway__pb2.IngestDocumentResponse.FromString,
                 _registered_method=True)
         self.ListDocuments = channel.unary_unary(
                 '/chatplane.v1.GatewayService/ListDocuments',
-                request_serializer=chatplane_dot_v1_dot_gateway__pb2.GatewayServiceListDocumentsRequest.SerializeToString,
-                response_deserializer=chatplane_dot_v1_dot_gateway__pb2.GatewayServiceListDocumentsResponse.FromString,
+                request_serializer=chatplane_dot_v1_dot_gateway__pb2.ListDocumentsRequest.SerializeToString,
+                response_deserializer=chatplane_dot_v1_dot_gateway__pb2.ListDocumentsResponse.FromString,
                 _registered_method=True)
         self.DeleteDocument = channel.unary_unary(
                 '/chatplane.v1.GatewayService/DeleteDocument',
-                request_serializer=chatplane_dot_v1_dot_gateway__pb2.GatewayServiceDeleteDocumentRequest.SerializeToString,
-                response_deserializer=chatplane_dot_v1_dot_gateway__pb2.GatewayServiceDeleteDocumentResponse.FromString,
+                request_serializer=chatplane_dot_v1_dot_gateway__pb2.DeleteDocumentRequest.SerializeToString,
+                response_deserializer=chatplane_dot_v1_dot_gateway__pb2.DeleteDocumentResponse.FromString,
                 _registered_method=True)
         self.SetActiveBranch = channel.unary_unary(
                 '/chatplane.v1.GatewayService/SetActiveBranch',
@@ -256,18 +256,18 @@ def add_GatewayServiceServicer_to_server(servicer, server):
             ),
             'IngestDocument': grpc.stream_unary_rpc_method_handler(
                     servicer.IngestDocument,
-                    request_deserializer=chatplane_dot_v1_dot_gateway__pb2.GatewayServiceIngestDocumentRequest.FromString,
-                    response_serializer=chatplane_dot_v1_dot_gateway__pb2.GatewayServiceIngestDocumentResponse.SerializeToString,
+                    request_deserializer=chatplane_dot_v1_dot_gateway__pb2.IngestDocumentRequest.FromString,
+                    response_serializer=chatplane_dot_v1_dot_gateway__pb2.IngestDocumentResponse.SerializeToString,
             ),
             'ListDocuments': grpc.unary_unary_rpc_method_handler(
                     servicer.ListDocuments,
-                    request_deserializer=chatplane_dot_v1_dot_gateway__pb2.GatewayServiceListDocumentsRequest.FromString,
-                    response_serializer=chatplane_dot_v1_dot_gateway__pb2.GatewayServiceListDocumentsResponse.SerializeToString,
+                    request_deserializer=chatplane_dot_v1_dot_gateway__pb2.ListDocumentsRequest.FromString,
+                    response_serializer=chatplane_dot_v1_dot_gateway__pb2.ListDocumentsResponse.SerializeToString,
             ),
             'DeleteDocument': grpc.unary_unary_rpc_method_handler(
                     servicer.DeleteDocument,
-                    request_deserializer=chatplane_dot_v1_dot_gateway__pb2.GatewayServiceDeleteDocumentRequest.FromString,
-                    response_serializer=chatplane_dot_v1_dot_gateway__pb2.GatewayServiceDeleteDocumentResponse.SerializeToString,
+                    request_deserializer=chatplane_dot_v1_dot_gateway__pb2.DeleteDocumentRequest.FromString,
+                    response_serializer=chatplane_dot_v1_dot_gateway__pb2.DeleteDocumentResponse.SerializeToString,
             ),
             'SetActiveBranch': grpc.unary_unary_rpc_method_handler(
                     servicer.SetActiveBranch,
@@ -506,8 +506,8 @@ class GatewayService:
             request_iterator,
             target,
             '/chatplane.v1.GatewayService/IngestDocument',
-            chatplane_dot_v1_dot_gateway__pb2.GatewayServiceIngestDocumentRequest.SerializeToString,
-            chatplane_dot_v1_dot_gateway__pb2.GatewayServiceIngestDocumentResponse.FromString,
+            chatplane_dot_v1_dot_gateway__pb2.IngestDocumentRequest.SerializeToString,
+            chatplane_dot_v1_dot_gateway__pb2.IngestDocumentResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -533,8 +533,8 @@ class GatewayService:
             request,
             target,
             '/chatplane.v1.GatewayService/ListDocuments',
-            chatplane_dot_v1_dot_gateway__pb2.GatewayServiceListDocumentsRequest.SerializeToString,
-            chatplane_dot_v1_dot_gateway__pb2.GatewayServiceListDocumentsResponse.FromString,
+            chatplane_dot_v1_dot_gateway__pb2.ListDocumentsRequest.SerializeToString,
+            chatplane_dot_v1_dot_gateway__pb2.ListDocumentsResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -560,8 +560,8 @@ class GatewayService:
             request,
             target,
             '/chatplane.v1.GatewayService/DeleteDocument',
-            chatplane_dot_v1_dot_gateway__pb2.GatewayServiceDeleteDocumentRequest.SerializeToString,
-            chatplane_dot_v1_dot_gateway__pb2.GatewayServiceDeleteDocumentResponse.FromString,
+            chatplane_dot_v1_dot_gateway__pb2.DeleteDocumentRequest.SerializeToString,
+            chatplane_dot_v1_dot_gateway__pb2.DeleteDocumentResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -53,13 +53,13 @@ class GatewayServiceStub:
     """Stops the generation of an answer (e.g. one started with `resumable`); the partial
     answer is stored, marked interrupted.
     """
-    IngestDocument: _grpc.StreamUnaryMultiCallable[_gateway_pb2.GatewayServiceIngestDocumentRequest, _gateway_pb2.GatewayServiceIngestDocumentResponse]
+    IngestDocument: _grpc.StreamUnaryMultiCallable[_gateway_pb2.IngestDocumentRequest, _gateway_pb2.IngestDocumentResponse]
     """Ingests a document for the caller's tenant: a header, then the content in pieces.
     gRPC only (a client stream); every user of the tenant can then be answered from it.
     """
-    ListDocuments: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.GatewayServiceListDocumentsRequest, _gateway_pb2.GatewayServiceListDocumentsResponse]
+    ListDocuments: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.ListDocumentsRequest, _gateway_pb2.ListDocumentsResponse]
     """Lists the documents of the caller's tenant, newest first."""
-    DeleteDocument: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.GatewayServiceDeleteDocumentRequest, _gateway_pb2.GatewayServiceDeleteDocumentResponse]
+    DeleteDocument: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.DeleteDocumentRequest, _gateway_pb2.DeleteDocumentResponse]
     """Deletes a document of the caller's tenant (another tenant's id: NOT_FOUND)."""
     SetActiveBranch: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.SetActiveBranchRequest, _gateway_pb2.SetActiveBranchResponse]
     """Makes the branch through a message the conversation's active branch (what
@@ -99,13 +99,13 @@ class GatewayServiceAsyncStub(GatewayServiceStub):
     """Stops the generation of an answer (e.g. one started with `resumable`); the partial
     answer is stored, marked interrupted.
     """
-    IngestDocument: _aio.StreamUnaryMultiCallable[_gateway_pb2.GatewayServiceIngestDocumentRequest, _gateway_pb2.GatewayServiceIngestDocumentResponse]  # type: ignore[assignment]
+    IngestDocument: _aio.StreamUnaryMultiCallable[_gateway_pb2.IngestDocumentRequest, _gateway_pb2.IngestDocumentResponse]  # type: ignore[assignment]
     """Ingests a document for the caller's tenant: a header, then the content in pieces.
     gRPC only (a client stream); every user of the tenant can then be answered from it.
     """
-    ListDocuments: _aio.UnaryUnaryMultiCallable[_gateway_pb2.GatewayServiceListDocumentsRequest, _gateway_pb2.GatewayServiceListDocumentsResponse]  # type: ignore[assignment]
+    ListDocuments: _aio.UnaryUnaryMultiCallable[_gateway_pb2.ListDocumentsRequest, _gateway_pb2.ListDocumentsResponse]  # type: ignore[assignment]
     """Lists the documents of the caller's tenant, newest first."""
-    DeleteDocument: _aio.UnaryUnaryMultiCallable[_gateway_pb2.GatewayServiceDeleteDocumentRequest, _gateway_pb2.GatewayServiceDeleteDocumentResponse]  # type: ignore[assignment]
+    DeleteDocument: _aio.UnaryUnaryMultiCallable[_gateway_pb2.DeleteDocumentRequest, _gateway_pb2.DeleteDocumentResponse]  # type: ignore[assignment]
     """Deletes a document of the caller's tenant (another tenant's id: NOT_FOUND)."""
     SetActiveBranch: _aio.UnaryUnaryMultiCallable[_gateway_pb2.SetActiveBranchRequest, _gateway_pb2.SetActiveBranchResponse]  # type: ignore[assignment]
     """Makes the branch through a message the conversation's active branch (what
@@ -188,9 +188,9 @@ class GatewayServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
     def IngestDocument(
         self,
-        request_iterator: _MaybeAsyncIterator[_gateway_pb2.GatewayServiceIngestDocumentRequest],
+        request_iterator: _MaybeAsyncIterator[_gateway_pb2.IngestDocumentRequest],
         context: _ServicerContext,
-    ) -> _typing.Union[_gateway_pb2.GatewayServiceIngestDocumentResponse, _abc.Awaitable[_gateway_pb2.GatewayServiceIngestDocumentResponse]]:
+    ) -> _typing.Union[_gateway_pb2.IngestDocumentResponse, _abc.Awaitable[_gateway_pb2.IngestDocumentResponse]]:
         """Ingests a document for the caller's tenant: a header, then the content in pieces.
         gRPC only (a client stream); every user of the tenant can then be answered from it.
         """
@@ -198,17 +198,17 @@ class GatewayServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
     def ListDocuments(
         self,
-        request: _gateway_pb2.GatewayServiceListDocumentsRequest,
+        request: _gateway_pb2.ListDocumentsRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_gateway_pb2.GatewayServiceListDocumentsResponse, _abc.Awaitable[_gateway_pb2.GatewayServiceListDocumentsResponse]]:
+    ) -> _typing.Union[_gateway_pb2.ListDocumentsResponse, _abc.Awaitable[_gateway_pb2.ListDocumentsResponse]]:
         """Lists the documents of the caller's tenant, newest first."""
 
     @_abc_1.abstractmethod
     def DeleteDocument(
         self,
-        request: _gateway_pb2.GatewayServiceDeleteDocumentRequest,
+        request: _gateway_pb2.DeleteDocumentRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_gateway_pb2.GatewayServiceDeleteDocumentResponse, _abc.Awaitable[_gateway_pb2.GatewayServiceDeleteDocumentResponse]]:
+    ) -> _typing.Union[_gateway_pb2.DeleteDocumentResponse, _abc.Awaitable[_gateway_pb2.DeleteDocumentResponse]]:
         """Deletes a document of the caller's tenant (another tenant's id: NOT_FOUND)."""
 
     @_abc_1.abstractmethod

@@ -6,8 +6,8 @@ import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegen
 import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
 import type { ErasureReceipt, RetentionPolicy } from "./erasure_pb";
 import { file_chatplane_v1_erasure } from "./erasure_pb";
-import type { ApiKeyInfo, RatedAnswer } from "./persistence_pb";
-import { file_chatplane_v1_persistence } from "./persistence_pb";
+import type { ApiKeyInfo, RatedAnswer } from "./admin_resources_pb";
+import { file_chatplane_v1_admin_resources } from "./admin_resources_pb";
 import type { Duration, Timestamp } from "@bufbuild/protobuf/wkt";
 import { file_google_protobuf_duration, file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
 import type { Message } from "@bufbuild/protobuf";
@@ -16,7 +16,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file chatplane/v1/admin.proto.
  */
 export const file_chatplane_v1_admin: GenFile = /*@__PURE__*/
-  fileDesc("ChhjaGF0cGxhbmUvdjEvYWRtaW4ucHJvdG8SDGNoYXRwbGFuZS52MSJlChJMaXN0QXBpS2V5c1JlcXVlc3QSDwoHdXNlcl9pZBgBIAEoCRIRCglwYWdlX3NpemUYAiABKAUSEgoKcGFnZV90b2tlbhgDIAEoCRIXCg9pbmNsdWRlX3Jldm9rZWQYBCABKAgiVgoTTGlzdEFwaUtleXNSZXNwb25zZRImCgRrZXlzGAEgAygLMhguY2hhdHBsYW5lLnYxLkFwaUtleUluZm8SFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIlAKH0FkbWluU2VydmljZUNyZWF0ZUFwaUtleVJlcXVlc3QSDwoHdXNlcl9pZBgBIAEoCRINCgVsYWJlbBgCIAEoCRINCgVyb2xlcxgDIAMoCSJaCiBBZG1pblNlcnZpY2VDcmVhdGVBcGlLZXlSZXNwb25zZRIPCgdhcGlfa2V5GAEgASgJEiUKA2tleRgCIAEoCzIYLmNoYXRwbGFuZS52MS5BcGlLZXlJbmZvIlEKE1JvdGF0ZUFwaUtleVJlcXVlc3QSDgoGa2V5X2lkGAEgASgJEioKB292ZXJsYXAYAiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24iegoUUm90YXRlQXBpS2V5UmVzcG9uc2USDwoHYXBpX2tleRgBIAEoCRIlCgNrZXkYAiABKAsyGC5jaGF0cGxhbmUudjEuQXBpS2V5SW5mbxIqCghwcmV2aW91cxgDIAEoCzIYLmNoYXRwbGFuZS52MS5BcGlLZXlJbmZvIiUKE1Jldm9rZUFwaUtleVJlcXVlc3QSDgoGa2V5X2lkGAEgASgJIj0KFFJldm9rZUFwaUtleVJlc3BvbnNlEiUKA2tleRgBIAEoCzIYLmNoYXRwbGFuZS52MS5BcGlLZXlJbmZvIrYBCiNBZG1pblNlcnZpY2VMaXN0UmF0ZWRBbnN3ZXJzUmVxdWVzdBIpCgVzaW5jZRgBIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASKQoFdW50aWwYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhIKCm1pbl9yYXRpbmcYAyABKAUSEQoJcGFnZV9zaXplGAQgASgFEhIKCnBhZ2VfdG9rZW4YBSABKAkiawokQWRtaW5TZXJ2aWNlTGlzdFJhdGVkQW5zd2Vyc1Jlc3BvbnNlEioKB2Fuc3dlcnMYASADKAsyGS5jaGF0cGxhbmUudjEuUmF0ZWRBbnN3ZXISFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIigKFUV4cG9ydFVzZXJEYXRhUmVxdWVzdBIPCgd1c2VyX2lkGAEgASgJIicKFkV4cG9ydFVzZXJEYXRhUmVzcG9uc2USDQoFY2h1bmsYASABKAwiIwoQRXJhc2VVc2VyUmVxdWVzdBIPCgd1c2VyX2lkGAEgASgJIkIKEUVyYXNlVXNlclJlc3BvbnNlEi0KB3JlY2VpcHQYASABKAsyHC5jaGF0cGxhbmUudjEuRXJhc3VyZVJlY2VpcHQiIwoTU2V0UmV0ZW50aW9uUmVxdWVzdBIMCgRkYXlzGAEgASgFIkUKFFNldFJldGVudGlvblJlc3BvbnNlEi0KBnBvbGljeRgBIAEoCzIdLmNoYXRwbGFuZS52MS5SZXRlbnRpb25Qb2xpY3kiFQoTR2V0UmV0ZW50aW9uUmVxdWVzdCJFChRHZXRSZXRlbnRpb25SZXNwb25zZRItCgZwb2xpY3kYASABKAsyHS5jaGF0cGxhbmUudjEuUmV0ZW50aW9uUG9saWN5MtUGCgxBZG1pblNlcnZpY2USUgoLTGlzdEFwaUtleXMSIC5jaGF0cGxhbmUudjEuTGlzdEFwaUtleXNSZXF1ZXN0GiEuY2hhdHBsYW5lLnYxLkxpc3RBcGlLZXlzUmVzcG9uc2USbQoMQ3JlYXRlQXBpS2V5Ei0uY2hhdHBsYW5lLnYxLkFkbWluU2VydmljZUNyZWF0ZUFwaUtleVJlcXVlc3QaLi5jaGF0cGxhbmUudjEuQWRtaW5TZXJ2aWNlQ3JlYXRlQXBpS2V5UmVzcG9uc2USVQoMUm90YXRlQXBpS2V5EiEuY2hhdHBsYW5lLnYxLlJvdGF0ZUFwaUtleVJlcXVlc3QaIi5jaGF0cGxhbmUudjEuUm90YXRlQXBpS2V5UmVzcG9uc2USVQoMUmV2b2tlQXBpS2V5EiEuY2hhdHBsYW5lLnYxLlJldm9rZUFwaUtleVJlcXVlc3QaIi5jaGF0cGxhbmUudjEuUmV2b2tlQXBpS2V5UmVzcG9uc2USeQoQTGlzdFJhdGVkQW5zd2VycxIxLmNoYXRwbGFuZS52MS5BZG1pblNlcnZpY2VMaXN0UmF0ZWRBbnN3ZXJzUmVxdWVzdBoyLmNoYXRwbGFuZS52MS5BZG1pblNlcnZpY2VMaXN0UmF0ZWRBbnN3ZXJzUmVzcG9uc2USXQoORXhwb3J0VXNlckRhdGESIy5jaGF0cGxhbmUudjEuRXhwb3J0VXNlckRhdGFSZXF1ZXN0GiQuY2hhdHBsYW5lLnYxLkV4cG9ydFVzZXJEYXRhUmVzcG9uc2UwARJMCglFcmFzZVVzZXISHi5jaGF0cGxhbmUudjEuRXJhc2VVc2VyUmVxdWVzdBofLmNoYXRwbGFuZS52MS5FcmFzZVVzZXJSZXNwb25zZRJVCgxTZXRSZXRlbnRpb24SIS5jaGF0cGxhbmUudjEuU2V0UmV0ZW50aW9uUmVxdWVzdBoiLmNoYXRwbGFuZS52MS5TZXRSZXRlbnRpb25SZXNwb25zZRJVCgxHZXRSZXRlbnRpb24SIS5jaGF0cGxhbmUudjEuR2V0UmV0ZW50aW9uUmVxdWVzdBoiLmNoYXRwbGFuZS52MS5HZXRSZXRlbnRpb25SZXNwb25zZUJAWj5naXRodWIuY29tL2NoYXRwbGFuZS9jaGF0cGxhbmUvZ2VuL2dvL2NoYXRwbGFuZS92MTtjaGF0cGxhbmV2MWIGcHJvdG8z", [file_chatplane_v1_erasure, file_chatplane_v1_persistence, file_google_protobuf_duration, file_google_protobuf_timestamp]);
+  fileDesc("ChhjaGF0cGxhbmUvdjEvYWRtaW4ucHJvdG8SDGNoYXRwbGFuZS52MSJlChJMaXN0QXBpS2V5c1JlcXVlc3QSDwoHdXNlcl9pZBgBIAEoCRIRCglwYWdlX3NpemUYAiABKAUSEgoKcGFnZV90b2tlbhgDIAEoCRIXCg9pbmNsdWRlX3Jldm9rZWQYBCABKAgiVgoTTGlzdEFwaUtleXNSZXNwb25zZRImCgRrZXlzGAEgAygLMhguY2hhdHBsYW5lLnYxLkFwaUtleUluZm8SFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIkQKE0NyZWF0ZUFwaUtleVJlcXVlc3QSDwoHdXNlcl9pZBgBIAEoCRINCgVsYWJlbBgCIAEoCRINCgVyb2xlcxgDIAMoCSJOChRDcmVhdGVBcGlLZXlSZXNwb25zZRIPCgdhcGlfa2V5GAEgASgJEiUKA2tleRgCIAEoCzIYLmNoYXRwbGFuZS52MS5BcGlLZXlJbmZvIlEKE1JvdGF0ZUFwaUtleVJlcXVlc3QSDgoGa2V5X2lkGAEgASgJEioKB292ZXJsYXAYAiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24iegoUUm90YXRlQXBpS2V5UmVzcG9uc2USDwoHYXBpX2tleRgBIAEoCRIlCgNrZXkYAiABKAsyGC5jaGF0cGxhbmUudjEuQXBpS2V5SW5mbxIqCghwcmV2aW91cxgDIAEoCzIYLmNoYXRwbGFuZS52MS5BcGlLZXlJbmZvIiUKE1Jldm9rZUFwaUtleVJlcXVlc3QSDgoGa2V5X2lkGAEgASgJIj0KFFJldm9rZUFwaUtleVJlc3BvbnNlEiUKA2tleRgBIAEoCzIYLmNoYXRwbGFuZS52MS5BcGlLZXlJbmZvIqoBChdMaXN0UmF0ZWRBbnN3ZXJzUmVxdWVzdBIpCgVzaW5jZRgBIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASKQoFdW50aWwYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhIKCm1pbl9yYXRpbmcYAyABKAUSEQoJcGFnZV9zaXplGAQgASgFEhIKCnBhZ2VfdG9rZW4YBSABKAkiXwoYTGlzdFJhdGVkQW5zd2Vyc1Jlc3BvbnNlEioKB2Fuc3dlcnMYASADKAsyGS5jaGF0cGxhbmUudjEuUmF0ZWRBbnN3ZXISFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIigKFUV4cG9ydFVzZXJEYXRhUmVxdWVzdBIPCgd1c2VyX2lkGAEgASgJIicKFkV4cG9ydFVzZXJEYXRhUmVzcG9uc2USDQoFY2h1bmsYASABKAwiIwoQRXJhc2VVc2VyUmVxdWVzdBIPCgd1c2VyX2lkGAEgASgJIkIKEUVyYXNlVXNlclJlc3BvbnNlEi0KB3JlY2VpcHQYASABKAsyHC5jaGF0cGxhbmUudjEuRXJhc3VyZVJlY2VpcHQiIwoTU2V0UmV0ZW50aW9uUmVxdWVzdBIMCgRkYXlzGAEgASgFIkUKFFNldFJldGVudGlvblJlc3BvbnNlEi0KBnBvbGljeRgBIAEoCzIdLmNoYXRwbGFuZS52MS5SZXRlbnRpb25Qb2xpY3kiFQoTR2V0UmV0ZW50aW9uUmVxdWVzdCJFChRHZXRSZXRlbnRpb25SZXNwb25zZRItCgZwb2xpY3kYASABKAsyHS5jaGF0cGxhbmUudjEuUmV0ZW50aW9uUG9saWN5MqUGCgxBZG1pblNlcnZpY2USUgoLTGlzdEFwaUtleXMSIC5jaGF0cGxhbmUudjEuTGlzdEFwaUtleXNSZXF1ZXN0GiEuY2hhdHBsYW5lLnYxLkxpc3RBcGlLZXlzUmVzcG9uc2USVQoMQ3JlYXRlQXBpS2V5EiEuY2hhdHBsYW5lLnYxLkNyZWF0ZUFwaUtleVJlcXVlc3QaIi5jaGF0cGxhbmUudjEuQ3JlYXRlQXBpS2V5UmVzcG9uc2USVQoMUm90YXRlQXBpS2V5EiEuY2hhdHBsYW5lLnYxLlJvdGF0ZUFwaUtleVJlcXVlc3QaIi5jaGF0cGxhbmUudjEuUm90YXRlQXBpS2V5UmVzcG9uc2USVQoMUmV2b2tlQXBpS2V5EiEuY2hhdHBsYW5lLnYxLlJldm9rZUFwaUtleVJlcXVlc3QaIi5jaGF0cGxhbmUudjEuUmV2b2tlQXBpS2V5UmVzcG9uc2USYQoQTGlzdFJhdGVkQW5zd2VycxIlLmNoYXRwbGFuZS52MS5MaXN0UmF0ZWRBbnN3ZXJzUmVxdWVzdBomLmNoYXRwbGFuZS52MS5MaXN0UmF0ZWRBbnN3ZXJzUmVzcG9uc2USXQoORXhwb3J0VXNlckRhdGESIy5jaGF0cGxhbmUudjEuRXhwb3J0VXNlckRhdGFSZXF1ZXN0GiQuY2hhdHBsYW5lLnYxLkV4cG9ydFVzZXJEYXRhUmVzcG9uc2UwARJMCglFcmFzZVVzZXISHi5jaGF0cGxhbmUudjEuRXJhc2VVc2VyUmVxdWVzdBofLmNoYXRwbGFuZS52MS5FcmFzZVVzZXJSZXNwb25zZRJVCgxTZXRSZXRlbnRpb24SIS5jaGF0cGxhbmUudjEuU2V0UmV0ZW50aW9uUmVxdWVzdBoiLmNoYXRwbGFuZS52MS5TZXRSZXRlbnRpb25SZXNwb25zZRJVCgxHZXRSZXRlbnRpb24SIS5jaGF0cGxhbmUudjEuR2V0UmV0ZW50aW9uUmVxdWVzdBoiLmNoYXRwbGFuZS52MS5HZXRSZXRlbnRpb25SZXNwb25zZUJAWj5naXRodWIuY29tL2NoYXRwbGFuZS9jaGF0cGxhbmUvZ2VuL2dvL2NoYXRwbGFuZS92MTtjaGF0cGxhbmV2MWIGcHJvdG8z", [file_chatplane_v1_erasure, file_chatplane_v1_admin_resources, file_google_protobuf_duration, file_google_protobuf_timestamp]);
 
 /**
  * Asks for the tenant's keys.
@@ -91,9 +91,9 @@ export const ListApiKeysResponseSchema: GenMessage<ListApiKeysResponse> = /*@__P
 /**
  * A key to create.
  *
- * @generated from message chatplane.v1.AdminServiceCreateApiKeyRequest
+ * @generated from message chatplane.v1.CreateApiKeyRequest
  */
-export type AdminServiceCreateApiKeyRequest = Message<"chatplane.v1.AdminServiceCreateApiKeyRequest"> & {
+export type CreateApiKeyRequest = Message<"chatplane.v1.CreateApiKeyRequest"> & {
   /**
    * The user of the caller's tenant the key authenticates as (1-256 characters).
    *
@@ -117,18 +117,18 @@ export type AdminServiceCreateApiKeyRequest = Message<"chatplane.v1.AdminService
 };
 
 /**
- * Describes the message chatplane.v1.AdminServiceCreateApiKeyRequest.
- * Use `create(AdminServiceCreateApiKeyRequestSchema)` to create a new message.
+ * Describes the message chatplane.v1.CreateApiKeyRequest.
+ * Use `create(CreateApiKeyRequestSchema)` to create a new message.
  */
-export const AdminServiceCreateApiKeyRequestSchema: GenMessage<AdminServiceCreateApiKeyRequest> = /*@__PURE__*/
+export const CreateApiKeyRequestSchema: GenMessage<CreateApiKeyRequest> = /*@__PURE__*/
   messageDesc(file_chatplane_v1_admin, 2);
 
 /**
  * The new key.
  *
- * @generated from message chatplane.v1.AdminServiceCreateApiKeyResponse
+ * @generated from message chatplane.v1.CreateApiKeyResponse
  */
-export type AdminServiceCreateApiKeyResponse = Message<"chatplane.v1.AdminServiceCreateApiKeyResponse"> & {
+export type CreateApiKeyResponse = Message<"chatplane.v1.CreateApiKeyResponse"> & {
   /**
    * The full key to give to its holder (shown once, never stored in clear).
    *
@@ -145,10 +145,10 @@ export type AdminServiceCreateApiKeyResponse = Message<"chatplane.v1.AdminServic
 };
 
 /**
- * Describes the message chatplane.v1.AdminServiceCreateApiKeyResponse.
- * Use `create(AdminServiceCreateApiKeyResponseSchema)` to create a new message.
+ * Describes the message chatplane.v1.CreateApiKeyResponse.
+ * Use `create(CreateApiKeyResponseSchema)` to create a new message.
  */
-export const AdminServiceCreateApiKeyResponseSchema: GenMessage<AdminServiceCreateApiKeyResponse> = /*@__PURE__*/
+export const CreateApiKeyResponseSchema: GenMessage<CreateApiKeyResponse> = /*@__PURE__*/
   messageDesc(file_chatplane_v1_admin, 3);
 
 /**
@@ -259,9 +259,9 @@ export const RevokeApiKeyResponseSchema: GenMessage<RevokeApiKeyResponse> = /*@_
 /**
  * Asks for a page of the caller's tenant's rated answers (docs/datasets.md).
  *
- * @generated from message chatplane.v1.AdminServiceListRatedAnswersRequest
+ * @generated from message chatplane.v1.ListRatedAnswersRequest
  */
-export type AdminServiceListRatedAnswersRequest = Message<"chatplane.v1.AdminServiceListRatedAnswersRequest"> & {
+export type ListRatedAnswersRequest = Message<"chatplane.v1.ListRatedAnswersRequest"> & {
   /**
    * Answers created at or after this time (required).
    *
@@ -299,18 +299,18 @@ export type AdminServiceListRatedAnswersRequest = Message<"chatplane.v1.AdminSer
 };
 
 /**
- * Describes the message chatplane.v1.AdminServiceListRatedAnswersRequest.
- * Use `create(AdminServiceListRatedAnswersRequestSchema)` to create a new message.
+ * Describes the message chatplane.v1.ListRatedAnswersRequest.
+ * Use `create(ListRatedAnswersRequestSchema)` to create a new message.
  */
-export const AdminServiceListRatedAnswersRequestSchema: GenMessage<AdminServiceListRatedAnswersRequest> = /*@__PURE__*/
+export const ListRatedAnswersRequestSchema: GenMessage<ListRatedAnswersRequest> = /*@__PURE__*/
   messageDesc(file_chatplane_v1_admin, 8);
 
 /**
  * A page of the tenant's rated answers, oldest first.
  *
- * @generated from message chatplane.v1.AdminServiceListRatedAnswersResponse
+ * @generated from message chatplane.v1.ListRatedAnswersResponse
  */
-export type AdminServiceListRatedAnswersResponse = Message<"chatplane.v1.AdminServiceListRatedAnswersResponse"> & {
+export type ListRatedAnswersResponse = Message<"chatplane.v1.ListRatedAnswersResponse"> & {
   /**
    * The answers with their branches.
    *
@@ -327,10 +327,10 @@ export type AdminServiceListRatedAnswersResponse = Message<"chatplane.v1.AdminSe
 };
 
 /**
- * Describes the message chatplane.v1.AdminServiceListRatedAnswersResponse.
- * Use `create(AdminServiceListRatedAnswersResponseSchema)` to create a new message.
+ * Describes the message chatplane.v1.ListRatedAnswersResponse.
+ * Use `create(ListRatedAnswersResponseSchema)` to create a new message.
  */
-export const AdminServiceListRatedAnswersResponseSchema: GenMessage<AdminServiceListRatedAnswersResponse> = /*@__PURE__*/
+export const ListRatedAnswersResponseSchema: GenMessage<ListRatedAnswersResponse> = /*@__PURE__*/
   messageDesc(file_chatplane_v1_admin, 9);
 
 /**
@@ -521,8 +521,8 @@ export const AdminService: GenService<{
    */
   createApiKey: {
     methodKind: "unary";
-    input: typeof AdminServiceCreateApiKeyRequestSchema;
-    output: typeof AdminServiceCreateApiKeyResponseSchema;
+    input: typeof CreateApiKeyRequestSchema;
+    output: typeof CreateApiKeyResponseSchema;
   },
   /**
    * Replaces a key by a new one with the same user, label and roles; the old key stops
@@ -553,8 +553,8 @@ export const AdminService: GenService<{
    */
   listRatedAnswers: {
     methodKind: "unary";
-    input: typeof AdminServiceListRatedAnswersRequestSchema;
-    output: typeof AdminServiceListRatedAnswersResponseSchema;
+    input: typeof ListRatedAnswersRequestSchema;
+    output: typeof ListRatedAnswersResponseSchema;
   },
   /**
    * Exports everything stored of one user of the tenant as one JSON document, streamed in

@@ -14,7 +14,7 @@ from chatplane.agent.variants.router import VariantRouter
 from chatplane.agent.variants.settings_source import SettingsVariantSource
 from chatplane.common.metrics import TenantLabels
 from chatplane.common.settings import Settings
-from chatplane.v1 import persistence_pb2_grpc
+from chatplane.persistence.client import PersistenceClient
 
 
 def variant_router(
@@ -39,7 +39,7 @@ def variant_router(
 def registry_source(settings: Settings, persistence: grpc.aio.Channel) -> RegistryVariantSource:
     """The registry's experiment, falling back to the settings' (docs/registry.md)."""
     return RegistryVariantSource(
-        persistence_pb2_grpc.PersistenceServiceStub(persistence),
+        PersistenceClient(persistence),
         SettingsVariantSource(settings),
         salt=settings.variants_salt,
         poll_seconds=settings.registry_poll_seconds,

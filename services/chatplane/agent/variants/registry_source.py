@@ -1,4 +1,4 @@
-"""Variants from the registry (docs/registry.md): the Agent polls PersistenceService for the
+"""Variants from the registry (docs/registry.md): the Agent polls Persistence for the
 deployment (production, canary and its share) every `registry_poll_seconds` and swaps its
 experiment whole when the revision changes. Without a production version, or until the
 registry answers, the settings' experiment serves, so settings-defined variants keep working.
@@ -23,7 +23,9 @@ from chatplane.agent.variants.experiment import (
 )
 from chatplane.common import errors
 from chatplane.common.variant_spec import VariantSpecError, parse_identifier, spec_from_data
-from chatplane.v1 import persistence_pb2, persistence_pb2_grpc, registry_pb2
+from chatplane.internal.v1 import variant_registry_pb2
+from chatplane.persistence.client import PersistenceClient
+from chatplane.v1 import registry_pb2
 
 _log = logging.getLogger(__name__)
 _PINNED_CACHE_MAX = 256
@@ -69,7 +71,7 @@ class RegistryVariantSource(VariantSource):
 
     def __init__(
         self,
-        persistence: persistence_pb2_grpc.PersistenceServiceAsyncStub,
+        persistence: PersistenceClient,
         fallback: VariantSource,
         *,
         salt: str,
@@ -101,8 +103,8 @@ class RegistryVariantSource(VariantSource):
         """Asks for the deployment once; True when a new one was adopted. A failure is
         logged and leaves the current experiment in force."""
         try:
-            response = await self._persistence.GetVariantDeployment(
-                persistence_pb2.GetVariantDeploymentRequest(known_revision=self._revision),
+            response = await self._persistence.registry.GetVariantDeployment(
+                variant_registry_pb2.GetVariantDeploymentRequest(known_revision=self._revision),
                 timeout=self._timeout,
             )
         except grpc.aio.AioRpcError as error:
@@ -161,8 +163,8 @@ class RegistryVariantSource(VariantSource):
         except VariantSpecError as error:
             raise errors.InvalidArgument("variant", str(error)) from None
         try:
-            response = await self._persistence.GetRegistryVariant(
-                persistence_pb2.GetRegistryVariantRequest(
+            response = await self._persistence.registry.GetVariant(
+                variant_registry_pb2.GetVariantRequest(
                     request=registry_pb2.GetVariantRequest(variant=identifier)
                 ),
                 timeout=min(timeout, self._timeout),

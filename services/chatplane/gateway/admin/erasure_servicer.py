@@ -1,5 +1,5 @@
 """AdminService's erasure and retention RPCs (docs/privacy.md) for a principal with the
-`admin` role, on the caller's own tenant, through PersistenceService (which runs the erasure
+`admin` role, on the caller's own tenant, through Persistence (which runs the erasure
 job and audits it once it finishes)."""
 
 from __future__ import annotations
@@ -9,7 +9,8 @@ from typing import Final
 from chatplane.common import errors
 from chatplane.common.deadlines import outbound_timeout
 from chatplane.gateway.admin.servicer import AdminServicer, Context, _actor, _admin
-from chatplane.v1 import admin_pb2, persistence_pb2
+from chatplane.internal.v1 import privacy_pb2
+from chatplane.v1 import admin_pb2, admin_resources_pb2
 
 ERASURE_TIMEOUT_SECONDS: Final = 120.0
 """At most how long EraseUser waits for the job (it goes on, and resumes, if cut short)."""
@@ -28,9 +29,9 @@ class ErasureAdminServicer(AdminServicer):
         user_id = request.user_id
         if not user_id or len(user_id) > _MAX_USER_CHARS or "\x00" in user_id:
             raise errors.InvalidArgument("user_id", "required, 1-256 characters, without NUL")
-        response = await self._persistence.EraseUser(
-            persistence_pb2.PersistenceServiceEraseUserRequest(
-                owner=persistence_pb2.Owner(tenant_id=principal.tenant_id, user_id=user_id),
+        response = await self._persistence.privacy.EraseUser(
+            privacy_pb2.EraseUserRequest(
+                owner=admin_resources_pb2.Owner(tenant_id=principal.tenant_id, user_id=user_id),
                 actor=_actor(principal, context),
             ),
             timeout=outbound_timeout(context, ERASURE_TIMEOUT_SECONDS),
@@ -45,10 +46,8 @@ class ErasureAdminServicer(AdminServicer):
             raise errors.InvalidArgument(
                 "days", f"must be between 0 (keep forever) and {MAX_RETENTION_DAYS}"
             )
-        response = await self._persistence.SetRetention(
-            persistence_pb2.PersistenceServiceSetRetentionRequest(
-                tenant_id=principal.tenant_id, days=request.days
-            ),
+        response = await self._persistence.privacy.SetRetention(
+            privacy_pb2.SetRetentionRequest(tenant_id=principal.tenant_id, days=request.days),
             timeout=outbound_timeout(context, self._settings.internal_call_timeout_seconds),
         )
         return admin_pb2.SetRetentionResponse(policy=response.policy)
@@ -57,8 +56,8 @@ class ErasureAdminServicer(AdminServicer):
         self, request: admin_pb2.GetRetentionRequest, context: Context
     ) -> admin_pb2.GetRetentionResponse:
         principal = _admin(context, "GetRetention")
-        response = await self._persistence.GetRetention(
-            persistence_pb2.PersistenceServiceGetRetentionRequest(tenant_id=principal.tenant_id),
+        response = await self._persistence.privacy.GetRetention(
+            privacy_pb2.GetRetentionRequest(tenant_id=principal.tenant_id),
             timeout=outbound_timeout(context, self._settings.internal_call_timeout_seconds),
         )
         return admin_pb2.GetRetentionResponse(policy=response.policy)

@@ -15,8 +15,10 @@ from chatplane.common.deadlines import outbound_timeout
 from chatplane.common.settings import Settings
 from chatplane.gateway.admin.servicer import AdminServicer, Context, _admin
 from chatplane.gateway.auth import ApiKeyAuthenticator
+from chatplane.internal.v1 import memory_pb2_grpc
+from chatplane.persistence.client import PersistenceClient
 from chatplane.privacy.export_archive import archive_chunks
-from chatplane.v1 import admin_pb2, memory_pb2_grpc, persistence_pb2, persistence_pb2_grpc
+from chatplane.v1 import admin_pb2, admin_resources_pb2
 
 EXPORT_TIMEOUT_SECONDS: Final = 900.0
 """The longest one export may read for (less when the caller's deadline is sooner)."""
@@ -35,7 +37,7 @@ class ExportingAdminServicer(AdminServicer):
         self,
         *,
         settings: Settings,
-        persistence: persistence_pb2_grpc.PersistenceServiceAsyncStub,
+        persistence: PersistenceClient,
         api_keys: ApiKeyAuthenticator,
         memory: memory_pb2_grpc.MemoryServiceAsyncStub,
     ) -> None:
@@ -53,7 +55,7 @@ class ExportingAdminServicer(AdminServicer):
             raise errors.InvalidArgument(
                 "user_id", f"must be at most {_MAX_USER_ID_CHARS} characters, without NUL"
             )
-        owner = persistence_pb2.Owner(tenant_id=principal.tenant_id, user_id=user_id)
+        owner = admin_resources_pb2.Owner(tenant_id=principal.tenant_id, user_id=user_id)
         with audited(
             audit.USER_EXPORT,
             actor=audit.actor_of(principal),

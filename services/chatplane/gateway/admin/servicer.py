@@ -1,5 +1,5 @@
 """AdminService servicer: API keys of the caller's own tenant (list, create, rotate, revoke)
-for a principal with the `admin` role, through PersistenceService. Key changes are audited by
+for a principal with the `admin` role, through Persistence. Key changes are audited by
 Persistence in the change's own transaction; refused attempts are audited here."""
 
 from __future__ import annotations
@@ -19,7 +19,9 @@ from chatplane.common.roles import ADMIN, parse_roles, require_role
 from chatplane.common.settings import Settings
 from chatplane.gateway.admin.rated_answers import rated_answers_page
 from chatplane.gateway.auth import ApiKeyAuthenticator
-from chatplane.v1 import admin_pb2, admin_pb2_grpc, audit_pb2, persistence_pb2, persistence_pb2_grpc
+from chatplane.internal.v1 import audit_pb2, identity_pb2
+from chatplane.persistence.client import PersistenceClient
+from chatplane.v1 import admin_pb2, admin_pb2_grpc, admin_resources_pb2
 
 Context = grpc.aio.ServicerContext[Any, Any]
 _T = TypeVar("_T")
@@ -72,13 +74,13 @@ def _key_id(key_id: str) -> str:
 
 
 class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
-    """AdminService over PersistenceService."""
+    """AdminService over Persistence."""
 
     def __init__(
         self,
         *,
         settings: Settings,
-        persistence: persistence_pb2_grpc.PersistenceServiceAsyncStub,
+        persistence: PersistenceClient,
         api_keys: ApiKeyAuthenticator,
     ) -> None:
         self._settings = settings
@@ -122,8 +124,8 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
                 "page_size", f"must be between 1 and {KEYS_PAGE_MAX} (0 means 100)"
             )
         try:
-            response = await self._persistence.ListApiKeys(
-                persistence_pb2.PersistenceServiceListApiKeysRequest(
+            response = await self._persistence.identity.ListApiKeys(
+                identity_pb2.ListApiKeysRequest(
                     tenant_id=principal.tenant_id,
                     user_id=request.user_id,
                     page_size=request.page_size,
@@ -144,26 +146,26 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         )
 
     async def CreateApiKey(
-        self, request: admin_pb2.AdminServiceCreateApiKeyRequest, context: Context
-    ) -> admin_pb2.AdminServiceCreateApiKeyResponse:
+        self, request: admin_pb2.CreateApiKeyRequest, context: Context
+    ) -> admin_pb2.CreateApiKeyResponse:
         principal = _admin(context, "CreateApiKey")
         if not request.user_id:
             raise errors.InvalidArgument("user_id", "required")
         _text(request.user_id, "user_id", _MAX_ID_CHARS)
         _text(request.label, "label", _MAX_LABEL_CHARS)
         roles = parse_roles(tuple(request.roles))
-        response = await self._persistence.CreateApiKey(
-            persistence_pb2.CreateApiKeyRequest(
-                owner=persistence_pb2.Owner(tenant_id=principal.tenant_id, user_id=request.user_id),
+        response = await self._persistence.identity.CreateApiKey(
+            identity_pb2.CreateApiKeyRequest(
+                owner=admin_resources_pb2.Owner(
+                    tenant_id=principal.tenant_id, user_id=request.user_id
+                ),
                 label=request.label,
                 roles=sorted(roles),
                 actor=_actor(principal, context),
             ),
             timeout=self._timeout(context),
         )
-        return admin_pb2.AdminServiceCreateApiKeyResponse(
-            api_key=response.api_key, key=response.key
-        )
+        return admin_pb2.CreateApiKeyResponse(api_key=response.api_key, key=response.key)
 
     async def RotateApiKey(
         self, request: admin_pb2.RotateApiKeyRequest, context: Context
@@ -187,9 +189,9 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
 
     async def _rotate(
         self, principal: Principal, context: Context, key_id: str, overlap: timedelta
-    ) -> persistence_pb2.PersistenceServiceRotateApiKeyResponse:
-        return await self._persistence.RotateApiKey(
-            persistence_pb2.PersistenceServiceRotateApiKeyRequest(
+    ) -> identity_pb2.RotateApiKeyResponse:
+        return await self._persistence.identity.RotateApiKey(
+            identity_pb2.RotateApiKeyRequest(
                 tenant_id=principal.tenant_id,
                 key_id=_key_id(key_id),
                 overlap_ms=overlap // timedelta(milliseconds=1),
@@ -215,9 +217,9 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
 
     async def _revoke(
         self, principal: Principal, context: Context, key_id: str
-    ) -> persistence_pb2.PersistenceServiceRevokeApiKeyResponse:
-        return await self._persistence.RevokeApiKey(
-            persistence_pb2.PersistenceServiceRevokeApiKeyRequest(
+    ) -> identity_pb2.RevokeApiKeyResponse:
+        return await self._persistence.identity.RevokeApiKey(
+            identity_pb2.RevokeApiKeyRequest(
                 tenant_id=principal.tenant_id,
                 key_id=_key_id(key_id),
                 actor=_actor(principal, context),
@@ -226,8 +228,8 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         )
 
     async def ListRatedAnswers(
-        self, request: admin_pb2.AdminServiceListRatedAnswersRequest, context: Context
-    ) -> admin_pb2.AdminServiceListRatedAnswersResponse:
+        self, request: admin_pb2.ListRatedAnswersRequest, context: Context
+    ) -> admin_pb2.ListRatedAnswersResponse:
         # Feedback datasets (issue 8, docs/datasets.md): the caller's tenant only; whether it
         # opted in, and the redaction, are decided by the system of record.
         return await rated_answers_page(

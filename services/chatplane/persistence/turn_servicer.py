@@ -1,0 +1,124 @@
+"""TurnService: reserves a turn's message ids under a lease (with its token reservation in the
+same call when asked), reads the turn and its stored answer back, and releases the lease of a
+turn that failed."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from chatplane.common import errors
+from chatplane.internal.v1 import turn_pb2, turn_pb2_grpc
+from chatplane.persistence.protos import (
+    MAX_KEY_CHARS,
+    Context,
+    message_proto,
+    owner,
+    require,
+    require_id,
+    timestamp,
+)
+from chatplane.persistence.quota_servicer import QuotaServicer
+from chatplane.persistence.store.base import ConversationStore, TurnRequest
+from chatplane.persistence.tree_messages import add_branch, branch_request
+from chatplane.persistence.turn_reservation import begin_with_reservation
+
+# A BeginTurn without lease_ms gets as long as a turn may take by default.
+DEFAULT_LEASE = timedelta(minutes=5)
+# Longer than any turn can run: a lease beyond it would block retries for nothing.
+MAX_LEASE = timedelta(hours=1)
+
+
+class TurnServicer(turn_pb2_grpc.TurnServiceServicer):
+    """TurnService over the store; `quota` makes the reservation a BeginTurn may carry."""
+
+    def __init__(self, store: ConversationStore, quota: QuotaServicer) -> None:
+        self._store = store
+        self._quota = quota
+
+    async def BeginTurn(
+        self, request: turn_pb2.BeginTurnRequest, context: Context
+    ) -> turn_pb2.BeginTurnResponse:
+        if request.HasField("reserve_quota"):  # reserve, then begin (turn_reservation.py)
+            return await begin_with_reservation(
+                request,
+                context,
+                begin=self.BeginTurn,
+                reserve=self._quota.ReserveQuota,
+                settle=self._quota.SettleQuota,
+            )
+        turn_owner = owner(request.owner)
+        require_id(request.user_message_id, "user_message_id")
+        require_id(request.assistant_message_id, "assistant_message_id")
+        if request.assistant_message_id == request.user_message_id:
+            raise errors.InvalidArgument("assistant_message_id", "must differ from user_message_id")
+        if len(request.client_message_id) > MAX_KEY_CHARS:
+            raise errors.InvalidArgument(
+                "client_message_id", f"must be at most {MAX_KEY_CHARS} characters"
+            )
+        if not 0 <= request.lease_ms <= MAX_LEASE // timedelta(milliseconds=1):
+            raise errors.InvalidArgument("lease_ms", f"must be between 0 and {MAX_LEASE}")
+        lease = timedelta(milliseconds=request.lease_ms) if request.lease_ms else DEFAULT_LEASE
+        reservation = await self._store.begin_turn(
+            TurnRequest(
+                owner=turn_owner,
+                conversation_id=request.conversation_id,
+                client_message_id=request.client_message_id,
+                user_message_id=request.user_message_id,
+                assistant_message_id=request.assistant_message_id,
+                title=request.title,
+                lease=lease,
+                **branch_request(request),
+            )
+        )
+        response = turn_pb2.BeginTurnResponse(
+            conversation_id=reservation.conversation_id,
+            user_message_id=reservation.user_message_id,
+            assistant_message_id=reservation.assistant_message_id,
+            owner=reservation.acquired,
+            complete=reservation.complete,
+        )
+        add_branch(response, reservation)
+        return response
+
+    async def GetTurn(
+        self, request: turn_pb2.GetTurnRequest, context: Context
+    ) -> turn_pb2.GetTurnResponse:
+        turn_owner = owner(request.owner)
+        if not request.assistant_message_id:
+            require(request.user_message_id, "user_message_id")
+        turn = await self._store.get_turn(
+            turn_owner, request.user_message_id, assistant_message_id=request.assistant_message_id
+        )
+        response = turn_pb2.GetTurnResponse(lease_expire_time=timestamp(turn.lease_expire_time))
+        if turn.user_message is not None:
+            response.user_message.CopyFrom(message_proto(turn.user_message))
+        if turn.assistant_message is not None:
+            response.assistant_message.CopyFrom(message_proto(turn.assistant_message))
+        return response
+
+    async def ReleaseTurn(
+        self, request: turn_pb2.ReleaseTurnRequest, context: Context
+    ) -> turn_pb2.ReleaseTurnResponse:
+        turn_owner = owner(request.owner)
+        if not request.assistant_message_id:
+            require(request.user_message_id, "user_message_id")
+        released = await self._store.release_turn(
+            turn_owner, request.user_message_id, assistant_message_id=request.assistant_message_id
+        )
+        return turn_pb2.ReleaseTurnResponse(released=released)
+
+    async def GetAnswer(
+        self, request: turn_pb2.GetAnswerRequest, context: Context
+    ) -> turn_pb2.GetAnswerResponse:
+        turn_owner = owner(request.owner)
+        require(request.assistant_message_id, "assistant_message_id")
+        answer = await self._store.get_answer(turn_owner, request.assistant_message_id)
+        response = turn_pb2.GetAnswerResponse(
+            conversation_id=answer.turn.conversation_id,
+            user_message_id=answer.turn.user_message_id,
+            delta_ends=answer.delta_ends,
+            lease_expire_time=timestamp(answer.turn.lease_expire_time),
+        )
+        if answer.turn.assistant_message is not None:
+            response.assistant_message.CopyFrom(message_proto(answer.turn.assistant_message))
+        return response
