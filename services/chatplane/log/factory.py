@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from chatplane.common.errors import ConfigError
 from chatplane.common.settings import Settings
 from chatplane.common.topics import (
     HANDOFF_TOPIC,
@@ -15,7 +16,7 @@ from chatplane.log.kafka import KafkaMessageLog
 from chatplane.log.observed import ObservedMessageLog
 
 
-class LogConfigurationError(ValueError):
+class LogConfigurationError(ConfigError):
     """The settings do not say where the configured profile's message log is."""
 
 

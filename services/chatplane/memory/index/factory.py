@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from chatplane.common.errors import ConfigError
 from chatplane.common.settings import Settings
 from chatplane.memory.index.base import MemoryIndex
 from chatplane.memory.index.embedded import EmbeddedMemoryIndex
@@ -11,13 +12,13 @@ from chatplane.memory.index.opensearch import OpenSearchMemoryIndex
 def open_memory_index(settings: Settings) -> MemoryIndex:
     """The embedded on-disk index, or OpenSearch in the cluster profile.
 
-    Raises ValueError at startup when the cluster profile has no OpenSearch URL. OpenSearch
+    Raises ConfigError at startup when the cluster profile has no OpenSearch URL. OpenSearch
     itself is first contacted on first use, so the service starts (and answers Unavailable)
     while the engine is down.
     """
     if settings.profile == "cluster":
         if not settings.opensearch_url:
-            raise ValueError(
+            raise ConfigError(
                 "the cluster profile needs CHATPLANE_OPENSEARCH_URL (the OpenSearch base URL, "
                 "e.g. from the engines.env that `scripts/infra/engines.py up` writes)"
             )
