@@ -29,8 +29,8 @@ async def run(settings: Settings) -> None:
         settings, persistence_pb2_grpc.PersistenceServiceStub(persistence_channel)
     )
     backend = build_model_chain(settings)
-    # The variant registry (docs/registry.md), polled through PersistenceService.
-    persistence_channel = internal_channel(settings.persistence_address, tls)
+    # The variant registry (docs/registry.md), polled through PersistenceService (the same
+    # channel as the keyring's).
     registry = registry_source(settings, persistence_channel)
     variants = variant_router(settings, backend, registry)
     registry.validate = variants.prepare
@@ -56,7 +56,6 @@ async def run(settings: Settings) -> None:
         await runner.drain()
         await registry.close()
         await variants.close()
-        await persistence_channel.close()
         await producer.close()
         await memory_channel.close()
         await persistence_channel.close()
