@@ -5,7 +5,8 @@ and destroy it (crypto-shredding)."""
 from __future__ import annotations
 
 from chatplane.crypto.keyring import Keyring, StoreKeySource
-from chatplane.persistence.servicer import Context, _owner
+from chatplane.persistence.protos import owner_of
+from chatplane.persistence.servicer import Context
 from chatplane.v1 import persistence_pb2
 
 
@@ -19,7 +20,7 @@ class DataKeyRpcs:
     async def GetUserDataKey(
         self, request: persistence_pb2.GetUserDataKeyRequest, context: Context
     ) -> persistence_pb2.GetUserDataKeyResponse:
-        owner = _owner(request.owner)
+        owner = owner_of(request.owner)
         key = await self._keys.fetch(owner.tenant_id, owner.user_id, request.create)
         if key is None:
             return persistence_pb2.GetUserDataKeyResponse(found=False)
@@ -30,6 +31,6 @@ class DataKeyRpcs:
     async def DestroyUserDataKey(
         self, request: persistence_pb2.DestroyUserDataKeyRequest, context: Context
     ) -> persistence_pb2.DestroyUserDataKeyResponse:
-        owner = _owner(request.owner)
+        owner = owner_of(request.owner)
         destroyed = await self._keyring.destroy_user_key(owner.tenant_id, owner.user_id)
         return persistence_pb2.DestroyUserDataKeyResponse(destroyed=destroyed)

@@ -9,17 +9,11 @@ from google.protobuf import timestamp_pb2
 
 from chatplane.common import errors
 from chatplane.common.settings import Settings
+from chatplane.common.timestamps import timestamp_of
 from chatplane.persistence.handoff_servicer import HandoffPersistenceServicer
+from chatplane.persistence.paging import decode_token, encode_token, page_size, token_id, token_time
 from chatplane.persistence.rated_answer_export import ExportedAnswer, RatedAnswerExport
-from chatplane.persistence.servicer import (
-    Context,
-    _decode_token,
-    _encode_token,
-    _page_size,
-    _timestamp,
-    _token_id,
-    _token_time,
-)
+from chatplane.persistence.servicer import Context
 from chatplane.persistence.store.base import ConversationStore, Role, to_micros
 from chatplane.persistence.store.rated_answers import RatedAnswerQuery
 from chatplane.privacy.policy import RedactionPolicy
@@ -51,14 +45,14 @@ def rated_answer_query(
         raise errors.InvalidArgument("min_rating", "must be between 1 and 5")
     after = None
     if request.page_token:
-        fields = _decode_token(request.page_token, "page_token", "r")
-        after = (_token_time(fields, "t", "page_token"), _token_id(fields, "id", "page_token"))
+        fields = decode_token(request.page_token, "page_token", "r")
+        after = (token_time(fields, "t", "page_token"), token_id(fields, "id", "page_token"))
     return RatedAnswerQuery(
         tenants=tenants,
         since=since,
         until=until,
         min_rating=request.min_rating,
-        limit=_page_size(request.page_size, "page_size", RATED_ANSWERS_PAGE),
+        limit=page_size(request.page_size, "page_size", RATED_ANSWERS_PAGE),
         after=after,
     )
 
@@ -73,7 +67,7 @@ def rated_answer(exported: ExportedAnswer) -> persistence_pb2.RatedAnswer:
         variant=row.variant,
         thumbs=gateway_pb2.RATING_THUMBS_UP if row.thumbs_up else gateway_pb2.RATING_THUMBS_DOWN,
         rating=row.rating,
-        create_time=_timestamp(row.create_time),
+        create_time=timestamp_of(row.create_time),
         model=row.model,
         messages=[
             persistence_pb2.DatasetMessage(role=_ROLES[m.role], text=m.text)
@@ -109,7 +103,7 @@ class DatasetPersistenceServicer(HandoffPersistenceServicer):
         token = ""
         if page.next_after is not None:
             moment, message_id = page.next_after
-            token = _encode_token({"k": "r", "t": to_micros(moment), "id": message_id})
+            token = encode_token({"k": "r", "t": to_micros(moment), "id": message_id})
         return persistence_pb2.ListRatedAnswersResponse(
             answers=[rated_answer(a) for a in page.answers], next_page_token=token
         )

@@ -34,6 +34,7 @@ MEMORY_INDEX: Final = "memory_index"
 MESSAGE_LOG: Final = "message_log"
 STEPS: Final = (DATA_KEY, SYSTEM_OF_RECORD, MEMORY_INDEX, MESSAGE_LOG)
 
+
 class UserKeyShredder(Protocol):
     """Crypto-shredding: destroys a user's data key (the keyring of encryption at rest)."""
 

@@ -4,27 +4,17 @@ retention period."""
 
 from __future__ import annotations
 
-from datetime import datetime
-
-from google.protobuf import timestamp_pb2
-
 from chatplane.common import errors
+from chatplane.common.timestamps import optional_timestamp_of
 from chatplane.persistence.erasure_job import ErasureJobs
 from chatplane.persistence.identity_servicer import audit_actor
-from chatplane.persistence.servicer import Context, _owner, _require
+from chatplane.persistence.protos import owner_of, require
+from chatplane.persistence.servicer import Context
 from chatplane.persistence.store.base import ConversationStore
 from chatplane.persistence.store.erasure import ErasureJob, RetentionPolicy
 from chatplane.v1 import erasure_pb2, persistence_pb2
 
 _MAX_TENANT_CHARS = 256
-
-
-def _timestamp(moment: datetime | None) -> timestamp_pb2.Timestamp | None:
-    if moment is None:
-        return None
-    stamp = timestamp_pb2.Timestamp()
-    stamp.FromDatetime(moment)
-    return stamp
 
 
 def erasure_receipt(job: ErasureJob) -> erasure_pb2.ErasureReceipt:
@@ -33,11 +23,13 @@ def erasure_receipt(job: ErasureJob) -> erasure_pb2.ErasureReceipt:
         job_id=job.job_id,
         tenant_id=job.tenant_id,
         user_id=job.user_id,
-        create_time=_timestamp(job.create_time),
-        finish_time=_timestamp(job.finish_time),
+        create_time=optional_timestamp_of(job.create_time),
+        finish_time=optional_timestamp_of(job.finish_time),
         steps=[
             erasure_pb2.ErasureStepReceipt(
-                step=step.name, removed=dict(step.removed), finish_time=_timestamp(step.finish_time)
+                step=step.name,
+                removed=dict(step.removed),
+                finish_time=optional_timestamp_of(step.finish_time),
             )
             for step in job.steps
         ],
@@ -47,12 +39,14 @@ def erasure_receipt(job: ErasureJob) -> erasure_pb2.ErasureReceipt:
 def retention_policy(policy: RetentionPolicy) -> erasure_pb2.RetentionPolicy:
     """A retention period as the contracts show it."""
     return erasure_pb2.RetentionPolicy(
-        tenant_id=policy.tenant_id, days=policy.days, update_time=_timestamp(policy.update_time)
+        tenant_id=policy.tenant_id,
+        days=policy.days,
+        update_time=optional_timestamp_of(policy.update_time),
     )
 
 
 def _tenant(tenant_id: str) -> str:
-    _require(tenant_id, "tenant_id")
+    require(tenant_id, "tenant_id")
     if len(tenant_id) > _MAX_TENANT_CHARS:
         raise errors.InvalidArgument("tenant_id", f"must be at most {_MAX_TENANT_CHARS} characters")
     return tenant_id
@@ -68,7 +62,7 @@ class ErasureRpcs:
     async def EraseUser(
         self, request: persistence_pb2.PersistenceServiceEraseUserRequest, context: Context
     ) -> persistence_pb2.PersistenceServiceEraseUserResponse:
-        owner = _owner(request.owner)
+        owner = owner_of(request.owner)
         job = await self._erasure.erase(owner.tenant_id, owner.user_id, audit_actor(request.actor))
         return persistence_pb2.PersistenceServiceEraseUserResponse(receipt=erasure_receipt(job))
 

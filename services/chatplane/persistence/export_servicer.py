@@ -10,14 +10,10 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 from chatplane.common import errors
-from chatplane.persistence.servicer import (
-    Context,
-    _conversation,
-    _message,
-    _owner,
-    _page_size,
-    _timestamp,
-)
+from chatplane.common.timestamps import timestamp_of
+from chatplane.persistence.paging import page_size
+from chatplane.persistence.protos import conversation_proto, message_proto, owner_of
+from chatplane.persistence.servicer import Context
 from chatplane.persistence.store.base import (
     ConversationCursor,
     ConversationStore,
@@ -46,8 +42,8 @@ class ExportRpcs:
     async def ExportUserRecords(
         self, request: persistence_pb2.ExportUserRecordsRequest, context: Context
     ) -> AsyncIterator[Record]:
-        owner = _owner(request.owner)
-        limit = _page_size(request.page_size, "page_size", (DEFAULT_PAGE, MAX_PAGE))
+        owner = owner_of(request.owner)
+        limit = page_size(request.page_size, "page_size", (DEFAULT_PAGE, MAX_PAGE))
         async for record in self._conversations(owner, limit):
             yield record
         # Answers first, then feedback: the archive lists them in that order.
@@ -60,7 +56,7 @@ class ExportRpcs:
         while True:
             page = await self._store.list_conversations(owner, limit=limit, after=after)
             for conversation in page.conversations:
-                yield Record(conversation=_conversation(conversation))
+                yield Record(conversation=conversation_proto(conversation))
                 async for record in self._tree(owner, conversation.conversation_id, limit):
                     yield record
             if page.next_cursor is None:
@@ -77,7 +73,7 @@ class ExportRpcs:
             except errors.NotFound:  # deleted while the export ran: it is not the user's now
                 return
             for place in page.messages:
-                yield Record(message=placed_message(_message(place.message), place))
+                yield Record(message=placed_message(message_proto(place.message), place))
             if not isinstance(page.next_cursor, MessageCursor):
                 return
             after = page.next_cursor
@@ -117,6 +113,6 @@ def _fact_records(facts: MessageFacts) -> list[Record]:
             comment=facts.feedback.comment,
         )
         if facts.feedback_time is not None:
-            feedback.create_time.CopyFrom(_timestamp(facts.feedback_time))
+            feedback.create_time.CopyFrom(timestamp_of(facts.feedback_time))
         records.append(Record(feedback=feedback))
     return records

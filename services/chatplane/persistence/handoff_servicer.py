@@ -4,19 +4,10 @@ waiting conversations for operators, and the thumbs-down count the handoff rule 
 from __future__ import annotations
 
 from chatplane.common import errors
-from chatplane.persistence.servicer import (
-    CONVERSATIONS_PAGE,
-    Context,
-    PersistenceServicer,
-    _decode_token,
-    _encode_token,
-    _owner,
-    _page_size,
-    _require,
-    _timestamp,
-    _token_id,
-    _token_time,
-)
+from chatplane.common.timestamps import timestamp_of
+from chatplane.persistence.paging import decode_token, encode_token, page_size, token_id, token_time
+from chatplane.persistence.protos import owner_of, require
+from chatplane.persistence.servicer import CONVERSATIONS_PAGE, Context, PersistenceServicer
 from chatplane.persistence.store.base import to_micros
 from chatplane.persistence.store.handoff import (
     HandoffChange,
@@ -56,16 +47,16 @@ def handoff_status(state: HandoffState) -> resources_pb2.HandoffStatus:
         released_by=state.released_by,
     )
     if state.request_time is not None:
-        status.request_time.CopyFrom(_timestamp(state.request_time))
+        status.request_time.CopyFrom(timestamp_of(state.request_time))
     if state.release_time is not None:
-        status.release_time.CopyFrom(_timestamp(state.release_time))
+        status.release_time.CopyFrom(timestamp_of(state.release_time))
     return status
 
 
 def _handoff_token(cursor: HandoffCursor | None) -> str:
     if cursor is None:
         return ""
-    return _encode_token(
+    return encode_token(
         {"k": "h", "t": to_micros(cursor.request_time), "id": cursor.conversation_id}
     )
 
@@ -73,8 +64,8 @@ def _handoff_token(cursor: HandoffCursor | None) -> str:
 def _handoff_cursor(token: str, field: str) -> HandoffCursor | None:
     if not token:
         return None
-    fields = _decode_token(token, field, "h")
-    return HandoffCursor(_token_time(fields, "t", field), _token_id(fields, "id", field))
+    fields = decode_token(token, field, "h")
+    return HandoffCursor(token_time(fields, "t", field), token_id(fields, "id", field))
 
 
 class HandoffPersistenceServicer(PersistenceServicer):
@@ -83,8 +74,8 @@ class HandoffPersistenceServicer(PersistenceServicer):
     async def GetHandoff(
         self, request: persistence_pb2.GetHandoffRequest, context: Context
     ) -> persistence_pb2.GetHandoffResponse:
-        owner = _owner(request.owner)
-        _require(request.conversation_id, "conversation_id")
+        owner = owner_of(request.owner)
+        require(request.conversation_id, "conversation_id")
         state = await self._store.get_handoff(owner, request.conversation_id)
         return persistence_pb2.GetHandoffResponse(
             handoff=handoff_status(state), rules_fired=sorted(state.rules_fired)
@@ -93,15 +84,15 @@ class HandoffPersistenceServicer(PersistenceServicer):
     async def ChangeHandoff(
         self, request: persistence_pb2.ChangeHandoffRequest, context: Context
     ) -> persistence_pb2.ChangeHandoffResponse:
-        owner = _owner(request.owner)
-        _require(request.conversation_id, "conversation_id")
+        owner = owner_of(request.owner)
+        require(request.conversation_id, "conversation_id")
         mode = _MODES_IN.get(request.mode)
         if mode is None:
             raise errors.InvalidArgument("mode", "must be HANDOFF_MODE_BOT or HANDOFF_MODE_HUMAN")
         trigger = _TRIGGERS_IN.get(request.trigger)
         if trigger is None:
             raise errors.InvalidArgument("trigger", "must be set")
-        _require(request.actor_id, "actor_id")
+        require(request.actor_id, "actor_id")
         if len(request.reason) > _MAX_REASON_CHARS:
             raise errors.InvalidArgument(
                 "reason", f"must be at most {_MAX_REASON_CHARS} characters"
@@ -113,8 +104,8 @@ class HandoffPersistenceServicer(PersistenceServicer):
     async def ListHandoffs(
         self, request: persistence_pb2.ListHandoffsRequest, context: Context
     ) -> persistence_pb2.ListHandoffsResponse:
-        _require(request.tenant_id, "tenant_id")
-        limit = _page_size(request.page_size, "page_size", CONVERSATIONS_PAGE)
+        require(request.tenant_id, "tenant_id")
+        limit = page_size(request.page_size, "page_size", CONVERSATIONS_PAGE)
         after = _handoff_cursor(request.page_token, "page_token")
         page = await self._store.list_handoffs(request.tenant_id, limit=limit, after=after)
         return persistence_pb2.ListHandoffsResponse(
@@ -125,8 +116,8 @@ class HandoffPersistenceServicer(PersistenceServicer):
     async def GetTenantHandoff(
         self, request: persistence_pb2.GetTenantHandoffRequest, context: Context
     ) -> persistence_pb2.GetTenantHandoffResponse:
-        _require(request.tenant_id, "tenant_id")
-        _require(request.conversation_id, "conversation_id")
+        require(request.tenant_id, "tenant_id")
+        require(request.conversation_id, "conversation_id")
         state = await self._store.tenant_handoff(request.tenant_id, request.conversation_id)
         return persistence_pb2.GetTenantHandoffResponse(
             owner=persistence_pb2.Owner(
@@ -138,8 +129,8 @@ class HandoffPersistenceServicer(PersistenceServicer):
     async def CountThumbsDown(
         self, request: persistence_pb2.CountThumbsDownRequest, context: Context
     ) -> persistence_pb2.CountThumbsDownResponse:
-        owner = _owner(request.owner)
-        _require(request.message_id, "message_id")
+        owner = owner_of(request.owner)
+        require(request.message_id, "message_id")
         conversation_id, count = await self._store.count_thumbs_down(owner, request.message_id)
         return persistence_pb2.CountThumbsDownResponse(
             conversation_id=conversation_id, thumbs_down=count

@@ -6,15 +6,15 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import grpc
-from google.protobuf import timestamp_pb2
 
 from chatplane.audit.protos import event_from_proto, head_to_proto, record_to_proto
 from chatplane.common import errors
 from chatplane.common.ids import is_valid_id
+from chatplane.common.timestamps import timestamp_of
 from chatplane.persistence.store.base import ApiKey, ConversationStore, from_micros, to_micros
 from chatplane.persistence.store.key_records import (
     MAX_ROTATION_OVERLAP,
@@ -139,12 +139,6 @@ def audit_actor(actor: audit_pb2.AuditActor) -> AuditActor:
     return AuditActor(actor.actor, actor.source, actor.request_id)
 
 
-def _timestamp(moment: datetime) -> timestamp_pb2.Timestamp:
-    stamp = timestamp_pb2.Timestamp()
-    stamp.FromDatetime(moment)
-    return stamp
-
-
 def api_key_info(key: ApiKey) -> persistence_pb2.ApiKeyInfo:
     """A key's facts for a response (never its secret's hash)."""
     info = persistence_pb2.ApiKeyInfo(
@@ -152,12 +146,12 @@ def api_key_info(key: ApiKey) -> persistence_pb2.ApiKeyInfo:
         owner=persistence_pb2.Owner(tenant_id=key.owner.tenant_id, user_id=key.owner.user_id),
         label=key.label,
         roles=sorted(key.roles),
-        create_time=_timestamp(key.create_time),
+        create_time=timestamp_of(key.create_time),
         revoked=key.revoked,
         replaced_by_key_id=key.replaced_by,
     )
     if key.expire_time is not None:
-        info.expire_time.CopyFrom(_timestamp(key.expire_time))
+        info.expire_time.CopyFrom(timestamp_of(key.expire_time))
     return info
 
 

@@ -7,10 +7,10 @@ from datetime import timedelta
 from typing import Any
 
 import grpc
-from google.protobuf import timestamp_pb2
 
 from chatplane.common import errors
 from chatplane.common.ids import is_valid_id
+from chatplane.common.timestamps import timestamp_of
 from chatplane.persistence.store.quota import TokenQuota, TokenQuotaLedger
 from chatplane.v1 import persistence_pb2
 
@@ -26,8 +26,7 @@ MAX_TOKENS = 10**12
 
 def quota_proto(quota: TokenQuota) -> persistence_pb2.TokenQuota:
     """The wire form of a tenant's quota and usage."""
-    reset = timestamp_pb2.Timestamp()
-    reset.FromDatetime(quota.reset_time)
+    reset = timestamp_of(quota.reset_time)
     return persistence_pb2.TokenQuota(
         tenant_id=quota.tenant_id,
         tokens_per_day=quota.tokens_per_day,

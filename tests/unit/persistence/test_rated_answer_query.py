@@ -10,7 +10,7 @@ import pytest
 from chatplane.common import errors
 from chatplane.common.ids import new_id
 from chatplane.persistence.dataset_servicer import rated_answer_query
-from chatplane.persistence.servicer import _encode_token
+from chatplane.persistence.paging import encode_token
 from chatplane.v1 import persistence_pb2
 
 SINCE = datetime(2026, 11, 1, tzinfo=UTC)
@@ -38,7 +38,7 @@ def _until(moment: datetime) -> persistence_pb2.ListRatedAnswersRequest:
         (_request(min_rating=6), "min_rating"),
         (_request(page_size=501), "page_size"),
         (_request(page_token="not-a-token"), "page_token"),
-        (_request(page_token=_encode_token({"k": "c", "t": 1, "id": "x"})), "page_token"),
+        (_request(page_token=encode_token({"k": "c", "t": 1, "id": "x"})), "page_token"),
     ],
 )
 def test_bad_fields_are_named(
@@ -51,7 +51,7 @@ def test_bad_fields_are_named(
 
 def test_a_page_token_becomes_the_cursor() -> None:
     message_id = new_id()
-    token = _encode_token({"k": "r", "t": 1_700_000_000_000_000, "id": message_id})
+    token = encode_token({"k": "r", "t": 1_700_000_000_000_000, "id": message_id})
     query = rated_answer_query(_request(page_token=token, page_size=0), ("t",))
     assert query.after == (datetime.fromtimestamp(1_700_000_000, UTC), message_id)
     assert (query.limit, query.min_rating, query.since, query.until) == (100, 3, SINCE, None)

@@ -1,0 +1,53 @@
+"""Times and durations between Python and Protobuf (`google.protobuf.Timestamp`, `Duration`),
+in one leaf module that imports nothing of chatplane, so that servicers, the audit chain and
+the CLI convert the same way. Datetimes read from a Timestamp are timezone-aware UTC."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+
+from google.protobuf import duration_pb2, timestamp_pb2
+
+
+def timestamp_of(moment: datetime) -> timestamp_pb2.Timestamp:
+    """A Timestamp of a datetime (a naive one is taken as UTC)."""
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromDatetime(moment)
+    return stamp
+
+
+def optional_timestamp_of(moment: datetime | None) -> timestamp_pb2.Timestamp | None:
+    """A Timestamp of a datetime, None for None (an unset message field)."""
+    return None if moment is None else timestamp_of(moment)
+
+
+def timestamp_of_ms(unix_ms: int) -> timestamp_pb2.Timestamp:
+    """A Timestamp of milliseconds since the Unix epoch."""
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromMilliseconds(unix_ms)
+    return stamp
+
+
+def timestamp_now() -> timestamp_pb2.Timestamp:
+    """The current time as a Timestamp (nanosecond precision)."""
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromNanoseconds(time.time_ns())
+    return stamp
+
+
+def datetime_of(stamp: timestamp_pb2.Timestamp) -> datetime:
+    """The UTC datetime of a Timestamp (ValueError or OverflowError when out of range)."""
+    return stamp.ToDatetime(tzinfo=UTC)
+
+
+def duration_of_seconds(seconds: float) -> duration_pb2.Duration:
+    """A Duration of (fractional) seconds."""
+    duration = duration_pb2.Duration()
+    duration.FromNanoseconds(int(seconds * 1e9))
+    return duration
+
+
+def seconds_of(duration: duration_pb2.Duration) -> float:
+    """The (fractional) seconds of a Duration."""
+    return float(duration.ToNanoseconds()) / 1e9
