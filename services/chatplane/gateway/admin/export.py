@@ -13,7 +13,8 @@ from chatplane.audit.outcome import audited
 from chatplane.common import errors
 from chatplane.common.deadlines import outbound_timeout
 from chatplane.common.settings import Settings
-from chatplane.gateway.admin.servicer import AdminServicer, Context, _admin
+from chatplane.gateway.admin.caller import Context, admin_principal
+from chatplane.gateway.admin.servicer import AdminServicer
 from chatplane.gateway.auth import ApiKeyAuthenticator
 from chatplane.privacy.export_archive import archive_chunks
 from chatplane.v1 import admin_pb2, memory_pb2_grpc, persistence_pb2, persistence_pb2_grpc
@@ -45,7 +46,7 @@ class ExportingAdminServicer(AdminServicer):
     async def ExportUserData(  # noqa: N802 (the generated servicer's name)
         self, request: admin_pb2.ExportUserDataRequest, context: Context
     ) -> AsyncIterator[admin_pb2.ExportUserDataResponse]:
-        principal = _admin(context, "ExportUserData")
+        principal = admin_principal(context, "ExportUserData")
         user_id = request.user_id
         if not user_id:
             raise errors.InvalidArgument("user_id", "required")
