@@ -15,6 +15,7 @@ from pathlib import Path
 from bench.harness import Options, progress
 from bench.report import Row, Target
 from chatplane.common.ids import new_id
+from chatplane.common.topics import MESSAGES_TOPIC
 from chatplane.log.base import LogRecord
 from chatplane.log.embedded import EmbeddedMessageLog
 from chatplane.log.record_erasure import EmbeddedLogEraser
@@ -68,8 +69,7 @@ async def _log(path: Path, messages: list[Message]) -> None:
     producer = EmbeddedMessageLog(path).producer()
     try:
         records = [
-            LogRecord("chatplane.messages", m.conversation_id.encode(), _TEXT.encode())
-            for m in messages
+            LogRecord(MESSAGES_TOPIC, m.conversation_id.encode(), _TEXT.encode()) for m in messages
         ]
         for start in range(0, len(records), 1000):
             await producer.append(records[start : start + 1000], timeout=30)

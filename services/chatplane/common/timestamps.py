@@ -1,13 +1,32 @@
-"""Times and durations between Python and Protobuf (`google.protobuf.Timestamp`, `Duration`),
-in one leaf module that imports nothing of chatplane, so that servicers, the audit chain and
-the CLI convert the same way. Datetimes read from a Timestamp are timezone-aware UTC."""
+"""Times and durations between Python and Protobuf (`google.protobuf.Timestamp`, `Duration`)
+and the stored form of times (integer microseconds since the Unix epoch), in one leaf module
+that imports nothing of chatplane, so that servicers, the store, the audit chain and the CLI
+convert the same way. Datetimes are timezone-aware UTC."""
 
 from __future__ import annotations
 
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from google.protobuf import duration_pb2, timestamp_pb2
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def utc_now() -> datetime:
+    """The wall clock, in UTC."""
+    return datetime.now(UTC)
+
+
+def to_micros(moment: datetime) -> int:
+    """An aware datetime as integer microseconds since the Unix epoch (the stored form of
+    times: exact, ordered, and the same in every engine)."""
+    return (moment - _EPOCH) // timedelta(microseconds=1)
+
+
+def from_micros(micros: int) -> datetime:
+    """The UTC datetime `micros` microseconds after the Unix epoch."""
+    return _EPOCH + timedelta(microseconds=micros)
 
 
 def timestamp_of(moment: datetime) -> timestamp_pb2.Timestamp:

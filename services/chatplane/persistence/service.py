@@ -10,7 +10,6 @@ import grpc
 
 from chatplane import audit
 from chatplane.audit.recorder import AuditRecorder
-from chatplane.audit.sinks import StoreAuditSink
 from chatplane.common.server import serve
 from chatplane.common.settings import Settings
 from chatplane.common.tls import load_tls
@@ -21,6 +20,7 @@ from chatplane.crypto.keyring import Keyring, StoreKeySource
 from chatplane.crypto.sealed_store import sealed_store
 from chatplane.log.factory import open_message_log
 from chatplane.log.observed import LagReporter
+from chatplane.persistence.audit_sink import StoreAuditSink
 from chatplane.persistence.consumer import CONSUMER_GROUP, BatchConsumer
 from chatplane.persistence.dataset_servicer import DatasetPersistenceServicer
 from chatplane.persistence.erasure_job import ErasureJobs
