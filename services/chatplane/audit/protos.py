@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 
 from chatplane.audit.chain import AuditEvent, AuditHead, AuditRecord
 from chatplane.common import errors
-from chatplane.common.timestamps import timestamp_of
+from chatplane.common.timestamps import datetime_of, timestamp_of
 from chatplane.v1 import audit_pb2
 
 
@@ -46,7 +46,7 @@ def _event_time(proto: audit_pb2.AuditEvent) -> datetime:
     """The event's time, or InvalidArgument for a Timestamp outside 0001-9999 (which
     datetime cannot hold)."""
     try:
-        return proto.event_time.ToDatetime(tzinfo=UTC)
+        return datetime_of(proto.event_time)
     except (ValueError, OverflowError) as error:
         raise errors.InvalidArgument("events.event_time", "out of range") from error
 
