@@ -20,7 +20,7 @@ CASES = {
     "unparsable port": (
         "gateway",
         {"CHATPLANE_GATEWAY_PORT": "abc"},
-        "CHATPLANE_GATEWAY_PORT: Input should be a valid integer",
+        "CHATPLANE_GATEWAY_PORT (--gateway-port): Input should be a valid integer",
     ),
     "one of three TLS files": (
         "memory",

@@ -1,6 +1,6 @@
 """Settings that do not validate, as the one-line start-up message of a ConfigError: each
-offending `CHATPLANE_*` variable named with what is wrong with it (its value is not repeated:
-it may be a secret)."""
+offending `CHATPLANE_*` variable (and its `--flag`) named with what is wrong with it (its
+value is not repeated: it may be a secret)."""
 
 from __future__ import annotations
 
@@ -21,7 +21,10 @@ def settings_config_error(error: ValidationError) -> ConfigError:
             problems.append(message)
             continue
         field, *inside = location
-        variable = field if field.isupper() else _ENV_PREFIX + field.upper()
-        where = variable + "".join(f"[{part}]" for part in inside)
+        if field.isupper():  # a variable of its own name (ANTHROPIC_API_KEY)
+            where = field
+        else:  # set by its variable or by the flag of the same name
+            where = f"{_ENV_PREFIX}{field.upper()} (--{field.replace('_', '-')})"
+        where += "".join(f"[{part}]" for part in inside)
         problems.append(f"{where}: {message}")
     return ConfigError("; ".join(problems) or str(error).splitlines()[0])
