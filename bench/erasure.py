@@ -17,6 +17,7 @@ from bench.harness import Options, progress
 from bench.persistence import Postgres, running_postgres
 from bench.report import Row, Target
 from chatplane.common.ids import new_id
+from chatplane.common.topics import MESSAGES_TOPIC
 from chatplane.log.base import LogRecord
 from chatplane.log.postgres import PostgresMessageLog
 from chatplane.log.record_erasure import PostgresLogEraser
@@ -70,8 +71,7 @@ async def _log(dsn: str, messages: list[Message]) -> None:
     producer = PostgresMessageLog(dsn).producer()
     try:
         records = [
-            LogRecord("chatplane.messages", m.conversation_id.encode(), _TEXT.encode())
-            for m in messages
+            LogRecord(MESSAGES_TOPIC, m.conversation_id.encode(), _TEXT.encode()) for m in messages
         ]
         for start in range(0, len(records), 1000):
             await producer.append(records[start : start + 1000], timeout=30)

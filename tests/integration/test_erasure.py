@@ -6,6 +6,7 @@ crash of Persistence is finished by the restarted process."""
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from pathlib import Path
 
@@ -21,8 +22,10 @@ from chatplane.internal.v1 import audit_pb2, events_pb2, memory_pb2, memory_pb2_
 from chatplane.launcher import Stack
 from chatplane.log.postgres import SCHEMA as LOG_SCHEMA
 from chatplane.persistence.client import PersistenceClient
+from chatplane.persistence.erasure_job import DATA_KEY, SYSTEM_OF_RECORD
 from chatplane.persistence.store.sqlite import SqliteConversationStore
 from chatplane.v1 import admin_pb2, admin_pb2_grpc
+from tests.integration.erasure_faults import kill_after_erasure_step
 from tests.integration.stack_client import (
     FAST_PACE,
     Client,
@@ -301,12 +304,7 @@ async def test_erasure_cut_short_by_a_crash_is_finished_after_the_restart(
 ) -> None:
     tenant, canary = unique("erase"), unique("canary")
     log_dsn = postgres_database
-    # Persistence dies right after step 2 (the rows) of the erasure an EraseUser starts.
-    env = {
-        **FAST_PACE,
-        "CHATPLANE_ERASURE_TEST_CRASH_AFTER_STEP": "2",
-        "CHATPLANE_POSTGRES_DSN": log_dsn,
-    }
+    env = {**FAST_PACE, "CHATPLANE_POSTGRES_DSN": log_dsn}
     async with running_stack(tmp_path / "data", env) as stack:
         data = stack.data_dir
         conversation = await seed(stack, tenant, "erased", canary)
@@ -315,15 +313,28 @@ async def test_erasure_cut_short_by_a_crash_is_finished_after_the_restart(
         # Sealed on the log, and they open while the user's data key exists.
         assert all(canary in text for text in await opened_texts(data, records))
         admin_key = await create_key(stack, tenant, "admin", roles=("admin",))
+        # MemoryService down holds the job after step 2 (the rows); Persistence is killed
+        # once that step's end is stored, as a crash between two steps would.
+        await stack.services["memory"].stop(timeout=30)
         async with stack.channel("gateway") as channel:
-            with pytest.raises(grpc.aio.AioRpcError) as cut:
-                await admin_pb2_grpc.AdminServiceStub(channel).EraseUser(
+            call = asyncio.ensure_future(
+                admin_pb2_grpc.AdminServiceStub(channel).EraseUser(
                     admin_pb2.EraseUserRequest(user_id="erased"),
                     metadata=(("authorization", f"Bearer {admin_key}"),),
                     timeout=60,
                 )
+            )
+            cut_at = await kill_after_erasure_step(
+                stack.services["persistence"],
+                Settings(data_dir=data, postgres_dsn=log_dsn),
+                tenant_id=tenant,
+                user_id="erased",
+                step=SYSTEM_OF_RECORD,
+            )
+            with pytest.raises(grpc.aio.AioRpcError) as cut:
+                await call
         assert cut.value.code() is grpc.StatusCode.UNAVAILABLE
-        assert await stack.services["persistence"].process.wait() == 75
+        assert [step.name for step in cut_at.steps if step.done] == [DATA_KEY, SYSTEM_OF_RECORD]
         # Half done: the rows are gone, the memory and the log are not yet.
         assert user_rows(data, tenant, "erased") == 0
         assert canary_memory(data, tenant, "erased", canary) >= 2
@@ -333,6 +344,7 @@ async def test_erasure_cut_short_by_a_crash_is_finished_after_the_restart(
             "KeyDestroyed"
         ] * len(records)
 
+        await stack.start_service("memory")
         await stack.start_service("persistence")
 
         async def audited() -> bool:

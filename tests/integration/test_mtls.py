@@ -171,10 +171,10 @@ async def test_a_service_with_a_key_of_another_certificate_fails_at_start(
     wrong = TlsFiles(cert=certs / "agent.crt", key=certs / "memory.key", ca=certs / "ca.crt")
     env = {**os.environ, **wrong.env(), "CHATPLANE_DATA_DIR": str(tmp_path)}
     log = tmp_path / "agent.log"
-    with pytest.raises(errors.Unavailable) as failed:
+    with pytest.raises(errors.ConfigError) as failed:
         await ServiceProcess.start("agent", ["--agent-port", "0"], env, log)
     message = str(failed.value)
-    assert "agent exited before it was ready: invalid TLS configuration" in message
+    assert "agent refused its configuration: invalid TLS configuration: " in message
     assert f"the private key {certs / 'memory.key'} (CHATPLANE_TLS_KEY) does not belong" in message
     text = log.read_text()
     assert '"level": "CRITICAL"' in text

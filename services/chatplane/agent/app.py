@@ -28,8 +28,8 @@ async def run(settings: Settings) -> None:
     persistence_channel = internal_channel(settings.persistence_address, tls)
     keyring = rpc_keyring(settings, PersistenceClient(persistence_channel))
     backend = build_model_chain(settings)
-    # The variant registry (docs/registry.md), polled through Persistence.
-    persistence_channel = internal_channel(settings.persistence_address, tls)
+    # The variant registry (docs/registry.md), polled through Persistence (the same
+    # channel as the keyring's).
     registry = registry_source(settings, persistence_channel)
     variants = variant_router(settings, backend, registry)
     registry.validate = variants.prepare
@@ -55,7 +55,6 @@ async def run(settings: Settings) -> None:
         await runner.drain()
         await registry.close()
         await variants.close()
-        await persistence_channel.close()
         await producer.close()
         await memory_channel.close()
         await persistence_channel.close()

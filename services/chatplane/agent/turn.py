@@ -14,8 +14,6 @@ from dataclasses import dataclass, replace
 from itertools import accumulate
 from typing import Any
 
-from google.protobuf import timestamp_pb2
-
 from chatplane.agent.branch_context import BranchLine, on_branch
 from chatplane.agent.llm.base import LlmBackend, StopReason, StreamEnd, StreamStart
 from chatplane.agent.llm.errors import LlmError
@@ -31,6 +29,7 @@ from chatplane.agent.variants import (
 from chatplane.agent.variants.recall_filter import filtered, recall_k
 from chatplane.common import errors
 from chatplane.common.settings import Settings
+from chatplane.common.timestamps import timestamp_of_ms
 from chatplane.common.topics import MEMORY_REMEMBER_TOPIC, MESSAGE_SCHEMA_VERSION, MESSAGES_TOPIC
 from chatplane.crypto.keyring import Keyring
 from chatplane.crypto.log_records import sealed_message, sealed_remember
@@ -78,12 +77,6 @@ class TurnRequest:
     branch: tuple[BranchLine, ...] | None = None
     # A registry version the turn is pinned to (NAME@VERSION; evaluation, admins only).
     pinned_variant: str = ""
-
-
-def _timestamp(unix_ms: int) -> timestamp_pb2.Timestamp:
-    stamp = timestamp_pb2.Timestamp()
-    stamp.FromMilliseconds(unix_ms)
-    return stamp
 
 
 def _elapsed_ms(start: float) -> int:
@@ -314,7 +307,7 @@ class TurnRunner:
             role=resources_pb2.ROLE_USER,
             text=turn.text,
             status=resources_pb2.MESSAGE_STATUS_COMPLETE,
-            create_time=_timestamp(user_time_ms),
+            create_time=timestamp_of_ms(user_time_ms),
             client_message_id=turn.client_message_id,
             parent_message_id=turn.parent_message_id,
         )
@@ -329,7 +322,7 @@ class TurnRunner:
                 else resources_pb2.MESSAGE_STATUS_COMPLETE
             ),
             model=model,
-            create_time=_timestamp(answer_time_ms),
+            create_time=timestamp_of_ms(answer_time_ms),
             reply_to_message_id=turn.user_message_id,
             finish_reason=finish,
             usage=usage,

@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Final
 
-from chatplane.persistence.store.base import from_micros, to_micros
+from chatplane.common.timestamps import from_micros, to_micros
 
 GENESIS_HASH: Final = bytes(32)
 """The prev_hash of the first record, and the head hash of an empty chain."""

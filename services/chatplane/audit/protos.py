@@ -2,19 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
-from google.protobuf import timestamp_pb2
+from datetime import datetime
 
 from chatplane.audit.chain import AuditEvent, AuditHead, AuditRecord
 from chatplane.common import errors
+from chatplane.common.timestamps import datetime_of, timestamp_of
 from chatplane.internal.v1 import audit_pb2
-
-
-def _timestamp(moment: datetime) -> timestamp_pb2.Timestamp:
-    stamp = timestamp_pb2.Timestamp()
-    stamp.FromDatetime(moment)
-    return stamp
 
 
 def event_to_proto(event: AuditEvent) -> audit_pb2.AuditEvent:
@@ -30,7 +23,7 @@ def event_to_proto(event: AuditEvent) -> audit_pb2.AuditEvent:
         request_id=event.request_id,
     )
     if event.event_time is not None:
-        proto.event_time.CopyFrom(_timestamp(event.event_time))
+        proto.event_time.CopyFrom(timestamp_of(event.event_time))
     return proto
 
 
@@ -53,7 +46,7 @@ def _event_time(proto: audit_pb2.AuditEvent) -> datetime:
     """The event's time, or InvalidArgument for a Timestamp outside 0001-9999 (which
     datetime cannot hold)."""
     try:
-        return proto.event_time.ToDatetime(tzinfo=UTC)
+        return datetime_of(proto.event_time)
     except (ValueError, OverflowError) as error:
         raise errors.InvalidArgument("events.event_time", "out of range") from error
 

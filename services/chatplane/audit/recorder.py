@@ -16,7 +16,7 @@ from datetime import datetime
 from typing import Protocol
 
 from chatplane.audit.chain import AuditEvent
-from chatplane.persistence.store.base import utc_now
+from chatplane.common.timestamps import utc_now
 
 _log = logging.getLogger(__name__)
 

@@ -15,7 +15,6 @@ from typing import NoReturn, TextIO, cast
 
 import click
 import grpc
-from google.protobuf import duration_pb2
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 from prompt_toolkit import PromptSession
@@ -25,6 +24,7 @@ from rich.markup import escape
 
 from chatplane.cli.client import ClientTarget, gateway_options, tls_files
 from chatplane.cli.resume import RESUMABLE_CODES, cancel_generation, resume_stream
+from chatplane.common.timestamps import seconds_of
 from chatplane.v1 import gateway_pb2, gateway_pb2_grpc, resources_pb2
 
 CHAT_TIMEOUT_SECONDS = 300.0
@@ -205,8 +205,7 @@ def retry_delay(error: grpc.aio.AioRpcError) -> float | None:
         if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
             info = error_details_pb2.RetryInfo()
             detail.Unpack(info)
-            delay: duration_pb2.Duration = info.retry_delay
-            return float(delay.ToNanoseconds()) / 1e9
+            return seconds_of(info.retry_delay)
     return None
 
 

@@ -64,19 +64,18 @@ _Command = TypeVar("_Command", bound=Callable[..., object])
 
 
 def open_channel(address: str, tls: TlsFiles | None) -> grpc.aio.Channel:
-    """A channel for a CLI command; unusable certificate files end the command with the reason."""
+    """A channel for a CLI command; unusable certificate files are a TlsConfigError that ends
+    the command (exit status 2)."""
     try:
         return client_channel(address, tls)
     except TlsConfigError as error:
-        raise click.ClickException(f"client certificate: {error}") from None
+        raise TlsConfigError(f"client certificate: {error}") from None
 
 
 def tls_files(cert: Path | None, key: Path | None, ca: Path | None) -> TlsFiles | None:
-    """The client certificate files given by flags, or None (all three or none)."""
-    try:
-        return TlsFiles.of(cert, key, ca)
-    except TlsConfigError as error:
-        raise click.ClickException(str(error)) from None
+    """The client certificate files given by flags, or None (all three or none; some is a
+    TlsConfigError)."""
+    return TlsFiles.of(cert, key, ca)
 
 
 def tls_options(command: _Command) -> _Command:

@@ -4,7 +4,6 @@ oldest first, reading every page from the Gateway."""
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC
 from pathlib import Path
 
 import click
@@ -13,6 +12,7 @@ from google.protobuf import timestamp_pb2
 
 from chatplane.cli.chat import Gateway, connect, describe_rpc_error, error_exit
 from chatplane.cli.client import ClientTarget, gateway_options, tls_files
+from chatplane.common.timestamps import datetime_of
 from chatplane.v1 import gateway_pb2, resources_pb2
 
 HISTORY_CALL_TIMEOUT_SECONDS = 30.0
@@ -61,7 +61,7 @@ def format_time(timestamp: timestamp_pb2.Timestamp) -> str:
     """A timestamp in local time to the second, or "-" when unset."""
     if not timestamp.seconds and not timestamp.nanos:
         return "-"
-    return timestamp.ToDatetime(tzinfo=UTC).astimezone().strftime("%Y-%m-%d %H:%M:%S")
+    return datetime_of(timestamp).astimezone().strftime("%Y-%m-%d %H:%M:%S")
 
 
 def _one_line(text: str) -> str:

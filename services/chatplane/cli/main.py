@@ -8,11 +8,16 @@ import json
 import os
 import signal
 from pathlib import Path
+from typing import NoReturn
 
 import click
 import grpc
+from pydantic import ValidationError
 
 from chatplane.cli.client import open_channel
+from chatplane.common.errors import EXIT_CONFIG_ERROR, ConfigError
+from chatplane.common.settings import Settings
+from chatplane.common.settings_errors import settings_config_error
 from chatplane.common.tls import CA_VAR, CERT_VAR, KEY_VAR
 from chatplane.internal.v1 import identity_pb2
 from chatplane.launcher import Stack, StackInfo
@@ -25,7 +30,29 @@ DEFAULT_DATA_DIR = ".chatplane"
 DEFAULT_TLS_DIR = "tls"
 
 
-@click.group()
+class CommandGroup(click.Group):
+    """The command group whose every command ends on a configuration that cannot work (a
+    ConfigError: certificate files, a service of `up` refusing its settings; settings that do
+    not validate) with one line on stderr and exit status 2, no traceback."""
+
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except ConfigError as error:
+            _refuse(ctx, error)
+        except ValidationError as error:
+            if error.title != Settings.__name__:
+                raise
+            _refuse(ctx, settings_config_error(error))
+
+
+def _refuse(ctx: click.Context, error: ConfigError) -> NoReturn:
+    command = f"chatplane {ctx.invoked_subcommand}" if ctx.invoked_subcommand else "chatplane"
+    click.echo(f"{command}: {error.one_line()}", err=True)
+    ctx.exit(EXIT_CONFIG_ERROR)
+
+
+@click.group(cls=CommandGroup)
 @click.option(
     "--data-dir",
     envvar="CHATPLANE_DATA_DIR",

@@ -6,6 +6,8 @@ from __future__ import annotations
 from contextvars import ContextVar
 from dataclasses import dataclass
 
+from chatplane.common import errors
+
 
 @dataclass(frozen=True, slots=True)
 class Principal:
@@ -23,3 +25,12 @@ principal_var: ContextVar[Principal | None] = ContextVar("principal", default=No
 # The tenant a call acts for on internal services (from the request's tenant_id / owner), for
 # logs; the Gateway's authenticated principal takes precedence.
 tenant_var: ContextVar[str] = ContextVar("tenant", default="")
+
+
+def authenticated_principal() -> Principal:
+    """The caller of this public call; Unauthenticated when there is none (the Gateway's
+    interceptor authenticates every call of its public services before the handler runs)."""
+    principal = principal_var.get()
+    if principal is None:
+        raise errors.Unauthenticated("not authenticated")
+    return principal

@@ -15,10 +15,13 @@
 The mapping itself lives in chatplane.common.error_mapping (the server interceptor).
 
     ConfigError              a service cannot start with its configuration: caught once at
-                             start-up (common/entrypoint.py), one line, exit status 2
+                             start-up (common/entrypoint.py, the CLI's command group), one
+                             line, exit status 2 (EXIT_CONFIG_ERROR)
 """
 
 from __future__ import annotations
+
+from typing import ClassVar
 
 
 class ChatplaneError(Exception):
@@ -87,4 +90,20 @@ class DeadlineExceeded(ChatplaneError):
 class ConfigError(Exception):
     """The settings cannot work (a missing address, an unreadable file, a bad value): the
     service does not start. Not a gRPC status: it never reaches a caller. The message is one
-    line that names what to set or fix."""
+    line that names what to set or fix.
+
+    Each area names its own kind (TlsConfigError, KekConfigError, LlmConfigError, …) as a
+    subclass, so that start-up catches this one class; a subclass's `heading` says what the
+    message is about where the message alone would not."""
+
+    heading: ClassVar[str] = ""
+
+    def one_line(self) -> str:
+        """The start-up message: the heading, then the message, on one line."""
+        lines = [line.strip() for line in str(self).splitlines() if line.strip()]
+        message = "; ".join(lines) or type(self).__name__
+        return f"{self.heading}: {message}" if self.heading else message
+
+
+EXIT_CONFIG_ERROR = 2
+"""The exit status of a process that refuses its configuration (a service or the CLI)."""

@@ -286,10 +286,6 @@ class Settings(BaseSettings):
     # Erasure and retention (docs/privacy.md). How often Persistence deletes the conversations
     # of tenants with a retention period (`chatplane retention set`) that passed it.
     retention_sweep_interval_seconds: float = Field(default=3600.0, gt=0)
-    # TEST ONLY: Persistence exits (status 75) right after finishing erasure step k (1-4) of a
-    # job an EraseUser call started, as a crash would; 0 (the default) never. A job resumed
-    # at start never crashes, so the restarted process finishes it (the crash test).
-    erasure_test_crash_after_step: int = Field(default=0, ge=0, le=4)
 
     # Encryption at rest (docs/security.md "Encryption at rest"): the key-encryption keys that
     # wrap every user's data key, as lines ID:BASE64 (32 bytes; the first line wraps new

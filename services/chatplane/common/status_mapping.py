@@ -9,12 +9,13 @@ from collections.abc import Iterator
 from typing import Final
 
 import grpc
-from google.protobuf import any_pb2, duration_pb2
+from google.protobuf import any_pb2
 from google.protobuf.message import DecodeError
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from chatplane.common import errors
+from chatplane.common.timestamps import duration_of_seconds, seconds_of
 
 _log = logging.getLogger(__name__)
 
@@ -58,8 +59,7 @@ def to_status(error: errors.ChatplaneError | None, request_id: str) -> grpc.Stat
         )
         details.append(_pack(error_details_pb2.BadRequest(field_violations=[violation])))
     if isinstance(error, errors.ResourceExhausted):
-        delay = duration_pb2.Duration()
-        delay.FromNanoseconds(int(error.retry_after * 1e9))
+        delay = duration_of_seconds(error.retry_after)
         details.append(_pack(error_details_pb2.RetryInfo(retry_delay=delay)))
     if isinstance(error, errors.QuotaExceeded):
         violation = error_details_pb2.QuotaFailure.Violation(
@@ -100,7 +100,7 @@ def _retry_delay(error: grpc.aio.AioRpcError, default: float) -> float:
     for detail in _status_details(error):
         info = error_details_pb2.RetryInfo()
         if detail.Unpack(info):
-            return float(info.retry_delay.ToNanoseconds()) / 1e9
+            return seconds_of(info.retry_delay)
     return default
 
 

@@ -20,6 +20,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes, PublicKeyTypes
 from cryptography.x509.oid import NameOID
 
+from chatplane.common.errors import ConfigError
+
 _log = logging.getLogger(__name__)
 
 # The settings' environment variables, named in error messages so an operator knows what to fix.
@@ -31,8 +33,10 @@ REQUIRE_CLIENT_CERT_VAR = "CHATPLANE_TLS_REQUIRE_CLIENT_CERT"
 EXPIRY_WARNING = timedelta(days=14)
 
 
-class TlsConfigError(Exception):
+class TlsConfigError(ConfigError):
     """The TLS files are missing, unreadable, malformed or do not belong together."""
+
+    heading = "invalid TLS configuration"
 
 
 @dataclass(frozen=True, slots=True)

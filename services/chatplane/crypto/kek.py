@@ -25,8 +25,10 @@ _NONCE_BYTES = 12
 DEV_KEK_FILE_NAME = "kek.key"
 
 
-class KekConfigError(ValueError):
+class KekConfigError(errors.ConfigError):
     """The configured key-encryption keys are missing or malformed (at start: exit 2)."""
+
+    heading = "invalid key-encryption key (docs/security.md)"
 
 
 class KekError(errors.Unavailable):

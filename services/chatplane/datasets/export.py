@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
+from chatplane.common.timestamps import datetime_of
 from chatplane.datasets.formats import FORMATS, RECORDS, turns
 from chatplane.v1 import admin_resources_pb2
 
@@ -61,7 +62,7 @@ class DatasetWriter:
             return False
         for name in FORMATS:
             self._files[name].write(_line(RECORDS[name](conversation)))
-        created = answer.create_time.ToDatetime(tzinfo=UTC)
+        created = datetime_of(answer.create_time)
         self._files[METADATA].write(
             _line(
                 {

@@ -10,7 +10,6 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC
 from typing import Any
 
 import grpc
@@ -18,6 +17,7 @@ import grpc
 from chatplane.common import errors
 from chatplane.common.context import Principal
 from chatplane.common.roles import DEFAULT_ROLES
+from chatplane.common.timestamps import datetime_of
 from chatplane.internal.v1 import identity_pb2
 from chatplane.persistence.client import PersistenceClient
 
@@ -117,7 +117,7 @@ class ApiKeyAuthenticator:
                 principal=principal,
                 secret_sha256=response.secret_sha256,
                 expires=now + self._cache_seconds,
-                key_expires=response.expire_time.ToDatetime(tzinfo=UTC).timestamp()
+                key_expires=datetime_of(response.expire_time).timestamp()
                 if response.HasField("expire_time")
                 else None,
             )

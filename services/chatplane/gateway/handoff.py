@@ -5,16 +5,14 @@ bot silent while a human answers, and runs the automatic rules."""
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
-
-from google.protobuf import timestamp_pb2
 
 from chatplane import audit
 from chatplane.common import errors
 from chatplane.common.context import Principal
 from chatplane.common.ids import new_id
 from chatplane.common.settings import Settings
+from chatplane.common.timestamps import timestamp_now
 from chatplane.common.topics import (
     HANDOFF_SCHEMA_VERSION,
     HANDOFF_TOPIC,
@@ -50,12 +48,6 @@ def validate_reason(reason: str) -> None:
         raise errors.InvalidArgument("reason", f"must be at most {MAX_REASON_BYTES} bytes")
     if "\x00" in reason:
         raise errors.InvalidArgument("reason", "must not contain NUL characters")
-
-
-def _now() -> timestamp_pb2.Timestamp:
-    stamp = timestamp_pb2.Timestamp()
-    stamp.FromNanoseconds(time.time_ns())
-    return stamp
 
 
 class HandoffDesk:
@@ -222,7 +214,7 @@ class HandoffDesk:
             role=resources_pb2.ROLE_OPERATOR,
             text=text,
             status=resources_pb2.MESSAGE_STATUS_COMPLETE,
-            create_time=_now(),
+            create_time=timestamp_now(),
             operator_id=operator.user_id,
         )
         owner = handoff.owner
@@ -270,7 +262,7 @@ class HandoffDesk:
             role=resources_pb2.ROLE_USER,
             text=request.text,
             status=resources_pb2.MESSAGE_STATUS_COMPLETE,
-            create_time=_now(),
+            create_time=timestamp_now(),
             client_message_id=request.client_message_id,
         )
         recorded = events_pb2.MessageRecorded(

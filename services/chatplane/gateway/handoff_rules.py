@@ -8,6 +8,7 @@ import re
 from dataclasses import dataclass
 from typing import Final
 
+from chatplane.common.errors import ConfigError
 from chatplane.common.settings import Settings
 
 EXPLICIT_REQUEST_RULE: Final = "explicit_request"
@@ -24,13 +25,15 @@ class HandoffRules:
     @classmethod
     def from_settings(cls, settings: Settings) -> HandoffRules:
         """The rules of `settings`; a pattern that is not a regular expression is a
-        ValueError naming it (the Gateway refuses to start)."""
+        ConfigError naming it (the Gateway refuses to start)."""
         patterns = []
         for pattern in settings.handoff_request_patterns:
             try:
                 patterns.append(re.compile(pattern, re.IGNORECASE))
             except re.error as error:
-                raise ValueError(f"handoff_request_patterns: {pattern!r}: {error}") from error
+                raise ConfigError(
+                    f"CHATPLANE_HANDOFF_REQUEST_PATTERNS: {pattern!r}: {error}"
+                ) from error
         return cls(tuple(patterns), settings.handoff_thumbs_down_threshold)
 
     def asks_for_human(self, text: str) -> bool:

@@ -10,7 +10,7 @@ from contextlib import AbstractContextManager
 from chatplane import audit
 from chatplane.audit.outcome import AuditNote, audited
 from chatplane.common import errors
-from chatplane.common.context import Principal
+from chatplane.common.context import Principal, authenticated_principal
 from chatplane.common.deadlines import outbound_timeout
 from chatplane.common.ids import is_valid_id
 from chatplane.common.settings import Settings
@@ -18,7 +18,7 @@ from chatplane.gateway.chat import ChatRelay
 from chatplane.gateway.handoff import Budget, HandoffDesk, owner_of, validate_reason
 from chatplane.gateway.handoff_fanout import HandoffFanout
 from chatplane.gateway.resume import AnswerResume
-from chatplane.gateway.servicer import Context, GatewayServicer, _principal
+from chatplane.gateway.servicer import Context, GatewayServicer
 from chatplane.internal.v1 import memory_pb2_grpc
 from chatplane.persistence.client import PersistenceClient
 from chatplane.v1 import gateway_pb2, resources_pb2
@@ -74,7 +74,7 @@ class HandoffGatewayServicer(GatewayServicer):
     ) -> gateway_pb2.RequestHandoffResponse:
         conversation_id = _conversation_id(request.conversation_id)
         validate_reason(request.reason)
-        principal = _principal()
+        principal = authenticated_principal()
         with _audited(audit.HANDOFF_REQUEST, principal, conversation_id, context) as note:
             status = await self._desk.change(
                 owner_of(principal),
@@ -92,7 +92,7 @@ class HandoffGatewayServicer(GatewayServicer):
         self, request: gateway_pb2.ReleaseHandoffRequest, context: Context
     ) -> gateway_pb2.ReleaseHandoffResponse:
         conversation_id = _conversation_id(request.conversation_id)
-        principal = _principal()
+        principal = authenticated_principal()
         with _audited(audit.HANDOFF_RELEASE, principal, conversation_id, context) as note:
             status = await self._desk.change(
                 owner_of(principal),
@@ -109,7 +109,7 @@ class HandoffGatewayServicer(GatewayServicer):
         self, request: gateway_pb2.WatchConversationRequest, context: Context
     ) -> AsyncIterator[gateway_pb2.WatchConversationResponse]:
         conversation_id = _conversation_id(request.conversation_id)
-        principal = _principal()
+        principal = authenticated_principal()
         owner = owner_of(principal)
         # Watch first, then read the state: nothing that happens in between is missed.
         with self._fanout.watch(conversation_id) as events:
@@ -135,7 +135,7 @@ class HandoffGatewayServicer(GatewayServicer):
         response = await super().SubmitFeedback(request, context)
         if request.rating == gateway_pb2.RATING_THUMBS_DOWN:
             handoff = await self._desk.after_feedback(
-                _principal(), request.message_id, _budget(context)
+                authenticated_principal(), request.message_id, _budget(context)
             )
             if handoff is not None:
                 response.handoff.CopyFrom(handoff)

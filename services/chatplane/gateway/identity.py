@@ -3,13 +3,11 @@ audit recorder this process appends auth failures through; and AdminService."""
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 
 import grpc
 
 from chatplane import audit
-from chatplane.common.entrypoint import EXIT_CONFIG_ERROR
 from chatplane.common.settings import Settings
 from chatplane.gateway.admin.erasure_servicer import ErasureAdminServicer
 from chatplane.gateway.admin.export import ExportingAdminServicer
@@ -17,7 +15,7 @@ from chatplane.gateway.audit_sink import PersistenceAuditSink
 from chatplane.gateway.auth import ApiKeyAuthenticator
 from chatplane.gateway.authentication import Authenticator
 from chatplane.gateway.jwks import JwksCache
-from chatplane.gateway.oidc import OidcConfig, OidcConfigError, OidcVerifier
+from chatplane.gateway.oidc import OidcConfig, OidcVerifier
 from chatplane.gateway.registry_servicer import RegistryServicer
 from chatplane.internal.v1 import memory_pb2_grpc
 from chatplane.persistence.client import PersistenceClient
@@ -25,7 +23,6 @@ from chatplane.v1 import admin_pb2, admin_pb2_grpc, registry_pb2_grpc
 
 ADMIN_SERVICE = admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name
 ADMIN_PREFIX = f"/{ADMIN_SERVICE}/"
-_log = logging.getLogger(__name__)
 
 
 class GatewayAdminServicer(ErasureAdminServicer, ExportingAdminServicer):
@@ -52,12 +49,7 @@ class GatewayIdentity:
     ) -> GatewayIdentity:
         """Builds it from settings (OidcConfigError on incomplete OIDC settings) and starts
         the audit recorder, installed as this process's."""
-        try:
-            config = OidcConfig.from_settings(settings)
-        except OidcConfigError as error:
-            # A startup error message, not a traceback: the operator has settings to fix.
-            _log.critical(f"invalid OIDC configuration: {error}")
-            raise SystemExit(EXIT_CONFIG_ERROR) from None
+        config = OidcConfig.from_settings(settings)
         jwks = oidc = None
         if config is not None:
             jwks = JwksCache(

@@ -23,8 +23,10 @@ _MAX_ID_CHARS = 256
 _FALLBACK_CLAIMS: Final = {"scope": "scp"}
 
 
-class OidcConfigError(ValueError):
+class OidcConfigError(errors.ConfigError):
     """The OIDC settings are incomplete or name unknown roles."""
+
+    heading = "invalid OIDC configuration"
 
 
 @dataclass(frozen=True, slots=True)

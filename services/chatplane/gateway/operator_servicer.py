@@ -13,13 +13,13 @@ import grpc
 from chatplane import audit
 from chatplane.audit.outcome import AuditNote, audited
 from chatplane.common import errors
-from chatplane.common.context import Principal
+from chatplane.common.context import Principal, authenticated_principal
 from chatplane.common.deadlines import outbound_timeout
 from chatplane.common.ids import is_valid_id
 from chatplane.common.roles import OPERATOR, require_role
 from chatplane.common.settings import Settings
 from chatplane.gateway.handoff import Budget, HandoffDesk
-from chatplane.gateway.servicer import Context, _principal
+from chatplane.gateway.servicer import Context
 from chatplane.internal.v1 import conversation_pb2, handoff_pb2
 from chatplane.persistence.client import PersistenceClient
 from chatplane.v1 import gateway_pb2, operator_pb2, operator_pb2_grpc, resources_pb2
@@ -32,7 +32,7 @@ MESSAGES_PAGE = (100, 500)
 
 def _operator(context: Context, rpc: str) -> Principal:
     """The caller, who must hold `operator` (a refusal is audited as `authz.denied`)."""
-    principal = _principal()
+    principal = authenticated_principal()
     try:
         require_role(principal, OPERATOR)
     except errors.PermissionDenied as denied:

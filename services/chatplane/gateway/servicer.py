@@ -10,7 +10,7 @@ from typing import Any
 import grpc
 
 from chatplane.common import errors
-from chatplane.common.context import Principal, principal_var
+from chatplane.common.context import authenticated_principal
 from chatplane.common.deadlines import outbound_timeout
 from chatplane.common.ids import is_valid_id
 from chatplane.common.settings import Settings
@@ -31,15 +31,8 @@ Context = grpc.aio.ServicerContext[Any, Any]
 
 
 def _owner() -> admin_resources_pb2.Owner:
-    principal = _principal()
+    principal = authenticated_principal()
     return admin_resources_pb2.Owner(tenant_id=principal.tenant_id, user_id=principal.user_id)
-
-
-def _principal() -> Principal:
-    principal = principal_var.get()
-    if principal is None:  # the interceptor authenticates every GatewayService call
-        raise errors.Unauthenticated("not authenticated")
-    return principal
 
 
 class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
@@ -68,10 +61,10 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         self, request: gateway_pb2.ChatRequest, context: Context
     ) -> AsyncIterator[gateway_pb2.ChatResponse]:
         validate_chat(request, self._settings.max_message_bytes)
-        require_pin(_principal(), request.variant)
+        require_pin(authenticated_principal(), request.variant)
         metrics = ChatStreamMetrics()
         events = self._relay.chat(
-            _principal(),
+            authenticated_principal(),
             request,
             lambda cap: outbound_timeout(context, cap),
             propagated(context.invocation_metadata() or ()),
@@ -153,7 +146,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         if self._resume is None:
             raise errors.Unavailable("resume is not configured")
         events = self._resume.resume(
-            _principal(),
+            authenticated_principal(),
             request,
             lambda cap: outbound_timeout(context, cap),
             propagated(context.invocation_metadata() or ()),
@@ -167,7 +160,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         if self._resume is None:
             raise errors.Unavailable("resume is not configured")
         return await self._resume.cancel(
-            _principal(),
+            authenticated_principal(),
             request,
             lambda cap: outbound_timeout(context, cap),
             propagated(context.invocation_metadata() or ()),
@@ -179,18 +172,18 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         context: Context,
     ) -> gateway_pb2.IngestDocumentResponse:
         timeout = outbound_timeout(context, self._settings.document_ingest_timeout_seconds)
-        return await self._documents.ingest(_principal(), request_iterator, timeout)
+        return await self._documents.ingest(authenticated_principal(), request_iterator, timeout)
 
     async def ListDocuments(
         self, request: gateway_pb2.ListDocumentsRequest, context: Context
     ) -> gateway_pb2.ListDocumentsResponse:
-        return await self._documents.documents(_principal(), self._timeout(context))
+        return await self._documents.documents(authenticated_principal(), self._timeout(context))
 
     async def DeleteDocument(
         self, request: gateway_pb2.DeleteDocumentRequest, context: Context
     ) -> gateway_pb2.DeleteDocumentResponse:
         return await self._documents.delete(
-            _principal(), request.document_id, self._timeout(context)
+            authenticated_principal(), request.document_id, self._timeout(context)
         )
 
     async def SetActiveBranch(

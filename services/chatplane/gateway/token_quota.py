@@ -121,7 +121,7 @@ class Admission:
         response = await asyncio.shield(self._outcome)
         if not response.granted:
             REJECTIONS.labels("quota").inc()
-            raise _exceeded(response.quota)
+            raise quota_exceeded(response.quota)
 
     async def settled(self) -> quota_pb2.ReserveQuotaResponse | None:
         """The granted reservation to settle, None when there is none (never made, refused,
@@ -225,7 +225,8 @@ class TokenQuotaGate:
             await asyncio.gather(*self._settling, return_exceptions=True)
 
 
-def _exceeded(quota: quota_pb2.TokenQuota) -> errors.QuotaExceeded:
+def quota_exceeded(quota: quota_pb2.TokenQuota) -> errors.QuotaExceeded:
+    """The QuotaExceeded of a spent quota: its reset time, retry delay and violation."""
     reset = quota.reset_time.ToDatetime().strftime("%Y-%m-%dT%H:%M:%SZ")
     retry_after = max(0.0, quota.reset_time.ToMilliseconds() / 1000 - time.time())
     description = (

@@ -116,6 +116,12 @@ class ServiceProcess:
                     line = await self.process.stdout.readline()
                     if not line:
                         reason = _last_error(self.log_path, self.log_offset)
+                        if await self.process.wait() == errors.EXIT_CONFIG_ERROR:
+                            # The service refused its configuration: the operator's to fix.
+                            raise errors.ConfigError(
+                                f"{self.name} refused its configuration: {reason}"
+                                f" (see {self.log_path})"
+                            )
                         raise errors.Unavailable(
                             f"{self.name} exited before it was ready"
                             + (f": {reason}" if reason else "")

@@ -43,7 +43,7 @@ class Recall:
     relevant: Sequence[RecalledItem]
 
 
-def _lower_priority() -> None:
+def lower_thread_priority() -> None:
     """Lowers the calling thread's CPU priority (Linux applies nice values per thread)."""
     with contextlib.suppress(OSError, AttributeError):
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), _INDEXING_NICENESS)
@@ -75,7 +75,7 @@ class ConversationalMemory:
         # queues in front of a query.
         self._query_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="embed-query")
         self._index_pool = ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix="embed-index", initializer=_lower_priority
+            max_workers=1, thread_name_prefix="embed-index", initializer=lower_thread_priority
         )
 
     async def _embed(self, texts: Sequence[str], pool: ThreadPoolExecutor) -> np.ndarray:

@@ -17,7 +17,7 @@ from chatplane.common import errors
 from chatplane.common.ids import is_valid_id, new_id
 from chatplane.common.settings import Settings
 from chatplane.memory.chunking import chunk_text
-from chatplane.memory.conversational_memory import _lower_priority
+from chatplane.memory.conversational_memory import lower_thread_priority
 from chatplane.memory.document_header import MARKDOWN, validate_header
 from chatplane.memory.document_text import document_text
 from chatplane.memory.embedding import SentenceEmbedder
@@ -74,7 +74,7 @@ class DocumentLibrary:
         self._redaction = redaction or RedactionPolicy()
         # Ingestion is bulk work: one low-priority thread, so queries keep their latency.
         self._pool = ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix="embed-documents", initializer=_lower_priority
+            max_workers=1, thread_name_prefix="embed-documents", initializer=lower_thread_priority
         )
 
     @property

@@ -6,9 +6,9 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
-from google.protobuf import timestamp_pb2
 
 from chatplane.common import errors
+from chatplane.common.timestamps import timestamp_of_ms
 from chatplane.internal.v1 import memory_pb2, memory_pb2_grpc
 from chatplane.memory.conversational_memory import ConversationalMemory
 from chatplane.memory.document_header import validate_header
@@ -47,8 +47,7 @@ def _recalled(found: RecalledItem) -> memory_pb2.RecalledItem:
 
 def document_message(summary: DocumentSummary, mime_type: str = "") -> resources_pb2.Document:
     """A stored document as the API shows it."""
-    created = timestamp_pb2.Timestamp()
-    created.FromMilliseconds(summary.created_at_ms)
+    created = timestamp_of_ms(summary.created_at_ms)
     return resources_pb2.Document(
         document_id=summary.document_id,
         name=summary.name,

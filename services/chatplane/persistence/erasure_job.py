@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from collections.abc import Collection, Sequence
 from typing import Final, Protocol
 
@@ -34,9 +33,6 @@ SYSTEM_OF_RECORD: Final = "system_of_record"
 MEMORY_INDEX: Final = "memory_index"
 MESSAGE_LOG: Final = "message_log"
 STEPS: Final = (DATA_KEY, SYSTEM_OF_RECORD, MEMORY_INDEX, MESSAGE_LOG)
-
-CRASH_EXIT_CODE: Final = 75
-"""The exit status of the test-only crash after a step (erasure_test_crash_after_step)."""
 
 
 class UserKeyShredder(Protocol):
@@ -67,7 +63,6 @@ class ErasureJobs:
         memory: MemoryEraser,
         log: LogRecordEraser,
         shredder: UserKeyShredder | None,
-        crash_after_step: int = 0,
     ) -> None:
         self._store = store
         self._memory = memory
@@ -75,7 +70,6 @@ class ErasureJobs:
         # The keyring of encryption at rest (chatplane.crypto); None only in tests without it:
         # the data_key step then records that no key was destroyed ("keyring": 0).
         self._shredder = shredder
-        self._crash_after_step = crash_after_step
         self._running: dict[str, asyncio.Task[ErasureJob]] = {}
 
     async def erase(self, tenant_id: str, user_id: str, actor: AuditActor) -> ErasureJob:
@@ -83,14 +77,14 @@ class ErasureJobs:
         if not tenant_id or not user_id:
             raise errors.InvalidArgument("owner", "tenant_id and user_id are required")
         job = await self._store.start_erasure(tenant_id, user_id, STEPS, actor)
-        return await self._run(job, may_crash=True)
+        return await self._run(job)
 
     async def resume_unfinished(self) -> list[ErasureJob]:
         """Runs every unfinished job to its end (at start); the jobs finished."""
         finished = []
         for job in await self._store.unfinished_erasures():
             _log.info("resuming an erasure", extra={"job_id": job.job_id})
-            finished.append(await self._run(job, may_crash=False))
+            finished.append(await self._run(job))
         return finished
 
     async def resume_until_done(self, retry_seconds: float = 2.0, max_retry: float = 60.0) -> None:
@@ -106,16 +100,16 @@ class ErasureJobs:
             await asyncio.sleep(delay)
             delay = min(delay * 2, max_retry)
 
-    async def _run(self, job: ErasureJob, *, may_crash: bool) -> ErasureJob:
+    async def _run(self, job: ErasureJob) -> ErasureJob:
         task = self._running.get(job.job_id)
         if task is None:
-            task = asyncio.create_task(self._steps(job, may_crash), name=f"erasure-{job.job_id}")
+            task = asyncio.create_task(self._steps(job), name=f"erasure-{job.job_id}")
             self._running[job.job_id] = task
             task.add_done_callback(lambda _: self._running.pop(job.job_id, None))
         # A caller that gives up does not stop the job: it ends, or resumes later.
         return await asyncio.shield(task)
 
-    async def _steps(self, job: ErasureJob, may_crash: bool) -> ErasureJob:
+    async def _steps(self, job: ErasureJob) -> ErasureJob:
         for position, step in enumerate(job.steps):
             if step.done:
                 continue
@@ -124,11 +118,6 @@ class ErasureJobs:
             _log.info(
                 "erasure step done", extra={"job_id": job.job_id, "step": step.name, **removed}
             )
-            if may_crash and position + 1 == self._crash_after_step:
-                # Test-only (docs/privacy.md): die as a crash would, mid-job (never while
-                # resuming a job at start, so that the restarted process finishes it).
-                _log.error("test-only crash after an erasure step", extra={"step": step.name})
-                os._exit(CRASH_EXIT_CODE)
         return await self._store.finish_erasure(job.job_id)
 
     async def _step(self, job: ErasureJob, name: str) -> dict[str, int]:

@@ -61,7 +61,6 @@ class ErasureWiring:
             memory=memory,
             log=log,
             shredder=shredder,
-            crash_after_step=settings.erasure_test_crash_after_step,
         )
         self.sweeper = RetentionSweeper(
             store, memory, log, interval=settings.retention_sweep_interval_seconds

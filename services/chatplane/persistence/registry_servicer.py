@@ -6,11 +6,9 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from datetime import datetime
-
-from google.protobuf import timestamp_pb2
 
 from chatplane.common import errors
+from chatplane.common.timestamps import timestamp_of
 from chatplane.common.variant_spec import VariantSpecError, parse_spec
 from chatplane.internal.v1 import variant_registry_pb2, variant_registry_pb2_grpc
 from chatplane.persistence.protos import Context
@@ -34,12 +32,6 @@ _STAGES = {
 _MAX_TEXT_CHARS = 1000
 
 
-def _timestamp(moment: datetime) -> timestamp_pb2.Timestamp:
-    stamp = timestamp_pb2.Timestamp()
-    stamp.FromDatetime(moment)
-    return stamp
-
-
 def version_proto(record: VariantRecord, deployment: Deployment) -> registry_pb2.VariantVersion:
     """A stored version with its stage in `deployment`."""
     stage, share = deployment.stage_of(record.identifier)
@@ -49,7 +41,7 @@ def version_proto(record: VariantRecord, deployment: Deployment) -> registry_pb2
         spec_json=record.spec_json,
         spec_sha256=record.spec_sha256,
         created_by=record.created_by,
-        create_time=_timestamp(record.create_time),
+        create_time=timestamp_of(record.create_time),
         stage=_STAGES[stage],
         share_percent=share,
     )
@@ -59,7 +51,7 @@ def change_proto(change: ChangeRecord) -> registry_pb2.VariantChange:
     """A recorded change."""
     return registry_pb2.VariantChange(
         revision=change.revision,
-        change_time=_timestamp(change.change_time),
+        change_time=timestamp_of(change.change_time),
         actor=change.actor,
         action=change.action,
         stage=_STAGES[change.stage],

@@ -13,7 +13,6 @@ import grpc
 
 from chatplane import audit
 from chatplane.audit.recorder import AuditRecorder
-from chatplane.audit.sinks import StoreAuditSink
 from chatplane.common.server import serve
 from chatplane.common.settings import Settings
 from chatplane.common.tls import load_tls
@@ -38,6 +37,7 @@ from chatplane.log.factory import open_message_log
 from chatplane.log.observed import LagReporter
 from chatplane.persistence.analytics_servicer import AnalyticsServicer
 from chatplane.persistence.audit_servicer import AuditServicer
+from chatplane.persistence.audit_sink import StoreAuditSink
 from chatplane.persistence.consumer import CONSUMER_GROUP, BatchConsumer
 from chatplane.persistence.conversation_servicer import ConversationServicer
 from chatplane.persistence.erasure_job import ErasureJobs

@@ -25,6 +25,7 @@ from typing import Any, Final
 
 from google.protobuf import timestamp_pb2
 
+from chatplane.common.timestamps import datetime_of
 from chatplane.internal.v1 import memory_pb2, memory_pb2_grpc, privacy_pb2
 from chatplane.persistence.client import PersistenceClient
 from chatplane.v1 import admin_resources_pb2, gateway_pb2, resources_pb2
@@ -44,7 +45,7 @@ Timeout = Callable[[], float]
 def _time(stamp: timestamp_pb2.Timestamp) -> str | None:
     if stamp.seconds == 0 and stamp.nanos == 0:
         return None
-    return rfc3339(stamp.ToDatetime(tzinfo=UTC))
+    return rfc3339(datetime_of(stamp))
 
 
 def rfc3339(moment: datetime) -> str:

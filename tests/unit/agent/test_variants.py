@@ -209,13 +209,20 @@ def test_the_agent_exits_2_with_one_critical_line(tmp_path: Path) -> None:
             "CHATPLANE_DATA_DIR": str(tmp_path),
             "CHATPLANE_VARIANTS": '[{"name": "a", "weight": 0}]',
             "CHATPLANE_METRICS_PORT": "-1",
+            # Never reached: the variants are refused first.
+            "CHATPLANE_POSTGRES_DSN": "postgresql://chatplane@127.0.0.1:9/chatplane",
         },
     )
     assert result.returncode == 2
-    lines = [json.loads(line) for line in (result.stdout + result.stderr).splitlines() if line]
+    output = (result.stdout + result.stderr).splitlines()
+    lines = [json.loads(line) for line in output if line.startswith("{")]
     critical = [line for line in lines if line.get("level") == "CRITICAL"]
     assert len(critical) == 1, lines
     assert "variants[0].weight" in critical[0]["message"]
+    # Beside the JSON log, the one line for the operator (common/entrypoint.py).
+    assert [line for line in output if not line.startswith("{")] == [
+        f"chatplane agent: {critical[0]['message']}"
+    ]
     assert "Traceback" not in result.stderr
 
 

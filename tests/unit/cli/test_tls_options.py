@@ -1,5 +1,6 @@
-"""The CLI's mutual-TLS options: all three client-certificate files or none, and `up` refusing
-inherited CHATPLANE_TLS_* variables that would lock the launcher out of its own stack."""
+"""The CLI's mutual-TLS options: all three client-certificate files or none (else a
+configuration error: one line, exit status 2), and `up` refusing inherited CHATPLANE_TLS_*
+variables that would lock the launcher out of its own stack."""
 
 from __future__ import annotations
 
@@ -18,8 +19,9 @@ def test_chat_needs_all_three_certificate_files(tmp_path: Path) -> None:
             *("--tls-cert", str(tmp_path / "client.crt"), "-m", "hi"),
         ],
     )
-    assert result.exit_code == 1
-    assert "CHATPLANE_TLS_KEY, CHATPLANE_TLS_CA not set" in result.output
+    assert result.exit_code == 2
+    assert "CHATPLANE_TLS_KEY, CHATPLANE_TLS_CA not set" in result.stderr
+    assert result.stderr.startswith("chatplane chat: ") and result.stderr.count("\n") == 1
 
 
 def test_chat_names_an_unusable_client_certificate(tmp_path: Path) -> None:
@@ -33,8 +35,10 @@ def test_chat_names_an_unusable_client_certificate(tmp_path: Path) -> None:
             *(item for pair in zip(flags, paths, strict=True) for item in pair),
         ],
     )
-    assert result.exit_code == 1
-    assert f"client certificate: cannot read {tmp_path / 'c.crt'}" in result.output
+    assert result.exit_code == 2
+    assert f"client certificate: cannot read {tmp_path / 'c.crt'}" in result.stderr
+    assert result.stderr.startswith("chatplane history: invalid TLS configuration: ")
+    assert "Traceback" not in result.output
 
 
 def test_up_refuses_inherited_tls_variables(tmp_path: Path) -> None:

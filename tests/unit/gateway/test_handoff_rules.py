@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from chatplane.common.errors import ConfigError
 from chatplane.common.settings import Settings
 from chatplane.gateway.handoff_rules import HandoffRules
 
@@ -58,5 +59,5 @@ def test_patterns_and_threshold_are_configurable() -> None:
 
 
 def test_a_bad_pattern_is_refused_at_start() -> None:
-    with pytest.raises(ValueError, match="handoff_request_patterns"):
+    with pytest.raises(ConfigError, match="CHATPLANE_HANDOFF_REQUEST_PATTERNS"):
         HandoffRules.from_settings(Settings(handoff_request_patterns=("(unclosed",)))

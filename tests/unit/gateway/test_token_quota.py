@@ -9,7 +9,7 @@ from google.protobuf import timestamp_pb2
 from google.rpc import error_details_pb2, status_pb2
 
 from chatplane.common.status_mapping import to_status
-from chatplane.gateway.token_quota import TokenQuotaGate, TurnTokens, _exceeded
+from chatplane.gateway.token_quota import TokenQuotaGate, TurnTokens, quota_exceeded
 from chatplane.internal.v1 import quota_pb2
 from chatplane.v1 import gateway_pb2, resources_pb2
 
@@ -63,7 +63,7 @@ def test_spent_quota_is_resource_exhausted_with_quota_failure_and_retry_info() -
     quota = quota_pb2.TokenQuota(
         tenant_id="acme", tokens_per_day=1000, used_tokens=990, reserved_tokens=10, reset_time=reset
     )
-    error = _exceeded(quota)
+    error = quota_exceeded(quota)
     assert 3590 < error.retry_after <= 3600
     status = to_status(error, "request-1")
     assert status.code.name == "RESOURCE_EXHAUSTED"

@@ -11,6 +11,7 @@ import pytest
 from chatplane.common import errors
 from chatplane.common.feedback_score import feedback_score
 from chatplane.common.ids import new_id
+from chatplane.common.topics import MESSAGES_TOPIC
 from chatplane.gateway.validation import validate_feedback
 from chatplane.internal.v1 import analytics_pb2, conversation_pb2
 from chatplane.log import ConsumedRecord
@@ -31,7 +32,7 @@ OWNER = Owner("t", "u")
 
 def consumed(record: object) -> ConsumedRecord:
     return ConsumedRecord(
-        topic="chatplane.messages",
+        topic=MESSAGES_TOPIC,
         partition=0,
         offset=0,
         key=b"k",

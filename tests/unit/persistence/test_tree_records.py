@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from chatplane.common.ids import new_id
+from chatplane.common.topics import MESSAGES_TOPIC
 from chatplane.internal.v1 import events_pb2
 from chatplane.log import ConsumedRecord
 from chatplane.persistence.consumer import InvalidRecord, decode_message
@@ -26,7 +27,7 @@ def record(**fields: str) -> ConsumedRecord:
             **fields,
         ),
     )
-    return ConsumedRecord("chatplane.messages", 0, 0, b"k", recorded.SerializeToString(), (), 1)
+    return ConsumedRecord(MESSAGES_TOPIC, 0, 0, b"k", recorded.SerializeToString(), (), 1)
 
 
 def test_parent_ids_are_decoded_with_their_presence() -> None:

@@ -15,6 +15,7 @@ from chatplane.agent.llm.observed import ObservedBackend, export_breaker
 from chatplane.agent.llm.offline import MODEL_NAME as OFFLINE_MODEL
 from chatplane.agent.llm.offline import OfflineResponder
 from chatplane.agent.llm.openai_chat import OpenAiChatBackend
+from chatplane.common.errors import ConfigError
 from chatplane.common.metrics import TenantLabels
 from chatplane.common.settings import Settings
 
@@ -22,7 +23,7 @@ BackendKind = Literal["offline", "anthropic", "openai_compatible"]
 _KINDS: tuple[BackendKind, ...] = ("offline", "anthropic", "openai_compatible")
 
 
-class LlmConfigError(ValueError):
+class LlmConfigError(ConfigError):
     """The LLM settings do not describe a usable backend (reported at start-up)."""
 
 

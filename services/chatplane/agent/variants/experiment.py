@@ -7,7 +7,7 @@ import abc
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from chatplane.common.variants_config import VariantsConfigError
+from chatplane.common.errors import ConfigError
 
 __all__ = [
     "DEFAULT_VARIANT",
@@ -17,6 +17,13 @@ __all__ = [
     "VariantSource",
     "VariantsConfigError",
 ]
+
+
+class VariantsConfigError(ConfigError):
+    """The configured variants are unusable (reported at start-up; the Agent exits 2)."""
+
+    heading = "invalid A/B variants (docs/variants.md)"
+
 
 DEFAULT_VARIANT = "default"
 """The variant recorded when no variants are configured: today's settings, unchanged."""

@@ -8,7 +8,8 @@ from typing import Final
 
 from chatplane.common import errors
 from chatplane.common.deadlines import outbound_timeout
-from chatplane.gateway.admin.servicer import AdminServicer, Context, _actor, _admin
+from chatplane.gateway.admin.caller import Context, admin_principal, audit_actor
+from chatplane.gateway.admin.servicer import AdminServicer
 from chatplane.internal.v1 import privacy_pb2
 from chatplane.v1 import admin_pb2, admin_resources_pb2
 
@@ -25,14 +26,14 @@ class ErasureAdminServicer(AdminServicer):
     async def EraseUser(
         self, request: admin_pb2.EraseUserRequest, context: Context
     ) -> admin_pb2.EraseUserResponse:
-        principal = _admin(context, "EraseUser")
+        principal = admin_principal(context, "EraseUser")
         user_id = request.user_id
         if not user_id or len(user_id) > _MAX_USER_CHARS or "\x00" in user_id:
             raise errors.InvalidArgument("user_id", "required, 1-256 characters, without NUL")
         response = await self._persistence.privacy.EraseUser(
             privacy_pb2.EraseUserRequest(
                 owner=admin_resources_pb2.Owner(tenant_id=principal.tenant_id, user_id=user_id),
-                actor=_actor(principal, context),
+                actor=audit_actor(principal, context),
             ),
             timeout=outbound_timeout(context, ERASURE_TIMEOUT_SECONDS),
         )
@@ -41,7 +42,7 @@ class ErasureAdminServicer(AdminServicer):
     async def SetRetention(
         self, request: admin_pb2.SetRetentionRequest, context: Context
     ) -> admin_pb2.SetRetentionResponse:
-        principal = _admin(context, "SetRetention")
+        principal = admin_principal(context, "SetRetention")
         if not 0 <= request.days <= MAX_RETENTION_DAYS:
             raise errors.InvalidArgument(
                 "days", f"must be between 0 (keep forever) and {MAX_RETENTION_DAYS}"
@@ -55,7 +56,7 @@ class ErasureAdminServicer(AdminServicer):
     async def GetRetention(
         self, request: admin_pb2.GetRetentionRequest, context: Context
     ) -> admin_pb2.GetRetentionResponse:
-        principal = _admin(context, "GetRetention")
+        principal = admin_principal(context, "GetRetention")
         response = await self._persistence.privacy.GetRetention(
             privacy_pb2.GetRetentionRequest(tenant_id=principal.tenant_id),
             timeout=outbound_timeout(context, self._settings.internal_call_timeout_seconds),

@@ -13,7 +13,8 @@ from chatplane.audit.outcome import audited
 from chatplane.common import errors
 from chatplane.common.deadlines import outbound_timeout
 from chatplane.common.settings import Settings
-from chatplane.gateway.admin.servicer import AdminServicer, Context, _admin
+from chatplane.gateway.admin.caller import Context, admin_principal
+from chatplane.gateway.admin.servicer import AdminServicer
 from chatplane.gateway.auth import ApiKeyAuthenticator
 from chatplane.internal.v1 import memory_pb2_grpc
 from chatplane.persistence.client import PersistenceClient
@@ -47,7 +48,7 @@ class ExportingAdminServicer(AdminServicer):
     async def ExportUserData(  # noqa: N802 (the generated servicer's name)
         self, request: admin_pb2.ExportUserDataRequest, context: Context
     ) -> AsyncIterator[admin_pb2.ExportUserDataResponse]:
-        principal = _admin(context, "ExportUserData")
+        principal = admin_principal(context, "ExportUserData")
         user_id = request.user_id
         if not user_id:
             raise errors.InvalidArgument("user_id", "required")

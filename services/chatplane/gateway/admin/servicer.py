@@ -6,59 +6,30 @@ from __future__ import annotations
 
 from collections.abc import Awaitable
 from datetime import timedelta
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import grpc
 
 from chatplane import audit
 from chatplane.common import errors
-from chatplane.common.context import Principal, principal_var, request_id_var
+from chatplane.common.context import Principal
 from chatplane.common.deadlines import outbound_timeout
 from chatplane.common.ids import is_valid_id
-from chatplane.common.roles import ADMIN, parse_roles, require_role
+from chatplane.common.roles import parse_roles
 from chatplane.common.settings import Settings
+from chatplane.gateway.admin.caller import Context, admin_principal, audit_actor
 from chatplane.gateway.admin.rated_answers import rated_answers_page
 from chatplane.gateway.auth import ApiKeyAuthenticator
-from chatplane.internal.v1 import audit_pb2, identity_pb2
+from chatplane.internal.v1 import identity_pb2
 from chatplane.persistence.client import PersistenceClient
 from chatplane.v1 import admin_pb2, admin_pb2_grpc, admin_resources_pb2
 
-Context = grpc.aio.ServicerContext[Any, Any]
 _T = TypeVar("_T")
 
 KEYS_PAGE_MAX = 500
 MAX_OVERLAP = timedelta(hours=24)
 _MAX_ID_CHARS = 256
 _MAX_LABEL_CHARS = 256
-
-
-def _admin(context: Context, action: str) -> Principal:
-    """The caller, who must hold `admin` (a refusal is audited)."""
-    principal = principal_var.get()
-    if principal is None:  # the interceptor authenticates every AdminService call
-        raise errors.Unauthenticated("not authenticated")
-    try:
-        require_role(principal, ADMIN)
-    except errors.PermissionDenied as denied:
-        audit.record(
-            audit.AUTHZ_DENIED,
-            actor=audit.actor_of(principal),
-            tenant_id=principal.tenant_id,
-            object=f"rpc/AdminService.{action}",
-            outcome=audit.DENIED,
-            detail=denied.message,
-            source=context.peer() or "",
-        )
-        raise
-    return principal
-
-
-def _actor(principal: Principal, context: Context) -> audit_pb2.AuditActor:
-    return audit_pb2.AuditActor(
-        actor=audit.actor_of(principal),
-        source=context.peer() or "",
-        request_id=request_id_var.get(),
-    )
 
 
 def _text(value: str, field: str, limit: int) -> None:
@@ -117,7 +88,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     async def ListApiKeys(
         self, request: admin_pb2.ListApiKeysRequest, context: Context
     ) -> admin_pb2.ListApiKeysResponse:
-        principal = _admin(context, "ListApiKeys")
+        principal = admin_principal(context, "ListApiKeys")
         _text(request.user_id, "user_id", _MAX_ID_CHARS)
         if not 0 <= request.page_size <= KEYS_PAGE_MAX:
             raise errors.InvalidArgument(
@@ -148,7 +119,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     async def CreateApiKey(
         self, request: admin_pb2.CreateApiKeyRequest, context: Context
     ) -> admin_pb2.CreateApiKeyResponse:
-        principal = _admin(context, "CreateApiKey")
+        principal = admin_principal(context, "CreateApiKey")
         if not request.user_id:
             raise errors.InvalidArgument("user_id", "required")
         _text(request.user_id, "user_id", _MAX_ID_CHARS)
@@ -161,7 +132,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
                 ),
                 label=request.label,
                 roles=sorted(roles),
-                actor=_actor(principal, context),
+                actor=audit_actor(principal, context),
             ),
             timeout=self._timeout(context),
         )
@@ -170,7 +141,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     async def RotateApiKey(
         self, request: admin_pb2.RotateApiKeyRequest, context: Context
     ) -> admin_pb2.RotateApiKeyResponse:
-        principal = _admin(context, "RotateApiKey")
+        principal = admin_principal(context, "RotateApiKey")
         overlap = request.overlap.ToTimedelta() if request.HasField("overlap") else timedelta(0)
         if overlap < timedelta(0) or overlap > MAX_OVERLAP:
             raise errors.InvalidArgument("overlap", "must be between 0 and 24 hours")
@@ -195,7 +166,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
                 tenant_id=principal.tenant_id,
                 key_id=_key_id(key_id),
                 overlap_ms=overlap // timedelta(milliseconds=1),
-                actor=_actor(principal, context),
+                actor=audit_actor(principal, context),
             ),
             timeout=self._timeout(context),
         )
@@ -203,7 +174,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     async def RevokeApiKey(
         self, request: admin_pb2.RevokeApiKeyRequest, context: Context
     ) -> admin_pb2.RevokeApiKeyResponse:
-        principal = _admin(context, "RevokeApiKey")
+        principal = admin_principal(context, "RevokeApiKey")
         key_id = request.key_id
         response = await self._change(
             principal,
@@ -222,7 +193,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             identity_pb2.RevokeApiKeyRequest(
                 tenant_id=principal.tenant_id,
                 key_id=_key_id(key_id),
-                actor=_actor(principal, context),
+                actor=audit_actor(principal, context),
             ),
             timeout=self._timeout(context),
         )
@@ -233,7 +204,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         # Feedback datasets (issue 8, docs/datasets.md): the caller's tenant only; whether it
         # opted in, and the redaction, are decided by the system of record.
         return await rated_answers_page(
-            _admin(context, "ListRatedAnswers"),
+            admin_principal(context, "ListRatedAnswers"),
             request,
             self._persistence,
             self._timeout(context),

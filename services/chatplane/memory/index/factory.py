@@ -13,9 +13,9 @@ def open_memory_index(settings: Settings) -> MemoryIndex:
     """PostgreSQL (pgvector + full-text search) in the embedded profile, OpenSearch in the
     cluster profile.
 
-    Raises ConfigError at startup when the profile's engine has no address. The engine itself
-    is first contacted on first use, so the service starts (and answers Unavailable) while it
-    is down.
+    Raises ConfigError at startup when the cluster profile has no OpenSearch URL. OpenSearch
+    itself is first contacted on first use, so the service starts (and answers Unavailable)
+    while the engine is down.
     """
     if settings.profile == "cluster":
         if not settings.opensearch_url:

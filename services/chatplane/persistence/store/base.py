@@ -9,10 +9,10 @@ import hashlib
 import secrets
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
-from chatplane.common import errors
+from chatplane.common import errors, timestamps
 from chatplane.common.closing import AsyncClosable
 from chatplane.common.ids import is_valid_id, new_id
 from chatplane.crypto.envelope import is_sealed
@@ -49,24 +49,11 @@ _API_KEY_SECRET_BYTES = 32
 Clock = Callable[[], datetime]
 """Returns the current time as an aware UTC datetime; injected so tests control leases."""
 
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-def utc_now() -> datetime:
-    """The wall clock, in UTC."""
-    return datetime.now(UTC)
-
-
-def to_micros(moment: datetime) -> int:
-    """An aware datetime as integer microseconds since the Unix epoch (the stored form of
-    times: exact, ordered, and the same in every engine)."""
-    return (moment - _EPOCH) // timedelta(microseconds=1)
-
-
-def from_micros(micros: int) -> datetime:
-    """The UTC datetime `micros` microseconds after the Unix epoch."""
-    return _EPOCH + timedelta(microseconds=micros)
+# The stored form of times, defined in a leaf module (so that the audit chain uses them
+# without importing the store) and named here for the store engines.
+utc_now = timestamps.utc_now
+to_micros = timestamps.to_micros
+from_micros = timestamps.from_micros
 
 
 class Role(enum.Enum):

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from chatplane.common.errors import ConfigError
 from chatplane.common.settings import Settings
 from chatplane.persistence.store.base import ConversationStore
 from chatplane.persistence.store.postgres import PostgresConversationStore
 from chatplane.persistence.store.sqlite import SqliteConversationStore
 
 
-class StoreConfigurationError(ValueError):
+class StoreConfigurationError(ConfigError):
     """The settings do not say where the configured profile's store is."""
 
 

@@ -1,0 +1,44 @@
+"""The caller of an AdminService call, shared by its servicers: the principal, who must hold
+`admin` (a refusal is audited), and the audit actor the Persistence calls it makes carry."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+
+from chatplane import audit
+from chatplane.common import errors
+from chatplane.common.context import Principal, authenticated_principal, request_id_var
+from chatplane.common.roles import ADMIN, require_role
+from chatplane.internal.v1 import audit_pb2
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+def admin_principal(context: Context, action: str) -> Principal:
+    """The caller, who must hold `admin` (a refusal is audited)."""
+    principal = authenticated_principal()
+    try:
+        require_role(principal, ADMIN)
+    except errors.PermissionDenied as denied:
+        audit.record(
+            audit.AUTHZ_DENIED,
+            actor=audit.actor_of(principal),
+            tenant_id=principal.tenant_id,
+            object=f"rpc/AdminService.{action}",
+            outcome=audit.DENIED,
+            detail=denied.message,
+            source=context.peer() or "",
+        )
+        raise
+    return principal
+
+
+def audit_actor(principal: Principal, context: Context) -> audit_pb2.AuditActor:
+    """Who did it, as a Persistence request records it in the audit chain."""
+    return audit_pb2.AuditActor(
+        actor=audit.actor_of(principal),
+        source=context.peer() or "",
+        request_id=request_id_var.get(),
+    )
