@@ -1,6 +1,7 @@
-"""Fixtures of the Persistence unit tests: a controllable clock, a SQLite store and an embedded
-message log in the test's temporary directory, and a builder of log records (the clock and the
-builder are shared with the store contract suite, tests/contract/store_fixtures.py)."""
+"""Fixtures of the Persistence unit tests: a controllable clock, the store on a fresh PostgreSQL
+database (tests/conftest.py's `postgres_database`), an embedded message log in the test's
+temporary directory, and a builder of log records (the clock and the builder are shared with
+the store contract suite, tests/contract/store_fixtures.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from chatplane.log import EmbeddedMessageLog
-from chatplane.persistence.store.sqlite import SqliteConversationStore
+from chatplane.persistence.store.postgres import PostgresConversationStore
 from chatplane.v1 import events_pb2
 from tests.contract.store_fixtures import FakeClock, recorded
 
@@ -21,13 +22,10 @@ def clock() -> FakeClock:
 
 
 @pytest.fixture
-def store_path(tmp_path: Path) -> Path:
-    return tmp_path / "persistence.db"
-
-
-@pytest.fixture
-async def store(store_path: Path, clock: FakeClock) -> AsyncIterator[SqliteConversationStore]:
-    opened = await SqliteConversationStore.open(store_path, clock=clock)
+async def store(
+    postgres_database: str, clock: FakeClock
+) -> AsyncIterator[PostgresConversationStore]:
+    opened = await PostgresConversationStore.open(postgres_database, pool_max_size=4, clock=clock)
     yield opened
     await opened.close()
 

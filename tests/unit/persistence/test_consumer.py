@@ -1,4 +1,4 @@
-"""The log → store consumer against the real embedded log and a real SQLite store: batching by
+"""The log → store consumer against the real embedded log and the PostgreSQL store: batching by
 size and by time, dead letters, and offsets committed only after the database commit."""
 
 from __future__ import annotations
@@ -6,12 +6,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
-import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING
 
+import psycopg
 import pytest
 
 from chatplane.common import errors
@@ -24,7 +23,7 @@ from chatplane.persistence.consumer import (
     BatchConsumer,
 )
 from chatplane.persistence.store.base import ConversationStore, Message, Owner
-from chatplane.persistence.store.sqlite import SqliteConversationStore
+from chatplane.persistence.store.postgres import PostgresConversationStore
 from chatplane.v1 import events_pb2, resources_pb2
 
 if TYPE_CHECKING:
@@ -51,12 +50,9 @@ async def eventually(
         await asyncio.sleep(0.01)
 
 
-def stored_ids(path: Path) -> list[str]:
-    connection = sqlite3.connect(path)
-    try:
+def stored_ids(dsn: str) -> list[str]:
+    with psycopg.connect(dsn) as connection:
         return [row[0] for row in connection.execute("SELECT message_id FROM messages")]
-    finally:
-        connection.close()
 
 
 def log_record(value: events_pb2.MessageRecorded | bytes, key: str = "") -> LogRecord:
@@ -107,7 +103,7 @@ async def consuming(
         await dead_letters.close()
 
 
-class FlakyStore(SqliteConversationStore):
+class FlakyStore(PostgresConversationStore):
     """Fails every batch write until `healthy`; with `lose_ack`, the first write commits and
     then fails anyway, as if the process died between the database commit and its answer."""
 
@@ -128,7 +124,7 @@ class FlakyStore(SqliteConversationStore):
 
 async def test_batches_close_when_full(
     log: EmbeddedMessageLog,
-    store: SqliteConversationStore,
+    store: PostgresConversationStore,
     producer: MessageLogProducer,
     make_recorded: Recorder,
 ) -> None:
@@ -148,7 +144,7 @@ async def test_batches_close_when_full(
 
 async def test_batches_close_after_max_wait(
     log: EmbeddedMessageLog,
-    store: SqliteConversationStore,
+    store: PostgresConversationStore,
     producer: MessageLogProducer,
     make_recorded: Recorder,
 ) -> None:
@@ -163,7 +159,7 @@ async def test_batches_close_after_max_wait(
 
 async def test_invalid_records_are_dead_lettered_and_the_rest_stored(
     log: EmbeddedMessageLog,
-    store: SqliteConversationStore,
+    store: PostgresConversationStore,
     producer: MessageLogProducer,
     make_recorded: Recorder,
 ) -> None:
@@ -219,7 +215,7 @@ async def test_invalid_records_are_dead_lettered_and_the_rest_stored(
 
 async def test_nothing_is_committed_until_the_store_commits(
     log: EmbeddedMessageLog,
-    store_path: Path,
+    postgres_database: str,
     clock: FakeClock,
     producer: MessageLogProducer,
     make_recorded: Recorder,
@@ -227,24 +223,26 @@ async def test_nothing_is_committed_until_the_store_commits(
     records = [log_record(make_recorded(ALICE)) for _ in range(30)]
     await producer.append(records, timeout=5)
     async with (
-        await FlakyStore.open(store_path, clock=clock) as store,
+        await FlakyStore.open(postgres_database, pool_max_size=4, clock=clock) as store,
         consuming(log, store) as consumer,
     ):
         assert isinstance(store, FlakyStore)
         await eventually(lambda: store.failures >= 3, what="retries")
         assert await lag(log) == 30
-        assert stored_ids(store_path) == []
+        assert stored_ids(postgres_database) == []
 
         store.healthy = True
         await eventually(lambda: consumer.counters.records_stored == 30, what="stored")
         await eventually(_lag_is_zero(log), what="offsets committed")
         assert consumer.counters.retries >= 3
-    assert sorted(stored_ids(store_path)) == sorted(r.message.message_id for r in _decode(records))
+    assert sorted(stored_ids(postgres_database)) == sorted(
+        r.message.message_id for r in _decode(records)
+    )
 
 
 async def test_a_lost_store_answer_stores_the_batch_once(
     log: EmbeddedMessageLog,
-    store_path: Path,
+    postgres_database: str,
     clock: FakeClock,
     producer: MessageLogProducer,
     make_recorded: Recorder,
@@ -252,7 +250,7 @@ async def test_a_lost_store_answer_stores_the_batch_once(
     records = [log_record(make_recorded(ALICE)) for _ in range(30)]
     await producer.append(records, timeout=5)
     async with (
-        await FlakyStore.open(store_path, clock=clock) as store,
+        await FlakyStore.open(postgres_database, pool_max_size=4, clock=clock) as store,
         consuming(log, store) as consumer,
     ):
         assert isinstance(store, FlakyStore)
@@ -260,19 +258,19 @@ async def test_a_lost_store_answer_stores_the_batch_once(
         await eventually(_lag_is_zero(log), what="offsets committed")
         # The retry found every message stored already.
         assert consumer.counters.records_skipped == 30
-    ids = stored_ids(store_path)
+    ids = stored_ids(postgres_database)
     assert len(ids) == len(set(ids)) == 30
 
 
 async def test_stop_abandons_a_failing_batch_uncommitted(
     log: EmbeddedMessageLog,
-    store_path: Path,
+    postgres_database: str,
     clock: FakeClock,
     producer: MessageLogProducer,
     make_recorded: Recorder,
 ) -> None:
     await producer.append([log_record(make_recorded(ALICE)) for _ in range(5)], timeout=5)
-    async with await FlakyStore.open(store_path, clock=clock) as store:
+    async with await FlakyStore.open(postgres_database, pool_max_size=4, clock=clock) as store:
         assert isinstance(store, FlakyStore)
         async with consuming(log, store) as consumer:
             await eventually(lambda: store.failures >= 1, what="a failing write")
@@ -283,7 +281,7 @@ async def test_stop_abandons_a_failing_batch_uncommitted(
 
 
 async def test_stop_while_idle_is_prompt(
-    log: EmbeddedMessageLog, store: SqliteConversationStore
+    log: EmbeddedMessageLog, store: PostgresConversationStore
 ) -> None:
     async with consuming(log, store, max_wait=60) as consumer:
         await asyncio.sleep(0)
@@ -294,7 +292,7 @@ async def test_stop_while_idle_is_prompt(
 
 async def test_cancelling_run_is_clean(
     log: EmbeddedMessageLog,
-    store: SqliteConversationStore,
+    store: PostgresConversationStore,
     producer: MessageLogProducer,
     make_recorded: Recorder,
 ) -> None:
@@ -314,7 +312,7 @@ async def test_cancelling_run_is_clean(
 
 async def test_missing_create_time_falls_back_to_the_log_time(
     log: EmbeddedMessageLog,
-    store: SqliteConversationStore,
+    store: PostgresConversationStore,
     producer: MessageLogProducer,
     make_recorded: Recorder,
 ) -> None:

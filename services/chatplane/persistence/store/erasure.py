@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Final
 from chatplane.common import errors
 
 if TYPE_CHECKING:  # key_records imports the store's base, which imports this module
+    from chatplane.audit.chain import AuditEvent
     from chatplane.persistence.store.key_records import AuditActor
 
 USER_ERASE: Final = "user.erase"
@@ -85,6 +86,16 @@ class ErasureJob:
         """What the audit record says: the job and the counts per step (no content)."""
         counts = {step.name: dict(step.removed) for step in self.steps}
         return json.dumps({"job_id": self.job_id, "removed": counts}, sort_keys=True)
+
+
+def erasure_event(job: ErasureJob) -> AuditEvent:
+    """The one audit record of a finished erasure (ids and counts only)."""
+    return job.actor.event(
+        tenant_id=job.tenant_id,
+        action=USER_ERASE,
+        object=job.audit_object(),
+        detail=job.audit_detail(),
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -173,7 +173,7 @@ class WriteMethod(enum.Enum):
 
 def postgres_migrations() -> list[Migration]:
     """The migrations shipped in chatplane/persistence/migrations/postgres, in order."""
-    return shipped_migrations("postgres")
+    return shipped_migrations()
 
 
 async def migrate(dsn: str, *, connect_timeout: float = 10.0) -> int:

@@ -13,6 +13,7 @@ from chatplane.common import errors
 from chatplane.common.ids import new_id
 from chatplane.persistence.store import postgres_identity
 from chatplane.persistence.store.erasure import (
+    erasure_event,
     ANONYMISED_TOMBSTONES,
     ErasureJob,
     ErasureStep,
@@ -24,7 +25,6 @@ from chatplane.persistence.store.erasure import (
     removed_from_column,
 )
 from chatplane.persistence.store.key_records import AuditActor
-from chatplane.persistence.store.sqlite_erasure import erasure_event
 
 Connection = psycopg.AsyncConnection[tuple[Any, ...]]
 
