@@ -16,7 +16,7 @@ from chatplane.crypto.envelope import KeyDestroyed, is_sealed
 from chatplane.crypto.factory import store_key_source, store_keyring
 from chatplane.crypto.keyring import ERASED_TEXT
 from chatplane.log import EmbeddedMessageLog
-from chatplane.persistence.store.sqlite import SqliteConversationStore
+from chatplane.persistence.store.postgres import PostgresConversationStore
 from chatplane.v1 import (
     events_pb2,
     gateway_pb2,
@@ -25,7 +25,14 @@ from chatplane.v1 import (
     persistence_pb2,
     persistence_pb2_grpc,
 )
-from tests.integration.stack_client import FAST_PACE, Client, create_key, poll, running_stack
+from tests.integration.stack_client import (
+    FAST_PACE,
+    Client,
+    create_key,
+    poll,
+    running_stack,
+    stack_database,
+)
 
 ENV = {
     **FAST_PACE,
@@ -35,7 +42,8 @@ ENV = {
 
 
 def plaintext_hits(files: list[Path], *needles: str) -> dict[str, int]:
-    """How often each needle occurs in the files' bytes (UTF-8, as SQLite stores text)."""
+    """How often each needle occurs in the files' bytes (UTF-8, as SQLite and PostgreSQL
+    store short text)."""
     hits = {needle: 0 for needle in needles}
     for file in files:
         data = file.read_bytes()
@@ -146,9 +154,10 @@ async def test_embedded_log_and_store_hold_no_plaintext_and_shredding_works(
             f"bob writes {bob_canary}"
         )
 
-    # On disk: the log and the store (with their WAL files) never held either canary.
-    files = [p for p in data_dir.iterdir() if p.name.startswith(("log.db", "persistence.db"))]
-    assert {p.name for p in files} >= {"log.db", "persistence.db"}
+    # On disk: the log and the store (PostgreSQL's tables and WAL) never held either canary.
+    store_files = all_files(data_dir / "postgres")
+    assert any(p.parent.name == "pg_wal" for p in store_files)
+    files = [p for p in data_dir.iterdir() if p.name.startswith("log.db")] + store_files
     assert plaintext_hits(files, canary, bob_canary) == {canary: 0, bob_canary: 0}
     # The scan does find plaintext where it is: the memory index keeps the text to search it
     # (docs/security.md: erasure deletes it there).
@@ -156,7 +165,14 @@ async def test_embedded_log_and_store_hold_no_plaintext_and_shredding_works(
     assert plaintext_hits(index, canary)[canary] > 0
 
     # Every log record of alice's fails to open; bob's still does.
-    store = await SqliteConversationStore.open(data_dir / "persistence.db")
+    async with stack_database(data_dir) as dsn:
+        store = await PostgresConversationStore.open(dsn, pool_max_size=2)
+        await _check_shredded(data_dir, store, bob_canary)
+
+
+async def _check_shredded(
+    data_dir: Path, store: PostgresConversationStore, bob_canary: str
+) -> None:
     settings = Settings(data_dir=data_dir)
     keyring = store_keyring(settings, store_key_source(settings, store))
     consumer = EmbeddedMessageLog(data_dir / "log.db").consumer("canary-check", [MESSAGES_TOPIC])

