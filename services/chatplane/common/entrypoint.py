@@ -8,6 +8,7 @@ import logging
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 
+from chatplane.common.errors import ConfigError
 from chatplane.common.logs import configure_logging
 from chatplane.common.settings import Settings
 from chatplane.common.telemetry import configure_telemetry
@@ -46,4 +47,7 @@ def run_service(service: str, run: Callable[[Settings], Awaitable[None]]) -> Non
         logging.getLogger(__name__).critical(
             f"invalid key-encryption key (docs/security.md): {error}"
         )
+        sys.exit(EXIT_CONFIG_ERROR)
+    except ConfigError as error:
+        logging.getLogger(__name__).critical(str(error))
         sys.exit(EXIT_CONFIG_ERROR)

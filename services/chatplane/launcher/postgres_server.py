@@ -224,7 +224,7 @@ class PostgresServer:
             self.pgdata.mkdir(exist_ok=True)
             home = self.pgdata
         else:
-            _collect_orphans()
+            collect_orphans()
             RELOCATED_ROOT.mkdir(mode=0o755, parents=True, exist_ok=True)
             key = hashlib.sha256(str(self.pgdata.resolve()).encode()).hexdigest()[:24]
             home = RELOCATED_ROOT / key / "data"
@@ -347,7 +347,7 @@ class PostgresServer:
                     lock.unlink()
 
 
-def _collect_orphans() -> None:
+def collect_orphans() -> None:
     """Removes the relocated clusters whose data dir is gone (a deleted test tmp dir) and
     whose server is not running."""
     with contextlib.suppress(FileNotFoundError):
