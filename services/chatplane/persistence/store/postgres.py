@@ -1,4 +1,4 @@
-"""The cluster system of record: `ConversationStore` on PostgreSQL (psycopg 3, async, with a
+"""The system of record: `ConversationStore` on PostgreSQL (psycopg 3, async, with a
 connection pool). Versioned SQL migrations are applied at start under an advisory lock; each
 batch from the message log is one transaction: its ids are looked up under its conversations'
 locks and the new messages are COPYed straight into `messages` (store/postgres_copy.py); COPY
@@ -22,6 +22,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from chatplane.audit.chain import AuditEvent, AuditHead, AuditRecord
 from chatplane.common import errors
+from chatplane.common.closing import AsyncClosable
 from chatplane.common.ids import is_valid_id, new_id
 from chatplane.crypto.keyring import WrappedDataKey
 from chatplane.persistence.store import (
@@ -48,7 +49,6 @@ from chatplane.persistence.store.base import (
     ConversationCursor,
     ConversationHistory,
     ConversationPage,
-    ConversationStore,
     Feedback,
     IssuedApiKey,
     Message,
@@ -67,6 +67,7 @@ from chatplane.persistence.store.base import (
 )
 from chatplane.persistence.store.erasure import (
     ErasureJob,
+    ErasureLedger,
     ExpiredConversation,
     RetentionPolicy,
     require_retention_days,
@@ -87,7 +88,7 @@ from chatplane.persistence.store.migrations import Migration, shipped_migrations
 from chatplane.persistence.store.postgres_copy import LostRace as _LostRace
 from chatplane.persistence.store.postgres_copy import copy_messages, record_conversations
 from chatplane.persistence.store.postgres_registry import PostgresVariantRegistry
-from chatplane.persistence.store.quota import QuotaReservation, TokenQuota
+from chatplane.persistence.store.quota import QuotaReservation, TokenQuota, TokenQuotaLedger
 from chatplane.persistence.store.rated_answers import (
     RatedAnswerQuery,
     RatedAnswerRow,
@@ -215,7 +216,9 @@ async def migrate(dsn: str, *, connect_timeout: float = 10.0) -> int:
     return len(migrations)
 
 
-class PostgresConversationStore(PostgresVariantRegistry, TreeQueries, ConversationStore):
+class PostgresConversationStore(
+    PostgresVariantRegistry, TreeQueries, TokenQuotaLedger, ErasureLedger, AsyncClosable
+):
     """The store in a PostgreSQL database. Use `await PostgresConversationStore.open(dsn, ...)`,
     which migrates the schema and opens the connection pool before the first call.
 
@@ -304,6 +307,14 @@ class PostgresConversationStore(PostgresVariantRegistry, TreeQueries, Conversati
         return self._write_method
 
     async def begin_turn(self, request: TurnRequest) -> TurnReservation:
+        """Reserve the ids of a turn, creating the conversation when none is named.
+
+        With a `client_message_id`, at most one turn exists per (owner, key) and exactly one
+        of any number of concurrent callers acquires it; later calls get the same ids, not
+        acquired, until the lease expires without the assistant message stored, when the next
+        call acquires it again. Raises NotFound for a conversation not of the owner, and
+        AlreadyExists when the user message id is already reserved by another turn.
+        """
         if request.conversation_id and not is_valid_id(request.conversation_id):
             raise errors.NotFound("conversation not found")
         now = self._clock()
@@ -424,6 +435,9 @@ class PostgresConversationStore(PostgresVariantRegistry, TreeQueries, Conversati
     async def get_turn(
         self, owner: Owner, user_message_id: str, *, assistant_message_id: str = ""
     ) -> Turn:
+        """The turn reserved under `user_message_id` by the owner, with its stored messages;
+        with `assistant_message_id`, the turn of that answer (a user message has one turn per
+        regenerated answer)."""
         key = assistant_message_id or user_message_id
         if not is_valid_id(key):
             raise errors.NotFound("turn not found")
@@ -455,6 +469,8 @@ class PostgresConversationStore(PostgresVariantRegistry, TreeQueries, Conversati
         )
 
     async def get_answer(self, owner: Owner, assistant_message_id: str) -> Answer:
+        """The owner's turn whose assistant message id this is, with the answer's delta ends
+        once stored; NotFound for any other id (a user message's, someone else's)."""
         if not is_valid_id(assistant_message_id):
             raise errors.NotFound("message not found")
         async with self._connection() as connection:
@@ -486,6 +502,8 @@ class PostgresConversationStore(PostgresVariantRegistry, TreeQueries, Conversati
     async def release_turn(
         self, owner: Owner, user_message_id: str, *, assistant_message_id: str = ""
     ) -> bool:
+        """Ends the lease of the owner's turn (found as by `get_turn`) unless its assistant
+        message is stored (then False): the next BeginTurn with its key acquires it at once."""
         key = assistant_message_id or user_message_id
         if not is_valid_id(key):
             raise errors.NotFound("turn not found")
@@ -513,6 +531,9 @@ class PostgresConversationStore(PostgresVariantRegistry, TreeQueries, Conversati
     async def list_conversations(
         self, owner: Owner, *, limit: int, after: ConversationCursor | None = None
     ) -> ConversationPage:
+        """Up to `limit` of the owner's conversations, most recently updated first, starting
+        after `after`. Keyset paging: conversations created or updated while paging move to
+        the front, so they never shift or repeat the rest of the pages."""
         require_limit(limit)
         query = (
             f"SELECT {_CONVERSATION_COLUMNS} FROM conversations"
@@ -541,6 +562,8 @@ class PostgresConversationStore(PostgresVariantRegistry, TreeQueries, Conversati
         limit: int,
         after: MessageCursor | None = None,
     ) -> ConversationHistory:
+        """The conversation and up to `limit` of its messages, oldest first, after `after`
+        (which must be a cursor of this conversation)."""
         require_history_request(conversation_id, limit, after)
         # One statement, so the conversation and its messages come from one snapshot.
         page_filter = ""
@@ -577,6 +600,8 @@ class PostgresConversationStore(PostgresVariantRegistry, TreeQueries, Conversati
         return ConversationHistory(conversation, messages, next_cursor)
 
     async def delete_conversation(self, owner: Owner, conversation_id: str) -> datetime:
+        """Delete the conversation with its messages, turns and feedback; returns when.
+        Messages recorded for it later are dropped by `write_messages`, so it never returns."""
         if not is_valid_id(conversation_id):
             raise errors.NotFound("conversation not found")
         now = self._clock()
@@ -598,6 +623,8 @@ class PostgresConversationStore(PostgresVariantRegistry, TreeQueries, Conversati
         return now
 
     async def submit_feedback(self, owner: Owner, feedback: Feedback) -> datetime:
+        """Store (or replace) the owner's feedback on one of the owner's assistant messages;
+        returns when it was stored. Any other message is NotFound."""
         if not is_valid_id(feedback.message_id):
             raise errors.NotFound("assistant message not found")
         now = self._clock()
@@ -637,6 +664,8 @@ class PostgresConversationStore(PostgresVariantRegistry, TreeQueries, Conversati
         roles: frozenset[str] = frozenset({"chat"}),
         actor: AuditActor | None = None,
     ) -> IssuedApiKey:
+        """Create a key for the owner with these roles; only its secret's hash is stored. The
+        creation is appended to the audit log (by `actor`) in the same transaction."""
         now = self._clock()
         issued = issue_api_key(owner, label, now, roles)
         async with self._connection() as connection:
@@ -644,12 +673,23 @@ class PostgresConversationStore(PostgresVariantRegistry, TreeQueries, Conversati
         return issued
 
     async def get_api_key(self, key_id: str) -> ApiKey:
+        """The stored record of a key, by its public id (the one lookup not scoped to an
+        owner: it is how a caller's owner is found)."""
         if not is_valid_id(key_id):
             raise errors.NotFound("api key not found")
         async with self._connection() as connection:
             return await identity.get_api_key(connection, key_id)
 
     async def iter_messages(self, after: str | None, limit: int) -> list[Message]:
+        """Up to `limit` stored messages of every owner, in message id order, starting after
+        the message id `after` (None: from the first); the owner is in each message.
+
+        A keyset scan of the whole system of record for rebuilding what is derived from it
+        (the memory index): call again with the last message's id until a page comes back
+        short. Not scoped to an owner, so never for answering a caller. Messages stored while
+        scanning are included when their id sorts after the cursor; a rebuild that must not
+        miss any runs alongside the live path that also indexes new turns.
+        """
         require_limit(limit)
         query = f"SELECT {_MESSAGE_COLUMNS} FROM messages"
         parameters: list[Any] = []
@@ -663,6 +703,13 @@ class PostgresConversationStore(PostgresVariantRegistry, TreeQueries, Conversati
         return [_message_from_row(row) for row in rows]
 
     async def write_messages(self, messages: Sequence[Message]) -> int:
+        """Store a batch from the message log in ONE transaction; returns how many were new.
+
+        Idempotent by message id: a message stored already (or twice in the batch) is not
+        stored again. Messages of a deleted conversation are dropped. A conversation not yet
+        known is created for the message's owner. When any message belongs to a conversation
+        or message id of another owner, nothing is written and MessagesRejected says which.
+        """
         if not messages:
             return 0
         batch = tuple(messages)
@@ -761,6 +808,9 @@ class PostgresConversationStore(PostgresVariantRegistry, TreeQueries, Conversati
     async def report_variants(
         self, tenant_id: str | None = None, since: datetime | None = None
     ) -> list[VariantStats]:
+        """Answers and their feedback aggregated per A/B variant, by variant name: of one
+        tenant (None: all) and created at or after `since` (None: all). Not scoped to an
+        owner: for admin tools only."""
         query = report_query(
             time_column="create_time",
             placeholder="%s",
@@ -777,6 +827,8 @@ class PostgresConversationStore(PostgresVariantRegistry, TreeQueries, Conversati
         return [stats_from_row(row) for row in rows]
 
     async def list_rated_answers(self, query: RatedAnswerQuery) -> list[RatedAnswerRow]:
+        """A page of complete, rated answers (feedback datasets, docs/datasets.md), by create
+        time then message id. Not scoped to an owner: for admin tools only."""
         if not query.tenants:
             return []
         sql, parameters = rated_answers_sql(
@@ -788,6 +840,7 @@ class PostgresConversationStore(PostgresVariantRegistry, TreeQueries, Conversati
         return [rated_answer_row(row, lambda t: t) for row in rows]
 
     async def get_handoff(self, owner: Owner, conversation_id: str) -> HandoffState:
+        """The handoff state of the owner's conversation (BOT when never handed off)."""
         if not is_valid_id(conversation_id):
             raise errors.NotFound("conversation not found")
         async with self._connection() as connection:
@@ -796,6 +849,8 @@ class PostgresConversationStore(PostgresVariantRegistry, TreeQueries, Conversati
     async def change_handoff(
         self, owner: Owner, conversation_id: str, change: HandoffChange
     ) -> HandoffState:
+        """Apply `change` to the owner's conversation atomically; the answer's `changed`
+        says whether anything changed (see handoff.apply_change)."""
         if not is_valid_id(conversation_id):
             raise errors.NotFound("conversation not found")
         now = self._clock()
@@ -807,17 +862,22 @@ class PostgresConversationStore(PostgresVariantRegistry, TreeQueries, Conversati
     async def list_handoffs(
         self, tenant_id: str, *, limit: int, after: HandoffCursor | None = None
     ) -> HandoffPage:
+        """Up to `limit` of the tenant's conversations in human mode, longest waiting
+        first (oldest request), after `after`."""
         require_limit(limit)
         async with self._connection() as connection:
             return await postgres_handoff.list_handoffs(connection, tenant_id, limit, after)
 
     async def tenant_handoff(self, tenant_id: str, conversation_id: str) -> HandoffState:
+        """A conversation of the tenant that was ever handed off, with its owner (for
+        operators); any other is NotFound."""
         if not is_valid_id(conversation_id):
             raise errors.NotFound("conversation not found")
         async with self._connection() as connection:
             return await postgres_handoff.tenant_handoff(connection, tenant_id, conversation_id)
 
     async def count_thumbs_down(self, owner: Owner, message_id: str) -> tuple[str, int]:
+        """The conversation of the owner's message and its number of thumbs-down ratings."""
         if not is_valid_id(message_id):
             raise errors.NotFound("message not found")
         async with self._connection() as connection:
@@ -924,6 +984,7 @@ class PostgresConversationStore(PostgresVariantRegistry, TreeQueries, Conversati
         return len(accepted)
 
     async def close(self) -> None:
+        """Finish work under way and release the store's resources."""
         if self._closed:
             return
         self._closed = True
@@ -963,6 +1024,8 @@ class PostgresConversationStore(PostgresVariantRegistry, TreeQueries, Conversati
         after: ApiKeyCursor | None = None,
         include_revoked: bool = False,
     ) -> ApiKeyPage:
+        """Up to `limit` keys of the tenant (of one user when `user_id`), newest first, after
+        `after`; without `include_revoked` only keys that still authenticate."""
         require_limit(limit)
         async with self._connection() as connection:
             return await identity.list_api_keys(
@@ -972,6 +1035,10 @@ class PostgresConversationStore(PostgresVariantRegistry, TreeQueries, Conversati
     async def rotate_api_key(
         self, tenant_id: str, key_id: str, overlap: timedelta, actor: AuditActor
     ) -> RotatedApiKey:
+        """Replace the tenant's key by a new one (same owner, label, roles); the old one stops
+        working after `overlap` (zero: now, and it is revoked). NotFound for a key of another
+        tenant; FailedPrecondition for a key that no longer works or was rotated already.
+        Audited in the same transaction."""
         if not is_valid_id(key_id):
             raise errors.NotFound("api key not found")
         async with self._connection() as connection:
@@ -980,6 +1047,8 @@ class PostgresConversationStore(PostgresVariantRegistry, TreeQueries, Conversati
             )
 
     async def revoke_api_key(self, tenant_id: str, key_id: str, actor: AuditActor) -> ApiKey:
+        """Revoke the tenant's key now (again: no change); NotFound for another tenant's key.
+        Audited in the same transaction."""
         if not is_valid_id(key_id):
             raise errors.NotFound("api key not found")
         async with self._connection() as connection:
@@ -988,21 +1057,28 @@ class PostgresConversationStore(PostgresVariantRegistry, TreeQueries, Conversati
             )
 
     async def append_audit(self, events: Sequence[AuditEvent]) -> AuditHead:
+        """Append the events to the hash chain in order, in one transaction, serialised with
+        every other append to the same database; returns the new head."""
         async with self._connection() as connection:
             return await identity.append_audit(connection, events, self._clock())
 
     async def audit_records(self, after_seq: int, limit: int) -> list[AuditRecord]:
+        """Up to `limit` records of the chain with seq > `after_seq`, in seq order."""
         require_limit(limit)
         async with self._connection() as connection:
             return await identity.audit_records(connection, after_seq, limit)
 
     async def audit_head(self) -> AuditHead:
+        """The chain's stored head."""
         async with self._connection() as connection:
             return await identity.audit_head(connection)
 
     async def user_message_facts(
         self, owner: Owner, *, limit: int, after: str | None = None
     ) -> list[MessageFacts]:
+        """Up to `limit` of the owner's messages that have answer facts or the owner's
+        feedback, in message id order after the message id `after` (None: from the first),
+        with those facts (never the text). Keyset paging over the owner's messages only."""
         require_limit(limit)
         query = facts_query(placeholder="%s", feedback_time_column="create_time", after=bool(after))
         parameters = facts_parameters(owner.tenant_id, owner.user_id, after or None, limit)

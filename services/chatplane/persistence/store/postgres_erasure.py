@@ -13,12 +13,12 @@ from chatplane.common import errors
 from chatplane.common.ids import new_id
 from chatplane.persistence.store import postgres_identity
 from chatplane.persistence.store.erasure import (
-    erasure_event,
     ANONYMISED_TOMBSTONES,
     ErasureJob,
     ErasureStep,
     ExpiredConversation,
     RetentionPolicy,
+    erasure_event,
     ids_column,
     ids_from_column,
     removed_column,

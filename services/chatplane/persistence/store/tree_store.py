@@ -159,6 +159,9 @@ class TreeQueries(abc.ABC):
         limit: int,
         after: MessageCursor | BranchCursor | None = None,
     ) -> ConversationTreePage:
+        """The conversation (with its active leaf) and a page of its active branch (first
+        message to leaf; `after` a BranchCursor) or of its whole tree (oldest first, as
+        `get_conversation`; `after` a MessageCursor), each message with its place."""
         require_limit(limit)
         if after is not None and after.conversation_id != conversation_id:
             raise ValueError("the cursor belongs to another conversation")
@@ -199,6 +202,8 @@ class TreeQueries(abc.ABC):
     async def set_active_branch(
         self, owner: Owner, conversation_id: str, message_id: str
     ) -> Conversation:
+        """Make the branch through a stored message of the conversation active: its leaf is
+        reached from the message by always taking the newest child. NotFound otherwise."""
         if not is_valid_id(conversation_id):
             raise errors.NotFound("conversation not found")
         if not is_valid_id(message_id):
