@@ -281,7 +281,14 @@ class PostgresServer:
             f" PASSWORD '{secret}'" if secret else ""
         )
         self.psql("template1", "CREATE EXTENSION vector")
-        self.psql("postgres", role, f"CREATE DATABASE {DATABASE} OWNER {DATABASE}")
+        # pg_signal_autovacuum_worker: DROP DATABASE ... WITH (FORCE) by the owner (tests drop
+        # theirs) must be able to end an autovacuum worker running in it (PostgreSQL 18).
+        self.psql(
+            "postgres",
+            role,
+            f"GRANT pg_signal_autovacuum_worker TO {DATABASE}",
+            f"CREATE DATABASE {DATABASE} OWNER {DATABASE}",
+        )
 
     def _password(self) -> str:
         with contextlib.suppress(FileNotFoundError):

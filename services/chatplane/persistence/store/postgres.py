@@ -1,7 +1,7 @@
 """The system of record: `ConversationStore` on PostgreSQL (psycopg 3, async, with a
 connection pool). Versioned SQL migrations are applied at start under an advisory lock; each
 batch from the message log is one transaction: its ids are looked up under its conversations'
-locks and the new messages are COPYed straight into `messages` (store/postgres_copy.py); COPY
+locks and the new messages are COPYed straight into `messages` (store/message_copy.py); COPY
 into a staging table + ON CONFLICT DO NOTHING and pipelined executemany remain as alternatives
 (docs/postgres.md)."""
 
@@ -27,13 +27,13 @@ from chatplane.common.ids import is_valid_id, new_id
 from chatplane.crypto.keyring import WrappedDataKey
 from chatplane.persistence.store import (
     answer_deltas,
-    postgres_data_keys,
-    postgres_erasure,
-    postgres_handoff,
-    postgres_quota,
-    postgres_tree,
+    data_keys,
+    erasure,
+    handoff,
+    quota,
+    tree_store,
 )
-from chatplane.persistence.store import postgres_identity as identity
+from chatplane.persistence.store import key_records as identity
 from chatplane.persistence.store.answer_metrics import (
     ANSWER_METRICS_COLUMNS,
     VariantStats,
@@ -84,10 +84,9 @@ from chatplane.persistence.store.key_records import (
     AuditActor,
     RotatedApiKey,
 )
+from chatplane.persistence.store.message_copy import LostRace as _LostRace
+from chatplane.persistence.store.message_copy import copy_messages, record_conversations
 from chatplane.persistence.store.migrations import Migration, shipped_migrations
-from chatplane.persistence.store.postgres_copy import LostRace as _LostRace
-from chatplane.persistence.store.postgres_copy import copy_messages, record_conversations
-from chatplane.persistence.store.postgres_registry import PostgresVariantRegistry
 from chatplane.persistence.store.quota import QuotaReservation, TokenQuota, TokenQuotaLedger
 from chatplane.persistence.store.rated_answers import (
     RatedAnswerQuery,
@@ -108,6 +107,7 @@ from chatplane.persistence.store.user_export import (
     facts_parameters,
     facts_query,
 )
+from chatplane.persistence.store.variant_registry import PostgresVariantRegistry
 
 _log = logging.getLogger(__name__)
 
@@ -168,12 +168,12 @@ class WriteMethod(enum.Enum):
     EXECUTEMANY = "executemany"
     # Look the batch's ids up under the conversation locks, then COPY the new messages straight
     # into `messages` (no staging table, no ON CONFLICT); a concurrent duplicate id is a unique
-    # violation that rolls back and runs the batch again (store/postgres_copy.py).
+    # violation that rolls back and runs the batch again (store/message_copy.py).
     COPY_DIRECT = "copy-direct"
 
 
 def postgres_migrations() -> list[Migration]:
-    """The migrations shipped in chatplane/persistence/migrations/postgres, in order."""
+    """The migrations shipped in chatplane/persistence/migrations, in order."""
     return shipped_migrations()
 
 
@@ -343,10 +343,10 @@ class PostgresConversationStore(
             if row is not None:
                 reclaimed = await self._reclaim_turn(connection, row, now, request)
                 if reclaimed.acquired:
-                    return await postgres_tree.taken_over(connection, request, reclaimed, now)
+                    return await tree_store.taken_over(connection, request, reclaimed, now)
                 return reclaimed
         conversation_id = (
-            await postgres_tree.target_conversation(connection, request, now)
+            await tree_store.target_conversation(connection, request, now)
             or request.conversation_id
         )
         if conversation_id:
@@ -369,7 +369,7 @@ class PostgresConversationStore(
                 (conversation_id, owner.tenant_id, owner.user_id, request.title, now, now),
             )
         expire = now + request.lease
-        plan, tree = await postgres_tree.place_turn(connection, request, conversation_id, now)
+        plan, tree = await tree_store.place_turn(connection, request, conversation_id, now)
         try:
             cursor = await connection.execute(
                 "INSERT INTO turns (user_message_id, assistant_message_id, conversation_id,"
@@ -405,7 +405,7 @@ class PostgresConversationStore(
             complete=False,
             lease_expire_time=expire,
         )
-        return await postgres_tree.details(connection, request, reservation, plan, tree)
+        return await tree_store.details(connection, request, reservation, plan, tree)
 
     async def _reclaim_turn(
         self, connection: _Connection, row: Sequence[Any], now: datetime, request: TurnRequest
@@ -780,30 +780,28 @@ class PostgresConversationStore(
         await _write_answer_extras(connection, accepted, inserted)
         return len(inserted)
 
-    # Token quotas (chatplane.persistence.store.postgres_quota), each in one transaction.
+    # Token quotas (chatplane.persistence.store.quota), each in one transaction.
     async def reserve_tokens(
         self, tenant_id: str, reservation_id: str, tokens: int, lease: timedelta
     ) -> QuotaReservation:
         now = self._clock()
         async with self._connection() as connection, connection.transaction():
-            return await postgres_quota.reserve(
-                connection, tenant_id, reservation_id, tokens, lease, now
-            )
+            return await quota.reserve(connection, tenant_id, reservation_id, tokens, lease, now)
 
     async def settle_tokens(self, tenant_id: str, reservation_id: str, used: int) -> TokenQuota:
         now = self._clock()
         async with self._connection() as connection, connection.transaction():
-            return await postgres_quota.settle(connection, tenant_id, reservation_id, used, now)
+            return await quota.settle(connection, tenant_id, reservation_id, used, now)
 
     async def set_token_quota(self, tenant_id: str, tokens_per_day: int) -> TokenQuota:
         now = self._clock()
         async with self._connection() as connection, connection.transaction():
-            return await postgres_quota.set_limit(connection, tenant_id, tokens_per_day, now)
+            return await quota.set_limit(connection, tenant_id, tokens_per_day, now)
 
     async def get_token_quota(self, tenant_id: str) -> TokenQuota:
         now = self._clock()
         async with self._connection() as connection:
-            return await postgres_quota.quota(connection, tenant_id, now)
+            return await quota.quota(connection, tenant_id, now)
 
     async def report_variants(
         self, tenant_id: str | None = None, since: datetime | None = None
@@ -844,7 +842,7 @@ class PostgresConversationStore(
         if not is_valid_id(conversation_id):
             raise errors.NotFound("conversation not found")
         async with self._connection() as connection:
-            return await postgres_handoff.get_handoff(connection, owner, conversation_id)
+            return await handoff.get_handoff(connection, owner, conversation_id)
 
     async def change_handoff(
         self, owner: Owner, conversation_id: str, change: HandoffChange
@@ -855,9 +853,7 @@ class PostgresConversationStore(
             raise errors.NotFound("conversation not found")
         now = self._clock()
         async with self._connection() as connection:
-            return await postgres_handoff.change_handoff(
-                connection, owner, conversation_id, change, now
-            )
+            return await handoff.change_handoff(connection, owner, conversation_id, change, now)
 
     async def list_handoffs(
         self, tenant_id: str, *, limit: int, after: HandoffCursor | None = None
@@ -866,7 +862,7 @@ class PostgresConversationStore(
         first (oldest request), after `after`."""
         require_limit(limit)
         async with self._connection() as connection:
-            return await postgres_handoff.list_handoffs(connection, tenant_id, limit, after)
+            return await handoff.list_handoffs(connection, tenant_id, limit, after)
 
     async def tenant_handoff(self, tenant_id: str, conversation_id: str) -> HandoffState:
         """A conversation of the tenant that was ever handed off, with its owner (for
@@ -874,68 +870,66 @@ class PostgresConversationStore(
         if not is_valid_id(conversation_id):
             raise errors.NotFound("conversation not found")
         async with self._connection() as connection:
-            return await postgres_handoff.tenant_handoff(connection, tenant_id, conversation_id)
+            return await handoff.tenant_handoff(connection, tenant_id, conversation_id)
 
     async def count_thumbs_down(self, owner: Owner, message_id: str) -> tuple[str, int]:
         """The conversation of the owner's message and its number of thumbs-down ratings."""
         if not is_valid_id(message_id):
             raise errors.NotFound("message not found")
         async with self._connection() as connection:
-            return await postgres_handoff.count_thumbs_down(connection, owner, message_id)
+            return await handoff.count_thumbs_down(connection, owner, message_id)
 
-    # Erasure and retention (chatplane.persistence.store.postgres_erasure; docs/privacy.md).
+    # Erasure and retention (erasure.py; docs/privacy.md).
     async def start_erasure(
         self, tenant_id: str, user_id: str, steps: Sequence[str], actor: AuditActor
     ) -> ErasureJob:
         now = self._clock()
         async with self._connection() as connection, connection.transaction():
-            return await postgres_erasure.start(connection, tenant_id, user_id, steps, actor, now)
+            return await erasure.start(connection, tenant_id, user_id, steps, actor, now)
 
     async def get_erasure(self, job_id: str) -> ErasureJob:
         async with self._connection() as connection:
-            return await postgres_erasure.load(connection, job_id)
+            return await erasure.load(connection, job_id)
 
     async def unfinished_erasures(self) -> list[ErasureJob]:
         async with self._connection() as connection:
-            return await postgres_erasure.unfinished(connection)
+            return await erasure.unfinished(connection)
 
     async def finish_erasure_step(
         self, job_id: str, position: int, removed: Mapping[str, int]
     ) -> ErasureJob:
         now = self._clock()
         async with self._connection() as connection, connection.transaction():
-            return await postgres_erasure.finish_step(connection, job_id, position, removed, now)
+            return await erasure.finish_step(connection, job_id, position, removed, now)
 
     async def finish_erasure(self, job_id: str) -> ErasureJob:
         now = self._clock()
         async with self._connection() as connection, connection.transaction():
-            return await postgres_erasure.finish(connection, job_id, now)
+            return await erasure.finish(connection, job_id, now)
 
     async def erase_user_rows(self, tenant_id: str, user_id: str) -> dict[str, int]:
         now = self._clock()
         async with self._connection() as connection, connection.transaction():
             # The locks batch writers take: a batch in flight for one of these conversations
             # either lands before and is erased, or finds the tombstone after.
-            conversations = await postgres_erasure.user_conversations(
-                connection, tenant_id, user_id
-            )
+            conversations = await erasure.user_conversations(connection, tenant_id, user_id)
             if conversations:
                 await _lock_conversations(connection, conversations)
-            return await postgres_erasure.erase_rows(connection, tenant_id, user_id, now)
+            return await erasure.erase_rows(connection, tenant_id, user_id, now)
 
     async def set_retention(self, tenant_id: str, days: int) -> RetentionPolicy:
         require_retention_days(days)
         now = self._clock()
         async with self._connection() as connection, connection.transaction():
-            return await postgres_erasure.set_policy(connection, tenant_id, days, now)
+            return await erasure.set_policy(connection, tenant_id, days, now)
 
     async def get_retention(self, tenant_id: str) -> RetentionPolicy:
         async with self._connection() as connection:
-            return await postgres_erasure.policy(connection, tenant_id)
+            return await erasure.policy(connection, tenant_id)
 
     async def retention_policies(self) -> list[RetentionPolicy]:
         async with self._connection() as connection:
-            return await postgres_erasure.policies(connection)
+            return await erasure.policies(connection)
 
     async def expire_conversations(
         self, tenant_id: str, before: datetime, limit: int
@@ -943,21 +937,21 @@ class PostgresConversationStore(
         require_limit(limit)
         now = self._clock()
         async with self._connection() as connection, connection.transaction():
-            candidates = await postgres_erasure.expiring(connection, tenant_id, before, limit)
+            candidates = await erasure.expiring(connection, tenant_id, before, limit)
             if not candidates:
                 return []
             await _lock_conversations(connection, candidates)
-            return await postgres_erasure.expire(connection, tenant_id, candidates, before, now)
+            return await erasure.expire(connection, tenant_id, candidates, before, now)
 
     async def pending_expiries(self, limit: int) -> list[ExpiredConversation]:
         require_limit(limit)
         async with self._connection() as connection:
-            return await postgres_erasure.pending(connection, limit)
+            return await erasure.pending(connection, limit)
 
     async def finish_expiries(self, conversation_ids: Sequence[str]) -> None:
         if conversation_ids:
             async with self._connection() as connection, connection.transaction():
-                await postgres_erasure.finish_pending(connection, conversation_ids)
+                await erasure.finish_pending(connection, conversation_ids)
 
     async def _write_batch_direct(
         self, connection: _Connection, batch: tuple[Message, ...], now: datetime
@@ -993,7 +987,7 @@ class PostgresConversationStore(
 
     async def tree_skeleton(self, owner: Owner, conversation_id: str) -> TreeSkeleton:
         async with self._connection() as connection:
-            return await postgres_tree.skeleton(connection, owner, conversation_id, self._clock())
+            return await tree_store.skeleton(connection, owner, conversation_id, self._clock())
 
     async def messages_by_id(self, owner: Owner, message_ids: Sequence[str]) -> dict[str, Message]:
         async with self._connection() as connection:
@@ -1013,7 +1007,7 @@ class PostgresConversationStore(
                 (leaf, conversation_id, owner.tenant_id, owner.user_id),
             )
 
-    # Key management and the audit chain (postgres_identity.py).
+    # Key management and the audit chain (key_records.py).
 
     async def list_api_keys(
         self,
@@ -1090,19 +1084,19 @@ class PostgresConversationStore(
     # Crypto-shredding (chatplane.crypto.keyring.DataKeyStore): wrapped per-user data keys.
     async def get_data_key(self, tenant_id: str, user_id: str) -> WrappedDataKey | None:
         async with self._connection() as connection:
-            return await postgres_data_keys.get_data_key(connection, tenant_id, user_id)
+            return await data_keys.get_data_key(connection, tenant_id, user_id)
 
     async def add_data_key(self, key: WrappedDataKey) -> WrappedDataKey:
         async with self._connection() as connection:
-            return await postgres_data_keys.add_data_key(connection, key)
+            return await data_keys.add_data_key(connection, key)
 
     async def rewrap_data_key(self, key: WrappedDataKey) -> None:
         async with self._connection() as connection:
-            await postgres_data_keys.rewrap_data_key(connection, key)
+            await data_keys.rewrap_data_key(connection, key)
 
     async def delete_data_key(self, tenant_id: str, user_id: str) -> bool:
         async with self._connection() as connection:
-            return await postgres_data_keys.delete_data_key(connection, tenant_id, user_id)
+            return await data_keys.delete_data_key(connection, tenant_id, user_id)
 
     @contextlib.asynccontextmanager
     async def _connection(self) -> AsyncIterator[_Connection]:
