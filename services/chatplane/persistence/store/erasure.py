@@ -15,22 +15,18 @@ import abc
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
-from typing import TYPE_CHECKING, Final
-
-from chatplane.common import errors
-
-if TYPE_CHECKING:  # key_records imports the store's base, which imports this module
-    from chatplane.audit.chain import AuditEvent
-    from chatplane.persistence.store.key_records import AuditActor
-from datetime import UTC
-from typing import Any
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Final
 
 import psycopg
 
+from chatplane.common import errors
 from chatplane.common.ids import new_id
 from chatplane.persistence.store import key_records
 from chatplane.persistence.store.key_records import AuditActor
+
+if TYPE_CHECKING:
+    from chatplane.audit.chain import AuditEvent
 
 USER_ERASE: Final = "user.erase"
 """The audit action of an erasure (chatplane.audit names the same string)."""

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import psycopg
 
 from chatplane.common import errors
 from chatplane.persistence.store.base import Owner, Rating
+from chatplane.persistence.store.records import utc
 
 
 class HandoffMode(enum.Enum):
@@ -149,10 +150,6 @@ _COLUMNS = (
 )
 
 
-def _utc(moment: datetime) -> datetime:
-    return moment.astimezone(UTC)
-
-
 def _state(row: tuple[Any, ...]) -> HandoffState:
     return stored_state(
         row[0],
@@ -160,8 +157,8 @@ def _state(row: tuple[Any, ...]) -> HandoffState:
         row[3],
         row[4],
         row[5],
-        _utc(row[6]),
-        None if row[7] is None else _utc(row[7]),
+        utc(row[6]),
+        None if row[7] is None else utc(row[7]),
         row[8],
         row[9],
     )

@@ -12,7 +12,7 @@ import enum
 import hashlib
 import logging
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any, Self
 
 import psycopg
@@ -45,7 +45,6 @@ from chatplane.persistence.store.base import (
     Answer,
     ApiKey,
     Clock,
-    Conversation,
     ConversationCursor,
     ConversationHistory,
     ConversationPage,
@@ -99,6 +98,7 @@ from chatplane.persistence.store.records import (
     conversation_from_row,
     message_from_row,
     message_row,
+    utc,
 )
 from chatplane.persistence.store.tree_store import TreeQueries, TreeSkeleton
 from chatplane.persistence.store.user_export import (
@@ -413,7 +413,7 @@ class PostgresConversationStore(
         """The answer to a BeginTurn whose idempotency key is reserved already (its turn row
         is locked by the caller's SELECT ... FOR UPDATE)."""
         conversation_id, user_message_id, assistant_message_id, expire, complete = row
-        expire = _utc(expire)
+        expire = utc(expire)
         acquired = not complete and expire <= now
         if acquired:
             # The previous owner's lease ran out before its answer was stored: this caller
@@ -458,12 +458,12 @@ class PostgresConversationStore(
         if not rows:
             raise errors.NotFound("turn not found")
         conversation_id, assistant_message_id, expire, user_message_id = rows[0][:4]
-        stored = {m.message_id: m for m in (_message_from_row(r[4:]) for r in rows if r[4])}
+        stored = {m.message_id: m for m in (message_from_row(r[4:]) for r in rows if r[4])}
         return Turn(
             conversation_id,
             user_message_id,
             assistant_message_id,
-            _utc(expire),
+            utc(expire),
             stored.get(user_message_id),
             stored.get(assistant_message_id),
         )
@@ -547,7 +547,7 @@ class PostgresConversationStore(
         async with self._connection() as connection:
             cursor = await connection.execute(query, [*parameters, limit + 1])
             rows = await cursor.fetchall()
-        conversations = tuple(_conversation_from_row(row) for row in rows[:limit])
+        conversations = tuple(conversation_from_row(row) for row in rows[:limit])
         next_cursor = None
         if len(rows) > limit:
             last = conversations[-1]
@@ -589,9 +589,9 @@ class PostgresConversationStore(
         if not rows:
             raise errors.NotFound("conversation not found")
         columns = len(_CONVERSATION_COLUMNS.split(","))
-        conversation = _conversation_from_row(rows[0][:columns])
+        conversation = conversation_from_row(rows[0][:columns])
         found = [row[columns:] for row in rows if row[columns] is not None]
-        messages = tuple(_message_from_row(row) for row in found[:limit])
+        messages = tuple(message_from_row(row) for row in found[:limit])
         next_cursor = None
         if len(found) > limit:
             next_cursor = MessageCursor(
@@ -700,7 +700,7 @@ class PostgresConversationStore(
         async with self._connection() as connection:
             cursor = await connection.execute(query, [*parameters, limit])
             rows = await cursor.fetchall()
-        return [_message_from_row(row) for row in rows]
+        return [message_from_row(row) for row in rows]
 
     async def write_messages(self, messages: Sequence[Message]) -> int:
         """Store a batch from the message log in ONE transaction; returns how many were new.
@@ -997,7 +997,7 @@ class PostgresConversationStore(
                 (list(message_ids), owner.tenant_id, owner.user_id),
             )
             rows = await cursor.fetchall()
-        return {m.message_id: m for m in map(_message_from_row, rows)}
+        return {m.message_id: m for m in map(message_from_row, rows)}
 
     async def store_active_leaf(self, owner: Owner, conversation_id: str, leaf: str) -> None:
         async with self._connection() as connection:
@@ -1079,7 +1079,7 @@ class PostgresConversationStore(
         async with self._connection() as connection:
             cursor = await connection.execute(query, parameters)
             rows = await cursor.fetchall()
-        return [facts_from_row(row, _utc) for row in rows]
+        return [facts_from_row(row, utc) for row in rows]
 
     # Crypto-shredding (chatplane.crypto.keyring.DataKeyStore): wrapped per-user data keys.
     async def get_data_key(self, tenant_id: str, user_id: str) -> WrappedDataKey | None:
@@ -1220,7 +1220,7 @@ async def _copy_to_staging(connection: _Connection, messages: Sequence[Message])
     ):
         copy.set_types(["int4", *_MESSAGE_TYPES])
         for ordinal, message in enumerate(messages):
-            await copy.write_row((ordinal, *_message_row(message)))
+            await copy.write_row((ordinal, *message_row(message)))
 
 
 async def _insert_staged(connection: _Connection, now: datetime) -> set[str]:
@@ -1256,7 +1256,7 @@ async def _insert_each(
         await cursor.executemany(
             f"INSERT INTO messages ({_MESSAGE_COLUMNS}, store_time) VALUES ({placeholders})"
             " ON CONFLICT (message_id) DO NOTHING RETURNING message_id",
-            [(*_message_row(message), now) for message in messages],
+            [(*message_row(message), now) for message in messages],
             returning=True,
         )
         while True:
@@ -1314,20 +1314,3 @@ async def _count_messages(connection: _Connection, inserted: Sequence[Message]) 
 def _prefixed(alias: str, columns: str) -> str:
     """`a, b` as `alias.a, alias.b`."""
     return ", ".join(f"{alias}.{column.strip()}" for column in columns.split(","))
-
-
-def _utc(moment: datetime) -> datetime:
-    """A time read from the database in UTC, whatever the session's TimeZone."""
-    return moment.astimezone(UTC)
-
-
-def _message_row(message: Message) -> tuple[Any, ...]:
-    return message_row(message, lambda moment: moment)
-
-
-def _message_from_row(row: Sequence[Any]) -> Message:
-    return message_from_row(row, _utc)
-
-
-def _conversation_from_row(row: Sequence[Any]) -> Conversation:
-    return conversation_from_row(row, _utc)

@@ -12,7 +12,7 @@ import abc
 import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import psycopg
@@ -233,10 +233,6 @@ _CONVERSATION_COLUMNS = (
 )
 
 
-def _utc(moment: datetime) -> datetime:
-    return moment.astimezone(UTC)
-
-
 async def skeleton(
     connection: _Connection, owner: Owner, conversation_id: str, now: datetime
 ) -> TreeSkeleton:
@@ -268,7 +264,7 @@ async def skeleton(
         turn_rows = await turns_cursor.fetchall()
     if row is None:
         raise errors.NotFound("conversation not found")
-    conversation: Conversation = conversation_from_row(row[:7], _utc)
+    conversation: Conversation = conversation_from_row(row[:7])
     nodes = tuple(
         TreeNode(message_id, Role(role), parent, reply_to)
         for message_id, role, parent, reply_to in node_rows
