@@ -1,6 +1,6 @@
 """Feedback-dataset benchmark (docs/datasets.md): how fast the system of record pages rated
 answers with their branches (AnalyticsService.ListRatedAnswers' work, without gRPC) on the
-embedded store (SQLite), and what the variant report's statistics add. One store on a
+embedded store (PostgreSQL), and what the variant report's statistics add. One store on a
 temporary file: CONVERSATIONS conversations of TURNS turns in 10 tenants, the last answer of
 each rated, every other tenant redacting; then every page of 500 read to the end."""
 
@@ -11,18 +11,19 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from bench.embedded_store import embedded_postgres
 from bench.harness import Options, progress
 from bench.report import Row, Target
 from chatplane.common.ids import new_id
 from chatplane.persistence.rated_answer_export import RatedAnswerExport
 from chatplane.persistence.store.base import Feedback, Message, MessageStatus, Owner, Rating, Role
+from chatplane.persistence.store.postgres import PostgresConversationStore
 from chatplane.persistence.store.rated_answers import RatedAnswerQuery
-from chatplane.persistence.store.sqlite import SqliteConversationStore
 from chatplane.persistence.variant_significance import compare
 from chatplane.privacy.policy import RedactionPolicy
 
 NAME = "datasets"
-TITLE = "datasets: rated answers with their branches, and the report's statistics (SQLite)"
+TITLE = "datasets: rated answers with their branches, and the report's statistics (PostgreSQL)"
 NOTES = (
     "Each answer's branch is read with the conversation-tree code (skeleton + texts): two "
     "point reads per answer on top of one query per page.",
@@ -43,7 +44,7 @@ TARGET_WALL_MS_PER_ANSWER = 5.0
 _TEXT = "a chat message of about the usual length, asking about order 1234 and delivery " * 2
 
 
-async def _fill(store: SqliteConversationStore, conversations: int, start: datetime) -> None:
+async def _fill(store: PostgresConversationStore, conversations: int, start: datetime) -> None:
     for index in range(conversations):
         owner = Owner(TENANTS[index % len(TENANTS)], f"user-{index % 97}")
         conversation_id = new_id()
@@ -73,8 +74,11 @@ async def _fill(store: SqliteConversationStore, conversations: int, start: datet
 async def run(options: Options) -> list[Row]:
     conversations = QUICK_CONVERSATIONS if options.quick else CONVERSATIONS
     start = datetime.now(UTC) - timedelta(days=1)
-    with tempfile.TemporaryDirectory(prefix="bench-datasets-") as folder:
-        store = await SqliteConversationStore.open(Path(folder) / "store.db")
+    with (
+        tempfile.TemporaryDirectory(prefix="bench-datasets-") as folder,
+        embedded_postgres(Path(folder)) as databases,
+    ):
+        store = await databases.open_store("store")
         try:
             progress(options, f"{NAME}: storing {conversations} conversations")
             await _fill(store, conversations, start)

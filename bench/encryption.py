@@ -1,17 +1,15 @@
 """Encryption at rest (docs/security.md "Encryption at rest"): what sealing costs. The seal and
 open of one message with a cached data key (AES-256-GCM), and the rows/s of the persistence
-batch path (SQLite, and PostgreSQL's direct COPY) without sealing, sealing in the store, and
+batch path (PostgreSQL's direct COPY) without sealing, sealing in the store, and
 storing text that arrives sealed from the log (what the Agent writes)."""
 
 from __future__ import annotations
 
 import dataclasses
 import statistics
-import tempfile
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from pathlib import Path
 
 from bench.harness import Options, progress
 from bench.persistence import BATCH, running_postgres, workload
@@ -21,7 +19,6 @@ from chatplane.crypto.keyring import Keyring, StoreKeySource, WrappedDataKey
 from chatplane.crypto.sealed_store import sealed_store
 from chatplane.persistence.store.base import ConversationStore, Message
 from chatplane.persistence.store.postgres import PostgresConversationStore, WriteMethod
-from chatplane.persistence.store.sqlite import SqliteConversationStore
 
 NAME = "encryption"
 TITLE = "encryption: seal/open per message, and the persistence batch path with sealing"
@@ -92,8 +89,8 @@ async def _presealed(messages: Sequence[Message], keyring: Keyring) -> list[Mess
 async def _rows_per_second(
     store: ConversationStore, messages: Sequence[Message]
 ) -> tuple[float, float]:
-    """Rows per wall-clock second, and this process's CPU µs per row (SQLite's work runs on
-    a thread of this process; PostgreSQL's server CPU is not in it)."""
+    """Rows per wall-clock second, and this process's CPU µs per row (PostgreSQL's server CPU
+    is not in it)."""
     started, cpu = time.perf_counter(), time.process_time()
     for start in range(0, len(messages), BATCH):
         await store.write_messages(messages[start : start + BATCH])
@@ -150,7 +147,7 @@ def _rows(engine: str, results: dict[str, list[tuple[float, float]]]) -> list[Ro
 
 
 async def run(options: Options) -> list[Row]:
-    """The micro-benchmark, then the batch path on SQLite and on PostgreSQL."""
+    """The micro-benchmark, then the batch path on PostgreSQL."""
     rows = [
         Row(
             NAME,
@@ -162,12 +159,6 @@ async def run(options: Options) -> list[Row]:
     ]
     count = 4_000 if options.quick else 20_000
     messages = workload(count)
-    with tempfile.TemporaryDirectory(prefix="chatplane-bench-crypto-") as folder:
-
-        async def sqlite(name: str) -> ConversationStore:
-            return await SqliteConversationStore.open(Path(folder) / f"{name}.db")
-
-        rows += _rows("SQLite", await _batch_path(options, "SQLite", sqlite, messages))
     async with running_postgres(options) as postgres:
 
         async def copy_direct(name: str) -> ConversationStore:

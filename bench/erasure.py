@@ -1,20 +1,19 @@
-"""Erasure and retention benchmark on the embedded profile (the SQLite store, the message log
-on PostgreSQL): how long the `system_of_record` step of an erasure takes for users with 100,
-1,000 and 10,000 stored messages (next to another user of the tenant with 10,000), the
-`message_log` step on the embedded log holding their records, and how fast the retention
-sweep's store part deletes expired conversations (20 messages each)."""
+"""Erasure and retention benchmark on the embedded profile (store and message log on one
+PostgreSQL): how long the `system_of_record` step of an erasure takes for users with 100, 1,000
+and 10,000 stored messages (next to another user of the tenant with 10,000), the `message_log`
+step on the embedded log holding their records, and how fast the retention sweep's store part
+deletes expired conversations (20 messages each)."""
 
 from __future__ import annotations
 
 import asyncio
 import tempfile
 import time
-import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from bench.embedded_store import EmbeddedDatabases, embedded_postgres
 from bench.harness import Options, progress
-from bench.persistence import Postgres, running_postgres
 from bench.report import Row, Target
 from chatplane.common.ids import new_id
 from chatplane.common.topics import MESSAGES_TOPIC
@@ -22,10 +21,10 @@ from chatplane.log.base import LogRecord
 from chatplane.log.postgres import PostgresMessageLog
 from chatplane.log.record_erasure import PostgresLogEraser
 from chatplane.persistence.store.base import Message, MessageStatus, Owner, Role
-from chatplane.persistence.store.sqlite import SqliteConversationStore
+from chatplane.persistence.store.postgres import PostgresConversationStore
 
 NAME = "erasure"
-TITLE = "erasure: the rows (SQLite) and log (PostgreSQL) steps of EraseUser, and retention"
+TITLE = "erasure: the rows and log steps of EraseUser, and the retention sweep (embedded profile)"
 NOTES = (
     "Rows: one transaction deleting the user's feedback, deltas, metrics, handoffs, turns, "
     "messages, conversations and keys; the other user's 10,000 messages stay.",
@@ -62,7 +61,7 @@ def _messages(owner: Owner, count: int, at: datetime) -> list[Message]:
     return messages
 
 
-async def _seed(store: SqliteConversationStore, messages: list[Message]) -> None:
+async def _seed(store: PostgresConversationStore, messages: list[Message]) -> None:
     for start in range(0, len(messages), 500):
         await store.write_messages(messages[start : start + 500])
 
@@ -80,11 +79,11 @@ async def _log(dsn: str, messages: list[Message]) -> None:
 
 
 async def _one_size(
-    options: Options, size: int, folder: Path, postgres: Postgres
+    options: Options, size: int, folder: Path, databases: EmbeddedDatabases
 ) -> tuple[float, float, float]:
     now = datetime.now(UTC)
-    log_dsn = await postgres.database(f"erasure_log_{uuid.uuid4().hex[:10]}")
-    store = await SqliteConversationStore.open(folder / f"p{size}.db")
+    store = await databases.open_store(f"p{size}")
+    log_dsn = databases.dsn_of(f"p{size}")
     erased, kept = Owner(TENANT, f"erased-{size}"), Owner(TENANT, "kept")
     erased_messages = _messages(erased, size, now)
     kept_messages = _messages(kept, 10_000, now)
@@ -118,12 +117,14 @@ async def run(options: Options) -> list[Row]:
     rows: dict[str, float | None] = {}
     logs: dict[str, float | None] = {}
     sweep: dict[str, float | None] = {}
-    with tempfile.TemporaryDirectory(prefix="chatplane-bench-erasure-") as folder:
-        async with running_postgres(options) as postgres:
-            for size in sizes:
-                rows_ms, log_ms, per_second = await _one_size(options, size, Path(folder), postgres)
-                rows[f"{size} msgs"], logs[f"{size} msgs"] = rows_ms, log_ms
-                sweep[f"{size} msgs"] = per_second
+    with (
+        tempfile.TemporaryDirectory(prefix="chatplane-bench-erasure-") as folder,
+        embedded_postgres(Path(folder)) as databases,
+    ):
+        for size in sizes:
+            rows_ms, log_ms, per_second = await _one_size(options, size, Path(folder), databases)
+            rows[f"{size} msgs"], logs[f"{size} msgs"] = rows_ms, log_ms
+            sweep[f"{size} msgs"] = per_second
     return [
         Row(
             NAME,

@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from bench.embedded_store import embedded_postgres
 from bench.harness import Options, progress
 from bench.report import Row, Target
 from chatplane.common.ids import new_id
@@ -27,13 +28,13 @@ from chatplane.persistence.store.base import (
     Rating,
     Role,
 )
-from chatplane.persistence.store.sqlite import SqliteConversationStore
+from chatplane.persistence.store.postgres import PostgresConversationStore
 from chatplane.persistence.user_records import UserRecords
 from chatplane.privacy.export_archive import archive_chunks
 from chatplane.v1 import admin_resources_pb2
 
 NAME = "export"
-TITLE = "export: one user's archive from SQLite, by the user's size"
+TITLE = "export: one user's archive from the embedded PostgreSQL, by the user's size"
 NOTES = (
     "In-process (no gRPC hop): the servicer's store reads and the JSON writer; "
     "each message ~150 bytes of text, conversations of 1,000 messages, every 10th answer rated.",
@@ -74,7 +75,7 @@ class _Memory:
         return memory_pb2.ListUserMemoryResponse()
 
 
-async def _seed(store: SqliteConversationStore, owner: Owner, count: int) -> None:
+async def _seed(store: PostgresConversationStore, owner: Owner, count: int) -> None:
     start = datetime(2026, 1, 1, tzinfo=UTC)
     rated: list[str] = []
     for first in range(0, count, PER_CONVERSATION):
@@ -102,7 +103,7 @@ async def _seed(store: SqliteConversationStore, owner: Owner, count: int) -> Non
 
 
 async def _export(
-    store: SqliteConversationStore, owner: Owner, *, trace: bool
+    store: PostgresConversationStore, owner: Owner, *, trace: bool
 ) -> tuple[int, float, float]:
     """Archive bytes, seconds, and with `trace` the peak heap in MB (else 0)."""
     persistence: Any = _Persistence(UserRecords(store))
@@ -132,8 +133,11 @@ async def run(options: Options) -> list[Row]:
     rates: dict[str, float | None] = {}
     peaks: dict[str, float | None] = {}
     archive: dict[str, float | None] = {}
-    with tempfile.TemporaryDirectory(prefix="bench-export-") as directory:
-        store = await SqliteConversationStore.open(Path(directory) / "store.db")
+    with (
+        tempfile.TemporaryDirectory(prefix="bench-export-") as directory,
+        embedded_postgres(Path(directory)) as databases,
+    ):
+        store = await databases.open_store("store")
         try:
             for count in sizes:
                 owner = Owner("bench-tenant", f"user-{count}")

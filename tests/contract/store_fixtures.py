@@ -1,19 +1,16 @@
 """Fixtures of the ConversationStore contract suite, imported by
 tests/contract/test_conversation_store.py (each fixture function is named `<name>_fixture`, so
 the tests' arguments do not shadow the imports): a clock the test moves by hand, message and
-log-record builders, and the store under test for each engine: SQLite in the test's tmp dir,
-PostgreSQL in a fresh schema of a database made for the module on the session's engines
-(created and dropped here; the engines themselves are shared with the rest of the session and
-left running)."""
+log-record builders, and the store under test for each PostgreSQL write path, in a fresh schema
+of a database made for the module on the session's PostgreSQL (created and dropped here; the
+server itself is shared with the rest of the session and left running)."""
 
 from __future__ import annotations
 
 import abc
-import sqlite3
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -35,19 +32,17 @@ from chatplane.persistence.store.postgres import (
     WriteMethod,
     postgres_migrations,
 )
-from chatplane.persistence.store.sqlite import SqliteConversationStore, sqlite_migrations
 from chatplane.v1 import resources_pb2
 from tests.engine_processes import Engines
 
 ENGINES = (
-    "sqlite",
     # Batches as direct COPY (the default), as pipelined executemany and as COPY into a staging
     # table: all three write paths are kept
     # to the same contract.
-    pytest.param("postgres", marks=pytest.mark.engines),
-    pytest.param("postgres-executemany", marks=pytest.mark.engines),
+    "postgres",
+    "postgres-executemany",
     # COPY into a staging table + INSERT ... ON CONFLICT (the default before COPY_DIRECT).
-    pytest.param("postgres-staging", marks=pytest.mark.engines),
+    "postgres-staging",
 )
 
 
@@ -65,7 +60,7 @@ class FakeClock:
 
 
 class StoreTarget(abc.ABC):
-    """One engine's database for one test: opens stores on it and reads its tables directly."""
+    """One write path's database for one test: opens stores on it and reads its tables directly."""
 
     engine: str
 
@@ -75,33 +70,11 @@ class StoreTarget(abc.ABC):
 
     @abc.abstractmethod
     def rows(self, query: str) -> list[tuple[Any, ...]]:
-        """The rows of `query` (SQL both engines understand), read around the store."""
+        """The rows of `query` , read around the store."""
 
     @abc.abstractmethod
     def schema_versions(self) -> list[tuple[int, str]]:
         """The (version, name) of each migration the engine ships, in order."""
-
-
-class SqliteTarget(StoreTarget):
-    """A SQLite file in the test's tmp dir."""
-
-    engine = "sqlite"
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    async def open(self, clock: Clock) -> ConversationStore:
-        return await SqliteConversationStore.open(self.path, clock=clock)
-
-    def rows(self, query: str) -> list[tuple[Any, ...]]:
-        connection = sqlite3.connect(self.path)
-        try:
-            return connection.execute(query).fetchall()
-        finally:
-            connection.close()
-
-    def schema_versions(self) -> list[tuple[int, str]]:
-        return [(m.version, m.name) for m in sqlite_migrations()]
 
 
 class PostgresTarget(StoreTarget):
@@ -126,10 +99,10 @@ class PostgresTarget(StoreTarget):
         return [(m.version, m.name) for m in postgres_migrations()]
 
 
-@pytest.fixture(name="postgres_database", scope="module")
-def postgres_database_fixture(engines: Engines) -> Iterator[str]:
+@pytest.fixture(name="module_database", scope="module")
+def module_database_fixture(postgres_server: Engines) -> Iterator[str]:
     """The DSN of a database made for this module, dropped at its end."""
-    maintenance = engines.env["CHATPLANE_POSTGRES_DSN"]
+    maintenance = postgres_server.env["CHATPLANE_POSTGRES_DSN"]
     name = f"contract_store_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(maintenance, autocommit=True) as connection:
         connection.execute(f'CREATE DATABASE "{name}"')
@@ -141,24 +114,22 @@ def postgres_database_fixture(engines: Engines) -> Iterator[str]:
 
 
 @pytest.fixture(name="postgres_dsn")
-def postgres_dsn_fixture(postgres_database: str) -> Iterator[str]:
+def postgres_dsn_fixture(module_database: str) -> Iterator[str]:
     """The DSN of a fresh, empty schema (first on its search_path) of the module's database,
     dropped after the test."""
     schema = f"test_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(postgres_database, autocommit=True) as connection:
+    with psycopg.connect(module_database, autocommit=True) as connection:
         connection.execute(f'CREATE SCHEMA "{schema}"')
     try:
-        yield make_conninfo(postgres_database, options=f"-c search_path={schema}")
+        yield make_conninfo(module_database, options=f"-c search_path={schema}")
     finally:
-        with psycopg.connect(postgres_database, autocommit=True) as connection:
+        with psycopg.connect(module_database, autocommit=True) as connection:
             connection.execute(f'DROP SCHEMA "{schema}" CASCADE')
 
 
 @pytest.fixture(name="store_target", params=ENGINES)
-def store_target_fixture(request: pytest.FixtureRequest, tmp_path: Path) -> StoreTarget:
-    """The empty database of one engine; PostgreSQL only starts when a test needs it."""
-    if request.param == "sqlite":
-        return SqliteTarget(tmp_path / "persistence.db")
+def store_target_fixture(request: pytest.FixtureRequest) -> StoreTarget:
+    """The empty schema of one write path."""
     method = {
         "postgres": WriteMethod.COPY_DIRECT,
         "postgres-executemany": WriteMethod.EXECUTEMANY,

@@ -18,8 +18,9 @@ import psycopg
 import pytest
 
 from chatplane.common import errors
+from chatplane.common.errors import ConfigError
 from chatplane.common.ids import new_id
-from chatplane.common.settings import Settings
+from chatplane.common.settings import Profile, Settings
 from chatplane.common.topics import MESSAGES_DLQ_TOPIC, MESSAGES_TOPIC
 from chatplane.internal.v1 import events_pb2
 from chatplane.log import LogRecord, PostgresMessageLog
@@ -41,24 +42,22 @@ from chatplane.persistence.store.base import (
     Role,
     TurnRequest,
 )
-from chatplane.persistence.store.factory import StoreConfigurationError, open_store
+from chatplane.persistence.store.factory import open_store
 from chatplane.persistence.store.postgres import (
     _LOCK_CLASS_CONVERSATION,
     PostgresConversationStore,
     WriteMethod,
     _lock_key,
 )
-from chatplane.persistence.store.sqlite import SqliteConversationStore
 from chatplane.v1 import resources_pb2
 from tests.contract.store_fixtures import (  # noqa: F401 (fixtures are found by name)
     FakeClock,
     MessageFactory,
     PostgresTarget,
-    SqliteTarget,
     StoreTarget,
     clock_fixture,
     make_message_fixture,
-    postgres_database_fixture,
+    module_database_fixture,
     postgres_dsn_fixture,
     recorded,
     store_fixture,
@@ -98,8 +97,6 @@ async def test_schema_is_migrated_once(
     await reopened.close()
     versions = store_target.rows("SELECT version, name FROM schema_version ORDER BY version")
     assert versions == store_target.schema_versions()
-    if isinstance(store_target, SqliteTarget):
-        assert store_target.rows("PRAGMA journal_mode") == [("wal",)]
 
 
 async def test_stores_started_at_once_migrate_once(
@@ -574,20 +571,10 @@ async def test_api_keys_store_only_the_secrets_hash(
     assert stored.create_time == clock.now
 
     await store.close()
-    if isinstance(store_target, SqliteTarget):
-        # Nowhere in the database's files (main file, WAL, shared memory).
-        path = store_target.path
-        files = [p for p in path.parent.iterdir() if p.name.startswith(path.name)]
-        assert files
-        for file in files:
-            data = file.read_bytes()
-            assert secret.encode() not in data, file
-            assert issued.api_key.encode() not in data, file
-    else:
-        # Nowhere in the table, as text or as bytes.
-        (row,) = store_target.rows("SELECT t::text, secret_sha256 FROM api_keys t")
-        assert secret not in row[0] and issued.api_key not in row[0]
-        assert bytes(row[1]) == hashlib.sha256(secret.encode()).digest()
+    # Nowhere in the table, as text or as bytes.
+    (row,) = store_target.rows("SELECT t::text, secret_sha256 FROM api_keys t")
+    assert secret not in row[0] and issued.api_key not in row[0]
+    assert bytes(row[1]) == hashlib.sha256(secret.encode()).digest()
 
     reopened = await store_target.open(clock)
     try:
@@ -954,26 +941,22 @@ async def test_postgres_timeouts_are_unavailable(
         await opened.close()
 
 
-@pytest.mark.engines
-async def test_factory_opens_the_profiles_store(postgres_dsn: str, tmp_path: Path) -> None:
-    embedded = await open_store(Settings(data_dir=tmp_path))
-    await embedded.close()
-    assert isinstance(embedded, SqliteConversationStore)
-    with pytest.raises(StoreConfigurationError, match="CHATPLANE_POSTGRES_DSN"):
-        await open_store(Settings(data_dir=tmp_path, profile="cluster", postgres_dsn=""))
-    cluster = await open_store(
+@pytest.mark.parametrize("profile", ["embedded", "cluster"])
+async def test_factory_opens_postgresql_in_both_profiles(
+    profile: Profile, postgres_dsn: str, tmp_path: Path
+) -> None:
+    with pytest.raises(ConfigError, match="CHATPLANE_POSTGRES_DSN"):
+        await open_store(Settings(data_dir=tmp_path, profile=profile, postgres_dsn=""))
+    store = await open_store(
         Settings(
-            data_dir=tmp_path,
-            profile="cluster",
-            postgres_dsn=postgres_dsn,
-            postgres_pool_max_size=3,
+            data_dir=tmp_path, profile=profile, postgres_dsn=postgres_dsn, postgres_pool_max_size=3
         )
     )
     try:
-        assert isinstance(cluster, PostgresConversationStore)
-        assert (await cluster.list_conversations(ALICE, limit=1)).conversations == ()
+        assert isinstance(store, PostgresConversationStore)
+        assert (await store.list_conversations(ALICE, limit=1)).conversations == ()
     finally:
-        await cluster.close()
+        await store.close()
 
 
 @pytest.mark.engines

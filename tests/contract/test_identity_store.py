@@ -1,12 +1,11 @@
-"""Contract tests of key management and the audit chain in the system of record: every
-ConversationStore (SQLite; PostgreSQL) lists, rotates and revokes keys per tenant, audits each
-key change in the same transaction, keeps one hash chain under concurrent appends, and the
+"""Contract tests of key management and the audit chain in the system of record: the store
+(each PostgreSQL write path) lists, rotates and revokes keys per tenant, audits each key
+change in the same transaction, keeps one hash chain under concurrent appends, and the
 chain's verification finds any single edited, removed or swapped record."""
 
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 from datetime import timedelta
 from typing import Any
 
@@ -22,10 +21,9 @@ from chatplane.persistence.store.key_records import AuditActor, is_active
 from tests.contract.store_fixtures import (  # noqa: F401 (fixtures are found by name)
     FakeClock,
     PostgresTarget,
-    SqliteTarget,
     StoreTarget,
     clock_fixture,
-    postgres_database_fixture,
+    module_database_fixture,
     postgres_dsn_fixture,
     store_fixture,
     store_target_fixture,
@@ -39,17 +37,9 @@ ADMIN = AuditActor("user:root", "ipv4:127.0.0.1:1", "req-1")
 
 def execute(target: StoreTarget, statement: str, parameters: tuple[Any, ...] = ()) -> None:
     """Runs a writing statement around the store (as an attacker with database access)."""
-    if isinstance(target, SqliteTarget):
-        connection = sqlite3.connect(target.path)
-        try:
-            connection.execute(statement.replace("%s", "?"), parameters)
-            connection.commit()
-        finally:
-            connection.close()
-    else:
-        assert isinstance(target, PostgresTarget)
-        with psycopg.connect(target.dsn, autocommit=True) as connection:
-            connection.execute(statement, parameters)  # type: ignore[arg-type]
+    assert isinstance(target, PostgresTarget)
+    with psycopg.connect(target.dsn, autocommit=True) as connection:
+        connection.execute(statement, parameters)  # type: ignore[arg-type]
 
 
 async def verdict(store: ConversationStore) -> Verdict:

@@ -34,7 +34,7 @@ from tests.contract.store_fixtures import (  # noqa: F401 (fixtures are found by
     StoreTarget,
     clock_fixture,
     make_message_fixture,
-    postgres_database_fixture,
+    module_database_fixture,
     postgres_dsn_fixture,
     store_fixture,
     store_target_fixture,

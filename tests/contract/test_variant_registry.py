@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 
@@ -18,23 +17,15 @@ from chatplane.persistence.store.variant_registry import Deployment, Promotion, 
 from tests.contract.store_fixtures import (  # noqa: F401 (fixtures are found by name)
     FakeClock,
     PostgresTarget,
-    SqliteTarget,
-    StoreTarget,
     clock_fixture,
-    postgres_database_fixture,
+    module_database_fixture,
     postgres_dsn_fixture,
 )
 
 
-@pytest.fixture(name="registry", params=["sqlite", "postgres"])
-async def registry_fixture(
-    request: pytest.FixtureRequest, tmp_path: Path, clock: FakeClock
-) -> AsyncIterator[ConversationStore]:
-    target: StoreTarget = (
-        SqliteTarget(tmp_path / "persistence.db")
-        if request.param == "sqlite"
-        else PostgresTarget(request.getfixturevalue("postgres_dsn"), WriteMethod.COPY_DIRECT)
-    )
+@pytest.fixture(name="registry")
+async def registry_fixture(postgres_dsn: str, clock: FakeClock) -> AsyncIterator[ConversationStore]:
+    target = PostgresTarget(postgres_dsn, WriteMethod.COPY_DIRECT)
     store = await target.open(clock)
     yield store
     await store.close()

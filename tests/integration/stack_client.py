@@ -15,6 +15,8 @@ from google.rpc import error_details_pb2, status_pb2
 
 from chatplane.internal.v1 import identity_pb2
 from chatplane.launcher import Stack
+from chatplane.launcher.postgres_server import PostgresServer
+from chatplane.launcher.stack import POSTGRES_DIR, running_postgres_dsn
 from chatplane.persistence.client import PersistenceClient
 from chatplane.v1 import admin_resources_pb2, gateway_pb2, gateway_pb2_grpc
 
@@ -53,6 +55,28 @@ async def running_stack(
         yield stack
     finally:
         await stack.stop(timeout=10)
+
+
+def store_dsn(data_dir: Path) -> str:
+    """The DSN of the running stack's own PostgreSQL (the embedded profile's, in the data
+    dir), for reading its tables around the services."""
+    dsn = running_postgres_dsn(Path(data_dir))
+    assert dsn, f"the PostgreSQL of {data_dir} is not running"
+    return dsn
+
+
+@contextlib.asynccontextmanager
+async def stack_database(data_dir: Path) -> AsyncIterator[str]:
+    """The DSN of the stack's own PostgreSQL: the running server, or (the stack being down)
+    the server started for the caller and stopped after."""
+    server = PostgresServer(Path(data_dir) / POSTGRES_DIR)
+    running = bool(server.port)
+    dsn = server.dsn() if running else await asyncio.to_thread(server.start)
+    try:
+        yield dsn
+    finally:
+        if not running:
+            await asyncio.to_thread(server.stop)
 
 
 @dataclass

@@ -5,6 +5,7 @@ unreadable while another user's still opens."""
 
 from __future__ import annotations
 
+import re
 import uuid
 from pathlib import Path
 
@@ -17,12 +18,20 @@ from chatplane.crypto.envelope import KeyDestroyed, is_sealed
 from chatplane.crypto.factory import store_key_source, store_keyring
 from chatplane.crypto.keyring import ERASED_TEXT
 from chatplane.internal.v1 import data_key_pb2, events_pb2
+from chatplane.launcher.stack import POSTGRES_DIR
 from chatplane.log import PostgresMessageLog
 from chatplane.log.postgres import SCHEMA as LOG_SCHEMA
 from chatplane.persistence.client import PersistenceClient
-from chatplane.persistence.store.sqlite import SqliteConversationStore
+from chatplane.persistence.store.postgres import PostgresConversationStore
 from chatplane.v1 import admin_resources_pb2, gateway_pb2, operator_pb2, operator_pb2_grpc
-from tests.integration.stack_client import FAST_PACE, Client, create_key, poll, running_stack
+from tests.integration.stack_client import (
+    FAST_PACE,
+    Client,
+    create_key,
+    poll,
+    running_stack,
+    stack_database,
+)
 
 ENV = {
     **FAST_PACE,
@@ -32,7 +41,8 @@ ENV = {
 
 
 def plaintext_hits(files: list[Path], *needles: str) -> dict[str, int]:
-    """How often each needle occurs in the files' bytes (UTF-8, as SQLite stores text)."""
+    """How often each needle occurs in the files' bytes (UTF-8, as SQLite and PostgreSQL
+    store short text)."""
     hits = {needle: 0 for needle in needles}
     for file in files:
         data = file.read_bytes()
@@ -63,9 +73,34 @@ def files_with(files: list[Path], *needles: str) -> list[str]:
     return [str(f) for f in files if any(n.encode() in f.read_bytes() for n in needles)]
 
 
-def all_files(folder: Path) -> list[Path]:
-    """Every file under `folder`."""
-    return [p for p in folder.rglob("*") if p.is_file()]
+def relation_files(dsn: str, pgdata: Path, schemas: tuple[str, ...]) -> list[Path]:
+    """The files of every table, TOAST table and index of these schemas (all segments and
+    forks), in the cluster at `pgdata`."""
+    with psycopg.connect(dsn) as connection:
+        rows = connection.execute(
+            """
+            WITH owned AS (
+                SELECT c.oid, c.reltoastrelid FROM pg_class c
+                JOIN pg_namespace n ON n.oid = c.relnamespace
+                WHERE n.nspname = ANY(%(schemas)s) AND c.relkind IN ('r', 'i', 'm')
+            ), toast AS (
+                SELECT reltoastrelid AS oid FROM owned WHERE reltoastrelid <> 0
+            )
+            SELECT pg_relation_filepath(oid) FROM owned
+            UNION SELECT pg_relation_filepath(oid) FROM toast
+            UNION SELECT pg_relation_filepath(indexrelid) FROM pg_index
+                WHERE indrelid IN (SELECT oid FROM toast)
+            """,
+            {"schemas": list(schemas)},
+        ).fetchall()
+    files = []
+    for (relative,) in rows:
+        if relative is None:
+            continue
+        base = pgdata / relative
+        fork = re.compile(rf"^{re.escape(base.name)}(\.\d+|_fsm|_vm|_init)?$")
+        files += [p for p in base.parent.iterdir() if fork.match(p.name) and p.is_file()]
+    return files
 
 
 async def _history(client: Client, conversation_id: str) -> gateway_pb2.GetConversationResponse:
@@ -80,14 +115,13 @@ async def _history(client: Client, conversation_id: str) -> gateway_pb2.GetConve
 
 
 async def test_embedded_log_and_store_hold_no_plaintext_and_shredding_works(
-    tmp_path: Path, postgres_database: str
+    tmp_path: Path,
 ) -> None:
     data_dir = tmp_path / "stack"
-    log_dsn = postgres_database
     canary = f"CANARY{uuid.uuid4().hex}"
     bob_canary = f"BOBCANARY{uuid.uuid4().hex}"
     async with (
-        running_stack(data_dir, {**ENV, "CHATPLANE_POSTGRES_DSN": log_dsn}) as stack,
+        running_stack(data_dir, ENV) as stack,
         grpc.aio.insecure_channel(stack.info().address("gateway")) as channel,
     ):
         alice = Client(channel, await create_key(stack, "acme", "alice"))
@@ -161,19 +195,31 @@ async def test_embedded_log_and_store_hold_no_plaintext_and_shredding_works(
             f"bob writes {bob_canary}"
         )
 
-    # At rest: the log's records and the store's files (with their WAL) never held either
-    # canary.
-    assert log_plaintext_hits(log_dsn, canary, bob_canary) == {canary: 0, bob_canary: 0}
-    files = [p for p in data_dir.iterdir() if p.name.startswith("persistence.db")]
-    assert {p.name for p in files} >= {"persistence.db"}
-    assert plaintext_hits(files, canary, bob_canary) == {canary: 0, bob_canary: 0}
+    # At rest: the log's records (as stored) and the files of every relation of the log and
+    # the system of record (tables, TOAST, indexes; flushed by the shutdown checkpoint) never
+    # held either canary. The WAL is not scanned: the memory index writes its text there.
+    async with stack_database(data_dir) as dsn:
+        assert log_plaintext_hits(dsn, canary, bob_canary) == {canary: 0, bob_canary: 0}
+        pgdata = (data_dir / POSTGRES_DIR).resolve()
+        files = relation_files(dsn, pgdata, ("public", LOG_SCHEMA))
+        index = relation_files(dsn, pgdata, ("memory",))
+    assert len(files) > 10, files
+    assert plaintext_hits(files, canary, bob_canary) == {canary: 0, bob_canary: 0}, files_with(
+        files, canary, bob_canary
+    )
     # The scan does find plaintext where it is: the memory index keeps the text to search it
     # (docs/security.md: erasure deletes it there).
-    index = [p for p in data_dir.iterdir() if p.name.startswith("memory.db")]
     assert plaintext_hits(index, canary)[canary] > 0
 
     # Every log record of alice's fails to open; bob's still does.
-    store = await SqliteConversationStore.open(data_dir / "persistence.db")
+    async with stack_database(data_dir) as dsn:
+        store = await PostgresConversationStore.open(dsn, pool_max_size=2)
+        await _check_shredded(data_dir, dsn, store, bob_canary)
+
+
+async def _check_shredded(
+    data_dir: Path, log_dsn: str, store: PostgresConversationStore, bob_canary: str
+) -> None:
     settings = Settings(data_dir=data_dir)
     keyring = store_keyring(settings, store_key_source(settings, store))
     consumer = PostgresMessageLog(log_dsn).consumer("canary-check", [MESSAGES_TOPIC])

@@ -7,7 +7,6 @@ crash of Persistence is finished by the restarted process."""
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 from pathlib import Path
 
 import grpc
@@ -23,7 +22,7 @@ from chatplane.launcher import Stack
 from chatplane.log.postgres import SCHEMA as LOG_SCHEMA
 from chatplane.persistence.client import PersistenceClient
 from chatplane.persistence.erasure_job import DATA_KEY, SYSTEM_OF_RECORD
-from chatplane.persistence.store.sqlite import SqliteConversationStore
+from chatplane.persistence.store.postgres import PostgresConversationStore
 from chatplane.v1 import admin_pb2, admin_pb2_grpc
 from tests.integration.erasure_faults import kill_after_erasure_step
 from tests.integration.stack_client import (
@@ -32,26 +31,28 @@ from tests.integration.stack_client import (
     create_key,
     poll,
     running_stack,
+    store_dsn,
     unique,
 )
 
 pytestmark = pytest.mark.integration
 
 
-def _count(path: Path, query: str, *args: object) -> int:
-    connection = sqlite3.connect(path, timeout=10)
-    try:
-        return int(connection.execute(query, args).fetchone()[0])
-    finally:
-        connection.close()
+def _store_count(data_dir: Path, query: str, *args: object) -> int:
+    with psycopg.connect(store_dsn(data_dir)) as connection:
+        row = connection.execute(query, args).fetchone()  # type: ignore[arg-type]
+    assert row is not None
+    return int(row[0])
 
 
 def user_rows(data_dir: Path, tenant: str, user: str) -> int:
     """The user's messages and conversations in the system of record."""
-    db = data_dir / "persistence.db"
     return sum(
-        _count(
-            db, f"SELECT count(*) FROM {table} WHERE tenant_id = ? AND user_id = ?", tenant, user
+        _store_count(
+            data_dir,
+            f"SELECT count(*) FROM {table} WHERE tenant_id = %s AND user_id = %s",
+            tenant,
+            user,
         )
         for table in ("messages", "conversations")
     )
@@ -59,9 +60,10 @@ def user_rows(data_dir: Path, tenant: str, user: str) -> int:
 
 def canary_rows(data_dir: Path, marker: str) -> int:
     """Rows of the system of record whose text holds `marker` in the clear."""
-    db = data_dir / "persistence.db"
     return sum(
-        _count(db, f"SELECT count(*) FROM {table} WHERE instr({column}, ?)", marker)
+        _store_count(
+            data_dir, f"SELECT count(*) FROM {table} WHERE strpos({column}, %s) > 0", marker
+        )
         for table, column in (
             ("messages", "text"),
             ("conversations", "title"),
@@ -73,9 +75,10 @@ def canary_rows(data_dir: Path, marker: str) -> int:
 
 def canary_memory(data_dir: Path, tenant: str, user: str, canary: str) -> int:
     """The user's items in the embedded memory index holding the canary."""
-    return _count(
-        data_dir / "memory.db",
-        "SELECT count(*) FROM items WHERE tenant_id = ? AND user_id = ? AND instr(text, ?)",
+    return _store_count(
+        data_dir,
+        "SELECT count(*) FROM memory.items"
+        " WHERE tenant_id = %s AND user_id = %s AND strpos(text, %s) > 0",
         tenant,
         user,
         canary,
@@ -125,7 +128,7 @@ async def opened_texts(data_dir: Path, records: list[events_pb2.MessageRecorded]
     """Each record's text opened with the stack's keys, or "KeyDestroyed" when its owner's
     data key is gone (the data dir's development KEK, keys from its system of record)."""
     settings = Settings(data_dir=data_dir)
-    store = await SqliteConversationStore.open(data_dir / "persistence.db")
+    store = await PostgresConversationStore.open(store_dsn(data_dir), pool_max_size=2)
     keyring = store_keyring(settings, store_key_source(settings, store))
     texts = []
     try:
@@ -188,14 +191,12 @@ async def seed(stack: Stack, tenant: str, user: str, canary: str) -> str:
 
 
 @pytest.mark.timeout(120)
-async def test_erasure_canary_across_the_embedded_stores(
-    tmp_path: Path, postgres_database: str
-) -> None:
+async def test_erasure_canary_across_the_embedded_stores(tmp_path: Path) -> None:
     tenant, canary = unique("erase"), unique("canary")
-    log_dsn = postgres_database
-    env = {**FAST_PACE, "CHATPLANE_POSTGRES_DSN": log_dsn}
-    async with running_stack(tmp_path / "data", env) as stack:
+    async with running_stack(tmp_path / "data", FAST_PACE) as stack:
         data = stack.data_dir
+        # The message log's tables live in the stack's own PostgreSQL, beside the store's.
+        log_dsn = store_dsn(data)
         erased_conversation = await seed(stack, tenant, "erased", canary)
         kept_conversation = await seed(stack, tenant, "kept", canary)
         kept_before = (
@@ -299,14 +300,12 @@ async def test_erasure_canary_across_the_embedded_stores(
 
 
 @pytest.mark.timeout(120)
-async def test_erasure_cut_short_by_a_crash_is_finished_after_the_restart(
-    tmp_path: Path, postgres_database: str
-) -> None:
+async def test_erasure_cut_short_by_a_crash_is_finished_after_the_restart(tmp_path: Path) -> None:
     tenant, canary = unique("erase"), unique("canary")
-    log_dsn = postgres_database
-    env = {**FAST_PACE, "CHATPLANE_POSTGRES_DSN": log_dsn}
-    async with running_stack(tmp_path / "data", env) as stack:
+    async with running_stack(tmp_path / "data", FAST_PACE) as stack:
         data = stack.data_dir
+        # The message log's tables live in the stack's own PostgreSQL, beside the store's.
+        log_dsn = store_dsn(data)
         conversation = await seed(stack, tenant, "erased", canary)
         records = logged_messages(log_dsn, conversation)
         assert len(records) == 4

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import sqlite3
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import psycopg
 import pytest
 import pytest_asyncio
 from google.protobuf import duration_pb2
@@ -39,7 +39,7 @@ from tests.integration.oidc_provider import (
     running_provider,
     unsigned,
 )
-from tests.integration.stack_client import FAST_PACE, Client, create_key, poll, unique
+from tests.integration.stack_client import FAST_PACE, Client, create_key, poll, store_dsn, unique
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -571,21 +571,16 @@ async def test_audit_verify_names_an_edited_record(stack: Stack) -> None:
     records = await audit_log(stack)
     assert len(records) > 20
     target = records[len(records) // 2]
-    database = sqlite3.connect(stack.data_dir / "persistence.db")
+    database = psycopg.connect(store_dsn(stack.data_dir), autocommit=True)
     try:
-        database.execute(
-            "UPDATE audit_log SET outcome = 'success' WHERE seq = ?", (target.seq,)
-        ) if target.event.outcome != "success" else database.execute(
-            "UPDATE audit_log SET outcome = 'failure' WHERE seq = ?", (target.seq,)
-        )
-        database.commit()
+        edited = "success" if target.event.outcome != "success" else "failure"
+        database.execute("UPDATE audit_log SET outcome = %s WHERE seq = %s", (edited, target.seq))
         broken = await asyncio.to_thread(chatplane_cli, stack.data_dir, "audit", "verify")
         assert broken.returncode == 1
         assert f"audit chain BROKEN at record {target.seq}: " in broken.stderr, broken.stderr
         database.execute(
-            "UPDATE audit_log SET outcome = ? WHERE seq = ?", (target.event.outcome, target.seq)
+            "UPDATE audit_log SET outcome = %s WHERE seq = %s", (target.event.outcome, target.seq)
         )
-        database.commit()
     finally:
         database.close()
     repaired = await asyncio.to_thread(chatplane_cli, stack.data_dir, "audit", "verify")

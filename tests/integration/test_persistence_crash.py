@@ -9,7 +9,6 @@ import contextlib
 import json
 import os
 import signal
-import sqlite3
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -18,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import grpc
+import psycopg
 import pytest
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
@@ -67,8 +67,8 @@ async def eventually(
 async def services(
     tmp_path: Path, postgres_database: str
 ) -> AsyncIterator[Callable[[], Awaitable[Service]]]:
-    """Starts the service on tmp_path (data) and the message log in `postgres_database` as
-    often as asked; kills leftovers at the end."""
+    """Starts the service on tmp_path (data), its store and the message log in
+    `postgres_database`, as often as asked; kills leftovers at the end."""
     started: list[asyncio.subprocess.Process] = []
     stderr_path = tmp_path / "persistence.stderr"
 
@@ -116,22 +116,20 @@ def data_dir(tmp_path: Path) -> Path:
     return tmp_path / "data"
 
 
-def stored_counts(database: Path) -> tuple[int, int, int]:
+def stored_counts(database: str) -> tuple[int, int, int]:
     """Rows, distinct message ids, and the conversations' message_count total."""
-    connection = sqlite3.connect(database, timeout=10)
-    try:
-        rows, distinct = connection.execute(
-            "SELECT count(*), count(DISTINCT message_id) FROM messages"
-        ).fetchone()
-        (counted,) = connection.execute(
-            "SELECT coalesce(sum(message_count), 0) FROM conversations"
-        ).fetchone()
-        return int(rows), int(distinct), int(counted)
-    except sqlite3.OperationalError:
-        # Not created or not migrated yet.
-        return 0, 0, 0
-    finally:
-        connection.close()
+    with psycopg.connect(database) as connection:
+        try:
+            counts = connection.execute(
+                "SELECT (SELECT count(*) FROM messages),"
+                " (SELECT count(DISTINCT message_id) FROM messages),"
+                " (SELECT coalesce(sum(message_count), 0) FROM conversations)"
+            ).fetchone()
+        except psycopg.errors.UndefinedTable:
+            # Not migrated yet.
+            return 0, 0, 0
+    assert counts is not None
+    return int(counts[0]), int(counts[1]), int(counts[2])
 
 
 async def consumer_lag(log: PostgresMessageLog) -> int:
@@ -196,7 +194,7 @@ async def test_kill_9_mid_batch_loses_and_duplicates_nothing(
         for conversation_id, owner in [conversations[i % len(conversations)]]
     ]
     log = PostgresMessageLog(postgres_database)
-    database = data_dir(tmp_path) / "persistence.db"
+    database = postgres_database
 
     await append_all(log, records[:BEFORE_CRASH])
     first = await services()

@@ -16,8 +16,8 @@ from chatplane.internal.v1 import memory_pb2_grpc
 from chatplane.log.record_erasure import PostgresLogEraser
 from chatplane.persistence.memory_eraser import MemoryServiceEraser
 from chatplane.persistence.retention import RetentionSweeper
-from chatplane.persistence.store.sqlite import SqliteConversationStore
-from tests.integration.stack_client import FAST_PACE, running_stack, unique
+from chatplane.persistence.store.postgres import PostgresConversationStore
+from tests.integration.stack_client import FAST_PACE, running_stack, store_dsn, unique
 from tests.integration.test_cli import cli
 from tests.integration.test_erasure import canary_memory, log_records, seed, user_rows
 
@@ -26,14 +26,14 @@ pytestmark = pytest.mark.integration
 
 @pytest.mark.timeout(120)
 async def test_retention_sweep_deletes_expired_conversations_from_every_store(
-    tmp_path: Path, postgres_database: str
+    tmp_path: Path,
 ) -> None:
     canary = unique("canary")
     short, long, forever = unique("short"), unique("long"), unique("forever")
-    log_dsn = postgres_database
-    env = {**FAST_PACE, "CHATPLANE_POSTGRES_DSN": log_dsn}
-    async with running_stack(tmp_path / "data", env) as stack:
+    async with running_stack(tmp_path / "data", FAST_PACE) as stack:
         data = stack.data_dir
+        # The message log's tables live in the stack's own PostgreSQL, beside the store's.
+        log_dsn = store_dsn(data)
         conversations = {
             tenant: await seed(stack, tenant, "user", canary) for tenant in (short, long, forever)
         }
@@ -47,7 +47,7 @@ async def test_retention_sweep_deletes_expired_conversations_from_every_store(
 
         logged = {tenant: log_records(log_dsn, [c]) for tenant, c in conversations.items()}
         later = datetime.now(UTC) + timedelta(days=31)
-        store = await SqliteConversationStore.open(data / "persistence.db")
+        store = await PostgresConversationStore.open(store_dsn(data), pool_max_size=2)
         try:
             async with stack.channel("memory") as channel:
                 sweeper = RetentionSweeper(

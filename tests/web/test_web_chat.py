@@ -6,17 +6,17 @@ from __future__ import annotations
 
 import asyncio
 import re
-import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
+import psycopg
 import pytest
 import pytest_asyncio
 
 from chatplane.launcher import Stack
 from chatplane.v1 import gateway_pb2, gateway_pb2_grpc, resources_pb2
-from tests.integration.stack_client import create_key, poll, running_stack, unique
+from tests.integration.stack_client import create_key, poll, running_stack, store_dsn, unique
 from tests.web.browser import REPO, Browser, browser_available, open_browser
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -170,10 +170,9 @@ async def _stored_turn(
 
 
 def _feedback_rows(stack: Stack, message_id: str) -> list[tuple[str, str]]:
-    database = Path(stack.data_dir) / "persistence.db"
-    with sqlite3.connect(f"file:{database}?mode=ro", uri=True) as connection:
+    with psycopg.connect(store_dsn(Path(stack.data_dir))) as connection:
         return connection.execute(
-            "SELECT message_id, rating FROM feedback WHERE message_id = ?", (message_id,)
+            "SELECT message_id, rating FROM feedback WHERE message_id = %s", (message_id,)
         ).fetchall()
 
 

@@ -202,6 +202,9 @@ async def _up(
     click.echo("  chat in the terminal:   .venv/bin/chatplane chat")
     click.echo('  one question:           .venv/bin/chatplane chat -m "hello"')
     click.echo(f"  logs (JSON lines):      {stack.data_dir / 'logs'}/")
+    if stack.postgres is not None:
+        where = f"127.0.0.1:{stack.postgres.port}, data in {stack.postgres.pgdata}"
+        click.echo(f"  PostgreSQL (store):     {where}")
     for name in info.ports:
         if info.metrics_url(name):
             click.echo(f"  metrics ({name + '):':13} {info.metrics_url(name)}")

@@ -17,6 +17,7 @@ from chatplane.crypto.factory import store_key_source, store_keyring
 from chatplane.crypto.sealed_store import sealed_store
 from chatplane.internal.v1 import memory_pb2, memory_pb2_grpc
 from chatplane.launcher import StackInfo
+from chatplane.launcher.stack import running_postgres_dsn
 from chatplane.persistence.store.base import Message, Role
 from chatplane.persistence.store.factory import open_store
 from chatplane.v1 import resources_pb2
@@ -54,6 +55,9 @@ def remember_requests(messages: list[Message]) -> list[memory_pb2.RememberReques
 async def rebuild(data_dir: Path, memory_address: str, tls: TlsFiles | None = None) -> int:
     """Feeds every stored message to MemoryService.Remember; the count remembered."""
     settings = load_settings(["--data-dir", str(data_dir)], "chatplane memory rebuild")
+    if not settings.postgres_dsn:
+        # The embedded stack's own PostgreSQL, running in the data dir.
+        settings = settings.model_copy(update={"postgres_dsn": running_postgres_dsn(data_dir)})
     store = await open_store(settings)
     store = sealed_store(store, store_keyring(settings, store_key_source(settings, store)))
     remembered = 0

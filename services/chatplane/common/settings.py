@@ -37,10 +37,12 @@ class Settings(BaseSettings):
 
     # Where everything of the embedded profile lives (log, databases, index, dev key).
     data_dir: Path = Path(".chatplane")
-    # embedded: SQLite log and store, on-disk index. cluster: Kafka, PostgreSQL, OpenSearch.
+    # embedded: embedded log and index, PostgreSQL run by `chatplane up` in data_dir/postgres.
+    # cluster: Kafka, PostgreSQL, OpenSearch.
     profile: Profile = "embedded"
 
-    # Cluster profile engines (scripts/infra/engines.py writes these variables).
+    # The system of record (both profiles; `chatplane up` sets the DSN of the embedded
+    # profile's server) and the cluster profile's engines (engines.py writes their variables).
     postgres_dsn: str = ""
     postgres_pool_max_size: int = Field(default=10, gt=0)
     kafka_bootstrap: str = ""

@@ -106,13 +106,12 @@ WITHHELD: Final = frozenset(
         # A classmethod that opens a new store: through the wrapper it would hand out an
         # unsealed one.
         "open",
-        # Engine details (the SQLite file, the PostgreSQL write method) nothing reads through
-        # the sealed store.
-        "path",
+        # How the store writes batches (COPY or executemany): nothing reads it through the
+        # sealed store.
         "write_method",
     }
 )
-"""Public names of the engines deliberately not reachable through the sealed store."""
+"""Public names of the store deliberately not reachable through the sealed store."""
 
 
 class SealedConversationStore:

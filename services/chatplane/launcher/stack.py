@@ -1,6 +1,8 @@
 """The whole stack as four OS processes: started in dependency order (persistence, memory,
 then agent, then gateway), each ready when it prints its ready line, stopped in reverse order
-with SIGTERM so in-flight turns drain. Also creates the development API key on first start."""
+with SIGTERM so in-flight turns drain. In the embedded profile, without a configured
+CHATPLANE_POSTGRES_DSN, the stack's own PostgreSQL (in <data dir>/postgres) starts first and
+stops last. Also creates the development API key on first start."""
 
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ from chatplane.common import errors
 from chatplane.common.tls import TlsFiles, client_channel
 from chatplane.internal.v1 import identity_pb2
 from chatplane.launcher.certificates import CLIENT_PARTY, SERVICE_PARTIES, party_files
+from chatplane.launcher.postgres_server import PostgresServer
 from chatplane.persistence.client import PersistenceClient
 from chatplane.v1 import admin_resources_pb2
 
@@ -30,6 +33,8 @@ EDGE = "edge"
 # The web chat's static server (`python -m chatplane.webui`), started when asked for.
 WEB = "webui"
 STACK_FILE = "stack.json"
+# The embedded profile's PostgreSQL cluster, inside the data dir.
+POSTGRES_DIR = "postgres"
 DEV_KEY_FILE = "dev-api-key"
 DEV_TENANT = "dev"
 DEV_USER = "dev"
@@ -174,6 +179,13 @@ def _last_error(log_path: Path, offset: int) -> str:
     return ""
 
 
+def running_postgres_dsn(data_dir: Path) -> str:
+    """The DSN of the PostgreSQL a stack runs in `data_dir` ("" when none is running): for
+    the commands that read the store of a running embedded stack directly."""
+    server = PostgresServer(data_dir.resolve() / POSTGRES_DIR)
+    return server.dsn() if server.port else ""
+
+
 def free_port(host: str) -> int:
     """A port the OS finds free on `host` now, for a service whose address another one must
     be given before it starts (a small window remains in which something else may take it)."""
@@ -207,6 +219,8 @@ class Stack:
         self._env["CHATPLANE_HOST"] = host
         self._env.setdefault("PYTHONUNBUFFERED", "1")
         self.services: dict[str, ServiceProcess] = {}
+        # The stack's own PostgreSQL, when it runs one (embedded profile, no DSN given).
+        self.postgres: PostgresServer | None = None
         self.edge = edge
         self.web = web
 
@@ -243,6 +257,11 @@ class Stack:
     async def start(self) -> StackInfo:
         """Starts all four services in dependency order (then the edge, if asked for)."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            await self._start_postgres()
+        except BaseException:
+            await self.stop()
+            raise
         # Persistence calls MemoryService (erasure, retention; docs/privacy.md) and may start
         # before it: Memory's port is chosen now, so Persistence is told its address.
         if not self._ports.get("memory"):
@@ -262,6 +281,16 @@ class Stack:
             await self.stop()
             raise
         return self.info()
+
+    async def _start_postgres(self) -> None:
+        """The embedded profile's system of record: the wheel's PostgreSQL in the data dir,
+        found again by the next start; a configured DSN (or the cluster profile) skips it."""
+        if self._env.get("CHATPLANE_POSTGRES_DSN") or (
+            self._env.get("CHATPLANE_PROFILE", "embedded") != "embedded"
+        ):
+            return
+        self.postgres = PostgresServer(self.data_dir / POSTGRES_DIR)
+        self._env["CHATPLANE_POSTGRES_DSN"] = await asyncio.to_thread(self.postgres.start)
 
     def info(self) -> StackInfo:
         """Addresses and pids of the running services."""
@@ -293,6 +322,11 @@ class Stack:
         rest = [s for name, s in self.services.items() if name not in codes]
         results = await asyncio.gather(*(s.stop(timeout) for s in rest))
         codes.update({s.name: code for s, code in zip(rest, results, strict=True)})
+        if self.postgres is not None:
+            # After every service: Persistence drains its last batch into it.
+            await asyncio.to_thread(self.postgres.stop, timeout)
+            self._env.pop("CHATPLANE_POSTGRES_DSN", None)
+            self.postgres = None
         return codes
 
     async def development_key(self) -> str:

@@ -20,15 +20,15 @@ from chatplane.crypto.kek import (
     parse_keks,
 )
 from chatplane.crypto.keyring import ERASED_TEXT, Keyring, StoreKeySource
-from chatplane.persistence.store.sqlite import SqliteConversationStore
+from chatplane.persistence.store.postgres import PostgresConversationStore
 
 MESSAGE = "11111111-1111-4111-8111-111111111111"
 OTHER = "22222222-2222-4222-8222-222222222222"
 
 
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SqliteConversationStore]:
-    opened = await SqliteConversationStore.open(tmp_path / "store.db")
+async def store(postgres_database: str) -> AsyncIterator[PostgresConversationStore]:
+    opened = await PostgresConversationStore.open(postgres_database, pool_max_size=4)
     yield opened
     await opened.close()
 
@@ -37,12 +37,12 @@ def _ring(*lines: str) -> KekRing:
     return parse_keks("\n".join(lines), "test")
 
 
-def _keyring(store: SqliteConversationStore, keks: KekRing, cache: float = 5.0) -> Keyring:
+def _keyring(store: PostgresConversationStore, keks: KekRing, cache: float = 5.0) -> Keyring:
     return Keyring(StoreKeySource(store, keks), keks, cache)
 
 
 async def test_seal_then_open_round_trips_and_hides_the_text(
-    store: SqliteConversationStore,
+    store: PostgresConversationStore,
 ) -> None:
     keyring = _keyring(store, _ring(new_kek_line("k1")))
     sealed = await keyring.seal("t", "alice", MESSAGE, "my card is 5500 0000 0000 0004 ✓")
@@ -63,7 +63,7 @@ async def test_seal_then_open_round_trips_and_hides_the_text(
     assert await keyring.open("t", "alice", "written before", MESSAGE) == "written before"
 
 
-async def test_tampered_or_misbound_values_do_not_open(store: SqliteConversationStore) -> None:
+async def test_tampered_or_misbound_values_do_not_open(store: PostgresConversationStore) -> None:
     keyring = _keyring(store, _ring(new_kek_line("k1")))
     sealed = await keyring.seal("t", "alice", MESSAGE, "secret")
     await keyring.seal("t", "bob", MESSAGE, "bob's")  # bob has a key too
@@ -94,7 +94,7 @@ def test_wrong_associated_data_fails_at_the_envelope() -> None:
             envelope.open_parts(aead, parts, tenant, user)
 
 
-async def test_destroy_user_key_shreds_only_that_user(store: SqliteConversationStore) -> None:
+async def test_destroy_user_key_shreds_only_that_user(store: PostgresConversationStore) -> None:
     keyring = _keyring(store, _ring(new_kek_line("k1")))
     alice = [await keyring.seal("t", "alice", MESSAGE, f"alice {i}") for i in range(3)]
     bob = await keyring.seal("t", "bob", MESSAGE, "bob")
@@ -113,7 +113,7 @@ async def test_destroy_user_key_shreds_only_that_user(store: SqliteConversationS
 
 
 async def test_destruction_reaches_another_replica_after_its_cache(
-    store: SqliteConversationStore,
+    store: PostgresConversationStore,
 ) -> None:
     keks = _ring(new_kek_line("k1"))
     now = [0.0]
@@ -129,7 +129,7 @@ async def test_destruction_reaches_another_replica_after_its_cache(
 
 
 async def test_kek_rotation_rewraps_and_old_kek_can_then_go(
-    store: SqliteConversationStore,
+    store: PostgresConversationStore,
 ) -> None:
     old_line, new_line = new_kek_line("old"), new_kek_line("new")
     before = _keyring(store, _ring(old_line))

@@ -1,7 +1,7 @@
 """The sealed store fails closed (docs/security.md, "Encryption at rest"): every public
-attribute of both engines' stores is wrapped by SealedConversationStore, forwarded from its
+attribute of the store is wrapped by SealedConversationStore, forwarded from its
 reviewed PASS_THROUGH set, or withheld; nothing forwarded returns or writes personal text
-(judged from the engines' annotations, no database needed); anything else raises."""
+(judged from the annotations, no database needed); anything else raises."""
 
 from __future__ import annotations
 
@@ -17,9 +17,8 @@ import pytest
 from chatplane.crypto.sealed_store import PASS_THROUGH, WITHHELD, SealedConversationStore
 from chatplane.persistence.store import base, handoff, user_export
 from chatplane.persistence.store.postgres import PostgresConversationStore
-from chatplane.persistence.store.sqlite import SqliteConversationStore
 
-STORES: tuple[type, ...] = (SqliteConversationStore, PostgresConversationStore)
+STORES: tuple[type, ...] = (PostgresConversationStore,)
 
 # What the wrapper seals or opens, and the records made of them: a type that is one of these,
 # or holds one in a field or a container at any depth, carries personal text.
@@ -105,7 +104,7 @@ def _methods(name: str) -> Iterator[tuple[type, Callable[..., Any]]]:
             yield store, member
 
 
-def test_every_public_attribute_of_both_engines_is_wrapped_forwarded_or_withheld() -> None:
+def test_every_public_attribute_of_the_store_is_wrapped_forwarded_or_withheld() -> None:
     decided = _wrapped() | PASS_THROUGH | WITHHELD
     for store in STORES:
         undecided = _public_names(store) - decided
@@ -115,12 +114,12 @@ def test_every_public_attribute_of_both_engines_is_wrapped_forwarded_or_withheld
         )
 
 
-def test_the_reviewed_sets_name_only_what_the_engines_have() -> None:
+def test_the_reviewed_sets_name_only_what_the_store_has() -> None:
     engines = set.union(*(_public_names(store) for store in STORES))
     assert not (PASS_THROUGH | WITHHELD) - engines, "stale names"
     assert not PASS_THROUGH & WITHHELD
     assert not _wrapped() & (PASS_THROUGH | WITHHELD)
-    # Every wrapped method stands for one of both engines (none wraps a misspelt name).
+    # Every wrapped method stands for one of the store (none wraps a misspelt name).
     assert not {n for n in _wrapped() if not all(hasattr(s, n) for s in STORES)}
 
 
@@ -154,7 +153,7 @@ def test_the_type_checks_recognise_personal_text() -> None:
     assert _carries_text(dict[str, base.Message])
     assert _carries_text(list[user_export.MessageFacts] | None)
     assert _carries_text("list[Message]")  # an annotation that does not resolve
-    assert _carries_text(typing.get_type_hints(SqliteConversationStore.tree_skeleton)["return"])
+    assert _carries_text(typing.get_type_hints(PostgresConversationStore.tree_skeleton)["return"])
     assert not _carries_text(base.ApiKey)
     assert _text_fields(base.Feedback) == {"comment"}
 

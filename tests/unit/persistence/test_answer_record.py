@@ -3,9 +3,7 @@ validation (Gateway and Persistence), and the report RPC's request checks."""
 
 from __future__ import annotations
 
-import sqlite3
-from pathlib import Path
-
+import psycopg
 import pytest
 
 from chatplane.common import errors
@@ -18,11 +16,8 @@ from chatplane.log import ConsumedRecord
 from chatplane.persistence.consumer import decode_message
 from chatplane.persistence.conversation_servicer import ConversationServicer
 from chatplane.persistence.store.base import Owner
-from chatplane.persistence.store.sqlite import (
-    SqliteConversationStore,
-    _migrate,
-    sqlite_migrations,
-)
+from chatplane.persistence.store.migrations import shipped_migrations
+from chatplane.persistence.store.postgres import PostgresConversationStore
 from chatplane.persistence.variant_report import report_variants
 from chatplane.v1 import admin_resources_pb2, gateway_pb2, resources_pb2
 from tests.contract.store_fixtures import recorded
@@ -93,7 +88,7 @@ def test_scores_1_to_5_and_no_score_are_accepted(score: int) -> None:
 
 
 async def test_persistence_refuses_a_bad_score_before_storing(
-    store: SqliteConversationStore,
+    store: PostgresConversationStore,
 ) -> None:
     servicer = ConversationServicer(store)
     request = conversation_pb2.SubmitFeedbackRequest(
@@ -107,7 +102,7 @@ async def test_persistence_refuses_a_bad_score_before_storing(
     assert raised.value.field == "feedback.score"
 
 
-async def test_report_request_checks(store: SqliteConversationStore) -> None:
+async def test_report_request_checks(store: PostgresConversationStore) -> None:
     with pytest.raises(errors.InvalidArgument) as raised:
         await report_variants(store, analytics_pb2.ReportVariantsRequest(tenant_id="t" * 300))
     assert raised.value.field == "tenant_id"
@@ -124,21 +119,33 @@ async def test_report_request_checks(store: SqliteConversationStore) -> None:
         assert raised.value.field == "alpha"
 
 
-async def test_migration_files_answers_stored_before_it_under_default(tmp_path: Path) -> None:
-    path = tmp_path / "old.db"
-    connection = sqlite3.connect(path, isolation_level=None)
-    _migrate(connection, sqlite_migrations()[:2])  # the schema before variants
-    connection.execute("INSERT INTO conversations VALUES ('c', 't', 'u', 'title', 1, 1, 2)")
-    for message_id, role in (("q", "user"), ("a", "assistant")):
+async def test_migration_files_answers_stored_before_it_under_default(
+    postgres_database: str,
+) -> None:
+    with psycopg.connect(postgres_database, autocommit=True) as connection:
         connection.execute(
-            "INSERT INTO messages (message_id, conversation_id, tenant_id, user_id, role, text,"
-            " status, model, create_time_us, reply_to_message_id, finish_reason, input_tokens,"
-            " output_tokens, client_message_id, store_time_us)"
-            " VALUES (?, 'c', 't', 'u', ?, 'x', 'complete', 'm', 5, '', 'stop', 3, 4, '', 5)",
-            (message_id, role),
+            "CREATE TABLE schema_version (version integer PRIMARY KEY, name text NOT NULL,"
+            " apply_time timestamptz NOT NULL DEFAULT now())"
         )
-    connection.close()
-    store = await SqliteConversationStore.open(path)
+        for migration in shipped_migrations()[:2]:  # the schema before variants
+            connection.execute(migration.script.encode())
+            connection.execute(
+                "INSERT INTO schema_version (version, name) VALUES (%s, %s)",
+                (migration.version, migration.name),
+            )
+        connection.execute(
+            "INSERT INTO conversations VALUES ('c', 't', 'u', 'title', now(), now(), 2)"
+        )
+        for message_id, role in (("q", "user"), ("a", "assistant")):
+            connection.execute(
+                "INSERT INTO messages (message_id, conversation_id, tenant_id, user_id, role,"
+                " text, status, model, create_time, reply_to_message_id, finish_reason,"
+                " input_tokens, output_tokens, client_message_id, store_time)"
+                " VALUES (%s, 'c', 't', 'u', %s, 'x', 'complete', 'm', now(), '', 'stop', 3, 4,"
+                " '', now())",
+                (message_id, role),
+            )
+    store = await PostgresConversationStore.open(postgres_database, pool_max_size=2)
     try:
         [stats] = await store.report_variants()
     finally:

@@ -1,18 +1,17 @@
-"""The log → store consumer against the real embedded log (on PostgreSQL) and a real SQLite
-store: batching by size and by time, dead letters, and offsets committed only after the
-database commit."""
+"""The log → store consumer against the real embedded log and the store, both on PostgreSQL:
+batching by size and by time, dead letters, and offsets committed only after the database
+commit."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import inspect
-import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING
 
+import psycopg
 import pytest
 
 from chatplane.common import errors
@@ -26,7 +25,7 @@ from chatplane.persistence.consumer import (
     BatchConsumer,
 )
 from chatplane.persistence.store.base import ConversationStore, Message, Owner
-from chatplane.persistence.store.sqlite import SqliteConversationStore
+from chatplane.persistence.store.postgres import PostgresConversationStore
 from chatplane.v1 import resources_pb2
 
 if TYPE_CHECKING:
@@ -53,12 +52,9 @@ async def eventually(
         await asyncio.sleep(0.01)
 
 
-def stored_ids(path: Path) -> list[str]:
-    connection = sqlite3.connect(path)
-    try:
+def stored_ids(dsn: str) -> list[str]:
+    with psycopg.connect(dsn) as connection:
         return [row[0] for row in connection.execute("SELECT message_id FROM messages")]
-    finally:
-        connection.close()
 
 
 def log_record(value: events_pb2.MessageRecorded | bytes, key: str = "") -> LogRecord:
@@ -109,7 +105,7 @@ async def consuming(
         await dead_letters.close()
 
 
-class FlakyStore(SqliteConversationStore):
+class FlakyStore(PostgresConversationStore):
     """Fails every batch write until `healthy`; with `lose_ack`, the first write commits and
     then fails anyway, as if the process died between the database commit and its answer."""
 
@@ -130,7 +126,8 @@ class FlakyStore(SqliteConversationStore):
 
 async def test_batches_close_when_full(
     log: PostgresMessageLog,
-    store: SqliteConversationStore,
+    store: PostgresConversationStore,
+    postgres_database: str,
     producer: MessageLogProducer,
     make_recorded: Recorder,
 ) -> None:
@@ -144,13 +141,13 @@ async def test_batches_close_when_full(
     assert await lag(log) == 5
     async with consuming(log, store, max_records=10, max_wait=0.05) as consumer:
         await eventually(lambda: consumer.counters.records_stored == 5, what="the rest")
-    assert len(set(stored_ids(store.path))) == 25
+    assert len(set(stored_ids(postgres_database))) == 25
     assert await lag(log) == 0
 
 
 async def test_batches_close_after_max_wait(
     log: PostgresMessageLog,
-    store: SqliteConversationStore,
+    store: PostgresConversationStore,
     producer: MessageLogProducer,
     make_recorded: Recorder,
 ) -> None:
@@ -165,7 +162,8 @@ async def test_batches_close_after_max_wait(
 
 async def test_invalid_records_are_dead_lettered_and_the_rest_stored(
     log: PostgresMessageLog,
-    store: SqliteConversationStore,
+    store: PostgresConversationStore,
+    postgres_database: str,
     producer: MessageLogProducer,
     make_recorded: Recorder,
 ) -> None:
@@ -200,7 +198,7 @@ async def test_invalid_records_are_dead_lettered_and_the_rest_stored(
     async with consuming(log, store) as consumer:
         await eventually(lambda: consumer.counters.records_dead_lettered == len(bad), what="DLQ")
         assert consumer.counters.records_stored == 2
-    assert sorted(stored_ids(store.path)) == sorted(
+    assert sorted(stored_ids(postgres_database)) == sorted(
         [good.message.message_id, later.message.message_id]
     )
     assert await lag(log) == 0
@@ -221,7 +219,7 @@ async def test_invalid_records_are_dead_lettered_and_the_rest_stored(
 
 async def test_nothing_is_committed_until_the_store_commits(
     log: PostgresMessageLog,
-    store_path: Path,
+    postgres_database: str,
     clock: FakeClock,
     producer: MessageLogProducer,
     make_recorded: Recorder,
@@ -229,24 +227,26 @@ async def test_nothing_is_committed_until_the_store_commits(
     records = [log_record(make_recorded(ALICE)) for _ in range(30)]
     await producer.append(records, timeout=5)
     async with (
-        await FlakyStore.open(store_path, clock=clock) as store,
+        await FlakyStore.open(postgres_database, pool_max_size=4, clock=clock) as store,
         consuming(log, store) as consumer,
     ):
         assert isinstance(store, FlakyStore)
         await eventually(lambda: store.failures >= 3, what="retries")
         assert await lag(log) == 30
-        assert stored_ids(store_path) == []
+        assert stored_ids(postgres_database) == []
 
         store.healthy = True
         await eventually(lambda: consumer.counters.records_stored == 30, what="stored")
         await eventually(_lag_is_zero(log), what="offsets committed")
         assert consumer.counters.retries >= 3
-    assert sorted(stored_ids(store_path)) == sorted(r.message.message_id for r in _decode(records))
+    assert sorted(stored_ids(postgres_database)) == sorted(
+        r.message.message_id for r in _decode(records)
+    )
 
 
 async def test_a_lost_store_answer_stores_the_batch_once(
     log: PostgresMessageLog,
-    store_path: Path,
+    postgres_database: str,
     clock: FakeClock,
     producer: MessageLogProducer,
     make_recorded: Recorder,
@@ -254,7 +254,7 @@ async def test_a_lost_store_answer_stores_the_batch_once(
     records = [log_record(make_recorded(ALICE)) for _ in range(30)]
     await producer.append(records, timeout=5)
     async with (
-        await FlakyStore.open(store_path, clock=clock) as store,
+        await FlakyStore.open(postgres_database, pool_max_size=4, clock=clock) as store,
         consuming(log, store) as consumer,
     ):
         assert isinstance(store, FlakyStore)
@@ -262,19 +262,19 @@ async def test_a_lost_store_answer_stores_the_batch_once(
         await eventually(_lag_is_zero(log), what="offsets committed")
         # The retry found every message stored already.
         assert consumer.counters.records_skipped == 30
-    ids = stored_ids(store_path)
+    ids = stored_ids(postgres_database)
     assert len(ids) == len(set(ids)) == 30
 
 
 async def test_stop_abandons_a_failing_batch_uncommitted(
     log: PostgresMessageLog,
-    store_path: Path,
+    postgres_database: str,
     clock: FakeClock,
     producer: MessageLogProducer,
     make_recorded: Recorder,
 ) -> None:
     await producer.append([log_record(make_recorded(ALICE)) for _ in range(5)], timeout=5)
-    async with await FlakyStore.open(store_path, clock=clock) as store:
+    async with await FlakyStore.open(postgres_database, pool_max_size=4, clock=clock) as store:
         assert isinstance(store, FlakyStore)
         async with consuming(log, store) as consumer:
             await eventually(lambda: store.failures >= 1, what="a failing write")
@@ -285,7 +285,7 @@ async def test_stop_abandons_a_failing_batch_uncommitted(
 
 
 async def test_stop_while_idle_is_prompt(
-    log: PostgresMessageLog, store: SqliteConversationStore
+    log: PostgresMessageLog, store: PostgresConversationStore
 ) -> None:
     async with consuming(log, store, max_wait=60) as consumer:
         await asyncio.sleep(0)
@@ -296,7 +296,7 @@ async def test_stop_while_idle_is_prompt(
 
 async def test_cancelling_run_is_clean(
     log: PostgresMessageLog,
-    store: SqliteConversationStore,
+    store: PostgresConversationStore,
     producer: MessageLogProducer,
     make_recorded: Recorder,
 ) -> None:
@@ -316,7 +316,7 @@ async def test_cancelling_run_is_clean(
 
 async def test_missing_create_time_falls_back_to_the_log_time(
     log: PostgresMessageLog,
-    store: SqliteConversationStore,
+    store: PostgresConversationStore,
     producer: MessageLogProducer,
     make_recorded: Recorder,
 ) -> None:

@@ -5,14 +5,13 @@ finishes it without running a finished step again."""
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
-from pathlib import Path
 
 import pytest
 
 from chatplane.common import errors
 from chatplane.persistence.erasure_job import STEPS, ErasureJobs
 from chatplane.persistence.store.key_records import AuditActor
-from chatplane.persistence.store.sqlite import SqliteConversationStore
+from chatplane.persistence.store.postgres import PostgresConversationStore
 
 TENANT, USER = "t", "u"
 
@@ -41,8 +40,10 @@ class Recorder:
         return {"log_records": 5}
 
 
-async def test_a_failed_step_is_resumed_without_repeating_the_ones_done(tmp_path: Path) -> None:
-    store = await SqliteConversationStore.open(tmp_path / "p.db")
+async def test_a_failed_step_is_resumed_without_repeating_the_ones_done(
+    postgres_database: str,
+) -> None:
+    store = await PostgresConversationStore.open(postgres_database, pool_max_size=4)
     parts = Recorder()
     jobs = ErasureJobs(store, memory=parts, log=parts, shredder=parts)
     try:
@@ -68,8 +69,8 @@ async def test_a_failed_step_is_resumed_without_repeating_the_ones_done(tmp_path
         await store.close()
 
 
-async def test_without_a_keyring_the_data_key_step_says_so(tmp_path: Path) -> None:
-    store = await SqliteConversationStore.open(tmp_path / "p.db")
+async def test_without_a_keyring_the_data_key_step_says_so(postgres_database: str) -> None:
+    store = await PostgresConversationStore.open(postgres_database, pool_max_size=4)
     parts = Recorder()
     try:
         job = await ErasureJobs(store, memory=parts, log=parts, shredder=None).erase(

@@ -10,7 +10,6 @@ from collections.abc import Container, Iterable, Sequence
 from chatplane.crypto.envelope import is_sealed
 from chatplane.persistence.store.base import Message
 
-INSERT_SQLITE = "INSERT OR IGNORE INTO answer_deltas (message_id, delta_ends) VALUES (?, ?)"
 INSERT_POSTGRES = (
     "INSERT INTO answer_deltas (message_id, delta_ends) VALUES (%s, %s)"
     " ON CONFLICT (message_id) DO NOTHING"

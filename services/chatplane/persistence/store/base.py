@@ -1,45 +1,25 @@
-"""The system of record's interface: plain domain records and the `ConversationStore` every
-engine (SQLite now, PostgreSQL next) implements with the same owner scoping and idempotency."""
+"""The system of record's domain records (messages, conversations, turns, keys, feedback) and
+the checks and stored forms the store shares; `ConversationStore` names the store itself
+(postgres.py: PostgreSQL in both profiles)."""
 
 from __future__ import annotations
 
-import abc
 import enum
 import hashlib
 import secrets
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 from chatplane.common import errors, timestamps
-from chatplane.common.closing import AsyncClosable
 from chatplane.common.ids import is_valid_id, new_id
 from chatplane.crypto.envelope import is_sealed
-from chatplane.persistence.store.erasure import ErasureLedger
-from chatplane.persistence.store.quota import TokenQuotaLedger
-from chatplane.persistence.store.rated_answers import RatedAnswerQuery, RatedAnswerRow
-from chatplane.persistence.store.variant_registry import VariantRegistryStore
 
-if TYPE_CHECKING:  # they import this module
-    from chatplane.audit.chain import AuditEvent, AuditHead, AuditRecord
-    from chatplane.persistence.store.key_records import (
-        ApiKeyCursor,
-        ApiKeyPage,
-        AuditActor,
-        RotatedApiKey,
-    )
+if TYPE_CHECKING:  # the store imports this module: at run time, see __getattr__ below
+    from chatplane.persistence.store.postgres import PostgresConversationStore
 
-if TYPE_CHECKING:  # export (docs/privacy.md)
-    from chatplane.persistence.store.user_export import MessageFacts
-
-if TYPE_CHECKING:
-    from chatplane.persistence.store.handoff import (
-        HandoffChange,
-        HandoffCursor,
-        HandoffPage,
-        HandoffState,
-    )
+    ConversationStore = PostgresConversationStore
 
 API_KEY_PREFIX = "cp"
 """Full API keys read `cp_<key_id>_<secret>`."""
@@ -388,228 +368,19 @@ def issue_api_key(
     return IssuedApiKey(f"{API_KEY_PREFIX}_{key_id}_{secret}", record)
 
 
-class ConversationStore(TokenQuotaLedger, VariantRegistryStore, ErasureLedger, AsyncClosable):
-    """The system of record. Every read and write is scoped to an `Owner`: anything of
-    another tenant or user, and any id that is not a valid id, is `errors.NotFound`.
-    Infrastructure failures surface as `errors.Unavailable` (safe to retry)."""
+if not TYPE_CHECKING:
 
-    @abc.abstractmethod
-    async def begin_turn(self, request: TurnRequest) -> TurnReservation:
-        """Reserve the ids of a turn, creating the conversation when none is named.
+    def __getattr__(name: str) -> object:
+        """`ConversationStore`, the name the store's callers know it by: its one
+        implementation (PostgreSQL), imported when first asked for, since that module
+        imports this one."""
+        if name == "ConversationStore":
+            from chatplane.persistence.store.postgres import (  # noqa: PLC0415 (cycle)
+                PostgresConversationStore,
+            )
 
-        With a `client_message_id`, at most one turn exists per (owner, key) and exactly one
-        of any number of concurrent callers acquires it; later calls get the same ids, not
-        acquired, until the lease expires without the assistant message stored, when the next
-        call acquires it again. Raises NotFound for a conversation not of the owner, and
-        AlreadyExists when the user message id is already reserved by another turn.
-        """
-
-    @abc.abstractmethod
-    async def get_turn(
-        self, owner: Owner, user_message_id: str, *, assistant_message_id: str = ""
-    ) -> Turn:
-        """The turn reserved under `user_message_id` by the owner, with its stored messages;
-        with `assistant_message_id`, the turn of that answer (a user message has one turn per
-        regenerated answer)."""
-
-    @abc.abstractmethod
-    async def release_turn(
-        self, owner: Owner, user_message_id: str, *, assistant_message_id: str = ""
-    ) -> bool:
-        """Ends the lease of the owner's turn (found as by `get_turn`) unless its assistant
-        message is stored (then False): the next BeginTurn with its key acquires it at once."""
-
-    @abc.abstractmethod
-    async def list_conversations(
-        self, owner: Owner, *, limit: int, after: ConversationCursor | None = None
-    ) -> ConversationPage:
-        """Up to `limit` of the owner's conversations, most recently updated first, starting
-        after `after`. Keyset paging: conversations created or updated while paging move to
-        the front, so they never shift or repeat the rest of the pages."""
-
-    @abc.abstractmethod
-    async def get_conversation(
-        self,
-        owner: Owner,
-        conversation_id: str,
-        *,
-        limit: int,
-        after: MessageCursor | None = None,
-    ) -> ConversationHistory:
-        """The conversation and up to `limit` of its messages, oldest first, after `after`
-        (which must be a cursor of this conversation)."""
-
-    @abc.abstractmethod
-    async def delete_conversation(self, owner: Owner, conversation_id: str) -> datetime:
-        """Delete the conversation with its messages, turns and feedback; returns when.
-        Messages recorded for it later are dropped by `write_messages`, so it never returns."""
-
-    @abc.abstractmethod
-    async def submit_feedback(self, owner: Owner, feedback: Feedback) -> datetime:
-        """Store (or replace) the owner's feedback on one of the owner's assistant messages;
-        returns when it was stored. Any other message is NotFound."""
-
-    @abc.abstractmethod
-    async def create_api_key(
-        self,
-        owner: Owner,
-        label: str,
-        roles: frozenset[str] = frozenset({"chat"}),
-        actor: AuditActor | None = None,
-    ) -> IssuedApiKey:
-        """Create a key for the owner with these roles; only its secret's hash is stored. The
-        creation is appended to the audit log (by `actor`) in the same transaction."""
-
-    @abc.abstractmethod
-    async def get_api_key(self, key_id: str) -> ApiKey:
-        """The stored record of a key, by its public id (the one lookup not scoped to an
-        owner: it is how a caller's owner is found)."""
-
-    @abc.abstractmethod
-    async def write_messages(self, messages: Sequence[Message]) -> int:
-        """Store a batch from the message log in ONE transaction; returns how many were new.
-
-        Idempotent by message id: a message stored already (or twice in the batch) is not
-        stored again. Messages of a deleted conversation are dropped. A conversation not yet
-        known is created for the message's owner. When any message belongs to a conversation
-        or message id of another owner, nothing is written and MessagesRejected says which.
-        """
-
-    @abc.abstractmethod
-    async def iter_messages(self, after: str | None, limit: int) -> list[Message]:
-        """Up to `limit` stored messages of every owner, in message id order, starting after
-        the message id `after` (None: from the first); the owner is in each message.
-
-        A keyset scan of the whole system of record for rebuilding what is derived from it
-        (the memory index): call again with the last message's id until a page comes back
-        short. Not scoped to an owner, so never for answering a caller. Messages stored while
-        scanning are included when their id sorts after the cursor; a rebuild that must not
-        miss any runs alongside the live path that also indexes new turns.
-        """
-
-    # Human handoff (docs/handoff.md; records in chatplane.persistence.store.handoff).
-
-    @abc.abstractmethod
-    async def get_handoff(self, owner: Owner, conversation_id: str) -> HandoffState:
-        """The handoff state of the owner's conversation (BOT when never handed off)."""
-
-    @abc.abstractmethod
-    async def change_handoff(
-        self, owner: Owner, conversation_id: str, change: HandoffChange
-    ) -> HandoffState:
-        """Apply `change` to the owner's conversation atomically; the answer's `changed`
-        says whether anything changed (see handoff.apply_change)."""
-
-    @abc.abstractmethod
-    async def list_handoffs(
-        self, tenant_id: str, *, limit: int, after: HandoffCursor | None = None
-    ) -> HandoffPage:
-        """Up to `limit` of the tenant's conversations in human mode, longest waiting
-        first (oldest request), after `after`."""
-
-    @abc.abstractmethod
-    async def tenant_handoff(self, tenant_id: str, conversation_id: str) -> HandoffState:
-        """A conversation of the tenant that was ever handed off, with its owner (for
-        operators); any other is NotFound."""
-
-    @abc.abstractmethod
-    async def count_thumbs_down(self, owner: Owner, message_id: str) -> tuple[str, int]:
-        """The conversation of the owner's message and its number of thumbs-down ratings."""
-
-    @abc.abstractmethod
-    async def get_answer(self, owner: Owner, assistant_message_id: str) -> Answer:
-        """The owner's turn whose assistant message id this is, with the answer's delta ends
-        once stored; NotFound for any other id (a user message's, someone else's)."""
-
-    @abc.abstractmethod
-    async def report_variants(
-        self, tenant_id: str | None = None, since: datetime | None = None
-    ) -> list[VariantStats]:
-        """Answers and their feedback aggregated per A/B variant, by variant name: of one
-        tenant (None: all) and created at or after `since` (None: all). Not scoped to an
-        owner: for admin tools only."""
-
-    @abc.abstractmethod
-    async def list_rated_answers(self, query: RatedAnswerQuery) -> list[RatedAnswerRow]:
-        """A page of complete, rated answers (feedback datasets, docs/datasets.md), by create
-        time then message id. Not scoped to an owner: for admin tools only."""
-
-    @abc.abstractmethod
-    async def close(self) -> None:
-        """Finish work under way and release the store's resources."""
-
-    @abc.abstractmethod
-    async def get_conversation_tree(
-        self,
-        owner: Owner,
-        conversation_id: str,
-        *,
-        view: ConversationView,
-        limit: int,
-        after: MessageCursor | BranchCursor | None = None,
-    ) -> ConversationTreePage:
-        """The conversation (with its active leaf) and a page of its active branch (first
-        message to leaf; `after` a BranchCursor) or of its whole tree (oldest first, as
-        `get_conversation`; `after` a MessageCursor), each message with its place."""
-
-    @abc.abstractmethod
-    async def set_active_branch(
-        self, owner: Owner, conversation_id: str, message_id: str
-    ) -> Conversation:
-        """Make the branch through a stored message of the conversation active: its leaf is
-        reached from the message by always taking the newest child. NotFound otherwise."""
-
-    # Key management and the audit log (issue 7, identity; key_records.py, audit/chain.py).
-
-    @abc.abstractmethod
-    async def list_api_keys(
-        self,
-        tenant_id: str,
-        user_id: str = "",
-        *,
-        limit: int,
-        after: ApiKeyCursor | None = None,
-        include_revoked: bool = False,
-    ) -> ApiKeyPage:
-        """Up to `limit` keys of the tenant (of one user when `user_id`), newest first, after
-        `after`; without `include_revoked` only keys that still authenticate."""
-
-    @abc.abstractmethod
-    async def rotate_api_key(
-        self, tenant_id: str, key_id: str, overlap: timedelta, actor: AuditActor
-    ) -> RotatedApiKey:
-        """Replace the tenant's key by a new one (same owner, label, roles); the old one stops
-        working after `overlap` (zero: now, and it is revoked). NotFound for a key of another
-        tenant; FailedPrecondition for a key that no longer works or was rotated already.
-        Audited in the same transaction."""
-
-    @abc.abstractmethod
-    async def revoke_api_key(self, tenant_id: str, key_id: str, actor: AuditActor) -> ApiKey:
-        """Revoke the tenant's key now (again: no change); NotFound for another tenant's key.
-        Audited in the same transaction."""
-
-    @abc.abstractmethod
-    async def append_audit(self, events: Sequence[AuditEvent]) -> AuditHead:
-        """Append the events to the hash chain in order, in one transaction, serialised with
-        every other append to the same database; returns the new head."""
-
-    @abc.abstractmethod
-    async def audit_records(self, after_seq: int, limit: int) -> list[AuditRecord]:
-        """Up to `limit` records of the chain with seq > `after_seq`, in seq order."""
-
-    @abc.abstractmethod
-    async def audit_head(self) -> AuditHead:
-        """The chain's stored head."""
-
-    # Export (docs/privacy.md, "Export"; user_export.py).
-
-    @abc.abstractmethod
-    async def user_message_facts(
-        self, owner: Owner, *, limit: int, after: str | None = None
-    ) -> list[MessageFacts]:
-        """Up to `limit` of the owner's messages that have answer facts or the owner's
-        feedback, in message id order after the message id `after` (None: from the first),
-        with those facts (never the text). Keyset paging over the owner's messages only."""
+            return PostgresConversationStore
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def require_limit(limit: int) -> None:

@@ -1,5 +1,5 @@
-"""Schema migrations shipped as numbered SQL files (`migrations/<engine>/NNNN_name.sql`),
-read in order; each store applies them in its own way and records the version reached."""
+"""Schema migrations shipped as numbered SQL files (`persistence/migrations/NNNN_name.sql`),
+read in order; the store applies them and records the version reached."""
 
 from __future__ import annotations
 
@@ -19,9 +19,9 @@ class Migration:
     script: str
 
 
-def shipped_migrations(engine: str) -> list[Migration]:
-    """The migrations shipped in chatplane/persistence/migrations/<engine>, in order."""
-    folder = importlib.resources.files("chatplane.persistence").joinpath("migrations", engine)
+def shipped_migrations() -> list[Migration]:
+    """The migrations shipped in chatplane/persistence/migrations, in order."""
+    folder = importlib.resources.files("chatplane.persistence").joinpath("migrations")
     found: list[Migration] = []
     for entry in folder.iterdir():
         match = _MIGRATION_FILE.match(entry.name)

@@ -1,7 +1,7 @@
-"""The cluster system of record: `ConversationStore` on PostgreSQL (psycopg 3, async, with a
+"""The system of record: `ConversationStore` on PostgreSQL (psycopg 3, async, with a
 connection pool). Versioned SQL migrations are applied at start under an advisory lock; each
 batch from the message log is one transaction: its ids are looked up under its conversations'
-locks and the new messages are COPYed straight into `messages` (store/postgres_copy.py); COPY
+locks and the new messages are COPYed straight into `messages` (store/message_copy.py); COPY
 into a staging table + ON CONFLICT DO NOTHING and pipelined executemany remain as alternatives
 (docs/postgres.md)."""
 
@@ -12,7 +12,7 @@ import enum
 import hashlib
 import logging
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any, Self
 
 import psycopg
@@ -22,17 +22,18 @@ from psycopg_pool import AsyncConnectionPool
 
 from chatplane.audit.chain import AuditEvent, AuditHead, AuditRecord
 from chatplane.common import errors
+from chatplane.common.closing import AsyncClosable
 from chatplane.common.ids import is_valid_id, new_id
 from chatplane.crypto.keyring import WrappedDataKey
 from chatplane.persistence.store import (
     answer_deltas,
-    postgres_data_keys,
-    postgres_erasure,
-    postgres_handoff,
-    postgres_quota,
-    postgres_tree,
+    data_keys,
+    erasure,
+    handoff,
+    quota,
+    tree_store,
 )
-from chatplane.persistence.store import postgres_identity as identity
+from chatplane.persistence.store import key_records as identity
 from chatplane.persistence.store.answer_metrics import (
     ANSWER_METRICS_COLUMNS,
     VariantStats,
@@ -44,11 +45,9 @@ from chatplane.persistence.store.base import (
     Answer,
     ApiKey,
     Clock,
-    Conversation,
     ConversationCursor,
     ConversationHistory,
     ConversationPage,
-    ConversationStore,
     Feedback,
     IssuedApiKey,
     Message,
@@ -67,6 +66,7 @@ from chatplane.persistence.store.base import (
 )
 from chatplane.persistence.store.erasure import (
     ErasureJob,
+    ErasureLedger,
     ExpiredConversation,
     RetentionPolicy,
     require_retention_days,
@@ -83,11 +83,10 @@ from chatplane.persistence.store.key_records import (
     AuditActor,
     RotatedApiKey,
 )
+from chatplane.persistence.store.message_copy import LostRace as _LostRace
+from chatplane.persistence.store.message_copy import copy_messages, record_conversations
 from chatplane.persistence.store.migrations import Migration, shipped_migrations
-from chatplane.persistence.store.postgres_copy import LostRace as _LostRace
-from chatplane.persistence.store.postgres_copy import copy_messages, record_conversations
-from chatplane.persistence.store.postgres_registry import PostgresVariantRegistry
-from chatplane.persistence.store.quota import QuotaReservation, TokenQuota
+from chatplane.persistence.store.quota import QuotaReservation, TokenQuota, TokenQuotaLedger
 from chatplane.persistence.store.rated_answers import (
     RatedAnswerQuery,
     RatedAnswerRow,
@@ -99,6 +98,7 @@ from chatplane.persistence.store.records import (
     conversation_from_row,
     message_from_row,
     message_row,
+    utc,
 )
 from chatplane.persistence.store.tree_store import TreeQueries, TreeSkeleton
 from chatplane.persistence.store.user_export import (
@@ -107,6 +107,7 @@ from chatplane.persistence.store.user_export import (
     facts_parameters,
     facts_query,
 )
+from chatplane.persistence.store.variant_registry import PostgresVariantRegistry
 
 _log = logging.getLogger(__name__)
 
@@ -167,13 +168,13 @@ class WriteMethod(enum.Enum):
     EXECUTEMANY = "executemany"
     # Look the batch's ids up under the conversation locks, then COPY the new messages straight
     # into `messages` (no staging table, no ON CONFLICT); a concurrent duplicate id is a unique
-    # violation that rolls back and runs the batch again (store/postgres_copy.py).
+    # violation that rolls back and runs the batch again (store/message_copy.py).
     COPY_DIRECT = "copy-direct"
 
 
 def postgres_migrations() -> list[Migration]:
-    """The migrations shipped in chatplane/persistence/migrations/postgres, in order."""
-    return shipped_migrations("postgres")
+    """The migrations shipped in chatplane/persistence/migrations, in order."""
+    return shipped_migrations()
 
 
 async def migrate(dsn: str, *, connect_timeout: float = 10.0) -> int:
@@ -215,7 +216,9 @@ async def migrate(dsn: str, *, connect_timeout: float = 10.0) -> int:
     return len(migrations)
 
 
-class PostgresConversationStore(PostgresVariantRegistry, TreeQueries, ConversationStore):
+class PostgresConversationStore(
+    PostgresVariantRegistry, TreeQueries, TokenQuotaLedger, ErasureLedger, AsyncClosable
+):
     """The store in a PostgreSQL database. Use `await PostgresConversationStore.open(dsn, ...)`,
     which migrates the schema and opens the connection pool before the first call.
 
@@ -304,6 +307,14 @@ class PostgresConversationStore(PostgresVariantRegistry, TreeQueries, Conversati
         return self._write_method
 
     async def begin_turn(self, request: TurnRequest) -> TurnReservation:
+        """Reserve the ids of a turn, creating the conversation when none is named.
+
+        With a `client_message_id`, at most one turn exists per (owner, key) and exactly one
+        of any number of concurrent callers acquires it; later calls get the same ids, not
+        acquired, until the lease expires without the assistant message stored, when the next
+        call acquires it again. Raises NotFound for a conversation not of the owner, and
+        AlreadyExists when the user message id is already reserved by another turn.
+        """
         if request.conversation_id and not is_valid_id(request.conversation_id):
             raise errors.NotFound("conversation not found")
         now = self._clock()
@@ -332,10 +343,10 @@ class PostgresConversationStore(PostgresVariantRegistry, TreeQueries, Conversati
             if row is not None:
                 reclaimed = await self._reclaim_turn(connection, row, now, request)
                 if reclaimed.acquired:
-                    return await postgres_tree.taken_over(connection, request, reclaimed, now)
+                    return await tree_store.taken_over(connection, request, reclaimed, now)
                 return reclaimed
         conversation_id = (
-            await postgres_tree.target_conversation(connection, request, now)
+            await tree_store.target_conversation(connection, request, now)
             or request.conversation_id
         )
         if conversation_id:
@@ -358,7 +369,7 @@ class PostgresConversationStore(PostgresVariantRegistry, TreeQueries, Conversati
                 (conversation_id, owner.tenant_id, owner.user_id, request.title, now, now),
             )
         expire = now + request.lease
-        plan, tree = await postgres_tree.place_turn(connection, request, conversation_id, now)
+        plan, tree = await tree_store.place_turn(connection, request, conversation_id, now)
         try:
             cursor = await connection.execute(
                 "INSERT INTO turns (user_message_id, assistant_message_id, conversation_id,"
@@ -394,7 +405,7 @@ class PostgresConversationStore(PostgresVariantRegistry, TreeQueries, Conversati
             complete=False,
             lease_expire_time=expire,
         )
-        return await postgres_tree.details(connection, request, reservation, plan, tree)
+        return await tree_store.details(connection, request, reservation, plan, tree)
 
     async def _reclaim_turn(
         self, connection: _Connection, row: Sequence[Any], now: datetime, request: TurnRequest
@@ -402,7 +413,7 @@ class PostgresConversationStore(PostgresVariantRegistry, TreeQueries, Conversati
         """The answer to a BeginTurn whose idempotency key is reserved already (its turn row
         is locked by the caller's SELECT ... FOR UPDATE)."""
         conversation_id, user_message_id, assistant_message_id, expire, complete = row
-        expire = _utc(expire)
+        expire = utc(expire)
         acquired = not complete and expire <= now
         if acquired:
             # The previous owner's lease ran out before its answer was stored: this caller
@@ -424,6 +435,9 @@ class PostgresConversationStore(PostgresVariantRegistry, TreeQueries, Conversati
     async def get_turn(
         self, owner: Owner, user_message_id: str, *, assistant_message_id: str = ""
     ) -> Turn:
+        """The turn reserved under `user_message_id` by the owner, with its stored messages;
+        with `assistant_message_id`, the turn of that answer (a user message has one turn per
+        regenerated answer)."""
         key = assistant_message_id or user_message_id
         if not is_valid_id(key):
             raise errors.NotFound("turn not found")
@@ -444,17 +458,19 @@ class PostgresConversationStore(PostgresVariantRegistry, TreeQueries, Conversati
         if not rows:
             raise errors.NotFound("turn not found")
         conversation_id, assistant_message_id, expire, user_message_id = rows[0][:4]
-        stored = {m.message_id: m for m in (_message_from_row(r[4:]) for r in rows if r[4])}
+        stored = {m.message_id: m for m in (message_from_row(r[4:]) for r in rows if r[4])}
         return Turn(
             conversation_id,
             user_message_id,
             assistant_message_id,
-            _utc(expire),
+            utc(expire),
             stored.get(user_message_id),
             stored.get(assistant_message_id),
         )
 
     async def get_answer(self, owner: Owner, assistant_message_id: str) -> Answer:
+        """The owner's turn whose assistant message id this is, with the answer's delta ends
+        once stored; NotFound for any other id (a user message's, someone else's)."""
         if not is_valid_id(assistant_message_id):
             raise errors.NotFound("message not found")
         async with self._connection() as connection:
@@ -486,6 +502,8 @@ class PostgresConversationStore(PostgresVariantRegistry, TreeQueries, Conversati
     async def release_turn(
         self, owner: Owner, user_message_id: str, *, assistant_message_id: str = ""
     ) -> bool:
+        """Ends the lease of the owner's turn (found as by `get_turn`) unless its assistant
+        message is stored (then False): the next BeginTurn with its key acquires it at once."""
         key = assistant_message_id or user_message_id
         if not is_valid_id(key):
             raise errors.NotFound("turn not found")
@@ -513,6 +531,9 @@ class PostgresConversationStore(PostgresVariantRegistry, TreeQueries, Conversati
     async def list_conversations(
         self, owner: Owner, *, limit: int, after: ConversationCursor | None = None
     ) -> ConversationPage:
+        """Up to `limit` of the owner's conversations, most recently updated first, starting
+        after `after`. Keyset paging: conversations created or updated while paging move to
+        the front, so they never shift or repeat the rest of the pages."""
         require_limit(limit)
         query = (
             f"SELECT {_CONVERSATION_COLUMNS} FROM conversations"
@@ -526,7 +547,7 @@ class PostgresConversationStore(PostgresVariantRegistry, TreeQueries, Conversati
         async with self._connection() as connection:
             cursor = await connection.execute(query, [*parameters, limit + 1])
             rows = await cursor.fetchall()
-        conversations = tuple(_conversation_from_row(row) for row in rows[:limit])
+        conversations = tuple(conversation_from_row(row) for row in rows[:limit])
         next_cursor = None
         if len(rows) > limit:
             last = conversations[-1]
@@ -541,6 +562,8 @@ class PostgresConversationStore(PostgresVariantRegistry, TreeQueries, Conversati
         limit: int,
         after: MessageCursor | None = None,
     ) -> ConversationHistory:
+        """The conversation and up to `limit` of its messages, oldest first, after `after`
+        (which must be a cursor of this conversation)."""
         require_history_request(conversation_id, limit, after)
         # One statement, so the conversation and its messages come from one snapshot.
         page_filter = ""
@@ -566,9 +589,9 @@ class PostgresConversationStore(PostgresVariantRegistry, TreeQueries, Conversati
         if not rows:
             raise errors.NotFound("conversation not found")
         columns = len(_CONVERSATION_COLUMNS.split(","))
-        conversation = _conversation_from_row(rows[0][:columns])
+        conversation = conversation_from_row(rows[0][:columns])
         found = [row[columns:] for row in rows if row[columns] is not None]
-        messages = tuple(_message_from_row(row) for row in found[:limit])
+        messages = tuple(message_from_row(row) for row in found[:limit])
         next_cursor = None
         if len(found) > limit:
             next_cursor = MessageCursor(
@@ -577,6 +600,8 @@ class PostgresConversationStore(PostgresVariantRegistry, TreeQueries, Conversati
         return ConversationHistory(conversation, messages, next_cursor)
 
     async def delete_conversation(self, owner: Owner, conversation_id: str) -> datetime:
+        """Delete the conversation with its messages, turns and feedback; returns when.
+        Messages recorded for it later are dropped by `write_messages`, so it never returns."""
         if not is_valid_id(conversation_id):
             raise errors.NotFound("conversation not found")
         now = self._clock()
@@ -598,6 +623,8 @@ class PostgresConversationStore(PostgresVariantRegistry, TreeQueries, Conversati
         return now
 
     async def submit_feedback(self, owner: Owner, feedback: Feedback) -> datetime:
+        """Store (or replace) the owner's feedback on one of the owner's assistant messages;
+        returns when it was stored. Any other message is NotFound."""
         if not is_valid_id(feedback.message_id):
             raise errors.NotFound("assistant message not found")
         now = self._clock()
@@ -637,6 +664,8 @@ class PostgresConversationStore(PostgresVariantRegistry, TreeQueries, Conversati
         roles: frozenset[str] = frozenset({"chat"}),
         actor: AuditActor | None = None,
     ) -> IssuedApiKey:
+        """Create a key for the owner with these roles; only its secret's hash is stored. The
+        creation is appended to the audit log (by `actor`) in the same transaction."""
         now = self._clock()
         issued = issue_api_key(owner, label, now, roles)
         async with self._connection() as connection:
@@ -644,12 +673,23 @@ class PostgresConversationStore(PostgresVariantRegistry, TreeQueries, Conversati
         return issued
 
     async def get_api_key(self, key_id: str) -> ApiKey:
+        """The stored record of a key, by its public id (the one lookup not scoped to an
+        owner: it is how a caller's owner is found)."""
         if not is_valid_id(key_id):
             raise errors.NotFound("api key not found")
         async with self._connection() as connection:
             return await identity.get_api_key(connection, key_id)
 
     async def iter_messages(self, after: str | None, limit: int) -> list[Message]:
+        """Up to `limit` stored messages of every owner, in message id order, starting after
+        the message id `after` (None: from the first); the owner is in each message.
+
+        A keyset scan of the whole system of record for rebuilding what is derived from it
+        (the memory index): call again with the last message's id until a page comes back
+        short. Not scoped to an owner, so never for answering a caller. Messages stored while
+        scanning are included when their id sorts after the cursor; a rebuild that must not
+        miss any runs alongside the live path that also indexes new turns.
+        """
         require_limit(limit)
         query = f"SELECT {_MESSAGE_COLUMNS} FROM messages"
         parameters: list[Any] = []
@@ -660,9 +700,16 @@ class PostgresConversationStore(PostgresVariantRegistry, TreeQueries, Conversati
         async with self._connection() as connection:
             cursor = await connection.execute(query, [*parameters, limit])
             rows = await cursor.fetchall()
-        return [_message_from_row(row) for row in rows]
+        return [message_from_row(row) for row in rows]
 
     async def write_messages(self, messages: Sequence[Message]) -> int:
+        """Store a batch from the message log in ONE transaction; returns how many were new.
+
+        Idempotent by message id: a message stored already (or twice in the batch) is not
+        stored again. Messages of a deleted conversation are dropped. A conversation not yet
+        known is created for the message's owner. When any message belongs to a conversation
+        or message id of another owner, nothing is written and MessagesRejected says which.
+        """
         if not messages:
             return 0
         batch = tuple(messages)
@@ -733,34 +780,35 @@ class PostgresConversationStore(PostgresVariantRegistry, TreeQueries, Conversati
         await _write_answer_extras(connection, accepted, inserted)
         return len(inserted)
 
-    # Token quotas (chatplane.persistence.store.postgres_quota), each in one transaction.
+    # Token quotas (chatplane.persistence.store.quota), each in one transaction.
     async def reserve_tokens(
         self, tenant_id: str, reservation_id: str, tokens: int, lease: timedelta
     ) -> QuotaReservation:
         now = self._clock()
         async with self._connection() as connection, connection.transaction():
-            return await postgres_quota.reserve(
-                connection, tenant_id, reservation_id, tokens, lease, now
-            )
+            return await quota.reserve(connection, tenant_id, reservation_id, tokens, lease, now)
 
     async def settle_tokens(self, tenant_id: str, reservation_id: str, used: int) -> TokenQuota:
         now = self._clock()
         async with self._connection() as connection, connection.transaction():
-            return await postgres_quota.settle(connection, tenant_id, reservation_id, used, now)
+            return await quota.settle(connection, tenant_id, reservation_id, used, now)
 
     async def set_token_quota(self, tenant_id: str, tokens_per_day: int) -> TokenQuota:
         now = self._clock()
         async with self._connection() as connection, connection.transaction():
-            return await postgres_quota.set_limit(connection, tenant_id, tokens_per_day, now)
+            return await quota.set_limit(connection, tenant_id, tokens_per_day, now)
 
     async def get_token_quota(self, tenant_id: str) -> TokenQuota:
         now = self._clock()
         async with self._connection() as connection:
-            return await postgres_quota.quota(connection, tenant_id, now)
+            return await quota.quota(connection, tenant_id, now)
 
     async def report_variants(
         self, tenant_id: str | None = None, since: datetime | None = None
     ) -> list[VariantStats]:
+        """Answers and their feedback aggregated per A/B variant, by variant name: of one
+        tenant (None: all) and created at or after `since` (None: all). Not scoped to an
+        owner: for admin tools only."""
         query = report_query(
             time_column="create_time",
             placeholder="%s",
@@ -777,6 +825,8 @@ class PostgresConversationStore(PostgresVariantRegistry, TreeQueries, Conversati
         return [stats_from_row(row) for row in rows]
 
     async def list_rated_answers(self, query: RatedAnswerQuery) -> list[RatedAnswerRow]:
+        """A page of complete, rated answers (feedback datasets, docs/datasets.md), by create
+        time then message id. Not scoped to an owner: for admin tools only."""
         if not query.tenants:
             return []
         sql, parameters = rated_answers_sql(
@@ -788,94 +838,98 @@ class PostgresConversationStore(PostgresVariantRegistry, TreeQueries, Conversati
         return [rated_answer_row(row, lambda t: t) for row in rows]
 
     async def get_handoff(self, owner: Owner, conversation_id: str) -> HandoffState:
+        """The handoff state of the owner's conversation (BOT when never handed off)."""
         if not is_valid_id(conversation_id):
             raise errors.NotFound("conversation not found")
         async with self._connection() as connection:
-            return await postgres_handoff.get_handoff(connection, owner, conversation_id)
+            return await handoff.get_handoff(connection, owner, conversation_id)
 
     async def change_handoff(
         self, owner: Owner, conversation_id: str, change: HandoffChange
     ) -> HandoffState:
+        """Apply `change` to the owner's conversation atomically; the answer's `changed`
+        says whether anything changed (see handoff.apply_change)."""
         if not is_valid_id(conversation_id):
             raise errors.NotFound("conversation not found")
         now = self._clock()
         async with self._connection() as connection:
-            return await postgres_handoff.change_handoff(
-                connection, owner, conversation_id, change, now
-            )
+            return await handoff.change_handoff(connection, owner, conversation_id, change, now)
 
     async def list_handoffs(
         self, tenant_id: str, *, limit: int, after: HandoffCursor | None = None
     ) -> HandoffPage:
+        """Up to `limit` of the tenant's conversations in human mode, longest waiting
+        first (oldest request), after `after`."""
         require_limit(limit)
         async with self._connection() as connection:
-            return await postgres_handoff.list_handoffs(connection, tenant_id, limit, after)
+            return await handoff.list_handoffs(connection, tenant_id, limit, after)
 
     async def tenant_handoff(self, tenant_id: str, conversation_id: str) -> HandoffState:
+        """A conversation of the tenant that was ever handed off, with its owner (for
+        operators); any other is NotFound."""
         if not is_valid_id(conversation_id):
             raise errors.NotFound("conversation not found")
         async with self._connection() as connection:
-            return await postgres_handoff.tenant_handoff(connection, tenant_id, conversation_id)
+            return await handoff.tenant_handoff(connection, tenant_id, conversation_id)
 
     async def count_thumbs_down(self, owner: Owner, message_id: str) -> tuple[str, int]:
+        """The conversation of the owner's message and its number of thumbs-down ratings."""
         if not is_valid_id(message_id):
             raise errors.NotFound("message not found")
         async with self._connection() as connection:
-            return await postgres_handoff.count_thumbs_down(connection, owner, message_id)
+            return await handoff.count_thumbs_down(connection, owner, message_id)
 
-    # Erasure and retention (chatplane.persistence.store.postgres_erasure; docs/privacy.md).
+    # Erasure and retention (erasure.py; docs/privacy.md).
     async def start_erasure(
         self, tenant_id: str, user_id: str, steps: Sequence[str], actor: AuditActor
     ) -> ErasureJob:
         now = self._clock()
         async with self._connection() as connection, connection.transaction():
-            return await postgres_erasure.start(connection, tenant_id, user_id, steps, actor, now)
+            return await erasure.start(connection, tenant_id, user_id, steps, actor, now)
 
     async def get_erasure(self, job_id: str) -> ErasureJob:
         async with self._connection() as connection:
-            return await postgres_erasure.load(connection, job_id)
+            return await erasure.load(connection, job_id)
 
     async def unfinished_erasures(self) -> list[ErasureJob]:
         async with self._connection() as connection:
-            return await postgres_erasure.unfinished(connection)
+            return await erasure.unfinished(connection)
 
     async def finish_erasure_step(
         self, job_id: str, position: int, removed: Mapping[str, int]
     ) -> ErasureJob:
         now = self._clock()
         async with self._connection() as connection, connection.transaction():
-            return await postgres_erasure.finish_step(connection, job_id, position, removed, now)
+            return await erasure.finish_step(connection, job_id, position, removed, now)
 
     async def finish_erasure(self, job_id: str) -> ErasureJob:
         now = self._clock()
         async with self._connection() as connection, connection.transaction():
-            return await postgres_erasure.finish(connection, job_id, now)
+            return await erasure.finish(connection, job_id, now)
 
     async def erase_user_rows(self, tenant_id: str, user_id: str) -> dict[str, int]:
         now = self._clock()
         async with self._connection() as connection, connection.transaction():
             # The locks batch writers take: a batch in flight for one of these conversations
             # either lands before and is erased, or finds the tombstone after.
-            conversations = await postgres_erasure.user_conversations(
-                connection, tenant_id, user_id
-            )
+            conversations = await erasure.user_conversations(connection, tenant_id, user_id)
             if conversations:
                 await _lock_conversations(connection, conversations)
-            return await postgres_erasure.erase_rows(connection, tenant_id, user_id, now)
+            return await erasure.erase_rows(connection, tenant_id, user_id, now)
 
     async def set_retention(self, tenant_id: str, days: int) -> RetentionPolicy:
         require_retention_days(days)
         now = self._clock()
         async with self._connection() as connection, connection.transaction():
-            return await postgres_erasure.set_policy(connection, tenant_id, days, now)
+            return await erasure.set_policy(connection, tenant_id, days, now)
 
     async def get_retention(self, tenant_id: str) -> RetentionPolicy:
         async with self._connection() as connection:
-            return await postgres_erasure.policy(connection, tenant_id)
+            return await erasure.policy(connection, tenant_id)
 
     async def retention_policies(self) -> list[RetentionPolicy]:
         async with self._connection() as connection:
-            return await postgres_erasure.policies(connection)
+            return await erasure.policies(connection)
 
     async def expire_conversations(
         self, tenant_id: str, before: datetime, limit: int
@@ -883,21 +937,21 @@ class PostgresConversationStore(PostgresVariantRegistry, TreeQueries, Conversati
         require_limit(limit)
         now = self._clock()
         async with self._connection() as connection, connection.transaction():
-            candidates = await postgres_erasure.expiring(connection, tenant_id, before, limit)
+            candidates = await erasure.expiring(connection, tenant_id, before, limit)
             if not candidates:
                 return []
             await _lock_conversations(connection, candidates)
-            return await postgres_erasure.expire(connection, tenant_id, candidates, before, now)
+            return await erasure.expire(connection, tenant_id, candidates, before, now)
 
     async def pending_expiries(self, limit: int) -> list[ExpiredConversation]:
         require_limit(limit)
         async with self._connection() as connection:
-            return await postgres_erasure.pending(connection, limit)
+            return await erasure.pending(connection, limit)
 
     async def finish_expiries(self, conversation_ids: Sequence[str]) -> None:
         if conversation_ids:
             async with self._connection() as connection, connection.transaction():
-                await postgres_erasure.finish_pending(connection, conversation_ids)
+                await erasure.finish_pending(connection, conversation_ids)
 
     async def _write_batch_direct(
         self, connection: _Connection, batch: tuple[Message, ...], now: datetime
@@ -924,6 +978,7 @@ class PostgresConversationStore(PostgresVariantRegistry, TreeQueries, Conversati
         return len(accepted)
 
     async def close(self) -> None:
+        """Finish work under way and release the store's resources."""
         if self._closed:
             return
         self._closed = True
@@ -932,7 +987,7 @@ class PostgresConversationStore(PostgresVariantRegistry, TreeQueries, Conversati
 
     async def tree_skeleton(self, owner: Owner, conversation_id: str) -> TreeSkeleton:
         async with self._connection() as connection:
-            return await postgres_tree.skeleton(connection, owner, conversation_id, self._clock())
+            return await tree_store.skeleton(connection, owner, conversation_id, self._clock())
 
     async def messages_by_id(self, owner: Owner, message_ids: Sequence[str]) -> dict[str, Message]:
         async with self._connection() as connection:
@@ -942,7 +997,7 @@ class PostgresConversationStore(PostgresVariantRegistry, TreeQueries, Conversati
                 (list(message_ids), owner.tenant_id, owner.user_id),
             )
             rows = await cursor.fetchall()
-        return {m.message_id: m for m in map(_message_from_row, rows)}
+        return {m.message_id: m for m in map(message_from_row, rows)}
 
     async def store_active_leaf(self, owner: Owner, conversation_id: str, leaf: str) -> None:
         async with self._connection() as connection:
@@ -952,7 +1007,7 @@ class PostgresConversationStore(PostgresVariantRegistry, TreeQueries, Conversati
                 (leaf, conversation_id, owner.tenant_id, owner.user_id),
             )
 
-    # Key management and the audit chain (postgres_identity.py).
+    # Key management and the audit chain (key_records.py).
 
     async def list_api_keys(
         self,
@@ -963,6 +1018,8 @@ class PostgresConversationStore(PostgresVariantRegistry, TreeQueries, Conversati
         after: ApiKeyCursor | None = None,
         include_revoked: bool = False,
     ) -> ApiKeyPage:
+        """Up to `limit` keys of the tenant (of one user when `user_id`), newest first, after
+        `after`; without `include_revoked` only keys that still authenticate."""
         require_limit(limit)
         async with self._connection() as connection:
             return await identity.list_api_keys(
@@ -972,6 +1029,10 @@ class PostgresConversationStore(PostgresVariantRegistry, TreeQueries, Conversati
     async def rotate_api_key(
         self, tenant_id: str, key_id: str, overlap: timedelta, actor: AuditActor
     ) -> RotatedApiKey:
+        """Replace the tenant's key by a new one (same owner, label, roles); the old one stops
+        working after `overlap` (zero: now, and it is revoked). NotFound for a key of another
+        tenant; FailedPrecondition for a key that no longer works or was rotated already.
+        Audited in the same transaction."""
         if not is_valid_id(key_id):
             raise errors.NotFound("api key not found")
         async with self._connection() as connection:
@@ -980,6 +1041,8 @@ class PostgresConversationStore(PostgresVariantRegistry, TreeQueries, Conversati
             )
 
     async def revoke_api_key(self, tenant_id: str, key_id: str, actor: AuditActor) -> ApiKey:
+        """Revoke the tenant's key now (again: no change); NotFound for another tenant's key.
+        Audited in the same transaction."""
         if not is_valid_id(key_id):
             raise errors.NotFound("api key not found")
         async with self._connection() as connection:
@@ -988,45 +1051,52 @@ class PostgresConversationStore(PostgresVariantRegistry, TreeQueries, Conversati
             )
 
     async def append_audit(self, events: Sequence[AuditEvent]) -> AuditHead:
+        """Append the events to the hash chain in order, in one transaction, serialised with
+        every other append to the same database; returns the new head."""
         async with self._connection() as connection:
             return await identity.append_audit(connection, events, self._clock())
 
     async def audit_records(self, after_seq: int, limit: int) -> list[AuditRecord]:
+        """Up to `limit` records of the chain with seq > `after_seq`, in seq order."""
         require_limit(limit)
         async with self._connection() as connection:
             return await identity.audit_records(connection, after_seq, limit)
 
     async def audit_head(self) -> AuditHead:
+        """The chain's stored head."""
         async with self._connection() as connection:
             return await identity.audit_head(connection)
 
     async def user_message_facts(
         self, owner: Owner, *, limit: int, after: str | None = None
     ) -> list[MessageFacts]:
+        """Up to `limit` of the owner's messages that have answer facts or the owner's
+        feedback, in message id order after the message id `after` (None: from the first),
+        with those facts (never the text). Keyset paging over the owner's messages only."""
         require_limit(limit)
         query = facts_query(placeholder="%s", feedback_time_column="create_time", after=bool(after))
         parameters = facts_parameters(owner.tenant_id, owner.user_id, after or None, limit)
         async with self._connection() as connection:
             cursor = await connection.execute(query, parameters)
             rows = await cursor.fetchall()
-        return [facts_from_row(row, _utc) for row in rows]
+        return [facts_from_row(row, utc) for row in rows]
 
     # Crypto-shredding (chatplane.crypto.keyring.DataKeyStore): wrapped per-user data keys.
     async def get_data_key(self, tenant_id: str, user_id: str) -> WrappedDataKey | None:
         async with self._connection() as connection:
-            return await postgres_data_keys.get_data_key(connection, tenant_id, user_id)
+            return await data_keys.get_data_key(connection, tenant_id, user_id)
 
     async def add_data_key(self, key: WrappedDataKey) -> WrappedDataKey:
         async with self._connection() as connection:
-            return await postgres_data_keys.add_data_key(connection, key)
+            return await data_keys.add_data_key(connection, key)
 
     async def rewrap_data_key(self, key: WrappedDataKey) -> None:
         async with self._connection() as connection:
-            await postgres_data_keys.rewrap_data_key(connection, key)
+            await data_keys.rewrap_data_key(connection, key)
 
     async def delete_data_key(self, tenant_id: str, user_id: str) -> bool:
         async with self._connection() as connection:
-            return await postgres_data_keys.delete_data_key(connection, tenant_id, user_id)
+            return await data_keys.delete_data_key(connection, tenant_id, user_id)
 
     @contextlib.asynccontextmanager
     async def _connection(self) -> AsyncIterator[_Connection]:
@@ -1150,7 +1220,7 @@ async def _copy_to_staging(connection: _Connection, messages: Sequence[Message])
     ):
         copy.set_types(["int4", *_MESSAGE_TYPES])
         for ordinal, message in enumerate(messages):
-            await copy.write_row((ordinal, *_message_row(message)))
+            await copy.write_row((ordinal, *message_row(message)))
 
 
 async def _insert_staged(connection: _Connection, now: datetime) -> set[str]:
@@ -1186,7 +1256,7 @@ async def _insert_each(
         await cursor.executemany(
             f"INSERT INTO messages ({_MESSAGE_COLUMNS}, store_time) VALUES ({placeholders})"
             " ON CONFLICT (message_id) DO NOTHING RETURNING message_id",
-            [(*_message_row(message), now) for message in messages],
+            [(*message_row(message), now) for message in messages],
             returning=True,
         )
         while True:
@@ -1244,20 +1314,3 @@ async def _count_messages(connection: _Connection, inserted: Sequence[Message]) 
 def _prefixed(alias: str, columns: str) -> str:
     """`a, b` as `alias.a, alias.b`."""
     return ", ".join(f"{alias}.{column.strip()}" for column in columns.split(","))
-
-
-def _utc(moment: datetime) -> datetime:
-    """A time read from the database in UTC, whatever the session's TimeZone."""
-    return moment.astimezone(UTC)
-
-
-def _message_row(message: Message) -> tuple[Any, ...]:
-    return message_row(message, lambda moment: moment)
-
-
-def _message_from_row(row: Sequence[Any]) -> Message:
-    return message_from_row(row, _utc)
-
-
-def _conversation_from_row(row: Sequence[Any]) -> Conversation:
-    return conversation_from_row(row, _utc)

@@ -1,11 +1,10 @@
-"""What the SQL stores (SQLite, PostgreSQL) share: the rules that decide which messages of a
-batch are stored, and the conversion between rows and domain objects (each store passes its own
-time conversion: SQLite keeps microseconds, PostgreSQL timestamptz)."""
+"""Rows of the store and its domain objects: the rules that decide which messages of a batch
+are stored, and the conversion between rows and messages or conversations."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from datetime import datetime
+from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 from chatplane.persistence.store.base import (
@@ -18,8 +17,10 @@ from chatplane.persistence.store.base import (
     Role,
 )
 
-TimeOut = Callable[[datetime], Any]
-TimeIn = Callable[[Any], datetime]
+
+def utc(moment: datetime) -> datetime:
+    """A timestamptz read from the database, in UTC whatever the session's TimeZone."""
+    return moment.astimezone(UTC)
 
 
 def admit_batch(
@@ -58,7 +59,7 @@ def admit_batch(
     return accepted, created
 
 
-def message_row(message: Message, time_out: TimeOut) -> tuple[Any, ...]:
+def message_row(message: Message) -> tuple[Any, ...]:
     """A message as the values of the stores' message columns, in their order."""
     return (
         message.message_id,
@@ -69,7 +70,7 @@ def message_row(message: Message, time_out: TimeOut) -> tuple[Any, ...]:
         message.text,
         message.status.value,
         message.model,
-        time_out(message.create_time),
+        message.create_time,
         message.reply_to_message_id,
         message.finish_reason.value,
         message.input_tokens,
@@ -80,7 +81,7 @@ def message_row(message: Message, time_out: TimeOut) -> tuple[Any, ...]:
     )
 
 
-def message_from_row(row: Sequence[Any], time_in: TimeIn) -> Message:
+def message_from_row(row: Sequence[Any]) -> Message:
     """The message of a row of the stores' message columns."""
     return Message(
         message_id=row[0],
@@ -90,7 +91,7 @@ def message_from_row(row: Sequence[Any], time_in: TimeIn) -> Message:
         text=row[5],
         status=MessageStatus(row[6]),
         model=row[7],
-        create_time=time_in(row[8]),
+        create_time=utc(row[8]),
         reply_to_message_id=row[9],
         finish_reason=FinishReason(row[10]),
         input_tokens=row[11],
@@ -101,14 +102,14 @@ def message_from_row(row: Sequence[Any], time_in: TimeIn) -> Message:
     )
 
 
-def conversation_from_row(row: Sequence[Any], time_in: TimeIn) -> Conversation:
+def conversation_from_row(row: Sequence[Any]) -> Conversation:
     """The conversation of a row of the stores' conversation columns."""
     conversation_id, tenant_id, user_id, title, create_time, update_time, count = row
     return Conversation(
         conversation_id,
         Owner(tenant_id, user_id),
         title,
-        time_in(create_time),
-        time_in(update_time),
+        utc(create_time),
+        utc(update_time),
         count,
     )

@@ -1,4 +1,4 @@
-"""The `user_data_keys` table on the PostgreSQL store (crypto-shredding: crypto/keyring.py)."""
+"""The `user_data_keys` table (crypto-shredding: crypto/keyring.py)."""
 
 from __future__ import annotations
 

@@ -94,10 +94,6 @@ async def copy_messages(
         async with connection.cursor() as cursor, cursor.copy(statement) as copy:
             copy.set_types([*types, "timestamptz"])
             for message in messages:
-                await copy.write_row((*message_row(message, _same_time), now))
+                await copy.write_row((*message_row(message), now))
     except psycopg.errors.UniqueViolation:
         raise LostRace from None
-
-
-def _same_time(moment: datetime) -> datetime:
-    return moment
