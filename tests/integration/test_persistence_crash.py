@@ -14,7 +14,6 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import grpc
 import psycopg
@@ -26,11 +25,9 @@ from chatplane.common.ids import new_id
 from chatplane.common.topics import MESSAGES_TOPIC
 from chatplane.internal.v1 import conversation_pb2, events_pb2, identity_pb2, turn_pb2
 from chatplane.log import LogRecord, PostgresMessageLog
+from chatplane.persistence.client import PersistenceClient
 from chatplane.persistence.consumer import CONSUMER_GROUP
 from chatplane.v1 import admin_resources_pb2, gateway_pb2, resources_pb2
-
-if TYPE_CHECKING:
-    from chatplane.persistence.client import PersistenceClient
 
 pytestmark = pytest.mark.integration
 
