@@ -69,7 +69,6 @@ DEFAULT_TIMEOUT = 180.0
 STOP_GRACE = 30.0
 
 
-
 def _load_postgres_server() -> ModuleType:
     """The one implementation of "the wheel's PostgreSQL in a directory",
     services/chatplane/launcher/postgres_server.py (standard library only), loaded from its
