@@ -13,11 +13,12 @@ import grpc
 from chatplane import audit
 from chatplane.audit.outcome import AuditNote, audited
 from chatplane.common import errors
-from chatplane.common.context import Principal, authenticated_principal
+from chatplane.common.context import Principal
 from chatplane.common.deadlines import outbound_timeout
 from chatplane.common.ids import is_valid_id
-from chatplane.common.roles import OPERATOR, require_role
+from chatplane.common.roles import OPERATOR
 from chatplane.common.settings import Settings
+from chatplane.gateway.admin.caller import principal_with_role
 from chatplane.gateway.handoff import Budget, HandoffDesk
 from chatplane.gateway.servicer import Context
 from chatplane.internal.v1 import conversation_pb2, handoff_pb2
@@ -32,21 +33,7 @@ MESSAGES_PAGE = (100, 500)
 
 def _operator(context: Context, rpc: str) -> Principal:
     """The caller, who must hold `operator` (a refusal is audited as `authz.denied`)."""
-    principal = authenticated_principal()
-    try:
-        require_role(principal, OPERATOR)
-    except errors.PermissionDenied as denied:
-        audit.record(
-            audit.AUTHZ_DENIED,
-            actor=audit.actor_of(principal),
-            tenant_id=principal.tenant_id,
-            object=f"rpc/OperatorService.{rpc}",
-            outcome=audit.DENIED,
-            detail=denied.message,
-            source=context.peer() or "",
-        )
-        raise
-    return principal
+    return principal_with_role(context, OPERATOR, f"OperatorService.{rpc}")
 
 
 def _audited(

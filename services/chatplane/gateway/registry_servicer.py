@@ -16,6 +16,7 @@ from chatplane.common.roles import ADMIN, require_role
 from chatplane.common.settings import Settings
 from chatplane.common.status_mapping import caller_field_errors
 from chatplane.common.variant_spec import MAX_SPEC_CHARS, VariantSpecError, parse_identifier
+from chatplane.gateway.admin.caller import audit_denied
 from chatplane.internal.v1 import variant_registry_pb2
 from chatplane.persistence.client import PersistenceClient
 from chatplane.v1 import registry_pb2, registry_pb2_grpc
@@ -89,15 +90,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
                     "the variant registry is managed by admins of the operations tenants"
                 )
         except errors.PermissionDenied as denied:
-            audit.record(
-                audit.AUTHZ_DENIED,
-                actor=audit.actor_of(principal),
-                tenant_id=principal.tenant_id,
-                object=f"rpc/RegistryService.{action}",
-                outcome=audit.DENIED,
-                detail=denied.message,
-                source=context.peer() or "",
-            )
+            audit_denied(context, principal, f"RegistryService.{action}", denied)
             raise
         return principal
 
