@@ -28,7 +28,6 @@ from chatplane.log.record_erasure import KafkaLogEraser
 from chatplane.persistence.store.postgres import PostgresConversationStore
 from chatplane.v1 import admin_pb2, admin_pb2_grpc
 from tests.cluster.cluster_fixtures import topic_values
-from tests.contract.store_fixtures import postgres_database_fixture  # noqa: F401 (fixture)
 from tests.engine_processes import Engines
 from tests.integration.stack_client import (
     FAST_PACE,

@@ -11,7 +11,6 @@ import grpc
 import pytest
 import pytest_asyncio
 
-from tests.contract.store_fixtures import postgres_database_fixture  # noqa: F401 (fixture)
 from tests.engine_processes import Engines
 from tests.integration.stack_client import running_stack
 from tests.integration.test_privacy import ENV, Seeded, check_alices_archive, seed

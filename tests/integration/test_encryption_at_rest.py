@@ -73,6 +73,11 @@ def files_with(files: list[Path], *needles: str) -> list[str]:
     return [str(f) for f in files if any(n.encode() in f.read_bytes() for n in needles)]
 
 
+def all_files(folder: Path) -> list[Path]:
+    """Every file under `folder`."""
+    return [p for p in folder.rglob("*") if p.is_file()]
+
+
 def relation_files(dsn: str, pgdata: Path, schemas: tuple[str, ...]) -> list[Path]:
     """The files of every table, TOAST table and index of these schemas (all segments and
     forks), in the cluster at `pgdata`."""

@@ -16,7 +16,6 @@ import pytest_asyncio
 from chatplane.launcher import Stack
 from chatplane.launcher.stack import ServiceProcess
 from chatplane.v1 import gateway_pb2, operator_pb2, operator_pb2_grpc, resources_pb2
-from tests.contract.store_fixtures import postgres_database_fixture  # noqa: F401 (fixture)
 from tests.engine_processes import Engines
 from tests.integration.stack_client import Client, create_key, poll, running_stack, unique
 from tests.integration.test_handoff import (
