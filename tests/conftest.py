@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 import uuid
@@ -79,10 +80,10 @@ def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine
         assert down.returncode == 0, down.stderr
 
 
-@pytest.fixture
-def postgres_database(postgres_server: Engines) -> Iterator[str]:
-    """The DSN of a database made for this test (pgvector installed), dropped after it."""
-    maintenance = postgres_server.env["CHATPLANE_POSTGRES_DSN"]
+@contextlib.contextmanager
+def fresh_database(server: Engines) -> Iterator[str]:
+    """The DSN of a new database on `server` (pgvector installed), dropped afterwards."""
+    maintenance = server.env["CHATPLANE_POSTGRES_DSN"]
     name = f"test_{uuid.uuid4().hex[:16]}"
     with psycopg.connect(maintenance, autocommit=True) as connection:
         connection.execute(f'CREATE DATABASE "{name}"')
@@ -91,3 +92,17 @@ def postgres_database(postgres_server: Engines) -> Iterator[str]:
     finally:
         with psycopg.connect(maintenance, autocommit=True) as connection:
             connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def postgres_database(postgres_server: Engines) -> Iterator[str]:
+    """The DSN of a database made for this test (pgvector installed), dropped after it."""
+    with fresh_database(postgres_server) as dsn:
+        yield dsn
+
+
+@pytest.fixture(scope="module")
+def module_postgres_database(postgres_server: Engines) -> Iterator[str]:
+    """The DSN of a database made for this module, for module-scoped stacks."""
+    with fresh_database(postgres_server) as dsn:
+        yield dsn

@@ -20,13 +20,13 @@ pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 @pytest_asyncio.fixture(loop_scope="module", scope="module")
 async def seeded_cluster(
-    engines: Engines, postgres_database: str, tmp_path_factory: pytest.TempPathFactory
+    engines: Engines, module_postgres_database: str, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[Seeded]:
     env = {
         **ENV,
         **engines.env,
         "CHATPLANE_PROFILE": "cluster",
-        "CHATPLANE_POSTGRES_DSN": postgres_database,
+        "CHATPLANE_POSTGRES_DSN": module_postgres_database,
         "CHATPLANE_OPENSEARCH_INDEX": f"privacy-{uuid.uuid4().hex[:8]}",
     }
     async with (

@@ -33,12 +33,12 @@ pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 @pytest_asyncio.fixture(loop_scope="module", scope="module")
 async def cluster_stack(
-    engines: Engines, postgres_database: str, tmp_path_factory: pytest.TempPathFactory
+    engines: Engines, module_postgres_database: str, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[tuple[Stack, dict[str, str]]]:
     env = {
         **engines.env,
         "CHATPLANE_PROFILE": "cluster",
-        "CHATPLANE_POSTGRES_DSN": postgres_database,
+        "CHATPLANE_POSTGRES_DSN": module_postgres_database,
         "CHATPLANE_OPENSEARCH_INDEX": f"handoff-{uuid.uuid4().hex[:8]}",
     }
     async with running_stack(tmp_path_factory.mktemp("handoff-cluster"), env) as stack:
