@@ -326,6 +326,8 @@ def _chat_expected(request: gateway_pb2.ChatRequest) -> set[grpc.StatusCode]:
         expected.add(grpc.StatusCode.NOT_FOUND if target else grpc.StatusCode.INVALID_ARGUMENT)
     if request.conversation_id:
         expected.add(grpc.StatusCode.NOT_FOUND)  # nobody's conversation, or not an id at all
+    if request.variant:
+        expected.add(grpc.StatusCode.PERMISSION_DENIED)  # pinning a variant is for admins
     if not expected:
         expected.add(grpc.StatusCode.OK)
     if len(request.SerializeToString()) > 4 * 1024 * 1024:

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any, cast
 
 import grpc
-from google.protobuf.message import DecodeError
+from google.protobuf.message import DecodeError, Message
 
 from chatplane.common import errors, status_mapping
 from chatplane.common.context import request_id_var, tenant_var
@@ -52,9 +52,37 @@ def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], 
     return parse
 
 
-def _check_decoded(request: Any) -> None:
+def _check_decoded(request: Any, refuse_nul: bool) -> None:
     if request is _UNDECODABLE:
         raise errors.InvalidArgument("request", "is not a valid message of the method's type")
+    if refuse_nul and isinstance(request, Message) and (field := nul_field(request)):
+        # PostgreSQL text cannot hold U+0000: refused here, naming the field, rather than
+        # failing in the database as INTERNAL.
+        raise errors.InvalidArgument(field, "must not contain NUL (U+0000) characters")
+
+
+def nul_field(message: Message, prefix: str = "") -> str:
+    """The path of the first string field (at any depth) holding U+0000, "" when none does."""
+    for field, value in message.ListFields():
+        name = prefix + field.name
+        if field.type == field.TYPE_STRING:
+            if any("\x00" in text for text in (value if field.is_repeated else (value,))):
+                return name
+        elif field.type == field.TYPE_MESSAGE:
+            if field.message_type is not None and field.message_type.GetOptions().map_entry:
+                entries = value.items()
+                for key, item in entries:
+                    if (isinstance(key, str) and "\x00" in key) or (
+                        isinstance(item, str) and "\x00" in item
+                    ):
+                        return name
+                    if isinstance(item, Message) and (found := nul_field(item, f"{name}.")):
+                        return found
+                continue
+            for item in value if field.is_repeated else (value,):
+                if found := nul_field(item, f"{name}."):
+                    return found
+    return ""
 
 
 def _request_id(metadata: Any) -> str:
@@ -95,10 +123,13 @@ async def _abort(context: Context, error: Exception, method: str) -> None:
 
 class ServiceInterceptor(grpc.aio.ServerInterceptor):
     """Request id + error mapping (+ an optional check such as authentication) around every
-    unary and server-streaming handler."""
+    unary and server-streaming handler. With `refuse_nul` a request with U+0000 in any string
+    field is INVALID_ARGUMENT naming it (the internal services: PostgreSQL text cannot hold
+    it); the Gateway validates its public fields itself, as docs/api.md documents."""
 
-    def __init__(self, check: CallCheck | None = None) -> None:
+    def __init__(self, check: CallCheck | None = None, *, refuse_nul: bool = True) -> None:
         self._check = check
+        self._refuse_nul = refuse_nul
 
     async def intercept_service(
         self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
@@ -107,14 +138,14 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
         if handler is None:
             return None
         method = handler_call_details.method
-        check = self._check
+        check, refuse_nul = self._check, self._refuse_nul
         if handler.unary_unary is not None:
             unary = cast("UnaryBehavior", handler.unary_unary)
 
             async def unary_behavior(request: Any, context: Context) -> Any:
                 _enter_call(request, context)
                 try:
-                    _check_decoded(request)
+                    _check_decoded(request, refuse_nul)
                     if check is not None:
                         await check(method, context)
                     return await unary(request, context)
@@ -134,7 +165,7 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
             async def stream_behavior(request: Any, context: Context) -> AsyncIterator[Any]:
                 _enter_call(request, context)
                 try:
-                    _check_decoded(request)
+                    _check_decoded(request, refuse_nul)
                     if check is not None:
                         await check(method, context)
                     async for response in stream(request, context):
@@ -150,18 +181,20 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
                 response_serializer=handler.response_serializer,
             )
         if handler.stream_unary is not None:
-            return _client_stream_handler(handler, method, check)
+            return _client_stream_handler(handler, method, check, refuse_nul)
         return handler
 
 
-async def _decoded(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+async def _decoded(requests: AsyncIterator[Any], refuse_nul: bool) -> AsyncIterator[Any]:
     """The messages of a client stream, each checked like a unary request."""
     async for request in requests:
-        _check_decoded(request)
+        _check_decoded(request, refuse_nul)
         yield request
 
 
-def _client_stream_handler(handler: Handler, method: str, check: CallCheck | None) -> Handler:
+def _client_stream_handler(
+    handler: Handler, method: str, check: CallCheck | None, refuse_nul: bool
+) -> Handler:
     """The interceptor's work (request id, check, error mapping) around a client-streaming
     handler (document ingestion)."""
     client_stream = cast("UnaryBehavior", handler.stream_unary)
@@ -171,7 +204,7 @@ def _client_stream_handler(handler: Handler, method: str, check: CallCheck | Non
         try:
             if check is not None:
                 await check(method, context)
-            return await client_stream(_decoded(requests), context)
+            return await client_stream(_decoded(requests, refuse_nul), context)
         except grpc.aio.AbortError:
             raise
         except Exception as error:

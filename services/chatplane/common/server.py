@@ -63,6 +63,7 @@ async def serve(
     tls: TlsCredentials | None = None,
     ready_details: Mapping[str, object] | None = None,
     on_drain: Callable[[], Awaitable[None]] | None = None,
+    refuse_nul: bool = True,
 ) -> None:
     """Run a service until SIGTERM/SIGINT, then drain and return. With `tls` it serves mutual
     TLS only (no plaintext port). `ready_details` are added to the ready line (e.g. the
@@ -72,7 +73,7 @@ async def serve(
     interceptors: list[grpc.aio.ServerInterceptor] = [
         *telemetry.server_interceptors(),
         MetricsInterceptor(name),
-        ServiceInterceptor(check),
+        ServiceInterceptor(check, refuse_nul=refuse_nul),
     ]
     server = grpc.aio.server(interceptors=interceptors, options=list(SERVER_OPTIONS))
     register(server)

@@ -131,5 +131,8 @@ async def run(settings: Settings) -> None:
         drain_grace_seconds=settings.drain_grace_seconds,
         on_stop=stop,
         check=admit,
+        # The public API answers U+0000 itself: in an id NOT_FOUND (names nothing), in text
+        # INVALID_ARGUMENT (docs/api.md).
+        refuse_nul=False,
         tls=tls,
     )
