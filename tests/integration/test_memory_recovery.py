@@ -11,10 +11,18 @@ import sys
 from pathlib import Path
 
 import grpc
+import psycopg
 
 from chatplane.internal.v1 import memory_pb2, memory_pb2_grpc
 from chatplane.launcher import Stack
-from tests.integration.stack_client import FAST_PACE, Client, create_key, poll, running_stack
+from tests.integration.stack_client import (
+    FAST_PACE,
+    Client,
+    create_key,
+    poll,
+    running_stack,
+    store_dsn,
+)
 
 CHATPLANE = str(Path(sys.executable).parent / "chatplane")
 
@@ -66,9 +74,9 @@ async def test_rebuild_reindexes_a_lost_index_from_the_system_of_record(tmp_path
         assert await recalls(stack, "Where is the spare key?", remembered_id)
 
         assert await stack.services["memory"].stop(timeout=10) == 0
-        for lost in sorted(os.listdir(tmp_path)):
-            if lost.startswith("memory.db"):
-                os.unlink(tmp_path / lost)
+        # The index is lost: its schema dropped (Memory creates it again, empty, at start).
+        with psycopg.connect(store_dsn(tmp_path), autocommit=True) as database:
+            database.execute("DROP SCHEMA memory CASCADE")
         await stack.start_service("memory")
         assert not await recalls(stack, "Where is the spare key?", remembered_id)
 

@@ -55,11 +55,20 @@ CASES = {
 }
 
 
-async def _start(service: str, settings: dict[str, str], data_dir: Path) -> tuple[int, str]:
-    """The exit status and stderr of `python -m chatplane.<service>` (it must end by itself)."""
+async def _start(
+    service: str, settings: dict[str, str], data_dir: Path, dsn: str
+) -> tuple[int, str]:
+    """The exit status and stderr of `python -m chatplane.<service>` (it must end by itself),
+    on a real database (the store, the log and the index open before other settings fail)."""
     clean = {k: v for k, v in os.environ.items() if not k.startswith("CHATPLANE_")}
     port = f"CHATPLANE_{service.upper()}_PORT"
-    env = {**clean, "CHATPLANE_DATA_DIR": str(data_dir), port: "0", **settings}
+    env = {
+        **clean,
+        "CHATPLANE_DATA_DIR": str(data_dir),
+        "CHATPLANE_POSTGRES_DSN": dsn,
+        port: "0",
+        **settings,
+    }
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -82,10 +91,10 @@ async def _start(service: str, settings: dict[str, str], data_dir: Path) -> tupl
 
 @pytest.mark.parametrize("case", list(CASES))
 async def test_a_configuration_that_cannot_work_ends_with_one_line_and_status_2(
-    case: str, tmp_path: Path
+    case: str, tmp_path: Path, postgres_database: str
 ) -> None:
     service, settings, expected = CASES[case]
-    status, stderr = await _start(service, settings, tmp_path)
+    status, stderr = await _start(service, settings, tmp_path, postgres_database)
     assert status == 2, stderr
     assert "Traceback" not in stderr
     lines = stderr.splitlines()
