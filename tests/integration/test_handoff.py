@@ -28,6 +28,7 @@ from tests.integration.stack_client import (
     poll,
     running_stack,
     status_details,
+    store_dsn,
     unique,
 )
 
@@ -506,6 +507,8 @@ async def test_an_operator_reply_reaches_a_user_watching_on_another_replica(
         **rig.env,
         "CHATPLANE_DATA_DIR": str(rig.stack.data_dir),
         "CHATPLANE_HOST": info.host,
+        # The replica shares the stack's own PostgreSQL (the log it watches, the store).
+        "CHATPLANE_POSTGRES_DSN": store_dsn(rig.stack.data_dir),
         "PYTHONUNBUFFERED": "1",
     }
     log = tmp_path_factory.mktemp("replica") / "gateway-2.log"

@@ -472,6 +472,8 @@ async def test_revocation_reaches_another_gateway_within_the_cache_time(
         **stack_env(provider),
         "CHATPLANE_DATA_DIR": str(stack.data_dir),
         "CHATPLANE_HOST": info.host,
+        # The second Gateway shares the stack's own PostgreSQL.
+        "CHATPLANE_POSTGRES_DSN": store_dsn(stack.data_dir),
     }
     second = await ServiceProcess.start(
         "gateway", args, env, stack.data_dir / "logs" / "gateway-2.log"

@@ -28,7 +28,14 @@ from chatplane.launcher.stack import ServiceProcess
 from chatplane.llm_emulator.process import running_emulator
 from chatplane.persistence.client import PersistenceClient
 from chatplane.v1 import gateway_pb2, gateway_pb2_grpc, registry_pb2, registry_pb2_grpc
-from tests.integration.stack_client import FAST_PACE, Client, create_key, poll, running_stack
+from tests.integration.stack_client import (
+    FAST_PACE,
+    Client,
+    create_key,
+    poll,
+    running_stack,
+    store_dsn,
+)
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -69,6 +76,8 @@ async def rig(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Rig]:
                 **env,
                 "CHATPLANE_DATA_DIR": str(data_dir),
                 "CHATPLANE_HOST": info.host,
+                # The replicas share the stack's own PostgreSQL (store, log, memory).
+                "CHATPLANE_POSTGRES_DSN": store_dsn(data_dir),
             }
             logs = data_dir / "logs"
             agent = await ServiceProcess.start(

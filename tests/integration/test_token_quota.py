@@ -29,6 +29,7 @@ from tests.integration.stack_client import (
     create_key,
     poll,
     running_stack,
+    store_dsn,
     unique,
 )
 
@@ -69,6 +70,8 @@ async def gateways_fixture(tmp_path_factory: pytest.TempPathFactory) -> AsyncIte
             **ENV,
             "CHATPLANE_DATA_DIR": str(stack.data_dir),
             "CHATPLANE_HOST": stack.host,
+            # The second Gateway shares the stack's own PostgreSQL.
+            "CHATPLANE_POSTGRES_DSN": store_dsn(stack.data_dir),
         }
         args = ["--gateway-port", "0"]
         for name in ("agent", "memory", "persistence"):
