@@ -24,6 +24,7 @@ from chatplane.audit.chain import AuditEvent, AuditHead, AuditRecord
 from chatplane.common import errors
 from chatplane.common.closing import AsyncClosable
 from chatplane.common.ids import is_valid_id, new_id
+from chatplane.common.timestamps import utc_now
 from chatplane.crypto.keyring import WrappedDataKey
 from chatplane.persistence.store import (
     answer_deltas,
@@ -62,7 +63,6 @@ from chatplane.persistence.store.base import (
     issue_api_key,
     require_history_request,
     require_limit,
-    utc_now,
 )
 from chatplane.persistence.store.erasure import (
     ErasureJob,
@@ -84,7 +84,7 @@ from chatplane.persistence.store.key_records import (
 )
 from chatplane.persistence.store.message_copy import LostRace as _LostRace
 from chatplane.persistence.store.message_copy import copy_messages, record_conversations
-from chatplane.persistence.store.migrations import Migration, shipped_migrations
+from chatplane.persistence.store.migrations import shipped_migrations
 from chatplane.persistence.store.quota import QuotaReservation, TokenQuota
 from chatplane.persistence.store.rated_answers import (
     RatedAnswerQuery,
@@ -171,11 +171,6 @@ class WriteMethod(enum.Enum):
     COPY_DIRECT = "copy-direct"
 
 
-def postgres_migrations() -> list[Migration]:
-    """The migrations shipped in chatplane/persistence/migrations, in order."""
-    return shipped_migrations()
-
-
 async def migrate(dsn: str, *, connect_timeout: float = 10.0) -> int:
     """Bring the database at `dsn` (its first schema on the search_path) to the newest schema
     version; returns that version.
@@ -185,7 +180,7 @@ async def migrate(dsn: str, *, connect_timeout: float = 10.0) -> int:
     so replicas starting at once apply each migration exactly once: the others wait, then find
     nothing left to do.
     """
-    migrations = postgres_migrations()
+    migrations = shipped_migrations()
     connection = await psycopg.AsyncConnection.connect(
         dsn, autocommit=True, connect_timeout=max(1, round(connect_timeout))
     )
