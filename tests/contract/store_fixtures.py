@@ -27,10 +27,10 @@ from chatplane.persistence.store.base import (
     Owner,
     Role,
 )
+from chatplane.persistence.store.migrations import shipped_migrations
 from chatplane.persistence.store.postgres import (
     PostgresConversationStore,
     WriteMethod,
-    postgres_migrations,
 )
 from chatplane.v1 import resources_pb2
 from tests.engine_processes import Engines
@@ -96,7 +96,7 @@ class PostgresTarget(StoreTarget):
             return connection.execute(query).fetchall()
 
     def schema_versions(self) -> list[tuple[int, str]]:
-        return [(m.version, m.name) for m in postgres_migrations()]
+        return [(m.version, m.name) for m in shipped_migrations()]
 
 
 @pytest.fixture(name="module_database", scope="module")

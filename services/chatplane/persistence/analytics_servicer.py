@@ -10,6 +10,7 @@ from google.protobuf import timestamp_pb2
 
 from chatplane.common import errors
 from chatplane.common.settings import Settings
+from chatplane.common.timestamps import to_micros
 from chatplane.internal.v1 import analytics_pb2, analytics_pb2_grpc
 from chatplane.persistence.protos import (
     Context,
@@ -21,7 +22,7 @@ from chatplane.persistence.protos import (
     token_time,
 )
 from chatplane.persistence.rated_answer_export import ExportedAnswer, RatedAnswerExport
-from chatplane.persistence.store.base import ConversationStore, Role, to_micros
+from chatplane.persistence.store.base import ConversationStore, Role
 from chatplane.persistence.store.rated_answers import RatedAnswerQuery
 from chatplane.persistence.variant_report import report_variants
 from chatplane.privacy.policy import RedactionPolicy

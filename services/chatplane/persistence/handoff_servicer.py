@@ -4,6 +4,7 @@ waiting conversations for operators, and the thumbs-down count the handoff rule 
 from __future__ import annotations
 
 from chatplane.common import errors
+from chatplane.common.timestamps import to_micros
 from chatplane.internal.v1 import handoff_pb2, handoff_pb2_grpc
 from chatplane.persistence.protos import (
     CONVERSATIONS_PAGE,
@@ -17,7 +18,7 @@ from chatplane.persistence.protos import (
     token_id,
     token_time,
 )
-from chatplane.persistence.store.base import ConversationStore, to_micros
+from chatplane.persistence.store.base import ConversationStore
 from chatplane.persistence.store.handoff import (
     HandoffChange,
     HandoffCursor,

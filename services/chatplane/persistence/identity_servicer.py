@@ -12,9 +12,10 @@ from datetime import timedelta
 from chatplane.common import errors
 from chatplane.common.ids import is_valid_id
 from chatplane.common.roles import parse_roles
+from chatplane.common.timestamps import from_micros, to_micros
 from chatplane.internal.v1 import audit_pb2, identity_pb2, identity_pb2_grpc
 from chatplane.persistence.protos import Context, owner, page_size, require, timestamp
-from chatplane.persistence.store.base import ApiKey, ConversationStore, from_micros, to_micros
+from chatplane.persistence.store.base import ApiKey, ConversationStore
 from chatplane.persistence.store.key_records import (
     MAX_ROTATION_OVERLAP,
     ApiKeyCursor,

@@ -14,6 +14,7 @@ from google.protobuf import timestamp_pb2
 
 from chatplane.common import errors
 from chatplane.common.ids import is_valid_id
+from chatplane.common.timestamps import from_micros, to_micros
 from chatplane.persistence.store.base import (
     Conversation,
     ConversationCursor,
@@ -23,8 +24,6 @@ from chatplane.persistence.store.base import (
     MessageStatus,
     Owner,
     Role,
-    from_micros,
-    to_micros,
 )
 from chatplane.v1 import admin_resources_pb2, resources_pb2
 

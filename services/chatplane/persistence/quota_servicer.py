@@ -1,5 +1,5 @@
 """QuotaService (ReserveQuota, SettleQuota, SetQuota, GetQuota):
-request checks and proto ⇄ domain around the store's `TokenQuotaLedger` (docs/quotas.md)."""
+request checks and proto ⇄ domain around the store's quota methods (docs/quotas.md)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ from chatplane.common import errors
 from chatplane.common.ids import is_valid_id
 from chatplane.internal.v1 import quota_pb2, quota_pb2_grpc
 from chatplane.persistence.protos import Context
-from chatplane.persistence.store.quota import TokenQuota, TokenQuotaLedger
+from chatplane.persistence.store.base import ConversationStore
+from chatplane.persistence.store.quota import TokenQuota
 
 _MAX_TENANT_CHARS = 256
 # A reservation outlives any turn (turn_timeout_seconds) but not a day.
@@ -57,7 +58,7 @@ def _reservation_id(value: str) -> str:
 class QuotaServicer(quota_pb2_grpc.QuotaServiceServicer):
     """QuotaService over the store's token quota ledger."""
 
-    def __init__(self, ledger: TokenQuotaLedger) -> None:
+    def __init__(self, ledger: ConversationStore) -> None:
         self._ledger = ledger
 
     async def ReserveQuota(

@@ -52,8 +52,8 @@ class RatedAnswerExport:
         self, store: ConversationStore, opted_in: frozenset[str], redaction: RedactionPolicy
     ) -> None:
         self._store = store
-        # Both engines' stores are TreeQueries; the sealed store (docs/security.md) wraps
-        # one, opening what these queries return.
+        # The store is TreeQueries; the sealed store (docs/security.md) wraps it, opening
+        # what these queries return.
         self._trees = cast(TreeQueries, store)
         self._opted_in = opted_in
         self._redaction = redaction

@@ -14,8 +14,9 @@ from datetime import timedelta
 from typing import Final, Protocol
 
 from chatplane.common import errors
+from chatplane.common.timestamps import utc_now
 from chatplane.log.record_erasure import LogRecordEraser
-from chatplane.persistence.store.base import Clock, ConversationStore, utc_now
+from chatplane.persistence.store.base import Clock, ConversationStore
 from chatplane.persistence.store.erasure import ExpiredConversation
 
 _log = logging.getLogger(__name__)

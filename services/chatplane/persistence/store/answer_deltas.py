@@ -1,6 +1,6 @@
 """Where each streamed delta of a stored answer ended, kept beside the message so that
 ResumeChat replays a stored answer with the sequence numbers it was streamed with
-(docs/resume.md). Both stores keep them the same way: one row per assistant message in
+(docs/resume.md): one row per assistant message in
 `answer_deltas`, the ends (code points from the start of the text) as comma-separated text."""
 
 from __future__ import annotations

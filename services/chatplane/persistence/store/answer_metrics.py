@@ -1,10 +1,9 @@
-"""A/B variant measurements in the SQL stores (docs/variants.md): the `answer_metrics` row each
-assistant message gets, and the per-variant report both engines compute in one SQL query."""
+"""A/B variant measurements in the store (docs/variants.md): the `answer_metrics` row each
+assistant message gets, and the per-variant report computed in one SQL query."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from datetime import datetime
+from collections.abc import Sequence
 from typing import Any
 
 from chatplane.persistence.store.base import Message, Role, VariantStats
@@ -25,12 +24,10 @@ ANSWER_METRICS_COLUMNS = (
     "message_id, tenant_id, variant, status, input_tokens, output_tokens, first_token_ms,"
     " duration_ms"
 )
-"""The columns of `answer_metrics` besides its create time (named per engine)."""
+"""The columns of `answer_metrics` besides its create time."""
 
 
-def answer_metric_rows(
-    messages: Sequence[Message], time_out: Callable[[datetime], Any]
-) -> list[tuple[Any, ...]]:
+def answer_metric_rows(messages: Sequence[Message]) -> list[tuple[Any, ...]]:
     """The `answer_metrics` rows of a batch's assistant messages: the ANSWER_METRICS_COLUMNS
     then the create time."""
     return [
@@ -43,34 +40,33 @@ def answer_metric_rows(
             m.output_tokens,
             m.first_token_ms,
             m.duration_ms,
-            time_out(m.create_time),
+            m.create_time,
         )
         for m in messages
         if m.role is Role.ASSISTANT
     ]
 
 
-def report_query(
-    *, time_column: str, placeholder: str, tenant: bool, since: bool, to_float: str = ""
-) -> str:
-    """The report's SQL: one row per variant in the order of VariantStats' fields. `to_float`
-    is appended to each average (PostgreSQL's avg of integers is numeric)."""
+def report_query(*, tenant: bool, since: bool) -> str:
+    """The report's SQL: one row per variant in the order of VariantStats' fields; its
+    parameters are the tenant id when `tenant`, then the time when `since`. Each average is
+    cast to float8 (PostgreSQL's avg of integers is numeric)."""
     conditions = []
     if tenant:
-        conditions.append(f"a.tenant_id = {placeholder}")
+        conditions.append("a.tenant_id = %s")
     if since:
-        conditions.append(f"a.{time_column} >= {placeholder}")
+        conditions.append("a.create_time >= %s")
     where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
 
     def complete_avg(column: str) -> str:
-        return f"avg(CASE WHEN a.status = 'complete' THEN a.{column} END){to_float}"
+        return f"avg(CASE WHEN a.status = 'complete' THEN a.{column} END)::float8"
 
     # Feedback can only come from the message's owner (the stores check it), so the message
     # id finds it; answer_metrics holds everything else, without reading the messages.
     return (
         "SELECT a.variant, count(*),"
         " sum(CASE WHEN a.status = 'interrupted' THEN 1 ELSE 0 END),"
-        f" count(f.message_id), count(f.score), avg(f.score){to_float},"
+        f" count(f.message_id), count(f.score), avg(f.score)::float8,"
         " sum(CASE WHEN f.rating = 'thumbs_up' THEN 1 ELSE 0 END),"
         f" {complete_avg('first_token_ms')}, {complete_avg('duration_ms')},"
         f" {complete_avg('input_tokens')}, {complete_avg('output_tokens')},"

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from chatplane.audit.chain import AuditEvent, AuditRecord
-from chatplane.persistence.store.base import from_micros, to_micros
+from chatplane.common.timestamps import from_micros, to_micros
 
 AUDIT_COLUMNS = (
     "seq, event_time_us, actor, tenant_id, action, object, outcome, detail, source,"
@@ -36,7 +36,7 @@ def audit_row(record: AuditRecord) -> tuple[Any, ...]:
 
 
 def audit_record_from_row(row: Sequence[Any]) -> AuditRecord:
-    """The record of a row of the audit_log columns (both engines store microseconds)."""
+    """The record of a row of the audit_log columns (times stored as microseconds)."""
     seq, time_us, actor, tenant, action, obj, outcome, detail, source, request_id, prev, digest = (
         row
     )

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
-from chatplane.common import errors, timestamps
+from chatplane.common import errors
 from chatplane.common.ids import is_valid_id, new_id
 from chatplane.crypto.envelope import is_sealed
 
@@ -28,12 +28,6 @@ _API_KEY_SECRET_BYTES = 32
 
 Clock = Callable[[], datetime]
 """Returns the current time as an aware UTC datetime; injected so tests control leases."""
-
-# The stored form of times, defined in a leaf module (so that the audit chain uses them
-# without importing the store) and named here for the store engines.
-utc_now = timestamps.utc_now
-to_micros = timestamps.to_micros
-from_micros = timestamps.from_micros
 
 
 class Role(enum.Enum):

@@ -1,6 +1,6 @@
-"""Erasure jobs and retention periods in the system of record: the records, the
-`ErasureLedger` interface the servicers use, and its SQL, each function inside the caller's
-transaction where it writes (docs/privacy.md).
+"""Erasure jobs and retention periods in the system of record: the records and the SQL of the
+store's erasure and retention methods, each function inside the caller's transaction where it
+writes (docs/privacy.md).
 
 An erasure is a job of ordered steps (destroy the user's data key, delete their rows, their
 memory, their log records). The job and each step's outcome are stored as they happen, so a
@@ -11,7 +11,6 @@ counts, never content).
 
 from __future__ import annotations
 
-import abc
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -151,74 +150,6 @@ def ids_from_column(value: str) -> tuple[str, ...]:
     return tuple(value.split())
 
 
-class ErasureLedger(abc.ABC):
-    """Erasure jobs and retention periods, shared by every replica through the store."""
-
-    @abc.abstractmethod
-    async def start_erasure(
-        self, tenant_id: str, user_id: str, steps: Sequence[str], actor: AuditActor
-    ) -> ErasureJob:
-        """The user's unfinished erasure job, or a new one with `steps` to run (and a snapshot
-        of the user's conversation ids, deleted ones included)."""
-
-    @abc.abstractmethod
-    async def get_erasure(self, job_id: str) -> ErasureJob:
-        """The job (NotFound when there is none)."""
-
-    @abc.abstractmethod
-    async def unfinished_erasures(self) -> list[ErasureJob]:
-        """Every job not finished yet (cut short by a crash or a failing store), oldest first."""
-
-    @abc.abstractmethod
-    async def finish_erasure_step(
-        self, job_id: str, position: int, removed: Mapping[str, int]
-    ) -> ErasureJob:
-        """Records that the step at `position` ran with these counts; the first record of a
-        step wins (a step run twice keeps its first counts)."""
-
-    @abc.abstractmethod
-    async def finish_erasure(self, job_id: str) -> ErasureJob:
-        """Marks the job finished and appends its one audit record, in one transaction (a
-        job finished before is returned as it is, audited once)."""
-
-    @abc.abstractmethod
-    async def erase_user_rows(self, tenant_id: str, user_id: str) -> dict[str, int]:
-        """Deletes every row of the user (ERASED_TABLES) and takes the user's id off the
-        tombstones of their deleted conversations, in one transaction; the rows removed per
-        table. A second call removes nothing."""
-
-    @abc.abstractmethod
-    async def set_retention(self, tenant_id: str, days: int) -> RetentionPolicy:
-        """Sets the tenant's retention period; 0 removes it (keep forever)."""
-
-    @abc.abstractmethod
-    async def get_retention(self, tenant_id: str) -> RetentionPolicy:
-        """The tenant's retention period (0 days when none is set)."""
-
-    @abc.abstractmethod
-    async def retention_policies(self) -> list[RetentionPolicy]:
-        """Every tenant's retention period that is set."""
-
-    @abc.abstractmethod
-    async def expire_conversations(
-        self, tenant_id: str, before: datetime, limit: int
-    ) -> list[ExpiredConversation]:
-        """Deletes up to `limit` of the tenant's conversations whose last activity
-        (update time) is before `before`, with everything that goes with them (as
-        delete_conversation does, tombstone included), and notes them as pending (their
-        memory and log records are still to go); the ones deleted."""
-
-    @abc.abstractmethod
-    async def pending_expiries(self, limit: int) -> list[ExpiredConversation]:
-        """Up to `limit` expired conversations whose memory and log records are still to be
-        removed (a sweep cut short), oldest first."""
-
-    @abc.abstractmethod
-    async def finish_expiries(self, conversation_ids: Sequence[str]) -> None:
-        """Forgets that these expired conversations are pending (their memory and log
-        records are gone)."""
-
-
 Connection = psycopg.AsyncConnection[tuple[Any, ...]]
 
 _JOB_COLUMNS = (
@@ -250,7 +181,7 @@ async def start(
     actor: AuditActor,
     now: datetime,
 ) -> ErasureJob:
-    """See ErasureLedger.start_erasure."""
+    """See PostgresConversationStore.start_erasure."""
     cursor = await connection.execute(
         "SELECT job_id FROM erasure_jobs"
         " WHERE tenant_id = %s AND user_id = %s AND finish_time IS NULL",
@@ -314,7 +245,7 @@ async def load(connection: Connection, job_id: str) -> ErasureJob:
 
 
 async def unfinished(connection: Connection) -> list[ErasureJob]:
-    """See ErasureLedger.unfinished_erasures."""
+    """See PostgresConversationStore.unfinished_erasures."""
     cursor = await connection.execute(
         "SELECT job_id FROM erasure_jobs WHERE finish_time IS NULL ORDER BY create_time"
     )
@@ -324,7 +255,7 @@ async def unfinished(connection: Connection) -> list[ErasureJob]:
 async def finish_step(
     connection: Connection, job_id: str, position: int, removed: Mapping[str, int], now: datetime
 ) -> ErasureJob:
-    """See ErasureLedger.finish_erasure_step."""
+    """See PostgresConversationStore.finish_erasure_step."""
     await connection.execute(
         "UPDATE erasure_steps SET removed = %s, finish_time = %s"
         " WHERE job_id = %s AND position = %s AND finish_time IS NULL",
@@ -334,7 +265,7 @@ async def finish_step(
 
 
 async def finish(connection: Connection, job_id: str, now: datetime) -> ErasureJob:
-    """See ErasureLedger.finish_erasure."""
+    """See PostgresConversationStore.finish_erasure."""
     cursor = await connection.execute(
         "SELECT finish_time FROM erasure_jobs WHERE job_id = %s FOR UPDATE", (job_id,)
     )
@@ -373,7 +304,7 @@ _ERASE: tuple[tuple[str, str], ...] = (
 async def erase_rows(
     connection: Connection, tenant_id: str, user_id: str, now: datetime
 ) -> dict[str, int]:
-    """See ErasureLedger.erase_user_rows (the caller holds the conversations' locks)."""
+    """See PostgresConversationStore.erase_user_rows (the caller holds the conversations' locks)."""
     owner = {"t": tenant_id, "u": user_id, "now": now}
     removed: dict[str, int] = {}
     cursor = await connection.execute(
@@ -397,7 +328,7 @@ async def erase_rows(
 async def set_policy(
     connection: Connection, tenant_id: str, days: int, now: datetime
 ) -> RetentionPolicy:
-    """See ErasureLedger.set_retention."""
+    """See PostgresConversationStore.set_retention."""
     if days == 0:
         await connection.execute(
             "DELETE FROM retention_policies WHERE tenant_id = %s", (tenant_id,)
@@ -413,7 +344,7 @@ async def set_policy(
 
 
 async def policy(connection: Connection, tenant_id: str) -> RetentionPolicy:
-    """See ErasureLedger.get_retention."""
+    """See PostgresConversationStore.get_retention."""
     cursor = await connection.execute(
         "SELECT days, update_time FROM retention_policies WHERE tenant_id = %s", (tenant_id,)
     )
@@ -424,7 +355,7 @@ async def policy(connection: Connection, tenant_id: str) -> RetentionPolicy:
 
 
 async def policies(connection: Connection) -> list[RetentionPolicy]:
-    """See ErasureLedger.retention_policies."""
+    """See PostgresConversationStore.retention_policies."""
     cursor = await connection.execute(
         "SELECT tenant_id, days, update_time FROM retention_policies ORDER BY tenant_id"
     )
@@ -478,7 +409,7 @@ async def expire(
 
 
 async def pending(connection: Connection, limit: int) -> list[ExpiredConversation]:
-    """See ErasureLedger.pending_expiries."""
+    """See PostgresConversationStore.pending_expiries."""
     cursor = await connection.execute(
         "SELECT tenant_id, user_id, conversation_id FROM retention_pending"
         " ORDER BY conversation_id LIMIT %s",
@@ -488,7 +419,7 @@ async def pending(connection: Connection, limit: int) -> list[ExpiredConversatio
 
 
 async def finish_pending(connection: Connection, conversation_ids: Sequence[str]) -> None:
-    """See ErasureLedger.finish_expiries."""
+    """See PostgresConversationStore.finish_expiries."""
     await connection.execute(
         "DELETE FROM retention_pending WHERE conversation_id = ANY(%s)", (list(conversation_ids),)
     )

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any, Final
 
 import psycopg
@@ -29,6 +29,7 @@ from chatplane.persistence.store.base import (
     roles_column,
     roles_from_column,
 )
+from chatplane.persistence.store.records import utc
 
 MAX_ROTATION_OVERLAP: Final = timedelta(hours=24)
 """The longest an old key may keep working after a rotation."""
@@ -133,10 +134,6 @@ API_KEY_COLUMNS = (
 )
 
 
-def _utc(moment: datetime) -> datetime:
-    return moment.astimezone(UTC)
-
-
 def api_key_from_row(row: Sequence[Any]) -> ApiKey:
     """The key of a row of API_KEY_COLUMNS."""
     key_id, tenant_id, user_id, label, digest, revoked, create_time, roles, expire, by = row
@@ -146,9 +143,9 @@ def api_key_from_row(row: Sequence[Any]) -> ApiKey:
         label,
         bytes(digest),
         revoked,
-        _utc(create_time),
+        utc(create_time),
         roles_from_column(roles),
-        None if expire is None else _utc(expire),
+        None if expire is None else utc(expire),
         by,
     )
 

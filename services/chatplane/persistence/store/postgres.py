@@ -24,6 +24,7 @@ from chatplane.audit.chain import AuditEvent, AuditHead, AuditRecord
 from chatplane.common import errors
 from chatplane.common.closing import AsyncClosable
 from chatplane.common.ids import is_valid_id, new_id
+from chatplane.common.timestamps import utc_now
 from chatplane.crypto.keyring import WrappedDataKey
 from chatplane.persistence.store import (
     answer_deltas,
@@ -62,11 +63,9 @@ from chatplane.persistence.store.base import (
     issue_api_key,
     require_history_request,
     require_limit,
-    utc_now,
 )
 from chatplane.persistence.store.erasure import (
     ErasureJob,
-    ErasureLedger,
     ExpiredConversation,
     RetentionPolicy,
     require_retention_days,
@@ -85,8 +84,8 @@ from chatplane.persistence.store.key_records import (
 )
 from chatplane.persistence.store.message_copy import LostRace as _LostRace
 from chatplane.persistence.store.message_copy import copy_messages, record_conversations
-from chatplane.persistence.store.migrations import Migration, shipped_migrations
-from chatplane.persistence.store.quota import QuotaReservation, TokenQuota, TokenQuotaLedger
+from chatplane.persistence.store.migrations import shipped_migrations
+from chatplane.persistence.store.quota import QuotaReservation, TokenQuota
 from chatplane.persistence.store.rated_answers import (
     RatedAnswerQuery,
     RatedAnswerRow,
@@ -172,11 +171,6 @@ class WriteMethod(enum.Enum):
     COPY_DIRECT = "copy-direct"
 
 
-def postgres_migrations() -> list[Migration]:
-    """The migrations shipped in chatplane/persistence/migrations, in order."""
-    return shipped_migrations()
-
-
 async def migrate(dsn: str, *, connect_timeout: float = 10.0) -> int:
     """Bring the database at `dsn` (its first schema on the search_path) to the newest schema
     version; returns that version.
@@ -186,7 +180,7 @@ async def migrate(dsn: str, *, connect_timeout: float = 10.0) -> int:
     so replicas starting at once apply each migration exactly once: the others wait, then find
     nothing left to do.
     """
-    migrations = postgres_migrations()
+    migrations = shipped_migrations()
     connection = await psycopg.AsyncConnection.connect(
         dsn, autocommit=True, connect_timeout=max(1, round(connect_timeout))
     )
@@ -216,9 +210,7 @@ async def migrate(dsn: str, *, connect_timeout: float = 10.0) -> int:
     return len(migrations)
 
 
-class PostgresConversationStore(
-    PostgresVariantRegistry, TreeQueries, TokenQuotaLedger, ErasureLedger, AsyncClosable
-):
+class PostgresConversationStore(PostgresVariantRegistry, TreeQueries, AsyncClosable):
     """The store in a PostgreSQL database. Use `await PostgresConversationStore.open(dsn, ...)`,
     which migrates the schema and opens the connection pool before the first call.
 
@@ -728,15 +720,15 @@ class PostgresConversationStore(
         self, connection: _Connection, batch: tuple[Message, ...], *, placements_first: bool
     ) -> int:
         """One batch in the caller's transaction: lock its conversations, decide what to
-        insert (records.admit_batch, the rules both stores share), create new conversations,
+        insert (records.admit_batch), create new conversations,
         insert the messages, and count them in their conversations.
 
         With `placements_first`, where each message id is stored already is looked up before
-        deciding, as SQLite does. Without it, the ids are left to the unique index: messages
+        deciding. Without it, the ids are left to the unique index: messages
         whose insert hit a stored id are looked up afterwards (none, on the common path); a
         re-delivery is skipped, and an id stored for another conversation or owner raises
         _LostRace, so the batch is rolled back and decided again with placements first (which
-        then refuses it exactly as SQLite would).
+        then refuses it as it would have first time).
         """
         now = self._clock()
         if self._write_method is WriteMethod.COPY_DIRECT:
@@ -754,7 +746,7 @@ class PostgresConversationStore(
             if placements_first:
                 raise
             # Refused for its conversation's owner: name every refused message, including
-            # those whose id is stored for another conversation, as SQLite does.
+            # those whose id is stored for another conversation.
             placed = await _placements(connection, {m.message_id for m in batch})
             admit_batch(batch, dict(owners), deleted, placed)
             raise
@@ -784,21 +776,30 @@ class PostgresConversationStore(
     async def reserve_tokens(
         self, tenant_id: str, reservation_id: str, tokens: int, lease: timedelta
     ) -> QuotaReservation:
+        """Atomically reserve up to `tokens` of today's quota under `reservation_id`, held for
+        `lease` unless settled. Refused when nothing is left; always granted (and nothing is
+        recorded) for a tenant without a quota. Expired reservations are released first.
+        A `reservation_id` used before is AlreadyExists."""
         now = self._clock()
         async with self._connection() as connection, connection.transaction():
             return await quota.reserve(connection, tenant_id, reservation_id, tokens, lease, now)
 
     async def settle_tokens(self, tenant_id: str, reservation_id: str, used: int) -> TokenQuota:
+        """Replace the reservation with the `used` tokens (0 releases it), on the day it was
+        reserved. A reservation that expired or was never recorded still charges `used` to
+        today when the tenant has a quota."""
         now = self._clock()
         async with self._connection() as connection, connection.transaction():
             return await quota.settle(connection, tenant_id, reservation_id, used, now)
 
     async def set_token_quota(self, tenant_id: str, tokens_per_day: int) -> TokenQuota:
+        """Set the tenant's daily quota; 0 removes it (unlimited). Today's usage is kept."""
         now = self._clock()
         async with self._connection() as connection, connection.transaction():
             return await quota.set_limit(connection, tenant_id, tokens_per_day, now)
 
     async def get_token_quota(self, tenant_id: str) -> TokenQuota:
+        """The tenant's quota and today's usage."""
         now = self._clock()
         async with self._connection() as connection:
             return await quota.quota(connection, tenant_id, now)
@@ -809,13 +810,7 @@ class PostgresConversationStore(
         """Answers and their feedback aggregated per A/B variant, by variant name: of one
         tenant (None: all) and created at or after `since` (None: all). Not scoped to an
         owner: for admin tools only."""
-        query = report_query(
-            time_column="create_time",
-            placeholder="%s",
-            tenant=tenant_id is not None,
-            since=since is not None,
-            to_float="::float8",
-        )
+        query = report_query(tenant=tenant_id is not None, since=since is not None)
         parameters: list[Any] = [] if tenant_id is None else [tenant_id]
         if since is not None:
             parameters.append(since)
@@ -829,13 +824,11 @@ class PostgresConversationStore(
         time then message id. Not scoped to an owner: for admin tools only."""
         if not query.tenants:
             return []
-        sql, parameters = rated_answers_sql(
-            query, time_column="create_time", placeholder="%s", time_in=lambda t: t
-        )
+        sql, parameters = rated_answers_sql(query)
         async with self._connection() as connection:
             cursor = await connection.execute(sql, parameters)
             rows = await cursor.fetchall()
-        return [rated_answer_row(row, lambda t: t) for row in rows]
+        return [rated_answer_row(row) for row in rows]
 
     async def get_handoff(self, owner: Owner, conversation_id: str) -> HandoffState:
         """The handoff state of the owner's conversation (BOT when never handed off)."""
@@ -883,31 +876,42 @@ class PostgresConversationStore(
     async def start_erasure(
         self, tenant_id: str, user_id: str, steps: Sequence[str], actor: AuditActor
     ) -> ErasureJob:
+        """The user's unfinished erasure job, or a new one with `steps` to run (and a snapshot
+        of the user's conversation ids, deleted ones included)."""
         now = self._clock()
         async with self._connection() as connection, connection.transaction():
             return await erasure.start(connection, tenant_id, user_id, steps, actor, now)
 
     async def get_erasure(self, job_id: str) -> ErasureJob:
+        """The job (NotFound when there is none)."""
         async with self._connection() as connection:
             return await erasure.load(connection, job_id)
 
     async def unfinished_erasures(self) -> list[ErasureJob]:
+        """Every job not finished yet (cut short by a crash or a failing store), oldest first."""
         async with self._connection() as connection:
             return await erasure.unfinished(connection)
 
     async def finish_erasure_step(
         self, job_id: str, position: int, removed: Mapping[str, int]
     ) -> ErasureJob:
+        """Records that the step at `position` ran with these counts; the first record of a
+        step wins (a step run twice keeps its first counts)."""
         now = self._clock()
         async with self._connection() as connection, connection.transaction():
             return await erasure.finish_step(connection, job_id, position, removed, now)
 
     async def finish_erasure(self, job_id: str) -> ErasureJob:
+        """Marks the job finished and appends its one audit record, in one transaction (a
+        job finished before is returned as it is, audited once)."""
         now = self._clock()
         async with self._connection() as connection, connection.transaction():
             return await erasure.finish(connection, job_id, now)
 
     async def erase_user_rows(self, tenant_id: str, user_id: str) -> dict[str, int]:
+        """Deletes every row of the user (ERASED_TABLES) and takes the user's id off the
+        tombstones of their deleted conversations, in one transaction; the rows removed per
+        table. A second call removes nothing."""
         now = self._clock()
         async with self._connection() as connection, connection.transaction():
             # The locks batch writers take: a batch in flight for one of these conversations
@@ -918,22 +922,29 @@ class PostgresConversationStore(
             return await erasure.erase_rows(connection, tenant_id, user_id, now)
 
     async def set_retention(self, tenant_id: str, days: int) -> RetentionPolicy:
+        """Sets the tenant's retention period; 0 removes it (keep forever)."""
         require_retention_days(days)
         now = self._clock()
         async with self._connection() as connection, connection.transaction():
             return await erasure.set_policy(connection, tenant_id, days, now)
 
     async def get_retention(self, tenant_id: str) -> RetentionPolicy:
+        """The tenant's retention period (0 days when none is set)."""
         async with self._connection() as connection:
             return await erasure.policy(connection, tenant_id)
 
     async def retention_policies(self) -> list[RetentionPolicy]:
+        """Every tenant's retention period that is set."""
         async with self._connection() as connection:
             return await erasure.policies(connection)
 
     async def expire_conversations(
         self, tenant_id: str, before: datetime, limit: int
     ) -> list[ExpiredConversation]:
+        """Deletes up to `limit` of the tenant's conversations whose last activity
+        (update time) is before `before`, with everything that goes with them (as
+        delete_conversation does, tombstone included), and notes them as pending (their
+        memory and log records are still to go); the ones deleted."""
         require_limit(limit)
         now = self._clock()
         async with self._connection() as connection, connection.transaction():
@@ -944,11 +955,15 @@ class PostgresConversationStore(
             return await erasure.expire(connection, tenant_id, candidates, before, now)
 
     async def pending_expiries(self, limit: int) -> list[ExpiredConversation]:
+        """Up to `limit` expired conversations whose memory and log records are still to be
+        removed (a sweep cut short), oldest first."""
         require_limit(limit)
         async with self._connection() as connection:
             return await erasure.pending(connection, limit)
 
     async def finish_expiries(self, conversation_ids: Sequence[str]) -> None:
+        """Forgets that these expired conversations are pending (their memory and log
+        records are gone)."""
         if conversation_ids:
             async with self._connection() as connection, connection.transaction():
                 await erasure.finish_pending(connection, conversation_ids)
@@ -957,7 +972,7 @@ class PostgresConversationStore(
         self, connection: _Connection, batch: tuple[Message, ...], now: datetime
     ) -> int:
         """`_write_batch` for WriteMethod.COPY_DIRECT: the batch's ids are looked up in the
-        locking round trip (so the decision is SQLite's, first time), the conversations are
+        locking round trip (so the decision is right first time), the conversations are
         created and counted for what will be inserted, then the messages are COPYed straight
         into `messages`. Under the locks no writer of these conversations can interfere; an
         id stored meanwhile for another conversation makes the COPY fail on the primary key,
@@ -1074,12 +1089,12 @@ class PostgresConversationStore(
         feedback, in message id order after the message id `after` (None: from the first),
         with those facts (never the text). Keyset paging over the owner's messages only."""
         require_limit(limit)
-        query = facts_query(placeholder="%s", feedback_time_column="create_time", after=bool(after))
+        query = facts_query(after=bool(after))
         parameters = facts_parameters(owner.tenant_id, owner.user_id, after or None, limit)
         async with self._connection() as connection:
             cursor = await connection.execute(query, parameters)
             rows = await cursor.fetchall()
-        return [facts_from_row(row, utc) for row in rows]
+        return [facts_from_row(row) for row in rows]
 
     # Crypto-shredding (chatplane.crypto.keyring.DataKeyStore): wrapped per-user data keys.
     async def get_data_key(self, tenant_id: str, user_id: str) -> WrappedDataKey | None:
@@ -1280,7 +1295,7 @@ async def _write_answer_extras(
 
 async def _insert_answer_metrics(connection: _Connection, inserted: Sequence[Message]) -> None:
     """The A/B variant rows of the inserted assistant messages (docs/variants.md)."""
-    rows = answer_metric_rows(inserted, lambda moment: moment)
+    rows = answer_metric_rows(inserted)
     if not rows:
         return
     await connection.execute(

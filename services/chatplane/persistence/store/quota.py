@@ -1,5 +1,5 @@
-"""Per-tenant daily token quotas in the system of record: the records, the UTC day arithmetic,
-the `TokenQuotaLedger` interface the servicers use, and its SQL (docs/quotas.md).
+"""Per-tenant daily token quotas in the system of record: the records, the UTC day arithmetic
+and the SQL of the store's quota methods (docs/quotas.md).
 
 A turn reserves an estimate before it calls the model; the reservation is settled with the
 tokens the turn really used (or released with zero). Reservations hold at most what is left
@@ -14,7 +14,6 @@ replica, sees one state; the reservation itself is the conditional
 
 from __future__ import annotations
 
-import abc
 import hashlib
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -75,33 +74,6 @@ def reservation_size(requested: int, quota: TokenQuota) -> int:
     return min(requested, quota.remaining_tokens)
 
 
-class TokenQuotaLedger(abc.ABC):
-    """Daily token quotas of tenants, shared by every Gateway replica through the store."""
-
-    @abc.abstractmethod
-    async def reserve_tokens(
-        self, tenant_id: str, reservation_id: str, tokens: int, lease: timedelta
-    ) -> QuotaReservation:
-        """Atomically reserve up to `tokens` of today's quota under `reservation_id`, held for
-        `lease` unless settled. Refused when nothing is left; always granted (and nothing is
-        recorded) for a tenant without a quota. Expired reservations are released first.
-        A `reservation_id` used before is AlreadyExists."""
-
-    @abc.abstractmethod
-    async def settle_tokens(self, tenant_id: str, reservation_id: str, used: int) -> TokenQuota:
-        """Replace the reservation with the `used` tokens (0 releases it), on the day it was
-        reserved. A reservation that expired or was never recorded still charges `used` to
-        today when the tenant has a quota."""
-
-    @abc.abstractmethod
-    async def set_token_quota(self, tenant_id: str, tokens_per_day: int) -> TokenQuota:
-        """Set the tenant's daily quota; 0 removes it (unlimited). Today's usage is kept."""
-
-    @abc.abstractmethod
-    async def get_token_quota(self, tenant_id: str) -> TokenQuota:
-        """The tenant's quota and today's usage."""
-
-
 Connection = psycopg.AsyncConnection[tuple[Any, ...]]
 
 # The first half of the two-int4 advisory lock key (see postgres.py's lock classes).
@@ -116,7 +88,7 @@ async def reserve(
     lease: timedelta,
     now: datetime,
 ) -> QuotaReservation:
-    """See TokenQuotaLedger.reserve_tokens."""
+    """See PostgresConversationStore.reserve_tokens."""
     if await _limit(connection, tenant_id) == 0:
         return QuotaReservation(True, 0, await quota(connection, tenant_id, now))
     await _lock(connection, tenant_id)
@@ -155,7 +127,7 @@ async def reserve(
 async def settle(
     connection: Connection, tenant_id: str, reservation_id: str, used: int, now: datetime
 ) -> TokenQuota:
-    """See TokenQuotaLedger.settle_tokens."""
+    """See PostgresConversationStore.settle_tokens."""
     await _lock(connection, tenant_id)
     cursor = await connection.execute(
         "DELETE FROM token_reservations WHERE reservation_id = %s AND tenant_id = %s"
@@ -173,7 +145,7 @@ async def settle(
 async def set_limit(
     connection: Connection, tenant_id: str, tokens_per_day: int, now: datetime
 ) -> TokenQuota:
-    """See TokenQuotaLedger.set_token_quota."""
+    """See PostgresConversationStore.set_token_quota."""
     await _lock(connection, tenant_id)
     if tokens_per_day == 0:
         await connection.execute("DELETE FROM token_quotas WHERE tenant_id = %s", (tenant_id,))

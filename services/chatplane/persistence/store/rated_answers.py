@@ -1,5 +1,5 @@
-"""Rated answers for feedback datasets (docs/datasets.md): the SQL both engines run to page
-the complete, rated answers of some tenants in a time range, and the row it yields."""
+"""Rated answers for feedback datasets (docs/datasets.md): the SQL that pages the complete,
+rated answers of some tenants in a time range, and the row it yields."""
 
 from __future__ import annotations
 
@@ -41,40 +41,33 @@ class RatedAnswerRow:
 RATING_SQL = "coalesce(f.score, CASE WHEN f.rating = 'thumbs_up' THEN 5 ELSE 1 END)"
 
 
-def rated_answers_sql(
-    query: RatedAnswerQuery, *, time_column: str, placeholder: str, time_in: Any
-) -> tuple[str, list[Any]]:
-    """The page's SQL and parameters; `time_in` turns a datetime into the column's value."""
-    marks = ", ".join([placeholder] * len(query.tenants))
+def rated_answers_sql(query: RatedAnswerQuery) -> tuple[str, list[Any]]:
+    """The page's SQL and parameters."""
     conditions = [
         "a.status = 'complete'",
-        f"a.tenant_id IN ({marks})",
-        f"a.{time_column} >= {placeholder}",
-        f"{RATING_SQL} >= {placeholder}",
+        "a.tenant_id = ANY(%s)",
+        "a.create_time >= %s",
+        f"{RATING_SQL} >= %s",
     ]
-    parameters: list[Any] = [*query.tenants, time_in(query.since), query.min_rating]
+    parameters: list[Any] = [list(query.tenants), query.since, query.min_rating]
     if query.until is not None:
-        conditions.append(f"a.{time_column} < {placeholder}")
-        parameters.append(time_in(query.until))
+        conditions.append("a.create_time < %s")
+        parameters.append(query.until)
     if query.after is not None:
-        moment, message_id = query.after
-        conditions.append(
-            f"(a.{time_column} > {placeholder}"
-            f" OR (a.{time_column} = {placeholder} AND a.message_id > {placeholder}))"
-        )
-        parameters += [time_in(moment), time_in(moment), message_id]
+        conditions.append("(a.create_time, a.message_id) > (%s, %s)")
+        parameters += list(query.after)
     sql = (
         "SELECT a.message_id, a.tenant_id, m.user_id, m.conversation_id, a.variant, m.model,"
-        f" f.rating = 'thumbs_up', f.score, {RATING_SQL}, a.{time_column}"
+        f" f.rating = 'thumbs_up', f.score, {RATING_SQL}, a.create_time"
         " FROM answer_metrics a JOIN feedback f ON f.message_id = a.message_id"
         " JOIN messages m ON m.message_id = a.message_id"
         f" WHERE {' AND '.join(conditions)}"
-        f" ORDER BY a.{time_column}, a.message_id LIMIT {placeholder}"
+        " ORDER BY a.create_time, a.message_id LIMIT %s"
     )
     return sql, [*parameters, query.limit]
 
 
-def row_of(row: Sequence[Any], time_out: Any) -> RatedAnswerRow:
+def row_of(row: Sequence[Any]) -> RatedAnswerRow:
     """A RatedAnswerRow from a row of `rated_answers_sql`."""
     return RatedAnswerRow(
         message_id=row[0],
@@ -86,5 +79,5 @@ def row_of(row: Sequence[Any], time_out: Any) -> RatedAnswerRow:
         thumbs_up=bool(row[6]),
         score=None if row[7] is None else int(row[7]),
         rating=int(row[8]),
-        create_time=time_out(row[9]),
+        create_time=row[9],
     )

@@ -92,11 +92,11 @@ class Promotion:
     reason: str
 
 
-def change_values(change: ChangeRecord, change_time: object) -> tuple[object, ...]:
-    """A change's column values in `variant_changes` order, its time as the engine stores it."""
+def change_values(change: ChangeRecord) -> tuple[object, ...]:
+    """A change's column values in `variant_changes` order."""
     return (
         change.revision,
-        change_time,
+        change.change_time,
         change.actor,
         change.action,
         change.stage.value,
@@ -235,41 +235,6 @@ def plan_rollback(
     )
 
 
-class VariantRegistryStore(abc.ABC):
-    """The registry's part of the system of record (both engines)."""
-
-    @abc.abstractmethod
-    async def push_variant(
-        self, name: str, spec_json: str, spec_sha256: str, actor: str
-    ) -> tuple[VariantRecord, bool]:
-        """Stores the next version of `name`; when the latest has the same configuration it
-        is returned instead (created False)."""
-
-    @abc.abstractmethod
-    async def list_variants(self, name: str | None = None) -> list[VariantRecord]:
-        """Every stored version (of `name`), by name then version."""
-
-    @abc.abstractmethod
-    async def get_variant(self, name: str, version: int) -> VariantRecord:
-        """One version; NotFound when there is none."""
-
-    @abc.abstractmethod
-    async def promote_variant(self, promotion: Promotion) -> ChangeRecord:
-        """Records a promotion (the version must exist: NotFound otherwise)."""
-
-    @abc.abstractmethod
-    async def rollback_variant(self, actor: str, reason: str) -> ChangeRecord:
-        """Records a rollback (FailedPrecondition when there is nothing to undo)."""
-
-    @abc.abstractmethod
-    async def variant_changes(self, limit: int) -> list[ChangeRecord]:
-        """The newest `limit` changes, newest first."""
-
-    @abc.abstractmethod
-    async def variant_deployment(self) -> Deployment:
-        """What serves traffic now."""
-
-
 Connection = psycopg.AsyncConnection[tuple[Any, ...]]
 # pg_advisory_xact_lock key of registry writes ("chatplane registry" in no particular code).
 _LOCK_KEY = 0x63_70_72_65_67
@@ -333,12 +298,13 @@ async def _insert_change(connection: Connection, change: ChangeRecord) -> None:
     await connection.execute(
         f"INSERT INTO variant_changes ({_CHANGE_COLUMNS})"
         " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
-        change_values(change, change.change_time),
+        change_values(change),
     )
 
 
-class PostgresVariantRegistry(VariantRegistryStore):
-    """The registry's methods of the PostgreSQL store (mixed into PostgresConversationStore)."""
+class PostgresVariantRegistry(abc.ABC):
+    """The registry's part of the system of record: methods of the store (mixed into
+    PostgresConversationStore)."""
 
     _clock: Callable[[], datetime]
 
@@ -354,6 +320,8 @@ class PostgresVariantRegistry(VariantRegistryStore):
     async def push_variant(
         self, name: str, spec_json: str, spec_sha256: str, actor: str
     ) -> tuple[VariantRecord, bool]:
+        """Stores the next version of `name`; when the latest has the same configuration it
+        is returned instead (created False)."""
         async with self._locked() as connection:
             cursor = await connection.execute(
                 f"SELECT {_VERSION_COLUMNS} FROM variant_versions WHERE name = %s"
@@ -373,6 +341,7 @@ class PostgresVariantRegistry(VariantRegistryStore):
             return _version(values), True
 
     async def list_variants(self, name: str | None = None) -> list[VariantRecord]:
+        """Every stored version (of `name`), by name then version."""
         query = f"SELECT {_VERSION_COLUMNS} FROM variant_versions"
         parameters: tuple[Any, ...] = ()
         if name is not None:
@@ -383,10 +352,12 @@ class PostgresVariantRegistry(VariantRegistryStore):
             return [_version(row) for row in await cursor.fetchall()]
 
     async def get_variant(self, name: str, version: int) -> VariantRecord:
+        """One version; NotFound when there is none."""
         async with self._connection() as connection:
             return await _get(connection, name, version)
 
     async def promote_variant(self, promotion: Promotion) -> ChangeRecord:
+        """Records a promotion (the version must exist: NotFound otherwise)."""
         require_promotion(promotion)
         name, version = parse_or_invalid(promotion.variant, "variant")
         async with self._locked() as connection:
@@ -396,16 +367,19 @@ class PostgresVariantRegistry(VariantRegistryStore):
             return change
 
     async def rollback_variant(self, actor: str, reason: str) -> ChangeRecord:
+        """Records a rollback (FailedPrecondition when there is nothing to undo)."""
         async with self._locked() as connection:
             change = plan_rollback(await _changes(connection, None), actor, reason, self._clock())
             await _insert_change(connection, change)
             return change
 
     async def variant_changes(self, limit: int) -> list[ChangeRecord]:
+        """The newest `limit` changes, newest first."""
         async with self._connection() as connection:
             return await _changes(connection, limit)
 
     async def variant_deployment(self) -> Deployment:
+        """What serves traffic now."""
         async with self._connection() as connection:
             newest = await _changes(connection, 1)
         return newest[0].after if newest else Deployment()
