@@ -418,6 +418,7 @@ def test_feedback_answers_each_request_with_its_documented_status(
         not request.message_id
         or request.rating not in (gateway_pb2.RATING_THUMBS_UP, gateway_pb2.RATING_THUMBS_DOWN)
         or len(request.comment.encode()) > 4096
+        or "\x00" in request.comment
         or (request.HasField("score") and not 1 <= request.score <= 5)
     )
     expected = grpc.StatusCode.INVALID_ARGUMENT if invalid else grpc.StatusCode.NOT_FOUND

@@ -42,6 +42,8 @@ def validate_feedback(request: gateway_pb2.SubmitFeedbackRequest, max_comment_by
         raise errors.InvalidArgument("rating", "must be RATING_THUMBS_UP or RATING_THUMBS_DOWN")
     if len(request.comment.encode("utf-8")) > max_comment_bytes:
         raise errors.InvalidArgument("comment", f"must be at most {max_comment_bytes} bytes")
+    if "\x00" in request.comment:
+        raise errors.InvalidArgument("comment", "must not contain NUL characters")
     feedback_score(request)
     if not is_valid_id(request.message_id):
         raise errors.NotFound("message not found")

@@ -52,6 +52,12 @@ def test_impossible_conversation_id_is_not_found() -> None:
             ),
             "comment",
         ),
+        (
+            gateway_pb2.SubmitFeedbackRequest(
+                message_id=new_id(), rating=gateway_pb2.RATING_THUMBS_UP, comment="a\x00b"
+            ),
+            "comment",
+        ),
     ],
 )
 def test_invalid_feedback_names_the_field(
