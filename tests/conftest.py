@@ -90,7 +90,10 @@ def fresh_database(server: Engines) -> Iterator[str]:
     try:
         yield make_conninfo(maintenance, dbname=name)
     finally:
-        with psycopg.connect(maintenance, autocommit=True) as connection:
+        # As the superuser: FORCE must end every session in it, whoever's (a background
+        # worker of another role cannot be ended by the owner).
+        superuser = make_conninfo(maintenance, user="postgres", dbname="postgres")
+        with psycopg.connect(superuser, autocommit=True) as connection:
             connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 

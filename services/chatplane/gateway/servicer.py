@@ -90,6 +90,9 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         self, request: gateway_pb2.GetConversationRequest, context: Context
     ) -> gateway_pb2.GetConversationResponse:
         validate_view(request)
+        if request.conversation_id and not is_valid_id(request.conversation_id):
+            # Not an id at all: it names nothing of the caller's (docs/api.md).
+            raise errors.NotFound("conversation not found")
         with caller_field_errors("request."):
             response = await self._persistence.conversations.GetConversation(
                 conversation_pb2.GetConversationRequest(owner=_owner(), request=request),
@@ -101,7 +104,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         self, request: gateway_pb2.DeleteConversationRequest, context: Context
     ) -> gateway_pb2.DeleteConversationResponse:
         owner = _owner()
-        if not is_valid_id(request.conversation_id):
+        if request.conversation_id and not is_valid_id(request.conversation_id):
             raise errors.NotFound("conversation not found")
         # Ownership first (a read), then memory, then the record: a failure part-way leaves
         # the conversation listed, so the user can delete it again.
