@@ -5,11 +5,9 @@ Set/GetRetention keep a tenant's retention period."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from datetime import datetime
-
-from google.protobuf import timestamp_pb2
 
 from chatplane.common import errors
+from chatplane.common.timestamps import optional_timestamp_of
 from chatplane.internal.v1 import privacy_pb2, privacy_pb2_grpc
 from chatplane.persistence.erasure_job import ErasureJobs
 from chatplane.persistence.identity_servicer import audit_actor
@@ -23,25 +21,19 @@ from chatplane.v1 import erasure_pb2
 _MAX_TENANT_CHARS = 256
 
 
-def _timestamp(moment: datetime | None) -> timestamp_pb2.Timestamp | None:
-    if moment is None:
-        return None
-    stamp = timestamp_pb2.Timestamp()
-    stamp.FromDatetime(moment)
-    return stamp
-
-
 def erasure_receipt(job: ErasureJob) -> erasure_pb2.ErasureReceipt:
     """A job as the contracts show it."""
     return erasure_pb2.ErasureReceipt(
         job_id=job.job_id,
         tenant_id=job.tenant_id,
         user_id=job.user_id,
-        create_time=_timestamp(job.create_time),
-        finish_time=_timestamp(job.finish_time),
+        create_time=optional_timestamp_of(job.create_time),
+        finish_time=optional_timestamp_of(job.finish_time),
         steps=[
             erasure_pb2.ErasureStepReceipt(
-                step=step.name, removed=dict(step.removed), finish_time=_timestamp(step.finish_time)
+                step=step.name,
+                removed=dict(step.removed),
+                finish_time=optional_timestamp_of(step.finish_time),
             )
             for step in job.steps
         ],
@@ -51,7 +43,9 @@ def erasure_receipt(job: ErasureJob) -> erasure_pb2.ErasureReceipt:
 def retention_policy(policy: RetentionPolicy) -> erasure_pb2.RetentionPolicy:
     """A retention period as the contracts show it."""
     return erasure_pb2.RetentionPolicy(
-        tenant_id=policy.tenant_id, days=policy.days, update_time=_timestamp(policy.update_time)
+        tenant_id=policy.tenant_id,
+        days=policy.days,
+        update_time=optional_timestamp_of(policy.update_time),
     )
 
 

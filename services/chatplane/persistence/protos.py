@@ -14,7 +14,7 @@ from google.protobuf import timestamp_pb2
 
 from chatplane.common import errors
 from chatplane.common.ids import is_valid_id
-from chatplane.common.timestamps import from_micros, to_micros
+from chatplane.common.timestamps import from_micros, timestamp_of, to_micros
 from chatplane.persistence.store.base import (
     Conversation,
     ConversationCursor,
@@ -79,9 +79,7 @@ def page_size(value: int, field: str, bounds: tuple[int, int]) -> int:
 
 
 def timestamp(moment: datetime) -> timestamp_pb2.Timestamp:
-    stamp = timestamp_pb2.Timestamp()
-    stamp.FromDatetime(moment)
-    return stamp
+    return timestamp_of(moment)
 
 
 def conversation_proto(conversation: Conversation) -> resources_pb2.Conversation:
