@@ -10,14 +10,13 @@ from google.protobuf import timestamp_pb2
 
 from chatplane.common import errors
 from chatplane.common.settings import Settings
-from chatplane.common.timestamps import to_micros
+from chatplane.common.timestamps import timestamp_of, to_micros
 from chatplane.internal.v1 import analytics_pb2, analytics_pb2_grpc
 from chatplane.persistence.protos import (
     Context,
     decode_token,
     encode_token,
     page_size,
-    timestamp,
     token_id,
     token_time,
 )
@@ -76,7 +75,7 @@ def rated_answer(exported: ExportedAnswer) -> admin_resources_pb2.RatedAnswer:
         variant=row.variant,
         thumbs=gateway_pb2.RATING_THUMBS_UP if row.thumbs_up else gateway_pb2.RATING_THUMBS_DOWN,
         rating=row.rating,
-        create_time=timestamp(row.create_time),
+        create_time=timestamp_of(row.create_time),
         model=row.model,
         messages=[
             admin_resources_pb2.DatasetMessage(role=_ROLES[m.role], text=m.text)

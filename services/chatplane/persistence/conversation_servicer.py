@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from chatplane.common import errors
 from chatplane.common.feedback_score import feedback_score
+from chatplane.common.timestamps import timestamp_of
 from chatplane.internal.v1 import conversation_pb2, conversation_pb2_grpc
 from chatplane.persistence.protos import (
     CONVERSATIONS_PAGE,
@@ -20,7 +21,6 @@ from chatplane.persistence.protos import (
     owner,
     page_size,
     require,
-    timestamp,
 )
 from chatplane.persistence.store.base import (
     BranchCursor,
@@ -99,7 +99,7 @@ class ConversationServicer(conversation_pb2_grpc.ConversationServiceServicer):
         conversation_owner = owner(request.owner)
         require(request.conversation_id, "conversation_id")
         deleted = await self._store.delete_conversation(conversation_owner, request.conversation_id)
-        return conversation_pb2.DeleteConversationResponse(delete_time=timestamp(deleted))
+        return conversation_pb2.DeleteConversationResponse(delete_time=timestamp_of(deleted))
 
     async def SubmitFeedback(
         self, request: conversation_pb2.SubmitFeedbackRequest, context: Context
@@ -113,7 +113,7 @@ class ConversationServicer(conversation_pb2_grpc.ConversationServiceServicer):
         stored = await self._store.submit_feedback(
             rater, Feedback(request.feedback.message_id, rating, request.feedback.comment, score)
         )
-        return conversation_pb2.SubmitFeedbackResponse(create_time=timestamp(stored))
+        return conversation_pb2.SubmitFeedbackResponse(create_time=timestamp_of(stored))
 
     async def SetActiveBranch(
         self, request: conversation_pb2.SetActiveBranchRequest, context: Context

@@ -4,7 +4,7 @@ waiting conversations for operators, and the thumbs-down count the handoff rule 
 from __future__ import annotations
 
 from chatplane.common import errors
-from chatplane.common.timestamps import to_micros
+from chatplane.common.timestamps import timestamp_of, to_micros
 from chatplane.internal.v1 import handoff_pb2, handoff_pb2_grpc
 from chatplane.persistence.protos import (
     CONVERSATIONS_PAGE,
@@ -14,7 +14,6 @@ from chatplane.persistence.protos import (
     owner,
     page_size,
     require,
-    timestamp,
     token_id,
     token_time,
 )
@@ -57,9 +56,9 @@ def handoff_status(state: HandoffState) -> resources_pb2.HandoffStatus:
         released_by=state.released_by,
     )
     if state.request_time is not None:
-        status.request_time.CopyFrom(timestamp(state.request_time))
+        status.request_time.CopyFrom(timestamp_of(state.request_time))
     if state.release_time is not None:
-        status.release_time.CopyFrom(timestamp(state.release_time))
+        status.release_time.CopyFrom(timestamp_of(state.release_time))
     return status
 
 

@@ -12,9 +12,9 @@ from datetime import timedelta
 from chatplane.common import errors
 from chatplane.common.ids import is_valid_id
 from chatplane.common.roles import parse_roles
-from chatplane.common.timestamps import from_micros, to_micros
+from chatplane.common.timestamps import from_micros, timestamp_of, to_micros
 from chatplane.internal.v1 import audit_pb2, identity_pb2, identity_pb2_grpc
-from chatplane.persistence.protos import Context, owner, page_size, require, timestamp
+from chatplane.persistence.protos import Context, owner, page_size, require
 from chatplane.persistence.store.base import ApiKey, ConversationStore
 from chatplane.persistence.store.key_records import (
     MAX_ROTATION_OVERLAP,
@@ -59,7 +59,7 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
             roles=sorted(key.roles),
         )
         if key.expire_time is not None:  # a rotated key: the Gateway checks it on every call
-            response.expire_time.CopyFrom(timestamp(key.expire_time))
+            response.expire_time.CopyFrom(timestamp_of(key.expire_time))
         return response
 
     async def ListApiKeys(
@@ -136,12 +136,12 @@ def api_key_info(key: ApiKey) -> admin_resources_pb2.ApiKeyInfo:
         owner=admin_resources_pb2.Owner(tenant_id=key.owner.tenant_id, user_id=key.owner.user_id),
         label=key.label,
         roles=sorted(key.roles),
-        create_time=timestamp(key.create_time),
+        create_time=timestamp_of(key.create_time),
         revoked=key.revoked,
         replaced_by_key_id=key.replaced_by,
     )
     if key.expire_time is not None:
-        info.expire_time.CopyFrom(timestamp(key.expire_time))
+        info.expire_time.CopyFrom(timestamp_of(key.expire_time))
     return info
 
 

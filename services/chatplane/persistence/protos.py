@@ -10,7 +10,6 @@ from datetime import datetime
 from typing import Any
 
 import grpc
-from google.protobuf import timestamp_pb2
 
 from chatplane.common import errors
 from chatplane.common.ids import is_valid_id
@@ -78,16 +77,12 @@ def page_size(value: int, field: str, bounds: tuple[int, int]) -> int:
     return value
 
 
-def timestamp(moment: datetime) -> timestamp_pb2.Timestamp:
-    return timestamp_of(moment)
-
-
 def conversation_proto(conversation: Conversation) -> resources_pb2.Conversation:
     return resources_pb2.Conversation(
         conversation_id=conversation.conversation_id,
         title=conversation.title,
-        create_time=timestamp(conversation.create_time),
-        update_time=timestamp(conversation.update_time),
+        create_time=timestamp_of(conversation.create_time),
+        update_time=timestamp_of(conversation.update_time),
         message_count=conversation.message_count,
         active_message_id=conversation.active_message_id,
     )
@@ -101,7 +96,7 @@ def message_proto(message: Message) -> resources_pb2.Message:
         text=message.text,
         status=_STATUSES[message.status],
         model=message.model,
-        create_time=timestamp(message.create_time),
+        create_time=timestamp_of(message.create_time),
         reply_to_message_id=message.reply_to_message_id,
         finish_reason=_FINISH_REASONS[message.finish_reason],
         client_message_id=message.client_message_id,

@@ -7,6 +7,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from chatplane.common import errors
+from chatplane.common.timestamps import timestamp_of
 from chatplane.internal.v1 import turn_pb2, turn_pb2_grpc
 from chatplane.persistence.protos import (
     MAX_KEY_CHARS,
@@ -15,7 +16,6 @@ from chatplane.persistence.protos import (
     owner,
     require,
     require_id,
-    timestamp,
 )
 from chatplane.persistence.quota_servicer import QuotaServicer
 from chatplane.persistence.store.base import ConversationStore, TurnRequest
@@ -89,7 +89,7 @@ class TurnServicer(turn_pb2_grpc.TurnServiceServicer):
         turn = await self._store.get_turn(
             turn_owner, request.user_message_id, assistant_message_id=request.assistant_message_id
         )
-        response = turn_pb2.GetTurnResponse(lease_expire_time=timestamp(turn.lease_expire_time))
+        response = turn_pb2.GetTurnResponse(lease_expire_time=timestamp_of(turn.lease_expire_time))
         if turn.user_message is not None:
             response.user_message.CopyFrom(message_proto(turn.user_message))
         if turn.assistant_message is not None:
@@ -117,7 +117,7 @@ class TurnServicer(turn_pb2_grpc.TurnServiceServicer):
             conversation_id=answer.turn.conversation_id,
             user_message_id=answer.turn.user_message_id,
             delta_ends=answer.delta_ends,
-            lease_expire_time=timestamp(answer.turn.lease_expire_time),
+            lease_expire_time=timestamp_of(answer.turn.lease_expire_time),
         )
         if answer.turn.assistant_message is not None:
             response.assistant_message.CopyFrom(message_proto(answer.turn.assistant_message))

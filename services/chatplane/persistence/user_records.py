@@ -10,8 +10,9 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 from chatplane.common import errors
+from chatplane.common.timestamps import timestamp_of
 from chatplane.internal.v1 import privacy_pb2
-from chatplane.persistence.protos import conversation_proto, message_proto, timestamp
+from chatplane.persistence.protos import conversation_proto, message_proto
 from chatplane.persistence.store.base import (
     ConversationCursor,
     ConversationStore,
@@ -110,6 +111,6 @@ def _fact_records(facts: MessageFacts) -> list[Record]:
             comment=facts.feedback.comment,
         )
         if facts.feedback_time is not None:
-            feedback.create_time.CopyFrom(timestamp(facts.feedback_time))
+            feedback.create_time.CopyFrom(timestamp_of(facts.feedback_time))
         records.append(Record(feedback=feedback))
     return records
