@@ -13,7 +13,8 @@ import click
 import grpc
 
 from chatplane.common.tls import TlsConfigError, TlsFiles, client_channel
-from chatplane.launcher.stack import DEV_KEY_FILE, StackInfo
+from chatplane.launcher.development_key import DEV_KEY_FILE
+from chatplane.launcher.stack import StackInfo
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,6 +22,7 @@ from chatplane.common.tls import CA_VAR, CERT_VAR, KEY_VAR
 from chatplane.internal.v1 import identity_pb2
 from chatplane.launcher import Stack, StackInfo
 from chatplane.launcher.certificates import DEFAULT_DAYS, CertificateDirError, init_certificates
+from chatplane.launcher.development_key import DEV_ROLES, DEV_TENANT
 from chatplane.launcher.stack import EDGE
 from chatplane.persistence.client import PersistenceClient
 from chatplane.v1 import admin_resources_pb2
@@ -187,6 +188,8 @@ async def _up(
         bold=True,
     )
     click.echo(f"  development API key: {key}")
+    roles = ", ".join(DEV_ROLES)
+    click.echo(f"    (tenant {DEV_TENANT}, roles {roles}: every README command; docs/security.md)")
     client_tls = info.client_tls()
     if client_tls is not None:
         click.echo(f"  mutual TLS: CA {client_tls.ca}, client certificate {client_tls.cert}")

@@ -2,7 +2,7 @@
 then agent, then gateway), each ready when it prints its ready line, stopped in reverse order
 with SIGTERM so in-flight turns drain. In the embedded profile, without a configured
 CHATPLANE_POSTGRES_DSN, the stack's own PostgreSQL (in <data dir>/postgres) starts first and
-stops last. Also creates the development API key on first start."""
+stops last. Also gives the development API key (launcher/development_key.py)."""
 
 from __future__ import annotations
 
@@ -21,11 +21,9 @@ import grpc
 
 from chatplane.common import errors
 from chatplane.common.tls import TlsFiles, client_channel
-from chatplane.internal.v1 import identity_pb2
 from chatplane.launcher.certificates import CLIENT_PARTY, SERVICE_PARTIES, party_files
+from chatplane.launcher.development_key import development_key
 from chatplane.launcher.postgres_server import PostgresServer
-from chatplane.persistence.client import PersistenceClient
-from chatplane.v1 import admin_resources_pb2
 
 SERVICES = ("persistence", "memory", "agent", "gateway")
 # Envoy in front of the Gateway (`python -m chatplane.edge`), started last when asked for.
@@ -35,9 +33,6 @@ WEB = "webui"
 STACK_FILE = "stack.json"
 # The embedded profile's PostgreSQL cluster, inside the data dir.
 POSTGRES_DIR = "postgres"
-DEV_KEY_FILE = "dev-api-key"
-DEV_TENANT = "dev"
-DEV_USER = "dev"
 _READY_TIMEOUT_SECONDS = 60.0
 
 
@@ -330,19 +325,7 @@ class Stack:
         return codes
 
     async def development_key(self) -> str:
-        """The development API key: created on first start, read from the data dir later."""
-        path = self.data_dir / DEV_KEY_FILE
-        if path.exists():
-            return path.read_text().strip()
+        """The development API key (every role; docs/security.md): created on first start,
+        read from the data dir later, replaced when the system of record no longer accepts it."""
         async with self.channel("persistence") as channel:
-            response = await PersistenceClient(channel).identity.CreateApiKey(
-                identity_pb2.CreateApiKeyRequest(
-                    owner=admin_resources_pb2.Owner(tenant_id=DEV_TENANT, user_id=DEV_USER),
-                    label="development key",
-                ),
-                timeout=10,
-            )
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as key_file:
-            key_file.write(response.api_key + "\n")
-        return response.api_key
+            return await development_key(channel, self.data_dir)
