@@ -117,7 +117,7 @@ def _marker(body: str, where: str) -> tuple[Fate, str, str]:
     if skip:
         return "skip", "", skip.group("reason")
     raise MarkerError(
-        f"{where}: unknown doc-test marker {body!r}; known: run, stdin \"...\", skip (reason)"
+        f'{where}: unknown doc-test marker {body!r}; known: run, stdin "...", skip (reason)'
     )
 
 
@@ -152,7 +152,9 @@ def shell_blocks(path: Path) -> list[ShellBlock]:
             text = "\n".join(lines[index + 1 : end])
             blocks.append(ShellBlock(path, index + 1, text, fate, stdin, reason))
         elif marker is not None:
-            raise MarkerError(f"{path.name}:{marker[3]}: the marker stands before a non-shell block")
+            raise MarkerError(
+                f"{path.name}:{marker[3]}: the marker stands before a non-shell block"
+            )
         marker = None
         index = end + 1
     if marker is not None:

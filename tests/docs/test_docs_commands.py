@@ -45,7 +45,7 @@ README_OUTPUTS = (
     ("eval --variant support@1 ", "gate: passed"),
     ("eval --variant support@2 ", "gate: FAILED"),
     ("curl -N", 'data: {"done"'),
-    ("-message \"hello\"", "[offline model]"),
+    ('-message "hello"', "[offline model]"),
 )
 
 
