@@ -10,7 +10,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .DEFAULT_GOAL := help
 .PHONY: help venv system-deps generate check-generate lint typecheck proto-check test test-fast \
-	run run-cluster bench bench-litellm infra-up infra-down clean web web-test
+	test-docs run run-cluster bench bench-litellm infra-up infra-down clean web web-test
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -55,6 +55,9 @@ test: $(STAMP) system-deps check-generate proto-check lint typecheck web web-tes
 
 test-fast: $(STAMP) ## unit and contract tests only
 	$(BIN)/pytest -q -p no:cacheprovider tests/unit tests/contract
+
+test-docs: $(STAMP) ## the README's commands (and docs/*.md blocks marked runnable) against a fresh stack
+	$(BIN)/pytest -q -p no:cacheprovider tests/docs
 
 run: $(STAMP) web ## start the whole stack (embedded profile) and print how to chat
 	$(BIN)/chatplane up

@@ -76,7 +76,10 @@ def scratch_checkout(root: Path) -> None:
             shutil.copytree(entry, root / entry.name, symlinks=True)
         else:
             (root / entry.name).symlink_to(entry)
-    (root / ".venv").symlink_to(Path(sys.prefix))
+    venv = Path(sys.prefix)
+    if not (venv / "bin" / "chatplane").exists():
+        pytest.fail(f"no `chatplane` in {venv}: run the tests from the project's venv (make test)")
+    (root / ".venv").symlink_to(venv)
 
 
 def reader_env() -> dict[str, str]:
