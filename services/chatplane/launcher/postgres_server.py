@@ -37,6 +37,8 @@ RUN_USER = "chatplane"
 # <key>/data, beside <key>/origin naming the data dir it belongs to.
 RELOCATED_ROOT = Path("/var/tmp/chatplane-postgres")
 ORIGIN_FILE = "origin"
+# How old a relocated cluster must be before collect_orphans may remove it.
+ORPHAN_MIN_AGE_SECONDS = 600.0
 DATABASE = "chatplane"
 SUPERUSER = "postgres"
 PASSWORD_FILE = "chatplane.password"
@@ -356,10 +358,13 @@ class PostgresServer:
 
 def collect_orphans() -> None:
     """Removes the relocated clusters whose data dir is gone (a deleted test tmp dir) and
-    whose server is not running."""
+    whose server is not running. A cluster younger than ORPHAN_MIN_AGE_SECONDS is left alone:
+    another process may be placing it (its link not made yet)."""
     with contextlib.suppress(FileNotFoundError):
         for home in RELOCATED_ROOT.iterdir():
             with contextlib.suppress(OSError, ValueError):
+                if time.time() - home.stat().st_mtime < ORPHAN_MIN_AGE_SECONDS:
+                    continue
                 origin = Path((home / ORIGIN_FILE).read_text())
                 linked = origin.is_symlink() and origin.resolve() == (home / "data").resolve()
                 pid_file = home / "data" / "postmaster.pid"

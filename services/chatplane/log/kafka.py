@@ -42,6 +42,7 @@ from chatplane.log.base import (
     MessageLogConsumer,
     MessageLogProducer,
 )
+from chatplane.log.kafka_errors import retriable
 from chatplane.log.kafka_tail import KafkaTail
 
 _log = logging.getLogger(__name__)
@@ -119,7 +120,7 @@ class KafkaMessageLog(MessageLog):
         self._join_timeout = join_timeout
         self._request_timeout = request_timeout
         self._close_timeout = close_timeout
-        self._topics = _Topics(
+        self._topics = KafkaTopics(
             self._common_config(),
             partitions=partitions,
             # -1: the broker's default.replication.factor (KIP-464).
@@ -261,7 +262,7 @@ def _unavailable(what: str, error: KafkaError | KafkaException | str) -> Unavail
     return Unavailable(f"{what}: {detail}")
 
 
-class _Topics:
+class KafkaTopics:
     """Creates topics the first time this process uses them, and waits until every partition
     has a leader, so that the first append or subscription does not race the creation."""
 
@@ -441,7 +442,7 @@ class _ProducerClient:
 class _KafkaProducer(MessageLogProducer):
     """Appends by producing every record, then awaiting their delivery reports."""
 
-    def __init__(self, config: dict[str, Any], topics: _Topics, close_timeout: float) -> None:
+    def __init__(self, config: dict[str, Any], topics: KafkaTopics, close_timeout: float) -> None:
         self._config = config
         self._topics = topics
         self._close_timeout = close_timeout
@@ -536,7 +537,7 @@ class _KafkaConsumer(MessageLogConsumer):
     def __init__(
         self,
         config: dict[str, Any],
-        topics: _Topics,
+        topics: KafkaTopics,
         group: str,
         topic_names: Sequence[str],
         *,
@@ -806,7 +807,7 @@ class _KafkaConsumer(MessageLogConsumer):
                     return self._read_lag(deadline)
                 except KafkaException as error:
                     # Metadata a moment old (a topic just created, a leader just moved).
-                    if not _retriable(error.args[0]) or time.monotonic() + 0.05 >= deadline:
+                    if not retriable(error.args[0]) or time.monotonic() + 0.05 >= deadline:
                         raise
                 time.sleep(0.05)
         except KafkaException as error:
@@ -833,14 +834,6 @@ class _KafkaConsumer(MessageLogConsumer):
             # No commit (negative) or one behind retention: the group starts at `low`.
             total += max(0, high - max(tp.offset, low))
         return total
-
-
-def _retriable(error: KafkaError) -> bool:
-    return error.retriable() or error.code() in (
-        KafkaError.NOT_LEADER_FOR_PARTITION,
-        KafkaError.LEADER_NOT_AVAILABLE,
-        KafkaError.UNKNOWN_TOPIC_OR_PART,
-    )
 
 
 def _names(partitions: Sequence[TopicPartition]) -> list[str]:

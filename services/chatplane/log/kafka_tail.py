@@ -16,9 +16,10 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Topic
 
 from chatplane.common.errors import Unavailable
 from chatplane.log.base import ConsumedRecord, MessageLogConsumer
+from chatplane.log.kafka_errors import retriable
 
 if TYPE_CHECKING:
-    from chatplane.log.kafka import _Topics
+    from chatplane.log.kafka import KafkaTopics
 
 _SLICE = 0.1
 """Longest single blocking librdkafka call: how quickly a poll notices close."""
@@ -30,7 +31,7 @@ class KafkaTail(MessageLogConsumer):
     def __init__(
         self,
         config: dict[str, Any],
-        topics: _Topics,
+        topics: KafkaTopics,
         topic_names: Sequence[str],
         *,
         request_timeout: float,
@@ -99,20 +100,34 @@ class KafkaTail(MessageLogConsumer):
 
     def _assign_at_end(self) -> None:
         self._topics.ensure(self._topic_names, self._request_timeout)
-        partitions: list[TopicPartition] = []
-        try:
-            for topic in self._topic_names:
-                found = self._consumer.list_topics(topic, timeout=self._request_timeout)
-                for partition in sorted(found.topics[topic].partitions):
-                    place = TopicPartition(topic, partition)
-                    _low, high = self._consumer.get_watermark_offsets(
-                        place, timeout=self._request_timeout
-                    )
-                    partitions.append(TopicPartition(topic, partition, high))
-        except KafkaException as error:
-            raise Unavailable(f"cannot find the end of the handoff topics: {error}") from error
+        deadline = time.monotonic() + self._request_timeout
+        while True:
+            try:
+                partitions = self._ends(deadline)
+                break
+            except KafkaException as error:
+                # A topic just created has no leader for a moment: try again until the deadline.
+                if not retriable(error.args[0]) or time.monotonic() + 0.05 >= deadline:
+                    raise Unavailable(
+                        f"cannot find the end of the handoff topics: {error}"
+                    ) from error
+            time.sleep(0.05)
         self._consumer.assign(partitions)
         self._assigned = True
+
+    def _ends(self, deadline: float) -> list[TopicPartition]:
+        """Each partition of the topics at its current end (high watermark)."""
+        partitions: list[TopicPartition] = []
+        for topic in self._topic_names:
+            remaining = max(0.1, deadline - time.monotonic())
+            found = self._consumer.list_topics(topic, timeout=remaining)
+            for partition in sorted(found.topics[topic].partitions):
+                remaining = max(0.1, deadline - time.monotonic())
+                _low, high = self._consumer.get_watermark_offsets(
+                    TopicPartition(topic, partition), timeout=remaining
+                )
+                partitions.append(TopicPartition(topic, partition, high))
+        return partitions
 
     def _fetch(
         self, max_records: int, deadline: float, stop: threading.Event

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,7 +16,12 @@ import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from chatplane.launcher.postgres_server import RELOCATED_ROOT, PostgresServer, collect_orphans
+from chatplane.launcher.postgres_server import (
+    ORPHAN_MIN_AGE_SECONDS,
+    RELOCATED_ROOT,
+    PostgresServer,
+    collect_orphans,
+)
 
 
 @pytest.fixture
@@ -78,6 +84,10 @@ def test_an_unreachable_data_dir_gets_a_linked_cluster_removed_with_it(tmp_path:
     collect_orphans()
     assert home.exists(), "the data dir still links to it"
     server.pgdata.unlink()
+    collect_orphans()
+    assert home.exists(), "a cluster younger than ORPHAN_MIN_AGE_SECONDS may be being placed"
+    aged = time.time() - ORPHAN_MIN_AGE_SECONDS - 1
+    os.utime(home.parent, (aged, aged))
     collect_orphans()
     assert not home.parent.exists()
 
