@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import urllib.request
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import grpc
 import psycopg
 import pytest
 import pytest_asyncio
+from prometheus_client.parser import text_string_to_metric_families
 
 from chatplane.launcher import Stack
 from chatplane.v1 import gateway_pb2, gateway_pb2_grpc, resources_pb2
@@ -169,6 +171,30 @@ async def _stored_turn(
     return message
 
 
+def _event_counts(events: str | None) -> dict[str, int]:
+    """The page's `data-events` (events received, by kind)."""
+    assert events is not None
+    return {k: int(v) for k, v in re.findall(r'"(\w+)":(\d+)', events)}
+
+
+def _scrape_model_calls(url: str) -> float:
+    with urllib.request.urlopen(url, timeout=5) as response:  # loopback only
+        text = response.read().decode()
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "chatplane_llm_attempt_duration_seconds_count"
+    )
+
+
+async def _model_calls(stack: Stack) -> float:
+    """How many times the Agent has called its model (every outcome), from its /metrics."""
+    url = stack.info().metrics_url("agent")
+    assert url, "the Agent serves no /metrics"
+    return await asyncio.to_thread(_scrape_model_calls, url)
+
+
 def _feedback_rows(stack: Stack, message_id: str) -> list[tuple[str, str]]:
     with psycopg.connect(store_dsn(Path(stack.data_dir))) as connection:
         return connection.execute(
@@ -296,6 +322,137 @@ async def test_sign_in_stream_citations_feedback_stop_and_history(
     await _assert_no_page_errors(browser)
 
 
+async def _wait_history(browser: Browser, condition: str, arg: object = None) -> dict[str, object]:
+    """Waits until the page shows a conversation's history (no live turn) for which the
+    JavaScript `condition(view, arg)` holds; `view` lists its questions and answers."""
+    view: dict[str, object] = await browser.wait_until(
+        """(arg) => {
+            if (document.querySelector('[data-testid=turn]')) return false;
+            const versions = (el) => {
+                const s = el.querySelector('[data-testid=siblings]');
+                return s ? [Number(s.dataset.index), Number(s.dataset.count)] : [1, 1];
+            };
+            const view = {
+                questions: [...document.querySelectorAll('[data-testid=question]')].map((q) => ({
+                    id: q.dataset.messageId, text: q.querySelector('.text').innerText,
+                    versions: versions(q) })),
+                answers: [...document.querySelectorAll('[data-testid=answer]')].map((a) => ({
+                    id: a.dataset.messageId, state: a.dataset.state,
+                    text: a.querySelector('[data-testid=answer-text]')?.innerText ?? '',
+                    versions: versions(a) })),
+            };
+            return (CONDITION)(view, arg) ? view : false;
+        }""".replace("CONDITION", condition),
+        arg,
+        timeout=30,
+    )
+    return view
+
+
+async def _active_branch(
+    gateway: gateway_pb2_grpc.GatewayServiceStub, key: str, conversation_id: str
+) -> list[resources_pb2.Message]:
+    response = await gateway.GetConversation(
+        gateway_pb2.GetConversationRequest(conversation_id=conversation_id), metadata=_auth(key)
+    )
+    return list(response.messages)
+
+
+def _same_as_stored(view: dict[str, object], stored: list[resources_pb2.Message]) -> None:
+    """The page shows the stored active branch: the same messages, texts and versions."""
+    questions = view["questions"]
+    answers = view["answers"]
+    assert isinstance(questions, list) and isinstance(answers, list)
+    shown = [*questions, *answers]
+    expected = [m for m in stored if m.role == resources_pb2.ROLE_USER] + [
+        m for m in stored if m.role == resources_pb2.ROLE_ASSISTANT
+    ]
+    assert [m["id"] for m in shown] == [m.message_id for m in expected]
+    for message, page in zip(expected, shown, strict=True):
+        assert _words(page["text"]) == _words(message.text)
+        assert page["versions"] == [message.sibling_index + 1, message.sibling_count]
+
+
+async def test_regenerate_edit_and_switch_between_versions(
+    stack: Stack, page_url: str, gateway: gateway_pb2_grpc.GatewayServiceStub, browser: Browser
+) -> None:
+    """Regenerate adds a second answer (2 / 2), "previous version" switches back to the first
+    (SetActiveBranch),
+    Edit adds a second question with its own answer, and the history shows the active branch
+    as stored, also after a reload."""
+    key = await create_key(stack, unique("tenant"), unique("user"))
+    await _sign_in(browser, page_url, key)
+    await _send(browser, "Tell me about apples.")
+    await _wait_answer_state(browser, {"done"})
+    conversation_id = await browser.attribute("[data-testid=chat]", "data-conversation-id")
+    first_answer = await browser.attribute(LAST_ANSWER, "data-message-id")
+    assert conversation_id and first_answer
+
+    # Regenerate: a new answer streams in place of the old one, then the history shows 2 / 2.
+    await browser.click(f"{LAST_ANSWER} [data-testid=regenerate]")
+    await browser.wait_for("[data-testid=turn][data-branch=regenerate]", state="attached")
+    view = await _wait_history(
+        browser,
+        "(v, first) => v.answers.length === 1 && v.answers[0].id !== first "
+        "&& v.answers[0].versions[1] === 2",
+        first_answer,
+    )
+    await browser.screenshot("01-regenerated")
+    stored = await _active_branch(gateway, key, conversation_id)
+    _same_as_stored(view, stored)
+    assert stored[1].sibling_message_ids[0] == first_answer
+    assert view["answers"][0]["versions"] == [2, 2]  # type: ignore[index]
+
+    # Previous version: back to the first answer (the active branch is switched on the server).
+    await browser.click("[data-testid=answer] [data-testid=previous-version]")
+    view = await _wait_history(browser, "(v, first) => v.answers[0]?.id === first", first_answer)
+    await browser.screenshot("02-first-version")
+    stored = await _active_branch(gateway, key, conversation_id)
+    _same_as_stored(view, stored)
+    assert view["answers"][0]["versions"] == [1, 2]  # type: ignore[index]
+
+    # Edit the question: a second question beside the first, answered on its own branch.
+    await browser.click("[data-testid=question] [data-testid=edit]")
+    await browser.fill("[data-testid=edit-text]", "Tell me about pears instead.")
+    await browser.screenshot("03-editing")
+    await browser.click("[data-testid=edit-send]")
+    await browser.wait_for("[data-testid=turn][data-branch=edit]", state="attached")
+    view = await _wait_history(
+        browser,
+        "(v) => v.questions.length === 1 && v.questions[0].text.includes('pears') "
+        "&& v.answers.length === 1 && v.answers[0].state === 'done'",
+    )
+    await browser.screenshot("04-edited")
+    stored = await _active_branch(gateway, key, conversation_id)
+    _same_as_stored(view, stored)
+    assert view["questions"][0]["versions"] == [2, 2]  # type: ignore[index]
+    assert view["answers"][0]["versions"] == [1, 1]  # type: ignore[index]
+    assert "pears" in stored[1].text  # the offline model answers the edited question
+
+    # Previous version of the question: back to the first one, with its last active answer.
+    await browser.click("[data-testid=question] [data-testid=previous-version]")
+    view = await _wait_history(browser, "(v) => v.questions[0]?.text.includes('apples')")
+    stored = await _active_branch(gateway, key, conversation_id)
+    _same_as_stored(view, stored)
+
+    # The active branch is the conversation's: a reload shows the same.
+    await browser.call("reload")
+    await browser.click(f"[data-testid=conversation][data-conversation-id='{conversation_id}']")
+    view = await _wait_history(browser, "(v) => v.questions[0]?.text.includes('apples')")
+    _same_as_stored(view, stored)
+    await browser.screenshot("05-after-reload")
+    tree = await gateway.GetConversation(
+        gateway_pb2.GetConversationRequest(
+            conversation_id=conversation_id, view=gateway_pb2.CONVERSATION_VIEW_TREE
+        ),
+        metadata=_auth(key),
+    )
+    roles = [m.role for m in tree.messages]
+    assert roles.count(resources_pb2.ROLE_USER) == 2
+    assert roles.count(resources_pb2.ROLE_ASSISTANT) == 3
+    await _assert_no_page_errors(browser)
+
+
 async def test_bad_key_is_refused_with_a_clear_message(
     stack: Stack, page_url: str, browser: Browser
 ) -> None:
@@ -353,11 +510,15 @@ async def test_rate_limit_shows_the_retry_time(
     await _assert_no_page_errors(browser, allowed="status of 429")
 
 
-async def test_reconnects_after_the_edge_restarts_without_duplicating_the_turn(
+async def test_resumes_after_the_edge_restarts_without_a_second_generation(
     stack: Stack, page_url: str, gateway: gateway_pb2_grpc.GatewayServiceStub, browser: Browser
 ) -> None:
+    """Envoy dies mid-answer: the generation goes on (the page asks for resumable answers),
+    the page resumes it with ResumeChat after the last delta it received once Envoy is back,
+    and the whole answer is shown once, generated once."""
     key = await create_key(stack, unique("tenant"), unique("user"))
     await _sign_in(browser, page_url, key)
+    model_calls = await _model_calls(stack)
     await _send(browser, "Please write a long answer about reconnecting.")
     await _watch_growth(browser, observations=3)
     client_message_id = await browser.attribute("[data-testid=turn]", "data-client-message-id")
@@ -367,16 +528,31 @@ async def test_reconnects_after_the_edge_restarts_without_duplicating_the_turn(
     await edge.process.wait()
     await _wait_answer_state(browser, {"reconnecting"})
     assert "connection" in (await browser.text(f"{LAST_ANSWER} [data-testid=answer-state]") or "")
+    received = int(await browser.attribute(LAST_ANSWER, "data-last-sequence") or 0)
+    assert received > 0
     await browser.screenshot("01-reconnecting")
     await stack.start_service("edge")
-    await _wait_answer_state(browser, {"done", "interrupted"}, timeout=60)
-    await browser.screenshot("02-recovered")
-    assert await browser.attribute(LAST_ANSWER, "data-replayed") == "true"
+    await _wait_answer_state(browser, {"done"}, timeout=60)
+    await browser.screenshot("02-resumed")
+    assert await browser.attribute(LAST_ANSWER, "data-resumed") == "true"
+    assert await browser.attribute(LAST_ANSWER, "data-replayed") == "false"
+    assert await browser.count(f"{LAST_ANSWER} [data-testid=resumed-note]") == 1
+    counts = _event_counts(await browser.attribute(LAST_ANSWER, "data-events"))
+    # One Chat `started`, one from the ResumeChat that got through; one `done`.
+    assert counts["started"] == 2 and counts["done"] == 1, counts
+    assert int(await browser.attribute(LAST_ANSWER, "data-resumes") or 0) >= 1
+    # The deltas were contiguous: none twice, none missing.
+    delta_count = int(await browser.attribute(LAST_ANSWER, "data-delta-count") or 0)
+    assert delta_count == int(await browser.attribute(LAST_ANSWER, "data-last-sequence") or 0)
+    assert delta_count == counts["delta"] > received
     answer_id = await browser.attribute(LAST_ANSWER, "data-message-id")
     conversation_id = await browser.attribute("[data-testid=chat]", "data-conversation-id")
     assert answer_id and conversation_id
     stored = await _stored_turn(gateway, key, conversation_id, answer_id)
-    # One turn: one question and one answer, whatever the retries.
+    assert stored.status == resources_pb2.MESSAGE_STATUS_COMPLETE
+    page = await _answer_state(browser)
+    assert _words(page["text"]) == _words(stored.text)
+    # One turn: one question and one answer.
     history = await gateway.GetConversation(
         gateway_pb2.GetConversationRequest(conversation_id=conversation_id), metadata=_auth(key)
     )
@@ -385,12 +561,8 @@ async def test_reconnects_after_the_edge_restarts_without_duplicating_the_turn(
         resources_pb2.ROLE_ASSISTANT,
     ]
     assert history.messages[0].client_message_id == client_message_id
-    page = await _answer_state(browser)
-    assert _words(page["text"]) == _words(stored.text)
-    expected = "done" if stored.status == resources_pb2.MESSAGE_STATUS_COMPLETE else "interrupted"
-    assert page["state"] == expected
-    if expected == "interrupted":
-        assert await browser.count(f"{LAST_ANSWER} [data-testid=recovered-note]") == 1
+    # Generated once: the Agent called the model once for this turn.
+    assert await _model_calls(stack) == model_calls + 1
 
 
 async def test_offline_browser_sends_once_back_online(

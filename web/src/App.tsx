@@ -2,12 +2,13 @@ import { useCallback, useEffect, useMemo, useRef, useState, type FormEvent, type
 import { MessageStatus, Role, type Conversation, type Message } from "@gen/chatplane/v1/resources_pb";
 import { Answer } from "./components/Answer";
 import { Notice } from "./components/Notice";
+import { Question } from "./components/Question";
 import { Sidebar } from "./components/Sidebar";
 import { SignIn } from "./components/SignIn";
 import { gatewayClient } from "./gateway";
 import { describeProblem, type Problem } from "./problems";
 import { forgetApiKey, storeApiKey, storedApiKey } from "./session";
-import { newTurn, runTurn, type TurnView } from "./turn";
+import { newTurn, runTurn, type BranchAction, type TurnView } from "./turn";
 
 /** Signed out: the sign-in form. Signed in: the chat, bound to the key. */
 export function App() {
@@ -129,6 +130,9 @@ function Chat(props: { apiKey: string; onSignOut: (why: string | null) => void }
     setProblem(null);
   }
 
+  const rateLimited = rateLimitedUntil !== null;
+  const locked = busy || rateLimited;
+
   async function stream(turn: TurnView): Promise<void> {
     const controller = new AbortController();
     stop.current = controller;
@@ -145,10 +149,50 @@ function Chat(props: { apiKey: string; onSignOut: (why: string | null) => void }
     setBusy(false);
     if (final.conversationId) setCurrentId(final.conversationId);
     if (final.state === "failed" && final.problem) handleProblem(final.problem);
+    // A regenerate or an edit added a version: the history shows the branch with its
+    // versions ("‹ 2 / 2 ›") from the server.
+    if (final.branch !== null && final.conversationId && (final.state === "done" || final.state === "interrupted")) {
+      await open(final.conversationId);
+    }
     void refreshConversations();
   }
 
-  const rateLimited = rateLimitedUntil !== null;
+  /**
+   * A regenerate or an edit of the user message `userMessageId`: what follows it on the page
+   * goes (it stays on its own branch, one version away), and the new turn streams in its place.
+   */
+  function branchFrom(userMessageId: string, question: string, action: BranchAction): void {
+    if (busy || rateLimited) return;
+    const inHistory = history.findIndex((m) => m.messageId === userMessageId);
+    if (inHistory >= 0) {
+      setHistory(history.slice(0, inHistory));
+      setTurns([]);
+    } else {
+      const inTurns = turns.findIndex((t) => t.userMessageId === userMessageId);
+      if (inTurns < 0) return;
+      setTurns(turns.slice(0, inTurns));
+    }
+    void stream(newTurn(question, currentId, action));
+  }
+
+  /** "‹ 1 / 2 ›": makes the branch through `messageId` the active one and shows it. */
+  function regenerate(userMessageId: string): void {
+    const question =
+      history.find((m) => m.messageId === userMessageId)?.text ??
+      turns.find((t) => t.userMessageId === userMessageId)?.question ??
+      "";
+    branchFrom(userMessageId, question, { kind: "regenerate", userMessageId });
+  }
+
+  async function switchTo(messageId: string): Promise<void> {
+    if (busy || !currentId) return;
+    try {
+      await gateway.setActiveBranch({ conversationId: currentId, messageId });
+      await open(currentId);
+    } catch (reason) {
+      handleProblem(describeProblem(reason));
+    }
+  }
 
   function send(event?: FormEvent): void {
     event?.preventDefault();
@@ -192,9 +236,16 @@ function Chat(props: { apiKey: string; onSignOut: (why: string | null) => void }
           )}
           {history.map((message) =>
             message.role === Role.USER ? (
-              <div key={message.messageId} className="message user" data-testid="question">
-                {message.text}
-              </div>
+              <Question
+                key={message.messageId}
+                text={message.text}
+                messageId={message.messageId}
+                siblingIndex={message.siblingIndex}
+                siblingIds={message.siblingMessageIds}
+                disabled={locked}
+                onEdit={(text) => branchFrom(message.messageId, text, { kind: "edit", userMessageId: message.messageId })}
+                onSwitch={(id) => void switchTo(id)}
+              />
             ) : (
               <Answer
                 key={message.messageId}
@@ -205,34 +256,64 @@ function Chat(props: { apiKey: string; onSignOut: (why: string | null) => void }
                 model={message.model}
                 citations={[]}
                 problem={null}
+                siblingIndex={message.siblingIndex}
+                siblingIds={message.siblingMessageIds}
+                busy={locked}
+                onSwitch={(id) => void switchTo(id)}
+                onRegenerate={
+                  message.role === Role.ASSISTANT && message.replyToMessageId
+                    ? () => regenerate(message.replyToMessageId)
+                    : undefined
+                }
                 onProblem={handleProblem}
               />
             ),
           )}
-          {turns.map((turn) => (
-            <div key={turn.clientMessageId} className="turn" data-testid="turn" data-client-message-id={turn.clientMessageId}>
-              <div className="message user" data-testid="question">
-                {turn.question}
+          {turns.map((turn) => {
+            const stored = turn.userMessageId !== "" && (turn.state === "done" || turn.state === "interrupted");
+            return (
+              <div
+                key={turn.clientMessageId}
+                className="turn"
+                data-testid="turn"
+                data-client-message-id={turn.clientMessageId}
+                data-branch={turn.branch?.kind ?? ""}
+              >
+                <Question
+                  text={turn.question}
+                  messageId={turn.userMessageId}
+                  disabled={locked}
+                  onEdit={
+                    stored && turn.branch === null
+                      ? (text) => branchFrom(turn.userMessageId, text, { kind: "edit", userMessageId: turn.userMessageId })
+                      : undefined
+                  }
+                  onSwitch={(id) => void switchTo(id)}
+                />
+                <Answer
+                  gateway={gateway}
+                  text={turn.answer}
+                  state={turn.state}
+                  messageId={turn.assistantMessageId}
+                  model={turn.model}
+                  citations={turn.citations}
+                  problem={turn.problem}
+                  replayed={turn.replayed}
+                  resumed={turn.resumed}
+                  resumes={turn.resumes}
+                  memoryDegraded={turn.memoryDegraded}
+                  deltaCount={turn.deltaCount}
+                  lastSequence={turn.lastSequence}
+                  events={turn.events}
+                  busy={locked}
+                  onRegenerate={stored ? () => regenerate(turn.userMessageId) : undefined}
+                  onRetry={locked ? undefined : () => void stream(turn)}
+                  onAskAgain={locked ? undefined : () => void stream(newTurn(turn.question, currentId))}
+                  onProblem={handleProblem}
+                />
               </div>
-              <Answer
-                gateway={gateway}
-                text={turn.answer}
-                state={turn.state}
-                messageId={turn.assistantMessageId}
-                model={turn.model}
-                citations={turn.citations}
-                problem={turn.problem}
-                replayed={turn.replayed}
-                memoryDegraded={turn.memoryDegraded}
-                deltaCount={turn.deltaCount}
-                lastSequence={turn.lastSequence}
-                events={turn.events}
-                onRetry={busy || rateLimited ? undefined : () => void stream(turn)}
-                onAskAgain={busy || rateLimited ? undefined : () => void stream(newTurn(turn.question, currentId))}
-                onProblem={handleProblem}
-              />
-            </div>
-          ))}
+            );
+          })}
           <div ref={end} />
         </section>
         <form className="composer" onSubmit={send}>
