@@ -453,6 +453,97 @@ async def test_regenerate_edit_and_switch_between_versions(
     await _assert_no_page_errors(browser)
 
 
+async def test_operator_answers_a_handed_off_conversation(
+    stack: Stack, page_url: str, gateway: gateway_pb2_grpc.GatewayServiceStub, browser: Browser
+) -> None:
+    """The user asks for a person; on the operator page (another tab, an `operator` key) the
+    conversation waits, is read, answered (the reply appears live in the user's tab, through
+    WatchConversation) and given back to the bot, which answers again."""
+    tenant = unique("tenant")
+    user = unique("user")
+    key = await create_key(stack, tenant, user)
+    operator_key = await create_key(stack, tenant, unique("operator"), roles=("operator",))
+    await _sign_in(browser, page_url, key)
+    await _send(browser, "I need help with my order 1234.")
+    await _wait_answer_state(browser, {"done"})
+    conversation_id = await browser.attribute("[data-testid=chat]", "data-conversation-id")
+    assert conversation_id
+    await browser.click("[data-testid=request-handoff]")
+    await browser.wait_for("[data-testid=handoff][data-mode=human]")
+    await _send(browser, "Is anybody there?")
+    await _wait_answer_state(browser, {"done"})
+    assert "person" in (await _answer_state(browser))["text"]
+    await browser.screenshot("01-user-handed-off")
+    try:
+        await browser.call("usePage", name="operator")
+        # A chat key is refused on the operator page.
+        await browser.goto(page_url + "operator")
+        await browser.fill("[data-testid=api-key]", key)
+        await browser.click("[data-testid=sign-in-button]")
+        await browser.wait_for("[data-testid=sign-in-error]")
+        assert await browser.text("[data-testid=sign-in-error]") == (
+            "This API key has no operator role."
+        )
+        await browser.fill("[data-testid=api-key]", operator_key)
+        await browser.click("[data-testid=sign-in-button]")
+        waiting = f"[data-testid=waiting-conversation][data-conversation-id='{conversation_id}']"
+        await browser.wait_for(waiting)
+        assert user in (await browser.text(waiting) or "")
+        await browser.click(waiting)
+        await browser.wait_until(
+            "() => document.querySelectorAll('[data-testid=user-message]').length === 2"
+        )
+        read = await browser.call("texts", selector="[data-testid=messages] .message")
+        assert "order 1234" in read[0] and "Is anybody there?" in read[-1], read
+        assert await browser.count("[data-testid=assistant-message]") == 1
+        await browser.screenshot("02-operator-reads")
+        await browser.fill("[data-testid=reply-text]", "Hello, this is Ana from support.")
+        await browser.click("[data-testid=reply-send]")
+        await browser.wait_for("[data-testid=operator-message]")
+
+        # The user's tab shows the reply as it is posted (the watch stream).
+        await browser.call("usePage", name="main")
+        await browser.wait_for("[data-testid=operator-reply]")
+        assert await browser.text("[data-testid=operator-reply] .text") == (
+            "Hello, this is Ana from support."
+        )
+        await browser.screenshot("03-user-sees-reply")
+
+        await browser.call("usePage", name="operator")
+        await browser.click("[data-testid=release]")
+        await browser.wait_for("[data-testid=handoff][data-mode=bot]")
+        await browser.wait_for(waiting, state="detached")
+        await browser.screenshot("04-operator-released")
+    finally:
+        await browser.call("usePage", name="main")
+        await browser.call("closePage", name="operator")
+    # Given back: the user's tab says so. After a reload, the history shows the person's
+    # reply in its place.
+    await browser.wait_for("[data-testid=handoff][data-mode=bot]")
+    stored = await _active_branch(gateway, key, conversation_id)
+    assert [m.role for m in stored] == [
+        resources_pb2.ROLE_USER,
+        resources_pb2.ROLE_ASSISTANT,
+        resources_pb2.ROLE_USER,
+        resources_pb2.ROLE_OPERATOR,
+    ]
+    assert stored[3].text == "Hello, this is Ana from support."
+    await browser.call("reload")
+    await browser.click(f"[data-testid=conversation][data-conversation-id='{conversation_id}']")
+    await browser.wait_for("[data-testid=operator-reply]")
+    await browser.screenshot("05-history-with-reply")
+    # The bot answers again, after the person's reply.
+    await _send(browser, "Thanks! One more question for the bot.")
+    await _wait_answer_state(browser, {"done"})
+    stored = await _active_branch(gateway, key, conversation_id)
+    assert [m.role for m in stored][-3:] == [
+        resources_pb2.ROLE_OPERATOR,
+        resources_pb2.ROLE_USER,
+        resources_pb2.ROLE_ASSISTANT,
+    ]
+    await _assert_no_page_errors(browser, allowed="status of 403|PermissionDenied")
+
+
 async def test_bad_key_is_refused_with_a_clear_message(
     stack: Stack, page_url: str, browser: Browser
 ) -> None:

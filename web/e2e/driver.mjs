@@ -31,10 +31,16 @@ const context = await chromium.launchPersistentContext(userDataDir, {
   args: FLAGS,
   viewport: { width: 1100, height: 800 },
 });
-const page = context.pages()[0] ?? (await context.newPage());
 const consoleMessages = [];
-page.on("console", (message) => consoleMessages.push({ type: message.type(), text: message.text() }));
-page.on("pageerror", (error) => consoleMessages.push({ type: "pageerror", text: String(error) }));
+// Named pages (tabs) of the one browser; commands act on the current one ("main" at first).
+const pages = new Map();
+function watched(newPage, name) {
+  newPage.on("console", (message) => consoleMessages.push({ type: message.type(), text: `[${name}] ${message.text()}` }));
+  newPage.on("pageerror", (error) => consoleMessages.push({ type: "pageerror", text: `[${name}] ${error}` }));
+  pages.set(name, newPage);
+  return newPage;
+}
+let page = watched(context.pages()[0] ?? (await context.newPage()), "main");
 
 const DEFAULT_TIMEOUT_MS = 15_000;
 
@@ -80,6 +86,26 @@ const operations = {
     return path;
   },
   console: () => consoleMessages.splice(0),
+  // Another tab (created on first use), e.g. the operator's next to the user's.
+  usePage: async ({ name }) => {
+    page = pages.get(name) ?? watched(await context.newPage(), name);
+    await page.bringToFront();
+    return name;
+  },
+  closePage: async ({ name }) => {
+    const closing = pages.get(name);
+    if (closing === undefined || name === "main") return null;
+    pages.delete(name);
+    if (page === closing) page = pages.get("main");
+    await closing.close();
+    return null;
+  },
+  setViewport: ({ width, height }) => page.setViewportSize({ width, height }),
+  // The keyboard, as a user without a mouse: press("Tab"), type("text").
+  keyboard: ({ key }) => page.keyboard.press(key),
+  type: ({ text }) => page.keyboard.type(text),
+  // The accessibility tree (roles and accessible names) of a part of the page, as YAML.
+  ariaSnapshot: ({ selector = "body" }) => page.locator(selector).first().ariaSnapshot(),
   // Network loss as the browser sees it: every request fails, navigator.onLine is false.
   setOffline: ({ offline }) => context.setOffline(offline),
   close: async () => {

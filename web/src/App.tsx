@@ -1,6 +1,14 @@
 import { useCallback, useEffect, useMemo, useRef, useState, type FormEvent, type KeyboardEvent } from "react";
-import { MessageStatus, Role, type Conversation, type Message } from "@gen/chatplane/v1/resources_pb";
+import {
+  MessageStatus,
+  Role,
+  type Conversation,
+  type HandoffStatus,
+  type Message,
+} from "@gen/chatplane/v1/resources_pb";
 import { Answer } from "./components/Answer";
+import { HandoffBar } from "./components/HandoffBar";
+import { OperatorReply } from "./components/OperatorReply";
 import { Notice } from "./components/Notice";
 import { Question } from "./components/Question";
 import { Sidebar } from "./components/Sidebar";
@@ -9,6 +17,13 @@ import { gatewayClient } from "./gateway";
 import { describeProblem, type Problem } from "./problems";
 import { forgetApiKey, storeApiKey, storedApiKey } from "./session";
 import { newTurn, runTurn, type BranchAction, type TurnView } from "./turn";
+import { watchConversation } from "./watch";
+
+/** An operator's reply that arrived live, shown after the first `afterTurns` turns. */
+interface LiveReply {
+  afterTurns: number;
+  message: Message;
+}
 
 /** Signed out: the sign-in form. Signed in: the chat, bound to the key. */
 export function App() {
@@ -44,6 +59,10 @@ function Chat(props: { apiKey: string; onSignOut: (why: string | null) => void }
   const [currentId, setCurrentId] = useState("");
   const [history, setHistory] = useState<Message[]>([]);
   const [turns, setTurns] = useState<TurnView[]>([]);
+  const turnCount = useRef(0);
+  turnCount.current = turns.length;
+  const [replies, setReplies] = useState<LiveReply[]>([]);
+  const [handoff, setHandoff] = useState<HandoffStatus | null>(null);
   const [problem, setProblem] = useState<Problem | null>(null);
   const [rateLimitedUntil, setRateLimitedUntil] = useState<number | null>(null);
   const [online, setOnline] = useState(() => navigator.onLine);
@@ -91,6 +110,35 @@ function Chat(props: { apiKey: string; onSignOut: (why: string | null) => void }
     };
   }, []);
 
+  // The conversation on screen is watched: who answers it, and the replies of a person.
+  useEffect(() => {
+    setHandoff(null);
+    if (!currentId) return;
+    const controller = new AbortController();
+    void watchConversation(gateway, currentId, controller.signal, {
+      onHandoff: setHandoff,
+      onReply: (message) =>
+        setReplies((all) =>
+          all.some((r) => r.message.messageId === message.messageId)
+            ? all
+            : [...all, { afterTurns: turnCount.current, message }],
+        ),
+      onProblem: handleProblem,
+    });
+    return () => controller.abort();
+  }, [gateway, currentId, handleProblem]);
+
+  async function changeHandoff(toHuman: boolean): Promise<void> {
+    try {
+      const response = toHuman
+        ? await gateway.requestHandoff({ conversationId: currentId })
+        : await gateway.releaseHandoff({ conversationId: currentId });
+      if (response.handoff) setHandoff(response.handoff);
+    } catch (reason) {
+      handleProblem(describeProblem(reason));
+    }
+  }
+
   useEffect(() => {
     if (rateLimitedUntil === null) return;
     const timer = setTimeout(() => {
@@ -117,6 +165,7 @@ function Chat(props: { apiKey: string; onSignOut: (why: string | null) => void }
       setCurrentId(conversationId);
       setHistory(messages);
       setTurns([]);
+      setReplies([]);
       setProblem(null);
     } catch (reason) {
       handleProblem(describeProblem(reason));
@@ -127,6 +176,7 @@ function Chat(props: { apiKey: string; onSignOut: (why: string | null) => void }
     setCurrentId("");
     setHistory([]);
     setTurns([]);
+    setReplies([]);
     setProblem(null);
   }
 
@@ -164,6 +214,7 @@ function Chat(props: { apiKey: string; onSignOut: (why: string | null) => void }
   function branchFrom(userMessageId: string, question: string, action: BranchAction): void {
     if (busy || rateLimited) return;
     const inHistory = history.findIndex((m) => m.messageId === userMessageId);
+    setReplies([]);
     if (inHistory >= 0) {
       setHistory(history.slice(0, inHistory));
       setTurns([]);
@@ -230,12 +281,22 @@ function Chat(props: { apiKey: string; onSignOut: (why: string | null) => void }
           until={problem?.kind === "rate-limited" ? rateLimitedUntil : null}
           onDismiss={() => setProblem(null)}
         />
-        <section className="messages" data-testid="messages" aria-live="polite">
+        {currentId && (
+          <HandoffBar
+            status={handoff}
+            disabled={busy}
+            onRequest={() => void changeHandoff(true)}
+            onRelease={() => void changeHandoff(false)}
+          />
+        )}
+        <section className="messages" data-testid="messages" role="log" aria-label="Messages" aria-live="polite">
           {history.length === 0 && turns.length === 0 && (
             <p className="empty muted">Ask anything. Answers stream in as they are written.</p>
           )}
           {history.map((message) =>
-            message.role === Role.USER ? (
+            message.role === Role.OPERATOR ? (
+              <OperatorReply key={message.messageId} message={message} />
+            ) : message.role === Role.USER ? (
               <Question
                 key={message.messageId}
                 text={message.text}
@@ -269,7 +330,12 @@ function Chat(props: { apiKey: string; onSignOut: (why: string | null) => void }
               />
             ),
           )}
-          {turns.map((turn) => {
+          {replies
+            .filter((r) => r.afterTurns === 0)
+            .map((r) => (
+              <OperatorReply key={r.message.messageId} message={r.message} />
+            ))}
+          {turns.map((turn, index) => {
             const stored = turn.userMessageId !== "" && (turn.state === "done" || turn.state === "interrupted");
             return (
               <div
@@ -311,6 +377,11 @@ function Chat(props: { apiKey: string; onSignOut: (why: string | null) => void }
                   onAskAgain={locked ? undefined : () => void stream(newTurn(turn.question, currentId))}
                   onProblem={handleProblem}
                 />
+                {replies
+                  .filter((r) => r.afterTurns === index + 1)
+                  .map((r) => (
+                    <OperatorReply key={r.message.messageId} message={r.message} />
+                  ))}
               </div>
             );
           })}

@@ -7,6 +7,7 @@ import type { ChatResponse } from "@gen/chatplane/v1/gateway_pb";
 import { FinishReason } from "@gen/chatplane/v1/resources_pb";
 import { Code, ConnectError } from "@connectrpc/connect";
 import type { Gateway } from "./gateway";
+import { online, sleep } from "./wait";
 import { describeProblem, isTransient, type Problem } from "./problems";
 
 export type TurnState =
@@ -88,32 +89,6 @@ export function newTurn(question: string, conversationId: string, branch: Branch
 const RECONNECT_DELAYS = [0.25, 0.5, 1, 2, 3, 5, 5, 5, 5, 5, 5, 5, 5, 5];
 
 const KINDS: Record<number, SourceView["kind"]> = { 1: "turn", 2: "document" };
-
-function sleep(seconds: number, signal: AbortSignal): Promise<void> {
-  return new Promise((resolve) => {
-    const timer = setTimeout(done, seconds * 1000);
-    signal.addEventListener("abort", done, { once: true });
-    function done(): void {
-      clearTimeout(timer);
-      signal.removeEventListener("abort", done);
-      resolve();
-    }
-  });
-}
-
-/** While the browser says it is offline, waits for it to be online again (or for Stop). */
-function online(signal: AbortSignal): Promise<void> {
-  if (typeof window === "undefined" || navigator.onLine !== false) return Promise.resolve();
-  return new Promise((resolve) => {
-    window.addEventListener("online", done);
-    signal.addEventListener("abort", done, { once: true });
-    function done(): void {
-      window.removeEventListener("online", done);
-      signal.removeEventListener("abort", done);
-      resolve();
-    }
-  });
-}
 
 /** The ChatRequest of a turn: resumable, with its branch action if any. */
 function chatRequest(turn: TurnView) {
