@@ -544,6 +544,104 @@ async def test_operator_answers_a_handed_off_conversation(
     await _assert_no_page_errors(browser, allowed="status of 403|PermissionDenied")
 
 
+async def _focused(browser: Browser) -> dict[str, str]:
+    focused: dict[str, str] = await browser.evaluate(
+        """() => {
+            const el = document.activeElement;
+            return { tag: el?.tagName ?? '', testid: el?.dataset?.testid ?? '',
+                     label: el?.getAttribute('aria-label') ?? '' };
+        }"""
+    )
+    return focused
+
+
+# A control in the accessibility tree without a name: `- button` instead of `- button "Send"`.
+_UNNAMED = re.compile(r"^\s*- (button|textbox|link|checkbox|combobox)\s*(\[[^\]]*\])?\s*:?\s*$")
+
+
+def _unnamed_controls(snapshot: str) -> list[str]:
+    return [line for line in snapshot.splitlines() if _UNNAMED.match(line)]
+
+
+async def test_keyboard_only_with_screen_reader_names_on_a_narrow_screen(
+    stack: Stack, page_url: str, browser: Browser
+) -> None:
+    """A 375 px wide screen and no mouse: sign in, ask, rate the answer and reach every
+    control with Tab / Shift+Tab / Enter; every control has an accessible name (the
+    browser's own accessibility tree) and nothing is wider than the screen."""
+    key = await create_key(stack, unique("tenant"), unique("user"))
+    await browser.call("setViewport", width=375, height=740)
+    try:
+        await browser.goto(page_url)
+        await browser.wait_for("[data-testid=sign-in]")
+        await browser.call("keyboard", key="Tab")
+        assert (await _focused(browser))["testid"] == "api-key"
+        await browser.call("type", text=key)
+        await browser.call("keyboard", key="Enter")
+        await browser.wait_for("[data-testid=chat]")
+        # The composer has the focus after sign-in.
+        await browser.wait_until("() => document.activeElement?.dataset.testid === 'composer'")
+        await browser.call("type", text="Hello from the keyboard.")
+        await browser.call("keyboard", key="Enter")
+        await browser.wait_for("[data-testid=turn]", state="attached")
+        await _wait_answer_state(browser, {"done"})
+        # Shift+Tab from the composer reaches the answer's controls, in reading order.
+        await browser.wait_until("() => document.activeElement?.dataset.testid === 'composer'")
+        seen = []
+        for _ in range(6):
+            await browser.call("keyboard", key="Shift+Tab")
+            seen.append(await _focused(browser))
+            if seen[-1]["testid"] == "regenerate":
+                break
+        assert [f["label"] for f in seen] == [
+            "Bad answer",
+            "Good answer",
+            "Regenerate this answer",
+        ], seen
+        await browser.call("keyboard", key="Tab")  # back to "Good answer"
+        await browser.call("keyboard", key="Enter")
+        await browser.wait_until(
+            "(s) => document.querySelector(s)?.dataset.status === 'saved'",
+            f"{LAST_ANSWER} [data-testid=feedback]",
+        )
+        rating = await browser.attribute(f"{LAST_ANSWER} [data-testid=feedback]", "data-rating")
+        assert rating == "up"
+        await browser.screenshot("01-narrow-keyboard")
+
+        snapshot: str = await browser.call("ariaSnapshot", selector="body")
+        (browser.out_dir / "aria-snapshot.yaml").write_text(snapshot)
+        assert _unnamed_controls(snapshot) == [], snapshot
+        for expected in (
+            'navigation "Conversations"',
+            'log "Messages"',
+            'textbox "Message"',
+            'button "Good answer"',
+            'button "Bad answer"',
+            'button "Regenerate this answer"',
+            'button "Edit this message"',
+            'button "Talk to a person"',
+            'button "+ New chat"',
+            'article "Answer"',
+        ):
+            assert expected in snapshot, (expected, snapshot)
+        # Nothing wider than the screen (no sideways scrolling).
+        widths = await browser.evaluate(
+            "() => [document.documentElement.scrollWidth, window.innerWidth]"
+        )
+        assert widths[0] <= widths[1] == 375, widths
+        # The sign-in form and the operator page are named too.
+        await browser.evaluate("() => sessionStorage.clear()")
+        await browser.goto(page_url + "operator")
+        await browser.wait_for("[data-testid=sign-in]")
+        snapshot = await browser.call("ariaSnapshot", selector="body")
+        assert _unnamed_controls(snapshot) == [], snapshot
+        assert 'textbox "API key"' in snapshot, snapshot
+        await browser.screenshot("02-narrow-operator-sign-in")
+    finally:
+        await browser.call("setViewport", width=1100, height=800)
+    await _assert_no_page_errors(browser)
+
+
 async def test_bad_key_is_refused_with_a_clear_message(
     stack: Stack, page_url: str, browser: Browser
 ) -> None:

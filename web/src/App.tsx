@@ -391,6 +391,7 @@ function Chat(props: { apiKey: string; onSignOut: (why: string | null) => void }
           <textarea
             data-testid="composer"
             aria-label="Message"
+            autoFocus
             placeholder="Message chatplane…"
             rows={2}
             value={draft}
