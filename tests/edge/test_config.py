@@ -91,6 +91,12 @@ def test_config_keeps_the_edge_promises(tmp_path: Path) -> None:
     assert not resume_rest.fullmatch("/v1/messages/x/feedback")
     names = list(routes)
     assert names.index("resume-rest") < names.index("gateway-rest")
+    # UploadDocument has its own body limit (a whole document) and the ingestion's timeout.
+    upload = routes["upload-grpc"]
+    assert names.index("upload-grpc") < names.index("gateway-grpc")
+    assert upload["route"]["timeout"] == "600s"
+    buffer = upload["typed_per_filter_config"]["envoy.filters.http.buffer"]["buffer"]
+    assert buffer["max_request_bytes"] == 4 * 1024 * 1024 + 5
     monitors = [m["name"] for m in config["overload_manager"]["resource_monitors"]]
     assert "envoy.resource_monitors.fixed_heap" in monitors
     access_log = manager["access_log"][0]["typed_config"]["path"]
