@@ -19,6 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from chatplane.launcher import Stack
 from chatplane.v1 import gateway_pb2, gateway_pb2_grpc, resources_pb2
 from tests.integration.stack_client import create_key, poll, running_stack, store_dsn, unique
+from tests.unit.memory.pdf_fixture import make_pdf
 from tests.web.browser import REPO, Browser, browser_available, open_browser
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -629,6 +630,12 @@ async def test_keyboard_only_with_screen_reader_names_on_a_narrow_screen(
             "() => [document.documentElement.scrollWidth, window.innerWidth]"
         )
         assert widths[0] <= widths[1] == 375, widths
+        # The documents view too.
+        await browser.click("[data-testid=open-documents]")
+        await browser.wait_for("[data-testid=documents]")
+        snapshot = await browser.call("ariaSnapshot", selector="body")
+        assert _unnamed_controls(snapshot) == [], snapshot
+        assert 'region "Documents"' in snapshot, snapshot
         # The sign-in form and the operator page are named too.
         await browser.evaluate("() => sessionStorage.clear()")
         await browser.goto(page_url + "operator")
@@ -639,6 +646,119 @@ async def test_keyboard_only_with_screen_reader_names_on_a_narrow_screen(
         await browser.screenshot("02-narrow-operator-sign-in")
     finally:
         await browser.call("setViewport", width=1100, height=800)
+    await _assert_no_page_errors(browser)
+
+
+async def _stored_documents(
+    gateway: gateway_pb2_grpc.GatewayServiceStub, key: str
+) -> list[resources_pb2.Document]:
+    response = await gateway.ListDocuments(gateway_pb2.ListDocumentsRequest(), metadata=_auth(key))
+    return list(response.documents)
+
+
+async def test_upload_list_cite_and_delete_documents(
+    stack: Stack, page_url: str, gateway: gateway_pb2_grpc.GatewayServiceStub, browser: Browser
+) -> None:
+    """Text, markdown and PDF files uploaded through the edge (UploadDocument over gRPC-Web)
+    with a progress bar each; the list is the stored one; an answer cites the PDF and its
+    passage opens in a dialog that leads to the document; a delete removes it for the tenant."""
+    key = await create_key(stack, unique("tenant"), unique("user"))
+    files = {
+        "notes.txt": b"The Quillon bridge closes for repairs at 22:15 every Sunday.\n",
+        "guide.md": b"# Library guide\n\nThe Varnholt library lends **telescopes** for a week.\n",
+        "ferry.pdf": make_pdf([["Glimmerbrook ferry timetable"], ["The ferry leaves at 09:40."]]),
+        "report.docx": b"not a supported type",
+    }
+    paths = []
+    for name, content in files.items():
+        path = browser.out_dir / name
+        path.write_bytes(content)
+        paths.append(str(path))
+    await _sign_in(browser, page_url, key)
+    await browser.click("[data-testid=open-documents]")
+    await browser.wait_for("[data-testid=documents]")
+    await browser.call("setInputFiles", selector="[data-testid=upload-input]", files=paths)
+    await browser.wait_until(
+        "() => { const rows = [...document.querySelectorAll('[data-testid=upload]')];"
+        " return rows.length === 4 && rows.every((r) => ['done', 'failed'].includes("
+        "r.dataset.state)) && document.querySelectorAll('[data-testid=document]').length === 3; }",
+        timeout=60,
+    )
+    await browser.screenshot("01-uploaded")
+    rows = await browser.evaluate(
+        """() => [...document.querySelectorAll('[data-testid=upload]')].map((r) => ({
+            name: r.dataset.name, state: r.dataset.state, sent: Number(r.dataset.sent),
+            size: Number(r.dataset.size), value: r.querySelector('progress').value,
+            max: r.querySelector('progress').max, text: r.innerText }))"""
+    )
+    by_name = {row["name"]: row for row in rows}
+    for name in ("notes.txt", "guide.md", "ferry.pdf"):
+        row = by_name[name]
+        assert row["state"] == "done", row
+        # The bar ends full: every byte of the file was sent.
+        assert row["sent"] == row["size"] == len(files[name]) and row["value"] == row["max"], row
+        assert "Ready" in row["text"], row
+    assert by_name["report.docx"]["state"] == "failed"
+    assert "Only text" in by_name["report.docx"]["text"]
+    stored = await _stored_documents(gateway, key)
+    assert sorted(d.name for d in stored) == ["ferry.pdf", "guide.md", "notes.txt"]
+    assert all(d.chunk_count == 1 for d in stored)
+    shown = await browser.evaluate(
+        "() => [...document.querySelectorAll('[data-testid=document]')].map((d) => d.dataset.name)"
+    )
+    assert shown == [d.name for d in stored]  # newest first
+
+    # An answer cites the PDF; its passage opens in a dialog, which leads to the document.
+    await browser.click("[data-testid=new-chat]")
+    await _send(browser, "When does the Glimmerbrook ferry leave?")
+    await _wait_answer_state(browser, {"done"})
+    await browser.click(f"{LAST_ANSWER} [data-testid=citations] summary")
+    ferry = next(d for d in stored if d.name == "ferry.pdf")
+    cited = f"{LAST_ANSWER} [data-testid=citation]:has-text('ferry.pdf')"
+    await browser.click(f"{cited} [data-testid=open-source]")
+    await browser.wait_for("[data-testid=source-dialog]")
+    assert await browser.attribute("[data-testid=source-dialog]", "data-document-id") == (
+        ferry.document_id
+    )
+    assert "09:40" in (await browser.text("[data-testid=source-text]") or "")
+    assert (await browser.text("[data-testid=source-position]") or "").startswith("Passage 1")
+    await browser.screenshot("02-cited-passage")
+    await browser.click("[data-testid=show-document]")
+    await browser.wait_for(
+        f"[data-testid=document].highlight[data-document-id='{ferry.document_id}']"
+    )
+
+    # Delete (after a confirmation): gone for the whole tenant.
+    guide = next(d for d in stored if d.name == "guide.md")
+    row = f"[data-testid=document][data-document-id='{guide.document_id}']"
+    await browser.click(f"{row} [data-testid=delete-document]")
+    await browser.click(f"{row} [data-testid=confirm-delete]")
+    await browser.wait_for(row, state="detached")
+    assert sorted(d.name for d in await _stored_documents(gateway, key)) == [
+        "ferry.pdf",
+        "notes.txt",
+    ]
+    await browser.screenshot("03-deleted")
+    # On a slow uplink the bar moves while the file is sent (XMLHttpRequest's upload progress).
+    slow = browser.out_dir / "handbook.txt"
+    lines = (b"Handbook line %d about the Quillon bridge.\n" % i for i in range(1200))
+    slow.write_bytes(b"".join(lines))  # 53 KB: about 2.6 s at 20 KB/s
+    await browser.call("throttleUpload", bytesPerSecond=20_000)
+    try:
+        picked = [str(slow)]
+        await browser.call("setInputFiles", selector="[data-testid=upload-input]", files=picked)
+        moving = "[data-testid=upload][data-name='handbook.txt']"
+        seen = await browser.wait_until(
+            "(s) => { const r = document.querySelector(s); const sent = Number(r?.dataset.sent);"
+            " return r && sent > 0 && sent < Number(r.dataset.size) ? sent : false; }",
+            moving,
+        )
+        await browser.screenshot("04-uploading")
+        await browser.wait_for(f"{moving}[data-state=done]", timeout=60)
+    finally:
+        await browser.call("throttleUpload", bytesPerSecond=0)
+    assert 0 < seen < slow.stat().st_size
+    assert int(await browser.attribute(moving, "data-reports") or 0) >= 3
     await _assert_no_page_errors(browser)
 
 

@@ -101,6 +101,20 @@ const operations = {
     return null;
   },
   setViewport: ({ width, height }) => page.setViewportSize({ width, height }),
+  // A slow uplink (DevTools network emulation), e.g. to watch an upload's progress; 0: off.
+  throttleUpload: async ({ bytesPerSecond }) => {
+    const session = await context.newCDPSession(page);
+    await session.send("Network.enable");
+    await session.send("Network.emulateNetworkConditions", {
+      offline: false,
+      latency: 0,
+      downloadThroughput: -1,
+      uploadThroughput: bytesPerSecond > 0 ? bytesPerSecond : -1,
+    });
+    return null;
+  },
+  // Files chosen in a file input, as if picked in the browser's dialog.
+  setInputFiles: ({ selector, files }) => page.locator(selector).last().setInputFiles(files),
   // The keyboard, as a user without a mouse: press("Tab"), type("text").
   keyboard: ({ key }) => page.keyboard.press(key),
   type: ({ text }) => page.keyboard.type(text),

@@ -7,6 +7,8 @@ import {
   type Message,
 } from "@gen/chatplane/v1/resources_pb";
 import { Answer } from "./components/Answer";
+import { Documents } from "./components/Documents";
+import { SourceDialog } from "./components/SourceDialog";
 import { HandoffBar } from "./components/HandoffBar";
 import { OperatorReply } from "./components/OperatorReply";
 import { Notice } from "./components/Notice";
@@ -16,7 +18,7 @@ import { SignIn } from "./components/SignIn";
 import { gatewayClient } from "./gateway";
 import { describeProblem, type Problem } from "./problems";
 import { forgetApiKey, storeApiKey, storedApiKey } from "./session";
-import { newTurn, runTurn, type BranchAction, type TurnView } from "./turn";
+import { newTurn, runTurn, type BranchAction, type SourceView, type TurnView } from "./turn";
 import { watchConversation } from "./watch";
 
 /** An operator's reply that arrived live, shown after the first `afterTurns` turns. */
@@ -63,6 +65,10 @@ function Chat(props: { apiKey: string; onSignOut: (why: string | null) => void }
   turnCount.current = turns.length;
   const [replies, setReplies] = useState<LiveReply[]>([]);
   const [handoff, setHandoff] = useState<HandoffStatus | null>(null);
+  // The main area: the conversation, or the tenant's documents (`highlight`: one of them).
+  const [view, setView] = useState<"chat" | "documents">("chat");
+  const [highlight, setHighlight] = useState("");
+  const [openSource, setOpenSource] = useState<SourceView | null>(null);
   const [problem, setProblem] = useState<Problem | null>(null);
   const [rateLimitedUntil, setRateLimitedUntil] = useState<number | null>(null);
   const [online, setOnline] = useState(() => navigator.onLine);
@@ -166,6 +172,7 @@ function Chat(props: { apiKey: string; onSignOut: (why: string | null) => void }
       setHistory(messages);
       setTurns([]);
       setReplies([]);
+      setView("chat");
       setProblem(null);
     } catch (reason) {
       handleProblem(describeProblem(reason));
@@ -177,6 +184,7 @@ function Chat(props: { apiKey: string; onSignOut: (why: string | null) => void }
     setHistory([]);
     setTurns([]);
     setReplies([]);
+    setView("chat");
     setProblem(null);
   }
 
@@ -265,6 +273,11 @@ function Chat(props: { apiKey: string; onSignOut: (why: string | null) => void }
         busy={busy}
         onOpen={(id) => void open(id)}
         onNew={startNew}
+        documentsOpen={view === "documents"}
+        onDocuments={() => {
+          setHighlight("");
+          setView("documents");
+        }}
         onSignOut={() => {
           stop.current?.abort();
           onSignOut(null);
@@ -281,133 +294,151 @@ function Chat(props: { apiKey: string; onSignOut: (why: string | null) => void }
           until={problem?.kind === "rate-limited" ? rateLimitedUntil : null}
           onDismiss={() => setProblem(null)}
         />
-        {currentId && (
-          <HandoffBar
-            status={handoff}
-            disabled={busy}
-            onRequest={() => void changeHandoff(true)}
-            onRelease={() => void changeHandoff(false)}
+        {openSource && (
+          <SourceDialog
+            source={openSource}
+            onClose={() => setOpenSource(null)}
+            onShowDocument={(documentId) => {
+              setOpenSource(null);
+              setHighlight(documentId);
+              setView("documents");
+            }}
           />
         )}
-        <section className="messages" data-testid="messages" role="log" aria-label="Messages" aria-live="polite">
-          {history.length === 0 && turns.length === 0 && (
-            <p className="empty muted">Ask anything. Answers stream in as they are written.</p>
-          )}
-          {history.map((message) =>
-            message.role === Role.OPERATOR ? (
-              <OperatorReply key={message.messageId} message={message} />
-            ) : message.role === Role.USER ? (
-              <Question
-                key={message.messageId}
-                text={message.text}
-                messageId={message.messageId}
-                siblingIndex={message.siblingIndex}
-                siblingIds={message.siblingMessageIds}
-                disabled={locked}
-                onEdit={(text) => branchFrom(message.messageId, text, { kind: "edit", userMessageId: message.messageId })}
-                onSwitch={(id) => void switchTo(id)}
+        {view === "documents" ? (
+          <Documents apiKey={props.apiKey} gateway={gateway} highlight={highlight} onProblem={handleProblem} />
+        ) : (
+          <>
+            {currentId && (
+              <HandoffBar
+                status={handoff}
+                disabled={busy}
+                onRequest={() => void changeHandoff(true)}
+                onRelease={() => void changeHandoff(false)}
               />
-            ) : (
-              <Answer
-                key={message.messageId}
-                gateway={gateway}
-                text={message.text}
-                state={message.status === MessageStatus.INTERRUPTED ? "interrupted" : "done"}
-                messageId={message.messageId}
-                model={message.model}
-                citations={[]}
-                problem={null}
-                siblingIndex={message.siblingIndex}
-                siblingIds={message.siblingMessageIds}
-                busy={locked}
-                onSwitch={(id) => void switchTo(id)}
-                onRegenerate={
-                  message.role === Role.ASSISTANT && message.replyToMessageId
-                    ? () => regenerate(message.replyToMessageId)
-                    : undefined
-                }
-                onProblem={handleProblem}
+            )}
+            <section className="messages" data-testid="messages" role="log" aria-label="Messages" aria-live="polite">
+              {history.length === 0 && turns.length === 0 && (
+                <p className="empty muted">Ask anything. Answers stream in as they are written.</p>
+              )}
+              {history.map((message) =>
+                message.role === Role.OPERATOR ? (
+                  <OperatorReply key={message.messageId} message={message} />
+                ) : message.role === Role.USER ? (
+                  <Question
+                    key={message.messageId}
+                    text={message.text}
+                    messageId={message.messageId}
+                    siblingIndex={message.siblingIndex}
+                    siblingIds={message.siblingMessageIds}
+                    disabled={locked}
+                    onEdit={(text) => branchFrom(message.messageId, text, { kind: "edit", userMessageId: message.messageId })}
+                    onSwitch={(id) => void switchTo(id)}
+                  />
+                ) : (
+                  <Answer
+                    key={message.messageId}
+                    gateway={gateway}
+                    text={message.text}
+                    state={message.status === MessageStatus.INTERRUPTED ? "interrupted" : "done"}
+                    messageId={message.messageId}
+                    model={message.model}
+                    citations={[]}
+                    problem={null}
+                    siblingIndex={message.siblingIndex}
+                    siblingIds={message.siblingMessageIds}
+                    busy={locked}
+                    onSwitch={(id) => void switchTo(id)}
+                    onRegenerate={
+                      message.role === Role.ASSISTANT && message.replyToMessageId
+                        ? () => regenerate(message.replyToMessageId)
+                        : undefined
+                    }
+                    onProblem={handleProblem}
+                  />
+                ),
+              )}
+              {replies
+                .filter((r) => r.afterTurns === 0)
+                .map((r) => (
+                  <OperatorReply key={r.message.messageId} message={r.message} />
+                ))}
+              {turns.map((turn, index) => {
+                const stored = turn.userMessageId !== "" && (turn.state === "done" || turn.state === "interrupted");
+                return (
+                  <div
+                    key={turn.clientMessageId}
+                    className="turn"
+                    data-testid="turn"
+                    data-client-message-id={turn.clientMessageId}
+                    data-branch={turn.branch?.kind ?? ""}
+                  >
+                    <Question
+                      text={turn.question}
+                      messageId={turn.userMessageId}
+                      disabled={locked}
+                      onEdit={
+                        stored && turn.branch === null
+                          ? (text) => branchFrom(turn.userMessageId, text, { kind: "edit", userMessageId: turn.userMessageId })
+                          : undefined
+                      }
+                      onSwitch={(id) => void switchTo(id)}
+                    />
+                    <Answer
+                      gateway={gateway}
+                      text={turn.answer}
+                      state={turn.state}
+                      messageId={turn.assistantMessageId}
+                      model={turn.model}
+                      citations={turn.citations}
+                      problem={turn.problem}
+                      replayed={turn.replayed}
+                      resumed={turn.resumed}
+                      resumes={turn.resumes}
+                      memoryDegraded={turn.memoryDegraded}
+                      deltaCount={turn.deltaCount}
+                      lastSequence={turn.lastSequence}
+                      events={turn.events}
+                      busy={locked}
+                      onRegenerate={stored ? () => regenerate(turn.userMessageId) : undefined}
+                      onOpenSource={setOpenSource}
+                      onRetry={locked ? undefined : () => void stream(turn)}
+                      onAskAgain={locked ? undefined : () => void stream(newTurn(turn.question, currentId))}
+                      onProblem={handleProblem}
+                    />
+                    {replies
+                      .filter((r) => r.afterTurns === index + 1)
+                      .map((r) => (
+                        <OperatorReply key={r.message.messageId} message={r.message} />
+                      ))}
+                  </div>
+                );
+              })}
+              <div ref={end} />
+            </section>
+            <form className="composer" onSubmit={send}>
+              <textarea
+                data-testid="composer"
+                aria-label="Message"
+                autoFocus
+                placeholder="Message chatplane…"
+                rows={2}
+                value={draft}
+                onChange={(e) => setDraft(e.target.value)}
+                onKeyDown={onKeyDown}
               />
-            ),
-          )}
-          {replies
-            .filter((r) => r.afterTurns === 0)
-            .map((r) => (
-              <OperatorReply key={r.message.messageId} message={r.message} />
-            ))}
-          {turns.map((turn, index) => {
-            const stored = turn.userMessageId !== "" && (turn.state === "done" || turn.state === "interrupted");
-            return (
-              <div
-                key={turn.clientMessageId}
-                className="turn"
-                data-testid="turn"
-                data-client-message-id={turn.clientMessageId}
-                data-branch={turn.branch?.kind ?? ""}
-              >
-                <Question
-                  text={turn.question}
-                  messageId={turn.userMessageId}
-                  disabled={locked}
-                  onEdit={
-                    stored && turn.branch === null
-                      ? (text) => branchFrom(turn.userMessageId, text, { kind: "edit", userMessageId: turn.userMessageId })
-                      : undefined
-                  }
-                  onSwitch={(id) => void switchTo(id)}
-                />
-                <Answer
-                  gateway={gateway}
-                  text={turn.answer}
-                  state={turn.state}
-                  messageId={turn.assistantMessageId}
-                  model={turn.model}
-                  citations={turn.citations}
-                  problem={turn.problem}
-                  replayed={turn.replayed}
-                  resumed={turn.resumed}
-                  resumes={turn.resumes}
-                  memoryDegraded={turn.memoryDegraded}
-                  deltaCount={turn.deltaCount}
-                  lastSequence={turn.lastSequence}
-                  events={turn.events}
-                  busy={locked}
-                  onRegenerate={stored ? () => regenerate(turn.userMessageId) : undefined}
-                  onRetry={locked ? undefined : () => void stream(turn)}
-                  onAskAgain={locked ? undefined : () => void stream(newTurn(turn.question, currentId))}
-                  onProblem={handleProblem}
-                />
-                {replies
-                  .filter((r) => r.afterTurns === index + 1)
-                  .map((r) => (
-                    <OperatorReply key={r.message.messageId} message={r.message} />
-                  ))}
-              </div>
-            );
-          })}
-          <div ref={end} />
-        </section>
-        <form className="composer" onSubmit={send}>
-          <textarea
-            data-testid="composer"
-            aria-label="Message"
-            autoFocus
-            placeholder="Message chatplane…"
-            rows={2}
-            value={draft}
-            onChange={(e) => setDraft(e.target.value)}
-            onKeyDown={onKeyDown}
-          />
-          {busy ? (
-            <button type="button" data-testid="stop" onClick={() => stop.current?.abort()}>
-              Stop
-            </button>
-          ) : (
-            <button type="submit" data-testid="send" disabled={!draft.trim() || rateLimited}>
-              Send
-            </button>
-          )}
-        </form>
+              {busy ? (
+                <button type="button" data-testid="stop" onClick={() => stop.current?.abort()}>
+                  Stop
+                </button>
+              ) : (
+                <button type="submit" data-testid="send" disabled={!draft.trim() || rateLimited}>
+                  Send
+                </button>
+              )}
+            </form>
+          </>
+        )}
       </main>
     </div>
   );

@@ -111,7 +111,9 @@ describe("runTurn", () => {
     expect(turn.answer).toBe("Hello");
     expect(turn.deltaCount).toBe(2);
     expect(turn.lastSequence).toBe(2);
-    expect(turn.citations).toEqual([{ kind: "turn", sourceId: "s1", title: "t", snippet: "x", score: 0.5 }]);
+    expect(turn.citations).toEqual([
+      { kind: "turn", sourceId: "s1", title: "t", snippet: "x", score: 0.5, documentId: "", chunkIndex: 0 },
+    ]);
     expect(turn.usage).toEqual({ inputTokens: 5, outputTokens: 3 });
     expect(turn.events).toEqual({ started: 1, delta: 2, citation: 1, usage: 1, done: 1 });
     expect(turn).toMatchObject({ conversationId: "c1", assistantMessageId: "a1", attempts: 1 });

@@ -24,6 +24,9 @@ export interface SourceView {
   title: string;
   snippet: string;
   score: number;
+  /** Document citations: the document and the passage's position in it (from 0). */
+  documentId: string;
+  chunkIndex: number;
 }
 
 /** A turn that answers or rewrites an earlier user message (docs/conversation-tree.md). */
@@ -212,6 +215,8 @@ export async function runTurn(
                     title: event.value.title,
                     snippet: event.value.snippet,
                     score: event.value.score,
+                    documentId: event.value.documentId,
+                    chunkIndex: event.value.chunkIndex,
                   },
                 ],
               });

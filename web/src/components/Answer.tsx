@@ -35,6 +35,7 @@ export function Answer(props: {
   /** Absent while regenerating is not possible (an answer streams, or it is not stored). */
   onRegenerate?: () => void;
   onSwitch?: (messageId: string) => void;
+  onOpenSource?: (source: SourceView) => void;
   busy?: boolean;
   onProblem: (problem: Problem) => void;
 }) {
@@ -110,6 +111,17 @@ export function Answer(props: {
                   {source.kind === "document" ? "document" : "earlier turn"} · score {source.score.toFixed(2)}
                 </span>
                 <blockquote>{source.snippet}</blockquote>
+                {source.kind === "document" && props.onOpenSource && (
+                  <button
+                    type="button"
+                    className="link"
+                    data-testid="open-source"
+                    aria-label={`Open the cited passage of ${source.title || "the document"}`}
+                    onClick={() => props.onOpenSource?.(source)}
+                  >
+                    Open passage
+                  </button>
+                )}
               </li>
             ))}
           </ol>
