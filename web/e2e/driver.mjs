@@ -43,6 +43,8 @@ function watched(newPage, name) {
 let page = watched(context.pages()[0] ?? (await context.newPage()), "main");
 
 const DEFAULT_TIMEOUT_MS = 15_000;
+// The DevTools session of throttleUpload while it throttles.
+let throttling = null;
 
 // `source` is a JavaScript function's source text, run in the page with one argument.
 // Playwright treats a string as an expression, so it is wrapped in a function whose own source
@@ -101,16 +103,23 @@ const operations = {
     return null;
   },
   setViewport: ({ width, height }) => page.setViewportSize({ width, height }),
-  // A slow uplink (DevTools network emulation), e.g. to watch an upload's progress; 0: off.
+  // A slow uplink (DevTools network emulation), e.g. to watch an upload's progress; 0: off
+  // (the DevTools session is detached, so Playwright's own emulation, setOffline, applies again).
   throttleUpload: async ({ bytesPerSecond }) => {
-    const session = await context.newCDPSession(page);
-    await session.send("Network.enable");
-    await session.send("Network.emulateNetworkConditions", {
-      offline: false,
-      latency: 0,
-      downloadThroughput: -1,
-      uploadThroughput: bytesPerSecond > 0 ? bytesPerSecond : -1,
-    });
+    if (throttling !== null) {
+      await throttling.send("Network.emulateNetworkConditions", {
+        offline: false, latency: 0, downloadThroughput: -1, uploadThroughput: -1,
+      });
+      await throttling.detach();
+      throttling = null;
+    }
+    if (bytesPerSecond > 0) {
+      throttling = await context.newCDPSession(page);
+      await throttling.send("Network.enable");
+      await throttling.send("Network.emulateNetworkConditions", {
+        offline: false, latency: 0, downloadThroughput: -1, uploadThroughput: bytesPerSecond,
+      });
+    }
     return null;
   },
   // Files chosen in a file input, as if picked in the browser's dialog.
