@@ -174,6 +174,35 @@ async def test_turns_chain_through_parents_and_the_active_leaf(chat: Chat) -> No
     assert page.messages[2].message.parent_message_id == first.assistant_message_id
 
 
+async def test_a_turn_after_a_handoff_follows_the_question_and_the_replies(
+    chat: Chat, make_message: MessageFactory
+) -> None:
+    """With a person (docs/handoff.md) the Gateway stores a turn's question only and ends its
+    lease; operators' replies follow. The next bot turn continues below the last reply, so
+    the active branch keeps the exchange with the person."""
+    first = await chat.turn("one")
+    conversation_id = first.conversation_id
+    handed = await chat.store.begin_turn(request(conversation_id=conversation_id))
+    chat.clock.advance(seconds=1)
+    question = make_message(ALICE, conversation_id, message_id=handed.user_message_id)
+    await chat.store.write_messages([question])
+    await chat.store.release_turn(ALICE, handed.user_message_id)
+    chat.clock.advance(seconds=1)
+    reply = make_message(
+        ALICE, conversation_id, role=Role.ASSISTANT, text="a person", operator_id="ana"
+    )
+    await chat.store.write_messages([reply])
+    after = await chat.turn("two", conversation_id)
+    assert after.parent_message_id == reply.message_id
+    page = await chat.view(conversation_id)
+    assert ids(page) == [
+        *turn_ids(first),
+        question.message_id,
+        reply.message_id,
+        *turn_ids(after),
+    ]
+
+
 async def test_regenerate_twice_makes_three_sibling_answers(chat: Chat) -> None:
     first = await chat.turn("tell me a joke")
     question = first.user_message_id

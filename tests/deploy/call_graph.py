@@ -98,6 +98,7 @@ CALLS: dict[tuple[str, str], frozenset[str]] = {
             "ResumeChat",
             "CancelChat",
             "IngestDocument",
+            "UploadDocument",
             "ListDocuments",
             "DeleteDocument",
             "SetActiveBranch",

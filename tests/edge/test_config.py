@@ -6,6 +6,7 @@ stack's Gateway)."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -80,9 +81,22 @@ def test_config_keeps_the_edge_promises(tmp_path: Path) -> None:
     lua = next(f for f in manager["http_filters"] if f["name"].endswith("lua"))
     assert Path(lua["typed_config"]["default_source_code"]["filename"]).is_file()
     routes = {r["name"]: r for r in manager["route_config"]["virtual_hosts"][0]["routes"]}
-    for stream in ("chat-grpc", "chat-rest"):
+    for stream in ("chat-grpc", "chat-rest", "resume-grpc", "resume-rest", "watch-grpc"):
         assert routes[stream]["route"]["timeout"] == "0s"
         assert routes[stream]["route"]["max_stream_duration"]["grpc_timeout_header_max"]
+    assert routes["resume-grpc"]["match"]["path"] == "/chatplane.v1.GatewayService/ResumeChat"
+    # Envoy's safe_regex matches the whole path.
+    resume_rest = re.compile(routes["resume-rest"]["match"]["safe_regex"]["regex"])
+    assert resume_rest.fullmatch("/v1/messages/5b0f2c1e-2f4a-4d6b-9c1d-0a1b2c3d4e5f/resume")
+    assert not resume_rest.fullmatch("/v1/messages/x/feedback")
+    names = list(routes)
+    assert names.index("resume-rest") < names.index("gateway-rest")
+    # UploadDocument has its own body limit (a whole document) and the ingestion's timeout.
+    upload = routes["upload-grpc"]
+    assert names.index("upload-grpc") < names.index("gateway-grpc")
+    assert upload["route"]["timeout"] == "600s"
+    buffer = upload["typed_per_filter_config"]["envoy.filters.http.buffer"]["buffer"]
+    assert buffer["max_request_bytes"] == 4 * 1024 * 1024 + 5
     monitors = [m["name"] for m in config["overload_manager"]["resource_monitors"]]
     assert "envoy.resource_monitors.fixed_heap" in monitors
     access_log = manager["access_log"][0]["typed_config"]["path"]

@@ -262,6 +262,42 @@ async def test_a_pdf_is_read_and_cited(rig: Rig) -> None:
     assert [c.document_id for c in document_citations(turn)] == [document.document_id]
 
 
+async def test_a_whole_document_in_one_request_is_ingested_like_a_stream(rig: Rig) -> None:
+    """UploadDocument (for browsers, which cannot send IngestDocument's client stream): the
+    same document, the same checks with the same fields."""
+    client = await rig.client()
+    text = b"The Lindqvist observatory opens at dusk on Fridays.\n\nEntry is free."
+
+    async def upload_whole(name: str, mime_type: str, content: bytes) -> resources_pb2.Document:
+        request = gateway_pb2.UploadDocumentRequest(
+            header=gateway_pb2.IngestDocumentHeader(name=name, mime_type=mime_type),
+            content=content,
+        )
+        response = await client.stub.UploadDocument(request, metadata=client.metadata, timeout=60)
+        return response.document
+
+    whole = await upload_whole("observatory.md", "text/markdown", text)
+    streamed = await ingest(client, upload("observatory.md", "text/markdown", text, piece=7))
+    assert whole.chunk_count == streamed.chunk_count >= 1
+    assert (whole.name, whole.mime_type) == ("observatory.md", "text/markdown")
+    turn = await client.chat("When does the Lindqvist observatory open?")
+    assert whole.document_id in [c.document_id for c in document_citations(turn)]
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await client.stub.UploadDocument(
+            gateway_pb2.UploadDocumentRequest(content=b"x"), metadata=client.metadata
+        )
+    assert raised.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert field_of(raised.value) == "header"
+    for name, mime_type, content, field in (
+        ("a.doc", "application/msword", b"x", "header.mime_type"),
+        ("big.txt", "text/plain", b"x " * (MAX_BYTES // 2 + 1), "content"),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await upload_whole(name, mime_type, content)
+        assert raised.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+        assert field_of(raised.value) == field
+
+
 async def test_bad_uploads_get_clear_statuses(rig: Rig) -> None:
     client = await rig.client()
     good_header = upload("a.txt", "text/plain", b"")[0]

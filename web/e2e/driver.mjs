@@ -31,12 +31,20 @@ const context = await chromium.launchPersistentContext(userDataDir, {
   args: FLAGS,
   viewport: { width: 1100, height: 800 },
 });
-const page = context.pages()[0] ?? (await context.newPage());
 const consoleMessages = [];
-page.on("console", (message) => consoleMessages.push({ type: message.type(), text: message.text() }));
-page.on("pageerror", (error) => consoleMessages.push({ type: "pageerror", text: String(error) }));
+// Named pages (tabs) of the one browser; commands act on the current one ("main" at first).
+const pages = new Map();
+function watched(newPage, name) {
+  newPage.on("console", (message) => consoleMessages.push({ type: message.type(), text: `[${name}] ${message.text()}` }));
+  newPage.on("pageerror", (error) => consoleMessages.push({ type: "pageerror", text: `[${name}] ${error}` }));
+  pages.set(name, newPage);
+  return newPage;
+}
+let page = watched(context.pages()[0] ?? (await context.newPage()), "main");
 
 const DEFAULT_TIMEOUT_MS = 15_000;
+// The DevTools session of throttleUpload while it throttles.
+let throttling = null;
 
 // `source` is a JavaScript function's source text, run in the page with one argument.
 // Playwright treats a string as an expression, so it is wrapped in a function whose own source
@@ -80,6 +88,47 @@ const operations = {
     return path;
   },
   console: () => consoleMessages.splice(0),
+  // Another tab (created on first use), e.g. the operator's next to the user's.
+  usePage: async ({ name }) => {
+    page = pages.get(name) ?? watched(await context.newPage(), name);
+    await page.bringToFront();
+    return name;
+  },
+  closePage: async ({ name }) => {
+    const closing = pages.get(name);
+    if (closing === undefined || name === "main") return null;
+    pages.delete(name);
+    if (page === closing) page = pages.get("main");
+    await closing.close();
+    return null;
+  },
+  setViewport: ({ width, height }) => page.setViewportSize({ width, height }),
+  // A slow uplink (DevTools network emulation), e.g. to watch an upload's progress; 0: off
+  // (the DevTools session is detached, so Playwright's own emulation, setOffline, applies again).
+  throttleUpload: async ({ bytesPerSecond }) => {
+    if (throttling !== null) {
+      await throttling.send("Network.emulateNetworkConditions", {
+        offline: false, latency: 0, downloadThroughput: -1, uploadThroughput: -1,
+      });
+      await throttling.detach();
+      throttling = null;
+    }
+    if (bytesPerSecond > 0) {
+      throttling = await context.newCDPSession(page);
+      await throttling.send("Network.enable");
+      await throttling.send("Network.emulateNetworkConditions", {
+        offline: false, latency: 0, downloadThroughput: -1, uploadThroughput: bytesPerSecond,
+      });
+    }
+    return null;
+  },
+  // Files chosen in a file input, as if picked in the browser's dialog.
+  setInputFiles: ({ selector, files }) => page.locator(selector).last().setInputFiles(files),
+  // The keyboard, as a user without a mouse: press("Tab"), type("text").
+  keyboard: ({ key }) => page.keyboard.press(key),
+  type: ({ text }) => page.keyboard.type(text),
+  // The accessibility tree (roles and accessible names) of a part of the page, as YAML.
+  ariaSnapshot: ({ selector = "body" }) => page.locator(selector).first().ariaSnapshot(),
   // Network loss as the browser sees it: every request fails, navigator.onLine is false.
   setOffline: ({ offline }) => context.setOffline(offline),
   close: async () => {

@@ -23,9 +23,11 @@ from chatplane.common.tls import TlsCredentials
 
 _log = logging.getLogger(__name__)
 
-# Bounded message size: the largest request is a chat message (32 KiB by default).
+# Bounded message size: the largest request is a chat message (32 KiB by default), or a whole
+# document sent with UploadDocument (at most this much).
+GRPC_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 SERVER_OPTIONS: Sequence[tuple[str, int]] = (
-    ("grpc.max_receive_message_length", 4 * 1024 * 1024),
+    ("grpc.max_receive_message_length", GRPC_MAX_MESSAGE_BYTES),
     ("grpc.keepalive_time_ms", 30_000),
     ("grpc.http2.max_pings_without_data", 0),
     # Calls that arrived but that the event loop has not picked up yet. gRPC's defaults
@@ -43,7 +45,7 @@ SERVER_OPTIONS: Sequence[tuple[str, int]] = (
 # second, not after gRPC's default exponential backoff (1 s growing to 120 s).
 CHANNEL_OPTIONS: Sequence[tuple[str, int]] = (
     ("grpc.keepalive_time_ms", 30_000),
-    ("grpc.max_receive_message_length", 4 * 1024 * 1024),
+    ("grpc.max_receive_message_length", GRPC_MAX_MESSAGE_BYTES),
     ("grpc.initial_reconnect_backoff_ms", 100),
     ("grpc.min_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 1_000),

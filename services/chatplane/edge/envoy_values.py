@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from chatplane.common.errors import ConfigError
+from chatplane.common.server import GRPC_MAX_MESSAGE_BYTES
 from chatplane.common.settings import Settings
 
 # services/chatplane/edge/ → the checkout's (or the image's /app/) envoy/.
@@ -23,6 +24,8 @@ _KIB = 1024
 # `\u00XX` (6 bytes each). The edge admits any request the Gateway could accept in any encoding.
 _FIELD_OVERHEAD_BYTES = 4 * _KIB
 _JSON_ESCAPE_FACTOR = 6
+# One gRPC message of the largest size the Gateway accepts, with its 5-byte frame header.
+_GRPC_FRAME = GRPC_MAX_MESSAGE_BYTES + 5
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +34,9 @@ class BodyLimits:
 
     grpc_bytes: int
     json_bytes: int
+    # UploadDocument (gRPC and gRPC-Web only): a whole document, up to the Gateway's gRPC
+    # message limit.
+    upload_bytes: int
 
     @classmethod
     def from_settings(cls, settings: Settings) -> BodyLimits:
@@ -39,6 +45,7 @@ class BodyLimits:
         return cls(
             grpc_bytes=largest_field + _FIELD_OVERHEAD_BYTES,
             json_bytes=largest_field * _JSON_ESCAPE_FACTOR + _FIELD_OVERHEAD_BYTES,
+            upload_bytes=min(settings.document_max_bytes + _FIELD_OVERHEAD_BYTES, _GRPC_FRAME),
         )
 
 
@@ -84,6 +91,8 @@ def envoy_values(
         "TURN_TIMEOUT": _seconds(settings.turn_timeout_seconds),
         "MAX_GRPC_REQUEST_BYTES": str(limits.grpc_bytes),
         "MAX_JSON_REQUEST_BYTES": str(limits.json_bytes),
+        "MAX_UPLOAD_REQUEST_BYTES": str(limits.upload_bytes),
+        "INGEST_TIMEOUT": _seconds(settings.document_ingest_timeout_seconds),
         # JSON is YAML: the lists go in as flow sequences.
         "ALLOWED_ORIGINS": json.dumps([{"exact": o} for o in allowed_origins(settings)]),
         "GATEWAY_HOST": gateway_host,

@@ -1,6 +1,7 @@
-"""The Gateway's document RPCs: ingestion, listing and deletion for the caller's tenant,
-forwarded to MemoryService. The tenant always comes from the principal, never from the
-request; the header is checked here so a bad one is refused before any upload is forwarded."""
+"""The Gateway's document RPCs: ingestion (streamed, or whole in one request), listing and
+deletion for the caller's tenant, forwarded to MemoryService. The tenant always comes from the
+principal, never from the request; the header is checked here so a bad one is refused before
+any upload is forwarded."""
 
 from __future__ import annotations
 
@@ -16,6 +17,10 @@ from chatplane.common.status_mapping import field_violations
 from chatplane.internal.v1 import memory_pb2, memory_pb2_grpc
 from chatplane.memory.document_header import validate_header
 from chatplane.v1 import gateway_pb2
+
+# UploadDocument's bytes go on to Memory in pieces of this size (IngestDocument's limit per
+# message is 1 MiB).
+UPLOAD_PIECE_BYTES = 1024 * 1024
 
 
 def _passed_on(error: grpc.aio.AioRpcError) -> Exception:
@@ -89,6 +94,24 @@ class DocumentRelay:
                 raise
             raise _passed_on(error) from None
         return gateway_pb2.IngestDocumentResponse(document=response.document)
+
+    async def upload(
+        self, principal: Principal, request: gateway_pb2.UploadDocumentRequest, timeout: float
+    ) -> gateway_pb2.UploadDocumentResponse:
+        """A whole document in one request: ingested exactly as the same bytes streamed."""
+        if not request.HasField("header"):
+            raise errors.InvalidArgument("header", "required")
+        content = request.content
+
+        async def parts() -> AsyncIterator[gateway_pb2.IngestDocumentRequest]:
+            yield gateway_pb2.IngestDocumentRequest(header=request.header)
+            for start in range(0, len(content), UPLOAD_PIECE_BYTES):
+                yield gateway_pb2.IngestDocumentRequest(
+                    content=content[start : start + UPLOAD_PIECE_BYTES]
+                )
+
+        response = await self.ingest(principal, parts(), timeout)
+        return gateway_pb2.UploadDocumentResponse(document=response.document)
 
     async def documents(
         self, principal: Principal, timeout: float

@@ -177,6 +177,12 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         timeout = outbound_timeout(context, self._settings.document_ingest_timeout_seconds)
         return await self._documents.ingest(authenticated_principal(), request_iterator, timeout)
 
+    async def UploadDocument(
+        self, request: gateway_pb2.UploadDocumentRequest, context: Context
+    ) -> gateway_pb2.UploadDocumentResponse:
+        timeout = outbound_timeout(context, self._settings.document_ingest_timeout_seconds)
+        return await self._documents.upload(authenticated_principal(), request, timeout)
+
     async def ListDocuments(
         self, request: gateway_pb2.ListDocumentsRequest, context: Context
     ) -> gateway_pb2.ListDocumentsResponse:

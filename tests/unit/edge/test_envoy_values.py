@@ -65,6 +65,10 @@ def test_body_limits_follow_the_gateways_message_limit() -> None:
     limits = BodyLimits.from_settings(Settings(max_message_bytes=1000, max_comment_bytes=10))
     assert limits.grpc_bytes == 1000 + 4096
     assert limits.json_bytes == 6 * 1000 + 4096
+    # A whole document: the configured maximum, within one gRPC message of the Gateway.
+    assert limits.upload_bytes == 4 * 1024 * 1024 + 5  # default document_max_bytes is 10 MiB
+    small = BodyLimits.from_settings(Settings(document_max_bytes=100_000))
+    assert small.upload_bytes == 100_000 + 4096
 
 
 @pytest.mark.parametrize("address", ["gateway", "gateway:port", ":50051", ""])

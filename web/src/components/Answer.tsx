@@ -4,6 +4,7 @@ import { renderMarkdown } from "../markdown";
 import type { Problem } from "../problems";
 import type { SourceView, TurnState } from "../turn";
 import { Feedback } from "./Feedback";
+import { Siblings } from "./Siblings";
 
 const STATE_LABELS: Partial<Record<TurnState, string>> = {
   sending: "Thinking…",
@@ -21,12 +22,21 @@ export function Answer(props: {
   citations: SourceView[];
   problem: Problem | null;
   replayed?: boolean;
+  resumed?: boolean;
+  resumes?: number;
   memoryDegraded?: boolean;
   deltaCount?: number;
   lastSequence?: number;
   events?: Record<string, number>;
+  siblingIndex?: number;
+  siblingIds?: string[];
   onRetry?: () => void;
   onAskAgain?: () => void;
+  /** Absent while regenerating is not possible (an answer streams, or it is not stored). */
+  onRegenerate?: () => void;
+  onSwitch?: (messageId: string) => void;
+  onOpenSource?: (source: SourceView) => void;
+  busy?: boolean;
   onProblem: (problem: Problem) => void;
 }) {
   const html = useMemo(() => renderMarkdown(props.text), [props.text]);
@@ -42,6 +52,10 @@ export function Answer(props: {
       data-last-sequence={props.lastSequence ?? ""}
       data-citation-count={props.citations.length}
       data-replayed={props.replayed ? "true" : "false"}
+      data-resumed={props.resumed ? "true" : "false"}
+      data-resumes={props.resumes ?? 0}
+      aria-label="Answer"
+      aria-busy={props.state === "sending" || props.state === "streaming" || props.state === "reconnecting"}
       data-events={props.events ? JSON.stringify(props.events) : ""}
     >
       {props.text !== "" && (
@@ -97,6 +111,17 @@ export function Answer(props: {
                   {source.kind === "document" ? "document" : "earlier turn"} · score {source.score.toFixed(2)}
                 </span>
                 <blockquote>{source.snippet}</blockquote>
+                {source.kind === "document" && props.onOpenSource && (
+                  <button
+                    type="button"
+                    className="link"
+                    data-testid="open-source"
+                    aria-label={`Open the cited passage of ${source.title || "the document"}`}
+                    onClick={() => props.onOpenSource?.(source)}
+                  >
+                    Open passage
+                  </button>
+                )}
               </li>
             ))}
           </ol>
@@ -105,6 +130,33 @@ export function Answer(props: {
       <footer>
         {props.model && <span className="muted">{props.model}</span>}
         {props.replayed && <span className="muted"> · recovered</span>}
+        {props.resumed && (
+          <span className="muted" data-testid="resumed-note">
+            {" "}
+            · resumed after the connection dropped
+          </span>
+        )}
+        {props.onSwitch && (
+          <Siblings
+            what="answer"
+            index={props.siblingIndex ?? 0}
+            ids={props.siblingIds ?? []}
+            disabled={props.busy ?? false}
+            onSwitch={props.onSwitch}
+          />
+        )}
+        {props.onRegenerate && (
+          <button
+            type="button"
+            className="link"
+            data-testid="regenerate"
+            aria-label="Regenerate this answer"
+            disabled={props.busy}
+            onClick={props.onRegenerate}
+          >
+            Regenerate
+          </button>
+        )}
         {rateable && <Feedback gateway={props.gateway} messageId={props.messageId} onProblem={props.onProblem} />}
       </footer>
     </article>

@@ -7,6 +7,8 @@ export function Sidebar(props: {
   busy: boolean;
   onOpen: (conversationId: string) => void;
   onNew: () => void;
+  onDocuments: () => void;
+  documentsOpen: boolean;
   onSignOut: () => void;
 }) {
   return (
@@ -32,6 +34,15 @@ export function Sidebar(props: {
           </li>
         ))}
       </ul>
+      <button
+        type="button"
+        data-testid="open-documents"
+        aria-pressed={props.documentsOpen}
+        disabled={props.busy}
+        onClick={props.onDocuments}
+      >
+        Documents
+      </button>
       <button type="button" className="link" data-testid="sign-out" onClick={props.onSignOut}>
         Sign out
       </button>

@@ -2,8 +2,19 @@ import { useState, type FormEvent } from "react";
 import { gatewayClient } from "../gateway";
 import { describeProblem } from "../problems";
 
-/** Asks for an API key and checks it with one ListConversations call before keeping it. */
-export function SignIn(props: { notice: string | null; onSignedIn: (apiKey: string) => void }) {
+/** Checks a key with one ListConversations call (the chat's default). */
+async function chatCheck(apiKey: string): Promise<void> {
+  await gatewayClient(apiKey).listConversations({ pageSize: 1 });
+}
+
+/** Asks for an API key and checks it with one call (`check`) before keeping it. */
+export function SignIn(props: {
+  notice: string | null;
+  onSignedIn: (apiKey: string) => void;
+  heading?: string;
+  check?: (apiKey: string) => Promise<void>;
+  describe?: (reason: unknown) => string;
+}) {
   const [apiKey, setApiKey] = useState("");
   const [checking, setChecking] = useState(false);
   const [error, setError] = useState<string | null>(props.notice);
@@ -15,18 +26,18 @@ export function SignIn(props: { notice: string | null; onSignedIn: (apiKey: stri
     setChecking(true);
     setError(null);
     try {
-      await gatewayClient(key).listConversations({ pageSize: 1 });
+      await (props.check ?? chatCheck)(key);
       props.onSignedIn(key);
     } catch (reason) {
-      setError(describeProblem(reason).message);
+      setError(props.describe ? props.describe(reason) : describeProblem(reason).message);
       setChecking(false);
     }
   }
 
   return (
     <main className="sign-in">
-      <form onSubmit={(e) => void submit(e)} data-testid="sign-in">
-        <h1>chatplane</h1>
+      <form onSubmit={(e) => void submit(e)} data-testid="sign-in" aria-label="Sign in">
+        <h1>{props.heading ?? "chatplane"}</h1>
         <label htmlFor="api-key">API key</label>
         <input
           id="api-key"

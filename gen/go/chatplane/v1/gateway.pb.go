@@ -1688,6 +1688,107 @@ func (x *IngestDocumentResponse) GetDocument() *Document {
 	return nil
 }
 
+// A whole document to ingest (the tenant is the caller's).
+type UploadDocumentRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The document's name and media type, as for IngestDocument.
+	Header *IngestDocumentHeader `protobuf:"bytes,1,opt,name=header,proto3" json:"header,omitempty"`
+	// The document's bytes.
+	Content       []byte `protobuf:"bytes,2,opt,name=content,proto3" json:"content,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UploadDocumentRequest) Reset() {
+	*x = UploadDocumentRequest{}
+	mi := &file_chatplane_v1_gateway_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UploadDocumentRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UploadDocumentRequest) ProtoMessage() {}
+
+func (x *UploadDocumentRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_chatplane_v1_gateway_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UploadDocumentRequest.ProtoReflect.Descriptor instead.
+func (*UploadDocumentRequest) Descriptor() ([]byte, []int) {
+	return file_chatplane_v1_gateway_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *UploadDocumentRequest) GetHeader() *IngestDocumentHeader {
+	if x != nil {
+		return x.Header
+	}
+	return nil
+}
+
+func (x *UploadDocumentRequest) GetContent() []byte {
+	if x != nil {
+		return x.Content
+	}
+	return nil
+}
+
+// The document is stored and its chunks are searchable.
+type UploadDocumentResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The stored document.
+	Document      *Document `protobuf:"bytes,1,opt,name=document,proto3" json:"document,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UploadDocumentResponse) Reset() {
+	*x = UploadDocumentResponse{}
+	mi := &file_chatplane_v1_gateway_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UploadDocumentResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UploadDocumentResponse) ProtoMessage() {}
+
+func (x *UploadDocumentResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_chatplane_v1_gateway_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UploadDocumentResponse.ProtoReflect.Descriptor instead.
+func (*UploadDocumentResponse) Descriptor() ([]byte, []int) {
+	return file_chatplane_v1_gateway_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *UploadDocumentResponse) GetDocument() *Document {
+	if x != nil {
+		return x.Document
+	}
+	return nil
+}
+
 // Asks for the documents of the caller's tenant.
 type ListDocumentsRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -1697,7 +1798,7 @@ type ListDocumentsRequest struct {
 
 func (x *ListDocumentsRequest) Reset() {
 	*x = ListDocumentsRequest{}
-	mi := &file_chatplane_v1_gateway_proto_msgTypes[23]
+	mi := &file_chatplane_v1_gateway_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1709,7 +1810,7 @@ func (x *ListDocumentsRequest) String() string {
 func (*ListDocumentsRequest) ProtoMessage() {}
 
 func (x *ListDocumentsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_chatplane_v1_gateway_proto_msgTypes[23]
+	mi := &file_chatplane_v1_gateway_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1722,7 +1823,7 @@ func (x *ListDocumentsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListDocumentsRequest.ProtoReflect.Descriptor instead.
 func (*ListDocumentsRequest) Descriptor() ([]byte, []int) {
-	return file_chatplane_v1_gateway_proto_rawDescGZIP(), []int{23}
+	return file_chatplane_v1_gateway_proto_rawDescGZIP(), []int{25}
 }
 
 // The documents of the caller's tenant.
@@ -1736,7 +1837,7 @@ type ListDocumentsResponse struct {
 
 func (x *ListDocumentsResponse) Reset() {
 	*x = ListDocumentsResponse{}
-	mi := &file_chatplane_v1_gateway_proto_msgTypes[24]
+	mi := &file_chatplane_v1_gateway_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1748,7 +1849,7 @@ func (x *ListDocumentsResponse) String() string {
 func (*ListDocumentsResponse) ProtoMessage() {}
 
 func (x *ListDocumentsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_chatplane_v1_gateway_proto_msgTypes[24]
+	mi := &file_chatplane_v1_gateway_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1761,7 +1862,7 @@ func (x *ListDocumentsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListDocumentsResponse.ProtoReflect.Descriptor instead.
 func (*ListDocumentsResponse) Descriptor() ([]byte, []int) {
-	return file_chatplane_v1_gateway_proto_rawDescGZIP(), []int{24}
+	return file_chatplane_v1_gateway_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *ListDocumentsResponse) GetDocuments() []*Document {
@@ -1782,7 +1883,7 @@ type DeleteDocumentRequest struct {
 
 func (x *DeleteDocumentRequest) Reset() {
 	*x = DeleteDocumentRequest{}
-	mi := &file_chatplane_v1_gateway_proto_msgTypes[25]
+	mi := &file_chatplane_v1_gateway_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1794,7 +1895,7 @@ func (x *DeleteDocumentRequest) String() string {
 func (*DeleteDocumentRequest) ProtoMessage() {}
 
 func (x *DeleteDocumentRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_chatplane_v1_gateway_proto_msgTypes[25]
+	mi := &file_chatplane_v1_gateway_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1807,7 +1908,7 @@ func (x *DeleteDocumentRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteDocumentRequest.ProtoReflect.Descriptor instead.
 func (*DeleteDocumentRequest) Descriptor() ([]byte, []int) {
-	return file_chatplane_v1_gateway_proto_rawDescGZIP(), []int{25}
+	return file_chatplane_v1_gateway_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *DeleteDocumentRequest) GetDocumentId() string {
@@ -1828,7 +1929,7 @@ type DeleteDocumentResponse struct {
 
 func (x *DeleteDocumentResponse) Reset() {
 	*x = DeleteDocumentResponse{}
-	mi := &file_chatplane_v1_gateway_proto_msgTypes[26]
+	mi := &file_chatplane_v1_gateway_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1840,7 +1941,7 @@ func (x *DeleteDocumentResponse) String() string {
 func (*DeleteDocumentResponse) ProtoMessage() {}
 
 func (x *DeleteDocumentResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_chatplane_v1_gateway_proto_msgTypes[26]
+	mi := &file_chatplane_v1_gateway_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1853,7 +1954,7 @@ func (x *DeleteDocumentResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteDocumentResponse.ProtoReflect.Descriptor instead.
 func (*DeleteDocumentResponse) Descriptor() ([]byte, []int) {
-	return file_chatplane_v1_gateway_proto_rawDescGZIP(), []int{26}
+	return file_chatplane_v1_gateway_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *DeleteDocumentResponse) GetDeletedChunkCount() int32 {
@@ -1877,7 +1978,7 @@ type SetActiveBranchRequest struct {
 
 func (x *SetActiveBranchRequest) Reset() {
 	*x = SetActiveBranchRequest{}
-	mi := &file_chatplane_v1_gateway_proto_msgTypes[27]
+	mi := &file_chatplane_v1_gateway_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1889,7 +1990,7 @@ func (x *SetActiveBranchRequest) String() string {
 func (*SetActiveBranchRequest) ProtoMessage() {}
 
 func (x *SetActiveBranchRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_chatplane_v1_gateway_proto_msgTypes[27]
+	mi := &file_chatplane_v1_gateway_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1902,7 +2003,7 @@ func (x *SetActiveBranchRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetActiveBranchRequest.ProtoReflect.Descriptor instead.
 func (*SetActiveBranchRequest) Descriptor() ([]byte, []int) {
-	return file_chatplane_v1_gateway_proto_rawDescGZIP(), []int{27}
+	return file_chatplane_v1_gateway_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *SetActiveBranchRequest) GetConversationId() string {
@@ -1930,7 +2031,7 @@ type SetActiveBranchResponse struct {
 
 func (x *SetActiveBranchResponse) Reset() {
 	*x = SetActiveBranchResponse{}
-	mi := &file_chatplane_v1_gateway_proto_msgTypes[28]
+	mi := &file_chatplane_v1_gateway_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1942,7 +2043,7 @@ func (x *SetActiveBranchResponse) String() string {
 func (*SetActiveBranchResponse) ProtoMessage() {}
 
 func (x *SetActiveBranchResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_chatplane_v1_gateway_proto_msgTypes[28]
+	mi := &file_chatplane_v1_gateway_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1955,7 +2056,7 @@ func (x *SetActiveBranchResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetActiveBranchResponse.ProtoReflect.Descriptor instead.
 func (*SetActiveBranchResponse) Descriptor() ([]byte, []int) {
-	return file_chatplane_v1_gateway_proto_rawDescGZIP(), []int{28}
+	return file_chatplane_v1_gateway_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *SetActiveBranchResponse) GetConversation() *Conversation {
@@ -2059,6 +2160,11 @@ const file_chatplane_v1_gateway_proto_rawDesc = "" +
 	"\acontent\x18\x02 \x01(\fH\x00R\acontentB\x06\n" +
 	"\x04part\"L\n" +
 	"\x16IngestDocumentResponse\x122\n" +
+	"\bdocument\x18\x01 \x01(\v2\x16.chatplane.v1.DocumentR\bdocument\"m\n" +
+	"\x15UploadDocumentRequest\x12:\n" +
+	"\x06header\x18\x01 \x01(\v2\".chatplane.v1.IngestDocumentHeaderR\x06header\x12\x18\n" +
+	"\acontent\x18\x02 \x01(\fR\acontent\"L\n" +
+	"\x16UploadDocumentResponse\x122\n" +
 	"\bdocument\x18\x01 \x01(\v2\x16.chatplane.v1.DocumentR\bdocument\"\x16\n" +
 	"\x14ListDocumentsRequest\"M\n" +
 	"\x15ListDocumentsResponse\x124\n" +
@@ -2081,7 +2187,7 @@ const file_chatplane_v1_gateway_proto_rawDesc = "" +
 	"\x06Rating\x12\x16\n" +
 	"\x12RATING_UNSPECIFIED\x10\x00\x12\x14\n" +
 	"\x10RATING_THUMBS_UP\x10\x01\x12\x16\n" +
-	"\x12RATING_THUMBS_DOWN\x10\x022\xda\x0e\n" +
+	"\x12RATING_THUMBS_DOWN\x10\x022\xb7\x0f\n" +
 	"\x0eGatewayService\x12T\n" +
 	"\x04Chat\x12\x19.chatplane.v1.ChatRequest\x1a\x1a.chatplane.v1.ChatResponse\"\x13\x82\xd3\xe4\x93\x02\r:\x01*\"\b/v1/chat0\x01\x12\x7f\n" +
 	"\x11ListConversations\x12&.chatplane.v1.ListConversationsRequest\x1a'.chatplane.v1.ListConversationsResponse\"\x19\x82\xd3\xe4\x93\x02\x13\x12\x11/v1/conversations\x12\x8b\x01\n" +
@@ -2092,7 +2198,8 @@ const file_chatplane_v1_gateway_proto_rawDesc = "" +
 	"ResumeChat\x12\x1f.chatplane.v1.ResumeChatRequest\x1a .chatplane.v1.ResumeChatResponse\"+\x82\xd3\xe4\x93\x02%:\x01*\" /v1/messages/{message_id}/resume0\x01\x12|\n" +
 	"\n" +
 	"CancelChat\x12\x1f.chatplane.v1.CancelChatRequest\x1a .chatplane.v1.CancelChatResponse\"+\x82\xd3\xe4\x93\x02%:\x01*\" /v1/messages/{message_id}/cancel\x12]\n" +
-	"\x0eIngestDocument\x12#.chatplane.v1.IngestDocumentRequest\x1a$.chatplane.v1.IngestDocumentResponse(\x01\x12o\n" +
+	"\x0eIngestDocument\x12#.chatplane.v1.IngestDocumentRequest\x1a$.chatplane.v1.IngestDocumentResponse(\x01\x12[\n" +
+	"\x0eUploadDocument\x12#.chatplane.v1.UploadDocumentRequest\x1a$.chatplane.v1.UploadDocumentResponse\x12o\n" +
 	"\rListDocuments\x12\".chatplane.v1.ListDocumentsRequest\x1a#.chatplane.v1.ListDocumentsResponse\"\x15\x82\xd3\xe4\x93\x02\x0f\x12\r/v1/documents\x12\x80\x01\n" +
 	"\x0eDeleteDocument\x12#.chatplane.v1.DeleteDocumentRequest\x1a$.chatplane.v1.DeleteDocumentResponse\"#\x82\xd3\xe4\x93\x02\x1d*\x1b/v1/documents/{document_id}\x12\x9c\x01\n" +
 	"\x0fSetActiveBranch\x12$.chatplane.v1.SetActiveBranchRequest\x1a%.chatplane.v1.SetActiveBranchResponse\"<\x82\xd3\xe4\x93\x026:\x01*\"1/v1/conversations/{conversation_id}/active-branch\x12\x93\x01\n" +
@@ -2113,7 +2220,7 @@ func file_chatplane_v1_gateway_proto_rawDescGZIP() []byte {
 }
 
 var file_chatplane_v1_gateway_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_chatplane_v1_gateway_proto_msgTypes = make([]protoimpl.MessageInfo, 29)
+var file_chatplane_v1_gateway_proto_msgTypes = make([]protoimpl.MessageInfo, 31)
 var file_chatplane_v1_gateway_proto_goTypes = []any{
 	(ConversationView)(0),              // 0: chatplane.v1.ConversationView
 	(Rating)(0),                        // 1: chatplane.v1.Rating
@@ -2140,84 +2247,90 @@ var file_chatplane_v1_gateway_proto_goTypes = []any{
 	(*IngestDocumentHeader)(nil),       // 22: chatplane.v1.IngestDocumentHeader
 	(*IngestDocumentRequest)(nil),      // 23: chatplane.v1.IngestDocumentRequest
 	(*IngestDocumentResponse)(nil),     // 24: chatplane.v1.IngestDocumentResponse
-	(*ListDocumentsRequest)(nil),       // 25: chatplane.v1.ListDocumentsRequest
-	(*ListDocumentsResponse)(nil),      // 26: chatplane.v1.ListDocumentsResponse
-	(*DeleteDocumentRequest)(nil),      // 27: chatplane.v1.DeleteDocumentRequest
-	(*DeleteDocumentResponse)(nil),     // 28: chatplane.v1.DeleteDocumentResponse
-	(*SetActiveBranchRequest)(nil),     // 29: chatplane.v1.SetActiveBranchRequest
-	(*SetActiveBranchResponse)(nil),    // 30: chatplane.v1.SetActiveBranchResponse
-	(*TurnStarted)(nil),                // 31: chatplane.v1.TurnStarted
-	(*TextDelta)(nil),                  // 32: chatplane.v1.TextDelta
-	(*Citation)(nil),                   // 33: chatplane.v1.Citation
-	(*Usage)(nil),                      // 34: chatplane.v1.Usage
-	(*TurnDone)(nil),                   // 35: chatplane.v1.TurnDone
-	(*HandoffStatus)(nil),              // 36: chatplane.v1.HandoffStatus
-	(*Conversation)(nil),               // 37: chatplane.v1.Conversation
-	(*Message)(nil),                    // 38: chatplane.v1.Message
-	(*timestamppb.Timestamp)(nil),      // 39: google.protobuf.Timestamp
-	(*Document)(nil),                   // 40: chatplane.v1.Document
+	(*UploadDocumentRequest)(nil),      // 25: chatplane.v1.UploadDocumentRequest
+	(*UploadDocumentResponse)(nil),     // 26: chatplane.v1.UploadDocumentResponse
+	(*ListDocumentsRequest)(nil),       // 27: chatplane.v1.ListDocumentsRequest
+	(*ListDocumentsResponse)(nil),      // 28: chatplane.v1.ListDocumentsResponse
+	(*DeleteDocumentRequest)(nil),      // 29: chatplane.v1.DeleteDocumentRequest
+	(*DeleteDocumentResponse)(nil),     // 30: chatplane.v1.DeleteDocumentResponse
+	(*SetActiveBranchRequest)(nil),     // 31: chatplane.v1.SetActiveBranchRequest
+	(*SetActiveBranchResponse)(nil),    // 32: chatplane.v1.SetActiveBranchResponse
+	(*TurnStarted)(nil),                // 33: chatplane.v1.TurnStarted
+	(*TextDelta)(nil),                  // 34: chatplane.v1.TextDelta
+	(*Citation)(nil),                   // 35: chatplane.v1.Citation
+	(*Usage)(nil),                      // 36: chatplane.v1.Usage
+	(*TurnDone)(nil),                   // 37: chatplane.v1.TurnDone
+	(*HandoffStatus)(nil),              // 38: chatplane.v1.HandoffStatus
+	(*Conversation)(nil),               // 39: chatplane.v1.Conversation
+	(*Message)(nil),                    // 40: chatplane.v1.Message
+	(*timestamppb.Timestamp)(nil),      // 41: google.protobuf.Timestamp
+	(*Document)(nil),                   // 42: chatplane.v1.Document
 }
 var file_chatplane_v1_gateway_proto_depIdxs = []int32{
-	31, // 0: chatplane.v1.ChatResponse.started:type_name -> chatplane.v1.TurnStarted
-	32, // 1: chatplane.v1.ChatResponse.delta:type_name -> chatplane.v1.TextDelta
-	33, // 2: chatplane.v1.ChatResponse.citation:type_name -> chatplane.v1.Citation
-	34, // 3: chatplane.v1.ChatResponse.usage:type_name -> chatplane.v1.Usage
-	35, // 4: chatplane.v1.ChatResponse.done:type_name -> chatplane.v1.TurnDone
-	36, // 5: chatplane.v1.ChatResponse.handoff:type_name -> chatplane.v1.HandoffStatus
-	37, // 6: chatplane.v1.ListConversationsResponse.conversations:type_name -> chatplane.v1.Conversation
+	33, // 0: chatplane.v1.ChatResponse.started:type_name -> chatplane.v1.TurnStarted
+	34, // 1: chatplane.v1.ChatResponse.delta:type_name -> chatplane.v1.TextDelta
+	35, // 2: chatplane.v1.ChatResponse.citation:type_name -> chatplane.v1.Citation
+	36, // 3: chatplane.v1.ChatResponse.usage:type_name -> chatplane.v1.Usage
+	37, // 4: chatplane.v1.ChatResponse.done:type_name -> chatplane.v1.TurnDone
+	38, // 5: chatplane.v1.ChatResponse.handoff:type_name -> chatplane.v1.HandoffStatus
+	39, // 6: chatplane.v1.ListConversationsResponse.conversations:type_name -> chatplane.v1.Conversation
 	0,  // 7: chatplane.v1.GetConversationRequest.view:type_name -> chatplane.v1.ConversationView
-	37, // 8: chatplane.v1.GetConversationResponse.conversation:type_name -> chatplane.v1.Conversation
-	38, // 9: chatplane.v1.GetConversationResponse.messages:type_name -> chatplane.v1.Message
-	39, // 10: chatplane.v1.DeleteConversationResponse.delete_time:type_name -> google.protobuf.Timestamp
+	39, // 8: chatplane.v1.GetConversationResponse.conversation:type_name -> chatplane.v1.Conversation
+	40, // 9: chatplane.v1.GetConversationResponse.messages:type_name -> chatplane.v1.Message
+	41, // 10: chatplane.v1.DeleteConversationResponse.delete_time:type_name -> google.protobuf.Timestamp
 	1,  // 11: chatplane.v1.SubmitFeedbackRequest.rating:type_name -> chatplane.v1.Rating
-	39, // 12: chatplane.v1.SubmitFeedbackResponse.create_time:type_name -> google.protobuf.Timestamp
-	36, // 13: chatplane.v1.SubmitFeedbackResponse.handoff:type_name -> chatplane.v1.HandoffStatus
-	36, // 14: chatplane.v1.RequestHandoffResponse.handoff:type_name -> chatplane.v1.HandoffStatus
-	36, // 15: chatplane.v1.ReleaseHandoffResponse.handoff:type_name -> chatplane.v1.HandoffStatus
-	36, // 16: chatplane.v1.WatchConversationResponse.handoff:type_name -> chatplane.v1.HandoffStatus
-	38, // 17: chatplane.v1.WatchConversationResponse.operator_reply:type_name -> chatplane.v1.Message
-	31, // 18: chatplane.v1.ResumeChatResponse.started:type_name -> chatplane.v1.TurnStarted
-	32, // 19: chatplane.v1.ResumeChatResponse.delta:type_name -> chatplane.v1.TextDelta
-	33, // 20: chatplane.v1.ResumeChatResponse.citation:type_name -> chatplane.v1.Citation
-	34, // 21: chatplane.v1.ResumeChatResponse.usage:type_name -> chatplane.v1.Usage
-	35, // 22: chatplane.v1.ResumeChatResponse.done:type_name -> chatplane.v1.TurnDone
+	41, // 12: chatplane.v1.SubmitFeedbackResponse.create_time:type_name -> google.protobuf.Timestamp
+	38, // 13: chatplane.v1.SubmitFeedbackResponse.handoff:type_name -> chatplane.v1.HandoffStatus
+	38, // 14: chatplane.v1.RequestHandoffResponse.handoff:type_name -> chatplane.v1.HandoffStatus
+	38, // 15: chatplane.v1.ReleaseHandoffResponse.handoff:type_name -> chatplane.v1.HandoffStatus
+	38, // 16: chatplane.v1.WatchConversationResponse.handoff:type_name -> chatplane.v1.HandoffStatus
+	40, // 17: chatplane.v1.WatchConversationResponse.operator_reply:type_name -> chatplane.v1.Message
+	33, // 18: chatplane.v1.ResumeChatResponse.started:type_name -> chatplane.v1.TurnStarted
+	34, // 19: chatplane.v1.ResumeChatResponse.delta:type_name -> chatplane.v1.TextDelta
+	35, // 20: chatplane.v1.ResumeChatResponse.citation:type_name -> chatplane.v1.Citation
+	36, // 21: chatplane.v1.ResumeChatResponse.usage:type_name -> chatplane.v1.Usage
+	37, // 22: chatplane.v1.ResumeChatResponse.done:type_name -> chatplane.v1.TurnDone
 	22, // 23: chatplane.v1.IngestDocumentRequest.header:type_name -> chatplane.v1.IngestDocumentHeader
-	40, // 24: chatplane.v1.IngestDocumentResponse.document:type_name -> chatplane.v1.Document
-	40, // 25: chatplane.v1.ListDocumentsResponse.documents:type_name -> chatplane.v1.Document
-	37, // 26: chatplane.v1.SetActiveBranchResponse.conversation:type_name -> chatplane.v1.Conversation
-	2,  // 27: chatplane.v1.GatewayService.Chat:input_type -> chatplane.v1.ChatRequest
-	4,  // 28: chatplane.v1.GatewayService.ListConversations:input_type -> chatplane.v1.ListConversationsRequest
-	6,  // 29: chatplane.v1.GatewayService.GetConversation:input_type -> chatplane.v1.GetConversationRequest
-	8,  // 30: chatplane.v1.GatewayService.DeleteConversation:input_type -> chatplane.v1.DeleteConversationRequest
-	10, // 31: chatplane.v1.GatewayService.SubmitFeedback:input_type -> chatplane.v1.SubmitFeedbackRequest
-	18, // 32: chatplane.v1.GatewayService.ResumeChat:input_type -> chatplane.v1.ResumeChatRequest
-	20, // 33: chatplane.v1.GatewayService.CancelChat:input_type -> chatplane.v1.CancelChatRequest
-	23, // 34: chatplane.v1.GatewayService.IngestDocument:input_type -> chatplane.v1.IngestDocumentRequest
-	25, // 35: chatplane.v1.GatewayService.ListDocuments:input_type -> chatplane.v1.ListDocumentsRequest
-	27, // 36: chatplane.v1.GatewayService.DeleteDocument:input_type -> chatplane.v1.DeleteDocumentRequest
-	29, // 37: chatplane.v1.GatewayService.SetActiveBranch:input_type -> chatplane.v1.SetActiveBranchRequest
-	12, // 38: chatplane.v1.GatewayService.RequestHandoff:input_type -> chatplane.v1.RequestHandoffRequest
-	14, // 39: chatplane.v1.GatewayService.ReleaseHandoff:input_type -> chatplane.v1.ReleaseHandoffRequest
-	16, // 40: chatplane.v1.GatewayService.WatchConversation:input_type -> chatplane.v1.WatchConversationRequest
-	3,  // 41: chatplane.v1.GatewayService.Chat:output_type -> chatplane.v1.ChatResponse
-	5,  // 42: chatplane.v1.GatewayService.ListConversations:output_type -> chatplane.v1.ListConversationsResponse
-	7,  // 43: chatplane.v1.GatewayService.GetConversation:output_type -> chatplane.v1.GetConversationResponse
-	9,  // 44: chatplane.v1.GatewayService.DeleteConversation:output_type -> chatplane.v1.DeleteConversationResponse
-	11, // 45: chatplane.v1.GatewayService.SubmitFeedback:output_type -> chatplane.v1.SubmitFeedbackResponse
-	19, // 46: chatplane.v1.GatewayService.ResumeChat:output_type -> chatplane.v1.ResumeChatResponse
-	21, // 47: chatplane.v1.GatewayService.CancelChat:output_type -> chatplane.v1.CancelChatResponse
-	24, // 48: chatplane.v1.GatewayService.IngestDocument:output_type -> chatplane.v1.IngestDocumentResponse
-	26, // 49: chatplane.v1.GatewayService.ListDocuments:output_type -> chatplane.v1.ListDocumentsResponse
-	28, // 50: chatplane.v1.GatewayService.DeleteDocument:output_type -> chatplane.v1.DeleteDocumentResponse
-	30, // 51: chatplane.v1.GatewayService.SetActiveBranch:output_type -> chatplane.v1.SetActiveBranchResponse
-	13, // 52: chatplane.v1.GatewayService.RequestHandoff:output_type -> chatplane.v1.RequestHandoffResponse
-	15, // 53: chatplane.v1.GatewayService.ReleaseHandoff:output_type -> chatplane.v1.ReleaseHandoffResponse
-	17, // 54: chatplane.v1.GatewayService.WatchConversation:output_type -> chatplane.v1.WatchConversationResponse
-	41, // [41:55] is the sub-list for method output_type
-	27, // [27:41] is the sub-list for method input_type
-	27, // [27:27] is the sub-list for extension type_name
-	27, // [27:27] is the sub-list for extension extendee
-	0,  // [0:27] is the sub-list for field type_name
+	42, // 24: chatplane.v1.IngestDocumentResponse.document:type_name -> chatplane.v1.Document
+	22, // 25: chatplane.v1.UploadDocumentRequest.header:type_name -> chatplane.v1.IngestDocumentHeader
+	42, // 26: chatplane.v1.UploadDocumentResponse.document:type_name -> chatplane.v1.Document
+	42, // 27: chatplane.v1.ListDocumentsResponse.documents:type_name -> chatplane.v1.Document
+	39, // 28: chatplane.v1.SetActiveBranchResponse.conversation:type_name -> chatplane.v1.Conversation
+	2,  // 29: chatplane.v1.GatewayService.Chat:input_type -> chatplane.v1.ChatRequest
+	4,  // 30: chatplane.v1.GatewayService.ListConversations:input_type -> chatplane.v1.ListConversationsRequest
+	6,  // 31: chatplane.v1.GatewayService.GetConversation:input_type -> chatplane.v1.GetConversationRequest
+	8,  // 32: chatplane.v1.GatewayService.DeleteConversation:input_type -> chatplane.v1.DeleteConversationRequest
+	10, // 33: chatplane.v1.GatewayService.SubmitFeedback:input_type -> chatplane.v1.SubmitFeedbackRequest
+	18, // 34: chatplane.v1.GatewayService.ResumeChat:input_type -> chatplane.v1.ResumeChatRequest
+	20, // 35: chatplane.v1.GatewayService.CancelChat:input_type -> chatplane.v1.CancelChatRequest
+	23, // 36: chatplane.v1.GatewayService.IngestDocument:input_type -> chatplane.v1.IngestDocumentRequest
+	25, // 37: chatplane.v1.GatewayService.UploadDocument:input_type -> chatplane.v1.UploadDocumentRequest
+	27, // 38: chatplane.v1.GatewayService.ListDocuments:input_type -> chatplane.v1.ListDocumentsRequest
+	29, // 39: chatplane.v1.GatewayService.DeleteDocument:input_type -> chatplane.v1.DeleteDocumentRequest
+	31, // 40: chatplane.v1.GatewayService.SetActiveBranch:input_type -> chatplane.v1.SetActiveBranchRequest
+	12, // 41: chatplane.v1.GatewayService.RequestHandoff:input_type -> chatplane.v1.RequestHandoffRequest
+	14, // 42: chatplane.v1.GatewayService.ReleaseHandoff:input_type -> chatplane.v1.ReleaseHandoffRequest
+	16, // 43: chatplane.v1.GatewayService.WatchConversation:input_type -> chatplane.v1.WatchConversationRequest
+	3,  // 44: chatplane.v1.GatewayService.Chat:output_type -> chatplane.v1.ChatResponse
+	5,  // 45: chatplane.v1.GatewayService.ListConversations:output_type -> chatplane.v1.ListConversationsResponse
+	7,  // 46: chatplane.v1.GatewayService.GetConversation:output_type -> chatplane.v1.GetConversationResponse
+	9,  // 47: chatplane.v1.GatewayService.DeleteConversation:output_type -> chatplane.v1.DeleteConversationResponse
+	11, // 48: chatplane.v1.GatewayService.SubmitFeedback:output_type -> chatplane.v1.SubmitFeedbackResponse
+	19, // 49: chatplane.v1.GatewayService.ResumeChat:output_type -> chatplane.v1.ResumeChatResponse
+	21, // 50: chatplane.v1.GatewayService.CancelChat:output_type -> chatplane.v1.CancelChatResponse
+	24, // 51: chatplane.v1.GatewayService.IngestDocument:output_type -> chatplane.v1.IngestDocumentResponse
+	26, // 52: chatplane.v1.GatewayService.UploadDocument:output_type -> chatplane.v1.UploadDocumentResponse
+	28, // 53: chatplane.v1.GatewayService.ListDocuments:output_type -> chatplane.v1.ListDocumentsResponse
+	30, // 54: chatplane.v1.GatewayService.DeleteDocument:output_type -> chatplane.v1.DeleteDocumentResponse
+	32, // 55: chatplane.v1.GatewayService.SetActiveBranch:output_type -> chatplane.v1.SetActiveBranchResponse
+	13, // 56: chatplane.v1.GatewayService.RequestHandoff:output_type -> chatplane.v1.RequestHandoffResponse
+	15, // 57: chatplane.v1.GatewayService.ReleaseHandoff:output_type -> chatplane.v1.ReleaseHandoffResponse
+	17, // 58: chatplane.v1.GatewayService.WatchConversation:output_type -> chatplane.v1.WatchConversationResponse
+	44, // [44:59] is the sub-list for method output_type
+	29, // [29:44] is the sub-list for method input_type
+	29, // [29:29] is the sub-list for extension type_name
+	29, // [29:29] is the sub-list for extension extendee
+	0,  // [0:29] is the sub-list for field type_name
 }
 
 func init() { file_chatplane_v1_gateway_proto_init() }
@@ -2260,7 +2373,7 @@ func file_chatplane_v1_gateway_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_chatplane_v1_gateway_proto_rawDesc), len(file_chatplane_v1_gateway_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   29,
+			NumMessages:   31,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -27,6 +27,7 @@ const (
 	GatewayService_ResumeChat_FullMethodName         = "/chatplane.v1.GatewayService/ResumeChat"
 	GatewayService_CancelChat_FullMethodName         = "/chatplane.v1.GatewayService/CancelChat"
 	GatewayService_IngestDocument_FullMethodName     = "/chatplane.v1.GatewayService/IngestDocument"
+	GatewayService_UploadDocument_FullMethodName     = "/chatplane.v1.GatewayService/UploadDocument"
 	GatewayService_ListDocuments_FullMethodName      = "/chatplane.v1.GatewayService/ListDocuments"
 	GatewayService_DeleteDocument_FullMethodName     = "/chatplane.v1.GatewayService/DeleteDocument"
 	GatewayService_SetActiveBranch_FullMethodName    = "/chatplane.v1.GatewayService/SetActiveBranch"
@@ -61,6 +62,10 @@ type GatewayServiceClient interface {
 	// Ingests a document for the caller's tenant: a header, then the content in pieces.
 	// gRPC only (a client stream); every user of the tenant can then be answered from it.
 	IngestDocument(ctx context.Context, opts ...grpc.CallOption) (grpc.ClientStreamingClient[IngestDocumentRequest, IngestDocumentResponse], error)
+	// Ingests a whole document sent in one request, for clients that cannot send a client
+	// stream (browsers, gRPC-Web): the same checks and result as IngestDocument, for documents
+	// of at most 4 MiB (the Gateway's gRPC message limit). gRPC and gRPC-Web only.
+	UploadDocument(ctx context.Context, in *UploadDocumentRequest, opts ...grpc.CallOption) (*UploadDocumentResponse, error)
 	// Lists the documents of the caller's tenant, newest first.
 	ListDocuments(ctx context.Context, in *ListDocumentsRequest, opts ...grpc.CallOption) (*ListDocumentsResponse, error)
 	// Deletes a document of the caller's tenant (another tenant's id: NOT_FOUND).
@@ -186,6 +191,16 @@ func (c *gatewayServiceClient) IngestDocument(ctx context.Context, opts ...grpc.
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type GatewayService_IngestDocumentClient = grpc.ClientStreamingClient[IngestDocumentRequest, IngestDocumentResponse]
 
+func (c *gatewayServiceClient) UploadDocument(ctx context.Context, in *UploadDocumentRequest, opts ...grpc.CallOption) (*UploadDocumentResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(UploadDocumentResponse)
+	err := c.cc.Invoke(ctx, GatewayService_UploadDocument_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *gatewayServiceClient) ListDocuments(ctx context.Context, in *ListDocumentsRequest, opts ...grpc.CallOption) (*ListDocumentsResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(ListDocumentsResponse)
@@ -281,6 +296,10 @@ type GatewayServiceServer interface {
 	// Ingests a document for the caller's tenant: a header, then the content in pieces.
 	// gRPC only (a client stream); every user of the tenant can then be answered from it.
 	IngestDocument(grpc.ClientStreamingServer[IngestDocumentRequest, IngestDocumentResponse]) error
+	// Ingests a whole document sent in one request, for clients that cannot send a client
+	// stream (browsers, gRPC-Web): the same checks and result as IngestDocument, for documents
+	// of at most 4 MiB (the Gateway's gRPC message limit). gRPC and gRPC-Web only.
+	UploadDocument(context.Context, *UploadDocumentRequest) (*UploadDocumentResponse, error)
 	// Lists the documents of the caller's tenant, newest first.
 	ListDocuments(context.Context, *ListDocumentsRequest) (*ListDocumentsResponse, error)
 	// Deletes a document of the caller's tenant (another tenant's id: NOT_FOUND).
@@ -328,6 +347,9 @@ func (UnimplementedGatewayServiceServer) CancelChat(context.Context, *CancelChat
 }
 func (UnimplementedGatewayServiceServer) IngestDocument(grpc.ClientStreamingServer[IngestDocumentRequest, IngestDocumentResponse]) error {
 	return status.Error(codes.Unimplemented, "method IngestDocument not implemented")
+}
+func (UnimplementedGatewayServiceServer) UploadDocument(context.Context, *UploadDocumentRequest) (*UploadDocumentResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method UploadDocument not implemented")
 }
 func (UnimplementedGatewayServiceServer) ListDocuments(context.Context, *ListDocumentsRequest) (*ListDocumentsResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListDocuments not implemented")
@@ -487,6 +509,24 @@ func _GatewayService_IngestDocument_Handler(srv interface{}, stream grpc.ServerS
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type GatewayService_IngestDocumentServer = grpc.ClientStreamingServer[IngestDocumentRequest, IngestDocumentResponse]
 
+func _GatewayService_UploadDocument_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(UploadDocumentRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(GatewayServiceServer).UploadDocument(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: GatewayService_UploadDocument_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(GatewayServiceServer).UploadDocument(ctx, req.(*UploadDocumentRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _GatewayService_ListDocuments_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(ListDocumentsRequest)
 	if err := dec(in); err != nil {
@@ -614,6 +654,10 @@ var GatewayService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "CancelChat",
 			Handler:    _GatewayService_CancelChat_Handler,
+		},
+		{
+			MethodName: "UploadDocument",
+			Handler:    _GatewayService_UploadDocument_Handler,
 		},
 		{
 			MethodName: "ListDocuments",

@@ -768,6 +768,58 @@ class IngestDocumentResponse(_message.Message):
 Global___IngestDocumentResponse: _TypeAlias = IngestDocumentResponse  # noqa: Y015
 
 @_typing.final
+class UploadDocumentRequest(_message.Message):
+    """A whole document to ingest (the tenant is the caller's)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HEADER_FIELD_NUMBER: _builtins.int
+    CONTENT_FIELD_NUMBER: _builtins.int
+    content: _builtins.bytes
+    """The document's bytes."""
+    @_builtins.property
+    def header(self) -> Global___IngestDocumentHeader:
+        """The document's name and media type, as for IngestDocument."""
+
+    def __init__(
+        self,
+        *,
+        header: Global___IngestDocumentHeader | None = ...,
+        content: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["header", b"header"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "header", b"header"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UploadDocumentRequest: _TypeAlias = UploadDocumentRequest  # noqa: Y015
+
+@_typing.final
+class UploadDocumentResponse(_message.Message):
+    """The document is stored and its chunks are searchable."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DOCUMENT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def document(self) -> _resources_pb2.Document:
+        """The stored document."""
+
+    def __init__(
+        self,
+        *,
+        document: _resources_pb2.Document | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["document", b"document"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["document", b"document"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UploadDocumentResponse: _TypeAlias = UploadDocumentResponse  # noqa: Y015
+
+@_typing.final
 class ListDocumentsRequest(_message.Message):
     """Asks for the documents of the caller's tenant."""
 

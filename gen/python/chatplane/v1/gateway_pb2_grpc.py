@@ -76,6 +76,11 @@ class GatewayServiceStub:
                 request_serializer=chatplane_dot_v1_dot_gateway__pb2.IngestDocumentRequest.SerializeToString,
                 response_deserializer=chatplane_dot_v1_dot_gateway__pb2.IngestDocumentResponse.FromString,
                 _registered_method=True)
+        self.UploadDocument = channel.unary_unary(
+                '/chatplane.v1.GatewayService/UploadDocument',
+                request_serializer=chatplane_dot_v1_dot_gateway__pb2.UploadDocumentRequest.SerializeToString,
+                response_deserializer=chatplane_dot_v1_dot_gateway__pb2.UploadDocumentResponse.FromString,
+                _registered_method=True)
         self.ListDocuments = channel.unary_unary(
                 '/chatplane.v1.GatewayService/ListDocuments',
                 request_serializer=chatplane_dot_v1_dot_gateway__pb2.ListDocumentsRequest.SerializeToString,
@@ -172,6 +177,15 @@ class GatewayServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UploadDocument(self, request, context):
+        """Ingests a whole document sent in one request, for clients that cannot send a client
+        stream (browsers, gRPC-Web): the same checks and result as IngestDocument, for documents
+        of at most 4 MiB (the Gateway's gRPC message limit). gRPC and gRPC-Web only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListDocuments(self, request, context):
         """Lists the documents of the caller's tenant, newest first.
         """
@@ -258,6 +272,11 @@ def add_GatewayServiceServicer_to_server(servicer, server):
                     servicer.IngestDocument,
                     request_deserializer=chatplane_dot_v1_dot_gateway__pb2.IngestDocumentRequest.FromString,
                     response_serializer=chatplane_dot_v1_dot_gateway__pb2.IngestDocumentResponse.SerializeToString,
+            ),
+            'UploadDocument': grpc.unary_unary_rpc_method_handler(
+                    servicer.UploadDocument,
+                    request_deserializer=chatplane_dot_v1_dot_gateway__pb2.UploadDocumentRequest.FromString,
+                    response_serializer=chatplane_dot_v1_dot_gateway__pb2.UploadDocumentResponse.SerializeToString,
             ),
             'ListDocuments': grpc.unary_unary_rpc_method_handler(
                     servicer.ListDocuments,
@@ -508,6 +527,33 @@ class GatewayService:
             '/chatplane.v1.GatewayService/IngestDocument',
             chatplane_dot_v1_dot_gateway__pb2.IngestDocumentRequest.SerializeToString,
             chatplane_dot_v1_dot_gateway__pb2.IngestDocumentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UploadDocument(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chatplane.v1.GatewayService/UploadDocument',
+            chatplane_dot_v1_dot_gateway__pb2.UploadDocumentRequest.SerializeToString,
+            chatplane_dot_v1_dot_gateway__pb2.UploadDocumentResponse.FromString,
             options,
             channel_credentials,
             insecure,

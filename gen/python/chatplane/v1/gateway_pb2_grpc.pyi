@@ -57,6 +57,11 @@ class GatewayServiceStub:
     """Ingests a document for the caller's tenant: a header, then the content in pieces.
     gRPC only (a client stream); every user of the tenant can then be answered from it.
     """
+    UploadDocument: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.UploadDocumentRequest, _gateway_pb2.UploadDocumentResponse]
+    """Ingests a whole document sent in one request, for clients that cannot send a client
+    stream (browsers, gRPC-Web): the same checks and result as IngestDocument, for documents
+    of at most 4 MiB (the Gateway's gRPC message limit). gRPC and gRPC-Web only.
+    """
     ListDocuments: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.ListDocumentsRequest, _gateway_pb2.ListDocumentsResponse]
     """Lists the documents of the caller's tenant, newest first."""
     DeleteDocument: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.DeleteDocumentRequest, _gateway_pb2.DeleteDocumentResponse]
@@ -102,6 +107,11 @@ class GatewayServiceAsyncStub(GatewayServiceStub):
     IngestDocument: _aio.StreamUnaryMultiCallable[_gateway_pb2.IngestDocumentRequest, _gateway_pb2.IngestDocumentResponse]  # type: ignore[assignment]
     """Ingests a document for the caller's tenant: a header, then the content in pieces.
     gRPC only (a client stream); every user of the tenant can then be answered from it.
+    """
+    UploadDocument: _aio.UnaryUnaryMultiCallable[_gateway_pb2.UploadDocumentRequest, _gateway_pb2.UploadDocumentResponse]  # type: ignore[assignment]
+    """Ingests a whole document sent in one request, for clients that cannot send a client
+    stream (browsers, gRPC-Web): the same checks and result as IngestDocument, for documents
+    of at most 4 MiB (the Gateway's gRPC message limit). gRPC and gRPC-Web only.
     """
     ListDocuments: _aio.UnaryUnaryMultiCallable[_gateway_pb2.ListDocumentsRequest, _gateway_pb2.ListDocumentsResponse]  # type: ignore[assignment]
     """Lists the documents of the caller's tenant, newest first."""
@@ -193,6 +203,17 @@ class GatewayServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_gateway_pb2.IngestDocumentResponse, _abc.Awaitable[_gateway_pb2.IngestDocumentResponse]]:
         """Ingests a document for the caller's tenant: a header, then the content in pieces.
         gRPC only (a client stream); every user of the tenant can then be answered from it.
+        """
+
+    @_abc_1.abstractmethod
+    def UploadDocument(
+        self,
+        request: _gateway_pb2.UploadDocumentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gateway_pb2.UploadDocumentResponse, _abc.Awaitable[_gateway_pb2.UploadDocumentResponse]]:
+        """Ingests a whole document sent in one request, for clients that cannot send a client
+        stream (browsers, gRPC-Web): the same checks and result as IngestDocument, for documents
+        of at most 4 MiB (the Gateway's gRPC message limit). gRPC and gRPC-Web only.
         """
 
     @_abc_1.abstractmethod

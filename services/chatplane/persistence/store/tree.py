@@ -179,14 +179,16 @@ class ConversationTree:
 
     def plan_continue(self) -> TurnPlan:
         """A turn continuing the active branch: its user message follows the active leaf,
-        even while that leaf's answer is still being generated (it will be stored)."""
+        even while that leaf's answer is still being generated (it will be stored). After a
+        turn that ended without an answer (a person had the conversation), it follows what
+        was stored below that turn's question: the operators' replies."""
         active = self._active
         if active is None:
             parent = self._newest
         elif self.is_stored(active) or self._pending(active):
             parent = active
         else:
-            parent = self._resolve(active)
+            parent = self.active_leaf()
         return TurnPlan(parent, "", branched=self.branched)
 
     def plan_regenerate(self, message_id: str) -> TurnPlan:
