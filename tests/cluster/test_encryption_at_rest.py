@@ -100,7 +100,7 @@ async def keyring_and_store(
     )
     keks = parse_keks(new_kek_line("test-1"), "test")
     try:
-        yield Keyring(StoreKeySource(store, keks), keks, 5.0), store
+        yield Keyring(StoreKeySource(store.data_keys, keks), keks, 5.0), store
     finally:
         await store.close()
 

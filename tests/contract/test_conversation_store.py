@@ -559,13 +559,13 @@ async def test_feedback_on_own_assistant_messages_only(
 async def test_api_keys_store_only_the_secrets_hash(
     store: ConversationStore, store_target: StoreTarget, clock: FakeClock
 ) -> None:
-    issued = await store.create_api_key(ALICE, "laptop")
+    issued = await store.api_keys.create(ALICE, "laptop")
     match = re.fullmatch(r"cp_([0-9a-f-]{36})_([0-9a-f]{64})", issued.api_key)
     assert match is not None
     key_id, secret = match.groups()
     assert key_id == issued.record.key_id
 
-    stored = await store.get_api_key(key_id)
+    stored = await store.api_keys.get(key_id)
     assert stored.owner == ALICE and stored.label == "laptop" and not stored.revoked
     assert stored.secret_sha256 == hashlib.sha256(secret.encode()).digest()
     assert stored.create_time == clock.now
@@ -578,24 +578,24 @@ async def test_api_keys_store_only_the_secrets_hash(
 
     reopened = await store_target.open(clock)
     try:
-        assert (await reopened.get_api_key(key_id)).secret_sha256 == stored.secret_sha256
+        assert (await reopened.api_keys.get(key_id)).secret_sha256 == stored.secret_sha256
         with pytest.raises(errors.NotFound):
-            await reopened.get_api_key(new_id())
+            await reopened.api_keys.get(new_id())
         with pytest.raises(errors.NotFound):
-            await reopened.get_api_key("cp_x")
+            await reopened.api_keys.get("cp_x")
     finally:
         await reopened.close()
 
 
 async def test_api_keys_keep_their_roles(store: ConversationStore) -> None:
-    default = await store.create_api_key(ALICE, "")
-    staff = await store.create_api_key(ALICE, "", frozenset({"operator", "admin"}))
-    assert (await store.get_api_key(default.record.key_id)).roles == frozenset({"chat"})
-    assert (await store.get_api_key(staff.record.key_id)).roles == frozenset({"operator", "admin"})
+    default = await store.api_keys.create(ALICE, "")
+    staff = await store.api_keys.create(ALICE, "", frozenset({"operator", "admin"}))
+    assert (await store.api_keys.get(default.record.key_id)).roles == frozenset({"chat"})
+    assert (await store.api_keys.get(staff.record.key_id)).roles == frozenset({"operator", "admin"})
 
 
 async def test_api_keys_are_unique(store: ConversationStore) -> None:
-    keys = [await store.create_api_key(ALICE, "") for _ in range(5)]
+    keys = [await store.api_keys.create(ALICE, "") for _ in range(5)]
     assert len({k.api_key for k in keys}) == len({k.record.key_id for k in keys}) == 5
 
 

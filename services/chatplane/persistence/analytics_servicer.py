@@ -21,8 +21,8 @@ from chatplane.persistence.protos import (
     token_time,
 )
 from chatplane.persistence.rated_answer_export import ExportedAnswer, RatedAnswerExport
+from chatplane.persistence.store.answer_metrics import RatedAnswerQuery
 from chatplane.persistence.store.base import ConversationStore, Role
-from chatplane.persistence.store.rated_answers import RatedAnswerQuery
 from chatplane.persistence.variant_report import report_variants
 from chatplane.privacy.policy import RedactionPolicy
 from chatplane.v1 import admin_resources_pb2, gateway_pb2, resources_pb2

@@ -6,14 +6,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from chatplane.audit.chain import AuditEvent
-from chatplane.persistence.store.base import ConversationStore
+from chatplane.persistence.store.key_records import AuditChain
 
 
 class StoreAuditSink:
     """Appends directly to the system of record."""
 
-    def __init__(self, store: ConversationStore) -> None:
-        self._store = store
+    def __init__(self, chain: AuditChain) -> None:
+        self._chain = chain
 
     async def append(self, events: Sequence[AuditEvent]) -> None:
-        await self._store.append_audit(events)
+        await self._chain.append(events)

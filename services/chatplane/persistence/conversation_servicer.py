@@ -77,7 +77,7 @@ class ConversationServicer(conversation_pb2_grpc.ConversationServiceServicer):
             after = message_cursor(wanted.page_token, "request.page_token", wanted.conversation_id)
         else:
             after = branch_cursor(wanted.page_token, "request.page_token", wanted.conversation_id)
-        page = await self._store.get_conversation_tree(
+        page = await self._store.trees.page(
             conversation_owner, wanted.conversation_id, view=view, limit=limit, after=after
         )
         next_page_token = (
@@ -121,7 +121,7 @@ class ConversationServicer(conversation_pb2_grpc.ConversationServiceServicer):
         conversation_owner = owner(request.owner)
         require(request.request.conversation_id, "request.conversation_id")
         require(request.request.message_id, "request.message_id")
-        conversation = await self._store.set_active_branch(
+        conversation = await self._store.trees.set_active_branch(
             conversation_owner, request.request.conversation_id, request.request.message_id
         )
         return conversation_pb2.SetActiveBranchResponse(

@@ -57,13 +57,13 @@ class ErasureWiring:
         )
         log = log_record_eraser(settings)
         self.jobs = ErasureJobs(
-            store,
+            store.erasures,
             memory=memory,
             log=log,
             shredder=shredder,
         )
         self.sweeper = RetentionSweeper(
-            store, memory, log, interval=settings.retention_sweep_interval_seconds
+            store.retention, memory, log, interval=settings.retention_sweep_interval_seconds
         )
         self._resume: asyncio.Task[None] | None = None
 

@@ -17,11 +17,11 @@ from chatplane.persistence.protos import (
     token_id,
     token_time,
 )
-from chatplane.persistence.store.base import ConversationStore
 from chatplane.persistence.store.handoff import (
     HandoffChange,
     HandoffCursor,
     HandoffMode,
+    Handoffs,
     HandoffState,
     HandoffTrigger,
 )
@@ -78,17 +78,17 @@ def _handoff_cursor(token: str, field: str) -> HandoffCursor | None:
 
 
 class HandoffServicer(handoff_pb2_grpc.HandoffServiceServicer):
-    """HandoffService over the store."""
+    """HandoffService over the store's handoffs."""
 
-    def __init__(self, store: ConversationStore) -> None:
-        self._store = store
+    def __init__(self, handoffs: Handoffs) -> None:
+        self._handoffs = handoffs
 
     async def GetHandoff(
         self, request: handoff_pb2.GetHandoffRequest, context: Context
     ) -> handoff_pb2.GetHandoffResponse:
         conversation_owner = owner(request.owner)
         require(request.conversation_id, "conversation_id")
-        state = await self._store.get_handoff(conversation_owner, request.conversation_id)
+        state = await self._handoffs.get(conversation_owner, request.conversation_id)
         return handoff_pb2.GetHandoffResponse(
             handoff=handoff_status(state), rules_fired=sorted(state.rules_fired)
         )
@@ -110,9 +110,7 @@ class HandoffServicer(handoff_pb2_grpc.HandoffServiceServicer):
                 "reason", f"must be at most {_MAX_REASON_CHARS} characters"
             )
         change = HandoffChange(mode, trigger, request.actor_id, request.reason, request.rule)
-        state = await self._store.change_handoff(
-            conversation_owner, request.conversation_id, change
-        )
+        state = await self._handoffs.change(conversation_owner, request.conversation_id, change)
         return handoff_pb2.ChangeHandoffResponse(handoff=handoff_status(state))
 
     async def ListHandoffs(
@@ -121,7 +119,7 @@ class HandoffServicer(handoff_pb2_grpc.HandoffServiceServicer):
         require(request.tenant_id, "tenant_id")
         limit = page_size(request.page_size, "page_size", CONVERSATIONS_PAGE)
         after = _handoff_cursor(request.page_token, "page_token")
-        page = await self._store.list_handoffs(request.tenant_id, limit=limit, after=after)
+        page = await self._handoffs.waiting(request.tenant_id, limit=limit, after=after)
         return handoff_pb2.ListHandoffsResponse(
             handoffs=[handoff_status(state) for state in page.handoffs],
             next_page_token=_handoff_token(page.next_cursor),
@@ -132,7 +130,7 @@ class HandoffServicer(handoff_pb2_grpc.HandoffServiceServicer):
     ) -> handoff_pb2.GetTenantHandoffResponse:
         require(request.tenant_id, "tenant_id")
         require(request.conversation_id, "conversation_id")
-        state = await self._store.tenant_handoff(request.tenant_id, request.conversation_id)
+        state = await self._handoffs.of_tenant(request.tenant_id, request.conversation_id)
         return handoff_pb2.GetTenantHandoffResponse(
             owner=admin_resources_pb2.Owner(
                 tenant_id=state.owner.tenant_id, user_id=state.owner.user_id
@@ -145,7 +143,7 @@ class HandoffServicer(handoff_pb2_grpc.HandoffServiceServicer):
     ) -> handoff_pb2.CountThumbsDownResponse:
         conversation_owner = owner(request.owner)
         require(request.message_id, "message_id")
-        conversation_id, count = await self._store.count_thumbs_down(
+        conversation_id, count = await self._handoffs.count_thumbs_down(
             conversation_owner, request.message_id
         )
         return handoff_pb2.CountThumbsDownResponse(

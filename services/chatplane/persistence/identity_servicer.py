@@ -15,10 +15,11 @@ from chatplane.common.roles import parse_roles
 from chatplane.common.timestamps import from_micros, timestamp_of, to_micros
 from chatplane.internal.v1 import audit_pb2, identity_pb2, identity_pb2_grpc
 from chatplane.persistence.protos import Context, owner, page_size, require
-from chatplane.persistence.store.base import ApiKey, ConversationStore
+from chatplane.persistence.store.base import ApiKey
 from chatplane.persistence.store.key_records import (
     MAX_ROTATION_OVERLAP,
     ApiKeyCursor,
+    ApiKeys,
     AuditActor,
 )
 from chatplane.v1 import admin_resources_pb2
@@ -28,17 +29,17 @@ _MAX_ID_CHARS = 256
 
 
 class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
-    """IdentityService over the store."""
+    """IdentityService over the store's API keys."""
 
-    def __init__(self, store: ConversationStore) -> None:
-        self._store = store
+    def __init__(self, keys: ApiKeys) -> None:
+        self._keys = keys
 
     async def CreateApiKey(
         self, request: identity_pb2.CreateApiKeyRequest, context: Context
     ) -> identity_pb2.CreateApiKeyResponse:
         key_owner = owner(request.owner)
         roles = parse_roles(tuple(request.roles))
-        issued = await self._store.create_api_key(
+        issued = await self._keys.create(
             key_owner, request.label, roles, audit_actor(request.actor)
         )
         return identity_pb2.CreateApiKeyResponse(
@@ -49,7 +50,7 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
         self, request: identity_pb2.GetApiKeyRequest, context: Context
     ) -> identity_pb2.GetApiKeyResponse:
         require(request.key_id, "key_id")
-        key = await self._store.get_api_key(request.key_id)
+        key = await self._keys.get(request.key_id)
         response = identity_pb2.GetApiKeyResponse(
             owner=admin_resources_pb2.Owner(
                 tenant_id=key.owner.tenant_id, user_id=key.owner.user_id
@@ -71,7 +72,7 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
                 "user_id", f"must be at most {_MAX_ID_CHARS} characters, without NUL"
             )
         limit = page_size(request.page_size, "page_size", KEYS_PAGE)
-        page = await self._store.list_api_keys(
+        page = await self._keys.page(
             tenant_id,
             request.user_id,
             limit=limit,
@@ -92,7 +93,7 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
             raise errors.InvalidArgument(
                 "overlap_ms", f"must be between 0 and {limit_ms} (24 hours)"
             )
-        rotated = await self._store.rotate_api_key(
+        rotated = await self._keys.rotate(
             tenant_id,
             request.key_id,
             timedelta(milliseconds=request.overlap_ms),
@@ -108,9 +109,7 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
         self, request: identity_pb2.RevokeApiKeyRequest, context: Context
     ) -> identity_pb2.RevokeApiKeyResponse:
         tenant_id = _tenant(request.tenant_id)
-        key = await self._store.revoke_api_key(
-            tenant_id, request.key_id, audit_actor(request.actor)
-        )
+        key = await self._keys.revoke(tenant_id, request.key_id, audit_actor(request.actor))
         return identity_pb2.RevokeApiKeyResponse(key=api_key_info(key))
 
 

@@ -82,11 +82,11 @@ class PrivacyServicer(privacy_pb2_grpc.PrivacyServiceServicer):
     async def SetRetention(
         self, request: privacy_pb2.SetRetentionRequest, context: Context
     ) -> privacy_pb2.SetRetentionResponse:
-        policy = await self._store.set_retention(_tenant(request.tenant_id), request.days)
+        policy = await self._store.retention.set(_tenant(request.tenant_id), request.days)
         return privacy_pb2.SetRetentionResponse(policy=retention_policy(policy))
 
     async def GetRetention(
         self, request: privacy_pb2.GetRetentionRequest, context: Context
     ) -> privacy_pb2.GetRetentionResponse:
-        policy = await self._store.get_retention(_tenant(request.tenant_id))
+        policy = await self._store.retention.get(_tenant(request.tenant_id))
         return privacy_pb2.GetRetentionResponse(policy=retention_policy(policy))

@@ -1,5 +1,5 @@
 """QuotaService (ReserveQuota, SettleQuota, SetQuota, GetQuota):
-request checks and proto ⇄ domain around the store's quota methods (docs/quotas.md)."""
+request checks and proto ⇄ domain around the store's quota ledger (docs/quotas.md)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,7 @@ from chatplane.common import errors
 from chatplane.common.ids import is_valid_id
 from chatplane.internal.v1 import quota_pb2, quota_pb2_grpc
 from chatplane.persistence.protos import Context
-from chatplane.persistence.store.base import ConversationStore
-from chatplane.persistence.store.quota import TokenQuota
+from chatplane.persistence.store.quota import TokenQuota, TokenQuotas
 
 _MAX_TENANT_CHARS = 256
 # A reservation outlives any turn (turn_timeout_seconds) but not a day.
@@ -58,7 +57,7 @@ def _reservation_id(value: str) -> str:
 class QuotaServicer(quota_pb2_grpc.QuotaServiceServicer):
     """QuotaService over the store's token quota ledger."""
 
-    def __init__(self, ledger: ConversationStore) -> None:
+    def __init__(self, ledger: TokenQuotas) -> None:
         self._ledger = ledger
 
     async def ReserveQuota(
@@ -72,7 +71,7 @@ class QuotaServicer(quota_pb2_grpc.QuotaServiceServicer):
             if not 0 < request.lease_ms <= max_ms:
                 raise errors.InvalidArgument("lease_ms", f"must be between 1 and {max_ms}")
             lease = timedelta(milliseconds=request.lease_ms)
-        reservation = await self._ledger.reserve_tokens(
+        reservation = await self._ledger.reserve(
             tenant,
             _reservation_id(request.reservation_id),
             _tokens(request.tokens, "tokens"),
@@ -90,7 +89,7 @@ class QuotaServicer(quota_pb2_grpc.QuotaServiceServicer):
         used = _tokens(request.input_tokens, "input_tokens") + _tokens(
             request.output_tokens, "output_tokens"
         )
-        quota = await self._ledger.settle_tokens(
+        quota = await self._ledger.settle(
             _tenant(request.tenant_id), _reservation_id(request.reservation_id), used
         )
         return quota_pb2.SettleQuotaResponse(quota=quota_proto(quota))
@@ -98,7 +97,7 @@ class QuotaServicer(quota_pb2_grpc.QuotaServiceServicer):
     async def SetQuota(
         self, request: quota_pb2.SetQuotaRequest, context: Context
     ) -> quota_pb2.SetQuotaResponse:
-        quota = await self._ledger.set_token_quota(
+        quota = await self._ledger.set_limit(
             _tenant(request.tenant_id), _tokens(request.tokens_per_day, "tokens_per_day")
         )
         return quota_pb2.SetQuotaResponse(quota=quota_proto(quota))
@@ -106,5 +105,5 @@ class QuotaServicer(quota_pb2_grpc.QuotaServiceServicer):
     async def GetQuota(
         self, request: quota_pb2.GetQuotaRequest, context: Context
     ) -> quota_pb2.GetQuotaResponse:
-        quota = await self._ledger.get_token_quota(_tenant(request.tenant_id))
+        quota = await self._ledger.get(_tenant(request.tenant_id))
         return quota_pb2.GetQuotaResponse(quota=quota_proto(quota))

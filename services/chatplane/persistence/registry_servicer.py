@@ -1,5 +1,5 @@
 """VariantRegistryService (docs/registry.md): request checks and proto ⇄ domain around the
-store's `PostgresVariantRegistry`. The Gateway's RegistryService (admins) and every Agent
+store's `VariantRegistry`. The Gateway's RegistryService (admins) and every Agent
 (GetVariant, GetVariantDeployment) call it."""
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ from chatplane.persistence.store.variant_registry import (
     CHANGES_LIMIT_MAX,
     ChangeRecord,
     Deployment,
-    PostgresVariantRegistry,
     Promotion,
     Stage,
     VariantRecord,
+    VariantRegistry,
     parse_or_invalid,
 )
 from chatplane.v1 import registry_pb2
@@ -82,7 +82,7 @@ def _caller_fields() -> Iterator[None]:
 class VariantRegistryServicer(variant_registry_pb2_grpc.VariantRegistryServiceServicer):
     """VariantRegistryService over the store's registry tables."""
 
-    def __init__(self, registry: PostgresVariantRegistry) -> None:
+    def __init__(self, registry: VariantRegistry) -> None:
         self._registry = registry
 
     async def _version(self, name: str, version: int) -> registry_pb2.VariantVersion:

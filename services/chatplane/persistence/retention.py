@@ -16,8 +16,8 @@ from typing import Final, Protocol
 from chatplane.common import errors
 from chatplane.common.timestamps import utc_now
 from chatplane.log.record_erasure import LogRecordEraser
-from chatplane.persistence.store.base import Clock, ConversationStore
-from chatplane.persistence.store.erasure import ExpiredConversation
+from chatplane.persistence.store.base import Clock
+from chatplane.persistence.store.erasure import ExpiredConversation, Retention
 
 _log = logging.getLogger(__name__)
 
@@ -47,14 +47,14 @@ class RetentionSweeper:
 
     def __init__(
         self,
-        store: ConversationStore,
+        retention: Retention,
         memory: ConversationForgetter,
         log: LogRecordEraser,
         *,
         interval: float,
         clock: Clock = utc_now,
     ) -> None:
-        self._store = store
+        self._retention = retention
         self._memory = memory
         self._log = log
         self._interval = interval
@@ -66,14 +66,14 @@ class RetentionSweeper:
         """One pass: first what a pass cut short left pending, then every tenant with a
         retention period."""
         counts = SweepCounts()
-        while pending := await self._store.pending_expiries(BATCH):
+        while pending := await self._retention.pending(BATCH):
             await self._forget(pending, counts)
             if len(pending) < BATCH:
                 break
-        for policy in await self._store.retention_policies():
+        for policy in await self._retention.policies():
             before = self._clock() - timedelta(days=policy.days)
             while True:
-                expired = await self._store.expire_conversations(policy.tenant_id, before, BATCH)
+                expired = await self._retention.expire(policy.tenant_id, before, BATCH)
                 counts.conversations += len(expired)
                 await self._forget(expired, counts)
                 if len(expired) < BATCH:
@@ -99,7 +99,7 @@ class RetentionSweeper:
             )
         ids = [conversation.conversation_id for conversation in expired]
         counts.log_records += (await self._log.erase_conversations(ids)).get("log_records", 0)
-        await self._store.finish_expiries(ids)
+        await self._retention.finish_pending(ids)
 
     def start(self) -> None:
         """Sweeps every interval in the background until `stop`."""

@@ -88,17 +88,17 @@ def servicers(
 ) -> dict[str, Any]:
     """One servicer per service, by service name; `store` is the sealed store
     (docs/security.md)."""
-    quota = QuotaServicer(store)
+    quota = QuotaServicer(store.quota)
     return {
         "TurnService": TurnServicer(store, quota),
         "ConversationService": ConversationServicer(store),
-        "IdentityService": IdentityServicer(store),
-        "AuditService": AuditServicer(store),
+        "IdentityService": IdentityServicer(store.api_keys),
+        "AuditService": AuditServicer(store.audit),
         "QuotaService": quota,
-        "HandoffService": HandoffServicer(store),
+        "HandoffService": HandoffServicer(store.handoffs),
         "AnalyticsService": AnalyticsServicer(store, settings),
         "PrivacyService": PrivacyServicer(store, erasure),
-        "VariantRegistryService": VariantRegistryServicer(store),
+        "VariantRegistryService": VariantRegistryServicer(store.registry),
         "DataKeyService": DataKeyServicer(keys, keyring),
     }
 
@@ -126,7 +126,7 @@ async def run(settings: Settings) -> None:
     by_service = servicers(store, settings, data_keys, keyring, erasure.jobs)
     # This process's audit.record(...) appends straight to the store (docs/security.md).
     recorder = AuditRecorder(
-        StoreAuditSink(store),
+        StoreAuditSink(store.audit),
         max_batch=settings.audit_batch_max_records,
         flush_seconds=settings.audit_flush_seconds,
         max_pending=max(settings.audit_max_pending, settings.audit_batch_max_records),

@@ -65,7 +65,7 @@ class UserRecords:
         after: MessageCursor | None = None
         while True:
             try:
-                page = await self._store.get_conversation_tree(
+                page = await self._store.trees.page(
                     owner, conversation_id, view=ConversationView.TREE, limit=limit, after=after
                 )
             except errors.NotFound:  # deleted while the export ran: it is not the user's now

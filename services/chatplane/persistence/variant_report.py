@@ -75,7 +75,7 @@ async def report_variants(
         raise errors.InvalidArgument("alpha", "must be greater than 0 and less than 0.5")
     if len(request.control) > _MAX_TENANT_CHARS:
         raise errors.InvalidArgument("control", f"must be at most {_MAX_TENANT_CHARS} characters")
-    stats = await store.report_variants(request.tenant_id or None, since)
+    stats = await store.analytics.report_variants(request.tenant_id or None, since)
     if request.control and stats and request.control not in {s.variant for s in stats}:
         raise errors.InvalidArgument("control", "no answers of this variant in the report")
     comparison = compare(stats, control=request.control, alpha=alpha)

@@ -9,7 +9,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
-from chatplane.persistence.store.base import VariantStats
+from chatplane.persistence.store.answer_metrics import VariantStats
 
 # scipy.stats takes 1.5-2 s to import: each function imports it, so it is loaded by the
 # first report rather than at every start of Persistence.

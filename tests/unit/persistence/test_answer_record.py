@@ -147,7 +147,7 @@ async def test_migration_files_answers_stored_before_it_under_default(
             )
     store = await PostgresConversationStore.open(postgres_database, pool_max_size=2)
     try:
-        [stats] = await store.report_variants()
+        [stats] = await store.analytics.report_variants()
     finally:
         await store.close()
     assert (stats.variant, stats.answers, stats.mean_output_tokens) == ("default", 1, 4.0)

@@ -295,34 +295,6 @@ class ConversationTreePage:
     next_cursor: MessageCursor | BranchCursor | None
 
 
-@dataclass(frozen=True, slots=True)
-class VariantStats:
-    """What the answers of one variant got. Means are None when nothing was there to
-    average; latencies and tokens are averaged over complete answers only (an interrupted
-    answer measures where it was cut, not the variant)."""
-
-    variant: str
-    answers: int
-    interrupted_answers: int
-    feedback_count: int
-    scored_count: int
-    mean_score: float | None
-    thumbs_up_count: int
-    mean_first_token_ms: float | None
-    mean_duration_ms: float | None
-    mean_input_tokens: float | None
-    mean_output_tokens: float | None
-    # Sum and sum of squares of the scores (issue 8: the variance of the mean rating's
-    # interval and of the comparison between variants; docs/variants.md).
-    score_sum: int = 0
-    score_square_sum: int = 0
-
-    @property
-    def thumbs_up_rate(self) -> float | None:
-        """Thumbs up among the answers with feedback."""
-        return self.thumbs_up_count / self.feedback_count if self.feedback_count else None
-
-
 class MessagesRejected(Exception):
     """`write_messages` refused the batch because some messages may never be stored (their
     conversation or message id belongs to someone else). Nothing was written; `reasons` maps
