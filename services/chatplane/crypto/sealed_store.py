@@ -31,6 +31,7 @@ from chatplane.persistence.store.base import (
     ConversationTreePage,
     Feedback,
     Message,
+    MessageFacts,
     Owner,
     PlacedMessage,
     Turn,
@@ -40,7 +41,6 @@ from chatplane.persistence.store.base import (
 )
 from chatplane.persistence.store.handoff import HandoffChange, HandoffPage, Handoffs, HandoffState
 from chatplane.persistence.store.tree_store import ConversationTrees, TreeSkeleton
-from chatplane.persistence.store.user_export import MessageFacts
 
 PASS_THROUGH: Final = frozenset(
     {

@@ -12,7 +12,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TypeVar
+from typing import TypedDict, TypeVar
 
 from google.protobuf.message import DecodeError
 from opentelemetry import trace
@@ -25,8 +25,8 @@ from chatplane.common.topics import MESSAGE_SCHEMA_VERSION, MESSAGES_DLQ_TOPIC
 from chatplane.internal.v1 import events_pb2
 from chatplane.log import ConsumedRecord, LogRecord, MessageLogConsumer, MessageLogProducer
 from chatplane.persistence import metrics
-from chatplane.persistence.answer_record import answer_measures
 from chatplane.persistence.store.answer_deltas import valid_delta_ends
+from chatplane.persistence.store.answer_metrics import DEFAULT_VARIANT
 from chatplane.persistence.store.base import (
     ConversationStore,
     FinishReason,
@@ -63,6 +63,39 @@ _FINISH_REASONS = {
     resources_pb2.FINISH_REASON_INTERRUPTED: FinishReason.INTERRUPTED,
     resources_pb2.FINISH_REASON_ERROR: FinishReason.ERROR,
 }
+
+
+# The A/B variant fields of a record in their stored form (docs/variants.md): an assistant
+# message without a variant is "default"; a latency that is absent or negative (a broken
+# record) is stored as unmeasured rather than losing the message. Longer variant identifiers
+# are cut: NAME@VERSION fits easily.
+_MAX_VARIANT_CHARS = 200
+
+
+class AnswerMeasures(TypedDict):
+    """Keyword arguments of the stored Message."""
+
+    variant: str
+    first_token_ms: int | None
+    duration_ms: int | None
+
+
+def _millis(recorded: events_pb2.MessageRecorded, field: str) -> int | None:
+    if not recorded.HasField(field):  # type: ignore[arg-type]
+        return None
+    value: int = getattr(recorded, field)
+    return value if value >= 0 else None
+
+
+def answer_measures(recorded: events_pb2.MessageRecorded) -> AnswerMeasures:
+    """The variant and latencies of an assistant message's record (nothing for a user's)."""
+    if recorded.message.role != resources_pb2.ROLE_ASSISTANT:
+        return AnswerMeasures(variant="", first_token_ms=None, duration_ms=None)
+    return AnswerMeasures(
+        variant=recorded.variant[:_MAX_VARIANT_CHARS] or DEFAULT_VARIANT,
+        first_token_ms=_millis(recorded, "first_token_ms"),
+        duration_ms=_millis(recorded, "duration_ms"),
+    )
 
 
 class InvalidRecord(Exception):

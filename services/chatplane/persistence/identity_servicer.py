@@ -4,17 +4,22 @@ authentication, listed, rotated and revoked. Request shapes are checked here, th
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
 from datetime import timedelta
 
 from chatplane.common import errors
-from chatplane.common.ids import is_valid_id
 from chatplane.common.roles import parse_roles
-from chatplane.common.timestamps import from_micros, timestamp_of, to_micros
+from chatplane.common.timestamps import timestamp_of, to_micros
 from chatplane.internal.v1 import audit_pb2, identity_pb2, identity_pb2_grpc
-from chatplane.persistence.protos import Context, owner, page_size, require
+from chatplane.persistence.protos import (
+    Context,
+    decode_token,
+    encode_token,
+    owner,
+    page_size,
+    require,
+    token_id,
+    token_time,
+)
 from chatplane.persistence.store.base import ApiKey
 from chatplane.persistence.store.key_records import (
     MAX_ROTATION_OVERLAP,
@@ -76,12 +81,12 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
             tenant_id,
             request.user_id,
             limit=limit,
-            after=decode_key_token(request.page_token),
+            after=_key_cursor(request.page_token),
             include_revoked=request.include_revoked,
         )
         return identity_pb2.ListApiKeysResponse(
             keys=[api_key_info(key) for key in page.keys],
-            next_page_token=encode_key_token(page.next_cursor),
+            next_page_token=_key_token(page.next_cursor),
         )
 
     async def RotateApiKey(
@@ -144,39 +149,14 @@ def api_key_info(key: ApiKey) -> admin_resources_pb2.ApiKeyInfo:
     return info
 
 
-# Page tokens of key lists: base64url of {"k": "key", "t": create time (µs), "id": key id}.
-
-
-def encode_key_token(cursor: ApiKeyCursor | None) -> str:
-    """The page token of a cursor ("" for none)."""
+def _key_token(cursor: ApiKeyCursor | None) -> str:
     if cursor is None:
         return ""
-    text = json.dumps(
-        {"k": "key", "t": to_micros(cursor.create_time), "id": cursor.key_id},
-        separators=(",", ":"),
-        sort_keys=True,
-    )
-    return base64.urlsafe_b64encode(text.encode()).rstrip(b"=").decode("ascii")
+    return encode_token({"k": "key", "t": to_micros(cursor.create_time), "id": cursor.key_id})
 
 
-def decode_key_token(token: str) -> ApiKeyCursor | None:
-    """The cursor of a page token, or InvalidArgument on `page_token`."""
+def _key_cursor(token: str) -> ApiKeyCursor | None:
     if not token:
         return None
-    invalid = errors.InvalidArgument("page_token", "not a page token of this list")
-    try:
-        raw = base64.b64decode(token + "=" * (-len(token) % 4), altchars=b"-_", validate=True)
-        fields = json.loads(raw)
-    except (binascii.Error, ValueError) as error:
-        raise invalid from error
-    if not isinstance(fields, dict) or fields.get("k") != "key":
-        raise invalid
-    micros, key_id = fields.get("t"), fields.get("id")
-    if type(micros) is not int or micros < 0 or not isinstance(key_id, str):
-        raise invalid
-    if not is_valid_id(key_id):
-        raise invalid
-    try:
-        return ApiKeyCursor(from_micros(micros), key_id)
-    except OverflowError as error:
-        raise invalid from error
+    fields = decode_token(token, "page_token", "key")
+    return ApiKeyCursor(token_time(fields, "t", "page_token"), token_id(fields, "id", "page_token"))

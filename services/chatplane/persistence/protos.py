@@ -34,7 +34,7 @@ CONVERSATIONS_PAGE = (20, 100)
 MESSAGES_PAGE = (100, 500)
 MAX_KEY_CHARS = 256
 
-_ROLES = {Role.USER: resources_pb2.ROLE_USER, Role.ASSISTANT: resources_pb2.ROLE_ASSISTANT}
+ROLES = {Role.USER: resources_pb2.ROLE_USER, Role.ASSISTANT: resources_pb2.ROLE_ASSISTANT}
 _STATUSES = {
     MessageStatus.COMPLETE: resources_pb2.MESSAGE_STATUS_COMPLETE,
     MessageStatus.INTERRUPTED: resources_pb2.MESSAGE_STATUS_INTERRUPTED,
@@ -57,6 +57,14 @@ def require_id(value: str, field: str) -> None:
     require(value, field)
     if not is_valid_id(value):
         raise errors.InvalidArgument(field, "must be a UUID in canonical form")
+
+
+def tenant(value: str) -> str:
+    """A tenant id a call names: required, at most MAX_KEY_CHARS."""
+    require(value, "tenant_id")
+    if len(value) > MAX_KEY_CHARS:
+        raise errors.InvalidArgument("tenant_id", f"must be at most {MAX_KEY_CHARS} characters")
+    return value
 
 
 def owner(proto: admin_resources_pb2.Owner) -> Owner:
@@ -92,7 +100,7 @@ def message_proto(message: Message) -> resources_pb2.Message:
     proto = resources_pb2.Message(
         message_id=message.message_id,
         conversation_id=message.conversation_id,
-        role=_ROLES[message.role],
+        role=ROLES[message.role],
         text=message.text,
         status=_STATUSES[message.status],
         model=message.model,

@@ -10,10 +10,9 @@ from google.protobuf import timestamp_pb2
 from chatplane.common import errors
 from chatplane.common.ids import is_valid_id
 from chatplane.internal.v1 import quota_pb2, quota_pb2_grpc
-from chatplane.persistence.protos import Context
+from chatplane.persistence.protos import Context, tenant
 from chatplane.persistence.store.quota import TokenQuota, TokenQuotas
 
-_MAX_TENANT_CHARS = 256
 # A reservation outlives any turn (turn_timeout_seconds) but not a day.
 MAX_RESERVATION_LEASE = timedelta(hours=6)
 DEFAULT_RESERVATION_LEASE = timedelta(minutes=10)
@@ -32,14 +31,6 @@ def quota_proto(quota: TokenQuota) -> quota_pb2.TokenQuota:
         reserved_tokens=quota.reserved_tokens,
         reset_time=reset,
     )
-
-
-def _tenant(value: str) -> str:
-    if not value:
-        raise errors.InvalidArgument("tenant_id", "required")
-    if len(value) > _MAX_TENANT_CHARS:
-        raise errors.InvalidArgument("tenant_id", f"must be at most {_MAX_TENANT_CHARS} characters")
-    return value
 
 
 def _tokens(value: int, field: str) -> int:
@@ -63,7 +54,7 @@ class QuotaServicer(quota_pb2_grpc.QuotaServiceServicer):
     async def ReserveQuota(
         self, request: quota_pb2.ReserveQuotaRequest, context: Context
     ) -> quota_pb2.ReserveQuotaResponse:
-        tenant = _tenant(request.tenant_id)
+        tenant_id = tenant(request.tenant_id)
         lease = DEFAULT_RESERVATION_LEASE
         if request.lease_ms:
             # Checked as an integer first: timedelta overflows on extreme values.
@@ -72,7 +63,7 @@ class QuotaServicer(quota_pb2_grpc.QuotaServiceServicer):
                 raise errors.InvalidArgument("lease_ms", f"must be between 1 and {max_ms}")
             lease = timedelta(milliseconds=request.lease_ms)
         reservation = await self._ledger.reserve(
-            tenant,
+            tenant_id,
             _reservation_id(request.reservation_id),
             _tokens(request.tokens, "tokens"),
             lease,
@@ -90,7 +81,7 @@ class QuotaServicer(quota_pb2_grpc.QuotaServiceServicer):
             request.output_tokens, "output_tokens"
         )
         quota = await self._ledger.settle(
-            _tenant(request.tenant_id), _reservation_id(request.reservation_id), used
+            tenant(request.tenant_id), _reservation_id(request.reservation_id), used
         )
         return quota_pb2.SettleQuotaResponse(quota=quota_proto(quota))
 
@@ -98,12 +89,12 @@ class QuotaServicer(quota_pb2_grpc.QuotaServiceServicer):
         self, request: quota_pb2.SetQuotaRequest, context: Context
     ) -> quota_pb2.SetQuotaResponse:
         quota = await self._ledger.set_limit(
-            _tenant(request.tenant_id), _tokens(request.tokens_per_day, "tokens_per_day")
+            tenant(request.tenant_id), _tokens(request.tokens_per_day, "tokens_per_day")
         )
         return quota_pb2.SetQuotaResponse(quota=quota_proto(quota))
 
     async def GetQuota(
         self, request: quota_pb2.GetQuotaRequest, context: Context
     ) -> quota_pb2.GetQuotaResponse:
-        quota = await self._ledger.get(_tenant(request.tenant_id))
+        quota = await self._ledger.get(tenant(request.tenant_id))
         return quota_pb2.GetQuotaResponse(quota=quota_proto(quota))

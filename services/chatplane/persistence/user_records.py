@@ -18,10 +18,10 @@ from chatplane.persistence.store.base import (
     ConversationStore,
     ConversationView,
     MessageCursor,
+    MessageFacts,
     Owner,
     Rating,
 )
-from chatplane.persistence.store.user_export import MessageFacts
 from chatplane.persistence.tree_messages import placed_message
 from chatplane.v1 import gateway_pb2
 

@@ -22,7 +22,7 @@ from chatplane.crypto.sealed_store import (
     WITHHELD,
     SealedConversationStore,
 )
-from chatplane.persistence.store import base, handoff, user_export
+from chatplane.persistence.store import base, handoff
 from chatplane.persistence.store.postgres import PostgresConversationStore
 from chatplane.persistence.store.tree_store import ConversationTrees
 
@@ -44,7 +44,7 @@ PERSONAL_TEXT_TYPES: frozenset[type] = frozenset(
         base.BranchMessage,
         base.PlacedMessage,
         base.ConversationTreePage,
-        user_export.MessageFacts,
+        base.MessageFacts,
         handoff.HandoffState,
         handoff.HandoffPage,
         handoff.HandoffChange,
@@ -190,7 +190,7 @@ def test_the_type_checks_recognise_personal_text() -> None:
     # The checks above must be able to fail: these are the shapes they look for.
     assert _carries_text(base.Message)
     assert _carries_text(dict[str, base.Message])
-    assert _carries_text(list[user_export.MessageFacts] | None)
+    assert _carries_text(list[base.MessageFacts] | None)
     assert _carries_text("list[Message]")  # an annotation that does not resolve
     assert _carries_text(typing.get_type_hints(ConversationTrees.skeleton)["return"])
     assert not _carries_text(base.ApiKey)

@@ -295,6 +295,22 @@ class ConversationTreePage:
     next_cursor: MessageCursor | BranchCursor | None
 
 
+@dataclass(frozen=True, slots=True)
+class MessageFacts:
+    """What a user's export (docs/privacy.md, "Export") shows of one of the user's messages
+    besides the message itself (never its text): for an
+    answer its variant and latencies (`variant` "" for a user message), and the user's
+    feedback on it with when it was given (None: none)."""
+
+    message_id: str
+    conversation_id: str
+    variant: str
+    first_token_ms: int | None
+    duration_ms: int | None
+    feedback: Feedback | None
+    feedback_time: datetime | None
+
+
 class MessagesRejected(Exception):
     """`write_messages` refused the batch because some messages may never be stored (their
     conversation or message id belongs to someone else). Nothing was written; `reasons` maps

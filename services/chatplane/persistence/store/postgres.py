@@ -38,6 +38,7 @@ from chatplane.persistence.store.base import (
     Feedback,
     Message,
     MessageCursor,
+    MessageFacts,
     MessagesRejected,
     Owner,
     Rating,
@@ -75,7 +76,6 @@ from chatplane.persistence.store.records import (
     utc,
 )
 from chatplane.persistence.store.tree_store import ConversationTrees
-from chatplane.persistence.store.user_export import MessageFacts
 from chatplane.persistence.store.variant_registry import VariantRegistry
 
 _log = logging.getLogger(__name__)

@@ -129,8 +129,14 @@ def plan_promotion(
 ) -> ChangeRecord:
     """The change a promotion records, given every earlier change (oldest first)."""
     current = changes[-1].after if changes else Deployment()
-    revision = current.revision + 1
-    target = promotion.variant
+    revision, target = current.revision + 1, promotion.variant
+
+    def promote(
+        stage: Stage, before: str, before_share: float, share: float, after: Deployment
+    ) -> ChangeRecord:
+        record = (stage, before, target, before_share, share, promotion.reason, after)
+        return ChangeRecord(revision, now, promotion.actor, "promote", *record)
+
     if promotion.stage is Stage.CANARY:
         if not current.production:
             raise errors.FailedPrecondition(
@@ -139,17 +145,11 @@ def plan_promotion(
         if target == current.production:
             raise errors.FailedPrecondition(f"{target} is the production version")
         after = Deployment(revision, current.production, target, promotion.share_percent)
-        return ChangeRecord(
-            revision,
-            now,
-            promotion.actor,
-            "promote",
+        return promote(
             Stage.CANARY,
             current.canary,
-            target,
             current.canary_share_percent,
             promotion.share_percent,
-            promotion.reason,
             after,
         )
     if target == current.production:
@@ -159,19 +159,7 @@ def plan_promotion(
         ("", 0.0) if current.canary == target else (current.canary, current.canary_share_percent)
     )
     after = Deployment(revision, target, canary, share)
-    return ChangeRecord(
-        revision,
-        now,
-        promotion.actor,
-        "promote",
-        Stage.PRODUCTION,
-        current.production,
-        target,
-        current.canary_share_percent,
-        share,
-        promotion.reason,
-        after,
-    )
+    return promote(Stage.PRODUCTION, current.production, current.canary_share_percent, share, after)
 
 
 def plan_rollback(
@@ -183,36 +171,14 @@ def plan_rollback(
     revision = current.revision + 1
     if current.canary:
         after = Deployment(revision, current.production, "", 0.0)
-        return ChangeRecord(
-            revision,
-            now,
-            actor,
-            "rollback",
-            Stage.CANARY,
-            current.canary,
-            "",
-            current.canary_share_percent,
-            0.0,
-            reason,
-            after,
-        )
+        record = (Stage.CANARY, current.canary, "", current.canary_share_percent, 0.0)
+        return ChangeRecord(revision, now, actor, "rollback", *record, reason, after)
     stack = _production_stack(changes)
     if len(stack) < 2:
         raise errors.FailedPrecondition("no earlier production version to roll back to")
     after = Deployment(revision, stack[-2], "", 0.0)
-    return ChangeRecord(
-        revision,
-        now,
-        actor,
-        "rollback",
-        Stage.PRODUCTION,
-        current.production,
-        stack[-2],
-        0.0,
-        0.0,
-        reason,
-        after,
-    )
+    record = (Stage.PRODUCTION, current.production, stack[-2], 0.0, 0.0)
+    return ChangeRecord(revision, now, actor, "rollback", *record, reason, after)
 
 
 # pg_advisory_xact_lock key of registry writes ("chatplane registry" in no particular code).
