@@ -42,13 +42,9 @@ from chatplane.persistence.store.base import (
     Role,
     TurnRequest,
 )
+from chatplane.persistence.store.database import LOCK_CLASS_CONVERSATION, lock_key
 from chatplane.persistence.store.factory import open_store
-from chatplane.persistence.store.postgres import (
-    _LOCK_CLASS_CONVERSATION,
-    PostgresConversationStore,
-    WriteMethod,
-    _lock_key,
-)
+from chatplane.persistence.store.postgres import PostgresConversationStore, WriteMethod
 from chatplane.v1 import resources_pb2
 from tests.contract.store_fixtures import (  # noqa: F401 (fixtures are found by name)
     FakeClock,
@@ -930,7 +926,7 @@ async def test_postgres_timeouts_are_unavailable(
         with psycopg.connect(postgres_dsn) as holder:
             holder.execute(
                 "SELECT pg_advisory_xact_lock(%s, %s)",
-                (_LOCK_CLASS_CONVERSATION, _lock_key(conversation_id)),
+                (LOCK_CLASS_CONVERSATION, lock_key(conversation_id)),
             )
             started = time.monotonic()
             with pytest.raises(errors.Unavailable):
@@ -972,7 +968,7 @@ async def test_postgres_cancelled_write_leaves_nothing_behind(
         with psycopg.connect(postgres_dsn) as holder:
             holder.execute(
                 "SELECT pg_advisory_xact_lock(%s, %s)",
-                (_LOCK_CLASS_CONVERSATION, _lock_key(conversation_id)),
+                (LOCK_CLASS_CONVERSATION, lock_key(conversation_id)),
             )
             write = asyncio.create_task(opened.write_messages([message]))
             await _eventually(
