@@ -1,7 +1,7 @@
-"""Contract tests of the system of record: every ConversationStore (SQLite; PostgreSQL with each
-of its batch write paths) must pass them unchanged. Turns and their idempotency, owner scoping,
-keyset paging, deletion, feedback, API keys, idempotent batch writes, the full scan for
-rebuilds, concurrency between stores on one database, and the log consumer on top."""
+"""Contract tests of the system of record, the ConversationStore on PostgreSQL. Turns and their
+idempotency, owner scoping, keyset paging, deletion, feedback, API keys, idempotent batch
+writes, the full scan for rebuilds, concurrency between stores on one database, and the log
+consumer on top."""
 
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ from chatplane.persistence.store.base import (
 )
 from chatplane.persistence.store.database import LOCK_CLASS_CONVERSATION, lock_key
 from chatplane.persistence.store.factory import open_store
-from chatplane.persistence.store.postgres import PostgresConversationStore, WriteMethod
+from chatplane.persistence.store.postgres import PostgresConversationStore
 from chatplane.v1 import resources_pb2
 from tests.contract.store_fixtures import (  # noqa: F401 (fixtures are found by name)
     FakeClock,
@@ -893,7 +893,7 @@ async def test_postgres_unreachable_is_unavailable() -> None:
 
 @pytest.mark.engines
 async def test_postgres_survives_lost_connections(postgres_dsn: str, clock: FakeClock) -> None:
-    target = PostgresTarget(postgres_dsn, WriteMethod.COPY_DIRECT)
+    target = PostgresTarget(postgres_dsn)
     # Every pooled connection is cut server-side (a restart, a failover, an idle timeout):
     # the pool's check on checkout replaces them, so the next calls just work.
     opened = await target.open(clock)
@@ -992,14 +992,13 @@ async def _waiting_on_lock(dsn: str) -> bool:
 
 
 @pytest.mark.engines
-@pytest.mark.parametrize("method", list(WriteMethod), ids=lambda m: m.value)
 async def test_postgres_id_raced_into_another_conversation_is_refused(
-    postgres_dsn: str, clock: FakeClock, make_message: MessageFactory, method: WriteMethod
+    postgres_dsn: str, clock: FakeClock, make_message: MessageFactory
 ) -> None:
     # A writer that holds no lock of ALICE's conversation (a forged record in BOB's) stores
     # the same message id while ALICE's batch is being written: the batch must not store it
     # twice, nor half-write, but refuse it as it would have refused it a moment later.
-    store = await PostgresTarget(postgres_dsn, method).open(clock)
+    store = await PostgresTarget(postgres_dsn).open(clock)
     try:
         bobs = (await store.begin_turn(turn_request(BOB))).conversation_id
         message = make_message(ALICE, new_id())

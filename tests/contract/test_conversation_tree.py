@@ -1,8 +1,8 @@
-"""Contract tests of the conversation tree (docs/conversation-tree.md) on every ConversationStore
-(SQLite; PostgreSQL with each batch write path): parents recorded by BeginTurn, regenerated
-answers and edited messages as siblings, the branch a new answer follows (ancestors only),
-the active branch and the tree views with sibling info, switching branches, paging a branch,
-old messages without parents as a linear chain, and every refusal with its exact error."""
+"""Contract tests of the conversation tree (docs/conversation-tree.md) in the ConversationStore
+on PostgreSQL: parents recorded by BeginTurn, regenerated answers and edited messages as
+siblings, the branch a new answer follows (ancestors only), the active branch and the tree
+views with sibling info, switching branches, paging a branch, old messages without parents as
+a linear chain, and every refusal with its exact error."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Contract tests of key management and the audit chain in the system of record: the store
-(each PostgreSQL write path) lists, rotates and revokes keys per tenant, audits each key
-change in the same transaction, keeps one hash chain under concurrent appends, and the
-chain's verification finds any single edited, removed or swapped record."""
+lists, rotates and revokes keys per tenant, audits each key change in the same transaction,
+keeps one hash chain under concurrent appends, and the chain's verification finds any single
+edited, removed or swapped record."""
 
 from __future__ import annotations
 

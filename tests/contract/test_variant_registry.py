@@ -12,7 +12,6 @@ import pytest
 from chatplane.common import errors
 from chatplane.common.variant_spec import spec_from_data
 from chatplane.persistence.store.base import ConversationStore
-from chatplane.persistence.store.postgres import WriteMethod
 from chatplane.persistence.store.variant_registry import Deployment, Promotion, Stage
 from tests.contract.store_fixtures import (  # noqa: F401 (fixtures are found by name)
     FakeClock,
@@ -25,7 +24,7 @@ from tests.contract.store_fixtures import (  # noqa: F401 (fixtures are found by
 
 @pytest.fixture(name="registry")
 async def registry_fixture(postgres_dsn: str, clock: FakeClock) -> AsyncIterator[ConversationStore]:
-    target = PostgresTarget(postgres_dsn, WriteMethod.COPY_DIRECT)
+    target = PostgresTarget(postgres_dsn)
     store = await target.open(clock)
     yield store
     await store.close()

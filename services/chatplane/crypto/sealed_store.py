@@ -77,16 +77,8 @@ CLEAR_TEXT: Final = frozenset({"registry.promote_variant", "registry.rollback_va
 """Forwarded methods that take text on purpose: an operator's reason for a deployment change,
 with no owner whose key could seal it, is stored in clear (docs/variants.md)."""
 
-WITHHELD: Final = frozenset(
-    {
-        # A classmethod that opens a new store: through the wrapper it would hand out an
-        # unsealed one.
-        "open",
-        # How the store writes batches (COPY or executemany): nothing reads it through the
-        # sealed store.
-        "write_method",
-    }
-)
+# A classmethod that opens a new store: through the wrapper it would hand out an unsealed one.
+WITHHELD: Final = frozenset({"open"})
 """Public names of the store deliberately not reachable through the sealed store."""
 
 

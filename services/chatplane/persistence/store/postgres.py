@@ -1,14 +1,12 @@
 """The system of record: `ConversationStore` on PostgreSQL (psycopg 3, async, with a
 connection pool). Versioned SQL migrations are applied at start under an advisory lock; each
 batch from the message log is one transaction: its ids are looked up under its conversations'
-locks and the new messages are COPYed straight into `messages` (store/message_copy.py); COPY
-into a staging table + ON CONFLICT DO NOTHING and pipelined executemany remain as alternatives
-(docs/postgres.md)."""
+locks and the new messages are COPYed straight into `messages` (store/message_copy.py,
+docs/postgres.md)."""
 
 from __future__ import annotations
 
 import contextlib
-import enum
 import logging
 from collections.abc import Iterable, Sequence
 from datetime import datetime
@@ -39,14 +37,12 @@ from chatplane.persistence.store.base import (
     Message,
     MessageCursor,
     MessageFacts,
-    MessagesRejected,
     Owner,
     Rating,
     Role,
     Turn,
     TurnRequest,
     TurnReservation,
-    derived_title,
     require_history_request,
     require_limit,
 )
@@ -72,7 +68,6 @@ from chatplane.persistence.store.records import (
     admit_batch,
     conversation_from_row,
     message_from_row,
-    message_row,
     utc,
 )
 from chatplane.persistence.store.tree_store import ConversationTrees
@@ -84,38 +79,6 @@ _log = logging.getLogger(__name__)
 _MIGRATION_LOCK_TIMEOUT = "120s"
 # A transaction that lost a race (see _LostRace) is run again this many times in all.
 _RACE_ATTEMPTS = 3
-
-# The columns of MESSAGE_COLUMNS as PostgreSQL types, for the binary COPY of a batch.
-_MESSAGE_TYPES = ("text",) * 8 + ("timestamptz", "text", "text", "int4", "int4") + ("text",) * 3
-_STAGING_TABLE = (
-    "CREATE TEMP TABLE message_batch ("
-    ' ordinal integer NOT NULL, message_id text COLLATE "C", conversation_id text COLLATE "C",'
-    " tenant_id text, user_id text, role text, text text, status text, model text,"
-    " create_time timestamptz, reply_to_message_id text, finish_reason text,"
-    " input_tokens integer, output_tokens integer, client_message_id text,"
-    ' parent_message_id text COLLATE "C", operator_id text'
-    ") ON COMMIT DROP"
-)
-
-
-# Where message ids are stored: their conversation and owner.
-_PLACEMENTS = (
-    "SELECT message_id, conversation_id, tenant_id, user_id FROM messages"
-    " WHERE message_id = ANY(%b::text[])"
-)
-
-
-class WriteMethod(enum.Enum):
-    """How `write_messages` sends a batch's rows (docs/postgres.md has the measurements)."""
-
-    # COPY into a temporary staging table, then one INSERT ... SELECT ... ON CONFLICT.
-    COPY = "copy"
-    # One INSERT ... ON CONFLICT per message, all sent in one pipeline (executemany).
-    EXECUTEMANY = "executemany"
-    # Look the batch's ids up under the conversation locks, then COPY the new messages straight
-    # into `messages` (no staging table, no ON CONFLICT); a concurrent duplicate id is a unique
-    # violation that rolls back and runs the batch again (store/message_copy.py).
-    COPY_DIRECT = "copy-direct"
 
 
 async def migrate(dsn: str, *, connect_timeout: float = 10.0) -> int:
@@ -188,10 +151,8 @@ class PostgresConversationStore(AsyncClosable):
         pool: AsyncConnectionPool[Connection],
         *,
         clock: Clock = utc_now,
-        write_method: WriteMethod = WriteMethod.COPY_DIRECT,
     ) -> None:
         self._db = db = Database(pool, clock)
-        self._write_method = write_method
         self.trees = ConversationTrees(db, self.get_conversation)
         self.handoffs = Handoffs(db)
         self.quota = TokenQuotas(db)
@@ -210,7 +171,6 @@ class PostgresConversationStore(AsyncClosable):
         *,
         pool_max_size: int = 10,
         clock: Clock = utc_now,
-        write_method: WriteMethod = WriteMethod.COPY_DIRECT,
         connect_timeout: float = 10.0,
         acquire_timeout: float = 10.0,
         statement_timeout: float = 30.0,
@@ -260,12 +220,7 @@ class PostgresConversationStore(AsyncClosable):
         except UNAVAILABLE_ERRORS as error:
             await pool.close()
             raise errors.Unavailable("the conversation store is unavailable") from error
-        return cls(pool, clock=clock, write_method=write_method)
-
-    @property
-    def write_method(self) -> WriteMethod:
-        """How batches are sent to the database."""
-        return self._write_method
+        return cls(pool, clock=clock)
 
     async def begin_turn(self, request: TurnRequest) -> TurnReservation:
         """Reserve the ids of a turn, creating the conversation when none is named.
@@ -652,81 +607,20 @@ class PostgresConversationStore(AsyncClosable):
             return 0
         batch = tuple(messages)
         async with self._db.connection() as connection:
-            for attempt in range(_RACE_ATTEMPTS):
+            for _ in range(_RACE_ATTEMPTS):
                 with contextlib.suppress(_LostRace):
                     async with connection.transaction():
-                        # The first attempt leaves finding re-delivered ids to the unique
-                        # index (ON CONFLICT), instead of looking every id up beforehand.
-                        return await self._write_batch(
-                            connection, batch, placements_first=attempt > 0
-                        )
+                        return await self._write_batch(connection, batch)
         raise errors.Unavailable("the batch is contended; try again")
 
-    async def _write_batch(
-        self, connection: Connection, batch: tuple[Message, ...], *, placements_first: bool
-    ) -> int:
-        """One batch in the caller's transaction: lock its conversations, decide what to
-        insert (records.admit_batch), create new conversations,
-        insert the messages, and count them in their conversations.
-
-        With `placements_first`, where each message id is stored already is looked up before
-        deciding. Without it, the ids are left to the unique index: messages
-        whose insert hit a stored id are looked up afterwards (none, on the common path); a
-        re-delivery is skipped, and an id stored for another conversation or owner raises
-        _LostRace, so the batch is rolled back and decided again with placements first (which
-        then refuses it as it would have first time).
-        """
+    async def _write_batch(self, connection: Connection, batch: tuple[Message, ...]) -> int:
+        """One batch in the caller's transaction: the batch's ids are looked up in the
+        locking round trip (so the decision, records.admit_batch, is right first time), the
+        conversations are created and counted for what will be inserted, then the messages are
+        COPYed straight into `messages`. Under the locks no writer of these conversations can
+        interfere; an id stored meanwhile for another conversation makes the COPY fail on the
+        primary key, which raises _LostRace (run again, which then refuses it)."""
         now = self._db.clock()
-        if self._write_method is WriteMethod.COPY_DIRECT:
-            return await self._write_batch_direct(connection, batch, now)
-        staging = self._write_method is WriteMethod.COPY
-        owners, deleted, _ = await _lock_conversations(
-            connection, {m.conversation_id for m in batch}, staging=staging
-        )
-        placed: dict[str, tuple[str, Owner]] = {}
-        if placements_first:
-            placed = await _placements(connection, {m.message_id for m in batch})
-        try:
-            accepted, created = admit_batch(batch, dict(owners), deleted, dict(placed))
-        except MessagesRejected:
-            if placements_first:
-                raise
-            # Refused for its conversation's owner: name every refused message, including
-            # those whose id is stored for another conversation.
-            placed = await _placements(connection, {m.message_id for m in batch})
-            admit_batch(batch, dict(owners), deleted, placed)
-            raise
-        if not accepted:
-            return 0
-        if staging:
-            await _copy_to_staging(connection, accepted)
-        # One round trip: the new conversations, the messages and (COPY) their counting.
-        async with connection.pipeline():
-            if created:
-                await _create_conversations(connection, accepted, created)
-            if staging:
-                inserted = await _insert_staged(connection, now)
-            else:
-                inserted = await _insert_each(connection, accepted, now)
-        if len(inserted) != len(accepted):
-            skipped = [m for m in accepted if m.message_id not in inserted]
-            found = await _placements(connection, {m.message_id for m in skipped})
-            if any(found.get(m.message_id) != (m.conversation_id, m.owner) for m in skipped):
-                raise _LostRace
-        if not staging:
-            await _count_messages(connection, [m for m in accepted if m.message_id in inserted])
-        await _write_answer_extras(connection, accepted, inserted)
-        return len(inserted)
-
-    async def _write_batch_direct(
-        self, connection: Connection, batch: tuple[Message, ...], now: datetime
-    ) -> int:
-        """`_write_batch` for WriteMethod.COPY_DIRECT: the batch's ids are looked up in the
-        locking round trip (so the decision is right first time), the conversations are
-        created and counted for what will be inserted, then the messages are COPYed straight
-        into `messages`. Under the locks no writer of these conversations can interfere; an
-        id stored meanwhile for another conversation makes the COPY fail on the primary key,
-        which raises _LostRace (run again, which then refuses it)."""
         owners, deleted, placed = await _lock_conversations(
             connection,
             {m.conversation_id for m in batch},
@@ -736,10 +630,8 @@ class PostgresConversationStore(AsyncClosable):
         if not accepted:
             return 0
         await record_conversations(connection, accepted, created)
-        await copy_messages(
-            connection, accepted, now, columns=MESSAGE_COLUMNS, types=_MESSAGE_TYPES
-        )
-        await _write_answer_extras(connection, accepted, {m.message_id for m in accepted})
+        await copy_messages(connection, accepted, now)
+        await _write_answer_extras(connection, accepted)
         return len(accepted)
 
     async def user_message_facts(
@@ -786,28 +678,15 @@ class PostgresConversationStore(AsyncClosable):
         await self._db.close()
 
 
-async def _placements(
-    connection: Connection, message_ids: Iterable[str]
-) -> dict[str, tuple[str, Owner]]:
-    """Where each of these message ids is stored: its conversation and owner."""
-    cursor = await connection.execute(_PLACEMENTS, (list(message_ids),))
-    return {
-        message_id: (conversation_id, Owner(tenant_id, user_id))
-        for message_id, conversation_id, tenant_id, user_id in await cursor.fetchall()
-    }
-
-
 async def _lock_conversations(
     connection: Connection,
     conversation_ids: Iterable[str],
     *,
-    staging: bool = False,
     message_ids: Iterable[str] = (),
 ) -> tuple[dict[str, Owner], set[str], dict[str, tuple[str, Owner]]]:
     """Take the transaction-level advisory locks of these conversations, then read their
-    stored owners and which of them are deleted (tombstones); with `staging`, also create the
-    batch's staging table; with `message_ids`, also look up where those ids are stored (as
-    `_placements`). One round trip (a pipeline).
+    stored owners and which of them are deleted (tombstones); with `message_ids`, also look up
+    where those ids are stored: their conversation and owner. One round trip (a pipeline).
 
     Whoever else writes these conversations (another replica after a rebalance, a delete)
     waits until this transaction ends, so what is read here stays true until then.
@@ -815,8 +694,6 @@ async def _lock_conversations(
     conversation_ids = list(conversation_ids)
     async with connection.pipeline():
         await connection.execute(LOCK_CONVERSATIONS, conversation_locks(conversation_ids))
-        if staging:
-            await connection.execute(_STAGING_TABLE)
         # A statement after the locks: READ COMMITTED reads with a snapshot taken once they
         # are held, so every write that held them before is seen.
         cursor = await connection.execute(
@@ -831,7 +708,11 @@ async def _lock_conversations(
         message_ids = list(message_ids)
         placed_rows: list[tuple[Any, ...]] = []
         if message_ids:
-            placed_cursor = await connection.execute(_PLACEMENTS, (message_ids,))
+            placed_cursor = await connection.execute(
+                "SELECT message_id, conversation_id, tenant_id, user_id FROM messages"
+                " WHERE message_id = ANY(%b::text[])",
+                (message_ids,),
+            )
             placed_rows = await placed_cursor.fetchall()
     owners: dict[str, Owner] = {}
     deleted: set[str] = set()
@@ -847,129 +728,21 @@ async def _lock_conversations(
     return owners, deleted, placed
 
 
-async def _create_conversations(
-    connection: Connection, accepted: Sequence[Message], created: Sequence[str]
-) -> None:
-    """Create the conversations first seen in this batch, titled after their first user
-    message and starting at their oldest message (the counters follow with the messages)."""
-    first: dict[str, list[Message]] = {conversation_id: [] for conversation_id in created}
-    for message in accepted:
-        if message.conversation_id in first:
-            first[message.conversation_id].append(message)
-    rows = []
-    for conversation_id, messages in first.items():
-        title = next((m.text for m in messages if m.role is Role.USER), "")
-        start = min(m.create_time for m in messages)
-        owner = messages[0].owner
-        rows.append((conversation_id, owner.tenant_id, owner.user_id, derived_title(title), start))
-    await connection.execute(
-        f"INSERT INTO conversations ({CONVERSATION_COLUMNS})"
-        " SELECT c.id, c.tenant_id, c.user_id, c.title, c.start, c.start, 0"
-        " FROM unnest(%b::text[], %b::text[], %b::text[], %b::text[], %b::timestamptz[])"
-        " AS c (id, tenant_id, user_id, title, start)",
-        [list(column) for column in zip(*rows, strict=True)],
-    )
-
-
-async def _copy_to_staging(connection: Connection, messages: Sequence[Message]) -> None:
-    """COPY (binary) the messages into the staging table, numbered in batch order."""
-    async with (
-        connection.cursor() as cursor,
-        cursor.copy(
-            f"COPY message_batch (ordinal, {MESSAGE_COLUMNS}) FROM STDIN (FORMAT BINARY)"
-        ) as copy,
-    ):
-        copy.set_types(["int4", *_MESSAGE_TYPES])
-        for ordinal, message in enumerate(messages):
-            await copy.write_row((ordinal, *message_row(message)))
-
-
-async def _insert_staged(connection: Connection, now: datetime) -> set[str]:
-    """Insert the staged messages in batch order (their positions follow it) unless their id
-    is stored already, and count those inserted in their conversations, in one statement;
-    returns the ids of those inserted."""
-    cursor = await connection.execute(
-        "WITH inserted AS ("
-        f" INSERT INTO messages ({MESSAGE_COLUMNS}, store_time)"
-        f" SELECT {MESSAGE_COLUMNS}, %s FROM message_batch ORDER BY ordinal"
-        " ON CONFLICT (message_id) DO NOTHING"
-        " RETURNING message_id, conversation_id, create_time"
-        "), counted AS ("
-        " UPDATE conversations AS c SET message_count = c.message_count + g.added,"
-        " update_time = greatest(c.update_time, g.newest)"
-        " FROM (SELECT conversation_id, count(*) AS added, max(create_time) AS newest"
-        "  FROM inserted GROUP BY conversation_id) AS g"
-        " WHERE c.conversation_id = g.conversation_id"
-        ") SELECT message_id FROM inserted",
-        (now,),
-    )
-    return {row[0] for row in await cursor.fetchall()}
-
-
-async def _insert_each(
-    connection: Connection, messages: Sequence[Message], now: datetime
-) -> set[str]:
-    """One INSERT ... ON CONFLICT per message, pipelined by executemany (one round trip for
-    the batch); returns the ids of those inserted."""
-    placeholders = ", ".join(["%s"] * (len(_MESSAGE_TYPES) + 1))
-    inserted: set[str] = set()
-    async with connection.cursor() as cursor:
-        await cursor.executemany(
-            f"INSERT INTO messages ({MESSAGE_COLUMNS}, store_time) VALUES ({placeholders})"
-            " ON CONFLICT (message_id) DO NOTHING RETURNING message_id",
-            [(*message_row(message), now) for message in messages],
-            returning=True,
-        )
-        while True:
-            inserted.update(row[0] for row in await cursor.fetchall())
-            if not cursor.nextset():
-                break
-    return inserted
-
-
-async def _write_answer_extras(
-    connection: Connection, accepted: Sequence[Message], inserted: set[str]
-) -> None:
+async def _write_answer_extras(connection: Connection, inserted: Sequence[Message]) -> None:
     """What is stored beside the answers just inserted: where their deltas ended (ResumeChat)
-    and their A/B measures (the variant report)."""
-    deltas = answer_deltas.delta_rows(accepted, inserted)
+    and their A/B measures (the variant report, docs/variants.md)."""
+    deltas = answer_deltas.delta_rows(inserted)
     if deltas:
         async with connection.cursor() as cursor:
             await cursor.executemany(answer_deltas.INSERT_POSTGRES, deltas)
-    await _insert_answer_metrics(connection, [m for m in accepted if m.message_id in inserted])
-
-
-async def _insert_answer_metrics(connection: Connection, inserted: Sequence[Message]) -> None:
-    """The A/B variant rows of the inserted assistant messages (docs/variants.md)."""
     rows = answer_metric_rows(inserted)
-    if not rows:
-        return
-    await connection.execute(
-        f"INSERT INTO answer_metrics ({ANSWER_METRICS_COLUMNS}, create_time)"
-        " SELECT * FROM unnest(%b::text[], %b::text[], %b::text[], %b::text[], %b::int4[],"
-        " %b::int4[], %b::int8[], %b::int8[], %b::timestamptz[])",
-        [list(column) for column in zip(*rows, strict=True)],
-    )
-
-
-async def _count_messages(connection: Connection, inserted: Sequence[Message]) -> None:
-    """Add the inserted messages to their conversations' counts and update times."""
-    growth: dict[str, tuple[int, datetime]] = {}
-    for message in inserted:
-        count, newest = growth.get(message.conversation_id, (0, message.create_time))
-        growth[message.conversation_id] = (count + 1, max(newest, message.create_time))
-    await connection.execute(
-        "UPDATE conversations AS c SET message_count = c.message_count + g.added,"
-        " update_time = greatest(c.update_time, g.newest)"
-        " FROM unnest(%b::text[], %b::int8[], %b::timestamptz[])"
-        " AS g (conversation_id, added, newest)"
-        " WHERE c.conversation_id = g.conversation_id",
-        (
-            list(growth),
-            [count for count, _ in growth.values()],
-            [newest for _, newest in growth.values()],
-        ),
-    )
+    if rows:
+        await connection.execute(
+            f"INSERT INTO answer_metrics ({ANSWER_METRICS_COLUMNS}, create_time)"
+            " SELECT * FROM unnest(%b::text[], %b::text[], %b::text[], %b::text[], %b::int4[],"
+            " %b::int4[], %b::int8[], %b::int8[], %b::timestamptz[])",
+            [list(column) for column in zip(*rows, strict=True)],
+        )
 
 
 def _prefixed(alias: str, columns: str) -> str:
