@@ -31,8 +31,9 @@ class AuditRejected(Exception):
 class AuditSink(Protocol):
     """Where batches of events go: the system of record (directly or through Persistence)."""
 
-    async def append(self, events: Sequence[AuditEvent]) -> None:
-        """Appends the events to the chain, in order, all or none."""
+    async def append(self, events: Sequence[AuditEvent]) -> object:
+        """Appends the events to the chain, in order, all or none (what it returns, such as
+        the chain's new head, is not used)."""
 
 
 class AuditRecorder:

@@ -11,16 +11,15 @@ from google.protobuf import timestamp_pb2
 
 from chatplane.common import errors
 from chatplane.common.settings import Settings
-from chatplane.common.timestamps import timestamp_of, to_micros
+from chatplane.common.timestamps import timestamp_of
 from chatplane.internal.v1 import analytics_pb2, analytics_pb2_grpc
 from chatplane.persistence.protos import (
     ROLES,
     Context,
-    decode_token,
-    encode_token,
+    at_most,
     page_size,
-    token_id,
-    token_time,
+    position_cursor,
+    position_token,
 )
 from chatplane.persistence.rated_answer_export import ExportedAnswer, RatedAnswerExport
 from chatplane.persistence.store.answer_metrics import RatedAnswerQuery, VariantStats
@@ -30,7 +29,6 @@ from chatplane.privacy.policy import RedactionPolicy
 from chatplane.v1 import admin_resources_pb2, gateway_pb2
 
 RATED_ANSWERS_PAGE = (100, 500)
-_MAX_TENANT_CHARS = 256
 
 
 def _time(stamp: timestamp_pb2.Timestamp, field: str) -> datetime:
@@ -52,10 +50,7 @@ def rated_answer_query(
         raise errors.InvalidArgument("until", "must be after since")
     if not 1 <= request.min_rating <= 5:
         raise errors.InvalidArgument("min_rating", "must be between 1 and 5")
-    after = None
-    if request.page_token:
-        fields = decode_token(request.page_token, "page_token", "r")
-        after = (token_time(fields, "t", "page_token"), token_id(fields, "id", "page_token"))
+    after = position_cursor(request.page_token, "page_token", "r", lambda *position: position)
     return RatedAnswerQuery(
         tenants=tenants,
         since=since,
@@ -137,14 +132,12 @@ async def report_variants(
     store: ConversationStore, request: analytics_pb2.ReportVariantsRequest
 ) -> analytics_pb2.ReportVariantsResponse:
     """Validates the request and asks the store."""
-    if len(request.tenant_id) > _MAX_TENANT_CHARS:
-        raise errors.InvalidArgument("tenant_id", f"must be at most {_MAX_TENANT_CHARS} characters")
+    at_most(request.tenant_id, "tenant_id")
     since = _time(request.since, "since") if request.HasField("since") else None
     alpha = request.alpha if request.HasField("alpha") else DEFAULT_ALPHA
     if not 0 < alpha < 0.5:
         raise errors.InvalidArgument("alpha", "must be greater than 0 and less than 0.5")
-    if len(request.control) > _MAX_TENANT_CHARS:
-        raise errors.InvalidArgument("control", f"must be at most {_MAX_TENANT_CHARS} characters")
+    at_most(request.control, "control")
     stats = await store.analytics.report_variants(request.tenant_id or None, since)
     if request.control and stats and request.control not in {s.variant for s in stats}:
         raise errors.InvalidArgument("control", "no answers of this variant in the report")
@@ -174,18 +167,12 @@ class AnalyticsServicer(analytics_pb2_grpc.AnalyticsServiceServicer):
     async def ListRatedAnswers(
         self, request: analytics_pb2.ListRatedAnswersRequest, context: Context
     ) -> analytics_pb2.ListRatedAnswersResponse:
-        if len(request.tenant_id) > _MAX_TENANT_CHARS:
-            raise errors.InvalidArgument(
-                "tenant_id", f"must be at most {_MAX_TENANT_CHARS} characters"
-            )
-        query = rated_answer_query(request, self._export.tenants(request.tenant_id))
+        tenants = self._export.tenants(at_most(request.tenant_id, "tenant_id"))
+        query = rated_answer_query(request, tenants)
         page = await self._export.page(query)
-        token = ""
-        if page.next_after is not None:
-            moment, message_id = page.next_after
-            token = encode_token({"k": "r", "t": to_micros(moment), "id": message_id})
         return analytics_pb2.ListRatedAnswersResponse(
-            answers=[rated_answer(a) for a in page.answers], next_page_token=token
+            answers=[rated_answer(a) for a in page.answers],
+            next_page_token=position_token("r", page.next_after),
         )
 
     async def ReportVariants(

@@ -25,14 +25,13 @@ from chatplane.common.topics import MESSAGE_SCHEMA_VERSION, MESSAGES_DLQ_TOPIC
 from chatplane.internal.v1 import events_pb2
 from chatplane.log import ConsumedRecord, LogRecord, MessageLogConsumer, MessageLogProducer
 from chatplane.persistence import metrics
+from chatplane.persistence.protos import FINISH_REASONS, ROLES, STATUSES
 from chatplane.persistence.store.answer_deltas import valid_delta_ends
 from chatplane.persistence.store.answer_metrics import DEFAULT_VARIANT
 from chatplane.persistence.store.base import (
     ConversationStore,
-    FinishReason,
     Message,
     MessagesRejected,
-    MessageStatus,
     Owner,
     Role,
 )
@@ -49,20 +48,12 @@ DEAD_LETTER_SOURCE_HEADER = "x-dlq-source"
 CONSUMER_GROUP = "chatplane-persistence"
 """The Persistence service's consumer group on MESSAGES_TOPIC."""
 
-_ROLES = {resources_pb2.ROLE_USER: Role.USER, resources_pb2.ROLE_ASSISTANT: Role.ASSISTANT}
-# An operator's reply is stored as the conversation's other side, with its author.
+# The stored forms of a record's enums: protos.py's maps reversed. An operator's reply is
+# stored as the conversation's other side, with its author.
+_ROLES = {proto: role for role, proto in ROLES.items()}
 _ROLES[resources_pb2.ROLE_OPERATOR] = Role.ASSISTANT
-_STATUSES = {
-    resources_pb2.MESSAGE_STATUS_COMPLETE: MessageStatus.COMPLETE,
-    resources_pb2.MESSAGE_STATUS_INTERRUPTED: MessageStatus.INTERRUPTED,
-}
-_FINISH_REASONS = {
-    resources_pb2.FINISH_REASON_UNSPECIFIED: FinishReason.UNSPECIFIED,
-    resources_pb2.FINISH_REASON_STOP: FinishReason.STOP,
-    resources_pb2.FINISH_REASON_MAX_TOKENS: FinishReason.MAX_TOKENS,
-    resources_pb2.FINISH_REASON_INTERRUPTED: FinishReason.INTERRUPTED,
-    resources_pb2.FINISH_REASON_ERROR: FinishReason.ERROR,
-}
+_STATUSES = {proto: status for status, proto in STATUSES.items()}
+_FINISH_REASONS = {proto: reason for reason, proto in FINISH_REASONS.items()}
 
 
 # The A/B variant fields of a record in their stored form (docs/variants.md): an assistant

@@ -12,18 +12,19 @@ from chatplane.persistence.protos import (
     CONVERSATIONS_PAGE,
     MESSAGES_PAGE,
     Context,
-    conversation_cursor,
     conversation_proto,
-    conversation_token,
     message_cursor,
     message_proto,
     message_token,
     owner,
     page_size,
+    position_cursor,
+    position_token,
     require,
 )
 from chatplane.persistence.store.base import (
     BranchCursor,
+    ConversationCursor,
     ConversationStore,
     ConversationView,
     Feedback,
@@ -55,12 +56,12 @@ class ConversationServicer(conversation_pb2_grpc.ConversationServiceServicer):
     ) -> conversation_pb2.ListConversationsResponse:
         conversation_owner = owner(request.owner)
         limit = page_size(request.page.page_size, "page.page_size", CONVERSATIONS_PAGE)
-        after = conversation_cursor(request.page.page_token, "page.page_token")
+        after = position_cursor(request.page.page_token, "page.page_token", "c", ConversationCursor)
         page = await self._store.list_conversations(conversation_owner, limit=limit, after=after)
         return conversation_pb2.ListConversationsResponse(
             page=gateway_pb2.ListConversationsResponse(
                 conversations=[conversation_proto(c) for c in page.conversations],
-                next_page_token=conversation_token(page.next_cursor),
+                next_page_token=position_token("c", page.next_cursor),
             )
         )
 

@@ -4,18 +4,18 @@ waiting conversations for operators, and the thumbs-down count the handoff rule 
 from __future__ import annotations
 
 from chatplane.common import errors
-from chatplane.common.timestamps import timestamp_of, to_micros
+from chatplane.common.timestamps import timestamp_of
 from chatplane.internal.v1 import handoff_pb2, handoff_pb2_grpc
 from chatplane.persistence.protos import (
     CONVERSATIONS_PAGE,
     Context,
-    decode_token,
-    encode_token,
+    at_most,
     owner,
+    owner_proto,
     page_size,
+    position_cursor,
+    position_token,
     require,
-    token_id,
-    token_time,
 )
 from chatplane.persistence.store.handoff import (
     HandoffChange,
@@ -25,7 +25,7 @@ from chatplane.persistence.store.handoff import (
     HandoffState,
     HandoffTrigger,
 )
-from chatplane.v1 import admin_resources_pb2, resources_pb2
+from chatplane.v1 import resources_pb2
 
 _MODES = {
     HandoffMode.BOT: resources_pb2.HANDOFF_MODE_BOT,
@@ -62,21 +62,6 @@ def handoff_status(state: HandoffState) -> resources_pb2.HandoffStatus:
     return status
 
 
-def _handoff_token(cursor: HandoffCursor | None) -> str:
-    if cursor is None:
-        return ""
-    return encode_token(
-        {"k": "h", "t": to_micros(cursor.request_time), "id": cursor.conversation_id}
-    )
-
-
-def _handoff_cursor(token: str, field: str) -> HandoffCursor | None:
-    if not token:
-        return None
-    fields = decode_token(token, field, "h")
-    return HandoffCursor(token_time(fields, "t", field), token_id(fields, "id", field))
-
-
 class HandoffServicer(handoff_pb2_grpc.HandoffServiceServicer):
     """HandoffService over the store's handoffs."""
 
@@ -105,10 +90,7 @@ class HandoffServicer(handoff_pb2_grpc.HandoffServiceServicer):
         if trigger is None:
             raise errors.InvalidArgument("trigger", "must be set")
         require(request.actor_id, "actor_id")
-        if len(request.reason) > _MAX_REASON_CHARS:
-            raise errors.InvalidArgument(
-                "reason", f"must be at most {_MAX_REASON_CHARS} characters"
-            )
+        at_most(request.reason, "reason", _MAX_REASON_CHARS)
         change = HandoffChange(mode, trigger, request.actor_id, request.reason, request.rule)
         state = await self._handoffs.change(conversation_owner, request.conversation_id, change)
         return handoff_pb2.ChangeHandoffResponse(handoff=handoff_status(state))
@@ -118,11 +100,11 @@ class HandoffServicer(handoff_pb2_grpc.HandoffServiceServicer):
     ) -> handoff_pb2.ListHandoffsResponse:
         require(request.tenant_id, "tenant_id")
         limit = page_size(request.page_size, "page_size", CONVERSATIONS_PAGE)
-        after = _handoff_cursor(request.page_token, "page_token")
+        after = position_cursor(request.page_token, "page_token", "h", HandoffCursor)
         page = await self._handoffs.waiting(request.tenant_id, limit=limit, after=after)
         return handoff_pb2.ListHandoffsResponse(
             handoffs=[handoff_status(state) for state in page.handoffs],
-            next_page_token=_handoff_token(page.next_cursor),
+            next_page_token=position_token("h", page.next_cursor),
         )
 
     async def GetTenantHandoff(
@@ -132,9 +114,7 @@ class HandoffServicer(handoff_pb2_grpc.HandoffServiceServicer):
         require(request.conversation_id, "conversation_id")
         state = await self._handoffs.of_tenant(request.tenant_id, request.conversation_id)
         return handoff_pb2.GetTenantHandoffResponse(
-            owner=admin_resources_pb2.Owner(
-                tenant_id=state.owner.tenant_id, user_id=state.owner.user_id
-            ),
+            owner=owner_proto(state.owner),
             handoff=handoff_status(state),
         )
 

@@ -8,17 +8,16 @@ from datetime import timedelta
 
 from chatplane.common import errors
 from chatplane.common.roles import parse_roles
-from chatplane.common.timestamps import timestamp_of, to_micros
+from chatplane.common.timestamps import timestamp_of
 from chatplane.internal.v1 import audit_pb2, identity_pb2, identity_pb2_grpc
 from chatplane.persistence.protos import (
     Context,
-    decode_token,
-    encode_token,
     owner,
+    owner_proto,
     page_size,
+    position_cursor,
+    position_token,
     require,
-    token_id,
-    token_time,
 )
 from chatplane.persistence.store.base import ApiKey
 from chatplane.persistence.store.key_records import (
@@ -57,9 +56,7 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
         require(request.key_id, "key_id")
         key = await self._keys.get(request.key_id)
         response = identity_pb2.GetApiKeyResponse(
-            owner=admin_resources_pb2.Owner(
-                tenant_id=key.owner.tenant_id, user_id=key.owner.user_id
-            ),
+            owner=owner_proto(key.owner),
             secret_sha256=key.secret_sha256,
             revoked=key.revoked,
             roles=sorted(key.roles),
@@ -81,12 +78,12 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
             tenant_id,
             request.user_id,
             limit=limit,
-            after=_key_cursor(request.page_token),
+            after=position_cursor(request.page_token, "page_token", "key", ApiKeyCursor),
             include_revoked=request.include_revoked,
         )
         return identity_pb2.ListApiKeysResponse(
             keys=[api_key_info(key) for key in page.keys],
-            next_page_token=_key_token(page.next_cursor),
+            next_page_token=position_token("key", page.next_cursor),
         )
 
     async def RotateApiKey(
@@ -137,7 +134,7 @@ def api_key_info(key: ApiKey) -> admin_resources_pb2.ApiKeyInfo:
     """A key's facts for a response (never its secret's hash)."""
     info = admin_resources_pb2.ApiKeyInfo(
         key_id=key.key_id,
-        owner=admin_resources_pb2.Owner(tenant_id=key.owner.tenant_id, user_id=key.owner.user_id),
+        owner=owner_proto(key.owner),
         label=key.label,
         roles=sorted(key.roles),
         create_time=timestamp_of(key.create_time),
@@ -147,16 +144,3 @@ def api_key_info(key: ApiKey) -> admin_resources_pb2.ApiKeyInfo:
     if key.expire_time is not None:
         info.expire_time.CopyFrom(timestamp_of(key.expire_time))
     return info
-
-
-def _key_token(cursor: ApiKeyCursor | None) -> str:
-    if cursor is None:
-        return ""
-    return encode_token({"k": "key", "t": to_micros(cursor.create_time), "id": cursor.key_id})
-
-
-def _key_cursor(token: str) -> ApiKeyCursor | None:
-    if not token:
-        return None
-    fields = decode_token(token, "page_token", "key")
-    return ApiKeyCursor(token_time(fields, "t", "page_token"), token_id(fields, "id", "page_token"))

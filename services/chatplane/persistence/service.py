@@ -37,7 +37,6 @@ from chatplane.log.factory import open_message_log
 from chatplane.log.observed import LagReporter
 from chatplane.persistence.analytics_servicer import AnalyticsServicer
 from chatplane.persistence.audit_servicer import AuditServicer
-from chatplane.persistence.audit_sink import StoreAuditSink
 from chatplane.persistence.consumer import CONSUMER_GROUP, BatchConsumer
 from chatplane.persistence.conversation_servicer import ConversationServicer
 from chatplane.persistence.erasure_job import ErasureJobs
@@ -124,9 +123,9 @@ async def run(settings: Settings) -> None:
     # Erasure (its first step destroys the user's data key) and retention (docs/privacy.md).
     erasure = ErasureWiring(settings, store, tls, shredder=keyring)
     by_service = servicers(store, settings, data_keys, keyring, erasure.jobs)
-    # This process's audit.record(...) appends straight to the store (docs/security.md).
+    # This process's audit.record(...) appends straight to the store's chain (docs/security.md).
     recorder = AuditRecorder(
-        StoreAuditSink(store.audit),
+        store.audit,
         max_batch=settings.audit_batch_max_records,
         flush_seconds=settings.audit_flush_seconds,
         max_pending=max(settings.audit_max_pending, settings.audit_batch_max_records),
