@@ -12,7 +12,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TypedDict, TypeVar
+from typing import TypeVar
 
 from google.protobuf.message import DecodeError
 from opentelemetry import trace
@@ -63,30 +63,14 @@ _FINISH_REASONS = {proto: reason for reason, proto in FINISH_REASONS.items()}
 _MAX_VARIANT_CHARS = 200
 
 
-class AnswerMeasures(TypedDict):
-    """Keyword arguments of the stored Message."""
-
-    variant: str
-    first_token_ms: int | None
-    duration_ms: int | None
-
-
 def _millis(recorded: events_pb2.MessageRecorded, field: str) -> int | None:
+    """A latency of an assistant message's record (None for a user's)."""
+    if recorded.message.role != resources_pb2.ROLE_ASSISTANT:
+        return None
     if not recorded.HasField(field):  # type: ignore[arg-type]
         return None
     value: int = getattr(recorded, field)
     return value if value >= 0 else None
-
-
-def answer_measures(recorded: events_pb2.MessageRecorded) -> AnswerMeasures:
-    """The variant and latencies of an assistant message's record (nothing for a user's)."""
-    if recorded.message.role != resources_pb2.ROLE_ASSISTANT:
-        return AnswerMeasures(variant="", first_token_ms=None, duration_ms=None)
-    return AnswerMeasures(
-        variant=recorded.variant[:_MAX_VARIANT_CHARS] or DEFAULT_VARIANT,
-        first_token_ms=_millis(recorded, "first_token_ms"),
-        duration_ms=_millis(recorded, "duration_ms"),
-    )
 
 
 class InvalidRecord(Exception):
@@ -151,7 +135,13 @@ def decode_message(record: ConsumedRecord) -> Message:
         client_message_id=message.client_message_id,
         delta_ends=valid_delta_ends(recorded.delta_ends, message.text),
         parent_message_id=parent,
-        **answer_measures(recorded),
+        variant=(
+            recorded.variant[:_MAX_VARIANT_CHARS] or DEFAULT_VARIANT
+            if message.role == resources_pb2.ROLE_ASSISTANT
+            else ""
+        ),
+        first_token_ms=_millis(recorded, "first_token_ms"),
+        duration_ms=_millis(recorded, "duration_ms"),
         operator_id=message.operator_id if is_operator else "",
     )
 

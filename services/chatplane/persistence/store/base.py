@@ -365,6 +365,13 @@ if not TYPE_CHECKING:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
+def require_known_id(value: str, what: str) -> None:
+    """An id that cannot name anything stored (not a canonical UUID) is NotFound, as an
+    unknown one is: "<what> not found"."""
+    if not is_valid_id(value):
+        raise errors.NotFound(f"{what} not found")
+
+
 def require_limit(limit: int) -> None:
     """Page sizes reaching a store are validated by the caller; anything else is a bug."""
     if limit < 1:
@@ -376,8 +383,7 @@ def require_history_request(conversation_id: str, limit: int, after: MessageCurs
     require_limit(limit)
     if after is not None and after.conversation_id != conversation_id:
         raise ValueError("the cursor belongs to another conversation")
-    if not is_valid_id(conversation_id):
-        raise errors.NotFound("conversation not found")
+    require_known_id(conversation_id, "conversation")
 
 
 def derived_title(text: str, max_chars: int = 80) -> str:

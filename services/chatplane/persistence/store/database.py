@@ -55,6 +55,14 @@ def conversation_locks(conversation_ids: Iterable[str]) -> tuple[int, list[int]]
     return LOCK_CLASS_CONVERSATION, sorted({lock_key(c) for c in conversation_ids})
 
 
+async def found_row(cursor: psycopg.AsyncCursor[tuple[Any, ...]], what: str) -> tuple[Any, ...]:
+    """The first row of a lookup's `cursor`; none is NotFound ("<what> not found")."""
+    row = await cursor.fetchone()
+    if row is None:
+        raise errors.NotFound(f"{what} not found")
+    return row
+
+
 class Database:
     """A connection pool and the clock of the store that owns it."""
 

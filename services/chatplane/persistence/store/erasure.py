@@ -26,6 +26,7 @@ from chatplane.persistence.store.database import (
     Connection,
     Database,
     conversation_locks,
+    found_row,
 )
 from chatplane.persistence.store.key_records import AuditActor
 
@@ -149,9 +150,7 @@ async def _load(connection: Connection, job_id: str) -> ErasureJob:
     cursor = await connection.execute(
         f"SELECT {_JOB_COLUMNS} FROM erasure_jobs WHERE job_id = %s", (job_id,)
     )
-    row = await cursor.fetchone()
-    if row is None:
-        raise errors.NotFound("erasure job not found")
+    row = await found_row(cursor, "erasure job")
     steps_cursor = await connection.execute(
         "SELECT step, removed, finish_time FROM erasure_steps WHERE job_id = %s ORDER BY position",
         (job_id,),
@@ -267,9 +266,7 @@ class Erasures:
             cursor = await connection.execute(
                 "SELECT finish_time FROM erasure_jobs WHERE job_id = %s FOR UPDATE", (job_id,)
             )
-            row = await cursor.fetchone()
-            if row is None:
-                raise errors.NotFound("erasure job not found")
+            row = await found_row(cursor, "erasure job")
             if row[0] is None:
                 await connection.execute(
                     "UPDATE erasure_jobs SET finish_time = %s WHERE job_id = %s", (now, job_id)

@@ -11,9 +11,8 @@ from datetime import datetime
 from typing import Any
 
 from chatplane.common import errors
-from chatplane.common.ids import is_valid_id
-from chatplane.persistence.store.base import Owner, Rating, require_limit
-from chatplane.persistence.store.database import Connection, Database
+from chatplane.persistence.store.base import Owner, Rating, require_known_id, require_limit
+from chatplane.persistence.store.database import Connection, Database, found_row
 from chatplane.persistence.store.records import utc
 
 
@@ -152,11 +151,6 @@ async def _owned_state(
     return HandoffState(conversation_id, owner) if row is None else _state(row)
 
 
-def _require_conversation_id(conversation_id: str) -> None:
-    if not is_valid_id(conversation_id):
-        raise errors.NotFound("conversation not found")
-
-
 class Handoffs:
     """The `handoffs` table: conversations' modes, owner-scoped or for a tenant's operators."""
 
@@ -165,7 +159,7 @@ class Handoffs:
 
     async def get(self, owner: Owner, conversation_id: str) -> HandoffState:
         """The handoff state of the owner's conversation (BOT when never handed off)."""
-        _require_conversation_id(conversation_id)
+        require_known_id(conversation_id, "conversation")
         async with self._db.transaction() as connection:
             return await _owned_state(connection, owner, conversation_id, lock=False)
 
@@ -174,7 +168,7 @@ class Handoffs:
     ) -> HandoffState:
         """Apply `change` to the owner's conversation atomically (its row locked); the
         answer's `changed` says whether anything changed (see apply_change)."""
-        _require_conversation_id(conversation_id)
+        require_known_id(conversation_id, "conversation")
         now = self._db.clock()
         async with self._db.transaction() as connection:
             current = await _owned_state(connection, owner, conversation_id, lock=True)
@@ -228,30 +222,25 @@ class Handoffs:
     async def of_tenant(self, tenant_id: str, conversation_id: str) -> HandoffState:
         """A conversation of the tenant that was ever handed off, with its owner (for
         operators); any other is NotFound."""
-        _require_conversation_id(conversation_id)
+        require_known_id(conversation_id, "conversation")
         async with self._db.connection() as connection:
             cursor = await connection.execute(
                 f"SELECT {_COLUMNS} FROM handoffs WHERE conversation_id = %s AND tenant_id = %s",
                 (conversation_id, tenant_id),
             )
-            row = await cursor.fetchone()
-        if row is None:
-            raise errors.NotFound("conversation not found")
+            row = await found_row(cursor, "conversation")
         return _state(row)
 
     async def count_thumbs_down(self, owner: Owner, message_id: str) -> tuple[str, int]:
         """The conversation of the owner's message and its number of thumbs-down ratings."""
-        if not is_valid_id(message_id):
-            raise errors.NotFound("message not found")
+        require_known_id(message_id, "message")
         async with self._db.connection() as connection:
             cursor = await connection.execute(
                 "SELECT conversation_id FROM messages WHERE message_id = %s AND tenant_id = %s"
                 " AND user_id = %s",
                 (message_id, owner.tenant_id, owner.user_id),
             )
-            row = await cursor.fetchone()
-            if row is None:
-                raise errors.NotFound("message not found")
+            row = await found_row(cursor, "message")
             cursor = await connection.execute(
                 "SELECT count(*) FROM feedback f JOIN messages m ON m.message_id = f.message_id"
                 " WHERE m.conversation_id = %s AND f.tenant_id = %s AND f.user_id = %s"

@@ -14,18 +14,18 @@ from typing import Any, Final
 
 from chatplane.audit.chain import AuditEvent, AuditHead, AuditRecord, extend, head_after
 from chatplane.common import errors
-from chatplane.common.ids import is_valid_id
 from chatplane.common.timestamps import from_micros, to_micros
 from chatplane.persistence.store.base import (
     ApiKey,
     IssuedApiKey,
     Owner,
     issue_api_key,
+    require_known_id,
     require_limit,
     roles_column,
     roles_from_column,
 )
-from chatplane.persistence.store.database import Connection, Database
+from chatplane.persistence.store.database import Connection, Database, found_row
 from chatplane.persistence.store.records import utc
 
 MAX_ROTATION_OVERLAP: Final = timedelta(hours=24)
@@ -122,15 +122,12 @@ async def _get_key(connection: Connection, key_id: str, *, lock: bool = False) -
         + (" FOR UPDATE" if lock else ""),
         (key_id,),
     )
-    row = await cursor.fetchone()
-    if row is None:
-        raise errors.NotFound("api key not found")
+    row = await found_row(cursor, "api key")
     return api_key_from_row(row)
 
 
 async def _tenant_key(connection: Connection, tenant_id: str, key_id: str) -> ApiKey:
-    if not is_valid_id(key_id):
-        raise errors.NotFound("api key not found")
+    require_known_id(key_id, "api key")
     key = await _get_key(connection, key_id, lock=True)
     if key.owner.tenant_id != tenant_id:
         raise errors.NotFound("api key not found")
@@ -187,8 +184,7 @@ class ApiKeys:
     async def get(self, key_id: str) -> ApiKey:
         """The stored record of a key, by its public id (the one lookup not scoped to an
         owner: it is how a caller's owner is found)."""
-        if not is_valid_id(key_id):
-            raise errors.NotFound("api key not found")
+        require_known_id(key_id, "api key")
         async with self._db.connection() as connection:
             return await _get_key(connection, key_id)
 

@@ -44,6 +44,7 @@ from chatplane.persistence.store.base import (
     TurnRequest,
     TurnReservation,
     require_history_request,
+    require_known_id,
     require_limit,
 )
 from chatplane.persistence.store.data_keys import DataKeys
@@ -54,6 +55,7 @@ from chatplane.persistence.store.database import (
     Connection,
     Database,
     conversation_locks,
+    found_row,
 )
 from chatplane.persistence.store.erasure import Erasures, Retention
 from chatplane.persistence.store.handoff import Handoffs
@@ -355,8 +357,7 @@ class PostgresConversationStore(AsyncClosable):
         with `assistant_message_id`, the turn of that answer (a user message has one turn per
         regenerated answer)."""
         key = assistant_message_id or user_message_id
-        if not is_valid_id(key):
-            raise errors.NotFound("turn not found")
+        require_known_id(key, "turn")
         by = "assistant_message_id" if assistant_message_id else "user_message_id"
         async with self._db.connection() as connection:
             cursor = await connection.execute(
@@ -387,8 +388,7 @@ class PostgresConversationStore(AsyncClosable):
     async def get_answer(self, owner: Owner, assistant_message_id: str) -> Answer:
         """The owner's turn whose assistant message id this is, with the answer's delta ends
         once stored; NotFound for any other id (a user message's, someone else's)."""
-        if not is_valid_id(assistant_message_id):
-            raise errors.NotFound("message not found")
+        require_known_id(assistant_message_id, "message")
         async with self._db.connection() as connection:
             cursor = await connection.execute(
                 "SELECT t.user_message_id, d.delta_ends FROM turns t"
@@ -396,9 +396,7 @@ class PostgresConversationStore(AsyncClosable):
                 " WHERE t.assistant_message_id = %s AND t.tenant_id = %s AND t.user_id = %s",
                 (assistant_message_id, owner.tenant_id, owner.user_id),
             )
-            row = await cursor.fetchone()
-        if row is None:
-            raise errors.NotFound("message not found")
+            row = await found_row(cursor, "message")
         # The deltas row is written with the message, so it is read again with the turn.
         # By the answer's id: a regenerated answer's turn is keyed by a fresh id.
         turn = await self.get_turn(owner, row[0], assistant_message_id=assistant_message_id)
@@ -421,8 +419,7 @@ class PostgresConversationStore(AsyncClosable):
         """Ends the lease of the owner's turn (found as by `get_turn`) unless its assistant
         message is stored (then False): the next BeginTurn with its key acquires it at once."""
         key = assistant_message_id or user_message_id
-        if not is_valid_id(key):
-            raise errors.NotFound("turn not found")
+        require_known_id(key, "turn")
         by = "assistant_message_id" if assistant_message_id else "user_message_id"
         now = self._db.clock()
         async with self._db.connection() as connection, connection.transaction():
@@ -433,9 +430,7 @@ class PostgresConversationStore(AsyncClosable):
                 " AND t.user_id = %s FOR UPDATE OF t",
                 (key, owner.tenant_id, owner.user_id),
             )
-            row = await cursor.fetchone()
-            if row is None:
-                raise errors.NotFound("turn not found")
+            row = await found_row(cursor, "turn")
             if row[0]:
                 return False
             await connection.execute(
@@ -518,8 +513,7 @@ class PostgresConversationStore(AsyncClosable):
     async def delete_conversation(self, owner: Owner, conversation_id: str) -> datetime:
         """Delete the conversation with its messages, turns and feedback; returns when.
         Messages recorded for it later are dropped by `write_messages`, so it never returns."""
-        if not is_valid_id(conversation_id):
-            raise errors.NotFound("conversation not found")
+        require_known_id(conversation_id, "conversation")
         now = self._db.clock()
         async with self._db.connection() as connection, connection.transaction():
             # The lock batch writers take: a batch checks the tombstone and writes under it.
@@ -541,8 +535,7 @@ class PostgresConversationStore(AsyncClosable):
     async def submit_feedback(self, owner: Owner, feedback: Feedback) -> datetime:
         """Store (or replace) the owner's feedback on one of the owner's assistant messages;
         returns when it was stored. Any other message is NotFound."""
-        if not is_valid_id(feedback.message_id):
-            raise errors.NotFound("assistant message not found")
+        require_known_id(feedback.message_id, "assistant message")
         now = self._db.clock()
         async with self._db.connection() as connection:
             try:

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from chatplane.common import errors
-from chatplane.common.ids import is_valid_id
 from chatplane.persistence.store.base import (
     BranchCursor,
     BranchMessage,
@@ -29,6 +28,7 @@ from chatplane.persistence.store.base import (
     Role,
     TurnRequest,
     TurnReservation,
+    require_known_id,
     require_limit,
 )
 from chatplane.persistence.store.database import Connection, Database
@@ -133,8 +133,7 @@ class ConversationTrees:
             )
         if isinstance(after, MessageCursor):
             raise ValueError("a message cursor does not page a branch")
-        if not is_valid_id(conversation_id):
-            raise errors.NotFound("conversation not found")
+        require_known_id(conversation_id, "conversation")
         skeleton = await self.skeleton(owner, conversation_id)
         tree = skeleton.tree()
         leaf = tree.active_leaf() if after is None else after.leaf_message_id
@@ -156,10 +155,8 @@ class ConversationTrees:
     ) -> Conversation:
         """Make the branch through a stored message of the conversation active: its leaf is
         reached from the message by always taking the newest child. NotFound otherwise."""
-        if not is_valid_id(conversation_id):
-            raise errors.NotFound("conversation not found")
-        if not is_valid_id(message_id):
-            raise errors.NotFound("message not found")
+        require_known_id(conversation_id, "conversation")
+        require_known_id(message_id, "message")
         skeleton = await self.skeleton(owner, conversation_id)
         tree = skeleton.tree()
         if not tree.is_stored(message_id):
@@ -226,8 +223,7 @@ async def target_conversation(connection: Connection, request: TurnRequest, now:
     target = request.regenerate_message_id or request.edit_message_id
     if not target:
         return ""
-    if not is_valid_id(target):
-        raise errors.NotFound("message not found")
+    require_known_id(target, "message")
     owner = request.owner
     cursor = await connection.execute(
         "SELECT conversation_id, tenant_id, user_id FROM messages WHERE message_id = %s",
