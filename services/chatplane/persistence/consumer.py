@@ -65,9 +65,8 @@ _MAX_VARIANT_CHARS = 200
 
 def _millis(recorded: events_pb2.MessageRecorded, field: str) -> int | None:
     """A latency of an assistant message's record (None for a user's)."""
-    if recorded.message.role != resources_pb2.ROLE_ASSISTANT:
-        return None
-    if not recorded.HasField(field):  # type: ignore[arg-type]
+    is_answer = recorded.message.role == resources_pb2.ROLE_ASSISTANT
+    if not is_answer or not recorded.HasField(field):  # type: ignore[arg-type]
         return None
     value: int = getattr(recorded, field)
     return value if value >= 0 else None

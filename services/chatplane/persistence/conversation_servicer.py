@@ -11,6 +11,7 @@ from chatplane.internal.v1 import conversation_pb2, conversation_pb2_grpc
 from chatplane.persistence.protos import (
     CONVERSATIONS_PAGE,
     MESSAGES_PAGE,
+    RATINGS,
     Context,
     conversation_proto,
     message_cursor,
@@ -29,7 +30,6 @@ from chatplane.persistence.store.base import (
     ConversationView,
     Feedback,
     MessageCursor,
-    Rating,
 )
 from chatplane.persistence.tree_messages import (
     branch_cursor,
@@ -39,10 +39,7 @@ from chatplane.persistence.tree_messages import (
 )
 from chatplane.v1 import gateway_pb2
 
-_RATINGS = {
-    gateway_pb2.RATING_THUMBS_UP: Rating.THUMBS_UP,
-    gateway_pb2.RATING_THUMBS_DOWN: Rating.THUMBS_DOWN,
-}
+_RATINGS = {proto: rating for rating, proto in RATINGS.items()}
 
 
 class ConversationServicer(conversation_pb2_grpc.ConversationServiceServicer):

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Collection, Sequence
+from collections.abc import Sequence
 from typing import Final, Protocol
 
 from chatplane.common import errors
@@ -133,9 +133,5 @@ class ErasureJobs:
             )
             return {"turns": turns}
         if name == MESSAGE_LOG:
-            return await self._log.erase_conversations(_ids(job.conversation_ids))
+            return await self._log.erase_conversations(sorted(job.conversation_ids))
         raise errors.FailedPrecondition(f"unknown erasure step {name!r}")
-
-
-def _ids(ids: Collection[str]) -> list[str]:
-    return sorted(ids)

@@ -23,9 +23,10 @@ from chatplane.persistence.store.base import (
     MessageCursor,
     MessageStatus,
     Owner,
+    Rating,
     Role,
 )
-from chatplane.v1 import admin_resources_pb2, resources_pb2
+from chatplane.v1 import admin_resources_pb2, gateway_pb2, resources_pb2
 
 Context = grpc.aio.ServicerContext[Any, Any]
 """The servicer context every Persistence RPC receives."""
@@ -41,6 +42,10 @@ ROLES = {Role.USER: resources_pb2.ROLE_USER, Role.ASSISTANT: resources_pb2.ROLE_
 STATUSES = {
     MessageStatus.COMPLETE: resources_pb2.MESSAGE_STATUS_COMPLETE,
     MessageStatus.INTERRUPTED: resources_pb2.MESSAGE_STATUS_INTERRUPTED,
+}
+RATINGS = {
+    Rating.THUMBS_UP: gateway_pb2.RATING_THUMBS_UP,
+    Rating.THUMBS_DOWN: gateway_pb2.RATING_THUMBS_DOWN,
 }
 FINISH_REASONS = {
     FinishReason.UNSPECIFIED: resources_pb2.FINISH_REASON_UNSPECIFIED,

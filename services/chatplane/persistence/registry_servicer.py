@@ -4,9 +4,6 @@ store's `VariantRegistry`. The Gateway's RegistryService (admins) and every Agen
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
-
 from chatplane.common import errors
 from chatplane.common.timestamps import timestamp_of
 from chatplane.common.variant_spec import VariantSpecError, parse_spec
@@ -69,16 +66,6 @@ def _text(value: str, field: str) -> str:
     return value
 
 
-@contextlib.contextmanager
-def _caller_fields() -> Iterator[None]:
-    """The store names the promotion's own fields; the Gateway's caller sent them at
-    `request.` (what the Gateway passes on as the caller's field)."""
-    try:
-        yield
-    except errors.InvalidArgument as error:
-        raise errors.InvalidArgument(f"request.{error.field}", error.description) from None
-
-
 class VariantRegistryServicer(variant_registry_pb2_grpc.VariantRegistryServiceServicer):
     """VariantRegistryService over the store's registry tables."""
 
@@ -139,16 +126,18 @@ class VariantRegistryServicer(variant_registry_pb2_grpc.VariantRegistryServiceSe
         stage = stages.get(promote.stage)
         if stage is None:
             raise errors.InvalidArgument("request.stage", "promote to canary or production")
-        with _caller_fields():
-            change = await self._registry.promote_variant(
-                Promotion(
-                    variant=promote.variant,
-                    stage=stage,
-                    share_percent=promote.share_percent,
-                    actor=_text(request.actor, "actor"),
-                    reason=_text(promote.reason, "request.reason"),
-                )
-            )
+        promotion = Promotion(
+            variant=promote.variant,
+            stage=stage,
+            share_percent=promote.share_percent,
+            actor=_text(request.actor, "actor"),
+            reason=_text(promote.reason, "request.reason"),
+        )
+        try:
+            change = await self._registry.promote_variant(promotion)
+        except errors.InvalidArgument as error:
+            # The store names the promotion's own fields; the caller sent them at `request.`.
+            raise errors.InvalidArgument(f"request.{error.field}", error.description) from None
         return variant_registry_pb2.PromoteVariantResponse(
             response=registry_pb2.PromoteVariantResponse(change=change_proto(change))
         )

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -79,14 +80,7 @@ class RetentionSweeper:
                 if len(expired) < BATCH:
                     break
         if counts.conversations:
-            _log.info(
-                "retention sweep",
-                extra={
-                    "conversations": counts.conversations,
-                    "memory_turns": counts.memory_turns,
-                    "log_records": counts.log_records,
-                },
-            )
+            _log.info("retention sweep", extra=dataclasses.asdict(counts))
         return counts
 
     async def _forget(self, expired: Sequence[ExpiredConversation], counts: SweepCounts) -> None:

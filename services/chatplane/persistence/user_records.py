@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 from chatplane.common import errors
 from chatplane.common.timestamps import timestamp_of
 from chatplane.internal.v1 import privacy_pb2
-from chatplane.persistence.protos import conversation_proto, message_proto
+from chatplane.persistence.protos import RATINGS, conversation_proto, message_proto
 from chatplane.persistence.store.base import (
     ConversationCursor,
     ConversationStore,
@@ -20,15 +20,8 @@ from chatplane.persistence.store.base import (
     MessageCursor,
     MessageFacts,
     Owner,
-    Rating,
 )
 from chatplane.persistence.tree_messages import placed_message
-from chatplane.v1 import gateway_pb2
-
-_RATINGS = {
-    Rating.THUMBS_UP: gateway_pb2.RATING_THUMBS_UP,
-    Rating.THUMBS_DOWN: gateway_pb2.RATING_THUMBS_DOWN,
-}
 
 Record = privacy_pb2.ExportUserRecordsResponse
 
@@ -106,7 +99,7 @@ def _fact_records(facts: MessageFacts) -> list[Record]:
         feedback = privacy_pb2.ExportedFeedback(
             message_id=facts.message_id,
             conversation_id=facts.conversation_id,
-            rating=_RATINGS[facts.feedback.rating],
+            rating=RATINGS[facts.feedback.rating],
             score=facts.feedback.score or 0,
             comment=facts.feedback.comment,
         )

@@ -15,8 +15,8 @@ from chatplane.persistence.store.answer_metrics import VariantStats
 # first report rather than at every start of Persistence.
 
 DEFAULT_ALPHA = 0.05
-CONTROL_NAME = "control"
 
+# The verdicts; CONTROL is also the name a variant gets picked as control by.
 CONTROL = "control"
 BETTER = "better"
 WORSE = "worse"
@@ -98,8 +98,8 @@ def choose_control(variants: Sequence[VariantStats], requested: str) -> str:
     names = {v.variant for v in variants}
     if requested:
         return requested if requested in names else ""
-    if CONTROL_NAME in names:
-        return CONTROL_NAME
+    if CONTROL in names:
+        return CONTROL
     return min(variants, key=lambda v: (-v.feedback_count, v.variant)).variant if variants else ""
 
 

@@ -144,9 +144,7 @@ class AnswerAnalytics:
             " FROM answer_metrics a LEFT JOIN feedback f ON f.message_id = a.message_id"
             f"{where} GROUP BY a.variant ORDER BY a.variant"
         )
-        async with self._db.connection() as connection:
-            cursor = await connection.execute(query, parameters)
-            rows = await cursor.fetchall()
+        rows = await self._db.fetchall(query, parameters)
         return [
             VariantStats(
                 variant=row[0],
@@ -192,9 +190,7 @@ class AnswerAnalytics:
             f" WHERE {' AND '.join(conditions)}"
             " ORDER BY a.create_time, a.message_id LIMIT %s"
         )
-        async with self._db.connection() as connection:
-            cursor = await connection.execute(sql, [*parameters, query.limit])
-            rows = await cursor.fetchall()
+        rows = await self._db.fetchall(sql, [*parameters, query.limit])
         return [
             RatedAnswerRow(
                 *(row[0], row[1], row[2], row[3], row[4], row[5], bool(row[6])),

@@ -23,12 +23,10 @@ class DataKeys:
 
     async def get_data_key(self, tenant_id: str, user_id: str) -> WrappedDataKey | None:
         """The user's wrapped data key, if any."""
-        async with self._db.connection() as connection:
-            cursor = await connection.execute(
-                f"SELECT {_COLUMNS} FROM user_data_keys WHERE tenant_id = %s AND user_id = %s",
-                (tenant_id, user_id),
-            )
-            row = await cursor.fetchone()
+        row = await self._db.fetchone(
+            f"SELECT {_COLUMNS} FROM user_data_keys WHERE tenant_id = %s AND user_id = %s",
+            (tenant_id, user_id),
+        )
         return None if row is None else _key(row)
 
     async def add_data_key(self, key: WrappedDataKey) -> WrappedDataKey:
@@ -36,22 +34,20 @@ class DataKeys:
         The INSERT's RETURNING, else the row that made it conflict: when that row was committed
         by a concurrent creator after this statement's snapshot, the statement sees neither,
         and a second statement (autocommit: a new snapshot) reads it."""
-        async with self._db.connection() as connection:
-            cursor = await connection.execute(
-                f"WITH added AS (INSERT INTO user_data_keys ({_COLUMNS})"
-                " VALUES (%(t)s, %(u)s, %(k)s, %(e)s, %(w)s)"
-                f" ON CONFLICT (tenant_id, user_id) DO NOTHING RETURNING {_COLUMNS})"
-                f" SELECT {_COLUMNS} FROM added UNION ALL SELECT {_COLUMNS} FROM user_data_keys"
-                " WHERE tenant_id = %(t)s AND user_id = %(u)s LIMIT 1",
-                {
-                    "t": key.tenant_id,
-                    "u": key.user_id,
-                    "k": key.key_id,
-                    "e": key.kek_id,
-                    "w": key.wrapped_key,
-                },
-            )
-            row = await cursor.fetchone()
+        row = await self._db.fetchone(
+            f"WITH added AS (INSERT INTO user_data_keys ({_COLUMNS})"
+            " VALUES (%(t)s, %(u)s, %(k)s, %(e)s, %(w)s)"
+            f" ON CONFLICT (tenant_id, user_id) DO NOTHING RETURNING {_COLUMNS})"
+            f" SELECT {_COLUMNS} FROM added UNION ALL SELECT {_COLUMNS} FROM user_data_keys"
+            " WHERE tenant_id = %(t)s AND user_id = %(u)s LIMIT 1",
+            {
+                "t": key.tenant_id,
+                "u": key.user_id,
+                "k": key.key_id,
+                "e": key.kek_id,
+                "w": key.wrapped_key,
+            },
+        )
         if row is not None:
             return _key(row)
         stored = await self.get_data_key(key.tenant_id, key.user_id)

@@ -12,6 +12,7 @@ from typing import Any
 
 import psycopg
 import psycopg.errors
+from psycopg.abc import Params
 from psycopg_pool import AsyncConnectionPool
 
 from chatplane.common import errors
@@ -89,6 +90,18 @@ class Database:
         """A pooled connection inside one transaction."""
         async with self.connection() as connection, connection.transaction():
             yield connection
+
+    async def fetchone(self, query: str, params: Params | None = None) -> tuple[Any, ...] | None:
+        """The first row of one statement, on a pooled connection."""
+        async with self.connection() as connection:
+            cursor = await connection.execute(query, params)
+            return await cursor.fetchone()
+
+    async def fetchall(self, query: str, params: Params | None = None) -> list[tuple[Any, ...]]:
+        """The rows of one statement, on a pooled connection."""
+        async with self.connection() as connection:
+            cursor = await connection.execute(query, params)
+            return await cursor.fetchall()
 
     async def close(self) -> None:
         """Waits for the connections in use to come back (calls under way finish first)."""

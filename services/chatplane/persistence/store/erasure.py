@@ -332,23 +332,19 @@ class Retention:
 
     async def get(self, tenant_id: str) -> RetentionPolicy:
         """The tenant's retention period (0 days when none is set)."""
-        async with self._db.connection() as connection:
-            cursor = await connection.execute(
-                "SELECT days, update_time FROM retention_policies WHERE tenant_id = %s",
-                (tenant_id,),
-            )
-            row = await cursor.fetchone()
+        row = await self._db.fetchone(
+            "SELECT days, update_time FROM retention_policies WHERE tenant_id = %s",
+            (tenant_id,),
+        )
         if row is None:
             return RetentionPolicy(tenant_id, 0)
         return RetentionPolicy(tenant_id, int(row[0]), row[1].astimezone(UTC))
 
     async def policies(self) -> list[RetentionPolicy]:
         """Every tenant's retention period that is set."""
-        async with self._db.connection() as connection:
-            cursor = await connection.execute(
-                "SELECT tenant_id, days, update_time FROM retention_policies ORDER BY tenant_id"
-            )
-            rows = await cursor.fetchall()
+        rows = await self._db.fetchall(
+            "SELECT tenant_id, days, update_time FROM retention_policies ORDER BY tenant_id"
+        )
         return [RetentionPolicy(str(t), int(d), u.astimezone(UTC)) for t, d, u in rows]
 
     async def expire(
@@ -397,13 +393,11 @@ class Retention:
         """Up to `limit` expired conversations whose memory and log records are still to be
         removed (a sweep cut short), oldest first."""
         require_limit(limit)
-        async with self._db.connection() as connection:
-            cursor = await connection.execute(
-                "SELECT tenant_id, user_id, conversation_id FROM retention_pending"
-                " ORDER BY conversation_id LIMIT %s",
-                (limit,),
-            )
-            rows = await cursor.fetchall()
+        rows = await self._db.fetchall(
+            "SELECT tenant_id, user_id, conversation_id FROM retention_pending"
+            " ORDER BY conversation_id LIMIT %s",
+            (limit,),
+        )
         return [ExpiredConversation(str(t), str(u), str(c)) for t, u, c in rows]
 
     async def finish_pending(self, conversation_ids: Sequence[str]) -> None:

@@ -209,9 +209,7 @@ class Handoffs:
             query += " AND (request_time, conversation_id) > (%s, %s)"
             parameters += [after.request_time, after.conversation_id]
         query += " ORDER BY request_time, conversation_id LIMIT %s"
-        async with self._db.connection() as connection:
-            cursor = await connection.execute(query, (*parameters, limit + 1))
-            rows = await cursor.fetchall()
+        rows = await self._db.fetchall(query, (*parameters, limit + 1))
         states = tuple(_state(row) for row in rows[:limit])
         next_cursor = None
         if len(rows) > limit:

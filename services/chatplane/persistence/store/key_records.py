@@ -212,9 +212,7 @@ class ApiKeys:
             query += " AND (create_time, key_id) < (%s, %s)"
             parameters += [after.create_time, after.key_id]
         query += " ORDER BY create_time DESC, key_id DESC LIMIT %s"
-        async with self._db.connection() as connection:
-            cursor = await connection.execute(query, [*parameters, limit + 1])
-            rows = await cursor.fetchall()
+        rows = await self._db.fetchall(query, [*parameters, limit + 1])
         keys = tuple(api_key_from_row(row) for row in rows[:limit])
         last = keys[-1] if len(rows) > limit else None
         return ApiKeyPage(
@@ -364,9 +362,7 @@ class AuditChain:
 
     async def head(self) -> AuditHead:
         """The chain's stored head."""
-        async with self._db.connection() as connection:
-            cursor = await connection.execute("SELECT seq, hash FROM audit_head WHERE id = 1")
-            row = await cursor.fetchone()
+        row = await self._db.fetchone("SELECT seq, hash FROM audit_head WHERE id = 1")
         if row is None:
             raise errors.FailedPrecondition("the audit log has no head row")
         return AuditHead(int(row[0]), bytes(row[1]))

@@ -359,19 +359,17 @@ class PostgresConversationStore(AsyncClosable):
         key = assistant_message_id or user_message_id
         require_known_id(key, "turn")
         by = "assistant_message_id" if assistant_message_id else "user_message_id"
-        async with self._db.connection() as connection:
-            cursor = await connection.execute(
-                "SELECT t.conversation_id, t.assistant_message_id, t.lease_expire_time,"
-                " coalesce(t.reply_to_message_id, t.user_message_id),"
-                f" {_prefixed('m', MESSAGE_COLUMNS)} FROM turns t"
-                " LEFT JOIN messages m"
-                " ON m.message_id IN (coalesce(t.reply_to_message_id, t.user_message_id),"
-                " t.assistant_message_id)"
-                " AND m.tenant_id = t.tenant_id AND m.user_id = t.user_id"
-                f" WHERE t.{by} = %s AND t.tenant_id = %s AND t.user_id = %s",
-                (key, owner.tenant_id, owner.user_id),
-            )
-            rows = await cursor.fetchall()
+        rows = await self._db.fetchall(
+            "SELECT t.conversation_id, t.assistant_message_id, t.lease_expire_time,"
+            " coalesce(t.reply_to_message_id, t.user_message_id),"
+            f" {_prefixed('m', MESSAGE_COLUMNS)} FROM turns t"
+            " LEFT JOIN messages m"
+            " ON m.message_id IN (coalesce(t.reply_to_message_id, t.user_message_id),"
+            " t.assistant_message_id)"
+            " AND m.tenant_id = t.tenant_id AND m.user_id = t.user_id"
+            f" WHERE t.{by} = %s AND t.tenant_id = %s AND t.user_id = %s",
+            (key, owner.tenant_id, owner.user_id),
+        )
         if not rows:
             raise errors.NotFound("turn not found")
         conversation_id, assistant_message_id, expire, user_message_id = rows[0][:4]
@@ -401,17 +399,12 @@ class PostgresConversationStore(AsyncClosable):
         # By the answer's id: a regenerated answer's turn is keyed by a fresh id.
         turn = await self.get_turn(owner, row[0], assistant_message_id=assistant_message_id)
         if turn.assistant_message is not None and row[1] is None:
-            return Answer(turn, await self._delta_ends(assistant_message_id))
-        return Answer(turn, answer_deltas.decode(row[1]))
-
-    async def _delta_ends(self, assistant_message_id: str) -> tuple[int, ...]:
-        async with self._db.connection() as connection:
-            cursor = await connection.execute(
+            stored = await self._db.fetchone(
                 "SELECT delta_ends FROM answer_deltas WHERE message_id = %s",
                 (assistant_message_id,),
             )
-            row = await cursor.fetchone()
-        return answer_deltas.decode(row[0] if row else None)
+            return Answer(turn, answer_deltas.decode(stored[0] if stored else None))
+        return Answer(turn, answer_deltas.decode(row[1]))
 
     async def release_turn(
         self, owner: Owner, user_message_id: str, *, assistant_message_id: str = ""
@@ -455,9 +448,7 @@ class PostgresConversationStore(AsyncClosable):
             query += " AND (update_time, conversation_id) < (%s, %s)"
             parameters += [after.update_time, after.conversation_id]
         query += " ORDER BY update_time DESC, conversation_id DESC LIMIT %s"
-        async with self._db.connection() as connection:
-            cursor = await connection.execute(query, [*parameters, limit + 1])
-            rows = await cursor.fetchall()
+        rows = await self._db.fetchall(query, [*parameters, limit + 1])
         conversations = tuple(conversation_from_row(row) for row in rows[:limit])
         next_cursor = None
         if len(rows) > limit:
@@ -494,9 +485,7 @@ class PostgresConversationStore(AsyncClosable):
             " ORDER BY p.create_time, p.position"
         )
         parameters += [limit + 1, conversation_id, owner.tenant_id, owner.user_id]
-        async with self._db.connection() as connection:
-            cursor = await connection.execute(query, parameters)
-            rows = await cursor.fetchall()
+        rows = await self._db.fetchall(query, parameters)
         if not rows:
             raise errors.NotFound("conversation not found")
         columns = len(CONVERSATION_COLUMNS.split(","))
@@ -583,9 +572,7 @@ class PostgresConversationStore(AsyncClosable):
             query += " WHERE message_id > %s"
             parameters.append(after)
         query += " ORDER BY message_id LIMIT %s"
-        async with self._db.connection() as connection:
-            cursor = await connection.execute(query, [*parameters, limit])
-            rows = await cursor.fetchall()
+        rows = await self._db.fetchall(query, [*parameters, limit])
         return [message_from_row(row) for row in rows]
 
     async def write_messages(self, messages: Sequence[Message]) -> int:
@@ -634,20 +621,18 @@ class PostgresConversationStore(AsyncClosable):
         feedback, in message id order after the message id `after` (None: from the first),
         with those facts (never the text). Keyset paging over the owner's messages only."""
         require_limit(limit)
-        async with self._db.connection() as connection:
-            cursor = await connection.execute(
-                "SELECT m.message_id, m.conversation_id, a.variant, a.first_token_ms,"
-                " a.duration_ms, f.rating, f.score, f.comment, f.create_time FROM messages m"
-                " LEFT JOIN answer_metrics a ON a.message_id = m.message_id"
-                " LEFT JOIN feedback f ON f.message_id = m.message_id"
-                " AND f.tenant_id = m.tenant_id AND f.user_id = m.user_id"
-                " WHERE m.tenant_id = %s AND m.user_id = %s"
-                + (" AND m.message_id > %s" if after else "")
-                + " AND (a.message_id IS NOT NULL OR f.message_id IS NOT NULL)"
-                " ORDER BY m.message_id LIMIT %s",
-                [owner.tenant_id, owner.user_id, *([after] if after else []), limit],
-            )
-            rows = await cursor.fetchall()
+        rows = await self._db.fetchall(
+            "SELECT m.message_id, m.conversation_id, a.variant, a.first_token_ms,"
+            " a.duration_ms, f.rating, f.score, f.comment, f.create_time FROM messages m"
+            " LEFT JOIN answer_metrics a ON a.message_id = m.message_id"
+            " LEFT JOIN feedback f ON f.message_id = m.message_id"
+            " AND f.tenant_id = m.tenant_id AND f.user_id = m.user_id"
+            " WHERE m.tenant_id = %s AND m.user_id = %s"
+            + (" AND m.message_id > %s" if after else "")
+            + " AND (a.message_id IS NOT NULL OR f.message_id IS NOT NULL)"
+            " ORDER BY m.message_id LIMIT %s",
+            [owner.tenant_id, owner.user_id, *([after] if after else []), limit],
+        )
         facts = []
         for message_id, conversation, variant, first_token, duration, rating, *feedback in rows:
             score, comment, feedback_time = feedback

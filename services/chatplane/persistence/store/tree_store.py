@@ -93,13 +93,11 @@ class ConversationTrees:
 
     async def messages_by_id(self, owner: Owner, message_ids: Sequence[str]) -> dict[str, Message]:
         """The owner's stored messages among these ids."""
-        async with self._db.connection() as connection:
-            cursor = await connection.execute(
-                f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE message_id = ANY(%s::text[])"
-                " AND tenant_id = %s AND user_id = %s",
-                (list(message_ids), owner.tenant_id, owner.user_id),
-            )
-            rows = await cursor.fetchall()
+        rows = await self._db.fetchall(
+            f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE message_id = ANY(%s::text[])"
+            " AND tenant_id = %s AND user_id = %s",
+            (list(message_ids), owner.tenant_id, owner.user_id),
+        )
         return {m.message_id: m for m in map(message_from_row, rows)}
 
     async def page(
