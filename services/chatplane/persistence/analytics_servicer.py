@@ -5,13 +5,13 @@ aggregation with its analysis (variant_significance.py)."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 
 from google.protobuf import timestamp_pb2
 
 from chatplane.common import errors
 from chatplane.common.settings import Settings
-from chatplane.common.timestamps import timestamp_of
+from chatplane.common.timestamps import datetime_of, timestamp_of
 from chatplane.internal.v1 import analytics_pb2, analytics_pb2_grpc
 from chatplane.persistence.protos import (
     ROLES,
@@ -33,7 +33,7 @@ RATED_ANSWERS_PAGE = (100, 500)
 
 def _time(stamp: timestamp_pb2.Timestamp, field: str) -> datetime:
     try:
-        return stamp.ToDatetime(tzinfo=UTC)
+        return datetime_of(stamp)
     except (ValueError, OverflowError) as error:
         raise errors.InvalidArgument(field, "not a valid time") from error
 

@@ -21,6 +21,7 @@ from opentelemetry.trace import Link, SpanKind
 
 from chatplane.common.ids import is_valid_id
 from chatplane.common.telemetry import tracer, tracing_enabled
+from chatplane.common.timestamps import datetime_of
 from chatplane.common.topics import MESSAGE_SCHEMA_VERSION, MESSAGES_DLQ_TOPIC
 from chatplane.internal.v1 import events_pb2
 from chatplane.log import ConsumedRecord, LogRecord, MessageLogConsumer, MessageLogProducer
@@ -151,7 +152,7 @@ def _create_time(message: resources_pb2.Message, log_timestamp_ms: int) -> datet
     if not message.HasField("create_time"):
         return datetime.fromtimestamp(log_timestamp_ms / 1000, UTC)
     try:
-        return message.create_time.ToDatetime(tzinfo=UTC)
+        return datetime_of(message.create_time)
     except (ValueError, OverflowError) as error:
         raise InvalidRecord("invalid message.create_time") from error
 

@@ -4,7 +4,7 @@ waiting conversations for operators, and the thumbs-down count the handoff rule 
 from __future__ import annotations
 
 from chatplane.common import errors
-from chatplane.common.timestamps import timestamp_of
+from chatplane.common.timestamps import optional_timestamp_of
 from chatplane.internal.v1 import handoff_pb2, handoff_pb2_grpc
 from chatplane.persistence.protos import (
     CONVERSATIONS_PAGE,
@@ -44,7 +44,7 @@ _MAX_REASON_CHARS = 1024
 
 def handoff_status(state: HandoffState) -> resources_pb2.HandoffStatus:
     """A handoff state as the contracts carry it."""
-    status = resources_pb2.HandoffStatus(
+    return resources_pb2.HandoffStatus(
         conversation_id=state.conversation_id,
         mode=_MODES[state.mode],
         trigger=(
@@ -54,12 +54,9 @@ def handoff_status(state: HandoffState) -> resources_pb2.HandoffStatus:
         changed=state.changed,
         user_id=state.owner.user_id,
         released_by=state.released_by,
+        request_time=optional_timestamp_of(state.request_time),
+        release_time=optional_timestamp_of(state.release_time),
     )
-    if state.request_time is not None:
-        status.request_time.CopyFrom(timestamp_of(state.request_time))
-    if state.release_time is not None:
-        status.release_time.CopyFrom(timestamp_of(state.release_time))
-    return status
 
 
 class HandoffServicer(handoff_pb2_grpc.HandoffServiceServicer):

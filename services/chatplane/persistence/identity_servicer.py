@@ -8,7 +8,7 @@ from datetime import timedelta
 
 from chatplane.common import errors
 from chatplane.common.roles import parse_roles
-from chatplane.common.timestamps import timestamp_of
+from chatplane.common.timestamps import optional_timestamp_of, timestamp_of
 from chatplane.internal.v1 import audit_pb2, identity_pb2, identity_pb2_grpc
 from chatplane.persistence.protos import (
     Context,
@@ -55,15 +55,14 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
     ) -> identity_pb2.GetApiKeyResponse:
         require(request.key_id, "key_id")
         key = await self._keys.get(request.key_id)
-        response = identity_pb2.GetApiKeyResponse(
+        return identity_pb2.GetApiKeyResponse(
             owner=owner_proto(key.owner),
             secret_sha256=key.secret_sha256,
             revoked=key.revoked,
             roles=sorted(key.roles),
+            # Set for a rotated key: the Gateway checks it on every call.
+            expire_time=optional_timestamp_of(key.expire_time),
         )
-        if key.expire_time is not None:  # a rotated key: the Gateway checks it on every call
-            response.expire_time.CopyFrom(timestamp_of(key.expire_time))
-        return response
 
     async def ListApiKeys(
         self, request: identity_pb2.ListApiKeysRequest, context: Context
@@ -132,7 +131,7 @@ def audit_actor(actor: audit_pb2.AuditActor) -> AuditActor:
 
 def api_key_info(key: ApiKey) -> admin_resources_pb2.ApiKeyInfo:
     """A key's facts for a response (never its secret's hash)."""
-    info = admin_resources_pb2.ApiKeyInfo(
+    return admin_resources_pb2.ApiKeyInfo(
         key_id=key.key_id,
         owner=owner_proto(key.owner),
         label=key.label,
@@ -140,7 +139,5 @@ def api_key_info(key: ApiKey) -> admin_resources_pb2.ApiKeyInfo:
         create_time=timestamp_of(key.create_time),
         revoked=key.revoked,
         replaced_by_key_id=key.replaced_by,
+        expire_time=optional_timestamp_of(key.expire_time),
     )
-    if key.expire_time is not None:
-        info.expire_time.CopyFrom(timestamp_of(key.expire_time))
-    return info

@@ -5,10 +5,9 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from google.protobuf import timestamp_pb2
-
 from chatplane.common import errors
 from chatplane.common.ids import is_valid_id
+from chatplane.common.timestamps import timestamp_of
 from chatplane.internal.v1 import quota_pb2, quota_pb2_grpc
 from chatplane.persistence.protos import Context, tenant
 from chatplane.persistence.store.quota import TokenQuota, TokenQuotas
@@ -22,14 +21,12 @@ MAX_TOKENS = 10**12
 
 def quota_proto(quota: TokenQuota) -> quota_pb2.TokenQuota:
     """The wire form of a tenant's quota and usage."""
-    reset = timestamp_pb2.Timestamp()
-    reset.FromDatetime(quota.reset_time)
     return quota_pb2.TokenQuota(
         tenant_id=quota.tenant_id,
         tokens_per_day=quota.tokens_per_day,
         used_tokens=quota.used_tokens,
         reserved_tokens=quota.reserved_tokens,
-        reset_time=reset,
+        reset_time=timestamp_of(quota.reset_time),
     )
 
 

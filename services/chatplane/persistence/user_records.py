@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 from chatplane.common import errors
-from chatplane.common.timestamps import timestamp_of
+from chatplane.common.timestamps import optional_timestamp_of
 from chatplane.internal.v1 import privacy_pb2
 from chatplane.persistence.protos import RATINGS, conversation_proto, message_proto
 from chatplane.persistence.store.base import (
@@ -102,8 +102,7 @@ def _fact_records(facts: MessageFacts) -> list[Record]:
             rating=RATINGS[facts.feedback.rating],
             score=facts.feedback.score or 0,
             comment=facts.feedback.comment,
+            create_time=optional_timestamp_of(facts.feedback_time),
         )
-        if facts.feedback_time is not None:
-            feedback.create_time.CopyFrom(timestamp_of(facts.feedback_time))
         records.append(Record(feedback=feedback))
     return records

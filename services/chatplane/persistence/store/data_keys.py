@@ -57,18 +57,16 @@ class DataKeys:
 
     async def rewrap_data_key(self, key: WrappedDataKey) -> None:
         """New wrapping of the user's key `key.key_id` (a destroyed or replaced key stays so)."""
-        async with self._db.connection() as connection:
-            await connection.execute(
-                "UPDATE user_data_keys SET kek_id = %s, wrapped_key = %s"
-                " WHERE tenant_id = %s AND user_id = %s AND key_id = %s",
-                (key.kek_id, key.wrapped_key, key.tenant_id, key.user_id, key.key_id),
-            )
+        await self._db.execute(
+            "UPDATE user_data_keys SET kek_id = %s, wrapped_key = %s"
+            " WHERE tenant_id = %s AND user_id = %s AND key_id = %s",
+            (key.kek_id, key.wrapped_key, key.tenant_id, key.user_id, key.key_id),
+        )
 
     async def delete_data_key(self, tenant_id: str, user_id: str) -> bool:
         """Delete the user's wrapped key; whether there was one."""
-        async with self._db.connection() as connection:
-            cursor = await connection.execute(
-                "DELETE FROM user_data_keys WHERE tenant_id = %s AND user_id = %s",
-                (tenant_id, user_id),
-            )
-        return cursor.rowcount > 0
+        deleted = await self._db.execute(
+            "DELETE FROM user_data_keys WHERE tenant_id = %s AND user_id = %s",
+            (tenant_id, user_id),
+        )
+        return deleted > 0

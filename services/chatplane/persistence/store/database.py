@@ -56,9 +56,8 @@ def conversation_locks(conversation_ids: Iterable[str]) -> tuple[int, list[int]]
     return LOCK_CLASS_CONVERSATION, sorted({lock_key(c) for c in conversation_ids})
 
 
-async def found_row(cursor: psycopg.AsyncCursor[tuple[Any, ...]], what: str) -> tuple[Any, ...]:
-    """The first row of a lookup's `cursor`; none is NotFound ("<what> not found")."""
-    row = await cursor.fetchone()
+def found(row: tuple[Any, ...] | None, what: str) -> tuple[Any, ...]:
+    """The row of a lookup; none is NotFound ("<what> not found")."""
     if row is None:
         raise errors.NotFound(f"{what} not found")
     return row
@@ -102,6 +101,11 @@ class Database:
         async with self.connection() as connection:
             cursor = await connection.execute(query, params)
             return await cursor.fetchall()
+
+    async def execute(self, query: str, params: Params | None = None) -> int:
+        """Runs one statement on a pooled connection; how many rows it changed."""
+        async with self.connection() as connection:
+            return (await connection.execute(query, params)).rowcount
 
     async def close(self) -> None:
         """Waits for the connections in use to come back (calls under way finish first)."""

@@ -26,7 +26,7 @@ from chatplane.persistence.store.database import (
     Connection,
     Database,
     conversation_locks,
-    found_row,
+    found,
 )
 from chatplane.persistence.store.key_records import AuditActor
 
@@ -150,7 +150,7 @@ async def _load(connection: Connection, job_id: str) -> ErasureJob:
     cursor = await connection.execute(
         f"SELECT {_JOB_COLUMNS} FROM erasure_jobs WHERE job_id = %s", (job_id,)
     )
-    row = await found_row(cursor, "erasure job")
+    row = found(await cursor.fetchone(), "erasure job")
     steps_cursor = await connection.execute(
         "SELECT step, removed, finish_time FROM erasure_steps WHERE job_id = %s ORDER BY position",
         (job_id,),
@@ -266,7 +266,7 @@ class Erasures:
             cursor = await connection.execute(
                 "SELECT finish_time FROM erasure_jobs WHERE job_id = %s FOR UPDATE", (job_id,)
             )
-            row = await found_row(cursor, "erasure job")
+            row = found(await cursor.fetchone(), "erasure job")
             if row[0] is None:
                 await connection.execute(
                     "UPDATE erasure_jobs SET finish_time = %s WHERE job_id = %s", (now, job_id)
@@ -404,8 +404,7 @@ class Retention:
         """Forgets that these expired conversations are pending (their memory and log
         records are gone)."""
         if conversation_ids:
-            async with self._db.connection() as connection:
-                await connection.execute(
-                    "DELETE FROM retention_pending WHERE conversation_id = ANY(%s)",
-                    (list(conversation_ids),),
-                )
+            await self._db.execute(
+                "DELETE FROM retention_pending WHERE conversation_id = ANY(%s)",
+                (list(conversation_ids),),
+            )

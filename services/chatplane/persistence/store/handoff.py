@@ -12,7 +12,7 @@ from typing import Any
 
 from chatplane.common import errors
 from chatplane.persistence.store.base import Owner, Rating, require_known_id, require_limit
-from chatplane.persistence.store.database import Connection, Database, found_row
+from chatplane.persistence.store.database import Connection, Database, found
 from chatplane.persistence.store.records import utc
 
 
@@ -221,13 +221,11 @@ class Handoffs:
         """A conversation of the tenant that was ever handed off, with its owner (for
         operators); any other is NotFound."""
         require_known_id(conversation_id, "conversation")
-        async with self._db.connection() as connection:
-            cursor = await connection.execute(
-                f"SELECT {_COLUMNS} FROM handoffs WHERE conversation_id = %s AND tenant_id = %s",
-                (conversation_id, tenant_id),
-            )
-            row = await found_row(cursor, "conversation")
-        return _state(row)
+        row = await self._db.fetchone(
+            f"SELECT {_COLUMNS} FROM handoffs WHERE conversation_id = %s AND tenant_id = %s",
+            (conversation_id, tenant_id),
+        )
+        return _state(found(row, "conversation"))
 
     async def count_thumbs_down(self, owner: Owner, message_id: str) -> tuple[str, int]:
         """The conversation of the owner's message and its number of thumbs-down ratings."""
@@ -238,7 +236,7 @@ class Handoffs:
                 " AND user_id = %s",
                 (message_id, owner.tenant_id, owner.user_id),
             )
-            row = await found_row(cursor, "message")
+            row = found(await cursor.fetchone(), "message")
             cursor = await connection.execute(
                 "SELECT count(*) FROM feedback f JOIN messages m ON m.message_id = f.message_id"
                 " WHERE m.conversation_id = %s AND f.tenant_id = %s AND f.user_id = %s"

@@ -25,7 +25,7 @@ from chatplane.persistence.store.base import (
     roles_column,
     roles_from_column,
 )
-from chatplane.persistence.store.database import Connection, Database, found_row
+from chatplane.persistence.store.database import Connection, Database, found
 from chatplane.persistence.store.records import utc
 
 MAX_ROTATION_OVERLAP: Final = timedelta(hours=24)
@@ -122,7 +122,7 @@ async def _get_key(connection: Connection, key_id: str, *, lock: bool = False) -
         + (" FOR UPDATE" if lock else ""),
         (key_id,),
     )
-    row = await found_row(cursor, "api key")
+    row = found(await cursor.fetchone(), "api key")
     return api_key_from_row(row)
 
 
@@ -353,12 +353,11 @@ class AuditChain:
     async def records(self, after_seq: int, limit: int) -> list[AuditRecord]:
         """Up to `limit` records of the chain with seq > `after_seq`, in seq order."""
         require_limit(limit)
-        async with self._db.connection() as connection:
-            cursor = await connection.execute(
-                f"SELECT {AUDIT_COLUMNS} FROM audit_log WHERE seq > %s ORDER BY seq LIMIT %s",
-                (after_seq, limit),
-            )
-            return [audit_record_from_row(row) for row in await cursor.fetchall()]
+        rows = await self._db.fetchall(
+            f"SELECT {AUDIT_COLUMNS} FROM audit_log WHERE seq > %s ORDER BY seq LIMIT %s",
+            (after_seq, limit),
+        )
+        return [audit_record_from_row(row) for row in rows]
 
     async def head(self) -> AuditHead:
         """The chain's stored head."""

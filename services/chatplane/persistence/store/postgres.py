@@ -55,7 +55,7 @@ from chatplane.persistence.store.database import (
     Connection,
     Database,
     conversation_locks,
-    found_row,
+    found,
 )
 from chatplane.persistence.store.erasure import Erasures, Retention
 from chatplane.persistence.store.handoff import Handoffs
@@ -387,24 +387,25 @@ class PostgresConversationStore(AsyncClosable):
         """The owner's turn whose assistant message id this is, with the answer's delta ends
         once stored; NotFound for any other id (a user message's, someone else's)."""
         require_known_id(assistant_message_id, "message")
-        async with self._db.connection() as connection:
-            cursor = await connection.execute(
-                "SELECT t.user_message_id, d.delta_ends FROM turns t"
-                " LEFT JOIN answer_deltas d ON d.message_id = t.assistant_message_id"
-                " WHERE t.assistant_message_id = %s AND t.tenant_id = %s AND t.user_id = %s",
-                (assistant_message_id, owner.tenant_id, owner.user_id),
-            )
-            row = await found_row(cursor, "message")
+        row = await self._db.fetchone(
+            "SELECT t.user_message_id, d.delta_ends FROM turns t"
+            " LEFT JOIN answer_deltas d ON d.message_id = t.assistant_message_id"
+            " WHERE t.assistant_message_id = %s AND t.tenant_id = %s AND t.user_id = %s",
+            (assistant_message_id, owner.tenant_id, owner.user_id),
+        )
+        user_message_id, delta_ends = found(row, "message")
         # The deltas row is written with the message, so it is read again with the turn.
         # By the answer's id: a regenerated answer's turn is keyed by a fresh id.
-        turn = await self.get_turn(owner, row[0], assistant_message_id=assistant_message_id)
-        if turn.assistant_message is not None and row[1] is None:
-            stored = await self._db.fetchone(
+        turn = await self.get_turn(
+            owner, user_message_id, assistant_message_id=assistant_message_id
+        )
+        if turn.assistant_message is not None and delta_ends is None:
+            row = await self._db.fetchone(
                 "SELECT delta_ends FROM answer_deltas WHERE message_id = %s",
                 (assistant_message_id,),
             )
-            return Answer(turn, answer_deltas.decode(stored[0] if stored else None))
-        return Answer(turn, answer_deltas.decode(row[1]))
+            delta_ends = row[0] if row else None
+        return Answer(turn, answer_deltas.decode(delta_ends))
 
     async def release_turn(
         self, owner: Owner, user_message_id: str, *, assistant_message_id: str = ""
@@ -423,7 +424,7 @@ class PostgresConversationStore(AsyncClosable):
                 " AND t.user_id = %s FOR UPDATE OF t",
                 (key, owner.tenant_id, owner.user_id),
             )
-            row = await found_row(cursor, "turn")
+            row = found(await cursor.fetchone(), "turn")
             if row[0]:
                 return False
             await connection.execute(

@@ -160,12 +160,11 @@ class ConversationTrees:
         if not tree.is_stored(message_id):
             raise errors.NotFound("message not found")
         leaf = tree.descend(message_id)
-        async with self._db.connection() as connection:
-            await connection.execute(
-                "UPDATE conversations SET active_message_id = %s"
-                " WHERE conversation_id = %s AND tenant_id = %s AND user_id = %s",
-                (leaf, conversation_id, owner.tenant_id, owner.user_id),
-            )
+        await self._db.execute(
+            "UPDATE conversations SET active_message_id = %s"
+            " WHERE conversation_id = %s AND tenant_id = %s AND user_id = %s",
+            (leaf, conversation_id, owner.tenant_id, owner.user_id),
+        )
         return dataclasses.replace(skeleton.conversation, active_message_id=leaf)
 
 

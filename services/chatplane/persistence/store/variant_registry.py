@@ -290,9 +290,8 @@ class VariantRegistry:
         if name is not None:
             query += " WHERE name = %s"
             parameters = (name,)
-        async with self._db.connection() as connection:
-            cursor = await connection.execute(query + " ORDER BY name, version", parameters)
-            return [_version(row) for row in await cursor.fetchall()]
+        rows = await self._db.fetchall(query + " ORDER BY name, version", parameters)
+        return [_version(row) for row in rows]
 
     async def get_variant(self, name: str, version: int) -> VariantRecord:
         """One version; NotFound when there is none."""
