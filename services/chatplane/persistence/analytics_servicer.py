@@ -84,8 +84,9 @@ def rated_answer(exported: ExportedAnswer) -> admin_resources_pb2.RatedAnswer:
     return answer
 
 
-def variant_report(stats: VariantStats) -> analytics_pb2.VariantReport:
-    """One variant's line of the report; absent means stay unset (nothing to average)."""
+def variant_report(stats: VariantStats, analysis: VariantAnalysis) -> analytics_pb2.VariantReport:
+    """One variant's line of the report with its intervals, p-values and verdict; what is
+    absent stays unset (nothing to average or to test)."""
     report = analytics_pb2.VariantReport(
         variant=stats.variant,
         answers=stats.answers,
@@ -93,38 +94,27 @@ def variant_report(stats: VariantStats) -> analytics_pb2.VariantReport:
         feedback_count=stats.feedback_count,
         scored_count=stats.scored_count,
         thumbs_up_count=stats.thumbs_up_count,
+        verdict=analysis.verdict,
     )
-    means = {
+    rate, score = analysis.thumbs_up_rate, analysis.mean_score
+    optional = {
         "mean_score": stats.mean_score,
         "thumbs_up_rate": stats.thumbs_up_rate,
         "mean_first_token_ms": stats.mean_first_token_ms,
         "mean_duration_ms": stats.mean_duration_ms,
         "mean_input_tokens": stats.mean_input_tokens,
         "mean_output_tokens": stats.mean_output_tokens,
+        "thumbs_up_rate_low": None if rate is None else rate.low,
+        "thumbs_up_rate_high": None if rate is None else rate.high,
+        "mean_score_low": None if score is None else score.low,
+        "mean_score_high": None if score is None else score.high,
+        "score_stddev": analysis.score_stddev,
+        "thumbs_up_p_value": analysis.thumbs_up_p_value,
+        "mean_score_p_value": analysis.mean_score_p_value,
     }
-    for field, value in means.items():
+    for field, value in optional.items():
         if value is not None:
             setattr(report, field, value)
-    return report
-
-
-def with_analysis(
-    report: analytics_pb2.VariantReport, analysis: VariantAnalysis
-) -> analytics_pb2.VariantReport:
-    """The report line with its intervals, p-values and verdict (issue 8)."""
-    if analysis.thumbs_up_rate is not None:
-        report.thumbs_up_rate_low = analysis.thumbs_up_rate.low
-        report.thumbs_up_rate_high = analysis.thumbs_up_rate.high
-    if analysis.mean_score is not None:
-        report.mean_score_low = analysis.mean_score.low
-        report.mean_score_high = analysis.mean_score.high
-    if analysis.score_stddev is not None:
-        report.score_stddev = analysis.score_stddev
-    if analysis.thumbs_up_p_value is not None:
-        report.thumbs_up_p_value = analysis.thumbs_up_p_value
-    if analysis.mean_score_p_value is not None:
-        report.mean_score_p_value = analysis.mean_score_p_value
-    report.verdict = analysis.verdict
     return report
 
 
@@ -143,7 +133,7 @@ async def report_variants(
         raise errors.InvalidArgument("control", "no answers of this variant in the report")
     comparison = compare(stats, control=request.control, alpha=alpha)
     return analytics_pb2.ReportVariantsResponse(
-        variants=[with_analysis(variant_report(s), comparison.variants[s.variant]) for s in stats],
+        variants=[variant_report(s, comparison.variants[s.variant]) for s in stats],
         control=comparison.control,
         alpha=alpha,
         comparisons=comparison.comparisons,

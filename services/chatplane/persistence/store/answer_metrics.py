@@ -42,7 +42,7 @@ class VariantStats:
     mean_duration_ms: float | None
     mean_input_tokens: float | None
     mean_output_tokens: float | None
-    # Sum and sum of squares of the scores (issue 8: the variance of the mean rating's
+    # Sum and sum of squares of the scores (the variance of the mean rating's
     # interval and of the comparison between variants; docs/variants.md).
     score_sum: int = 0
     score_square_sum: int = 0
