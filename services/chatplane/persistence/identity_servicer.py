@@ -68,10 +68,7 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
         self, request: identity_pb2.ListApiKeysRequest, context: Context
     ) -> identity_pb2.ListApiKeysResponse:
         tenant_id = _tenant(request.tenant_id)
-        if len(request.user_id) > _MAX_ID_CHARS or "\x00" in request.user_id:
-            raise errors.InvalidArgument(
-                "user_id", f"must be at most {_MAX_ID_CHARS} characters, without NUL"
-            )
+        _key_field(request.user_id, "user_id")
         limit = page_size(request.page_size, "page_size", KEYS_PAGE)
         page = await self._keys.page(
             tenant_id,
@@ -115,13 +112,16 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
 
 
 def _tenant(tenant_id: str) -> str:
-    if not tenant_id:
-        raise errors.InvalidArgument("tenant_id", "required")
-    if len(tenant_id) > _MAX_ID_CHARS or "\x00" in tenant_id:
+    require(tenant_id, "tenant_id")
+    return _key_field(tenant_id, "tenant_id")
+
+
+def _key_field(value: str, field: str) -> str:
+    if len(value) > _MAX_ID_CHARS or "\x00" in value:
         raise errors.InvalidArgument(
-            "tenant_id", f"must be at most {_MAX_ID_CHARS} characters, without NUL"
+            field, f"must be at most {_MAX_ID_CHARS} characters, without NUL"
         )
-    return tenant_id
+    return value
 
 
 def audit_actor(actor: audit_pb2.AuditActor) -> AuditActor:

@@ -7,6 +7,7 @@ number of replicas append to one chain, one transaction after another.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -287,20 +288,9 @@ def audit_row(record: AuditRecord) -> tuple[Any, ...]:
     """The values of a record for the audit_log columns, in order (times in microseconds)."""
     event = record.event
     assert event.event_time is not None  # extend() sets it
-    return (
-        record.seq,
-        to_micros(event.event_time),
-        event.actor,
-        event.tenant_id,
-        event.action,
-        event.object,
-        event.outcome,
-        event.detail,
-        event.source,
-        event.request_id,
-        record.prev_hash,
-        record.hash,
-    )
+    # The event's fields before its time are the text columns, in their order.
+    *texts, _ = dataclasses.astuple(event)
+    return (record.seq, to_micros(event.event_time), *texts, record.prev_hash, record.hash)
 
 
 def audit_record_from_row(row: Sequence[Any]) -> AuditRecord:

@@ -223,16 +223,13 @@ async def _get(connection: Connection, name: str, version: int) -> VariantRecord
 
 
 async def _changes(connection: Connection, limit: int | None) -> list[ChangeRecord]:
-    if limit is None:
-        cursor = await connection.execute(
-            f"SELECT {_CHANGE_COLUMNS} FROM variant_changes ORDER BY revision"
-        )
-    else:
-        cursor = await connection.execute(
-            f"SELECT {_CHANGE_COLUMNS} FROM variant_changes ORDER BY revision DESC LIMIT %s",
-            (limit,),
-        )
-    return [_change(row) for row in await cursor.fetchall()]
+    """The newest `limit` changes, newest first; with None, every change, oldest first."""
+    cursor = await connection.execute(
+        f"SELECT {_CHANGE_COLUMNS} FROM variant_changes ORDER BY revision DESC LIMIT %s",
+        (limit,),  # LIMIT NULL: no limit
+    )
+    changes = [_change(row) for row in await cursor.fetchall()]
+    return changes if limit is not None else changes[::-1]
 
 
 async def _insert_change(connection: Connection, change: ChangeRecord) -> None:
