@@ -72,10 +72,6 @@ class VariantRegistryServicer(variant_registry_pb2_grpc.VariantRegistryServiceSe
     def __init__(self, registry: VariantRegistry) -> None:
         self._registry = registry
 
-    async def _version(self, name: str, version: int) -> registry_pb2.VariantVersion:
-        record = await self._registry.get_variant(name, version)
-        return version_proto(record, await self._registry.variant_deployment())
-
     async def PushVariant(
         self, request: variant_registry_pb2.PushVariantRequest, context: Context
     ) -> variant_registry_pb2.PushVariantResponse:
@@ -110,8 +106,10 @@ class VariantRegistryServicer(variant_registry_pb2_grpc.VariantRegistryServiceSe
         self, request: variant_registry_pb2.GetVariantRequest, context: Context
     ) -> variant_registry_pb2.GetVariantResponse:
         name, version = parse_or_invalid(request.request.variant, "request.variant")
+        record = await self._registry.get_variant(name, version)
+        variant = version_proto(record, await self._registry.variant_deployment())
         return variant_registry_pb2.GetVariantResponse(
-            response=registry_pb2.GetVariantResponse(variant=await self._version(name, version))
+            response=registry_pb2.GetVariantResponse(variant=variant)
         )
 
     async def PromoteVariant(

@@ -142,8 +142,7 @@ async def _owned_state(
         " AND user_id = %s" + (" FOR UPDATE" if lock else ""),
         (conversation_id, owner.tenant_id, owner.user_id),
     )
-    if await cursor.fetchone() is None:
-        raise errors.NotFound("conversation not found")
+    found(await cursor.fetchone(), "conversation")
     cursor = await connection.execute(
         f"SELECT {_COLUMNS} FROM handoffs WHERE conversation_id = %s", (conversation_id,)
     )

@@ -31,7 +31,7 @@ from chatplane.persistence.store.base import (
     require_known_id,
     require_limit,
 )
-from chatplane.persistence.store.database import Connection, Database
+from chatplane.persistence.store.database import Connection, Database, found
 from chatplane.persistence.store.records import (
     CONVERSATION_COLUMNS,
     MESSAGE_COLUMNS,
@@ -197,8 +197,7 @@ async def skeleton(
         row = await conversation_cursor.fetchone()
         node_rows = await nodes_cursor.fetchall()
         turn_rows = await turns_cursor.fetchall()
-    if row is None:
-        raise errors.NotFound("conversation not found")
+    row = found(row, "conversation")
     conversation: Conversation = conversation_from_row(row[:7])
     nodes = tuple(
         TreeNode(message_id, Role(role), parent, reply_to)
