@@ -64,7 +64,7 @@ def rated_answer_query(
 def rated_answer(exported: ExportedAnswer) -> admin_resources_pb2.RatedAnswer:
     """One answer as the RPC returns it."""
     row = exported.answer
-    answer = admin_resources_pb2.RatedAnswer(
+    return admin_resources_pb2.RatedAnswer(
         tenant_id=row.tenant_id,
         conversation_id=row.conversation_id,
         message_id=row.message_id,
@@ -78,10 +78,8 @@ def rated_answer(exported: ExportedAnswer) -> admin_resources_pb2.RatedAnswer:
             for m in exported.branch
         ],
         redacted=exported.redacted,
+        score=row.score,  # None: unset
     )
-    if row.score is not None:
-        answer.score = row.score
-    return answer
 
 
 def variant_report(stats: VariantStats, analysis: VariantAnalysis) -> analytics_pb2.VariantReport:

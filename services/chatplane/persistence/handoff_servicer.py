@@ -32,6 +32,7 @@ _MODES = {
     HandoffMode.HUMAN: resources_pb2.HANDOFF_MODE_HUMAN,
 }
 _TRIGGERS = {
+    None: resources_pb2.HANDOFF_TRIGGER_UNSPECIFIED,
     HandoffTrigger.USER: resources_pb2.HANDOFF_TRIGGER_USER,
     HandoffTrigger.EXPLICIT_REQUEST: resources_pb2.HANDOFF_TRIGGER_EXPLICIT_REQUEST,
     HandoffTrigger.THUMBS_DOWN: resources_pb2.HANDOFF_TRIGGER_THUMBS_DOWN,
@@ -47,9 +48,7 @@ def handoff_status(state: HandoffState) -> resources_pb2.HandoffStatus:
     return resources_pb2.HandoffStatus(
         conversation_id=state.conversation_id,
         mode=_MODES[state.mode],
-        trigger=(
-            _TRIGGERS[state.trigger] if state.trigger else resources_pb2.HANDOFF_TRIGGER_UNSPECIFIED
-        ),
+        trigger=_TRIGGERS[state.trigger],
         reason=state.reason,
         changed=state.changed,
         user_id=state.owner.user_id,

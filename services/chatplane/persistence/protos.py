@@ -124,6 +124,7 @@ def message_proto(message: Message) -> resources_pb2.Message:
         reply_to_message_id=message.reply_to_message_id,
         finish_reason=FINISH_REASONS[message.finish_reason],
         client_message_id=message.client_message_id,
+        parent_message_id=message.parent_message_id,  # None (before trees): unset
     )
     if message.operator_id:  # an operator's reply (docs/handoff.md)
         proto.role = resources_pb2.ROLE_OPERATOR
@@ -131,8 +132,6 @@ def message_proto(message: Message) -> resources_pb2.Message:
     elif message.role is Role.ASSISTANT:
         proto.usage.input_tokens = message.input_tokens
         proto.usage.output_tokens = message.output_tokens
-    if message.parent_message_id is not None:
-        proto.parent_message_id = message.parent_message_id
     return proto
 
 

@@ -89,11 +89,9 @@ def _fact_records(facts: MessageFacts) -> list[Record]:
             message_id=facts.message_id,
             conversation_id=facts.conversation_id,
             variant=facts.variant,
+            first_token_ms=facts.first_token_ms,  # None: unset
+            duration_ms=facts.duration_ms,
         )
-        if facts.first_token_ms is not None:
-            answer.first_token_ms = facts.first_token_ms
-        if facts.duration_ms is not None:
-            answer.duration_ms = facts.duration_ms
         records.append(Record(answer=answer))
     if facts.feedback is not None:
         feedback = privacy_pb2.ExportedFeedback(

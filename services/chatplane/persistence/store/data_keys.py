@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from chatplane.common import errors
@@ -36,17 +37,11 @@ class DataKeys:
         and a second statement (autocommit: a new snapshot) reads it."""
         row = await self._db.fetchone(
             f"WITH added AS (INSERT INTO user_data_keys ({_COLUMNS})"
-            " VALUES (%(t)s, %(u)s, %(k)s, %(e)s, %(w)s)"
+            " VALUES (%(tenant_id)s, %(user_id)s, %(key_id)s, %(kek_id)s, %(wrapped_key)s)"
             f" ON CONFLICT (tenant_id, user_id) DO NOTHING RETURNING {_COLUMNS})"
             f" SELECT {_COLUMNS} FROM added UNION ALL SELECT {_COLUMNS} FROM user_data_keys"
-            " WHERE tenant_id = %(t)s AND user_id = %(u)s LIMIT 1",
-            {
-                "t": key.tenant_id,
-                "u": key.user_id,
-                "k": key.key_id,
-                "e": key.kek_id,
-                "w": key.wrapped_key,
-            },
+            " WHERE tenant_id = %(tenant_id)s AND user_id = %(user_id)s LIMIT 1",
+            dataclasses.asdict(key),
         )
         if row is not None:
             return _key(row)

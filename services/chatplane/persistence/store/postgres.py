@@ -7,6 +7,7 @@ docs/postgres.md)."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 from collections.abc import Iterable, Sequence
 from datetime import datetime
@@ -258,11 +259,27 @@ class PostgresConversationStore(AsyncClosable):
                 (owner.tenant_id, owner.user_id, request.client_message_id),
             )
             row = await cursor.fetchone()
-            if row is not None:
-                reclaimed = await self._reclaim_turn(connection, row, now, request)
-                if reclaimed.acquired:
-                    return await tree_store.taken_over(connection, request, reclaimed, now)
-                return reclaimed
+            if row is not None:  # the key is reserved already; its turn row is now locked
+                conversation_id, user_message_id, assistant_message_id, expire, complete = row
+                reclaimed = TurnReservation(
+                    conversation_id,
+                    user_message_id,
+                    assistant_message_id,
+                    acquired=not complete and utc(expire) <= now,
+                    complete=bool(complete),
+                    lease_expire_time=utc(expire),
+                )
+                if not reclaimed.acquired:
+                    return reclaimed
+                # The previous owner's lease ran out before its answer was stored: this caller
+                # takes the turn over with the same ids, so whichever answer is stored first wins.
+                expire = now + request.lease
+                await connection.execute(
+                    "UPDATE turns SET lease_expire_time = %s WHERE user_message_id = %s",
+                    (expire, user_message_id),
+                )
+                reclaimed = dataclasses.replace(reclaimed, lease_expire_time=expire)
+                return await tree_store.taken_over(connection, request, reclaimed, now)
         conversation_id = (
             await tree_store.target_conversation(connection, request, now)
             or request.conversation_id
@@ -324,31 +341,6 @@ class PostgresConversationStore(AsyncClosable):
             lease_expire_time=expire,
         )
         return await tree_store.details(connection, request, reservation, plan, tree)
-
-    async def _reclaim_turn(
-        self, connection: Connection, row: Sequence[Any], now: datetime, request: TurnRequest
-    ) -> TurnReservation:
-        """The answer to a BeginTurn whose idempotency key is reserved already (its turn row
-        is locked by the caller's SELECT ... FOR UPDATE)."""
-        conversation_id, user_message_id, assistant_message_id, expire, complete = row
-        expire = utc(expire)
-        acquired = not complete and expire <= now
-        if acquired:
-            # The previous owner's lease ran out before its answer was stored: this caller
-            # takes the turn over with the same ids, so whichever answer is stored first wins.
-            expire = now + request.lease
-            await connection.execute(
-                "UPDATE turns SET lease_expire_time = %s WHERE user_message_id = %s",
-                (expire, user_message_id),
-            )
-        return TurnReservation(
-            conversation_id,
-            user_message_id,
-            assistant_message_id,
-            acquired=acquired,
-            complete=bool(complete),
-            lease_expire_time=expire,
-        )
 
     async def get_turn(
         self, owner: Owner, user_message_id: str, *, assistant_message_id: str = ""
