@@ -16,9 +16,9 @@ from bench.harness import Options, progress
 from bench.report import Row, Target
 from chatplane.common.ids import new_id
 from chatplane.persistence.rated_answer_export import RatedAnswerExport
+from chatplane.persistence.store.answer_metrics import RatedAnswerQuery
 from chatplane.persistence.store.base import Feedback, Message, MessageStatus, Owner, Rating, Role
 from chatplane.persistence.store.postgres import PostgresConversationStore
-from chatplane.persistence.store.rated_answers import RatedAnswerQuery
 from chatplane.persistence.variant_significance import compare
 from chatplane.privacy.policy import RedactionPolicy
 
@@ -98,7 +98,7 @@ async def run(options: Options) -> list[Row]:
             wall = time.perf_counter() - wall
             cpu = time.process_time() - cpu
             assert exported == conversations, exported
-            stats = await store.report_variants()
+            stats = await store.analytics.report_variants()
             compare(stats)  # the first call imports scipy
             began = time.perf_counter()
             for _ in range(20):

@@ -18,7 +18,7 @@ from chatplane.crypto.kek import new_kek_line, parse_keks
 from chatplane.crypto.keyring import Keyring, StoreKeySource, WrappedDataKey
 from chatplane.crypto.sealed_store import sealed_store
 from chatplane.persistence.store.base import ConversationStore, Message
-from chatplane.persistence.store.postgres import PostgresConversationStore, WriteMethod
+from chatplane.persistence.store.postgres import PostgresConversationStore
 
 NAME = "encryption"
 TITLE = "encryption: seal/open per message, and the persistence batch path with sealing"
@@ -163,9 +163,7 @@ async def run(options: Options) -> list[Row]:
 
         async def copy_direct(name: str) -> ConversationStore:
             dsn = await postgres.database(f"crypto_{uuid.uuid4().hex[:10]}")
-            return await PostgresConversationStore.open(
-                dsn, pool_max_size=2, write_method=WriteMethod.COPY_DIRECT
-            )
+            return await PostgresConversationStore.open(dsn, pool_max_size=2)
 
         rows += _rows(
             "PostgreSQL COPY", await _batch_path(options, "PostgreSQL", copy_direct, messages)

@@ -92,7 +92,7 @@ async def _one_size(
         await _log(log_dsn, erased_messages + kept_messages)
         progress(options, f"erasing a user with {size} messages")
         started = time.perf_counter()
-        removed = await store.erase_user_rows(erased.tenant_id, erased.user_id)
+        removed = await store.erasures.erase_user_rows(erased.tenant_id, erased.user_id)
         rows_ms = (time.perf_counter() - started) * 1000
         assert removed["messages"] == size
         conversations = sorted({m.conversation_id for m in erased_messages})
@@ -101,10 +101,10 @@ async def _one_size(
         log_ms = (time.perf_counter() - started) * 1000
         assert logged["log_records"] == size
         # Retention: every kept conversation is past a 1-day period a year later.
-        await store.set_retention(TENANT, 1)
+        await store.retention.set(TENANT, 1)
         started = time.perf_counter()
         expired = 0
-        while batch := await store.expire_conversations(TENANT, now + timedelta(days=365), 200):
+        while batch := await store.retention.expire(TENANT, now + timedelta(days=365), 200):
             expired += len(batch)
         sweep_s = time.perf_counter() - started
         return rows_ms, log_ms, expired / sweep_s

@@ -132,9 +132,7 @@ async def _measure(
     if branched:
         await _turn(store, conversation_id, regenerate=first.user_message_id)
     while (
-        await store.get_conversation_tree(
-            OWNER, conversation_id, view=ConversationView.TREE, limit=1
-        )
+        await store.trees.page(OWNER, conversation_id, view=ConversationView.TREE, limit=1)
     ).conversation.message_count < size:
         await _turn(store, conversation_id)
     begins, reads = Samples(), Samples()
@@ -142,7 +140,7 @@ async def _measure(
         reservation = await _turn(store, conversation_id, samples=begins)
         assert (reservation.branch is not None) == branched
         with _Timed(reads):
-            await store.get_conversation_tree(
+            await store.trees.page(
                 OWNER, conversation_id, view=ConversationView.ACTIVE_BRANCH, limit=100
             )
     return begins, reads

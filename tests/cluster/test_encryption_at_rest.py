@@ -29,7 +29,7 @@ from chatplane.log import LogRecord
 from chatplane.log.kafka import KafkaMessageLog
 from chatplane.persistence.consumer import BatchConsumer
 from chatplane.persistence.store.base import Feedback, Owner, Rating, TurnRequest
-from chatplane.persistence.store.postgres import PostgresConversationStore, WriteMethod
+from chatplane.persistence.store.postgres import PostgresConversationStore
 from chatplane.v1 import resources_pb2
 from tests.cluster.cluster_fixtures import stop_engines
 from tests.engine_processes import ENGINES_PY, Engines, load_engines
@@ -96,11 +96,11 @@ async def keyring_and_store(
     engines: Engines,
 ) -> AsyncIterator[tuple[Keyring, PostgresConversationStore]]:
     store = await PostgresConversationStore.open(
-        engines.env["CHATPLANE_POSTGRES_DSN"], pool_max_size=2, write_method=WriteMethod.COPY_DIRECT
+        engines.env["CHATPLANE_POSTGRES_DSN"], pool_max_size=2
     )
     keks = parse_keks(new_kek_line("test-1"), "test")
     try:
-        yield Keyring(StoreKeySource(store, keks), keks, 5.0), store
+        yield Keyring(StoreKeySource(store.data_keys, keks), keks, 5.0), store
     finally:
         await store.close()
 

@@ -1,7 +1,7 @@
 """Fixtures of the ConversationStore contract suite, imported by
 tests/contract/test_conversation_store.py (each fixture function is named `<name>_fixture`, so
 the tests' arguments do not shadow the imports): a clock the test moves by hand, message and
-log-record builders, and the store under test for each PostgreSQL write path, in a fresh schema
+log-record builders, and the store under test, in a fresh schema
 of a database made for the module on the session's PostgreSQL (created and dropped here; the
 server itself is shared with the rest of the session and left running)."""
 
@@ -28,22 +28,11 @@ from chatplane.persistence.store.base import (
     Role,
 )
 from chatplane.persistence.store.migrations import shipped_migrations
-from chatplane.persistence.store.postgres import (
-    PostgresConversationStore,
-    WriteMethod,
-)
+from chatplane.persistence.store.postgres import PostgresConversationStore
 from chatplane.v1 import resources_pb2
 from tests.engine_processes import Engines
 
-ENGINES = (
-    # Batches as direct COPY (the default), as pipelined executemany and as COPY into a staging
-    # table: all three write paths are kept
-    # to the same contract.
-    "postgres",
-    "postgres-executemany",
-    # COPY into a staging table + INSERT ... ON CONFLICT (the default before COPY_DIRECT).
-    "postgres-staging",
-)
+ENGINES = ("postgres",)
 
 
 class FakeClock:
@@ -60,7 +49,7 @@ class FakeClock:
 
 
 class StoreTarget(abc.ABC):
-    """One write path's database for one test: opens stores on it and reads its tables directly."""
+    """One engine's database for one test: opens stores on it and reads its tables directly."""
 
     engine: str
 
@@ -82,14 +71,11 @@ class PostgresTarget(StoreTarget):
 
     engine = "postgres"
 
-    def __init__(self, dsn: str, write_method: WriteMethod) -> None:
+    def __init__(self, dsn: str) -> None:
         self.dsn = dsn
-        self.write_method = write_method
 
     async def open(self, clock: Clock) -> ConversationStore:
-        return await PostgresConversationStore.open(
-            self.dsn, pool_max_size=4, clock=clock, write_method=self.write_method
-        )
+        return await PostgresConversationStore.open(self.dsn, pool_max_size=4, clock=clock)
 
     def rows(self, query: str) -> list[tuple[Any, ...]]:
         with psycopg.connect(self.dsn, autocommit=True) as connection:
@@ -129,13 +115,8 @@ def postgres_dsn_fixture(module_database: str) -> Iterator[str]:
 
 @pytest.fixture(name="store_target", params=ENGINES)
 def store_target_fixture(request: pytest.FixtureRequest) -> StoreTarget:
-    """The empty schema of one write path."""
-    method = {
-        "postgres": WriteMethod.COPY_DIRECT,
-        "postgres-executemany": WriteMethod.EXECUTEMANY,
-        "postgres-staging": WriteMethod.COPY,
-    }[request.param]
-    return PostgresTarget(request.getfixturevalue("postgres_dsn"), method)
+    """The empty schema of one engine."""
+    return PostgresTarget(request.getfixturevalue("postgres_dsn"))
 
 
 @pytest.fixture(name="clock")

@@ -1,7 +1,7 @@
-"""Contract tests of the system of record: every ConversationStore (SQLite; PostgreSQL with each
-of its batch write paths) must pass them unchanged. Turns and their idempotency, owner scoping,
-keyset paging, deletion, feedback, API keys, idempotent batch writes, the full scan for
-rebuilds, concurrency between stores on one database, and the log consumer on top."""
+"""Contract tests of the system of record, the ConversationStore on PostgreSQL. Turns and their
+idempotency, owner scoping, keyset paging, deletion, feedback, API keys, idempotent batch
+writes, the full scan for rebuilds, concurrency between stores on one database, and the log
+consumer on top."""
 
 from __future__ import annotations
 
@@ -42,13 +42,9 @@ from chatplane.persistence.store.base import (
     Role,
     TurnRequest,
 )
+from chatplane.persistence.store.database import LOCK_CLASS_CONVERSATION, lock_key
 from chatplane.persistence.store.factory import open_store
-from chatplane.persistence.store.postgres import (
-    _LOCK_CLASS_CONVERSATION,
-    PostgresConversationStore,
-    WriteMethod,
-    _lock_key,
-)
+from chatplane.persistence.store.postgres import PostgresConversationStore
 from chatplane.v1 import resources_pb2
 from tests.contract.store_fixtures import (  # noqa: F401 (fixtures are found by name)
     FakeClock,
@@ -559,13 +555,13 @@ async def test_feedback_on_own_assistant_messages_only(
 async def test_api_keys_store_only_the_secrets_hash(
     store: ConversationStore, store_target: StoreTarget, clock: FakeClock
 ) -> None:
-    issued = await store.create_api_key(ALICE, "laptop")
+    issued = await store.api_keys.create(ALICE, "laptop")
     match = re.fullmatch(r"cp_([0-9a-f-]{36})_([0-9a-f]{64})", issued.api_key)
     assert match is not None
     key_id, secret = match.groups()
     assert key_id == issued.record.key_id
 
-    stored = await store.get_api_key(key_id)
+    stored = await store.api_keys.get(key_id)
     assert stored.owner == ALICE and stored.label == "laptop" and not stored.revoked
     assert stored.secret_sha256 == hashlib.sha256(secret.encode()).digest()
     assert stored.create_time == clock.now
@@ -578,24 +574,24 @@ async def test_api_keys_store_only_the_secrets_hash(
 
     reopened = await store_target.open(clock)
     try:
-        assert (await reopened.get_api_key(key_id)).secret_sha256 == stored.secret_sha256
+        assert (await reopened.api_keys.get(key_id)).secret_sha256 == stored.secret_sha256
         with pytest.raises(errors.NotFound):
-            await reopened.get_api_key(new_id())
+            await reopened.api_keys.get(new_id())
         with pytest.raises(errors.NotFound):
-            await reopened.get_api_key("cp_x")
+            await reopened.api_keys.get("cp_x")
     finally:
         await reopened.close()
 
 
 async def test_api_keys_keep_their_roles(store: ConversationStore) -> None:
-    default = await store.create_api_key(ALICE, "")
-    staff = await store.create_api_key(ALICE, "", frozenset({"operator", "admin"}))
-    assert (await store.get_api_key(default.record.key_id)).roles == frozenset({"chat"})
-    assert (await store.get_api_key(staff.record.key_id)).roles == frozenset({"operator", "admin"})
+    default = await store.api_keys.create(ALICE, "")
+    staff = await store.api_keys.create(ALICE, "", frozenset({"operator", "admin"}))
+    assert (await store.api_keys.get(default.record.key_id)).roles == frozenset({"chat"})
+    assert (await store.api_keys.get(staff.record.key_id)).roles == frozenset({"operator", "admin"})
 
 
 async def test_api_keys_are_unique(store: ConversationStore) -> None:
-    keys = [await store.create_api_key(ALICE, "") for _ in range(5)]
+    keys = [await store.api_keys.create(ALICE, "") for _ in range(5)]
     assert len({k.api_key for k in keys}) == len({k.record.key_id for k in keys}) == 5
 
 
@@ -897,7 +893,7 @@ async def test_postgres_unreachable_is_unavailable() -> None:
 
 @pytest.mark.engines
 async def test_postgres_survives_lost_connections(postgres_dsn: str, clock: FakeClock) -> None:
-    target = PostgresTarget(postgres_dsn, WriteMethod.COPY_DIRECT)
+    target = PostgresTarget(postgres_dsn)
     # Every pooled connection is cut server-side (a restart, a failover, an idle timeout):
     # the pool's check on checkout replaces them, so the next calls just work.
     opened = await target.open(clock)
@@ -930,7 +926,7 @@ async def test_postgres_timeouts_are_unavailable(
         with psycopg.connect(postgres_dsn) as holder:
             holder.execute(
                 "SELECT pg_advisory_xact_lock(%s, %s)",
-                (_LOCK_CLASS_CONVERSATION, _lock_key(conversation_id)),
+                (LOCK_CLASS_CONVERSATION, lock_key(conversation_id)),
             )
             started = time.monotonic()
             with pytest.raises(errors.Unavailable):
@@ -972,7 +968,7 @@ async def test_postgres_cancelled_write_leaves_nothing_behind(
         with psycopg.connect(postgres_dsn) as holder:
             holder.execute(
                 "SELECT pg_advisory_xact_lock(%s, %s)",
-                (_LOCK_CLASS_CONVERSATION, _lock_key(conversation_id)),
+                (LOCK_CLASS_CONVERSATION, lock_key(conversation_id)),
             )
             write = asyncio.create_task(opened.write_messages([message]))
             await _eventually(
@@ -996,14 +992,13 @@ async def _waiting_on_lock(dsn: str) -> bool:
 
 
 @pytest.mark.engines
-@pytest.mark.parametrize("method", list(WriteMethod), ids=lambda m: m.value)
 async def test_postgres_id_raced_into_another_conversation_is_refused(
-    postgres_dsn: str, clock: FakeClock, make_message: MessageFactory, method: WriteMethod
+    postgres_dsn: str, clock: FakeClock, make_message: MessageFactory
 ) -> None:
     # A writer that holds no lock of ALICE's conversation (a forged record in BOB's) stores
     # the same message id while ALICE's batch is being written: the batch must not store it
     # twice, nor half-write, but refuse it as it would have refused it a moment later.
-    store = await PostgresTarget(postgres_dsn, method).open(clock)
+    store = await PostgresTarget(postgres_dsn).open(clock)
     try:
         bobs = (await store.begin_turn(turn_request(BOB))).conversation_id
         message = make_message(ALICE, new_id())

@@ -1,8 +1,8 @@
-"""Contract tests of the conversation tree (docs/conversation-tree.md) on every ConversationStore
-(SQLite; PostgreSQL with each batch write path): parents recorded by BeginTurn, regenerated
-answers and edited messages as siblings, the branch a new answer follows (ancestors only),
-the active branch and the tree views with sibling info, switching branches, paging a branch,
-old messages without parents as a linear chain, and every refusal with its exact error."""
+"""Contract tests of the conversation tree (docs/conversation-tree.md) in the ConversationStore
+on PostgreSQL: parents recorded by BeginTurn, regenerated answers and edited messages as
+siblings, the branch a new answer follows (ancestors only), the active branch and the tree
+views with sibling info, switching branches, paging a branch, old messages without parents as
+a linear chain, and every refusal with its exact error."""
 
 from __future__ import annotations
 
@@ -126,7 +126,7 @@ class Chat:
         limit: int = 100,
         after: BranchCursor | None = None,
     ) -> ConversationTreePage:
-        return await self.store.get_conversation_tree(
+        return await self.store.trees.page(
             ALICE, conversation_id, view=view, limit=limit, after=after
         )
 
@@ -265,7 +265,7 @@ async def test_edit_of_a_middle_message_branches_with_ancestors_only(chat: Chat)
     tree = await chat.view(conversation, ConversationView.TREE)
     assert len(tree.messages) == 12
     # Back to the first branch through its user message: it ends at its newest descendant.
-    switched = await chat.store.set_active_branch(ALICE, conversation, second.user_message_id)
+    switched = await chat.store.trees.set_active_branch(ALICE, conversation, second.user_message_id)
     assert switched.active_message_id == edited.assistant_message_id
     page = await chat.view(conversation)
     assert ids(page) == [
@@ -323,11 +323,11 @@ async def test_refusals_name_the_problem(chat: Chat, clock: FakeClock) -> None:
     with pytest.raises(errors.NotFound):
         await chat.store.begin_turn(request(edit=running.user_message_id))
     with pytest.raises(errors.NotFound):
-        await chat.store.set_active_branch(ALICE, conversation, new_id())
+        await chat.store.trees.set_active_branch(ALICE, conversation, new_id())
     with pytest.raises(errors.NotFound):
-        await chat.store.set_active_branch(BOB, conversation, first.user_message_id)
+        await chat.store.trees.set_active_branch(BOB, conversation, first.user_message_id)
     with pytest.raises(errors.NotFound):
-        await chat.store.get_conversation_tree(
+        await chat.store.trees.page(
             BOB, conversation, view=ConversationView.ACTIVE_BRANCH, limit=10
         )
     # The failed turn left no trace in the tree: the next turn follows the stored answer.

@@ -89,10 +89,10 @@ async def _seed(store: ConversationStore, make_message: MessageFactory, owner: O
             owner, Feedback(reservation.assistant_message_id, Rating.THUMBS_DOWN, CANARY)
         )
         ids.append(reservation.conversation_id)
-    await store.change_handoff(
+    await store.handoffs.change(
         owner, ids[0], HandoffChange(HandoffMode.HUMAN, HandoffTrigger.USER, owner.user_id, CANARY)
     )
-    await store.create_api_key(owner, "laptop")
+    await store.api_keys.create(owner, "laptop")
     await store.delete_conversation(owner, ids[1])
     return ids[0]
 
@@ -133,7 +133,7 @@ async def test_erase_user_rows_removes_every_row_of_the_user_and_no_other(
     kept_before = _rows_of(store_target, KEPT)
     assert all(kept_before.values())
 
-    removed = await store.erase_user_rows(ERASED.tenant_id, ERASED.user_id)
+    removed = await store.erasures.erase_user_rows(ERASED.tenant_id, ERASED.user_id)
 
     assert set(removed) == {*ERASED_TABLES, ANONYMISED_TOMBSTONES}
     assert removed["conversations"] == 1 and removed["messages"] == 2
@@ -146,7 +146,7 @@ async def test_erase_user_rows_removes_every_row_of_the_user_and_no_other(
     history = await store.get_conversation(KEPT, kept_conversation, limit=10)
     assert len(history.messages) == 2
     # Idempotent: nothing more to remove.
-    again = await store.erase_user_rows(ERASED.tenant_id, ERASED.user_id)
+    again = await store.erasures.erase_user_rows(ERASED.tenant_id, ERASED.user_id)
     assert set(again.values()) == {0}
 
 
@@ -154,7 +154,7 @@ async def test_erased_conversation_is_not_brought_back_by_a_late_log_record(
     store: ConversationStore, make_message: MessageFactory
 ) -> None:
     conversation = await _seed(store, make_message, ERASED)
-    await store.erase_user_rows(ERASED.tenant_id, ERASED.user_id)
+    await store.erasures.erase_user_rows(ERASED.tenant_id, ERASED.user_id)
     await store.write_messages([make_message(ERASED, conversation, text=CANARY)])
     assert not (await store.list_conversations(ERASED, limit=10)).conversations
 
@@ -166,37 +166,37 @@ async def test_erasure_job_survives_reopening_and_is_audited_once(
     make_message: MessageFactory,
 ) -> None:
     await _seed(store, make_message, ERASED)
-    job = await store.start_erasure(ERASED.tenant_id, ERASED.user_id, STEPS, ACTOR)
+    job = await store.erasures.start(ERASED.tenant_id, ERASED.user_id, STEPS, ACTOR)
     assert [step.name for step in job.steps] == list(STEPS)
     assert len(job.conversation_ids) == 2 and not job.finished
-    await store.finish_erasure_step(job.job_id, 0, {"data_keys": 1})
+    await store.erasures.finish_step(job.job_id, 0, {"data_keys": 1})
     await store.close()
 
     reopened = await store_target.open(clock)
     try:
-        (unfinished,) = await reopened.unfinished_erasures()
+        (unfinished,) = await reopened.erasures.unfinished()
         assert unfinished.job_id == job.job_id
         assert [step.done for step in unfinished.steps] == [True, False, False, False]
         assert dict(unfinished.steps[0].removed) == {"data_keys": 1}
         # A repeated call resumes the same job; a step finished twice keeps its first counts.
-        same = await reopened.start_erasure(ERASED.tenant_id, ERASED.user_id, STEPS, ACTOR)
+        same = await reopened.erasures.start(ERASED.tenant_id, ERASED.user_id, STEPS, ACTOR)
         assert same.job_id == job.job_id
-        await reopened.finish_erasure_step(job.job_id, 0, {"data_keys": 0})
+        await reopened.erasures.finish_step(job.job_id, 0, {"data_keys": 0})
         for position in range(1, len(STEPS)):
-            await reopened.finish_erasure_step(job.job_id, position, {"rows": position})
-        head_before = await reopened.audit_head()
-        done = await reopened.finish_erasure(job.job_id)
+            await reopened.erasures.finish_step(job.job_id, position, {"rows": position})
+        head_before = await reopened.audit.head()
+        done = await reopened.erasures.finish(job.job_id)
         assert done.finished and dict(done.steps[0].removed) == {"data_keys": 1}
-        await reopened.finish_erasure(job.job_id)
-        records = await reopened.audit_records(head_before.seq, 100)
+        await reopened.erasures.finish(job.job_id)
+        records = await reopened.audit.records(head_before.seq, 100)
         assert [(r.event.action, r.event.object, r.event.actor) for r in records] == [
             ("user.erase", "user/tenant-e/erased-user", "user:admin")
         ]
         assert CANARY not in records[0].event.detail and job.job_id in records[0].event.detail
-        assert verify(await reopened.audit_records(0, 1000), await reopened.audit_head()).ok
-        assert not await reopened.unfinished_erasures()
+        assert verify(await reopened.audit.records(0, 1000), await reopened.audit.head()).ok
+        assert not await reopened.erasures.unfinished()
         # After a finished job, a new call starts a new one.
-        fresh = await reopened.start_erasure(ERASED.tenant_id, ERASED.user_id, STEPS, ACTOR)
+        fresh = await reopened.erasures.start(ERASED.tenant_id, ERASED.user_id, STEPS, ACTOR)
         assert fresh.job_id != job.job_id and fresh.conversation_ids == job.conversation_ids
     finally:
         await reopened.close()
@@ -206,11 +206,11 @@ async def test_retention_deletes_only_conversations_past_the_period(
     store: ConversationStore, clock: FakeClock, make_message: MessageFactory
 ) -> None:
     tenant = KEPT.tenant_id
-    assert (await store.get_retention(tenant)).days == 0
-    assert not await store.retention_policies()
+    assert (await store.retention.get(tenant)).days == 0
+    assert not await store.retention.policies()
     with pytest.raises(errors.InvalidArgument):
-        await store.set_retention(tenant, -1)
-    policy = await store.set_retention(tenant, 30)
+        await store.retention.set(tenant, -1)
+    policy = await store.retention.set(tenant, 30)
     assert (policy.days, policy.update_time) == (30, clock.now)
 
     old = make_message(KEPT, "c-old-" + make_message(KEPT, "x").message_id)
@@ -222,21 +222,21 @@ async def test_retention_deletes_only_conversations_past_the_period(
     clock.advance(days=15)
 
     before = clock.now - timedelta(days=30)
-    expired = await store.expire_conversations(tenant, before, 100)
+    expired = await store.retention.expire(tenant, before, 100)
     assert [(e.user_id, e.conversation_id) for e in expired] == [
         (KEPT.user_id, old.conversation_id)
     ]
     # Pending until the sweep removed its memory turns and log records.
-    assert await store.pending_expiries(10) == expired
-    await store.finish_expiries([old.conversation_id])
-    assert not await store.pending_expiries(10)
+    assert await store.retention.pending(10) == expired
+    await store.retention.finish_pending([old.conversation_id])
+    assert not await store.retention.pending(10)
     left = (await store.list_conversations(KEPT, limit=10)).conversations
     assert [c.conversation_id for c in left] == [recent.conversation_id]
-    assert not await store.expire_conversations(tenant, before, 100)
+    assert not await store.retention.expire(tenant, before, 100)
     # A late record of an expired conversation does not bring it back.
     await store.write_messages([make_message(KEPT, old.conversation_id)])
     assert len((await store.list_conversations(KEPT, limit=10)).conversations) == 1
 
-    assert [p.tenant_id for p in await store.retention_policies()] == [tenant]
-    assert (await store.set_retention(tenant, 0)).days == 0
-    assert not await store.retention_policies()
+    assert [p.tenant_id for p in await store.retention.policies()] == [tenant]
+    assert (await store.retention.set(tenant, 0)).days == 0
+    assert not await store.retention.policies()

@@ -48,41 +48,41 @@ async def conversation(store: ConversationStore, owner: Owner = ALICE) -> str:
 
 async def test_a_conversation_starts_with_the_bot(store: ConversationStore) -> None:
     conversation_id = await conversation(store)
-    state = await store.get_handoff(ALICE, conversation_id)
+    state = await store.handoffs.get(ALICE, conversation_id)
     assert state.mode is HandoffMode.BOT and state.trigger is None and not state.changed
     for owner in (BOB, ALICE_ELSEWHERE):
         with pytest.raises(errors.NotFound):
-            await store.get_handoff(owner, conversation_id)
+            await store.handoffs.get(owner, conversation_id)
     for missing in (new_id(), "bogus"):
         with pytest.raises(errors.NotFound):
-            await store.get_handoff(ALICE, missing)
+            await store.handoffs.get(ALICE, missing)
 
 
 async def test_hand_over_and_back(store: ConversationStore, clock: FakeClock) -> None:
     conversation_id = await conversation(store)
-    handed = await store.change_handoff(ALICE, conversation_id, HUMAN_BY_USER)
+    handed = await store.handoffs.change(ALICE, conversation_id, HUMAN_BY_USER)
     assert handed.changed and handed.mode is HandoffMode.HUMAN
     assert handed.trigger is HandoffTrigger.USER and handed.reason == "billing"
-    again = await store.change_handoff(ALICE, conversation_id, HUMAN_BY_USER)
+    again = await store.handoffs.change(ALICE, conversation_id, HUMAN_BY_USER)
     assert not again.changed and again.request_time == handed.request_time
-    assert (await store.get_handoff(ALICE, conversation_id)).mode is HandoffMode.HUMAN
+    assert (await store.handoffs.get(ALICE, conversation_id)).mode is HandoffMode.HUMAN
     clock.advance(seconds=5)
-    released = await store.change_handoff(
+    released = await store.handoffs.change(
         ALICE,
         conversation_id,
         HandoffChange(HandoffMode.BOT, HandoffTrigger.OPERATOR, "operator-1"),
     )
     assert released.changed and released.mode is HandoffMode.BOT
     assert released.released_by == "operator-1" and released.release_time is not None
-    assert not (await store.change_handoff(ALICE, conversation_id, BOT_BY_USER)).changed
+    assert not (await store.handoffs.change(ALICE, conversation_id, BOT_BY_USER)).changed
     with pytest.raises(errors.NotFound):
-        await store.change_handoff(BOB, conversation_id, HUMAN_BY_USER)
+        await store.handoffs.change(BOB, conversation_id, HUMAN_BY_USER)
 
 
 async def test_concurrent_requests_change_once(store: ConversationStore) -> None:
     conversation_id = await conversation(store)
     results = await asyncio.gather(
-        *(store.change_handoff(ALICE, conversation_id, HUMAN_BY_USER) for _ in range(5))
+        *(store.handoffs.change(ALICE, conversation_id, HUMAN_BY_USER) for _ in range(5))
     )
     assert sum(state.changed for state in results) == 1
 
@@ -92,13 +92,13 @@ async def test_a_rule_fires_once(store: ConversationStore) -> None:
     rule = HandoffChange(
         HandoffMode.HUMAN, HandoffTrigger.EXPLICIT_REQUEST, "alice", "asked", "explicit_request"
     )
-    assert (await store.change_handoff(ALICE, conversation_id, rule)).changed
-    await store.change_handoff(ALICE, conversation_id, BOT_BY_USER)
-    state = await store.change_handoff(ALICE, conversation_id, rule)
+    assert (await store.handoffs.change(ALICE, conversation_id, rule)).changed
+    await store.handoffs.change(ALICE, conversation_id, BOT_BY_USER)
+    state = await store.handoffs.change(ALICE, conversation_id, rule)
     assert not state.changed and state.mode is HandoffMode.BOT
     assert state.rules_fired == frozenset({"explicit_request"})
     # The user can still ask in person.
-    assert (await store.change_handoff(ALICE, conversation_id, HUMAN_BY_USER)).changed
+    assert (await store.handoffs.change(ALICE, conversation_id, HUMAN_BY_USER)).changed
 
 
 async def test_waiting_list_is_per_tenant_and_oldest_first(
@@ -107,20 +107,20 @@ async def test_waiting_list_is_per_tenant_and_oldest_first(
     ids = []
     for owner in (ALICE, BOB, ALICE):
         conversation_id = await conversation(store, owner)
-        await store.change_handoff(owner, conversation_id, HUMAN_BY_USER)
+        await store.handoffs.change(owner, conversation_id, HUMAN_BY_USER)
         ids.append(conversation_id)
         clock.advance(seconds=1)
     elsewhere = await conversation(store, ALICE_ELSEWHERE)
-    await store.change_handoff(ALICE_ELSEWHERE, elsewhere, HUMAN_BY_USER)
-    await store.change_handoff(ALICE, ids[2], BOT_BY_USER)  # released: not waiting
+    await store.handoffs.change(ALICE_ELSEWHERE, elsewhere, HUMAN_BY_USER)
+    await store.handoffs.change(ALICE, ids[2], BOT_BY_USER)  # released: not waiting
 
-    first = await store.list_handoffs("tenant-a", limit=1)
+    first = await store.handoffs.waiting("tenant-a", limit=1)
     assert [s.conversation_id for s in first.handoffs] == [ids[0]]
     assert first.next_cursor is not None
-    second = await store.list_handoffs("tenant-a", limit=1, after=first.next_cursor)
+    second = await store.handoffs.waiting("tenant-a", limit=1, after=first.next_cursor)
     assert [(s.conversation_id, s.owner) for s in second.handoffs] == [(ids[1], BOB)]
     assert second.next_cursor is None  # the third was released
-    only_b = await store.list_handoffs("tenant-b", limit=10)
+    only_b = await store.handoffs.waiting("tenant-b", limit=10)
     assert [s.conversation_id for s in only_b.handoffs] == [elsewhere]
 
 
@@ -129,13 +129,13 @@ async def test_operators_find_handed_off_conversations_of_their_tenant_only(
 ) -> None:
     conversation_id = await conversation(store)
     with pytest.raises(errors.NotFound):  # never handed off
-        await store.tenant_handoff("tenant-a", conversation_id)
-    await store.change_handoff(ALICE, conversation_id, HUMAN_BY_USER)
-    state = await store.tenant_handoff("tenant-a", conversation_id)
+        await store.handoffs.of_tenant("tenant-a", conversation_id)
+    await store.handoffs.change(ALICE, conversation_id, HUMAN_BY_USER)
+    state = await store.handoffs.of_tenant("tenant-a", conversation_id)
     assert state.owner == ALICE and state.mode is HandoffMode.HUMAN
     for tenant, some_id in (("tenant-b", conversation_id), ("tenant-a", new_id())):
         with pytest.raises(errors.NotFound):
-            await store.tenant_handoff(tenant, some_id)
+            await store.handoffs.of_tenant(tenant, some_id)
 
 
 async def test_thumbs_down_are_counted_per_conversation(
@@ -150,9 +150,12 @@ async def test_thumbs_down_are_counted_per_conversation(
         await store.submit_feedback(ALICE, Feedback(answer.message_id, Rating.THUMBS_DOWN))
     await store.submit_feedback(ALICE, Feedback(answers[2].message_id, Rating.THUMBS_UP))
     await store.submit_feedback(ALICE, Feedback(elsewhere.message_id, Rating.THUMBS_DOWN))
-    assert await store.count_thumbs_down(ALICE, answers[2].message_id) == (conversation_id, 2)
+    assert await store.handoffs.count_thumbs_down(ALICE, answers[2].message_id) == (
+        conversation_id,
+        2,
+    )
     with pytest.raises(errors.NotFound):
-        await store.count_thumbs_down(BOB, answers[0].message_id)
+        await store.handoffs.count_thumbs_down(BOB, answers[0].message_id)
 
 
 async def test_operator_replies_keep_their_author(
@@ -167,6 +170,6 @@ async def test_operator_replies_keep_their_author(
 
 async def test_deleting_a_conversation_removes_its_handoff(store: ConversationStore) -> None:
     conversation_id = await conversation(store)
-    await store.change_handoff(ALICE, conversation_id, HUMAN_BY_USER)
+    await store.handoffs.change(ALICE, conversation_id, HUMAN_BY_USER)
     await store.delete_conversation(ALICE, conversation_id)
-    assert (await store.list_handoffs("tenant-a", limit=10)).handoffs == ()
+    assert (await store.handoffs.waiting("tenant-a", limit=10)).handoffs == ()

@@ -1,7 +1,7 @@
 """Contract tests of key management and the audit chain in the system of record: the store
-(each PostgreSQL write path) lists, rotates and revokes keys per tenant, audits each key
-change in the same transaction, keeps one hash chain under concurrent appends, and the
-chain's verification finds any single edited, removed or swapped record."""
+lists, rotates and revokes keys per tenant, audits each key change in the same transaction,
+keeps one hash chain under concurrent appends, and the chain's verification finds any single
+edited, removed or swapped record."""
 
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ def execute(target: StoreTarget, statement: str, parameters: tuple[Any, ...] = (
 
 
 async def verdict(store: ConversationStore) -> Verdict:
-    return audit.verify(await store.audit_records(0, 100_000), await store.audit_head())
+    return audit.verify(await store.audit.records(0, 100_000), await store.audit.head())
 
 
 def event(number: int, tenant: str = "tenant-a") -> AuditEvent:
@@ -58,8 +58,8 @@ def event(number: int, tenant: str = "tenant-a") -> AuditEvent:
 
 
 async def test_key_creation_is_audited_in_its_transaction(store: ConversationStore) -> None:
-    issued = await store.create_api_key(ALICE, "laptop", frozenset({"chat", "admin"}), ADMIN)
-    (record,) = await store.audit_records(0, 10)
+    issued = await store.api_keys.create(ALICE, "laptop", frozenset({"chat", "admin"}), ADMIN)
+    (record,) = await store.audit.records(0, 10)
     assert record.seq == 1
     assert record.event.action == audit.API_KEY_CREATE
     assert record.event.object == f"api_key/{issued.record.key_id}"
@@ -74,8 +74,8 @@ async def test_key_creation_is_audited_in_its_transaction(store: ConversationSto
     assert issued.api_key.split("_")[2] not in repr(record)
     assert (await verdict(store)).ok
     # Without an actor the record says so.
-    await store.create_api_key(BOB, "")
-    second = (await store.audit_records(1, 10))[0]
+    await store.api_keys.create(BOB, "")
+    second = (await store.audit.records(1, 10))[0]
     assert second.event.actor == "unattributed" and second.prev_hash == record.hash
 
 
@@ -84,44 +84,44 @@ async def test_keys_are_listed_per_tenant_newest_first(
 ) -> None:
     created = []
     for owner in (ALICE, BOB, ALICE, MALLORY, BOB):
-        created.append(await store.create_api_key(owner, f"label-{len(created)}"))
+        created.append(await store.api_keys.create(owner, f"label-{len(created)}"))
         clock.advance(seconds=1)
-    page = await store.list_api_keys("tenant-a", limit=10)
+    page = await store.api_keys.page("tenant-a", limit=10)
     assert [k.key_id for k in page.keys] == [created[i].record.key_id for i in (4, 2, 1, 0)]
     assert page.next_cursor is None
     assert all(k.owner.tenant_id == "tenant-a" for k in page.keys)
-    only_bob = await store.list_api_keys("tenant-a", "bob", limit=10)
+    only_bob = await store.api_keys.page("tenant-a", "bob", limit=10)
     assert [k.key_id for k in only_bob.keys] == [created[i].record.key_id for i in (4, 1)]
     # Keyset paging: two pages of two, no repeats.
-    first = await store.list_api_keys("tenant-a", limit=2)
+    first = await store.api_keys.page("tenant-a", limit=2)
     assert first.next_cursor is not None
-    second = await store.list_api_keys("tenant-a", limit=2, after=first.next_cursor)
+    second = await store.api_keys.page("tenant-a", limit=2, after=first.next_cursor)
     assert [k.key_id for k in first.keys + second.keys] == [k.key_id for k in page.keys]
     assert second.next_cursor is None
-    assert (await store.list_api_keys("tenant-c", limit=10)).keys == ()
+    assert (await store.api_keys.page("tenant-c", limit=10)).keys == ()
 
 
 async def test_revoked_keys_are_listed_only_when_asked(store: ConversationStore) -> None:
-    kept = await store.create_api_key(ALICE, "")
-    gone = await store.create_api_key(ALICE, "")
-    await store.revoke_api_key("tenant-a", gone.record.key_id, ADMIN)
-    active = await store.list_api_keys("tenant-a", limit=10)
+    kept = await store.api_keys.create(ALICE, "")
+    gone = await store.api_keys.create(ALICE, "")
+    await store.api_keys.revoke("tenant-a", gone.record.key_id, ADMIN)
+    active = await store.api_keys.page("tenant-a", limit=10)
     assert [k.key_id for k in active.keys] == [kept.record.key_id]
-    everything = await store.list_api_keys("tenant-a", limit=10, include_revoked=True)
+    everything = await store.api_keys.page("tenant-a", limit=10, include_revoked=True)
     assert {k.key_id for k in everything.keys} == {kept.record.key_id, gone.record.key_id}
 
 
 async def test_revoke_is_immediate_idempotent_and_audited(
     store: ConversationStore, clock: FakeClock
 ) -> None:
-    issued = await store.create_api_key(ALICE, "")
+    issued = await store.api_keys.create(ALICE, "")
     key_id = issued.record.key_id
-    revoked = await store.revoke_api_key("tenant-a", key_id, ADMIN)
+    revoked = await store.api_keys.revoke("tenant-a", key_id, ADMIN)
     assert revoked.revoked and revoked.expire_time == clock.now
-    assert (await store.get_api_key(key_id)).revoked
-    again = await store.revoke_api_key("tenant-a", key_id, ADMIN)
+    assert (await store.api_keys.get(key_id)).revoked
+    again = await store.api_keys.revoke("tenant-a", key_id, ADMIN)
     assert again.revoked and again.expire_time == clock.now
-    records = await store.audit_records(0, 10)
+    records = await store.audit.records(0, 10)
     assert [r.event.action for r in records] == [
         audit.API_KEY_CREATE,
         audit.API_KEY_REVOKE,
@@ -132,36 +132,36 @@ async def test_revoke_is_immediate_idempotent_and_audited(
 
 
 async def test_other_tenants_keys_are_not_found(store: ConversationStore) -> None:
-    theirs = await store.create_api_key(MALLORY, "")
-    before = await store.audit_head()
+    theirs = await store.api_keys.create(MALLORY, "")
+    before = await store.audit.head()
     for attempt in (
-        store.revoke_api_key("tenant-a", theirs.record.key_id, ADMIN),
-        store.rotate_api_key("tenant-a", theirs.record.key_id, timedelta(0), ADMIN),
-        store.revoke_api_key("tenant-a", new_id(), ADMIN),
-        store.revoke_api_key("tenant-a", "not-an-id", ADMIN),
-        store.rotate_api_key("tenant-a", "not-an-id", timedelta(0), ADMIN),
+        store.api_keys.revoke("tenant-a", theirs.record.key_id, ADMIN),
+        store.api_keys.rotate("tenant-a", theirs.record.key_id, timedelta(0), ADMIN),
+        store.api_keys.revoke("tenant-a", new_id(), ADMIN),
+        store.api_keys.revoke("tenant-a", "not-an-id", ADMIN),
+        store.api_keys.rotate("tenant-a", "not-an-id", timedelta(0), ADMIN),
     ):
         with pytest.raises(errors.NotFound, match="api key not found"):
             await attempt
-    assert not (await store.get_api_key(theirs.record.key_id)).revoked
+    assert not (await store.api_keys.get(theirs.record.key_id)).revoked
     # Nothing changed, so nothing was chained.
-    assert await store.audit_head() == before
+    assert await store.audit.head() == before
 
 
 async def test_rotation_without_overlap_revokes_the_old_key(
     store: ConversationStore, clock: FakeClock
 ) -> None:
-    old = await store.create_api_key(ALICE, "ci", frozenset({"operator"}))
-    rotated = await store.rotate_api_key("tenant-a", old.record.key_id, timedelta(0), ADMIN)
+    old = await store.api_keys.create(ALICE, "ci", frozenset({"operator"}))
+    rotated = await store.api_keys.rotate("tenant-a", old.record.key_id, timedelta(0), ADMIN)
     new = rotated.issued.record
     assert rotated.issued.api_key.startswith(f"cp_{new.key_id}_")
     assert (new.owner, new.label, new.roles) == (ALICE, "ci", frozenset({"operator"}))
     assert new.key_id != old.record.key_id
-    stored_old = await store.get_api_key(old.record.key_id)
+    stored_old = await store.api_keys.get(old.record.key_id)
     assert stored_old.revoked and stored_old.replaced_by == new.key_id
     assert rotated.previous == stored_old
-    assert is_active(await store.get_api_key(new.key_id), clock.now)
-    (record,) = [r for r in await store.audit_records(0, 10) if r.event.action != "api_key.create"]
+    assert is_active(await store.api_keys.get(new.key_id), clock.now)
+    (record,) = [r for r in await store.audit.records(0, 10) if r.event.action != "api_key.create"]
     assert record.event.action == audit.API_KEY_ROTATE
     assert record.event.object == f"api_key/{old.record.key_id}"
     assert new.key_id in record.event.detail and "overlap 0 ms" in record.event.detail
@@ -170,44 +170,44 @@ async def test_rotation_without_overlap_revokes_the_old_key(
 async def test_rotation_with_overlap_keeps_the_old_key_until_it_ends(
     store: ConversationStore, clock: FakeClock
 ) -> None:
-    old = await store.create_api_key(ALICE, "")
-    rotated = await store.rotate_api_key(
+    old = await store.api_keys.create(ALICE, "")
+    rotated = await store.api_keys.rotate(
         "tenant-a", old.record.key_id, timedelta(seconds=30), ADMIN
     )
-    previous = await store.get_api_key(old.record.key_id)
+    previous = await store.api_keys.get(old.record.key_id)
     assert not previous.revoked and previous.expire_time == clock.now + timedelta(seconds=30)
     assert is_active(previous, clock.now)
-    listed = await store.list_api_keys("tenant-a", limit=10)
+    listed = await store.api_keys.page("tenant-a", limit=10)
     assert len(listed.keys) == 2
     clock.advance(seconds=31)
-    assert not is_active(await store.get_api_key(old.record.key_id), clock.now)
-    listed = await store.list_api_keys("tenant-a", limit=10)
+    assert not is_active(await store.api_keys.get(old.record.key_id), clock.now)
+    listed = await store.api_keys.page("tenant-a", limit=10)
     assert [k.key_id for k in listed.keys] == [rotated.issued.record.key_id]
 
 
 async def test_only_a_live_unrotated_key_can_be_rotated(store: ConversationStore) -> None:
-    old = await store.create_api_key(ALICE, "")
-    await store.rotate_api_key("tenant-a", old.record.key_id, timedelta(seconds=60), ADMIN)
+    old = await store.api_keys.create(ALICE, "")
+    await store.api_keys.rotate("tenant-a", old.record.key_id, timedelta(seconds=60), ADMIN)
     with pytest.raises(errors.FailedPrecondition, match="rotated already"):
-        await store.rotate_api_key("tenant-a", old.record.key_id, timedelta(0), ADMIN)
-    revoked = await store.create_api_key(ALICE, "")
-    await store.revoke_api_key("tenant-a", revoked.record.key_id, ADMIN)
+        await store.api_keys.rotate("tenant-a", old.record.key_id, timedelta(0), ADMIN)
+    revoked = await store.api_keys.create(ALICE, "")
+    await store.api_keys.revoke("tenant-a", revoked.record.key_id, ADMIN)
     with pytest.raises(errors.FailedPrecondition, match="revoked"):
-        await store.rotate_api_key("tenant-a", revoked.record.key_id, timedelta(0), ADMIN)
+        await store.api_keys.rotate("tenant-a", revoked.record.key_id, timedelta(0), ADMIN)
 
 
 async def test_audit_appends_chain_in_order(store: ConversationStore) -> None:
-    assert await store.audit_head() == audit.EMPTY_HEAD
+    assert await store.audit.head() == audit.EMPTY_HEAD
     assert (await verdict(store)).ok
-    head = await store.append_audit([event(i) for i in range(3)])
+    head = await store.audit.append([event(i) for i in range(3)])
     assert head.seq == 3
-    records = await store.audit_records(0, 10)
+    records = await store.audit.records(0, 10)
     assert [r.seq for r in records] == [1, 2, 3]
     assert [r.event.object for r in records] == ["attempt/0", "attempt/1", "attempt/2"]
     assert records[0].prev_hash == audit.GENESIS_HASH
     assert head.hash == records[-1].hash
     assert all(r.event.event_time is not None for r in records)
-    assert [r.seq for r in await store.audit_records(1, 1)] == [2]
+    assert [r.seq for r in await store.audit.records(1, 1)] == [2]
     assert (await verdict(store)).ok
 
 
@@ -220,17 +220,17 @@ async def test_concurrent_appenders_keep_one_chain(
 
         async def appender(store: ConversationStore, name: str) -> None:
             for batch in range(8):
-                await store.append_audit([event(batch * 10 + i, name) for i in range(5)])
+                await store.audit.append([event(batch * 10 + i, name) for i in range(5)])
 
         await asyncio.gather(
             appender(first, "tenant-1"),
             appender(second, "tenant-2"),
             *(
-                first.create_api_key(ALICE, "", actor=ADMIN),
-                second.create_api_key(BOB, "", actor=ADMIN),
+                first.api_keys.create(ALICE, "", actor=ADMIN),
+                second.api_keys.create(BOB, "", actor=ADMIN),
             ),
         )
-        records = await first.audit_records(0, 1000)
+        records = await first.audit.records(0, 1000)
         assert [r.seq for r in records] == list(range(1, 83))
         assert (await verdict(second)).ok
     finally:
@@ -242,8 +242,8 @@ async def test_concurrent_appenders_keep_one_chain(
 async def test_verification_finds_any_single_tampered_record(
     store_target: StoreTarget, store: ConversationStore, tamper: str
 ) -> None:
-    await store.create_api_key(ALICE, "", actor=ADMIN)
-    await store.append_audit([event(i) for i in range(5)])
+    await store.api_keys.create(ALICE, "", actor=ADMIN)
+    await store.audit.append([event(i) for i in range(5)])
     assert (await verdict(store)).ok
     if tamper == "edit":
         execute(store_target, "UPDATE audit_log SET outcome = %s WHERE seq = 3", ("success",))
@@ -295,8 +295,8 @@ async def test_hostile_text_is_chained_and_verifies(store: ConversationStore) ->
         outcome=audit.FAILURE,
         detail="kid 'a\x00b' " + "x" * 5000,
     )
-    await store.append_audit([hostile])
-    (record,) = await store.audit_records(0, 10)
+    await store.audit.append([hostile])
+    (record,) = await store.audit.records(0, 10)
     assert record.event.actor == "key:\ufffd" and record.event.tenant_id == "t?"
     assert len(record.event.detail) == 512
     assert (await verdict(store)).ok

@@ -11,6 +11,7 @@ import pytest
 
 from chatplane.common.ids import new_id
 from chatplane.persistence.rated_answer_export import NotOptedIn, RatedAnswerExport
+from chatplane.persistence.store.answer_metrics import RatedAnswerQuery
 from chatplane.persistence.store.base import (
     ConversationStore,
     Feedback,
@@ -20,7 +21,6 @@ from chatplane.persistence.store.base import (
     Rating,
     Role,
 )
-from chatplane.persistence.store.rated_answers import RatedAnswerQuery
 from chatplane.privacy.policy import RedactionPolicy
 from tests.contract.store_fixtures import (  # noqa: F401 (fixtures are found by name)
     FakeClock,
@@ -122,7 +122,7 @@ async def test_rated_answers_are_filtered_paged_and_exported_with_their_branch(
     await store.submit_feedback(BOB, Feedback(old.message_id, Rating.THUMBS_UP, "", 5))
 
     both = ("tenant-a", "tenant-b")
-    rows = await store.list_rated_answers(_query(clock, both))
+    rows = await store.analytics.rated_answers(_query(clock, both))
     # Complete answers only, in the range, oldest first; Carol's tenant was not asked for.
     assert [r.message_id for r in rows] == [a1.message_id, a2b.message_id, bob.message_id]
     assert [(r.rating, r.score, r.thumbs_up) for r in rows] == [
@@ -131,18 +131,20 @@ async def test_rated_answers_are_filtered_paged_and_exported_with_their_branch(
         (1, None, False),
     ]
     assert rows[1].variant == "new@2"
-    high = await store.list_rated_answers(_query(clock, both, min_rating=4))
+    high = await store.analytics.rated_answers(_query(clock, both, min_rating=4))
     assert [r.message_id for r in high] == [a1.message_id, a2b.message_id]
-    until = await store.list_rated_answers(_query(clock, both, until=t0 + timedelta(minutes=2)))
+    until = await store.analytics.rated_answers(
+        _query(clock, both, until=t0 + timedelta(minutes=2))
+    )
     assert [r.message_id for r in until] == [a1.message_id]
     # Keyset pages: one at a time, each after the previous one's last answer.
     seen = []
     after = None
-    while page := await store.list_rated_answers(_query(clock, both, limit=1, after=after)):
+    while page := await store.analytics.rated_answers(_query(clock, both, limit=1, after=after)):
         seen.append(page[0].message_id)
         after = (page[0].create_time, page[0].message_id)
     assert seen == [r.message_id for r in rows]
-    assert await store.list_rated_answers(_query(clock, ())) == []
+    assert await store.analytics.rated_answers(_query(clock, ())) == []
 
     export = RatedAnswerExport(store, frozenset(both), RedactionPolicy(frozenset({"tenant-a"})))
     assert export.tenants("") == both

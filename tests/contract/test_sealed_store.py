@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from datetime import timedelta
-from typing import cast
 
 from chatplane.common.ids import new_id
 from chatplane.crypto.envelope import is_sealed
@@ -15,6 +14,7 @@ from chatplane.crypto.kek import new_kek_line, parse_keks
 from chatplane.crypto.keyring import ERASED_TEXT, Keyring, StoreKeySource, WrappedDataKey
 from chatplane.crypto.sealed_store import sealed_store
 from chatplane.persistence.rated_answer_export import RatedAnswerExport
+from chatplane.persistence.store.answer_metrics import RatedAnswerQuery
 from chatplane.persistence.store.base import (
     ConversationStore,
     Feedback,
@@ -25,8 +25,6 @@ from chatplane.persistence.store.base import (
     TurnReservation,
 )
 from chatplane.persistence.store.handoff import HandoffChange, HandoffMode, HandoffTrigger
-from chatplane.persistence.store.rated_answers import RatedAnswerQuery
-from chatplane.persistence.store.tree_store import TreeQueries
 from chatplane.privacy.policy import RedactionPolicy
 from tests.contract.store_fixtures import (  # noqa: F401 (fixtures are found by name)
     FakeClock,
@@ -47,34 +45,32 @@ CANARY = "CANARYd41d8cd98f00b204e9800998ecf8427e"
 
 def _keyring(store: ConversationStore) -> Keyring:
     keks = parse_keks(new_kek_line("contract"), "contract")
-    return Keyring(StoreKeySource(store, keks), keks, 5.0)  # type: ignore[arg-type]
+    return Keyring(StoreKeySource(store.data_keys, keks), keks, 5.0)
 
 
 async def test_a_users_data_key_is_created_once_and_destroyed_once(
     store: ConversationStore,
 ) -> None:
-    keys = store  # both engines are DataKeyStores
-    assert await keys.get_data_key("t", "alice") is None  # type: ignore[attr-defined]
+    keys = store.data_keys
+    assert await keys.get_data_key("t", "alice") is None
     first = WrappedDataKey("t", "alice", "k1", "kek", b"\x01" * 60)
     second = WrappedDataKey("t", "alice", "k2", "kek", b"\x02" * 60)
     # Concurrent creators: exactly one key is stored and every creator gets that one.
     stored = await asyncio.gather(
-        keys.add_data_key(first),  # type: ignore[attr-defined]
-        keys.add_data_key(second),  # type: ignore[attr-defined]
+        keys.add_data_key(first),
+        keys.add_data_key(second),
     )
     assert stored[0] == stored[1] and stored[0] in (first, second)
-    assert await keys.get_data_key("t", "alice") == stored[0]  # type: ignore[attr-defined]
+    assert await keys.get_data_key("t", "alice") == stored[0]
     rewrapped = WrappedDataKey("t", "alice", stored[0].key_id, "kek-2", b"\x03" * 60)
-    await keys.rewrap_data_key(rewrapped)  # type: ignore[attr-defined]
+    await keys.rewrap_data_key(rewrapped)
     # A re-wrap of a key that is not (any more) the user's changes nothing.
-    await keys.rewrap_data_key(  # type: ignore[attr-defined]
-        WrappedDataKey("t", "alice", "gone", "kek-3", b"\x04" * 60)
-    )
-    assert await keys.get_data_key("t", "alice") == rewrapped  # type: ignore[attr-defined]
-    assert await keys.get_data_key("t", "bob") is None  # type: ignore[attr-defined]
-    assert await keys.delete_data_key("t", "alice") is True  # type: ignore[attr-defined]
-    assert await keys.delete_data_key("t", "alice") is False  # type: ignore[attr-defined]
-    assert await keys.get_data_key("t", "alice") is None  # type: ignore[attr-defined]
+    await keys.rewrap_data_key(WrappedDataKey("t", "alice", "gone", "kek-3", b"\x04" * 60))
+    assert await keys.get_data_key("t", "alice") == rewrapped
+    assert await keys.get_data_key("t", "bob") is None
+    assert await keys.delete_data_key("t", "alice") is True
+    assert await keys.delete_data_key("t", "alice") is False
+    assert await keys.get_data_key("t", "alice") is None
 
 
 async def _begin_canary_turn(sealed: ConversationStore) -> TurnReservation:
@@ -121,7 +117,7 @@ async def test_text_is_stored_sealed_read_opened_and_erased_with_its_key(
     await sealed.submit_feedback(ALICE, Feedback(answer.message_id, Rating.THUMBS_UP, CANARY))
 
     human = HandoffChange(HandoffMode.HUMAN, HandoffTrigger.USER, "alice", f"why {CANARY}")
-    assert (await sealed.change_handoff(ALICE, conversation, human)).reason == f"why {CANARY}"
+    assert (await sealed.handoffs.change(ALICE, conversation, human)).reason == f"why {CANARY}"
 
     # The raw rows hold no plaintext; reads open it.
     for query in (
@@ -133,9 +129,9 @@ async def test_text_is_stored_sealed_read_opened_and_erased_with_its_key(
         values = [row[0] for row in store_target.rows(query)]
         assert values and all(is_sealed(v) and CANARY not in v for v in values), query
     history = await sealed.get_conversation(ALICE, conversation, limit=10)
-    waiting = await sealed.list_handoffs(ALICE.tenant_id, limit=5)
+    waiting = await sealed.handoffs.waiting(ALICE.tenant_id, limit=5)
     assert [h.reason for h in waiting.handoffs] == [f"why {CANARY}"]
-    operator_view = await sealed.tenant_handoff(ALICE.tenant_id, conversation)
+    operator_view = await sealed.handoffs.of_tenant(ALICE.tenant_id, conversation)
     assert operator_view.reason == f"why {CANARY}"
     assert [m.text for m in history.messages] == [f"ask {CANARY}", f"answer {CANARY}"]
     assert history.conversation.title == f"title {CANARY}"
@@ -155,7 +151,7 @@ async def test_text_is_stored_sealed_read_opened_and_erased_with_its_key(
     assert (await sealed.get_answer(ALICE, answer.message_id)).delta_ends == ()
     page = await sealed.list_conversations(ALICE, limit=5)
     assert [c.title for c in page.conversations] == [ERASED_TEXT]
-    assert (await sealed.get_handoff(ALICE, conversation)).reason == ERASED_TEXT
+    assert (await sealed.handoffs.get(ALICE, conversation)).reason == ERASED_TEXT
     bob_history = await sealed.get_conversation(BOB, other.conversation_id, limit=10)
     assert bob_history.messages[0].text == f"bob {CANARY}"
 
@@ -193,9 +189,9 @@ async def test_the_dataset_export_reads_its_branch_and_title_opened(
         values = [row[0] for row in store_target.rows(query)]
         assert values and all(is_sealed(v) and CANARY not in v for v in values), query
 
-    inner = await cast(TreeQueries, store).tree_skeleton(ALICE, conversation)
+    inner = await store.trees.skeleton(ALICE, conversation)
     assert is_sealed(inner.conversation.title)
-    skeleton = await cast(TreeQueries, sealed).tree_skeleton(ALICE, conversation)
+    skeleton = await sealed.trees.skeleton(ALICE, conversation)
     assert skeleton.conversation.title == f"title {CANARY}"
     assert skeleton.tree().path(answer.message_id) == [question.message_id, answer.message_id]
 
@@ -220,12 +216,12 @@ async def test_concurrent_creators_of_many_users_keys_all_get_the_stored_key(
     # Each user's first sealed text may be written by several replicas at once: every
     # creator gets the one stored key, never an error (PostgreSQL: the INSERT that lost the
     # race does not see the winner's row in its own statement's snapshot).
-    keys = store
+    keys = store.data_keys
     for user in range(30):
         candidates = [
             WrappedDataKey("race", f"user-{user}", f"k{n}", "kek", bytes([n]) * 60)
             for n in range(4)
         ]
-        stored = await asyncio.gather(*(keys.add_data_key(k) for k in candidates))  # type: ignore[attr-defined]
+        stored = await asyncio.gather(*(keys.add_data_key(k) for k in candidates))
         assert len(set(stored)) == 1 and stored[0] in candidates
-        assert await keys.get_data_key("race", f"user-{user}") == stored[0]  # type: ignore[attr-defined]
+        assert await keys.get_data_key("race", f"user-{user}") == stored[0]

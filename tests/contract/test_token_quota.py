@@ -37,21 +37,21 @@ def test_day_boundary_is_utc_midnight() -> None:
 
 
 async def test_tenant_without_quota_is_unlimited(store: ConversationStore) -> None:
-    reservation = await store.reserve_tokens(TENANT, new_id(), 10**9, LEASE)
+    reservation = await store.quota.reserve(TENANT, new_id(), 10**9, LEASE)
     assert reservation.granted and reservation.reserved_tokens == 0
     assert reservation.quota.unlimited
-    quota = await store.settle_tokens(TENANT, new_id(), 500)
+    quota = await store.quota.settle(TENANT, new_id(), 500)
     assert (quota.used_tokens, quota.reserved_tokens) == (0, 0)
 
 
 async def test_reserve_until_spent_then_refused_with_reset_time(store: ConversationStore) -> None:
-    await store.set_token_quota(TENANT, 1000)
-    first = await store.reserve_tokens(TENANT, new_id(), 600, LEASE)
+    await store.quota.set_limit(TENANT, 1000)
+    first = await store.quota.reserve(TENANT, new_id(), 600, LEASE)
     assert first.granted and first.reserved_tokens == 600
     # What is left is reserved, not more: the turn may run, its overuse settles later.
-    second = await store.reserve_tokens(TENANT, new_id(), 600, LEASE)
+    second = await store.quota.reserve(TENANT, new_id(), 600, LEASE)
     assert second.granted and second.reserved_tokens == 400
-    third = await store.reserve_tokens(TENANT, new_id(), 1, LEASE)
+    third = await store.quota.reserve(TENANT, new_id(), 1, LEASE)
     assert not third.granted and third.reserved_tokens == 0
     assert third.quota.reset_time == NEXT_MIDNIGHT
     assert (third.quota.used_tokens, third.quota.reserved_tokens) == (0, 1000)
@@ -63,10 +63,10 @@ async def test_concurrent_reservations_on_two_stores_never_exceed_the_quota(
     # Two stores on one database stand for two Persistence replicas behind two Gateways.
     other = await store_target.open(clock)
     try:
-        await store.set_token_quota(TENANT, 1000)
+        await store.quota.set_limit(TENANT, 1000)
         results = await asyncio.gather(
             *(
-                (store if i % 2 else other).reserve_tokens(TENANT, new_id(), 100, LEASE)
+                (store if i % 2 else other).quota.reserve(TENANT, new_id(), 100, LEASE)
                 for i in range(50)
             )
         )
@@ -74,106 +74,106 @@ async def test_concurrent_reservations_on_two_stores_never_exceed_the_quota(
         await other.close()
     granted = [r.reserved_tokens for r in results if r.granted]
     assert granted == [100] * 10
-    quota = await store.get_token_quota(TENANT)
+    quota = await store.quota.get(TENANT)
     assert (quota.used_tokens, quota.reserved_tokens) == (0, 1000)
 
 
 async def test_settle_replaces_the_reservation_with_the_usage(store: ConversationStore) -> None:
-    await store.set_token_quota(TENANT, 1000)
+    await store.quota.set_limit(TENANT, 1000)
     reservation_id = new_id()
-    await store.reserve_tokens(TENANT, reservation_id, 500, LEASE)
-    quota = await store.settle_tokens(TENANT, reservation_id, 120)
+    await store.quota.reserve(TENANT, reservation_id, 500, LEASE)
+    quota = await store.quota.settle(TENANT, reservation_id, 120)
     assert (quota.used_tokens, quota.reserved_tokens) == (120, 0)
-    assert (await store.reserve_tokens(TENANT, new_id(), 880, LEASE)).reserved_tokens == 880
+    assert (await store.quota.reserve(TENANT, new_id(), 880, LEASE)).reserved_tokens == 880
 
 
 async def test_overuse_settles_anyway_and_the_next_turn_is_refused(
     store: ConversationStore,
 ) -> None:
-    await store.set_token_quota(TENANT, 1000)
+    await store.quota.set_limit(TENANT, 1000)
     reservation_id = new_id()
-    await store.reserve_tokens(TENANT, reservation_id, 300, LEASE)
-    quota = await store.settle_tokens(TENANT, reservation_id, 1700)
+    await store.quota.reserve(TENANT, reservation_id, 300, LEASE)
+    quota = await store.quota.settle(TENANT, reservation_id, 1700)
     assert quota.used_tokens == 1700 and quota.remaining_tokens == 0
-    assert not (await store.reserve_tokens(TENANT, new_id(), 1, LEASE)).granted
+    assert not (await store.quota.reserve(TENANT, new_id(), 1, LEASE)).granted
 
 
 async def test_release_gives_the_tokens_back(store: ConversationStore) -> None:
-    await store.set_token_quota(TENANT, 1000)
+    await store.quota.set_limit(TENANT, 1000)
     reservation_id = new_id()
-    await store.reserve_tokens(TENANT, reservation_id, 1000, LEASE)
-    assert not (await store.reserve_tokens(TENANT, new_id(), 1, LEASE)).granted
-    quota = await store.settle_tokens(TENANT, reservation_id, 0)
+    await store.quota.reserve(TENANT, reservation_id, 1000, LEASE)
+    assert not (await store.quota.reserve(TENANT, new_id(), 1, LEASE)).granted
+    quota = await store.quota.settle(TENANT, reservation_id, 0)
     assert (quota.used_tokens, quota.reserved_tokens) == (0, 0)
-    assert (await store.reserve_tokens(TENANT, new_id(), 1000, LEASE)).granted
+    assert (await store.quota.reserve(TENANT, new_id(), 1000, LEASE)).granted
 
 
 async def test_reservation_of_a_crashed_turn_expires(
     store: ConversationStore, clock: FakeClock
 ) -> None:
-    await store.set_token_quota(TENANT, 1000)
-    await store.reserve_tokens(TENANT, new_id(), 1000, LEASE)  # never settled
+    await store.quota.set_limit(TENANT, 1000)
+    await store.quota.reserve(TENANT, new_id(), 1000, LEASE)  # never settled
     clock.advance(seconds=LEASE.total_seconds() - 1)
-    assert not (await store.reserve_tokens(TENANT, new_id(), 1, LEASE)).granted
+    assert not (await store.quota.reserve(TENANT, new_id(), 1, LEASE)).granted
     clock.advance(seconds=2)
-    reservation = await store.reserve_tokens(TENANT, new_id(), 1000, LEASE)
+    reservation = await store.quota.reserve(TENANT, new_id(), 1000, LEASE)
     assert reservation.granted and reservation.reserved_tokens == 1000
 
 
 async def test_late_settle_of_an_expired_reservation_still_charges(
     store: ConversationStore, clock: FakeClock
 ) -> None:
-    await store.set_token_quota(TENANT, 1000)
+    await store.quota.set_limit(TENANT, 1000)
     reservation_id = new_id()
-    await store.reserve_tokens(TENANT, reservation_id, 400, LEASE)
+    await store.quota.reserve(TENANT, reservation_id, 400, LEASE)
     clock.advance(seconds=LEASE.total_seconds() + 1)
-    await store.reserve_tokens(TENANT, new_id(), 100, LEASE)  # sweeps the expired one
-    quota = await store.settle_tokens(TENANT, reservation_id, 250)
+    await store.quota.reserve(TENANT, new_id(), 100, LEASE)  # sweeps the expired one
+    quota = await store.quota.settle(TENANT, reservation_id, 250)
     assert (quota.used_tokens, quota.reserved_tokens) == (250, 100)
 
 
 async def test_usage_resets_at_utc_midnight(store: ConversationStore, clock: FakeClock) -> None:
     # Leases that outlive the 12 hours to midnight, so only the day changes what is left.
-    await store.set_token_quota(TENANT, 1000)
+    await store.quota.set_limit(TENANT, 1000)
     late = new_id()
-    await store.reserve_tokens(TENANT, new_id(), 600, DAY_LEASE)
-    await store.reserve_tokens(TENANT, late, 400, DAY_LEASE)
-    refused = await store.reserve_tokens(TENANT, new_id(), 1, DAY_LEASE)
+    await store.quota.reserve(TENANT, new_id(), 600, DAY_LEASE)
+    await store.quota.reserve(TENANT, late, 400, DAY_LEASE)
+    refused = await store.quota.reserve(TENANT, new_id(), 1, DAY_LEASE)
     assert not refused.granted and refused.quota.reset_time == NEXT_MIDNIGHT
     clock.now = NEXT_MIDNIGHT - timedelta(microseconds=1)
-    assert not (await store.reserve_tokens(TENANT, new_id(), 1, DAY_LEASE)).granted
+    assert not (await store.quota.reserve(TENANT, new_id(), 1, DAY_LEASE)).granted
     clock.now = NEXT_MIDNIGHT
-    fresh = await store.reserve_tokens(TENANT, new_id(), 1000, DAY_LEASE)
+    fresh = await store.quota.reserve(TENANT, new_id(), 1000, DAY_LEASE)
     assert fresh.granted and fresh.reserved_tokens == 1000
     assert fresh.quota.reset_time == NEXT_MIDNIGHT + timedelta(days=1)
     # A turn that began yesterday is charged to yesterday, not to the new day.
-    quota = await store.settle_tokens(TENANT, late, 400)
+    quota = await store.quota.settle(TENANT, late, 400)
     assert (quota.used_tokens, quota.reserved_tokens) == (0, 1000)
 
 
 async def test_quota_can_be_changed_and_removed(store: ConversationStore) -> None:
-    quota = await store.set_token_quota(TENANT, 500)
+    quota = await store.quota.set_limit(TENANT, 500)
     assert quota.tokens_per_day == 500 and quota.reset_time == NEXT_MIDNIGHT
-    await store.reserve_tokens(TENANT, new_id(), 500, LEASE)
-    assert not (await store.reserve_tokens(TENANT, new_id(), 1, LEASE)).granted
-    assert (await store.set_token_quota(TENANT, 2000)).remaining_tokens == 1500
-    assert (await store.set_token_quota(TENANT, 0)).unlimited
-    assert (await store.reserve_tokens(TENANT, new_id(), 10**6, LEASE)).granted
-    assert (await store.get_token_quota("another-tenant")).unlimited
+    await store.quota.reserve(TENANT, new_id(), 500, LEASE)
+    assert not (await store.quota.reserve(TENANT, new_id(), 1, LEASE)).granted
+    assert (await store.quota.set_limit(TENANT, 2000)).remaining_tokens == 1500
+    assert (await store.quota.set_limit(TENANT, 0)).unlimited
+    assert (await store.quota.reserve(TENANT, new_id(), 10**6, LEASE)).granted
+    assert (await store.quota.get("another-tenant")).unlimited
 
 
 async def test_quotas_are_per_tenant(store: ConversationStore) -> None:
-    await store.set_token_quota(TENANT, 100)
-    await store.set_token_quota("tenant-r", 100)
-    await store.reserve_tokens(TENANT, new_id(), 100, LEASE)
-    assert (await store.reserve_tokens("tenant-r", new_id(), 100, LEASE)).granted
+    await store.quota.set_limit(TENANT, 100)
+    await store.quota.set_limit("tenant-r", 100)
+    await store.quota.reserve(TENANT, new_id(), 100, LEASE)
+    assert (await store.quota.reserve("tenant-r", new_id(), 100, LEASE)).granted
 
 
 async def test_a_reservation_id_is_used_once(store: ConversationStore) -> None:
-    await store.set_token_quota(TENANT, 1000)
+    await store.quota.set_limit(TENANT, 1000)
     reservation_id = new_id()
-    await store.reserve_tokens(TENANT, reservation_id, 10, LEASE)
+    await store.quota.reserve(TENANT, reservation_id, 10, LEASE)
     with pytest.raises(errors.AlreadyExists):
-        await store.reserve_tokens(TENANT, reservation_id, 10, LEASE)
-    quota = await store.get_token_quota(TENANT)
+        await store.quota.reserve(TENANT, reservation_id, 10, LEASE)
+    quota = await store.quota.get(TENANT)
     assert quota.reserved_tokens == 10

@@ -10,6 +10,7 @@ from datetime import timedelta
 import pytest
 
 from chatplane.common.ids import new_id
+from chatplane.persistence.store.answer_metrics import VariantStats
 from chatplane.persistence.store.base import (
     ConversationStore,
     Feedback,
@@ -18,7 +19,6 @@ from chatplane.persistence.store.base import (
     Owner,
     Rating,
     Role,
-    VariantStats,
 )
 from tests.contract.store_fixtures import (  # noqa: F401 (fixtures are found by name)
     FakeClock,
@@ -192,7 +192,7 @@ async def test_report_aggregates_per_variant(
     await store.submit_feedback(BOB, Feedback(b1.message_id, Rating.THUMBS_DOWN, "", 1))
     await store.submit_feedback(CAROL, Feedback(c1.message_id, Rating.THUMBS_UP, "", 4))
 
-    tenant_a = await store.report_variants("tenant-a")
+    tenant_a = await store.analytics.report_variants("tenant-a")
     assert tenant_a == [
         VariantStats(
             variant="a",
@@ -228,7 +228,7 @@ async def test_report_aggregates_per_variant(
     assert tenant_a[0].thumbs_up_rate == pytest.approx(2 / 3)
     assert tenant_a[1].thumbs_up_rate == 0.0
 
-    everyone = {s.variant: s for s in await store.report_variants()}
+    everyone = {s.variant: s for s in await store.analytics.report_variants()}
     assert set(everyone) == {"a", "b"}
     assert everyone["a"].answers == 5
     assert everyone["a"].feedback_count == 4
@@ -236,7 +236,7 @@ async def test_report_aggregates_per_variant(
 
     # Since a day ago: the answer of ten days ago is left out.
     since = clock.now - timedelta(days=1)
-    recent = {s.variant: s for s in await store.report_variants(since=since)}
+    recent = {s.variant: s for s in await store.analytics.report_variants(since=since)}
     assert recent["a"].answers == 4
     assert recent["a"].feedback_count == 3
     assert recent["a"].mean_first_token_ms == pytest.approx((100 + 200 + 1000) / 3)
@@ -245,8 +245,8 @@ async def test_report_aggregates_per_variant(
 async def test_report_of_nothing_is_empty_and_means_are_absent(
     store: ConversationStore, make_message: MessageFactory
 ) -> None:
-    assert await store.report_variants() == []
-    assert await store.report_variants("nobody") == []
+    assert await store.analytics.report_variants() == []
+    assert await store.analytics.report_variants("nobody") == []
     # Only an interrupted answer without feedback: counts, but nothing to average.
     await _answer(
         store,
@@ -257,7 +257,7 @@ async def test_report_of_nothing_is_empty_and_means_are_absent(
         duration_ms=None,
         status=MessageStatus.INTERRUPTED,
     )
-    [stats] = await store.report_variants()
+    [stats] = await store.analytics.report_variants()
     assert (stats.answers, stats.interrupted_answers, stats.feedback_count) == (1, 1, 0)
     assert stats.mean_score is None
     assert stats.thumbs_up_rate is None

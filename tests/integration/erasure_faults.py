@@ -29,7 +29,7 @@ async def kill_after_erasure_step(
     try:
 
         async def reached() -> ErasureJob | None:
-            for job in await store.unfinished_erasures():
+            for job in await store.erasures.unfinished():
                 if (job.tenant_id, job.user_id) == (tenant_id, user_id) and any(
                     s.name == step and s.done for s in job.steps
                 ):

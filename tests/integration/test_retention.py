@@ -51,7 +51,7 @@ async def test_retention_sweep_deletes_expired_conversations_from_every_store(
         try:
             async with stack.channel("memory") as channel:
                 sweeper = RetentionSweeper(
-                    store,
+                    store.retention,
                     MemoryServiceEraser(memory_pb2_grpc.MemoryServiceStub(channel), 10.0),
                     PostgresLogEraser(log_dsn),
                     interval=3600,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import dataclasses
 import logging
 from collections.abc import Callable, Sequence
 from datetime import datetime
@@ -31,8 +32,9 @@ class AuditRejected(Exception):
 class AuditSink(Protocol):
     """Where batches of events go: the system of record (directly or through Persistence)."""
 
-    async def append(self, events: Sequence[AuditEvent]) -> None:
-        """Appends the events to the chain, in order, all or none."""
+    async def append(self, events: Sequence[AuditEvent]) -> object:
+        """Appends the events to the chain, in order, all or none (what it returns, such as
+        the chain's new head, is not used)."""
 
 
 class AuditRecorder:
@@ -78,17 +80,7 @@ class AuditRecorder:
     def record(self, event: AuditEvent) -> None:
         """Queues `event` (its time taken now if it has none); never blocks or raises."""
         if event.event_time is None:
-            event = AuditEvent(
-                event.actor,
-                event.tenant_id,
-                event.action,
-                event.object,
-                event.outcome,
-                event.detail,
-                event.source,
-                event.request_id,
-                self._clock(),
-            )
+            event = dataclasses.replace(event, event_time=self._clock())
         if len(self._pending) >= self._max_pending:
             self._dropped += 1
             return

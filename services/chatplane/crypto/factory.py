@@ -3,11 +3,9 @@ Persistence's RPCs (Agent, Gateway)."""
 
 from __future__ import annotations
 
-from typing import cast
-
 from chatplane.common.settings import Settings
 from chatplane.crypto.kek import DEV_KEK_FILE_NAME, KekRing, load_kek_ring
-from chatplane.crypto.keyring import DataKeyStore, Keyring, StoreKeySource
+from chatplane.crypto.keyring import Keyring, StoreKeySource
 from chatplane.crypto.persistence_key_source import PersistenceKeySource
 from chatplane.persistence.client import PersistenceClient
 from chatplane.persistence.store.base import ConversationStore
@@ -21,8 +19,8 @@ def kek_ring(settings: Settings) -> KekRing:
 
 
 def store_key_source(settings: Settings, store: ConversationStore) -> StoreKeySource:
-    """Wrapped keys read from and created in `store` (both engines are DataKeyStores)."""
-    return StoreKeySource(cast(DataKeyStore, store), kek_ring(settings))
+    """Wrapped keys read from and created in `store.data_keys`."""
+    return StoreKeySource(store.data_keys, kek_ring(settings))
 
 
 def store_keyring(settings: Settings, keys: StoreKeySource) -> Keyring:

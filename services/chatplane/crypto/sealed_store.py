@@ -3,11 +3,12 @@ text, conversation titles and feedback comments are written sealed with their ow
 key and read back opened. Text that arrives sealed already (from the message log) is stored
 as it is; text whose key was destroyed reads as ERASED_TEXT.
 
-It fails closed: the methods that carry personal text are wrapped here, the reviewed methods
-that carry none are named in PASS_THROUGH and forwarded, and any other attribute raises
-AttributeError, so a store method added later cannot hand out ciphertext or store plaintext
-until someone decides which it is (docs/security.md, "Encryption at rest";
-tests/unit/crypto/test_sealed_store_coverage.py checks every method of both engines).
+It fails closed: the methods that carry personal text are wrapped here (the store's own, and
+those of its parts `handoffs` and `trees`), the reviewed methods and parts that carry none are
+named in PASS_THROUGH and forwarded, and any other attribute raises AttributeError, so a store
+method added later cannot hand out ciphertext or store plaintext until someone decides which
+it is (docs/security.md, "Encryption at rest"; tests/unit/crypto/test_sealed_store_coverage.py
+checks every method of the store and of its parts).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from chatplane.persistence.store.base import (
     ConversationTreePage,
     Feedback,
     Message,
+    MessageFacts,
     Owner,
     PlacedMessage,
     Turn,
@@ -37,89 +39,191 @@ from chatplane.persistence.store.base import (
     TurnReservation,
     derived_title,
 )
-from chatplane.persistence.store.handoff import HandoffChange, HandoffPage, HandoffState
-from chatplane.persistence.store.tree_store import TreeQueries, TreeSkeleton
-from chatplane.persistence.store.user_export import MessageFacts
-from chatplane.persistence.store.variant_registry import ChangeRecord, Promotion
+from chatplane.persistence.store.handoff import HandoffChange, HandoffPage, Handoffs, HandoffState
+from chatplane.persistence.store.tree_store import ConversationTrees, TreeSkeleton
 
 PASS_THROUGH: Final = frozenset(
     {
-        # Turn leases, deletion and the active leaf: ids in, a flag or a time out.
+        # Turn leases and deletion: ids in, a flag or a time out.
         "release_turn",
         "delete_conversation",
-        "store_active_leaf",
-        # Handoff's thumbs-down trigger: the conversation id and a count.
-        "count_thumbs_down",
+        # Parts of the store that carry no personal text, forwarded whole (each of their
+        # methods is checked like these: tests/unit/crypto/test_sealed_store_coverage.py).
         # Answer metrics and feedback datasets: ids, ratings, counts, latencies. The dataset
-        # export reads each branch's text through the wrapped tree_skeleton and messages_by_id.
-        "report_variants",
-        "list_rated_answers",
+        # export reads each branch's text through the wrapped trees.
+        "analytics",
         # Token quota ledger: tenant ids and token counts.
-        "reserve_tokens",
-        "settle_tokens",
-        "set_token_quota",
-        "get_token_quota",
-        # Variant registry: operators' variant specs and deployments, no user's text (the
-        # writes that take an operator's reason are wrapped below, so that it is a decision).
-        "get_variant",
-        "list_variants",
-        "push_variant",
-        "variant_deployment",
-        "variant_changes",
+        "quota",
+        # Variant registry: operators' variant specs and deployments, no user's text (an
+        # operator's reason for a change is stored in clear on purpose: CLEAR_TEXT).
+        "registry",
         # API keys: ids, an administrator's label, secret hashes, roles.
-        "create_api_key",
-        "get_api_key",
-        "list_api_keys",
-        "rotate_api_key",
-        "revoke_api_key",
+        "api_keys",
         # The audit chain: never content, by design (docs/security.md, "Audit log").
-        "append_audit",
-        "audit_records",
-        "audit_head",
+        "audit",
         # Erasure ledger and retention: ids, step names, row counts, days.
-        "start_erasure",
-        "get_erasure",
-        "unfinished_erasures",
-        "finish_erasure_step",
-        "finish_erasure",
-        "erase_user_rows",
-        "set_retention",
-        "get_retention",
-        "retention_policies",
-        "expire_conversations",
-        "pending_expiries",
-        "finish_expiries",
+        "erasures",
+        "retention",
         # Data keys: wrapped by the KEK; key material, not text.
-        "get_data_key",
-        "add_data_key",
-        "rewrap_data_key",
-        "delete_data_key",
+        "data_keys",
         # Lifecycle.
         "close",
     }
 )
-"""The inner store's methods that carry no personal text: the only attributes forwarded as
+"""The inner store's attributes that carry no personal text: the only ones forwarded as
 they are."""
 
-WITHHELD: Final = frozenset(
-    {
-        # A classmethod that opens a new store: through the wrapper it would hand out an
-        # unsealed one.
-        "open",
-        # How the store writes batches (COPY or executemany): nothing reads it through the
-        # sealed store.
-        "write_method",
-    }
-)
+CLEAR_TEXT: Final = frozenset({"registry.promote_variant", "registry.rollback_variant"})
+"""Forwarded methods that take text on purpose: an operator's reason for a deployment change,
+with no owner whose key could seal it, is stored in clear (docs/variants.md)."""
+
+# A classmethod that opens a new store: through the wrapper it would hand out an unsealed one.
+WITHHELD: Final = frozenset({"open"})
 """Public names of the store deliberately not reachable through the sealed store."""
+
+
+class Sealer:
+    """Seals and opens the personal text of the store's records with the keyring."""
+
+    def __init__(self, keyring: Keyring) -> None:
+        self.keyring = keyring
+
+    async def sealed(self, message: Message) -> Message:
+        if is_sealed(message.text):
+            return message  # sealed by the Agent or the Gateway before the log
+        owner = message.owner
+        text = await self.keyring.seal(
+            owner.tenant_id, owner.user_id, message.message_id, message.text
+        )
+        return message if text is message.text else dataclasses.replace(message, text=text)
+
+    async def open(self, owner: Owner, value: str, record_id: str | None) -> str:
+        return await self.keyring.open_or_erased(owner.tenant_id, owner.user_id, value, record_id)
+
+    async def message(self, message: Message) -> Message:
+        text = await self.open(message.owner, message.text, message.message_id)
+        return message if text is message.text else dataclasses.replace(message, text=text)
+
+    async def facts(self, owner: Owner, facts: MessageFacts) -> MessageFacts:
+        feedback = facts.feedback
+        if feedback is None:
+            return facts
+        comment = await self.open(owner, feedback.comment, facts.message_id)
+        if comment is feedback.comment:
+            return facts
+        return dataclasses.replace(facts, feedback=dataclasses.replace(feedback, comment=comment))
+
+    async def placed(self, placed: PlacedMessage) -> PlacedMessage:
+        return dataclasses.replace(placed, message=await self.message(placed.message))
+
+    async def conversation(self, conversation: Conversation) -> Conversation:
+        # A title is sealed by BeginTurn, or is the first message's sealed text when the
+        # conversation was created from the log: its record id is not the conversation's.
+        title = await self.open(conversation.owner, conversation.title, None)
+        if title is conversation.title:
+            return conversation
+        return dataclasses.replace(conversation, title=derived_title(title))
+
+    async def handoff(self, state: HandoffState) -> HandoffState:
+        reason = await self.open(state.owner, state.reason, state.conversation_id)
+        return state if reason is state.reason else dataclasses.replace(state, reason=reason)
+
+    async def opened_turn(self, turn: Turn) -> Turn:
+        user, assistant = turn.user_message, turn.assistant_message
+        return dataclasses.replace(
+            turn,
+            user_message=None if user is None else await self.message(user),
+            assistant_message=None if assistant is None else await self.message(assistant),
+        )
+
+    async def branch_message(self, owner: Owner, message: BranchMessage) -> BranchMessage:
+        if message.text is None:
+            return message
+        text = await self.open(owner, message.text, message.message_id)
+        return dataclasses.replace(message, text=text)
+
+
+class SealedHandoffs:
+    """`store.handoffs` with the reasons users give sealed (a user's own text)."""
+
+    def __init__(self, inner: Handoffs, sealer: Sealer) -> None:
+        self._inner = inner
+        self._sealer = sealer
+
+    async def get(self, owner: Owner, conversation_id: str) -> HandoffState:
+        return await self._sealer.handoff(await self._inner.get(owner, conversation_id))
+
+    async def change(
+        self, owner: Owner, conversation_id: str, change: HandoffChange
+    ) -> HandoffState:
+        # The reason a user gives when asking for a person is their own text.
+        reason = await self._sealer.keyring.seal(
+            owner.tenant_id, owner.user_id, conversation_id, change.reason
+        )
+        state = await self._inner.change(
+            owner, conversation_id, dataclasses.replace(change, reason=reason)
+        )
+        return await self._sealer.handoff(state)
+
+    async def waiting(self, tenant_id: str, **kwargs: Any) -> HandoffPage:
+        page = await self._inner.waiting(tenant_id, **kwargs)
+        return dataclasses.replace(
+            page, handoffs=tuple([await self._sealer.handoff(h) for h in page.handoffs])
+        )
+
+    async def of_tenant(self, tenant_id: str, conversation_id: str) -> HandoffState:
+        return await self._sealer.handoff(await self._inner.of_tenant(tenant_id, conversation_id))
+
+    async def count_thumbs_down(self, owner: Owner, message_id: str) -> tuple[str, int]:
+        # The conversation id and a count: nothing to open.
+        return await self._inner.count_thumbs_down(owner, message_id)
+
+
+class SealedTrees:
+    """`store.trees` with what it reads opened."""
+
+    def __init__(self, inner: ConversationTrees, sealer: Sealer) -> None:
+        self._inner = inner
+        self._sealer = sealer
+
+    async def page(self, owner: Owner, conversation_id: str, **kwargs: Any) -> ConversationTreePage:
+        page = await self._inner.page(owner, conversation_id, **kwargs)
+        return dataclasses.replace(
+            page,
+            conversation=await self._sealer.conversation(page.conversation),
+            messages=tuple([await self._sealer.placed(p) for p in page.messages]),
+        )
+
+    async def set_active_branch(
+        self, owner: Owner, conversation_id: str, message_id: str
+    ) -> Conversation:
+        conversation = await self._inner.set_active_branch(owner, conversation_id, message_id)
+        return await self._sealer.conversation(conversation)
+
+    async def messages_by_id(self, owner: Owner, message_ids: Sequence[str]) -> dict[str, Message]:
+        # The branches of feedback datasets (docs/datasets.md).
+        found = await self._inner.messages_by_id(owner, message_ids)
+        return {message_id: await self._sealer.message(m) for message_id, m in found.items()}
+
+    async def skeleton(self, owner: Owner, conversation_id: str) -> TreeSkeleton:
+        # The shape of a branch for feedback datasets; it carries the conversation's title.
+        skeleton = await self._inner.skeleton(owner, conversation_id)
+        return dataclasses.replace(
+            skeleton, conversation=await self._sealer.conversation(skeleton.conversation)
+        )
 
 
 class SealedConversationStore:
     """A ConversationStore whose personal text is sealed at rest (see the module docstring)."""
 
+    handoffs: SealedHandoffs
+    trees: SealedTrees
+
     def __init__(self, inner: ConversationStore, keyring: Keyring) -> None:
         self._inner = inner
-        self.keyring = keyring
+        self._sealer = sealer = Sealer(keyring)
+        self.handoffs = SealedHandoffs(inner.handoffs, sealer)
+        self.trees = SealedTrees(inner.trees, sealer)
 
     def __getattr__(self, name: str) -> Any:
         # Only called for names not defined here: the wrapped methods never reach it.
@@ -135,64 +239,33 @@ class SealedConversationStore:
 
     async def begin_turn(self, request: TurnRequest) -> TurnReservation:
         owner = request.owner
-        title = await self.keyring.seal(
+        title = await self._sealer.keyring.seal(
             owner.tenant_id, owner.user_id, request.user_message_id, request.title
         )
         reservation = await self._inner.begin_turn(dataclasses.replace(request, title=title))
         branch = reservation.branch
         if branch is not None:
-            branch = tuple([await self._branch_message(owner, m) for m in branch])
+            branch = tuple([await self._sealer.branch_message(owner, m) for m in branch])
         return dataclasses.replace(
             reservation,
-            user_text=await self._open(owner, reservation.user_text, reservation.user_message_id),
+            user_text=await self._sealer.open(
+                owner, reservation.user_text, reservation.user_message_id
+            ),
             branch=branch,
         )
 
     async def write_messages(self, messages: Sequence[Message]) -> int:
-        return await self._inner.write_messages([await self._sealed(m) for m in messages])
+        return await self._inner.write_messages([await self._sealer.sealed(m) for m in messages])
 
     async def submit_feedback(self, owner: Owner, feedback: Feedback) -> datetime:
-        comment = await self.keyring.seal(
+        comment = await self._sealer.keyring.seal(
             owner.tenant_id, owner.user_id, feedback.message_id, feedback.comment
         )
         return await self._inner.submit_feedback(
             owner, dataclasses.replace(feedback, comment=comment)
         )
 
-    async def change_handoff(
-        self, owner: Owner, conversation_id: str, change: HandoffChange
-    ) -> HandoffState:
-        # The reason a user gives when asking for a person is their own text.
-        reason = await self.keyring.seal(
-            owner.tenant_id, owner.user_id, conversation_id, change.reason
-        )
-        state = await self._inner.change_handoff(
-            owner, conversation_id, dataclasses.replace(change, reason=reason)
-        )
-        return await self._handoff(state)
-
-    async def promote_variant(self, promotion: Promotion) -> ChangeRecord:
-        # The reason is an operator's note on a deployment, with no owner whose key could
-        # seal it: stored in clear on purpose (docs/variants.md).
-        return await self._inner.promote_variant(promotion)
-
-    async def rollback_variant(self, actor: str, reason: str) -> ChangeRecord:
-        # As promote_variant: an operator's reason, stored in clear on purpose.
-        return await self._inner.rollback_variant(actor, reason)
-
     # Reads.
-
-    async def get_handoff(self, owner: Owner, conversation_id: str) -> HandoffState:
-        return await self._handoff(await self._inner.get_handoff(owner, conversation_id))
-
-    async def tenant_handoff(self, tenant_id: str, conversation_id: str) -> HandoffState:
-        return await self._handoff(await self._inner.tenant_handoff(tenant_id, conversation_id))
-
-    async def list_handoffs(self, tenant_id: str, **kwargs: Any) -> HandoffPage:
-        page = await self._inner.list_handoffs(tenant_id, **kwargs)
-        return dataclasses.replace(
-            page, handoffs=tuple([await self._handoff(h) for h in page.handoffs])
-        )
 
     async def get_turn(
         self, owner: Owner, user_message_id: str, *, assistant_message_id: str = ""
@@ -200,12 +273,13 @@ class SealedConversationStore:
         turn = await self._inner.get_turn(
             owner, user_message_id, assistant_message_id=assistant_message_id
         )
-        return await self._opened_turn(turn)
+        return await self._sealer.opened_turn(turn)
 
     async def list_conversations(self, owner: Owner, **kwargs: Any) -> ConversationPage:
         page = await self._inner.list_conversations(owner, **kwargs)
         return dataclasses.replace(
-            page, conversations=tuple([await self._conversation(c) for c in page.conversations])
+            page,
+            conversations=tuple([await self._sealer.conversation(c) for c in page.conversations]),
         )
 
     async def get_conversation(
@@ -214,110 +288,28 @@ class SealedConversationStore:
         history = await self._inner.get_conversation(owner, conversation_id, **kwargs)
         return dataclasses.replace(
             history,
-            conversation=await self._conversation(history.conversation),
-            messages=tuple([await self._message(m) for m in history.messages]),
+            conversation=await self._sealer.conversation(history.conversation),
+            messages=tuple([await self._sealer.message(m) for m in history.messages]),
         )
 
     async def iter_messages(self, after: str | None, limit: int) -> list[Message]:
-        return [await self._message(m) for m in await self._inner.iter_messages(after, limit)]
-
-    async def messages_by_id(self, owner: Owner, message_ids: Sequence[str]) -> dict[str, Message]:
-        # The branches of feedback datasets (docs/datasets.md).
-        found = await cast(TreeQueries, self._inner).messages_by_id(owner, message_ids)
-        return {message_id: await self._message(m) for message_id, m in found.items()}
-
-    async def tree_skeleton(self, owner: Owner, conversation_id: str) -> TreeSkeleton:
-        # The shape of a branch for feedback datasets; it carries the conversation's title.
-        skeleton = await cast(TreeQueries, self._inner).tree_skeleton(owner, conversation_id)
-        return dataclasses.replace(
-            skeleton, conversation=await self._conversation(skeleton.conversation)
-        )
+        return [
+            await self._sealer.message(m) for m in await self._inner.iter_messages(after, limit)
+        ]
 
     async def user_message_facts(self, owner: Owner, **kwargs: Any) -> list[MessageFacts]:
         # The export's feedback comments (docs/privacy.md, "Export").
         return [
-            await self._facts(owner, facts)
+            await self._sealer.facts(owner, facts)
             for facts in await self._inner.user_message_facts(owner, **kwargs)
         ]
 
     async def get_answer(self, owner: Owner, assistant_message_id: str) -> Answer:
         answer = await self._inner.get_answer(owner, assistant_message_id)
-        turn = await self._opened_turn(answer.turn)
+        turn = await self._sealer.opened_turn(answer.turn)
         stored = turn.assistant_message
         ends = valid_delta_ends(answer.delta_ends, stored.text) if stored is not None else ()
         return dataclasses.replace(answer, turn=turn, delta_ends=ends)
-
-    async def get_conversation_tree(
-        self, owner: Owner, conversation_id: str, **kwargs: Any
-    ) -> ConversationTreePage:
-        page = await self._inner.get_conversation_tree(owner, conversation_id, **kwargs)
-        return dataclasses.replace(
-            page,
-            conversation=await self._conversation(page.conversation),
-            messages=tuple([await self._placed(p) for p in page.messages]),
-        )
-
-    async def set_active_branch(
-        self, owner: Owner, conversation_id: str, message_id: str
-    ) -> Conversation:
-        conversation = await self._inner.set_active_branch(owner, conversation_id, message_id)
-        return await self._conversation(conversation)
-
-    # Sealing and opening.
-
-    async def _sealed(self, message: Message) -> Message:
-        if is_sealed(message.text):
-            return message  # sealed by the Agent or the Gateway before the log
-        owner = message.owner
-        text = await self.keyring.seal(
-            owner.tenant_id, owner.user_id, message.message_id, message.text
-        )
-        return message if text is message.text else dataclasses.replace(message, text=text)
-
-    async def _open(self, owner: Owner, value: str, record_id: str | None) -> str:
-        return await self.keyring.open_or_erased(owner.tenant_id, owner.user_id, value, record_id)
-
-    async def _message(self, message: Message) -> Message:
-        text = await self._open(message.owner, message.text, message.message_id)
-        return message if text is message.text else dataclasses.replace(message, text=text)
-
-    async def _facts(self, owner: Owner, facts: MessageFacts) -> MessageFacts:
-        feedback = facts.feedback
-        if feedback is None:
-            return facts
-        comment = await self._open(owner, feedback.comment, facts.message_id)
-        if comment is feedback.comment:
-            return facts
-        return dataclasses.replace(facts, feedback=dataclasses.replace(feedback, comment=comment))
-
-    async def _placed(self, placed: PlacedMessage) -> PlacedMessage:
-        return dataclasses.replace(placed, message=await self._message(placed.message))
-
-    async def _conversation(self, conversation: Conversation) -> Conversation:
-        # A title is sealed by BeginTurn, or is the first message's sealed text when the
-        # conversation was created from the log: its record id is not the conversation's.
-        title = await self._open(conversation.owner, conversation.title, None)
-        if title is conversation.title:
-            return conversation
-        return dataclasses.replace(conversation, title=derived_title(title))
-
-    async def _handoff(self, state: HandoffState) -> HandoffState:
-        reason = await self._open(state.owner, state.reason, state.conversation_id)
-        return state if reason is state.reason else dataclasses.replace(state, reason=reason)
-
-    async def _opened_turn(self, turn: Turn) -> Turn:
-        user, assistant = turn.user_message, turn.assistant_message
-        return dataclasses.replace(
-            turn,
-            user_message=None if user is None else await self._message(user),
-            assistant_message=None if assistant is None else await self._message(assistant),
-        )
-
-    async def _branch_message(self, owner: Owner, message: BranchMessage) -> BranchMessage:
-        if message.text is None:
-            return message
-        text = await self._open(owner, message.text, message.message_id)
-        return dataclasses.replace(message, text=text)
 
 
 def sealed_store(inner: ConversationStore, keyring: Keyring) -> ConversationStore:

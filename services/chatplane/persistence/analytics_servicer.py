@@ -1,40 +1,39 @@
 """AnalyticsService: reads over answers and their feedback. ListRatedAnswers (docs/datasets.md)
 pages rated answers with their branches for feedback datasets, translated between proto and
-RatedAnswerExport; ReportVariants (docs/variants.md) is variant_report.py's."""
+RatedAnswerExport; ReportVariants (docs/variants.md) answers the store's per-variant
+aggregation with its analysis (variant_significance.py)."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 
 from google.protobuf import timestamp_pb2
 
 from chatplane.common import errors
 from chatplane.common.settings import Settings
-from chatplane.common.timestamps import timestamp_of, to_micros
+from chatplane.common.timestamps import datetime_of, timestamp_of
 from chatplane.internal.v1 import analytics_pb2, analytics_pb2_grpc
 from chatplane.persistence.protos import (
+    ROLES,
     Context,
-    decode_token,
-    encode_token,
+    at_most,
     page_size,
-    token_id,
-    token_time,
+    position_cursor,
+    position_token,
 )
 from chatplane.persistence.rated_answer_export import ExportedAnswer, RatedAnswerExport
-from chatplane.persistence.store.base import ConversationStore, Role
-from chatplane.persistence.store.rated_answers import RatedAnswerQuery
-from chatplane.persistence.variant_report import report_variants
+from chatplane.persistence.store.answer_metrics import RatedAnswerQuery, VariantStats
+from chatplane.persistence.store.base import ConversationStore
+from chatplane.persistence.variant_significance import DEFAULT_ALPHA, VariantAnalysis, compare
 from chatplane.privacy.policy import RedactionPolicy
-from chatplane.v1 import admin_resources_pb2, gateway_pb2, resources_pb2
+from chatplane.v1 import admin_resources_pb2, gateway_pb2
 
 RATED_ANSWERS_PAGE = (100, 500)
-_MAX_TENANT_CHARS = 256
-_ROLES = {Role.USER: resources_pb2.ROLE_USER, Role.ASSISTANT: resources_pb2.ROLE_ASSISTANT}
 
 
 def _time(stamp: timestamp_pb2.Timestamp, field: str) -> datetime:
     try:
-        return stamp.ToDatetime(tzinfo=UTC)
+        return datetime_of(stamp)
     except (ValueError, OverflowError) as error:
         raise errors.InvalidArgument(field, "not a valid time") from error
 
@@ -51,10 +50,7 @@ def rated_answer_query(
         raise errors.InvalidArgument("until", "must be after since")
     if not 1 <= request.min_rating <= 5:
         raise errors.InvalidArgument("min_rating", "must be between 1 and 5")
-    after = None
-    if request.page_token:
-        fields = decode_token(request.page_token, "page_token", "r")
-        after = (token_time(fields, "t", "page_token"), token_id(fields, "id", "page_token"))
+    after = position_cursor(request.page_token, "page_token", "r", lambda *position: position)
     return RatedAnswerQuery(
         tenants=tenants,
         since=since,
@@ -68,7 +64,7 @@ def rated_answer_query(
 def rated_answer(exported: ExportedAnswer) -> admin_resources_pb2.RatedAnswer:
     """One answer as the RPC returns it."""
     row = exported.answer
-    answer = admin_resources_pb2.RatedAnswer(
+    return admin_resources_pb2.RatedAnswer(
         tenant_id=row.tenant_id,
         conversation_id=row.conversation_id,
         message_id=row.message_id,
@@ -78,14 +74,70 @@ def rated_answer(exported: ExportedAnswer) -> admin_resources_pb2.RatedAnswer:
         create_time=timestamp_of(row.create_time),
         model=row.model,
         messages=[
-            admin_resources_pb2.DatasetMessage(role=_ROLES[m.role], text=m.text)
+            admin_resources_pb2.DatasetMessage(role=ROLES[m.role], text=m.text)
             for m in exported.branch
         ],
         redacted=exported.redacted,
+        score=row.score,  # None: unset
     )
-    if row.score is not None:
-        answer.score = row.score
-    return answer
+
+
+def variant_report(stats: VariantStats, analysis: VariantAnalysis) -> analytics_pb2.VariantReport:
+    """One variant's line of the report with its intervals, p-values and verdict; what is
+    absent stays unset (nothing to average or to test)."""
+    report = analytics_pb2.VariantReport(
+        variant=stats.variant,
+        answers=stats.answers,
+        interrupted_answers=stats.interrupted_answers,
+        feedback_count=stats.feedback_count,
+        scored_count=stats.scored_count,
+        thumbs_up_count=stats.thumbs_up_count,
+        verdict=analysis.verdict,
+    )
+    rate, score = analysis.thumbs_up_rate, analysis.mean_score
+    optional = {
+        "mean_score": stats.mean_score,
+        "thumbs_up_rate": stats.thumbs_up_rate,
+        "mean_first_token_ms": stats.mean_first_token_ms,
+        "mean_duration_ms": stats.mean_duration_ms,
+        "mean_input_tokens": stats.mean_input_tokens,
+        "mean_output_tokens": stats.mean_output_tokens,
+        "thumbs_up_rate_low": None if rate is None else rate.low,
+        "thumbs_up_rate_high": None if rate is None else rate.high,
+        "mean_score_low": None if score is None else score.low,
+        "mean_score_high": None if score is None else score.high,
+        "score_stddev": analysis.score_stddev,
+        "thumbs_up_p_value": analysis.thumbs_up_p_value,
+        "mean_score_p_value": analysis.mean_score_p_value,
+    }
+    for field, value in optional.items():
+        if value is not None:
+            setattr(report, field, value)
+    return report
+
+
+async def report_variants(
+    store: ConversationStore, request: analytics_pb2.ReportVariantsRequest
+) -> analytics_pb2.ReportVariantsResponse:
+    """Validates the request and asks the store."""
+    at_most(request.tenant_id, "tenant_id")
+    since = _time(request.since, "since") if request.HasField("since") else None
+    alpha = request.alpha if request.HasField("alpha") else DEFAULT_ALPHA
+    if not 0 < alpha < 0.5:
+        raise errors.InvalidArgument("alpha", "must be greater than 0 and less than 0.5")
+    at_most(request.control, "control")
+    stats = await store.analytics.report_variants(request.tenant_id or None, since)
+    if request.control and stats and request.control not in {s.variant for s in stats}:
+        raise errors.InvalidArgument("control", "no answers of this variant in the report")
+    comparison = compare(stats, control=request.control, alpha=alpha)
+    return analytics_pb2.ReportVariantsResponse(
+        variants=[variant_report(s, comparison.variants[s.variant]) for s in stats],
+        control=comparison.control,
+        alpha=alpha,
+        comparisons=comparison.comparisons,
+        recommended_variant=comparison.recommended_variant,
+        recommendation=comparison.recommendation,
+    )
 
 
 class AnalyticsServicer(analytics_pb2_grpc.AnalyticsServiceServicer):
@@ -103,18 +155,12 @@ class AnalyticsServicer(analytics_pb2_grpc.AnalyticsServiceServicer):
     async def ListRatedAnswers(
         self, request: analytics_pb2.ListRatedAnswersRequest, context: Context
     ) -> analytics_pb2.ListRatedAnswersResponse:
-        if len(request.tenant_id) > _MAX_TENANT_CHARS:
-            raise errors.InvalidArgument(
-                "tenant_id", f"must be at most {_MAX_TENANT_CHARS} characters"
-            )
-        query = rated_answer_query(request, self._export.tenants(request.tenant_id))
+        tenants = self._export.tenants(at_most(request.tenant_id, "tenant_id"))
+        query = rated_answer_query(request, tenants)
         page = await self._export.page(query)
-        token = ""
-        if page.next_after is not None:
-            moment, message_id = page.next_after
-            token = encode_token({"k": "r", "t": to_micros(moment), "id": message_id})
         return analytics_pb2.ListRatedAnswersResponse(
-            answers=[rated_answer(a) for a in page.answers], next_page_token=token
+            answers=[rated_answer(a) for a in page.answers],
+            next_page_token=position_token("r", page.next_after),
         )
 
     async def ReportVariants(

@@ -7,7 +7,7 @@ from chatplane.audit.protos import event_from_proto, head_to_proto, record_to_pr
 from chatplane.common import errors
 from chatplane.internal.v1 import audit_pb2, audit_pb2_grpc
 from chatplane.persistence.protos import Context, page_size
-from chatplane.persistence.store.base import ConversationStore
+from chatplane.persistence.store.key_records import AuditChain
 
 AUDIT_PAGE = (500, 1000)
 MAX_APPEND = 1000
@@ -16,8 +16,8 @@ MAX_APPEND = 1000
 class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
     """AuditService over the store's hash chain."""
 
-    def __init__(self, store: ConversationStore) -> None:
-        self._store = store
+    def __init__(self, chain: AuditChain) -> None:
+        self._chain = chain
 
     async def AppendAuditEvents(
         self, request: audit_pb2.AppendAuditEventsRequest, context: Context
@@ -29,7 +29,7 @@ class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
         for index, event in enumerate(request.events):
             if not event.action:
                 raise errors.InvalidArgument(f"events[{index}].action", "required")
-        head = await self._store.append_audit([event_from_proto(e) for e in request.events])
+        head = await self._chain.append([event_from_proto(e) for e in request.events])
         return audit_pb2.AppendAuditEventsResponse(head=head_to_proto(head))
 
     async def ListAuditRecords(
@@ -39,8 +39,8 @@ class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
             raise errors.InvalidArgument("after_seq", "must not be negative")
         limit = page_size(request.page_size, "page_size", AUDIT_PAGE)
         # The head first: records appended after it are on the next page, never missing.
-        head = await self._store.audit_head()
-        records = await self._store.audit_records(request.after_seq, limit)
+        head = await self._chain.head()
+        records = await self._chain.records(request.after_seq, limit)
         return audit_pb2.ListAuditRecordsResponse(
             records=[record_to_proto(r) for r in records], head=head_to_proto(head)
         )

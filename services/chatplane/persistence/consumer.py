@@ -21,18 +21,18 @@ from opentelemetry.trace import Link, SpanKind
 
 from chatplane.common.ids import is_valid_id
 from chatplane.common.telemetry import tracer, tracing_enabled
+from chatplane.common.timestamps import datetime_of
 from chatplane.common.topics import MESSAGE_SCHEMA_VERSION, MESSAGES_DLQ_TOPIC
 from chatplane.internal.v1 import events_pb2
 from chatplane.log import ConsumedRecord, LogRecord, MessageLogConsumer, MessageLogProducer
 from chatplane.persistence import metrics
-from chatplane.persistence.answer_record import answer_measures
+from chatplane.persistence.protos import FINISH_REASONS, ROLES, STATUSES
 from chatplane.persistence.store.answer_deltas import valid_delta_ends
+from chatplane.persistence.store.answer_metrics import DEFAULT_VARIANT
 from chatplane.persistence.store.base import (
     ConversationStore,
-    FinishReason,
     Message,
     MessagesRejected,
-    MessageStatus,
     Owner,
     Role,
 )
@@ -49,20 +49,28 @@ DEAD_LETTER_SOURCE_HEADER = "x-dlq-source"
 CONSUMER_GROUP = "chatplane-persistence"
 """The Persistence service's consumer group on MESSAGES_TOPIC."""
 
-_ROLES = {resources_pb2.ROLE_USER: Role.USER, resources_pb2.ROLE_ASSISTANT: Role.ASSISTANT}
-# An operator's reply is stored as the conversation's other side, with its author.
+# The stored forms of a record's enums: protos.py's maps reversed. An operator's reply is
+# stored as the conversation's other side, with its author.
+_ROLES = {proto: role for role, proto in ROLES.items()}
 _ROLES[resources_pb2.ROLE_OPERATOR] = Role.ASSISTANT
-_STATUSES = {
-    resources_pb2.MESSAGE_STATUS_COMPLETE: MessageStatus.COMPLETE,
-    resources_pb2.MESSAGE_STATUS_INTERRUPTED: MessageStatus.INTERRUPTED,
-}
-_FINISH_REASONS = {
-    resources_pb2.FINISH_REASON_UNSPECIFIED: FinishReason.UNSPECIFIED,
-    resources_pb2.FINISH_REASON_STOP: FinishReason.STOP,
-    resources_pb2.FINISH_REASON_MAX_TOKENS: FinishReason.MAX_TOKENS,
-    resources_pb2.FINISH_REASON_INTERRUPTED: FinishReason.INTERRUPTED,
-    resources_pb2.FINISH_REASON_ERROR: FinishReason.ERROR,
-}
+_STATUSES = {proto: status for status, proto in STATUSES.items()}
+_FINISH_REASONS = {proto: reason for reason, proto in FINISH_REASONS.items()}
+
+
+# The A/B variant fields of a record in their stored form (docs/variants.md): an assistant
+# message without a variant is "default"; a latency that is absent or negative (a broken
+# record) is stored as unmeasured rather than losing the message. Longer variant identifiers
+# are cut: NAME@VERSION fits easily.
+_MAX_VARIANT_CHARS = 200
+
+
+def _millis(recorded: events_pb2.MessageRecorded, field: str) -> int | None:
+    """A latency of an assistant message's record (None for a user's)."""
+    is_answer = recorded.message.role == resources_pb2.ROLE_ASSISTANT
+    if not is_answer or not recorded.HasField(field):  # type: ignore[arg-type]
+        return None
+    value: int = getattr(recorded, field)
+    return value if value >= 0 else None
 
 
 class InvalidRecord(Exception):
@@ -127,7 +135,13 @@ def decode_message(record: ConsumedRecord) -> Message:
         client_message_id=message.client_message_id,
         delta_ends=valid_delta_ends(recorded.delta_ends, message.text),
         parent_message_id=parent,
-        **answer_measures(recorded),
+        variant=(
+            recorded.variant[:_MAX_VARIANT_CHARS] or DEFAULT_VARIANT
+            if message.role == resources_pb2.ROLE_ASSISTANT
+            else ""
+        ),
+        first_token_ms=_millis(recorded, "first_token_ms"),
+        duration_ms=_millis(recorded, "duration_ms"),
         operator_id=message.operator_id if is_operator else "",
     )
 
@@ -138,7 +152,7 @@ def _create_time(message: resources_pb2.Message, log_timestamp_ms: int) -> datet
     if not message.HasField("create_time"):
         return datetime.fromtimestamp(log_timestamp_ms / 1000, UTC)
     try:
-        return message.create_time.ToDatetime(tzinfo=UTC)
+        return datetime_of(message.create_time)
     except (ValueError, OverflowError) as error:
         raise InvalidRecord("invalid message.create_time") from error
 

@@ -11,24 +11,25 @@ from chatplane.internal.v1 import conversation_pb2, conversation_pb2_grpc
 from chatplane.persistence.protos import (
     CONVERSATIONS_PAGE,
     MESSAGES_PAGE,
+    RATINGS,
     Context,
-    conversation_cursor,
     conversation_proto,
-    conversation_token,
     message_cursor,
     message_proto,
     message_token,
     owner,
     page_size,
+    position_cursor,
+    position_token,
     require,
 )
 from chatplane.persistence.store.base import (
     BranchCursor,
+    ConversationCursor,
     ConversationStore,
     ConversationView,
     Feedback,
     MessageCursor,
-    Rating,
 )
 from chatplane.persistence.tree_messages import (
     branch_cursor,
@@ -38,10 +39,7 @@ from chatplane.persistence.tree_messages import (
 )
 from chatplane.v1 import gateway_pb2
 
-_RATINGS = {
-    gateway_pb2.RATING_THUMBS_UP: Rating.THUMBS_UP,
-    gateway_pb2.RATING_THUMBS_DOWN: Rating.THUMBS_DOWN,
-}
+_RATINGS = {proto: rating for rating, proto in RATINGS.items()}
 
 
 class ConversationServicer(conversation_pb2_grpc.ConversationServiceServicer):
@@ -55,12 +53,12 @@ class ConversationServicer(conversation_pb2_grpc.ConversationServiceServicer):
     ) -> conversation_pb2.ListConversationsResponse:
         conversation_owner = owner(request.owner)
         limit = page_size(request.page.page_size, "page.page_size", CONVERSATIONS_PAGE)
-        after = conversation_cursor(request.page.page_token, "page.page_token")
+        after = position_cursor(request.page.page_token, "page.page_token", "c", ConversationCursor)
         page = await self._store.list_conversations(conversation_owner, limit=limit, after=after)
         return conversation_pb2.ListConversationsResponse(
             page=gateway_pb2.ListConversationsResponse(
                 conversations=[conversation_proto(c) for c in page.conversations],
-                next_page_token=conversation_token(page.next_cursor),
+                next_page_token=position_token("c", page.next_cursor),
             )
         )
 
@@ -77,7 +75,7 @@ class ConversationServicer(conversation_pb2_grpc.ConversationServiceServicer):
             after = message_cursor(wanted.page_token, "request.page_token", wanted.conversation_id)
         else:
             after = branch_cursor(wanted.page_token, "request.page_token", wanted.conversation_id)
-        page = await self._store.get_conversation_tree(
+        page = await self._store.trees.page(
             conversation_owner, wanted.conversation_id, view=view, limit=limit, after=after
         )
         next_page_token = (
@@ -121,7 +119,7 @@ class ConversationServicer(conversation_pb2_grpc.ConversationServiceServicer):
         conversation_owner = owner(request.owner)
         require(request.request.conversation_id, "request.conversation_id")
         require(request.request.message_id, "request.message_id")
-        conversation = await self._store.set_active_branch(
+        conversation = await self._store.trees.set_active_branch(
             conversation_owner, request.request.conversation_id, request.request.message_id
         )
         return conversation_pb2.SetActiveBranchResponse(

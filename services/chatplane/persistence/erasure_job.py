@@ -17,13 +17,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Collection, Sequence
+from collections.abc import Sequence
 from typing import Final, Protocol
 
 from chatplane.common import errors
 from chatplane.log.record_erasure import LogRecordEraser
-from chatplane.persistence.store.base import ConversationStore
-from chatplane.persistence.store.erasure import ErasureJob
+from chatplane.persistence.store.erasure import ErasureJob, Erasures
 from chatplane.persistence.store.key_records import AuditActor
 
 _log = logging.getLogger(__name__)
@@ -58,13 +57,13 @@ class ErasureJobs:
 
     def __init__(
         self,
-        store: ConversationStore,
+        ledger: Erasures,
         *,
         memory: MemoryEraser,
         log: LogRecordEraser,
         shredder: UserKeyShredder | None,
     ) -> None:
-        self._store = store
+        self._ledger = ledger
         self._memory = memory
         self._log = log
         # The keyring of encryption at rest (chatplane.crypto); None only in tests without it:
@@ -76,13 +75,13 @@ class ErasureJobs:
         """Runs the user's erasure (resuming their unfinished one) to its end; the job."""
         if not tenant_id or not user_id:
             raise errors.InvalidArgument("owner", "tenant_id and user_id are required")
-        job = await self._store.start_erasure(tenant_id, user_id, STEPS, actor)
+        job = await self._ledger.start(tenant_id, user_id, STEPS, actor)
         return await self._run(job)
 
     async def resume_unfinished(self) -> list[ErasureJob]:
         """Runs every unfinished job to its end (at start); the jobs finished."""
         finished = []
-        for job in await self._store.unfinished_erasures():
+        for job in await self._ledger.unfinished():
             _log.info("resuming an erasure", extra={"job_id": job.job_id})
             finished.append(await self._run(job))
         return finished
@@ -114,11 +113,11 @@ class ErasureJobs:
             if step.done:
                 continue
             removed = await self._step(job, step.name)
-            job = await self._store.finish_erasure_step(job.job_id, position, removed)
+            job = await self._ledger.finish_step(job.job_id, position, removed)
             _log.info(
                 "erasure step done", extra={"job_id": job.job_id, "step": step.name, **removed}
             )
-        return await self._store.finish_erasure(job.job_id)
+        return await self._ledger.finish(job.job_id)
 
     async def _step(self, job: ErasureJob, name: str) -> dict[str, int]:
         if name == DATA_KEY:
@@ -127,16 +126,12 @@ class ErasureJobs:
             destroyed = await self._shredder.destroy_user_key(job.tenant_id, job.user_id)
             return {"data_keys": int(destroyed)}
         if name == SYSTEM_OF_RECORD:
-            return await self._store.erase_user_rows(job.tenant_id, job.user_id)
+            return await self._ledger.erase_user_rows(job.tenant_id, job.user_id)
         if name == MEMORY_INDEX:
             turns = await self._memory.erase_user_memory(
                 job.tenant_id, job.user_id, job.conversation_ids
             )
             return {"turns": turns}
         if name == MESSAGE_LOG:
-            return await self._log.erase_conversations(_ids(job.conversation_ids))
+            return await self._log.erase_conversations(sorted(job.conversation_ids))
         raise errors.FailedPrecondition(f"unknown erasure step {name!r}")
-
-
-def _ids(ids: Collection[str]) -> list[str]:
-    return sorted(ids)

@@ -4,34 +4,35 @@ waiting conversations for operators, and the thumbs-down count the handoff rule 
 from __future__ import annotations
 
 from chatplane.common import errors
-from chatplane.common.timestamps import timestamp_of, to_micros
+from chatplane.common.timestamps import optional_timestamp_of
 from chatplane.internal.v1 import handoff_pb2, handoff_pb2_grpc
 from chatplane.persistence.protos import (
     CONVERSATIONS_PAGE,
     Context,
-    decode_token,
-    encode_token,
+    at_most,
     owner,
+    owner_proto,
     page_size,
+    position_cursor,
+    position_token,
     require,
-    token_id,
-    token_time,
 )
-from chatplane.persistence.store.base import ConversationStore
 from chatplane.persistence.store.handoff import (
     HandoffChange,
     HandoffCursor,
     HandoffMode,
+    Handoffs,
     HandoffState,
     HandoffTrigger,
 )
-from chatplane.v1 import admin_resources_pb2, resources_pb2
+from chatplane.v1 import resources_pb2
 
 _MODES = {
     HandoffMode.BOT: resources_pb2.HANDOFF_MODE_BOT,
     HandoffMode.HUMAN: resources_pb2.HANDOFF_MODE_HUMAN,
 }
 _TRIGGERS = {
+    None: resources_pb2.HANDOFF_TRIGGER_UNSPECIFIED,
     HandoffTrigger.USER: resources_pb2.HANDOFF_TRIGGER_USER,
     HandoffTrigger.EXPLICIT_REQUEST: resources_pb2.HANDOFF_TRIGGER_EXPLICIT_REQUEST,
     HandoffTrigger.THUMBS_DOWN: resources_pb2.HANDOFF_TRIGGER_THUMBS_DOWN,
@@ -44,51 +45,31 @@ _MAX_REASON_CHARS = 1024
 
 def handoff_status(state: HandoffState) -> resources_pb2.HandoffStatus:
     """A handoff state as the contracts carry it."""
-    status = resources_pb2.HandoffStatus(
+    return resources_pb2.HandoffStatus(
         conversation_id=state.conversation_id,
         mode=_MODES[state.mode],
-        trigger=(
-            _TRIGGERS[state.trigger] if state.trigger else resources_pb2.HANDOFF_TRIGGER_UNSPECIFIED
-        ),
+        trigger=_TRIGGERS[state.trigger],
         reason=state.reason,
         changed=state.changed,
         user_id=state.owner.user_id,
         released_by=state.released_by,
+        request_time=optional_timestamp_of(state.request_time),
+        release_time=optional_timestamp_of(state.release_time),
     )
-    if state.request_time is not None:
-        status.request_time.CopyFrom(timestamp_of(state.request_time))
-    if state.release_time is not None:
-        status.release_time.CopyFrom(timestamp_of(state.release_time))
-    return status
-
-
-def _handoff_token(cursor: HandoffCursor | None) -> str:
-    if cursor is None:
-        return ""
-    return encode_token(
-        {"k": "h", "t": to_micros(cursor.request_time), "id": cursor.conversation_id}
-    )
-
-
-def _handoff_cursor(token: str, field: str) -> HandoffCursor | None:
-    if not token:
-        return None
-    fields = decode_token(token, field, "h")
-    return HandoffCursor(token_time(fields, "t", field), token_id(fields, "id", field))
 
 
 class HandoffServicer(handoff_pb2_grpc.HandoffServiceServicer):
-    """HandoffService over the store."""
+    """HandoffService over the store's handoffs."""
 
-    def __init__(self, store: ConversationStore) -> None:
-        self._store = store
+    def __init__(self, handoffs: Handoffs) -> None:
+        self._handoffs = handoffs
 
     async def GetHandoff(
         self, request: handoff_pb2.GetHandoffRequest, context: Context
     ) -> handoff_pb2.GetHandoffResponse:
         conversation_owner = owner(request.owner)
         require(request.conversation_id, "conversation_id")
-        state = await self._store.get_handoff(conversation_owner, request.conversation_id)
+        state = await self._handoffs.get(conversation_owner, request.conversation_id)
         return handoff_pb2.GetHandoffResponse(
             handoff=handoff_status(state), rules_fired=sorted(state.rules_fired)
         )
@@ -105,14 +86,9 @@ class HandoffServicer(handoff_pb2_grpc.HandoffServiceServicer):
         if trigger is None:
             raise errors.InvalidArgument("trigger", "must be set")
         require(request.actor_id, "actor_id")
-        if len(request.reason) > _MAX_REASON_CHARS:
-            raise errors.InvalidArgument(
-                "reason", f"must be at most {_MAX_REASON_CHARS} characters"
-            )
+        at_most(request.reason, "reason", _MAX_REASON_CHARS)
         change = HandoffChange(mode, trigger, request.actor_id, request.reason, request.rule)
-        state = await self._store.change_handoff(
-            conversation_owner, request.conversation_id, change
-        )
+        state = await self._handoffs.change(conversation_owner, request.conversation_id, change)
         return handoff_pb2.ChangeHandoffResponse(handoff=handoff_status(state))
 
     async def ListHandoffs(
@@ -120,11 +96,11 @@ class HandoffServicer(handoff_pb2_grpc.HandoffServiceServicer):
     ) -> handoff_pb2.ListHandoffsResponse:
         require(request.tenant_id, "tenant_id")
         limit = page_size(request.page_size, "page_size", CONVERSATIONS_PAGE)
-        after = _handoff_cursor(request.page_token, "page_token")
-        page = await self._store.list_handoffs(request.tenant_id, limit=limit, after=after)
+        after = position_cursor(request.page_token, "page_token", "h", HandoffCursor)
+        page = await self._handoffs.waiting(request.tenant_id, limit=limit, after=after)
         return handoff_pb2.ListHandoffsResponse(
             handoffs=[handoff_status(state) for state in page.handoffs],
-            next_page_token=_handoff_token(page.next_cursor),
+            next_page_token=position_token("h", page.next_cursor),
         )
 
     async def GetTenantHandoff(
@@ -132,11 +108,9 @@ class HandoffServicer(handoff_pb2_grpc.HandoffServiceServicer):
     ) -> handoff_pb2.GetTenantHandoffResponse:
         require(request.tenant_id, "tenant_id")
         require(request.conversation_id, "conversation_id")
-        state = await self._store.tenant_handoff(request.tenant_id, request.conversation_id)
+        state = await self._handoffs.of_tenant(request.tenant_id, request.conversation_id)
         return handoff_pb2.GetTenantHandoffResponse(
-            owner=admin_resources_pb2.Owner(
-                tenant_id=state.owner.tenant_id, user_id=state.owner.user_id
-            ),
+            owner=owner_proto(state.owner),
             handoff=handoff_status(state),
         )
 
@@ -145,7 +119,7 @@ class HandoffServicer(handoff_pb2_grpc.HandoffServiceServicer):
     ) -> handoff_pb2.CountThumbsDownResponse:
         conversation_owner = owner(request.owner)
         require(request.message_id, "message_id")
-        conversation_id, count = await self._store.count_thumbs_down(
+        conversation_id, count = await self._handoffs.count_thumbs_down(
             conversation_owner, request.message_id
         )
         return handoff_pb2.CountThumbsDownResponse(

@@ -4,21 +4,26 @@ authentication, listed, rotated and revoked. Request shapes are checked here, th
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
 from datetime import timedelta
 
 from chatplane.common import errors
-from chatplane.common.ids import is_valid_id
 from chatplane.common.roles import parse_roles
-from chatplane.common.timestamps import from_micros, timestamp_of, to_micros
+from chatplane.common.timestamps import optional_timestamp_of, timestamp_of
 from chatplane.internal.v1 import audit_pb2, identity_pb2, identity_pb2_grpc
-from chatplane.persistence.protos import Context, owner, page_size, require
-from chatplane.persistence.store.base import ApiKey, ConversationStore
+from chatplane.persistence.protos import (
+    Context,
+    owner,
+    owner_proto,
+    page_size,
+    position_cursor,
+    position_token,
+    require,
+)
+from chatplane.persistence.store.base import ApiKey
 from chatplane.persistence.store.key_records import (
     MAX_ROTATION_OVERLAP,
     ApiKeyCursor,
+    ApiKeys,
     AuditActor,
 )
 from chatplane.v1 import admin_resources_pb2
@@ -28,17 +33,17 @@ _MAX_ID_CHARS = 256
 
 
 class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
-    """IdentityService over the store."""
+    """IdentityService over the store's API keys."""
 
-    def __init__(self, store: ConversationStore) -> None:
-        self._store = store
+    def __init__(self, keys: ApiKeys) -> None:
+        self._keys = keys
 
     async def CreateApiKey(
         self, request: identity_pb2.CreateApiKeyRequest, context: Context
     ) -> identity_pb2.CreateApiKeyResponse:
         key_owner = owner(request.owner)
         roles = parse_roles(tuple(request.roles))
-        issued = await self._store.create_api_key(
+        issued = await self._keys.create(
             key_owner, request.label, roles, audit_actor(request.actor)
         )
         return identity_pb2.CreateApiKeyResponse(
@@ -49,38 +54,32 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
         self, request: identity_pb2.GetApiKeyRequest, context: Context
     ) -> identity_pb2.GetApiKeyResponse:
         require(request.key_id, "key_id")
-        key = await self._store.get_api_key(request.key_id)
-        response = identity_pb2.GetApiKeyResponse(
-            owner=admin_resources_pb2.Owner(
-                tenant_id=key.owner.tenant_id, user_id=key.owner.user_id
-            ),
+        key = await self._keys.get(request.key_id)
+        return identity_pb2.GetApiKeyResponse(
+            owner=owner_proto(key.owner),
             secret_sha256=key.secret_sha256,
             revoked=key.revoked,
             roles=sorted(key.roles),
+            # Set for a rotated key: the Gateway checks it on every call.
+            expire_time=optional_timestamp_of(key.expire_time),
         )
-        if key.expire_time is not None:  # a rotated key: the Gateway checks it on every call
-            response.expire_time.CopyFrom(timestamp_of(key.expire_time))
-        return response
 
     async def ListApiKeys(
         self, request: identity_pb2.ListApiKeysRequest, context: Context
     ) -> identity_pb2.ListApiKeysResponse:
         tenant_id = _tenant(request.tenant_id)
-        if len(request.user_id) > _MAX_ID_CHARS or "\x00" in request.user_id:
-            raise errors.InvalidArgument(
-                "user_id", f"must be at most {_MAX_ID_CHARS} characters, without NUL"
-            )
+        _key_field(request.user_id, "user_id")
         limit = page_size(request.page_size, "page_size", KEYS_PAGE)
-        page = await self._store.list_api_keys(
+        page = await self._keys.page(
             tenant_id,
             request.user_id,
             limit=limit,
-            after=decode_key_token(request.page_token),
+            after=position_cursor(request.page_token, "page_token", "key", ApiKeyCursor),
             include_revoked=request.include_revoked,
         )
         return identity_pb2.ListApiKeysResponse(
             keys=[api_key_info(key) for key in page.keys],
-            next_page_token=encode_key_token(page.next_cursor),
+            next_page_token=position_token("key", page.next_cursor),
         )
 
     async def RotateApiKey(
@@ -92,7 +91,7 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
             raise errors.InvalidArgument(
                 "overlap_ms", f"must be between 0 and {limit_ms} (24 hours)"
             )
-        rotated = await self._store.rotate_api_key(
+        rotated = await self._keys.rotate(
             tenant_id,
             request.key_id,
             timedelta(milliseconds=request.overlap_ms),
@@ -108,20 +107,21 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
         self, request: identity_pb2.RevokeApiKeyRequest, context: Context
     ) -> identity_pb2.RevokeApiKeyResponse:
         tenant_id = _tenant(request.tenant_id)
-        key = await self._store.revoke_api_key(
-            tenant_id, request.key_id, audit_actor(request.actor)
-        )
+        key = await self._keys.revoke(tenant_id, request.key_id, audit_actor(request.actor))
         return identity_pb2.RevokeApiKeyResponse(key=api_key_info(key))
 
 
 def _tenant(tenant_id: str) -> str:
-    if not tenant_id:
-        raise errors.InvalidArgument("tenant_id", "required")
-    if len(tenant_id) > _MAX_ID_CHARS or "\x00" in tenant_id:
+    require(tenant_id, "tenant_id")
+    return _key_field(tenant_id, "tenant_id")
+
+
+def _key_field(value: str, field: str) -> str:
+    if len(value) > _MAX_ID_CHARS or "\x00" in value:
         raise errors.InvalidArgument(
-            "tenant_id", f"must be at most {_MAX_ID_CHARS} characters, without NUL"
+            field, f"must be at most {_MAX_ID_CHARS} characters, without NUL"
         )
-    return tenant_id
+    return value
 
 
 def audit_actor(actor: audit_pb2.AuditActor) -> AuditActor:
@@ -131,53 +131,13 @@ def audit_actor(actor: audit_pb2.AuditActor) -> AuditActor:
 
 def api_key_info(key: ApiKey) -> admin_resources_pb2.ApiKeyInfo:
     """A key's facts for a response (never its secret's hash)."""
-    info = admin_resources_pb2.ApiKeyInfo(
+    return admin_resources_pb2.ApiKeyInfo(
         key_id=key.key_id,
-        owner=admin_resources_pb2.Owner(tenant_id=key.owner.tenant_id, user_id=key.owner.user_id),
+        owner=owner_proto(key.owner),
         label=key.label,
         roles=sorted(key.roles),
         create_time=timestamp_of(key.create_time),
         revoked=key.revoked,
         replaced_by_key_id=key.replaced_by,
+        expire_time=optional_timestamp_of(key.expire_time),
     )
-    if key.expire_time is not None:
-        info.expire_time.CopyFrom(timestamp_of(key.expire_time))
-    return info
-
-
-# Page tokens of key lists: base64url of {"k": "key", "t": create time (µs), "id": key id}.
-
-
-def encode_key_token(cursor: ApiKeyCursor | None) -> str:
-    """The page token of a cursor ("" for none)."""
-    if cursor is None:
-        return ""
-    text = json.dumps(
-        {"k": "key", "t": to_micros(cursor.create_time), "id": cursor.key_id},
-        separators=(",", ":"),
-        sort_keys=True,
-    )
-    return base64.urlsafe_b64encode(text.encode()).rstrip(b"=").decode("ascii")
-
-
-def decode_key_token(token: str) -> ApiKeyCursor | None:
-    """The cursor of a page token, or InvalidArgument on `page_token`."""
-    if not token:
-        return None
-    invalid = errors.InvalidArgument("page_token", "not a page token of this list")
-    try:
-        raw = base64.b64decode(token + "=" * (-len(token) % 4), altchars=b"-_", validate=True)
-        fields = json.loads(raw)
-    except (binascii.Error, ValueError) as error:
-        raise invalid from error
-    if not isinstance(fields, dict) or fields.get("k") != "key":
-        raise invalid
-    micros, key_id = fields.get("t"), fields.get("id")
-    if type(micros) is not int or micros < 0 or not isinstance(key_id, str):
-        raise invalid
-    if not is_valid_id(key_id):
-        raise invalid
-    try:
-        return ApiKeyCursor(from_micros(micros), key_id)
-    except OverflowError as error:
-        raise invalid from error

@@ -6,19 +6,18 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-from chatplane.common import errors
 from chatplane.common.timestamps import optional_timestamp_of
 from chatplane.internal.v1 import privacy_pb2, privacy_pb2_grpc
 from chatplane.persistence.erasure_job import ErasureJobs
 from chatplane.persistence.identity_servicer import audit_actor
-from chatplane.persistence.protos import Context, owner, page_size, require
+from chatplane.persistence.protos import Context, owner, page_size, tenant
 from chatplane.persistence.store.base import ConversationStore
 from chatplane.persistence.store.erasure import ErasureJob, RetentionPolicy
-from chatplane.persistence.store.user_export import DEFAULT_PAGE, MAX_PAGE
 from chatplane.persistence.user_records import UserRecords
 from chatplane.v1 import erasure_pb2
 
-_MAX_TENANT_CHARS = 256
+EXPORT_PAGE = (200, 1000)
+"""Records per store read of an export: the default and the most."""
 
 
 def erasure_receipt(job: ErasureJob) -> erasure_pb2.ErasureReceipt:
@@ -49,13 +48,6 @@ def retention_policy(policy: RetentionPolicy) -> erasure_pb2.RetentionPolicy:
     )
 
 
-def _tenant(tenant_id: str) -> str:
-    require(tenant_id, "tenant_id")
-    if len(tenant_id) > _MAX_TENANT_CHARS:
-        raise errors.InvalidArgument("tenant_id", f"must be at most {_MAX_TENANT_CHARS} characters")
-    return tenant_id
-
-
 class PrivacyServicer(privacy_pb2_grpc.PrivacyServiceServicer):
     """PrivacyService over the store and the erasure jobs."""
 
@@ -68,7 +60,7 @@ class PrivacyServicer(privacy_pb2_grpc.PrivacyServiceServicer):
         self, request: privacy_pb2.ExportUserRecordsRequest, context: Context
     ) -> AsyncIterator[privacy_pb2.ExportUserRecordsResponse]:
         user = owner(request.owner)
-        limit = page_size(request.page_size, "page_size", (DEFAULT_PAGE, MAX_PAGE))
+        limit = page_size(request.page_size, "page_size", EXPORT_PAGE)
         async for record in self._records.records(user, limit):
             yield record
 
@@ -82,11 +74,11 @@ class PrivacyServicer(privacy_pb2_grpc.PrivacyServiceServicer):
     async def SetRetention(
         self, request: privacy_pb2.SetRetentionRequest, context: Context
     ) -> privacy_pb2.SetRetentionResponse:
-        policy = await self._store.set_retention(_tenant(request.tenant_id), request.days)
+        policy = await self._store.retention.set(tenant(request.tenant_id), request.days)
         return privacy_pb2.SetRetentionResponse(policy=retention_policy(policy))
 
     async def GetRetention(
         self, request: privacy_pb2.GetRetentionRequest, context: Context
     ) -> privacy_pb2.GetRetentionResponse:
-        policy = await self._store.get_retention(_tenant(request.tenant_id))
+        policy = await self._store.retention.get(tenant(request.tenant_id))
         return privacy_pb2.GetRetentionResponse(policy=retention_policy(policy))

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import json
+from collections.abc import Callable
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 
@@ -16,30 +18,36 @@ from chatplane.common.ids import is_valid_id
 from chatplane.common.timestamps import from_micros, timestamp_of, to_micros
 from chatplane.persistence.store.base import (
     Conversation,
-    ConversationCursor,
     FinishReason,
     Message,
     MessageCursor,
     MessageStatus,
     Owner,
+    Rating,
     Role,
 )
-from chatplane.v1 import admin_resources_pb2, resources_pb2
+from chatplane.v1 import admin_resources_pb2, gateway_pb2, resources_pb2
 
 Context = grpc.aio.ServicerContext[Any, Any]
 """The servicer context every Persistence RPC receives."""
+
+_Cursor = TypeVar("_Cursor")
 
 # Page sizes as documented on the public API's requests (gateway.proto).
 CONVERSATIONS_PAGE = (20, 100)
 MESSAGES_PAGE = (100, 500)
 MAX_KEY_CHARS = 256
 
-_ROLES = {Role.USER: resources_pb2.ROLE_USER, Role.ASSISTANT: resources_pb2.ROLE_ASSISTANT}
-_STATUSES = {
+ROLES = {Role.USER: resources_pb2.ROLE_USER, Role.ASSISTANT: resources_pb2.ROLE_ASSISTANT}
+STATUSES = {
     MessageStatus.COMPLETE: resources_pb2.MESSAGE_STATUS_COMPLETE,
     MessageStatus.INTERRUPTED: resources_pb2.MESSAGE_STATUS_INTERRUPTED,
 }
-_FINISH_REASONS = {
+RATINGS = {
+    Rating.THUMBS_UP: gateway_pb2.RATING_THUMBS_UP,
+    Rating.THUMBS_DOWN: gateway_pb2.RATING_THUMBS_DOWN,
+}
+FINISH_REASONS = {
     FinishReason.UNSPECIFIED: resources_pb2.FINISH_REASON_UNSPECIFIED,
     FinishReason.STOP: resources_pb2.FINISH_REASON_STOP,
     FinishReason.MAX_TOKENS: resources_pb2.FINISH_REASON_MAX_TOKENS,
@@ -59,13 +67,29 @@ def require_id(value: str, field: str) -> None:
         raise errors.InvalidArgument(field, "must be a UUID in canonical form")
 
 
+def at_most(value: str, field: str, limit: int = MAX_KEY_CHARS) -> str:
+    """`value` unless it is longer than `limit` characters (InvalidArgument naming `field`)."""
+    if len(value) > limit:
+        raise errors.InvalidArgument(field, f"must be at most {limit} characters")
+    return value
+
+
+def tenant(value: str) -> str:
+    """A tenant id a call names: required, at most MAX_KEY_CHARS."""
+    require(value, "tenant_id")
+    return at_most(value, "tenant_id")
+
+
 def owner(proto: admin_resources_pb2.Owner) -> Owner:
     """The owner a call acts for; both ids required, at most MAX_KEY_CHARS each."""
     for field, value in (("owner.tenant_id", proto.tenant_id), ("owner.user_id", proto.user_id)):
         require(value, field)
-        if len(value) > MAX_KEY_CHARS:
-            raise errors.InvalidArgument(field, f"must be at most {MAX_KEY_CHARS} characters")
+        at_most(value, field)
     return Owner(proto.tenant_id, proto.user_id)
+
+
+def owner_proto(value: Owner) -> admin_resources_pb2.Owner:
+    return admin_resources_pb2.Owner(tenant_id=value.tenant_id, user_id=value.user_id)
 
 
 def page_size(value: int, field: str, bounds: tuple[int, int]) -> int:
@@ -92,14 +116,15 @@ def message_proto(message: Message) -> resources_pb2.Message:
     proto = resources_pb2.Message(
         message_id=message.message_id,
         conversation_id=message.conversation_id,
-        role=_ROLES[message.role],
+        role=ROLES[message.role],
         text=message.text,
-        status=_STATUSES[message.status],
+        status=STATUSES[message.status],
         model=message.model,
         create_time=timestamp_of(message.create_time),
         reply_to_message_id=message.reply_to_message_id,
-        finish_reason=_FINISH_REASONS[message.finish_reason],
+        finish_reason=FINISH_REASONS[message.finish_reason],
         client_message_id=message.client_message_id,
+        parent_message_id=message.parent_message_id,  # None (before trees): unset
     )
     if message.operator_id:  # an operator's reply (docs/handoff.md)
         proto.role = resources_pb2.ROLE_OPERATOR
@@ -107,8 +132,6 @@ def message_proto(message: Message) -> resources_pb2.Message:
     elif message.role is Role.ASSISTANT:
         proto.usage.input_tokens = message.input_tokens
         proto.usage.output_tokens = message.output_tokens
-    if message.parent_message_id is not None:
-        proto.parent_message_id = message.parent_message_id
     return proto
 
 
@@ -154,19 +177,23 @@ def token_id(fields: dict[str, Any], name: str, field: str) -> str:
     return value
 
 
-def conversation_token(cursor: ConversationCursor | None) -> str:
+def position_token(kind: str, cursor: Any) -> str:
+    """The page token of a keyset cursor (a time, then an id: a pair or a dataclass of
+    those) in a list of `kind`; "" for None (the last page)."""
     if cursor is None:
         return ""
-    return encode_token(
-        {"k": "c", "t": to_micros(cursor.update_time), "id": cursor.conversation_id}
-    )
+    moment, position_id = cursor if isinstance(cursor, tuple) else dataclasses.astuple(cursor)
+    return encode_token({"k": kind, "t": to_micros(moment), "id": position_id})
 
 
-def conversation_cursor(token: str, field: str) -> ConversationCursor | None:
+def position_cursor(
+    token: str, field: str, kind: str, make: Callable[[datetime, str], _Cursor]
+) -> _Cursor | None:
+    """The cursor of a `position_token` of `kind`, made by `make`; None for no token."""
     if not token:
         return None
-    fields = decode_token(token, field, "c")
-    return ConversationCursor(token_time(fields, "t", field), token_id(fields, "id", field))
+    fields = decode_token(token, field, kind)
+    return make(token_time(fields, "t", field), token_id(fields, "id", field))
 
 
 def message_token(cursor: MessageCursor | None) -> str:

@@ -1,20 +1,17 @@
 """QuotaService (ReserveQuota, SettleQuota, SetQuota, GetQuota):
-request checks and proto ⇄ domain around the store's quota methods (docs/quotas.md)."""
+request checks and proto ⇄ domain around the store's quota ledger (docs/quotas.md)."""
 
 from __future__ import annotations
 
 from datetime import timedelta
 
-from google.protobuf import timestamp_pb2
-
 from chatplane.common import errors
 from chatplane.common.ids import is_valid_id
+from chatplane.common.timestamps import timestamp_of
 from chatplane.internal.v1 import quota_pb2, quota_pb2_grpc
-from chatplane.persistence.protos import Context
-from chatplane.persistence.store.base import ConversationStore
-from chatplane.persistence.store.quota import TokenQuota
+from chatplane.persistence.protos import Context, tenant
+from chatplane.persistence.store.quota import TokenQuota, TokenQuotas
 
-_MAX_TENANT_CHARS = 256
 # A reservation outlives any turn (turn_timeout_seconds) but not a day.
 MAX_RESERVATION_LEASE = timedelta(hours=6)
 DEFAULT_RESERVATION_LEASE = timedelta(minutes=10)
@@ -24,23 +21,13 @@ MAX_TOKENS = 10**12
 
 def quota_proto(quota: TokenQuota) -> quota_pb2.TokenQuota:
     """The wire form of a tenant's quota and usage."""
-    reset = timestamp_pb2.Timestamp()
-    reset.FromDatetime(quota.reset_time)
     return quota_pb2.TokenQuota(
         tenant_id=quota.tenant_id,
         tokens_per_day=quota.tokens_per_day,
         used_tokens=quota.used_tokens,
         reserved_tokens=quota.reserved_tokens,
-        reset_time=reset,
+        reset_time=timestamp_of(quota.reset_time),
     )
-
-
-def _tenant(value: str) -> str:
-    if not value:
-        raise errors.InvalidArgument("tenant_id", "required")
-    if len(value) > _MAX_TENANT_CHARS:
-        raise errors.InvalidArgument("tenant_id", f"must be at most {_MAX_TENANT_CHARS} characters")
-    return value
 
 
 def _tokens(value: int, field: str) -> int:
@@ -58,13 +45,13 @@ def _reservation_id(value: str) -> str:
 class QuotaServicer(quota_pb2_grpc.QuotaServiceServicer):
     """QuotaService over the store's token quota ledger."""
 
-    def __init__(self, ledger: ConversationStore) -> None:
+    def __init__(self, ledger: TokenQuotas) -> None:
         self._ledger = ledger
 
     async def ReserveQuota(
         self, request: quota_pb2.ReserveQuotaRequest, context: Context
     ) -> quota_pb2.ReserveQuotaResponse:
-        tenant = _tenant(request.tenant_id)
+        tenant_id = tenant(request.tenant_id)
         lease = DEFAULT_RESERVATION_LEASE
         if request.lease_ms:
             # Checked as an integer first: timedelta overflows on extreme values.
@@ -72,8 +59,8 @@ class QuotaServicer(quota_pb2_grpc.QuotaServiceServicer):
             if not 0 < request.lease_ms <= max_ms:
                 raise errors.InvalidArgument("lease_ms", f"must be between 1 and {max_ms}")
             lease = timedelta(milliseconds=request.lease_ms)
-        reservation = await self._ledger.reserve_tokens(
-            tenant,
+        reservation = await self._ledger.reserve(
+            tenant_id,
             _reservation_id(request.reservation_id),
             _tokens(request.tokens, "tokens"),
             lease,
@@ -90,21 +77,21 @@ class QuotaServicer(quota_pb2_grpc.QuotaServiceServicer):
         used = _tokens(request.input_tokens, "input_tokens") + _tokens(
             request.output_tokens, "output_tokens"
         )
-        quota = await self._ledger.settle_tokens(
-            _tenant(request.tenant_id), _reservation_id(request.reservation_id), used
+        quota = await self._ledger.settle(
+            tenant(request.tenant_id), _reservation_id(request.reservation_id), used
         )
         return quota_pb2.SettleQuotaResponse(quota=quota_proto(quota))
 
     async def SetQuota(
         self, request: quota_pb2.SetQuotaRequest, context: Context
     ) -> quota_pb2.SetQuotaResponse:
-        quota = await self._ledger.set_token_quota(
-            _tenant(request.tenant_id), _tokens(request.tokens_per_day, "tokens_per_day")
+        quota = await self._ledger.set_limit(
+            tenant(request.tenant_id), _tokens(request.tokens_per_day, "tokens_per_day")
         )
         return quota_pb2.SetQuotaResponse(quota=quota_proto(quota))
 
     async def GetQuota(
         self, request: quota_pb2.GetQuotaRequest, context: Context
     ) -> quota_pb2.GetQuotaResponse:
-        quota = await self._ledger.get_token_quota(_tenant(request.tenant_id))
+        quota = await self._ledger.get(tenant(request.tenant_id))
         return quota_pb2.GetQuotaResponse(quota=quota_proto(quota))

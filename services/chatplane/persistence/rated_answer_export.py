@@ -6,12 +6,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import cast
 
 from chatplane.common import errors
+from chatplane.persistence.store.answer_metrics import RatedAnswerQuery, RatedAnswerRow
 from chatplane.persistence.store.base import ConversationStore, Owner, Role
-from chatplane.persistence.store.rated_answers import RatedAnswerQuery, RatedAnswerRow
-from chatplane.persistence.store.tree_store import TreeQueries
 from chatplane.privacy.policy import RedactionPolicy
 
 
@@ -52,9 +50,6 @@ class RatedAnswerExport:
         self, store: ConversationStore, opted_in: frozenset[str], redaction: RedactionPolicy
     ) -> None:
         self._store = store
-        # The store is TreeQueries; the sealed store (docs/security.md) wraps it, opening
-        # what these queries return.
-        self._trees = cast(TreeQueries, store)
         self._opted_in = opted_in
         self._redaction = redaction
 
@@ -68,7 +63,7 @@ class RatedAnswerExport:
 
     async def page(self, query: RatedAnswerQuery) -> ExportPage:
         """The answers of one page with their branches."""
-        rows = await self._store.list_rated_answers(query)
+        rows = await self._store.analytics.rated_answers(query)
         exported = [await self._exported(row) for row in rows]
         last = rows[-1] if len(rows) == query.limit else None
         return ExportPage(
@@ -80,14 +75,14 @@ class RatedAnswerExport:
         """The answer with its branch; None when its conversation was deleted meanwhile."""
         owner = Owner(row.tenant_id, row.user_id)
         try:
-            skeleton = await self._trees.tree_skeleton(owner, row.conversation_id)
+            skeleton = await self._store.trees.skeleton(owner, row.conversation_id)
         except errors.NotFound:
             return None
         tree = skeleton.tree()
         if not tree.is_stored(row.message_id):
             return None
         path = tree.path(row.message_id)
-        messages = await self._trees.messages_by_id(owner, path)
+        messages = await self._store.trees.messages_by_id(owner, path)
         redacted = self._redaction.applies(row.tenant_id)
         branch = tuple(
             BranchText(messages[m].role, self._redaction.text(row.tenant_id, messages[m].text))

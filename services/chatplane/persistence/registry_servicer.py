@@ -1,11 +1,8 @@
 """VariantRegistryService (docs/registry.md): request checks and proto ⇄ domain around the
-store's `PostgresVariantRegistry`. The Gateway's RegistryService (admins) and every Agent
+store's `VariantRegistry`. The Gateway's RegistryService (admins) and every Agent
 (GetVariant, GetVariantDeployment) call it."""
 
 from __future__ import annotations
-
-import contextlib
-from collections.abc import Iterator
 
 from chatplane.common import errors
 from chatplane.common.timestamps import timestamp_of
@@ -16,10 +13,10 @@ from chatplane.persistence.store.variant_registry import (
     CHANGES_LIMIT_MAX,
     ChangeRecord,
     Deployment,
-    PostgresVariantRegistry,
     Promotion,
     Stage,
     VariantRecord,
+    VariantRegistry,
     parse_or_invalid,
 )
 from chatplane.v1 import registry_pb2
@@ -69,25 +66,11 @@ def _text(value: str, field: str) -> str:
     return value
 
 
-@contextlib.contextmanager
-def _caller_fields() -> Iterator[None]:
-    """The store names the promotion's own fields; the Gateway's caller sent them at
-    `request.` (what the Gateway passes on as the caller's field)."""
-    try:
-        yield
-    except errors.InvalidArgument as error:
-        raise errors.InvalidArgument(f"request.{error.field}", error.description) from None
-
-
 class VariantRegistryServicer(variant_registry_pb2_grpc.VariantRegistryServiceServicer):
     """VariantRegistryService over the store's registry tables."""
 
-    def __init__(self, registry: PostgresVariantRegistry) -> None:
+    def __init__(self, registry: VariantRegistry) -> None:
         self._registry = registry
-
-    async def _version(self, name: str, version: int) -> registry_pb2.VariantVersion:
-        record = await self._registry.get_variant(name, version)
-        return version_proto(record, await self._registry.variant_deployment())
 
     async def PushVariant(
         self, request: variant_registry_pb2.PushVariantRequest, context: Context
@@ -123,8 +106,10 @@ class VariantRegistryServicer(variant_registry_pb2_grpc.VariantRegistryServiceSe
         self, request: variant_registry_pb2.GetVariantRequest, context: Context
     ) -> variant_registry_pb2.GetVariantResponse:
         name, version = parse_or_invalid(request.request.variant, "request.variant")
+        record = await self._registry.get_variant(name, version)
+        variant = version_proto(record, await self._registry.variant_deployment())
         return variant_registry_pb2.GetVariantResponse(
-            response=registry_pb2.GetVariantResponse(variant=await self._version(name, version))
+            response=registry_pb2.GetVariantResponse(variant=variant)
         )
 
     async def PromoteVariant(
@@ -139,16 +124,18 @@ class VariantRegistryServicer(variant_registry_pb2_grpc.VariantRegistryServiceSe
         stage = stages.get(promote.stage)
         if stage is None:
             raise errors.InvalidArgument("request.stage", "promote to canary or production")
-        with _caller_fields():
-            change = await self._registry.promote_variant(
-                Promotion(
-                    variant=promote.variant,
-                    stage=stage,
-                    share_percent=promote.share_percent,
-                    actor=_text(request.actor, "actor"),
-                    reason=_text(promote.reason, "request.reason"),
-                )
-            )
+        promotion = Promotion(
+            variant=promote.variant,
+            stage=stage,
+            share_percent=promote.share_percent,
+            actor=_text(request.actor, "actor"),
+            reason=_text(promote.reason, "request.reason"),
+        )
+        try:
+            change = await self._registry.promote_variant(promotion)
+        except errors.InvalidArgument as error:
+            # The store names the promotion's own fields; the caller sent them at `request.`.
+            raise errors.InvalidArgument(f"request.{error.field}", error.description) from None
         return variant_registry_pb2.PromoteVariantResponse(
             response=registry_pb2.PromoteVariantResponse(change=change_proto(change))
         )

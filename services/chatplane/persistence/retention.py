@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -16,8 +17,8 @@ from typing import Final, Protocol
 from chatplane.common import errors
 from chatplane.common.timestamps import utc_now
 from chatplane.log.record_erasure import LogRecordEraser
-from chatplane.persistence.store.base import Clock, ConversationStore
-from chatplane.persistence.store.erasure import ExpiredConversation
+from chatplane.persistence.store.base import Clock
+from chatplane.persistence.store.erasure import ExpiredConversation, Retention
 
 _log = logging.getLogger(__name__)
 
@@ -47,14 +48,14 @@ class RetentionSweeper:
 
     def __init__(
         self,
-        store: ConversationStore,
+        retention: Retention,
         memory: ConversationForgetter,
         log: LogRecordEraser,
         *,
         interval: float,
         clock: Clock = utc_now,
     ) -> None:
-        self._store = store
+        self._retention = retention
         self._memory = memory
         self._log = log
         self._interval = interval
@@ -66,27 +67,20 @@ class RetentionSweeper:
         """One pass: first what a pass cut short left pending, then every tenant with a
         retention period."""
         counts = SweepCounts()
-        while pending := await self._store.pending_expiries(BATCH):
+        while pending := await self._retention.pending(BATCH):
             await self._forget(pending, counts)
             if len(pending) < BATCH:
                 break
-        for policy in await self._store.retention_policies():
+        for policy in await self._retention.policies():
             before = self._clock() - timedelta(days=policy.days)
             while True:
-                expired = await self._store.expire_conversations(policy.tenant_id, before, BATCH)
+                expired = await self._retention.expire(policy.tenant_id, before, BATCH)
                 counts.conversations += len(expired)
                 await self._forget(expired, counts)
                 if len(expired) < BATCH:
                     break
         if counts.conversations:
-            _log.info(
-                "retention sweep",
-                extra={
-                    "conversations": counts.conversations,
-                    "memory_turns": counts.memory_turns,
-                    "log_records": counts.log_records,
-                },
-            )
+            _log.info("retention sweep", extra=dataclasses.asdict(counts))
         return counts
 
     async def _forget(self, expired: Sequence[ExpiredConversation], counts: SweepCounts) -> None:
@@ -99,7 +93,7 @@ class RetentionSweeper:
             )
         ids = [conversation.conversation_id for conversation in expired]
         counts.log_records += (await self._log.erase_conversations(ids)).get("log_records", 0)
-        await self._store.finish_expiries(ids)
+        await self._retention.finish_pending(ids)
 
     def start(self) -> None:
         """Sweeps every interval in the background until `stop`."""

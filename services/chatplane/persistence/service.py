@@ -1,9 +1,13 @@
-"""Wires the Persistence process together: settings → store, message log, consumer task and
-one small servicer per service (turns, conversations, identity, audit, quota, handoff,
-analytics, privacy, variant registry, data keys), all on one server until SIGTERM."""
+"""Wires the Persistence process together: settings → store, message log, consumer task, one
+small servicer per service (turns, conversations, identity, audit, quota, handoff, analytics,
+privacy, variant registry, data keys), all on one server until SIGTERM, and erasure and
+retention (docs/privacy.md): the channel to MemoryService, the message log's record eraser of
+the profile, the erasure jobs (unfinished ones resumed at start) and the retention sweep."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import asdict
@@ -13,10 +17,15 @@ import grpc
 
 from chatplane import audit
 from chatplane.audit.recorder import AuditRecorder
-from chatplane.common.server import serve
+from chatplane.common.server import internal_channel, serve
 from chatplane.common.settings import Settings
-from chatplane.common.tls import load_tls
-from chatplane.common.topics import MESSAGES_TOPIC
+from chatplane.common.tls import TlsCredentials, load_tls
+from chatplane.common.topics import (
+    HANDOFF_TOPIC,
+    MEMORY_REMEMBER_TOPIC,
+    MESSAGES_DLQ_TOPIC,
+    MESSAGES_TOPIC,
+)
 from chatplane.crypto.data_key_servicer import DataKeyServicer
 from chatplane.crypto.factory import store_key_source, store_keyring
 from chatplane.crypto.keyring import Keyring, StoreKeySource
@@ -28,25 +37,27 @@ from chatplane.internal.v1 import (
     data_key_pb2_grpc,
     handoff_pb2_grpc,
     identity_pb2_grpc,
+    memory_pb2_grpc,
     privacy_pb2_grpc,
     quota_pb2_grpc,
     turn_pb2_grpc,
     variant_registry_pb2_grpc,
 )
-from chatplane.log.factory import open_message_log
+from chatplane.log.factory import open_message_log, postgres_dsn
 from chatplane.log.observed import LagReporter
+from chatplane.log.record_erasure import KafkaLogEraser, LogRecordEraser, PostgresLogEraser
 from chatplane.persistence.analytics_servicer import AnalyticsServicer
 from chatplane.persistence.audit_servicer import AuditServicer
-from chatplane.persistence.audit_sink import StoreAuditSink
 from chatplane.persistence.consumer import CONSUMER_GROUP, BatchConsumer
 from chatplane.persistence.conversation_servicer import ConversationServicer
-from chatplane.persistence.erasure_job import ErasureJobs
-from chatplane.persistence.erasure_wiring import ErasureWiring
+from chatplane.persistence.erasure_job import ErasureJobs, UserKeyShredder
 from chatplane.persistence.handoff_servicer import HandoffServicer
 from chatplane.persistence.identity_servicer import IdentityServicer
+from chatplane.persistence.memory_eraser import MemoryServiceEraser
 from chatplane.persistence.privacy_servicer import PrivacyServicer
 from chatplane.persistence.quota_servicer import QuotaServicer
 from chatplane.persistence.registry_servicer import VariantRegistryServicer
+from chatplane.persistence.retention import RetentionSweeper
 from chatplane.persistence.store.base import ConversationStore
 from chatplane.persistence.store.factory import open_store
 from chatplane.persistence.turn_servicer import TurnServicer
@@ -88,19 +99,77 @@ def servicers(
 ) -> dict[str, Any]:
     """One servicer per service, by service name; `store` is the sealed store
     (docs/security.md)."""
-    quota = QuotaServicer(store)
+    quota = QuotaServicer(store.quota)
     return {
         "TurnService": TurnServicer(store, quota),
         "ConversationService": ConversationServicer(store),
-        "IdentityService": IdentityServicer(store),
-        "AuditService": AuditServicer(store),
+        "IdentityService": IdentityServicer(store.api_keys),
+        "AuditService": AuditServicer(store.audit),
         "QuotaService": quota,
-        "HandoffService": HandoffServicer(store),
+        "HandoffService": HandoffServicer(store.handoffs),
         "AnalyticsService": AnalyticsServicer(store, settings),
         "PrivacyService": PrivacyServicer(store, erasure),
-        "VariantRegistryService": VariantRegistryServicer(store),
+        "VariantRegistryService": VariantRegistryServicer(store.registry),
         "DataKeyService": DataKeyServicer(keys, keyring),
     }
+
+
+LOG_TOPICS = (MESSAGES_TOPIC, MESSAGES_DLQ_TOPIC, MEMORY_REMEMBER_TOPIC, HANDOFF_TOPIC)
+"""Every topic that holds records keyed by conversation id."""
+
+
+def log_record_eraser(settings: Settings) -> LogRecordEraser:
+    """The embedded log's tables in PostgreSQL, or Kafka's compacted topics in the cluster
+    profile."""
+    if settings.profile == "cluster":
+        return KafkaLogEraser(
+            settings.kafka_bootstrap.strip(),
+            LOG_TOPICS,
+            timeout=settings.log_append_timeout_seconds,
+        )
+    return PostgresLogEraser(postgres_dsn(settings))
+
+
+class ErasureWiring:
+    """The erasure and retention parts of one Persistence process."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: ConversationStore,
+        tls: TlsCredentials | None,
+        shredder: UserKeyShredder | None = None,
+    ) -> None:
+        self._channel = internal_channel(settings.memory_address, tls)
+        memory = MemoryServiceEraser(
+            memory_pb2_grpc.MemoryServiceStub(self._channel),
+            settings.internal_call_timeout_seconds,
+        )
+        log = log_record_eraser(settings)
+        self.jobs = ErasureJobs(
+            store.erasures,
+            memory=memory,
+            log=log,
+            shredder=shredder,
+        )
+        self.sweeper = RetentionSweeper(
+            store.retention, memory, log, interval=settings.retention_sweep_interval_seconds
+        )
+        self._resume: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Resumes unfinished erasures and starts the retention sweep, in the background."""
+        self._resume = asyncio.create_task(self.jobs.resume_until_done(), name="erasure-resume")
+        self.sweeper.start()
+
+    async def stop(self) -> None:
+        """Stops both and closes the channel to MemoryService."""
+        await self.sweeper.stop()
+        if self._resume is not None:
+            self._resume.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._resume
+        await self._channel.close()
 
 
 async def run(settings: Settings) -> None:
@@ -124,9 +193,9 @@ async def run(settings: Settings) -> None:
     # Erasure (its first step destroys the user's data key) and retention (docs/privacy.md).
     erasure = ErasureWiring(settings, store, tls, shredder=keyring)
     by_service = servicers(store, settings, data_keys, keyring, erasure.jobs)
-    # This process's audit.record(...) appends straight to the store (docs/security.md).
+    # This process's audit.record(...) appends straight to the store's chain (docs/security.md).
     recorder = AuditRecorder(
-        StoreAuditSink(store),
+        store.audit,
         max_batch=settings.audit_batch_max_records,
         flush_seconds=settings.audit_flush_seconds,
         max_pending=max(settings.audit_max_pending, settings.audit_batch_max_records),

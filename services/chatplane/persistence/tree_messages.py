@@ -4,19 +4,15 @@ places in the tree, and the page tokens of a branch."""
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
 from typing import Any
 
 from chatplane.common import errors
-from chatplane.common.ids import is_valid_id
 from chatplane.internal.v1 import turn_pb2
+from chatplane.persistence.protos import ROLES, decode_token, encode_token, token_id, token_int
 from chatplane.persistence.store.base import (
     BranchCursor,
     ConversationView,
     PlacedMessage,
-    Role,
     TurnReservation,
 )
 from chatplane.v1 import gateway_pb2, resources_pb2
@@ -29,7 +25,6 @@ _VIEWS = {
     gateway_pb2.CONVERSATION_VIEW_ACTIVE_BRANCH: ConversationView.ACTIVE_BRANCH,
     gateway_pb2.CONVERSATION_VIEW_TREE: ConversationView.TREE,
 }
-_ROLES = {Role.USER: resources_pb2.ROLE_USER, Role.ASSISTANT: resources_pb2.ROLE_ASSISTANT}
 _BRANCH_TOKEN_KIND = "b"
 
 
@@ -60,7 +55,7 @@ def add_branch(response: turn_pb2.BeginTurnResponse, reservation: TurnReservatio
         message = response.branch.messages.add(
             message_id=entry.message_id,
             conversation_id=reservation.conversation_id,
-            role=_ROLES[entry.role],
+            role=ROLES[entry.role],
         )
         if entry.text is not None:
             message.text = entry.text
@@ -84,39 +79,23 @@ def placed_message(message: resources_pb2.Message, place: PlacedMessage) -> reso
     return message
 
 
-# A branch's page token: base64url of a small JSON object, like the other page tokens. It
-# pins the branch by its leaf, so later pages go on through the same branch.
-
-
 def branch_token(cursor: BranchCursor) -> str:
-    """The page token of a branch cursor."""
-    fields = {
-        "k": _BRANCH_TOKEN_KIND,
-        "c": cursor.conversation_id,
-        "l": cursor.leaf_message_id,
-        "o": cursor.offset,
-    }
-    text = json.dumps(fields, separators=(",", ":"), sort_keys=True)
-    return base64.urlsafe_b64encode(text.encode()).rstrip(b"=").decode("ascii")
+    """The page token of a branch cursor: it pins the branch by its leaf, so later pages go
+    on through the same branch."""
+    leaf, offset = cursor.leaf_message_id, cursor.offset
+    return encode_token(
+        {"k": _BRANCH_TOKEN_KIND, "c": cursor.conversation_id, "l": leaf, "o": offset}
+    )
 
 
 def branch_cursor(token: str, field: str, conversation_id: str) -> BranchCursor | None:
     """The branch cursor of a page token (None for the first page)."""
     if not token:
         return None
-    invalid = errors.InvalidArgument(field, "not a page token of this list")
-    try:
-        raw = base64.b64decode(token + "=" * (-len(token) % 4), altchars=b"-_", validate=True)
-        fields = json.loads(raw)
-    except (binascii.Error, ValueError) as error:
-        raise invalid from error
-    if not isinstance(fields, dict) or fields.get("k") != _BRANCH_TOKEN_KIND:
-        raise invalid
-    conversation, leaf, offset = fields.get("c"), fields.get("l"), fields.get("o")
-    if not isinstance(conversation, str) or not isinstance(leaf, str) or not is_valid_id(leaf):
-        raise invalid
-    if type(offset) is not int or offset < 0:
-        raise invalid
-    if conversation != conversation_id:
+    fields = decode_token(token, field, _BRANCH_TOKEN_KIND)
+    if not isinstance(fields.get("c"), str):
+        raise errors.InvalidArgument(field, "not a page token of this list")
+    leaf, offset = token_id(fields, "l", field), token_int(fields, "o", field)
+    if fields["c"] != conversation_id:
         raise errors.InvalidArgument(field, "a page token of another conversation")
     return BranchCursor(conversation_id, leaf, offset)

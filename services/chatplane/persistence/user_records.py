@@ -10,25 +10,18 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 from chatplane.common import errors
-from chatplane.common.timestamps import timestamp_of
+from chatplane.common.timestamps import optional_timestamp_of
 from chatplane.internal.v1 import privacy_pb2
-from chatplane.persistence.protos import conversation_proto, message_proto
+from chatplane.persistence.protos import RATINGS, conversation_proto, message_proto
 from chatplane.persistence.store.base import (
     ConversationCursor,
     ConversationStore,
     ConversationView,
     MessageCursor,
+    MessageFacts,
     Owner,
-    Rating,
 )
-from chatplane.persistence.store.user_export import MessageFacts
 from chatplane.persistence.tree_messages import placed_message
-from chatplane.v1 import gateway_pb2
-
-_RATINGS = {
-    Rating.THUMBS_UP: gateway_pb2.RATING_THUMBS_UP,
-    Rating.THUMBS_DOWN: gateway_pb2.RATING_THUMBS_DOWN,
-}
 
 Record = privacy_pb2.ExportUserRecordsResponse
 
@@ -65,7 +58,7 @@ class UserRecords:
         after: MessageCursor | None = None
         while True:
             try:
-                page = await self._store.get_conversation_tree(
+                page = await self._store.trees.page(
                     owner, conversation_id, view=ConversationView.TREE, limit=limit, after=after
                 )
             except errors.NotFound:  # deleted while the export ran: it is not the user's now
@@ -96,21 +89,18 @@ def _fact_records(facts: MessageFacts) -> list[Record]:
             message_id=facts.message_id,
             conversation_id=facts.conversation_id,
             variant=facts.variant,
+            first_token_ms=facts.first_token_ms,  # None: unset
+            duration_ms=facts.duration_ms,
         )
-        if facts.first_token_ms is not None:
-            answer.first_token_ms = facts.first_token_ms
-        if facts.duration_ms is not None:
-            answer.duration_ms = facts.duration_ms
         records.append(Record(answer=answer))
     if facts.feedback is not None:
         feedback = privacy_pb2.ExportedFeedback(
             message_id=facts.message_id,
             conversation_id=facts.conversation_id,
-            rating=_RATINGS[facts.feedback.rating],
+            rating=RATINGS[facts.feedback.rating],
             score=facts.feedback.score or 0,
             comment=facts.feedback.comment,
+            create_time=optional_timestamp_of(facts.feedback_time),
         )
-        if facts.feedback_time is not None:
-            feedback.create_time.CopyFrom(timestamp_of(facts.feedback_time))
         records.append(Record(feedback=feedback))
     return records

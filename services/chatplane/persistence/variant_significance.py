@@ -9,14 +9,14 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
-from chatplane.persistence.store.base import VariantStats
+from chatplane.persistence.store.answer_metrics import VariantStats
 
 # scipy.stats takes 1.5-2 s to import: each function imports it, so it is loaded by the
 # first report rather than at every start of Persistence.
 
 DEFAULT_ALPHA = 0.05
-CONTROL_NAME = "control"
 
+# The verdicts; CONTROL is also the name a variant gets picked as control by.
 CONTROL = "control"
 BETTER = "better"
 WORSE = "worse"
@@ -98,8 +98,8 @@ def choose_control(variants: Sequence[VariantStats], requested: str) -> str:
     names = {v.variant for v in variants}
     if requested:
         return requested if requested in names else ""
-    if CONTROL_NAME in names:
-        return CONTROL_NAME
+    if CONTROL in names:
+        return CONTROL
     return min(variants, key=lambda v: (-v.feedback_count, v.variant)).variant if variants else ""
 
 

@@ -38,7 +38,7 @@ def _ring(*lines: str) -> KekRing:
 
 
 def _keyring(store: PostgresConversationStore, keks: KekRing, cache: float = 5.0) -> Keyring:
-    return Keyring(StoreKeySource(store, keks), keks, cache)
+    return Keyring(StoreKeySource(store.data_keys, keks), keks, cache)
 
 
 async def test_seal_then_open_round_trips_and_hides_the_text(
@@ -117,8 +117,8 @@ async def test_destruction_reaches_another_replica_after_its_cache(
 ) -> None:
     keks = _ring(new_kek_line("k1"))
     now = [0.0]
-    here = Keyring(StoreKeySource(store, keks), keks, 5.0)
-    there = Keyring(StoreKeySource(store, keks), keks, 5.0, clock=lambda: now[0])
+    here = Keyring(StoreKeySource(store.data_keys, keks), keks, 5.0)
+    there = Keyring(StoreKeySource(store.data_keys, keks), keks, 5.0, clock=lambda: now[0])
     sealed = await here.seal("t", "alice", MESSAGE, "hi")
     assert await there.open("t", "alice", sealed, MESSAGE) == "hi"  # cached there now
     await here.destroy_user_key("t", "alice")
@@ -134,11 +134,11 @@ async def test_kek_rotation_rewraps_and_old_kek_can_then_go(
     old_line, new_line = new_kek_line("old"), new_kek_line("new")
     before = _keyring(store, _ring(old_line))
     sealed = await before.seal("t", "alice", MESSAGE, "kept across rotation")
-    assert (await store.get_data_key("t", "alice")).kek_id == "old"  # type: ignore[union-attr]
+    assert (await store.data_keys.get_data_key("t", "alice")).kek_id == "old"  # type: ignore[union-attr]
     # New KEK first, old one kept for unwrapping: the key is re-wrapped on first use.
     during = _keyring(store, _ring(new_line, old_line))
     assert await during.open("t", "alice", sealed, MESSAGE) == "kept across rotation"
-    rewrapped = await store.get_data_key("t", "alice")
+    rewrapped = await store.data_keys.get_data_key("t", "alice")
     assert rewrapped is not None and rewrapped.kek_id == "new"
     # The data itself never changed; the old KEK is no longer needed.
     after = _keyring(store, _ring(new_line))

@@ -13,12 +13,12 @@ from chatplane.common.topics import MESSAGES_TOPIC
 from chatplane.gateway.validation import validate_feedback
 from chatplane.internal.v1 import analytics_pb2, conversation_pb2
 from chatplane.log import ConsumedRecord
+from chatplane.persistence.analytics_servicer import report_variants
 from chatplane.persistence.consumer import decode_message
 from chatplane.persistence.conversation_servicer import ConversationServicer
 from chatplane.persistence.store.base import Owner
 from chatplane.persistence.store.migrations import shipped_migrations
 from chatplane.persistence.store.postgres import PostgresConversationStore
-from chatplane.persistence.variant_report import report_variants
 from chatplane.v1 import admin_resources_pb2, gateway_pb2, resources_pb2
 from tests.contract.store_fixtures import recorded
 
@@ -147,7 +147,7 @@ async def test_migration_files_answers_stored_before_it_under_default(
             )
     store = await PostgresConversationStore.open(postgres_database, pool_max_size=2)
     try:
-        [stats] = await store.report_variants()
+        [stats] = await store.analytics.report_variants()
     finally:
         await store.close()
     assert (stats.variant, stats.answers, stats.mean_output_tokens) == ("default", 1, 4.0)

@@ -45,12 +45,12 @@ async def test_a_failed_step_is_resumed_without_repeating_the_ones_done(
 ) -> None:
     store = await PostgresConversationStore.open(postgres_database, pool_max_size=4)
     parts = Recorder()
-    jobs = ErasureJobs(store, memory=parts, log=parts, shredder=parts)
+    jobs = ErasureJobs(store.erasures, memory=parts, log=parts, shredder=parts)
     try:
         parts.memory_down = True
         with pytest.raises(errors.Unavailable):
             await jobs.erase(TENANT, USER, AuditActor("user:admin"))
-        (unfinished,) = await store.unfinished_erasures()
+        (unfinished,) = await store.erasures.unfinished()
         assert [step.done for step in unfinished.steps] == [True, True, False, False]
         assert parts.calls == ["data_key"]
 
@@ -63,8 +63,8 @@ async def test_a_failed_step_is_resumed_without_repeating_the_ones_done(
         assert removed["data_key"] == {"data_keys": 1}
         assert removed["memory_index"] == {"turns": 3}
         assert removed["message_log"] == {"log_records": 5}
-        head = await store.audit_head()
-        assert [r.event.action for r in await store.audit_records(0, head.seq)] == ["user.erase"]
+        head = await store.audit.head()
+        assert [r.event.action for r in await store.audit.records(0, head.seq)] == ["user.erase"]
     finally:
         await store.close()
 
@@ -73,12 +73,12 @@ async def test_without_a_keyring_the_data_key_step_says_so(postgres_database: st
     store = await PostgresConversationStore.open(postgres_database, pool_max_size=4)
     parts = Recorder()
     try:
-        job = await ErasureJobs(store, memory=parts, log=parts, shredder=None).erase(
+        job = await ErasureJobs(store.erasures, memory=parts, log=parts, shredder=None).erase(
             TENANT, USER, AuditActor()
         )
         assert dict(job.steps[0].removed) == {"keyring": 0}
         with pytest.raises(errors.InvalidArgument):
-            await ErasureJobs(store, memory=parts, log=parts, shredder=None).erase(
+            await ErasureJobs(store.erasures, memory=parts, log=parts, shredder=None).erase(
                 TENANT, "", AuditActor()
             )
     finally:

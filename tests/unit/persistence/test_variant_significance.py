@@ -8,7 +8,7 @@ import math
 
 import pytest
 
-from chatplane.persistence.store.base import VariantStats
+from chatplane.persistence.store.answer_metrics import VariantStats
 from chatplane.persistence.variant_significance import (
     BETTER,
     CONTROL,

@@ -5,7 +5,7 @@ ResumeChat replays a stored answer with the sequence numbers it was streamed wit
 
 from __future__ import annotations
 
-from collections.abc import Container, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 from chatplane.crypto.envelope import is_sealed
 from chatplane.persistence.store.base import Message
@@ -27,15 +27,9 @@ def valid_delta_ends(ends: Sequence[int], text: str) -> tuple[int, ...]:
     return tuple(ends)
 
 
-def delta_rows(
-    messages: Iterable[Message], inserted: Container[str] | None = None
-) -> list[tuple[str, str]]:
-    """(message_id, encoded ends) for the messages that have them (and were inserted)."""
-    return [
-        (m.message_id, ",".join(map(str, m.delta_ends)))
-        for m in messages
-        if m.delta_ends and (inserted is None or m.message_id in inserted)
-    ]
+def delta_rows(messages: Iterable[Message]) -> list[tuple[str, str]]:
+    """(message_id, encoded ends) for the messages that have them."""
+    return [(m.message_id, ",".join(map(str, m.delta_ends))) for m in messages if m.delta_ends]
 
 
 def decode(encoded: str | None) -> tuple[int, ...]:

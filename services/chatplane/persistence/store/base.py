@@ -296,31 +296,19 @@ class ConversationTreePage:
 
 
 @dataclass(frozen=True, slots=True)
-class VariantStats:
-    """What the answers of one variant got. Means are None when nothing was there to
-    average; latencies and tokens are averaged over complete answers only (an interrupted
-    answer measures where it was cut, not the variant)."""
+class MessageFacts:
+    """What a user's export (docs/privacy.md, "Export") shows of one of the user's messages
+    besides the message itself (never its text): for an
+    answer its variant and latencies (`variant` "" for a user message), and the user's
+    feedback on it with when it was given (None: none)."""
 
+    message_id: str
+    conversation_id: str
     variant: str
-    answers: int
-    interrupted_answers: int
-    feedback_count: int
-    scored_count: int
-    mean_score: float | None
-    thumbs_up_count: int
-    mean_first_token_ms: float | None
-    mean_duration_ms: float | None
-    mean_input_tokens: float | None
-    mean_output_tokens: float | None
-    # Sum and sum of squares of the scores (issue 8: the variance of the mean rating's
-    # interval and of the comparison between variants; docs/variants.md).
-    score_sum: int = 0
-    score_square_sum: int = 0
-
-    @property
-    def thumbs_up_rate(self) -> float | None:
-        """Thumbs up among the answers with feedback."""
-        return self.thumbs_up_count / self.feedback_count if self.feedback_count else None
+    first_token_ms: int | None
+    duration_ms: int | None
+    feedback: Feedback | None
+    feedback_time: datetime | None
 
 
 class MessagesRejected(Exception):
@@ -377,6 +365,13 @@ if not TYPE_CHECKING:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
+def require_known_id(value: str, what: str) -> None:
+    """An id that cannot name anything stored (not a canonical UUID) is NotFound, as an
+    unknown one is: "<what> not found"."""
+    if not is_valid_id(value):
+        raise errors.NotFound(f"{what} not found")
+
+
 def require_limit(limit: int) -> None:
     """Page sizes reaching a store are validated by the caller; anything else is a bug."""
     if limit < 1:
@@ -388,8 +383,7 @@ def require_history_request(conversation_id: str, limit: int, after: MessageCurs
     require_limit(limit)
     if after is not None and after.conversation_id != conversation_id:
         raise ValueError("the cursor belongs to another conversation")
-    if not is_valid_id(conversation_id):
-        raise errors.NotFound("conversation not found")
+    require_known_id(conversation_id, "conversation")
 
 
 def derived_title(text: str, max_chars: int = 80) -> str:

@@ -1,6 +1,6 @@
 """Human handoff in the system of record: a conversation's mode (bot or human), what changed
-it, the rules that have fired in it, and the `handoffs` table's reads and its one atomic
-read-change-write.
+it, the rules that have fired in it, and `store.handoffs`: the `handoffs` table's reads and
+its one atomic read-change-write.
 """
 
 from __future__ import annotations
@@ -10,10 +10,9 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
-import psycopg
-
 from chatplane.common import errors
-from chatplane.persistence.store.base import Owner, Rating
+from chatplane.persistence.store.base import Owner, Rating, require_known_id, require_limit
+from chatplane.persistence.store.database import Connection, Database, found
 from chatplane.persistence.store.records import utc
 
 
@@ -105,44 +104,12 @@ def apply_change(current: HandoffState, change: HandoffChange, now: datetime) ->
     )
 
 
-def rules_column(rules: frozenset[str]) -> str:
-    """The stored form of the rules fired: sorted names separated by one space."""
-    return " ".join(sorted(rules))
-
-
-def stored_state(
-    conversation_id: str,
-    owner: Owner,
-    mode: str,
-    trigger: str,
-    reason: str,
-    request_time: datetime,
-    release_time: datetime | None,
-    released_by: str,
-    rules_fired: str,
-) -> HandoffState:
-    """A state from the columns of a `handoffs` row (times already converted)."""
-    return HandoffState(
-        conversation_id=conversation_id,
-        owner=owner,
-        mode=HandoffMode(mode),
-        trigger=HandoffTrigger(trigger),
-        reason=reason,
-        request_time=request_time,
-        release_time=release_time,
-        released_by=released_by,
-        rules_fired=frozenset(rules_fired.split()),
-    )
-
-
 def require_request_time(state: HandoffState) -> datetime:
     """The request time of a stored state (every stored state has one)."""
     if state.request_time is None:
         raise errors.Unavailable("a stored handoff without a request time")
     return state.request_time
 
-
-Connection = psycopg.AsyncConnection[tuple[Any, ...]]
 
 _COLUMNS = (
     "conversation_id, tenant_id, user_id, mode, trigger, reason, request_time,"
@@ -151,16 +118,17 @@ _COLUMNS = (
 
 
 def _state(row: tuple[Any, ...]) -> HandoffState:
-    return stored_state(
-        row[0],
-        Owner(row[1], row[2]),
-        row[3],
-        row[4],
-        row[5],
-        utc(row[6]),
-        None if row[7] is None else utc(row[7]),
-        row[8],
-        row[9],
+    """A state from a row of _COLUMNS."""
+    return HandoffState(
+        conversation_id=row[0],
+        owner=Owner(row[1], row[2]),
+        mode=HandoffMode(row[3]),
+        trigger=HandoffTrigger(row[4]),
+        reason=row[5],
+        request_time=utc(row[6]),
+        release_time=None if row[7] is None else utc(row[7]),
+        released_by=row[8],
+        rules_fired=frozenset(row[9].split()),
     )
 
 
@@ -174,8 +142,7 @@ async def _owned_state(
         " AND user_id = %s" + (" FOR UPDATE" if lock else ""),
         (conversation_id, owner.tenant_id, owner.user_id),
     )
-    if await cursor.fetchone() is None:
-        raise errors.NotFound("conversation not found")
+    found(await cursor.fetchone(), "conversation")
     cursor = await connection.execute(
         f"SELECT {_COLUMNS} FROM handoffs WHERE conversation_id = %s", (conversation_id,)
     )
@@ -183,98 +150,97 @@ async def _owned_state(
     return HandoffState(conversation_id, owner) if row is None else _state(row)
 
 
-async def get_handoff(connection: Connection, owner: Owner, conversation_id: str) -> HandoffState:
-    """The state of the owner's conversation."""
-    async with connection.transaction():
-        return await _owned_state(connection, owner, conversation_id, lock=False)
+class Handoffs:
+    """The `handoffs` table: conversations' modes, owner-scoped or for a tenant's operators."""
 
+    def __init__(self, db: Database) -> None:
+        self._db = db
 
-async def change_handoff(
-    connection: Connection,
-    owner: Owner,
-    conversation_id: str,
-    change: HandoffChange,
-    now: datetime,
-) -> HandoffState:
-    """Apply `change` in one transaction, the conversation row locked."""
-    async with connection.transaction():
-        current = await _owned_state(connection, owner, conversation_id, lock=True)
-        state = apply_change(current, change, now)
-        if state.changed:
-            await connection.execute(
-                f"INSERT INTO handoffs ({_COLUMNS})"
-                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
-                " ON CONFLICT (conversation_id) DO UPDATE SET mode = excluded.mode,"
-                " trigger = excluded.trigger, reason = excluded.reason,"
-                " request_time = excluded.request_time, release_time = excluded.release_time,"
-                " released_by = excluded.released_by, rules_fired = excluded.rules_fired",
-                (
-                    conversation_id,
-                    owner.tenant_id,
-                    owner.user_id,
-                    state.mode.value,
-                    state.trigger.value if state.trigger else "",
-                    state.reason,
-                    require_request_time(state),
-                    state.release_time,
-                    state.released_by,
-                    rules_column(state.rules_fired),
-                ),
+    async def get(self, owner: Owner, conversation_id: str) -> HandoffState:
+        """The handoff state of the owner's conversation (BOT when never handed off)."""
+        require_known_id(conversation_id, "conversation")
+        async with self._db.transaction() as connection:
+            return await _owned_state(connection, owner, conversation_id, lock=False)
+
+    async def change(
+        self, owner: Owner, conversation_id: str, change: HandoffChange
+    ) -> HandoffState:
+        """Apply `change` to the owner's conversation atomically (its row locked); the
+        answer's `changed` says whether anything changed (see apply_change)."""
+        require_known_id(conversation_id, "conversation")
+        now = self._db.clock()
+        async with self._db.transaction() as connection:
+            current = await _owned_state(connection, owner, conversation_id, lock=True)
+            state = apply_change(current, change, now)
+            if state.changed:
+                await connection.execute(
+                    f"INSERT INTO handoffs ({_COLUMNS})"
+                    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+                    " ON CONFLICT (conversation_id) DO UPDATE SET mode = excluded.mode,"
+                    " trigger = excluded.trigger, reason = excluded.reason,"
+                    " request_time = excluded.request_time,"
+                    " release_time = excluded.release_time,"
+                    " released_by = excluded.released_by, rules_fired = excluded.rules_fired",
+                    (
+                        conversation_id,
+                        owner.tenant_id,
+                        owner.user_id,
+                        state.mode.value,
+                        state.trigger.value if state.trigger else "",
+                        state.reason,
+                        require_request_time(state),
+                        state.release_time,
+                        state.released_by,
+                        " ".join(sorted(state.rules_fired)),
+                    ),
+                )
+        return state
+
+    async def waiting(
+        self, tenant_id: str, *, limit: int, after: HandoffCursor | None = None
+    ) -> HandoffPage:
+        """Up to `limit` of the tenant's conversations in human mode, longest waiting
+        first (oldest request), after `after`."""
+        require_limit(limit)
+        query = f"SELECT {_COLUMNS} FROM handoffs WHERE tenant_id = %s AND mode = 'human'"
+        parameters: list[Any] = [tenant_id]
+        if after is not None:
+            query += " AND (request_time, conversation_id) > (%s, %s)"
+            parameters += [after.request_time, after.conversation_id]
+        query += " ORDER BY request_time, conversation_id LIMIT %s"
+        rows = await self._db.fetchall(query, (*parameters, limit + 1))
+        states = tuple(_state(row) for row in rows[:limit])
+        next_cursor = None
+        if len(rows) > limit:
+            last = states[-1]
+            next_cursor = HandoffCursor(require_request_time(last), last.conversation_id)
+        return HandoffPage(states, next_cursor)
+
+    async def of_tenant(self, tenant_id: str, conversation_id: str) -> HandoffState:
+        """A conversation of the tenant that was ever handed off, with its owner (for
+        operators); any other is NotFound."""
+        require_known_id(conversation_id, "conversation")
+        row = await self._db.fetchone(
+            f"SELECT {_COLUMNS} FROM handoffs WHERE conversation_id = %s AND tenant_id = %s",
+            (conversation_id, tenant_id),
+        )
+        return _state(found(row, "conversation"))
+
+    async def count_thumbs_down(self, owner: Owner, message_id: str) -> tuple[str, int]:
+        """The conversation of the owner's message and its number of thumbs-down ratings."""
+        require_known_id(message_id, "message")
+        async with self._db.connection() as connection:
+            cursor = await connection.execute(
+                "SELECT conversation_id FROM messages WHERE message_id = %s AND tenant_id = %s"
+                " AND user_id = %s",
+                (message_id, owner.tenant_id, owner.user_id),
             )
-    return state
-
-
-async def list_handoffs(
-    connection: Connection, tenant_id: str, limit: int, after: HandoffCursor | None
-) -> HandoffPage:
-    """The tenant's conversations in human mode, longest waiting first."""
-    query = f"SELECT {_COLUMNS} FROM handoffs WHERE tenant_id = %s AND mode = 'human'"
-    parameters: list[Any] = [tenant_id]
-    if after is not None:
-        query += " AND (request_time, conversation_id) > (%s, %s)"
-        parameters += [after.request_time, after.conversation_id]
-    query += " ORDER BY request_time, conversation_id LIMIT %s"
-    cursor = await connection.execute(query, (*parameters, limit + 1))
-    rows = await cursor.fetchall()
-    states = tuple(_state(row) for row in rows[:limit])
-    next_cursor = None
-    if len(rows) > limit:
-        last = states[-1]
-        next_cursor = HandoffCursor(require_request_time(last), last.conversation_id)
-    return HandoffPage(states, next_cursor)
-
-
-async def tenant_handoff(
-    connection: Connection, tenant_id: str, conversation_id: str
-) -> HandoffState:
-    """A conversation of the tenant that was ever handed off."""
-    cursor = await connection.execute(
-        f"SELECT {_COLUMNS} FROM handoffs WHERE conversation_id = %s AND tenant_id = %s",
-        (conversation_id, tenant_id),
-    )
-    row = await cursor.fetchone()
-    if row is None:
-        raise errors.NotFound("conversation not found")
-    return _state(row)
-
-
-async def count_thumbs_down(
-    connection: Connection, owner: Owner, message_id: str
-) -> tuple[str, int]:
-    """The conversation of the owner's message and its thumbs-down count."""
-    cursor = await connection.execute(
-        "SELECT conversation_id FROM messages WHERE message_id = %s AND tenant_id = %s"
-        " AND user_id = %s",
-        (message_id, owner.tenant_id, owner.user_id),
-    )
-    row = await cursor.fetchone()
-    if row is None:
-        raise errors.NotFound("message not found")
-    cursor = await connection.execute(
-        "SELECT count(*) FROM feedback f JOIN messages m ON m.message_id = f.message_id"
-        " WHERE m.conversation_id = %s AND f.tenant_id = %s AND f.user_id = %s"
-        " AND f.rating = %s",
-        (row[0], owner.tenant_id, owner.user_id, Rating.THUMBS_DOWN.value),
-    )
-    counted = await cursor.fetchone()
-    return str(row[0]), 0 if counted is None else int(counted[0])
+            row = found(await cursor.fetchone(), "message")
+            cursor = await connection.execute(
+                "SELECT count(*) FROM feedback f JOIN messages m ON m.message_id = f.message_id"
+                " WHERE m.conversation_id = %s AND f.tenant_id = %s AND f.user_id = %s"
+                " AND f.rating = %s",
+                (row[0], owner.tenant_id, owner.user_id, Rating.THUMBS_DOWN.value),
+            )
+            counted = await cursor.fetchone()
+        return str(row[0]), 0 if counted is None else int(counted[0])

@@ -1,34 +1,32 @@
-"""API key management (listing, rotation, revocation) and the audit chain in the system of
-record: the records, who asks for a change the store audits in the same transaction, and the
-statements behind the store's key and audit methods. Every audit append (alone, or inside a
+"""API key management (creation, lookup, listing, rotation, revocation: `store.api_keys`) and
+the audit chain (`store.audit`) in the system of record: the records, and who asks for a change
+that is audited in the same transaction. Every audit append (alone, or inside a
 key change's transaction) first locks the chain's one head row (SELECT ... FOR UPDATE), so any
 number of replicas append to one chain, one transaction after another.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Final
 
-import psycopg
-
 from chatplane.audit.chain import AuditEvent, AuditHead, AuditRecord, extend, head_after
 from chatplane.common import errors
-from chatplane.persistence.store.audit_rows import (
-    AUDIT_COLUMNS,
-    audit_record_from_row,
-    audit_row,
-)
+from chatplane.common.timestamps import from_micros, to_micros
 from chatplane.persistence.store.base import (
     ApiKey,
     IssuedApiKey,
     Owner,
     issue_api_key,
+    require_known_id,
+    require_limit,
     roles_column,
     roles_from_column,
 )
+from chatplane.persistence.store.database import Connection, Database, found
 from chatplane.persistence.store.records import utc
 
 MAX_ROTATION_OVERLAP: Final = timedelta(hours=24)
@@ -91,42 +89,10 @@ def is_active(key: ApiKey, now: datetime) -> bool:
     return not key.revoked and (key.expire_time is None or key.expire_time > now)
 
 
-def rotated_expiry(key: ApiKey, now: datetime, overlap: timedelta) -> datetime:
-    """When a key rotated at `now` with `overlap` stops working (never later than it would
-    have anyway)."""
-    end = now + overlap
-    return end if key.expire_time is None else min(key.expire_time, end)
-
-
-def check_rotatable(key: ApiKey, now: datetime) -> None:
-    """FailedPrecondition unless `key` may be rotated at `now`."""
-    if key.replaced_by:
-        raise errors.FailedPrecondition(
-            f"the key was rotated already (replaced by {key.replaced_by}); rotate that one"
-        )
-    if not is_active(key, now):
-        raise errors.FailedPrecondition("the key is revoked; create a new one instead")
-
-
-def rotation_event(
-    actor: AuditActor, old: ApiKey, issued: IssuedApiKey, overlap: timedelta
-) -> AuditEvent:
-    """The audit event of a rotation."""
-    overlap_ms = overlap // timedelta(milliseconds=1)
-    return actor.event(
-        tenant_id=old.owner.tenant_id,
-        action=API_KEY_ROTATE,
-        object=object_of(old.key_id),
-        detail=f"replaced by {issued.record.key_id}; overlap {overlap_ms} ms",
-    )
-
-
 def object_of(key_id: str) -> str:
     """The audit object name of a key."""
     return f"api_key/{key_id}"
 
-
-Connection = psycopg.AsyncConnection[tuple[Any, ...]]
 
 API_KEY_COLUMNS = (
     "key_id, tenant_id, user_id, label, secret_sha256, revoked, create_time, roles,"
@@ -150,17 +116,23 @@ def api_key_from_row(row: Sequence[Any]) -> ApiKey:
     )
 
 
-async def get_api_key(connection: Connection, key_id: str, *, lock: bool = False) -> ApiKey:
+async def _get_key(connection: Connection, key_id: str, *, lock: bool = False) -> ApiKey:
     """The key `key_id` (locked for update with `lock`), or NotFound."""
     cursor = await connection.execute(
         f"SELECT {API_KEY_COLUMNS} FROM api_keys WHERE key_id = %s"
         + (" FOR UPDATE" if lock else ""),
         (key_id,),
     )
-    row = await cursor.fetchone()
-    if row is None:
-        raise errors.NotFound("api key not found")
+    row = found(await cursor.fetchone(), "api key")
     return api_key_from_row(row)
+
+
+async def _tenant_key(connection: Connection, tenant_id: str, key_id: str) -> ApiKey:
+    require_known_id(key_id, "api key")
+    key = await _get_key(connection, key_id, lock=True)
+    if key.owner.tenant_id != tenant_id:
+        raise errors.NotFound("api key not found")
+    return key
 
 
 async def _insert_key(connection: Connection, record: ApiKey) -> None:
@@ -181,113 +153,155 @@ async def _insert_key(connection: Connection, record: ApiKey) -> None:
     )
 
 
-async def create_api_key(
-    connection: Connection, issued: IssuedApiKey, actor: AuditActor, now: datetime
-) -> None:
-    """Stores a new key and audits its creation, in one transaction."""
-    record = issued.record
-    async with connection.transaction():
-        await _insert_key(connection, record)
-        await append(
-            connection,
-            [
-                actor.event(
-                    tenant_id=record.owner.tenant_id,
-                    action=API_KEY_CREATE,
-                    object=object_of(record.key_id),
-                    detail=f"user {record.owner.user_id}; roles {roles_column(record.roles)}",
+class ApiKeys:
+    """The `api_keys` table; every change is audited in its own transaction."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def create(
+        self,
+        owner: Owner,
+        label: str,
+        roles: frozenset[str] = frozenset({"chat"}),
+        actor: AuditActor | None = None,
+    ) -> IssuedApiKey:
+        """Create a key for the owner with these roles; only its secret's hash is stored. The
+        creation is appended to the audit log (by `actor`) in the same transaction."""
+        now = self._db.clock()
+        issued = issue_api_key(owner, label, now, roles)
+        record = issued.record
+        event = (actor or AuditActor()).event(
+            tenant_id=owner.tenant_id,
+            action=API_KEY_CREATE,
+            object=object_of(record.key_id),
+            detail=f"user {owner.user_id}; roles {roles_column(record.roles)}",
+        )
+        async with self._db.transaction() as connection:
+            await _insert_key(connection, record)
+            await append(connection, [event], now)
+        return issued
+
+    async def get(self, key_id: str) -> ApiKey:
+        """The stored record of a key, by its public id (the one lookup not scoped to an
+        owner: it is how a caller's owner is found)."""
+        require_known_id(key_id, "api key")
+        async with self._db.connection() as connection:
+            return await _get_key(connection, key_id)
+
+    async def page(
+        self,
+        tenant_id: str,
+        user_id: str = "",
+        *,
+        limit: int,
+        after: ApiKeyCursor | None = None,
+        include_revoked: bool = False,
+    ) -> ApiKeyPage:
+        """Up to `limit` keys of the tenant (of one user when `user_id`), newest first, after
+        `after`; without `include_revoked` only keys that still authenticate."""
+        require_limit(limit)
+        query = f"SELECT {API_KEY_COLUMNS} FROM api_keys WHERE tenant_id = %s"
+        parameters: list[Any] = [tenant_id]
+        if user_id:
+            query += " AND user_id = %s"
+            parameters.append(user_id)
+        if not include_revoked:
+            query += " AND NOT revoked AND (expire_time IS NULL OR expire_time > %s)"
+            parameters.append(self._db.clock())
+        if after is not None:
+            query += " AND (create_time, key_id) < (%s, %s)"
+            parameters += [after.create_time, after.key_id]
+        query += " ORDER BY create_time DESC, key_id DESC LIMIT %s"
+        rows = await self._db.fetchall(query, [*parameters, limit + 1])
+        keys = tuple(api_key_from_row(row) for row in rows[:limit])
+        last = keys[-1] if len(rows) > limit else None
+        return ApiKeyPage(
+            keys, None if last is None else ApiKeyCursor(last.create_time, last.key_id)
+        )
+
+    async def rotate(
+        self, tenant_id: str, key_id: str, overlap: timedelta, actor: AuditActor
+    ) -> RotatedApiKey:
+        """Replace the tenant's key by a new one (same owner, label, roles); the old one stops
+        working after `overlap` (zero: now, and it is revoked), never later than it would have
+        anyway. NotFound for a key of another tenant; FailedPrecondition for a key that no
+        longer works or was rotated already. Audited in the same transaction."""
+        now = self._db.clock()
+        async with self._db.transaction() as connection:
+            old = await _tenant_key(connection, tenant_id, key_id)
+            if old.replaced_by:
+                raise errors.FailedPrecondition(
+                    f"the key was rotated already (replaced by {old.replaced_by}); rotate that one"
                 )
-            ],
-            now,
-        )
+            if not is_active(old, now):
+                raise errors.FailedPrecondition("the key is revoked; create a new one instead")
+            issued = issue_api_key(old.owner, old.label, now, old.roles)
+            await _insert_key(connection, issued.record)
+            end = now + overlap
+            expire = end if old.expire_time is None else min(old.expire_time, end)
+            await connection.execute(
+                "UPDATE api_keys SET expire_time = %s, replaced_by = %s, revoked = %s"
+                " WHERE key_id = %s",
+                (expire, issued.record.key_id, overlap <= timedelta(0) or old.revoked, key_id),
+            )
+            overlap_ms = overlap // timedelta(milliseconds=1)
+            event = actor.event(
+                tenant_id=tenant_id,
+                action=API_KEY_ROTATE,
+                object=object_of(key_id),
+                detail=f"replaced by {issued.record.key_id}; overlap {overlap_ms} ms",
+            )
+            await append(connection, [event], now)
+            return RotatedApiKey(issued, await _get_key(connection, key_id))
+
+    async def revoke(self, tenant_id: str, key_id: str, actor: AuditActor) -> ApiKey:
+        """Revoke the tenant's key now (again: no change); NotFound for another tenant's key.
+        Audited in the same transaction."""
+        now = self._db.clock()
+        async with self._db.transaction() as connection:
+            old = await _tenant_key(connection, tenant_id, key_id)
+            was_active = is_active(old, now)
+            await connection.execute(
+                "UPDATE api_keys SET revoked = true, expire_time = %s WHERE key_id = %s",
+                (now if was_active else old.expire_time, key_id),
+            )
+            event = actor.event(
+                tenant_id=tenant_id,
+                action=API_KEY_REVOKE,
+                object=object_of(key_id),
+                detail="" if was_active else "was revoked already",
+            )
+            await append(connection, [event], now)
+            return await _get_key(connection, key_id)
 
 
-async def list_api_keys(
-    connection: Connection,
-    tenant_id: str,
-    user_id: str,
-    limit: int,
-    after: ApiKeyCursor | None,
-    include_revoked: bool,
-    now: datetime,
-) -> ApiKeyPage:
-    """A page of the tenant's keys, newest first."""
-    query = f"SELECT {API_KEY_COLUMNS} FROM api_keys WHERE tenant_id = %s"
-    parameters: list[Any] = [tenant_id]
-    if user_id:
-        query += " AND user_id = %s"
-        parameters.append(user_id)
-    if not include_revoked:
-        query += " AND NOT revoked AND (expire_time IS NULL OR expire_time > %s)"
-        parameters.append(now)
-    if after is not None:
-        query += " AND (create_time, key_id) < (%s, %s)"
-        parameters += [after.create_time, after.key_id]
-    query += " ORDER BY create_time DESC, key_id DESC LIMIT %s"
-    cursor = await connection.execute(query, [*parameters, limit + 1])
-    rows = await cursor.fetchall()
-    keys = tuple(api_key_from_row(row) for row in rows[:limit])
-    next_cursor = ApiKeyCursor(keys[-1].create_time, keys[-1].key_id) if len(rows) > limit else None
-    return ApiKeyPage(keys, next_cursor)
+# The audit_log table's columns: times as whole microseconds since the Unix epoch, exactly what
+# the chain hashes.
+AUDIT_COLUMNS = (
+    "seq, event_time_us, actor, tenant_id, action, object, outcome, detail, source,"
+    " request_id, prev_hash, hash"
+)
 
 
-async def _tenant_key(connection: Connection, tenant_id: str, key_id: str) -> ApiKey:
-    key = await get_api_key(connection, key_id, lock=True)
-    if key.owner.tenant_id != tenant_id:
-        raise errors.NotFound("api key not found")
-    return key
+def audit_row(record: AuditRecord) -> tuple[Any, ...]:
+    """The values of a record for the audit_log columns, in order (times in microseconds)."""
+    event = record.event
+    assert event.event_time is not None  # extend() sets it
+    # The event's fields before its time are the text columns, in their order.
+    *texts, _ = dataclasses.astuple(event)
+    return (record.seq, to_micros(event.event_time), *texts, record.prev_hash, record.hash)
 
 
-async def rotate_api_key(
-    connection: Connection,
-    tenant_id: str,
-    key_id: str,
-    overlap: timedelta,
-    actor: AuditActor,
-    now: datetime,
-) -> RotatedApiKey:
-    """Replaces the key (see ConversationStore.rotate_api_key)."""
-    async with connection.transaction():
-        old = await _tenant_key(connection, tenant_id, key_id)
-        check_rotatable(old, now)
-        issued = issue_api_key(old.owner, old.label, now, old.roles)
-        await _insert_key(connection, issued.record)
-        expire = rotated_expiry(old, now, overlap)
-        revoked = overlap <= timedelta(0) or old.revoked
-        await connection.execute(
-            "UPDATE api_keys SET expire_time = %s, replaced_by = %s, revoked = %s"
-            " WHERE key_id = %s",
-            (expire, issued.record.key_id, revoked, key_id),
-        )
-        await append(connection, [rotation_event(actor, old, issued, overlap)], now)
-        previous = await get_api_key(connection, key_id)
-    return RotatedApiKey(issued, previous)
-
-
-async def revoke_api_key(
-    connection: Connection, tenant_id: str, key_id: str, actor: AuditActor, now: datetime
-) -> ApiKey:
-    """Revokes the key now (see ConversationStore.revoke_api_key)."""
-    async with connection.transaction():
-        old = await _tenant_key(connection, tenant_id, key_id)
-        was_active = is_active(old, now)
-        await connection.execute(
-            "UPDATE api_keys SET revoked = true, expire_time = %s WHERE key_id = %s",
-            (now if was_active else old.expire_time, key_id),
-        )
-        await append(
-            connection,
-            [
-                actor.event(
-                    tenant_id=tenant_id,
-                    action=API_KEY_REVOKE,
-                    object=object_of(key_id),
-                    detail="" if was_active else "was revoked already",
-                )
-            ],
-            now,
-        )
-        return await get_api_key(connection, key_id)
+def audit_record_from_row(row: Sequence[Any]) -> AuditRecord:
+    """The record of a row of the audit_log columns (times stored as microseconds)."""
+    seq, time_us, actor, tenant, action, obj, outcome, detail, source, request_id, prev, digest = (
+        row
+    )
+    event = AuditEvent(
+        actor, tenant, action, obj, outcome, detail, source, request_id, from_micros(time_us)
+    )
+    return AuditRecord(int(seq), event, bytes(prev), bytes(digest))
 
 
 async def append(connection: Connection, events: Sequence[AuditEvent], now: datetime) -> AuditHead:
@@ -314,27 +328,30 @@ async def append(connection: Connection, events: Sequence[AuditEvent], now: date
     return new_head
 
 
-async def append_audit(
-    connection: Connection, events: Sequence[AuditEvent], now: datetime
-) -> AuditHead:
-    """Appends the events in a transaction of their own; the new head."""
-    async with connection.transaction():
-        return await append(connection, events, now)
+class AuditChain:
+    """The audit log's hash chain (`audit_log` and its one `audit_head` row)."""
 
+    def __init__(self, db: Database) -> None:
+        self._db = db
 
-async def audit_head(connection: Connection) -> AuditHead:
-    """The stored head."""
-    cursor = await connection.execute("SELECT seq, hash FROM audit_head WHERE id = 1")
-    row = await cursor.fetchone()
-    if row is None:
-        raise errors.FailedPrecondition("the audit log has no head row")
-    return AuditHead(int(row[0]), bytes(row[1]))
+    async def append(self, events: Sequence[AuditEvent]) -> AuditHead:
+        """Append the events to the chain in order, in one transaction, serialised with
+        every other append to the same database; returns the new head."""
+        async with self._db.transaction() as connection:
+            return await append(connection, events, self._db.clock())
 
+    async def records(self, after_seq: int, limit: int) -> list[AuditRecord]:
+        """Up to `limit` records of the chain with seq > `after_seq`, in seq order."""
+        require_limit(limit)
+        rows = await self._db.fetchall(
+            f"SELECT {AUDIT_COLUMNS} FROM audit_log WHERE seq > %s ORDER BY seq LIMIT %s",
+            (after_seq, limit),
+        )
+        return [audit_record_from_row(row) for row in rows]
 
-async def audit_records(connection: Connection, after_seq: int, limit: int) -> list[AuditRecord]:
-    """Records with seq > after_seq, in order."""
-    cursor = await connection.execute(
-        f"SELECT {AUDIT_COLUMNS} FROM audit_log WHERE seq > %s ORDER BY seq LIMIT %s",
-        (after_seq, limit),
-    )
-    return [audit_record_from_row(row) for row in await cursor.fetchall()]
+    async def head(self) -> AuditHead:
+        """The chain's stored head."""
+        row = await self._db.fetchone("SELECT seq, hash FROM audit_head WHERE id = 1")
+        if row is None:
+            raise errors.FailedPrecondition("the audit log has no head row")
+        return AuditHead(int(row[0]), bytes(row[1]))

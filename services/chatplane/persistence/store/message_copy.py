@@ -1,8 +1,8 @@
-"""The direct-COPY batch write of the PostgreSQL store (WriteMethod.COPY_DIRECT): a batch whose
-ids were looked up under its conversations' locks is written with one binary COPY straight into
-`messages`, after its conversations were created or counted. No staging table, no
-INSERT ... SELECT ... ON CONFLICT: PostgreSQL's cheapest insert path (docs/postgres.md has the
-measurements and the argument why nothing is lost or duplicated)."""
+"""The batch write of the PostgreSQL store: a batch whose ids were looked up under its
+conversations' locks is written with one binary COPY straight into `messages`, after its
+conversations were created or counted. No staging table, no INSERT ... SELECT ... ON CONFLICT:
+PostgreSQL's cheapest insert path (docs/postgres.md has the measurements and the argument why
+nothing is lost or duplicated)."""
 
 from __future__ import annotations
 
@@ -10,13 +10,14 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-import psycopg
 import psycopg.errors
 
 from chatplane.persistence.store.base import Message, Role, derived_title
-from chatplane.persistence.store.records import message_row
+from chatplane.persistence.store.database import Connection
+from chatplane.persistence.store.records import MESSAGE_COLUMNS, message_row
 
-_Connection = psycopg.AsyncConnection[tuple[Any, ...]]
+# The columns of MESSAGE_COLUMNS as PostgreSQL types, for the binary COPY.
+_MESSAGE_TYPES = ("text",) * 8 + ("timestamptz", "text", "text", "int4", "int4") + ("text",) * 3
 
 
 class LostRace(Exception):
@@ -26,7 +27,7 @@ class LostRace(Exception):
 
 
 async def record_conversations(
-    connection: _Connection, accepted: Sequence[Message], created: Sequence[str]
+    connection: Connection, accepted: Sequence[Message], created: Sequence[str]
 ) -> None:
     """Create the batch's new conversations (titled after their first user message, starting
     at their oldest message) and add the accepted messages to every conversation's count and
@@ -78,21 +79,17 @@ async def record_conversations(
 
 
 async def copy_messages(
-    connection: _Connection,
+    connection: Connection,
     messages: Sequence[Message],
     now: datetime,
-    *,
-    columns: str,
-    types: Sequence[str],
 ) -> None:
-    """One binary COPY of the messages into `messages` (`columns`, of PostgreSQL `types`,
-    in the order of records.message_row, then store_time), in batch order (so their positions
+    """One binary COPY of the messages into `messages`, in batch order (so their positions
     follow it). A message id that is stored already fails the COPY on the primary key, which
     becomes LostRace: the caller's transaction rolls back and decides again."""
-    statement = f"COPY messages ({columns}, store_time) FROM STDIN (FORMAT BINARY)"
+    statement = f"COPY messages ({MESSAGE_COLUMNS}, store_time) FROM STDIN (FORMAT BINARY)"
     try:
         async with connection.cursor() as cursor, cursor.copy(statement) as copy:
-            copy.set_types([*types, "timestamptz"])
+            copy.set_types([*_MESSAGE_TYPES, "timestamptz"])
             for message in messages:
                 await copy.write_row((*message_row(message), now))
     except psycopg.errors.UniqueViolation:

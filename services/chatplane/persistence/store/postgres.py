@@ -1,18 +1,16 @@
 """The system of record: `ConversationStore` on PostgreSQL (psycopg 3, async, with a
 connection pool). Versioned SQL migrations are applied at start under an advisory lock; each
 batch from the message log is one transaction: its ids are looked up under its conversations'
-locks and the new messages are COPYed straight into `messages` (store/message_copy.py); COPY
-into a staging table + ON CONFLICT DO NOTHING and pipelined executemany remain as alternatives
-(docs/postgres.md)."""
+locks and the new messages are COPYed straight into `messages` (store/message_copy.py,
+docs/postgres.md)."""
 
 from __future__ import annotations
 
 import contextlib
-import enum
-import hashlib
+import dataclasses
 import logging
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
-from datetime import datetime, timedelta
+from collections.abc import Iterable, Sequence
+from datetime import datetime
 from typing import Any, Self
 
 import psycopg
@@ -20,155 +18,70 @@ import psycopg.errors
 from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import AsyncConnectionPool
 
-from chatplane.audit.chain import AuditEvent, AuditHead, AuditRecord
 from chatplane.common import errors
 from chatplane.common.closing import AsyncClosable
 from chatplane.common.ids import is_valid_id, new_id
 from chatplane.common.timestamps import utc_now
-from chatplane.crypto.keyring import WrappedDataKey
-from chatplane.persistence.store import (
-    answer_deltas,
-    data_keys,
-    erasure,
-    handoff,
-    quota,
-    tree_store,
-)
-from chatplane.persistence.store import key_records as identity
+from chatplane.persistence.store import answer_deltas, tree_store
 from chatplane.persistence.store.answer_metrics import (
     ANSWER_METRICS_COLUMNS,
-    VariantStats,
+    AnswerAnalytics,
     answer_metric_rows,
-    report_query,
-    stats_from_row,
 )
 from chatplane.persistence.store.base import (
     Answer,
-    ApiKey,
     Clock,
     ConversationCursor,
     ConversationHistory,
     ConversationPage,
     Feedback,
-    IssuedApiKey,
     Message,
     MessageCursor,
-    MessagesRejected,
+    MessageFacts,
     Owner,
+    Rating,
     Role,
     Turn,
     TurnRequest,
     TurnReservation,
-    derived_title,
-    issue_api_key,
     require_history_request,
+    require_known_id,
     require_limit,
 )
-from chatplane.persistence.store.erasure import (
-    ErasureJob,
-    ExpiredConversation,
-    RetentionPolicy,
-    require_retention_days,
+from chatplane.persistence.store.data_keys import DataKeys
+from chatplane.persistence.store.database import (
+    LOCK_CLASS_MIGRATION,
+    LOCK_CONVERSATIONS,
+    UNAVAILABLE_ERRORS,
+    Connection,
+    Database,
+    conversation_locks,
+    found,
 )
-from chatplane.persistence.store.handoff import (
-    HandoffChange,
-    HandoffCursor,
-    HandoffPage,
-    HandoffState,
-)
-from chatplane.persistence.store.key_records import (
-    ApiKeyCursor,
-    ApiKeyPage,
-    AuditActor,
-    RotatedApiKey,
-)
+from chatplane.persistence.store.erasure import Erasures, Retention
+from chatplane.persistence.store.handoff import Handoffs
+from chatplane.persistence.store.key_records import ApiKeys, AuditChain
 from chatplane.persistence.store.message_copy import LostRace as _LostRace
 from chatplane.persistence.store.message_copy import copy_messages, record_conversations
 from chatplane.persistence.store.migrations import shipped_migrations
-from chatplane.persistence.store.quota import QuotaReservation, TokenQuota
-from chatplane.persistence.store.rated_answers import (
-    RatedAnswerQuery,
-    RatedAnswerRow,
-    rated_answers_sql,
-)
-from chatplane.persistence.store.rated_answers import row_of as rated_answer_row
+from chatplane.persistence.store.quota import TokenQuotas
 from chatplane.persistence.store.records import (
+    CONVERSATION_COLUMNS,
+    MESSAGE_COLUMNS,
     admit_batch,
     conversation_from_row,
     message_from_row,
-    message_row,
     utc,
 )
-from chatplane.persistence.store.tree_store import TreeQueries, TreeSkeleton
-from chatplane.persistence.store.user_export import (
-    MessageFacts,
-    facts_from_row,
-    facts_parameters,
-    facts_query,
-)
-from chatplane.persistence.store.variant_registry import PostgresVariantRegistry
+from chatplane.persistence.store.tree_store import ConversationTrees
+from chatplane.persistence.store.variant_registry import VariantRegistry
 
 _log = logging.getLogger(__name__)
 
-_Connection = psycopg.AsyncConnection[tuple[Any, ...]]
-
-
-# Advisory locks use the two-int4 key form, whose first half names what is locked; this keeps
-# them apart from any single-bigint advisory lock another program takes in the same database.
-_LOCK_CLASS_MIGRATION = 0x43500001
-_LOCK_CLASS_CONVERSATION = 0x43500002
 # How long a starting replica waits for another one's migration before it gives up.
 _MIGRATION_LOCK_TIMEOUT = "120s"
 # A transaction that lost a race (see _LostRace) is run again this many times in all.
 _RACE_ATTEMPTS = 3
-
-_UNAVAILABLE_ERRORS: tuple[type[Exception], ...] = (
-    # Connection refused or lost, server shutting down, pool exhausted or closed, statement or
-    # lock timeout, serialization failure, deadlock, disk full: all worth a retry.
-    psycopg.OperationalError,
-    # A primary that turned into a standby (failover): writes fail until clients reconnect.
-    psycopg.errors.ReadOnlySqlTransaction,
-)
-
-_MESSAGE_COLUMNS = (
-    "message_id, conversation_id, tenant_id, user_id, role, text, status, model,"
-    " create_time, reply_to_message_id, finish_reason, input_tokens, output_tokens,"
-    " client_message_id, parent_message_id, operator_id"
-)
-_CONVERSATION_COLUMNS = (
-    "conversation_id, tenant_id, user_id, title, create_time, update_time, message_count"
-)
-# The columns of _MESSAGE_COLUMNS as PostgreSQL types, for the binary COPY of a batch.
-_MESSAGE_TYPES = ("text",) * 8 + ("timestamptz", "text", "text", "int4", "int4") + ("text",) * 3
-_STAGING_TABLE = (
-    "CREATE TEMP TABLE message_batch ("
-    ' ordinal integer NOT NULL, message_id text COLLATE "C", conversation_id text COLLATE "C",'
-    " tenant_id text, user_id text, role text, text text, status text, model text,"
-    " create_time timestamptz, reply_to_message_id text, finish_reason text,"
-    " input_tokens integer, output_tokens integer, client_message_id text,"
-    ' parent_message_id text COLLATE "C", operator_id text'
-    ") ON COMMIT DROP"
-)
-
-
-# Where message ids are stored: their conversation and owner.
-_PLACEMENTS = (
-    "SELECT message_id, conversation_id, tenant_id, user_id FROM messages"
-    " WHERE message_id = ANY(%b::text[])"
-)
-
-
-class WriteMethod(enum.Enum):
-    """How `write_messages` sends a batch's rows (docs/postgres.md has the measurements)."""
-
-    # COPY into a temporary staging table, then one INSERT ... SELECT ... ON CONFLICT.
-    COPY = "copy"
-    # One INSERT ... ON CONFLICT per message, all sent in one pipeline (executemany).
-    EXECUTEMANY = "executemany"
-    # Look the batch's ids up under the conversation locks, then COPY the new messages straight
-    # into `messages` (no staging table, no ON CONFLICT); a concurrent duplicate id is a unique
-    # violation that rolls back and runs the batch again (store/message_copy.py).
-    COPY_DIRECT = "copy-direct"
 
 
 async def migrate(dsn: str, *, connect_timeout: float = 10.0) -> int:
@@ -186,7 +99,7 @@ async def migrate(dsn: str, *, connect_timeout: float = 10.0) -> int:
     )
     async with connection, connection.transaction():
         await connection.execute(f"SET LOCAL lock_timeout = '{_MIGRATION_LOCK_TIMEOUT}'")
-        await connection.execute("SELECT pg_advisory_xact_lock(%s, 0)", (_LOCK_CLASS_MIGRATION,))
+        await connection.execute("SELECT pg_advisory_xact_lock(%s, 0)", (LOCK_CLASS_MIGRATION,))
         await connection.execute(
             "CREATE TABLE IF NOT EXISTS schema_version ("
             " version integer PRIMARY KEY, name text NOT NULL,"
@@ -210,7 +123,7 @@ async def migrate(dsn: str, *, connect_timeout: float = 10.0) -> int:
     return len(migrations)
 
 
-class PostgresConversationStore(PostgresVariantRegistry, TreeQueries, AsyncClosable):
+class PostgresConversationStore(AsyncClosable):
     """The store in a PostgreSQL database. Use `await PostgresConversationStore.open(dsn, ...)`,
     which migrates the schema and opens the connection pool before the first call.
 
@@ -220,19 +133,39 @@ class PostgresConversationStore(PostgresVariantRegistry, TreeQueries, AsyncClosa
     unique indexes (INSERT ... ON CONFLICT, or a unique violation of the direct COPY), and a
     transaction that loses such a race runs again. Reads are single statements, so each sees
     one snapshot.
+
+    Conversations, their messages and turns are its own methods; every other area is a part
+    on the same pool, with its SQL in its own module.
     """
+
+    trees: ConversationTrees
+    handoffs: Handoffs
+    quota: TokenQuotas
+    api_keys: ApiKeys
+    audit: AuditChain
+    erasures: Erasures
+    retention: Retention
+    data_keys: DataKeys
+    registry: VariantRegistry
+    analytics: AnswerAnalytics
 
     def __init__(
         self,
-        pool: AsyncConnectionPool[_Connection],
+        pool: AsyncConnectionPool[Connection],
         *,
         clock: Clock = utc_now,
-        write_method: WriteMethod = WriteMethod.COPY_DIRECT,
     ) -> None:
-        self._pool = pool
-        self._clock = clock
-        self._write_method = write_method
-        self._closed = False
+        self._db = db = Database(pool, clock)
+        self.trees = ConversationTrees(db, self.get_conversation)
+        self.handoffs = Handoffs(db)
+        self.quota = TokenQuotas(db)
+        self.api_keys = ApiKeys(db)
+        self.audit = AuditChain(db)
+        self.erasures = Erasures(db)
+        self.retention = Retention(db)
+        self.data_keys = DataKeys(db)
+        self.registry = VariantRegistry(db)
+        self.analytics = AnswerAnalytics(db)
 
     @classmethod
     async def open(
@@ -241,7 +174,6 @@ class PostgresConversationStore(PostgresVariantRegistry, TreeQueries, AsyncClosa
         *,
         pool_max_size: int = 10,
         clock: Clock = utc_now,
-        write_method: WriteMethod = WriteMethod.COPY_DIRECT,
         connect_timeout: float = 10.0,
         acquire_timeout: float = 10.0,
         statement_timeout: float = 30.0,
@@ -259,7 +191,7 @@ class PostgresConversationStore(PostgresVariantRegistry, TreeQueries, AsyncClosa
             raise ValueError(f"pool_max_size must be at least 1, not {pool_max_size}")
         try:
             await migrate(dsn, connect_timeout=connect_timeout)
-        except _UNAVAILABLE_ERRORS as error:
+        except UNAVAILABLE_ERRORS as error:
             raise errors.Unavailable("the conversation store is unavailable") from error
         kwargs: dict[str, Any] = {"autocommit": True}
         if "application_name" not in conninfo_to_dict(dsn):
@@ -270,10 +202,10 @@ class PostgresConversationStore(PostgresVariantRegistry, TreeQueries, AsyncClosa
             f" SET idle_in_transaction_session_timeout = {round(statement_timeout * 2000)}"
         )
 
-        async def configure(connection: _Connection) -> None:
+        async def configure(connection: Connection) -> None:
             await connection.execute(session_settings)
 
-        pool: AsyncConnectionPool[_Connection] = AsyncConnectionPool(
+        pool: AsyncConnectionPool[Connection] = AsyncConnectionPool(
             dsn,
             kwargs=kwargs,
             min_size=min(2, pool_max_size),
@@ -288,15 +220,10 @@ class PostgresConversationStore(PostgresVariantRegistry, TreeQueries, AsyncClosa
         )
         try:
             await pool.open(wait=True, timeout=connect_timeout)
-        except _UNAVAILABLE_ERRORS as error:
+        except UNAVAILABLE_ERRORS as error:
             await pool.close()
             raise errors.Unavailable("the conversation store is unavailable") from error
-        return cls(pool, clock=clock, write_method=write_method)
-
-    @property
-    def write_method(self) -> WriteMethod:
-        """How batches are sent to the database."""
-        return self._write_method
+        return cls(pool, clock=clock)
 
     async def begin_turn(self, request: TurnRequest) -> TurnReservation:
         """Reserve the ids of a turn, creating the conversation when none is named.
@@ -309,8 +236,8 @@ class PostgresConversationStore(PostgresVariantRegistry, TreeQueries, AsyncClosa
         """
         if request.conversation_id and not is_valid_id(request.conversation_id):
             raise errors.NotFound("conversation not found")
-        now = self._clock()
-        async with self._connection() as connection:
+        now = self._db.clock()
+        async with self._db.connection() as connection:
             for _ in range(_RACE_ATTEMPTS):
                 with contextlib.suppress(_LostRace):
                     async with connection.transaction():
@@ -318,7 +245,7 @@ class PostgresConversationStore(PostgresVariantRegistry, TreeQueries, AsyncClosa
         raise errors.Unavailable("the turn is contended; try again")
 
     async def _begin_turn(
-        self, connection: _Connection, request: TurnRequest, now: datetime
+        self, connection: Connection, request: TurnRequest, now: datetime
     ) -> TurnReservation:
         owner = request.owner
         if request.client_message_id:
@@ -332,11 +259,27 @@ class PostgresConversationStore(PostgresVariantRegistry, TreeQueries, AsyncClosa
                 (owner.tenant_id, owner.user_id, request.client_message_id),
             )
             row = await cursor.fetchone()
-            if row is not None:
-                reclaimed = await self._reclaim_turn(connection, row, now, request)
-                if reclaimed.acquired:
-                    return await tree_store.taken_over(connection, request, reclaimed, now)
-                return reclaimed
+            if row is not None:  # the key is reserved already; its turn row is now locked
+                conversation_id, user_message_id, assistant_message_id, expire, complete = row
+                reclaimed = TurnReservation(
+                    conversation_id,
+                    user_message_id,
+                    assistant_message_id,
+                    acquired=not complete and utc(expire) <= now,
+                    complete=bool(complete),
+                    lease_expire_time=utc(expire),
+                )
+                if not reclaimed.acquired:
+                    return reclaimed
+                # The previous owner's lease ran out before its answer was stored: this caller
+                # takes the turn over with the same ids, so whichever answer is stored first wins.
+                expire = now + request.lease
+                await connection.execute(
+                    "UPDATE turns SET lease_expire_time = %s WHERE user_message_id = %s",
+                    (expire, user_message_id),
+                )
+                reclaimed = dataclasses.replace(reclaimed, lease_expire_time=expire)
+                return await tree_store.taken_over(connection, request, reclaimed, now)
         conversation_id = (
             await tree_store.target_conversation(connection, request, now)
             or request.conversation_id
@@ -356,7 +299,7 @@ class PostgresConversationStore(PostgresVariantRegistry, TreeQueries, AsyncClosa
         else:
             conversation_id = new_id()
             await connection.execute(
-                f"INSERT INTO conversations ({_CONVERSATION_COLUMNS})"
+                f"INSERT INTO conversations ({CONVERSATION_COLUMNS})"
                 " VALUES (%s, %s, %s, %s, %s, %s, 0)",
                 (conversation_id, owner.tenant_id, owner.user_id, request.title, now, now),
             )
@@ -399,31 +342,6 @@ class PostgresConversationStore(PostgresVariantRegistry, TreeQueries, AsyncClosa
         )
         return await tree_store.details(connection, request, reservation, plan, tree)
 
-    async def _reclaim_turn(
-        self, connection: _Connection, row: Sequence[Any], now: datetime, request: TurnRequest
-    ) -> TurnReservation:
-        """The answer to a BeginTurn whose idempotency key is reserved already (its turn row
-        is locked by the caller's SELECT ... FOR UPDATE)."""
-        conversation_id, user_message_id, assistant_message_id, expire, complete = row
-        expire = utc(expire)
-        acquired = not complete and expire <= now
-        if acquired:
-            # The previous owner's lease ran out before its answer was stored: this caller
-            # takes the turn over with the same ids, so whichever answer is stored first wins.
-            expire = now + request.lease
-            await connection.execute(
-                "UPDATE turns SET lease_expire_time = %s WHERE user_message_id = %s",
-                (expire, user_message_id),
-            )
-        return TurnReservation(
-            conversation_id,
-            user_message_id,
-            assistant_message_id,
-            acquired=acquired,
-            complete=bool(complete),
-            lease_expire_time=expire,
-        )
-
     async def get_turn(
         self, owner: Owner, user_message_id: str, *, assistant_message_id: str = ""
     ) -> Turn:
@@ -431,22 +349,19 @@ class PostgresConversationStore(PostgresVariantRegistry, TreeQueries, AsyncClosa
         with `assistant_message_id`, the turn of that answer (a user message has one turn per
         regenerated answer)."""
         key = assistant_message_id or user_message_id
-        if not is_valid_id(key):
-            raise errors.NotFound("turn not found")
+        require_known_id(key, "turn")
         by = "assistant_message_id" if assistant_message_id else "user_message_id"
-        async with self._connection() as connection:
-            cursor = await connection.execute(
-                "SELECT t.conversation_id, t.assistant_message_id, t.lease_expire_time,"
-                " coalesce(t.reply_to_message_id, t.user_message_id),"
-                f" {_prefixed('m', _MESSAGE_COLUMNS)} FROM turns t"
-                " LEFT JOIN messages m"
-                " ON m.message_id IN (coalesce(t.reply_to_message_id, t.user_message_id),"
-                " t.assistant_message_id)"
-                " AND m.tenant_id = t.tenant_id AND m.user_id = t.user_id"
-                f" WHERE t.{by} = %s AND t.tenant_id = %s AND t.user_id = %s",
-                (key, owner.tenant_id, owner.user_id),
-            )
-            rows = await cursor.fetchall()
+        rows = await self._db.fetchall(
+            "SELECT t.conversation_id, t.assistant_message_id, t.lease_expire_time,"
+            " coalesce(t.reply_to_message_id, t.user_message_id),"
+            f" {_prefixed('m', MESSAGE_COLUMNS)} FROM turns t"
+            " LEFT JOIN messages m"
+            " ON m.message_id IN (coalesce(t.reply_to_message_id, t.user_message_id),"
+            " t.assistant_message_id)"
+            " AND m.tenant_id = t.tenant_id AND m.user_id = t.user_id"
+            f" WHERE t.{by} = %s AND t.tenant_id = %s AND t.user_id = %s",
+            (key, owner.tenant_id, owner.user_id),
+        )
         if not rows:
             raise errors.NotFound("turn not found")
         conversation_id, assistant_message_id, expire, user_message_id = rows[0][:4]
@@ -463,33 +378,26 @@ class PostgresConversationStore(PostgresVariantRegistry, TreeQueries, AsyncClosa
     async def get_answer(self, owner: Owner, assistant_message_id: str) -> Answer:
         """The owner's turn whose assistant message id this is, with the answer's delta ends
         once stored; NotFound for any other id (a user message's, someone else's)."""
-        if not is_valid_id(assistant_message_id):
-            raise errors.NotFound("message not found")
-        async with self._connection() as connection:
-            cursor = await connection.execute(
-                "SELECT t.user_message_id, d.delta_ends FROM turns t"
-                " LEFT JOIN answer_deltas d ON d.message_id = t.assistant_message_id"
-                " WHERE t.assistant_message_id = %s AND t.tenant_id = %s AND t.user_id = %s",
-                (assistant_message_id, owner.tenant_id, owner.user_id),
-            )
-            row = await cursor.fetchone()
-        if row is None:
-            raise errors.NotFound("message not found")
+        require_known_id(assistant_message_id, "message")
+        row = await self._db.fetchone(
+            "SELECT t.user_message_id, d.delta_ends FROM turns t"
+            " LEFT JOIN answer_deltas d ON d.message_id = t.assistant_message_id"
+            " WHERE t.assistant_message_id = %s AND t.tenant_id = %s AND t.user_id = %s",
+            (assistant_message_id, owner.tenant_id, owner.user_id),
+        )
+        user_message_id, delta_ends = found(row, "message")
         # The deltas row is written with the message, so it is read again with the turn.
         # By the answer's id: a regenerated answer's turn is keyed by a fresh id.
-        turn = await self.get_turn(owner, row[0], assistant_message_id=assistant_message_id)
-        if turn.assistant_message is not None and row[1] is None:
-            return Answer(turn, await self._delta_ends(assistant_message_id))
-        return Answer(turn, answer_deltas.decode(row[1]))
-
-    async def _delta_ends(self, assistant_message_id: str) -> tuple[int, ...]:
-        async with self._connection() as connection:
-            cursor = await connection.execute(
+        turn = await self.get_turn(
+            owner, user_message_id, assistant_message_id=assistant_message_id
+        )
+        if turn.assistant_message is not None and delta_ends is None:
+            row = await self._db.fetchone(
                 "SELECT delta_ends FROM answer_deltas WHERE message_id = %s",
                 (assistant_message_id,),
             )
-            row = await cursor.fetchone()
-        return answer_deltas.decode(row[0] if row else None)
+            delta_ends = row[0] if row else None
+        return Answer(turn, answer_deltas.decode(delta_ends))
 
     async def release_turn(
         self, owner: Owner, user_message_id: str, *, assistant_message_id: str = ""
@@ -497,11 +405,10 @@ class PostgresConversationStore(PostgresVariantRegistry, TreeQueries, AsyncClosa
         """Ends the lease of the owner's turn (found as by `get_turn`) unless its assistant
         message is stored (then False): the next BeginTurn with its key acquires it at once."""
         key = assistant_message_id or user_message_id
-        if not is_valid_id(key):
-            raise errors.NotFound("turn not found")
+        require_known_id(key, "turn")
         by = "assistant_message_id" if assistant_message_id else "user_message_id"
-        now = self._clock()
-        async with self._connection() as connection, connection.transaction():
+        now = self._db.clock()
+        async with self._db.connection() as connection, connection.transaction():
             cursor = await connection.execute(
                 "SELECT EXISTS (SELECT 1 FROM messages m"
                 "  WHERE m.message_id = t.assistant_message_id), t.user_message_id"
@@ -509,9 +416,7 @@ class PostgresConversationStore(PostgresVariantRegistry, TreeQueries, AsyncClosa
                 " AND t.user_id = %s FOR UPDATE OF t",
                 (key, owner.tenant_id, owner.user_id),
             )
-            row = await cursor.fetchone()
-            if row is None:
-                raise errors.NotFound("turn not found")
+            row = found(await cursor.fetchone(), "turn")
             if row[0]:
                 return False
             await connection.execute(
@@ -528,7 +433,7 @@ class PostgresConversationStore(PostgresVariantRegistry, TreeQueries, AsyncClosa
         the front, so they never shift or repeat the rest of the pages."""
         require_limit(limit)
         query = (
-            f"SELECT {_CONVERSATION_COLUMNS} FROM conversations"
+            f"SELECT {CONVERSATION_COLUMNS} FROM conversations"
             " WHERE tenant_id = %s AND user_id = %s"
         )
         parameters: list[Any] = [owner.tenant_id, owner.user_id]
@@ -536,9 +441,7 @@ class PostgresConversationStore(PostgresVariantRegistry, TreeQueries, AsyncClosa
             query += " AND (update_time, conversation_id) < (%s, %s)"
             parameters += [after.update_time, after.conversation_id]
         query += " ORDER BY update_time DESC, conversation_id DESC LIMIT %s"
-        async with self._connection() as connection:
-            cursor = await connection.execute(query, [*parameters, limit + 1])
-            rows = await cursor.fetchall()
+        rows = await self._db.fetchall(query, [*parameters, limit + 1])
         conversations = tuple(conversation_from_row(row) for row in rows[:limit])
         next_cursor = None
         if len(rows) > limit:
@@ -564,10 +467,10 @@ class PostgresConversationStore(PostgresVariantRegistry, TreeQueries, AsyncClosa
             page_filter = " AND (m.create_time, m.position) > (%s, %s)"
             parameters += [after.create_time, after.position]
         query = (
-            f"SELECT {_prefixed('c', _CONVERSATION_COLUMNS)},"
-            f" {_prefixed('p', _MESSAGE_COLUMNS)}, p.position"
+            f"SELECT {_prefixed('c', CONVERSATION_COLUMNS)},"
+            f" {_prefixed('p', MESSAGE_COLUMNS)}, p.position"
             " FROM conversations c LEFT JOIN LATERAL ("
-            f"  SELECT {_prefixed('m', _MESSAGE_COLUMNS)}, m.position FROM messages m"
+            f"  SELECT {_prefixed('m', MESSAGE_COLUMNS)}, m.position FROM messages m"
             f"  WHERE m.conversation_id = c.conversation_id AND m.tenant_id = c.tenant_id"
             f"{page_filter} ORDER BY m.create_time, m.position LIMIT %s"
             " ) p ON true"
@@ -575,12 +478,10 @@ class PostgresConversationStore(PostgresVariantRegistry, TreeQueries, AsyncClosa
             " ORDER BY p.create_time, p.position"
         )
         parameters += [limit + 1, conversation_id, owner.tenant_id, owner.user_id]
-        async with self._connection() as connection:
-            cursor = await connection.execute(query, parameters)
-            rows = await cursor.fetchall()
+        rows = await self._db.fetchall(query, parameters)
         if not rows:
             raise errors.NotFound("conversation not found")
-        columns = len(_CONVERSATION_COLUMNS.split(","))
+        columns = len(CONVERSATION_COLUMNS.split(","))
         conversation = conversation_from_row(rows[0][:columns])
         found = [row[columns:] for row in rows if row[columns] is not None]
         messages = tuple(message_from_row(row) for row in found[:limit])
@@ -594,10 +495,9 @@ class PostgresConversationStore(PostgresVariantRegistry, TreeQueries, AsyncClosa
     async def delete_conversation(self, owner: Owner, conversation_id: str) -> datetime:
         """Delete the conversation with its messages, turns and feedback; returns when.
         Messages recorded for it later are dropped by `write_messages`, so it never returns."""
-        if not is_valid_id(conversation_id):
-            raise errors.NotFound("conversation not found")
-        now = self._clock()
-        async with self._connection() as connection, connection.transaction():
+        require_known_id(conversation_id, "conversation")
+        now = self._db.clock()
+        async with self._db.connection() as connection, connection.transaction():
             # The lock batch writers take: a batch checks the tombstone and writes under it.
             await _lock_conversations(connection, [conversation_id])
             # Messages, their feedback and the turns go with it (ON DELETE CASCADE).
@@ -617,10 +517,9 @@ class PostgresConversationStore(PostgresVariantRegistry, TreeQueries, AsyncClosa
     async def submit_feedback(self, owner: Owner, feedback: Feedback) -> datetime:
         """Store (or replace) the owner's feedback on one of the owner's assistant messages;
         returns when it was stored. Any other message is NotFound."""
-        if not is_valid_id(feedback.message_id):
-            raise errors.NotFound("assistant message not found")
-        now = self._clock()
-        async with self._connection() as connection:
+        require_known_id(feedback.message_id, "assistant message")
+        now = self._db.clock()
+        async with self._db.connection() as connection:
             try:
                 cursor = await connection.execute(
                     "INSERT INTO feedback"
@@ -649,29 +548,6 @@ class PostgresConversationStore(PostgresVariantRegistry, TreeQueries, AsyncClosa
             raise errors.NotFound("assistant message not found")
         return now
 
-    async def create_api_key(
-        self,
-        owner: Owner,
-        label: str,
-        roles: frozenset[str] = frozenset({"chat"}),
-        actor: AuditActor | None = None,
-    ) -> IssuedApiKey:
-        """Create a key for the owner with these roles; only its secret's hash is stored. The
-        creation is appended to the audit log (by `actor`) in the same transaction."""
-        now = self._clock()
-        issued = issue_api_key(owner, label, now, roles)
-        async with self._connection() as connection:
-            await identity.create_api_key(connection, issued, actor or AuditActor(), now)
-        return issued
-
-    async def get_api_key(self, key_id: str) -> ApiKey:
-        """The stored record of a key, by its public id (the one lookup not scoped to an
-        owner: it is how a caller's owner is found)."""
-        if not is_valid_id(key_id):
-            raise errors.NotFound("api key not found")
-        async with self._connection() as connection:
-            return await identity.get_api_key(connection, key_id)
-
     async def iter_messages(self, after: str | None, limit: int) -> list[Message]:
         """Up to `limit` stored messages of every owner, in message id order, starting after
         the message id `after` (None: from the first); the owner is in each message.
@@ -683,15 +559,13 @@ class PostgresConversationStore(PostgresVariantRegistry, TreeQueries, AsyncClosa
         miss any runs alongside the live path that also indexes new turns.
         """
         require_limit(limit)
-        query = f"SELECT {_MESSAGE_COLUMNS} FROM messages"
+        query = f"SELECT {MESSAGE_COLUMNS} FROM messages"
         parameters: list[Any] = []
         if after is not None:
             query += " WHERE message_id > %s"
             parameters.append(after)
         query += " ORDER BY message_id LIMIT %s"
-        async with self._connection() as connection:
-            cursor = await connection.execute(query, [*parameters, limit])
-            rows = await cursor.fetchall()
+        rows = await self._db.fetchall(query, [*parameters, limit])
         return [message_from_row(row) for row in rows]
 
     async def write_messages(self, messages: Sequence[Message]) -> int:
@@ -705,278 +579,21 @@ class PostgresConversationStore(PostgresVariantRegistry, TreeQueries, AsyncClosa
         if not messages:
             return 0
         batch = tuple(messages)
-        async with self._connection() as connection:
-            for attempt in range(_RACE_ATTEMPTS):
+        async with self._db.connection() as connection:
+            for _ in range(_RACE_ATTEMPTS):
                 with contextlib.suppress(_LostRace):
                     async with connection.transaction():
-                        # The first attempt leaves finding re-delivered ids to the unique
-                        # index (ON CONFLICT), instead of looking every id up beforehand.
-                        return await self._write_batch(
-                            connection, batch, placements_first=attempt > 0
-                        )
+                        return await self._write_batch(connection, batch)
         raise errors.Unavailable("the batch is contended; try again")
 
-    async def _write_batch(
-        self, connection: _Connection, batch: tuple[Message, ...], *, placements_first: bool
-    ) -> int:
-        """One batch in the caller's transaction: lock its conversations, decide what to
-        insert (records.admit_batch), create new conversations,
-        insert the messages, and count them in their conversations.
-
-        With `placements_first`, where each message id is stored already is looked up before
-        deciding. Without it, the ids are left to the unique index: messages
-        whose insert hit a stored id are looked up afterwards (none, on the common path); a
-        re-delivery is skipped, and an id stored for another conversation or owner raises
-        _LostRace, so the batch is rolled back and decided again with placements first (which
-        then refuses it as it would have first time).
-        """
-        now = self._clock()
-        if self._write_method is WriteMethod.COPY_DIRECT:
-            return await self._write_batch_direct(connection, batch, now)
-        staging = self._write_method is WriteMethod.COPY
-        owners, deleted, _ = await _lock_conversations(
-            connection, {m.conversation_id for m in batch}, staging=staging
-        )
-        placed: dict[str, tuple[str, Owner]] = {}
-        if placements_first:
-            placed = await _placements(connection, {m.message_id for m in batch})
-        try:
-            accepted, created = admit_batch(batch, dict(owners), deleted, dict(placed))
-        except MessagesRejected:
-            if placements_first:
-                raise
-            # Refused for its conversation's owner: name every refused message, including
-            # those whose id is stored for another conversation.
-            placed = await _placements(connection, {m.message_id for m in batch})
-            admit_batch(batch, dict(owners), deleted, placed)
-            raise
-        if not accepted:
-            return 0
-        if staging:
-            await _copy_to_staging(connection, accepted)
-        # One round trip: the new conversations, the messages and (COPY) their counting.
-        async with connection.pipeline():
-            if created:
-                await _create_conversations(connection, accepted, created)
-            if staging:
-                inserted = await _insert_staged(connection, now)
-            else:
-                inserted = await _insert_each(connection, accepted, now)
-        if len(inserted) != len(accepted):
-            skipped = [m for m in accepted if m.message_id not in inserted]
-            found = await _placements(connection, {m.message_id for m in skipped})
-            if any(found.get(m.message_id) != (m.conversation_id, m.owner) for m in skipped):
-                raise _LostRace
-        if not staging:
-            await _count_messages(connection, [m for m in accepted if m.message_id in inserted])
-        await _write_answer_extras(connection, accepted, inserted)
-        return len(inserted)
-
-    # Token quotas (chatplane.persistence.store.quota), each in one transaction.
-    async def reserve_tokens(
-        self, tenant_id: str, reservation_id: str, tokens: int, lease: timedelta
-    ) -> QuotaReservation:
-        """Atomically reserve up to `tokens` of today's quota under `reservation_id`, held for
-        `lease` unless settled. Refused when nothing is left; always granted (and nothing is
-        recorded) for a tenant without a quota. Expired reservations are released first.
-        A `reservation_id` used before is AlreadyExists."""
-        now = self._clock()
-        async with self._connection() as connection, connection.transaction():
-            return await quota.reserve(connection, tenant_id, reservation_id, tokens, lease, now)
-
-    async def settle_tokens(self, tenant_id: str, reservation_id: str, used: int) -> TokenQuota:
-        """Replace the reservation with the `used` tokens (0 releases it), on the day it was
-        reserved. A reservation that expired or was never recorded still charges `used` to
-        today when the tenant has a quota."""
-        now = self._clock()
-        async with self._connection() as connection, connection.transaction():
-            return await quota.settle(connection, tenant_id, reservation_id, used, now)
-
-    async def set_token_quota(self, tenant_id: str, tokens_per_day: int) -> TokenQuota:
-        """Set the tenant's daily quota; 0 removes it (unlimited). Today's usage is kept."""
-        now = self._clock()
-        async with self._connection() as connection, connection.transaction():
-            return await quota.set_limit(connection, tenant_id, tokens_per_day, now)
-
-    async def get_token_quota(self, tenant_id: str) -> TokenQuota:
-        """The tenant's quota and today's usage."""
-        now = self._clock()
-        async with self._connection() as connection:
-            return await quota.quota(connection, tenant_id, now)
-
-    async def report_variants(
-        self, tenant_id: str | None = None, since: datetime | None = None
-    ) -> list[VariantStats]:
-        """Answers and their feedback aggregated per A/B variant, by variant name: of one
-        tenant (None: all) and created at or after `since` (None: all). Not scoped to an
-        owner: for admin tools only."""
-        query = report_query(tenant=tenant_id is not None, since=since is not None)
-        parameters: list[Any] = [] if tenant_id is None else [tenant_id]
-        if since is not None:
-            parameters.append(since)
-        async with self._connection() as connection:
-            cursor = await connection.execute(query, parameters)
-            rows = await cursor.fetchall()
-        return [stats_from_row(row) for row in rows]
-
-    async def list_rated_answers(self, query: RatedAnswerQuery) -> list[RatedAnswerRow]:
-        """A page of complete, rated answers (feedback datasets, docs/datasets.md), by create
-        time then message id. Not scoped to an owner: for admin tools only."""
-        if not query.tenants:
-            return []
-        sql, parameters = rated_answers_sql(query)
-        async with self._connection() as connection:
-            cursor = await connection.execute(sql, parameters)
-            rows = await cursor.fetchall()
-        return [rated_answer_row(row) for row in rows]
-
-    async def get_handoff(self, owner: Owner, conversation_id: str) -> HandoffState:
-        """The handoff state of the owner's conversation (BOT when never handed off)."""
-        if not is_valid_id(conversation_id):
-            raise errors.NotFound("conversation not found")
-        async with self._connection() as connection:
-            return await handoff.get_handoff(connection, owner, conversation_id)
-
-    async def change_handoff(
-        self, owner: Owner, conversation_id: str, change: HandoffChange
-    ) -> HandoffState:
-        """Apply `change` to the owner's conversation atomically; the answer's `changed`
-        says whether anything changed (see handoff.apply_change)."""
-        if not is_valid_id(conversation_id):
-            raise errors.NotFound("conversation not found")
-        now = self._clock()
-        async with self._connection() as connection:
-            return await handoff.change_handoff(connection, owner, conversation_id, change, now)
-
-    async def list_handoffs(
-        self, tenant_id: str, *, limit: int, after: HandoffCursor | None = None
-    ) -> HandoffPage:
-        """Up to `limit` of the tenant's conversations in human mode, longest waiting
-        first (oldest request), after `after`."""
-        require_limit(limit)
-        async with self._connection() as connection:
-            return await handoff.list_handoffs(connection, tenant_id, limit, after)
-
-    async def tenant_handoff(self, tenant_id: str, conversation_id: str) -> HandoffState:
-        """A conversation of the tenant that was ever handed off, with its owner (for
-        operators); any other is NotFound."""
-        if not is_valid_id(conversation_id):
-            raise errors.NotFound("conversation not found")
-        async with self._connection() as connection:
-            return await handoff.tenant_handoff(connection, tenant_id, conversation_id)
-
-    async def count_thumbs_down(self, owner: Owner, message_id: str) -> tuple[str, int]:
-        """The conversation of the owner's message and its number of thumbs-down ratings."""
-        if not is_valid_id(message_id):
-            raise errors.NotFound("message not found")
-        async with self._connection() as connection:
-            return await handoff.count_thumbs_down(connection, owner, message_id)
-
-    # Erasure and retention (erasure.py; docs/privacy.md).
-    async def start_erasure(
-        self, tenant_id: str, user_id: str, steps: Sequence[str], actor: AuditActor
-    ) -> ErasureJob:
-        """The user's unfinished erasure job, or a new one with `steps` to run (and a snapshot
-        of the user's conversation ids, deleted ones included)."""
-        now = self._clock()
-        async with self._connection() as connection, connection.transaction():
-            return await erasure.start(connection, tenant_id, user_id, steps, actor, now)
-
-    async def get_erasure(self, job_id: str) -> ErasureJob:
-        """The job (NotFound when there is none)."""
-        async with self._connection() as connection:
-            return await erasure.load(connection, job_id)
-
-    async def unfinished_erasures(self) -> list[ErasureJob]:
-        """Every job not finished yet (cut short by a crash or a failing store), oldest first."""
-        async with self._connection() as connection:
-            return await erasure.unfinished(connection)
-
-    async def finish_erasure_step(
-        self, job_id: str, position: int, removed: Mapping[str, int]
-    ) -> ErasureJob:
-        """Records that the step at `position` ran with these counts; the first record of a
-        step wins (a step run twice keeps its first counts)."""
-        now = self._clock()
-        async with self._connection() as connection, connection.transaction():
-            return await erasure.finish_step(connection, job_id, position, removed, now)
-
-    async def finish_erasure(self, job_id: str) -> ErasureJob:
-        """Marks the job finished and appends its one audit record, in one transaction (a
-        job finished before is returned as it is, audited once)."""
-        now = self._clock()
-        async with self._connection() as connection, connection.transaction():
-            return await erasure.finish(connection, job_id, now)
-
-    async def erase_user_rows(self, tenant_id: str, user_id: str) -> dict[str, int]:
-        """Deletes every row of the user (ERASED_TABLES) and takes the user's id off the
-        tombstones of their deleted conversations, in one transaction; the rows removed per
-        table. A second call removes nothing."""
-        now = self._clock()
-        async with self._connection() as connection, connection.transaction():
-            # The locks batch writers take: a batch in flight for one of these conversations
-            # either lands before and is erased, or finds the tombstone after.
-            conversations = await erasure.user_conversations(connection, tenant_id, user_id)
-            if conversations:
-                await _lock_conversations(connection, conversations)
-            return await erasure.erase_rows(connection, tenant_id, user_id, now)
-
-    async def set_retention(self, tenant_id: str, days: int) -> RetentionPolicy:
-        """Sets the tenant's retention period; 0 removes it (keep forever)."""
-        require_retention_days(days)
-        now = self._clock()
-        async with self._connection() as connection, connection.transaction():
-            return await erasure.set_policy(connection, tenant_id, days, now)
-
-    async def get_retention(self, tenant_id: str) -> RetentionPolicy:
-        """The tenant's retention period (0 days when none is set)."""
-        async with self._connection() as connection:
-            return await erasure.policy(connection, tenant_id)
-
-    async def retention_policies(self) -> list[RetentionPolicy]:
-        """Every tenant's retention period that is set."""
-        async with self._connection() as connection:
-            return await erasure.policies(connection)
-
-    async def expire_conversations(
-        self, tenant_id: str, before: datetime, limit: int
-    ) -> list[ExpiredConversation]:
-        """Deletes up to `limit` of the tenant's conversations whose last activity
-        (update time) is before `before`, with everything that goes with them (as
-        delete_conversation does, tombstone included), and notes them as pending (their
-        memory and log records are still to go); the ones deleted."""
-        require_limit(limit)
-        now = self._clock()
-        async with self._connection() as connection, connection.transaction():
-            candidates = await erasure.expiring(connection, tenant_id, before, limit)
-            if not candidates:
-                return []
-            await _lock_conversations(connection, candidates)
-            return await erasure.expire(connection, tenant_id, candidates, before, now)
-
-    async def pending_expiries(self, limit: int) -> list[ExpiredConversation]:
-        """Up to `limit` expired conversations whose memory and log records are still to be
-        removed (a sweep cut short), oldest first."""
-        require_limit(limit)
-        async with self._connection() as connection:
-            return await erasure.pending(connection, limit)
-
-    async def finish_expiries(self, conversation_ids: Sequence[str]) -> None:
-        """Forgets that these expired conversations are pending (their memory and log
-        records are gone)."""
-        if conversation_ids:
-            async with self._connection() as connection, connection.transaction():
-                await erasure.finish_pending(connection, conversation_ids)
-
-    async def _write_batch_direct(
-        self, connection: _Connection, batch: tuple[Message, ...], now: datetime
-    ) -> int:
-        """`_write_batch` for WriteMethod.COPY_DIRECT: the batch's ids are looked up in the
-        locking round trip (so the decision is right first time), the conversations are
-        created and counted for what will be inserted, then the messages are COPYed straight
-        into `messages`. Under the locks no writer of these conversations can interfere; an
-        id stored meanwhile for another conversation makes the COPY fail on the primary key,
-        which raises _LostRace (run again, which then refuses it)."""
+    async def _write_batch(self, connection: Connection, batch: tuple[Message, ...]) -> int:
+        """One batch in the caller's transaction: the batch's ids are looked up in the
+        locking round trip (so the decision, records.admit_batch, is right first time), the
+        conversations are created and counted for what will be inserted, then the messages are
+        COPYed straight into `messages`. Under the locks no writer of these conversations can
+        interfere; an id stored meanwhile for another conversation makes the COPY fail on the
+        primary key, which raises _LostRace (run again, which then refuses it)."""
+        now = self._db.clock()
         owners, deleted, placed = await _lock_conversations(
             connection,
             {m.conversation_id for m in batch},
@@ -986,101 +603,9 @@ class PostgresConversationStore(PostgresVariantRegistry, TreeQueries, AsyncClosa
         if not accepted:
             return 0
         await record_conversations(connection, accepted, created)
-        await copy_messages(
-            connection, accepted, now, columns=_MESSAGE_COLUMNS, types=_MESSAGE_TYPES
-        )
-        await _write_answer_extras(connection, accepted, {m.message_id for m in accepted})
+        await copy_messages(connection, accepted, now)
+        await _write_answer_extras(connection, accepted)
         return len(accepted)
-
-    async def close(self) -> None:
-        """Finish work under way and release the store's resources."""
-        if self._closed:
-            return
-        self._closed = True
-        # Waits for the connections in use to come back: calls under way finish first.
-        await self._pool.close()
-
-    async def tree_skeleton(self, owner: Owner, conversation_id: str) -> TreeSkeleton:
-        async with self._connection() as connection:
-            return await tree_store.skeleton(connection, owner, conversation_id, self._clock())
-
-    async def messages_by_id(self, owner: Owner, message_ids: Sequence[str]) -> dict[str, Message]:
-        async with self._connection() as connection:
-            cursor = await connection.execute(
-                f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE message_id = ANY(%s::text[])"
-                " AND tenant_id = %s AND user_id = %s",
-                (list(message_ids), owner.tenant_id, owner.user_id),
-            )
-            rows = await cursor.fetchall()
-        return {m.message_id: m for m in map(message_from_row, rows)}
-
-    async def store_active_leaf(self, owner: Owner, conversation_id: str, leaf: str) -> None:
-        async with self._connection() as connection:
-            await connection.execute(
-                "UPDATE conversations SET active_message_id = %s"
-                " WHERE conversation_id = %s AND tenant_id = %s AND user_id = %s",
-                (leaf, conversation_id, owner.tenant_id, owner.user_id),
-            )
-
-    # Key management and the audit chain (key_records.py).
-
-    async def list_api_keys(
-        self,
-        tenant_id: str,
-        user_id: str = "",
-        *,
-        limit: int,
-        after: ApiKeyCursor | None = None,
-        include_revoked: bool = False,
-    ) -> ApiKeyPage:
-        """Up to `limit` keys of the tenant (of one user when `user_id`), newest first, after
-        `after`; without `include_revoked` only keys that still authenticate."""
-        require_limit(limit)
-        async with self._connection() as connection:
-            return await identity.list_api_keys(
-                connection, tenant_id, user_id, limit, after, include_revoked, self._clock()
-            )
-
-    async def rotate_api_key(
-        self, tenant_id: str, key_id: str, overlap: timedelta, actor: AuditActor
-    ) -> RotatedApiKey:
-        """Replace the tenant's key by a new one (same owner, label, roles); the old one stops
-        working after `overlap` (zero: now, and it is revoked). NotFound for a key of another
-        tenant; FailedPrecondition for a key that no longer works or was rotated already.
-        Audited in the same transaction."""
-        if not is_valid_id(key_id):
-            raise errors.NotFound("api key not found")
-        async with self._connection() as connection:
-            return await identity.rotate_api_key(
-                connection, tenant_id, key_id, overlap, actor, self._clock()
-            )
-
-    async def revoke_api_key(self, tenant_id: str, key_id: str, actor: AuditActor) -> ApiKey:
-        """Revoke the tenant's key now (again: no change); NotFound for another tenant's key.
-        Audited in the same transaction."""
-        if not is_valid_id(key_id):
-            raise errors.NotFound("api key not found")
-        async with self._connection() as connection:
-            return await identity.revoke_api_key(
-                connection, tenant_id, key_id, actor, self._clock()
-            )
-
-    async def append_audit(self, events: Sequence[AuditEvent]) -> AuditHead:
-        """Append the events to the hash chain in order, in one transaction, serialised with
-        every other append to the same database; returns the new head."""
-        async with self._connection() as connection:
-            return await identity.append_audit(connection, events, self._clock())
-
-    async def audit_records(self, after_seq: int, limit: int) -> list[AuditRecord]:
-        """Up to `limit` records of the chain with seq > `after_seq`, in seq order."""
-        require_limit(limit)
-        async with self._connection() as connection:
-            return await identity.audit_records(connection, after_seq, limit)
-
-    async def audit_head(self) -> AuditHead:
-        """The chain's stored head."""
-        async with self._connection() as connection:
-            return await identity.audit_head(connection)
 
     async def user_message_facts(
         self, owner: Owner, *, limit: int, after: str | None = None
@@ -1089,81 +614,57 @@ class PostgresConversationStore(PostgresVariantRegistry, TreeQueries, AsyncClosa
         feedback, in message id order after the message id `after` (None: from the first),
         with those facts (never the text). Keyset paging over the owner's messages only."""
         require_limit(limit)
-        query = facts_query(after=bool(after))
-        parameters = facts_parameters(owner.tenant_id, owner.user_id, after or None, limit)
-        async with self._connection() as connection:
-            cursor = await connection.execute(query, parameters)
-            rows = await cursor.fetchall()
-        return [facts_from_row(row) for row in rows]
+        rows = await self._db.fetchall(
+            "SELECT m.message_id, m.conversation_id, a.variant, a.first_token_ms,"
+            " a.duration_ms, f.rating, f.score, f.comment, f.create_time FROM messages m"
+            " LEFT JOIN answer_metrics a ON a.message_id = m.message_id"
+            " LEFT JOIN feedback f ON f.message_id = m.message_id"
+            " AND f.tenant_id = m.tenant_id AND f.user_id = m.user_id"
+            " WHERE m.tenant_id = %s AND m.user_id = %s"
+            + (" AND m.message_id > %s" if after else "")
+            + " AND (a.message_id IS NOT NULL OR f.message_id IS NOT NULL)"
+            " ORDER BY m.message_id LIMIT %s",
+            [owner.tenant_id, owner.user_id, *([after] if after else []), limit],
+        )
+        facts = []
+        for message_id, conversation, variant, first_token, duration, rating, *feedback in rows:
+            score, comment, feedback_time = feedback
+            facts.append(
+                MessageFacts(
+                    message_id,
+                    conversation,
+                    variant or "",
+                    first_token,
+                    duration,
+                    None
+                    if rating is None
+                    else Feedback(message_id, Rating(rating), comment or "", score),
+                    None if feedback_time is None else utc(feedback_time),
+                )
+            )
+        return facts
 
-    # Crypto-shredding (chatplane.crypto.keyring.DataKeyStore): wrapped per-user data keys.
-    async def get_data_key(self, tenant_id: str, user_id: str) -> WrappedDataKey | None:
-        async with self._connection() as connection:
-            return await data_keys.get_data_key(connection, tenant_id, user_id)
-
-    async def add_data_key(self, key: WrappedDataKey) -> WrappedDataKey:
-        async with self._connection() as connection:
-            return await data_keys.add_data_key(connection, key)
-
-    async def rewrap_data_key(self, key: WrappedDataKey) -> None:
-        async with self._connection() as connection:
-            await data_keys.rewrap_data_key(connection, key)
-
-    async def delete_data_key(self, tenant_id: str, user_id: str) -> bool:
-        async with self._connection() as connection:
-            return await data_keys.delete_data_key(connection, tenant_id, user_id)
-
-    @contextlib.asynccontextmanager
-    async def _connection(self) -> AsyncIterator[_Connection]:
-        """A pooled connection (autocommit; open a transaction where a call needs one), with
-        infrastructure failures turned into Unavailable."""
-        if self._closed:
-            raise errors.Unavailable("the conversation store is closed")
-        try:
-            async with self._pool.connection() as connection:
-                yield connection
-        except _UNAVAILABLE_ERRORS as error:
-            _log.warning("conversation store call failed", extra={"error": repr(error)})
-            raise errors.Unavailable("the conversation store is unavailable") from error
-
-
-async def _placements(
-    connection: _Connection, message_ids: Iterable[str]
-) -> dict[str, tuple[str, Owner]]:
-    """Where each of these message ids is stored: its conversation and owner."""
-    cursor = await connection.execute(_PLACEMENTS, (list(message_ids),))
-    return {
-        message_id: (conversation_id, Owner(tenant_id, user_id))
-        for message_id, conversation_id, tenant_id, user_id in await cursor.fetchall()
-    }
+    async def close(self) -> None:
+        """Finish work under way and release the store's resources."""
+        await self._db.close()
 
 
 async def _lock_conversations(
-    connection: _Connection,
+    connection: Connection,
     conversation_ids: Iterable[str],
     *,
-    staging: bool = False,
     message_ids: Iterable[str] = (),
 ) -> tuple[dict[str, Owner], set[str], dict[str, tuple[str, Owner]]]:
     """Take the transaction-level advisory locks of these conversations, then read their
-    stored owners and which of them are deleted (tombstones); with `staging`, also create the
-    batch's staging table; with `message_ids`, also look up where those ids are stored (as
-    `_placements`). One round trip (a pipeline).
+    stored owners and which of them are deleted (tombstones); with `message_ids`, also look up
+    where those ids are stored: their conversation and owner. One round trip (a pipeline).
 
     Whoever else writes these conversations (another replica after a rebalance, a delete)
-    waits until this transaction ends, so what is read here stays true until then. The locks
-    are taken in key order, so two transactions locking overlapping sets cannot deadlock.
+    waits until this transaction ends, so what is read here stays true until then.
     """
     conversation_ids = list(conversation_ids)
-    keys = sorted({_lock_key(conversation_id) for conversation_id in conversation_ids})
     async with connection.pipeline():
-        await connection.execute(
-            "SELECT pg_advisory_xact_lock(%b, key) FROM unnest(%b::int4[]) WITH ORDINALITY"
-            " AS k (key, ordinal) ORDER BY ordinal",
-            (_LOCK_CLASS_CONVERSATION, keys),
-        )
-        if staging:
-            await connection.execute(_STAGING_TABLE)
+        await connection.execute(LOCK_CONVERSATIONS, conversation_locks(conversation_ids))
         # A statement after the locks: READ COMMITTED reads with a snapshot taken once they
         # are held, so every write that held them before is seen.
         cursor = await connection.execute(
@@ -1178,7 +679,11 @@ async def _lock_conversations(
         message_ids = list(message_ids)
         placed_rows: list[tuple[Any, ...]] = []
         if message_ids:
-            placed_cursor = await connection.execute(_PLACEMENTS, (message_ids,))
+            placed_cursor = await connection.execute(
+                "SELECT message_id, conversation_id, tenant_id, user_id FROM messages"
+                " WHERE message_id = ANY(%b::text[])",
+                (message_ids,),
+            )
             placed_rows = await placed_cursor.fetchall()
     owners: dict[str, Owner] = {}
     deleted: set[str] = set()
@@ -1194,136 +699,21 @@ async def _lock_conversations(
     return owners, deleted, placed
 
 
-def _lock_key(conversation_id: str) -> int:
-    """A conversation's advisory lock key: 32 bits of a hash of its id (a collision only
-    makes two conversations share a lock)."""
-    digest = hashlib.blake2b(conversation_id.encode(), digest_size=4).digest()
-    return int.from_bytes(digest, "big", signed=True)
-
-
-async def _create_conversations(
-    connection: _Connection, accepted: Sequence[Message], created: Sequence[str]
-) -> None:
-    """Create the conversations first seen in this batch, titled after their first user
-    message and starting at their oldest message (the counters follow with the messages)."""
-    first: dict[str, list[Message]] = {conversation_id: [] for conversation_id in created}
-    for message in accepted:
-        if message.conversation_id in first:
-            first[message.conversation_id].append(message)
-    rows = []
-    for conversation_id, messages in first.items():
-        title = next((m.text for m in messages if m.role is Role.USER), "")
-        start = min(m.create_time for m in messages)
-        owner = messages[0].owner
-        rows.append((conversation_id, owner.tenant_id, owner.user_id, derived_title(title), start))
-    await connection.execute(
-        f"INSERT INTO conversations ({_CONVERSATION_COLUMNS})"
-        " SELECT c.id, c.tenant_id, c.user_id, c.title, c.start, c.start, 0"
-        " FROM unnest(%b::text[], %b::text[], %b::text[], %b::text[], %b::timestamptz[])"
-        " AS c (id, tenant_id, user_id, title, start)",
-        [list(column) for column in zip(*rows, strict=True)],
-    )
-
-
-async def _copy_to_staging(connection: _Connection, messages: Sequence[Message]) -> None:
-    """COPY (binary) the messages into the staging table, numbered in batch order."""
-    async with (
-        connection.cursor() as cursor,
-        cursor.copy(
-            f"COPY message_batch (ordinal, {_MESSAGE_COLUMNS}) FROM STDIN (FORMAT BINARY)"
-        ) as copy,
-    ):
-        copy.set_types(["int4", *_MESSAGE_TYPES])
-        for ordinal, message in enumerate(messages):
-            await copy.write_row((ordinal, *message_row(message)))
-
-
-async def _insert_staged(connection: _Connection, now: datetime) -> set[str]:
-    """Insert the staged messages in batch order (their positions follow it) unless their id
-    is stored already, and count those inserted in their conversations, in one statement;
-    returns the ids of those inserted."""
-    cursor = await connection.execute(
-        "WITH inserted AS ("
-        f" INSERT INTO messages ({_MESSAGE_COLUMNS}, store_time)"
-        f" SELECT {_MESSAGE_COLUMNS}, %s FROM message_batch ORDER BY ordinal"
-        " ON CONFLICT (message_id) DO NOTHING"
-        " RETURNING message_id, conversation_id, create_time"
-        "), counted AS ("
-        " UPDATE conversations AS c SET message_count = c.message_count + g.added,"
-        " update_time = greatest(c.update_time, g.newest)"
-        " FROM (SELECT conversation_id, count(*) AS added, max(create_time) AS newest"
-        "  FROM inserted GROUP BY conversation_id) AS g"
-        " WHERE c.conversation_id = g.conversation_id"
-        ") SELECT message_id FROM inserted",
-        (now,),
-    )
-    return {row[0] for row in await cursor.fetchall()}
-
-
-async def _insert_each(
-    connection: _Connection, messages: Sequence[Message], now: datetime
-) -> set[str]:
-    """One INSERT ... ON CONFLICT per message, pipelined by executemany (one round trip for
-    the batch); returns the ids of those inserted."""
-    placeholders = ", ".join(["%s"] * (len(_MESSAGE_TYPES) + 1))
-    inserted: set[str] = set()
-    async with connection.cursor() as cursor:
-        await cursor.executemany(
-            f"INSERT INTO messages ({_MESSAGE_COLUMNS}, store_time) VALUES ({placeholders})"
-            " ON CONFLICT (message_id) DO NOTHING RETURNING message_id",
-            [(*message_row(message), now) for message in messages],
-            returning=True,
-        )
-        while True:
-            inserted.update(row[0] for row in await cursor.fetchall())
-            if not cursor.nextset():
-                break
-    return inserted
-
-
-async def _write_answer_extras(
-    connection: _Connection, accepted: Sequence[Message], inserted: set[str]
-) -> None:
+async def _write_answer_extras(connection: Connection, inserted: Sequence[Message]) -> None:
     """What is stored beside the answers just inserted: where their deltas ended (ResumeChat)
-    and their A/B measures (the variant report)."""
-    deltas = answer_deltas.delta_rows(accepted, inserted)
+    and their A/B measures (the variant report, docs/variants.md)."""
+    deltas = answer_deltas.delta_rows(inserted)
     if deltas:
         async with connection.cursor() as cursor:
             await cursor.executemany(answer_deltas.INSERT_POSTGRES, deltas)
-    await _insert_answer_metrics(connection, [m for m in accepted if m.message_id in inserted])
-
-
-async def _insert_answer_metrics(connection: _Connection, inserted: Sequence[Message]) -> None:
-    """The A/B variant rows of the inserted assistant messages (docs/variants.md)."""
     rows = answer_metric_rows(inserted)
-    if not rows:
-        return
-    await connection.execute(
-        f"INSERT INTO answer_metrics ({ANSWER_METRICS_COLUMNS}, create_time)"
-        " SELECT * FROM unnest(%b::text[], %b::text[], %b::text[], %b::text[], %b::int4[],"
-        " %b::int4[], %b::int8[], %b::int8[], %b::timestamptz[])",
-        [list(column) for column in zip(*rows, strict=True)],
-    )
-
-
-async def _count_messages(connection: _Connection, inserted: Sequence[Message]) -> None:
-    """Add the inserted messages to their conversations' counts and update times."""
-    growth: dict[str, tuple[int, datetime]] = {}
-    for message in inserted:
-        count, newest = growth.get(message.conversation_id, (0, message.create_time))
-        growth[message.conversation_id] = (count + 1, max(newest, message.create_time))
-    await connection.execute(
-        "UPDATE conversations AS c SET message_count = c.message_count + g.added,"
-        " update_time = greatest(c.update_time, g.newest)"
-        " FROM unnest(%b::text[], %b::int8[], %b::timestamptz[])"
-        " AS g (conversation_id, added, newest)"
-        " WHERE c.conversation_id = g.conversation_id",
-        (
-            list(growth),
-            [count for count, _ in growth.values()],
-            [newest for _, newest in growth.values()],
-        ),
-    )
+    if rows:
+        await connection.execute(
+            f"INSERT INTO answer_metrics ({ANSWER_METRICS_COLUMNS}, create_time)"
+            " SELECT * FROM unnest(%b::text[], %b::text[], %b::text[], %b::text[], %b::int4[],"
+            " %b::int4[], %b::int8[], %b::int8[], %b::timestamptz[])",
+            [list(column) for column in zip(*rows, strict=True)],
+        )
 
 
 def _prefixed(alias: str, columns: str) -> str:

@@ -17,6 +17,17 @@ from chatplane.persistence.store.base import (
     Role,
 )
 
+MESSAGE_COLUMNS = (
+    "message_id, conversation_id, tenant_id, user_id, role, text, status, model,"
+    " create_time, reply_to_message_id, finish_reason, input_tokens, output_tokens,"
+    " client_message_id, parent_message_id, operator_id"
+)
+"""The `messages` columns of `message_row` and `message_from_row`, in order."""
+CONVERSATION_COLUMNS = (
+    "conversation_id, tenant_id, user_id, title, create_time, update_time, message_count"
+)
+"""The `conversations` columns of `conversation_from_row`, in order."""
+
 
 def utc(moment: datetime) -> datetime:
     """A timestamptz read from the database, in UTC whatever the session's TimeZone."""

@@ -1,24 +1,19 @@
-"""The conversation-tree reads and writes of the store (docs/conversation-tree.md): the active
-branch or the whole tree of a conversation with each message's place, switching the active
-branch, the branch a new turn's answer follows, and the queries underneath (a conversation's
-skeleton, where a regenerate or edit lands, what BeginTurn records and returns for it), run
-on the caller's connection, inside its transaction where it has one. The tree itself is
+"""The conversation-tree reads and writes of the store (docs/conversation-tree.md):
+`store.trees` pages the active branch or the whole tree of a conversation with each message's
+place and switches the active branch; the functions below it are BeginTurn's queries (a
+conversation's skeleton, where a regenerate or edit lands, the branch a new turn's answer
+follows, what it records and returns), run inside the turn's transaction. The tree itself is
 computed by `tree.ConversationTree`.
 """
 
 from __future__ import annotations
 
-import abc
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
-
-import psycopg
 
 from chatplane.common import errors
-from chatplane.common.ids import is_valid_id
 from chatplane.persistence.store.base import (
     BranchCursor,
     BranchMessage,
@@ -33,14 +28,20 @@ from chatplane.persistence.store.base import (
     Role,
     TurnRequest,
     TurnReservation,
+    require_known_id,
     require_limit,
 )
-from chatplane.persistence.store.records import conversation_from_row
+from chatplane.persistence.store.database import Connection, Database, found
+from chatplane.persistence.store.records import (
+    CONVERSATION_COLUMNS,
+    MESSAGE_COLUMNS,
+    conversation_from_row,
+    message_from_row,
+)
 from chatplane.persistence.store.tree import (
     EDIT_FIELD,
     REGENERATE_FIELD,
     ROOT,
-    BranchEntry,
     ConversationTree,
     TreeNode,
     TurnNode,
@@ -65,62 +66,6 @@ class TreeSkeleton:
         return ConversationTree(self.nodes, self.turns, self.active_message_id, self.branched)
 
 
-def target_of(request: TurnRequest) -> tuple[str, str]:
-    """The stored user message a regenerate or edit names, and the request field naming it
-    (("", "") for a turn that continues the active branch)."""
-    if request.regenerate_message_id and request.edit_message_id:
-        raise errors.InvalidArgument(EDIT_FIELD, f"cannot be combined with {REGENERATE_FIELD}")
-    if request.regenerate_message_id:
-        return request.regenerate_message_id, REGENERATE_FIELD
-    if request.edit_message_id:
-        return request.edit_message_id, EDIT_FIELD
-    return "", ""
-
-
-def require_target(
-    target: str,
-    found: tuple[str, Owner] | None,
-    owner: Owner,
-    conversation_id: str,
-    live_turn: bool,
-) -> str:
-    """The conversation of a regenerate or edit target, given where it is stored (`found`:
-    its conversation and owner) and whether an unfinished turn of the owner has it as its user
-    message. Someone else's, unknown or malformed → NotFound; still being answered →
-    FailedPrecondition."""
-    if not is_valid_id(target):
-        raise errors.NotFound("message not found")
-    if found is None:
-        if live_turn:
-            raise errors.FailedPrecondition(
-                "the message is still being answered; retry once its answer is complete"
-            )
-        raise errors.NotFound("message not found")
-    target_conversation, target_owner = found
-    if target_owner != owner or (conversation_id and conversation_id != target_conversation):
-        raise errors.NotFound("message not found")
-    return target_conversation
-
-
-def plan_turn(tree: ConversationTree, request: TurnRequest) -> TurnPlan:
-    """Where the requested turn goes in the tree."""
-    if request.regenerate_message_id:
-        return tree.plan_regenerate(request.regenerate_message_id)
-    if request.edit_message_id:
-        return tree.plan_edit(request.edit_message_id)
-    return tree.plan_continue()
-
-
-def branch_messages(
-    entries: Sequence[BranchEntry], texts: Mapping[str, str]
-) -> tuple[BranchMessage, ...]:
-    """The branch for the model, with the texts of its stored messages."""
-    return tuple(
-        BranchMessage(e.message_id, e.role, texts.get(e.message_id) if e.stored else None)
-        for e in entries
-    )
-
-
 def placed(tree: ConversationTree, message: Message) -> PlacedMessage:
     """A message with its place in the tree (a message stored after the tree was read stands
     alone under its recorded parent)."""
@@ -133,33 +78,29 @@ def placed(tree: ConversationTree, message: Message) -> PlacedMessage:
     )
 
 
-class TreeQueries(abc.ABC):
-    """`get_conversation_tree` and `set_active_branch` on top of a store's queries."""
+class ConversationTrees:
+    """Conversations' trees as history reads see them (`store.trees`); `history` is the
+    store's `get_conversation`, which pages the whole tree."""
 
-    @abc.abstractmethod
-    async def tree_skeleton(self, owner: Owner, conversation_id: str) -> TreeSkeleton:
+    def __init__(self, db: Database, history: Callable[..., Awaitable[ConversationHistory]]):
+        self._db = db
+        self._history = history
+
+    async def skeleton(self, owner: Owner, conversation_id: str) -> TreeSkeleton:
         """The owner's conversation's skeleton; NotFound when it is not the owner's."""
+        async with self._db.connection() as connection:
+            return await skeleton(connection, owner, conversation_id, self._db.clock())
 
-    @abc.abstractmethod
     async def messages_by_id(self, owner: Owner, message_ids: Sequence[str]) -> dict[str, Message]:
         """The owner's stored messages among these ids."""
+        rows = await self._db.fetchall(
+            f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE message_id = ANY(%s::text[])"
+            " AND tenant_id = %s AND user_id = %s",
+            (list(message_ids), owner.tenant_id, owner.user_id),
+        )
+        return {m.message_id: m for m in map(message_from_row, rows)}
 
-    @abc.abstractmethod
-    async def store_active_leaf(self, owner: Owner, conversation_id: str, leaf: str) -> None:
-        """Record the conversation's active leaf."""
-
-    @abc.abstractmethod
-    async def get_conversation(
-        self,
-        owner: Owner,
-        conversation_id: str,
-        *,
-        limit: int,
-        after: MessageCursor | None = None,
-    ) -> ConversationHistory:
-        """As ConversationStore.get_conversation."""
-
-    async def get_conversation_tree(
+    async def page(
         self,
         owner: Owner,
         conversation_id: str,
@@ -178,8 +119,8 @@ class TreeQueries(abc.ABC):
             if isinstance(after, BranchCursor):
                 raise ValueError("a branch cursor does not page the tree")
             # The page first, then the tree: every message of the page is in the tree.
-            history = await self.get_conversation(owner, conversation_id, limit=limit, after=after)
-            tree = (await self.tree_skeleton(owner, conversation_id)).tree()
+            history = await self._history(owner, conversation_id, limit=limit, after=after)
+            tree = (await self.skeleton(owner, conversation_id)).tree()
             conversation = dataclasses.replace(
                 history.conversation, active_message_id=tree.active_leaf()
             )
@@ -190,9 +131,8 @@ class TreeQueries(abc.ABC):
             )
         if isinstance(after, MessageCursor):
             raise ValueError("a message cursor does not page a branch")
-        if not is_valid_id(conversation_id):
-            raise errors.NotFound("conversation not found")
-        skeleton = await self.tree_skeleton(owner, conversation_id)
+        require_known_id(conversation_id, "conversation")
+        skeleton = await self.skeleton(owner, conversation_id)
         tree = skeleton.tree()
         leaf = tree.active_leaf() if after is None else after.leaf_message_id
         path = tree.path(leaf) if leaf == ROOT or tree.is_stored(leaf) else []
@@ -213,34 +153,29 @@ class TreeQueries(abc.ABC):
     ) -> Conversation:
         """Make the branch through a stored message of the conversation active: its leaf is
         reached from the message by always taking the newest child. NotFound otherwise."""
-        if not is_valid_id(conversation_id):
-            raise errors.NotFound("conversation not found")
-        if not is_valid_id(message_id):
-            raise errors.NotFound("message not found")
-        skeleton = await self.tree_skeleton(owner, conversation_id)
+        require_known_id(conversation_id, "conversation")
+        require_known_id(message_id, "message")
+        skeleton = await self.skeleton(owner, conversation_id)
         tree = skeleton.tree()
         if not tree.is_stored(message_id):
             raise errors.NotFound("message not found")
         leaf = tree.descend(message_id)
-        await self.store_active_leaf(owner, conversation_id, leaf)
+        await self._db.execute(
+            "UPDATE conversations SET active_message_id = %s"
+            " WHERE conversation_id = %s AND tenant_id = %s AND user_id = %s",
+            (leaf, conversation_id, owner.tenant_id, owner.user_id),
+        )
         return dataclasses.replace(skeleton.conversation, active_message_id=leaf)
 
 
-_Connection = psycopg.AsyncConnection[tuple[Any, ...]]
-
-_CONVERSATION_COLUMNS = (
-    "conversation_id, tenant_id, user_id, title, create_time, update_time, message_count"
-)
-
-
 async def skeleton(
-    connection: _Connection, owner: Owner, conversation_id: str, now: datetime
+    connection: Connection, owner: Owner, conversation_id: str, now: datetime
 ) -> TreeSkeleton:
     """The owner's conversation's skeleton; NotFound when it is not the owner's. Three
     statements in one pipeline (one round trip)."""
     async with connection.pipeline():
         conversation_cursor = await connection.execute(
-            f"SELECT {_CONVERSATION_COLUMNS}, active_message_id, branched FROM conversations"
+            f"SELECT {CONVERSATION_COLUMNS}, active_message_id, branched FROM conversations"
             " WHERE conversation_id = %s AND tenant_id = %s AND user_id = %s",
             (conversation_id, owner.tenant_id, owner.user_id),
         )
@@ -262,8 +197,7 @@ async def skeleton(
         row = await conversation_cursor.fetchone()
         node_rows = await nodes_cursor.fetchall()
         turn_rows = await turns_cursor.fetchall()
-    if row is None:
-        raise errors.NotFound("conversation not found")
+    row = found(row, "conversation")
     conversation: Conversation = conversation_from_row(row[:7])
     nodes = tuple(
         TreeNode(message_id, Role(role), parent, reply_to)
@@ -276,31 +210,41 @@ async def skeleton(
     return TreeSkeleton(conversation, row[7], nodes, turns, bool(row[8]))
 
 
-async def target_conversation(connection: _Connection, request: TurnRequest, now: datetime) -> str:
-    """For a regenerate or edit, the conversation of the message it names ("" otherwise)."""
-    target, _ = target_of(request)
+async def target_conversation(connection: Connection, request: TurnRequest, now: datetime) -> str:
+    """For a regenerate or edit, the conversation of the stored user message it names ("" for
+    a turn that continues the active branch). Someone else's, unknown or malformed → NotFound;
+    still being answered → FailedPrecondition."""
+    if request.regenerate_message_id and request.edit_message_id:
+        raise errors.InvalidArgument(EDIT_FIELD, f"cannot be combined with {REGENERATE_FIELD}")
+    target = request.regenerate_message_id or request.edit_message_id
     if not target:
         return ""
+    require_known_id(target, "message")
     owner = request.owner
     cursor = await connection.execute(
         "SELECT conversation_id, tenant_id, user_id FROM messages WHERE message_id = %s",
         (target,),
     )
     row = await cursor.fetchone()
-    live = False
     if row is None:
         cursor = await connection.execute(
             "SELECT 1 FROM turns WHERE user_message_id = %s AND tenant_id = %s"
             " AND user_id = %s AND reply_to_message_id IS NULL AND lease_expire_time > %s",
             (target, owner.tenant_id, owner.user_id, now),
         )
-        live = await cursor.fetchone() is not None
-    found = None if row is None else (row[0], Owner(row[1], row[2]))
-    return require_target(target, found, owner, request.conversation_id, live)
+        if await cursor.fetchone() is not None:
+            raise errors.FailedPrecondition(
+                "the message is still being answered; retry once its answer is complete"
+            )
+        raise errors.NotFound("message not found")
+    conversation_id = request.conversation_id
+    if Owner(row[1], row[2]) != owner or (conversation_id and conversation_id != row[0]):
+        raise errors.NotFound("message not found")
+    return str(row[0])
 
 
 async def place_turn(
-    connection: _Connection, request: TurnRequest, conversation_id: str, now: datetime
+    connection: Connection, request: TurnRequest, conversation_id: str, now: datetime
 ) -> tuple[TurnPlan, ConversationTree | None]:
     """Where a new turn of the conversation goes; makes its answer the active leaf. The
     caller holds the conversation's row lock, so turns of one conversation are placed one
@@ -310,7 +254,12 @@ async def place_turn(
     plan = await _linear_continuation(connection, request, conversation_id, now)
     if plan is None:
         tree = (await skeleton(connection, request.owner, conversation_id, now)).tree()
-        plan = plan_turn(tree, request)
+        if request.regenerate_message_id:
+            plan = tree.plan_regenerate(request.regenerate_message_id)
+        elif request.edit_message_id:
+            plan = tree.plan_edit(request.edit_message_id)
+        else:
+            plan = tree.plan_continue()
     await connection.execute(
         "UPDATE conversations SET active_message_id = %s, branched = branched OR %s"
         " WHERE conversation_id = %s",
@@ -320,7 +269,7 @@ async def place_turn(
 
 
 async def _linear_continuation(
-    connection: _Connection, request: TurnRequest, conversation_id: str, now: datetime
+    connection: Connection, request: TurnRequest, conversation_id: str, now: datetime
 ) -> TurnPlan | None:
     """The plan of a turn continuing an unbranched conversation whose active leaf is stored
     or still being answered (the common case), from one statement; None otherwise."""
@@ -341,7 +290,7 @@ async def _linear_continuation(
 
 
 async def details(
-    connection: _Connection,
+    connection: Connection,
     request: TurnRequest,
     reservation: TurnReservation,
     plan: TurnPlan,
@@ -357,7 +306,12 @@ async def details(
     if plan.reply_to_message_id:
         wanted.append(plan.reply_to_message_id)
     texts = await _texts(connection, request.owner, wanted)
-    branch = branch_messages(entries, texts) if tree is not None and plan.branched else None
+    branch = None
+    if tree is not None and plan.branched:  # with the texts of its stored messages
+        branch = tuple(
+            BranchMessage(e.message_id, e.role, texts.get(e.message_id) if e.stored else None)
+            for e in entries
+        )
     return TurnReservation(
         reservation.conversation_id,
         plan.reply_to_message_id or reservation.user_message_id,
@@ -373,7 +327,7 @@ async def details(
 
 
 async def taken_over(
-    connection: _Connection,
+    connection: Connection,
     request: TurnRequest,
     reservation: TurnReservation,
     now: datetime,
@@ -394,7 +348,7 @@ async def taken_over(
     return await details(connection, request, reservation, plan, found.tree())
 
 
-async def _texts(connection: _Connection, owner: Owner, ids: Sequence[str]) -> dict[str, str]:
+async def _texts(connection: Connection, owner: Owner, ids: Sequence[str]) -> dict[str, str]:
     if not ids:
         return {}
     cursor = await connection.execute(

@@ -6,18 +6,16 @@ registry's advisory lock, so versions and revisions are numbered without gaps or
 
 from __future__ import annotations
 
-import abc
 import contextlib
 import enum
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import psycopg
-
 from chatplane.common import errors
 from chatplane.common.variant_spec import identifier, parse_identifier
+from chatplane.persistence.store.database import Connection, Database
 
 CHANGES_LIMIT_MAX = 500
 
@@ -92,34 +90,16 @@ class Promotion:
     reason: str
 
 
-def change_values(change: ChangeRecord) -> tuple[object, ...]:
-    """A change's column values in `variant_changes` order."""
-    return (
-        change.revision,
-        change.change_time,
-        change.actor,
-        change.action,
-        change.stage.value,
-        change.from_variant,
-        change.to_variant,
-        change.from_share_percent,
-        change.to_share_percent,
-        change.reason,
-        change.after.production,
-        change.after.canary,
-        change.after.canary_share_percent,
-    )
-
-
-def require_promotion(promotion: Promotion) -> None:
-    """Checks what does not depend on the stored state."""
-    parse_or_invalid(promotion.variant, "variant")
+def require_promotion(promotion: Promotion) -> tuple[str, int]:
+    """Checks what does not depend on the stored state; the version's name and number."""
+    parsed = parse_or_invalid(promotion.variant, "variant")
     if promotion.stage is Stage.CANDIDATE:
         raise errors.InvalidArgument("stage", "promote to canary or production")
     if promotion.stage is Stage.CANARY and not 0 < promotion.share_percent < 100:
         raise errors.InvalidArgument("share_percent", "a canary's share is above 0 and below 100")
     if promotion.stage is Stage.PRODUCTION and promotion.share_percent:
         raise errors.InvalidArgument("share_percent", "only a canary has a share")
+    return parsed
 
 
 def parse_or_invalid(variant: str, field: str) -> tuple[str, int]:
@@ -149,8 +129,14 @@ def plan_promotion(
 ) -> ChangeRecord:
     """The change a promotion records, given every earlier change (oldest first)."""
     current = changes[-1].after if changes else Deployment()
-    revision = current.revision + 1
-    target = promotion.variant
+    revision, target = current.revision + 1, promotion.variant
+
+    def promote(
+        stage: Stage, before: str, before_share: float, share: float, after: Deployment
+    ) -> ChangeRecord:
+        record = (stage, before, target, before_share, share, promotion.reason, after)
+        return ChangeRecord(revision, now, promotion.actor, "promote", *record)
+
     if promotion.stage is Stage.CANARY:
         if not current.production:
             raise errors.FailedPrecondition(
@@ -159,17 +145,11 @@ def plan_promotion(
         if target == current.production:
             raise errors.FailedPrecondition(f"{target} is the production version")
         after = Deployment(revision, current.production, target, promotion.share_percent)
-        return ChangeRecord(
-            revision,
-            now,
-            promotion.actor,
-            "promote",
+        return promote(
             Stage.CANARY,
             current.canary,
-            target,
             current.canary_share_percent,
             promotion.share_percent,
-            promotion.reason,
             after,
         )
     if target == current.production:
@@ -179,19 +159,7 @@ def plan_promotion(
         ("", 0.0) if current.canary == target else (current.canary, current.canary_share_percent)
     )
     after = Deployment(revision, target, canary, share)
-    return ChangeRecord(
-        revision,
-        now,
-        promotion.actor,
-        "promote",
-        Stage.PRODUCTION,
-        current.production,
-        target,
-        current.canary_share_percent,
-        share,
-        promotion.reason,
-        after,
-    )
+    return promote(Stage.PRODUCTION, current.production, current.canary_share_percent, share, after)
 
 
 def plan_rollback(
@@ -203,39 +171,16 @@ def plan_rollback(
     revision = current.revision + 1
     if current.canary:
         after = Deployment(revision, current.production, "", 0.0)
-        return ChangeRecord(
-            revision,
-            now,
-            actor,
-            "rollback",
-            Stage.CANARY,
-            current.canary,
-            "",
-            current.canary_share_percent,
-            0.0,
-            reason,
-            after,
-        )
+        record = (Stage.CANARY, current.canary, "", current.canary_share_percent, 0.0)
+        return ChangeRecord(revision, now, actor, "rollback", *record, reason, after)
     stack = _production_stack(changes)
     if len(stack) < 2:
         raise errors.FailedPrecondition("no earlier production version to roll back to")
     after = Deployment(revision, stack[-2], "", 0.0)
-    return ChangeRecord(
-        revision,
-        now,
-        actor,
-        "rollback",
-        Stage.PRODUCTION,
-        current.production,
-        stack[-2],
-        0.0,
-        0.0,
-        reason,
-        after,
-    )
+    record = (Stage.PRODUCTION, current.production, stack[-2], 0.0, 0.0)
+    return ChangeRecord(revision, now, actor, "rollback", *record, reason, after)
 
 
-Connection = psycopg.AsyncConnection[tuple[Any, ...]]
 # pg_advisory_xact_lock key of registry writes ("chatplane registry" in no particular code).
 _LOCK_KEY = 0x63_70_72_65_67
 _VERSION_COLUMNS = "name, version, spec_json, spec_sha256, created_by, create_time"
@@ -266,10 +211,6 @@ def _change(row: tuple[Any, ...]) -> ChangeRecord:
     )
 
 
-async def _lock(connection: Connection) -> None:
-    await connection.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
-
-
 async def _get(connection: Connection, name: str, version: int) -> VariantRecord:
     cursor = await connection.execute(
         f"SELECT {_VERSION_COLUMNS} FROM variant_versions WHERE name = %s AND version = %s",
@@ -282,39 +223,38 @@ async def _get(connection: Connection, name: str, version: int) -> VariantRecord
 
 
 async def _changes(connection: Connection, limit: int | None) -> list[ChangeRecord]:
-    if limit is None:
-        cursor = await connection.execute(
-            f"SELECT {_CHANGE_COLUMNS} FROM variant_changes ORDER BY revision"
-        )
-    else:
-        cursor = await connection.execute(
-            f"SELECT {_CHANGE_COLUMNS} FROM variant_changes ORDER BY revision DESC LIMIT %s",
-            (limit,),
-        )
-    return [_change(row) for row in await cursor.fetchall()]
+    """The newest `limit` changes, newest first; with None, every change, oldest first."""
+    cursor = await connection.execute(
+        f"SELECT {_CHANGE_COLUMNS} FROM variant_changes ORDER BY revision DESC LIMIT %s",
+        (limit,),  # LIMIT NULL: no limit
+    )
+    changes = [_change(row) for row in await cursor.fetchall()]
+    return changes if limit is not None else changes[::-1]
 
 
 async def _insert_change(connection: Connection, change: ChangeRecord) -> None:
     await connection.execute(
         f"INSERT INTO variant_changes ({_CHANGE_COLUMNS})"
         " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
-        change_values(change),
+        (
+            *(change.revision, change.change_time, change.actor, change.action),
+            *(change.stage.value, change.from_variant, change.to_variant),
+            *(change.from_share_percent, change.to_share_percent, change.reason),
+            *(change.after.production, change.after.canary, change.after.canary_share_percent),
+        ),
     )
 
 
-class PostgresVariantRegistry(abc.ABC):
-    """The registry's part of the system of record: methods of the store (mixed into
-    PostgresConversationStore)."""
+class VariantRegistry:
+    """The registry's tables (`store.registry`)."""
 
-    _clock: Callable[[], datetime]
-
-    @abc.abstractmethod
-    def _connection(self) -> contextlib.AbstractAsyncContextManager[Connection]: ...
+    def __init__(self, db: Database) -> None:
+        self._db = db
 
     @contextlib.asynccontextmanager
     async def _locked(self) -> AsyncIterator[Connection]:
-        async with self._connection() as connection, connection.transaction():
-            await _lock(connection)
+        async with self._db.transaction() as connection:
+            await connection.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
             yield connection
 
     async def push_variant(
@@ -332,7 +272,7 @@ class PostgresVariantRegistry(abc.ABC):
             if row is not None and row[3] == spec_sha256:
                 return _version(row), False
             version = 1 if row is None else int(row[1]) + 1
-            values = (name, version, spec_json, spec_sha256, actor, self._clock())
+            values = (name, version, spec_json, spec_sha256, actor, self._db.clock())
             await connection.execute(
                 f"INSERT INTO variant_versions ({_VERSION_COLUMNS})"
                 " VALUES (%s, %s, %s, %s, %s, %s)",
@@ -347,39 +287,39 @@ class PostgresVariantRegistry(abc.ABC):
         if name is not None:
             query += " WHERE name = %s"
             parameters = (name,)
-        async with self._connection() as connection:
-            cursor = await connection.execute(query + " ORDER BY name, version", parameters)
-            return [_version(row) for row in await cursor.fetchall()]
+        rows = await self._db.fetchall(query + " ORDER BY name, version", parameters)
+        return [_version(row) for row in rows]
 
     async def get_variant(self, name: str, version: int) -> VariantRecord:
         """One version; NotFound when there is none."""
-        async with self._connection() as connection:
+        async with self._db.connection() as connection:
             return await _get(connection, name, version)
 
     async def promote_variant(self, promotion: Promotion) -> ChangeRecord:
         """Records a promotion (the version must exist: NotFound otherwise)."""
-        require_promotion(promotion)
-        name, version = parse_or_invalid(promotion.variant, "variant")
+        name, version = require_promotion(promotion)
         async with self._locked() as connection:
             await _get(connection, name, version)
-            change = plan_promotion(await _changes(connection, None), promotion, self._clock())
+            change = plan_promotion(await _changes(connection, None), promotion, self._db.clock())
             await _insert_change(connection, change)
             return change
 
     async def rollback_variant(self, actor: str, reason: str) -> ChangeRecord:
         """Records a rollback (FailedPrecondition when there is nothing to undo)."""
         async with self._locked() as connection:
-            change = plan_rollback(await _changes(connection, None), actor, reason, self._clock())
+            change = plan_rollback(
+                await _changes(connection, None), actor, reason, self._db.clock()
+            )
             await _insert_change(connection, change)
             return change
 
     async def variant_changes(self, limit: int) -> list[ChangeRecord]:
         """The newest `limit` changes, newest first."""
-        async with self._connection() as connection:
+        async with self._db.connection() as connection:
             return await _changes(connection, limit)
 
     async def variant_deployment(self) -> Deployment:
         """What serves traffic now."""
-        async with self._connection() as connection:
+        async with self._db.connection() as connection:
             newest = await _changes(connection, 1)
         return newest[0].after if newest else Deployment()
