@@ -9,7 +9,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from chatplane.log import LogRecord
 from chatplane.log.observed import ObservedProducer
-from chatplane.persistence.consumer import producer_links
+from chatplane.log.batch_consumer import producer_links
 from tests.contract.test_message_log import (  # noqa: F401 (fixtures)
     LogUnderTest,
     consume,
