@@ -28,6 +28,7 @@ DEAD_LETTER_REASON_HEADER = "x-dlq-reason"
 DEAD_LETTER_SOURCE_HEADER = "x-dlq-source"
 """`topic/partition/offset` of the dead-lettered record, to find it in the source topic."""
 
+
 class Retrying(Protocol):
     """Runs a named step until it succeeds (or the consumer stops, StopRequested); what a
     processor wraps its writes in."""

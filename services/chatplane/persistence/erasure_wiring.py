@@ -12,7 +12,7 @@ from chatplane.common.settings import Settings
 from chatplane.common.tls import TlsCredentials
 from chatplane.common.topics import (
     HANDOFF_TOPIC,
-    MEMORY_REMEMBER_TOPIC,
+    MEMORY_DLQ_TOPIC,
     MESSAGES_DLQ_TOPIC,
     MESSAGES_TOPIC,
 )
@@ -24,7 +24,7 @@ from chatplane.persistence.memory_eraser import MemoryServiceEraser
 from chatplane.persistence.retention import RetentionSweeper
 from chatplane.persistence.store.base import ConversationStore
 
-LOG_TOPICS = (MESSAGES_TOPIC, MESSAGES_DLQ_TOPIC, MEMORY_REMEMBER_TOPIC, HANDOFF_TOPIC)
+LOG_TOPICS = (MESSAGES_TOPIC, MESSAGES_DLQ_TOPIC, MEMORY_DLQ_TOPIC, HANDOFF_TOPIC)
 """Every topic that holds records keyed by conversation id."""
 
 

@@ -38,7 +38,7 @@ from chatplane.log.observed import LagReporter
 from chatplane.persistence.analytics_servicer import AnalyticsServicer
 from chatplane.persistence.audit_servicer import AuditServicer
 from chatplane.persistence.audit_sink import StoreAuditSink
-from chatplane.persistence.consumer import CONSUMER_GROUP, BatchConsumer
+from chatplane.persistence.consumer import CONSUMER_GROUP, BatchConsumer, BatchStored
 from chatplane.persistence.conversation_servicer import ConversationServicer
 from chatplane.persistence.erasure_job import ErasureJobs
 from chatplane.persistence.erasure_wiring import ErasureWiring
@@ -46,6 +46,7 @@ from chatplane.persistence.handoff_servicer import HandoffServicer
 from chatplane.persistence.identity_servicer import IdentityServicer
 from chatplane.persistence.privacy_servicer import PrivacyServicer
 from chatplane.persistence.quota_servicer import QuotaServicer
+from chatplane.persistence.recent_messages import BatchWait
 from chatplane.persistence.registry_servicer import VariantRegistryServicer
 from chatplane.persistence.store.base import ConversationStore
 from chatplane.persistence.store.factory import open_store
@@ -85,12 +86,14 @@ def servicers(
     keys: StoreKeySource,
     keyring: Keyring,
     erasure: ErasureJobs,
+    stored: BatchWait | None = None,
 ) -> dict[str, Any]:
     """One servicer per service, by service name; `store` is the sealed store
-    (docs/security.md)."""
+    (docs/security.md); `stored` wakes reads waiting for a turn's messages (the consumer's
+    batches; without it they poll)."""
     quota = QuotaServicer(store)
     return {
-        "TurnService": TurnServicer(store, quota),
+        "TurnService": TurnServicer(store, quota, stored or BatchStored()),
         "ConversationService": ConversationServicer(store),
         "IdentityService": IdentityServicer(store),
         "AuditService": AuditServicer(store),
@@ -123,7 +126,7 @@ async def run(settings: Settings) -> None:
     )
     # Erasure (its first step destroys the user's data key) and retention (docs/privacy.md).
     erasure = ErasureWiring(settings, store, tls, shredder=keyring)
-    by_service = servicers(store, settings, data_keys, keyring, erasure.jobs)
+    by_service = servicers(store, settings, data_keys, keyring, erasure.jobs, consumer.stored)
     # This process's audit.record(...) appends straight to the store (docs/security.md).
     recorder = AuditRecorder(
         StoreAuditSink(store),

@@ -318,6 +318,17 @@ class PostgresMemoryIndex(MemoryIndex):
                     params,
                 )
 
+    async def indexed_item_ids(self, tenant_id: str, item_ids: Collection[str]) -> set[str]:
+        if not item_ids:
+            return set()
+        async with self._connection() as connection:
+            cursor = await connection.execute(
+                "SELECT item_id FROM memory.items WHERE tenant_id = %s"
+                " AND item_id = ANY(%s::text[])",
+                (tenant_id, sorted(item_ids)),
+            )
+            return {row[0] for row in await cursor.fetchall()}
+
     async def recent(
         self, tenant_id: str, user_id: str, conversation_id: str, limit: int
     ) -> list[MemoryItem]:
