@@ -1,6 +1,6 @@
 """Memory recovers what it missed: turns answered while it was down are indexed once it is
-back (from the message log), and `chatplane memory rebuild` re-indexes a lost index from the
-system of record."""
+back (its consumer group resumes on the message log), and `chatplane memory rebuild`
+re-indexes a lost index from the system of record."""
 
 from __future__ import annotations
 
@@ -13,8 +13,11 @@ from pathlib import Path
 import grpc
 import psycopg
 
+from chatplane.common.topics import MESSAGES_TOPIC
 from chatplane.internal.v1 import memory_pb2, memory_pb2_grpc
 from chatplane.launcher import Stack
+from chatplane.log import PostgresMessageLog
+from chatplane.memory.turn_indexer import CONSUMER_GROUP
 from tests.integration.stack_client import (
     FAST_PACE,
     Client,
@@ -45,6 +48,14 @@ async def recalls(stack: Stack, question: str, message_id: str) -> bool:
     return message_id in {item.citation.source_id for item in recall.items}
 
 
+async def memory_caught_up(data_dir: Path) -> bool:
+    """Memory's consumer group has committed everything on the messages topic."""
+    async with PostgresMessageLog(store_dsn(data_dir)).consumer(
+        CONSUMER_GROUP, [MESSAGES_TOPIC]
+    ) as observer:
+        return await observer.lag() == 0
+
+
 async def test_turns_answered_while_memory_was_down_are_indexed_when_it_is_back(
     tmp_path: Path,
 ) -> None:
@@ -71,7 +82,9 @@ async def test_rebuild_reindexes_a_lost_index_from_the_system_of_record(tmp_path
         turn = await client.chat("The spare key is under the blue flowerpot")
         assert turn.started is not None
         remembered_id = turn.started.started.user_message_id
-        assert await recalls(stack, "Where is the spare key?", remembered_id)
+        # Memory indexes the turn from the log, shortly after `done`.
+        await poll(lambda: recalls(stack, "Where is the spare key?", remembered_id), timeout=30)
+        await poll(lambda: memory_caught_up(tmp_path), timeout=30)
 
         assert await stack.services["memory"].stop(timeout=10) == 0
         # The index is lost: its schema dropped (Memory creates it again, empty, at start).
