@@ -935,3 +935,13 @@ async def test_postgres_hnsw_search_fills_k_for_a_small_tenant_in_a_big_table(
     finally:
         await approximate.close()
         await exact.close()
+
+
+async def test_indexed_item_ids_names_the_tenants_stored_items_only(
+    memory: Memory, tenant: str
+) -> None:
+    await seed(memory, tenant)
+    asked = ["a-puppy", "b-cat", "refund:0", "never-stored"]
+    assert await memory.index.indexed_item_ids(tenant, asked) == {"a-puppy", "b-cat", "refund:0"}
+    assert await memory.index.indexed_item_ids(f"{tenant}-other", asked) == set()
+    assert await memory.index.indexed_item_ids(tenant, []) == set()
