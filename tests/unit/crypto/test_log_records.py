@@ -15,7 +15,6 @@ from chatplane.internal.v1 import events_pb2
 from chatplane.v1 import resources_pb2
 
 MESSAGE = "11111111-1111-4111-8111-111111111111"
-OTHER = "22222222-2222-4222-8222-222222222222"
 
 
 class _Keys:
