@@ -18,7 +18,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from psycopg.conninfo import make_conninfo
 
 from chatplane.common.topics import MESSAGES_TOPIC
-from chatplane.internal.v1 import identity_pb2, memory_pb2, memory_pb2_grpc
+from chatplane.internal.v1 import identity_pb2
 from chatplane.launcher import Stack
 from chatplane.log import PostgresMessageLog
 from chatplane.persistence.client import PersistenceClient
@@ -34,6 +34,7 @@ from tests.integration.stack_client import (
     running_stack,
     status_details,
     unique,
+    wait_until_indexed,
 )
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -98,17 +99,6 @@ async def test_streamed_chat_has_ordered_contiguous_deltas_and_done_last(
     assert turn.usage is not None and turn.usage.usage.output_tokens > 0
 
 
-async def indexed(stack: Stack, tenant: str, user: str, query: str, message_id: str) -> bool:
-    """Memory has indexed the message (from the message log, shortly after `done`); asked of
-    MemoryService directly, as a probe chat would itself be indexed."""
-    async with grpc.aio.insecure_channel(stack.info().address("memory")) as memory_channel:
-        recall = await memory_pb2_grpc.MemoryServiceStub(memory_channel).Recall(
-            memory_pb2.RecallRequest(tenant_id=tenant, user_id=user, query=query, top_k=10),
-            timeout=10,
-        )
-    return message_id in {item.citation.source_id for item in recall.items}
-
-
 async def test_next_turn_recalls_the_previous_one(stack: Stack, channel: grpc.aio.Channel) -> None:
     tenant, user = unique("tenant"), unique("user")
     client = await new_client(stack, channel, tenant=tenant, user=user)
@@ -116,7 +106,7 @@ async def test_next_turn_recalls_the_previous_one(stack: Stack, channel: grpc.ai
     assert first.started is not None
     first_id = first.started.started.user_message_id
     # Recall may lag the turn (Memory indexes it from the log); the recent turns may not.
-    await poll(lambda: indexed(stack, tenant, user, "name of my cat", first_id), timeout=30)
+    await wait_until_indexed(stack, tenant, user, "name of my cat", first_id)
     # A brand-new conversation: only memory recall can bring the first turn back.
     second = await client.chat("What is the name of my cat?")
     assert second.started is not None
@@ -328,10 +318,7 @@ async def test_feedback_and_delete(stack: Stack, channel: grpc.aio.Channel) -> N
     assert turn.started is not None
     started = turn.started.started
     deleted_ids = {started.user_message_id, started.assistant_message_id}
-    await poll(
-        lambda: indexed(stack, tenant, user, "gym locker code", started.user_message_id),
-        timeout=30,
-    )
+    await wait_until_indexed(stack, tenant, user, "gym locker code", started.user_message_id)
     before = await client.chat("What is my gym locker code?")
     assert deleted_ids & {c.citation.source_id for c in before.citations}
 
