@@ -567,7 +567,8 @@ async def test_delete_never_touches_documents(memory: Memory, tenant: str) -> No
 async def test_deleted_conversation_stays_forgotten(
     memory: Memory, tenant: str, other_tenant: str
 ) -> None:
-    # A late upsert (a retried Remember) must not bring a deleted conversation back.
+    # A late upsert (a turn indexed from the log after the delete) must not bring a deleted
+    # conversation back.
     item = turn(tenant, "alice", "c1", "m1", "tulips bloom in April")
     await memory.upsert(item)
     assert await memory.index.delete_conversation(tenant, "alice", "c1") == 1

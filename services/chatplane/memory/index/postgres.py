@@ -164,8 +164,8 @@ CREATE INDEX items_search ON memory.items USING gin (search);
 CREATE INDEX items_embedding
     ON memory.items USING hnsw (embedding {_ident(vector_schema)}.vector_ip_ops);
 
--- Conversations the user deleted, so that a late upsert (a retried Remember) never brings
--- them back.
+-- Conversations the user deleted, so that a late upsert (a turn indexed from the message
+-- log after the delete) never brings them back.
 CREATE TABLE memory.forgotten_conversations (
     tenant_id text NOT NULL,
     user_id text NOT NULL,
