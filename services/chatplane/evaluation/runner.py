@@ -24,10 +24,12 @@ from chatplane.v1 import admin_pb2, admin_pb2_grpc, gateway_pb2, gateway_pb2_grp
 
 Metadata = tuple[tuple[str, str], ...]
 PIECE_BYTES = 256 * 1024
-# How long a case's question waits for memory to index its earlier conversations, and how
-# often it looks; after that it is asked anyway and scored as answered.
+# How long a case's question waits for memory to index its earlier conversations, and the
+# pauses between looks (doubling; each look is a request under the admin's rate limit); after
+# that it is asked anyway and scored as answered.
 MEMORY_WAIT_SECONDS = 60.0
-MEMORY_POLL_SECONDS = 0.25
+MEMORY_FIRST_PAUSE_SECONDS = 0.25
+MEMORY_MAX_PAUSE_SECONDS = 2.0
 
 
 def _bearer(key: str) -> Metadata:
@@ -130,12 +132,19 @@ async def memory_holds(target: EvalTarget, user_id: str, message_ids: Sequence[s
 
 
 async def wait_for_memory(target: EvalTarget, user_id: str, message_ids: Sequence[str]) -> None:
-    """Returns once memory holds the messages, or after MEMORY_WAIT_SECONDS."""
+    """Returns once memory holds the messages, or after MEMORY_WAIT_SECONDS. A look refused by
+    the rate limit (RESOURCE_EXHAUSTED) counts as not yet."""
     deadline = time.monotonic() + MEMORY_WAIT_SECONDS
-    while message_ids and not await memory_holds(target, user_id, message_ids):
-        if time.monotonic() >= deadline:
-            return
-        await asyncio.sleep(MEMORY_POLL_SECONDS)
+    pause = MEMORY_FIRST_PAUSE_SECONDS
+    while message_ids and time.monotonic() < deadline:
+        await asyncio.sleep(pause)
+        try:
+            if await memory_holds(target, user_id, message_ids):
+                return
+        except grpc.aio.AioRpcError as error:
+            if error.code() != grpc.StatusCode.RESOURCE_EXHAUSTED:
+                raise
+        pause = min(pause * 2, MEMORY_MAX_PAUSE_SECONDS)
 
 
 @dataclass(frozen=True, slots=True)
