@@ -202,7 +202,8 @@ class ConversationalMemory:
         self, tenant_id: str, user_id: str, conversation_ids: Sequence[str]
     ) -> int:
         """Erasure (docs/privacy.md): forgets each of the user's conversations (so that a turn
-        indexed late from the message log never brings one back), then every other turn of the user; the count removed."""
+        indexed late from the message log never brings one back), then every other turn of
+        the user; the count removed."""
         _require_owner(tenant_id, user_id)
         removed = 0
         for conversation_id in conversation_ids:
