@@ -18,10 +18,12 @@ from chatplane.common.topics import MESSAGES_DLQ_TOPIC, MESSAGES_TOPIC
 from chatplane.launcher import Stack
 from chatplane.log import LogRecord
 from chatplane.log.kafka import KafkaMessageLog
+from chatplane.memory.turn_indexer import CONSUMER_GROUP as MEMORY_GROUP
 from tests.cluster.cluster_fixtures import (
     PERSISTENCE_GROUP,
     chunks,
     cluster_env,
+    commit_end,
     consumer_lag,
     message_record,
     rows_of_tenant,
@@ -216,6 +218,9 @@ async def test_opensearch_down_degrades_recall_and_reindexes_when_back(
     fault_engines: Engines, tmp_path: Path
 ) -> None:
     env = cluster_env(fault_engines, **FAST_PACE)
+    # Memory's group starts where the earlier tests of this module left the shared topic (tens
+    # of thousands of records it would index first): this test is about its own turns only.
+    commit_end(fault_engines.env["CHATPLANE_KAFKA_BOOTSTRAP"], MEMORY_GROUP, MESSAGES_TOPIC)
     async with (
         running_stack(tmp_path, env) as stack,
         grpc.aio.insecure_channel(stack.info().address("gateway")) as channel,
