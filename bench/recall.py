@@ -1,5 +1,5 @@
-"""Memory recall benchmark (cluster profile): OpenSearch (k-NN plugin, Lucene HNSW) and Kafka (which
-the cluster memory process needs for its remember-retry topic) started by `scripts/infra/engines.py
+"""Memory recall benchmark (cluster profile): OpenSearch (k-NN plugin, Lucene HNSW) and Kafka (the
+cluster memory process indexes turns from its messages topic) started by `scripts/infra/engines.py
 up --only opensearch,kafka,postgres` into a temporary state dir, 100,000 turns bulk-loaded into the
 memory index with precomputed embeddings, and the real MemoryService process
 (CHATPLANE_PROFILE=cluster) in front of it. It measures (a) Recall latency for k=10 through
@@ -329,7 +329,7 @@ def build_corpus(scale: Scale, embedder: SentenceEmbedder) -> Corpus:
 @contextlib.asynccontextmanager
 async def engines(state_dir: Path, options: Options) -> AsyncIterator[dict[str, str]]:
     """OpenSearch with the k-NN plugin, Kafka (the memory process of the cluster profile
-    consumes its remember-retry topic) and PostgreSQL (the embedded profile's index, for the
+    indexes turns from its messages topic) and PostgreSQL (the embedded profile's index, for the
     quality comparison), started by the project's script; yields their engines.env variables
     and brings them down (data removed) afterwards."""
     up = await asyncio.create_subprocess_exec(

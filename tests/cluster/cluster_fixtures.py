@@ -101,6 +101,26 @@ def consumer_lag(bootstrap: str, group: str, topic: str) -> int:
         consumer.close()
 
 
+def commit_end(bootstrap: str, group: str, topic: str) -> None:
+    """Commits `group`'s offsets at the end of every partition of `topic` (without joining
+    the group): the group skips what earlier tests left on the shared engines."""
+    consumer = Consumer(
+        {"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False}
+    )
+    try:
+        found = consumer.list_topics(topic, timeout=10).topics.get(topic)
+        if found is None or found.error is not None:
+            return  # no topic yet: nothing to skip
+        ends = [
+            TopicPartition(topic, p, consumer.get_watermark_offsets(part, timeout=10)[1])
+            for p, part in ((p, TopicPartition(topic, p)) for p in found.partitions)
+        ]
+        if ends:
+            consumer.commit(offsets=ends, asynchronous=False)
+    finally:
+        consumer.close()
+
+
 def topic_values(bootstrap: str, topic: str, marker: bytes, timeout: float = 30) -> list[bytes]:
     """Every value of `topic` containing `marker`, read from the beginning."""
     consumer = Consumer(

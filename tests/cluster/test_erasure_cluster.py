@@ -91,6 +91,17 @@ def os_canary_ids(url: str, index: str, tenant: str, user: str, canary: str) -> 
         client.close()
 
 
+def os_user_items(url: str, index: str, tenant: str, user: str) -> int:
+    """How many memory documents of the user OpenSearch holds."""
+    client = opensearchpy.OpenSearch(hosts=[url])
+    try:
+        client.indices.refresh(index=index)
+        query = {"bool": {"filter": [{"term": {"tenant_id": tenant}}, {"term": {"user_id": user}}]}}
+        return int(client.count(index=index, body={"query": query})["count"])
+    finally:
+        client.close()
+
+
 def os_found(url: str, index: str, ids: list[str]) -> int:
     """How many of the `_id`s a GET still finds."""
     client = opensearchpy.OpenSearch(hosts=[url])
@@ -157,6 +168,8 @@ async def test_erasure_canary_on_postgres_and_opensearch(
         async def stored() -> bool:
             return all(
                 pg_user_rows(postgres_database, tenant, user) == 5
+                # Memory indexes the four messages from the log, shortly after `done`.
+                and os_user_items(url, index, tenant, user) >= 4
                 and len(os_canary_ids(url, index, tenant, user, canary)) >= 2
                 for user in ("erased", "kept")
             )

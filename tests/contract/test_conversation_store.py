@@ -24,12 +24,9 @@ from chatplane.common.settings import Profile, Settings
 from chatplane.common.topics import MESSAGES_DLQ_TOPIC, MESSAGES_TOPIC
 from chatplane.internal.v1 import events_pb2
 from chatplane.log import LogRecord, PostgresMessageLog
+from chatplane.log.batch_consumer import DEAD_LETTER_REASON_HEADER
 from chatplane.log.postgres import SCHEMA as LOG_SCHEMA
-from chatplane.persistence.consumer import (
-    CONSUMER_GROUP,
-    DEAD_LETTER_REASON_HEADER,
-    BatchConsumer,
-)
+from chatplane.persistence.consumer import CONSUMER_GROUP, BatchConsumer
 from chatplane.persistence.store.base import (
     Conversation,
     ConversationStore,

@@ -567,7 +567,8 @@ async def test_delete_never_touches_documents(memory: Memory, tenant: str) -> No
 async def test_deleted_conversation_stays_forgotten(
     memory: Memory, tenant: str, other_tenant: str
 ) -> None:
-    # A late upsert (a retried Remember) must not bring a deleted conversation back.
+    # A late upsert (a turn indexed from the log after the delete) must not bring a deleted
+    # conversation back.
     item = turn(tenant, "alice", "c1", "m1", "tulips bloom in April")
     await memory.upsert(item)
     assert await memory.index.delete_conversation(tenant, "alice", "c1") == 1
@@ -935,3 +936,13 @@ async def test_postgres_hnsw_search_fills_k_for_a_small_tenant_in_a_big_table(
     finally:
         await approximate.close()
         await exact.close()
+
+
+async def test_indexed_item_ids_names_the_tenants_stored_items_only(
+    memory: Memory, tenant: str
+) -> None:
+    await seed(memory, tenant)
+    asked = ["a-puppy", "b-cat", "refund:0", "never-stored"]
+    assert await memory.index.indexed_item_ids(tenant, asked) == {"a-puppy", "b-cat", "refund:0"}
+    assert await memory.index.indexed_item_ids(f"{tenant}-other", asked) == set()
+    assert await memory.index.indexed_item_ids(tenant, []) == set()

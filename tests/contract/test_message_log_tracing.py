@@ -8,8 +8,8 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from chatplane.log import LogRecord
+from chatplane.log.batch_consumer import producer_links
 from chatplane.log.observed import ObservedProducer
-from chatplane.persistence.consumer import producer_links
 from tests.contract.test_message_log import (  # noqa: F401 (fixtures)
     LogUnderTest,
     consume,

@@ -155,12 +155,15 @@ CALLS: dict[tuple[str, str], frozenset[str]] = {
     # versions of pinned turns; encryption at rest: the Agent seals what it logs.
     ("agent", REGISTRY): frozenset({"GetVariantDeployment", "GetVariant"}),
     ("agent", DATA_KEYS): frozenset({"GetUserDataKey"}),
-    # Encryption at rest: Memory opens what it retries.
+    # The recent turns of a prompt, from the system of record (read-your-writes).
+    ("agent", TURNS): frozenset({"GetRecentMessages"}),
+    # Encryption at rest: Memory opens the turns it indexes from the log.
     ("memory", DATA_KEYS): frozenset({"GetUserDataKey"}),
     ("gateway", MEMORY): frozenset(
         {"Forget", "IngestDocument", "ListDocuments", "DeleteDocument", "ListUserMemory"}
     ),
-    ("agent", MEMORY): frozenset({"Recall", "Remember"}),
+    # Memory indexes turns from the message log; the Agent only recalls.
+    ("agent", MEMORY): frozenset({"Recall"}),
     ("admin", IDENTITY): frozenset({"CreateApiKey", "ListApiKeys", "RotateApiKey", "RevokeApiKey"}),
     # `chatplane audit`; `chatplane export` is audited by the CLI itself.
     ("admin", AUDIT): frozenset({"ListAuditRecords", "AppendAuditEvents"}),

@@ -63,6 +63,7 @@ READ_RPCS = frozenset(
         method_path(REGISTRY, "GetVariant"),
         method_path(REGISTRY, "ListVariantChanges"),
         method_path(REGISTRY, "GetVariantDeployment"),
+        method_path(TURNS, "GetRecentMessages"),
         method_path(PRIVACY, "GetRetention"),
         method_path(MEMORY, "Recall"),
         method_path(GATEWAY, "ListConversations"),

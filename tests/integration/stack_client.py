@@ -13,7 +13,7 @@ from pathlib import Path
 import grpc
 from google.rpc import error_details_pb2, status_pb2
 
-from chatplane.internal.v1 import identity_pb2
+from chatplane.internal.v1 import identity_pb2, memory_pb2, memory_pb2_grpc
 from chatplane.launcher import Stack
 from chatplane.launcher.postgres_server import PostgresServer
 from chatplane.launcher.stack import POSTGRES_DIR, running_postgres_dsn
@@ -179,3 +179,29 @@ async def poll(predicate_coro, timeout: float = 10.0, interval: float = 0.05):  
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError(f"condition not met within {timeout} s")
         await asyncio.sleep(interval)
+
+
+async def memory_recalls(
+    stack: Stack, tenant: str, user: str, query: str, message_id: str, *, top_k: int = 10
+) -> bool:
+    """MemoryService's recall of `query` for the user holds `message_id`. Asked of Memory
+    directly: a probe chat would itself be indexed, crowding out what it looks for, and would
+    spend the rate limit. UNAVAILABLE (Memory still starting) counts as not yet."""
+    async with grpc.aio.insecure_channel(stack.info().address("memory")) as memory_channel:
+        try:
+            recall = await memory_pb2_grpc.MemoryServiceStub(memory_channel).Recall(
+                memory_pb2.RecallRequest(tenant_id=tenant, user_id=user, query=query, top_k=top_k),
+                timeout=10,
+            )
+        except grpc.aio.AioRpcError as error:
+            assert error.code() is grpc.StatusCode.UNAVAILABLE, error
+            return False
+    return message_id in {item.citation.source_id for item in recall.items}
+
+
+async def wait_until_indexed(
+    stack: Stack, tenant: str, user: str, query: str, message_id: str, *, timeout: float = 30
+) -> None:
+    """Waits until Memory has indexed the message: it indexes finished turns from the message
+    log in batches, shortly after `done`, so recall of a turn is eventually consistent."""
+    await poll(lambda: memory_recalls(stack, tenant, user, query, message_id), timeout=timeout)

@@ -34,6 +34,7 @@ from tests.integration.stack_client import (
     running_stack,
     status_details,
     unique,
+    wait_until_indexed,
 )
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -99,9 +100,13 @@ async def test_streamed_chat_has_ordered_contiguous_deltas_and_done_last(
 
 
 async def test_next_turn_recalls_the_previous_one(stack: Stack, channel: grpc.aio.Channel) -> None:
-    client = await new_client(stack, channel)
+    tenant, user = unique("tenant"), unique("user")
+    client = await new_client(stack, channel, tenant=tenant, user=user)
     first = await client.chat("My cat is named Bartholomew and he loves sardines.")
     assert first.started is not None
+    first_id = first.started.started.user_message_id
+    # Recall may lag the turn (Memory indexes it from the log); the recent turns may not.
+    await wait_until_indexed(stack, tenant, user, "name of my cat", first_id)
     # A brand-new conversation: only memory recall can bring the first turn back.
     second = await client.chat("What is the name of my cat?")
     assert second.started is not None
@@ -307,11 +312,13 @@ async def test_other_tenants_and_users_see_not_found(
 
 
 async def test_feedback_and_delete(stack: Stack, channel: grpc.aio.Channel) -> None:
-    client = await new_client(stack, channel)
+    tenant, user = unique("tenant"), unique("user")
+    client = await new_client(stack, channel, tenant=tenant, user=user)
     turn = await client.chat("My gym locker code is 4711")
     assert turn.started is not None
     started = turn.started.started
     deleted_ids = {started.user_message_id, started.assistant_message_id}
+    await wait_until_indexed(stack, tenant, user, "gym locker code", started.user_message_id)
     before = await client.chat("What is my gym locker code?")
     assert deleted_ids & {c.citation.source_id for c in before.citations}
 

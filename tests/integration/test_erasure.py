@@ -73,6 +73,16 @@ def canary_rows(data_dir: Path, marker: str) -> int:
     )
 
 
+def memory_turns(data_dir: Path, tenant: str, user: str) -> int:
+    """The user's turn items in the embedded memory index."""
+    return _store_count(
+        data_dir,
+        "SELECT count(*) FROM memory.items WHERE tenant_id = %s AND user_id = %s AND kind = 'turn'",
+        tenant,
+        user,
+    )
+
+
 def canary_memory(data_dir: Path, tenant: str, user: str, canary: str) -> int:
     """The user's items in the embedded memory index holding the canary."""
     return _store_count(
@@ -174,7 +184,8 @@ async def erase_audits(stack: Stack, tenant: str, user: str) -> int:
 
 
 async def seed(stack: Stack, tenant: str, user: str, canary: str) -> str:
-    """Two turns of the user carrying the canary; returns once all four messages are stored."""
+    """Two turns of the user carrying the canary; returns once all four messages are stored
+    and indexed (Memory indexes them from the message log, shortly after `done`)."""
     key = await create_key(stack, tenant, user)
     async with stack.channel("gateway") as channel:
         client = Client(channel, key)
@@ -184,9 +195,12 @@ async def seed(stack: Stack, tenant: str, user: str, canary: str) -> str:
         await client.chat(f"what was {canary}-{user} again?", conversation)
 
     async def stored() -> bool:
-        return user_rows(stack.data_dir, tenant, user) >= 5  # 4 messages, 1 conversation
+        return (
+            user_rows(stack.data_dir, tenant, user) >= 5  # 4 messages, 1 conversation
+            and memory_turns(stack.data_dir, tenant, user) >= 4
+        )
 
-    await poll(stored, timeout=20)
+    await poll(stored, timeout=30)
     return conversation
 
 

@@ -31,6 +31,7 @@ from tests.integration.stack_client import (
     running_stack,
     status_details,
     unique,
+    wait_until_indexed,
 )
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -146,11 +147,15 @@ async def test_claude_answers_when_a_key_is_set(rig: Rig) -> None:
 
 
 async def test_recalled_passages_are_fenced_as_data(rig: Rig) -> None:
-    client = await rig.client()
+    tenant = unique("t")
+    client = Client(rig.channel, await create_key(rig.stack, tenant, "u"))
     first = await client.chat("My cat is called Bartholomew")
     assert first.started is not None
     conversation = first.started.started.conversation_id
-    await stored_answer(client, conversation)
+    # Memory indexes the turn from the message log, shortly after `done`.
+    await wait_until_indexed(
+        rig.stack, tenant, "u", "What is my cat called?", first.started.started.user_message_id
+    )
     # Another conversation recalls the first one as a passage, fenced in the system prompt.
     await client.chat("What is my cat called?")
     body = (await rig.requests())[-1]["body"]

@@ -1,6 +1,6 @@
 """Memory recovers what it missed: turns answered while it was down are indexed once it is
-back (from the message log), and `chatplane memory rebuild` re-indexes a lost index from the
-system of record."""
+back (its consumer group resumes on the message log), and `chatplane memory rebuild`
+re-indexes a lost index from the system of record."""
 
 from __future__ import annotations
 
@@ -13,36 +13,32 @@ from pathlib import Path
 import grpc
 import psycopg
 
-from chatplane.internal.v1 import memory_pb2, memory_pb2_grpc
-from chatplane.launcher import Stack
+from chatplane.common.topics import MESSAGES_TOPIC
+from chatplane.log import PostgresMessageLog
+from chatplane.memory.turn_indexer import CONSUMER_GROUP
 from tests.integration.stack_client import (
     FAST_PACE,
     Client,
     create_key,
+    memory_recalls,
     poll,
     running_stack,
     store_dsn,
+    wait_until_indexed,
 )
 
 CHATPLANE = str(Path(sys.executable).parent / "chatplane")
 
 
-# Checks ask MemoryService directly: a probe chat would itself be remembered, crowding out
-# what it looks for, and would spend the rate limit while polling.
 ENV = {**FAST_PACE, "CHATPLANE_RATE_LIMIT_BURST": "1000"}
 
 
-async def recalls(stack: Stack, question: str, message_id: str) -> bool:
-    async with grpc.aio.insecure_channel(stack.info().address("memory")) as channel:
-        try:
-            recall = await memory_pb2_grpc.MemoryServiceStub(channel).Recall(
-                memory_pb2.RecallRequest(tenant_id="t", user_id="u", query=question, top_k=10),
-                timeout=10,
-            )
-        except grpc.aio.AioRpcError as error:
-            assert error.code() is grpc.StatusCode.UNAVAILABLE  # still starting
-            return False
-    return message_id in {item.citation.source_id for item in recall.items}
+async def memory_caught_up(data_dir: Path) -> bool:
+    """Memory's consumer group has committed everything on the messages topic."""
+    async with PostgresMessageLog(store_dsn(data_dir)).consumer(
+        CONSUMER_GROUP, [MESSAGES_TOPIC]
+    ) as observer:
+        return await observer.lag() == 0
 
 
 async def test_turns_answered_while_memory_was_down_are_indexed_when_it_is_back(
@@ -59,7 +55,7 @@ async def test_turns_answered_while_memory_was_down_are_indexed_when_it_is_back(
         assert missed.started.started.memory_degraded
         await stack.start_service("memory")
         missed_id = missed.started.started.user_message_id
-        await poll(lambda: recalls(stack, "Which bicycle do I ride?", missed_id), timeout=30)
+        await wait_until_indexed(stack, "t", "u", "Which bicycle do I ride?", missed_id)
 
 
 async def test_rebuild_reindexes_a_lost_index_from_the_system_of_record(tmp_path: Path) -> None:
@@ -71,14 +67,16 @@ async def test_rebuild_reindexes_a_lost_index_from_the_system_of_record(tmp_path
         turn = await client.chat("The spare key is under the blue flowerpot")
         assert turn.started is not None
         remembered_id = turn.started.started.user_message_id
-        assert await recalls(stack, "Where is the spare key?", remembered_id)
+        # Memory indexes the turn from the log, shortly after `done`.
+        await wait_until_indexed(stack, "t", "u", "Where is the spare key?", remembered_id)
+        await poll(lambda: memory_caught_up(tmp_path), timeout=30)
 
         assert await stack.services["memory"].stop(timeout=10) == 0
         # The index is lost: its schema dropped (Memory creates it again, empty, at start).
         with psycopg.connect(store_dsn(tmp_path), autocommit=True) as database:
             database.execute("DROP SCHEMA memory CASCADE")
         await stack.start_service("memory")
-        assert not await recalls(stack, "Where is the spare key?", remembered_id)
+        assert not await memory_recalls(stack, "t", "u", "Where is the spare key?", remembered_id)
 
         rebuilt = await asyncio.to_thread(
             subprocess.run,
@@ -91,4 +89,4 @@ async def test_rebuild_reindexes_a_lost_index_from_the_system_of_record(tmp_path
         )
         assert rebuilt.returncode == 0, rebuilt.stderr
         assert "re-indexed" in rebuilt.stdout
-        assert await recalls(stack, "Where is the spare key?", remembered_id)
+        assert await memory_recalls(stack, "t", "u", "Where is the spare key?", remembered_id)

@@ -84,11 +84,17 @@ async def test_a_protected_tenants_pii_is_masked_for_the_model_and_the_index(rig
     assert EMAIL not in prompt and CARD not in prompt
     assert "[EMAIL]" in prompt and "[CARD]" in prompt and "zq-77" in prompt
 
-    # The next turn's history (from memory) and the index hold the masked text only.
+    # The next turn's prompt (its recent turns) and the index hold the masked text only.
     await client.chat("And when will it arrive?", conversation_id)
     prompt = await _last_prompt(rig)
     assert EMAIL not in prompt and "[EMAIL]" in prompt
-    texts = await _indexed_texts(rig, PROTECTED, "ana", conversation_id)
+
+    async def indexed_masked() -> list[str]:
+        # Memory indexes the turn from the message log, shortly after `done`.
+        texts = await _indexed_texts(rig, PROTECTED, "ana", conversation_id)
+        return texts if any("[EMAIL]" in t for t in texts) else []
+
+    texts = await poll(indexed_masked, timeout=30)
     assert any("[EMAIL]" in t for t in texts)
     assert not any(EMAIL in t or CARD in t for t in texts)
 
@@ -111,5 +117,10 @@ async def test_other_tenants_are_not_masked(rig: Rig) -> None:
     assert turn.done is not None and turn.started is not None
     prompt = await _last_prompt(rig)
     assert EMAIL in prompt and CARD in prompt and "[EMAIL]" not in prompt
-    texts = await _indexed_texts(rig, tenant, "bo", turn.started.started.conversation_id)
-    assert any(EMAIL in t for t in texts)
+    conversation_id = turn.started.started.conversation_id
+
+    async def indexed_unmasked() -> bool:
+        texts = await _indexed_texts(rig, tenant, "bo", conversation_id)
+        return any(EMAIL in t for t in texts)
+
+    await poll(indexed_unmasked, timeout=30)

@@ -31,6 +31,7 @@ from tests.integration.stack_client import (
     poll,
     running_stack,
     unique,
+    wait_until_indexed,
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
@@ -85,6 +86,7 @@ async def _seed(stack: Stack, channel: grpc.aio.Channel, tenant_id: str, user: s
         key = await create_key(stack, tenant_id, user, roles=(role,))
         owner.staff[role] = Client(channel, key)
         owner.ids["key"].append(key.split("_")[1])
+    asked: list[tuple[str, str]] = []
     for c in range(3):
         conversation_id = ""
         for t in range(2):
@@ -97,6 +99,7 @@ async def _seed(stack: Stack, channel: grpc.aio.Channel, tenant_id: str, user: s
                 turn.started.started.assistant_message_id,
             ]
             owner.texts.append(text)
+            asked.append((text, turn.started.started.user_message_id))
         owner.ids["conversation"].append(conversation_id)
     for d in range(2):
         text = f"zq{uuid.uuid4().hex[:10]} is the refund policy code of {user}, document {d}."
@@ -116,6 +119,10 @@ async def _seed(stack: Stack, channel: grpc.aio.Channel, tenant_id: str, user: s
         )
         owner.ids["document"].append(ingested.document.document_id)
         owner.texts.append(text)
+    # Memory indexes turns from the message log shortly after `done`: the recall checks below
+    # must see every turn of the user indexed, or a leak could hide behind the lag.
+    for text, message_id in asked:
+        await wait_until_indexed(stack, tenant_id, user, text, message_id)
     return owner
 
 

@@ -18,7 +18,14 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from chatplane.launcher import Stack
 from chatplane.v1 import gateway_pb2, gateway_pb2_grpc, resources_pb2
-from tests.integration.stack_client import create_key, poll, running_stack, store_dsn, unique
+from tests.integration.stack_client import (
+    create_key,
+    poll,
+    running_stack,
+    store_dsn,
+    unique,
+    wait_until_indexed,
+)
 from tests.unit.memory.pdf_fixture import make_pdf
 from tests.web.browser import REPO, Browser, browser_available, open_browser
 
@@ -215,7 +222,8 @@ async def _assert_no_page_errors(browser: Browser, allowed: str = "") -> None:
 async def test_sign_in_stream_citations_feedback_stop_and_history(
     stack: Stack, page_url: str, gateway: gateway_pb2_grpc.GatewayServiceStub, browser: Browser
 ) -> None:
-    key = await create_key(stack, unique("tenant"), unique("user"))
+    tenant, user = unique("tenant"), unique("user")
+    key = await create_key(stack, tenant, user)
     assert await browser.goto(page_url) == 200
     await browser.wait_for("[data-testid=sign-in]")
     await browser.screenshot("01-sign-in")
@@ -265,7 +273,9 @@ async def test_sign_in_stream_citations_feedback_stop_and_history(
     )
     assert _feedback_rows(stack, answer_id) == [(answer_id, "thumbs_down")]
 
-    # In a new chat, a question recalls the first conversation: its citations are shown.
+    # In a new chat, a question recalls the first conversation: its citations are shown
+    # (once Memory has indexed it from the message log, shortly after `done`).
+    await wait_until_indexed(stack, tenant, user, "What is my locker code?", answer_id)
     await browser.click("[data-testid=new-chat]")
     await browser.wait_until("() => document.querySelectorAll('[data-testid=answer]').length === 0")
     await _send(browser, "What is my locker code?")

@@ -1,11 +1,12 @@
-"""Wires the Agent process: settings → message-log producer, memory client, LLM backend,
-turn runner, servicer; then serves until SIGTERM."""
+"""Wires the Agent process: settings → message-log producer, memory client, recent turns
+(Persistence), LLM backend, turn runner, servicer; then serves until SIGTERM."""
 
 from __future__ import annotations
 
 from chatplane.agent.live_turns import LiveTurns
 from chatplane.agent.llm.factory import build_model_chain
 from chatplane.agent.memory_client import MemoryClient
+from chatplane.agent.recent_turns import RecentTurns
 from chatplane.agent.servicer import AgentServicer
 from chatplane.agent.turn import TurnRunner
 from chatplane.agent.variants.process import registry_source, variant_router
@@ -39,6 +40,8 @@ async def run(settings: Settings) -> None:
         memory=MemoryClient(memory_channel),
         backend=backend,
         producer=producer,
+        # The recent turns of each prompt, from the system of record (read-your-writes).
+        recent=RecentTurns(PersistenceClient(persistence_channel)),
         variants=variants,
         pinned_variants=registry.pinned,
         keyring=keyring,

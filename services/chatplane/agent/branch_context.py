@@ -1,16 +1,17 @@
 """The context of an answer on one branch of a conversation tree (docs/conversation-tree.md):
-once a conversation has branches, its newest messages may belong to other branches, so the
-history is the branch the Gateway sends (the answer's ancestors), and nothing recalled from
-this conversation's other branches reaches the model."""
+the history is the recent window of the branch the answer follows (read from Persistence,
+agent/recent_turns.py), nothing recalled that is in that window already is repeated, and once
+a conversation has branches nothing recalled from its other branches reaches the model."""
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from chatplane.agent.llm.base import HistoryLine, Speaker
+from chatplane.agent.llm.base import ContextPassage, Speaker
 from chatplane.agent.memory_client import Recollection
+from chatplane.agent.recent_turns import RecentWindow
 from chatplane.common import errors
 from chatplane.common.ids import is_valid_id
 from chatplane.v1 import resources_pb2
@@ -20,8 +21,8 @@ _SPEAKERS = {resources_pb2.ROLE_USER: Speaker.USER, resources_pb2.ROLE_ASSISTANT
 
 @dataclass(frozen=True, slots=True)
 class BranchLine:
-    """A message of the branch; `text` is None when it was not stored yet (its turn had just
-    finished) and must come from memory's recent messages."""
+    """A message of the branch the Gateway sends (from BeginTurn); `text` is None when it was
+    not stored yet. Its ids say which recalled items are on the branch."""
 
     message_id: str
     speaker: Speaker
@@ -43,33 +44,40 @@ def branch_lines(branch: resources_pb2.BranchHistory) -> tuple[BranchLine, ...]:
 def on_branch(
     recollection: Recollection, branch: Sequence[BranchLine], conversation_id: str
 ) -> Recollection:
-    """The recollection restricted to the branch: its history is the branch (texts not stored
-    yet are taken from memory's recent messages, or left out), and recalled items of this
-    conversation that are not on the branch (siblings, their descendants) are dropped."""
-    recent = dict(zip(recollection.history_ids, recollection.history, strict=False))
-    history: list[HistoryLine] = []
-    history_ids: list[str] = []
-    for line in branch:
-        if line.text is not None:
-            history.append(HistoryLine(speaker=line.speaker, text=line.text))
-        elif line.message_id in recent:
-            history.append(recent[line.message_id])
-        else:
-            continue
-        history_ids.append(line.message_id)
+    """The recollection without the items recalled from this conversation that are not on the
+    branch (siblings, their descendants)."""
     on_branch_ids = {line.message_id for line in branch}
-    kept = [
-        index
-        for index, passage in enumerate(recollection.passages)
-        if index >= len(recollection.passage_conversations)
-        or recollection.passage_conversations[index] != conversation_id
-        or passage.source_id in on_branch_ids
-    ]
+    return _passages_kept(
+        recollection,
+        lambda index, passage: (
+            index >= len(recollection.passage_conversations)
+            or recollection.passage_conversations[index] != conversation_id
+            or passage.source_id in on_branch_ids
+        ),
+    )
+
+
+def with_recent(recollection: Recollection, recent: RecentWindow) -> Recollection:
+    """The recollection with the recent window as its history, and without recalled items
+    that are in the window already; degraded when either part is."""
+    in_window = set(recent.message_ids)
+    kept = _passages_kept(recollection, lambda _, passage: passage.source_id not in in_window)
+    return dataclasses.replace(
+        kept,
+        history=list(recent.history),
+        history_ids=list(recent.message_ids),
+        degraded=recollection.degraded or recent.degraded,
+    )
+
+
+def _passages_kept(
+    recollection: Recollection, keep: Callable[[int, ContextPassage], bool]
+) -> Recollection:
+    kept = [i for i, passage in enumerate(recollection.passages) if keep(i, passage)]
+    conversations = recollection.passage_conversations
     return dataclasses.replace(
         recollection,
-        history=history,
-        history_ids=history_ids,
         passages=[recollection.passages[i] for i in kept],
         citations=[recollection.citations[i] for i in kept],
-        passage_conversations=[recollection.passage_conversations[i] for i in kept],
+        passage_conversations=[conversations[i] for i in kept if i < len(conversations)],
     )

@@ -1,5 +1,6 @@
-"""The Agent's view of MemoryService: recall context before an answer and remember the turn
-after it. Memory is an enhancement: when it fails the turn goes on without it (degraded)."""
+"""The Agent's view of MemoryService: recall context before an answer (Memory indexes the
+answer later, from the message log). Memory is an enhancement: when it fails the turn goes on
+without it (degraded)."""
 
 from __future__ import annotations
 
@@ -83,12 +84,3 @@ class MemoryClient:
             history_ids=[m.message_id for m in response.recent if m.role in _SPEAKERS],
             passage_conversations=[i.conversation_id for i in response.items],
         )
-
-    async def remember(self, request: memory_pb2.RememberRequest, *, timeout: float) -> bool:
-        """Stores the turn in memory; False (logged) if memory fails."""
-        try:
-            await self._stub.Remember(request, timeout=timeout)
-        except grpc.aio.AioRpcError as error:
-            _log.warning("memory remember failed", extra={"code": error.code().name})
-            return False
-        return True

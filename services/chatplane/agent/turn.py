@@ -1,6 +1,8 @@
-"""One turn of the Agent: recall, assemble the prompt, stream the backend's answer, then record
-both messages in the message log (and memory). `done` is yielded only after the log has
-acknowledged the messages; an interrupted answer is recorded once, marked interrupted."""
+"""One turn of the Agent: read the recent turns (Persistence) and recall (memory), assemble the
+prompt, stream the backend's answer, then record both messages in the message log. `done` is
+yielded as soon as the log has acknowledged the messages, and nothing else waits before it:
+Persistence and Memory take the turn from the log. An interrupted answer is recorded once,
+marked interrupted."""
 
 from __future__ import annotations
 
@@ -14,11 +16,12 @@ from dataclasses import dataclass, replace
 from itertools import accumulate
 from typing import Any
 
-from chatplane.agent.branch_context import BranchLine, on_branch
+from chatplane.agent.branch_context import BranchLine, on_branch, with_recent
 from chatplane.agent.llm.base import LlmBackend, StopReason, StreamEnd, StreamStart
 from chatplane.agent.llm.errors import LlmError
 from chatplane.agent.memory_client import MemoryClient
 from chatplane.agent.prompt import build_prompt
+from chatplane.agent.recent_turns import NO_WINDOW, RecentTurns, RecentWindow
 from chatplane.agent.variants import (
     Experiment,
     FixedVariantSource,
@@ -30,10 +33,10 @@ from chatplane.agent.variants.recall_filter import filtered, recall_k
 from chatplane.common import errors
 from chatplane.common.settings import Settings
 from chatplane.common.timestamps import timestamp_of_ms
-from chatplane.common.topics import MEMORY_REMEMBER_TOPIC, MESSAGE_SCHEMA_VERSION, MESSAGES_TOPIC
+from chatplane.common.topics import MESSAGE_SCHEMA_VERSION, MESSAGES_TOPIC
 from chatplane.crypto.keyring import Keyring
-from chatplane.crypto.log_records import sealed_message, sealed_remember
-from chatplane.internal.v1 import events_pb2, memory_pb2
+from chatplane.crypto.log_records import sealed_message
+from chatplane.internal.v1 import events_pb2
 from chatplane.log import LogRecord, MessageLogProducer
 from chatplane.privacy.policy import RedactionPolicy
 from chatplane.v1 import resources_pb2
@@ -112,12 +115,15 @@ class TurnRunner:
         memory: MemoryClient,
         backend: LlmBackend,
         producer: MessageLogProducer,
+        recent: RecentTurns | None = None,
         variants: VariantRouter | None = None,
         pinned_variants: Callable[[str, float], Awaitable[Variant]] | None = None,
         keyring: Keyring | None = None,
     ) -> None:
         self._settings = settings
         self._memory = memory
+        # The recent turns come from the system of record (None: no history).
+        self._recent = recent
         self._backend = backend
         self._producer = producer
         # Encryption at rest (docs/security.md): message text is sealed before the log.
@@ -146,18 +152,25 @@ class TurnRunner:
         variant = self._variants.apply(turn.tenant_id, turn.user_id, pinned)
         first_token_ms: int | None = None
         kinds, documents = variant.retrieval_kinds, variant.retrieval_documents
-        recollection = await self._memory.recall(
-            tenant_id=turn.tenant_id,
-            user_id=turn.user_id,
-            conversation_id=turn.conversation_id,
-            query=turn.text,
-            recent_limit=settings.recent_turns,
-            top_k=recall_k(variant.retrieval_k, kinds, documents),
-            timeout=budget(settings.internal_call_timeout_seconds),
+        timeout = budget(settings.internal_call_timeout_seconds)
+        # Both before the first token, side by side: the recent turns from Persistence
+        # (waiting, bounded, for a previous turn still on its way from the log) and recall.
+        recollection, recent = await asyncio.gather(
+            self._memory.recall(
+                tenant_id=turn.tenant_id,
+                user_id=turn.user_id,
+                conversation_id=turn.conversation_id,
+                query=turn.text,
+                recent_limit=0,
+                top_k=recall_k(variant.retrieval_k, kinds, documents),
+                timeout=timeout,
+            ),
+            self._recent_window(turn, timeout),
         )
         recollection = filtered(recollection, variant.retrieval_k, kinds, documents)
         if turn.branch is not None:
             recollection = on_branch(recollection, turn.branch, turn.conversation_id)
+        recollection = with_recent(recollection, recent)
         mask = functools.partial(self._redaction.text, turn.tenant_id)
         prompt = build_prompt(
             question=mask(turn.text),
@@ -257,6 +270,19 @@ class TurnRunner:
                 self._pending.add(task)
                 task.add_done_callback(self._pending.discard)
 
+    async def _recent_window(self, turn: TurnRequest, timeout: float) -> RecentWindow:
+        if self._recent is None:
+            return NO_WINDOW
+        return await self._recent.window(
+            tenant_id=turn.tenant_id,
+            user_id=turn.user_id,
+            conversation_id=turn.conversation_id,
+            leaf_message_id=turn.parent_message_id,
+            limit=self._settings.recent_turns,
+            wait_seconds=self._settings.recent_turns_wait_seconds,
+            timeout=timeout,
+        )
+
     async def _pinned(self, identifier: str, budget: Budget) -> Variant | None:
         if not identifier:
             return None
@@ -291,7 +317,8 @@ class TurnRunner:
         budget: Budget | None,
         measures: events_pb2.MessageRecorded | None = None,
     ) -> None:
-        """Appends both messages to the log (waits for the ack), then tells memory.
+        """Appends both messages to the log and waits for its acknowledgement: from then on the
+        turn is durable, and Persistence and Memory take it from the log.
         `measures` holds the assistant record's variant and latencies."""
         settings = self._settings
         answer = "".join(deltas)
@@ -357,23 +384,6 @@ class TurnRunner:
         ]
         cap = settings.log_append_timeout_seconds
         await self._producer.append(records, timeout=budget(cap) if budget else cap)
-        remember = memory_pb2.RememberRequest(
-            tenant_id=turn.tenant_id,
-            user_id=turn.user_id,
-            conversation_id=turn.conversation_id,
-            messages=[
-                memory_pb2.MemoryMessage(
-                    message_id=m.message_id, role=m.role, text=m.text, create_time_unix_ms=t
-                )
-                for m, t in ((user, user_time_ms), (assistant, answer_time_ms))
-                if m.text and m in new_messages
-            ],
-        )
-        timeout = settings.internal_call_timeout_seconds
-        if not await self._memory.remember(
-            remember, timeout=budget(timeout) if budget else timeout
-        ):
-            await self._remember_later(remember)
         _log.info(
             "turn recorded",
             extra={
@@ -383,23 +393,6 @@ class TurnRunner:
                 "interrupted": interrupted,
             },
         )
-
-    async def _remember_later(self, remember: memory_pb2.RememberRequest) -> None:
-        """Memory could not take the turn now: log it for the Memory service to index once it
-        can. The turn itself is already durable, so a failure here only costs recall."""
-        try:
-            await self._producer.append(
-                [
-                    LogRecord(
-                        topic=MEMORY_REMEMBER_TOPIC,
-                        key=remember.conversation_id.encode(),
-                        value=(await sealed_remember(self._keyring, remember)).SerializeToString(),
-                    )
-                ],
-                timeout=self._settings.log_append_timeout_seconds,
-            )
-        except errors.Unavailable:
-            _log.error("could not log a turn for later indexing; `chatplane memory rebuild`")
 
     async def drain(self) -> None:
         """Waits for recordings of interrupted turns still in flight (at shutdown)."""

@@ -76,6 +76,9 @@ class Settings(BaseSettings):
 
     # Agent: context assembly.
     recent_turns: int = Field(default=8, ge=0)
+    # The recent turns come from Persistence; a previous turn whose records are on the log but
+    # not stored yet is waited for this long at most (docs/decisions.md, read-your-writes).
+    recent_turns_wait_seconds: float = Field(default=2.0, ge=0)
     recall_top_k: int = Field(default=4, ge=0)
     context_token_budget: int = Field(default=3000, gt=0)
     log_append_timeout_seconds: float = Field(default=10.0, gt=0)
@@ -120,6 +123,11 @@ class Settings(BaseSettings):
     # Persistence: the log consumer's batches (size or time, whichever first).
     batch_max_records: int = Field(default=500, gt=0)
     batch_max_wait_seconds: float = Field(default=0.05, gt=0)
+
+    # Memory: the indexer's batches from the message log (size or time, whichever first;
+    # measured in docs/memory.md).
+    memory_index_batch_max_records: int = Field(default=64, gt=0)
+    memory_index_batch_max_wait_seconds: float = Field(default=0.2, gt=0)
 
     # Memory: the embedding model's folder (empty: the installed all-MiniLM-L6-v2 package).
     embedding_model_dir: str = ""

@@ -1,14 +1,14 @@
-"""Sealing the personal text of message-log records (chatplane.messages, chatplane.handoff,
-chatplane.memory.remember) before they are appended, and opening it where a consumer needs
-the text (the Gateway's handoff fan-out, Memory's remember retry). Persistence stores the
-sealed text of chatplane.messages as it is: the log and the database hold the same envelope.
+"""Sealing the personal text of message-log records (chatplane.messages, chatplane.handoff)
+before they are appended, and opening it where a consumer needs the text (the Gateway's
+handoff fan-out; Memory's indexer opens chatplane.messages with the keyring itself).
+Persistence stores the sealed text of chatplane.messages as it is: the log and the database
+hold the same envelope.
 """
 
 from __future__ import annotations
 
-from chatplane.crypto.envelope import SealedTextError
 from chatplane.crypto.keyring import Keyring
-from chatplane.internal.v1 import events_pb2, memory_pb2
+from chatplane.internal.v1 import events_pb2
 from chatplane.v1 import resources_pb2
 
 
@@ -22,44 +22,6 @@ async def sealed_message(
     sealed.CopyFrom(message)
     sealed.text = await keyring.seal(tenant_id, user_id, message.message_id, message.text)
     return sealed
-
-
-async def sealed_remember(
-    keyring: Keyring | None, request: memory_pb2.RememberRequest
-) -> memory_pb2.RememberRequest:
-    """A copy of a RememberRequest with every message's text sealed."""
-    if keyring is None:
-        return request
-    sealed = memory_pb2.RememberRequest()
-    sealed.CopyFrom(request)
-    for message in sealed.messages:
-        message.text = await keyring.seal(
-            request.tenant_id, request.user_id, message.message_id, message.text
-        )
-    return sealed
-
-
-async def opened_remember(
-    keyring: Keyring | None, request: memory_pb2.RememberRequest
-) -> memory_pb2.RememberRequest:
-    """The request with its texts opened; messages whose text cannot be opened (their owner's
-    key was destroyed) are left out: an erased message is not remembered."""
-    if keyring is None:
-        return request
-    opened = memory_pb2.RememberRequest()
-    opened.CopyFrom(request)
-    del opened.messages[:]
-    for message in request.messages:
-        try:
-            text = await keyring.open(
-                request.tenant_id, request.user_id, message.text, message.message_id
-            )
-        except SealedTextError:
-            continue
-        kept = opened.messages.add()
-        kept.CopyFrom(message)
-        kept.text = text
-    return opened
 
 
 async def sealed_handoff_event(

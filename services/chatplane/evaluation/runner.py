@@ -2,12 +2,15 @@
 turn pinned to the variant version under test, memory and retrieval included. Each variant
 runs as a user of its own (a key created for the run and revoked after it), so no run
 recalls another's turns; the suite's documents are ingested once for the run and deleted
-after it."""
+after it. Memory indexes turns from the message log shortly after `done`: a case's question
+is asked once memory holds its earlier conversations."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
+import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -21,6 +24,12 @@ from chatplane.v1 import admin_pb2, admin_pb2_grpc, gateway_pb2, gateway_pb2_grp
 
 Metadata = tuple[tuple[str, str], ...]
 PIECE_BYTES = 256 * 1024
+# How long a case's question waits for memory to index its earlier conversations, and the
+# pauses between looks (doubling; each look is a request under the admin's rate limit); after
+# that it is asked anyway and scored as answered.
+MEMORY_WAIT_SECONDS = 60.0
+MEMORY_FIRST_PAUSE_SECONDS = 0.25
+MEMORY_MAX_PAUSE_SECONDS = 2.0
 
 
 def _bearer(key: str) -> Metadata:
@@ -75,14 +84,23 @@ async def suite_documents(
                 )
 
 
+@dataclass(frozen=True, slots=True)
+class RunUser:
+    """The user a variant runs as, and its key."""
+
+    user_id: str
+    api_key: str
+
+
 @contextlib.asynccontextmanager
-async def run_user(target: EvalTarget, label: str) -> AsyncIterator[str]:
+async def run_user(target: EvalTarget, label: str) -> AsyncIterator[RunUser]:
     """A key of a fresh user of the admin's tenant, allowed to pin versions; revoked after."""
     admin = admin_pb2_grpc.AdminServiceStub(target.channel)
     metadata = _bearer(target.admin_key)
+    user_id = f"eval-{uuid.uuid4().hex[:12]}"
     created = await admin.CreateApiKey(
         admin_pb2.CreateApiKeyRequest(
-            user_id=f"eval-{uuid.uuid4().hex[:12]}",
+            user_id=user_id,
             label=f"chatplane eval {label}"[:256],
             roles=["chat", "admin"],
         ),
@@ -90,7 +108,7 @@ async def run_user(target: EvalTarget, label: str) -> AsyncIterator[str]:
         timeout=target.call_timeout_seconds,
     )
     try:
-        yield created.api_key
+        yield RunUser(user_id, created.api_key)
     finally:
         with contextlib.suppress(grpc.aio.AioRpcError):
             await admin.RevokeApiKey(
@@ -100,6 +118,45 @@ async def run_user(target: EvalTarget, label: str) -> AsyncIterator[str]:
             )
 
 
+async def memory_holds(target: EvalTarget, user_id: str, message_ids: Sequence[str]) -> bool:
+    """True when the user's memory holds every message, as the user's export
+    (AdminService.ExportUserData, with the admin key) shows it."""
+    admin = admin_pb2_grpc.AdminServiceStub(target.channel)
+    call = admin.ExportUserData(
+        admin_pb2.ExportUserDataRequest(user_id=user_id),
+        metadata=_bearer(target.admin_key),
+        timeout=target.call_timeout_seconds,
+    )
+    archive = json.loads(b"".join([piece.chunk async for piece in call]))
+    return set(message_ids) <= {entry["item_id"] for entry in archive["memory"]}
+
+
+async def wait_for_memory(target: EvalTarget, user_id: str, message_ids: Sequence[str]) -> None:
+    """Returns once memory holds the messages, or after MEMORY_WAIT_SECONDS. A look refused by
+    the rate limit (RESOURCE_EXHAUSTED) counts as not yet."""
+    deadline = time.monotonic() + MEMORY_WAIT_SECONDS
+    pause = MEMORY_FIRST_PAUSE_SECONDS
+    while message_ids and time.monotonic() < deadline:
+        await asyncio.sleep(pause)
+        try:
+            if await memory_holds(target, user_id, message_ids):
+                return
+        except grpc.aio.AioRpcError as error:
+            if error.code() != grpc.StatusCode.RESOURCE_EXHAUSTED:
+                raise
+        pause = min(pause * 2, MEMORY_MAX_PAUSE_SECONDS)
+
+
+@dataclass(frozen=True, slots=True)
+class Asked:
+    """One turn's answer, its conversation, and the ids of its messages that memory indexes
+    (the question, and the answer when it has text)."""
+
+    answer: Answer
+    conversation_id: str
+    message_ids: tuple[str, ...]
+
+
 async def ask(
     gateway: gateway_pb2_grpc.GatewayServiceAsyncStub,
     metadata: Metadata,
@@ -107,9 +164,10 @@ async def ask(
     text: str,
     conversation_id: str,
     timeout: float,
-) -> tuple[Answer, str]:
-    """One pinned turn: the answer and the conversation id."""
+) -> Asked:
+    """One pinned turn."""
     started = time.monotonic()
+    message_ids: tuple[str, ...] = ()
     parts: list[str] = []
     citations: list[str] = []
     recorded_variant = model = ""
@@ -127,6 +185,7 @@ async def ask(
             kind = event.WhichOneof("event")
             if kind == "started":
                 conversation_id = event.started.conversation_id
+                message_ids = (event.started.user_message_id, event.started.assistant_message_id)
                 recorded_variant, model = event.started.variant, event.started.model
             elif kind == "delta":
                 if first_token_ms is None:
@@ -154,32 +213,37 @@ async def ask(
         output_tokens=output_tokens,
         error=error,
     )
-    return answer, conversation_id
+    return Asked(answer, conversation_id, message_ids[: 2 if answer.text else 1])
 
 
 async def run_case(
-    gateway: gateway_pb2_grpc.GatewayServiceAsyncStub,
-    metadata: Metadata,
+    target: EvalTarget,
+    user: RunUser,
     variant: str,
     case: SuiteCase,
-    timeout: float,
 ) -> Answer:
-    """The case's earlier conversations, then its earlier turns and its question in one new
-    conversation."""
+    """The case's earlier conversations, then (once memory holds them) its earlier turns and
+    its question in one new conversation."""
+    gateway = gateway_pb2_grpc.GatewayServiceStub(target.channel)
+    metadata = _bearer(user.api_key)
+    timeout = target.turn_timeout_seconds
+    remembered: list[str] = []
     for conversation in case.earlier_conversations:
         earlier_id = ""
         for text in conversation:
-            answer, earlier_id = await ask(gateway, metadata, variant, text, earlier_id, timeout)
-            if answer.error:
-                return answer
+            asked = await ask(gateway, metadata, variant, text, earlier_id, timeout)
+            if asked.answer.error:
+                return asked.answer
+            earlier_id = asked.conversation_id
+            remembered += asked.message_ids
+    await wait_for_memory(target, user.user_id, remembered)
     conversation_id = ""
     for earlier in case.history:
-        answer, conversation_id = await ask(
-            gateway, metadata, variant, earlier, conversation_id, timeout
-        )
-        if answer.error:
-            return answer
-    answer, _ = await ask(gateway, metadata, variant, case.question, conversation_id, timeout)
+        asked = await ask(gateway, metadata, variant, earlier, conversation_id, timeout)
+        if asked.answer.error:
+            return asked.answer
+        conversation_id = asked.conversation_id
+    answer = (await ask(gateway, metadata, variant, case.question, conversation_id, timeout)).answer
     if not answer.error and answer.variant != variant:
         # The turn was not answered by the version under test: never score it as such.
         return dataclasses.replace(answer, error=f"answered by {answer.variant!r}")
@@ -193,13 +257,10 @@ async def run_variant(
     prices: Mapping[str, tuple[float, float]],
 ) -> list[CaseScore]:
     """Every case of the suite answered by `variant` (NAME@VERSION) and scored."""
-    gateway = gateway_pb2_grpc.GatewayServiceStub(target.channel)
     scores: list[CaseScore] = []
-    async with run_user(target, variant) as key:
+    async with run_user(target, variant) as user:
         for case in suite.cases:
-            answer = await run_case(
-                gateway, _bearer(key), variant, case, target.turn_timeout_seconds
-            )
+            answer = await run_case(target, user, variant, case)
             scores.append(score_case(case, answer, prices))
     return scores
 

@@ -6,7 +6,7 @@ from chatplane.common.errors import ConfigError
 from chatplane.common.settings import Settings
 from chatplane.common.topics import (
     HANDOFF_TOPIC,
-    MEMORY_REMEMBER_TOPIC,
+    MEMORY_DLQ_TOPIC,
     MESSAGES_DLQ_TOPIC,
     MESSAGES_TOPIC,
 )
@@ -35,7 +35,7 @@ def open_message_log(settings: Settings) -> MessageLog:
             partitions=settings.kafka_topic_partitions,
             # Every topic exists from the first use of the log on, with its partition count,
             # including the dead-letter topic before its first record (for operators to watch).
-            topics=(MESSAGES_TOPIC, MESSAGES_DLQ_TOPIC, MEMORY_REMEMBER_TOPIC, HANDOFF_TOPIC),
+            topics=(MESSAGES_TOPIC, MESSAGES_DLQ_TOPIC, MEMORY_DLQ_TOPIC, HANDOFF_TOPIC),
             # librdkafka stops retrying a record once the longest append has given up on it.
             delivery_timeout=settings.log_append_timeout_seconds,
         )

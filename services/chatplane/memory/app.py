@@ -1,4 +1,5 @@
-"""Wires the Memory process: settings → embedding model, memory index, servicer."""
+"""Wires the Memory process: settings → embedding model, memory index, servicer, and the
+indexer of finished turns from the message log."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from chatplane.common.errors import Unavailable
 from chatplane.common.server import internal_channel, serve
 from chatplane.common.settings import Settings
 from chatplane.common.tls import load_tls
-from chatplane.common.topics import MEMORY_REMEMBER_TOPIC
+from chatplane.common.topics import MESSAGES_TOPIC
 from chatplane.crypto.factory import rpc_keyring
 from chatplane.internal.v1 import memory_pb2, memory_pb2_grpc
 from chatplane.log.factory import open_message_log
@@ -18,8 +19,8 @@ from chatplane.memory.conversational_memory import ConversationalMemory
 from chatplane.memory.document_library import DocumentLibrary, document_limits
 from chatplane.memory.embedding import SentenceEmbedder
 from chatplane.memory.index.factory import open_memory_index
-from chatplane.memory.remember_retry import CONSUMER_GROUP, RememberRetryConsumer
 from chatplane.memory.servicer import MemoryServicer
+from chatplane.memory.turn_indexer import CONSUMER_GROUP, TurnIndexer
 from chatplane.persistence.client import PersistenceClient
 from chatplane.privacy.policy import RedactionPolicy
 
@@ -41,19 +42,30 @@ async def run(settings: Settings) -> None:
     redaction = RedactionPolicy.from_settings(settings)
     memory = ConversationalMemory(embedder, index, redaction)
     documents = DocumentLibrary(embedder, index, document_limits(settings), redaction)
-    retry_log = open_message_log(settings).consumer(CONSUMER_GROUP, [MEMORY_REMEMBER_TOPIC])
-    # The Agent seals what it logs here (docs/security.md): keys from Persistence.
+    # Finished turns are indexed from the message log, in Memory's own consumer group.
+    log = open_message_log(settings)
+    log_consumer = log.consumer(CONSUMER_GROUP, [MESSAGES_TOPIC])
+    dead_letters = log.producer()
+    # The Agent seals what it logs (docs/security.md): keys from Persistence.
     persistence_channel = internal_channel(settings.persistence_address, tls)
     keyring = rpc_keyring(settings, PersistenceClient(persistence_channel))
-    retry = RememberRetryConsumer(retry_log, memory, keyring=keyring)
-    retry.start()
-    lag = LagReporter(retry_log, CONSUMER_GROUP, settings.metrics_lag_interval_seconds)
+    indexer = TurnIndexer(
+        log_consumer,
+        dead_letters,
+        memory,
+        keyring=keyring,
+        max_records=settings.memory_index_batch_max_records,
+        max_wait=settings.memory_index_batch_max_wait_seconds,
+    )
+    indexer.start()
+    lag = LagReporter(log_consumer, CONSUMER_GROUP, settings.metrics_lag_interval_seconds)
     lag.start()
 
     async def stop() -> None:
         await lag.stop()
-        await retry.stop()
-        await retry_log.close()
+        await indexer.stop(grace=settings.drain_grace_seconds)
+        await log_consumer.close()
+        await dead_letters.close()
         await persistence_channel.close()
         await memory.close()
         documents.close()

@@ -36,6 +36,17 @@ class RememberedMessage:
 
 
 @dataclass(frozen=True, slots=True)
+class OwnedMessage:
+    """A message to remember with its owner and conversation (a batch from the message log
+    holds messages of many)."""
+
+    tenant_id: str
+    user_id: str
+    conversation_id: str
+    message: RememberedMessage
+
+
+@dataclass(frozen=True, slots=True)
 class Recall:
     """Recent turns (oldest first) and relevant items (best first)."""
 
@@ -95,20 +106,40 @@ class ConversationalMemory:
             raise errors.InvalidArgument("conversation_id", "required")
         if any(not m.message_id for m in messages):
             raise errors.InvalidArgument("messages.message_id", "required")
+        return await self._upsert(
+            [OwnedMessage(tenant_id, user_id, conversation_id, m) for m in messages]
+        )
+
+    async def remember_new(self, messages: Sequence[OwnedMessage]) -> int:
+        """Indexes messages of any owners with one embedding call, leaving out those indexed
+        already (a batch of the log delivered again is not embedded again); the count newly
+        indexed. Messages of deleted conversations are dropped by the index."""
+        by_tenant: dict[str, set[str]] = {}
+        for owned in messages:
+            by_tenant.setdefault(owned.tenant_id, set()).add(owned.message.message_id)
+        indexed: set[tuple[str, str]] = set()
+        for tenant_id, ids in by_tenant.items():
+            found = await self._index.indexed_item_ids(tenant_id, ids)
+            indexed.update((tenant_id, item_id) for item_id in found)
+        return await self._upsert(
+            [m for m in messages if (m.tenant_id, m.message.message_id) not in indexed]
+        )
+
+    async def _upsert(self, messages: Sequence[OwnedMessage]) -> int:
         items = [
             MemoryItem(
-                tenant_id=tenant_id,
-                user_id=user_id,
-                conversation_id=conversation_id,
-                item_id=m.message_id,
+                tenant_id=owned.tenant_id,
+                user_id=owned.user_id,
+                conversation_id=owned.conversation_id,
+                item_id=owned.message.message_id,
                 kind=ItemKind.TURN,
-                role=m.role,
-                text=self._redaction.text(tenant_id, m.text),
-                created_at_ms=m.created_at_ms,
+                role=owned.message.role,
+                text=self._redaction.text(owned.tenant_id, owned.message.text),
+                created_at_ms=owned.message.created_at_ms,
                 source="",
             )
-            for m in messages
-            if m.text.strip()
+            for owned in messages
+            if owned.message.text.strip()
         ]
         if not items:
             return 0
@@ -170,8 +201,9 @@ class ConversationalMemory:
     async def erase_user(
         self, tenant_id: str, user_id: str, conversation_ids: Sequence[str]
     ) -> int:
-        """Erasure (docs/privacy.md): forgets each of the user's conversations (so that a late
-        Remember never brings one back), then every other turn of the user; the count removed."""
+        """Erasure (docs/privacy.md): forgets each of the user's conversations (so that a turn
+        indexed late from the message log never brings one back), then every other turn of
+        the user; the count removed."""
         _require_owner(tenant_id, user_id)
         removed = 0
         for conversation_id in conversation_ids:

@@ -1,4 +1,5 @@
-"""A RememberRequest (an RPC's or a message-log record's) as ConversationalMemory takes it."""
+"""A RememberRequest (the Remember RPC's, sent by `chatplane memory rebuild`) as
+ConversationalMemory takes it."""
 
 from __future__ import annotations
 

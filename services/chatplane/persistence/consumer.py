@@ -1,30 +1,26 @@
-"""The log → store loop: consumes `MessageRecorded` records in batches, stores each batch in one
-transaction, dead-letters records that can never be stored, and commits offsets only after
-the database has committed, so every acknowledged message is stored exactly once."""
+"""The log → store consumer: `MessageRecorded` records in batches (the loop of
+`log/batch_consumer.py`), each batch stored in one transaction, records that can never be
+stored dead-lettered, and offsets committed only after the database has committed, so every
+acknowledged message is stored exactly once."""
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
-import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TypeVar
 
 from google.protobuf.message import DecodeError
-from opentelemetry import trace
-from opentelemetry.propagate import extract
-from opentelemetry.trace import Link, SpanKind
 
 from chatplane.common.ids import is_valid_id
-from chatplane.common.telemetry import tracer, tracing_enabled
+from chatplane.common.telemetry import tracer
 from chatplane.common.timestamps import datetime_of
 from chatplane.common.topics import MESSAGE_SCHEMA_VERSION, MESSAGES_DLQ_TOPIC
 from chatplane.internal.v1 import events_pb2
-from chatplane.log import ConsumedRecord, LogRecord, MessageLogConsumer, MessageLogProducer
+from chatplane.log import ConsumedRecord, MessageLogConsumer, MessageLogProducer
+from chatplane.log.batch_consumer import LogBatchConsumer, Retrying
 from chatplane.persistence import metrics
 from chatplane.persistence.protos import FINISH_REASONS, ROLES, STATUSES
 from chatplane.persistence.store.answer_deltas import valid_delta_ends
@@ -40,12 +36,6 @@ from chatplane.v1 import resources_pb2
 
 _log = logging.getLogger(__name__)
 
-_T = TypeVar("_T")
-
-DEAD_LETTER_REASON_HEADER = "x-dlq-reason"
-"""Header of a dead-lettered record saying why it could not be stored."""
-DEAD_LETTER_SOURCE_HEADER = "x-dlq-source"
-"""`topic/partition/offset` of the dead-lettered record, to find it in the source topic."""
 CONSUMER_GROUP = "chatplane-persistence"
 """The Persistence service's consumer group on MESSAGES_TOPIC."""
 
@@ -169,17 +159,15 @@ class ConsumerCounters:
     retries: int = 0
 
 
-class _BatchAbandoned(Exception):
-    """Stop was requested while a batch was waiting to retry; its offsets stay uncommitted."""
-
-
 class BatchConsumer:
-    """Runs the loop on its own task between `start()` and `stop()`.
+    """Persistence's consumer group on MESSAGES_TOPIC: the log's batch loop with the store
+    as its processor, between `start()` and `stop()`.
 
     Each batch: poll (size or time, whichever first) → decode → one store transaction →
     dead-letter → commit offsets. A failing store, log or dead-letter append is retried with
     capped exponential backoff and never skipped; nothing is committed until the batch is
     stored, so a crash at any point only means the batch is delivered (and deduplicated) again.
+    Every batch stored sets `stored`'s waiters free (readers waiting for a turn to be stored).
     """
 
     def __init__(
@@ -194,86 +182,45 @@ class BatchConsumer:
         initial_backoff: float = 0.05,
         max_backoff: float = 5.0,
     ) -> None:
-        self._log_consumer = log_consumer
-        self._dead_letters = dead_letters
         self._store = store
-        self._max_records = max_records
-        self._max_wait = max_wait
-        self._append_timeout = append_timeout
-        self._initial_backoff = initial_backoff
-        self._max_backoff = max_backoff
         self.counters = ConsumerCounters()
-        self._stop_requested = asyncio.Event()
-        self._in_batch = False
-        self._task: asyncio.Task[None] | None = None
+        self.stored = BatchStored()
+        self._loop = LogBatchConsumer(
+            log_consumer,
+            dead_letters,
+            self,
+            group=CONSUMER_GROUP,
+            dead_letter_topic=MESSAGES_DLQ_TOPIC,
+            max_records=max_records,
+            max_wait=max_wait,
+            on_retry=self._count_retry,
+            append_timeout=append_timeout,
+            initial_backoff=initial_backoff,
+            max_backoff=max_backoff,
+        )
 
     def start(self) -> None:
         """Start consuming on a task of the running loop."""
-        if self._task is not None:
-            raise RuntimeError("the consumer is started already")
-        self._task = asyncio.create_task(self.run(), name="persistence-consumer")
-        self._task.add_done_callback(_report_exit)
+        self._loop.start()
 
     async def stop(self, grace: float) -> None:
         """Stop consuming: a batch under way gets up to `grace` seconds to be stored and
         committed, otherwise it is abandoned uncommitted (and delivered again next start)."""
-        self._stop_requested.set()
-        task = self._task
-        if task is None or task.done():
-            return
-        if not self._in_batch:
-            # Polling: nothing taken from the log is lost by cancelling a poll.
-            task.cancel()
-        try:
-            await asyncio.wait_for(asyncio.shield(task), grace)
-        except TimeoutError:
-            task.cancel()
-        except asyncio.CancelledError:
-            # Swallow the consumer task's own cancellation, never our caller's.
-            current = asyncio.current_task()
-            if not task.cancelled() or (current is not None and current.cancelling()):
-                raise
-        # Wait for the cancelled task to unwind, swallowing only its own cancellation.
-        await asyncio.gather(task, return_exceptions=True)
+        await self._loop.stop(grace)
 
     async def run(self) -> None:
         """Consume until stop() or cancellation."""
-        try:
-            while not self._stop_requested.is_set():
-                records = await self._retrying(
-                    "poll",
-                    lambda: self._log_consumer.poll_batch(self._max_records, self._max_wait),
-                )
-                if not records:
-                    continue
-                self._in_batch = True
-                try:
-                    await self.process_batch(records)
-                finally:
-                    self._in_batch = False
-        except _BatchAbandoned:
-            _log.info("consumer stopped while retrying; the batch stays uncommitted")
+        await self._loop.run()
 
     async def process_batch(self, records: Sequence[ConsumedRecord]) -> None:
-        """Store one polled batch, dead-letter what cannot be stored, then commit its offsets.
+        """Store one polled batch, dead-letter what cannot be stored, then commit its offsets."""
+        await self._loop.process_batch(records)
 
-        With tracing on, the batch is one CONSUMER span (a trace of its own) linked to the
-        span that produced each record (from the record's traceparent header)."""
-        span = tracer().start_span(
-            "process chatplane.messages",
-            kind=SpanKind.CONSUMER,
-            links=producer_links(records) if tracing_enabled() else None,
-            attributes={
-                "messaging.operation.type": "process",
-                "messaging.destination.name": records[0].topic if records else "",
-                "messaging.consumer.group.name": CONSUMER_GROUP,
-                "messaging.batch.message_count": len(records),
-            },
-        )
-        with trace.use_span(span, end_on_exit=True):
-            await self._process_batch(records)
-
-    async def _process_batch(self, records: Sequence[ConsumedRecord]) -> None:
+    async def process(
+        self, records: Sequence[ConsumedRecord], retrying: Retrying
+    ) -> list[tuple[ConsumedRecord, str]]:
+        """The store step of a batch (BatchProcessor): decode, write in one transaction; the
+        records to dead-letter."""
         started = time.monotonic()
         pending: list[tuple[Message, ConsumedRecord]] = []
         dead: list[tuple[ConsumedRecord, str]] = []
@@ -293,26 +240,14 @@ class BatchConsumer:
             "store batch", attributes={"db.operation.batch.size": len(pending)}
         ):
             while pending:
-                write = functools.partial(self._store.write_messages, [m for m, _ in pending])
-                try:
-                    stored = await self._retrying("store", write)
+                stored, rejected = await retrying("store", self._writer(pending))
+                if rejected is None:
                     break
-                except MessagesRejected as rejected:
-                    # Nothing was written: dead-letter the refused ones and store the rest.
-                    dead += [(pending[i][1], reason) for i, reason in rejected.reasons.items()]
-                    pending = [p for i, p in enumerate(pending) if i not in rejected.reasons]
+                # Nothing was written: dead-letter the refused ones and store the rest.
+                dead += [(pending[i][1], reason) for i, reason in rejected.reasons.items()]
+                pending = [p for i, p in enumerate(pending) if i not in rejected.reasons]
         metrics.DB_WRITE_DURATION.observe(time.perf_counter() - write_started)
-        if dead:
-            letters = [_dead_letter(record, reason) for record, reason in dead]
-            await self._retrying(
-                "dead-letter", lambda: self._dead_letters.append(letters, self._append_timeout)
-            )
-            for record, reason in dead:
-                _log.warning(
-                    "record dead-lettered",
-                    extra={"reason": reason, "topic": record.topic, "offset": record.offset},
-                )
-        await self._retrying("commit", lambda: self._log_consumer.commit(records))
+        self.stored.notify()
         self.counters.batches += 1
         self.counters.records_stored += stored
         self.counters.records_skipped += len(pending) - stored
@@ -331,61 +266,43 @@ class BatchConsumer:
                 "seconds": round(time.monotonic() - started, 4),
             },
         )
+        return dead
 
-    async def _retrying(self, what: str, operation: Callable[[], Awaitable[_T]]) -> _T:
-        """Run `operation` until it succeeds; MessagesRejected is a verdict, not a failure."""
-        delay = self._initial_backoff
-        while True:
+    def _writer(
+        self, pending: Sequence[tuple[Message, ConsumedRecord]]
+    ) -> Callable[[], Awaitable[tuple[int, MessagesRejected | None]]]:
+        messages = [m for m, _ in pending]
+
+        async def write() -> tuple[int, MessagesRejected | None]:
+            # A refusal is the store's verdict on some records, not a failure to retry.
             try:
-                return await operation()
-            except MessagesRejected:
-                raise
-            except Exception as error:
-                # Never skip a batch: whatever failed is retried until it works or we stop.
-                self.counters.retries += 1
-                metrics.RETRIES.labels(what).inc()
-                _log.warning(
-                    "consumer step failed; retrying",
-                    extra={"step": what, "error": repr(error), "retry_in": round(delay, 3)},
-                )
-            # Full jitter keeps several consumers from retrying a recovering store in step.
-            if await self._stop_within(random.uniform(0, delay)):
-                raise _BatchAbandoned
-            delay = min(self._max_backoff, delay * 2)
+                return await self._store.write_messages(messages), None
+            except MessagesRejected as rejected:
+                return 0, rejected
 
-    async def _stop_within(self, seconds: float) -> bool:
+        return write
+
+    def _count_retry(self, step: str) -> None:
+        self.counters.retries += 1
+        metrics.RETRIES.labels(step).inc()
+
+
+class BatchStored:
+    """Wakes whoever waits for the next batch to be stored by this process (a reader waiting
+    for a turn's messages); a waiter on another replica's batches polls instead."""
+
+    def __init__(self) -> None:
+        self._event = asyncio.Event()
+
+    def notify(self) -> None:
+        """A batch was stored (committed to the database)."""
+        self._event.set()
+        self._event = asyncio.Event()
+
+    async def wait(self, timeout: float) -> None:
+        """Returns when the next batch is stored, or after `timeout` seconds."""
+        event = self._event
         try:
-            await asyncio.wait_for(self._stop_requested.wait(), seconds)
+            await asyncio.wait_for(event.wait(), timeout)
         except TimeoutError:
-            return False
-        return True
-
-
-def producer_links(records: Sequence[ConsumedRecord]) -> list[Link]:
-    """A link to the span that produced each record (one per distinct span)."""
-    links: dict[int, Link] = {}
-    for record in records:
-        carrier = {k: v.decode("latin-1") for k, v in record.headers if k == "traceparent"}
-        if not carrier:
-            continue
-        span_context = trace.get_current_span(extract(carrier)).get_span_context()
-        if span_context.is_valid and span_context.span_id not in links:
-            links[span_context.span_id] = Link(span_context)
-    return list(links.values())
-
-
-def _dead_letter(record: ConsumedRecord, reason: str) -> LogRecord:
-    headers = (
-        *record.headers,
-        (DEAD_LETTER_REASON_HEADER, reason.encode()),
-        (
-            DEAD_LETTER_SOURCE_HEADER,
-            f"{record.topic}/{record.partition}/{record.offset}".encode(),
-        ),
-    )
-    return LogRecord(MESSAGES_DLQ_TOPIC, record.key, record.value, headers)
-
-
-def _report_exit(task: asyncio.Task[None]) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        _log.critical("the persistence consumer stopped", exc_info=task.exception())
+            return

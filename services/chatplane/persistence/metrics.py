@@ -14,7 +14,8 @@ BATCH_RECORDS = Histogram(
 )
 BATCH_DURATION = Histogram(
     "chatplane_persistence_batch_duration_seconds",
-    "One batch from decode to offsets committed (store, dead letters, commit)",
+    "One batch's store step: decoding its records and storing them (with retries); the "
+    "dead letters and the offset commit that follow it are not included",
     buckets=FAST_BUCKETS,
 )
 DB_WRITE_DURATION = Histogram(

@@ -22,7 +22,7 @@ from chatplane.common.settings import Settings
 from chatplane.common.tls import TlsCredentials, load_tls
 from chatplane.common.topics import (
     HANDOFF_TOPIC,
-    MEMORY_REMEMBER_TOPIC,
+    MEMORY_DLQ_TOPIC,
     MESSAGES_DLQ_TOPIC,
     MESSAGES_TOPIC,
 )
@@ -48,7 +48,7 @@ from chatplane.log.observed import LagReporter
 from chatplane.log.record_erasure import KafkaLogEraser, LogRecordEraser, PostgresLogEraser
 from chatplane.persistence.analytics_servicer import AnalyticsServicer
 from chatplane.persistence.audit_servicer import AuditServicer
-from chatplane.persistence.consumer import CONSUMER_GROUP, BatchConsumer
+from chatplane.persistence.consumer import CONSUMER_GROUP, BatchConsumer, BatchStored
 from chatplane.persistence.conversation_servicer import ConversationServicer
 from chatplane.persistence.erasure_job import ErasureJobs, UserKeyShredder
 from chatplane.persistence.handoff_servicer import HandoffServicer
@@ -56,6 +56,7 @@ from chatplane.persistence.identity_servicer import IdentityServicer
 from chatplane.persistence.memory_eraser import MemoryServiceEraser
 from chatplane.persistence.privacy_servicer import PrivacyServicer
 from chatplane.persistence.quota_servicer import QuotaServicer
+from chatplane.persistence.recent_messages import BatchWait
 from chatplane.persistence.registry_servicer import VariantRegistryServicer
 from chatplane.persistence.retention import RetentionSweeper
 from chatplane.persistence.store.base import ConversationStore
@@ -96,12 +97,14 @@ def servicers(
     keys: StoreKeySource,
     keyring: Keyring,
     erasure: ErasureJobs,
+    stored: BatchWait | None = None,
 ) -> dict[str, Any]:
     """One servicer per service, by service name; `store` is the sealed store
-    (docs/security.md)."""
+    (docs/security.md); `stored` wakes reads waiting for a turn's messages (the consumer's
+    batches; without it they poll)."""
     quota = QuotaServicer(store.quota)
     return {
-        "TurnService": TurnServicer(store, quota),
+        "TurnService": TurnServicer(store, quota, stored or BatchStored()),
         "ConversationService": ConversationServicer(store),
         "IdentityService": IdentityServicer(store.api_keys),
         "AuditService": AuditServicer(store.audit),
@@ -114,7 +117,7 @@ def servicers(
     }
 
 
-LOG_TOPICS = (MESSAGES_TOPIC, MESSAGES_DLQ_TOPIC, MEMORY_REMEMBER_TOPIC, HANDOFF_TOPIC)
+LOG_TOPICS = (MESSAGES_TOPIC, MESSAGES_DLQ_TOPIC, MEMORY_DLQ_TOPIC, HANDOFF_TOPIC)
 """Every topic that holds records keyed by conversation id."""
 
 
@@ -192,7 +195,7 @@ async def run(settings: Settings) -> None:
     )
     # Erasure (its first step destroys the user's data key) and retention (docs/privacy.md).
     erasure = ErasureWiring(settings, store, tls, shredder=keyring)
-    by_service = servicers(store, settings, data_keys, keyring, erasure.jobs)
+    by_service = servicers(store, settings, data_keys, keyring, erasure.jobs, consumer.stored)
     # This process's audit.record(...) appends straight to the store's chain (docs/security.md).
     recorder = AuditRecorder(
         store.audit,

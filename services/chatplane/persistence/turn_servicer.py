@@ -1,11 +1,12 @@
 """TurnService: reserves a turn's message ids under a lease (with its token reservation in the
-same call when asked), reads the turn and its stored answer back, and releases the lease of a
-turn that failed."""
+same call when asked), reads the turn and its stored answer back, releases the lease of a
+turn that failed, and reads the recent messages a turn's prompt follows."""
 
 from __future__ import annotations
 
 import logging
 from datetime import timedelta
+from typing import cast
 
 from chatplane.common import errors
 from chatplane.common.timestamps import timestamp_of
@@ -19,6 +20,7 @@ from chatplane.persistence.protos import (
     require_id,
 )
 from chatplane.persistence.quota_servicer import QuotaServicer
+from chatplane.persistence.recent_messages import BatchWait, BranchReads, recent_messages
 from chatplane.persistence.store.base import ConversationStore, TurnRequest
 from chatplane.persistence.tree_messages import add_branch, branch_request
 
@@ -28,14 +30,19 @@ _log = logging.getLogger(__name__)
 DEFAULT_LEASE = timedelta(minutes=5)
 # Longer than any turn can run: a lease beyond it would block retries for nothing.
 MAX_LEASE = timedelta(hours=1)
+# The most recent messages one GetRecentMessages returns, and the longest it waits.
+MAX_RECENT_MESSAGES = 500
+MAX_RECENT_WAIT_MS = 60_000
 
 
 class TurnServicer(turn_pb2_grpc.TurnServiceServicer):
-    """TurnService over the store; `quota` makes the reservation a BeginTurn may carry."""
+    """TurnService over the store; `quota` makes the reservation a BeginTurn may carry;
+    `stored` wakes a GetRecentMessages waiting for a turn's messages."""
 
-    def __init__(self, store: ConversationStore, quota: QuotaServicer) -> None:
+    def __init__(self, store: ConversationStore, quota: QuotaServicer, stored: BatchWait) -> None:
         self._store = store
         self._quota = quota
+        self._stored = stored
 
     async def BeginTurn(
         self, request: turn_pb2.BeginTurnRequest, context: Context
@@ -150,3 +157,32 @@ class TurnServicer(turn_pb2_grpc.TurnServiceServicer):
         if answer.turn.assistant_message is not None:
             response.assistant_message.CopyFrom(message_proto(answer.turn.assistant_message))
         return response
+
+    async def GetRecentMessages(
+        self, request: turn_pb2.GetRecentMessagesRequest, context: Context
+    ) -> turn_pb2.GetRecentMessagesResponse:
+        branch_owner = owner(request.owner)
+        require_id(request.conversation_id, "conversation_id")
+        require_id(request.leaf_message_id, "leaf_message_id")
+        if not 1 <= request.limit <= MAX_RECENT_MESSAGES:
+            raise errors.InvalidArgument("limit", f"must be between 1 and {MAX_RECENT_MESSAGES}")
+        if not 0 <= request.wait_ms <= MAX_RECENT_WAIT_MS:
+            raise errors.InvalidArgument("wait_ms", f"must be between 0 and {MAX_RECENT_WAIT_MS}")
+        wait = request.wait_ms / 1000
+        remaining = context.time_remaining()
+        if remaining is not None:
+            # Answer within the caller's deadline, with what is stored by then.
+            wait = max(0.0, min(wait, remaining - 0.5))
+        recent = await recent_messages(
+            cast(BranchReads, self._store),
+            self._stored,
+            branch_owner,
+            request.conversation_id,
+            request.leaf_message_id,
+            limit=request.limit,
+            wait_seconds=wait,
+        )
+        return turn_pb2.GetRecentMessagesResponse(
+            messages=[message_proto(m) for m in recent.messages],
+            incomplete=recent.incomplete,
+        )

@@ -1,5 +1,5 @@
 """Sealing and opening the text of message-log records: MessageRecorded's message, a
-RememberRequest, a HandoffEvent's operator reply."""
+HandoffEvent's operator reply."""
 
 from __future__ import annotations
 
@@ -8,16 +8,13 @@ from chatplane.crypto.kek import new_kek_line, parse_keks
 from chatplane.crypto.keyring import ERASED_TEXT, Keyring, StoreKeySource, WrappedDataKey
 from chatplane.crypto.log_records import (
     opened_handoff_event,
-    opened_remember,
     sealed_handoff_event,
     sealed_message,
-    sealed_remember,
 )
-from chatplane.internal.v1 import events_pb2, memory_pb2
+from chatplane.internal.v1 import events_pb2
 from chatplane.v1 import resources_pb2
 
 MESSAGE = "11111111-1111-4111-8111-111111111111"
-OTHER = "22222222-2222-4222-8222-222222222222"
 
 
 class _Keys:
@@ -50,18 +47,6 @@ async def test_a_message_is_sealed_in_a_copy_and_without_a_keyring_left_alone() 
     assert is_sealed(sealed.text) and sealed.message_id == MESSAGE
     assert await keyring.open("t", "u", sealed.text, MESSAGE) == "secret plan"
     assert await sealed_message(None, "t", "u", message) is message
-
-
-async def test_a_remember_request_round_trips_and_erased_turns_are_left_out() -> None:
-    keyring = _keyring()
-    request = memory_pb2.RememberRequest(tenant_id="t", user_id="u", conversation_id="c")
-    request.messages.add(message_id=MESSAGE, role=resources_pb2.ROLE_USER, text="question")
-    request.messages.add(message_id=OTHER, role=resources_pb2.ROLE_ASSISTANT, text="answer")
-    sealed = await sealed_remember(keyring, request)
-    assert all(is_sealed(m.text) for m in sealed.messages)
-    assert await opened_remember(keyring, sealed) == request
-    await keyring.destroy_user_key("t", "u")
-    assert list((await opened_remember(keyring, sealed)).messages) == []
 
 
 async def test_an_operator_reply_is_opened_for_watchers() -> None:

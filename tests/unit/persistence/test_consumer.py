@@ -18,12 +18,8 @@ from chatplane.common import errors
 from chatplane.common.topics import MESSAGES_DLQ_TOPIC, MESSAGES_TOPIC
 from chatplane.internal.v1 import events_pb2
 from chatplane.log import LogRecord, MessageLogProducer, PostgresMessageLog
-from chatplane.persistence.consumer import (
-    CONSUMER_GROUP,
-    DEAD_LETTER_REASON_HEADER,
-    DEAD_LETTER_SOURCE_HEADER,
-    BatchConsumer,
-)
+from chatplane.log.batch_consumer import DEAD_LETTER_REASON_HEADER, DEAD_LETTER_SOURCE_HEADER
+from chatplane.persistence.consumer import CONSUMER_GROUP, BatchConsumer
 from chatplane.persistence.store.base import ConversationStore, Message, Owner
 from chatplane.persistence.store.postgres import PostgresConversationStore
 from chatplane.v1 import resources_pb2

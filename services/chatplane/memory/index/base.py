@@ -131,6 +131,11 @@ class MemoryIndex(AsyncClosable):
         """
 
     @abc.abstractmethod
+    async def indexed_item_ids(self, tenant_id: str, item_ids: Collection[str]) -> set[str]:
+        """Those of the tenant's `item_ids` that are stored (what an indexer delivered a batch
+        again need not embed again)."""
+
+    @abc.abstractmethod
     async def recent(
         self, tenant_id: str, user_id: str, conversation_id: str, limit: int
     ) -> list[MemoryItem]:

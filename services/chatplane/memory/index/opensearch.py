@@ -560,6 +560,13 @@ class OpenSearchMemoryIndex(MemoryIndex):
         self._check_open()
         await self._batcher.submit(lines)
 
+    async def indexed_item_ids(self, tenant_id: str, item_ids: Collection[str]) -> set[str]:
+        if not item_ids:
+            return set()
+        await self.ensure_index()
+        ordered = sorted(item_ids)
+        return await self._call("indexed ids", self._stored_ids, tenant_id, ordered)
+
     async def recent(
         self, tenant_id: str, user_id: str, conversation_id: str, limit: int
     ) -> list[MemoryItem]:
@@ -907,6 +914,20 @@ class OpenSearchMemoryIndex(MemoryIndex):
             },
             request_timeout=self._timeout,
         )
+
+    def _stored_ids(self, tenant_id: str, item_ids: Sequence[str]) -> set[str]:
+        """Which of the tenant's items are stored; a realtime get, like `_forgotten`."""
+        response = self._client.mget(
+            index=self._index,
+            body={"ids": [document_id(tenant_id, item_id) for item_id in item_ids]},
+            params={"_source": "false"},
+            request_timeout=self._timeout,
+        )
+        return {
+            item_id
+            for item_id, doc in zip(item_ids, response["docs"], strict=True)
+            if doc.get("found")
+        }
 
     def _forgotten(self, owners: set[tuple[str, str, str]]) -> set[tuple[str, str, str]]:
         """Which of these (tenant, user, conversation) were deleted; a realtime get, so a

@@ -164,8 +164,8 @@ CREATE INDEX items_search ON memory.items USING gin (search);
 CREATE INDEX items_embedding
     ON memory.items USING hnsw (embedding {_ident(vector_schema)}.vector_ip_ops);
 
--- Conversations the user deleted, so that a late upsert (a retried Remember) never brings
--- them back.
+-- Conversations the user deleted, so that a late upsert (a turn indexed from the message
+-- log after the delete) never brings them back.
 CREATE TABLE memory.forgotten_conversations (
     tenant_id text NOT NULL,
     user_id text NOT NULL,
@@ -317,6 +317,17 @@ class PostgresMemoryIndex(MemoryIndex):
                         embedding = excluded.embedding""",
                     params,
                 )
+
+    async def indexed_item_ids(self, tenant_id: str, item_ids: Collection[str]) -> set[str]:
+        if not item_ids:
+            return set()
+        async with self._connection() as connection:
+            cursor = await connection.execute(
+                "SELECT item_id FROM memory.items WHERE tenant_id = %s"
+                " AND item_id = ANY(%s::text[])",
+                (tenant_id, sorted(item_ids)),
+            )
+            return {row[0] for row in await cursor.fetchall()}
 
     async def recent(
         self, tenant_id: str, user_id: str, conversation_id: str, limit: int

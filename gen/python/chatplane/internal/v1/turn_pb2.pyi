@@ -355,3 +355,75 @@ class GetAnswerResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetAnswerResponse: _TypeAlias = GetAnswerResponse  # noqa: Y015
+
+@_typing.final
+class GetRecentMessagesRequest(_message.Message):
+    """Asks for the recent messages of a branch."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OWNER_FIELD_NUMBER: _builtins.int
+    CONVERSATION_ID_FIELD_NUMBER: _builtins.int
+    LEAF_MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    WAIT_MS_FIELD_NUMBER: _builtins.int
+    conversation_id: _builtins.str
+    """The conversation."""
+    leaf_message_id: _builtins.str
+    """The newest message of the branch (a new turn's parent message id)."""
+    limit: _builtins.int
+    """How many messages at most (1 to 500)."""
+    wait_ms: _builtins.int
+    """How long to wait for messages of a turn not stored yet, in milliseconds (0: do not wait;
+    at most 60000).
+    """
+    @_builtins.property
+    def owner(self) -> _admin_resources_pb2.Owner:
+        """Whose conversation."""
+
+    def __init__(
+        self,
+        *,
+        owner: _admin_resources_pb2.Owner | None = ...,
+        conversation_id: _builtins.str = ...,
+        leaf_message_id: _builtins.str = ...,
+        limit: _builtins.int = ...,
+        wait_ms: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["owner", b"owner"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["conversation_id", b"conversation_id", "leaf_message_id", b"leaf_message_id", "limit", b"limit", "owner", b"owner", "wait_ms", b"wait_ms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetRecentMessagesRequest: _TypeAlias = GetRecentMessagesRequest  # noqa: Y015
+
+@_typing.final
+class GetRecentMessagesResponse(_message.Message):
+    """The recent messages of a branch."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MESSAGES_FIELD_NUMBER: _builtins.int
+    INCOMPLETE_FIELD_NUMBER: _builtins.int
+    incomplete: _builtins.bool
+    """True when messages of a running turn were still not stored after wait_ms and are left
+    out.
+    """
+    @_builtins.property
+    def messages(self) -> _containers.RepeatedCompositeFieldContainer[_resources_pb2.Message]:
+        """The stored messages of the branch, oldest first, ending at the leaf when it is stored."""
+
+    def __init__(
+        self,
+        *,
+        messages: _abc.Iterable[_resources_pb2.Message] | None = ...,
+        incomplete: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["incomplete", b"incomplete", "messages", b"messages"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetRecentMessagesResponse: _TypeAlias = GetRecentMessagesResponse  # noqa: Y015

@@ -27,8 +27,9 @@ if _version_not_supported:
 
 class TurnServiceStub:
     """Turns of a conversation: reserving the message ids of a turn under a lease, reading it back
-    and its stored answer. Internal: called by the Gateway. Every call names the owner it acts
-    for; objects of anyone else are NOT_FOUND.
+    and its stored answer, and the recent messages a turn's prompt follows. Internal: called by
+    the Gateway (and the Agent, GetRecentMessages). Every call names the owner it acts for;
+    objects of anyone else are NOT_FOUND.
     """
 
     def __init__(self, channel):
@@ -57,12 +58,18 @@ class TurnServiceStub:
                 request_serializer=chatplane_dot_internal_dot_v1_dot_turn__pb2.GetAnswerRequest.SerializeToString,
                 response_deserializer=chatplane_dot_internal_dot_v1_dot_turn__pb2.GetAnswerResponse.FromString,
                 _registered_method=True)
+        self.GetRecentMessages = channel.unary_unary(
+                '/chatplane.internal.v1.TurnService/GetRecentMessages',
+                request_serializer=chatplane_dot_internal_dot_v1_dot_turn__pb2.GetRecentMessagesRequest.SerializeToString,
+                response_deserializer=chatplane_dot_internal_dot_v1_dot_turn__pb2.GetRecentMessagesResponse.FromString,
+                _registered_method=True)
 
 
 class TurnServiceServicer:
     """Turns of a conversation: reserving the message ids of a turn under a lease, reading it back
-    and its stored answer. Internal: called by the Gateway. Every call names the owner it acts
-    for; objects of anyone else are NOT_FOUND.
+    and its stored answer, and the recent messages a turn's prompt follows. Internal: called by
+    the Gateway (and the Agent, GetRecentMessages). Every call names the owner it acts for;
+    objects of anyone else are NOT_FOUND.
     """
 
     def BeginTurn(self, request, context):
@@ -96,6 +103,15 @@ class TurnServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetRecentMessages(self, request, context):
+        """Returns the newest messages of the branch ending at a message (a new turn's parent), for
+        the turn's prompt. Messages of a turn still running or just finished (on the message log,
+        not stored yet) are waited for, up to wait_ms, then left out (docs/decisions.md).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TurnServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -119,6 +135,11 @@ def add_TurnServiceServicer_to_server(servicer, server):
                     request_deserializer=chatplane_dot_internal_dot_v1_dot_turn__pb2.GetAnswerRequest.FromString,
                     response_serializer=chatplane_dot_internal_dot_v1_dot_turn__pb2.GetAnswerResponse.SerializeToString,
             ),
+            'GetRecentMessages': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetRecentMessages,
+                    request_deserializer=chatplane_dot_internal_dot_v1_dot_turn__pb2.GetRecentMessagesRequest.FromString,
+                    response_serializer=chatplane_dot_internal_dot_v1_dot_turn__pb2.GetRecentMessagesResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'chatplane.internal.v1.TurnService', rpc_method_handlers)
@@ -129,8 +150,9 @@ def add_TurnServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class TurnService:
     """Turns of a conversation: reserving the message ids of a turn under a lease, reading it back
-    and its stored answer. Internal: called by the Gateway. Every call names the owner it acts
-    for; objects of anyone else are NOT_FOUND.
+    and its stored answer, and the recent messages a turn's prompt follows. Internal: called by
+    the Gateway (and the Agent, GetRecentMessages). Every call names the owner it acts for;
+    objects of anyone else are NOT_FOUND.
     """
 
     @staticmethod
@@ -231,6 +253,33 @@ class TurnService:
             '/chatplane.internal.v1.TurnService/GetAnswer',
             chatplane_dot_internal_dot_v1_dot_turn__pb2.GetAnswerRequest.SerializeToString,
             chatplane_dot_internal_dot_v1_dot_turn__pb2.GetAnswerResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetRecentMessages(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chatplane.internal.v1.TurnService/GetRecentMessages',
+            chatplane_dot_internal_dot_v1_dot_turn__pb2.GetRecentMessagesRequest.SerializeToString,
+            chatplane_dot_internal_dot_v1_dot_turn__pb2.GetRecentMessagesResponse.FromString,
             options,
             channel_credentials,
             insecure,

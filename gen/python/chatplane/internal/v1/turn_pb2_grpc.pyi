@@ -28,8 +28,9 @@ GRPC_VERSION: str
 
 class TurnServiceStub:
     """Turns of a conversation: reserving the message ids of a turn under a lease, reading it back
-    and its stored answer. Internal: called by the Gateway. Every call names the owner it acts
-    for; objects of anyone else are NOT_FOUND.
+    and its stored answer, and the recent messages a turn's prompt follows. Internal: called by
+    the Gateway (and the Agent, GetRecentMessages). Every call names the owner it acts for;
+    objects of anyone else are NOT_FOUND.
     """
 
     @_typing.overload
@@ -50,12 +51,18 @@ class TurnServiceStub:
     """Returns the turn an assistant message id was reserved for, with the answer and where its
     deltas ended once it is stored (ResumeChat). Any other id is NOT_FOUND.
     """
+    GetRecentMessages: _grpc.UnaryUnaryMultiCallable[_turn_pb2.GetRecentMessagesRequest, _turn_pb2.GetRecentMessagesResponse]
+    """Returns the newest messages of the branch ending at a message (a new turn's parent), for
+    the turn's prompt. Messages of a turn still running or just finished (on the message log,
+    not stored yet) are waited for, up to wait_ms, then left out (docs/decisions.md).
+    """
 
 @_typing.type_check_only
 class TurnServiceAsyncStub(TurnServiceStub):
     """Turns of a conversation: reserving the message ids of a turn under a lease, reading it back
-    and its stored answer. Internal: called by the Gateway. Every call names the owner it acts
-    for; objects of anyone else are NOT_FOUND.
+    and its stored answer, and the recent messages a turn's prompt follows. Internal: called by
+    the Gateway (and the Agent, GetRecentMessages). Every call names the owner it acts for;
+    objects of anyone else are NOT_FOUND.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -73,11 +80,17 @@ class TurnServiceAsyncStub(TurnServiceStub):
     """Returns the turn an assistant message id was reserved for, with the answer and where its
     deltas ended once it is stored (ResumeChat). Any other id is NOT_FOUND.
     """
+    GetRecentMessages: _aio.UnaryUnaryMultiCallable[_turn_pb2.GetRecentMessagesRequest, _turn_pb2.GetRecentMessagesResponse]  # type: ignore[assignment]
+    """Returns the newest messages of the branch ending at a message (a new turn's parent), for
+    the turn's prompt. Messages of a turn still running or just finished (on the message log,
+    not stored yet) are waited for, up to wait_ms, then left out (docs/decisions.md).
+    """
 
 class TurnServiceServicer(metaclass=_abc_1.ABCMeta):
     """Turns of a conversation: reserving the message ids of a turn under a lease, reading it back
-    and its stored answer. Internal: called by the Gateway. Every call names the owner it acts
-    for; objects of anyone else are NOT_FOUND.
+    and its stored answer, and the recent messages a turn's prompt follows. Internal: called by
+    the Gateway (and the Agent, GetRecentMessages). Every call names the owner it acts for;
+    objects of anyone else are NOT_FOUND.
     """
 
     @_abc_1.abstractmethod
@@ -116,6 +129,17 @@ class TurnServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_turn_pb2.GetAnswerResponse, _abc.Awaitable[_turn_pb2.GetAnswerResponse]]:
         """Returns the turn an assistant message id was reserved for, with the answer and where its
         deltas ended once it is stored (ResumeChat). Any other id is NOT_FOUND.
+        """
+
+    @_abc_1.abstractmethod
+    def GetRecentMessages(
+        self,
+        request: _turn_pb2.GetRecentMessagesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_turn_pb2.GetRecentMessagesResponse, _abc.Awaitable[_turn_pb2.GetRecentMessagesResponse]]:
+        """Returns the newest messages of the branch ending at a message (a new turn's parent), for
+        the turn's prompt. Messages of a turn still running or just finished (on the message log,
+        not stored yet) are waited for, up to wait_ms, then left out (docs/decisions.md).
         """
 
 def add_TurnServiceServicer_to_server(servicer: TurnServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
