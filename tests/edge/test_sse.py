@@ -42,7 +42,7 @@ async def test_curl_reads_the_answer_as_sse_data_events(edge_stack: EdgeStack) -
 async def test_the_readme_curl_example_streams_data_events(edge_stack: EdgeStack) -> None:
     """The README's curl command, as written, against this stack's Envoy."""
     readme = (Path(__file__).parents[2] / "README.md").read_text()
-    block = re.search(r"```sh\n(curl -N .*?)\n```", readme, re.DOTALL)
+    block = re.search(r"^(curl -N .*?)\n```", readme, re.DOTALL | re.MULTILINE)
     assert block, "README has no curl -N example"
     command = block.group(1).replace("http://127.0.0.1:8080", edge_stack.url)
     process = await asyncio.create_subprocess_exec(
