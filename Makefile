@@ -51,7 +51,7 @@ system-deps: ## Debian packages the tests need (tmux, chromium, chromium-driver)
 	@./scripts/install-system-deps.sh
 
 test: $(STAMP) system-deps check-generate proto-check lint typecheck web web-test ## install, check, and run the whole test suite
-	$(BIN)/pytest -q -p no:cacheprovider --durations=15
+	$(BIN)/pytest -q -p no:cacheprovider -n 2 --dist loadfile --durations=15
 
 test-fast: $(STAMP) ## unit and contract tests only
 	$(BIN)/pytest -q -p no:cacheprovider tests/unit tests/contract

@@ -22,10 +22,15 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Tests under tests/integration start real processes: mark them so they can be selected."""
+    """Tests under tests/integration start real processes: mark them so they can be selected.
+    Files with a `long` test and the cluster fault tests run first: under `-n 2 --dist
+    loadfile` (make test) a file runs whole on one worker, and the longest ones started last
+    would leave the other worker idle at the end."""
     for item in items:
         if "/integration/" in str(item.path):
             item.add_marker(pytest.mark.integration)
+    long_files = {item.path for item in items if item.get_closest_marker("long")}
+    items.sort(key=lambda item: (item.path not in long_files, "/cluster/" not in str(item.path)))
 
 
 @pytest.fixture(scope="session")

@@ -28,6 +28,7 @@ from tests.integration.stack_client import (
     running_stack,
     status_details,
     unique,
+    wait_until_indexed,
 )
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -162,7 +163,8 @@ async def test_regenerate_twice_keeps_three_answers_and_shows_the_newest(rig: Ri
 
 
 async def test_editing_a_middle_message_answers_from_its_ancestors_only(rig: Rig) -> None:
-    client = await rig.client()
+    tenant = unique("t")
+    client = Client(rig.channel, await create_key(rig.stack, tenant, "u"))
     one = started(await chat(client, text="My favourite colour is crimson-alpha"))
     conversation_id = one.conversation_id
     two = started(
@@ -174,6 +176,9 @@ async def test_editing_a_middle_message_answers_from_its_ancestors_only(rig: Rig
         await chat(client, conversation_id=conversation_id, text="Where does vortex-nine live?")
     )
     await stored_tree(client, conversation_id, 6)
+    # Indexed, so that recall could bring them back: the model must still not see them.
+    await wait_until_indexed(rig.stack, tenant, "u", "ferret zeta-quux", two.user_message_id)
+    await wait_until_indexed(rig.stack, tenant, "u", "vortex-nine", three.user_message_id)
     before = await rig.count()
     edited = started(
         await chat(

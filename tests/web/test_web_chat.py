@@ -369,6 +369,14 @@ async def _active_branch(
     return list(response.messages)
 
 
+async def _stored_branch(
+    gateway: gateway_pb2_grpc.GatewayServiceStub, key: str, conversation_id: str, *, length: int
+) -> list[resources_pb2.Message] | None:
+    """The active branch once it holds `length` messages, else None."""
+    stored = await _active_branch(gateway, key, conversation_id)
+    return stored if len(stored) >= length else None
+
+
 def _same_as_stored(view: dict[str, object], stored: list[resources_pb2.Message]) -> None:
     """The page shows the stored active branch: the same messages, texts and versions."""
     questions = view["questions"]
@@ -546,7 +554,10 @@ async def test_operator_answers_a_handed_off_conversation(
     # The bot answers again, after the person's reply.
     await _send(browser, "Thanks! One more question for the bot.")
     await _wait_answer_state(browser, {"done"})
-    stored = await _active_branch(gateway, key, conversation_id)
+    # The history holds the turn once the message log's consumer has stored it.
+    stored = await poll(
+        lambda: _stored_branch(gateway, key, conversation_id, length=6), timeout=10
+    )
     assert [m.role for m in stored][-3:] == [
         resources_pb2.ROLE_OPERATOR,
         resources_pb2.ROLE_USER,

@@ -53,6 +53,10 @@ export function App() {
 
 // GetConversation pages (100 messages each) read when a conversation is opened.
 const HISTORY_PAGES = 5;
+// A finished turn reaches the history once the message log's consumer has stored it, shortly
+// after `done` (docs/api.md): reading the history for a finished turn looks again, with
+// growing pauses, until it holds that turn's answer, for at most this long.
+const STORED_WAIT_MS = 5000;
 
 function Chat(props: { apiKey: string; onSignOut: (why: string | null) => void }) {
   const { onSignOut } = props;
@@ -158,15 +162,27 @@ function Chat(props: { apiKey: string; onSignOut: (why: string | null) => void }
     end.current?.scrollIntoView({ block: "end" });
   }, [turns, history]);
 
-  async function open(conversationId: string): Promise<void> {
+  async function read(conversationId: string): Promise<Message[]> {
+    const messages: Message[] = [];
+    let pageToken = "";
+    for (let page = 0; page < HISTORY_PAGES; page++) {
+      const response = await gateway.getConversation({ conversationId, pageSize: 100, pageToken });
+      messages.push(...response.messages);
+      pageToken = response.nextPageToken;
+      if (!pageToken) break;
+    }
+    return messages;
+  }
+
+  /** Shows the conversation's active branch; with `answerId`, once it holds that answer. */
+  async function open(conversationId: string, answerId = ""): Promise<void> {
     try {
-      const messages: Message[] = [];
-      let pageToken = "";
-      for (let page = 0; page < HISTORY_PAGES; page++) {
-        const response = await gateway.getConversation({ conversationId, pageSize: 100, pageToken });
-        messages.push(...response.messages);
-        pageToken = response.nextPageToken;
-        if (!pageToken) break;
+      let messages = await read(conversationId);
+      const deadline = Date.now() + STORED_WAIT_MS;
+      for (let pause = 50; answerId && Date.now() < deadline; pause = Math.min(2 * pause, 500)) {
+        if (messages.some((m) => m.messageId === answerId)) break;
+        await new Promise((resolve) => setTimeout(resolve, pause));
+        messages = await read(conversationId);
       }
       setCurrentId(conversationId);
       setHistory(messages);
@@ -210,7 +226,7 @@ function Chat(props: { apiKey: string; onSignOut: (why: string | null) => void }
     // A regenerate or an edit added a version: the history shows the branch with its
     // versions ("‹ 2 / 2 ›") from the server.
     if (final.branch !== null && final.conversationId && (final.state === "done" || final.state === "interrupted")) {
-      await open(final.conversationId);
+      await open(final.conversationId, final.assistantMessageId);
     }
     void refreshConversations();
   }

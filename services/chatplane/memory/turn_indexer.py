@@ -22,7 +22,7 @@ from chatplane.memory.conversational_memory import (
     OwnedMessage,
     RememberedMessage,
 )
-from chatplane.persistence.consumer import InvalidRecord, decode_message
+from chatplane.persistence.consumer import decode_messages
 from chatplane.persistence.store.base import Message
 
 _log = logging.getLogger(__name__)
@@ -80,16 +80,7 @@ class TurnIndexer:
     ) -> list[tuple[ConsumedRecord, str]]:
         """Index one batch (BatchProcessor); the records to dead-letter."""
         started = time.monotonic()
-        decoded: list[tuple[Message, ConsumedRecord]] = []
-        dead: list[tuple[ConsumedRecord, str]] = []
-        for record in records:
-            try:
-                decoded.append((decode_message(record), record))
-            except InvalidRecord as invalid:
-                dead.append((record, invalid.reason))
-            except Exception as error:
-                _log.exception("record decoding failed", extra={"offset": record.offset})
-                dead.append((record, f"decoding failed: {type(error).__name__}"))
+        decoded, dead = decode_messages(records)
 
         async def opened() -> tuple[list[OwnedMessage], list[tuple[ConsumedRecord, str]], int]:
             return await self._opened(decoded)

@@ -136,6 +136,25 @@ def decode_message(record: ConsumedRecord) -> Message:
     )
 
 
+def decode_messages(
+    records: Sequence[ConsumedRecord],
+) -> tuple[list[tuple[Message, ConsumedRecord]], list[tuple[ConsumedRecord, str]]]:
+    """Each record decoded (with its record), and the records to dead-letter with the reason."""
+    decoded: list[tuple[Message, ConsumedRecord]] = []
+    dead: list[tuple[ConsumedRecord, str]] = []
+    for record in records:
+        try:
+            decoded.append((decode_message(record), record))
+        except InvalidRecord as invalid:
+            dead.append((record, invalid.reason))
+        except Exception as error:
+            # A bug of ours on one record must not block the topic: park it (the record is
+            # kept intact in the dead-letter topic, to replay once fixed).
+            _log.exception("record decoding failed", extra={"offset": record.offset})
+            dead.append((record, f"decoding failed: {type(error).__name__}"))
+    return decoded, dead
+
+
 def _create_time(message: resources_pb2.Message, log_timestamp_ms: int) -> datetime:
     # A message without a create time is still worth keeping: the time the log accepted it
     # is the closest truth there is.
@@ -222,18 +241,7 @@ class BatchConsumer:
         """The store step of a batch (BatchProcessor): decode, write in one transaction; the
         records to dead-letter."""
         started = time.monotonic()
-        pending: list[tuple[Message, ConsumedRecord]] = []
-        dead: list[tuple[ConsumedRecord, str]] = []
-        for record in records:
-            try:
-                pending.append((decode_message(record), record))
-            except InvalidRecord as invalid:
-                dead.append((record, invalid.reason))
-            except Exception as error:
-                # A bug of ours on one record must not block the topic: park it (the record
-                # is kept intact in the dead-letter topic, to replay once fixed).
-                _log.exception("record decoding failed", extra={"offset": record.offset})
-                dead.append((record, f"decoding failed: {type(error).__name__}"))
+        pending, dead = decode_messages(records)
         stored = 0
         write_started = time.perf_counter()
         with tracer().start_as_current_span(

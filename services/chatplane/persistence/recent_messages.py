@@ -21,9 +21,9 @@ POLL_SECONDS = 0.05
 
 
 class BranchReads(Protocol):
-    """What the read needs of the store."""
+    """What the read needs of the store (its `trees`)."""
 
-    async def tree_skeleton(self, owner: Owner, conversation_id: str) -> TreeSkeleton: ...
+    async def skeleton(self, owner: Owner, conversation_id: str) -> TreeSkeleton: ...
 
     async def messages_by_id(
         self, owner: Owner, message_ids: Sequence[str]
@@ -61,7 +61,7 @@ async def recent_messages(
     not of the owner."""
     deadline = time.monotonic() + wait_seconds
     while True:
-        tree = (await store.tree_skeleton(owner, conversation_id)).tree()
+        tree = (await store.skeleton(owner, conversation_id)).tree()
         entries = tree.branch(TurnPlan(leaf_message_id, "", branched=False), limit)
         stored_ids = [entry.message_id for entry in entries if entry.stored]
         pending = len(stored_ids) < len(entries)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import logging
 from datetime import timedelta
-from typing import cast
 
 from chatplane.common import errors
 from chatplane.common.timestamps import timestamp_of
@@ -20,7 +19,7 @@ from chatplane.persistence.protos import (
     require_id,
 )
 from chatplane.persistence.quota_servicer import QuotaServicer
-from chatplane.persistence.recent_messages import BatchWait, BranchReads, recent_messages
+from chatplane.persistence.recent_messages import BatchWait, recent_messages
 from chatplane.persistence.store.base import ConversationStore, TurnRequest
 from chatplane.persistence.tree_messages import add_branch, branch_request
 
@@ -174,7 +173,7 @@ class TurnServicer(turn_pb2_grpc.TurnServiceServicer):
             # Answer within the caller's deadline, with what is stored by then.
             wait = max(0.0, min(wait, remaining - 0.5))
         recent = await recent_messages(
-            cast(BranchReads, self._store),
+            self._store.trees,
             self._stored,
             branch_owner,
             request.conversation_id,

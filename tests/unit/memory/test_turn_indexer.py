@@ -75,7 +75,7 @@ async def store(postgres_database: str) -> AsyncIterator[PostgresConversationSto
 @pytest.fixture
 def keyring(store: PostgresConversationStore) -> Keyring:
     keks = parse_keks(new_kek_line("k"), "test")
-    return Keyring(StoreKeySource(store, keks), keks, cache_seconds=0)
+    return Keyring(StoreKeySource(store.data_keys, keks), keks, cache_seconds=0)
 
 
 @pytest.fixture
