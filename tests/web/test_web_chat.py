@@ -555,9 +555,7 @@ async def test_operator_answers_a_handed_off_conversation(
     await _send(browser, "Thanks! One more question for the bot.")
     await _wait_answer_state(browser, {"done"})
     # The history holds the turn once the message log's consumer has stored it.
-    stored = await poll(
-        lambda: _stored_branch(gateway, key, conversation_id, length=6), timeout=10
-    )
+    stored = await poll(lambda: _stored_branch(gateway, key, conversation_id, length=6), timeout=10)
     assert [m.role for m in stored][-3:] == [
         resources_pb2.ROLE_OPERATOR,
         resources_pb2.ROLE_USER,
