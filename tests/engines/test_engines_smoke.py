@@ -197,11 +197,19 @@ def test_kafka_crash_restart_keeps_data(engines: Engines) -> None:
     assert _consume_one(after.env["CHATPLANE_KAFKA_BOOTSTRAP"], KAFKA_TOPIC) == KAFKA_VALUE
 
 
-def test_clean_stop_and_down_remove_data(engines: Engines) -> None:
-    """`stop` without --keep-data removes the throwaway dir; `down` does it for the rest."""
-    work = Path(str(engines.state["opensearch"]["work_dir"]))
-    assert work.is_dir()
-    stop = engines.cli("stop", "opensearch")
-    assert stop.returncode == 0, stop.stderr
-    assert not work.exists()
-    assert "opensearch" not in engines.reload().state
+def test_clean_stop_and_down_remove_data(tmp_path: Path) -> None:
+    """`stop` without --keep-data removes the throwaway dir; `down` does it for the rest. On
+    engines of its own: the session's engines serve the tests that follow."""
+    own = Engines(state_dir=tmp_path, env={}, state={})
+    up = own.cli("up", "--only", "postgres")
+    assert up.returncode == 0, up.stderr
+    try:
+        work = Path(str(own.reload().state["postgres"]["work_dir"]))
+        assert work.is_dir()
+        stop = own.cli("stop", "postgres")
+        assert stop.returncode == 0, stop.stderr
+        assert not work.exists()
+        state_file = tmp_path / "engines.json"  # gone with the last engine
+        assert not state_file.exists() or "postgres" not in own.reload().state
+    finally:
+        assert own.cli("down").returncode == 0
