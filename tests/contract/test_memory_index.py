@@ -23,6 +23,7 @@ from psycopg.conninfo import make_conninfo
 from chatplane.common.errors import ConfigError, Unavailable
 from chatplane.memory.embedding import SentenceEmbedder
 from chatplane.memory.index.base import (
+    DocumentChunk,
     DocumentSummary,
     ItemKind,
     MemoryIndex,
@@ -660,6 +661,45 @@ async def test_delete_document_removes_only_its_chunks(
         "doc-a:b",
         "doc-ab",
     }
+
+
+async def test_document_chunk_is_the_whole_chunk_with_its_place(
+    memory: Memory, tenant: str, other_tenant: str
+) -> None:
+    long_text = "Ferries to Glimmerbrook. " * 60  # over a citation's 200-character excerpt
+    await memory.upsert(
+        chunk(tenant, "doc-f", 0, "Timetable of the ferries.", at=1, name="ferry.pdf"),
+        chunk(tenant, "doc-f", 1, long_text, at=1, name="ferry.pdf"),
+        chunk(tenant, "doc-f", 2, "Fares are paid on board.", at=1, name="ferry.pdf"),
+        chunk(tenant, "doc-f:1", 0, "A document whose id has a colon.", at=1, name="c.md"),
+        chunk(tenant, "doc-", 0, "A document whose id is a prefix.", at=1, name="p.md"),
+        chunk(other_tenant, "doc-f", 1, "Another tenant's secret chunk.", at=1, name="x.pdf"),
+        turn(tenant, "alice", "doc-f", "doc-f:3", "a turn is never a document's chunk"),
+    )
+    index = memory.index
+    assert await index.document_chunk(tenant, "doc-f", 1) == DocumentChunk(
+        "doc-f", "ferry.pdf", 1, 3, long_text
+    )
+    assert await index.document_chunk(tenant, "doc-f", 0) == DocumentChunk(
+        "doc-f", "ferry.pdf", 0, 3, "Timetable of the ferries."
+    )
+    assert await index.document_chunk(tenant, "doc-f:1", 0) == DocumentChunk(
+        "doc-f:1", "c.md", 0, 1, "A document whose id has a colon."
+    )
+    # Each tenant reads its own; no such chunk, document or tenant: None, never another's.
+    assert await index.document_chunk(other_tenant, "doc-f", 1) == DocumentChunk(
+        "doc-f", "x.pdf", 1, 1, "Another tenant's secret chunk."
+    )
+    assert await index.document_chunk(other_tenant, "doc-f", 0) is None
+    assert await index.document_chunk(f"{tenant}-nobody", "doc-f", 1) is None
+    assert await index.document_chunk(tenant, "doc-f", 3) is None  # a turn's item id
+    assert await index.document_chunk(tenant, "doc-f", -1) is None
+    assert await index.document_chunk(tenant, "doc", 0) is None
+    assert await index.document_chunk(tenant, "", 0) is None
+    # Deleted with its document.
+    assert await index.delete_document(tenant, "doc-f") == 3
+    assert await index.document_chunk(tenant, "doc-f", 1) is None
+    assert (await index.document_chunk(tenant, "doc-", 0)) is not None
 
 
 async def test_delete_document_after_upserts_that_returned(memory: Memory, tenant: str) -> None:

@@ -101,6 +101,7 @@ CALLS: dict[tuple[str, str], frozenset[str]] = {
             "UploadDocument",
             "ListDocuments",
             "DeleteDocument",
+            "GetDocumentChunk",
             "SetActiveBranch",
             "RequestHandoff",
             "ReleaseHandoff",
@@ -160,7 +161,14 @@ CALLS: dict[tuple[str, str], frozenset[str]] = {
     # Encryption at rest: Memory opens the turns it indexes from the log.
     ("memory", DATA_KEYS): frozenset({"GetUserDataKey"}),
     ("gateway", MEMORY): frozenset(
-        {"Forget", "IngestDocument", "ListDocuments", "DeleteDocument", "ListUserMemory"}
+        {
+            "Forget",
+            "IngestDocument",
+            "ListDocuments",
+            "DeleteDocument",
+            "GetDocumentChunk",
+            "ListUserMemory",
+        }
     ),
     # Memory indexes turns from the message log; the Agent only recalls.
     ("agent", MEMORY): frozenset({"Recall"}),

@@ -70,6 +70,8 @@ READ_RPCS = frozenset(
         method_path(GATEWAY, "GetConversation"),
         method_path(GATEWAY, "ListDocuments"),
         method_path(MEMORY, "ListDocuments"),
+        method_path(GATEWAY, "GetDocumentChunk"),
+        method_path(MEMORY, "GetDocumentChunk"),
         method_path(MEMORY, "ListUserMemory"),
     }
 )

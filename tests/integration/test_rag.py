@@ -215,6 +215,67 @@ async def test_documents_belong_to_the_tenant(rig: Rig) -> None:
     assert raised.value.code() is grpc.StatusCode.NOT_FOUND
 
 
+async def test_a_cited_chunk_is_read_whole_by_the_tenant_only(rig: Rig) -> None:
+    tenant = unique("t")
+    owner = await rig.client(tenant, "alice")
+    colleague = await rig.client(tenant, "bob")
+    stranger = await rig.client()
+    warehouse = "The Zorblax warehouse in Tromsø opens at 07:00 on weekdays. " * 5
+    guide = f"# Guide\n\n## Warehouse\n{warehouse}Its north gate closes at 15:30.\n\n"
+    guide += "## Refunds\nZorblax refunds purchases within 45 days.\n"
+    document = await ingest(owner, upload("guide.md", "text/markdown", guide.encode()))
+    turn = await colleague.chat("When does the Zorblax warehouse in Tromsø open?")
+    [cited] = [
+        c
+        for c in document_citations(turn)
+        if (c.document_id, c.chunk_index) == (document.document_id, 0)
+    ]
+
+    async def read(
+        client: Client, document_id: str, chunk_index: int
+    ) -> gateway_pb2.GetDocumentChunkResponse:
+        return await client.stub.GetDocumentChunk(
+            gateway_pb2.GetDocumentChunkRequest(document_id=document_id, chunk_index=chunk_index),
+            metadata=client.metadata,
+        )
+
+    # Any user of the tenant reads the cited chunk whole: the excerpt is its first 200 chars.
+    chunk = (await read(colleague, cited.document_id, cited.chunk_index)).chunk
+    assert (chunk.document_id, chunk.document_name) == (document.document_id, "guide.md")
+    assert (chunk.chunk_index, chunk.chunk_count) == (cited.chunk_index, 2)
+    assert len(cited.snippet) == 200 and chunk.text.startswith(cited.snippet)
+    assert "north gate closes at 15:30" in chunk.text
+    assert "15:30" not in cited.snippet
+    assert "45 days" in (await read(owner, document.document_id, 1)).chunk.text
+
+    async def refused(client: Client, document_id: str, chunk_index: int) -> grpc.aio.AioRpcError:
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await read(client, document_id, chunk_index)
+        return raised.value
+
+    # Another tenant's document, or a chunk it does not have: NOT_FOUND, never the text.
+    for client, chunk_index in ((stranger, 0), (owner, 2)):
+        error = await refused(client, document.document_id, chunk_index)
+        assert error.code() is grpc.StatusCode.NOT_FOUND
+        assert "Zorblax" not in (error.details() or "")
+    # Bad input: INVALID_ARGUMENT naming the field.
+    for document_id, chunk_index, field in (
+        ("", 0, "document_id"),
+        ("not-an-id", 0, "document_id"),
+        (document.document_id, -1, "chunk_index"),
+    ):
+        error = await refused(owner, document_id, chunk_index)
+        assert error.code() is grpc.StatusCode.INVALID_ARGUMENT
+        assert field_of(error) == field
+    # Gone with its document.
+    await owner.stub.DeleteDocument(
+        gateway_pb2.DeleteDocumentRequest(document_id=document.document_id),
+        metadata=owner.metadata,
+    )
+    error = await refused(owner, document.document_id, 0)
+    assert error.code() is grpc.StatusCode.NOT_FOUND
+
+
 async def test_an_injection_in_a_document_stays_fenced_as_data(rig: Rig) -> None:
     marker = f"PWNED-{uuid.uuid4().hex[:8]}"
     injection = (

@@ -675,6 +675,17 @@ async def _stored_documents(
     return list(response.documents)
 
 
+# The ferry PDF's timetable page: one passage longer than a citation's 200-character excerpt,
+# whose last line only the whole passage shows.
+FERRY_TIMES = [
+    "The ferry leaves at 09:40.",
+    "It calls at Eastholm, Brackwater and the Saltmere quay on the way across the fjord.",
+    "Bicycles travel free of charge; cars must be booked a day ahead at the harbour office.",
+    "In winter storms the crossing may be cancelled at short notice by the harbour master.",
+    "The last ferry back to Glimmerbrook leaves Saltmere at 23:05.",
+]
+
+
 async def test_upload_list_cite_and_delete_documents(
     stack: Stack, page_url: str, gateway: gateway_pb2_grpc.GatewayServiceStub, browser: Browser
 ) -> None:
@@ -685,7 +696,7 @@ async def test_upload_list_cite_and_delete_documents(
     files = {
         "notes.txt": b"The Quillon bridge closes for repairs at 22:15 every Sunday.\n",
         "guide.md": b"# Library guide\n\nThe Varnholt library lends **telescopes** for a week.\n",
-        "ferry.pdf": make_pdf([["Glimmerbrook ferry timetable"], ["The ferry leaves at 09:40."]]),
+        "ferry.pdf": make_pdf([["Glimmerbrook ferry timetable"], FERRY_TIMES]),
         "report.docx": b"not a supported type",
     }
     paths = []
@@ -739,8 +750,15 @@ async def test_upload_list_cite_and_delete_documents(
     assert await browser.attribute("[data-testid=source-dialog]", "data-document-id") == (
         ferry.document_id
     )
-    assert "09:40" in (await browser.text("[data-testid=source-text]") or "")
-    assert (await browser.text("[data-testid=source-position]") or "").startswith("Passage 1")
+    # The whole passage (GetDocumentChunk), not only the citation's excerpt: its last line is
+    # beyond the excerpt's 200 characters; the excerpt is highlighted in it.
+    await browser.wait_for("[data-testid=source-text][data-state=loaded]")
+    passage = await browser.text("[data-testid=source-text]") or ""
+    excerpt = await browser.text(f"{cited} blockquote") or ""
+    assert "09:40" in passage and FERRY_TIMES[-1] in passage
+    assert len(passage) > 200 and FERRY_TIMES[-1] not in excerpt
+    assert (await browser.text("[data-testid=source-excerpt]") or "").strip() == excerpt.strip()
+    assert (await browser.text("[data-testid=source-position]") or "").startswith("Passage 1 of 1")
     await browser.screenshot("02-cited-passage")
     await browser.click("[data-testid=show-document]")
     await browser.wait_for(

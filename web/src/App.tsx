@@ -313,6 +313,8 @@ function Chat(props: { apiKey: string; onSignOut: (why: string | null) => void }
         {openSource && (
           <SourceDialog
             source={openSource}
+            gateway={gateway}
+            onProblem={handleProblem}
             onClose={() => setOpenSource(null)}
             onShowDocument={(documentId) => {
               setOpenSource(null);

@@ -1,7 +1,7 @@
-"""The Gateway's document RPCs: ingestion (streamed, or whole in one request), listing and
-deletion for the caller's tenant, forwarded to MemoryService. The tenant always comes from the
-principal, never from the request; the header is checked here so a bad one is refused before
-any upload is forwarded."""
+"""The Gateway's document RPCs for the caller's tenant: ingestion (streamed, or whole in one
+request), listing, reading one chunk (what a citation names) and deletion, forwarded to
+MemoryService. The tenant always comes from the principal, never from the request; the header
+is checked here so a bad one is refused before any upload is forwarded."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from chatplane.common.context import Principal
 from chatplane.common.ids import is_valid_id
 from chatplane.common.status_mapping import field_violations
 from chatplane.internal.v1 import memory_pb2, memory_pb2_grpc
+from chatplane.memory.chunk_reference import check_chunk_reference
 from chatplane.memory.document_header import validate_header
 from chatplane.v1 import gateway_pb2
 
@@ -135,3 +136,18 @@ class DocumentRelay:
             timeout=timeout,
         )
         return gateway_pb2.DeleteDocumentResponse(deleted_chunk_count=response.deleted_chunk_count)
+
+    async def chunk(
+        self, principal: Principal, request: gateway_pb2.GetDocumentChunkRequest, timeout: float
+    ) -> gateway_pb2.GetDocumentChunkResponse:
+        """One chunk of one of the tenant's documents, whole (another tenant's: NOT_FOUND)."""
+        check_chunk_reference(request.document_id, request.chunk_index)
+        response = await self._memory.GetDocumentChunk(
+            memory_pb2.GetDocumentChunkRequest(
+                tenant_id=principal.tenant_id,
+                document_id=request.document_id,
+                chunk_index=request.chunk_index,
+            ),
+            timeout=timeout,
+        )
+        return gateway_pb2.GetDocumentChunkResponse(chunk=response.chunk)

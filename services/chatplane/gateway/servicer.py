@@ -188,6 +188,13 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
     ) -> gateway_pb2.ListDocumentsResponse:
         return await self._documents.documents(authenticated_principal(), self._timeout(context))
 
+    async def GetDocumentChunk(
+        self, request: gateway_pb2.GetDocumentChunkRequest, context: Context
+    ) -> gateway_pb2.GetDocumentChunkResponse:
+        return await self._documents.chunk(
+            authenticated_principal(), request, self._timeout(context)
+        )
+
     async def DeleteDocument(
         self, request: gateway_pb2.DeleteDocumentRequest, context: Context
     ) -> gateway_pb2.DeleteDocumentResponse:

@@ -1,6 +1,6 @@
 """A tenant's document library: ingestion (text → chunks → vectors → the memory index),
-listing and deletion. Documents belong to the tenant: every user of it recalls their chunks,
-no other tenant ever sees them (the index's visibility rule)."""
+listing, reading one chunk and deletion. Documents belong to the tenant: every user of it
+recalls their chunks, no other tenant ever sees them (the index's visibility rule)."""
 
 from __future__ import annotations
 
@@ -16,12 +16,14 @@ import numpy as np
 from chatplane.common import errors
 from chatplane.common.ids import is_valid_id, new_id
 from chatplane.common.settings import Settings
+from chatplane.memory.chunk_reference import check_chunk_reference
 from chatplane.memory.chunking import chunk_text
 from chatplane.memory.conversational_memory import lower_thread_priority
 from chatplane.memory.document_header import MARKDOWN, validate_header
 from chatplane.memory.document_text import document_text
 from chatplane.memory.embedding import SentenceEmbedder
 from chatplane.memory.index.base import (
+    DocumentChunk,
     DocumentSummary,
     ItemKind,
     MemoryIndex,
@@ -162,6 +164,17 @@ class DocumentLibrary:
         if not deleted:
             raise errors.NotFound("document not found")
         return deleted
+
+    async def chunk(self, tenant_id: str, document_id: str, chunk_index: int) -> DocumentChunk:
+        """One chunk of the tenant's document, whole; NotFound when the tenant has no such
+        document or the document no such chunk."""
+        if not tenant_id:
+            raise errors.InvalidArgument("tenant_id", "required")
+        check_chunk_reference(document_id, chunk_index)
+        found = await self._index.document_chunk(tenant_id, document_id, chunk_index)
+        if found is None:
+            raise errors.NotFound("document chunk not found")
+        return found
 
     async def _embed(self, texts: Sequence[str]) -> np.ndarray:
         loop = asyncio.get_running_loop()

@@ -13,7 +13,13 @@ from chatplane.internal.v1 import memory_pb2, memory_pb2_grpc
 from chatplane.memory.conversational_memory import ConversationalMemory
 from chatplane.memory.document_header import validate_header
 from chatplane.memory.document_library import DocumentLibrary
-from chatplane.memory.index.base import DocumentSummary, ItemKind, RecalledItem, document_chunk_of
+from chatplane.memory.index.base import (
+    DocumentChunk,
+    DocumentSummary,
+    ItemKind,
+    RecalledItem,
+    document_chunk_of,
+)
 from chatplane.memory.metrics import RECALL_DURATION, REMEMBER_DURATION
 from chatplane.memory.remember_request import ROLE_NAMES, remembered_messages
 from chatplane.memory.user_memory import list_user_memory
@@ -54,6 +60,17 @@ def document_message(summary: DocumentSummary, mime_type: str = "") -> resources
         mime_type=mime_type,
         chunk_count=summary.chunk_count,
         create_time=created,
+    )
+
+
+def document_chunk_message(chunk: DocumentChunk) -> resources_pb2.DocumentChunk:
+    """A document's chunk as the API shows it."""
+    return resources_pb2.DocumentChunk(
+        document_id=chunk.document_id,
+        document_name=chunk.name,
+        chunk_index=chunk.chunk_index,
+        chunk_count=chunk.chunk_count,
+        text=chunk.text,
     )
 
 
@@ -176,6 +193,16 @@ class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
     ) -> memory_pb2.DeleteDocumentResponse:
         deleted = await self._library().delete(request.tenant_id, request.document_id)
         return memory_pb2.DeleteDocumentResponse(deleted_chunk_count=deleted)
+
+    async def GetDocumentChunk(
+        self,
+        request: memory_pb2.GetDocumentChunkRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> memory_pb2.GetDocumentChunkResponse:
+        chunk = await self._library().chunk(
+            request.tenant_id, request.document_id, request.chunk_index
+        )
+        return memory_pb2.GetDocumentChunkResponse(chunk=document_chunk_message(chunk))
 
     async def ListUserMemory(
         self, request: memory_pb2.ListUserMemoryRequest, context: grpc.aio.ServicerContext[Any, Any]

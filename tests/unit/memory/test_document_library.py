@@ -99,3 +99,33 @@ async def test_a_failure_part_way_leaves_nothing_behind(postgres_database: str) 
     finally:
         library.close()
         await index.close()
+
+
+async def test_a_chunk_is_read_whole_by_its_tenant_only(postgres_database: str) -> None:
+    index = PostgresMemoryIndex(postgres_database, dimension=DIMENSION)
+    library = DocumentLibrary(HashEmbedder(), index, LIMITS)  # type: ignore[arg-type]
+    try:
+        summary = await library.ingest("t1", "a.txt", "text/plain", text(3))
+        last = summary.chunk_count - 1
+        chunk = await library.chunk("t1", summary.document_id, last)
+        assert (chunk.document_id, chunk.name) == (summary.document_id, "a.txt")
+        assert (chunk.chunk_index, chunk.chunk_count) == (last, summary.chunk_count)
+        assert chunk.text.strip() and "Paragraph 0." not in chunk.text
+        assert (await library.chunk("t1", summary.document_id, 0)).text.startswith("Paragraph 0.")
+        for tenant, chunk_index in (("t2", 0), ("t1", summary.chunk_count)):
+            with pytest.raises(errors.NotFound):
+                await library.chunk(tenant, summary.document_id, chunk_index)
+        for document_id, chunk_index, field in (
+            ("", 0, "document_id"),
+            ("not-a-uuid", 0, "document_id"),
+            (summary.document_id, -1, "chunk_index"),
+        ):
+            with pytest.raises(errors.InvalidArgument) as bad:
+                await library.chunk("t1", document_id, chunk_index)
+            assert bad.value.field == field
+        with pytest.raises(errors.InvalidArgument) as no_tenant:
+            await library.chunk("", summary.document_id, 0)
+        assert no_tenant.value.field == "tenant_id"
+    finally:
+        library.close()
+        await index.close()

@@ -1964,6 +1964,107 @@ func (x *DeleteDocumentResponse) GetDeletedChunkCount() int32 {
 	return 0
 }
 
+// A chunk of a document to read.
+type GetDocumentChunkRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The document (a citation's `document_id`).
+	DocumentId string `protobuf:"bytes,1,opt,name=document_id,json=documentId,proto3" json:"document_id,omitempty"`
+	// The chunk's position within the document, starting at 0 (a citation's `chunk_index`).
+	ChunkIndex    int32 `protobuf:"varint,2,opt,name=chunk_index,json=chunkIndex,proto3" json:"chunk_index,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetDocumentChunkRequest) Reset() {
+	*x = GetDocumentChunkRequest{}
+	mi := &file_chatplane_v1_gateway_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetDocumentChunkRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetDocumentChunkRequest) ProtoMessage() {}
+
+func (x *GetDocumentChunkRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_chatplane_v1_gateway_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetDocumentChunkRequest.ProtoReflect.Descriptor instead.
+func (*GetDocumentChunkRequest) Descriptor() ([]byte, []int) {
+	return file_chatplane_v1_gateway_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *GetDocumentChunkRequest) GetDocumentId() string {
+	if x != nil {
+		return x.DocumentId
+	}
+	return ""
+}
+
+func (x *GetDocumentChunkRequest) GetChunkIndex() int32 {
+	if x != nil {
+		return x.ChunkIndex
+	}
+	return 0
+}
+
+// The chunk, whole.
+type GetDocumentChunkResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The chunk's text and its place in the document.
+	Chunk         *DocumentChunk `protobuf:"bytes,1,opt,name=chunk,proto3" json:"chunk,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetDocumentChunkResponse) Reset() {
+	*x = GetDocumentChunkResponse{}
+	mi := &file_chatplane_v1_gateway_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetDocumentChunkResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetDocumentChunkResponse) ProtoMessage() {}
+
+func (x *GetDocumentChunkResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_chatplane_v1_gateway_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetDocumentChunkResponse.ProtoReflect.Descriptor instead.
+func (*GetDocumentChunkResponse) Descriptor() ([]byte, []int) {
+	return file_chatplane_v1_gateway_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *GetDocumentChunkResponse) GetChunk() *DocumentChunk {
+	if x != nil {
+		return x.Chunk
+	}
+	return nil
+}
+
 // Asks to switch a conversation's active branch.
 type SetActiveBranchRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1978,7 +2079,7 @@ type SetActiveBranchRequest struct {
 
 func (x *SetActiveBranchRequest) Reset() {
 	*x = SetActiveBranchRequest{}
-	mi := &file_chatplane_v1_gateway_proto_msgTypes[29]
+	mi := &file_chatplane_v1_gateway_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1990,7 +2091,7 @@ func (x *SetActiveBranchRequest) String() string {
 func (*SetActiveBranchRequest) ProtoMessage() {}
 
 func (x *SetActiveBranchRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_chatplane_v1_gateway_proto_msgTypes[29]
+	mi := &file_chatplane_v1_gateway_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2003,7 +2104,7 @@ func (x *SetActiveBranchRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetActiveBranchRequest.ProtoReflect.Descriptor instead.
 func (*SetActiveBranchRequest) Descriptor() ([]byte, []int) {
-	return file_chatplane_v1_gateway_proto_rawDescGZIP(), []int{29}
+	return file_chatplane_v1_gateway_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *SetActiveBranchRequest) GetConversationId() string {
@@ -2031,7 +2132,7 @@ type SetActiveBranchResponse struct {
 
 func (x *SetActiveBranchResponse) Reset() {
 	*x = SetActiveBranchResponse{}
-	mi := &file_chatplane_v1_gateway_proto_msgTypes[30]
+	mi := &file_chatplane_v1_gateway_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2043,7 +2144,7 @@ func (x *SetActiveBranchResponse) String() string {
 func (*SetActiveBranchResponse) ProtoMessage() {}
 
 func (x *SetActiveBranchResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_chatplane_v1_gateway_proto_msgTypes[30]
+	mi := &file_chatplane_v1_gateway_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2056,7 +2157,7 @@ func (x *SetActiveBranchResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetActiveBranchResponse.ProtoReflect.Descriptor instead.
 func (*SetActiveBranchResponse) Descriptor() ([]byte, []int) {
-	return file_chatplane_v1_gateway_proto_rawDescGZIP(), []int{30}
+	return file_chatplane_v1_gateway_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *SetActiveBranchResponse) GetConversation() *Conversation {
@@ -2173,7 +2274,14 @@ const file_chatplane_v1_gateway_proto_rawDesc = "" +
 	"\vdocument_id\x18\x01 \x01(\tR\n" +
 	"documentId\"H\n" +
 	"\x16DeleteDocumentResponse\x12.\n" +
-	"\x13deleted_chunk_count\x18\x01 \x01(\x05R\x11deletedChunkCount\"`\n" +
+	"\x13deleted_chunk_count\x18\x01 \x01(\x05R\x11deletedChunkCount\"[\n" +
+	"\x17GetDocumentChunkRequest\x12\x1f\n" +
+	"\vdocument_id\x18\x01 \x01(\tR\n" +
+	"documentId\x12\x1f\n" +
+	"\vchunk_index\x18\x02 \x01(\x05R\n" +
+	"chunkIndex\"M\n" +
+	"\x18GetDocumentChunkResponse\x121\n" +
+	"\x05chunk\x18\x01 \x01(\v2\x1b.chatplane.v1.DocumentChunkR\x05chunk\"`\n" +
 	"\x16SetActiveBranchRequest\x12'\n" +
 	"\x0fconversation_id\x18\x01 \x01(\tR\x0econversationId\x12\x1d\n" +
 	"\n" +
@@ -2187,7 +2295,7 @@ const file_chatplane_v1_gateway_proto_rawDesc = "" +
 	"\x06Rating\x12\x16\n" +
 	"\x12RATING_UNSPECIFIED\x10\x00\x12\x14\n" +
 	"\x10RATING_THUMBS_UP\x10\x01\x12\x16\n" +
-	"\x12RATING_THUMBS_DOWN\x10\x022\xb7\x0f\n" +
+	"\x12RATING_THUMBS_DOWN\x10\x022\xd5\x10\n" +
 	"\x0eGatewayService\x12T\n" +
 	"\x04Chat\x12\x19.chatplane.v1.ChatRequest\x1a\x1a.chatplane.v1.ChatResponse\"\x13\x82\xd3\xe4\x93\x02\r:\x01*\"\b/v1/chat0\x01\x12\x7f\n" +
 	"\x11ListConversations\x12&.chatplane.v1.ListConversationsRequest\x1a'.chatplane.v1.ListConversationsResponse\"\x19\x82\xd3\xe4\x93\x02\x13\x12\x11/v1/conversations\x12\x8b\x01\n" +
@@ -2201,7 +2309,8 @@ const file_chatplane_v1_gateway_proto_rawDesc = "" +
 	"\x0eIngestDocument\x12#.chatplane.v1.IngestDocumentRequest\x1a$.chatplane.v1.IngestDocumentResponse(\x01\x12[\n" +
 	"\x0eUploadDocument\x12#.chatplane.v1.UploadDocumentRequest\x1a$.chatplane.v1.UploadDocumentResponse\x12o\n" +
 	"\rListDocuments\x12\".chatplane.v1.ListDocumentsRequest\x1a#.chatplane.v1.ListDocumentsResponse\"\x15\x82\xd3\xe4\x93\x02\x0f\x12\r/v1/documents\x12\x80\x01\n" +
-	"\x0eDeleteDocument\x12#.chatplane.v1.DeleteDocumentRequest\x1a$.chatplane.v1.DeleteDocumentResponse\"#\x82\xd3\xe4\x93\x02\x1d*\x1b/v1/documents/{document_id}\x12\x9c\x01\n" +
+	"\x0eDeleteDocument\x12#.chatplane.v1.DeleteDocumentRequest\x1a$.chatplane.v1.DeleteDocumentResponse\"#\x82\xd3\xe4\x93\x02\x1d*\x1b/v1/documents/{document_id}\x12\x9b\x01\n" +
+	"\x10GetDocumentChunk\x12%.chatplane.v1.GetDocumentChunkRequest\x1a&.chatplane.v1.GetDocumentChunkResponse\"8\x82\xd3\xe4\x93\x022\x120/v1/documents/{document_id}/chunks/{chunk_index}\x12\x9c\x01\n" +
 	"\x0fSetActiveBranch\x12$.chatplane.v1.SetActiveBranchRequest\x1a%.chatplane.v1.SetActiveBranchResponse\"<\x82\xd3\xe4\x93\x026:\x01*\"1/v1/conversations/{conversation_id}/active-branch\x12\x93\x01\n" +
 	"\x0eRequestHandoff\x12#.chatplane.v1.RequestHandoffRequest\x1a$.chatplane.v1.RequestHandoffResponse\"6\x82\xd3\xe4\x93\x020:\x01*\"+/v1/conversations/{conversation_id}/handoff\x12\x9b\x01\n" +
 	"\x0eReleaseHandoff\x12#.chatplane.v1.ReleaseHandoffRequest\x1a$.chatplane.v1.ReleaseHandoffResponse\">\x82\xd3\xe4\x93\x028:\x01*\"3/v1/conversations/{conversation_id}/handoff:release\x12\x9a\x01\n" +
@@ -2220,7 +2329,7 @@ func file_chatplane_v1_gateway_proto_rawDescGZIP() []byte {
 }
 
 var file_chatplane_v1_gateway_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_chatplane_v1_gateway_proto_msgTypes = make([]protoimpl.MessageInfo, 31)
+var file_chatplane_v1_gateway_proto_msgTypes = make([]protoimpl.MessageInfo, 33)
 var file_chatplane_v1_gateway_proto_goTypes = []any{
 	(ConversationView)(0),              // 0: chatplane.v1.ConversationView
 	(Rating)(0),                        // 1: chatplane.v1.Rating
@@ -2253,84 +2362,90 @@ var file_chatplane_v1_gateway_proto_goTypes = []any{
 	(*ListDocumentsResponse)(nil),      // 28: chatplane.v1.ListDocumentsResponse
 	(*DeleteDocumentRequest)(nil),      // 29: chatplane.v1.DeleteDocumentRequest
 	(*DeleteDocumentResponse)(nil),     // 30: chatplane.v1.DeleteDocumentResponse
-	(*SetActiveBranchRequest)(nil),     // 31: chatplane.v1.SetActiveBranchRequest
-	(*SetActiveBranchResponse)(nil),    // 32: chatplane.v1.SetActiveBranchResponse
-	(*TurnStarted)(nil),                // 33: chatplane.v1.TurnStarted
-	(*TextDelta)(nil),                  // 34: chatplane.v1.TextDelta
-	(*Citation)(nil),                   // 35: chatplane.v1.Citation
-	(*Usage)(nil),                      // 36: chatplane.v1.Usage
-	(*TurnDone)(nil),                   // 37: chatplane.v1.TurnDone
-	(*HandoffStatus)(nil),              // 38: chatplane.v1.HandoffStatus
-	(*Conversation)(nil),               // 39: chatplane.v1.Conversation
-	(*Message)(nil),                    // 40: chatplane.v1.Message
-	(*timestamppb.Timestamp)(nil),      // 41: google.protobuf.Timestamp
-	(*Document)(nil),                   // 42: chatplane.v1.Document
+	(*GetDocumentChunkRequest)(nil),    // 31: chatplane.v1.GetDocumentChunkRequest
+	(*GetDocumentChunkResponse)(nil),   // 32: chatplane.v1.GetDocumentChunkResponse
+	(*SetActiveBranchRequest)(nil),     // 33: chatplane.v1.SetActiveBranchRequest
+	(*SetActiveBranchResponse)(nil),    // 34: chatplane.v1.SetActiveBranchResponse
+	(*TurnStarted)(nil),                // 35: chatplane.v1.TurnStarted
+	(*TextDelta)(nil),                  // 36: chatplane.v1.TextDelta
+	(*Citation)(nil),                   // 37: chatplane.v1.Citation
+	(*Usage)(nil),                      // 38: chatplane.v1.Usage
+	(*TurnDone)(nil),                   // 39: chatplane.v1.TurnDone
+	(*HandoffStatus)(nil),              // 40: chatplane.v1.HandoffStatus
+	(*Conversation)(nil),               // 41: chatplane.v1.Conversation
+	(*Message)(nil),                    // 42: chatplane.v1.Message
+	(*timestamppb.Timestamp)(nil),      // 43: google.protobuf.Timestamp
+	(*Document)(nil),                   // 44: chatplane.v1.Document
+	(*DocumentChunk)(nil),              // 45: chatplane.v1.DocumentChunk
 }
 var file_chatplane_v1_gateway_proto_depIdxs = []int32{
-	33, // 0: chatplane.v1.ChatResponse.started:type_name -> chatplane.v1.TurnStarted
-	34, // 1: chatplane.v1.ChatResponse.delta:type_name -> chatplane.v1.TextDelta
-	35, // 2: chatplane.v1.ChatResponse.citation:type_name -> chatplane.v1.Citation
-	36, // 3: chatplane.v1.ChatResponse.usage:type_name -> chatplane.v1.Usage
-	37, // 4: chatplane.v1.ChatResponse.done:type_name -> chatplane.v1.TurnDone
-	38, // 5: chatplane.v1.ChatResponse.handoff:type_name -> chatplane.v1.HandoffStatus
-	39, // 6: chatplane.v1.ListConversationsResponse.conversations:type_name -> chatplane.v1.Conversation
+	35, // 0: chatplane.v1.ChatResponse.started:type_name -> chatplane.v1.TurnStarted
+	36, // 1: chatplane.v1.ChatResponse.delta:type_name -> chatplane.v1.TextDelta
+	37, // 2: chatplane.v1.ChatResponse.citation:type_name -> chatplane.v1.Citation
+	38, // 3: chatplane.v1.ChatResponse.usage:type_name -> chatplane.v1.Usage
+	39, // 4: chatplane.v1.ChatResponse.done:type_name -> chatplane.v1.TurnDone
+	40, // 5: chatplane.v1.ChatResponse.handoff:type_name -> chatplane.v1.HandoffStatus
+	41, // 6: chatplane.v1.ListConversationsResponse.conversations:type_name -> chatplane.v1.Conversation
 	0,  // 7: chatplane.v1.GetConversationRequest.view:type_name -> chatplane.v1.ConversationView
-	39, // 8: chatplane.v1.GetConversationResponse.conversation:type_name -> chatplane.v1.Conversation
-	40, // 9: chatplane.v1.GetConversationResponse.messages:type_name -> chatplane.v1.Message
-	41, // 10: chatplane.v1.DeleteConversationResponse.delete_time:type_name -> google.protobuf.Timestamp
+	41, // 8: chatplane.v1.GetConversationResponse.conversation:type_name -> chatplane.v1.Conversation
+	42, // 9: chatplane.v1.GetConversationResponse.messages:type_name -> chatplane.v1.Message
+	43, // 10: chatplane.v1.DeleteConversationResponse.delete_time:type_name -> google.protobuf.Timestamp
 	1,  // 11: chatplane.v1.SubmitFeedbackRequest.rating:type_name -> chatplane.v1.Rating
-	41, // 12: chatplane.v1.SubmitFeedbackResponse.create_time:type_name -> google.protobuf.Timestamp
-	38, // 13: chatplane.v1.SubmitFeedbackResponse.handoff:type_name -> chatplane.v1.HandoffStatus
-	38, // 14: chatplane.v1.RequestHandoffResponse.handoff:type_name -> chatplane.v1.HandoffStatus
-	38, // 15: chatplane.v1.ReleaseHandoffResponse.handoff:type_name -> chatplane.v1.HandoffStatus
-	38, // 16: chatplane.v1.WatchConversationResponse.handoff:type_name -> chatplane.v1.HandoffStatus
-	40, // 17: chatplane.v1.WatchConversationResponse.operator_reply:type_name -> chatplane.v1.Message
-	33, // 18: chatplane.v1.ResumeChatResponse.started:type_name -> chatplane.v1.TurnStarted
-	34, // 19: chatplane.v1.ResumeChatResponse.delta:type_name -> chatplane.v1.TextDelta
-	35, // 20: chatplane.v1.ResumeChatResponse.citation:type_name -> chatplane.v1.Citation
-	36, // 21: chatplane.v1.ResumeChatResponse.usage:type_name -> chatplane.v1.Usage
-	37, // 22: chatplane.v1.ResumeChatResponse.done:type_name -> chatplane.v1.TurnDone
+	43, // 12: chatplane.v1.SubmitFeedbackResponse.create_time:type_name -> google.protobuf.Timestamp
+	40, // 13: chatplane.v1.SubmitFeedbackResponse.handoff:type_name -> chatplane.v1.HandoffStatus
+	40, // 14: chatplane.v1.RequestHandoffResponse.handoff:type_name -> chatplane.v1.HandoffStatus
+	40, // 15: chatplane.v1.ReleaseHandoffResponse.handoff:type_name -> chatplane.v1.HandoffStatus
+	40, // 16: chatplane.v1.WatchConversationResponse.handoff:type_name -> chatplane.v1.HandoffStatus
+	42, // 17: chatplane.v1.WatchConversationResponse.operator_reply:type_name -> chatplane.v1.Message
+	35, // 18: chatplane.v1.ResumeChatResponse.started:type_name -> chatplane.v1.TurnStarted
+	36, // 19: chatplane.v1.ResumeChatResponse.delta:type_name -> chatplane.v1.TextDelta
+	37, // 20: chatplane.v1.ResumeChatResponse.citation:type_name -> chatplane.v1.Citation
+	38, // 21: chatplane.v1.ResumeChatResponse.usage:type_name -> chatplane.v1.Usage
+	39, // 22: chatplane.v1.ResumeChatResponse.done:type_name -> chatplane.v1.TurnDone
 	22, // 23: chatplane.v1.IngestDocumentRequest.header:type_name -> chatplane.v1.IngestDocumentHeader
-	42, // 24: chatplane.v1.IngestDocumentResponse.document:type_name -> chatplane.v1.Document
+	44, // 24: chatplane.v1.IngestDocumentResponse.document:type_name -> chatplane.v1.Document
 	22, // 25: chatplane.v1.UploadDocumentRequest.header:type_name -> chatplane.v1.IngestDocumentHeader
-	42, // 26: chatplane.v1.UploadDocumentResponse.document:type_name -> chatplane.v1.Document
-	42, // 27: chatplane.v1.ListDocumentsResponse.documents:type_name -> chatplane.v1.Document
-	39, // 28: chatplane.v1.SetActiveBranchResponse.conversation:type_name -> chatplane.v1.Conversation
-	2,  // 29: chatplane.v1.GatewayService.Chat:input_type -> chatplane.v1.ChatRequest
-	4,  // 30: chatplane.v1.GatewayService.ListConversations:input_type -> chatplane.v1.ListConversationsRequest
-	6,  // 31: chatplane.v1.GatewayService.GetConversation:input_type -> chatplane.v1.GetConversationRequest
-	8,  // 32: chatplane.v1.GatewayService.DeleteConversation:input_type -> chatplane.v1.DeleteConversationRequest
-	10, // 33: chatplane.v1.GatewayService.SubmitFeedback:input_type -> chatplane.v1.SubmitFeedbackRequest
-	18, // 34: chatplane.v1.GatewayService.ResumeChat:input_type -> chatplane.v1.ResumeChatRequest
-	20, // 35: chatplane.v1.GatewayService.CancelChat:input_type -> chatplane.v1.CancelChatRequest
-	23, // 36: chatplane.v1.GatewayService.IngestDocument:input_type -> chatplane.v1.IngestDocumentRequest
-	25, // 37: chatplane.v1.GatewayService.UploadDocument:input_type -> chatplane.v1.UploadDocumentRequest
-	27, // 38: chatplane.v1.GatewayService.ListDocuments:input_type -> chatplane.v1.ListDocumentsRequest
-	29, // 39: chatplane.v1.GatewayService.DeleteDocument:input_type -> chatplane.v1.DeleteDocumentRequest
-	31, // 40: chatplane.v1.GatewayService.SetActiveBranch:input_type -> chatplane.v1.SetActiveBranchRequest
-	12, // 41: chatplane.v1.GatewayService.RequestHandoff:input_type -> chatplane.v1.RequestHandoffRequest
-	14, // 42: chatplane.v1.GatewayService.ReleaseHandoff:input_type -> chatplane.v1.ReleaseHandoffRequest
-	16, // 43: chatplane.v1.GatewayService.WatchConversation:input_type -> chatplane.v1.WatchConversationRequest
-	3,  // 44: chatplane.v1.GatewayService.Chat:output_type -> chatplane.v1.ChatResponse
-	5,  // 45: chatplane.v1.GatewayService.ListConversations:output_type -> chatplane.v1.ListConversationsResponse
-	7,  // 46: chatplane.v1.GatewayService.GetConversation:output_type -> chatplane.v1.GetConversationResponse
-	9,  // 47: chatplane.v1.GatewayService.DeleteConversation:output_type -> chatplane.v1.DeleteConversationResponse
-	11, // 48: chatplane.v1.GatewayService.SubmitFeedback:output_type -> chatplane.v1.SubmitFeedbackResponse
-	19, // 49: chatplane.v1.GatewayService.ResumeChat:output_type -> chatplane.v1.ResumeChatResponse
-	21, // 50: chatplane.v1.GatewayService.CancelChat:output_type -> chatplane.v1.CancelChatResponse
-	24, // 51: chatplane.v1.GatewayService.IngestDocument:output_type -> chatplane.v1.IngestDocumentResponse
-	26, // 52: chatplane.v1.GatewayService.UploadDocument:output_type -> chatplane.v1.UploadDocumentResponse
-	28, // 53: chatplane.v1.GatewayService.ListDocuments:output_type -> chatplane.v1.ListDocumentsResponse
-	30, // 54: chatplane.v1.GatewayService.DeleteDocument:output_type -> chatplane.v1.DeleteDocumentResponse
-	32, // 55: chatplane.v1.GatewayService.SetActiveBranch:output_type -> chatplane.v1.SetActiveBranchResponse
-	13, // 56: chatplane.v1.GatewayService.RequestHandoff:output_type -> chatplane.v1.RequestHandoffResponse
-	15, // 57: chatplane.v1.GatewayService.ReleaseHandoff:output_type -> chatplane.v1.ReleaseHandoffResponse
-	17, // 58: chatplane.v1.GatewayService.WatchConversation:output_type -> chatplane.v1.WatchConversationResponse
-	44, // [44:59] is the sub-list for method output_type
-	29, // [29:44] is the sub-list for method input_type
-	29, // [29:29] is the sub-list for extension type_name
-	29, // [29:29] is the sub-list for extension extendee
-	0,  // [0:29] is the sub-list for field type_name
+	44, // 26: chatplane.v1.UploadDocumentResponse.document:type_name -> chatplane.v1.Document
+	44, // 27: chatplane.v1.ListDocumentsResponse.documents:type_name -> chatplane.v1.Document
+	45, // 28: chatplane.v1.GetDocumentChunkResponse.chunk:type_name -> chatplane.v1.DocumentChunk
+	41, // 29: chatplane.v1.SetActiveBranchResponse.conversation:type_name -> chatplane.v1.Conversation
+	2,  // 30: chatplane.v1.GatewayService.Chat:input_type -> chatplane.v1.ChatRequest
+	4,  // 31: chatplane.v1.GatewayService.ListConversations:input_type -> chatplane.v1.ListConversationsRequest
+	6,  // 32: chatplane.v1.GatewayService.GetConversation:input_type -> chatplane.v1.GetConversationRequest
+	8,  // 33: chatplane.v1.GatewayService.DeleteConversation:input_type -> chatplane.v1.DeleteConversationRequest
+	10, // 34: chatplane.v1.GatewayService.SubmitFeedback:input_type -> chatplane.v1.SubmitFeedbackRequest
+	18, // 35: chatplane.v1.GatewayService.ResumeChat:input_type -> chatplane.v1.ResumeChatRequest
+	20, // 36: chatplane.v1.GatewayService.CancelChat:input_type -> chatplane.v1.CancelChatRequest
+	23, // 37: chatplane.v1.GatewayService.IngestDocument:input_type -> chatplane.v1.IngestDocumentRequest
+	25, // 38: chatplane.v1.GatewayService.UploadDocument:input_type -> chatplane.v1.UploadDocumentRequest
+	27, // 39: chatplane.v1.GatewayService.ListDocuments:input_type -> chatplane.v1.ListDocumentsRequest
+	29, // 40: chatplane.v1.GatewayService.DeleteDocument:input_type -> chatplane.v1.DeleteDocumentRequest
+	31, // 41: chatplane.v1.GatewayService.GetDocumentChunk:input_type -> chatplane.v1.GetDocumentChunkRequest
+	33, // 42: chatplane.v1.GatewayService.SetActiveBranch:input_type -> chatplane.v1.SetActiveBranchRequest
+	12, // 43: chatplane.v1.GatewayService.RequestHandoff:input_type -> chatplane.v1.RequestHandoffRequest
+	14, // 44: chatplane.v1.GatewayService.ReleaseHandoff:input_type -> chatplane.v1.ReleaseHandoffRequest
+	16, // 45: chatplane.v1.GatewayService.WatchConversation:input_type -> chatplane.v1.WatchConversationRequest
+	3,  // 46: chatplane.v1.GatewayService.Chat:output_type -> chatplane.v1.ChatResponse
+	5,  // 47: chatplane.v1.GatewayService.ListConversations:output_type -> chatplane.v1.ListConversationsResponse
+	7,  // 48: chatplane.v1.GatewayService.GetConversation:output_type -> chatplane.v1.GetConversationResponse
+	9,  // 49: chatplane.v1.GatewayService.DeleteConversation:output_type -> chatplane.v1.DeleteConversationResponse
+	11, // 50: chatplane.v1.GatewayService.SubmitFeedback:output_type -> chatplane.v1.SubmitFeedbackResponse
+	19, // 51: chatplane.v1.GatewayService.ResumeChat:output_type -> chatplane.v1.ResumeChatResponse
+	21, // 52: chatplane.v1.GatewayService.CancelChat:output_type -> chatplane.v1.CancelChatResponse
+	24, // 53: chatplane.v1.GatewayService.IngestDocument:output_type -> chatplane.v1.IngestDocumentResponse
+	26, // 54: chatplane.v1.GatewayService.UploadDocument:output_type -> chatplane.v1.UploadDocumentResponse
+	28, // 55: chatplane.v1.GatewayService.ListDocuments:output_type -> chatplane.v1.ListDocumentsResponse
+	30, // 56: chatplane.v1.GatewayService.DeleteDocument:output_type -> chatplane.v1.DeleteDocumentResponse
+	32, // 57: chatplane.v1.GatewayService.GetDocumentChunk:output_type -> chatplane.v1.GetDocumentChunkResponse
+	34, // 58: chatplane.v1.GatewayService.SetActiveBranch:output_type -> chatplane.v1.SetActiveBranchResponse
+	13, // 59: chatplane.v1.GatewayService.RequestHandoff:output_type -> chatplane.v1.RequestHandoffResponse
+	15, // 60: chatplane.v1.GatewayService.ReleaseHandoff:output_type -> chatplane.v1.ReleaseHandoffResponse
+	17, // 61: chatplane.v1.GatewayService.WatchConversation:output_type -> chatplane.v1.WatchConversationResponse
+	46, // [46:62] is the sub-list for method output_type
+	30, // [30:46] is the sub-list for method input_type
+	30, // [30:30] is the sub-list for extension type_name
+	30, // [30:30] is the sub-list for extension extendee
+	0,  // [0:30] is the sub-list for field type_name
 }
 
 func init() { file_chatplane_v1_gateway_proto_init() }
@@ -2373,7 +2488,7 @@ func file_chatplane_v1_gateway_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_chatplane_v1_gateway_proto_rawDesc), len(file_chatplane_v1_gateway_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   31,
+			NumMessages:   33,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

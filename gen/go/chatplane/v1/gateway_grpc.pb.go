@@ -30,6 +30,7 @@ const (
 	GatewayService_UploadDocument_FullMethodName     = "/chatplane.v1.GatewayService/UploadDocument"
 	GatewayService_ListDocuments_FullMethodName      = "/chatplane.v1.GatewayService/ListDocuments"
 	GatewayService_DeleteDocument_FullMethodName     = "/chatplane.v1.GatewayService/DeleteDocument"
+	GatewayService_GetDocumentChunk_FullMethodName   = "/chatplane.v1.GatewayService/GetDocumentChunk"
 	GatewayService_SetActiveBranch_FullMethodName    = "/chatplane.v1.GatewayService/SetActiveBranch"
 	GatewayService_RequestHandoff_FullMethodName     = "/chatplane.v1.GatewayService/RequestHandoff"
 	GatewayService_ReleaseHandoff_FullMethodName     = "/chatplane.v1.GatewayService/ReleaseHandoff"
@@ -70,6 +71,10 @@ type GatewayServiceClient interface {
 	ListDocuments(ctx context.Context, in *ListDocumentsRequest, opts ...grpc.CallOption) (*ListDocumentsResponse, error)
 	// Deletes a document of the caller's tenant (another tenant's id: NOT_FOUND).
 	DeleteDocument(ctx context.Context, in *DeleteDocumentRequest, opts ...grpc.CallOption) (*DeleteDocumentResponse, error)
+	// Returns one chunk of a document of the caller's tenant, whole, with its place in the
+	// document: what a document citation (`document_id`, `chunk_index`) names. Another
+	// tenant's document, or a chunk it does not have: NOT_FOUND.
+	GetDocumentChunk(ctx context.Context, in *GetDocumentChunkRequest, opts ...grpc.CallOption) (*GetDocumentChunkResponse, error)
 	// Makes the branch through a message the conversation's active branch (what
 	// GetConversation returns by default and what the next Chat continues).
 	SetActiveBranch(ctx context.Context, in *SetActiveBranchRequest, opts ...grpc.CallOption) (*SetActiveBranchResponse, error)
@@ -221,6 +226,16 @@ func (c *gatewayServiceClient) DeleteDocument(ctx context.Context, in *DeleteDoc
 	return out, nil
 }
 
+func (c *gatewayServiceClient) GetDocumentChunk(ctx context.Context, in *GetDocumentChunkRequest, opts ...grpc.CallOption) (*GetDocumentChunkResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetDocumentChunkResponse)
+	err := c.cc.Invoke(ctx, GatewayService_GetDocumentChunk_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *gatewayServiceClient) SetActiveBranch(ctx context.Context, in *SetActiveBranchRequest, opts ...grpc.CallOption) (*SetActiveBranchResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(SetActiveBranchResponse)
@@ -304,6 +319,10 @@ type GatewayServiceServer interface {
 	ListDocuments(context.Context, *ListDocumentsRequest) (*ListDocumentsResponse, error)
 	// Deletes a document of the caller's tenant (another tenant's id: NOT_FOUND).
 	DeleteDocument(context.Context, *DeleteDocumentRequest) (*DeleteDocumentResponse, error)
+	// Returns one chunk of a document of the caller's tenant, whole, with its place in the
+	// document: what a document citation (`document_id`, `chunk_index`) names. Another
+	// tenant's document, or a chunk it does not have: NOT_FOUND.
+	GetDocumentChunk(context.Context, *GetDocumentChunkRequest) (*GetDocumentChunkResponse, error)
 	// Makes the branch through a message the conversation's active branch (what
 	// GetConversation returns by default and what the next Chat continues).
 	SetActiveBranch(context.Context, *SetActiveBranchRequest) (*SetActiveBranchResponse, error)
@@ -356,6 +375,9 @@ func (UnimplementedGatewayServiceServer) ListDocuments(context.Context, *ListDoc
 }
 func (UnimplementedGatewayServiceServer) DeleteDocument(context.Context, *DeleteDocumentRequest) (*DeleteDocumentResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method DeleteDocument not implemented")
+}
+func (UnimplementedGatewayServiceServer) GetDocumentChunk(context.Context, *GetDocumentChunkRequest) (*GetDocumentChunkResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetDocumentChunk not implemented")
 }
 func (UnimplementedGatewayServiceServer) SetActiveBranch(context.Context, *SetActiveBranchRequest) (*SetActiveBranchResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method SetActiveBranch not implemented")
@@ -563,6 +585,24 @@ func _GatewayService_DeleteDocument_Handler(srv interface{}, ctx context.Context
 	return interceptor(ctx, in, info, handler)
 }
 
+func _GatewayService_GetDocumentChunk_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetDocumentChunkRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(GatewayServiceServer).GetDocumentChunk(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: GatewayService_GetDocumentChunk_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(GatewayServiceServer).GetDocumentChunk(ctx, req.(*GetDocumentChunkRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _GatewayService_SetActiveBranch_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(SetActiveBranchRequest)
 	if err := dec(in); err != nil {
@@ -666,6 +706,10 @@ var GatewayService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "DeleteDocument",
 			Handler:    _GatewayService_DeleteDocument_Handler,
+		},
+		{
+			MethodName: "GetDocumentChunk",
+			Handler:    _GatewayService_GetDocumentChunk_Handler,
 		},
 		{
 			MethodName: "SetActiveBranch",

@@ -1131,6 +1131,88 @@ func (x *Document) GetCreateTime() *timestamppb.Timestamp {
 	return nil
 }
 
+// One chunk of an ingested document, whole, with its place in the document.
+type DocumentChunk struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The document it belongs to.
+	DocumentId string `protobuf:"bytes,1,opt,name=document_id,json=documentId,proto3" json:"document_id,omitempty"`
+	// The document's name (what a citation of it shows as `title`).
+	DocumentName string `protobuf:"bytes,2,opt,name=document_name,json=documentName,proto3" json:"document_name,omitempty"`
+	// The chunk's position within its document, starting at 0.
+	ChunkIndex int32 `protobuf:"varint,3,opt,name=chunk_index,json=chunkIndex,proto3" json:"chunk_index,omitempty"`
+	// How many chunks the document has.
+	ChunkCount int32 `protobuf:"varint,4,opt,name=chunk_count,json=chunkCount,proto3" json:"chunk_count,omitempty"`
+	// The chunk's whole text, as indexed (PII masked for tenants with redaction).
+	Text          string `protobuf:"bytes,5,opt,name=text,proto3" json:"text,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DocumentChunk) Reset() {
+	*x = DocumentChunk{}
+	mi := &file_chatplane_v1_resources_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DocumentChunk) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DocumentChunk) ProtoMessage() {}
+
+func (x *DocumentChunk) ProtoReflect() protoreflect.Message {
+	mi := &file_chatplane_v1_resources_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DocumentChunk.ProtoReflect.Descriptor instead.
+func (*DocumentChunk) Descriptor() ([]byte, []int) {
+	return file_chatplane_v1_resources_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *DocumentChunk) GetDocumentId() string {
+	if x != nil {
+		return x.DocumentId
+	}
+	return ""
+}
+
+func (x *DocumentChunk) GetDocumentName() string {
+	if x != nil {
+		return x.DocumentName
+	}
+	return ""
+}
+
+func (x *DocumentChunk) GetChunkIndex() int32 {
+	if x != nil {
+		return x.ChunkIndex
+	}
+	return 0
+}
+
+func (x *DocumentChunk) GetChunkCount() int32 {
+	if x != nil {
+		return x.ChunkCount
+	}
+	return 0
+}
+
+func (x *DocumentChunk) GetText() string {
+	if x != nil {
+		return x.Text
+	}
+	return ""
+}
+
 // The messages of a conversation's branch that lead to a turn, oldest first (internal: from
 // PersistenceService.BeginTurn through the Gateway to the Agent, which answers from them).
 type BranchHistory struct {
@@ -1144,7 +1226,7 @@ type BranchHistory struct {
 
 func (x *BranchHistory) Reset() {
 	*x = BranchHistory{}
-	mi := &file_chatplane_v1_resources_proto_msgTypes[8]
+	mi := &file_chatplane_v1_resources_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1156,7 +1238,7 @@ func (x *BranchHistory) String() string {
 func (*BranchHistory) ProtoMessage() {}
 
 func (x *BranchHistory) ProtoReflect() protoreflect.Message {
-	mi := &file_chatplane_v1_resources_proto_msgTypes[8]
+	mi := &file_chatplane_v1_resources_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1169,7 +1251,7 @@ func (x *BranchHistory) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BranchHistory.ProtoReflect.Descriptor instead.
 func (*BranchHistory) Descriptor() ([]byte, []int) {
-	return file_chatplane_v1_resources_proto_rawDescGZIP(), []int{8}
+	return file_chatplane_v1_resources_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *BranchHistory) GetMessages() []*Message {
@@ -1206,7 +1288,7 @@ type HandoffStatus struct {
 
 func (x *HandoffStatus) Reset() {
 	*x = HandoffStatus{}
-	mi := &file_chatplane_v1_resources_proto_msgTypes[9]
+	mi := &file_chatplane_v1_resources_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1218,7 +1300,7 @@ func (x *HandoffStatus) String() string {
 func (*HandoffStatus) ProtoMessage() {}
 
 func (x *HandoffStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_chatplane_v1_resources_proto_msgTypes[9]
+	mi := &file_chatplane_v1_resources_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1231,7 +1313,7 @@ func (x *HandoffStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HandoffStatus.ProtoReflect.Descriptor instead.
 func (*HandoffStatus) Descriptor() ([]byte, []int) {
-	return file_chatplane_v1_resources_proto_rawDescGZIP(), []int{9}
+	return file_chatplane_v1_resources_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *HandoffStatus) GetConversationId() string {
@@ -1374,7 +1456,16 @@ const file_chatplane_v1_resources_proto_rawDesc = "" +
 	"\vchunk_count\x18\x04 \x01(\x05R\n" +
 	"chunkCount\x12;\n" +
 	"\vcreate_time\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"createTime\"B\n" +
+	"createTime\"\xab\x01\n" +
+	"\rDocumentChunk\x12\x1f\n" +
+	"\vdocument_id\x18\x01 \x01(\tR\n" +
+	"documentId\x12#\n" +
+	"\rdocument_name\x18\x02 \x01(\tR\fdocumentName\x12\x1f\n" +
+	"\vchunk_index\x18\x03 \x01(\x05R\n" +
+	"chunkIndex\x12\x1f\n" +
+	"\vchunk_count\x18\x04 \x01(\x05R\n" +
+	"chunkCount\x12\x12\n" +
+	"\x04text\x18\x05 \x01(\tR\x04text\"B\n" +
 	"\rBranchHistory\x121\n" +
 	"\bmessages\x18\x01 \x03(\v2\x15.chatplane.v1.MessageR\bmessages\"\x89\x03\n" +
 	"\rHandoffStatus\x12'\n" +
@@ -1431,7 +1522,7 @@ func file_chatplane_v1_resources_proto_rawDescGZIP() []byte {
 }
 
 var file_chatplane_v1_resources_proto_enumTypes = make([]protoimpl.EnumInfo, 6)
-var file_chatplane_v1_resources_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
+var file_chatplane_v1_resources_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
 var file_chatplane_v1_resources_proto_goTypes = []any{
 	(Role)(0),                     // 0: chatplane.v1.Role
 	(MessageStatus)(0),            // 1: chatplane.v1.MessageStatus
@@ -1447,26 +1538,27 @@ var file_chatplane_v1_resources_proto_goTypes = []any{
 	(*Citation)(nil),              // 11: chatplane.v1.Citation
 	(*TurnDone)(nil),              // 12: chatplane.v1.TurnDone
 	(*Document)(nil),              // 13: chatplane.v1.Document
-	(*BranchHistory)(nil),         // 14: chatplane.v1.BranchHistory
-	(*HandoffStatus)(nil),         // 15: chatplane.v1.HandoffStatus
-	(*timestamppb.Timestamp)(nil), // 16: google.protobuf.Timestamp
+	(*DocumentChunk)(nil),         // 14: chatplane.v1.DocumentChunk
+	(*BranchHistory)(nil),         // 15: chatplane.v1.BranchHistory
+	(*HandoffStatus)(nil),         // 16: chatplane.v1.HandoffStatus
+	(*timestamppb.Timestamp)(nil), // 17: google.protobuf.Timestamp
 }
 var file_chatplane_v1_resources_proto_depIdxs = []int32{
-	16, // 0: chatplane.v1.Conversation.create_time:type_name -> google.protobuf.Timestamp
-	16, // 1: chatplane.v1.Conversation.update_time:type_name -> google.protobuf.Timestamp
+	17, // 0: chatplane.v1.Conversation.create_time:type_name -> google.protobuf.Timestamp
+	17, // 1: chatplane.v1.Conversation.update_time:type_name -> google.protobuf.Timestamp
 	0,  // 2: chatplane.v1.Message.role:type_name -> chatplane.v1.Role
 	1,  // 3: chatplane.v1.Message.status:type_name -> chatplane.v1.MessageStatus
-	16, // 4: chatplane.v1.Message.create_time:type_name -> google.protobuf.Timestamp
+	17, // 4: chatplane.v1.Message.create_time:type_name -> google.protobuf.Timestamp
 	2,  // 5: chatplane.v1.Message.finish_reason:type_name -> chatplane.v1.FinishReason
 	8,  // 6: chatplane.v1.Message.usage:type_name -> chatplane.v1.Usage
 	3,  // 7: chatplane.v1.Citation.kind:type_name -> chatplane.v1.CitationKind
 	2,  // 8: chatplane.v1.TurnDone.finish_reason:type_name -> chatplane.v1.FinishReason
-	16, // 9: chatplane.v1.Document.create_time:type_name -> google.protobuf.Timestamp
+	17, // 9: chatplane.v1.Document.create_time:type_name -> google.protobuf.Timestamp
 	7,  // 10: chatplane.v1.BranchHistory.messages:type_name -> chatplane.v1.Message
 	4,  // 11: chatplane.v1.HandoffStatus.mode:type_name -> chatplane.v1.HandoffMode
 	5,  // 12: chatplane.v1.HandoffStatus.trigger:type_name -> chatplane.v1.HandoffTrigger
-	16, // 13: chatplane.v1.HandoffStatus.request_time:type_name -> google.protobuf.Timestamp
-	16, // 14: chatplane.v1.HandoffStatus.release_time:type_name -> google.protobuf.Timestamp
+	17, // 13: chatplane.v1.HandoffStatus.request_time:type_name -> google.protobuf.Timestamp
+	17, // 14: chatplane.v1.HandoffStatus.release_time:type_name -> google.protobuf.Timestamp
 	15, // [15:15] is the sub-list for method output_type
 	15, // [15:15] is the sub-list for method input_type
 	15, // [15:15] is the sub-list for extension type_name
@@ -1486,7 +1578,7 @@ func file_chatplane_v1_resources_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_chatplane_v1_resources_proto_rawDesc), len(file_chatplane_v1_resources_proto_rawDesc)),
 			NumEnums:      6,
-			NumMessages:   10,
+			NumMessages:   11,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

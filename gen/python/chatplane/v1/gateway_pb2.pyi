@@ -905,6 +905,56 @@ class DeleteDocumentResponse(_message.Message):
 Global___DeleteDocumentResponse: _TypeAlias = DeleteDocumentResponse  # noqa: Y015
 
 @_typing.final
+class GetDocumentChunkRequest(_message.Message):
+    """A chunk of a document to read."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DOCUMENT_ID_FIELD_NUMBER: _builtins.int
+    CHUNK_INDEX_FIELD_NUMBER: _builtins.int
+    document_id: _builtins.str
+    """The document (a citation's `document_id`)."""
+    chunk_index: _builtins.int
+    """The chunk's position within the document, starting at 0 (a citation's `chunk_index`)."""
+    def __init__(
+        self,
+        *,
+        document_id: _builtins.str = ...,
+        chunk_index: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk_index", b"chunk_index", "document_id", b"document_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetDocumentChunkRequest: _TypeAlias = GetDocumentChunkRequest  # noqa: Y015
+
+@_typing.final
+class GetDocumentChunkResponse(_message.Message):
+    """The chunk, whole."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHUNK_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def chunk(self) -> _resources_pb2.DocumentChunk:
+        """The chunk's text and its place in the document."""
+
+    def __init__(
+        self,
+        *,
+        chunk: _resources_pb2.DocumentChunk | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetDocumentChunkResponse: _TypeAlias = GetDocumentChunkResponse  # noqa: Y015
+
+@_typing.final
 class SetActiveBranchRequest(_message.Message):
     """Asks to switch a conversation's active branch."""
 

@@ -91,6 +91,11 @@ class GatewayServiceStub:
                 request_serializer=chatplane_dot_v1_dot_gateway__pb2.DeleteDocumentRequest.SerializeToString,
                 response_deserializer=chatplane_dot_v1_dot_gateway__pb2.DeleteDocumentResponse.FromString,
                 _registered_method=True)
+        self.GetDocumentChunk = channel.unary_unary(
+                '/chatplane.v1.GatewayService/GetDocumentChunk',
+                request_serializer=chatplane_dot_v1_dot_gateway__pb2.GetDocumentChunkRequest.SerializeToString,
+                response_deserializer=chatplane_dot_v1_dot_gateway__pb2.GetDocumentChunkResponse.FromString,
+                _registered_method=True)
         self.SetActiveBranch = channel.unary_unary(
                 '/chatplane.v1.GatewayService/SetActiveBranch',
                 request_serializer=chatplane_dot_v1_dot_gateway__pb2.SetActiveBranchRequest.SerializeToString,
@@ -200,6 +205,15 @@ class GatewayServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetDocumentChunk(self, request, context):
+        """Returns one chunk of a document of the caller's tenant, whole, with its place in the
+        document: what a document citation (`document_id`, `chunk_index`) names. Another
+        tenant's document, or a chunk it does not have: NOT_FOUND.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def SetActiveBranch(self, request, context):
         """Makes the branch through a message the conversation's active branch (what
         GetConversation returns by default and what the next Chat continues).
@@ -287,6 +301,11 @@ def add_GatewayServiceServicer_to_server(servicer, server):
                     servicer.DeleteDocument,
                     request_deserializer=chatplane_dot_v1_dot_gateway__pb2.DeleteDocumentRequest.FromString,
                     response_serializer=chatplane_dot_v1_dot_gateway__pb2.DeleteDocumentResponse.SerializeToString,
+            ),
+            'GetDocumentChunk': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetDocumentChunk,
+                    request_deserializer=chatplane_dot_v1_dot_gateway__pb2.GetDocumentChunkRequest.FromString,
+                    response_serializer=chatplane_dot_v1_dot_gateway__pb2.GetDocumentChunkResponse.SerializeToString,
             ),
             'SetActiveBranch': grpc.unary_unary_rpc_method_handler(
                     servicer.SetActiveBranch,
@@ -608,6 +627,33 @@ class GatewayService:
             '/chatplane.v1.GatewayService/DeleteDocument',
             chatplane_dot_v1_dot_gateway__pb2.DeleteDocumentRequest.SerializeToString,
             chatplane_dot_v1_dot_gateway__pb2.DeleteDocumentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetDocumentChunk(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chatplane.v1.GatewayService/GetDocumentChunk',
+            chatplane_dot_v1_dot_gateway__pb2.GetDocumentChunkRequest.SerializeToString,
+            chatplane_dot_v1_dot_gateway__pb2.GetDocumentChunkResponse.FromString,
             options,
             channel_credentials,
             insecure,

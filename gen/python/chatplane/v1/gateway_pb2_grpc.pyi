@@ -66,6 +66,11 @@ class GatewayServiceStub:
     """Lists the documents of the caller's tenant, newest first."""
     DeleteDocument: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.DeleteDocumentRequest, _gateway_pb2.DeleteDocumentResponse]
     """Deletes a document of the caller's tenant (another tenant's id: NOT_FOUND)."""
+    GetDocumentChunk: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.GetDocumentChunkRequest, _gateway_pb2.GetDocumentChunkResponse]
+    """Returns one chunk of a document of the caller's tenant, whole, with its place in the
+    document: what a document citation (`document_id`, `chunk_index`) names. Another
+    tenant's document, or a chunk it does not have: NOT_FOUND.
+    """
     SetActiveBranch: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.SetActiveBranchRequest, _gateway_pb2.SetActiveBranchResponse]
     """Makes the branch through a message the conversation's active branch (what
     GetConversation returns by default and what the next Chat continues).
@@ -117,6 +122,11 @@ class GatewayServiceAsyncStub(GatewayServiceStub):
     """Lists the documents of the caller's tenant, newest first."""
     DeleteDocument: _aio.UnaryUnaryMultiCallable[_gateway_pb2.DeleteDocumentRequest, _gateway_pb2.DeleteDocumentResponse]  # type: ignore[assignment]
     """Deletes a document of the caller's tenant (another tenant's id: NOT_FOUND)."""
+    GetDocumentChunk: _aio.UnaryUnaryMultiCallable[_gateway_pb2.GetDocumentChunkRequest, _gateway_pb2.GetDocumentChunkResponse]  # type: ignore[assignment]
+    """Returns one chunk of a document of the caller's tenant, whole, with its place in the
+    document: what a document citation (`document_id`, `chunk_index`) names. Another
+    tenant's document, or a chunk it does not have: NOT_FOUND.
+    """
     SetActiveBranch: _aio.UnaryUnaryMultiCallable[_gateway_pb2.SetActiveBranchRequest, _gateway_pb2.SetActiveBranchResponse]  # type: ignore[assignment]
     """Makes the branch through a message the conversation's active branch (what
     GetConversation returns by default and what the next Chat continues).
@@ -231,6 +241,17 @@ class GatewayServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_gateway_pb2.DeleteDocumentResponse, _abc.Awaitable[_gateway_pb2.DeleteDocumentResponse]]:
         """Deletes a document of the caller's tenant (another tenant's id: NOT_FOUND)."""
+
+    @_abc_1.abstractmethod
+    def GetDocumentChunk(
+        self,
+        request: _gateway_pb2.GetDocumentChunkRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gateway_pb2.GetDocumentChunkResponse, _abc.Awaitable[_gateway_pb2.GetDocumentChunkResponse]]:
+        """Returns one chunk of a document of the caller's tenant, whole, with its place in the
+        document: what a document citation (`document_id`, `chunk_index`) names. Another
+        tenant's document, or a chunk it does not have: NOT_FOUND.
+        """
 
     @_abc_1.abstractmethod
     def SetActiveBranch(

@@ -563,6 +563,44 @@ class Document(_message.Message):
 Global___Document: _TypeAlias = Document  # noqa: Y015
 
 @_typing.final
+class DocumentChunk(_message.Message):
+    """One chunk of an ingested document, whole, with its place in the document."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DOCUMENT_ID_FIELD_NUMBER: _builtins.int
+    DOCUMENT_NAME_FIELD_NUMBER: _builtins.int
+    CHUNK_INDEX_FIELD_NUMBER: _builtins.int
+    CHUNK_COUNT_FIELD_NUMBER: _builtins.int
+    TEXT_FIELD_NUMBER: _builtins.int
+    document_id: _builtins.str
+    """The document it belongs to."""
+    document_name: _builtins.str
+    """The document's name (what a citation of it shows as `title`)."""
+    chunk_index: _builtins.int
+    """The chunk's position within its document, starting at 0."""
+    chunk_count: _builtins.int
+    """How many chunks the document has."""
+    text: _builtins.str
+    """The chunk's whole text, as indexed (PII masked for tenants with redaction)."""
+    def __init__(
+        self,
+        *,
+        document_id: _builtins.str = ...,
+        document_name: _builtins.str = ...,
+        chunk_index: _builtins.int = ...,
+        chunk_count: _builtins.int = ...,
+        text: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk_count", b"chunk_count", "chunk_index", b"chunk_index", "document_id", b"document_id", "document_name", b"document_name", "text", b"text"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DocumentChunk: _TypeAlias = DocumentChunk  # noqa: Y015
+
+@_typing.final
 class BranchHistory(_message.Message):
     """The messages of a conversation's branch that lead to a turn, oldest first (internal: from
     PersistenceService.BeginTurn through the Gateway to the Agent, which answers from them).

@@ -103,6 +103,17 @@ class DocumentSummary:
 
 
 @dataclass(frozen=True, slots=True)
+class DocumentChunk:
+    """One chunk of a tenant's document, whole, with its place in the document."""
+
+    document_id: str
+    name: str  # the document's name (the chunks' `source`)
+    chunk_index: int
+    chunk_count: int  # how many chunks the document has
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
 class RecalledItem:
     """A search hit with the ranks it had in each list before fusion."""
 
@@ -202,6 +213,14 @@ class MemoryIndex(AsyncClosable):
     async def delete_document(self, tenant_id: str, document_id: str) -> int:
         """Deletes every chunk of that tenant's document; how many there were (0: no such
         document, or another tenant's). Runs after the upserts that returned before it."""
+
+    @abc.abstractmethod
+    async def document_chunk(
+        self, tenant_id: str, document_id: str, chunk_index: int
+    ) -> DocumentChunk | None:
+        """Chunk `chunk_index` of that tenant's document with the document's chunk count, as
+        stored; None when the tenant has no such document or the document no such chunk (a
+        document of another tenant included)."""
 
     @abc.abstractmethod
     async def user_turns(

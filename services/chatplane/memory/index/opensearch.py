@@ -29,12 +29,14 @@ import opensearchpy
 
 from chatplane.common.errors import Unavailable
 from chatplane.memory.index.base import (
+    DocumentChunk,
     DocumentSummary,
     ItemKind,
     MemoryIndex,
     MemoryItem,
     RecalledItem,
     document_chunk_of,
+    document_item_id,
     unit_rows,
 )
 from chatplane.memory.index.fusion import DEFAULT_RRF_K, fuse_reciprocal_rank
@@ -748,6 +750,50 @@ class OpenSearchMemoryIndex(MemoryIndex):
                 )
             )
         return documents
+
+    async def document_chunk(
+        self, tenant_id: str, document_id: str, chunk_index: int
+    ) -> DocumentChunk | None:
+        if not document_id or chunk_index < 0:
+            return None
+        await self.ensure_index()
+        item_id = document_item_id(document_id, chunk_index)
+        # One search: the document's chunks counted (the total), the chunk itself from a
+        # filter aggregation over them.
+        body: Json = {
+            "size": 0,
+            "track_total_hits": True,
+            "query": {
+                "bool": {
+                    "filter": [
+                        {"term": {"tenant_id": tenant_id}},
+                        {"term": {"kind": ItemKind.DOCUMENT.value}},
+                        {"term": {"user_id": ""}},
+                        {"term": {"document_id": document_id}},
+                    ]
+                }
+            },
+            "aggs": {
+                "chunk": {
+                    "filter": {"term": {"item_id": item_id}},
+                    "aggs": {"hit": {"top_hits": {"size": 1, "_source": list(_SOURCE_FIELDS)}}},
+                }
+            },
+        }
+        response = await self._call("document chunk", self._search, body)
+        hits = response["aggregations"]["chunk"]["hit"]["hits"]["hits"]
+        if not hits:
+            return None
+        item = _item(hits[0]["_source"])
+        if item.item_id != item_id or not _visible(item, tenant_id, ""):
+            return None
+        return DocumentChunk(
+            document_id=document_id,
+            name=item.source,
+            chunk_index=chunk_index,
+            chunk_count=int(response["hits"]["total"]["value"]),
+            text=item.text,
+        )
 
     async def user_turns(
         self, tenant_id: str, user_id: str, *, limit: int, after: str = ""

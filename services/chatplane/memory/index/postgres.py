@@ -30,12 +30,14 @@ from psycopg.types import TypeInfo
 
 from chatplane.common.errors import ConfigError, Unavailable
 from chatplane.memory.index.base import (
+    DocumentChunk,
     DocumentSummary,
     ItemKind,
     MemoryIndex,
     MemoryItem,
     RecalledItem,
     document_chunk_of,
+    document_item_id,
     unit_rows,
 )
 from chatplane.memory.index.fusion import DEFAULT_RRF_K, fuse_reciprocal_rank
@@ -434,6 +436,30 @@ class PostgresMemoryIndex(MemoryIndex):
                 (tenant_id, document_id),
             )
             return cursor.rowcount
+
+    async def document_chunk(
+        self, tenant_id: str, document_id: str, chunk_index: int
+    ) -> DocumentChunk | None:
+        if not document_id or chunk_index < 0:
+            return None
+        async with self._transaction() as connection:
+            # The chunk by its key, and the document's chunks counted (items_by_document), on
+            # one snapshot.
+            cursor = await connection.execute(
+                """SELECT text, source,
+                          (SELECT count(*) FROM memory.items AS chunks
+                           WHERE chunks.tenant_id = chunk.tenant_id AND chunks.kind = 'document'
+                             AND chunks.document_id = chunk.document_id)
+                   FROM memory.items AS chunk
+                   WHERE tenant_id = %s AND item_id = %s AND kind = 'document'
+                     AND document_id = %s""",
+                (tenant_id, document_item_id(document_id, chunk_index), document_id),
+            )
+            row = await cursor.fetchone()
+        if row is None:
+            return None
+        text, name, count = row
+        return DocumentChunk(document_id, name, chunk_index, int(count), text)
 
     async def user_turns(
         self, tenant_id: str, user_id: str, *, limit: int, after: str = ""

@@ -450,6 +450,60 @@ class DeleteDocumentResponse(_message.Message):
 Global___DeleteDocumentResponse: _TypeAlias = DeleteDocumentResponse  # noqa: Y015
 
 @_typing.final
+class GetDocumentChunkRequest(_message.Message):
+    """A chunk of a tenant's document to read."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TENANT_ID_FIELD_NUMBER: _builtins.int
+    DOCUMENT_ID_FIELD_NUMBER: _builtins.int
+    CHUNK_INDEX_FIELD_NUMBER: _builtins.int
+    tenant_id: _builtins.str
+    """The tenant."""
+    document_id: _builtins.str
+    """The document."""
+    chunk_index: _builtins.int
+    """The chunk's position within the document, starting at 0."""
+    def __init__(
+        self,
+        *,
+        tenant_id: _builtins.str = ...,
+        document_id: _builtins.str = ...,
+        chunk_index: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk_index", b"chunk_index", "document_id", b"document_id", "tenant_id", b"tenant_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetDocumentChunkRequest: _TypeAlias = GetDocumentChunkRequest  # noqa: Y015
+
+@_typing.final
+class GetDocumentChunkResponse(_message.Message):
+    """The chunk, whole."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHUNK_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def chunk(self) -> _resources_pb2.DocumentChunk:
+        """The chunk's text and its place in the document."""
+
+    def __init__(
+        self,
+        *,
+        chunk: _resources_pb2.DocumentChunk | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetDocumentChunkResponse: _TypeAlias = GetDocumentChunkResponse  # noqa: Y015
+
+@_typing.final
 class ListUserMemoryRequest(_message.Message):
     """Asks for a page of one user's remembered turns."""
 

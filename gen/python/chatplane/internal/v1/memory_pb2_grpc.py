@@ -66,6 +66,11 @@ class MemoryServiceStub:
                 request_serializer=chatplane_dot_internal_dot_v1_dot_memory__pb2.DeleteDocumentRequest.SerializeToString,
                 response_deserializer=chatplane_dot_internal_dot_v1_dot_memory__pb2.DeleteDocumentResponse.FromString,
                 _registered_method=True)
+        self.GetDocumentChunk = channel.unary_unary(
+                '/chatplane.internal.v1.MemoryService/GetDocumentChunk',
+                request_serializer=chatplane_dot_internal_dot_v1_dot_memory__pb2.GetDocumentChunkRequest.SerializeToString,
+                response_deserializer=chatplane_dot_internal_dot_v1_dot_memory__pb2.GetDocumentChunkResponse.FromString,
+                _registered_method=True)
         self.ListUserMemory = channel.unary_unary(
                 '/chatplane.internal.v1.MemoryService/ListUserMemory',
                 request_serializer=chatplane_dot_internal_dot_v1_dot_memory__pb2.ListUserMemoryRequest.SerializeToString,
@@ -125,6 +130,13 @@ class MemoryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetDocumentChunk(self, request, context):
+        """Returns one chunk of one of the tenant's documents, whole.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListUserMemory(self, request, context):
         """Lists a page of one user's remembered turns as the index holds them (for an export).
         """
@@ -171,6 +183,11 @@ def add_MemoryServiceServicer_to_server(servicer, server):
                     servicer.DeleteDocument,
                     request_deserializer=chatplane_dot_internal_dot_v1_dot_memory__pb2.DeleteDocumentRequest.FromString,
                     response_serializer=chatplane_dot_internal_dot_v1_dot_memory__pb2.DeleteDocumentResponse.SerializeToString,
+            ),
+            'GetDocumentChunk': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetDocumentChunk,
+                    request_deserializer=chatplane_dot_internal_dot_v1_dot_memory__pb2.GetDocumentChunkRequest.FromString,
+                    response_serializer=chatplane_dot_internal_dot_v1_dot_memory__pb2.GetDocumentChunkResponse.SerializeToString,
             ),
             'ListUserMemory': grpc.unary_unary_rpc_method_handler(
                     servicer.ListUserMemory,
@@ -347,6 +364,33 @@ class MemoryService:
             '/chatplane.internal.v1.MemoryService/DeleteDocument',
             chatplane_dot_internal_dot_v1_dot_memory__pb2.DeleteDocumentRequest.SerializeToString,
             chatplane_dot_internal_dot_v1_dot_memory__pb2.DeleteDocumentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetDocumentChunk(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chatplane.internal.v1.MemoryService/GetDocumentChunk',
+            chatplane_dot_internal_dot_v1_dot_memory__pb2.GetDocumentChunkRequest.SerializeToString,
+            chatplane_dot_internal_dot_v1_dot_memory__pb2.GetDocumentChunkResponse.FromString,
             options,
             channel_credentials,
             insecure,

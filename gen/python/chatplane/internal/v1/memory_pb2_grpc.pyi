@@ -47,6 +47,8 @@ class MemoryServiceStub:
     """Lists the tenant's documents, newest first."""
     DeleteDocument: _grpc.UnaryUnaryMultiCallable[_memory_pb2.DeleteDocumentRequest, _memory_pb2.DeleteDocumentResponse]
     """Deletes one of the tenant's documents and its chunks."""
+    GetDocumentChunk: _grpc.UnaryUnaryMultiCallable[_memory_pb2.GetDocumentChunkRequest, _memory_pb2.GetDocumentChunkResponse]
+    """Returns one chunk of one of the tenant's documents, whole."""
     ListUserMemory: _grpc.UnaryUnaryMultiCallable[_memory_pb2.ListUserMemoryRequest, _memory_pb2.ListUserMemoryResponse]
     """Lists a page of one user's remembered turns as the index holds them (for an export)."""
     EraseUserMemory: _grpc.UnaryUnaryMultiCallable[_memory_pb2.EraseUserMemoryRequest, _memory_pb2.EraseUserMemoryResponse]
@@ -71,6 +73,8 @@ class MemoryServiceAsyncStub(MemoryServiceStub):
     """Lists the tenant's documents, newest first."""
     DeleteDocument: _aio.UnaryUnaryMultiCallable[_memory_pb2.DeleteDocumentRequest, _memory_pb2.DeleteDocumentResponse]  # type: ignore[assignment]
     """Deletes one of the tenant's documents and its chunks."""
+    GetDocumentChunk: _aio.UnaryUnaryMultiCallable[_memory_pb2.GetDocumentChunkRequest, _memory_pb2.GetDocumentChunkResponse]  # type: ignore[assignment]
+    """Returns one chunk of one of the tenant's documents, whole."""
     ListUserMemory: _aio.UnaryUnaryMultiCallable[_memory_pb2.ListUserMemoryRequest, _memory_pb2.ListUserMemoryResponse]  # type: ignore[assignment]
     """Lists a page of one user's remembered turns as the index holds them (for an export)."""
     EraseUserMemory: _aio.UnaryUnaryMultiCallable[_memory_pb2.EraseUserMemoryRequest, _memory_pb2.EraseUserMemoryResponse]  # type: ignore[assignment]
@@ -128,6 +132,14 @@ class MemoryServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_memory_pb2.DeleteDocumentResponse, _abc.Awaitable[_memory_pb2.DeleteDocumentResponse]]:
         """Deletes one of the tenant's documents and its chunks."""
+
+    @_abc_1.abstractmethod
+    def GetDocumentChunk(
+        self,
+        request: _memory_pb2.GetDocumentChunkRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_memory_pb2.GetDocumentChunkResponse, _abc.Awaitable[_memory_pb2.GetDocumentChunkResponse]]:
+        """Returns one chunk of one of the tenant's documents, whole."""
 
     @_abc_1.abstractmethod
     def ListUserMemory(
