@@ -712,15 +712,7 @@ class OpenSearchMemoryIndex(MemoryIndex):
         body: Json = {
             "size": 0,
             "track_total_hits": False,
-            "query": {
-                "bool": {
-                    "filter": [
-                        {"term": {"tenant_id": tenant_id}},
-                        {"term": {"kind": ItemKind.DOCUMENT.value}},
-                        {"term": {"user_id": ""}},
-                    ]
-                }
-            },
+            "query": {"bool": {"filter": _tenant_documents(tenant_id)}},
             "aggs": {
                 "documents": {
                     "terms": {
@@ -766,9 +758,7 @@ class OpenSearchMemoryIndex(MemoryIndex):
             "query": {
                 "bool": {
                     "filter": [
-                        {"term": {"tenant_id": tenant_id}},
-                        {"term": {"kind": ItemKind.DOCUMENT.value}},
-                        {"term": {"user_id": ""}},
+                        *_tenant_documents(tenant_id),
                         {"term": {"document_id": document_id}},
                     ]
                 }
@@ -1084,3 +1074,12 @@ def _keep_texts_out_of_client_logs() -> None:
     tracer = logging.getLogger("opensearchpy.trace")
     tracer.setLevel(logging.WARNING)
     tracer.propagate = False
+
+
+def _tenant_documents(tenant_id: str) -> list[Json]:
+    """The filter terms of a tenant's document chunks (shared by the tenant: no user)."""
+    return [
+        {"term": {"tenant_id": tenant_id}},
+        {"term": {"kind": ItemKind.DOCUMENT.value}},
+        {"term": {"user_id": ""}},
+    ]
