@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import grpc
 
-from chatplane.agent.llm.base import ContextPassage, HistoryLine, Speaker
+from chatplane.agent.llm.base import ContextPassage, HistoryLine
 from chatplane.internal.v1 import memory_pb2, memory_pb2_grpc
 from chatplane.v1 import resources_pb2
 
@@ -31,9 +31,6 @@ class Recollection:
     passage_conversations: Sequence[str] = ()
 
 
-_SPEAKERS = {resources_pb2.ROLE_USER: Speaker.USER, resources_pb2.ROLE_ASSISTANT: Speaker.ASSISTANT}
-
-
 class MemoryClient:
     """Calls MemoryService with a deadline on every call."""
 
@@ -47,17 +44,16 @@ class MemoryClient:
         user_id: str,
         conversation_id: str,
         query: str,
-        recent_limit: int,
         top_k: int,
         timeout: float,
     ) -> Recollection:
-        """Recent turns and relevant items; an empty, degraded recollection if memory fails."""
+        """The relevant items (no recent turns: the Agent reads those from Persistence,
+        agent/recent_turns.py); an empty, degraded recollection if memory fails."""
         request = memory_pb2.RecallRequest(
             tenant_id=tenant_id,
             user_id=user_id,
             conversation_id=conversation_id,
             query=query,
-            recent_limit=recent_limit,
             top_k=top_k,
         )
         try:
@@ -67,20 +63,14 @@ class MemoryClient:
                 "memory recall failed; answering without it", extra={"code": error.code().name}
             )
             return Recollection(history=(), passages=(), citations=(), degraded=True)
-        history = [
-            HistoryLine(speaker=_SPEAKERS[m.role], text=m.text)
-            for m in response.recent
-            if m.role in _SPEAKERS
-        ]
         passages = [
             ContextPassage(source_id=i.citation.source_id, title=i.citation.title, text=i.text)
             for i in response.items
         ]
         return Recollection(
-            history=history,
+            history=(),
             passages=passages,
             citations=[i.citation for i in response.items],
             degraded=False,
-            history_ids=[m.message_id for m in response.recent if m.role in _SPEAKERS],
             passage_conversations=[i.conversation_id for i in response.items],
         )

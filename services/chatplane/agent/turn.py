@@ -161,7 +161,6 @@ class TurnRunner:
                 user_id=turn.user_id,
                 conversation_id=turn.conversation_id,
                 query=turn.text,
-                recent_limit=0,
                 top_k=recall_k(variant.retrieval_k, kinds, documents),
                 timeout=timeout,
             ),
